@@ -1,0 +1,9 @@
+//! Leaf utilities shared by every role. Nothing here imports from the rest of the
+//! crate, so any module may depend on `libs` without creating a cycle.
+
+pub mod backoff;
+pub mod config;
+pub mod hash;
+pub mod logging;
+pub mod resp;
+pub mod shutdown;

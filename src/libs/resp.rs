@@ -1,0 +1,576 @@
+//! RESP2, the Redis wire protocol: parsing client requests, finding reply frames
+//! and encoding the replies the proxy makes itself.
+//!
+//! The proxy forwards bytes, it does not re-encode them, so parsing is shaped
+//! around that:
+//!
+//! * [`parse_request`] splits one request off the input buffer. Its arguments are
+//!   [`Bytes`] slices of the same allocation (zero-copy) and `raw` is the exact
+//!   request, ready to be written to a backend. Inline commands (`PING\r\n`, as
+//!   typed into telnet) are accepted as Redis does and re-encoded as an array.
+//! * [`reply_len`] finds where one reply frame ends without allocating, so backend
+//!   replies are split off the read buffer and passed through untouched.
+//! * [`array_items`] and [`integer`] read a reply only where the proxy must merge
+//!   split multi-key results.
+//!
+//! Incomplete input is never an error: the parsers return `Ok(None)` and leave the
+//! buffer alone until more bytes arrive. Lengths are checked *before* waiting for
+//! data, so a client announcing a 2^40-byte bulk string is refused at once instead
+//! of making us buffer forever.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Bounds a request must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest bulk string accepted, in bytes (Redis: `proto-max-bulk-len`).
+    pub max_bulk_len: usize,
+    /// Most arguments in one request.
+    pub max_args: usize,
+    /// Longest inline command line.
+    pub max_inline_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_args: 1024 * 1024,
+            max_inline_len: 64 * 1024,
+        }
+    }
+}
+
+/// Input that is not valid RESP. The message is sent to the client after
+/// `-ERR Protocol error: `, then the connection is closed, as Redis does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProtocolError(pub String);
+
+fn perr(msg: impl Into<String>) -> ProtocolError {
+    ProtocolError(msg.into())
+}
+
+/// One client request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Command name and arguments, as sent.
+    pub args: Vec<Bytes>,
+    /// The request as a RESP array: what a backend is sent.
+    pub raw: Bytes,
+}
+
+impl Request {
+    /// The command name (first argument). Requests are never empty.
+    pub fn name(&self) -> &[u8] {
+        self.args.first().map(|a| a.as_ref()).unwrap_or(b"")
+    }
+}
+
+/// Position of the first `\r\n` at or after `from`.
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    let rest = buf.get(from..)?;
+    let mut i = 0;
+    while let Some(off) = memchr(b'\r', rest.get(i..)?) {
+        let at = i + off;
+        match rest.get(at + 1) {
+            Some(b'\n') => return Some(from + at),
+            Some(_) => i = at + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// Parses a RESP integer (an optional `-` then ASCII digits), as in length headers.
+fn parse_int(digits: &[u8]) -> Option<i64> {
+    let (neg, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Some(if neg { -n } else { n })
+}
+
+/// Splits one request off the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds no complete request yet (nothing is
+/// consumed). Empty inline lines are skipped, like Redis does for `redis-cli --pipe`.
+///
+/// # Errors
+/// The bytes are not a valid request or break `limits`; the connection should be
+/// closed after replying.
+pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, ProtocolError> {
+    loop {
+        match buf.first() {
+            None => return Ok(None),
+            Some(b'*') => return parse_multibulk(buf, limits),
+            Some(_) => match parse_inline(buf, limits)? {
+                Inline::Incomplete => return Ok(None),
+                Inline::Empty => continue,
+                Inline::Request(r) => return Ok(Some(r)),
+            },
+        }
+    }
+}
+
+fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, ProtocolError> {
+    let Some(eol) = find_crlf(buf, 1) else {
+        return check_header_len(buf, 0);
+    };
+    let n = parse_int(&buf[1..eol]).ok_or_else(|| perr("invalid multibulk length"))?;
+    if n > limits.max_args as i64 {
+        return Err(perr("invalid multibulk length"));
+    }
+    if n <= 0 {
+        // `*0` and `*-1` are accepted and ignored by Redis; so do we.
+        let _ = buf.split_to(eol + 2);
+        return parse_request(buf, limits);
+    }
+    let n = n as usize;
+    // First pass: find every argument's span without copying, so nothing is
+    // consumed unless the whole request is here.
+    let mut spans = Vec::with_capacity(n);
+    let mut pos = eol + 2;
+    for _ in 0..n {
+        match buf.get(pos) {
+            None => return Ok(None),
+            Some(b'$') => {}
+            Some(&b) => {
+                return Err(perr(format!("expected '$', got '{}'", char::from(b))));
+            }
+        }
+        let Some(eol) = find_crlf(buf, pos + 1) else {
+            return check_header_len(buf, pos);
+        };
+        let len = parse_int(&buf[pos + 1..eol]).ok_or_else(|| perr("invalid bulk length"))?;
+        if len < 0 || len as u64 > limits.max_bulk_len as u64 {
+            return Err(perr("invalid bulk length"));
+        }
+        let start = eol + 2;
+        let end = start + len as usize;
+        if buf.len() < end + 2 {
+            // Make room once for the rest of a large argument instead of letting
+            // the buffer grow by doubling while it trickles in.
+            buf.reserve(end + 2 - buf.len());
+            return Ok(None);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(perr("bulk string not terminated by CRLF"));
+        }
+        spans.push((start, end));
+        pos = end + 2;
+    }
+    let raw = buf.split_to(pos).freeze();
+    let args = spans.into_iter().map(|(s, e)| raw.slice(s..e)).collect();
+    Ok(Some(Request { args, raw }))
+}
+
+/// A length header (`*123` or `$123`) without its CRLF yet: fine while short,
+/// garbage once it is longer than any number could be.
+fn check_header_len(buf: &[u8], start: usize) -> Result<Option<Request>, ProtocolError> {
+    if buf.len() - start > 32 {
+        Err(perr("invalid length header"))
+    } else {
+        Ok(None)
+    }
+}
+
+enum Inline {
+    Incomplete,
+    Empty,
+    Request(Request),
+}
+
+fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Inline, ProtocolError> {
+    let Some(nl) = memchr(b'\n', buf) else {
+        if buf.len() > limits.max_inline_len {
+            return Err(perr("too big inline request"));
+        }
+        return Ok(Inline::Incomplete);
+    };
+    let line = buf.split_to(nl + 1).freeze();
+    let text = line.slice(..nl);
+    let text = match text.last() {
+        Some(b'\r') => text.slice(..text.len() - 1),
+        _ => text,
+    };
+    let args = split_inline(&text)?;
+    if args.is_empty() {
+        return Ok(Inline::Empty);
+    }
+    let raw = encode_array(&args);
+    Ok(Inline::Request(Request { args, raw }))
+}
+
+/// Splits an inline command line into arguments: whitespace separates them and
+/// double or single quotes group them (with `\"`-style escapes inside double
+/// quotes), enough for what people type into telnet.
+fn split_inline(line: &Bytes) -> Result<Vec<Bytes>, ProtocolError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    let b = line.as_ref();
+    while i < b.len() {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        match b[i] {
+            q @ (b'"' | b'\'') => {
+                let mut arg = Vec::new();
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err(perr("unbalanced quotes in request")),
+                        Some(&c) if c == q => {
+                            i += 1;
+                            break;
+                        }
+                        Some(b'\\') if q == b'"' => {
+                            let esc = b.get(i + 1).copied().unwrap_or(b'\\');
+                            arg.push(match esc {
+                                b'n' => b'\n',
+                                b'r' => b'\r',
+                                b't' => b'\t',
+                                other => other,
+                            });
+                            i += 2;
+                        }
+                        Some(&c) => {
+                            arg.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+                if b.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
+                    return Err(perr("unbalanced quotes in request"));
+                }
+                args.push(Bytes::from(arg));
+            }
+            _ => {
+                let start = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                args.push(line.slice(start..i));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// Length of the first complete reply frame in `buf`, or `None` if it is not all
+/// here yet. Nested arrays are walked iteratively: no recursion, no allocation.
+///
+/// # Errors
+/// `buf` does not start with a RESP2 frame.
+pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    let mut pending: u64 = 1;
+    let mut pos = 0;
+    while pending > 0 {
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(None);
+        };
+        let Some(eol) = find_crlf(buf, pos + 1) else {
+            return Ok(None);
+        };
+        pending -= 1;
+        match kind {
+            b'+' | b'-' | b':' => pos = eol + 2,
+            b'$' => {
+                let n = parse_int(&buf[pos + 1..eol]).ok_or_else(|| perr("bad bulk length in reply"))?;
+                pos = eol + 2;
+                if n >= 0 {
+                    pos += n as usize + 2;
+                    if buf.len() < pos {
+                        return Ok(None);
+                    }
+                }
+            }
+            b'*' => {
+                let n = parse_int(&buf[pos + 1..eol]).ok_or_else(|| perr("bad array length in reply"))?;
+                pos = eol + 2;
+                if n > 0 {
+                    pending += n as u64;
+                }
+            }
+            other => {
+                return Err(perr(format!("unexpected reply type byte 0x{other:02x}")));
+            }
+        }
+    }
+    Ok(Some(pos))
+}
+
+/// The elements of an array reply, each as its own complete frame (zero-copy).
+/// `None` if `reply` is not an array (an error reply, say) or is a nil array.
+pub fn array_items(reply: &Bytes) -> Option<Vec<Bytes>> {
+    if reply.first() != Some(&b'*') {
+        return None;
+    }
+    let eol = find_crlf(reply, 1)?;
+    let n = parse_int(&reply[1..eol])?;
+    if n < 0 {
+        return None;
+    }
+    let mut items = Vec::with_capacity(n as usize);
+    let mut pos = eol + 2;
+    for _ in 0..n {
+        let len = reply_len(reply.get(pos..)?).ok()??;
+        items.push(reply.slice(pos..pos + len));
+        pos += len;
+    }
+    Some(items)
+}
+
+/// The value of an integer reply (`:42\r\n`), or `None` for any other frame.
+pub fn integer(reply: &[u8]) -> Option<i64> {
+    if reply.first() != Some(&b':') {
+        return None;
+    }
+    let eol = find_crlf(reply, 1)?;
+    parse_int(&reply[1..eol])
+}
+
+/// True for an error reply (`-…`).
+pub fn is_error(reply: &[u8]) -> bool {
+    reply.first() == Some(&b'-')
+}
+
+/// Encodes `args` as a RESP array of bulk strings (a request).
+pub fn encode_array<B: AsRef<[u8]>>(args: &[B]) -> Bytes {
+    let size: usize = args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>() + 16;
+    let mut out = BytesMut::with_capacity(size);
+    put_header(&mut out, b'*', args.len() as i64);
+    for a in args {
+        put_bulk(&mut out, a.as_ref());
+    }
+    out.freeze()
+}
+
+/// Appends `$<len>\r\n<data>\r\n`.
+pub fn put_bulk(out: &mut BytesMut, data: &[u8]) {
+    put_header(out, b'$', data.len() as i64);
+    out.put_slice(data);
+    out.put_slice(b"\r\n");
+}
+
+/// Appends a `<kind><n>\r\n` header (array, bulk or integer).
+pub fn put_header(out: &mut BytesMut, kind: u8, n: i64) {
+    out.put_u8(kind);
+    let mut digits = itoa_buf(n);
+    out.put_slice(digits.as_bytes_mut());
+    out.put_slice(b"\r\n");
+}
+
+/// Small stack buffer for formatting integers without allocating.
+struct ItoaBuf {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl ItoaBuf {
+    fn as_bytes_mut(&mut self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn itoa_buf(n: i64) -> ItoaBuf {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let neg = n < 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if neg {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    ItoaBuf { buf, start: i }
+}
+
+/// `+<s>\r\n`
+pub fn simple(s: &str) -> Bytes {
+    Bytes::from(format!("+{s}\r\n"))
+}
+
+/// `-<msg>\r\n`; CR and LF inside `msg` become spaces so the frame stays valid.
+pub fn error(msg: &str) -> Bytes {
+    let clean: String = msg
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    Bytes::from(format!("-{clean}\r\n"))
+}
+
+/// `:<n>\r\n`
+pub fn int(n: i64) -> Bytes {
+    let mut out = BytesMut::with_capacity(24);
+    put_header(&mut out, b':', n);
+    out.freeze()
+}
+
+/// A bulk string reply.
+pub fn bulk(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 16);
+    put_bulk(&mut out, data);
+    out.freeze()
+}
+
+/// `$-1\r\n`, the nil bulk reply.
+pub const NIL: &[u8] = b"$-1\r\n";
+/// `+OK\r\n`
+pub const OK: &[u8] = b"+OK\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(r) = parse_request(&mut buf, &Limits::default())? {
+            out.push(r.args.iter().map(|a| a.to_vec()).collect());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn pipelined_requests_share_the_allocation() {
+        let input = b"*3\r\n$3\r\nSET\r\n$3\r\nfoo\r\n$3\r\nbar\r\n*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n";
+        let mut buf = BytesMut::from(&input[..]);
+        let base = buf.as_ptr() as usize;
+        let set = parse_request(&mut buf, &Limits::default())
+            .expect("ok")
+            .expect("some");
+        assert_eq!(set.args, vec![&b"SET"[..], b"foo", b"bar"]);
+        assert_eq!(&set.raw[..], &input[..31]);
+        // Zero-copy: the argument points into the original buffer.
+        assert_eq!(set.args[1].as_ptr() as usize, base + 17);
+        let get = parse_request(&mut buf, &Limits::default())
+            .expect("ok")
+            .expect("some");
+        assert_eq!(get.name(), b"GET");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes_at_every_cut() {
+        let input = b"*3\r\n$3\r\nSET\r\n$5\r\nhello\r\n$0\r\n\r\n";
+        for cut in 0..input.len() {
+            let mut buf = BytesMut::from(&input[..cut]);
+            let r = parse_request(&mut buf, &Limits::default()).expect("no error");
+            assert!(r.is_none(), "cut at {cut} parsed early");
+            assert_eq!(buf.len(), cut, "cut at {cut} consumed bytes");
+            buf.extend_from_slice(&input[cut..]);
+            let r = parse_request(&mut buf, &Limits::default())
+                .expect("ok")
+                .expect("complete");
+            assert_eq!(r.args, vec![&b"SET"[..], b"hello", b""]);
+        }
+    }
+
+    #[test]
+    fn inline_commands_are_accepted_like_redis() {
+        let got = parse_all(b"PING\r\n\r\n  set k \"a b\\n\" 'c d'\nECHO x\r\n").expect("ok");
+        assert_eq!(
+            got,
+            vec![
+                vec![b"PING".to_vec()],
+                vec![b"set".to_vec(), b"k".to_vec(), b"a b\n".to_vec(), b"c d".to_vec()],
+                vec![b"ECHO".to_vec(), b"x".to_vec()],
+            ]
+        );
+        let mut buf = BytesMut::from(&b"GET fo"[..]);
+        assert!(parse_request(&mut buf, &Limits::default()).expect("ok").is_none());
+        let mut buf = BytesMut::from(&b"ECHO \"open\r\n"[..]);
+        assert!(parse_request(&mut buf, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn inline_request_is_forwarded_as_an_array() {
+        let mut buf = BytesMut::from(&b"get foo\r\n"[..]);
+        let r = parse_request(&mut buf, &Limits::default())
+            .expect("ok")
+            .expect("some");
+        assert_eq!(&r.raw[..], b"*2\r\n$3\r\nget\r\n$3\r\nfoo\r\n");
+    }
+
+    #[test]
+    fn huge_and_malformed_lengths_fail_at_once() {
+        // 2^40 bytes announced: refused before any data arrives.
+        assert!(parse_all(b"*2\r\n$3\r\nGET\r\n$1099511627776\r\n").is_err());
+        assert!(parse_all(b"*1099511627776\r\n").is_err());
+        assert!(parse_all(b"*2\r\n$-5\r\n").is_err());
+        assert!(parse_all(b"*1\r\n:12\r\n").is_err());
+        assert!(parse_all(b"*1\r\n$3\r\nGETX\r\n").is_err());
+        assert!(parse_all(b"*x\r\n").is_err());
+        // A header that never ends is garbage, not a partial frame.
+        assert!(parse_all(&[b'*'; 100]).is_err());
+        let limits = Limits {
+            max_bulk_len: 4,
+            ..Limits::default()
+        };
+        let mut buf = BytesMut::from(&b"*1\r\n$5\r\n"[..]);
+        assert!(parse_request(&mut buf, &limits).is_err());
+    }
+
+    #[test]
+    fn empty_multibulk_is_skipped() {
+        assert_eq!(parse_all(b"*0\r\n*1\r\n$4\r\nPING\r\n").expect("ok").len(), 1);
+    }
+
+    #[test]
+    fn reply_len_walks_nested_frames() {
+        let r = b"*3\r\n$1\r\na\r\n*2\r\n:1\r\n$-1\r\n-ERR x\r\n+OK\r\n";
+        assert_eq!(reply_len(r).expect("ok"), Some(r.len() - 5));
+        assert_eq!(reply_len(b"*-1\r\n").expect("ok"), Some(5));
+        for cut in 0..r.len() - 5 {
+            assert_eq!(reply_len(&r[..cut]).expect("ok"), None, "cut {cut}");
+        }
+        assert!(reply_len(b"?x\r\n").is_err());
+    }
+
+    #[test]
+    fn array_items_and_integers() {
+        let r = Bytes::from_static(b"*3\r\n$1\r\na\r\n$-1\r\n:7\r\n");
+        let items = array_items(&r).expect("array");
+        assert_eq!(items, vec![&b"$1\r\na\r\n"[..], b"$-1\r\n", b":7\r\n"]);
+        assert_eq!(integer(&items[2]), Some(7));
+        assert_eq!(integer(b":-3\r\n"), Some(-3));
+        assert!(array_items(&Bytes::from_static(b"-ERR no\r\n")).is_none());
+    }
+
+    #[test]
+    fn encoders() {
+        assert_eq!(
+            &encode_array(&[b"GET".as_ref(), b"k"])[..],
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        );
+        assert_eq!(&int(-42)[..], b":-42\r\n");
+        assert_eq!(&int(0)[..], b":0\r\n");
+        assert_eq!(&error("ERR a\r\nb")[..], b"-ERR a  b\r\n");
+        assert_eq!(&bulk(b"")[..], b"$0\r\n\r\n");
+    }
+}

@@ -1,0 +1,194 @@
+//! The proxy's admin HTTP endpoint (default 127.0.0.1:11080):
+//!
+//! * `GET /stats`: JSON: ops/s, per-command calls and errors, latency
+//!   percentiles, sessions, backends and the routing state;
+//! * `GET /metrics`: the same counters in Prometheus text format;
+//! * `PUT /loglevel/{level}`: change the log filter at run time (`debug`,
+//!   `reborn=trace`, …).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::context::Context;
+use super::stats::StatsSnapshot;
+use crate::libs::logging;
+
+/// One backend as `/stats` shows it.
+#[derive(Serialize)]
+struct BackendStats {
+    addr: String,
+    up: bool,
+    last_error: String,
+}
+
+/// The `/stats` document.
+#[derive(Serialize)]
+struct ProxyStats {
+    id: String,
+    product: String,
+    version: &'static str,
+    online: bool,
+    routing_epoch: u64,
+    #[serde(flatten)]
+    stats: StatsSnapshot,
+    backends: Vec<BackendStats>,
+}
+
+fn collect(ctx: &Context) -> ProxyStats {
+    let routes = ctx.router.routes();
+    ProxyStats {
+        id: ctx.proxy_id.clone(),
+        product: ctx.config.zk.product.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        online: routes.online,
+        routing_epoch: routes.epoch,
+        stats: ctx.stats.snapshot(),
+        backends: ctx
+            .router
+            .pools()
+            .into_iter()
+            .map(|(addr, pool)| BackendStats {
+                up: pool.up_count() > 0,
+                last_error: pool.last_error(),
+                addr,
+            })
+            .collect(),
+    }
+}
+
+async fn stats(State(ctx): State<Arc<Context>>) -> Json<ProxyStats> {
+    Json(collect(&ctx))
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    let s = collect(&ctx);
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+        let _ = write!(
+            out,
+            "# HELP reborn_proxy_{name} {help}\n# TYPE reborn_proxy_{name} {kind}\nreborn_proxy_{name} {value}\n"
+        );
+    };
+    gauge(
+        "ops_total",
+        "Requests answered.",
+        "counter",
+        s.stats.ops_total.to_string(),
+    );
+    gauge(
+        "ops_per_second",
+        "Requests answered in the last second.",
+        "gauge",
+        s.stats.ops_per_sec.to_string(),
+    );
+    gauge(
+        "errors_total",
+        "Error replies sent.",
+        "counter",
+        s.stats.errors_total.to_string(),
+    );
+    gauge(
+        "protocol_errors_total",
+        "Connections closed for malformed input.",
+        "counter",
+        s.stats.protocol_errors.to_string(),
+    );
+    gauge(
+        "sessions",
+        "Connected clients.",
+        "gauge",
+        s.stats.sessions_alive.to_string(),
+    );
+    gauge(
+        "sessions_total",
+        "Clients accepted.",
+        "counter",
+        s.stats.sessions_total.to_string(),
+    );
+    gauge(
+        "sessions_refused_total",
+        "Clients refused at max_clients.",
+        "counter",
+        s.stats.sessions_refused.to_string(),
+    );
+    gauge(
+        "online",
+        "1 when the proxy serves data commands.",
+        "gauge",
+        u8::from(s.online).to_string(),
+    );
+    let _ = write!(
+        out,
+        "# HELP reborn_proxy_latency_us Request latency percentiles in microseconds.\n# TYPE reborn_proxy_latency_us gauge\n"
+    );
+    let l = &s.stats.latency_us;
+    for (q, v) in [("0.5", l.p50), ("0.9", l.p90), ("0.99", l.p99), ("0.999", l.p999)] {
+        let _ = writeln!(out, "reborn_proxy_latency_us{{quantile=\"{q}\"}} {v}");
+    }
+    let _ = write!(
+        out,
+        "# HELP reborn_proxy_command_calls_total Calls per command.\n# TYPE reborn_proxy_command_calls_total counter\n"
+    );
+    for c in &s.stats.commands {
+        let _ = writeln!(
+            out,
+            "reborn_proxy_command_calls_total{{cmd=\"{}\"}} {}",
+            c.name, c.calls
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP reborn_proxy_command_errors_total Error replies per command.\n# TYPE reborn_proxy_command_errors_total counter\n"
+    );
+    for c in &s.stats.commands {
+        let _ = writeln!(
+            out,
+            "reborn_proxy_command_errors_total{{cmd=\"{}\"}} {}",
+            c.name, c.errors
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP reborn_proxy_backend_up 1 when the backend connection is up.\n# TYPE reborn_proxy_backend_up gauge\n"
+    );
+    for b in &s.backends {
+        let _ = writeln!(
+            out,
+            "reborn_proxy_backend_up{{addr=\"{}\"}} {}",
+            b.addr,
+            u8::from(b.up)
+        );
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out)
+}
+
+async fn loglevel(Path(level): Path<String>) -> impl IntoResponse {
+    match logging::set_level(&level) {
+        Ok(()) => (StatusCode::OK, format!("log level set to {level}\n")),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+/// Serves the admin API on `listener` until `cancel` fires.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, cancel: CancellationToken) {
+    let app = Router::new()
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/loglevel/{level}", put(loglevel).post(loglevel))
+        .with_state(ctx);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "admin http stopped");
+    }
+}

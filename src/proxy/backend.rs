@@ -1,0 +1,312 @@
+//! One pipelined connection to a redis-server.
+//!
+//! Sessions hand requests to a [`BackendConn`] and get a [`oneshot`] receiver for
+//! the reply. A supervisor task owns the socket:
+//!
+//! * the **writer** takes every queued request at once (`recv_many`) and writes
+//!   them with one syscall, so concurrent clients share packets;
+//! * the **reader** splits replies off its buffer and completes the waiting
+//!   requests in FIFO order: Redis answers a connection's requests in order, so
+//!   the n-th reply belongs to the n-th request written;
+//! * on any I/O or protocol error, every request in flight or queued gets an
+//!   `-ERR` naming the backend, then the supervisor reconnects with backoff.
+//!   While it is down, new requests fail at once instead of queueing
+//!   ([`BackendConn::is_down`]), so a dead group costs its clients a fast error and
+//!   costs nothing to other groups.
+//!
+//! Dropping every handle closes the connection after its in-flight replies.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::libs::backoff::Backoff;
+use crate::libs::resp;
+
+/// A request on its way to a backend.
+pub struct Job {
+    /// The request, RESP-encoded.
+    pub req: Bytes,
+    /// Completed with the raw reply frame (or a proxy `-ERR`).
+    pub reply: oneshot::Sender<Bytes>,
+}
+
+/// How backend connections are made.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// Sent as `AUTH` right after connecting, when set.
+    pub auth: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+const CONNECTING: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+struct Shared {
+    addr: Arc<str>,
+    state: AtomicU8,
+    last_error: parking_lot::Mutex<String>,
+}
+
+/// Handle to one backend connection. Cheap to clone; the connection lives while
+/// any handle does.
+#[derive(Clone)]
+pub struct BackendConn {
+    tx: mpsc::UnboundedSender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl BackendConn {
+    /// Starts connecting to `addr` in the background. Requests sent before the
+    /// first connection is up wait for it.
+    pub fn spawn(addr: &str, opts: BackendOptions) -> BackendConn {
+        Self::spawn_with_handle(addr, opts).0
+    }
+
+    /// Like [`BackendConn::spawn`], also returning a handle that kills the
+    /// connection at once, in-flight requests included. Dedicated connections of
+    /// blocking commands use it: a client that leaves while blocked must not keep
+    /// its backend connection blocked.
+    pub fn spawn_with_handle(addr: &str, opts: BackendOptions) -> (BackendConn, tokio::task::AbortHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            addr: Arc::from(addr),
+            state: AtomicU8::new(CONNECTING),
+            last_error: parking_lot::Mutex::new(String::new()),
+        });
+        let task = tokio::spawn(supervise(shared.clone(), opts, rx));
+        (BackendConn { tx, shared }, task.abort_handle())
+    }
+
+    /// The backend's address.
+    pub fn addr(&self) -> &str {
+        &self.shared.addr
+    }
+
+    /// True while the backend is known to be unreachable.
+    pub fn is_down(&self) -> bool {
+        self.shared.state.load(Ordering::Relaxed) == DOWN
+    }
+
+    /// True once connected (and authenticated).
+    pub fn is_up(&self) -> bool {
+        self.shared.state.load(Ordering::Relaxed) == UP
+    }
+
+    /// The error that made the backend go down.
+    pub fn last_error(&self) -> String {
+        self.shared.last_error.lock().clone()
+    }
+
+    /// The `-ERR` a request gets while this backend is down.
+    pub fn down_error(&self) -> Bytes {
+        down_reply(&self.shared)
+    }
+
+    /// Queues `req`; the receiver yields its reply. While the backend is down the
+    /// receiver is completed at once with an error.
+    pub fn send(&self, req: Bytes) -> oneshot::Receiver<Bytes> {
+        let (reply, rx) = oneshot::channel();
+        if self.is_down() {
+            let _ = reply.send(self.down_error());
+            return rx;
+        }
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { req, reply }) {
+            let _ = job.reply.send(self.down_error());
+        }
+        rx
+    }
+}
+
+fn down_reply(shared: &Shared) -> Bytes {
+    let why = shared.last_error.lock().clone();
+    resp::error(&format!("ERR backend {} is down: {}", shared.addr, why))
+}
+
+async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        let outcome = match connect(&shared.addr, &opts).await {
+            Ok(stream) => {
+                shared.state.store(UP, Ordering::Relaxed);
+                backoff.reset();
+                tracing::info!(backend = %shared.addr, "backend connected");
+                serve(stream, &mut rx, &shared).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            // Every handle is gone and the in-flight replies were delivered.
+            Ok(()) => return,
+            Err(e) => {
+                let was_up = shared.state.swap(DOWN, Ordering::Relaxed) == UP;
+                if was_up {
+                    tracing::warn!(backend = %shared.addr, error = %e, "backend connection lost");
+                } else {
+                    tracing::debug!(backend = %shared.addr, error = %e, "backend connect failed");
+                }
+                *shared.last_error.lock() = e;
+            }
+        }
+        // Requests that raced with the failure are answered now, not after the
+        // backoff: the client deserves a fast error.
+        let delay = backoff.next_delay();
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                job = rx.recv() => match job {
+                    Some(job) => { let _ = job.reply.send(down_reply(&shared)); }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+async fn connect(addr: &str, opts: &BackendOptions) -> Result<TcpStream, String> {
+    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connect timed out after {:?}", opts.connect_timeout))?
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut stream = stream;
+    if let Some(pw) = &opts.auth {
+        let req = resp::encode_array(&[b"AUTH".as_ref(), pw.as_bytes()]);
+        stream.write_all(&req).await.map_err(|e| e.to_string())?;
+        let reply = read_one(&mut stream, opts.connect_timeout).await?;
+        if resp::is_error(&reply) {
+            return Err(format!("AUTH failed: {}", String::from_utf8_lossy(&reply).trim()));
+        }
+    }
+    Ok(stream)
+}
+
+/// Reads exactly one reply frame (used only during the handshake).
+async fn read_one(stream: &mut TcpStream, timeout: Duration) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        if let Some(n) = resp::reply_len(&buf).map_err(|e| e.to_string())? {
+            return Ok(buf.split_to(n).freeze());
+        }
+        let read = tokio::time::timeout(timeout, stream.read_buf(&mut buf))
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if read == 0 {
+            return Err("connection closed during handshake".into());
+        }
+    }
+}
+
+/// Runs one connected socket until an error, or until every handle is dropped and
+/// the in-flight replies are delivered (`Ok`).
+async fn serve(
+    stream: TcpStream,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    shared: &Shared,
+) -> Result<(), String> {
+    let (rd, wr) = stream.into_split();
+    // Reply senders travel from writer to reader in write order, a batch at a time.
+    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<Vec<oneshot::Sender<Bytes>>>();
+    let mut waiting: VecDeque<oneshot::Sender<Bytes>> = VecDeque::new();
+    let result = tokio::try_join!(
+        write_loop(wr, rx, inflight_tx),
+        read_loop(rd, &mut inflight_rx, &mut waiting)
+    );
+    if let Err(e) = result {
+        // Fail everything that was in flight or queued, naming the backend.
+        let reply = resp::error(&format!("ERR backend {} connection lost: {e}", shared.addr));
+        inflight_rx.close();
+        while let Ok(batch) = inflight_rx.try_recv() {
+            waiting.extend(batch);
+        }
+        for s in waiting.drain(..) {
+            let _ = s.send(reply.clone());
+        }
+        while let Ok(job) = rx.try_recv() {
+            let _ = job.reply.send(reply.clone());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    inflight: mpsc::UnboundedSender<Vec<oneshot::Sender<Bytes>>>,
+) -> Result<(), String> {
+    let mut jobs = Vec::with_capacity(256);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if rx.recv_many(&mut jobs, 1024).await == 0 {
+            // All handles dropped: let the reader finish the in-flight replies.
+            return Ok(());
+        }
+        buf.clear();
+        let mut senders = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            buf.extend_from_slice(&job.req);
+            senders.push(job.reply);
+        }
+        // Hand the senders over before writing, so a reply can never arrive
+        // before the reader knows whom it is for.
+        inflight.send(senders).map_err(|_| "reader stopped".to_string())?;
+        wr.write_all(&buf).await.map_err(|e| e.to_string())?;
+    }
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    inflight: &mut mpsc::UnboundedReceiver<Vec<oneshot::Sender<Bytes>>>,
+    waiting: &mut VecDeque<oneshot::Sender<Bytes>>,
+) -> Result<(), String> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        while let Some(n) = resp::reply_len(&buf).map_err(|e| e.to_string())? {
+            let frame = buf.split_to(n).freeze();
+            let sender = match waiting.pop_front() {
+                Some(s) => s,
+                None => match inflight.recv().await {
+                    Some(batch) => {
+                        waiting.extend(batch);
+                        waiting.pop_front().ok_or("empty request batch")?
+                    }
+                    None => return Err("reply without a request".into()),
+                },
+            };
+            // The client may have gone; its reply is simply dropped.
+            let _ = sender.send(frame);
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        let read = if waiting.is_empty() {
+            // Nothing in flight: wait for the next batch or for bytes, and finish
+            // cleanly once the writer is gone (every handle dropped).
+            tokio::select! {
+                batch = inflight.recv() => match batch {
+                    Some(batch) => { waiting.extend(batch); continue; }
+                    None if buf.is_empty() => return Ok(()),
+                    None => return Err("reply without a request".into()),
+                },
+                read = rd.read_buf(&mut buf) => read.map_err(|e| e.to_string())?,
+            }
+        } else {
+            rd.read_buf(&mut buf).await.map_err(|e| e.to_string())?
+        };
+        if read == 0 {
+            return Err("connection closed by server".into());
+        }
+    }
+}

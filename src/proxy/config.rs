@@ -1,0 +1,190 @@
+//! `reborn proxy` configuration: the TOML file, its defaults and the flags that
+//! override it. `conf/proxy.toml` is the commented sample.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::libs::config::{self, ConfigError};
+use crate::topo::ZkConfig;
+
+/// Everything a proxy needs to run. Defaults live in `impl Default`, only there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// RESP address clients connect to.
+    pub listen: String,
+    /// HTTP admin address (`/stats`, `/metrics`, `/loglevel`).
+    pub admin_listen: String,
+    /// Id registered in ZooKeeper; empty means the listen address.
+    pub id: String,
+    /// Address advertised in ZooKeeper; empty means the listen address.
+    pub advertise: String,
+    /// The product this proxy serves and where its ZooKeeper lives.
+    pub zk: ZkConfig,
+    /// Password clients must send with AUTH; empty disables AUTH.
+    pub auth: String,
+    /// Password the proxy sends to every redis-server of the product.
+    pub backend_auth: String,
+    /// Most client connections at once; more get an error and are closed.
+    pub max_clients: usize,
+    /// Close a client idle this long (0s: never).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest bulk string a client may send, in bytes.
+    pub max_bulk_len: usize,
+    /// Requests a client may have in flight before the proxy stops reading from
+    /// it (back-pressure, not disconnection).
+    pub max_pipeline: usize,
+    /// Shared pipelined connections per redis-server.
+    pub backend_conns: usize,
+    #[serde(with = "humantime_serde")]
+    pub backend_connect_timeout: Duration,
+    /// Dedicated backend connections for blocking commands, across all clients.
+    pub max_blocking: usize,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Tokio worker threads (0: one per core).
+    pub threads: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:19000".into(),
+            admin_listen: "127.0.0.1:11080".into(),
+            id: String::new(),
+            advertise: String::new(),
+            zk: ZkConfig::default(),
+            auth: String::new(),
+            backend_auth: String::new(),
+            max_clients: 50_000,
+            idle_timeout: Duration::ZERO,
+            max_bulk_len: 512 * 1024 * 1024,
+            max_pipeline: 4096,
+            backend_conns: 1,
+            backend_connect_timeout: Duration::from_secs(1),
+            max_blocking: 1000,
+            drain_timeout: Duration::from_secs(5),
+            threads: 0,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The id under which the proxy registers.
+    pub fn proxy_id(&self) -> String {
+        if self.id.is_empty() {
+            self.advertised()
+        } else {
+            self.id.clone()
+        }
+    }
+
+    /// The address clients are told to use.
+    pub fn advertised(&self) -> String {
+        if self.advertise.is_empty() {
+            self.listen.clone()
+        } else {
+            self.advertise.clone()
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    ///
+    /// # Errors
+    /// A zero where a positive number is required, or an empty address.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.listen.is_empty() {
+            return bad("listen must not be empty");
+        }
+        if self.zk.product.is_empty() || self.zk.addr.is_empty() {
+            return bad("zk.addr and zk.product must be set");
+        }
+        if self.max_clients == 0 || self.max_pipeline == 0 || self.backend_conns == 0 {
+            return bad("max_clients, max_pipeline and backend_conns must be at least 1");
+        }
+        if self.max_bulk_len == 0 {
+            return bad("max_bulk_len must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Command-line flags of `reborn proxy`; each overrides the file.
+#[derive(clap::Args, Debug, Default)]
+pub struct ProxyArgs {
+    /// TOML config file (see conf/proxy.toml).
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// RESP listen address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// HTTP admin listen address.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// ZooKeeper address(es), e.g. 127.0.0.1:2181.
+    #[arg(long)]
+    pub zk: Option<String>,
+    /// ZooKeeper root path.
+    #[arg(long)]
+    pub zk_root: Option<String>,
+    /// Product name.
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Proxy id in ZooKeeper.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Client password.
+    #[arg(long)]
+    pub auth: Option<String>,
+    /// Backend (redis) password.
+    #[arg(long)]
+    pub backend_auth: Option<String>,
+}
+
+impl ProxyArgs {
+    /// Loads the file (or defaults), applies the flags and validates.
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed, or the result is invalid.
+    pub fn into_config(self) -> Result<ProxyConfig, ConfigError> {
+        let mut c: ProxyConfig = config::load(self.config.as_deref())?;
+        let set = |dst: &mut String, v: Option<String>| {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        };
+        set(&mut c.listen, self.listen);
+        set(&mut c.admin_listen, self.admin_listen);
+        set(&mut c.zk.addr, self.zk);
+        set(&mut c.zk.root, self.zk_root);
+        set(&mut c.zk.product, self.product);
+        set(&mut c.id, self.id);
+        set(&mut c.auth, self.auth);
+        set(&mut c.backend_auth, self.backend_auth);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_parses_and_flags_override_it() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conf/proxy.toml");
+        let args = ProxyArgs {
+            config: Some(path),
+            listen: Some("127.0.0.1:1".into()),
+            ..ProxyArgs::default()
+        };
+        let c = args.into_config().expect("sample config is valid");
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(c.proxy_id(), "127.0.0.1:1");
+    }
+}

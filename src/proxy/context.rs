@@ -1,0 +1,100 @@
+//! What every session of a proxy shares (config, router, stats), and what each
+//! client connection keeps for itself (auth state, name, dedicated connections).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::backend::BackendConn;
+use super::config::ProxyConfig;
+use super::router::Router;
+use super::stats::Stats;
+use crate::libs::resp::Limits;
+
+/// Proxy-wide state, shared by every session through an `Arc`.
+pub struct Context {
+    pub config: ProxyConfig,
+    pub proxy_id: String,
+    pub router: Router,
+    pub stats: Arc<Stats>,
+    pub limits: Limits,
+    /// Permits for dedicated (blocking-command) backend connections.
+    pub blocking: Arc<Semaphore>,
+    pub started: Instant,
+    next_client_id: AtomicU64,
+}
+
+impl Context {
+    /// Builds the shared state from a validated config.
+    pub fn new(config: ProxyConfig, router: Router) -> Context {
+        let limits = Limits {
+            max_bulk_len: config.max_bulk_len,
+            ..Limits::default()
+        };
+        Context {
+            proxy_id: config.proxy_id(),
+            blocking: Arc::new(Semaphore::new(config.max_blocking)),
+            config,
+            router,
+            stats: Arc::new(Stats::default()),
+            limits,
+            started: Instant::now(),
+            next_client_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh id for a client connection (CLIENT ID, HELLO).
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A backend connection owned by one client for its blocking commands.
+pub struct Dedicated {
+    pub conn: BackendConn,
+    task: tokio::task::AbortHandle,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Dedicated {
+    /// Wraps a connection, its task and the permit it holds.
+    pub fn new(conn: BackendConn, task: tokio::task::AbortHandle, permit: OwnedSemaphorePermit) -> Self {
+        Dedicated {
+            conn,
+            task,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        // The client is gone: close at once so Redis unblocks the command.
+        self.task.abort();
+    }
+}
+
+/// Per-connection client state.
+pub struct Client {
+    pub id: u64,
+    pub authed: bool,
+    pub name: Option<Bytes>,
+    /// Dedicated connections for blocking commands, by backend address.
+    pub dedicated: HashMap<String, Dedicated>,
+}
+
+impl Client {
+    /// A new client; it starts authenticated when the proxy has no password.
+    pub fn new(ctx: &Context) -> Client {
+        Client {
+            id: ctx.next_client_id(),
+            authed: ctx.config.auth.is_empty(),
+            name: None,
+            dedicated: HashMap::new(),
+        }
+    }
+}

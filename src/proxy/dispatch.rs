@@ -1,0 +1,221 @@
+//! Turning one client request into a [`Pending`] reply: classify, check, route,
+//! and send to the right backend(s). Nothing here waits for a backend; the
+//! session writer does that, in request order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::backend::BackendConn;
+use super::command::{self, Command, Kind, Merge, Spec};
+use super::context::{Client, Context, Dedicated};
+use super::local;
+use super::reply::{Merger, Part, Pending, Reply};
+use super::router::{Pool, Routes, SlotRoute};
+use crate::libs::hash::slot_of;
+use crate::libs::resp::{self, Request};
+
+/// Redis Cluster's wording, which client libraries already recognise.
+const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// Handles one request and returns the reply it will get.
+pub fn dispatch(ctx: &Context, client: &mut Client, req: &Request) -> Pending {
+    let start = Instant::now();
+    let Some(cmd) = command::lookup(req.name()) else {
+        return Pending {
+            cmd: ctx.stats.unknown_cmd(),
+            start,
+            reply: Reply::Ready(unknown_command(req)),
+        };
+    };
+    let reply = dispatch_known(ctx, client, req, cmd);
+    Pending {
+        cmd: cmd.id,
+        start,
+        reply,
+    }
+}
+
+fn err(msg: &str) -> Reply {
+    Reply::Ready(resp::error(msg))
+}
+
+fn upper(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).to_uppercase()
+}
+
+fn unknown_command(req: &Request) -> Bytes {
+    let args: Vec<String> = req
+        .args
+        .iter()
+        .skip(1)
+        .take(8)
+        .map(|a| format!("'{}'", String::from_utf8_lossy(&a[..a.len().min(64)])))
+        .collect();
+    resp::error(&format!(
+        "ERR unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(&req.name()[..req.name().len().min(64)]),
+        args.join(" ")
+    ))
+}
+
+fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Command) -> Reply {
+    if !cmd.spec.arity_ok(req.args.len()) {
+        return err(&format!(
+            "ERR wrong number of arguments for '{}' command",
+            String::from_utf8_lossy(req.name()).to_lowercase()
+        ));
+    }
+    if !client.authed && !matches!(cmd.spec.name, "auth" | "hello" | "quit") {
+        return err("NOAUTH Authentication required.");
+    }
+    match cmd.kind {
+        Kind::Local => local::answer(ctx, client, req, cmd.spec),
+        Kind::Refused => err(&format!(
+            "ERR command '{}' is not allowed through reborn proxy",
+            upper(req.name())
+        )),
+        Kind::Unsupported => err(&format!(
+            "ERR command '{}' is not supported by reborn proxy yet",
+            upper(req.name())
+        )),
+        Kind::Split(merge) => split(ctx, req, merge),
+        Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec),
+        Kind::Blocking | Kind::Forward => forward(ctx, req, cmd.spec),
+    }
+}
+
+/// XREAD and XREADGROUP block only with a BLOCK argument; without it they are
+/// ordinary reads and share connections like any other.
+fn is_blocking_call(spec: &Spec, req: &Request) -> bool {
+    match spec.name {
+        "xread" | "xreadgroup" => req.args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(b"BLOCK")),
+        _ => true,
+    }
+}
+
+/// The single slot all of the request's keys hash to. Requests without keys
+/// (EVAL with `numkeys` 0) go to slot 0, as in Codis: deterministic, and the
+/// slot of the empty hash key.
+fn request_slot(spec: &'static Spec, req: &Request) -> Result<u16, Reply> {
+    let spec = spec.resolve(&req.args);
+    let mut slot: Option<u16> = None;
+    for i in spec.key_indices(&req.args) {
+        let Some(key) = req.args.get(i) else { continue };
+        let s = slot_of(key);
+        match slot {
+            Some(prev) if prev != s => return Err(err(CROSSSLOT)),
+            _ => slot = Some(s),
+        }
+    }
+    Ok(slot.unwrap_or(0))
+}
+
+/// The pool serving `slot`, or the error a request for it gets.
+fn pool_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<&'a Arc<Pool>, Reply> {
+    if !routes.online {
+        return Err(err(&format!(
+            "ERR proxy {} is offline (reborn admin proxy-online {})",
+            ctx.proxy_id, ctx.proxy_id
+        )));
+    }
+    match routes.get(slot) {
+        SlotRoute::Serve { pool, .. } => Ok(pool),
+        SlotRoute::Unassigned => Err(err(&format!("ERR slot {slot} is not assigned to any group"))),
+        SlotRoute::NoMaster(g) => Err(err(&format!("ERR group {g} of slot {slot} has no master"))),
+        SlotRoute::Migrating(state) => Err(err(&format!(
+            "ERR slot {slot} is in state {state:?}, which this proxy version cannot serve"
+        ))),
+    }
+}
+
+fn forward(ctx: &Context, req: &Request, spec: &'static Spec) -> Reply {
+    let slot = match request_slot(spec, req) {
+        Ok(s) => s,
+        Err(reply) => return reply,
+    };
+    let routes = ctx.router.routes();
+    match pool_for(ctx, &routes, slot) {
+        Ok(pool) => Reply::Wait(pool.send(req.raw.clone())),
+        Err(reply) => reply,
+    }
+}
+
+fn blocking(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec) -> Reply {
+    let slot = match request_slot(spec, req) {
+        Ok(s) => s,
+        Err(reply) => return reply,
+    };
+    let routes = ctx.router.routes();
+    let addr = match pool_for(ctx, &routes, slot) {
+        Ok(pool) => pool.addr().to_string(),
+        Err(reply) => return reply,
+    };
+    if !client.dedicated.contains_key(&addr) {
+        let Ok(permit) = ctx.blocking.clone().try_acquire_owned() else {
+            return err(&format!(
+                "ERR too many blocking clients (max_blocking = {})",
+                ctx.config.max_blocking
+            ));
+        };
+        let (conn, task) = BackendConn::spawn_with_handle(&addr, ctx.router.backend_options().clone());
+        client
+            .dedicated
+            .insert(addr.clone(), Dedicated::new(conn, task, permit));
+    }
+    match client.dedicated.get(&addr) {
+        Some(d) => Reply::Wait(d.conn.send(req.raw.clone())),
+        None => err("ERR internal: dedicated connection missing"),
+    }
+}
+
+/// MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: one sub-request per backend (not per
+/// key), merged back into one reply.
+fn split(ctx: &Context, req: &Request, merge: Merge) -> Reply {
+    // MSET takes key-value pairs; the others take keys.
+    let stride = if merge == Merge::Ok { 2 } else { 1 };
+    if merge == Merge::Ok && req.args.len().is_multiple_of(2) {
+        return err("ERR wrong number of arguments for 'mset' command");
+    }
+    let routes = ctx.router.routes();
+    // Pools in first-seen order, each with the client positions of its keys.
+    let mut groups: Vec<(&Arc<Pool>, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<*const Pool, usize> = HashMap::new();
+    for (n, i) in (1..req.args.len()).step_by(stride).enumerate() {
+        let pool = match pool_for(ctx, &routes, slot_of(&req.args[i])) {
+            Ok(p) => p,
+            Err(reply) => return reply,
+        };
+        let at = *index.entry(Arc::as_ptr(pool)).or_insert_with(|| {
+            groups.push((pool, Vec::new()));
+            groups.len() - 1
+        });
+        if let Some(g) = groups.get_mut(at) {
+            g.1.push(n);
+        }
+    }
+    if let [(pool, _)] = groups.as_slice() {
+        // Every key on one backend: forward the request untouched.
+        return Reply::Wait(pool.send(req.raw.clone()));
+    }
+    let total = (req.args.len() - 1) / stride;
+    let parts = groups
+        .into_iter()
+        .map(|(pool, positions)| {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(1 + positions.len() * stride);
+            args.push(req.name());
+            for &n in &positions {
+                let first = 1 + n * stride;
+                args.extend(req.args[first..first + stride].iter().map(|a| a.as_ref()));
+            }
+            Part {
+                rx: pool.send(resp::encode_array(&args)),
+                got: None,
+                positions,
+            }
+        })
+        .collect();
+    Reply::Merge(Box::new(Merger { merge, parts, total }))
+}

@@ -1,0 +1,297 @@
+//! Commands the proxy answers itself: PING, ECHO, QUIT, SELECT, AUTH, HELLO,
+//! CLIENT, COMMAND and INFO. They touch no backend, so they keep working while
+//! groups are down, which is what a client's health check should see.
+
+use std::fmt::Write as _;
+
+use bytes::{Bytes, BytesMut};
+
+use super::command::{self, BLOCKING, Begin, Find, MOVABLE, READONLY, Spec, WRITE};
+use super::context::{Client, Context};
+use super::reply::Reply;
+use crate::libs::resp::{self, Request};
+
+/// Answers a local command.
+pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec) -> Reply {
+    let args = &req.args;
+    let arg = |i: usize| args.get(i).map(|a| a.as_ref()).unwrap_or(b"");
+    let ready = Reply::Ready;
+    match spec.name {
+        "ping" if args.len() > 1 => ready(resp::bulk(arg(1))),
+        "ping" => ready(Bytes::from_static(b"+PONG\r\n")),
+        "echo" => ready(resp::bulk(arg(1))),
+        "quit" => Reply::Close(Bytes::from_static(resp::OK)),
+        "select" => match arg(1) {
+            b"0" => ready(Bytes::from_static(resp::OK)),
+            _ => ready(resp::error(
+                "ERR DB index is out of range (reborn proxy serves db 0 only)",
+            )),
+        },
+        "auth" => ready(auth(ctx, client, &args[1..])),
+        "hello" => ready(hello(ctx, client, args)),
+        "client" => ready(client_cmd(client, args)),
+        "command" => ready(command_cmd(args)),
+        "info" => ready(resp::bulk(info(ctx).as_bytes())),
+        _ => ready(resp::error("ERR internal: not a local command")),
+    }
+}
+
+/// Constant-time comparison, so response timing does not leak the password.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        let y = b.get(i % b.len().max(1)).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// AUTH password, or AUTH default password (Redis 6 form).
+fn auth(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
+    let expected = ctx.config.auth.as_bytes();
+    if expected.is_empty() {
+        return resp::error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        );
+    }
+    let password = match args {
+        [pw] => pw,
+        [user, pw] if user.as_ref() == b"default" => pw,
+        [_, _] => {
+            return resp::error("WRONGPASS invalid username-password pair or user is disabled.");
+        }
+        _ => return resp::error("ERR syntax error"),
+    };
+    client.authed = same_secret(password, expected);
+    if client.authed {
+        Bytes::from_static(resp::OK)
+    } else {
+        resp::error("WRONGPASS invalid username-password pair or user is disabled.")
+    }
+}
+
+/// HELLO [2 [AUTH user pass] [SETNAME name]]. RESP3 is refused with NOPROTO, which
+/// clients take as "fall back to RESP2".
+fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
+    if let Some(ver) = args.get(1) {
+        match ver.as_ref() {
+            b"2" => {}
+            b"3" => return resp::error("NOPROTO sorry, this protocol version is not supported."),
+            _ => return resp::error("NOPROTO unsupported protocol version"),
+        }
+    }
+    let mut i = 2;
+    while i < args.len() {
+        let opt = &args[i];
+        if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+            let reply = auth(ctx, client, &args[i + 1..i + 3]);
+            if resp::is_error(&reply) {
+                return reply;
+            }
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
+            client.name = Some(args[i + 1].clone());
+            i += 2;
+        } else {
+            return resp::error("ERR syntax error in HELLO option");
+        }
+    }
+    if !client.authed {
+        return resp::error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        );
+    }
+    let mut out = BytesMut::new();
+    resp::put_header(&mut out, b'*', 14);
+    for (k, v) in [("server", "reborn"), ("version", env!("CARGO_PKG_VERSION"))] {
+        resp::put_bulk(&mut out, k.as_bytes());
+        resp::put_bulk(&mut out, v.as_bytes());
+    }
+    resp::put_bulk(&mut out, b"proto");
+    out.extend_from_slice(b":2\r\n");
+    resp::put_bulk(&mut out, b"id");
+    out.extend_from_slice(&resp::int(client.id as i64));
+    for (k, v) in [("mode", "proxy"), ("role", "master")] {
+        resp::put_bulk(&mut out, k.as_bytes());
+        resp::put_bulk(&mut out, v.as_bytes());
+    }
+    resp::put_bulk(&mut out, b"modules");
+    out.extend_from_slice(b"*0\r\n");
+    out.freeze()
+}
+
+fn client_cmd(client: &mut Client, args: &[Bytes]) -> Bytes {
+    let sub = args.get(1).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+    match (sub.as_slice(), args.len()) {
+        (b"setname", 3) => {
+            if args[2].iter().any(|&b| b == b' ' || b == b'\n') {
+                return resp::error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            client.name = Some(args[2].clone());
+            Bytes::from_static(resp::OK)
+        }
+        (b"getname", 2) => match &client.name {
+            Some(n) if !n.is_empty() => resp::bulk(n),
+            _ => Bytes::from_static(resp::NIL),
+        },
+        (b"setinfo", 4) => Bytes::from_static(resp::OK),
+        (b"id", 2) => resp::int(client.id as i64),
+        (b"setname" | b"getname" | b"setinfo" | b"id", _) => resp::error(&format!(
+            "ERR wrong number of arguments for 'client|{}' command",
+            String::from_utf8_lossy(&sub)
+        )),
+        _ => resp::error(&format!(
+            "ERR CLIENT {} is not supported by reborn proxy",
+            String::from_utf8_lossy(&sub).to_uppercase()
+        )),
+    }
+}
+
+/// `first, last, step` of the legacy COMMAND reply, from the first key spec.
+fn legacy_key_range(spec: &Spec) -> (i64, i64, i64) {
+    match spec.keys.first() {
+        Some(ks) => match (ks.begin, ks.find) {
+            (Begin::Index(first), Find::Range { last, step, .. }) => {
+                let first = i64::from(first);
+                let last = if last < 0 {
+                    i64::from(last)
+                } else {
+                    first + i64::from(last)
+                };
+                (first, last, i64::from(step))
+            }
+            _ => (0, 0, 0),
+        },
+        None => (0, 0, 0),
+    }
+}
+
+fn command_entry(out: &mut BytesMut, spec: &Spec) {
+    resp::put_header(out, b'*', 6);
+    resp::put_bulk(out, spec.name.as_bytes());
+    out.extend_from_slice(&resp::int(i64::from(spec.arity)));
+    let flags: Vec<&str> = [
+        (WRITE, "write"),
+        (READONLY, "readonly"),
+        (BLOCKING, "blocking"),
+        (MOVABLE, "movablekeys"),
+    ]
+    .iter()
+    .filter(|(bit, _)| spec.flags & bit != 0)
+    .map(|(_, name)| *name)
+    .collect();
+    resp::put_header(out, b'*', flags.len() as i64);
+    for f in flags {
+        out.extend_from_slice(&resp::simple(f));
+    }
+    let (first, last, step) = legacy_key_range(spec);
+    for n in [first, last, step] {
+        out.extend_from_slice(&resp::int(n));
+    }
+}
+
+/// COMMAND, COMMAND COUNT, COMMAND INFO, COMMAND DOCS, COMMAND LIST,
+/// COMMAND GETKEYS: enough for redis-cli and client libraries.
+fn command_cmd(args: &[Bytes]) -> Bytes {
+    let sub = args.get(1).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+    let mut out = BytesMut::new();
+    match sub.as_slice() {
+        b"" => {
+            let specs: Vec<&Spec> = command::all().collect();
+            resp::put_header(&mut out, b'*', specs.len() as i64);
+            specs.iter().for_each(|s| command_entry(&mut out, s));
+        }
+        b"count" => return resp::int(command::all().count() as i64),
+        b"list" => {
+            let specs: Vec<&Spec> = command::all().collect();
+            resp::put_header(&mut out, b'*', specs.len() as i64);
+            specs
+                .iter()
+                .for_each(|s| resp::put_bulk(&mut out, s.name.as_bytes()));
+        }
+        b"info" => {
+            resp::put_header(&mut out, b'*', args.len() as i64 - 2);
+            for name in &args[2..] {
+                match command::lookup(name) {
+                    Some(c) => command_entry(&mut out, c.spec),
+                    None => out.extend_from_slice(b"*-1\r\n"),
+                }
+            }
+        }
+        // Docs are optional for clients; an empty map means "none".
+        b"docs" => return Bytes::from_static(b"*0\r\n"),
+        b"getkeys" => {
+            let rest = &args[2..];
+            let Some(c) = rest.first().and_then(|n| command::lookup(n)) else {
+                return resp::error("ERR Invalid command specified");
+            };
+            let keys = c.spec.resolve(rest).key_indices(rest);
+            if keys.is_empty() {
+                return resp::error("ERR The command has no key arguments");
+            }
+            resp::put_header(&mut out, b'*', keys.len() as i64);
+            keys.iter().for_each(|&i| resp::put_bulk(&mut out, &rest[i]));
+        }
+        _ => {
+            return resp::error(&format!(
+                "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+                String::from_utf8_lossy(&sub)
+            ));
+        }
+    }
+    out.freeze()
+}
+
+/// INFO: the proxy's own sections (it has no keyspace of its own).
+fn info(ctx: &Context) -> String {
+    let s = ctx.stats.snapshot();
+    let routes = ctx.router.routes();
+    let pools = ctx.router.pools();
+    let up = pools.iter().filter(|(_, p)| p.up_count() > 0).count();
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "# Server\r\nreborn_version:{}\r\nredis_mode:proxy\r\nproxy_id:{}\r\nproduct:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+        env!("CARGO_PKG_VERSION"),
+        ctx.proxy_id,
+        ctx.config.zk.product,
+        std::process::id(),
+        ctx.config.listen.rsplit(':').next().unwrap_or(""),
+        ctx.started.elapsed().as_secs()
+    );
+    let _ = write!(
+        out,
+        "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n\r\n",
+        s.sessions_alive, s.sessions_total, s.sessions_refused
+    );
+    let _ = write!(
+        out,
+        "# Stats\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\ntotal_error_replies:{}\r\nlatency_p50_us:{}\r\nlatency_p99_us:{}\r\n\r\n",
+        s.ops_total, s.ops_per_sec, s.errors_total, s.latency_us.p50, s.latency_us.p99
+    );
+    let _ = write!(
+        out,
+        "# Proxy\r\nonline:{}\r\nrouting_epoch:{}\r\nbackends:{}\r\nbackends_up:{}\r\n",
+        u8::from(routes.online),
+        routes.epoch,
+        pools.len(),
+        up
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_and_length() {
+        assert!(same_secret(b"hunter2", b"hunter2"));
+        assert!(!same_secret(b"hunter2", b"hunter3"));
+        assert!(!same_secret(b"hunter", b"hunter2"));
+        assert!(!same_secret(b"hunter22", b"hunter2"));
+        assert!(!same_secret(b"", b"x"));
+    }
+}

@@ -1,0 +1,44 @@
+//! `reborn proxy`: the RESP data plane.
+//!
+//! A request flows through these files, in order:
+//!
+//! 1. [`server`]: accepts the connection (bounded by `max_clients`);
+//! 2. [`session`]: parses requests (`libs::resp`) and keeps replies in order;
+//! 3. [`dispatch`]: classifies the command ([`command`]), answers local ones
+//!    ([`local`]), refuses unsafe ones, splits multi-key ones, and routes the rest
+//!    by slot through the [`router`] snapshot;
+//! 4. [`backend`]: pipelined connections to redis-servers, shared by sessions;
+//! 5. [`reply`]: the pending reply the session writer waits on, merged for split
+//!    commands.
+//!
+//! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
+//! `topo` kernel, never `im`.
+
+pub mod admin;
+pub mod backend;
+pub mod command;
+#[rustfmt::skip]
+mod command_table;
+pub mod config;
+pub mod context;
+pub mod dispatch;
+pub mod error;
+pub mod local;
+pub mod reply;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod stats;
+
+pub use config::{ProxyArgs, ProxyConfig};
+pub use error::ProxyError;
+pub use server::{Bound, run};
+
+/// Runs a proxy until SIGINT or SIGTERM, then shuts it down cleanly.
+///
+/// # Errors
+/// See [`run`].
+pub async fn run_until_signal(config: ProxyConfig) -> Result<(), ProxyError> {
+    let cancel = crate::libs::shutdown::on_signal();
+    run(config, cancel).await
+}

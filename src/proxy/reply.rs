@@ -1,0 +1,204 @@
+//! A reply the session owes its client, in request order.
+//!
+//! The session queues one [`Pending`] per request as soon as the request is
+//! dispatched; the writer resolves them strictly in queue order, whichever backend
+//! answers first. That is the whole ordering guarantee: no sequence numbers, no
+//! reordering buffer.
+//!
+//! A split multi-key command (MGET across groups, say) is one `Pending` holding
+//! the parts' receivers and how to merge them.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+use super::command::Merge;
+use crate::libs::resp;
+
+/// A reply in the making, with what stats need to know about its request.
+pub struct Pending {
+    /// Stats slot of the command (see `stats.rs`).
+    pub cmd: usize,
+    pub start: Instant,
+    pub reply: Reply,
+}
+
+/// Where the reply comes from.
+pub enum Reply {
+    /// Already known (local commands, proxy errors).
+    Ready(Bytes),
+    /// One backend reply.
+    Wait(oneshot::Receiver<Bytes>),
+    /// Several backend replies to merge.
+    Merge(Box<Merger>),
+    /// Write this, then close the connection (QUIT, protocol errors).
+    Close(Bytes),
+}
+
+/// The parts of a split command.
+pub struct Merger {
+    pub merge: Merge,
+    pub parts: Vec<Part>,
+    /// MGET only: how many keys the client asked for.
+    pub total: usize,
+}
+
+/// One sub-request of a split command.
+pub struct Part {
+    pub rx: oneshot::Receiver<Bytes>,
+    pub got: Option<Bytes>,
+    /// MGET only: the client-side positions of this part's keys, in order.
+    pub positions: Vec<usize>,
+}
+
+/// A backend reply that never came (its connection task ended without answering).
+fn lost() -> Bytes {
+    resp::error("ERR backend reply lost")
+}
+
+impl Reply {
+    /// The reply if it is complete now, without waiting.
+    pub fn try_take(&mut self) -> Option<Bytes> {
+        match self {
+            Reply::Ready(b) | Reply::Close(b) => Some(b.clone()),
+            Reply::Wait(rx) => match rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(lost()),
+            },
+            Reply::Merge(m) => {
+                for p in m.parts.iter_mut().filter(|p| p.got.is_none()) {
+                    match p.rx.try_recv() {
+                        Ok(b) => p.got = Some(b),
+                        Err(oneshot::error::TryRecvError::Empty) => return None,
+                        Err(oneshot::error::TryRecvError::Closed) => p.got = Some(lost()),
+                    }
+                }
+                Some(m.finish())
+            }
+        }
+    }
+
+    /// Waits for the reply.
+    pub async fn take(&mut self) -> Bytes {
+        match self {
+            Reply::Ready(b) | Reply::Close(b) => b.clone(),
+            Reply::Wait(rx) => rx.await.unwrap_or_else(|_| lost()),
+            Reply::Merge(m) => {
+                for p in m.parts.iter_mut().filter(|p| p.got.is_none()) {
+                    p.got = Some((&mut p.rx).await.unwrap_or_else(|_| lost()));
+                }
+                m.finish()
+            }
+        }
+    }
+}
+
+impl Merger {
+    /// Combines the parts' replies. The first error reply wins: a partial MGET
+    /// must not look like a set of nils.
+    fn finish(&self) -> Bytes {
+        let replies = self.parts.iter().map(|p| p.got.clone().unwrap_or_else(lost));
+        let replies: Vec<Bytes> = replies.collect();
+        if let Some(err) = replies.iter().find(|r| resp::is_error(r)) {
+            return err.clone();
+        }
+        match self.merge {
+            Merge::Ok => Bytes::from_static(resp::OK),
+            Merge::Sum => {
+                let mut sum = 0i64;
+                for r in &replies {
+                    match resp::integer(r) {
+                        Some(n) => sum += n,
+                        None => return unexpected(r),
+                    }
+                }
+                resp::int(sum)
+            }
+            Merge::Values => {
+                let mut slots: Vec<Option<Bytes>> = vec![None; self.total];
+                for (part, reply) in self.parts.iter().zip(&replies) {
+                    let Some(items) = resp::array_items(reply) else {
+                        return unexpected(reply);
+                    };
+                    if items.len() != part.positions.len() {
+                        return unexpected(reply);
+                    }
+                    for (&pos, item) in part.positions.iter().zip(items) {
+                        if let Some(s) = slots.get_mut(pos) {
+                            *s = Some(item);
+                        }
+                    }
+                }
+                let size: usize = slots.iter().map(|s| s.as_ref().map_or(5, |b| b.len())).sum();
+                let mut out = BytesMut::with_capacity(size + 16);
+                resp::put_header(&mut out, b'*', self.total as i64);
+                for s in slots {
+                    out.extend_from_slice(s.as_deref().unwrap_or(resp::NIL));
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
+fn unexpected(reply: &[u8]) -> Bytes {
+    let shown = String::from_utf8_lossy(&reply[..reply.len().min(64)]).into_owned();
+    resp::error(&format!("ERR unexpected backend reply while merging: {shown:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(reply: &'static [u8], positions: Vec<usize>) -> Part {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Bytes::from_static(reply));
+        Part {
+            rx,
+            got: None,
+            positions,
+        }
+    }
+
+    #[test]
+    fn mget_parts_are_put_back_in_key_order() {
+        let mut r = Reply::Merge(Box::new(Merger {
+            merge: Merge::Values,
+            total: 3,
+            parts: vec![
+                part(b"*2\r\n$1\r\na\r\n$-1\r\n", vec![0, 2]),
+                part(b"*1\r\n$1\r\nb\r\n", vec![1]),
+            ],
+        }));
+        assert_eq!(
+            &r.try_take().expect("ready")[..],
+            b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n"
+        );
+    }
+
+    #[test]
+    fn sums_and_errors() {
+        let mut r = Reply::Merge(Box::new(Merger {
+            merge: Merge::Sum,
+            total: 0,
+            parts: vec![part(b":2\r\n", vec![]), part(b":3\r\n", vec![])],
+        }));
+        assert_eq!(&r.try_take().expect("ready")[..], b":5\r\n");
+        let mut r = Reply::Merge(Box::new(Merger {
+            merge: Merge::Ok,
+            total: 0,
+            parts: vec![part(b"+OK\r\n", vec![]), part(b"-ERR down\r\n", vec![])],
+        }));
+        assert_eq!(&r.try_take().expect("ready")[..], b"-ERR down\r\n");
+    }
+
+    #[test]
+    fn a_dropped_sender_becomes_an_error_not_a_hang() {
+        let (tx, rx) = oneshot::channel::<Bytes>();
+        drop(tx);
+        let mut r = Reply::Wait(rx);
+        assert!(resp::is_error(&r.try_take().expect("ready")));
+    }
+}

@@ -1,0 +1,195 @@
+//! The routing table: slot → backend pool, as an immutable snapshot.
+//!
+//! Every request reads the current [`Routes`] through an [`ArcSwap`] (a couple of
+//! atomic operations, no lock). A topology change builds a whole new `Routes` and
+//! swaps it in, so a request sees either the old table or the new one, never a mix.
+//! Pools are keyed by redis address and reused across snapshots, so a change that
+//! does not touch a group keeps its connections warm.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::backend::{BackendConn, BackendOptions};
+use crate::libs::hash::SLOT_COUNT;
+use crate::topo::model::{GroupId, SlotState, Topology};
+
+/// A few pipelined connections to one redis-server, used round-robin.
+pub struct Pool {
+    conns: Vec<BackendConn>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn new(addr: &str, size: usize, opts: &BackendOptions) -> Pool {
+        Pool {
+            conns: (0..size.max(1))
+                .map(|_| BackendConn::spawn(addr, opts.clone()))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The backend's address.
+    pub fn addr(&self) -> &str {
+        self.conns.first().map(|c| c.addr()).unwrap_or("")
+    }
+
+    /// Sends `req` on the next connection.
+    pub fn send(&self, req: Bytes) -> oneshot::Receiver<Bytes> {
+        self.pick().send(req)
+    }
+
+    /// The connection the next request would use.
+    pub fn pick(&self) -> &BackendConn {
+        let n = self.conns.len();
+        let i = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        // `conns` is never empty (size.max(1)), so `i` is always in range.
+        &self.conns[i.min(n - 1)]
+    }
+
+    /// True while every connection of the pool is down.
+    pub fn is_down(&self) -> bool {
+        self.conns.iter().all(|c| c.is_down())
+    }
+
+    /// Connections currently up.
+    pub fn up_count(&self) -> usize {
+        self.conns.iter().filter(|c| c.is_up()).count()
+    }
+
+    /// The last connection error, if any.
+    pub fn last_error(&self) -> String {
+        self.conns
+            .iter()
+            .map(|c| c.last_error())
+            .find(|e| !e.is_empty())
+            .unwrap_or_default()
+    }
+}
+
+/// Where one slot's requests go.
+#[derive(Clone)]
+pub enum SlotRoute {
+    /// Served by this pool (the group master).
+    Serve { group: GroupId, pool: Arc<Pool> },
+    /// Not assigned to any group.
+    Unassigned,
+    /// The group exists but has no master.
+    NoMaster(GroupId),
+    /// In a migration state this proxy version does not serve.
+    Migrating(SlotState),
+}
+
+/// One immutable routing snapshot.
+pub struct Routes {
+    pub slots: Vec<SlotRoute>,
+    /// False when an operator set this proxy offline.
+    pub online: bool,
+    /// Bumped on every swap; shown in `/stats` and INFO.
+    pub epoch: u64,
+}
+
+impl Routes {
+    /// The route of `slot`.
+    pub fn get(&self, slot: u16) -> &SlotRoute {
+        self.slots
+            .get(usize::from(slot))
+            .unwrap_or(&SlotRoute::Unassigned)
+    }
+}
+
+/// The current routes plus the pools they point into.
+pub struct Router {
+    routes: ArcSwap<Routes>,
+    pools: parking_lot::Mutex<HashMap<String, Arc<Pool>>>,
+    opts: BackendOptions,
+    pool_size: usize,
+    proxy_id: String,
+}
+
+impl Router {
+    /// An empty router: every slot unassigned until the first topology arrives.
+    pub fn new(proxy_id: &str, opts: BackendOptions, pool_size: usize) -> Router {
+        Router {
+            routes: ArcSwap::from_pointee(Routes {
+                slots: vec![SlotRoute::Unassigned; SLOT_COUNT],
+                online: true,
+                epoch: 0,
+            }),
+            pools: parking_lot::Mutex::new(HashMap::new()),
+            opts,
+            pool_size,
+            proxy_id: proxy_id.to_string(),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn routes(&self) -> arc_swap::Guard<Arc<Routes>> {
+        self.routes.load()
+    }
+
+    /// The options used to open backend connections (also for dedicated ones).
+    pub fn backend_options(&self) -> &BackendOptions {
+        &self.opts
+    }
+
+    /// Builds and swaps in the routes for `topo`. Pools of addresses no longer
+    /// used are dropped; their connections close after their in-flight replies.
+    pub fn apply(&self, topo: &Topology) {
+        let mut pools = self.pools.lock();
+        let mut used: HashMap<String, Arc<Pool>> = HashMap::new();
+        let mut slots = Vec::with_capacity(SLOT_COUNT);
+        for slot in topo.slots.slots() {
+            let route = if slot.group == 0 {
+                SlotRoute::Unassigned
+            } else if slot.state != SlotState::Online {
+                SlotRoute::Migrating(slot.state)
+            } else {
+                match topo.groups.get(&slot.group).and_then(|g| g.master()) {
+                    None => SlotRoute::NoMaster(slot.group),
+                    Some(addr) => {
+                        let pool =
+                            used.entry(addr.to_string())
+                                .or_insert_with(|| {
+                                    pools.get(addr).cloned().unwrap_or_else(|| {
+                                        Arc::new(Pool::new(addr, self.pool_size, &self.opts))
+                                    })
+                                })
+                                .clone();
+                        SlotRoute::Serve {
+                            group: slot.group,
+                            pool,
+                        }
+                    }
+                }
+            };
+            slots.push(route);
+        }
+        let epoch = self.routes.load().epoch + 1;
+        let online = !topo.offline_proxies.contains(&self.proxy_id);
+        self.routes.store(Arc::new(Routes { slots, online, epoch }));
+        *pools = used;
+        tracing::info!(epoch, online, backends = pools.len(), "routing table updated");
+    }
+
+    /// The pools in use, by address (for stats).
+    pub fn pools(&self) -> Vec<(String, Arc<Pool>)> {
+        let mut v: Vec<_> = self
+            .pools
+            .lock()
+            .iter()
+            .map(|(a, p)| (a.clone(), p.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}

@@ -1,0 +1,173 @@
+//! One client connection.
+//!
+//! Two halves run in one task:
+//!
+//! * the **reader** parses every complete request in its buffer, dispatches each
+//!   at once (so a pipeline reaches the backends as a pipeline) and queues its
+//!   [`Pending`] reply on a bounded channel. When `max_pipeline` replies are
+//!   outstanding the queue is full, the reader stops reading, and TCP pushes back
+//!   on the client: back-pressure, never disconnection.
+//! * the **writer** resolves the pending replies strictly in order. It appends
+//!   every reply that is already complete to one buffer and writes only when the
+//!   next reply is not ready yet (or the buffer is large), so a pipelined burst
+//!   goes back in one syscall.
+//!
+//! A protocol error or QUIT is answered, the buffered replies are flushed, and the
+//! connection closes. On shutdown the reader stops taking requests while the
+//! writer delivers everything already accepted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::context::{Client, Context};
+use super::dispatch::dispatch;
+use super::reply::{Pending, Reply};
+use crate::libs::resp;
+
+/// Flush the output buffer once it holds this much, even mid-burst.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Serves one client until it disconnects, sends QUIT or garbage, idles out, or
+/// the proxy shuts down (`shutdown`).
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(ctx.config.max_pipeline);
+    let inflight = AtomicUsize::new(0);
+    // Tripped by the writer when it stops, so the reader stops too.
+    let writer_done = CancellationToken::new();
+    // The reader owns the client state, so a client that hangs up drops its
+    // dedicated connections at once and a blocked BLPOP does not outlive it.
+    let client = Client::new(&ctx);
+    let reader = read_loop(rd, &ctx, client, tx, &inflight, &writer_done, &shutdown);
+    let writer = write_loop(wr, &ctx, rx, &inflight, &writer_done);
+    tokio::join!(reader, writer);
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    ctx: &Context,
+    mut client: Client,
+    tx: mpsc::Sender<Pending>,
+    inflight: &AtomicUsize,
+    writer_done: &CancellationToken,
+    shutdown: &CancellationToken,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let idle = ctx.config.idle_timeout;
+    loop {
+        loop {
+            let pending = match resp::parse_request(&mut buf, &ctx.limits) {
+                Ok(Some(req)) => dispatch(ctx, &mut client, &req),
+                Ok(None) => break,
+                Err(e) => {
+                    ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client = client.id, error = %e, "protocol error");
+                    Pending {
+                        cmd: ctx.stats.unknown_cmd(),
+                        start: std::time::Instant::now(),
+                        reply: Reply::Close(resp::error(&format!("ERR Protocol error: {e}"))),
+                    }
+                }
+            };
+            let close = matches!(pending.reply, Reply::Close(_));
+            inflight.fetch_add(1, Ordering::Relaxed);
+            if tx.send(pending).await.is_err() || close {
+                return;
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = writer_done.cancelled() => return,
+            _ = shutdown.cancelled() => return,
+            _ = idle_timer(idle) => {
+                if inflight.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(client = client.id, "idle timeout");
+                    return;
+                }
+                // A blocked command is waiting: the client is not idle.
+                continue;
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sleeps for the idle timeout, or forever when it is disabled.
+async fn idle_timer(idle: Duration) {
+    if idle.is_zero() {
+        std::future::pending::<()>().await;
+    } else {
+        tokio::time::sleep(idle).await;
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    ctx: &Context,
+    mut rx: mpsc::Receiver<Pending>,
+    inflight: &AtomicUsize,
+    done: &CancellationToken,
+) {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let result: std::io::Result<()> = async {
+        loop {
+            let mut p = match rx.try_recv() {
+                Ok(p) => p,
+                Err(_) => {
+                    // Nothing queued right now: send what we have, then wait.
+                    flush(&mut wr, &mut out).await?;
+                    match rx.recv().await {
+                        Some(p) => p,
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let reply = match p.reply.try_take() {
+                Some(r) => r,
+                None => {
+                    flush(&mut wr, &mut out).await?;
+                    p.reply.take().await
+                }
+            };
+            ctx.stats.record(p.cmd, p.start.elapsed(), resp::is_error(&reply));
+            inflight.fetch_sub(1, Ordering::Relaxed);
+            out.extend_from_slice(&reply);
+            if matches!(p.reply, Reply::Close(_)) {
+                flush(&mut wr, &mut out).await?;
+                return Ok(());
+            }
+            if out.len() >= FLUSH_AT {
+                flush(&mut wr, &mut out).await?;
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client write failed");
+    }
+    let _ = wr.shutdown().await;
+    done.cancel();
+}
+
+async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Proxy statistics: per-command calls, errors and time, a latency histogram,
+//! sessions and ops/s. Counters are relaxed atomics bumped on the hot path; the
+//! admin endpoint reads them into a JSON snapshot or Prometheus text.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::command;
+
+/// Latency buckets: four per power of two of microseconds, up to ~2^26 µs (67 s).
+const BUCKETS: usize = 26 * 4;
+
+#[derive(Default)]
+struct CmdStat {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    usecs: AtomicU64,
+}
+
+/// All counters of one proxy.
+pub struct Stats {
+    started: Instant,
+    names: Vec<&'static str>,
+    cmds: Vec<CmdStat>,
+    latency: Vec<AtomicU64>,
+    ops: AtomicU64,
+    errors: AtomicU64,
+    ops_per_sec: AtomicU64,
+    pub sessions_total: AtomicU64,
+    pub sessions_alive: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let mut names: Vec<&'static str> = command::all().map(|s| s.name).collect();
+        names.push("unknown");
+        Stats {
+            started: Instant::now(),
+            cmds: names.iter().map(|_| CmdStat::default()).collect(),
+            names,
+            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            ops: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            ops_per_sec: AtomicU64::new(0),
+            sessions_total: AtomicU64::new(0),
+            sessions_alive: AtomicU64::new(0),
+            sessions_refused: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket_of(us: u64) -> usize {
+    if us < 2 {
+        return us as usize;
+    }
+    let log = 63 - us.leading_zeros() as usize;
+    // Two bits below the top one split each power of two into four.
+    let frac =
+        ((us >> (log - 1).min(63)) & 0b1) as usize * 2 + ((us >> log.saturating_sub(2)) & 0b1) as usize;
+    (log * 4 + frac).min(BUCKETS - 1)
+}
+
+/// Upper bound, in µs, of bucket `b` (inverse of [`bucket_of`], rounded up).
+fn bucket_bound(b: usize) -> u64 {
+    if b < 2 {
+        return b as u64 + 1;
+    }
+    let log = b / 4;
+    let frac = (b % 4) as u64;
+    (1u64 << log) + (frac + 1) * (1u64 << log) / 4
+}
+
+impl Stats {
+    /// The stats slot of an unknown command.
+    pub fn unknown_cmd(&self) -> usize {
+        self.cmds.len() - 1
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, cmd: usize, elapsed: Duration, error: bool) {
+        let us = elapsed.as_micros() as u64;
+        self.ops.fetch_add(1, Relaxed);
+        if let Some(c) = self.cmds.get(cmd) {
+            c.calls.fetch_add(1, Relaxed);
+            c.usecs.fetch_add(us, Relaxed);
+            if error {
+                c.errors.fetch_add(1, Relaxed);
+            }
+        }
+        if error {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        if let Some(b) = self.latency.get(bucket_of(us)) {
+            b.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Samples ops/s once a second until the runtime stops.
+    pub async fn sample_ops(self: std::sync::Arc<Self>) {
+        let mut last = self.ops.load(Relaxed);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = self.ops.load(Relaxed);
+            self.ops_per_sec.store(now.saturating_sub(last), Relaxed);
+            last = now;
+        }
+    }
+
+    fn quantile(&self, counts: &[u64], total: u64, q: f64) -> u64 {
+        if total == 0 {
+            return 0;
+        }
+        let target = ((total as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for (b, &n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return bucket_bound(b);
+            }
+        }
+        bucket_bound(BUCKETS - 1)
+    }
+
+    /// A consistent-enough copy of every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let counts: Vec<u64> = self.latency.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let commands = self
+            .names
+            .iter()
+            .zip(&self.cmds)
+            .filter(|(_, c)| c.calls.load(Relaxed) > 0)
+            .map(|(name, c)| {
+                let calls = c.calls.load(Relaxed);
+                let usecs = c.usecs.load(Relaxed);
+                CommandStats {
+                    name: name.to_string(),
+                    calls,
+                    errors: c.errors.load(Relaxed),
+                    usecs,
+                    usecs_per_call: usecs as f64 / calls.max(1) as f64,
+                }
+            })
+            .collect();
+        StatsSnapshot {
+            uptime_secs: self.started.elapsed().as_secs(),
+            ops_total: self.ops.load(Relaxed),
+            ops_per_sec: self.ops_per_sec.load(Relaxed),
+            errors_total: self.errors.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            sessions_total: self.sessions_total.load(Relaxed),
+            sessions_alive: self.sessions_alive.load(Relaxed),
+            sessions_refused: self.sessions_refused.load(Relaxed),
+            latency_us: Latency {
+                p50: self.quantile(&counts, total, 0.50),
+                p90: self.quantile(&counts, total, 0.90),
+                p99: self.quantile(&counts, total, 0.99),
+                p999: self.quantile(&counts, total, 0.999),
+            },
+            commands,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds (bucket upper bounds, within 25%).
+#[derive(Serialize, Debug, Clone)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+}
+
+/// Counters of one command.
+#[derive(Serialize, Debug, Clone)]
+pub struct CommandStats {
+    pub name: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub usecs: u64,
+    pub usecs_per_call: f64,
+}
+
+/// What `/stats` reports about requests and sessions.
+#[derive(Serialize, Debug, Clone)]
+pub struct StatsSnapshot {
+    pub uptime_secs: u64,
+    pub ops_total: u64,
+    pub ops_per_sec: u64,
+    pub errors_total: u64,
+    pub protocol_errors: u64,
+    pub sessions_total: u64,
+    pub sessions_alive: u64,
+    pub sessions_refused: u64,
+    pub latency_us: Latency,
+    pub commands: Vec<CommandStats>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_bound_their_values() {
+        let mut last = 0;
+        for us in [0u64, 1, 2, 3, 5, 7, 8, 100, 1000, 12345, 1 << 20, 1 << 30] {
+            let b = bucket_of(us);
+            assert!(b >= last, "{us}");
+            assert!(
+                bucket_bound(b) >= us.min(bucket_bound(BUCKETS - 1)),
+                "{us} > bound of {b}"
+            );
+            last = b;
+        }
+    }
+
+    #[test]
+    fn percentiles() {
+        let s = Stats::default();
+        for _ in 0..90 {
+            s.record(0, Duration::from_micros(10), false);
+        }
+        for _ in 0..10 {
+            s.record(0, Duration::from_micros(1000), true);
+        }
+        let snap = s.snapshot();
+        assert!(
+            snap.latency_us.p50 >= 10 && snap.latency_us.p50 <= 13,
+            "{:?}",
+            snap.latency_us
+        );
+        assert!(
+            snap.latency_us.p99 >= 1000 && snap.latency_us.p99 <= 1300,
+            "{:?}",
+            snap.latency_us
+        );
+        assert_eq!(snap.errors_total, 10);
+        assert_eq!(snap.commands[0].calls, 100);
+    }
+}

@@ -1,0 +1,484 @@
+//! `reborn admin`: the operator command line over [`super::operation`].
+//!
+//! Listings print aligned tables; changes print one confirmation line. Errors come
+//! back as text and `main` turns them into a non-zero exit. The session is always
+//! closed before returning, so the operator lock and the session never linger
+//! after the command. Imports `topo` only.
+
+use std::fmt::Write as _;
+
+use super::error::TopoError;
+use super::model::{GroupId, Role, SlotState, Topology};
+use super::operation;
+use super::store::{Store, ZkConfig};
+use super::watcher;
+
+/// Arguments of `reborn admin`.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// ZooKeeper address: host:port, or a comma-separated list.
+    #[arg(long, global = true, default_value = "127.0.0.1:2181")]
+    pub zk: String,
+    /// ZooKeeper root node all products live under.
+    #[arg(long, global = true, default_value = "/reborn")]
+    pub root: String,
+    /// Product (cluster) name.
+    #[arg(long, global = true, default_value = "demo")]
+    pub product: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// One admin command.
+#[derive(clap::Subcommand, Debug, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Create the product in ZooKeeper (idempotent).
+    Init,
+    /// List groups and their servers.
+    Groups,
+    /// List slot ranges with their group, state and master.
+    Slots,
+    /// List proxies: live ones and those set offline.
+    Proxies,
+    /// Create an empty group (id 1..=9999).
+    GroupCreate {
+        /// Group id.
+        id: GroupId,
+    },
+    /// Remove a group that owns no slots.
+    GroupRemove {
+        /// Group id.
+        id: GroupId,
+    },
+    /// Add a redis-server to a group (as its master unless --replica).
+    ServerAdd {
+        /// Group id.
+        group: GroupId,
+        /// host:port of the redis-server.
+        addr: String,
+        /// Add it as a replica instead of the master.
+        #[arg(long)]
+        replica: bool,
+    },
+    /// Remove a redis-server from a group.
+    ServerRemove {
+        /// Group id.
+        group: GroupId,
+        /// host:port of the redis-server.
+        addr: String,
+    },
+    /// Assign slots to a group without moving data (group 0 unassigns).
+    SlotsAssign {
+        /// `start-end` (inclusive) or a single slot.
+        #[arg(value_parser = parse_slot_range)]
+        slots: SlotRangeArg,
+        /// Group id, 0 to unassign.
+        group: GroupId,
+    },
+    /// Let a proxy serve again (removes its offline marker).
+    ProxyOnline {
+        /// Proxy id (by default its listen address).
+        id: String,
+    },
+    /// Mark a proxy offline.
+    ProxyOffline {
+        /// Proxy id (by default its listen address).
+        id: String,
+    },
+    /// Print the whole topology.
+    Topology {
+        /// As JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An inclusive slot range given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotRangeArg {
+    /// First slot.
+    pub start: u16,
+    /// Last slot, inclusive.
+    pub end: u16,
+}
+
+/// Parses `0-511` or `7`. Bounds against the slot count are checked by the
+/// operation, which knows them.
+///
+/// # Errors
+/// A message clap shows next to the argument.
+pub fn parse_slot_range(s: &str) -> Result<SlotRangeArg, String> {
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{t:?} is not a slot number"))
+    };
+    let (start, end) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(s)?, num(s)?),
+    };
+    if start > end {
+        return Err(format!("slot range {s:?} is reversed"));
+    }
+    Ok(SlotRangeArg { start, end })
+}
+
+/// Runs one admin command against ZooKeeper and prints its result.
+///
+/// # Errors
+/// A readable message (unreachable ZooKeeper, refused change, …).
+pub async fn run(args: AdminArgs) -> Result<(), String> {
+    let cfg = ZkConfig {
+        addr: args.zk,
+        root: args.root,
+        product: args.product,
+        ..ZkConfig::default()
+    };
+    let store = Store::connect(&cfg).await.map_err(|e| e.to_string())?;
+    let result = execute(&store, &args.command).await;
+    store.close().await;
+    let text = result.map_err(|e| e.to_string())?;
+    print!("{text}");
+    Ok(())
+}
+
+/// Runs `command` and returns what to print.
+///
+/// # Errors
+/// The operation's error.
+pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, TopoError> {
+    use AdminCommand as C;
+    let done = |s: String| Ok(s + "\n");
+    match command {
+        C::Init => {
+            operation::init_product(store).await?;
+            done(format!("product {} initialized", store.paths().product()))
+        }
+        C::Groups => Ok(render_groups(&watcher::load(store).await?)),
+        C::Slots => Ok(render_slots(&watcher::load(store).await?)),
+        C::Proxies => Ok(render_proxies(&watcher::load(store).await?)),
+        C::GroupCreate { id } => {
+            operation::create_group(store, *id).await?;
+            done(format!("group {id} created"))
+        }
+        C::GroupRemove { id } => {
+            operation::remove_group(store, *id).await?;
+            done(format!("group {id} removed"))
+        }
+        C::ServerAdd { group, addr, replica } => {
+            let role = if *replica { Role::Replica } else { Role::Master };
+            operation::add_server(store, *group, addr, role).await?;
+            done(format!("{addr} added to group {group} as {}", role_name(role)))
+        }
+        C::ServerRemove { group, addr } => {
+            operation::remove_server(store, *group, addr).await?;
+            done(format!("{addr} removed from group {group}"))
+        }
+        C::SlotsAssign { slots, group } => {
+            operation::assign_slots(store, slots.start, slots.end, *group).await?;
+            done(format!(
+                "slots {}-{} assigned to group {group}",
+                slots.start, slots.end
+            ))
+        }
+        C::ProxyOnline { id } => {
+            operation::set_proxy_online(store, id, true).await?;
+            done(format!("proxy {id} set online"))
+        }
+        C::ProxyOffline { id } => {
+            operation::set_proxy_online(store, id, false).await?;
+            done(format!("proxy {id} set offline"))
+        }
+        C::Topology { json } => render_topology(&watcher::load(store).await?, *json),
+    }
+}
+
+/// `GROUP  SERVER  ROLE`, one line per server.
+pub fn render_groups(topo: &Topology) -> String {
+    let mut rows = Vec::new();
+    for group in topo.groups.values() {
+        if group.servers.is_empty() {
+            rows.push(vec![group.id.to_string(), "-".into(), "-".into()]);
+        }
+        for s in &group.servers {
+            rows.push(vec![
+                group.id.to_string(),
+                s.addr.clone(),
+                role_name(s.role).into(),
+            ]);
+        }
+    }
+    table(&["GROUP", "SERVER", "ROLE"], rows)
+}
+
+/// `SLOTS  GROUP  STATE  MASTER`, one line per run of equal slots.
+pub fn render_slots(topo: &Topology) -> String {
+    let rows = topo
+        .slots
+        .to_ranges()
+        .iter()
+        .map(|r| {
+            let group = if r.group == 0 {
+                "-".into()
+            } else {
+                r.group.to_string()
+            };
+            let state = match (r.state, r.group, r.from) {
+                (SlotState::Online, 0, _) => "offline".to_string(),
+                (SlotState::Online, _, _) => "online".to_string(),
+                (SlotState::PreMigrate, _, _) => "pre_migrate".to_string(),
+                (SlotState::Migrate, _, Some(from)) => format!("migrate(from {from})"),
+                (SlotState::Migrate, _, None) => "migrate".to_string(),
+            };
+            let master = topo.groups.get(&r.group).and_then(|g| g.master()).unwrap_or("-");
+            vec![format!("{}-{}", r.start, r.end), group, state, master.to_string()]
+        })
+        .collect();
+    table(&["SLOTS", "GROUP", "STATE", "MASTER"], rows)
+}
+
+/// `ID  ADDR  ADMIN  PID  STARTED  STATE`: live proxies, then ids that are set
+/// offline but not running.
+pub fn render_proxies(topo: &Topology) -> String {
+    let state = |id: &str| {
+        if topo.offline_proxies.contains(id) {
+            "offline"
+        } else {
+            "online"
+        }
+    };
+    let mut rows: Vec<Vec<String>> = topo
+        .proxies
+        .values()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.addr.clone(),
+                p.admin_addr.clone(),
+                p.pid.to_string(),
+                format_unix_utc(p.start_time),
+                state(&p.id).to_string(),
+            ]
+        })
+        .collect();
+    for id in topo
+        .offline_proxies
+        .iter()
+        .filter(|id| !topo.proxies.contains_key(*id))
+    {
+        let dash = || "-".to_string();
+        rows.push(vec![
+            id.clone(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            "offline (not running)".into(),
+        ]);
+    }
+    table(&["ID", "ADDR", "ADMIN", "PID", "STARTED", "STATE"], rows)
+}
+
+fn render_topology(topo: &Topology, json: bool) -> Result<String, TopoError> {
+    if json {
+        let text = serde_json::to_string_pretty(topo).map_err(|source| TopoError::Json {
+            path: "(topology)".into(),
+            source,
+        })?;
+        return Ok(text + "\n");
+    }
+    Ok(format!(
+        "product {}\n\n{}\n{}\n{}",
+        topo.product,
+        render_groups(topo),
+        render_slots(topo),
+        render_proxies(topo)
+    ))
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Master => "master",
+        Role::Replica => "replica",
+    }
+}
+
+/// Left-aligned columns separated by two spaces; no trailing blanks.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows.iter()) {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<w$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `2026-11-22 03:23:00Z` for unix seconds (UTC; no time-zone database needed).
+fn format_unix_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::topo::model::{Group, ProxyInfo, Server};
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: AdminArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<AdminArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("admin").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn slot_ranges_parse() {
+        assert_eq!(parse_slot_range("0-511"), Ok(SlotRangeArg { start: 0, end: 511 }));
+        assert_eq!(parse_slot_range("7"), Ok(SlotRangeArg { start: 7, end: 7 }));
+        for bad in ["", "a-b", "5-1", "-3", "1-", "70000"] {
+            assert!(parse_slot_range(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn commands_and_global_flags_parse() {
+        let a = parse(&["slots-assign", "0-511", "1", "--product", "p"]).expect("parse");
+        assert_eq!(a.product, "p");
+        assert_eq!(a.zk, "127.0.0.1:2181");
+        assert_eq!(
+            a.command,
+            AdminCommand::SlotsAssign {
+                slots: SlotRangeArg { start: 0, end: 511 },
+                group: 1
+            }
+        );
+        let a = parse(&["--zk", "h:1", "server-add", "2", "127.0.0.1:6379", "--replica"]).expect("parse");
+        assert_eq!(a.zk, "h:1");
+        assert_eq!(
+            a.command,
+            AdminCommand::ServerAdd {
+                group: 2,
+                addr: "127.0.0.1:6379".into(),
+                replica: true
+            }
+        );
+        assert_eq!(
+            parse(&["topology", "--json"]).expect("parse").command,
+            AdminCommand::Topology { json: true }
+        );
+        assert_eq!(
+            parse(&["proxy-offline", "127.0.0.1:19000"])
+                .expect("parse")
+                .command,
+            AdminCommand::ProxyOffline {
+                id: "127.0.0.1:19000".into()
+            }
+        );
+        assert!(parse(&["group-create", "x"]).is_err());
+        assert!(parse(&["slots-assign", "9-3", "1"]).is_err());
+    }
+
+    fn sample() -> Topology {
+        let mut topo = Topology {
+            product: "demo".into(),
+            ..Topology::default()
+        };
+        for id in 0..512 {
+            if let Some(s) = topo.slots.get_mut(id) {
+                s.group = 1;
+            }
+        }
+        topo.groups.insert(
+            1,
+            Group {
+                id: 1,
+                servers: vec![
+                    Server {
+                        addr: "127.0.0.1:16379".into(),
+                        role: Role::Master,
+                    },
+                    Server {
+                        addr: "127.0.0.1:16380".into(),
+                        role: Role::Replica,
+                    },
+                ],
+            },
+        );
+        topo.proxies.insert(
+            "p1".into(),
+            ProxyInfo {
+                id: "p1".into(),
+                addr: "127.0.0.1:19000".into(),
+                admin_addr: "127.0.0.1:11000".into(),
+                pid: 7,
+                start_time: 0,
+                version: "0.1.0".into(),
+            },
+        );
+        topo.offline_proxies.insert("gone".into());
+        topo
+    }
+
+    #[test]
+    fn tables_are_aligned() {
+        let topo = sample();
+        assert_eq!(
+            render_slots(&topo),
+            "SLOTS     GROUP  STATE    MASTER\n\
+             0-511     1      online   127.0.0.1:16379\n\
+             512-1023  -      offline  -\n"
+        );
+        assert_eq!(
+            render_groups(&topo),
+            "GROUP  SERVER           ROLE\n\
+             1      127.0.0.1:16379  master\n\
+             1      127.0.0.1:16380  replica\n"
+        );
+        let proxies = render_proxies(&topo);
+        assert!(
+            proxies.contains("p1    127.0.0.1:19000  127.0.0.1:11000  7    1970-01-01 00:00:00Z  online"),
+            "{proxies}"
+        );
+        assert!(proxies.contains("offline (not running)"), "{proxies}");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_unix_utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(format_unix_utc(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(format_unix_utc(1_700_000_000), "2023-11-14 22:13:20Z");
+    }
+}

@@ -1,0 +1,35 @@
+//! Coordination: the cluster model as kept in ZooKeeper, and everything that reads
+//! or writes it.
+//!
+//! * [`model`]: the plain data (slots, groups, proxies) and its JSON schema.
+//! * [`path`]: every ZooKeeper path, in one place.
+//! * [`store`]: a ZooKeeper session that survives disconnects and expiry,
+//!   re-creating its ephemeral nodes.
+//! * [`session`]: the client of one session with JSON, CAS and `multi` helpers.
+//! * [`watcher`]: follows a product and publishes immutable [`model::Topology`]
+//!   snapshots.
+//! * [`lock`]: the product-wide operator lock.
+//! * [`operation`]: operator changes (groups, servers, slots, proxy state), each
+//!   run under the lock and validated before anything is written.
+//! * [`admin`]: the `reborn admin` command line.
+//!
+//! Imports only `libs`. The proxy and the push system depend on this module, never
+//! the other way round.
+
+pub mod admin;
+pub mod error;
+pub mod lock;
+pub mod model;
+pub mod operation;
+pub mod path;
+pub mod session;
+pub mod store;
+pub mod watcher;
+
+pub use error::TopoError;
+pub use model::Topology;
+pub use model::{Group, GroupId, ProxyInfo, Role, Server, Slot, SlotState, SlotTable};
+pub use path::Paths;
+pub use session::ZkSession;
+pub use store::{SessionEvent, Store, ZkConfig};
+pub use watcher::{load, watch};

@@ -1,0 +1,258 @@
+//! The cluster model: what ZooKeeper stores for one product, as plain data.
+//!
+//! Every type here is the JSON payload of a ZooKeeper node (see [`super::path`]),
+//! so field names are part of the on-disk schema: rename with care. Imports only
+//! `libs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::libs::hash::SLOT_COUNT;
+
+/// A group id. Groups are numbered from 1; 0 means "no group" (an unassigned slot).
+pub type GroupId = u32;
+
+/// The role of a redis-server inside its group.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Serves every request of the group's slots.
+    Master,
+    /// Replicates the master; not routed to by the proxy yet.
+    Replica,
+}
+
+/// One redis-server of a group.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// `host:port` the proxy connects to.
+    pub addr: String,
+    pub role: Role,
+}
+
+/// A group: one master and zero or more replicas holding the same data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub id: GroupId,
+    pub servers: Vec<Server>,
+}
+
+impl Group {
+    /// The master's address, if the group has one.
+    pub fn master(&self) -> Option<&str> {
+        self.servers
+            .iter()
+            .find(|s| s.role == Role::Master)
+            .map(|s| s.addr.as_str())
+    }
+}
+
+/// Where a slot is in its life cycle (`online → pre_migrate → migrate → online`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotState {
+    /// Served by `group`.
+    #[default]
+    Online,
+    /// About to migrate: proxies hold its requests until the next phase.
+    PreMigrate,
+    /// Migrating from `from` to `group`: keys are moved on access.
+    Migrate,
+}
+
+/// One slot's routing entry.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Slot {
+    pub id: u16,
+    /// Owning group; 0 when the slot is unassigned (offline).
+    pub group: GroupId,
+    #[serde(default)]
+    pub state: SlotState,
+    /// The source group while the slot is migrating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<GroupId>,
+}
+
+/// A run of consecutive slots sharing the same entry: the compact form the slot
+/// table takes in ZooKeeper (1024 entries collapse to a handful of ranges).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SlotRange {
+    /// First slot of the run, inclusive.
+    pub start: u16,
+    /// Last slot of the run, inclusive.
+    pub end: u16,
+    pub group: GroupId,
+    #[serde(default)]
+    pub state: SlotState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<GroupId>,
+}
+
+/// The whole slot table: always exactly [`SLOT_COUNT`] entries, indexed by slot id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotTable {
+    slots: Vec<Slot>,
+}
+
+impl Default for SlotTable {
+    fn default() -> Self {
+        SlotTable {
+            slots: (0..SLOT_COUNT as u16)
+                .map(|id| Slot {
+                    id,
+                    ..Slot::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+impl SlotTable {
+    /// All slots, indexed by id.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// The entry of slot `id`, if `id < SLOT_COUNT`.
+    pub fn get(&self, id: u16) -> Option<&Slot> {
+        self.slots.get(usize::from(id))
+    }
+
+    /// Mutable entry of slot `id`, if `id < SLOT_COUNT`.
+    pub fn get_mut(&mut self, id: u16) -> Option<&mut Slot> {
+        self.slots.get_mut(usize::from(id))
+    }
+
+    /// Collapses the table into runs of equal entries.
+    pub fn to_ranges(&self) -> Vec<SlotRange> {
+        let mut out: Vec<SlotRange> = Vec::new();
+        for s in &self.slots {
+            match out.last_mut() {
+                Some(r) if r.group == s.group && r.state == s.state && r.from == s.from => r.end = s.id,
+                _ => out.push(SlotRange {
+                    start: s.id,
+                    end: s.id,
+                    group: s.group,
+                    state: s.state,
+                    from: s.from,
+                }),
+            }
+        }
+        out
+    }
+
+    /// Expands ranges into a full table. Slots no range covers stay unassigned.
+    ///
+    /// # Errors
+    /// A range that is reversed or reaches past the last slot.
+    pub fn from_ranges(ranges: &[SlotRange]) -> Result<SlotTable, String> {
+        let mut table = SlotTable::default();
+        for r in ranges {
+            if r.start > r.end || usize::from(r.end) >= SLOT_COUNT {
+                return Err(format!("bad slot range {}-{}", r.start, r.end));
+            }
+            for id in r.start..=r.end {
+                if let Some(s) = table.get_mut(id) {
+                    *s = Slot {
+                        id,
+                        group: r.group,
+                        state: r.state,
+                        from: r.from,
+                    };
+                }
+            }
+        }
+        Ok(table)
+    }
+}
+
+impl Serialize for SlotTable {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        self.to_ranges().serialize(ser)
+    }
+}
+
+impl<'de> Deserialize<'de> for SlotTable {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let ranges = Vec::<SlotRange>::deserialize(de)?;
+        SlotTable::from_ranges(&ranges).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a running proxy publishes about itself (an ephemeral node).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyInfo {
+    /// Stable id; defaults to the listen address.
+    pub id: String,
+    /// RESP address clients connect to.
+    pub addr: String,
+    /// HTTP admin address (`/stats`, `/metrics`).
+    pub admin_addr: String,
+    pub pid: u32,
+    /// Unix seconds.
+    pub start_time: u64,
+    /// reborn version of the process.
+    pub version: String,
+}
+
+/// One consistent view of a product, as a proxy or operator sees it.
+///
+/// Built whole from ZooKeeper and published behind an `Arc`; readers never see a
+/// half-applied change.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub product: String,
+    pub slots: SlotTable,
+    pub groups: BTreeMap<GroupId, Group>,
+    /// Live proxies (their ephemeral nodes), by id.
+    pub proxies: BTreeMap<String, ProxyInfo>,
+    /// Ids of proxies an operator set offline. Persistent, so it survives restarts.
+    pub offline_proxies: BTreeSet<String>,
+}
+
+impl Topology {
+    /// The master address serving slot `id`, if the slot is assigned to a group
+    /// that has a master.
+    pub fn master_of_slot(&self, id: u16) -> Option<&str> {
+        let slot = self.slots.get(id)?;
+        self.groups.get(&slot.group)?.master()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_table_round_trips_as_ranges() {
+        let mut t = SlotTable::default();
+        for id in 0..512 {
+            if let Some(s) = t.get_mut(id) {
+                s.group = 1;
+            }
+        }
+        for id in 512..1024 {
+            if let Some(s) = t.get_mut(id) {
+                s.group = 2;
+            }
+        }
+        let json = serde_json::to_string(&t).expect("serialize");
+        assert_eq!(
+            json,
+            r#"[{"start":0,"end":511,"group":1,"state":"online"},{"start":512,"end":1023,"group":2,"state":"online"}]"#
+        );
+        let back: SlotTable = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn bad_ranges_are_rejected() {
+        assert!(serde_json::from_str::<SlotTable>(r#"[{"start":5,"end":1024,"group":1}]"#).is_err());
+        assert!(serde_json::from_str::<SlotTable>(r#"[{"start":9,"end":3,"group":1}]"#).is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! Loading a product into one [`Topology`], and following it.
+//!
+//! [`watch`] arms a single persistent recursive watch on the product node
+//! *before* the first load (so no change can slip between load and watch), then
+//! reloads the whole product after every burst of events and publishes the new
+//! snapshot as a fresh `Arc`. Readers never see half of a change and never hold
+//! a lock across `.await`. Reloading everything is cheap at this size (a slot
+//! table, a few groups and proxies) and makes missed or reordered events harmless.
+//!
+//! Sessions: events that happen while disconnected can be lost
+//! (ZOOKEEPER-4698), so a reconnect triggers a full reload; after expiry the watch
+//! is gone with its session, so the follower waits for the [`Store`] to open the
+//! next one, re-arms and reloads. Imports `libs` and `topo`'s kernel only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch as channel;
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+use super::error::TopoError;
+use super::model::{Group, ProxyInfo, SlotTable, Topology};
+use super::path::{Paths, parse_group_node_name};
+use super::session::{ZkSession, from_json};
+use super::store::Store;
+use crate::libs::backoff::Backoff;
+
+/// After the first event of a burst, wait this long for more before reloading.
+const COALESCE: Duration = Duration::from_millis(20);
+/// Upper bound on one burst, so a steady trickle of events cannot starve reloads.
+const MAX_BURST: Duration = Duration::from_millis(200);
+
+/// Loads the whole product (slots, groups, proxies, offline markers).
+///
+/// # Errors
+/// [`TopoError::NotInitialized`] if the product was never initialized; a bad node
+/// or a ZooKeeper failure.
+pub async fn load(store: &Store) -> Result<Topology, TopoError> {
+    load_from(&store.zk()?, store.paths()).await
+}
+
+/// [`load`] on a given session.
+///
+/// # Errors
+/// As [`load`].
+pub async fn load_from(zk: &ZkSession, paths: &Paths) -> Result<Topology, TopoError> {
+    let not_initialized = || TopoError::NotInitialized {
+        product: paths.product_name().to_string(),
+    };
+    if !zk.exists(paths.product()).await? {
+        return Err(not_initialized());
+    }
+    let slots: SlotTable = zk
+        .get_json(&paths.slots())
+        .await
+        .map_err(|e| if e.is_not_found() { not_initialized() } else { e })?;
+    let groups = load_groups(zk, paths).await?;
+    let proxies = load_proxies(zk, paths).await?;
+    let offline_proxies = zk
+        .children(&paths.offline())
+        .await
+        .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })?
+        .into_iter()
+        .collect();
+    Ok(Topology {
+        product: paths.product_name().to_string(),
+        slots,
+        groups,
+        proxies,
+        offline_proxies,
+    })
+}
+
+async fn load_groups(
+    zk: &ZkSession,
+    paths: &Paths,
+) -> Result<std::collections::BTreeMap<u32, Group>, TopoError> {
+    let names = zk.children(&paths.groups()).await.map_err(|e| {
+        if e.is_not_found() {
+            TopoError::NotInitialized {
+                product: paths.product_name().to_string(),
+            }
+        } else {
+            e
+        }
+    })?;
+    let ids: Vec<u32> = names.iter().filter_map(|n| parse_group_node_name(n)).collect();
+    let mut groups = std::collections::BTreeMap::new();
+    for (path, data) in get_many(zk, ids.iter().map(|&id| paths.group(id)).collect()).await? {
+        let group: Group = from_json(&path, &data)?;
+        groups.insert(group.id, group);
+    }
+    Ok(groups)
+}
+
+async fn load_proxies(
+    zk: &ZkSession,
+    paths: &Paths,
+) -> Result<std::collections::BTreeMap<String, ProxyInfo>, TopoError> {
+    let names = zk
+        .children(&paths.proxies())
+        .await
+        .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })?;
+    let mut proxies = std::collections::BTreeMap::new();
+    for (path, data) in get_many(zk, names.iter().map(|n| paths.proxy(n)).collect()).await? {
+        // One proxy publishing garbage must not hide the whole cluster.
+        match from_json::<ProxyInfo>(&path, &data) {
+            Ok(info) => {
+                proxies.insert(info.id.clone(), info);
+            }
+            Err(e) => tracing::warn!("ignoring proxy node: {e}"),
+        }
+    }
+    Ok(proxies)
+}
+
+/// Reads many nodes in one round trip: the client sends each request when its
+/// future is created, so creating them all before awaiting pipelines them.
+/// Nodes deleted since they were listed are skipped.
+async fn get_many(zk: &ZkSession, paths: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, TopoError> {
+    let pending: Vec<_> = paths
+        .into_iter()
+        .map(|p| {
+            let fut = zk.client().get_data(&p);
+            (p, fut)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(pending.len());
+    for (path, fut) in pending {
+        match fut.await {
+            Ok((data, _)) => out.push((path, data)),
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(TopoError::zk("get", &path, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Follows the product: the receiver already holds the first snapshot, then a
+/// new `Arc<Topology>` after every change (proxies joining and leaving included).
+/// Stops when `cancel` is cancelled, the store is closed, or every receiver is
+/// dropped.
+///
+/// # Errors
+/// The first load's errors ([`TopoError::NotInitialized`], …) or failing to arm
+/// the watch.
+pub async fn watch(
+    store: Store,
+    cancel: CancellationToken,
+) -> Result<channel::Receiver<Arc<Topology>>, TopoError> {
+    let (zk, events) = arm(&store).await?;
+    let first = load_from(&zk, store.paths()).await?;
+    let (tx, rx) = channel::channel(Arc::new(first));
+    let follower = Follower { store, cancel, tx };
+    tokio::spawn(follower.run(zk, events));
+    Ok(rx)
+}
+
+/// Arms the recursive watch on the current session.
+async fn arm(store: &Store) -> Result<(ZkSession, zk::PersistentWatcher), TopoError> {
+    let zk = store.zk()?;
+    let path = store.paths().product();
+    let events = zk
+        .client()
+        .watch(path, zk::AddWatchMode::PersistentRecursive)
+        .await
+        .map_err(TopoError::zk_at("watch", path))?;
+    Ok((zk, events))
+}
+
+/// What a burst of watch events asks the follower to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Burst {
+    /// Nodes changed: reload.
+    Changed,
+    /// The connection dropped; wait for it to come back.
+    Disconnected,
+    /// The connection is back: events may have been lost, reload.
+    Reconnected,
+    /// The session ended: the watch is dead, re-arm on the next session.
+    Ended,
+}
+
+struct Follower {
+    store: Store,
+    cancel: CancellationToken,
+    tx: channel::Sender<Arc<Topology>>,
+}
+
+impl Follower {
+    async fn run(self, mut zk: ZkSession, mut events: zk::PersistentWatcher) {
+        loop {
+            let burst = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.store.closed() => return,
+                () = self.tx.closed() => return,
+                burst = next_burst(&mut events, self.store.paths()) => burst,
+            };
+            match burst {
+                Burst::Disconnected => {}
+                Burst::Changed | Burst::Reconnected => self.reload(&zk).await,
+                Burst::Ended => {
+                    // The watcher panics if polled after a terminal event: drop it.
+                    drop(events);
+                    let Some((next_zk, next_events)) = self.rearm(zk.generation()).await else {
+                        return;
+                    };
+                    (zk, events) = (next_zk, next_events);
+                    self.reload(&zk).await;
+                }
+            }
+        }
+    }
+
+    /// Reloads until it works (or the session ends, or we are stopped) and
+    /// publishes the snapshot if it differs from the last one.
+    async fn reload(&self, zk: &ZkSession) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            match load_from(zk, self.store.paths()).await {
+                Ok(topo) => {
+                    self.tx.send_if_modified(|current| {
+                        if **current == topo {
+                            return false;
+                        }
+                        *current = Arc::new(topo);
+                        true
+                    });
+                    return;
+                }
+                // The watch delivers the end of the session; re-arming follows.
+                Err(TopoError::SessionExpired | TopoError::Closed) => return,
+                Err(e) => tracing::warn!("reloading the topology: {e}"),
+            }
+            if !self.pause(backoff.next_delay()).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits for a session newer than `old` and arms the watch on it.
+    async fn rearm(&self, old: u64) -> Option<(ZkSession, zk::PersistentWatcher)> {
+        let mut session = self.store.session();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            let newer = tokio::select! {
+                () = self.cancel.cancelled() => return None,
+                () = self.store.closed() => return None,
+                r = session.wait_for(|e| e.generation > old && e.connected) => r.is_ok(),
+            };
+            if !newer {
+                return None;
+            }
+            match arm(&self.store).await {
+                Ok(armed) => return Some(armed),
+                Err(e) => tracing::warn!("re-arming the topology watch: {e}"),
+            }
+            if !self.pause(backoff.next_delay()).await {
+                return None;
+            }
+        }
+    }
+
+    /// Sleeps `d`; false if we were stopped meanwhile.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            () = self.cancel.cancelled() => false,
+            () = self.store.closed() => false,
+            () = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+/// Waits for the next relevant event, then gathers the rest of its burst.
+async fn next_burst(events: &mut zk::PersistentWatcher, paths: &Paths) -> Burst {
+    loop {
+        match classify(&events.changed().await, paths) {
+            None => continue,
+            Some(Burst::Changed) => break,
+            Some(other) => return other,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + MAX_BURST;
+    loop {
+        let until = deadline.min(tokio::time::Instant::now() + COALESCE);
+        match tokio::time::timeout_at(until, events.changed()).await {
+            Err(_) => return Burst::Changed,
+            Ok(event) => match classify(&event, paths) {
+                None | Some(Burst::Changed) => {}
+                // A session event ends the burst; a reconnect reloads anyway.
+                Some(other) => return other,
+            },
+        }
+    }
+}
+
+/// What one event means; `None` for events that cannot change the topology.
+fn classify(event: &zk::WatchedEvent, paths: &Paths) -> Option<Burst> {
+    classify_parts(event.event_type, event.session_state, &event.path, paths)
+}
+
+fn classify_parts(kind: zk::EventType, state: zk::SessionState, path: &str, paths: &Paths) -> Option<Burst> {
+    if kind != zk::EventType::Session {
+        return (!paths.is_outside_topology(path)).then_some(Burst::Changed);
+    }
+    match state {
+        s if s.is_terminated() => Some(Burst::Ended),
+        zk::SessionState::Disconnected => Some(Burst::Disconnected),
+        _ => Some(Burst::Reconnected),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_classified() {
+        use zk::{EventType as E, SessionState as S};
+        let p = Paths::new("/r", "d").expect("paths");
+        let c = |t, s, path| classify_parts(t, s, path, &p);
+        assert_eq!(
+            c(E::NodeDataChanged, S::SyncConnected, "/r/d/slots"),
+            Some(Burst::Changed)
+        );
+        assert_eq!(
+            c(E::NodeCreated, S::SyncConnected, "/r/d/proxies/x"),
+            Some(Burst::Changed)
+        );
+        assert_eq!(c(E::NodeCreated, S::SyncConnected, "/r/d/lock"), None);
+        assert_eq!(c(E::Session, S::Disconnected, ""), Some(Burst::Disconnected));
+        assert_eq!(c(E::Session, S::SyncConnected, ""), Some(Burst::Reconnected));
+        assert_eq!(c(E::Session, S::Expired, ""), Some(Burst::Ended));
+        assert_eq!(c(E::Session, S::Closed, ""), Some(Burst::Ended));
+    }
+}

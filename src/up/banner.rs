@@ -1,0 +1,161 @@
+//! The block `reborn up` prints once everything answers: every address, what it
+//! is, where its log is, and commands to try.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::topo::model::Role;
+
+use super::plan::GroupPlan;
+use super::seed::Seeded;
+use super::servers::Servers;
+
+/// Everything the banner shows.
+pub struct Banner<'a> {
+    /// The product name.
+    pub product: &'a str,
+    /// The processes.
+    pub servers: &'a Servers,
+    /// The groups and their slots.
+    pub groups: &'a [GroupPlan],
+    /// What seeding did.
+    pub seeded: &'a Seeded,
+    /// The proxy's RESP and admin addresses, `None` if the proxy is not running.
+    pub proxy: Option<(SocketAddr, SocketAddr)>,
+    /// The data + log directory, and whether it is kept after exit.
+    pub dir: (&'a Path, bool),
+    /// Extra flags `reborn admin` needs to find this cluster ("" for defaults).
+    pub admin_flags: String,
+}
+
+impl Banner<'_> {
+    /// The text, ready to print.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "reborn up: product {:?} is running. Ctrl-C stops everything.",
+            self.product
+        )?;
+        writeln!(out)?;
+        let row = |out: &mut String, what: &str, addr: &str, note: String| {
+            writeln!(out, "  {what:<14} {addr:<22} {note}")
+        };
+        match self.servers.zookeeper() {
+            Some(zk) => row(out, "ZooKeeper", zk.addr().as_str(), log_note(&zk.log_file()))?,
+            None => row(
+                out,
+                "ZooKeeper",
+                self.servers.zk_addr(),
+                "(given with --zk, not started here)".into(),
+            )?,
+        }
+        let mut last_group = None;
+        for member in self.servers.members() {
+            let label = if last_group == Some(member.group) {
+                String::new()
+            } else {
+                format!("group {}", member.group)
+            };
+            last_group = Some(member.group);
+            let role = match member.role {
+                Role::Master => "master ",
+                Role::Replica => "replica",
+            };
+            let note = format!("{role}  {}", log_note(&member.server.log_file()));
+            row(out, &label, &member.server.addr(), note)?;
+        }
+        let slots: Vec<String> = self
+            .groups
+            .iter()
+            .map(|g| format!("{}-{} -> group {}", g.first_slot, g.last_slot, g.id))
+            .collect();
+        row(out, "slots", &slots.join(", "), String::new())?;
+        match self.proxy {
+            Some((listen, admin)) => {
+                row(
+                    out,
+                    "proxy",
+                    &listen.to_string(),
+                    "RESP: talk to it with any Redis client".into(),
+                )?;
+                row(out, "proxy admin", &format!("http://{admin}"), "HTTP".into())?;
+            }
+            None => row(
+                out,
+                "proxy",
+                "-",
+                "not running (not wired into `reborn up` yet)".into(),
+            )?,
+        }
+        let keep = if self.dir.1 {
+            "kept after exit"
+        } else {
+            "removed on exit"
+        };
+        row(
+            out,
+            "data + logs",
+            &self.dir.0.display().to_string(),
+            format!("({keep})"),
+        )?;
+        self.write_notes(out)?;
+        self.write_hints(out)
+    }
+
+    fn write_notes(&self, out: &mut String) -> std::fmt::Result {
+        if let Seeded::Reused { mismatches } = self.seeded {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "  note: product {:?} already existed in ZooKeeper; it was reused unchanged.",
+                self.product
+            )?;
+            for m in mismatches {
+                writeln!(out, "  warning: {m}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_hints(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out)?;
+        writeln!(out, "Try:")?;
+        if let Some((listen, _)) = self.proxy {
+            let p = listen.port();
+            writeln!(out, "  redis-cli -p {p} set hello world")?;
+            writeln!(out, "  redis-cli -p {p} mset a 1 b 2 c 3")?;
+            writeln!(out, "  redis-cli -p {p} mget hello a b c")?;
+            writeln!(out, "  redis-benchmark -p {p} -t set,get -r 100000 -P 16 -q")?;
+        }
+        let exe = reborn_exe();
+        for sub in ["groups", "slots", "proxies"] {
+            writeln!(out, "  {} admin{} {sub}", exe.display(), self.admin_flags)?;
+        }
+        writeln!(out)
+    }
+}
+
+fn log_note(log: &Path) -> String {
+    format!("log: {}", log.display())
+}
+
+/// How to call this binary from the current directory: `target/release/reborn`
+/// after `scripts/up.sh`, else its full path (or plain `reborn`).
+fn reborn_exe() -> PathBuf {
+    let Ok(exe) = std::env::current_exe() else {
+        return PathBuf::from("reborn");
+    };
+    match std::env::current_dir() {
+        Ok(cwd) => exe.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(exe),
+        Err(_) => exe,
+    }
+}

@@ -1,0 +1,241 @@
+//! `reborn up`: a whole local cluster on one machine, for a newcomer's first five
+//! minutes — ZooKeeper, two groups of redis-servers (master + replica each), the
+//! product written into ZooKeeper, and a proxy in front, until Ctrl-C.
+//!
+//! The process helpers here ([`ZooKeeper`], [`RedisServer`]) are also what the
+//! integration tests start their real servers with, so "how to start ZooKeeper /
+//! redis on this machine" lives in one place.
+//!
+//! * [`zookeeper`], [`redis_server`]: one local server process each.
+//! * `process`, `workdir`, `port`, `probe`: what those share (child process with
+//!   an orphan guard, data dir, "is the port free", tiny protocol probes).
+//! * `plan` → `servers` → `seed` → `roles` → `banner`: the steps of `reborn up`.
+//!
+//! This module sits on top of the crate and may import every other module.
+
+mod banner;
+mod error;
+mod plan;
+mod port;
+mod probe;
+mod process;
+pub mod redis_server;
+mod roles;
+mod seed;
+mod servers;
+mod workdir;
+pub mod zookeeper;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::topo::ZkConfig;
+
+pub use error::UpError;
+pub use redis_server::{RedisServer, RedisServerBuilder};
+pub use zookeeper::ZooKeeper;
+
+use banner::Banner;
+use plan::GroupPlan;
+use roles::{RoleFuture, Roles};
+use servers::Servers;
+use workdir::Workdir;
+
+/// Arguments of `reborn up`. Every default can be overridden.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Use this ZooKeeper (`host:port[,host:port…]`) instead of starting one.
+    /// A product already there is reused unchanged.
+    #[arg(long, value_name = "ADDR")]
+    pub zk: Option<String>,
+
+    /// Port of the ZooKeeper started here (ignored with --zk).
+    #[arg(long, default_value_t = 2181)]
+    pub zk_port: u16,
+
+    /// ZooKeeper root node products live under.
+    #[arg(long, default_value = "/reborn")]
+    pub zk_root: String,
+
+    /// redis-server ports, group after group, each group's master first.
+    #[arg(long, value_delimiter = ',', default_value = "16379,16380,16381,16382")]
+    pub redis_ports: Vec<u16>,
+
+    /// Replicas per group (so groups take 1 + this many ports).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+
+    /// RESP address of the proxy.
+    #[arg(long, default_value = "127.0.0.1:19000")]
+    pub proxy: SocketAddr,
+
+    /// HTTP admin address of the proxy.
+    #[arg(long, default_value = "127.0.0.1:11080")]
+    pub proxy_admin: SocketAddr,
+
+    /// The product (cluster name) in ZooKeeper.
+    #[arg(long, default_value = "demo")]
+    pub product: String,
+
+    /// Directory for data and logs, kept after exit. Default: a fresh
+    /// /tmp/reborn-up-<pid>-<n>, removed on exit (nothing in it is persistent:
+    /// the redis-servers never save).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Starts the local cluster and runs until SIGINT/SIGTERM, then stops everything
+/// it started, in reverse order.
+///
+/// # Errors
+/// The first failure, as a message for the terminal (missing package, taken port,
+/// unreachable ZooKeeper, a role that stopped).
+pub async fn run(args: UpArgs) -> Result<(), String> {
+    let cancel = crate::libs::shutdown::on_signal();
+    run_until(args, cancel).await.map_err(|e| e.to_string())
+}
+
+/// [`run`] with the stop signal given: returns after `cancel` is cancelled and
+/// everything is stopped. Usable in-process (tests).
+///
+/// # Errors
+/// As [`run`], typed.
+pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), UpError> {
+    let groups = plan::groups(&args.redis_ports, args.replicas)?;
+    check_ports(&args)?;
+    let (dir, dir_kept) = match &args.dir {
+        Some(dir) => (Workdir::given(dir)?, true),
+        None => (Workdir::temp("up")?, false),
+    };
+    tracing::info!(dir = %dir.path().display(), "starting the local cluster");
+
+    let servers = {
+        let (zk, zk_port, groups, path) = (
+            args.zk.clone(),
+            args.zk_port,
+            groups.clone(),
+            dir.path().to_path_buf(),
+        );
+        blocking(move || Servers::start(zk.as_deref(), zk_port, &groups, &path)).await?
+    };
+
+    let mut roles = Roles::default();
+    let outcome = serve(&args, &groups, &servers, &mut roles, (&dir, dir_kept), &cancel).await;
+
+    // Reverse start order: roles (they hold ZooKeeper sessions), then redis, then
+    // ZooKeeper, then the temp dir.
+    roles.stop().await;
+    blocking(move || {
+        drop(servers);
+        Ok(())
+    })
+    .await?;
+    drop(dir);
+    outcome
+}
+
+/// Seeds the product, starts the roles, prints the banner and waits for the stop
+/// signal (or a role that stops by itself).
+async fn serve(
+    args: &UpArgs,
+    groups: &[GroupPlan],
+    servers: &Servers,
+    roles: &mut Roles,
+    dir: (&Workdir, bool),
+    cancel: &CancellationToken,
+) -> Result<(), UpError> {
+    let zk = ZkConfig {
+        addr: servers.zk_addr().to_string(),
+        root: args.zk_root.clone(),
+        product: args.product.clone(),
+        ..ZkConfig::default()
+    };
+    let seeded = seed::seed(&zk, groups).await?;
+    if cancel.is_cancelled() {
+        return Ok(());
+    }
+
+    let mut proxy = None;
+    if let Some(make) = proxy_role(args, &zk) {
+        roles.start("proxy", args.proxy, make).await?;
+        proxy = Some((args.proxy, args.proxy_admin));
+    }
+    // Future roles start here, each after what it depends on:
+    // dashboard (after ZooKeeper), then comet / logic / job (after the proxy).
+
+    let banner = Banner {
+        product: &args.product,
+        servers,
+        groups,
+        seeded: &seeded,
+        proxy,
+        dir: (dir.0.path(), dir.1),
+        admin_flags: admin_flags(args, &zk),
+    };
+    println!("{}", banner.render());
+
+    tokio::select! {
+        () = cancel.cancelled() => Ok(()),
+        ended = roles.any_ended() => Err(ended),
+    }
+}
+
+/// The proxy's main future, or `None` while it is not wired in.
+fn proxy_role(args: &UpArgs, zk: &ZkConfig) -> Option<impl FnOnce(CancellationToken) -> RoleFuture + use<>> {
+    // TODO(proxy): wire `crate::proxy::run` once it exists, i.e. replace the two
+    // lines below with:
+    //   let config = crate::proxy::ProxyConfig {
+    //       listen: args.proxy, admin_listen: args.proxy_admin, zk: zk.clone(),
+    //       ..Default::default()
+    //   };
+    //   return Some(move |cancel| -> RoleFuture { Box::pin(async move {
+    //       crate::proxy::run(config, cancel).await.map_err(|e| e.to_string())
+    //   }) });
+    let _ = (args, zk);
+    None::<fn(CancellationToken) -> RoleFuture>
+}
+
+/// The flags `reborn admin` needs to find this cluster, beyond its defaults.
+fn admin_flags(args: &UpArgs, zk: &ZkConfig) -> String {
+    let defaults = ZkConfig::default();
+    let mut flags = String::new();
+    if zk.addr != defaults.addr {
+        flags.push_str(&format!(" --zk {}", zk.addr));
+    }
+    if args.zk_root != defaults.root {
+        flags.push_str(&format!(" --zk-root {}", args.zk_root));
+    }
+    if args.product != defaults.product {
+        flags.push_str(&format!(" --product {}", args.product));
+    }
+    flags
+}
+
+/// Checks every port before starting anything, so a taken port fails in
+/// milliseconds, not after ZooKeeper's seconds of start-up.
+fn check_ports(args: &UpArgs) -> Result<(), UpError> {
+    if args.zk.is_none() {
+        let what = format!(
+            "ZooKeeper; to use the one already running there, pass --zk 127.0.0.1:{}",
+            args.zk_port
+        );
+        port::ensure_free(args.zk_port, &what)?;
+    }
+    for &p in &args.redis_ports {
+        port::ensure_free(p, "redis-server")?;
+    }
+    port::ensure_addr_free(args.proxy, "the proxy")?;
+    port::ensure_addr_free(args.proxy_admin, "the proxy's admin HTTP")
+}
+
+/// Runs process start/stop (which sleep and wait) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UpError> + Send + 'static,
+) -> Result<T, UpError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| UpError::Role {
+        role: "reborn up".into(),
+        message: format!("start-up thread failed: {e}"),
+    })?
+}

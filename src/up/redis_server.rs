@@ -1,0 +1,270 @@
+//! A throwaway stock `redis-server` on loopback, for `reborn up` and for the
+//! integration tests: no persistence, instant replication, and start/kill/restart
+//! so failure tests can crash one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::error::UpError;
+use super::port;
+use super::probe::{RedisConn, Reply};
+use super::process::ChildProcess;
+use super::workdir::Workdir;
+
+/// redis-server is ready in ~20 ms; the margin is for a loaded machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long [`RedisServer::replicaof`] waits for the initial sync.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Without persistence SIGTERM is near instant; then SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How to start a [`RedisServer`]; see [`RedisServer::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisServerBuilder {
+    port: u16,
+    dir: Option<PathBuf>,
+    password: Option<String>,
+}
+
+impl RedisServerBuilder {
+    /// Keeps data and log in `dir` (created if needed, kept after stop) instead of
+    /// a temp dir removed on stop.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Sets `requirepass` and `masterauth` (one password per cluster, as Codis's
+    /// product auth), so replicas of a protected master can sync.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Starts the server and waits until it answers `PING`.
+    ///
+    /// # Errors
+    /// [`UpError::RedisNotInstalled`], [`UpError::PortInUse`] (checked before
+    /// starting), or a start-up failure with the tail of its log.
+    pub fn start(self) -> Result<RedisServer, UpError> {
+        let dir = match self.dir {
+            Some(dir) => Workdir::given(dir)?,
+            None => Workdir::temp(&format!("redis-{}", self.port))?,
+        };
+        let mut server = RedisServer {
+            port: self.port,
+            password: self.password,
+            process: None,
+            dir,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+}
+
+/// A running `redis-server` on `127.0.0.1:<port>`; stopped on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    password: Option<String>,
+    // Field order matters: the process stops before its directory is removed.
+    process: Option<ChildProcess>,
+    dir: Workdir,
+}
+
+impl RedisServer {
+    /// A builder for a server on `127.0.0.1:port` (temp dir, no password).
+    pub fn builder(port: u16) -> RedisServerBuilder {
+        RedisServerBuilder {
+            port,
+            dir: None,
+            password: None,
+        }
+    }
+
+    /// Starts a server on `127.0.0.1:port` with data and log in `dir` (kept).
+    ///
+    /// # Errors
+    /// As [`RedisServerBuilder::start`].
+    pub fn start(port: u16, dir: impl Into<PathBuf>) -> Result<RedisServer, UpError> {
+        RedisServer::builder(port).dir(dir).start()
+    }
+
+    /// Starts a server on `127.0.0.1:port` in a temp dir removed on stop.
+    ///
+    /// # Errors
+    /// As [`RedisServerBuilder::start`].
+    pub fn start_in_temp_dir(port: u16) -> Result<RedisServer, UpError> {
+        RedisServer::builder(port).start()
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding the log (and a replica's received RDB).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join(format!("redis-{}.log", self.port))
+    }
+
+    /// The server's process id, or `None` while it is stopped or killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildProcess::pid)
+    }
+
+    /// Whether the process is still alive (false after [`kill`](Self::kill) or a crash).
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(|p| p.exited().is_none())
+    }
+
+    /// Makes this server a replica of `master_addr` (`host:port`) and waits until
+    /// the initial sync is done (`master_link_status:up`).
+    ///
+    /// # Errors
+    /// [`UpError::Redis`] if the server refuses, [`UpError::NotReady`] if the sync
+    /// does not finish in time, [`UpError::NotRunning`] after a kill.
+    pub fn replicaof(&mut self, master_addr: &str) -> Result<(), UpError> {
+        let (host, port) = master_addr
+            .rsplit_once(':')
+            .ok_or_else(|| UpError::Invalid(format!("master address {master_addr:?} is not host:port")))?;
+        match self.call(&["REPLICAOF", host, port])? {
+            Reply::Status(_) => {}
+            other => return Err(self.redis_error(format!("REPLICAOF: {}", other.text()))),
+        }
+        let addr = self.addr();
+        let password = self.password.clone();
+        let synced = move || {
+            RedisConn::connect(&addr, password.as_deref())
+                .and_then(|mut c| c.call(&["INFO", "replication"]))
+                .is_ok_and(|info| info.text().contains("master_link_status:up"))
+        };
+        self.running()?.wait_until(SYNC_TIMEOUT, synced)
+    }
+
+    /// Crashes the server with SIGKILL (for failure tests). Data is lost: nothing
+    /// is persisted. [`restart`](Self::restart) brings it back.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port and dir.
+    /// It comes back empty and as a master, like a real redis-server whose
+    /// `REPLICAOF` was never written to its config.
+    ///
+    /// # Errors
+    /// As [`RedisServerBuilder::start`].
+    pub fn restart(&mut self) -> Result<(), UpError> {
+        self.stop();
+        self.launch()
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after 2 s. Idempotent; also done
+    /// on drop.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), UpError> {
+        port::ensure_free(self.port, "redis-server")?;
+        let what = format!("redis-server {}", self.addr());
+        let log = self.log_file();
+        let mut process = ChildProcess::spawn(
+            &what,
+            self.command(),
+            &log,
+            STOP_GRACE,
+            self.dir.owned_path(),
+            || UpError::RedisNotInstalled,
+        )?;
+        let addr = self.addr();
+        let password = self.password.clone();
+        process.wait_until(READY_TIMEOUT, || {
+            RedisConn::connect(&addr, password.as_deref())
+                .and_then(|mut c| c.call(&["PING"]))
+                .is_ok_and(|r| r == Reply::Status("PONG".into()))
+        })?;
+        // The PONG may come from a server that took the port after our check
+        // (ours then exits on bind). Only ours reports our pid.
+        let pid = process.pid();
+        let ours = RedisConn::connect(&addr, self.password.as_deref())
+            .and_then(|mut c| c.call(&["INFO", "server"]))
+            .is_ok_and(|info| info.text().contains(&format!("process_id:{pid}\r\n")));
+        if !ours {
+            return Err(match process.exited() {
+                Some(status) => process.exited_early(status),
+                None => UpError::Impostor {
+                    port: self.port,
+                    what: "redis-server".into(),
+                },
+            });
+        }
+        tracing::debug!(%addr, pid, "redis-server ready");
+        self.process = Some(process);
+        Ok(())
+    }
+
+    fn command(&self) -> Command {
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port, "--bind", "127.0.0.1"])
+            // Throwaway: never write RDB/AOF; a replica still writes the RDB it
+            // receives, hence a per-port file name in our own dir.
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--daemonize", "no"])
+            // Redis 7 waits 5 s before a diskless sync by default.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--dbfilename", &format!("dump-{port}.rdb")])
+            .arg("--logfile")
+            .arg(self.log_file());
+        if let Some(password) = &self.password {
+            cmd.args(["--requirepass", password, "--masterauth", password]);
+        }
+        cmd
+    }
+
+    /// Sends one command on a fresh connection.
+    fn call(&mut self, args: &[&str]) -> Result<Reply, UpError> {
+        self.running()?;
+        RedisConn::connect(&self.addr(), self.password.as_deref())
+            .and_then(|mut c| c.call(args))
+            .map_err(|e| self.redis_error(e.to_string()))
+    }
+
+    fn running(&mut self) -> Result<&mut ChildProcess, UpError> {
+        let what = format!("redis-server {}", self.addr());
+        self.process.as_mut().ok_or(UpError::NotRunning { what })
+    }
+
+    fn redis_error(&self, message: String) -> UpError {
+        UpError::Redis {
+            addr: self.addr(),
+            message,
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

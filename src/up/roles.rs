@@ -1,0 +1,135 @@
+//! The reborn roles `reborn up` runs in its own process, as tokio tasks: the proxy
+//! today; the dashboard, comet, logic and job will join the same list.
+//!
+//! Each role gets its own cancellation token, so shutdown can stop them one at a
+//! time in reverse start order (a role may depend on one started before it, as
+//! comet will on the proxy).
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::error::UpError;
+
+/// How long a role may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a role may take to stop after being cancelled before it is aborted.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A role's main future: runs until its token is cancelled, or fails.
+pub type RoleFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A running role.
+struct Running {
+    name: &'static str,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), String>>,
+}
+
+/// The roles started so far, in start order.
+#[derive(Default)]
+pub struct Roles {
+    running: Vec<Running>,
+}
+
+impl Roles {
+    /// Spawns a role. `make` receives the role's token; `listen` is the address it
+    /// serves on, polled until it accepts a connection so the banner never shows
+    /// an address that is not answering yet.
+    ///
+    /// # Errors
+    /// [`UpError::Role`] if the role ends or is not listening in time.
+    pub async fn start(
+        &mut self,
+        name: &'static str,
+        listen: SocketAddr,
+        make: impl FnOnce(CancellationToken) -> RoleFuture,
+    ) -> Result<(), UpError> {
+        let cancel = CancellationToken::new();
+        let mut task = tokio::spawn(make(cancel.clone()));
+        let failed = |message: String| UpError::Role {
+            role: name.to_string(),
+            message,
+        };
+        let probe = if listen.ip().is_unspecified() {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port()))
+        } else {
+            listen
+        };
+        let listening = async {
+            while tokio::net::TcpStream::connect(probe).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            joined = &mut task => return Err(failed(format!("did not start: {}", describe(joined)))),
+            ready = tokio::time::timeout(READY_TIMEOUT, listening) => {
+                if ready.is_err() {
+                    cancel.cancel();
+                    task.abort();
+                    return Err(failed(format!(
+                        "not accepting connections on {listen} after {READY_TIMEOUT:?}"
+                    )));
+                }
+            }
+        }
+        self.running.push(Running { name, cancel, task });
+        Ok(())
+    }
+
+    /// Waits until a role ends by itself (they should not), forgets it, and says
+    /// which and why. Pending forever while no role runs.
+    pub async fn any_ended(&mut self) -> UpError {
+        let (index, joined) = std::future::poll_fn(|cx| {
+            for (i, role) in self.running.iter_mut().enumerate() {
+                if let Poll::Ready(joined) = Pin::new(&mut role.task).poll(cx) {
+                    return Poll::Ready((i, joined));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // Removed: a JoinHandle must not be polled again after it completed.
+        let role = self.running.remove(index);
+        UpError::Role {
+            role: role.name.to_string(),
+            message: format!("stopped: {}", describe(joined)),
+        }
+    }
+
+    /// Stops the roles one by one, last started first.
+    pub async fn stop(&mut self) {
+        while let Some(mut role) = self.running.pop() {
+            tracing::info!("stopping {}", role.name);
+            role.cancel.cancel();
+            match tokio::time::timeout(STOP_TIMEOUT, &mut role.task).await {
+                Ok(joined) => {
+                    if let Err(e) = flatten(joined) {
+                        tracing::warn!("{} stopped with an error: {e}", role.name);
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!("{} did not stop within {STOP_TIMEOUT:?}; aborting it", role.name);
+                    role.task.abort();
+                }
+            }
+        }
+    }
+}
+
+fn flatten(joined: Result<Result<(), String>, JoinError>) -> Result<(), String> {
+    joined.map_err(|e| format!("task failed: {e}"))?
+}
+
+fn describe(joined: Result<Result<(), String>, JoinError>) -> String {
+    match flatten(joined) {
+        Ok(()) => "it returned without an error".into(),
+        Err(e) => e,
+    }
+}

@@ -1,0 +1,359 @@
+//! The integration-test harness, shared by every test binary (`mod common;`).
+//!
+//! Real processes only: one ZooKeeper per test binary (each test isolates itself
+//! under its own [`unique_root`]), and a fresh `redis-server` per call of
+//! [`redis`], on ports nobody else was handed. The servers are started by the
+//! same code as `reborn up` ([`reborn::up::ZooKeeper`], [`reborn::up::RedisServer`]).
+//!
+//! Why the shared ZooKeeper cannot outlive the test binary although it lives in a
+//! `static` (statics are never dropped): every process the library starts has an
+//! *orphan guard*, a tiny `sh` blocked reading a pipe whose write end only this
+//! process holds. When the test binary exits — normally, by panic, or SIGKILL from
+//! a CI timeout — the kernel closes that pipe, the guard wakes up, stops the java
+//! process and removes its temp dir. See `src/up/process.rs`.
+//!
+//! Also: raw-RESP helpers ([`send_raw`], [`RawConn`], [`Resp`]) for tests that
+//! must control the exact bytes on the wire; for ordinary commands use the
+//! `redis` crate through [`client`].
+
+// Every test binary includes this file and uses only part of it.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use reborn::topo::ZkConfig;
+use reborn::up::{RedisServer, UpError, ZooKeeper};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The ZooKeeper of this test binary (see the module docs for its lifetime).
+static ZK: OnceLock<ZooKeeper> = OnceLock::new();
+
+/// `host:port` of this binary's ZooKeeper, started on first use (~1-3 s).
+/// Tests share it: put everything under [`unique_root`].
+pub fn zk() -> String {
+    ZK.get_or_init(|| with_free_port("ZooKeeper", ZooKeeper::start_in_temp_dir))
+        .addr()
+}
+
+/// A ZooKeeper root no other test (of any binary run at the same time) uses:
+/// `/t<pid>_<n>`.
+pub fn unique_root() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "/t{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A [`ZkConfig`] for this binary's ZooKeeper under a fresh [`unique_root`],
+/// product `test`, with a short session (2 s) so expiry tests stay fast.
+pub fn zk_config() -> ZkConfig {
+    ZkConfig {
+        addr: zk(),
+        root: unique_root(),
+        product: "test".to_string(),
+        session_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A free TCP port on 127.0.0.1, never the same twice in this process.
+///
+/// Picked at random below the kernel's ephemeral range (32768+), where the
+/// `bind(:0)` trick would hand out ports that outgoing connections may grab
+/// before the server starts; and away from `reborn up`'s defaults, so a running
+/// demo cluster does not collide with tests.
+pub fn free_port() -> u16 {
+    static HANDED: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed = HANDED.get_or_init(|| Mutex::new(HashSet::new()));
+    let random = RandomState::new();
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let seed = random.hash_one((attempt, std::process::id(), Instant::now()));
+        let port = 20000 + (seed % 12000) as u16;
+        let mut taken = handed.lock().expect("port set poisoned");
+        if !taken.contains(&port) && port_is_free(port) {
+            taken.insert(port);
+            return port;
+        }
+    }
+}
+
+/// True if nothing listens on `127.0.0.1:port` and we could bind it.
+pub fn port_is_free(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() && TcpListener::bind(addr).is_ok()
+}
+
+/// A fresh `redis-server` on a free port, in a temp dir; stopped and cleaned up
+/// when dropped.
+pub fn redis() -> RedisServer {
+    with_free_port("redis-server", RedisServer::start_in_temp_dir)
+}
+
+/// Like [`redis`], with `requirepass` and `masterauth` set to `password`.
+pub fn redis_with_password(password: &str) -> RedisServer {
+    with_free_port("redis-server", |port| {
+        RedisServer::builder(port).password(password).start()
+    })
+}
+
+/// Starts something on a fresh port, retrying on another port if someone else
+/// (another test binary, another user of this machine) took it meanwhile.
+fn with_free_port<T>(what: &str, start: impl Fn(u16) -> Result<T, UpError>) -> T {
+    let mut last = None;
+    for _ in 0..5 {
+        match start(free_port()) {
+            Ok(server) => return server,
+            Err(e @ (UpError::PortInUse { .. } | UpError::Impostor { .. })) => last = Some(e),
+            Err(e) => panic!("cannot start {what}: {e}"),
+        }
+    }
+    panic!("cannot start {what}: ports keep being taken: {last:?}")
+}
+
+/// A `redis` crate connection to `addr` (`host:port`).
+pub async fn client(addr: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{addr}/"))
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// Polls `check` every 20 ms until it returns true; panics naming `what` after
+/// `timeout`. For conditions that become true asynchronously (replication,
+/// watches, session expiry).
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Encodes one command as a RESP array of bulk strings.
+pub fn cmd<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        let arg = arg.as_ref();
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// How long the raw helpers wait for bytes before giving up.
+const RAW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `bytes` on a new connection and returns everything that comes back.
+///
+/// It stops reading when as many replies arrived as `bytes` holds complete
+/// RESP commands, when the server closes the connection, or — if `bytes` is not
+/// clean RESP (inline commands, garbage, a partial frame) — after 300 ms without
+/// new data. At most 5 s in all.
+pub async fn send_raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let expected = count_frames(bytes);
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.write_all(bytes).await.expect("write request");
+    let deadline = Instant::now() + RAW_TIMEOUT;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(n) = expected
+            && count_frames(&out) == Some(n)
+        {
+            return out;
+        }
+        let wait = match expected {
+            Some(_) => deadline.saturating_duration_since(Instant::now()),
+            None => Duration::from_millis(300),
+        };
+        match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Err(_) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) if out.is_empty() => panic!("read from {addr}: {e}"),
+            Ok(Err(_)) => return out,
+        }
+        if Instant::now() >= deadline {
+            return out;
+        }
+    }
+}
+
+/// How many complete RESP frames `bytes` holds; `None` unless it is exactly a
+/// sequence of complete frames.
+pub fn count_frames(bytes: &[u8]) -> Option<usize> {
+    let mut n = 0;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (_, used) = Resp::parse(rest).ok()??;
+        rest = &rest[used..];
+        n += 1;
+    }
+    Some(n)
+}
+
+/// One RESP2 value, for asserting on raw replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR …`
+    Error(String),
+    /// `:42`
+    Int(i64),
+    /// `$3 foo`, `None` for `$-1`.
+    Bulk(Option<Vec<u8>>),
+    /// `*2 …`, `None` for `*-1`.
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// A bulk string value.
+    pub fn bulk(s: impl AsRef<[u8]>) -> Resp {
+        Resp::Bulk(Some(s.as_ref().to_vec()))
+    }
+
+    /// Parses one value from the front of `buf`: `Ok(None)` if incomplete,
+    /// `Ok(Some((value, bytes used)))`, or an error for bytes that are not RESP.
+    pub fn parse(buf: &[u8]) -> Result<Option<(Resp, usize)>, String> {
+        let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&buf[1..end]).map_err(|e| e.to_string())?;
+        let after = end + 2;
+        let number = || line.parse::<i64>().map_err(|_| format!("bad number {line:?}"));
+        match buf.first() {
+            Some(b'+') => Ok(Some((Resp::Simple(line.to_string()), after))),
+            Some(b'-') => Ok(Some((Resp::Error(line.to_string()), after))),
+            Some(b':') => Ok(Some((Resp::Int(number()?), after))),
+            Some(b'$') => {
+                let Ok(len) = usize::try_from(number()?) else {
+                    return Ok(Some((Resp::Bulk(None), after)));
+                };
+                if buf.len() < after + len + 2 {
+                    return Ok(None);
+                }
+                let data = buf[after..after + len].to_vec();
+                Ok(Some((Resp::Bulk(Some(data)), after + len + 2)))
+            }
+            Some(b'*') => {
+                let Ok(len) = usize::try_from(number()?) else {
+                    return Ok(Some((Resp::Array(None), after)));
+                };
+                let mut items = Vec::with_capacity(len.min(1024));
+                let mut used = after;
+                for _ in 0..len {
+                    let Some((item, n)) = Resp::parse(&buf[used..])? else {
+                        return Ok(None);
+                    };
+                    items.push(item);
+                    used += n;
+                }
+                Ok(Some((Resp::Array(Some(items)), used)))
+            }
+            _ => Err(format!("not RESP: {:?}", String::from_utf8_lossy(&buf[..end]))),
+        }
+    }
+}
+
+/// A raw connection for tests that interleave writes and reads byte by byte
+/// (pipelining, partial frames, ordering).
+pub struct RawConn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    /// Connects to `addr`.
+    pub async fn connect(addr: &str) -> RawConn {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Resp {
+        self.send(&cmd(args)).await;
+        self.read_reply().await
+    }
+
+    /// Reads the next reply; panics on timeout (5 s), EOF or bytes that are not RESP.
+    pub async fn read_reply(&mut self) -> Resp {
+        loop {
+            if let Some((reply, used)) = Resp::parse(&self.buf).expect("reply is RESP") {
+                self.buf.drain(..used);
+                return reply;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a complete reply; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+
+    /// Reads `n` replies.
+    pub async fn read_replies(&mut self, n: usize) -> Vec<Resp> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.read_reply().await);
+        }
+        out
+    }
+
+    /// True if the peer closes the connection within 5 s (after any unread bytes).
+    pub async fn is_closed_by_peer(&mut self) -> bool {
+        let deadline = Instant::now() + RAW_TIMEOUT;
+        while Instant::now() < deadline {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(RAW_TIMEOUT, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Reads more bytes into the buffer; false on EOF. Panics after 5 s of silence.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(RAW_TIMEOUT, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Ok(Err(e)) => panic!("read: {e}"),
+            Err(_) => panic!(
+                "no reply within {RAW_TIMEOUT:?}; buffered {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+}

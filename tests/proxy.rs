@@ -1,0 +1,732 @@
+//! Integration tests of `reborn proxy` against real redis-servers and a real
+//! ZooKeeper: routing, multi-key splits, pipelining, blocking commands, failures,
+//! bad input, live topology changes, AUTH, refused commands and shutdown.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use reborn::libs::hash::slot_of;
+use reborn::proxy::{Bound, ProxyConfig, ProxyError};
+use reborn::topo::model::Role;
+use reborn::topo::{Store, ZkConfig, operation};
+use reborn::up::RedisServer;
+use redis::AsyncCommands;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Two groups (one master each), product initialised with slots 0-511 on group 1
+/// and 512-1023 on group 2, and one proxy in-process.
+struct Cluster {
+    store: Store,
+    masters: Vec<RedisServer>,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    proxy_id: String,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<(), ProxyError>>>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut ProxyConfig)) -> Cluster {
+        let zk = ZkConfig {
+            addr: common::zk(),
+            root: common::unique_root(),
+            product: "test".into(),
+            session_timeout: Duration::from_secs(4),
+        };
+        let masters = vec![common::redis(), common::redis()];
+        let store = Store::connect(&zk).await.expect("zk connect");
+        operation::init_product(&store).await.expect("init");
+        for (i, m) in masters.iter().enumerate() {
+            let g = i as u32 + 1;
+            operation::create_group(&store, g).await.expect("group");
+            operation::add_server(&store, g, &m.addr(), Role::Master)
+                .await
+                .expect("server");
+        }
+        operation::assign_slots(&store, 0, 511, 1)
+            .await
+            .expect("assign 1");
+        operation::assign_slots(&store, 512, 1023, 2)
+            .await
+            .expect("assign 2");
+        let mut cfg = ProxyConfig {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            zk: zk.clone(),
+            ..ProxyConfig::default()
+        };
+        tune(&mut cfg);
+        let bound = Bound::bind(cfg).await.expect("bind");
+        let proxy = bound.local_addr().expect("addr");
+        let admin = bound.admin_addr().expect("admin addr");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(bound.run(cancel.clone()));
+        let proxy_id = proxy.to_string();
+        let cluster = Cluster {
+            store,
+            masters,
+            proxy,
+            admin,
+            proxy_id,
+            cancel,
+            task: Some(task),
+        };
+        cluster.wait_registered(true).await;
+        cluster
+    }
+
+    async fn wait_registered(&self, present: bool) {
+        let path = self.store.paths().proxy(&self.proxy_id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.store.exists(&path).await.unwrap_or(false) != present {
+            assert!(
+                Instant::now() < deadline,
+                "proxy node {path} never became present={present}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.proxy)
+    }
+
+    async fn client(&self) -> redis::aio::MultiplexedConnection {
+        let mut conn = redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to proxy");
+        // redis-rs gives up on a reply after 500 ms by default; blocking
+        // commands here wait for seconds on purpose.
+        conn.set_response_timeout(Duration::from_secs(30));
+        conn
+    }
+
+    /// A direct connection to the master of `group` (1-based).
+    async fn direct(&self, group: usize) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://{}/", self.masters[group - 1].addr()))
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis")
+    }
+
+    async fn shutdown(&mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("proxy run");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Sends `bytes` on a raw connection and reads until `expect` bytes arrived or the
+/// peer closed.
+async fn raw_exchange(stream: &mut TcpStream, bytes: &[u8], expect: usize) -> Vec<u8> {
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out.len() < expect {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_lands_on_the_master_that_owns_its_slot() {
+    let c = Cluster::start().await;
+    let mut p = c.client().await;
+    let keys: Vec<String> = (0..400).map(|i| format!("key:{i}")).collect();
+    for k in &keys {
+        let _: () = p.set(k, k).await.expect("set");
+    }
+    let mut g1 = c.direct(1).await;
+    let mut g2 = c.direct(2).await;
+    let (mut on1, mut on2) = (0, 0);
+    for k in &keys {
+        let owner = if slot_of(k.as_bytes()) < 512 { 1 } else { 2 };
+        let in1: Option<String> = g1.get(k).await.expect("get g1");
+        let in2: Option<String> = g2.get(k).await.expect("get g2");
+        if owner == 1 {
+            assert_eq!(in1.as_deref(), Some(k.as_str()), "{k} missing on group 1");
+            assert_eq!(in2, None, "{k} leaked to group 2");
+            on1 += 1;
+        } else {
+            assert_eq!(in2.as_deref(), Some(k.as_str()), "{k} missing on group 2");
+            assert_eq!(in1, None, "{k} leaked to group 1");
+            on2 += 1;
+        }
+    }
+    assert!(on1 > 100 && on2 > 100, "keys should spread: {on1}/{on2}");
+    // Hashtags keep related keys together.
+    let _: () = p.set("{user42}.name", "ann").await.expect("set");
+    let _: () = p.set("{user42}.mail", "a@x").await.expect("set");
+    let g = if slot_of(b"user42") < 512 {
+        &mut g1
+    } else {
+        &mut g2
+    };
+    let both: Vec<Option<String>> = g.mget(&["{user42}.name", "{user42}.mail"]).await.expect("mget");
+    assert_eq!(both, vec![Some("ann".into()), Some("a@x".into())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_key_commands_split_across_groups() {
+    let c = Cluster::start().await;
+    let mut p = c.client().await;
+    // a→579 (group 2), b→1017 (group 2), c→879 (group 2), foo→289 (group 1).
+    let pairs: Vec<(String, String)> = (0..50).map(|i| (format!("mk{i}"), format!("v{i}"))).collect();
+    let _: () = p.mset(&pairs).await.expect("mset");
+    let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+    let mut with_missing = keys.clone();
+    with_missing.insert(7, "absent-key");
+    let got: Vec<Option<String>> = p.mget(&with_missing).await.expect("mget");
+    let mut want: Vec<Option<String>> = pairs.iter().map(|(_, v)| Some(v.clone())).collect();
+    want.insert(7, None);
+    assert_eq!(got, want, "MGET must keep key order across groups");
+    let groups: std::collections::BTreeSet<bool> = keys.iter().map(|k| slot_of(k.as_bytes()) < 512).collect();
+    assert_eq!(groups.len(), 2, "test keys must span both groups");
+
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(&keys)
+        .arg("absent-key")
+        .query_async(&mut p)
+        .await
+        .expect("exists");
+    assert_eq!(n, 50);
+    let n: i64 = redis::cmd("TOUCH")
+        .arg(&keys[..10])
+        .query_async(&mut p)
+        .await
+        .expect("touch");
+    assert_eq!(n, 10);
+    let n: i64 = redis::cmd("UNLINK")
+        .arg(&keys[..5])
+        .query_async(&mut p)
+        .await
+        .expect("unlink");
+    assert_eq!(n, 5);
+    let n: i64 = redis::cmd("DEL")
+        .arg(&keys)
+        .arg("absent-key")
+        .query_async(&mut p)
+        .await
+        .expect("del");
+    assert_eq!(n, 45);
+    let left: Vec<Option<String>> = p.mget(&keys).await.expect("mget");
+    assert!(left.iter().all(Option::is_none));
+
+    // Same-slot multi-key commands pass; cross-slot ones get CROSSSLOT.
+    let _: () = p.set("{t}a", "1").await.expect("set");
+    let _: () = redis::cmd("RENAME")
+        .arg("{t}a")
+        .arg("{t}b")
+        .query_async(&mut p)
+        .await
+        .expect("rename");
+    let v: String = p.get("{t}b").await.expect("get");
+    assert_eq!(v, "1");
+    let e = redis::cmd("RENAME")
+        .arg("{t}b")
+        .arg("other")
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("cross-slot");
+    assert!(e.to_string().to_uppercase().contains("CROSSSLOT"), "{e}");
+    let e = redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(2)
+        .arg("a")
+        .arg("foo")
+        .query_async::<i64>(&mut p)
+        .await
+        .expect_err("x");
+    assert!(e.to_string().to_uppercase().contains("CROSSSLOT"), "{e}");
+    let v: String = redis::cmd("EVAL")
+        .arg("return redis.call('get', KEYS[1])")
+        .arg(1)
+        .arg("{t}b")
+        .query_async(&mut p)
+        .await
+        .expect("eval");
+    assert_eq!(v, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_pipelined_commands_come_back_in_order() {
+    let c = Cluster::start().await;
+    let mut s = TcpStream::connect(c.proxy).await.expect("connect");
+    let n = 100_000;
+    let mut req = Vec::with_capacity(n * 40);
+    let mut expected = Vec::with_capacity(n * 12);
+    for i in 0..n {
+        let key = format!("pk{}", i % 1000);
+        match i % 4 {
+            0 => {
+                let v = format!("{i}");
+                req.extend_from_slice(
+                    format!(
+                        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{v}\r\n",
+                        key.len(),
+                        v.len()
+                    )
+                    .as_bytes(),
+                );
+                expected.extend_from_slice(b"+OK\r\n");
+            }
+            1 => {
+                // GET of the key the previous command set, to value i-1: a reply
+                // delivered out of order cannot match.
+                let prev = format!("pk{}", (i - 1) % 1000);
+                let v = format!("{}", i - 1);
+                req.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n{prev}\r\n", prev.len()).as_bytes());
+                expected.extend_from_slice(format!("${}\r\n{v}\r\n", v.len()).as_bytes());
+            }
+            2 => {
+                req.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+                expected.extend_from_slice(b"+PONG\r\n");
+            }
+            _ => {
+                let e = format!("{i}");
+                req.extend_from_slice(format!("*2\r\n$4\r\nECHO\r\n${}\r\n{e}\r\n", e.len()).as_bytes());
+                expected.extend_from_slice(format!("${}\r\n{e}\r\n", e.len()).as_bytes());
+            }
+        }
+    }
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        wr.write_all(&req).await.expect("write pipeline");
+    };
+    let reader = async {
+        let mut got = Vec::with_capacity(expected.len());
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < expected.len() {
+            let n = tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf))
+                .await
+                .expect("replies stalled")
+                .expect("read");
+            assert!(n > 0, "proxy closed the connection after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "replies out of order or wrong");
+    s.shutdown().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blpop_does_not_stall_other_clients() {
+    let c = Cluster::start().await;
+    let mut blocker = c.client().await;
+    let started = Instant::now();
+    let blpop = tokio::spawn(async move {
+        let r: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("queue")
+            .arg(5)
+            .query_async(&mut blocker)
+            .await
+            .expect("blpop");
+        r
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every key of group 1 and 2 shares the proxy's backend connections with the
+    // blocked client's keys; none of them may wait behind the BLPOP.
+    let mut other = c.client().await;
+    let mut worst = Duration::ZERO;
+    for i in 0..200 {
+        let t = Instant::now();
+        let _: () = other.set(format!("o{i}"), i).await.expect("set");
+        let _: i64 = other.get(format!("o{i}")).await.expect("get");
+        worst = worst.max(t.elapsed() / 2);
+    }
+    assert!(
+        worst < Duration::from_millis(10),
+        "a reply took {worst:?} while BLPOP waited"
+    );
+    let r = blpop.await.expect("join");
+    assert_eq!(r, None, "BLPOP should time out with nil");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(4900),
+        "BLPOP returned early: {waited:?}"
+    );
+
+    // And a BLPOP that is served gets its value.
+    let mut a = c.client().await;
+    let waiter = tokio::spawn(async move {
+        let r: (String, String) = redis::cmd("BLPOP")
+            .arg("q2")
+            .arg(5)
+            .query_async(&mut a)
+            .await
+            .expect("blpop");
+        r
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _: i64 = other.rpush("q2", "hello").await.expect("rpush");
+    assert_eq!(
+        waiter.await.expect("join"),
+        ("q2".to_string(), "hello".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_fails_fast_for_its_group_only_and_recovers() {
+    let mut c = Cluster::start().await;
+    let mut p = c.client().await;
+    let k1 = "foo"; // slot 289, group 1
+    let k2 = "a"; // slot 579, group 2
+    assert!(slot_of(k1.as_bytes()) < 512 && slot_of(k2.as_bytes()) >= 512);
+    let _: () = p.set(k1, 1).await.expect("set");
+    let _: () = p.set(k2, 2).await.expect("set");
+    c.masters[0].kill();
+    // The first request may be the one that discovers the loss; all must be fast.
+    for _ in 0..20 {
+        let t = Instant::now();
+        let e = p.get::<_, String>(k1).await.expect_err("group 1 is down");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "error took {:?}",
+            t.elapsed()
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&c.masters[0].addr()),
+            "error must name the backend: {msg}"
+        );
+        let t = Instant::now();
+        let v: i64 = p.get(k2).await.expect("group 2 unaffected");
+        assert_eq!(v, 2);
+        assert!(t.elapsed() < Duration::from_millis(100));
+    }
+    c.masters[0].restart().expect("restart");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match p.set::<_, _, ()>(k1, 3).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "group 1 never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: i64 = p.get(k1).await.expect("get after recovery");
+    assert_eq!(v, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_huge_lengths_are_refused_without_hurting_others() {
+    let c = Cluster::start().await;
+    let mut good = c.client().await;
+    let _: () = good.set("stable", "yes").await.expect("set");
+
+    let mut g = TcpStream::connect(c.proxy).await.expect("connect");
+    let out = raw_exchange(
+        &mut g,
+        b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1099511627776\r\n",
+        1 << 20,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("+PONG\r\n-ERR Protocol error: invalid bulk length"),
+        "{text:?}"
+    );
+
+    let mut g = TcpStream::connect(c.proxy).await.expect("connect");
+    let out = raw_exchange(
+        &mut g,
+        b"*1\r\n$4\r\nPING\r\n*2\r\n:1\r\n\x00\xff garbage\r\n",
+        1 << 20,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("+PONG\r\n-ERR Protocol error"), "{text:?}");
+
+    let mut g = TcpStream::connect(c.proxy).await.expect("connect");
+    let out = raw_exchange(&mut g, &[b'*'; 200], 1 << 20).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("-ERR Protocol error"));
+
+    // Inline commands work as in Redis; unknown commands keep the connection.
+    let mut t = TcpStream::connect(c.proxy).await.expect("connect");
+    let out = raw_exchange(&mut t, b"PING\r\nNOSUCH a b\r\nGET stable\r\n", 80).await;
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(
+        text,
+        "+PONG\r\n-ERR unknown command 'NOSUCH', with args beginning with: 'a' 'b'\r\n$3\r\nyes\r\n"
+    );
+
+    let v: String = good.get("stable").await.expect("good client unaffected");
+    assert_eq!(v, "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_reassignment_is_seen_live() {
+    let c = Cluster::start().await;
+    let mut p = c.client().await;
+    let key = "foo"; // slot 289, group 1
+    let _: () = p.set(key, "on-g1").await.expect("set");
+    // Reassign the slot to group 2 (no data moves: setup-only operation).
+    let t = Instant::now();
+    operation::assign_slots(&c.store, 289, 289, 2)
+        .await
+        .expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let v: Option<String> = p.get(key).await.expect("get");
+        if v.is_none() {
+            break; // now served by group 2, which never had the key
+        }
+        assert!(Instant::now() < deadline, "proxy never saw the change");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = t.elapsed();
+    assert!(
+        seen < Duration::from_secs(1),
+        "change took {seen:?} to reach the proxy"
+    );
+    let _: () = p.set(key, "on-g2").await.expect("set");
+    let mut g2 = c.direct(2).await;
+    let v: String = g2.get(key).await.expect("direct get");
+    assert_eq!(v, "on-g2");
+
+    // Unassigned slots and an offline proxy give clear errors.
+    operation::assign_slots(&c.store, 289, 289, 0)
+        .await
+        .expect("unassign");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = p.get::<_, String>(key).await.expect_err("unassigned");
+    assert!(e.to_string().contains("slot 289 is not assigned"), "{e}");
+    operation::set_proxy_online(&c.store, &c.proxy_id, false)
+        .await
+        .expect("offline");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = p.get::<_, String>("a").await.expect_err("offline");
+    assert!(e.to_string().contains("is offline"), "{e}");
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut p)
+        .await
+        .expect("ping still local");
+    assert_eq!(pong, "PONG");
+    operation::set_proxy_online(&c.store, &c.proxy_id, true)
+        .await
+        .expect("online");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: Option<String> = p.get("a").await.expect("back online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_local_commands() {
+    let c = Cluster::start_with(|cfg| cfg.auth = "s3cret".into()).await;
+    let mut s = TcpStream::connect(c.proxy).await.expect("connect");
+    let out = raw_exchange(&mut s, b"GET k\r\n", 40).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "-NOAUTH Authentication required.\r\n"
+    );
+    let out = raw_exchange(&mut s, b"AUTH wrong\r\n", 20).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("-WRONGPASS"));
+    let out = raw_exchange(&mut s, b"AUTH s3cret\r\nSET k v\r\nGET k\r\n", 17).await;
+    assert_eq!(String::from_utf8_lossy(&out), "+OK\r\n+OK\r\n$1\r\nv\r\n");
+
+    let url = format!("redis://:s3cret@{}/", c.proxy);
+    let mut p = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("auth via url");
+    let v: String = p.get("k").await.expect("get");
+    assert_eq!(v, "v");
+    let e = redis::cmd("SELECT")
+        .arg(1)
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("db 1");
+    assert!(e.to_string().contains("db 0 only"), "{e}");
+    let _: () = redis::cmd("SELECT")
+        .arg(0)
+        .query_async(&mut p)
+        .await
+        .expect("select 0");
+    let e = redis::cmd("HELLO")
+        .arg(3)
+        .query_async::<redis::Value>(&mut p)
+        .await
+        .expect_err("resp3");
+    assert!(e.to_string().contains("NOPROTO"), "{e}");
+    let _: redis::Value = redis::cmd("HELLO")
+        .arg(2)
+        .query_async(&mut p)
+        .await
+        .expect("hello 2");
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("tester")
+        .query_async(&mut p)
+        .await
+        .expect("setname");
+    let name: String = redis::cmd("CLIENT")
+        .arg("GETNAME")
+        .query_async(&mut p)
+        .await
+        .expect("getname");
+    assert_eq!(name, "tester");
+    let info: String = redis::cmd("INFO").query_async(&mut p).await.expect("info");
+    assert!(
+        info.contains("reborn_version:") && info.contains("connected_clients:"),
+        "{info}"
+    );
+    let n: i64 = redis::cmd("COMMAND")
+        .arg("COUNT")
+        .query_async(&mut p)
+        .await
+        .expect("command count");
+    assert!(n > 200);
+    let keys: Vec<String> = redis::cmd("COMMAND")
+        .arg("GETKEYS")
+        .arg("MSET")
+        .arg("a")
+        .arg("1")
+        .arg("b")
+        .arg("2")
+        .query_async(&mut p)
+        .await
+        .expect("getkeys");
+    assert_eq!(keys, ["a", "b"]);
+    let echo: String = redis::cmd("ECHO")
+        .arg("hi")
+        .query_async(&mut p)
+        .await
+        .expect("echo");
+    assert_eq!(echo, "hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_get_a_clear_error_and_keep_the_connection() {
+    let c = Cluster::start().await;
+    let mut p = c.client().await;
+    for cmd in [
+        "SHUTDOWN",
+        "DEBUG SLEEP 0",
+        "MONITOR",
+        "SYNC",
+        "PSYNC ? -1",
+        "REPLICAOF NO ONE",
+        "CLUSTER INFO",
+        "MIGRATE 127.0.0.1 1 k 0 10",
+        "CONFIG GET maxmemory",
+        "FLUSHALL",
+        "KEYS *",
+        "SCAN 0",
+        "MULTI",
+        "SUBSCRIBE ch",
+    ] {
+        let mut parts = cmd.split(' ');
+        let name = parts.next().expect("name");
+        let mut c = redis::cmd(name);
+        for a in parts {
+            c.arg(a);
+        }
+        let e = c.query_async::<redis::Value>(&mut p).await.expect_err(cmd);
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("'{name}'")) && msg.contains("reborn proxy"),
+            "{cmd}: {msg}"
+        );
+    }
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut p)
+        .await
+        .expect("connection still open");
+    assert_eq!(pong, "PONG");
+    // The backends were not touched: a refused SHUTDOWN left group 1 serving.
+    let _: () = p.set("foo", "still-here").await.expect("set");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_removes_the_node_and_drains() {
+    let mut c = Cluster::start().await;
+    let mut p = c.client().await;
+    let _: () = p.set("foo", "1").await.expect("set");
+    // A stats endpoint is up while serving.
+    let body = http_get(c.admin, "/stats").await;
+    assert!(
+        body.contains("\"ops_total\"") && body.contains("\"latency_us\""),
+        "{body}"
+    );
+    let metrics = http_get(c.admin, "/metrics").await;
+    assert!(metrics.contains("reborn_proxy_ops_total"), "{metrics}");
+    c.shutdown().await;
+    let path = c.store.paths().proxy(&c.proxy_id);
+    assert!(
+        !c.store.exists(&path).await.expect("exists"),
+        "proxy node left behind after shutdown"
+    );
+    assert!(
+        TcpStream::connect(c.proxy).await.is_err(),
+        "listener still open after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pipelines_without_reading_is_slowed_not_dropped() {
+    let c = Cluster::start_with(|cfg| cfg.max_pipeline = 64).await;
+    let mut s = TcpStream::connect(c.proxy).await.expect("connect");
+    let n = 50_000;
+    let req = b"*2\r\n$4\r\nINCR\r\n$3\r\nfoo\r\n".repeat(n);
+    // Write everything before reading anything: the proxy must stop reading
+    // (back-pressure) rather than buffer without bound or disconnect.
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        wr.write_all(&req).await.expect("write");
+    };
+    let reader = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut lines = 0;
+        while lines < n {
+            let k = tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf))
+                .await
+                .expect("stalled")
+                .expect("read");
+            assert!(k > 0, "disconnected after {lines} replies");
+            got.extend_from_slice(&buf[..k]);
+            lines = got.iter().filter(|&&b| b == b'\n').count();
+        }
+        got
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    let last = String::from_utf8_lossy(&got);
+    assert!(last.ends_with(&format!(":{n}\r\n")), "last reply should be :{n}");
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("admin connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
