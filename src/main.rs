@@ -25,29 +25,37 @@ enum Role {
     Up(reborn::up::UpArgs),
 }
 
+/// A tokio runtime with `threads` workers (0: one per core).
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build().context("start the tokio runtime")
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the tokio runtime")?;
-    rt.block_on(async move {
-        match cli.role {
-            Role::Proxy(args) => {
-                reborn::libs::logging::init("info");
-                let config = args.into_config().context("load proxy config")?;
-                reborn::proxy::run_until_signal(config).await.context("proxy")
-            }
-            Role::Admin(args) => {
-                reborn::libs::logging::init("warn");
-                reborn::topo::admin::run(args)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-            }
-            Role::Up(args) => {
-                reborn::libs::logging::init("info");
-                reborn::up::run(args).await.map_err(|e| anyhow::anyhow!("{e}"))
-            }
+    match cli.role {
+        Role::Proxy(args) => {
+            // The config is read before the runtime exists: it sizes the runtime.
+            let config = args.into_config().context("load proxy config")?;
+            reborn::libs::logging::init("info");
+            runtime(config.threads)?
+                .block_on(reborn::proxy::run_until_signal(config))
+                .context("proxy")
         }
-    })
+        Role::Admin(args) => {
+            reborn::libs::logging::init("warn");
+            runtime(1)?
+                .block_on(reborn::topo::admin::run(args))
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        Role::Up(args) => {
+            reborn::libs::logging::init("info");
+            runtime(0)?
+                .block_on(reborn::up::run(args))
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    }
 }

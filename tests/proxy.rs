@@ -36,13 +36,21 @@ impl Cluster {
     }
 
     async fn start_with(tune: impl FnOnce(&mut ProxyConfig)) -> Cluster {
+        Self::build(None, tune).await
+    }
+
+    /// `backend_password` protects the redis-servers (`requirepass`).
+    async fn build(backend_password: Option<&str>, tune: impl FnOnce(&mut ProxyConfig)) -> Cluster {
         let zk = ZkConfig {
             addr: common::zk(),
             root: common::unique_root(),
             product: "test".into(),
             session_timeout: Duration::from_secs(4),
         };
-        let masters = vec![common::redis(), common::redis()];
+        let masters = match backend_password {
+            None => vec![common::redis(), common::redis()],
+            Some(pw) => vec![common::redis_with_password(pw), common::redis_with_password(pw)],
+        };
         let store = Store::connect(&zk).await.expect("zk connect");
         operation::init_product(&store).await.expect("init");
         for (i, m) in masters.iter().enumerate() {
@@ -62,6 +70,7 @@ impl Cluster {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             zk: zk.clone(),
+            backend_auth: backend_password.unwrap_or_default().to_string(),
             ..ProxyConfig::default()
         };
         tune(&mut cfg);
@@ -729,4 +738,85 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.expect("read");
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_password_is_sent_to_every_group() {
+    let c = Cluster::build(Some("backend-pw"), |_| {}).await;
+    let mut p = c.client().await;
+    // foo → group 1, a → group 2: both groups require the password.
+    let _: () = p.set("foo", "1").await.expect("set on group 1 through AUTH");
+    let _: () = p.set("a", "2").await.expect("set on group 2 through AUTH");
+    let got: Vec<String> = p.mget(&["foo", "a"]).await.expect("mget");
+    assert_eq!(got, ["1", "2"]);
+    // Without the password the backends refuse: the proxy really authenticated.
+    let mut raw = TcpStream::connect(c.masters[0].addr()).await.expect("connect");
+    let out = raw_exchange(&mut raw, b"GET foo\r\n", 8).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("-NOAUTH"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_backend_password_gives_a_clear_error() {
+    let c = Cluster::build(Some("right"), |cfg| cfg.backend_auth = "wrong".into()).await;
+    let mut s = TcpStream::connect(c.proxy).await.expect("connect");
+    let mut text = String::new();
+    // The first request may race the failing handshake; a retry sees the error.
+    for _ in 0..20 {
+        let out = raw_exchange(&mut s, b"GET foo\r\n", 10).await;
+        text = String::from_utf8_lossy(&out).into_owned();
+        if text.contains("AUTH failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains(&c.masters[0].addr()) && text.contains("AUTH failed"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_refuses_the_extra_client_only() {
+    let c = Cluster::start_with(|cfg| cfg.max_clients = 2).await;
+    let mut a = TcpStream::connect(c.proxy).await.expect("a");
+    let mut b = TcpStream::connect(c.proxy).await.expect("b");
+    assert_eq!(raw_exchange(&mut a, b"PING\r\n", 7).await, b"+PONG\r\n");
+    assert_eq!(raw_exchange(&mut b, b"PING\r\n", 7).await, b"+PONG\r\n");
+    let mut extra = TcpStream::connect(c.proxy).await.expect("extra");
+    let out = raw_exchange(&mut extra, b"PING\r\n", 1 << 10).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "-ERR max number of clients reached\r\n"
+    );
+    assert_eq!(raw_exchange(&mut a, b"PING\r\n", 7).await, b"+PONG\r\n");
+    drop(b);
+    // The slot frees once the session ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = TcpStream::connect(c.proxy).await.expect("again");
+        if raw_exchange(&mut again, b"PING\r\n", 7).await == b"+PONG\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_closed_but_blocked_ones_are_not() {
+    let c = Cluster::start_with(|cfg| cfg.idle_timeout = Duration::from_millis(300)).await;
+    let mut idle = TcpStream::connect(c.proxy).await.expect("connect");
+    assert_eq!(raw_exchange(&mut idle, b"PING\r\n", 7).await, b"+PONG\r\n");
+    let mut blocked = TcpStream::connect(c.proxy).await.expect("connect");
+    blocked.write_all(b"BLPOP never 1\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "idle client should be closed");
+    // The blocked client got its nil after 1 s, not a disconnect at 300 ms.
+    let out = raw_exchange(&mut blocked, b"", 5).await;
+    assert_eq!(out, b"*-1\r\n");
 }

@@ -144,6 +144,9 @@ pub struct ProxyArgs {
     /// Backend (redis) password.
     #[arg(long)]
     pub backend_auth: Option<String>,
+    /// Tokio worker threads (0: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl ProxyArgs {
@@ -166,6 +169,9 @@ impl ProxyArgs {
         set(&mut c.id, self.id);
         set(&mut c.auth, self.auth);
         set(&mut c.backend_auth, self.backend_auth);
+        if let Some(t) = self.threads {
+            c.threads = t;
+        }
         c.validate()?;
         Ok(c)
     }

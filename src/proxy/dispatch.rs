@@ -20,9 +20,8 @@ use crate::libs::resp::{self, Request};
 /// Redis Cluster's wording, which client libraries already recognise.
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
-/// Handles one request and returns the reply it will get.
-pub fn dispatch(ctx: &Context, client: &mut Client, req: &Request) -> Pending {
-    let start = Instant::now();
+/// Handles one request, received at `start`, and returns the reply it will get.
+pub fn dispatch(ctx: &Context, client: &mut Client, req: &Request, start: Instant) -> Pending {
     let Some(cmd) = command::lookup(req.name()) else {
         return Pending {
             cmd: ctx.stats.unknown_cmd(),

@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,16 +64,19 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let idle = ctx.config.idle_timeout;
     loop {
+        // One clock read per chunk of input, not per request: every request of a
+        // pipelined burst arrived at the same moment anyway.
+        let now = Instant::now();
         loop {
             let pending = match resp::parse_request(&mut buf, &ctx.limits) {
-                Ok(Some(req)) => dispatch(ctx, &mut client, &req),
+                Ok(Some(req)) => dispatch(ctx, &mut client, &req, now),
                 Ok(None) => break,
                 Err(e) => {
                     ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(client = client.id, error = %e, "protocol error");
                     Pending {
                         cmd: ctx.stats.unknown_cmd(),
-                        start: std::time::Instant::now(),
+                        start: now,
                         reply: Reply::Close(resp::error(&format!("ERR Protocol error: {e}"))),
                     }
                 }
@@ -123,14 +126,17 @@ async fn write_loop(
     inflight: &AtomicUsize,
     done: &CancellationToken,
 ) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut out = Output {
+        buf: BytesMut::with_capacity(16 * 1024),
+        written: Vec::with_capacity(64),
+    };
     let result: std::io::Result<()> = async {
         loop {
             let mut p = match rx.try_recv() {
                 Ok(p) => p,
                 Err(_) => {
                     // Nothing queued right now: send what we have, then wait.
-                    flush(&mut wr, &mut out).await?;
+                    out.flush(&mut wr, ctx, inflight).await?;
                     match rx.recv().await {
                         Some(p) => p,
                         None => return Ok(()),
@@ -140,19 +146,18 @@ async fn write_loop(
             let reply = match p.reply.try_take() {
                 Some(r) => r,
                 None => {
-                    flush(&mut wr, &mut out).await?;
+                    out.flush(&mut wr, ctx, inflight).await?;
                     p.reply.take().await
                 }
             };
-            ctx.stats.record(p.cmd, p.start.elapsed(), resp::is_error(&reply));
-            inflight.fetch_sub(1, Ordering::Relaxed);
-            out.extend_from_slice(&reply);
+            out.written.push((p.cmd, p.start, resp::is_error(&reply)));
+            out.buf.extend_from_slice(&reply);
             if matches!(p.reply, Reply::Close(_)) {
-                flush(&mut wr, &mut out).await?;
+                out.flush(&mut wr, ctx, inflight).await?;
                 return Ok(());
             }
-            if out.len() >= FLUSH_AT {
-                flush(&mut wr, &mut out).await?;
+            if out.buf.len() >= FLUSH_AT {
+                out.flush(&mut wr, ctx, inflight).await?;
             }
         }
     }
@@ -164,10 +169,31 @@ async fn write_loop(
     done.cancel();
 }
 
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
-    if !out.is_empty() {
-        wr.write_all(out).await?;
-        out.clear();
+/// Replies waiting to be written, with what stats need to know about each.
+struct Output {
+    buf: BytesMut,
+    /// (command, received at, is an error) of each reply in `buf`.
+    written: Vec<(usize, Instant, bool)>,
+}
+
+impl Output {
+    /// Writes the buffered replies, then records their stats with one clock read.
+    async fn flush(
+        &mut self,
+        wr: &mut OwnedWriteHalf,
+        ctx: &Context,
+        inflight: &AtomicUsize,
+    ) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        wr.write_all(&self.buf).await?;
+        self.buf.clear();
+        let now = Instant::now();
+        inflight.fetch_sub(self.written.len(), Ordering::Relaxed);
+        for (cmd, start, error) in self.written.drain(..) {
+            ctx.stats.record(cmd, now.saturating_duration_since(start), error);
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -47,7 +47,7 @@ impl Banner<'_> {
         )?;
         writeln!(out)?;
         let row = |out: &mut String, what: &str, addr: &str, note: String| {
-            writeln!(out, "  {what:<14} {addr:<22} {note}")
+            writeln!(out, "{}", format!("  {what:<14} {addr:<24} {note}").trim_end())
         };
         match self.servers.zookeeper() {
             Some(zk) => row(out, "ZooKeeper", zk.addr().as_str(), log_note(&zk.log_file()))?,
@@ -87,14 +87,14 @@ impl Banner<'_> {
                     &listen.to_string(),
                     "RESP: talk to it with any Redis client".into(),
                 )?;
-                row(out, "proxy admin", &format!("http://{admin}"), "HTTP".into())?;
+                row(
+                    out,
+                    "proxy admin",
+                    &format!("http://{admin}"),
+                    "HTTP: /stats, /metrics".into(),
+                )?;
             }
-            None => row(
-                out,
-                "proxy",
-                "-",
-                "not running (not wired into `reborn up` yet)".into(),
-            )?,
+            None => row(out, "proxy", "-", "not running".into())?,
         }
         let keep = if self.dir.1 {
             "kept after exit"

@@ -7,14 +7,16 @@
 //! redis on this machine" lives in one place.
 //!
 //! * [`zookeeper`], [`redis_server`]: one local server process each.
-//! * `process`, `workdir`, `port`, `probe`: what those share (child process with
-//!   an orphan guard, data dir, "is the port free", tiny protocol probes).
+//! * [`orphan_guard`]: a started process dies with us, however we die.
+//! * `process`, `workdir`, `port`, `probe`: what the servers share (child process,
+//!   data dir, "is the port free", tiny protocol probes).
 //! * `plan` → `servers` → `seed` → `roles` → `banner`: the steps of `reborn up`.
 //!
 //! This module sits on top of the crate and may import every other module.
 
 mod banner;
 mod error;
+pub mod orphan_guard;
 mod plan;
 mod port;
 mod probe;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::topo::ZkConfig;
 
 pub use error::UpError;
+pub use orphan_guard::OrphanGuard;
 pub use redis_server::{RedisServer, RedisServerBuilder};
 pub use zookeeper::ZooKeeper;
 
@@ -182,19 +185,18 @@ async fn serve(
     }
 }
 
-/// The proxy's main future, or `None` while it is not wired in.
+/// The proxy's main future: `reborn proxy` with its defaults, on our addresses
+/// and product. `None` is for roles that are switched off (none yet).
 fn proxy_role(args: &UpArgs, zk: &ZkConfig) -> Option<impl FnOnce(CancellationToken) -> RoleFuture + use<>> {
-    // TODO(proxy): wire `crate::proxy::run` once it exists, i.e. replace the two
-    // lines below with:
-    //   let config = crate::proxy::ProxyConfig {
-    //       listen: args.proxy, admin_listen: args.proxy_admin, zk: zk.clone(),
-    //       ..Default::default()
-    //   };
-    //   return Some(move |cancel| -> RoleFuture { Box::pin(async move {
-    //       crate::proxy::run(config, cancel).await.map_err(|e| e.to_string())
-    //   }) });
-    let _ = (args, zk);
-    None::<fn(CancellationToken) -> RoleFuture>
+    let config = crate::proxy::ProxyConfig {
+        listen: args.proxy.to_string(),
+        admin_listen: args.proxy_admin.to_string(),
+        zk: zk.clone(),
+        ..crate::proxy::ProxyConfig::default()
+    };
+    Some(move |cancel| -> RoleFuture {
+        Box::pin(async move { crate::proxy::run(config, cancel).await.map_err(|e| e.to_string()) })
+    })
 }
 
 /// The flags `reborn admin` needs to find this cluster, beyond its defaults.
@@ -205,7 +207,7 @@ fn admin_flags(args: &UpArgs, zk: &ZkConfig) -> String {
         flags.push_str(&format!(" --zk {}", zk.addr));
     }
     if args.zk_root != defaults.root {
-        flags.push_str(&format!(" --zk-root {}", args.zk_root));
+        flags.push_str(&format!(" --root {}", args.zk_root));
     }
     if args.product != defaults.product {
         flags.push_str(&format!(" --product {}", args.product));

@@ -7,10 +7,8 @@
 //! * The child runs in its own process group, so a Ctrl-C in the terminal reaches
 //!   only `reborn`, which then stops its children in order (proxy before the
 //!   redis-servers before ZooKeeper) instead of all of them dying at once.
-//! * Each child gets an *orphan guard*: a tiny `sh` whose stdin is a pipe we hold
-//!   the write end of. The kernel closes that end when we exit, however we exit;
-//!   the guard's `read` then returns and it kills the child (and removes its temp
-//!   dir). No polling, no unsafe `prctl`. On a normal stop we kill the guard first.
+//! * Each child gets an [`OrphanGuard`], which stops it when we exit, however we
+//!   exit. On a normal stop we disarm the guard first.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
@@ -20,16 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::error::UpError;
-
-/// The orphan guard. `$1` is the child's pid, `$2` a directory to remove or "".
-/// It waits up to 3 s after SIGTERM before SIGKILL, like [`ChildProcess::stop`].
-const GUARD_SCRIPT: &str = r#"read never
-kill -TERM "$1" 2>/dev/null
-i=0
-while [ "$i" -lt 30 ] && kill -0 "$1" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-kill -KILL "$1" 2>/dev/null
-if [ -n "$2" ]; then rm -rf "$2"; fi
-"#;
+use super::orphan_guard::OrphanGuard;
 
 /// How often start-up waits re-check the child and its readiness probe.
 const POLL: Duration = Duration::from_millis(20);
@@ -39,7 +28,7 @@ const POLL: Duration = Duration::from_millis(20);
 pub(crate) struct ChildProcess {
     what: String,
     child: Child,
-    guard: Option<Child>,
+    guard: Option<OrphanGuard>,
     log: PathBuf,
     grace: Duration,
     stopped: bool,
@@ -49,14 +38,13 @@ impl ChildProcess {
     /// Spawns `cmd` with stdin closed and stdout/stderr appended to `log`.
     ///
     /// `what` names it in errors ("redis-server 127.0.0.1:16379"); `grace` is how
-    /// long [`stop`](Self::stop) waits after SIGTERM; `cleanup_dir` is removed by
-    /// the orphan guard if we die first. A missing program maps to `not_found`.
+    /// long [`stop`](Self::stop) waits after SIGTERM. A missing program maps to
+    /// `not_found`.
     pub(crate) fn spawn(
         what: &str,
         mut cmd: Command,
         log: &Path,
         grace: Duration,
-        cleanup_dir: Option<&Path>,
         not_found: impl FnOnce() -> UpError,
     ) -> Result<ChildProcess, UpError> {
         let out = OpenOptions::new()
@@ -78,7 +66,10 @@ impl ChildProcess {
                 }
             }
         })?;
-        let guard = spawn_guard(child.id(), cleanup_dir);
+        // Without a guard we still work, only less robustly: warn, do not fail.
+        let guard = OrphanGuard::watch(child.id())
+            .inspect_err(|e| tracing::warn!("{e}; pid {} may outlive us", child.id()))
+            .ok();
         Ok(ChildProcess {
             what: what.to_string(),
             child,
@@ -172,42 +163,13 @@ impl ChildProcess {
     /// Kills the orphan guard *before* the child is reaped, so the guard can never
     /// signal a recycled pid.
     fn disarm_guard(&mut self) {
-        if let Some(mut guard) = self.guard.take() {
-            let _ = guard.kill();
-            let _ = guard.wait();
-        }
+        drop(self.guard.take());
     }
 }
 
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Starts the orphan guard of `pid`. Without one we still work, only less
-/// robustly, so a failure is logged rather than returned.
-fn spawn_guard(pid: u32, cleanup_dir: Option<&Path>) -> Option<Child> {
-    let dir = cleanup_dir.map(|d| d.display().to_string()).unwrap_or_default();
-    let spawned = Command::new("sh")
-        .arg("-c")
-        .arg(GUARD_SCRIPT)
-        .arg("reborn-orphan-guard")
-        .arg(pid.to_string())
-        .arg(dir)
-        // The pipe's write end stays in our `Child::stdin` until we exit; std
-        // opens it close-on-exec, so other children do not inherit (and hold) it.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-    match spawned {
-        Ok(guard) => Some(guard),
-        Err(e) => {
-            tracing::warn!("no orphan guard for pid {pid} (it may outlive us): {e}");
-            None
-        }
     }
 }
 

@@ -186,14 +186,9 @@ impl RedisServer {
         port::ensure_free(self.port, "redis-server")?;
         let what = format!("redis-server {}", self.addr());
         let log = self.log_file();
-        let mut process = ChildProcess::spawn(
-            &what,
-            self.command(),
-            &log,
-            STOP_GRACE,
-            self.dir.owned_path(),
-            || UpError::RedisNotInstalled,
-        )?;
+        let mut process = ChildProcess::spawn(&what, self.command(), &log, STOP_GRACE, || {
+            UpError::RedisNotInstalled
+        })?;
         let addr = self.addr();
         let password = self.password.clone();
         process.wait_until(READY_TIMEOUT, || {

@@ -1,12 +1,14 @@
 //! The directory a local process keeps its data and log in.
 //!
 //! Either given by the caller (kept after the process stops, so its log can be
-//! read) or a fresh directory under the system temp dir that we own and remove.
+//! read) or a fresh directory under the system temp dir that we own and remove —
+//! on drop, or through an [`OrphanGuard`] if we die without dropping it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::error::UpError;
+use super::orphan_guard::OrphanGuard;
 
 /// Numbers the temp dirs of one process, so two servers never share one.
 static NEXT_TEMP: AtomicU32 = AtomicU32::new(0);
@@ -16,6 +18,8 @@ static NEXT_TEMP: AtomicU32 = AtomicU32::new(0);
 pub(crate) struct Workdir {
     path: PathBuf,
     owned: bool,
+    /// For an owned dir: removes it if we exit without dropping this value.
+    guard: Option<OrphanGuard>,
 }
 
 impl Workdir {
@@ -29,7 +33,11 @@ impl Workdir {
         let path = path
             .canonicalize()
             .map_err(UpError::io(format!("resolve directory {}", path.display())))?;
-        Ok(Workdir { path, owned: false })
+        Ok(Workdir {
+            path,
+            owned: false,
+            guard: None,
+        })
     }
 
     /// Creates a fresh `reborn-<label>-<pid>-<n>` directory under the temp dir; it
@@ -45,6 +53,10 @@ impl Workdir {
                 Ok(()) => {
                     let mut dir = Workdir::given(path)?;
                     dir.owned = true;
+                    // Without a guard the dir may be left behind; not worth failing for.
+                    dir.guard = OrphanGuard::remove_on_exit(&dir.path)
+                        .inspect_err(|e| tracing::warn!("{e}; {} may be left behind", dir.path.display()))
+                        .ok();
                     return Ok(dir);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -58,11 +70,6 @@ impl Workdir {
     /// The directory.
     pub(crate) fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The directory if we own it (and so must remove it), for the orphan guard.
-    pub(crate) fn owned_path(&self) -> Option<&Path> {
-        self.owned.then_some(self.path.as_path())
     }
 }
 

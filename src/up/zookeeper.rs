@@ -77,22 +77,16 @@ impl ZooKeeper {
 
         let what = format!("ZooKeeper 127.0.0.1:{port}");
         let log = dir.path().join("zookeeper.log");
-        let mut process = ChildProcess::spawn(
-            &what,
-            command(dir.path(), &cfg),
-            &log,
-            STOP_GRACE,
-            dir.owned_path(),
-            || UpError::JavaNotInstalled,
-        )?;
+        let mut process = ChildProcess::spawn(&what, command(dir.path(), &cfg), &log, STOP_GRACE, || {
+            UpError::JavaNotInstalled
+        })?;
         let addr = format!("127.0.0.1:{port}");
         // `ruok` answers `imok` as soon as the port is open; `conf` only once the
         // server serves requests, so that is our readiness probe.
         let mut conf = String::new();
         process.wait_until(READY_TIMEOUT, || {
             conf = probe::four_letter(&addr, "conf").unwrap_or_default();
-            conf.contains("dataDir=")
-                && probe::four_letter(&addr, "ruok").is_ok_and(|a| a == "imok")
+            conf.contains("dataDir=") && probe::four_letter(&addr, "ruok").is_ok_and(|a| a == "imok")
         })?;
         // The answer may come from a ZooKeeper that grabbed the port after our
         // check (ours then exits on bind). Only ours reports our data dir.

@@ -23,12 +23,14 @@ use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use reborn::topo::ZkConfig;
-use reborn::up::{RedisServer, UpError, ZooKeeper};
+use reborn::up::{OrphanGuard, RedisServer, UpError, ZooKeeper};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The ZooKeeper of this test binary (see the module docs for its lifetime).
@@ -117,6 +119,46 @@ fn with_free_port<T>(what: &str, start: impl Fn(u16) -> Result<T, UpError>) -> T
         }
     }
     panic!("cannot start {what}: ports keep being taken: {last:?}")
+}
+
+/// A child process (e.g. the `reborn` binary) that is killed when dropped *and*
+/// when the test binary dies without dropping it (see the module docs).
+/// Derefs to [`Child`] for `id()`, `try_wait()`, the pipes, ….
+pub struct GuardedChild {
+    // Option: disarmed first on drop, before the child is reaped.
+    guard: Option<OrphanGuard>,
+    child: Child,
+}
+
+/// Spawns `cmd` as a [`GuardedChild`].
+pub fn spawn_guarded(cmd: &mut Command) -> GuardedChild {
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let guard = OrphanGuard::watch(child.id()).expect("orphan guard");
+    GuardedChild {
+        guard: Some(guard),
+        child,
+    }
+}
+
+impl Deref for GuardedChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl DerefMut for GuardedChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for GuardedChild {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A `redis` crate connection to `addr` (`host:port`).

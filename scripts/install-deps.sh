@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs what reborn needs on a fresh Debian machine, and skips whatever is
+# already there. Called by scripts/up.sh and scripts/test.sh; safe to re-run.
+#
+#   redis-server, redis-tools  the storage (stock Redis 7), redis-cli, redis-benchmark
+#   zookeeper                  the coordinator's jars (pulls in a JRE); we start it
+#                              ourselves, so no zookeeperd/systemd service is needed
+#   a Rust toolchain           only if cargo is missing (rustup, minimal profile)
+set -euo pipefail
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+APT_UPDATED=0
+apt_install() {
+    # apt needs root; use sudo when we are not root and it exists.
+    local SUDO=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            say "not root and no sudo: run as root, or apt-get install $* yourself"
+            exit 1
+        fi
+        SUDO=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        say "apt-get update"
+        "${SUDO[@]}" apt-get update -q -o DPkg::Lock::Timeout=300
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    # Another apt (unattended-upgrades, a sibling job) may hold the lock: wait.
+    "${SUDO[@]}" apt-get install -y -q -o DPkg::Lock::Timeout=300 "$@"
+}
+
+# --- redis and ZooKeeper ------------------------------------------------------
+if command -v redis-server >/dev/null 2>&1 && [ -f /usr/share/java/zookeeper.jar ]; then
+    say "redis-server and ZooKeeper already installed"
+else
+    apt_install redis-server redis-tools zookeeper
+fi
+
+# --- Rust ---------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    # Debian's own rustc is too old for this crate (edition 2024, Rust >= 1.88).
+    command -v curl >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 ||
+        apt_install curl ca-certificates build-essential
+    say "installing Rust with rustup (https://rustup.rs)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y --profile minimal --component rustfmt,clippy
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+if ! command -v cc >/dev/null 2>&1; then
+    apt_install build-essential  # rustc links with cc
+fi

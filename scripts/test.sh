@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# THE test command of reborn (CI runs it through .ci/run):
+#   installs what is missing (redis, ZooKeeper, Rust), then
+#   cargo fmt --check, cargo clippy -D warnings, cargo test (unit + integration).
+# Integration tests start their own real ZooKeeper and redis-servers on free
+# ports and stop them afterwards; nothing needs to be running beforehand.
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh --test harness).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/install-deps.sh
+if ! command -v cargo >/dev/null 2>&1; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+# rustup installs components on demand only for the toolchain in use.
+for tool in rustfmt clippy; do
+    if ! cargo "${tool/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        rustup component add "$tool"
+    fi
+done
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test $*"
+cargo test "$@"
+
+step "all green"

@@ -1,0 +1,346 @@
+//! `reborn up` as a newcomer runs it: the real binary, real ZooKeeper and
+//! redis-servers, stopped by SIGTERM (clean, ordered) or SIGKILL (the orphan
+//! guards must still take every server down).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, ExitStatus, Stdio};
+
+use common::GuardedChild;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reborn::topo::{Store, ZkConfig, watcher};
+
+/// A `reborn up` child process whose banner has been printed.
+struct Up {
+    child: GuardedChild,
+    banner: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Ports of one `reborn up`: four redis, proxy, proxy admin.
+struct Ports {
+    redis: [u16; 4],
+    proxy: u16,
+    admin: u16,
+}
+
+impl Ports {
+    fn new() -> Ports {
+        Ports {
+            redis: [(); 4].map(|_| common::free_port()),
+            proxy: common::free_port(),
+            admin: common::free_port(),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let redis: Vec<String> = self.redis.iter().map(u16::to_string).collect();
+        vec![
+            "--redis-ports".into(),
+            redis.join(","),
+            "--proxy".into(),
+            format!("127.0.0.1:{}", self.proxy),
+            "--proxy-admin".into(),
+            format!("127.0.0.1:{}", self.admin),
+        ]
+    }
+}
+
+impl Up {
+    /// Starts `reborn up ARGS` and waits (up to 60 s) for its banner.
+    fn start(args: &[String]) -> Up {
+        let mut child = common::spawn_guarded(
+            Command::new(env!("CARGO_BIN_EXE_reborn"))
+                .arg("up")
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("stderr")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut up = Up {
+            child,
+            banner: String::new(),
+            stderr,
+        };
+        // The banner ends with the "Try:" hints and an empty line.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut in_hints = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    in_hints |= line == "Try:";
+                    let done = in_hints && line.is_empty();
+                    up.banner.push_str(&line);
+                    up.banner.push('\n');
+                    if done {
+                        return up;
+                    }
+                }
+                Err(_) => panic!(
+                    "no banner from reborn up; stdout so far:\n{}\nstderr:\n{}",
+                    up.banner,
+                    up.stderr()
+                ),
+            }
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// The value printed after `label` in the banner's table.
+    fn field(&self, label: &str) -> String {
+        self.banner
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {label:?} in banner:\n{}", self.banner))
+            .to_string()
+    }
+
+    /// SIGTERM, as Ctrl-C would do, and the exit status (within 30 s).
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("sh")
+            .args(["-c", r#"kill -TERM "$1""#, "sh", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        self.wait(Duration::from_secs(30))
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reborn up did not exit; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits until nothing listens on any of `ports` (servers stop asynchronously
+/// after a SIGKILL of their owner).
+fn assert_ports_freed(ports: &[u16], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for &port in ports {
+        while !common::port_is_free(port) {
+            assert!(Instant::now() < deadline, "port {port} still in use");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+async fn load(addr: &str, root: &str) -> reborn::topo::Topology {
+    let cfg = ZkConfig {
+        addr: addr.to_string(),
+        root: root.to_string(),
+        product: "demo".into(),
+        ..ZkConfig::default()
+    };
+    let store = Store::connect(&cfg).await.expect("connect to ZooKeeper");
+    let topo = watcher::load(&store).await.expect("product demo exists");
+    store.close().await;
+    topo
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_runs_a_whole_cluster_and_stops_it_in_order() {
+    let ports = Ports::new();
+    let zk_port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = ports.args();
+    args.extend([
+        "--zk-port".into(),
+        zk_port.to_string(),
+        "--dir".into(),
+        dir.path().display().to_string(),
+    ]);
+    let mut up = Up::start(&args);
+    let zk_addr = format!("127.0.0.1:{zk_port}");
+    assert_eq!(up.field("ZooKeeper"), zk_addr);
+
+    // The product as the proxies will see it.
+    let topo = load(&zk_addr, "/reborn").await;
+    let addr = |i: usize| format!("127.0.0.1:{}", ports.redis[i]);
+    assert_eq!(topo.groups.len(), 2);
+    assert_eq!(topo.groups[&1].master(), Some(addr(0).as_str()));
+    assert_eq!(topo.groups[&2].master(), Some(addr(2).as_str()));
+    assert_eq!(topo.groups[&1].servers.len(), 2);
+    assert_eq!(topo.master_of_slot(0), Some(addr(0).as_str()));
+    assert_eq!(topo.master_of_slot(511), Some(addr(0).as_str()));
+    assert_eq!(topo.master_of_slot(512), Some(addr(2).as_str()));
+    assert_eq!(topo.master_of_slot(1023), Some(addr(2).as_str()));
+
+    // Replication is wired: a key written on a master reaches its replica.
+    let mut master = common::client(&addr(2)).await;
+    let () = redis::AsyncCommands::set(&mut master, "k", "v")
+        .await
+        .expect("SET");
+    let replica = common::client(&addr(3)).await;
+    common::eventually("replica 4 has the key", Duration::from_secs(10), || {
+        let mut r = replica.clone();
+        async move {
+            let v: Option<String> = redis::AsyncCommands::get(&mut r, "k").await.unwrap_or(None);
+            v.is_some()
+        }
+    })
+    .await;
+    // The proxy routes by slot: "foo" is slot 289 (group 1), "hello" slot 646 (group 2).
+    let proxy_addr = format!("127.0.0.1:{}", ports.proxy);
+    assert_eq!(up.field("proxy "), proxy_addr);
+    let mut proxy = common::client(&proxy_addr).await;
+    let () = redis::cmd("MSET")
+        .arg(&["foo", "1", "hello", "2"])
+        .query_async(&mut proxy)
+        .await
+        .expect("MSET through the proxy");
+    let got: Vec<String> = redis::cmd("MGET")
+        .arg(&["foo", "hello"])
+        .query_async(&mut proxy)
+        .await
+        .expect("MGET through the proxy");
+    assert_eq!(got, ["1", "2"]);
+    let mut g1 = common::client(&addr(0)).await;
+    let on_g1: Option<String> = redis::AsyncCommands::get(&mut g1, "foo").await.expect("GET");
+    assert_eq!(on_g1.as_deref(), Some("1"), "foo lives in group 1");
+    let not_on_g1: Option<String> = redis::AsyncCommands::get(&mut g1, "hello").await.expect("GET");
+    assert_eq!(not_on_g1, None, "hello lives in group 2");
+    assert!(
+        up.banner.contains(&format!("redis-cli -p {} ", ports.proxy)),
+        "{}",
+        up.banner
+    );
+
+    for sub in ["groups", "slots", "proxies"] {
+        let hint = format!("admin --zk {zk_addr} {sub}");
+        assert!(up.banner.contains(&hint), "{hint:?} missing from:\n{}", up.banner);
+    }
+
+    let status = up.terminate();
+    assert!(status.success(), "exit {status}; stderr:\n{}", up.stderr());
+    let mut all = ports.redis.to_vec();
+    all.extend([zk_port, ports.proxy, ports.admin]);
+    assert_ports_freed(&all, Duration::from_secs(1));
+    assert!(
+        dir.path().join("zookeeper/zookeeper.log").is_file(),
+        "--dir is kept"
+    );
+
+    // Same --dir again: ZooKeeper's data survived, so the product is reused.
+    let mut again = Up::start(&args);
+    assert!(
+        again.banner.contains("already existed in ZooKeeper"),
+        "{}",
+        again.banner
+    );
+    assert!(!again.banner.contains("warning:"), "{}", again.banner);
+    assert!(again.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_an_existing_zookeeper_removes_its_temp_dir() {
+    let ports = Ports::new();
+    let root = common::unique_root();
+    let mut args = ports.args();
+    args.extend(["--zk".into(), common::zk(), "--zk-root".into(), root.clone()]);
+    let mut up = Up::start(&args);
+    assert!(up.banner.contains("not started here"), "{}", up.banner);
+    let dir = std::path::PathBuf::from(up.field("data + logs"));
+    assert!(dir.is_dir());
+    assert!(up.banner.contains(&format!("--root {root}")), "{}", up.banner);
+
+    assert!(up.terminate().success(), "stderr:\n{}", up.stderr());
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_ports_freed(&ports.redis, Duration::from_secs(1));
+    // The product stays in the ZooKeeper we did not own.
+    assert_eq!(load(&common::zk(), &root).await.groups.len(), 2);
+}
+
+#[test]
+fn a_killed_up_leaves_no_server_behind() {
+    let ports = Ports::new();
+    let mut args = ports.args();
+    args.extend([
+        "--zk".into(),
+        common::zk(),
+        "--zk-root".into(),
+        common::unique_root(),
+    ]);
+    let mut up = Up::start(&args);
+    assert!(!common::port_is_free(ports.redis[0]));
+    let dir = std::path::PathBuf::from(up.field("data + logs"));
+
+    // SIGKILL: no destructor runs; the orphan guards must stop the servers and
+    // remove the temp dir.
+    up.child.kill().expect("SIGKILL");
+    let _ = up.child.wait();
+    assert_ports_freed(&ports.redis, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir.exists() {
+        assert!(Instant::now() < deadline, "{} left behind", dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn up_refuses_a_taken_port_before_starting_anything() {
+    let ports = Ports::new();
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", ports.proxy)).expect("bind");
+    let mut args = ports.args();
+    args.extend(["--zk".into(), common::zk()]);
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_reborn"))
+        .arg("up")
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run reborn up");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("port {} is already in use", ports.proxy)),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(common::port_is_free(ports.redis[0]), "no redis was started");
+}
