@@ -47,7 +47,7 @@ declare -A PORT=([direct]=$DIRECT_PORT [reborn]=$PROXY_PORT [twemproxy]=$NC_PORT
 WORK=$(mktemp -d /tmp/reborn-bench.XXXXXX)
 RES=$WORK/results          # one file per metric/target, one value per round
 mkdir -p "$RES"
-UP_PID="" NC_PID="" IDLE_PID=""
+UP_PID="" NC_PID="" IDLE_PID="" BENCH_PID=""
 UP_CHILDREN=()
 FAILURES=()
 
@@ -71,6 +71,7 @@ stop_pid() {   # stop_pid PID GRACE_SECONDS: SIGTERM, wait, then SIGKILL
 cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
+    stop_pid "$BENCH_PID" 2
     stop_pid "$IDLE_PID" 2
     stop_pid "$NC_PID" 3
     # reborn up stops its proxy, redis-servers and ZooKeeper itself on SIGTERM.
@@ -186,7 +187,16 @@ run_bench() {
     local tag=$1 target=$2 out rc=0
     shift 2
     out="$WORK/raw.$tag.$target.$(date +%s%N)"
-    timeout $((120 + N / 2000)) redis-benchmark -p "${PORT[$target]}" --csv "$@" >"$out" 2>"$out.err" || rc=$?
+    # redis-benchmark spins forever at a port nobody listens on: check first.
+    if [[ $(redis-cli -p "${PORT[$target]}" PING 2>&1) != PONG ]]; then
+        fail "$tag on $target: :${PORT[$target]} does not answer PING"
+        return 1
+    fi
+    # In the background + wait, so that SIGTERM/Ctrl-C reach our trap at once.
+    timeout $((120 + N / 2000)) redis-benchmark -p "${PORT[$target]}" --csv "$@" >"$out" 2>"$out.err" &
+    BENCH_PID=$!
+    wait "$BENCH_PID" || rc=$?
+    BENCH_PID=""
     if ((rc != 0)); then
         local why="redis-benchmark exit $rc"
         ((rc != 124)) || why+=" (timeout)"

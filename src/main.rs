@@ -38,10 +38,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.role {
         Role::Proxy(args) => {
-            // The config is read before the runtime exists: it sizes the runtime.
             let config = args.into_config().context("load proxy config")?;
             reborn::libs::logging::init("info");
-            runtime(config.threads)?
+            // Client traffic runs on the proxy's own worker threads; this runtime
+            // only carries ZooKeeper, the admin endpoint and signals.
+            runtime(1)?
                 .block_on(reborn::proxy::run_until_signal(config))
                 .context("proxy")
         }

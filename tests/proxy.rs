@@ -686,16 +686,23 @@ async fn graceful_shutdown_removes_the_node_and_drains() {
     );
     let metrics = http_get(c.admin, "/metrics").await;
     assert!(metrics.contains("reborn_proxy_ops_total"), "{metrics}");
+    let mut raw = TcpStream::connect(c.proxy).await.expect("connect");
+    assert_eq!(raw_exchange(&mut raw, b"PING\r\n", 7).await, b"+PONG\r\n");
     c.shutdown().await;
     let path = c.store.paths().proxy(&c.proxy_id);
     assert!(
         !c.store.exists(&path).await.expect("exists"),
         "proxy node left behind after shutdown"
     );
-    assert!(
-        TcpStream::connect(c.proxy).await.is_err(),
-        "listener still open after shutdown"
-    );
+    // The drained session was closed by the proxy, not left hanging. (A fresh
+    // connect is not asserted to fail: a parallel test may already have been
+    // given the freed ephemeral port.)
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(2), raw.read(&mut buf))
+        .await
+        .expect("session not closed after shutdown")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "session still open after shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

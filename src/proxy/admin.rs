@@ -43,33 +43,52 @@ struct ProxyStats {
     backends: Vec<BackendStats>,
 }
 
-fn collect(ctx: &Context) -> ProxyStats {
-    let routes = ctx.router.routes();
-    ProxyStats {
-        id: ctx.proxy_id.clone(),
-        product: ctx.config.zk.product.clone(),
-        version: env!("CARGO_PKG_VERSION"),
-        online: routes.online,
-        routing_epoch: routes.epoch,
-        stats: ctx.stats.snapshot(),
-        backends: ctx
-            .router
-            .pools()
-            .into_iter()
-            .map(|(addr, pool)| BackendStats {
-                up: pool.up_count() > 0,
-                last_error: pool.last_error(),
+/// Stats of the whole proxy: counters are shared, routes are the same in every
+/// worker, backends are listed once per address (up only if up in every worker).
+fn collect(workers: &[Arc<Context>]) -> ProxyStats {
+    let mut backends: std::collections::BTreeMap<String, BackendStats> = Default::default();
+    for ctx in workers {
+        for (addr, pool) in ctx.router.pools() {
+            let b = backends.entry(addr.clone()).or_insert(BackendStats {
                 addr,
-            })
-            .collect(),
+                up: true,
+                last_error: String::new(),
+            });
+            b.up &= pool.up_count() > 0;
+            if b.last_error.is_empty() {
+                b.last_error = pool.last_error();
+            }
+        }
+    }
+    let (id, product, online, epoch, stats) = match workers.first() {
+        Some(ctx) => {
+            let routes = ctx.router.routes();
+            (
+                ctx.proxy_id.clone(),
+                ctx.config.zk.product.clone(),
+                routes.online,
+                routes.epoch,
+                ctx.stats.snapshot(),
+            )
+        }
+        None => (String::new(), String::new(), false, 0, Default::default()),
+    };
+    ProxyStats {
+        id,
+        product,
+        version: env!("CARGO_PKG_VERSION"),
+        online,
+        routing_epoch: epoch,
+        stats,
+        backends: backends.into_values().collect(),
     }
 }
 
-async fn stats(State(ctx): State<Arc<Context>>) -> Json<ProxyStats> {
+async fn stats(State(ctx): State<Workers>) -> Json<ProxyStats> {
     Json(collect(&ctx))
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
@@ -178,13 +197,16 @@ async fn loglevel(Path(level): Path<String>) -> impl IntoResponse {
     }
 }
 
+/// The contexts of every worker.
+type Workers = Arc<Vec<Arc<Context>>>;
+
 /// Serves the admin API on `listener` until `cancel` fires.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, cancel: CancellationToken) {
+pub async fn serve(listener: TcpListener, workers: Vec<Arc<Context>>, cancel: CancellationToken) {
     let app = Router::new()
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/loglevel/{level}", put(loglevel).post(loglevel))
-        .with_state(ctx);
+        .with_state(Arc::new(workers));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await;

@@ -15,7 +15,9 @@ use super::router::Router;
 use super::stats::Stats;
 use crate::libs::resp::Limits;
 
-/// Proxy-wide state, shared by every session through an `Arc`.
+/// The state sessions of one worker thread share through an `Arc`: the proxy-wide
+/// parts (config, stats, limits) plus the worker's own router, whose backend
+/// connections live on that worker's runtime.
 pub struct Context {
     pub config: ProxyConfig,
     pub proxy_id: String,
@@ -25,7 +27,7 @@ pub struct Context {
     /// Permits for dedicated (blocking-command) backend connections.
     pub blocking: Arc<Semaphore>,
     pub started: Instant,
-    next_client_id: AtomicU64,
+    next_client_id: Arc<AtomicU64>,
 }
 
 impl Context {
@@ -43,7 +45,22 @@ impl Context {
             stats: Arc::new(Stats::default()),
             limits,
             started: Instant::now(),
-            next_client_id: AtomicU64::new(1),
+            next_client_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// The context of another worker: same config, stats, limits and client ids,
+    /// its own router.
+    pub fn with_router(&self, router: Router) -> Context {
+        Context {
+            config: self.config.clone(),
+            proxy_id: self.proxy_id.clone(),
+            router,
+            stats: self.stats.clone(),
+            limits: self.limits,
+            blocking: self.blocking.clone(),
+            started: self.started,
+            next_client_id: self.next_client_id.clone(),
         }
     }
 

@@ -11,6 +11,8 @@ pub enum ProxyError {
     Bind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot start a worker thread: {0}")]
+    Worker(std::io::Error),
     #[error("zookeeper: {0}")]
     Topo(#[from] TopoError),
 }

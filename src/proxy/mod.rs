@@ -29,6 +29,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod worker;
 
 pub use config::{ProxyArgs, ProxyConfig};
 pub use error::ProxyError;

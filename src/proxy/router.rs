@@ -132,6 +132,11 @@ impl Router {
         }
     }
 
+    /// An empty router with the same settings, for another worker thread.
+    pub fn sibling(&self) -> Router {
+        Router::new(&self.proxy_id, self.opts.clone(), self.pool_size)
+    }
+
     /// The current snapshot.
     pub fn routes(&self) -> arc_swap::Guard<Arc<Routes>> {
         self.routes.load()

@@ -1,19 +1,20 @@
-//! The proxy's life cycle: bind, join ZooKeeper, follow the topology, accept
-//! clients, and shut down cleanly.
+//! The proxy's life cycle: bind, join ZooKeeper, follow the topology, start the
+//! data-plane workers, and shut down cleanly.
 //!
 //! Start-up order matters: the listener is bound first (a busy port fails fast),
-//! then the first topology snapshot is applied *before* the proxy registers in
-//! ZooKeeper, so a registered proxy always routes correctly. Shutdown runs in
-//! reverse: stop accepting, let sessions drain their in-flight requests (bounded
-//! by `drain_timeout`), remove the ZooKeeper node, close the session.
+//! then every worker applies the first topology snapshot *before* the proxy
+//! registers in ZooKeeper, so a registered proxy always routes correctly.
+//! Shutdown runs in reverse: stop accepting, let sessions drain their in-flight
+//! requests (bounded by `drain_timeout`), remove the ZooKeeper node, close the
+//! session. ZooKeeper, the admin endpoint and stats sampling run on the caller's
+//! runtime; client traffic runs on the workers ([`super::worker`]).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::admin;
 use super::backend::BackendOptions;
@@ -21,8 +22,7 @@ use super::config::ProxyConfig;
 use super::context::Context;
 use super::error::ProxyError;
 use super::router::Router;
-use super::session;
-use crate::libs::backoff::Backoff;
+use super::worker::{self, WorkerSpec};
 use crate::topo::model::ProxyInfo;
 use crate::topo::{Store, watcher};
 
@@ -78,30 +78,54 @@ impl Bound {
             config.listen = addr.to_string();
         }
         let admin_addr = admin.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let listener = listener.into_std().map_err(|source| ProxyError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
         let store = Store::connect(&config.zk).await?;
         let topo_stop = cancel.child_token();
-        let mut topo = watcher::watch(store.clone(), topo_stop.clone()).await?;
+        let topo = watcher::watch(store.clone(), topo_stop.clone()).await?;
         let opts = BackendOptions {
             auth: (!config.backend_auth.is_empty()).then(|| config.backend_auth.clone()),
             connect_timeout: config.backend_connect_timeout,
         };
-        let router = Router::new(&config.proxy_id(), opts, config.backend_conns);
-        router.apply(&topo.borrow_and_update());
-        let ctx = Arc::new(Context::new(config, router));
-        tokio::spawn(ctx.stats.clone().sample_ops());
-
-        let follow_ctx = ctx.clone();
-        tokio::spawn(async move {
-            while topo.changed().await.is_ok() {
-                let snapshot = topo.borrow_and_update().clone();
-                follow_ctx.router.apply(&snapshot);
-            }
-        });
-
-        let admin_task = tokio::spawn(admin::serve(admin, ctx.clone(), cancel.clone()));
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let first = Context::new(config.clone(), Router::new(&config.proxy_id(), opts, config.backend_conns));
+        let clients = Arc::new(Semaphore::new(config.max_clients));
+        let mut contexts = Vec::with_capacity(threads);
+        let mut workers = Vec::with_capacity(threads);
+        for index in 0..threads {
+            // Each worker gets its own router: its backend connections must live
+            // on its own runtime.
+            let ctx = Arc::new(first.with_router(first.router.sibling()));
+            let listener = listener.try_clone().map_err(|source| ProxyError::Bind {
+                addr: config.listen.clone(),
+                source,
+            })?;
+            let spec = WorkerSpec {
+                index,
+                listener,
+                ctx: ctx.clone(),
+                topo: topo.clone(),
+                clients: clients.clone(),
+                cancel: cancel.clone(),
+            };
+            workers.push(worker::spawn(spec).map_err(ProxyError::Worker)?);
+            contexts.push(ctx);
+        }
+        drop(listener);
+        // Register only once every worker routes by the current topology.
+        for w in &mut workers {
+            let _ = (&mut w.ready).await;
+        }
+        tokio::spawn(first.stats.clone().sample_ops());
+        let admin_task = tokio::spawn(admin::serve(admin, contexts, cancel.clone()));
         let info = ProxyInfo {
-            id: ctx.proxy_id.clone(),
-            addr: ctx.config.advertised(),
+            id: first.proxy_id.clone(),
+            addr: first.config.advertised(),
             admin_addr,
             pid: std::process::id(),
             start_time: SystemTime::now()
@@ -113,19 +137,12 @@ impl Bound {
         let node = store.paths().proxy(&info.id);
         let data = serde_json::to_vec(&info).unwrap_or_default();
         store.register_ephemeral(&node, data).await?;
-        tracing::info!(id = %info.id, addr = %info.addr, admin = %info.admin_addr, "proxy online");
+        tracing::info!(id = %info.id, addr = %info.addr, admin = %info.admin_addr, threads, "proxy online");
 
-        let sessions = TaskTracker::new();
-        accept_loop(&listener, &ctx, &sessions, &cancel).await;
-        drop(listener);
-
+        cancel.cancelled().await;
         tracing::info!("draining sessions");
-        sessions.close();
-        if tokio::time::timeout(ctx.config.drain_timeout, sessions.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain timeout: closing remaining sessions");
+        for w in workers {
+            let _ = w.done.await;
         }
         if let Err(e) = store.unregister_ephemeral(&node).await {
             tracing::warn!(error = %e, "could not remove the proxy node");
@@ -136,60 +153,6 @@ impl Bound {
         tracing::info!("proxy stopped");
         Ok(())
     }
-}
-
-async fn accept_loop(
-    listener: &TcpListener,
-    ctx: &Arc<Context>,
-    sessions: &TaskTracker,
-    cancel: &CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_clients));
-    let mut backoff = Backoff::new(
-        std::time::Duration::from_millis(5),
-        std::time::Duration::from_secs(1),
-    );
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = cancel.cancelled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                backoff.reset();
-                stream
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            ctx.stats
-                .sessions_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(refuse(stream));
-            continue;
-        };
-        let ctx = ctx.clone();
-        let shutdown = cancel.clone();
-        sessions.spawn(async move {
-            use std::sync::atomic::Ordering::Relaxed;
-            ctx.stats.sessions_total.fetch_add(1, Relaxed);
-            ctx.stats.sessions_alive.fetch_add(1, Relaxed);
-            session::serve(stream, ctx.clone(), shutdown).await;
-            ctx.stats.sessions_alive.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
-    }
-}
-
-async fn refuse(mut stream: TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
-    let _ = stream.shutdown().await;
 }
 
 /// Binds and runs a proxy until `cancel` fires.

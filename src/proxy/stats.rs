@@ -169,7 +169,7 @@ impl Stats {
 }
 
 /// Latency percentiles in microseconds (bucket upper bounds, within 25%).
-#[derive(Serialize, Debug, Clone)]
+#[derive(Serialize, Debug, Clone, Default)]
 pub struct Latency {
     pub p50: u64,
     pub p90: u64,
@@ -188,7 +188,7 @@ pub struct CommandStats {
 }
 
 /// What `/stats` reports about requests and sessions.
-#[derive(Serialize, Debug, Clone)]
+#[derive(Serialize, Debug, Clone, Default)]
 pub struct StatsSnapshot {
     pub uptime_secs: u64,
     pub ops_total: u64,

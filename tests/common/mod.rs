@@ -10,7 +10,7 @@
 //! *orphan guard*, a tiny `sh` blocked reading a pipe whose write end only this
 //! process holds. When the test binary exits — normally, by panic, or SIGKILL from
 //! a CI timeout — the kernel closes that pipe, the guard wakes up, stops the java
-//! process and removes its temp dir. See `src/up/process.rs`.
+//! process and removes its temp dir. See `src/up/orphan_guard.rs`.
 //!
 //! Also: raw-RESP helpers ([`send_raw`], [`RawConn`], [`Resp`]) for tests that
 //! must control the exact bytes on the wire; for ordinary commands use the
