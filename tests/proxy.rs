@@ -686,6 +686,12 @@ async fn graceful_shutdown_removes_the_node_and_drains() {
     );
     let metrics = http_get(c.admin, "/metrics").await;
     assert!(metrics.contains("reborn_proxy_ops_total"), "{metrics}");
+    // The log-level switch accepts a filter and refuses garbage.
+    reborn::libs::logging::init("warn");
+    let ok = http_request(c.admin, "PUT", "/loglevel/info").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let bad = http_request(c.admin, "PUT", "/loglevel/a=b=c").await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     let mut raw = TcpStream::connect(c.proxy).await.expect("connect");
     assert_eq!(raw_exchange(&mut raw, b"PING\r\n", 7).await, b"+PONG\r\n");
     c.shutdown().await;
@@ -739,8 +745,12 @@ async fn a_client_that_pipelines_without_reading_is_slowed_not_dropped() {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
+    http_request(addr, "GET", path).await
+}
+
+async fn http_request(addr: SocketAddr, method: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.expect("admin connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.expect("read");
@@ -826,4 +836,19 @@ async fn idle_clients_are_closed_but_blocked_ones_are_not() {
     // The blocked client got its nil after 1 s, not a disconnect at 300 ms.
     let out = raw_exchange(&mut blocked, b"", 5).await;
     assert_eq!(out, b"*-1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_pass_through_intact() {
+    let c = Cluster::start().await;
+    let mut p = c.client().await;
+    // 8 MiB arrives in many reads on both sides of the proxy.
+    let big: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let _: () = p.set("big:a", &big).await.expect("set big");
+    let _: () = p.set("big:b", &big[..1000]).await.expect("set small");
+    let back: Vec<u8> = p.get("big:a").await.expect("get big");
+    assert!(back == big, "8 MiB value corrupted");
+    let both: Vec<Vec<u8>> = p.mget(&["big:a", "big:b"]).await.expect("mget");
+    assert_eq!(both.len(), 2);
+    assert!(both[0] == big && both[1] == big[..1000]);
 }
