@@ -67,7 +67,7 @@ fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Comman
             String::from_utf8_lossy(req.name()).to_lowercase()
         ));
     }
-    if !client.authed && !matches!(cmd.spec.name, "auth" | "hello" | "quit") {
+    if !client.authed && !matches!(cmd.spec.name.as_str(), "auth" | "hello" | "quit") {
         return err("NOAUTH Authentication required.");
     }
     match cmd.kind {
@@ -89,7 +89,7 @@ fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Comman
 /// XREAD and XREADGROUP block only with a BLOCK argument; without it they are
 /// ordinary reads and share connections like any other.
 fn is_blocking_call(spec: &Spec, req: &Request) -> bool {
-    match spec.name {
+    match spec.name.as_str() {
         "xread" | "xreadgroup" => req.args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(b"BLOCK")),
         _ => true,
     }

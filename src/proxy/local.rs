@@ -16,7 +16,7 @@ pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static 
     let args = &req.args;
     let arg = |i: usize| args.get(i).map(|a| a.as_ref()).unwrap_or(b"");
     let ready = Reply::Ready;
-    match spec.name {
+    match spec.name.as_str() {
         "ping" if args.len() > 1 => ready(resp::bulk(arg(1))),
         "ping" => ready(Bytes::from_static(b"+PONG\r\n")),
         "echo" => ready(resp::bulk(arg(1))),
@@ -151,16 +151,16 @@ fn client_cmd(client: &mut Client, args: &[Bytes]) -> Bytes {
 
 /// `first, last, step` of the legacy COMMAND reply, from the first key spec.
 fn legacy_key_range(spec: &Spec) -> (i64, i64, i64) {
-    match spec.keys.first() {
-        Some(ks) => match (ks.begin, ks.find) {
-            (Begin::Index(first), Find::Range { last, step, .. }) => {
-                let first = i64::from(first);
-                let last = if last < 0 {
-                    i64::from(last)
+    match spec.key_specs.first() {
+        Some(ks) => match (&ks.begin_search, &ks.find_keys) {
+            (Begin::Index { index }, Find::Range { lastkey, keystep, .. }) => {
+                let first = i64::from(*index);
+                let last = if *lastkey < 0 {
+                    i64::from(*lastkey)
                 } else {
-                    first + i64::from(last)
+                    first + i64::from(*lastkey)
                 };
-                (first, last, i64::from(step))
+                (first, last, i64::from(*keystep))
             }
             _ => (0, 0, 0),
         },

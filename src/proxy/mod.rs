@@ -17,8 +17,6 @@
 pub mod admin;
 pub mod backend;
 pub mod command;
-#[rustfmt::skip]
-mod command_table;
 pub mod config;
 pub mod context;
 pub mod dispatch;

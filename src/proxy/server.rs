@@ -93,7 +93,10 @@ impl Bound {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
-        let first = Context::new(config.clone(), Router::new(&config.proxy_id(), opts, config.backend_conns));
+        let first = Context::new(
+            config.clone(),
+            Router::new(&config.proxy_id(), opts, config.backend_conns),
+        );
         let clients = Arc::new(Semaphore::new(config.max_clients));
         let mut contexts = Vec::with_capacity(threads);
         let mut workers = Vec::with_capacity(threads);

@@ -36,7 +36,7 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        let mut names: Vec<&'static str> = command::all().map(|s| s.name).collect();
+        let mut names: Vec<&'static str> = command::all().map(|s| s.name.as_str()).collect();
         names.push("unknown");
         Stats {
             started: Instant::now(),

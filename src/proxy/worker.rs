@@ -47,7 +47,9 @@ pub struct Worker {
 pub fn spawn(spec: WorkerSpec) -> std::io::Result<Worker> {
     let (ready_tx, ready) = oneshot::channel();
     let (done_tx, done) = oneshot::channel();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::Builder::new()
         .name(format!("proxy-worker-{}", spec.index))
         .spawn(move || {
@@ -68,7 +70,10 @@ async fn run(spec: WorkerSpec, ready: oneshot::Sender<()>) {
         clients,
         cancel,
     } = spec;
-    let listener = match listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(worker = index, error = %e, "worker cannot use the listener");
@@ -95,7 +100,10 @@ async fn run(spec: WorkerSpec, ready: oneshot::Sender<()>) {
     accept_loop(&listener, &ctx, &clients, &sessions, &cancel).await;
     drop(listener);
     sessions.close();
-    if tokio::time::timeout(ctx.config.drain_timeout, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(ctx.config.drain_timeout, sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(worker = index, "drain timeout: closing remaining sessions");
     }
 }
@@ -108,7 +116,10 @@ async fn accept_loop(
     cancel: &CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut backoff = Backoff::new(std::time::Duration::from_millis(5), std::time::Duration::from_secs(1));
+    let mut backoff = Backoff::new(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_secs(1),
+    );
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
