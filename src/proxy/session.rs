@@ -34,6 +34,9 @@ use crate::libs::resp;
 
 /// Flush the output buffer once it holds this much, even mid-burst.
 const FLUSH_AT: usize = 64 * 1024;
+/// Smallest and largest step by which the read buffer grows.
+const READ_MIN: usize = 1024;
+const READ_MAX: usize = 64 * 1024;
 
 /// Serves one client until it disconnects, sends QUIT or garbage, idles out, or
 /// the proxy shuts down (`shutdown`).
@@ -61,7 +64,9 @@ async fn read_loop(
     writer_done: &CancellationToken,
     shutdown: &CancellationToken,
 ) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Start small: most connections are idle most of the time, and idle memory
+    // per client is what limits how many a proxy holds. Busy clients grow it.
+    let mut buf = BytesMut::with_capacity(READ_MIN);
     let idle = ctx.config.idle_timeout;
     loop {
         // One clock read per chunk of input, not per request: every request of a
@@ -87,8 +92,9 @@ async fn read_loop(
                 return;
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
+        if buf.capacity() - buf.len() < READ_MIN / 2 {
+            // Doubling: a client that keeps filling the buffer gets bigger reads.
+            buf.reserve(buf.capacity().clamp(READ_MIN, READ_MAX));
         }
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
@@ -127,8 +133,9 @@ async fn write_loop(
     done: &CancellationToken,
 ) {
     let mut out = Output {
-        buf: BytesMut::with_capacity(16 * 1024),
-        written: Vec::with_capacity(64),
+        // Allocated on first use and sized by what the client actually gets.
+        buf: BytesMut::new(),
+        written: Vec::new(),
     };
     let result: std::io::Result<()> = async {
         loop {
