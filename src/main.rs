@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     match cli.role {
         Role::Proxy(args) => {
             let config = args.into_config().context("load proxy config")?;
-            reborn::libs::logging::init("info");
+            reborn::libs::logging::init("info,zookeeper_client=warn");
             // Client traffic runs on the proxy's own worker threads; this runtime
             // only carries ZooKeeper, the admin endpoint and signals.
             runtime(1)?
@@ -47,13 +47,13 @@ fn main() -> anyhow::Result<()> {
                 .context("proxy")
         }
         Role::Admin(args) => {
-            reborn::libs::logging::init("warn");
+            reborn::libs::logging::init("warn,zookeeper_client=error");
             runtime(1)?
                 .block_on(reborn::topo::admin::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))
         }
         Role::Up(args) => {
-            reborn::libs::logging::init("info");
+            reborn::libs::logging::init("info,zookeeper_client=warn");
             runtime(0)?
                 .block_on(reborn::up::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))

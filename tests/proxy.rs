@@ -750,7 +750,8 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 
 async fn http_request(addr: SocketAddr, method: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.expect("admin connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.expect("read");

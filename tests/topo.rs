@@ -3,7 +3,6 @@
 //! operator lock, and every operation with its refusals (which must leave
 //! ZooKeeper byte-for-byte unchanged). Each test works under its own root.
 
-#[path = "/tmp/reborn_topo_common.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -65,24 +64,6 @@ async fn dump(store: &Store) -> BTreeMap<String, Vec<u8>> {
         out.insert(path, data);
     }
     out
-}
-
-/// Polls `check` every 20 ms until it holds or `within` passes.
-async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until the watched topology satisfies `pred`; returns how long it took.
@@ -383,11 +364,12 @@ async fn an_ephemeral_disappears_after_close() {
 
     owner.close().await;
     assert!(matches!(owner.zk(), Err(TopoError::Closed)));
-    let gone = eventually(Duration::from_secs(2), || async {
-        !observer.exists(&path).await.expect("exists")
-    })
+    common::eventually(
+        "the ephemeral to go after close",
+        Duration::from_secs(2),
+        || async { !observer.exists(&path).await.expect("exists") },
+    )
     .await;
-    assert!(gone, "ephemeral still there after close");
     observer.close().await;
 }
 
@@ -445,11 +427,12 @@ async fn ephemerals_and_watches_come_back_after_session_expiry() {
         .await
         .expect("disconnect not reported")
         .expect("store gone");
-    let expired = eventually(Duration::from_secs(20), || async {
-        !observer.exists(&path).await.expect("exists")
-    })
+    common::eventually(
+        "the server to expire the cut session",
+        Duration::from_secs(20),
+        || async { !observer.exists(&path).await.expect("exists") },
+    )
     .await;
-    assert!(expired, "the server never expired the cut session");
     create_group(&observer, 3)
         .await
         .expect("change made during the outage");
@@ -462,11 +445,12 @@ async fn ephemerals_and_watches_come_back_after_session_expiry() {
     .await
     .expect("no new session")
     .expect("store gone");
-    let back = eventually(Duration::from_secs(5), || async {
-        observer.exists(&path).await.expect("exists")
-    })
+    common::eventually(
+        "the ephemeral to be re-created on the new session",
+        Duration::from_secs(5),
+        || async { observer.exists(&path).await.expect("exists") },
+    )
     .await;
-    assert!(back, "ephemeral not re-created on the new session");
     // The watcher resynced (sees the change made while it was cut off) and follows again.
     wait_topology(&mut topo, Duration::from_secs(5), |t| t.groups.contains_key(&3)).await;
     create_group(&observer, 4).await.expect("change after recovery");

@@ -177,10 +177,12 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
         }
         C::SlotsAssign { slots, group } => {
             operation::assign_slots(store, slots.start, slots.end, *group).await?;
-            done(format!(
-                "slots {}-{} assigned to group {group}",
-                slots.start, slots.end
-            ))
+            let noun = if slots.start == slots.end { "slot" } else { "slots" };
+            let range = range_text(slots.start, slots.end);
+            match group {
+                0 => done(format!("{noun} {range} unassigned")),
+                g => done(format!("{noun} {range} assigned to group {g}")),
+            }
         }
         C::ProxyOnline { id } => {
             operation::set_proxy_online(store, id, true).await?;
@@ -232,7 +234,7 @@ pub fn render_slots(topo: &Topology) -> String {
                 (SlotState::Migrate, _, None) => "migrate".to_string(),
             };
             let master = topo.groups.get(&r.group).and_then(|g| g.master()).unwrap_or("-");
-            vec![format!("{}-{}", r.start, r.end), group, state, master.to_string()]
+            vec![range_text(r.start, r.end), group, state, master.to_string()]
         })
         .collect();
     table(&["SLOTS", "GROUP", "STATE", "MASTER"], rows)
@@ -295,6 +297,15 @@ fn render_topology(topo: &Topology, json: bool) -> Result<String, TopoError> {
         render_slots(topo),
         render_proxies(topo)
     ))
+}
+
+/// `0-511`, or `7` for a single slot.
+fn range_text(start: u16, end: u16) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
 }
 
 fn role_name(role: Role) -> &'static str {

@@ -27,8 +27,6 @@ use crate::libs::backoff::Backoff;
 
 /// How long [`Store::connect`] waits for a first session before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between connection attempts within [`CONNECT_TIMEOUT`].
-const CONNECT_RETRY: Duration = Duration::from_millis(100);
 /// How long [`Store::close`] waits for the server to acknowledge the close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -349,6 +347,8 @@ impl Inner {
 /// just started accepts TCP a moment before it serves sessions.
 async fn open_session(cfg: &ZkConfig) -> Result<zk::Client, TopoError> {
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    // Backing off keeps the client library's per-attempt warnings to a few lines.
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     let unreachable = |reason: String| TopoError::Unreachable {
         addr: cfg.addr.clone(),
         reason,
@@ -367,12 +367,13 @@ async fn open_session(cfg: &ZkConfig) -> Result<zk::Client, TopoError> {
                 )));
             }
         }
-        if tokio::time::Instant::now() + CONNECT_RETRY >= deadline {
+        let pause = backoff.next_delay();
+        if tokio::time::Instant::now() + pause >= deadline {
             return Err(unreachable(format!(
                 "no server accepted a session within {CONNECT_TIMEOUT:?}"
             )));
         }
-        tokio::time::sleep(CONNECT_RETRY).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
