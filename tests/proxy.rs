@@ -853,3 +853,62 @@ async fn large_values_pass_through_intact() {
     assert_eq!(both.len(), 2);
     assert!(both[0] == big && both[1] == big[..1000]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cut_off_from_zookeeper_stops_before_its_session_can_expire() {
+    let relay = common::relay::Relay::start(common::zk()).await;
+    let timeout = Duration::from_secs(2);
+    let c = Cluster::start_with(|cfg| {
+        cfg.zk.addr = relay.addr.to_string();
+        cfg.zk.session_timeout = timeout;
+    })
+    .await;
+    let mut p = c.client().await;
+    let _: () = p.set("foo", "on-g1").await.expect("set"); // slot 289: group 1
+
+    relay.cut();
+    let cut = Instant::now();
+    let refused_after = loop {
+        match p.get::<_, Option<String>>("foo").await {
+            Ok(_) => assert!(
+                cut.elapsed() < timeout,
+                "still serving {:?} after the cut",
+                cut.elapsed()
+            ),
+            Err(e) => {
+                assert!(e.to_string().contains("cannot reach ZooKeeper"), "{e}");
+                break cut.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(refused_after < timeout, "refused only after {refused_after:?}");
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut p)
+        .await
+        .expect("local commands still answered");
+    assert_eq!(pong, "PONG");
+
+    // While the proxy cannot see ZooKeeper, slot 289 moves to group 2. Wait until
+    // its session is certainly gone (the server removed its ephemeral node).
+    operation::assign_slots(&c.store, 289, 289, 2)
+        .await
+        .expect("reassign");
+    c.wait_registered(false).await;
+    relay.restore();
+
+    // It comes back on a new session and must resync before serving: the first
+    // successful read comes from group 2, which never had the key.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match p.get::<_, Option<String>>("foo").await {
+            Ok(v) => {
+                assert_eq!(v, None, "served from the stale table after the cut");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "never served again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.wait_registered(true).await;
+}

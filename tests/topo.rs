@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,6 @@ use reborn::topo::operation::{
 use reborn::topo::{
     ProxyInfo, Role, SlotState, SlotTable, Store, TopoError, Topology, ZkConfig, load, watch,
 };
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 
@@ -404,7 +402,7 @@ async fn ephemerals_and_watches_come_back_after_session_expiry() {
     let root = common::unique_root();
     let observer = connect(&root).await;
     init_product(&observer).await.expect("init");
-    let relay = Relay::start(common::zk()).await;
+    let relay = common::relay::Relay::start(common::zk()).await;
     let mut cfg = config(&relay.addr.to_string(), &root);
     cfg.session_timeout = Duration::from_millis(1500);
     let store = Store::connect(&cfg).await.expect("connect through the relay");
@@ -536,49 +534,4 @@ async fn admin_prints_tables_and_fails_clearly() {
     };
     let err = admin::run(args).await.expect_err("unreachable");
     assert!(err.contains(&addr), "{err}");
-}
-
-/// A loopback TCP relay in front of ZooKeeper that a test can cut: cutting
-/// aborts its connections and refuses new ones, which is how a network partition
-/// looks to the client; the server then expires the session.
-struct Relay {
-    addr: SocketAddr,
-    cut: channel::Sender<bool>,
-}
-
-impl Relay {
-    async fn start(target: String) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-        let addr = listener.local_addr().expect("relay addr");
-        let (cut, _) = channel::channel(false);
-        let cut_rx = cut.subscribe();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if *cut_rx.borrow() {
-                    continue; // dropped: refused
-                }
-                let mut cut_rx = cut_rx.clone();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let (mut client, mut server) = (client, server);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_rx.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Relay { addr, cut }
-    }
-
-    fn cut(&self) {
-        self.cut.send_replace(true);
-    }
-
-    fn restore(&self) {
-        self.cut.send_replace(false);
-    }
 }

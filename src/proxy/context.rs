@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::backend::BackendConn;
 use super::config::ProxyConfig;
+use super::lease::Lease;
 use super::router::Router;
 use super::stats::Stats;
 use crate::libs::resp::Limits;
@@ -27,6 +28,8 @@ pub struct Context {
     /// Permits for dedicated (blocking-command) backend connections.
     pub blocking: Arc<Semaphore>,
     pub started: Instant,
+    /// Slot traffic is served only within this ZooKeeper lease.
+    pub lease: Arc<Lease>,
     next_client_id: Arc<AtomicU64>,
 }
 
@@ -45,6 +48,7 @@ impl Context {
             stats: Arc::new(Stats::default()),
             limits,
             started: Instant::now(),
+            lease: Arc::new(Lease::default()),
             next_client_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -60,6 +64,7 @@ impl Context {
             limits: self.limits,
             blocking: self.blocking.clone(),
             started: self.started,
+            lease: self.lease.clone(),
             next_client_id: self.next_client_id.clone(),
         }
     }

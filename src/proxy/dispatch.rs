@@ -29,7 +29,7 @@ pub fn dispatch(ctx: &Context, client: &mut Client, req: &Request, start: Instan
             reply: Reply::Ready(unknown_command(req)),
         };
     };
-    let reply = dispatch_known(ctx, client, req, cmd);
+    let reply = dispatch_known(ctx, client, req, cmd, start);
     Pending {
         cmd: cmd.id,
         start,
@@ -60,7 +60,7 @@ fn unknown_command(req: &Request) -> Bytes {
     ))
 }
 
-fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Command) -> Reply {
+fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Command, now: Instant) -> Reply {
     if !cmd.spec.arity_ok(req.args.len()) {
         return err(&format!(
             "ERR wrong number of arguments for '{}' command",
@@ -79,6 +79,12 @@ fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Comman
         Kind::Unsupported => err(&format!(
             "ERR command '{}' is not supported by reborn proxy yet",
             upper(req.name())
+        )),
+        // Slot traffic needs a live ZooKeeper lease (see lease.rs); local
+        // commands keep answering so health checks see a live, fenced proxy.
+        Kind::Split(_) | Kind::Blocking | Kind::Forward if !ctx.lease.valid_at(now) => err(&format!(
+            "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
+            ctx.proxy_id
         )),
         Kind::Split(merge) => split(ctx, req, merge),
         Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec),

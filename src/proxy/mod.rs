@@ -21,6 +21,7 @@ pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod error;
+pub mod lease;
 pub mod local;
 pub mod reply;
 pub mod router;

@@ -10,7 +10,7 @@
 //! runtime; client traffic runs on the workers ([`super::worker`]).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -21,6 +21,7 @@ use super::backend::BackendOptions;
 use super::config::ProxyConfig;
 use super::context::Context;
 use super::error::ProxyError;
+use super::lease;
 use super::router::Router;
 use super::worker::{self, WorkerSpec};
 use crate::topo::model::ProxyInfo;
@@ -84,6 +85,7 @@ impl Bound {
         })?;
         let store = Store::connect(&config.zk).await?;
         let topo_stop = cancel.child_token();
+        let loaded_at = Instant::now();
         let topo = watcher::watch(store.clone(), topo_stop.clone()).await?;
         let opts = BackendOptions {
             auth: (!config.backend_auth.is_empty()).then(|| config.backend_auth.clone()),
@@ -124,6 +126,19 @@ impl Bound {
         for w in &mut workers {
             let _ = (&mut w.ready).await;
         }
+        // The reads just done prove the session alive as of `loaded_at`: grant the
+        // first lease from there, then keep it renewed.
+        let timeout = store
+            .client()
+            .map(|c| c.session_timeout())
+            .unwrap_or(config.zk.session_timeout);
+        first.lease.extend(loaded_at + timeout * 2 / 3);
+        tokio::spawn(lease::keep(
+            store.clone(),
+            first.lease.clone(),
+            contexts.clone(),
+            topo_stop.clone(),
+        ));
         tokio::spawn(first.stats.clone().sample_ops());
         let admin_task = tokio::spawn(admin::serve(admin, contexts, cancel.clone()));
         let info = ProxyInfo {

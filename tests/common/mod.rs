@@ -19,6 +19,8 @@
 // Every test binary includes this file and uses only part of it.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
