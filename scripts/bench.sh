@@ -2,7 +2,7 @@
 # reborn benchmark: direct Redis vs reborn proxy (two groups) vs twemproxy, in one run.
 #
 #   scripts/bench.sh                                # full run (BENCH_N=2000000, 3 rounds)
-#   BENCH_N=200000 BENCH_ROUNDS=1 scripts/bench.sh  # quick run
+#   BENCH_N=200000 BENCH_ROUNDS=1 scripts/bench.sh  # quick run (~2 min; the full run is ~20-25 min on 2 cores)
 #
 # Environment (all optional):
 #   BENCH_N        requests per throughput run (redis-benchmark -n)      default 2000000
@@ -10,6 +10,7 @@
 #   BENCH_LAT_N    requests per -c 1 latency run                         default 50000
 #   BENCH_IDLE     idle client sessions for the RSS case                 default 10000
 #   BENCH_KEEP=1   keep the work dir (logs, raw redis-benchmark output)  default: removed
+#   BENCH_PROXY_THREADS  passed to `reborn up --proxy-threads`           default: reborn up's
 #
 # What it does: installs missing Debian packages (redis-server, redis-tools, zookeeper,
 # nutcracker), runs `cargo build --release`, starts `reborn up` (ZooKeeper, 2 groups of
@@ -77,7 +78,8 @@ cleanup() {
     # reborn up stops its proxy, redis-servers and ZooKeeper itself on SIGTERM.
     stop_pid "$UP_PID" 20
     for pid in "${UP_CHILDREN[@]}"; do stop_pid "$pid" 3; done
-    if [[ ${BENCH_KEEP:-0} == 1 || $rc -ne 0 ]]; then
+    # Keep logs and raw output when asked, or when something failed (not on Ctrl-C/TERM).
+    if [[ ${BENCH_KEEP:-0} == 1 ]] || ((rc != 0 && rc != 130 && rc != 143)); then
         log "work dir kept: $WORK"
     else
         rm -rf "$WORK"
@@ -131,9 +133,11 @@ start_reborn() {
     local ports
     ports=$(IFS=,; echo "${REDIS_PORTS[*]}")
     log "starting reborn up (ZooKeeper :$ZK_PORT, redis :$ports, proxy :$PROXY_PORT)"
+    local extra=()
+    [[ -z ${BENCH_PROXY_THREADS:-} ]] || extra=(--proxy-threads "$BENCH_PROXY_THREADS")
     "$REBORN" up --zk-port "$ZK_PORT" --redis-ports "$ports" \
         --proxy "127.0.0.1:$PROXY_PORT" --proxy-admin "127.0.0.1:$PROXY_ADMIN_PORT" \
-        --dir "$WORK/up" >"$WORK/reborn-up.log" 2>&1 &
+        --dir "$WORK/up" "${extra[@]}" >"$WORK/reborn-up.log" 2>&1 &
     UP_PID=$!
     if ! wait_for "reborn proxy" 120 "$UP_PID" proxy_serves; then
         log "reborn up log (last 30 lines):"
@@ -175,11 +179,26 @@ EOF
 
 # ---------------------------------------------------------------- measuring -------------
 
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }   # utime+stime
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || true; }   # utime+stime
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 redis_pid() { redis-cli -p "$1" INFO server | tr -d '\r' | awk -F: '/^process_id:/ { print $2 }'; }
 record() { echo "$3" >>"$RES/$1.$2"; }   # record METRIC TARGET VALUE
 sample_load() { cut -d' ' -f1 /proc/loadavg >>"$WORK/loadavg"; }
+
+# Called at each round: if a server we started is gone, nothing more can be measured.
+check_alive() {
+    alive "$NC_PID" || { fail "nutcracker exited during the run"; abort_run; }
+    alive "$UP_PID" && [[ $(redis-cli -p "$DIRECT_PORT" PING 2>&1) == PONG ]] && return 0
+    fail "reborn up (or its redis-server) exited during the run (its log: $WORK/reborn-up.log)"
+    tail -n 12 "$WORK/reborn-up.log" >&2 || true
+    abort_run
+}
+abort_run() {   # report what was measured, then fail
+    report || true
+    log "aborted; failures:"
+    printf '  %s\n' "${FAILURES[@]}" >&2
+    exit 1
+}
 
 # run_bench TAG TARGET ARGS...: one redis-benchmark --csv run; records rps (and p50 µs)
 # per test under the metric "<TAG>_<test>". Returns 1 (and records the failure) on error.
@@ -232,6 +251,7 @@ throughput_case() {   # throughput_case TAG ARGS...
     for ((round = 1; round <= ROUNDS; round++)); do
         log "$tag: round $round/$ROUNDS"
         sample_load
+        check_alive
         for target in "${TARGETS[@]}"; do
             run_bench "$tag" "$target" -c 50 -r 100000 -n "$N" "$@" || true
         done
@@ -243,11 +263,13 @@ p16_case() {   # like throughput_case, plus the serving process's CPU per reques
     for ((round = 1; round <= ROUNDS; round++)); do
         log "P16: round $round/$ROUNDS"
         sample_load
+        check_alive
         for target in "${TARGETS[@]}"; do
             pid=$(serving_pid "$target")
             t0=$(cpu_ticks "$pid")
             run_bench P16 "$target" -c 50 -r 100000 -n "$N" -P 16 -t set,get || continue
             t1=$(cpu_ticks "$pid")
+            [[ -n $t0 && -n $t1 ]] || { fail "CPU of $target (pid $pid): process gone"; continue; }
             reqs=$((2 * N))
             record cpu_us "$target" "$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n=$reqs \
                 'BEGIN { printf "%.3f", d / hz * 1e6 / n }')"
@@ -260,6 +282,7 @@ latency_case() {
     for ((round = 1; round <= ROUNDS; round++)); do
         log "latency: round $round/$ROUNDS"
         sample_load
+        check_alive
         for target in "${TARGETS[@]}"; do
             run_bench LAT "$target" -c 1 -n "$LAT_N" -r 100000 -t get || true
         done
@@ -357,9 +380,10 @@ report() {
     {
         echo
         echo "reborn benchmark: BENCH_N=$N BENCH_ROUNDS=$ROUNDS BENCH_LAT_N=$LAT_N BENCH_IDLE=$IDLE," \
-            "$(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC')"
+            "$(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC'), ${SECONDS}s"
         echo "load average (1 min) at the start of each case/round: $(paste -sd' ' "$WORK/loadavg")"
-        echo "medians of $ROUNDS round(s); CPU µs/req: direct = the redis-server at :$DIRECT_PORT, reborn = the" \
+        echo "proxy: $(grep -o 'proxy online.*' "$WORK/reborn-up.log" | grep -o 'threads=[0-9]*' | head -n 1) (reborn up);" \
+            "medians of $ROUNDS round(s); CPU µs/req: direct = the redis-server at :$DIRECT_PORT, reborn = the" \
             "reborn up process (proxy in-process), twemproxy = nutcracker"
         echo
         {
