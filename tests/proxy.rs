@@ -685,7 +685,15 @@ async fn graceful_shutdown_removes_the_node_and_drains() {
         "{body}"
     );
     let metrics = http_get(c.admin, "/metrics").await;
-    assert!(metrics.contains("reborn_proxy_ops_total"), "{metrics}");
+    for line in [
+        "# TYPE reborn_proxy_ops_total counter",
+        "reborn_proxy_command_calls_total{cmd=\"set\"} 1",
+        "reborn_proxy_latency_us{quantile=\"0.99\"}",
+        "reborn_proxy_online 1",
+        "reborn_proxy_backend_up{addr=",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in {metrics}");
+    }
     // The log-level switch accepts a filter and refuses garbage.
     reborn::libs::logging::init("warn");
     let ok = http_request(c.admin, "PUT", "/loglevel/info").await;

@@ -91,103 +91,99 @@ async fn stats(State(ctx): State<Workers>) -> Json<ProxyStats> {
 async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+    let st = &s.stats;
+    let series: [(&str, &str, &str, u64); 8] = [
+        ("ops_total", "Requests answered.", "counter", st.ops_total),
+        (
+            "ops_per_second",
+            "Requests answered in the last second.",
+            "gauge",
+            st.ops_per_sec,
+        ),
+        ("errors_total", "Error replies sent.", "counter", st.errors_total),
+        (
+            "protocol_errors_total",
+            "Connections closed for malformed input.",
+            "counter",
+            st.protocol_errors,
+        ),
+        ("sessions", "Connected clients.", "gauge", st.sessions_alive),
+        (
+            "sessions_total",
+            "Clients accepted.",
+            "counter",
+            st.sessions_total,
+        ),
+        (
+            "sessions_refused_total",
+            "Clients refused at max_clients.",
+            "counter",
+            st.sessions_refused,
+        ),
+        (
+            "online",
+            "1 when the proxy serves data commands.",
+            "gauge",
+            u64::from(s.online),
+        ),
+    ];
+    for (name, help, kind, value) in series {
         let _ = write!(
             out,
             "# HELP reborn_proxy_{name} {help}\n# TYPE reborn_proxy_{name} {kind}\nreborn_proxy_{name} {value}\n"
         );
-    };
-    gauge(
-        "ops_total",
-        "Requests answered.",
-        "counter",
-        s.stats.ops_total.to_string(),
-    );
-    gauge(
-        "ops_per_second",
-        "Requests answered in the last second.",
-        "gauge",
-        s.stats.ops_per_sec.to_string(),
-    );
-    gauge(
-        "errors_total",
-        "Error replies sent.",
-        "counter",
-        s.stats.errors_total.to_string(),
-    );
-    gauge(
-        "protocol_errors_total",
-        "Connections closed for malformed input.",
-        "counter",
-        s.stats.protocol_errors.to_string(),
-    );
-    gauge(
-        "sessions",
-        "Connected clients.",
-        "gauge",
-        s.stats.sessions_alive.to_string(),
-    );
-    gauge(
-        "sessions_total",
-        "Clients accepted.",
-        "counter",
-        s.stats.sessions_total.to_string(),
-    );
-    gauge(
-        "sessions_refused_total",
-        "Clients refused at max_clients.",
-        "counter",
-        s.stats.sessions_refused.to_string(),
-    );
-    gauge(
-        "online",
-        "1 when the proxy serves data commands.",
-        "gauge",
-        u8::from(s.online).to_string(),
-    );
-    let _ = write!(
-        out,
-        "# HELP reborn_proxy_latency_us Request latency percentiles in microseconds.\n# TYPE reborn_proxy_latency_us gauge\n"
-    );
-    let l = &s.stats.latency_us;
-    for (q, v) in [("0.5", l.p50), ("0.9", l.p90), ("0.99", l.p99), ("0.999", l.p999)] {
-        let _ = writeln!(out, "reborn_proxy_latency_us{{quantile=\"{q}\"}} {v}");
     }
-    let _ = write!(
-        out,
-        "# HELP reborn_proxy_command_calls_total Calls per command.\n# TYPE reborn_proxy_command_calls_total counter\n"
+    let l = &st.latency_us;
+    let quantiles = [("0.5", l.p50), ("0.9", l.p90), ("0.99", l.p99), ("0.999", l.p999)];
+    labelled(
+        &mut out,
+        (
+            "latency_us",
+            "Request latency percentiles in microseconds.",
+            "gauge",
+            "quantile",
+        ),
+        quantiles.map(|(q, v)| (q.to_string(), v)),
     );
-    for c in &s.stats.commands {
-        let _ = writeln!(
-            out,
-            "reborn_proxy_command_calls_total{{cmd=\"{}\"}} {}",
-            c.name, c.calls
-        );
-    }
-    let _ = write!(
-        out,
-        "# HELP reborn_proxy_command_errors_total Error replies per command.\n# TYPE reborn_proxy_command_errors_total counter\n"
+    labelled(
+        &mut out,
+        ("command_calls_total", "Calls per command.", "counter", "cmd"),
+        st.commands.iter().map(|c| (c.name.clone(), c.calls)),
     );
-    for c in &s.stats.commands {
-        let _ = writeln!(
-            out,
-            "reborn_proxy_command_errors_total{{cmd=\"{}\"}} {}",
-            c.name, c.errors
-        );
-    }
-    let _ = write!(
-        out,
-        "# HELP reborn_proxy_backend_up 1 when the backend connection is up.\n# TYPE reborn_proxy_backend_up gauge\n"
+    labelled(
+        &mut out,
+        (
+            "command_errors_total",
+            "Error replies per command.",
+            "counter",
+            "cmd",
+        ),
+        st.commands.iter().map(|c| (c.name.clone(), c.errors)),
     );
-    for b in &s.backends {
-        let _ = writeln!(
-            out,
-            "reborn_proxy_backend_up{{addr=\"{}\"}} {}",
-            b.addr,
-            u8::from(b.up)
-        );
-    }
+    labelled(
+        &mut out,
+        (
+            "backend_up",
+            "1 when the backend connection is up.",
+            "gauge",
+            "addr",
+        ),
+        s.backends.iter().map(|b| (b.addr.clone(), u64::from(b.up))),
+    );
     ([("content-type", "text/plain; version=0.0.4")], out)
+}
+
+/// Appends one labelled series: its `# HELP` and `# TYPE` lines, then a sample
+/// per (label value, number). `meta` is (name, help, type, label name).
+fn labelled(out: &mut String, meta: (&str, &str, &str, &str), rows: impl IntoIterator<Item = (String, u64)>) {
+    let (name, help, kind, label) = meta;
+    let _ = write!(
+        out,
+        "# HELP reborn_proxy_{name} {help}\n# TYPE reborn_proxy_{name} {kind}\n"
+    );
+    for (value, n) in rows {
+        let _ = writeln!(out, "reborn_proxy_{name}{{{label}=\"{value}\"}} {n}");
+    }
 }
 
 async fn loglevel(Path(level): Path<String>) -> impl IntoResponse {
