@@ -19,9 +19,11 @@ struct Cli {
 enum Role {
     /// Run a RESP proxy in front of the product's redis groups.
     Proxy(reborn::proxy::ProxyArgs),
+    /// Run the dashboard: the HTTP JSON API over the product (one leader, standbys wait).
+    Dashboard(reborn::topo::dashboard::DashboardArgs),
     /// Operator commands: groups, servers, slots, proxies.
     Admin(reborn::topo::admin::AdminArgs),
-    /// Start a whole local cluster (ZooKeeper, redis, proxy) until Ctrl-C.
+    /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
 
@@ -45,6 +47,14 @@ fn main() -> anyhow::Result<()> {
             runtime(1)?
                 .block_on(reborn::proxy::run_until_signal(config))
                 .context("proxy")
+        }
+        Role::Dashboard(args) => {
+            let config = args.into_config().context("load dashboard config")?;
+            reborn::libs::logging::init("info,zookeeper_client=warn");
+            // HTTP requests and one ZooKeeper session: two workers are plenty.
+            runtime(2)?
+                .block_on(reborn::topo::dashboard::run_until_signal(config))
+                .context("dashboard")
         }
         Role::Admin(args) => {
             reborn::libs::logging::init("warn,zookeeper_client=error");

@@ -21,11 +21,12 @@ struct Up {
     stderr: Arc<Mutex<String>>,
 }
 
-/// Ports of one `reborn up`: four redis, proxy, proxy admin.
+/// Ports of one `reborn up`: four redis, proxy, proxy admin, dashboard.
 struct Ports {
     redis: [u16; 4],
     proxy: u16,
     admin: u16,
+    dashboard: u16,
 }
 
 impl Ports {
@@ -34,6 +35,7 @@ impl Ports {
             redis: [(); 4].map(|_| common::free_port()),
             proxy: common::free_port(),
             admin: common::free_port(),
+            dashboard: common::free_port(),
         }
     }
 
@@ -46,6 +48,8 @@ impl Ports {
             format!("127.0.0.1:{}", self.proxy),
             "--proxy-admin".into(),
             format!("127.0.0.1:{}", self.admin),
+            "--dashboard".into(),
+            format!("127.0.0.1:{}", self.dashboard),
         ]
     }
 }
@@ -252,10 +256,30 @@ async fn up_runs_a_whole_cluster_and_stops_it_in_order() {
         assert!(up.banner.contains(&hint), "{hint:?} missing from:\n{}", up.banner);
     }
 
+    // The dashboard leads and serves the same product.
+    let dashboard = format!("127.0.0.1:{}", ports.dashboard);
+    assert_eq!(up.field("dashboard"), format!("http://{dashboard}"));
+    let hint = format!("admin rebalance --dry-run --dashboard {dashboard}");
+    assert!(up.banner.contains(&hint), "{hint:?} missing from:\n{}", up.banner);
+    // It may still be taking the leadership a few milliseconds after the banner.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let groups = loop {
+        let reply = reborn::topo::dashboard::client::get(&dashboard, "/api/groups")
+            .await
+            .expect("dashboard answers");
+        if reply.status == 200 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(groups.status, 200, "{:?}", groups.body);
+    assert_eq!(groups.body.as_array().map(Vec::len), Some(2), "{:?}", groups.body);
+    assert_eq!(groups.body[0]["slots"], 512);
+
     let status = up.terminate();
     assert!(status.success(), "exit {status}; stderr:\n{}", up.stderr());
     let mut all = ports.redis.to_vec();
-    all.extend([zk_port, ports.proxy, ports.admin]);
+    all.extend([zk_port, ports.proxy, ports.admin, ports.dashboard]);
     assert_ports_freed(&all, Duration::from_secs(1));
     assert!(
         dir.path().join("zookeeper/zookeeper.log").is_file(),

@@ -7,3 +7,4 @@ pub mod hash;
 pub mod logging;
 pub mod resp;
 pub mod shutdown;
+pub mod table;

@@ -3,15 +3,18 @@
 //! Listings print aligned tables; changes print one confirmation line. Errors come
 //! back as text and `main` turns them into a non-zero exit. The session is always
 //! closed before returning, so the operator lock and the session never linger
-//! after the command. Imports `topo` only.
+//! after the command. `rebalance` (and later migration and promote) asks the
+//! dashboard's HTTP API instead of ZooKeeper: those need the one process that
+//! runs migrations. Imports `libs` and `topo`.
 
-use std::fmt::Write as _;
-
+use super::dashboard::{DEFAULT_LISTEN, client};
 use super::error::TopoError;
-use super::model::{GroupId, Role, SlotState, Topology};
+use super::model::{GroupId, Role, SlotState, Topology, range_text};
 use super::operation;
+use super::rebalance::{Plan, Weights};
 use super::store::{Store, ZkConfig};
 use super::watcher;
+use crate::libs::table;
 
 /// Arguments of `reborn admin`.
 #[derive(clap::Args, Debug)]
@@ -92,6 +95,20 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Plan moves that even out slots per group (asks the dashboard).
+    Rebalance {
+        /// Only print the plan. Applying it needs slot migration, which is not
+        /// available yet.
+        #[arg(long)]
+        dry_run: bool,
+        /// Relative weights, group:weight[,group:weight…] (e.g. 1:2,2:1);
+        /// unlisted groups weigh 1, weight 0 empties a group.
+        #[arg(long)]
+        weights: Option<Weights>,
+        /// host:port of `reborn dashboard`.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        dashboard: String,
+    },
 }
 
 /// An inclusive slot range given on the command line.
@@ -129,6 +146,15 @@ pub fn parse_slot_range(s: &str) -> Result<SlotRangeArg, String> {
 /// # Errors
 /// A readable message (unreachable ZooKeeper, refused change, …).
 pub async fn run(args: AdminArgs) -> Result<(), String> {
+    if let AdminCommand::Rebalance {
+        dry_run,
+        weights,
+        dashboard,
+    } = &args.command
+    {
+        print!("{}", rebalance(*dry_run, weights.as_ref(), dashboard).await?);
+        return Ok(());
+    }
     let cfg = ZkConfig {
         addr: args.zk,
         root: args.root,
@@ -193,7 +219,33 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
             done(format!("proxy {id} set offline"))
         }
         C::Topology { json } => render_topology(&watcher::load(store).await?, *json),
+        C::Rebalance { .. } => Err(TopoError::Invalid(
+            "rebalance asks the dashboard, not ZooKeeper: run it through admin::run".into(),
+        )),
     }
+}
+
+/// `rebalance`: fetches the dashboard's plan and renders it. Without `dry_run`
+/// it refuses: applying means migrating slots, which does not exist yet.
+///
+/// # Errors
+/// The refusal, an unreachable dashboard, or the dashboard's own refusal
+/// (unknown group in the weights, …).
+pub async fn rebalance(dry_run: bool, weights: Option<&Weights>, dashboard: &str) -> Result<String, String> {
+    if !dry_run {
+        return Err(
+            "applying a rebalance plan moves data between groups, which needs slot migration, \
+             and reborn cannot migrate slots yet; `reborn admin rebalance --dry-run` prints the plan"
+                .into(),
+        );
+    }
+    let mut path = "/api/rebalance/plan".to_string();
+    if let Some(w) = weights.filter(|w| !w.is_empty()) {
+        path.push_str(&format!("?weights={w}"));
+    }
+    let reply = client::get(dashboard, &path).await.map_err(|e| e.to_string())?;
+    let plan: Plan = reply.into_json().map_err(|e| e.to_string())?;
+    Ok(plan.to_string())
 }
 
 /// `GROUP  SERVER  ROLE`, one line per server.
@@ -211,7 +263,7 @@ pub fn render_groups(topo: &Topology) -> String {
             ]);
         }
     }
-    table(&["GROUP", "SERVER", "ROLE"], rows)
+    table::render(&["GROUP", "SERVER", "ROLE"], rows)
 }
 
 /// `SLOTS  GROUP  STATE  MASTER`, one line per run of equal slots.
@@ -237,7 +289,7 @@ pub fn render_slots(topo: &Topology) -> String {
             vec![range_text(r.start, r.end), group, state, master.to_string()]
         })
         .collect();
-    table(&["SLOTS", "GROUP", "STATE", "MASTER"], rows)
+    table::render(&["SLOTS", "GROUP", "STATE", "MASTER"], rows)
 }
 
 /// `ID  ADDR  ADMIN  PID  STARTED  STATE`: live proxies, then ids that are set
@@ -279,7 +331,7 @@ pub fn render_proxies(topo: &Topology) -> String {
             "offline (not running)".into(),
         ]);
     }
-    table(&["ID", "ADDR", "ADMIN", "PID", "STARTED", "STATE"], rows)
+    table::render(&["ID", "ADDR", "ADMIN", "PID", "STARTED", "STATE"], rows)
 }
 
 fn render_topology(topo: &Topology, json: bool) -> Result<String, TopoError> {
@@ -299,41 +351,11 @@ fn render_topology(topo: &Topology, json: bool) -> Result<String, TopoError> {
     ))
 }
 
-/// `0-511`, or `7` for a single slot.
-fn range_text(start: u16, end: u16) -> String {
-    if start == end {
-        start.to_string()
-    } else {
-        format!("{start}-{end}")
-    }
-}
-
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::Master => "master",
         Role::Replica => "replica",
     }
-}
-
-/// Left-aligned columns separated by two spaces; no trailing blanks.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header_row: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header_row).chain(rows.iter()) {
-        let mut line = String::new();
-        for (cell, w) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:<w$}  ");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// `2026-11-22 03:23:00Z` for unix seconds (UTC; no time-zone database needed).
@@ -418,6 +440,17 @@ mod tests {
                 id: "127.0.0.1:19000".into()
             }
         );
+        assert_eq!(
+            parse(&["rebalance", "--dry-run", "--weights", "1:2,2:1"])
+                .expect("parse")
+                .command,
+            AdminCommand::Rebalance {
+                dry_run: true,
+                weights: Some("1:2,2:1".parse().expect("weights")),
+                dashboard: DEFAULT_LISTEN.into(),
+            }
+        );
+        assert!(parse(&["rebalance", "--weights", "1=2"]).is_err());
         assert!(parse(&["group-create", "x"]).is_err());
         assert!(parse(&["slots-assign", "9-3", "1"]).is_err());
     }
@@ -484,6 +517,15 @@ mod tests {
             "{proxies}"
         );
         assert!(proxies.contains("offline (not running)"), "{proxies}");
+    }
+
+    #[tokio::test]
+    async fn rebalance_without_dry_run_refuses_without_pretending() {
+        let err = rebalance(false, None, "127.0.0.1:1").await.expect_err("refused");
+        assert!(
+            err.contains("slot migration") && err.contains("--dry-run"),
+            "{err}"
+        );
     }
 
     #[test]

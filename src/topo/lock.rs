@@ -183,19 +183,11 @@ fn describe_holder(path: &str, data: &[u8]) -> String {
 
 async fn release(zk: &ZkSession, path: &str) -> Result<(), TopoError> {
     // Only delete our own node: after an expiry someone else may hold it now.
-    let Some(stat) = zk.stat(path).await? else {
-        return Ok(());
-    };
-    if stat.ephemeral_owner != zk.session_id() {
-        return Ok(());
-    }
-    match zk.delete(path, Some(stat.version)).await {
-        Err(e) if e.is_not_found() => Ok(()),
-        other => other,
-    }
+    zk.delete_if_owned(path).await
 }
 
-fn host_name() -> String {
+/// This machine's host name, for the records that say who holds something.
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
@@ -203,7 +195,8 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown-host".to_string())
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -11,17 +11,23 @@
 //! * [`lock`]: the product-wide operator lock.
 //! * [`operation`]: operator changes (groups, servers, slots, proxy state), each
 //!   run under the lock and validated before anything is written.
+//! * [`rebalance`]: the pure planner that evens out slots per group.
+//! * [`dashboard`]: `reborn dashboard`, the leader-elected HTTP service, and
+//!   [`api`], its JSON API over the operations.
 //! * [`admin`]: the `reborn admin` command line.
 //!
 //! Imports only `libs`. The proxy and the push system depend on this module, never
 //! the other way round.
 
 pub mod admin;
+pub mod api;
+pub mod dashboard;
 pub mod error;
 pub mod lock;
 pub mod model;
 pub mod operation;
 pub mod path;
+pub mod rebalance;
 pub mod session;
 pub mod store;
 pub mod watcher;

@@ -183,6 +183,15 @@ impl<'de> Deserialize<'de> for SlotTable {
     }
 }
 
+/// `0-511` for an inclusive slot range, or `7` for a single slot.
+pub fn range_text(start: u16, end: u16) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
 /// What a running proxy publishes about itself (an ephemeral node).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -7,11 +7,11 @@
 //! <root>/<product>/proxies/<id>       EPHEMERAL ProxyInfo of each live proxy
 //! <root>/<product>/offline/<id>       persistent marker: proxy <id> set offline
 //! <root>/<product>/lock               EPHEMERAL operator lock
+//! <root>/<product>/dashboard          EPHEMERAL leader dashboard {"addr", "pid", "host", "since"}
 //! ```
 //!
-//! Later features (migration actions and their acks, tasks, the dashboard
-//! registration) add their paths here, next to these. Imports only the model's
-//! id type.
+//! Later features (migration actions and their acks, tasks) add their paths
+//! here, next to these. Imports only the model's id type.
 
 use super::error::TopoError;
 use super::model::GroupId;
@@ -104,10 +104,17 @@ impl Paths {
         format!("{}/lock", self.product)
     }
 
+    /// `<root>/<product>/dashboard`: the leader dashboard's registration, which
+    /// is also its leadership (only one session can own an ephemeral node).
+    pub fn dashboard(&self) -> String {
+        format!("{}/dashboard", self.product)
+    }
+
     /// True if a watch event on `path` cannot change the [`super::Topology`]
-    /// (the operator lock comes and goes with every operation).
+    /// (the operator lock comes and goes with every operation; dashboards come,
+    /// go and hand over leadership without touching the model).
     pub fn is_outside_topology(&self, path: &str) -> bool {
-        path == self.lock()
+        path == self.lock() || path == self.dashboard()
     }
 }
 
@@ -194,7 +201,9 @@ mod tests {
         assert_eq!(p.offline(), "/reborn/demo/offline");
         assert_eq!(p.offline_proxy("p1"), "/reborn/demo/offline/p1");
         assert_eq!(p.lock(), "/reborn/demo/lock");
+        assert_eq!(p.dashboard(), "/reborn/demo/dashboard");
         assert!(p.is_outside_topology("/reborn/demo/lock"));
+        assert!(p.is_outside_topology("/reborn/demo/dashboard"));
         assert!(!p.is_outside_topology("/reborn/demo/slots"));
     }
 

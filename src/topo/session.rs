@@ -147,6 +147,25 @@ impl ZkSession {
             .map_err(TopoError::zk_at("delete", path))
     }
 
+    /// Deletes the ephemeral `path` only if this session owns it: after an
+    /// expiry another session may own a node of the same name, and that one is
+    /// not ours to remove. A missing node is fine.
+    ///
+    /// # Errors
+    /// A ZooKeeper failure.
+    pub async fn delete_if_owned(&self, path: &str) -> Result<(), TopoError> {
+        let Some(stat) = self.stat(path).await? else {
+            return Ok(());
+        };
+        if stat.ephemeral_owner != self.session_id() {
+            return Ok(());
+        }
+        match self.delete(path, Some(stat.version)).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
     /// The names of `path`'s children, sorted.
     ///
     /// # Errors

@@ -329,6 +329,7 @@ mod tests {
             Some(Burst::Changed)
         );
         assert_eq!(c(E::NodeCreated, S::SyncConnected, "/r/d/lock"), None);
+        assert_eq!(c(E::NodeDeleted, S::SyncConnected, "/r/d/dashboard"), None);
         assert_eq!(c(E::Session, S::Disconnected, ""), Some(Burst::Disconnected));
         assert_eq!(c(E::Session, S::SyncConnected, ""), Some(Burst::Reconnected));
         assert_eq!(c(E::Session, S::Expired, ""), Some(Burst::Ended));

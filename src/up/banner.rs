@@ -23,6 +23,8 @@ pub struct Banner<'a> {
     pub seeded: &'a Seeded,
     /// The proxy's RESP and admin addresses, `None` if the proxy is not running.
     pub proxy: Option<(SocketAddr, SocketAddr)>,
+    /// The dashboard's HTTP address.
+    pub dashboard: SocketAddr,
     /// The data + log directory, and whether it is kept after exit.
     pub dir: (&'a Path, bool),
     /// Extra flags `reborn admin` needs to find this cluster ("" for defaults).
@@ -79,6 +81,12 @@ impl Banner<'_> {
             .map(|g| format!("{}-{} -> group {}", g.first_slot, g.last_slot, g.id))
             .collect();
         row(out, "slots", &slots.join(", "), String::new())?;
+        row(
+            out,
+            "dashboard",
+            &format!("http://{}", self.dashboard),
+            "HTTP JSON API: /api/topology, /api/groups, ...".into(),
+        )?;
         match self.proxy {
             Some((listen, admin)) => {
                 row(
@@ -140,6 +148,17 @@ impl Banner<'_> {
         for sub in ["groups", "slots", "proxies"] {
             writeln!(out, "  {} admin{} {sub}", exe.display(), self.admin_flags)?;
         }
+        let dashboard_flag = if self.dashboard.to_string() == crate::topo::dashboard::DEFAULT_LISTEN {
+            String::new()
+        } else {
+            format!(" --dashboard {}", self.dashboard)
+        };
+        writeln!(
+            out,
+            "  {} admin rebalance --dry-run{dashboard_flag}",
+            exe.display()
+        )?;
+        writeln!(out, "  curl -s http://{}/api/groups", self.dashboard)?;
         writeln!(out)
     }
 }

@@ -1,6 +1,7 @@
 //! `reborn up`: a whole local cluster on one machine, for a newcomer's first five
 //! minutes — ZooKeeper, two groups of redis-servers (master + replica each), the
-//! product written into ZooKeeper, and a proxy in front, until Ctrl-C.
+//! product written into ZooKeeper, the dashboard and a proxy in front, until
+//! Ctrl-C.
 //!
 //! The process helpers here ([`ZooKeeper`], [`RedisServer`]) are also what the
 //! integration tests start their real servers with, so "how to start ZooKeeper /
@@ -77,6 +78,10 @@ pub struct UpArgs {
     /// HTTP admin address of the proxy.
     #[arg(long, default_value = "127.0.0.1:11080")]
     pub proxy_admin: SocketAddr,
+
+    /// HTTP address of the dashboard's JSON API.
+    #[arg(long, default_value = crate::topo::dashboard::DEFAULT_LISTEN)]
+    pub dashboard: SocketAddr,
 
     /// Data-plane threads of the proxy (default: half the cores, at least 1).
     #[arg(long)]
@@ -164,13 +169,16 @@ async fn serve(
         return Ok(());
     }
 
+    roles
+        .start("dashboard", args.dashboard, dashboard_role(args, &zk))
+        .await?;
     let mut proxy = None;
     if let Some(make) = proxy_role(args, &zk) {
         roles.start("proxy", args.proxy, make).await?;
         proxy = Some((args.proxy, args.proxy_admin));
     }
     // Future roles start here, each after what it depends on:
-    // dashboard (after ZooKeeper), then comet / logic / job (after the proxy).
+    // comet / logic / job (after the proxy).
 
     let banner = Banner {
         product: &args.product,
@@ -178,6 +186,7 @@ async fn serve(
         groups,
         seeded: &seeded,
         proxy,
+        dashboard: args.dashboard,
         dir: (dir.0.path(), dir.1),
         admin_flags: admin_flags(args, &zk),
     };
@@ -186,6 +195,24 @@ async fn serve(
     tokio::select! {
         () = cancel.cancelled() => Ok(()),
         ended = roles.any_ended() => Err(ended),
+    }
+}
+
+/// The dashboard's main future: `reborn dashboard` with its defaults, on our
+/// address and product. Standby stays on: a dashboard already leading this
+/// product (with `--zk`) keeps leading and ours waits behind it.
+fn dashboard_role(args: &UpArgs, zk: &ZkConfig) -> impl FnOnce(CancellationToken) -> RoleFuture + use<> {
+    let config = crate::topo::dashboard::DashboardConfig {
+        listen: args.dashboard.to_string(),
+        zk: zk.clone(),
+        ..crate::topo::dashboard::DashboardConfig::default()
+    };
+    move |cancel| -> RoleFuture {
+        Box::pin(async move {
+            crate::topo::dashboard::run(config, cancel)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -239,6 +266,7 @@ fn check_ports(args: &UpArgs) -> Result<(), UpError> {
     for &p in &args.redis_ports {
         port::ensure_free(p, "redis-server")?;
     }
+    port::ensure_addr_free(args.dashboard, "the dashboard")?;
     port::ensure_addr_free(args.proxy, "the proxy")?;
     port::ensure_addr_free(args.proxy_admin, "the proxy's admin HTTP")
 }

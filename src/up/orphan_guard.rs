@@ -23,7 +23,14 @@ if [ -n "$1" ]; then
   while [ "$i" -lt 30 ] && kill -0 "$1" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
   kill -KILL "$1" 2>/dev/null
 fi
-if [ -n "$2" ]; then rm -rf "$2"; fi
+if [ -n "$2" ]; then
+  # The servers in the directory are being stopped by their own guards at this
+  # very moment, and Redis re-opens its log file for every line it writes while
+  # shutting down: retry until the directory stays gone (they are dead within
+  # 3 s, when their guards SIGKILL them).
+  j=0
+  while [ -e "$2" ] && [ "$j" -lt 60 ]; do rm -rf "$2" 2>/dev/null || sleep 0.1; [ -e "$2" ] && sleep 0.1; j=$((j+1)); done
+fi
 "#;
 
 /// Stops the watched process (or removes the watched directory) when this process

@@ -1,5 +1,5 @@
-//! The reborn roles `reborn up` runs in its own process, as tokio tasks: the proxy
-//! today; the dashboard, comet, logic and job will join the same list.
+//! The reborn roles `reborn up` runs in its own process, as tokio tasks: the
+//! dashboard and the proxy today; comet, logic and job will join the same list.
 //!
 //! Each role gets its own cancellation token, so shutdown can stop them one at a
 //! time in reverse start order (a role may depend on one started before it, as

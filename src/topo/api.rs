@@ -1,0 +1,418 @@
+//! The dashboard's HTTP JSON API (axum), served by `reborn dashboard`.
+//!
+//! Reads load the product from ZooKeeper per request, so a client always reads
+//! its own writes. Every write goes through [`super::operation`] (product lock,
+//! validation of everything before writing, compare-and-set), so the API adds no
+//! rule of its own and a refused request leaves ZooKeeper untouched. Errors are
+//! `{"error": "…"}` with a status from the [`TopoError`] variant: 400 refused
+//! input, 404 missing, 409 conflicting state, 503 ZooKeeper or leadership
+//! unavailable. Only the leader serves; a standby answers 503 with
+//! `"leader": "host:port"`, except `GET /api/dashboard`, which every dashboard
+//! answers. The table of endpoints is in README.md.
+//!
+//! Imports `libs` and `topo`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::dashboard::{DashboardInfo, Role as Leadership};
+use super::error::TopoError;
+use super::model::{GroupId, ProxyInfo, Role, Server, SlotTable, Topology};
+use super::operation;
+use super::rebalance::{self, Plan, Weights};
+use super::store::Store;
+use super::watcher;
+
+/// What the handlers share.
+pub struct ApiState {
+    /// The dashboard's ZooKeeper store.
+    pub store: Store,
+    /// This dashboard, as it publishes itself.
+    pub me: DashboardInfo,
+    /// Whether it leads now.
+    pub role: watch::Receiver<Leadership>,
+}
+
+type Shared = Arc<ApiState>;
+
+/// The API's routes.
+pub fn router(state: Shared) -> Router {
+    let leader_only = Router::new()
+        .route("/api/topology", get(topology))
+        .route("/api/groups", get(groups).post(create_group))
+        .route("/api/groups/{id}", axum::routing::delete(remove_group))
+        .route("/api/groups/{id}/servers", post(add_server))
+        .route(
+            "/api/groups/{id}/servers/{addr}",
+            axum::routing::delete(remove_server),
+        )
+        .route("/api/slots", get(slots))
+        .route("/api/slots/assign", post(assign_slots))
+        .route("/api/proxies", get(proxies))
+        .route("/api/proxies/{id}/online", post(proxy_online))
+        .route("/api/proxies/{id}/offline", post(proxy_offline))
+        .route("/api/rebalance/plan", get(rebalance_plan))
+        // Next slice, with the migration manager: GET /api/tasks, POST
+        // /api/migrate, POST /api/rebalance (apply a plan as tasks), POST
+        // /api/groups/{id}/promote. Not routed until they work: until then they
+        // are 404, not stubs.
+        .route_layer(middleware::from_fn_with_state(state.clone(), leader_gate));
+    Router::new()
+        .route("/api/dashboard", get(status))
+        .merge(leader_only)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see the API table in README.md",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(state)
+}
+
+/// An error reply: `{"error": message}` (and `"leader"` from a standby).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    leader: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            leader: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<TopoError> for ApiError {
+    fn from(e: TopoError) -> ApiError {
+        use TopoError as E;
+        let status = match &e {
+            E::Invalid(_) => StatusCode::BAD_REQUEST,
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::Exists(_) | E::Conflict { .. } | E::Locked { .. } | E::NotInitialized { .. } => {
+                StatusCode::CONFLICT
+            }
+            E::Unreachable { .. } | E::SessionExpired | E::Closed | E::Zk { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            E::Json { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(leader) = self.leader {
+            body["leader"] = leader.into();
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body whose rejection is an [`ApiError`] (400 with serde's message).
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(JsonRejection::MissingJsonContentType(e)) => {
+                Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.body_text()))
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// Path parameters whose rejection is an [`ApiError`] (400).
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Params(value)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// Lets requests through only while this dashboard leads.
+async fn leader_gate(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    // Cloned so that the borrow of the watch ends before the handler runs.
+    let role = s.role.borrow().clone();
+    match role {
+        Leadership::Leader => next.run(req).await,
+        Leadership::Standby { leader } => {
+            let (message, leader) = match leader {
+                Some(l) => (
+                    format!("this dashboard is a standby; the leader is at {}", l.addr),
+                    Some(l.addr),
+                ),
+                None => (
+                    "this dashboard is a standby and no dashboard leads right now; retry".into(),
+                    None,
+                ),
+            };
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message,
+                leader,
+            }
+            .into_response()
+        }
+    }
+}
+
+/// `GET /api/dashboard`.
+#[derive(Serialize)]
+struct Status {
+    role: &'static str,
+    #[serde(rename = "self")]
+    me: DashboardInfo,
+    leader: Option<DashboardInfo>,
+    product: String,
+}
+
+async fn status(State(s): State<Shared>) -> Json<Status> {
+    let role = s.role.borrow().clone();
+    let (role, leader) = match role {
+        Leadership::Leader => ("leader", Some(s.me.clone())),
+        Leadership::Standby { leader } => ("standby", leader),
+    };
+    Json(Status {
+        role,
+        me: s.me.clone(),
+        leader,
+        product: s.store.paths().product_name().to_string(),
+    })
+}
+
+/// The reply to a change: what was done, in `reborn admin`'s words.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Done {
+    /// e.g. `group 3 created`.
+    pub message: String,
+}
+
+fn done(status: StatusCode, message: String) -> (StatusCode, Json<Done>) {
+    (status, Json(Done { message }))
+}
+
+type Changed = Result<(StatusCode, Json<Done>), ApiError>;
+
+async fn load(s: &ApiState) -> Result<Topology, ApiError> {
+    Ok(watcher::load(&s.store).await?)
+}
+
+async fn topology(State(s): State<Shared>) -> Result<Json<Topology>, ApiError> {
+    Ok(Json(load(&s).await?))
+}
+
+/// One group in `GET /api/groups`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct GroupView {
+    /// Group id.
+    pub id: GroupId,
+    /// Its servers, master first as stored.
+    pub servers: Vec<Server>,
+    /// How many slots it owns.
+    pub slots: usize,
+}
+
+async fn groups(State(s): State<Shared>) -> Result<Json<Vec<GroupView>>, ApiError> {
+    let topo = load(&s).await?;
+    let views = topo
+        .groups
+        .values()
+        .map(|g| GroupView {
+            id: g.id,
+            servers: g.servers.clone(),
+            slots: topo.slots.slots().iter().filter(|x| x.group == g.id).count(),
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    id: GroupId,
+}
+
+async fn create_group(State(s): State<Shared>, Body(b): Body<NewGroup>) -> Changed {
+    operation::create_group(&s.store, b.id).await?;
+    Ok(done(StatusCode::CREATED, format!("group {} created", b.id)))
+}
+
+async fn remove_group(State(s): State<Shared>, Params(id): Params<GroupId>) -> Changed {
+    operation::remove_group(&s.store, id).await?;
+    Ok(done(StatusCode::OK, format!("group {id} removed")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServer {
+    addr: String,
+    /// `master` (the default) or `replica`.
+    #[serde(default = "master")]
+    role: Role,
+}
+
+fn master() -> Role {
+    Role::Master
+}
+
+async fn add_server(
+    State(s): State<Shared>,
+    Params(id): Params<GroupId>,
+    Body(b): Body<NewServer>,
+) -> Changed {
+    operation::add_server(&s.store, id, &b.addr, b.role).await?;
+    let role = match b.role {
+        Role::Master => "master",
+        Role::Replica => "replica",
+    };
+    Ok(done(
+        StatusCode::CREATED,
+        format!("{} added to group {id} as {role}", b.addr.trim()),
+    ))
+}
+
+async fn remove_server(State(s): State<Shared>, Params((id, addr)): Params<(GroupId, String)>) -> Changed {
+    operation::remove_server(&s.store, id, &addr).await?;
+    Ok(done(StatusCode::OK, format!("{addr} removed from group {id}")))
+}
+
+async fn slots(State(s): State<Shared>) -> Result<Json<SlotTable>, ApiError> {
+    Ok(Json(load(&s).await?.slots))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Assign {
+    start: u16,
+    end: u16,
+    /// 0 unassigns.
+    group: GroupId,
+}
+
+async fn assign_slots(State(s): State<Shared>, Body(b): Body<Assign>) -> Changed {
+    operation::assign_slots(&s.store, b.start, b.end, b.group).await?;
+    let noun = if b.start == b.end { "slot" } else { "slots" };
+    let range = super::model::range_text(b.start, b.end);
+    let message = match b.group {
+        0 => format!("{noun} {range} unassigned"),
+        g => format!("{noun} {range} assigned to group {g}"),
+    };
+    Ok(done(StatusCode::OK, message))
+}
+
+/// One proxy in `GET /api/proxies`: every live proxy, and every id set offline.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ProxyView {
+    /// Proxy id.
+    pub id: String,
+    /// False when an operator set it offline.
+    pub online: bool,
+    /// True while its ephemeral node exists.
+    pub running: bool,
+    /// What it publishes, while running.
+    pub info: Option<ProxyInfo>,
+}
+
+async fn proxies(State(s): State<Shared>) -> Result<Json<Vec<ProxyView>>, ApiError> {
+    let topo = load(&s).await?;
+    let mut ids: Vec<&String> = topo.proxies.keys().chain(topo.offline_proxies.iter()).collect();
+    ids.sort();
+    ids.dedup();
+    let views = ids
+        .into_iter()
+        .map(|id| ProxyView {
+            id: id.clone(),
+            online: !topo.offline_proxies.contains(id),
+            running: topo.proxies.contains_key(id),
+            info: topo.proxies.get(id).cloned(),
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+async fn proxy_online(State(s): State<Shared>, Params(id): Params<String>) -> Changed {
+    operation::set_proxy_online(&s.store, &id, true).await?;
+    Ok(done(StatusCode::OK, format!("proxy {id} set online")))
+}
+
+async fn proxy_offline(State(s): State<Shared>, Params(id): Params<String>) -> Changed {
+    operation::set_proxy_online(&s.store, &id, false).await?;
+    Ok(done(StatusCode::OK, format!("proxy {id} set offline")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    /// `1:2,2:1`.
+    #[serde(default)]
+    weights: String,
+}
+
+async fn rebalance_plan(
+    State(s): State<Shared>,
+    query: Result<Query<PlanQuery>, QueryRejection>,
+) -> Result<Json<Plan>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let weights: Weights = q.weights.parse().map_err(ApiError::bad_request)?;
+    let topo = load(&s).await?;
+    Ok(Json(rebalance::plan(&topo, &weights)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topo_errors_map_to_statuses() {
+        let status = |e: TopoError| ApiError::from(e).status;
+        assert_eq!(status(TopoError::Invalid("x".into())), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(TopoError::NotFound("group 3".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(status(TopoError::Exists("group 3".into())), StatusCode::CONFLICT);
+        assert_eq!(
+            status(TopoError::Locked { holder: "h".into() }),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(status(TopoError::SessionExpired), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

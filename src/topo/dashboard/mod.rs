@@ -1,0 +1,176 @@
+//! `reborn dashboard`: the long-running service that operators (and `reborn
+//! admin`) talk to over HTTP, one leader per product.
+//!
+//! * [`config`]: the TOML config and the flags.
+//! * [`leader`]: who leads, through an ephemeral ZooKeeper node; standbys wait
+//!   and take over; a leader that may have lost its session steps down.
+//! * [`client`]: the HTTP client `reborn admin` calls the API with.
+//! * [`error`]: why the dashboard could not start or had to stop.
+//!
+//! The HTTP API itself is [`crate::topo::api`]. The listener is bound before
+//! anything else ([`Bound`]), so the address is known (port 0 works, for tests)
+//! and a taken port fails at once. It serves the whole time: a leader answers
+//! every endpoint, a standby answers `GET /api/dashboard` and 503 with the
+//! leader's address for the rest, so an operator who reaches the wrong process
+//! learns where to go instead of finding a closed port.
+//!
+//! Later slices add the migration manager here (tasks, actions and their acks,
+//! promote; see docs/migration.md). It must run only within a leadership term
+//! and write on that term's session, so that its writes fail once the term's
+//! session has expired, as the operator lock's do; the routes it needs are
+//! marked in [`crate::topo::api::router`].
+//!
+//! Imports `libs` and `topo`.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod leader;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::topo::api::{self, ApiState};
+use crate::topo::error::TopoError;
+use crate::topo::lock::host_name;
+use crate::topo::store::Store;
+
+pub use config::{DEFAULT_LISTEN, DashboardArgs, DashboardConfig};
+pub use error::DashboardError;
+pub use leader::{DashboardInfo, Role};
+
+/// How long the HTTP server may take to finish its requests after a stop.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a dashboard until SIGINT/SIGTERM.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_until_signal(config: DashboardConfig) -> Result<(), DashboardError> {
+    run(config, crate::libs::shutdown::on_signal()).await
+}
+
+/// Binds the listener, then runs until `cancel` is cancelled.
+///
+/// # Errors
+/// The address cannot be bound; ZooKeeper is unreachable or the product is not
+/// initialized; with `standby = false`, another dashboard leads.
+pub async fn run(config: DashboardConfig, cancel: CancellationToken) -> Result<(), DashboardError> {
+    Bound::bind(config).await?.run(cancel).await
+}
+
+/// A dashboard whose HTTP listener is bound but which does not run yet.
+pub struct Bound {
+    config: DashboardConfig,
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    /// Binds `config.listen`.
+    ///
+    /// # Errors
+    /// [`DashboardError::Bind`] naming the address; an invalid config.
+    pub async fn bind(config: DashboardConfig) -> Result<Bound, DashboardError> {
+        config.validate()?;
+        let bind_err = |source| DashboardError::Bind {
+            addr: config.listen.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&config.listen).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        Ok(Bound {
+            config,
+            listener,
+            addr,
+        })
+    }
+
+    /// The address the API listens on (the real port when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address published to ZooKeeper: `advertise`, else the bound address,
+    /// with this host's name instead of an unspecified IP (0.0.0.0 reaches
+    /// nobody from elsewhere).
+    pub fn advertised(&self) -> String {
+        if !self.config.advertise.is_empty() {
+            return self.config.advertise.clone();
+        }
+        if self.addr.ip().is_unspecified() {
+            return format!("{}:{}", host_name(), self.addr.port());
+        }
+        self.addr.to_string()
+    }
+
+    /// Connects to ZooKeeper, serves the API and campaigns for the leadership
+    /// until `cancel`; then resigns, drains the HTTP server and closes the
+    /// session.
+    ///
+    /// # Errors
+    /// As [`run`].
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), DashboardError> {
+        let store = Store::connect(&self.config.zk).await?;
+        let result = self.serve(&store, cancel).await;
+        store.close().await;
+        result
+    }
+
+    async fn serve(self, store: &Store, cancel: CancellationToken) -> Result<(), DashboardError> {
+        // A dashboard for a product nobody created would lead nothing.
+        if !store.exists(&store.paths().slots()).await? {
+            return Err(TopoError::NotInitialized {
+                product: store.paths().product_name().to_string(),
+            }
+            .into());
+        }
+        let me = DashboardInfo::for_this_process(self.advertised());
+        let (role_tx, role_rx) = watch::channel(Role::Standby { leader: None });
+        let state = Arc::new(ApiState {
+            store: store.clone(),
+            me: me.clone(),
+            role: role_rx,
+        });
+        let stop_http = CancellationToken::new();
+        let mut http = tokio::spawn(
+            axum::serve(self.listener, api::router(state))
+                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(
+            "dashboard of product {:?} listening on http://{}",
+            store.paths().product_name(),
+            self.addr
+        );
+        let campaign = leader::Campaign {
+            store: store.clone(),
+            me,
+            standby: self.config.standby,
+            role: role_tx,
+        };
+        let outcome = tokio::select! {
+            result = campaign.run(cancel) => result,
+            joined = &mut http => {
+                let why = match joined {
+                    Ok(Ok(())) => "it returned".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(DashboardError::Serve(why));
+            }
+        };
+        stop_http.cancel();
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut http).await.is_err() {
+            tracing::warn!("the dashboard API did not drain within {DRAIN_TIMEOUT:?}; closing it");
+            http.abort();
+        }
+        outcome
+    }
+}
