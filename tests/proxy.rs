@@ -920,3 +920,107 @@ async fn a_proxy_cut_off_from_zookeeper_stops_before_its_session_can_expire() {
     }
     c.wait_registered(true).await;
 }
+
+/// Puts slot `slot` into `migrate` from group `from` to group `to`, as the
+/// dashboard's migration will (written directly here: the action protocol that
+/// drives it is a later step).
+async fn set_migrating(store: &Store, slot: u16, from: u32, to: u32) {
+    use reborn::topo::model::{SlotState, SlotTable};
+    let path = store.paths().slots();
+    let (mut table, version) = store
+        .get_json_with_version::<SlotTable>(&path)
+        .await
+        .expect("read slots");
+    let s = table.get_mut(slot).expect("slot");
+    s.group = to;
+    s.from = Some(from);
+    s.state = SlotState::Migrate;
+    store.set_json(&path, &table, version).await.expect("write slots");
+}
+
+async fn migrate_on_access(backend_password: Option<&str>) {
+    let c = Cluster::build(backend_password, |_| {}).await;
+    let mut p = c.client().await;
+    let slot = slot_of(b"foo");
+    assert!(slot < 512, "{{foo}} keys live on group 1");
+    let names: Vec<String> = (0..20).map(|i| format!("{{foo}}k{i}")).collect();
+    for n in &names {
+        let _: () = p.set(n, n).await.expect("set");
+    }
+    let _: () = p.set("{foo}n", 1000).await.expect("set counter");
+    let _: () = p.set("{foo}untouched", "stay").await.expect("set");
+
+    set_migrating(&c.store, slot, 1, 2).await;
+    let auth = |pw: Option<&str>| pw.map(|p| format!(":{p}@")).unwrap_or_default();
+    let direct = |i: usize| {
+        let url = format!("redis://{}{}/", auth(backend_password), c.masters[i - 1].addr());
+        async move {
+            redis::Client::open(url)
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("direct")
+        }
+    };
+    let (mut g1, mut g2) = (direct(1).await, direct(2).await);
+    // Wait until the proxy serves the slot as migrating: a read moves the key.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let v: String = p.get(&names[0]).await.expect("get");
+        assert_eq!(v, names[0]);
+        if g2.exists::<_, bool>(&names[0]).await.expect("exists") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the proxy never migrated on access");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !g1.exists::<_, bool>(&names[0]).await.expect("exists"),
+        "source kept the key"
+    );
+
+    // Pipelined writes of one client stay in order and exact.
+    let mut pipe = redis::pipe();
+    for _ in 0..200 {
+        pipe.incr("{foo}n", 1);
+    }
+    let counts: Vec<i64> = pipe.query_async(&mut p).await.expect("pipelined incr");
+    assert_eq!(counts, (1001..=1200).collect::<Vec<i64>>());
+    // A multi-key read spanning the migrating slot and another group.
+    let _: () = p.set("a", "other").await.expect("set a"); // slot 579: group 2, not migrating
+    let mut keys: Vec<&str> = names.iter().map(String::as_str).collect();
+    keys.push("a");
+    let got: Vec<String> = p.mget(&keys).await.expect("mget");
+    let mut want: Vec<String> = names.clone();
+    want.push("other".into());
+    assert_eq!(got, want);
+    // A new key is written to the target.
+    let _: () = p.set("{foo}new", "x").await.expect("set new");
+    assert!(g2.exists::<_, bool>("{foo}new").await.expect("exists"));
+    for n in names.iter().map(String::as_str).chain(["{foo}n", "{foo}new"]) {
+        assert!(
+            !g1.exists::<_, bool>(n).await.expect("exists"),
+            "{n} still on the source"
+        );
+        assert!(
+            g2.exists::<_, bool>(n).await.expect("exists"),
+            "{n} missing on the target"
+        );
+    }
+    // Keys nobody touched stay on the source: moving them is the migrator's job.
+    let stay: Option<String> = g1.get("{foo}untouched").await.expect("get");
+    assert_eq!(stay.as_deref(), Some("stay"));
+    let via_proxy: String = p.get("{foo}untouched").await.expect("get");
+    assert_eq!(via_proxy, "stay");
+    assert!(!g1.exists::<_, bool>("{foo}untouched").await.expect("exists"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrating_slot_moves_each_key_on_access() {
+    migrate_on_access(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_on_access_authenticates_to_the_target() {
+    migrate_on_access(Some("backend-pw")).await;
+}

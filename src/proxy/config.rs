@@ -43,6 +43,10 @@ pub struct ProxyConfig {
     pub backend_connect_timeout: Duration,
     /// Dedicated backend connections for blocking commands, across all clients.
     pub max_blocking: usize,
+    /// Timeout of one `MIGRATE` when a request moves its keys off a migrating
+    /// slot's source (big values need more).
+    #[serde(with = "humantime_serde")]
+    pub migrate_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -67,6 +71,7 @@ impl Default for ProxyConfig {
             backend_conns: 1,
             backend_connect_timeout: Duration::from_secs(1),
             max_blocking: 1000,
+            migrate_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             threads: 0,
         }

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::backend::BackendConn;
 use super::config::ProxyConfig;
 use super::lease::Lease;
+use super::migrate::Migrator;
 use super::router::Router;
 use super::stats::Stats;
 use crate::libs::resp::Limits;
@@ -107,6 +108,8 @@ pub struct Client {
     pub name: Option<Bytes>,
     /// Dedicated connections for blocking commands, by backend address.
     pub dedicated: HashMap<String, Dedicated>,
+    /// FIFO for requests of migrating slots, started on first use.
+    migrator: Option<Migrator>,
 }
 
 impl Client {
@@ -117,6 +120,15 @@ impl Client {
             authed: ctx.config.auth.is_empty(),
             name: None,
             dedicated: HashMap::new(),
+            migrator: None,
         }
+    }
+
+    /// This client's migrate-on-access queue.
+    pub fn migrator(&mut self, ctx: &Context) -> &Migrator {
+        self.migrator.get_or_insert_with(|| {
+            let auth = (!ctx.config.backend_auth.is_empty()).then(|| ctx.config.backend_auth.clone());
+            Migrator::spawn(auth, ctx.config.migrate_timeout)
+        })
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use super::backend::BackendConn;
 use super::command::{self, Command, Kind, Merge, Spec};
@@ -86,9 +87,9 @@ fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Comman
             "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
             ctx.proxy_id
         )),
-        Kind::Split(merge) => split(ctx, req, merge),
+        Kind::Split(merge) => split(ctx, client, req, merge),
         Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec),
-        Kind::Blocking | Kind::Forward => forward(ctx, req, cmd.spec),
+        Kind::Blocking | Kind::Forward => forward(ctx, client, req, cmd.spec),
     }
 }
 
@@ -118,8 +119,41 @@ fn request_slot(spec: &'static Spec, req: &Request) -> Result<u16, Reply> {
     Ok(slot.unwrap_or(0))
 }
 
-/// The pool serving `slot`, or the error a request for it gets.
-fn pool_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<&'a Arc<Pool>, Reply> {
+/// Where the requests of one slot go.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// Straight to this pool.
+    Pool(&'a Arc<Pool>),
+    /// Keys move from `from` to `to` first (migrate on access).
+    Migrate { from: &'a Arc<Pool>, to: &'a Arc<Pool> },
+}
+
+impl<'a> Target<'a> {
+    /// Identity for grouping keys of a split command.
+    fn id(&self) -> (*const Pool, *const Pool) {
+        match self {
+            Target::Pool(p) => (Arc::as_ptr(p), std::ptr::null()),
+            Target::Migrate { from, to } => (Arc::as_ptr(to), Arc::as_ptr(from)),
+        }
+    }
+
+    /// Sends `req`, whose keys are `keys`, to this target.
+    fn send(
+        &self,
+        ctx: &Context,
+        client: &mut Client,
+        keys: Vec<Bytes>,
+        req: Bytes,
+    ) -> oneshot::Receiver<Bytes> {
+        match self {
+            Target::Pool(p) => p.send(req),
+            Target::Migrate { from, to } => client.migrator(ctx).send(from, to, keys, req),
+        }
+    }
+}
+
+/// Where requests for `slot` go, or the error they get.
+fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<Target<'a>, Reply> {
     if !routes.online {
         return Err(err(&format!(
             "ERR proxy {} is offline (reborn admin proxy-online {})",
@@ -127,23 +161,32 @@ fn pool_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<&'a Arc<
         )));
     }
     match routes.get(slot) {
-        SlotRoute::Serve { pool, .. } => Ok(pool),
+        SlotRoute::Serve { pool, .. } => Ok(Target::Pool(pool)),
+        SlotRoute::Migrate { from, to } => Ok(Target::Migrate { from, to }),
         SlotRoute::Unassigned => Err(err(&format!("ERR slot {slot} is not assigned to any group"))),
         SlotRoute::NoMaster(g) => Err(err(&format!("ERR group {g} of slot {slot} has no master"))),
-        SlotRoute::Migrating(state) => Err(err(&format!(
-            "ERR slot {slot} is in state {state:?}, which this proxy version cannot serve"
-        ))),
+        SlotRoute::Switching => Err(err(&format!("ERR slot {slot} is switching groups, retry"))),
     }
 }
 
-fn forward(ctx: &Context, req: &Request, spec: &'static Spec) -> Reply {
+/// The key arguments of a request.
+fn keys_of(spec: &'static Spec, req: &Request) -> Vec<Bytes> {
+    let spec = spec.resolve(&req.args);
+    spec.key_indices(&req.args)
+        .into_iter()
+        .filter_map(|i| req.args.get(i).cloned())
+        .collect()
+}
+
+fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec) -> Reply {
     let slot = match request_slot(spec, req) {
         Ok(s) => s,
         Err(reply) => return reply,
     };
     let routes = ctx.router.routes();
-    match pool_for(ctx, &routes, slot) {
-        Ok(pool) => Reply::Wait(pool.send(req.raw.clone())),
+    match target_for(ctx, &routes, slot) {
+        Ok(Target::Pool(pool)) => Reply::Wait(pool.send(req.raw.clone())),
+        Ok(target) => Reply::Wait(target.send(ctx, client, keys_of(spec, req), req.raw.clone())),
         Err(reply) => reply,
     }
 }
@@ -154,8 +197,15 @@ fn blocking(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Sp
         Err(reply) => return reply,
     };
     let routes = ctx.router.routes();
-    let addr = match pool_for(ctx, &routes, slot) {
-        Ok(pool) => pool.addr().to_string(),
+    let addr = match target_for(ctx, &routes, slot) {
+        Ok(Target::Pool(pool)) => pool.addr().to_string(),
+        // A blocked command could pop from the source after its keys moved on;
+        // it waits for the migration to finish instead.
+        Ok(Target::Migrate { .. }) => {
+            return err(&format!(
+                "ERR slot {slot} is migrating; blocking commands wait until it is done, retry"
+            ));
+        }
         Err(reply) => return reply,
     };
     if !client.dedicated.contains_key(&addr) {
@@ -178,49 +228,50 @@ fn blocking(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Sp
 
 /// MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: one sub-request per backend (not per
 /// key), merged back into one reply.
-fn split(ctx: &Context, req: &Request, merge: Merge) -> Reply {
+fn split(ctx: &Context, client: &mut Client, req: &Request, merge: Merge) -> Reply {
     // MSET takes key-value pairs; the others take keys.
     let stride = if merge == Merge::Ok { 2 } else { 1 };
     if merge == Merge::Ok && req.args.len().is_multiple_of(2) {
         return err("ERR wrong number of arguments for 'mset' command");
     }
     let routes = ctx.router.routes();
-    // Pools in first-seen order, each with the client positions of its keys.
-    let mut groups: Vec<(&Arc<Pool>, Vec<usize>)> = Vec::new();
-    let mut index: HashMap<*const Pool, usize> = HashMap::new();
+    // Targets in first-seen order, each with the client positions of its keys.
+    let mut groups: Vec<(Target, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<(*const Pool, *const Pool), usize> = HashMap::new();
     for (n, i) in (1..req.args.len()).step_by(stride).enumerate() {
-        let pool = match pool_for(ctx, &routes, slot_of(&req.args[i])) {
-            Ok(p) => p,
+        let target = match target_for(ctx, &routes, slot_of(&req.args[i])) {
+            Ok(t) => t,
             Err(reply) => return reply,
         };
-        let at = *index.entry(Arc::as_ptr(pool)).or_insert_with(|| {
-            groups.push((pool, Vec::new()));
+        let at = *index.entry(target.id()).or_insert_with(|| {
+            groups.push((target, Vec::new()));
             groups.len() - 1
         });
         if let Some(g) = groups.get_mut(at) {
             g.1.push(n);
         }
     }
-    if let [(pool, _)] = groups.as_slice() {
-        // Every key on one backend: forward the request untouched.
-        return Reply::Wait(pool.send(req.raw.clone()));
+    let key_at = |n: usize| req.args[1 + n * stride].clone();
+    if let [(target, positions)] = groups.as_slice() {
+        // Every key on one target: forward the request untouched.
+        let keys = positions.iter().map(|&n| key_at(n)).collect();
+        return Reply::Wait(target.send(ctx, client, keys, req.raw.clone()));
     }
     let total = (req.args.len() - 1) / stride;
-    let parts = groups
-        .into_iter()
-        .map(|(pool, positions)| {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(1 + positions.len() * stride);
-            args.push(req.name());
-            for &n in &positions {
-                let first = 1 + n * stride;
-                args.extend(req.args[first..first + stride].iter().map(|a| a.as_ref()));
-            }
-            Part {
-                rx: pool.send(resp::encode_array(&args)),
-                got: None,
-                positions,
-            }
-        })
-        .collect();
+    let mut parts = Vec::with_capacity(groups.len());
+    for (target, positions) in groups {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + positions.len() * stride);
+        args.push(req.name());
+        for &n in &positions {
+            let first = 1 + n * stride;
+            args.extend(req.args[first..first + stride].iter().map(|a| a.as_ref()));
+        }
+        let keys = positions.iter().map(|&n| key_at(n)).collect();
+        parts.push(Part {
+            rx: target.send(ctx, client, keys, resp::encode_array(&args)),
+            got: None,
+            positions,
+        });
+    }
     Reply::Merge(Box::new(Merger { merge, parts, total }))
 }

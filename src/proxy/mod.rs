@@ -23,6 +23,7 @@ pub mod dispatch;
 pub mod error;
 pub mod lease;
 pub mod local;
+pub mod migrate;
 pub mod reply;
 pub mod router;
 pub mod server;

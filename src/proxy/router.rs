@@ -85,8 +85,10 @@ pub enum SlotRoute {
     Unassigned,
     /// The group exists but has no master.
     NoMaster(GroupId),
-    /// In a migration state this proxy version does not serve.
-    Migrating(SlotState),
+    /// Migrating from `from` to `to`: keys move on access (see `migrate.rs`).
+    Migrate { from: Arc<Pool>, to: Arc<Pool> },
+    /// About to migrate (`pre_migrate`): not served by this proxy version yet.
+    Switching,
 }
 
 /// One immutable routing snapshot.
@@ -153,29 +155,31 @@ impl Router {
         let mut pools = self.pools.lock();
         let mut used: HashMap<String, Arc<Pool>> = HashMap::new();
         let mut slots = Vec::with_capacity(SLOT_COUNT);
+        // The pool of a group's master, shared across slots and snapshots.
+        let mut pool_of = |group: GroupId| -> Option<Arc<Pool>> {
+            let addr = topo.groups.get(&group)?.master()?;
+            let pool = used.entry(addr.to_string()).or_insert_with(|| {
+                pools
+                    .get(addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Pool::new(addr, self.pool_size, &self.opts)))
+            });
+            Some(pool.clone())
+        };
         for slot in topo.slots.slots() {
-            let route = if slot.group == 0 {
-                SlotRoute::Unassigned
-            } else if slot.state != SlotState::Online {
-                SlotRoute::Migrating(slot.state)
-            } else {
-                match topo.groups.get(&slot.group).and_then(|g| g.master()) {
-                    None => SlotRoute::NoMaster(slot.group),
-                    Some(addr) => {
-                        let pool =
-                            used.entry(addr.to_string())
-                                .or_insert_with(|| {
-                                    pools.get(addr).cloned().unwrap_or_else(|| {
-                                        Arc::new(Pool::new(addr, self.pool_size, &self.opts))
-                                    })
-                                })
-                                .clone();
-                        SlotRoute::Serve {
-                            group: slot.group,
-                            pool,
-                        }
-                    }
-                }
+            let route = match (slot.group, slot.state, slot.from) {
+                (0, _, _) => SlotRoute::Unassigned,
+                (_, SlotState::PreMigrate, _) => SlotRoute::Switching,
+                (group, SlotState::Migrate, Some(src)) => match (pool_of(src), pool_of(group)) {
+                    (Some(from), Some(to)) => SlotRoute::Migrate { from, to },
+                    (None, _) => SlotRoute::NoMaster(src),
+                    (_, None) => SlotRoute::NoMaster(group),
+                },
+                // `migrate` without a source cannot move anything: serve the target.
+                (group, _, _) => match pool_of(group) {
+                    Some(pool) => SlotRoute::Serve { group, pool },
+                    None => SlotRoute::NoMaster(group),
+                },
             };
             slots.push(route);
         }

@@ -1,0 +1,154 @@
+//! Migrate on access: serving a slot while its keys move between groups.
+//!
+//! For a slot in state `migrate`, a request's keys may still be on the source
+//! master. Before the request is forwarded to the target, its keys are moved with
+//! `MIGRATE <target> "" 0 <timeout> [AUTH pw] REPLACE KEYS k…` on the source.
+//! `NOKEY` means they already moved (or never existed); stock Redis deletes the
+//! source copy only after the target acknowledged it, so a failed `MIGRATE` loses
+//! nothing and the request gets its error instead. `REPLACE` because the source is
+//! authoritative while it still holds a key: every write of a migrating key goes
+//! to the target only after the key left the source.
+//!
+//! Requests of one client to one migrating slot must reach the target in the
+//! order they were sent, and each waits for its own `MIGRATE`, so every client
+//! gets one FIFO task ([`Migrator`]) for all its migrating requests. Requests to
+//! other slots keep the fast path: reordering across slots cannot be observed,
+//! because cross-slot commands are refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::router::Pool;
+use crate::libs::resp;
+
+/// One request of a migrating slot.
+struct Job {
+    from: Arc<Pool>,
+    to: Arc<Pool>,
+    keys: Vec<Bytes>,
+    req: Bytes,
+    reply: oneshot::Sender<Bytes>,
+}
+
+/// A client's FIFO of migrating-slot requests, served by one task on the
+/// client's worker. Dropping it ends the task after the queued jobs.
+pub struct Migrator {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Migrator {
+    /// Starts the task. `auth` is the backend password MIGRATE must present to
+    /// the target.
+    pub fn spawn(auth: Option<String>, timeout: Duration) -> Migrator {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, auth, timeout));
+        Migrator { tx }
+    }
+
+    /// Queues `req` (whose keys are `keys`): its keys move from `from` to `to`,
+    /// then it is sent to `to`. The receiver yields the target's reply.
+    pub fn send(
+        &self,
+        from: &Arc<Pool>,
+        to: &Arc<Pool>,
+        keys: Vec<Bytes>,
+        req: Bytes,
+    ) -> oneshot::Receiver<Bytes> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            from: from.clone(),
+            to: to.clone(),
+            keys,
+            req,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
+            let _ = job.reply.send(resp::error("ERR migration queue closed"));
+        }
+        rx
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Job>, auth: Option<String>, timeout: Duration) {
+    while let Some(job) = rx.recv().await {
+        let reply = migrate_then_forward(&job, auth.as_deref(), timeout).await;
+        // The client may have gone; its reply is dropped.
+        let _ = job.reply.send(reply);
+    }
+}
+
+async fn migrate_then_forward(job: &Job, auth: Option<&str>, timeout: Duration) -> Bytes {
+    if !job.keys.is_empty() {
+        let cmd = migrate_command(job.to.addr(), &job.keys, auth, timeout);
+        let moved = job.from.send(cmd).await.unwrap_or_else(|_| lost());
+        if resp::is_error(&moved) {
+            let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
+            return resp::error(&format!(
+                "ERR cannot move keys from {} to {}: {why}",
+                job.from.addr(),
+                job.to.addr()
+            ));
+        }
+    }
+    job.to.send(job.req.clone()).await.unwrap_or_else(|_| lost())
+}
+
+fn lost() -> Bytes {
+    resp::error("ERR backend reply lost")
+}
+
+/// `MIGRATE host port "" 0 <ms> [AUTH pw] REPLACE KEYS k…` towards `target`.
+fn migrate_command(target: &str, keys: &[Bytes], auth: Option<&str>, timeout: Duration) -> Bytes {
+    let (host, port) = target.rsplit_once(':').unwrap_or((target, "6379"));
+    let ms = timeout.as_millis().to_string();
+    let mut args: Vec<&[u8]> = vec![
+        b"MIGRATE",
+        host.as_bytes(),
+        port.as_bytes(),
+        b"",
+        b"0",
+        ms.as_bytes(),
+    ];
+    if let Some(pw) = auth {
+        args.push(b"AUTH");
+        args.push(pw.as_bytes());
+    }
+    args.push(b"REPLACE");
+    args.push(b"KEYS");
+    args.extend(keys.iter().map(|k| k.as_ref()));
+    resp::encode_array(&args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_command_shape() {
+        let keys = [Bytes::from_static(b"k1"), Bytes::from_static(b"k2")];
+        let cmd = migrate_command("10.0.0.1:6380", &keys, Some("pw"), Duration::from_secs(5));
+        let mut buf = bytes::BytesMut::from(&cmd[..]);
+        let parsed = resp::parse_request(&mut buf, &resp::Limits::default())
+            .expect("valid")
+            .expect("complete");
+        let args: Vec<&[u8]> = parsed.args.iter().map(|a| a.as_ref()).collect();
+        let want: Vec<&[u8]> = vec![
+            b"MIGRATE",
+            b"10.0.0.1",
+            b"6380",
+            b"",
+            b"0",
+            b"5000",
+            b"AUTH",
+            b"pw",
+            b"REPLACE",
+            b"KEYS",
+            b"k1",
+            b"k2",
+        ];
+        assert_eq!(args, want);
+    }
+}
