@@ -1024,3 +1024,36 @@ async fn a_migrating_slot_moves_each_key_on_access() {
 async fn migrate_on_access_authenticates_to_the_target() {
     migrate_on_access(Some("backend-pw")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_requests_keep_their_order_over_several_backend_connections() {
+    let c = Cluster::start_with(|cfg| cfg.backend_conns = 4).await;
+    let mut pipe = redis::pipe();
+    for _ in 0..1000 {
+        pipe.incr("counter", 1);
+    }
+    // Several clients at once, so every backend connection is in use.
+    let mut runs = Vec::new();
+    for i in 0..4 {
+        let mut conn = c.client().await;
+        let mut pipe = pipe.clone();
+        pipe.get(format!("other{i}"));
+        runs.push(tokio::spawn(async move {
+            let out: Vec<redis::Value> = pipe.query_async(&mut conn).await.expect("pipeline");
+            out.into_iter()
+                .take(1000)
+                .map(|v| redis::from_redis_value::<i64>(v).expect("int"))
+                .collect::<Vec<i64>>()
+        }));
+    }
+    for run in runs {
+        let seen = run.await.expect("join");
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "a client's INCRs came back out of order"
+        );
+    }
+    let mut p = c.client().await;
+    let total: i64 = p.get("counter").await.expect("get");
+    assert_eq!(total, 4000);
+}

@@ -71,19 +71,28 @@ impl BackendConn {
         Self::spawn_with_handle(addr, opts).0
     }
 
-    /// Like [`BackendConn::spawn`], also returning a handle that kills the
-    /// connection at once, in-flight requests included. Dedicated connections of
-    /// blocking commands use it: a client that leaves while blocked must not keep
-    /// its backend connection blocked.
-    pub fn spawn_with_handle(addr: &str, opts: BackendOptions) -> (BackendConn, tokio::task::AbortHandle) {
+    /// Like [`BackendConn::spawn_with_handle`], on the runtime `rt`.
+    pub fn spawn_on(
+        rt: &tokio::runtime::Handle,
+        addr: &str,
+        opts: BackendOptions,
+    ) -> (BackendConn, tokio::task::AbortHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             addr: Arc::from(addr),
             state: AtomicU8::new(CONNECTING),
             last_error: parking_lot::Mutex::new(String::new()),
         });
-        let task = tokio::spawn(supervise(shared.clone(), opts, rx));
+        let task = rt.spawn(supervise(shared.clone(), opts, rx));
         (BackendConn { tx, shared }, task.abort_handle())
+    }
+
+    /// Like [`BackendConn::spawn`], also returning a handle that kills the
+    /// connection at once, in-flight requests included. Dedicated connections of
+    /// blocking commands use it: a client that leaves while blocked must not keep
+    /// its backend connection blocked.
+    pub fn spawn_with_handle(addr: &str, opts: BackendOptions) -> (BackendConn, tokio::task::AbortHandle) {
+        Self::spawn_on(&tokio::runtime::Handle::current(), addr, opts)
     }
 
     /// The backend's address.

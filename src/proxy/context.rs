@@ -128,7 +128,7 @@ impl Client {
     pub fn migrator(&mut self, ctx: &Context) -> &Migrator {
         self.migrator.get_or_insert_with(|| {
             let auth = (!ctx.config.backend_auth.is_empty()).then(|| ctx.config.backend_auth.clone());
-            Migrator::spawn(auth, ctx.config.migrate_timeout)
+            Migrator::spawn(self.id, auth, ctx.config.migrate_timeout)
         })
     }
 }

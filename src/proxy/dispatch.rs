@@ -146,7 +146,7 @@ impl<'a> Target<'a> {
         req: Bytes,
     ) -> oneshot::Receiver<Bytes> {
         match self {
-            Target::Pool(p) => p.send(req),
+            Target::Pool(p) => p.send(client.id, req),
             Target::Migrate { from, to } => client.migrator(ctx).send(from, to, keys, req),
         }
     }
@@ -185,7 +185,7 @@ fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spe
     };
     let routes = ctx.router.routes();
     match target_for(ctx, &routes, slot) {
-        Ok(Target::Pool(pool)) => Reply::Wait(pool.send(req.raw.clone())),
+        Ok(Target::Pool(pool)) => Reply::Wait(pool.send(client.id, req.raw.clone())),
         Ok(target) => Reply::Wait(target.send(ctx, client, keys_of(spec, req), req.raw.clone())),
         Err(reply) => reply,
     }

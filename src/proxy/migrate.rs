@@ -42,9 +42,11 @@ pub struct Migrator {
 impl Migrator {
     /// Starts the task. `auth` is the backend password MIGRATE must present to
     /// the target.
-    pub fn spawn(auth: Option<String>, timeout: Duration) -> Migrator {
+    /// `client` picks the backend connections, as for the client's other
+    /// requests (see `Pool::send`).
+    pub fn spawn(client: u64, auth: Option<String>, timeout: Duration) -> Migrator {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, auth, timeout));
+        tokio::spawn(run(client, rx, auth, timeout));
         Migrator { tx }
     }
 
@@ -72,18 +74,18 @@ impl Migrator {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Job>, auth: Option<String>, timeout: Duration) {
+async fn run(client: u64, mut rx: mpsc::UnboundedReceiver<Job>, auth: Option<String>, timeout: Duration) {
     while let Some(job) = rx.recv().await {
-        let reply = migrate_then_forward(&job, auth.as_deref(), timeout).await;
+        let reply = migrate_then_forward(client, &job, auth.as_deref(), timeout).await;
         // The client may have gone; its reply is dropped.
         let _ = job.reply.send(reply);
     }
 }
 
-async fn migrate_then_forward(job: &Job, auth: Option<&str>, timeout: Duration) -> Bytes {
+async fn migrate_then_forward(client: u64, job: &Job, auth: Option<&str>, timeout: Duration) -> Bytes {
     if !job.keys.is_empty() {
         let cmd = migrate_command(job.to.addr(), &job.keys, auth, timeout);
-        let moved = job.from.send(cmd).await.unwrap_or_else(|_| lost());
+        let moved = job.from.send(client, cmd).await.unwrap_or_else(|_| lost());
         if resp::is_error(&moved) {
             let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
             return resp::error(&format!(
@@ -93,7 +95,10 @@ async fn migrate_then_forward(job: &Job, auth: Option<&str>, timeout: Duration) 
             ));
         }
     }
-    job.to.send(job.req.clone()).await.unwrap_or_else(|_| lost())
+    job.to
+        .send(client, job.req.clone())
+        .await
+        .unwrap_or_else(|_| lost())
 }
 
 fn lost() -> Bytes {

@@ -8,29 +8,31 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::backend::{BackendConn, BackendOptions};
 use crate::libs::hash::SLOT_COUNT;
 use crate::topo::model::{GroupId, SlotState, Topology};
 
-/// A few pipelined connections to one redis-server, used round-robin.
+/// A few pipelined connections to one redis-server.
+///
+/// A client always uses the same one (`client id % n`): Redis answers each
+/// connection in order, so one client's requests to one backend can never
+/// overtake each other, while different clients spread over the connections.
 pub struct Pool {
     conns: Vec<BackendConn>,
-    next: AtomicUsize,
 }
 
 impl Pool {
-    fn new(addr: &str, size: usize, opts: &BackendOptions) -> Pool {
+    fn new(addr: &str, size: usize, opts: &BackendOptions, rt: &Handle) -> Pool {
         Pool {
             conns: (0..size.max(1))
-                .map(|_| BackendConn::spawn(addr, opts.clone()))
+                .map(|_| BackendConn::spawn_on(rt, addr, opts.clone()).0)
                 .collect(),
-            next: AtomicUsize::new(0),
         }
     }
 
@@ -39,21 +41,25 @@ impl Pool {
         self.conns.first().map(|c| c.addr()).unwrap_or("")
     }
 
-    /// Sends `req` on the next connection.
-    pub fn send(&self, req: Bytes) -> oneshot::Receiver<Bytes> {
-        self.pick().send(req)
+    /// Sends `req` for client `client` on that client's connection.
+    pub fn send(&self, client: u64, req: Bytes) -> oneshot::Receiver<Bytes> {
+        let n = self.conns.len() as u64;
+        let i = (client % n.max(1)) as usize;
+        match self.conns.get(i) {
+            Some(conn) => conn.send(req),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(crate::libs::resp::error("ERR internal: empty backend pool"));
+                rx
+            }
+        }
     }
 
-    /// The connection the next request would use.
-    pub fn pick(&self) -> &BackendConn {
-        let n = self.conns.len();
-        let i = if n == 1 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
-        };
-        // `conns` is never empty (size.max(1)), so `i` is always in range.
-        &self.conns[i.min(n - 1)]
+    /// A `PING` down every connection: when all have answered, every request
+    /// sent on this pool before the call has been answered too.
+    pub fn barrier(&self) -> Vec<oneshot::Receiver<Bytes>> {
+        let ping = Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
+        self.conns.iter().map(|c| c.send(ping.clone())).collect()
     }
 
     /// True while every connection of the pool is down.
@@ -116,6 +122,9 @@ pub struct Router {
     opts: BackendOptions,
     pool_size: usize,
     proxy_id: String,
+    /// The runtime of the worker that owns this router: backend connections
+    /// must live there, whichever thread applies a topology.
+    runtime: std::sync::OnceLock<Handle>,
 }
 
 impl Router {
@@ -131,7 +140,14 @@ impl Router {
             opts,
             pool_size,
             proxy_id: proxy_id.to_string(),
+            runtime: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Ties this router to the current runtime (call on its worker thread,
+    /// before the first [`Router::apply`]).
+    pub fn bind_runtime(&self) {
+        let _ = self.runtime.set(Handle::current());
     }
 
     /// An empty router with the same settings, for another worker thread.
@@ -152,6 +168,7 @@ impl Router {
     /// Builds and swaps in the routes for `topo`. Pools of addresses no longer
     /// used are dropped; their connections close after their in-flight replies.
     pub fn apply(&self, topo: &Topology) {
+        let rt = self.runtime.get().cloned().unwrap_or_else(Handle::current);
         let mut pools = self.pools.lock();
         let mut used: HashMap<String, Arc<Pool>> = HashMap::new();
         let mut slots = Vec::with_capacity(SLOT_COUNT);
@@ -162,7 +179,7 @@ impl Router {
                 pools
                     .get(addr)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Pool::new(addr, self.pool_size, &self.opts)))
+                    .unwrap_or_else(|| Arc::new(Pool::new(addr, self.pool_size, &self.opts, &rt)))
             });
             Some(pool.clone())
         };

@@ -80,6 +80,7 @@ async fn run(spec: WorkerSpec, ready: oneshot::Sender<()>) {
             return;
         }
     };
+    ctx.router.bind_runtime();
     ctx.router.apply(&topo.borrow_and_update());
     let _ = ready.send(());
 
