@@ -47,6 +47,12 @@ pub struct ProxyConfig {
     /// slot's source (big values need more).
     #[serde(with = "humantime_serde")]
     pub migrate_timeout: Duration,
+    /// How long a request waits while its slot switches groups (`pre_migrate`)
+    /// before it fails with a retry error.
+    #[serde(with = "humantime_serde")]
+    pub hold_timeout: Duration,
+    /// Most requests held at once across the proxy; beyond it they fail at once.
+    pub max_held: usize,
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -72,6 +78,8 @@ impl Default for ProxyConfig {
             backend_connect_timeout: Duration::from_secs(1),
             max_blocking: 1000,
             migrate_timeout: Duration::from_secs(5),
+            hold_timeout: Duration::from_secs(5),
+            max_held: 10_000,
             drain_timeout: Duration::from_secs(5),
             threads: 0,
         }

@@ -28,6 +28,8 @@ pub struct Context {
     pub limits: Limits,
     /// Permits for dedicated (blocking-command) backend connections.
     pub blocking: Arc<Semaphore>,
+    /// Permits for requests held while their slot switches groups.
+    pub held: Arc<Semaphore>,
     pub started: Instant,
     /// Slot traffic is served only within this ZooKeeper lease.
     pub lease: Arc<Lease>,
@@ -44,6 +46,7 @@ impl Context {
         Context {
             proxy_id: config.proxy_id(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
+            held: Arc::new(Semaphore::new(config.max_held)),
             config,
             router,
             stats: Arc::new(Stats::default()),
@@ -64,6 +67,7 @@ impl Context {
             stats: self.stats.clone(),
             limits: self.limits,
             blocking: self.blocking.clone(),
+            held: self.held.clone(),
             started: self.started,
             lease: self.lease.clone(),
             next_client_id: self.next_client_id.clone(),

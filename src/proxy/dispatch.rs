@@ -165,7 +165,7 @@ fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<Target
         SlotRoute::Migrate { from, to } => Ok(Target::Migrate { from, to }),
         SlotRoute::Unassigned => Err(err(&format!("ERR slot {slot} is not assigned to any group"))),
         SlotRoute::NoMaster(g) => Err(err(&format!("ERR group {g} of slot {slot} has no master"))),
-        SlotRoute::Switching => Err(err(&format!("ERR slot {slot} is switching groups, retry"))),
+        SlotRoute::Switching { .. } => Err(Reply::Hold(slot)),
     }
 }
 

@@ -14,6 +14,7 @@
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.
 
+pub mod ack;
 pub mod admin;
 pub mod backend;
 pub mod command;

@@ -34,6 +34,9 @@ pub enum Reply {
     Merge(Box<Merger>),
     /// Write this, then close the connection (QUIT, protocol errors).
     Close(Bytes),
+    /// Not dispatched: slot `0` is switching groups. The session holds the
+    /// request and dispatches it again after the next routing change.
+    Hold(u16),
 }
 
 /// The parts of a split command.
@@ -57,11 +60,17 @@ fn lost() -> Bytes {
     resp::error("ERR backend reply lost")
 }
 
+/// The reply of a request held too long (sessions normally resolve holds).
+pub fn held(slot: u16) -> Bytes {
+    resp::error(&format!("ERR slot {slot} is switching groups, retry"))
+}
+
 impl Reply {
     /// The reply if it is complete now, without waiting.
     pub fn try_take(&mut self) -> Option<Bytes> {
         match self {
             Reply::Ready(b) | Reply::Close(b) => Some(b.clone()),
+            Reply::Hold(slot) => Some(held(*slot)),
             Reply::Wait(rx) => match rx.try_recv() {
                 Ok(b) => Some(b),
                 Err(oneshot::error::TryRecvError::Empty) => None,
@@ -84,6 +93,7 @@ impl Reply {
     pub async fn take(&mut self) -> Bytes {
         match self {
             Reply::Ready(b) | Reply::Close(b) => b.clone(),
+            Reply::Hold(slot) => held(*slot),
             Reply::Wait(rx) => rx.await.unwrap_or_else(|_| lost()),
             Reply::Merge(m) => {
                 for p in m.parts.iter_mut().filter(|p| p.got.is_none()) {

@@ -8,11 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use super::backend::{BackendConn, BackendOptions};
 use crate::libs::hash::SLOT_COUNT;
@@ -93,8 +95,9 @@ pub enum SlotRoute {
     NoMaster(GroupId),
     /// Migrating from `from` to `to`: keys move on access (see `migrate.rs`).
     Migrate { from: Arc<Pool>, to: Arc<Pool> },
-    /// About to migrate (`pre_migrate`): not served by this proxy version yet.
-    Switching,
+    /// About to migrate (`pre_migrate`): requests wait for the next phase.
+    /// `source` is kept so the switch can wait for its in-flight requests.
+    Switching { source: Option<Arc<Pool>> },
 }
 
 /// One immutable routing snapshot.
@@ -125,6 +128,10 @@ pub struct Router {
     /// The runtime of the worker that owns this router: backend connections
     /// must live there, whichever thread applies a topology.
     runtime: std::sync::OnceLock<Handle>,
+    /// Sequence of the latest action whose table is applied (0: none).
+    applied_action: AtomicU64,
+    /// Bumped after every swap; sessions holding a request wait on it.
+    changes: watch::Sender<u64>,
 }
 
 impl Router {
@@ -141,6 +148,8 @@ impl Router {
             pool_size,
             proxy_id: proxy_id.to_string(),
             runtime: std::sync::OnceLock::new(),
+            applied_action: AtomicU64::new(0),
+            changes: watch::Sender::new(0),
         }
     }
 
@@ -186,7 +195,9 @@ impl Router {
         for slot in topo.slots.slots() {
             let route = match (slot.group, slot.state, slot.from) {
                 (0, _, _) => SlotRoute::Unassigned,
-                (_, SlotState::PreMigrate, _) => SlotRoute::Switching,
+                (group, SlotState::PreMigrate, _) => SlotRoute::Switching {
+                    source: pool_of(group),
+                },
                 (group, SlotState::Migrate, Some(src)) => match (pool_of(src), pool_of(group)) {
                     (Some(from), Some(to)) => SlotRoute::Migrate { from, to },
                     (None, _) => SlotRoute::NoMaster(src),
@@ -203,8 +214,21 @@ impl Router {
         let epoch = self.routes.load().epoch + 1;
         let online = !topo.offline_proxies.contains(&self.proxy_id);
         self.routes.store(Arc::new(Routes { slots, online, epoch }));
+        let action = topo.action.as_ref().map_or(0, |a| a.seq);
+        self.applied_action.fetch_max(action, Ordering::Relaxed);
+        self.changes.send_replace(epoch);
         *pools = used;
         tracing::info!(epoch, online, backends = pools.len(), "routing table updated");
+    }
+
+    /// Sequence of the latest action this router has applied.
+    pub fn applied_action(&self) -> u64 {
+        self.applied_action.load(Ordering::Relaxed)
+    }
+
+    /// Fires after every routing change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The pools in use, by address (for stats).

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::ack;
 use super::admin;
 use super::backend::BackendOptions;
 use super::config::ProxyConfig;
@@ -137,6 +138,13 @@ impl Bound {
             store.clone(),
             first.lease.clone(),
             contexts.clone(),
+            topo_stop.clone(),
+        ));
+        tokio::spawn(ack::run(
+            store.clone(),
+            topo.clone(),
+            contexts.clone(),
+            first.proxy_id.clone(),
             topo_stop.clone(),
         ));
         tokio::spawn(first.stats.clone().sample_ops());

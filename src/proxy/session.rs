@@ -74,7 +74,15 @@ async fn read_loop(
         let now = Instant::now();
         loop {
             let pending = match resp::parse_request(&mut buf, &ctx.limits) {
-                Ok(Some(req)) => dispatch(ctx, &mut client, &req, now),
+                Ok(Some(req)) => {
+                    let p = dispatch(ctx, &mut client, &req, now);
+                    match p.reply {
+                        Reply::Hold(slot) => {
+                            hold(ctx, &mut client, &req, (p.cmd, p.start, slot), shutdown).await
+                        }
+                        _ => p,
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -112,6 +120,42 @@ async fn read_loop(
         match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+    }
+}
+
+/// Holds a request whose slot is switching groups (`pre_migrate`) and dispatches
+/// it again after each routing change, until it goes through or `hold_timeout`
+/// passes. The whole session waits: this client's later requests must not
+/// overtake the held one. At most `max_held` requests wait across the proxy.
+async fn hold(
+    ctx: &Context,
+    client: &mut Client,
+    req: &resp::Request,
+    (cmd, start, slot): (usize, Instant, u16),
+    shutdown: &CancellationToken,
+) -> Pending {
+    let give_up = |slot: u16, why: &str| Pending {
+        cmd,
+        start,
+        reply: Reply::Ready(resp::error(&format!(
+            "ERR slot {slot} is switching groups ({why}), retry"
+        ))),
+    };
+    let Ok(_permit) = ctx.held.try_acquire() else {
+        return give_up(slot, "too many requests held");
+    };
+    let deadline = tokio::time::Instant::now() + ctx.config.hold_timeout;
+    // Subscribe before re-dispatching, so a change in between is not missed.
+    let mut changes = ctx.router.subscribe();
+    loop {
+        let mut p = dispatch(ctx, client, req, Instant::now());
+        p.start = start;
+        let Reply::Hold(slot) = p.reply else { return p };
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return give_up(slot, "router gone") },
+            _ = tokio::time::sleep_until(deadline) => return give_up(slot, "held too long"),
+            _ = shutdown.cancelled() => return give_up(slot, "proxy shutting down"),
         }
     }
 }

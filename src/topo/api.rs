@@ -114,9 +114,11 @@ impl From<TopoError> for ApiError {
         let status = match &e {
             E::Invalid(_) => StatusCode::BAD_REQUEST,
             E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::Exists(_) | E::Conflict { .. } | E::Locked { .. } | E::NotInitialized { .. } => {
-                StatusCode::CONFLICT
-            }
+            E::Exists(_)
+            | E::Conflict { .. }
+            | E::Locked { .. }
+            | E::NotInitialized { .. }
+            | E::AckTimeout { .. } => StatusCode::CONFLICT,
             E::Unreachable { .. } | E::SessionExpired | E::Closed | E::Zk { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

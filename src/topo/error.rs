@@ -44,6 +44,12 @@ pub enum TopoError {
     },
 
     /// A compare-and-set lost against a concurrent writer; nothing was written.
+    #[error("proxies {missing:?} did not acknowledge action {seq} in time; the change was rolled back")]
+    AckTimeout {
+        seq: u64,
+        /// Live proxies that had not acknowledged.
+        missing: Vec<String>,
+    },
     #[error("{path} was changed concurrently; nothing was written, retry")]
     Conflict {
         /// The node whose version moved.

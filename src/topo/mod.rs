@@ -19,6 +19,7 @@
 //! Imports only `libs`. The proxy and the push system depend on this module, never
 //! the other way round.
 
+pub mod action;
 pub mod admin;
 pub mod api;
 pub mod dashboard;

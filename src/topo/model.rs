@@ -209,6 +209,22 @@ pub struct ProxyInfo {
     pub version: String,
 }
 
+/// A slot change every live proxy must apply and acknowledge before the next
+/// phase of a migration may start (see `topo::action`). Numbered by the slot
+/// table's ZooKeeper version it was written with, so numbers only grow.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub seq: u64,
+    /// The state the slots entered.
+    pub phase: SlotState,
+    pub slots: Vec<u16>,
+    pub from: GroupId,
+    pub to: GroupId,
+    /// Unix seconds.
+    pub created: u64,
+}
+
 /// One consistent view of a product, as a proxy or operator sees it.
 ///
 /// Built whole from ZooKeeper and published behind an `Arc`; readers never see a
@@ -222,6 +238,9 @@ pub struct Topology {
     pub proxies: BTreeMap<String, ProxyInfo>,
     /// Ids of proxies an operator set offline. Persistent, so it survives restarts.
     pub offline_proxies: BTreeSet<String>,
+    /// The latest action, which live proxies acknowledge.
+    #[serde(default)]
+    pub action: Option<Action>,
 }
 
 impl Topology {

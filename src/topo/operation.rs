@@ -6,8 +6,8 @@
 //! leaves ZooKeeper half-written. None of them moves data: moving slots between
 //! live groups is the migration manager's job. Imports `libs` and `topo`'s kernel.
 
+use super::lock::unix_now;
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -400,13 +400,6 @@ fn ignore_exists(r: Result<(), TopoError>) -> Result<(), TopoError> {
         Err(e) if e.is_exists() => Ok(()),
         other => other,
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

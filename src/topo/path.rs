@@ -110,11 +110,37 @@ impl Paths {
         format!("{}/dashboard", self.product)
     }
 
+    /// `<root>/<product>/actions`: parent of the action nodes.
+    pub fn actions(&self) -> String {
+        format!("{}/actions", self.product)
+    }
+
+    /// `<root>/<product>/actions/<seq>`, zero-padded so lexical order is numeric.
+    pub fn action(&self, seq: u64) -> String {
+        format!("{}/actions/{seq:010}", self.product)
+    }
+
+    /// `<root>/<product>/acks/<seq>`: parent of the acknowledgements of action `seq`.
+    pub fn acks_of(&self, seq: u64) -> String {
+        format!("{}/acks/{seq:010}", self.product)
+    }
+
+    /// `<root>/<product>/acks/<seq>/<proxy id>`: proxy `id` applied action `seq`.
+    pub fn ack(&self, seq: u64, proxy: &str) -> String {
+        format!("{}/acks/{seq:010}/{proxy}", self.product)
+    }
+
     /// True if a watch event on `path` cannot change the [`super::Topology`]
     /// (the operator lock comes and goes with every operation; dashboards come,
     /// go and hand over leadership without touching the model).
     pub fn is_outside_topology(&self, path: &str) -> bool {
-        path == self.lock() || path == self.dashboard()
+        // Acks come from every proxy for every action: were they watched, each
+        // ack would make every proxy reload.
+        path == self.lock()
+            || path == self.dashboard()
+            || path
+                .strip_prefix(self.product.as_str())
+                .is_some_and(|rest| rest.starts_with("/acks"))
     }
 }
 
@@ -205,6 +231,10 @@ mod tests {
         assert!(p.is_outside_topology("/reborn/demo/lock"));
         assert!(p.is_outside_topology("/reborn/demo/dashboard"));
         assert!(!p.is_outside_topology("/reborn/demo/slots"));
+        assert!(p.is_outside_topology("/reborn/demo/acks/0000000007/127.0.0.1:19000"));
+        assert!(p.is_outside_topology("/reborn/demo/acks"));
+        assert!(!p.is_outside_topology("/reborn/demo/actions/0000000007"));
+        assert_eq!(p.action(7), "/reborn/demo/actions/0000000007");
     }
 
     #[test]

@@ -63,13 +63,34 @@ pub async fn load_from(zk: &ZkSession, paths: &Paths) -> Result<Topology, TopoEr
         .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })?
         .into_iter()
         .collect();
+    let action = load_action(zk, paths).await?;
     Ok(Topology {
         product: paths.product_name().to_string(),
         slots,
         groups,
         proxies,
         offline_proxies,
+        action,
     })
+}
+
+/// The latest action, if any was ever written.
+async fn load_action(zk: &ZkSession, paths: &Paths) -> Result<Option<crate::topo::model::Action>, TopoError> {
+    let names = zk
+        .children(&paths.actions())
+        .await
+        .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })?;
+    // Zero-padded names: the lexical maximum is the latest.
+    let Some(latest) = names.iter().max() else {
+        return Ok(None);
+    };
+    let path = format!("{}/{latest}", paths.actions());
+    match zk.get_json(&path).await {
+        Ok(action) => Ok(Some(action)),
+        // Garbage-collected between the listing and the read: a newer one exists.
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 async fn load_groups(

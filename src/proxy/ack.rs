@@ -1,0 +1,123 @@
+//! Acknowledging actions: the proxy side of the two-phase slot switch
+//! (`topo::action`).
+//!
+//! For each new action the proxy acknowledges only when it is true that:
+//!
+//! 1. every worker routes by a slot table at least as new as the action;
+//! 2. for `pre_migrate`, no request of the action's slots is still in flight to
+//!    the source: a `PING` went down every source connection of every worker
+//!    after the routes changed, and Redis answers a connection in order, so when
+//!    every `PING` is answered, every earlier request is too. (No per-request
+//!    counters on the hot path.)
+//!
+//! Then it writes the ephemeral node `acks/<seq>/<proxy id>`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+use super::context::Context;
+use super::router::{Pool, SlotRoute};
+use crate::topo::model::{Action, SlotState};
+use crate::topo::{Store, Topology};
+
+/// Longest wait for workers to apply an action or for source replies.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Acknowledges every new action seen in `topo` until `cancel`.
+pub async fn run(
+    store: Store,
+    mut topo: watch::Receiver<Arc<Topology>>,
+    workers: Vec<Arc<Context>>,
+    proxy_id: String,
+    cancel: CancellationToken,
+) {
+    let mut acked = 0u64;
+    loop {
+        let action = topo.borrow_and_update().action.clone();
+        let mut retry = false;
+        if let Some(a) = action.filter(|a| a.seq > acked) {
+            match acknowledge(&store, &a, &workers, &proxy_id).await {
+                Ok(()) => acked = a.seq,
+                Err(e) => {
+                    tracing::warn!(seq = a.seq, error = %e, "cannot acknowledge action yet");
+                    retry = true;
+                }
+            }
+        }
+        let retry_soon = async {
+            if retry {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            changed = topo.changed() => if changed.is_err() { return },
+            _ = retry_soon => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &str) -> Result<(), String> {
+    let applied = async {
+        while workers.iter().any(|w| w.router.applied_action() < a.seq) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(STEP_TIMEOUT, applied)
+        .await
+        .map_err(|_| "workers did not apply it".to_string())?;
+    if a.phase == SlotState::PreMigrate {
+        drain_sources(a, workers).await?;
+    }
+    let zk = store.zk().map_err(|e| e.to_string())?;
+    let paths = store.paths();
+    zk.mkdir_p(&paths.acks_of(a.seq))
+        .await
+        .map_err(|e| e.to_string())?;
+    match zk
+        .create_raw(&paths.ack(a.seq, id), b"", zk::CreateMode::Ephemeral)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_exists() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    tracing::info!(seq = a.seq, phase = ?a.phase, slots = a.slots.len(), "action acknowledged");
+    Ok(())
+}
+
+/// Waits until nothing of `a`'s slots is in flight to their source.
+async fn drain_sources(a: &Action, workers: &[Arc<Context>]) -> Result<(), String> {
+    let replies = {
+        // Pointers are not Send: keep them out of the awaits below.
+        let mut seen: HashSet<*const Pool> = HashSet::new();
+        let mut replies = Vec::new();
+        for w in workers {
+            let routes = w.router.routes();
+            for &slot in &a.slots {
+                if let SlotRoute::Switching { source: Some(pool) } = routes.get(slot)
+                    && seen.insert(Arc::as_ptr(pool))
+                {
+                    replies.extend(pool.barrier());
+                }
+            }
+        }
+        replies
+    };
+    for rx in replies {
+        // A backend that is down answers at once with an error: nothing is in
+        // flight there either.
+        tokio::time::timeout(STEP_TIMEOUT, rx)
+            .await
+            .map_err(|_| "the source did not answer in time".to_string())?
+            .map_err(|_| "a source connection closed".to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The two-phase action protocol that moves slots between groups, dashboard side.
+//!
+//! A phase change writes the new slot table and an [`Action`] naming it in one
+//! ZooKeeper transaction, then waits until every *live* proxy (its ephemeral node
+//! exists) has acknowledged it under `acks/<seq>/<proxy id>`:
+//!
+//! 1. `pre_migrate`: proxies hold requests of the slots and acknowledge once none
+//!    is in flight to the source. If a live proxy does not acknowledge in time,
+//!    the slots go back to `online` at the source and the call fails; no proxy is
+//!    ever told to exit. A proxy that died simply is not in `proxies/` any more.
+//! 2. `migrate`: proxies route the slots to the target and move keys on access.
+//!    From here the only safe direction is forward.
+//! 3. `online` at the target, once the source holds no key of the slots.
+//!
+//! A proxy cut off from ZooKeeper cannot acknowledge, and stops serving slot
+//! traffic on its own before its session can expire (`proxy::lease`), so waiting
+//! for live proxies only is safe. See docs/migration.md. Imports `libs` and the
+//! topo kernel only.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::error::TopoError;
+use super::lock;
+use super::model::{Action, GroupId, SlotState, SlotTable};
+use super::path::Paths;
+use super::session::ZkSession;
+use super::store::Store;
+
+/// How long a phase waits for every live proxy by default.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Phases 1 and 2: takes `slots` (all online in one group) to `migrate` towards
+/// group `to`. Fails, with the slots back `online` at the source, if a live
+/// proxy does not acknowledge `pre_migrate` within `ack_timeout`.
+///
+/// # Errors
+/// Invalid slots or group, [`TopoError::AckTimeout`], or ZooKeeper errors.
+pub async fn begin_migration(
+    store: &Store,
+    slots: &[u16],
+    to: GroupId,
+    ack_timeout: Duration,
+) -> Result<(), TopoError> {
+    let paths = store.paths().clone();
+    lock::with_lock(store, "migration", async |zk: &ZkSession| {
+        let from = check_begin(zk, &paths, slots, to).await?;
+        zk.mkdir_p(&paths.actions()).await?;
+        let pre = write_phase(zk, &paths, slots, SlotState::PreMigrate, from, to).await?;
+        if let Err(missing) = wait_acks(zk, &paths, pre.seq, ack_timeout).await {
+            write_phase(zk, &paths, slots, SlotState::Online, to, from).await?;
+            return Err(TopoError::AckTimeout {
+                seq: pre.seq,
+                missing,
+            });
+        }
+        let mig = write_phase(zk, &paths, slots, SlotState::Migrate, from, to).await?;
+        // No rollback past this point: a proxy that has not applied `migrate`
+        // still holds the slots (pre_migrate), which is safe.
+        if let Err(missing) = wait_acks(zk, &paths, mig.seq, ack_timeout).await {
+            tracing::warn!(
+                seq = mig.seq,
+                ?missing,
+                "migrate phase not acknowledged by every proxy"
+            );
+        }
+        collect_garbage(zk, &paths, mig.seq).await;
+        Ok(())
+    })
+    .await
+}
+
+/// Phase 3: `slots` (migrating to one group) become `online` there. Call only
+/// once the source holds none of their keys.
+///
+/// # Errors
+/// Slots that are not migrating, or ZooKeeper errors.
+pub async fn finish_migration(store: &Store, slots: &[u16], ack_timeout: Duration) -> Result<(), TopoError> {
+    let paths = store.paths().clone();
+    lock::with_lock(store, "migration", async |zk: &ZkSession| {
+        let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
+        let (from, to) = migrating_pair(&table, slots)?;
+        let done = write_phase(zk, &paths, slots, SlotState::Online, from, to).await?;
+        if let Err(missing) = wait_acks(zk, &paths, done.seq, ack_timeout).await {
+            tracing::warn!(
+                seq = done.seq,
+                ?missing,
+                "online phase not acknowledged by every proxy"
+            );
+        }
+        collect_garbage(zk, &paths, done.seq).await;
+        Ok(())
+    })
+    .await
+}
+
+/// Validates a migration start; returns the source group.
+async fn check_begin(
+    zk: &ZkSession,
+    paths: &Paths,
+    slots: &[u16],
+    to: GroupId,
+) -> Result<GroupId, TopoError> {
+    let invalid = |m: String| Err(TopoError::Invalid(m));
+    if slots.is_empty() {
+        return invalid("no slots to migrate".into());
+    }
+    let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
+    let mut sources = BTreeSet::new();
+    for &id in slots {
+        let Some(slot) = table.get(id) else {
+            return invalid(format!("slot {id} does not exist"));
+        };
+        if slot.state != SlotState::Online || slot.group == 0 {
+            return invalid(format!("slot {id} is not online in a group"));
+        }
+        sources.insert(slot.group);
+    }
+    let from = match sources.into_iter().collect::<Vec<_>>().as_slice() {
+        [one] => *one,
+        many => {
+            return invalid(format!(
+                "slots come from several groups {many:?}; migrate one group at a time"
+            ));
+        }
+    };
+    if from == to {
+        return invalid(format!("slots already belong to group {to}"));
+    }
+    let group: super::model::Group = zk.get_json(&paths.group(to)).await.map_err(|e| {
+        if e.is_not_found() {
+            TopoError::NotFound(format!("group {to}"))
+        } else {
+            e
+        }
+    })?;
+    if group.master().is_none() {
+        return invalid(format!("group {to} has no master"));
+    }
+    Ok(from)
+}
+
+/// The (source, target) of `slots`, which must all be migrating between the same two groups.
+fn migrating_pair(table: &SlotTable, slots: &[u16]) -> Result<(GroupId, GroupId), TopoError> {
+    let mut pairs = BTreeSet::new();
+    for &id in slots {
+        match table.get(id) {
+            Some(s) if s.state == SlotState::Migrate => pairs.insert((s.from.unwrap_or(0), s.group)),
+            _ => return Err(TopoError::Invalid(format!("slot {id} is not migrating"))),
+        };
+    }
+    match pairs.into_iter().collect::<Vec<_>>().as_slice() {
+        [one] => Ok(*one),
+        _ => Err(TopoError::Invalid(
+            "slots migrate between different groups".into(),
+        )),
+    }
+}
+
+/// Writes `phase` for `slots` and its action in one transaction.
+async fn write_phase(
+    zk: &ZkSession,
+    paths: &Paths,
+    slots: &[u16],
+    phase: SlotState,
+    from: GroupId,
+    to: GroupId,
+) -> Result<Action, TopoError> {
+    let (mut table, version) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
+    for &id in slots {
+        let slot = table
+            .get_mut(id)
+            .ok_or_else(|| TopoError::Invalid(format!("slot {id} does not exist")))?;
+        let (group, source) = match phase {
+            SlotState::PreMigrate => (from, None),
+            SlotState::Migrate => (to, Some(from)),
+            SlotState::Online => (to, None),
+        };
+        slot.group = group;
+        slot.state = phase;
+        slot.from = source;
+    }
+    // The slot table's version after this write: unique and increasing.
+    let seq = u64::try_from(version).unwrap_or(0) + 1;
+    let action = Action {
+        seq,
+        phase,
+        slots: slots.to_vec(),
+        from,
+        to,
+        created: lock::unix_now(),
+    };
+    let mut txn = zk.txn();
+    txn.set_json(&paths.slots(), &table, version)?;
+    txn.create_json(&paths.action(seq), &action)?;
+    txn.commit().await?;
+    tracing::info!(seq, ?phase, from, to, slots = slots.len(), "action written");
+    Ok(action)
+}
+
+/// Waits until every live proxy acknowledged action `seq`; on timeout returns
+/// the ids still missing.
+async fn wait_acks(zk: &ZkSession, paths: &Paths, seq: u64, timeout: Duration) -> Result<(), Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let live = zk.children(&paths.proxies()).await.unwrap_or_default();
+        let acked: BTreeSet<String> = zk
+            .children(&paths.acks_of(seq))
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let missing: Vec<String> = live.into_iter().filter(|p| !acked.contains(p)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(missing);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Deletes actions and acks older than `latest` (best effort: leftovers are
+/// harmless and go with the next collection).
+async fn collect_garbage(zk: &ZkSession, paths: &Paths, latest: u64) {
+    let names = zk.children(&paths.actions()).await.unwrap_or_default();
+    for seq in names
+        .iter()
+        .filter_map(|n| n.parse::<u64>().ok())
+        .filter(|&s| s < latest)
+    {
+        for proxy in zk.children(&paths.acks_of(seq)).await.unwrap_or_default() {
+            let _ = zk.delete(&paths.ack(seq, &proxy), None).await;
+        }
+        let _ = zk.delete(&paths.acks_of(seq), None).await;
+        let _ = zk.delete(&paths.action(seq), None).await;
+    }
+}
