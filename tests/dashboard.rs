@@ -243,7 +243,13 @@ async fn the_leader_serves_every_topology_operation() {
             "which owns slots 0-1023",
         ),
         (Method::PUT, "/api/groups", None, 405, "method not allowed"),
-        (Method::GET, "/api/tasks", None, 404, "no such endpoint"),
+        (
+            Method::POST,
+            "/api/groups/1/promote",
+            None,
+            404,
+            "no such endpoint",
+        ),
         (
             Method::GET,
             "/api/rebalance/plan?weights=1=2",
@@ -506,7 +512,8 @@ async fn the_rebalance_plan_reaches_the_api_and_the_admin_command() {
         "a plan changes nothing"
     );
 
-    // `reborn admin rebalance` prints it; without --dry-run it refuses to pretend.
+    // `reborn admin rebalance --dry-run` prints it; without --dry-run it is
+    // applied as one migration task per move.
     let admin = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reborn"));
         cmd.arg("admin").arg("rebalance").args(args);
@@ -526,15 +533,25 @@ async fn the_rebalance_plan_reaches_the_api_and_the_admin_command() {
         "{stdout}"
     );
     assert!(stdout.contains("512 slots move in 2 ranges."), "{stdout}");
-    let out = admin(&["--dashboard", &d.addr]).await.expect("run admin");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("needs slot migration"), "{stderr}");
     let out = admin(&["--dry-run", "--weights", "9:1", "--dashboard", &d.addr])
         .await
         .expect("run admin");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("group 9"));
+    let out = admin(&["--dashboard", &d.addr]).await.expect("run admin");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("queued task 1: slots 342-682 to group 2")
+            && stdout.contains("queued task 2: slots 683-1023 to group 3"),
+        "{stdout}"
+    );
+    let tasks: Vec<reborn::topo::task::Task> = get(&d.addr, "/api/tasks").await.into_json().expect("tasks");
+    assert_eq!(tasks.len(), 2);
 
     d.stop().await;
     store.close().await;

@@ -273,3 +273,216 @@ async fn a_killed_proxy_does_not_block_the_next_action() {
     assert!(t.elapsed() < Duration::from_secs(8), "took {:?}", t.elapsed());
     c.wait_proxy(&victim_id, false).await;
 }
+
+/// A dashboard in-process on a free port; returns its address.
+async fn dashboard(c: &Cluster) -> String {
+    let cfg = reborn::topo::dashboard::DashboardConfig {
+        listen: "127.0.0.1:0".into(),
+        zk: c.zk.clone(),
+        ..Default::default()
+    };
+    let bound = reborn::topo::dashboard::Bound::bind(cfg)
+        .await
+        .expect("bind dashboard");
+    let addr = bound.local_addr().to_string();
+    tokio::spawn(bound.run(c.stop.clone()));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_512_slots_under_load_loses_nothing() {
+    use reborn::topo::dashboard::client;
+    use reborn::topo::task::{Task, TaskState};
+    let c = Cluster::start().await;
+    let dash = dashboard(&c).await;
+    let proxies = [c.proxy().await, c.proxy().await];
+
+    // 50k counters and 50k checksummed values; every fourth key hashtagged.
+    let key = |kind: &str, i: usize| {
+        if i.is_multiple_of(4) {
+            format!("{{tag{}}}{kind}{i}", i % 97)
+        } else {
+            format!("{kind}{i}")
+        }
+    };
+    let n = 50_000;
+    let mut load = client(proxies[0]).await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            pipe.set(key("c", i), 0).ignore();
+            pipe.set(key("s", i), format!("{}:0", key("s", i))).ignore();
+        }
+        let () = pipe.query_async(&mut load).await.expect("preload");
+    }
+
+    // Four writers, two per proxy, each owning a quarter of the keys.
+    let running = Arc::new(AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let addr = proxies[w % 2];
+        let running = running.clone();
+        writers.push(tokio::spawn(async move {
+            let mut conn = client(addr).await;
+            let mut counts: BTreeMap<usize, i64> = BTreeMap::new();
+            let mut last: BTreeMap<usize, u64> = BTreeMap::new();
+            let mut round = 0u64;
+            while running.load(Ordering::Relaxed) {
+                round += 1;
+                let mut pipe = redis::pipe();
+                let picks: Vec<usize> = (0..50)
+                    .map(|j| ((round as usize * 7919 + j * 104_729) % (n / 4)) * 4 + w)
+                    .collect();
+                for &i in &picks {
+                    pipe.incr(key("c", i), 1).ignore();
+                    pipe.set(key("s", i), format!("{}:{round}", key("s", i))).ignore();
+                }
+                let () = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("writer {w}: {e}"));
+                for &i in &picks {
+                    *counts.entry(i).or_default() += 1;
+                    last.insert(i, round);
+                }
+            }
+            (counts, last)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let body = serde_json::json!({ "start": 0, "end": 511, "to": 2 });
+    let reply = client::post(&dash, "/api/migrate", &body)
+        .await
+        .expect("POST /api/migrate");
+    let task: Task = reply.into_json().expect("task");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let tasks: Vec<Task> = client::get(&dash, "/api/tasks")
+            .await
+            .expect("tasks")
+            .into_json()
+            .expect("json");
+        let t = tasks.into_iter().find(|t| t.id == task.id).expect("our task");
+        if t.state == TaskState::Done {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "task never finished: {t:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    running.store(false, Ordering::Relaxed);
+    let (mut counts, mut last) = (BTreeMap::new(), BTreeMap::new());
+    for w in writers {
+        let (c_, l_) = w.await.expect("writer");
+        counts.extend(c_);
+        last.extend(l_);
+    }
+    assert!(
+        done.progress.moved > 0,
+        "the background migrator moved nothing: {done:?}"
+    );
+    assert!(counts.len() > 1000, "writers barely ran");
+
+    // Group 1 owned exactly slots 0-511: it must now be empty.
+    let mut g1 = common::client(&c.masters[0].addr()).await;
+    let left: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
+    assert_eq!(left, 0, "group 1 still holds keys of migrated slots");
+    // Every acknowledged write is there, through a proxy.
+    let mut p = client(proxies[1]).await;
+    for i in 0..n {
+        let v: i64 = p.get(key("c", i)).await.expect("get counter");
+        assert_eq!(v, counts.get(&i).copied().unwrap_or(0), "counter {}", key("c", i));
+        let s: String = p.get(key("s", i)).await.expect("get value");
+        assert_eq!(
+            s,
+            format!("{}:{}", key("s", i), last.get(&i).copied().unwrap_or(0)),
+            "value {}",
+            key("s", i)
+        );
+    }
+    assert_eq!(c.slot_state(0).await, (2, SlotState::Online));
+    assert_eq!(c.slot_state(511).await, (2, SlotState::Online));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
+    use reborn::topo::dashboard::client;
+    use reborn::topo::task::{Task, TaskState};
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await;
+    let mut p = client(proxy).await;
+    let n = 40_000;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            pipe.set(format!("k{i}"), i).ignore();
+        }
+        let () = pipe.query_async(&mut p).await.expect("preload");
+    }
+
+    // A dashboard process, throttled so the task is still running when killed.
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("dashboard.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\n[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"2s\"\n[migration]\nmax_keys_per_sec = 4000\n",
+        c.zk.addr, c.zk.root, c.zk.product
+    );
+    std::fs::write(&conf, text).expect("config");
+    let mut first = common::spawn_guarded(
+        Command::new(env!("CARGO_BIN_EXE_reborn"))
+            .args(["dashboard", "--config"])
+            .arg(&conf)
+            .env("RUST_LOG", "warn"),
+    );
+    let dash = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let task: Task = loop {
+        let body = serde_json::json!({ "start": 0, "end": 511, "to": 2 });
+        match client::post(&dash, "/api/migrate", &body).await {
+            Ok(r) if r.error().is_none() => break r.into_json().expect("task"),
+            _ => assert!(Instant::now() < deadline, "the dashboard never led"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Kill it once keys are moving.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tasks: Vec<Task> = client::get(&dash, "/api/tasks")
+            .await
+            .expect("tasks")
+            .into_json()
+            .expect("json");
+        let t = tasks.iter().find(|t| t.id == task.id).expect("task");
+        if t.state == TaskState::Migrating && t.progress.moved > 0 {
+            break;
+        }
+        assert!(t.state != TaskState::Done, "finished before it could be killed");
+        assert!(Instant::now() < deadline, "never started moving: {t:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+
+    // A new dashboard takes over once the old session is gone and finishes the task.
+    let second = dashboard(&c).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(reply) = client::get(&second, "/api/tasks").await
+            && let Ok(tasks) = reply.into_json::<Vec<Task>>()
+            && tasks
+                .iter()
+                .any(|t| t.id == task.id && t.state == TaskState::Done)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the task was not resumed to the end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut g1 = common::client(&c.masters[0].addr()).await;
+    let left: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
+    assert_eq!(left, 0, "keys left on the source");
+    for i in (0..n).step_by(97) {
+        let v: i64 = p.get(format!("k{i}")).await.expect("get");
+        assert_eq!(v, i as i64);
+    }
+}

@@ -111,7 +111,9 @@ async fn check_begin(
         let Some(slot) = table.get(id) else {
             return invalid(format!("slot {id} does not exist"));
         };
-        if slot.state != SlotState::Online || slot.group == 0 {
+        // `pre_migrate` too: a switch cut short (its dashboard died) is resumed
+        // by running it again.
+        if slot.state == SlotState::Migrate || slot.group == 0 {
             return invalid(format!("slot {id} is not online in a group"));
         }
         sources.insert(slot.group);

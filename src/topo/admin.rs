@@ -11,8 +11,10 @@ use super::dashboard::{DEFAULT_LISTEN, client};
 use super::error::TopoError;
 use super::model::{GroupId, Role, SlotState, Topology, range_text};
 use super::operation;
+use super::operation::format_slot_ids;
 use super::rebalance::{Plan, Weights};
 use super::store::{Store, ZkConfig};
+use super::task::Task;
 use super::watcher;
 use crate::libs::table;
 
@@ -97,14 +99,31 @@ pub enum AdminCommand {
     },
     /// Plan moves that even out slots per group (asks the dashboard).
     Rebalance {
-        /// Only print the plan. Applying it needs slot migration, which is not
-        /// available yet.
+        /// Only print the plan; without it the plan is applied as migration tasks.
         #[arg(long)]
         dry_run: bool,
         /// Relative weights, group:weight[,group:weight…] (e.g. 1:2,2:1);
         /// unlisted groups weigh 1, weight 0 empties a group.
         #[arg(long)]
         weights: Option<Weights>,
+        /// host:port of `reborn dashboard`.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        dashboard: String,
+    },
+    /// Move slots to a group with their data: queued as a dashboard task.
+    Migrate {
+        /// Slots to move: `0-255` or `7`.
+        #[arg(long, value_parser = parse_slot_range)]
+        slots: SlotRangeArg,
+        /// The group that receives them.
+        #[arg(long)]
+        to: GroupId,
+        /// host:port of `reborn dashboard`.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        dashboard: String,
+    },
+    /// List migration tasks: state, slots, keys moved, keys/s, errors.
+    Tasks {
         /// host:port of `reborn dashboard`.
         #[arg(long, default_value = DEFAULT_LISTEN)]
         dashboard: String,
@@ -154,6 +173,31 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
     {
         print!("{}", rebalance(*dry_run, weights.as_ref(), dashboard).await?);
         return Ok(());
+    }
+    match &args.command {
+        AdminCommand::Migrate { slots, to, dashboard } => {
+            let body = serde_json::json!({ "start": slots.start, "end": slots.end, "to": to });
+            let reply = client::post(dashboard, "/api/migrate", &body)
+                .await
+                .map_err(|e| e.to_string())?;
+            let task: Task = reply.into_json().map_err(|e| e.to_string())?;
+            println!(
+                "queued task {}: slots {} to group {}",
+                task.id,
+                format_slot_ids(&task.slots),
+                task.to
+            );
+            return Ok(());
+        }
+        AdminCommand::Tasks { dashboard } => {
+            let reply = client::get(dashboard, "/api/tasks")
+                .await
+                .map_err(|e| e.to_string())?;
+            let tasks: Vec<Task> = reply.into_json().map_err(|e| e.to_string())?;
+            print!("{}", render_tasks(&tasks));
+            return Ok(());
+        }
+        _ => {}
     }
     let cfg = ZkConfig {
         addr: args.zk,
@@ -219,33 +263,94 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
             done(format!("proxy {id} set offline"))
         }
         C::Topology { json } => render_topology(&watcher::load(store).await?, *json),
-        C::Rebalance { .. } => Err(TopoError::Invalid(
-            "rebalance asks the dashboard, not ZooKeeper: run it through admin::run".into(),
+        C::Rebalance { .. } | C::Migrate { .. } | C::Tasks { .. } => Err(TopoError::Invalid(
+            "this command asks the dashboard, not ZooKeeper: run it through admin::run".into(),
         )),
     }
 }
 
-/// `rebalance`: fetches the dashboard's plan and renders it. Without `dry_run`
-/// it refuses: applying means migrating slots, which does not exist yet.
+/// `rebalance`: with `dry_run`, fetches the dashboard's plan and renders it;
+/// without, asks the dashboard to apply it (migration tasks for assigned slots)
+/// and lists what it queued.
 ///
 /// # Errors
-/// The refusal, an unreachable dashboard, or the dashboard's own refusal
-/// (unknown group in the weights, …).
+/// An unreachable dashboard, or the dashboard's own refusal (unknown group in
+/// the weights, …).
 pub async fn rebalance(dry_run: bool, weights: Option<&Weights>, dashboard: &str) -> Result<String, String> {
-    if !dry_run {
-        return Err(
-            "applying a rebalance plan moves data between groups, which needs slot migration, \
-             and reborn cannot migrate slots yet; `reborn admin rebalance --dry-run` prints the plan"
-                .into(),
-        );
+    let query = weights
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("?weights={w}"))
+        .unwrap_or_default();
+    if dry_run {
+        let reply = client::get(dashboard, &format!("/api/rebalance/plan{query}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let plan: Plan = reply.into_json().map_err(|e| e.to_string())?;
+        return Ok(plan.to_string());
     }
-    let mut path = "/api/rebalance/plan".to_string();
-    if let Some(w) = weights.filter(|w| !w.is_empty()) {
-        path.push_str(&format!("?weights={w}"));
+    let reply = client::post(
+        dashboard,
+        &format!("/api/rebalance{query}"),
+        &serde_json::json!({}),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let applied: super::api::Applied = reply.into_json().map_err(|e| e.to_string())?;
+    let mut out = applied.plan.to_string();
+    if applied.tasks.is_empty() {
+        out.push_str("no migration task queued\n");
     }
-    let reply = client::get(dashboard, &path).await.map_err(|e| e.to_string())?;
-    let plan: Plan = reply.into_json().map_err(|e| e.to_string())?;
-    Ok(plan.to_string())
+    for t in &applied.tasks {
+        out.push_str(&format!(
+            "queued task {}: slots {} to group {}\n",
+            t.id,
+            format_slot_ids(&t.slots),
+            t.to
+        ));
+    }
+    Ok(out)
+}
+
+/// `ID  STATE  SLOTS  FROM  TO  MOVED  KEYS/S  ERRORS  LAST ERROR`, one line per task.
+pub fn render_tasks(tasks: &[Task]) -> String {
+    let rows = tasks
+        .iter()
+        .map(|t| {
+            let secs = t.updated.saturating_sub(t.created).max(1);
+            vec![
+                t.id.to_string(),
+                format!("{:?}", t.state).to_lowercase(),
+                format_slot_ids(&t.slots),
+                if t.from == 0 {
+                    "-".into()
+                } else {
+                    t.from.to_string()
+                },
+                t.to.to_string(),
+                t.progress.moved.to_string(),
+                (t.progress.moved / secs).to_string(),
+                t.progress.errors.to_string(),
+                t.error
+                    .clone()
+                    .or_else(|| t.progress.last_error.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    crate::libs::table::render(
+        &[
+            "ID",
+            "STATE",
+            "SLOTS",
+            "FROM",
+            "TO",
+            "MOVED",
+            "KEYS/S",
+            "ERRORS",
+            "LAST ERROR",
+        ],
+        rows,
+    )
 }
 
 /// `GROUP  SERVER  ROLE`, one line per server.
@@ -520,12 +625,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rebalance_without_dry_run_refuses_without_pretending() {
-        let err = rebalance(false, None, "127.0.0.1:1").await.expect_err("refused");
-        assert!(
-            err.contains("slot migration") && err.contains("--dry-run"),
-            "{err}"
-        );
+    async fn rebalance_names_an_unreachable_dashboard() {
+        for dry_run in [true, false] {
+            let err = rebalance(dry_run, None, "127.0.0.1:1")
+                .await
+                .expect_err("unreachable");
+            assert!(err.contains("127.0.0.1:1"), "{err}");
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::model::{GroupId, ProxyInfo, Role, Server, SlotTable, Topology};
 use super::operation;
 use super::rebalance::{self, Plan, Weights};
 use super::store::Store;
+use super::task::{self, Task};
 use super::watcher;
 
 /// What the handlers share.
@@ -63,10 +64,12 @@ pub fn router(state: Shared) -> Router {
         .route("/api/proxies/{id}/online", post(proxy_online))
         .route("/api/proxies/{id}/offline", post(proxy_offline))
         .route("/api/rebalance/plan", get(rebalance_plan))
-        // Next slice, with the migration manager: GET /api/tasks, POST
-        // /api/migrate, POST /api/rebalance (apply a plan as tasks), POST
-        // /api/groups/{id}/promote. Not routed until they work: until then they
-        // are 404, not stubs.
+        .route("/api/rebalance", post(rebalance_apply))
+        .route("/api/migrate", post(migrate))
+        .route("/api/tasks", get(tasks))
+        .route("/api/tasks/{id}/cancel", post(cancel_task))
+        // Next: POST /api/groups/{id}/promote. Not routed until it works:
+        // until then it is 404, not a stub.
         .route_layer(middleware::from_fn_with_state(state.clone(), leader_gate));
     Router::new()
         .route("/api/dashboard", get(status))
@@ -340,6 +343,34 @@ async fn assign_slots(State(s): State<Shared>, Body(b): Body<Assign>) -> Changed
     Ok(done(StatusCode::OK, message))
 }
 
+/// `POST /api/migrate`: move slots `start..=end` to group `to`, with their data.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Migrate {
+    start: u16,
+    end: u16,
+    to: GroupId,
+}
+
+async fn migrate(
+    State(s): State<Shared>,
+    Body(b): Body<Migrate>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    if b.start > b.end || usize::from(b.end) >= crate::libs::hash::SLOT_COUNT {
+        return Err(TopoError::Invalid(format!("bad slot range {}-{}", b.start, b.end)).into());
+    }
+    let task = task::enqueue(&s.store, (b.start..=b.end).collect(), b.to).await?;
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+async fn tasks(State(s): State<Shared>) -> Result<Json<Vec<Task>>, ApiError> {
+    Ok(Json(task::list(&s.store).await?))
+}
+
+async fn cancel_task(State(s): State<Shared>, Path(id): Path<u64>) -> Result<Json<Task>, ApiError> {
+    Ok(Json(task::cancel(&s.store, id).await?))
+}
+
 /// One proxy in `GET /api/proxies`: every live proxy, and every id set offline.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct ProxyView {
@@ -396,6 +427,34 @@ async fn rebalance_plan(
     let weights: Weights = q.weights.parse().map_err(ApiError::bad_request)?;
     let topo = load(&s).await?;
     Ok(Json(rebalance::plan(&topo, &weights)?))
+}
+
+/// What `POST /api/rebalance` did: the plan, and the tasks queued for it.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Applied {
+    pub plan: Plan,
+    /// One migration task per move of assigned slots (unassigned slots carry no
+    /// data and are assigned at once).
+    pub tasks: Vec<Task>,
+}
+
+async fn rebalance_apply(
+    State(s): State<Shared>,
+    query: Result<Query<PlanQuery>, QueryRejection>,
+) -> Result<Json<Applied>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let weights: Weights = q.weights.parse().map_err(ApiError::bad_request)?;
+    let topo = load(&s).await?;
+    let plan = rebalance::plan(&topo, &weights)?;
+    let mut tasks = Vec::new();
+    for m in &plan.moves {
+        if m.from == 0 {
+            operation::assign_slots(&s.store, m.start, m.end, m.to).await?;
+        } else {
+            tasks.push(task::enqueue(&s.store, (m.start..=m.end).collect(), m.to).await?);
+        }
+    }
+    Ok(Json(Applied { plan, tasks }))
 }
 
 #[cfg(test)]

@@ -25,12 +25,14 @@ pub mod api;
 pub mod dashboard;
 pub mod error;
 pub mod lock;
+pub mod migrator;
 pub mod model;
 pub mod operation;
 pub mod path;
 pub mod rebalance;
 pub mod session;
 pub mod store;
+pub mod task;
 pub mod watcher;
 
 pub use error::TopoError;

@@ -130,17 +130,28 @@ impl Paths {
         format!("{}/acks/{seq:010}/{proxy}", self.product)
     }
 
+    /// `<root>/<product>/tasks`: parent of the migration tasks.
+    pub fn tasks(&self) -> String {
+        format!("{}/tasks", self.product)
+    }
+
+    /// `<root>/<product>/tasks/<id>`, zero-padded so lexical order is numeric.
+    pub fn task(&self, id: u64) -> String {
+        format!("{}/tasks/{id:010}", self.product)
+    }
+
     /// True if a watch event on `path` cannot change the [`super::Topology`]
     /// (the operator lock comes and goes with every operation; dashboards come,
     /// go and hand over leadership without touching the model).
     pub fn is_outside_topology(&self, path: &str) -> bool {
-        // Acks come from every proxy for every action: were they watched, each
-        // ack would make every proxy reload.
+        // Acks come from every proxy for every action, and a running task saves
+        // its progress every second: were they watched, each would make every
+        // proxy reload.
         path == self.lock()
             || path == self.dashboard()
             || path
                 .strip_prefix(self.product.as_str())
-                .is_some_and(|rest| rest.starts_with("/acks"))
+                .is_some_and(|rest| rest.starts_with("/acks") || rest.starts_with("/tasks"))
     }
 }
 
@@ -233,6 +244,7 @@ mod tests {
         assert!(!p.is_outside_topology("/reborn/demo/slots"));
         assert!(p.is_outside_topology("/reborn/demo/acks/0000000007/127.0.0.1:19000"));
         assert!(p.is_outside_topology("/reborn/demo/acks"));
+        assert!(p.is_outside_topology("/reborn/demo/tasks/0000000003"));
         assert!(!p.is_outside_topology("/reborn/demo/actions/0000000007"));
         assert_eq!(p.action(7), "/reborn/demo/actions/0000000007");
     }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::libs::config::{self, ConfigError};
+use crate::topo::migrator::MigratorConfig;
 use crate::topo::path::Paths;
 use crate::topo::store::ZkConfig;
 
@@ -29,6 +30,10 @@ pub struct DashboardConfig {
     pub standby: bool,
     /// The product and where its ZooKeeper lives.
     pub zk: ZkConfig,
+    /// Password of the product's redis-servers (the migrator connects to them).
+    pub backend_auth: String,
+    /// How the background migrator scans and moves keys.
+    pub migration: MigratorConfig,
 }
 
 impl Default for DashboardConfig {
@@ -38,6 +43,8 @@ impl Default for DashboardConfig {
             advertise: String::new(),
             standby: true,
             zk: ZkConfig::default(),
+            backend_auth: String::new(),
+            migration: MigratorConfig::default(),
         }
     }
 }

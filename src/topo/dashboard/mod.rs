@@ -140,7 +140,7 @@ impl Bound {
         });
         let stop_http = CancellationToken::new();
         let mut http = tokio::spawn(
-            axum::serve(self.listener, api::router(state))
+            axum::serve(self.listener, api::router(state.clone()))
                 .with_graceful_shutdown(stop_http.clone().cancelled_owned())
                 .into_future(),
         );
@@ -149,6 +149,16 @@ impl Bound {
             store.paths().product_name(),
             self.addr
         );
+        let mut migration = self.config.migration.clone();
+        if !self.config.backend_auth.is_empty() {
+            migration.auth = Some(self.config.backend_auth.clone());
+        }
+        let runner = tokio::spawn(run_tasks_while_leading(
+            store.clone(),
+            state.role.clone(),
+            migration,
+            cancel.clone(),
+        ));
         let campaign = leader::Campaign {
             store: store.clone(),
             me,
@@ -166,11 +176,46 @@ impl Bound {
                 return Err(DashboardError::Serve(why));
             }
         };
+        runner.abort();
         stop_http.cancel();
         if tokio::time::timeout(DRAIN_TIMEOUT, &mut http).await.is_err() {
             tracing::warn!("the dashboard API did not drain within {DRAIN_TIMEOUT:?}; closing it");
             http.abort();
         }
         outcome
+    }
+}
+
+/// Runs the migration tasks ([`crate::topo::task`]) during every leadership term
+/// of this dashboard, and stops them the moment the term ends: two dashboards
+/// must never drive the same task.
+async fn run_tasks_while_leading(
+    store: Store,
+    mut role: watch::Receiver<Role>,
+    cfg: crate::topo::migrator::MigratorConfig,
+    stop: CancellationToken,
+) {
+    loop {
+        while !matches!(*role.borrow_and_update(), Role::Leader) {
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+        }
+        let term = stop.child_token();
+        let tasks = crate::topo::task::run(store.clone(), cfg.clone(), term.clone());
+        tokio::pin!(tasks);
+        loop {
+            tokio::select! {
+                _ = &mut tasks => break,
+                changed = role.changed() => {
+                    if changed.is_err() || !matches!(*role.borrow(), Role::Leader) {
+                        term.cancel();
+                        (&mut tasks).await;
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

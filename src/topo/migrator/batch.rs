@@ -1,0 +1,268 @@
+//! One `MIGRATE … KEYS` batch: its keys, its timeout, the command it becomes,
+//! what its reply means, and how it is cut smaller when it is too slow.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::conn::error_text;
+use super::error::MigrateError;
+use crate::libs::resp;
+
+/// The largest `MIGRATE` timeout a slow batch grows to.
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long [`Target::reachable`] waits for a TCP connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A key found by `SCAN`, tagged with the `SCAN` call that returned it, so the
+/// pass knows when every key of that call is settled (see `ledger`).
+#[derive(Debug, Clone)]
+pub(super) struct Key {
+    pub(super) name: Bytes,
+    pub(super) scan: u64,
+}
+
+/// Where keys go: the target's host and port as `MIGRATE` wants them.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub(super) addr: String,
+    host: String,
+    port: String,
+}
+
+impl Target {
+    /// Parses `host:port` (`[v6]:port` too).
+    pub(super) fn parse(addr: &str) -> Result<Target, MigrateError> {
+        let bad = || MigrateError::Config(format!("target address {addr:?} is not host:port"));
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad());
+        }
+        Ok(Target {
+            addr: addr.to_string(),
+            host: host.to_string(),
+            port: port.to_string(),
+        })
+    }
+
+    /// Whether the target accepts a TCP connection from here.
+    ///
+    /// Needed to read an `-IOERR … writing/reading` reply: stock Redis reports a
+    /// refused connection as a failed *write* (its blocking connect does not
+    /// check the socket error), so the reply alone cannot tell a dead target
+    /// from a transfer that was too slow.
+    pub(super) async fn reachable(&self) -> bool {
+        let connect = tokio::net::TcpStream::connect(self.addr.as_str());
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, connect).await, Ok(Ok(_)))
+    }
+}
+
+/// Keys that go out together in one `MIGRATE`.
+#[derive(Debug)]
+pub(super) struct Batch {
+    pub(super) keys: Vec<Key>,
+    /// The `MIGRATE` timeout: Redis applies it to each socket operation with the
+    /// target (connect, each 64 KiB written, each reply line read).
+    pub(super) timeout: Duration,
+}
+
+impl Batch {
+    /// Number of keys.
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// `MIGRATE host port "" 0 <ms> [AUTH pw] REPLACE KEYS k…`.
+    ///
+    /// `REPLACE`: while a slot migrates the source copy is authoritative, and a
+    /// key may already be on the target from an attempt whose reply we lost.
+    pub(super) fn command(&self, target: &Target, auth: Option<&str>) -> Bytes {
+        // Redis reads a timeout of 0 as "1 s"; never send 0.
+        let ms = self.timeout.as_millis().max(1).to_string();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(self.keys.len() + 10);
+        args.extend([
+            b"MIGRATE".as_ref(),
+            target.host.as_bytes(),
+            target.port.as_bytes(),
+            b"",
+            b"0",
+            ms.as_bytes(),
+        ]);
+        if let Some(pw) = auth {
+            args.extend([b"AUTH".as_ref(), pw.as_bytes()]);
+        }
+        args.extend([b"REPLACE".as_ref(), b"KEYS"]);
+        args.extend(self.keys.iter().map(|k| k.name.as_ref()));
+        resp::encode_array(&args)
+    }
+
+    /// After a timeout: the same keys in two halves, each with twice the
+    /// timeout (capped at [`MAX_TIMEOUT`]); a single key just gets the longer
+    /// timeout. Smaller batches block the source for less time each, and the
+    /// halves without the big key go through at once.
+    pub(super) fn split(mut self) -> Vec<Batch> {
+        let timeout = (self.timeout * 2).min(MAX_TIMEOUT);
+        if self.keys.len() <= 1 {
+            self.timeout = timeout;
+            return vec![self];
+        }
+        let second = self.keys.split_off(self.keys.len() / 2);
+        vec![
+            Batch {
+                keys: self.keys,
+                timeout,
+            },
+            Batch {
+                keys: second,
+                timeout,
+            },
+        ]
+    }
+
+    /// A short description for the error report: the key if there is one,
+    /// otherwise the count and the first key.
+    pub(super) fn describe(&self) -> String {
+        let first = self.keys.first().map(|k| printable(&k.name)).unwrap_or_default();
+        match self.keys.len() {
+            1 => format!("key {first}"),
+            n => format!("{n} keys (first {first})"),
+        }
+    }
+}
+
+/// A key for a message: lossy UTF-8, quoted, cut at 80 characters.
+fn printable(key: &[u8]) -> String {
+    let text = String::from_utf8_lossy(key);
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// What a `MIGRATE` reply means for its batch.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// `+OK`: the keys that existed are on the target and gone from the source.
+    Moved,
+    /// `+NOKEY`: none of the keys exists on the source any more.
+    NoKey,
+    /// The transfer failed part-way or timed out (`-IOERR … reading/writing`):
+    /// retry smaller and with a longer timeout, if the target is reachable
+    /// (see [`Target::reachable`]). Keys whose `RESTORE` was acknowledged
+    /// before the failure are moved already (and answer `NOKEY` next time).
+    Slow(String),
+    /// Anything else the target or source refused (target down, OOM, wrong
+    /// password): the keys stayed on the source; retry after a backoff.
+    Refused(String),
+}
+
+/// Classifies one `MIGRATE` reply; `None` if it is not a reply `MIGRATE` gives.
+pub(super) fn verdict(reply: &[u8]) -> Option<Verdict> {
+    match reply {
+        b"+OK\r\n" => Some(Verdict::Moved),
+        b"+NOKEY\r\n" => Some(Verdict::NoKey),
+        _ if resp::is_error(reply) => {
+            let text = error_text(reply);
+            // "IOERR error or timeout connecting to the client" is an unreachable
+            // target: splitting would not help, waiting might.
+            let slow = text.starts_with("IOERR") && (text.contains("reading") || text.contains("writing"));
+            Some(if slow {
+                Verdict::Slow(text)
+            } else {
+                Verdict::Refused(text)
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(names: &[&'static str], timeout: Duration) -> Batch {
+        Batch {
+            keys: names
+                .iter()
+                .map(|n| Key {
+                    name: Bytes::from_static(n.as_bytes()),
+                    scan: 0,
+                })
+                .collect(),
+            timeout,
+        }
+    }
+
+    #[test]
+    fn command_shape() {
+        let target = Target::parse("10.0.0.1:6380").expect("addr");
+        let cmd = batch(&["k1", "k2"], Duration::from_secs(5)).command(&target, Some("pw"));
+        let mut buf = bytes::BytesMut::from(&cmd[..]);
+        let parsed = resp::parse_request(&mut buf, &resp::Limits::default())
+            .expect("valid")
+            .expect("complete");
+        let args: Vec<&[u8]> = parsed.args.iter().map(|a| a.as_ref()).collect();
+        let want: Vec<&[u8]> = vec![
+            b"MIGRATE",
+            b"10.0.0.1",
+            b"6380",
+            b"",
+            b"0",
+            b"5000",
+            b"AUTH",
+            b"pw",
+            b"REPLACE",
+            b"KEYS",
+            b"k1",
+            b"k2",
+        ];
+        assert_eq!(args, want);
+        let cmd = batch(&["k"], Duration::ZERO).command(&target, None);
+        assert!(cmd.windows(6).any(|w| w == b"$1\r\n1\r"), "0 ms becomes 1 ms");
+    }
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("[::1]:7000").expect("v6");
+        assert_eq!((t.host.as_str(), t.port.as_str()), ("::1", "7000"));
+        assert!(Target::parse("nohost").is_err());
+        assert!(Target::parse("h:port").is_err());
+        assert!(Target::parse(":1").is_err());
+    }
+
+    #[test]
+    fn split_halves_down_to_one_key_and_caps_the_timeout() {
+        let halves = batch(&["a", "b", "c"], Duration::from_secs(5)).split();
+        assert_eq!(halves.iter().map(Batch::len).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(halves.iter().all(|b| b.timeout == Duration::from_secs(10)));
+        let one = batch(&["a"], Duration::from_secs(50)).split();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].timeout, MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(b"+OK\r\n"), Some(Verdict::Moved));
+        assert_eq!(verdict(b"+NOKEY\r\n"), Some(Verdict::NoKey));
+        assert!(matches!(
+            verdict(b"-IOERR error or timeout reading to target instance\r\n"),
+            Some(Verdict::Slow(_))
+        ));
+        assert!(matches!(
+            verdict(b"-IOERR error or timeout connecting to the client\r\n"),
+            Some(Verdict::Refused(_))
+        ));
+        assert!(matches!(
+            verdict(b"-ERR Target instance replied with error: OOM\r\n"),
+            Some(Verdict::Refused(_))
+        ));
+        assert_eq!(verdict(b":1\r\n"), None);
+        assert_eq!(batch(&["k"], Duration::ZERO).describe(), "key \"k\"");
+        assert_eq!(
+            batch(&["k", "l"], Duration::ZERO).describe(),
+            "2 keys (first \"k\")"
+        );
+    }
+}

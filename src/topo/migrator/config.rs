@@ -1,0 +1,123 @@
+//! Settings of the background migrator, with their defaults in one place.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::batch::MAX_TIMEOUT;
+use super::error::MigrateError;
+
+/// How a migration task scans and moves keys.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigratorConfig {
+    /// `SCAN … COUNT`: keys the source examines per `SCAN` call.
+    pub scan_count: usize,
+    /// Most keys per `MIGRATE … KEYS`.
+    pub batch_keys: usize,
+    /// `MIGRATE` batches sent to the source before the first reply is read.
+    pub inflight: usize,
+    /// The `MIGRATE` timeout of a fresh batch. Redis applies it to each socket
+    /// operation with the target; a batch that times out is retried in halves
+    /// with a doubled timeout, up to 60 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Keys per second at most (sent, retries included); `None`: unlimited.
+    pub max_keys_per_sec: Option<u64>,
+    /// The backend password: used to connect to the source and given to
+    /// `MIGRATE … AUTH` for the target. Never serialized, so a task record
+    /// written to ZooKeeper cannot leak it.
+    #[serde(skip_serializing)]
+    pub auth: Option<String>,
+}
+
+impl Default for MigratorConfig {
+    fn default() -> Self {
+        MigratorConfig {
+            scan_count: 1000,
+            batch_keys: 500,
+            inflight: 4,
+            timeout: Duration::from_secs(5),
+            max_keys_per_sec: None,
+            auth: None,
+        }
+    }
+}
+
+impl MigratorConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`MigrateError::Config`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), MigrateError> {
+        let bad = |what: &str| Err(MigrateError::Config(what.to_string()));
+        if self.scan_count == 0 {
+            return bad("scan_count must be at least 1");
+        }
+        if self.batch_keys == 0 {
+            return bad("batch_keys must be at least 1");
+        }
+        if self.inflight == 0 {
+            return bad("inflight must be at least 1");
+        }
+        if self.timeout < Duration::from_millis(1) || self.timeout > MAX_TIMEOUT {
+            return bad("timeout must be between 1 ms and 60 s");
+        }
+        if self.max_keys_per_sec == Some(0) {
+            return bad("max_keys_per_sec must be at least 1 (or unset for no limit)");
+        }
+        Ok(())
+    }
+}
+
+// By hand, so the password never reaches a log line.
+impl fmt::Debug for MigratorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MigratorConfig")
+            .field("scan_count", &self.scan_count)
+            .field("batch_keys", &self.batch_keys)
+            .field("inflight", &self.inflight)
+            .field("timeout", &self.timeout)
+            .field("max_keys_per_sec", &self.max_keys_per_sec)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_the_password_stays_private() {
+        let cfg = MigratorConfig {
+            auth: Some("s3cret".into()),
+            ..MigratorConfig::default()
+        };
+        assert!(cfg.validate().is_ok());
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        let json = serde_json::to_string(&cfg).expect("serialize");
+        assert!(!json.contains("s3cret"), "{json}");
+        let back: MigratorConfig = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back.timeout, Duration::from_secs(5));
+        let partial: MigratorConfig = serde_json::from_str(r#"{"batch_keys": 10}"#).expect("partial");
+        assert_eq!((partial.batch_keys, partial.inflight), (10, 4));
+        for broken in [
+            MigratorConfig {
+                inflight: 0,
+                ..MigratorConfig::default()
+            },
+            MigratorConfig {
+                timeout: Duration::ZERO,
+                ..MigratorConfig::default()
+            },
+            MigratorConfig {
+                max_keys_per_sec: Some(0),
+                ..MigratorConfig::default()
+            },
+        ] {
+            assert!(broken.validate().is_err());
+        }
+    }
+}

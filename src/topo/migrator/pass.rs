@@ -1,0 +1,388 @@
+//! One pass of the background migrator: a single `SCAN` sweep of the source
+//! from a saved cursor back to 0, moving every key of the task's slots with
+//! pipelined `MIGRATE … KEYS` batches.
+//!
+//! The pass is one loop that does one thing per turn, so there is no shared
+//! state between tasks:
+//!
+//! 1. cut the keys found so far into batches;
+//! 2. send batches until `inflight` are outstanding (unless a backoff holds
+//!    them, or the throttle says wait);
+//! 3. then either `SCAN` more (while fewer than `batch_keys × inflight` keys wait
+//!    to be sent), or read the oldest `MIGRATE` reply, or sleep out the backoff.
+//!
+//! `SCAN` and `MIGRATE` use two connections, so a `SCAN` reply is not queued
+//! behind a slow batch, and while we wait for either the source still has
+//! `MIGRATE`s queued: Redis executes them one after the other, never idle.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{Batch, Key, Target, Verdict, verdict};
+use super::config::MigratorConfig;
+use super::conn::Conn;
+use super::error::MigrateError;
+use super::ledger::Ledger;
+use super::throttle::Throttle;
+use super::{Outcome, Progress, SlotSet};
+use crate::libs::backoff::Backoff;
+use crate::libs::hash::slot_of;
+
+/// How long past a batch's own timeout we wait for its reply before giving up
+/// on the connection: Redis applies the `MIGRATE` timeout per socket operation,
+/// so a healthy transfer of a big value can take several timeouts in all.
+const REPLY_GRACE: Duration = Duration::from_secs(30);
+
+/// How often the caller hears of progress (to persist it).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Backoff after a failed batch (target down, out of memory, too slow, …).
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The state of one pass; see the module docs.
+pub(super) struct Pass<'a> {
+    source: &'a str,
+    target: Target,
+    cfg: &'a MigratorConfig,
+    slots: SlotSet,
+    scan: Conn,
+    /// The `MIGRATE` connection; dropped when it fails and reopened on the next send.
+    migrate: Option<Conn>,
+    /// The cursor of the next `SCAN`.
+    cursor: u64,
+    scan_done: bool,
+    /// Keys found and not in a batch yet.
+    pending: Vec<Key>,
+    /// Batches to send, retries first.
+    ready: VecDeque<Batch>,
+    /// Batches sent, oldest first: the order their replies come back in.
+    inflight: VecDeque<Batch>,
+    ledger: Ledger,
+    /// No batch is sent before this (backoff after a failed batch).
+    hold_until: Option<Instant>,
+    backoff: Backoff,
+    throttle: Throttle,
+}
+
+impl<'a> Pass<'a> {
+    /// Connects to the source for a pass starting at `cursor`.
+    pub(super) async fn start(
+        source: &'a str,
+        target: Target,
+        slots: SlotSet,
+        cfg: &'a MigratorConfig,
+        cursor: u64,
+    ) -> Result<Pass<'a>, MigrateError> {
+        let scan = Conn::connect(source, cfg.auth.as_deref()).await?;
+        Ok(Pass {
+            source,
+            target,
+            cfg,
+            slots,
+            scan,
+            migrate: None,
+            cursor,
+            scan_done: false,
+            pending: Vec::new(),
+            ready: VecDeque::new(),
+            inflight: VecDeque::new(),
+            ledger: Ledger::default(),
+            hold_until: None,
+            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_MAX),
+            throttle: Throttle::new(cfg.max_keys_per_sec),
+        })
+    }
+
+    /// Runs the pass to its end (every key found is settled and the cursor is
+    /// back at 0) or until `cancel` fires. `progress.cursor` only ever holds a
+    /// cursor it is safe to resume from.
+    pub(super) async fn run(
+        mut self,
+        progress: &mut Progress,
+        on_progress: &mut impl FnMut(&Progress),
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, MigrateError> {
+        let mut reported = Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(Outcome::Cancelled);
+            }
+            self.cut_batches();
+            self.send_ready(progress, cancel).await?;
+            if self.wants_scan() {
+                self.scan_step(progress, cancel).await?;
+            } else if !self.inflight.is_empty() {
+                self.reply_step(progress, cancel).await?;
+            } else if !self.ready.is_empty() {
+                self.sit_out_backoff(cancel).await;
+            } else {
+                break;
+            }
+            if let Some(commit) = self.ledger.commit() {
+                progress.cursor = commit.cursor;
+                progress.found += commit.found;
+            }
+            if reported.elapsed() >= REPORT_EVERY {
+                on_progress(progress);
+                reported = Instant::now();
+            }
+        }
+        // Every batch is settled, so the last SCAN call (cursor 0) is committed.
+        debug_assert!(self.ledger.is_empty() && progress.cursor == 0);
+        progress.passes += 1;
+        Ok(Outcome::Finished)
+    }
+
+    /// True while the pass needs more keys: the scan is not over and fewer
+    /// than `batch_keys × inflight` keys wait to be sent. The bound keeps memory
+    /// flat while batches are held back (target down, throttle).
+    fn wants_scan(&self) -> bool {
+        let queued = self.pending.len() + self.ready.iter().map(Batch::len).sum::<usize>();
+        !self.scan_done && queued < self.cfg.batch_keys.saturating_mul(self.cfg.inflight)
+    }
+
+    /// Moves pending keys into batches of `batch_keys`; the remainder too when
+    /// the scan is over or nothing else is queued (sparse slots would otherwise
+    /// leave the source idle while the scan fills a batch).
+    fn cut_batches(&mut self) {
+        let size = self.cfg.batch_keys;
+        while self.pending.len() >= size {
+            let rest = self.pending.split_off(size);
+            let keys = std::mem::replace(&mut self.pending, rest);
+            self.ready.push_back(self.batch(keys));
+        }
+        let idle = self.inflight.is_empty() && self.ready.is_empty();
+        if !self.pending.is_empty() && (self.scan_done || idle) {
+            let keys = std::mem::take(&mut self.pending);
+            self.ready.push_back(self.batch(keys));
+        }
+    }
+
+    fn batch(&self, keys: Vec<Key>) -> Batch {
+        Batch {
+            keys,
+            timeout: self.cfg.timeout,
+        }
+    }
+
+    /// One `SCAN`; keys of the task's slots become pending.
+    async fn scan_step(
+        &mut self,
+        progress: &mut Progress,
+        cancel: &CancellationToken,
+    ) -> Result<(), MigrateError> {
+        let count = self.cfg.scan_count;
+        let Some(reply) = or_cancel(cancel, self.scan.scan(self.cursor, count)).await else {
+            return Ok(());
+        };
+        let (next, keys) = reply?;
+        progress.scanned += keys.len() as u64;
+        // Copied out of the reply: a zero-copy slice would pin the whole reply
+        // (all slots' keys) in memory for as long as the key waits.
+        let mine: Vec<_> = keys
+            .iter()
+            .filter(|k| self.slots.contains(slot_of(k)))
+            .map(|k| Bytes::copy_from_slice(k))
+            .collect();
+        let call = self.ledger.scanned(next, mine.len());
+        self.pending
+            .extend(mine.into_iter().map(|name| Key { name, scan: call }));
+        self.cursor = next;
+        self.scan_done = next == 0;
+        Ok(())
+    }
+
+    /// Sends ready batches up to the in-flight limit.
+    async fn send_ready(
+        &mut self,
+        progress: &mut Progress,
+        cancel: &CancellationToken,
+    ) -> Result<(), MigrateError> {
+        while self.inflight.len() < self.cfg.inflight && !self.held() {
+            let Some(batch) = self.ready.pop_front() else {
+                return Ok(());
+            };
+            if let Some(wait) = self.throttle.admit(batch.len())
+                && or_cancel(cancel, tokio::time::sleep(wait)).await.is_none()
+            {
+                self.ready.push_front(batch);
+                return Ok(());
+            }
+            if self.migrate.is_none() {
+                match Conn::connect(self.source, self.cfg.auth.as_deref()).await {
+                    Ok(conn) => self.migrate = Some(conn),
+                    Err(e) => {
+                        self.ready.push_front(batch);
+                        return Err(e);
+                    }
+                }
+            }
+            let cmd = batch.command(&self.target, self.cfg.auth.as_deref());
+            let sent = match self.migrate.as_mut() {
+                Some(conn) => conn.send(&cmd).await,
+                None => Ok(()),
+            };
+            self.inflight.push_back(batch);
+            if let Err(e) = sent {
+                self.connection_lost(e, false, progress);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the oldest batch's reply and acts on it.
+    async fn reply_step(
+        &mut self,
+        progress: &mut Progress,
+        cancel: &CancellationToken,
+    ) -> Result<(), MigrateError> {
+        let longest = self
+            .inflight
+            .iter()
+            .map(|b| b.timeout)
+            .max()
+            .unwrap_or(self.cfg.timeout);
+        let wait = REPLY_GRACE + longest * 4;
+        let Some(conn) = self.migrate.as_mut() else {
+            // Nothing can answer these; send them again.
+            self.requeue_inflight();
+            return Ok(());
+        };
+        let Some(read) = or_cancel(cancel, conn.read("MIGRATE", wait)).await else {
+            return Ok(());
+        };
+        match read {
+            Ok(reply) => match self.inflight.pop_front() {
+                Some(batch) => self.judge(batch, &reply, progress).await,
+                None => Ok(()),
+            },
+            Err(e) => {
+                // No reply in time: treat the oldest batch as too slow (retry it
+                // smaller, with a longer timeout). The source may still be busy
+                // with it; our next commands just queue behind.
+                let slow = matches!(e, MigrateError::Timeout { .. });
+                self.connection_lost(e, slow, progress);
+                Ok(())
+            }
+        }
+    }
+
+    /// Acts on one `MIGRATE` reply. A batch that is not moved goes back to the
+    /// front of the queue: retried, never skipped.
+    async fn judge(
+        &mut self,
+        batch: Batch,
+        reply: &[u8],
+        progress: &mut Progress,
+    ) -> Result<(), MigrateError> {
+        match verdict(reply) {
+            Some(Verdict::Moved) => {
+                progress.moved += batch.len() as u64;
+                self.settle(&batch);
+            }
+            Some(Verdict::NoKey) => self.settle(&batch),
+            Some(Verdict::Slow(why)) if self.target.reachable().await => {
+                self.note_error(progress, &batch, &why);
+                self.retry_smaller(batch);
+            }
+            Some(Verdict::Slow(why) | Verdict::Refused(why)) => {
+                self.note_error(progress, &batch, &why);
+                self.hold(Duration::ZERO);
+                self.ready.push_front(batch);
+            }
+            None => {
+                return Err(MigrateError::Protocol {
+                    addr: self.source.to_string(),
+                    cmd: "MIGRATE",
+                    detail: String::from_utf8_lossy(&reply[..reply.len().min(100)]).into_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Requeues a batch that was too slow, split and with a longer timeout.
+    /// The failed attempt blocked the source for about its timeout (MIGRATE is
+    /// synchronous), so the source gets at least as long to serve its clients
+    /// before the next attempt.
+    fn retry_smaller(&mut self, batch: Batch) {
+        self.hold(batch.timeout);
+        for half in batch.split().into_iter().rev() {
+            self.ready.push_front(half);
+        }
+    }
+
+    fn settle(&mut self, batch: &Batch) {
+        for key in &batch.keys {
+            self.ledger.settle(key.scan);
+        }
+        self.backoff.reset();
+    }
+
+    /// The `MIGRATE` connection failed: every batch on it goes back to the queue
+    /// (`slow`: the oldest one split, as after a timeout) and a new connection
+    /// is opened on the next send.
+    fn connection_lost(&mut self, e: MigrateError, slow: bool, progress: &mut Progress) {
+        self.migrate = None;
+        progress.errors += 1;
+        progress.last_error = Some(format!("MIGRATE to {}: {e}", self.target.addr));
+        tracing::warn!(source = self.source, target = %self.target.addr, error = %e, "migrator: connection lost");
+        let oldest = if slow { self.inflight.pop_front() } else { None };
+        self.requeue_inflight();
+        match oldest {
+            Some(batch) => self.retry_smaller(batch),
+            None => self.hold(Duration::ZERO),
+        }
+    }
+
+    fn requeue_inflight(&mut self) {
+        while let Some(batch) = self.inflight.pop_back() {
+            self.ready.push_front(batch);
+        }
+    }
+
+    fn note_error(&self, progress: &mut Progress, batch: &Batch, why: &str) {
+        progress.errors += 1;
+        let what = format!(
+            "MIGRATE of {} to {} (timeout {:?}) failed: {why}; retrying",
+            batch.describe(),
+            self.target.addr,
+            batch.timeout
+        );
+        tracing::warn!(source = self.source, "migrator: {what}");
+        progress.last_error = Some(what);
+    }
+
+    /// Holds every batch back for the next backoff delay, and at least `min`,
+    /// unless a hold is running already.
+    fn hold(&mut self, min: Duration) {
+        if !self.held() {
+            self.hold_until = Some(Instant::now() + self.backoff.next_delay().max(min));
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.hold_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    async fn sit_out_backoff(&mut self, cancel: &CancellationToken) {
+        if let Some(until) = self.hold_until {
+            let _ = or_cancel(cancel, tokio::time::sleep_until(until)).await;
+        }
+    }
+}
+
+/// Runs `fut` unless `cancel` fires first (`None` then).
+async fn or_cancel<T>(cancel: &CancellationToken, fut: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => None,
+        out = fut => Some(out),
+    }
+}

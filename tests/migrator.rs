@@ -1,0 +1,758 @@
+//! The background migrator's data engine (`reborn::topo::migrator`) against real
+//! redis-servers: exactly the keys of the task's slots move, with their values
+//! and TTLs; resume after cancel; a target that is down; passwords; a big value.
+//!
+//! `bench_migrator_throughput` (ignored) measures keys/s; run it with
+//! `scripts/bench_migrator.sh`.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reborn::libs::hash::slot_of;
+use reborn::topo::migrator::{self, MigrateError, MigratorConfig, Outcome, Progress};
+use tokio_util::sync::CancellationToken;
+
+/// A redis-rs connection with a timeout fit for 50 MB values and big pipelines
+/// (the crate's default is 500 ms).
+async fn conn(addr: &str, password: Option<&str>) -> redis::aio::MultiplexedConnection {
+    let url = match password {
+        Some(pw) => format!("redis://:{pw}@{addr}/"),
+        None => format!("redis://{addr}/"),
+    };
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// Every 10th slot, 100 of them.
+fn hundred_slots() -> BTreeSet<u16> {
+    (0..1024).step_by(10).take(100).collect()
+}
+
+fn key_names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}:{i}")).collect()
+}
+
+fn value_of(key: &str) -> String {
+    format!("value of {key}")
+}
+
+/// `SET key value` for every key (every 7th with a TTL of 1000 s), pipelined.
+async fn fill(c: &mut redis::aio::MultiplexedConnection, keys: &[String]) {
+    for (n, chunk) in keys.chunks(2000).enumerate() {
+        let mut p = redis::pipe();
+        for (i, k) in chunk.iter().enumerate() {
+            let cmd = p.cmd("SET").arg(k).arg(value_of(k));
+            if (n * 2000 + i) % 7 == 0 {
+                cmd.arg("EX").arg(1000);
+            }
+            cmd.ignore();
+        }
+        let () = p.query_async(c).await.expect("fill");
+    }
+}
+
+/// A key's value, whatever its type, and its PTTL. Sets and hashes are sorted:
+/// Redis 7.0 keeps small sets of strings in a hash table, whose order (and so
+/// whose `DUMP`) changes when the key is restored.
+type Snapshot = HashMap<String, Option<(Vec<Vec<u8>>, i64)>>;
+
+/// [`Snapshot`] of `keys` (`None` for a missing key), pipelined.
+async fn snapshot(c: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> Snapshot {
+    let mut out = HashMap::new();
+    for chunk in keys.chunks(2000) {
+        let mut meta = redis::pipe();
+        for k in chunk {
+            meta.cmd("TYPE").arg(k).cmd("PTTL").arg(k);
+        }
+        let meta: Vec<redis::Value> = meta.query_async(c).await.expect("TYPE/PTTL");
+        let mut reads = redis::pipe();
+        let mut kinds = Vec::new();
+        for (k, pair) in chunk.iter().zip(meta.chunks(2)) {
+            let kind = match &pair[0] {
+                redis::Value::SimpleString(s) => s.clone(),
+                other => panic!("TYPE {k}: {other:?}"),
+            };
+            let ttl = match pair[1] {
+                redis::Value::Int(t) => t,
+                ref other => panic!("PTTL {k}: {other:?}"),
+            };
+            match kind.as_str() {
+                "string" => reads.cmd("GET").arg(k),
+                "list" => reads.cmd("LRANGE").arg(k).arg(0).arg(-1),
+                "set" => reads.cmd("SMEMBERS").arg(k),
+                "hash" => reads.cmd("HGETALL").arg(k),
+                "zset" => reads.cmd("ZRANGE").arg(k).arg(0).arg(-1).arg("WITHSCORES"),
+                "none" => reads.cmd("EXISTS").arg(k),
+                other => panic!("{k} has type {other}"),
+            };
+            kinds.push((k, kind, ttl));
+        }
+        let values: Vec<redis::Value> = reads.query_async(c).await.expect("read values");
+        for ((k, kind, ttl), value) in kinds.into_iter().zip(values) {
+            // Nil: the key moved away between TYPE and GET (migration running).
+            if kind == "none" || value == redis::Value::Nil {
+                out.insert(k.clone(), None);
+                continue;
+            }
+            let mut items = flat(value);
+            match kind.as_str() {
+                "set" => items.sort(),
+                "hash" => {
+                    let mut pairs: Vec<Vec<u8>> = items.chunks(2).map(|p| p.concat()).collect();
+                    pairs.sort();
+                    items = pairs;
+                }
+                _ => {}
+            }
+            items.insert(0, kind.into_bytes());
+            out.insert(k.clone(), Some((items, ttl)));
+        }
+    }
+    out
+}
+
+fn flat(value: redis::Value) -> Vec<Vec<u8>> {
+    match value {
+        redis::Value::BulkString(b) => vec![b],
+        redis::Value::Array(items) => items.into_iter().flat_map(flat).collect(),
+        other => panic!("unexpected value {other:?}"),
+    }
+}
+
+async fn dbsize(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("DBSIZE").query_async(c).await.expect("DBSIZE")
+}
+
+/// Asserts that the keys of `slots` are on the target only, with the value and
+/// TTL they had before, and that every other key is untouched on the source.
+fn assert_moved(before: &Snapshot, source: &Snapshot, target: &Snapshot, slots: &BTreeSet<u16>) -> usize {
+    let mut moved = 0;
+    let mut ttls_checked = 0;
+    for (key, was) in before {
+        let (value, ttl) = was.clone().unwrap_or_else(|| panic!("{key} was not written"));
+        let (here, there) = if slots.contains(&slot_of(key.as_bytes())) {
+            moved += 1;
+            (&target[key], &source[key])
+        } else {
+            (&source[key], &target[key])
+        };
+        assert!(there.is_none(), "{key} is on the wrong server");
+        let (now_value, now_ttl) = here.clone().unwrap_or_else(|| panic!("{key} was lost"));
+        assert_eq!(now_value, value, "{key} changed value");
+        if ttl < 0 {
+            assert_eq!(now_ttl, ttl, "{key} gained a TTL");
+        } else {
+            ttls_checked += 1;
+            assert!(
+                now_ttl > 0 && now_ttl <= ttl && ttl - now_ttl < 120_000,
+                "{key}: TTL {now_ttl} ms after, {ttl} ms before"
+            );
+        }
+    }
+    assert!(ttls_checked > 0, "the data set has keys with a TTL");
+    moved
+}
+
+fn config() -> MigratorConfig {
+    MigratorConfig::default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_exactly_the_keys_of_the_slots() {
+    let (src, dst) = (common::redis(), common::redis());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let keys = key_names("key", 20_000);
+    fill(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let before = snapshot(&mut s, &keys).await;
+
+    let mut progress = Progress::default();
+    let mut reports = Vec::new();
+    let cancel = CancellationToken::new();
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &config(),
+        &mut progress,
+        |p| reports.push(p.clone()),
+        &cancel,
+    )
+    .await
+    .expect("migrate");
+
+    assert_eq!(outcome, Outcome::Finished);
+    assert!(progress.done, "{progress:?}");
+    let source = snapshot(&mut s, &keys).await;
+    let target = snapshot(&mut d, &keys).await;
+    let moved = assert_moved(&before, &source, &target, &slots);
+    assert!(
+        moved > 1500,
+        "100 of 1024 slots hold about 2000 keys, got {moved}"
+    );
+    assert_eq!(
+        dbsize(&mut d).await,
+        moved as u64,
+        "the target holds nothing else"
+    );
+    assert_eq!(progress.moved, moved as u64);
+    assert_eq!(progress.errors, 0, "{:?}", progress.last_error);
+    // Two passes, the second over what stayed (SCAN may return a key twice).
+    assert!(progress.scanned >= 40_000 - moved as u64, "{progress:?}");
+    assert_eq!(
+        progress.passes, 2,
+        "a pass that moves keys is confirmed by an empty one"
+    );
+    assert_eq!((progress.cursor, progress.found), (0, 0));
+    assert_eq!(reports.last(), Some(&progress), "the final state is reported");
+    assert_eq!(
+        migrator::remaining(&src.addr(), &slots, &config())
+            .await
+            .expect("remaining"),
+        0
+    );
+    let others: BTreeSet<u16> = (0..1024).filter(|s| !slots.contains(s)).collect();
+    let left = migrator::remaining(&src.addr(), &others, &config())
+        .await
+        .expect("remaining");
+    assert_eq!(left, 20_000 - moved as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_every_data_type_and_keeps_hashtags_together() {
+    let (src, dst) = (common::redis(), common::redis());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let mut keys = Vec::new();
+    let mut p = redis::pipe();
+    for user in 0..300 {
+        let tag = format!("{{user:{user}}}");
+        let k = |suffix: &str| format!("{tag}:{suffix}");
+        p.cmd("SET").arg(k("name")).arg(format!("name {user}")).ignore();
+        p.cmd("EXPIRE").arg(k("name")).arg(500).ignore();
+        p.cmd("HSET")
+            .arg(k("profile"))
+            .arg("age")
+            .arg(user)
+            .arg("city")
+            .arg("Paris")
+            .ignore();
+        p.cmd("RPUSH")
+            .arg(k("inbox"))
+            .arg("m1")
+            .arg("m2")
+            .arg(user)
+            .ignore();
+        p.cmd("SADD")
+            .arg(k("rooms"))
+            .arg("lobby")
+            .arg(format!("r{user}"))
+            .ignore();
+        p.cmd("ZADD")
+            .arg(k("scores"))
+            .arg(1.5)
+            .arg("a")
+            .arg(user)
+            .arg("b")
+            .ignore();
+        keys.extend(["name", "profile", "inbox", "rooms", "scores"].map(k));
+    }
+    let () = p.query_async(&mut s).await.expect("fill");
+    // A large hash and list too: encodings other than listpack.
+    let big: Vec<(String, String)> = (0..1000).map(|i| (format!("f{i}"), format!("v{i}"))).collect();
+    let () = redis::cmd("HSET")
+        .arg("{user:1}:big")
+        .arg(&big)
+        .query_async(&mut s)
+        .await
+        .expect("big hash");
+    keys.push("{user:1}:big".into());
+
+    // The slots of the first 100 users' tags.
+    let slots: BTreeSet<u16> = (0..100)
+        .map(|u| slot_of(format!("{{user:{u}}}").as_bytes()))
+        .collect();
+    let before = snapshot(&mut s, &keys).await;
+    let mut progress = Progress::default();
+    let cfg = MigratorConfig {
+        batch_keys: 7, // batches that cut through hashtag groups
+        ..config()
+    };
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &cfg,
+        &mut progress,
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("migrate");
+    assert_eq!(outcome, Outcome::Finished);
+
+    let source = snapshot(&mut s, &keys).await;
+    let target = snapshot(&mut d, &keys).await;
+    let moved = assert_moved(&before, &source, &target, &slots);
+    assert!(
+        moved > 5 * 100,
+        "user 0..99's keys and the big hash moved: {moved}"
+    );
+    // Groups of a tag never straddle the two servers.
+    for user in 0..300 {
+        let on_target = ["name", "profile", "inbox", "rooms", "scores"]
+            .map(|s| target[&format!("{{user:{user}}}:{s}")].is_some());
+        assert!(
+            on_target.iter().all(|&t| t == on_target[0]),
+            "user {user} split: {on_target:?}"
+        );
+    }
+    // Spot checks, spelled out.
+    let profile: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("{user:7}:profile")
+        .query_async(&mut d)
+        .await
+        .expect("HGETALL");
+    assert_eq!(profile.get("age").map(String::as_str), Some("7"));
+    let scores: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg("{user:7}:scores")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut d)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(scores, vec![("a".to_string(), 1.5), ("b".to_string(), 7.0)]);
+    let big_len: u64 = redis::cmd("HLEN")
+        .arg("{user:1}:big")
+        .query_async(&mut d)
+        .await
+        .expect("HLEN");
+    assert_eq!(big_len, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_from_saved_progress_after_cancel() {
+    let (src, dst) = (common::redis(), common::redis());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let keys = key_names("key", 20_000);
+    fill(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let before = snapshot(&mut s, &keys).await;
+
+    // Slowly (1000 keys/s, small batches), then cancel after about a second.
+    let slow = MigratorConfig {
+        max_keys_per_sec: Some(1000),
+        batch_keys: 50,
+        ..config()
+    };
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        trigger.cancel();
+    });
+    let mut progress = Progress::default();
+    let mut saved = String::new();
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &slow,
+        &mut progress,
+        |p| saved = serde_json::to_string(p).expect("persist"),
+        &cancel,
+    )
+    .await
+    .expect("first run");
+    assert_eq!(outcome, Outcome::Cancelled);
+    assert!(!progress.done);
+    let saved: Progress = serde_json::from_str(&saved).expect("load");
+    assert!(
+        saved.cursor != 0 && saved.moved > 0 && saved.moved < 1500,
+        "stopped in the middle: {saved:?}"
+    );
+    // Batches cut off by the cancel may still be running on the source.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Source first, then target: a key moving in between is seen at least once.
+    let source = snapshot(&mut s, &keys).await;
+    let target = snapshot(&mut d, &keys).await;
+    for key in &keys {
+        assert!(
+            source[key].is_some() || target[key].is_some(),
+            "{key} lost by the cancel"
+        );
+    }
+    let partial = target.values().filter(|v| v.is_some()).count();
+    assert!(
+        partial > 0 && partial < 1500,
+        "{partial} keys moved before the cancel"
+    );
+
+    // A new run (a restarted dashboard) resumes from what was persisted.
+    let mut progress = saved.clone();
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &config(),
+        &mut progress,
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("resume");
+    assert_eq!(outcome, Outcome::Finished);
+    assert!(progress.scanned > saved.scanned);
+    let source = snapshot(&mut s, &keys).await;
+    let target = snapshot(&mut d, &keys).await;
+    assert_moved(&before, &source, &target, &slots);
+    assert_eq!(
+        migrator::remaining(&src.addr(), &slots, &config())
+            .await
+            .expect("remaining"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_is_down_loses_nothing_and_the_migration_completes_after_restart() {
+    let (src, mut dst) = (common::redis(), common::redis());
+    let mut s = conn(&src.addr(), None).await;
+    let keys = key_names("key", 5_000);
+    fill(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let before = snapshot(&mut s, &keys).await;
+    dst.kill();
+
+    // A bounded run against a dead target.
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        trigger.cancel();
+    });
+    let mut progress = Progress::default();
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &config(),
+        &mut progress,
+        |_| {},
+        &cancel,
+    )
+    .await
+    .expect("a dead target is not fatal");
+    assert_eq!(outcome, Outcome::Cancelled);
+    assert!(
+        progress.errors >= 2,
+        "failures are retried and counted: {progress:?}"
+    );
+    let why = progress.last_error.clone().unwrap_or_default();
+    assert!(why.contains("IOERR") && why.contains(&dst.addr()), "{why}");
+    assert!(
+        why.contains("(timeout 5s)"),
+        "a dead target is no reason to shrink batches: {why}"
+    );
+    assert_eq!(progress.moved, 0);
+    let values = |snap: &Snapshot| {
+        snap.iter()
+            .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.0.clone())))
+            .collect::<HashMap<_, _>>()
+    };
+    let now = snapshot(&mut s, &keys).await;
+    assert!(values(&now) == values(&before), "nothing left the source");
+    assert_eq!(
+        progress.cursor, 0,
+        "no SCAN call is settled while its keys are stuck"
+    );
+
+    dst.restart().expect("restart the target");
+    let mut d = conn(&dst.addr(), None).await;
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &config(),
+        &mut progress,
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("complete");
+    assert_eq!(outcome, Outcome::Finished);
+    let source = snapshot(&mut s, &keys).await;
+    let target = snapshot(&mut d, &keys).await;
+    assert_moved(&before, &source, &target, &slots);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rides_through_a_target_crash_in_one_run() {
+    let (src, mut dst) = (common::redis(), common::redis());
+    let mut s = conn(&src.addr(), None).await;
+    let keys = key_names("key", 20_000);
+    fill(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let before = snapshot(&mut s, &keys).await;
+
+    let shared = Arc::new(Mutex::new(Progress::default()));
+    let seen = shared.clone();
+    let (from, to) = (src.addr(), dst.addr());
+    let run = tokio::spawn(async move {
+        let cfg = MigratorConfig {
+            max_keys_per_sec: Some(1000),
+            batch_keys: 50,
+            ..config()
+        };
+        let mut progress = Progress::default();
+        let slots = hundred_slots();
+        let outcome = migrator::migrate_slots(
+            &from,
+            &to,
+            &slots,
+            &cfg,
+            &mut progress,
+            |p| *seen.lock().expect("lock") = p.clone(),
+            &CancellationToken::new(),
+        )
+        .await;
+        (outcome, progress)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    dst.kill();
+    common::eventually("failures are reported", Duration::from_secs(10), || {
+        let errors = shared.lock().expect("lock").errors;
+        async move { errors > 0 }
+    })
+    .await;
+    let moved_before_crash = shared.lock().expect("lock").moved;
+    dst.restart().expect("restart the target");
+    // The target restarted empty: what it had is gone with the crash. Every key
+    // still on the source now must reach it.
+    let waiting: Vec<String> = snapshot(&mut s, &keys)
+        .await
+        .into_iter()
+        .filter(|(k, v)| v.is_some() && slots.contains(&slot_of(k.as_bytes())))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!waiting.is_empty(), "the crash came before the end");
+
+    let (outcome, progress) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("finishes")
+        .expect("task");
+    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    assert!(progress.errors > 0 && moved_before_crash > 0, "{progress:?}");
+    let mut d = conn(&dst.addr(), None).await;
+    let target = snapshot(&mut d, &keys).await;
+    let source = snapshot(&mut s, &keys).await;
+    for key in &waiting {
+        assert_eq!(
+            target[key].as_ref().map(|v| &v.0),
+            before[key].as_ref().map(|v| &v.0),
+            "{key}"
+        );
+    }
+    for (key, v) in &source {
+        let mine = slots.contains(&slot_of(key.as_bytes()));
+        assert_eq!(v.is_some(), !mine, "{key} on the source");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_with_a_backend_password() {
+    let (src, dst) = (
+        common::redis_with_password("s3cret"),
+        common::redis_with_password("s3cret"),
+    );
+    let mut s = conn(&src.addr(), Some("s3cret")).await;
+    let mut d = conn(&dst.addr(), Some("s3cret")).await;
+    let keys = key_names("key", 3_000);
+    fill(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let before = snapshot(&mut s, &keys).await;
+
+    // Without the password: refused at once, not retried forever.
+    let mut progress = Progress::default();
+    let err = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &config(),
+        &mut progress,
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect_err("no password");
+    assert!(matches!(err, MigrateError::Auth { .. }), "{err}");
+    assert!(!err.is_transient());
+
+    let cfg = MigratorConfig {
+        auth: Some("s3cret".into()),
+        ..config()
+    };
+    let mut progress = Progress::default();
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &cfg,
+        &mut progress,
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("migrate");
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(progress.errors, 0, "{:?}", progress.last_error);
+    let source = snapshot(&mut s, &keys).await;
+    let target = snapshot(&mut d, &keys).await;
+    assert_moved(&before, &source, &target, &slots);
+    assert_eq!(
+        migrator::remaining(&src.addr(), &slots, &cfg)
+            .await
+            .expect("remaining"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_value_moves_through_split_batches_and_longer_timeouts() {
+    let (src, dst) = (common::redis(), common::redis());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let big: Vec<u8> = (0..50 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let big_slot = slot_of(b"big");
+    let () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query_async(&mut s)
+        .await
+        .expect("SET big");
+    // Small keys of the same slot share its batches.
+    let small: Vec<String> = (0..)
+        .map(|i| format!("small:{i}"))
+        .filter(|k| slot_of(k.as_bytes()) == big_slot)
+        .take(20)
+        .collect();
+    fill(&mut s, &small).await;
+
+    // 1 ms is far too short for 50 MB: the batch fails, is split, and the big
+    // key is retried alone with a timeout that doubles until it is enough.
+    let cfg = MigratorConfig {
+        timeout: Duration::from_millis(1),
+        ..config()
+    };
+    let mut progress = Progress::default();
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &BTreeSet::from([big_slot]),
+        &cfg,
+        &mut progress,
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("migrate");
+    assert_eq!(outcome, Outcome::Finished);
+    assert!(progress.errors > 0, "the first attempts time out: {progress:?}");
+    assert!(
+        progress
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("IOERR"),
+        "{progress:?}"
+    );
+    let moved: Vec<u8> = redis::cmd("GET")
+        .arg("big")
+        .query_async(&mut d)
+        .await
+        .expect("GET big");
+    assert!(
+        moved == big,
+        "the big value arrived intact ({} bytes)",
+        moved.len()
+    );
+    assert_eq!(dbsize(&mut d).await, 21);
+    assert_eq!(dbsize(&mut s).await, 0);
+}
+
+/// Throughput: BENCH_KEYS small keys (default 1M) on the source, 256 of 1024
+/// slots move; once per `inflight` setting in BENCH_INFLIGHT (default 1,2,4,8),
+/// each on fresh servers. Prints keys/s moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench_migrator.sh"]
+async fn bench_migrator_throughput() {
+    let n: usize = std::env::var("BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let inflights: Vec<usize> = std::env::var("BENCH_INFLIGHT")
+        .unwrap_or_else(|_| "1,2,4,8".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let batch: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let slots: BTreeSet<u16> = (0..1024).step_by(4).collect();
+    println!(
+        "migrator bench: {n} keys, {} slots, batch_keys {batch}",
+        slots.len()
+    );
+    for inflight in inflights {
+        let (src, dst) = (common::redis(), common::redis());
+        let mut s = conn(&src.addr(), None).await;
+        let keys = key_names("k", n);
+        for chunk in keys.chunks(10_000) {
+            let mut p = redis::pipe();
+            for part in chunk.chunks(500) {
+                let pairs: Vec<(&String, &String)> = part.iter().map(|k| (k, k)).collect();
+                p.cmd("MSET").arg(&pairs).ignore();
+            }
+            let () = p.query_async(&mut s).await.expect("load");
+        }
+        let cfg = MigratorConfig {
+            inflight,
+            batch_keys: batch,
+            ..MigratorConfig::default()
+        };
+        let mut progress = Progress::default();
+        let cancel = CancellationToken::new();
+        let (from, to) = (src.addr(), dst.addr());
+        let started = Instant::now();
+        // The pass that moves the keys, then the one that confirms none is left.
+        let first = migrator::migrate_pass(&from, &to, &slots, &cfg, &mut progress, |_| {}, &cancel).await;
+        assert_eq!(first.expect("first pass"), Outcome::Finished);
+        let moving = started.elapsed();
+        let outcome = migrator::migrate_slots(&from, &to, &slots, &cfg, &mut progress, |_| {}, &cancel)
+            .await
+            .expect("migrate");
+        let took = started.elapsed();
+        assert_eq!(outcome, Outcome::Finished);
+        assert_eq!(progress.passes, 2);
+        let mut d = conn(&dst.addr(), None).await;
+        assert_eq!(dbsize(&mut d).await, progress.moved);
+        println!(
+            "inflight {inflight}: moved {} keys in {:.2} s = {:.0} keys/s (moving pass {:.2} s = {:.0} keys/s, \
+             confirming pass {:.2} s), errors {}",
+            progress.moved,
+            took.as_secs_f64(),
+            progress.moved as f64 / took.as_secs_f64(),
+            moving.as_secs_f64(),
+            progress.moved as f64 / moving.as_secs_f64(),
+            (took - moving).as_secs_f64(),
+            progress.errors
+        );
+    }
+}
