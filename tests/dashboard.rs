@@ -243,13 +243,7 @@ async fn the_leader_serves_every_topology_operation() {
             "which owns slots 0-1023",
         ),
         (Method::PUT, "/api/groups", None, 405, "method not allowed"),
-        (
-            Method::POST,
-            "/api/groups/1/promote",
-            None,
-            404,
-            "no such endpoint",
-        ),
+        (Method::GET, "/api/no-such-thing", None, 404, "no such endpoint"),
         (
             Method::GET,
             "/api/rebalance/plan?weights=1=2",

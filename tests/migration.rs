@@ -486,3 +486,84 @@ async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
         assert_eq!(v, i as i64);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_under_write_load_keeps_every_acknowledged_write() {
+    use reborn::topo::promote::promote;
+    let c = Cluster::start().await;
+    let mut replica = common::redis();
+    replica.replicaof(&c.masters[0].addr()).expect("replicaof");
+    operation::add_server(&c.store, 1, &replica.addr(), Role::Replica)
+        .await
+        .expect("add replica");
+    let proxy = c.proxy().await;
+
+    // Writers INCR keys of group 1 (slots < 512) through the proxy.
+    let keys: Vec<String> = (0..5000)
+        .map(|i| format!("p{i}"))
+        .filter(|k| slot_of(k.as_bytes()) < 512)
+        .take(200)
+        .collect();
+    let running = Arc::new(AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for w in 0..2usize {
+        let keys: Vec<String> = keys.iter().skip(w).step_by(2).cloned().collect();
+        let running = running.clone();
+        writers.push(tokio::spawn(async move {
+            let mut conn = client(proxy).await;
+            let mut acked: BTreeMap<String, i64> = BTreeMap::new();
+            let mut i = 0;
+            while running.load(Ordering::Relaxed) {
+                let k = &keys[i % keys.len()];
+                let n: i64 = conn.incr(k, 1).await.unwrap_or_else(|e| panic!("INCR {k}: {e}"));
+                let count = acked.entry(k.clone()).or_default();
+                *count += 1;
+                assert_eq!(n, *count, "{k}");
+                i += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    promote(&c.store, 1, &replica.addr(), None, Duration::from_secs(5))
+        .await
+        .expect("promote");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    assert!(acked.values().sum::<i64>() > 100, "writers barely ran");
+
+    // Every acknowledged write is on the new master, and the proxy routes there.
+    let mut new_master = common::client(&replica.addr()).await;
+    let mut p = client(proxy).await;
+    for (k, n) in &acked {
+        let direct: i64 = new_master.get(k).await.expect("get new master");
+        assert_eq!(direct, *n, "{k} on the new master");
+        let via: i64 = p.get(k).await.expect("get via proxy");
+        assert_eq!(via, *n, "{k} via the proxy");
+    }
+    let role: String = redis::cmd("ROLE")
+        .query_async::<Vec<redis::Value>>(&mut new_master)
+        .await
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .and_then(|r| redis::from_redis_value::<String>(r).ok())
+        .unwrap_or_default();
+    assert_eq!(role, "master");
+    // The old master now replicates from the new one.
+    let mut old = common::client(&c.masters[0].addr()).await;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut old)
+        .await
+        .expect("info");
+    assert!(
+        info.contains("role:slave") && info.contains(&format!("master_port:{}", replica.port())),
+        "{info}"
+    );
+    let topo = watcher::load(&c.store).await.expect("load");
+    assert_eq!(topo.groups[&1].master(), Some(replica.addr().as_str()));
+}

@@ -45,7 +45,6 @@ pub async fn begin_migration(
     let paths = store.paths().clone();
     lock::with_lock(store, "migration", async |zk: &ZkSession| {
         let from = check_begin(zk, &paths, slots, to).await?;
-        zk.mkdir_p(&paths.actions()).await?;
         let pre = write_phase(zk, &paths, slots, SlotState::PreMigrate, from, to).await?;
         if let Err(missing) = wait_acks(zk, &paths, pre.seq, ack_timeout).await {
             write_phase(zk, &paths, slots, SlotState::Online, to, from).await?;
@@ -160,7 +159,7 @@ fn migrating_pair(table: &SlotTable, slots: &[u16]) -> Result<(GroupId, GroupId)
 }
 
 /// Writes `phase` for `slots` and its action in one transaction.
-async fn write_phase(
+pub(crate) async fn write_phase(
     zk: &ZkSession,
     paths: &Paths,
     slots: &[u16],
@@ -192,6 +191,7 @@ async fn write_phase(
         to,
         created: lock::unix_now(),
     };
+    zk.mkdir_p(&paths.actions()).await?;
     let mut txn = zk.txn();
     txn.set_json(&paths.slots(), &table, version)?;
     txn.create_json(&paths.action(seq), &action)?;
@@ -202,7 +202,12 @@ async fn write_phase(
 
 /// Waits until every live proxy acknowledged action `seq`; on timeout returns
 /// the ids still missing.
-async fn wait_acks(zk: &ZkSession, paths: &Paths, seq: u64, timeout: Duration) -> Result<(), Vec<String>> {
+pub(crate) async fn wait_acks(
+    zk: &ZkSession,
+    paths: &Paths,
+    seq: u64,
+    timeout: Duration,
+) -> Result<(), Vec<String>> {
     let deadline = Instant::now() + timeout;
     loop {
         let live = zk.children(&paths.proxies()).await.unwrap_or_default();

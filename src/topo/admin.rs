@@ -122,6 +122,18 @@ pub enum AdminCommand {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         dashboard: String,
     },
+    /// Promote a replica to master of its group (asks the dashboard).
+    Promote {
+        /// The group.
+        #[arg(long)]
+        group: GroupId,
+        /// host:port of the replica to promote.
+        #[arg(long)]
+        server: String,
+        /// host:port of `reborn dashboard`.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        dashboard: String,
+    },
     /// List migration tasks: state, slots, keys moved, keys/s, errors.
     Tasks {
         /// host:port of `reborn dashboard`.
@@ -187,6 +199,22 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
                 format_slot_ids(&task.slots),
                 task.to
             );
+            return Ok(());
+        }
+        AdminCommand::Promote {
+            group,
+            server,
+            dashboard,
+        } => {
+            let body = serde_json::json!({ "addr": server });
+            let path = format!("/api/groups/{group}/promote");
+            let reply = client::post(dashboard, &path, &body)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(e) = reply.error() {
+                return Err(e.to_string());
+            }
+            println!("{server} is now the master of group {group}");
             return Ok(());
         }
         AdminCommand::Tasks { dashboard } => {
@@ -263,9 +291,11 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
             done(format!("proxy {id} set offline"))
         }
         C::Topology { json } => render_topology(&watcher::load(store).await?, *json),
-        C::Rebalance { .. } | C::Migrate { .. } | C::Tasks { .. } => Err(TopoError::Invalid(
-            "this command asks the dashboard, not ZooKeeper: run it through admin::run".into(),
-        )),
+        C::Rebalance { .. } | C::Migrate { .. } | C::Tasks { .. } | C::Promote { .. } => {
+            Err(TopoError::Invalid(
+                "this command asks the dashboard, not ZooKeeper: run it through admin::run".into(),
+            ))
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct ApiState {
     pub me: DashboardInfo,
     /// Whether it leads now.
     pub role: watch::Receiver<Leadership>,
+    /// Password of the product's redis-servers (promote talks to them).
+    pub backend_auth: Option<String>,
 }
 
 type Shared = Arc<ApiState>;
@@ -65,11 +67,10 @@ pub fn router(state: Shared) -> Router {
         .route("/api/proxies/{id}/offline", post(proxy_offline))
         .route("/api/rebalance/plan", get(rebalance_plan))
         .route("/api/rebalance", post(rebalance_apply))
+        .route("/api/groups/{id}/promote", post(promote))
         .route("/api/migrate", post(migrate))
         .route("/api/tasks", get(tasks))
         .route("/api/tasks/{id}/cancel", post(cancel_task))
-        // Next: POST /api/groups/{id}/promote. Not routed until it works:
-        // until then it is 404, not a stub.
         .route_layer(middleware::from_fn_with_state(state.clone(), leader_gate));
     Router::new()
         .route("/api/dashboard", get(status))
@@ -427,6 +428,28 @@ async fn rebalance_plan(
     let weights: Weights = q.weights.parse().map_err(ApiError::bad_request)?;
     let topo = load(&s).await?;
     Ok(Json(rebalance::plan(&topo, &weights)?))
+}
+
+/// `POST /api/groups/{id}/promote`: make replica `addr` the group's master.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Promote {
+    addr: String,
+}
+
+async fn promote(State(s): State<Shared>, Path(id): Path<GroupId>, Body(b): Body<Promote>) -> Changed {
+    super::promote::promote(
+        &s.store,
+        id,
+        &b.addr,
+        s.backend_auth.as_deref(),
+        super::action::DEFAULT_ACK_TIMEOUT,
+    )
+    .await?;
+    Ok(done(
+        StatusCode::OK,
+        format!("{} is now the master of group {id}", b.addr),
+    ))
 }
 
 /// What `POST /api/rebalance` did: the plan, and the tasks queued for it.

@@ -29,6 +29,7 @@ pub mod migrator;
 pub mod model;
 pub mod operation;
 pub mod path;
+pub mod promote;
 pub mod rebalance;
 pub mod session;
 pub mod store;

@@ -137,6 +137,7 @@ impl Bound {
             store: store.clone(),
             me: me.clone(),
             role: role_rx,
+            backend_auth: (!self.config.backend_auth.is_empty()).then(|| self.config.backend_auth.clone()),
         });
         let stop_http = CancellationToken::new();
         let mut http = tokio::spawn(

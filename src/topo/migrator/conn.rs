@@ -25,7 +25,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const SCAN_WAIT: Duration = Duration::from_secs(30);
 
 /// One connection, used strictly in request order.
-pub(super) struct Conn {
+pub(crate) struct Conn {
     addr: String,
     stream: TcpStream,
     buf: BytesMut,
@@ -36,7 +36,7 @@ impl Conn {
     ///
     /// # Errors
     /// [`MigrateError::Connect`], or [`MigrateError::Auth`] if the password is refused.
-    pub(super) async fn connect(addr: &str, auth: Option<&str>) -> Result<Conn, MigrateError> {
+    pub(crate) async fn connect(addr: &str, auth: Option<&str>) -> Result<Conn, MigrateError> {
         let connect_error = |source| MigrateError::Connect {
             addr: addr.to_string(),
             source,
@@ -120,7 +120,7 @@ impl Conn {
     }
 
     /// Sends one command and reads its reply.
-    pub(super) async fn call<A: AsRef<[u8]>>(
+    pub(crate) async fn call<A: AsRef<[u8]>>(
         &mut self,
         args: &[A],
         cmd: &'static str,
@@ -185,7 +185,7 @@ fn parse_scan(reply: &Bytes) -> Option<(u64, Vec<Bytes>)> {
 }
 
 /// The text of an error or status reply, without the type byte and CRLF.
-pub(super) fn error_text(reply: &[u8]) -> String {
+pub(crate) fn error_text(reply: &[u8]) -> String {
     let body = reply.get(1..).unwrap_or_default();
     let body = body.strip_suffix(b"\r\n").unwrap_or(body);
     String::from_utf8_lossy(body).into_owned()
@@ -193,7 +193,7 @@ pub(super) fn error_text(reply: &[u8]) -> String {
 
 /// The payload of a bulk string frame (`$3\r\nfoo\r\n` → `foo`), zero-copy.
 /// `None` for any other frame, including the nil bulk.
-pub(super) fn bulk_payload(frame: &Bytes) -> Option<Bytes> {
+pub(crate) fn bulk_payload(frame: &Bytes) -> Option<Bytes> {
     if frame.first() != Some(&b'$') {
         return None;
     }

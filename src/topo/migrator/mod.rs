@@ -81,12 +81,13 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use config::MigratorConfig;
+// A plain request-reply connection to a redis-server; promote uses it too.
+pub(crate) use conn::{Conn, bulk_payload, error_text};
 pub use error::MigrateError;
 
 use crate::libs::backoff::Backoff;
 use crate::libs::hash::{SLOT_COUNT, slot_of};
 use batch::Target;
-use conn::Conn;
 use pass::Pass;
 
 /// Backoff between passes that failed on the source (down, restarting).
