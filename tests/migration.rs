@@ -567,3 +567,89 @@ async fn promote_under_write_load_keeps_every_acknowledged_write() {
     let topo = watcher::load(&c.store).await.expect("load");
     assert_eq!(topo.groups[&1].master(), Some(replica.addr().as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
+    use reborn::topo::dashboard::{Bound as Dashboard, DashboardConfig, client};
+    use reborn::topo::task::{Task, TaskState};
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await;
+    let mut p = client(proxy).await;
+    let mut pipe = redis::pipe();
+    for i in 0..20_000 {
+        pipe.set(format!("q{i}"), i).ignore();
+    }
+    let () = pipe.query_async(&mut p).await.expect("preload");
+    let mut cfg = DashboardConfig {
+        listen: "127.0.0.1:0".into(),
+        zk: c.zk.clone(),
+        ..Default::default()
+    };
+    cfg.migration.max_keys_per_sec = Some(3000);
+    let bound = Dashboard::bind(cfg).await.expect("bind");
+    let dash = bound.local_addr().to_string();
+    tokio::spawn(bound.run(c.stop.clone()));
+
+    let get_task = |id: u64| {
+        let dash = dash.clone();
+        async move {
+            let tasks: Vec<Task> = client::get(&dash, "/api/tasks")
+                .await
+                .expect("tasks")
+                .into_json()
+                .expect("json");
+            tasks.into_iter().find(|t| t.id == id).expect("task")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let task: Task = loop {
+        let body = serde_json::json!({ "start": 0, "end": 511, "to": 2 });
+        match client::post(&dash, "/api/migrate", &body).await {
+            Ok(r) if r.error().is_none() => break r.into_json().expect("task"),
+            _ => assert!(Instant::now() < deadline, "the dashboard never led"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    while get_task(task.id).await.progress.moved == 0 {
+        assert!(Instant::now() < deadline, "never started moving");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let paused: Task = client::post(
+        &dash,
+        &format!("/api/tasks/{}/pause", task.id),
+        &serde_json::json!({}),
+    )
+    .await
+    .expect("pause")
+    .into_json()
+    .expect("json");
+    assert!(paused.paused);
+    // Within a progress save or two the pass stops; then nothing moves.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut g1 = common::client(&c.masters[0].addr()).await;
+    let left1: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let left2: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
+    assert!(left1 > 0, "finished before the pause took effect");
+    assert_eq!(left1, left2, "keys kept moving while paused");
+    let t = get_task(task.id).await;
+    assert_eq!((t.state, t.paused), (TaskState::Migrating, true));
+    // The slots still serve, moving keys on access.
+    let v: i64 = p.get("q1").await.expect("served while paused");
+    assert_eq!(v, 1);
+
+    client::post(
+        &dash,
+        &format!("/api/tasks/{}/resume", task.id),
+        &serde_json::json!({}),
+    )
+    .await
+    .expect("resume");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_task(task.id).await.state != TaskState::Done {
+        assert!(Instant::now() < deadline, "never finished after resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
+    assert_eq!(left, 0);
+}

@@ -134,6 +134,22 @@ pub enum AdminCommand {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         dashboard: String,
     },
+    /// Pause a migration task (a running pass stops within a second, resumable).
+    Pause {
+        /// Task id (see `tasks`).
+        task: u64,
+        /// host:port of `reborn dashboard`.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        dashboard: String,
+    },
+    /// Resume a paused migration task.
+    Resume {
+        /// Task id (see `tasks`).
+        task: u64,
+        /// host:port of `reborn dashboard`.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        dashboard: String,
+    },
     /// List migration tasks: state, slots, keys moved, keys/s, errors.
     Tasks {
         /// host:port of `reborn dashboard`.
@@ -217,6 +233,20 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
             println!("{server} is now the master of group {group}");
             return Ok(());
         }
+        AdminCommand::Pause { task, dashboard } | AdminCommand::Resume { task, dashboard } => {
+            let verb = if matches!(args.command, AdminCommand::Pause { .. }) {
+                "pause"
+            } else {
+                "resume"
+            };
+            let path = format!("/api/tasks/{task}/{verb}");
+            let reply = client::post(dashboard, &path, &serde_json::json!({}))
+                .await
+                .map_err(|e| e.to_string())?;
+            let t: Task = reply.into_json().map_err(|e| e.to_string())?;
+            println!("task {} {}", t.id, if t.paused { "paused" } else { "resumed" });
+            return Ok(());
+        }
         AdminCommand::Tasks { dashboard } => {
             let reply = client::get(dashboard, "/api/tasks")
                 .await
@@ -291,11 +321,14 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
             done(format!("proxy {id} set offline"))
         }
         C::Topology { json } => render_topology(&watcher::load(store).await?, *json),
-        C::Rebalance { .. } | C::Migrate { .. } | C::Tasks { .. } | C::Promote { .. } => {
-            Err(TopoError::Invalid(
-                "this command asks the dashboard, not ZooKeeper: run it through admin::run".into(),
-            ))
-        }
+        C::Rebalance { .. }
+        | C::Migrate { .. }
+        | C::Tasks { .. }
+        | C::Promote { .. }
+        | C::Pause { .. }
+        | C::Resume { .. } => Err(TopoError::Invalid(
+            "this command asks the dashboard, not ZooKeeper: run it through admin::run".into(),
+        )),
     }
 }
 
@@ -349,7 +382,7 @@ pub fn render_tasks(tasks: &[Task]) -> String {
             let secs = t.updated.saturating_sub(t.created).max(1);
             vec![
                 t.id.to_string(),
-                format!("{:?}", t.state).to_lowercase(),
+                format!("{:?}{}", t.state, if t.paused { " (paused)" } else { "" }).to_lowercase(),
                 format_slot_ids(&t.slots),
                 if t.from == 0 {
                     "-".into()

@@ -71,6 +71,8 @@ pub fn router(state: Shared) -> Router {
         .route("/api/migrate", post(migrate))
         .route("/api/tasks", get(tasks))
         .route("/api/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/tasks/{id}/pause", post(pause_task))
+        .route("/api/tasks/{id}/resume", post(resume_task))
         .route_layer(middleware::from_fn_with_state(state.clone(), leader_gate));
     Router::new()
         .route("/api/dashboard", get(status))
@@ -366,6 +368,14 @@ async fn migrate(
 
 async fn tasks(State(s): State<Shared>) -> Result<Json<Vec<Task>>, ApiError> {
     Ok(Json(task::list(&s.store).await?))
+}
+
+async fn pause_task(State(s): State<Shared>, Path(id): Path<u64>) -> Result<Json<Task>, ApiError> {
+    Ok(Json(task::set_paused(&s.store, id, true).await?))
+}
+
+async fn resume_task(State(s): State<Shared>, Path(id): Path<u64>) -> Result<Json<Task>, ApiError> {
+    Ok(Json(task::set_paused(&s.store, id, false).await?))
 }
 
 async fn cancel_task(State(s): State<Shared>, Path(id): Path<u64>) -> Result<Json<Task>, ApiError> {

@@ -53,6 +53,10 @@ pub struct Task {
     /// The latest error (a rolled-back switch, a failing batch).
     #[serde(default)]
     pub error: Option<String>,
+    /// Set by an operator: the runner leaves the task alone (a running pass
+    /// stops at its next progress save, resumable) until resumed.
+    #[serde(default)]
+    pub paused: bool,
     /// Unix seconds.
     pub created: u64,
     pub updated: u64,
@@ -86,6 +90,7 @@ pub async fn enqueue(store: &Store, slots: Vec<u16>, to: GroupId) -> Result<Task
             state: TaskState::Queued,
             progress: Progress::default(),
             error: None,
+            paused: false,
             created: now,
             updated: now,
         };
@@ -140,6 +145,28 @@ pub async fn cancel(store: &Store, id: u64) -> Result<Task, TopoError> {
     Ok(task)
 }
 
+/// Pauses (`true`) or resumes a task that is not finished.
+///
+/// # Errors
+/// Unknown or finished task, or ZooKeeper errors.
+pub async fn set_paused(store: &Store, id: u64, paused: bool) -> Result<Task, TopoError> {
+    let path = store.paths().task(id);
+    let (mut task, version) = store.get_json_with_version::<Task>(&path).await.map_err(|e| {
+        if e.is_not_found() {
+            TopoError::NotFound(format!("task {id}"))
+        } else {
+            e
+        }
+    })?;
+    if matches!(task.state, TaskState::Done | TaskState::Cancelled) {
+        return Err(TopoError::Invalid(format!("task {id} is {:?}", task.state)));
+    }
+    task.paused = paused;
+    task.updated = lock::unix_now();
+    store.set_json(&path, &task, version).await?;
+    Ok(task)
+}
+
 /// Runs queued and unfinished tasks, one at a time, until `cancel` (the end of
 /// this dashboard's leadership).
 pub async fn run(store: Store, cfg: MigratorConfig, cancel: CancellationToken) {
@@ -147,7 +174,7 @@ pub async fn run(store: Store, cfg: MigratorConfig, cancel: CancellationToken) {
         let next = list(&store).await.map(|tasks| {
             tasks
                 .into_iter()
-                .find(|t| matches!(t.state, TaskState::Queued | TaskState::Migrating))
+                .find(|t| !t.paused && matches!(t.state, TaskState::Queued | TaskState::Migrating))
         });
         let pause = match next {
             Ok(Some(task)) => match step(&store, &cfg, task, &cancel).await {
@@ -228,7 +255,7 @@ async fn advance(
     {
         task.state = TaskState::Done;
         task.error = None;
-        return save(store, &mut task).await;
+        return save(store, &mut task).await.map(drop);
     }
     if states.iter().all(|&(_, st)| st == SlotState::Migrate) {
         return migrate(store, cfg, task, cancel).await;
@@ -242,7 +269,7 @@ async fn advance(
             task.state = TaskState::Queued;
         }
     }
-    save(store, &mut task).await
+    save(store, &mut task).await.map(drop)
 }
 
 async fn migrate(
@@ -266,6 +293,9 @@ async fn migrate(
     let latest = Arc::new(parking_lot::Mutex::new(None::<Progress>));
     let report = latest.clone();
     let mut progress = task.progress.clone();
+    // Cancelled when the leadership ends, or when an operator pauses the task.
+    let stop = cancel.child_token();
+    let cancel = &stop;
     let outcome = {
         let work = migrator::migrate_slots(
             &source,
@@ -285,7 +315,9 @@ async fn migrate(
                     let snapshot = latest.lock().take();
                     if let Some(p) = snapshot {
                         task.progress = p;
-                        save(store, &mut task).await?;
+                        if save(store, &mut task).await? {
+                            stop.cancel();
+                        }
                     }
                 }
             }
@@ -301,15 +333,17 @@ async fn migrate(
         Ok(Outcome::Cancelled) => {}
         Err(e) => task.error = Some(e.to_string()),
     }
-    save(store, &mut task).await
+    save(store, &mut task).await.map(drop)
 }
 
-/// Writes `task` back (the runner is its only writer while it runs, apart from
-/// `cancel`, which only touches queued tasks).
-async fn save(store: &Store, task: &mut Task) -> Result<(), TopoError> {
+/// Writes `task` back, keeping the operator's `paused` flag as stored (the
+/// runner writes everything else; `cancel` only touches queued tasks). Returns
+/// whether the task is paused.
+async fn save(store: &Store, task: &mut Task) -> Result<bool, TopoError> {
     task.updated = lock::unix_now();
     let path = store.paths().task(task.id);
-    let (_, version) = store.get_json_with_version::<Task>(&path).await?;
+    let (stored, version) = store.get_json_with_version::<Task>(&path).await?;
+    task.paused = stored.paused;
     store.set_json(&path, task, version).await?;
-    Ok(())
+    Ok(task.paused)
 }
