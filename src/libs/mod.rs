@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod config;
 pub mod hash;
 pub mod logging;
+pub mod migrate;
 pub mod resp;
 pub mod shutdown;
 pub mod table;

@@ -84,7 +84,7 @@ async fn run(client: u64, mut rx: mpsc::UnboundedReceiver<Job>, auth: Option<Str
 
 async fn migrate_then_forward(client: u64, job: &Job, auth: Option<&str>, timeout: Duration) -> Bytes {
     if !job.keys.is_empty() {
-        let cmd = migrate_command(job.to.addr(), &job.keys, auth, timeout);
+        let cmd = crate::libs::migrate::command(job.to.addr(), &job.keys, auth, timeout);
         let moved = job.from.send(client, cmd).await.unwrap_or_else(|_| lost());
         if resp::is_error(&moved) {
             let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
@@ -103,57 +103,4 @@ async fn migrate_then_forward(client: u64, job: &Job, auth: Option<&str>, timeou
 
 fn lost() -> Bytes {
     resp::error("ERR backend reply lost")
-}
-
-/// `MIGRATE host port "" 0 <ms> [AUTH pw] REPLACE KEYS k…` towards `target`.
-fn migrate_command(target: &str, keys: &[Bytes], auth: Option<&str>, timeout: Duration) -> Bytes {
-    let (host, port) = target.rsplit_once(':').unwrap_or((target, "6379"));
-    let ms = timeout.as_millis().to_string();
-    let mut args: Vec<&[u8]> = vec![
-        b"MIGRATE",
-        host.as_bytes(),
-        port.as_bytes(),
-        b"",
-        b"0",
-        ms.as_bytes(),
-    ];
-    if let Some(pw) = auth {
-        args.push(b"AUTH");
-        args.push(pw.as_bytes());
-    }
-    args.push(b"REPLACE");
-    args.push(b"KEYS");
-    args.extend(keys.iter().map(|k| k.as_ref()));
-    resp::encode_array(&args)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migrate_command_shape() {
-        let keys = [Bytes::from_static(b"k1"), Bytes::from_static(b"k2")];
-        let cmd = migrate_command("10.0.0.1:6380", &keys, Some("pw"), Duration::from_secs(5));
-        let mut buf = bytes::BytesMut::from(&cmd[..]);
-        let parsed = resp::parse_request(&mut buf, &resp::Limits::default())
-            .expect("valid")
-            .expect("complete");
-        let args: Vec<&[u8]> = parsed.args.iter().map(|a| a.as_ref()).collect();
-        let want: Vec<&[u8]> = vec![
-            b"MIGRATE",
-            b"10.0.0.1",
-            b"6380",
-            b"",
-            b"0",
-            b"5000",
-            b"AUTH",
-            b"pw",
-            b"REPLACE",
-            b"KEYS",
-            b"k1",
-            b"k2",
-        ];
-        assert_eq!(args, want);
-    }
 }

@@ -23,27 +23,25 @@ pub(super) struct Key {
     pub(super) scan: u64,
 }
 
-/// Where keys go: the target's host and port as `MIGRATE` wants them.
+/// Where keys go: a checked `host:port`.
 #[derive(Debug, Clone)]
 pub(super) struct Target {
     pub(super) addr: String,
-    host: String,
-    port: String,
 }
 
 impl Target {
     /// Parses `host:port` (`[v6]:port` too).
     pub(super) fn parse(addr: &str) -> Result<Target, MigrateError> {
         let bad = || MigrateError::Config(format!("target address {addr:?} is not host:port"));
-        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !addr.contains(':') {
+            return Err(bad());
+        }
+        let (host, port) = crate::libs::migrate::split_addr(addr);
         if host.is_empty() || port.parse::<u16>().is_err() {
             return Err(bad());
         }
         Ok(Target {
             addr: addr.to_string(),
-            host: host.to_string(),
-            port: port.to_string(),
         })
     }
 
@@ -79,23 +77,8 @@ impl Batch {
     /// `REPLACE`: while a slot migrates the source copy is authoritative, and a
     /// key may already be on the target from an attempt whose reply we lost.
     pub(super) fn command(&self, target: &Target, auth: Option<&str>) -> Bytes {
-        // Redis reads a timeout of 0 as "1 s"; never send 0.
-        let ms = self.timeout.as_millis().max(1).to_string();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(self.keys.len() + 10);
-        args.extend([
-            b"MIGRATE".as_ref(),
-            target.host.as_bytes(),
-            target.port.as_bytes(),
-            b"",
-            b"0",
-            ms.as_bytes(),
-        ]);
-        if let Some(pw) = auth {
-            args.extend([b"AUTH".as_ref(), pw.as_bytes()]);
-        }
-        args.extend([b"REPLACE".as_ref(), b"KEYS"]);
-        args.extend(self.keys.iter().map(|k| k.name.as_ref()));
-        resp::encode_array(&args)
+        let names: Vec<&[u8]> = self.keys.iter().map(|k| k.name.as_ref()).collect();
+        crate::libs::migrate::command(&target.addr, &names, auth, self.timeout)
     }
 
     /// After a timeout: the same keys in two halves, each with twice the
@@ -226,7 +209,7 @@ mod tests {
     #[test]
     fn targets() {
         let t = Target::parse("[::1]:7000").expect("v6");
-        assert_eq!((t.host.as_str(), t.port.as_str()), ("::1", "7000"));
+        assert_eq!(crate::libs::migrate::split_addr(&t.addr), ("::1", "7000"));
         assert!(Target::parse("nohost").is_err());
         assert!(Target::parse("h:port").is_err());
         assert!(Target::parse(":1").is_err());
