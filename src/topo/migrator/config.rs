@@ -106,7 +106,10 @@ mod tests {
         let back: MigratorConfig = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back.timeout, Duration::from_secs(5));
         let partial: MigratorConfig = serde_json::from_str(r#"{"batch_keys": 10}"#).expect("partial");
-        assert_eq!((partial.batch_keys, partial.inflight), (10, MigratorConfig::default().inflight));
+        assert_eq!(
+            (partial.batch_keys, partial.inflight),
+            (10, MigratorConfig::default().inflight)
+        );
         for broken in [
             MigratorConfig {
                 inflight: 0,
