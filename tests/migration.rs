@@ -72,8 +72,9 @@ impl Cluster {
         addr
     }
 
-    /// A `reborn proxy` child process (so it can be paused or killed).
-    async fn proxy_process(&self, session: Duration) -> (common::GuardedChild, String) {
+    /// A `reborn proxy` child process (so it can be paused or killed), its id,
+    /// and the directory of its config file (removed when dropped).
+    async fn proxy_process(&self, session: Duration) -> (common::GuardedChild, String, tempfile::TempDir) {
         let port = common::free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("proxy.toml");
@@ -94,8 +95,7 @@ impl Cluster {
         );
         let id = format!("127.0.0.1:{port}");
         self.wait_proxy(&id, true).await;
-        std::mem::forget(dir); // the child reads the file at start only; keep it simple
-        (child, id)
+        (child, id, dir)
     }
 
     async fn wait_proxy(&self, id: &str, present: bool) {
@@ -226,7 +226,7 @@ async fn a_switch_under_load_loses_no_acknowledged_write() {
 async fn a_paused_proxy_makes_the_switch_roll_back_and_a_retry_succeeds() {
     let c = Cluster::start().await;
     let live = c.proxy().await;
-    let (paused, paused_id) = c.proxy_process(Duration::from_secs(20)).await;
+    let (paused, paused_id, _conf) = c.proxy_process(Duration::from_secs(20)).await;
     let slot = slot_of(b"foo");
     let mut p = client(live).await;
     let _: () = p.set("foo", "before").await.expect("set");
@@ -261,7 +261,7 @@ async fn a_paused_proxy_makes_the_switch_roll_back_and_a_retry_succeeds() {
 async fn a_killed_proxy_does_not_block_the_next_action() {
     let c = Cluster::start().await;
     let _live = c.proxy().await;
-    let (mut victim, victim_id) = c.proxy_process(Duration::from_secs(2)).await;
+    let (mut victim, victim_id, _conf) = c.proxy_process(Duration::from_secs(2)).await;
     victim.kill().expect("SIGKILL");
     let _ = victim.wait();
     // Its node lingers until the session expires; the action waits for that
@@ -272,6 +272,21 @@ async fn a_killed_proxy_does_not_block_the_next_action() {
         .expect("proceeds once the dead proxy's session is gone");
     assert!(t.elapsed() < Duration::from_secs(8), "took {:?}", t.elapsed());
     c.wait_proxy(&victim_id, false).await;
+}
+
+/// Queues a migration through the dashboard at `dash`, retrying until that
+/// dashboard leads (a freshly started one campaigns first).
+async fn migrate_when_leading(dash: &str, start: u16, end: u16, to: u32) -> reborn::topo::task::Task {
+    use reborn::topo::dashboard::client;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = serde_json::json!({ "start": start, "end": end, "to": to });
+        match client::post(dash, "/api/migrate", &body).await {
+            Ok(r) if r.error().is_none() => return r.into_json().expect("task"),
+            _ => assert!(Instant::now() < deadline, "the dashboard never led"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A dashboard in-process on a free port; returns its address.
@@ -435,15 +450,7 @@ async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
             .env("RUST_LOG", "warn"),
     );
     let dash = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let task: Task = loop {
-        let body = serde_json::json!({ "start": 0, "end": 511, "to": 2 });
-        match client::post(&dash, "/api/migrate", &body).await {
-            Ok(r) if r.error().is_none() => break r.into_json().expect("task"),
-            _ => assert!(Instant::now() < deadline, "the dashboard never led"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let task = migrate_when_leading(&dash, 0, 511, 2).await;
     // Kill it once keys are moving.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -601,15 +608,8 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
             tasks.into_iter().find(|t| t.id == id).expect("task")
         }
     };
+    let task = migrate_when_leading(&dash, 0, 511, 2).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    let task: Task = loop {
-        let body = serde_json::json!({ "start": 0, "end": 511, "to": 2 });
-        match client::post(&dash, "/api/migrate", &body).await {
-            Ok(r) if r.error().is_none() => break r.into_json().expect("task"),
-            _ => assert!(Instant::now() < deadline, "the dashboard never led"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
     while get_task(task.id).await.progress.moved == 0 {
         assert!(Instant::now() < deadline, "never started moving");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -19,6 +19,13 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Overrides `dst` with a command-line flag, when the flag was given.
+pub fn set_from<T>(dst: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *dst = v;
+    }
+}
+
 /// Reads `path` as TOML into `T`. With no path, returns `T::default()`.
 ///
 /// # Errors

@@ -169,11 +169,7 @@ impl ProxyArgs {
     /// The file cannot be read or parsed, or the result is invalid.
     pub fn into_config(self) -> Result<ProxyConfig, ConfigError> {
         let mut c: ProxyConfig = config::load(self.config.as_deref())?;
-        let set = |dst: &mut String, v: Option<String>| {
-            if let Some(v) = v {
-                *dst = v;
-            }
-        };
+        let set = config::set_from;
         set(&mut c.listen, self.listen);
         set(&mut c.admin_listen, self.admin_listen);
         set(&mut c.zk.addr, self.zk);
@@ -182,9 +178,7 @@ impl ProxyArgs {
         set(&mut c.id, self.id);
         set(&mut c.auth, self.auth);
         set(&mut c.backend_auth, self.backend_auth);
-        if let Some(t) = self.threads {
-            c.threads = t;
-        }
+        config::set_from(&mut c.threads, self.threads);
         c.validate()?;
         Ok(c)
     }

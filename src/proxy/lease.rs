@@ -127,7 +127,7 @@ async fn probe(
 
 /// The session timeout in force: the one the server granted if known (it clamps
 /// the requested one), else the configured one.
-fn session_timeout(store: &Store) -> Duration {
+pub(crate) fn session_timeout(store: &Store) -> Duration {
     store
         .client()
         .map(|c| c.session_timeout())

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::reply::lost;
 use super::router::Pool;
 use crate::libs::resp;
 
@@ -99,8 +100,4 @@ async fn migrate_then_forward(client: u64, job: &Job, auth: Option<&str>, timeou
         .send(client, job.req.clone())
         .await
         .unwrap_or_else(|_| lost())
-}
-
-fn lost() -> Bytes {
-    resp::error("ERR backend reply lost")
 }

@@ -56,7 +56,7 @@ pub struct Part {
 }
 
 /// A backend reply that never came (its connection task ended without answering).
-fn lost() -> Bytes {
+pub(crate) fn lost() -> Bytes {
     resp::error("ERR backend reply lost")
 }
 

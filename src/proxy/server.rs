@@ -129,10 +129,7 @@ impl Bound {
         }
         // The reads just done prove the session alive as of `loaded_at`: grant the
         // first lease from there, then keep it renewed.
-        let timeout = store
-            .client()
-            .map(|c| c.session_timeout())
-            .unwrap_or(config.zk.session_timeout);
+        let timeout = lease::session_timeout(&store);
         first.lease.extend(loaded_at + timeout * 2 / 3);
         tokio::spawn(lease::keep(
             store.clone(),

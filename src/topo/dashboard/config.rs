@@ -112,11 +112,7 @@ impl DashboardArgs {
     /// The file cannot be read or parsed, or the result is invalid.
     pub fn into_config(self) -> Result<DashboardConfig, ConfigError> {
         let mut c: DashboardConfig = config::load(self.config.as_deref())?;
-        let set = |dst: &mut String, v: Option<String>| {
-            if let Some(v) = v {
-                *dst = v;
-            }
-        };
+        let set = config::set_from;
         set(&mut c.listen, self.listen);
         set(&mut c.advertise, self.advertise);
         set(&mut c.zk.addr, self.zk);
