@@ -19,6 +19,8 @@
 #   BENCH_BASELINE_SECS  how long the baseline load runs before the migration    default 10
 #   BENCH_MIGRATE_TIMEOUT  seconds to wait for the task to be done               default 900
 #   BENCH_PROXY_THREADS  passed to `reborn up --proxy-threads`                   default: reborn up's
+#   BENCH_DASHBOARD_CONFIG  passed to `reborn up --dashboard-config` (e.g. a file with a
+#                        [migration] section to try other batch/pacing settings)  default: none
 #   BENCH_KEEP=1         keep the work dir (reborn up logs, raw redis-benchmark output)
 #
 # Ports (fixed, so it never collides with a default `reborn up` or scripts/bench.sh):
@@ -196,7 +198,8 @@ REBORN=$ROOT/target/release/reborn
 start_reborn() {
     local ports extra=()
     ports=$(IFS=,; echo "${REDIS_PORTS[*]}")
-    [[ -z ${BENCH_PROXY_THREADS:-} ]] || extra=(--proxy-threads "$BENCH_PROXY_THREADS")
+    [[ -z ${BENCH_PROXY_THREADS:-} ]] || extra+=(--proxy-threads "$BENCH_PROXY_THREADS")
+    [[ -z ${BENCH_DASHBOARD_CONFIG:-} ]] || extra+=(--dashboard-config "$BENCH_DASHBOARD_CONFIG")
     log "starting reborn up (ZooKeeper :$ZK_PORT, redis :$ports, proxy :$PROXY_PORT, dashboard :$DASH_PORT)"
     "$REBORN" up --zk-port "$ZK_PORT" --redis-ports "$ports" \
         --proxy "127.0.0.1:$PROXY_PORT" --proxy-admin "127.0.0.1:$PROXY_ADMIN_PORT" \

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reborn::libs::hash::slot_of;
-use reborn::topo::migrator::{self, MigrateError, MigratorConfig, Outcome, Progress};
+use reborn::topo::migrator::{self, Method, MigrateError, MigratorConfig, Outcome, Progress};
 use tokio_util::sync::CancellationToken;
 
 /// A redis-rs connection with a timeout fit for 50 MB values and big pipelines
@@ -166,6 +166,19 @@ fn config() -> MigratorConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_exactly_the_keys_of_the_slots() {
+    moves_exactly_the_keys_of_the_slots_with(Method::DumpRestore).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_exactly_the_keys_of_the_slots_with_migrate() {
+    moves_exactly_the_keys_of_the_slots_with(Method::Migrate).await;
+}
+
+async fn moves_exactly_the_keys_of_the_slots_with(method: Method) {
+    let config = || MigratorConfig {
+        method,
+        ..MigratorConfig::default()
+    };
     let (src, dst) = (common::redis(), common::redis());
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     let keys = key_names("key", 20_000);
@@ -456,7 +469,10 @@ async fn a_target_that_is_down_loses_nothing_and_the_migration_completes_after_r
         "failures are retried and counted: {progress:?}"
     );
     let why = progress.last_error.clone().unwrap_or_default();
-    assert!(why.contains("IOERR") && why.contains(&dst.addr()), "{why}");
+    assert!(
+        why.contains("cannot connect") && why.contains(&dst.addr()),
+        "{why}"
+    );
     assert!(
         why.contains("(timeout 5s)"),
         "a dead target is no reason to shrink batches: {why}"
@@ -626,6 +642,17 @@ async fn works_with_a_backend_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_value_moves_through_split_batches_and_longer_timeouts() {
+    // DUMP/RESTORE: our own wait for the 50 MB reply runs out.
+    big_value_with(Method::DumpRestore, "did not answer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_value_moves_through_split_batches_and_longer_timeouts_with_migrate() {
+    // MIGRATE: Redis's own socket timeout towards the target runs out.
+    big_value_with(Method::Migrate, "IOERR").await;
+}
+
+async fn big_value_with(method: Method, first_error: &str) {
     let (src, dst) = (common::redis(), common::redis());
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     let big: Vec<u8> = (0..50 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -647,6 +674,7 @@ async fn a_big_value_moves_through_split_batches_and_longer_timeouts() {
     // 1 ms is far too short for 50 MB: the batch fails, is split, and the big
     // key is retried alone with a timeout that doubles until it is enough.
     let cfg = MigratorConfig {
+        method,
         timeout: Duration::from_millis(1),
         ..config()
     };
@@ -669,7 +697,7 @@ async fn a_big_value_moves_through_split_batches_and_longer_timeouts() {
             .last_error
             .as_deref()
             .unwrap_or_default()
-            .contains("IOERR"),
+            .contains(first_error),
         "{progress:?}"
     );
     let moved: Vec<u8> = redis::cmd("GET")
@@ -689,6 +717,56 @@ async fn a_big_value_moves_through_split_batches_and_longer_timeouts() {
 /// Throughput: BENCH_KEYS small keys (default 1M) on the source, 256 of 1024
 /// slots move; once per `inflight` setting in BENCH_INFLIGHT (default 1,2,4,8),
 /// each on fresh servers. Prints keys/s moved.
+/// A key of the slots that the target holds already (a stale copy, or one a
+/// lost reply left behind) is not overwritten by `RESTORE` (no `REPLACE`):
+/// it is contested and settled by `MIGRATE … REPLACE`, so the source's copy
+/// wins, with its TTL, and nothing is left on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_already_on_the_target_ends_with_the_source_copy() {
+    let (src, dst) = (common::redis(), common::redis());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let keys = key_names("key", 2_000);
+    fill(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let stale: Vec<&String> = keys
+        .iter()
+        .filter(|k| slots.contains(&slot_of(k.as_bytes())))
+        .take(5)
+        .collect();
+    assert_eq!(stale.len(), 5);
+    for k in &stale {
+        let () = redis::cmd("SET")
+            .arg(*k)
+            .arg("stale")
+            .query_async(&mut d)
+            .await
+            .expect("stale");
+    }
+    let before = snapshot(&mut s, &keys).await;
+
+    let mut progress = Progress::default();
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &slots,
+        &config(),
+        &mut progress,
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("migrate");
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(progress.contested, 5, "{progress:?}");
+    let source = snapshot(&mut s, &keys).await;
+    let target = snapshot(&mut d, &keys).await;
+    assert_moved(&before, &source, &target, &slots);
+    for k in &stale {
+        let v: String = redis::cmd("GET").arg(*k).query_async(&mut d).await.expect("get");
+        assert_eq!(v, value_of(k), "the source's copy of {k} won");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: scripts/bench_migrator.sh"]
 async fn bench_migrator_throughput() {

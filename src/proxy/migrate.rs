@@ -1,8 +1,12 @@
 //! Migrate on access: serving a slot while its keys move between groups.
 //!
 //! For a slot in state `migrate`, a request's keys may still be on the source
-//! master. Before the request is forwarded to the target, its keys are moved with
-//! `MIGRATE <target> "" 0 <timeout> [AUTH pw] REPLACE KEYS k…` on the source.
+//! master. The request is first offered to the source, which runs it only if it
+//! holds every one of its keys ([`super::source_call`]); if it holds none, the
+//! request goes straight to the target. Otherwise (some keys, or a command that
+//! cannot run there), its keys are moved with
+//! `MIGRATE <target> "" 0 <timeout> [AUTH pw] REPLACE KEYS k…` on the source
+//! before the request is forwarded to the target.
 //! `NOKEY` means they already moved (or never existed); stock Redis deletes the
 //! source copy only after the target acknowledged it, so a failed `MIGRATE` loses
 //! nothing and the request gets its error instead. `REPLACE` because the source is
@@ -18,11 +22,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use super::reply::lost;
 use super::router::Pool;
+use super::source_call::{self, Answer};
 use crate::libs::resp;
 
 /// One request of a migrating slot.
@@ -84,6 +89,14 @@ async fn run(client: u64, mut rx: mpsc::UnboundedReceiver<Job>, auth: Option<Str
 }
 
 async fn migrate_then_forward(client: u64, job: &Job, auth: Option<&str>, timeout: Duration) -> Bytes {
+    if let Some(call) = source_call_of(job) {
+        let reply = job.from.send(client, call).await.unwrap_or_else(|_| lost());
+        match source_call::answer(reply) {
+            Answer::Served(reply) => return reply,
+            Answer::NoKeyHere => return forward(client, job).await,
+            Answer::Classic => {}
+        }
+    }
     if !job.keys.is_empty() {
         let cmd = crate::libs::migrate::command(job.to.addr(), &job.keys, auth, timeout);
         let moved = job.from.send(client, cmd).await.unwrap_or_else(|_| lost());
@@ -96,8 +109,19 @@ async fn migrate_then_forward(client: u64, job: &Job, auth: Option<&str>, timeou
             ));
         }
     }
+    forward(client, job).await
+}
+
+async fn forward(client: u64, job: &Job) -> Bytes {
     job.to
         .send(client, job.req.clone())
         .await
         .unwrap_or_else(|_| lost())
+}
+
+/// The source call of a job (see `source_call`), from its request's words.
+fn source_call_of(job: &Job) -> Option<Bytes> {
+    let mut raw = BytesMut::from(&job.req[..]);
+    let req = resp::parse_request(&mut raw, &resp::Limits::default()).ok()??;
+    source_call::command(&req.args, &job.keys)
 }

@@ -29,6 +29,7 @@ pub mod reply;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod source_call;
 pub mod stats;
 pub mod worker;
 

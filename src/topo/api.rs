@@ -45,6 +45,9 @@ pub struct ApiState {
     pub role: watch::Receiver<Leadership>,
     /// Password of the product's redis-servers (promote talks to them).
     pub backend_auth: Option<String>,
+    /// Wakes this dashboard's task runner when a task is queued or resumed,
+    /// instead of leaving it to its next look.
+    pub tasks_changed: Arc<tokio::sync::Notify>,
 }
 
 type Shared = Arc<ApiState>;
@@ -363,6 +366,7 @@ async fn migrate(
         return Err(TopoError::Invalid(format!("bad slot range {}-{}", b.start, b.end)).into());
     }
     let task = task::enqueue(&s.store, (b.start..=b.end).collect(), b.to).await?;
+    s.tasks_changed.notify_one();
     Ok((StatusCode::CREATED, Json(task)))
 }
 
@@ -375,7 +379,9 @@ async fn pause_task(State(s): State<Shared>, Path(id): Path<u64>) -> Result<Json
 }
 
 async fn resume_task(State(s): State<Shared>, Path(id): Path<u64>) -> Result<Json<Task>, ApiError> {
-    Ok(Json(task::set_paused(&s.store, id, false).await?))
+    let task = task::set_paused(&s.store, id, false).await?;
+    s.tasks_changed.notify_one();
+    Ok(Json(task))
 }
 
 async fn cancel_task(State(s): State<Shared>, Path(id): Path<u64>) -> Result<Json<Task>, ApiError> {
@@ -487,6 +493,7 @@ async fn rebalance_apply(
             tasks.push(task::enqueue(&s.store, (m.start..=m.end).collect(), m.to).await?);
         }
     }
+    s.tasks_changed.notify_one();
     Ok(Json(Applied { plan, tasks }))
 }
 

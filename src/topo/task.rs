@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::action::{self, DEFAULT_ACK_TIMEOUT};
@@ -167,9 +168,13 @@ pub async fn set_paused(store: &Store, id: u64, paused: bool) -> Result<Task, To
     Ok(task)
 }
 
+/// How often an idle runner looks for tasks queued by other processes (this
+/// dashboard's own API wakes it at once through `changed`).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
 /// Runs queued and unfinished tasks, one at a time, until `cancel` (the end of
-/// this dashboard's leadership).
-pub async fn run(store: Store, cfg: MigratorConfig, cancel: CancellationToken) {
+/// this dashboard's leadership). `changed` wakes an idle runner early.
+pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel: CancellationToken) {
     loop {
         let next = list(&store).await.map(|tasks| {
             tasks
@@ -184,7 +189,7 @@ pub async fn run(store: Store, cfg: MigratorConfig, cancel: CancellationToken) {
                     Duration::from_secs(2)
                 }
             },
-            Ok(None) => Duration::from_millis(500),
+            Ok(None) => IDLE_POLL,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list migration tasks");
                 Duration::from_secs(1)
@@ -192,6 +197,7 @@ pub async fn run(store: Store, cfg: MigratorConfig, cancel: CancellationToken) {
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
+            _ = changed.notified(), if pause == IDLE_POLL => {}
             _ = cancel.cancelled() => return,
         }
     }

@@ -91,6 +91,18 @@ pub struct UpArgs {
     #[arg(long, default_value = "demo")]
     pub product: String,
 
+    /// The dashboard's TOML config (see conf/dashboard.toml), e.g. for its
+    /// `[migration]` settings. Its address and ZooKeeper settings are replaced
+    /// by this command's.
+    #[arg(long, value_name = "FILE")]
+    pub dashboard_config: Option<PathBuf>,
+
+    /// The proxy's TOML config (see conf/proxy.toml). Its addresses and
+    /// ZooKeeper settings are replaced by this command's, and its thread count
+    /// by --proxy-threads when given.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: Option<PathBuf>,
+
     /// Directory for data and logs, kept after exit. Default: a fresh
     /// /tmp/reborn-up-<pid>-<n>, removed on exit (nothing in it is persistent:
     /// the redis-servers never save).
@@ -170,10 +182,10 @@ async fn serve(
     }
 
     roles
-        .start("dashboard", args.dashboard, dashboard_role(args, &zk))
+        .start("dashboard", args.dashboard, dashboard_role(args, &zk)?)
         .await?;
     let mut proxy = None;
-    if let Some(make) = proxy_role(args, &zk) {
+    if let Some(make) = proxy_role(args, &zk)? {
         roles.start("proxy", args.proxy, make).await?;
         proxy = Some((args.proxy, args.proxy_admin));
     }
@@ -198,43 +210,83 @@ async fn serve(
     }
 }
 
-/// The dashboard's main future: `reborn dashboard` with its defaults, on our
-/// address and product. Standby stays on: a dashboard already leading this
-/// product (with `--zk`) keeps leading and ours waits behind it.
-fn dashboard_role(args: &UpArgs, zk: &ZkConfig) -> impl FnOnce(CancellationToken) -> RoleFuture + use<> {
+/// The dashboard's main future: `reborn dashboard` with its defaults (or
+/// `--dashboard-config`), on our address and product. Standby stays on: a
+/// dashboard already leading this product (with `--zk`) keeps leading and ours
+/// waits behind it.
+fn dashboard_role(
+    args: &UpArgs,
+    zk: &ZkConfig,
+) -> Result<impl FnOnce(CancellationToken) -> RoleFuture + use<>, UpError> {
+    let file: crate::topo::dashboard::DashboardConfig =
+        load_role_config("dashboard", args.dashboard_config.as_deref())?;
     let config = crate::topo::dashboard::DashboardConfig {
         listen: args.dashboard.to_string(),
-        zk: zk.clone(),
-        ..crate::topo::dashboard::DashboardConfig::default()
+        advertise: String::new(),
+        standby: true,
+        zk: ZkConfig {
+            session_timeout: file.zk.session_timeout,
+            ..zk.clone()
+        },
+        ..file
     };
-    move |cancel| -> RoleFuture {
+    Ok(move |cancel| -> RoleFuture {
         Box::pin(async move {
             crate::topo::dashboard::run(config, cancel)
                 .await
                 .map_err(|e| e.to_string())
         })
-    }
+    })
 }
 
-/// The proxy's main future: `reborn proxy` with its defaults, on our addresses
-/// and product. `None` is for roles that are switched off (none yet).
-fn proxy_role(args: &UpArgs, zk: &ZkConfig) -> Option<impl FnOnce(CancellationToken) -> RoleFuture + use<>> {
+/// Reads a role's `--*-config` file (defaults without one), for the role's
+/// settings that `reborn up` has no flag of its own for.
+fn load_role_config<T: serde::de::DeserializeOwned + Default>(
+    role: &str,
+    path: Option<&std::path::Path>,
+) -> Result<T, UpError> {
+    crate::libs::config::load(path).map_err(|e| UpError::Role {
+        role: role.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The proxy's main future: `reborn proxy` with its defaults (or
+/// `--proxy-config`), on our addresses and product. `None` is for roles that
+/// are switched off (none yet).
+fn proxy_role(
+    args: &UpArgs,
+    zk: &ZkConfig,
+) -> Result<Option<impl FnOnce(CancellationToken) -> RoleFuture + use<>>, UpError> {
     // Here the proxy shares the machine with ZooKeeper, every redis-server and
     // whatever load the newcomer points at it: give its data plane half the
     // cores. A dedicated proxy host keeps the default of one per core. (On this
     // project's 2-core machine one worker used less CPU per request than two;
     // figures in docs/benchmarks.md.)
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let file: crate::proxy::ProxyConfig = load_role_config("proxy", args.proxy_config.as_deref())?;
+    let threads = match (args.proxy_threads, &args.proxy_config) {
+        (Some(n), _) => n,
+        (None, Some(_)) => file.threads,
+        (None, None) => (cores / 2).max(1),
+    };
     let config = crate::proxy::ProxyConfig {
         listen: args.proxy.to_string(),
         admin_listen: args.proxy_admin.to_string(),
-        zk: zk.clone(),
-        threads: args.proxy_threads.unwrap_or((cores / 2).max(1)),
-        ..crate::proxy::ProxyConfig::default()
+        zk: ZkConfig {
+            session_timeout: file.zk.session_timeout,
+            ..zk.clone()
+        },
+        threads,
+        ..file
     };
-    Some(move |cancel| -> RoleFuture {
+    config.validate().map_err(|e| UpError::Role {
+        role: "proxy".into(),
+        message: e.to_string(),
+    })?;
+    Ok(Some(move |cancel| -> RoleFuture {
         Box::pin(async move { crate::proxy::run(config, cancel).await.map_err(|e| e.to_string()) })
-    })
+    }))
 }
 
 /// The flags `reborn admin` needs to find this cluster, beyond its defaults.

@@ -138,6 +138,7 @@ impl Bound {
             me: me.clone(),
             role: role_rx,
             backend_auth: (!self.config.backend_auth.is_empty()).then(|| self.config.backend_auth.clone()),
+            tasks_changed: Arc::default(),
         });
         let stop_http = CancellationToken::new();
         let mut http = tokio::spawn(
@@ -158,6 +159,7 @@ impl Bound {
             store.clone(),
             state.role.clone(),
             migration,
+            state.tasks_changed.clone(),
             cancel.clone(),
         ));
         let campaign = leader::Campaign {
@@ -194,6 +196,7 @@ async fn run_tasks_while_leading(
     store: Store,
     mut role: watch::Receiver<Role>,
     cfg: crate::topo::migrator::MigratorConfig,
+    changed: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
     loop {
@@ -204,7 +207,7 @@ async fn run_tasks_while_leading(
             }
         }
         let term = stop.child_token();
-        let tasks = crate::topo::task::run(store.clone(), cfg.clone(), term.clone());
+        let tasks = crate::topo::task::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
         tokio::pin!(tasks);
         loop {
             tokio::select! {

@@ -1,10 +1,12 @@
-//! One `MIGRATE … KEYS` batch: its keys, its timeout, the command it becomes,
-//! what its reply means, and how it is cut smaller when it is too slow.
+//! One batch of keys: its keys, how and with what timeout it moves, the
+//! `MIGRATE` command it becomes, what that command's reply means, and how a
+//! batch is cut smaller when it is too slow.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::config::Method;
 use super::conn::error_text;
 use super::error::MigrateError;
 use crate::libs::resp;
@@ -57,12 +59,16 @@ impl Target {
     }
 }
 
-/// Keys that go out together in one `MIGRATE`.
+/// Keys that move together.
 #[derive(Debug)]
 pub(super) struct Batch {
     pub(super) keys: Vec<Key>,
-    /// The `MIGRATE` timeout: Redis applies it to each socket operation with the
-    /// target (connect, each 64 KiB written, each reply line read).
+    /// How they move: the task's method, or `MIGRATE` for keys that raced
+    /// with a proxy (see `restore`).
+    pub(super) method: Method,
+    /// The `MIGRATE` timeout, which Redis applies to each socket operation with
+    /// the target (connect, each 64 KiB written, each reply line read); with
+    /// `DUMP`/`RESTORE`, the wait for each reply.
     pub(super) timeout: Duration,
 }
 
@@ -95,10 +101,12 @@ impl Batch {
         vec![
             Batch {
                 keys: self.keys,
+                method: self.method,
                 timeout,
             },
             Batch {
                 keys: second,
+                method: self.method,
                 timeout,
             },
         ]
@@ -174,6 +182,7 @@ mod tests {
                     scan: 0,
                 })
                 .collect(),
+            method: Method::Migrate,
             timeout,
         }
     }

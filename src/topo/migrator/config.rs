@@ -8,18 +8,37 @@ use serde::{Deserialize, Serialize};
 use super::batch::MAX_TIMEOUT;
 use super::error::MigrateError;
 
+/// How a batch of keys moves from the source to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// `DUMP` on the source, `RESTORE` on the target, then a `DEL` guarded by
+    /// `WATCH` (see `restore`): neither server ever waits for the other, so
+    /// their clients are served between our commands. Keys that race with a
+    /// proxy's migrate-on-access fall back to `MIGRATE`.
+    DumpRestore,
+    /// `MIGRATE … KEYS`: one command per batch, but the source serves nobody
+    /// until the target has restored the whole batch.
+    Migrate,
+}
+
 /// How a migration task scans and moves keys.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MigratorConfig {
+    /// How batches move (see [`Method`]).
+    pub method: Method,
     /// `SCAN … COUNT`: keys the source examines per `SCAN` call.
     pub scan_count: usize,
-    /// Most keys per `MIGRATE … KEYS`.
+    /// Most keys per batch.
     pub batch_keys: usize,
-    /// `MIGRATE` batches sent to the source before the first reply is read.
+    /// With `method = "migrate"`: `MIGRATE` batches sent to the source before
+    /// the first reply is read. (`dump-restore` runs one batch at a time: its
+    /// guard, `WATCH`, belongs to the connection.)
     pub inflight: usize,
-    /// The `MIGRATE` timeout of a fresh batch. Redis applies it to each socket
-    /// operation with the target; a batch that times out is retried in halves
+    /// How long a fresh batch may take per step: the `MIGRATE` timeout, which
+    /// Redis applies to each socket operation with the target, or the wait for
+    /// each `DUMP`/`RESTORE` reply. A batch that times out is retried in halves
     /// with a doubled timeout, up to 60 s.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -35,11 +54,12 @@ pub struct MigratorConfig {
 impl Default for MigratorConfig {
     fn default() -> Self {
         MigratorConfig {
+            method: Method::DumpRestore,
             scan_count: 1000,
-            // Stock Redis runs MIGRATE synchronously: the source serves nobody
-            // while a batch transfers. Small batches, one at a time, keep
-            // client p99 during a migration near 8x instead of ~25x (500 keys,
-            // 4 in flight) at ~55k keys/s instead of ~65k (docs/benchmarks.md).
+            // With MIGRATE the source serves nobody while a batch transfers:
+            // small batches, one at a time, kept client p99 during a migration
+            // near 8x instead of ~25x (500 keys, 4 in flight) at ~55k keys/s
+            // instead of ~65k (docs/benchmarks.md).
             batch_keys: 100,
             inflight: 1,
             timeout: Duration::from_secs(5),
@@ -79,6 +99,7 @@ impl MigratorConfig {
 impl fmt::Debug for MigratorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MigratorConfig")
+            .field("method", &self.method)
             .field("scan_count", &self.scan_count)
             .field("batch_keys", &self.batch_keys)
             .field("inflight", &self.inflight)

@@ -66,6 +66,11 @@ impl Conn {
         Ok(conn)
     }
 
+    /// The server's `host:port`.
+    pub(super) fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// Writes one encoded command (see [`resp::encode_array`]).
     pub(super) async fn send(&mut self, cmd: &[u8]) -> Result<(), MigrateError> {
         self.stream

@@ -1,6 +1,10 @@
 //! The data engine of the background migrator: moves every key of a set of
-//! slots from a source redis-server to a target with stock Redis commands
-//! (`SCAN` + `MIGRATE host port "" 0 timeout [AUTH pw] REPLACE KEYS k…`).
+//! slots from a source redis-server to a target with stock Redis commands:
+//! `SCAN`, then per batch either `DUMP`/`RESTORE` with a `WATCH`-guarded
+//! `DEL` (`restore`, the default: neither server ever waits for the other) or
+//! `MIGRATE host port "" 0 timeout [AUTH pw] REPLACE KEYS k…` (see
+//! [`Method`]). The rest of these docs describe the `MIGRATE` method; the
+//! guarantees of the other are in `restore`.
 //!
 //! The dashboard's migration manager drives it once a task's slots are in state
 //! `migrate` (see `docs/migration.md`, "Background migrator"): it calls
@@ -72,6 +76,7 @@ mod conn;
 mod error;
 mod ledger;
 mod pass;
+mod restore;
 mod throttle;
 
 use std::collections::BTreeSet;
@@ -80,7 +85,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use config::MigratorConfig;
+pub use config::{Method, MigratorConfig};
 // A plain request-reply connection to a redis-server; promote uses it too.
 pub(crate) use conn::{Conn, bulk_payload, error_text};
 pub use error::MigrateError;
@@ -113,6 +118,9 @@ pub struct Progress {
     /// deleted between `SCAN` and `MIGRATE` is counted; keys moved by an attempt
     /// that then failed part-way are not, they answer `NOKEY` on the retry).
     pub moved: u64,
+    /// Keys that raced with a proxy's migrate-on-access during a
+    /// `DUMP`/`RESTORE` and were then moved with `MIGRATE` (see `restore`).
+    pub contested: u64,
     /// Failed `MIGRATE`s and lost connections; each failed batch was retried.
     pub errors: u64,
     /// The latest failure, naming the key when a single key fails.

@@ -1,19 +1,21 @@
 //! One pass of the background migrator: a single `SCAN` sweep of the source
-//! from a saved cursor back to 0, moving every key of the task's slots with
-//! pipelined `MIGRATE … KEYS` batches.
+//! from a saved cursor back to 0, moving every key of the task's slots in
+//! batches, with `DUMP`/`RESTORE` (`restore`) or pipelined `MIGRATE … KEYS`.
 //!
 //! The pass is one loop that does one thing per turn, so there is no shared
 //! state between tasks:
 //!
 //! 1. cut the keys found so far into batches;
-//! 2. send batches until `inflight` are outstanding (unless a backoff holds
+//! 2. move batches: a `DUMP`/`RESTORE` batch from start to end, `MIGRATE`
+//!    batches sent until `inflight` are outstanding (unless a backoff holds
 //!    them, or the throttle says wait);
 //! 3. then either `SCAN` more (while fewer than `batch_keys × inflight` keys wait
 //!    to be sent), or read the oldest `MIGRATE` reply, or sleep out the backoff.
 //!
-//! `SCAN` and `MIGRATE` use two connections, so a `SCAN` reply is not queued
-//! behind a slow batch, and while we wait for either the source still has
-//! `MIGRATE`s queued: Redis executes them one after the other, never idle.
+//! `SCAN` and the moves use two connections to the source, so a `SCAN` reply
+//! is not queued behind a slow batch, and while we wait for either the source
+//! still has `MIGRATE`s queued: Redis executes them one after the other, never
+//! idle.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,10 +25,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batch, Key, Target, Verdict, verdict};
-use super::config::MigratorConfig;
+use super::config::{Method, MigratorConfig};
 use super::conn::Conn;
 use super::error::MigrateError;
 use super::ledger::Ledger;
+use super::restore::{self, Failure, Transferred};
 use super::throttle::Throttle;
 use super::{Outcome, Progress, SlotSet};
 use crate::libs::backoff::Backoff;
@@ -51,8 +54,11 @@ pub(super) struct Pass<'a> {
     cfg: &'a MigratorConfig,
     slots: SlotSet,
     scan: Conn,
-    /// The `MIGRATE` connection; dropped when it fails and reopened on the next send.
+    /// The source connection that moves keys (`MIGRATE`, or `DUMP` and the
+    /// guarded `DEL`); dropped when it fails and reopened on the next send.
     migrate: Option<Conn>,
+    /// The target connection of `RESTORE`; likewise.
+    restore: Option<Conn>,
     /// The cursor of the next `SCAN`.
     cursor: u64,
     scan_done: bool,
@@ -86,6 +92,7 @@ impl<'a> Pass<'a> {
             slots,
             scan,
             migrate: None,
+            restore: None,
             cursor,
             scan_done: false,
             pending: Vec::new(),
@@ -132,7 +139,12 @@ impl<'a> Pass<'a> {
                 reported = Instant::now();
             }
         }
-        // Every batch is settled, so the last SCAN call (cursor 0) is committed.
+        // Every batch is settled (the last one perhaps by `send_ready` just
+        // now), so the last SCAN call (cursor 0) commits.
+        if let Some(commit) = self.ledger.commit() {
+            progress.cursor = commit.cursor;
+            progress.found += commit.found;
+        }
         debug_assert!(self.ledger.is_empty() && progress.cursor == 0);
         progress.passes += 1;
         Ok(Outcome::Finished)
@@ -166,6 +178,7 @@ impl<'a> Pass<'a> {
     fn batch(&self, keys: Vec<Key>) -> Batch {
         Batch {
             keys,
+            method: self.cfg.method,
             timeout: self.cfg.timeout,
         }
     }
@@ -197,7 +210,9 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Sends ready batches up to the in-flight limit.
+    /// Moves ready batches: `MIGRATE`s up to the in-flight limit, a
+    /// `DUMP`/`RESTORE` batch whenever no `MIGRATE` is outstanding (their
+    /// replies would interleave on the connection).
     async fn send_ready(
         &mut self,
         progress: &mut Progress,
@@ -207,6 +222,10 @@ impl<'a> Pass<'a> {
             let Some(batch) = self.ready.pop_front() else {
                 return Ok(());
             };
+            if batch.method == Method::DumpRestore && !self.inflight.is_empty() {
+                self.ready.push_front(batch);
+                return Ok(());
+            }
             if let Some(wait) = self.throttle.admit(batch.len())
                 && or_cancel(cancel, tokio::time::sleep(wait)).await.is_none()
             {
@@ -222,6 +241,10 @@ impl<'a> Pass<'a> {
                     }
                 }
             }
+            if batch.method == Method::DumpRestore {
+                self.transfer(batch, progress, cancel).await;
+                continue;
+            }
             let cmd = batch.command(&self.target, self.cfg.auth.as_deref());
             let sent = match self.migrate.as_mut() {
                 Some(conn) => conn.send(&cmd).await,
@@ -234,6 +257,77 @@ impl<'a> Pass<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Moves one batch with `DUMP`/`RESTORE` (the source connection is open)
+    /// and acts on the outcome; a batch that did not move is requeued.
+    async fn transfer(&mut self, batch: Batch, progress: &mut Progress, cancel: &CancellationToken) {
+        if self.restore.is_none() {
+            match Conn::connect(&self.target.addr, self.cfg.auth.as_deref()).await {
+                Ok(conn) => self.restore = Some(conn),
+                Err(e) => {
+                    self.note_error(progress, &batch, &format!("target: {e}"));
+                    self.hold(Duration::ZERO);
+                    self.ready.push_front(batch);
+                    return;
+                }
+            }
+        }
+        let (Some(source), Some(target)) = (self.migrate.as_mut(), self.restore.as_mut()) else {
+            self.ready.push_front(batch);
+            return;
+        };
+        let moving = restore::transfer(source, target, &batch.keys, batch.timeout);
+        let Some(outcome) = or_cancel(cancel, moving).await else {
+            // Stopped half-way: the connections are out of step. Keys copied
+            // but not deleted are settled by the next run (see `restore`).
+            self.migrate = None;
+            self.restore = None;
+            self.ready.push_front(batch);
+            return;
+        };
+        match outcome {
+            Ok(done) => self.transferred(batch, done, progress),
+            Err(failure) => {
+                let (why, slow) = match failure {
+                    Failure::Source(e) => {
+                        self.migrate = None;
+                        (format!("source: {e}"), matches!(e, MigrateError::Timeout { .. }))
+                    }
+                    Failure::Target(e) => {
+                        self.restore = None;
+                        (format!("target: {e}"), matches!(e, MigrateError::Timeout { .. }))
+                    }
+                    Failure::Refused(why) => (format!("target: {why}"), false),
+                };
+                self.note_error(progress, &batch, &why);
+                if slow {
+                    self.retry_smaller(batch);
+                } else {
+                    self.hold(Duration::ZERO);
+                    self.ready.push_front(batch);
+                }
+            }
+        }
+    }
+
+    /// Settles a transferred batch; its contested keys go first in line, to
+    /// be moved with `MIGRATE`.
+    fn transferred(&mut self, mut batch: Batch, done: Transferred, progress: &mut Progress) {
+        progress.moved += done.moved as u64;
+        progress.contested += done.contested.len() as u64;
+        let mut indexes = done.contested;
+        // Highest first, so each swap_remove moves in a key that stays.
+        indexes.sort_unstable_by(|a, b| b.cmp(a));
+        let contested: Vec<Key> = indexes.into_iter().map(|i| batch.keys.swap_remove(i)).collect();
+        self.settle(&batch);
+        if !contested.is_empty() {
+            self.ready.push_front(Batch {
+                keys: contested,
+                method: Method::Migrate,
+                timeout: batch.timeout,
+            });
+        }
     }
 
     /// Reads the oldest batch's reply and acts on it.
@@ -350,7 +444,7 @@ impl<'a> Pass<'a> {
     fn note_error(&self, progress: &mut Progress, batch: &Batch, why: &str) {
         progress.errors += 1;
         let what = format!(
-            "MIGRATE of {} to {} (timeout {:?}) failed: {why}; retrying",
+            "moving {} to {} (timeout {:?}) failed: {why}; retrying",
             batch.describe(),
             self.target.addr,
             batch.timeout

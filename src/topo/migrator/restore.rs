@@ -1,0 +1,297 @@
+//! The non-blocking way to move a batch: `DUMP` on the source, `RESTORE` on
+//! the target, then a `DEL` on the source guarded by `WATCH`.
+//!
+//! # Why not `MIGRATE`
+//!
+//! Stock Redis runs `MIGRATE` synchronously: the source's event loop waits,
+//! inside the command, for the target to restore the keys and answer. On a
+//! busy host that wait includes the time the target process needs to get a
+//! CPU, and every other client of the source waits with it. Measured on this
+//! project's 2-core machine, 100-key `MIGRATE` batches made the p99 of
+//! unrelated clients of the source 6–9× its value before the migration
+//! (docs/benchmarks.md). Here each server only runs short commands it answers
+//! at once, so the source serves its clients between our commands just as it
+//! does between any other client's.
+//!
+//! # Why it loses nothing
+//!
+//! While a slot is in `migrate` a proxy runs a request on the source only if
+//! the source holds all its keys, and otherwise moves them with
+//! `MIGRATE … REPLACE` before it touches them on the target
+//! (`proxy::migrate`). So a key that left the source never comes back, and
+//! the source's copy is authoritative while it exists. The steps of a batch:
+//!
+//! 1. Source: `WATCH k…`, then `DUMP k` and `PEXPIRETIME k` for each key,
+//!    in one write. A key that is gone (nil `DUMP`) needs nothing.
+//! 2. Target: `RESTORE k <expiry> <payload> ABSTTL` for each dumped key,
+//!    without `REPLACE`. A `BUSYKEY` reply means the target has the key already:
+//!    either a proxy moved it on access (and its client may have written it
+//!    since, so it must not be overwritten) or an earlier attempt of ours lost
+//!    its reply. The key is *contested* (below).
+//! 3. Source: `MULTI`, `DEL` of the restored keys, `EXEC`. `EXEC` runs only if
+//!    no watched key was written, deleted or expired since the `WATCH`, so the
+//!    source only ever deletes a copy that is byte for byte the one the target
+//!    acknowledged. If it aborts (a client wrote one of the keys on the
+//!    source meanwhile, or a proxy moved one), the keys are watched and dumped
+//!    again: those that still equal what the target holds are deleted under
+//!    the new guard, the others are contested.
+//!
+//! Contested keys go back to the caller, who moves them with
+//! `MIGRATE … REPLACE`: its check-and-move is atomic on the source, so it
+//! answers `NOKEY` if the source no longer holds a key, and otherwise
+//! overwrites the target with the source's copy, which is authoritative while
+//! the source holds it. Nothing is deleted from the source before the target
+//! acknowledged it, so a failure at any step leaves at worst a copy on both
+//! servers, which the retry settles the same way.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::batch::Key;
+use super::conn::{Conn, bulk_payload, error_text};
+use super::error::MigrateError;
+use crate::libs::resp;
+
+/// What one transfer did.
+#[derive(Debug, Default)]
+pub(super) struct Transferred {
+    /// Keys now on the target and deleted from the source.
+    pub(super) moved: usize,
+    /// Indexes (into the batch's keys) of the keys to settle with
+    /// `MIGRATE … REPLACE` (see the module docs).
+    pub(super) contested: Vec<usize>,
+}
+
+/// Why a transfer stopped. The source still holds every key it did not
+/// delete, so each case is retried.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The source connection failed; it must be reopened.
+    Source(MigrateError),
+    /// The target connection failed (down, timeout); it must be reopened.
+    Target(MigrateError),
+    /// The target refused a `RESTORE` (out of memory, wrong password, a
+    /// payload of a newer Redis): its error text.
+    Refused(String),
+}
+
+/// How many times an aborted `EXEC` is followed by a re-check of the keys
+/// (see [`transfer`]) before the rest are left to `MIGRATE`.
+const RECHECKS: usize = 2;
+
+/// Moves `keys` from `source` to `target` as the module docs describe.
+/// `wait` bounds each step's replies.
+///
+/// An aborted `EXEC` usually means one key of the batch was written on the
+/// source meanwhile (a client served there, see `proxy::source_call`). Rather
+/// than hand the whole batch to `MIGRATE`, the keys are `WATCH`ed and dumped
+/// again: those whose payload and expiry still equal what the target holds
+/// are deleted under the new guard, only the others are contested.
+pub(super) async fn transfer(
+    source: &mut Conn,
+    target: &mut Conn,
+    keys: &[Key],
+    wait: Duration,
+) -> Result<Transferred, Failure> {
+    let all: Vec<(usize, &[u8])> = keys.iter().map(|k| k.name.as_ref()).enumerate().collect();
+    let dumped = dump(source, &all, wait).await.map_err(Failure::Source)?;
+    let mut done = Transferred::default();
+    if dumped.is_empty() {
+        // Nothing watched is left to delete: clear the WATCH for the next batch.
+        unwatch(source, wait).await.map_err(Failure::Source)?;
+        return Ok(done);
+    }
+    let busy = match restore(target, &dumped, wait).await {
+        Ok(busy) => busy,
+        Err(failure) => {
+            return Err(match unwatch(source, wait).await {
+                Err(e) => Failure::Source(e),
+                Ok(()) => failure,
+            });
+        }
+    };
+    let (mut restored, busy): (Vec<Dumped>, Vec<Dumped>) =
+        dumped.into_iter().partition(|d| !busy.contains(&d.index));
+    done.contested = busy.iter().map(|d| d.index).collect();
+    for round in 0..=RECHECKS {
+        let names: Vec<&[u8]> = restored.iter().map(|d| d.name).collect();
+        if guarded_del(source, &names, wait).await.map_err(Failure::Source)? {
+            done.moved += restored.len();
+            return Ok(done);
+        }
+        if round == RECHECKS {
+            break;
+        }
+        let pairs: Vec<(usize, &[u8])> = restored.iter().map(|d| (d.index, d.name)).collect();
+        let again = dump(source, &pairs, wait).await.map_err(Failure::Source)?;
+        let (same, changed): (Vec<Dumped>, Vec<Dumped>) = restored
+            .into_iter()
+            .partition(|d| again.iter().any(|a| a.index == d.index && a.same_as(d)));
+        done.contested.extend(changed.iter().map(|d| d.index));
+        restored = same;
+    }
+    unwatch(source, wait).await.map_err(Failure::Source)?;
+    done.contested.extend(restored.iter().map(|d| d.index));
+    Ok(done)
+}
+
+/// A key's `DUMP` payload and its expiry.
+struct Dumped<'a> {
+    /// Its index in the batch.
+    index: usize,
+    name: &'a [u8],
+    payload: Bytes,
+    /// `PEXPIRETIME`: Unix time in ms, or 0 for none (`RESTORE … ABSTTL`'s
+    /// "no expiry").
+    expire_at: i64,
+}
+
+impl Dumped<'_> {
+    fn same_as(&self, other: &Dumped<'_>) -> bool {
+        self.payload == other.payload && self.expire_at == other.expire_at
+    }
+}
+
+/// Step 1: `WATCH` the keys, then `DUMP` and `PEXPIRETIME` each; the keys
+/// that exist.
+async fn dump<'a>(
+    source: &mut Conn,
+    keys: &[(usize, &'a [u8])],
+    wait: Duration,
+) -> Result<Vec<Dumped<'a>>, MigrateError> {
+    let mut out = BytesMut::new();
+    let mut watch: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+    watch.push(b"WATCH");
+    watch.extend(keys.iter().map(|(_, name)| *name));
+    out.extend_from_slice(&resp::encode_array(&watch));
+    for (_, name) in keys {
+        out.extend_from_slice(&resp::encode_array(&[b"DUMP".as_ref(), name]));
+        out.extend_from_slice(&resp::encode_array(&[b"PEXPIRETIME".as_ref(), name]));
+    }
+    source.send(&out).await?;
+    expect_ok(source, "WATCH", wait).await?;
+    let mut dumped = Vec::with_capacity(keys.len());
+    for &(index, name) in keys {
+        let payload = source.read("DUMP", wait).await?;
+        let expiry = source.read("PEXPIRETIME", wait).await?;
+        if resp::is_error(&payload) {
+            return Err(redis_error(source, "DUMP", &payload));
+        }
+        let Some(payload) = bulk_payload(&payload) else {
+            continue; // nil: moved on access, deleted or expired since the SCAN
+        };
+        let expire_at = match resp::integer(&expiry) {
+            Some(-1) => 0,
+            Some(ms) if ms > 0 => ms,
+            // -2: expired between the two commands.
+            Some(_) => continue,
+            None => return Err(redis_error(source, "PEXPIRETIME", &expiry)),
+        };
+        dumped.push(Dumped {
+            index,
+            name,
+            payload,
+            expire_at,
+        });
+    }
+    Ok(dumped)
+}
+
+/// Step 2: `RESTORE … ABSTTL` each key on the target; the indexes of the
+/// keys the target already had (`BUSYKEY`).
+async fn restore(target: &mut Conn, dumped: &[Dumped<'_>], wait: Duration) -> Result<Vec<usize>, Failure> {
+    let mut out = BytesMut::new();
+    for d in dumped {
+        let expire_at = d.expire_at.to_string();
+        out.extend_from_slice(&resp::encode_array(&[
+            b"RESTORE".as_ref(),
+            d.name,
+            expire_at.as_bytes(),
+            &d.payload,
+            b"ABSTTL",
+        ]));
+    }
+    target.send(&out).await.map_err(Failure::Target)?;
+    let mut busy = Vec::new();
+    let mut refused = None;
+    // Every reply is read even after a refusal, so the connection stays in step.
+    for d in dumped {
+        let reply = target.read("RESTORE", wait).await.map_err(Failure::Target)?;
+        if reply.starts_with(b"-BUSYKEY") {
+            busy.push(d.index);
+        } else if reply.as_ref() != resp::OK && refused.is_none() {
+            refused = Some(error_text(&reply));
+        }
+    }
+    match refused {
+        // The keys restored so far stay on both servers; the retry finds them
+        // contested and MIGRATE settles them.
+        Some(why) => Err(Failure::Refused(why)),
+        None => Ok(busy),
+    }
+}
+
+/// Step 3: `MULTI`, `DEL` the keys, `EXEC`. False if `EXEC` aborted because a
+/// watched key changed (nothing was deleted then).
+async fn guarded_del(source: &mut Conn, keys: &[&[u8]], wait: Duration) -> Result<bool, MigrateError> {
+    if keys.is_empty() {
+        unwatch(source, wait).await?;
+        return Ok(true);
+    }
+    let mut del: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+    del.push(b"DEL");
+    del.extend_from_slice(keys);
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&resp::encode_array(&[b"MULTI".as_ref()]));
+    out.extend_from_slice(&resp::encode_array(&del));
+    out.extend_from_slice(&resp::encode_array(&[b"EXEC".as_ref()]));
+    source.send(&out).await?;
+    expect_ok(source, "MULTI", wait).await?;
+    let queued = source.read("DEL", wait).await?;
+    let exec = source.read("EXEC", wait).await?;
+    if queued.as_ref() != b"+QUEUED\r\n" {
+        return Err(redis_error(source, "DEL", &queued));
+    }
+    match exec.as_ref() {
+        b"*-1\r\n" => Ok(false),
+        _ if exec.starts_with(b"*1\r\n:") => Ok(true),
+        _ => Err(redis_error(source, "EXEC", &exec)),
+    }
+}
+
+/// Clears the connection's `WATCH`es, so they cannot abort the next batch.
+async fn unwatch(conn: &mut Conn, wait: Duration) -> Result<(), MigrateError> {
+    let reply = conn.call(&[b"UNWATCH".as_ref()], "UNWATCH", wait).await?;
+    if reply.as_ref() == resp::OK {
+        Ok(())
+    } else {
+        Err(redis_error(conn, "UNWATCH", &reply))
+    }
+}
+
+async fn expect_ok(conn: &mut Conn, cmd: &'static str, wait: Duration) -> Result<(), MigrateError> {
+    let reply = conn.read(cmd, wait).await?;
+    if reply.as_ref() == resp::OK {
+        Ok(())
+    } else {
+        Err(redis_error(conn, cmd, &reply))
+    }
+}
+
+fn redis_error(conn: &Conn, cmd: &'static str, reply: &[u8]) -> MigrateError {
+    let addr = conn.addr().to_string();
+    if resp::is_error(reply) {
+        MigrateError::Redis {
+            addr,
+            cmd,
+            message: error_text(reply),
+        }
+    } else {
+        MigrateError::Protocol {
+            addr,
+            cmd,
+            detail: String::from_utf8_lossy(&reply[..reply.len().min(100)]).into_owned(),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The proxy's source call (`reborn::proxy::source_call`) against a real
+//! redis-server: a request wrapped in the script gets byte for byte the reply
+//! the bare request gets, when the server holds its keys; and the server says
+//! so when it holds none or only some of them, without running anything.
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use reborn::libs::resp;
+use reborn::proxy::source_call::{self, Answer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A bare RESP connection that returns raw reply frames.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: &str) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, cmd: &[u8]) -> Bytes {
+        self.stream.write_all(cmd).await.expect("write");
+        loop {
+            if let Some(len) = resp::reply_len(&self.buf).expect("valid reply") {
+                return self.buf.split_to(len).freeze();
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.expect("read");
+            assert!(n > 0, "server closed the connection");
+        }
+    }
+
+    async fn call(&mut self, words: &[&str]) -> Bytes {
+        self.send(&resp::encode_array(words)).await
+    }
+}
+
+/// The same data set on a server.
+async fn fill(c: &mut Raw) {
+    for cmd in [
+        &["SET", "s", "v"][..],
+        &["SET", "n", "41"],
+        &["EXPIRE", "n", "1000"],
+        &["HSET", "h", "f1", "a", "f2", "b"],
+        &["RPUSH", "l", "x", "y", "z"],
+        &["ZADD", "z", "1.5", "a", "2", "b"],
+        &["SADD", "set", "m1", "m2", "m3"],
+        &["XADD", "st", "1-1", "f", "v"],
+        &["SET", "{t}a", "1"],
+        &["SET", "{t}b", "2"],
+    ] {
+        let reply = c.call(cmd).await;
+        assert!(!resp::is_error(&reply), "{cmd:?}: {reply:?}");
+    }
+}
+
+fn words(cmd: &[&str]) -> Vec<Bytes> {
+    cmd.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+}
+
+#[tokio::test]
+async fn wrapped_requests_get_the_replies_of_bare_ones() {
+    let (a, b) = (common::redis(), common::redis());
+    let (mut bare, mut wrapped) = (Raw::connect(&a.addr()).await, Raw::connect(&b.addr()).await);
+    fill(&mut bare).await;
+    fill(&mut wrapped).await;
+
+    // (request, its keys), run in this order on both servers: reads, writes,
+    // the command's own errors, replies of every RESP2 type.
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["GET", "s"], &["s"]),
+        (&["SET", "s", "w"], &["s"]),
+        (&["GET", "s"], &["s"]),
+        (&["SET", "s", "x", "GET"], &["s"]),
+        (&["TYPE", "h"], &["h"]),
+        (&["TTL", "s"], &["s"]),
+        (&["PTTL", "n"], &["n"]),
+        (&["HGETALL", "h"], &["h"]),
+        (&["HMGET", "h", "f1", "nope", "f2"], &["h"]),
+        (&["HSET", "h", "f3", "c"], &["h"]),
+        (&["LRANGE", "l", "0", "-1"], &["l"]),
+        (&["LPOP", "l"], &["l"]),
+        (&["LPOS", "l", "nope"], &["l"]),
+        (&["ZRANGE", "z", "0", "-1", "WITHSCORES"], &["z"]),
+        (&["ZSCORE", "z", "a"], &["z"]),
+        (&["ZINCRBY", "z", "0.25", "a"], &["z"]),
+        (&["SISMEMBER", "set", "m2"], &["set"]),
+        (&["XRANGE", "st", "-", "+"], &["st"]),
+        (&["STRLEN", "s"], &["s"]),
+        (&["LPUSH", "s", "oops"], &["s"]),
+        (&["HGET", "s", "f"], &["s"]),
+        (&["MGET", "{t}a", "{t}b"], &["{t}a", "{t}b"]),
+        (&["DEL", "{t}a", "{t}b"], &["{t}a", "{t}b"]),
+        (&["DEL", "s"], &["s"]),
+    ];
+    for &(cmd, keys) in cases {
+        let want = bare.call(cmd).await;
+        let call = source_call::command(&words(cmd), &words(keys)).expect("wrapped");
+        let got = wrapped.send(&call).await;
+        assert_eq!(
+            source_call::answer(got),
+            Answer::Served(want.clone()),
+            "{cmd:?}: bare {want:?}"
+        );
+    }
+
+    // Keys the server does not hold: nothing runs, and the answer says so.
+    let gone = source_call::command(&words(&["SET", "s", "new"]), &words(&["s"])).expect("wrapped");
+    assert_eq!(source_call::answer(wrapped.send(&gone).await), Answer::NoKeyHere);
+    let some = source_call::command(&words(&["MSET", "{u}a", "1", "h", "2"]), &words(&["{u}a", "h"]))
+        .expect("wrapped");
+    assert_eq!(source_call::answer(wrapped.send(&some).await), Answer::Classic);
+    assert_eq!(wrapped.call(&["EXISTS", "s", "{u}a"]).await.as_ref(), b":0\r\n");
+    assert_eq!(wrapped.call(&["HGET", "h", "f1"]).await.as_ref(), b"$1\r\na\r\n");
+
+    // Commands whose replies Lua would change keep the classic path.
+    assert!(source_call::command(&words(&["INCRBY", "n", "1"]), &words(&["n"])).is_none());
+}
