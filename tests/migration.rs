@@ -5,141 +5,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, client, signal};
 use reborn::libs::hash::slot_of;
-use reborn::proxy::{Bound, ProxyConfig};
 use reborn::topo::action::{begin_migration, finish_migration};
 use reborn::topo::model::{Role, SlotState};
-use reborn::topo::{Store, TopoError, ZkConfig, operation, watcher};
-use reborn::up::RedisServer;
+use reborn::topo::{TopoError, operation, watcher};
 use redis::AsyncCommands;
-use tokio_util::sync::CancellationToken;
-
-struct Cluster {
-    zk: ZkConfig,
-    store: Store,
-    masters: Vec<RedisServer>,
-    stop: CancellationToken,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let zk = ZkConfig {
-            addr: common::zk(),
-            root: common::unique_root(),
-            product: "mig".into(),
-            session_timeout: Duration::from_secs(2),
-        };
-        let masters = vec![common::redis(), common::redis()];
-        let store = Store::connect(&zk).await.expect("zk");
-        operation::init_product(&store).await.expect("init");
-        for (i, m) in masters.iter().enumerate() {
-            let g = i as u32 + 1;
-            operation::create_group(&store, g).await.expect("group");
-            operation::add_server(&store, g, &m.addr(), Role::Master)
-                .await
-                .expect("server");
-        }
-        operation::assign_slots(&store, 0, 511, 1).await.expect("assign");
-        operation::assign_slots(&store, 512, 1023, 2)
-            .await
-            .expect("assign");
-        Cluster {
-            zk,
-            store,
-            masters,
-            stop: CancellationToken::new(),
-        }
-    }
-
-    /// An in-process proxy; returns its address once it is registered.
-    async fn proxy(&self) -> SocketAddr {
-        let cfg = ProxyConfig {
-            listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
-            zk: self.zk.clone(),
-            ..ProxyConfig::default()
-        };
-        let bound = Bound::bind(cfg).await.expect("bind");
-        let addr = bound.local_addr().expect("addr");
-        tokio::spawn(bound.run(self.stop.clone()));
-        self.wait_proxy(&addr.to_string(), true).await;
-        addr
-    }
-
-    /// A `reborn proxy` child process (so it can be paused or killed), its id,
-    /// and the directory of its config file (removed when dropped).
-    async fn proxy_process(&self, session: Duration) -> (common::GuardedChild, String, tempfile::TempDir) {
-        let port = common::free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("proxy.toml");
-        let text = format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{}\"\n[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"{}ms\"\n",
-            common::free_port(),
-            self.zk.addr,
-            self.zk.root,
-            self.zk.product,
-            session.as_millis()
-        );
-        std::fs::write(&conf, text).expect("write config");
-        let child = common::spawn_guarded(
-            Command::new(env!("CARGO_BIN_EXE_reborn"))
-                .args(["proxy", "--config"])
-                .arg(&conf)
-                .env("RUST_LOG", "warn"),
-        );
-        let id = format!("127.0.0.1:{port}");
-        self.wait_proxy(&id, true).await;
-        (child, id, dir)
-    }
-
-    async fn wait_proxy(&self, id: &str, present: bool) {
-        let path = self.store.paths().proxy(id);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.store.exists(&path).await.unwrap_or(false) != present {
-            assert!(
-                Instant::now() < deadline,
-                "proxy {id} never became present={present}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn slot_state(&self, slot: u16) -> (u32, SlotState) {
-        let topo = watcher::load(&self.store).await.expect("load");
-        let s = topo.slots.get(slot).expect("slot");
-        (s.group, s.state)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn client(addr: SocketAddr) -> redis::aio::MultiplexedConnection {
-    let mut c = redis::Client::open(format!("redis://{addr}/"))
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    c.set_response_timeout(Duration::from_secs(30));
-    c
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success(), "kill {sig} {pid}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_under_load_loses_no_acknowledged_write() {

@@ -8,7 +8,11 @@
 //!    the source: a `PING` went down every source connection of every worker
 //!    after the routes changed, and Redis answers a connection in order, so when
 //!    every `PING` is answered, every earlier request is too. (No per-request
-//!    counters on the hot path.)
+//!    counters on the hot path.) Blocking commands of those slots parked on
+//!    dedicated connections are then interrupted with `CLIENT UNBLOCK` and
+//!    waited for; their sessions re-issue them on the new route
+//!    (`blocked.rs`). The `PING`s go first, so a push already on its way to
+//!    the source still reaches a command blocked there.
 //!
 //! Then it writes the ephemeral node `acks/<seq>/<proxy id>`.
 
@@ -20,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
+use super::blocked;
 use super::context::Context;
 use super::router::{Pool, SlotRoute};
 use crate::topo::model::{Action, SlotState};
@@ -75,6 +80,10 @@ async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &s
         .map_err(|_| "workers did not apply it".to_string())?;
     if a.phase == SlotState::PreMigrate {
         drain_sources(a, workers).await?;
+        let interrupted = blocked::interrupt(&a.slots, workers, STEP_TIMEOUT).await?;
+        if interrupted > 0 {
+            tracing::info!(seq = a.seq, interrupted, "blocking commands moved off the source");
+        }
     }
     let zk = store.zk().map_err(|e| e.to_string())?;
     let paths = store.paths();

@@ -15,10 +15,15 @@
 //!   costs nothing to other groups.
 //!
 //! Dropping every handle closes the connection after its in-flight replies.
+//!
+//! A connection opened with [`BackendOptions::track_id`] also asks the server for
+//! its `CLIENT ID` during the handshake, before any request is written: that is
+//! how a blocking command parked on a dedicated connection can later be
+//! interrupted with `CLIENT UNBLOCK` (see `blocked.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -44,6 +49,9 @@ pub struct BackendOptions {
     /// Sent as `AUTH` right after connecting, when set.
     pub auth: Option<String>,
     pub connect_timeout: Duration,
+    /// Ask `CLIENT ID` after connecting ([`BackendConn::client_id`]). Only
+    /// dedicated connections need it; shared ones skip the round trip.
+    pub track_id: bool,
 }
 
 const CONNECTING: u8 = 0;
@@ -54,6 +62,9 @@ struct Shared {
     addr: Arc<str>,
     state: AtomicU8,
     last_error: parking_lot::Mutex<String>,
+    /// The server's id for the current connection, 0 while unknown (Redis
+    /// numbers its clients from 1).
+    client_id: AtomicU64,
 }
 
 /// Handle to one backend connection. Cheap to clone; the connection lives while
@@ -82,6 +93,7 @@ impl BackendConn {
             addr: Arc::from(addr),
             state: AtomicU8::new(CONNECTING),
             last_error: parking_lot::Mutex::new(String::new()),
+            client_id: AtomicU64::new(0),
         });
         let task = rt.spawn(supervise(shared.clone(), opts, rx));
         (BackendConn { tx, shared }, task.abort_handle())
@@ -108,6 +120,15 @@ impl BackendConn {
     /// True once connected (and authenticated).
     pub fn is_up(&self) -> bool {
         self.shared.state.load(Ordering::Relaxed) == UP
+    }
+
+    /// The server's `CLIENT ID` of this connection while it is up, when it was
+    /// opened with [`BackendOptions::track_id`].
+    pub fn client_id(&self) -> Option<u64> {
+        match self.shared.client_id.load(Ordering::SeqCst) {
+            0 => None,
+            id => Some(id),
+        }
     }
 
     /// The error that made the backend go down.
@@ -144,7 +165,8 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         let outcome = match connect(&shared.addr, &opts).await {
-            Ok(stream) => {
+            Ok((stream, id)) => {
+                shared.client_id.store(id, Ordering::SeqCst);
                 shared.state.store(UP, Ordering::Relaxed);
                 backoff.reset();
                 tracing::info!(backend = %shared.addr, "backend connected");
@@ -156,6 +178,7 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
             // Every handle is gone and the in-flight replies were delivered.
             Ok(()) => return,
             Err(e) => {
+                shared.client_id.store(0, Ordering::SeqCst);
                 let was_up = shared.state.swap(DOWN, Ordering::Relaxed) == UP;
                 if was_up {
                     tracing::warn!(backend = %shared.addr, error = %e, "backend connection lost");
@@ -182,7 +205,9 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
     }
 }
 
-async fn connect(addr: &str, opts: &BackendOptions) -> Result<TcpStream, String> {
+/// Connects, authenticates and, with `track_id`, learns the connection's
+/// `CLIENT ID` (0 when not asked).
+async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStream, u64), String> {
     let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connect timed out after {:?}", opts.connect_timeout))?
@@ -197,7 +222,20 @@ async fn connect(addr: &str, opts: &BackendOptions) -> Result<TcpStream, String>
             return Err(format!("AUTH failed: {}", String::from_utf8_lossy(&reply).trim()));
         }
     }
-    Ok(stream)
+    let mut id = 0;
+    if opts.track_id {
+        stream
+            .write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = read_one(&mut stream, opts.connect_timeout).await?;
+        // A server without CLIENT ID (Redis < 5) still serves; its blocked
+        // commands just cannot be interrupted.
+        id = resp::integer(&reply)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0);
+    }
+    Ok((stream, id))
 }
 
 /// Reads exactly one reply frame (used only during the handshake).

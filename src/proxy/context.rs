@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
-use super::backend::BackendConn;
+use super::blocked::{Dedicated, Lane, Registry};
 use super::config::ProxyConfig;
 use super::lease::Lease;
 use super::migrate::Migrator;
@@ -28,6 +28,9 @@ pub struct Context {
     pub limits: Limits,
     /// Permits for dedicated (blocking-command) backend connections.
     pub blocking: Arc<Semaphore>,
+    /// This worker's blocking calls out on dedicated connections, so a slot
+    /// switch can interrupt them (see `blocked.rs`).
+    pub blocked: Arc<Registry>,
     /// Permits for requests held while their slot switches groups.
     pub held: Arc<Semaphore>,
     pub started: Instant,
@@ -46,6 +49,7 @@ impl Context {
         Context {
             proxy_id: config.proxy_id(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
+            blocked: Arc::default(),
             held: Arc::new(Semaphore::new(config.max_held)),
             config,
             router,
@@ -67,6 +71,7 @@ impl Context {
             stats: self.stats.clone(),
             limits: self.limits,
             blocking: self.blocking.clone(),
+            blocked: Arc::default(),
             held: self.held.clone(),
             started: self.started,
             lease: self.lease.clone(),
@@ -80,31 +85,6 @@ impl Context {
     }
 }
 
-/// A backend connection owned by one client for its blocking commands.
-pub struct Dedicated {
-    pub conn: BackendConn,
-    task: tokio::task::AbortHandle,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Dedicated {
-    /// Wraps a connection, its task and the permit it holds.
-    pub fn new(conn: BackendConn, task: tokio::task::AbortHandle, permit: OwnedSemaphorePermit) -> Self {
-        Dedicated {
-            conn,
-            task,
-            _permit: permit,
-        }
-    }
-}
-
-impl Drop for Dedicated {
-    fn drop(&mut self) {
-        // The client is gone: close at once so Redis unblocks the command.
-        self.task.abort();
-    }
-}
-
 /// Per-connection client state.
 pub struct Client {
     pub id: u64,
@@ -114,6 +94,9 @@ pub struct Client {
     pub dedicated: HashMap<String, Dedicated>,
     /// FIFO for requests of migrating slots, started on first use.
     migrator: Option<Migrator>,
+    /// What this client's blocking calls share, made on first use; dropped
+    /// with the client, which ends its re-issued calls.
+    lane: Option<Lane>,
 }
 
 impl Client {
@@ -125,7 +108,13 @@ impl Client {
             name: None,
             dedicated: HashMap::new(),
             migrator: None,
+            lane: None,
         }
+    }
+
+    /// This client's blocking-call lane.
+    pub fn lane(&mut self) -> &Lane {
+        self.lane.get_or_insert_with(Lane::new)
     }
 
     /// This client's migrate-on-access queue.

@@ -9,9 +9,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::backend::BackendConn;
+use super::blocked::{Call, Dedicated};
 use super::command::{self, Command, Kind, Merge, Spec};
-use super::context::{Client, Context, Dedicated};
+use super::context::{Client, Context};
 use super::local;
 use super::reply::{Merger, Part, Pending, Reply};
 use super::router::{Pool, Routes, SlotRoute};
@@ -22,7 +22,7 @@ use crate::libs::resp::{self, Request};
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// Handles one request, received at `start`, and returns the reply it will get.
-pub fn dispatch(ctx: &Context, client: &mut Client, req: &Request, start: Instant) -> Pending {
+pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: Instant) -> Pending {
     let Some(cmd) = command::lookup(req.name()) else {
         return Pending {
             cmd: ctx.stats.unknown_cmd(),
@@ -61,7 +61,13 @@ fn unknown_command(req: &Request) -> Bytes {
     ))
 }
 
-fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Command, now: Instant) -> Reply {
+fn dispatch_known(
+    ctx: &Arc<Context>,
+    client: &mut Client,
+    req: &Request,
+    cmd: Command,
+    now: Instant,
+) -> Reply {
     if !cmd.spec.arity_ok(req.args.len()) {
         return err(&format!(
             "ERR wrong number of arguments for '{}' command",
@@ -88,7 +94,7 @@ fn dispatch_known(ctx: &Context, client: &mut Client, req: &Request, cmd: Comman
             ctx.proxy_id
         )),
         Kind::Split(merge) => split(ctx, client, req, merge),
-        Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec),
+        Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec, now),
         Kind::Blocking | Kind::Forward => forward(ctx, client, req, cmd.spec),
     }
 }
@@ -191,39 +197,58 @@ fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spe
     }
 }
 
-fn blocking(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec) -> Reply {
+/// A blocking command: on the client's dedicated connection to the slot's
+/// server, watched so a slot switch can interrupt and re-issue it; for a slot
+/// in `migrate`, its keys move to the target first and it runs there (see
+/// `blocked.rs`).
+fn blocking(
+    ctx: &Arc<Context>,
+    client: &mut Client,
+    req: &Request,
+    spec: &'static Spec,
+    now: Instant,
+) -> Reply {
     let slot = match request_slot(spec, req) {
         Ok(s) => s,
         Err(reply) => return reply,
     };
     let routes = ctx.router.routes();
-    let addr = match target_for(ctx, &routes, slot) {
-        Ok(Target::Pool(pool)) => pool.addr().to_string(),
-        // A blocked command could pop from the source after its keys moved on;
-        // it waits for the migration to finish instead.
+    let pool = match target_for(ctx, &routes, slot) {
+        Ok(Target::Pool(pool)) => pool,
         Ok(Target::Migrate { .. }) => {
-            return err(&format!(
-                "ERR slot {slot} is migrating; blocking commands wait until it is done, retry"
-            ));
+            let call = Call::new(
+                ctx,
+                (client.id, client.lane()),
+                slot,
+                req,
+                keys_of(spec, req),
+                now,
+            );
+            return Reply::Wait(call.start_moving());
         }
         Err(reply) => return reply,
     };
-    if !client.dedicated.contains_key(&addr) {
-        let Ok(permit) = ctx.blocking.clone().try_acquire_owned() else {
-            return err(&format!(
-                "ERR too many blocking clients (max_blocking = {})",
-                ctx.config.max_blocking
-            ));
-        };
-        let (conn, task) = BackendConn::spawn_with_handle(&addr, ctx.router.backend_options().clone());
-        client
-            .dedicated
-            .insert(addr.clone(), Dedicated::new(conn, task, permit));
+    let addr = pool.addr();
+    if !client.dedicated.contains_key(addr) {
+        match Dedicated::open(ctx, addr) {
+            Ok(d) => {
+                client.dedicated.insert(addr.to_string(), d);
+            }
+            Err(reply) => return Reply::Ready(reply),
+        }
     }
-    match client.dedicated.get(&addr) {
-        Some(d) => Reply::Wait(d.conn.send(req.raw.clone())),
-        None => err("ERR internal: dedicated connection missing"),
-    }
+    let Some(line) = client.dedicated.get(addr).map(|d| d.line.clone()) else {
+        return err("ERR internal: dedicated connection missing");
+    };
+    let call = Call::new(
+        ctx,
+        (client.id, client.lane()),
+        slot,
+        req,
+        keys_of(spec, req),
+        now,
+    );
+    Reply::Wait(call.start_on(&line, req.raw.clone()))
 }
 
 /// MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: one sub-request per backend (not per

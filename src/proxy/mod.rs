@@ -17,6 +17,7 @@
 pub mod ack;
 pub mod admin;
 pub mod backend;
+pub mod blocked;
 pub mod command;
 pub mod config;
 pub mod context;

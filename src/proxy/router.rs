@@ -215,7 +215,9 @@ impl Router {
         let online = !topo.offline_proxies.contains(&self.proxy_id);
         self.routes.store(Arc::new(Routes { slots, online, epoch }));
         let action = topo.action.as_ref().map_or(0, |a| a.seq);
-        self.applied_action.fetch_max(action, Ordering::Relaxed);
+        // Release: whoever sees this action applied (ack.rs) also sees every
+        // blocking command registered before the swap (see `blocked.rs`).
+        self.applied_action.fetch_max(action, Ordering::Release);
         self.changes.send_replace(epoch);
         *pools = used;
         tracing::info!(epoch, online, backends = pools.len(), "routing table updated");
@@ -223,12 +225,17 @@ impl Router {
 
     /// Sequence of the latest action this router has applied.
     pub fn applied_action(&self) -> u64 {
-        self.applied_action.load(Ordering::Relaxed)
+        self.applied_action.load(Ordering::Acquire)
     }
 
     /// Fires after every routing change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// The pool of the backend at `addr`, if the current routes use it.
+    pub fn pool(&self, addr: &str) -> Option<Arc<Pool>> {
+        self.pools.lock().get(addr).cloned()
     }
 
     /// The pools in use, by address (for stats).

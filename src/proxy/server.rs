@@ -91,6 +91,7 @@ impl Bound {
         let opts = BackendOptions {
             auth: (!config.backend_auth.is_empty()).then(|| config.backend_auth.clone()),
             connect_timeout: config.backend_connect_timeout,
+            track_id: false,
         };
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

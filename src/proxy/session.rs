@@ -57,7 +57,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationT
 
 async fn read_loop(
     mut rd: OwnedReadHalf,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     mut client: Client,
     tx: mpsc::Sender<Pending>,
     inflight: &AtomicUsize,
@@ -129,7 +129,7 @@ async fn read_loop(
 /// passes. The whole session waits: this client's later requests must not
 /// overtake the held one. At most `max_held` requests wait across the proxy.
 async fn hold(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     client: &mut Client,
     req: &resp::Request,
     (cmd, start, slot): (usize, Instant, u16),

@@ -19,6 +19,7 @@
 // Every test binary includes this file and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod relay;
 
 use std::collections::HashSet;

@@ -1,0 +1,768 @@
+//! Blocking commands (BLPOP, BLMOVE, BZPOPMIN, XREAD … BLOCK, …) and slot
+//! switches.
+//!
+//! A blocking command runs on a backend connection its client owns
+//! ([`Dedicated`]), so it never stalls a shared one. Such a command can stay
+//! parked on its server for as long as its timeout says (forever for `0`), so
+//! when its slot switches groups (`pre_migrate`: a migration or a promote
+//! begins) it must not stay parked on the source: the element a later `LPUSH`
+//! puts on the target would never reach it, and the proxy could not honestly
+//! acknowledge that nothing of the slot is in flight to the source.
+//!
+//! So every call on a dedicated connection is [registered](Registry) with its
+//! slot, and the acknowledgement of a `pre_migrate` action ([`interrupt`], run
+//! by `ack.rs`) sends `CLIENT UNBLOCK <id> TIMEOUT` for each connection that has
+//! a call of the action's slots out, until all of them have come back. The id
+//! comes from `CLIENT ID`, asked when the connection opens (`backend.rs`).
+//!
+//! Nothing may be lost or done twice on the way:
+//!
+//! * `CLIENT UNBLOCK … TIMEOUT` makes the command return as if it timed out,
+//!   having done nothing. A call counts as *interrupted* only if its reply is
+//!   that nil, an `UNBLOCK` for its connection was on its way or later sent
+//!   while it was out ([`Line`] counts them), and its own deadline has not
+//!   passed. Any other reply — an element popped just before the `UNBLOCK`
+//!   arrived, say — is the client's real reply and is delivered as it is.
+//! * An interrupted call is re-issued for the client ([`Call::reissue`]) with
+//!   the time it has left (`0` stays `0`): held while the slot is in
+//!   `pre_migrate`, then on the slot's new route. In `migrate` its keys first
+//!   move from the source with `MIGRATE` (as any request of a migrating slot,
+//!   see `migrate.rs`), then it runs on a dedicated connection to the target;
+//!   a key that left the source is never created there again, so a later push
+//!   lands on the target and wakes it. New blocking calls of a migrating slot
+//!   take the same path. The client only ever sees the final reply, or a clear
+//!   error when re-issuing is impossible.
+//! * `XREAD … $` means "entries newer than the last one now": the `$` is pinned
+//!   to the stream's last id at the source when the call is interrupted, so an
+//!   entry added during the switch still wakes it.
+//!
+//! The fast path is untouched: ordinary requests never see this module, and a
+//! blocking call pays one registry insert and one task.
+//!
+//! Imports: `backend`, `context`, `reply`, `router` and `libs`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::backend::BackendConn;
+use super::context::Context;
+use super::reply::lost;
+use super::router::SlotRoute;
+use crate::libs::resp::{self, Request};
+
+/// A deadline this close counts as passed: Redis measures timeouts in
+/// milliseconds, from a moment a little after ours.
+const SLACK: Duration = Duration::from_millis(10);
+
+/// How often the acknowledgement looks again at calls that are not back yet.
+const RECHECK: Duration = Duration::from_millis(10);
+
+/// One connection to a redis-server for blocking commands, as the interruption
+/// sees it.
+pub struct Line {
+    conn: BackendConn,
+    /// `CLIENT UNBLOCK`s sent for this connection, and those answered.
+    unblocks_sent: AtomicU64,
+    unblocks_answered: AtomicU64,
+}
+
+impl Line {
+    /// Queues `req` on the connection.
+    pub fn send(&self, req: Bytes) -> oneshot::Receiver<Bytes> {
+        self.conn.send(req)
+    }
+}
+
+/// A backend connection owned by one client (or by one re-issued call) for its
+/// blocking commands, within `max_blocking`. Dropping it closes the connection
+/// at once, so Redis forgets a command still blocked there.
+pub struct Dedicated {
+    pub line: Arc<Line>,
+    task: tokio::task::AbortHandle,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Dedicated {
+    /// Opens a connection to `addr` on the current runtime.
+    ///
+    /// # Errors
+    /// The error reply for the client when `max_blocking` connections are open.
+    pub fn open(ctx: &Context, addr: &str) -> Result<Dedicated, Bytes> {
+        let Ok(permit) = ctx.blocking.clone().try_acquire_owned() else {
+            return Err(resp::error(&format!(
+                "ERR too many blocking clients (max_blocking = {})",
+                ctx.config.max_blocking
+            )));
+        };
+        let mut opts = ctx.router.backend_options().clone();
+        opts.track_id = true;
+        let (conn, task) = BackendConn::spawn_with_handle(addr, opts);
+        let line = Arc::new(Line {
+            conn,
+            unblocks_sent: AtomicU64::new(0),
+            unblocks_answered: AtomicU64::new(0),
+        });
+        Ok(Dedicated {
+            line,
+            task,
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The blocking calls of one worker that are out on a dedicated connection.
+#[derive(Default)]
+pub struct Registry {
+    calls: parking_lot::Mutex<HashMap<u64, Out>>,
+    next: AtomicU64,
+}
+
+/// One registered call.
+struct Out {
+    slot: u16,
+    line: Arc<Line>,
+    /// Cancelled when the call is back (its registration dropped).
+    back: CancellationToken,
+}
+
+/// Proof that a call is registered; dropping it unregisters the call and tells
+/// a waiting acknowledgement that it came back.
+struct Registration {
+    registry: Arc<Registry>,
+    key: u64,
+    line: Arc<Line>,
+    back: CancellationToken,
+    /// `unblocks_answered` of the line when the call was registered: an
+    /// `UNBLOCK` answered before then was done before the call was even sent.
+    answered_before: u64,
+}
+
+impl Registration {
+    /// True if an `UNBLOCK` for the call's connection may have reached the
+    /// server while the call was there.
+    fn unblocked(&self) -> bool {
+        self.line.unblocks_sent.load(Ordering::SeqCst) > self.answered_before
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.calls.lock().remove(&self.key);
+        self.back.cancel();
+    }
+}
+
+impl Registry {
+    /// Registers a call of `slot` about to be sent on `line`. Must happen before
+    /// the send, in the same synchronous step as the routing decision: then an
+    /// acknowledgement that sees the routes changed also sees the call.
+    fn register(self: &Arc<Self>, slot: u16, line: &Arc<Line>) -> Registration {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let back = CancellationToken::new();
+        let answered_before = line.unblocks_answered.load(Ordering::SeqCst);
+        self.calls.lock().insert(
+            key,
+            Out {
+                slot,
+                line: line.clone(),
+                back: back.clone(),
+            },
+        );
+        Registration {
+            registry: self.clone(),
+            key,
+            line: line.clone(),
+            back,
+            answered_before,
+        }
+    }
+
+    /// The connections with a call of `slots` out, each with those calls'
+    /// "back" tokens.
+    fn lines_of(&self, slots: &HashSet<u16>) -> Vec<(Arc<Line>, Vec<CancellationToken>)> {
+        let calls = self.calls.lock();
+        let mut out: Vec<(Arc<Line>, Vec<CancellationToken>)> = Vec::new();
+        for c in calls.values().filter(|c| slots.contains(&c.slot)) {
+            match out.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &c.line)) {
+                Some((_, backs)) => backs.push(c.back.clone()),
+                None => out.push((c.line.clone(), vec![c.back.clone()])),
+            }
+        }
+        out
+    }
+}
+
+/// Interrupts every blocking call of `slots` out on a dedicated connection of
+/// any of `workers` and waits, at most `limit`, until each has come back from
+/// its server (with its real reply or interrupted). Returns how many calls it
+/// waited for.
+///
+/// A connection runs its commands in order, so the call blocked there may be
+/// another one queued before ours: `UNBLOCK` goes again, round after round,
+/// while a call of `slots` is still out. Calls of other slots unblocked on the
+/// way are re-issued on their unchanged route.
+///
+/// # Errors
+/// Some call is still out after `limit`; the action must not be acknowledged.
+pub async fn interrupt(slots: &[u16], workers: &[Arc<Context>], limit: Duration) -> Result<usize, String> {
+    let slots: HashSet<u16> = slots.iter().copied().collect();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = 0;
+    loop {
+        let mut backs = Vec::new();
+        let mut sent = Vec::new();
+        for w in workers {
+            for (line, calls) in w.blocked.lines_of(&slots) {
+                backs.extend(calls);
+                if let Some(rx) = unblock(w, &line) {
+                    sent.push((line, rx));
+                }
+            }
+        }
+        seen = seen.max(backs.len());
+        if backs.is_empty() {
+            return Ok(seen);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} blocking command(s) did not come back from the source",
+                backs.len()
+            ));
+        }
+        for (line, rx) in sent {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(_)) => {
+                    line.unblocks_answered.fetch_add(1, Ordering::SeqCst);
+                }
+                // The connection was killed: the UNBLOCK may yet have been
+                // done, so it stays counted as on its way.
+                Ok(Err(_)) => {}
+                Err(_) => return Err("CLIENT UNBLOCK got no answer in time".to_string()),
+            }
+        }
+        let all_back = async {
+            for b in &backs {
+                b.cancelled().await;
+            }
+        };
+        let _ = tokio::time::timeout(RECHECK, all_back).await;
+    }
+}
+
+/// Sends `CLIENT UNBLOCK <id> TIMEOUT` for `line` to its server, on the
+/// worker's shared connection there (or a short-lived one). `None` while the
+/// line is not connected: its commands are not at the server yet either.
+fn unblock(w: &Context, line: &Line) -> Option<oneshot::Receiver<Bytes>> {
+    let id = line.conn.client_id()?.to_string();
+    let req = resp::encode_array(&[b"CLIENT".as_ref(), b"UNBLOCK", id.as_bytes(), b"TIMEOUT"]);
+    line.unblocks_sent.fetch_add(1, Ordering::SeqCst);
+    let addr = line.conn.addr();
+    Some(match w.router.pool(addr) {
+        Some(pool) => pool.send(0, req),
+        // Dropping the handle closes it after the reply.
+        None => BackendConn::spawn(addr, w.router.backend_options().clone()).send(req),
+    })
+}
+
+/// What a client's blocking calls share: a signal that the client is gone,
+/// and the order in which its interrupted calls are re-issued.
+pub struct Lane {
+    closed: CancellationToken,
+    _closed_on_drop: DropGuard,
+    order: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Lane {
+    /// A lane for a new client; dropping it (with the client) ends its calls.
+    pub fn new() -> Lane {
+        let closed = CancellationToken::new();
+        Lane {
+            _closed_on_drop: closed.clone().drop_guard(),
+            closed,
+            order: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Lane::new()
+    }
+}
+
+/// How long a call may block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Wait {
+    /// Timeout 0 (or too large to matter): keep the argument as it is.
+    Forever,
+    Until(Instant),
+}
+
+/// Where the timeout is among a call's words, and in which unit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Timeout {
+    at: usize,
+    millis: bool,
+    wait: Wait,
+}
+
+/// One blocking command, from dispatch to its client's final reply.
+pub struct Call {
+    ctx: Arc<Context>,
+    client: u64,
+    slot: u16,
+    args: Vec<Bytes>,
+    keys: Vec<Bytes>,
+    /// `None` if the timeout does not parse (Redis answers with an error).
+    timeout: Option<Timeout>,
+    closed: CancellationToken,
+    order: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Call {
+    /// A call of `req` (whose keys are `keys`, all in `slot`) received at `start`.
+    pub fn new(
+        ctx: &Arc<Context>,
+        (client, lane): (u64, &Lane),
+        slot: u16,
+        req: &Request,
+        keys: Vec<Bytes>,
+        start: Instant,
+    ) -> Call {
+        Call {
+            ctx: ctx.clone(),
+            client,
+            slot,
+            timeout: timeout_of(&req.args, start),
+            args: req.args.clone(),
+            keys,
+            closed: lane.closed.clone(),
+            order: lane.order.clone(),
+        }
+    }
+
+    /// Sends the call (encoded as `raw`) on the client's dedicated connection
+    /// `line` to the slot's server; the receiver yields the client's reply.
+    pub fn start_on(self, line: &Arc<Line>, raw: Bytes) -> oneshot::Receiver<Bytes> {
+        let registration = self.ctx.blocked.register(self.slot, line);
+        let first = line.send(raw);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(self.watch(registration, first).await);
+        });
+        rx
+    }
+
+    /// Runs the call for a slot in `migrate`: its keys move to the target, then
+    /// it runs there.
+    pub fn start_moving(self) -> oneshot::Receiver<Bytes> {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(self.reissue().await);
+        });
+        rx
+    }
+
+    /// Waits for the first reply; re-issues the call if it was interrupted.
+    async fn watch(mut self, registration: Registration, first: oneshot::Receiver<Bytes>) -> Bytes {
+        let reply = first.await.unwrap_or_else(|_| lost());
+        if !self.interrupted(&registration, &reply) {
+            return reply;
+        }
+        if let Err(e) = self.pin_stream_ids(registration.line.conn.addr()).await {
+            return e;
+        }
+        drop(registration);
+        self.reissue().await
+    }
+
+    /// True if `reply` is the nil of an `UNBLOCK` sent by us while the call
+    /// still had time: then nothing was served and it may run again.
+    fn interrupted(&self, registration: &Registration, reply: &[u8]) -> bool {
+        is_nil(reply) && registration.unblocked() && self.time_left() != Some(None)
+    }
+
+    /// `None` if the call cannot tell; `Some(None)` once its deadline passed.
+    fn time_left(&self) -> Option<Option<Wait>> {
+        match self.timeout?.wait {
+            Wait::Forever => Some(Some(Wait::Forever)),
+            Wait::Until(t) if t > Instant::now() + SLACK => Some(Some(Wait::Until(t))),
+            Wait::Until(_) => Some(None),
+        }
+    }
+
+    /// Runs the call again, in this client's order, until it gets a real
+    /// reply, its time runs out, or it cannot run (a clear error).
+    async fn reissue(mut self) -> Bytes {
+        let _turn = tokio::select! {
+            turn = self.order.clone().lock_owned() => turn,
+            _ = self.closed.cancelled() => return lost(),
+        };
+        let mut changes = self.ctx.router.subscribe();
+        loop {
+            let wait = match self.time_left() {
+                None => return cannot_reissue(self.slot),
+                Some(None) => return nil_of(&self.args),
+                Some(Some(w)) => w,
+            };
+            let routed = self.route();
+            let run = match routed {
+                Err(reply) => return reply,
+                Ok(Route::Hold) => {
+                    let until = match wait {
+                        Wait::Until(t) => tokio::time::Instant::from_std(t),
+                        Wait::Forever => tokio::time::Instant::now() + Duration::from_secs(86400 * 365),
+                    };
+                    tokio::select! {
+                        changed = changes.changed() => if changed.is_err() { return cannot_reissue(self.slot) },
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = self.closed.cancelled() => return lost(),
+                    }
+                    continue;
+                }
+                Ok(Route::Serve(addr)) => self.run_at(&addr, wait).await,
+                Ok(Route::Move { from, to }) => match self.move_keys(&from, &to).await {
+                    Ok(()) => self.run_at(to.addr(), wait).await,
+                    Err(reply) => return reply,
+                },
+            };
+            if let Some(reply) = run {
+                return reply;
+            }
+        }
+    }
+
+    /// The slot's route now, as this call needs it.
+    fn route(&self) -> Result<Route, Bytes> {
+        let ctx = &self.ctx;
+        if !ctx.lease.valid_at(Instant::now()) {
+            return Err(resp::error(&format!(
+                "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
+                ctx.proxy_id
+            )));
+        }
+        let routes = ctx.router.routes();
+        if !routes.online {
+            return Err(resp::error(&format!("ERR proxy {} is offline", ctx.proxy_id)));
+        }
+        let slot = self.slot;
+        match routes.get(slot) {
+            SlotRoute::Serve { pool, .. } => Ok(Route::Serve(pool.addr().to_string())),
+            SlotRoute::Migrate { from, to } => Ok(Route::Move {
+                from: from.clone(),
+                to: to.clone(),
+            }),
+            SlotRoute::Switching { .. } => Ok(Route::Hold),
+            SlotRoute::Unassigned => Err(resp::error(&format!(
+                "ERR slot {slot} is not assigned to any group"
+            ))),
+            SlotRoute::NoMaster(g) => Err(resp::error(&format!(
+                "ERR group {g} of slot {slot} has no master"
+            ))),
+        }
+    }
+
+    /// `MIGRATE`s the call's keys from `from` to `to` (`NOKEY`: nothing there).
+    async fn move_keys(
+        &self,
+        from: &Arc<super::router::Pool>,
+        to: &Arc<super::router::Pool>,
+    ) -> Result<(), Bytes> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let cfg = &self.ctx.config;
+        let auth = (!cfg.backend_auth.is_empty()).then_some(cfg.backend_auth.as_str());
+        let cmd = crate::libs::migrate::command(to.addr(), &self.keys, auth, cfg.migrate_timeout);
+        let moved = from.send(self.client, cmd).await.unwrap_or_else(|_| lost());
+        if resp::is_error(&moved) {
+            let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
+            return Err(resp::error(&format!(
+                "ERR cannot move keys from {} to {}: {why}",
+                from.addr(),
+                to.addr()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the call with the time it has left on a connection of its own to
+    /// `addr`: `Some(reply)` when done, `None` when interrupted again.
+    async fn run_at(&mut self, addr: &str, wait: Wait) -> Option<Bytes> {
+        let dedicated = match Dedicated::open(&self.ctx, addr) {
+            Ok(d) => d,
+            Err(reply) => return Some(reply),
+        };
+        let registration = self.ctx.blocked.register(self.slot, &dedicated.line);
+        let rx = dedicated.line.send(self.request(wait));
+        let reply = tokio::select! {
+            r = rx => r.unwrap_or_else(|_| lost()),
+            _ = self.closed.cancelled() => return Some(lost()),
+        };
+        if !self.interrupted(&registration, &reply) {
+            return Some(reply);
+        }
+        if let Err(e) = self.pin_stream_ids(addr).await {
+            return Some(e);
+        }
+        None
+    }
+
+    /// The call's words with its timeout set to what is left of it.
+    fn request(&self, wait: Wait) -> Bytes {
+        let mut args = self.args.clone();
+        if let (Some(t), Wait::Until(deadline)) = (self.timeout, wait) {
+            let left = deadline.saturating_duration_since(Instant::now()).max(SLACK);
+            let value = if t.millis {
+                left.as_millis().to_string()
+            } else {
+                format!("{:.3}", left.as_secs_f64())
+            };
+            if let Some(a) = args.get_mut(t.at) {
+                *a = Bytes::from(value);
+            }
+        }
+        resp::encode_array(&args)
+    }
+
+    /// For `XREAD … STREAMS k… $…`: replaces each `$` by the stream's last id
+    /// on `addr`, so entries added from now on are still news to the call.
+    async fn pin_stream_ids(&mut self, addr: &str) -> Result<(), Bytes> {
+        let Some((keys, ids)) = xread_streams(&self.args) else {
+            return Ok(());
+        };
+        let dollars: Vec<(usize, Bytes)> = (0..ids - keys)
+            .filter(|&i| self.args.get(ids + i).is_some_and(|a| a.as_ref() == b"$"))
+            .filter_map(|i| Some((ids + i, self.args.get(keys + i)?.clone())))
+            .collect();
+        if dollars.is_empty() {
+            return Ok(());
+        }
+        let Some(pool) = self.ctx.router.pool(addr) else {
+            return Err(cannot_reissue(self.slot));
+        };
+        for (at, key) in dollars {
+            let req = resp::encode_array(&[b"XINFO".as_ref(), b"STREAM", key.as_ref()]);
+            let info = pool.send(self.client, req).await.unwrap_or_else(|_| lost());
+            let id = match last_generated_id(&info) {
+                Some(id) => id,
+                // No stream yet: every entry will be new.
+                None if info.starts_with(b"-ERR no such key") => Bytes::from_static(b"0-0"),
+                None => return Err(cannot_reissue(self.slot)),
+            };
+            if let Some(a) = self.args.get_mut(at) {
+                *a = id;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a re-issued call goes.
+enum Route {
+    /// The slot is switching groups: wait for its next state.
+    Hold,
+    Serve(String),
+    Move {
+        from: Arc<super::router::Pool>,
+        to: Arc<super::router::Pool>,
+    },
+}
+
+fn cannot_reissue(slot: u16) -> Bytes {
+    resp::error(&format!(
+        "ERR blocking command interrupted: slot {slot} switched groups and the command could not be run again, retry"
+    ))
+}
+
+/// The reply of a call that timed out.
+fn nil_of(args: &[Bytes]) -> Bytes {
+    let name = args.first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
+    match name.as_slice() {
+        b"blmove" | b"brpoplpush" => Bytes::from_static(resp::NIL),
+        _ => Bytes::from_static(b"*-1\r\n"),
+    }
+}
+
+/// A RESP2 null (bulk or array): the reply of a timed-out blocking command.
+fn is_nil(reply: &[u8]) -> bool {
+    reply == b"*-1\r\n" || reply == resp::NIL
+}
+
+/// The timeout of a blocking command, from its words, counted from `start`.
+fn timeout_of(args: &[Bytes], start: Instant) -> Option<Timeout> {
+    let name = args.first()?.to_ascii_lowercase();
+    let (at, millis) = match name.as_slice() {
+        b"blmpop" | b"bzmpop" => (1, false),
+        b"xread" | b"xreadgroup" => (xread_block_at(args)?, true),
+        _ => (args.len().checked_sub(1)?, false),
+    };
+    let text = std::str::from_utf8(args.get(at)?).ok()?;
+    let wait = if millis {
+        let ms: u64 = text.parse().ok()?;
+        until(start, Duration::from_millis(ms))
+    } else {
+        let secs: f64 = text.parse().ok()?;
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        until(start, Duration::try_from_secs_f64(secs).ok()?)
+    };
+    Some(Timeout { at, millis, wait })
+}
+
+fn until(start: Instant, d: Duration) -> Wait {
+    match start.checked_add(d) {
+        Some(t) if !d.is_zero() => Wait::Until(t),
+        _ => Wait::Forever,
+    }
+}
+
+/// Index of the value of `BLOCK` in `XREAD`/`XREADGROUP`, among the options
+/// before `STREAMS`.
+fn xread_block_at(args: &[Bytes]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(a) = args.get(i) {
+        if a.eq_ignore_ascii_case(b"STREAMS") {
+            return None;
+        } else if a.eq_ignore_ascii_case(b"BLOCK") {
+            return Some(i + 1);
+        } else if a.eq_ignore_ascii_case(b"GROUP") {
+            i += 3;
+        } else if a.eq_ignore_ascii_case(b"COUNT") {
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// For `XREAD`: where its stream keys start and where their ids start.
+fn xread_streams(args: &[Bytes]) -> Option<(usize, usize)> {
+    if !args.first()?.eq_ignore_ascii_case(b"xread") {
+        return None;
+    }
+    let streams = (1..args.len()).find(|&i| args[i].eq_ignore_ascii_case(b"STREAMS"))?;
+    let n = (args.len() - streams - 1) / 2;
+    Some((streams + 1, streams + 1 + n))
+}
+
+/// `last-generated-id` of an `XINFO STREAM` reply (RESP2: field, value, …).
+fn last_generated_id(reply: &Bytes) -> Option<Bytes> {
+    let items = resp::array_items(reply)?;
+    let at = items
+        .iter()
+        .step_by(2)
+        .position(|f| bulk(f).is_some_and(|b| b.as_ref() == b"last-generated-id"))?;
+    bulk(items.get(at * 2 + 1)?)
+}
+
+/// The data of a bulk string frame.
+fn bulk(frame: &Bytes) -> Option<Bytes> {
+    if frame.first() != Some(&b'$') {
+        return None;
+    }
+    let eol = frame.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(&frame[1..eol]).ok()?.parse().ok()?;
+    frame
+        .get(eol + 2..eol + 2 + len)
+        .map(|_| frame.slice(eol + 2..eol + 2 + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<Bytes> {
+        s.split(' ').map(|w| Bytes::from(w.to_string())).collect()
+    }
+
+    #[test]
+    fn timeouts_are_found_where_each_command_keeps_them() {
+        let now = Instant::now();
+        let t = timeout_of(&words("BLPOP a b 2.5"), now).expect("parses");
+        assert_eq!((t.at, t.millis), (3, false));
+        assert_eq!(t.wait, Wait::Until(now + Duration::from_millis(2500)));
+        let t = timeout_of(&words("blmove a b LEFT RIGHT 0"), now).expect("parses");
+        assert_eq!((t.at, t.wait), (5, Wait::Forever));
+        let t = timeout_of(&words("BZMPOP 7 1 z MIN"), now).expect("parses");
+        assert_eq!(t.at, 1);
+        let t = timeout_of(
+            &words("XREADGROUP GROUP BLOCK c COUNT 2 BLOCK 300 STREAMS s >"),
+            now,
+        )
+        .expect("parses");
+        assert_eq!((t.at, t.millis), (7, true));
+        assert_eq!(t.wait, Wait::Until(now + Duration::from_millis(300)));
+        assert_eq!(timeout_of(&words("BLPOP a -1"), now), None);
+        assert_eq!(timeout_of(&words("BLPOP a x"), now), None);
+    }
+
+    #[test]
+    fn the_remaining_time_replaces_the_timeout() {
+        let ctx = Arc::new(Context::new(
+            crate::proxy::ProxyConfig::default(),
+            crate::proxy::router::Router::new(
+                "p",
+                crate::proxy::backend::BackendOptions {
+                    auth: None,
+                    connect_timeout: Duration::from_secs(1),
+                    track_id: false,
+                },
+                1,
+            ),
+        ));
+        let lane = Lane::new();
+        let req = Request {
+            raw: Bytes::new(),
+            args: words("BLPOP q 30"),
+        };
+        let start = Instant::now() - Duration::from_secs(10);
+        let call = Call::new(&ctx, (1, &lane), 0, &req, Vec::new(), start);
+        let Some(Some(wait)) = call.time_left() else {
+            panic!("time left")
+        };
+        let mut raw = bytes::BytesMut::from(&call.request(wait)[..]);
+        let again = resp::parse_request(&mut raw, &resp::Limits::default())
+            .expect("valid")
+            .expect("complete");
+        let secs: f64 = std::str::from_utf8(&again.args[2])
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        assert!((19.0..=20.0).contains(&secs), "{secs}");
+        let forever = Request {
+            raw: Bytes::new(),
+            args: words("BLPOP q 0"),
+        };
+        let call = Call::new(&ctx, (1, &lane), 0, &forever, Vec::new(), start);
+        assert_eq!(
+            &call.request(Wait::Forever)[..],
+            &resp::encode_array(&words("BLPOP q 0"))[..]
+        );
+    }
+
+    #[test]
+    fn xread_dollar_ids_are_located_and_the_last_id_is_read() {
+        let args = words("XREAD COUNT 1 BLOCK 0 STREAMS a b $ 5-0");
+        assert_eq!(xread_streams(&args), Some((6, 8)));
+        let info = Bytes::from_static(
+            b"*6\r\n$6\r\nlength\r\n:2\r\n$17\r\nlast-generated-id\r\n$3\r\n7-1\r\n$11\r\nfirst-entry\r\n*-1\r\n",
+        );
+        assert_eq!(last_generated_id(&info).as_deref(), Some(&b"7-1"[..]));
+        assert!(is_nil(b"*-1\r\n") && is_nil(b"$-1\r\n") && !is_nil(b"*0\r\n"));
+    }
+}

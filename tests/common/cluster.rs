@@ -1,0 +1,138 @@
+//! A two-group cluster for switch and migration tests: real ZooKeeper (this
+//! binary's, under a fresh root), two redis-server masters (group 1 owns slots
+//! 0-511, group 2 owns 512-1023), and proxies in-process or as `reborn proxy`
+//! child processes (so they can be paused or killed).
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reborn::proxy::{Bound, ProxyConfig};
+use reborn::topo::model::{Role, SlotState};
+use reborn::topo::{Store, ZkConfig, operation, watcher};
+use reborn::up::RedisServer;
+use tokio_util::sync::CancellationToken;
+
+/// The cluster; dropping it stops its in-process proxies.
+pub struct Cluster {
+    pub zk: ZkConfig,
+    pub store: Store,
+    pub masters: Vec<RedisServer>,
+    pub stop: CancellationToken,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let zk = ZkConfig {
+            addr: super::zk(),
+            root: super::unique_root(),
+            product: "mig".into(),
+            session_timeout: Duration::from_secs(2),
+        };
+        let masters = vec![super::redis(), super::redis()];
+        let store = Store::connect(&zk).await.expect("zk");
+        operation::init_product(&store).await.expect("init");
+        for (i, m) in masters.iter().enumerate() {
+            let g = i as u32 + 1;
+            operation::create_group(&store, g).await.expect("group");
+            operation::add_server(&store, g, &m.addr(), Role::Master)
+                .await
+                .expect("server");
+        }
+        operation::assign_slots(&store, 0, 511, 1).await.expect("assign");
+        operation::assign_slots(&store, 512, 1023, 2)
+            .await
+            .expect("assign");
+        Cluster {
+            zk,
+            store,
+            masters,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// An in-process proxy; returns its address once it is registered.
+    pub async fn proxy(&self) -> SocketAddr {
+        let cfg = ProxyConfig {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            zk: self.zk.clone(),
+            ..ProxyConfig::default()
+        };
+        let bound = Bound::bind(cfg).await.expect("bind");
+        let addr = bound.local_addr().expect("addr");
+        tokio::spawn(bound.run(self.stop.clone()));
+        self.wait_proxy(&addr.to_string(), true).await;
+        addr
+    }
+
+    /// A `reborn proxy` child process (so it can be paused or killed), its id,
+    /// and the directory of its config file (removed when dropped).
+    pub async fn proxy_process(&self, session: Duration) -> (super::GuardedChild, String, tempfile::TempDir) {
+        let port = super::free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("proxy.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{}\"\n[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"{}ms\"\n",
+            super::free_port(),
+            self.zk.addr,
+            self.zk.root,
+            self.zk.product,
+            session.as_millis()
+        );
+        std::fs::write(&conf, text).expect("write config");
+        let child = super::spawn_guarded(
+            Command::new(env!("CARGO_BIN_EXE_reborn"))
+                .args(["proxy", "--config"])
+                .arg(&conf)
+                .env("RUST_LOG", "warn"),
+        );
+        let id = format!("127.0.0.1:{port}");
+        self.wait_proxy(&id, true).await;
+        (child, id, dir)
+    }
+
+    pub async fn wait_proxy(&self, id: &str, present: bool) {
+        let path = self.store.paths().proxy(id);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.store.exists(&path).await.unwrap_or(false) != present {
+            assert!(
+                Instant::now() < deadline,
+                "proxy {id} never became present={present}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn slot_state(&self, slot: u16) -> (u32, SlotState) {
+        let topo = watcher::load(&self.store).await.expect("load");
+        let s = topo.slots.get(slot).expect("slot");
+        (s.group, s.state)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A `redis` connection to `addr` with a 30 s response timeout.
+pub async fn client(addr: SocketAddr) -> redis::aio::MultiplexedConnection {
+    let mut c = redis::Client::open(format!("redis://{addr}/"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    c.set_response_timeout(Duration::from_secs(30));
+    c
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`, …) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {sig} {pid}");
+}
