@@ -21,6 +21,8 @@
 #   BENCH_PROXY_THREADS  passed to `reborn up --proxy-threads`                   default: reborn up's
 #   BENCH_DASHBOARD_CONFIG  passed to `reborn up --dashboard-config` (e.g. a file with a
 #                        [migration] section to try other batch/pacing settings)  default: none
+#   BENCH_REBORN         a reborn binary to run instead of building this tree (A/B runs
+#                        against another commit's `cargo build --release`)          default: none
 #   BENCH_KEEP=1         keep the work dir (reborn up logs, raw redis-benchmark output)
 #
 # Ports (fixed, so it never collides with a default `reborn up` or scripts/bench.sh):
@@ -191,9 +193,14 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -f $HOME/.cargo/env ]]; then
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
 fi
-log "cargo build --release"
-(cd "$ROOT" && cargo build --release)
-REBORN=$ROOT/target/release/reborn
+if [[ -n ${BENCH_REBORN:-} ]]; then
+    REBORN=$BENCH_REBORN   # an A/B run against another build; nothing is built
+    [[ -x $REBORN ]] || { echo "BENCH_REBORN=$REBORN is not an executable" >&2; exit 1; }
+else
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release)
+    REBORN=$ROOT/target/release/reborn
+fi
 
 start_reborn() {
     local ports extra=()

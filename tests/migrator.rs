@@ -166,17 +166,23 @@ fn config() -> MigratorConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_exactly_the_keys_of_the_slots() {
-    moves_exactly_the_keys_of_the_slots_with(Method::DumpRestore).await;
+    moves_exactly_the_keys_of_the_slots_with(Method::DumpRestore, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_exactly_the_keys_of_the_slots_on_three_lanes() {
+    moves_exactly_the_keys_of_the_slots_with(Method::DumpRestore, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_exactly_the_keys_of_the_slots_with_migrate() {
-    moves_exactly_the_keys_of_the_slots_with(Method::Migrate).await;
+    moves_exactly_the_keys_of_the_slots_with(Method::Migrate, 1).await;
 }
 
-async fn moves_exactly_the_keys_of_the_slots_with(method: Method) {
+async fn moves_exactly_the_keys_of_the_slots_with(method: Method, inflight: usize) {
     let config = || MigratorConfig {
         method,
+        inflight,
         ..MigratorConfig::default()
     };
     let (src, dst) = (common::redis(), common::redis());
@@ -217,6 +223,7 @@ async fn moves_exactly_the_keys_of_the_slots_with(method: Method) {
     );
     assert_eq!(progress.moved, moved as u64);
     assert_eq!(progress.errors, 0, "{:?}", progress.last_error);
+    assert!(progress.busy_ms > 0, "the time spent moving is recorded");
     // Two passes, the second over what stayed (SCAN may return a key twice).
     assert!(progress.scanned >= 40_000 - moved as u64, "{progress:?}");
     assert_eq!(

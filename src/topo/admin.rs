@@ -379,7 +379,6 @@ pub fn render_tasks(tasks: &[Task]) -> String {
     let rows = tasks
         .iter()
         .map(|t| {
-            let secs = t.updated.saturating_sub(t.created).max(1);
             vec![
                 t.id.to_string(),
                 format!("{:?}{}", t.state, if t.paused { " (paused)" } else { "" }).to_lowercase(),
@@ -391,7 +390,7 @@ pub fn render_tasks(tasks: &[Task]) -> String {
                 },
                 t.to.to_string(),
                 t.progress.moved.to_string(),
-                (t.progress.moved / secs).to_string(),
+                keys_per_sec(&t.progress),
                 t.progress.errors.to_string(),
                 t.error
                     .clone()
@@ -414,6 +413,14 @@ pub fn render_tasks(tasks: &[Task]) -> String {
         ],
         rows,
     )
+}
+
+/// Keys moved per second of the task's passes; `-` before it has run.
+fn keys_per_sec(p: &crate::topo::migrator::Progress) -> String {
+    match p.busy_ms {
+        0 => "-".into(),
+        ms => (p.moved.saturating_mul(1000) / ms).to_string(),
+    }
 }
 
 /// `GROUP  SERVER  ROLE`, one line per server.
@@ -563,6 +570,20 @@ mod tests {
 
     fn parse(argv: &[&str]) -> Result<AdminArgs, clap::Error> {
         Cli::try_parse_from(std::iter::once("admin").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn keys_per_sec_counts_the_time_spent_moving_in_milliseconds() {
+        use crate::topo::migrator::Progress;
+        let p = |moved, busy_ms| Progress {
+            moved,
+            busy_ms,
+            ..Progress::default()
+        };
+        assert_eq!(keys_per_sec(&p(0, 0)), "-");
+        // 250,000 keys in 4.46 s: whole seconds would say 62,500 (4 s) or 50,000 (5 s).
+        assert_eq!(keys_per_sec(&p(250_000, 4_460)), "56053");
+        assert_eq!(keys_per_sec(&p(10, 250)), "40");
     }
 
     #[test]

@@ -32,9 +32,10 @@ pub struct MigratorConfig {
     pub scan_count: usize,
     /// Most keys per batch.
     pub batch_keys: usize,
-    /// With `method = "migrate"`: `MIGRATE` batches sent to the source before
-    /// the first reply is read. (`dump-restore` runs one batch at a time: its
-    /// guard, `WATCH`, belongs to the connection.)
+    /// Batches moving at once. `dump-restore`: lanes, each a source and a
+    /// target connection of its own moving one batch (its guard, `WATCH`,
+    /// belongs to the connection). `migrate`: `MIGRATE` batches sent to the
+    /// source before the first reply is read.
     pub inflight: usize,
     /// How long a fresh batch may take per step: the `MIGRATE` timeout, which
     /// Redis applies to each socket operation with the target, or the wait for

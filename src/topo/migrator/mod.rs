@@ -29,9 +29,10 @@
 //! keys and 60–80k keys/s including the confirming pass, with `inflight` 1, 2, 4
 //! and 8 within the noise of each other: the source's CPU is the bottleneck
 //! (it serializes, and deletes, every key; and `SCAN`s every key of the
-//! keyspace, since Codis slots cannot be filtered server-side). The default of 4
-//! hides a network round trip; more would only let our batches run back to back
-//! longer before Redis serves its other clients.
+//! keyspace, since Codis slots cannot be filtered server-side). Under client
+//! load more in flight only lets our batches run back to back longer before
+//! Redis serves its other clients, so the default is 1 (docs/benchmarks.md).
+//! With `dump-restore`, `inflight` is the number of lanes (`pass`).
 //!
 //! # Safety of the data
 //!
@@ -123,6 +124,10 @@ pub struct Progress {
     pub contested: u64,
     /// Failed `MIGRATE`s and lost connections; each failed batch was retried.
     pub errors: u64,
+    /// Milliseconds spent in passes, over every run of the task (not counting
+    /// the time it was queued, paused or its dashboard down): what its keys/s
+    /// is measured against.
+    pub busy_ms: u64,
     /// The latest failure, naming the key when a single key fails.
     pub last_error: Option<String>,
     /// True once a complete pass found no key of the slots on the source: the
@@ -166,11 +171,16 @@ pub async fn migrate_pass(
     if progress.cursor == 0 {
         progress.found = 0;
     }
+    let (started, base) = (std::time::Instant::now(), progress.busy_ms);
+    let mut report = |p: &mut Progress| {
+        p.busy_ms = base.saturating_add(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        on_progress(p);
+    };
     let outcome = match Pass::start(source, target, slots, cfg, progress.cursor).await {
-        Ok(pass) => pass.run(progress, &mut on_progress, cancel).await,
+        Ok(pass) => pass.run(progress, &mut report, cancel).await,
         Err(e) => Err(e),
     };
-    on_progress(progress);
+    report(progress);
     outcome
 }
 

@@ -2,25 +2,31 @@
 //! from a saved cursor back to 0, moving every key of the task's slots in
 //! batches, with `DUMP`/`RESTORE` (`restore`) or pipelined `MIGRATE … KEYS`.
 //!
-//! The pass is one loop that does one thing per turn, so there is no shared
-//! state between tasks:
+//! The pass is one loop that does one thing per turn, so its state is owned
+//! by one task:
 //!
-//! 1. cut the keys found so far into batches;
-//! 2. move batches: a `DUMP`/`RESTORE` batch from start to end, `MIGRATE`
-//!    batches sent until `inflight` are outstanding (unless a backoff holds
-//!    them, or the throttle says wait);
-//! 3. then either `SCAN` more (while fewer than `batch_keys × inflight` keys wait
-//!    to be sent), or read the oldest `MIGRATE` reply, or sleep out the backoff.
+//! 1. collect the `DUMP`/`RESTORE` batches that finished moving;
+//! 2. cut the keys found so far into batches;
+//! 3. start batches: a `DUMP`/`RESTORE` batch on each free *lane* (a source
+//!    and a target connection of its own, moving one batch on a task of its
+//!    own) up to `inflight` lanes, and `MIGRATE` batches until `inflight` are
+//!    outstanding on the `MIGRATE` connection (unless a backoff holds them, or
+//!    the throttle says wait);
+//! 4. then either `SCAN` more (while fewer than `batch_keys × inflight` keys wait
+//!    to be sent), or read the oldest `MIGRATE` reply, or wait for a lane to
+//!    finish, or sleep out the backoff.
 //!
-//! `SCAN` and the moves use two connections to the source, so a `SCAN` reply
-//! is not queued behind a slow batch, and while we wait for either the source
-//! still has `MIGRATE`s queued: Redis executes them one after the other, never
-//! idle.
+//! `SCAN` has a connection of its own, so a `SCAN` reply is not queued behind
+//! a batch, and the lanes keep moving while the loop scans: the source always
+//! has work of ours queued, but never more than `inflight` batches of it.
+//! Lanes never share a connection, so each has its own `WATCH` (their batches
+//! hold different keys).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -54,11 +60,13 @@ pub(super) struct Pass<'a> {
     cfg: &'a MigratorConfig,
     slots: SlotSet,
     scan: Conn,
-    /// The source connection that moves keys (`MIGRATE`, or `DUMP` and the
-    /// guarded `DEL`); dropped when it fails and reopened on the next send.
+    /// The source connection of `MIGRATE` batches; dropped when it fails and
+    /// reopened on the next send.
     migrate: Option<Conn>,
-    /// The target connection of `RESTORE`; likewise.
-    restore: Option<Conn>,
+    /// Lanes not moving a batch now (their connections stay open).
+    idle_lanes: Vec<Lane>,
+    /// `DUMP`/`RESTORE` batches moving, each on its lane's task.
+    moving: JoinSet<Moved>,
     /// The cursor of the next `SCAN`.
     cursor: u64,
     scan_done: bool,
@@ -92,7 +100,8 @@ impl<'a> Pass<'a> {
             slots,
             scan,
             migrate: None,
-            restore: None,
+            idle_lanes: Vec::new(),
+            moving: JoinSet::new(),
             cursor,
             scan_done: false,
             pending: Vec::new(),
@@ -111,7 +120,7 @@ impl<'a> Pass<'a> {
     pub(super) async fn run(
         mut self,
         progress: &mut Progress,
-        on_progress: &mut impl FnMut(&Progress),
+        on_progress: &mut impl FnMut(&mut Progress),
         cancel: &CancellationToken,
     ) -> Result<Outcome, MigrateError> {
         let mut reported = Instant::now();
@@ -119,12 +128,19 @@ impl<'a> Pass<'a> {
             if cancel.is_cancelled() {
                 return Ok(Outcome::Cancelled);
             }
+            while let Some(done) = self.moving.try_join_next() {
+                self.moved(done, progress)?;
+            }
             self.cut_batches();
             self.send_ready(progress, cancel).await?;
             if self.wants_scan() {
                 self.scan_step(progress, cancel).await?;
             } else if !self.inflight.is_empty() {
                 self.reply_step(progress, cancel).await?;
+            } else if !self.moving.is_empty() {
+                if let Some(Some(done)) = or_cancel(cancel, self.moving.join_next()).await {
+                    self.moved(done, progress)?;
+                }
             } else if !self.ready.is_empty() {
                 self.sit_out_backoff(cancel).await;
             } else {
@@ -168,7 +184,7 @@ impl<'a> Pass<'a> {
             let keys = std::mem::replace(&mut self.pending, rest);
             self.ready.push_back(self.batch(keys));
         }
-        let idle = self.inflight.is_empty() && self.ready.is_empty();
+        let idle = self.inflight.is_empty() && self.moving.is_empty() && self.ready.is_empty();
         if !self.pending.is_empty() && (self.scan_done || idle) {
             let keys = std::mem::take(&mut self.pending);
             self.ready.push_back(self.batch(keys));
@@ -210,27 +226,36 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Moves ready batches: `MIGRATE`s up to the in-flight limit, a
-    /// `DUMP`/`RESTORE` batch whenever no `MIGRATE` is outstanding (their
-    /// replies would interleave on the connection).
+    /// Starts ready batches, oldest first: `DUMP`/`RESTORE` batches on free
+    /// lanes and `MIGRATE`s on their connection, each up to `inflight`.
     async fn send_ready(
         &mut self,
         progress: &mut Progress,
         cancel: &CancellationToken,
     ) -> Result<(), MigrateError> {
-        while self.inflight.len() < self.cfg.inflight && !self.held() {
+        while !self.held() {
+            let Some(method) = self.ready.front().map(|b| b.method) else {
+                return Ok(());
+            };
+            let busy = match method {
+                Method::DumpRestore => self.moving.len(),
+                Method::Migrate => self.inflight.len(),
+            };
+            if busy >= self.cfg.inflight {
+                return Ok(());
+            }
             let Some(batch) = self.ready.pop_front() else {
                 return Ok(());
             };
-            if batch.method == Method::DumpRestore && !self.inflight.is_empty() {
-                self.ready.push_front(batch);
-                return Ok(());
-            }
             if let Some(wait) = self.throttle.admit(batch.len())
                 && or_cancel(cancel, tokio::time::sleep(wait)).await.is_none()
             {
                 self.ready.push_front(batch);
                 return Ok(());
+            }
+            if method == Method::DumpRestore {
+                self.start_moving(batch);
+                continue;
             }
             if self.migrate.is_none() {
                 match Conn::connect(self.source, self.cfg.auth.as_deref()).await {
@@ -240,10 +265,6 @@ impl<'a> Pass<'a> {
                         return Err(e);
                     }
                 }
-            }
-            if batch.method == Method::DumpRestore {
-                self.transfer(batch, progress, cancel).await;
-                continue;
             }
             let cmd = batch.command(&self.target, self.cfg.auth.as_deref());
             let sent = match self.migrate.as_mut() {
@@ -259,56 +280,64 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Moves one batch with `DUMP`/`RESTORE` (the source connection is open)
-    /// and acts on the outcome; a batch that did not move is requeued.
-    async fn transfer(&mut self, batch: Batch, progress: &mut Progress, cancel: &CancellationToken) {
-        if self.restore.is_none() {
-            match Conn::connect(&self.target.addr, self.cfg.auth.as_deref()).await {
-                Ok(conn) => self.restore = Some(conn),
-                Err(e) => {
-                    self.note_error(progress, &batch, &format!("target: {e}"));
-                    self.hold(Duration::ZERO);
-                    self.ready.push_front(batch);
-                    return;
-                }
+    /// Moves `batch` with `DUMP`/`RESTORE` on a free lane, on a task of its own.
+    fn start_moving(&mut self, batch: Batch) {
+        let lane = self.idle_lanes.pop().unwrap_or_default();
+        let addrs = (self.source.to_string(), self.target.addr.clone());
+        let auth = self.cfg.auth.clone();
+        self.moving.spawn(lane.carry(batch, addrs, auth));
+    }
+
+    /// Acts on a batch a lane finished with; one that did not move is
+    /// requeued. A source that cannot be reached ends the pass (as for
+    /// `MIGRATE`): the caller retries it.
+    fn moved(
+        &mut self,
+        done: Result<Moved, tokio::task::JoinError>,
+        progress: &mut Progress,
+    ) -> Result<(), MigrateError> {
+        let Moved {
+            mut lane,
+            batch,
+            outcome,
+        } = done.map_err(|e| MigrateError::Protocol {
+            addr: self.source.to_string(),
+            cmd: "DUMP",
+            detail: format!("a migrator lane stopped: {e}"),
+        })?;
+        let failure = match outcome {
+            Ok(done) => {
+                self.idle_lanes.push(lane);
+                self.transferred(batch, done, progress);
+                return Ok(());
             }
-        }
-        let (Some(source), Some(target)) = (self.migrate.as_mut(), self.restore.as_mut()) else {
-            self.ready.push_front(batch);
-            return;
+            Err(failure) => failure,
         };
-        let moving = restore::transfer(source, target, &batch.keys, batch.timeout);
-        let Some(outcome) = or_cancel(cancel, moving).await else {
-            // Stopped half-way: the connections are out of step. Keys copied
-            // but not deleted are settled by the next run (see `restore`).
-            self.migrate = None;
-            self.restore = None;
-            self.ready.push_front(batch);
-            return;
-        };
-        match outcome {
-            Ok(done) => self.transferred(batch, done, progress),
-            Err(failure) => {
-                let (why, slow) = match failure {
-                    Failure::Source(e) => {
-                        self.migrate = None;
-                        (format!("source: {e}"), matches!(e, MigrateError::Timeout { .. }))
-                    }
-                    Failure::Target(e) => {
-                        self.restore = None;
-                        (format!("target: {e}"), matches!(e, MigrateError::Timeout { .. }))
-                    }
-                    Failure::Refused(why) => (format!("target: {why}"), false),
-                };
-                self.note_error(progress, &batch, &why);
-                if slow {
-                    self.retry_smaller(batch);
-                } else {
-                    self.hold(Duration::ZERO);
-                    self.ready.push_front(batch);
-                }
+        let (why, slow) = match failure {
+            Failure::Source(e @ (MigrateError::Connect { .. } | MigrateError::Auth { .. })) => {
+                self.idle_lanes.push(lane);
+                self.ready.push_front(batch);
+                return Err(e);
             }
+            Failure::Source(e) => {
+                lane.source = None;
+                (format!("source: {e}"), matches!(e, MigrateError::Timeout { .. }))
+            }
+            Failure::Target(e) => {
+                lane.target = None;
+                (format!("target: {e}"), matches!(e, MigrateError::Timeout { .. }))
+            }
+            Failure::Refused(why) => (format!("target: {why}"), false),
+        };
+        self.idle_lanes.push(lane);
+        self.note_error(progress, &batch, &why);
+        if slow {
+            self.retry_smaller(batch);
+        } else {
+            self.hold(Duration::ZERO);
+            self.ready.push_front(batch);
         }
+        Ok(())
     }
 
     /// Settles a transferred batch; its contested keys go first in line, to
@@ -469,6 +498,58 @@ impl<'a> Pass<'a> {
         if let Some(until) = self.hold_until {
             let _ = or_cancel(cancel, tokio::time::sleep_until(until)).await;
         }
+    }
+}
+
+/// A source and a target connection that move one `DUMP`/`RESTORE` batch at
+/// a time; a connection that failed is dropped and reopened on the next batch.
+#[derive(Default)]
+struct Lane {
+    source: Option<Conn>,
+    target: Option<Conn>,
+}
+
+/// A lane back from moving `batch`.
+struct Moved {
+    lane: Lane,
+    batch: Batch,
+    outcome: Result<Transferred, Failure>,
+}
+
+impl Lane {
+    /// Moves `batch` from `source` to `target` (see `restore`), connecting
+    /// first where needed. Dropped half-way (the pass was cancelled), it
+    /// leaves at worst keys copied and not deleted, which the next run settles.
+    async fn carry(
+        mut self,
+        batch: Batch,
+        (source, target): (String, String),
+        auth: Option<String>,
+    ) -> Moved {
+        let outcome = self.transfer(&batch, &source, &target, auth.as_deref()).await;
+        Moved {
+            lane: self,
+            batch,
+            outcome,
+        }
+    }
+
+    async fn transfer(
+        &mut self,
+        batch: &Batch,
+        source: &str,
+        target: &str,
+        auth: Option<&str>,
+    ) -> Result<Transferred, Failure> {
+        let src = match &mut self.source {
+            Some(conn) => conn,
+            empty => empty.insert(Conn::connect(source, auth).await.map_err(Failure::Source)?),
+        };
+        let dst = match &mut self.target {
+            Some(conn) => conn,
+            empty => empty.insert(Conn::connect(target, auth).await.map_err(Failure::Target)?),
+        };
+        restore::transfer(src, dst, &batch.keys, batch.timeout).await
     }
 }
 
