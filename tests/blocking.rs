@@ -41,6 +41,19 @@ async fn blocked_clients(addr: &str) -> i64 {
         .expect("blocked_clients in INFO")
 }
 
+/// Waits until each server's `blocked_clients` is as given.
+async fn wait_blocked(expected: &[(&str, i64)], what: &str) {
+    common::eventually(what, Duration::from_secs(5), || async {
+        for &(addr, n) in expected {
+            if blocked_clients(addr).await != n {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
 async fn blpop(addr: SocketAddr, key: String, timeout: f64) -> (Option<(String, String)>, Duration) {
     let mut conn = client(addr).await;
     let t = Instant::now();
@@ -93,15 +106,7 @@ async fn blocked_commands_follow_their_slot_to_the_target() {
     });
     let source = c.masters[0].addr();
     let target = c.masters[1].addr();
-    common::eventually(
-        "three commands blocked on the source",
-        Duration::from_secs(5),
-        || {
-            let source = source.clone();
-            async move { blocked_clients(&source).await == 3 }
-        },
-    )
-    .await;
+    wait_blocked(&[(&source, 3)], "three commands blocked on the source").await;
 
     let switch = Instant::now();
     begin_migration(&c.store, &[slot], 2, Duration::from_secs(5))
@@ -113,13 +118,9 @@ async fn blocked_commands_follow_their_slot_to_the_target() {
         "switch took {switched_in:?}"
     );
     // All three left the source and wait on the target now.
-    common::eventually(
+    wait_blocked(
+        &[(&source, 0), (&target, 3)],
         "the commands blocked on the target",
-        Duration::from_secs(5),
-        || {
-            let (source, target) = (source.clone(), target.clone());
-            async move { blocked_clients(&source).await == 0 && blocked_clients(&target).await == 3 }
-        },
     )
     .await;
     assert!(!waiting_forever.is_finished() && !xread.is_finished());
@@ -157,15 +158,7 @@ async fn blocked_commands_follow_their_slot_to_the_target() {
     // A new blocking command of the migrating slot runs on the target too.
     let fresh = format!("{{{tag}}}fresh");
     let waiting = tokio::spawn(blpop(proxy, fresh.clone(), 0.0));
-    common::eventually(
-        "the new BLPOP blocked on the target",
-        Duration::from_secs(5),
-        || {
-            let target = target.clone();
-            async move { blocked_clients(&target).await == 1 }
-        },
-    )
-    .await;
+    wait_blocked(&[(&target, 1)], "the new BLPOP blocked on the target").await;
     let _: i64 = p.rpush(&fresh, "y").await.expect("rpush");
     let (got, _) = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await

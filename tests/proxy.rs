@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use reborn::libs::hash::slot_of;
 use reborn::proxy::{Bound, ProxyConfig, ProxyError};
-use reborn::topo::model::Role;
 use reborn::topo::{Store, ZkConfig, operation};
 use reborn::up::RedisServer;
 use redis::AsyncCommands;
@@ -52,20 +51,7 @@ impl Cluster {
             Some(pw) => vec![common::redis_with_password(pw), common::redis_with_password(pw)],
         };
         let store = Store::connect(&zk).await.expect("zk connect");
-        operation::init_product(&store).await.expect("init");
-        for (i, m) in masters.iter().enumerate() {
-            let g = i as u32 + 1;
-            operation::create_group(&store, g).await.expect("group");
-            operation::add_server(&store, g, &m.addr(), Role::Master)
-                .await
-                .expect("server");
-        }
-        operation::assign_slots(&store, 0, 511, 1)
-            .await
-            .expect("assign 1");
-        operation::assign_slots(&store, 512, 1023, 2)
-            .await
-            .expect("assign 2");
+        common::cluster::seed_two_groups(&store, &masters).await;
         let mut cfg = ProxyConfig {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),

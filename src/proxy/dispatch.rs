@@ -3,6 +3,7 @@
 //! session writer does that, in request order.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -212,34 +213,6 @@ fn blocking(
         Ok(s) => s,
         Err(reply) => return reply,
     };
-    let routes = ctx.router.routes();
-    let pool = match target_for(ctx, &routes, slot) {
-        Ok(Target::Pool(pool)) => pool,
-        Ok(Target::Migrate { .. }) => {
-            let call = Call::new(
-                ctx,
-                (client.id, client.lane()),
-                slot,
-                req,
-                keys_of(spec, req),
-                now,
-            );
-            return Reply::Wait(call.start_moving());
-        }
-        Err(reply) => return reply,
-    };
-    let addr = pool.addr();
-    if !client.dedicated.contains_key(addr) {
-        match Dedicated::open(ctx, addr) {
-            Ok(d) => {
-                client.dedicated.insert(addr.to_string(), d);
-            }
-            Err(reply) => return Reply::Ready(reply),
-        }
-    }
-    let Some(line) = client.dedicated.get(addr).map(|d| d.line.clone()) else {
-        return err("ERR internal: dedicated connection missing");
-    };
     let call = Call::new(
         ctx,
         (client.id, client.lane()),
@@ -248,6 +221,19 @@ fn blocking(
         keys_of(spec, req),
         now,
     );
+    let routes = ctx.router.routes();
+    let pool = match target_for(ctx, &routes, slot) {
+        Ok(Target::Pool(pool)) => pool,
+        Ok(Target::Migrate { .. }) => return Reply::Wait(call.start_moving()),
+        Err(reply) => return reply,
+    };
+    let line = match client.dedicated.entry(pool.addr().to_string()) {
+        Entry::Occupied(d) => d.get().line.clone(),
+        Entry::Vacant(vacant) => match Dedicated::open(ctx, pool.addr()) {
+            Ok(d) => vacant.insert(d).line.clone(),
+            Err(reply) => return Reply::Ready(reply),
+        },
+    };
     Reply::Wait(call.start_on(&line, req.raw.clone()))
 }
 

@@ -31,18 +31,7 @@ impl Cluster {
         };
         let masters = vec![super::redis(), super::redis()];
         let store = Store::connect(&zk).await.expect("zk");
-        operation::init_product(&store).await.expect("init");
-        for (i, m) in masters.iter().enumerate() {
-            let g = i as u32 + 1;
-            operation::create_group(&store, g).await.expect("group");
-            operation::add_server(&store, g, &m.addr(), Role::Master)
-                .await
-                .expect("server");
-        }
-        operation::assign_slots(&store, 0, 511, 1).await.expect("assign");
-        operation::assign_slots(&store, 512, 1023, 2)
-            .await
-            .expect("assign");
+        seed_two_groups(&store, &masters).await;
         Cluster {
             zk,
             store,
@@ -115,6 +104,23 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Initialises the product of `store` with group 1 (master `masters[0]`) owning
+/// slots 0-511 and group 2 (master `masters[1]`) owning 512-1023.
+pub async fn seed_two_groups(store: &Store, masters: &[RedisServer]) {
+    operation::init_product(store).await.expect("init");
+    for (i, m) in masters.iter().enumerate() {
+        let g = i as u32 + 1;
+        operation::create_group(store, g).await.expect("group");
+        operation::add_server(store, g, &m.addr(), Role::Master)
+            .await
+            .expect("server");
+    }
+    operation::assign_slots(store, 0, 511, 1).await.expect("assign");
+    operation::assign_slots(store, 512, 1023, 2)
+        .await
+        .expect("assign");
 }
 
 /// A `redis` connection to `addr` with a 30 s response timeout.
