@@ -1012,6 +1012,31 @@ async fn migrate_on_access(backend_password: Option<&str>) {
     let _: () = p.set("{foo}new", "x").await.expect("set new");
     assert!(g2.exists::<_, bool>("{foo}new").await.expect("exists"));
     assert!(!g1.exists::<_, bool>("{foo}new").await.expect("exists"));
+    // The proxy now knows that key left (never to return) the source: further
+    // requests for it, and for the counter MIGRATE moved, skip the source.
+    let source_calls = async |g: &mut redis::aio::MultiplexedConnection| -> (u64, u64) {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(g)
+            .await
+            .expect("info");
+        let calls = |cmd: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+                .and_then(|rest| rest.split(',').next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (calls("eval"), calls("migrate"))
+    };
+    let before = source_calls(&mut g1).await;
+    for _ in 0..20 {
+        let v: String = p.get("{foo}new").await.expect("get");
+        assert_eq!(v, "x");
+        let _: i64 = p.incr("{foo}n", 1).await.expect("incr");
+    }
+    let n: i64 = g2.get("{foo}n").await.expect("counter on the target");
+    assert_eq!(n, 1220);
+    assert_eq!(source_calls(&mut g1).await, before, "the source was asked again");
 
     // A multi-key read spanning both servers of the slot and another group.
     let _: () = p.set("a", "other").await.expect("set a"); // slot 579: group 2, not migrating

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use super::blocked::{Dedicated, Lane, Registry};
 use super::config::ProxyConfig;
 use super::lease::Lease;
-use super::migrate::Migrator;
+use super::migrate::{Migrator, MovedKeys};
 use super::router::Router;
 use super::stats::Stats;
 use crate::libs::resp::Limits;
@@ -31,6 +31,9 @@ pub struct Context {
     /// This worker's blocking calls out on dedicated connections, so a slot
     /// switch can interrupt them (see `blocked.rs`).
     pub blocked: Arc<Registry>,
+    /// This worker's keys known to have left the source of their migrating
+    /// slot (see `migrate.rs`).
+    pub moved: Arc<MovedKeys>,
     /// Permits for requests held while their slot switches groups.
     pub held: Arc<Semaphore>,
     pub started: Instant,
@@ -50,6 +53,7 @@ impl Context {
             proxy_id: config.proxy_id(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             blocked: Arc::default(),
+            moved: Arc::default(),
             held: Arc::new(Semaphore::new(config.max_held)),
             config,
             router,
@@ -72,6 +76,7 @@ impl Context {
             limits: self.limits,
             blocking: self.blocking.clone(),
             blocked: Arc::default(),
+            moved: Arc::default(),
             held: self.held.clone(),
             started: self.started,
             lease: self.lease.clone(),
@@ -121,7 +126,7 @@ impl Client {
     pub fn migrator(&mut self, ctx: &Context) -> &Migrator {
         self.migrator.get_or_insert_with(|| {
             let auth = (!ctx.config.backend_auth.is_empty()).then(|| ctx.config.backend_auth.clone());
-            Migrator::spawn(self.id, auth, ctx.config.migrate_timeout)
+            Migrator::spawn(self.id, auth, ctx.config.migrate_timeout, ctx.moved.clone())
         })
     }
 }

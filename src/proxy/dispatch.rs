@@ -132,7 +132,12 @@ enum Target<'a> {
     /// Straight to this pool.
     Pool(&'a Arc<Pool>),
     /// Keys move from `from` to `to` first (migrate on access).
-    Migrate { from: &'a Arc<Pool>, to: &'a Arc<Pool> },
+    Migrate {
+        from: &'a Arc<Pool>,
+        to: &'a Arc<Pool>,
+        /// The routing epoch (see `migrate::MovedKeys`).
+        epoch: u64,
+    },
 }
 
 impl<'a> Target<'a> {
@@ -140,7 +145,7 @@ impl<'a> Target<'a> {
     fn id(&self) -> (*const Pool, *const Pool) {
         match self {
             Target::Pool(p) => (Arc::as_ptr(p), std::ptr::null()),
-            Target::Migrate { from, to } => (Arc::as_ptr(to), Arc::as_ptr(from)),
+            Target::Migrate { from, to, .. } => (Arc::as_ptr(to), Arc::as_ptr(from)),
         }
     }
 
@@ -154,7 +159,7 @@ impl<'a> Target<'a> {
     ) -> oneshot::Receiver<Bytes> {
         match self {
             Target::Pool(p) => p.send(client.id, req),
-            Target::Migrate { from, to } => client.migrator(ctx).send(from, to, keys, req),
+            Target::Migrate { from, to, epoch } => client.migrator(ctx).send((from, to), *epoch, keys, req),
         }
     }
 }
@@ -169,7 +174,11 @@ fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<Target
     }
     match routes.get(slot) {
         SlotRoute::Serve { pool, .. } => Ok(Target::Pool(pool)),
-        SlotRoute::Migrate { from, to } => Ok(Target::Migrate { from, to }),
+        SlotRoute::Migrate { from, to } => Ok(Target::Migrate {
+            from,
+            to,
+            epoch: routes.epoch,
+        }),
         SlotRoute::Unassigned => Err(err(&format!("ERR slot {slot} is not assigned to any group"))),
         SlotRoute::NoMaster(g) => Err(err(&format!("ERR group {g} of slot {slot} has no master"))),
         SlotRoute::Switching { .. } => Err(Reply::Hold(slot)),

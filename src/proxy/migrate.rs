@@ -13,12 +13,19 @@
 //! authoritative while it still holds a key: every write of a migrating key goes
 //! to the target only after the key left the source.
 //!
+//! A key of a migrating slot that the source does not hold never comes back
+//! to it (see `source_call`), so once a request found its keys gone from the
+//! source, this worker remembers them ([`MovedKeys`]) and later requests for
+//! them go straight to the target, in one round trip. The memory is per
+//! routing epoch: any change of the routes forgets it.
+//!
 //! Requests of one client to one migrating slot must reach the target in the
 //! order they were sent, and each waits for its own `MIGRATE`, so every client
 //! gets one FIFO task ([`Migrator`]) for all its migrating requests. Requests to
 //! other slots keep the fast path: reordering across slots cannot be observed,
 //! because cross-slot commands are refused.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +37,52 @@ use super::router::Pool;
 use super::source_call::{self, Answer};
 use crate::libs::resp;
 
+/// Most keys a worker remembers as moved; past this it starts over (a
+/// forgotten key only costs one source call again).
+const MAX_MOVED: usize = 65_536;
+
+/// Keys of migrating slots known to be gone from their source, for one routing
+/// epoch (shared by a worker's clients).
+#[derive(Default)]
+pub struct MovedKeys {
+    inner: parking_lot::Mutex<Moved>,
+}
+
+#[derive(Default)]
+struct Moved {
+    epoch: u64,
+    keys: HashSet<Bytes>,
+}
+
+impl MovedKeys {
+    /// True if every one of `keys` (routed at `epoch`) is known to have left
+    /// its source.
+    pub fn all_moved(&self, epoch: u64, keys: &[Bytes]) -> bool {
+        let m = self.inner.lock();
+        m.epoch == epoch && !keys.is_empty() && keys.iter().all(|k| m.keys.contains(k))
+    }
+
+    /// Remembers that `keys` (routed at `epoch`) left their source. Facts of an
+    /// older epoch than the one remembered are dropped; a newer one starts over.
+    pub fn remember(&self, epoch: u64, keys: &[Bytes]) {
+        let mut m = self.inner.lock();
+        if epoch < m.epoch {
+            return;
+        }
+        if epoch > m.epoch || m.keys.len() + keys.len() > MAX_MOVED {
+            m.keys.clear();
+            m.epoch = epoch;
+        }
+        m.keys.extend(keys.iter().cloned());
+    }
+}
+
 /// One request of a migrating slot.
 struct Job {
     from: Arc<Pool>,
     to: Arc<Pool>,
+    /// The routing epoch it was routed at.
+    epoch: u64,
     keys: Vec<Bytes>,
     req: Bytes,
     reply: oneshot::Sender<Bytes>,
@@ -50,18 +99,28 @@ impl Migrator {
     /// the target.
     /// `client` picks the backend connections, as for the client's other
     /// requests (see `Pool::send`).
-    pub fn spawn(client: u64, auth: Option<String>, timeout: Duration) -> Migrator {
+    /// `moved` is the worker's memory of moved keys.
+    pub fn spawn(client: u64, auth: Option<String>, timeout: Duration, moved: Arc<MovedKeys>) -> Migrator {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, rx, auth, timeout));
+        tokio::spawn(run(
+            Worker {
+                client,
+                auth,
+                timeout,
+                moved,
+            },
+            rx,
+        ));
         Migrator { tx }
     }
 
-    /// Queues `req` (whose keys are `keys`): its keys move from `from` to `to`,
-    /// then it is sent to `to`. The receiver yields the target's reply.
+    /// Queues `req` (whose keys are `keys`, routed at `epoch`): its keys move
+    /// from `from` to `to`, then it is sent to `to`. The receiver yields the
+    /// reply.
     pub fn send(
         &self,
-        from: &Arc<Pool>,
-        to: &Arc<Pool>,
+        (from, to): (&Arc<Pool>, &Arc<Pool>),
+        epoch: u64,
         keys: Vec<Bytes>,
         req: Bytes,
     ) -> oneshot::Receiver<Bytes> {
@@ -69,6 +128,7 @@ impl Migrator {
         let job = Job {
             from: from.clone(),
             to: to.clone(),
+            epoch,
             keys,
             req,
             reply,
@@ -80,25 +140,42 @@ impl Migrator {
     }
 }
 
-async fn run(client: u64, mut rx: mpsc::UnboundedReceiver<Job>, auth: Option<String>, timeout: Duration) {
+/// What a client's migrator task works with.
+struct Worker {
+    client: u64,
+    /// The backend password `MIGRATE` presents to the target.
+    auth: Option<String>,
+    timeout: Duration,
+    moved: Arc<MovedKeys>,
+}
+
+async fn run(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(job) = rx.recv().await {
-        let reply = migrate_then_forward(client, &job, auth.as_deref(), timeout).await;
+        let reply = if w.moved.all_moved(job.epoch, &job.keys) {
+            forward(w.client, &job).await
+        } else {
+            migrate_then_forward(&w, &job).await
+        };
         // The client may have gone; its reply is dropped.
         let _ = job.reply.send(reply);
     }
 }
 
-async fn migrate_then_forward(client: u64, job: &Job, auth: Option<&str>, timeout: Duration) -> Bytes {
+async fn migrate_then_forward(w: &Worker, job: &Job) -> Bytes {
+    let client = w.client;
     if let Some(call) = source_call_of(job) {
         let reply = job.from.send(client, call).await.unwrap_or_else(|_| lost());
         match source_call::answer(reply) {
             Answer::Served(reply) => return reply,
-            Answer::NoKeyHere => return forward(client, job).await,
+            Answer::NoKeyHere => {
+                w.moved.remember(job.epoch, &job.keys);
+                return forward(client, job).await;
+            }
             Answer::Classic => {}
         }
     }
     if !job.keys.is_empty() {
-        let cmd = crate::libs::migrate::command(job.to.addr(), &job.keys, auth, timeout);
+        let cmd = crate::libs::migrate::command(job.to.addr(), &job.keys, w.auth.as_deref(), w.timeout);
         let moved = job.from.send(client, cmd).await.unwrap_or_else(|_| lost());
         if resp::is_error(&moved) {
             let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
@@ -108,6 +185,8 @@ async fn migrate_then_forward(client: u64, job: &Job, auth: Option<&str>, timeou
                 job.to.addr()
             ));
         }
+        // +OK or +NOKEY: none of the keys is on the source any more.
+        w.moved.remember(job.epoch, &job.keys);
     }
     forward(client, job).await
 }
@@ -124,4 +203,41 @@ fn source_call_of(job: &Job) -> Option<Bytes> {
     let mut raw = BytesMut::from(&job.req[..]);
     let req = resp::parse_request(&mut raw, &resp::Limits::default()).ok()??;
     source_call::command(&req.args, &job.keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(names: &[&'static str]) -> Vec<Bytes> {
+        names.iter().map(|n| Bytes::from_static(n.as_bytes())).collect()
+    }
+
+    #[test]
+    fn moved_keys_are_remembered_for_one_epoch_only() {
+        let m = MovedKeys::default();
+        assert!(!m.all_moved(1, &keys(&["a"])));
+        m.remember(1, &keys(&["a", "b"]));
+        assert!(m.all_moved(1, &keys(&["a"])) && m.all_moved(1, &keys(&["b", "a"])));
+        assert!(!m.all_moved(1, &keys(&["a", "c"])), "every key must be known");
+        assert!(!m.all_moved(1, &[]), "a request without keys is never short-cut");
+        assert!(!m.all_moved(2, &keys(&["a"])), "another epoch knows nothing");
+        m.remember(2, &keys(&["c"]));
+        assert!(!m.all_moved(2, &keys(&["a"])), "a new epoch forgets the old one");
+        m.remember(1, &keys(&["d"]));
+        assert!(
+            !m.all_moved(2, &keys(&["d"])) && !m.all_moved(1, &keys(&["d"])),
+            "stale facts are dropped"
+        );
+    }
+
+    #[test]
+    fn the_memory_starts_over_when_full() {
+        let m = MovedKeys::default();
+        let many: Vec<Bytes> = (0..MAX_MOVED).map(|i| Bytes::from(i.to_string())).collect();
+        m.remember(1, &many);
+        assert!(m.all_moved(1, &many[..10]));
+        m.remember(1, &keys(&["x"]));
+        assert!(m.all_moved(1, &keys(&["x"])) && !m.all_moved(1, &many[..1]));
+    }
 }
