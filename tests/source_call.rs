@@ -46,7 +46,9 @@ async fn fill(c: &mut Raw) {
     for cmd in [
         &["SET", "s", "v"][..],
         &["SET", "n", "41"],
-        &["EXPIRE", "n", "1000"],
+        // An absolute expiry, the same on both servers (a relative one
+        // would differ by the milliseconds between the two fills).
+        &["PEXPIREAT", "n", "4102444800000"],
         &["HSET", "h", "f1", "a", "f2", "b"],
         &["RPUSH", "l", "x", "y", "z"],
         &["ZADD", "z", "1.5", "a", "2", "b"],
@@ -80,7 +82,7 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
         (&["SET", "s", "x", "GET"], &["s"]),
         (&["TYPE", "h"], &["h"]),
         (&["TTL", "s"], &["s"]),
-        (&["PTTL", "n"], &["n"]),
+        (&["PEXPIRETIME", "n"], &["n"]),
         (&["HGETALL", "h"], &["h"]),
         (&["HMGET", "h", "f1", "nope", "f2"], &["h"]),
         (&["HSET", "h", "f3", "c"], &["h"]),
