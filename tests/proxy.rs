@@ -1026,7 +1026,7 @@ async fn migrate_on_access(backend_password: Option<&str>) {
                 .and_then(|rest| rest.split(',').next()?.parse().ok())
                 .unwrap_or(0)
         };
-        (calls("eval"), calls("migrate"))
+        (calls("eval") + calls("evalsha"), calls("migrate"))
     };
     let before = source_calls(&mut g1).await;
     for _ in 0..20 {

@@ -73,6 +73,19 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
     fill(&mut bare).await;
     fill(&mut wrapped).await;
 
+    // The script is not cached yet: EVALSHA says so, and one EVAL caches it
+    // under the very SHA the proxy sends.
+    let probe = source_call::command(&words(&["GET", "s"]), &words(&["s"])).expect("wrapped");
+    assert!(source_call::is_noscript(&wrapped.send(&probe.evalsha()).await));
+    let cached = ["SCRIPT", "EXISTS", source_call::SCRIPT_SHA];
+    assert_eq!(wrapped.call(&cached).await.as_ref(), b"*1\r\n:0\r\n");
+    let want = bare.call(&["GET", "s"]).await;
+    assert_eq!(
+        source_call::answer(wrapped.send(&probe.eval()).await),
+        Answer::Served(want)
+    );
+    assert_eq!(wrapped.call(&cached).await.as_ref(), b"*1\r\n:1\r\n");
+
     // (request, its keys), run in this order on both servers: reads, writes,
     // the command's own errors, replies of every RESP2 type.
     let cases: &[(&[&str], &[&str])] = &[
@@ -104,7 +117,7 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
     for &(cmd, keys) in cases {
         let want = bare.call(cmd).await;
         let call = source_call::command(&words(cmd), &words(keys)).expect("wrapped");
-        let got = wrapped.send(&call).await;
+        let got = wrapped.send(&call.evalsha()).await;
         assert_eq!(
             source_call::answer(got),
             Answer::Served(want.clone()),
@@ -114,10 +127,16 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
 
     // Keys the server does not hold: nothing runs, and the answer says so.
     let gone = source_call::command(&words(&["SET", "s", "new"]), &words(&["s"])).expect("wrapped");
-    assert_eq!(source_call::answer(wrapped.send(&gone).await), Answer::NoKeyHere);
+    assert_eq!(
+        source_call::answer(wrapped.send(&gone.evalsha()).await),
+        Answer::NoKeyHere
+    );
     let some = source_call::command(&words(&["MSET", "{u}a", "1", "h", "2"]), &words(&["{u}a", "h"]))
         .expect("wrapped");
-    assert_eq!(source_call::answer(wrapped.send(&some).await), Answer::Classic);
+    assert_eq!(
+        source_call::answer(wrapped.send(&some.evalsha()).await),
+        Answer::Classic
+    );
     assert_eq!(wrapped.call(&["EXISTS", "s", "{u}a"]).await.as_ref(), b":0\r\n");
     assert_eq!(wrapped.call(&["HGET", "h", "f1"]).await.as_ref(), b"$1\r\na\r\n");
 

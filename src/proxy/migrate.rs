@@ -164,7 +164,18 @@ async fn run(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>) {
 async fn migrate_then_forward(w: &Worker, job: &Job) -> Bytes {
     let client = w.client;
     if let Some(call) = source_call_of(job) {
-        let reply = job.from.send(client, call).await.unwrap_or_else(|_| lost());
+        let mut reply = job
+            .from
+            .send(client, call.evalsha())
+            .await
+            .unwrap_or_else(|_| lost());
+        if source_call::is_noscript(&reply) {
+            reply = job
+                .from
+                .send(client, call.eval())
+                .await
+                .unwrap_or_else(|_| lost());
+        }
         match source_call::answer(reply) {
             Answer::Served(reply) => return reply,
             Answer::NoKeyHere => {
@@ -199,7 +210,7 @@ async fn forward(client: u64, job: &Job) -> Bytes {
 }
 
 /// The source call of a job (see `source_call`), from its request's words.
-fn source_call_of(job: &Job) -> Option<Bytes> {
+fn source_call_of(job: &Job) -> Option<source_call::Call> {
     let mut raw = BytesMut::from(&job.req[..]);
     let req = resp::parse_request(&mut raw, &resp::Limits::default()).ok()??;
     source_call::command(&req.args, &job.keys)

@@ -40,6 +40,12 @@ for i = 1, #KEYS do n = n + redis.call('EXISTS', KEYS[i]) end \
 if n == #KEYS then return redis.pcall(unpack(ARGV)) end \
 return {err = 'REBORNMOVED ' .. n}";
 
+/// SHA1 of [`SCRIPT`], as `SCRIPT LOAD` names it: requests go as `EVALSHA`,
+/// which costs the source about a third less than `EVAL` (no script text to
+/// read and hash each time); a server that does not have it cached yet
+/// answers `NOSCRIPT` and gets one `EVAL`, which caches it.
+pub const SCRIPT_SHA: &str = "ad5b9847fc04fd95f0e67ac0fbb50897eafed2f4";
+
 /// Arguments Lua's `unpack` handles safely (its C stack allows about 8000).
 const MAX_ARGS: usize = 4096;
 
@@ -83,28 +89,58 @@ pub enum Answer {
     Classic,
 }
 
-/// The `EVAL` that runs `args` (keys `keys`) on the source if it holds all the
+/// A request wrapped in [`SCRIPT`]: its keys and words, encoded once.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Bulk strings after the script: numkeys, the keys, the request's words.
+    tail: Bytes,
+    /// How many bulk strings `tail` holds.
+    count: usize,
+}
+
+impl Call {
+    /// `EVALSHA <sha> …`: what is sent first.
+    pub fn evalsha(&self) -> Bytes {
+        self.with_head(b"EVALSHA", SCRIPT_SHA.as_bytes())
+    }
+
+    /// `EVAL <script> …`: after a `NOSCRIPT` (see [`is_noscript`]).
+    pub fn eval(&self) -> Bytes {
+        self.with_head(b"EVAL", SCRIPT.as_bytes())
+    }
+
+    fn with_head(&self, cmd: &[u8], script: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(32 + cmd.len() + script.len() + self.tail.len());
+        resp::put_header(&mut out, b'*', (2 + self.count) as i64);
+        resp::put_bulk(&mut out, cmd);
+        resp::put_bulk(&mut out, script);
+        out.extend_from_slice(&self.tail);
+        out.freeze()
+    }
+}
+
+/// The call that runs `args` (keys `keys`) on the source if it holds all the
 /// keys; `None` for requests that take the classic path.
-pub fn command(args: &[Bytes], keys: &[Bytes]) -> Option<Bytes> {
+pub fn command(args: &[Bytes], keys: &[Bytes]) -> Option<Call> {
     let name = args.first()?;
     if keys.is_empty() || args.len() > MAX_ARGS || is_classic_only(name) {
         return None;
     }
-    let mut out = BytesMut::with_capacity(
-        64 + SCRIPT.len() + args.iter().chain(keys).map(|a| a.len() + 16).sum::<usize>(),
-    );
-    let numkeys = keys.len().to_string();
-    resp::put_header(&mut out, b'*', (3 + keys.len() + args.len()) as i64);
-    resp::put_bulk(&mut out, b"EVAL");
-    resp::put_bulk(&mut out, SCRIPT.as_bytes());
-    resp::put_bulk(&mut out, numkeys.as_bytes());
-    for k in keys {
-        resp::put_bulk(&mut out, k);
+    let mut tail = BytesMut::with_capacity(16 + args.iter().chain(keys).map(|a| a.len() + 16).sum::<usize>());
+    resp::put_bulk(&mut tail, keys.len().to_string().as_bytes());
+    for k in keys.iter().chain(args) {
+        resp::put_bulk(&mut tail, k);
     }
-    for a in args {
-        resp::put_bulk(&mut out, a);
-    }
-    Some(out.freeze())
+    Some(Call {
+        tail: tail.freeze(),
+        count: 1 + keys.len() + args.len(),
+    })
+}
+
+/// True if the server did not have the script cached (answer with
+/// [`Call::eval`]).
+pub fn is_noscript(reply: &[u8]) -> bool {
+    reply.starts_with(b"-NOSCRIPT")
 }
 
 fn is_classic_only(name: &[u8]) -> bool {
@@ -140,16 +176,21 @@ mod tests {
 
     #[test]
     fn wraps_keyed_requests_and_leaves_the_rest_classic() {
-        let cmd = command(&[b("SET"), b("k"), b("v")], &[b("k")]).expect("wrapped");
-        let mut buf = BytesMut::from(&cmd[..]);
-        let req = resp::parse_request(&mut buf, &resp::Limits::default())
-            .expect("valid")
-            .expect("complete");
-        let words: Vec<&[u8]> = req.args.iter().map(|a| a.as_ref()).collect();
-        assert_eq!(
-            words,
-            vec![&b"EVAL"[..], SCRIPT.as_bytes(), b"1", b"k", b"SET", b"k", b"v"]
-        );
+        let call = command(&[b("SET"), b("k"), b("v")], &[b("k")]).expect("wrapped");
+        let words = |raw: Bytes| -> Vec<Bytes> {
+            let mut buf = BytesMut::from(&raw[..]);
+            resp::parse_request(&mut buf, &resp::Limits::default())
+                .expect("valid")
+                .expect("complete")
+                .args
+        };
+        let tail = [b("1"), b("k"), b("SET"), b("k"), b("v")];
+        let sha = [&[b("EVALSHA"), b(SCRIPT_SHA)][..], &tail].concat();
+        let eval = [&[b("EVAL"), b(SCRIPT)][..], &tail].concat();
+        assert_eq!(words(call.evalsha()), sha);
+        assert_eq!(words(call.eval()), eval);
+        assert!(is_noscript(b"-NOSCRIPT No matching script. Please use EVAL.\r\n"));
+        assert!(!is_noscript(b"$1\r\nv\r\n"));
         assert!(command(&[b("incrby"), b("k"), b("1")], &[b("k")]).is_none());
         assert!(command(&[b("GEOPOS"), b("k"), b("m")], &[b("k")]).is_none());
         assert!(command(&[b("PING")], &[]).is_none());
