@@ -11,6 +11,11 @@
 //! 5. [`reply`]: the pending reply the session writer waits on, merged for split
 //!    commands.
 //!
+//! Blocking commands run on dedicated connections and follow a slot switch
+//! ([`blocked`], reading their words with [`blocking_args`]); requests of a
+//! migrating slot go through the client's FIFO ([`migrate`], [`source_call`]);
+//! [`ack`] acknowledges ZooKeeper actions once their slots are drained.
+//!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.
 
@@ -18,6 +23,7 @@ pub mod ack;
 pub mod admin;
 pub mod backend;
 pub mod blocked;
+pub mod blocking_args;
 pub mod command;
 pub mod config;
 pub mod context;
