@@ -23,7 +23,7 @@
 //!   while it was out ([`Line`] counts them), and its own deadline has not
 //!   passed. Any other reply — an element popped just before the `UNBLOCK`
 //!   arrived, say — is the client's real reply and is delivered as it is.
-//! * An interrupted call is re-issued for the client ([`Call::reissue`]) with
+//! * An interrupted call is re-issued for the client (`Call::reissue`) with
 //!   the time it has left (`0` stays `0`): held while the slot is in
 //!   `pre_migrate`, then on the slot's new route. In `migrate` its keys first
 //!   move from the source with `MIGRATE` (as any request of a migrating slot,

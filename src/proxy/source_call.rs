@@ -40,7 +40,7 @@ for i = 1, #KEYS do n = n + redis.call('EXISTS', KEYS[i]) end \
 if n == #KEYS then return redis.pcall(unpack(ARGV)) end \
 return {err = 'REBORNMOVED ' .. n}";
 
-/// SHA1 of [`SCRIPT`], as `SCRIPT LOAD` names it: requests go as `EVALSHA`,
+/// SHA1 of `SCRIPT`, as `SCRIPT LOAD` names it: requests go as `EVALSHA`,
 /// which costs the source about a third less than `EVAL` (no script text to
 /// read and hash each time); a server that does not have it cached yet
 /// answers `NOSCRIPT` and gets one `EVAL`, which caches it.
@@ -89,7 +89,7 @@ pub enum Answer {
     Classic,
 }
 
-/// A request wrapped in [`SCRIPT`]: its keys and words, encoded once.
+/// A request wrapped in `SCRIPT`: its keys and words, encoded once.
 #[derive(Debug, Clone)]
 pub struct Call {
     /// Bulk strings after the script: numkeys, the keys, the request's words.

@@ -104,7 +104,7 @@ pub struct UpArgs {
     pub proxy_config: Option<PathBuf>,
 
     /// Directory for data and logs, kept after exit. Default: a fresh
-    /// /tmp/reborn-up-<pid>-<n>, removed on exit (nothing in it is persistent:
+    /// `/tmp/reborn-up-<pid>-<n>`, removed on exit (nothing in it is persistent:
     /// the redis-servers never save).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

@@ -16,7 +16,7 @@
 //! # How a pass works
 //!
 //! One `SCAN` sweep of the source serves every slot of the task: keys are
-//! bucketed by [`slot_of`](crate::libs::hash::slot_of) and those of the task's
+//! bucketed by [`slot_of`](crate::libs::hash::slot_of()) and those of the task's
 //! slots go out in batches of up to `batch_keys` per `MIGRATE … KEYS`, with up
 //! to `inflight` batches pipelined on one connection (`pass`). `REPLACE`
 //! because the source copy is authoritative while a slot migrates.
