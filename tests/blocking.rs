@@ -2,6 +2,8 @@
 //! or `XREAD … BLOCK` parked on the source when its slot starts migrating is
 //! interrupted there (`CLIENT UNBLOCK`), re-issued on the target, and woken
 //! by a push that lands on the target — with nothing popped twice or lost.
+//! A promote takes the same path: without it, Redis itself would answer the
+//! client `-UNBLOCKED` when its master turns replica.
 
 mod common;
 
@@ -257,4 +259,41 @@ async fn poppers_across_a_switch_get_every_element_exactly_once() {
         assert_eq!(len, 0, "{} still holds elements", m.addr());
     }
     assert_eq!(c.slot_state(slot).await, (2, SlotState::Migrate));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_command_follows_its_group_to_the_promoted_replica() {
+    use reborn::topo::model::Role;
+    use reborn::topo::operation;
+    use reborn::topo::promote::promote;
+    let c = Cluster::start().await;
+    let mut replica = common::redis();
+    replica.replicaof(&c.masters[0].addr()).expect("replicaof");
+    operation::add_server(&c.store, 1, &replica.addr(), Role::Replica)
+        .await
+        .expect("add replica");
+    let proxy = c.proxy().await;
+    let (tag, _) = tag_on_group_1("p");
+    let queue = format!("{{{tag}}}jobs");
+    let waiting = tokio::spawn(blpop(proxy, queue.clone(), 0.0));
+    let old_master = c.masters[0].addr();
+    wait_blocked(&[(&old_master, 1)], "BLPOP blocked on the master").await;
+
+    promote(&c.store, 1, &replica.addr(), None, Duration::from_secs(5))
+        .await
+        .expect("promote");
+    // It left the old master (now a replica, where a push could never reach
+    // it) and waits on the new one.
+    wait_blocked(
+        &[(&old_master, 0), (&replica.addr(), 1)],
+        "BLPOP re-issued on the new master",
+    )
+    .await;
+    let mut p = client(proxy).await;
+    let _: i64 = p.rpush(&queue, "after").await.expect("rpush");
+    let (got, _) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("woken by a push on the new master")
+        .expect("join");
+    assert_eq!(got, Some((queue, "after".to_string())));
 }
