@@ -263,15 +263,9 @@ async fn poppers_across_a_switch_get_every_element_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_command_follows_its_group_to_the_promoted_replica() {
-    use reborn::topo::model::Role;
-    use reborn::topo::operation;
     use reborn::topo::promote::promote;
     let c = Cluster::start().await;
-    let mut replica = common::redis();
-    replica.replicaof(&c.masters[0].addr()).expect("replicaof");
-    operation::add_server(&c.store, 1, &replica.addr(), Role::Replica)
-        .await
-        .expect("add replica");
+    let replica = c.replica_of_group_1().await;
     let proxy = c.proxy().await;
     let (tag, _) = tag_on_group_1("p");
     let queue = format!("{{{tag}}}jobs");

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, client, signal};
 use reborn::libs::hash::slot_of;
 use reborn::topo::action::{begin_migration, finish_migration};
-use reborn::topo::model::{Role, SlotState};
-use reborn::topo::{TopoError, operation, watcher};
+use reborn::topo::model::SlotState;
+use reborn::topo::{TopoError, watcher};
 use redis::AsyncCommands;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,11 +374,7 @@ async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
 async fn promote_under_write_load_keeps_every_acknowledged_write() {
     use reborn::topo::promote::promote;
     let c = Cluster::start().await;
-    let mut replica = common::redis();
-    replica.replicaof(&c.masters[0].addr()).expect("replicaof");
-    operation::add_server(&c.store, 1, &replica.addr(), Role::Replica)
-        .await
-        .expect("add replica");
+    let replica = c.replica_of_group_1().await;
     let proxy = c.proxy().await;
 
     // Writers INCR keys of group 1 (slots < 512) through the proxy.

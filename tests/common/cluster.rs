@@ -40,6 +40,16 @@ impl Cluster {
         }
     }
 
+    /// A replica of group 1's master, registered in the group.
+    pub async fn replica_of_group_1(&self) -> RedisServer {
+        let mut replica = super::redis();
+        replica.replicaof(&self.masters[0].addr()).expect("replicaof");
+        operation::add_server(&self.store, 1, &replica.addr(), Role::Replica)
+            .await
+            .expect("add replica");
+        replica
+    }
+
     /// An in-process proxy; returns its address once it is registered.
     pub async fn proxy(&self) -> SocketAddr {
         let cfg = ProxyConfig {
