@@ -338,6 +338,18 @@ pub fn array_items(reply: &Bytes) -> Option<Vec<Bytes>> {
     Some(items)
 }
 
+/// The payload of a bulk string frame (`$3\r\nfoo\r\n` → `foo`), zero-copy.
+/// `None` for any other frame, including the nil bulk.
+pub fn bulk_payload(frame: &Bytes) -> Option<Bytes> {
+    if frame.first() != Some(&b'$') {
+        return None;
+    }
+    let eol = frame.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(frame.get(1..eol)?).ok()?.parse().ok()?;
+    let start = eol + 2;
+    (frame.len() >= start + len + 2).then(|| frame.slice(start..start + len))
+}
+
 /// The value of an integer reply (`:42\r\n`), or `None` for any other frame.
 pub fn integer(reply: &[u8]) -> Option<i64> {
     if reply.first() != Some(&b':') {
@@ -572,5 +584,18 @@ mod tests {
         assert_eq!(&int(0)[..], b":0\r\n");
         assert_eq!(&error("ERR a\r\nb")[..], b"-ERR a  b\r\n");
         assert_eq!(&bulk(b"")[..], b"$0\r\n\r\n");
+    }
+
+    #[test]
+    fn bulk_payloads() {
+        let f = Bytes::from_static(b"$3\r\nfoo\r\n");
+        assert_eq!(bulk_payload(&f).as_deref(), Some(&b"foo"[..]));
+        assert_eq!(
+            bulk_payload(&Bytes::from_static(b"$0\r\n\r\n")).as_deref(),
+            Some(&b""[..])
+        );
+        assert_eq!(bulk_payload(&Bytes::from_static(b"$-1\r\n")), None);
+        assert_eq!(bulk_payload(&Bytes::from_static(b"+OK\r\n")), None);
+        assert_eq!(bulk_payload(&Bytes::from_static(b"$5\r\nfoo\r\n")), None);
     }
 }

@@ -108,20 +108,8 @@ pub(super) fn last_generated_id(reply: &Bytes) -> Option<Bytes> {
     let at = items
         .iter()
         .step_by(2)
-        .position(|f| bulk(f).is_some_and(|b| b.as_ref() == b"last-generated-id"))?;
-    bulk(items.get(at * 2 + 1)?)
-}
-
-/// The data of a bulk string frame.
-fn bulk(frame: &Bytes) -> Option<Bytes> {
-    if frame.first() != Some(&b'$') {
-        return None;
-    }
-    let eol = frame.windows(2).position(|w| w == b"\r\n")?;
-    let len: usize = std::str::from_utf8(&frame[1..eol]).ok()?.parse().ok()?;
-    frame
-        .get(eol + 2..eol + 2 + len)
-        .map(|_| frame.slice(eol + 2..eol + 2 + len))
+        .position(|f| resp::bulk_payload(f).is_some_and(|b| b.as_ref() == b"last-generated-id"))?;
+    resp::bulk_payload(items.get(at * 2 + 1)?)
 }
 
 #[cfg(test)]

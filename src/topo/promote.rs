@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 use super::action::{wait_acks, write_phase};
 use super::error::TopoError;
 use super::lock;
-use super::migrator::{Conn, bulk_payload, error_text};
+use super::migrator::{Conn, error_text};
 use super::model::{Group, GroupId, Role, SlotState, SlotTable};
 use super::session::ZkSession;
 use super::store::Store;
 use crate::libs::resp;
+use crate::libs::resp::bulk_payload;
 
 /// How long the replica may take to catch up with a live old master.
 const CATCH_UP: Duration = Duration::from_secs(10);

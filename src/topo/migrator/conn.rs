@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::error::MigrateError;
-use crate::libs::resp;
+use crate::libs::resp::{self, bulk_payload};
 
 /// How long opening a connection (and `AUTH`) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,33 +196,12 @@ pub(crate) fn error_text(reply: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
-/// The payload of a bulk string frame (`$3\r\nfoo\r\n` → `foo`), zero-copy.
-/// `None` for any other frame, including the nil bulk.
-pub(crate) fn bulk_payload(frame: &Bytes) -> Option<Bytes> {
-    if frame.first() != Some(&b'$') {
-        return None;
-    }
-    let eol = frame.iter().position(|&b| b == b'\r')?;
-    let len: usize = std::str::from_utf8(frame.get(1..eol)?).ok()?.parse().ok()?;
-    let start = eol + 2;
-    (frame.len() >= start + len + 2).then(|| frame.slice(start..start + len))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn bulk_payloads_and_error_text() {
-        let f = Bytes::from_static(b"$3\r\nfoo\r\n");
-        assert_eq!(bulk_payload(&f).as_deref(), Some(&b"foo"[..]));
-        assert_eq!(
-            bulk_payload(&Bytes::from_static(b"$0\r\n\r\n")).as_deref(),
-            Some(&b""[..])
-        );
-        assert_eq!(bulk_payload(&Bytes::from_static(b"$-1\r\n")), None);
-        assert_eq!(bulk_payload(&Bytes::from_static(b"+OK\r\n")), None);
-        assert_eq!(bulk_payload(&Bytes::from_static(b"$5\r\nfoo\r\n")), None);
+    fn error_texts() {
         assert_eq!(error_text(b"-ERR no\r\n"), "ERR no");
         assert_eq!(error_text(b""), "");
     }

@@ -49,9 +49,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::batch::Key;
-use super::conn::{Conn, bulk_payload, error_text};
+use super::conn::{Conn, error_text};
 use super::error::MigrateError;
-use crate::libs::resp;
+use crate::libs::resp::{self, bulk_payload};
 
 /// What one transfer did.
 #[derive(Debug, Default)]
