@@ -39,7 +39,7 @@
 //! The fast path is untouched: ordinary requests never see this module, and a
 //! blocking call pays one registry insert and one task.
 //!
-//! Imports: `backend`, `blocking_args`, `context`, `reply`, `router` and `libs`.
+//! Imports: `backend`, `blocking_args`, `context`, `migrate`, `reply`, `router` and `libs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -53,6 +53,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::backend::BackendConn;
 use super::blocking_args::{Timeout, Wait, is_nil, last_generated_id, nil_of, timeout_of, xread_streams};
 use super::context::Context;
+use super::migrate::move_keys;
 use super::reply::lost;
 use super::router::SlotRoute;
 use crate::libs::resp::{self, Request};
@@ -418,10 +419,15 @@ impl Call {
                     continue;
                 }
                 Ok(Route::Serve(addr)) => self.run_at(&addr, wait).await,
-                Ok(Route::Move { from, to }) => match self.move_keys(&from, &to).await {
-                    Ok(()) => self.run_at(to.addr(), wait).await,
-                    Err(reply) => return reply,
-                },
+                Ok(Route::Move { from, to }) => {
+                    let cfg = &self.ctx.config;
+                    let auth = (!cfg.backend_auth.is_empty()).then_some(cfg.backend_auth.as_str());
+                    let moving = (auth, cfg.migrate_timeout);
+                    match move_keys(self.client, (&from, &to), &self.keys, moving).await {
+                        Ok(()) => self.run_at(to.addr(), wait).await,
+                        Err(reply) => return reply,
+                    }
+                }
             };
             if let Some(reply) = run {
                 return reply;
@@ -457,30 +463,6 @@ impl Call {
                 "ERR group {g} of slot {slot} has no master"
             ))),
         }
-    }
-
-    /// `MIGRATE`s the call's keys from `from` to `to` (`NOKEY`: nothing there).
-    async fn move_keys(
-        &self,
-        from: &Arc<super::router::Pool>,
-        to: &Arc<super::router::Pool>,
-    ) -> Result<(), Bytes> {
-        if self.keys.is_empty() {
-            return Ok(());
-        }
-        let cfg = &self.ctx.config;
-        let auth = (!cfg.backend_auth.is_empty()).then_some(cfg.backend_auth.as_str());
-        let cmd = crate::libs::migrate::command(to.addr(), &self.keys, auth, cfg.migrate_timeout);
-        let moved = from.send(self.client, cmd).await.unwrap_or_else(|_| lost());
-        if resp::is_error(&moved) {
-            let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
-            return Err(resp::error(&format!(
-                "ERR cannot move keys from {} to {}: {why}",
-                from.addr(),
-                to.addr()
-            )));
-        }
-        Ok(())
     }
 
     /// Runs the call with the time it has left on a connection of its own to

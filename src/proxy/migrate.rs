@@ -185,21 +185,47 @@ async fn migrate_then_forward(w: &Worker, job: &Job) -> Bytes {
             Answer::Classic => {}
         }
     }
-    if !job.keys.is_empty() {
-        let cmd = crate::libs::migrate::command(job.to.addr(), &job.keys, w.auth.as_deref(), w.timeout);
-        let moved = job.from.send(client, cmd).await.unwrap_or_else(|_| lost());
-        if resp::is_error(&moved) {
-            let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
-            return resp::error(&format!(
-                "ERR cannot move keys from {} to {}: {why}",
-                job.from.addr(),
-                job.to.addr()
-            ));
-        }
-        // +OK or +NOKEY: none of the keys is on the source any more.
-        w.moved.remember(job.epoch, &job.keys);
+    if let Err(reply) = move_keys(
+        client,
+        (&job.from, &job.to),
+        &job.keys,
+        (w.auth.as_deref(), w.timeout),
+    )
+    .await
+    {
+        return reply;
     }
+    // None of the keys is on the source any more.
+    w.moved.remember(job.epoch, &job.keys);
     forward(client, job).await
+}
+
+/// Moves `keys` from `from` to `to` with one `MIGRATE … REPLACE KEYS` on the
+/// source's connection for `client` (`auth`: the backend password, and the
+/// `MIGRATE` timeout). `+OK` and `+NOKEY` both leave none of them there.
+///
+/// # Errors
+/// The client's error reply when `MIGRATE` fails (the keys stay on the source).
+pub async fn move_keys(
+    client: u64,
+    (from, to): (&Pool, &Pool),
+    keys: &[Bytes],
+    (auth, timeout): (Option<&str>, Duration),
+) -> Result<(), Bytes> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let cmd = crate::libs::migrate::command(to.addr(), keys, auth, timeout);
+    let moved = from.send(client, cmd).await.unwrap_or_else(|_| lost());
+    if resp::is_error(&moved) {
+        let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
+        return Err(resp::error(&format!(
+            "ERR cannot move keys from {} to {}: {why}",
+            from.addr(),
+            to.addr()
+        )));
+    }
+    Ok(())
 }
 
 async fn forward(client: u64, job: &Job) -> Bytes {
