@@ -332,8 +332,10 @@ impl Call {
             client,
             slot,
             timeout: timeout_of(&req.args, start),
-            args: req.args.clone(),
-            keys,
+            // Copies: the words are slices of the client's read buffer, and a
+            // call may wait for ever.
+            args: req.args.iter().map(|a| Bytes::copy_from_slice(a)).collect(),
+            keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
             closed: lane.closed.clone(),
             order: lane.order.clone(),
         }

@@ -73,7 +73,9 @@ impl MovedKeys {
             m.keys.clear();
             m.epoch = epoch;
         }
-        m.keys.extend(keys.iter().cloned());
+        // Copies: a request's keys are slices of its client's read buffer,
+        // which a remembered slice would keep alive.
+        m.keys.extend(keys.iter().map(|k| Bytes::copy_from_slice(k)));
     }
 }
 
@@ -265,6 +267,18 @@ mod tests {
         assert!(
             !m.all_moved(2, &keys(&["d"])) && !m.all_moved(1, &keys(&["d"])),
             "stale facts are dropped"
+        );
+    }
+
+    #[test]
+    fn remembered_keys_do_not_pin_the_buffer_they_came_from() {
+        let m = MovedKeys::default();
+        let buffer = Bytes::from(vec![b'k'; 4096]);
+        m.remember(1, &[buffer.slice(0..3)]);
+        assert!(m.all_moved(1, &keys(&["kkk"])));
+        assert!(
+            buffer.try_into_mut().is_ok(),
+            "the read buffer is still referenced"
         );
     }
 
