@@ -202,6 +202,9 @@ pub(crate) async fn write_phase(
 
 /// Waits until every live proxy acknowledged action `seq`; on timeout returns
 /// the ids still missing.
+///
+/// A listing that fails proves nothing: it is never read as "no live proxy"
+/// (which would skip every acknowledgement), only retried until the deadline.
 pub(crate) async fn wait_acks(
     zk: &ZkSession,
     paths: &Paths,
@@ -210,14 +213,19 @@ pub(crate) async fn wait_acks(
 ) -> Result<(), Vec<String>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let live = zk.children(&paths.proxies()).await.unwrap_or_default();
-        let acked: BTreeSet<String> = zk
-            .children(&paths.acks_of(seq))
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let missing: Vec<String> = live.into_iter().filter(|p| !acked.contains(p)).collect();
+        // A missing parent is an empty list: no proxy ever registered, or none
+        // has acknowledged yet (the first one creates `acks/<seq>`).
+        let list = async |path: String| match zk.children(&path).await {
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            other => other,
+        };
+        let missing = match (list(paths.proxies()).await, list(paths.acks_of(seq)).await) {
+            (Ok(live), Ok(acked)) => {
+                let acked: BTreeSet<String> = acked.into_iter().collect();
+                live.into_iter().filter(|p| !acked.contains(p)).collect()
+            }
+            (Err(e), _) | (_, Err(e)) => vec![format!("(unknown: cannot list proxies or acks: {e})")],
+        };
         if missing.is_empty() {
             return Ok(());
         }

@@ -49,9 +49,9 @@ impl ZkSession {
     /// # Errors
     /// [`TopoError::NotFound`] or a ZooKeeper failure.
     pub async fn get_raw(&self, path: &str) -> Result<(Vec<u8>, zk::Stat), TopoError> {
-        self.client
-            .get_data(path)
+        self.patiently(|| self.client.get_data(path))
             .await
+            .0
             .map_err(TopoError::zk_at("get", path))
     }
 
@@ -88,9 +88,9 @@ impl ZkSession {
     /// # Errors
     /// A ZooKeeper failure.
     pub async fn stat(&self, path: &str) -> Result<Option<zk::Stat>, TopoError> {
-        self.client
-            .check_stat(path)
+        self.patiently(|| self.client.check_stat(path))
             .await
+            .0
             .map_err(TopoError::zk_at("stat", path))
     }
 
@@ -101,11 +101,23 @@ impl ZkSession {
     /// ZooKeeper failure.
     pub async fn create_raw(&self, path: &str, data: &[u8], mode: zk::CreateMode) -> Result<(), TopoError> {
         let options = mode.with_acls(zk::Acls::anyone_all());
-        self.client
-            .create(path, data, &options)
-            .await
-            .map(|_| ())
-            .map_err(TopoError::zk_at("create", path))
+        match self.patiently(|| self.client.create(path, data, &options)).await {
+            (Ok(_), _) => Ok(()),
+            // The lost answer may have been our own create.
+            (Err(zk::Error::NodeExists), true) if self.holds(path, data, mode).await? => Ok(()),
+            (Err(e), _) => Err(TopoError::zk("create", path, e)),
+        }
+    }
+
+    /// True if `path` is the node a create of `data` in `mode` by this session
+    /// would have made: an ephemeral we own, or a persistent node with `data`.
+    async fn holds(&self, path: &str, data: &[u8], mode: zk::CreateMode) -> Result<bool, TopoError> {
+        match self.get_raw(path).await {
+            Ok((found, stat)) => Ok(found == data
+                && (!matches!(mode, zk::CreateMode::Ephemeral) || stat.ephemeral_owner == self.session_id())),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates the persistent node `path` holding `value` as JSON.
@@ -129,11 +141,19 @@ impl ZkSession {
         version: i32,
     ) -> Result<i32, TopoError> {
         let data = to_json(path, value)?;
-        self.client
-            .set_data(path, &data, Some(version))
+        match self
+            .patiently(|| self.client.set_data(path, &data, Some(version)))
             .await
-            .map(|stat| stat.version)
-            .map_err(TopoError::zk_at("set", path))
+        {
+            (Ok(stat), _) => Ok(stat.version),
+            // The lost answer may have been our own write: our data, one
+            // version on.
+            (Err(zk::Error::BadVersion), true) => match self.get_raw(path).await? {
+                (found, stat) if found == data && stat.version == version.wrapping_add(1) => Ok(stat.version),
+                _ => Err(TopoError::zk("set", path, zk::Error::BadVersion)),
+            },
+            (Err(e), _) => Err(TopoError::zk("set", path, e)),
+        }
     }
 
     /// Deletes `path`, checking its version when one is given.
@@ -141,10 +161,12 @@ impl ZkSession {
     /// # Errors
     /// [`TopoError::NotFound`], [`TopoError::Conflict`] or a ZooKeeper failure.
     pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), TopoError> {
-        self.client
-            .delete(path, version)
-            .await
-            .map_err(TopoError::zk_at("delete", path))
+        match self.patiently(|| self.client.delete(path, version)).await {
+            (Ok(()), _) => Ok(()),
+            // The lost answer may have been our own delete.
+            (Err(zk::Error::NoNode), true) => Ok(()),
+            (Err(e), _) => Err(TopoError::zk("delete", path, e)),
+        }
     }
 
     /// Deletes the ephemeral `path` only if this session owns it: after an
@@ -172,9 +194,9 @@ impl ZkSession {
     /// [`TopoError::NotFound`] or a ZooKeeper failure.
     pub async fn children(&self, path: &str) -> Result<Vec<String>, TopoError> {
         let mut names = self
-            .client
-            .list_children(path)
+            .patiently(|| self.client.list_children(path))
             .await
+            .0
             .map_err(TopoError::zk_at("list", path))?;
         names.sort();
         Ok(names)
@@ -186,17 +208,67 @@ impl ZkSession {
     /// A ZooKeeper failure.
     pub async fn mkdir_p(&self, path: &str) -> Result<(), TopoError> {
         let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        self.client
-            .mkdir(path, &options)
+        // mkdir is idempotent: a retry after a lost answer finds its own work.
+        self.patiently(|| self.client.mkdir(path, &options))
             .await
+            .0
             .map_err(TopoError::zk_at("mkdir", path))
     }
 
     /// Starts an atomic multi-operation on this session.
     pub fn txn(&self) -> Txn<'_> {
         Txn {
-            writer: self.client.new_multi_writer(),
-            paths: Vec::new(),
+            zk: self,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Runs `call` until it succeeds, fails for a reason other than a lost
+    /// connection, the session ends, or the session timeout passes. Returns its
+    /// last result, and whether an earlier attempt lost its answer (a write
+    /// may then have been applied already).
+    async fn patiently<T, E, F, Fut>(&self, mut call: F) -> (Result<T, E>, bool)
+    where
+        E: ConnectionLost + std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.client.session_timeout();
+        let mut pause = Duration::from_millis(10);
+        let mut lost = false;
+        loop {
+            match call().await {
+                Err(e) if e.connection_lost() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "ZooKeeper connection lost mid-call; waiting for the session");
+                    lost = true;
+                    self.reconnected(deadline, pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                result => return (result, lost),
+            }
+        }
+    }
+
+    /// Waits until the session is connected again (or has ended, or
+    /// `deadline`), and at least `pause`, so a retry does not spin.
+    async fn reconnected(&self, deadline: tokio::time::Instant, pause: Duration) {
+        tokio::time::sleep(pause).await;
+        let mut states = self.client.state_watcher();
+        loop {
+            let state = self.client.state();
+            if state.is_terminated()
+                || matches!(
+                    state,
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+                )
+            {
+                return;
+            }
+            tokio::select! {
+                _ = states.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
         }
     }
 
@@ -235,9 +307,9 @@ impl ZkSession {
                 continue; // vanished in between: create again
             };
             if stat.ephemeral_owner == self.session_id() {
-                self.client
-                    .set_data(path, data, Some(stat.version))
+                self.patiently(|| self.client.set_data(path, data, Some(stat.version)))
                     .await
+                    .0
                     .map_err(TopoError::zk_at("set", path))?;
                 return Ok(());
             }
@@ -261,57 +333,93 @@ impl ZkSession {
 
 /// An atomic batch of checks and writes (ZooKeeper `multi`): all apply or none.
 pub struct Txn<'a> {
-    writer: zk::MultiWriter<'a>,
-    /// Path of each operation, to name the one that failed.
-    paths: Vec<String>,
+    zk: &'a ZkSession,
+    ops: Vec<TxnOp>,
+}
+
+/// One operation of a [`Txn`], kept so the batch can be sent again after a
+/// lost connection.
+enum TxnOp {
+    Check {
+        path: String,
+        version: i32,
+    },
+    Set {
+        path: String,
+        data: Vec<u8>,
+        version: i32,
+    },
+    Create {
+        path: String,
+        data: Vec<u8>,
+    },
+    Delete {
+        path: String,
+        version: i32,
+    },
+}
+
+impl TxnOp {
+    fn path(&self) -> &str {
+        match self {
+            TxnOp::Check { path, .. }
+            | TxnOp::Set { path, .. }
+            | TxnOp::Create { path, .. }
+            | TxnOp::Delete { path, .. } => path,
+        }
+    }
 }
 
 impl Txn<'_> {
     /// Fails the whole batch unless `path` is at `version`.
     ///
     /// # Errors
-    /// A malformed path.
+    /// None today; kept fallible for the callers' `?`.
     pub fn check(&mut self, path: &str, version: i32) -> Result<(), TopoError> {
-        self.paths.push(path.to_string());
-        self.writer
-            .add_check_version(path, version)
-            .map_err(TopoError::zk_at("check", path))
+        self.ops.push(TxnOp::Check {
+            path: path.to_string(),
+            version,
+        });
+        Ok(())
     }
 
     /// Writes `value` to `path` if it is at `version`.
     ///
     /// # Errors
-    /// A malformed path or a value that does not serialize.
+    /// A value that does not serialize.
     pub fn set_json<T: Serialize>(&mut self, path: &str, value: &T, version: i32) -> Result<(), TopoError> {
         let data = to_json(path, value)?;
-        self.paths.push(path.to_string());
-        self.writer
-            .add_set_data(path, &data, Some(version))
-            .map_err(TopoError::zk_at("set", path))
+        self.ops.push(TxnOp::Set {
+            path: path.to_string(),
+            data,
+            version,
+        });
+        Ok(())
     }
 
     /// Creates the persistent `path` holding `value`.
     ///
     /// # Errors
-    /// A malformed path or a value that does not serialize.
+    /// A value that does not serialize.
     pub fn create_json<T: Serialize>(&mut self, path: &str, value: &T) -> Result<(), TopoError> {
         let data = to_json(path, value)?;
-        let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        self.paths.push(path.to_string());
-        self.writer
-            .add_create(path, &data, &options)
-            .map_err(TopoError::zk_at("create", path))
+        self.ops.push(TxnOp::Create {
+            path: path.to_string(),
+            data,
+        });
+        Ok(())
     }
 
     /// Deletes `path` if it is at `version`.
     ///
     /// # Errors
-    /// A malformed path.
+    /// None today; kept fallible for the callers' `?`.
     pub fn delete(&mut self, path: &str, version: i32) -> Result<(), TopoError> {
-        self.paths.push(path.to_string());
-        self.writer
-            .add_delete(path, Some(version))
-            .map_err(TopoError::zk_at("delete", path))
+        self.ops.push(TxnOp::Delete {
+            path: path.to_string(),
+            version,
+        });
+        Ok(())
     }
 
     /// Applies the batch.
@@ -319,16 +427,88 @@ impl Txn<'_> {
     /// # Errors
     /// The first failing operation's error, with its path ([`TopoError::Conflict`]
     /// for a moved version); nothing was written.
-    pub async fn commit(mut self) -> Result<(), TopoError> {
-        let first = self.paths.first().cloned().unwrap_or_default();
-        match self.writer.commit().await {
-            Ok(_) => Ok(()),
+    pub async fn commit(self) -> Result<(), TopoError> {
+        let first = self.ops.first().map(|o| o.path().to_string()).unwrap_or_default();
+        let (result, lost) = self.zk.patiently(|| self.send()).await;
+        let failed = match result {
+            Ok(_) => return Ok(()),
             Err(zk::MultiWriteError::OperationFailed { index, source }) => {
-                let path = self.paths.get(index).unwrap_or(&first);
-                Err(TopoError::zk("multi", path, source))
+                let path = self.ops.get(index).map_or(first.as_str(), TxnOp::path);
+                TopoError::zk("multi", path, source)
             }
-            Err(zk::MultiWriteError::RequestFailed { source }) => Err(TopoError::zk("multi", &first, source)),
+            Err(zk::MultiWriteError::RequestFailed { source }) => TopoError::zk("multi", &first, source),
+        };
+        // A batch whose answer was lost and that now fails may have been
+        // applied by the lost attempt: it was if every write is in place.
+        if lost && self.applied().await? {
+            return Ok(());
         }
+        Err(failed)
+    }
+
+    /// Sends the whole batch once.
+    fn send(
+        &self,
+    ) -> impl Future<Output = Result<Vec<zk::MultiWriteResult>, zk::MultiWriteError>> + Send + '_ {
+        let mut writer = self.zk.client.new_multi_writer();
+        let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        let mut built = Ok(());
+        for op in &self.ops {
+            let added = match op {
+                TxnOp::Check { path, version } => writer.add_check_version(path, *version),
+                TxnOp::Set { path, data, version } => writer.add_set_data(path, data, Some(*version)),
+                TxnOp::Create { path, data } => writer.add_create(path, data, &options),
+                TxnOp::Delete { path, version } => writer.add_delete(path, Some(*version)),
+            };
+            if let Err(source) = added {
+                built = Err(zk::MultiWriteError::RequestFailed { source });
+                break;
+            }
+        }
+        async move {
+            built?;
+            writer.commit().await
+        }
+    }
+
+    /// True if every write of the batch is in place: sets and creates hold
+    /// their data, deletes are gone.
+    async fn applied(&self) -> Result<bool, TopoError> {
+        for op in &self.ops {
+            let done = match op {
+                TxnOp::Check { .. } => true,
+                TxnOp::Set { path, data, .. } | TxnOp::Create { path, data } => {
+                    self.zk.holds(path, data, zk::CreateMode::Persistent).await?
+                }
+                TxnOp::Delete { path, .. } => !self.zk.exists(path).await?,
+            };
+            if !done {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Errors that can say whether only the connection failed, under a session
+/// that may live on (the client reconnects to it), as opposed to an answer or
+/// the session's end.
+trait ConnectionLost {
+    fn connection_lost(&self) -> bool;
+}
+
+impl ConnectionLost for zk::Error {
+    fn connection_lost(&self) -> bool {
+        matches!(
+            self,
+            zk::Error::ConnectionLoss | zk::Error::Throttled | zk::Error::Custom(_)
+        )
+    }
+}
+
+impl ConnectionLost for zk::MultiWriteError {
+    fn connection_lost(&self) -> bool {
+        matches!(self, zk::MultiWriteError::RequestFailed { source } if source.connection_lost())
     }
 }
 

@@ -46,6 +46,13 @@ pub fn zk() -> String {
         .addr()
 }
 
+/// The process id of this binary's ZooKeeper (to pause it with
+/// [`cluster::signal`]); only for a test binary that owns it alone.
+pub fn zk_pid() -> u32 {
+    zk();
+    ZK.get().and_then(ZooKeeper::pid).expect("ZooKeeper runs")
+}
+
 /// A ZooKeeper root no other test (of any binary run at the same time) uses:
 /// `/t<pid>_<n>`.
 pub fn unique_root() -> String {
