@@ -535,3 +535,58 @@ async fn admin_prints_tables_and_fails_clearly() {
     let err = admin::run(args).await.expect_err("unreachable");
     assert!(err.contains(&addr), "{err}");
 }
+
+/// An action and the slot table it changed are written in one transaction: a
+/// loaded topology must never pair an action with a table older than it (a
+/// proxy would acknowledge a `pre_migrate` it does not route by). The writer
+/// moves slot 0 to group k with action k; every snapshot must have slot 0 in
+/// a group at least as new as its action's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_action_is_never_newer_than_its_slot_table() {
+    use reborn::topo::model::Action;
+    let store = initialized().await;
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let zk = store.zk().expect("session");
+            let paths = store.paths().clone();
+            zk.mkdir_p(&paths.actions()).await.expect("actions");
+            for k in 1..=150u32 {
+                let (mut table, version): (SlotTable, i32) =
+                    zk.get_json_with_version(&paths.slots()).await.expect("slots");
+                let slot = table.get_mut(0).expect("slot 0");
+                slot.group = k;
+                slot.state = SlotState::PreMigrate;
+                let seq = u64::try_from(version).expect("version") + 1;
+                let action = Action {
+                    seq,
+                    phase: SlotState::PreMigrate,
+                    slots: vec![0],
+                    from: k,
+                    to: k,
+                    created: 0,
+                };
+                let mut txn = zk.txn();
+                txn.set_json(&paths.slots(), &table, version).expect("set");
+                txn.create_json(&paths.action(seq), &action).expect("create");
+                txn.commit().await.expect("commit");
+            }
+        }
+    });
+    let mut checked = 0;
+    while !writer.is_finished() {
+        let topo = load(&store).await.expect("load");
+        if let Some(a) = &topo.action {
+            let group = topo.slots.get(0).expect("slot 0").group;
+            assert!(
+                group >= a.to,
+                "action {} (slot 0 to group {}) loaded with an older table (slot 0 in group {group})",
+                a.seq,
+                a.to
+            );
+            checked += 1;
+        }
+    }
+    writer.await.expect("writer");
+    assert!(checked > 10, "only {checked} snapshots overlapped the writes");
+}

@@ -51,6 +51,13 @@ pub async fn load_from(zk: &ZkSession, paths: &Paths) -> Result<Topology, TopoEr
     if !zk.exists(paths.product()).await? {
         return Err(not_initialized());
     }
+    // The action first: it is written in one transaction with the slot table
+    // (and a promote writes its group before its last action), and one
+    // session reads in order, so everything read after it is at least as new.
+    // Read the other way round, a snapshot could pair a new `pre_migrate`
+    // action with the table from before it, and a proxy would acknowledge a
+    // switch while still routing the slots to the source.
+    let action = load_action(zk, paths).await?;
     let slots: SlotTable = zk
         .get_json(&paths.slots())
         .await
@@ -63,7 +70,6 @@ pub async fn load_from(zk: &ZkSession, paths: &Paths) -> Result<Topology, TopoEr
         .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })?
         .into_iter()
         .collect();
-    let action = load_action(zk, paths).await?;
     Ok(Topology {
         product: paths.product_name().to_string(),
         slots,
