@@ -8,29 +8,8 @@
 #   a Rust toolchain           only if cargo is missing (rustup, minimal profile)
 set -euo pipefail
 
-say() { printf '==> %s\n' "$*" >&2; }
-
-APT_UPDATED=0
-apt_install() {
-    # apt needs root; use sudo when we are not root and it exists.
-    local SUDO=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if ! command -v sudo >/dev/null 2>&1; then
-            say "not root and no sudo: run as root, or apt-get install $* yourself"
-            exit 1
-        fi
-        SUDO=(sudo)
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        say "apt-get update"
-        "${SUDO[@]}" apt-get update -q -o DPkg::Lock::Timeout=300
-        APT_UPDATED=1
-    fi
-    say "apt-get install $*"
-    # Another apt (unattended-upgrades, a sibling job) may hold the lock: wait.
-    "${SUDO[@]}" apt-get install -y -q -o DPkg::Lock::Timeout=300 "$@"
-}
+# shellcheck source=scripts/lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 # --- redis and ZooKeeper ------------------------------------------------------
 if command -v redis-server >/dev/null 2>&1 && [ -f /usr/share/java/zookeeper.jar ]; then
