@@ -5,6 +5,7 @@
 #
 #   scripts/redis_suite.sh [OPTIONS] HOST PORT [UNIT...]
 #   scripts/redis_suite.sh [OPTIONS] --direct [UNIT...]
+#   scripts/redis_suite.sh [OPTIONS] --reborn BIN [UNIT...]
 #
 # UNIT is a name under the suite's tests/unit/ (type/string, expire, pubsub, ...);
 # the default is the 13 units of the bar (DEFAULT_UNITS below); `extra` stands
@@ -13,6 +14,9 @@
 # Options:
 #   --direct           start a stock redis-server on a free port
 #                      (--save "" --appendonly no), run against it, stop it
+#   --reborn BIN       start `BIN up` (ZooKeeper, two groups of master +
+#                      replica, dashboard, proxy) on free ports, run against
+#                      its proxy, stop it: what CI measures
 #   --min-pass N       exit 1 when fewer than N tests pass (for CI)
 #   --unit-timeout S   kill a unit that runs longer than S seconds (default 900)
 #   --label NAME       name of the result files (default HOST-PORT, or direct)
@@ -47,11 +51,12 @@ CACHE="$ROOT/target/redis-suite"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
-direct=0 min_pass="" unit_timeout=900 label=""
+direct=0 reborn="" min_pass="" unit_timeout=900 label=""
 args=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --direct) direct=1 ;;
+        --reborn) reborn="${2:?--reborn needs the reborn binary}"; shift ;;
         --min-pass) min_pass="${2:?--min-pass needs a number}"; shift ;;
         --unit-timeout) unit_timeout="${2:?--unit-timeout needs seconds}"; shift ;;
         --label) label="${2:?--label needs a name}"; shift ;;
@@ -64,6 +69,9 @@ done
 if [ "$direct" -eq 1 ]; then
     host=127.0.0.1 port=""
     label="${label:-direct}"
+elif [ -n "$reborn" ]; then
+    host=127.0.0.1 port=""
+    label="${label:-reborn}"
 else
     [ "${#args[@]}" -ge 2 ] || usage
     host="${args[0]}" port="${args[1]}"
@@ -153,7 +161,8 @@ workdir=""
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
+        # reborn up stops its whole cluster on SIGINT, as on Ctrl-C.
+        kill -INT "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
     fi
     [ -z "$workdir" ] || rm -rf "$workdir"
@@ -173,6 +182,37 @@ if [ "$direct" -eq 1 ]; then
         sleep 0.1
     done
     say "stock $(redis-server --version | cut -d' ' -f1-3) on 127.0.0.1:$port (pid $server_pid)"
+fi
+if [ -n "$reborn" ]; then
+    # Nine free ports: ZooKeeper, four redis-servers, proxy, proxy admin,
+    # dashboard (and one spare), none of them reborn up's defaults.
+    ports=()
+    while [ "${#ports[@]}" -lt 8 ]; do
+        p=$((40000 + RANDOM % 20000))
+        if ! port_open 127.0.0.1 "$p" && [[ " ${ports[*]} " != *" $p "* ]]; then ports+=("$p"); fi
+    done
+    port="${ports[5]}"
+    workdir="$(mktemp -d)"
+    "$reborn" up --dir "$workdir/up" --zk-port "${ports[0]}" \
+        --redis-ports "${ports[1]},${ports[2]},${ports[3]},${ports[4]}" \
+        --proxy "127.0.0.1:$port" --proxy-admin "127.0.0.1:${ports[6]}" \
+        --dashboard "127.0.0.1:${ports[7]}" >"$workdir/up.log" 2>&1 </dev/null &
+    server_pid=$!
+    # Ready when the proxy answers a data command (it serves slot traffic only
+    # once it has the topology and a ZooKeeper lease).
+    ready=0
+    for _ in $(seq 1 600); do
+        if [ "$(redis-cli -p "$port" set redis-suite:ready 1 2>/dev/null)" = "OK" ]; then ready=1; break; fi
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    redis-cli -p "$port" del redis-suite:ready >/dev/null 2>&1 || true
+    if [ "$ready" -ne 1 ]; then
+        say "reborn up did not serve on 127.0.0.1:$port; its output:"
+        tail -n 30 "$workdir/up.log" >&2
+        exit 2
+    fi
+    say "reborn up (proxy 127.0.0.1:$port, pid $server_pid, logs $workdir/up)"
 fi
 if ! port_open "$host" "$port"; then
     say "nothing listens on $host:$port"
