@@ -1,5 +1,6 @@
 //! What every session of a proxy shares (config, router, stats), and what each
-//! client connection keeps for itself (auth state, name, dedicated connections).
+//! client connection keeps for itself (auth state, name, dedicated connections,
+//! transaction).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,14 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
-use super::blocked::{Dedicated, Lane, Registry};
+use super::blocked::{Dedicated, Lane, Line, Registry};
 use super::config::ProxyConfig;
 use super::lease::Lease;
 use super::migrate::{Migrator, MovedKeys};
 use super::router::Router;
 use super::stats::Stats;
+use super::transaction::Transaction;
 use crate::libs::resp::Limits;
 
 /// The state sessions of one worker thread share through an `Arc`: the proxy-wide
@@ -102,6 +104,11 @@ pub struct Client {
     /// What this client's blocking calls share, made on first use; dropped
     /// with the client, which ends its re-issued calls.
     lane: Option<Lane>,
+    /// WATCH / MULTI state, while there is any (see `transaction.rs`).
+    pub txn: Option<Box<Transaction>>,
+    /// Set by a request the session must see answered before it reads the
+    /// next one (WATCH, EXEC): fires, or is dropped, when it is.
+    pub barrier: Option<oneshot::Receiver<()>>,
 }
 
 impl Client {
@@ -114,7 +121,23 @@ impl Client {
             dedicated: HashMap::new(),
             migrator: None,
             lane: None,
+            txn: None,
+            barrier: None,
         }
+    }
+
+    /// This client's dedicated connection to `addr`, opened on first use.
+    ///
+    /// # Errors
+    /// The client's error reply when `max_blocking` connections are open.
+    pub fn dedicated_line(&mut self, ctx: &Context, addr: &str) -> Result<Arc<Line>, Bytes> {
+        if let Some(d) = self.dedicated.get(addr) {
+            return Ok(d.line.clone());
+        }
+        let d = Dedicated::open(ctx, addr)?;
+        let line = d.line.clone();
+        self.dedicated.insert(addr.to_string(), d);
+        Ok(line)
     }
 
     /// This client's blocking-call lane.

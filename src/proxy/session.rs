@@ -99,6 +99,15 @@ async fn read_loop(
             if tx.send(pending).await.is_err() || close {
                 return;
             }
+            // WATCH and EXEC run on the client's own backend connection: its
+            // next requests, on shared ones, must not overtake them.
+            if let Some(done) = client.barrier.take() {
+                tokio::select! {
+                    _ = done => {}
+                    _ = writer_done.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
         }
         if buf.capacity() - buf.len() < READ_MIN / 2 {
             // Doubling: a client that keeps filling the buffer gets bigger reads.
