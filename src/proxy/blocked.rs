@@ -84,6 +84,11 @@ impl Line {
     pub fn client_id(&self) -> Option<u64> {
         self.conn.client_id()
     }
+
+    /// The server's address.
+    pub fn addr(&self) -> &str {
+        self.conn.addr()
+    }
 }
 
 /// A backend connection owned by one client (or by one re-issued call) for its

@@ -10,10 +10,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{Semaphore, oneshot};
 
-use super::blocked::{Dedicated, Lane, Line, Registry};
+use super::blocked::{Dedicated, Lane, Registry};
 use super::config::ProxyConfig;
 use super::lease::Lease;
 use super::migrate::{Migrator, MovedKeys};
+use super::pinned::SpareLines;
 use super::router::Router;
 use super::stats::Stats;
 use super::transaction::Transaction;
@@ -38,6 +39,8 @@ pub struct Context {
     pub moved: Arc<MovedKeys>,
     /// Permits for requests held while their slot switches groups.
     pub held: Arc<Semaphore>,
+    /// This worker's idle transaction connections (see `pinned.rs`).
+    pub spare_lines: SpareLines,
     pub started: Instant,
     /// Slot traffic is served only within this ZooKeeper lease.
     pub lease: Arc<Lease>,
@@ -57,6 +60,7 @@ impl Context {
             blocked: Arc::default(),
             moved: Arc::default(),
             held: Arc::new(Semaphore::new(config.max_held)),
+            spare_lines: SpareLines::default(),
             config,
             router,
             stats: Arc::new(Stats::default()),
@@ -80,6 +84,7 @@ impl Context {
             blocked: Arc::default(),
             moved: Arc::default(),
             held: self.held.clone(),
+            spare_lines: SpareLines::default(),
             started: self.started,
             lease: self.lease.clone(),
             next_client_id: self.next_client_id.clone(),
@@ -124,20 +129,6 @@ impl Client {
             txn: None,
             barrier: None,
         }
-    }
-
-    /// This client's dedicated connection to `addr`, opened on first use.
-    ///
-    /// # Errors
-    /// The client's error reply when `max_blocking` connections are open.
-    pub fn dedicated_line(&mut self, ctx: &Context, addr: &str) -> Result<Arc<Line>, Bytes> {
-        if let Some(d) = self.dedicated.get(addr) {
-            return Ok(d.line.clone());
-        }
-        let d = Dedicated::open(ctx, addr)?;
-        let line = d.line.clone();
-        self.dedicated.insert(addr.to_string(), d);
-        Ok(line)
     }
 
     /// This client's blocking-call lane.

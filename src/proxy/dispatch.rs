@@ -3,13 +3,14 @@
 //! session writer does that, in request order.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::blocked::Call;
+use super::blocked::{Call, Dedicated};
 use super::command::{self, Command, Kind, Merge, Spec};
 use super::context::{Client, Context};
 use super::local;
@@ -240,9 +241,12 @@ fn blocking(
         Ok(Target::Migrate { .. }) => return Reply::Wait(call.start_moving()),
         Err(reply) => return reply,
     };
-    let line = match client.dedicated_line(ctx, pool.addr()) {
-        Ok(line) => line,
-        Err(reply) => return Reply::Ready(reply),
+    let line = match client.dedicated.entry(pool.addr().to_string()) {
+        Entry::Occupied(d) => d.get().line.clone(),
+        Entry::Vacant(vacant) => match Dedicated::open(ctx, pool.addr()) {
+            Ok(d) => vacant.insert(d).line.clone(),
+            Err(reply) => return Reply::Ready(reply),
+        },
     };
     Reply::Wait(call.start_on(&line, req.raw.clone()))
 }

@@ -29,6 +29,7 @@
 //! Imports: `blocked`, `context`, `dispatch` (its routing), `migrate`,
 //! `reply`, `router`, `transaction` and `libs`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -42,7 +43,7 @@ use super::dispatch::{Target, target_for};
 use super::migrate::move_keys;
 use super::reply::{Reply, lost};
 use super::router::Pool;
-use super::transaction::{Queued, Watch};
+use super::transaction::Queued;
 use crate::libs::resp;
 
 /// `Watch::held` once the watch cannot be trusted: no connection has this id.
@@ -51,6 +52,7 @@ pub const LOST: u64 = u64::MAX;
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
 const CLIENT_ID: &[u8] = b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n";
+const UNWATCH: &[u8] = b"*1\r\n$7\r\nUNWATCH\r\n";
 
 /// Marks a watch as lost: its transaction's `EXEC` will answer `-TRYAGAIN`.
 pub fn lose(held: &AtomicU64) {
@@ -189,16 +191,17 @@ pub struct Exec {
     /// The master the transaction is pinned to; `None` if the slot was
     /// switching groups when it was decided.
     pub addr: Option<String>,
-    /// The client's connection to `addr`.
-    pub line: Option<Arc<Line>>,
-    pub watch: Option<Watch>,
+    /// The pinned connection to `addr`.
+    pub line: Option<Dedicated>,
+    /// The transaction's `WATCH`, if any (see [`held_on`]).
+    pub watch: Option<Arc<AtomicU64>>,
     pub items: Vec<Queued>,
     pub keys: Vec<Bytes>,
 }
 
 impl Exec {
     /// Runs the transaction once `go` fires; yields `EXEC`'s reply.
-    pub async fn run(self, go: oneshot::Receiver<()>) -> Bytes {
+    pub async fn run(mut self, go: oneshot::Receiver<()>) -> Bytes {
         let sent = if go.await.is_ok() {
             self.send().await
         } else {
@@ -207,9 +210,9 @@ impl Exec {
         let sent = match sent {
             Ok(sent) => sent,
             Err(e) => {
-                // Not sent: the server still holds the watch.
-                if let Some(w) = &self.watch {
-                    drop(w.line.send(Bytes::from_static(b"*1\r\n$7\r\nUNWATCH\r\n")));
+                // Not sent: the server may still hold the watch.
+                if let Some(line) = self.line.take() {
+                    self.ctx.spare_lines.put(&self.ctx, line, self.watch.is_some());
                 }
                 return e;
             }
@@ -221,7 +224,9 @@ impl Exec {
         let exec = sent.exec.await.unwrap_or_else(|_| lost());
         // Only now may an acknowledgement waiting for it go on.
         drop(sent.registration);
-        drop(sent.own);
+        // EXEC ends the transaction and its watch on the server, whatever it
+        // answered: the connection is clean for the next one.
+        self.ctx.spare_lines.put(&self.ctx, sent.line, false);
         if resp::is_error(&multi) {
             return multi;
         }
@@ -232,14 +237,14 @@ impl Exec {
     ///
     /// # Errors
     /// The client's reply when nothing was sent.
-    async fn send(&self) -> Result<Sent, Bytes> {
-        let ctx = &self.ctx;
+    async fn send(&mut self) -> Result<Sent, Bytes> {
+        let ctx = self.ctx.clone();
         let slot = self.slot;
         let mut changes = ctx.router.subscribe();
         let deadline = tokio::time::Instant::now() + ctx.config.hold_timeout;
         let mut moved_to: Option<String> = None;
         loop {
-            let (addr, moving) = match route_now(ctx, slot)? {
+            let (addr, moving) = match route_now(&ctx, slot)? {
                 Route::At { addr, moving } => (addr, moving),
                 Route::Switching if self.addr.is_none() => {
                     tokio::select! {
@@ -260,23 +265,22 @@ impl Exec {
             if let Some(pools) = moving
                 && moved_to.as_deref() != Some(addr.as_str())
             {
-                move_to_target(ctx, self.client, pools, &self.keys).await?;
+                move_to_target(&ctx, self.client, pools, &self.keys).await?;
                 moved_to = Some(addr);
                 // The route may have changed meanwhile: look again.
                 continue;
             }
             // From here to the sends nothing awaits: the route just checked
             // stays the worker's until the EXEC is registered.
-            let (line, own) = match &self.line {
-                Some(line) => (line.clone(), None),
-                None => {
-                    let d = Dedicated::open(ctx, &addr)?;
-                    (d.line.clone(), Some(d))
-                }
+            let dedicated = match self.line.take() {
+                Some(d) => d,
+                None => ctx.spare_lines.take(&ctx, &addr)?,
             };
-            if let Some(w) = &self.watch
-                && !(Arc::ptr_eq(&w.line, &line) && still_held(&w.held, &line))
+            let line = dedicated.line.clone();
+            if let Some(held) = &self.watch
+                && !still_held(held, &line)
             {
+                self.line = Some(dedicated);
                 return Err(tryagain(slot, "the connection holding its WATCH was lost"));
             }
             let registration = ctx.blocked.register(slot, &line);
@@ -295,7 +299,7 @@ impl Exec {
                 queued,
                 exec,
                 registration,
-                own,
+                line: dedicated,
             });
         }
     }
@@ -309,8 +313,54 @@ struct Sent {
     exec: oneshot::Receiver<Bytes>,
     /// Seen by an acknowledgement of the slot's switch, which waits for it.
     registration: Registration,
-    /// A connection of the transaction's own, when it had none pinned.
-    own: Option<Dedicated>,
+    line: Dedicated,
+}
+
+/// Most idle transaction connections a worker keeps per backend.
+const SPARE_PER_BACKEND: usize = 8;
+
+/// A worker's idle transaction connections, by backend address.
+///
+/// A transaction needs a connection of its own only while it runs (from its
+/// `WATCH` or its `EXEC` to the reply), and after `EXEC`, `DISCARD` or
+/// `UNWATCH` a connection holds no state, so the next transaction of any
+/// client may use it. Keeping a few saves a connect per transaction without
+/// holding one per client: they count against `max_blocking`.
+#[derive(Default)]
+pub struct SpareLines {
+    idle: parking_lot::Mutex<HashMap<String, Vec<Dedicated>>>,
+}
+
+impl SpareLines {
+    /// An idle connection to `addr`, or a new one.
+    ///
+    /// # Errors
+    /// The client's error reply when `max_blocking` connections are open.
+    pub fn take(&self, ctx: &Context, addr: &str) -> Result<Dedicated, Bytes> {
+        if let Some(d) = self.idle.lock().get_mut(addr).and_then(Vec::pop) {
+            return Ok(d);
+        }
+        Dedicated::open(ctx, addr)
+    }
+
+    /// Takes back a connection after its transaction; `unwatch` when a
+    /// `WATCH` may still be on (queued before any later use, so the next
+    /// transaction never sees it). Kept only while its backend is in use and
+    /// most dedicated connections are free; otherwise it closes.
+    pub fn put(&self, ctx: &Context, d: Dedicated, unwatch: bool) {
+        if unwatch {
+            drop(d.line.send(Bytes::from_static(UNWATCH)));
+        }
+        let addr = d.line.addr();
+        if ctx.router.pool(addr).is_none() || ctx.blocking.available_permits() < ctx.config.max_blocking / 2 {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        let spare = idle.entry(addr.to_string()).or_default();
+        if spare.len() < SPARE_PER_BACKEND {
+            spare.push(d);
+        }
+    }
 }
 
 /// `EXEC`'s reply with the proxy's own answers put back in their places. A

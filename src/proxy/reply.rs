@@ -233,6 +233,18 @@ mod tests {
     }
 
     #[test]
+    fn an_ordered_request_goes_when_the_writer_reaches_it() {
+        let (go, mut go_rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel::<Bytes>();
+        let mut r = Reply::Ordered(Box::new(Ordered { go: Some(go), rx }));
+        assert!(go_rx.try_recv().is_err(), "not before the writer looks at it");
+        assert!(r.try_take().is_none());
+        assert!(go_rx.try_recv().is_ok(), "the writer reached it: go");
+        let _ = tx.send(Bytes::from_static(b"+OK\r\n"));
+        assert_eq!(&r.try_take().expect("ready")[..], b"+OK\r\n");
+    }
+
+    #[test]
     fn a_dropped_sender_becomes_an_error_not_a_hang() {
         let (tx, rx) = oneshot::channel::<Bytes>();
         drop(tx);

@@ -38,7 +38,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::blocked::Line;
+use super::blocked::Dedicated;
 use super::command::{self, Kind, Spec};
 use super::context::{Client, Context};
 use super::dispatch::{CROSSSLOT, Target, target_for, unknown_command};
@@ -62,14 +62,25 @@ pub struct Transaction {
     multi: Option<Queue>,
     /// The slot, decided by the first key seen.
     pin: Option<Pin>,
-    /// The `WATCH` on the pinned connection, if any.
-    watch: Option<Watch>,
+    /// While a `WATCH` is on: the server's id of the connection that ran it
+    /// (see `pinned`).
+    watch: Option<Arc<AtomicU64>>,
+    /// The pinned connection, from the first `WATCH` on.
+    line: Option<Dedicated>,
 }
 
 impl Transaction {
     /// True between `MULTI` and `EXEC`/`DISCARD`: every request is queued.
     pub fn queuing(&self) -> bool {
         self.multi.is_some()
+    }
+
+    /// Ends the transaction without running it; the pinned connection, if
+    /// any, forgets its watch and becomes a spare.
+    fn abandon(self, ctx: &Context) {
+        if let Some(line) = self.line {
+            ctx.spare_lines.put(ctx, line, self.watch.is_some());
+        }
     }
 }
 
@@ -102,23 +113,6 @@ struct Pin {
     addr: Option<String>,
 }
 
-/// A `WATCH` on the pinned connection.
-pub struct Watch {
-    pub line: Arc<Line>,
-    /// The server's id of the connection that ran every `WATCH`, set by them
-    /// (see `pinned::held`); 0 before the first, [`pinned::LOST`] once they
-    /// cannot be trusted.
-    pub held: Arc<AtomicU64>,
-}
-
-impl Watch {
-    /// Forgets the watch on the server too, so a later transaction on the
-    /// same connection is not failed by it. Nobody waits for the reply.
-    fn drop_on_server(&self) {
-        drop(self.line.send(Bytes::from_static(b"*1\r\n$7\r\nUNWATCH\r\n")));
-    }
-}
-
 fn err(msg: &str) -> Reply {
     Reply::Ready(resp::error(msg))
 }
@@ -148,8 +142,8 @@ pub fn command(
         "discard" => err("ERR DISCARD without MULTI"),
         "watch" => watch(ctx, client, req, spec, now),
         "unwatch" => {
-            if let Some(w) = client.txn.take().and_then(|t| t.watch) {
-                return Reply::Wait(w.line.send(req.raw.clone()));
+            if let Some(t) = client.txn.take() {
+                t.abandon(ctx);
             }
             ok()
         }
@@ -170,8 +164,8 @@ pub fn queue(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: Inst
     let reply = match cmd.spec.name.as_str() {
         "exec" => exec(ctx, client),
         "discard" => {
-            if let Some(w) = client.txn.take().and_then(|t| t.watch) {
-                w.drop_on_server();
+            if let Some(t) = client.txn.take() {
+                t.abandon(ctx);
             }
             ok()
         }
@@ -332,30 +326,31 @@ fn watch(ctx: &Arc<Context>, client: &mut Client, req: &Request, spec: &'static 
         Ok(None) => return err("ERR wrong number of arguments for 'watch' command"),
         Err(e) => return Reply::Ready(e),
     };
-    let pinned = client.txn.as_ref().and_then(|t| t.pin.clone());
-    if pinned.as_ref().is_some_and(|p| p.slot != slot) {
-        return err(CROSSSLOT);
-    }
     let addr = match where_now(ctx, slot) {
         Ok(addr) => addr,
         Err(reply) => return reply,
     };
-    let line = match client.dedicated_line(ctx, &addr) {
-        Ok(line) => line,
-        Err(e) => return Reply::Ready(e),
-    };
     let txn = client.txn.get_or_insert_default();
-    let watch = txn.watch.get_or_insert_with(|| Watch {
-        line: line.clone(),
-        held: Arc::default(),
-    });
-    let held = watch.held.clone();
-    if pinned.is_some_and(|p| p.addr.as_deref() != Some(addr.as_str())) || !Arc::ptr_eq(&watch.line, &line) {
-        // The slot switched groups since the first WATCH: what that one
-        // watches is on another server now. EXEC will ask for a retry.
-        pinned::lose(&held);
-        return ok();
+    match &txn.pin {
+        Some(pin) if pin.slot != slot => return err(CROSSSLOT),
+        Some(pin) if pin.addr.as_deref() != Some(addr.as_str()) => {
+            // The slot switched groups since the first WATCH: what that one
+            // watches is on another server. EXEC will ask for a retry.
+            if let Some(held) = &txn.watch {
+                pinned::lose(held);
+            }
+            return ok();
+        }
+        _ => {}
     }
+    let line = match &txn.line {
+        Some(d) => d.line.clone(),
+        None => match ctx.spare_lines.take(ctx, &addr) {
+            Ok(d) => txn.line.insert(d).line.clone(),
+            Err(e) => return Reply::Ready(e),
+        },
+    };
+    let held = txn.watch.get_or_insert_with(Arc::default).clone();
     txn.pin = Some(Pin {
         slot,
         addr: Some(addr.clone()),
@@ -378,21 +373,24 @@ fn exec(ctx: &Arc<Context>, client: &mut Client) -> Reply {
     let Some(txn) = client.txn.take() else {
         return err("ERR EXEC without MULTI");
     };
-    let Transaction { multi, pin, watch } = *txn;
-    let queue = multi.unwrap_or_default();
-    if queue.failed {
-        if let Some(w) = &watch {
-            w.drop_on_server();
-        }
+    if txn.multi.as_ref().is_some_and(|q| q.failed) {
+        txn.abandon(ctx);
         return err(EXECABORT);
     }
+    let Transaction {
+        multi,
+        pin,
+        watch,
+        line,
+    } = *txn;
+    let queue = multi.unwrap_or_default();
     let Some(pin) = pin else {
         // No key and no WATCH: every command was answered by the proxy.
         return Reply::Ready(pinned::splice(&queue.items, Bytes::from_static(b"*0\r\n")));
     };
-    let line = match (&watch, &pin.addr) {
-        (Some(w), _) => Some(w.line.clone()),
-        (None, Some(addr)) => match client.dedicated_line(ctx, addr) {
+    let line = match (line, &pin.addr) {
+        (Some(line), _) => Some(line),
+        (None, Some(addr)) => match ctx.spare_lines.take(ctx, addr) {
             Ok(line) => Some(line),
             Err(e) => return Reply::Ready(e),
         },
@@ -427,4 +425,100 @@ where
     });
     client.barrier = Some(done_rx);
     Reply::Ordered(Box::new(Ordered { go: Some(go), rx }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proxy::ProxyConfig;
+    use crate::proxy::backend::BackendOptions;
+    use crate::proxy::router::Router;
+
+    /// A context whose router has no topology: every slot is unassigned.
+    fn context() -> Arc<Context> {
+        let opts = BackendOptions {
+            auth: None,
+            connect_timeout: Duration::from_secs(1),
+            track_id: false,
+        };
+        Arc::new(Context::new(ProxyConfig::default(), Router::new("p", opts, 1)))
+    }
+
+    fn send(ctx: &Arc<Context>, client: &mut Client, words: &str) -> Bytes {
+        let args: Vec<Bytes> = words.split(' ').map(|w| Bytes::from(w.to_string())).collect();
+        let req = Request {
+            raw: resp::encode_array(&args),
+            args,
+        };
+        let mut pending = super::super::dispatch::dispatch(ctx, client, &req, Instant::now());
+        pending.reply.try_take().expect("answered at once")
+    }
+
+    #[test]
+    fn queueing_follows_redis() {
+        let ctx = context();
+        let mut c = Client::new(&ctx);
+        assert_eq!(&send(&ctx, &mut c, "EXEC")[..], b"-ERR EXEC without MULTI\r\n");
+        assert_eq!(
+            &send(&ctx, &mut c, "DISCARD")[..],
+            b"-ERR DISCARD without MULTI\r\n"
+        );
+        assert_eq!(&send(&ctx, &mut c, "MULTI")[..], resp::OK);
+        assert_eq!(&send(&ctx, &mut c, "PING")[..], b"+QUEUED\r\n");
+        assert_eq!(
+            &send(&ctx, &mut c, "MULTI")[..],
+            b"-ERR MULTI calls can not be nested\r\n"
+        );
+        assert_eq!(
+            &send(&ctx, &mut c, "WATCH k")[..],
+            b"-ERR WATCH inside MULTI is not allowed\r\n"
+        );
+        assert_eq!(&send(&ctx, &mut c, "ECHO hi")[..], b"+QUEUED\r\n");
+        // Neither refusal aborted it; only proxy answers, so no backend at all.
+        assert_eq!(&send(&ctx, &mut c, "EXEC")[..], b"*2\r\n+PONG\r\n$2\r\nhi\r\n");
+        assert!(c.txn.is_none());
+    }
+
+    #[test]
+    fn any_queueing_error_makes_exec_abort() {
+        let ctx = context();
+        for bad in ["NOSUCH x", "GET", "KEYS *", "EVAL s 0", "SHUTDOWN", "GET k"] {
+            let mut c = Client::new(&ctx);
+            assert_eq!(&send(&ctx, &mut c, "MULTI")[..], resp::OK);
+            assert_eq!(&send(&ctx, &mut c, "PING")[..], b"+QUEUED\r\n");
+            // "GET k": its slot has no group here, a routing error.
+            assert!(resp::is_error(&send(&ctx, &mut c, bad)), "{bad}");
+            assert_eq!(&send(&ctx, &mut c, "PING")[..], b"+QUEUED\r\n");
+            assert_eq!(
+                &send(&ctx, &mut c, "EXEC")[..],
+                format!("-{EXECABORT}\r\n").as_bytes(),
+                "{bad}"
+            );
+            assert!(c.txn.is_none(), "{bad}: the transaction is over");
+        }
+    }
+
+    #[test]
+    fn discard_ends_the_transaction() {
+        let ctx = context();
+        let mut c = Client::new(&ctx);
+        assert_eq!(&send(&ctx, &mut c, "MULTI")[..], resp::OK);
+        assert_eq!(&send(&ctx, &mut c, "NOSUCH")[..][..4], b"-ERR");
+        assert_eq!(&send(&ctx, &mut c, "DISCARD")[..], resp::OK);
+        assert!(c.txn.is_none());
+        assert_eq!(&send(&ctx, &mut c, "MULTI")[..], resp::OK);
+        assert_eq!(&send(&ctx, &mut c, "EXEC")[..], b"*0\r\n");
+    }
+
+    #[test]
+    fn keys_of_two_slots_are_crossslot() {
+        assert!(one_slot(&[Bytes::from_static(b"{a}x"), Bytes::from_static(b"{a}y")]).is_ok());
+        assert_eq!(
+            one_slot(&[Bytes::from_static(b"a"), Bytes::from_static(b"b")]).expect_err("two slots"),
+            resp::error(CROSSSLOT)
+        );
+        assert_eq!(one_slot(&[]).expect("no keys"), None);
+    }
 }
