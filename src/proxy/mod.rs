@@ -16,7 +16,7 @@
 //! migrating slot go through the client's FIFO ([`migrate`], [`source_call`]);
 //! [`ack`] acknowledges ZooKeeper actions once their slots are drained.
 //! Transactions (`MULTI`/`EXEC`/`WATCH`) are queued by [`transaction`] and run
-//! on a dedicated connection by [`pinned`].
+//! whole on a dedicated connection, or not at all, by [`pinned`].
 //!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.

@@ -1,5 +1,6 @@
-//! A transaction's `WATCH` and `EXEC` on the client's pinned connection (see
-//! `transaction.rs` for the state they come from).
+//! A transaction's `WATCH` and `EXEC` on its pinned connection, a
+//! [`Dedicated`] backend connection of its own (see `transaction.rs` for the
+//! state they come from), and the worker's spare ones ([`SpareLines`]).
 //!
 //! A transaction must run whole on the master that owned its slot when it
 //! began, or not at all:
@@ -46,7 +47,7 @@ use super::router::Pool;
 use super::transaction::Queued;
 use crate::libs::resp;
 
-/// `Watch::held` once the watch cannot be trusted: no connection has this id.
+/// A transaction's watch id once it cannot be trusted: no connection has this id.
 pub const LOST: u64 = u64::MAX;
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";

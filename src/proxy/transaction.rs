@@ -2,9 +2,10 @@
 //! `UNWATCH`, as on one Redis, for keys that all hash to one slot.
 //!
 //! The proxy keeps a client's transaction state ([`Transaction`]) and runs it
-//! on one of the client's dedicated backend connections (the kind blocking
+//! on a backend connection of its own (a `Dedicated` one, as blocking
 //! commands use, see `blocked.rs`), pinned to the master of the transaction's
-//! slot:
+//! slot from its first `WATCH` or its `EXEC` until the reply, then handed to
+//! the next transaction (`pinned::SpareLines`):
 //!
 //! * The slot is decided by the first key seen, a `WATCH`ed one or a queued
 //!   command's. A later key of another slot gets Redis Cluster's `CROSSSLOT`.
@@ -17,7 +18,8 @@
 //!   nothing of it runs, so a client's retry can never apply it twice.
 //! * `EXEC` sends `MULTI`, the queued commands and `EXEC` as one pipeline on the
 //!   pinned connection ([`pinned`](super::pinned)), which also makes sure the
-//!   slot did not switch groups since the transaction's first key.
+//!   slot did not switch groups since the transaction's first key (else
+//!   `-TRYAGAIN`, and nothing ran).
 //!
 //! `WATCH` and `EXEC` are [`Reply::Ordered`]: they go to the backend only once
 //! every earlier reply of the client is in, and the session reads nothing more
@@ -27,8 +29,8 @@
 //! Commands the proxy answers itself (`PING`, `ECHO`, …) are answered when
 //! queued; their replies take their places in `EXEC`'s array.
 //!
-//! Imports: `command`, `context`, `dispatch` (its routing and error wording),
-//! `local`, `pinned`, `reply`, `router` and `libs`.
+//! Imports: `blocked`, `command`, `context`, `dispatch` (its routing and error
+//! wording), `local`, `pinned`, `reply` and `libs`.
 
 use std::future::Future;
 use std::sync::Arc;
