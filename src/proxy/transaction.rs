@@ -222,7 +222,7 @@ fn queue_one(ctx: &Context, client: &mut Client, req: &Request, spec: &'static S
         },
         Kind::Refused => {
             return resp::error(&format!(
-                "ERR command '{}' is not allowed through reborn proxy",
+                "ERR Command not allowed inside a transaction: '{}' is not allowed through reborn proxy",
                 upper(req.name())
             ));
         }
@@ -246,7 +246,7 @@ fn queue_one(ctx: &Context, client: &mut Client, req: &Request, spec: &'static S
 
 fn not_in_multi(req: &Request) -> Bytes {
     resp::error(&format!(
-        "ERR command '{}' cannot be used inside MULTI through reborn proxy: it is not routed by one key's slot",
+        "ERR Command not allowed inside a transaction through reborn proxy: '{}' is not routed by one key's slot",
         upper(req.name())
     ))
 }
