@@ -444,3 +444,50 @@ async fn transactions_racing_a_switch_are_applied_whole_or_not_at_all() {
     assert_eq!(get_direct(&source, &a).await, None);
     assert_eq!(get_direct(&source, &b).await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_connection_was_lost_never_runs_unwatched() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await;
+    let (t, _) = tag("l", true);
+    let k = format!("{{{t}}}k");
+    let master = c.masters[0].addr();
+    let mut p = raw(proxy).await;
+    let mut other = client(proxy).await;
+    assert_eq!(p.call(&["WATCH", &k]).await, ok());
+    // The server closes the connection that holds the watch (its last
+    // command was the proxy's CLIENT ID after the WATCH), then another client
+    // writes the key: the server cannot tell the transaction any more.
+    let mut m = common::client(&master).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut m)
+        .await
+        .expect("client list");
+    let id = list
+        .lines()
+        .find(|l| l.contains("cmd=client|id"))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("the watching connection")
+        .to_string();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut m)
+        .await
+        .expect("client kill");
+    assert_eq!(killed, 1);
+    let _: () = other.set(&k, "theirs").await.expect("set");
+    assert_eq!(p.call(&["MULTI"]).await, ok());
+    assert_eq!(p.call(&["SET", &k, "mine"]).await, queued());
+    let reply = p.call(&["EXEC"]).await;
+    assert!(error_starting(&reply, "TRYAGAIN"), "{reply:?}");
+    assert_eq!(get_direct(&master, &k).await.as_deref(), Some("theirs"));
+    // The retry watches afresh and runs.
+    assert_eq!(p.call(&["WATCH", &k]).await, ok());
+    assert_eq!(p.call(&["MULTI"]).await, ok());
+    assert_eq!(p.call(&["SET", &k, "mine"]).await, queued());
+    assert_eq!(p.call(&["EXEC"]).await, Resp::Array(Some(vec![ok()])));
+    assert_eq!(get_direct(&master, &k).await.as_deref(), Some("mine"));
+}

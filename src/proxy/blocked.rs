@@ -89,6 +89,11 @@ impl Line {
     pub fn addr(&self) -> &str {
         self.conn.addr()
     }
+
+    /// True while the connection is up.
+    pub fn is_up(&self) -> bool {
+        self.conn.is_up()
+    }
 }
 
 /// A backend connection owned by one client (or by one re-issued call) for its

@@ -338,22 +338,30 @@ impl SpareLines {
     /// # Errors
     /// The client's error reply when `max_blocking` connections are open.
     pub fn take(&self, ctx: &Context, addr: &str) -> Result<Dedicated, Bytes> {
-        if let Some(d) = self.idle.lock().get_mut(addr).and_then(Vec::pop) {
-            return Ok(d);
+        if let Some(spare) = self.idle.lock().get_mut(addr) {
+            // One that lost its connection since is dropped, not reused.
+            while let Some(d) = spare.pop() {
+                if d.line.is_up() {
+                    return Ok(d);
+                }
+            }
         }
         Dedicated::open(ctx, addr)
     }
 
     /// Takes back a connection after its transaction; `unwatch` when a
     /// `WATCH` may still be on (queued before any later use, so the next
-    /// transaction never sees it). Kept only while its backend is in use and
-    /// most dedicated connections are free; otherwise it closes.
+    /// transaction never sees it). Kept only while it is up, its backend is
+    /// in use and most dedicated connections are free; otherwise it closes.
     pub fn put(&self, ctx: &Context, d: Dedicated, unwatch: bool) {
         if unwatch {
             drop(d.line.send(Bytes::from_static(UNWATCH)));
         }
         let addr = d.line.addr();
-        if ctx.router.pool(addr).is_none() || ctx.blocking.available_permits() < ctx.config.max_blocking / 2 {
+        if !d.line.is_up()
+            || ctx.router.pool(addr).is_none()
+            || ctx.blocking.available_permits() < ctx.config.max_blocking / 2
+        {
             return;
         }
         let mut idle = self.idle.lock();
