@@ -70,7 +70,7 @@ fn held_on(held: &AtomicU64, id: u64) {
     }
 }
 
-/// True if every `WATCH` ran on the connection `line` is connected by now.
+/// True if every `WATCH` ran on the server connection that `line` has now.
 fn still_held(held: &AtomicU64, line: &Line) -> bool {
     let id = held.load(Ordering::SeqCst);
     id != 0 && id != LOST && line.client_id() == Some(id)

@@ -12,6 +12,10 @@
 //!   next reply is not ready yet (or the buffer is large), so a pipelined burst
 //!   goes back in one syscall.
 //!
+//! A transaction's `WATCH` and `EXEC` run on a backend connection of their own
+//! (`transaction.rs`): the reader waits for their reply before it dispatches
+//! the client's next request, so nothing the client sent later overtakes them.
+//!
 //! A protocol error or QUIT is answered, the buffered replies are flushed, and the
 //! connection closes. On shutdown the reader stops taking requests while the
 //! writer delivers everything already accepted.
