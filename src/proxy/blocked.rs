@@ -185,7 +185,7 @@ impl Registry {
     /// Registers a call of `slot` about to be sent on `line`. Must happen before
     /// the send, in the same synchronous step as the routing decision: then an
     /// acknowledgement that sees the routes changed also sees the call.
-    /// (Transactions register their `EXEC` the same way, see `transaction.rs`.)
+    /// (A transaction's `EXEC` registers the same way, see `pinned.rs`.)
     pub fn register(self: &Arc<Self>, slot: u16, line: &Arc<Line>) -> Registration {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let back = CancellationToken::new();
