@@ -47,9 +47,15 @@ async fn raw(proxy: SocketAddr) -> RawConn {
     RawConn::connect(&proxy.to_string()).await
 }
 
+/// A connection straight to a redis-server (with the long response timeout:
+/// the machine may be busy).
+async fn direct(addr: &str) -> redis::aio::MultiplexedConnection {
+    client(addr.parse().expect("a socket address")).await
+}
+
 /// `GET key` straight on a master.
 async fn get_direct(master: &str, key: &str) -> Option<String> {
-    let mut c = common::client(master).await;
+    let mut c = direct(master).await;
     c.get(key).await.expect("direct get")
 }
 
@@ -458,7 +464,7 @@ async fn a_watch_whose_connection_was_lost_never_runs_unwatched() {
     // The server closes the connection that holds the watch (its last
     // command was the proxy's CLIENT ID after the WATCH), then another client
     // writes the key: the server cannot tell the transaction any more.
-    let mut m = common::client(&master).await;
+    let mut m = direct(&master).await;
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut m)
