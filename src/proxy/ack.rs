@@ -12,7 +12,9 @@
 //!    dedicated connections are then interrupted with `CLIENT UNBLOCK` and
 //!    waited for; their sessions re-issue them on the new route
 //!    (`blocked.rs`). The `PING`s go first, so a push already on its way to
-//!    the source still reaches a command blocked there.
+//!    the source still reaches a command blocked there. A transaction's `EXEC`
+//!    out on its own connection is registered the same way, so it is waited
+//!    for too (`pinned.rs`).
 //!
 //! Then it writes the ephemeral node `acks/<seq>/<proxy id>`.
 

@@ -79,6 +79,21 @@ impl Line {
     pub fn send(&self, req: Bytes) -> oneshot::Receiver<Bytes> {
         self.conn.send(req)
     }
+
+    /// The server's `CLIENT ID` of the connection while it is up.
+    pub fn client_id(&self) -> Option<u64> {
+        self.conn.client_id()
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> &str {
+        self.conn.addr()
+    }
+
+    /// True while the connection is up.
+    pub fn is_up(&self) -> bool {
+        self.conn.is_up()
+    }
 }
 
 /// A backend connection owned by one client (or by one re-issued call) for its
@@ -141,7 +156,7 @@ struct Out {
 
 /// Proof that a call is registered; dropping it unregisters the call and tells
 /// a waiting acknowledgement that it came back.
-struct Registration {
+pub struct Registration {
     registry: Arc<Registry>,
     key: u64,
     line: Arc<Line>,
@@ -170,7 +185,8 @@ impl Registry {
     /// Registers a call of `slot` about to be sent on `line`. Must happen before
     /// the send, in the same synchronous step as the routing decision: then an
     /// acknowledgement that sees the routes changed also sees the call.
-    fn register(self: &Arc<Self>, slot: u16, line: &Arc<Line>) -> Registration {
+    /// (A transaction's `EXEC` registers the same way, see `pinned.rs`.)
+    pub fn register(self: &Arc<Self>, slot: u16, line: &Arc<Line>) -> Registration {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let back = CancellationToken::new();
         let answered_before = line.unblocks_answered.load(Ordering::SeqCst);

@@ -9,8 +9,9 @@
 //! * **local**: answered by the proxy (PING, AUTH, SELECT, INFO, …);
 //! * **refused**: unsafe behind a proxy (SHUTDOWN, MONITOR, REPLICAOF, …), with a
 //!   clear error and the connection left open;
-//! * **unsupported yet**: pub/sub, transactions, SCAN and cluster-wide commands,
-//!   which need machinery a later release brings;
+//! * **unsupported yet**: pub/sub, SCAN and cluster-wide commands, which need
+//!   machinery a later release brings;
+//! * **transaction**: MULTI, EXEC, DISCARD, WATCH, UNWATCH (`transaction.rs`);
 //! * **split**: MGET, MSET, DEL, UNLINK, EXISTS, TOUCH, split per backend and merged;
 //! * **blocking**: run on a dedicated backend connection so they never stall a
 //!   shared one;
@@ -111,6 +112,8 @@ pub enum Kind {
     Blocking,
     /// Routed by the slot of its keys.
     Forward,
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH.
+    Transaction,
 }
 
 /// How the replies of a split command are merged.
@@ -178,7 +181,10 @@ pub const REFUSED: &[&str] = &[
     "time",
 ];
 
-/// Commands a later release will support (pub/sub, transactions, cluster-wide scans).
+/// The transaction commands (see `transaction.rs`).
+pub const TRANSACTION: &[&str] = &["multi", "exec", "discard", "watch", "unwatch"];
+
+/// Commands a later release will support (pub/sub, cluster-wide scans).
 pub const UNSUPPORTED: &[&str] = &[
     "subscribe",
     "psubscribe",
@@ -189,11 +195,6 @@ pub const UNSUPPORTED: &[&str] = &[
     "ssubscribe",
     "sunsubscribe",
     "spublish",
-    "multi",
-    "exec",
-    "discard",
-    "watch",
-    "unwatch",
     "scan",
     "keys",
     "randomkey",
@@ -210,6 +211,8 @@ fn classify(spec: &Spec) -> Kind {
         Kind::Refused
     } else if UNSUPPORTED.contains(&name) {
         Kind::Unsupported
+    } else if TRANSACTION.contains(&name) {
+        Kind::Transaction
     } else {
         match name {
             "mget" => Kind::Split(Merge::Values),
@@ -443,6 +446,8 @@ mod tests {
         assert_eq!(kind("xread"), Some(Kind::Blocking));
         assert_eq!(kind("ping"), Some(Kind::Local));
         assert_eq!(kind("subscribe"), Some(Kind::Unsupported));
+        assert_eq!(kind("multi"), Some(Kind::Transaction));
+        assert_eq!(kind("WATCH"), Some(Kind::Transaction));
         assert_eq!(kind("nosuchcommand"), None);
         assert_eq!(kind(&"x".repeat(100)), None);
     }

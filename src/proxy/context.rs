@@ -1,5 +1,6 @@
 //! What every session of a proxy shares (config, router, stats), and what each
-//! client connection keeps for itself (auth state, name, dedicated connections).
+//! client connection keeps for itself (auth state, name, dedicated connections,
+//! transaction).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,14 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 use super::blocked::{Dedicated, Lane, Registry};
 use super::config::ProxyConfig;
 use super::lease::Lease;
 use super::migrate::{Migrator, MovedKeys};
+use super::pinned::SpareLines;
 use super::router::Router;
 use super::stats::Stats;
+use super::transaction::Transaction;
 use crate::libs::resp::Limits;
 
 /// The state sessions of one worker thread share through an `Arc`: the proxy-wide
@@ -36,6 +39,8 @@ pub struct Context {
     pub moved: Arc<MovedKeys>,
     /// Permits for requests held while their slot switches groups.
     pub held: Arc<Semaphore>,
+    /// This worker's idle transaction connections (see `pinned.rs`).
+    pub spare_lines: SpareLines,
     pub started: Instant,
     /// Slot traffic is served only within this ZooKeeper lease.
     pub lease: Arc<Lease>,
@@ -55,6 +60,7 @@ impl Context {
             blocked: Arc::default(),
             moved: Arc::default(),
             held: Arc::new(Semaphore::new(config.max_held)),
+            spare_lines: SpareLines::default(),
             config,
             router,
             stats: Arc::new(Stats::default()),
@@ -78,6 +84,7 @@ impl Context {
             blocked: Arc::default(),
             moved: Arc::default(),
             held: self.held.clone(),
+            spare_lines: SpareLines::default(),
             started: self.started,
             lease: self.lease.clone(),
             next_client_id: self.next_client_id.clone(),
@@ -102,6 +109,11 @@ pub struct Client {
     /// What this client's blocking calls share, made on first use; dropped
     /// with the client, which ends its re-issued calls.
     lane: Option<Lane>,
+    /// WATCH / MULTI state, while there is any (see `transaction.rs`).
+    pub txn: Option<Box<Transaction>>,
+    /// Set by a request the session must see answered before it reads the
+    /// next one (WATCH, EXEC): fires, or is dropped, when it is.
+    pub barrier: Option<oneshot::Receiver<()>>,
 }
 
 impl Client {
@@ -114,6 +126,8 @@ impl Client {
             dedicated: HashMap::new(),
             migrator: None,
             lane: None,
+            txn: None,
+            barrier: None,
         }
     }
 

@@ -16,14 +16,18 @@ use super::context::{Client, Context};
 use super::local;
 use super::reply::{Merger, Part, Pending, Reply};
 use super::router::{Pool, Routes, SlotRoute};
+use super::transaction;
 use crate::libs::hash::slot_of;
 use crate::libs::resp::{self, Request};
 
 /// Redis Cluster's wording, which client libraries already recognise.
-const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+pub(super) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// Handles one request, received at `start`, and returns the reply it will get.
 pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: Instant) -> Pending {
+    if client.txn.as_ref().is_some_and(|t| t.queuing()) {
+        return transaction::queue(ctx, client, req, start);
+    }
     let Some(cmd) = command::lookup(req.name()) else {
         return Pending {
             cmd: ctx.stats.unknown_cmd(),
@@ -47,7 +51,7 @@ fn upper(name: &[u8]) -> String {
     String::from_utf8_lossy(name).to_uppercase()
 }
 
-fn unknown_command(req: &Request) -> Bytes {
+pub(super) fn unknown_command(req: &Request) -> Bytes {
     let args: Vec<String> = req
         .args
         .iter()
@@ -94,6 +98,7 @@ fn dispatch_known(
             "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
             ctx.proxy_id
         )),
+        Kind::Transaction => transaction::command(ctx, client, req, cmd.spec, now),
         Kind::Split(merge) => split(ctx, client, req, merge),
         Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec, now),
         Kind::Blocking | Kind::Forward => forward(ctx, client, req, cmd.spec),
@@ -128,7 +133,7 @@ fn request_slot(spec: &'static Spec, req: &Request) -> Result<u16, Reply> {
 
 /// Where the requests of one slot go.
 #[derive(Clone, Copy)]
-enum Target<'a> {
+pub(super) enum Target<'a> {
     /// Straight to this pool.
     Pool(&'a Arc<Pool>),
     /// Keys move from `from` to `to` first (migrate on access).
@@ -165,7 +170,7 @@ impl<'a> Target<'a> {
 }
 
 /// Where requests for `slot` go, or the error they get.
-fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<Target<'a>, Reply> {
+pub(super) fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<Target<'a>, Reply> {
     if !routes.online {
         return Err(err(&format!(
             "ERR proxy {} is offline (reborn admin proxy-online {})",

@@ -15,6 +15,8 @@
 //! ([`blocked`], reading their words with [`blocking_args`]); requests of a
 //! migrating slot go through the client's FIFO ([`migrate`], [`source_call`]);
 //! [`ack`] acknowledges ZooKeeper actions once their slots are drained.
+//! Transactions (`MULTI`/`EXEC`/`WATCH`) are queued by [`transaction`] and run
+//! whole on a dedicated connection, or not at all, by [`pinned`].
 //!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.
@@ -32,12 +34,14 @@ pub mod error;
 pub mod lease;
 pub mod local;
 pub mod migrate;
+pub mod pinned;
 pub mod reply;
 pub mod router;
 pub mod server;
 pub mod session;
 pub mod source_call;
 pub mod stats;
+pub mod transaction;
 pub mod worker;
 
 pub use config::{ProxyArgs, ProxyConfig};

@@ -37,6 +37,17 @@ pub enum Reply {
     /// Not dispatched: slot `0` is switching groups. The session holds the
     /// request and dispatches it again after the next routing change.
     Hold(u16),
+    /// One backend reply to a request that must not overtake the client's
+    /// earlier ones (transactions, see `transaction.rs`).
+    Ordered(Box<Ordered>),
+}
+
+/// A request sent only once every earlier reply of its client is in: `go`
+/// fires when the session writer reaches it, that is when all of them were
+/// taken, so the backends ran them all.
+pub struct Ordered {
+    pub go: Option<oneshot::Sender<()>>,
+    pub rx: oneshot::Receiver<Bytes>,
 }
 
 /// The parts of a split command.
@@ -71,11 +82,13 @@ impl Reply {
         match self {
             Reply::Ready(b) | Reply::Close(b) => Some(b.clone()),
             Reply::Hold(slot) => Some(held(*slot)),
-            Reply::Wait(rx) => match rx.try_recv() {
-                Ok(b) => Some(b),
-                Err(oneshot::error::TryRecvError::Empty) => None,
-                Err(oneshot::error::TryRecvError::Closed) => Some(lost()),
-            },
+            Reply::Wait(rx) => try_recv(rx),
+            Reply::Ordered(o) => {
+                if let Some(go) = o.go.take() {
+                    let _ = go.send(());
+                }
+                try_recv(&mut o.rx)
+            }
             Reply::Merge(m) => {
                 for p in m.parts.iter_mut().filter(|p| p.got.is_none()) {
                     match p.rx.try_recv() {
@@ -95,6 +108,12 @@ impl Reply {
             Reply::Ready(b) | Reply::Close(b) => b.clone(),
             Reply::Hold(slot) => held(*slot),
             Reply::Wait(rx) => rx.await.unwrap_or_else(|_| lost()),
+            Reply::Ordered(o) => {
+                if let Some(go) = o.go.take() {
+                    let _ = go.send(());
+                }
+                (&mut o.rx).await.unwrap_or_else(|_| lost())
+            }
             Reply::Merge(m) => {
                 for p in m.parts.iter_mut().filter(|p| p.got.is_none()) {
                     p.got = Some((&mut p.rx).await.unwrap_or_else(|_| lost()));
@@ -102,6 +121,15 @@ impl Reply {
                 m.finish()
             }
         }
+    }
+}
+
+/// A backend reply if it is in, without waiting.
+fn try_recv(rx: &mut oneshot::Receiver<Bytes>) -> Option<Bytes> {
+    match rx.try_recv() {
+        Ok(b) => Some(b),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+        Err(oneshot::error::TryRecvError::Closed) => Some(lost()),
     }
 }
 
@@ -202,6 +230,18 @@ mod tests {
             parts: vec![part(b"+OK\r\n", vec![]), part(b"-ERR down\r\n", vec![])],
         }));
         assert_eq!(&r.try_take().expect("ready")[..], b"-ERR down\r\n");
+    }
+
+    #[test]
+    fn an_ordered_request_goes_when_the_writer_reaches_it() {
+        let (go, mut go_rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel::<Bytes>();
+        let mut r = Reply::Ordered(Box::new(Ordered { go: Some(go), rx }));
+        assert!(go_rx.try_recv().is_err(), "not before the writer looks at it");
+        assert!(r.try_take().is_none());
+        assert!(go_rx.try_recv().is_ok(), "the writer reached it: go");
+        let _ = tx.send(Bytes::from_static(b"+OK\r\n"));
+        assert_eq!(&r.try_take().expect("ready")[..], b"+OK\r\n");
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   next reply is not ready yet (or the buffer is large), so a pipelined burst
 //!   goes back in one syscall.
 //!
+//! A transaction's `WATCH` and `EXEC` run on a backend connection of their own
+//! (`transaction.rs`): the reader waits for their reply before it dispatches
+//! the client's next request, so nothing the client sent later overtakes them.
+//!
 //! A protocol error or QUIT is answered, the buffered replies are flushed, and the
 //! connection closes. On shutdown the reader stops taking requests while the
 //! writer delivers everything already accepted.
@@ -98,6 +102,15 @@ async fn read_loop(
             inflight.fetch_add(1, Ordering::Relaxed);
             if tx.send(pending).await.is_err() || close {
                 return;
+            }
+            // WATCH and EXEC run on the client's own backend connection: its
+            // next requests, on shared ones, must not overtake them.
+            if let Some(done) = client.barrier.take() {
+                tokio::select! {
+                    _ = done => {}
+                    _ = writer_done.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
         if buf.capacity() - buf.len() < READ_MIN / 2 {
