@@ -16,6 +16,9 @@
 //! migrating slot go through the client's FIFO ([`migrate`], [`source_call`]);
 //! [`ack`] acknowledges ZooKeeper actions once their slots are drained.
 //!
+//! [`clients`] lists every client connection of the proxy for `CLIENT LIST`,
+//! `KILL` and `PAUSE` ([`client_command`]).
+//!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.
 
@@ -24,6 +27,8 @@ pub mod admin;
 pub mod backend;
 pub mod blocked;
 pub mod blocking_args;
+pub mod client_command;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod context;
