@@ -408,3 +408,47 @@ async fn client_pause_holds_the_proxys_clients() {
         .expect("get");
     assert_eq!(v, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_3_authenticates_and_backends_with_a_password_speak_resp3() {
+    use reborn::proxy::{Bound, ProxyConfig};
+    let zk = common::zk_config();
+    let masters = vec![
+        common::redis_with_password("backpw"),
+        common::redis_with_password("backpw"),
+    ];
+    let store = reborn::topo::Store::connect(&zk).await.expect("zk");
+    common::cluster::seed_two_groups(&store, &masters).await;
+    let cfg = ProxyConfig {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        zk,
+        auth: "frontpw".into(),
+        backend_auth: "backpw".into(),
+        ..ProxyConfig::default()
+    };
+    let bound = Bound::bind(cfg).await.expect("bind");
+    let proxy = bound.local_addr().expect("addr").to_string();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    tokio::spawn(bound.run(stop));
+
+    // The listener is bound: the connection waits until the workers serve.
+    let mut c = RawConn::connect(&proxy).await;
+    let refused = show(&c.call_raw(&["HELLO", "3"]).await);
+    assert!(refused.starts_with("-NOAUTH"), "{refused}");
+    let wrong = show(&c.call_raw(&["HELLO", "3", "AUTH", "default", "nope"]).await);
+    assert!(wrong.starts_with("-WRONGPASS"), "{wrong}");
+    let hello = c
+        .call_raw(&["HELLO", "3", "AUTH", "default", "frontpw", "SETNAME", "app"])
+        .await;
+    assert!(hello.starts_with(b"%7\r\n"), "{}", show(&hello));
+    let key = key_on("auth", false);
+    assert_eq!(c.call_raw(&["HSET", &key, "f", "v"]).await, b":1\r\n");
+    // The backend connection said HELLO 3 AUTH default backpw: a map comes back.
+    assert_eq!(
+        c.call_raw(&["HGETALL", &key]).await,
+        b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    );
+    assert_eq!(c.call_raw(&["CLIENT", "GETNAME"]).await, b"$3\r\napp\r\n");
+}
