@@ -452,3 +452,52 @@ async fn hello_3_authenticates_and_backends_with_a_password_speak_resp3() {
     );
     assert_eq!(c.call_raw(&["CLIENT", "GETNAME"]).await, b"$3\r\napp\r\n");
 }
+
+/// `blocked_clients` of the redis-server at `addr`.
+async fn blocked_clients(addr: &str) -> i64 {
+    let info = RawConn::connect(addr).await.call(&["INFO", "clients"]).await;
+    let common::Resp::Bulk(Some(text)) = info else {
+        panic!("INFO: {info:?}")
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("blocked_clients in INFO")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_blocked_command_follows_its_slot_and_keeps_speaking_resp3() {
+    let s = Setup::start().await;
+    let queue = format!("{{{}}}q", s.k1);
+    let (source, target) = (s.cluster.masters[0].addr(), s.cluster.masters[1].addr());
+    let mut waiting = resp3(&s.proxy).await;
+    waiting.send(&common::cmd(&["BLPOP", &queue, "0"])).await;
+    common::eventually("BLPOP parked on the source", Duration::from_secs(5), || async {
+        blocked_clients(&source).await == 1
+    })
+    .await;
+    begin_migration(
+        &s.cluster.store,
+        &[slot_of(queue.as_bytes())],
+        2,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("switch to migrate");
+    common::eventually(
+        "BLPOP re-issued on the target",
+        Duration::from_secs(5),
+        || async { blocked_clients(&source).await == 0 && blocked_clients(&target).await == 1 },
+    )
+    .await;
+    let mut p = resp3(&s.proxy).await;
+    assert_eq!(p.call_raw(&["RPUSH", &queue, "x"]).await, b":1\r\n");
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting.read_frame())
+        .await
+        .expect("woken by the push on the target");
+    let want = format!("*2\r\n${}\r\n{queue}\r\n$1\r\nx\r\n", queue.len());
+    assert_eq!(show(&got), want);
+    // The re-issued call ran on a RESP3 connection: a timeout is RESP3's null.
+    assert_eq!(waiting.call_raw(&["BLPOP", &queue, "0.1"]).await, b"_\r\n");
+}

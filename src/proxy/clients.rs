@@ -271,17 +271,18 @@ impl Clients {
         holds(pause.all, req).then_some(pause.until)
     }
 
-    /// Waits until no pause holds `req`, or `stop` fires.
-    pub async fn wait(&self, req: &Request, stop: &CancellationToken) {
+    /// Waits until no pause holds `req` (true), or `stop` fires (false: the
+    /// request must not run).
+    pub async fn wait(&self, req: &Request, stop: &CancellationToken) -> bool {
         loop {
             let mut changes = self.changes.subscribe();
             let Some(until) = self.held_until(req) else {
-                return;
+                return true;
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(until.into()) => {}
                 _ = changes.changed() => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return false,
             }
         }
     }

@@ -95,7 +95,10 @@ async fn read_loop(
             let pending = match resp::parse_request(&mut buf, &ctx.limits) {
                 Ok(Some(req)) => {
                     let at = if paused {
-                        ctx.clients.wait(&req, stop).await;
+                        if !ctx.clients.wait(&req, stop).await {
+                            // Killed or shut down while held: it never runs.
+                            return;
+                        }
                         Instant::now()
                     } else {
                         now
