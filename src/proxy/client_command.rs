@@ -8,6 +8,7 @@
 //!
 //! Imports: `clients`, `context`, `reply` and `libs`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -147,15 +148,17 @@ impl Filter {
         self.any
             && !(self.skipme && conn.id == me)
             && self.id.is_none_or(|id| id == conn.id)
-            && self
-                .addr
-                .as_ref()
-                .is_none_or(|a| a.as_ref() == conn.addr.as_bytes())
-            && self
-                .laddr
-                .as_ref()
-                .is_none_or(|a| a.as_ref() == conn.laddr.as_bytes())
+            && self.addr.as_ref().is_none_or(|a| same_addr(a, conn.addr))
+            && self.laddr.as_ref().is_none_or(|a| same_addr(a, conn.laddr))
     }
+}
+
+/// True if `text` names `addr` (`ip:port`, as `CLIENT LIST` shows it).
+fn same_addr(text: &[u8], addr: SocketAddr) -> bool {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse::<SocketAddr>().ok())
+        .is_some_and(|a| a == addr)
 }
 
 /// `CLIENT KILL addr:port` (the old form: `+OK` or an error) or
@@ -284,7 +287,7 @@ mod tests {
         assert!(parse_filter(&[b("USER"), b("bob")]).is_err());
         assert!(parse_filter(&[b("TYPE"), b("bogus")]).is_err());
         assert!(!parse_filter(&[b("TYPE"), b("master")]).expect("valid").any);
-        let f = parse_filter(&[b("ADDR"), b("?:0"), b("USER"), b("default")]).expect("valid");
+        let f = parse_filter(&[b("ADDR"), b("0.0.0.0:0"), b("USER"), b("default")]).expect("valid");
         assert!(f.matches(&conn, 1));
     }
 }

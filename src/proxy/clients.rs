@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -40,10 +41,11 @@ const NO_CMD: usize = usize::MAX;
 pub struct Connection {
     /// The client's id (`CLIENT ID`), unique across the proxy.
     pub id: u64,
-    /// The client's address (`ip:port`).
-    pub addr: String,
+    /// The client's address (unspecified when unknown). Addresses are kept
+    /// as `SocketAddr`, not text: a proxy holds many idle clients.
+    pub addr: SocketAddr,
     /// The proxy's address the client connected to.
-    pub laddr: String,
+    pub laddr: SocketAddr,
     /// The socket's file descriptor (`-1` when unknown).
     pub fd: i64,
     created: Instant,
@@ -65,7 +67,7 @@ impl Connection {
     /// session stops on (a child of the proxy's shutdown token).
     pub fn new(
         id: u64,
-        (addr, laddr, fd): (String, String, i64),
+        (addr, laddr, fd): (SocketAddr, SocketAddr, i64),
         stop: CancellationToken,
     ) -> Arc<Connection> {
         Arc::new(Connection {
@@ -85,7 +87,8 @@ impl Connection {
 
     /// A connection not bound to a socket (tests, internal clients).
     pub fn detached(id: u64) -> Arc<Connection> {
-        Connection::new(id, ("?:0".into(), "?:0".into(), -1), CancellationToken::new())
+        let none = SocketAddr::from(([0, 0, 0, 0], 0));
+        Connection::new(id, (none, none, -1), CancellationToken::new())
     }
 
     /// The name set by `CLIENT SETNAME` or `HELLO … SETNAME`.
@@ -348,7 +351,11 @@ mod tests {
         let clients = Arc::new(Clients::default());
         let conn = Connection::new(
             7,
-            ("127.0.0.1:5000".into(), "127.0.0.1:19000".into(), 12),
+            (
+                "127.0.0.1:5000".parse().expect("addr"),
+                "127.0.0.1:19000".parse().expect("addr"),
+                12,
+            ),
             CancellationToken::new(),
         );
         let listed = clients.add(conn.clone());

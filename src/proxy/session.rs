@@ -49,11 +49,10 @@ const READ_MAX: usize = 64 * 1024;
 /// the proxy shuts down (`shutdown`).
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationToken) {
     let _ = stream.set_nodelay(true);
-    let addr =
-        |a: std::io::Result<std::net::SocketAddr>| a.map_or_else(|_| "?:0".to_string(), |a| a.to_string());
+    let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
     let ends = (
-        addr(stream.peer_addr()),
-        addr(stream.local_addr()),
+        stream.peer_addr().unwrap_or(unknown),
+        stream.local_addr().unwrap_or(unknown),
         i64::from(stream.as_raw_fd()),
     );
     // The reader stops on this token: on shutdown, or on CLIENT KILL.
