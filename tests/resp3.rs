@@ -433,7 +433,11 @@ async fn hello_3_authenticates_and_backends_with_a_password_speak_resp3() {
     let _stop = stop.clone().drop_guard();
     tokio::spawn(bound.run(stop));
 
-    // The listener is bound: the connection waits until the workers serve.
+    let node = store.paths().proxy(&proxy);
+    common::eventually("the proxy registers", Duration::from_secs(15), || async {
+        store.exists(&node).await.unwrap_or(false)
+    })
+    .await;
     let mut c = RawConn::connect(&proxy).await;
     let refused = show(&c.call_raw(&["HELLO", "3"]).await);
     assert!(refused.starts_with("-NOAUTH"), "{refused}");
