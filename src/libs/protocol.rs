@@ -6,7 +6,8 @@
 //! connections that said `HELLO 3` themselves. Only the replies the proxy makes
 //! on its own (HELLO's map, a nil of its own, CLIENT LIST's text) are encoded
 //! here, once per version. Framing of every RESP3 type is in
-//! [`super::resp::reply_len`]; its tests are below.
+//! [`super::resp::reply_len`]; its tests are below, checked against the
+//! `redis-protocol` crate's RESP3 encoder and decoder (a dev-dependency).
 //!
 //! Imports nothing from the crate but `libs::resp`.
 
@@ -149,6 +150,154 @@ mod tests {
             assert!(buf.is_empty(), "cut {cut}: bytes left over");
             let want: Vec<Vec<u8>> = FRAMES.iter().map(|f| f.to_vec()).collect();
             assert_eq!(got, want, "cut {cut}");
+        }
+    }
+
+    /// A pseudo-random RESP3 frame of every kind, nested up to `depth`, with
+    /// attributes now and then (a fixed LCG: the same frames every run).
+    fn random_frame(seed: &mut u64, depth: u32) -> redis_protocol::resp3::types::OwnedFrame {
+        use redis_protocol::resp3::types::{FrameMap, OwnedFrame as F, VerbatimStringFormat};
+        let mut next = |n: u64| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (*seed >> 33) % n
+        };
+        let text = |n: u64| format!("v{n}\r\n{n}").into_bytes();
+        let attributes = match next(5) {
+            0 => Some(FrameMap::from_iter([(
+                F::SimpleString {
+                    data: b"ttl".to_vec(),
+                    attributes: None,
+                },
+                F::Number {
+                    data: next(1000) as i64,
+                    attributes: None,
+                },
+            )])),
+            _ => None,
+        };
+        let kinds = if depth == 0 { 10 } else { 14 };
+        let children =
+            |seed: &mut u64, n: u64| -> Vec<F> { (0..n).map(|_| random_frame(seed, depth - 1)).collect() };
+        match next(kinds) {
+            0 => F::BlobString {
+                data: text(next(99)),
+                attributes,
+            },
+            1 => F::BlobError {
+                data: text(next(99)),
+                attributes,
+            },
+            2 => F::SimpleString {
+                data: b"OK".to_vec(),
+                attributes,
+            },
+            3 => F::SimpleError {
+                data: "ERR no".into(),
+                attributes,
+            },
+            4 => F::Boolean {
+                data: next(2) == 1,
+                attributes,
+            },
+            5 => F::Null,
+            6 => F::Number {
+                data: next(1 << 40) as i64 - (1 << 39),
+                attributes,
+            },
+            7 => F::Double {
+                data: next(1000) as f64 / 8.0,
+                attributes,
+            },
+            8 => F::BigNumber {
+                data: b"3492890328409238509324850943850943825024385".to_vec(),
+                attributes,
+            },
+            9 => F::VerbatimString {
+                data: text(next(99)),
+                format: VerbatimStringFormat::Text,
+                attributes,
+            },
+            10 => {
+                let n = next(4);
+                F::Array {
+                    data: children(seed, n),
+                    attributes,
+                }
+            }
+            11 => {
+                let n = next(4);
+                F::Push {
+                    data: children(seed, n),
+                    attributes,
+                }
+            }
+            12 => {
+                let n = next(4);
+                let data = (0..n).map(|i| {
+                    (
+                        F::Number {
+                            data: i as i64,
+                            attributes: None,
+                        },
+                        random_frame(seed, depth - 1),
+                    )
+                });
+                F::Map {
+                    data: FrameMap::from_iter(data),
+                    attributes,
+                }
+            }
+            _ => {
+                let n = next(4);
+                let data = (0..n).map(|i| F::BlobString {
+                    data: format!("m{i}").into_bytes(),
+                    attributes: None,
+                });
+                F::Set {
+                    data: data.collect(),
+                    attributes,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frames_encoded_by_redis_protocol_are_framed_whole_and_at_every_cut() {
+        use redis_protocol::resp3::{encode, types::Resp3Frame};
+        let mut seed = 8;
+        let mut kinds = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let frame = random_frame(&mut seed, 3);
+            let mut buf = vec![0; frame.encode_len(false)];
+            let n = encode::complete::encode(&mut buf, &frame, false).expect("encodes");
+            let bytes = &buf[..n];
+            kinds.extend(bytes.first().copied());
+            assert_eq!(
+                reply_len(bytes).expect("valid"),
+                Some(n),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+            for cut in 0..n {
+                assert_eq!(reply_len(&bytes[..cut]).expect("valid prefix"), None, "cut {cut}");
+            }
+        }
+        let seen: String = kinds.into_iter().map(char::from).collect();
+        // Every type came up, attributes (`|`) included (sorted by byte).
+        assert_eq!(seen, "!#$%(*+,-:=>_|~");
+    }
+
+    #[test]
+    fn redis_protocol_decodes_each_frame_to_the_same_length() {
+        use redis_protocol::resp3::decode;
+        // `$-1` and `*-1` are RESP2 only; RESP3 has `_`.
+        for frame in FRAMES.iter().filter(|f| !f.ends_with(b"-1\r\n")) {
+            let (_, used) = decode::complete::decode(frame)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", String::from_utf8_lossy(frame)))
+                .expect("complete");
+            assert_eq!(used, frame.len(), "{}", String::from_utf8_lossy(frame));
         }
     }
 
