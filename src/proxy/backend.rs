@@ -24,7 +24,11 @@
 //! A connection opened with [`Protocol::Resp3`] says `HELLO 3` instead of
 //! `AUTH`: it carries the requests of RESP3 clients, and the splitter
 //! (`resp::reply_len`) frames every RESP3 type, so the replies pass through
-//! as the server encoded them.
+//! as the server encoded them. Such a connection never gets an out-of-band push
+//! frame, which would be taken for the next reply: Redis pushes only to a
+//! subscribed connection or one with client tracking on, and neither `SUBSCRIBE`
+//! nor `CLIENT` (answered by the proxy, `TRACKING` refused) ever reaches a shared
+//! connection.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
