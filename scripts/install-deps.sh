@@ -5,6 +5,7 @@
 #   redis-server, redis-tools  the storage (stock Redis 7), redis-cli, redis-benchmark
 #   zookeeper                  the coordinator's jars (pulls in a JRE); we start it
 #                              ourselves, so no zookeeperd/systemd service is needed
+#   python3, python3-venv      the client tests run redis-py in a virtualenv
 #   a Rust toolchain           only if cargo is missing (rustup, minimal profile)
 set -euo pipefail
 
@@ -16,6 +17,14 @@ if command -v redis-server >/dev/null 2>&1 && [ -f /usr/share/java/zookeeper.jar
     say "redis-server and ZooKeeper already installed"
 else
     apt_install redis-server redis-tools zookeeper
+fi
+
+# --- Python (tests/clients.rs runs redis-py in a virtualenv) ----------------------
+# Debian's python3 lacks ensurepip, so `python3 -m venv` needs python3-venv.
+if command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    say "python3 and python3-venv already installed"
+else
+    apt_install python3 python3-venv
 fi
 
 # --- Rust ---------------------------------------------------------------------

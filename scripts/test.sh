@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command of reborn (CI runs it through .ci/run):
-#   installs what is missing (redis, ZooKeeper, Rust), then
+#   installs what is missing (redis, ZooKeeper, Python, Rust), makes the
+#   redis-py virtualenv of tests/clients.rs (scripts/pyenv.sh), then
 #   cargo fmt --check, cargo clippy -D warnings, cargo test (unit + integration).
 # Integration tests start their own real ZooKeeper and redis-servers on free
 # ports and stop them afterwards; nothing needs to be running beforehand.
@@ -21,6 +22,9 @@ for tool in rustfmt clippy; do
 done
 
 step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "Python virtualenv for the client tests (scripts/pyenv.sh)"
+scripts/pyenv.sh
 
 step "cargo fmt --check"
 cargo fmt --check

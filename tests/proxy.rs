@@ -564,11 +564,12 @@ async fn auth_and_local_commands() {
         .query_async(&mut p)
         .await
         .expect("select 0");
+    // HELLO 3 works (tests/resp3.rs); an unknown version gets NOPROTO.
     let e = redis::cmd("HELLO")
-        .arg(3)
+        .arg(4)
         .query_async::<redis::Value>(&mut p)
         .await
-        .expect_err("resp3");
+        .expect_err("resp4");
     assert!(e.to_string().contains("NOPROTO"), "{e}");
     let _: redis::Value = redis::cmd("HELLO")
         .arg(2)

@@ -6,6 +6,7 @@ pub mod config;
 pub mod hash;
 pub mod logging;
 pub mod migrate;
+pub mod protocol;
 pub mod resp;
 pub mod shutdown;
 pub mod table;

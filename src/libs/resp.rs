@@ -1,5 +1,5 @@
-//! RESP2, the Redis wire protocol: parsing client requests, finding reply frames
-//! and encoding the replies the proxy makes itself.
+//! RESP, the Redis wire protocol: parsing client requests, finding reply frames
+//! (RESP2 and RESP3) and encoding the replies the proxy makes itself.
 //!
 //! The proxy forwards bytes, it does not re-encode them, so parsing is shaped
 //! around that:
@@ -275,10 +275,17 @@ fn split_inline(line: &Bytes) -> Result<Vec<Bytes>, ProtocolError> {
 }
 
 /// Length of the first complete reply frame in `buf`, or `None` if it is not all
-/// here yet. Nested arrays are walked iteratively: no recursion, no allocation.
+/// here yet. Nested aggregates are walked iteratively: no recursion, no
+/// allocation.
+///
+/// Every RESP3 type is framed too (a backend connection that said `HELLO 3`
+/// answers in RESP3): the line types null `_`, double `,`, boolean `#` and big
+/// number `(`; the length-prefixed blob error `!` and verbatim string `=`; the
+/// aggregates set `~` and push `>` (n frames), map `%` (2n frames) and
+/// attribute `|` (2n frames, then the frame they annotate, all one reply).
 ///
 /// # Errors
-/// `buf` does not start with a RESP2 frame.
+/// `buf` does not start with a RESP2 or RESP3 frame.
 pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
     let mut pending: u64 = 1;
     let mut pos = 0;
@@ -291,8 +298,8 @@ pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         };
         pending -= 1;
         match kind {
-            b'+' | b'-' | b':' => pos = eol + 2,
-            b'$' => {
+            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => pos = eol + 2,
+            b'$' | b'!' | b'=' => {
                 let n = parse_int(&buf[pos + 1..eol]).ok_or_else(|| perr("bad bulk length in reply"))?;
                 pos = eol + 2;
                 if n >= 0 {
@@ -302,11 +309,18 @@ pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
                     }
                 }
             }
-            b'*' => {
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
                 let n = parse_int(&buf[pos + 1..eol]).ok_or_else(|| perr("bad array length in reply"))?;
                 pos = eol + 2;
                 if n > 0 {
-                    pending += n as u64;
+                    pending += match kind {
+                        b'%' => 2 * n as u64,
+                        // An attribute's pairs come before the reply itself.
+                        b'|' => 2 * n as u64 + 1,
+                        _ => n as u64,
+                    };
+                } else if kind == b'|' {
+                    pending += 1;
                 }
             }
             other => {

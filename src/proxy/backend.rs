@@ -20,6 +20,15 @@
 //! its `CLIENT ID` during the handshake, before any request is written: that is
 //! how a blocking command parked on a dedicated connection can later be
 //! interrupted with `CLIENT UNBLOCK` (see `blocked.rs`).
+//!
+//! A connection opened with [`Protocol::Resp3`] says `HELLO 3` instead of
+//! `AUTH`: it carries the requests of RESP3 clients, and the splitter
+//! (`resp::reply_len`) frames every RESP3 type, so the replies pass through
+//! as the server encoded them. Such a connection never gets an out-of-band push
+//! frame, which would be taken for the next reply: Redis pushes only to a
+//! subscribed connection or one with client tracking on, and neither `SUBSCRIBE`
+//! nor `CLIENT` (answered by the proxy, `TRACKING` refused) ever reaches a shared
+//! connection.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -33,6 +42,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::libs::backoff::Backoff;
+use crate::libs::protocol::Protocol;
 use crate::libs::resp;
 
 /// A request on its way to a backend.
@@ -52,6 +62,10 @@ pub struct BackendOptions {
     /// Ask `CLIENT ID` after connecting ([`BackendConn::client_id`]). Only
     /// dedicated connections need it; shared ones skip the round trip.
     pub track_id: bool,
+    /// The protocol the connection speaks. RESP3 connections open with
+    /// `HELLO 3` (authenticating in the same command), so the server itself
+    /// encodes the replies of the RESP3 clients they carry.
+    pub protocol: Protocol,
 }
 
 const CONNECTING: u8 = 0;
@@ -205,7 +219,8 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
     }
 }
 
-/// Connects, authenticates and, with `track_id`, learns the connection's
+/// Connects, authenticates (with `HELLO 3` for RESP3) and, with `track_id`,
+/// learns the connection's
 /// `CLIENT ID` (0 when not asked).
 async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStream, u64), String> {
     let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
@@ -214,7 +229,23 @@ async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStream, u64), 
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut stream = stream;
-    if let Some(pw) = &opts.auth {
+    if opts.protocol == Protocol::Resp3 {
+        let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+        if let Some(pw) = &opts.auth {
+            hello.extend([b"AUTH".as_ref(), b"default", pw.as_bytes()]);
+        }
+        stream
+            .write_all(&resp::encode_array(&hello))
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = read_one(&mut stream, opts.connect_timeout).await?;
+        if resp::is_error(&reply) {
+            return Err(format!(
+                "HELLO 3 failed: {}",
+                String::from_utf8_lossy(&reply).trim()
+            ));
+        }
+    } else if let Some(pw) = &opts.auth {
         let req = resp::encode_array(&[b"AUTH".as_ref(), pw.as_bytes()]);
         stream.write_all(&req).await.map_err(|e| e.to_string())?;
         let reply = read_one(&mut stream, opts.connect_timeout).await?;

@@ -56,6 +56,7 @@ use super::context::Context;
 use super::migrate::move_keys;
 use super::reply::lost;
 use super::router::SlotRoute;
+use crate::libs::protocol::Protocol;
 use crate::libs::resp::{self, Request};
 
 /// A deadline this close counts as passed: Redis measures timeouts in
@@ -101,16 +102,18 @@ impl Line {
 /// at once, so Redis forgets a command still blocked there.
 pub struct Dedicated {
     pub line: Arc<Line>,
+    /// What the connection speaks: its client's protocol when it opened.
+    pub protocol: Protocol,
     task: tokio::task::AbortHandle,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Dedicated {
-    /// Opens a connection to `addr` on the current runtime.
+    /// Opens a connection speaking `protocol` to `addr` on the current runtime.
     ///
     /// # Errors
     /// The error reply for the client when `max_blocking` connections are open.
-    pub fn open(ctx: &Context, addr: &str) -> Result<Dedicated, Bytes> {
+    pub fn open(ctx: &Context, addr: &str, protocol: Protocol) -> Result<Dedicated, Bytes> {
         let Ok(permit) = ctx.blocking.clone().try_acquire_owned() else {
             return Err(resp::error(&format!(
                 "ERR too many blocking clients (max_blocking = {})",
@@ -119,6 +122,7 @@ impl Dedicated {
         };
         let mut opts = ctx.router.backend_options().clone();
         opts.track_id = true;
+        opts.protocol = protocol;
         let (conn, task) = BackendConn::spawn_with_handle(addr, opts);
         let line = Arc::new(Line {
             conn,
@@ -127,6 +131,7 @@ impl Dedicated {
         });
         Ok(Dedicated {
             line,
+            protocol,
             task,
             _permit: permit,
         })
@@ -324,6 +329,9 @@ impl Default for Lane {
 pub struct Call {
     ctx: Arc<Context>,
     client: u64,
+    /// The client's protocol: re-issued calls run on connections of it, and
+    /// a call whose time ran out gets that protocol's null.
+    protocol: Protocol,
     slot: u16,
     args: Vec<Bytes>,
     keys: Vec<Bytes>,
@@ -337,7 +345,7 @@ impl Call {
     /// A call of `req` (whose keys are `keys`, all in `slot`) received at `start`.
     pub fn new(
         ctx: &Arc<Context>,
-        (client, lane): (u64, &Lane),
+        (client, protocol, lane): (u64, Protocol, &Lane),
         slot: u16,
         req: &Request,
         keys: Vec<Bytes>,
@@ -346,6 +354,7 @@ impl Call {
         Call {
             ctx: ctx.clone(),
             client,
+            protocol,
             slot,
             timeout: timeout_of(&req.args, start),
             // Copies: the words are slices of the client's read buffer, and a
@@ -418,7 +427,7 @@ impl Call {
         loop {
             let wait = match self.time_left() {
                 None => return cannot_reissue(self.slot),
-                Some(None) => return nil_of(&self.args),
+                Some(None) => return nil_of(&self.args, self.protocol),
                 Some(Some(w)) => w,
             };
             let routed = self.route();
@@ -486,7 +495,7 @@ impl Call {
     /// Runs the call with the time it has left on a connection of its own to
     /// `addr`: `Some(reply)` when done, `None` when interrupted again.
     async fn run_at(&mut self, addr: &str, wait: Wait) -> Option<Bytes> {
-        let dedicated = match Dedicated::open(&self.ctx, addr) {
+        let dedicated = match Dedicated::open(&self.ctx, addr, self.protocol) {
             Ok(d) => d,
             Err(reply) => return Some(reply),
         };
@@ -590,6 +599,7 @@ mod tests {
                     auth: None,
                     connect_timeout: Duration::from_secs(1),
                     track_id: false,
+                    protocol: crate::libs::protocol::Protocol::Resp2,
                 },
                 1,
             ),
@@ -600,7 +610,7 @@ mod tests {
             args: words("BLPOP q 30"),
         };
         let start = Instant::now() - Duration::from_secs(10);
-        let call = Call::new(&ctx, (1, &lane), 0, &req, Vec::new(), start);
+        let call = Call::new(&ctx, (1, Protocol::Resp2, &lane), 0, &req, Vec::new(), start);
         let Some(Some(wait)) = call.time_left() else {
             panic!("time left")
         };
@@ -617,7 +627,7 @@ mod tests {
             raw: Bytes::new(),
             args: words("BLPOP q 0"),
         };
-        let call = Call::new(&ctx, (1, &lane), 0, &forever, Vec::new(), start);
+        let call = Call::new(&ctx, (1, Protocol::Resp2, &lane), 0, &forever, Vec::new(), start);
         assert_eq!(
             &call.request(Wait::Forever)[..],
             &resp::encode_array(&words("BLPOP q 0"))[..]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::libs::protocol::{self, Protocol};
 use crate::libs::resp;
 
 /// How long a call may block.
@@ -29,18 +30,20 @@ pub(super) struct Timeout {
     pub(super) wait: Wait,
 }
 
-/// The reply of a call that timed out.
-pub(super) fn nil_of(args: &[Bytes]) -> Bytes {
+/// The reply of a call that timed out, for a client speaking `protocol`
+/// (RESP3 has one null for both).
+pub(super) fn nil_of(args: &[Bytes], protocol: Protocol) -> Bytes {
     let name = args.first().map(|a| a.to_ascii_lowercase()).unwrap_or_default();
     match name.as_slice() {
-        b"blmove" | b"brpoplpush" => Bytes::from_static(resp::NIL),
-        _ => Bytes::from_static(b"*-1\r\n"),
+        b"blmove" | b"brpoplpush" => protocol.null(),
+        _ => protocol.null_array(),
     }
 }
 
-/// A RESP2 null (bulk or array): the reply of a timed-out blocking command.
+/// A null (RESP2 bulk or array, or RESP3's `_`): the reply of a timed-out
+/// blocking command.
 pub(super) fn is_nil(reply: &[u8]) -> bool {
-    reply == b"*-1\r\n" || reply == resp::NIL
+    protocol::is_null(reply)
 }
 
 /// The timeout of a blocking command, from its words, counted from `start`.
@@ -150,5 +153,13 @@ mod tests {
         );
         assert_eq!(last_generated_id(&info).as_deref(), Some(&b"7-1"[..]));
         assert!(is_nil(b"*-1\r\n") && is_nil(b"$-1\r\n") && !is_nil(b"*0\r\n"));
+        assert!(is_nil(b"_\r\n"), "RESP3's null");
+        let blpop = words("BLPOP q 1");
+        assert_eq!(&nil_of(&blpop, Protocol::Resp2)[..], b"*-1\r\n");
+        assert_eq!(&nil_of(&blpop, Protocol::Resp3)[..], b"_\r\n");
+        assert_eq!(
+            &nil_of(&words("BLMOVE a b LEFT LEFT 1"), Protocol::Resp2)[..],
+            b"$-1\r\n"
+        );
     }
 }

@@ -1,16 +1,16 @@
-//! What every session of a proxy shares (config, router, stats), and what each
-//! client connection keeps for itself (auth state, name, dedicated connections,
-//! transaction).
+//! What every session of a proxy shares (config, router, stats, the client
+//! list), and what each client connection keeps for itself (auth state,
+//! protocol, dedicated connections, transaction).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::blocked::{Dedicated, Lane, Registry};
+use super::clients::{Clients, Connection};
 use super::config::ProxyConfig;
 use super::lease::Lease;
 use super::migrate::{Migrator, MovedKeys};
@@ -18,6 +18,7 @@ use super::pinned::SpareLines;
 use super::router::Router;
 use super::stats::Stats;
 use super::transaction::Transaction;
+use crate::libs::protocol::Protocol;
 use crate::libs::resp::Limits;
 
 /// The state sessions of one worker thread share through an `Arc`: the proxy-wide
@@ -28,6 +29,8 @@ pub struct Context {
     pub proxy_id: String,
     pub router: Router,
     pub stats: Arc<Stats>,
+    /// Every client connection of the proxy (CLIENT LIST, KILL, PAUSE).
+    pub clients: Arc<Clients>,
     pub limits: Limits,
     /// Permits for dedicated (blocking-command) backend connections.
     pub blocking: Arc<Semaphore>,
@@ -64,6 +67,7 @@ impl Context {
             config,
             router,
             stats: Arc::new(Stats::default()),
+            clients: Arc::default(),
             limits,
             started: Instant::now(),
             lease: Arc::new(Lease::default()),
@@ -79,6 +83,7 @@ impl Context {
             proxy_id: self.proxy_id.clone(),
             router,
             stats: self.stats.clone(),
+            clients: self.clients.clone(),
             limits: self.limits,
             blocking: self.blocking.clone(),
             blocked: Arc::default(),
@@ -101,7 +106,15 @@ impl Context {
 pub struct Client {
     pub id: u64,
     pub authed: bool,
-    pub name: Option<Bytes>,
+    /// What `CLIENT LIST` shows of this client (name included).
+    pub conn: Arc<Connection>,
+    /// The protocol the client speaks (`HELLO 3` switches to RESP3). Its
+    /// requests go to backend connections of the same protocol.
+    pub protocol: Protocol,
+    /// Set when `HELLO` switched the protocol: requests sent before then went
+    /// to the other protocol's connections, so the session lets them finish
+    /// before it dispatches the next one (see `session.rs`).
+    pub fence: bool,
     /// Dedicated connections for blocking commands, by backend address.
     pub dedicated: HashMap<String, Dedicated>,
     /// FIFO for requests of migrating slots, started on first use.
@@ -117,12 +130,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// A new client; it starts authenticated when the proxy has no password.
+    /// A new client not bound to a socket (tests); it starts authenticated
+    /// when the proxy has no password.
     pub fn new(ctx: &Context) -> Client {
+        Client::on(ctx, Connection::detached(ctx.next_client_id()))
+    }
+
+    /// The client of connection `conn` (see `Connection::new`, which takes
+    /// its id from [`Context::next_client_id`]).
+    pub fn on(ctx: &Context, conn: Arc<Connection>) -> Client {
         Client {
-            id: ctx.next_client_id(),
+            id: conn.id,
             authed: ctx.config.auth.is_empty(),
-            name: None,
+            conn,
+            protocol: Protocol::Resp2,
+            fence: false,
             dedicated: HashMap::new(),
             migrator: None,
             lane: None,

@@ -18,6 +18,7 @@ use super::reply::{Merger, Part, Pending, Reply};
 use super::router::{Pool, Routes, SlotRoute};
 use super::transaction;
 use crate::libs::hash::slot_of;
+use crate::libs::protocol::Protocol;
 use crate::libs::resp::{self, Request};
 
 /// Redis Cluster's wording, which client libraries already recognise.
@@ -162,9 +163,14 @@ impl<'a> Target<'a> {
         keys: Vec<Bytes>,
         req: Bytes,
     ) -> oneshot::Receiver<Bytes> {
+        let protocol = client.protocol;
         match self {
-            Target::Pool(p) => p.send(client.id, req),
-            Target::Migrate { from, to, epoch } => client.migrator(ctx).send((from, to), *epoch, keys, req),
+            Target::Pool(p) => p.send_as(client.id, protocol, req),
+            Target::Migrate { from, to, epoch } => {
+                client
+                    .migrator(ctx)
+                    .send((from, to), *epoch, (keys, req), protocol)
+            }
         }
     }
 }
@@ -206,7 +212,10 @@ fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spe
     };
     let routes = ctx.router.routes();
     match target_for(ctx, &routes, slot) {
-        Ok(Target::Pool(pool)) => Reply::Wait(pool.send(client.id, req.raw.clone())),
+        Ok(Target::Pool(pool)) => Reply::Wait(match client.protocol {
+            Protocol::Resp2 => pool.send(client.id, req.raw.clone()),
+            resp3 => pool.send_as(client.id, resp3, req.raw.clone()),
+        }),
         Ok(target) => Reply::Wait(target.send(ctx, client, keys_of(spec, req), req.raw.clone())),
         Err(reply) => reply,
     }
@@ -227,9 +236,10 @@ fn blocking(
         Ok(s) => s,
         Err(reply) => return reply,
     };
+    let protocol = client.protocol;
     let call = Call::new(
         ctx,
-        (client.id, client.lane()),
+        (client.id, protocol, client.lane()),
         slot,
         req,
         keys_of(spec, req),
@@ -242,8 +252,16 @@ fn blocking(
         Err(reply) => return reply,
     };
     let line = match client.dedicated.entry(pool.addr().to_string()) {
-        Entry::Occupied(d) => d.get().line.clone(),
-        Entry::Vacant(vacant) => match Dedicated::open(ctx, pool.addr()) {
+        Entry::Occupied(d) if d.get().protocol == protocol => d.get().line.clone(),
+        // After a HELLO that switched protocols (nothing is out on it then).
+        Entry::Occupied(mut d) => match Dedicated::open(ctx, pool.addr(), protocol) {
+            Ok(new) => {
+                d.insert(new);
+                d.get().line.clone()
+            }
+            Err(reply) => return Reply::Ready(reply),
+        },
+        Entry::Vacant(vacant) => match Dedicated::open(ctx, pool.addr(), protocol) {
             Ok(d) => vacant.insert(d).line.clone(),
             Err(reply) => return Reply::Ready(reply),
         },

@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 
 use bytes::{Bytes, BytesMut};
 
+use super::client_command;
 use super::command::{self, BLOCKING, Begin, Find, MOVABLE, READONLY, Spec, WRITE};
 use super::context::{Client, Context};
 use super::reply::Reply;
+use crate::libs::protocol::Protocol;
 use crate::libs::resp::{self, Request};
 
 /// Answers a local command.
@@ -29,8 +31,8 @@ pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static 
         },
         "auth" => ready(auth(ctx, client, &args[1..])),
         "hello" => ready(hello(ctx, client, args)),
-        "client" => ready(client_cmd(client, args)),
-        "command" => ready(command_cmd(args)),
+        "client" => client_command::answer(ctx, client, args),
+        "command" => ready(command_cmd(args, client.protocol)),
         "info" => ready(resp::bulk(info(ctx).as_bytes())),
         _ => ready(resp::error("ERR internal: not a local command")),
     }
@@ -70,15 +72,19 @@ fn auth(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
     }
 }
 
-/// HELLO [2 [AUTH user pass] [SETNAME name]]. RESP3 is refused with NOPROTO, which
-/// clients take as "fall back to RESP2".
+/// HELLO [2|3 [AUTH user pass] [SETNAME name]]. `HELLO 3` switches the client
+/// to RESP3: from then on its requests go to backend connections that speak
+/// RESP3 too (see `router::Pool`), and the session lets requests still out on
+/// RESP2 connections finish first (`Client::fence`).
 fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
+    let mut protocol = client.protocol;
     if let Some(ver) = args.get(1) {
-        match ver.as_ref() {
-            b"2" => {}
-            b"3" => return resp::error("NOPROTO sorry, this protocol version is not supported."),
-            _ => return resp::error("NOPROTO unsupported protocol version"),
-        }
+        protocol = match std::str::from_utf8(ver).ok().and_then(|v| v.parse::<i64>().ok()) {
+            Some(2) => Protocol::Resp2,
+            Some(3) => Protocol::Resp3,
+            Some(_) => return resp::error("NOPROTO unsupported protocol version"),
+            None => return resp::error("ERR Protocol version is not an integer or out of range"),
+        };
     }
     let mut i = 2;
     while i < args.len() {
@@ -90,7 +96,10 @@ fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
             }
             i += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
-            client.name = Some(args[i + 1].clone());
+            let reply = client_command::set_name(&client.conn, &args[i + 1]);
+            if resp::is_error(&reply) {
+                return reply;
+            }
             i += 2;
         } else {
             return resp::error("ERR syntax error in HELLO option");
@@ -101,14 +110,19 @@ fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
             "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
         );
     }
+    if protocol != client.protocol {
+        client.protocol = protocol;
+        client.fence = true;
+        client.conn.set_protocol(protocol);
+    }
     let mut out = BytesMut::new();
-    resp::put_header(&mut out, b'*', 14);
+    protocol.put_map_header(&mut out, 7);
     for (k, v) in [("server", "reborn"), ("version", env!("CARGO_PKG_VERSION"))] {
         resp::put_bulk(&mut out, k.as_bytes());
         resp::put_bulk(&mut out, v.as_bytes());
     }
     resp::put_bulk(&mut out, b"proto");
-    out.extend_from_slice(b":2\r\n");
+    out.extend_from_slice(&resp::int(protocol.number()));
     resp::put_bulk(&mut out, b"id");
     out.extend_from_slice(&resp::int(client.id as i64));
     for (k, v) in [("mode", "proxy"), ("role", "master")] {
@@ -118,35 +132,6 @@ fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
     resp::put_bulk(&mut out, b"modules");
     out.extend_from_slice(b"*0\r\n");
     out.freeze()
-}
-
-fn client_cmd(client: &mut Client, args: &[Bytes]) -> Bytes {
-    let sub = args.get(1).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
-    match (sub.as_slice(), args.len()) {
-        (b"setname", 3) => {
-            if args[2].iter().any(|&b| b == b' ' || b == b'\n') {
-                return resp::error(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
-            }
-            client.name = Some(args[2].clone());
-            Bytes::from_static(resp::OK)
-        }
-        (b"getname", 2) => match &client.name {
-            Some(n) if !n.is_empty() => resp::bulk(n),
-            _ => Bytes::from_static(resp::NIL),
-        },
-        (b"setinfo", 4) => Bytes::from_static(resp::OK),
-        (b"id", 2) => resp::int(client.id as i64),
-        (b"setname" | b"getname" | b"setinfo" | b"id", _) => resp::error(&format!(
-            "ERR wrong number of arguments for 'client|{}' command",
-            String::from_utf8_lossy(&sub)
-        )),
-        _ => resp::error(&format!(
-            "ERR CLIENT {} is not supported by reborn proxy",
-            String::from_utf8_lossy(&sub).to_uppercase()
-        )),
-    }
 }
 
 /// `first, last, step` of the legacy COMMAND reply, from the first key spec.
@@ -194,7 +179,7 @@ fn command_entry(out: &mut BytesMut, spec: &Spec) {
 
 /// COMMAND, COMMAND COUNT, COMMAND INFO, COMMAND DOCS, COMMAND LIST,
 /// COMMAND GETKEYS: enough for redis-cli and client libraries.
-fn command_cmd(args: &[Bytes]) -> Bytes {
+fn command_cmd(args: &[Bytes], protocol: Protocol) -> Bytes {
     let sub = args.get(1).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
     let mut out = BytesMut::new();
     match sub.as_slice() {
@@ -216,12 +201,15 @@ fn command_cmd(args: &[Bytes]) -> Bytes {
             for name in &args[2..] {
                 match command::lookup(name) {
                     Some(c) => command_entry(&mut out, c.spec),
-                    None => out.extend_from_slice(b"*-1\r\n"),
+                    None => out.extend_from_slice(&protocol.null_array()),
                 }
             }
         }
         // Docs are optional for clients; an empty map means "none".
-        b"docs" => return Bytes::from_static(b"*0\r\n"),
+        b"docs" => {
+            protocol.put_map_header(&mut out, 0);
+            return out.freeze();
+        }
         b"getkeys" => {
             let rest = &args[2..];
             let Some(c) = rest.first().and_then(|n| command::lookup(n)) else {

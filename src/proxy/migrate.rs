@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::reply::lost;
 use super::router::Pool;
 use super::source_call::{self, Answer};
+use crate::libs::protocol::Protocol;
 use crate::libs::resp;
 
 /// Most keys a worker remembers as moved; past this it starts over (a
@@ -87,6 +88,8 @@ struct Job {
     epoch: u64,
     keys: Vec<Bytes>,
     req: Bytes,
+    /// The client's protocol: the reply comes from a connection of it.
+    protocol: Protocol,
     reply: oneshot::Sender<Bytes>,
 }
 
@@ -116,15 +119,15 @@ impl Migrator {
         Migrator { tx }
     }
 
-    /// Queues `req` (whose keys are `keys`, routed at `epoch`): its keys move
-    /// from `from` to `to`, then it is sent to `to`. The receiver yields the
-    /// reply.
+    /// Queues `req` (whose keys are `keys`, routed at `epoch`, for a client
+    /// speaking `protocol`): its keys move from `from` to `to`, then it is sent
+    /// to `to`. The receiver yields the reply.
     pub fn send(
         &self,
         (from, to): (&Arc<Pool>, &Arc<Pool>),
         epoch: u64,
-        keys: Vec<Bytes>,
-        req: Bytes,
+        (keys, req): (Vec<Bytes>, Bytes),
+        protocol: Protocol,
     ) -> oneshot::Receiver<Bytes> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -133,6 +136,7 @@ impl Migrator {
             epoch,
             keys,
             req,
+            protocol,
             reply,
         };
         if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
@@ -232,13 +236,19 @@ pub async fn move_keys(
 
 async fn forward(client: u64, job: &Job) -> Bytes {
     job.to
-        .send(client, job.req.clone())
+        .send_as(client, job.protocol, job.req.clone())
         .await
         .unwrap_or_else(|_| lost())
 }
 
 /// The source call of a job (see `source_call`), from its request's words.
+/// None for a RESP3 client: the call's reply passes through Lua, which gives
+/// RESP2 shapes (a map comes back as a flat array, a double as a string), so
+/// such requests take the classic path and get the target's own reply.
 fn source_call_of(job: &Job) -> Option<source_call::Call> {
+    if job.protocol != Protocol::Resp2 {
+        return None;
+    }
     let mut raw = BytesMut::from(&job.req[..]);
     let req = resp::parse_request(&mut raw, &resp::Limits::default()).ok()??;
     source_call::command(&req.args, &job.keys)

@@ -18,6 +18,9 @@
 //! Transactions (`MULTI`/`EXEC`/`WATCH`) are queued by [`transaction`] and run
 //! whole on a dedicated connection, or not at all, by [`pinned`].
 //!
+//! [`clients`] lists every client connection of the proxy for `CLIENT LIST`,
+//! `KILL` and `PAUSE` ([`client_command`]).
+//!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.
 
@@ -26,6 +29,8 @@ pub mod admin;
 pub mod backend;
 pub mod blocked;
 pub mod blocking_args;
+pub mod client_command;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod context;

@@ -45,6 +45,7 @@ use super::migrate::move_keys;
 use super::reply::{Reply, lost};
 use super::router::Pool;
 use super::transaction::Queued;
+use crate::libs::protocol::Protocol;
 use crate::libs::resp;
 
 /// A transaction's watch id once it cannot be trusted: no connection has this id.
@@ -188,6 +189,8 @@ impl WatchCall {
 pub struct Exec {
     pub ctx: Arc<Context>,
     pub client: u64,
+    /// The client's protocol: the transaction's connection speaks it.
+    pub protocol: Protocol,
     pub slot: u16,
     /// The master the transaction is pinned to; `None` if the slot was
     /// switching groups when it was decided.
@@ -275,7 +278,7 @@ impl Exec {
             // stays the worker's until the EXEC is registered.
             let dedicated = match self.line.take() {
                 Some(d) => d,
-                None => ctx.spare_lines.take(&ctx, &addr)?,
+                None => ctx.spare_lines.take(&ctx, &addr, self.protocol)?,
             };
             let line = dedicated.line.clone();
             if let Some(held) = &self.watch
@@ -329,7 +332,9 @@ const SPARE_PER_BACKEND: usize = 8;
 /// holding one per client: they count against `max_blocking`.
 #[derive(Default)]
 pub struct SpareLines {
-    idle: parking_lot::Mutex<HashMap<String, Vec<Dedicated>>>,
+    /// By backend address and protocol: a RESP3 client's transaction must get
+    /// RESP3 replies.
+    idle: parking_lot::Mutex<HashMap<(String, Protocol), Vec<Dedicated>>>,
 }
 
 impl SpareLines {
@@ -337,8 +342,8 @@ impl SpareLines {
     ///
     /// # Errors
     /// The client's error reply when `max_blocking` connections are open.
-    pub fn take(&self, ctx: &Context, addr: &str) -> Result<Dedicated, Bytes> {
-        if let Some(spare) = self.idle.lock().get_mut(addr) {
+    pub fn take(&self, ctx: &Context, addr: &str, protocol: Protocol) -> Result<Dedicated, Bytes> {
+        if let Some(spare) = self.idle.lock().get_mut(&(addr.to_string(), protocol)) {
             // One that lost its connection since is dropped, not reused.
             while let Some(d) = spare.pop() {
                 if d.line.is_up() {
@@ -346,7 +351,7 @@ impl SpareLines {
                 }
             }
         }
-        Dedicated::open(ctx, addr)
+        Dedicated::open(ctx, addr, protocol)
     }
 
     /// Takes back a connection after its transaction; `unwatch` when a
@@ -365,7 +370,7 @@ impl SpareLines {
             return;
         }
         let mut idle = self.idle.lock();
-        let spare = idle.entry(addr.to_string()).or_default();
+        let spare = idle.entry((addr.to_string(), d.protocol)).or_default();
         if spare.len() < SPARE_PER_BACKEND {
             spare.push(d);
         }

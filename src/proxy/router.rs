@@ -7,8 +7,8 @@
 //! does not touch a group keeps its connections warm.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::backend::{BackendConn, BackendOptions};
 use crate::libs::hash::SLOT_COUNT;
+use crate::libs::protocol::Protocol;
 use crate::topo::model::{GroupId, SlotState, Topology};
 
 /// A few pipelined connections to one redis-server.
@@ -25,16 +26,55 @@ use crate::topo::model::{GroupId, SlotState, Topology};
 /// A client always uses the same one (`client id % n`): Redis answers each
 /// connection in order, so one client's requests to one backend can never
 /// overtake each other, while different clients spread over the connections.
+///
+/// The connections speak RESP2. RESP3 clients (`HELLO 3`) get a second set
+/// that said `HELLO 3` itself, opened on first use, so Redis encodes their
+/// replies and the proxy passes them through as it does for RESP2.
 pub struct Pool {
     conns: Vec<BackendConn>,
+    /// The RESP3 set, opened by the first RESP3 request.
+    resp3: OnceLock<Vec<BackendConn>>,
+    /// How to open the RESP3 set.
+    opts: BackendOptions,
+    rt: Handle,
 }
 
 impl Pool {
     fn new(addr: &str, size: usize, opts: &BackendOptions, rt: &Handle) -> Pool {
         Pool {
-            conns: (0..size.max(1))
-                .map(|_| BackendConn::spawn_on(rt, addr, opts.clone()).0)
-                .collect(),
+            conns: Self::open(addr, size, opts, rt),
+            resp3: OnceLock::new(),
+            opts: opts.clone(),
+            rt: rt.clone(),
+        }
+    }
+
+    fn open(addr: &str, size: usize, opts: &BackendOptions, rt: &Handle) -> Vec<BackendConn> {
+        (0..size.max(1))
+            .map(|_| BackendConn::spawn_on(rt, addr, opts.clone()).0)
+            .collect()
+    }
+
+    /// The connections of `protocol`, the RESP3 ones opened if need be.
+    fn conns_of(&self, protocol: Protocol) -> &[BackendConn] {
+        match protocol {
+            Protocol::Resp2 => &self.conns,
+            Protocol::Resp3 => self.resp3.get_or_init(|| {
+                let opts = BackendOptions {
+                    protocol: Protocol::Resp3,
+                    ..self.opts.clone()
+                };
+                Self::open(self.addr(), self.conns.len(), &opts, &self.rt)
+            }),
+        }
+    }
+
+    /// Sends `req` for client `client`, which speaks `protocol`, on that
+    /// client's connection of that protocol.
+    pub fn send_as(&self, client: u64, protocol: Protocol, req: Bytes) -> oneshot::Receiver<Bytes> {
+        match protocol {
+            Protocol::Resp2 => self.send(client, req),
+            Protocol::Resp3 => pick(self.conns_of(protocol), client, req),
         }
     }
 
@@ -43,25 +83,23 @@ impl Pool {
         self.conns.first().map(|c| c.addr()).unwrap_or("")
     }
 
-    /// Sends `req` for client `client` on that client's connection.
+    /// Sends `req` for client `client` (a RESP2 client) on that client's
+    /// connection.
     pub fn send(&self, client: u64, req: Bytes) -> oneshot::Receiver<Bytes> {
-        let n = self.conns.len() as u64;
-        let i = (client % n.max(1)) as usize;
-        match self.conns.get(i) {
-            Some(conn) => conn.send(req),
-            None => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(crate::libs::resp::error("ERR internal: empty backend pool"));
-                rx
-            }
-        }
+        pick(&self.conns, client, req)
     }
 
-    /// A `PING` down every connection: when all have answered, every request
-    /// sent on this pool before the call has been answered too.
+    /// A `PING` down every connection (of both protocols): when all have
+    /// answered, every request sent on this pool before the call has been
+    /// answered too.
     pub fn barrier(&self) -> Vec<oneshot::Receiver<Bytes>> {
         let ping = Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
-        self.conns.iter().map(|c| c.send(ping.clone())).collect()
+        let resp3 = self.resp3.get().map(|c| c.as_slice()).unwrap_or_default();
+        self.conns
+            .iter()
+            .chain(resp3)
+            .map(|c| c.send(ping.clone()))
+            .collect()
     }
 
     /// True while every connection of the pool is down.
@@ -81,6 +119,20 @@ impl Pool {
             .map(|c| c.last_error())
             .find(|e| !e.is_empty())
             .unwrap_or_default()
+    }
+}
+
+/// Sends `req` on `client`'s connection among `conns`.
+fn pick(conns: &[BackendConn], client: u64, req: Bytes) -> oneshot::Receiver<Bytes> {
+    let n = conns.len() as u64;
+    let i = (client % n.max(1)) as usize;
+    match conns.get(i) {
+        Some(conn) => conn.send(req),
+        None => {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(crate::libs::resp::error("ERR internal: empty backend pool"));
+            rx
+        }
     }
 }
 

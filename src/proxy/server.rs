@@ -25,6 +25,7 @@ use super::error::ProxyError;
 use super::lease;
 use super::router::Router;
 use super::worker::{self, WorkerSpec};
+use crate::libs::protocol::Protocol;
 use crate::topo::model::ProxyInfo;
 use crate::topo::{Store, watcher};
 
@@ -92,6 +93,7 @@ impl Bound {
             auth: (!config.backend_auth.is_empty()).then(|| config.backend_auth.clone()),
             connect_timeout: config.backend_connect_timeout,
             track_id: false,
+            protocol: Protocol::Resp2,
         };
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -18,8 +18,14 @@
 //!
 //! A protocol error or QUIT is answered, the buffered replies are flushed, and the
 //! connection closes. On shutdown the reader stops taking requests while the
-//! writer delivers everything already accepted.
+//! writer delivers everything already accepted. `CLIENT KILL` stops both halves
+//! (see `clients.rs`, where every session is listed while it runs).
+//!
+//! Once per chunk of input (not per request) the reader looks whether a
+//! `CLIENT PAUSE` is in force, and records the chunk's last command and time for
+//! `CLIENT LIST`.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +37,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::clients::Connection;
 use super::context::{Client, Context};
 use super::dispatch::dispatch;
 use super::reply::{Pending, Reply};
@@ -46,6 +53,15 @@ const READ_MAX: usize = 64 * 1024;
 /// the proxy shuts down (`shutdown`).
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationToken) {
     let _ = stream.set_nodelay(true);
+    let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let ends = (
+        stream.peer_addr().unwrap_or(unknown),
+        stream.local_addr().unwrap_or(unknown),
+        i64::from(stream.as_raw_fd()),
+    );
+    // The reader stops on this token: on shutdown, or on CLIENT KILL.
+    let conn = Connection::new(ctx.next_client_id(), ends, shutdown.child_token());
+    let _listed = ctx.clients.add(conn.clone());
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(ctx.config.max_pipeline);
     let inflight = AtomicUsize::new(0);
@@ -53,9 +69,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationT
     let writer_done = CancellationToken::new();
     // The reader owns the client state, so a client that hangs up drops its
     // dedicated connections at once and a blocked BLPOP does not outlive it.
-    let client = Client::new(&ctx);
-    let reader = read_loop(rd, &ctx, client, tx, &inflight, &writer_done, &shutdown);
-    let writer = write_loop(wr, &ctx, rx, &inflight, &writer_done);
+    let client = Client::on(&ctx, conn.clone());
+    let reader = read_loop(rd, &ctx, client, tx, &inflight, &writer_done, conn.stop());
+    let writer = write_loop(wr, (&ctx, &conn), rx, &inflight, &writer_done);
     tokio::join!(reader, writer);
 }
 
@@ -66,7 +82,7 @@ async fn read_loop(
     tx: mpsc::Sender<Pending>,
     inflight: &AtomicUsize,
     writer_done: &CancellationToken,
-    shutdown: &CancellationToken,
+    stop: &CancellationToken,
 ) {
     // Start small: most connections are idle most of the time, and idle memory
     // per client is what limits how many a proxy holds. Busy clients grow it.
@@ -76,18 +92,38 @@ async fn read_loop(
         // One clock read per chunk of input, not per request: every request of a
         // pipelined burst arrived at the same moment anyway.
         let now = Instant::now();
+        let paused = ctx.clients.maybe_paused();
+        let mut last = None;
         loop {
             let pending = match resp::parse_request(&mut buf, &ctx.limits) {
                 Ok(Some(req)) => {
-                    let p = dispatch(ctx, &mut client, &req, now);
+                    let at = if paused {
+                        if !ctx.clients.wait(&req, stop).await {
+                            // Killed or shut down while held: it never runs.
+                            return;
+                        }
+                        Instant::now()
+                    } else {
+                        now
+                    };
+                    let p = dispatch(ctx, &mut client, &req, at);
                     match p.reply {
-                        Reply::Hold(slot) => {
-                            hold(ctx, &mut client, &req, (p.cmd, p.start, slot), shutdown).await
+                        Reply::Hold(slot) => hold(ctx, &mut client, &req, (p.cmd, p.start, slot), stop).await,
+                        // Only local replies can switch the protocol (HELLO).
+                        Reply::Ready(_) if client.fence => {
+                            client.fence = false;
+                            drained(inflight, stop).await;
+                            p
                         }
                         _ => p,
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if let Some(cmd) = last {
+                        client.conn.touch(cmd, now);
+                    }
+                    break;
+                }
                 Err(e) => {
                     ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(client = client.id, error = %e, "protocol error");
@@ -99,6 +135,7 @@ async fn read_loop(
                 }
             };
             let close = matches!(pending.reply, Reply::Close(_));
+            last = Some(pending.cmd);
             inflight.fetch_add(1, Ordering::Relaxed);
             if tx.send(pending).await.is_err() || close {
                 return;
@@ -109,7 +146,7 @@ async fn read_loop(
                 tokio::select! {
                     _ = done => {}
                     _ = writer_done.cancelled() => return,
-                    _ = shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         }
@@ -120,7 +157,7 @@ async fn read_loop(
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = writer_done.cancelled() => return,
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = idle_timer(idle) => {
                 if inflight.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(client = client.id, "idle timeout");
@@ -173,6 +210,17 @@ async fn hold(
     }
 }
 
+/// Waits until every reply queued so far has been written (or `stop` fires).
+/// Only after `HELLO` switched the protocol, with requests still out on the
+/// other protocol's connections: the next request must not overtake them.
+/// Rare enough that polling the counter is simpler than a wake-up on every
+/// write of every session.
+async fn drained(inflight: &AtomicUsize, stop: &CancellationToken) {
+    while inflight.load(Ordering::Relaxed) > 0 && !stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Sleeps for the idle timeout, or forever when it is disabled.
 async fn idle_timer(idle: Duration) {
     if idle.is_zero() {
@@ -184,7 +232,7 @@ async fn idle_timer(idle: Duration) {
 
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    ctx: &Context,
+    (ctx, conn): (&Context, &Connection),
     mut rx: mpsc::Receiver<Pending>,
     inflight: &AtomicUsize,
     done: &CancellationToken,
@@ -193,6 +241,7 @@ async fn write_loop(
         // Allocated on first use and sized by what the client actually gets.
         buf: BytesMut::new(),
         written: Vec::new(),
+        conn,
     };
     let result: std::io::Result<()> = async {
         loop {
@@ -234,13 +283,15 @@ async fn write_loop(
 }
 
 /// Replies waiting to be written, with what stats need to know about each.
-struct Output {
+struct Output<'a> {
     buf: BytesMut,
     /// (command, received at, is an error) of each reply in `buf`.
     written: Vec<(usize, Instant, bool)>,
+    /// Killed connections write nothing more.
+    conn: &'a Connection,
 }
 
-impl Output {
+impl Output<'_> {
     /// Writes the buffered replies, then records their stats with one clock read.
     async fn flush(
         &mut self,
@@ -250,6 +301,9 @@ impl Output {
     ) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
+        }
+        if self.conn.is_killed() {
+            return Err(std::io::Error::other("killed by CLIENT KILL"));
         }
         wr.write_all(&self.buf).await?;
         self.buf.clear();

@@ -27,6 +27,9 @@
 //! counters can be bigger), and a null array (`*-1`) comes back as a null
 //! bulk string. Commands that are not allowed in scripts answer with an error
 //! that is recognised and also take the classic path; nothing ran then.
+//! Requests of RESP3 clients always take the classic path (see
+//! `migrate::source_call_of`): Lua would turn their maps, sets and doubles into
+//! RESP2 shapes.
 
 use bytes::{Bytes, BytesMut};
 

@@ -347,7 +347,7 @@ fn watch(ctx: &Arc<Context>, client: &mut Client, req: &Request, spec: &'static 
     }
     let line = match &txn.line {
         Some(d) => d.line.clone(),
-        None => match ctx.spare_lines.take(ctx, &addr) {
+        None => match ctx.spare_lines.take(ctx, &addr, client.protocol) {
             Ok(d) => txn.line.insert(d).line.clone(),
             Err(e) => return Reply::Ready(e),
         },
@@ -392,7 +392,7 @@ fn exec(ctx: &Arc<Context>, client: &mut Client) -> Reply {
     };
     let line = match (line, &pin.addr) {
         (Some(line), _) => Some(line),
-        (None, Some(addr)) => match ctx.spare_lines.take(ctx, addr) {
+        (None, Some(addr)) => match ctx.spare_lines.take(ctx, addr, client.protocol) {
             Ok(line) => Some(line),
             Err(e) => return Reply::Ready(e),
         },
@@ -401,6 +401,7 @@ fn exec(ctx: &Arc<Context>, client: &mut Client) -> Reply {
     let run = Exec {
         ctx: ctx.clone(),
         client: client.id,
+        protocol: client.protocol,
         slot: pin.slot,
         addr: pin.addr,
         line,
@@ -444,6 +445,7 @@ mod tests {
             auth: None,
             connect_timeout: Duration::from_secs(1),
             track_id: false,
+            protocol: crate::libs::protocol::Protocol::Resp2,
         };
         Arc::new(Context::new(ProxyConfig::default(), Router::new("p", opts, 1)))
     }

@@ -369,6 +369,27 @@ impl RawConn {
         }
     }
 
+    /// Reads the next reply frame as raw bytes, whatever its protocol
+    /// (RESP2 or RESP3); panics like [`RawConn::read_reply`].
+    pub async fn read_frame(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(n) = reborn::libs::resp::reply_len(&self.buf).expect("reply is RESP") {
+                return self.buf.drain(..n).collect();
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a complete reply; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+
+    /// Sends one command and reads its reply as raw bytes ([`RawConn::read_frame`]).
+    pub async fn call_raw<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Vec<u8> {
+        self.send(&cmd(args)).await;
+        self.read_frame().await
+    }
+
     /// Reads `n` replies.
     pub async fn read_replies(&mut self, n: usize) -> Vec<Resp> {
         let mut out = Vec::with_capacity(n);
