@@ -11,8 +11,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::blocked::{Call, Dedicated};
-use super::command::{self, Command, Kind, Merge, Spec};
+use super::command::{Command, Kind, Merge, Spec};
 use super::context::{Client, Context};
+use super::fanout::{self, Fanned};
 use super::local;
 use super::reply::{Merger, Part, Pending, Reply};
 use super::router::{Pool, Routes, SlotRoute};
@@ -24,7 +25,7 @@ const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// Handles one request, received at `start`, and returns the reply it will get.
 pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: Instant) -> Pending {
-    let Some(cmd) = command::lookup(req.name()) else {
+    let Some(cmd) = ctx.policy.lookup(req.name()) else {
         return Pending {
             cmd: ctx.stats.unknown_cmd(),
             start,
@@ -94,6 +95,10 @@ fn dispatch_known(
             "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
             ctx.proxy_id
         )),
+        Kind::Fanout(fan) => match fanout::dispatch(ctx, client, req, fan, now) {
+            Fanned::Reply(reply) => reply,
+            Fanned::ByKey => forward(ctx, client, req, cmd.spec),
+        },
         Kind::Split(merge) => split(ctx, client, req, merge),
         Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec, now),
         Kind::Blocking | Kind::Forward => forward(ctx, client, req, cmd.spec),
@@ -110,8 +115,8 @@ fn is_blocking_call(spec: &Spec, req: &Request) -> bool {
 }
 
 /// The single slot all of the request's keys hash to. Requests without keys
-/// (EVAL with `numkeys` 0) go to slot 0, as in Codis: deterministic, and the
-/// slot of the empty hash key.
+/// (OBJECT HELP, say) go to slot 0, as in Codis: deterministic, and the slot of
+/// the empty hash key. Keyless scripts never get here (`keyless_script.rs`).
 fn request_slot(spec: &'static Spec, req: &Request) -> Result<u16, Reply> {
     let spec = spec.resolve(&req.args);
     let mut slot: Option<u16> = None;

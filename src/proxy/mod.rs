@@ -15,6 +15,9 @@
 //! ([`blocked`], reading their words with [`blocking_args`]); requests of a
 //! migrating slot go through the client's FIFO ([`migrate`], [`source_call`]);
 //! [`ack`] acknowledges ZooKeeper actions once their slots are drained.
+//! Cluster-wide commands are sent to every group and merged ([`fanout`],
+//! [`merge`], [`info`], [`scan`], [`keyless_script`]); the operator's deny and
+//! rename lists are the [`policy`].
 //!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.
@@ -29,11 +32,17 @@ pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod error;
+pub mod fanout;
+pub mod info;
+pub mod keyless_script;
 pub mod lease;
 pub mod local;
+pub mod merge;
 pub mod migrate;
+pub mod policy;
 pub mod reply;
 pub mod router;
+pub mod scan;
 pub mod server;
 pub mod session;
 pub mod source_call;
