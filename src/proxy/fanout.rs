@@ -131,7 +131,7 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
 
 fn refused(what: &str, allowed: &str) -> Fanned {
     err(&format!(
-        "ERR {} is not allowed through reborn proxy ({allowed})",
+        "ERR command '{}' is not allowed through reborn proxy ({allowed})",
         what.trim()
     ))
 }

@@ -13,10 +13,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::command::{self, Command, Kind};
 use crate::libs::config::ConfigError;
+use crate::libs::resp::{self, Request};
 
 /// The `[commands]` table of the proxy config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +110,18 @@ impl Policy {
         self.lookup_slow(name)
     }
 
+    /// The request under its command's real name, when it came under a new
+    /// one: backends know only the real names. `None` when nothing changes.
+    pub fn real_request(&self, req: &Request, cmd: Command) -> Option<Request> {
+        if self.renamed.is_empty() || req.name().eq_ignore_ascii_case(cmd.spec.name.as_bytes()) {
+            return None;
+        }
+        let mut args = req.args.clone();
+        *args.first_mut()? = Bytes::copy_from_slice(cmd.spec.name.as_bytes());
+        let raw = resp::encode_array(&args);
+        Some(Request { args, raw })
+    }
+
     fn lookup_slow(&self, name: &[u8]) -> Option<Command> {
         let mut cmd = match command::lookup(name) {
             Some(c) if self.hidden.contains(&c.id) => return None,
@@ -143,7 +157,14 @@ mod tests {
         assert_eq!(p.lookup(b"flushall").map(|c| c.kind), Some(Kind::Refused));
         assert_eq!(p.lookup(b"get").map(|c| c.kind), Some(Kind::Forward));
         assert!(p.lookup(b"config").is_none() && p.lookup(b"CONFIG").is_none());
-        assert_eq!(p.lookup(b"XConfig").map(|c| c.spec.name.as_str()), Some("config"));
+        let xconfig = p.lookup(b"XConfig").expect("renamed");
+        assert_eq!(xconfig.spec.name, "config");
+        let req = Request {
+            args: vec![Bytes::from_static(b"XConfig"), Bytes::from_static(b"GET")],
+            raw: Bytes::new(),
+        };
+        let real = p.real_request(&req, xconfig).expect("rewritten");
+        assert_eq!(&real.raw[..], b"*2\r\n$6\r\nconfig\r\n$3\r\nGET\r\n");
         // Always-refused commands stay refused even renamed.
         let p = Policy::new(&config(&[], &[("shutdown", "stop")]));
         assert_eq!(p.lookup(b"stop").map(|c| c.kind), Some(Kind::Refused));
