@@ -177,6 +177,14 @@ mod tests {
     }
 
     #[test]
+    fn the_toml_shape_is_strict() {
+        let c: CommandsConfig =
+            toml::from_str("deny = [\"flushall\"]\nrename = { config = \"xconfig\" }").expect("parses");
+        assert_eq!(c, config(&["flushall"], &[("config", "xconfig")]));
+        assert!(toml::from_str::<CommandsConfig>("allow = []").is_err());
+    }
+
+    #[test]
     fn bad_entries_are_caught_at_start() {
         assert!(config(&["flushall"], &[("config", "xconfig")]).validate().is_ok());
         assert!(config(&["nosuch"], &[]).validate().is_err());
