@@ -498,21 +498,27 @@ async fn wait_memory_and_object_follow_their_rules() {
         .await
         .expect("wait");
     assert_eq!(n, 0);
-    // No replica anywhere: WAIT 1 0 would block forever on one Redis; here its
-    // timeout is capped so it cannot hold a shared backend connection.
-    let started = Instant::now();
-    let n: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(0)
-        .query_async(&mut p)
-        .await
-        .expect("wait");
-    assert_eq!(n, 0);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    // No replica anywhere: WAIT with a timeout answers 0 after it, and other
+    // clients are not held meanwhile (WAIT has a connection of its own).
+    let mut waiter = p.clone();
+    let wait = tokio::spawn(async move {
+        redis::cmd("WAIT")
+            .arg(1)
+            .arg(800)
+            .query_async::<i64>(&mut waiter)
+            .await
+    });
+    let mut other = client(c.proxy().await).await;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let _: i64 = other.get(k).await.expect("get");
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "GET held {:?} behind WAIT",
+            t.elapsed()
+        );
+    }
+    assert_eq!(wait.await.expect("join").expect("wait"), 0);
     let usage: i64 = redis::cmd("MEMORY")
         .arg("USAGE")
         .arg(k)
@@ -533,6 +539,64 @@ async fn wait_memory_and_object_follow_their_rules() {
         .await
         .expect_err("stats");
     assert!(e.to_string().contains("not allowed through reborn proxy"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_counts_the_clients_writes_on_every_group() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let _r1 = c.replica_of_group_1().await;
+    let mut r2 = common::redis();
+    r2.replicaof(&c.masters[1].addr()).expect("replicaof");
+    let (mut g1, mut g2) = masters(&c).await;
+    for g in [&mut g1, &mut g2] {
+        common::eventually("the replica is connected", Duration::from_secs(10), || async {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut g.clone())
+                .await
+                .expect("info");
+            info.contains("connected_slaves:1") && info.contains("state=online")
+        })
+        .await;
+    }
+    let (a, b) = (&keys_in(1, "w", 1)[0], &keys_in(2, "w", 1)[0]);
+    let _: () = p.set(a, 1).await.expect("set");
+    let _: () = p.set(b, 1).await.expect("set");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(0)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    assert_eq!(n, 1, "both groups' replicas acknowledged");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(200)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    assert_eq!(n, 1, "no group has two replicas");
+    // Group 2's replica stops: a new write there is not acknowledged, which
+    // WAIT must see (it counts this client's write, not an old offset).
+    let pid = r2.pid().expect("pid");
+    common::cluster::signal(pid, "-STOP");
+    let _: () = p.set(b, 2).await.expect("set");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(300)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    common::cluster::signal(pid, "-CONT");
+    assert_eq!(n, 0, "group 2's replica never got the write");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(0)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    assert_eq!(n, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@
 //! | SCRIPT LOAD, FUNCTION LOAD | every master | the common reply |
 //! | SCRIPT EXISTS | every master | 1 where all have it |
 //! | SCRIPT FLUSH, FUNCTION DELETE / FLUSH / RESTORE | every master | `+OK` if all are |
-//! | WAIT | every master | the minimum |
+//! | WAIT | every master, on a connection of its own (`wait.rs`) | the minimum |
 //! | MEMORY USAGE, EVAL … with keys | by key | |
 //! | INFO | `info.rs` | |
 //! | SCAN | `scan.rs` | |
@@ -39,12 +39,8 @@ use super::context::{Client, Context};
 use super::merge::{self, Answer};
 use super::reply::{Reply, lost};
 use super::router::{Pool, Routes};
-use super::{info, keyless_script, scan};
+use super::{info, keyless_script, scan, wait};
 use crate::libs::resp::{self, Request};
-
-/// The longest a WAIT may block a shared backend connection, in ms: WAIT holds
-/// the connection it is sent on, and other clients share it.
-pub const WAIT_MAX_MS: i64 = 1000;
 
 /// What the proxy does with a fanned-out request.
 pub enum Fanned {
@@ -101,7 +97,7 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
         Fan::LastSave => to_all(merge::min, &name),
         Fan::Time => one_master(client.id, &routes, req.raw.clone()),
         Fan::Scan => Fanned::Reply(scan::dispatch(client.id, req, &routes)),
-        Fan::Wait => wait(client.id, &routes, req),
+        Fan::Wait => wait(ctx, client.id, &routes, req),
         Fan::Memory if sub == "USAGE" => Fanned::ByKey,
         Fan::Memory => refused(&full, "only MEMORY USAGE key is"),
         Fan::Eval => keyless(client.id, &routes, req, &name),
@@ -187,12 +183,21 @@ fn gather(
     what: String,
     rule: fn(&str, &[Answer]) -> Bytes,
 ) -> Reply {
-    let (tx, rx) = oneshot::channel();
+    let (mut tx, rx) = oneshot::channel();
     tokio::spawn(async move {
-        let mut answers = Vec::with_capacity(parts.len());
-        for (addr, part) in parts {
-            answers.push((addr, part.await.unwrap_or_else(|_| lost())));
-        }
+        let answers = async {
+            let mut answers = Vec::with_capacity(parts.len());
+            for (addr, part) in parts {
+                answers.push((addr, part.await.unwrap_or_else(|_| lost())));
+            }
+            answers
+        };
+        // A client that leaves stops the wait: its parts are dropped, which
+        // ends a WAIT on its own connection (`wait.rs`).
+        let answers = tokio::select! {
+            a = answers => a,
+            _ = tx.closed() => return,
+        };
         let _ = tx.send(rule(&what, &answers));
     });
     Reply::Wait(rx)
@@ -222,26 +227,16 @@ fn every_server(ctx: &Context, client: u64, routes: &Routes, raw: Bytes, what: &
     Fanned::Reply(gather(parts, what.trim().to_string(), merge::all_ok))
 }
 
-/// WAIT numreplicas timeout: every master, the minimum. Sent on the client's
-/// connection of each pool, it covers every write sent before it on those
-/// connections (the client's, and other clients' sharing them). Its timeout is
-/// capped at [`WAIT_MAX_MS`] (0, "forever", included) so it cannot hold a
-/// shared connection longer.
-fn wait(client: u64, routes: &Routes, req: &Request) -> Fanned {
-    let timeout = req
-        .args
-        .get(2)
-        .and_then(|t| std::str::from_utf8(t).ok())
-        .and_then(|t| t.parse::<i64>().ok());
-    let raw = match timeout {
-        Some(t) if t == 0 || t > WAIT_MAX_MS => {
-            let capped = WAIT_MAX_MS.to_string();
-            resp::encode_array(&[b"WAIT".as_ref(), &req.args[1], capped.as_bytes()])
-        }
-        // A bad timeout gets the server's own error.
-        _ => req.raw.clone(),
+/// WAIT numreplicas timeout: every master, the minimum (see `wait.rs`).
+fn wait(ctx: &Context, client: u64, routes: &Routes, req: &Request) -> Fanned {
+    let pools = match masters(routes) {
+        Ok(p) => p,
+        Err(e) => return e,
     };
-    all_masters(client, routes, raw, "WAIT", merge::min)
+    let mut opts = ctx.router.backend_options().clone();
+    opts.track_id = false;
+    let parts = wait::start(client, &pools, &opts, &req.raw);
+    Fanned::Reply(gather(parts, "WAIT".into(), merge::min))
 }
 
 /// EVAL, EVALSHA, FCALL (and `_RO`): by key, unless `numkeys` is 0; then only a

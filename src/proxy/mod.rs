@@ -16,7 +16,7 @@
 //! migrating slot go through the client's FIFO ([`migrate`], [`source_call`]);
 //! [`ack`] acknowledges ZooKeeper actions once their slots are drained.
 //! Cluster-wide commands are sent to every group and merged ([`fanout`],
-//! [`merge`], [`info`], [`scan`], [`keyless_script`]); the operator's deny and
+//! [`merge`], [`info`], [`scan`], [`keyless_script`], [`wait`]); the operator's deny and
 //! rename lists are the [`policy`].
 //!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
@@ -47,6 +47,7 @@ pub mod server;
 pub mod session;
 pub mod source_call;
 pub mod stats;
+pub mod wait;
 pub mod worker;
 
 pub use config::{ProxyArgs, ProxyConfig};
