@@ -1,16 +1,16 @@
 //! Cluster-wide commands through `reborn proxy` against a real two-group
 //! cluster (group 1: slots 0-511, group 2: 512-1023, one master each) and a
-//! real ZooKeeper: FLUSHALL, DBSIZE, KEYS, SCAN, CONFIG, SCRIPT, FUNCTION,
-//! INFO, WAIT, keyless scripts, and the operator's deny/rename list.
+//! real ZooKeeper: FLUSHALL, DBSIZE, KEYS, CONFIG, SCRIPT, FUNCTION, INFO,
+//! WAIT, keyless scripts, and the operator's deny/rename list. SCAN has its
+//! own file (cluster_scan.rs).
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, client};
-use reborn::libs::hash::slot_of;
+use common::cluster::{Cluster, client, keys_in, set_all};
 use reborn::proxy::policy::CommandsConfig;
 use reborn::proxy::{Bound, ProxyConfig};
 use reborn::topo::model::Role;
@@ -19,15 +19,6 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
 type Conn = MultiplexedConnection;
-
-/// `n` keys named `{prefix}{i}` whose slots belong to `group` (1 or 2).
-fn keys_in(group: u32, prefix: &str, n: usize) -> Vec<String> {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .filter(|k| (slot_of(k.as_bytes()) < 512) == (group == 1))
-        .take(n)
-        .collect()
-}
 
 async fn dbsize(c: &mut Conn) -> i64 {
     redis::cmd("DBSIZE").query_async(c).await.expect("dbsize")
@@ -38,38 +29,6 @@ async fn masters(c: &Cluster) -> (Conn, Conn) {
         common::client(&c.masters[0].addr()).await,
         common::client(&c.masters[1].addr()).await,
     )
-}
-
-/// Writes `keys` (strings) through the proxy.
-async fn set_all(p: &mut Conn, keys: &[String]) {
-    let mut pipe = redis::pipe();
-    for k in keys {
-        pipe.set(k, "v").ignore();
-    }
-    let _: () = pipe.query_async(p).await.expect("set keys");
-}
-
-/// Every key of a full SCAN through the proxy with these options, in order
-/// (duplicates kept), and how many calls it took.
-async fn scan_all(p: &mut Conn, opts: &[&str]) -> (Vec<String>, usize) {
-    let mut cursor = "0".to_string();
-    let mut keys = Vec::new();
-    let mut calls = 0;
-    loop {
-        let (next, mut batch): (String, Vec<String>) = redis::cmd("SCAN")
-            .arg(&cursor)
-            .arg(opts)
-            .query_async(p)
-            .await
-            .expect("scan");
-        calls += 1;
-        keys.append(&mut batch);
-        if next == "0" {
-            return (keys, calls);
-        }
-        assert!(calls < 10_000, "SCAN never finished");
-        cursor = next;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,78 +91,6 @@ async fn flushall_dbsize_keys_and_randomkey_cover_both_groups() {
     let _: () = redis::cmd("FLUSHDB").query_async(&mut p).await.expect("flushdb");
     assert_eq!((dbsize(&mut g1).await, dbsize(&mut g2).await), (0, 0));
     assert_eq!(dbsize(&mut p).await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scan_returns_every_key_exactly_once_across_groups() {
-    let c = Cluster::start().await;
-    let mut p = client(c.proxy().await).await;
-    let (mut g1, mut g2) = masters(&c).await;
-    // Group 1 gets far more keys than one COUNT, group 2 a few.
-    let strings: Vec<String> = [
-        keys_in(1, "s:a:", 150),
-        keys_in(2, "s:a:", 5),
-        keys_in(2, "s:b:", 40),
-    ]
-    .concat();
-    set_all(&mut p, &strings).await;
-    let hashes: Vec<String> = [keys_in(1, "h:", 4), keys_in(2, "h:", 6)].concat();
-    for h in &hashes {
-        let _: () = p.hset(h, "f", "v").await.expect("hset");
-    }
-    assert!(dbsize(&mut g1).await > 100 && dbsize(&mut g2).await > 40);
-    let everything: BTreeSet<String> = strings.iter().chain(&hashes).cloned().collect();
-
-    let exactly_once = |got: &[String], want: &BTreeSet<String>, what: &str| {
-        let mut count: HashMap<&str, usize> = HashMap::new();
-        for k in got {
-            *count.entry(k).or_default() += 1;
-        }
-        let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(twice.is_empty(), "{what}: returned more than once: {twice:?}");
-        let got: BTreeSet<String> = got.iter().cloned().collect();
-        assert_eq!(&got, want, "{what}");
-    };
-    let (got, calls) = scan_all(&mut p, &["COUNT", "10"]).await;
-    exactly_once(&got, &everything, "SCAN COUNT 10");
-    assert!(calls > 10, "group 1 alone needs several calls, took {calls}");
-    let (got, _) = scan_all(&mut p, &[]).await;
-    exactly_once(&got, &everything, "SCAN");
-    let (got, _) = scan_all(&mut p, &["MATCH", "s:a:*", "COUNT", "7"]).await;
-    let want: BTreeSet<String> = strings
-        .iter()
-        .filter(|k| k.starts_with("s:a:"))
-        .cloned()
-        .collect();
-    exactly_once(&got, &want, "SCAN MATCH");
-    let (got, _) = scan_all(&mut p, &["TYPE", "hash", "COUNT", "20"]).await;
-    exactly_once(&got, &hashes.iter().cloned().collect(), "SCAN TYPE hash");
-
-    // A malformed cursor gets Redis's error; a cursor naming a group that does
-    // not exist (id 3) moves on past it, which here means done.
-    let e = redis::cmd("SCAN")
-        .arg("nope")
-        .query_async::<redis::Value>(&mut p)
-        .await
-        .expect_err("bad cursor");
-    assert!(e.to_string().contains("invalid cursor"), "{e}");
-    let (next, keys): (String, Vec<String>) = redis::cmd("SCAN")
-        .arg(5u64 << 14 | 3)
-        .query_async(&mut p)
-        .await
-        .expect("scan");
-    assert_eq!((next.as_str(), keys.len()), ("0", 0));
-    // HSCAN still routes by key.
-    let (next, fields): (String, Vec<String>) = redis::cmd("HSCAN")
-        .arg(&hashes[9])
-        .arg(0)
-        .query_async(&mut p)
-        .await
-        .expect("hscan");
-    assert_eq!(
-        (next.as_str(), fields),
-        ("0", vec!["f".to_string(), "v".to_string()])
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
