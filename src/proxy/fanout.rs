@@ -78,12 +78,16 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
             ctx.proxy_id, ctx.proxy_id
         ));
     }
-    let name = String::from_utf8_lossy(req.name()).to_uppercase();
-    let sub = req
-        .args
-        .get(1)
-        .map(|s| String::from_utf8_lossy(s).to_uppercase())
-        .unwrap_or_default();
+    let word = |i: usize| {
+        let w = req.args.get(i).map_or(&b""[..], |a| &a[..a.len().min(32)]);
+        String::from_utf8_lossy(w).to_uppercase()
+    };
+    let name = word(0);
+    if fan == Fan::Eval {
+        // EVAL with keys is common (locks): no more work than the check.
+        return keyless(client.id, &routes, req, &name);
+    }
+    let sub = word(1);
     let full = format!("{name} {sub}");
     let to_all = |rule: fn(&str, &[Answer]) -> Bytes, what: &str| {
         all_masters(client.id, &routes, req.raw.clone(), what, rule)

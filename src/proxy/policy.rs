@@ -112,8 +112,16 @@ impl Policy {
 
     /// The request under its command's real name, when it came under a new
     /// one: backends know only the real names. `None` when nothing changes.
+    #[inline]
     pub fn real_request(&self, req: &Request, cmd: Command) -> Option<Request> {
-        if self.renamed.is_empty() || req.name().eq_ignore_ascii_case(cmd.spec.name.as_bytes()) {
+        if self.renamed.is_empty() {
+            return None;
+        }
+        self.rewrite(req, cmd)
+    }
+
+    fn rewrite(&self, req: &Request, cmd: Command) -> Option<Request> {
+        if req.name().eq_ignore_ascii_case(cmd.spec.name.as_bytes()) {
             return None;
         }
         let mut args = req.args.clone();
