@@ -513,6 +513,39 @@ async fn a_dead_master_fails_fanned_out_commands_fast_and_by_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_proxy_refuses_cluster_wide_commands_but_answers_info() {
+    let c = Cluster::start().await;
+    let addr = c.proxy().await;
+    let mut p = client(addr).await;
+    let _: () = p.set("foo", "1").await.expect("set");
+    operation::set_proxy_online(&c.store, &addr.to_string(), false)
+        .await
+        .expect("offline");
+    common::eventually("DBSIZE is refused offline", Duration::from_secs(10), || async {
+        let e = redis::cmd("DBSIZE").query_async::<i64>(&mut p.clone()).await;
+        matches!(e, Err(e) if e.to_string().contains("is offline"))
+    })
+    .await;
+    let e = redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("offline");
+    assert!(e.to_string().contains("is offline"), "{e}");
+    let (mut g1, mut g2) = masters(&c).await;
+    assert_eq!(
+        dbsize(&mut g1).await + dbsize(&mut g2).await,
+        1,
+        "nothing was flushed"
+    );
+    let info: String = redis::cmd("INFO")
+        .arg("proxy")
+        .query_async(&mut p)
+        .await
+        .expect("info");
+    assert!(info.contains("online:0"), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_and_renamed_commands_follow_the_config() {
     let c = Cluster::start().await;
     let cfg = ProxyConfig {
