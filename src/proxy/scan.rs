@@ -76,12 +76,17 @@ pub fn dispatch(client_id: u64, req: &Request, routes: &Routes) -> Reply {
     let Some((at, backend)) = position(&ids, cursor) else {
         return Reply::Ready(finished());
     };
-    let Some(pool) = routes.groups.get(at).and_then(|g| g.master.clone()) else {
-        return Reply::Ready(resp::error(&format!("ERR group {} has no master", ids[at])));
+    let Some(group) = routes.groups.get(at) else {
+        return Reply::Ready(finished());
+    };
+    let Some(pool) = group.master.clone() else {
+        return Reply::Ready(resp::error(&format!("ERR group {} has no master", group.id)));
     };
     let backend = backend.to_string();
     let mut args: Vec<&[u8]> = req.args.iter().map(|a| a.as_ref()).collect();
-    args[1] = backend.as_bytes();
+    if let Some(cursor) = args.get_mut(1) {
+        *cursor = backend.as_bytes();
+    }
     let rx = pool.send(client_id, resp::encode_array(&args));
     let addr = pool.addr().to_string();
     let (tx, out) = oneshot::channel();
