@@ -1,12 +1,18 @@
 //! SCAN through `reborn proxy` over a real two-group cluster (group 1: slots
 //! 0-511, group 2: 512-1023): every key exactly once, with COUNT, MATCH and
-//! TYPE, and the cursor's edge cases.
+//! TYPE, the cursor's edge cases, and a slot migrating into a group that owns
+//! no other slot.
 
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use common::cluster::{Cluster, client, keys_in, set_all};
+use reborn::libs::hash::slot_of;
+use reborn::topo::action::begin_migration;
+use reborn::topo::model::Role;
+use reborn::topo::operation;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
@@ -110,4 +116,50 @@ async fn scan_returns_every_key_exactly_once_across_groups() {
         (next.as_str(), fields),
         ("0", vec!["f".to_string(), "v".to_string()])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrating_slots_target_group_is_scanned_and_counted() {
+    let c = Cluster::start().await;
+    let addr = c.proxy().await;
+    let mut p = client(addr).await;
+    // Group 3 owns no slot: only a migration into it makes it part of the cluster.
+    let g3_server = common::redis();
+    operation::create_group(&c.store, 3).await.expect("group 3");
+    operation::add_server(&c.store, 3, &g3_server.addr(), Role::Master)
+        .await
+        .expect("master 3");
+    let tagged: Vec<String> = (0..20).map(|i| format!("{{mig}}k{i}")).collect();
+    let slot = slot_of(b"mig");
+    assert!(slot < 512, "{{mig}} is in group 1");
+    let others = keys_in(2, "o", 10);
+    set_all(&mut p, &[tagged.clone(), others.clone()].concat()).await;
+    begin_migration(&c.store, &[slot], 3, Duration::from_secs(5))
+        .await
+        .expect("begin migration");
+    // Half the slot's keys move to group 3, as the background migrator would.
+    let mut g1 = common::client(&c.masters[0].addr()).await;
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(g3_server.port())
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&tagged[..10])
+        .query_async(&mut g1)
+        .await
+        .expect("migrate");
+    let want: BTreeSet<String> = tagged.iter().chain(&others).cloned().collect();
+    // The proxy follows the migration through its watch.
+    common::eventually(
+        "SCAN sees both halves of the slot",
+        Duration::from_secs(10),
+        || async {
+            let (got, _) = scan_all(&mut p.clone(), &["COUNT", "5"]).await;
+            got.len() == want.len() && got.into_iter().collect::<BTreeSet<_>>() == want
+        },
+    )
+    .await;
+    assert_eq!(dbsize(&mut p).await, 30);
 }
