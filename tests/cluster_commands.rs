@@ -370,6 +370,23 @@ async fn info_merges_backends_and_honours_sections() {
         .await
         .expect("info");
     assert_eq!(none, "");
+
+    // A paused master neither fails nor hangs INFO: it is left out.
+    let pid = c.masters[1].pid().expect("pid");
+    common::cluster::signal(pid, "-STOP");
+    let started = Instant::now();
+    let info: Result<String, _> = redis::cmd("INFO").query_async(&mut p).await;
+    common::cluster::signal(pid, "-CONT");
+    let info = info.expect("info with a paused master");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        info.contains("redis_version:") && info.contains("db0:keys=5,"),
+        "{info}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,13 +11,15 @@
 //! * `# Keyspace` sums each db's `keys` and `expires` over the masters;
 //!   `avg_ttl` is the average weighted by `expires`.
 //!
-//! Backends that fail to answer are left out rather than failing INFO: INFO is
-//! what health checks and monitoring read. It asks only the masters, and only
+//! Backends that fail to answer, or take longer than [`BACKEND_WAIT`], are
+//! left out rather than failing INFO: INFO is what health checks and
+//! monitoring read. It asks only the masters, and only
 //! when the sections asked for need them.
 //!
 //! Imports `local`, `router`, `reply` and `libs::resp`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -41,6 +43,10 @@ pub const SERVER_FIELDS: &[&str] = &[
     "atomicvar_api",
     "gcc_version",
 ];
+
+/// How long INFO waits for the masters: a master that hangs must not hang
+/// the health checks that read INFO. Late answers are left out.
+pub const BACKEND_WAIT: Duration = Duration::from_millis(500);
 
 /// Which sections a request asks for.
 pub struct Wanted {
@@ -98,9 +104,14 @@ pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
         .collect();
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + BACKEND_WAIT;
         let mut texts = Vec::with_capacity(parts.len());
         for part in parts {
-            let text = part.await.ok().and_then(|r| resp::bulk_payload(&r));
+            let reply = tokio::time::timeout_at(deadline, part).await;
+            let text = reply
+                .ok()
+                .and_then(|r| r.ok())
+                .and_then(|r| resp::bulk_payload(&r));
             texts.extend(text.map(|t| String::from_utf8_lossy(&t).into_owned()));
         }
         let _ = tx.send(resp::bulk(render(&wanted, proxy, &texts).as_bytes()));
