@@ -9,9 +9,12 @@
 //! * **local**: answered by the proxy (PING, AUTH, SELECT, INFO, …);
 //! * **refused**: unsafe behind a proxy (SHUTDOWN, MONITOR, REPLICAOF, …), with a
 //!   clear error and the connection left open;
-//! * **unsupported yet**: pub/sub, SCAN and cluster-wide commands, which need
-//!   machinery a later release brings;
+//! * **unsupported yet**: pub/sub, which needs machinery a later release brings;
 //! * **transaction**: MULTI, EXEC, DISCARD, WATCH, UNWATCH (`transaction.rs`);
+//! * **fanned out**: cluster-wide commands (FLUSHALL, DBSIZE, KEYS, SCAN, CONFIG,
+//!   SCRIPT, INFO, …) sent to every group and merged (`fanout.rs`), and the
+//!   commands whose route depends on their arguments (EVAL with `numkeys` 0,
+//!   MEMORY USAGE);
 //! * **split**: MGET, MSET, DEL, UNLINK, EXISTS, TOUCH, split per backend and merged;
 //! * **blocking**: run on a dedicated backend connection so they never stall a
 //!   shared one;
@@ -114,6 +117,41 @@ pub enum Kind {
     Forward,
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH.
     Transaction,
+    /// Sent to several groups and merged, or routed by its arguments (`fanout.rs`).
+    Fanout(Fan),
+}
+
+/// The families of fanned-out commands; `fanout.rs` holds their rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fan {
+    /// FLUSHALL, FLUSHDB: every master, `+OK` if all are.
+    Flush,
+    /// DBSIZE: summed.
+    DbSize,
+    /// KEYS: concatenated.
+    Keys,
+    /// RANDOMKEY: a random master's non-nil answer.
+    RandomKey,
+    /// TIME: one master.
+    Time,
+    /// LASTSAVE: the oldest across masters.
+    LastSave,
+    /// CONFIG GET / SET / RESETSTAT.
+    Config,
+    /// SCRIPT LOAD / EXISTS / FLUSH.
+    Script,
+    /// FUNCTION LOAD / DELETE / FLUSH / RESTORE / LIST / DUMP.
+    Function,
+    /// WAIT: every master, the minimum.
+    Wait,
+    /// MEMORY USAGE key: by key; other subcommands refused.
+    Memory,
+    /// INFO: the proxy's sections plus the backends' merged ones.
+    Info,
+    /// SCAN: one group at a time, the group in the cursor.
+    Scan,
+    /// EVAL, EVALSHA, FCALL (and `_RO`): by key; `numkeys` 0 is checked.
+    Eval,
 }
 
 /// How the replies of a split command are merged.
@@ -138,7 +176,7 @@ pub struct Command {
 
 /// Commands the proxy answers itself.
 const LOCAL: &[&str] = &[
-    "auth", "client", "command", "echo", "hello", "info", "ping", "quit", "select",
+    "auth", "client", "command", "echo", "hello", "ping", "quit", "select",
 ];
 
 /// Commands that are unsafe or meaningless behind a proxy. Tested one by one.
@@ -148,10 +186,8 @@ pub const REFUSED: &[&str] = &[
     "bgrewriteaof",
     "bgsave",
     "cluster",
-    "config",
     "debug",
     "failover",
-    "lastsave",
     "latency",
     "migrate",
     "module",
@@ -173,18 +209,13 @@ pub const REFUSED: &[&str] = &[
     "slowlog",
     "swapdb",
     "sync",
-    "wait",
     "lolwut",
-    "memory",
-    "script",
-    "function",
-    "time",
 ];
 
 /// The transaction commands (see `transaction.rs`).
 pub const TRANSACTION: &[&str] = &["multi", "exec", "discard", "watch", "unwatch"];
 
-/// Commands a later release will support (pub/sub, cluster-wide scans).
+/// Commands a later release will support (pub/sub).
 pub const UNSUPPORTED: &[&str] = &[
     "subscribe",
     "psubscribe",
@@ -195,12 +226,6 @@ pub const UNSUPPORTED: &[&str] = &[
     "ssubscribe",
     "sunsubscribe",
     "spublish",
-    "scan",
-    "keys",
-    "randomkey",
-    "dbsize",
-    "flushdb",
-    "flushall",
 ];
 
 fn classify(spec: &Spec) -> Kind {
@@ -213,6 +238,8 @@ fn classify(spec: &Spec) -> Kind {
         Kind::Unsupported
     } else if TRANSACTION.contains(&name) {
         Kind::Transaction
+    } else if let Some(fan) = fan_of(name) {
+        Kind::Fanout(fan)
     } else {
         match name {
             "mget" => Kind::Split(Merge::Values),
@@ -222,6 +249,26 @@ fn classify(spec: &Spec) -> Kind {
             _ => Kind::Forward,
         }
     }
+}
+
+fn fan_of(name: &str) -> Option<Fan> {
+    Some(match name {
+        "flushall" | "flushdb" => Fan::Flush,
+        "dbsize" => Fan::DbSize,
+        "keys" => Fan::Keys,
+        "randomkey" => Fan::RandomKey,
+        "time" => Fan::Time,
+        "lastsave" => Fan::LastSave,
+        "config" => Fan::Config,
+        "script" => Fan::Script,
+        "function" => Fan::Function,
+        "wait" => Fan::Wait,
+        "memory" => Fan::Memory,
+        "info" => Fan::Info,
+        "scan" => Fan::Scan,
+        "eval" | "eval_ro" | "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro" => Fan::Eval,
+        _ => return None,
+    })
 }
 
 /// Every command of the embedded table, sorted by name.
@@ -448,6 +495,11 @@ mod tests {
         assert_eq!(kind("subscribe"), Some(Kind::Unsupported));
         assert_eq!(kind("multi"), Some(Kind::Transaction));
         assert_eq!(kind("WATCH"), Some(Kind::Transaction));
+        assert_eq!(kind("flushall"), Some(Kind::Fanout(Fan::Flush)));
+        assert_eq!(kind("scan"), Some(Kind::Fanout(Fan::Scan)));
+        assert_eq!(kind("info"), Some(Kind::Fanout(Fan::Info)));
+        assert_eq!(kind("evalsha_ro"), Some(Kind::Fanout(Fan::Eval)));
+        assert_eq!(kind("object"), Some(Kind::Forward));
         assert_eq!(kind("nosuchcommand"), None);
         assert_eq!(kind(&"x".repeat(100)), None);
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::policy::CommandsConfig;
 use crate::libs::config::{self, ConfigError};
 use crate::topo::ZkConfig;
 
@@ -58,6 +59,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Tokio worker threads (0: one per core).
     pub threads: usize,
+    /// Commands denied or renamed by the operator (see `policy.rs`).
+    pub commands: CommandsConfig,
 }
 
 impl Default for ProxyConfig {
@@ -82,6 +85,7 @@ impl Default for ProxyConfig {
             max_held: 10_000,
             drain_timeout: Duration::from_secs(5),
             threads: 0,
+            commands: CommandsConfig::default(),
         }
     }
 }
@@ -123,7 +127,7 @@ impl ProxyConfig {
         if self.max_bulk_len == 0 {
             return bad("max_bulk_len must be at least 1");
         }
-        Ok(())
+        self.commands.validate()
     }
 }
 

@@ -15,6 +15,7 @@ use super::config::ProxyConfig;
 use super::lease::Lease;
 use super::migrate::{Migrator, MovedKeys};
 use super::pinned::SpareLines;
+use super::policy::Policy;
 use super::router::Router;
 use super::stats::Stats;
 use super::transaction::Transaction;
@@ -47,6 +48,8 @@ pub struct Context {
     pub started: Instant,
     /// Slot traffic is served only within this ZooKeeper lease.
     pub lease: Arc<Lease>,
+    /// The operator's denied and renamed commands.
+    pub policy: Arc<Policy>,
     next_client_id: Arc<AtomicU64>,
 }
 
@@ -57,6 +60,7 @@ impl Context {
             max_bulk_len: config.max_bulk_len,
             ..Limits::default()
         };
+        let policy = Arc::new(Policy::new(&config.commands));
         Context {
             proxy_id: config.proxy_id(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
@@ -71,6 +75,7 @@ impl Context {
             limits,
             started: Instant::now(),
             lease: Arc::new(Lease::default()),
+            policy,
             next_client_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -92,6 +97,7 @@ impl Context {
             spare_lines: SpareLines::default(),
             started: self.started,
             lease: self.lease.clone(),
+            policy: self.policy.clone(),
             next_client_id: self.next_client_id.clone(),
         }
     }

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::blocked::{Call, Dedicated};
-use super::command::{self, Command, Kind, Merge, Spec};
+use super::command::{Command, Kind, Merge, Spec};
 use super::context::{Client, Context};
+use super::fanout::{self, Fanned};
 use super::local;
 use super::reply::{Merger, Part, Pending, Reply};
 use super::router::{Pool, Routes, SlotRoute};
@@ -29,12 +30,21 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: I
     if client.txn.as_ref().is_some_and(|t| t.queuing()) {
         return transaction::queue(ctx, client, req, start);
     }
-    let Some(cmd) = command::lookup(req.name()) else {
+    let Some(cmd) = ctx.policy.lookup(req.name()) else {
         return Pending {
             cmd: ctx.stats.unknown_cmd(),
             start,
             reply: Reply::Ready(unknown_command(req)),
         };
+    };
+    // A command renamed by the operator goes to the backends under its real name.
+    let real;
+    let req = match ctx.policy.real_request(req, cmd) {
+        Some(r) => {
+            real = r;
+            &real
+        }
+        None => req,
     };
     let reply = dispatch_known(ctx, client, req, cmd, start);
     Pending {
@@ -100,6 +110,10 @@ fn dispatch_known(
             ctx.proxy_id
         )),
         Kind::Transaction => transaction::command(ctx, client, req, cmd.spec, now),
+        Kind::Fanout(fan) => match fanout::dispatch(ctx, client, req, fan, now) {
+            Fanned::Reply(reply) => reply,
+            Fanned::ByKey => forward(ctx, client, req, cmd.spec),
+        },
         Kind::Split(merge) => split(ctx, client, req, merge),
         Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec, now),
         Kind::Blocking | Kind::Forward => forward(ctx, client, req, cmd.spec),
@@ -116,8 +130,8 @@ fn is_blocking_call(spec: &Spec, req: &Request) -> bool {
 }
 
 /// The single slot all of the request's keys hash to. Requests without keys
-/// (EVAL with `numkeys` 0) go to slot 0, as in Codis: deterministic, and the
-/// slot of the empty hash key.
+/// (OBJECT HELP, say) go to slot 0, as in Codis: deterministic, and the slot of
+/// the empty hash key. Keyless scripts never get here (`keyless_script.rs`).
 fn request_slot(spec: &'static Spec, req: &Request) -> Result<u16, Reply> {
     let spec = spec.resolve(&req.args);
     let mut slot: Option<u16> = None;

@@ -1,5 +1,6 @@
 //! Commands the proxy answers itself: PING, ECHO, QUIT, SELECT, AUTH, HELLO,
-//! CLIENT, COMMAND and INFO. They touch no backend, so they keep working while
+//! CLIENT and COMMAND, and the proxy's own INFO sections (`info.rs` merges
+//! them with the backends'). They touch no backend, so they keep working while
 //! groups are down, which is what a client's health check should see.
 
 use std::fmt::Write as _;
@@ -33,7 +34,6 @@ pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static 
         "hello" => ready(hello(ctx, client, args)),
         "client" => client_command::answer(ctx, client, args),
         "command" => ready(command_cmd(args, client.protocol)),
-        "info" => ready(resp::bulk(info(ctx).as_bytes())),
         _ => ready(resp::error("ERR internal: not a local command")),
     }
 }
@@ -232,42 +232,48 @@ fn command_cmd(args: &[Bytes], protocol: Protocol) -> Bytes {
     out.freeze()
 }
 
-/// INFO: the proxy's own sections (it has no keyspace of its own).
-fn info(ctx: &Context) -> String {
+/// The proxy's own INFO sections, as `(title, lines)`: each line ends in CRLF
+/// and the title has no `# `. `info.rs` adds the backends' fields and honours
+/// the sections a client asks for.
+pub fn info_sections(ctx: &Context) -> Vec<(&'static str, String)> {
     let s = ctx.stats.snapshot();
     let routes = ctx.router.routes();
     let pools = ctx.router.pools();
     let up = pools.iter().filter(|(_, p)| p.up_count() > 0).count();
-    let mut out = String::new();
+    let uptime = ctx.started.elapsed().as_secs();
+    let mut server = String::new();
     let _ = write!(
-        out,
-        "# Server\r\nreborn_version:{}\r\nredis_mode:proxy\r\nproxy_id:{}\r\nproduct:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+        server,
+        "reborn_version:{}\r\nproxy_id:{}\r\nproduct:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         ctx.proxy_id,
         ctx.config.zk.product,
         std::process::id(),
         ctx.config.listen.rsplit(':').next().unwrap_or(""),
-        ctx.started.elapsed().as_secs()
+        uptime,
+        uptime / 86400
     );
-    let _ = write!(
-        out,
-        "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n\r\n",
+    let clients = format!(
+        "connected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n",
         s.sessions_alive, s.sessions_total, s.sessions_refused
     );
-    let _ = write!(
-        out,
-        "# Stats\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\ntotal_error_replies:{}\r\nlatency_p50_us:{}\r\nlatency_p99_us:{}\r\n\r\n",
+    let stats = format!(
+        "total_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\ntotal_error_replies:{}\r\nlatency_p50_us:{}\r\nlatency_p99_us:{}\r\n",
         s.ops_total, s.ops_per_sec, s.errors_total, s.latency_us.p50, s.latency_us.p99
     );
-    let _ = write!(
-        out,
-        "# Proxy\r\nonline:{}\r\nrouting_epoch:{}\r\nbackends:{}\r\nbackends_up:{}\r\n",
+    let proxy = format!(
+        "online:{}\r\nrouting_epoch:{}\r\nbackends:{}\r\nbackends_up:{}\r\n",
         u8::from(routes.online),
         routes.epoch,
         pools.len(),
         up
     );
-    out
+    vec![
+        ("Server", server),
+        ("Clients", clients),
+        ("Stats", stats),
+        ("Proxy", proxy),
+    ]
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@
 //!
 //! [`clients`] lists every client connection of the proxy for `CLIENT LIST`,
 //! `KILL` and `PAUSE` ([`client_command`]).
+//! Cluster-wide commands are sent to every group and merged ([`fanout`],
+//! [`merge`], [`info`], [`scan`], [`keyless_script`], [`wait`]); the operator's deny and
+//! rename lists are the [`policy`].
 //!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.
@@ -36,17 +39,24 @@ pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod error;
+pub mod fanout;
+pub mod info;
+pub mod keyless_script;
 pub mod lease;
 pub mod local;
+pub mod merge;
 pub mod migrate;
 pub mod pinned;
+pub mod policy;
 pub mod reply;
 pub mod router;
+pub mod scan;
 pub mod server;
 pub mod session;
 pub mod source_call;
 pub mod stats;
 pub mod transaction;
+pub mod wait;
 pub mod worker;
 
 pub use config::{ProxyArgs, ProxyConfig};

@@ -152,9 +152,22 @@ pub enum SlotRoute {
     Switching { source: Option<Arc<Pool>> },
 }
 
+/// A group that serves slots, as cluster-wide commands see it (see `fanout.rs`).
+#[derive(Clone)]
+pub struct GroupRoute {
+    pub id: GroupId,
+    /// Its master's pool; `None` when the group has no master.
+    pub master: Option<Arc<Pool>>,
+}
+
 /// One immutable routing snapshot.
 pub struct Routes {
     pub slots: Vec<SlotRoute>,
+    /// Groups that own a slot, or are the source of a migrating one, by id.
+    pub groups: Vec<GroupRoute>,
+    /// Every server address of every group of the topology, master first, by
+    /// group id (for commands that reach replicas too, as CONFIG SET).
+    pub servers: Vec<(GroupId, Vec<String>)>,
     /// False when an operator set this proxy offline.
     pub online: bool,
     /// Bumped on every swap; shown in `/stats` and INFO.
@@ -192,6 +205,8 @@ impl Router {
         Router {
             routes: ArcSwap::from_pointee(Routes {
                 slots: vec![SlotRoute::Unassigned; SLOT_COUNT],
+                groups: Vec::new(),
+                servers: Vec::new(),
                 online: true,
                 epoch: 0,
             }),
@@ -263,9 +278,42 @@ impl Router {
             };
             slots.push(route);
         }
+        let serving: std::collections::BTreeSet<GroupId> = topo
+            .slots
+            .slots()
+            .iter()
+            .flat_map(|s| [s.group, s.from.unwrap_or(0)])
+            .filter(|&g| g != 0)
+            .collect();
+        let groups = serving
+            .into_iter()
+            .map(|id| GroupRoute {
+                id,
+                master: pool_of(id),
+            })
+            .collect();
+        let servers = topo
+            .groups
+            .values()
+            .map(|g| {
+                let master = g.master().map(str::to_string);
+                let others = g
+                    .servers
+                    .iter()
+                    .map(|s| s.addr.clone())
+                    .filter(|a| Some(a) != master.as_ref());
+                (g.id, master.clone().into_iter().chain(others).collect())
+            })
+            .collect();
         let epoch = self.routes.load().epoch + 1;
         let online = !topo.offline_proxies.contains(&self.proxy_id);
-        self.routes.store(Arc::new(Routes { slots, online, epoch }));
+        self.routes.store(Arc::new(Routes {
+            slots,
+            groups,
+            servers,
+            online,
+            epoch,
+        }));
         let action = topo.action.as_ref().map_or(0, |a| a.seq);
         // Release: whoever sees this action applied (ack.rs) also sees every
         // blocking command registered before the swap (see `blocked.rs`).

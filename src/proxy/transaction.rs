@@ -41,7 +41,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::blocked::Dedicated;
-use super::command::{self, Kind, Spec};
+use super::command::{Kind, Spec};
+use super::fanout;
 use super::context::{Client, Context};
 use super::dispatch::{CROSSSLOT, Target, target_for, unknown_command};
 use super::local;
@@ -155,7 +156,8 @@ pub fn command(
 
 /// A request between `MULTI` and `EXEC`.
 pub fn queue(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: Instant) -> Pending {
-    let Some(cmd) = command::lookup(req.name()) else {
+    // The operator's deny and rename lists hold inside a transaction too.
+    let Some(cmd) = ctx.policy.lookup(req.name()) else {
         fail(client);
         return Pending {
             cmd: ctx.stats.unknown_cmd(),
@@ -177,6 +179,14 @@ pub fn queue(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: Inst
         // Runs now, as in Redis: the connection closes and the transaction with it.
         "quit" => local::answer(ctx, client, req, cmd.spec),
         _ => {
+            let real;
+            let req = match ctx.policy.real_request(req, cmd) {
+                Some(r) => {
+                    real = r;
+                    &real
+                }
+                None => req,
+            };
             let reply = queue_one(ctx, client, req, cmd.spec, cmd.kind);
             if resp::is_error(reply.as_ref()) {
                 fail(client);
@@ -211,6 +221,10 @@ fn queue_one(ctx: &Context, client: &mut Client, req: &Request, spec: &'static S
     }
     let queued = match kind {
         Kind::Forward | Kind::Blocking | Kind::Split(_) => match keyed(ctx, client, req, spec) {
+            Ok(q) => q,
+            Err(reply) => return reply,
+        },
+        Kind::Fanout(fan) if fanout::by_key(req, fan) => match keyed(ctx, client, req, spec) {
             Ok(q) => q,
             Err(reply) => return reply,
         },

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use reborn::libs::hash::slot_of;
 use reborn::proxy::{Bound, ProxyConfig};
 use reborn::topo::model::{Role, SlotState};
 use reborn::topo::{Store, ZkConfig, operation, watcher};
@@ -151,4 +152,22 @@ pub fn signal(pid: u32, sig: &str) {
         .status()
         .expect("kill");
     assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// `n` keys named `{prefix}{i}` whose slots belong to `group` (1 or 2).
+pub fn keys_in(group: u32, prefix: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|k| (slot_of(k.as_bytes()) < 512) == (group == 1))
+        .take(n)
+        .collect()
+}
+
+/// Writes `keys` (strings) through the proxy.
+pub async fn set_all(p: &mut redis::aio::MultiplexedConnection, keys: &[String]) {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.set(k, "v").ignore();
+    }
+    let _: () = pipe.query_async(p).await.expect("set keys");
 }

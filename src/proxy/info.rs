@@ -1,0 +1,290 @@
+//! INFO through the proxy: the proxy's own sections (`local.rs`), the backend
+//! fields clients gate on in `# Server`, and one `# Keyspace` for the whole
+//! cluster, restricted to the sections asked for as Redis does.
+//!
+//! * `INFO`, `INFO default`, `INFO all`, `INFO everything`: every section;
+//!   `INFO server clients …`: those (case-insensitive); an unknown section
+//!   gives an empty reply, as in Redis.
+//! * `# Server` starts with the fields of the master with the lowest
+//!   `redis_version` ([`SERVER_FIELDS`]): a client that gates a feature on the
+//!   version must see the oldest server it may land on.
+//! * `# Keyspace` sums each db's `keys` and `expires` over the masters;
+//!   `avg_ttl` is the average weighted by `expires`.
+//!
+//! Backends that fail to answer, or take longer than [`BACKEND_WAIT`], are
+//! left out rather than failing INFO: INFO is what health checks and
+//! monitoring read. It asks only the masters, and only
+//! when the sections asked for need them.
+//!
+//! Imports `local`, `router`, `reply` and `libs::resp`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::context::{Client, Context};
+use super::local;
+use super::reply::Reply;
+use crate::libs::resp::{self, Request};
+
+/// Fields of a backend's `# Server` section that INFO shows, in this order.
+pub const SERVER_FIELDS: &[&str] = &[
+    "redis_version",
+    "redis_git_sha1",
+    "redis_git_dirty",
+    "redis_build_id",
+    "redis_mode",
+    "os",
+    "arch_bits",
+    "monotonic_clock",
+    "multiplexing_api",
+    "atomicvar_api",
+    "gcc_version",
+];
+
+/// How long INFO waits for the masters: a master that hangs must not hang
+/// the health checks that read INFO. Late answers are left out.
+pub const BACKEND_WAIT: Duration = Duration::from_millis(500);
+
+/// Which sections a request asks for.
+pub struct Wanted {
+    /// `None`: every section.
+    names: Option<Vec<String>>,
+}
+
+impl Wanted {
+    /// From INFO's arguments (after the command name).
+    pub fn parse(args: &[Bytes]) -> Wanted {
+        let names: Vec<String> = args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+            .collect();
+        let every = names.is_empty()
+            || names
+                .iter()
+                .any(|n| matches!(n.as_str(), "default" | "all" | "everything"));
+        Wanted {
+            names: (!every).then_some(names),
+        }
+    }
+
+    /// True if section `title` (any case) is asked for.
+    pub fn has(&self, title: &str) -> bool {
+        match &self.names {
+            None => true,
+            Some(names) => names.iter().any(|n| n.eq_ignore_ascii_case(title)),
+        }
+    }
+}
+
+/// INFO [section …].
+pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
+    let wanted = Wanted::parse(req.args.get(1..).unwrap_or_default());
+    let proxy = local::info_sections(ctx);
+    let (server, keyspace) = (wanted.has("server"), wanted.has("keyspace"));
+    if !server && !keyspace {
+        return Reply::Ready(resp::bulk(render(&wanted, proxy, &[]).as_bytes()));
+    }
+    let mut ask: Vec<&[u8]> = vec![b"INFO"];
+    if server {
+        ask.push(b"server");
+    }
+    if keyspace {
+        ask.push(b"keyspace");
+    }
+    let ask = resp::encode_array(&ask);
+    let routes = ctx.router.routes();
+    let parts: Vec<oneshot::Receiver<Bytes>> = routes
+        .groups
+        .iter()
+        .filter_map(|g| g.master.as_ref())
+        .map(|pool| pool.send(client.id, ask.clone()))
+        .collect();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + BACKEND_WAIT;
+        let mut texts = Vec::with_capacity(parts.len());
+        for part in parts {
+            let reply = tokio::time::timeout_at(deadline, part).await;
+            let text = reply
+                .ok()
+                .and_then(|r| r.ok())
+                .and_then(|r| resp::bulk_payload(&r));
+            texts.extend(text.map(|t| String::from_utf8_lossy(&t).into_owned()));
+        }
+        let _ = tx.send(resp::bulk(render(&wanted, proxy, &texts).as_bytes()));
+    });
+    Reply::Wait(rx)
+}
+
+/// The reply text: the proxy's sections with the backends' (`backends`: each
+/// master's INFO text) merged in, keeping only the wanted ones.
+pub fn render(wanted: &Wanted, proxy: Vec<(&'static str, String)>, backends: &[String]) -> String {
+    let parsed: Vec<BTreeMap<String, BTreeMap<String, String>>> =
+        backends.iter().map(|t| sections(t)).collect();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (title, lines) in proxy {
+        if !wanted.has(title) {
+            continue;
+        }
+        let lines = if title == "Server" {
+            format!("{}{lines}", server_fields(&parsed))
+        } else {
+            lines
+        };
+        out.push((title.to_string(), lines));
+    }
+    if wanted.has("keyspace") {
+        out.push(("Keyspace".into(), keyspace(&parsed)));
+    }
+    out.iter()
+        .map(|(title, lines)| format!("# {title}\r\n{lines}"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// An INFO text by section (lower-case title), each `field → value`.
+fn sections(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim_end) {
+        if let Some(title) = line.strip_prefix("# ") {
+            current = title.to_ascii_lowercase();
+            out.entry(current.clone()).or_default();
+        } else if let Some((k, v)) = line.split_once(':') {
+            out.entry(current.clone())
+                .or_default()
+                .insert(k.to_string(), v.to_string());
+        }
+    }
+    out
+}
+
+/// `7.0.15` → `[7, 0, 15]`, for comparing versions.
+fn version_key(v: &str) -> Vec<u64> {
+    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+/// [`SERVER_FIELDS`] of the master with the lowest `redis_version`.
+fn server_fields(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> String {
+    let oldest = backends
+        .iter()
+        .filter_map(|b| b.get("server"))
+        .filter(|s| s.contains_key("redis_version"))
+        .min_by_key(|s| version_key(s.get("redis_version").map_or("", String::as_str)));
+    let Some(server) = oldest else {
+        return String::new();
+    };
+    SERVER_FIELDS
+        .iter()
+        .filter_map(|f| server.get(*f).map(|v| format!("{f}:{v}\r\n")))
+        .collect()
+}
+
+/// One `dbN:keys=…,expires=…,avg_ttl=…` line per db, summed over the masters.
+fn keyspace(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> String {
+    // db number → field → (sum, ttl × expires for avg_ttl)
+    let mut dbs: BTreeMap<u64, BTreeMap<String, (i128, i128)>> = BTreeMap::new();
+    for ks in backends.iter().filter_map(|b| b.get("keyspace")) {
+        for (db, value) in ks {
+            let Some(n) = db.strip_prefix("db").and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            let fields: BTreeMap<&str, i128> = value
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k, v.parse::<i128>().ok()?)))
+                .collect();
+            let expires = fields.get("expires").copied().unwrap_or(0);
+            let entry = dbs.entry(n).or_default();
+            for (k, v) in &fields {
+                let e = entry.entry((*k).to_string()).or_default();
+                e.0 += v;
+                e.1 += v * expires;
+            }
+        }
+    }
+    let mut out = String::new();
+    for (n, fields) in dbs {
+        let expires = fields.get("expires").map_or(0, |e| e.0);
+        let mut parts = Vec::new();
+        // Redis's order first, then any field a newer server adds.
+        let order = ["keys", "expires", "avg_ttl"];
+        let rest = fields.keys().filter(|k| !order.contains(&k.as_str()));
+        for k in order.iter().map(|s| s.to_string()).chain(rest.cloned()) {
+            let Some((sum, weighted)) = fields.get(&k) else {
+                continue;
+            };
+            let v = match k.as_str() {
+                "avg_ttl" if expires > 0 => weighted / expires,
+                "avg_ttl" => 0,
+                _ => *sum,
+            };
+            parts.push(format!("{k}={v}"));
+        }
+        out.push_str(&format!("db{n}:{}\r\n", parts.join(",")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(args: &[&str]) -> Wanted {
+        let args: Vec<Bytes> = args
+            .iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        Wanted::parse(&args)
+    }
+
+    fn proxy() -> Vec<(&'static str, String)> {
+        vec![
+            ("Server", "reborn_version:1\r\n".into()),
+            ("Stats", "total_commands_processed:3\r\n".into()),
+        ]
+    }
+
+    const A: &str = "# Server\r\nredis_version:7.2.4\r\nredis_mode:standalone\r\nos:Linux\r\narch_bits:64\r\nrun_id:aaa\r\n\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\n";
+    const B: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nos:Linux\r\narch_bits:64\r\n\r\n# Keyspace\r\ndb0:keys=5,expires=6,avg_ttl=3000\r\n";
+
+    #[test]
+    fn server_takes_the_oldest_master_and_keyspace_is_summed() {
+        let text = render(&wanted(&[]), proxy(), &[A.into(), B.into()]);
+        assert!(text.starts_with("# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nos:Linux\r\narch_bits:64\r\nreborn_version:1\r\n"), "{text}");
+        assert!(!text.contains("run_id"), "{text}");
+        assert!(text.contains("\r\n\r\n# Stats\r\n"), "{text}");
+        // avg_ttl weighted by expires: (1000*2 + 3000*6) / 8 = 2500.
+        assert!(
+            text.ends_with("# Keyspace\r\ndb0:keys=15,expires=8,avg_ttl=2500\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn sections_are_honoured() {
+        let text = render(&wanted(&["server"]), proxy(), &[A.into()]);
+        assert!(
+            text.contains("redis_version:7.2.4") && !text.contains("# Stats") && !text.contains("# Keyspace"),
+            "{text}"
+        );
+        let text = render(&wanted(&["STATS", "keyspace"]), proxy(), &[]);
+        assert_eq!(
+            text,
+            "# Stats\r\ntotal_commands_processed:3\r\n\r\n# Keyspace\r\n"
+        );
+        assert_eq!(render(&wanted(&["nosuch"]), proxy(), &[]), "");
+        assert!(render(&wanted(&["everything"]), proxy(), &[]).contains("# Stats"));
+        assert!(!wanted(&["server"]).has("keyspace") && wanted(&["all"]).has("keyspace"));
+    }
+
+    #[test]
+    fn versions_compare_by_number() {
+        assert!(version_key("7.0.15") < version_key("7.2.4"));
+        assert!(version_key("6.2.14") < version_key("7.0.0"));
+        assert!(version_key("10.0.0") > version_key("9.9.9"));
+    }
+}

@@ -1,0 +1,624 @@
+//! Cluster-wide commands through `reborn proxy` against a real two-group
+//! cluster (group 1: slots 0-511, group 2: 512-1023, one master each) and a
+//! real ZooKeeper: FLUSHALL, DBSIZE, KEYS, CONFIG, SCRIPT, FUNCTION, INFO,
+//! WAIT, keyless scripts, and the operator's deny/rename list. SCAN has its
+//! own file (cluster_scan.rs).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, client, keys_in, set_all};
+use reborn::proxy::policy::CommandsConfig;
+use reborn::proxy::{Bound, ProxyConfig};
+use reborn::topo::model::Role;
+use reborn::topo::operation;
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+type Conn = MultiplexedConnection;
+
+async fn dbsize(c: &mut Conn) -> i64 {
+    redis::cmd("DBSIZE").query_async(c).await.expect("dbsize")
+}
+
+async fn masters(c: &Cluster) -> (Conn, Conn) {
+    (
+        common::client(&c.masters[0].addr()).await,
+        common::client(&c.masters[1].addr()).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_dbsize_keys_and_randomkey_cover_both_groups() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let (mut g1, mut g2) = masters(&c).await;
+    assert_eq!(
+        redis::cmd("RANDOMKEY")
+            .query_async::<Option<String>>(&mut p)
+            .await
+            .expect("randomkey"),
+        None
+    );
+    let (a, b) = (keys_in(1, "k", 7), keys_in(2, "k", 11));
+    set_all(&mut p, &[a.clone(), b.clone()].concat()).await;
+    assert_eq!((dbsize(&mut g1).await, dbsize(&mut g2).await), (7, 11));
+    assert_eq!(dbsize(&mut p).await, 18);
+
+    let listed: BTreeSet<String> = p.keys("k*").await.expect("keys");
+    let all: BTreeSet<String> = a.iter().chain(&b).cloned().collect();
+    assert_eq!(listed, all);
+    let only_a: Vec<String> = p.keys(&a[0]).await.expect("keys one");
+    assert_eq!(only_a, [a[0].clone()]);
+
+    // RANDOMKEY finds a key even when one group is empty.
+    let _: () = g2.del(&b).await.expect("del on group 2");
+    for _ in 0..10 {
+        let k: Option<String> = redis::cmd("RANDOMKEY")
+            .query_async(&mut p)
+            .await
+            .expect("randomkey");
+        assert!(k.is_some_and(|k| a.contains(&k)));
+    }
+    set_all(&mut p, &b).await;
+
+    let time: Vec<String> = redis::cmd("TIME").query_async(&mut p).await.expect("time");
+    assert_eq!(time.len(), 2);
+    let lastsave: i64 = redis::cmd("LASTSAVE")
+        .query_async(&mut p)
+        .await
+        .expect("lastsave");
+    let direct: i64 = redis::cmd("LASTSAVE")
+        .query_async(&mut g1)
+        .await
+        .expect("lastsave");
+    let direct2: i64 = redis::cmd("LASTSAVE")
+        .query_async(&mut g2)
+        .await
+        .expect("lastsave");
+    assert_eq!(lastsave, direct.min(direct2));
+
+    let _: () = redis::cmd("FLUSHALL")
+        .arg("SYNC")
+        .query_async(&mut p)
+        .await
+        .expect("flushall");
+    assert_eq!((dbsize(&mut g1).await, dbsize(&mut g2).await), (0, 0));
+    set_all(&mut p, &[a.clone(), b.clone()].concat()).await;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut p).await.expect("flushdb");
+    assert_eq!((dbsize(&mut g1).await, dbsize(&mut g2).await), (0, 0));
+    assert_eq!(dbsize(&mut p).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_reaches_replicas_and_names_the_servers_that_failed() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let replica = c.replica_of_group_1().await;
+    let mut r = common::client(&replica.addr()).await;
+    let get = async |conn: &mut Conn| -> String {
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("slowlog-log-slower-than")
+            .query_async(conn)
+            .await
+            .expect("config get");
+        v.get(1).cloned().unwrap_or_default()
+    };
+    // The proxy learns of the replica through its watch: retry until it has.
+    common::eventually(
+        "CONFIG SET reaches the replica",
+        Duration::from_secs(10),
+        || async {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("slowlog-log-slower-than")
+                .arg("12345")
+                .query_async(&mut p.clone())
+                .await
+                .expect("config set");
+            get(&mut r.clone()).await == "12345"
+        },
+    )
+    .await;
+    let (mut g1, mut g2) = masters(&c).await;
+    assert_eq!(
+        (get(&mut g1).await, get(&mut g2).await),
+        ("12345".into(), "12345".into())
+    );
+    assert_eq!(get(&mut p).await, "12345", "CONFIG GET answers from a master");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut p)
+        .await
+        .expect("resetstat");
+    // A bad parameter: every server gives the same error, passed on as is.
+    let e = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("no-such-param")
+        .arg("1")
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("bad param");
+    assert!(
+        e.to_string().contains("no-such-param") && !e.to_string().contains("failed on"),
+        "{e}"
+    );
+    let e = redis::cmd("CONFIG")
+        .arg("REWRITE")
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("rewrite");
+    assert!(
+        e.to_string()
+            .contains("'CONFIG REWRITE' is not allowed through reborn proxy"),
+        "{e}"
+    );
+
+    // A server nobody listens on joins group 2: a partial failure, named.
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    operation::add_server(&c.store, 2, &dead, Role::Replica)
+        .await
+        .expect("add dead replica");
+    common::eventually("CONFIG SET names the dead server", Duration::from_secs(10), || async {
+        let e = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg("777")
+            .query_async::<()>(&mut p.clone())
+            .await;
+        matches!(e, Err(e) if e.to_string().contains(&dead) && e.to_string().contains("failed on 1 of 4 servers"))
+    })
+    .await;
+    assert_eq!(get(&mut r).await, "777", "the servers that could took it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_and_functions_run_on_every_group() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let (mut g1, mut g2) = masters(&c).await;
+    let (a, b) = (&keys_in(1, "sc", 1)[0], &keys_in(2, "sc", 1)[0]);
+    let _: () = p.set(a, "in-1").await.expect("set");
+    let _: () = p.set(b, "in-2").await.expect("set");
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return redis.call('get', KEYS[1])")
+        .query_async(&mut p)
+        .await
+        .expect("script load");
+    for (k, want) in [(a, "in-1"), (b, "in-2")] {
+        let v: String = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg(k)
+            .query_async(&mut p)
+            .await
+            .expect("evalsha");
+        assert_eq!(v, want);
+    }
+    // EXISTS is 1 only where every master has the script.
+    let only_one: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return 42")
+        .query_async(&mut g1)
+        .await
+        .expect("load");
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .arg(&only_one)
+        .query_async(&mut p)
+        .await
+        .expect("exists");
+    assert_eq!(exists, [1, 0]);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut p)
+        .await
+        .expect("flush");
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query_async(&mut g2)
+        .await
+        .expect("exists");
+    assert_eq!(exists, [0]);
+
+    let lib = "#!lua name=rebornlib\nredis.register_function('rget', function(keys, args) return redis.call('get', keys[1]) end)";
+    let name: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib)
+        .query_async(&mut p)
+        .await
+        .expect("function load");
+    assert_eq!(name, "rebornlib");
+    let v: String = redis::cmd("FCALL")
+        .arg("rget")
+        .arg(1)
+        .arg(b)
+        .query_async(&mut p)
+        .await
+        .expect("fcall");
+    assert_eq!(v, "in-2");
+    let listed: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut p)
+        .await
+        .expect("list");
+    assert!(format!("{listed:?}").contains("rebornlib"));
+    let _: () = redis::cmd("FUNCTION")
+        .arg("DELETE")
+        .arg("rebornlib")
+        .query_async(&mut p)
+        .await
+        .expect("delete");
+    for g in [&mut g1, &mut g2] {
+        let listed: Vec<redis::Value> = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .query_async(g)
+            .await
+            .expect("list");
+        assert!(listed.is_empty());
+    }
+    let e = redis::cmd("FUNCTION")
+        .arg("STATS")
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("stats");
+    assert!(e.to_string().contains("not allowed through reborn proxy"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_scripts_run_only_when_they_cannot_touch_data() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let _: () = p.set("foo", "bar").await.expect("set");
+    for (cmd, args) in [
+        ("EVAL", vec!["return redis.call('get','foo')", "0"]),
+        ("EVAL_RO", vec!["return redis.call('get','foo')", "0"]),
+        ("EVALSHA", vec!["0123456789012345678901234567890123456789", "0"]),
+        ("FCALL", vec!["f", "0"]),
+    ] {
+        let e = redis::cmd(cmd)
+            .arg(&args)
+            .query_async::<redis::Value>(&mut p)
+            .await
+            .expect_err(cmd);
+        assert!(
+            e.to_string().contains("numkeys 0 is refused by reborn proxy"),
+            "{cmd}: {e}"
+        );
+    }
+    let v: i64 = redis::cmd("EVAL")
+        .arg("return 1 + ARGV[1]")
+        .arg(0)
+        .arg(41)
+        .query_async(&mut p)
+        .await
+        .expect("pure eval");
+    assert_eq!(v, 42);
+    let v: String = redis::cmd("EVAL")
+        .arg("return redis.call('get', KEYS[1])")
+        .arg(1)
+        .arg("foo")
+        .query_async(&mut p)
+        .await
+        .expect("eval with key");
+    assert_eq!(v, "bar");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_merges_backends_and_honours_sections() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let (mut g1, mut g2) = masters(&c).await;
+    set_all(&mut p, &[keys_in(1, "i", 5), keys_in(2, "i", 8)].concat()).await;
+    let _: () = p.set_ex(&keys_in(2, "t", 1)[0], "v", 100).await.expect("setex");
+    let total = dbsize(&mut g1).await + dbsize(&mut g2).await;
+    assert_eq!(total, 14);
+    let info: String = redis::cmd("INFO").query_async(&mut p).await.expect("info");
+    let version: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut g1)
+        .await
+        .expect("direct");
+    let version = version
+        .lines()
+        .find(|l| l.starts_with("redis_version:"))
+        .expect("version")
+        .trim()
+        .to_string();
+    assert!(info.contains(&format!("{version}\r\n")), "{info}");
+    assert!(
+        info.contains("redis_mode:standalone") && info.contains("reborn_version:"),
+        "{info}"
+    );
+    assert!(
+        info.contains("# Stats") && info.contains("connected_clients:"),
+        "{info}"
+    );
+    assert!(
+        info.contains(&format!("db0:keys={total},expires=1,avg_ttl=")),
+        "{info}"
+    );
+
+    let server: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut p)
+        .await
+        .expect("info server");
+    assert!(
+        server.contains("redis_version:") && !server.contains("# Stats") && !server.contains("# Keyspace"),
+        "{server}"
+    );
+    let ks: String = redis::cmd("INFO")
+        .arg("KEYSPACE")
+        .query_async(&mut p)
+        .await
+        .expect("info keyspace");
+    assert!(
+        ks.starts_with("# Keyspace\r\ndb0:keys=14,") && !ks.contains("# Server"),
+        "{ks}"
+    );
+    let none: String = redis::cmd("INFO")
+        .arg("nosuchsection")
+        .query_async(&mut p)
+        .await
+        .expect("info");
+    assert_eq!(none, "");
+
+    // A paused master neither fails nor hangs INFO: it is left out.
+    let pid = c.masters[1].pid().expect("pid");
+    common::cluster::signal(pid, "-STOP");
+    let started = Instant::now();
+    let info: Result<String, _> = redis::cmd("INFO").query_async(&mut p).await;
+    common::cluster::signal(pid, "-CONT");
+    let info = info.expect("info with a paused master");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        info.contains("redis_version:") && info.contains("db0:keys=5,"),
+        "{info}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_memory_and_object_follow_their_rules() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let k = &keys_in(2, "m", 1)[0];
+    let _: () = p.set(k, 12345).await.expect("set");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(0)
+        .arg(0)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    assert_eq!(n, 0);
+    // No replica anywhere: WAIT with a timeout answers 0 after it, and other
+    // clients are not held meanwhile (WAIT has a connection of its own).
+    let mut waiter = p.clone();
+    let wait = tokio::spawn(async move {
+        redis::cmd("WAIT")
+            .arg(1)
+            .arg(800)
+            .query_async::<i64>(&mut waiter)
+            .await
+    });
+    let mut other = client(c.proxy().await).await;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let _: i64 = other.get(k).await.expect("get");
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "GET held {:?} behind WAIT",
+            t.elapsed()
+        );
+    }
+    assert_eq!(wait.await.expect("join").expect("wait"), 0);
+    let usage: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(k)
+        .query_async(&mut p)
+        .await
+        .expect("memory usage");
+    assert!(usage > 0);
+    let enc: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(k)
+        .query_async(&mut p)
+        .await
+        .expect("object");
+    assert_eq!(enc, "int");
+    let e = redis::cmd("MEMORY")
+        .arg("STATS")
+        .query_async::<redis::Value>(&mut p)
+        .await
+        .expect_err("stats");
+    assert!(e.to_string().contains("not allowed through reborn proxy"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_counts_the_clients_writes_on_every_group() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let _r1 = c.replica_of_group_1().await;
+    let mut r2 = common::redis();
+    r2.replicaof(&c.masters[1].addr()).expect("replicaof");
+    let (mut g1, mut g2) = masters(&c).await;
+    for g in [&mut g1, &mut g2] {
+        common::eventually("the replica is connected", Duration::from_secs(10), || async {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut g.clone())
+                .await
+                .expect("info");
+            info.contains("connected_slaves:1") && info.contains("state=online")
+        })
+        .await;
+    }
+    let (a, b) = (&keys_in(1, "w", 1)[0], &keys_in(2, "w", 1)[0]);
+    let _: () = p.set(a, 1).await.expect("set");
+    let _: () = p.set(b, 1).await.expect("set");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(0)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    assert_eq!(n, 1, "both groups' replicas acknowledged");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(200)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    assert_eq!(n, 1, "no group has two replicas");
+    // Group 2's replica stops: a new write there is not acknowledged, which
+    // WAIT must see (it counts this client's write, not an old offset).
+    let pid = r2.pid().expect("pid");
+    common::cluster::signal(pid, "-STOP");
+    let _: () = p.set(b, 2).await.expect("set");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(300)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    common::cluster::signal(pid, "-CONT");
+    assert_eq!(n, 0, "group 2's replica never got the write");
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(0)
+        .query_async(&mut p)
+        .await
+        .expect("wait");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_fails_fanned_out_commands_fast_and_by_name() {
+    let mut c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let _: i64 = dbsize(&mut p).await;
+    let dead = c.masters[1].addr();
+    c.masters[1].kill();
+    common::eventually(
+        "DBSIZE names the dead master",
+        Duration::from_secs(10),
+        || async {
+            let started = Instant::now();
+            let e = redis::cmd("DBSIZE").query_async::<i64>(&mut p.clone()).await;
+            matches!(e, Err(e) if e.to_string().contains(&dead)) && started.elapsed() < Duration::from_secs(2)
+        },
+    )
+    .await;
+    let e = redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("flushall");
+    assert!(e.to_string().contains(&dead), "{e}");
+    let pong: String = redis::cmd("PING").query_async(&mut p).await.expect("ping");
+    assert_eq!(pong, "PONG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_proxy_refuses_cluster_wide_commands_but_answers_info() {
+    let c = Cluster::start().await;
+    let addr = c.proxy().await;
+    let mut p = client(addr).await;
+    let _: () = p.set("foo", "1").await.expect("set");
+    operation::set_proxy_online(&c.store, &addr.to_string(), false)
+        .await
+        .expect("offline");
+    common::eventually("DBSIZE is refused offline", Duration::from_secs(10), || async {
+        let e = redis::cmd("DBSIZE").query_async::<i64>(&mut p.clone()).await;
+        matches!(e, Err(e) if e.to_string().contains("is offline"))
+    })
+    .await;
+    let e = redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("offline");
+    assert!(e.to_string().contains("is offline"), "{e}");
+    let (mut g1, mut g2) = masters(&c).await;
+    assert_eq!(
+        dbsize(&mut g1).await + dbsize(&mut g2).await,
+        1,
+        "nothing was flushed"
+    );
+    let info: String = redis::cmd("INFO")
+        .arg("proxy")
+        .query_async(&mut p)
+        .await
+        .expect("info");
+    assert!(info.contains("online:0"), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_and_renamed_commands_follow_the_config() {
+    let c = Cluster::start().await;
+    let cfg = ProxyConfig {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        zk: c.zk.clone(),
+        commands: CommandsConfig {
+            deny: vec!["flushall".into(), "KEYS".into()],
+            rename: [("config".to_string(), "xconfig".to_string())].into(),
+        },
+        ..ProxyConfig::default()
+    };
+    let bound = Bound::bind(cfg).await.expect("bind");
+    let addr: SocketAddr = bound.local_addr().expect("addr");
+    tokio::spawn(bound.run(c.stop.clone()));
+    c.wait_proxy(&addr.to_string(), true).await;
+    let mut p = client(addr).await;
+    let _: () = p.set("foo", "1").await.expect("set");
+    for cmd in ["FLUSHALL", "KEYS"] {
+        let e = redis::cmd(cmd)
+            .arg("*")
+            .query_async::<redis::Value>(&mut p)
+            .await
+            .expect_err(cmd);
+        assert!(
+            e.to_string()
+                .contains(&format!("'{cmd}' is not allowed through reborn proxy")),
+            "{e}"
+        );
+    }
+    let e = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("hz")
+        .query_async::<redis::Value>(&mut p)
+        .await
+        .expect_err("config");
+    assert!(e.to_string().contains("unknown command"), "{e}");
+    let hz: Vec<String> = redis::cmd("XCONFIG")
+        .arg("GET")
+        .arg("hz")
+        .query_async(&mut p)
+        .await
+        .expect("xconfig");
+    assert_eq!(hz.first().map(String::as_str), Some("hz"));
+    let v: String = p.get("foo").await.expect("get");
+    assert_eq!(v, "1", "FLUSHALL was refused, not run");
+
+    // Bad entries stop the proxy at start.
+    let bad = ProxyConfig {
+        zk: c.zk.clone(),
+        commands: CommandsConfig {
+            deny: vec!["nosuchcommand".into()],
+            ..CommandsConfig::default()
+        },
+        ..ProxyConfig::default()
+    };
+    let e = bad.validate().expect_err("unknown command in deny");
+    assert!(e.to_string().contains("nosuchcommand"), "{e}");
+}
