@@ -15,17 +15,23 @@ use common::cluster::Cluster;
 use reborn::libs::hash::slot_of;
 
 /// The checks of `redis_py.py` that must pass on this branch.
-const ENABLED: &[&str] = &["ping", "resp3", "set_get", "types", "pipeline", "client"];
+const ENABLED: &[&str] = &[
+    "ping",
+    "resp3",
+    "set_get",
+    "types",
+    "pipeline",
+    "client",
+    "lock",
+    "script",
+    "transaction",
+    "scan_iter",
+];
 
-/// Checks that wait for work on other branches; switch each on (move it to
-/// `ENABLED`) once that work is merged. `REBORN_PY_CHECKS=a,b` runs any set.
-/// - `lock`, `script`: `Lock.release` and `register_script` fall back to
-///   `SCRIPT LOAD` on `NOSCRIPT`, which the proxy refuses until the
-///   cluster-wide commands (issue 8 part 1) land.
-/// - `transaction`: `MULTI`/`EXEC`/`WATCH` (part 3).
-/// - `scan_iter`: cluster-wide `SCAN` (part 2).
-/// - `pubsub`: `SUBSCRIBE`/`PUBLISH`, and RESP3 push frames (part 4).
-const PENDING: &[&str] = &["lock", "script", "transaction", "scan_iter", "pubsub"];
+/// Checks that wait for work still to come; switch each on (move it to
+/// `ENABLED`) once it lands. `REBORN_PY_CHECKS=a,b` runs any set.
+/// - `pubsub`: `SUBSCRIBE`/`PUBLISH`, and RESP3 push frames (issue 8 part 4).
+const PENDING: &[&str] = &["pubsub"];
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/redis_py.py");
 
