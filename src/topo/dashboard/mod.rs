@@ -189,7 +189,7 @@ impl Bound {
     }
 }
 
-/// Runs the migration tasks ([`crate::topo::task`]) during every leadership term
+/// Runs the migration tasks ([`crate::topo::runner`]) during every leadership term
 /// of this dashboard, and stops them the moment the term ends: two dashboards
 /// must never drive the same task.
 async fn run_tasks_while_leading(
@@ -207,7 +207,7 @@ async fn run_tasks_while_leading(
             }
         }
         let term = stop.child_token();
-        let tasks = crate::topo::task::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
+        let tasks = crate::topo::runner::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
         tokio::pin!(tasks);
         loop {
             tokio::select! {
