@@ -43,7 +43,9 @@ pub enum LogLevelError {
     )]
     UnknownLevel(String),
     /// `target=level` whose level is not one.
-    #[error("bad log directive {directive:?}: {level:?} is not a level (trace, debug, info, warn, error, off)")]
+    #[error(
+        "bad log directive {directive:?}: {level:?} is not a level (trace, debug, info, warn, error, off)"
+    )]
     BadDirective {
         /// The whole directive.
         directive: String,
@@ -80,8 +82,13 @@ pub fn parse_filter(filter: &str) -> Result<EnvFilter, LogLevelError> {
     if filter.is_empty() {
         return Err(LogLevelError::Empty);
     }
-    let is_level = |s: &str| !s.trim().is_empty() && s.trim().parse::<tracing::level_filters::LevelFilter>().is_ok();
-    let directives: Vec<&str> = filter.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    let is_level =
+        |s: &str| !s.trim().is_empty() && s.trim().parse::<tracing::level_filters::LevelFilter>().is_ok();
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
     for &directive in &directives {
         match directive.rsplit_once('=') {
             None if is_level(directive) => {}
@@ -131,7 +138,15 @@ mod tests {
         ] {
             assert!(parse_filter(good).is_ok(), "{good:?}");
         }
-        for bad in ["degub", "", "info,degub", "a=b=c", "reborn=", "=debug", "reborn=loud"] {
+        for bad in [
+            "degub",
+            "",
+            "info,degub",
+            "a=b=c",
+            "reborn=",
+            "=debug",
+            "reborn=loud",
+        ] {
             assert!(parse_filter(bad).is_err(), "{bad:?}");
         }
         let e = parse_filter("degub").expect_err("typo").to_string();

@@ -135,7 +135,11 @@ async fn check_begin(
 }
 
 /// Group `to` as stored, or `None` if it does not exist.
-pub(crate) async fn read_group(zk: &ZkSession, paths: &Paths, to: GroupId) -> Result<Option<Group>, TopoError> {
+pub(crate) async fn read_group(
+    zk: &ZkSession,
+    paths: &Paths,
+    to: GroupId,
+) -> Result<Option<Group>, TopoError> {
     match zk.get_json::<Group>(&paths.group(to)).await {
         Ok(g) => Ok(Some(g)),
         Err(e) if e.is_not_found() => Ok(None),
@@ -165,9 +169,7 @@ pub fn check_migration(
         return Err(TopoError::NotFound(format!("group {to}")));
     };
     if group.master().is_none() {
-        return invalid(format!(
-            "group {to} has no master; add one with server-add first"
-        ));
+        return invalid(format!("group {to} has no master; add one with server-add first"));
     }
     let mut sources = BTreeSet::new();
     for &id in slots {
@@ -327,5 +329,57 @@ async fn collect_garbage(zk: &ZkSession, paths: &Paths, latest: u64) {
         }
         let _ = zk.delete(&paths.acks_of(seq), None).await;
         let _ = zk.delete(&paths.action(seq), None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topo::model::{Role, Server};
+
+    fn group(id: GroupId, with_master: bool) -> Group {
+        let servers = if with_master {
+            vec![Server {
+                addr: "h:1".into(),
+                role: Role::Master,
+            }]
+        } else {
+            Vec::new()
+        };
+        Group { id, servers }
+    }
+
+    #[test]
+    fn a_migration_is_checked_before_anything_moves() {
+        let mut table = SlotTable::default();
+        for id in 0..8 {
+            if let Some(s) = table.get_mut(id) {
+                s.group = if id < 4 { 1 } else { 2 };
+            }
+        }
+        let ok = group(2, true);
+        assert_eq!(check_migration(&table, Some(&ok), &[0, 1, 2, 3], 2).ok(), Some(1));
+        let err = |target: Option<&Group>, slots: &[u16], to| {
+            check_migration(&table, target, slots, to)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(err(None, &[0], 9).contains("group 9 does not exist"));
+        assert!(matches!(
+            check_migration(&table, None, &[0], 9),
+            Err(TopoError::NotFound(_))
+        ));
+        assert!(err(Some(&group(3, false)), &[0], 3).contains("group 3 has no master"));
+        assert!(err(Some(&ok), &[4, 5], 2).contains("already belong to group 2"));
+        assert!(err(Some(&ok), &[3, 4], 2).contains("several groups"));
+        assert!(err(Some(&ok), &[9], 2).contains("not assigned"));
+        assert!(err(Some(&ok), &[], 2).contains("no slots"));
+        if let Some(s) = table.get_mut(0) {
+            s.state = SlotState::Migrate;
+            s.group = 3;
+            s.from = Some(1);
+        }
+        let e = check_migration(&table, Some(&ok), &[0], 2).expect_err("migrating");
+        assert!(e.to_string().contains("migrating to group 3"), "{e}");
     }
 }

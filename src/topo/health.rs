@@ -114,11 +114,17 @@ mod tests {
 
     #[test]
     fn replies_are_judged() {
-        assert_eq!(judge(&bulk("# Persistence\r\nloading:0\r\nrdb_changes:0\r\n")), Health::Up);
+        assert_eq!(
+            judge(&bulk("# Persistence\r\nloading:0\r\nrdb_changes:0\r\n")),
+            Health::Up
+        );
         assert_eq!(judge(&bulk("# Persistence\r\nloading:1\r\n")), Health::Loading);
         let loading = Bytes::from_static(b"-LOADING Redis is loading the dataset in memory\r\n");
         assert_eq!(judge(&loading), Health::Loading);
-        assert_eq!(judge(&Bytes::from_static(b"-NOAUTH Authentication required.\r\n")), Health::Up);
+        assert_eq!(
+            judge(&Bytes::from_static(b"-NOAUTH Authentication required.\r\n")),
+            Health::Up
+        );
     }
 
     #[tokio::test]

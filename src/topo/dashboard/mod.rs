@@ -5,6 +5,7 @@
 //! * [`leader`]: who leads, through an ephemeral ZooKeeper node; standbys wait
 //!   and take over; a leader that may have lost its session steps down.
 //! * [`client`]: the HTTP client `reborn admin` calls the API with.
+//! * [`address`]: where the leader is, from its node in ZooKeeper.
 //! * [`error`]: why the dashboard could not start or had to stop.
 //!
 //! The HTTP API itself is [`crate::topo::api`]. The listener is bound before
@@ -22,6 +23,7 @@
 //!
 //! Imports `libs` and `topo`.
 
+pub mod address;
 pub mod client;
 pub mod config;
 pub mod error;
