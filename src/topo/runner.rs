@@ -176,9 +176,9 @@ async fn switch(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<D
             task.attempts = task.attempts.saturating_add(1);
             if task.attempts >= cfg.switch_attempts {
                 let reason = format!(
-                    "its switch failed {} times in a row (switch_attempts); the slots stay at \
-                     group {}. Last error: {e}",
-                    task.attempts, task.from
+                    "gave up after {} failed switch attempts in a row (switch_attempts = {}); \
+                     its slots stay at group {}. Last error: {e}",
+                    task.attempts, cfg.switch_attempts, task.from
                 );
                 return fail(store, task, reason).await;
             }
