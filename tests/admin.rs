@@ -471,3 +471,32 @@ async fn a_switch_that_keeps_failing_fails_the_task_and_frees_the_queue() {
     wait_state(&dash, next.id, TaskState::Done, Duration::from_secs(40)).await;
     assert_eq!(c.slot_state(4).await, (2, SlotState::Online));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_that_would_touch_a_pending_task_changes_nothing() {
+    let c = Cluster::start().await;
+    let third = common::redis();
+    operation::create_group(&c.store, 3).await.expect("group 3");
+    operation::add_server(&c.store, 3, &third.addr(), Role::Master)
+        .await
+        .expect("master of 3");
+    // A paused task holds slot 1023 (the plan takes donors' highest slots).
+    let pending = task::enqueue(&c.store, vec![1023], 1).await.expect("task");
+    task::set_paused(&c.store, pending.id, true).await.expect("pause");
+    let before = watcher::load(&c.store).await.expect("load");
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+
+    let r = post(&dash, "/api/rebalance", json!({})).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    let error = r.error().unwrap_or_default();
+    assert!(
+        error.contains("slots 1023 belong to unfinished task 1"),
+        "{error}"
+    );
+    let out = admin(&c.zk, &["rebalance"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("unfinished task 1"), "{:?}", text(&out));
+    // All or none: no task queued for the other move, nothing assigned.
+    assert_eq!(tasks(&dash).await.len(), 1);
+    assert_eq!(watcher::load(&c.store).await.expect("load"), before);
+}
