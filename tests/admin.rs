@@ -500,3 +500,55 @@ async fn a_rebalance_that_would_touch_a_pending_task_changes_nothing() {
     assert_eq!(tasks(&dash).await.len(), 1);
     assert_eq!(watcher::load(&c.store).await.expect("load"), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_gives_up_mid_switch_releases_its_slots() {
+    let c = Cluster::start().await;
+    let third = common::redis();
+    operation::create_group(&c.store, 3).await.expect("group 3");
+    operation::add_server(&c.store, 3, &third.addr(), Role::Master)
+        .await
+        .expect("master of 3");
+    let t = task::enqueue(&c.store, (0..=3).collect(), 3).await.expect("task");
+    // As a dashboard that died between the switch's phases leaves it: the task
+    // claimed, its slots held in pre_migrate.
+    let (mut record, version) = task::get(&c.store, t.id).await.expect("get");
+    record.state = TaskState::Migrating;
+    record.from = 1;
+    let path = c.store.paths().task(t.id);
+    c.store.set_json(&path, &record, version).await.expect("claim");
+    let slots_path = c.store.paths().slots();
+    let (mut table, version) = c
+        .store
+        .get_json_with_version::<reborn::topo::SlotTable>(&slots_path)
+        .await
+        .expect("slots");
+    for id in 0..=3 {
+        table.get_mut(id).expect("slot").state = SlotState::PreMigrate;
+    }
+    c.store
+        .set_json(&slots_path, &table, version)
+        .await
+        .expect("hold");
+    // Then its target group goes.
+    operation::remove_server(&c.store, 3, &third.addr())
+        .await
+        .expect("remove master");
+    operation::remove_group(&c.store, 3).await.expect("remove group");
+
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+    let failed = wait_state(&dash, t.id, TaskState::Failed, Duration::from_secs(20)).await;
+    assert!(
+        failed
+            .error
+            .unwrap_or_default()
+            .contains("group 3 does not exist")
+    );
+    for slot in [0, 3] {
+        assert_eq!(
+            c.slot_state(slot).await,
+            (1, SlotState::Online),
+            "slot {slot} released"
+        );
+    }
+}

@@ -122,6 +122,41 @@ pub async fn finish_migration(store: &Store, slots: &[u16], ack_timeout: Duratio
     .await
 }
 
+/// Rolls back a switch that was cut short: those of `slots` still in
+/// `pre_migrate` (their dashboard died between the phases) go back `online` at
+/// their group, so a task that gives up never leaves proxies holding them.
+/// Slots in any other state are left alone; the check runs under the lock, so
+/// a promote's own `pre_migrate` is over by then.
+///
+/// # Errors
+/// ZooKeeper errors.
+pub async fn abort_switch(store: &Store, slots: &[u16], ack_timeout: Duration) -> Result<(), TopoError> {
+    let paths = store.paths().clone();
+    lock::with_lock(store, "migration abort", async |zk: &ZkSession| {
+        let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
+        let held: Vec<(u16, GroupId)> = slots
+            .iter()
+            .filter_map(|&id| table.get(id))
+            .filter(|s| s.state == SlotState::PreMigrate)
+            .map(|s| (s.id, s.group))
+            .collect();
+        let groups: BTreeSet<GroupId> = held.iter().map(|&(_, g)| g).collect();
+        for g in groups {
+            let these: Vec<u16> = held.iter().filter(|&&(_, h)| h == g).map(|&(id, _)| id).collect();
+            let back = write_phase(zk, &paths, &these, SlotState::Online, g, g).await?;
+            if let Err(missing) = wait_acks(zk, &paths, back.seq, ack_timeout).await {
+                tracing::warn!(
+                    seq = back.seq,
+                    ?missing,
+                    "rollback not acknowledged by every proxy"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Validates a migration start; returns the source group.
 async fn check_begin(
     zk: &ZkSession,

@@ -190,8 +190,11 @@ async fn switch(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<D
     }
 }
 
-/// Ends `task` as failed, with `reason`, freeing the queue.
+/// Ends `task` as failed, with `reason`, freeing the queue. Only for a task
+/// whose slots are not switched; a switch its dashboard left half done
+/// (`pre_migrate`) is rolled back first.
 async fn fail(store: &Store, mut task: Task, reason: String) -> Result<Duration, TopoError> {
+    action::abort_switch(store, &task.slots, DEFAULT_ACK_TIMEOUT).await?;
     tracing::warn!(task = task.id, %reason, "migration task failed");
     task.state = TaskState::Failed;
     task.error = Some(reason);
