@@ -51,7 +51,7 @@ pub struct AdminArgs {
 pub enum AdminCommand {
     /// Create the product in ZooKeeper (idempotent).
     Init,
-    /// List groups and their servers.
+    /// List groups and their servers, with each server's health (up, down, loading).
     Groups,
     /// List slot ranges with their group, state and master.
     Slots,
