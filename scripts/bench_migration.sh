@@ -335,7 +335,7 @@ while :; do
     [[ -n $T_CLAIMED || $state != migrating ]] || T_CLAIMED=$now
     [[ -n $T_SWITCHED || $slots != *'"state":"migrate"'* ]] || T_SWITCHED=$now
     if [[ $state == done ]]; then T_DONE=$now; break; fi
-    [[ $state != cancelled ]] || die "the task was cancelled: $TASKS"
+    [[ $state != cancelled && $state != failed ]] || die "the task was $state: $TASKS"
     awk -v a="$T_SUBMIT" -v b="$now" -v t="$MIG_TIMEOUT" 'BEGIN { exit !(b - a > t) }' &&
         die "the task is not done after ${MIG_TIMEOUT}s: $TASKS"
     alive "$UP_PID" || die "reborn up exited during the migration (log: $WORK/reborn-up.log)"

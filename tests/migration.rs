@@ -483,7 +483,11 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
     let task = migrate_when_leading(&dash, 0, 511, 2).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while get_task(task.id).await.progress.moved == 0 {
-        assert!(Instant::now() < deadline, "never started moving");
+        assert!(
+            Instant::now() < deadline,
+            "never started moving: {:?}",
+            get_task(task.id).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let paused: Task = client::post(

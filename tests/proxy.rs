@@ -682,6 +682,14 @@ async fn graceful_shutdown_removes_the_node_and_drains() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     let bad = http_request(c.admin, "PUT", "/loglevel/a=b=c").await;
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    // A typo is not a target name that silences everything else.
+    let typo = http_request(c.admin, "PUT", "/loglevel/degub").await;
+    assert!(
+        typo.starts_with("HTTP/1.1 400") && typo.contains("degub"),
+        "{typo}"
+    );
+    let ok = http_request(c.admin, "PUT", "/loglevel/debug").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     let mut raw = TcpStream::connect(c.proxy).await.expect("connect");
     assert_eq!(raw_exchange(&mut raw, b"PING\r\n", 7).await, b"+PONG\r\n");
     c.shutdown().await;

@@ -530,6 +530,7 @@ async fn admin_prints_tables_and_fails_clearly() {
         zk: addr.clone(),
         root: "/x".into(),
         product: "p".into(),
+        dashboard: None,
         command: AdminCommand::Groups,
     };
     let err = admin::run(args).await.expect_err("unreachable");

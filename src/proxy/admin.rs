@@ -4,7 +4,8 @@
 //!   percentiles, sessions, backends and the routing state;
 //! * `GET /metrics`: the same counters in Prometheus text format;
 //! * `PUT /loglevel/{level}`: change the log filter at run time (`debug`,
-//!   `reborn=trace`, …).
+//!   `reborn=trace`, …); a filter that is not levels or `target=level`
+//!   directives (`degub`) gets 400 with the reason, and the filter stays.
 
 use std::fmt::Write as _;
 use std::sync::Arc;

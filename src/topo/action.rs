@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::error::TopoError;
 use super::lock;
-use super::model::{Action, GroupId, SlotState, SlotTable};
+use super::model::{Action, Group, GroupId, SlotState, SlotTable};
 use super::path::Paths;
 use super::session::ZkSession;
 use super::store::Store;
@@ -42,10 +42,39 @@ pub async fn begin_migration(
     to: GroupId,
     ack_timeout: Duration,
 ) -> Result<(), TopoError> {
+    begin_migration_fenced(store, slots, to, ack_timeout, None).await
+}
+
+/// A node written in the same transaction as `pre_migrate`, at a version: the
+/// switch starts only if nobody changed that node since it was read (a
+/// migration task cancelled meanwhile), and anyone who later writes the node
+/// by its old version (a cancel) fails instead of missing the switch.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// The node (a task's).
+    pub path: String,
+    /// What to write there.
+    pub value: serde_json::Value,
+    /// The version it must still have.
+    pub version: i32,
+}
+
+/// [`begin_migration`], whose first write also writes `fence` by compare-and-set.
+///
+/// # Errors
+/// As [`begin_migration`]; [`TopoError::Conflict`] naming the fence's node if
+/// it changed (nothing was written then).
+pub async fn begin_migration_fenced(
+    store: &Store,
+    slots: &[u16],
+    to: GroupId,
+    ack_timeout: Duration,
+    fence: Option<&Fence>,
+) -> Result<(), TopoError> {
     let paths = store.paths().clone();
     lock::with_lock(store, "migration", async |zk: &ZkSession| {
         let from = check_begin(zk, &paths, slots, to).await?;
-        let pre = write_phase(zk, &paths, slots, SlotState::PreMigrate, from, to).await?;
+        let pre = write_phase_fenced(zk, &paths, slots, SlotState::PreMigrate, (from, to), fence).await?;
         if let Err(missing) = wait_acks(zk, &paths, pre.seq, ack_timeout).await {
             write_phase(zk, &paths, slots, SlotState::Online, to, from).await?;
             return Err(TopoError::AckTimeout {
@@ -93,6 +122,41 @@ pub async fn finish_migration(store: &Store, slots: &[u16], ack_timeout: Duratio
     .await
 }
 
+/// Rolls back a switch that was cut short: those of `slots` still in
+/// `pre_migrate` (their dashboard died between the phases) go back `online` at
+/// their group, so a task that gives up never leaves proxies holding them.
+/// Slots in any other state are left alone; the check runs under the lock, so
+/// a promote's own `pre_migrate` is over by then.
+///
+/// # Errors
+/// ZooKeeper errors.
+pub async fn abort_switch(store: &Store, slots: &[u16], ack_timeout: Duration) -> Result<(), TopoError> {
+    let paths = store.paths().clone();
+    lock::with_lock(store, "migration abort", async |zk: &ZkSession| {
+        let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
+        let held: Vec<(u16, GroupId)> = slots
+            .iter()
+            .filter_map(|&id| table.get(id))
+            .filter(|s| s.state == SlotState::PreMigrate)
+            .map(|s| (s.id, s.group))
+            .collect();
+        let groups: BTreeSet<GroupId> = held.iter().map(|&(_, g)| g).collect();
+        for g in groups {
+            let these: Vec<u16> = held.iter().filter(|&&(_, h)| h == g).map(|&(id, _)| id).collect();
+            let back = write_phase(zk, &paths, &these, SlotState::Online, g, g).await?;
+            if let Err(missing) = wait_acks(zk, &paths, back.seq, ack_timeout).await {
+                tracing::warn!(
+                    seq = back.seq,
+                    ?missing,
+                    "rollback not acknowledged by every proxy"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Validates a migration start; returns the source group.
 async fn check_begin(
     zk: &ZkSession,
@@ -100,11 +164,48 @@ async fn check_begin(
     slots: &[u16],
     to: GroupId,
 ) -> Result<GroupId, TopoError> {
+    let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
+    let target = read_group(zk, paths, to).await?;
+    check_migration(&table, target.as_ref(), slots, to)
+}
+
+/// Group `to` as stored, or `None` if it does not exist.
+pub(crate) async fn read_group(
+    zk: &ZkSession,
+    paths: &Paths,
+    to: GroupId,
+) -> Result<Option<Group>, TopoError> {
+    match zk.get_json::<Group>(&paths.group(to)).await {
+        Ok(g) => Ok(Some(g)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `slots` can start moving to group `to` (`target`, `None` if it does
+/// not exist) under `table`; returns their source group. The one rule for
+/// both a submitted migration task and the switch that starts it.
+///
+/// # Errors
+/// [`TopoError::NotFound`] for a missing target group; [`TopoError::Invalid`]
+/// for a target without a master, no slots, unassigned or migrating slots,
+/// slots of several groups, or slots that already belong to `to`.
+pub fn check_migration(
+    table: &SlotTable,
+    target: Option<&Group>,
+    slots: &[u16],
+    to: GroupId,
+) -> Result<GroupId, TopoError> {
     let invalid = |m: String| Err(TopoError::Invalid(m));
     if slots.is_empty() {
         return invalid("no slots to migrate".into());
     }
-    let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
+    let Some(group) = target else {
+        return Err(TopoError::NotFound(format!("group {to}")));
+    };
+    if group.master().is_none() {
+        return invalid(format!("group {to} has no master; add one with server-add first"));
+    }
     let mut sources = BTreeSet::new();
     for &id in slots {
         let Some(slot) = table.get(id) else {
@@ -112,8 +213,16 @@ async fn check_begin(
         };
         // `pre_migrate` too: a switch cut short (its dashboard died) is resumed
         // by running it again.
-        if slot.state == SlotState::Migrate || slot.group == 0 {
-            return invalid(format!("slot {id} is not online in a group"));
+        if slot.state == SlotState::Migrate {
+            return invalid(format!(
+                "slot {id} is migrating to group {}; wait for that to finish",
+                slot.group
+            ));
+        }
+        if slot.group == 0 {
+            return invalid(format!(
+                "slot {id} is not assigned to a group: it holds no data, assign it with slots-assign"
+            ));
         }
         sources.insert(slot.group);
     }
@@ -127,16 +236,6 @@ async fn check_begin(
     };
     if from == to {
         return invalid(format!("slots already belong to group {to}"));
-    }
-    let group: super::model::Group = zk.get_json(&paths.group(to)).await.map_err(|e| {
-        if e.is_not_found() {
-            TopoError::NotFound(format!("group {to}"))
-        } else {
-            e
-        }
-    })?;
-    if group.master().is_none() {
-        return invalid(format!("group {to} has no master"));
     }
     Ok(from)
 }
@@ -167,6 +266,18 @@ pub(crate) async fn write_phase(
     from: GroupId,
     to: GroupId,
 ) -> Result<Action, TopoError> {
+    write_phase_fenced(zk, paths, slots, phase, (from, to), None).await
+}
+
+/// [`write_phase`], also writing `fence` (if any) in the same transaction.
+async fn write_phase_fenced(
+    zk: &ZkSession,
+    paths: &Paths,
+    slots: &[u16],
+    phase: SlotState,
+    (from, to): (GroupId, GroupId),
+    fence: Option<&Fence>,
+) -> Result<Action, TopoError> {
     let (mut table, version) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
     for &id in slots {
         let slot = table
@@ -195,6 +306,9 @@ pub(crate) async fn write_phase(
     let mut txn = zk.txn();
     txn.set_json(&paths.slots(), &table, version)?;
     txn.create_json(&paths.action(seq), &action)?;
+    if let Some(f) = fence {
+        txn.set_json(&f.path, &f.value, f.version)?;
+    }
     txn.commit().await?;
     tracing::info!(seq, ?phase, from, to, slots = slots.len(), "action written");
     Ok(action)
@@ -250,5 +364,57 @@ async fn collect_garbage(zk: &ZkSession, paths: &Paths, latest: u64) {
         }
         let _ = zk.delete(&paths.acks_of(seq), None).await;
         let _ = zk.delete(&paths.action(seq), None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topo::model::{Role, Server};
+
+    fn group(id: GroupId, with_master: bool) -> Group {
+        let servers = if with_master {
+            vec![Server {
+                addr: "h:1".into(),
+                role: Role::Master,
+            }]
+        } else {
+            Vec::new()
+        };
+        Group { id, servers }
+    }
+
+    #[test]
+    fn a_migration_is_checked_before_anything_moves() {
+        let mut table = SlotTable::default();
+        for id in 0..8 {
+            if let Some(s) = table.get_mut(id) {
+                s.group = if id < 4 { 1 } else { 2 };
+            }
+        }
+        let ok = group(2, true);
+        assert_eq!(check_migration(&table, Some(&ok), &[0, 1, 2, 3], 2).ok(), Some(1));
+        let err = |target: Option<&Group>, slots: &[u16], to| {
+            check_migration(&table, target, slots, to)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(err(None, &[0], 9).contains("group 9 does not exist"));
+        assert!(matches!(
+            check_migration(&table, None, &[0], 9),
+            Err(TopoError::NotFound(_))
+        ));
+        assert!(err(Some(&group(3, false)), &[0], 3).contains("group 3 has no master"));
+        assert!(err(Some(&ok), &[4, 5], 2).contains("already belong to group 2"));
+        assert!(err(Some(&ok), &[3, 4], 2).contains("several groups"));
+        assert!(err(Some(&ok), &[9], 2).contains("not assigned"));
+        assert!(err(Some(&ok), &[], 2).contains("no slots"));
+        if let Some(s) = table.get_mut(0) {
+            s.state = SlotState::Migrate;
+            s.group = 3;
+            s.from = Some(1);
+        }
+        let e = check_migration(&table, Some(&ok), &[0], 2).expect_err("migrating");
+        assert!(e.to_string().contains("migrating to group 3"), "{e}");
     }
 }

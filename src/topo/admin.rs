@@ -3,12 +3,18 @@
 //! Listings print aligned tables; changes print one confirmation line. Errors come
 //! back as text and `main` turns them into a non-zero exit. The session is always
 //! closed before returning, so the operator lock and the session never linger
-//! after the command. `rebalance` (and later migration and promote) asks the
-//! dashboard's HTTP API instead of ZooKeeper: those need the one process that
-//! runs migrations. Imports `libs` and `topo`.
+//! after the command. `rebalance`, `migrate`, `tasks`, `pause`, `resume`,
+//! `cancel` and `promote` ask the dashboard's HTTP API instead of ZooKeeper:
+//! those need the one process that runs migrations. They find it through the
+//! leader's node in ZooKeeper for the `--zk`/`--root`/`--product` given (never a
+//! default port, which may belong to another cluster); `--dashboard` overrides.
+//! `groups` probes every server (up, down, loading). Imports `libs` and `topo`.
 
-use super::dashboard::{DEFAULT_LISTEN, client};
+use super::dashboard::{address, client};
+use std::collections::BTreeMap;
+
 use super::error::TopoError;
+use super::health::{self, Health};
 use super::model::{GroupId, Role, SlotState, Topology, range_text};
 use super::operation;
 use super::operation::format_slot_ids;
@@ -30,6 +36,11 @@ pub struct AdminArgs {
     /// Product (cluster) name.
     #[arg(long, global = true, default_value = "demo")]
     pub product: String,
+    /// host:port of the dashboard, for the commands that ask it (rebalance,
+    /// migrate, tasks, pause, resume, cancel, promote). Default: the leader that
+    /// the product's node in ZooKeeper names.
+    #[arg(long, global = true)]
+    pub dashboard: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: AdminCommand,
@@ -40,7 +51,7 @@ pub struct AdminArgs {
 pub enum AdminCommand {
     /// Create the product in ZooKeeper (idempotent).
     Init,
-    /// List groups and their servers.
+    /// List groups and their servers, with each server's health (up, down, loading).
     Groups,
     /// List slot ranges with their group, state and master.
     Slots,
@@ -106,9 +117,6 @@ pub enum AdminCommand {
         /// unlisted groups weigh 1, weight 0 empties a group.
         #[arg(long)]
         weights: Option<Weights>,
-        /// host:port of `reborn dashboard`.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        dashboard: String,
     },
     /// Move slots to a group with their data: queued as a dashboard task.
     Migrate {
@@ -118,9 +126,6 @@ pub enum AdminCommand {
         /// The group that receives them.
         #[arg(long)]
         to: GroupId,
-        /// host:port of `reborn dashboard`.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        dashboard: String,
     },
     /// Promote a replica to master of its group (asks the dashboard).
     Promote {
@@ -130,31 +135,24 @@ pub enum AdminCommand {
         /// host:port of the replica to promote.
         #[arg(long)]
         server: String,
-        /// host:port of `reborn dashboard`.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        dashboard: String,
     },
     /// Pause a migration task (a running pass stops within a second, resumable).
     Pause {
         /// Task id (see `tasks`).
         task: u64,
-        /// host:port of `reborn dashboard`.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        dashboard: String,
     },
     /// Resume a paused migration task.
     Resume {
         /// Task id (see `tasks`).
         task: u64,
-        /// host:port of `reborn dashboard`.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        dashboard: String,
     },
     /// List migration tasks: state, slots, keys moved, keys/s, errors.
-    Tasks {
-        /// host:port of `reborn dashboard`.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        dashboard: String,
+    Tasks,
+    /// Cancel a migration task whose slots are not switched yet (queued, or
+    /// whose switch was rolled back); a switched task can only finish: pause it.
+    Cancel {
+        /// Task id (see `tasks`).
+        task: u64,
     },
 }
 
@@ -188,87 +186,103 @@ pub fn parse_slot_range(s: &str) -> Result<SlotRangeArg, String> {
     Ok(SlotRangeArg { start, end })
 }
 
-/// Runs one admin command against ZooKeeper and prints its result.
+/// Runs one admin command and prints its result: against ZooKeeper, or
+/// against the product's dashboard for the commands that need it (found
+/// through ZooKeeper unless `--dashboard` names it).
 ///
 /// # Errors
-/// A readable message (unreachable ZooKeeper, refused change, …).
+/// A readable message (unreachable ZooKeeper or dashboard, refused change, …).
 pub async fn run(args: AdminArgs) -> Result<(), String> {
-    if let AdminCommand::Rebalance {
-        dry_run,
-        weights,
-        dashboard,
-    } = &args.command
-    {
-        print!("{}", rebalance(*dry_run, weights.as_ref(), dashboard).await?);
-        return Ok(());
-    }
-    match &args.command {
-        AdminCommand::Migrate { slots, to, dashboard } => {
-            let body = serde_json::json!({ "start": slots.start, "end": slots.end, "to": to });
-            let reply = client::post(dashboard, "/api/migrate", &body)
-                .await
-                .map_err(|e| e.to_string())?;
-            let task: Task = reply.into_json().map_err(|e| e.to_string())?;
-            println!(
-                "queued task {}: slots {} to group {}",
-                task.id,
-                format_slot_ids(&task.slots),
-                task.to
-            );
-            return Ok(());
-        }
-        AdminCommand::Promote {
-            group,
-            server,
-            dashboard,
-        } => {
-            let body = serde_json::json!({ "addr": server });
-            let path = format!("/api/groups/{group}/promote");
-            let reply = client::post(dashboard, &path, &body)
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(e) = reply.error() {
-                return Err(e.to_string());
-            }
-            println!("{server} is now the master of group {group}");
-            return Ok(());
-        }
-        AdminCommand::Pause { task, dashboard } | AdminCommand::Resume { task, dashboard } => {
-            let verb = if matches!(args.command, AdminCommand::Pause { .. }) {
-                "pause"
-            } else {
-                "resume"
-            };
-            let path = format!("/api/tasks/{task}/{verb}");
-            let reply = client::post(dashboard, &path, &serde_json::json!({}))
-                .await
-                .map_err(|e| e.to_string())?;
-            let t: Task = reply.into_json().map_err(|e| e.to_string())?;
-            println!("task {} {}", t.id, if t.paused { "paused" } else { "resumed" });
-            return Ok(());
-        }
-        AdminCommand::Tasks { dashboard } => {
-            let reply = client::get(dashboard, "/api/tasks")
-                .await
-                .map_err(|e| e.to_string())?;
-            let tasks: Vec<Task> = reply.into_json().map_err(|e| e.to_string())?;
-            print!("{}", render_tasks(&tasks));
-            return Ok(());
-        }
-        _ => {}
-    }
     let cfg = ZkConfig {
         addr: args.zk,
         root: args.root,
         product: args.product,
         ..ZkConfig::default()
     };
+    if args.command.asks_dashboard() {
+        let addr = match args.dashboard {
+            Some(addr) => addr,
+            None => address::locate(&cfg).await.map_err(|e| e.to_string())?,
+        };
+        print!("{}", ask_dashboard(&addr, &args.command).await?);
+        return Ok(());
+    }
     let store = Store::connect(&cfg).await.map_err(|e| e.to_string())?;
     let result = execute(&store, &args.command).await;
     store.close().await;
     let text = result.map_err(|e| e.to_string())?;
     print!("{text}");
     Ok(())
+}
+
+impl AdminCommand {
+    /// True for the commands that the dashboard runs (they need the one
+    /// process that runs migrations), not ZooKeeper.
+    pub fn asks_dashboard(&self) -> bool {
+        use AdminCommand as C;
+        matches!(
+            self,
+            C::Rebalance { .. }
+                | C::Migrate { .. }
+                | C::Promote { .. }
+                | C::Pause { .. }
+                | C::Resume { .. }
+                | C::Cancel { .. }
+                | C::Tasks
+        )
+    }
+}
+
+/// Runs a dashboard-bound `command` against the dashboard at `addr`; returns
+/// what to print.
+///
+/// # Errors
+/// An unreachable dashboard, or its refusal (its `error` message).
+pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String, String> {
+    use AdminCommand as C;
+    let text = |e: client::ClientError| e.to_string();
+    let post =
+        async |path: &str, body: serde_json::Value| client::post(addr, path, &body).await.map_err(text);
+    match command {
+        C::Rebalance { dry_run, weights } => rebalance(*dry_run, weights.as_ref(), addr).await,
+        C::Migrate { slots, to } => {
+            let body = serde_json::json!({ "start": slots.start, "end": slots.end, "to": to });
+            let task: Task = post("/api/migrate", body).await?.into_json().map_err(text)?;
+            Ok(format!(
+                "queued task {}: slots {} to group {}\n",
+                task.id,
+                format_slot_ids(&task.slots),
+                task.to
+            ))
+        }
+        C::Promote { group, server } => {
+            let body = serde_json::json!({ "addr": server });
+            let reply = post(&format!("/api/groups/{group}/promote"), body).await?;
+            let _: serde_json::Value = reply.into_json().map_err(text)?;
+            Ok(format!("{server} is now the master of group {group}\n"))
+        }
+        C::Pause { task } | C::Resume { task } | C::Cancel { task } => {
+            let verb = match command {
+                C::Pause { .. } => "pause",
+                C::Resume { .. } => "resume",
+                _ => "cancel",
+            };
+            let reply = post(&format!("/api/tasks/{task}/{verb}"), serde_json::json!({})).await?;
+            let t: Task = reply.into_json().map_err(text)?;
+            let done = match verb {
+                "cancel" => "cancelled",
+                _ if t.paused => "paused",
+                _ => "resumed",
+            };
+            Ok(format!("task {} {done}\n", t.id))
+        }
+        C::Tasks => {
+            let reply = client::get(addr, "/api/tasks").await.map_err(text)?;
+            let tasks: Vec<Task> = reply.into_json().map_err(text)?;
+            Ok(render_tasks(&tasks))
+        }
+        _ => Err("this command changes ZooKeeper directly, not through the dashboard".into()),
+    }
 }
 
 /// Runs `command` and returns what to print.
@@ -283,7 +297,18 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
             operation::init_product(store).await?;
             done(format!("product {} initialized", store.paths().product()))
         }
-        C::Groups => Ok(render_groups(&watcher::load(store).await?)),
+        C::Groups => {
+            let topo = watcher::load(store).await?;
+            let addrs: Vec<String> = topo
+                .groups
+                .values()
+                .flat_map(|g| &g.servers)
+                .map(|s| s.addr.clone())
+                .collect();
+            // No backend password here: a server that answers NOAUTH is up.
+            let health = health::probe_all(addrs, None).await;
+            Ok(render_groups(&topo, Some(&health)))
+        }
         C::Slots => Ok(render_slots(&watcher::load(store).await?)),
         C::Proxies => Ok(render_proxies(&watcher::load(store).await?)),
         C::GroupCreate { id } => {
@@ -323,10 +348,11 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
         C::Topology { json } => render_topology(&watcher::load(store).await?, *json),
         C::Rebalance { .. }
         | C::Migrate { .. }
-        | C::Tasks { .. }
+        | C::Tasks
         | C::Promote { .. }
         | C::Pause { .. }
-        | C::Resume { .. } => Err(TopoError::Invalid(
+        | C::Resume { .. }
+        | C::Cancel { .. } => Err(TopoError::Invalid(
             "this command asks the dashboard, not ZooKeeper: run it through admin::run".into(),
         )),
     }
@@ -381,7 +407,7 @@ pub fn render_tasks(tasks: &[Task]) -> String {
         .map(|t| {
             vec![
                 t.id.to_string(),
-                format!("{:?}{}", t.state, if t.paused { " (paused)" } else { "" }).to_lowercase(),
+                format!("{}{}", t.state.name(), if t.paused { " (paused)" } else { "" }),
                 format_slot_ids(&t.slots),
                 if t.from == 0 {
                     "-".into()
@@ -423,22 +449,31 @@ fn keys_per_sec(p: &crate::topo::migrator::Progress) -> String {
     }
 }
 
-/// `GROUP  SERVER  ROLE`, one line per server.
-pub fn render_groups(topo: &Topology) -> String {
+/// `GROUP  SERVER  ROLE`, one line per server, and `HEALTH` when `health`
+/// (address → probe result) is given.
+pub fn render_groups(topo: &Topology, health: Option<&BTreeMap<String, Health>>) -> String {
     let mut rows = Vec::new();
     for group in topo.groups.values() {
         if group.servers.is_empty() {
-            rows.push(vec![group.id.to_string(), "-".into(), "-".into()]);
+            rows.push(vec![group.id.to_string(), "-".into(), "-".into(), "-".into()]);
         }
         for s in &group.servers {
+            let h = health.map(|h| h.get(&s.addr).copied().unwrap_or(Health::Down).name());
             rows.push(vec![
                 group.id.to_string(),
                 s.addr.clone(),
                 role_name(s.role).into(),
+                h.unwrap_or_default().to_string(),
             ]);
         }
     }
-    table::render(&["GROUP", "SERVER", "ROLE"], rows)
+    if health.is_none() {
+        for row in &mut rows {
+            row.pop();
+        }
+        return table::render(&["GROUP", "SERVER", "ROLE"], rows);
+    }
+    table::render(&["GROUP", "SERVER", "ROLE", "HEALTH"], rows)
 }
 
 /// `SLOTS  GROUP  STATE  MASTER`, one line per run of equal slots.
@@ -520,7 +555,7 @@ fn render_topology(topo: &Topology, json: bool) -> Result<String, TopoError> {
     Ok(format!(
         "product {}\n\n{}\n{}\n{}",
         topo.product,
-        render_groups(topo),
+        render_groups(topo, None),
         render_slots(topo),
         render_proxies(topo)
     ))
@@ -636,9 +671,20 @@ mod tests {
             AdminCommand::Rebalance {
                 dry_run: true,
                 weights: Some("1:2,2:1".parse().expect("weights")),
-                dashboard: DEFAULT_LISTEN.into(),
             }
         );
+        // --dashboard is global: before or after the command; absent by
+        // default (then ZooKeeper names the leader).
+        let a = parse(&["tasks", "--dashboard", "h:2"]).expect("parse");
+        assert_eq!(
+            (a.dashboard.as_deref(), a.command),
+            (Some("h:2"), AdminCommand::Tasks)
+        );
+        let a = parse(&["--dashboard", "h:2", "cancel", "4"]).expect("parse");
+        assert_eq!(a.command, AdminCommand::Cancel { task: 4 });
+        assert!(a.command.asks_dashboard());
+        assert_eq!(parse(&["tasks"]).expect("parse").dashboard, None);
+        assert!(!AdminCommand::Groups.asks_dashboard());
         assert!(parse(&["rebalance", "--weights", "1=2"]).is_err());
         assert!(parse(&["group-create", "x"]).is_err());
         assert!(parse(&["slots-assign", "9-3", "1"]).is_err());
@@ -695,10 +741,17 @@ mod tests {
              512-1023  -      offline  -\n"
         );
         assert_eq!(
-            render_groups(&topo),
+            render_groups(&topo, None),
             "GROUP  SERVER           ROLE\n\
              1      127.0.0.1:16379  master\n\
              1      127.0.0.1:16380  replica\n"
+        );
+        let health = BTreeMap::from([("127.0.0.1:16379".to_string(), Health::Up)]);
+        assert_eq!(
+            render_groups(&topo, Some(&health)),
+            "GROUP  SERVER           ROLE     HEALTH\n\
+             1      127.0.0.1:16379  master   up\n\
+             1      127.0.0.1:16380  replica  down\n"
         );
         let proxies = render_proxies(&topo);
         assert!(

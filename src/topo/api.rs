@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use super::dashboard::{DashboardInfo, Role as Leadership};
 use super::error::TopoError;
+use super::health::{self, Health};
 use super::model::{GroupId, ProxyInfo, Role, Server, SlotTable, Topology};
 use super::operation;
 use super::rebalance::{self, Plan, Weights};
@@ -79,6 +80,7 @@ pub fn router(state: Shared) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), leader_gate));
     Router::new()
         .route("/api/dashboard", get(status))
+        .route("/api/loglevel/{level}", axum::routing::put(loglevel))
         .merge(leader_only)
         .fallback(|| async {
             ApiError::new(
@@ -124,6 +126,7 @@ impl From<TopoError> for ApiError {
             E::Invalid(_) => StatusCode::BAD_REQUEST,
             E::NotFound(_) => StatusCode::NOT_FOUND,
             E::Exists(_)
+            | E::State(_)
             | E::Conflict { .. }
             | E::Locked { .. }
             | E::NotInitialized { .. }
@@ -229,6 +232,13 @@ async fn status(State(s): State<Shared>) -> Json<Status> {
     })
 }
 
+/// `PUT /api/loglevel/{filter}`: this dashboard's log filter (every dashboard
+/// answers; see [`crate::libs::logging::set_level`] for what is accepted).
+async fn loglevel(Params(filter): Params<String>) -> Changed {
+    crate::libs::logging::set_level(&filter).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(done(StatusCode::OK, format!("log level set to {filter}")))
+}
+
 /// The reply to a change: what was done, in `reborn admin`'s words.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Done {
@@ -255,20 +265,44 @@ async fn topology(State(s): State<Shared>) -> Result<Json<Topology>, ApiError> {
 pub struct GroupView {
     /// Group id.
     pub id: GroupId,
-    /// Its servers, master first as stored.
-    pub servers: Vec<Server>,
+    /// Its servers, as stored, each with its health.
+    pub servers: Vec<ServerView>,
     /// How many slots it owns.
     pub slots: usize,
 }
 
+/// One server in `GET /api/groups`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ServerView {
+    /// The server as stored.
+    #[serde(flatten)]
+    pub server: Server,
+    /// What a short probe found just now ([`health`]).
+    pub health: Health,
+}
+
 async fn groups(State(s): State<Shared>) -> Result<Json<Vec<GroupView>>, ApiError> {
     let topo = load(&s).await?;
+    let addrs: Vec<String> = topo
+        .groups
+        .values()
+        .flat_map(|g| &g.servers)
+        .map(|x| x.addr.clone())
+        .collect();
+    let health = health::probe_all(addrs, s.backend_auth.as_deref()).await;
     let views = topo
         .groups
         .values()
         .map(|g| GroupView {
             id: g.id,
-            servers: g.servers.clone(),
+            servers: g
+                .servers
+                .iter()
+                .map(|x| ServerView {
+                    server: x.clone(),
+                    health: health.get(&x.addr).copied().unwrap_or(Health::Down),
+                })
+                .collect(),
             slots: topo.slots.slots().iter().filter(|x| x.group == g.id).count(),
         })
         .collect();
@@ -485,13 +519,17 @@ async fn rebalance_apply(
     let weights: Weights = q.weights.parse().map_err(ApiError::bad_request)?;
     let topo = load(&s).await?;
     let plan = rebalance::plan(&topo, &weights)?;
-    let mut tasks = Vec::new();
-    for m in &plan.moves {
-        if m.from == 0 {
-            operation::assign_slots(&s.store, m.start, m.end, m.to).await?;
-        } else {
-            tasks.push(task::enqueue(&s.store, (m.start..=m.end).collect(), m.to).await?);
-        }
+    // Every task is checked before any is queued, and before unassigned slots
+    // are handed out: a refused plan changes nothing.
+    let moves = plan
+        .moves
+        .iter()
+        .filter(|m| m.from != 0)
+        .map(|m| ((m.start..=m.end).collect(), m.to))
+        .collect();
+    let tasks = task::enqueue_many(&s.store, moves).await?;
+    for m in plan.moves.iter().filter(|m| m.from == 0) {
+        operation::assign_slots(&s.store, m.start, m.end, m.to).await?;
     }
     s.tasks_changed.notify_one();
     Ok(Json(Applied { plan, tasks }))

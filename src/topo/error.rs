@@ -36,6 +36,11 @@ pub enum TopoError {
     #[error("{0}")]
     Invalid(String),
 
+    /// The thing is in a state that does not allow the change (a task past
+    /// its switch cannot be cancelled, …); the message says which states do.
+    #[error("{0}")]
+    State(String),
+
     /// Another operator holds the product lock.
     #[error("the product lock is held by {holder}; retry later, or check that the holder is still running")]
     Locked {

@@ -12,6 +12,8 @@
 //! * [`operation`]: operator changes (groups, servers, slots, proxy state), each
 //!   run under the lock and validated before anything is written.
 //! * [`rebalance`]: the pure planner that evens out slots per group.
+//! * [`task`]: the queue of migration tasks; [`runner`] drives it.
+//! * [`health`]: a short probe of a redis-server (up, down, loading).
 //! * [`dashboard`]: `reborn dashboard`, the leader-elected HTTP service, and
 //!   [`api`], its JSON API over the operations.
 //! * [`admin`]: the `reborn admin` command line.
@@ -24,6 +26,7 @@ pub mod admin;
 pub mod api;
 pub mod dashboard;
 pub mod error;
+pub mod health;
 pub mod lock;
 pub mod migrator;
 pub mod model;
@@ -31,6 +34,7 @@ pub mod operation;
 pub mod path;
 pub mod promote;
 pub mod rebalance;
+pub mod runner;
 pub mod session;
 pub mod store;
 pub mod task;

@@ -1,31 +1,36 @@
 //! Migration tasks: the dashboard's queue of slot moves, kept in ZooKeeper under
 //! `tasks/<id>` so a dashboard that dies mid-task is resumed by the next leader.
+//! This file holds the record and what operators do to it (submit, list,
+//! pause, cancel); [`super::runner`] drives the tasks.
 //!
-//! A task runs one at a time, in id order:
+//! A task's life (one task runs at a time, in id order):
 //!
-//! 1. `queued` → the two-phase switch ([`super::action::begin_migration`]). If a
-//!    live proxy does not acknowledge, the switch rolls back, the task stays
-//!    `queued` with the error shown, and it is tried again later.
-//! 2. `migrating` → the background migrator moves every key of the slots
-//!    ([`super::migrator::migrate_slots`]), its progress saved about every second.
-//! 3. → `online` at the target ([`super::action::finish_migration`]) → `done`.
+//! * `queued` → `migrating` when the runner claims it, then the two-phase switch
+//!   ([`super::action::begin_migration_fenced`]). A switch that a live proxy
+//!   does not acknowledge rolls back: the task is `queued` again, error shown.
+//! * `migrating`, slots switched → the background migrator moves every key,
+//!   then the slots go `online` at the target → `done`.
+//! * `failed`, with the reason, when it cannot progress: its target group was
+//!   removed or lost its master, its slots changed hands, or its switch failed
+//!   `switch_attempts` times in a row. A failed task frees the queue.
+//! * `cancelled` by an operator, only while its slots have not been switched
+//!   (see [`cancel`]).
 //!
-//! A task can be cancelled only while `queued`: once its slots migrate, finishing
-//! is the only safe direction. Imports `libs` and the topo kernel only.
+//! A submission is checked against the topology with the same rule as the
+//! switch ([`super::action::check_migration`]) and refused, with nothing
+//! queued, if it could never run. Imports `libs` and the topo kernel only.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use super::action::{self, DEFAULT_ACK_TIMEOUT};
+use super::action::{check_migration, read_group};
 use super::error::TopoError;
 use super::lock;
-use super::migrator::{self, MigratorConfig, Outcome, Progress};
-use super::model::GroupId;
+use super::migrator::Progress;
+use super::model::{GroupId, SlotState, SlotTable};
+use super::operation::{check_group_id, format_slot_ids};
+use super::session::ZkSession;
 use super::store::Store;
 use super::watcher;
 
@@ -33,10 +38,34 @@ use super::watcher;
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
+    /// Waiting for its turn (or for another try at its switch).
     Queued,
+    /// Claimed by the runner: switching, or moving keys once switched.
     Migrating,
+    /// Every slot is online at the target.
     Done,
+    /// Cancelled by an operator before its switch.
     Cancelled,
+    /// Gave up before its switch; `error` says why.
+    Failed,
+}
+
+impl TaskState {
+    /// True once nothing will happen to the task any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Done | TaskState::Cancelled | TaskState::Failed)
+    }
+
+    /// Lower-case name, as in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Migrating => "migrating",
+            TaskState::Done => "done",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Failed => "failed",
+        }
+    }
 }
 
 /// One migration task, as stored in ZooKeeper and shown by the API.
@@ -51,11 +80,16 @@ pub struct Task {
     pub state: TaskState,
     #[serde(default)]
     pub progress: Progress,
-    /// The latest error (a rolled-back switch, a failing batch).
+    /// The latest error (a rolled-back switch, a failing batch), or why the
+    /// task failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// Switch attempts that failed in a row (reset by a switch that succeeds).
+    #[serde(default)]
+    pub attempts: u32,
     /// Set by an operator: the runner leaves the task alone (a running pass
-    /// stops at its next progress save, resumable) until resumed.
+    /// stops at its next progress save, resumable) until resumed; later tasks
+    /// run meanwhile.
     #[serde(default)]
     pub paused: bool,
     /// Unix seconds.
@@ -66,37 +100,69 @@ pub struct Task {
 /// Queues a migration of `slots` to group `to`; returns the task.
 ///
 /// # Errors
-/// No slots, or ZooKeeper errors.
+/// As [`enqueue_many`].
 pub async fn enqueue(store: &Store, slots: Vec<u16>, to: GroupId) -> Result<Task, TopoError> {
-    if slots.is_empty() {
-        return Err(TopoError::Invalid("no slots to migrate".into()));
-    }
+    let mut tasks = enqueue_many(store, vec![(slots, to)]).await?;
+    tasks
+        .pop()
+        .ok_or_else(|| TopoError::Invalid("no migration to queue".into()))
+}
+
+/// Queues one task per `(slots, to)`, all or none: every one is checked first.
+///
+/// # Errors
+/// [`TopoError::NotFound`] for a missing target group; [`TopoError::Invalid`]
+/// for a target without a master, slots that already belong to it, or slots
+/// that cannot move (unassigned, migrating, of several groups);
+/// [`TopoError::State`] for slots of an unfinished task; ZooKeeper errors.
+pub async fn enqueue_many(store: &Store, moves: Vec<(Vec<u16>, GroupId)>) -> Result<Vec<Task>, TopoError> {
     let paths = store.paths().clone();
-    lock::with_lock(store, "migration task", async |zk: &super::session::ZkSession| {
+    lock::with_lock(store, "migration task", async |zk: &ZkSession| {
         zk.mkdir_p(&paths.tasks()).await?;
-        let id = zk
-            .children(&paths.tasks())
-            .await?
+        let table: SlotTable = zk.get_json(&paths.slots()).await?;
+        let existing = list_on(zk, &paths).await?;
+        let mut busy: Vec<(u64, BTreeSet<u16>)> = existing
             .iter()
-            .filter_map(|n| n.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-            + 1;
-        let now = lock::unix_now();
-        let task = Task {
-            id,
-            slots,
-            to,
-            from: 0,
-            state: TaskState::Queued,
-            progress: Progress::default(),
-            error: None,
-            paused: false,
-            created: now,
-            updated: now,
-        };
-        zk.create_json(&paths.task(id), &task).await?;
-        Ok(task)
+            .filter(|t| !t.state.is_final())
+            .map(|t| (t.id, t.slots.iter().copied().collect()))
+            .collect();
+        let mut id = existing.iter().map(|t| t.id).max().unwrap_or(0);
+        let mut tasks = Vec::with_capacity(moves.len());
+        for (slots, to) in moves {
+            check_group_id(to)?;
+            let target = read_group(zk, &paths, to).await?;
+            check_migration(&table, target.as_ref(), &slots, to)?;
+            let mine: BTreeSet<u16> = slots.iter().copied().collect();
+            if let Some((other, overlap)) = busy.iter().find_map(|(other, theirs)| {
+                let both: Vec<u16> = theirs.intersection(&mine).copied().collect();
+                (!both.is_empty()).then_some((*other, both))
+            }) {
+                return Err(TopoError::State(format!(
+                    "slots {} belong to unfinished task {other}; wait for it, or cancel it",
+                    format_slot_ids(&overlap)
+                )));
+            }
+            id += 1;
+            busy.push((id, mine));
+            let now = lock::unix_now();
+            tasks.push(Task {
+                id,
+                slots,
+                to,
+                from: 0,
+                state: TaskState::Queued,
+                progress: Progress::default(),
+                error: None,
+                attempts: 0,
+                paused: false,
+                created: now,
+                updated: now,
+            });
+        }
+        for task in &tasks {
+            zk.create_json(&paths.task(task.id), task).await?;
+        }
+        Ok(tasks)
     })
     .await
 }
@@ -106,8 +172,11 @@ pub async fn enqueue(store: &Store, slots: Vec<u16>, to: GroupId) -> Result<Task
 /// # Errors
 /// ZooKeeper errors.
 pub async fn list(store: &Store) -> Result<Vec<Task>, TopoError> {
-    let paths = store.paths();
-    let names = match store.children(&paths.tasks()).await {
+    list_on(&store.zk()?, store.paths()).await
+}
+
+async fn list_on(zk: &ZkSession, paths: &super::path::Paths) -> Result<Vec<Task>, TopoError> {
+    let names = match zk.children(&paths.tasks()).await {
         Ok(n) => n,
         Err(e) if e.is_not_found() => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -116,34 +185,108 @@ pub async fn list(store: &Store) -> Result<Vec<Task>, TopoError> {
     ids.sort_unstable();
     let mut tasks = Vec::with_capacity(ids.len());
     for id in ids {
-        tasks.push(store.get_json(&paths.task(id)).await?);
+        tasks.push(zk.get_json(&paths.task(id)).await?);
     }
     Ok(tasks)
 }
 
-/// Cancels a task that has not started moving slots.
+/// Task `id` and its node's version.
 ///
 /// # Errors
-/// Unknown task, or a task past `queued`.
-pub async fn cancel(store: &Store, id: u64) -> Result<Task, TopoError> {
+/// [`TopoError::NotFound`] naming the task; ZooKeeper errors.
+pub async fn get(store: &Store, id: u64) -> Result<(Task, i32), TopoError> {
     let path = store.paths().task(id);
-    let (mut task, version) = store.get_json_with_version::<Task>(&path).await.map_err(|e| {
+    store.get_json_with_version::<Task>(&path).await.map_err(|e| {
         if e.is_not_found() {
             TopoError::NotFound(format!("task {id}"))
         } else {
             e
         }
-    })?;
-    if task.state != TaskState::Queued {
-        return Err(TopoError::Invalid(format!(
-            "task {id} is {:?}: once its slots migrate, finishing is the only safe way",
-            task.state
+    })
+}
+
+/// How many times [`cancel`] retries when the task changes under it.
+const CANCEL_TRIES: usize = 5;
+
+/// Cancels task `id` if its slots have not been switched: a `queued` task, or
+/// a `migrating` one whose switch has not started or was rolled back (every
+/// slot still `online` at its source). A task whose slots are switched (in
+/// `pre_migrate` or `migrate`) can only finish: proxies already write its keys
+/// to the target, so stopping would leave the slots split between two groups
+/// for ever. Such a cancel is refused, saying to pause instead.
+///
+/// The runner's switch writes the task node in the same transaction as
+/// `pre_migrate` (a fence), and this writes it by compare-and-set: either the
+/// cancel lands first and the switch never starts, or the switch does and the
+/// cancel re-reads and is refused.
+///
+/// # Errors
+/// [`TopoError::NotFound`]; [`TopoError::State`] for a task past its switch or
+/// finished; ZooKeeper errors.
+pub async fn cancel(store: &Store, id: u64) -> Result<Task, TopoError> {
+    let path = store.paths().task(id);
+    for _ in 0..CANCEL_TRIES {
+        let (mut task, version) = get(store, id).await?;
+        match task.state {
+            TaskState::Queued => {}
+            TaskState::Migrating => {
+                let topo = watcher::load(store).await?;
+                check_unswitched(&task, &topo.slots)?;
+            }
+            done => {
+                return Err(TopoError::State(format!(
+                    "task {id} is {}: only a queued task, or a migrating one whose slots are not \
+                     switched yet, can be cancelled",
+                    done.name()
+                )));
+            }
+        }
+        task.state = TaskState::Cancelled;
+        task.error = Some("cancelled by an operator".into());
+        task.updated = lock::unix_now();
+        match store.set_json(&path, &task, version).await {
+            Ok(_) => return Ok(task),
+            Err(TopoError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(TopoError::State(format!(
+        "task {id} kept changing while it was being cancelled; retry"
+    )))
+}
+
+/// Refuses to cancel `task` unless every slot is `online` and not yet at the
+/// target.
+fn check_unswitched(task: &Task, table: &SlotTable) -> Result<(), TopoError> {
+    let slots: Vec<_> = task.slots.iter().filter_map(|&s| table.get(s)).collect();
+    let switched = slots.iter().any(|s| s.state != SlotState::Online);
+    let arrived = slots.iter().all(|s| s.group == task.to);
+    if !switched && !arrived {
+        return Ok(());
+    }
+    let ids = format_slot_ids(&task.slots);
+    if slots.iter().any(|s| s.state == SlotState::PreMigrate) {
+        return Err(TopoError::State(format!(
+            "task {} is switching slots {ids} right now; retry in a few seconds (a switch that \
+             rolls back leaves the task cancellable)",
+            task.id
         )));
     }
-    task.state = TaskState::Cancelled;
-    task.updated = lock::unix_now();
-    store.set_json(&path, &task, version).await?;
-    Ok(task)
+    Err(TopoError::State(if arrived && !switched {
+        format!(
+            "task {} has already moved slots {ids} to group {}; nothing to cancel",
+            task.id, task.to
+        )
+    } else {
+        format!(
+            "task {id} has switched slots {ids} to group {to}: proxies already write their keys \
+             there, so it can only finish. Pause it instead (`reborn admin pause {id}`): the \
+             background moving stops, the slots keep serving (keys move as they are accessed), \
+             later tasks run, and `resume` finishes it",
+            id = task.id,
+            to = task.to
+        )
+    }))
 }
 
 /// Pauses (`true`) or resumes a task that is not finished.
@@ -152,204 +295,71 @@ pub async fn cancel(store: &Store, id: u64) -> Result<Task, TopoError> {
 /// Unknown or finished task, or ZooKeeper errors.
 pub async fn set_paused(store: &Store, id: u64, paused: bool) -> Result<Task, TopoError> {
     let path = store.paths().task(id);
-    let (mut task, version) = store.get_json_with_version::<Task>(&path).await.map_err(|e| {
-        if e.is_not_found() {
-            TopoError::NotFound(format!("task {id}"))
-        } else {
-            e
+    for _ in 0..CANCEL_TRIES {
+        let (mut task, version) = get(store, id).await?;
+        if task.state.is_final() {
+            return Err(TopoError::State(format!("task {id} is {}", task.state.name())));
         }
-    })?;
-    if matches!(task.state, TaskState::Done | TaskState::Cancelled) {
-        return Err(TopoError::Invalid(format!("task {id} is {:?}", task.state)));
-    }
-    task.paused = paused;
-    task.updated = lock::unix_now();
-    store.set_json(&path, &task, version).await?;
-    Ok(task)
-}
-
-/// How often an idle runner looks for tasks queued by other processes (this
-/// dashboard's own API wakes it at once through `changed`).
-const IDLE_POLL: Duration = Duration::from_millis(500);
-
-/// Runs queued and unfinished tasks, one at a time, until `cancel` (the end of
-/// this dashboard's leadership). `changed` wakes an idle runner early.
-pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel: CancellationToken) {
-    loop {
-        let next = list(&store).await.map(|tasks| {
-            tasks
-                .into_iter()
-                .find(|t| !t.paused && matches!(t.state, TaskState::Queued | TaskState::Migrating))
-        });
-        let pause = match next {
-            Ok(Some(task)) => match step(&store, &cfg, task, &cancel).await {
-                Ok(()) => Duration::ZERO,
-                Err(e) => {
-                    tracing::warn!(error = %e, "migration task step failed; retrying");
-                    Duration::from_secs(2)
-                }
-            },
-            Ok(None) => IDLE_POLL,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list migration tasks");
-                Duration::from_secs(1)
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = changed.notified(), if pause == IDLE_POLL => {}
-            _ = cancel.cancelled() => return,
+        task.paused = paused;
+        task.updated = lock::unix_now();
+        match store.set_json(&path, &task, version).await {
+            Ok(_) => return Ok(task),
+            Err(TopoError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
         }
     }
+    Err(TopoError::State(format!("task {id} kept changing; retry")))
 }
 
-/// Moves `task` one state forward (or records why it could not).
-async fn step(
-    store: &Store,
-    cfg: &MigratorConfig,
-    task: Task,
-    cancel: &CancellationToken,
-) -> Result<(), TopoError> {
-    match task.state {
-        TaskState::Queued => claim(store, task).await,
-        TaskState::Migrating => advance(store, cfg, task, cancel).await,
-        TaskState::Done | TaskState::Cancelled => Ok(()),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `queued` → `migrating`, by compare-and-set: a concurrent cancel either wins
-/// (the claim fails, nothing happens) or sees `migrating` and is refused.
-async fn claim(store: &Store, mut task: Task) -> Result<(), TopoError> {
-    let topo = watcher::load(store).await?;
-    task.from = task
-        .slots
-        .first()
-        .and_then(|&s| topo.slots.get(s))
-        .map_or(0, |s| s.group);
-    task.state = TaskState::Migrating;
-    task.updated = lock::unix_now();
-    let path = store.paths().task(task.id);
-    let (current, version) = store.get_json_with_version::<Task>(&path).await?;
-    if current.state != TaskState::Queued {
-        return Ok(());
-    }
-    match store.set_json(&path, &task, version).await {
-        Ok(_) | Err(TopoError::Conflict { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Drives a `migrating` task from wherever its slots are, which is also how a
-/// new dashboard resumes after the old one died at any point.
-async fn advance(
-    store: &Store,
-    cfg: &MigratorConfig,
-    mut task: Task,
-    cancel: &CancellationToken,
-) -> Result<(), TopoError> {
-    use super::model::SlotState;
-    let topo = watcher::load(store).await?;
-    let states: Vec<(GroupId, SlotState)> = task
-        .slots
-        .iter()
-        .filter_map(|&id| topo.slots.get(id))
-        .map(|s| (s.group, s.state))
-        .collect();
-    if states
-        .iter()
-        .all(|&(g, st)| g == task.to && st == SlotState::Online)
-    {
-        task.state = TaskState::Done;
-        task.error = None;
-        return save(store, &mut task).await.map(drop);
-    }
-    if states.iter().all(|&(_, st)| st == SlotState::Migrate) {
-        return migrate(store, cfg, task, cancel).await;
-    }
-    // Not switched yet, or a switch cut short: (re)run the two-phase switch.
-    match action::begin_migration(store, &task.slots, task.to, DEFAULT_ACK_TIMEOUT).await {
-        Ok(()) => task.error = None,
-        Err(e) => {
-            // Rolled back (or never started): wait in the queue, error shown.
-            task.error = Some(e.to_string());
-            task.state = TaskState::Queued;
+    fn task(slots: &[u16], to: GroupId) -> Task {
+        Task {
+            id: 7,
+            slots: slots.to_vec(),
+            to,
+            from: 0,
+            state: TaskState::Migrating,
+            progress: Progress::default(),
+            error: None,
+            attempts: 0,
+            paused: false,
+            created: 0,
+            updated: 0,
         }
     }
-    save(store, &mut task).await.map(drop)
-}
 
-async fn migrate(
-    store: &Store,
-    cfg: &MigratorConfig,
-    mut task: Task,
-    cancel: &CancellationToken,
-) -> Result<(), TopoError> {
-    let topo = watcher::load(store).await?;
-    let master = |g: GroupId| {
-        topo.groups
-            .get(&g)
-            .and_then(|g| g.master())
-            .map(str::to_string)
-            .ok_or_else(|| TopoError::Invalid(format!("group {g} has no master")))
-    };
-    let (source, target) = (master(task.from)?, master(task.to)?);
-    let slots: BTreeSet<u16> = task.slots.iter().copied().collect();
-    // The migrator reports progress synchronously; a sibling future saves the
-    // latest report to ZooKeeper about once a second.
-    let latest = Arc::new(parking_lot::Mutex::new(None::<Progress>));
-    let report = latest.clone();
-    let mut progress = task.progress.clone();
-    // Cancelled when the leadership ends, or when an operator pauses the task.
-    let stop = cancel.child_token();
-    let cancel = &stop;
-    let outcome = {
-        let work = migrator::migrate_slots(
-            &source,
-            &target,
-            &slots,
-            cfg,
-            &mut progress,
-            move |p: &Progress| *report.lock() = Some(p.clone()),
-            cancel,
-        );
-        tokio::pin!(work);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                outcome = &mut work => break outcome,
-                _ = tick.tick() => {
-                    let snapshot = latest.lock().take();
-                    if let Some(p) = snapshot {
-                        task.progress = p;
-                        if save(store, &mut task).await? {
-                            stop.cancel();
-                        }
-                    }
-                }
+    fn table(state: SlotState, group: GroupId) -> SlotTable {
+        let mut t = SlotTable::default();
+        for id in 0..4 {
+            if let Some(s) = t.get_mut(id) {
+                s.group = group;
+                s.state = state;
             }
         }
-    };
-    task.progress = progress;
-    match outcome {
-        Ok(Outcome::Finished) => {
-            action::finish_migration(store, &task.slots, DEFAULT_ACK_TIMEOUT).await?;
-            task.state = TaskState::Done;
-            task.error = None;
-        }
-        Ok(Outcome::Cancelled) => {}
-        Err(e) => task.error = Some(e.to_string()),
+        t
     }
-    save(store, &mut task).await.map(drop)
-}
 
-/// Writes `task` back, keeping the operator's `paused` flag as stored (the
-/// runner writes everything else; `cancel` only touches queued tasks). Returns
-/// whether the task is paused.
-async fn save(store: &Store, task: &mut Task) -> Result<bool, TopoError> {
-    task.updated = lock::unix_now();
-    let path = store.paths().task(task.id);
-    let (stored, version) = store.get_json_with_version::<Task>(&path).await?;
-    task.paused = stored.paused;
-    store.set_json(&path, task, version).await?;
-    Ok(task.paused)
+    #[test]
+    fn only_unswitched_tasks_can_be_cancelled() {
+        let t = task(&[0, 1, 2, 3], 2);
+        assert!(check_unswitched(&t, &table(SlotState::Online, 1)).is_ok());
+        let e = check_unswitched(&t, &table(SlotState::Migrate, 2)).expect_err("switched");
+        assert!(e.to_string().contains("reborn admin pause 7"), "{e}");
+        let e = check_unswitched(&t, &table(SlotState::PreMigrate, 1)).expect_err("switching");
+        assert!(e.to_string().contains("retry"), "{e}");
+        let e = check_unswitched(&t, &table(SlotState::Online, 2)).expect_err("arrived");
+        assert!(e.to_string().contains("nothing to cancel"), "{e}");
+    }
+
+    #[test]
+    fn old_records_without_attempts_still_parse() {
+        let json = r#"{"id":1,"slots":[0],"to":2,"state":"queued","created":0,"updated":0}"#;
+        let t: Task = serde_json::from_str(json).expect("old record");
+        assert_eq!((t.attempts, t.state), (0, TaskState::Queued));
+        let failed = serde_json::to_value(TaskState::Failed).expect("json");
+        assert_eq!(failed, "failed");
+    }
 }

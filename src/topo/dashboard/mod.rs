@@ -5,6 +5,7 @@
 //! * [`leader`]: who leads, through an ephemeral ZooKeeper node; standbys wait
 //!   and take over; a leader that may have lost its session steps down.
 //! * [`client`]: the HTTP client `reborn admin` calls the API with.
+//! * [`address`]: where the leader is, from its node in ZooKeeper.
 //! * [`error`]: why the dashboard could not start or had to stop.
 //!
 //! The HTTP API itself is [`crate::topo::api`]. The listener is bound before
@@ -22,6 +23,7 @@
 //!
 //! Imports `libs` and `topo`.
 
+pub mod address;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -189,7 +191,7 @@ impl Bound {
     }
 }
 
-/// Runs the migration tasks ([`crate::topo::task`]) during every leadership term
+/// Runs the migration tasks ([`crate::topo::runner`]) during every leadership term
 /// of this dashboard, and stops them the moment the term ends: two dashboards
 /// must never drive the same task.
 async fn run_tasks_while_leading(
@@ -207,7 +209,7 @@ async fn run_tasks_while_leading(
             }
         }
         let term = stop.child_token();
-        let tasks = crate::topo::task::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
+        let tasks = crate::topo::runner::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
         tokio::pin!(tasks);
         loop {
             tokio::select! {

@@ -50,6 +50,10 @@ pub struct MigratorConfig {
     /// written to ZooKeeper cannot leak it.
     #[serde(skip_serializing)]
     pub auth: Option<String>,
+    /// How many switches in a row a task may fail (a live proxy that does not
+    /// acknowledge, each rolled back) before the task is failed, freeing the
+    /// queue. A task that can never run (its target group is gone) fails at once.
+    pub switch_attempts: u32,
 }
 
 impl Default for MigratorConfig {
@@ -66,6 +70,7 @@ impl Default for MigratorConfig {
             timeout: Duration::from_secs(5),
             max_keys_per_sec: None,
             auth: None,
+            switch_attempts: 5,
         }
     }
 }
@@ -89,6 +94,9 @@ impl MigratorConfig {
         if self.timeout < Duration::from_millis(1) || self.timeout > MAX_TIMEOUT {
             return bad("timeout must be between 1 ms and 60 s");
         }
+        if self.switch_attempts == 0 {
+            return bad("switch_attempts must be at least 1");
+        }
         if self.max_keys_per_sec == Some(0) {
             return bad("max_keys_per_sec must be at least 1 (or unset for no limit)");
         }
@@ -107,6 +115,7 @@ impl fmt::Debug for MigratorConfig {
             .field("timeout", &self.timeout)
             .field("max_keys_per_sec", &self.max_keys_per_sec)
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("switch_attempts", &self.switch_attempts)
             .finish()
     }
 }

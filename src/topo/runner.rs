@@ -1,0 +1,305 @@
+//! The migration-task runner: drives the queue of [`super::task`] one task at a
+//! time, in id order, during the dashboard's leadership.
+//!
+//! Every step starts from what ZooKeeper holds (the task record and the slot
+//! table), which is also how a new leader resumes a task its predecessor left
+//! at any point. What may end a task, and why each is safe:
+//!
+//! * A task that can never run (its target group was removed or lost its
+//!   master, its slots changed hands) fails at once, before any switch.
+//! * A switch that keeps failing (a live proxy that never acknowledges, …) is
+//!   rolled back each time; after `switch_attempts` failures in a row the task
+//!   fails. Either way its slots are `online` at the source: nothing is half done,
+//!   and the queue moves on.
+//! * Once switched, a task is never failed nor cancelled: proxies write its keys
+//!   to the target already. It retries until done; pausing it lets later tasks
+//!   run meanwhile.
+//!
+//! Imports `libs` and the topo kernel only.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::action::{self, DEFAULT_ACK_TIMEOUT, Fence, check_migration};
+use super::error::TopoError;
+use super::lock;
+use super::migrator::{self, MigratorConfig, Outcome, Progress};
+use super::model::{GroupId, SlotState};
+use super::store::Store;
+use super::task::{self, Task, TaskState};
+use super::watcher;
+
+/// How often an idle runner looks for tasks queued by other processes (this
+/// dashboard's own API wakes it at once through `changed`).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// The pause after a step that failed, before the task is tried again.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Runs queued and unfinished tasks, one at a time, until `cancel` (the end of
+/// this dashboard's leadership). `changed` wakes an idle runner early.
+pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel: CancellationToken) {
+    loop {
+        let next = task::list(&store).await.map(|tasks| {
+            tasks
+                .into_iter()
+                .find(|t| !t.paused && matches!(t.state, TaskState::Queued | TaskState::Migrating))
+        });
+        let pause = match next {
+            Ok(Some(task)) => match step(&store, &cfg, task, &cancel).await {
+                Ok(pause) => pause,
+                Err(e) => {
+                    tracing::warn!(error = %e, "migration task step failed; retrying");
+                    RETRY_PAUSE
+                }
+            },
+            Ok(None) => IDLE_POLL,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list migration tasks");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = changed.notified(), if pause == IDLE_POLL => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Moves `task` one state forward (or records why it could not); returns how
+/// long to wait before the next step.
+async fn step(
+    store: &Store,
+    cfg: &MigratorConfig,
+    task: Task,
+    cancel: &CancellationToken,
+) -> Result<Duration, TopoError> {
+    match task.state {
+        TaskState::Queued => claim(store, task).await.map(|()| Duration::ZERO),
+        TaskState::Migrating => advance(store, cfg, task, cancel).await,
+        _ => Ok(Duration::ZERO),
+    }
+}
+
+/// `queued` → `migrating`, by compare-and-set: a concurrent cancel either wins
+/// (the claim fails, nothing happens) or the claim does, and the cancel then
+/// judges by the slots (see [`task::cancel`]).
+async fn claim(store: &Store, mut task: Task) -> Result<(), TopoError> {
+    let topo = watcher::load(store).await?;
+    task.from = task
+        .slots
+        .first()
+        .and_then(|&s| topo.slots.get(s))
+        .map_or(0, |s| s.group);
+    task.state = TaskState::Migrating;
+    task.updated = lock::unix_now();
+    let path = store.paths().task(task.id);
+    let (current, version) = store.get_json_with_version::<Task>(&path).await?;
+    if current.state != TaskState::Queued || current.paused {
+        return Ok(());
+    }
+    task.attempts = current.attempts;
+    match store.set_json(&path, &task, version).await {
+        Ok(_) | Err(TopoError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drives a `migrating` task from wherever its slots are.
+async fn advance(
+    store: &Store,
+    cfg: &MigratorConfig,
+    mut task: Task,
+    cancel: &CancellationToken,
+) -> Result<Duration, TopoError> {
+    let topo = watcher::load(store).await?;
+    let states: Vec<(GroupId, SlotState)> = task
+        .slots
+        .iter()
+        .filter_map(|&id| topo.slots.get(id))
+        .map(|s| (s.group, s.state))
+        .collect();
+    if states
+        .iter()
+        .all(|&(g, st)| g == task.to && st == SlotState::Online)
+    {
+        task.state = TaskState::Done;
+        task.error = None;
+        return save(store, &mut task).await.map(|_| Duration::ZERO);
+    }
+    if states
+        .iter()
+        .all(|&(g, st)| g == task.to && st == SlotState::Migrate)
+    {
+        return migrate(store, cfg, task, cancel).await;
+    }
+    // Not switched yet, or a switch cut short (pre_migrate): first, can it
+    // still run at all?
+    if let Err(e) = check_migration(&topo.slots, topo.groups.get(&task.to), &task.slots, task.to) {
+        return fail(store, task, e.to_string()).await;
+    }
+    switch(store, cfg, task).await
+}
+
+/// Runs the two-phase switch, fenced by the task node (see [`task::cancel`]).
+async fn switch(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<Duration, TopoError> {
+    let path = store.paths().task(task.id);
+    let (stored, version) = store.get_json_with_version::<Task>(&path).await?;
+    if stored.state != TaskState::Migrating || stored.paused {
+        return Ok(Duration::ZERO);
+    }
+    let mut fenced = stored;
+    fenced.updated = lock::unix_now();
+    let value = serde_json::to_value(&fenced).map_err(|source| TopoError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    let fence = Fence { path, value, version };
+    let outcome =
+        action::begin_migration_fenced(store, &task.slots, task.to, DEFAULT_ACK_TIMEOUT, Some(&fence)).await;
+    match outcome {
+        Ok(()) => {
+            task.error = None;
+            task.attempts = 0;
+            save(store, &mut task).await.map(|_| Duration::ZERO)
+        }
+        // The task changed (cancelled, paused) before the switch: nothing was
+        // written; the next look decides.
+        Err(TopoError::Conflict { path }) if path == fence.path => Ok(Duration::ZERO),
+        Err(e @ (TopoError::Invalid(_) | TopoError::NotFound(_))) => fail(store, task, e.to_string()).await,
+        Err(e) => {
+            task.attempts = task.attempts.saturating_add(1);
+            if task.attempts >= cfg.switch_attempts {
+                let reason = format!(
+                    "gave up after {} failed switch attempts in a row (switch_attempts = {}); \
+                     its slots stay at group {}. Last error: {e}",
+                    task.attempts, cfg.switch_attempts, task.from
+                );
+                return fail(store, task, reason).await;
+            }
+            // Rolled back (or never started): wait in the queue, error shown.
+            task.error = Some(e.to_string());
+            task.state = TaskState::Queued;
+            save(store, &mut task).await.map(|_| RETRY_PAUSE)
+        }
+    }
+}
+
+/// Ends `task` as failed, with `reason`, freeing the queue. Only for a task
+/// whose slots are not switched; a switch its dashboard left half done
+/// (`pre_migrate`) is rolled back first.
+async fn fail(store: &Store, mut task: Task, reason: String) -> Result<Duration, TopoError> {
+    action::abort_switch(store, &task.slots, DEFAULT_ACK_TIMEOUT).await?;
+    tracing::warn!(task = task.id, %reason, "migration task failed");
+    task.state = TaskState::Failed;
+    task.error = Some(reason);
+    save(store, &mut task).await.map(|_| Duration::ZERO)
+}
+
+/// Moves the keys of a switched task, then brings its slots online.
+async fn migrate(
+    store: &Store,
+    cfg: &MigratorConfig,
+    mut task: Task,
+    cancel: &CancellationToken,
+) -> Result<Duration, TopoError> {
+    let topo = watcher::load(store).await?;
+    let master = |g: GroupId| {
+        topo.groups
+            .get(&g)
+            .and_then(|g| g.master())
+            .map(str::to_string)
+            .ok_or_else(|| TopoError::Invalid(format!("group {g} has no master")))
+    };
+    let (source, target) = match (master(task.from), master(task.to)) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => {
+            // Shown on the task; retried (the slots are half moved).
+            task.error = Some(e.to_string());
+            save(store, &mut task).await?;
+            return Err(e);
+        }
+    };
+    let slots: BTreeSet<u16> = task.slots.iter().copied().collect();
+    // The migrator reports progress synchronously; a sibling future saves the
+    // latest report to ZooKeeper about once a second.
+    let latest = Arc::new(parking_lot::Mutex::new(None::<Progress>));
+    let report = latest.clone();
+    let mut progress = task.progress.clone();
+    // Cancelled when the leadership ends, or when an operator pauses the task.
+    let stop = cancel.child_token();
+    let cancel = &stop;
+    let outcome = {
+        let work = migrator::migrate_slots(
+            &source,
+            &target,
+            &slots,
+            cfg,
+            &mut progress,
+            move |p: &Progress| *report.lock() = Some(p.clone()),
+            cancel,
+        );
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                outcome = &mut work => break outcome,
+                _ = tick.tick() => {
+                    let snapshot = latest.lock().take();
+                    if let Some(p) = snapshot {
+                        task.progress = p;
+                        if save(store, &mut task).await? {
+                            stop.cancel();
+                        }
+                    }
+                }
+            }
+        }
+    };
+    task.progress = progress;
+    let pause = match outcome {
+        Ok(Outcome::Finished) => {
+            action::finish_migration(store, &task.slots, DEFAULT_ACK_TIMEOUT).await?;
+            task.state = TaskState::Done;
+            task.error = None;
+            Duration::ZERO
+        }
+        Ok(Outcome::Cancelled) => Duration::ZERO,
+        Err(e) => {
+            task.error = Some(e.to_string());
+            RETRY_PAUSE
+        }
+    };
+    save(store, &mut task).await.map(|_| pause)
+}
+
+/// How many times [`save`] retries a write that raced with an operator's.
+const SAVE_TRIES: usize = 5;
+
+/// Writes `task` back, keeping the operator's `paused` flag as stored, and
+/// never over a cancel (the runner writes everything else). Returns true if
+/// the runner should stop working on it now (paused or cancelled).
+async fn save(store: &Store, task: &mut Task) -> Result<bool, TopoError> {
+    let path = store.paths().task(task.id);
+    let mut last = None;
+    for _ in 0..SAVE_TRIES {
+        task.updated = lock::unix_now();
+        let (stored, version) = store.get_json_with_version::<Task>(&path).await?;
+        if stored.state == TaskState::Cancelled {
+            *task = stored;
+            return Ok(true);
+        }
+        task.paused = stored.paused;
+        match store.set_json(&path, task, version).await {
+            Ok(_) => return Ok(task.paused),
+            Err(e @ TopoError::Conflict { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(TopoError::Conflict { path }))
+}

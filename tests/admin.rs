@@ -1,0 +1,554 @@
+//! Admin correctness against real ZooKeeper, redis-servers, dashboards and the
+//! `reborn admin` binary: migrations that could never run are refused when
+//! submitted; a task that cannot progress fails and frees the queue; cancel
+//! works until a task's switch and is refused (saying to pause) after it;
+//! `reborn admin` finds the dashboard of the product it is given through
+//! ZooKeeper; `admin groups` and `GET /api/groups` show each server's health;
+//! the dashboard's log-level switch refuses a typo.
+
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use reborn::libs::hash::slot_of;
+use reborn::topo::dashboard::client::{self, Reply};
+use reborn::topo::dashboard::{Bound, DashboardConfig};
+use reborn::topo::model::{Role, SlotState};
+use reborn::topo::task::{self, Task, TaskState};
+use reborn::topo::{Store, TopoError, ZkConfig, operation, watcher};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// An in-process dashboard of `zk`'s product on a free port, stopped with
+/// `stop`; returns its address once it leads.
+async fn dashboard(zk: &ZkConfig, max_keys_per_sec: Option<u64>, stop: &CancellationToken) -> String {
+    dashboard_with(zk, stop, |cfg| cfg.migration.max_keys_per_sec = max_keys_per_sec).await
+}
+
+/// [`dashboard`], with its config adjusted by `adjust`.
+async fn dashboard_with(
+    zk: &ZkConfig,
+    stop: &CancellationToken,
+    adjust: impl FnOnce(&mut DashboardConfig),
+) -> String {
+    let mut cfg = DashboardConfig {
+        listen: "127.0.0.1:0".into(),
+        zk: zk.clone(),
+        ..DashboardConfig::default()
+    };
+    adjust(&mut cfg);
+    let bound = Bound::bind(cfg).await.expect("bind dashboard");
+    let addr = bound.local_addr().to_string();
+    tokio::spawn(bound.run(stop.clone()));
+    common::eventually("the dashboard to lead", Duration::from_secs(10), || async {
+        matches!(client::get(&addr, "/api/dashboard").await, Ok(r) if r.body["role"] == "leader")
+    })
+    .await;
+    addr
+}
+
+async fn tasks(dash: &str) -> Vec<Task> {
+    client::get(dash, "/api/tasks")
+        .await
+        .expect("GET /api/tasks")
+        .into_json()
+        .expect("tasks")
+}
+
+async fn post(dash: &str, path: &str, body: serde_json::Value) -> Reply {
+    client::post(dash, path, &body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// Waits until task `id` is in `state`; returns it.
+async fn wait_state(dash: &str, id: u64, state: TaskState, timeout: Duration) -> Task {
+    let what = format!("task {id} to be {state:?}");
+    common::eventually(&what, timeout, || async {
+        tasks(dash).await.iter().any(|t| t.id == id && t.state == state)
+    })
+    .await;
+    tasks(dash).await.into_iter().find(|t| t.id == id).expect("task")
+}
+
+/// Runs `reborn admin ARGS… --zk … --root … --product …` (the product's flags
+/// last, as an operator would type them).
+async fn admin(zk: &ZkConfig, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_reborn"))
+        .arg("admin")
+        .args(args)
+        .args(["--zk", &zk.addr, "--root", &zk.root, "--product", &zk.product])
+        .output()
+        .await
+        .expect("run reborn admin")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_that_could_never_run_are_refused_and_nothing_is_queued() {
+    let c = Cluster::start().await;
+    operation::create_group(&c.store, 3)
+        .await
+        .expect("group 3, no master");
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+    let before = watcher::load(&c.store).await.expect("load");
+
+    let refused = [
+        ((0, 3, 9), 404, "group 9 does not exist"),
+        ((0, 3, 1), 400, "slots already belong to group 1"),
+        ((0, 3, 3), 400, "group 3 has no master"),
+        ((510, 513, 2), 400, "several groups"),
+        ((0, 3, 0), 400, "out of range"),
+    ];
+    for ((start, end, to), status, needle) in refused {
+        let r = post(
+            &dash,
+            "/api/migrate",
+            json!({"start": start, "end": end, "to": to}),
+        )
+        .await;
+        let error = r.error().unwrap_or_default();
+        assert_eq!(r.status, status, "{start}-{end} to {to}: {:?}", r.body);
+        assert!(
+            error.contains(needle),
+            "{start}-{end} to {to}: {error:?} lacks {needle:?}"
+        );
+    }
+    // The command line prints the refusal and exits non-zero; it reaches this
+    // product's dashboard through ZooKeeper (no --dashboard).
+    let out = admin(&c.zk, &["migrate", "--slots", "0-3", "--to", "9"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("group 9 does not exist") && stderr.contains("404"),
+        "{stderr}"
+    );
+    let out = admin(&c.zk, &["migrate", "--slots", "0-3", "--to", "1"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("already belong to group 1"),
+        "{:?}",
+        text(&out)
+    );
+
+    assert!(tasks(&dash).await.is_empty(), "a refused migration was queued");
+    assert_eq!(
+        watcher::load(&c.store).await.expect("load"),
+        before,
+        "nothing changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_of_an_unfinished_task_are_refused_until_it_ends() {
+    let c = Cluster::start().await;
+    // No dashboard yet: tasks stay queued.
+    let first = task::enqueue(&c.store, (0..=3).collect(), 2)
+        .await
+        .expect("first");
+    let err = task::enqueue(&c.store, (3..=5).collect(), 2)
+        .await
+        .expect_err("overlaps task 1");
+    assert!(
+        matches!(&err, TopoError::State(m) if m.contains("slots 3 belong to unfinished task 1")),
+        "{err}"
+    );
+    // All or none: the second move is refused, so the first is not queued either.
+    let err = task::enqueue_many(&c.store, vec![((8..=9).collect(), 2), ((1..=1).collect(), 2)])
+        .await
+        .expect_err("second overlaps");
+    assert!(err.to_string().contains("task 1"), "{err}");
+    assert_eq!(task::list(&c.store).await.expect("list").len(), 1);
+    // Once cancelled, its slots are free again.
+    task::cancel(&c.store, first.id).await.expect("cancel");
+    let again = task::enqueue(&c.store, (3..=5).collect(), 2)
+        .await
+        .expect("free again");
+    assert_eq!(again.id, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_target_group_disappears_fails_and_the_next_one_runs() {
+    let c = Cluster::start().await;
+    let third = common::redis();
+    operation::create_group(&c.store, 3).await.expect("group 3");
+    operation::add_server(&c.store, 3, &third.addr(), Role::Master)
+        .await
+        .expect("master of 3");
+    // Queued while no dashboard runs, then the target group goes away.
+    let doomed = task::enqueue(&c.store, (0..=3).collect(), 3).await.expect("to 3");
+    let next = task::enqueue(&c.store, (4..=7).collect(), 2).await.expect("to 2");
+    operation::remove_server(&c.store, 3, &third.addr())
+        .await
+        .expect("remove master");
+    operation::remove_group(&c.store, 3)
+        .await
+        .expect("remove group 3");
+
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+    let failed = wait_state(&dash, doomed.id, TaskState::Failed, Duration::from_secs(20)).await;
+    let reason = failed.error.clone().unwrap_or_default();
+    assert!(reason.contains("group 3 does not exist"), "{failed:?}");
+    // The queue moved on: the next task ran to the end.
+    wait_state(&dash, next.id, TaskState::Done, Duration::from_secs(30)).await;
+    assert_eq!(c.slot_state(4).await, (2, SlotState::Online));
+    // The failed task's slots never moved.
+    assert_eq!(c.slot_state(0).await, (1, SlotState::Online));
+    // It is final: it cannot be paused, resumed or cancelled.
+    let r = post(&dash, &format!("/api/tasks/{}/cancel", doomed.id), json!({})).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(
+        r.error().unwrap_or_default().contains("is failed"),
+        "{:?}",
+        r.body
+    );
+    let out = admin(&c.zk, &["tasks"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("failed") && stdout.contains("group 3 does not exist"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_works_until_the_switch_and_after_it_says_to_pause() {
+    let c = Cluster::start().await;
+    // Before any dashboard runs: a queued task, and one the runner had claimed
+    // (`migrating`) but whose switch had not happened or was rolled back.
+    let queued = task::enqueue(&c.store, (600..=601).collect(), 1)
+        .await
+        .expect("queued");
+    let claimed = task::enqueue(&c.store, (602..=603).collect(), 1)
+        .await
+        .expect("claimed");
+    let path = c.store.paths().task(claimed.id);
+    let (mut record, version) = task::get(&c.store, claimed.id).await.expect("get");
+    record.state = TaskState::Migrating;
+    record.from = 2;
+    c.store
+        .set_json(&path, &record, version)
+        .await
+        .expect("claim by hand");
+    let out = admin(
+        &c.zk,
+        &["cancel", &queued.id.to_string(), "--dashboard", "127.0.0.1:1"],
+    )
+    .await;
+    assert!(!out.status.success(), "--dashboard overrides ZooKeeper");
+    task::cancel(&c.store, queued.id).await.expect("cancel queued");
+    let t = task::cancel(&c.store, claimed.id)
+        .await
+        .expect("cancel unswitched");
+    assert_eq!(t.state, TaskState::Cancelled);
+
+    // Keys on group 1 for a switched task that moves slowly.
+    let mut g1 = common::client(&c.masters[0].addr()).await;
+    let keys: Vec<String> = (0..60_000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| slot_of(k.as_bytes()) < 512)
+        .take(12_000)
+        .collect();
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.set(k, 1).ignore();
+    }
+    let () = pipe.query_async(&mut g1).await.expect("preload");
+    let dash = dashboard(&c.zk, Some(3000), &c.stop).await;
+    let out = admin(&c.zk, &["migrate", "--slots", "0-511", "--to", "2"]).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let id = tasks(&dash).await.iter().map(|t| t.id).max().expect("queued");
+    common::eventually("keys to move", Duration::from_secs(20), || async {
+        tasks(&dash)
+            .await
+            .iter()
+            .any(|t| t.id == id && t.progress.moved > 0)
+    })
+    .await;
+    let cancel =
+        |dash: String| async move { post(&dash, &format!("/api/tasks/{id}/cancel"), json!({})).await };
+    let r = cancel(dash.clone()).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    let error = r.error().unwrap_or_default().to_string();
+    assert!(
+        error.contains("can only finish") && error.contains(&format!("reborn admin pause {id}")),
+        "{error}"
+    );
+    // Paused, it is still not cancellable; the command line says so too.
+    let out = admin(&c.zk, &["pause", &id.to_string()]).await;
+    assert!(
+        text(&out).0.contains(&format!("task {id} paused")),
+        "{:?}",
+        text(&out)
+    );
+    let out = admin(&c.zk, &["cancel", &id.to_string()]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("can only finish"), "{:?}", text(&out));
+    assert_eq!(c.slot_state(0).await, (2, SlotState::Migrate));
+    let t = tasks(&dash).await.into_iter().find(|t| t.id == id).expect("task");
+    assert_eq!((t.state, t.paused), (TaskState::Migrating, true));
+    // Resumed, it finishes; then cancel says it is done.
+    let out = admin(&c.zk, &["resume", &id.to_string()]).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    wait_state(&dash, id, TaskState::Done, Duration::from_secs(60)).await;
+    let r = cancel(dash.clone()).await;
+    assert_eq!(r.status, 409);
+    assert!(r.error().unwrap_or_default().contains("is done"), "{:?}", r.body);
+    // The cancelled tasks never ran: their slots stayed at group 2.
+    assert_eq!(c.slot_state(600).await, (2, SlotState::Online));
+    assert_eq!(c.slot_state(603).await, (2, SlotState::Online));
+    let list = tasks(&dash).await;
+    let state = |id| list.iter().find(|t| t.id == id).map(|t| t.state);
+    assert_eq!(state(queued.id), Some(TaskState::Cancelled));
+    assert_eq!(state(claimed.id), Some(TaskState::Cancelled));
+}
+
+/// A product under `root` with one group (fake master) owning every slot and an
+/// empty group 2 (fake master), as far as ZooKeeper knows.
+async fn product(zk_addr: &str, root: &str, name: &str) -> (ZkConfig, Store) {
+    let cfg = ZkConfig {
+        addr: zk_addr.to_string(),
+        root: root.to_string(),
+        product: name.to_string(),
+        session_timeout: Duration::from_secs(2),
+    };
+    let store = Store::connect(&cfg).await.expect("connect");
+    operation::init_product(&store).await.expect("init");
+    (cfg, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reaches_the_dashboard_of_the_product_it_is_given() {
+    let root = common::unique_root();
+    let zk = common::zk();
+    let (p1, s1) = product(&zk, &root, "one").await;
+    let (p2, _s2) = product(&zk, &root, "two").await;
+    let (p3, _s3) = product(&zk, &root, "three").await;
+    // Product one has a (cancelled) task, product two none.
+    for g in 1..=2 {
+        operation::create_group(&s1, g).await.expect("group");
+        operation::add_server(&s1, g, &format!("127.0.0.1:{}", 7000 + g), Role::Master)
+            .await
+            .expect("server");
+    }
+    operation::assign_slots(&s1, 0, 1023, 1).await.expect("assign");
+    let t = task::enqueue(&s1, (0..=3).collect(), 2).await.expect("task");
+    task::cancel(&s1, t.id).await.expect("cancel");
+
+    let stop = CancellationToken::new();
+    let d1 = dashboard(&p1, None, &stop).await;
+    let d2 = dashboard(&p2, None, &stop).await;
+    assert_ne!(d1, d2);
+
+    let out = admin(&p1, &["tasks"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("cancelled") && stdout.contains("0-3"), "{stdout}");
+    let out = admin(&p2, &["tasks"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("ID") && !stdout.contains("cancelled"),
+        "{stdout}"
+    );
+    // --dashboard still overrides: product one's flags, product two's dashboard.
+    let out = admin(&p1, &["tasks", "--dashboard", &d2]).await;
+    assert!(!text(&out).0.contains("cancelled"), "{:?}", text(&out));
+
+    // A product without a dashboard, and one that does not exist: clear errors.
+    let out = admin(&p3, &["tasks"]).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("product \"three\" has no running dashboard") && stderr.contains(&zk),
+        "{stderr}"
+    );
+    let mut p4 = p3.clone();
+    p4.product = "four".into();
+    let out = admin(&p4, &["rebalance", "--dry-run"]).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("product \"four\" does not exist") && stderr.contains(&zk),
+        "{stderr}"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_show_each_servers_health_and_the_log_level_is_checked() {
+    let c = Cluster::start().await;
+    let stopped = common::redis();
+    let stopped_addr = stopped.addr();
+    operation::add_server(&c.store, 2, &stopped_addr, Role::Replica)
+        .await
+        .expect("replica");
+    drop(stopped);
+    let up = c.masters[0].addr();
+
+    let out = admin(&c.zk, &["groups"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let line = |addr: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(addr))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        stdout.starts_with("GROUP") && stdout.contains("HEALTH"),
+        "{stdout}"
+    );
+    assert!(line(&up).ends_with(" up"), "{stdout}");
+    assert!(line(&stopped_addr).ends_with(" down"), "{stdout}");
+
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+    let groups = client::get(&dash, "/api/groups").await.expect("groups").body;
+    let health = |addr: &str| {
+        groups
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["servers"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["addr"] == addr)
+            .map(|s| s["health"].clone())
+    };
+    assert_eq!(health(&up), Some(json!("up")), "{groups}");
+    assert_eq!(health(&stopped_addr), Some(json!("down")), "{groups}");
+
+    // The dashboard's log switch: a typo is refused, a level accepted.
+    reborn::libs::logging::init("warn");
+    let put = |path: &'static str| {
+        let dash = dash.clone();
+        async move {
+            client::call(&dash, axum::http::Method::PUT, path, None)
+                .await
+                .expect("PUT")
+        }
+    };
+    let r = put("/api/loglevel/degub").await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(r.error().unwrap_or_default().contains("degub"), "{:?}", r.body);
+    assert_eq!(put("/api/loglevel/debug").await.status, 200);
+    assert_eq!(put("/api/loglevel/warn").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_keeps_failing_fails_the_task_and_frees_the_queue() {
+    let c = Cluster::start().await;
+    let _live = c.proxy().await;
+    // A proxy that is alive to ZooKeeper (long session) but cannot acknowledge.
+    let (paused, paused_id, _conf) = c.proxy_process(Duration::from_secs(30)).await;
+    common::cluster::signal(paused.id(), "-STOP");
+    let stuck = task::enqueue(&c.store, (0..=3).collect(), 2)
+        .await
+        .expect("first");
+    let next = task::enqueue(&c.store, (4..=7).collect(), 2)
+        .await
+        .expect("second");
+    let dash = dashboard_with(&c.zk, &c.stop, |cfg| cfg.migration.switch_attempts = 1).await;
+
+    // One switch waits the ack timeout (10 s), is rolled back, and with
+    // switch_attempts = 1 the task fails with the reason.
+    let failed = wait_state(&dash, stuck.id, TaskState::Failed, Duration::from_secs(40)).await;
+    let reason = failed.error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("switch_attempts = 1") && reason.contains(&paused_id),
+        "{failed:?}"
+    );
+    assert_eq!(c.slot_state(0).await, (1, SlotState::Online), "rolled back");
+    // The proxy recovers; the next task runs.
+    common::cluster::signal(paused.id(), "-CONT");
+    wait_state(&dash, next.id, TaskState::Done, Duration::from_secs(40)).await;
+    assert_eq!(c.slot_state(4).await, (2, SlotState::Online));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_that_would_touch_a_pending_task_changes_nothing() {
+    let c = Cluster::start().await;
+    let third = common::redis();
+    operation::create_group(&c.store, 3).await.expect("group 3");
+    operation::add_server(&c.store, 3, &third.addr(), Role::Master)
+        .await
+        .expect("master of 3");
+    // A paused task holds slot 1023 (the plan takes donors' highest slots).
+    let pending = task::enqueue(&c.store, vec![1023], 1).await.expect("task");
+    task::set_paused(&c.store, pending.id, true).await.expect("pause");
+    let before = watcher::load(&c.store).await.expect("load");
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+
+    let r = post(&dash, "/api/rebalance", json!({})).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    let error = r.error().unwrap_or_default();
+    assert!(
+        error.contains("slots 1023 belong to unfinished task 1"),
+        "{error}"
+    );
+    let out = admin(&c.zk, &["rebalance"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("unfinished task 1"), "{:?}", text(&out));
+    // All or none: no task queued for the other move, nothing assigned.
+    assert_eq!(tasks(&dash).await.len(), 1);
+    assert_eq!(watcher::load(&c.store).await.expect("load"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_gives_up_mid_switch_releases_its_slots() {
+    let c = Cluster::start().await;
+    let third = common::redis();
+    operation::create_group(&c.store, 3).await.expect("group 3");
+    operation::add_server(&c.store, 3, &third.addr(), Role::Master)
+        .await
+        .expect("master of 3");
+    let t = task::enqueue(&c.store, (0..=3).collect(), 3).await.expect("task");
+    // As a dashboard that died between the switch's phases leaves it: the task
+    // claimed, its slots held in pre_migrate.
+    let (mut record, version) = task::get(&c.store, t.id).await.expect("get");
+    record.state = TaskState::Migrating;
+    record.from = 1;
+    let path = c.store.paths().task(t.id);
+    c.store.set_json(&path, &record, version).await.expect("claim");
+    let slots_path = c.store.paths().slots();
+    let (mut table, version) = c
+        .store
+        .get_json_with_version::<reborn::topo::SlotTable>(&slots_path)
+        .await
+        .expect("slots");
+    for id in 0..=3 {
+        table.get_mut(id).expect("slot").state = SlotState::PreMigrate;
+    }
+    c.store
+        .set_json(&slots_path, &table, version)
+        .await
+        .expect("hold");
+    // Then its target group goes.
+    operation::remove_server(&c.store, 3, &third.addr())
+        .await
+        .expect("remove master");
+    operation::remove_group(&c.store, 3).await.expect("remove group");
+
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+    let failed = wait_state(&dash, t.id, TaskState::Failed, Duration::from_secs(20)).await;
+    assert!(
+        failed
+            .error
+            .unwrap_or_default()
+            .contains("group 3 does not exist")
+    );
+    for slot in [0, 3] {
+        assert_eq!(
+            c.slot_state(slot).await,
+            (1, SlotState::Online),
+            "slot {slot} released"
+        );
+    }
+}
