@@ -291,3 +291,83 @@ async fn a_blocked_command_follows_its_group_to_the_promoted_replica() {
         .expect("join");
     assert_eq!(got, Some((queue, "after".to_string())));
 }
+
+/// `blocked_clients` of INFO through the proxy: its own clients blocked.
+async fn proxy_blocked_clients(proxy: SocketAddr) -> i64 {
+    blocked_clients(&proxy.to_string()).await
+}
+
+/// `CLIENT UNBLOCK` and INFO's `blocked_clients` speak of the proxy's own
+/// clients, as they would of one Redis's (Redis's own tests wait on both):
+/// the unblocked call's nil (or `-UNBLOCKED` with ERROR) reaches its client
+/// instead of being re-issued like a call interrupted by a slot switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_unblock_and_blocked_clients_speak_of_the_proxys_clients() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await;
+    let mut p = client(proxy).await;
+    for error in [false, true] {
+        let mut waiter = client(proxy).await;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut waiter)
+            .await
+            .expect("id");
+        let popped = tokio::spawn(async move {
+            redis::cmd("BLPOP")
+                .arg("unblock-me")
+                .arg(0)
+                .query_async::<Option<(String, String)>>(&mut waiter)
+                .await
+        });
+        common::eventually(
+            "the proxy counts one blocked client",
+            Duration::from_secs(5),
+            || async { proxy_blocked_clients(proxy).await == 1 },
+        )
+        .await;
+        let mut unblock = redis::cmd("CLIENT");
+        unblock.arg("UNBLOCK").arg(id);
+        if error {
+            unblock.arg("ERROR");
+        }
+        let n: i64 = unblock.query_async(&mut p).await.expect("client unblock");
+        assert_eq!(n, 1, "one call was unblocked");
+        let got = tokio::time::timeout(Duration::from_secs(5), popped)
+            .await
+            .expect("the BLPOP returned")
+            .expect("join");
+        if error {
+            let e = got.expect_err("ERROR mode answers an error");
+            assert!(
+                e.to_string().contains("client unblocked via CLIENT UNBLOCK"),
+                "{e}"
+            );
+        } else {
+            assert_eq!(got.expect("TIMEOUT mode answers nil"), None);
+        }
+        assert_eq!(proxy_blocked_clients(proxy).await, 0);
+    }
+    let own: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut p)
+        .await
+        .expect("id");
+    let n: i64 = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(own)
+        .query_async(&mut p)
+        .await
+        .expect("unblock a client that is not blocked");
+    assert_eq!(n, 0);
+    let bad: redis::RedisResult<i64> = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg("asd")
+        .query_async(&mut p)
+        .await;
+    assert!(
+        bad.expect_err("not a number")
+            .to_string()
+            .contains("value is not an integer"),
+    );
+}

@@ -622,3 +622,68 @@ async fn denied_and_renamed_commands_follow_the_config() {
     let e = bad.validate().expect_err("unknown command in deny");
     assert!(e.to_string().contains("nosuchcommand"), "{e}");
 }
+
+/// `INFO persistence` sums the masters' unsaved changes (Redis's own tests
+/// count writes with it), and PFDEBUG, a debugging aid of one key, routes by
+/// that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_persistence_sums_changes_and_pfdebug_routes_by_key() {
+    let c = Cluster::start().await;
+    let mut p = client(c.proxy().await).await;
+    let field = |text: &str, name: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let changes = |text: String| field(&text, "rdb_changes_since_last_save");
+    let before = changes(
+        redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut p)
+            .await
+            .expect("info"),
+    );
+    let (a, b) = (&keys_in(1, "pc", 1)[0], &keys_in(2, "pc", 1)[0]);
+    let _: () = p.set(a, "1").await.expect("set");
+    let _: () = p.set(b, "2").await.expect("set");
+    let after = changes(
+        redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut p)
+            .await
+            .expect("info"),
+    );
+    assert_eq!(after - before, 2, "one change on each group, summed");
+    let (mut g1, mut g2) = masters(&c).await;
+    let direct = changes(
+        redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut g1)
+            .await
+            .expect("info"),
+    ) + changes(
+        redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut g2)
+            .await
+            .expect("info"),
+    );
+    assert_eq!(after, direct);
+
+    let hll = &keys_in(2, "hll", 1)[0];
+    let _: i64 = redis::cmd("PFADD")
+        .arg(hll)
+        .arg("x")
+        .query_async(&mut p)
+        .await
+        .expect("pfadd");
+    let regs: Vec<i64> = redis::cmd("PFDEBUG")
+        .arg("GETREG")
+        .arg(hll)
+        .query_async(&mut p)
+        .await
+        .expect("pfdebug getreg");
+    assert_eq!(regs.len(), 16384, "the registers of the key on its own group");
+    assert_eq!(regs.iter().filter(|&&r| r != 0).count(), 1);
+}

@@ -56,6 +56,7 @@ use super::context::Context;
 use super::migrate::move_keys;
 use super::reply::lost;
 use super::router::SlotRoute;
+use super::stats::Stats;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp::{self, Request};
 
@@ -94,6 +95,11 @@ impl Line {
     /// True while the connection is up.
     pub fn is_up(&self) -> bool {
         self.conn.is_up()
+    }
+
+    /// True while its backend is known to be unreachable.
+    pub fn is_down(&self) -> bool {
+        self.conn.is_down()
     }
 }
 
@@ -149,6 +155,23 @@ impl Drop for Dedicated {
 pub struct Registry {
     calls: parking_lot::Mutex<HashMap<u64, Out>>,
     next: AtomicU64,
+}
+
+/// A blocking call out at its server, counted for INFO's `blocked_clients`
+/// (which Redis's own tests wait on) until dropped.
+struct Counted(Arc<Stats>);
+
+impl Counted {
+    fn new(ctx: &Context) -> Counted {
+        ctx.stats.blocked_calls.fetch_add(1, Ordering::Relaxed);
+        Counted(ctx.stats.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.blocked_calls.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One registered call.
@@ -299,6 +322,92 @@ fn unblock(w: &Context, line: &Line) -> Option<oneshot::Receiver<Bytes>> {
     })
 }
 
+/// The blocking call each client of the proxy has out at a server, for
+/// `CLIENT UNBLOCK <id>` (shared by every worker, like the stats).
+#[derive(Default)]
+pub struct ByClient {
+    calls: parking_lot::Mutex<HashMap<u64, Exposed>>,
+}
+
+/// One client's call out: its line, and the flag that tells its watcher the
+/// nil that comes back was asked for by `CLIENT UNBLOCK`, not by a slot
+/// switch, so it goes to the client instead of being re-issued.
+#[derive(Clone)]
+struct Exposed {
+    line: Arc<Line>,
+    released: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Proof that a client's call is listed in [`ByClient`]; dropping it (the
+/// reply came back) takes it off.
+struct Listed {
+    by: Arc<ByClient>,
+    client: u64,
+    released: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Listed {
+    fn released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        let mut calls = self.by.calls.lock();
+        if calls
+            .get(&self.client)
+            .is_some_and(|e| Arc::ptr_eq(&e.released, &self.released))
+        {
+            calls.remove(&self.client);
+        }
+    }
+}
+
+impl ByClient {
+    fn list(self: &Arc<Self>, client: u64, line: &Arc<Line>) -> Listed {
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.calls.lock().insert(
+            client,
+            Exposed {
+                line: line.clone(),
+                released: released.clone(),
+            },
+        );
+        Listed {
+            by: self.clone(),
+            client,
+            released,
+        }
+    }
+
+    /// `CLIENT UNBLOCK client TIMEOUT|ERROR` (`error`): unblocks the call the
+    /// client has out, on its server. Yields Redis's answer, `:1` if a call was
+    /// unblocked and `:0` if none was out.
+    pub fn unblock(&self, w: &Context, client: u64, error: bool) -> oneshot::Receiver<Bytes> {
+        let exposed = self.calls.lock().get(&client).cloned();
+        let (tx, rx) = oneshot::channel();
+        let Some(e) = exposed else {
+            let _ = tx.send(resp::int(0));
+            return rx;
+        };
+        let Some(id) = e.line.conn.client_id() else {
+            // Not connected yet: nothing of it is at the server.
+            let _ = tx.send(resp::int(0));
+            return rx;
+        };
+        e.released.store(true, Ordering::SeqCst);
+        let mode: &[u8] = if error { b"ERROR" } else { b"TIMEOUT" };
+        let id = id.to_string();
+        let req = resp::encode_array(&[b"CLIENT".as_ref(), b"UNBLOCK", id.as_bytes(), mode]);
+        let addr = e.line.conn.addr();
+        match w.router.pool(addr) {
+            Some(pool) => pool.send(0, req),
+            None => BackendConn::spawn(addr, w.router.backend_options().clone()).send(req),
+        }
+    }
+}
+
 /// What a client's blocking calls share: a signal that the client is gone,
 /// and the order in which its interrupted calls are re-issued.
 pub struct Lane {
@@ -370,10 +479,15 @@ impl Call {
     /// `line` to the slot's server; the receiver yields the client's reply.
     pub fn start_on(self, line: &Arc<Line>, raw: Bytes) -> oneshot::Receiver<Bytes> {
         let registration = self.ctx.blocked.register(self.slot, line);
+        let out = (
+            Counted::new(&self.ctx),
+            self.ctx.by_client.list(self.client, line),
+        );
         let first = line.send(raw);
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            let _ = tx.send(self.watch(registration, first).await);
+            let reply = self.watch(registration, first, out).await;
+            let _ = tx.send(reply);
         });
         rx
     }
@@ -389,9 +503,15 @@ impl Call {
     }
 
     /// Waits for the first reply; re-issues the call if it was interrupted.
-    async fn watch(mut self, registration: Registration, first: oneshot::Receiver<Bytes>) -> Bytes {
+    async fn watch(
+        mut self,
+        registration: Registration,
+        first: oneshot::Receiver<Bytes>,
+        (counted, listed): (Counted, Listed),
+    ) -> Bytes {
         let reply = first.await.unwrap_or_else(|_| lost());
-        if !self.interrupted(&registration, &reply) {
+        drop(counted);
+        if listed.released() || !self.interrupted(&registration, &reply) {
             return reply;
         }
         if let Err(e) = self.pin_stream_ids(registration.line.conn.addr()).await {
@@ -500,12 +620,15 @@ impl Call {
             Err(reply) => return Some(reply),
         };
         let registration = self.ctx.blocked.register(self.slot, &dedicated.line);
+        let out = Counted::new(&self.ctx);
+        let listed = self.ctx.by_client.list(self.client, &dedicated.line);
         let rx = dedicated.line.send(self.request(wait));
         let reply = tokio::select! {
             r = rx => r.unwrap_or_else(|_| lost()),
             _ = self.closed.cancelled() => return Some(lost()),
         };
-        if !self.interrupted(&registration, &reply) {
+        drop(out);
+        if listed.released() || !self.interrupted(&registration, &reply) {
             return Some(reply);
         }
         if let Err(e) = self.pin_stream_ids(addr).await {

@@ -49,10 +49,11 @@ pub fn answer(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Reply {
             ok()
         }
         (b"getredir", 2) => ready(resp::int(-1)),
+        (b"unblock", 3 | 4) => unblock(ctx, &args[2..]),
         (b"tracking" | b"caching" | b"trackinginfo", _) => ready(resp::error(TRACKING)),
         (
             b"setname" | b"getname" | b"setinfo" | b"id" | b"info" | b"kill" | b"no-evict" | b"no-touch"
-            | b"pause" | b"unpause" | b"getredir",
+            | b"pause" | b"unpause" | b"getredir" | b"unblock",
             _,
         ) => ready(resp::error(&format!(
             "ERR wrong number of arguments for 'client|{}' command",
@@ -63,6 +64,29 @@ pub fn answer(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Reply {
             String::from_utf8_lossy(&sub).to_uppercase()
         ))),
     }
+}
+
+/// `CLIENT UNBLOCK id [TIMEOUT|ERROR]` for a client of this proxy: its
+/// blocking call is unblocked on its server, and the client gets that
+/// server's timeout or `-UNBLOCKED` reply, as from one Redis.
+fn unblock(ctx: &Context, args: &[Bytes]) -> Reply {
+    let Some(id) = std::str::from_utf8(&args[0])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return Reply::Ready(resp::error("ERR value is not an integer or out of range"));
+    };
+    let error = match args.get(1).map(|m| m.to_ascii_uppercase()) {
+        None => false,
+        Some(m) if m == b"TIMEOUT" => false,
+        Some(m) if m == b"ERROR" => true,
+        Some(_) => {
+            return Reply::Ready(resp::error(
+                "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+            ));
+        }
+    };
+    Reply::Wait(ctx.by_client.unblock(ctx, id, error))
 }
 
 /// `NO-EVICT` and `NO-TOUCH` take `on` or `off`; `SETINFO` takes anything.

@@ -193,7 +193,6 @@ pub const REFUSED: &[&str] = &[
     "module",
     "monitor",
     "move",
-    "pfdebug",
     "pfselftest",
     "psync",
     "readonly",

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::{Semaphore, oneshot};
 
-use super::blocked::{Dedicated, Lane, Registry};
+use super::blocked::{ByClient, Dedicated, Lane, Registry};
 use super::clients::{Clients, Connection};
 use super::config::ProxyConfig;
 use super::lease::Lease;
@@ -38,6 +38,8 @@ pub struct Context {
     /// This worker's blocking calls out on dedicated connections, so a slot
     /// switch can interrupt them (see `blocked.rs`).
     pub blocked: Arc<Registry>,
+    /// Each client's blocking call out, proxy-wide (`CLIENT UNBLOCK`).
+    pub by_client: Arc<ByClient>,
     /// This worker's keys known to have left the source of their migrating
     /// slot (see `migrate.rs`).
     pub moved: Arc<MovedKeys>,
@@ -65,6 +67,7 @@ impl Context {
             proxy_id: config.proxy_id(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             blocked: Arc::default(),
+            by_client: Arc::default(),
             moved: Arc::default(),
             held: Arc::new(Semaphore::new(config.max_held)),
             spare_lines: SpareLines::default(),
@@ -92,6 +95,7 @@ impl Context {
             limits: self.limits,
             blocking: self.blocking.clone(),
             blocked: Arc::default(),
+            by_client: self.by_client.clone(),
             moved: Arc::default(),
             held: self.held.clone(),
             spare_lines: SpareLines::default(),

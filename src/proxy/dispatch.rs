@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::blocked::{Call, Dedicated};
+use super::blocked::Call;
 use super::command::{Command, Kind, Merge, Spec};
 use super::context::{Client, Context};
 use super::fanout::{self, Fanned};
@@ -268,14 +268,16 @@ fn blocking(
     let line = match client.dedicated.entry(pool.addr().to_string()) {
         Entry::Occupied(d) if d.get().protocol == protocol => d.get().line.clone(),
         // After a HELLO that switched protocols (nothing is out on it then).
-        Entry::Occupied(mut d) => match Dedicated::open(ctx, pool.addr(), protocol) {
+        Entry::Occupied(mut d) => match ctx.spare_lines.take(ctx, pool.addr(), protocol) {
             Ok(new) => {
                 d.insert(new);
                 d.get().line.clone()
             }
             Err(reply) => return Reply::Ready(reply),
         },
-        Entry::Vacant(vacant) => match Dedicated::open(ctx, pool.addr(), protocol) {
+        // A connection opened ahead of need (`pinned::SpareLines`): the call
+        // goes out at once, not after a connect.
+        Entry::Vacant(vacant) => match ctx.spare_lines.take(ctx, pool.addr(), protocol) {
             Ok(d) => vacant.insert(d).line.clone(),
             Err(reply) => return Reply::Ready(reply),
         },

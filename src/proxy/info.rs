@@ -83,8 +83,12 @@ impl Wanted {
 pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
     let wanted = Wanted::parse(req.args.get(1..).unwrap_or_default());
     let proxy = local::info_sections(ctx);
-    let (server, keyspace) = (wanted.has("server"), wanted.has("keyspace"));
-    if !server && !keyspace {
+    let (server, keyspace, persistence) = (
+        wanted.has("server"),
+        wanted.has("keyspace"),
+        wanted.has("persistence"),
+    );
+    if !server && !keyspace && !persistence {
         return Reply::Ready(resp::bulk(render(&wanted, proxy, &[]).as_bytes()));
     }
     let mut ask: Vec<&[u8]> = vec![b"INFO"];
@@ -93,6 +97,9 @@ pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
     }
     if keyspace {
         ask.push(b"keyspace");
+    }
+    if persistence {
+        ask.push(b"persistence");
     }
     let ask = resp::encode_array(&ask);
     let routes = ctx.router.routes();
@@ -126,15 +133,18 @@ pub fn render(wanted: &Wanted, proxy: Vec<(&'static str, String)>, backends: &[S
         backends.iter().map(|t| sections(t)).collect();
     let mut out: Vec<(String, String)> = Vec::new();
     for (title, lines) in proxy {
-        if !wanted.has(title) {
-            continue;
+        if wanted.has(title) {
+            let lines = if title == "Server" {
+                format!("{}{lines}", server_fields(&parsed))
+            } else {
+                lines
+            };
+            out.push((title.to_string(), lines));
         }
-        let lines = if title == "Server" {
-            format!("{}{lines}", server_fields(&parsed))
-        } else {
-            lines
-        };
-        out.push((title.to_string(), lines));
+        // Where Redis puts it: after Clients (and Memory, which we have not).
+        if title == "Clients" && wanted.has("persistence") {
+            out.push(("Persistence".into(), persistence(&parsed)));
+        }
     }
     if wanted.has("keyspace") {
         out.push(("Keyspace".into(), keyspace(&parsed)));
@@ -181,6 +191,46 @@ fn server_fields(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> Str
         .iter()
         .filter_map(|f| server.get(*f).map(|v| format!("{f}:{v}\r\n")))
         .collect()
+}
+
+/// `# Persistence` of the whole cluster: counts summed over the masters
+/// (`rdb_changes_since_last_save`: what a save everywhere would write), flags
+/// raised if any master has them, the oldest save time, and the first
+/// master's value of anything else.
+fn persistence(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> String {
+    const SUM: &[&str] = &["rdb_changes_since_last_save", "rdb_saves", "aof_rewrites"];
+    const MAX: &[&str] = &[
+        "loading",
+        "async_loading",
+        "rdb_bgsave_in_progress",
+        "aof_enabled",
+        "aof_rewrite_in_progress",
+        "aof_rewrite_scheduled",
+        "module_fork_in_progress",
+        "current_cow_size",
+    ];
+    const MIN: &[&str] = &["rdb_last_save_time"];
+    let all: Vec<&BTreeMap<String, String>> = backends.iter().filter_map(|b| b.get("persistence")).collect();
+    let Some(first) = all.first() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (field, value) in first.iter() {
+        let numbers = || all.iter().filter_map(|p| p.get(field)?.parse::<i64>().ok());
+        let merged = if SUM.contains(&field.as_str()) {
+            numbers().sum::<i64>().to_string()
+        } else if MAX.contains(&field.as_str()) {
+            numbers().max().unwrap_or(0).to_string()
+        } else if MIN.contains(&field.as_str()) {
+            numbers().min().unwrap_or(0).to_string()
+        } else if field.ends_with("_status") && all.iter().any(|p| p.get(field).is_some_and(|v| v != "ok")) {
+            "err".to_string()
+        } else {
+            value.clone()
+        };
+        out.push_str(&format!("{field}:{merged}\r\n"));
+    }
+    out
 }
 
 /// One `dbN:keys=…,expires=…,avg_ttl=…` line per db, summed over the masters.
@@ -279,6 +329,22 @@ mod tests {
         assert_eq!(render(&wanted(&["nosuch"]), proxy(), &[]), "");
         assert!(render(&wanted(&["everything"]), proxy(), &[]).contains("# Stats"));
         assert!(!wanted(&["server"]).has("keyspace") && wanted(&["all"]).has("keyspace"));
+    }
+
+    #[test]
+    fn persistence_sums_changes_and_raises_flags() {
+        let a = "# Persistence\r\nloading:0\r\nrdb_changes_since_last_save:3\r\nrdb_last_save_time:200\r\nrdb_last_bgsave_status:ok\r\n";
+        let b = "# Persistence\r\nloading:1\r\nrdb_changes_since_last_save:4\r\nrdb_last_save_time:100\r\nrdb_last_bgsave_status:err\r\n";
+        let sections = vec![("Clients", "connected_clients:1\r\n".to_string())];
+        let text = render(
+            &wanted(&["clients", "persistence"]),
+            sections,
+            &[a.into(), b.into()],
+        );
+        assert_eq!(
+            text,
+            "# Clients\r\nconnected_clients:1\r\n\r\n# Persistence\r\nloading:1\r\nrdb_changes_since_last_save:7\r\nrdb_last_bgsave_status:err\r\nrdb_last_save_time:100\r\n"
+        );
     }
 
     #[test]

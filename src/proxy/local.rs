@@ -254,8 +254,12 @@ pub fn info_sections(ctx: &Context) -> Vec<(&'static str, String)> {
         uptime / 86400
     );
     let clients = format!(
-        "connected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n",
-        s.sessions_alive, s.sessions_total, s.sessions_refused
+        "connected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n",
+        s.sessions_alive,
+        ctx.config.max_clients,
+        ctx.stats.blocked_calls.load(std::sync::atomic::Ordering::Relaxed),
+        s.sessions_total,
+        s.sessions_refused
     );
     let stats = format!(
         "total_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\ntotal_error_replies:{}\r\nlatency_p50_us:{}\r\nlatency_p99_us:{}\r\n",

@@ -338,20 +338,52 @@ pub struct SpareLines {
 }
 
 impl SpareLines {
-    /// An idle connection to `addr`, or a new one.
+    /// An idle connection to `addr`, or a new one; then one more is opened
+    /// ahead of need if none is left idle.
     ///
     /// # Errors
     /// The client's error reply when `max_blocking` connections are open.
     pub fn take(&self, ctx: &Context, addr: &str, protocol: Protocol) -> Result<Dedicated, Bytes> {
-        if let Some(spare) = self.idle.lock().get_mut(&(addr.to_string(), protocol)) {
-            // One that lost its connection since is dropped, not reused.
+        let key = (addr.to_string(), protocol);
+        let idle = {
+            let mut idle = self.idle.lock();
+            let spare = idle.entry(key.clone()).or_default();
+            let mut found = None;
+            // One that lost its connection since is dropped, not reused; one
+            // still connecting is fine (its requests wait for the connect).
             while let Some(d) = spare.pop() {
-                if d.line.is_up() {
-                    return Ok(d);
+                if !d.line.is_down() {
+                    found = Some(d);
+                    break;
                 }
             }
+            found
+        };
+        let d = match idle {
+            Some(d) => d,
+            None => Dedicated::open(ctx, addr, protocol)?,
+        };
+        self.warm(ctx, key);
+        Ok(d)
+    }
+
+    /// Opens a connection to a backend ahead of need when none is idle, so the
+    /// next blocking command or transaction there goes out at once: a fresh
+    /// connection first costs a connect and a `CLIENT ID`, long enough for a
+    /// push sent just after the blocking command, on another connection, to
+    /// overtake it (Redis's own tests, and applications, count on that order).
+    fn warm(&self, ctx: &Context, (addr, protocol): (String, Protocol)) {
+        if ctx.router.pool(&addr).is_none() || ctx.blocking.available_permits() < ctx.config.max_blocking / 2
+        {
+            return;
         }
-        Dedicated::open(ctx, addr, protocol)
+        let mut idle = self.idle.lock();
+        let spare = idle.entry((addr.clone(), protocol)).or_default();
+        if spare.is_empty()
+            && let Ok(d) = Dedicated::open(ctx, &addr, protocol)
+        {
+            spare.push(d);
+        }
     }
 
     /// Takes back a connection after its transaction; `unwatch` when a

@@ -32,6 +32,8 @@ pub struct Stats {
     pub sessions_alive: AtomicU64,
     pub sessions_refused: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Blocking commands out at a server right now (INFO `blocked_clients`).
+    pub blocked_calls: AtomicU64,
 }
 
 impl Default for Stats {
@@ -50,6 +52,7 @@ impl Default for Stats {
             sessions_alive: AtomicU64::new(0),
             sessions_refused: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            blocked_calls: AtomicU64::new(0),
         }
     }
 }
