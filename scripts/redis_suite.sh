@@ -228,6 +228,9 @@ mkdir -p "$logs"
 : >"$failures"
 say "runtest --host $host --port $port --singledb --cluster-mode --tags \"$DENY_TAGS\" (one unit at a time, ${unit_timeout}s each)"
 
+# runtest listens for its test clients just below --baseport: a port of our
+# own, so two runs at once (two checkouts, a developer and CI) do not collide.
+baseport=$((22000 + (RANDOM % 300) * 64))
 total_pass=0 total_fail=0 total_skip=0
 table="$(printf '%-20s %6s %6s %6s %6s  %s' unit passed failed skipped secs status)"
 printf '%s\n' "$table"
@@ -238,7 +241,8 @@ for u in "${units[@]}"; do
     # timeout signals its whole process group: runtest's test client too.
     (cd "$SRC" && TERM=dumb timeout --kill-after=10 "$unit_timeout" ./runtest \
         --host "$host" --port "$port" --singledb --cluster-mode --clients 1 \
-        --timeout "$unit_timeout" --tags "$DENY_TAGS" --single "unit/$u") \
+        --timeout "$unit_timeout" --tags "$DENY_TAGS" --single "unit/$u" \
+        --baseport "$baseport") \
         >"$log" 2>&1 </dev/null || rc=$?
     secs=$((SECONDS - start))
     pass=$(grep -c '^\[ok\]: ' "$log" || true)

@@ -129,16 +129,18 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
             "LOAD" => to_all(merge::same, &full),
             "EXISTS" => to_all(merge::all_ones, &full),
             "FLUSH" => to_all(merge::all_ok, &full),
+            "KILL" => kill(ctx, &routes, req.raw.clone(), &full),
             "HELP" => one_master(who, &routes, req.raw.clone()),
-            _ => refused(&full, "only SCRIPT LOAD, EXISTS and FLUSH are"),
+            _ => refused(&full, "only SCRIPT LOAD, EXISTS, FLUSH and KILL are"),
         },
         Fan::Function => match sub.as_str() {
             "LOAD" => to_all(merge::same, &full),
             "DELETE" | "FLUSH" | "RESTORE" => to_all(merge::all_ok, &full),
+            "KILL" => kill(ctx, &routes, req.raw.clone(), &full),
             "LIST" | "DUMP" | "HELP" => one_master(who, &routes, req.raw.clone()),
             _ => refused(
                 &full,
-                "only FUNCTION LOAD, DELETE, FLUSH, RESTORE, LIST and DUMP are",
+                "only FUNCTION LOAD, DELETE, FLUSH, RESTORE, KILL, LIST and DUMP are",
             ),
         },
     }
@@ -164,6 +166,28 @@ fn masters(routes: &Routes) -> Result<Vec<Arc<Pool>>, Fanned> {
         }
     }
     Ok(out)
+}
+
+/// SCRIPT KILL, FUNCTION KILL: every master, each on a connection opened for
+/// it. The busy script may run on a shared connection, and Redis reads
+/// nothing more from the connection whose script runs: a KILL queued behind
+/// it there would wait for ever.
+fn kill(ctx: &Context, routes: &Routes, raw: Bytes, what: &str) -> Fanned {
+    let pools = match masters(routes) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let mut opts = ctx.router.backend_options().clone();
+    opts.track_id = false;
+    let parts = pools
+        .iter()
+        .map(|p| {
+            // Dropped after the send: it closes once it has answered.
+            let rx = BackendConn::spawn(p.addr(), opts.clone()).send(raw.clone());
+            (p.addr().to_string(), rx)
+        })
+        .collect();
+    Fanned::Reply(gather(parts, what.trim().to_string(), merge::any_ok))
 }
 
 /// Sends `raw` to every master and merges their replies with `rule`.

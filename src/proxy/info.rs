@@ -83,12 +83,13 @@ impl Wanted {
 pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
     let wanted = Wanted::parse(req.args.get(1..).unwrap_or_default());
     let proxy = local::info_sections(ctx);
-    let (server, keyspace, persistence) = (
+    let (server, keyspace, persistence, errorstats) = (
         wanted.has("server"),
         wanted.has("keyspace"),
         wanted.has("persistence"),
+        wanted.has("errorstats"),
     );
-    if !server && !keyspace && !persistence {
+    if !server && !keyspace && !persistence && !errorstats {
         return Reply::Ready(resp::bulk(render(&wanted, proxy, &[]).as_bytes()));
     }
     let mut ask: Vec<&[u8]> = vec![b"INFO"];
@@ -100,6 +101,9 @@ pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
     }
     if persistence {
         ask.push(b"persistence");
+    }
+    if errorstats {
+        ask.push(b"errorstats");
     }
     let ask = resp::encode_array(&ask);
     let routes = ctx.router.routes();
@@ -145,6 +149,9 @@ pub fn render(wanted: &Wanted, proxy: Vec<(&'static str, String)>, backends: &[S
         if title == "Clients" && wanted.has("persistence") {
             out.push(("Persistence".into(), persistence(&parsed)));
         }
+    }
+    if wanted.has("errorstats") {
+        out.push(("Errorstats".into(), errorstats(&parsed)));
     }
     if wanted.has("keyspace") {
         out.push(("Keyspace".into(), keyspace(&parsed)));
@@ -231,6 +238,25 @@ fn persistence(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> Strin
         out.push_str(&format!("{field}:{merged}\r\n"));
     }
     out
+}
+
+/// `errorstat_<CODE>:count=N` summed over the masters: the errors the servers
+/// answered (the proxy's own refusals are in its `# Stats`).
+fn errorstats(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> String {
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for stats in backends.iter().filter_map(|b| b.get("errorstats")) {
+        for (code, value) in stats {
+            let n = value
+                .strip_prefix("count=")
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(0);
+            *counts.entry(code.as_str()).or_default() += n;
+        }
+    }
+    counts
+        .iter()
+        .map(|(code, n)| format!("{code}:count={n}\r\n"))
+        .collect()
 }
 
 /// One `dbN:keys=…,expires=…,avg_ttl=…` line per db, summed over the masters.
@@ -344,6 +370,17 @@ mod tests {
         assert_eq!(
             text,
             "# Clients\r\nconnected_clients:1\r\n\r\n# Persistence\r\nloading:1\r\nrdb_changes_since_last_save:7\r\nrdb_last_bgsave_status:err\r\nrdb_last_save_time:100\r\n"
+        );
+    }
+
+    #[test]
+    fn errorstats_are_summed() {
+        let a = "# Errorstats\r\nerrorstat_ERR:count=2\r\nerrorstat_NOGROUP:count=1\r\n";
+        let b = "# Errorstats\r\nerrorstat_ERR:count=3\r\n";
+        let text = render(&wanted(&["errorstats"]), proxy(), &[a.into(), b.into()]);
+        assert_eq!(
+            text,
+            "# Errorstats\r\nerrorstat_ERR:count=5\r\nerrorstat_NOGROUP:count=1\r\n"
         );
     }
 

@@ -63,6 +63,18 @@ pub fn all_ok(cmd: &str, answers: &[Answer]) -> Bytes {
     }
 }
 
+/// `+OK` if any server said it (SCRIPT KILL, FUNCTION KILL: the script ran on
+/// one master, the others answer `NOTBUSY`); else their common error.
+pub fn any_ok(cmd: &str, answers: &[Answer]) -> Bytes {
+    if answers.iter().any(|(_, r)| r.as_ref() == resp::OK) {
+        return Bytes::from_static(resp::OK);
+    }
+    failure(cmd, answers).unwrap_or_else(|| match answers.first() {
+        Some((addr, r)) => unexpected(addr, r),
+        None => resp::error(&format!("ERR {cmd}: no server to ask")),
+    })
+}
+
 /// The one reply every server gave (SCRIPT LOAD's SHA, FUNCTION LOAD's library
 /// name); servers that disagree are named.
 pub fn same(cmd: &str, answers: &[Answer]) -> Bytes {
@@ -266,6 +278,19 @@ mod tests {
         );
         let e = same("SCRIPT LOAD", &[a("x", "$2\r\nab\r\n"), a("y", "$2\r\ncd\r\n")]);
         assert!(e.starts_with(b"-ERR SCRIPT LOAD answered differently on x and y"));
+    }
+
+    #[test]
+    fn a_kill_is_done_if_any_server_did_it() {
+        let busy = "-NOTBUSY No scripts in execution right now.\r\n";
+        assert_eq!(
+            &any_ok("SCRIPT KILL", &[a("x", busy), a("y", "+OK\r\n")])[..],
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            &any_ok("SCRIPT KILL", &[a("x", busy), a("y", busy)])[..],
+            busy.as_bytes()
+        );
     }
 
     #[test]
