@@ -132,9 +132,14 @@ pub enum AdminCommand {
         /// The group.
         #[arg(long)]
         group: GroupId,
-        /// host:port of the replica to promote.
+        /// host:port of the replica to promote. Default: the replica linked to
+        /// a live master, or the most advanced one if the master is down.
         #[arg(long)]
-        server: String,
+        server: Option<String>,
+        /// Promote even if a check refuses (a replica that is behind, not linked
+        /// to the master, or a master itself); the reply says what may be lost.
+        #[arg(long)]
+        force: bool,
     },
     /// Pause a migration task (a running pass stops within a second, resumable).
     Pause {
@@ -255,11 +260,15 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
                 task.to
             ))
         }
-        C::Promote { group, server } => {
-            let body = serde_json::json!({ "addr": server });
+        C::Promote {
+            group,
+            server,
+            force,
+        } => {
+            let body = serde_json::json!({ "addr": server, "force": force });
             let reply = post(&format!("/api/groups/{group}/promote"), body).await?;
-            let _: serde_json::Value = reply.into_json().map_err(text)?;
-            Ok(format!("{server} is now the master of group {group}\n"))
+            let promoted: super::promote::Promoted = reply.into_json().map_err(text)?;
+            Ok(format!("{}\n", promoted.message))
         }
         C::Pause { task } | C::Resume { task } | C::Cancel { task } => {
             let verb = match command {
