@@ -22,6 +22,8 @@ pub struct Looked {
     pub state: Result<Replication, String>,
     /// Whether it reports the group's master as its own master.
     pub follows_master: bool,
+    /// Whether it answered at all (an error reply counts: it is alive).
+    pub answers: bool,
 }
 
 /// What the promote will do, once the checks passed.
@@ -119,6 +121,13 @@ pub fn choose(
                 ));
             }
             if let Some(m) = m
+                && let Some(Err(e)) = looked.iter().find(|l| l.addr == m && l.answers).map(|l| &l.state)
+            {
+                refusals.push(format!(
+                    "the master {m} is alive but its replication state cannot be read ({e})"
+                ));
+            }
+            if let Some(m) = m
                 && pick.follows_master
                 && state.link_up
             {
@@ -157,15 +166,15 @@ pub enum Follow {
 }
 
 /// Whether `addr` (in `state`) may become a replica of `new`, which applied
-/// `new_offset`: never when it has applied more, since it would full-sync
+/// `new_state.offset`: never when it has applied more, since it would full-sync
 /// from the less advanced server and drop what only it holds.
 pub fn follow(
     addr: &str,
     state: &Result<Replication, String>,
-    new: &str,
-    new_offset: u64,
+    (new, new_state): (&str, &Replication),
     force: bool,
 ) -> Follow {
+    let new_offset = new_state.offset;
     let s = match state {
         Ok(s) => s,
         Err(e) => {
@@ -183,8 +192,10 @@ pub fn follow(
     );
     if force {
         Follow::RepointForced(format!(
-            "{what}; forced: it full-syncs from {new} and loses its {} keys' newer writes",
-            thousands(s.keys)
+            "{what}; it full-syncs from {new}: its {} keys are replaced by {new}'s {}, and the writes past offset {} are lost",
+            thousands(s.keys),
+            thousands(new_state.keys),
+            thousands(new_offset)
         ))
     } else {
         Follow::Skip(format!(
@@ -261,6 +272,7 @@ mod tests {
     fn looked(addr: &str, state: Result<Replication, String>, follows: bool) -> Looked {
         Looked {
             addr: addr.into(),
+            answers: state.is_ok(),
             state,
             follows_master: follows,
         }
@@ -316,6 +328,10 @@ mod tests {
         assert_eq!(choose(Some(M), &all, None, false).expect("chosen").addr, S);
         let e = choose(Some(M), &all, Some(R), false).expect_err("behind");
         assert!(e.contains("is behind 127.0.0.1:6381"), "{e}");
+        let mut refusing = all.clone();
+        refusing[0].answers = true;
+        let e = choose(Some(M), &refusing, Some(S), false).expect_err("alive");
+        assert!(e.contains("is alive but"), "{e}");
         assert_eq!(choose(Some(M), &all, Some(S), false).expect("best").addr, S);
     }
 
@@ -333,10 +349,15 @@ mod tests {
 
     #[test]
     fn a_more_advanced_server_is_not_made_to_follow() {
-        assert_eq!(follow(S, &replica(M, false, 10, 1), R, 10, false), Follow::Repoint);
-        assert_eq!(follow(S, &master(0, 0), R, 10, false), Follow::Repoint);
-        assert!(matches!(follow(S, &master(11, 5), R, 10, false), Follow::Skip(_)));
-        assert!(matches!(follow(S, &master(11, 5), R, 10, true), Follow::RepointForced(_)));
-        assert!(matches!(follow(S, &Err("down".into()), R, 10, true), Follow::Skip(_)));
+        let new = master(10, 2).expect("state");
+        let new = (R, &new);
+        assert_eq!(follow(S, &replica(M, false, 10, 1), new, false), Follow::Repoint);
+        assert_eq!(follow(S, &master(0, 0), new, false), Follow::Repoint);
+        assert!(matches!(follow(S, &master(11, 5), new, false), Follow::Skip(_)));
+        let Follow::RepointForced(what) = follow(S, &master(11, 5), new, true) else {
+            panic!("forced")
+        };
+        assert!(what.contains("its 5 keys are replaced by 127.0.0.1:6380's 2"), "{what}");
+        assert!(matches!(follow(S, &Err("down".into()), new, true), Follow::Skip(_)));
     }
 }

@@ -254,7 +254,7 @@ async fn switch_master(
             Follow::Repoint
         } else {
             let state = replication::look(&s.addr, auth).await.map_err(|e| e.to_string());
-            candidate::follow(&s.addr, &state, &addr, before.offset, force)
+            candidate::follow(&s.addr, &state, (&addr, &before), force)
         };
         match decision {
             Follow::Repoint => {}
@@ -317,16 +317,24 @@ async fn look_all(group: &Group, master: Option<&str>, auth: Option<&str>) -> Ve
         let (addr, master) = (s.addr.clone(), master.map(str::to_string));
         let auth = auth.map(str::to_string);
         set.spawn(async move {
-            let state = replication::look(&addr, auth.as_deref())
-                .await
-                .map_err(|e| e.to_string());
+            let state = replication::look(&addr, auth.as_deref()).await;
+            let answers = !matches!(state, Err(replication::LookError::Unreachable { .. }));
+            let state = state.map_err(|e| e.to_string());
             let follows_master = match (&state, &master) {
                 (Ok(Replication { master: Some(of), .. }), Some(m)) => {
                     replication::same_server(of, m).await
                 }
                 _ => false,
             };
-            (i, Looked { addr, state, follows_master })
+            (
+                i,
+                Looked {
+                    addr,
+                    state,
+                    follows_master,
+                    answers,
+                },
+            )
         });
     }
     let mut looked = Vec::new();
