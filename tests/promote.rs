@@ -56,9 +56,11 @@ async fn master_of_group_1(c: &Cluster) -> String {
 }
 
 async fn wait_synced(replica: &str, keys: i64) {
-    common::eventually("the replica to hold every key", Duration::from_secs(10), || async {
-        dbsize(replica).await == keys
-    })
+    common::eventually(
+        "the replica to hold every key",
+        Duration::from_secs(10),
+        || async { dbsize(replica).await == keys },
+    )
     .await;
 }
 
@@ -94,7 +96,10 @@ async fn promoting_an_old_master_that_came_back_empty_is_refused() {
     assert_eq!(promoted.keys, keys.len() as u64);
     assert!(promoted.forced.is_empty(), "{promoted:?}");
     assert!(
-        promoted.warnings.iter().any(|w| w.contains(&m) && w.contains("not repointed")),
+        promoted
+            .warnings
+            .iter()
+            .any(|w| w.contains(&m) && w.contains("not repointed")),
         "the dead master is reported as not repointed: {promoted:?}"
     );
     assert_eq!(master_of_group_1(&c).await, r);
@@ -132,7 +137,11 @@ async fn promoting_an_old_master_that_came_back_empty_is_refused() {
 
     assert_eq!(master_of_group_1(&c).await, r);
     assert!(info_replication(&r).await.contains("role:master"));
-    assert_eq!(dbsize(&r).await, keys.len() as i64, "the new master kept its keys");
+    assert_eq!(
+        dbsize(&r).await,
+        keys.len() as i64,
+        "the new master kept its keys"
+    );
     assert_eq!(c.slot_state(0).await, (1, SlotState::Online));
     for k in keys.iter().step_by(97) {
         let v: Option<String> = p.get(k).await.expect("GET through the proxy");
@@ -178,10 +187,14 @@ async fn a_replica_that_is_behind_is_refused_and_force_says_what_is_lost() {
     eprintln!("refused: {text}");
     assert!(matches!(err, TopoError::State(_)), "{text}");
     assert!(
-        text.contains(&format!("{r} has not caught up with the master {m}")) && text.contains("bytes behind after 5 s"),
+        text.contains(&format!("{r} has not caught up with the master {m}"))
+            && text.contains("bytes behind after 5 s"),
         "{text}"
     );
-    assert!(text.contains("it has 500 keys") && text.contains("has 800"), "{text}");
+    assert!(
+        text.contains("it has 500 keys") && text.contains("has 800"),
+        "{text}"
+    );
     assert!(text.contains("nothing was changed"), "{text}");
     // Nothing changed: ZooKeeper, the slots, and both servers' roles.
     assert_eq!(master_of_group_1(&c).await, m);
@@ -198,10 +211,19 @@ async fn a_replica_that_is_behind_is_refused_and_force_says_what_is_lost() {
     };
     let said = ask_dashboard(&dash, &command).await.expect("forced promote");
     eprintln!("forced: {said}");
-    assert!(said.starts_with(&format!("{r} is now the master of group 1")), "{said}");
-    assert!(said.contains("forced:") && said.contains("bytes behind"), "{said}");
+    assert!(
+        said.starts_with(&format!("{r} is now the master of group 1")),
+        "{said}"
+    );
+    assert!(
+        said.contains("forced:") && said.contains("bytes behind"),
+        "{said}"
+    );
     assert!(said.contains(&format!("{m} (a master, offset")), "{said}");
-    assert!(said.contains(&format!("its 800 keys are replaced by {r}'s 500")), "{said}");
+    assert!(
+        said.contains(&format!("its 800 keys are replaced by {r}'s 500")),
+        "{said}"
+    );
     assert_eq!(master_of_group_1(&c).await, r);
 
     // What was lost is what it said: the old master follows the new one and
@@ -211,17 +233,90 @@ async fn a_replica_that_is_behind_is_refused_and_force_says_what_is_lost() {
         .query_async(&mut rc)
         .await
         .expect("CLIENT UNPAUSE");
-    common::eventually("the old master to follow the new one", Duration::from_secs(10), || async {
-        let info = info_replication(&m).await;
-        info.contains("role:slave") && info.contains("master_link_status:up")
-    })
+    common::eventually(
+        "the old master to follow the new one",
+        Duration::from_secs(10),
+        || async {
+            let info = info_replication(&m).await;
+            info.contains("role:slave") && info.contains("master_link_status:up")
+        },
+    )
     .await;
     assert_eq!(dbsize(&r).await, first.len() as i64);
-    common::eventually("the old master to hold the new master's keys", Duration::from_secs(10), || async {
-        dbsize(&m).await == first.len() as i64
-    })
+    common::eventually(
+        "the old master to hold the new master's keys",
+        Duration::from_secs(10),
+        || async { dbsize(&m).await == first.len() as i64 },
+    )
     .await;
     let topo = watcher::load(&c.store).await.expect("load");
     let g = topo.groups.get(&1).expect("group 1");
     assert!(g.servers.iter().any(|s| s.addr == m && s.role == Role::Replica));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_master_dead_the_most_advanced_replica_is_chosen() {
+    let mut c = Cluster::start().await;
+    let behind = c.replica_of_group_1().await;
+    let ahead = c.replica_of_group_1().await;
+    let (m, b, a) = (c.masters[0].addr(), behind.addr(), ahead.addr());
+    let mut master = common::client(&m).await;
+    let first = keys_in(1, "a", 400);
+    set_all(&mut master, &first).await;
+    wait_synced(&b, first.len() as i64).await;
+    wait_synced(&a, first.len() as i64).await;
+    // `behind` stops applying; the master takes more writes, then dies.
+    let mut bc = common::client(&b).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "60000", "WRITE"])
+        .query_async(&mut bc)
+        .await
+        .expect("CLIENT PAUSE");
+    let more = keys_in(1, "b", 200);
+    set_all(&mut master, &more).await;
+    wait_synced(&a, (first.len() + more.len()) as i64).await;
+    c.masters[0].kill();
+
+    // Naming the replica that is behind is refused, naming the better one.
+    let named = |server: &str| PromoteRequest {
+        server: Some(server.to_string()),
+        force: false,
+    };
+    let err = promote_with(&c.store, 1, &named(&b), None, ACK)
+        .await
+        .expect_err("the replica that is behind");
+    eprintln!("refused: {err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{b} (a replica of {m} (link down)")),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&format!("is behind {a}")), "{err}");
+    assert_eq!(master_of_group_1(&c).await, m);
+
+    // Unnamed, the most advanced one is chosen; the other follows it (it has
+    // applied less, so it loses nothing), the dead master is reported.
+    let promoted = promote_with(&c.store, 1, &PromoteRequest::default(), None, ACK)
+        .await
+        .expect("promote the best replica");
+    eprintln!("promoted: {}", promoted.message);
+    assert_eq!(promoted.master, a);
+    assert_eq!(promoted.keys, (first.len() + more.len()) as u64);
+    assert!(promoted.warnings.iter().any(|w| w.contains(&m)), "{promoted:?}");
+    assert_eq!(master_of_group_1(&c).await, a);
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut bc)
+        .await
+        .expect("CLIENT UNPAUSE");
+    common::eventually(
+        "the other replica to follow the new master",
+        Duration::from_secs(10),
+        || async {
+            let info = info_replication(&b).await;
+            info.contains(&format!("master_port:{}", ahead.port())) && info.contains("master_link_status:up")
+        },
+    )
+    .await;
+    wait_synced(&b, (first.len() + more.len()) as i64).await;
 }

@@ -260,11 +260,7 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
                 task.to
             ))
         }
-        C::Promote {
-            group,
-            server,
-            force,
-        } => {
+        C::Promote { group, server, force } => {
             let body = serde_json::json!({ "addr": server, "force": force });
             let reply = post(&format!("/api/groups/{group}/promote"), body).await?;
             let promoted: super::promote::Promoted = reply.into_json().map_err(text)?;

@@ -57,7 +57,10 @@ pub fn choose(
             .find(|l| l.addr == m)
             .and_then(|l| l.state.as_ref().ok())
     });
-    let others: Vec<&Looked> = looked.iter().filter(|l| Some(l.addr.as_str()) != master).collect();
+    let others: Vec<&Looked> = looked
+        .iter()
+        .filter(|l| Some(l.addr.as_str()) != master)
+        .collect();
     let pick = match named {
         Some(n) => others
             .iter()
@@ -208,7 +211,12 @@ pub fn follow(
 /// then the most keys. Servers that do not answer come last.
 fn rank(l: &Looked) -> (bool, bool, u64, u64) {
     match &l.state {
-        Ok(s) => (true, s.is_replica && (s.offset > 0 || s.keys > 0), s.offset, s.keys),
+        Ok(s) => (
+            true,
+            s.is_replica && (s.offset > 0 || s.keys > 0),
+            s.offset,
+            s.keys,
+        ),
         Err(_) => (false, false, 0, 0),
     }
 }
@@ -284,7 +292,10 @@ mod tests {
 
     #[test]
     fn a_linked_replica_of_a_live_master_is_chosen() {
-        let all = [looked(M, master(100, 10), false), looked(R, replica(M, true, 90, 9), true)];
+        let all = [
+            looked(M, master(100, 10), false),
+            looked(R, replica(M, true, 90, 9), true),
+        ];
         let c = choose(Some(M), &all, Some(R), false).expect("allowed");
         assert_eq!((c.addr.as_str(), c.live_master.as_deref()), (R, Some(M)));
         assert!(c.forced.is_empty());
@@ -294,10 +305,15 @@ mod tests {
     #[test]
     fn the_wipe_is_refused() {
         // R was promoted; M came back empty as a master and is named.
-        let all = [looked(R, master(5000, 10_532), false), looked(M, master(0, 0), false)];
+        let all = [
+            looked(R, master(5000, 10_532), false),
+            looked(M, master(0, 0), false),
+        ];
         let e = choose(Some(R), &all, Some(M), false).expect_err("refused");
         assert!(
-            e.contains("127.0.0.1:6379 is not a replica of the master 127.0.0.1:6380 (it is a master with 0 keys"),
+            e.contains(
+                "127.0.0.1:6379 is not a replica of the master 127.0.0.1:6380 (it is a master with 0 keys"
+            ),
             "{e}"
         );
         assert!(e.contains("10,532 keys"), "{e}");
@@ -307,10 +323,16 @@ mod tests {
 
     #[test]
     fn a_replica_with_its_link_down_or_another_master_is_refused() {
-        let down = [looked(M, master(100, 10), false), looked(R, replica(M, false, 40, 4), true)];
+        let down = [
+            looked(M, master(100, 10), false),
+            looked(R, replica(M, false, 40, 4), true),
+        ];
         let e = choose(Some(M), &down, Some(R), false).expect_err("down");
         assert!(e.contains("link to the master 127.0.0.1:6379 is down"), "{e}");
-        let elsewhere = [looked(M, master(100, 10), false), looked(R, replica(S, true, 40, 4), false)];
+        let elsewhere = [
+            looked(M, master(100, 10), false),
+            looked(R, replica(S, true, 40, 4), false),
+        ];
         let e = choose(Some(M), &elsewhere, Some(R), false).expect_err("elsewhere");
         assert!(e.contains("replicates from 127.0.0.1:6381"), "{e}");
         let e = choose(Some(M), &elsewhere, None, false).expect_err("none linked");
@@ -357,7 +379,13 @@ mod tests {
         let Follow::RepointForced(what) = follow(S, &master(11, 5), new, true) else {
             panic!("forced")
         };
-        assert!(what.contains("its 5 keys are replaced by 127.0.0.1:6380's 2"), "{what}");
-        assert!(matches!(follow(S, &Err("down".into()), new, true), Follow::Skip(_)));
+        assert!(
+            what.contains("its 5 keys are replaced by 127.0.0.1:6380's 2"),
+            "{what}"
+        );
+        assert!(matches!(
+            follow(S, &Err("down".into()), new, true),
+            Follow::Skip(_)
+        ));
     }
 }

@@ -150,17 +150,16 @@ pub async fn promote_with(
 
         // Everything is checked before anything is written or sent.
         let looked = look_all(&group, old.as_deref(), auth).await;
-        let mut choice = candidate::choose(
-            old.as_deref(),
-            &looked,
-            request.server.as_deref(),
-            request.force,
-        )
-        .map_err(|e| TopoError::State(format!("group {id}: {e}")))?;
+        let mut choice = candidate::choose(old.as_deref(), &looked, request.server.as_deref(), request.force)
+            .map_err(|e| TopoError::State(format!("group {id}: {e}")))?;
         let mut caught_up = false;
         if let Some(master) = choice.live_master.clone() {
             // A server already refused (and forced) is only measured, not waited for.
-            let target = if choice.forced.is_empty() { Target::WhenAsked } else { Target::Now };
+            let target = if choice.forced.is_empty() {
+                Target::WhenAsked
+            } else {
+                Target::Now
+            };
             match catch_up(&master, &choice.addr, auth, target).await {
                 Ok(()) => caught_up = true,
                 Err(lag) if request.force => choice.forced.push(lag.forced(&choice.addr, &master)),
@@ -184,7 +183,16 @@ pub async fn promote_with(
                 });
             }
         }
-        let switched = switch_master(zk, &paths, (group, group_version), &mut choice, caught_up, request.force, auth).await;
+        let switched = switch_master(
+            zk,
+            &paths,
+            (group, group_version),
+            &mut choice,
+            caught_up,
+            request.force,
+            auth,
+        )
+        .await;
         if !slots.is_empty() {
             // Back online either way: on the new master, or (the switch failed
             // before touching ZooKeeper) on the old one.
@@ -197,8 +205,7 @@ pub async fn promote_with(
     .await
 }
 
-const FORCE_HINT: &str =
-    " (--force promotes anyway, and loses what the other servers hold that it lacks)";
+const FORCE_HINT: &str = " (--force promotes anyway, and loses what the other servers hold that it lacks)";
 
 /// Steps 2 to 4, writes held. Returns the new master's offset and keys when
 /// it was promoted, and the warnings about servers left alone.
@@ -321,9 +328,7 @@ async fn look_all(group: &Group, master: Option<&str>, auth: Option<&str>) -> Ve
             let answers = !matches!(state, Err(replication::LookError::Unreachable { .. }));
             let state = state.map_err(|e| e.to_string());
             let follows_master = match (&state, &master) {
-                (Ok(Replication { master: Some(of), .. }), Some(m)) => {
-                    replication::same_server(of, m).await
-                }
+                (Ok(Replication { master: Some(of), .. }), Some(m)) => replication::same_server(of, m).await,
                 _ => false,
             };
             (
@@ -403,10 +408,7 @@ async fn catch_up(master: &str, replica: &str, auth: Option<&str>, target: Targe
     let start = Instant::now();
     let mut goal = None;
     loop {
-        let (m, r) = tokio::join!(
-            replication::look(master, auth),
-            replication::look(replica, auth)
-        );
+        let (m, r) = tokio::join!(replication::look(master, auth), replication::look(replica, auth));
         let lag = |m: Option<Replication>, r: Option<Replication>| Lag {
             replica: r,
             master: m,

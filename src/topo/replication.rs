@@ -138,11 +138,17 @@ fn parse(info: &str, keys: u64) -> Option<Replication> {
         is_replica,
         master,
         link_up: is_replica && field("master_link_status") == Some("up"),
-        offset: number(if is_replica {
-            "slave_repl_offset"
+        offset: if is_replica {
+            // A replica whose link is gone may have dropped its cached master:
+            // it then reports `slave_repl_offset:1`, while `master_repl_offset`
+            // still counts what it applied (and passed on to its own replicas).
+            match number("slave_repl_offset") {
+                0 | 1 => number("master_repl_offset"),
+                n => n,
+            }
         } else {
-            "master_repl_offset"
-        }),
+            number("master_repl_offset")
+        },
         keys,
     })
 }
@@ -154,10 +160,7 @@ pub async fn same_server(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
-    let (Ok(a), Ok(b)) = (
-        tokio::net::lookup_host(a).await,
-        tokio::net::lookup_host(b).await,
-    ) else {
+    let (Ok(a), Ok(b)) = (tokio::net::lookup_host(a).await, tokio::net::lookup_host(b).await) else {
         return false;
     };
     let b: Vec<_> = b.collect();
@@ -205,6 +208,9 @@ mod tests {
         let s = parse(syncing, 0).expect("syncing");
         assert_eq!((s.link_up, s.offset), (false, 0));
         assert_eq!(s.to_string(), "a replica of h:1 (link down), offset 0, 0 keys");
+        let uncached = "role:slave\r\nmaster_host:h\r\nmaster_port:1\r\nmaster_link_status:down\r\n\
+                        slave_repl_offset:1\r\nmaster_repl_offset:14943\r\n";
+        assert_eq!(parse(uncached, 0).map(|r| r.offset), Some(14943));
         assert_eq!(parse("# Replication\r\n", 0), None);
     }
 
