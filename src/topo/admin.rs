@@ -242,6 +242,9 @@ impl AdminCommand {
 /// what to print.
 ///
 /// # Errors
+/// How long `promote` waits for the dashboard's reply.
+const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// An unreachable dashboard, or its refusal (its `error` message).
 pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String, String> {
     use AdminCommand as C;
@@ -262,7 +265,11 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
         }
         C::Promote { group, server, force } => {
             let body = serde_json::json!({ "addr": server, "force": force });
-            let reply = post(&format!("/api/groups/{group}/promote"), body).await?;
+            // It waits for the replica (twice 5 s) and for every proxy (10 s).
+            let path = format!("/api/groups/{group}/promote");
+            let reply = client::post_within(addr, &path, &body, PROMOTE_WAIT)
+                .await
+                .map_err(text)?;
             let promoted: super::promote::Promoted = reply.into_json().map_err(text)?;
             Ok(format!("{}\n", promoted.message))
         }
