@@ -238,13 +238,13 @@ impl AdminCommand {
     }
 }
 
+/// How long `promote` waits for the dashboard's reply.
+const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Runs a dashboard-bound `command` against the dashboard at `addr`; returns
 /// what to print.
 ///
 /// # Errors
-/// How long `promote` waits for the dashboard's reply.
-const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
-
 /// An unreachable dashboard, or its refusal (its `error` message).
 pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String, String> {
     use AdminCommand as C;
