@@ -132,9 +132,14 @@ pub enum AdminCommand {
         /// The group.
         #[arg(long)]
         group: GroupId,
-        /// host:port of the replica to promote.
+        /// host:port of the replica to promote. Default: the replica linked to
+        /// a live master, or the most advanced one if the master is down.
         #[arg(long)]
-        server: String,
+        server: Option<String>,
+        /// Promote even if a check refuses (a replica that is behind, not linked
+        /// to the master, or a master itself); the reply says what may be lost.
+        #[arg(long)]
+        force: bool,
     },
     /// Pause a migration task (a running pass stops within a second, resumable).
     Pause {
@@ -233,6 +238,9 @@ impl AdminCommand {
     }
 }
 
+/// How long `promote` waits for the dashboard's reply.
+const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Runs a dashboard-bound `command` against the dashboard at `addr`; returns
 /// what to print.
 ///
@@ -255,11 +263,15 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
                 task.to
             ))
         }
-        C::Promote { group, server } => {
-            let body = serde_json::json!({ "addr": server });
-            let reply = post(&format!("/api/groups/{group}/promote"), body).await?;
-            let _: serde_json::Value = reply.into_json().map_err(text)?;
-            Ok(format!("{server} is now the master of group {group}\n"))
+        C::Promote { group, server, force } => {
+            let body = serde_json::json!({ "addr": server, "force": force });
+            // It waits for the replica (twice 5 s) and for every proxy (10 s).
+            let path = format!("/api/groups/{group}/promote");
+            let reply = client::post_within(addr, &path, &body, PROMOTE_WAIT)
+                .await
+                .map_err(text)?;
+            let promoted: super::promote::Promoted = reply.into_json().map_err(text)?;
+            Ok(format!("{}\n", promoted.message))
         }
         C::Pause { task } | C::Resume { task } | C::Cancel { task } => {
             let verb = match command {

@@ -480,26 +480,35 @@ async fn rebalance_plan(
     Ok(Json(rebalance::plan(&topo, &weights)?))
 }
 
-/// `POST /api/groups/{id}/promote`: make replica `addr` the group's master.
+/// `POST /api/groups/{id}/promote`: make replica `addr` (or, without it, the
+/// best replica) the group's master; `force` overrides the safety checks.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Promote {
-    addr: String,
+    #[serde(default)]
+    addr: Option<String>,
+    #[serde(default)]
+    force: bool,
 }
 
-async fn promote(State(s): State<Shared>, Path(id): Path<GroupId>, Body(b): Body<Promote>) -> Changed {
-    super::promote::promote(
+async fn promote(
+    State(s): State<Shared>,
+    Path(id): Path<GroupId>,
+    Body(b): Body<Promote>,
+) -> Result<Json<super::promote::Promoted>, ApiError> {
+    let request = super::promote::PromoteRequest {
+        server: b.addr,
+        force: b.force,
+    };
+    let promoted = super::promote::promote_with(
         &s.store,
         id,
-        &b.addr,
+        &request,
         s.backend_auth.as_deref(),
         super::action::DEFAULT_ACK_TIMEOUT,
     )
     .await?;
-    Ok(done(
-        StatusCode::OK,
-        format!("{} is now the master of group {id}", b.addr),
-    ))
+    Ok(Json(promoted))
 }
 
 /// What `POST /api/rebalance` did: the plan, and the tasks queued for it.

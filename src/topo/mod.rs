@@ -24,6 +24,7 @@
 pub mod action;
 pub mod admin;
 pub mod api;
+pub mod candidate;
 pub mod dashboard;
 pub mod error;
 pub mod health;
@@ -34,6 +35,7 @@ pub mod operation;
 pub mod path;
 pub mod promote;
 pub mod rebalance;
+pub mod replication;
 pub mod runner;
 pub mod session;
 pub mod store;

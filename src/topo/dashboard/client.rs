@@ -105,6 +105,21 @@ pub async fn post(addr: &str, path: &str, body: &serde_json::Value) -> Result<Re
     call(addr, Method::POST, path, Some(body)).await
 }
 
+/// `POST path`, waiting up to `wait` for the reply instead of the usual 15 s:
+/// for operations that wait on servers themselves (a promote waits for a
+/// replica to catch up and for every proxy to acknowledge).
+///
+/// # Errors
+/// As [`call`].
+pub async fn post_within(
+    addr: &str,
+    path: &str,
+    body: &serde_json::Value,
+    wait: Duration,
+) -> Result<Reply, ClientError> {
+    call_within(addr, Method::POST, path, Some(body), wait).await
+}
+
 /// `DELETE path`.
 ///
 /// # Errors
@@ -125,11 +140,21 @@ pub async fn call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<Reply, ClientError> {
-    match tokio::time::timeout(CALL_TIMEOUT, exchange(addr, method, path, body)).await {
+    call_within(addr, method, path, body, CALL_TIMEOUT).await
+}
+
+async fn call_within(
+    addr: &str,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    wait: Duration,
+) -> Result<Reply, ClientError> {
+    match tokio::time::timeout(wait, exchange(addr, method, path, body)).await {
         Ok(result) => result,
         Err(_) => Err(ClientError::Unreachable {
             addr: addr.to_string(),
-            reason: format!("no reply within {CALL_TIMEOUT:?}"),
+            reason: format!("no reply within {wait:?}"),
         }),
     }
 }

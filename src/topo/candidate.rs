@@ -1,0 +1,391 @@
+//! Who may become a group's master, and who may follow it: the promote's
+//! decisions, made from the servers' replication states (see
+//! [`super::replication`]) before anything is written, so they are pure and
+//! tested without servers.
+//!
+//! The rule behind every refusal: never make a server the source of data for
+//! a server that holds more. With the master alive, only its linked replica
+//! may take over (and only once it has caught up, which [`super::promote`]
+//! waits for); with the master gone, only the replica that applied the most.
+//! `force` turns each refusal into a line of what may be lost.
+//!
+//! Imports the topo kernel only.
+
+use super::replication::{Replication, thousands};
+
+/// One server of the group, as looked at just now.
+#[derive(Debug, Clone)]
+pub struct Looked {
+    /// Its address in the group node.
+    pub addr: String,
+    /// Its state, or why it could not be read.
+    pub state: Result<Replication, String>,
+    /// Whether it reports the group's master as its own master.
+    pub follows_master: bool,
+    /// Whether it answered at all (an error reply counts: it is alive).
+    pub answers: bool,
+}
+
+/// What the promote will do, once the checks passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The server to promote.
+    pub addr: String,
+    /// Its state when chosen.
+    pub state: Replication,
+    /// The current master, if it answers: the candidate must catch up with it.
+    pub live_master: Option<String>,
+    /// The refusals `force` overrode, each naming what may be lost.
+    pub forced: Vec<String>,
+}
+
+/// Chooses the server to promote in a group whose master is `master` (the
+/// group node's), from `looked` (every server of the group, the master
+/// included if it has one); `named`, if the operator named a server.
+///
+/// # Errors
+/// The reason for the refusal, in the operator's words.
+pub fn choose(
+    master: Option<&str>,
+    looked: &[Looked],
+    named: Option<&str>,
+    force: bool,
+) -> Result<Choice, String> {
+    let master_state = master.and_then(|m| {
+        looked
+            .iter()
+            .find(|l| l.addr == m)
+            .and_then(|l| l.state.as_ref().ok())
+    });
+    let others: Vec<&Looked> = looked
+        .iter()
+        .filter(|l| Some(l.addr.as_str()) != master)
+        .collect();
+    let pick = match named {
+        Some(n) => others
+            .iter()
+            .copied()
+            .find(|l| l.addr == n)
+            .ok_or_else(|| format!("{n} is not a replica of the group"))?,
+        None => best(&others, master_state.is_some())
+            .ok_or_else(|| no_candidate(master, master_state.is_some(), &others))?,
+    };
+    let state = pick
+        .state
+        .as_ref()
+        .map_err(|e| format!("{} cannot be promoted: {e}", pick.addr))?
+        .clone();
+    let mut refusals = Vec::new();
+    match (master, master_state) {
+        (Some(m), Some(ms)) => {
+            // The master answers: only its own linked replica may take over.
+            if !state.is_replica {
+                refusals.push(format!(
+                    "{} is not a replica of the master {m} (it is a master with {} keys; {m} has {} keys at offset {})",
+                    pick.addr,
+                    thousands(state.keys),
+                    thousands(ms.keys),
+                    thousands(ms.offset)
+                ));
+            } else if !pick.follows_master {
+                refusals.push(format!(
+                    "{} is not a replica of the master {m} (it replicates from {}; {} keys at offset {}, {m} has {} keys)",
+                    pick.addr,
+                    state.master.as_deref().unwrap_or("?"),
+                    thousands(state.keys),
+                    thousands(state.offset),
+                    thousands(ms.keys)
+                ));
+            } else if !state.link_up {
+                refusals.push(format!(
+                    "{}'s link to the master {m} is down (it applied offset {} of {}; {} keys of {})",
+                    pick.addr,
+                    thousands(state.offset),
+                    thousands(ms.offset),
+                    thousands(state.keys),
+                    thousands(ms.keys)
+                ));
+            }
+        }
+        (m, _) => {
+            // The master is gone (or the group has none): the most advanced
+            // replica takes over; a master is never chosen over a replica with data.
+            if let Some(top) = best(&others, false)
+                && top.addr != pick.addr
+                && rank(top) > rank(pick)
+            {
+                let top_state = top.state.as_ref().ok();
+                refusals.push(format!(
+                    "{} ({state}) is behind {} ({}); promote {} instead",
+                    pick.addr,
+                    top.addr,
+                    top_state.map(ToString::to_string).unwrap_or_default(),
+                    top.addr
+                ));
+            }
+            if let Some(m) = m
+                && let Some(Err(e)) = looked.iter().find(|l| l.addr == m && l.answers).map(|l| &l.state)
+            {
+                refusals.push(format!(
+                    "the master {m} is alive but its replication state cannot be read ({e})"
+                ));
+            }
+            if let Some(m) = m
+                && pick.follows_master
+                && state.link_up
+            {
+                refusals.push(format!(
+                    "{}'s link to the master {m} is up: {m} answers it but not this dashboard; \
+                     check the network before promoting",
+                    pick.addr
+                ));
+            }
+        }
+    }
+    if !refusals.is_empty() && !force {
+        return Err(format!(
+            "refused: {}; nothing was changed (--force promotes anyway, and loses what the other servers hold that it lacks)",
+            refusals.join("; ")
+        ));
+    }
+    Ok(Choice {
+        addr: pick.addr.clone(),
+        state,
+        live_master: master_state.and(master.map(str::to_string)),
+        forced: refusals,
+    })
+}
+
+/// What to do with another server of the group once `new` (at `new_offset`)
+/// is master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follow {
+    /// Make it a replica of the new master.
+    Repoint,
+    /// Repoint it although it is ahead (forced); the text says what it loses.
+    RepointForced(String),
+    /// Leave it alone; the text says why.
+    Skip(String),
+}
+
+/// Whether `addr` (in `state`) may become a replica of `new`, which applied
+/// `new_state.offset`: never when it has applied more, since it would full-sync
+/// from the less advanced server and drop what only it holds.
+pub fn follow(
+    addr: &str,
+    state: &Result<Replication, String>,
+    (new, new_state): (&str, &Replication),
+    force: bool,
+) -> Follow {
+    let new_offset = new_state.offset;
+    let s = match state {
+        Ok(s) => s,
+        Err(e) => {
+            return Follow::Skip(format!(
+                "{addr} was not repointed ({e}); make it a replica of {new} once it is back"
+            ));
+        }
+    };
+    if s.offset <= new_offset {
+        return Follow::Repoint;
+    }
+    let what = format!(
+        "{addr} ({s}) is ahead of the new master {new} (offset {})",
+        thousands(new_offset)
+    );
+    if force {
+        Follow::RepointForced(format!(
+            "{what}; it full-syncs from {new}: its {} keys are replaced by {new}'s {}, and the writes past offset {} are lost",
+            thousands(s.keys),
+            thousands(new_state.keys),
+            thousands(new_offset)
+        ))
+    } else {
+        Follow::Skip(format!(
+            "{what}; it was not repointed, so it keeps its data (repoint it, or promote it, by hand)"
+        ))
+    }
+}
+
+/// The order of preference: a replica with data first, then the most applied,
+/// then the most keys. Servers that do not answer come last.
+fn rank(l: &Looked) -> (bool, bool, u64, u64) {
+    match &l.state {
+        Ok(s) => (
+            true,
+            s.is_replica && (s.offset > 0 || s.keys > 0),
+            s.offset,
+            s.keys,
+        ),
+        Err(_) => (false, false, 0, 0),
+    }
+}
+
+/// The best answering server; with `master_alive`, among those linked to it.
+fn best<'a>(others: &[&'a Looked], master_alive: bool) -> Option<&'a Looked> {
+    others
+        .iter()
+        .copied()
+        .filter(|l| match &l.state {
+            Ok(s) if master_alive => s.is_replica && l.follows_master && s.link_up,
+            Ok(_) => true,
+            Err(_) => false,
+        })
+        .max_by_key(|l| rank(l))
+}
+
+fn no_candidate(master: Option<&str>, master_alive: bool, others: &[&Looked]) -> String {
+    let each: Vec<String> = others
+        .iter()
+        .map(|l| match &l.state {
+            Ok(s) => format!("{} is {s}", l.addr),
+            Err(e) => e.clone(),
+        })
+        .collect();
+    let why = match (master, master_alive) {
+        (Some(m), true) => format!("no replica is linked to the master {m}"),
+        _ => "no server of the group answers".to_string(),
+    };
+    if each.is_empty() {
+        format!("refused: {why} (the group has no replica)")
+    } else {
+        format!("refused: {why}: {}", each.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(of: &str, link_up: bool, offset: u64, keys: u64) -> Result<Replication, String> {
+        Ok(Replication {
+            is_replica: true,
+            master: Some(of.into()),
+            link_up,
+            offset,
+            keys,
+        })
+    }
+
+    fn master(offset: u64, keys: u64) -> Result<Replication, String> {
+        Ok(Replication {
+            is_replica: false,
+            master: None,
+            link_up: false,
+            offset,
+            keys,
+        })
+    }
+
+    fn looked(addr: &str, state: Result<Replication, String>, follows: bool) -> Looked {
+        Looked {
+            addr: addr.into(),
+            answers: state.is_ok(),
+            state,
+            follows_master: follows,
+        }
+    }
+
+    const M: &str = "127.0.0.1:6379";
+    const R: &str = "127.0.0.1:6380";
+    const S: &str = "127.0.0.1:6381";
+
+    #[test]
+    fn a_linked_replica_of_a_live_master_is_chosen() {
+        let all = [
+            looked(M, master(100, 10), false),
+            looked(R, replica(M, true, 90, 9), true),
+        ];
+        let c = choose(Some(M), &all, Some(R), false).expect("allowed");
+        assert_eq!((c.addr.as_str(), c.live_master.as_deref()), (R, Some(M)));
+        assert!(c.forced.is_empty());
+        assert_eq!(choose(Some(M), &all, None, false).expect("chosen").addr, R);
+    }
+
+    #[test]
+    fn the_wipe_is_refused() {
+        // R was promoted; M came back empty as a master and is named.
+        let all = [
+            looked(R, master(5000, 10_532), false),
+            looked(M, master(0, 0), false),
+        ];
+        let e = choose(Some(R), &all, Some(M), false).expect_err("refused");
+        assert!(
+            e.contains(
+                "127.0.0.1:6379 is not a replica of the master 127.0.0.1:6380 (it is a master with 0 keys"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("10,532 keys"), "{e}");
+        let forced = choose(Some(R), &all, Some(M), true).expect("forced");
+        assert_eq!(forced.forced.len(), 1);
+    }
+
+    #[test]
+    fn a_replica_with_its_link_down_or_another_master_is_refused() {
+        let down = [
+            looked(M, master(100, 10), false),
+            looked(R, replica(M, false, 40, 4), true),
+        ];
+        let e = choose(Some(M), &down, Some(R), false).expect_err("down");
+        assert!(e.contains("link to the master 127.0.0.1:6379 is down"), "{e}");
+        let elsewhere = [
+            looked(M, master(100, 10), false),
+            looked(R, replica(S, true, 40, 4), false),
+        ];
+        let e = choose(Some(M), &elsewhere, Some(R), false).expect_err("elsewhere");
+        assert!(e.contains("replicates from 127.0.0.1:6381"), "{e}");
+        let e = choose(Some(M), &elsewhere, None, false).expect_err("none linked");
+        assert!(e.contains("no replica is linked"), "{e}");
+    }
+
+    #[test]
+    fn with_the_master_gone_the_most_advanced_replica_wins() {
+        let gone = Err::<Replication, _>("127.0.0.1:6379 does not answer".to_string());
+        let all = [
+            looked(M, gone, false),
+            looked(R, replica(M, false, 900, 9), true),
+            looked(S, replica(M, false, 1000, 10), true),
+        ];
+        assert_eq!(choose(Some(M), &all, None, false).expect("chosen").addr, S);
+        let e = choose(Some(M), &all, Some(R), false).expect_err("behind");
+        assert!(e.contains("is behind 127.0.0.1:6381"), "{e}");
+        let mut refusing = all.clone();
+        refusing[0].answers = true;
+        let e = choose(Some(M), &refusing, Some(S), false).expect_err("alive");
+        assert!(e.contains("is alive but"), "{e}");
+        assert_eq!(choose(Some(M), &all, Some(S), false).expect("best").addr, S);
+    }
+
+    #[test]
+    fn an_empty_master_is_never_chosen_over_a_replica_with_data() {
+        let gone = Err::<Replication, _>("down".to_string());
+        let all = [
+            looked(M, gone, false),
+            looked(R, master(7000, 0), false),
+            looked(S, replica(M, false, 10, 3), true),
+        ];
+        assert_eq!(choose(Some(M), &all, None, false).expect("chosen").addr, S);
+        assert!(choose(Some(M), &all, Some(R), false).is_err());
+    }
+
+    #[test]
+    fn a_more_advanced_server_is_not_made_to_follow() {
+        let new = master(10, 2).expect("state");
+        let new = (R, &new);
+        assert_eq!(follow(S, &replica(M, false, 10, 1), new, false), Follow::Repoint);
+        assert_eq!(follow(S, &master(0, 0), new, false), Follow::Repoint);
+        assert!(matches!(follow(S, &master(11, 5), new, false), Follow::Skip(_)));
+        let Follow::RepointForced(what) = follow(S, &master(11, 5), new, true) else {
+            panic!("forced")
+        };
+        assert!(
+            what.contains("its 5 keys are replaced by 127.0.0.1:6380's 2"),
+            "{what}"
+        );
+        assert!(matches!(
+            follow(S, &Err("down".into()), new, true),
+            Follow::Skip(_)
+        ));
+    }
+}

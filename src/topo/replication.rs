@@ -1,0 +1,231 @@
+//! One redis-server's replication state, as `INFO replication` and `DBSIZE`
+//! report it: what a promote checks before it trusts a server with its group's
+//! data (its role, whom it replicates from, whether that link is up, how far it
+//! has applied the stream, how many keys it holds).
+//!
+//! Uses the migrator's RESP connection; imports `libs` and the topo kernel.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::migrator::{Conn, error_text};
+use crate::libs::resp;
+
+/// How long one look at a server may take, connecting included.
+pub const LOOK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What `INFO replication` and `DBSIZE` said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// `role:master` (false) or `role:slave` (true).
+    pub is_replica: bool,
+    /// A replica's `master_host:master_port`.
+    pub master: Option<String>,
+    /// A replica's `master_link_status:up`.
+    pub link_up: bool,
+    /// How much of the replication stream it has applied: a replica's
+    /// `slave_repl_offset`, a master's `master_repl_offset`.
+    pub offset: u64,
+    /// `DBSIZE`.
+    pub keys: u64,
+}
+
+impl fmt::Display for Replication {
+    /// `a replica of H:P (link up), offset N, K keys` / `a master, offset N, K keys`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_replica {
+            let link = if self.link_up { "up" } else { "down" };
+            let master = self.master.as_deref().unwrap_or("?");
+            write!(f, "a replica of {master} (link {link})")?;
+        } else {
+            f.write_str("a master")?;
+        }
+        write!(
+            f,
+            ", offset {}, {} keys",
+            thousands(self.offset),
+            thousands(self.keys)
+        )
+    }
+}
+
+/// Why a server could not be looked at.
+#[derive(Debug, thiserror::Error)]
+pub enum LookError {
+    /// No connection, or no reply in time.
+    #[error("{addr} does not answer: {reason}")]
+    Unreachable {
+        /// The server.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// It answered with an error, or with something that is not `INFO`.
+    #[error("{addr} answered {what}")]
+    Refused {
+        /// The server.
+        addr: String,
+        /// The reply, shortened.
+        what: String,
+    },
+}
+
+/// Looks at `addr`'s replication state (`auth`: the backend password).
+///
+/// # Errors
+/// [`LookError`] when it does not answer or does not answer `INFO`.
+pub async fn look(addr: &str, auth: Option<&str>) -> Result<Replication, LookError> {
+    tokio::time::timeout(LOOK_TIMEOUT, look_once(addr, auth))
+        .await
+        .unwrap_or_else(|_| {
+            Err(LookError::Unreachable {
+                addr: addr.to_string(),
+                reason: format!("no reply within {LOOK_TIMEOUT:?}"),
+            })
+        })
+}
+
+async fn look_once(addr: &str, auth: Option<&str>) -> Result<Replication, LookError> {
+    let unreachable = |e: super::migrator::MigrateError| LookError::Unreachable {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let refused = |what: String| LookError::Refused {
+        addr: addr.to_string(),
+        what,
+    };
+    let mut conn = Conn::connect(addr, auth).await.map_err(unreachable)?;
+    let info = conn
+        .call(&[b"INFO".as_ref(), b"replication"], "INFO", LOOK_TIMEOUT)
+        .await
+        .map_err(unreachable)?;
+    if resp::is_error(&info) {
+        return Err(refused(error_text(&info)));
+    }
+    let text = resp::bulk_payload(&info).ok_or_else(|| refused("a non-bulk INFO reply".into()))?;
+    let keys = conn
+        .call(&[b"DBSIZE".as_ref()], "DBSIZE", LOOK_TIMEOUT)
+        .await
+        .map_err(unreachable)?;
+    let keys = resp::integer(&keys).ok_or_else(|| refused(format!("DBSIZE {}", error_text(&keys))))?;
+    parse(&String::from_utf8_lossy(&text), u64::try_from(keys).unwrap_or(0))
+        .ok_or_else(|| refused("an INFO replication without role".into()))
+}
+
+/// Reads an `INFO replication` text; `None` without a `role` line.
+fn parse(info: &str, keys: u64) -> Option<Replication> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let is_replica = match field("role")? {
+        "slave" => true,
+        "master" => false,
+        _ => return None,
+    };
+    // Offsets are -1 before a replica's first sync: nothing applied.
+    let number = |name: &str| {
+        field(name)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0))
+    };
+    let master = match (field("master_host"), field("master_port")) {
+        (Some(h), Some(p)) if is_replica => Some(format!("{h}:{p}")),
+        _ => None,
+    };
+    Some(Replication {
+        is_replica,
+        master,
+        link_up: is_replica && field("master_link_status") == Some("up"),
+        offset: if is_replica {
+            // A replica whose link is gone may have dropped its cached master:
+            // it then reports `slave_repl_offset:1`, while `master_repl_offset`
+            // still counts what it applied (and passed on to its own replicas).
+            match number("slave_repl_offset") {
+                0 | 1 => number("master_repl_offset"),
+                n => n,
+            }
+        } else {
+            number("master_repl_offset")
+        },
+        keys,
+    })
+}
+
+/// Whether `a` and `b` name the same server: the same text, or host names
+/// that resolve to a common address with the same port (a replica reports the
+/// host it was told, which may be `localhost` where the group says `127.0.0.1`).
+pub async fn same_server(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let (Ok(a), Ok(b)) = (tokio::net::lookup_host(a).await, tokio::net::lookup_host(b).await) else {
+        return false;
+    };
+    let b: Vec<_> = b.collect();
+    a.into_iter().any(|x| b.contains(&x))
+}
+
+/// `10532` → `10,532`, as operators read numbers.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_and_a_master_are_read() {
+        let replica = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:6379\r\n\
+                       master_link_status:up\r\nslave_read_repl_offset:2947\r\n\
+                       slave_repl_offset:1506\r\nmaster_repl_offset:1506\r\n";
+        assert_eq!(
+            parse(replica, 7),
+            Some(Replication {
+                is_replica: true,
+                master: Some("127.0.0.1:6379".into()),
+                link_up: true,
+                offset: 1506,
+                keys: 7,
+            })
+        );
+        let master = "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\n";
+        let m = parse(master, 0).expect("master");
+        assert!(!m.is_replica && !m.link_up && m.master.is_none());
+        assert_eq!(m.to_string(), "a master, offset 0, 0 keys");
+        let syncing = "role:slave\r\nmaster_host:h\r\nmaster_port:1\r\nmaster_link_status:down\r\n\
+                       slave_repl_offset:-1\r\n";
+        let s = parse(syncing, 0).expect("syncing");
+        assert_eq!((s.link_up, s.offset), (false, 0));
+        assert_eq!(s.to_string(), "a replica of h:1 (link down), offset 0, 0 keys");
+        let uncached = "role:slave\r\nmaster_host:h\r\nmaster_port:1\r\nmaster_link_status:down\r\n\
+                        slave_repl_offset:1\r\nmaster_repl_offset:14943\r\n";
+        assert_eq!(parse(uncached, 0).map(|r| r.offset), Some(14943));
+        assert_eq!(parse("# Replication\r\n", 0), None);
+    }
+
+    #[test]
+    fn numbers_get_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1234), "1,234");
+        assert_eq!(thousands(10_532_000), "10,532,000");
+    }
+
+    #[tokio::test]
+    async fn same_server_resolves_names() {
+        assert!(same_server("127.0.0.1:6379", "127.0.0.1:6379").await);
+        assert!(same_server("localhost:6379", "127.0.0.1:6379").await);
+        assert!(!same_server("127.0.0.1:6380", "127.0.0.1:6379").await);
+    }
+}

@@ -1,0 +1,322 @@
+//! Promote's safety checks against real redis-servers, ZooKeeper, a proxy and a
+//! dashboard: the wipe an operator could once cause (promoting an old master
+//! that came back empty) is refused, a replica that is behind is refused with
+//! its offsets, and `--force` promotes it while saying what is lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{Cluster, client, keys_in, set_all};
+use reborn::topo::admin::{AdminCommand, ask_dashboard};
+use reborn::topo::dashboard::{Bound, DashboardConfig, client as http};
+use reborn::topo::model::{Role, SlotState};
+use reborn::topo::promote::{PromoteRequest, promote_with};
+use reborn::topo::{TopoError, watcher};
+use redis::AsyncCommands;
+
+const ACK: Duration = Duration::from_secs(5);
+
+/// An in-process dashboard on a free port; returns its address once it leads.
+async fn dashboard(c: &Cluster) -> String {
+    let cfg = DashboardConfig {
+        listen: "127.0.0.1:0".into(),
+        zk: c.zk.clone(),
+        ..DashboardConfig::default()
+    };
+    let bound = Bound::bind(cfg).await.expect("bind dashboard");
+    let addr = bound.local_addr().to_string();
+    tokio::spawn(bound.run(c.stop.clone()));
+    common::eventually("the dashboard to lead", Duration::from_secs(10), || async {
+        matches!(http::get(&addr, "/api/dashboard").await, Ok(r) if r.body["role"] == "leader")
+    })
+    .await;
+    addr
+}
+
+async fn dbsize(addr: &str) -> i64 {
+    let mut c = common::client(addr).await;
+    redis::cmd("DBSIZE").query_async(&mut c).await.expect("DBSIZE")
+}
+
+async fn info_replication(addr: &str) -> String {
+    let mut c = common::client(addr).await;
+    redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut c)
+        .await
+        .expect("INFO")
+}
+
+/// The master of group 1 in ZooKeeper.
+async fn master_of_group_1(c: &Cluster) -> String {
+    let topo = watcher::load(&c.store).await.expect("load");
+    let g = topo.groups.get(&1).expect("group 1");
+    g.master().expect("a master").to_string()
+}
+
+async fn wait_synced(replica: &str, keys: i64) {
+    common::eventually(
+        "the replica to hold every key",
+        Duration::from_secs(10),
+        || async { dbsize(replica).await == keys },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_an_old_master_that_came_back_empty_is_refused() {
+    let mut c = Cluster::start().await;
+    let replica = c.replica_of_group_1().await;
+    let (m, r) = (c.masters[0].addr(), replica.addr());
+    let proxy = c.proxy().await;
+    let dash = dashboard(&c).await;
+    let mut p = client(proxy).await;
+    let keys = keys_in(1, "w", 2000);
+    set_all(&mut p, &keys).await;
+    wait_synced(&r, keys.len() as i64).await;
+
+    // The master dies. Promoting its replica is allowed: the master does not
+    // answer and the replica applied the most (it is the only one).
+    c.masters[0].kill();
+    let promoted = promote_with(
+        &c.store,
+        1,
+        &PromoteRequest {
+            server: Some(r.clone()),
+            force: false,
+        },
+        None,
+        ACK,
+    )
+    .await
+    .expect("promote the replica of a dead master");
+    eprintln!("promoted: {}", promoted.message);
+    assert_eq!(promoted.master, r);
+    assert_eq!(promoted.keys, keys.len() as u64);
+    assert!(promoted.forced.is_empty(), "{promoted:?}");
+    assert!(
+        promoted
+            .warnings
+            .iter()
+            .any(|w| w.contains(&m) && w.contains("not repointed")),
+        "the dead master is reported as not repointed: {promoted:?}"
+    );
+    assert_eq!(master_of_group_1(&c).await, r);
+
+    // It comes back empty on the same port, a standalone master: nothing
+    // repoints it (the promote could not reach it).
+    c.masters[0].restart().expect("restart the old master");
+    let info = info_replication(&m).await;
+    assert!(info.contains("role:master"), "{info}");
+    assert_eq!(dbsize(&m).await, 0);
+
+    // The operator asks to promote it (as the user did): refused,
+    // through the CLI's path, naming why, and nothing changes.
+    let command = AdminCommand::Promote {
+        group: 1,
+        server: Some(m.clone()),
+        force: false,
+    };
+    let refusal = ask_dashboard(&dash, &command).await.expect_err("refused");
+    eprintln!("refused: {refusal}");
+    let why = format!("{m} is not a replica of the master {r} (it is a master with 0 keys");
+    assert!(refusal.contains(&why), "{refusal}");
+    assert!(refusal.contains("2,000 keys"), "{refusal}");
+    let reply = http::post(&dash, "/api/groups/1/promote", &serde_json::json!({ "addr": m }))
+        .await
+        .expect("POST promote");
+    assert_eq!(reply.status, 409, "{:?}", reply.body);
+
+    // Without a name, no replica of the live master is linked to it: refused too.
+    let err = promote_with(&c.store, 1, &PromoteRequest::default(), None, ACK)
+        .await
+        .expect_err("no linked replica");
+    assert!(matches!(err, TopoError::State(_)), "{err}");
+    assert!(err.to_string().contains("no replica is linked"), "{err}");
+
+    assert_eq!(master_of_group_1(&c).await, r);
+    assert!(info_replication(&r).await.contains("role:master"));
+    assert_eq!(
+        dbsize(&r).await,
+        keys.len() as i64,
+        "the new master kept its keys"
+    );
+    assert_eq!(c.slot_state(0).await, (1, SlotState::Online));
+    for k in keys.iter().step_by(97) {
+        let v: Option<String> = p.get(k).await.expect("GET through the proxy");
+        assert_eq!(v.as_deref(), Some("v"), "{k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_is_behind_is_refused_and_force_says_what_is_lost() {
+    let c = Cluster::start().await;
+    let replica = c.replica_of_group_1().await;
+    let (m, r) = (c.masters[0].addr(), replica.addr());
+    let dash = dashboard(&c).await;
+    let mut master = common::client(&m).await;
+    let first = keys_in(1, "a", 500);
+    set_all(&mut master, &first).await;
+    wait_synced(&r, first.len() as i64).await;
+
+    // The replica stops applying the stream (its link stays up, it answers
+    // INFO) while the master takes more writes.
+    let mut rc = common::client(&r).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "60000", "WRITE"])
+        .query_async(&mut rc)
+        .await
+        .expect("CLIENT PAUSE");
+    let more = keys_in(1, "b", 300);
+    set_all(&mut master, &more).await;
+
+    let err = promote_with(
+        &c.store,
+        1,
+        &PromoteRequest {
+            server: Some(r.clone()),
+            force: false,
+        },
+        None,
+        ACK,
+    )
+    .await
+    .expect_err("a lagging replica is refused");
+    let text = err.to_string();
+    eprintln!("refused: {text}");
+    assert!(matches!(err, TopoError::State(_)), "{text}");
+    assert!(
+        text.contains(&format!("{r} has not caught up with the master {m}"))
+            && text.contains("bytes behind after 5 s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("it has 500 keys") && text.contains("has 800"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was changed"), "{text}");
+    // Nothing changed: ZooKeeper, the slots, and both servers' roles.
+    assert_eq!(master_of_group_1(&c).await, m);
+    assert_eq!(c.slot_state(0).await, (1, SlotState::Online));
+    assert!(info_replication(&r).await.contains("role:slave"));
+    assert!(info_replication(&m).await.contains("role:master"));
+
+    // Forced, through the CLI's path: allowed, and the reply names the offsets
+    // and the keys on each side.
+    let command = AdminCommand::Promote {
+        group: 1,
+        server: Some(r.clone()),
+        force: true,
+    };
+    let said = ask_dashboard(&dash, &command).await.expect("forced promote");
+    eprintln!("forced: {said}");
+    assert!(
+        said.starts_with(&format!("{r} is now the master of group 1")),
+        "{said}"
+    );
+    assert!(
+        said.contains("forced:") && said.contains("bytes behind"),
+        "{said}"
+    );
+    assert!(said.contains(&format!("{m} (a master, offset")), "{said}");
+    assert!(
+        said.contains(&format!("its 800 keys are replaced by {r}'s 500")),
+        "{said}"
+    );
+    assert_eq!(master_of_group_1(&c).await, r);
+
+    // What was lost is what it said: the old master follows the new one and
+    // holds only what the replica had applied.
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut rc)
+        .await
+        .expect("CLIENT UNPAUSE");
+    common::eventually(
+        "the old master to follow the new one",
+        Duration::from_secs(10),
+        || async {
+            let info = info_replication(&m).await;
+            info.contains("role:slave") && info.contains("master_link_status:up")
+        },
+    )
+    .await;
+    assert_eq!(dbsize(&r).await, first.len() as i64);
+    common::eventually(
+        "the old master to hold the new master's keys",
+        Duration::from_secs(10),
+        || async { dbsize(&m).await == first.len() as i64 },
+    )
+    .await;
+    let topo = watcher::load(&c.store).await.expect("load");
+    let g = topo.groups.get(&1).expect("group 1");
+    assert!(g.servers.iter().any(|s| s.addr == m && s.role == Role::Replica));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_master_dead_the_most_advanced_replica_is_chosen() {
+    let mut c = Cluster::start().await;
+    let behind = c.replica_of_group_1().await;
+    let ahead = c.replica_of_group_1().await;
+    let (m, b, a) = (c.masters[0].addr(), behind.addr(), ahead.addr());
+    let mut master = common::client(&m).await;
+    let first = keys_in(1, "a", 400);
+    set_all(&mut master, &first).await;
+    wait_synced(&b, first.len() as i64).await;
+    wait_synced(&a, first.len() as i64).await;
+    // `behind` stops applying; the master takes more writes, then dies.
+    let mut bc = common::client(&b).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "60000", "WRITE"])
+        .query_async(&mut bc)
+        .await
+        .expect("CLIENT PAUSE");
+    let more = keys_in(1, "b", 200);
+    set_all(&mut master, &more).await;
+    wait_synced(&a, (first.len() + more.len()) as i64).await;
+    c.masters[0].kill();
+
+    // Naming the replica that is behind is refused, naming the better one.
+    let named = |server: &str| PromoteRequest {
+        server: Some(server.to_string()),
+        force: false,
+    };
+    let err = promote_with(&c.store, 1, &named(&b), None, ACK)
+        .await
+        .expect_err("the replica that is behind");
+    eprintln!("refused: {err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{b} (a replica of {m} (link down)")),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&format!("is behind {a}")), "{err}");
+    assert_eq!(master_of_group_1(&c).await, m);
+
+    // Unnamed, the most advanced one is chosen; the other follows it (it has
+    // applied less, so it loses nothing), the dead master is reported.
+    let promoted = promote_with(&c.store, 1, &PromoteRequest::default(), None, ACK)
+        .await
+        .expect("promote the best replica");
+    eprintln!("promoted: {}", promoted.message);
+    assert_eq!(promoted.master, a);
+    assert_eq!(promoted.keys, (first.len() + more.len()) as u64);
+    assert!(promoted.warnings.iter().any(|w| w.contains(&m)), "{promoted:?}");
+    assert_eq!(master_of_group_1(&c).await, a);
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut bc)
+        .await
+        .expect("CLIENT UNPAUSE");
+    common::eventually(
+        "the other replica to follow the new master",
+        Duration::from_secs(10),
+        || async {
+            let info = info_replication(&b).await;
+            info.contains(&format!("master_port:{}", ahead.port())) && info.contains("master_link_status:up")
+        },
+    )
+    .await;
+    wait_synced(&b, (first.len() + more.len()) as i64).await;
+}
