@@ -60,6 +60,8 @@ pub struct Connection {
     stop: CancellationToken,
     /// Set by `CLIENT KILL`: the session writes nothing more.
     killed: AtomicBool,
+    /// Where the session writer finds the client's pub/sub messages.
+    pub inbox: super::pubsub::InboxSlot,
 }
 
 impl Connection {
@@ -82,6 +84,7 @@ impl Connection {
             protocol: AtomicU8::new(2),
             stop,
             killed: AtomicBool::new(false),
+            inbox: super::pubsub::InboxSlot::default(),
         })
     }
 

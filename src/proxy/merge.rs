@@ -278,7 +278,10 @@ mod tests {
             assert_eq!(&r[..], b"$1\r\nk\r\n");
         }
         assert_eq!(&random_non_nil("RANDOMKEY", &[a("x", "$-1\r\n")])[..], b"$-1\r\n");
-        assert_eq!(&random_non_nil("RANDOMKEY", &[a("x", "_\r\n"), a("y", "_\r\n")])[..], b"_\r\n");
+        assert_eq!(
+            &random_non_nil("RANDOMKEY", &[a("x", "_\r\n"), a("y", "_\r\n")])[..],
+            b"_\r\n"
+        );
         assert!(resp::is_error(&random_non_nil(
             "RANDOMKEY",
             &[a("x", "$-1\r\n"), a("y", "-ERR down\r\n")]

@@ -42,9 +42,9 @@ use tokio::sync::oneshot;
 
 use super::blocked::Dedicated;
 use super::command::{Kind, Spec};
-use super::fanout;
 use super::context::{Client, Context};
 use super::dispatch::{CROSSSLOT, Target, target_for, unknown_command};
+use super::fanout;
 use super::local;
 use super::pinned::{self, Exec, WatchCall};
 use super::reply::{Ordered, Pending, Reply};
