@@ -281,11 +281,13 @@ async fn a_subscriber_that_never_reads_is_disconnected_without_stalling_others()
     // 80 MB in all: more than the 32 MB limit plus what the sockets buffer.
     for _ in 0..320 {
         let n = publisher.call(&["PUBLISH", &ch, &payload]).await;
-        assert!(matches!(n, Resp::Int(1)), "{n:?}");
+        // One upstream subscriber per worker the two clients landed on.
+        assert!(matches!(n, Resp::Int(1 | 2)), "{n:?}");
         assert_eq!(fast.read_reply().await, message(&ch, &payload));
     }
     assert!(slow.is_closed_by_peer().await, "the slow subscriber is disconnected");
     // The others go on.
-    assert_eq!(publisher.call(&["PUBLISH", &ch, "still"]).await, Resp::Int(1));
+    let n = publisher.call(&["PUBLISH", &ch, "still"]).await;
+    assert!(matches!(n, Resp::Int(1 | 2)), "{n:?}");
     assert_eq!(fast.read_reply().await, message(&ch, "still"));
 }
