@@ -29,6 +29,8 @@
 #   summary-LABEL.txt   the per-unit table printed at the end
 #   logs-LABEL/UNIT.log the whole runtest output of each unit
 # REDIS_SUITE_SRC=DIR runs the suite of another (e.g. a patched) source tree.
+# REDIS_SUITE_BASEPORT=N passes runtest `--baseport N` (its own ports: two runs
+# at once on one machine need different ones; runtest's default is 21111).
 # Exit status: 0 whatever the tests say, unless --min-pass is not met; 2 when
 # the suite cannot run at all (no source, server unreachable).
 #
@@ -238,7 +240,8 @@ for u in "${units[@]}"; do
     # timeout signals its whole process group: runtest's test client too.
     (cd "$SRC" && TERM=dumb timeout --kill-after=10 "$unit_timeout" ./runtest \
         --host "$host" --port "$port" --singledb --cluster-mode --clients 1 \
-        --timeout "$unit_timeout" --tags "$DENY_TAGS" --single "unit/$u") \
+        --timeout "$unit_timeout" --tags "$DENY_TAGS" --single "unit/$u" \
+        ${REDIS_SUITE_BASEPORT:+--baseport "$REDIS_SUITE_BASEPORT"}) \
         >"$log" 2>&1 </dev/null || rc=$?
     secs=$((SECONDS - start))
     pass=$(grep -c '^\[ok\]: ' "$log" || true)

@@ -88,7 +88,10 @@ async fn channels_and_patterns_of_both_groups_and_subscribed_mode() {
         sub.read_replies(2).await,
         vec![confirm("subscribe", &ch1, 1), confirm("subscribe", &ch2, 2)]
     );
-    assert_eq!(psub.call(&["PSUBSCRIBE", "news*"]).await, confirm("psubscribe", "news*", 1));
+    assert_eq!(
+        psub.call(&["PSUBSCRIBE", "news*"]).await,
+        confirm("psubscribe", "news*", 1)
+    );
 
     for (ch, data) in [(&ch1, "one"), (&ch2, "two")] {
         // One upstream subscriber for the channel, one for the pattern.
@@ -108,11 +111,24 @@ async fn channels_and_patterns_of_both_groups_and_subscribed_mode() {
         )
     );
     assert_eq!(sub.call(&["PING"]).await, arr(vec![bulk("pong"), bulk("")]));
-    assert_eq!(sub.call(&["PING", "hi"]).await, arr(vec![bulk("pong"), bulk("hi")]));
+    assert_eq!(
+        sub.call(&["PING", "hi"]).await,
+        arr(vec![bulk("pong"), bulk("hi")])
+    );
+
+    // A connection that never subscribed gets a confirmation per name.
+    let mut never = raw(proxy).await;
+    never.send(&common::cmd(&["UNSUBSCRIBE", "a", "b"])).await;
+    assert_eq!(
+        never.read_replies(2).await,
+        vec![confirm("unsubscribe", "a", 0), confirm("unsubscribe", "b", 0)]
+    );
 
     // PUBSUB, merged across the masters.
     let chans = publisher.call(&["PUBSUB", "CHANNELS", "news*"]).await;
-    let Resp::Array(Some(mut names)) = chans else { panic!("{chans:?}") };
+    let Resp::Array(Some(mut names)) = chans else {
+        panic!("{chans:?}")
+    };
     names.sort_by_key(|n| format!("{n:?}"));
     let mut want = vec![bulk(&ch1), bulk(&ch2)];
     want.sort_by_key(|n| format!("{n:?}"));
@@ -120,7 +136,14 @@ async fn channels_and_patterns_of_both_groups_and_subscribed_mode() {
     assert_eq!(publisher.call(&["PUBSUB", "NUMPAT"]).await, Resp::Int(1));
     assert_eq!(
         publisher.call(&["PUBSUB", "NUMSUB", &ch1, &ch2, "nobody"]).await,
-        arr(vec![bulk(&ch1), Resp::Int(1), bulk(&ch2), Resp::Int(1), bulk("nobody"), Resp::Int(0)])
+        arr(vec![
+            bulk(&ch1),
+            Resp::Int(1),
+            bulk(&ch2),
+            Resp::Int(1),
+            bulk("nobody"),
+            Resp::Int(0)
+        ])
     );
 
     // Unsubscribing everything leaves subscribed mode.
@@ -157,11 +180,17 @@ async fn subscribers_share_upstream_connections_and_release_them() {
     // One upstream subscriber per worker (2 on this machine at most).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let upstream = pubsub_clients(&master).await;
-    assert!(upstream >= 1 && upstream <= workers, "{upstream} upstream subscribers");
+    assert!(
+        upstream >= 1 && upstream <= workers,
+        "{upstream} upstream subscribers"
+    );
     assert_eq!(numsub_direct(&master, &ch).await, upstream as i64);
 
     let mut publisher = raw(proxy).await;
-    assert_eq!(publisher.call(&["PUBLISH", &ch, "hello"]).await, Resp::Int(upstream as i64));
+    assert_eq!(
+        publisher.call(&["PUBLISH", &ch, "hello"]).await,
+        Resp::Int(upstream as i64)
+    );
     for s in &mut subs {
         assert_eq!(s.read_reply().await, message(&ch, "hello"));
     }
@@ -170,15 +199,26 @@ async fn subscribers_share_upstream_connections_and_release_them() {
     // unsubscribes upstream.
     let half = subs.split_off(100);
     for mut s in subs {
-        assert_eq!(s.call(&["UNSUBSCRIBE", &ch]).await, confirm("unsubscribe", &ch, 0));
+        assert_eq!(
+            s.call(&["UNSUBSCRIBE", &ch]).await,
+            confirm("unsubscribe", &ch, 0)
+        );
     }
-    assert_eq!(numsub_direct(&master, &ch).await, upstream as i64, "others still listen");
+    assert_eq!(
+        numsub_direct(&master, &ch).await,
+        upstream as i64,
+        "others still listen"
+    );
     drop(half);
-    eventually("the last subscriber's release unsubscribes upstream", Duration::from_secs(5), || {
-        let master = master.clone();
-        let ch = ch.clone();
-        async move { numsub_direct(&master, &ch).await == 0 }
-    })
+    eventually(
+        "the last subscriber's release unsubscribes upstream",
+        Duration::from_secs(5),
+        || {
+            let master = master.clone();
+            let ch = ch.clone();
+            async move { numsub_direct(&master, &ch).await == 0 }
+        },
+    )
     .await;
     assert_eq!(publisher.call(&["PUBLISH", &ch, "nobody"]).await, Resp::Int(0));
 }
@@ -221,12 +261,18 @@ async fn sharded_channels() {
     let mut publisher = raw(proxy).await;
     for ch in [&ch1, &ch2] {
         assert_eq!(publisher.call(&["SPUBLISH", ch, "s"]).await, Resp::Int(1));
-        assert_eq!(s.read_reply().await, arr(vec![bulk("smessage"), bulk(ch), bulk("s")]));
+        assert_eq!(
+            s.read_reply().await,
+            arr(vec![bulk("smessage"), bulk(ch), bulk("s")])
+        );
     }
     assert_eq!(numsub_direct(&c.masters[1].addr(), &ch1).await, 0);
     let shard = publisher.call(&["PUBSUB", "SHARDNUMSUB", &ch1]).await;
     assert_eq!(shard, arr(vec![bulk(&ch1), Resp::Int(1)]));
-    assert_eq!(s.call(&["SUNSUBSCRIBE", &ch1]).await, confirm("sunsubscribe", &ch1, 1));
+    assert_eq!(
+        s.call(&["SUNSUBSCRIBE", &ch1]).await,
+        confirm("sunsubscribe", &ch1, 1)
+    );
     assert_eq!(publisher.call(&["SPUBLISH", &ch1, "s"]).await, Resp::Int(0));
 }
 
@@ -285,7 +331,10 @@ async fn a_subscriber_that_never_reads_is_disconnected_without_stalling_others()
         assert!(matches!(n, Resp::Int(1 | 2)), "{n:?}");
         assert_eq!(fast.read_reply().await, message(&ch, &payload));
     }
-    assert!(slow.is_closed_by_peer().await, "the slow subscriber is disconnected");
+    assert!(
+        slow.is_closed_by_peer().await,
+        "the slow subscriber is disconnected"
+    );
     // The others go on.
     let n = publisher.call(&["PUBLISH", &ch, "still"]).await;
     assert!(matches!(n, Resp::Int(1 | 2)), "{n:?}");

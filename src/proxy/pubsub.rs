@@ -12,7 +12,8 @@
 //! * The first subscriber of a name subscribes upstream; its confirmation (and
 //!   that of every client arriving before the upstream confirmed) waits for
 //!   the upstream's, so a `PUBLISH` sent after the client saw its confirmation
-//!   reaches it. The last subscriber to leave unsubscribes upstream.
+//!   reaches it. The last subscriber to leave unsubscribes upstream, and its
+//!   `UNSUBSCRIBE` reply waits for the upstream's too.
 //! * A message from upstream is copied (a reference count, not the bytes) into
 //!   the mailbox of every subscriber: RESP2 clients get the frame as the server
 //!   sent it, RESP3 clients the same frame as a push (`>`). A mailbox holding
@@ -78,18 +79,29 @@ impl Class {
         }
     }
 
-    /// The class of a confirmation (`subscribe`) or message (`message`) kind.
-    fn of_word(word: &[u8]) -> Option<(Class, bool)> {
+    /// The class and meaning of an upstream frame's first word.
+    fn of_word(word: &[u8]) -> Option<(Class, Frame)> {
         Some(match word {
-            b"subscribe" => (Class::Channel, false),
-            b"psubscribe" => (Class::Pattern, false),
-            b"ssubscribe" => (Class::Shard, false),
-            b"message" => (Class::Channel, true),
-            b"pmessage" => (Class::Pattern, true),
-            b"smessage" => (Class::Shard, true),
+            b"subscribe" => (Class::Channel, Frame::Subscribed),
+            b"psubscribe" => (Class::Pattern, Frame::Subscribed),
+            b"ssubscribe" => (Class::Shard, Frame::Subscribed),
+            b"unsubscribe" => (Class::Channel, Frame::Unsubscribed),
+            b"punsubscribe" => (Class::Pattern, Frame::Unsubscribed),
+            b"sunsubscribe" => (Class::Shard, Frame::Unsubscribed),
+            b"message" => (Class::Channel, Frame::Message),
+            b"pmessage" => (Class::Pattern, Frame::Message),
+            b"smessage" => (Class::Shard, Frame::Message),
             _ => return None,
         })
     }
+}
+
+/// What an upstream frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    Subscribed,
+    Unsubscribed,
+    Message,
 }
 
 /// Messages waiting for one client, as its session writer receives them.
@@ -212,6 +224,9 @@ impl Entry {
 struct Inner {
     entries: HashMap<(Class, Bytes), Entry>,
     upstreams: HashMap<String, Upstream>,
+    /// Clients whose `UNSUBSCRIBE` released a name upstream, waiting for the
+    /// upstream's confirmation, by (class, name, master).
+    leaving: HashMap<(Class, Bytes, String), Vec<oneshot::Sender<()>>>,
 }
 
 /// The worker's shared upstream subscriptions.
@@ -276,26 +291,42 @@ impl Hub {
     }
 
     /// Removes client `id` from the subscribers of `name`, unsubscribing
-    /// upstream if it was the last.
-    pub fn unsubscribe(&self, class: Class, name: &Bytes, id: u64) {
-        let mut inner = self.inner.lock();
+    /// upstream if it was the last. With `wait`, the receiver fires once
+    /// every upstream confirmed (so a `PUBLISH` after it counts nobody here).
+    pub fn unsubscribe(
+        &self,
+        class: Class,
+        name: &Bytes,
+        id: u64,
+        wait: bool,
+    ) -> Option<oneshot::Receiver<()>> {
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
         let key = (class, name.clone());
-        let Some(entry) = inner.entries.get_mut(&key) else {
-            return;
-        };
+        let entry = inner.entries.get_mut(&key)?;
         entry.subscribers.remove(&id);
         if !entry.subscribers.is_empty() {
-            return;
+            return None;
         }
-        let Some(entry) = inner.entries.remove(&key) else {
-            return;
-        };
+        let entry = inner.entries.remove(&key)?;
+        let (tx, rx) = oneshot::channel();
+        let mut tx = wait.then_some(tx);
         let addrs = entry.homes.iter().map(|h| &h.addr).chain(&entry.leaving);
         for addr in addrs {
-            if let Some(up) = inner.upstreams.get(addr) {
-                up.unsubscribe(class, name.clone());
+            let Some(up) = inner.upstreams.get(addr) else {
+                continue;
+            };
+            up.unsubscribe(class, name.clone());
+            if let Some(tx) = tx.take() {
+                // One confirmation is enough: the others are on their way.
+                inner
+                    .leaving
+                    .entry((class, name.clone(), addr.clone()))
+                    .or_default()
+                    .push(tx);
             }
         }
+        (wait && tx.is_none()).then_some(rx)
     }
 
     /// Handles one frame from the upstream connection to `addr`: a message for
@@ -305,14 +336,18 @@ impl Hub {
             return;
         };
         let word = |i: usize| items.get(i).and_then(crate::libs::resp::bulk_payload);
-        let Some((class, is_message)) = word(0).and_then(|w| Class::of_word(&w)) else {
+        let Some((class, kind)) = word(0).and_then(|w| Class::of_word(&w)) else {
             return;
         };
         let Some(name) = word(1) else { return };
-        if is_message {
-            self.deliver(class, name, frame);
-        } else {
-            self.confirm(addr, class, name);
+        match kind {
+            Frame::Message => self.deliver(class, name, frame),
+            Frame::Subscribed => self.confirm(addr, class, name),
+            Frame::Unsubscribed => {
+                let mut inner = self.inner.lock();
+                // Dropping the senders wakes the waiting clients.
+                inner.leaving.remove(&(class, name, addr.to_string()));
+            }
         }
     }
 
@@ -357,6 +392,8 @@ impl Hub {
     /// the upstream's confirmation again.
     pub fn down(&self, addr: &str) {
         let mut inner = self.inner.lock();
+        // What it was leaving, it has left.
+        inner.leaving.retain(|(_, _, a), _| a != addr);
         for entry in inner.entries.values_mut() {
             for h in entry.homes.iter_mut().filter(|h| h.addr == addr) {
                 h.confirmed = false;
@@ -409,6 +446,8 @@ impl Hub {
         }
         // Dropping the handle ends the connection's task.
         inner.upstreams.retain(|addr, _| used.contains(addr));
+        let upstreams = &inner.upstreams;
+        inner.leaving.retain(|(_, _, a), _| upstreams.contains_key(a));
     }
 
     /// Upstream subscriber connections open (for tests and stats).
@@ -466,9 +505,19 @@ mod tests {
 
     #[test]
     fn words_name_their_class() {
-        assert_eq!(Class::of_word(b"pmessage"), Some((Class::Pattern, true)));
-        assert_eq!(Class::of_word(b"ssubscribe"), Some((Class::Shard, false)));
-        assert_eq!(Class::of_word(b"unsubscribe"), None);
+        assert_eq!(
+            Class::of_word(b"pmessage"),
+            Some((Class::Pattern, Frame::Message))
+        );
+        assert_eq!(
+            Class::of_word(b"ssubscribe"),
+            Some((Class::Shard, Frame::Subscribed))
+        );
+        assert_eq!(
+            Class::of_word(b"unsubscribe"),
+            Some((Class::Channel, Frame::Unsubscribed))
+        );
+        assert_eq!(Class::of_word(b"pong"), None);
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Drop for Subscriptions {
         ];
         for (class, names) in all {
             for name in names {
-                self.hub.unsubscribe(class, name, self.id);
+                self.hub.unsubscribe(class, name, self.id, false);
             }
         }
     }
@@ -180,19 +180,8 @@ fn subscribe(ctx: &Arc<Context>, client: &mut Client, req: &Request, class: Clas
         }
         confirmation(&mut out, protocol, &kind, Some(name), subs.reply_count(class));
     }
-    let out = out.freeze();
-    if waits.is_empty() {
-        return Reply::Ready(out);
-    }
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
-        for w in waits {
-            // A dropped waiter (the name was released meanwhile) confirms too.
-            let _ = w.await;
-        }
-        let _ = tx.send(out);
-    });
-    Reply::Wait(rx)
+    // A dropped waiter (the name was released meanwhile) confirms too.
+    after(waits, out.freeze())
 }
 
 fn unsubscribe(client: &mut Client, req: &Request, class: Class) -> Reply {
@@ -200,7 +189,13 @@ fn unsubscribe(client: &mut Client, req: &Request, class: Class) -> Reply {
     let kind = class.unsubscribe().to_ascii_lowercase();
     let mut out = BytesMut::new();
     let Some(subs) = client.pubsub.as_mut() else {
-        confirmation(&mut out, protocol, &kind, None, 0);
+        // Never subscribed: each name is confirmed with a count of 0.
+        if req.args.len() == 1 {
+            confirmation(&mut out, protocol, &kind, None, 0);
+        }
+        for name in &req.args[1..] {
+            confirmation(&mut out, protocol, &kind, Some(name), 0);
+        }
         return Reply::Ready(out.freeze());
     };
     let names: Vec<Bytes> = if req.args.len() > 1 {
@@ -212,13 +207,31 @@ fn unsubscribe(client: &mut Client, req: &Request, class: Class) -> Reply {
         let count = subs.reply_count(class);
         confirmation(&mut out, protocol, &kind, None, count);
     }
+    let mut waits = Vec::new();
     for name in names {
-        if subs.set(class).remove(&name) {
-            subs.hub.unsubscribe(class, &name, subs.id);
+        if subs.set(class).remove(&name)
+            && let Some(w) = subs.hub.unsubscribe(class, &name, subs.id, true)
+        {
+            waits.push(w);
         }
         confirmation(&mut out, protocol, &kind, Some(&name), subs.reply_count(class));
     }
-    Reply::Ready(out.freeze())
+    after(waits, out.freeze())
+}
+
+/// `out` once every receiver of `waits` fired (or was dropped).
+fn after(waits: Vec<oneshot::Receiver<()>>, out: Bytes) -> Reply {
+    if waits.is_empty() {
+        return Reply::Ready(out);
+    }
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        for w in waits {
+            let _ = w.await;
+        }
+        let _ = tx.send(out);
+    });
+    Reply::Wait(rx)
 }
 
 /// Starts, once per worker, the task that re-homes the worker's
