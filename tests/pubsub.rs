@@ -3,8 +3,9 @@
 //! patterns heard from both, shared upstream subscriptions (200 subscribers,
 //! at most one upstream connection per worker), release on the last
 //! unsubscribe and on disconnect, Redis's subscribed-mode rules for RESP2,
-//! RESP3 pushes, sharded channels, a channel whose slot migrates, and a
-//! subscriber that never reads.
+//! RESP3 pushes, sharded channels, a channel whose slot migrates, patterns
+//! following a new group, a master restart, and a subscriber that never
+//! reads.
 
 mod common;
 
@@ -339,4 +340,104 @@ async fn a_subscriber_that_never_reads_is_disconnected_without_stalling_others()
     let n = publisher.call(&["PUBLISH", &ch, "still"]).await;
     assert!(matches!(n, Resp::Int(1 | 2)), "{n:?}");
     assert_eq!(fast.read_reply().await, message(&ch, "still"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_come_back_after_their_master_restarts() {
+    let mut c = Cluster::start().await;
+    let proxy = c.proxy().await;
+    let (ch, _) = channel("phoenix", true);
+    let master = c.masters[0].addr();
+    let mut s = raw(proxy).await;
+    assert_eq!(s.call(&["SUBSCRIBE", &ch]).await, confirm("subscribe", &ch, 1));
+    assert_eq!(
+        s.call(&["PSUBSCRIBE", "phoenix*"]).await,
+        confirm("psubscribe", "phoenix*", 2)
+    );
+
+    c.masters[0].kill();
+    c.masters[0].restart().expect("restart");
+    eventually(
+        "resubscribed on the restarted master",
+        Duration::from_secs(10),
+        || {
+            let (master, ch) = (master.clone(), ch.clone());
+            async move {
+                let mut d = client(master.parse().expect("addr")).await;
+                let pats: i64 = redis::cmd("PUBSUB")
+                    .arg("NUMPAT")
+                    .query_async(&mut d)
+                    .await
+                    .expect("numpat");
+                numsub_direct(&master, &ch).await == 1 && pats == 1
+            }
+        },
+    )
+    .await;
+    // Straight on the master: the client hears it through the proxy again.
+    let mut d = client(master.parse().expect("addr")).await;
+    let n: i64 = redis::cmd("PUBLISH")
+        .arg(&ch)
+        .arg("back")
+        .query_async(&mut d)
+        .await
+        .expect("publish");
+    assert_eq!(n, 2, "the channel and the pattern, on one upstream connection");
+    let mut got = s.read_replies(2).await;
+    got.sort_by_key(|r| format!("{r:?}"));
+    let mut want = vec![
+        message(&ch, "back"),
+        arr(vec![bulk("pmessage"), bulk("phoenix*"), bulk(&ch), bulk("back")]),
+    ];
+    want.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_follow_the_set_of_masters() {
+    use reborn::topo::model::Role;
+    use reborn::topo::operation;
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await;
+    let mut s = raw(proxy).await;
+    assert_eq!(
+        s.call(&["PSUBSCRIBE", "wide*"]).await,
+        confirm("psubscribe", "wide*", 1)
+    );
+
+    // A third group that gets a slot joins the masters the pattern is on.
+    let third = common::redis();
+    operation::create_group(&c.store, 3).await.expect("group");
+    operation::add_server(&c.store, 3, &third.addr(), Role::Master)
+        .await
+        .expect("server");
+    let (ch, slot) = channel("wide", true);
+    begin_migration(&c.store, &[slot], 3, Duration::from_secs(5))
+        .await
+        .expect("switch");
+    let addr = third.addr();
+    eventually(
+        "the pattern is subscribed on the new master",
+        Duration::from_secs(5),
+        || {
+            let addr = addr.clone();
+            async move {
+                let mut d = client(addr.parse().expect("addr")).await;
+                let n: i64 = redis::cmd("PUBSUB")
+                    .arg("NUMPAT")
+                    .query_async(&mut d)
+                    .await
+                    .expect("numpat");
+                n == 1
+            }
+        },
+    )
+    .await;
+    let mut publisher = raw(proxy).await;
+    // The migrating slot publishes on its target, the new group.
+    assert_eq!(publisher.call(&["PUBLISH", &ch, "3"]).await, Resp::Int(1));
+    assert_eq!(
+        s.read_reply().await,
+        arr(vec![bulk("pmessage"), bulk("wide*"), bulk(&ch), bulk("3")])
+    );
 }
