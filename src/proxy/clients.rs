@@ -110,6 +110,14 @@ impl Connection {
         self.protocol.store(protocol.number() as u8, Ordering::Relaxed);
     }
 
+    /// The protocol the client speaks now.
+    pub fn protocol(&self) -> Protocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            3 => Protocol::Resp3,
+            _ => Protocol::Resp2,
+        }
+    }
+
     /// Records input: `cmd` (a stats slot) was the last command read at `now`.
     /// Called once per chunk read, not per request.
     pub fn touch(&self, cmd: usize, now: Instant) {

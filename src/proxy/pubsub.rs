@@ -148,16 +148,16 @@ impl InboxSlot {
 pub struct Mailbox {
     tx: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
-    protocol: Protocol,
+    /// Its protocol is read per message: `HELLO` may switch it.
     conn: Arc<Connection>,
     /// Set once the client overflowed: it gets nothing more.
     dead: AtomicBool,
 }
 
 impl Mailbox {
-    /// A mailbox for the client of `conn`, speaking `protocol`; its inbox is
-    /// left in the connection's slot for the session writer.
-    pub fn open(conn: &Arc<Connection>, protocol: Protocol) -> Arc<Mailbox> {
+    /// A mailbox for the client of `conn`; its inbox is left in the
+    /// connection's slot for the session writer.
+    pub fn open(conn: &Arc<Connection>) -> Arc<Mailbox> {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         *conn.inbox.inbox.lock() = Some(Inbox {
@@ -168,7 +168,6 @@ impl Mailbox {
         Arc::new(Mailbox {
             tx,
             queued,
-            protocol,
             conn: conn.clone(),
             dead: AtomicBool::new(false),
         })
@@ -358,7 +357,7 @@ impl Hub {
         };
         let mut push: Option<Bytes> = None;
         for mailbox in entry.subscribers.values() {
-            let out = match mailbox.protocol {
+            let out = match mailbox.conn.protocol() {
                 Protocol::Resp2 => frame.clone(),
                 Protocol::Resp3 => push.get_or_insert_with(|| as_push(frame)).clone(),
             };
@@ -530,7 +529,7 @@ mod tests {
     fn a_client_past_the_limit_is_killed_and_gets_nothing_more() {
         let conn = Connection::detached(7);
         let stats = Stats::default();
-        let m = Mailbox::open(&conn, Protocol::Resp2);
+        let m = Mailbox::open(&conn);
         let mut inbox = conn.inbox.take().expect("inbox in the slot");
         m.push(Bytes::from(vec![b'x'; 16]), &stats);
         assert_eq!(inbox.try_recv().map(|b| b.len()), Some(16));

@@ -159,7 +159,7 @@ fn subscribe(ctx: &Arc<Context>, client: &mut Client, req: &Request, class: Clas
         Box::new(Subscriptions {
             hub: ctx.pubsub.clone(),
             id: client.id,
-            mailbox: Mailbox::open(&client.conn, protocol),
+            mailbox: Mailbox::open(&client.conn),
             channels: HashSet::new(),
             patterns: HashSet::new(),
             shards: HashSet::new(),
