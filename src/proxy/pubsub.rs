@@ -328,6 +328,17 @@ impl Hub {
         (wait && tx.is_none()).then_some(rx)
     }
 
+    /// The (class, name) of a subscription confirmation frame, `None` for any
+    /// other frame (the upstream counts its confirmations, see `upstream.rs`).
+    pub fn confirmation_of(frame: &Bytes) -> Option<(Class, Bytes)> {
+        let items = crate::libs::resp::array_items(frame)?;
+        let word = |i: usize| items.get(i).and_then(crate::libs::resp::bulk_payload);
+        match Class::of_word(&word(0)?)? {
+            (class, Frame::Subscribed) => Some((class, word(1)?)),
+            _ => None,
+        }
+    }
+
     /// Handles one frame from the upstream connection to `addr`: a message for
     /// the subscribers, or a subscription confirmed.
     pub fn on_frame(&self, addr: &str, frame: &Bytes) {
@@ -365,7 +376,9 @@ impl Hub {
         }
     }
 
-    fn confirm(&self, addr: &str, class: Class, name: Bytes) {
+    /// `name` is subscribed on `addr`: its waiting clients get their
+    /// confirmation once every home of it is.
+    pub fn confirm(&self, addr: &str, class: Class, name: Bytes) {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let Some(entry) = inner.entries.get_mut(&(class, name.clone())) else {

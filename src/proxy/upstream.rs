@@ -8,13 +8,15 @@
 //! (`resp::reply_len` frames) back to the hub, which delivers messages and
 //! confirms subscriptions.
 //!
-//! The loop keeps the set it is subscribed to, so after a lost connection it
+//! A name is confirmed to the hub only by the confirmation of the last
+//! `SUBSCRIBE` written for it (see [`State`]). The loop keeps the set it is
+//! subscribed to, so after a lost connection it
 //! reconnects with backoff and subscribes to all of it again; the hub marks
 //! the connection's subscriptions unconfirmed meanwhile. It speaks RESP2
 //! (messages are re-framed for RESP3 clients by the hub) and ends when the
 //! hub drops its handle.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -68,14 +70,14 @@ enum End {
 }
 
 async fn run(addr: String, opts: BackendOptions, hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<Op>) {
-    let mut subscribed: HashSet<(Class, Bytes)> = HashSet::new();
+    let mut state = State::default();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         let end = match connect(&addr, &opts).await {
             Ok(stream) => {
                 backoff.reset();
                 tracing::info!(backend = %addr, "pub/sub upstream connected");
-                serve(stream, &addr, &hub, &mut rx, &mut subscribed).await
+                serve(stream, &addr, &hub, &mut rx, &mut state).await
             }
             Err(e) => End::Lost(e),
         };
@@ -91,7 +93,7 @@ async fn run(addr: String, opts: BackendOptions, hub: Weak<Hub>, mut rx: mpsc::U
             tokio::select! {
                 _ = &mut sleep => break,
                 op = rx.recv() => match op {
-                    Some(op) => { apply(&mut subscribed, op); }
+                    Some(op) => { apply(&mut state, op); }
                     None => return,
                 },
             }
@@ -99,16 +101,43 @@ async fn run(addr: String, opts: BackendOptions, hub: Weak<Hub>, mut rx: mpsc::U
     }
 }
 
-fn apply(set: &mut HashSet<(Class, Bytes)>, op: Op) -> Bytes {
+/// What the connection is subscribed to, and the `SUBSCRIBE`s it wrote
+/// that the server has not confirmed yet, per name.
+#[derive(Default)]
+struct State {
+    subscribed: HashSet<(Class, Bytes)>,
+    /// A name is confirmed to the hub only when its last `SUBSCRIBE` is: after
+    /// `SUBSCRIBE`, `UNSUBSCRIBE`, `SUBSCRIBE`, the first confirmation says
+    /// nothing about the last.
+    outstanding: HashMap<(Class, Bytes), u32>,
+}
+
+impl State {
+    /// Notes a subscription confirmed; true when it is the last one
+    /// outstanding of a name still wanted.
+    fn confirmed(&mut self, key: (Class, Bytes)) -> bool {
+        if let Some(n) = self.outstanding.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n > 0 {
+                return false;
+            }
+            self.outstanding.remove(&key);
+        }
+        self.subscribed.contains(&key)
+    }
+}
+
+fn apply(state: &mut State, op: Op) -> Bytes {
     match op {
         Op::Subscribe(class, name) => {
             let req = resp::encode_array(&[class.subscribe(), &name[..]]);
-            set.insert((class, name));
+            *state.outstanding.entry((class, name.clone())).or_default() += 1;
+            state.subscribed.insert((class, name));
             req
         }
         Op::Unsubscribe(class, name) => {
             let req = resp::encode_array(&[class.unsubscribe(), &name[..]]);
-            set.remove(&(class, name));
+            state.subscribed.remove(&(class, name));
             req
         }
     }
@@ -150,11 +179,14 @@ async fn serve(
     addr: &str,
     hub: &Weak<Hub>,
     rx: &mut mpsc::UnboundedReceiver<Op>,
-    subscribed: &mut HashSet<(Class, Bytes)>,
+    state: &mut State,
 ) -> End {
     let mut out = BytesMut::new();
-    for (class, name) in subscribed.iter() {
+    // A new connection: only the subscriptions written on it will confirm.
+    state.outstanding.clear();
+    for (class, name) in state.subscribed.iter() {
         out.extend_from_slice(&resp::encode_array(&[class.subscribe(), &name[..]]));
+        state.outstanding.insert((*class, name.clone()), 1);
     }
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -167,10 +199,10 @@ async fn serve(
         tokio::select! {
             op = rx.recv() => {
                 let Some(op) = op else { return End::Closed };
-                out.extend_from_slice(&apply(subscribed, op));
+                out.extend_from_slice(&apply(state, op));
                 // Everything queued goes in one write.
                 while let Ok(op) = rx.try_recv() {
-                    out.extend_from_slice(&apply(subscribed, op));
+                    out.extend_from_slice(&apply(state, op));
                 }
             }
             read = stream.read_buf(&mut buf) => {
@@ -187,7 +219,14 @@ async fn serve(
                             if resp::is_error(&frame) {
                                 tracing::warn!(backend = %addr, reply = %String::from_utf8_lossy(&frame).trim(), "pub/sub upstream error");
                             }
-                            h.on_frame(addr, &frame);
+                            match Hub::confirmation_of(&frame) {
+                                Some(key) => {
+                                    if state.confirmed(key.clone()) {
+                                        h.confirm(addr, key.0, key.1);
+                                    }
+                                }
+                                None => h.on_frame(addr, &frame),
+                            }
                         }
                         Ok(None) => break,
                         Err(e) => return End::Lost(e.to_string()),
@@ -198,5 +237,23 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_last_subscribe_of_a_name_confirms_it() {
+        let mut st = State::default();
+        let key = (Class::Channel, Bytes::from_static(b"c"));
+        apply(&mut st, Op::Subscribe(key.0, key.1.clone()));
+        apply(&mut st, Op::Unsubscribe(key.0, key.1.clone()));
+        apply(&mut st, Op::Subscribe(key.0, key.1.clone()));
+        assert!(!st.confirmed(key.clone()), "the first SUBSCRIBE's confirmation");
+        assert!(st.confirmed(key.clone()), "the last one's");
+        apply(&mut st, Op::Unsubscribe(key.0, key.1.clone()));
+        assert!(!st.confirmed(key), "no longer wanted");
     }
 }
