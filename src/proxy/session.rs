@@ -100,7 +100,18 @@ async fn read_loop(
         let paused = ctx.clients.maybe_paused();
         let mut last = None;
         loop {
-            let pending = match resp::parse_request(&mut buf, &ctx.limits) {
+            let parsed = resp::parse_request(&mut buf, &ctx.limits);
+            if let Ok(None) = parsed {
+                if let Some(cmd) = last {
+                    client.conn.touch(cmd, now);
+                }
+                break;
+            }
+            // The reply's place in the queue is taken before the request is
+            // dispatched, so nothing runs between the two: a pub/sub message
+            // cannot overtake the confirmation of its subscription.
+            let Ok(permit) = tx.reserve().await else { return };
+            let pending = match parsed {
                 Ok(Some(req)) => {
                     let at = if paused {
                         if !ctx.clients.wait(&req, stop).await {
@@ -123,12 +134,7 @@ async fn read_loop(
                         _ => p,
                     }
                 }
-                Ok(None) => {
-                    if let Some(cmd) = last {
-                        client.conn.touch(cmd, now);
-                    }
-                    break;
-                }
+                Ok(None) => break,
                 Err(e) => {
                     ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(client = client.id, error = %e, "protocol error");
@@ -142,7 +148,8 @@ async fn read_loop(
             let close = matches!(pending.reply, Reply::Close(_));
             last = Some(pending.cmd);
             inflight.fetch_add(1, Ordering::Relaxed);
-            if tx.send(pending).await.is_err() || close {
+            permit.send(pending);
+            if close {
                 return;
             }
             // WATCH and EXEC run on the client's own backend connection: its
