@@ -29,6 +29,8 @@
 #   summary-LABEL.txt   the per-unit table printed at the end
 #   logs-LABEL/UNIT.log the whole runtest output of each unit
 # REDIS_SUITE_SRC=DIR runs the suite of another (e.g. a patched) source tree.
+# REDIS_SUITE_BASEPORT=N passes runtest `--baseport N` (its own ports: two runs
+# at once on one machine need different ones; runtest's default is 21111).
 # Exit status: 0 whatever the tests say, unless --min-pass is not met; 2 when
 # the suite cannot run at all (no source, server unreachable).
 #
@@ -230,7 +232,7 @@ say "runtest --host $host --port $port --singledb --cluster-mode --tags \"$DENY_
 
 # runtest listens for its test clients just below --baseport: a port of our
 # own, so two runs at once (two checkouts, a developer and CI) do not collide.
-baseport=$((22000 + (RANDOM % 300) * 64))
+baseport="${REDIS_SUITE_BASEPORT:-$((22000 + (RANDOM % 300) * 64))}"
 total_pass=0 total_fail=0 total_skip=0
 table="$(printf '%-20s %6s %6s %6s %6s  %s' unit passed failed skipped secs status)"
 printf '%s\n' "$table"

@@ -26,12 +26,12 @@ const ENABLED: &[&str] = &[
     "script",
     "transaction",
     "scan_iter",
+    "pubsub",
 ];
 
 /// Checks that wait for work still to come; switch each on (move it to
 /// `ENABLED`) once it lands. `REBORN_PY_CHECKS=a,b` runs any set.
-/// - `pubsub`: `SUBSCRIBE`/`PUBLISH`, and RESP3 push frames (issue 8 part 4).
-const PENDING: &[&str] = &["pubsub"];
+const PENDING: &[&str] = &[];
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/redis_py.py");
 

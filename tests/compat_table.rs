@@ -35,7 +35,8 @@ fn treatment(name: &str, kind: Kind) -> (&'static str, String) {
             "keys of one slot; `-TRYAGAIN` if the slot moves meanwhile".into(),
         ),
         Kind::Local => ("works", local(name).into()),
-        Kind::Unsupported => ("not yet", "pub/sub is not built yet".into()),
+        Kind::Unsupported => ("not yet", "not supported by this release".into()),
+        Kind::PubSub => ("works", pubsub(name).into()),
         Kind::Refused => ("refused", refusal(name).into()),
         Kind::Fanout(f) => match f {
             Fan::Flush => fan("every master; `+OK` if every one is"),
@@ -65,6 +66,20 @@ fn treatment(name: &str, kind: Kind) -> (&'static str, String) {
                 "by its keys; with `numkeys 0` only a script that calls no command runs".into(),
             ),
         },
+    }
+}
+
+/// How pub/sub commands reach the groups.
+fn pubsub(name: &str) -> &'static str {
+    match name {
+        "publish" | "spublish" => {
+            "to the group of the channel's slot; the count is of proxy connections, not clients"
+        }
+        "psubscribe" | "punsubscribe" => "on every group's master, shared by the proxy's clients",
+        "pubsub" => "merged over the masters",
+        _ => {
+            "on the group of the channel's slot, shared by the proxy's clients; follows the slot when it moves"
+        }
     }
 }
 

@@ -631,7 +631,6 @@ async fn refused_commands_get_a_clear_error_and_keep_the_connection() {
         "REPLICAOF NO ONE",
         "CLUSTER INFO",
         "MIGRATE 127.0.0.1 1 k 0 10",
-        "SUBSCRIBE ch",
     ] {
         let mut parts = cmd.split(' ');
         let name = parts.next().expect("name");

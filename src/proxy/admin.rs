@@ -93,7 +93,7 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
     let mut out = String::new();
     let st = &s.stats;
-    let series: [(&str, &str, &str, u64); 8] = [
+    let series: [(&str, &str, &str, u64); 9] = [
         ("ops_total", "Requests answered.", "counter", st.ops_total),
         (
             "ops_per_second",
@@ -107,6 +107,12 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
             "Connections closed for malformed input.",
             "counter",
             st.protocol_errors,
+        ),
+        (
+            "pubsub_overflows_total",
+            "Pub/sub clients disconnected for not reading their messages.",
+            "counter",
+            st.pubsub_overflows,
         ),
         ("sessions", "Connected clients.", "gauge", st.sessions_alive),
         (

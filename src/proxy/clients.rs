@@ -60,6 +60,8 @@ pub struct Connection {
     stop: CancellationToken,
     /// Set by `CLIENT KILL`: the session writes nothing more.
     killed: AtomicBool,
+    /// Where the session writer finds the client's pub/sub messages.
+    pub inbox: super::pubsub::InboxSlot,
 }
 
 impl Connection {
@@ -82,6 +84,7 @@ impl Connection {
             protocol: AtomicU8::new(2),
             stop,
             killed: AtomicBool::new(false),
+            inbox: super::pubsub::InboxSlot::default(),
         })
     }
 
@@ -105,6 +108,14 @@ impl Connection {
     /// Records the protocol the client switched to.
     pub fn set_protocol(&self, protocol: Protocol) {
         self.protocol.store(protocol.number() as u8, Ordering::Relaxed);
+    }
+
+    /// The protocol the client speaks now.
+    pub fn protocol(&self) -> Protocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            3 => Protocol::Resp3,
+            _ => Protocol::Resp2,
+        }
     }
 
     /// Records input: `cmd` (a stats slot) was the last command read at `now`.

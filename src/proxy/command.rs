@@ -9,7 +9,7 @@
 //! * **local**: answered by the proxy (PING, AUTH, SELECT, INFO, …);
 //! * **refused**: unsafe behind a proxy (SHUTDOWN, MONITOR, REPLICAOF, …), with a
 //!   clear error and the connection left open;
-//! * **unsupported yet**: pub/sub, which needs machinery a later release brings;
+//! * **pub/sub**: SUBSCRIBE and friends, PUBLISH, PUBSUB (`subscription.rs`);
 //! * **transaction**: MULTI, EXEC, DISCARD, WATCH, UNWATCH (`transaction.rs`);
 //! * **fanned out**: cluster-wide commands (FLUSHALL, DBSIZE, KEYS, SCAN, CONFIG,
 //!   SCRIPT, INFO, …) sent to every group and merged (`fanout.rs`), and the
@@ -119,6 +119,8 @@ pub enum Kind {
     Transaction,
     /// Sent to several groups and merged, or routed by its arguments (`fanout.rs`).
     Fanout(Fan),
+    /// Pub/sub (`subscription.rs`).
+    PubSub,
 }
 
 /// The families of fanned-out commands; `fanout.rs` holds their rules.
@@ -214,8 +216,11 @@ pub const REFUSED: &[&str] = &[
 /// The transaction commands (see `transaction.rs`).
 pub const TRANSACTION: &[&str] = &["multi", "exec", "discard", "watch", "unwatch"];
 
-/// Commands a later release will support (pub/sub).
-pub const UNSUPPORTED: &[&str] = &[
+/// Commands a later release will support (none at the moment).
+pub const UNSUPPORTED: &[&str] = &[];
+
+/// The pub/sub commands (see `subscription.rs`).
+pub const PUBSUB: &[&str] = &[
     "subscribe",
     "psubscribe",
     "unsubscribe",
@@ -235,6 +240,8 @@ fn classify(spec: &Spec) -> Kind {
         Kind::Refused
     } else if UNSUPPORTED.contains(&name) {
         Kind::Unsupported
+    } else if PUBSUB.contains(&name) {
+        Kind::PubSub
     } else if TRANSACTION.contains(&name) {
         Kind::Transaction
     } else if let Some(fan) = fan_of(name) {
@@ -491,7 +498,7 @@ mod tests {
         assert_eq!(kind("bzmpop"), Some(Kind::Blocking));
         assert_eq!(kind("xread"), Some(Kind::Blocking));
         assert_eq!(kind("ping"), Some(Kind::Local));
-        assert_eq!(kind("subscribe"), Some(Kind::Unsupported));
+        assert_eq!(kind("subscribe"), Some(Kind::PubSub));
         assert_eq!(kind("multi"), Some(Kind::Transaction));
         assert_eq!(kind("WATCH"), Some(Kind::Transaction));
         assert_eq!(kind("flushall"), Some(Kind::Fanout(Fan::Flush)));

@@ -16,8 +16,10 @@ use super::lease::Lease;
 use super::migrate::{Migrator, MovedKeys};
 use super::pinned::SpareLines;
 use super::policy::Policy;
+use super::pubsub::Hub;
 use super::router::Router;
 use super::stats::Stats;
+use super::subscription::Subscriptions;
 use super::transaction::Transaction;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp::Limits;
@@ -52,6 +54,8 @@ pub struct Context {
     pub lease: Arc<Lease>,
     /// The operator's denied and renamed commands.
     pub policy: Arc<Policy>,
+    /// This worker's shared upstream subscriptions (see `pubsub.rs`).
+    pub pubsub: Arc<Hub>,
     next_client_id: Arc<AtomicU64>,
 }
 
@@ -63,7 +67,9 @@ impl Context {
             ..Limits::default()
         };
         let policy = Arc::new(Policy::new(&config.commands));
+        let stats = Arc::new(Stats::default());
         Context {
+            pubsub: Hub::new(stats.clone()),
             proxy_id: config.proxy_id(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             blocked: Arc::default(),
@@ -73,7 +79,7 @@ impl Context {
             spare_lines: SpareLines::default(),
             config,
             router,
-            stats: Arc::new(Stats::default()),
+            stats,
             clients: Arc::default(),
             limits,
             started: Instant::now(),
@@ -102,6 +108,7 @@ impl Context {
             started: self.started,
             lease: self.lease.clone(),
             policy: self.policy.clone(),
+            pubsub: Hub::new(self.stats.clone()),
             next_client_id: self.next_client_id.clone(),
         }
     }
@@ -137,6 +144,8 @@ pub struct Client {
     /// Set by a request the session must see answered before it reads the
     /// next one (WATCH, EXEC): fires, or is dropped, when it is.
     pub barrier: Option<oneshot::Receiver<()>>,
+    /// Pub/sub subscriptions, from the first one (see `subscription.rs`).
+    pub pubsub: Option<Box<Subscriptions>>,
 }
 
 impl Client {
@@ -160,6 +169,7 @@ impl Client {
             lane: None,
             txn: None,
             barrier: None,
+            pubsub: None,
         }
     }
 

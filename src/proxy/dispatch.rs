@@ -17,7 +17,7 @@ use super::fanout::{self, Fanned};
 use super::local;
 use super::reply::{Merger, Part, Pending, Reply};
 use super::router::{Pool, Routes, SlotRoute};
-use super::transaction;
+use super::{subscription, transaction};
 use crate::libs::hash::slot_of;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp::{self, Request};
@@ -93,8 +93,15 @@ fn dispatch_known(
     if !client.authed && !matches!(cmd.spec.name.as_str(), "auth" | "hello" | "quit") {
         return err("NOAUTH Authentication required.");
     }
+    // A subscribed RESP2 connection only takes what Redis allows there.
+    if subscription::in_subscribed_mode(client)
+        && let Some(reply) = subscription::restricted(req, cmd.spec)
+    {
+        return reply;
+    }
     match cmd.kind {
         Kind::Local => local::answer(ctx, client, req, cmd.spec),
+        Kind::PubSub => subscription::command(ctx, client, req, cmd.spec, now),
         Kind::Refused => err(&format!(
             "ERR command '{}' is not allowed through reborn proxy",
             upper(req.name())

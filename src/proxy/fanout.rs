@@ -191,7 +191,7 @@ fn kill(ctx: &Context, routes: &Routes, raw: Bytes, what: &str) -> Fanned {
 }
 
 /// Sends `raw` to every master and merges their replies with `rule`.
-fn all_masters(
+pub(super) fn all_masters(
     (client, protocol): (u64, Protocol),
     routes: &Routes,
     raw: Bytes,
@@ -211,7 +211,7 @@ fn all_masters(
 
 /// The first group's master answers for the cluster (TIME, CONFIG GET, …), in
 /// the client's protocol (CONFIG GET is a map in RESP3).
-fn one_master((client, protocol): (u64, Protocol), routes: &Routes, raw: Bytes) -> Fanned {
+pub(super) fn one_master((client, protocol): (u64, Protocol), routes: &Routes, raw: Bytes) -> Fanned {
     match masters(routes) {
         Ok(pools) => match pools.first() {
             Some(p) => Fanned::Reply(Reply::Wait(p.send_as(client, protocol, raw))),

@@ -24,6 +24,9 @@
 //! [`merge`], [`info`], [`scan`], [`keyless_script`], [`wait`]); the operator's deny and
 //! rename lists are the [`policy`].
 //!
+//! Pub/sub commands ([`subscription`]) share one upstream subscription per
+//! channel and master between a worker's clients ([`pubsub`], [`upstream`]).
+//!
 //! [`admin`] serves `/stats` and `/metrics` from [`stats`]. Imports `libs` and the
 //! `topo` kernel, never `im`.
 
@@ -48,6 +51,7 @@ pub mod merge;
 pub mod migrate;
 pub mod pinned;
 pub mod policy;
+pub mod pubsub;
 pub mod reply;
 pub mod router;
 pub mod scan;
@@ -55,7 +59,9 @@ pub mod server;
 pub mod session;
 pub mod source_call;
 pub mod stats;
+pub mod subscription;
 pub mod transaction;
+pub mod upstream;
 pub mod wait;
 pub mod worker;
 

@@ -21,6 +21,10 @@
 //! writer delivers everything already accepted. `CLIENT KILL` stops both halves
 //! (see `clients.rs`, where every session is listed while it runs).
 //!
+//! A subscribed client also gets pub/sub messages: the writer takes them from
+//! its inbox (`pubsub.rs`) whenever no reply is due, whole frames only. A
+//! subscriber is never idle-timed-out.
+//!
 //! Once per chunk of input (not per request) the reader looks whether a
 //! `CLIENT PAUSE` is in force, and records the chunk's last command and time for
 //! `CLIENT LIST`.
@@ -40,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use super::clients::Connection;
 use super::context::{Client, Context};
 use super::dispatch::dispatch;
+use super::pubsub::Inbox;
 use super::reply::{Pending, Reply};
 use crate::libs::resp;
 
@@ -95,7 +100,18 @@ async fn read_loop(
         let paused = ctx.clients.maybe_paused();
         let mut last = None;
         loop {
-            let pending = match resp::parse_request(&mut buf, &ctx.limits) {
+            let parsed = resp::parse_request(&mut buf, &ctx.limits);
+            if let Ok(None) = parsed {
+                if let Some(cmd) = last {
+                    client.conn.touch(cmd, now);
+                }
+                break;
+            }
+            // The reply's place in the queue is taken before the request is
+            // dispatched, so nothing runs between the two: a pub/sub message
+            // cannot overtake the confirmation of its subscription.
+            let Ok(permit) = tx.reserve().await else { return };
+            let pending = match parsed {
                 Ok(Some(req)) => {
                     let at = if paused {
                         if !ctx.clients.wait(&req, stop).await {
@@ -118,12 +134,7 @@ async fn read_loop(
                         _ => p,
                     }
                 }
-                Ok(None) => {
-                    if let Some(cmd) = last {
-                        client.conn.touch(cmd, now);
-                    }
-                    break;
-                }
+                Ok(None) => break,
                 Err(e) => {
                     ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(client = client.id, error = %e, "protocol error");
@@ -137,7 +148,8 @@ async fn read_loop(
             let close = matches!(pending.reply, Reply::Close(_));
             last = Some(pending.cmd);
             inflight.fetch_add(1, Ordering::Relaxed);
-            if tx.send(pending).await.is_err() || close {
+            permit.send(pending);
+            if close {
                 return;
             }
             // WATCH and EXEC run on the client's own backend connection: its
@@ -159,7 +171,8 @@ async fn read_loop(
             _ = writer_done.cancelled() => return,
             _ = stop.cancelled() => return,
             _ = idle_timer(idle) => {
-                if inflight.load(Ordering::Relaxed) == 0 {
+                // A subscriber waits for messages, not for itself (as in Redis).
+                if inflight.load(Ordering::Relaxed) == 0 && client.pubsub.is_none() {
                     tracing::debug!(client = client.id, "idle timeout");
                     return;
                 }
@@ -242,6 +255,7 @@ async fn write_loop(
         buf: BytesMut::new(),
         written: Vec::new(),
         conn,
+        inbox: None,
     };
     let result: std::io::Result<()> = async {
         loop {
@@ -250,9 +264,36 @@ async fn write_loop(
                 Err(_) => {
                     // Nothing queued right now: send what we have, then wait.
                     out.flush(&mut wr, ctx, inflight).await?;
-                    match rx.recv().await {
-                        Some(p) => p,
-                        None => return Ok(()),
+                    if out.inbox.is_none() {
+                        out.inbox = conn.inbox.take();
+                    }
+                    match out.inbox.as_mut() {
+                        None => match rx.recv().await {
+                            Some(p) => p,
+                            None => return Ok(()),
+                        },
+                        // Pub/sub messages go out between replies, never inside
+                        // one, and only while no reply is due: a confirmation
+                        // already queued goes before the channel's messages.
+                        Some(inbox) => tokio::select! {
+                        biased;
+                        p = rx.recv() => match p {
+                            Some(p) => p,
+                            None => return Ok(()),
+                        },
+                        m = inbox.recv() => {
+                            let Some(m) = m else {
+                                out.inbox = None;
+                                continue;
+                            };
+                            out.buf.extend_from_slice(&m);
+                            while out.buf.len() < FLUSH_AT {
+                                let Some(m) = inbox.try_recv() else { break };
+                                out.buf.extend_from_slice(&m);
+                            }
+                            continue;
+                        }
+                        },
                     }
                 }
             };
@@ -282,6 +323,15 @@ async fn write_loop(
     done.cancel();
 }
 
+/// Fires once `conn` is killed (not on a mere shutdown, when the writer
+/// still delivers what it accepted).
+async fn killed(conn: &Connection) {
+    conn.stop().cancelled().await;
+    if !conn.is_killed() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Replies waiting to be written, with what stats need to know about each.
 struct Output<'a> {
     buf: BytesMut,
@@ -289,6 +339,8 @@ struct Output<'a> {
     written: Vec<(usize, Instant, bool)>,
     /// Killed connections write nothing more.
     conn: &'a Connection,
+    /// Pub/sub messages, once the client subscribed (see `pubsub.rs`).
+    inbox: Option<Inbox>,
 }
 
 impl Output<'_> {
@@ -305,7 +357,16 @@ impl Output<'_> {
         if self.conn.is_killed() {
             return Err(std::io::Error::other("killed by CLIENT KILL"));
         }
-        wr.write_all(&self.buf).await?;
+        if self.inbox.is_some() {
+            // A subscriber that does not read is killed when its messages
+            // pile up (`pubsub.rs`): that must end a write stuck on it.
+            tokio::select! {
+                r = wr.write_all(&self.buf) => r?,
+                _ = killed(self.conn) => return Err(std::io::Error::other("killed: pub/sub output limit")),
+            }
+        } else {
+            wr.write_all(&self.buf).await?;
+        }
         self.buf.clear();
         let now = Instant::now();
         inflight.fetch_sub(self.written.len(), Ordering::Relaxed);

@@ -34,6 +34,8 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     /// Blocking commands out at a server right now (INFO `blocked_clients`).
     pub blocked_calls: AtomicU64,
+    /// Pub/sub clients disconnected for not reading their messages.
+    pub pubsub_overflows: AtomicU64,
 }
 
 impl Default for Stats {
@@ -53,6 +55,7 @@ impl Default for Stats {
             sessions_refused: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             blocked_calls: AtomicU64::new(0),
+            pubsub_overflows: AtomicU64::new(0),
         }
     }
 }
@@ -157,6 +160,7 @@ impl Stats {
             ops_per_sec: self.ops_per_sec.load(Relaxed),
             errors_total: self.errors.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
+            pubsub_overflows: self.pubsub_overflows.load(Relaxed),
             sessions_total: self.sessions_total.load(Relaxed),
             sessions_alive: self.sessions_alive.load(Relaxed),
             sessions_refused: self.sessions_refused.load(Relaxed),
@@ -198,6 +202,7 @@ pub struct StatsSnapshot {
     pub ops_per_sec: u64,
     pub errors_total: u64,
     pub protocol_errors: u64,
+    pub pubsub_overflows: u64,
     pub sessions_total: u64,
     pub sessions_alive: u64,
     pub sessions_refused: u64,
