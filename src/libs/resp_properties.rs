@@ -207,7 +207,7 @@ fn cuts() -> impl Strategy<Value = Vec<Index>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     /// A pipeline of random commands (arrays of any bytes, inline commands,
     /// skipped empties) fed in random reads parses to exactly those commands,
