@@ -8,5 +8,7 @@ pub mod logging;
 pub mod migrate;
 pub mod protocol;
 pub mod resp;
+#[cfg(test)]
+mod resp_properties;
 pub mod shutdown;
 pub mod table;

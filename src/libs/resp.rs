@@ -117,17 +117,31 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
     loop {
         match buf.first() {
             None => return Ok(None),
-            Some(b'*') => return parse_multibulk(buf, limits),
+            Some(b'*') => match parse_multibulk(buf, limits)? {
+                Step::Incomplete => return Ok(None),
+                Step::Empty => continue,
+                Step::Request(r) => return Ok(Some(r)),
+            },
             Some(_) => match parse_inline(buf, limits)? {
-                Inline::Incomplete => return Ok(None),
-                Inline::Empty => continue,
-                Inline::Request(r) => return Ok(Some(r)),
+                Step::Incomplete => return Ok(None),
+                Step::Empty => continue,
+                Step::Request(r) => return Ok(Some(r)),
             },
         }
     }
 }
 
-fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, ProtocolError> {
+/// What one parsing step did with the front of the buffer.
+enum Step {
+    /// Not all here yet; nothing consumed.
+    Incomplete,
+    /// Consumed something that is no request (an empty line, `*0`, `*-1`).
+    Empty,
+    /// Consumed one request.
+    Request(Request),
+}
+
+fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Step, ProtocolError> {
     let Some(eol) = find_crlf(buf, 1) else {
         return check_header_len(buf, 0);
     };
@@ -136,9 +150,10 @@ fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request
         return Err(perr("invalid multibulk length"));
     }
     if n <= 0 {
-        // `*0` and `*-1` are accepted and ignored by Redis; so do we.
+        // `*0` and `*-1` are accepted and ignored by Redis; so do we. The caller
+        // loops (no recursion: a run of them must not grow the stack).
         let _ = buf.split_to(eol + 2);
-        return parse_request(buf, limits);
+        return Ok(Step::Empty);
     }
     let n = n as usize;
     // First pass: find every argument's span without copying, so nothing is
@@ -147,7 +162,7 @@ fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request
     let mut pos = eol + 2;
     for _ in 0..n {
         match buf.get(pos) {
-            None => return Ok(None),
+            None => return Ok(Step::Incomplete),
             Some(b'$') => {}
             Some(&b) => {
                 return Err(perr(format!("expected '$', got '{}'", char::from(b))));
@@ -166,7 +181,7 @@ fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request
             // Make room once for the rest of a large argument instead of letting
             // the buffer grow by doubling while it trickles in.
             buf.reserve(end + 2 - buf.len());
-            return Ok(None);
+            return Ok(Step::Incomplete);
         }
         if &buf[end..end + 2] != b"\r\n" {
             return Err(perr("bulk string not terminated by CRLF"));
@@ -176,32 +191,32 @@ fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request
     }
     let raw = buf.split_to(pos).freeze();
     let args = spans.into_iter().map(|(s, e)| raw.slice(s..e)).collect();
-    Ok(Some(Request { args, raw }))
+    Ok(Step::Request(Request { args, raw }))
 }
 
 /// A length header (`*123` or `$123`) without its CRLF yet: fine while short,
 /// garbage once it is longer than any number could be.
-fn check_header_len(buf: &[u8], start: usize) -> Result<Option<Request>, ProtocolError> {
+fn check_header_len(buf: &[u8], start: usize) -> Result<Step, ProtocolError> {
     if buf.len() - start > 32 {
         Err(perr("invalid length header"))
     } else {
-        Ok(None)
+        Ok(Step::Incomplete)
     }
 }
 
-enum Inline {
-    Incomplete,
-    Empty,
-    Request(Request),
-}
-
-fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Inline, ProtocolError> {
+fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Step, ProtocolError> {
     let Some(nl) = memchr(b'\n', buf) else {
         if buf.len() > limits.max_inline_len {
             return Err(perr("too big inline request"));
         }
-        return Ok(Inline::Incomplete);
+        return Ok(Step::Incomplete);
     };
+    if nl > limits.max_inline_len {
+        // Checked here too, not only while the line is incomplete: otherwise a
+        // long line would be refused or accepted depending on how it was cut
+        // into reads (found by fuzzing).
+        return Err(perr("too big inline request"));
+    }
     let line = buf.split_to(nl + 1).freeze();
     let text = line.slice(..nl);
     let text = match text.last() {
@@ -210,10 +225,10 @@ fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Inline, ProtocolE
     };
     let args = split_inline(&text)?;
     if args.is_empty() {
-        return Ok(Inline::Empty);
+        return Ok(Step::Empty);
     }
     let raw = encode_array(&args);
-    Ok(Inline::Request(Request { args, raw }))
+    Ok(Step::Request(Request { args, raw }))
 }
 
 /// Splits an inline command line into arguments: whitespace separates them and
@@ -312,16 +327,18 @@ pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
             b'*' | b'~' | b'>' | b'%' | b'|' => {
                 let n = parse_int(&buf[pos + 1..eol]).ok_or_else(|| perr("bad array length in reply"))?;
                 pos = eol + 2;
-                if n > 0 {
-                    pending += match kind {
-                        b'%' => 2 * n as u64,
-                        // An attribute's pairs come before the reply itself.
-                        b'|' => 2 * n as u64 + 1,
-                        _ => n as u64,
-                    };
-                } else if kind == b'|' {
-                    pending += 1;
-                }
+                let more = match kind {
+                    _ if n <= 0 => u64::from(kind == b'|'),
+                    b'%' => 2 * n as u64,
+                    // An attribute's pairs come before the reply itself.
+                    b'|' => 2 * n as u64 + 1,
+                    _ => n as u64,
+                };
+                // Nested huge counts must not wrap the counter (a wrapped one
+                // would end the frame early).
+                pending = pending
+                    .checked_add(more)
+                    .ok_or_else(|| perr("array length overflow in reply"))?;
             }
             other => {
                 return Err(perr(format!("unexpected reply type byte 0x{other:02x}")));
@@ -342,7 +359,8 @@ pub fn array_items(reply: &Bytes) -> Option<Vec<Bytes>> {
     if n < 0 {
         return None;
     }
-    let mut items = Vec::with_capacity(n as usize);
+    // Each item takes at least 3 bytes: the count cannot make us reserve more.
+    let mut items = Vec::with_capacity((n as usize).min(reply.len() / 3));
     let mut pos = eol + 2;
     for _ in 0..n {
         let len = reply_len(reply.get(pos..)?).ok()??;
@@ -361,7 +379,8 @@ pub fn bulk_payload(frame: &Bytes) -> Option<Bytes> {
     let eol = frame.iter().position(|&b| b == b'\r')?;
     let len: usize = std::str::from_utf8(frame.get(1..eol)?).ok()?.parse().ok()?;
     let start = eol + 2;
-    (frame.len() >= start + len + 2).then(|| frame.slice(start..start + len))
+    let end = start.checked_add(len)?;
+    (frame.len() >= end.checked_add(2)?).then(|| frame.slice(start..end))
 }
 
 /// The value of an integer reply (`:42\r\n`), or `None` for any other frame.
