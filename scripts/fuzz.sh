@@ -59,7 +59,7 @@ if [ "${FUZZ_MINIMIZE:-0}" = 1 ]; then
     AFL_PATH=$afl_bin "$afl_bin"/afl-cmin.bash -i out/"$target"/default/queue -o corpus/"$target".new \
         -- target/release/"$target" >/dev/null
     rm -rf corpus/"$target" && mv corpus/"$target".new corpus/"$target"
-    echo "corpus/$target: $(ls corpus/"$target" | wc -l) files, $(du -sh corpus/"$target" | cut -f1)"
+    echo "corpus/$target: $(ls corpus/"$target" | wc -l) files, $(cat corpus/"$target"/* | wc -c) bytes"
 fi
 
 crashes=$(find out/"$target"/default/crashes -name 'id:*' 2>/dev/null | sort)
