@@ -185,12 +185,14 @@ if [ "$direct" -eq 1 ]; then
     done
     say "stock $(redis-server --version | cut -d' ' -f1-3) on 127.0.0.1:$port (pid $server_pid)"
 fi
-if [ -n "$reborn" ]; then
-    # Nine free ports: ZooKeeper, four redis-servers, proxy, proxy admin,
-    # dashboard (and one spare), none of them reborn up's defaults.
-    ports=()
+# Starts `$reborn up` on eight free ports (ZooKeeper, four redis-servers,
+# proxy, proxy admin, dashboard), below the kernel's ephemeral range (32768+)
+# where an outgoing connection could take a port between this check and the
+# bind. Returns 1, with its output shown, if the proxy never serves.
+start_reborn() {
+    local ports=() p ready=0
     while [ "${#ports[@]}" -lt 8 ]; do
-        p=$((40000 + RANDOM % 20000))
+        p=$((10000 + RANDOM % 9000))
         if ! port_open 127.0.0.1 "$p" && [[ " ${ports[*]} " != *" $p "* ]]; then ports+=("$p"); fi
     done
     port="${ports[5]}"
@@ -202,7 +204,6 @@ if [ -n "$reborn" ]; then
     server_pid=$!
     # Ready when the proxy answers a data command (it serves slot traffic only
     # once it has the topology and a ZooKeeper lease).
-    ready=0
     for _ in $(seq 1 600); do
         if [ "$(redis-cli -p "$port" set redis-suite:ready 1 2>/dev/null)" = "OK" ]; then ready=1; break; fi
         kill -0 "$server_pid" 2>/dev/null || break
@@ -210,11 +211,18 @@ if [ -n "$reborn" ]; then
     done
     redis-cli -p "$port" del redis-suite:ready >/dev/null 2>&1 || true
     if [ "$ready" -ne 1 ]; then
-        say "reborn up did not serve on 127.0.0.1:$port; its output:"
-        tail -n 30 "$workdir/up.log" >&2
-        exit 2
+        say "reborn up did not serve on 127.0.0.1:$port; its output (without backtraces):"
+        grep -vE '^ +(at |[0-9]+: )' "$workdir/up.log" | tail -n 30 >&2
+        cleanup
+        server_pid="" workdir=""
+        return 1
     fi
     say "reborn up (proxy 127.0.0.1:$port, pid $server_pid, logs $workdir/up)"
+}
+if [ -n "$reborn" ]; then
+    # A second try on other ports: the cluster is the yardstick's stand, not
+    # what is measured.
+    start_reborn || start_reborn || exit 2
 fi
 if ! port_open "$host" "$port"; then
     say "nothing listens on $host:$port"
@@ -232,7 +240,7 @@ say "runtest --host $host --port $port --singledb --cluster-mode --tags \"$DENY_
 
 # runtest listens for its test clients just below --baseport: a port of our
 # own, so two runs at once (two checkouts, a developer and CI) do not collide.
-baseport="${REDIS_SUITE_BASEPORT:-$((22000 + (RANDOM % 300) * 64))}"
+baseport="${REDIS_SUITE_BASEPORT:-$((20064 + (RANDOM % 190) * 64))}"
 total_pass=0 total_fail=0 total_skip=0
 table="$(printf '%-20s %6s %6s %6s %6s  %s' unit passed failed skipped secs status)"
 printf '%s\n' "$table"
