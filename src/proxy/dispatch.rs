@@ -38,14 +38,7 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: I
         };
     };
     // A command renamed by the operator goes to the backends under its real name.
-    let real;
-    let req = match ctx.policy.real_request(req, cmd) {
-        Some(r) => {
-            real = r;
-            &real
-        }
-        None => req,
-    };
+    let req = &*ctx.policy.real_request(req, cmd);
     let reply = dispatch_known(ctx, client, req, cmd, start);
     Pending {
         cmd: cmd.id,

@@ -11,6 +11,7 @@
 //! …) stay refused whatever the policy says. An empty policy costs one branch
 //! per request. Imports `command` and `libs::config`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
@@ -122,14 +123,14 @@ impl Policy {
         self.lookup_slow(name)
     }
 
-    /// The request under its command's real name, when it came under a new
-    /// one: backends know only the real names. `None` when nothing changes.
+    /// The request under its command's real name (backends know only the
+    /// real names): borrowed as it came unless it came under a new name.
     #[inline]
-    pub fn real_request(&self, req: &Request, cmd: Command) -> Option<Request> {
+    pub fn real_request<'a>(&self, req: &'a Request, cmd: Command) -> Cow<'a, Request> {
         if self.renamed.is_empty() {
-            return None;
+            return Cow::Borrowed(req);
         }
-        self.rewrite(req, cmd)
+        self.rewrite(req, cmd).map_or(Cow::Borrowed(req), Cow::Owned)
     }
 
     fn rewrite(&self, req: &Request, cmd: Command) -> Option<Request> {
@@ -200,7 +201,8 @@ mod tests {
             args: vec![Bytes::from_static(b"XConfig"), Bytes::from_static(b"GET")],
             raw: Bytes::new(),
         };
-        let real = p.real_request(&req, xconfig).expect("rewritten");
+        let real = p.real_request(&req, xconfig);
+        assert!(matches!(real, Cow::Owned(_)), "rewritten");
         assert_eq!(&real.raw[..], b"*2\r\n$6\r\nconfig\r\n$3\r\nGET\r\n");
         // Always-refused commands stay refused even renamed.
         let p = Policy::new(&config(&[], &[("shutdown", "stop")]));

@@ -179,14 +179,7 @@ pub fn queue(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: Inst
         // Runs now, as in Redis: the connection closes and the transaction with it.
         "quit" => local::answer(ctx, client, req, cmd.spec),
         _ => {
-            let real;
-            let req = match ctx.policy.real_request(req, cmd) {
-                Some(r) => {
-                    real = r;
-                    &real
-                }
-                None => req,
-            };
+            let req = &*ctx.policy.real_request(req, cmd);
             let reply = queue_one(ctx, client, req, cmd.spec, cmd.kind);
             if resp::is_error(reply.as_ref()) {
                 fail(client);
