@@ -1,5 +1,13 @@
-//! The push system (goim-compatible comet, logic and job roles).
+//! The push system: goim v2-compatible `comet`, `logic` and `job` roles.
 //!
-//! It may import `libs` and the `topo` kernel, never `proxy`: the push roles are
-//! ordinary RESP clients of the proxy cluster. The roles arrive in a later issue;
-//! this module only reserves their place in the layout.
+//! Clients hold connections to comet; business backends push through logic's
+//! HTTP API; job fans queued pushes out to the comets. Sessions, online counts
+//! and the push queue live in the reborn proxy cluster (reached as an ordinary
+//! RESP client through `libs::resp_client`), and the roles find each other in
+//! ZooKeeper ([`discovery`]). They call each other over gRPC ([`proto`], goim's
+//! service and message names).
+//!
+//! It may import `libs` and the `topo` kernel, never `proxy`.
+
+pub mod discovery;
+pub mod proto;

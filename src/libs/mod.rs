@@ -8,6 +8,7 @@ pub mod logging;
 pub mod migrate;
 pub mod protocol;
 pub mod resp;
+pub mod resp_client;
 #[cfg(test)]
 mod resp_properties;
 pub mod shutdown;

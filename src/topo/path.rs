@@ -140,18 +140,29 @@ impl Paths {
         format!("{}/tasks/{id:010}", self.product)
     }
 
+    /// `<root>/<product>/im/<kind>`: the live push-system instances of one kind
+    /// (`comet`, `logic`), one ephemeral node each.
+    pub fn im_instances(&self, kind: &str) -> String {
+        format!("{}/im/{kind}", self.product)
+    }
+
+    /// `<root>/<product>/im/<kind>/<id>`: one push-system instance.
+    pub fn im_instance(&self, kind: &str, id: &str) -> String {
+        format!("{}/im/{kind}/{id}", self.product)
+    }
+
     /// True if a watch event on `path` cannot change the [`super::Topology`]
     /// (the operator lock comes and goes with every operation; dashboards come,
     /// go and hand over leadership without touching the model).
     pub fn is_outside_topology(&self, path: &str) -> bool {
         // Acks come from every proxy for every action, and a running task saves
         // its progress every second: were they watched, each would make every
-        // proxy reload.
+        // proxy reload. Push-system instances refresh their node every 10 s.
         path == self.lock()
             || path == self.dashboard()
-            || path
-                .strip_prefix(self.product.as_str())
-                .is_some_and(|rest| rest.starts_with("/acks") || rest.starts_with("/tasks"))
+            || path.strip_prefix(self.product.as_str()).is_some_and(|rest| {
+                rest.starts_with("/acks") || rest.starts_with("/tasks") || rest.starts_with("/im")
+            })
     }
 }
 
@@ -246,6 +257,7 @@ mod tests {
         assert!(p.is_outside_topology("/reborn/demo/acks"));
         assert!(p.is_outside_topology("/reborn/demo/tasks/0000000003"));
         assert!(!p.is_outside_topology("/reborn/demo/actions/0000000007"));
+        assert!(p.is_outside_topology("/reborn/demo/im/comet/host-1"));
         assert_eq!(p.action(7), "/reborn/demo/actions/0000000007");
     }
 

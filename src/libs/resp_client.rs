@@ -1,0 +1,368 @@
+//! The framed RESP client: one connection to a Redis-protocol server (a
+//! redis-server or a reborn proxy), built on the `redis-protocol` crate's codec
+//! over `tokio-util`'s `Framed`.
+//!
+//! Everything that talks RESP off the proxy's hot path uses it: the migrator,
+//! `reborn up`'s probes, the push roles and the tests. The hot path keeps its own
+//! zero-copy splitter (`libs::resp`), measured against this codec in
+//! `benches/`. A [`RespPool`] shares a few pipelined connections between tasks,
+//! reconnecting the ones that fail.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use redis_protocol::codec::Resp2;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_util::codec::Framed;
+
+/// A RESP2 frame, as sent and received.
+pub use redis_protocol::resp2::types::BytesFrame as Frame;
+
+/// How long a call waits for its reply unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call failed, and whether sending it again is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum RespError {
+    /// The connection could not be made: nothing was sent.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection failed after the request may have been sent.
+    #[error("{addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server closed the connection before answering.
+    #[error("{addr}: connection closed")]
+    Closed { addr: String },
+    /// No reply within the deadline (the request may have run).
+    #[error("{addr}: no reply within {after:?}")]
+    Timeout { addr: String, after: Duration },
+    /// The bytes received are not RESP.
+    #[error("{addr}: protocol error: {detail}")]
+    Protocol { addr: String, detail: String },
+    /// The server answered with an error reply.
+    #[error("{0}")]
+    Server(String),
+    /// The server answered with a reply of an unexpected type.
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+impl RespError {
+    /// True when the request certainly did not run, so sending it again
+    /// cannot apply it twice.
+    pub fn is_retry_safe(&self) -> bool {
+        matches!(self, RespError::Connect { .. })
+    }
+
+    /// True when the connection is unusable afterwards (as opposed to an error
+    /// reply, after which it can carry on).
+    pub fn breaks_connection(&self) -> bool {
+        !matches!(self, RespError::Server(_) | RespError::Unexpected(_))
+    }
+}
+
+/// Builds a command frame from its arguments.
+pub fn cmd<A: AsRef<[u8]>>(args: &[A]) -> Frame {
+    Frame::Array(
+        args.iter()
+            .map(|a| Frame::BulkString(Bytes::copy_from_slice(a.as_ref())))
+            .collect(),
+    )
+}
+
+/// The frame as an `Err` if it is an error reply.
+///
+/// # Errors
+/// [`RespError::Server`] with the error's text.
+pub fn check(frame: Frame) -> Result<Frame, RespError> {
+    match frame {
+        Frame::Error(e) => Err(RespError::Server(e.to_string())),
+        other => Ok(other),
+    }
+}
+
+/// An integer reply.
+///
+/// # Errors
+/// An error reply, or a reply that is not an integer.
+pub fn int(frame: Frame) -> Result<i64, RespError> {
+    match check(frame)? {
+        Frame::Integer(i) => Ok(i),
+        other => Err(RespError::Unexpected(format!("{other:?} (wanted an integer)"))),
+    }
+}
+
+/// A bulk or simple string reply; `None` for a nil.
+///
+/// # Errors
+/// An error reply, or a reply of another type.
+pub fn bytes(frame: Frame) -> Result<Option<Bytes>, RespError> {
+    match check(frame)? {
+        Frame::BulkString(b) | Frame::SimpleString(b) => Ok(Some(b)),
+        Frame::Null => Ok(None),
+        other => Err(RespError::Unexpected(format!("{other:?} (wanted a string)"))),
+    }
+}
+
+/// An array reply's elements; empty for a nil.
+///
+/// # Errors
+/// An error reply, or a reply of another type.
+pub fn array(frame: Frame) -> Result<Vec<Frame>, RespError> {
+    match check(frame)? {
+        Frame::Array(items) => Ok(items),
+        Frame::Null => Ok(Vec::new()),
+        other => Err(RespError::Unexpected(format!("{other:?} (wanted an array)"))),
+    }
+}
+
+/// One RESP connection.
+pub struct RespConn {
+    framed: Framed<TcpStream, Resp2>,
+    addr: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RespConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RespConn").field("addr", &self.addr).finish()
+    }
+}
+
+impl RespConn {
+    /// Connects to `addr`, waiting at most `timeout` (which also becomes the
+    /// default reply deadline).
+    ///
+    /// # Errors
+    /// [`RespError::Connect`].
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<RespConn, RespError> {
+        let connect_err = |source| RespError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+            .map_err(connect_err)?;
+        let _ = stream.set_nodelay(true);
+        Ok(RespConn {
+            framed: Framed::new(stream, Resp2::default()),
+            addr: addr.to_string(),
+            timeout,
+        })
+    }
+
+    /// The address this connection was made to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Changes the reply deadline of later calls.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Sends one command and reads its reply. An error reply is returned as
+    /// `Ok(Frame::Error)`: use [`check`] or the typed readers to turn it into an
+    /// `Err`.
+    ///
+    /// # Errors
+    /// A connection failure or timeout ([`RespError::breaks_connection`]).
+    pub async fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Frame, RespError> {
+        self.call_frame(cmd(args)).await
+    }
+
+    /// Sends one prepared command frame and reads its reply.
+    ///
+    /// # Errors
+    /// As [`RespConn::call`].
+    pub async fn call_frame(&mut self, frame: Frame) -> Result<Frame, RespError> {
+        let mut replies = self.pipeline(vec![frame]).await?;
+        replies.pop().ok_or_else(|| RespError::Closed {
+            addr: self.addr.clone(),
+        })
+    }
+
+    /// Sends every command in one write, then reads as many replies, in order.
+    ///
+    /// # Errors
+    /// As [`RespConn::call`]; the whole batch fails together.
+    pub async fn pipeline(&mut self, frames: Vec<Frame>) -> Result<Vec<Frame>, RespError> {
+        let n = frames.len();
+        let after = self.timeout;
+        let addr = self.addr.clone();
+        let work = async {
+            for frame in frames {
+                self.framed.feed(frame).await.map_err(|e| self.io_error(e))?;
+            }
+            SinkExt::<Frame>::flush(&mut self.framed)
+                .await
+                .map_err(|e| self.io_error(e))?;
+            let mut replies = Vec::with_capacity(n);
+            while replies.len() < n {
+                match self.framed.next().await {
+                    Some(Ok(frame)) => replies.push(frame),
+                    Some(Err(e)) => return Err(self.io_error(e)),
+                    None => {
+                        return Err(RespError::Closed {
+                            addr: self.addr.clone(),
+                        });
+                    }
+                }
+            }
+            Ok(replies)
+        };
+        tokio::time::timeout(after, work)
+            .await
+            .map_err(|_| RespError::Timeout { addr, after })?
+    }
+
+    /// Reads one frame the server sends unasked (pub/sub messages, or the
+    /// reply to a command sent with [`RespConn::send`]), waiting without limit.
+    ///
+    /// # Errors
+    /// A connection failure.
+    pub async fn read(&mut self) -> Result<Frame, RespError> {
+        match self.framed.next().await {
+            Some(Ok(frame)) => Ok(frame),
+            Some(Err(e)) => Err(self.io_error(e)),
+            None => Err(RespError::Closed {
+                addr: self.addr.clone(),
+            }),
+        }
+    }
+
+    /// Writes one command without waiting for its reply.
+    ///
+    /// # Errors
+    /// A connection failure.
+    pub async fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<(), RespError> {
+        self.framed.send(cmd(args)).await.map_err(|e| self.io_error(e))
+    }
+
+    fn io_error(&self, e: redis_protocol::error::RedisProtocolError) -> RespError {
+        let addr = self.addr.clone();
+        match e.kind() {
+            redis_protocol::error::RedisProtocolErrorKind::IO(_) => RespError::Io {
+                addr,
+                source: std::io::Error::other(e.to_string()),
+            },
+            _ => RespError::Protocol {
+                addr,
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// A few RESP connections to one address, shared by many tasks. Each call takes
+/// one connection for its whole pipeline (so replies never interleave), opens it
+/// if needed, and drops it if it broke.
+#[derive(Debug)]
+pub struct RespPool {
+    addr: String,
+    timeout: Duration,
+    conns: Vec<Mutex<Option<RespConn>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl RespPool {
+    /// A pool of `size` (at least 1) lazily opened connections to `addr`.
+    pub fn new(addr: &str, size: usize, timeout: Duration) -> RespPool {
+        RespPool {
+            addr: addr.to_string(),
+            timeout,
+            conns: (0..size.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The address the pool connects to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// One command on one of the pool's connections.
+    ///
+    /// # Errors
+    /// As [`RespConn::call`].
+    pub async fn call<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Frame, RespError> {
+        let mut replies = self.pipeline(vec![cmd(args)]).await?;
+        replies.pop().ok_or_else(|| RespError::Closed {
+            addr: self.addr.clone(),
+        })
+    }
+
+    /// A pipeline on one of the pool's connections.
+    ///
+    /// # Errors
+    /// As [`RespConn::pipeline`].
+    pub async fn pipeline(&self, frames: Vec<Frame>) -> Result<Vec<Frame>, RespError> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.conns.len();
+        let mut slot = self.conns[i].lock().await;
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(RespConn::connect(&self.addr, self.timeout).await?),
+        };
+        let result = conn.pipeline(frames).await;
+        if let Err(e) = &result
+            && e.breaks_connection()
+        {
+            *slot = None;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_readers_turn_error_replies_into_errors() {
+        let err = Frame::Error("ERR boom".into());
+        assert!(matches!(int(err.clone()), Err(RespError::Server(s)) if s == "ERR boom"));
+        assert!(matches!(bytes(Frame::Null), Ok(None)));
+        assert_eq!(int(Frame::Integer(7)).ok(), Some(7));
+        assert!(matches!(array(Frame::Integer(1)), Err(RespError::Unexpected(_))));
+    }
+
+    #[test]
+    fn only_connect_failures_are_retry_safe() {
+        let connect = RespError::Connect {
+            addr: "a".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(connect.is_retry_safe());
+        let timeout = RespError::Timeout {
+            addr: "a".into(),
+            after: Duration::from_secs(1),
+        };
+        assert!(!timeout.is_retry_safe());
+        assert!(timeout.breaks_connection());
+        assert!(!RespError::Server("ERR".into()).breaks_connection());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        // Bind then drop a listener to get a port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let err = RespConn::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(1))
+            .await
+            .err();
+        assert!(matches!(err, Some(RespError::Connect { .. })), "{err:?}");
+    }
+}
