@@ -10,4 +10,6 @@
 //! It may import `libs` and the `topo` kernel, never `proxy`.
 
 pub mod discovery;
+pub mod frame;
 pub mod proto;
+pub mod queue;
