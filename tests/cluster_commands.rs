@@ -371,6 +371,54 @@ async fn info_merges_backends_and_honours_sections() {
         .expect("info");
     assert_eq!(none, "");
 
+    // commandstats only when asked (not a default section), summed over the
+    // masters; CONFIG RESETSTAT zeroes them and the proxy's own error counter.
+    assert!(!info.contains("cmdstat_"), "{info}");
+    let _: Result<String, _> = redis::cmd("GET")
+        .arg(&keys_in(1, "i", 1)[0])
+        .arg("x")
+        .query_async(&mut p)
+        .await;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut p)
+        .await
+        .expect("cmdstats");
+    let sets = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(sets.is_some_and(|n| n >= 13), "{stats}");
+    let errors = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("total_error_replies:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    let before: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut p)
+        .await
+        .expect("stats");
+    assert!(errors(&before).is_some_and(|n| n >= 1), "{before}");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut p)
+        .await
+        .expect("resetstat");
+    let after: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut p)
+        .await
+        .expect("stats");
+    assert_eq!(errors(&after), Some(0), "{after}");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut p)
+        .await
+        .expect("cmdstats");
+    assert!(!stats.contains("cmdstat_set:"), "{stats}");
+
     // A paused master neither fails nor hangs INFO: it is left out.
     let pid = c.masters[1].pid().expect("pid");
     common::cluster::signal(pid, "-STOP");

@@ -122,7 +122,12 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
         Fan::Eval => keyless(who, &routes, req, &name),
         Fan::Config => match sub.as_str() {
             "GET" | "HELP" => one_master(who, &routes, req.raw.clone()),
-            "SET" | "RESETSTAT" => every_server(ctx, client.id, &routes, req.raw.clone(), &full),
+            "SET" => every_server(ctx, client.id, &routes, req.raw.clone(), &full),
+            "RESETSTAT" => {
+                // The proxy's own counters (INFO stats) too, as one Redis would.
+                ctx.stats.reset_counters();
+                every_server(ctx, client.id, &routes, req.raw.clone(), &full)
+            }
             _ => refused(&full, "only CONFIG GET, SET and RESETSTAT are"),
         },
         Fan::Script => match sub.as_str() {

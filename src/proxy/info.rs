@@ -50,8 +50,11 @@ pub const BACKEND_WAIT: Duration = Duration::from_millis(500);
 
 /// Which sections a request asks for.
 pub struct Wanted {
-    /// `None`: every section.
+    /// `None`: every default section.
     names: Option<Vec<String>>,
+    /// `all` or `everything`: the default sections and the others
+    /// (`commandstats`), as Redis.
+    all: bool,
 }
 
 impl Wanted {
@@ -65,9 +68,21 @@ impl Wanted {
             || names
                 .iter()
                 .any(|n| matches!(n.as_str(), "default" | "all" | "everything"));
+        let all = names.iter().any(|n| matches!(n.as_str(), "all" | "everything"));
         Wanted {
             names: (!every).then_some(names),
+            all,
         }
+    }
+
+    /// True if a section outside Redis's default set (`commandstats`) is asked
+    /// for: by name, or with `all`/`everything`.
+    pub fn has_extra(&self, title: &str) -> bool {
+        self.all
+            || self
+                .names
+                .as_ref()
+                .is_some_and(|names| names.iter().any(|n| n.eq_ignore_ascii_case(title)))
     }
 
     /// True if section `title` (any case) is asked for.
@@ -83,13 +98,14 @@ impl Wanted {
 pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
     let wanted = Wanted::parse(req.args.get(1..).unwrap_or_default());
     let proxy = local::info_sections(ctx);
-    let (server, keyspace, persistence, errorstats) = (
+    let (server, keyspace, persistence, errorstats, commandstats) = (
         wanted.has("server"),
         wanted.has("keyspace"),
         wanted.has("persistence"),
         wanted.has("errorstats"),
+        wanted.has_extra("commandstats"),
     );
-    if !server && !keyspace && !persistence && !errorstats {
+    if !server && !keyspace && !persistence && !errorstats && !commandstats {
         return Reply::Ready(resp::bulk(render(&wanted, proxy, &[]).as_bytes()));
     }
     let mut ask: Vec<&[u8]> = vec![b"INFO"];
@@ -104,6 +120,9 @@ pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
     }
     if errorstats {
         ask.push(b"errorstats");
+    }
+    if commandstats {
+        ask.push(b"commandstats");
     }
     let ask = resp::encode_array(&ask);
     let routes = ctx.router.routes();
@@ -149,6 +168,9 @@ pub fn render(wanted: &Wanted, proxy: Vec<(&'static str, String)>, backends: &[S
         if title == "Clients" && wanted.has("persistence") {
             out.push(("Persistence".into(), persistence(&parsed)));
         }
+    }
+    if wanted.has_extra("commandstats") {
+        out.push(("Commandstats".into(), commandstats(&parsed)));
     }
     if wanted.has("errorstats") {
         out.push(("Errorstats".into(), errorstats(&parsed)));
@@ -257,6 +279,37 @@ fn errorstats(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> String
         .iter()
         .map(|(code, n)| format!("{code}:count={n}\r\n"))
         .collect()
+}
+
+/// `cmdstat_<name>:calls=…,usec=…,usec_per_call=…,rejected_calls=…,failed_calls=…`
+/// summed over the masters (`usec_per_call` recomputed from the sums): what
+/// the servers ran, as one Redis holding every key would count it.
+fn commandstats(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> String {
+    let mut sums: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
+    for stats in backends.iter().filter_map(|b| b.get("commandstats")) {
+        for (cmd, value) in stats {
+            let entry = sums.entry(cmd.as_str()).or_default();
+            for (k, v) in value.split(',').filter_map(|kv| kv.split_once('=')) {
+                if k != "usec_per_call" {
+                    *entry.entry(k).or_default() += v.parse::<f64>().unwrap_or(0.0);
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    for (cmd, fields) in sums {
+        let get = |k: &str| fields.get(k).copied().unwrap_or(0.0);
+        let (calls, usec) = (get("calls"), get("usec"));
+        let per_call = if calls > 0.0 { usec / calls } else { 0.0 };
+        out.push_str(&format!(
+            "{cmd}:calls={},usec={},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}\r\n",
+            calls as u64,
+            usec as u64,
+            get("rejected_calls") as u64,
+            get("failed_calls") as u64,
+        ));
+    }
+    out
 }
 
 /// One `dbN:keys=…,expires=…,avg_ttl=…` line per db, summed over the masters.
@@ -382,6 +435,25 @@ mod tests {
             text,
             "# Errorstats\r\nerrorstat_ERR:count=5\r\nerrorstat_NOGROUP:count=1\r\n"
         );
+    }
+
+    #[test]
+    fn commandstats_are_summed_and_only_sent_when_asked() {
+        let a = "# Commandstats\r\ncmdstat_get:calls=3,usec=30,usec_per_call=10.00,rejected_calls=0,failed_calls=1\r\n";
+        let b = "# Commandstats\r\ncmdstat_get:calls=1,usec=50,usec_per_call=50.00,rejected_calls=2,failed_calls=0\r\ncmdstat_xadd:calls=2,usec=4,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n";
+        let text = render(&wanted(&["commandstats"]), proxy(), &[a.into(), b.into()]);
+        assert!(
+            text.contains(
+                "cmdstat_get:calls=4,usec=80,usec_per_call=20.00,rejected_calls=2,failed_calls=1\r\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("cmdstat_xadd:calls=2,"), "{text}");
+        assert!(wanted(&["all"]).has_extra("commandstats"));
+        assert!(wanted(&["everything"]).has_extra("commandstats"));
+        assert!(!wanted(&[]).has_extra("commandstats"), "not a default section");
+        assert!(!wanted(&["default"]).has_extra("commandstats"));
+        assert!(!render(&wanted(&[]), proxy(), &[a.into()]).contains("cmdstat_"));
     }
 
     #[test]

@@ -106,6 +106,21 @@ impl Stats {
         }
     }
 
+    /// Zeroes the request counters (commands, errors, latency), as
+    /// `CONFIG RESETSTAT` does on a Redis; connection gauges stay.
+    pub fn reset_counters(&self) {
+        self.ops.store(0, Relaxed);
+        self.errors.store(0, Relaxed);
+        for c in &self.cmds {
+            c.calls.store(0, Relaxed);
+            c.errors.store(0, Relaxed);
+            c.usecs.store(0, Relaxed);
+        }
+        for b in &self.latency {
+            b.store(0, Relaxed);
+        }
+    }
+
     /// Samples ops/s once a second until the runtime stops.
     pub async fn sample_ops(self: std::sync::Arc<Self>) {
         let mut last = self.ops.load(Relaxed);
