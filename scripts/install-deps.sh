@@ -6,6 +6,7 @@
 #   zookeeper                  the coordinator's jars (pulls in a JRE); we start it
 #                              ourselves, so no zookeeperd/systemd service is needed
 #   python3, python3-venv      the client tests run redis-py in a virtualenv
+#   nodejs, npm                the client tests run ioredis (scripts/nodeenv.sh)
 #   a Rust toolchain           only if cargo is missing (rustup, minimal profile)
 set -euo pipefail
 
@@ -25,6 +26,14 @@ if command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' 2>/
     say "python3 and python3-venv already installed"
 else
     apt_install python3 python3-venv
+fi
+
+# --- Node.js (tests/clients.rs runs ioredis from target/nodeenv) -----------------
+# Any node >= 12 runs ioredis 5; Debian's nodejs will do where node is missing.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    say "node and npm already installed"
+else
+    apt_install nodejs npm
 fi
 
 # --- Rust ---------------------------------------------------------------------

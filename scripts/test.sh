@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command of reborn (CI runs it through .ci/run):
-#   installs what is missing (redis, ZooKeeper, Python, Rust), makes the
-#   redis-py virtualenv of tests/clients.rs (scripts/pyenv.sh), then
+#   installs what is missing (redis, ZooKeeper, Python, Node.js, Rust), makes
+#   the redis-py virtualenv and the ioredis packages of tests/clients.rs
+#   (scripts/pyenv.sh, scripts/nodeenv.sh), then
 #   cargo fmt --check, cargo clippy -D warnings, cargo test (unit + integration),
 #   and Redis's own test suite through a local cluster (scripts/redis_suite.sh).
 # Integration tests start their own real ZooKeeper and redis-servers on free
@@ -27,6 +28,9 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "Python virtualenv for the client tests (scripts/pyenv.sh)"
 scripts/pyenv.sh
+
+step "Node.js packages for the client tests (scripts/nodeenv.sh)"
+scripts/nodeenv.sh
 
 step "cargo fmt --check"
 cargo fmt --check
