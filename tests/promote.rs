@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, client, keys_in, set_all};
-use reborn::topo::admin::{AdminCommand, ask_dashboard};
-use reborn::topo::dashboard::{Bound, DashboardConfig, client as http};
+use reborn::topo::manager::admin::{AdminCommand, ask_dashboard};
+use reborn::topo::manager::dashboard::{Bound, DashboardConfig, client as http};
+use reborn::topo::manager::promote::{PromoteRequest, promote_with};
 use reborn::topo::model::{Role, SlotState};
-use reborn::topo::promote::{PromoteRequest, promote_with};
 use reborn::topo::{TopoError, watcher};
 use redis::AsyncCommands;
 

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reborn::topo::admin::{self, AdminCommand, SlotRangeArg};
 use reborn::topo::lock;
+use reborn::topo::manager::admin::{self, AdminCommand, SlotRangeArg};
 use reborn::topo::operation::{
     add_server, assign_slots, create_group, init_product, remove_group, remove_server, set_proxy_online,
 };

@@ -80,7 +80,7 @@ pub struct UpArgs {
     pub proxy_admin: SocketAddr,
 
     /// HTTP address of the dashboard's JSON API.
-    #[arg(long, default_value = crate::topo::dashboard::DEFAULT_LISTEN)]
+    #[arg(long, default_value = crate::topo::manager::dashboard::DEFAULT_LISTEN)]
     pub dashboard: SocketAddr,
 
     /// Data-plane threads of the proxy (default: half the cores, at least 1).
@@ -218,9 +218,9 @@ fn dashboard_role(
     args: &UpArgs,
     zk: &ZkConfig,
 ) -> Result<impl FnOnce(CancellationToken) -> RoleFuture + use<>, UpError> {
-    let file: crate::topo::dashboard::DashboardConfig =
+    let file: crate::topo::manager::dashboard::DashboardConfig =
         load_role_config("dashboard", args.dashboard_config.as_deref())?;
-    let config = crate::topo::dashboard::DashboardConfig {
+    let config = crate::topo::manager::dashboard::DashboardConfig {
         listen: args.dashboard.to_string(),
         advertise: String::new(),
         standby: true,
@@ -232,7 +232,7 @@ fn dashboard_role(
     };
     Ok(move |cancel| -> RoleFuture {
         Box::pin(async move {
-            crate::topo::dashboard::run(config, cancel)
+            crate::topo::manager::dashboard::run(config, cancel)
                 .await
                 .map_err(|e| e.to_string())
         })

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::libs::config::{self, ConfigError};
-use crate::topo::migrator::MigratorConfig;
+use crate::topo::manager::migrator::MigratorConfig;
 use crate::topo::path::Paths;
 use crate::topo::store::ZkConfig;
 

@@ -8,7 +8,7 @@
 //! * [`address`]: where the leader is, from its node in ZooKeeper.
 //! * [`error`]: why the dashboard could not start or had to stop.
 //!
-//! The HTTP API itself is [`crate::topo::api`]. The listener is bound before
+//! The HTTP API itself is [`crate::topo::manager::api`]. The listener is bound before
 //! anything else ([`Bound`]), so the address is known (port 0 works, for tests)
 //! and a taken port fails at once. It serves the whole time: a leader answers
 //! every endpoint, a standby answers `GET /api/dashboard` and 503 with the
@@ -19,7 +19,7 @@
 //! promote; see docs/migration.md). It must run only within a leadership term
 //! and write on that term's session, so that its writes fail once the term's
 //! session has expired, as the operator lock's do; the routes it needs are
-//! marked in [`crate::topo::api::router`].
+//! marked in [`crate::topo::manager::api::router`].
 //!
 //! Imports `libs` and `topo`.
 
@@ -38,9 +38,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::topo::api::{self, ApiState};
 use crate::topo::error::TopoError;
 use crate::topo::lock::host_name;
+use crate::topo::manager::api::{self, ApiState};
 use crate::topo::store::Store;
 
 pub use config::{DEFAULT_LISTEN, DashboardArgs, DashboardConfig};
@@ -191,13 +191,13 @@ impl Bound {
     }
 }
 
-/// Runs the migration tasks ([`crate::topo::runner`]) during every leadership term
+/// Runs the migration tasks ([`crate::topo::manager::runner`]) during every leadership term
 /// of this dashboard, and stops them the moment the term ends: two dashboards
 /// must never drive the same task.
 async fn run_tasks_while_leading(
     store: Store,
     mut role: watch::Receiver<Role>,
-    cfg: crate::topo::migrator::MigratorConfig,
+    cfg: crate::topo::manager::migrator::MigratorConfig,
     changed: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
@@ -209,7 +209,8 @@ async fn run_tasks_while_leading(
             }
         }
         let term = stop.child_token();
-        let tasks = crate::topo::runner::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
+        let tasks =
+            crate::topo::manager::runner::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
         tokio::pin!(tasks);
         loop {
             tokio::select! {

@@ -1,4 +1,4 @@
-//! `reborn admin`: the operator command line over [`super::operation`].
+//! `reborn admin`: the operator command line over [`crate::topo::operation`].
 //!
 //! Listings print aligned tables; changes print one confirmation line. Errors come
 //! back as text and `main` turns them into a non-zero exit. The session is always
@@ -13,16 +13,16 @@
 use super::dashboard::{address, client};
 use std::collections::BTreeMap;
 
-use super::error::TopoError;
 use super::health::{self, Health};
-use super::model::{GroupId, Role, SlotState, Topology, range_text};
-use super::operation;
-use super::operation::format_slot_ids;
 use super::rebalance::{Plan, Weights};
-use super::store::{Store, ZkConfig};
 use super::task::Task;
-use super::watcher;
 use crate::libs::table;
+use crate::topo::error::TopoError;
+use crate::topo::model::{GroupId, Role, SlotState, Topology, range_text};
+use crate::topo::operation;
+use crate::topo::operation::format_slot_ids;
+use crate::topo::store::{Store, ZkConfig};
+use crate::topo::watcher;
 
 /// Arguments of `reborn admin`.
 #[derive(clap::Args, Debug)]
@@ -454,7 +454,7 @@ pub fn render_tasks(tasks: &[Task]) -> String {
 }
 
 /// Keys moved per second of the task's passes; `-` before it has run.
-fn keys_per_sec(p: &crate::topo::migrator::Progress) -> String {
+fn keys_per_sec(p: &crate::topo::manager::migrator::Progress) -> String {
     match p.busy_ms {
         0 => "-".into(),
         ms => (p.moved.saturating_mul(1000) / ms).to_string(),
@@ -621,7 +621,7 @@ mod tests {
 
     #[test]
     fn keys_per_sec_counts_the_time_spent_moving_in_milliseconds() {
-        use crate::topo::migrator::Progress;
+        use crate::topo::manager::migrator::Progress;
         let p = |moved, busy_ms| Progress {
             moved,
             busy_ms,
