@@ -29,7 +29,6 @@ pub mod config;
 pub mod error;
 pub mod leader;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::libs::listener::{Drain, Listener};
 use crate::topo::error::TopoError;
 use crate::topo::lock::host_name;
 use crate::topo::manager::api::{self, ApiState};
@@ -144,9 +144,9 @@ impl Bound {
         });
         let stop_http = CancellationToken::new();
         let mut http = tokio::spawn(
-            axum::serve(self.listener, api::router(state.clone()))
-                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-                .into_future(),
+            Listener::new(self.listener)
+                .grace(DRAIN_TIMEOUT)
+                .serve_http(api::router(state.clone()), stop_http.clone()),
         );
         tracing::info!(
             "dashboard of product {:?} listening on http://{}",
@@ -174,7 +174,7 @@ impl Bound {
             result = campaign.run(cancel) => result,
             joined = &mut http => {
                 let why = match joined {
-                    Ok(Ok(())) => "it returned".to_string(),
+                    Ok(Ok(_)) => "it returned".to_string(),
                     Ok(Err(e)) => e.to_string(),
                     Err(e) => e.to_string(),
                 };
@@ -183,9 +183,8 @@ impl Bound {
         };
         runner.abort();
         stop_http.cancel();
-        if tokio::time::timeout(DRAIN_TIMEOUT, &mut http).await.is_err() {
+        if let Ok(Ok(Drain::TimedOut { .. })) = http.await {
             tracing::warn!("the dashboard API did not drain within {DRAIN_TIMEOUT:?}; closing it");
-            http.abort();
         }
         outcome
     }
