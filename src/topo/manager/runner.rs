@@ -15,7 +15,7 @@
 //!   to the target already. It retries until done; pausing it lets later tasks
 //!   run meanwhile.
 //!
-//! Imports `libs` and the topo kernel only.
+//! Imports `libs`, the topo core and the manager's `migrator` and `task`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -18,7 +18,8 @@
 //!
 //! A submission is checked against the topology with the same rule as the
 //! switch ([`crate::topo::action::check_migration`]) and refused, with nothing
-//! queued, if it could never run. Imports `libs` and the topo kernel only.
+//! queued, if it could never run. Imports the topo core and the manager's
+//! `migrator` and `runner`.
 
 use std::collections::BTreeSet;
 

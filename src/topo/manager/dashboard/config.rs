@@ -1,7 +1,7 @@
 //! `reborn dashboard` configuration: the TOML file, its defaults and the flags
 //! that override it. `conf/dashboard.toml` is the commented sample.
 //!
-//! Imports `libs` (config loading) and `topo`'s kernel.
+//! Imports `libs` (config loading), `topo`'s core and the manager's `migrator`.
 
 use std::path::PathBuf;
 

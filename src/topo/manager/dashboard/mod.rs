@@ -8,20 +8,17 @@
 //! * [`address`]: where the leader is, from its node in ZooKeeper.
 //! * [`error`]: why the dashboard could not start or had to stop.
 //!
-//! The HTTP API itself is [`crate::topo::manager::api`]. The listener is bound before
-//! anything else ([`Bound`]), so the address is known (port 0 works, for tests)
-//! and a taken port fails at once. It serves the whole time: a leader answers
-//! every endpoint, a standby answers `GET /api/dashboard` and 503 with the
-//! leader's address for the rest, so an operator who reaches the wrong process
-//! learns where to go instead of finding a closed port.
+//! The HTTP API itself is [`crate::topo::manager::api`], served through the
+//! shared role service (`libs::listener`). The listener is bound before anything
+//! else ([`Bound`]), so the address is known (port 0 works, for tests) and a
+//! taken port fails at once. It serves the whole time: a leader answers every
+//! endpoint, a standby answers `GET /api/dashboard` and 503 with the leader's
+//! address for the rest, so an operator who reaches the wrong process learns
+//! where to go instead of finding a closed port. The migration tasks
+//! ([`crate::topo::manager::runner`]) run only within a leadership term and write
+//! on that term's session, so their writes fail once the session has expired.
 //!
-//! Later slices add the migration manager here (tasks, actions and their acks,
-//! promote; see docs/migration.md). It must run only within a leadership term
-//! and write on that term's session, so that its writes fail once the term's
-//! session has expired, as the operator lock's do; the routes it needs are
-//! marked in [`crate::topo::manager::api::router`].
-//!
-//! Imports `libs` and `topo`.
+//! Imports `libs`, the topo core and the manager.
 
 pub mod address;
 pub mod client;
