@@ -118,7 +118,10 @@ async fn promoting_an_old_master_that_came_back_empty_is_refused() {
         server: Some(m.clone()),
         force: false,
     };
-    let refusal = ask_dashboard(&dash, &command).await.expect_err("refused");
+    let refusal = ask_dashboard(&dash, &command)
+        .await
+        .expect_err("refused")
+        .to_string();
     eprintln!("refused: {refusal}");
     let why = format!("{m} is not a replica of the master {r} (it is a master with 0 keys");
     assert!(refusal.contains(&why), "{refusal}");

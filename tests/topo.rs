@@ -534,7 +534,7 @@ async fn admin_prints_tables_and_fails_clearly() {
         command: AdminCommand::Groups,
     };
     let err = admin::run(args).await.expect_err("unreachable");
-    assert!(err.contains(&addr), "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
 }
 
 /// An action and the slot table it changed are written in one transaction: a

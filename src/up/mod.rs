@@ -114,11 +114,11 @@ pub struct UpArgs {
 /// it started, in reverse order.
 ///
 /// # Errors
-/// The first failure, as a message for the terminal (missing package, taken port,
+/// The first failure ([`UpError`]), worded for the terminal (missing package, taken port,
 /// unreachable ZooKeeper, a role that stopped).
-pub async fn run(args: UpArgs) -> Result<(), String> {
+pub async fn run(args: UpArgs) -> Result<(), UpError> {
     let cancel = crate::libs::shutdown::on_signal();
-    run_until(args, cancel).await.map_err(|e| e.to_string())
+    run_until(args, cancel).await
 }
 
 /// [`run`] with the stop signal given: returns after `cancel` is cancelled and
@@ -231,11 +231,7 @@ fn dashboard_role(
         ..file
     };
     Ok(move |cancel| -> RoleFuture {
-        Box::pin(async move {
-            crate::topo::manager::dashboard::run(config, cancel)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { Ok(crate::topo::manager::dashboard::run(config, cancel).await?) })
     })
 }
 
@@ -285,7 +281,7 @@ fn proxy_role(
         message: e.to_string(),
     })?;
     Ok(Some(move |cancel| -> RoleFuture {
-        Box::pin(async move { crate::proxy::run(config, cancel).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { Ok(crate::proxy::run(config, cancel).await?) })
     }))
 }
 
