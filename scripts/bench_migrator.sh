@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Background migrator throughput (src/topo/migrator): keys/s moved between two
+# Background migrator throughput (src/topo/manager/migrator): keys/s moved between two
 # local redis-servers by `migrate_slots`, once per `inflight` setting.
 #
 #   scripts/bench_migrator.sh                          # 1M keys, 256 of 1024 slots move (~250k keys)

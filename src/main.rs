@@ -20,9 +20,9 @@ enum Role {
     /// Run a RESP proxy in front of the product's redis groups.
     Proxy(reborn::proxy::ProxyArgs),
     /// Run the dashboard: the HTTP JSON API over the product (one leader, standbys wait).
-    Dashboard(reborn::topo::dashboard::DashboardArgs),
+    Dashboard(reborn::topo::manager::dashboard::DashboardArgs),
     /// Operator commands: groups, servers, slots, proxies.
-    Admin(reborn::topo::admin::AdminArgs),
+    Admin(reborn::topo::manager::admin::AdminArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
@@ -53,13 +53,13 @@ fn main() -> anyhow::Result<()> {
             reborn::libs::logging::init("info,zookeeper_client=warn");
             // HTTP requests and one ZooKeeper session: two workers are plenty.
             runtime(2)?
-                .block_on(reborn::topo::dashboard::run_until_signal(config))
+                .block_on(reborn::topo::manager::dashboard::run_until_signal(config))
                 .context("dashboard")
         }
         Role::Admin(args) => {
             reborn::libs::logging::init("warn,zookeeper_client=error");
             runtime(1)?
-                .block_on(reborn::topo::admin::run(args))
+                .block_on(reborn::topo::manager::admin::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))
         }
         Role::Up(args) => {

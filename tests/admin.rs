@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use common::cluster::Cluster;
 use reborn::libs::hash::slot_of;
-use reborn::topo::dashboard::client::{self, Reply};
-use reborn::topo::dashboard::{Bound, DashboardConfig};
+use reborn::topo::manager::dashboard::client::{self, Reply};
+use reborn::topo::manager::dashboard::{Bound, DashboardConfig};
+use reborn::topo::manager::task::{self, Task, TaskState};
 use reborn::topo::model::{Role, SlotState};
-use reborn::topo::task::{self, Task, TaskState};
 use reborn::topo::{Store, TopoError, ZkConfig, operation, watcher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;

@@ -263,7 +263,7 @@ async fn poppers_across_a_switch_get_every_element_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_command_follows_its_group_to_the_promoted_replica() {
-    use reborn::topo::promote::promote;
+    use reborn::topo::manager::promote::promote;
     let c = Cluster::start().await;
     let replica = c.replica_of_group_1().await;
     let proxy = c.proxy().await;

@@ -9,10 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
-use reborn::topo::dashboard::client::{self, Reply};
-use reborn::topo::dashboard::{Bound, DashboardConfig, DashboardError, DashboardInfo};
+use reborn::topo::manager::dashboard::client::{self, Reply};
+use reborn::topo::manager::dashboard::{Bound, DashboardConfig, DashboardError, DashboardInfo};
+use reborn::topo::manager::rebalance::{Move, Plan};
 use reborn::topo::operation::{add_server, assign_slots, create_group, init_product};
-use reborn::topo::rebalance::{Move, Plan};
 use reborn::topo::{Role, Store, Topology, ZkConfig, watcher};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -544,7 +544,8 @@ async fn the_rebalance_plan_reaches_the_api_and_the_admin_command() {
             && stdout.contains("queued task 2: slots 683-1023 to group 3"),
         "{stdout}"
     );
-    let tasks: Vec<reborn::topo::task::Task> = get(&d.addr, "/api/tasks").await.into_json().expect("tasks");
+    let tasks: Vec<reborn::topo::manager::task::Task> =
+        get(&d.addr, "/api/tasks").await.into_json().expect("tasks");
     assert_eq!(tasks.len(), 2);
 
     d.stop().await;

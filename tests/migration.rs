@@ -152,8 +152,13 @@ async fn a_killed_proxy_does_not_block_the_next_action() {
 
 /// Queues a migration through the dashboard at `dash`, retrying until that
 /// dashboard leads (a freshly started one campaigns first).
-async fn migrate_when_leading(dash: &str, start: u16, end: u16, to: u32) -> reborn::topo::task::Task {
-    use reborn::topo::dashboard::client;
+async fn migrate_when_leading(
+    dash: &str,
+    start: u16,
+    end: u16,
+    to: u32,
+) -> reborn::topo::manager::task::Task {
+    use reborn::topo::manager::dashboard::client;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let body = serde_json::json!({ "start": start, "end": end, "to": to });
@@ -167,12 +172,12 @@ async fn migrate_when_leading(dash: &str, start: u16, end: u16, to: u32) -> rebo
 
 /// A dashboard in-process on a free port; returns its address.
 async fn dashboard(c: &Cluster) -> String {
-    let cfg = reborn::topo::dashboard::DashboardConfig {
+    let cfg = reborn::topo::manager::dashboard::DashboardConfig {
         listen: "127.0.0.1:0".into(),
         zk: c.zk.clone(),
         ..Default::default()
     };
-    let bound = reborn::topo::dashboard::Bound::bind(cfg)
+    let bound = reborn::topo::manager::dashboard::Bound::bind(cfg)
         .await
         .expect("bind dashboard");
     let addr = bound.local_addr().to_string();
@@ -182,8 +187,8 @@ async fn dashboard(c: &Cluster) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_512_slots_under_load_loses_nothing() {
-    use reborn::topo::dashboard::client;
-    use reborn::topo::task::{Task, TaskState};
+    use reborn::topo::manager::dashboard::client;
+    use reborn::topo::manager::task::{Task, TaskState};
     let c = Cluster::start().await;
     let dash = dashboard(&c).await;
     let proxies = [c.proxy().await, c.proxy().await];
@@ -296,8 +301,8 @@ async fn migrating_512_slots_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
-    use reborn::topo::dashboard::client;
-    use reborn::topo::task::{Task, TaskState};
+    use reborn::topo::manager::dashboard::client;
+    use reborn::topo::manager::task::{Task, TaskState};
     let c = Cluster::start().await;
     let proxy = c.proxy().await;
     let mut p = client(proxy).await;
@@ -372,7 +377,7 @@ async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promote_under_write_load_keeps_every_acknowledged_write() {
-    use reborn::topo::promote::promote;
+    use reborn::topo::manager::promote::promote;
     let c = Cluster::start().await;
     let replica = c.replica_of_group_1().await;
     let proxy = c.proxy().await;
@@ -449,8 +454,8 @@ async fn promote_under_write_load_keeps_every_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
-    use reborn::topo::dashboard::{Bound as Dashboard, DashboardConfig, client};
-    use reborn::topo::task::{Task, TaskState};
+    use reborn::topo::manager::dashboard::{Bound as Dashboard, DashboardConfig, client};
+    use reborn::topo::manager::task::{Task, TaskState};
     let c = Cluster::start().await;
     let proxy = c.proxy().await;
     let mut p = client(proxy).await;

@@ -1,4 +1,4 @@
-//! The background migrator's data engine (`reborn::topo::migrator`) against real
+//! The background migrator's data engine (`reborn::topo::manager::migrator`) against real
 //! redis-servers: exactly the keys of the task's slots move, with their values
 //! and TTLs; resume after cancel; a target that is down; passwords; a big value.
 //!
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reborn::libs::hash::slot_of;
-use reborn::topo::migrator::{self, Method, MigrateError, MigratorConfig, Outcome, Progress};
+use reborn::topo::manager::migrator::{self, Method, MigrateError, MigratorConfig, Outcome, Progress};
 use tokio_util::sync::CancellationToken;
 
 /// A redis-rs connection with a timeout fit for 50 MB values and big pipelines

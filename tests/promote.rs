@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, client, keys_in, set_all};
-use reborn::topo::admin::{AdminCommand, ask_dashboard};
-use reborn::topo::dashboard::{Bound, DashboardConfig, client as http};
+use reborn::topo::manager::admin::{AdminCommand, ask_dashboard};
+use reborn::topo::manager::dashboard::{Bound, DashboardConfig, client as http};
+use reborn::topo::manager::promote::{PromoteRequest, promote_with};
 use reborn::topo::model::{Role, SlotState};
-use reborn::topo::promote::{PromoteRequest, promote_with};
 use reborn::topo::{TopoError, watcher};
 use redis::AsyncCommands;
 
@@ -118,7 +118,10 @@ async fn promoting_an_old_master_that_came_back_empty_is_refused() {
         server: Some(m.clone()),
         force: false,
     };
-    let refusal = ask_dashboard(&dash, &command).await.expect_err("refused");
+    let refusal = ask_dashboard(&dash, &command)
+        .await
+        .expect_err("refused")
+        .to_string();
     eprintln!("refused: {refusal}");
     let why = format!("{m} is not a replica of the master {r} (it is a master with 0 keys");
     assert!(refusal.contains(&why), "{refusal}");

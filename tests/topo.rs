@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reborn::topo::admin::{self, AdminCommand, SlotRangeArg};
 use reborn::topo::lock;
+use reborn::topo::manager::admin::{self, AdminCommand, SlotRangeArg};
 use reborn::topo::operation::{
     add_server, assign_slots, create_group, init_product, remove_group, remove_server, set_proxy_online,
 };
@@ -534,7 +534,7 @@ async fn admin_prints_tables_and_fails_clearly() {
         command: AdminCommand::Groups,
     };
     let err = admin::run(args).await.expect_err("unreachable");
-    assert!(err.contains(&addr), "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
 }
 
 /// An action and the slot table it changed are written in one transaction: a

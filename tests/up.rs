@@ -264,7 +264,7 @@ async fn up_runs_a_whole_cluster_and_stops_it_in_order() {
     // It may still be taking the leadership a few milliseconds after the banner.
     let deadline = Instant::now() + Duration::from_secs(5);
     let groups = loop {
-        let reply = reborn::topo::dashboard::client::get(&dashboard, "/api/groups")
+        let reply = reborn::topo::manager::dashboard::client::get(&dashboard, "/api/groups")
             .await
             .expect("dashboard answers");
         if reply.status == 200 || Instant::now() > deadline {

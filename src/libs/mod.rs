@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod config;
 pub mod hash;
+pub mod listener;
 pub mod logging;
 pub mod migrate;
 pub mod protocol;

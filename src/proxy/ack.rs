@@ -30,10 +30,27 @@ use super::blocked;
 use super::context::Context;
 use super::router::{Pool, SlotRoute};
 use crate::topo::model::{Action, SlotState};
-use crate::topo::{Store, Topology};
+use crate::topo::{Store, TopoError, Topology};
 
 /// Longest wait for workers to apply an action or for source replies.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an action could not be acknowledged yet. Every case is safe to retry:
+/// acknowledging is idempotent, and [`run`] tries again shortly.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error("workers did not apply it")]
+    NotApplied,
+    #[error("the source did not answer in time")]
+    SourceTimeout,
+    #[error("a source connection closed")]
+    SourceClosed,
+    /// Blocking commands of the slots could not be moved off the source.
+    #[error("{0}")]
+    Blocked(String),
+    #[error(transparent)]
+    Topo(#[from] TopoError),
+}
 
 /// Acknowledges every new action seen in `topo` until `cancel`.
 pub async fn run(
@@ -71,7 +88,7 @@ pub async fn run(
     }
 }
 
-async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &str) -> Result<(), String> {
+async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &str) -> Result<(), AckError> {
     let applied = async {
         while workers.iter().any(|w| w.router.applied_action() < a.seq) {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -79,33 +96,33 @@ async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &s
     };
     tokio::time::timeout(STEP_TIMEOUT, applied)
         .await
-        .map_err(|_| "workers did not apply it".to_string())?;
+        .map_err(|_| AckError::NotApplied)?;
     if a.phase == SlotState::PreMigrate {
         drain_sources(a, workers).await?;
-        let interrupted = blocked::interrupt(&a.slots, workers, STEP_TIMEOUT).await?;
+        let interrupted = blocked::interrupt(&a.slots, workers, STEP_TIMEOUT)
+            .await
+            .map_err(AckError::Blocked)?;
         if interrupted > 0 {
             tracing::info!(seq = a.seq, interrupted, "blocking commands moved off the source");
         }
     }
-    let zk = store.zk().map_err(|e| e.to_string())?;
+    let zk = store.zk()?;
     let paths = store.paths();
-    zk.mkdir_p(&paths.acks_of(a.seq))
-        .await
-        .map_err(|e| e.to_string())?;
+    zk.mkdir_p(&paths.acks_of(a.seq)).await?;
     match zk
         .create_raw(&paths.ack(a.seq, id), b"", zk::CreateMode::Ephemeral)
         .await
     {
         Ok(()) => {}
         Err(e) if e.is_exists() => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     tracing::info!(seq = a.seq, phase = ?a.phase, slots = a.slots.len(), "action acknowledged");
     Ok(())
 }
 
 /// Waits until nothing of `a`'s slots is in flight to their source.
-async fn drain_sources(a: &Action, workers: &[Arc<Context>]) -> Result<(), String> {
+async fn drain_sources(a: &Action, workers: &[Arc<Context>]) -> Result<(), AckError> {
     let replies = {
         // Pointers are not Send: keep them out of the awaits below.
         let mut seen: HashSet<*const Pool> = HashSet::new();
@@ -127,8 +144,8 @@ async fn drain_sources(a: &Action, workers: &[Arc<Context>]) -> Result<(), Strin
         // flight there either.
         tokio::time::timeout(STEP_TIMEOUT, rx)
             .await
-            .map_err(|_| "the source did not answer in time".to_string())?
-            .map_err(|_| "a source connection closed".to_string())?;
+            .map_err(|_| AckError::SourceTimeout)?
+            .map_err(|_| AckError::SourceClosed)?;
     }
     Ok(())
 }

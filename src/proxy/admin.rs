@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use super::stats::StatsSnapshot;
+use crate::libs::listener::Listener;
 use crate::libs::logging;
 
 /// One backend as `/stats` shows it.
@@ -200,6 +202,9 @@ async fn loglevel(Path(level): Path<String>) -> impl IntoResponse {
     }
 }
 
+/// How long the admin endpoint finishes its requests after a stop.
+const ADMIN_GRACE: Duration = Duration::from_secs(1);
+
 /// The contexts of every worker.
 type Workers = Arc<Vec<Arc<Context>>>;
 
@@ -210,10 +215,11 @@ pub async fn serve(listener: TcpListener, workers: Vec<Arc<Context>>, cancel: Ca
         .route("/metrics", get(metrics))
         .route("/loglevel/{level}", put(loglevel).post(loglevel))
         .with_state(Arc::new(workers));
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
+    let served = Listener::new(listener)
+        .grace(ADMIN_GRACE)
+        .serve_http(app, cancel)
         .await;
-    if let Err(e) = result {
+    if let Err(e) = served {
         tracing::warn!(error = %e, "admin http stopped");
     }
 }

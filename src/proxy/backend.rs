@@ -68,6 +68,50 @@ pub struct BackendOptions {
     pub protocol: Protocol,
 }
 
+/// Why a backend connection could not be opened, or was lost.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The server answered `AUTH` or `HELLO 3` with an error: a wrong password
+    /// or protocol stays wrong, retrying only helps once the config is fixed.
+    #[error("{command} failed: {reply}")]
+    Refused { command: &'static str, reply: String },
+    #[error("connection closed during handshake")]
+    ClosedInHandshake,
+    #[error("connection closed by server")]
+    Closed,
+    #[error("reply without a request")]
+    UnexpectedReply,
+    #[error("reader stopped")]
+    ReaderStopped,
+    #[error(transparent)]
+    Protocol(#[from] resp::ProtocolError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl BackendError {
+    /// Whether the requests this connection carried may be sent again
+    /// elsewhere: only if it failed before any was written (connect and
+    /// handshake). Once serving, a lost connection may have run them.
+    pub fn retry_safe(&self) -> bool {
+        match self {
+            BackendError::ConnectTimeout(_)
+            | BackendError::HandshakeTimeout
+            | BackendError::Refused { .. }
+            | BackendError::ClosedInHandshake => true,
+            BackendError::Closed
+            | BackendError::UnexpectedReply
+            | BackendError::ReaderStopped
+            | BackendError::Protocol(_)
+            | BackendError::Io(_) => false,
+        }
+    }
+}
+
 const CONNECTING: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
@@ -199,7 +243,7 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
                 } else {
                     tracing::debug!(backend = %shared.addr, error = %e, "backend connect failed");
                 }
-                *shared.last_error.lock() = e;
+                *shared.last_error.lock() = e.to_string();
             }
         }
         // Requests that raced with the failure are answered now, not after the
@@ -222,43 +266,33 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
 /// Connects, authenticates (with `HELLO 3` for RESP3) and, with `track_id`,
 /// learns the connection's
 /// `CLIENT ID` (0 when not asked).
-async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStream, u64), String> {
+async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStream, u64), BackendError> {
     let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| format!("connect timed out after {:?}", opts.connect_timeout))?
-        .map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        .map_err(|_| BackendError::ConnectTimeout(opts.connect_timeout))??;
+    stream.set_nodelay(true)?;
     let mut stream = stream;
     if opts.protocol == Protocol::Resp3 {
         let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
         if let Some(pw) = &opts.auth {
             hello.extend([b"AUTH".as_ref(), b"default", pw.as_bytes()]);
         }
-        stream
-            .write_all(&resp::encode_array(&hello))
-            .await
-            .map_err(|e| e.to_string())?;
+        stream.write_all(&resp::encode_array(&hello)).await?;
         let reply = read_one(&mut stream, opts.connect_timeout).await?;
         if resp::is_error(&reply) {
-            return Err(format!(
-                "HELLO 3 failed: {}",
-                String::from_utf8_lossy(&reply).trim()
-            ));
+            return Err(refused("HELLO 3", &reply));
         }
     } else if let Some(pw) = &opts.auth {
         let req = resp::encode_array(&[b"AUTH".as_ref(), pw.as_bytes()]);
-        stream.write_all(&req).await.map_err(|e| e.to_string())?;
+        stream.write_all(&req).await?;
         let reply = read_one(&mut stream, opts.connect_timeout).await?;
         if resp::is_error(&reply) {
-            return Err(format!("AUTH failed: {}", String::from_utf8_lossy(&reply).trim()));
+            return Err(refused("AUTH", &reply));
         }
     }
     let mut id = 0;
     if opts.track_id {
-        stream
-            .write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
+        stream.write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").await?;
         let reply = read_one(&mut stream, opts.connect_timeout).await?;
         // A server without CLIENT ID (Redis < 5) still serves; its blocked
         // commands just cannot be interrupted.
@@ -269,19 +303,26 @@ async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStream, u64), 
     Ok((stream, id))
 }
 
+/// The error for a handshake command the server answered with an error.
+fn refused(command: &'static str, reply: &[u8]) -> BackendError {
+    BackendError::Refused {
+        command,
+        reply: String::from_utf8_lossy(reply).trim().to_string(),
+    }
+}
+
 /// Reads exactly one reply frame (used only during the handshake).
-async fn read_one(stream: &mut TcpStream, timeout: Duration) -> Result<Bytes, String> {
+async fn read_one(stream: &mut TcpStream, timeout: Duration) -> Result<Bytes, BackendError> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
-        if let Some(n) = resp::reply_len(&buf).map_err(|e| e.to_string())? {
+        if let Some(n) = resp::reply_len(&buf)? {
             return Ok(buf.split_to(n).freeze());
         }
         let read = tokio::time::timeout(timeout, stream.read_buf(&mut buf))
             .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| BackendError::HandshakeTimeout)??;
         if read == 0 {
-            return Err("connection closed during handshake".into());
+            return Err(BackendError::ClosedInHandshake);
         }
     }
 }
@@ -292,7 +333,7 @@ async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     shared: &Shared,
-) -> Result<(), String> {
+) -> Result<(), BackendError> {
     let (rd, wr) = stream.into_split();
     // Reply senders travel from writer to reader in write order, a batch at a time.
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<Vec<oneshot::Sender<Bytes>>>();
@@ -323,7 +364,7 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     inflight: mpsc::UnboundedSender<Vec<oneshot::Sender<Bytes>>>,
-) -> Result<(), String> {
+) -> Result<(), BackendError> {
     let mut jobs = Vec::with_capacity(256);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -339,8 +380,8 @@ async fn write_loop(
         }
         // Hand the senders over before writing, so a reply can never arrive
         // before the reader knows whom it is for.
-        inflight.send(senders).map_err(|_| "reader stopped".to_string())?;
-        wr.write_all(&buf).await.map_err(|e| e.to_string())?;
+        inflight.send(senders).map_err(|_| BackendError::ReaderStopped)?;
+        wr.write_all(&buf).await?;
     }
 }
 
@@ -348,19 +389,20 @@ async fn read_loop(
     mut rd: OwnedReadHalf,
     inflight: &mut mpsc::UnboundedReceiver<Vec<oneshot::Sender<Bytes>>>,
     waiting: &mut VecDeque<oneshot::Sender<Bytes>>,
-) -> Result<(), String> {
+) -> Result<(), BackendError> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        while let Some(n) = resp::reply_len(&buf).map_err(|e| e.to_string())? {
+        while let Some(n) = resp::reply_len(&buf)? {
             let frame = buf.split_to(n).freeze();
             let sender = match waiting.pop_front() {
                 Some(s) => s,
                 None => match inflight.recv().await {
                     Some(batch) => {
                         waiting.extend(batch);
-                        waiting.pop_front().ok_or("empty request batch")?
+                        // The writer never sends an empty batch.
+                        waiting.pop_front().ok_or(BackendError::UnexpectedReply)?
                     }
-                    None => return Err("reply without a request".into()),
+                    None => return Err(BackendError::UnexpectedReply),
                 },
             };
             // The client may have gone; its reply is simply dropped.
@@ -376,15 +418,15 @@ async fn read_loop(
                 batch = inflight.recv() => match batch {
                     Some(batch) => { waiting.extend(batch); continue; }
                     None if buf.is_empty() => return Ok(()),
-                    None => return Err("reply without a request".into()),
+                    None => return Err(BackendError::UnexpectedReply),
                 },
-                read = rd.read_buf(&mut buf) => read.map_err(|e| e.to_string())?,
+                read = rd.read_buf(&mut buf) => read?,
             }
         } else {
-            rd.read_buf(&mut buf).await.map_err(|e| e.to_string())?
+            rd.read_buf(&mut buf).await?
         };
         if read == 0 {
-            return Err("connection closed by server".into());
+            return Err(BackendError::Closed);
         }
     }
 }

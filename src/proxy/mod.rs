@@ -1,12 +1,17 @@
 //! `reborn proxy`: the RESP data plane.
 //!
-//! A request flows through these files, in order:
+//! [`server`] runs the proxy's life cycle (bind, join ZooKeeper, start, drain)
+//! from its [`config`] (errors: [`error`]); each [`worker`] thread accepts
+//! clients through the shared role service (`libs::listener`, bounded by
+//! `max_clients`). What the sessions share, and what each client keeps, is the
+//! [`context`]. A request flows through these files, in order:
 //!
-//! 1. [`server`]: accepts the connection (bounded by `max_clients`);
+//! 1. [`worker`]: accepts the connection;
 //! 2. [`session`]: parses requests (`libs::resp`) and keeps replies in order;
-//! 3. [`dispatch`]: classifies the command ([`command`]), answers local ones
-//!    ([`local`]), refuses unsafe ones, splits multi-key ones, and routes the rest
-//!    by slot through the [`router`] snapshot;
+//! 3. [`dispatch`]: classifies the command ([`command`], from the table in
+//!    `commands.json`), answers local ones ([`local`]), refuses unsafe ones,
+//!    splits multi-key ones, and routes the rest by slot through the [`router`]
+//!    snapshot;
 //! 4. [`backend`]: pipelined connections to redis-servers, shared by sessions;
 //! 5. [`reply`]: the pending reply the session writer waits on, merged for split
 //!    commands.
@@ -14,7 +19,9 @@
 //! Blocking commands run on dedicated connections and follow a slot switch
 //! ([`blocked`], reading their words with [`blocking_args`]); requests of a
 //! migrating slot go through the client's FIFO ([`migrate`], [`source_call`]);
-//! [`ack`] acknowledges ZooKeeper actions once their slots are drained.
+//! [`ack`] acknowledges ZooKeeper actions once their slots are drained, and
+//! [`lease`] stops slot traffic when the ZooKeeper session cannot be proven
+//! alive.
 //! Transactions (`MULTI`/`EXEC`/`WATCH`) are queued by [`transaction`] and run
 //! whole on a dedicated connection, or not at all, by [`pinned`].
 //!

@@ -19,7 +19,7 @@
 //! every key already exists there. A key that left the source therefore never
 //! comes back, and the source's copy is authoritative while it exists (the
 //! background migrator deletes a source key only if it did not change since
-//! it copied it; see `topo::migrator::restore`). Redis Cluster's `ASK`
+//! it copied it; see `topo::manager::migrator::restore`). Redis Cluster's `ASK`
 //! redirection rests on the same rule.
 //!
 //! Lua changes a few replies on the way, so some commands keep the classic

@@ -8,18 +8,23 @@
 //! machine that was the largest cost after the syscalls themselves.
 //!
 //! What is proxy-wide (stats, the client limit, the topology feed) is shared
-//! through `Arc`s and watched channels.
+//! through `Arc`s and watched channels. Accepting, the client limit and the
+//! drain are the shared role service's ([`crate::libs::listener`]); this file
+//! supplies the runtime and what a client connection is.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::context::Context;
 use super::session;
-use crate::libs::backoff::Backoff;
+use crate::libs::listener::{ConnectionHandler, Drain, Listener};
 use crate::topo::Topology;
 
 /// What a worker needs to start.
@@ -97,66 +102,47 @@ async fn run(spec: WorkerSpec, ready: oneshot::Sender<()>) {
         }
     });
 
-    let sessions = TaskTracker::new();
-    accept_loop(&listener, &ctx, &clients, &sessions, &cancel).await;
-    drop(listener);
-    sessions.close();
-    if tokio::time::timeout(ctx.config.drain_timeout, sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(worker = index, "drain timeout: closing remaining sessions");
+    let drained = Listener::new(listener)
+        .max_connections(clients)
+        .grace(ctx.config.drain_timeout)
+        .serve(Sessions { ctx }, cancel)
+        .await;
+    if let Drain::TimedOut { remaining } = drained {
+        tracing::warn!(
+            worker = index,
+            ?remaining,
+            "drain timeout: closing remaining sessions"
+        );
     }
 }
 
-async fn accept_loop(
-    listener: &TcpListener,
-    ctx: &Arc<Context>,
-    clients: &Arc<Semaphore>,
-    sessions: &TaskTracker,
-    cancel: &CancellationToken,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut backoff = Backoff::new(
-        std::time::Duration::from_millis(5),
-        std::time::Duration::from_secs(1),
-    );
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = cancel.cancelled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                backoff.reset();
-                stream
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-        };
-        let Ok(permit) = clients.clone().try_acquire_owned() else {
-            ctx.stats.sessions_refused.fetch_add(1, Relaxed);
-            tokio::spawn(refuse(stream));
-            continue;
-        };
-        let ctx = ctx.clone();
-        let shutdown = cancel.clone();
-        sessions.spawn(async move {
+/// Serves each accepted client as a [`session`] on this worker's runtime.
+struct Sessions {
+    ctx: Arc<Context>,
+}
+
+impl ConnectionHandler for Sessions {
+    fn handle(
+        &self,
+        stream: TcpStream,
+        _peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let ctx = self.ctx.clone();
+        async move {
             ctx.stats.sessions_total.fetch_add(1, Relaxed);
             ctx.stats.sessions_alive.fetch_add(1, Relaxed);
             session::serve(stream, ctx.clone(), shutdown).await;
             ctx.stats.sessions_alive.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
+        }
     }
-}
 
-async fn refuse(mut stream: TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
-    let _ = stream.shutdown().await;
+    /// Beyond `max_clients`: say why, then close.
+    fn refuse(&self, mut stream: TcpStream, _peer: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
+        self.ctx.stats.sessions_refused.fetch_add(1, Relaxed);
+        async move {
+            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+            let _ = stream.shutdown().await;
+        }
+    }
 }

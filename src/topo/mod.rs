@@ -1,6 +1,7 @@
-//! Coordination: the cluster model as kept in ZooKeeper, and everything that reads
-//! or writes it.
+//! Coordination: the ZooKeeper core (the kernel every role links) and, in
+//! [`manager`], the topology manager that runs inside the dashboard.
 //!
+//! The core:
 //! * [`model`]: the plain data (slots, groups, proxies) and its JSON schema.
 //! * [`path`]: every ZooKeeper path, in one place.
 //! * [`store`]: a ZooKeeper session that survives disconnects and expiry,
@@ -11,35 +12,22 @@
 //! * [`lock`]: the product-wide operator lock.
 //! * [`operation`]: operator changes (groups, servers, slots, proxy state), each
 //!   run under the lock and validated before anything is written.
-//! * [`rebalance`]: the pure planner that evens out slots per group.
-//! * [`task`]: the queue of migration tasks; [`runner`] drives it.
-//! * [`health`]: a short probe of a redis-server (up, down, loading).
-//! * [`dashboard`]: `reborn dashboard`, the leader-elected HTTP service, and
-//!   [`api`], its JSON API over the operations.
-//! * [`admin`]: the `reborn admin` command line.
+//! * [`action`]: the two-phase action protocol and the proxies' acks.
+//! * [`error`]: [`TopoError`], every way the core can fail.
 //!
-//! Imports only `libs`. The proxy and the push system depend on this module, never
-//! the other way round.
+//! The core imports only `libs` (and itself); the proxy, the push system and
+//! the manager depend on it, never the other way round. [`manager`] imports
+//! `libs` and the core.
 
 pub mod action;
-pub mod admin;
-pub mod api;
-pub mod candidate;
-pub mod dashboard;
 pub mod error;
-pub mod health;
 pub mod lock;
-pub mod migrator;
+pub mod manager;
 pub mod model;
 pub mod operation;
 pub mod path;
-pub mod promote;
-pub mod rebalance;
-pub mod replication;
-pub mod runner;
 pub mod session;
 pub mod store;
-pub mod task;
 pub mod watcher;
 
 pub use error::TopoError;

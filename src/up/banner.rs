@@ -148,7 +148,8 @@ impl Banner<'_> {
         for sub in ["groups", "slots", "proxies"] {
             writeln!(out, "  {} admin{} {sub}", exe.display(), self.admin_flags)?;
         }
-        let dashboard_flag = if self.dashboard.to_string() == crate::topo::dashboard::DEFAULT_LISTEN {
+        let dashboard_flag = if self.dashboard.to_string() == crate::topo::manager::dashboard::DEFAULT_LISTEN
+        {
             String::new()
         } else {
             format!(" --dashboard {}", self.dashboard)

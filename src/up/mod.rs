@@ -80,7 +80,7 @@ pub struct UpArgs {
     pub proxy_admin: SocketAddr,
 
     /// HTTP address of the dashboard's JSON API.
-    #[arg(long, default_value = crate::topo::dashboard::DEFAULT_LISTEN)]
+    #[arg(long, default_value = crate::topo::manager::dashboard::DEFAULT_LISTEN)]
     pub dashboard: SocketAddr,
 
     /// Data-plane threads of the proxy (default: half the cores, at least 1).
@@ -114,11 +114,11 @@ pub struct UpArgs {
 /// it started, in reverse order.
 ///
 /// # Errors
-/// The first failure, as a message for the terminal (missing package, taken port,
+/// The first failure ([`UpError`]), worded for the terminal (missing package, taken port,
 /// unreachable ZooKeeper, a role that stopped).
-pub async fn run(args: UpArgs) -> Result<(), String> {
+pub async fn run(args: UpArgs) -> Result<(), UpError> {
     let cancel = crate::libs::shutdown::on_signal();
-    run_until(args, cancel).await.map_err(|e| e.to_string())
+    run_until(args, cancel).await
 }
 
 /// [`run`] with the stop signal given: returns after `cancel` is cancelled and
@@ -218,9 +218,9 @@ fn dashboard_role(
     args: &UpArgs,
     zk: &ZkConfig,
 ) -> Result<impl FnOnce(CancellationToken) -> RoleFuture + use<>, UpError> {
-    let file: crate::topo::dashboard::DashboardConfig =
+    let file: crate::topo::manager::dashboard::DashboardConfig =
         load_role_config("dashboard", args.dashboard_config.as_deref())?;
-    let config = crate::topo::dashboard::DashboardConfig {
+    let config = crate::topo::manager::dashboard::DashboardConfig {
         listen: args.dashboard.to_string(),
         advertise: String::new(),
         standby: true,
@@ -231,11 +231,7 @@ fn dashboard_role(
         ..file
     };
     Ok(move |cancel| -> RoleFuture {
-        Box::pin(async move {
-            crate::topo::dashboard::run(config, cancel)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { Ok(crate::topo::manager::dashboard::run(config, cancel).await?) })
     })
 }
 
@@ -285,7 +281,7 @@ fn proxy_role(
         message: e.to_string(),
     })?;
     Ok(Some(move |cancel| -> RoleFuture {
-        Box::pin(async move { crate::proxy::run(config, cancel).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { Ok(crate::proxy::run(config, cancel).await?) })
     }))
 }
 

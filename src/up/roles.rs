@@ -15,6 +15,8 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::error::UpError;
+use crate::proxy::ProxyError;
+use crate::topo::manager::dashboard::DashboardError;
 
 /// How long a role may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -22,14 +24,23 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a role may take to stop after being cancelled before it is aborted.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a role stopped with an error: its own error type, one variant per role.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error(transparent)]
+    Dashboard(#[from] DashboardError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
 /// A role's main future: runs until its token is cancelled, or fails.
-pub type RoleFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub type RoleFuture = Pin<Box<dyn Future<Output = Result<(), RoleError>> + Send>>;
 
 /// A running role.
 struct Running {
     name: &'static str,
     cancel: CancellationToken,
-    task: JoinHandle<Result<(), String>>,
+    task: JoinHandle<Result<(), RoleError>>,
 }
 
 /// The roles started so far, in start order.
@@ -109,10 +120,9 @@ impl Roles {
             tracing::info!("stopping {}", role.name);
             role.cancel.cancel();
             match tokio::time::timeout(STOP_TIMEOUT, &mut role.task).await {
+                Ok(Ok(Ok(()))) => {}
                 Ok(joined) => {
-                    if let Err(e) = flatten(joined) {
-                        tracing::warn!("{} stopped with an error: {e}", role.name);
-                    }
+                    tracing::warn!("{} stopped with an error: {}", role.name, describe(joined));
                 }
                 Err(_) => {
                     tracing::warn!("{} did not stop within {STOP_TIMEOUT:?}; aborting it", role.name);
@@ -123,13 +133,11 @@ impl Roles {
     }
 }
 
-fn flatten(joined: Result<Result<(), String>, JoinError>) -> Result<(), String> {
-    joined.map_err(|e| format!("task failed: {e}"))?
-}
-
-fn describe(joined: Result<Result<(), String>, JoinError>) -> String {
-    match flatten(joined) {
-        Ok(()) => "it returned without an error".into(),
-        Err(e) => e,
+/// How a role's task ended, in words.
+fn describe(joined: Result<Result<(), RoleError>, JoinError>) -> String {
+    match joined {
+        Ok(Ok(())) => "it returned without an error".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("task failed: {e}"),
     }
 }

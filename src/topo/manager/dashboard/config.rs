@@ -1,14 +1,14 @@
 //! `reborn dashboard` configuration: the TOML file, its defaults and the flags
 //! that override it. `conf/dashboard.toml` is the commented sample.
 //!
-//! Imports `libs` (config loading) and `topo`'s kernel.
+//! Imports `libs` (config loading), `topo`'s core and the manager's `migrator`.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::libs::config::{self, ConfigError};
-use crate::topo::migrator::MigratorConfig;
+use crate::topo::manager::migrator::MigratorConfig;
 use crate::topo::path::Paths;
 use crate::topo::store::ZkConfig;
 

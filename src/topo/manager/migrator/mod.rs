@@ -1,75 +1,17 @@
 //! The data engine of the background migrator: moves every key of a set of
-//! slots from a source redis-server to a target with stock Redis commands:
-//! `SCAN`, then per batch either `DUMP`/`RESTORE` with a `WATCH`-guarded
-//! `DEL` (`restore`, the default: neither server ever waits for the other) or
-//! `MIGRATE host port "" 0 timeout [AUTH pw] REPLACE KEYS k…` (see
-//! [`Method`]). The rest of these docs describe the `MIGRATE` method; the
-//! guarantees of the other are in `restore`.
+//! slots from a source redis-server to a target with stock Redis commands
+//! (`SCAN`, then batches of `DUMP`/`RESTORE` with a `WATCH`-guarded `DEL`, or
+//! `MIGRATE … KEYS`; see [`Method`]). The dashboard's task runner calls
+//! [`migrate_slots`] once a task's slots are in `migrate`, persists the
+//! [`Progress`] it is handed, and on restart calls it again with the saved one.
+//! It stops only after a complete pass found no key of the slots ([`remaining`]).
 //!
-//! The dashboard's migration manager drives it once a task's slots are in state
-//! `migrate` (see `docs/migration.md`, "Background migrator"): it calls
-//! [`migrate_slots`], persists the [`Progress`] it is handed every second or so,
-//! and on restart calls it again with the saved progress. Imports only
-//! `crate::libs` (RESP codec, slot hash, backoff); it talks to the servers over
-//! its own small pipelined connection (`conn`), not through the proxy.
-//!
-//! # How a pass works
-//!
-//! One `SCAN` sweep of the source serves every slot of the task: keys are
-//! bucketed by [`slot_of`](crate::libs::hash::slot_of()) and those of the task's
-//! slots go out in batches of up to `batch_keys` per `MIGRATE … KEYS`, with up
-//! to `inflight` batches pipelined on one connection (`pass`). `REPLACE`
-//! because the source copy is authoritative while a slot migrates.
-//!
-//! Pipelining: `MIGRATE` is synchronous in Redis (the source blocks while it
-//! transfers), so more connections would not run batches in parallel; what
-//! pipelining buys is that the source does not wait for our round trip between
-//! batches. Measured with `scripts/bench_migrator.sh` (1M keys, 256 of 1024
-//! slots, loopback, 2 shared cores): 70–100k keys/s for the pass that moves the
-//! keys and 60–80k keys/s including the confirming pass, with `inflight` 1, 2, 4
-//! and 8 within the noise of each other: the source's CPU is the bottleneck
-//! (it serializes, and deletes, every key; and `SCAN`s every key of the
-//! keyspace, since Codis slots cannot be filtered server-side). Under client
-//! load more in flight only lets our batches run back to back longer before
-//! Redis serves its other clients, so the default is 1 (docs/benchmarks.md).
-//! With `dump-restore`, `inflight` is the number of lanes (`pass`).
-//!
-//! # Safety of the data
-//!
-//! * Redis deletes the source copy only after the target acknowledged the
-//!   `RESTORE`, so a failed `MIGRATE` (target down, timeout, out of memory) never
-//!   loses a key. `+NOKEY` means the keys vanished since the `SCAN` (deleted, or
-//!   moved by a proxy's migrate-on-access): nothing to do.
-//! * A failed batch is retried, never skipped: an error reply puts it back at the
-//!   front of the queue, after an exponential backoff; every
-//!   failure is counted in [`Progress::errors`] and described in
-//!   [`Progress::last_error`].
-//! * The persisted cursor only moves past a `SCAN` call once every key it
-//!   returned is settled (`ledger`), so resuming never skips a key; it may
-//!   re-scan keys that were in flight, which then answer `NOKEY`.
-//! * Keys written to the source meanwhile (by a proxy not yet switched) are
-//!   caught by the next pass: [`migrate_slots`] only stops after a complete pass
-//!   that found no key of the slots, which is what [`remaining`] checks.
-//!
-//! # Big keys
-//!
-//! Redis applies the `MIGRATE` timeout to each socket operation with the target.
-//! A batch that times out (`-IOERR error or timeout reading/writing …` while the
-//! target accepts connections) is split in halves, each with twice the timeout,
-//! down to one key per `MIGRATE` and up to 60 s per operation; the halves
-//! without the big key go through at once. Because the source blocks for the
-//! whole attempt, the next attempt waits at least as long as the failed one's
-//! timeout. A single key that still fails at 60 s keeps being retried that way
-//! and is named in `last_error`; it is never skipped or deleted, so the task
-//! cannot finish until an operator deals with it (a key whose serialized size
-//! exceeds the target's `proto-max-bulk-len`, 512 MB by default, can never be
-//! moved by `MIGRATE`). The source answers no other client while it transfers a
-//! big key: tens of milliseconds per 10 MB on a LAN.
-//!
-//! A target that is down makes stock Redis answer the same `-IOERR … writing`
-//! (its blocking connect does not check the socket error), so before splitting
-//! the migrator checks that the target accepts a TCP connection; if it does not,
-//! the batch is retried whole after a backoff.
+//! How a pass works, why no key is ever lost or skipped, big keys, and the
+//! measured throughput: `docs/migration.md` ("Background migrator") and
+//! `docs/benchmarks.md`. Files: `pass` (one `SCAN` sweep), `batch` (one
+//! `MIGRATE`), `restore` (the `dump-restore` method), `ledger` (the safe resume
+//! cursor), `throttle` (keys/s), `config`, `conn` (a small pipelined
+//! connection), `error`. Imports only `crate::libs`.
 
 mod batch;
 mod config;

@@ -30,9 +30,9 @@ pub mod weights;
 
 use std::collections::BTreeMap;
 
-use super::error::TopoError;
-use super::model::{GroupId, SlotState, Topology};
-use super::operation::format_slot_ids;
+use crate::topo::error::TopoError;
+use crate::topo::model::{GroupId, SlotState, Topology};
+use crate::topo::operation::format_slot_ids;
 
 pub use plan::{Move, Plan, Share};
 pub use weights::Weights;

@@ -9,7 +9,7 @@
 //! waits for); with the master gone, only the replica that applied the most.
 //! `force` turns each refusal into a line of what may be lost.
 //!
-//! Imports the topo kernel only.
+//! Imports its manager siblings `promote` and `replication` only.
 
 use super::replication::{Replication, thousands};
 

@@ -1,7 +1,7 @@
 //! The dashboard's HTTP JSON API (axum), served by `reborn dashboard`.
 //!
 //! Reads load the product from ZooKeeper per request, so a client always reads
-//! its own writes. Every write goes through [`super::operation`] (product lock,
+//! its own writes. Every write goes through [`crate::topo::operation`] (product lock,
 //! validation of everything before writing, compare-and-set), so the API adds no
 //! rule of its own and a refused request leaves ZooKeeper untouched. Errors are
 //! `{"error": "…"}` with a status from the [`TopoError`] variant: 400 refused
@@ -26,15 +26,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::dashboard::{DashboardInfo, Role as Leadership};
-use super::error::TopoError;
+use super::dashboard::leader::{DashboardInfo, Role as Leadership};
 use super::health::{self, Health};
-use super::model::{GroupId, ProxyInfo, Role, Server, SlotTable, Topology};
-use super::operation;
 use super::rebalance::{self, Plan, Weights};
-use super::store::Store;
 use super::task::{self, Task};
-use super::watcher;
+use crate::topo::error::TopoError;
+use crate::topo::model::{GroupId, ProxyInfo, Role, Server, SlotTable, Topology};
+use crate::topo::operation;
+use crate::topo::store::Store;
+use crate::topo::watcher;
 
 /// What the handlers share.
 pub struct ApiState {
@@ -375,7 +375,7 @@ struct Assign {
 async fn assign_slots(State(s): State<Shared>, Body(b): Body<Assign>) -> Changed {
     operation::assign_slots(&s.store, b.start, b.end, b.group).await?;
     let noun = if b.start == b.end { "slot" } else { "slots" };
-    let range = super::model::range_text(b.start, b.end);
+    let range = crate::topo::model::range_text(b.start, b.end);
     let message = match b.group {
         0 => format!("{noun} {range} unassigned"),
         g => format!("{noun} {range} assigned to group {g}"),
@@ -505,7 +505,7 @@ async fn promote(
         id,
         &request,
         s.backend_auth.as_deref(),
-        super::action::DEFAULT_ACK_TIMEOUT,
+        crate::topo::action::DEFAULT_ACK_TIMEOUT,
     )
     .await?;
     Ok(Json(promoted))

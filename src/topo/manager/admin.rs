@@ -1,7 +1,7 @@
-//! `reborn admin`: the operator command line over [`super::operation`].
+//! `reborn admin`: the operator command line over [`crate::topo::operation`].
 //!
 //! Listings print aligned tables; changes print one confirmation line. Errors come
-//! back as text and `main` turns them into a non-zero exit. The session is always
+//! back as [`AdminError`] and `main` turns them into a non-zero exit. The session is always
 //! closed before returning, so the operator lock and the session never linger
 //! after the command. `rebalance`, `migrate`, `tasks`, `pause`, `resume`,
 //! `cancel` and `promote` ask the dashboard's HTTP API instead of ZooKeeper:
@@ -13,16 +13,16 @@
 use super::dashboard::{address, client};
 use std::collections::BTreeMap;
 
-use super::error::TopoError;
 use super::health::{self, Health};
-use super::model::{GroupId, Role, SlotState, Topology, range_text};
-use super::operation;
-use super::operation::format_slot_ids;
 use super::rebalance::{Plan, Weights};
-use super::store::{Store, ZkConfig};
 use super::task::Task;
-use super::watcher;
 use crate::libs::table;
+use crate::topo::error::TopoError;
+use crate::topo::model::{GroupId, Role, SlotState, Topology, range_text};
+use crate::topo::operation;
+use crate::topo::operation::format_slot_ids;
+use crate::topo::store::{Store, ZkConfig};
+use crate::topo::watcher;
 
 /// Arguments of `reborn admin`.
 #[derive(clap::Args, Debug)]
@@ -170,23 +170,49 @@ pub struct SlotRangeArg {
     pub end: u16,
 }
 
+/// Why an admin command failed; every message is for the operator's terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// ZooKeeper could not be reached, or refused the change.
+    #[error(transparent)]
+    Topo(#[from] TopoError),
+    /// The dashboard could not be found in ZooKeeper.
+    #[error(transparent)]
+    Locate(#[from] address::LocateError),
+    /// The dashboard could not be reached, or refused the command (its message).
+    #[error(transparent)]
+    Dashboard(#[from] client::ClientError),
+    /// A command that changes ZooKeeper directly was sent to the dashboard.
+    #[error("this command changes ZooKeeper directly, not through the dashboard")]
+    NotForDashboard,
+}
+
+/// Why a slot range argument was not understood.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SlotRangeError {
+    #[error("{0:?} is not a slot number")]
+    NotANumber(String),
+    #[error("slot range {0:?} is reversed")]
+    Reversed(String),
+}
+
 /// Parses `0-511` or `7`. Bounds against the slot count are checked by the
 /// operation, which knows them.
 ///
 /// # Errors
 /// A message clap shows next to the argument.
-pub fn parse_slot_range(s: &str) -> Result<SlotRangeArg, String> {
+pub fn parse_slot_range(s: &str) -> Result<SlotRangeArg, SlotRangeError> {
     let num = |t: &str| {
         t.trim()
             .parse::<u16>()
-            .map_err(|_| format!("{t:?} is not a slot number"))
+            .map_err(|_| SlotRangeError::NotANumber(t.to_string()))
     };
     let (start, end) = match s.split_once('-') {
         Some((a, b)) => (num(a)?, num(b)?),
         None => (num(s)?, num(s)?),
     };
     if start > end {
-        return Err(format!("slot range {s:?} is reversed"));
+        return Err(SlotRangeError::Reversed(s.to_string()));
     }
     Ok(SlotRangeArg { start, end })
 }
@@ -197,7 +223,7 @@ pub fn parse_slot_range(s: &str) -> Result<SlotRangeArg, String> {
 ///
 /// # Errors
 /// A readable message (unreachable ZooKeeper or dashboard, refused change, …).
-pub async fn run(args: AdminArgs) -> Result<(), String> {
+pub async fn run(args: AdminArgs) -> Result<(), AdminError> {
     let cfg = ZkConfig {
         addr: args.zk,
         root: args.root,
@@ -207,15 +233,15 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
     if args.command.asks_dashboard() {
         let addr = match args.dashboard {
             Some(addr) => addr,
-            None => address::locate(&cfg).await.map_err(|e| e.to_string())?,
+            None => address::locate(&cfg).await?,
         };
         print!("{}", ask_dashboard(&addr, &args.command).await?);
         return Ok(());
     }
-    let store = Store::connect(&cfg).await.map_err(|e| e.to_string())?;
+    let store = Store::connect(&cfg).await?;
     let result = execute(&store, &args.command).await;
     store.close().await;
-    let text = result.map_err(|e| e.to_string())?;
+    let text = result?;
     print!("{text}");
     Ok(())
 }
@@ -246,16 +272,14 @@ const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 ///
 /// # Errors
 /// An unreachable dashboard, or its refusal (its `error` message).
-pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String, String> {
+pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String, AdminError> {
     use AdminCommand as C;
-    let text = |e: client::ClientError| e.to_string();
-    let post =
-        async |path: &str, body: serde_json::Value| client::post(addr, path, &body).await.map_err(text);
+    let post = async |path: &str, body: serde_json::Value| client::post(addr, path, &body).await;
     match command {
-        C::Rebalance { dry_run, weights } => rebalance(*dry_run, weights.as_ref(), addr).await,
+        C::Rebalance { dry_run, weights } => Ok(rebalance(*dry_run, weights.as_ref(), addr).await?),
         C::Migrate { slots, to } => {
             let body = serde_json::json!({ "start": slots.start, "end": slots.end, "to": to });
-            let task: Task = post("/api/migrate", body).await?.into_json().map_err(text)?;
+            let task: Task = post("/api/migrate", body).await?.into_json()?;
             Ok(format!(
                 "queued task {}: slots {} to group {}\n",
                 task.id,
@@ -267,10 +291,8 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
             let body = serde_json::json!({ "addr": server, "force": force });
             // It waits for the replica (twice 5 s) and for every proxy (10 s).
             let path = format!("/api/groups/{group}/promote");
-            let reply = client::post_within(addr, &path, &body, PROMOTE_WAIT)
-                .await
-                .map_err(text)?;
-            let promoted: super::promote::Promoted = reply.into_json().map_err(text)?;
+            let reply = client::post_within(addr, &path, &body, PROMOTE_WAIT).await?;
+            let promoted: super::promote::Promoted = reply.into_json()?;
             Ok(format!("{}\n", promoted.message))
         }
         C::Pause { task } | C::Resume { task } | C::Cancel { task } => {
@@ -280,7 +302,7 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
                 _ => "cancel",
             };
             let reply = post(&format!("/api/tasks/{task}/{verb}"), serde_json::json!({})).await?;
-            let t: Task = reply.into_json().map_err(text)?;
+            let t: Task = reply.into_json()?;
             let done = match verb {
                 "cancel" => "cancelled",
                 _ if t.paused => "paused",
@@ -289,11 +311,11 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
             Ok(format!("task {} {done}\n", t.id))
         }
         C::Tasks => {
-            let reply = client::get(addr, "/api/tasks").await.map_err(text)?;
-            let tasks: Vec<Task> = reply.into_json().map_err(text)?;
+            let reply = client::get(addr, "/api/tasks").await?;
+            let tasks: Vec<Task> = reply.into_json()?;
             Ok(render_tasks(&tasks))
         }
-        _ => Err("this command changes ZooKeeper directly, not through the dashboard".into()),
+        _ => Err(AdminError::NotForDashboard),
     }
 }
 
@@ -377,16 +399,18 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
 /// # Errors
 /// An unreachable dashboard, or the dashboard's own refusal (unknown group in
 /// the weights, …).
-pub async fn rebalance(dry_run: bool, weights: Option<&Weights>, dashboard: &str) -> Result<String, String> {
+pub async fn rebalance(
+    dry_run: bool,
+    weights: Option<&Weights>,
+    dashboard: &str,
+) -> Result<String, client::ClientError> {
     let query = weights
         .filter(|w| !w.is_empty())
         .map(|w| format!("?weights={w}"))
         .unwrap_or_default();
     if dry_run {
-        let reply = client::get(dashboard, &format!("/api/rebalance/plan{query}"))
-            .await
-            .map_err(|e| e.to_string())?;
-        let plan: Plan = reply.into_json().map_err(|e| e.to_string())?;
+        let reply = client::get(dashboard, &format!("/api/rebalance/plan{query}")).await?;
+        let plan: Plan = reply.into_json()?;
         return Ok(plan.to_string());
     }
     let reply = client::post(
@@ -394,9 +418,8 @@ pub async fn rebalance(dry_run: bool, weights: Option<&Weights>, dashboard: &str
         &format!("/api/rebalance{query}"),
         &serde_json::json!({}),
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    let applied: super::api::Applied = reply.into_json().map_err(|e| e.to_string())?;
+    .await?;
+    let applied: super::api::Applied = reply.into_json()?;
     let mut out = applied.plan.to_string();
     if applied.tasks.is_empty() {
         out.push_str("no migration task queued\n");
@@ -454,7 +477,7 @@ pub fn render_tasks(tasks: &[Task]) -> String {
 }
 
 /// Keys moved per second of the task's passes; `-` before it has run.
-fn keys_per_sec(p: &crate::topo::migrator::Progress) -> String {
+fn keys_per_sec(p: &crate::topo::manager::migrator::Progress) -> String {
     match p.busy_ms {
         0 => "-".into(),
         ms => (p.moved.saturating_mul(1000) / ms).to_string(),
@@ -621,7 +644,7 @@ mod tests {
 
     #[test]
     fn keys_per_sec_counts_the_time_spent_moving_in_milliseconds() {
-        use crate::topo::migrator::Progress;
+        use crate::topo::manager::migrator::Progress;
         let p = |moved, busy_ms| Progress {
             moved,
             busy_ms,
@@ -779,7 +802,7 @@ mod tests {
             let err = rebalance(dry_run, None, "127.0.0.1:1")
                 .await
                 .expect_err("unreachable");
-            assert!(err.contains("127.0.0.1:1"), "{err}");
+            assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
         }
     }
 

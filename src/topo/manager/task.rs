@@ -6,7 +6,7 @@
 //! A task's life (one task runs at a time, in id order):
 //!
 //! * `queued` → `migrating` when the runner claims it, then the two-phase switch
-//!   ([`super::action::begin_migration_fenced`]). A switch that a live proxy
+//!   ([`crate::topo::action::begin_migration_fenced`]). A switch that a live proxy
 //!   does not acknowledge rolls back: the task is `queued` again, error shown.
 //! * `migrating`, slots switched → the background migrator moves every key,
 //!   then the slots go `online` at the target → `done`.
@@ -17,22 +17,23 @@
 //!   (see [`cancel`]).
 //!
 //! A submission is checked against the topology with the same rule as the
-//! switch ([`super::action::check_migration`]) and refused, with nothing
-//! queued, if it could never run. Imports `libs` and the topo kernel only.
+//! switch ([`crate::topo::action::check_migration`]) and refused, with nothing
+//! queued, if it could never run. Imports the topo core and the manager's
+//! `migrator` and `runner`.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::action::{check_migration, read_group};
-use super::error::TopoError;
-use super::lock;
 use super::migrator::Progress;
-use super::model::{GroupId, SlotState, SlotTable};
-use super::operation::{check_group_id, format_slot_ids};
-use super::session::ZkSession;
-use super::store::Store;
-use super::watcher;
+use crate::topo::action::{check_migration, read_group};
+use crate::topo::error::TopoError;
+use crate::topo::lock;
+use crate::topo::model::{GroupId, SlotState, SlotTable};
+use crate::topo::operation::{check_group_id, format_slot_ids};
+use crate::topo::session::ZkSession;
+use crate::topo::store::Store;
+use crate::topo::watcher;
 
 /// Where a task is.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +176,7 @@ pub async fn list(store: &Store) -> Result<Vec<Task>, TopoError> {
     list_on(&store.zk()?, store.paths()).await
 }
 
-async fn list_on(zk: &ZkSession, paths: &super::path::Paths) -> Result<Vec<Task>, TopoError> {
+async fn list_on(zk: &ZkSession, paths: &crate::topo::path::Paths) -> Result<Vec<Task>, TopoError> {
     let names = match zk.children(&paths.tasks()).await {
         Ok(n) => n,
         Err(e) if e.is_not_found() => return Ok(Vec::new()),

@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::batch::MAX_TIMEOUT;
 use super::error::MigrateError;
+
+/// The largest `MIGRATE` timeout: the most a configured timeout may be, and
+/// what a slow batch's timeout grows to at most.
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a batch of keys moves from the source to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,16 +27,16 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::action::{wait_acks, write_phase};
 use super::candidate::{self, Choice, Follow, Looked};
-use super::error::TopoError;
-use super::lock;
 use super::migrator::{Conn, error_text};
-use super::model::{Group, GroupId, Role, SlotState, SlotTable};
 use super::replication::{self, Replication, thousands};
-use super::session::ZkSession;
-use super::store::Store;
 use crate::libs::resp;
+use crate::topo::action::{wait_acks, write_phase};
+use crate::topo::error::TopoError;
+use crate::topo::lock;
+use crate::topo::model::{Group, GroupId, Role, SlotState, SlotTable};
+use crate::topo::session::ZkSession;
+use crate::topo::store::Store;
 
 /// How long the replica may take to catch up with a live master, once before
 /// the hold (writes flowing: up to the master's offset when the wait began)
@@ -211,7 +211,7 @@ const FORCE_HINT: &str = " (--force promotes anyway, and loses what the other se
 /// it was promoted, and the warnings about servers left alone.
 async fn switch_master(
     zk: &ZkSession,
-    paths: &super::path::Paths,
+    paths: &crate::topo::path::Paths,
     (mut group, version): (Group, i32),
     choice: &mut Choice,
     caught_up: bool,

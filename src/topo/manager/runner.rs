@@ -15,7 +15,7 @@
 //!   to the target already. It retries until done; pausing it lets later tasks
 //!   run meanwhile.
 //!
-//! Imports `libs` and the topo kernel only.
+//! Imports `libs`, the topo core and the manager's `migrator` and `task`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,14 +24,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::action::{self, DEFAULT_ACK_TIMEOUT, Fence, check_migration};
-use super::error::TopoError;
-use super::lock;
 use super::migrator::{self, MigratorConfig, Outcome, Progress};
-use super::model::{GroupId, SlotState};
-use super::store::Store;
 use super::task::{self, Task, TaskState};
-use super::watcher;
+use crate::topo::action::{self, DEFAULT_ACK_TIMEOUT, Fence, check_migration};
+use crate::topo::error::TopoError;
+use crate::topo::lock;
+use crate::topo::model::{GroupId, SlotState};
+use crate::topo::store::Store;
+use crate::topo::watcher;
 
 /// How often an idle runner looks for tasks queued by other processes (this
 /// dashboard's own API wakes it at once through `changed`).

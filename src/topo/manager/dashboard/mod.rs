@@ -8,20 +8,17 @@
 //! * [`address`]: where the leader is, from its node in ZooKeeper.
 //! * [`error`]: why the dashboard could not start or had to stop.
 //!
-//! The HTTP API itself is [`crate::topo::api`]. The listener is bound before
-//! anything else ([`Bound`]), so the address is known (port 0 works, for tests)
-//! and a taken port fails at once. It serves the whole time: a leader answers
-//! every endpoint, a standby answers `GET /api/dashboard` and 503 with the
-//! leader's address for the rest, so an operator who reaches the wrong process
-//! learns where to go instead of finding a closed port.
+//! The HTTP API itself is [`crate::topo::manager::api`], served through the
+//! shared role service (`libs::listener`). The listener is bound before anything
+//! else ([`Bound`]), so the address is known (port 0 works, for tests) and a
+//! taken port fails at once. It serves the whole time: a leader answers every
+//! endpoint, a standby answers `GET /api/dashboard` and 503 with the leader's
+//! address for the rest, so an operator who reaches the wrong process learns
+//! where to go instead of finding a closed port. The migration tasks
+//! ([`crate::topo::manager::runner`]) run only within a leadership term and write
+//! on that term's session, so their writes fail once the session has expired.
 //!
-//! Later slices add the migration manager here (tasks, actions and their acks,
-//! promote; see docs/migration.md). It must run only within a leadership term
-//! and write on that term's session, so that its writes fail once the term's
-//! session has expired, as the operator lock's do; the routes it needs are
-//! marked in [`crate::topo::api::router`].
-//!
-//! Imports `libs` and `topo`.
+//! Imports `libs`, the topo core and the manager.
 
 pub mod address;
 pub mod client;
@@ -29,7 +26,6 @@ pub mod config;
 pub mod error;
 pub mod leader;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,9 +34,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::topo::api::{self, ApiState};
+use crate::libs::listener::{Drain, Listener};
 use crate::topo::error::TopoError;
 use crate::topo::lock::host_name;
+use crate::topo::manager::api::{self, ApiState};
 use crate::topo::store::Store;
 
 pub use config::{DEFAULT_LISTEN, DashboardArgs, DashboardConfig};
@@ -144,9 +141,9 @@ impl Bound {
         });
         let stop_http = CancellationToken::new();
         let mut http = tokio::spawn(
-            axum::serve(self.listener, api::router(state.clone()))
-                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-                .into_future(),
+            Listener::new(self.listener)
+                .grace(DRAIN_TIMEOUT)
+                .serve_http(api::router(state.clone()), stop_http.clone()),
         );
         tracing::info!(
             "dashboard of product {:?} listening on http://{}",
@@ -174,7 +171,7 @@ impl Bound {
             result = campaign.run(cancel) => result,
             joined = &mut http => {
                 let why = match joined {
-                    Ok(Ok(())) => "it returned".to_string(),
+                    Ok(Ok(_)) => "it returned".to_string(),
                     Ok(Err(e)) => e.to_string(),
                     Err(e) => e.to_string(),
                 };
@@ -183,21 +180,20 @@ impl Bound {
         };
         runner.abort();
         stop_http.cancel();
-        if tokio::time::timeout(DRAIN_TIMEOUT, &mut http).await.is_err() {
+        if let Ok(Ok(Drain::TimedOut { .. })) = http.await {
             tracing::warn!("the dashboard API did not drain within {DRAIN_TIMEOUT:?}; closing it");
-            http.abort();
         }
         outcome
     }
 }
 
-/// Runs the migration tasks ([`crate::topo::runner`]) during every leadership term
+/// Runs the migration tasks ([`crate::topo::manager::runner`]) during every leadership term
 /// of this dashboard, and stops them the moment the term ends: two dashboards
 /// must never drive the same task.
 async fn run_tasks_while_leading(
     store: Store,
     mut role: watch::Receiver<Role>,
-    cfg: crate::topo::migrator::MigratorConfig,
+    cfg: crate::topo::manager::migrator::MigratorConfig,
     changed: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
@@ -209,7 +205,8 @@ async fn run_tasks_while_leading(
             }
         }
         let term = stop.child_token();
-        let tasks = crate::topo::runner::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
+        let tasks =
+            crate::topo::manager::runner::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
         tokio::pin!(tasks);
         loop {
             tokio::select! {

@@ -6,13 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::config::Method;
+use super::config::{MAX_TIMEOUT, Method};
 use super::conn::error_text;
 use super::error::MigrateError;
 use crate::libs::resp;
-
-/// The largest `MIGRATE` timeout a slow batch grows to.
-pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long [`Target::reachable`] waits for a TCP connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

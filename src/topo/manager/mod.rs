@@ -1,0 +1,30 @@
+//! The topology manager: the role that runs inside `reborn dashboard` (and the
+//! `reborn admin` CLI that drives it), built on the ZooKeeper core in
+//! [`crate::topo`], as Codis's topom sits on its models.
+//!
+//! * [`dashboard`]: `reborn dashboard`, the leader-elected HTTP service.
+//! * [`api`]: its JSON API over the core's operations.
+//! * [`admin`]: the `reborn admin` command line.
+//! * [`task`]: the queue of migration tasks in ZooKeeper.
+//! * [`runner`]: drives the task queue through the two-phase actions.
+//! * [`migrator`]: moves the keys of a slot from one group to another.
+//! * [`rebalance`]: the pure planner that evens out slots per group.
+//! * [`promote`]: makes a replica its group's master, fenced by an action.
+//! * [`candidate`]: picks the replica to promote from their replication state.
+//! * [`replication`]: reads `INFO replication` and drives `REPLICAOF`.
+//! * [`health`]: a short probe of a redis-server (up, down, loading).
+//!
+//! Imports `libs` and the core (`crate::topo::*` outside this module); the core
+//! never imports from here.
+
+pub mod admin;
+pub mod api;
+pub mod candidate;
+pub mod dashboard;
+pub mod health;
+pub mod migrator;
+pub mod promote;
+pub mod rebalance;
+pub mod replication;
+pub mod runner;
+pub mod task;
