@@ -31,12 +31,12 @@ use super::action::{wait_acks, write_phase};
 use super::candidate::{self, Choice, Follow, Looked};
 use super::error::TopoError;
 use super::lock;
-use super::migrator::{Conn, error_text};
+use super::migrator::Conn;
 use super::model::{Group, GroupId, Role, SlotState, SlotTable};
 use super::replication::{self, Replication, thousands};
 use super::session::ZkSession;
 use super::store::Store;
-use crate::libs::resp;
+use crate::libs::resp_client::Frame;
 
 /// How long the replica may take to catch up with a live master, once before
 /// the hold (writes flowing: up to the master's offset when the wait began)
@@ -450,8 +450,8 @@ async fn replicaof(addr: &str, master: Option<&str>, auth: Option<&str>) -> Resu
         )
         .await
         .map_err(|e| fail(e.to_string()))?;
-    if resp::is_error(&reply) {
-        return Err(fail(error_text(&reply)));
+    if let Frame::Error(e) = reply {
+        return Err(fail(e.to_string()));
     }
     Ok(())
 }
