@@ -382,6 +382,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_timed_out_read_keeps_the_partial_frame_for_the_next() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (go_on, resume) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await?;
+            let mut request = [0u8; 28];
+            s.read_exact(&mut request).await?;
+            assert_eq!(&request, b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n");
+            s.write_all(b"+PONG\r\n+PO").await?;
+            let _ = resume.await;
+            s.write_all(b"NG\r\n").await?;
+            std::io::Result::Ok(s)
+        });
+        let mut conn = RespConn::connect(&addr, Duration::from_secs(5))
+            .await
+            .map_err(std::io::Error::other)?;
+        conn.send_frames(vec![cmd(&["PING"]), cmd(&["PING"])])
+            .await
+            .map_err(std::io::Error::other)?;
+        let pong = Frame::SimpleString(Bytes::from_static(b"PONG"));
+        let first = conn.read_within(Duration::from_secs(5)).await;
+        assert_eq!(first.ok(), Some(pong.clone()));
+        let second = conn.read_within(Duration::from_millis(50)).await;
+        assert!(matches!(second, Err(RespError::Timeout { .. })), "{second:?}");
+        let _ = go_on.send(());
+        let second = conn.read_within(Duration::from_secs(5)).await;
+        assert_eq!(second.ok(), Some(pong));
+        server.await.map_err(std::io::Error::other)??;
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         // Bind then drop a listener to get a port nothing listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
