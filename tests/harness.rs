@@ -185,6 +185,25 @@ async fn raw_resp_helpers_speak_to_redis() {
     assert!(matches!(conn.call(&["NOSUCHCMD"]).await, Resp::Error(e) if e.contains("unknown command")));
 }
 
+#[test]
+fn raw_replies_tell_null_bulks_from_null_arrays() {
+    let parse = |b: &[u8]| Resp::parse(b).expect("RESP");
+    assert_eq!(parse(b"*-1\r\n"), Some((Resp::Array(None), 5)));
+    assert_eq!(parse(b"$-1\r\n"), Some((Resp::Bulk(None), 5)));
+    let nested = b"*4\r\n$-1\r\n*-1\r\n*1\r\n$-1\r\n*-1\r\n";
+    let want = Resp::Array(Some(vec![
+        Resp::Bulk(None),
+        Resp::Array(None),
+        Resp::Array(Some(vec![Resp::Bulk(None)])),
+        Resp::Array(None),
+    ]));
+    assert_eq!(parse(nested), Some((want, nested.len())));
+    assert_eq!(parse(b"$5\r\nhel"), None, "incomplete");
+    assert!(Resp::parse(b"%1\r\n").is_err(), "RESP3 is not a RESP2 value");
+    assert_eq!(common::count_frames(b"+OK\r\n:1\r\n"), Some(2));
+    assert_eq!(common::count_frames(b"+OK\r\n:1"), None);
+}
+
 #[tokio::test]
 async fn password_protected_servers_replicate() {
     let master = common::redis_with_password("s3cret");

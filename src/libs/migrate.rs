@@ -1,11 +1,13 @@
 //! The `MIGRATE` command that moves keys between redis-servers, built in one
-//! place for the proxy (migrate on access) and the dashboard's migrator.
+//! place for the proxy (migrate on access, as bytes) and the dashboard's migrator
+//! (as a frame of the framed client).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::resp;
+use super::resp_client::{self, Frame};
 
 /// `MIGRATE host port "" 0 <ms> [AUTH pw] REPLACE KEYS k…` towards `target`
 /// (`host:port` or `[v6]:port`).
@@ -14,6 +16,23 @@ use super::resp;
 /// of a migrating key goes to the target only after the key left the source),
 /// and a key may already be on the target from an attempt whose reply was lost.
 pub fn command<K: AsRef<[u8]>>(target: &str, keys: &[K], auth: Option<&str>, timeout: Duration) -> Bytes {
+    with_words(target, keys, auth, timeout, |args| resp::encode_array(args))
+}
+
+/// The same command as a frame for the framed client
+/// ([`resp_client`](super::resp_client)).
+pub fn frame<K: AsRef<[u8]>>(target: &str, keys: &[K], auth: Option<&str>, timeout: Duration) -> Frame {
+    with_words(target, keys, auth, timeout, |args| resp_client::cmd(args))
+}
+
+/// Hands the command's words to `f`.
+fn with_words<K: AsRef<[u8]>, R>(
+    target: &str,
+    keys: &[K],
+    auth: Option<&str>,
+    timeout: Duration,
+    f: impl FnOnce(&[&[u8]]) -> R,
+) -> R {
     let (host, port) = split_addr(target);
     // Redis reads a timeout of 0 as its default; never send 0.
     let ms = timeout.as_millis().max(1).to_string();
@@ -31,7 +50,7 @@ pub fn command<K: AsRef<[u8]>>(target: &str, keys: &[K], auth: Option<&str>, tim
     }
     args.extend([b"REPLACE".as_ref(), b"KEYS"]);
     args.extend(keys.iter().map(|k| k.as_ref()));
-    resp::encode_array(&args)
+    f(&args)
 }
 
 /// `host:port` → (`host`, `port`); brackets of `[v6]:port` are dropped.
@@ -70,5 +89,7 @@ mod tests {
         let cmd = command("[::1]:7000", &["k"], None, Duration::ZERO);
         assert!(cmd.windows(5).any(|w| w == b"\r\n::1"), "brackets dropped");
         assert!(cmd.windows(6).any(|w| w == b"$1\r\n1\r"), "0 ms becomes 1 ms");
+        let framed = frame("10.0.0.1:6380", &["k1", "k2"], Some("pw"), Duration::from_secs(5));
+        assert_eq!(framed, resp_client::cmd(&want), "the frame has the same words");
     }
 }

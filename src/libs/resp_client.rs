@@ -202,23 +202,10 @@ impl RespConn {
         let after = self.timeout;
         let addr = self.addr.clone();
         let work = async {
-            for frame in frames {
-                self.framed.feed(frame).await.map_err(|e| self.io_error(e))?;
-            }
-            SinkExt::<Frame>::flush(&mut self.framed)
-                .await
-                .map_err(|e| self.io_error(e))?;
+            self.send_frames(frames).await?;
             let mut replies = Vec::with_capacity(n);
             while replies.len() < n {
-                match self.framed.next().await {
-                    Some(Ok(frame)) => replies.push(frame),
-                    Some(Err(e)) => return Err(self.io_error(e)),
-                    None => {
-                        return Err(RespError::Closed {
-                            addr: self.addr.clone(),
-                        });
-                    }
-                }
+                replies.push(self.read().await?);
             }
             Ok(replies)
         };
@@ -240,6 +227,47 @@ impl RespConn {
                 addr: self.addr.clone(),
             }),
         }
+    }
+
+    /// Reads the next frame, waiting at most `wait` for it.
+    ///
+    /// Cancel-safe: bytes of a frame read before the deadline (or before the
+    /// future is dropped) stay buffered for the next read.
+    ///
+    /// # Errors
+    /// A connection failure, or [`RespError::Timeout`].
+    pub async fn read_within(&mut self, wait: Duration) -> Result<Frame, RespError> {
+        match tokio::time::timeout(wait, self.read()).await {
+            Ok(read) => read,
+            Err(_) => Err(RespError::Timeout {
+                addr: self.addr.clone(),
+                after: wait,
+            }),
+        }
+    }
+
+    /// Writes every frame in one flush without waiting for the replies (read
+    /// them with [`RespConn::read_within`]), so a caller can keep requests in
+    /// flight while it does other work.
+    ///
+    /// # Errors
+    /// A connection failure.
+    pub async fn send_frames(&mut self, frames: Vec<Frame>) -> Result<(), RespError> {
+        for frame in frames {
+            self.framed.feed(frame).await.map_err(|e| self.io_error(e))?;
+        }
+        SinkExt::<Frame>::flush(&mut self.framed)
+            .await
+            .map_err(|e| self.io_error(e))
+    }
+
+    /// `AUTH <password>`.
+    ///
+    /// # Errors
+    /// [`RespError::Server`] with the server's error reply if it refuses the
+    /// password; connection failures as [`RespConn::call`].
+    pub async fn auth(&mut self, password: &str) -> Result<(), RespError> {
+        check(self.call(&[b"AUTH".as_ref(), password.as_bytes()]).await?).map(drop)
     }
 
     /// Writes one command without waiting for its reply.
@@ -351,6 +379,40 @@ mod tests {
         assert!(!timeout.is_retry_safe());
         assert!(timeout.breaks_connection());
         assert!(!RespError::Server("ERR".into()).breaks_connection());
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_read_keeps_the_partial_frame_for_the_next() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (go_on, resume) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await?;
+            let mut request = [0u8; 28];
+            s.read_exact(&mut request).await?;
+            assert_eq!(&request, b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n");
+            s.write_all(b"+PONG\r\n+PO").await?;
+            let _ = resume.await;
+            s.write_all(b"NG\r\n").await?;
+            std::io::Result::Ok(s)
+        });
+        let mut conn = RespConn::connect(&addr, Duration::from_secs(5))
+            .await
+            .map_err(std::io::Error::other)?;
+        conn.send_frames(vec![cmd(&["PING"]), cmd(&["PING"])])
+            .await
+            .map_err(std::io::Error::other)?;
+        let pong = Frame::SimpleString(Bytes::from_static(b"PONG"));
+        let first = conn.read_within(Duration::from_secs(5)).await;
+        assert_eq!(first.ok(), Some(pong.clone()));
+        let second = conn.read_within(Duration::from_millis(50)).await;
+        assert!(matches!(second, Err(RespError::Timeout { .. })), "{second:?}");
+        let _ = go_on.send(());
+        let second = conn.read_within(Duration::from_secs(5)).await;
+        assert_eq!(second.ok(), Some(pong));
+        server.await.map_err(std::io::Error::other)??;
+        Ok(())
     }
 
     #[tokio::test]

@@ -1,14 +1,19 @@
-//! Tiny blocking clients that talk to the processes we start: ZooKeeper's
-//! four-letter words and just enough RESP for `PING`, `INFO` and `REPLICAOF`.
+//! Tiny blocking clients for the processes `reborn up` starts: ZooKeeper's
+//! four-letter words, and one RESP command (`PING`, `INFO`, `REPLICAOF`) on a
+//! fresh connection.
 //!
-//! Deliberately separate from the proxy's codec: these run on plain threads during
-//! start-up and must not depend on the data plane they are used to test.
+//! Blocking, because start-up waits run on plain threads and the tests call
+//! them from inside a runtime: a RESP call runs the framed client
+//! ([`RespConn`]) on a one-off current-thread runtime on a thread of its own,
+//! which works with or without an outer runtime. Imports `libs::resp_client`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// Per-operation socket timeout of the probes.
+use crate::libs::resp_client::{Frame, RespConn, RespError};
+
+/// Per-operation timeout of the probes (connecting, and each reply).
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends a ZooKeeper four-letter word (`ruok`, `conf`, …) and returns the answer.
@@ -21,110 +26,56 @@ pub(crate) fn four_letter(addr: &str, word: &str) -> std::io::Result<String> {
     Ok(answer)
 }
 
-/// One RESP reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Reply {
-    /// `+OK`
-    Status(String),
-    /// `-ERR …`
-    Error(String),
-    /// `:1`
-    Integer(i64),
-    /// `$…`; `None` for the null bulk string.
-    Bulk(Option<Vec<u8>>),
-    /// `*…`; `None` for the null array.
-    Array(Option<Vec<Reply>>),
-}
-
-impl Reply {
-    /// The reply as text (status, error or bulk), for messages and `INFO`.
-    pub(crate) fn text(&self) -> String {
-        match self {
-            Reply::Status(s) | Reply::Error(s) => s.clone(),
-            Reply::Integer(i) => i.to_string(),
-            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-            Reply::Bulk(None) | Reply::Array(None) => "(nil)".into(),
-            Reply::Array(Some(items)) => items.iter().map(Reply::text).collect::<Vec<_>>().join(" "),
+/// Sends one command to the redis-server at `addr` on a fresh connection,
+/// after `AUTH` if `password` is given. An error reply is `Ok(Frame::Error)`.
+///
+/// # Errors
+/// No connection or no reply within 2 s, or a refused password
+/// ([`RespError::Server`]).
+pub(crate) fn redis_call(addr: &str, password: Option<&str>, args: &[&str]) -> Result<Frame, RespError> {
+    let ask = async {
+        let mut conn = RespConn::connect(addr, TIMEOUT).await?;
+        if let Some(password) = password {
+            conn.auth(password).await?;
         }
-    }
-}
-
-/// A blocking RESP connection to a redis-server.
-pub(crate) struct RedisConn {
-    stream: BufReader<TcpStream>,
-}
-
-impl RedisConn {
-    /// Connects, and authenticates if `password` is given.
-    pub(crate) fn connect(addr: &str, password: Option<&str>) -> std::io::Result<RedisConn> {
-        let mut conn = RedisConn {
-            stream: BufReader::new(connect(addr)?),
-        };
-        if let Some(password) = password
-            && let Reply::Error(e) = conn.call(&["AUTH", password])?
-        {
-            return Err(std::io::Error::other(e));
-        }
-        Ok(conn)
-    }
-
-    /// Sends one command and reads its reply.
-    pub(crate) fn call(&mut self, args: &[&str]) -> std::io::Result<Reply> {
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-        }
-        self.stream.get_mut().write_all(&request)?;
-        read_reply(&mut self.stream)
-    }
-}
-
-/// Reads one (possibly nested) RESP reply.
-fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
-    let line = read_line(r)?;
-    let (kind, rest) = line.split_at(1.min(line.len()));
-    let number = || {
-        rest.parse::<i64>()
-            .map_err(|_| bad(format!("bad length in {line:?}")))
+        conn.call(args).await
     };
-    Ok(match kind {
-        "+" => Reply::Status(rest.to_string()),
-        "-" => Reply::Error(rest.to_string()),
-        ":" => Reply::Integer(number()?),
-        "$" => match usize::try_from(number()?) {
-            Err(_) => Reply::Bulk(None),
-            Ok(len) => {
-                let mut data = vec![0; len + 2];
-                r.read_exact(&mut data)?;
-                data.truncate(len);
-                Reply::Bulk(Some(data))
-            }
-        },
-        "*" => match usize::try_from(number()?) {
-            Err(_) => Reply::Array(None),
-            Ok(len) => {
-                let mut items = Vec::with_capacity(len.min(1024));
-                for _ in 0..len {
-                    items.push(read_reply(r)?);
-                }
-                Reply::Array(Some(items))
-            }
-        },
-        _ => return Err(bad(format!("not a RESP reply: {line:?}"))),
+    let no_runtime = |source| RespError::Connect {
+        addr: addr.to_string(),
+        source,
+    };
+    std::thread::scope(|s| {
+        let asked = s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(no_runtime)?
+                .block_on(ask)
+        });
+        // The thread only panics if the runtime does; report it as a lost reply.
+        asked.join().unwrap_or_else(|_| {
+            Err(RespError::Closed {
+                addr: addr.to_string(),
+            })
+        })
     })
 }
 
-/// Reads a `\r\n`-terminated line, without the terminator.
-fn read_line(r: &mut impl BufRead) -> std::io::Result<String> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
+/// A reply as text (status, error, bulk; an array's items joined by spaces),
+/// for messages and `INFO`.
+pub(crate) fn text(reply: &Frame) -> String {
+    match reply {
+        Frame::SimpleString(b) | Frame::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Frame::Error(e) => e.to_string(),
+        Frame::Integer(i) => i.to_string(),
+        Frame::Null => "(nil)".into(),
+        Frame::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(" "),
     }
-    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn bad(message: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+/// True for the status reply `+<word>` (`+PONG`, `+OK`).
+pub(crate) fn is_status(reply: &Frame, word: &str) -> bool {
+    matches!(reply, Frame::SimpleString(s) if s.as_ref() == word.as_bytes())
 }
 
 /// Connects with timeouts on connect, read and write, so a wedged peer cannot
@@ -143,4 +94,40 @@ fn connect(addr: &str) -> std::io::Result<TcpStream> {
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_as_text() {
+        let bulk = Frame::BulkString(bytes::Bytes::from_static(b"role:master\r\n"));
+        assert_eq!(text(&bulk), "role:master\r\n");
+        assert_eq!(
+            text(&Frame::Array(vec![Frame::Integer(1), Frame::Null])),
+            "1 (nil)"
+        );
+        assert!(is_status(
+            &Frame::SimpleString(bytes::Bytes::from_static(b"PONG")),
+            "PONG"
+        ));
+        assert!(!is_status(&Frame::Error("PONG".into()), "PONG"));
+    }
+
+    #[test]
+    fn a_call_works_inside_a_runtime_too() {
+        // Nothing listens on a port just released: a connect error, not a
+        // panic about nested runtimes.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let addr = format!("127.0.0.1:{port}");
+        let outer = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let got = outer.block_on(async { redis_call(&addr, None, &["PING"]) });
+        assert!(matches!(got, Err(RespError::Connect { .. })), "{got:?}");
+    }
 }

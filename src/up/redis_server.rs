@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use super::error::UpError;
 use super::port;
-use super::probe::{RedisConn, Reply};
+use super::probe::{self, is_status, redis_call};
 use super::process::ChildProcess;
 use super::workdir::Workdir;
+use crate::libs::resp_client::Frame;
 
 /// redis-server is ready in ~20 ms; the margin is for a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -142,15 +143,14 @@ impl RedisServer {
             .rsplit_once(':')
             .ok_or_else(|| UpError::Invalid(format!("master address {master_addr:?} is not host:port")))?;
         match self.call(&["REPLICAOF", host, port])? {
-            Reply::Status(_) => {}
-            other => return Err(self.redis_error(format!("REPLICAOF: {}", other.text()))),
+            Frame::SimpleString(_) => {}
+            other => return Err(self.redis_error(format!("REPLICAOF: {}", probe::text(&other)))),
         }
         let addr = self.addr();
         let password = self.password.clone();
         let synced = move || {
-            RedisConn::connect(&addr, password.as_deref())
-                .and_then(|mut c| c.call(&["INFO", "replication"]))
-                .is_ok_and(|info| info.text().contains("master_link_status:up"))
+            redis_call(&addr, password.as_deref(), &["INFO", "replication"])
+                .is_ok_and(|info| probe::text(&info).contains("master_link_status:up"))
         };
         self.running()?.wait_until(SYNC_TIMEOUT, synced)
     }
@@ -192,16 +192,13 @@ impl RedisServer {
         let addr = self.addr();
         let password = self.password.clone();
         process.wait_until(READY_TIMEOUT, || {
-            RedisConn::connect(&addr, password.as_deref())
-                .and_then(|mut c| c.call(&["PING"]))
-                .is_ok_and(|r| r == Reply::Status("PONG".into()))
+            redis_call(&addr, password.as_deref(), &["PING"]).is_ok_and(|r| is_status(&r, "PONG"))
         })?;
         // The PONG may come from a server that took the port after our check
         // (ours then exits on bind). Only ours reports our pid.
         let pid = process.pid();
-        let ours = RedisConn::connect(&addr, self.password.as_deref())
-            .and_then(|mut c| c.call(&["INFO", "server"]))
-            .is_ok_and(|info| info.text().contains(&format!("process_id:{pid}\r\n")));
+        let ours = redis_call(&addr, self.password.as_deref(), &["INFO", "server"])
+            .is_ok_and(|info| probe::text(&info).contains(&format!("process_id:{pid}\r\n")));
         if !ours {
             return Err(match process.exited() {
                 Some(status) => process.exited_early(status),
@@ -238,11 +235,9 @@ impl RedisServer {
     }
 
     /// Sends one command on a fresh connection.
-    fn call(&mut self, args: &[&str]) -> Result<Reply, UpError> {
+    fn call(&mut self, args: &[&str]) -> Result<Frame, UpError> {
         self.running()?;
-        RedisConn::connect(&self.addr(), self.password.as_deref())
-            .and_then(|mut c| c.call(args))
-            .map_err(|e| self.redis_error(e.to_string()))
+        redis_call(&self.addr(), self.password.as_deref(), args).map_err(|e| self.redis_error(e.to_string()))
     }
 
     fn running(&mut self) -> Result<&mut ChildProcess, UpError> {

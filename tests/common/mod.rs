@@ -13,8 +13,12 @@
 //! process and removes its temp dir. See `src/up/orphan_guard.rs`.
 //!
 //! Also: raw-RESP helpers ([`send_raw`], [`RawConn`], [`Resp`]) for tests that
-//! must control the exact bytes on the wire; for ordinary commands use the
-//! `redis` crate through [`client`].
+//! must control the exact bytes on the wire (partial frames, pipelines written
+//! in pieces, RESP3 replies compared byte for byte), which is why they keep a
+//! plain socket rather than the framed client. They decode with redis-protocol
+//! and frame with the proxy's splitter (`libs::resp::reply_len`), so no RESP
+//! parser is written here. For ordinary commands use the `redis` crate through
+//! [`client`], or `reborn::libs::resp_client::RespConn`.
 
 // Every test binary includes this file and uses only part of it.
 #![allow(dead_code)]
@@ -32,8 +36,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use reborn::libs::resp::reply_len;
 use reborn::topo::ZkConfig;
 use reborn::up::{OrphanGuard, RedisServer, UpError, ZooKeeper};
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The ZooKeeper of this test binary (see the module docs for its lifetime).
@@ -281,45 +288,39 @@ impl Resp {
         Resp::Bulk(Some(s.as_ref().to_vec()))
     }
 
-    /// Parses one value from the front of `buf`: `Ok(None)` if incomplete,
-    /// `Ok(Some((value, bytes used)))`, or an error for bytes that are not RESP.
+    /// Parses one value from the front of `buf` with redis-protocol's decoder:
+    /// `Ok(None)` if incomplete, `Ok(Some((value, bytes used)))`, or an error
+    /// for bytes that are not RESP2.
     pub fn parse(buf: &[u8]) -> Result<Option<(Resp, usize)>, String> {
-        let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&buf[1..end]).map_err(|e| e.to_string())?;
-        let after = end + 2;
-        let number = || line.parse::<i64>().map_err(|_| format!("bad number {line:?}"));
-        match buf.first() {
-            Some(b'+') => Ok(Some((Resp::Simple(line.to_string()), after))),
-            Some(b'-') => Ok(Some((Resp::Error(line.to_string()), after))),
-            Some(b':') => Ok(Some((Resp::Int(number()?), after))),
-            Some(b'$') => {
-                let Ok(len) = usize::try_from(number()?) else {
-                    return Ok(Some((Resp::Bulk(None), after)));
-                };
-                if buf.len() < after + len + 2 {
-                    return Ok(None);
+        match decode(buf).map_err(|e| format!("not RESP: {e}"))? {
+            None => Ok(None),
+            Some((frame, used)) => Ok(Some((Resp::from_frame(frame, buf), used))),
+        }
+    }
+
+    /// The decoded `frame` as a [`Resp`]. `raw` starts with the frame's own
+    /// bytes: they tell a null bulk (`$-1`) from a null array (`*-1`), which
+    /// the decoder merges into one `Null` and the tests tell apart.
+    fn from_frame(frame: OwnedFrame, raw: &[u8]) -> Resp {
+        match frame {
+            OwnedFrame::SimpleString(s) => Resp::Simple(String::from_utf8_lossy(&s).into_owned()),
+            OwnedFrame::Error(e) => Resp::Error(e),
+            OwnedFrame::Integer(i) => Resp::Int(i),
+            OwnedFrame::BulkString(b) => Resp::Bulk(Some(b)),
+            OwnedFrame::Null if raw.first() == Some(&b'*') => Resp::Array(None),
+            OwnedFrame::Null => Resp::Bulk(None),
+            OwnedFrame::Array(items) => {
+                // Each item's bytes follow the header line, framed by the
+                // proxy's splitter.
+                let mut at = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |p| p + 1);
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    let rest = raw.get(at..).unwrap_or_default();
+                    out.push(Resp::from_frame(item, rest));
+                    at += reply_len(rest).ok().flatten().unwrap_or(0);
                 }
-                let data = buf[after..after + len].to_vec();
-                Ok(Some((Resp::Bulk(Some(data)), after + len + 2)))
+                Resp::Array(Some(out))
             }
-            Some(b'*') => {
-                let Ok(len) = usize::try_from(number()?) else {
-                    return Ok(Some((Resp::Array(None), after)));
-                };
-                let mut items = Vec::with_capacity(len.min(1024));
-                let mut used = after;
-                for _ in 0..len {
-                    let Some((item, n)) = Resp::parse(&buf[used..])? else {
-                        return Ok(None);
-                    };
-                    items.push(item);
-                    used += n;
-                }
-                Ok(Some((Resp::Array(Some(items)), used)))
-            }
-            _ => Err(format!("not RESP: {:?}", String::from_utf8_lossy(&buf[..end]))),
         }
     }
 }
@@ -373,7 +374,7 @@ impl RawConn {
     /// (RESP2 or RESP3); panics like [`RawConn::read_reply`].
     pub async fn read_frame(&mut self) -> Vec<u8> {
         loop {
-            if let Some(n) = reborn::libs::resp::reply_len(&self.buf).expect("reply is RESP") {
+            if let Some(n) = reply_len(&self.buf).expect("reply is RESP") {
                 return self.buf.drain(..n).collect();
             }
             assert!(

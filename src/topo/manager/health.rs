@@ -12,11 +12,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::migrator::Conn;
-use crate::libs::resp;
+use crate::libs::resp_client::Frame;
 
 /// How long one probe may take, connecting included.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -89,15 +88,13 @@ where
 }
 
 /// The health an `INFO persistence` reply shows.
-fn judge(reply: &Bytes) -> Health {
-    if resp::is_error(reply) {
-        return if reply.starts_with(b"-LOADING") {
-            Health::Loading
-        } else {
-            Health::Up
-        };
-    }
-    let text = resp::bulk_payload(reply).unwrap_or_default();
+fn judge(reply: &Frame) -> Health {
+    let text = match reply {
+        Frame::Error(e) if e.starts_with("LOADING") => return Health::Loading,
+        Frame::Error(_) => return Health::Up,
+        Frame::BulkString(text) => text.as_ref(),
+        _ => b"",
+    };
     let loading = text
         .split(|&b| b == b'\n')
         .any(|line| line.trim_ascii() == b"loading:1");
@@ -108,8 +105,8 @@ fn judge(reply: &Bytes) -> Health {
 mod tests {
     use super::*;
 
-    fn bulk(s: &str) -> Bytes {
-        Bytes::from(format!("${}\r\n{s}\r\n", s.len()))
+    fn bulk(s: &'static str) -> Frame {
+        Frame::BulkString(bytes::Bytes::from_static(s.as_bytes()))
     }
 
     #[test]
@@ -119,10 +116,10 @@ mod tests {
             Health::Up
         );
         assert_eq!(judge(&bulk("# Persistence\r\nloading:1\r\n")), Health::Loading);
-        let loading = Bytes::from_static(b"-LOADING Redis is loading the dataset in memory\r\n");
+        let loading = Frame::Error("LOADING Redis is loading the dataset in memory".into());
         assert_eq!(judge(&loading), Health::Loading);
         assert_eq!(
-            judge(&Bytes::from_static(b"-NOAUTH Authentication required.\r\n")),
+            judge(&Frame::Error("NOAUTH Authentication required.".into())),
             Health::Up
         );
     }

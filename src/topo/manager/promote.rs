@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::candidate::{self, Choice, Follow, Looked};
-use super::migrator::{Conn, error_text};
+use super::migrator::Conn;
 use super::replication::{self, Replication, thousands};
-use crate::libs::resp;
+use crate::libs::resp_client::Frame;
 use crate::topo::action::{wait_acks, write_phase};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
@@ -450,8 +450,8 @@ async fn replicaof(addr: &str, master: Option<&str>, auth: Option<&str>) -> Resu
         )
         .await
         .map_err(|e| fail(e.to_string()))?;
-    if resp::is_error(&reply) {
-        return Err(fail(error_text(&reply)));
+    if let Frame::Error(e) = reply {
+        return Err(fail(e.to_string()));
     }
     Ok(())
 }

@@ -8,8 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::migrator::{Conn, error_text};
-use crate::libs::resp;
+use super::migrator::{Conn, reply_text};
+use crate::libs::resp_client::Frame;
 
 /// How long one look at a server may take, connecting included.
 pub const LOOK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -99,15 +99,18 @@ async fn look_once(addr: &str, auth: Option<&str>) -> Result<Replication, LookEr
         .call(&[b"INFO".as_ref(), b"replication"], "INFO", LOOK_TIMEOUT)
         .await
         .map_err(unreachable)?;
-    if resp::is_error(&info) {
-        return Err(refused(error_text(&info)));
-    }
-    let text = resp::bulk_payload(&info).ok_or_else(|| refused("a non-bulk INFO reply".into()))?;
+    let text = match info {
+        Frame::BulkString(text) => text,
+        Frame::Error(e) => return Err(refused(e.to_string())),
+        _ => return Err(refused("a non-bulk INFO reply".into())),
+    };
     let keys = conn
         .call(&[b"DBSIZE".as_ref()], "DBSIZE", LOOK_TIMEOUT)
         .await
         .map_err(unreachable)?;
-    let keys = resp::integer(&keys).ok_or_else(|| refused(format!("DBSIZE {}", error_text(&keys))))?;
+    let Frame::Integer(keys) = keys else {
+        return Err(refused(format!("DBSIZE {}", reply_text(&keys))));
+    };
     parse(&String::from_utf8_lossy(&text), u64::try_from(keys).unwrap_or(0))
         .ok_or_else(|| refused("an INFO replication without role".into()))
 }

@@ -7,9 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::config::{MAX_TIMEOUT, Method};
-use super::conn::error_text;
 use super::error::MigrateError;
-use crate::libs::resp;
+use crate::libs::resp_client::Frame;
 
 /// How long [`Target::reachable`] waits for a TCP connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,9 +78,9 @@ impl Batch {
     ///
     /// `REPLACE`: while a slot migrates the source copy is authoritative, and a
     /// key may already be on the target from an attempt whose reply we lost.
-    pub(super) fn command(&self, target: &Target, auth: Option<&str>) -> Bytes {
+    pub(super) fn command(&self, target: &Target, auth: Option<&str>) -> Frame {
         let names: Vec<&[u8]> = self.keys.iter().map(|k| k.name.as_ref()).collect();
-        crate::libs::migrate::command(&target.addr, &names, auth, self.timeout)
+        crate::libs::migrate::frame(&target.addr, &names, auth, self.timeout)
     }
 
     /// After a timeout: the same keys in two halves, each with twice the
@@ -147,12 +146,12 @@ pub(super) enum Verdict {
 }
 
 /// Classifies one `MIGRATE` reply; `None` if it is not a reply `MIGRATE` gives.
-pub(super) fn verdict(reply: &[u8]) -> Option<Verdict> {
+pub(super) fn verdict(reply: &Frame) -> Option<Verdict> {
     match reply {
-        b"+OK\r\n" => Some(Verdict::Moved),
-        b"+NOKEY\r\n" => Some(Verdict::NoKey),
-        _ if resp::is_error(reply) => {
-            let text = error_text(reply);
+        Frame::SimpleString(s) if s.as_ref() == b"OK" => Some(Verdict::Moved),
+        Frame::SimpleString(s) if s.as_ref() == b"NOKEY" => Some(Verdict::NoKey),
+        Frame::Error(text) => {
+            let text = text.to_string();
             // "IOERR error or timeout connecting to the client" is an unreachable
             // target: splitting would not help, waiting might.
             let slow = text.starts_with("IOERR") && (text.contains("reading") || text.contains("writing"));
@@ -191,7 +190,7 @@ mod tests {
         let target = Target::parse("10.0.0.1:6380").expect("addr");
         let cmd = batch(&["k1", "k2"], Duration::from_secs(5)).command(&target, Some("pw"));
         let want =
-            crate::libs::migrate::command("10.0.0.1:6380", &["k1", "k2"], Some("pw"), Duration::from_secs(5));
+            crate::libs::migrate::frame("10.0.0.1:6380", &["k1", "k2"], Some("pw"), Duration::from_secs(5));
         assert_eq!(cmd, want);
     }
 
@@ -216,21 +215,23 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        assert_eq!(verdict(b"+OK\r\n"), Some(Verdict::Moved));
-        assert_eq!(verdict(b"+NOKEY\r\n"), Some(Verdict::NoKey));
+        let status = |s: &'static str| Frame::SimpleString(Bytes::from_static(s.as_bytes()));
+        let error = |s: &'static str| Frame::Error(s.into());
+        assert_eq!(verdict(&status("OK")), Some(Verdict::Moved));
+        assert_eq!(verdict(&status("NOKEY")), Some(Verdict::NoKey));
         assert!(matches!(
-            verdict(b"-IOERR error or timeout reading to target instance\r\n"),
+            verdict(&error("IOERR error or timeout reading to target instance")),
             Some(Verdict::Slow(_))
         ));
         assert!(matches!(
-            verdict(b"-IOERR error or timeout connecting to the client\r\n"),
+            verdict(&error("IOERR error or timeout connecting to the client")),
             Some(Verdict::Refused(_))
         ));
         assert!(matches!(
-            verdict(b"-ERR Target instance replied with error: OOM\r\n"),
+            verdict(&error("ERR Target instance replied with error: OOM")),
             Some(Verdict::Refused(_))
         ));
-        assert_eq!(verdict(b":1\r\n"), None);
+        assert_eq!(verdict(&Frame::Integer(1)), None);
         assert_eq!(batch(&["k"], Duration::ZERO).describe(), "key \"k\"");
         assert_eq!(
             batch(&["k", "l"], Duration::ZERO).describe(),

@@ -1,34 +1,28 @@
-//! A minimal pipelined RESP connection to one redis-server: write commands,
-//! read their replies in order. Just what the migrator needs (`AUTH`, `SCAN`,
-//! `MIGRATE`); the proxy's backend connections live in `proxy/` and the
-//! dashboard may not import them.
+//! The migrator's connection to one redis-server: the framed RESP client
+//! ([`RespConn`]) with the migrator's typed errors. Used strictly in request
+//! order, pipelined: write commands, read their replies in order. Just what the
+//! migrator and the topo checks need (`AUTH`, `SCAN`, `MIGRATE`, `DUMP`, `INFO`, …);
+//! the proxy's backend connections live in `proxy/` and the dashboard may not
+//! import them.
 //!
-//! Replies are framed with [`resp::reply_len`] and returned whole, zero-copy, so a
-//! `SCAN` reply's keys stay slices of the bytes read from the socket.
+//! Imports `libs::resp_client` and the migrator's error type.
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::Bytes;
 
 use super::error::MigrateError;
-use crate::libs::resp::{self, bulk_payload};
+use crate::libs::resp_client::{self, Frame, RespConn, RespError};
 
 /// How long opening a connection (and `AUTH`) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How much the read buffer grows by at a time.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// How long one `SCAN` may take: it examines `COUNT` keys, milliseconds at most.
 const SCAN_WAIT: Duration = Duration::from_secs(30);
 
 /// One connection, used strictly in request order.
 pub(crate) struct Conn {
-    addr: String,
-    stream: TcpStream,
-    buf: BytesMut,
+    inner: RespConn,
 }
 
 impl Conn {
@@ -37,29 +31,18 @@ impl Conn {
     /// # Errors
     /// [`MigrateError::Connect`], or [`MigrateError::Auth`] if the password is refused.
     pub(crate) async fn connect(addr: &str, auth: Option<&str>) -> Result<Conn, MigrateError> {
-        let connect_error = |source| MigrateError::Connect {
-            addr: addr.to_string(),
-            source,
-        };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let inner = RespConn::connect(addr, CONNECT_TIMEOUT)
             .await
-            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(connect_error)?;
-        // Commands are written whole; do not let Nagle hold the last segment back.
-        stream.set_nodelay(true).map_err(connect_error)?;
-        let mut conn = Conn {
-            addr: addr.to_string(),
-            stream,
-            buf: BytesMut::with_capacity(READ_CHUNK),
-        };
+            .map_err(|e| lift(addr, "AUTH", e))?;
+        let mut conn = Conn { inner };
         if let Some(pw) = auth {
             let reply = conn
                 .call(&[b"AUTH".as_ref(), pw.as_bytes()], "AUTH", CONNECT_TIMEOUT)
                 .await?;
-            if resp::is_error(&reply) {
+            if let Frame::Error(message) = reply {
                 return Err(MigrateError::Auth {
                     addr: addr.to_string(),
-                    message: error_text(&reply),
+                    message: message.to_string(),
                 });
             }
         }
@@ -67,61 +50,23 @@ impl Conn {
     }
 
     /// The server's `host:port`.
-    pub(super) fn addr(&self) -> &str {
-        &self.addr
+    pub(crate) fn addr(&self) -> &str {
+        self.inner.addr()
     }
 
-    /// Writes one encoded command (see [`resp::encode_array`]).
-    pub(super) async fn send(&mut self, cmd: &[u8]) -> Result<(), MigrateError> {
-        self.stream
-            .write_all(cmd)
-            .await
-            .map_err(|source| MigrateError::Io {
-                addr: self.addr.clone(),
-                source,
-            })
+    /// Writes commands (see [`resp_client::cmd`]) in one go, without waiting
+    /// for their replies: read them with [`Conn::read`], in order.
+    pub(super) async fn send(&mut self, frames: Vec<Frame>) -> Result<(), MigrateError> {
+        let sent = self.inner.send_frames(frames).await;
+        sent.map_err(|e| self.lift("a pipeline", e))
     }
 
-    /// Reads the next reply frame. `wait` bounds the time without a complete
-    /// reply; `cmd` names the command in errors.
-    pub(super) async fn read(&mut self, cmd: &'static str, wait: Duration) -> Result<Bytes, MigrateError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match resp::reply_len(&self.buf) {
-                Ok(Some(len)) => return Ok(self.buf.split_to(len).freeze()),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(MigrateError::Protocol {
-                        addr: self.addr.clone(),
-                        cmd,
-                        detail: e.to_string(),
-                    });
-                }
-            }
-            self.buf.reserve(READ_CHUNK);
-            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
-            match read {
-                Err(_) => {
-                    return Err(MigrateError::Timeout {
-                        addr: self.addr.clone(),
-                        cmd,
-                        waited: wait,
-                    });
-                }
-                Ok(Ok(0)) => {
-                    return Err(MigrateError::Closed {
-                        addr: self.addr.clone(),
-                    });
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(source)) => {
-                    return Err(MigrateError::Io {
-                        addr: self.addr.clone(),
-                        source,
-                    });
-                }
-            }
-        }
+    /// Reads the next reply. `wait` bounds the time without a complete reply;
+    /// `cmd` names the command in errors. An error reply is returned as
+    /// `Ok(Frame::Error)`: what it means depends on the command.
+    pub(super) async fn read(&mut self, cmd: &'static str, wait: Duration) -> Result<Frame, MigrateError> {
+        let read = self.inner.read_within(wait).await;
+        read.map_err(|e| self.lift(cmd, e))
     }
 
     /// Sends one command and reads its reply.
@@ -130,13 +75,11 @@ impl Conn {
         args: &[A],
         cmd: &'static str,
         wait: Duration,
-    ) -> Result<Bytes, MigrateError> {
-        self.send(&resp::encode_array(args)).await?;
+    ) -> Result<Frame, MigrateError> {
+        self.send(vec![resp_client::cmd(args)]).await?;
         self.read(cmd, wait).await
     }
-}
 
-impl Conn {
     /// `SCAN <cursor> COUNT <count>`: the next cursor and the keys returned (which
     /// may repeat keys of earlier calls, as `SCAN` allows).
     ///
@@ -152,9 +95,9 @@ impl Conn {
         let count = count.to_string();
         let args = [b"SCAN".as_ref(), cursor.as_bytes(), b"COUNT", count.as_bytes()];
         let reply = self.call(&args, "SCAN", SCAN_WAIT).await?;
-        if resp::is_error(&reply) {
-            let message = error_text(&reply);
-            let addr = self.addr.clone();
+        if let Frame::Error(message) = &reply {
+            let message = message.to_string();
+            let addr = self.addr().to_string();
             return Err(
                 if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") {
                     MigrateError::Auth { addr, message }
@@ -167,53 +110,117 @@ impl Conn {
                 },
             );
         }
-        parse_scan(&reply).ok_or_else(|| MigrateError::Protocol {
-            addr: self.addr.clone(),
+        let detail = reply_text(&reply);
+        parse_scan(reply).ok_or_else(|| MigrateError::Protocol {
+            addr: self.addr().to_string(),
             cmd: "SCAN",
-            detail: String::from_utf8_lossy(&reply[..reply.len().min(100)]).into_owned(),
+            detail,
         })
+    }
+
+    /// The migrator's error for a failure of the framed client.
+    fn lift(&self, cmd: &'static str, e: RespError) -> MigrateError {
+        lift(self.addr(), cmd, e)
     }
 }
 
-/// `*2 $cursor *n $key…` → (cursor, keys).
-fn parse_scan(reply: &Bytes) -> Option<(u64, Vec<Bytes>)> {
-    let items = resp::array_items(reply)?;
-    let [cursor, keys] = items.as_slice() else {
+/// Maps the framed client's error onto the migrator's (whose
+/// [`MigrateError::is_transient`] says whether to retry).
+fn lift(addr: &str, cmd: &'static str, e: RespError) -> MigrateError {
+    let addr = addr.to_string();
+    match e {
+        RespError::Connect { source, .. } => MigrateError::Connect { addr, source },
+        RespError::Io { source, .. } => MigrateError::Io { addr, source },
+        RespError::Closed { .. } => MigrateError::Closed { addr },
+        RespError::Timeout { after, .. } => MigrateError::Timeout {
+            addr,
+            cmd,
+            waited: after,
+        },
+        RespError::Protocol { detail, .. } | RespError::Unexpected(detail) => {
+            MigrateError::Protocol { addr, cmd, detail }
+        }
+        RespError::Server(message) => MigrateError::Redis { addr, cmd, message },
+    }
+}
+
+/// `[cursor, [key…]]` → (cursor, keys); the keys stay slices of the bytes read.
+fn parse_scan(reply: Frame) -> Option<(u64, Vec<Bytes>)> {
+    let Frame::Array(items) = reply else {
         return None;
     };
-    let cursor = std::str::from_utf8(&bulk_payload(cursor)?).ok()?.parse().ok()?;
-    let keys = resp::array_items(keys)?
-        .iter()
-        .map(bulk_payload)
+    let [Frame::BulkString(cursor), Frame::Array(keys)] = <[Frame; 2]>::try_from(items).ok()? else {
+        return None;
+    };
+    let cursor = std::str::from_utf8(&cursor).ok()?.parse().ok()?;
+    let keys = keys
+        .into_iter()
+        .map(|k| match k {
+            Frame::BulkString(k) => Some(k),
+            _ => None,
+        })
         .collect::<Option<Vec<_>>>()?;
     Some((cursor, keys))
 }
 
-/// The text of an error or status reply, without the type byte and CRLF.
-pub(crate) fn error_text(reply: &[u8]) -> String {
-    let body = reply.get(1..).unwrap_or_default();
-    let body = body.strip_suffix(b"\r\n").unwrap_or(body);
-    String::from_utf8_lossy(body).into_owned()
+/// A reply as text for messages: an error's or a status's text, a bulk
+/// string (lossily), an integer, `(nil)`, or a short description of an array.
+pub(crate) fn reply_text(reply: &Frame) -> String {
+    match reply {
+        Frame::Error(e) => e.to_string(),
+        Frame::SimpleString(b) | Frame::BulkString(b) => {
+            String::from_utf8_lossy(&b[..b.len().min(100)]).into_owned()
+        }
+        Frame::Integer(i) => i.to_string(),
+        Frame::Null => "(nil)".to_string(),
+        Frame::Array(items) => format!("an array of {}", items.len()),
+    }
+}
+
+/// True for the simple-string reply `+OK`.
+pub(crate) fn is_ok(reply: &Frame) -> bool {
+    matches!(reply, Frame::SimpleString(s) if s.as_ref() == b"OK")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn bulk(s: &'static str) -> Frame {
+        Frame::BulkString(Bytes::from_static(s.as_bytes()))
+    }
+
     #[test]
-    fn error_texts() {
-        assert_eq!(error_text(b"-ERR no\r\n"), "ERR no");
-        assert_eq!(error_text(b""), "");
+    fn reply_texts() {
+        assert_eq!(reply_text(&Frame::Error("ERR no".into())), "ERR no");
+        assert_eq!(reply_text(&Frame::Null), "(nil)");
+        assert_eq!(reply_text(&Frame::Integer(-2)), "-2");
+        assert!(is_ok(&Frame::SimpleString(Bytes::from_static(b"OK"))));
+        assert!(!is_ok(&bulk("OK")));
     }
 
     #[test]
     fn scan_replies() {
-        let r = Bytes::from_static(b"*2\r\n$2\r\n17\r\n*2\r\n$1\r\na\r\n$3\r\n{b}\r\n");
-        let (cursor, keys) = parse_scan(&r).expect("scan reply");
+        let r = Frame::Array(vec![bulk("17"), Frame::Array(vec![bulk("a"), bulk("{b}")])]);
+        let (cursor, keys) = parse_scan(r).expect("scan reply");
         assert_eq!(cursor, 17);
         assert_eq!(keys, vec![&b"a"[..], b"{b}"]);
-        assert!(parse_scan(&Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n")).is_some());
-        assert!(parse_scan(&Bytes::from_static(b"*1\r\n$1\r\n0\r\n")).is_none());
-        assert!(parse_scan(&Bytes::from_static(b"*2\r\n$1\r\nx\r\n*0\r\n")).is_none());
+        assert!(parse_scan(Frame::Array(vec![bulk("0"), Frame::Array(vec![])])).is_some());
+        assert!(parse_scan(Frame::Array(vec![bulk("0")])).is_none());
+        assert!(parse_scan(Frame::Array(vec![bulk("x"), Frame::Array(vec![])])).is_none());
+    }
+
+    #[test]
+    fn client_errors_keep_their_retry_meaning() {
+        let timeout = RespError::Timeout {
+            addr: "h:1".into(),
+            after: Duration::from_secs(1),
+        };
+        let e = lift("h:1", "SCAN", timeout);
+        assert!(matches!(e, MigrateError::Timeout { cmd: "SCAN", .. }), "{e:?}");
+        assert!(e.is_transient());
+        let refused = lift("h:1", "DUMP", RespError::Server("ERR nope".into()));
+        assert!(matches!(&refused, MigrateError::Redis { message, .. } if message == "ERR nope"));
+        assert!(!refused.is_transient());
     }
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Method, MigratorConfig};
 // A plain request-reply connection to a redis-server; promote uses it too.
-pub(crate) use conn::{Conn, error_text};
+pub(crate) use conn::{Conn, reply_text};
 pub use error::MigrateError;
 
 use crate::libs::backoff::Backoff;

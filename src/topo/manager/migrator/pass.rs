@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batch, Key, Target, Verdict, verdict};
 use super::config::{Method, MigratorConfig};
-use super::conn::Conn;
+use super::conn::{Conn, reply_text};
 use super::error::MigrateError;
 use super::ledger::Ledger;
 use super::restore::{self, Failure, Transferred};
@@ -40,6 +40,7 @@ use super::throttle::Throttle;
 use super::{Outcome, Progress, SlotSet};
 use crate::libs::backoff::Backoff;
 use crate::libs::hash::slot_of;
+use crate::libs::resp_client::Frame;
 
 /// How long past a batch's own timeout we wait for its reply before giving up
 /// on the connection: Redis applies the `MIGRATE` timeout per socket operation,
@@ -268,7 +269,7 @@ impl<'a> Pass<'a> {
             }
             let cmd = batch.command(&self.target, self.cfg.auth.as_deref());
             let sent = match self.migrate.as_mut() {
-                Some(conn) => conn.send(&cmd).await,
+                Some(conn) => conn.send(vec![cmd]).await,
                 None => Ok(()),
             };
             self.inflight.push_back(batch);
@@ -401,7 +402,7 @@ impl<'a> Pass<'a> {
     async fn judge(
         &mut self,
         batch: Batch,
-        reply: &[u8],
+        reply: &Frame,
         progress: &mut Progress,
     ) -> Result<(), MigrateError> {
         match verdict(reply) {
@@ -423,7 +424,7 @@ impl<'a> Pass<'a> {
                 return Err(MigrateError::Protocol {
                     addr: self.source.to_string(),
                     cmd: "MIGRATE",
-                    detail: String::from_utf8_lossy(&reply[..reply.len().min(100)]).into_owned(),
+                    detail: reply_text(reply),
                 });
             }
         }

@@ -46,12 +46,12 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::batch::Key;
-use super::conn::{Conn, error_text};
+use super::conn::{Conn, is_ok, reply_text};
 use super::error::MigrateError;
-use crate::libs::resp::{self, bulk_payload};
+use crate::libs::resp_client::{Frame, cmd};
 
 /// What one transfer did.
 #[derive(Debug, Default)]
@@ -160,33 +160,33 @@ async fn dump<'a>(
     keys: &[(usize, &'a [u8])],
     wait: Duration,
 ) -> Result<Vec<Dumped<'a>>, MigrateError> {
-    let mut out = BytesMut::new();
     let mut watch: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
     watch.push(b"WATCH");
     watch.extend(keys.iter().map(|(_, name)| *name));
-    out.extend_from_slice(&resp::encode_array(&watch));
+    let mut out = Vec::with_capacity(2 * keys.len() + 1);
+    out.push(cmd(&watch));
     for (_, name) in keys {
-        out.extend_from_slice(&resp::encode_array(&[b"DUMP".as_ref(), name]));
-        out.extend_from_slice(&resp::encode_array(&[b"PEXPIRETIME".as_ref(), name]));
+        out.push(cmd(&[b"DUMP".as_ref(), name]));
+        out.push(cmd(&[b"PEXPIRETIME".as_ref(), name]));
     }
-    source.send(&out).await?;
+    source.send(out).await?;
     expect_ok(source, "WATCH", wait).await?;
     let mut dumped = Vec::with_capacity(keys.len());
     for &(index, name) in keys {
         let payload = source.read("DUMP", wait).await?;
         let expiry = source.read("PEXPIRETIME", wait).await?;
-        if resp::is_error(&payload) {
-            return Err(redis_error(source, "DUMP", &payload));
-        }
-        let Some(payload) = bulk_payload(&payload) else {
-            continue; // nil: moved on access, deleted or expired since the SCAN
+        let payload = match payload {
+            Frame::BulkString(payload) => payload,
+            // nil: moved on access, deleted or expired since the SCAN
+            Frame::Null => continue,
+            other => return Err(redis_error(source, "DUMP", &other)),
         };
-        let expire_at = match resp::integer(&expiry) {
-            Some(-1) => 0,
-            Some(ms) if ms > 0 => ms,
+        let expire_at = match expiry {
+            Frame::Integer(-1) => 0,
+            Frame::Integer(ms) if ms > 0 => ms,
             // -2: expired between the two commands.
-            Some(_) => continue,
-            None => return Err(redis_error(source, "PEXPIRETIME", &expiry)),
+            Frame::Integer(_) => continue,
+            other => return Err(redis_error(source, "PEXPIRETIME", &other)),
         };
         dumped.push(Dumped {
             index,
@@ -201,27 +201,31 @@ async fn dump<'a>(
 /// Step 2: `RESTORE … ABSTTL` each key on the target; the indexes of the
 /// keys the target already had (`BUSYKEY`).
 async fn restore(target: &mut Conn, dumped: &[Dumped<'_>], wait: Duration) -> Result<Vec<usize>, Failure> {
-    let mut out = BytesMut::new();
-    for d in dumped {
-        let expire_at = d.expire_at.to_string();
-        out.extend_from_slice(&resp::encode_array(&[
-            b"RESTORE".as_ref(),
-            d.name,
-            expire_at.as_bytes(),
-            &d.payload,
-            b"ABSTTL",
-        ]));
-    }
-    target.send(&out).await.map_err(Failure::Target)?;
+    let out = dumped
+        .iter()
+        .map(|d| {
+            // The payload goes out as the slice it was read into, uncopied.
+            Frame::Array(vec![
+                Frame::BulkString(Bytes::from_static(b"RESTORE")),
+                Frame::BulkString(Bytes::copy_from_slice(d.name)),
+                Frame::BulkString(Bytes::from(d.expire_at.to_string())),
+                Frame::BulkString(d.payload.clone()),
+                Frame::BulkString(Bytes::from_static(b"ABSTTL")),
+            ])
+        })
+        .collect();
+    target.send(out).await.map_err(Failure::Target)?;
     let mut busy = Vec::new();
     let mut refused = None;
     // Every reply is read even after a refusal, so the connection stays in step.
     for d in dumped {
         let reply = target.read("RESTORE", wait).await.map_err(Failure::Target)?;
-        if reply.starts_with(b"-BUSYKEY") {
-            busy.push(d.index);
-        } else if reply.as_ref() != resp::OK && refused.is_none() {
-            refused = Some(error_text(&reply));
+        match &reply {
+            Frame::Error(e) if e.starts_with("BUSYKEY") => busy.push(d.index),
+            _ if is_ok(&reply) => {}
+            _ => {
+                refused.get_or_insert_with(|| reply_text(&reply));
+            }
         }
     }
     match refused {
@@ -242,20 +246,17 @@ async fn guarded_del(source: &mut Conn, keys: &[&[u8]], wait: Duration) -> Resul
     let mut del: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
     del.push(b"DEL");
     del.extend_from_slice(keys);
-    let mut out = BytesMut::new();
-    out.extend_from_slice(&resp::encode_array(&[b"MULTI".as_ref()]));
-    out.extend_from_slice(&resp::encode_array(&del));
-    out.extend_from_slice(&resp::encode_array(&[b"EXEC".as_ref()]));
-    source.send(&out).await?;
+    let out = vec![cmd(&[b"MULTI".as_ref()]), cmd(&del), cmd(&[b"EXEC".as_ref()])];
+    source.send(out).await?;
     expect_ok(source, "MULTI", wait).await?;
     let queued = source.read("DEL", wait).await?;
     let exec = source.read("EXEC", wait).await?;
-    if queued.as_ref() != b"+QUEUED\r\n" {
+    if !matches!(&queued, Frame::SimpleString(s) if s.as_ref() == b"QUEUED") {
         return Err(redis_error(source, "DEL", &queued));
     }
-    match exec.as_ref() {
-        b"*-1\r\n" => Ok(false),
-        _ if exec.starts_with(b"*1\r\n:") => Ok(true),
+    match &exec {
+        Frame::Null => Ok(false),
+        Frame::Array(items) if matches!(items.as_slice(), [Frame::Integer(_)]) => Ok(true),
         _ => Err(redis_error(source, "EXEC", &exec)),
     }
 }
@@ -263,7 +264,7 @@ async fn guarded_del(source: &mut Conn, keys: &[&[u8]], wait: Duration) -> Resul
 /// Clears the connection's `WATCH`es, so they cannot abort the next batch.
 async fn unwatch(conn: &mut Conn, wait: Duration) -> Result<(), MigrateError> {
     let reply = conn.call(&[b"UNWATCH".as_ref()], "UNWATCH", wait).await?;
-    if reply.as_ref() == resp::OK {
+    if is_ok(&reply) {
         Ok(())
     } else {
         Err(redis_error(conn, "UNWATCH", &reply))
@@ -272,26 +273,25 @@ async fn unwatch(conn: &mut Conn, wait: Duration) -> Result<(), MigrateError> {
 
 async fn expect_ok(conn: &mut Conn, cmd: &'static str, wait: Duration) -> Result<(), MigrateError> {
     let reply = conn.read(cmd, wait).await?;
-    if reply.as_ref() == resp::OK {
+    if is_ok(&reply) {
         Ok(())
     } else {
         Err(redis_error(conn, cmd, &reply))
     }
 }
 
-fn redis_error(conn: &Conn, cmd: &'static str, reply: &[u8]) -> MigrateError {
+fn redis_error(conn: &Conn, cmd: &'static str, reply: &Frame) -> MigrateError {
     let addr = conn.addr().to_string();
-    if resp::is_error(reply) {
-        MigrateError::Redis {
+    match reply {
+        Frame::Error(message) => MigrateError::Redis {
             addr,
             cmd,
-            message: error_text(reply),
-        }
-    } else {
-        MigrateError::Protocol {
+            message: message.to_string(),
+        },
+        other => MigrateError::Protocol {
             addr,
             cmd,
-            detail: String::from_utf8_lossy(&reply[..reply.len().min(100)]).into_owned(),
-        }
+            detail: reply_text(other),
+        },
     }
 }
