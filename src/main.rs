@@ -23,6 +23,8 @@ enum Role {
     Dashboard(reborn::topo::dashboard::DashboardArgs),
     /// Operator commands: groups, servers, slots, proxies.
     Admin(reborn::topo::admin::AdminArgs),
+    /// Run a push-system logic (`reborn logic token --mid N` mints a client token).
+    Logic(reborn::im::logic::LogicArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
@@ -62,6 +64,22 @@ fn main() -> anyhow::Result<()> {
                 .block_on(reborn::topo::admin::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))
         }
+        Role::Logic(args) => match args.command {
+            Some(reborn::im::logic::args::LogicCommand::Token(t)) => {
+                let token = t
+                    .mint(reborn::im::discovery::unix_now())
+                    .context("mint a token")?;
+                println!("{token}");
+                Ok(())
+            }
+            None => {
+                let config = args.run.into_config().context("load logic config")?;
+                reborn::libs::logging::init("info,zookeeper_client=warn");
+                runtime(0)?
+                    .block_on(reborn::im::logic::run_until_signal(config))
+                    .context("logic")
+            }
+        },
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");
             runtime(0)?
