@@ -113,7 +113,7 @@ impl NodeBalancer {
             .iter()
             .flat_map(|(region, prefixes)| prefixes.iter().map(move |p| (p.clone(), region.clone())))
             .collect();
-        regions.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        regions.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         NodeBalancer {
             node: config.node.clone(),
             backoff: config.backoff.clone(),
