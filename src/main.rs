@@ -23,6 +23,8 @@ enum Role {
     Dashboard(reborn::topo::dashboard::DashboardArgs),
     /// Operator commands: groups, servers, slots, proxies.
     Admin(reborn::topo::admin::AdminArgs),
+    /// Consume the push queue and fan pushes out to the comets (goim's job).
+    Job(reborn::im::job::JobArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
@@ -61,6 +63,17 @@ fn main() -> anyhow::Result<()> {
             runtime(1)?
                 .block_on(reborn::topo::admin::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        Role::Job(args) => {
+            let config = args.into_config().context("load job config")?;
+            reborn::libs::logging::init("info,zookeeper_client=warn");
+            // A consumer task per stream and gRPC calls: two workers are plenty.
+            runtime(2)?
+                .block_on(async {
+                    let stop = reborn::libs::shutdown::on_signal();
+                    reborn::im::job::run(config, stop).await
+                })
+                .context("job")
         }
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");

@@ -11,5 +11,6 @@
 
 pub mod discovery;
 pub mod frame;
+pub mod job;
 pub mod proto;
 pub mod queue;
