@@ -171,10 +171,12 @@ impl Push {
 
 /// A job config for the cluster: short room window, fast claims.
 fn job_config(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> JobConfig {
-    let mut c = JobConfig::default();
-    c.consumer = consumer.into();
+    let mut c = JobConfig {
+        consumer: consumer.into(),
+        zk: zk.clone(),
+        ..Default::default()
+    };
     c.cluster.addrs = vec![proxy.to_string()];
-    c.zk = zk.clone();
     c.queue.block = Duration::from_millis(500);
     c.queue.claim_min_idle = Duration::from_secs(1);
     c.queue.claim_interval = Duration::from_millis(300);
@@ -372,7 +374,7 @@ async fn two_comets_share_room_counts_and_the_online_views() {
     let p = Push::with(2, |_| {}).await;
     let h = p.http();
     let room = "live://9";
-    let mut clients = vec![
+    let mut clients = [
         connect(&p.tcp(0), &auth_body(11, "k11", room, &[OP])).await,
         connect(&p.ws(0), &auth_body(12, "k12", room, &[OP])).await,
         connect(&p.tcp(1), &auth_body(13, "k13", room, &[OP])).await,
