@@ -189,7 +189,12 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
     tasks.spawn(tcp::accept_loop(hub.clone(), tcp, shutdown.clone()));
     tasks.spawn(websocket::accept_loop(hub.clone(), ws, None, shutdown.clone()));
     if let Some((listener, acceptor)) = wss {
-        tasks.spawn(websocket::accept_loop(hub.clone(), listener, Some(acceptor), shutdown.clone()));
+        tasks.spawn(websocket::accept_loop(
+            hub.clone(),
+            listener,
+            Some(acceptor),
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(grpc::serve(hub.clone(), grpc, shutdown.clone()));
     tasks.spawn(registration::refresh_loop(
@@ -199,7 +204,11 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
         config.register_interval,
         shutdown.clone(),
     ));
-    tasks.spawn(online::report_loop(hub.clone(), config.logic.online_interval, shutdown.clone()));
+    tasks.spawn(online::report_loop(
+        hub.clone(),
+        config.logic.online_interval,
+        shutdown.clone(),
+    ));
     tracing::info!(
         id = %server_id, tcp = %tcp_addr, ws = %ws_addr, wss = ?wss_addr, grpc = %grpc_addr,
         "comet serving"

@@ -73,7 +73,8 @@ impl Transport for TcpTransport {
 
     async fn write(&mut self, replies: &[Frame], pushes: &VecDeque<Push>) -> Result<(), ConnError> {
         let wire: Vec<_> = pushes.iter().map(Push::tcp_bytes).collect();
-        let len = replies.iter().map(Frame::wire_len).sum::<usize>() + wire.iter().map(|b| b.len()).sum::<usize>();
+        let len =
+            replies.iter().map(Frame::wire_len).sum::<usize>() + wire.iter().map(|b| b.len()).sum::<usize>();
         let mut out = BytesMut::with_capacity(len);
         for r in replies {
             r.encode(&mut out);

@@ -119,7 +119,12 @@ fn ws_error(e: WsError, max_body: usize) -> ConnError {
 }
 
 /// Accepts WebSocket clients (WSS when `tls` is set) until `shutdown`.
-pub async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
+pub async fn accept_loop(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -150,8 +155,13 @@ pub async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tls: Option<TlsAc
 }
 
 /// Upgrades `stream` on `/sub` and runs the connection.
-async fn upgrade_and_serve<S>(hub: Arc<Hub>, stream: S, peer: SocketAddr, deadline: Instant, shutdown: CancellationToken)
-where
+async fn upgrade_and_serve<S>(
+    hub: Arc<Hub>,
+    stream: S,
+    peer: SocketAddr,
+    deadline: Instant,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut cookie = String::new();
@@ -211,8 +221,17 @@ mod tests {
         let mut out = Vec::new();
         let both = [&a[..], &b[..]].concat();
         decode_message(&both, 4096, &mut out).expect("two frames");
-        assert_eq!(out.iter().map(|f| f.op).collect::<Vec<_>>(), vec![op::HEARTBEAT, op::AUTH]);
-        assert!(matches!(decode_message(&b[..5], 4096, &mut out), Err(ConnError::BadInput(_))));
-        assert!(matches!(decode_message(&b, 1, &mut out), Err(ConnError::Frame(_))));
+        assert_eq!(
+            out.iter().map(|f| f.op).collect::<Vec<_>>(),
+            vec![op::HEARTBEAT, op::AUTH]
+        );
+        assert!(matches!(
+            decode_message(&b[..5], 4096, &mut out),
+            Err(ConnError::BadInput(_))
+        ));
+        assert!(matches!(
+            decode_message(&b, 1, &mut out),
+            Err(ConnError::Frame(_))
+        ));
     }
 }
