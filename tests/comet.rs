@@ -46,6 +46,7 @@ struct Calls {
     disconnects: Vec<String>,
     receives: Vec<(i64, i32, Vec<u8>)>,
     renewals: usize,
+    heartbeats: usize,
 }
 
 /// Test scaffolding: the smallest `goim.logic.Logic` comet can talk to.
@@ -71,7 +72,8 @@ impl Logic for FakeLogic {
                 .as_array()
                 .map(|a| a.iter().filter_map(|x| x.as_i64()).map(|x| x as i32).collect())
                 .unwrap_or_default(),
-            heartbeat: Duration::from_secs(240).as_nanos() as i64,
+            // Test-only knob of the fake: the idle timeout it hands out.
+            heartbeat: Duration::from_millis(v["idle_ms"].as_u64().unwrap_or(240_000)).as_nanos() as i64,
         }))
     }
 
@@ -81,6 +83,7 @@ impl Logic for FakeLogic {
     }
 
     async fn heartbeat(&self, _req: Request<HeartbeatReq>) -> Result<Response<HeartbeatReply>, Status> {
+        self.calls.lock().unwrap().heartbeats += 1;
         Ok(Response::new(HeartbeatReply {}))
     }
 
@@ -601,5 +604,49 @@ async fn wss_serves_clients_with_the_configured_certificate() {
     );
     assert_eq!(c.heartbeat().await.expect("heartbeat"), 1);
     c.ping().await.expect("pong");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_hold_the_idle_timeout_off_and_renew_the_session() {
+    let s = Setup::start(|c| c.protocol.renew_interval = Duration::from_millis(300)).await;
+    let body = serde_json::json!({"mid": 4, "key": "idle", "room_id": "live://4", "idle_ms": 800}).to_string();
+    let mut c = s.tcp(&body).await;
+    // Heartbeats every 200 ms keep the 800 ms idle timeout off for well past it.
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2000) {
+        assert_eq!(c.heartbeat().await.expect("still open"), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.comet().stats().idle_timeouts, 0);
+    // The session was renewed in logic on heartbeats past the renew interval.
+    assert!(s.logic.calls.lock().unwrap().heartbeats >= 2, "renewed every 300 ms of heartbeats");
+    c.wait_closed().await.expect("closed once heartbeats stop");
+    assert_eq!(s.comet().stats().idle_timeouts, 1);
+    eventually("logic is told the idle one left", WAIT, || async { s.disconnects("idle") == 1 }).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_loses_pushes_and_nobody_else_does() {
+    let s = Setup::start(|c| c.protocol.send_queue = 2).await;
+    let _stuck = s.tcp(&auth_body(1, "stuck", "live://1", &[1000])).await;
+    let mut fine = s.tcp(&auth_body(2, "fine", "live://1", &[1000])).await;
+    let big = "x".repeat(1 << 20);
+    let mut refused = None;
+    for i in 0..256 {
+        // The socket buffers fill, then the writer blocks, then the queue fills.
+        if let Err(status) = s.push_keys(&["stuck"], 1000, &big).await {
+            refused = Some((i, status));
+            break;
+        }
+    }
+    let (after, status) = refused.expect("a full queue refuses pushes");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(after >= 2, "the first pushes were queued ({after})");
+    assert!(s.comet().stats().pushes_dropped >= 1);
+    s.push_keys(&["fine"], 1000, "unaffected").await.expect("push");
+    assert_eq!(frame_of(&fine.recv().await.expect("push")), (1000, "unaffected".into()));
+    assert_eq!(fine.heartbeat().await.expect("heartbeat"), 2);
     s.stop().await;
 }
