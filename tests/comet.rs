@@ -610,7 +610,8 @@ async fn wss_serves_clients_with_the_configured_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_hold_the_idle_timeout_off_and_renew_the_session() {
     let s = Setup::start(|c| c.protocol.renew_interval = Duration::from_millis(300)).await;
-    let body = serde_json::json!({"mid": 4, "key": "idle", "room_id": "live://4", "idle_ms": 800}).to_string();
+    let body =
+        serde_json::json!({"mid": 4, "key": "idle", "room_id": "live://4", "idle_ms": 800}).to_string();
     let mut c = s.tcp(&body).await;
     // Heartbeats every 200 ms keep the 800 ms idle timeout off for well past it.
     let start = tokio::time::Instant::now();
@@ -620,10 +621,16 @@ async fn heartbeats_hold_the_idle_timeout_off_and_renew_the_session() {
     }
     assert_eq!(s.comet().stats().idle_timeouts, 0);
     // The session was renewed in logic on heartbeats past the renew interval.
-    assert!(s.logic.calls.lock().unwrap().heartbeats >= 2, "renewed every 300 ms of heartbeats");
+    assert!(
+        s.logic.calls.lock().unwrap().heartbeats >= 2,
+        "renewed every 300 ms of heartbeats"
+    );
     c.wait_closed().await.expect("closed once heartbeats stop");
     assert_eq!(s.comet().stats().idle_timeouts, 1);
-    eventually("logic is told the idle one left", WAIT, || async { s.disconnects("idle") == 1 }).await;
+    eventually("logic is told the idle one left", WAIT, || async {
+        s.disconnects("idle") == 1
+    })
+    .await;
     s.stop().await;
 }
 
@@ -646,7 +653,10 @@ async fn a_client_that_does_not_read_loses_pushes_and_nobody_else_does() {
     assert!(after >= 2, "the first pushes were queued ({after})");
     assert!(s.comet().stats().pushes_dropped >= 1);
     s.push_keys(&["fine"], 1000, "unaffected").await.expect("push");
-    assert_eq!(frame_of(&fine.recv().await.expect("push")), (1000, "unaffected".into()));
+    assert_eq!(
+        frame_of(&fine.recv().await.expect("push")),
+        (1000, "unaffected".into())
+    );
     assert_eq!(fine.heartbeat().await.expect("heartbeat"), 2);
     s.stop().await;
 }

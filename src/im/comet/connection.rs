@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{Channel, parse_ops};
-use super::codec::CodecError;
+use super::error::ConnError;
 use super::hub::Hub;
 use super::logic_link::LinkError;
 use super::stats::CometStats;
@@ -32,58 +32,6 @@ use crate::im::proto::protocol::Proto;
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(8 * 60);
 /// How long a polite close (or a refusal reply) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    /// A frame with a bad header (wrong header length, body over the maximum,
-    /// negative or short pack length).
-    #[error("bad frame: {0}")]
-    Frame(#[from] FrameError),
-    /// Other garbage: a truncated frame in a WebSocket message, a WebSocket
-    /// protocol violation.
-    #[error("bad input: {0}")]
-    BadInput(String),
-    /// A WebSocket message over the largest frame.
-    #[error("websocket message over {max} bytes")]
-    TooLarge {
-        /// The largest whole frame allowed.
-        max: usize,
-    },
-    /// The socket failed.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// The client closed the connection.
-    #[error("closed by the client")]
-    PeerClosed,
-    /// No op 7 within the handshake timeout.
-    #[error("no auth within {0:?}")]
-    HandshakeTimeout(Duration),
-    /// No heartbeat within the idle timeout.
-    #[error("no heartbeat within {0:?}")]
-    IdleTimeout(Duration),
-    /// A newer connection authenticated with the same key.
-    #[error("kicked: a newer connection took the key")]
-    Kicked,
-    /// Logic refused the auth body.
-    #[error("auth refused: {0}")]
-    Refused(String),
-    /// Logic could not be asked.
-    #[error("auth failed: {0}")]
-    AuthFailed(LinkError),
-    /// comet is shutting down.
-    #[error("comet is shutting down")]
-    Shutdown,
-}
-
-impl From<CodecError> for ConnError {
-    fn from(e: CodecError) -> Self {
-        match e {
-            CodecError::Frame(f) => ConnError::Frame(f),
-            CodecError::Io(io) => ConnError::Io(io),
-        }
-    }
-}
 
 /// A client socket that was just accepted (and upgraded, for WebSocket).
 pub struct Accepted<T> {

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::channel::Push;
 use super::codec::FrameCodec;
-use super::connection::{Accepted, ConnError, serve};
+use super::connection::{Accepted, serve};
+use super::error::ConnError;
 use super::hub::Hub;
 use super::stats::CometStats;
 use super::transport::Transport;

@@ -28,7 +28,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::Push;
-use super::connection::{Accepted, ConnError, serve};
+use super::connection::{Accepted, serve};
+use super::error::ConnError;
 use super::hub::Hub;
 use super::stats::CometStats;
 use super::transport::Transport;
