@@ -5,7 +5,12 @@
 //! otherwise be claimed and delivered again, which at-least-once allows but
 //! need not cost). Imports `im::queue`, the job's proxy link, room handles and
 //! stats.
+//!
+//! The acker also keeps the set of ids still in flight, so that a claim pass
+//! of this very consumer does not deliver again what it is still delivering
+//! (a slow comet can keep an entry pending longer than `claim_min_idle`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +27,9 @@ use crate::im::queue;
 use crate::libs::backoff::Backoff;
 use crate::libs::resp_client::int;
 
+/// The ids of one stream read by this consumer and not acked yet.
+pub type InFlight = Arc<parking_lot::Mutex<HashSet<Bytes>>>;
+
 /// One entry waiting for its ack.
 #[derive(Debug)]
 struct Unacked {
@@ -29,7 +37,7 @@ struct Unacked {
     /// `None`: delivered already; else the room batch it waits for.
     wait: Option<AckHandle>,
     /// The entry's place among the stream's unacked entries, freed on ack.
-    _place: OwnedSemaphorePermit,
+    place: OwnedSemaphorePermit,
 }
 
 /// The acking side of one stream consumer. Dropping it aborts the acks not
@@ -38,17 +46,26 @@ struct Unacked {
 pub struct Acker {
     tx: mpsc::UnboundedSender<Unacked>,
     task: AbortOnDropHandle<()>,
+    in_flight: InFlight,
 }
 
 impl Acker {
     /// Starts acking entries of `stream` through `link`.
     pub fn spawn(stream: String, link: Arc<ProxyLink>, stats: Arc<JobStats>) -> Acker {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(stream, link, stats, rx));
+        let in_flight = InFlight::default();
+        let task = tokio::spawn(run(stream, link, stats, rx, Arc::clone(&in_flight)));
         Acker {
             tx,
             task: AbortOnDropHandle::new(task),
+            in_flight,
         }
+    }
+
+    /// Marks `id` as being delivered; false if it already is (a claim pass met
+    /// an entry this consumer is still working on: leave it to that work).
+    pub fn begin(&self, id: &Bytes) -> bool {
+        self.in_flight.lock().insert(id.clone())
     }
 
     /// Acks `id` now (its delivery is done, or it can never be delivered).
@@ -56,7 +73,7 @@ impl Acker {
         let _ = self.tx.send(Unacked {
             id,
             wait: None,
-            _place: place,
+            place,
         });
     }
 
@@ -65,7 +82,7 @@ impl Acker {
         let _ = self.tx.send(Unacked {
             id,
             wait: Some(handle),
-            _place: place,
+            place,
         });
     }
 
@@ -85,6 +102,7 @@ async fn run(
     link: Arc<ProxyLink>,
     stats: Arc<JobStats>,
     mut rx: mpsc::UnboundedReceiver<Unacked>,
+    in_flight: InFlight,
 ) {
     let mut waiting = FuturesUnordered::new();
     let mut open = true;
@@ -94,7 +112,7 @@ async fn run(
             None => true,
             Some(handle) => handle.flushed().await,
         };
-        (u.id, ok, u._place)
+        (u.id, ok, u.place)
     };
     while open || !waiting.is_empty() {
         tokio::select! {
@@ -111,14 +129,20 @@ async fn run(
         while let Some(Some(finished)) = waiting.next().now_or_never() {
             ready.push(finished);
         }
-        let ids: Vec<Bytes> = ready
-            .drain(..)
+        let done = std::mem::take(&mut ready);
+        let ids: Vec<Bytes> = done
+            .iter()
             .filter(|(_, ok, _)| *ok)
-            .map(|(id, _, _)| id)
+            .map(|(id, _, _)| id.clone())
             .collect();
         if !ids.is_empty() {
             xack(&stream, &link, &stats, &ids).await;
         }
+        let mut set = in_flight.lock();
+        for (id, _, _) in &done {
+            set.remove(id);
+        }
+        // `done` drops here: the entries' places are free only after their ack.
     }
 }
 

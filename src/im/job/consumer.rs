@@ -96,7 +96,9 @@ impl StreamConsumer {
                     backoff.reset();
                     for e in entries {
                         let Some(place) = taken.split(1) else { break };
-                        self.dispatch(e, place, &mut rooms, &acker).await;
+                        if acker.begin(&e.id) {
+                            self.dispatch(e, place, &mut rooms, &acker).await;
+                        }
                     }
                 }
                 Err(e) => {
