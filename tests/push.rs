@@ -192,16 +192,22 @@ fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> Vec<u8> {
     .expect("json")
 }
 
+/// A client connection to `addr`: a `ws://` URL or a TCP `host:port`.
+async fn open(addr: &str) -> Result<ImClient, ClientError> {
+    if addr.starts_with("ws://") {
+        ImClient::ws(addr).await
+    } else {
+        ImClient::tcp(addr).await
+    }
+}
+
 /// Connects to `addr` (a TCP `host:port` or a `ws://` URL) and authenticates
 /// with `body`, retrying while the comet does not know logic yet.
 async fn connect(addr: &str, body: &[u8]) -> ImClient {
     let deadline = Instant::now() + WAIT;
     loop {
         let attempt = async {
-            let mut c = match addr.starts_with("ws://") {
-                true => ImClient::ws(addr).await?,
-                false => ImClient::tcp(addr).await?,
-            };
+            let mut c = open(addr).await?;
             c.auth(body).await.map(|()| c)
         };
         match attempt.await {
@@ -255,21 +261,20 @@ fn pairs(frames: &[Frame]) -> Vec<(i32, String)> {
 /// message holding them all.
 async fn expect(c: &mut ImClient, who: &str, want: &[(i32, &str)]) {
     let want: Vec<(i32, String)> = want.iter().map(|(o, b)| (*o, b.to_string())).collect();
-    let got = match c.is_ws() {
-        true => match c.recv().await {
+    let got = if c.is_ws() {
+        match c.recv().await {
             Ok(Delivery::Batch(frames)) => pairs(&frames),
             other => panic!("{who}: want one OpRaw message with {want:?}, got {other:?}"),
-        },
-        false => {
-            let mut got = Vec::new();
-            for _ in 0..want.len() {
-                match c.recv().await {
-                    Ok(Delivery::Frame(f)) => got.extend(pairs(&[f])),
-                    other => panic!("{who}: want plain frames {want:?}, got {other:?}"),
-                }
-            }
-            got
         }
+    } else {
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            match c.recv().await {
+                Ok(Delivery::Frame(f)) => got.extend(pairs(&[f])),
+                other => panic!("{who}: want plain frames {want:?}, got {other:?}"),
+            }
+        }
+        got
     };
     assert_eq!(got, want, "{who}");
 }
@@ -488,11 +493,7 @@ async fn signed_tokens_forged_and_expired_are_refused_valid_accepted() {
     let mut ok = connect(&p.tcp(0), &body(&valid)).await;
     for (what, token) in [("forged", forged), ("expired", expired)] {
         for addr in [p.tcp(0), p.ws(0)] {
-            let mut c = match addr.starts_with("ws://") {
-                true => ImClient::ws(&addr).await,
-                false => ImClient::tcp(&addr).await,
-            }
-            .expect("connect");
+            let mut c = open(&addr).await.expect("connect");
             match c.auth(&body(&token)).await {
                 Err(ClientError::Refused { code, .. }) => assert_eq!(code, -401, "{what} on {addr}"),
                 other => panic!("{what} token on {addr}: want a refusal, got {other:?}"),
@@ -949,9 +950,10 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
             "mid {mid} got pushes of others: {:?}",
             seen.wrong
         );
-        match *mid < 200 {
-            true => assert!(!seen.closed, "survivor {mid} was disconnected"),
-            false => assert!(seen.closed, "victim {mid} still connected"),
+        if *mid < 200 {
+            assert!(!seen.closed, "survivor {mid} was disconnected");
+        } else {
+            assert!(seen.closed, "victim {mid} still connected");
         }
     }
 
