@@ -23,6 +23,12 @@ enum Role {
     Dashboard(reborn::topo::manager::dashboard::DashboardArgs),
     /// Operator commands: groups, servers, slots, proxies.
     Admin(reborn::topo::manager::admin::AdminArgs),
+    /// Run a comet: the push system's client gateway (goim v2 over TCP and WebSocket).
+    Comet(reborn::im::comet::CometArgs),
+    /// Run a push-system logic (`reborn logic token --mid N` mints a client token).
+    Logic(reborn::im::logic::LogicArgs),
+    /// Consume the push queue and fan pushes out to the comets (goim's job).
+    Job(reborn::im::job::JobArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
@@ -61,6 +67,40 @@ fn main() -> anyhow::Result<()> {
             runtime(1)?
                 .block_on(reborn::topo::manager::admin::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        Role::Comet(args) => {
+            let config = args.into_config().context("load comet config")?;
+            reborn::libs::logging::init("info,zookeeper_client=warn");
+            runtime(config.threads)?
+                .block_on(reborn::im::comet::run_until_signal(config))
+                .context("comet")
+        }
+        Role::Logic(args) => match args.command {
+            Some(reborn::im::logic::args::LogicCommand::Token(t)) => {
+                let token = t
+                    .mint(reborn::im::discovery::unix_now())
+                    .context("mint a token")?;
+                println!("{token}");
+                Ok(())
+            }
+            None => {
+                let config = args.run.into_config().context("load logic config")?;
+                reborn::libs::logging::init("info,zookeeper_client=warn");
+                runtime(0)?
+                    .block_on(reborn::im::logic::run_until_signal(config))
+                    .context("logic")
+            }
+        },
+        Role::Job(args) => {
+            let config = args.into_config().context("load job config")?;
+            reborn::libs::logging::init("info,zookeeper_client=warn");
+            // A consumer task per stream and gRPC calls: two workers are plenty.
+            runtime(2)?
+                .block_on(async {
+                    let stop = reborn::libs::shutdown::on_signal();
+                    reborn::im::job::run(config, stop).await
+                })
+                .context("job")
         }
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");

@@ -9,7 +9,11 @@
 //!
 //! It may import `libs` and the `topo` kernel, never `proxy`.
 
+pub mod client;
+pub mod comet;
 pub mod discovery;
 pub mod frame;
+pub mod job;
+pub mod logic;
 pub mod proto;
 pub mod queue;

@@ -1,0 +1,1000 @@
+//! End-to-end tests of the push system (reborn issue 9, part 7) against real
+//! processes: ZooKeeper and two redis-server groups behind a reborn proxy
+//! (tests/common/cluster.rs), with logic, comet(s) and job started in-process
+//! through their `start()` functions and pointed at the proxy. Where a test
+//! must SIGKILL a role, that role runs as a child process of the built binary
+//! (`reborn comet` / `reborn job` with a config file in a temp dir).
+//!
+//! Pushes go in through logic's HTTP API (`/goim/push/*`) and are read by
+//! protocol clients (`im::client`, TCP and WebSocket); sessions and streams are
+//! read back through the proxy only. Absence is proved by a later marker push,
+//! never by sleeping.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use reborn::im::client::{ClientError, Delivery, ImClient};
+use reborn::im::comet::{self, CometConfig, RunningComet};
+use reborn::im::frame::Frame;
+use reborn::im::job::{self, JobConfig, RunningJob};
+use reborn::im::logic::{self, LogicConfig, RunningLogic, token};
+use reborn::im::queue;
+use reborn::libs::resp_client::{self, RespConn};
+use reborn::topo::ZkConfig;
+use serde_json::{Value, json};
+
+use common::cluster::Cluster;
+use common::{GuardedChild, eventually};
+
+const WAIT: Duration = Duration::from_secs(15);
+/// The business op of most pushes here.
+const OP: i32 = 1000;
+/// Another business op, for the op filter.
+const OTHER_OP: i32 = 1001;
+/// Session TTL of logic in these tests (short, so a dead comet's sessions go).
+const SESSION_TTL: Duration = Duration::from_secs(5);
+/// job's room batching window in these tests.
+const ROOM_SIGNAL: Duration = Duration::from_millis(300);
+
+/// ZooKeeper and two redis groups behind one proxy, logic in front of it,
+/// and the in-process comets and jobs of a test.
+struct Push {
+    cluster: Cluster,
+    proxy: SocketAddr,
+    logic: Option<RunningLogic>,
+    comets: Vec<RunningComet>,
+    jobs: Vec<RunningJob>,
+}
+
+impl Push {
+    /// The cluster and logic (tuned by `tune`), no comet or job yet.
+    async fn start(tune: impl FnOnce(&mut LogicConfig)) -> Push {
+        let cluster = Cluster::start().await;
+        let proxy = cluster.proxy().await;
+        let mut config = LogicConfig::default();
+        config.http.addr = "127.0.0.1:0".into();
+        config.grpc.addr = "127.0.0.1:0".into();
+        config.cluster.addrs = vec![proxy.to_string()];
+        config.cluster.timeout = Duration::from_secs(5);
+        config.zk = cluster.zk.clone();
+        config.online.load_interval = Duration::from_millis(100);
+        config.session.expire = SESSION_TTL;
+        tune(&mut config);
+        let logic = logic::start(config).await.expect("logic starts");
+        Push {
+            cluster,
+            proxy,
+            logic: Some(logic),
+            comets: Vec::new(),
+            jobs: Vec::new(),
+        }
+    }
+
+    /// The cluster, logic, `comets` comets and one job: the usual setup.
+    async fn with(comets: usize, tune: impl FnOnce(&mut LogicConfig)) -> Push {
+        let mut p = Push::start(tune).await;
+        for i in 0..comets {
+            p.comet(&format!("comet-{i}"), &format!("10.9.0.{}", i + 1)).await;
+        }
+        p.job("job-0").await;
+        p
+    }
+
+    fn http(&self) -> SocketAddr {
+        self.logic.as_ref().expect("logic runs").http_addr()
+    }
+
+    /// Starts an in-process comet with id `id`, publishing `addr`.
+    async fn comet(&mut self, id: &str, addr: &str) -> usize {
+        let config = CometConfig {
+            server_id: id.into(),
+            addrs: vec![addr.into()],
+            register_interval: Duration::from_millis(200),
+            tcp: comet::config::CometTcpConfig {
+                listen: "127.0.0.1:0".into(),
+            },
+            websocket: comet::config::CometWsConfig {
+                listen: "127.0.0.1:0".into(),
+                ..Default::default()
+            },
+            grpc: comet::config::CometGrpcConfig {
+                listen: "127.0.0.1:0".into(),
+                ..Default::default()
+            },
+            protocol: comet::config::CometProtocolConfig {
+                renew_interval: Duration::from_secs(1),
+                ..Default::default()
+            },
+            logic: comet::config::CometLogicConfig {
+                online_interval: Duration::from_millis(200),
+                ..Default::default()
+            },
+            zk: self.cluster.zk.clone(),
+            ..Default::default()
+        };
+        self.comets
+            .push(comet::start(config).await.expect("comet starts"));
+        self.comets.len() - 1
+    }
+
+    /// Starts an in-process job named `consumer`; returns once it knows every
+    /// in-process comet.
+    async fn job(&mut self, consumer: &str) {
+        let config = job_config(&self.cluster.zk, self.proxy, consumer);
+        let job = job::start(config).await.expect("job starts");
+        let want: BTreeSet<String> = self.comets.iter().map(|c| c.server_id.clone()).collect();
+        eventually("job knows the comets", WAIT, || {
+            let known: BTreeSet<String> = job.comets().into_iter().collect();
+            let ok = want.is_subset(&known);
+            async move { ok }
+        })
+        .await;
+        self.jobs.push(job);
+    }
+
+    fn tcp(&self, comet: usize) -> String {
+        self.comets[comet].tcp_addr.to_string()
+    }
+
+    fn ws(&self, comet: usize) -> String {
+        format!("ws://{}/sub", self.comets[comet].ws_addr)
+    }
+
+    /// A RESP connection through the proxy.
+    async fn resp(&self) -> RespConn {
+        RespConn::connect(&self.proxy.to_string(), Duration::from_secs(5))
+            .await
+            .expect("connect to the proxy")
+    }
+
+    async fn shutdown(mut self) {
+        for j in self.jobs.drain(..) {
+            j.shutdown().await;
+        }
+        for c in self.comets.drain(..) {
+            c.shutdown().await;
+        }
+        if let Some(l) = self.logic.take() {
+            l.shutdown().await;
+        }
+    }
+}
+
+/// A job config for the cluster: short room window, fast claims.
+fn job_config(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> JobConfig {
+    let mut c = JobConfig {
+        consumer: consumer.into(),
+        zk: zk.clone(),
+        ..Default::default()
+    };
+    c.cluster.addrs = vec![proxy.to_string()];
+    c.queue.block = Duration::from_millis(500);
+    c.queue.claim_min_idle = Duration::from_secs(1);
+    c.queue.claim_interval = Duration::from_millis(300);
+    c.room.signal = ROOM_SIGNAL;
+    c
+}
+
+/// goim's auth body.
+fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "mid": mid, "key": key, "room_id": room, "platform": "linux", "accepts": accepts
+    }))
+    .expect("json")
+}
+
+/// A client connection to `addr`: a `ws://` URL or a TCP `host:port`.
+async fn open(addr: &str) -> Result<ImClient, ClientError> {
+    if addr.starts_with("ws://") {
+        ImClient::ws(addr).await
+    } else {
+        ImClient::tcp(addr).await
+    }
+}
+
+/// Connects to `addr` (a TCP `host:port` or a `ws://` URL) and authenticates
+/// with `body`, retrying while the comet does not know logic yet.
+async fn connect(addr: &str, body: &[u8]) -> ImClient {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let attempt = async {
+            let mut c = open(addr).await?;
+            c.auth(body).await.map(|()| c)
+        };
+        match attempt.await {
+            Ok(c) => return c,
+            Err(e) => assert!(Instant::now() < deadline, "auth to {addr} never succeeded: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One HTTP request to logic; the JSON envelope (HTTP 200 asserted).
+async fn http(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> Value {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to logic");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "logic")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    assert_eq!(res.status(), 200, "{method} {path}");
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {bytes:?}"))
+}
+
+/// POSTs a push and asserts logic accepted it (code 0).
+async fn push(addr: SocketAddr, path: &str, body: &str) {
+    let reply = http(addr, "POST", path, body.as_bytes().to_vec()).await;
+    assert_eq!(reply["code"], 0, "POST {path}: {reply}");
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Value {
+    http(addr, "GET", path, Vec::new()).await
+}
+
+fn pairs(frames: &[Frame]) -> Vec<(i32, String)> {
+    frames
+        .iter()
+        .map(|f| (f.op, String::from_utf8_lossy(&f.body).into_owned()))
+        .collect()
+}
+
+/// Reads what the next push delivery brings and asserts it is exactly
+/// `want`: over TCP one plain frame per push, over WebSocket one OpRaw
+/// message holding them all.
+async fn expect(c: &mut ImClient, who: &str, want: &[(i32, &str)]) {
+    let want: Vec<(i32, String)> = want.iter().map(|(o, b)| (*o, b.to_string())).collect();
+    let got = if c.is_ws() {
+        match c.recv().await {
+            Ok(Delivery::Batch(frames)) => pairs(&frames),
+            other => panic!("{who}: want one OpRaw message with {want:?}, got {other:?}"),
+        }
+    } else {
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            match c.recv().await {
+                Ok(Delivery::Frame(f)) => got.extend(pairs(&[f])),
+                other => panic!("{who}: want plain frames {want:?}, got {other:?}"),
+            }
+        }
+        got
+    };
+    assert_eq!(got, want, "{who}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_reach_exactly_their_clients_with_the_op_filter_and_room_batches() {
+    let p = Push::with(1, |_| {}).await;
+    let h = p.http();
+    // TCP and WebSocket clients authenticate (op 8, empty body: `connect`).
+    let mut a = connect(&p.tcp(0), &auth_body(1, "ka", "live://1", &[OP])).await;
+    let mut b = connect(&p.ws(0), &auth_body(2, "kb", "live://1", &[OP])).await;
+    let mut c = connect(&p.tcp(0), &auth_body(3, "kc", "live://2", &[OTHER_OP])).await;
+    let mut d = connect(&p.ws(0), &auth_body(4, "kd", "live://2", &[OTHER_OP])).await;
+
+    push(h, &format!("/goim/push/keys?operation={OP}&keys=ka"), "key to a").await;
+    expect(&mut a, "a", &[(OP, "key to a")]).await;
+    push(h, &format!("/goim/push/mids?operation={OP}&mids=2"), "mid to b").await;
+    expect(&mut b, "b", &[(OP, "mid to b")]).await;
+    push(
+        h,
+        &format!("/goim/push/room?operation={OP}&type=live&room=1"),
+        "room 1",
+    )
+    .await;
+    expect(&mut a, "a", &[(OP, "room 1")]).await;
+    expect(&mut b, "b", &[(OP, "room 1")]).await;
+    // The op filter: c and d watch only OTHER_OP, so key, mid and broadcast
+    // pushes of OP skip them; room pushes ignore the filter.
+    push(
+        h,
+        &format!("/goim/push/keys?operation={OP}&keys=kc&keys=kd"),
+        "filtered key",
+    )
+    .await;
+    push(
+        h,
+        &format!("/goim/push/mids?operation={OP}&mids=3&mids=4"),
+        "filtered mid",
+    )
+    .await;
+    push(h, &format!("/goim/push/all?operation={OP}"), "to all").await;
+    expect(&mut a, "a", &[(OP, "to all")]).await;
+    expect(&mut b, "b", &[(OP, "to all")]).await;
+    push(
+        h,
+        &format!("/goim/push/room?operation={OP}&type=live&room=2"),
+        "room 2",
+    )
+    .await;
+    expect(&mut c, "c", &[(OP, "room 2")]).await;
+    expect(&mut d, "d", &[(OP, "room 2")]).await;
+    push(
+        h,
+        &format!("/goim/push/mids?operation={OTHER_OP}&mids=3"),
+        "other op to c",
+    )
+    .await;
+    expect(&mut c, "c", &[(OTHER_OP, "other op to c")]).await;
+
+    // Room batching: three pushes within job's window reach the WebSocket
+    // client as one OpRaw message of three frames, the TCP client as three
+    // plain frames.
+    let bodies = ["batch 1", "batch 2", "batch 3"];
+    let room = format!("/goim/push/room?operation={OP}&type=live&room=1");
+    futures::future::join_all(bodies.iter().map(|b| push(h, &room, b))).await;
+    let got = match b.recv().await {
+        Ok(Delivery::Batch(frames)) => pairs(&frames),
+        other => panic!("b: want one OpRaw message, got {other:?}"),
+    };
+    let mut sorted = got.clone();
+    sorted.sort();
+    let want: Vec<(i32, String)> = bodies.iter().map(|s| (OP, s.to_string())).collect();
+    assert_eq!(sorted, want, "b gets the three room pushes in one message");
+    let order: Vec<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
+    let order_ref: Vec<(i32, &str)> = order.iter().map(|s| (OP, *s)).collect();
+    expect(&mut a, "a", &order_ref).await;
+
+    // Markers: the next thing every client gets is its marker, so nothing
+    // meant for others (or filtered) came before it.
+    for (k, op, who) in [
+        ("ka", OP, "a"),
+        ("kb", OP, "b"),
+        ("kc", OTHER_OP, "c"),
+        ("kd", OTHER_OP, "d"),
+    ] {
+        push(
+            h,
+            &format!("/goim/push/keys?operation={op}&keys={k}"),
+            &format!("marker {who}"),
+        )
+        .await;
+    }
+    expect(&mut a, "a", &[(OP, "marker a")]).await;
+    expect(&mut b, "b", &[(OP, "marker b")]).await;
+    expect(&mut c, "c", &[(OTHER_OP, "marker c")]).await;
+    expect(&mut d, "d", &[(OTHER_OP, "marker d")]).await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_comets_share_room_counts_and_the_online_views() {
+    let p = Push::with(2, |_| {}).await;
+    let h = p.http();
+    let room = "live://9";
+    let mut clients = [
+        connect(&p.tcp(0), &auth_body(11, "k11", room, &[OP])).await,
+        connect(&p.ws(0), &auth_body(12, "k12", room, &[OP])).await,
+        connect(&p.tcp(1), &auth_body(13, "k13", room, &[OP])).await,
+    ];
+    // The heartbeat reply carries the cluster-wide count of the room, on both
+    // comets, once each comet's RenewOnline went round.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = c.heartbeat().await;
+            if matches!(got, Ok(3)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "client {i}: heartbeat count {got:?}, want 3"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eventually("/online/top counts both comets", WAIT, || async {
+        get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "9", "count": 3}])
+    })
+    .await;
+    assert_eq!(
+        get(h, "/goim/online/room?type=live&rooms=9&rooms=404").await["data"],
+        json!({"9": 3, "404": 0})
+    );
+    eventually("/online/total sums both comets", WAIT, || async {
+        get(h, "/goim/online/total").await["data"] == json!({"ip_count": 2, "conn_count": 3})
+    })
+    .await;
+    let nodes = get(h, "/goim/nodes/weighted?platform=ios").await["data"]["nodes"].clone();
+    let mut nodes: Vec<String> = serde_json::from_value(nodes).expect("node list");
+    nodes.sort();
+    assert_eq!(nodes, ["10.9.0.1", "10.9.0.2"]);
+
+    // A room push reaches the room's members on both comets.
+    push(
+        h,
+        "/goim/push/room?operation=1000&type=live&room=9",
+        "both comets",
+    )
+    .await;
+    for (i, c) in clients.iter_mut().enumerate() {
+        expect(c, &format!("client {i}"), &[(OP, "both comets")]).await;
+    }
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_key_kicks_and_bad_frames_close_only_their_connection() {
+    let p = Push::with(1, |_| {}).await;
+    let h = p.http();
+    let mut old = connect(&p.tcp(0), &auth_body(21, "dup", "live://5", &[OP])).await;
+    let mut new = connect(&p.ws(0), &auth_body(21, "dup", "live://5", &[OP])).await;
+    old.wait_closed()
+        .await
+        .expect("the older connection of the key is closed");
+    push(h, &format!("/goim/push/keys?operation={OP}&keys=dup"), "to dup").await;
+    expect(&mut new, "new", &[(OP, "to dup")]).await;
+
+    let mut good_tcp = connect(&p.tcp(0), &auth_body(22, "good-tcp", "live://5", &[OP])).await;
+    let mut good_ws = connect(&p.ws(0), &auth_body(23, "good-ws", "live://5", &[OP])).await;
+    // A header claiming a 16 MiB body, a header length that is not 16, and
+    // bytes that are no frame at all, each on its own connection.
+    let mut huge = vec![0u8; 16];
+    huge[..4].copy_from_slice(&(16u32 << 20).to_be_bytes());
+    huge[4..6].copy_from_slice(&16u16.to_be_bytes());
+    let mut bad_header = vec![0u8; 16];
+    bad_header[..4].copy_from_slice(&20u32.to_be_bytes());
+    bad_header[4..6].copy_from_slice(&4u16.to_be_bytes());
+    let garbage = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    let mut n = 0;
+    for (addr, bytes) in [
+        (p.tcp(0), huge.clone()),
+        (p.tcp(0), bad_header.clone()),
+        (p.ws(0), huge),
+        (p.ws(0), garbage),
+    ] {
+        n += 1;
+        let mut bad = connect(&addr, &auth_body(30 + n, &format!("bad{n}"), "live://5", &[OP])).await;
+        bad.send_raw(&bytes).await.expect("send bad bytes");
+        bad.wait_closed()
+            .await
+            .unwrap_or_else(|e| panic!("bad input {n} on {addr}: {e}"));
+    }
+    push(h, "/goim/push/room?operation=1000&type=live&room=5", "still here").await;
+    expect(&mut good_tcp, "good tcp", &[(OP, "still here")]).await;
+    expect(&mut good_ws, "good ws", &[(OP, "still here")]).await;
+    expect(&mut new, "new", &[(OP, "still here")]).await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_tokens_forged_and_expired_are_refused_valid_accepted() {
+    const SECRET: &str = "e2e-secret";
+    let p = Push::with(1, |l| l.auth.secret = SECRET.into()).await;
+    let now = reborn::im::discovery::unix_now();
+    let body = |token: &str| {
+        serde_json::to_vec(&json!({
+            "mid": 41, "key": "tk", "room_id": "live://7", "platform": "linux", "accepts": [OP], "token": token
+        }))
+        .expect("json")
+    };
+    let valid = token::sign(SECRET.as_bytes(), 41, "tk", now + 3600).expect("sign");
+    let forged = token::sign(b"not the secret", 41, "tk", now + 3600).expect("sign");
+    let expired = token::sign(SECRET.as_bytes(), 41, "tk", now - 10).expect("sign");
+    // The comet must know logic before a refusal means anything: a valid
+    // token first (retried while it does not).
+    let mut ok = connect(&p.tcp(0), &body(&valid)).await;
+    for (what, token) in [("forged", forged), ("expired", expired)] {
+        for addr in [p.tcp(0), p.ws(0)] {
+            let mut c = open(&addr).await.expect("connect");
+            match c.auth(&body(&token)).await {
+                Err(ClientError::Refused { code, .. }) => assert_eq!(code, -401, "{what} on {addr}"),
+                other => panic!("{what} token on {addr}: want a refusal, got {other:?}"),
+            }
+            c.wait_closed()
+                .await
+                .unwrap_or_else(|e| panic!("{what} on {addr} stays open: {e}"));
+        }
+    }
+    let mut ok_ws = connect(&p.ws(0), &body(&valid)).await;
+    ok.wait_closed()
+        .await
+        .expect("same key: the TCP session was replaced");
+    push(p.http(), "/goim/push/mids?operation=1000&mids=41", "signed").await;
+    expect(&mut ok_ws, "valid token", &[(OP, "signed")]).await;
+    p.shutdown().await;
+}
+
+/// A role run as a child process of the built binary (so it can be
+/// SIGKILLed), with its config file's directory.
+struct Child {
+    process: GuardedChild,
+    _dir: tempfile::TempDir,
+}
+
+impl Child {
+    /// `reborn <role> --config <file>` with `toml` as the file.
+    fn spawn(role: &str, toml: &str) -> Child {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join(format!("{role}.toml"));
+        std::fs::write(&conf, toml).expect("write config");
+        let process = common::spawn_guarded(
+            Command::new(env!("CARGO_BIN_EXE_reborn"))
+                .arg(role)
+                .arg("--config")
+                .arg(&conf)
+                .env("RUST_LOG", "warn"),
+        );
+        Child { process, _dir: dir }
+    }
+
+    /// SIGKILL, and reap.
+    fn kill(&mut self) {
+        self.process.kill().expect("SIGKILL");
+        self.process.wait().expect("reap");
+    }
+}
+
+fn zk_toml(zk: &ZkConfig) -> String {
+    format!(
+        "[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"{}ms\"\n",
+        zk.addr,
+        zk.root,
+        zk.product,
+        zk.session_timeout.as_millis()
+    )
+}
+
+/// A `reborn comet` child process; returns it with its TCP address and
+/// WebSocket URL.
+fn comet_process(zk: &ZkConfig, id: &str, addr: &str) -> (Child, String, String) {
+    let (tcp, ws, grpc) = (common::free_port(), common::free_port(), common::free_port());
+    let toml = format!(
+        "server_id = \"{id}\"\naddrs = [\"{addr}\"]\nregister_interval = \"200ms\"\nthreads = 2\n\
+         [tcp]\nlisten = \"127.0.0.1:{tcp}\"\n[websocket]\nlisten = \"127.0.0.1:{ws}\"\n\
+         [grpc]\nlisten = \"127.0.0.1:{grpc}\"\n[protocol]\nrenew_interval = \"1s\"\n\
+         [logic]\nonline_interval = \"200ms\"\n{}",
+        zk_toml(zk)
+    );
+    (
+        Child::spawn("comet", &toml),
+        format!("127.0.0.1:{tcp}"),
+        format!("ws://127.0.0.1:{ws}/sub"),
+    )
+}
+
+/// A `reborn job` child process named `consumer`.
+fn job_process(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> Child {
+    let toml = format!(
+        "consumer = \"{consumer}\"\n[cluster]\naddrs = [\"{proxy}\"]\n\
+         [queue]\nblock = \"500ms\"\nclaim_min_idle = \"1s\"\nclaim_interval = \"300ms\"\n\
+         [room]\nsignal = \"{}ms\"\n{}",
+        ROOM_SIGNAL.as_millis(),
+        zk_toml(zk)
+    );
+    Child::spawn("job", &toml)
+}
+
+/// The consumers of the job group on `stream` and their pending counts
+/// (empty while the group does not exist).
+async fn consumers(r: &mut RespConn, stream: &str) -> BTreeMap<String, i64> {
+    let Ok(reply) = r.call(&["XINFO", "CONSUMERS", stream, queue::GROUP]).await else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for c in resp_client::array(reply).unwrap_or_default() {
+        let fields = resp_client::array(c).unwrap_or_default();
+        let mut name = String::new();
+        let mut pending = 0;
+        let mut it = fields.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            let k = resp_client::bytes(k).ok().flatten().unwrap_or_default();
+            match &k[..] {
+                b"name" => {
+                    let v = resp_client::bytes(v).ok().flatten().unwrap_or_default();
+                    name = String::from_utf8_lossy(&v).into_owned();
+                }
+                b"pending" => pending = resp_client::int(v).unwrap_or(-1),
+                _ => {}
+            }
+        }
+        out.insert(name, pending);
+    }
+    out
+}
+
+/// A RESP connection through the proxy at `proxy`.
+async fn resp(proxy: &str) -> RespConn {
+    RespConn::connect(proxy, Duration::from_secs(5))
+        .await
+        .expect("connect to the proxy")
+}
+
+/// Entries job-b read and did not ack, over every stream.
+async fn job_b_pending(r: &mut RespConn) -> i64 {
+    let mut left = 0;
+    for i in 0..queue::DEFAULT_STREAMS {
+        left += consumers(r, &queue::stream_key(i))
+            .await
+            .get("job-b")
+            .copied()
+            .unwrap_or(0);
+    }
+    left
+}
+
+/// What one client saw during the zero-loss test.
+#[derive(Default, Debug)]
+struct Seen {
+    numbers: BTreeSet<u64>,
+    wrong: Vec<String>,
+    closed: bool,
+}
+
+/// Reads pushes into `seen` (heartbeating every 700 ms, which renews the
+/// session) until `stop` or the connection closes. A push is this client's
+/// when its body names the client's mid or room.
+fn watch(mut c: ImClient, mid: i64, room: &'static str, stop: Arc<AtomicBool>) -> Arc<Mutex<Seen>> {
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let out = seen.clone();
+    let note = move |f: &dyn Fn(&mut Seen)| f(&mut seen.lock().expect("seen"));
+    tokio::spawn(async move {
+        let mine = [format!("mid:{mid}"), format!("room:{room}")];
+        let mut last_beat = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if last_beat.elapsed() > Duration::from_millis(700) {
+                match c.heartbeat().await {
+                    Ok(_) | Err(ClientError::Timeout { .. }) => {}
+                    Err(_) => return note(&|s| s.closed = true),
+                }
+                last_beat = Instant::now();
+            }
+            let f = match tokio::time::timeout(Duration::from_millis(200), c.next_push()).await {
+                Err(_) | Ok(Err(ClientError::Timeout { .. })) => continue,
+                Ok(Err(_)) => return note(&|s| s.closed = true),
+                Ok(Ok(f)) => f,
+            };
+            let body = String::from_utf8_lossy(&f.body).into_owned();
+            let parsed = body
+                .strip_prefix("n=")
+                .and_then(|r| r.split_once(" to="))
+                .and_then(|(n, to)| Some((n.parse::<u64>().ok()?, to.to_string())));
+            match parsed {
+                Some((n, to)) if f.op == OP && mine.contains(&to) => note(&|s| {
+                    s.numbers.insert(n);
+                }),
+                _ => note(&|s| s.wrong.push(format!("op {} {body:?}", f.op))),
+            }
+        }
+    });
+    out
+}
+
+/// A non-panicking POST for the pusher: logic's code, or None if the
+/// request failed.
+async fn try_push(addr: SocketAddr, path: &str, body: String) -> Option<i64> {
+    let call = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", "logic")
+            .body(Full::new(Bytes::from(body)))
+            .ok()?;
+        let res = sender.send_request(req).await.ok()?;
+        let bytes = res.into_body().collect().await.ok()?.to_bytes();
+        serde_json::from_slice::<Value>(&bytes).ok()?["code"].as_i64()
+    };
+    tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A dashboard in-process; returns its address.
+async fn dashboard(c: &Cluster) -> String {
+    let cfg = reborn::topo::manager::dashboard::DashboardConfig {
+        listen: "127.0.0.1:0".into(),
+        zk: c.zk.clone(),
+        ..Default::default()
+    };
+    let bound = reborn::topo::manager::dashboard::Bound::bind(cfg)
+        .await
+        .expect("bind dashboard");
+    let addr = bound.local_addr().to_string();
+    tokio::spawn(bound.run(c.stop.clone()));
+    addr
+}
+
+/// Migrates slots `start..=end` to group `to` through the dashboard's API
+/// (retrying until it leads) and waits for the task to finish.
+async fn migrate(dash: &str, start: u16, end: u16, to: u32) {
+    use reborn::topo::manager::dashboard::client;
+    use reborn::topo::manager::task::{Task, TaskState};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let task: Task = loop {
+        let body = json!({ "start": start, "end": end, "to": to });
+        match client::post(dash, "/api/migrate", &body).await {
+            Ok(r) if r.error().is_none() => break r.into_json().expect("task"),
+            _ => assert!(Instant::now() < deadline, "the dashboard never led"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    loop {
+        let tasks: Vec<Task> = client::get(dash, "/api/tasks")
+            .await
+            .expect("tasks")
+            .into_json()
+            .expect("json");
+        let t = tasks.into_iter().find(|t| t.id == task.id).expect("our task");
+        if t.state == TaskState::Done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "migration {start}-{end} never finished: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the pusher has sent `n` pushes.
+async fn sent_at_least(sent: &AtomicU64, n: u64) {
+    eventually(&format!("{n} pushes sent"), Duration::from_secs(30), || {
+        let ok = sent.load(Ordering::Relaxed) >= n;
+        async move { ok }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
+    const ROOM: &str = "live://zl";
+    let mut p = Push::start(|_| {}).await;
+    let zk = p.cluster.zk.clone();
+    let a = p.comet("comet-a", "10.9.0.1").await;
+    let (mut comet_b, b_tcp, b_ws) = comet_process(&zk, "comet-b", "10.9.0.2");
+    // Survivors on comet A (in-process), victims on comet B (killed later).
+    let survivors = [
+        (101, connect(&p.tcp(a), &auth_body(101, "ks1", ROOM, &[OP])).await),
+        (102, connect(&p.ws(a), &auth_body(102, "ks2", ROOM, &[OP])).await),
+    ];
+    let victims = [
+        (201, connect(&b_tcp, &auth_body(201, "kv1", ROOM, &[OP])).await),
+        (202, connect(&b_ws, &auth_body(202, "kv2", ROOM, &[OP])).await),
+    ];
+    // Two jobs: a child process (killed later) and one in-process.
+    let mut job_b = job_process(&zk, p.proxy, "job-b");
+    let mut r = p.resp().await;
+    let proxy = p.proxy.to_string();
+    // A consumer shows in XINFO once it read an entry (Redis 7.0 creates
+    // it then): warm-up room pushes (to rooms nobody is in, hence spread over
+    // the streams) until job-b shows.
+    let mut warm = 0;
+    eventually("the job process consumes", WAIT, || {
+        warm += 1;
+        let (proxy, h) = (proxy.clone(), p.http());
+        async move {
+            push(
+                h,
+                &format!("/goim/push/room?operation={OP}&type=warm&room={warm}"),
+                "warm-up",
+            )
+            .await;
+            let mut r = resp(&proxy).await;
+            for i in 0..queue::DEFAULT_STREAMS {
+                if consumers(&mut r, &queue::stream_key(i))
+                    .await
+                    .contains_key("job-b")
+                {
+                    return true;
+                }
+            }
+            false
+        }
+    })
+    .await;
+    p.job("job-a").await;
+    eventually("job-a knows comet-b", WAIT, || {
+        let ok = p.jobs[0].comets().contains(&"comet-b".to_string());
+        async move { ok }
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watchers: BTreeMap<i64, Arc<Mutex<Seen>>> = survivors
+        .into_iter()
+        .chain(victims)
+        .map(|(mid, c)| (mid, watch(c, mid, ROOM, stop.clone())))
+        .collect();
+
+    // The pusher: numbered pushes at a steady rate, by room and by mid
+    // (survivors and victims), until told to stop and at least 300 went.
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop_pushing = Arc::new(AtomicBool::new(false));
+    let accepted: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let pusher = {
+        let (sent, stop_pushing, accepted, h) =
+            (sent.clone(), stop_pushing.clone(), accepted.clone(), p.http());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            let mut n = 0u64;
+            while n < 300 || !stop_pushing.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (path, to) = match n % 4 {
+                    0 => (
+                        format!("/goim/push/room?operation={OP}&type=live&room=zl"),
+                        format!("room:{ROOM}"),
+                    ),
+                    1 => (
+                        format!("/goim/push/mids?operation={OP}&mids=101"),
+                        "mid:101".to_string(),
+                    ),
+                    2 => (
+                        format!("/goim/push/mids?operation={OP}&mids=102"),
+                        "mid:102".to_string(),
+                    ),
+                    _ => (
+                        format!("/goim/push/mids?operation={OP}&mids=201"),
+                        "mid:201".to_string(),
+                    ),
+                };
+                if try_push(h, &path, format!("n={n} to={to}")).await == Some(0) {
+                    accepted.lock().expect("accepted").push((n, to));
+                }
+                n += 1;
+                sent.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+
+    // 1. Move every slot, so sessions and streams all change groups.
+    let dash = dashboard(&p.cluster).await;
+    sent_at_least(&sent, 30).await;
+    let t = Instant::now();
+    migrate(&dash, 0, 511, 2).await;
+    migrate(&dash, 512, 1023, 1).await;
+    eprintln!(
+        "zero-loss: both migrations took {:?}, {} pushes sent so far",
+        t.elapsed(),
+        sent.load(Ordering::Relaxed)
+    );
+    assert_eq!(p.cluster.slot_state(0).await.0, 2);
+    assert_eq!(p.cluster.slot_state(1023).await.0, 1);
+    // 2. SIGKILL the job process: job-a claims what it left pending.
+    // Every session and stream of the test now lives on the other group.
+    let mut g = [
+        common::client(&p.cluster.masters[0].addr()).await,
+        common::client(&p.cluster.masters[1].addr()).await,
+    ];
+    let mut moved: Vec<String> = ["mid_101", "mid_102", "key_ks1", "key_ks2"]
+        .map(String::from)
+        .into();
+    moved.extend(queue::stream_keys(queue::DEFAULT_STREAMS));
+    for key in &moved {
+        // Slots 0-511 moved to group 2 (masters[1]), 512-1023 to group 1.
+        let owner = usize::from(reborn::libs::hash::slot_of(key.as_bytes()) < 512);
+        let here: (bool, bool) = (
+            redis::AsyncCommands::exists(&mut g[owner], key)
+                .await
+                .expect("exists"),
+            redis::AsyncCommands::exists(&mut g[1 - owner], key)
+                .await
+                .expect("exists"),
+        );
+        assert_eq!(here, (true, false), "{key} after the migrations");
+    }
+    // 2. SIGKILL the job process (when it holds entries read but not acked,
+    // if that happens within 5 s): job-a must claim them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while job_b_pending(&mut r).await == 0 && Instant::now() < deadline {}
+    let mark = sent.load(Ordering::Relaxed);
+    job_b.kill();
+    let left_by_b = job_b_pending(&mut r).await;
+    eprintln!("zero-loss: job-b killed with {left_by_b} entries pending");
+    sent_at_least(&sent, mark + 30).await;
+    // 3. SIGKILL comet B.
+    let mark = sent.load(Ordering::Relaxed);
+    comet_b.kill();
+    sent_at_least(&sent, mark + 30).await;
+    stop_pushing.store(true, Ordering::Relaxed);
+    pusher.await.expect("pusher");
+
+    let accepted = accepted.lock().expect("accepted").clone();
+    let total = sent.load(Ordering::Relaxed);
+    assert!(
+        accepted.len() as u64 * 10 >= total * 9,
+        "logic accepted only {} of {total} pushes",
+        accepted.len()
+    );
+    // Every accepted push reaches every survivor it was meant for.
+    let want = |mid: i64| -> BTreeSet<u64> {
+        let mine = [format!("mid:{mid}"), format!("room:{ROOM}")];
+        accepted
+            .iter()
+            .filter(|(_, to)| mine.contains(to))
+            .map(|(n, _)| *n)
+            .collect()
+    };
+    let wants: BTreeMap<i64, BTreeSet<u64>> = [(101, want(101)), (102, want(102))].into();
+    let missing = |mid: i64| -> Vec<u64> {
+        let seen = watchers[&mid].lock().expect("seen");
+        wants[&mid].difference(&seen.numbers).copied().collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(missing(101).is_empty() && missing(102).is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "accepted pushes never delivered: mid 101 {:?}, mid 102 {:?}",
+            missing(101),
+            missing(102)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (mid, seen) in &watchers {
+        let seen = seen.lock().expect("seen");
+        assert!(
+            seen.wrong.is_empty(),
+            "mid {mid} got pushes of others: {:?}",
+            seen.wrong
+        );
+        if *mid < 200 {
+            assert!(!seen.closed, "survivor {mid} was disconnected");
+        } else {
+            assert!(seen.closed, "victim {mid} still connected");
+        }
+    }
+
+    // job-b's pending entries were all claimed (and acked) by job-a.
+    eventually("job-b has nothing pending", WAIT, || {
+        let proxy = proxy.clone();
+        async move {
+            let r = &mut resp(&proxy).await;
+            let mut left = 0;
+            for i in 0..queue::DEFAULT_STREAMS {
+                left += consumers(r, &queue::stream_key(i))
+                    .await
+                    .get("job-b")
+                    .copied()
+                    .unwrap_or(0);
+            }
+            left == 0
+        }
+    })
+    .await;
+    // comet B's sessions go: its room counts and its clients' mappings.
+    eventually("comet-b's sessions expire", Duration::from_secs(20), || {
+        let proxy = proxy.clone();
+        async move {
+            let r = &mut resp(&proxy).await;
+            let keys = ["ol_comet-b", "key_kv1", "key_kv2", "mid_201", "mid_202"];
+            let mut args = vec!["EXISTS"];
+            args.extend(keys);
+            matches!(r.call(&args).await.map(resp_client::int), Ok(Ok(0)))
+        }
+    })
+    .await;
+    let live = r
+        .call(&["EXISTS", "key_ks1", "key_ks2", "mid_101", "mid_102", "ol_comet-a"])
+        .await
+        .map(resp_client::int);
+    assert!(matches!(live, Ok(Ok(5))), "survivors' sessions: {live:?}");
+    eprintln!(
+        "zero-loss: {} of {total} pushes accepted; job-a {:?}",
+        accepted.len(),
+        p.jobs[0].stats()
+    );
+    p.shutdown().await;
+}
