@@ -13,7 +13,7 @@ pub mod client;
 pub mod comet;
 pub mod discovery;
 pub mod frame;
-pub mod logic;
 pub mod job;
+pub mod logic;
 pub mod proto;
 pub mod queue;
