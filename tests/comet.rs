@@ -25,8 +25,8 @@ use reborn::im::proto::comet::comet_client::CometClient;
 use reborn::im::proto::comet::{BroadcastReq, BroadcastRoomReq, PushMsgReq, RoomsReq};
 use reborn::im::proto::logic::logic_server::{Logic, LogicServer};
 use reborn::im::proto::logic::{
-    ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReply, HeartbeatReq, NodesReply, NodesReq,
-    OnlineReply, OnlineReq, ReceiveReply, ReceiveReq,
+    ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReply, HeartbeatReq, NodesReply,
+    NodesReq, OnlineReply, OnlineReq, ReceiveReply, ReceiveReq,
 };
 use reborn::im::proto::protocol::Proto;
 use reborn::topo::Store;
@@ -46,6 +46,7 @@ struct Calls {
     disconnects: Vec<String>,
     receives: Vec<(i64, i32, Vec<u8>)>,
     renewals: usize,
+    heartbeats: usize,
 }
 
 /// Test scaffolding: the smallest `goim.logic.Logic` comet can talk to.
@@ -61,8 +62,8 @@ impl Logic for FakeLogic {
         if String::from_utf8_lossy(&req.token).contains("forged") {
             return Err(Status::unauthenticated("forged token"));
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&req.token).map_err(|e| Status::unauthenticated(format!("bad auth body: {e}")))?;
+        let v: serde_json::Value = serde_json::from_slice(&req.token)
+            .map_err(|e| Status::unauthenticated(format!("bad auth body: {e}")))?;
         Ok(Response::new(ConnectReply {
             mid: v["mid"].as_i64().unwrap_or(0),
             key: v["key"].as_str().unwrap_or("").to_string(),
@@ -71,7 +72,8 @@ impl Logic for FakeLogic {
                 .as_array()
                 .map(|a| a.iter().filter_map(|x| x.as_i64()).map(|x| x as i32).collect())
                 .unwrap_or_default(),
-            heartbeat: Duration::from_secs(240).as_nanos() as i64,
+            // Test-only knob of the fake: the idle timeout it hands out.
+            heartbeat: Duration::from_millis(v["idle_ms"].as_u64().unwrap_or(240_000)).as_nanos() as i64,
         }))
     }
 
@@ -81,6 +83,7 @@ impl Logic for FakeLogic {
     }
 
     async fn heartbeat(&self, _req: Request<HeartbeatReq>) -> Result<Response<HeartbeatReply>, Status> {
+        self.calls.lock().unwrap().heartbeats += 1;
         Ok(Response::new(HeartbeatReply {}))
     }
 
@@ -136,16 +139,20 @@ impl Setup {
             grpc: logic_addr.to_string(),
             ..Instance::default()
         };
-        discovery::register(&store, InstanceKind::Logic, &me).await.expect("register logic");
+        discovery::register(&store, InstanceKind::Logic, &me)
+            .await
+            .expect("register logic");
 
-        let mut config = CometConfig::default();
-        config.zk = zk;
-        config.server_id = "comet-test".into();
+        let mut config = CometConfig {
+            zk,
+            server_id: "comet-test".into(),
+            register_interval: Duration::from_millis(300),
+            ..CometConfig::default()
+        };
         config.tcp.listen = "127.0.0.1:0".into();
         config.websocket.listen = "127.0.0.1:0".into();
         config.grpc.listen = "127.0.0.1:0".into();
         config.logic.online_interval = Duration::from_millis(200);
-        config.register_interval = Duration::from_millis(300);
         tune(&mut config);
         let comet = comet::start(config).await.expect("comet starts");
         let endpoint = Endpoint::from_shared(format!("http://{}", comet.grpc_addr)).expect("endpoint");
@@ -163,7 +170,9 @@ impl Setup {
     }
 
     async fn tcp(&self, auth: &str) -> ImClient {
-        let mut c = ImClient::tcp(&self.comet().tcp_addr.to_string()).await.expect("tcp connect");
+        let mut c = ImClient::tcp(&self.comet().tcp_addr.to_string())
+            .await
+            .expect("tcp connect");
         c.auth(auth.as_bytes()).await.expect("tcp auth");
         c
     }
@@ -214,7 +223,8 @@ fn raw(frames: &[(i32, &str)]) -> Proto {
 }
 
 fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> String {
-    serde_json::json!({"mid": mid, "key": key, "room_id": room, "platform": "web", "accepts": accepts}).to_string()
+    serde_json::json!({"mid": mid, "key": key, "room_id": room, "platform": "web", "accepts": accepts})
+        .to_string()
 }
 
 fn frame_of(d: &Delivery) -> (i32, String) {
@@ -242,7 +252,10 @@ async fn heartbeat_until(c: &mut ImClient, want: i32) {
         if got == want {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "heartbeat count {got}, want {want}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "heartbeat count {got}, want {want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -254,8 +267,13 @@ async fn pushes_reach_tcp_as_frames_and_ws_as_batches_with_the_op_filter() {
     let mut ws = s.ws(&auth_body(2, "ws-1", "live://1000", &[1001])).await;
 
     // By key: the ws client does not watch 1000, so only tcp gets it.
-    s.push_keys(&["tcp-1", "ws-1"], 1000, "to watchers of 1000").await.expect("push");
-    assert_eq!(frame_of(&tcp.recv().await.expect("tcp push")), (1000, "to watchers of 1000".into()));
+    s.push_keys(&["tcp-1", "ws-1"], 1000, "to watchers of 1000")
+        .await
+        .expect("push");
+    assert_eq!(
+        frame_of(&tcp.recv().await.expect("tcp push")),
+        (1000, "to watchers of 1000".into())
+    );
     s.push_keys(&["ws-1"], 1001, "to ws").await.expect("push");
     assert_eq!(
         batch_of(&ws.recv().await.expect("ws push")),
@@ -264,7 +282,10 @@ async fn pushes_reach_tcp_as_frames_and_ws_as_batches_with_the_op_filter() {
     );
     ws.sub(&[1000]).await.expect("sub");
     s.push_keys(&["ws-1"], 1000, "after sub").await.expect("push");
-    assert_eq!(batch_of(&ws.recv().await.expect("ws push")), vec![(1000, "after sub".to_string())]);
+    assert_eq!(
+        batch_of(&ws.recv().await.expect("ws push")),
+        vec![(1000, "after sub".to_string())]
+    );
 
     // By room: the filter does not apply; TCP gets plain frames, WS one batch.
     let room = BroadcastRoomReq {
@@ -287,11 +308,24 @@ async fn pushes_reach_tcp_as_frames_and_ws_as_batches_with_the_op_filter() {
         speed: 0,
     };
     s.grpc.clone().broadcast(all).await.expect("broadcast");
-    assert_eq!(frame_of(&tcp.recv().await.expect("broadcast")), (1000, "everyone".into()));
+    assert_eq!(
+        frame_of(&tcp.recv().await.expect("broadcast")),
+        (1000, "everyone".into())
+    );
     s.push_keys(&["ws-1"], 1001, "marker").await.expect("push");
-    assert_eq!(batch_of(&ws.recv().await.expect("marker")), vec![(1001, "marker".to_string())]);
+    assert_eq!(
+        batch_of(&ws.recv().await.expect("marker")),
+        vec![(1001, "marker".to_string())]
+    );
 
-    let rooms = s.grpc.clone().rooms(RoomsReq {}).await.expect("rooms").into_inner().rooms;
+    let rooms = s
+        .grpc
+        .clone()
+        .rooms(RoomsReq {})
+        .await
+        .expect("rooms")
+        .into_inner()
+        .rooms;
     assert_eq!(rooms, HashMap::from([("live://1000".to_string(), true)]));
 
     // Upstream op 4: echoed empty, handed to logic. WebSocket pings answered.
@@ -313,13 +347,19 @@ async fn pushes_reach_tcp_as_frames_and_ws_as_batches_with_the_op_filter() {
     eventually("the registration counts two connections", WAIT, || {
         let store = store.clone();
         async move {
-            let list = discovery::list(&store, InstanceKind::Comet).await.unwrap_or_default();
-            list.iter().any(|i| i.id == "comet-test" && i.conn_count == 2 && i.ip_count == 1 && i.tcp_port > 0)
+            let list = discovery::list(&store, InstanceKind::Comet)
+                .await
+                .unwrap_or_default();
+            list.iter()
+                .any(|i| i.id == "comet-test" && i.conn_count == 2 && i.ip_count == 1 && i.tcp_port > 0)
         }
     })
     .await;
     drop(tcp);
-    eventually("logic is told tcp-1 left", WAIT, || async { s.disconnects("tcp-1") == 1 }).await;
+    eventually("logic is told tcp-1 left", WAIT, || async {
+        s.disconnects("tcp-1") == 1
+    })
+    .await;
     assert!(s.logic.calls.lock().unwrap().renewals > 0);
     s.stop().await;
 }
@@ -332,13 +372,23 @@ async fn a_duplicate_key_kicks_the_old_connection() {
     let mut new = s.ws(&body).await;
     old.wait_closed().await.expect("the old connection is closed");
     s.push_keys(&["dup"], 1000, "to the new one").await.expect("push");
-    assert_eq!(batch_of(&new.recv().await.expect("push")), vec![(1000, "to the new one".to_string())]);
+    assert_eq!(
+        batch_of(&new.recv().await.expect("push")),
+        vec![(1000, "to the new one".to_string())]
+    );
     assert_eq!(s.comet().room_online("live://7"), 1);
     heartbeat_until(&mut new, 1).await;
     assert_eq!(s.comet().stats().kicked, 1);
     drop(new);
-    eventually("the new connection's end is reported", WAIT, || async { s.disconnects("dup") >= 1 }).await;
-    assert_eq!(s.disconnects("dup"), 1, "the kicked connection must not drop the new session");
+    eventually("the new connection's end is reported", WAIT, || async {
+        s.disconnects("dup") >= 1
+    })
+    .await;
+    assert_eq!(
+        s.disconnects("dup"),
+        1,
+        "the kicked connection must not drop the new session"
+    );
     s.stop().await;
 }
 
@@ -355,9 +405,9 @@ fn header(pack: i32, header: i16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_closes_only_its_own_connection() {
-    let s = Setup::start(|c| c.protocol.max_body = 64).await;
+    let s = Setup::start(|c| c.protocol.max_body = 128).await;
     let mut good = s.tcp(&auth_body(1, "good", "live://1", &[1000])).await;
-    let max = frame::HEADER_LEN as i32 + 64;
+    let max = frame::HEADER_LEN as i32 + 128;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("wrong header length", header(16, 17)),
         ("body over the maximum", header(max + 1, 16)),
@@ -371,21 +421,30 @@ async fn bad_input_closes_only_its_own_connection() {
         for authed in [false, true] {
             let mut bad = ImClient::tcp(&tcp_addr).await.expect("connect");
             if authed {
-                bad.auth(auth_body(9, "bad", "live://1", &[]).as_bytes()).await.expect("auth");
+                bad.auth(auth_body(9, "bad", "live://1", &[]).as_bytes())
+                    .await
+                    .expect("auth");
             }
             bad.send_raw(bytes).await.expect("send");
-            bad.wait_closed().await.unwrap_or_else(|e| panic!("tcp {what} (authed {authed}): {e}"));
+            bad.wait_closed()
+                .await
+                .unwrap_or_else(|e| panic!("tcp {what} (authed {authed}): {e}"));
             s.push_keys(&["good"], 1000, what).await.expect("push");
-            assert_eq!(frame_of(&good.recv().await.expect("good still served")), (1000, what.to_string()));
+            assert_eq!(
+                frame_of(&good.recv().await.expect("good still served")),
+                (1000, what.to_string())
+            );
         }
     }
     // Over WebSocket: a message ending inside a frame, and one over the maximum.
     let full = Frame::new(1, op::HEARTBEAT, 1, Bytes::new()).to_bytes();
-    let too_big = Frame::new(1, op::SEND_MSG, 1, vec![b'x'; 65]).to_bytes();
+    let too_big = Frame::new(1, op::SEND_MSG, 1, vec![b'x'; 129]).to_bytes();
     for (what, bytes) in [("truncated", &full[..10]), ("too big", &too_big[..])] {
         let mut bad = ImClient::ws(&ws_url).await.expect("ws connect");
         bad.send_raw(bytes).await.expect("send");
-        bad.wait_closed().await.unwrap_or_else(|e| panic!("ws {what}: {e}"));
+        bad.wait_closed()
+            .await
+            .unwrap_or_else(|e| panic!("ws {what}: {e}"));
         assert_eq!(good.heartbeat().await.expect("good still answers"), 1);
     }
     let st = s.comet().stats();
@@ -407,9 +466,18 @@ async fn handshake_timeout_refused_auth_and_wrong_paths() {
     let mut silent = ImClient::tcp(&tcp_addr).await.expect("connect");
     let mut chatty = ImClient::tcp(&tcp_addr).await.expect("connect");
     // A heartbeat before auth is skipped, not answered; it does not extend the handshake.
-    chatty.send(Frame::new(1, op::HEARTBEAT, 1, Bytes::new())).await.expect("send");
-    silent.wait_closed().await.expect("closed after the handshake timeout");
-    chatty.wait_closed().await.expect("closed after the handshake timeout");
+    chatty
+        .send(Frame::new(1, op::HEARTBEAT, 1, Bytes::new()))
+        .await
+        .expect("send");
+    silent
+        .wait_closed()
+        .await
+        .expect("closed after the handshake timeout");
+    chatty
+        .wait_closed()
+        .await
+        .expect("closed after the handshake timeout");
     assert!(chatty.recv().await.is_err(), "the early heartbeat got no reply");
 
     let mut forged = ImClient::tcp(&tcp_addr).await.expect("connect");
@@ -441,13 +509,55 @@ fn make_certs(dir: &std::path::Path) -> bool {
             .map(|o| o.status.success())
             .unwrap_or(false)
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n").expect("write");
-    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=reborn test CA"]].concat())
-        && run(&[&["req"][..], &ec, &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost"]].concat())
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write");
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=reborn test CA",
+        ],
+    ]
+    .concat())
         && run(&[
-            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-            "cert.pem", "-days", "2", "-extfile", "ext.cnf",
+            &["req"][..],
+            &ec,
+            &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost"],
+        ]
+        .concat())
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
         ])
 }
 
@@ -481,11 +591,72 @@ async fn wss_serves_clients_with_the_configured_certificate() {
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
 
-    let mut c = ImClient::wss(&wss, "localhost", connector).await.expect("wss connect");
-    c.auth(auth_body(3, "wss-1", "live://3", &[1000]).as_bytes()).await.expect("auth");
+    let mut c = ImClient::wss(&wss, "localhost", connector)
+        .await
+        .expect("wss connect");
+    c.auth(auth_body(3, "wss-1", "live://3", &[1000]).as_bytes())
+        .await
+        .expect("auth");
     s.push_keys(&["wss-1"], 1000, "over tls").await.expect("push");
-    assert_eq!(batch_of(&c.recv().await.expect("push")), vec![(1000, "over tls".to_string())]);
+    assert_eq!(
+        batch_of(&c.recv().await.expect("push")),
+        vec![(1000, "over tls".to_string())]
+    );
     assert_eq!(c.heartbeat().await.expect("heartbeat"), 1);
     c.ping().await.expect("pong");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_hold_the_idle_timeout_off_and_renew_the_session() {
+    let s = Setup::start(|c| c.protocol.renew_interval = Duration::from_millis(300)).await;
+    let body =
+        serde_json::json!({"mid": 4, "key": "idle", "room_id": "live://4", "idle_ms": 800}).to_string();
+    let mut c = s.tcp(&body).await;
+    // Heartbeats every 200 ms keep the 800 ms idle timeout off for well past it.
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2000) {
+        assert_eq!(c.heartbeat().await.expect("still open"), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.comet().stats().idle_timeouts, 0);
+    // The session was renewed in logic on heartbeats past the renew interval.
+    assert!(
+        s.logic.calls.lock().unwrap().heartbeats >= 2,
+        "renewed every 300 ms of heartbeats"
+    );
+    c.wait_closed().await.expect("closed once heartbeats stop");
+    assert_eq!(s.comet().stats().idle_timeouts, 1);
+    eventually("logic is told the idle one left", WAIT, || async {
+        s.disconnects("idle") == 1
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_loses_pushes_and_nobody_else_does() {
+    let s = Setup::start(|c| c.protocol.send_queue = 2).await;
+    let _stuck = s.tcp(&auth_body(1, "stuck", "live://1", &[1000])).await;
+    let mut fine = s.tcp(&auth_body(2, "fine", "live://1", &[1000])).await;
+    let big = "x".repeat(1 << 20);
+    let mut refused = None;
+    for i in 0..256 {
+        // The socket buffers fill, then the writer blocks, then the queue fills.
+        if let Err(status) = s.push_keys(&["stuck"], 1000, &big).await {
+            refused = Some((i, status));
+            break;
+        }
+    }
+    let (after, status) = refused.expect("a full queue refuses pushes");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(after >= 2, "the first pushes were queued ({after})");
+    assert!(s.comet().stats().pushes_dropped >= 1);
+    s.push_keys(&["fine"], 1000, "unaffected").await.expect("push");
+    assert_eq!(
+        frame_of(&fine.recv().await.expect("push")),
+        (1000, "unaffected".into())
+    );
+    assert_eq!(fine.heartbeat().await.expect("heartbeat"), 2);
     s.stop().await;
 }

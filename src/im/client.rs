@@ -109,7 +109,10 @@ impl ImClient {
     pub async fn tcp(addr: &str) -> Result<ImClient, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(ImClient::with(Link::Tcp(Framed::new(stream, FrameCodec::new(MAX_BODY)))))
+        Ok(ImClient::with(Link::Tcp(Framed::new(
+            stream,
+            FrameCodec::new(MAX_BODY),
+        ))))
     }
 
     /// Connects over WebSocket to `url` (`ws://host:port/sub`).
@@ -117,7 +120,11 @@ impl ImClient {
     /// # Errors
     /// The connection or the upgrade failed (a wrong path gets HTTP 404).
     pub async fn ws(url: &str) -> Result<ImClient, ClientError> {
-        let host = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
+        let host = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
         let tcp = TcpStream::connect(host).await?;
         tcp.set_nodelay(true)?;
         ImClient::ws_over(Box::new(tcp), url).await
@@ -198,16 +205,19 @@ impl ImClient {
     /// [`ClientError::Refused`] when op 8 carries an error body; a timeout or
     /// a closed connection otherwise.
     pub async fn auth(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        let reply = self.call(op::AUTH, Bytes::copy_from_slice(body), op::AUTH_REPLY).await?;
+        let reply = self
+            .call(op::AUTH, Bytes::copy_from_slice(body), op::AUTH_REPLY)
+            .await?;
         if reply.body.is_empty() {
             return Ok(());
         }
         let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
         Err(ClientError::Refused {
             code: v["code"].as_i64().unwrap_or(0),
-            message: v["message"]
-                .as_str()
-                .map_or_else(|| String::from_utf8_lossy(&reply.body).into_owned(), str::to_string),
+            message: v["message"].as_str().map_or_else(
+                || String::from_utf8_lossy(&reply.body).into_owned(),
+                str::to_string,
+            ),
         })
     }
 
@@ -216,7 +226,9 @@ impl ImClient {
     /// # Errors
     /// A timeout, a closed connection, or a reply body that is not 4 bytes.
     pub async fn heartbeat(&mut self) -> Result<i32, ClientError> {
-        let reply = self.call(op::HEARTBEAT, Bytes::new(), op::HEARTBEAT_REPLY).await?;
+        let reply = self
+            .call(op::HEARTBEAT, Bytes::new(), op::HEARTBEAT_REPLY)
+            .await?;
         let b: [u8; 4] = reply.body[..]
             .try_into()
             .map_err(|_| ClientError::Frame(FrameError::PackTooShort(reply.body.len() as i32)))?;
@@ -229,7 +241,9 @@ impl ImClient {
     /// A timeout or a closed connection.
     pub async fn change_room(&mut self, room: &str) -> Result<(), ClientError> {
         let body = Bytes::copy_from_slice(room.as_bytes());
-        self.call(op::CHANGE_ROOM, body, op::CHANGE_ROOM_REPLY).await.map(drop)
+        self.call(op::CHANGE_ROOM, body, op::CHANGE_ROOM_REPLY)
+            .await
+            .map(drop)
     }
 
     /// Watches `ops` too; waits for op 15.
@@ -265,7 +279,8 @@ impl ImClient {
         let Link::Ws(ws) = &mut self.link else {
             return Ok(());
         };
-        ws.send(Message::Ping(Bytes::from_static(b"are you there"))).await?;
+        ws.send(Message::Ping(Bytes::from_static(b"are you there")))
+            .await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let next = tokio::time::timeout_at(deadline, ws.next()).await;
@@ -352,7 +367,11 @@ impl ImClient {
         found
     }
 
-    async fn read_until(&mut self, deadline: tokio::time::Instant, what: &'static str) -> Result<Delivery, ClientError> {
+    async fn read_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        what: &'static str,
+    ) -> Result<Delivery, ClientError> {
         let after = self.timeout;
         match tokio::time::timeout_at(deadline, self.read()).await {
             Ok(r) => r,

@@ -215,8 +215,14 @@ mod tests {
         assert_eq!(b.room_online("live://1"), 1, "the old one left the room");
         assert_eq!(b.ip_count(), 2, "until the old connection's task ends");
         b.del(&old);
-        assert!(b.get("k").is_some_and(|c| Arc::ptr_eq(&c, &new)), "del of the old one keeps the new");
-        assert_eq!((b.conn_count(), b.ip_count(), b.room_online("live://1")), (1, 1, 1));
+        assert!(
+            b.get("k").is_some_and(|c| Arc::ptr_eq(&c, &new)),
+            "del of the old one keeps the new"
+        );
+        assert_eq!(
+            (b.conn_count(), b.ip_count(), b.room_online("live://1")),
+            (1, 1, 1)
+        );
         b.del(&new);
         assert_eq!((b.conn_count(), b.ip_count()), (0, 0));
         assert!(b.room_counts().is_empty(), "empty rooms are dropped");
@@ -232,7 +238,10 @@ mod tests {
         assert_eq!(b.room_online("live://1"), 40);
         b.change_room(&all[0], room("live://2"));
         b.change_room(&all[1], None);
-        assert_eq!(b.room_counts(), HashMap::from([("live://1".into(), 38), ("live://2".into(), 1)]));
+        assert_eq!(
+            b.room_counts(),
+            HashMap::from([("live://1".into(), 38), ("live://2".into(), 1)])
+        );
         assert_eq!(all[0].room().as_deref(), Some("live://2"));
         assert_eq!(b.ip_count(), 1);
         let p = Push::from_frame(&Frame::new(1, 1000, 0, &b"x"[..]));

@@ -336,7 +336,11 @@ mod tests {
     fn sample_config_is_the_defaults_and_flags_override_it() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conf/comet.toml");
         let from_file: CometConfig = config::load(Some(&path)).expect("sample parses");
-        assert_eq!(from_file, CometConfig::default(), "conf/comet.toml shows the defaults");
+        assert_eq!(
+            from_file,
+            CometConfig::default(),
+            "conf/comet.toml shows the defaults"
+        );
         let args = CometArgs {
             config: Some(path),
             tcp_listen: Some("127.0.0.1:1".into()),
@@ -345,7 +349,10 @@ mod tests {
             ..CometArgs::default()
         };
         let c = args.into_config().expect("valid");
-        assert_eq!((c.tcp.listen.as_str(), c.server_id.as_str()), ("127.0.0.1:1", "c1"));
+        assert_eq!(
+            (c.tcp.listen.as_str(), c.server_id.as_str()),
+            ("127.0.0.1:1", "c1")
+        );
         assert_eq!(c.addrs, vec!["10.0.0.1".to_string()]);
     }
 

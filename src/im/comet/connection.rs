@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{Channel, parse_ops};
-use super::codec::CodecError;
+use super::error::ConnError;
 use super::hub::Hub;
 use super::logic_link::LinkError;
 use super::stats::CometStats;
@@ -32,58 +32,6 @@ use crate::im::proto::protocol::Proto;
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(8 * 60);
 /// How long a polite close (or a refusal reply) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    /// A frame with a bad header (wrong header length, body over the maximum,
-    /// negative or short pack length).
-    #[error("bad frame: {0}")]
-    Frame(#[from] FrameError),
-    /// Other garbage: a truncated frame in a WebSocket message, a WebSocket
-    /// protocol violation.
-    #[error("bad input: {0}")]
-    BadInput(String),
-    /// A WebSocket message over the largest frame.
-    #[error("websocket message over {max} bytes")]
-    TooLarge {
-        /// The largest whole frame allowed.
-        max: usize,
-    },
-    /// The socket failed.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// The client closed the connection.
-    #[error("closed by the client")]
-    PeerClosed,
-    /// No op 7 within the handshake timeout.
-    #[error("no auth within {0:?}")]
-    HandshakeTimeout(Duration),
-    /// No heartbeat within the idle timeout.
-    #[error("no heartbeat within {0:?}")]
-    IdleTimeout(Duration),
-    /// A newer connection authenticated with the same key.
-    #[error("kicked: a newer connection took the key")]
-    Kicked,
-    /// Logic refused the auth body.
-    #[error("auth refused: {0}")]
-    Refused(String),
-    /// Logic could not be asked.
-    #[error("auth failed: {0}")]
-    AuthFailed(LinkError),
-    /// comet is shutting down.
-    #[error("comet is shutting down")]
-    Shutdown,
-}
-
-impl From<CodecError> for ConnError {
-    fn from(e: CodecError) -> Self {
-        match e {
-            CodecError::Frame(f) => ConnError::Frame(f),
-            CodecError::Io(io) => ConnError::Io(io),
-        }
-    }
-}
 
 /// A client socket that was just accepted (and upgraded, for WebSocket).
 pub struct Accepted<T> {
@@ -131,7 +79,9 @@ fn record_end(stats: &CometStats, end: &ConnError, peer: SocketAddr) {
     CometStats::bump(&stats.closed);
     let counter = match end {
         ConnError::Frame(FrameError::HeaderLen(_)) => Some(&stats.bad_header_len),
-        ConnError::Frame(FrameError::BodyTooLong { .. }) | ConnError::TooLarge { .. } => Some(&stats.bad_body_len),
+        ConnError::Frame(FrameError::BodyTooLong { .. }) | ConnError::TooLarge { .. } => {
+            Some(&stats.bad_body_len)
+        }
         ConnError::Frame(FrameError::PackTooShort(_)) => Some(&stats.bad_pack_len),
         ConnError::BadInput(_) => Some(&stats.bad_input),
         ConnError::HandshakeTimeout(_) => Some(&stats.handshake_timeouts),
@@ -161,7 +111,12 @@ struct Conn<'a> {
 
 impl Conn<'_> {
     /// Handshake, auth, then the session; always ends with the reason.
-    async fn run<T: Transport>(&mut self, t: &mut T, cookie: &str, channel: &mut Option<Arc<Channel>>) -> ConnError {
+    async fn run<T: Transport>(
+        &mut self,
+        t: &mut T,
+        cookie: &str,
+        channel: &mut Option<Arc<Channel>>,
+    ) -> ConnError {
         let (auth, backlog) = match self.handshake(t).await {
             Ok(x) => x,
             Err(e) => return e,
@@ -222,7 +177,12 @@ impl Conn<'_> {
 
     /// Asks logic about the auth body; a refusal is answered with op 8 and an
     /// error body before the connection closes.
-    async fn authenticate<T: Transport>(&mut self, t: &mut T, auth: &Frame, cookie: &str) -> Result<ConnectReply, ConnError> {
+    async fn authenticate<T: Transport>(
+        &mut self,
+        t: &mut T,
+        auth: &Frame,
+        cookie: &str,
+    ) -> Result<ConnectReply, ConnError> {
         let hub = self.hub;
         let timeout = hub.protocol.handshake_timeout;
         let result = tokio::select! {
@@ -279,7 +239,11 @@ impl Conn<'_> {
             }
             drop(pushes);
             if ch.is_closed() {
-                return if ch.was_kicked() { ConnError::Kicked } else { ConnError::Shutdown };
+                return if ch.was_kicked() {
+                    ConnError::Kicked
+                } else {
+                    ConnError::Shutdown
+                };
             }
             tokio::select! {
                 biased;
@@ -292,7 +256,13 @@ impl Conn<'_> {
     }
 
     /// Answers one client frame (`None`: no reply).
-    async fn handle(&mut self, ch: &Arc<Channel>, f: Frame, idle: Duration, last_renew: &mut Instant) -> Option<Frame> {
+    async fn handle(
+        &mut self,
+        ch: &Arc<Channel>,
+        f: Frame,
+        idle: Duration,
+        last_renew: &mut Instant,
+    ) -> Option<Frame> {
         let hub = self.hub;
         CometStats::bump(&hub.stats.client_frames);
         let echo = |op: i32, body: Bytes| Some(Frame::new(f.ver, op, f.seq, body));
@@ -318,7 +288,11 @@ impl Conn<'_> {
                     (Some(ops), false) => ch.unwatch(&ops),
                     (None, _) => tracing::debug!(peer = %self.peer, "unparsable op list ignored"),
                 }
-                let reply = if f.op == op::SUB { op::SUB_REPLY } else { op::UNSUB_REPLY };
+                let reply = if f.op == op::SUB {
+                    op::SUB_REPLY
+                } else {
+                    op::UNSUB_REPLY
+                };
                 echo(reply, f.body.clone())
             }
             other => {
@@ -352,5 +326,34 @@ impl Conn<'_> {
                 tracing::warn!(key = ch.key(), error = %e, "logic Heartbeat (session renew) failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::im::comet::config::{CometLogicConfig, CometProtocolConfig};
+    use crate::im::comet::logic_link::LogicLink;
+    use crate::im::comet::tcp::TcpTransport;
+
+    /// Every connection's task is one allocation of its future's size: the gRPC
+    /// calls and buffers must stay out of it (boxed or dropped when idle).
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        let link = LogicLink::detached(&CometLogicConfig::default());
+        let hub = Arc::new(Hub::new("t".into(), 4, link, CometProtocolConfig::default()));
+        let acc = Accepted {
+            transport: TcpTransport::new(server, 4096),
+            peer,
+            cookie: String::new(),
+            deadline: Instant::now(),
+        };
+        let task = serve(hub, acc, CancellationToken::new());
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1536, "a connection's future is {size} bytes");
     }
 }

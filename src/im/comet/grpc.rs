@@ -107,7 +107,10 @@ impl Comet for CometService {
         Ok(Response::new(BroadcastReply {}))
     }
 
-    async fn broadcast_room(&self, request: Request<BroadcastRoomReq>) -> Result<Response<BroadcastRoomReply>, Status> {
+    async fn broadcast_room(
+        &self,
+        request: Request<BroadcastRoomReq>,
+    ) -> Result<Response<BroadcastRoomReply>, Status> {
         let req = request.into_inner();
         let Some(proto) = req.proto.as_ref() else {
             return Err(Status::invalid_argument("BroadcastRoom needs a proto"));

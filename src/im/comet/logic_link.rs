@@ -19,9 +19,7 @@ use tonic::{Code, Response, Status};
 use super::config::CometLogicConfig;
 use crate::im::discovery::{self, Instance, InstanceKind};
 use crate::im::proto::logic::logic_client::LogicClient;
-use crate::im::proto::logic::{
-    ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, ReceiveReq,
-};
+use crate::im::proto::logic::{ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, ReceiveReq};
 use crate::im::proto::protocol::Proto;
 use crate::topo::store::Store;
 
@@ -83,6 +81,17 @@ impl LogicLink {
                 }
             }
         });
+        LogicLink {
+            peers: rx,
+            next: AtomicUsize::new(0),
+            timeout: cfg.timeout,
+        }
+    }
+
+    /// A link that never finds a logic (unit tests of the parts around it).
+    #[cfg(test)]
+    pub(crate) fn detached(cfg: &CometLogicConfig) -> LogicLink {
+        let (_tx, rx) = watch::channel(Arc::new(Vec::new()));
         LogicLink {
             peers: rx,
             next: AtomicUsize::new(0),
@@ -253,7 +262,9 @@ fn peers_for(instances: &[Instance], known: &[LogicPeer], connect_timeout: Durat
                 grpc: inst.grpc.clone(),
                 client: LogicClient::new(ep.connect_timeout(connect_timeout).connect_lazy()),
             }),
-            Err(e) => tracing::warn!(logic = %inst.id, grpc = %inst.grpc, error = %e, "bad logic address; skipped"),
+            Err(e) => {
+                tracing::warn!(logic = %inst.id, grpc = %inst.grpc, error = %e, "bad logic address; skipped")
+            }
         }
     }
     out

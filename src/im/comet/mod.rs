@@ -4,7 +4,7 @@
 //! [`tls`]) and speak goim v2 frames ([`crate::im::frame`], [`codec`]). Each
 //! connection runs in one task ([`connection`]): op 7 auth through logic
 //! ([`logic_link`]), heartbeats, room and op control, upstream messages, and
-//! batched writes of what job pushed. Authenticated connections live in
+//! batched writes of what job pushed; [`error`] says why one ended. Authenticated connections live in
 //! sharded maps ([`bucket`], [`room`], [`channel`]) that the gRPC service job
 //! calls ([`grpc`]) pushes into without ever waiting. comet registers in
 //! ZooKeeper ([`registration`]) and reports room counts to logic ([`online`]);
@@ -19,6 +19,7 @@ pub mod channel;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod error;
 pub mod grpc;
 pub mod hub;
 pub mod logic_link;
@@ -134,12 +135,13 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
     config.validate()?;
     let tcp = bind("TCP clients", &config.tcp.listen).await?;
     let ws = bind("WebSocket clients", &config.websocket.listen).await?;
-    let wss = match config.wss_enabled() {
-        true => Some((
+    let wss = if config.wss_enabled() {
+        Some((
             bind("WSS clients", &config.websocket.tls_listen).await?,
             tls::acceptor(&config.websocket.cert, &config.websocket.key)?,
-        )),
-        false => None,
+        ))
+    } else {
+        None
     };
     let grpc = bind("gRPC", &config.grpc.listen).await?;
     let (tcp_addr, ws_addr, grpc_addr) = (local(&tcp)?, local(&ws)?, local(&grpc)?);
@@ -147,9 +149,10 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
         Some((l, _)) => Some(local(l)?),
         None => None,
     };
-    let server_id = match config.server_id.is_empty() {
-        true => format!("{}-{}", hostname(), tcp_addr.port()),
-        false => config.server_id.clone(),
+    let server_id = if config.server_id.is_empty() {
+        format!("{}-{}", hostname(), tcp_addr.port())
+    } else {
+        config.server_id.clone()
     };
 
     let store = Store::connect(&config.zk).await?;
@@ -163,13 +166,15 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
     ));
     let template = Instance {
         id: server_id.clone(),
-        grpc: match config.grpc.advertise.is_empty() {
-            true => reachable(grpc_addr).to_string(),
-            false => config.grpc.advertise.clone(),
+        grpc: if config.grpc.advertise.is_empty() {
+            reachable(grpc_addr).to_string()
+        } else {
+            config.grpc.advertise.clone()
         },
-        addrs: match config.addrs.is_empty() {
-            true => vec![reachable(tcp_addr).ip().to_string()],
-            false => config.addrs.clone(),
+        addrs: if config.addrs.is_empty() {
+            vec![reachable(tcp_addr).ip().to_string()]
+        } else {
+            config.addrs.clone()
         },
         tcp_port: tcp_addr.port(),
         ws_port: ws_addr.port(),
@@ -189,7 +194,12 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
     tasks.spawn(tcp::accept_loop(hub.clone(), tcp, shutdown.clone()));
     tasks.spawn(websocket::accept_loop(hub.clone(), ws, None, shutdown.clone()));
     if let Some((listener, acceptor)) = wss {
-        tasks.spawn(websocket::accept_loop(hub.clone(), listener, Some(acceptor), shutdown.clone()));
+        tasks.spawn(websocket::accept_loop(
+            hub.clone(),
+            listener,
+            Some(acceptor),
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(grpc::serve(hub.clone(), grpc, shutdown.clone()));
     tasks.spawn(registration::refresh_loop(
@@ -199,7 +209,11 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
         config.register_interval,
         shutdown.clone(),
     ));
-    tasks.spawn(online::report_loop(hub.clone(), config.logic.online_interval, shutdown.clone()));
+    tasks.spawn(online::report_loop(
+        hub.clone(),
+        config.logic.online_interval,
+        shutdown.clone(),
+    ));
     tracing::info!(
         id = %server_id, tcp = %tcp_addr, ws = %ws_addr, wss = ?wss_addr, grpc = %grpc_addr,
         "comet serving"
@@ -253,9 +267,10 @@ fn local(l: &TcpListener) -> Result<SocketAddr, CometError> {
 
 /// `addr` with an unspecified IP (0.0.0.0, ::) replaced by 127.0.0.1.
 fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip().is_unspecified() {
-        true => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port()),
-        false => addr,
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
     }
 }
 

@@ -42,10 +42,6 @@ pub async fn refresh_loop(
             tracing::warn!(error = %e, id = %template.id, "refreshing the comet registration failed");
         }
         let stats = hub.stats.snapshot();
-        tracing::debug!(
-            conns = hub.buckets.conn_count(),
-            ?stats,
-            "comet counters"
-        );
+        tracing::debug!(conns = hub.buckets.conn_count(), ?stats, "comet counters");
     }
 }

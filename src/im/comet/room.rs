@@ -87,8 +87,20 @@ mod tests {
         room.put(b.clone());
         assert_eq!(room.online(), 2);
         let p = Push::from_frame(&Frame::new(1, 2000, 0, &b"x"[..]));
-        assert_eq!(room.push(&p), Fanout { queued: 2, dropped: 0 });
-        assert_eq!(room.push(&p), Fanout { queued: 0, dropped: 2 });
+        assert_eq!(
+            room.push(&p),
+            Fanout {
+                queued: 2,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            room.push(&p),
+            Fanout {
+                queued: 0,
+                dropped: 2
+            }
+        );
         assert!(room.del(a.id()) && !room.del(a.id()));
         assert!(room.del(b.id()) && room.is_empty());
     }

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::channel::Push;
 use super::codec::FrameCodec;
-use super::connection::{Accepted, ConnError, serve};
+use super::connection::{Accepted, serve};
+use super::error::ConnError;
 use super::hub::Hub;
 use super::stats::CometStats;
 use super::transport::Transport;
@@ -73,7 +74,8 @@ impl Transport for TcpTransport {
 
     async fn write(&mut self, replies: &[Frame], pushes: &VecDeque<Push>) -> Result<(), ConnError> {
         let wire: Vec<_> = pushes.iter().map(Push::tcp_bytes).collect();
-        let len = replies.iter().map(Frame::wire_len).sum::<usize>() + wire.iter().map(|b| b.len()).sum::<usize>();
+        let len =
+            replies.iter().map(Frame::wire_len).sum::<usize>() + wire.iter().map(|b| b.len()).sum::<usize>();
         let mut out = BytesMut::with_capacity(len);
         for r in replies {
             r.encode(&mut out);

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 
 use super::channel::Push;
-use super::connection::ConnError;
+use super::error::ConnError;
 use crate::im::frame::Frame;
 
 /// A client socket carrying goim frames.

@@ -28,7 +28,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::Push;
-use super::connection::{Accepted, ConnError, serve};
+use super::connection::{Accepted, serve};
+use super::error::ConnError;
 use super::hub::Hub;
 use super::stats::CometStats;
 use super::transport::Transport;
@@ -119,7 +120,12 @@ fn ws_error(e: WsError, max_body: usize) -> ConnError {
 }
 
 /// Accepts WebSocket clients (WSS when `tls` is set) until `shutdown`.
-pub async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
+pub async fn accept_loop(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -150,8 +156,13 @@ pub async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tls: Option<TlsAc
 }
 
 /// Upgrades `stream` on `/sub` and runs the connection.
-async fn upgrade_and_serve<S>(hub: Arc<Hub>, stream: S, peer: SocketAddr, deadline: Instant, shutdown: CancellationToken)
-where
+async fn upgrade_and_serve<S>(
+    hub: Arc<Hub>,
+    stream: S,
+    peer: SocketAddr,
+    deadline: Instant,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut cookie = String::new();
@@ -211,8 +222,17 @@ mod tests {
         let mut out = Vec::new();
         let both = [&a[..], &b[..]].concat();
         decode_message(&both, 4096, &mut out).expect("two frames");
-        assert_eq!(out.iter().map(|f| f.op).collect::<Vec<_>>(), vec![op::HEARTBEAT, op::AUTH]);
-        assert!(matches!(decode_message(&b[..5], 4096, &mut out), Err(ConnError::BadInput(_))));
-        assert!(matches!(decode_message(&b, 1, &mut out), Err(ConnError::Frame(_))));
+        assert_eq!(
+            out.iter().map(|f| f.op).collect::<Vec<_>>(),
+            vec![op::HEARTBEAT, op::AUTH]
+        );
+        assert!(matches!(
+            decode_message(&b[..5], 4096, &mut out),
+            Err(ConnError::BadInput(_))
+        ));
+        assert!(matches!(
+            decode_message(&b, 1, &mut out),
+            Err(ConnError::Frame(_))
+        ));
     }
 }
