@@ -615,3 +615,39 @@ async fn with_a_secret_forged_and_expired_tokens_are_refused() {
     assert_eq!(l.http, h.logic().http_addr().to_string());
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_proxy_is_skipped_and_no_live_proxy_is_code_minus_500() {
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let h = Harness::start_with(|c| c.cluster.addrs.insert(0, dead.clone())).await;
+    let a = h.http();
+    // Round robin starts at each proxy in turn: every push must still land.
+    for i in 0..4 {
+        let r = post(
+            a,
+            &format!("/goim/push/room?operation=1000&type=live&room={i}"),
+            "m",
+        )
+        .await;
+        assert_eq!(r["code"], 0, "push {i}: {r}");
+    }
+    let mut c = h.resp().await;
+    assert_eq!(queued(&mut c).await.len(), 4);
+    h.shutdown().await;
+
+    let h = Harness::start_with(|c| c.cluster.addrs = vec![dead.clone()]).await;
+    let r = post(h.http(), "/goim/push/all?operation=1000", "m").await;
+    assert_eq!(r["code"], -500, "{r}");
+    let msg = r["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&dead), "names the proxy: {msg}");
+    let err = h
+        .connect("c1", json!({"mid": 1}))
+        .await
+        .expect_err("no session store");
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unavailable,
+        "nothing was written: comet may retry"
+    );
+    h.shutdown().await;
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::libs::resp_client::{Frame, RespError, RespPool};
 
-use super::config::ClusterConfig;
+use super::config::LogicClusterConfig;
 
 /// Pipelined RESP access to the proxies.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub struct ProxyCluster {
 
 impl ProxyCluster {
     /// Pools to every proxy of `config` (connections open lazily).
-    pub fn new(config: &ClusterConfig) -> ProxyCluster {
+    pub fn new(config: &LogicClusterConfig) -> ProxyCluster {
         ProxyCluster {
             pools: config
                 .addrs

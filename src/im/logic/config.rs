@@ -25,24 +25,24 @@ pub struct LogicConfig {
     /// The gRPC service comets call (`goim.logic.Logic`).
     pub grpc: LogicGrpcConfig,
     /// Where the reborn proxies are: sessions, online counts and the queue.
-    pub cluster: ClusterConfig,
+    pub cluster: LogicClusterConfig,
     /// ZooKeeper: discovery of comets, registration of this instance.
     pub zk: ZkConfig,
     /// Session mappings (`mid_`, `key_`, `ol_`).
-    pub session: SessionConfig,
+    pub session: LogicSessionConfig,
     /// What `/goim/nodes/weighted` and `ConnectReply` tell clients.
-    pub node: NodeConfig,
+    pub node: LogicNodeConfig,
     /// Reconnect hints for clients, returned by `/goim/nodes/weighted`.
     pub backoff: BackoffHint,
     /// Region name → client IP prefixes in that region (goim mapped provinces
     /// of a GeoIP lookup; reborn matches the client's address by prefix).
     pub regions: BTreeMap<String, Vec<String>>,
     /// The push queue (Redis Streams through the proxy).
-    pub queue: QueueConfig,
+    pub queue: LogicQueueConfig,
     /// The loader of cluster-wide room counts.
-    pub online: OnlineConfig,
+    pub online: LogicOnlineConfig,
     /// Signed client tokens.
-    pub auth: AuthConfig,
+    pub auth: LogicAuthConfig,
 }
 
 /// `[http]`.
@@ -87,7 +87,7 @@ impl Default for LogicGrpcConfig {
 /// `[cluster]`: the reborn proxies logic talks RESP to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ClusterConfig {
+pub struct LogicClusterConfig {
     /// Proxy addresses; calls round-robin over them and fail over when one
     /// cannot be reached.
     pub addrs: Vec<String>,
@@ -98,9 +98,9 @@ pub struct ClusterConfig {
     pub timeout: Duration,
 }
 
-impl Default for ClusterConfig {
+impl Default for LogicClusterConfig {
     fn default() -> Self {
-        ClusterConfig {
+        LogicClusterConfig {
             addrs: vec!["127.0.0.1:19000".into()],
             conns: 8,
             timeout: Duration::from_secs(1),
@@ -111,15 +111,15 @@ impl Default for ClusterConfig {
 /// `[session]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct SessionConfig {
+pub struct LogicSessionConfig {
     /// TTL of `mid_`, `key_` and `ol_` (goim: 30m).
     #[serde(with = "humantime_serde")]
     pub expire: Duration,
 }
 
-impl Default for SessionConfig {
+impl Default for LogicSessionConfig {
     fn default() -> Self {
-        SessionConfig {
+        LogicSessionConfig {
             expire: Duration::from_secs(30 * 60),
         }
     }
@@ -128,7 +128,7 @@ impl Default for SessionConfig {
 /// `[node]`: client-facing facts about comets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct NodeConfig {
+pub struct LogicNodeConfig {
     /// Returned as the only node when no comet is known (empty: none).
     pub default_domain: String,
     /// Suffix making a comet's id a host name for `platform=web` (e.g.
@@ -150,9 +150,9 @@ pub struct NodeConfig {
     pub region_weight: f64,
 }
 
-impl Default for NodeConfig {
+impl Default for LogicNodeConfig {
     fn default() -> Self {
-        NodeConfig {
+        LogicNodeConfig {
             default_domain: String::new(),
             host_domain: String::new(),
             heartbeat: Duration::from_secs(4 * 60),
@@ -165,7 +165,7 @@ impl Default for NodeConfig {
     }
 }
 
-impl NodeConfig {
+impl LogicNodeConfig {
     /// The idle timeout comet applies to a connection.
     pub fn idle_timeout(&self) -> Duration {
         self.heartbeat.saturating_mul(self.heartbeat_max)
@@ -200,16 +200,16 @@ impl Default for BackoffHint {
 /// `[queue]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct QueueConfig {
+pub struct LogicQueueConfig {
     /// Number of stream keys; job must use the same number.
     pub streams: usize,
     /// Approximate length cap of each stream (`XADD … MAXLEN ~`).
     pub maxlen: usize,
 }
 
-impl Default for QueueConfig {
+impl Default for LogicQueueConfig {
     fn default() -> Self {
-        QueueConfig {
+        LogicQueueConfig {
             streams: queue::DEFAULT_STREAMS,
             maxlen: queue::DEFAULT_MAXLEN,
         }
@@ -219,7 +219,7 @@ impl Default for QueueConfig {
 /// `[online]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct OnlineConfig {
+pub struct LogicOnlineConfig {
     /// How often the cluster-wide room counts are summed from `ol_*`.
     #[serde(with = "humantime_serde")]
     pub load_interval: Duration,
@@ -228,9 +228,9 @@ pub struct OnlineConfig {
     pub stale_after: Duration,
 }
 
-impl Default for OnlineConfig {
+impl Default for LogicOnlineConfig {
     fn default() -> Self {
-        OnlineConfig {
+        LogicOnlineConfig {
             load_interval: Duration::from_secs(10),
             stale_after: Duration::from_secs(5 * 60),
         }
@@ -240,7 +240,7 @@ impl Default for OnlineConfig {
 /// `[auth]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
+pub struct LogicAuthConfig {
     /// HMAC key of client tokens; empty means goim's behaviour (trust the
     /// auth body's mid).
     pub secret: String,
@@ -249,9 +249,9 @@ pub struct AuthConfig {
     pub ttl: Duration,
 }
 
-impl Default for AuthConfig {
+impl Default for LogicAuthConfig {
     fn default() -> Self {
-        AuthConfig {
+        LogicAuthConfig {
             secret: String::new(),
             ttl: Duration::from_secs(60 * 60),
         }

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::envelope::Envelope;
-use super::push::PushError;
+use super::push::LogicPushError;
 use super::query::{QueryError, QueryParams};
 use super::state::LogicState;
 
@@ -82,7 +82,7 @@ async fn read_body(s: &LogicState, body: Body) -> Result<Bytes, Envelope> {
 /// Runs a push whose parameters parsed, and answers.
 async fn push<T, F>(s: &LogicState, args: Result<T, QueryError>, body: Body, run: F) -> Envelope
 where
-    F: AsyncFnOnce(T, Bytes) -> Result<usize, PushError>,
+    F: AsyncFnOnce(T, Bytes) -> Result<usize, LogicPushError>,
 {
     let args = match args {
         Ok(args) => args,

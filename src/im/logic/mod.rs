@@ -67,8 +67,9 @@ pub enum LogicError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// ZooKeeper is unreachable, or registration failed.
-    #[error("zookeeper: {0}")]
+    /// ZooKeeper is unreachable, or registration failed (the message names
+    /// ZooKeeper and its address).
+    #[error(transparent)]
     Zk(#[from] TopoError),
     /// A listen address could not be bound.
     #[error("bind {addr}: {source}")]

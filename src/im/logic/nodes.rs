@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::im::discovery::Instance;
 use crate::im::proto::logic::{Backoff, NodesReply};
 
-use super::config::{BackoffHint, LogicConfig, NodeConfig};
+use super::config::{BackoffHint, LogicConfig, LogicNodeConfig};
 
 /// Most nodes returned to one client.
 pub const MAX_NODES: usize = 5;
@@ -84,7 +84,7 @@ struct WeightedNode {
 /// The balancer: the node list and its per-request accounting.
 #[derive(Debug)]
 pub struct NodeBalancer {
-    node: NodeConfig,
+    node: LogicNodeConfig,
     backoff: BackoffHint,
     /// (client IP prefix, region), longest prefix first.
     regions: Vec<(String, String)>,

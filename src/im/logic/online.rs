@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::im::discovery::{Instance, unix_now};
 
-use super::config::OnlineConfig;
+use super::config::LogicOnlineConfig;
 use super::mapping::Sessions;
 
 /// One row of `/goim/online/top`.
@@ -116,7 +116,7 @@ pub async fn run_loader(
     sessions: Sessions,
     counts: Arc<RoomCounts>,
     comets: watch::Receiver<Vec<Instance>>,
-    config: OnlineConfig,
+    config: LogicOnlineConfig,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(config.load_interval);

@@ -13,7 +13,7 @@ use crate::im::queue;
 use crate::libs::resp_client::{self, Frame, RespError};
 
 use super::cluster::ProxyCluster;
-use super::config::QueueConfig;
+use super::config::LogicQueueConfig;
 
 /// Appends pushes to the queue.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct Producer {
 
 impl Producer {
     /// A producer over `config.streams` streams in `cluster`.
-    pub fn new(cluster: Arc<ProxyCluster>, config: &QueueConfig) -> Producer {
+    pub fn new(cluster: Arc<ProxyCluster>, config: &LogicQueueConfig) -> Producer {
         Producer {
             cluster,
             streams: config.streams.max(1),
@@ -71,15 +71,15 @@ impl Producer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::im::logic::config::ClusterConfig;
+    use crate::im::logic::config::LogicClusterConfig;
     use crate::im::proto::logic::push_msg::Type as PushType;
 
     #[test]
     fn an_append_is_an_xadd_capped_approximately_with_the_encoded_message() {
-        let cluster = Arc::new(ProxyCluster::new(&ClusterConfig::default()));
+        let cluster = Arc::new(ProxyCluster::new(&LogicClusterConfig::default()));
         let p = Producer::new(
             cluster,
-            &QueueConfig {
+            &LogicQueueConfig {
                 streams: 4,
                 maxlen: 99,
             },

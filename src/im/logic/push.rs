@@ -23,7 +23,7 @@ use super::stats::LogicStats;
 
 /// Why a push was not queued.
 #[derive(Debug, thiserror::Error)]
-pub enum PushError {
+pub enum LogicPushError {
     /// The proxy cluster failed: looking the sessions up or appending. Retry
     /// is safe when [`RespError::is_retry_safe`]; otherwise part of the push
     /// may be queued already.
@@ -67,7 +67,7 @@ impl Pusher {
     ///
     /// # Errors
     /// The cluster failed.
-    pub async fn push_keys(&self, op: i32, keys: &[String], msg: &[u8]) -> Result<usize, PushError> {
+    pub async fn push_keys(&self, op: i32, keys: &[String], msg: &[u8]) -> Result<usize, LogicPushError> {
         let servers = self.sessions.servers_by_keys(keys).await?;
         let pairs = keys
             .iter()
@@ -80,7 +80,7 @@ impl Pusher {
     ///
     /// # Errors
     /// The cluster failed.
-    pub async fn push_mids(&self, op: i32, mids: &[i64], msg: &[u8]) -> Result<usize, PushError> {
+    pub async fn push_mids(&self, op: i32, mids: &[i64], msg: &[u8]) -> Result<usize, LogicPushError> {
         let keys = self.sessions.keys_by_mids(mids).await?;
         self.queue_per_server(op, group_by_server(keys), msg).await
     }
@@ -89,7 +89,13 @@ impl Pusher {
     ///
     /// # Errors
     /// The cluster failed.
-    pub async fn push_room(&self, op: i32, typ: &str, room: &str, msg: &[u8]) -> Result<usize, PushError> {
+    pub async fn push_room(
+        &self,
+        op: i32,
+        typ: &str,
+        room: &str,
+        msg: &[u8],
+    ) -> Result<usize, LogicPushError> {
         let m = PushMsg {
             r#type: PushType::Room as i32,
             operation: op,
@@ -104,7 +110,7 @@ impl Pusher {
     ///
     /// # Errors
     /// The cluster failed.
-    pub async fn push_all(&self, op: i32, speed: i32, msg: &[u8]) -> Result<usize, PushError> {
+    pub async fn push_all(&self, op: i32, speed: i32, msg: &[u8]) -> Result<usize, LogicPushError> {
         let m = PushMsg {
             r#type: PushType::Broadcast as i32,
             operation: op,
@@ -120,7 +126,7 @@ impl Pusher {
         op: i32,
         by_server: BTreeMap<String, Vec<String>>,
         msg: &[u8],
-    ) -> Result<usize, PushError> {
+    ) -> Result<usize, LogicPushError> {
         let msgs = by_server
             .into_iter()
             .map(|(server, keys)| PushMsg {
@@ -135,7 +141,7 @@ impl Pusher {
         self.append(msgs).await
     }
 
-    async fn append(&self, msgs: Vec<PushMsg>) -> Result<usize, PushError> {
+    async fn append(&self, msgs: Vec<PushMsg>) -> Result<usize, LogicPushError> {
         self.producer.append(&msgs).await?;
         self.stats.queued.fetch_add(msgs.len() as u64, Ordering::Relaxed);
         Ok(msgs.len())
