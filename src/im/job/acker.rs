@@ -5,7 +5,12 @@
 //! otherwise be claimed and delivered again, which at-least-once allows but
 //! need not cost). Imports `im::queue`, the job's proxy link, room handles and
 //! stats.
+//!
+//! The acker also keeps the set of ids still in flight, so that a claim pass
+//! of this very consumer does not deliver again what it is still delivering
+//! (a slow comet can keep an entry pending longer than `claim_min_idle`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +27,9 @@ use crate::im::queue;
 use crate::libs::backoff::Backoff;
 use crate::libs::resp_client::int;
 
+/// The ids of one stream read by this consumer and not acked yet.
+pub type InFlight = Arc<parking_lot::Mutex<HashSet<Bytes>>>;
+
 /// One entry waiting for its ack.
 #[derive(Debug)]
 struct Unacked {
@@ -29,7 +37,7 @@ struct Unacked {
     /// `None`: delivered already; else the room batch it waits for.
     wait: Option<AckHandle>,
     /// The entry's place among the stream's unacked entries, freed on ack.
-    _place: OwnedSemaphorePermit,
+    place: OwnedSemaphorePermit,
 }
 
 /// The acking side of one stream consumer. Dropping it aborts the acks not
@@ -38,17 +46,26 @@ struct Unacked {
 pub struct Acker {
     tx: mpsc::UnboundedSender<Unacked>,
     task: AbortOnDropHandle<()>,
+    in_flight: InFlight,
 }
 
 impl Acker {
     /// Starts acking entries of `stream` through `link`.
     pub fn spawn(stream: String, link: Arc<ProxyLink>, stats: Arc<JobStats>) -> Acker {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(stream, link, stats, rx));
+        let in_flight = InFlight::default();
+        let task = tokio::spawn(run(stream, link, stats, rx, Arc::clone(&in_flight)));
         Acker {
             tx,
             task: AbortOnDropHandle::new(task),
+            in_flight,
         }
+    }
+
+    /// Marks `id` as being delivered; false if it already is (a claim pass met
+    /// an entry this consumer is still working on: leave it to that work).
+    pub fn begin(&self, id: &Bytes) -> bool {
+        self.in_flight.lock().insert(id.clone())
     }
 
     /// Acks `id` now (its delivery is done, or it can never be delivered).
@@ -56,7 +73,7 @@ impl Acker {
         let _ = self.tx.send(Unacked {
             id,
             wait: None,
-            _place: place,
+            place,
         });
     }
 
@@ -65,7 +82,7 @@ impl Acker {
         let _ = self.tx.send(Unacked {
             id,
             wait: Some(handle),
-            _place: place,
+            place,
         });
     }
 
@@ -85,6 +102,7 @@ async fn run(
     link: Arc<ProxyLink>,
     stats: Arc<JobStats>,
     mut rx: mpsc::UnboundedReceiver<Unacked>,
+    in_flight: InFlight,
 ) {
     let mut waiting = FuturesUnordered::new();
     let mut open = true;
@@ -94,7 +112,7 @@ async fn run(
             None => true,
             Some(handle) => handle.flushed().await,
         };
-        (u.id, ok, u._place)
+        (u.id, ok, u.place)
     };
     while open || !waiting.is_empty() {
         tokio::select! {
@@ -111,14 +129,20 @@ async fn run(
         while let Some(Some(finished)) = waiting.next().now_or_never() {
             ready.push(finished);
         }
-        let ids: Vec<Bytes> = ready
-            .drain(..)
+        let done = std::mem::take(&mut ready);
+        let ids: Vec<Bytes> = done
+            .iter()
             .filter(|(_, ok, _)| *ok)
-            .map(|(id, _, _)| id)
+            .map(|(id, _, _)| id.clone())
             .collect();
         if !ids.is_empty() {
             xack(&stream, &link, &stats, &ids).await;
         }
+        let mut set = in_flight.lock();
+        for (id, _, _) in &done {
+            set.remove(id);
+        }
+        // `done` drops here: the entries' places are free only after their ack.
     }
 }
 
@@ -139,5 +163,78 @@ async fn xack(stream: &str, link: &ProxyLink, stats: &JobStats, ids: &[Bytes]) {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A fake proxy answering `:1` to every command and recording what it got.
+    async fn fake_proxy() -> (String, mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        let replies = text.matches("XACK").count();
+                        if n == 0 || tx.send(text).is_err() {
+                            return;
+                        }
+                        let _ = s.write_all(":1\r\n".repeat(replies).as_bytes()).await;
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn acks_wait_for_their_batch_and_abandoned_ones_are_never_sent() {
+        let (addr, mut got) = fake_proxy().await;
+        let link = Arc::new(ProxyLink::new(&[addr], 1, Duration::from_secs(2)));
+        let stats = Arc::new(JobStats::default());
+        let acker = Acker::spawn("goim-push-0".into(), link, Arc::clone(&stats));
+        let places = Arc::new(Semaphore::new(3));
+        let place = || Arc::clone(&places).try_acquire_owned().expect("a place");
+
+        let (id1, id2, id3) = (
+            Bytes::from_static(b"1-0"),
+            Bytes::from_static(b"2-0"),
+            Bytes::from_static(b"3-0"),
+        );
+        assert!(acker.begin(&id1) && acker.begin(&id2) && acker.begin(&id3));
+        assert!(!acker.begin(&id2), "already in flight");
+        let (flush2, handle2) = AckHandle::pair();
+        let (abandon3, handle3) = AckHandle::pair();
+        acker.after(id2.clone(), handle2, place());
+        acker.after(id3.clone(), handle3, place());
+        acker.done(id1.clone(), place());
+
+        let first = got.recv().await.expect("an XACK");
+        assert!(first.contains("1-0") && !first.contains("2-0"), "{first:?}");
+        // 1's place comes back once the reply to its XACK arrived; 2 and 3 keep theirs.
+        let freed = tokio::time::timeout(Duration::from_secs(2), async {
+            while places.available_permits() != 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert!(freed.await.is_ok(), "1-0's place is freed after its ack");
+        drop(abandon3); // its batch was never sent (a kill)
+        flush2.send(()).expect("acker waits");
+        let second = got.recv().await.expect("an XACK");
+        assert!(second.contains("2-0") && !second.contains("3-0"), "{second:?}");
+        acker.close().await;
+        assert_eq!(places.available_permits(), 3);
+        assert_eq!(stats.snapshot().acked, 2);
+        assert!(got.try_recv().is_err(), "3-0 was never acked");
     }
 }

@@ -197,6 +197,11 @@ impl JobConfig {
         if self.room.batch == 0 || self.room.signal.is_zero() || self.room.idle.is_zero() {
             return bad("room.batch, room.signal and room.idle must be above 0");
         }
+        if q.claim_min_idle <= self.room.signal {
+            // Room messages wait up to `signal` before their ack: a shorter
+            // min-idle would claim (and deliver twice) every one of them.
+            return bad("queue.claim_min_idle must be longer than room.signal");
+        }
         if self.comet.routine == 0 || self.comet.timeout.is_zero() {
             return bad("comet.routine and comet.timeout must be above 0");
         }
@@ -292,6 +297,12 @@ mod tests {
         let mut c = JobConfig::default();
         c.queue.block = Duration::ZERO;
         assert!(c.validate().is_err());
+        let mut c = JobConfig::default();
+        c.queue.claim_min_idle = c.room.signal;
+        assert!(
+            c.validate().is_err(),
+            "room messages would be claimed while batching"
+        );
         assert!(JobConfig::default().validate().is_ok());
     }
 }
