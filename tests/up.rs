@@ -306,6 +306,33 @@ async fn check_push_roles(up: &Up, ports: &Ports) {
     let push = client.next_push().await.expect("the room push arrives");
     assert_eq!(&push.body[..], b"hello room");
 
+    // What the demo page does: a WebSocket to nodes[0] on the advertised ws_port.
+    let url = format!(
+        "ws://{}:{}/sub",
+        nodes["nodes"][0].as_str().unwrap_or_default(),
+        nodes["ws_port"]
+    );
+    let mut browser = ImClient::ws(&url)
+        .await
+        .expect("the demo page's WebSocket address");
+    browser.set_timeout(Duration::from_secs(20));
+    browser
+        .auth(br#"{"mid":124,"key":"","room_id":"live://1000","platform":"web","accepts":[1000]}"#)
+        .await
+        .expect("logic accepts the WebSocket client");
+    logic_api(
+        logic,
+        "POST",
+        "/goim/push/mids?operation=1000&mids=124",
+        "hello ws",
+    )
+    .await;
+    let push = browser
+        .next_push()
+        .await
+        .expect("the push arrives over WebSocket");
+    assert_eq!(&push.body[..], b"hello ws");
+
     // The session is in the cluster, read through the proxy like any key.
     let mut proxy = common::client(&format!("127.0.0.1:{}", ports.proxy)).await;
     let session: std::collections::HashMap<String, String> =
