@@ -1,10 +1,12 @@
 //! `reborn up` as a newcomer runs it: the real binary, real ZooKeeper and
-//! redis-servers, stopped by SIGTERM (clean, ordered) or SIGKILL (the orphan
-//! guards must still take every server down).
+//! redis-servers, the push system (logic, comet, job) in front of the proxy,
+//! stopped by SIGTERM (clean, ordered) or SIGKILL (the orphan guards must still
+//! take every server down).
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Stdio};
 
 use common::GuardedChild;
@@ -12,7 +14,12 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use reborn::im::client::ImClient;
 use reborn::topo::{Store, ZkConfig, watcher};
+use serde_json::Value;
 
 /// A `reborn up` child process whose banner has been printed.
 struct Up {
@@ -21,12 +28,18 @@ struct Up {
     stderr: Arc<Mutex<String>>,
 }
 
-/// Ports of one `reborn up`: four redis, proxy, proxy admin, dashboard.
+/// Ports of one `reborn up`: four redis, proxy, proxy admin, dashboard, and
+/// the push roles' (logic HTTP + gRPC, comet TCP + WS + gRPC).
 struct Ports {
     redis: [u16; 4],
     proxy: u16,
     admin: u16,
     dashboard: u16,
+    logic_http: u16,
+    logic_grpc: u16,
+    comet_tcp: u16,
+    comet_ws: u16,
+    comet_grpc: u16,
 }
 
 impl Ports {
@@ -36,7 +49,22 @@ impl Ports {
             proxy: common::free_port(),
             admin: common::free_port(),
             dashboard: common::free_port(),
+            logic_http: common::free_port(),
+            logic_grpc: common::free_port(),
+            comet_tcp: common::free_port(),
+            comet_ws: common::free_port(),
+            comet_grpc: common::free_port(),
         }
+    }
+
+    fn push(&self) -> [u16; 5] {
+        [
+            self.logic_http,
+            self.logic_grpc,
+            self.comet_tcp,
+            self.comet_ws,
+            self.comet_grpc,
+        ]
     }
 
     fn args(&self) -> Vec<String> {
@@ -50,6 +78,16 @@ impl Ports {
             format!("127.0.0.1:{}", self.admin),
             "--dashboard".into(),
             format!("127.0.0.1:{}", self.dashboard),
+            "--logic-http-port".into(),
+            self.logic_http.to_string(),
+            "--logic-grpc-port".into(),
+            self.logic_grpc.to_string(),
+            "--comet-tcp-port".into(),
+            self.comet_tcp.to_string(),
+            "--comet-ws-port".into(),
+            self.comet_ws.to_string(),
+            "--comet-grpc-port".into(),
+            self.comet_grpc.to_string(),
         ]
     }
 }
@@ -170,6 +208,146 @@ fn assert_ports_freed(ports: &[u16], timeout: Duration) {
     }
 }
 
+/// One HTTP request to logic: status and body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Bytes) {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to logic");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "logic")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    let status = res.status().as_u16();
+    (status, res.into_body().collect().await.expect("body").to_bytes())
+}
+
+/// One call of logic's JSON API: its envelope, code 0 asserted.
+async fn logic_api(addr: SocketAddr, method: &str, path: &str, body: &str) -> Value {
+    let (status, bytes) = http(addr, method, path, body).await;
+    assert_eq!(status, 200, "{method} {path}");
+    let reply: Value = serde_json::from_slice(&bytes).expect("JSON");
+    assert_eq!(reply["code"], 0, "{method} {path}: {reply}");
+    reply
+}
+
+/// The push system `reborn up` started: the comet registered, logic sends
+/// clients to it on the ports given, and a push reaches a TCP client through
+/// logic, the queue behind the proxy, job and the comet.
+async fn check_push_roles(up: &Up, ports: &Ports) {
+    let logic = SocketAddr::from(([127, 0, 0, 1], ports.logic_http));
+    assert_eq!(up.field("logic HTTP"), format!("http://{logic}"));
+    assert_eq!(up.field("comet TCP"), format!("127.0.0.1:{}", ports.comet_tcp));
+    assert_eq!(
+        up.field("comet WS"),
+        format!("ws://127.0.0.1:{}/sub", ports.comet_ws)
+    );
+    assert_eq!(up.field("demo page"), format!("http://{logic}/demo"));
+    assert!(
+        up.banner.contains("/goim/push/mids?operation=1000&mids=123"),
+        "{}",
+        up.banner
+    );
+
+    // The comet is registered before the banner; logic follows ZooKeeper.
+    let nodes = {
+        let mut nodes = Value::Null;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            nodes = logic_api(logic, "GET", "/goim/nodes/weighted?platform=ip", "").await["data"].clone();
+            if nodes["nodes"].as_array().is_some_and(|n| !n.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        nodes
+    };
+    assert_eq!(nodes["nodes"], serde_json::json!(["127.0.0.1"]), "{nodes}");
+    assert_eq!(nodes["tcp_port"], ports.comet_tcp, "{nodes}");
+    assert_eq!(
+        nodes["ws_port"], ports.comet_ws,
+        "what the demo page connects to: {nodes}"
+    );
+
+    let (status, page) = http(logic, "GET", "/demo", "").await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("new WebSocket("));
+
+    let mut client = ImClient::tcp(&format!("127.0.0.1:{}", ports.comet_tcp))
+        .await
+        .expect("connect to the comet");
+    client.set_timeout(Duration::from_secs(20));
+    client
+        .auth(br#"{"mid":123,"key":"","room_id":"live://1000","platform":"web","accepts":[1000]}"#)
+        .await
+        .expect("logic accepts the client");
+    logic_api(
+        logic,
+        "POST",
+        "/goim/push/mids?operation=1000&mids=123",
+        "hello 123",
+    )
+    .await;
+    let push = client.next_push().await.expect("the push arrives");
+    assert_eq!((push.op, &push.body[..]), (1000, &b"hello 123"[..]));
+    logic_api(
+        logic,
+        "POST",
+        "/goim/push/room?operation=1000&type=live&room=1000",
+        "hello room",
+    )
+    .await;
+    let push = client.next_push().await.expect("the room push arrives");
+    assert_eq!(&push.body[..], b"hello room");
+
+    // What the demo page does: a WebSocket to nodes[0] on the advertised ws_port.
+    let url = format!(
+        "ws://{}:{}/sub",
+        nodes["nodes"][0].as_str().unwrap_or_default(),
+        nodes["ws_port"]
+    );
+    let mut browser = ImClient::ws(&url)
+        .await
+        .expect("the demo page's WebSocket address");
+    browser.set_timeout(Duration::from_secs(20));
+    browser
+        .auth(br#"{"mid":124,"key":"","room_id":"live://1000","platform":"web","accepts":[1000]}"#)
+        .await
+        .expect("logic accepts the WebSocket client");
+    logic_api(
+        logic,
+        "POST",
+        "/goim/push/mids?operation=1000&mids=124",
+        "hello ws",
+    )
+    .await;
+    let push = browser
+        .next_push()
+        .await
+        .expect("the push arrives over WebSocket");
+    assert_eq!(&push.body[..], b"hello ws");
+
+    // The session is in the cluster, read through the proxy like any key.
+    let mut proxy = common::client(&format!("127.0.0.1:{}", ports.proxy)).await;
+    let session: std::collections::HashMap<String, String> =
+        redis::AsyncCommands::hgetall(&mut proxy, "mid_123")
+            .await
+            .expect("HGETALL");
+    assert_eq!(session.len(), 1, "{session:?}");
+    assert!(
+        session
+            .values()
+            .all(|server| server.ends_with(&format!("-{}", ports.comet_tcp))),
+        "{session:?}"
+    );
+}
+
 async fn load(addr: &str, root: &str) -> reborn::topo::Topology {
     let cfg = ZkConfig {
         addr: addr.to_string(),
@@ -276,10 +454,27 @@ async fn up_runs_a_whole_cluster_and_stops_it_in_order() {
     assert_eq!(groups.body.as_array().map(Vec::len), Some(2), "{:?}", groups.body);
     assert_eq!(groups.body[0]["slots"], 512);
 
+    check_push_roles(&up, &ports).await;
+
     let status = up.terminate();
     assert!(status.success(), "exit {status}; stderr:\n{}", up.stderr());
+    let stderr = up.stderr();
+    let order: Vec<usize> = [
+        "stopping job",
+        "stopping comet",
+        "stopping logic",
+        "stopping proxy",
+    ]
+    .iter()
+    .map(|s| stderr.find(s).unwrap_or_else(|| panic!("no {s:?} in:\n{stderr}")))
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "push roles stop before the proxy, in reverse order"
+    );
     let mut all = ports.redis.to_vec();
     all.extend([zk_port, ports.proxy, ports.admin, ports.dashboard]);
+    all.extend(ports.push());
     assert_ports_freed(&all, Duration::from_secs(1));
     assert!(
         dir.path().join("zookeeper/zookeeper.log").is_file(),
@@ -302,9 +497,21 @@ async fn up_with_an_existing_zookeeper_removes_its_temp_dir() {
     let ports = Ports::new();
     let root = common::unique_root();
     let mut args = ports.args();
-    args.extend(["--zk".into(), common::zk(), "--zk-root".into(), root.clone()]);
+    args.extend([
+        "--zk".into(),
+        common::zk(),
+        "--zk-root".into(),
+        root.clone(),
+        "--no-push".into(),
+    ]);
     let mut up = Up::start(&args);
     assert!(up.banner.contains("not started here"), "{}", up.banner);
+    // --no-push: no push role listens, and the banner says so.
+    assert!(up.banner.contains("not running (--no-push)"), "{}", up.banner);
+    assert!(!up.banner.contains("logic HTTP"), "{}", up.banner);
+    for port in ports.push() {
+        assert!(common::port_is_free(port), "port {port} is taken with --no-push");
+    }
     let dir = std::path::PathBuf::from(up.field("data + logs"));
     assert!(dir.is_dir());
     assert!(up.banner.contains(&format!("--root {root}")), "{}", up.banner);
@@ -367,4 +574,42 @@ fn up_refuses_a_taken_port_before_starting_anything() {
         started.elapsed()
     );
     assert!(common::port_is_free(ports.redis[0]), "no redis was started");
+}
+
+#[test]
+fn up_refuses_a_taken_push_port_and_a_port_given_twice() {
+    let ports = Ports::new();
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", ports.comet_ws)).expect("bind");
+    let mut args = ports.args();
+    args.extend(["--zk".into(), common::zk()]);
+    let run = |args: &[String]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_reborn"))
+            .arg("up")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run reborn up");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&args);
+    assert!(
+        stderr.contains(&format!("port {} is already in use", ports.comet_ws)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--comet-ws-port"), "{stderr}");
+
+    let mut twice = Ports::new();
+    twice.logic_grpc = twice.dashboard;
+    let mut args = twice.args();
+    args.extend(["--zk".into(), common::zk()]);
+    let stderr = run(&args);
+    assert!(
+        stderr.contains(&format!(
+            "port {} is given to both the dashboard",
+            twice.dashboard
+        )),
+        "{stderr}"
+    );
+    assert!(common::port_is_free(twice.redis[0]), "no redis was started");
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::topo::model::Role;
 
 use super::plan::GroupPlan;
+use super::push::PushPlan;
 use super::seed::Seeded;
 use super::servers::Servers;
 
@@ -23,6 +24,8 @@ pub struct Banner<'a> {
     pub seeded: &'a Seeded,
     /// The proxy's RESP and admin addresses, `None` if the proxy is not running.
     pub proxy: Option<(SocketAddr, SocketAddr)>,
+    /// Where the push roles listen, `None` if they are not running.
+    pub push: Option<PushPlan>,
     /// The dashboard's HTTP address.
     pub dashboard: SocketAddr,
     /// The data + log directory, and whether it is kept after exit.
@@ -104,6 +107,51 @@ impl Banner<'_> {
             }
             None => row(out, "proxy", "-", "not running".into())?,
         }
+        match self.push {
+            Some(p) => {
+                let rows = [
+                    (
+                        "logic HTTP",
+                        format!("http://{}", p.logic_http),
+                        "push API: /goim/push/*, /goim/online/*, /goim/nodes/*",
+                    ),
+                    (
+                        "logic gRPC",
+                        p.logic_grpc.to_string(),
+                        "comets call it (Connect, Heartbeat, ...)",
+                    ),
+                    (
+                        "comet TCP",
+                        p.comet_tcp.to_string(),
+                        "goim v2 clients over raw TCP",
+                    ),
+                    (
+                        "comet WS",
+                        format!("ws://{}/sub", p.comet_ws),
+                        "goim v2 clients over WebSocket",
+                    ),
+                    (
+                        "comet gRPC",
+                        p.comet_grpc.to_string(),
+                        "job calls it (PushMsg, Broadcast, ...)",
+                    ),
+                    (
+                        "job",
+                        "-".to_string(),
+                        "moves the push queue (goim-push-*) to the comets",
+                    ),
+                    (
+                        "demo page",
+                        format!("http://{}/demo", p.logic_http),
+                        "open in a browser",
+                    ),
+                ];
+                for (what, addr, note) in rows {
+                    row(out, what, &addr, note.into())?;
+                }
+            }
+            None => row(out, "push", "-", "not running (--no-push)".into())?,
+        }
         let keep = if self.dir.1 {
             "kept after exit"
         } else {
@@ -160,6 +208,23 @@ impl Banner<'_> {
             exe.display()
         )?;
         writeln!(out, "  curl -s http://{}/api/groups", self.dashboard)?;
+        if let Some(p) = self.push {
+            let api = format!("http://{}", p.logic_http);
+            writeln!(out, "  # push: open {api}/demo (mid 123), then")?;
+            writeln!(
+                out,
+                "  curl -d 'hello 123' '{api}/goim/push/mids?operation=1000&mids=123'"
+            )?;
+            writeln!(
+                out,
+                "  curl -d 'hello room' '{api}/goim/push/room?operation=1000&type=live&room=1000'"
+            )?;
+            writeln!(out, "  curl -s '{api}/goim/online/top?type=live&limit=10'")?;
+            writeln!(out, "  curl -s '{api}/goim/nodes/weighted?platform=ip'")?;
+            if let Some((listen, _)) = self.proxy {
+                writeln!(out, "  redis-cli -p {} hgetall mid_123", listen.port())?;
+            }
+        }
         writeln!(out)
     }
 }

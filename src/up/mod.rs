@@ -1,7 +1,7 @@
 //! `reborn up`: a whole local cluster on one machine, for a newcomer's first five
 //! minutes — ZooKeeper, two groups of redis-servers (master + replica each), the
-//! product written into ZooKeeper, the dashboard and a proxy in front, until
-//! Ctrl-C.
+//! product written into ZooKeeper, the dashboard and a proxy in front, and the
+//! push system (logic, one comet, one job) on that proxy, until Ctrl-C.
 //!
 //! The process helpers here ([`ZooKeeper`], [`RedisServer`]) are also what the
 //! integration tests start their real servers with, so "how to start ZooKeeper /
@@ -11,7 +11,8 @@
 //! * [`orphan_guard`]: a started process dies with us, however we die.
 //! * `process`, `workdir`, `port`, `probe`: what the servers share (child process,
 //!   data dir, "is the port free", tiny protocol probes).
-//! * `plan` → `servers` → `seed` → `roles` → `banner`: the steps of `reborn up`.
+//! * `plan` → `servers` → `seed` → `roles` (+ `push`) → `banner`: the steps of
+//!   `reborn up`.
 //!
 //! This module sits on top of the crate and may import every other module.
 
@@ -22,6 +23,7 @@ mod plan;
 mod port;
 mod probe;
 mod process;
+mod push;
 pub mod redis_server;
 mod roles;
 mod seed;
@@ -43,6 +45,7 @@ pub use zookeeper::ZooKeeper;
 
 use banner::Banner;
 use plan::GroupPlan;
+use push::PushPlan;
 use roles::{RoleFuture, Roles};
 use servers::Servers;
 use workdir::Workdir;
@@ -103,6 +106,46 @@ pub struct UpArgs {
     #[arg(long, value_name = "FILE")]
     pub proxy_config: Option<PathBuf>,
 
+    /// Leave the push system (logic, comet, job) out.
+    #[arg(long)]
+    pub no_push: bool,
+
+    /// Port of logic's HTTP API (push, online, nodes, the /demo page).
+    #[arg(long, default_value_t = 3111)]
+    pub logic_http_port: u16,
+
+    /// Port of logic's gRPC server (comet calls it).
+    #[arg(long, default_value_t = 3119)]
+    pub logic_grpc_port: u16,
+
+    /// Port of the comet's raw TCP clients (goim v2 protocol).
+    #[arg(long, default_value_t = 3101)]
+    pub comet_tcp_port: u16,
+
+    /// Port of the comet's WebSocket clients (path /sub).
+    #[arg(long, default_value_t = 3102)]
+    pub comet_ws_port: u16,
+
+    /// Port of the comet's gRPC server (job calls it).
+    #[arg(long, default_value_t = 3109)]
+    pub comet_grpc_port: u16,
+
+    /// Logic's TOML config (see conf/logic.toml), e.g. for `[auth] secret`.
+    /// Its addresses, proxy, ZooKeeper settings and `[node]` ports are replaced
+    /// by this command's.
+    #[arg(long, value_name = "FILE")]
+    pub logic_config: Option<PathBuf>,
+
+    /// The comet's TOML config (see conf/comet.toml). Its listen addresses and
+    /// ZooKeeper settings are replaced by this command's.
+    #[arg(long, value_name = "FILE")]
+    pub comet_config: Option<PathBuf>,
+
+    /// The job's TOML config (see conf/job.toml). Its proxy and ZooKeeper
+    /// settings are replaced by this command's.
+    #[arg(long, value_name = "FILE")]
+    pub job_config: Option<PathBuf>,
+
     /// Directory for data and logs, kept after exit. Default: a fresh
     /// `/tmp/reborn-up-<pid>-<n>`, removed on exit (nothing in it is persistent:
     /// the redis-servers never save).
@@ -128,7 +171,8 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
 /// As [`run`], typed.
 pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), UpError> {
     let groups = plan::groups(&args.redis_ports, args.replicas)?;
-    check_ports(&args)?;
+    let push = PushPlan::from_args(&args);
+    check_ports(&args, push.as_ref())?;
     let (dir, dir_kept) = match &args.dir {
         Some(dir) => (Workdir::given(dir)?, true),
         None => (Workdir::temp("up")?, false),
@@ -146,7 +190,15 @@ pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), Up
     };
 
     let mut roles = Roles::default();
-    let outcome = serve(&args, &groups, &servers, &mut roles, (&dir, dir_kept), &cancel).await;
+    let outcome = serve(
+        &args,
+        (&groups, push.as_ref()),
+        &servers,
+        &mut roles,
+        (&dir, dir_kept),
+        &cancel,
+    )
+    .await;
 
     // Reverse start order: roles (they hold ZooKeeper sessions), then redis, then
     // ZooKeeper, then the temp dir.
@@ -164,7 +216,7 @@ pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), Up
 /// signal (or a role that stops by itself).
 async fn serve(
     args: &UpArgs,
-    groups: &[GroupPlan],
+    (groups, push): (&[GroupPlan], Option<&PushPlan>),
     servers: &Servers,
     roles: &mut Roles,
     dir: (&Workdir, bool),
@@ -189,8 +241,22 @@ async fn serve(
         roles.start("proxy", args.proxy, make).await?;
         proxy = Some((args.proxy, args.proxy_admin));
     }
-    // Future roles start here, each after what it depends on:
-    // comet / logic / job (after the proxy).
+    // The push system needs the proxy (sessions and queue live behind it).
+    // Each starts after what it calls: logic, then the comet (calls logic),
+    // then job (calls the comet); shutdown runs the other way.
+    let push = match (push, proxy) {
+        (Some(plan), Some(_)) => {
+            roles
+                .start_signalled("logic", push::logic_role(args, plan, &zk)?)
+                .await?;
+            roles
+                .start_signalled("comet", push::comet_role(args, plan, &zk)?)
+                .await?;
+            roles.start_signalled("job", push::job_role(args, &zk)?).await?;
+            Some(*plan)
+        }
+        _ => None,
+    };
 
     let banner = Banner {
         product: &args.product,
@@ -198,6 +264,7 @@ async fn serve(
         groups,
         seeded: &seeded,
         proxy,
+        push,
         dashboard: args.dashboard,
         dir: (dir.0.path(), dir.1),
         admin_flags: admin_flags(args, &zk),
@@ -303,7 +370,7 @@ fn admin_flags(args: &UpArgs, zk: &ZkConfig) -> String {
 
 /// Checks every port before starting anything, so a taken port fails in
 /// milliseconds, not after ZooKeeper's seconds of start-up.
-fn check_ports(args: &UpArgs) -> Result<(), UpError> {
+fn check_ports(args: &UpArgs, push: Option<&PushPlan>) -> Result<(), UpError> {
     if args.zk.is_none() {
         let what = format!(
             "ZooKeeper; to use the one already running there, pass --zk 127.0.0.1:{}",
@@ -314,9 +381,30 @@ fn check_ports(args: &UpArgs) -> Result<(), UpError> {
     for &p in &args.redis_ports {
         port::ensure_free(p, "redis-server")?;
     }
-    port::ensure_addr_free(args.dashboard, "the dashboard")?;
-    port::ensure_addr_free(args.proxy, "the proxy")?;
-    port::ensure_addr_free(args.proxy_admin, "the proxy's admin HTTP")
+    let mut listens = vec![
+        (args.dashboard, "the dashboard"),
+        (args.proxy, "the proxy"),
+        (args.proxy_admin, "the proxy's admin HTTP"),
+    ];
+    listens.extend(push.iter().flat_map(|p| p.listens()));
+    // Two of our own servers on one port would pass the checks below and fail
+    // later, after ZooKeeper and redis had started.
+    let mut ours: Vec<(u16, &str)> = args.redis_ports.iter().map(|&p| (p, "a redis-server")).collect();
+    if args.zk.is_none() {
+        ours.push((args.zk_port, "ZooKeeper"));
+    }
+    ours.extend(listens.iter().map(|(a, what)| (a.port(), *what)));
+    for (i, (p, what)) in ours.iter().enumerate() {
+        if let Some((_, first)) = ours[..i].iter().find(|(q, _)| q == p) {
+            return Err(UpError::Invalid(format!(
+                "port {p} is given to both {first} and {what}"
+            )));
+        }
+    }
+    for (addr, what) in listens {
+        port::ensure_addr_free(addr, what)?;
+    }
+    Ok(())
 }
 
 /// Runs process start/stop (which sleep and wait) off the async workers.

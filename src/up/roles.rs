@@ -1,9 +1,9 @@
 //! The reborn roles `reborn up` runs in its own process, as tokio tasks: the
-//! dashboard and the proxy today; comet, logic and job will join the same list.
+//! dashboard, the proxy, and the push system's logic, comet and job.
 //!
 //! Each role gets its own cancellation token, so shutdown can stop them one at a
 //! time in reverse start order (a role may depend on one started before it, as
-//! comet will on the proxy).
+//! logic and job do on the proxy, and comet on logic).
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,10 +31,20 @@ pub enum RoleError {
     Dashboard(#[from] DashboardError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Logic(#[from] crate::im::logic::LogicError),
+    #[error(transparent)]
+    Comet(#[from] crate::im::comet::CometError),
+    #[error(transparent)]
+    Job(#[from] crate::im::job::JobError),
 }
 
 /// A role's main future: runs until its token is cancelled, or fails.
 pub type RoleFuture = Pin<Box<dyn Future<Output = Result<(), RoleError>> + Send>>;
+
+/// How a role that has no single port to probe says it is up: sent once its
+/// `start` returned (listeners bound, registered in ZooKeeper).
+pub type Ready = tokio::sync::oneshot::Sender<()>;
 
 /// A running role.
 struct Running {
@@ -87,6 +97,41 @@ impl Roles {
                     return Err(failed(format!(
                         "not accepting connections on {listen} after {READY_TIMEOUT:?}"
                     )));
+                }
+            }
+        }
+        self.running.push(Running { name, cancel, task });
+        Ok(())
+    }
+
+    /// Spawns a role that signals its own readiness through [`Ready`] (the push
+    /// roles: job listens on nothing, and comet and logic are up only once
+    /// every listener is bound and they are registered).
+    ///
+    /// # Errors
+    /// [`UpError::Role`] if the role ends or does not signal in time.
+    pub async fn start_signalled(
+        &mut self,
+        name: &'static str,
+        make: impl FnOnce(CancellationToken, Ready) -> RoleFuture,
+    ) -> Result<(), UpError> {
+        let cancel = CancellationToken::new();
+        let (ready, signalled) = tokio::sync::oneshot::channel();
+        let mut task = tokio::spawn(make(cancel.clone(), ready));
+        let failed = |message: String| UpError::Role {
+            role: name.to_string(),
+            message,
+        };
+        tokio::select! {
+            joined = &mut task => return Err(failed(format!("did not start: {}", describe(joined)))),
+            ready = tokio::time::timeout(READY_TIMEOUT, signalled) => match ready {
+                Ok(Ok(())) => {}
+                // The signal is dropped only by a role that returned: say why.
+                Ok(Err(_)) => return Err(failed(format!("did not start: {}", describe(task.await)))),
+                Err(_) => {
+                    cancel.cancel();
+                    task.abort();
+                    return Err(failed(format!("not started after {READY_TIMEOUT:?}")));
                 }
             }
         }

@@ -13,6 +13,7 @@
 //! | GET | `/goim/nodes/weighted` | `platform` |
 //! | GET | `/goim/nodes/instances` | |
 //! | GET | `/metrics` | (reborn: Prometheus counters) |
+//! | GET | `/demo` | (reborn: a browser client of comet's WebSocket, `../demo.html`) |
 //!
 //! A push's body is the raw message, any content type, at most `[http]
 //! max_body` bytes. Every answer is HTTP 200 with `{code, message, data}`:
@@ -52,7 +53,13 @@ pub fn router(state: Arc<LogicState>) -> Router {
         .route("/goim/nodes/weighted", get(nodes_weighted))
         .route("/goim/nodes/instances", get(nodes_instances))
         .route("/metrics", get(metrics))
+        .route("/demo", get(demo))
         .with_state(state)
+}
+
+/// The demo page, compiled in so the binary serves it from anywhere.
+async fn demo() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../demo.html"))
 }
 
 fn params(raw: Option<String>) -> QueryParams {

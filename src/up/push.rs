@@ -1,0 +1,146 @@
+//! The push system (logic, one comet, one job) as `reborn up` runs it: in this
+//! process, on 127.0.0.1, pointed at up's proxy and ZooKeeper product.
+//!
+//! Each role's settings come from its own `--*-config` file (or the defaults),
+//! then up's addresses replace the file's, as for the proxy. Logic is told the
+//! comet's client ports, because `/goim/nodes/weighted` reports logic's
+//! `[node]` ports, not the comet's (goim's design: one port set per cluster).
+//! Imports the three `im` roles and `up`'s role plumbing.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::topo::ZkConfig;
+
+use super::error::UpError;
+use super::roles::{Ready, RoleFuture};
+use super::{UpArgs, load_role_config};
+
+/// Where the push roles listen, decided before anything starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushPlan {
+    /// Logic's HTTP API (and the demo page).
+    pub logic_http: SocketAddr,
+    /// Logic's gRPC server (comet calls it).
+    pub logic_grpc: SocketAddr,
+    /// Comet's raw TCP clients.
+    pub comet_tcp: SocketAddr,
+    /// Comet's WebSocket clients (`/sub`).
+    pub comet_ws: SocketAddr,
+    /// Comet's gRPC server (job calls it).
+    pub comet_grpc: SocketAddr,
+}
+
+impl PushPlan {
+    /// The plan from up's flags; `None` with `--no-push`.
+    pub fn from_args(args: &UpArgs) -> Option<PushPlan> {
+        let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        (!args.no_push).then(|| PushPlan {
+            logic_http: local(args.logic_http_port),
+            logic_grpc: local(args.logic_grpc_port),
+            comet_tcp: local(args.comet_tcp_port),
+            comet_ws: local(args.comet_ws_port),
+            comet_grpc: local(args.comet_grpc_port),
+        })
+    }
+
+    /// Every address with what listens there, for the port checks.
+    pub fn listens(&self) -> [(SocketAddr, &'static str); 5] {
+        [
+            (self.logic_http, "logic's HTTP API (--logic-http-port)"),
+            (self.logic_grpc, "logic's gRPC (--logic-grpc-port)"),
+            (self.comet_tcp, "comet's TCP clients (--comet-tcp-port)"),
+            (self.comet_ws, "comet's WebSocket clients (--comet-ws-port)"),
+            (self.comet_grpc, "comet's gRPC (--comet-grpc-port)"),
+        ]
+    }
+}
+
+/// A role's start-up error as up reports it.
+fn invalid(role: &str, e: impl std::fmt::Display) -> UpError {
+    UpError::Role {
+        role: role.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Logic: its file's settings with up's addresses, proxy and product.
+pub fn logic_role(
+    args: &UpArgs,
+    plan: &PushPlan,
+    zk: &ZkConfig,
+) -> Result<impl FnOnce(CancellationToken, Ready) -> RoleFuture + use<>, UpError> {
+    use crate::im::logic::LogicConfig;
+    let mut config: LogicConfig = load_role_config("logic", args.logic_config.as_deref())?;
+    config.http.addr = plan.logic_http.to_string();
+    config.grpc.addr = plan.logic_grpc.to_string();
+    config.cluster.addrs = vec![args.proxy.to_string()];
+    config.zk = ZkConfig {
+        session_timeout: config.zk.session_timeout,
+        ..zk.clone()
+    };
+    config.node.tcp_port = plan.comet_tcp.port();
+    config.node.ws_port = plan.comet_ws.port();
+    config.validate().map_err(|e| invalid("logic", e))?;
+    Ok(move |cancel: CancellationToken, ready: Ready| -> RoleFuture {
+        Box::pin(async move {
+            let running = crate::im::logic::start(config).await?;
+            let _ = ready.send(());
+            cancel.cancelled().await;
+            running.shutdown().await;
+            Ok(())
+        })
+    })
+}
+
+/// The comet: its file's settings with up's ports and product.
+pub fn comet_role(
+    args: &UpArgs,
+    plan: &PushPlan,
+    zk: &ZkConfig,
+) -> Result<impl FnOnce(CancellationToken, Ready) -> RoleFuture + use<>, UpError> {
+    use crate::im::comet::CometConfig;
+    let mut config: CometConfig = load_role_config("comet", args.comet_config.as_deref())?;
+    config.tcp.listen = plan.comet_tcp.to_string();
+    config.websocket.listen = plan.comet_ws.to_string();
+    config.grpc.listen = plan.comet_grpc.to_string();
+    config.zk = ZkConfig {
+        session_timeout: config.zk.session_timeout,
+        ..zk.clone()
+    };
+    config.validate().map_err(|e| invalid("comet", e))?;
+    Ok(move |cancel: CancellationToken, ready: Ready| -> RoleFuture {
+        Box::pin(async move {
+            let running = crate::im::comet::start(config).await?;
+            let _ = ready.send(());
+            cancel.cancelled().await;
+            running.shutdown().await;
+            Ok(())
+        })
+    })
+}
+
+/// The job: its file's settings with up's proxy and product.
+pub fn job_role(
+    args: &UpArgs,
+    zk: &ZkConfig,
+) -> Result<impl FnOnce(CancellationToken, Ready) -> RoleFuture + use<>, UpError> {
+    use crate::im::job::JobConfig;
+    let mut config: JobConfig = load_role_config("job", args.job_config.as_deref())?;
+    config.cluster.addrs = vec![args.proxy.to_string()];
+    config.zk = ZkConfig {
+        session_timeout: config.zk.session_timeout,
+        ..zk.clone()
+    };
+    config.validate().map_err(|e| invalid("job", e))?;
+    Ok(move |cancel: CancellationToken, ready: Ready| -> RoleFuture {
+        Box::pin(async move {
+            let running = crate::im::job::start(config).await?;
+            let _ = ready.send(());
+            cancel.cancelled().await;
+            running.shutdown().await;
+            Ok(())
+        })
+    })
+}
