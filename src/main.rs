@@ -23,6 +23,8 @@ enum Role {
     Dashboard(reborn::topo::dashboard::DashboardArgs),
     /// Operator commands: groups, servers, slots, proxies.
     Admin(reborn::topo::admin::AdminArgs),
+    /// Run a comet: the push system's client gateway (goim v2 over TCP and WebSocket).
+    Comet(reborn::im::comet::CometArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
@@ -61,6 +63,13 @@ fn main() -> anyhow::Result<()> {
             runtime(1)?
                 .block_on(reborn::topo::admin::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        Role::Comet(args) => {
+            let config = args.into_config().context("load comet config")?;
+            reborn::libs::logging::init("info,zookeeper_client=warn");
+            runtime(config.threads)?
+                .block_on(reborn::im::comet::run_until_signal(config))
+                .context("comet")
         }
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");

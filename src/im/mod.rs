@@ -9,6 +9,8 @@
 //!
 //! It may import `libs` and the `topo` kernel, never `proxy`.
 
+pub mod client;
+pub mod comet;
 pub mod discovery;
 pub mod frame;
 pub mod proto;

@@ -1,0 +1,62 @@
+//! Why one client connection ended: bad input of each kind, timeouts, a kick,
+//! a refused auth, or an ordinary close. The connection loop counts and logs
+//! each ([`super::connection`]); transports return it. Imports `frame`,
+//! `codec` and `logic_link`'s error.
+
+use std::time::Duration;
+
+use super::codec::CodecError;
+use super::logic_link::LinkError;
+use crate::im::frame::FrameError;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// A frame with a bad header (wrong header length, body over the maximum,
+    /// negative or short pack length).
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// Other garbage: a truncated frame in a WebSocket message, a WebSocket
+    /// protocol violation.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// A WebSocket message over the largest frame.
+    #[error("websocket message over {max} bytes")]
+    TooLarge {
+        /// The largest whole frame allowed.
+        max: usize,
+    },
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client closed the connection.
+    #[error("closed by the client")]
+    PeerClosed,
+    /// No op 7 within the handshake timeout.
+    #[error("no auth within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// No heartbeat within the idle timeout.
+    #[error("no heartbeat within {0:?}")]
+    IdleTimeout(Duration),
+    /// A newer connection authenticated with the same key.
+    #[error("kicked: a newer connection took the key")]
+    Kicked,
+    /// Logic refused the auth body.
+    #[error("auth refused: {0}")]
+    Refused(String),
+    /// Logic could not be asked.
+    #[error("auth failed: {0}")]
+    AuthFailed(LinkError),
+    /// comet is shutting down.
+    #[error("comet is shutting down")]
+    Shutdown,
+}
+
+impl From<CodecError> for ConnError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Frame(f) => ConnError::Frame(f),
+            CodecError::Io(io) => ConnError::Io(io),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! comet's calls to logic (`goim.logic.Logic`): Connect, Disconnect, Heartbeat,
+//! RenewOnline and Receive. Logic instances are found through ZooKeeper
+//! ([`crate::im::discovery::follow`]); calls go round robin over the live ones,
+//! and a call that could not reach one instance is tried on the next (it never
+//! reached logic, so retrying is safe). Channels are lazy: a dead logic never
+//! blocks comet's start. Imports `im::discovery`, `im::proto`, the `topo` store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel as GrpcChannel, Endpoint};
+use tonic::{Code, Response, Status};
+
+use super::config::CometLogicConfig;
+use crate::im::discovery::{self, Instance, InstanceKind};
+use crate::im::proto::logic::logic_client::LogicClient;
+use crate::im::proto::logic::{ConnectReply, ConnectReq, DisconnectReq, HeartbeatReq, OnlineReq, ReceiveReq};
+use crate::im::proto::protocol::Proto;
+use crate::topo::store::Store;
+
+/// Why a call to logic failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No logic instance is registered (safe to retry later).
+    #[error("no logic instance is registered in ZooKeeper")]
+    NoLogic,
+    /// The call took too long; logic may or may not have done it.
+    #[error("logic {addr} did not answer within {after:?}")]
+    Timeout {
+        /// The instance called.
+        addr: String,
+        /// The configured timeout.
+        after: Duration,
+    },
+    /// Logic refused to authenticate the connection (its message is for the client).
+    #[error("refused by logic: {0}")]
+    Refused(String),
+    /// Logic answered with an error.
+    #[error("logic {addr}: {status}")]
+    Status {
+        /// The instance called.
+        addr: String,
+        /// Its answer.
+        status: Status,
+    },
+}
+
+/// One logic instance and a lazy channel to it.
+#[derive(Clone)]
+struct LogicPeer {
+    grpc: String,
+    client: LogicClient<GrpcChannel>,
+}
+
+/// The way to logic: the live instances, followed in ZooKeeper.
+pub struct LogicLink {
+    peers: watch::Receiver<Arc<Vec<LogicPeer>>>,
+    next: AtomicUsize,
+    timeout: Duration,
+}
+
+impl LogicLink {
+    /// Follows logic instances under `store`'s product until `cancel`.
+    pub fn follow(store: Store, cfg: &CometLogicConfig, cancel: CancellationToken) -> LogicLink {
+        let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+        let connect_timeout = cfg.connect_timeout;
+        tokio::spawn(async move {
+            let mut found = discovery::follow(store, InstanceKind::Logic, cancel.clone());
+            loop {
+                let instances = found.borrow_and_update().clone();
+                let known = tx.borrow().clone();
+                tx.send_replace(Arc::new(peers_for(&instances, &known, connect_timeout)));
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = found.changed() => if r.is_err() { return },
+                }
+            }
+        });
+        LogicLink {
+            peers: rx,
+            next: AtomicUsize::new(0),
+            timeout: cfg.timeout,
+        }
+    }
+
+    /// A link that never finds a logic (unit tests of the parts around it).
+    #[cfg(test)]
+    pub(crate) fn detached(cfg: &CometLogicConfig) -> LogicLink {
+        let (_tx, rx) = watch::channel(Arc::new(Vec::new()));
+        LogicLink {
+            peers: rx,
+            next: AtomicUsize::new(0),
+            timeout: cfg.timeout,
+        }
+    }
+
+    /// Authenticates a connection: `token` is the raw op-7 body.
+    ///
+    /// # Errors
+    /// [`LinkError::Refused`] when logic says the client is not allowed in;
+    /// any other variant when logic could not decide.
+    pub async fn connect(&self, server: &str, cookie: &str, token: &[u8]) -> Result<ConnectReply, LinkError> {
+        let req = ConnectReq {
+            server: server.to_string(),
+            cookie: cookie.to_string(),
+            token: token.to_vec(),
+        };
+        self.call(move |mut c| {
+            let req = req.clone();
+            async move { c.connect(req).await }
+        })
+        .await
+    }
+
+    /// Forgets a closed connection's session; true if logic still had it.
+    ///
+    /// # Errors
+    /// Logic unreachable or failing.
+    pub async fn disconnect(&self, mid: i64, key: &str, server: &str) -> Result<bool, LinkError> {
+        let req = DisconnectReq {
+            mid,
+            key: key.to_string(),
+            server: server.to_string(),
+        };
+        let reply = self
+            .call(move |mut c| {
+                let req = req.clone();
+                async move { c.disconnect(req).await }
+            })
+            .await?;
+        Ok(reply.has)
+    }
+
+    /// Renews a connection's session TTL.
+    ///
+    /// # Errors
+    /// Logic unreachable or failing.
+    pub async fn heartbeat(&self, mid: i64, key: &str, server: &str) -> Result<(), LinkError> {
+        let req = HeartbeatReq {
+            mid,
+            key: key.to_string(),
+            server: server.to_string(),
+        };
+        self.call(move |mut c| {
+            let req = req.clone();
+            async move { c.heartbeat(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Reports this comet's room counts; returns the cluster-wide counts.
+    ///
+    /// # Errors
+    /// Logic unreachable or failing.
+    pub async fn renew_online(
+        &self,
+        server: &str,
+        room_count: HashMap<String, i32>,
+    ) -> Result<HashMap<String, i32>, LinkError> {
+        let req = OnlineReq {
+            server: server.to_string(),
+            room_count,
+        };
+        let reply = self
+            .call(move |mut c| {
+                let req = req.clone();
+                async move { c.renew_online(req).await }
+            })
+            .await?;
+        Ok(reply.all_room_count)
+    }
+
+    /// Hands an upstream client frame to logic.
+    ///
+    /// # Errors
+    /// Logic unreachable or failing.
+    pub async fn receive(&self, mid: i64, proto: Proto) -> Result<(), LinkError> {
+        let req = ReceiveReq {
+            mid,
+            proto: Some(proto),
+        };
+        self.call(move |mut c| {
+            let req = req.clone();
+            async move { c.receive(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Calls the next live instance; on "unavailable" (the call never reached
+    /// it) tries the others in turn.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, LinkError>
+    where
+        F: Fn(LogicClient<GrpcChannel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let peers = self.live_peers().await?;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = LinkError::NoLogic;
+        for i in 0..peers.len() {
+            let peer = &peers[(start + i) % peers.len()];
+            match tokio::time::timeout(self.timeout, f(peer.client.clone())).await {
+                Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                Ok(Err(status)) if status.code() == Code::Unauthenticated => {
+                    return Err(LinkError::Refused(status.message().to_string()));
+                }
+                Ok(Err(status)) if status.code() == Code::Unavailable => {
+                    tracing::debug!(logic = %peer.grpc, %status, "logic unavailable; trying the next");
+                    last = LinkError::Status {
+                        addr: peer.grpc.clone(),
+                        status,
+                    };
+                }
+                Ok(Err(status)) => {
+                    return Err(LinkError::Status {
+                        addr: peer.grpc.clone(),
+                        status,
+                    });
+                }
+                Err(_) => {
+                    return Err(LinkError::Timeout {
+                        addr: peer.grpc.clone(),
+                        after: self.timeout,
+                    });
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The live instances; waits up to the call timeout for a first one (a
+    /// comet that just started has not read ZooKeeper yet).
+    async fn live_peers(&self) -> Result<Arc<Vec<LogicPeer>>, LinkError> {
+        let now = self.peers.borrow().clone();
+        if !now.is_empty() {
+            return Ok(now);
+        }
+        let mut rx = self.peers.clone();
+        match tokio::time::timeout(self.timeout, rx.wait_for(|p| !p.is_empty())).await {
+            Ok(Ok(peers)) => Ok(peers.clone()),
+            _ => Err(LinkError::NoLogic),
+        }
+    }
+}
+
+/// Peers for `instances`, reusing the channels of `known` ones.
+fn peers_for(instances: &[Instance], known: &[LogicPeer], connect_timeout: Duration) -> Vec<LogicPeer> {
+    let mut out = Vec::with_capacity(instances.len());
+    for inst in instances.iter().filter(|i| !i.grpc.is_empty()) {
+        if let Some(p) = known.iter().find(|p| p.grpc == inst.grpc) {
+            out.push(p.clone());
+            continue;
+        }
+        match Endpoint::from_shared(format!("http://{}", inst.grpc)) {
+            Ok(ep) => out.push(LogicPeer {
+                grpc: inst.grpc.clone(),
+                client: LogicClient::new(ep.connect_timeout(connect_timeout).connect_lazy()),
+            }),
+            Err(e) => {
+                tracing::warn!(logic = %inst.id, grpc = %inst.grpc, error = %e, "bad logic address; skipped")
+            }
+        }
+    }
+    out
+}

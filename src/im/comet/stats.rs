@@ -1,0 +1,99 @@
+//! comet's counters: plain atomics bumped on the connection and push paths,
+//! read as a [`CometStatsSnapshot`] for logs, tests and (later) metrics.
+//! Imports nothing from the crate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Counters since start; every field only grows.
+        #[derive(Debug, Default)]
+        pub struct CometStats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of [`CometStats`] at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub struct CometStatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl CometStats {
+            /// The current values.
+            pub fn snapshot(&self) -> CometStatsSnapshot {
+                CometStatsSnapshot {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Raw TCP connections accepted.
+    accepted_tcp,
+    /// WebSocket upgrades accepted (plain and TLS).
+    accepted_ws,
+    /// Connections that authenticated.
+    auth_ok,
+    /// Connections logic refused (op 8 with an error body, then closed).
+    auth_refused,
+    /// Auth attempts that failed because logic could not be reached.
+    auth_failed,
+    /// Connections closed for not authenticating within the handshake timeout.
+    handshake_timeouts,
+    /// Connections closed for sending no heartbeat within their idle timeout.
+    idle_timeouts,
+    /// Frames sent before auth, logged and skipped.
+    skipped_before_auth,
+    /// Connections closed for a header length other than 16.
+    bad_header_len,
+    /// Connections closed for a body over the maximum.
+    bad_body_len,
+    /// Connections closed for a pack length shorter than the header (negative included).
+    bad_pack_len,
+    /// Connections closed for other garbage: a truncated WebSocket message, a
+    /// WebSocket protocol error, a refused upgrade or TLS handshake.
+    bad_input,
+    /// Old connections closed because a new one authenticated with their key.
+    kicked,
+    /// Pushes queued to a connection.
+    pushes_queued,
+    /// Pushes dropped because a connection's queue was full.
+    pushes_dropped,
+    /// Client frames handled after auth (heartbeats, room and op control, messages).
+    client_frames,
+    /// Connections closed, for any reason.
+    closed,
+}
+
+impl CometStats {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl CometStatsSnapshot {
+    /// Connections closed for bad input of any kind.
+    pub fn bad_frames(&self) -> u64 {
+        self.bad_header_len + self.bad_body_len + self.bad_pack_len + self.bad_input
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_copies_the_counters() {
+        let s = CometStats::default();
+        CometStats::bump(&s.bad_body_len);
+        CometStats::bump(&s.bad_input);
+        CometStats::bump(&s.kicked);
+        let snap = s.snapshot();
+        assert_eq!((snap.kicked, snap.bad_frames()), (1, 2));
+    }
+}
