@@ -25,6 +25,8 @@ enum Role {
     Admin(reborn::topo::admin::AdminArgs),
     /// Run a comet: the push system's client gateway (goim v2 over TCP and WebSocket).
     Comet(reborn::im::comet::CometArgs),
+    /// Run a push-system logic (`reborn logic token --mid N` mints a client token).
+    Logic(reborn::im::logic::LogicArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
@@ -71,6 +73,22 @@ fn main() -> anyhow::Result<()> {
                 .block_on(reborn::im::comet::run_until_signal(config))
                 .context("comet")
         }
+        Role::Logic(args) => match args.command {
+            Some(reborn::im::logic::args::LogicCommand::Token(t)) => {
+                let token = t
+                    .mint(reborn::im::discovery::unix_now())
+                    .context("mint a token")?;
+                println!("{token}");
+                Ok(())
+            }
+            None => {
+                let config = args.run.into_config().context("load logic config")?;
+                reborn::libs::logging::init("info,zookeeper_client=warn");
+                runtime(0)?
+                    .block_on(reborn::im::logic::run_until_signal(config))
+                    .context("logic")
+            }
+        },
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");
             runtime(0)?

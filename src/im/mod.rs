@@ -13,5 +13,6 @@ pub mod client;
 pub mod comet;
 pub mod discovery;
 pub mod frame;
+pub mod logic;
 pub mod proto;
 pub mod queue;

@@ -1,0 +1,653 @@
+//! Integration tests of `reborn logic` against a real cluster: ZooKeeper, two
+//! redis-servers and a reborn proxy in-process (tests/common/cluster.rs), and
+//! logic in-process pointed at the proxy. Sessions and the queue are read back
+//! with a RESP client *through the proxy*; comets are ZooKeeper registrations
+//! made with `im::discovery` (no comet runs).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use reborn::im::discovery::{self, Instance, InstanceKind};
+use reborn::im::logic::{self, LogicConfig, RunningLogic, token};
+use reborn::im::proto::logic::logic_client::LogicClient;
+use reborn::im::proto::logic::push_msg::Type as PushType;
+use reborn::im::proto::logic::{ConnectReq, DisconnectReq, HeartbeatReq, NodesReq, OnlineReq, PushMsg};
+use reborn::im::queue;
+use reborn::libs::resp_client::{self, Frame, RespConn};
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint};
+
+use common::cluster::Cluster;
+use common::eventually;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A cluster with one proxy, and logic in front of it.
+struct Harness {
+    cluster: Cluster,
+    proxy: SocketAddr,
+    logic: Option<RunningLogic>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut LogicConfig)) -> Harness {
+        let cluster = Cluster::start().await;
+        let proxy = cluster.proxy().await;
+        let mut config = LogicConfig::default();
+        config.http.addr = "127.0.0.1:0".into();
+        config.grpc.addr = "127.0.0.1:0".into();
+        config.cluster.addrs = vec![proxy.to_string()];
+        config.cluster.timeout = Duration::from_secs(5);
+        config.zk = cluster.zk.clone();
+        config.online.load_interval = Duration::from_millis(100);
+        tune(&mut config);
+        let logic = logic::start(config).await.expect("logic starts");
+        Harness {
+            cluster,
+            proxy,
+            logic: Some(logic),
+        }
+    }
+
+    fn logic(&self) -> &RunningLogic {
+        self.logic.as_ref().expect("logic runs")
+    }
+
+    fn http(&self) -> SocketAddr {
+        self.logic().http_addr()
+    }
+
+    fn grpc(&self) -> LogicClient<Channel> {
+        let endpoint =
+            Endpoint::from_shared(format!("http://{}", self.logic().grpc_addr())).expect("endpoint");
+        LogicClient::new(endpoint.connect_lazy())
+    }
+
+    /// A RESP connection through the proxy (never to a redis-server).
+    async fn resp(&self) -> RespConn {
+        RespConn::connect(&self.proxy.to_string(), Duration::from_secs(5))
+            .await
+            .expect("connect to the proxy")
+    }
+
+    async fn connect(
+        &self,
+        server: &str,
+        body: Value,
+    ) -> Result<reborn::im::proto::logic::ConnectReply, tonic::Status> {
+        let req = ConnectReq {
+            server: server.into(),
+            cookie: String::new(),
+            token: serde_json::to_vec(&body).expect("json"),
+        };
+        self.grpc().connect(req).await.map(tonic::Response::into_inner)
+    }
+
+    /// Registers a comet in ZooKeeper, as a running comet would.
+    async fn register_comet(&self, comet: Instance) {
+        discovery::register(&self.cluster.store, InstanceKind::Comet, &comet)
+            .await
+            .expect("register comet");
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(l) = self.logic.take() {
+            l.shutdown().await;
+        }
+    }
+}
+
+/// One HTTP request to logic; the envelope (HTTP 200 is asserted).
+async fn http(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> Value {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to logic");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "logic")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    assert_eq!(res.status(), 200, "{method} {path}");
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {bytes:?}"))
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &str) -> Value {
+    http(addr, "POST", path, body.as_bytes().to_vec()).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Value {
+    http(addr, "GET", path, Vec::new()).await
+}
+
+fn text(f: Frame) -> Option<String> {
+    resp_client::bytes(f)
+        .expect("a string reply")
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+async fn hgetall(c: &mut RespConn, key: &str) -> BTreeMap<String, String> {
+    let items = resp_client::array(c.call(&["HGETALL", key]).await.expect("hgetall")).expect("array");
+    let mut it = items.into_iter();
+    let mut out = BTreeMap::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.insert(text(k).unwrap_or_default(), text(v).unwrap_or_default());
+    }
+    out
+}
+
+async fn ttl(c: &mut RespConn, key: &str) -> i64 {
+    resp_client::int(c.call(&["TTL", key]).await.expect("ttl")).expect("int")
+}
+
+async fn get_key(c: &mut RespConn, key: &str) -> Option<String> {
+    text(c.call(&["GET", key]).await.expect("get"))
+}
+
+/// Every queued message, with the index of the stream it is in.
+async fn queued(c: &mut RespConn) -> Vec<(usize, PushMsg)> {
+    let mut out = Vec::new();
+    for i in 0..queue::DEFAULT_STREAMS {
+        let reply = c
+            .call(&["XRANGE", &queue::stream_key(i), "-", "+"])
+            .await
+            .expect("xrange");
+        for entry in resp_client::array(reply).expect("entries") {
+            let mut parts = resp_client::array(entry).expect("entry").into_iter();
+            let fields = resp_client::array(parts.nth(1).expect("fields")).expect("fields");
+            assert_eq!(fields.len(), 2, "one field per entry");
+            let mut f = fields.into_iter();
+            assert_eq!(text(f.next().expect("name")).as_deref(), Some(queue::FIELD));
+            let value = resp_client::bytes(f.next().expect("value"))
+                .expect("bytes")
+                .expect("value");
+            out.push((i, queue::decode(&value).expect("a PushMsg")));
+        }
+    }
+    out
+}
+
+/// The queued key pushes of `op`: server → keys (sorted), each checked to sit
+/// in its own stream and to carry `body`.
+fn pushes_of(all: &[(usize, PushMsg)], op: i32, body: &[u8]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for (stream, m) in all.iter().filter(|(_, m)| m.operation == op) {
+        assert_eq!(m.r#type(), PushType::Push);
+        assert_eq!(m.msg, body);
+        assert_eq!(
+            *stream,
+            queue::stream_of(m, queue::DEFAULT_STREAMS),
+            "right stream"
+        );
+        assert!(
+            out.insert(m.server.clone(), m.keys.iter().cloned().collect())
+                .is_none(),
+            "one message per server: {m:?}"
+        );
+    }
+    out
+}
+
+fn set(keys: &[&str]) -> BTreeSet<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_stores_the_session_and_disconnect_removes_it() {
+    let h = Harness::start().await;
+    let body =
+        json!({"mid": 123, "key": "k1", "room_id": "live://1", "platform": "web", "accepts": [1000, 1001]});
+    let reply = h.connect("c1", body).await.expect("connected");
+    assert_eq!(
+        (reply.mid, reply.key.as_str(), reply.room_id.as_str()),
+        (123, "k1", "live://1")
+    );
+    assert_eq!(reply.accepts, vec![1000, 1001]);
+    assert_eq!(
+        reply.heartbeat,
+        Duration::from_secs(480).as_nanos() as i64,
+        "4m × 2 in ns"
+    );
+
+    let mut r = h.resp().await;
+    assert_eq!(
+        hgetall(&mut r, "mid_123").await,
+        BTreeMap::from([("k1".into(), "c1".into())])
+    );
+    assert_eq!(get_key(&mut r, "key_k1").await.as_deref(), Some("c1"));
+    for key in ["mid_123", "key_k1"] {
+        let t = ttl(&mut r, key).await;
+        assert!((1700..=1800).contains(&t), "{key} TTL {t}");
+    }
+
+    // No mid, no key: a UUID key and no mid_ hash (goim).
+    let anon = h.connect("c1", json!({"room_id": ""})).await.expect("connected");
+    assert!(uuid::Uuid::parse_str(&anon.key).is_ok(), "{}", anon.key);
+    assert_eq!(
+        get_key(&mut r, &format!("key_{}", anon.key)).await.as_deref(),
+        Some("c1")
+    );
+    assert!(hgetall(&mut r, "mid_0").await.is_empty());
+
+    let del = |mid, key: &str| DisconnectReq {
+        mid,
+        key: key.into(),
+        server: "c1".into(),
+    };
+    let has = h
+        .grpc()
+        .disconnect(del(123, "k1"))
+        .await
+        .expect("disconnect")
+        .into_inner()
+        .has;
+    assert!(has);
+    assert!(hgetall(&mut r, "mid_123").await.is_empty());
+    assert_eq!(get_key(&mut r, "key_k1").await, None);
+    let again = h
+        .grpc()
+        .disconnect(del(123, "k1"))
+        .await
+        .expect("disconnect")
+        .into_inner()
+        .has;
+    assert!(!again, "nothing left to remove");
+
+    // Not JSON: refused with a clear message.
+    let req = ConnectReq {
+        server: "c1".into(),
+        cookie: String::new(),
+        token: b"not json".to_vec(),
+    };
+    let err = h.grpc().connect(req).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("bad auth body"), "{}", err.message());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_renews_and_re_adds_a_vanished_key() {
+    let h = Harness::start().await;
+    h.connect("c1", json!({"mid": 5, "key": "hb"}))
+        .await
+        .expect("connected");
+    let mut r = h.resp().await;
+    let _ = r.call(&["EXPIRE", "mid_5", "100"]).await.expect("expire");
+    let _ = r.call(&["DEL", "key_hb"]).await.expect("del");
+    assert_eq!(get_key(&mut r, "key_hb").await, None);
+
+    let hb = HeartbeatReq {
+        mid: 5,
+        key: "hb".into(),
+        server: "c1".into(),
+    };
+    h.grpc().heartbeat(hb).await.expect("heartbeat");
+    assert_eq!(get_key(&mut r, "key_hb").await.as_deref(), Some("c1"), "re-added");
+    assert!(ttl(&mut r, "key_hb").await > 1700);
+    assert!(ttl(&mut r, "mid_5").await > 1700, "renewed from 100 s");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_by_mids_and_keys_queue_one_message_per_server() {
+    let h = Harness::start().await;
+    for (server, mid, key) in [("c1", 7, "a"), ("c2", 7, "b"), ("c1", 8, "c")] {
+        h.connect(server, json!({"mid": mid, "key": key}))
+            .await
+            .expect("connected");
+    }
+    let a = h.http();
+    let r = post(
+        a,
+        "/goim/push/mids?operation=1000&mids=7&mids=8&mids=999",
+        "hello",
+    )
+    .await;
+    assert_eq!(r, json!({"code": 0, "message": ""}));
+    let r = post(
+        a,
+        "/goim/push/keys?operation=1001&keys=a&keys=b&keys=gone",
+        "by key",
+    )
+    .await;
+    assert_eq!(r["code"], 0, "{r}");
+
+    let mut c = h.resp().await;
+    let all = queued(&mut c).await;
+    let by_mid = pushes_of(&all, 1000, b"hello");
+    assert_eq!(
+        by_mid,
+        BTreeMap::from([("c1".into(), set(&["a", "c"])), ("c2".into(), set(&["b"]))])
+    );
+    let by_key = pushes_of(&all, 1001, b"by key");
+    assert_eq!(
+        by_key,
+        BTreeMap::from([("c1".into(), set(&["a"])), ("c2".into(), set(&["b"]))])
+    );
+    assert_eq!(all.len(), 4);
+
+    let metrics = http_text(a, "/metrics").await;
+    assert!(
+        metrics.contains("reborn_logic_pushes_accepted_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("reborn_logic_push_messages_queued_total 4\n"),
+        "{metrics}"
+    );
+    h.shutdown().await;
+}
+
+async fn http_text(addr: SocketAddr, path: &str) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(path)
+        .header("host", "logic")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_and_broadcast_pushes_are_queued() {
+    let h = Harness::start().await;
+    let a = h.http();
+    assert_eq!(
+        post(
+            a,
+            "/goim/push/room?operation=1000&type=live&room=1000",
+            "to the room"
+        )
+        .await["code"],
+        0
+    );
+    assert_eq!(
+        post(a, "/goim/push/all?operation=1002&speed=5", "to everyone").await["code"],
+        0
+    );
+    let mut c = h.resp().await;
+    let all = queued(&mut c).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    for (stream, m) in &all {
+        assert_eq!(*stream, queue::stream_of(m, queue::DEFAULT_STREAMS));
+        match m.r#type() {
+            PushType::Room => {
+                assert_eq!((m.operation, m.room.as_str()), (1000, "live://1000"));
+                assert_eq!(m.msg, b"to the room");
+            }
+            PushType::Broadcast => {
+                assert_eq!((m.operation, m.speed), (1002, 5));
+                assert_eq!(m.msg, b"to everyone");
+            }
+            PushType::Push => panic!("no key push was made: {m:?}"),
+        }
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_code_minus_400_with_the_reason() {
+    let h = Harness::start_with(|c| c.http.max_body = 1024).await;
+    let a = h.http();
+    let cases = [
+        ("POST", "/goim/push/room?operation=1000&type=live", "'room'"),
+        ("POST", "/goim/push/room?type=live&room=1", "'operation'"),
+        ("POST", "/goim/push/mids?operation=1000", "'mids'"),
+        (
+            "POST",
+            "/goim/push/mids?operation=1000&mids=abc",
+            "'mids' = 'abc' is not an int64",
+        ),
+        ("POST", "/goim/push/keys?operation=x&keys=a", "'operation' = 'x'"),
+        ("POST", "/goim/push/all", "'operation'"),
+        ("GET", "/goim/online/top?type=live", "'limit'"),
+        ("GET", "/goim/online/room?type=live", "'rooms'"),
+    ];
+    for (method, path, reason) in cases {
+        let r = http(a, method, path, b"m".to_vec()).await;
+        assert_eq!(r["code"], -400, "{path}: {r}");
+        let msg = r["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(reason), "{path}: {msg}");
+        assert!(r.get("data").is_none(), "{r}");
+    }
+    let big = post(a, "/goim/push/all?operation=1", &"x".repeat(2000)).await;
+    assert_eq!(big["code"], -400, "{big}");
+    assert!(
+        big["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("over 1024 bytes"),
+        "{big}"
+    );
+    let mut c = h.resp().await;
+    assert!(queued(&mut c).await.is_empty(), "nothing queued by a bad request");
+    h.shutdown().await;
+}
+
+fn comet(id: &str, addr: &str, conns: u64, ips: u64) -> Instance {
+    Instance {
+        id: id.into(),
+        grpc: "127.0.0.1:1".into(),
+        addrs: vec![addr.into()],
+        tcp_port: 3101,
+        ws_port: 3102,
+        weight: 10,
+        conn_count: conns,
+        ip_count: ips,
+        ..Instance::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_counts_of_two_comets_are_summed() {
+    let h = Harness::start().await;
+    h.register_comet(comet("c1", "10.0.0.1", 4, 3)).await;
+    h.register_comet(comet("c2", "10.0.0.2", 6, 2)).await;
+    let renew = |server: &str, rooms: &[(&str, i32)]| OnlineReq {
+        server: server.into(),
+        room_count: rooms.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+    };
+    let mut g = h.grpc();
+    g.renew_online(renew("c1", &[("live://1", 3), ("live://2", 1)]))
+        .await
+        .expect("renew");
+    g.renew_online(renew("c2", &[("live://1", 4), ("game://9", 2)]))
+        .await
+        .expect("renew");
+    // A third comet whose report is 10 minutes old: deleted, not counted.
+    h.register_comet(comet("c3", "10.0.0.3", 0, 0)).await;
+    let mut r = h.resp().await;
+    let stale =
+        json!({"server": "c3", "room_count": {"live://1": 100}, "updated": discovery::unix_now() - 600});
+    r.call(&["HSET", "ol_c3", "0", &stale.to_string()])
+        .await
+        .expect("hset");
+
+    let a = h.http();
+    let want_top = json!([{"room_id": "1", "count": 7}, {"room_id": "2", "count": 1}]);
+    eventually("/online/top sums both comets", WAIT, || async {
+        get(a, "/goim/online/top?type=live&limit=10").await["data"] == want_top
+    })
+    .await;
+    let top1 = get(a, "/goim/online/top?type=live&limit=1").await;
+    assert_eq!(top1["data"], json!([{"room_id": "1", "count": 7}]));
+    let none = get(a, "/goim/online/top?type=nothing&limit=5").await;
+    assert_eq!(none, json!({"code": 0, "message": "", "data": []}));
+    let rooms = get(a, "/goim/online/room?type=live&rooms=1&rooms=404").await;
+    assert_eq!(rooms["data"], json!({"1": 7, "404": 0}));
+    // The loader sees c3 once discovery does; its stale report then goes.
+    eventually("the stale report is deleted", WAIT, || {
+        let proxy = h.proxy.to_string();
+        async move {
+            let Ok(mut c) = RespConn::connect(&proxy, Duration::from_secs(5)).await else {
+                return false;
+            };
+            let exists = c.call(&["EXISTS", "ol_c3"]).await.map(resp_client::int);
+            matches!(exists, Ok(Ok(0)))
+        }
+    })
+    .await;
+    assert_eq!(
+        get(a, "/goim/online/top?type=live&limit=10").await["data"],
+        want_top
+    );
+    let ol_c1 = ttl(&mut r, "ol_c1").await;
+    assert!((1700..=1800).contains(&ol_c1), "ol_ TTL {ol_c1}");
+
+    // RenewOnline answers with the cluster-wide counts.
+    let all = g
+        .renew_online(renew("c1", &[("live://1", 3)]))
+        .await
+        .expect("renew")
+        .into_inner();
+    assert_eq!(all.all_room_count.get("live://1"), Some(&7));
+    assert_eq!(all.all_room_count.get("game://9"), Some(&2));
+
+    eventually("/online/total sums the comets' metadata", WAIT, || async {
+        get(a, "/goim/online/total").await["data"] == json!({"ip_count": 5, "conn_count": 10})
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_nodes_reflect_the_registered_comets() {
+    let h = Harness::start().await;
+    // Equal weights; c2 already holds many connections, so c1 comes first.
+    h.register_comet(comet("c1", "10.0.0.1", 0, 0)).await;
+    h.register_comet(comet("c2", "10.0.0.2", 1000, 10)).await;
+    let a = h.http();
+    eventually("both comets are nodes", WAIT, || async {
+        get(a, "/goim/nodes/weighted?platform=ios").await["data"]["nodes"] == json!(["10.0.0.1", "10.0.0.2"])
+    })
+    .await;
+    let w = get(a, "/goim/nodes/weighted").await["data"].clone();
+    assert_eq!(
+        (w["tcp_port"].as_i64(), w["ws_port"].as_i64()),
+        (Some(3101), Some(3102))
+    );
+    assert_eq!(
+        (w["heartbeat"].as_i64(), w["heartbeat_max"].as_i64()),
+        (Some(240), Some(2))
+    );
+    assert_eq!(w["backoff"]["max_delay"], 300);
+    let ids: Vec<Value> = get(a, "/goim/nodes/instances").await["data"]
+        .as_array()
+        .map(|l| l.iter().map(|i| i["id"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [json!("c1"), json!("c2")]);
+    let nodes = h
+        .grpc()
+        .nodes(NodesReq {
+            platform: "android".into(),
+            client_ip: String::new(),
+        })
+        .await
+        .expect("nodes")
+        .into_inner();
+    assert_eq!(nodes.nodes.len(), 2);
+    assert_eq!(nodes.tcp_port, 3101);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_secret_forged_and_expired_tokens_are_refused() {
+    let h = Harness::start_with(|c| c.auth.secret = "s3cret".into()).await;
+    let now = discovery::unix_now();
+    let good = token::sign(b"s3cret", 42, "dev", now + 3600).expect("sign");
+    let reply = h
+        .connect("c1", json!({"mid": 42, "key": "dev", "token": good}))
+        .await
+        .expect("a valid token connects");
+    assert_eq!((reply.mid, reply.key.as_str()), (42, "dev"));
+
+    let forged = token::sign(b"guess", 42, "dev", now + 3600).expect("sign");
+    let expired = token::sign(b"s3cret", 42, "dev", now - 1).expect("sign");
+    let cases: [(Value, &str); 5] = [
+        (json!({"mid": 42, "key": "dev", "token": forged}), "signature"),
+        (json!({"mid": 42, "key": "dev", "token": expired}), "expired"),
+        (json!({"mid": 43, "key": "dev", "token": good}), "not mid 43"),
+        (json!({"mid": 42, "key": "other", "token": good}), "signature"),
+        (json!({"mid": 42, "key": "dev"}), "token is required"),
+    ];
+    for (body, reason) in cases {
+        let err = h.connect("c1", body.clone()).await.expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{body}");
+        assert!(err.message().contains(reason), "{body}: {}", err.message());
+    }
+    let mut r = h.resp().await;
+    assert_eq!(
+        hgetall(&mut r, "mid_43").await,
+        BTreeMap::new(),
+        "no session for a refused mid"
+    );
+    assert_eq!(get_key(&mut r, "key_other").await, None);
+
+    // Logic registered itself with both addresses.
+    let logics = discovery::list(&h.cluster.store, InstanceKind::Logic)
+        .await
+        .expect("list");
+    let me: HashMap<&str, &Instance> = logics.iter().map(|i| (i.id.as_str(), i)).collect();
+    let l = me.get(h.logic().id()).expect("logic registered");
+    assert_eq!(l.grpc, h.logic().grpc_addr().to_string());
+    assert_eq!(l.http, h.logic().http_addr().to_string());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_proxy_is_skipped_and_no_live_proxy_is_code_minus_500() {
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let h = Harness::start_with(|c| c.cluster.addrs.insert(0, dead.clone())).await;
+    let a = h.http();
+    // Round robin starts at each proxy in turn: every push must still land.
+    for i in 0..4 {
+        let r = post(
+            a,
+            &format!("/goim/push/room?operation=1000&type=live&room={i}"),
+            "m",
+        )
+        .await;
+        assert_eq!(r["code"], 0, "push {i}: {r}");
+    }
+    let mut c = h.resp().await;
+    assert_eq!(queued(&mut c).await.len(), 4);
+    h.shutdown().await;
+
+    let h = Harness::start_with(|c| c.cluster.addrs = vec![dead.clone()]).await;
+    let r = post(h.http(), "/goim/push/all?operation=1000", "m").await;
+    assert_eq!(r["code"], -500, "{r}");
+    let msg = r["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&dead), "names the proxy: {msg}");
+    let err = h
+        .connect("c1", json!({"mid": 1}))
+        .await
+        .expect_err("no session store");
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unavailable,
+        "nothing was written: comet may retry"
+    );
+    h.shutdown().await;
+}
