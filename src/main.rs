@@ -27,6 +27,8 @@ enum Role {
     Comet(reborn::im::comet::CometArgs),
     /// Run a push-system logic (`reborn logic token --mid N` mints a client token).
     Logic(reborn::im::logic::LogicArgs),
+    /// Consume the push queue and fan pushes out to the comets (goim's job).
+    Job(reborn::im::job::JobArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
@@ -89,6 +91,17 @@ fn main() -> anyhow::Result<()> {
                     .context("logic")
             }
         },
+        Role::Job(args) => {
+            let config = args.into_config().context("load job config")?;
+            reborn::libs::logging::init("info,zookeeper_client=warn");
+            // A consumer task per stream and gRPC calls: two workers are plenty.
+            runtime(2)?
+                .block_on(async {
+                    let stop = reborn::libs::shutdown::on_signal();
+                    reborn::im::job::run(config, stop).await
+                })
+                .context("job")
+        }
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");
             runtime(0)?

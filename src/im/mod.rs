@@ -14,5 +14,6 @@ pub mod comet;
 pub mod discovery;
 pub mod frame;
 pub mod logic;
+pub mod job;
 pub mod proto;
 pub mod queue;

@@ -1,0 +1,167 @@
+//! Acknowledging one stream's entries once their delivery is done: `XACK` goes
+//! out only after a push was handed to the comets, and for a room message only
+//! after the batch holding it was sent. Entries finished close together are
+//! acked in one command. An ack that fails is retried (the entry would
+//! otherwise be claimed and delivered again, which at-least-once allows but
+//! need not cost). Imports `im::queue`, the job's proxy link, room handles and
+//! stats.
+//!
+//! The acker also keeps the set of ids still in flight, so that a claim pass
+//! of this very consumer does not deliver again what it is still delivering
+//! (a slow comet can keep an entry pending longer than `claim_min_idle`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::proxy_link::ProxyLink;
+use super::room::AckHandle;
+use super::stats::JobStats;
+use crate::im::queue;
+use crate::libs::backoff::Backoff;
+use crate::libs::resp_client::int;
+
+/// The ids of one stream read by this consumer and not acked yet.
+pub type InFlight = Arc<parking_lot::Mutex<HashSet<Bytes>>>;
+
+/// One entry waiting for its ack.
+#[derive(Debug)]
+struct Unacked {
+    id: Bytes,
+    /// `None`: delivered already; else the room batch it waits for.
+    wait: Option<AckHandle>,
+    /// The entry's place among the stream's unacked entries, freed on ack.
+    place: OwnedSemaphorePermit,
+}
+
+/// The acking side of one stream consumer. Dropping it aborts the acks not
+/// sent yet (a kill); [`Acker::close`] sends them first.
+#[derive(Debug)]
+pub struct Acker {
+    tx: mpsc::UnboundedSender<Unacked>,
+    task: AbortOnDropHandle<()>,
+    in_flight: InFlight,
+}
+
+impl Acker {
+    /// Starts acking entries of `stream` through `link`.
+    pub fn spawn(stream: String, link: Arc<ProxyLink>, stats: Arc<JobStats>) -> Acker {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let in_flight = InFlight::default();
+        let task = tokio::spawn(run(stream, link, stats, rx, Arc::clone(&in_flight)));
+        Acker {
+            tx,
+            task: AbortOnDropHandle::new(task),
+            in_flight,
+        }
+    }
+
+    /// Marks `id` as being delivered; false if it already is (a claim pass met
+    /// an entry this consumer is still working on: leave it to that work).
+    pub fn begin(&self, id: &Bytes) -> bool {
+        self.in_flight.lock().insert(id.clone())
+    }
+
+    /// Acks `id` now (its delivery is done, or it can never be delivered).
+    pub fn done(&self, id: Bytes, place: OwnedSemaphorePermit) {
+        let _ = self.tx.send(Unacked {
+            id,
+            wait: None,
+            place,
+        });
+    }
+
+    /// Acks `id` once `handle` says its room batch was sent.
+    pub fn after(&self, id: Bytes, handle: AckHandle, place: OwnedSemaphorePermit) {
+        let _ = self.tx.send(Unacked {
+            id,
+            wait: Some(handle),
+            place,
+        });
+    }
+
+    /// Waits until every entry handed over was acked (or its batch was
+    /// abandoned).
+    pub async fn close(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+/// Outcome of one wait: the id, whether to ack it, and its place.
+type Finished = (Bytes, bool, OwnedSemaphorePermit);
+
+async fn run(
+    stream: String,
+    link: Arc<ProxyLink>,
+    stats: Arc<JobStats>,
+    mut rx: mpsc::UnboundedReceiver<Unacked>,
+    in_flight: InFlight,
+) {
+    let mut waiting = FuturesUnordered::new();
+    let mut open = true;
+    let mut ready: Vec<Finished> = Vec::new();
+    let wait = |u: Unacked| async move {
+        let ok = match u.wait {
+            None => true,
+            Some(handle) => handle.flushed().await,
+        };
+        (u.id, ok, u.place)
+    };
+    while open || !waiting.is_empty() {
+        tokio::select! {
+            item = rx.recv(), if open => match item {
+                Some(u) => waiting.push(wait(u)),
+                None => open = false,
+            },
+            Some(finished) = waiting.next(), if !waiting.is_empty() => ready.push(finished),
+        }
+        // Gather whatever else is finished already, for one XACK.
+        while let Ok(u) = rx.try_recv() {
+            waiting.push(wait(u));
+        }
+        while let Some(Some(finished)) = waiting.next().now_or_never() {
+            ready.push(finished);
+        }
+        let done = std::mem::take(&mut ready);
+        let ids: Vec<Bytes> = done
+            .iter()
+            .filter(|(_, ok, _)| *ok)
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        if !ids.is_empty() {
+            xack(&stream, &link, &stats, &ids).await;
+        }
+        let mut set = in_flight.lock();
+        for (id, _, _) in &done {
+            set.remove(id);
+        }
+        // `done` drops here: the entries' places are free only after their ack.
+    }
+}
+
+/// `XACK <stream> <group> <id>…`, retried until it goes through.
+async fn xack(stream: &str, link: &ProxyLink, stats: &JobStats, ids: &[Bytes]) {
+    let mut args: Vec<&[u8]> = Vec::with_capacity(ids.len() + 3);
+    args.extend([&b"XACK"[..], stream.as_bytes(), queue::GROUP.as_bytes()]);
+    args.extend(ids.iter().map(|id| &id[..]));
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        match link.call(&args).await.and_then(int) {
+            Ok(n) => {
+                JobStats::add(&stats.acked, n.max(0) as u64);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(stream, error = %e, n = ids.len(), "XACK failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Taking over entries another consumer left pending: `XAUTOCLAIM <stream>
+//! <group> <me> <min-idle> <cursor> COUNT n`, a whole pass over the pending list
+//! every `claim_interval`, a page at a time. An entry pending longer than
+//! `claim_min_idle` belongs to a job instance that died or stalled; claiming
+//! and delivering it again is what makes delivery at-least-once. Imports
+//! `im::queue`, `libs::resp_client` and the job's proxy link and entries.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::entry::{self, Claimed};
+use super::proxy_link::ProxyLink;
+use crate::im::queue;
+use crate::libs::resp_client::RespError;
+
+/// The cursor `XAUTOCLAIM` starts from and returns when a pass is complete.
+const START: &[u8] = b"0-0";
+
+/// The claim schedule of one stream.
+#[derive(Debug)]
+pub struct Claimer {
+    stream: String,
+    consumer: String,
+    min_idle_ms: String,
+    interval: Duration,
+    /// Where the pass in progress continues; `None` between passes.
+    cursor: Option<Bytes>,
+    next_pass: Instant,
+}
+
+impl Claimer {
+    /// A schedule whose first pass is due at once (a starting instance takes
+    /// over what a dead one left).
+    pub fn new(stream: &str, consumer: &str, min_idle: Duration, interval: Duration) -> Claimer {
+        Claimer {
+            stream: stream.to_string(),
+            consumer: consumer.to_string(),
+            min_idle_ms: min_idle.as_millis().to_string(),
+            interval,
+            cursor: None,
+            next_pass: Instant::now(),
+        }
+    }
+
+    /// True when a page should be claimed before the next read.
+    pub fn due(&self) -> bool {
+        self.cursor.is_some() || Instant::now() >= self.next_pass
+    }
+
+    /// How long until the next pass is due (zero while one is in progress).
+    pub fn wait(&self) -> Duration {
+        if self.cursor.is_some() {
+            Duration::ZERO
+        } else {
+            self.next_pass.saturating_duration_since(Instant::now())
+        }
+    }
+
+    /// Claims the next page of at most `count` entries. After the last page the
+    /// next pass is scheduled `interval` later.
+    ///
+    /// # Errors
+    /// The proxy failed or refused; the pass resumes where it was next time.
+    pub async fn claim_page(&mut self, link: &ProxyLink, count: usize) -> Result<Claimed, RespError> {
+        let cursor = self.cursor.clone().unwrap_or_else(|| Bytes::from_static(START));
+        let count = count.to_string();
+        let args: [&[u8]; 8] = [
+            b"XAUTOCLAIM",
+            self.stream.as_bytes(),
+            queue::GROUP.as_bytes(),
+            self.consumer.as_bytes(),
+            self.min_idle_ms.as_bytes(),
+            &cursor,
+            b"COUNT",
+            count.as_bytes(),
+        ];
+        let claimed = match link.call(&args).await.and_then(entry::from_autoclaim) {
+            Ok(c) => c,
+            Err(e) => {
+                // NOGROUP (the stream is not there yet): nothing to claim this pass.
+                if matches!(&e, RespError::Server(m) if m.starts_with("NOGROUP")) {
+                    self.end_pass();
+                }
+                return Err(e);
+            }
+        };
+        if claimed.cursor.as_ref() == START {
+            self.end_pass();
+        } else {
+            self.cursor = Some(claimed.cursor.clone());
+        }
+        Ok(claimed)
+    }
+
+    fn end_pass(&mut self) {
+        self.cursor = None;
+        self.next_pass = Instant::now() + self.interval;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_is_due_at_start_then_every_interval() {
+        let mut c = Claimer::new("s", "me", Duration::from_secs(30), Duration::from_secs(10));
+        assert!(c.due());
+        c.end_pass();
+        assert!(!c.due());
+        assert_eq!(c.wait(), Duration::from_secs(10));
+        c.cursor = Some(Bytes::from_static(b"5-0"));
+        assert!(c.due(), "a pass in progress continues");
+        c.end_pass();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(c.due());
+        assert_eq!(c.min_idle_ms, "30000");
+    }
+}

@@ -1,0 +1,248 @@
+//! The comets job delivers to: one gRPC client per comet id, following the set
+//! registered in ZooKeeper, and the call discipline every delivery uses (a cap
+//! on calls in flight per comet, retries of transient failures).
+//!
+//! Channels are lazy: a comet that registered but does not answer costs a
+//! failed call, never a blocked start. A comet that leaves ZooKeeper is removed
+//! at once, so pushes naming it are dropped and counted instead of waiting for
+//! timeouts. Imports `im::discovery`, `im::proto`, the `topo` store and `libs`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::config::JobCometConfig;
+use crate::im::discovery::{self, Instance, InstanceKind};
+use crate::im::proto::comet::comet_client::CometClient;
+use crate::libs::backoff::Backoff;
+use crate::topo::store::Store;
+
+/// The longest pause between two attempts of one call.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Why a call to a comet was given up. The push is then dropped for that comet
+/// (and counted); sending it again later is safe but pointless.
+#[derive(Debug, thiserror::Error)]
+#[error("comet {id}: {status}")]
+pub struct CometCallError {
+    /// The comet's server id.
+    pub id: String,
+    /// The last attempt's status.
+    pub status: Status,
+}
+
+/// One comet: its id, address and client.
+#[derive(Debug)]
+pub struct CometLink {
+    /// The server id (what `PushMsg.server` names).
+    pub id: String,
+    /// `host:port` of its gRPC server.
+    pub grpc: String,
+    client: CometClient<Channel>,
+    in_flight: Semaphore,
+}
+
+/// The live comets, by id; replaced as a whole when ZooKeeper changes.
+pub type CometMap = HashMap<String, Arc<CometLink>>;
+
+/// Every comet job knows of now.
+#[derive(Debug)]
+pub struct CometLinks {
+    links: ArcSwap<CometMap>,
+    config: JobCometConfig,
+}
+
+impl CometLinks {
+    /// No comets yet.
+    pub fn new(config: JobCometConfig) -> CometLinks {
+        CometLinks {
+            links: ArcSwap::from_pointee(CometMap::new()),
+            config,
+        }
+    }
+
+    /// Loads the registered comets, then follows ZooKeeper until `cancel`.
+    /// The first load is awaited so that a job starting up does not drop
+    /// pushes for comets it simply has not heard of yet.
+    pub async fn follow(self: &Arc<Self>, store: Store, cancel: CancellationToken) {
+        match discovery::list(&store, InstanceKind::Comet).await {
+            Ok(now) => self.update(&now),
+            Err(e) => tracing::warn!(error = %e, "listing comets failed; following ZooKeeper for them"),
+        }
+        let mut rx = discovery::follow(store, InstanceKind::Comet, cancel.clone());
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let now = rx.borrow_and_update().clone();
+                        me.update(&now);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Makes `instances` the set of comets: new ones get a client, gone ones
+    /// are dropped, moved ones (same id, new address) get a new client.
+    pub fn update(&self, instances: &[Instance]) {
+        let old = self.links.load();
+        let mut next = CometMap::with_capacity(instances.len());
+        for instance in instances {
+            if instance.id.is_empty() || instance.grpc.is_empty() {
+                continue;
+            }
+            if let Some(link) = old.get(&instance.id).filter(|l| l.grpc == instance.grpc) {
+                next.insert(instance.id.clone(), Arc::clone(link));
+                continue;
+            }
+            match self.link(instance) {
+                Ok(link) => {
+                    tracing::info!(comet = %instance.id, grpc = %instance.grpc, "comet joined");
+                    next.insert(instance.id.clone(), Arc::new(link));
+                }
+                Err(e) => {
+                    tracing::warn!(comet = %instance.id, grpc = %instance.grpc, error = %e, "bad comet address; skipped")
+                }
+            }
+        }
+        for id in old.keys().filter(|id| !next.contains_key(*id)) {
+            tracing::info!(comet = %id, "comet left");
+        }
+        self.links.store(Arc::new(next));
+    }
+
+    fn link(&self, instance: &Instance) -> Result<CometLink, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(format!("http://{}", instance.grpc))?
+            .connect_timeout(self.config.connect_timeout)
+            .timeout(self.config.timeout)
+            .connect_lazy();
+        Ok(CometLink {
+            id: instance.id.clone(),
+            grpc: instance.grpc.clone(),
+            client: CometClient::new(channel),
+            in_flight: Semaphore::new(self.config.routine.max(1)),
+        })
+    }
+
+    /// The comet with server id `id`, if it is registered.
+    pub fn get(&self, id: &str) -> Option<Arc<CometLink>> {
+        self.links.load().get(id).cloned()
+    }
+
+    /// Every registered comet.
+    pub fn all(&self) -> Vec<Arc<CometLink>> {
+        self.links.load().values().cloned().collect()
+    }
+
+    /// Runs one call on `link`, holding one of its in-flight places, and tries
+    /// again after a pause when it fails with `UNAVAILABLE` (the comet is
+    /// restarting or the connection is being re-made), up to the configured
+    /// retries. Other statuses are final: `RESOURCE_EXHAUSTED` means comet took
+    /// the push and dropped it for a full connection, and a timeout may have
+    /// delivered already.
+    ///
+    /// # Errors
+    /// The last status once the call is given up.
+    pub async fn call<R, F, Fut>(&self, link: &CometLink, mut rpc: F) -> Result<R, CometCallError>
+    where
+        F: FnMut(CometClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let _place = link.in_flight.acquire().await;
+        let mut backoff = Backoff::new(
+            self.config.retry_backoff,
+            MAX_RETRY_PAUSE.max(self.config.retry_backoff),
+        );
+        let mut attempt = 0;
+        loop {
+            match rpc(link.client.clone()).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) if status.code() == Code::Unavailable && attempt < self.config.retries => {
+                    attempt += 1;
+                    tracing::debug!(comet = %link.id, %status, attempt, "comet unavailable; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(status) => {
+                    return Err(CometCallError {
+                        id: link.id.clone(),
+                        status,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, grpc: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            grpc: grpc.into(),
+            ..Instance::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_set_follows_registrations_and_keeps_unchanged_clients() {
+        let links = CometLinks::new(JobCometConfig::default());
+        links.update(&[instance("a", "127.0.0.1:1"), instance("b", "127.0.0.1:2")]);
+        let a = links.get("a").expect("a known");
+        assert_eq!(links.all().len(), 2);
+        links.update(&[instance("a", "127.0.0.1:1"), instance("b", "127.0.0.1:3")]);
+        assert!(
+            Arc::ptr_eq(&a, &links.get("a").expect("a kept")),
+            "same client reused"
+        );
+        assert_eq!(
+            links.get("b").map(|b| b.grpc.clone()).as_deref(),
+            Some("127.0.0.1:3")
+        );
+        links.update(&[instance("b", "127.0.0.1:3"), instance("", "x:1")]);
+        assert!(links.get("a").is_none(), "a left");
+        assert_eq!(links.all().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn unavailable_is_retried_then_given_up_other_errors_are_not() {
+        let config = JobCometConfig {
+            retries: 2,
+            retry_backoff: Duration::from_millis(1),
+            ..JobCometConfig::default()
+        };
+        let links = CometLinks::new(config);
+        links.update(&[instance("a", "127.0.0.1:1")]);
+        let a = links.get("a").expect("a");
+        let mut calls = 0;
+        let r: Result<(), _> = links
+            .call(&a, |_| {
+                calls += 1;
+                async { Err(Status::unavailable("down")) }
+            })
+            .await;
+        assert_eq!(calls, 3, "one call and two retries");
+        assert_eq!(r.err().map(|e| e.status.code()), Some(Code::Unavailable));
+        let mut calls = 0;
+        let r: Result<(), _> = links
+            .call(&a, |_| {
+                calls += 1;
+                async { Err(Status::resource_exhausted("full")) }
+            })
+            .await;
+        assert_eq!((calls, r.is_err()), (1, true));
+    }
+}

@@ -1,0 +1,225 @@
+//! One stream's consumer: joins the group (`XGROUP CREATE … MKSTREAM`), reads
+//! new entries with `XREADGROUP … BLOCK` on a connection of its own (BLOCK holds
+//! it, and each stream lives in its own slot, so one stream per call), takes
+//! over stale entries of dead instances (`claim.rs`), hands each entry to the
+//! dispatcher or its room's batch, and leaves the ack to the `Acker`.
+//!
+//! At most `max_pending` entries are read but unacked at once: slow comets slow
+//! the reading, nothing piles up. Key pushes and broadcasts are delivered in
+//! stream order; room messages keep their order through the room's batch.
+//! Errors reconnect with backoff, failing over between proxies; one stream's
+//! trouble never holds up another. Imports `im::queue`, `libs` and the job's
+//! parts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::acker::Acker;
+use super::claim::Claimer;
+use super::config::{JobQueueConfig, JobRoomConfig};
+use super::dispatch::{Dispatcher, inner_frame};
+use super::entry::{self, StreamEntry};
+use super::proxy_link::ProxyLink;
+use super::room::RoomBatcher;
+use super::stats::JobStats;
+use crate::im::proto::logic::push_msg::Type as PushType;
+use crate::im::queue;
+use crate::libs::backoff::Backoff;
+use crate::libs::resp_client::{RespConn, RespError, check};
+
+/// Everything one stream consumer needs.
+#[derive(Debug)]
+pub struct StreamConsumer {
+    /// The stream key.
+    pub stream: String,
+    /// This instance's consumer name.
+    pub consumer: String,
+    /// The proxies.
+    pub link: Arc<ProxyLink>,
+    /// Delivery to the comets (also the rooms' sink).
+    pub dispatcher: Arc<Dispatcher>,
+    /// `[queue]`.
+    pub queue: JobQueueConfig,
+    /// `[room]`.
+    pub room: JobRoomConfig,
+    /// Counters.
+    pub stats: Arc<JobStats>,
+}
+
+/// The reading connection and whether the group is known to exist on it.
+struct Reader {
+    conn: RespConn,
+    grouped: bool,
+}
+
+impl StreamConsumer {
+    /// Consumes until `stop`, then flushes the room batches and sends the last
+    /// acks. Dropping the future instead (a kill) acks nothing more.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut rooms = RoomBatcher::new(Arc::clone(&self.dispatcher), self.room.clone());
+        let acker = Acker::spawn(
+            self.stream.clone(),
+            Arc::clone(&self.link),
+            Arc::clone(&self.stats),
+        );
+        let places = Arc::new(Semaphore::new(self.queue.max_pending));
+        let page = self.queue.count.min(self.queue.max_pending);
+        let mut claimer = Claimer::new(
+            &self.stream,
+            &self.consumer,
+            self.queue.claim_min_idle,
+            self.queue.claim_interval,
+        );
+        let mut reader: Option<Reader> = None;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let taken = tokio::select! {
+                p = Arc::clone(&places).acquire_many_owned(page as u32) => p,
+                () = stop.cancelled() => break,
+            };
+            let Ok(mut taken) = taken else { break };
+            let step = if claimer.due() {
+                self.claim(&mut claimer, page).await
+            } else {
+                tokio::select! {
+                    r = self.read(&mut reader, page) => r,
+                    // A read cancelled mid-way leaves its entries pending to
+                    // this consumer: they are claimed later, never lost.
+                    () = stop.cancelled() => break,
+                }
+            };
+            match step {
+                Ok(entries) => {
+                    backoff.reset();
+                    for e in entries {
+                        let Some(place) = taken.split(1) else { break };
+                        if acker.begin(&e.id) {
+                            self.dispatch(e, place, &mut rooms, &acker).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    drop(taken);
+                    if e.breaks_connection() {
+                        if let Some(r) = reader.take() {
+                            self.link.advance_from(r.conn.addr());
+                        }
+                    } else if matches!(&e, RespError::Server(m) if m.starts_with("NOGROUP"))
+                        && let Some(r) = reader.as_mut()
+                    {
+                        // The stream was deleted under us: join the group again.
+                        r.grouped = false;
+                    }
+                    tracing::warn!(stream = %self.stream, error = %e, "queue read failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                        () = stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+        rooms.close().await;
+        acker.close().await;
+    }
+
+    /// One page of stale entries taken over from other consumers.
+    async fn claim(&self, claimer: &mut Claimer, page: usize) -> Result<Vec<StreamEntry>, RespError> {
+        let claimed = match claimer.claim_page(&self.link, page).await {
+            Ok(c) => c,
+            // No stream or group yet: nothing can be pending; the read creates them.
+            Err(RespError::Server(m)) if m.starts_with("NOGROUP") => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        if !claimed.entries.is_empty() {
+            tracing::info!(stream = %self.stream, n = claimed.entries.len(), "claimed stale entries");
+            JobStats::add(&self.stats.claimed, claimed.entries.len() as u64);
+        }
+        Ok(claimed.entries)
+    }
+
+    /// New entries, waiting up to `block` for some.
+    async fn read(&self, reader: &mut Option<Reader>, page: usize) -> Result<Vec<StreamEntry>, RespError> {
+        let r = match reader {
+            Some(r) => r,
+            None => {
+                let mut conn = self.link.connect().await?;
+                // The blocking read holds the reply for up to `block`.
+                conn.set_timeout(self.queue.block + self.link.timeout());
+                reader.insert(Reader { conn, grouped: false })
+            }
+        };
+        if !r.grouped {
+            create_group(&mut r.conn, &self.stream).await?;
+            r.grouped = true;
+        }
+        let count = page.to_string();
+        let block = self.queue.block.as_millis().max(1).to_string();
+        let reply = r
+            .conn
+            .call(&[
+                "XREADGROUP",
+                "GROUP",
+                queue::GROUP,
+                &self.consumer,
+                "COUNT",
+                &count,
+                "BLOCK",
+                &block,
+                "STREAMS",
+                &self.stream,
+                ">",
+            ])
+            .await?;
+        entry::from_read(reply)
+    }
+
+    /// Hands one entry on; its ack follows its delivery.
+    async fn dispatch(
+        &self,
+        e: StreamEntry,
+        place: OwnedSemaphorePermit,
+        rooms: &mut RoomBatcher<Dispatcher>,
+        acker: &Acker,
+    ) {
+        JobStats::add(&self.stats.read, 1);
+        let msg = match e.value.as_deref().map(queue::decode) {
+            Some(Ok(msg)) => msg,
+            other => {
+                // Never deliverable: ack it so it does not come back for ever.
+                JobStats::add(&self.stats.bad_entries, 1);
+                tracing::warn!(stream = %self.stream, id = ?e.id, bad = ?other.map(|r| r.err()), "not a push entry; dropped");
+                acker.done(e.id, place);
+                return;
+            }
+        };
+        match msg.r#type() {
+            PushType::Push => {
+                self.dispatcher.push(&msg).await;
+                acker.done(e.id, place);
+            }
+            PushType::Broadcast => {
+                self.dispatcher.broadcast(&msg).await;
+                acker.done(e.id, place);
+            }
+            PushType::Room => {
+                let handle = rooms.push(&msg.room, inner_frame(&msg)).await;
+                acker.after(e.id, handle, place);
+            }
+        }
+    }
+}
+
+/// `XGROUP CREATE <stream> <group> 0 MKSTREAM`; an existing group is fine.
+async fn create_group(conn: &mut RespConn, stream: &str) -> Result<(), RespError> {
+    let reply = conn
+        .call(&["XGROUP", "CREATE", stream, queue::GROUP, "0", "MKSTREAM"])
+        .await?;
+    match check(reply) {
+        Ok(_) => Ok(()),
+        Err(RespError::Server(m)) if m.starts_with("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}

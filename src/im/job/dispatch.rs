@@ -1,0 +1,188 @@
+//! Turning one queued push into calls to the comets, as goim's job does:
+//! PUSH goes to the comet its `server` names, BROADCAST to every comet with the
+//! speed shared out between them, ROOM into the room's batch (see `room.rs`;
+//! the batch is sent by [`Dispatcher`]'s [`RoomSink`] side).
+//!
+//! Every push ends counted: handed over, or dropped with a reason (unknown
+//! server, no comet, a call given up). Imports `im::frame`, `im::proto` and the
+//! job's comet links and stats.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::comet_link::{CometLink, CometLinks};
+use super::room::RoomSink;
+use super::stats::JobStats;
+use crate::im::frame::{PUSH_VER, op, push_frame};
+use crate::im::proto::comet::{BroadcastReq, BroadcastRoomReq, PushMsgReq};
+use crate::im::proto::logic::PushMsg;
+use crate::im::proto::protocol::Proto;
+
+/// Delivers pushes to the comets.
+#[derive(Debug)]
+pub struct Dispatcher {
+    links: Arc<CometLinks>,
+    stats: Arc<JobStats>,
+}
+
+/// The OpRaw envelope around `body` (one or more inner frames).
+pub fn raw_proto(body: &[u8]) -> Proto {
+    Proto {
+        ver: i32::from(PUSH_VER),
+        op: op::RAW,
+        seq: 0,
+        body: body.to_vec(),
+    }
+}
+
+/// The inner frame of `msg`: its business op and its bytes.
+pub fn inner_frame(msg: &PushMsg) -> Bytes {
+    push_frame(msg.operation, &msg.msg)
+}
+
+/// A broadcast's speed for each of `comets` comets: goim divides the whole
+/// speed between them; a share never rounds down to 0 (0 means "unthrottled"
+/// to comet), and 0 stays 0.
+pub fn speed_share(speed: i32, comets: usize) -> i32 {
+    if speed <= 0 || comets == 0 {
+        return speed.max(0);
+    }
+    let comets = i32::try_from(comets).unwrap_or(i32::MAX);
+    (speed / comets).max(1)
+}
+
+impl Dispatcher {
+    /// A dispatcher over these comets, counting into `stats`.
+    pub fn new(links: Arc<CometLinks>, stats: Arc<JobStats>) -> Dispatcher {
+        Dispatcher { links, stats }
+    }
+
+    /// Sends a key push to the comet named by `msg.server`. An unknown server
+    /// is dropped and counted: that comet is gone and its connections with it.
+    pub async fn push(&self, msg: &PushMsg) {
+        let Some(link) = self.links.get(&msg.server) else {
+            JobStats::add(&self.stats.dropped_unknown_server, 1);
+            tracing::debug!(server = %msg.server, "push for an unknown comet dropped");
+            return;
+        };
+        let req = PushMsgReq {
+            keys: msg.keys.clone(),
+            proto_op: msg.operation,
+            proto: Some(raw_proto(&inner_frame(msg))),
+        };
+        let result = self
+            .links
+            .call(&link, |mut c| {
+                let req = req.clone();
+                async move { c.push_msg(req).await }
+            })
+            .await;
+        match result {
+            Ok(_) => JobStats::add(&self.stats.pushed, 1),
+            Err(e) => self.given_up(&e),
+        }
+    }
+
+    /// Sends a broadcast to every comet, each with its share of the speed.
+    pub async fn broadcast(&self, msg: &PushMsg) {
+        let comets = self.links.all();
+        if comets.is_empty() {
+            JobStats::add(&self.stats.dropped_no_comet, 1);
+            return;
+        }
+        let req = BroadcastReq {
+            proto_op: msg.operation,
+            proto: Some(raw_proto(&inner_frame(msg))),
+            speed: speed_share(msg.speed, comets.len()),
+        };
+        self.to_every(&comets, |link| {
+            let req = req.clone();
+            async move {
+                self.links
+                    .call(&link, |mut c| {
+                        let req = req.clone();
+                        async move { c.broadcast(req).await }
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
+        JobStats::add(&self.stats.broadcast, 1);
+    }
+
+    /// Runs `call` on every comet at once; failures are counted per comet.
+    async fn to_every<F, Fut>(&self, comets: &[Arc<CometLink>], call: F)
+    where
+        F: Fn(Arc<CometLink>) -> Fut,
+        Fut: Future<Output = Result<(), super::comet_link::CometCallError>>,
+    {
+        let results = futures::future::join_all(comets.iter().cloned().map(call)).await;
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            self.given_up(e);
+        }
+    }
+
+    fn given_up(&self, e: &super::comet_link::CometCallError) {
+        JobStats::add(&self.stats.dropped_rpc_failed, 1);
+        tracing::warn!(error = %e, "comet call given up; push dropped for that comet");
+    }
+}
+
+impl RoomSink for Dispatcher {
+    async fn flush(&self, room: &str, body: Bytes, count: usize) {
+        let comets = self.links.all();
+        if comets.is_empty() {
+            JobStats::add(&self.stats.dropped_no_comet, count as u64);
+            return;
+        }
+        let req = BroadcastRoomReq {
+            room_id: room.to_string(),
+            proto: Some(raw_proto(&body)),
+        };
+        self.to_every(&comets, |link| {
+            let req = req.clone();
+            async move {
+                self.links
+                    .call(&link, |mut c| {
+                        let req = req.clone();
+                        async move { c.broadcast_room(req).await }
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
+        JobStats::add(&self.stats.room_batches, 1);
+        JobStats::add(&self.stats.room_messages, count as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_speed_is_shared_without_dividing_by_zero() {
+        assert_eq!(speed_share(100, 4), 25);
+        assert_eq!(speed_share(1, 3), 1, "never rounds down to unthrottled");
+        assert_eq!(speed_share(0, 3), 0);
+        assert_eq!(speed_share(10, 0), 10);
+        assert_eq!(speed_share(-5, 2), 0);
+    }
+
+    #[test]
+    fn the_raw_envelope_holds_the_inner_frame() {
+        let msg = PushMsg {
+            operation: 1000,
+            msg: b"hi".to_vec(),
+            ..PushMsg::default()
+        };
+        let p = raw_proto(&inner_frame(&msg));
+        assert_eq!((p.ver, p.op, p.seq), (1, 9, 0));
+        assert_eq!(p.body.len(), 18);
+        assert_eq!(&p.body[8..12], &1000i32.to_be_bytes());
+        assert_eq!(&p.body[16..], b"hi");
+    }
+}

@@ -1,0 +1,178 @@
+//! `reborn job`: reads the push queue that logic fills (Redis Streams in the
+//! proxy cluster, one consumer group shared by every job instance) and fans
+//! each push out to the comets over gRPC, as goim's job does, with
+//! at-least-once delivery where goim's was at-most-once: an entry is acked only
+//! after its delivery was handed to the comets, and entries a dead instance
+//! left pending are claimed by the others.
+//!
+//! The parts, one per file: [`config`] (TOML and flags), `proxy_link` (the
+//! proxies), `consumer` (one task per stream), `entry` (stream replies),
+//! `claim` (XAUTOCLAIM), `dispatch` (PUSH / BROADCAST / ROOM to calls),
+//! `room` (batching), `acker` (XACK), `comet_link` (the comets from
+//! ZooKeeper), `stats` (counters). Imports `libs`, the `topo` kernel and
+//! `im`'s shared pieces (discovery, frame, proto, queue), never `proxy`.
+
+pub mod acker;
+pub mod claim;
+pub mod comet_link;
+pub mod config;
+pub mod consumer;
+pub mod dispatch;
+pub mod entry;
+pub mod proxy_link;
+pub mod room;
+pub mod stats;
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{JobArgs, JobConfig};
+pub use stats::{JobStats, JobStatsSnapshot};
+
+use comet_link::CometLinks;
+use consumer::StreamConsumer;
+use dispatch::Dispatcher;
+use proxy_link::ProxyLink;
+
+use crate::im::queue;
+use crate::libs::config::ConfigError;
+use crate::topo::error::TopoError;
+use crate::topo::store::Store;
+
+/// Why a job instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The configuration makes no sense.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// ZooKeeper (where the comets are found) could not be reached.
+    #[error("ZooKeeper: {0}")]
+    Zk(#[from] TopoError),
+}
+
+/// A running job instance.
+pub struct RunningJob {
+    consumer: String,
+    stats: Arc<JobStats>,
+    links: Arc<CometLinks>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    store: Store,
+    drain_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for RunningJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningJob")
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+/// Starts a job instance: connects to ZooKeeper, loads the comets, and starts
+/// one consumer per stream. The proxies need not be up yet (the consumers
+/// retry).
+///
+/// # Errors
+/// An invalid config, or ZooKeeper unreachable.
+pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
+    config.validate()?;
+    let store = Store::connect(&config.zk).await?;
+    let stop = CancellationToken::new();
+    let stats = Arc::new(JobStats::default());
+    let links = Arc::new(CometLinks::new(config.comet.clone()));
+    links.follow(store.clone(), stop.clone()).await;
+    let link = Arc::new(ProxyLink::new(
+        &config.cluster.addrs,
+        config.cluster.conns,
+        config.cluster.timeout,
+    ));
+    let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&links), Arc::clone(&stats)));
+    let consumer = config.consumer_name();
+    let mut tasks = JoinSet::new();
+    for stream in queue::stream_keys(config.queue.streams) {
+        let c = StreamConsumer {
+            stream,
+            consumer: consumer.clone(),
+            link: Arc::clone(&link),
+            dispatcher: Arc::clone(&dispatcher),
+            queue: config.queue.clone(),
+            room: config.room.clone(),
+            stats: Arc::clone(&stats),
+        };
+        tasks.spawn(c.run(stop.clone()));
+    }
+    tracing::info!(
+        consumer,
+        streams = config.queue.streams,
+        comets = links.all().len(),
+        "job consuming"
+    );
+    Ok(RunningJob {
+        consumer,
+        stats,
+        links,
+        stop,
+        tasks,
+        store,
+        drain_timeout: config.drain_timeout,
+    })
+}
+
+impl RunningJob {
+    /// This instance's consumer name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> JobStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// The server ids of the comets known now.
+    pub fn comets(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.links.all().iter().map(|l| l.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Stops reading, flushes the room batches, sends the last acks (waiting
+    /// at most `drain_timeout`), then stops everything. Entries not acked by
+    /// then stay pending and are claimed by another instance.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "deliveries still in flight after {:?}; they stay pending",
+                self.drain_timeout
+            );
+        }
+        self.tasks.abort_all();
+        self.store.close().await;
+    }
+
+    /// Stops at once without acking anything more, as a crash would: what was
+    /// read but not acked stays pending. For tests of the claim path.
+    pub fn kill(mut self) {
+        self.tasks.abort_all();
+        self.stop.cancel();
+    }
+}
+
+/// Runs a job instance until `shutdown` fires, then stops it cleanly.
+///
+/// # Errors
+/// As [`start`].
+pub async fn run(config: JobConfig, shutdown: CancellationToken) -> Result<(), JobError> {
+    let job = start(config).await?;
+    shutdown.cancelled().await;
+    job.shutdown().await;
+    Ok(())
+}
