@@ -9,11 +9,12 @@
 //!
 //! It may import `libs` and the `topo` kernel, never `proxy`.
 
+pub mod bench;
 pub mod client;
 pub mod comet;
 pub mod discovery;
 pub mod frame;
-pub mod logic;
 pub mod job;
+pub mod logic;
 pub mod proto;
 pub mod queue;
