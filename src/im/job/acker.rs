@@ -165,3 +165,76 @@ async fn xack(stream: &str, link: &ProxyLink, stats: &JobStats, ids: &[Bytes]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A fake proxy answering `:1` to every command and recording what it got.
+    async fn fake_proxy() -> (String, mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        let replies = text.matches("XACK").count();
+                        if n == 0 || tx.send(text).is_err() {
+                            return;
+                        }
+                        let _ = s.write_all(":1\r\n".repeat(replies).as_bytes()).await;
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn acks_wait_for_their_batch_and_abandoned_ones_are_never_sent() {
+        let (addr, mut got) = fake_proxy().await;
+        let link = Arc::new(ProxyLink::new(&[addr], 1, Duration::from_secs(2)));
+        let stats = Arc::new(JobStats::default());
+        let acker = Acker::spawn("goim-push-0".into(), link, Arc::clone(&stats));
+        let places = Arc::new(Semaphore::new(3));
+        let place = || Arc::clone(&places).try_acquire_owned().expect("a place");
+
+        let (id1, id2, id3) = (
+            Bytes::from_static(b"1-0"),
+            Bytes::from_static(b"2-0"),
+            Bytes::from_static(b"3-0"),
+        );
+        assert!(acker.begin(&id1) && acker.begin(&id2) && acker.begin(&id3));
+        assert!(!acker.begin(&id2), "already in flight");
+        let (flush2, handle2) = AckHandle::pair();
+        let (abandon3, handle3) = AckHandle::pair();
+        acker.after(id2.clone(), handle2, place());
+        acker.after(id3.clone(), handle3, place());
+        acker.done(id1.clone(), place());
+
+        let first = got.recv().await.expect("an XACK");
+        assert!(first.contains("1-0") && !first.contains("2-0"), "{first:?}");
+        // 1's place comes back once the reply to its XACK arrived; 2 and 3 keep theirs.
+        let freed = tokio::time::timeout(Duration::from_secs(2), async {
+            while places.available_permits() != 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert!(freed.await.is_ok(), "1-0's place is freed after its ack");
+        drop(abandon3); // its batch was never sent (a kill)
+        flush2.send(()).expect("acker waits");
+        let second = got.recv().await.expect("an XACK");
+        assert!(second.contains("2-0") && !second.contains("3-0"), "{second:?}");
+        acker.close().await;
+        assert_eq!(places.available_permits(), 3);
+        assert_eq!(stats.snapshot().acked, 2);
+        assert!(got.try_recv().is_err(), "3-0 was never acked");
+    }
+}

@@ -81,7 +81,8 @@ impl StreamConsumer {
                 () = stop.cancelled() => break,
             };
             let Ok(mut taken) = taken else { break };
-            let step = if claimer.due() {
+            let claiming = claimer.due();
+            let step = if claiming {
                 self.claim(&mut claimer, page).await
             } else {
                 tokio::select! {
@@ -96,9 +97,14 @@ impl StreamConsumer {
                     backoff.reset();
                     for e in entries {
                         let Some(place) = taken.split(1) else { break };
-                        if acker.begin(&e.id) {
-                            self.dispatch(e, place, &mut rooms, &acker).await;
+                        // A claim can return what this consumer is still delivering.
+                        if !acker.begin(&e.id) {
+                            continue;
                         }
+                        if claiming {
+                            JobStats::add(&self.stats.claimed, 1);
+                        }
+                        self.dispatch(e, place, &mut rooms, &acker).await;
                     }
                 }
                 Err(e) => {
@@ -135,7 +141,6 @@ impl StreamConsumer {
         };
         if !claimed.entries.is_empty() {
             tracing::info!(stream = %self.stream, n = claimed.entries.len(), "claimed stale entries");
-            JobStats::add(&self.stats.claimed, claimed.entries.len() as u64);
         }
         Ok(claimed.entries)
     }

@@ -48,7 +48,7 @@ pub enum JobError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// ZooKeeper (where the comets are found) could not be reached.
-    #[error("ZooKeeper: {0}")]
+    #[error(transparent)]
     Zk(#[from] TopoError),
 }
 

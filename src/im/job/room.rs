@@ -55,6 +55,15 @@ impl AckHandle {
     }
 }
 
+#[cfg(test)]
+impl AckHandle {
+    /// A handle and the sender that releases it (for tests of ack users).
+    pub(crate) fn pair() -> (oneshot::Sender<()>, AckHandle) {
+        let (tx, rx) = oneshot::channel();
+        (tx, AckHandle(rx))
+    }
+}
+
 /// One message on its way into a batch.
 #[derive(Debug)]
 struct RoomItem {

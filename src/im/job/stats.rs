@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct JobStats {
     /// Stream entries read (new and claimed).
     pub read: AtomicU64,
-    /// Entries claimed from other (dead or slow) consumers by `XAUTOCLAIM`.
+    /// Entries claimed by `XAUTOCLAIM` from other (dead or slow) consumers, or
+    /// from this one after it failed to ack them (not those it is still
+    /// delivering: those are left to that delivery).
     pub claimed: AtomicU64,
     /// Entries acknowledged (`XACK`).
     pub acked: AtomicU64,
