@@ -157,7 +157,7 @@ start_reborn() {
     log "starting reborn up (ZooKeeper :$ZK_PORT, redis :$ports, proxy :$PROXY_PORT)"
     local extra=()
     [[ -z ${BENCH_PROXY_THREADS:-} ]] || extra=(--proxy-threads "$BENCH_PROXY_THREADS")
-    "$REBORN" up --zk-port "$ZK_PORT" --zk-root "$ZK_ROOT" --product "$PRODUCT" --redis-ports "$ports" \
+    "$REBORN" up --no-push --zk-port "$ZK_PORT" --zk-root "$ZK_ROOT" --product "$PRODUCT" --redis-ports "$ports" \
         --proxy "127.0.0.1:$PROXY_PORT" --proxy-admin "127.0.0.1:$PROXY_ADMIN_PORT" \
         --dir "$WORK/up" "${extra[@]}" >"$WORK/reborn-up.log" 2>&1 &
     UP_PID=$!

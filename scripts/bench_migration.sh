@@ -208,7 +208,7 @@ start_reborn() {
     [[ -z ${BENCH_PROXY_THREADS:-} ]] || extra+=(--proxy-threads "$BENCH_PROXY_THREADS")
     [[ -z ${BENCH_DASHBOARD_CONFIG:-} ]] || extra+=(--dashboard-config "$BENCH_DASHBOARD_CONFIG")
     log "starting reborn up (ZooKeeper :$ZK_PORT, redis :$ports, proxy :$PROXY_PORT, dashboard :$DASH_PORT)"
-    "$REBORN" up --zk-port "$ZK_PORT" --redis-ports "$ports" \
+    "$REBORN" up --no-push --zk-port "$ZK_PORT" --redis-ports "$ports" \
         --proxy "127.0.0.1:$PROXY_PORT" --proxy-admin "127.0.0.1:$PROXY_ADMIN_PORT" \
         --dashboard "$DASH" --dir "$WORK/up" "${extra[@]}" >"$WORK/reborn-up.log" 2>&1 &
     UP_PID=$!

@@ -197,7 +197,7 @@ start_reborn() {
     done
     port="${ports[5]}"
     workdir="$(mktemp -d)"
-    "$reborn" up --dir "$workdir/up" --zk-port "${ports[0]}" \
+    "$reborn" up --no-push --dir "$workdir/up" --zk-port "${ports[0]}" \
         --redis-ports "${ports[1]},${ports[2]},${ports[3]},${ports[4]}" \
         --proxy "127.0.0.1:$port" --proxy-admin "127.0.0.1:${ports[6]}" \
         --dashboard "127.0.0.1:${ports[7]}" >"$workdir/up.log" 2>&1 </dev/null &

@@ -29,6 +29,8 @@ enum Role {
     Logic(reborn::im::logic::LogicArgs),
     /// Consume the push queue and fan pushes out to the comets (goim's job).
     Job(reborn::im::job::JobArgs),
+    /// The push system's load generator (scripts/bench_push.sh drives it).
+    PushBench(reborn::im::bench::PushBenchArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
 }
@@ -101,6 +103,12 @@ fn main() -> anyhow::Result<()> {
                     reborn::im::job::run(config, stop).await
                 })
                 .context("job")
+        }
+        Role::PushBench(args) => {
+            reborn::libs::logging::init("warn");
+            runtime(args.threads)?
+                .block_on(reborn::im::bench::run(args))
+                .context("push-bench")
         }
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");

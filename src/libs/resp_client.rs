@@ -338,15 +338,18 @@ impl RespPool {
     pub async fn pipeline(&self, frames: Vec<Frame>) -> Result<Vec<Frame>, RespError> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.conns.len();
         let mut slot = self.conns[i].lock().await;
-        let conn = match slot.as_mut() {
+        // The connection is taken out of its slot for the call and put back
+        // only when the call finished with the stream in step: if the caller's
+        // future is dropped mid-pipeline (a cancelled gRPC or HTTP handler),
+        // the connection goes with it instead of handing its unread replies
+        // to the next caller.
+        let mut conn = match slot.take() {
             Some(conn) => conn,
-            None => slot.insert(RespConn::connect(&self.addr, self.timeout).await?),
+            None => RespConn::connect(&self.addr, self.timeout).await?,
         };
         let result = conn.pipeline(frames).await;
-        if let Err(e) = &result
-            && e.breaks_connection()
-        {
-            *slot = None;
+        if !matches!(&result, Err(e) if e.breaks_connection()) {
+            *slot = Some(conn);
         }
         result
     }
