@@ -269,6 +269,24 @@ async fn connect_stores_the_session_and_disconnect_removes_it() {
         .has;
     assert!(!again, "nothing left to remove");
 
+    // The client reconnected to comet c2 before c1 reported the old
+    // connection gone: c1's late Disconnect must leave c2's session alone.
+    let body = json!({"mid": 123, "key": "k1", "room_id": "", "platform": "web", "accepts": []});
+    h.connect("c2", body).await.expect("connected to c2");
+    let late = h
+        .grpc()
+        .disconnect(del(123, "k1"))
+        .await
+        .expect("disconnect")
+        .into_inner()
+        .has;
+    assert!(!late, "c1 no longer owns k1");
+    assert_eq!(get_key(&mut r, "key_k1").await.as_deref(), Some("c2"));
+    assert_eq!(
+        hgetall(&mut r, "mid_123").await,
+        BTreeMap::from([("k1".into(), "c2".into())])
+    );
+
     // Not JSON: refused with a clear message.
     let req = ConnectReq {
         server: "c1".into(),

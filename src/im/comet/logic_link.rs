@@ -23,6 +23,9 @@ use crate::im::proto::logic::{ConnectReply, ConnectReq, DisconnectReq, Heartbeat
 use crate::im::proto::protocol::Proto;
 use crate::topo::store::Store;
 
+/// The pause before the last try of a call every logic answered
+/// "unavailable".
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Why a call to logic failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -194,7 +197,10 @@ impl LogicLink {
     }
 
     /// Calls the next live instance; on "unavailable" (the call never reached
-    /// it) tries the others in turn.
+    /// it) tries the others in turn, then the first one once more after a
+    /// short pause: a channel whose connection just broke (a logic restart, a
+    /// reset) reconnects on the next call, and one logic alone must not turn
+    /// that moment into refused logins.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, LinkError>
     where
         F: Fn(LogicClient<GrpcChannel>) -> Fut,
@@ -203,7 +209,10 @@ impl LogicLink {
         let peers = self.live_peers().await?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = LinkError::NoLogic;
-        for i in 0..peers.len() {
+        for i in 0..=peers.len() {
+            if i == peers.len() {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
             let peer = &peers[(start + i) % peers.len()];
             match tokio::time::timeout(self.timeout, f(peer.client.clone())).await {
                 Ok(Ok(reply)) => return Ok(reply.into_inner()),

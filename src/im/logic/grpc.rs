@@ -88,7 +88,7 @@ impl Logic for LogicService {
         let has = self
             .state
             .sessions
-            .del_mapping(req.mid, &req.key)
+            .del_mapping(req.mid, &req.key, &req.server)
             .await
             .map_err(|e| cluster_status("delete mapping", &e))?;
         tracing::debug!(mid = req.mid, key = %req.key, server = %req.server, has, "disconnected");

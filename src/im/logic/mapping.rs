@@ -112,17 +112,24 @@ impl Sessions {
         last_is_positive(self.run(frames).await?)
     }
 
-    /// `DelMapping`: `HDEL mid_ key` (when `mid > 0`), `DEL key_`; true when
-    /// `key_` existed.
+    /// `DelMapping`: `HDEL mid_ key` (when `mid > 0`) and `DEL key_`, each
+    /// only while it still names `server`; true when `key_` was deleted.
+    ///
+    /// goim deletes unconditionally, so a client that reconnected to another
+    /// comet before the old one reported the disconnect lost its new session.
+    /// The check and the delete run as one script on the key's group.
     ///
     /// # Errors
     /// The cluster failed.
-    pub async fn del_mapping(&self, mid: i64, key: &str) -> Result<bool, RespError> {
+    pub async fn del_mapping(&self, mid: i64, key: &str, server: &str) -> Result<bool, RespError> {
+        const DEL_FIELD_IF: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
+        const DEL_KEY_IF: &str =
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
         let mut frames = Vec::with_capacity(2);
         if mid > 0 {
-            frames.push(cmd(&["HDEL", &mid_key(mid), key]));
+            frames.push(cmd(&["EVAL", DEL_FIELD_IF, "1", &mid_key(mid), key, server]));
         }
-        frames.push(cmd(&["DEL", &key_key(key)]));
+        frames.push(cmd(&["EVAL", DEL_KEY_IF, "1", &key_key(key), server]));
         last_is_positive(self.run(frames).await?)
     }
 
