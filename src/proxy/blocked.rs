@@ -384,7 +384,12 @@ impl ByClient {
     /// `CLIENT UNBLOCK client TIMEOUT|ERROR` (`error`): unblocks the call the
     /// client has out, on its server. Yields Redis's answer, `:1` if a call was
     /// unblocked and `:0` if none was out.
-    pub fn unblock(&self, w: &Context, client: u64, error: bool) -> oneshot::Receiver<Bytes> {
+    ///
+    /// The proxy lists a call once it has *sent* it, so the server may not
+    /// have read it yet: while the call is still out and the server answers
+    /// `:0`, the unblock is sent again for up to [`UNBLOCK_PATIENCE`], instead
+    /// of telling the client that nothing was blocked.
+    pub fn unblock(self: &Arc<Self>, w: &Context, client: u64, error: bool) -> oneshot::Receiver<Bytes> {
         let exposed = self.calls.lock().get(&client).cloned();
         let (tx, rx) = oneshot::channel();
         let Some(e) = exposed else {
@@ -400,13 +405,36 @@ impl ByClient {
         let mode: &[u8] = if error { b"ERROR" } else { b"TIMEOUT" };
         let id = id.to_string();
         let req = resp::encode_array(&[b"CLIENT".as_ref(), b"UNBLOCK", id.as_bytes(), mode]);
-        let addr = e.line.conn.addr();
-        match w.router.pool(addr) {
-            Some(pool) => pool.send(0, req),
-            None => BackendConn::spawn(addr, w.router.backend_options().clone()).send(req),
-        }
+        let addr = e.line.conn.addr().to_string();
+        let pool = w.router.pool(&addr);
+        let options = w.router.backend_options().clone();
+        let by = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + UNBLOCK_PATIENCE;
+            loop {
+                let sent = match &pool {
+                    Some(pool) => pool.send(0, req.clone()),
+                    None => BackendConn::spawn(&addr, options.clone()).send(req.clone()),
+                };
+                let reply = sent.await.unwrap_or_else(|_| lost());
+                let still_out = by
+                    .calls
+                    .lock()
+                    .get(&client)
+                    .is_some_and(|now| Arc::ptr_eq(&now.released, &e.released));
+                if reply.as_ref() != b":0\r\n" || !still_out || tokio::time::Instant::now() >= deadline {
+                    let _ = tx.send(reply);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        rx
     }
 }
+
+/// How long `CLIENT UNBLOCK` keeps trying a call the server has not read yet.
+pub const UNBLOCK_PATIENCE: Duration = Duration::from_millis(500);
 
 /// What a client's blocking calls share: a signal that the client is gone,
 /// and the order in which its interrupted calls are re-issued.
