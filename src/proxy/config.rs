@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::policy::CommandsConfig;
 use crate::libs::config::{self, ConfigError};
 use crate::topo::ZkConfig;
+use crate::topo::store::ZkArgs;
 
 /// Everything a proxy needs to run. Defaults live in `impl Default`, only there.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,15 +144,9 @@ pub struct ProxyArgs {
     /// HTTP admin listen address.
     #[arg(long)]
     pub admin_listen: Option<String>,
-    /// ZooKeeper address(es), e.g. 127.0.0.1:2181.
-    #[arg(long)]
-    pub zk: Option<String>,
-    /// ZooKeeper root path.
-    #[arg(long)]
-    pub zk_root: Option<String>,
-    /// Product name.
-    #[arg(long)]
-    pub product: Option<String>,
+    /// ZooKeeper and product.
+    #[command(flatten)]
+    pub zk: ZkArgs,
     /// Proxy id in ZooKeeper.
     #[arg(long)]
     pub id: Option<String>,
@@ -176,9 +171,7 @@ impl ProxyArgs {
         let set = config::set_from;
         set(&mut c.listen, self.listen);
         set(&mut c.admin_listen, self.admin_listen);
-        set(&mut c.zk.addr, self.zk);
-        set(&mut c.zk.root, self.zk_root);
-        set(&mut c.zk.product, self.product);
+        self.zk.apply(&mut c.zk);
         set(&mut c.id, self.id);
         set(&mut c.auth, self.auth);
         set(&mut c.backend_auth, self.backend_auth);

@@ -35,5 +35,5 @@ pub use model::Topology;
 pub use model::{Group, GroupId, ProxyInfo, Role, Server, Slot, SlotState, SlotTable};
 pub use path::Paths;
 pub use session::ZkSession;
-pub use store::{SessionEvent, Store, ZkConfig};
+pub use store::{SessionEvent, Store, ZkArgs, ZkConfig};
 pub use watcher::{load, watch};

@@ -30,6 +30,30 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Store::close`] waits for the server to acknowledge the close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The ZooKeeper flags every role takes (`--zk`, `--zk-root`, `--product`),
+/// flattened into each role's arguments so they are spelled and applied once.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ZkArgs {
+    /// ZooKeeper address(es), e.g. 127.0.0.1:2181.
+    #[arg(long)]
+    pub zk: Option<String>,
+    /// ZooKeeper root path.
+    #[arg(long)]
+    pub zk_root: Option<String>,
+    /// Product name.
+    #[arg(long)]
+    pub product: Option<String>,
+}
+
+impl ZkArgs {
+    /// Overrides `cfg` with the flags that were given.
+    pub fn apply(self, cfg: &mut ZkConfig) {
+        crate::libs::config::set_from(&mut cfg.addr, self.zk);
+        crate::libs::config::set_from(&mut cfg.root, self.zk_root);
+        crate::libs::config::set_from(&mut cfg.product, self.product);
+    }
+}
+
 /// Where ZooKeeper is and which product to work on. Part of every role's config.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::im::frame::DEFAULT_MAX_BODY;
 use crate::libs::config::{self, ConfigError};
 use crate::topo::ZkConfig;
+use crate::topo::store::ZkArgs;
 
 /// Everything a comet needs to run. Defaults live in the `Default` impls, only there.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -275,15 +276,9 @@ pub struct CometArgs {
     /// gRPC listen address (default 127.0.0.1:3109).
     #[arg(long)]
     pub grpc_listen: Option<String>,
-    /// ZooKeeper address(es), e.g. 127.0.0.1:2181.
-    #[arg(long)]
-    pub zk: Option<String>,
-    /// ZooKeeper root path.
-    #[arg(long)]
-    pub zk_root: Option<String>,
-    /// Product name.
-    #[arg(long)]
-    pub product: Option<String>,
+    /// ZooKeeper and product.
+    #[command(flatten)]
+    pub zk: ZkArgs,
     /// Server id (default `<hostname>-<tcp port>`).
     #[arg(long)]
     pub server_id: Option<String>,
@@ -315,9 +310,7 @@ impl CometArgs {
         set(&mut c.websocket.cert, self.cert);
         set(&mut c.websocket.key, self.key);
         set(&mut c.grpc.listen, self.grpc_listen);
-        set(&mut c.zk.addr, self.zk);
-        set(&mut c.zk.root, self.zk_root);
-        set(&mut c.zk.product, self.product);
+        self.zk.apply(&mut c.zk);
         set(&mut c.server_id, self.server_id);
         config::set_from(&mut c.addrs, self.addrs);
         config::set_from(&mut c.weight, self.weight);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::im::queue;
 use crate::libs::config::{self, ConfigError};
 use crate::topo::ZkConfig;
+use crate::topo::store::ZkArgs;
 
 /// Everything a job instance needs. Defaults live in the `Default` impls, only there.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -230,15 +231,9 @@ pub struct JobArgs {
     /// Proxy address(es) of the cluster holding the queue, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub proxy: Option<Vec<String>>,
-    /// ZooKeeper address(es), e.g. 127.0.0.1:2181.
-    #[arg(long)]
-    pub zk: Option<String>,
-    /// ZooKeeper root path.
-    #[arg(long)]
-    pub zk_root: Option<String>,
-    /// Product name.
-    #[arg(long)]
-    pub product: Option<String>,
+    /// ZooKeeper and product.
+    #[command(flatten)]
+    pub zk: ZkArgs,
     /// Consumer name in the group (default `<hostname>-<pid>`).
     #[arg(long)]
     pub consumer: Option<String>,
@@ -255,9 +250,7 @@ impl JobArgs {
     pub fn into_config(self) -> Result<JobConfig, ConfigError> {
         let mut c: JobConfig = config::load(self.config.as_deref())?;
         config::set_from(&mut c.cluster.addrs, self.proxy);
-        config::set_from(&mut c.zk.addr, self.zk);
-        config::set_from(&mut c.zk.root, self.zk_root);
-        config::set_from(&mut c.zk.product, self.product);
+        self.zk.apply(&mut c.zk);
         config::set_from(&mut c.consumer, self.consumer);
         config::set_from(&mut c.queue.streams, self.streams);
         c.validate()?;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::libs::config::{self, ConfigError};
+use crate::topo::store::ZkArgs;
 
 use super::config::LogicConfig;
 use super::token::{self, TokenError};
@@ -52,15 +53,9 @@ pub struct LogicRunArgs {
     /// A reborn proxy address (repeat, or separate with commas).
     #[arg(long, value_delimiter = ',')]
     pub proxy: Vec<String>,
-    /// ZooKeeper address(es), e.g. 127.0.0.1:2181.
-    #[arg(long)]
-    pub zk: Option<String>,
-    /// ZooKeeper root path.
-    #[arg(long)]
-    pub zk_root: Option<String>,
-    /// Product name.
-    #[arg(long)]
-    pub product: Option<String>,
+    /// ZooKeeper and product.
+    #[command(flatten)]
+    pub zk: ZkArgs,
     /// Instance id in ZooKeeper.
     #[arg(long)]
     pub id: Option<String>,
@@ -82,9 +77,7 @@ impl LogicRunArgs {
         if !self.proxy.is_empty() {
             c.cluster.addrs = self.proxy;
         }
-        set(&mut c.zk.addr, self.zk);
-        set(&mut c.zk.root, self.zk_root);
-        set(&mut c.zk.product, self.product);
+        self.zk.apply(&mut c.zk);
         set(&mut c.id, self.id);
         set(&mut c.auth.secret, self.secret);
         c.validate()?;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::libs::config::{self, ConfigError};
 use crate::topo::manager::migrator::MigratorConfig;
 use crate::topo::path::Paths;
-use crate::topo::store::ZkConfig;
+use crate::topo::store::{ZkArgs, ZkConfig};
 
 /// Default HTTP address of the dashboard API (Codis's dashboard port).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:18087";
@@ -90,15 +90,9 @@ pub struct DashboardArgs {
     /// Address published in ZooKeeper (default: the listen address).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// ZooKeeper address(es), e.g. 127.0.0.1:2181.
-    #[arg(long)]
-    pub zk: Option<String>,
-    /// ZooKeeper root path.
-    #[arg(long)]
-    pub zk_root: Option<String>,
-    /// Product name.
-    #[arg(long)]
-    pub product: Option<String>,
+    /// ZooKeeper and product.
+    #[command(flatten)]
+    pub zk: ZkArgs,
     /// Refuse to start if another dashboard leads the product, instead of
     /// waiting as its standby.
     #[arg(long)]
@@ -115,9 +109,7 @@ impl DashboardArgs {
         let set = config::set_from;
         set(&mut c.listen, self.listen);
         set(&mut c.advertise, self.advertise);
-        set(&mut c.zk.addr, self.zk);
-        set(&mut c.zk.root, self.zk_root);
-        set(&mut c.zk.product, self.product);
+        self.zk.apply(&mut c.zk);
         if self.no_standby {
             c.standby = false;
         }
@@ -138,7 +130,10 @@ mod tests {
         let args = DashboardArgs {
             config: Some(path),
             listen: Some("127.0.0.1:0".into()),
-            product: Some("p".into()),
+            zk: ZkArgs {
+                product: Some("p".into()),
+                ..ZkArgs::default()
+            },
             no_standby: true,
             ..DashboardArgs::default()
         };
