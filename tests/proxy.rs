@@ -857,9 +857,11 @@ async fn large_values_pass_through_intact() {
 async fn a_proxy_cut_off_from_zookeeper_stops_before_its_session_can_expire() {
     let relay = common::relay::Relay::start(common::zk()).await;
     let timeout = Duration::from_secs(2);
+    let hold = Duration::from_millis(500);
     let c = Cluster::start_with(|cfg| {
         cfg.zk.addr = relay.addr.to_string();
         cfg.zk.session_timeout = timeout;
+        cfg.hold_timeout = hold;
     })
     .await;
     let mut p = c.client().await;
@@ -867,8 +869,10 @@ async fn a_proxy_cut_off_from_zookeeper_stops_before_its_session_can_expire() {
 
     relay.cut();
     let cut = Instant::now();
-    let refused_after = loop {
+    let refused_at = loop {
+        let sent = cut.elapsed();
         match p.get::<_, Option<String>>("foo").await {
+            // No answer from the old table once the session may be gone.
             Ok(_) => assert!(
                 cut.elapsed() < timeout,
                 "still serving {:?} after the cut",
@@ -876,12 +880,21 @@ async fn a_proxy_cut_off_from_zookeeper_stops_before_its_session_can_expire() {
             ),
             Err(e) => {
                 assert!(e.to_string().contains("cannot reach ZooKeeper"), "{e}");
-                break cut.elapsed();
+                // Held for the lease first, refused only when the hold ran out.
+                let waited = cut.elapsed() - sent;
+                assert!(
+                    waited >= hold - Duration::from_millis(50),
+                    "refused after {waited:?}"
+                );
+                break sent;
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(refused_after < timeout, "refused only after {refused_after:?}");
+    assert!(
+        refused_at < timeout,
+        "a request sent {refused_at:?} after the cut was still served"
+    );
     let pong: String = redis::cmd("PING")
         .query_async(&mut p)
         .await
@@ -910,6 +923,68 @@ async fn a_proxy_cut_off_from_zookeeper_stops_before_its_session_can_expire() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     c.wait_registered(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_zookeeper_stall_costs_clients_latency_not_errors() {
+    let relay = common::relay::Relay::start(common::zk()).await;
+    let timeout = Duration::from_secs(2);
+    let c = Cluster::start_with(|cfg| {
+        cfg.zk.addr = relay.addr.to_string();
+        cfg.zk.session_timeout = timeout;
+        cfg.hold_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let mut p = c.client().await;
+    let _: () = p.set("foo", "kept").await.expect("set");
+
+    // Cut long enough for the lease (2/3 of the session) to lapse for sure.
+    relay.cut();
+    tokio::time::sleep(timeout).await;
+    let sent = Instant::now();
+    let get = tokio::spawn(async move { p.get::<_, Option<String>>("foo").await });
+    let stall = Duration::from_millis(700);
+    tokio::time::sleep(stall).await;
+    assert!(
+        !get.is_finished(),
+        "answered while the proxy could not prove its session"
+    );
+    relay.restore();
+    let got = tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .expect("answered once ZooKeeper is back")
+        .expect("task");
+    assert_eq!(got.expect("held, not refused").as_deref(), Some("kept"));
+    assert!(sent.elapsed() >= stall, "not held: {:?}", sent.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_zookeeper_keeps_the_lease() {
+    let relay = common::relay::Relay::start(common::zk()).await;
+    let c = Cluster::start_with(|cfg| {
+        cfg.zk.addr = relay.addr.to_string();
+        cfg.zk.session_timeout = Duration::from_secs(2);
+        // A held request would hide a lapse: refuse at once instead.
+        cfg.hold_timeout = Duration::ZERO;
+    })
+    .await;
+    let mut p = c.client().await;
+    // Every ZooKeeper answer now takes 600 ms, longer than the probe period
+    // (333 ms) but well within the session (2 s): the session lives, and so
+    // must the lease.
+    relay.slow_down(Duration::from_millis(300));
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let _: () = p
+            .set("foo", n)
+            .await
+            .unwrap_or_else(|e| panic!("request {n} refused with a slow ZooKeeper: {e}"));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.slow_down(Duration::ZERO);
+    assert!(n > 100, "only {n} requests");
 }
 
 /// Puts slot `slot` into `migrate` from group `from` to group `to`, as the

@@ -942,7 +942,6 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
     for (mid, seen) in &watchers {
         let seen = seen.lock().expect("seen");
         assert!(
@@ -991,6 +990,8 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
         .await
         .map(resp_client::int);
     assert!(matches!(live, Ok(Ok(5))), "survivors' sessions: {live:?}");
+    // Only now may the survivors hang up: their comet then drops their sessions.
+    stop.store(true, Ordering::Relaxed);
     eprintln!(
         "zero-loss: {} of {total} pushes accepted; job-a {:?}",
         accepted.len(),

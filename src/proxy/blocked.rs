@@ -614,10 +614,7 @@ impl Call {
     fn route(&self) -> Result<Route, Bytes> {
         let ctx = &self.ctx;
         if !ctx.lease.valid_at(Instant::now()) {
-            return Err(resp::error(&format!(
-                "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
-                ctx.proxy_id
-            )));
+            return Err(super::lease::refusal(&ctx.proxy_id));
         }
         let routes = ctx.router.routes();
         if !routes.online {

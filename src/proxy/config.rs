@@ -49,8 +49,8 @@ pub struct ProxyConfig {
     /// slot's source (big values need more).
     #[serde(with = "humantime_serde")]
     pub migrate_timeout: Duration,
-    /// How long a request waits while its slot switches groups (`pre_migrate`)
-    /// before it fails with a retry error.
+    /// How long a request waits while its slot switches groups (`pre_migrate`),
+    /// or while the proxy's ZooKeeper lease has lapsed, before it fails.
     #[serde(with = "humantime_serde")]
     pub hold_timeout: Duration,
     /// Most requests held at once across the proxy; beyond it they fail at once.

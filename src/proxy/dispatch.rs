@@ -15,7 +15,7 @@ use super::command::{Command, Kind, Merge, Spec};
 use super::context::{Client, Context};
 use super::fanout::{self, Fanned};
 use super::local;
-use super::reply::{Merger, Part, Pending, Reply};
+use super::reply::{Held, Merger, Part, Pending, Reply};
 use super::router::{Pool, Routes, SlotRoute};
 use super::{subscription, transaction};
 use crate::libs::hash::slot_of;
@@ -103,12 +103,12 @@ fn dispatch_known(
             "ERR command '{}' is not supported by reborn proxy yet",
             upper(req.name())
         )),
-        // Slot traffic needs a live ZooKeeper lease (see lease.rs); local
-        // commands keep answering so health checks see a live, fenced proxy.
-        Kind::Split(_) | Kind::Blocking | Kind::Forward if !ctx.lease.valid_at(now) => err(&format!(
-            "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
-            ctx.proxy_id
-        )),
+        // Slot traffic needs a live ZooKeeper lease (see lease.rs): it waits
+        // for one. Local commands keep answering, so health checks see a live,
+        // fenced proxy.
+        Kind::Split(_) | Kind::Blocking | Kind::Forward if !ctx.lease.valid_at(now) => {
+            Reply::Hold(Held::Lease)
+        }
         Kind::Transaction => transaction::command(ctx, client, req, cmd.spec, now),
         Kind::Fanout(fan) => match fanout::dispatch(ctx, client, req, fan, now) {
             Fanned::Reply(reply) => reply,
@@ -206,7 +206,7 @@ pub(super) fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Re
         }),
         SlotRoute::Unassigned => Err(err(&format!("ERR slot {slot} is not assigned to any group"))),
         SlotRoute::NoMaster(g) => Err(err(&format!("ERR group {g} of slot {slot} has no master"))),
-        SlotRoute::Switching { .. } => Err(Reply::Hold(slot)),
+        SlotRoute::Switching { .. } => Err(Reply::Hold(Held::Slot(slot))),
     }
 }
 

@@ -37,7 +37,7 @@ use super::backend::BackendConn;
 use super::command::Fan;
 use super::context::{Client, Context};
 use super::merge::{self, Answer};
-use super::reply::{Reply, lost};
+use super::reply::{Held, Reply, lost};
 use super::router::{Pool, Routes};
 use super::{info, keyless_script, scan, wait};
 use crate::libs::protocol::Protocol;
@@ -79,10 +79,7 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
         return Fanned::Reply(info::dispatch(ctx, client, req));
     }
     if !ctx.lease.valid_at(now) {
-        return err(&format!(
-            "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
-            ctx.proxy_id
-        ));
+        return Fanned::Reply(Reply::Hold(Held::Lease));
     }
     let routes = ctx.router.routes();
     if !routes.online {

@@ -15,21 +15,33 @@
 //! failure for the proxy to become safe. After a new session (the old one
 //! expired), the topology is reloaded in full before the lease is renewed, so the
 //! proxy never serves from a table it might have missed changes to.
-
+//!
+//! A slow ZooKeeper is not a lost one. Probes overlap: each waits for its answer
+//! as long as that answer could still extend the lease, so a server that answers
+//! in 500 ms keeps a 2 s session's lease alive. And a request that finds the
+//! lease lapsed is held (as a request of a switching slot is, `hold_timeout`)
+//! until a probe renews it: a ZooKeeper stall costs clients latency, and an
+//! error only when it outlasts the hold.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use crate::topo::{Store, watcher};
+use crate::libs::resp;
+use crate::topo::{Paths, Store, ZkSession, watcher};
 
 /// The instant until which slot traffic may be served, shared by every worker.
 pub struct Lease {
     base: Instant,
     /// Nanoseconds after `base`; 0 means "not granted".
     until: AtomicU64,
+    /// Wakes requests held for the lease when it is extended.
+    extended: Notify,
 }
 
 impl Default for Lease {
@@ -37,6 +49,7 @@ impl Default for Lease {
         Lease {
             base: Instant::now(),
             until: AtomicU64::new(0),
+            extended: Notify::new(),
         }
     }
 }
@@ -52,7 +65,25 @@ impl Lease {
     /// not undo a newer one).
     pub fn extend(&self, until: Instant) {
         let nanos = until.saturating_duration_since(self.base).as_nanos() as u64;
-        self.until.fetch_max(nanos, Ordering::Relaxed);
+        if self.until.fetch_max(nanos, Ordering::Relaxed) < nanos {
+            self.extended.notify_waiters();
+        }
+    }
+
+    /// Waits until the lease is valid (true) or `deadline` passes (false).
+    pub async fn wait_valid(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Registered before the check, so an extension in between wakes us.
+            let extended = self.extended.notified();
+            tokio::pin!(extended);
+            extended.as_mut().enable();
+            if self.valid_at(Instant::now()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, extended).await.is_err() {
+                return self.valid_at(Instant::now());
+            }
+        }
     }
 
     /// Ends the lease at once (shutdown, or a new session not yet resynced).
@@ -61,55 +92,89 @@ impl Lease {
     }
 }
 
+/// The error a request of slot traffic gets while the lease is not valid.
+pub fn refusal(proxy_id: &str) -> Bytes {
+    resp::error(&format!(
+        "ERR proxy {proxy_id} cannot reach ZooKeeper; slot traffic is refused until it can"
+    ))
+}
+
 /// Keeps `lease` alive while the ZooKeeper session is, until `cancel`.
 /// `workers` are resynced after a session change.
 pub async fn keep(store: Store, lease: Arc<Lease>, workers: Vec<Arc<Context>>, cancel: CancellationToken) {
     // The session generation the routers were last synced with.
     let mut synced = store.session().borrow().generation;
     let mut warned = false;
+    let mut probes = JoinSet::new();
+    let mut next = tokio::time::Instant::now();
     loop {
         let timeout = session_timeout(&store);
         let period = (timeout / 6).max(Duration::from_millis(50));
-        let sent = Instant::now();
-        if probe(&store, &lease, &workers, &mut synced, period).await {
-            lease.extend(sent + timeout * 2 / 3);
-            if warned {
-                tracing::info!("ZooKeeper reachable again: serving slot traffic");
-                warned = false;
-            }
-        } else if !warned && !lease.valid_at(Instant::now() + period) {
-            tracing::warn!("ZooKeeper unreachable: slot traffic stops when the lease ends");
-            warned = true;
-        }
         tokio::select! {
-            _ = tokio::time::sleep_until((sent + period).into()) => {}
+            _ = tokio::time::sleep_until(next) => {
+                next += period;
+                // A probe is worth waiting for while its answer could still
+                // extend the lease; a few overlap when ZooKeeper is slow.
+                if probes.len() < MAX_PROBES {
+                    probes.spawn(probe(store.clone(), timeout * 2 / 3));
+                }
+                if !warned && !lease.valid_at(Instant::now() + period) {
+                    tracing::warn!("ZooKeeper unreachable: slot traffic stops when the lease ends");
+                    warned = true;
+                }
+            }
+            Some(done) = probes.join_next() => {
+                let Ok(Some((sent, zk))) = done else { continue };
+                if renew(&zk, store.paths(), &lease, &workers, &mut synced).await {
+                    lease.extend(sent + timeout * 2 / 3);
+                    if warned {
+                        tracing::info!("ZooKeeper reachable again: serving slot traffic");
+                        warned = false;
+                    }
+                }
+            }
             _ = cancel.cancelled() => return,
         }
     }
 }
 
-/// One probe: true if the session answered and the routers are synced with it.
-async fn probe(
-    store: &Store,
+/// Probes in flight at most: `timeout * 2/3` over a period of `timeout / 6`.
+const MAX_PROBES: usize = 4;
+
+/// One probe: the session that answered and when the probe was sent, or None
+/// if it did not answer within `wait`.
+async fn probe(store: Store, wait: Duration) -> Option<(Instant, ZkSession)> {
+    let sent = Instant::now();
+    // Probe through one session object and judge by *its* generation: the store
+    // may install a new session before it announces the new generation.
+    let zk = store.zk().ok()?;
+    let path = store.paths().product();
+    match tokio::time::timeout(wait, zk.exists(path)).await {
+        Ok(Ok(_)) => Some((sent, zk)),
+        _ => None,
+    }
+}
+
+/// True if a probe that `zk` answered may renew the lease: its session is the
+/// one the routers are synced with (after resyncing them to a new one).
+async fn renew(
+    zk: &ZkSession,
+    paths: &Paths,
     lease: &Lease,
     workers: &[Arc<Context>],
     synced: &mut u64,
-    wait: Duration,
 ) -> bool {
-    // Probe through one session object and judge by *its* generation: the store
-    // may install a new session before it announces the new generation.
-    let Ok(zk) = store.zk() else { return false };
-    let path = store.paths().product();
-    if !matches!(tokio::time::timeout(wait, zk.exists(path)).await, Ok(Ok(_))) {
-        return false;
-    }
     if zk.generation() == *synced {
         return true;
+    }
+    if zk.generation() < *synced {
+        // A late answer from the session before the one we resynced with.
+        return false;
     }
     // A new session: changes made while we were away may have left no watch
     // event. Reload everything before serving again.
     lease.revoke();
-    match watcher::load_from(&zk, store.paths()).await {
+    match watcher::load_from(zk, paths).await {
         Ok(topo) => {
             for w in workers {
                 w.router.apply(&topo);
@@ -153,5 +218,24 @@ mod tests {
         );
         lease.revoke();
         assert!(!lease.valid_at(now));
+    }
+
+    #[tokio::test]
+    async fn a_held_request_wakes_when_the_lease_is_extended() {
+        let lease = Arc::new(Lease::default());
+        let far = tokio::time::Instant::now() + Duration::from_secs(30);
+        let waiter = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.wait_valid(far).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no lease yet");
+        lease.extend(Instant::now() + Duration::from_secs(5));
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert!(matches!(woke, Ok(Ok(true))), "{woke:?}");
+        // Without an extension it gives up at the deadline.
+        lease.revoke();
+        let soon = tokio::time::Instant::now() + Duration::from_millis(20);
+        assert!(!lease.wait_valid(soon).await);
     }
 }

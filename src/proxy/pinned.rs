@@ -98,10 +98,7 @@ enum Route {
 
 fn route_now(ctx: &Context, slot: u16) -> Result<Route, Bytes> {
     if !ctx.lease.valid_at(Instant::now()) {
-        return Err(resp::error(&format!(
-            "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
-            ctx.proxy_id
-        )));
+        return Err(super::lease::refusal(&ctx.proxy_id));
     }
     let routes = ctx.router.routes();
     match target_for(ctx, &routes, slot) {

@@ -34,12 +34,21 @@ pub enum Reply {
     Merge(Box<Merger>),
     /// Write this, then close the connection (QUIT, protocol errors).
     Close(Bytes),
-    /// Not dispatched: slot `0` is switching groups. The session holds the
-    /// request and dispatches it again after the next routing change.
-    Hold(u16),
+    /// Not dispatched yet (see [`Held`]): the session holds the request and
+    /// dispatches it again once the reason is gone.
+    Hold(Held),
     /// One backend reply to a request that must not overtake the client's
     /// earlier ones (transactions, see `transaction.rs`).
     Ordered(Box<Ordered>),
+}
+
+/// Why a request is held rather than dispatched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// Its slot is switching groups (`pre_migrate`): until the next routing change.
+    Slot(u16),
+    /// The ZooKeeper lease has lapsed (`lease.rs`): until a probe renews it.
+    Lease,
 }
 
 /// A request sent only once every earlier reply of its client is in: `go`
@@ -72,8 +81,11 @@ pub(crate) fn lost() -> Bytes {
 }
 
 /// The reply of a request held too long (sessions normally resolve holds).
-pub fn held(slot: u16) -> Bytes {
-    resp::error(&format!("ERR slot {slot} is switching groups, retry"))
+pub fn held(why: Held) -> Bytes {
+    match why {
+        Held::Slot(slot) => resp::error(&format!("ERR slot {slot} is switching groups, retry")),
+        Held::Lease => resp::error("ERR proxy cannot reach ZooKeeper; slot traffic is refused until it can"),
+    }
 }
 
 impl Reply {
@@ -81,7 +93,7 @@ impl Reply {
     pub fn try_take(&mut self) -> Option<Bytes> {
         match self {
             Reply::Ready(b) | Reply::Close(b) => Some(b.clone()),
-            Reply::Hold(slot) => Some(held(*slot)),
+            Reply::Hold(why) => Some(held(*why)),
             Reply::Wait(rx) => try_recv(rx),
             Reply::Ordered(o) => {
                 if let Some(go) = o.go.take() {
@@ -106,7 +118,7 @@ impl Reply {
     pub async fn take(&mut self) -> Bytes {
         match self {
             Reply::Ready(b) | Reply::Close(b) => b.clone(),
-            Reply::Hold(slot) => held(*slot),
+            Reply::Hold(why) => held(*why),
             Reply::Wait(rx) => rx.await.unwrap_or_else(|_| lost()),
             Reply::Ordered(o) => {
                 if let Some(go) = o.go.take() {

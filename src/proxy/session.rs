@@ -44,8 +44,9 @@ use tokio_util::sync::CancellationToken;
 use super::clients::Connection;
 use super::context::{Client, Context};
 use super::dispatch::dispatch;
+use super::lease;
 use super::pubsub::Inbox;
-use super::reply::{Pending, Reply};
+use super::reply::{Held, Pending, Reply};
 use crate::libs::resp;
 
 /// Flush the output buffer once it holds this much, even mid-burst.
@@ -124,7 +125,7 @@ async fn read_loop(
                     };
                     let p = dispatch(ctx, &mut client, &req, at);
                     match p.reply {
-                        Reply::Hold(slot) => hold(ctx, &mut client, &req, (p.cmd, p.start, slot), stop).await,
+                        Reply::Hold(why) => hold(ctx, &mut client, &req, (p.cmd, p.start, why), stop).await,
                         // Only local replies can switch the protocol (HELLO).
                         Reply::Ready(_) if client.fence => {
                             client.fence = false;
@@ -187,26 +188,31 @@ async fn read_loop(
     }
 }
 
-/// Holds a request whose slot is switching groups (`pre_migrate`) and dispatches
-/// it again after each routing change, until it goes through or `hold_timeout`
-/// passes. The whole session waits: this client's later requests must not
-/// overtake the held one. At most `max_held` requests wait across the proxy.
+/// Holds a request that cannot be dispatched yet ([`Held`]: its slot is
+/// switching groups, or the ZooKeeper lease lapsed) and dispatches it again
+/// after each routing change or lease renewal, until it goes through or
+/// `hold_timeout` passes. The whole session waits: this client's later
+/// requests must not overtake the held one. At most `max_held` requests wait
+/// across the proxy.
 async fn hold(
     ctx: &Arc<Context>,
     client: &mut Client,
     req: &resp::Request,
-    (cmd, start, slot): (usize, Instant, u16),
+    (cmd, start, why): (usize, Instant, Held),
     shutdown: &CancellationToken,
 ) -> Pending {
-    let give_up = |slot: u16, why: &str| Pending {
+    let give_up = |why: Held, detail: &str| Pending {
         cmd,
         start,
-        reply: Reply::Ready(resp::error(&format!(
-            "ERR slot {slot} is switching groups ({why}), retry"
-        ))),
+        reply: Reply::Ready(match why {
+            Held::Slot(slot) => {
+                resp::error(&format!("ERR slot {slot} is switching groups ({detail}), retry"))
+            }
+            Held::Lease => lease::refusal(&ctx.proxy_id),
+        }),
     };
     let Ok(_permit) = ctx.held.try_acquire() else {
-        return give_up(slot, "too many requests held");
+        return give_up(why, "too many requests held");
     };
     let deadline = tokio::time::Instant::now() + ctx.config.hold_timeout;
     // Subscribe before re-dispatching, so a change in between is not missed.
@@ -214,11 +220,17 @@ async fn hold(
     loop {
         let mut p = dispatch(ctx, client, req, Instant::now());
         p.start = start;
-        let Reply::Hold(slot) = p.reply else { return p };
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return give_up(slot, "router gone") },
-            _ = tokio::time::sleep_until(deadline) => return give_up(slot, "held too long"),
-            _ = shutdown.cancelled() => return give_up(slot, "proxy shutting down"),
+        let Reply::Hold(why) = p.reply else { return p };
+        match why {
+            Held::Slot(_) => tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return give_up(why, "router gone") },
+                _ = tokio::time::sleep_until(deadline) => return give_up(why, "held too long"),
+                _ = shutdown.cancelled() => return give_up(why, "proxy shutting down"),
+            },
+            Held::Lease => tokio::select! {
+                valid = ctx.lease.wait_valid(deadline) => if !valid { return give_up(why, "held too long") },
+                _ = shutdown.cancelled() => return give_up(why, "proxy shutting down"),
+            },
         }
     }
 }

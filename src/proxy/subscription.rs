@@ -32,7 +32,7 @@ use super::dispatch::{Target, target_for};
 use super::fanout::{self, Fanned};
 use super::merge::{Answer, array_of, failure};
 use super::pubsub::{Class, Hub, Mailbox};
-use super::reply::Reply;
+use super::reply::{Held, Reply};
 use crate::libs::hash::slot_of;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp::{self, Request};
@@ -131,12 +131,7 @@ pub fn command(
 }
 
 fn lease_error(ctx: &Context, now: Instant) -> Option<Reply> {
-    (!ctx.lease.valid_at(now)).then(|| {
-        Reply::Ready(resp::error(&format!(
-            "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
-            ctx.proxy_id
-        )))
-    })
+    (!ctx.lease.valid_at(now)).then_some(Reply::Hold(Held::Lease))
 }
 
 /// `(UN)SUBSCRIBE`-style confirmation: `[kind, name, count]`, a push in RESP3.

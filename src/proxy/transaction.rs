@@ -47,7 +47,7 @@ use super::dispatch::{CROSSSLOT, Target, target_for, unknown_command};
 use super::fanout;
 use super::local;
 use super::pinned::{self, Exec, WatchCall};
-use super::reply::{Ordered, Pending, Reply};
+use super::reply::{Held, Ordered, Pending, Reply};
 use crate::libs::hash::slot_of;
 use crate::libs::resp::{self, Request};
 
@@ -324,10 +324,7 @@ fn where_now(ctx: &Context, slot: u16) -> Result<String, Reply> {
 /// the pinned connection.
 fn watch(ctx: &Arc<Context>, client: &mut Client, req: &Request, spec: &'static Spec, now: Instant) -> Reply {
     if !ctx.lease.valid_at(now) {
-        return err(&format!(
-            "ERR proxy {} cannot reach ZooKeeper; slot traffic is refused until it can",
-            ctx.proxy_id
-        ));
+        return Reply::Hold(Held::Lease);
     }
     let keys = keys_of(spec, req);
     let slot = match one_slot(&keys) {
