@@ -426,7 +426,7 @@ impl ByClient {
                     let _ = tx.send(reply);
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
         rx
@@ -434,7 +434,11 @@ impl ByClient {
 }
 
 /// How long `CLIENT UNBLOCK` keeps trying a call the server has not read yet.
-pub const UNBLOCK_PATIENCE: Duration = Duration::from_millis(500);
+/// Only a server that stopped reading its connection uses it up: a call the
+/// server read is either blocked there (the retry unblocks it) or answered
+/// (then it is no longer out, which ends the retries). On a loaded machine a
+/// server can take hundreds of milliseconds to read it, so this is generous.
+pub const UNBLOCK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What a client's blocking calls share: a signal that the client is gone,
 /// and the order in which its interrupted calls are re-issued.
