@@ -385,10 +385,12 @@ impl ByClient {
     /// client has out, on its server. Yields Redis's answer, `:1` if a call was
     /// unblocked and `:0` if none was out.
     ///
-    /// The proxy lists a call once it has *sent* it, so the server may not
-    /// have read it yet: while the call is still out and the server answers
-    /// `:0`, the unblock is sent again for up to [`UNBLOCK_PATIENCE`], instead
-    /// of telling the client that nothing was blocked.
+    /// The proxy lists a call once it has handed it to its connection, so the
+    /// connection may still be connecting, or the server may not have read the
+    /// call yet: while the call is still out and the server answers `:0` (or
+    /// cannot be asked yet), the unblock is tried again for up to
+    /// [`UNBLOCK_PATIENCE`], instead of telling the client that nothing was
+    /// blocked.
     pub fn unblock(self: &Arc<Self>, w: &Context, client: u64, error: bool) -> oneshot::Receiver<Bytes> {
         let exposed = self.calls.lock().get(&client).cloned();
         let (tx, rx) = oneshot::channel();
@@ -396,15 +398,8 @@ impl ByClient {
             let _ = tx.send(resp::int(0));
             return rx;
         };
-        let Some(id) = e.line.conn.client_id() else {
-            // Not connected yet: nothing of it is at the server.
-            let _ = tx.send(resp::int(0));
-            return rx;
-        };
         e.released.store(true, Ordering::SeqCst);
         let mode: &[u8] = if error { b"ERROR" } else { b"TIMEOUT" };
-        let id = id.to_string();
-        let req = resp::encode_array(&[b"CLIENT".as_ref(), b"UNBLOCK", id.as_bytes(), mode]);
         let addr = e.line.conn.addr().to_string();
         let pool = w.router.pool(&addr);
         let options = w.router.backend_options().clone();
@@ -412,11 +407,19 @@ impl ByClient {
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + UNBLOCK_PATIENCE;
             loop {
-                let sent = match &pool {
-                    Some(pool) => pool.send(0, req.clone()),
-                    None => BackendConn::spawn(&addr, options.clone()).send(req.clone()),
+                let reply = match e.line.conn.client_id() {
+                    // Still connecting: the call is not at its server yet.
+                    None => resp::int(0),
+                    Some(id) => {
+                        let id = id.to_string();
+                        let req = resp::encode_array(&[b"CLIENT".as_ref(), b"UNBLOCK", id.as_bytes(), mode]);
+                        let sent = match &pool {
+                            Some(pool) => pool.send(0, req),
+                            None => BackendConn::spawn(&addr, options.clone()).send(req),
+                        };
+                        sent.await.unwrap_or_else(|_| lost())
+                    }
                 };
-                let reply = sent.await.unwrap_or_else(|_| lost());
                 let still_out = by
                     .calls
                     .lock()
@@ -433,11 +436,12 @@ impl ByClient {
     }
 }
 
-/// How long `CLIENT UNBLOCK` keeps trying a call the server has not read yet.
-/// Only a server that stopped reading its connection uses it up: a call the
-/// server read is either blocked there (the retry unblocks it) or answered
-/// (then it is no longer out, which ends the retries). On a loaded machine a
-/// server can take hundreds of milliseconds to read it, so this is generous.
+/// How long `CLIENT UNBLOCK` keeps trying a call its server has not read yet.
+/// Only a server that stopped reading uses it up: a call the server read is
+/// either blocked there (the retry unblocks it) or answered (then it is no
+/// longer out, which ends the retries), and a connection that cannot connect
+/// fails its call. On a loaded machine connecting and reading can take
+/// hundreds of milliseconds, so this is generous.
 pub const UNBLOCK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What a client's blocking calls share: a signal that the client is gone,
