@@ -378,6 +378,11 @@ async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promote_under_write_load_keeps_every_acknowledged_write() {
     use reborn::topo::manager::promote::promote;
+    // Printed only if it fails: what the proxy and the promote saw.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
     let c = Cluster::start().await;
     let replica = c.replica_of_group_1().await;
     let proxy = c.proxy().await;

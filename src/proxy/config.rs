@@ -58,6 +58,14 @@ pub struct ProxyConfig {
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How often the proxy pings every master it routes to, as a failover
+    /// observer (`observer.rs`).
+    #[serde(with = "humantime_serde")]
+    pub master_check_interval: Duration,
+    /// A master not heard from for this long is reported down in ZooKeeper
+    /// (one vote towards an automatic failover).
+    #[serde(with = "humantime_serde")]
+    pub master_down_after: Duration,
     /// Tokio worker threads (0: one per core).
     pub threads: usize,
     /// Commands denied or renamed by the operator (see `policy.rs`).
@@ -85,6 +93,8 @@ impl Default for ProxyConfig {
             hold_timeout: Duration::from_secs(5),
             max_held: 10_000,
             drain_timeout: Duration::from_secs(5),
+            master_check_interval: Duration::from_millis(500),
+            master_down_after: Duration::from_secs(3),
             threads: 0,
             commands: CommandsConfig::default(),
         }
@@ -127,6 +137,9 @@ impl ProxyConfig {
         }
         if self.max_bulk_len == 0 {
             return bad("max_bulk_len must be at least 1");
+        }
+        if self.master_check_interval.is_zero() || self.master_down_after < self.master_check_interval {
+            return bad("master_check_interval must be positive and master_down_after at least as long");
         }
         self.commands.validate()
     }

@@ -21,7 +21,8 @@
 //! migrating slot go through the client's FIFO ([`migrate`], [`source_call`]);
 //! [`ack`] acknowledges ZooKeeper actions once their slots are drained, and
 //! [`lease`] stops slot traffic when the ZooKeeper session cannot be proven
-//! alive.
+//! alive. [`observer`] reports masters that stopped answering, the proxy's vote
+//! towards an automatic failover.
 //! Transactions (`MULTI`/`EXEC`/`WATCH`) are queued by [`transaction`] and run
 //! whole on a dedicated connection, or not at all, by [`pinned`].
 //!
@@ -56,6 +57,7 @@ pub mod lease;
 pub mod local;
 pub mod merge;
 pub mod migrate;
+pub mod observer;
 pub mod pinned;
 pub mod policy;
 pub mod pubsub;

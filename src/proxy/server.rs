@@ -23,6 +23,7 @@ use super::config::ProxyConfig;
 use super::context::Context;
 use super::error::ProxyError;
 use super::lease;
+use super::observer::{self, ObserverConfig};
 use super::router::Router;
 use super::worker::{self, WorkerSpec};
 use crate::libs::protocol::Protocol;
@@ -145,6 +146,17 @@ impl Bound {
             topo.clone(),
             contexts.clone(),
             first.proxy_id.clone(),
+            topo_stop.clone(),
+        ));
+        tokio::spawn(observer::run(
+            store.clone(),
+            topo.clone(),
+            ObserverConfig {
+                id: first.proxy_id.clone(),
+                interval: config.master_check_interval,
+                down_after: config.master_down_after,
+                auth: (!config.backend_auth.is_empty()).then(|| config.backend_auth.clone()),
+            },
             topo_stop.clone(),
         ));
         tokio::spawn(first.stats.clone().sample_ops());

@@ -209,6 +209,16 @@ pub struct ProxyInfo {
     pub version: String,
 }
 
+/// What one proxy sees of the masters it routes to (its ephemeral node
+/// `observations/<proxy id>`): the ones it has not heard from for a while.
+/// The dashboard leader counts these as votes before an automatic failover.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Observation {
+    /// The masters (`host:port`) this proxy finds down.
+    pub down: std::collections::BTreeSet<String>,
+}
+
 /// A slot change every live proxy must apply and acknowledge before the next
 /// phase of a migration may start (see `topo::action`). Numbered by the slot
 /// table's ZooKeeper version it was written with, so numbers only grow.

@@ -140,6 +140,27 @@ impl Paths {
         format!("{}/tasks/{id:010}", self.product)
     }
 
+    /// `<root>/<product>/observations`: what each live proxy sees of the
+    /// masters, one ephemeral node each (automatic failover's votes).
+    pub fn observations(&self) -> String {
+        format!("{}/observations", self.product)
+    }
+
+    /// `<root>/<product>/observations/<proxy id>`.
+    pub fn observation(&self, proxy: &str) -> String {
+        format!("{}/observations/{proxy}", self.product)
+    }
+
+    /// `<root>/<product>/failovers`: the record of automatic failovers.
+    pub fn failovers(&self) -> String {
+        format!("{}/failovers", self.product)
+    }
+
+    /// `<root>/<product>/failovers/<seq>`, zero-padded so lexical order is numeric.
+    pub fn failover(&self, seq: u64) -> String {
+        format!("{}/failovers/{seq:010}", self.product)
+    }
+
     /// `<root>/<product>/im/<kind>`: the live push-system instances of one kind
     /// (`comet`, `logic`), one ephemeral node each.
     pub fn im_instances(&self, kind: &str) -> String {
@@ -157,11 +178,14 @@ impl Paths {
     pub fn is_outside_topology(&self, path: &str) -> bool {
         // Acks come from every proxy for every action, and a running task saves
         // its progress every second: were they watched, each would make every
-        // proxy reload. Push-system instances refresh their node every 10 s.
+        // proxy reload. Push-system instances refresh their node every 10 s;
+        // proxies' observations change whenever a master goes down or up.
         path == self.lock()
             || path == self.dashboard()
             || path.strip_prefix(self.product.as_str()).is_some_and(|rest| {
-                rest.starts_with("/acks") || rest.starts_with("/tasks") || rest.starts_with("/im")
+                ["/acks", "/tasks", "/im", "/observations", "/failovers"]
+                    .iter()
+                    .any(|p| rest.starts_with(p))
             })
     }
 }
@@ -258,6 +282,10 @@ mod tests {
         assert!(p.is_outside_topology("/reborn/demo/tasks/0000000003"));
         assert!(!p.is_outside_topology("/reborn/demo/actions/0000000007"));
         assert!(p.is_outside_topology("/reborn/demo/im/comet/host-1"));
+        assert_eq!(p.observation("p1"), "/reborn/demo/observations/p1");
+        assert!(p.is_outside_topology("/reborn/demo/observations/p1"));
+        assert_eq!(p.failover(3), "/reborn/demo/failovers/0000000003");
+        assert!(p.is_outside_topology("/reborn/demo/failovers/0000000003"));
         assert_eq!(p.action(7), "/reborn/demo/actions/0000000007");
     }
 

@@ -1,6 +1,9 @@
-//! A throwaway stock `redis-server` on loopback, for `reborn up` and for the
-//! integration tests: no persistence, instant replication, and start/kill/restart
-//! so failure tests can crash one.
+//! A stock `redis-server` on loopback, for `reborn up` and for the integration
+//! tests: instant replication, and start/kill/restart so failure tests can
+//! crash one. Throwaway by default (no persistence, no config file); a
+//! [`persistent`](RedisServerBuilder::persistent) one (what `reborn up` runs)
+//! keeps an AOF and a config file in its dir, so a restarted server keeps its
+//! data, and `CONFIG REWRITE` can record that it is a replica.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +31,7 @@ pub struct RedisServerBuilder {
     port: u16,
     dir: Option<PathBuf>,
     password: Option<String>,
+    persistent: bool,
 }
 
 impl RedisServerBuilder {
@@ -45,6 +49,14 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Keeps an append-only file (fsync every second) and a config file in the
+    /// dir: a restart brings the data back, and a `REPLICAOF` recorded with
+    /// `CONFIG REWRITE` survives it.
+    pub fn persistent(mut self) -> Self {
+        self.persistent = true;
+        self
+    }
+
     /// Starts the server and waits until it answers `PING`.
     ///
     /// # Errors
@@ -58,6 +70,7 @@ impl RedisServerBuilder {
         let mut server = RedisServer {
             port: self.port,
             password: self.password,
+            persistent: self.persistent,
             process: None,
             dir,
         };
@@ -71,6 +84,7 @@ impl RedisServerBuilder {
 pub struct RedisServer {
     port: u16,
     password: Option<String>,
+    persistent: bool,
     // Field order matters: the process stops before its directory is removed.
     process: Option<ChildProcess>,
     dir: Workdir,
@@ -83,6 +97,7 @@ impl RedisServer {
             port,
             dir: None,
             password: None,
+            persistent: false,
         }
     }
 
@@ -146,6 +161,13 @@ impl RedisServer {
             Frame::SimpleString(_) => {}
             other => return Err(self.redis_error(format!("REPLICAOF: {}", probe::text(&other)))),
         }
+        if self.persistent {
+            // A restart must come back as a replica, never as an empty master.
+            match self.call(&["CONFIG", "REWRITE"])? {
+                Frame::SimpleString(_) => {}
+                other => return Err(self.redis_error(format!("CONFIG REWRITE: {}", probe::text(&other)))),
+            }
+        }
         let addr = self.addr();
         let password = self.password.clone();
         let synced = move || {
@@ -164,8 +186,9 @@ impl RedisServer {
     }
 
     /// Stops the server if it runs, then starts it again on the same port and dir.
-    /// It comes back empty and as a master, like a real redis-server whose
-    /// `REPLICAOF` was never written to its config.
+    /// A throwaway one comes back empty and as a master, like a real
+    /// redis-server whose `REPLICAOF` was never written to its config; a
+    /// persistent one with its AOF and its (possibly rewritten) config.
     ///
     /// # Errors
     /// As [`RedisServerBuilder::start`].
@@ -182,13 +205,22 @@ impl RedisServer {
         }
     }
 
+    /// The config file of a persistent server.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join(format!("redis-{}.conf", self.port))
+    }
+
     fn launch(&mut self) -> Result<(), UpError> {
         port::ensure_free(self.port, "redis-server")?;
         let what = format!("redis-server {}", self.addr());
         let log = self.log_file();
-        let mut process = ChildProcess::spawn(&what, self.command(), &log, STOP_GRACE, || {
-            UpError::RedisNotInstalled
-        })?;
+        let command = if self.persistent {
+            self.persistent_command()?
+        } else {
+            self.command()
+        };
+        let mut process =
+            ChildProcess::spawn(&what, command, &log, STOP_GRACE, || UpError::RedisNotInstalled)?;
         let addr = self.addr();
         let password = self.password.clone();
         process.wait_until(READY_TIMEOUT, || {
@@ -232,6 +264,31 @@ impl RedisServer {
             cmd.args(["--requirepass", password, "--masterauth", password]);
         }
         cmd
+    }
+
+    /// `redis-server <config file>`, writing the file on first start only: a
+    /// later start must keep what `CONFIG REWRITE` recorded (`replicaof`).
+    fn persistent_command(&self) -> Result<Command, UpError> {
+        let file = self.config_file();
+        if !file.exists() {
+            let port = self.port;
+            let mut text = format!(
+                "# Written by reborn up; CONFIG REWRITE may add to it.\n\
+                 port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                 dir {}\nlogfile {}\ndbfilename dump-{port}.rdb\n\
+                 appendonly yes\nappendfilename appendonly-{port}.aof\nappenddirname aof-{port}\n\
+                 appendfsync everysec\nsave \"\"\nrepl-diskless-sync-delay 0\n",
+                self.dir.path().display(),
+                self.log_file().display()
+            );
+            if let Some(password) = &self.password {
+                text.push_str(&format!("requirepass {password}\nmasterauth {password}\n"));
+            }
+            std::fs::write(&file, text).map_err(UpError::io(format!("write {}", file.display())))?;
+        }
+        let mut cmd = Command::new("redis-server");
+        cmd.arg(&file);
+        Ok(cmd)
     }
 
     /// Sends one command on a fresh connection.

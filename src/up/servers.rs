@@ -57,7 +57,10 @@ impl Servers {
             servers.zk = Some(zk);
         }
         for group in groups {
-            let master = RedisServer::start(group.master, dir.join(format!("redis-{}", group.master)))?;
+            let master = RedisServer::builder(group.master)
+                .dir(dir.join(format!("redis-{}", group.master)))
+                .persistent()
+                .start()?;
             let master_addr = master.addr();
             servers.members.push(GroupMember {
                 group: group.id,
@@ -65,7 +68,10 @@ impl Servers {
                 server: master,
             });
             for &port in &group.replicas {
-                let mut replica = RedisServer::start(port, dir.join(format!("redis-{port}")))?;
+                let mut replica = RedisServer::builder(port)
+                    .dir(dir.join(format!("redis-{port}")))
+                    .persistent()
+                    .start()?;
                 replica.replicaof(&master_addr)?;
                 servers.members.push(GroupMember {
                     group: group.id,

@@ -117,6 +117,14 @@ pub fn redis() -> RedisServer {
     with_free_port("redis-server", RedisServer::start_in_temp_dir)
 }
 
+/// Like [`redis`], keeping an AOF and a config file (as `reborn up` runs
+/// them): a restart brings its data and its `REPLICAOF` back.
+pub fn redis_persistent() -> RedisServer {
+    with_free_port("redis-server", |port| {
+        RedisServer::builder(port).persistent().start()
+    })
+}
+
 /// Like [`redis`], with `requirepass` and `masterauth` set to `password`.
 pub fn redis_with_password(password: &str) -> RedisServer {
     with_free_port("redis-server", |port| {

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::dashboard::leader::{DashboardInfo, Role as Leadership};
+use super::failover::{self, FailoverRecord};
 use super::health::{self, Health};
 use super::rebalance::{self, Plan, Weights};
 use super::task::{self, Task};
@@ -74,6 +75,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/groups/{id}/promote", post(promote))
         .route("/api/migrate", post(migrate))
         .route("/api/tasks", get(tasks))
+        .route("/api/failovers", get(failovers))
         .route("/api/tasks/{id}/cancel", post(cancel_task))
         .route("/api/tasks/{id}/pause", post(pause_task))
         .route("/api/tasks/{id}/resume", post(resume_task))
@@ -402,6 +404,10 @@ async fn migrate(
     let task = task::enqueue(&s.store, (b.start..=b.end).collect(), b.to).await?;
     s.tasks_changed.notify_one();
     Ok((StatusCode::CREATED, Json(task)))
+}
+
+async fn failovers(State(s): State<Shared>) -> Result<Json<Vec<FailoverRecord>>, ApiError> {
+    Ok(Json(failover::list(&s.store).await?))
 }
 
 async fn tasks(State(s): State<Shared>) -> Result<Json<Vec<Task>>, ApiError> {

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod api;
 pub mod candidate;
 pub mod dashboard;
+pub mod failover;
 pub mod health;
 pub mod migrator;
 pub mod promote;

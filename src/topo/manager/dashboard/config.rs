@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::libs::config::{self, ConfigError};
+use crate::topo::manager::failover::FailoverConfig;
 use crate::topo::manager::migrator::MigratorConfig;
 use crate::topo::path::Paths;
 use crate::topo::store::{ZkArgs, ZkConfig};
@@ -34,6 +35,8 @@ pub struct DashboardConfig {
     pub backend_auth: String,
     /// How the background migrator scans and moves keys.
     pub migration: MigratorConfig,
+    /// Automatic failover of dead masters.
+    pub failover: FailoverConfig,
 }
 
 impl Default for DashboardConfig {
@@ -45,6 +48,7 @@ impl Default for DashboardConfig {
             zk: ZkConfig::default(),
             backend_auth: String::new(),
             migration: MigratorConfig::default(),
+            failover: FailoverConfig::default(),
         }
     }
 }

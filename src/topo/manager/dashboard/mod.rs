@@ -154,13 +154,26 @@ impl Bound {
         if !self.config.backend_auth.is_empty() {
             migration.auth = Some(self.config.backend_auth.clone());
         }
-        let runner = tokio::spawn(run_tasks_while_leading(
-            store.clone(),
-            state.role.clone(),
-            migration,
-            state.tasks_changed.clone(),
-            cancel.clone(),
-        ));
+        let runner = tokio::spawn(while_leading(state.role.clone(), cancel.clone(), {
+            let (store, changed) = (store.clone(), state.tasks_changed.clone());
+            move |term| {
+                crate::topo::manager::runner::run(store.clone(), migration.clone(), changed.clone(), term)
+            }
+        }));
+        let failover = tokio::spawn(while_leading(state.role.clone(), cancel.clone(), {
+            let store = store.clone();
+            let cfg = self.config.failover.clone();
+            let auth = state.backend_auth.clone();
+            move |term| {
+                crate::topo::manager::failover::run(
+                    store.clone(),
+                    cfg.clone(),
+                    auth.clone(),
+                    crate::topo::action::DEFAULT_ACK_TIMEOUT,
+                    term,
+                )
+            }
+        }));
         let campaign = leader::Campaign {
             store: store.clone(),
             me,
@@ -179,6 +192,7 @@ impl Bound {
             }
         };
         runner.abort();
+        failover.abort();
         stop_http.cancel();
         if let Ok(Ok(Drain::TimedOut { .. })) = http.await {
             tracing::warn!("the dashboard API did not drain within {DRAIN_TIMEOUT:?}; closing it");
@@ -187,16 +201,15 @@ impl Bound {
     }
 }
 
-/// Runs the migration tasks ([`crate::topo::manager::runner`]) during every leadership term
-/// of this dashboard, and stops them the moment the term ends: two dashboards
-/// must never drive the same task.
-async fn run_tasks_while_leading(
-    store: Store,
-    mut role: watch::Receiver<Role>,
-    cfg: crate::topo::manager::migrator::MigratorConfig,
-    changed: Arc<tokio::sync::Notify>,
-    stop: CancellationToken,
-) {
+/// Runs `job` (the migration tasks of [`crate::topo::manager::runner`], the
+/// automatic failover of [`crate::topo::manager::failover`]) during every
+/// leadership term of this dashboard, and stops it the moment the term ends:
+/// two dashboards must never drive the same task or fail over the same group.
+async fn while_leading<F, Fut>(mut role: watch::Receiver<Role>, stop: CancellationToken, job: F)
+where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         while !matches!(*role.borrow_and_update(), Role::Leader) {
             tokio::select! {
@@ -205,8 +218,7 @@ async fn run_tasks_while_leading(
             }
         }
         let term = stop.child_token();
-        let tasks =
-            crate::topo::manager::runner::run(store.clone(), cfg.clone(), changed.clone(), term.clone());
+        let tasks = job(term.clone());
         tokio::pin!(tasks);
         loop {
             tokio::select! {

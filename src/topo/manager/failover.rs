@@ -1,0 +1,422 @@
+//! Automatic failover, run by the dashboard leader.
+//!
+//! * **Detection, by quorum.** The observers are every live proxy (its
+//!   `observations/<id>` node, `proxy::observer`) and this dashboard (its own
+//!   pings). A master is down only when a majority of them, and at least two,
+//!   have not heard from it for `down_after`: one observer's broken link never
+//!   fails a group over. We chose this over Redis Sentinel because the proxies
+//!   already see every master, ZooKeeper already says which proxies are alive,
+//!   and the switch must go through our own action protocol and promote checks
+//!   anyway; Sentinel would be a second source of truth to reconcile.
+//! * **Switch.** The same promote as an operator's (`promote`): the replica
+//!   that applied the most becomes master, through the action protocol, so
+//!   proxies hold the group's requests and resume on the new master. A promote
+//!   that fails changes nothing and is tried again after `retry_after`.
+//! * **Rejoin.** A server the topology names a replica but that is a master (an
+//!   old master restarted) or follows another server is made a replica of the
+//!   group's master, under the operator lock, and its config is rewritten so a
+//!   later restart keeps it a replica. Proxies never route to it meanwhile: the
+//!   topology does not name it master.
+//! * **Record.** Every attempt is a node `failovers/<seq>`: when, why (the
+//!   votes), how long detection and the switch took, offsets, and the outcome.
+//!
+//! Imports `libs`, the topo core and the manager's `promote`, `replication`
+//! and `health`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::health::{self, Health};
+use super::migrator::Conn;
+use super::promote::{self, PromoteRequest};
+use super::replication;
+use crate::topo::error::TopoError;
+use crate::topo::lock;
+use crate::topo::model::{Group, GroupId, Observation, Role};
+use crate::topo::session::ZkSession;
+use crate::topo::store::Store;
+use crate::topo::watcher;
+
+/// Records kept; older ones are deleted.
+const KEEP_RECORDS: usize = 100;
+
+/// How the leader detects and replaces dead masters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// Fail over automatically (false: only report, an operator promotes).
+    pub enabled: bool,
+    /// How often the leader looks at the votes and pings the masters.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// Silence after which this dashboard votes a master down (the proxies
+    /// have their own `master_down_after`).
+    #[serde(with = "humantime_serde")]
+    pub down_after: Duration,
+    /// Pause before a failed failover of a group is tried again.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            enabled: true,
+            check_interval: Duration::from_millis(500),
+            down_after: Duration::from_secs(3),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One automatic failover, as recorded in ZooKeeper and shown by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    /// Its number, in order.
+    pub seq: u64,
+    /// Unix milliseconds when the switch began.
+    pub at_ms: u64,
+    pub group: GroupId,
+    /// The master declared down.
+    pub old_master: String,
+    /// Who voted it down, e.g. "2 of 2 observers: proxy 127.0.0.1:19000, the dashboard".
+    pub reason: String,
+    /// From this dashboard's first failed ping to the decision.
+    pub detection_ms: u64,
+    /// How long the promote took.
+    pub switch_ms: u64,
+    /// The new master, when it worked.
+    pub new_master: Option<String>,
+    /// The new master's applied replication offset and keys when promoted.
+    pub offset: Option<u64>,
+    pub keys: Option<u64>,
+    /// "promoted", or why it failed.
+    pub outcome: String,
+}
+
+/// What the leader remembers between rounds.
+#[derive(Default)]
+struct Watch {
+    /// When this dashboard last heard from each master.
+    heard: HashMap<String, Instant>,
+    /// When it first failed to hear from each master (since the last answer).
+    silent_since: HashMap<String, Instant>,
+    /// Groups whose failover failed, and when to try again.
+    retry_at: HashMap<GroupId, Instant>,
+    /// Groups already reported as having no replica to promote.
+    reported: HashMap<GroupId, String>,
+}
+
+/// Runs failover rounds until `term` ends (the leadership term).
+pub async fn run(
+    store: Store,
+    cfg: FailoverConfig,
+    auth: Option<String>,
+    ack_timeout: Duration,
+    term: CancellationToken,
+) {
+    if !cfg.enabled {
+        tracing::info!("automatic failover is off");
+        // Returning early would make the leader start us again at once.
+        return term.cancelled().await;
+    }
+    let mut watch = Watch::default();
+    loop {
+        let round = Instant::now();
+        if let Err(e) = one_round(&store, &cfg, auth.as_deref(), ack_timeout, &mut watch).await {
+            tracing::debug!(error = %e, "failover round");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(round + cfg.check_interval) => {}
+            _ = term.cancelled() => return,
+        }
+    }
+}
+
+async fn one_round(
+    store: &Store,
+    cfg: &FailoverConfig,
+    auth: Option<&str>,
+    ack_timeout: Duration,
+    watch: &mut Watch,
+) -> Result<(), TopoError> {
+    let topo = watcher::load(store).await?;
+    let votes = observations(store).await?;
+    let masters: BTreeMap<GroupId, String> = topo
+        .groups
+        .iter()
+        .filter_map(|(id, g)| g.master().map(|m| (*id, m.to_string())))
+        .collect();
+    let now = Instant::now();
+    let health = health::probe_all(masters.values().cloned(), auth).await;
+    for master in masters.values() {
+        if health.get(master) == Some(&Health::Down) {
+            watch.heard.entry(master.clone()).or_insert(now);
+            watch.silent_since.entry(master.clone()).or_insert(now);
+        } else {
+            watch.heard.insert(master.clone(), now);
+            watch.silent_since.remove(master);
+        }
+    }
+    watch.heard.retain(|m, _| masters.values().any(|x| x == m));
+    watch.silent_since.retain(|m, _| masters.values().any(|x| x == m));
+
+    for (&id, master) in &masters {
+        let own_down = watch
+            .heard
+            .get(master)
+            .is_some_and(|h| h.elapsed() >= cfg.down_after);
+        let voters: Vec<&str> = votes
+            .iter()
+            .filter(|(_, o)| o.down.contains(master))
+            .map(|(proxy, _)| proxy.as_str())
+            .collect();
+        let observers = votes.len() + 1;
+        let down = voters.len() + usize::from(own_down);
+        if down < 2 || down * 2 <= observers {
+            continue;
+        }
+        if watch.retry_at.get(&id).is_some_and(|t| Instant::now() < *t) {
+            continue;
+        }
+        let group = &topo.groups[&id];
+        if !group.servers.iter().any(|s| s.role == Role::Replica) {
+            if watch.reported.get(&id) != Some(master) {
+                tracing::error!(group = id, %master, "master down and no replica to promote");
+                watch.reported.insert(id, master.clone());
+            }
+            continue;
+        }
+        let mut who: Vec<String> = voters.iter().map(|p| format!("proxy {p}")).collect();
+        if own_down {
+            who.push("the dashboard".into());
+        }
+        let reason = format!(
+            "{master} down for {down} of {observers} observers: {}",
+            who.join(", ")
+        );
+        let detection = watch
+            .silent_since
+            .get(master)
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        fail_over(
+            store,
+            id,
+            master,
+            reason,
+            detection,
+            auth,
+            ack_timeout,
+            cfg,
+            watch,
+        )
+        .await;
+    }
+
+    rejoin(store, &topo.groups, auth).await;
+    Ok(())
+}
+
+/// The proxies' observations: (proxy id, what it sees). Every node is
+/// ephemeral, so every one belongs to a live proxy.
+async fn observations(store: &Store) -> Result<Vec<(String, Observation)>, TopoError> {
+    let paths = store.paths();
+    let names = match store.children(&paths.observations()).await {
+        Ok(n) => n,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        match store.get_json::<Observation>(&paths.observation(&name)).await {
+            Ok(o) => out.push((name, o)),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fail_over(
+    store: &Store,
+    id: GroupId,
+    master: &str,
+    reason: String,
+    detection: Duration,
+    auth: Option<&str>,
+    ack_timeout: Duration,
+    cfg: &FailoverConfig,
+    watch: &mut Watch,
+) {
+    tracing::warn!(group = id, %master, %reason, "failing over");
+    let at_ms = unix_ms();
+    let started = Instant::now();
+    let result = promote::promote_with(store, id, &PromoteRequest::default(), auth, ack_timeout).await;
+    let mut record = FailoverRecord {
+        seq: 0,
+        at_ms,
+        group: id,
+        old_master: master.to_string(),
+        reason,
+        detection_ms: detection.as_millis() as u64,
+        switch_ms: started.elapsed().as_millis() as u64,
+        new_master: None,
+        offset: None,
+        keys: None,
+        outcome: String::new(),
+    };
+    match result {
+        Ok(p) => {
+            tracing::warn!(group = id, old = %master, new = %p.master, switch_ms = record.switch_ms, "failed over");
+            record.new_master = Some(p.master);
+            record.offset = Some(p.offset);
+            record.keys = Some(p.keys);
+            record.outcome = "promoted".into();
+            watch.retry_at.remove(&id);
+        }
+        Err(e) => {
+            tracing::error!(group = id, %master, error = %e, "failover failed; trying again in {:?}", cfg.retry_after);
+            record.outcome = format!("failed: {e}");
+            watch.retry_at.insert(id, Instant::now() + cfg.retry_after);
+        }
+    }
+    if let Err(e) = save(store, &mut record).await {
+        tracing::warn!(error = %e, "cannot record the failover");
+    }
+}
+
+/// Repoints servers the topology names replicas that do not follow their
+/// group's master (see the module docs).
+async fn rejoin(store: &Store, groups: &BTreeMap<GroupId, Group>, auth: Option<&str>) {
+    for group in groups.values() {
+        let Some(master) = group.master() else { continue };
+        for s in group.servers.iter().filter(|s| s.role == Role::Replica) {
+            let Ok(state) = replication::look(&s.addr, auth).await else {
+                continue; // down: nothing to repoint yet
+            };
+            if state.is_replica && state.master.as_deref() == Some(master) {
+                continue;
+            }
+            // Confirm under the lock, on a fresh read: a promote may be
+            // switching this group right now.
+            let (id, addr) = (group.id, s.addr.clone());
+            let result = lock::with_lock(store, "failover: rejoin", async |zk: &ZkSession| {
+                repoint_if_astray(zk, store, id, &addr, auth).await
+            })
+            .await;
+            match result {
+                Ok(Some(to)) => {
+                    tracing::warn!(group = id, server = %addr, master = %to, "rejoined as a replica")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(group = id, server = %addr, error = %e, "cannot repoint"),
+            }
+        }
+    }
+}
+
+/// Under the lock: makes `addr` a replica of group `id`'s master if it still
+/// is a replica there and follows anything else. Returns the master if it did.
+async fn repoint_if_astray(
+    zk: &ZkSession,
+    store: &Store,
+    id: GroupId,
+    addr: &str,
+    auth: Option<&str>,
+) -> Result<Option<String>, TopoError> {
+    let group: Group = zk.get_json(&store.paths().group(id)).await?;
+    let Some(master) = group.master().map(str::to_string) else {
+        return Ok(None);
+    };
+    if !group
+        .servers
+        .iter()
+        .any(|s| s.addr == addr && s.role == Role::Replica)
+    {
+        return Ok(None);
+    }
+    let Ok(state) = replication::look(addr, auth).await else {
+        return Ok(None);
+    };
+    if state.is_replica && state.master.as_deref() == Some(master.as_str()) {
+        return Ok(None);
+    }
+    let (host, port) = master
+        .rsplit_once(':')
+        .ok_or_else(|| TopoError::Invalid(format!("bad master address {master}")))?;
+    let fail = |e: String| TopoError::Invalid(format!("REPLICAOF on {addr}: {e}"));
+    let mut conn = Conn::connect(addr, auth).await.map_err(|e| fail(e.to_string()))?;
+    let call = Duration::from_secs(5);
+    conn.call(
+        &[b"REPLICAOF".as_ref(), host.as_bytes(), port.as_bytes()],
+        "REPLICAOF",
+        call,
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    // So that a restart keeps it a replica; a server started without a config
+    // file refuses, which is fine: the next round repoints it again.
+    let _ = conn
+        .call(&[b"CONFIG".as_ref(), b"REWRITE"], "CONFIG REWRITE", call)
+        .await;
+    Ok(Some(master))
+}
+
+/// Writes `record` as the next `failovers/<seq>` node and trims old ones.
+async fn save(store: &Store, record: &mut FailoverRecord) -> Result<(), TopoError> {
+    let paths = store.paths();
+    store.mkdir_p(&paths.failovers()).await?;
+    loop {
+        let names = store.children(&paths.failovers()).await?;
+        let seqs: Vec<u64> = names.iter().filter_map(|n| n.parse().ok()).collect();
+        record.seq = seqs.iter().max().map_or(1, |m| m + 1);
+        match store.create_json(&paths.failover(record.seq), record).await {
+            Ok(()) => {
+                let mut old = seqs;
+                old.sort_unstable();
+                let excess = (old.len() + 1).saturating_sub(KEEP_RECORDS);
+                for seq in old.into_iter().take(excess) {
+                    let _ = store.delete(&paths.failover(seq), None).await;
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_exists() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Every recorded failover, oldest first.
+///
+/// # Errors
+/// A ZooKeeper failure or a bad node.
+pub async fn list(store: &Store) -> Result<Vec<FailoverRecord>, TopoError> {
+    let paths = store.paths();
+    let names = match store.children(&paths.failovers()).await {
+        Ok(n) => n,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for seq in names.iter().filter_map(|n| n.parse::<u64>().ok()) {
+        match store.get_json::<FailoverRecord>(&paths.failover(seq)).await {
+            Ok(r) => out.push(r),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by_key(|r| r.seq);
+    Ok(out)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,318 @@
+//! Automatic failover against real processes: ZooKeeper, persistent
+//! redis-servers (AOF and config file, as `reborn up` runs them), an
+//! in-process proxy (an observer) and an in-process dashboard (the leader that
+//! decides). Masters are SIGKILLed under write load.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, client, seed_two_groups};
+use reborn::libs::hash::slot_of;
+use reborn::topo::manager::dashboard::{Bound as Dashboard, DashboardConfig};
+use reborn::topo::manager::failover::{self, FailoverRecord};
+use reborn::topo::model::{Observation, Role};
+use reborn::topo::{Store, ZkConfig, operation, watcher};
+use reborn::up::RedisServer;
+use tokio_util::sync::CancellationToken;
+
+/// The bar: a dead master is replaced within this.
+const REPLACED_WITHIN: Duration = Duration::from_secs(10);
+
+/// Two groups of persistent masters, each with a persistent replica.
+async fn cluster() -> (Cluster, Vec<RedisServer>) {
+    let zk = ZkConfig {
+        addr: common::zk(),
+        root: common::unique_root(),
+        product: "fo".into(),
+        session_timeout: Duration::from_secs(2),
+    };
+    let masters = vec![common::redis_persistent(), common::redis_persistent()];
+    let store = Store::connect(&zk).await.expect("zk");
+    seed_two_groups(&store, &masters).await;
+    let mut replicas = Vec::new();
+    for (i, m) in masters.iter().enumerate() {
+        let mut r = common::redis_persistent();
+        r.replicaof(&m.addr()).expect("replicaof");
+        operation::add_server(&store, i as u32 + 1, &r.addr(), Role::Replica)
+            .await
+            .expect("add replica");
+        replicas.push(r);
+    }
+    let c = Cluster {
+        zk,
+        store,
+        masters,
+        stop: CancellationToken::new(),
+    };
+    (c, replicas)
+}
+
+/// Starts the dashboard (it leads at once: nobody else does).
+async fn dashboard(c: &Cluster) -> String {
+    let cfg = DashboardConfig {
+        listen: "127.0.0.1:0".into(),
+        zk: c.zk.clone(),
+        ..Default::default()
+    };
+    let bound = Dashboard::bind(cfg).await.expect("bind");
+    let addr = bound.local_addr().to_string();
+    tokio::spawn(bound.run(c.stop.clone()));
+    addr
+}
+
+async fn master_of(store: &Store, group: u32) -> Option<String> {
+    let topo = watcher::load(store).await.ok()?;
+    topo.groups.get(&group)?.master().map(str::to_string)
+}
+
+/// Writers INCRing keys of the given groups through the proxy until `stop`;
+/// an error is counted and the writer carries on (what a client does).
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    writers: Vec<tokio::task::JoinHandle<BTreeMap<String, i64>>>,
+}
+
+impl Load {
+    fn start(proxy: std::net::SocketAddr, keys: Vec<String>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let mut writers = Vec::new();
+        for w in 0..2usize {
+            let keys: Vec<String> = keys.iter().skip(w).step_by(2).cloned().collect();
+            let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
+            writers.push(tokio::spawn(async move {
+                let mut conn = client(proxy).await;
+                let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = &keys[i % keys.len()];
+                    i += 1;
+                    match redis::AsyncCommands::incr::<_, _, i64>(&mut conn, k, 1).await {
+                        Ok(_) => {
+                            *counts.entry(k.clone()).or_default() += 1;
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                counts
+            }));
+        }
+        Load {
+            stop,
+            acked,
+            errors,
+            writers,
+        }
+    }
+
+    async fn at_least(&self, n: u64, what: &str) {
+        let acked = self.acked.clone();
+        common::eventually(what, Duration::from_secs(20), || {
+            let acked = acked.clone();
+            async move { acked.load(Ordering::Relaxed) >= n }
+        })
+        .await;
+    }
+
+    async fn finish(self) -> BTreeMap<String, i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = BTreeMap::new();
+        for w in self.writers {
+            all.extend(w.await.expect("writer"));
+        }
+        all
+    }
+}
+
+fn keys_of_groups(groups: &[u32], n: usize) -> Vec<String> {
+    (0..100_000)
+        .map(|i| format!("fo{i}"))
+        .filter(|k| {
+            let g = if slot_of(k.as_bytes()) < 512 { 1 } else { 2 };
+            groups.contains(&g)
+        })
+        .take(n)
+        .collect()
+}
+
+/// Waits until `group`'s master is no longer `old`; returns the new one.
+async fn replaced(store: &Store, group: u32, old: &str, since: Instant) -> String {
+    loop {
+        if let Some(m) = master_of(store, group).await
+            && m != old
+        {
+            return m;
+        }
+        assert!(
+            since.elapsed() < REPLACED_WITHIN * 2,
+            "group {group}'s master {old} not replaced after {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn role_of(addr: &str) -> String {
+    let mut c = common::client(addr).await;
+    redis::cmd("INFO")
+        .arg("replication")
+        .query_async::<String>(&mut c)
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
+    let (mut c, replicas) = cluster().await;
+    let proxy = c.proxy().await;
+    let _dash = dashboard(&c).await;
+    let old = c.masters[0].addr();
+    let new = replicas[0].addr();
+    let load = Load::start(proxy, keys_of_groups(&[1], 200));
+    load.at_least(300, "writes before the kill").await;
+
+    c.masters[0].kill();
+    let killed = Instant::now();
+    let got = replaced(&c.store, 1, &old, killed).await;
+    let took = killed.elapsed();
+    assert_eq!(got, new, "the group's only replica");
+    assert!(took < REPLACED_WITHIN, "replaced after {took:?}");
+    // Clients recover by themselves: writes go through again.
+    let before = load.acked.load(Ordering::Relaxed);
+    load.at_least(before + 300, "writes after the failover").await;
+    let errors = load.errors.load(Ordering::Relaxed);
+    let acked = load.finish().await;
+
+    // What was acknowledged is on the new master, but for the writes that
+    // had not reached the replica when the master died (the default mode's
+    // window of loss, reported here).
+    let mut m = common::client(&new).await;
+    let mut lost = 0;
+    for (k, n) in &acked {
+        let v: i64 = redis::AsyncCommands::get(&mut m, k).await.expect("get");
+        lost += (n - v).max(0);
+    }
+    let records: Vec<FailoverRecord> = failover::list(&c.store).await.expect("records");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (r.group, r.old_master.as_str(), r.new_master.as_deref()),
+        (1, old.as_str(), Some(new.as_str()))
+    );
+    assert_eq!(r.outcome, "promoted");
+    assert!(
+        r.reason.contains("the dashboard") && r.reason.contains("proxy"),
+        "{}",
+        r.reason
+    );
+    eprintln!(
+        "failover: replaced in {took:?} (detection {} ms, switch {} ms), {errors} client errors meanwhile, \
+         {lost} of {} acknowledged INCRs lost",
+        r.detection_ms,
+        r.switch_ms,
+        acked.values().sum::<i64>()
+    );
+    let shown = reborn::topo::manager::admin::render_failovers(&records);
+    assert!(shown.contains(&old) && shown.contains("promoted"), "{shown}");
+
+    // The old master comes back (with its AOF): it must rejoin as a replica
+    // of the new one, and stay one across a restart.
+    c.masters[0].restart().expect("restart");
+    common::eventually(
+        "the old master follows the new one",
+        Duration::from_secs(15),
+        || {
+            let (old, port) = (old.clone(), replicas[0].port());
+            async move {
+                let info = role_of(&old).await;
+                info.contains("role:slave") && info.contains(&format!("master_port:{port}"))
+            }
+        },
+    )
+    .await;
+    let conf = std::fs::read_to_string(c.masters[0].config_file()).expect("config file");
+    assert!(
+        conf.contains(&format!("replicaof 127.0.0.1 {}", replicas[0].port())),
+        "{conf}"
+    );
+    let topo = watcher::load(&c.store).await.expect("load");
+    let servers: Vec<(String, Role)> = topo.groups[&1]
+        .servers
+        .iter()
+        .map(|s| (s.addr.clone(), s.role))
+        .collect();
+    assert_eq!(
+        servers,
+        vec![(old.clone(), Role::Replica), (new.clone(), Role::Master)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_overlapping_failures_are_both_replaced() {
+    let (mut c, replicas) = cluster().await;
+    let proxy = c.proxy().await;
+    let _dash = dashboard(&c).await;
+    let load = Load::start(proxy, keys_of_groups(&[1, 2], 200));
+    load.at_least(300, "writes before the kills").await;
+    let old: Vec<String> = c.masters.iter().map(RedisServer::addr).collect();
+    c.masters[0].kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.masters[1].kill();
+    let killed = Instant::now();
+    for (i, g) in [1u32, 2].into_iter().enumerate() {
+        let got = replaced(&c.store, g, &old[i], killed).await;
+        assert_eq!(got, replicas[i].addr(), "group {g}");
+    }
+    assert!(
+        killed.elapsed() < REPLACED_WITHIN,
+        "both replaced after {:?}",
+        killed.elapsed()
+    );
+    let before = load.acked.load(Ordering::Relaxed);
+    load.at_least(before + 300, "writes to both groups after the failovers")
+        .await;
+    let acked = load.finish().await;
+    assert!(
+        acked.keys().any(|k| slot_of(k.as_bytes()) < 512)
+            && acked.keys().any(|k| slot_of(k.as_bytes()) >= 512)
+    );
+    let records = failover::list(&c.store).await.expect("records");
+    let groups: Vec<u32> = records
+        .iter()
+        .filter(|r| r.outcome == "promoted")
+        .map(|r| r.group)
+        .collect();
+    assert_eq!(groups.len(), 2, "{records:?}");
+    assert!(groups.contains(&1) && groups.contains(&2), "{records:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_observer_alone_never_fails_a_group_over() {
+    let (c, _replicas) = cluster().await;
+    let old = c.masters[0].addr();
+    // A proxy that sees group 1's master down (a broken link of its own); the
+    // dashboard still hears it. One vote of two observers is no majority.
+    let mut seen = Observation::default();
+    seen.down.insert(old.clone());
+    let path = c.store.paths().observation("lonely-proxy");
+    c.store
+        .register_ephemeral(&path, serde_json::to_vec(&seen).expect("json"))
+        .await
+        .expect("observation");
+    let _dash = dashboard(&c).await;
+    // Well past the dashboard's down_after (3 s) and several rounds.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(master_of(&c.store, 1).await.as_deref(), Some(old.as_str()));
+    assert!(failover::list(&c.store).await.expect("records").is_empty());
+}
