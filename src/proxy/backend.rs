@@ -66,6 +66,11 @@ pub struct BackendOptions {
     /// `HELLO 3` (authenticating in the same command), so the server itself
     /// encodes the replies of the RESP3 clients they carry.
     pub protocol: Protocol,
+    /// `write_ack = "replica"`: a burst of requests with a write in it is
+    /// followed by `WAIT 1 <this>`, and its replies are delivered only once
+    /// that answers (see [`Slot`]). Only on shared connections: a
+    /// transaction's or a blocked call's connection never gets it.
+    pub replica_ack: Option<Duration>,
 }
 
 /// Why a backend connection could not be opened, or was lost.
@@ -228,7 +233,7 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
                 shared.state.store(UP, Ordering::Relaxed);
                 backoff.reset();
                 tracing::info!(backend = %shared.addr, "backend connected");
-                serve(stream, &mut rx, &shared).await
+                serve(stream, &mut rx, &shared, opts.replica_ack).await
             }
             Err(e) => Err(e),
         };
@@ -327,30 +332,60 @@ async fn read_one(stream: &mut TcpStream, timeout: Duration) -> Result<Bytes, Ba
     }
 }
 
+/// What the reader expects next, in write order.
+pub(crate) enum Slot {
+    /// A reply, delivered as soon as it arrives.
+    Now(oneshot::Sender<Bytes>),
+    /// A reply of a burst followed by `WAIT` (`write_ack = "replica"`): kept
+    /// until the `WAIT` answers. `true` for a write, which fails with
+    /// `-NOREPLICAS` if no replica acknowledged it.
+    Held(oneshot::Sender<Bytes>, bool),
+    /// The `WAIT` closing such a burst.
+    Wait,
+}
+
 /// Runs one connected socket until an error, or until every handle is dropped and
 /// the in-flight replies are delivered (`Ok`).
 async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     shared: &Shared,
+    replica_ack: Option<Duration>,
 ) -> Result<(), BackendError> {
     let (rd, wr) = stream.into_split();
-    // Reply senders travel from writer to reader in write order, a batch at a time.
-    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<Vec<oneshot::Sender<Bytes>>>();
-    let mut waiting: VecDeque<oneshot::Sender<Bytes>> = VecDeque::new();
+    // What the reader expects travels from writer to reader in write order, a
+    // batch at a time.
+    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<Vec<Slot>>();
+    let mut waiting: VecDeque<Slot> = VecDeque::new();
+    let mut held: Vec<(oneshot::Sender<Bytes>, Bytes, bool)> = Vec::new();
+    // True while a WAIT is out: the writer sends the next writes only after
+    // it answered (they gather meanwhile, and one WAIT then covers them all).
+    let wait_out = tokio::sync::watch::Sender::new(false);
     let result = tokio::try_join!(
-        write_loop(wr, rx, inflight_tx),
-        read_loop(rd, &mut inflight_rx, &mut waiting)
+        write_loop(wr, rx, inflight_tx, (replica_ack, &wait_out)),
+        read_loop(
+            rd,
+            &mut inflight_rx,
+            &mut waiting,
+            &mut held,
+            (replica_ack, &wait_out)
+        )
     );
     if let Err(e) = result {
         // Fail everything that was in flight or queued, naming the backend.
+        // A held reply too: its write was never acknowledged by a replica.
         let reply = resp::error(&format!("ERR backend {} connection lost: {e}", shared.addr));
         inflight_rx.close();
         while let Ok(batch) = inflight_rx.try_recv() {
             waiting.extend(batch);
         }
-        for s in waiting.drain(..) {
+        for (s, _, _) in held.drain(..) {
             let _ = s.send(reply.clone());
+        }
+        for slot in waiting.drain(..) {
+            if let Slot::Now(s) | Slot::Held(s, _) = slot {
+                let _ = s.send(reply.clone());
+            }
         }
         while let Ok(job) = rx.try_recv() {
             let _ = job.reply.send(reply.clone());
@@ -363,38 +398,76 @@ async fn serve(
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     rx: &mut mpsc::UnboundedReceiver<Job>,
-    inflight: mpsc::UnboundedSender<Vec<oneshot::Sender<Bytes>>>,
+    inflight: mpsc::UnboundedSender<Vec<Slot>>,
+    (replica_ack, wait_out): (Option<Duration>, &tokio::sync::watch::Sender<bool>),
 ) -> Result<(), BackendError> {
     let mut jobs = Vec::with_capacity(256);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let wait = replica_ack.map(|t| {
+        let ms = t.as_millis().max(1).to_string();
+        resp::encode_array(&[
+            Bytes::from_static(b"WAIT"),
+            Bytes::from_static(b"1"),
+            Bytes::from(ms),
+        ])
+    });
     loop {
         if rx.recv_many(&mut jobs, 1024).await == 0 {
             // All handles dropped: let the reader finish the in-flight replies.
             return Ok(());
         }
+        // One WAIT out at a time: Redis runs nothing else of a connection
+        // blocked in WAIT anyway, so writes arriving meanwhile gather here
+        // and one WAIT covers them all (a group commit under load).
+        if wait.is_some() && *wait_out.borrow() && jobs.iter().any(|j| super::command::writes(&j.req)) {
+            let mut answered = wait_out.subscribe();
+            loop {
+                tokio::select! {
+                    done = answered.wait_for(|out| !out) => {
+                        done.map_err(|_| BackendError::ReaderStopped)?;
+                        break;
+                    }
+                    n = rx.recv_many(&mut jobs, 1024) => if n == 0 { break },
+                }
+            }
+        }
         buf.clear();
-        let mut senders = Vec::with_capacity(jobs.len());
+        let mut slots = Vec::with_capacity(jobs.len() + 1);
+        // One WAIT per burst, not per command: it covers every write before it.
+        let writes = wait.is_some() && jobs.iter().any(|j| super::command::writes(&j.req));
         for job in jobs.drain(..) {
             buf.extend_from_slice(&job.req);
-            senders.push(job.reply);
+            slots.push(if writes {
+                let write = super::command::writes(&job.req);
+                Slot::Held(job.reply, write)
+            } else {
+                Slot::Now(job.reply)
+            });
         }
-        // Hand the senders over before writing, so a reply can never arrive
+        if let (true, Some(wait)) = (writes, &wait) {
+            buf.extend_from_slice(wait);
+            slots.push(Slot::Wait);
+            wait_out.send_replace(true);
+        }
+        // Hand the slots over before writing, so a reply can never arrive
         // before the reader knows whom it is for.
-        inflight.send(senders).map_err(|_| BackendError::ReaderStopped)?;
+        inflight.send(slots).map_err(|_| BackendError::ReaderStopped)?;
         wr.write_all(&buf).await?;
     }
 }
 
 async fn read_loop(
     mut rd: OwnedReadHalf,
-    inflight: &mut mpsc::UnboundedReceiver<Vec<oneshot::Sender<Bytes>>>,
-    waiting: &mut VecDeque<oneshot::Sender<Bytes>>,
+    inflight: &mut mpsc::UnboundedReceiver<Vec<Slot>>,
+    waiting: &mut VecDeque<Slot>,
+    held: &mut Vec<(oneshot::Sender<Bytes>, Bytes, bool)>,
+    (replica_ack, wait_out): (Option<Duration>, &tokio::sync::watch::Sender<bool>),
 ) -> Result<(), BackendError> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         while let Some(n) = resp::reply_len(&buf)? {
             let frame = buf.split_to(n).freeze();
-            let sender = match waiting.pop_front() {
+            let slot = match waiting.pop_front() {
                 Some(s) => s,
                 None => match inflight.recv().await {
                     Some(batch) => {
@@ -405,8 +478,17 @@ async fn read_loop(
                     None => return Err(BackendError::UnexpectedReply),
                 },
             };
-            // The client may have gone; its reply is simply dropped.
-            let _ = sender.send(frame);
+            match slot {
+                // The client may have gone; its reply is simply dropped.
+                Slot::Now(sender) => {
+                    let _ = sender.send(frame);
+                }
+                Slot::Held(sender, write) => held.push((sender, frame, write)),
+                Slot::Wait => {
+                    release(held, &frame, replica_ack.unwrap_or_default());
+                    wait_out.send_replace(false);
+                }
+            }
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
@@ -428,5 +510,24 @@ async fn read_loop(
         if read == 0 {
             return Err(BackendError::Closed);
         }
+    }
+}
+
+/// Delivers the replies a `WAIT` held, given its answer: a write's succeeds
+/// only if a replica acknowledged it; an error reply (nothing was written)
+/// and a read's pass as they are.
+fn release(held: &mut Vec<(oneshot::Sender<Bytes>, Bytes, bool)>, wait_reply: &[u8], timeout: Duration) {
+    let acked = resp::integer(wait_reply).is_some_and(|n| n >= 1);
+    for (sender, reply, write) in held.drain(..) {
+        let failed = reply.starts_with(b"-") || reply.starts_with(b"!");
+        let reply = if write && !acked && !failed {
+            resp::error(&format!(
+                "NOREPLICAS the write ran on the master, but no replica acknowledged it within {} ms",
+                timeout.as_millis()
+            ))
+        } else {
+            reply
+        };
+        let _ = sender.send(reply);
     }
 }

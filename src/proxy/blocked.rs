@@ -756,6 +756,7 @@ mod tests {
                     connect_timeout: Duration::from_secs(1),
                     track_id: false,
                     protocol: crate::libs::protocol::Protocol::Resp2,
+                    replica_ack: None,
                 },
                 1,
             ),

@@ -319,6 +319,29 @@ pub fn lookup(name: &[u8]) -> Option<Command> {
     table().get(name).copied()
 }
 
+/// True if the RESP-encoded request `req` may write (for `write_ack =
+/// "replica"`): a command flagged `write` (a container command if any of its
+/// subcommands is), a script or a function. Anything it cannot tell counts as
+/// a write: the cost of a mistake is one `WAIT`, not a lost write.
+pub fn writes(req: &[u8]) -> bool {
+    let Some(cmd) = first_word(req).and_then(lookup) else {
+        return true;
+    };
+    let spec = cmd.spec;
+    spec.flags & WRITE != 0
+        || spec.subcommands.iter().any(|s| s.flags & WRITE != 0)
+        || matches!(spec.name.as_str(), "eval" | "evalsha" | "fcall")
+}
+
+/// The first word of an array request: `*N\r\n$L\r\nWORD\r\n…`.
+fn first_word(req: &[u8]) -> Option<&[u8]> {
+    let eol = req.iter().position(|&b| b == b'\n')?;
+    let rest = req.get(eol + 1..)?;
+    let len_end = rest.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(rest.get(1..len_end)?).ok()?.parse().ok()?;
+    rest.get(len_end + 2..len_end + 2 + len)
+}
+
 /// Every command in the table, for `COMMAND` replies.
 pub fn all() -> impl Iterator<Item = &'static Spec> {
     specs().iter()
@@ -461,6 +484,33 @@ mod tests {
             .into_iter()
             .map(|i| String::from_utf8_lossy(&args[i]).into_owned())
             .collect()
+    }
+
+    #[test]
+    fn writes_are_told_from_reads_by_their_flags() {
+        let req = |words: &str| {
+            let args: Vec<Bytes> = words
+                .split(' ')
+                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                .collect();
+            crate::libs::resp::encode_array(&args)
+        };
+        for w in [
+            "SET k v",
+            "incr k",
+            "DEL a b",
+            "EVAL s 0",
+            "EVALSHA x 0",
+            "XGROUP CREATE s g $",
+            "LPOP l",
+        ] {
+            assert!(writes(&req(w)), "{w}");
+        }
+        for r in ["GET k", "PING", "MGET a b", "XRANGE s - +", "HGETALL h"] {
+            assert!(!writes(&req(r)), "{r}");
+        }
+        assert!(writes(b"garbage"), "unknown shapes count as writes");
+        assert!(writes(&req("NOSUCHCOMMAND x")));
     }
 
     #[test]

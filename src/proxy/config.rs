@@ -66,6 +66,14 @@ pub struct ProxyConfig {
     /// (one vote towards an automatic failover).
     #[serde(with = "humantime_serde")]
     pub master_down_after: Duration,
+    /// When a write is acknowledged to the client: once its master ran it
+    /// (`master`, the default), or once a replica has it too (`replica`: the
+    /// proxy follows each burst of writes with `WAIT 1 write_ack_timeout`).
+    pub write_ack: WriteAck,
+    /// How long a write waits for a replica in `write_ack = "replica"`; past
+    /// it the client gets `-NOREPLICAS` (the write ran on the master).
+    #[serde(with = "humantime_serde")]
+    pub write_ack_timeout: Duration,
     /// Tokio worker threads (0: one per core).
     pub threads: usize,
     /// Commands denied or renamed by the operator (see `policy.rs`).
@@ -95,13 +103,31 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(5),
             master_check_interval: Duration::from_millis(500),
             master_down_after: Duration::from_secs(3),
+            write_ack: WriteAck::Master,
+            write_ack_timeout: Duration::from_secs(1),
             threads: 0,
             commands: CommandsConfig::default(),
         }
     }
 }
 
+/// When the proxy tells a client its write succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteAck {
+    /// When the master ran it (Redis's own behaviour): a failover can lose
+    /// what the replica had not received yet.
+    Master,
+    /// When a replica has it too (`WAIT 1`): a failover loses nothing acknowledged.
+    Replica,
+}
+
 impl ProxyConfig {
+    /// `Some(write_ack_timeout)` with `write_ack = "replica"`.
+    pub fn replica_ack(&self) -> Option<Duration> {
+        (self.write_ack == WriteAck::Replica).then_some(self.write_ack_timeout)
+    }
+
     /// The id under which the proxy registers.
     pub fn proxy_id(&self) -> String {
         if self.id.is_empty() {

@@ -187,7 +187,11 @@ impl Routes {
 pub struct Router {
     routes: ArcSwap<Routes>,
     pools: parking_lot::Mutex<HashMap<String, Arc<Pool>>>,
+    /// For the shared pools.
     opts: BackendOptions,
+    /// For dedicated connections (blocked calls, transactions): no `WAIT`
+    /// may ever be slipped between their commands.
+    dedicated: BackendOptions,
     pool_size: usize,
     proxy_id: String,
     /// The runtime of the worker that owns this router: backend connections
@@ -211,6 +215,10 @@ impl Router {
                 epoch: 0,
             }),
             pools: parking_lot::Mutex::new(HashMap::new()),
+            dedicated: BackendOptions {
+                replica_ack: None,
+                ..opts.clone()
+            },
             opts,
             pool_size,
             proxy_id: proxy_id.to_string(),
@@ -236,9 +244,9 @@ impl Router {
         self.routes.load()
     }
 
-    /// The options used to open backend connections (also for dedicated ones).
+    /// The options used to open dedicated backend connections.
     pub fn backend_options(&self) -> &BackendOptions {
-        &self.opts
+        &self.dedicated
     }
 
     /// Builds and swaps in the routes for `topo`. Pools of addresses no longer

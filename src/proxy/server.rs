@@ -95,6 +95,7 @@ impl Bound {
             connect_timeout: config.backend_connect_timeout,
             track_id: false,
             protocol: Protocol::Resp2,
+            replica_ack: config.replica_ack(),
         };
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -450,6 +450,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             track_id: false,
             protocol: crate::libs::protocol::Protocol::Resp2,
+            replica_ack: None,
         };
         Arc::new(Context::new(ProxyConfig::default(), Router::new("p", opts, 1)))
     }

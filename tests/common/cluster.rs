@@ -53,12 +53,18 @@ impl Cluster {
 
     /// An in-process proxy; returns its address once it is registered.
     pub async fn proxy(&self) -> SocketAddr {
-        let cfg = ProxyConfig {
+        self.proxy_with(|_| {}).await
+    }
+
+    /// [`Cluster::proxy`], its config changed by `tune` first.
+    pub async fn proxy_with(&self, tune: impl FnOnce(&mut ProxyConfig)) -> SocketAddr {
+        let mut cfg = ProxyConfig {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             zk: self.zk.clone(),
             ..ProxyConfig::default()
         };
+        tune(&mut cfg);
         let bound = Bound::bind(cfg).await.expect("bind");
         let addr = bound.local_addr().expect("addr");
         tokio::spawn(bound.run(self.stop.clone()));

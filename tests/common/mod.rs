@@ -125,6 +125,33 @@ pub fn redis_persistent() -> RedisServer {
     })
 }
 
+/// Waits until `master` streams to a replica: a `WAIT 1` sent to it
+/// directly is answered 1. (Redis 7 starts streaming to a new replica on its
+/// first ACK, up to a second after the replica's link is up; until then the
+/// replica does not count for `WAIT`.)
+pub async fn wait_replica_streaming(master: &str) {
+    let master = master.to_string();
+    eventually(
+        "the master streams to its replica",
+        Duration::from_secs(10),
+        || {
+            let master = master.clone();
+            async move {
+                let mut m = client(&master).await;
+                let _: Result<(), _> = redis::AsyncCommands::set(&mut m, "reborn:probe", 1).await;
+                let n: i64 = redis::cmd("WAIT")
+                    .arg(1)
+                    .arg(100)
+                    .query_async(&mut m)
+                    .await
+                    .unwrap_or(0);
+                n == 1
+            }
+        },
+    )
+    .await;
+}
+
 /// Like [`redis`], with `requirepass` and `masterauth` set to `password`.
 pub fn redis_with_password(password: &str) -> RedisServer {
     with_free_port("redis-server", |port| {
