@@ -374,6 +374,22 @@ async fn pushes_reach_exactly_their_clients_with_the_op_filter_and_room_batches(
     p.shutdown().await;
 }
 
+/// Heartbeats until the reply (the room's cluster-wide count) is `want`.
+async fn heartbeat_counts(c: &mut ImClient, who: &str, want: i32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = c.heartbeat().await;
+        if matches!(got, Ok(n) if n == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who}: heartbeat count {got:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_comets_share_room_counts_and_the_online_views() {
     let p = Push::with(2, |_| {}).await;
@@ -387,18 +403,7 @@ async fn two_comets_share_room_counts_and_the_online_views() {
     // The heartbeat reply carries the cluster-wide count of the room, on both
     // comets, once each comet's RenewOnline went round.
     for (i, c) in clients.iter_mut().enumerate() {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = c.heartbeat().await;
-            if matches!(got, Ok(3)) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "client {i}: heartbeat count {got:?}, want 3"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        heartbeat_counts(c, &format!("client {i}"), 3).await;
     }
     eventually("/online/top counts both comets", WAIT, || async {
         get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "9", "count": 3}])
@@ -427,6 +432,61 @@ async fn two_comets_share_room_counts_and_the_online_views() {
     for (i, c) in clients.iter_mut().enumerate() {
         expect(c, &format!("client {i}"), &[(OP, "both comets")]).await;
     }
+    p.shutdown().await;
+}
+
+/// A comet that dies leaves the room counts as soon as its ZooKeeper node
+/// goes (not when its `ol_` expires), and logic deletes its `ol_` after the
+/// grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_comets_clients_leave_the_room_counts_and_its_ol_key_goes() {
+    let p = Push::with(1, |c| {
+        // Sessions and ol_ would outlive the test: only logic deletes ol_.
+        c.session.expire = Duration::from_secs(300);
+        c.online.gone_grace = Duration::from_millis(500);
+    })
+    .await;
+    let h = p.http();
+    let (mut dead, dead_tcp, dead_ws) = comet_process(&p.cluster.zk, "comet-dead", "10.9.0.9");
+    let room = "live://5";
+    let mut alive = connect(&p.tcp(0), &auth_body(51, "k51", room, &[OP])).await;
+    let _on_dead = [
+        connect(&dead_tcp, &auth_body(52, "k52", room, &[OP])).await,
+        connect(&dead_ws, &auth_body(53, "k53", room, &[OP])).await,
+    ];
+    heartbeat_counts(&mut alive, "the survivor", 3).await;
+    eventually("/online/top counts both comets", WAIT, || async {
+        get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "5", "count": 3}])
+    })
+    .await;
+    let mut r = p.resp().await;
+    let exists = r.call(&["EXISTS", "ol_comet-dead"]).await.map(resp_client::int);
+    assert!(matches!(exists, Ok(Ok(1))), "ol_comet-dead: {exists:?}");
+
+    dead.kill();
+    // The ZooKeeper session (2 s) expires, the node goes, logic reloads.
+    let promptly = Duration::from_secs(10);
+    eventually("/online/top drops the dead comet's clients", promptly, || async {
+        get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "5", "count": 1}])
+    })
+    .await;
+    heartbeat_counts(&mut alive, "the survivor", 1).await;
+    eventually("ol_comet-dead is deleted", promptly, || {
+        let proxy = p.proxy.to_string();
+        async move {
+            let r = &mut resp(&proxy).await;
+            matches!(
+                r.call(&["EXISTS", "ol_comet-dead"]).await.map(resp_client::int),
+                Ok(Ok(0))
+            )
+        }
+    })
+    .await;
+    let kept = r.call(&["EXISTS", "ol_comet-0"]).await.map(resp_client::int);
+    assert!(
+        matches!(kept, Ok(Ok(1))),
+        "the live comet keeps its ol_: {kept:?}"
+    );
     p.shutdown().await;
 }
 
