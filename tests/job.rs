@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status};
 
 use common::cluster::Cluster;
 use common::eventually;
+use common::im::group_consumers;
 
 /// Streams of the test queue (fewer than the default 16: fewer connections).
 const STREAMS: usize = 4;
@@ -409,6 +410,27 @@ async fn a_second_instance_claims_and_delivers_what_a_killed_one_left_pending() 
     job_a.kill();
     let (c1, c1_addr) = serve_comet(&stop).await;
     register(&comets, "comet-1", &c1_addr).await;
+    // Two more idle consumers without entries: job-parked is a registered job
+    // instance (alive, only quiet), job-ghost is not (a dead one's leftover).
+    let parked = Instance {
+        id: "job-parked".into(),
+        ..Instance::default()
+    };
+    discovery::register(&comets, InstanceKind::Job, &parked)
+        .await
+        .expect("register job-parked");
+    let mut conn = RespConn::connect(&proxy, Duration::from_secs(15))
+        .await
+        .expect("connect");
+    for key in queue::stream_keys(STREAMS) {
+        for name in ["job-parked", "job-ghost"] {
+            let reply = conn
+                .call(&["XGROUP", "CREATECONSUMER", &key, queue::GROUP, name])
+                .await
+                .expect("XGROUP CREATECONSUMER");
+            assert_eq!(resp_client::int(reply).expect("int"), 1, "{name} on {key}");
+        }
+    }
 
     let mut b = job_config(&cluster, &proxy, "job-b");
     // Short, but well above job B's own time to deliver (room signal
@@ -445,6 +467,20 @@ async fn a_second_instance_claims_and_delivers_what_a_killed_one_left_pending() 
     let stats = job_b.stats();
     assert_eq!(stats.claimed, 9, "every entry came by XAUTOCLAIM");
     assert_eq!(stats.acked, 9);
+    // The dead instances' consumers leave the groups; live ones stay.
+    eventually("job-a and job-ghost leave every group", WAIT, || async {
+        let mut conn = RespConn::connect(&proxy, Duration::from_secs(15))
+            .await
+            .expect("connect");
+        let mut all = true;
+        for key in queue::stream_keys(STREAMS) {
+            let names: Vec<String> = group_consumers(&mut conn, &key).await.into_keys().collect();
+            all &= names == ["job-b", "job-parked"];
+        }
+        all
+    })
+    .await;
+    assert_eq!(job_b.stats().consumers_deleted, 2 * STREAMS as u64);
 
     job_b.shutdown().await;
     comets.close().await;

@@ -33,6 +33,7 @@ use reborn::topo::ZkConfig;
 use serde_json::{Value, json};
 
 use common::cluster::Cluster;
+use common::im::group_consumers;
 use common::{GuardedChild, eventually};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -642,34 +643,6 @@ fn job_process(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> Child {
     Child::spawn("job", &toml)
 }
 
-/// The consumers of the job group on `stream` and their pending counts
-/// (empty while the group does not exist).
-async fn consumers(r: &mut RespConn, stream: &str) -> BTreeMap<String, i64> {
-    let Ok(reply) = r.call(&["XINFO", "CONSUMERS", stream, queue::GROUP]).await else {
-        return BTreeMap::new();
-    };
-    let mut out = BTreeMap::new();
-    for c in resp_client::array(reply).unwrap_or_default() {
-        let fields = resp_client::array(c).unwrap_or_default();
-        let mut name = String::new();
-        let mut pending = 0;
-        let mut it = fields.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            let k = resp_client::bytes(k).ok().flatten().unwrap_or_default();
-            match &k[..] {
-                b"name" => {
-                    let v = resp_client::bytes(v).ok().flatten().unwrap_or_default();
-                    name = String::from_utf8_lossy(&v).into_owned();
-                }
-                b"pending" => pending = resp_client::int(v).unwrap_or(-1),
-                _ => {}
-            }
-        }
-        out.insert(name, pending);
-    }
-    out
-}
-
 /// A RESP connection through the proxy at `proxy`.
 async fn resp(proxy: &str) -> RespConn {
     RespConn::connect(proxy, Duration::from_secs(5))
@@ -681,7 +654,7 @@ async fn resp(proxy: &str) -> RespConn {
 async fn job_b_pending(r: &mut RespConn) -> i64 {
     let mut left = 0;
     for i in 0..queue::DEFAULT_STREAMS {
-        left += consumers(r, &queue::stream_key(i))
+        left += group_consumers(r, &queue::stream_key(i))
             .await
             .get("job-b")
             .copied()
@@ -854,7 +827,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
             .await;
             let mut r = resp(&proxy).await;
             for i in 0..queue::DEFAULT_STREAMS {
-                if consumers(&mut r, &queue::stream_key(i))
+                if group_consumers(&mut r, &queue::stream_key(i))
                     .await
                     .contains_key("job-b")
                 {
@@ -1023,7 +996,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
             let r = &mut resp(&proxy).await;
             let mut left = 0;
             for i in 0..queue::DEFAULT_STREAMS {
-                left += consumers(r, &queue::stream_key(i))
+                left += group_consumers(r, &queue::stream_key(i))
                     .await
                     .get("job-b")
                     .copied()

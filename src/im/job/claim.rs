@@ -49,6 +49,11 @@ impl Claimer {
         self.cursor.is_some() || Instant::now() >= self.next_pass
     }
 
+    /// True while a pass has pages left.
+    pub fn in_pass(&self) -> bool {
+        self.cursor.is_some()
+    }
+
     /// How long until the next pass is due (zero while one is in progress).
     pub fn wait(&self) -> Duration {
         if self.cursor.is_some() {

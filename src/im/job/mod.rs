@@ -7,9 +7,10 @@
 //!
 //! The parts, one per file: [`config`] (TOML and flags), `proxy_link` (the
 //! proxies), `consumer` (one task per stream), `entry` (stream replies),
-//! `claim` (XAUTOCLAIM), `dispatch` (PUSH / BROADCAST / ROOM to calls),
+//! `claim` (XAUTOCLAIM), `reaper` (dead instances' consumers), `dispatch` (PUSH / BROADCAST / ROOM to calls),
 //! `room` (batching), `acker` (XACK), `comet_link` (the comets from
-//! ZooKeeper), `stats` (counters). Imports `libs`, the `topo` kernel and
+//! ZooKeeper), `stats` (counters). Each instance registers in discovery
+//! (`im/job/<consumer>`), so the others know which consumers are alive. Imports `libs`, the `topo` kernel and
 //! `im`'s shared pieces (discovery, frame, proto, queue), never `proxy`.
 
 pub mod acker;
@@ -20,6 +21,7 @@ pub mod consumer;
 pub mod dispatch;
 pub mod entry;
 pub mod proxy_link;
+pub mod reaper;
 pub mod room;
 pub mod stats;
 
@@ -36,6 +38,7 @@ use consumer::StreamConsumer;
 use dispatch::Dispatcher;
 use proxy_link::ProxyLink;
 
+use crate::im::discovery::{self, Instance, InstanceKind};
 use crate::im::queue;
 use crate::libs::config::ConfigError;
 use crate::topo::error::TopoError;
@@ -47,7 +50,8 @@ pub enum JobError {
     /// The configuration makes no sense.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// ZooKeeper (where the comets are found) could not be reached.
+    /// ZooKeeper (where the comets are found) could not be reached, or
+    /// another live instance registered the same consumer name.
     #[error(transparent)]
     Zk(#[from] TopoError),
 }
@@ -91,7 +95,25 @@ pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
     ));
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&links), Arc::clone(&stats)));
     let consumer = config.consumer_name();
+    // Registered before reading: an instance that reads is always listed, so
+    // the others never delete its consumer (`reaper.rs`).
+    let me = Instance {
+        id: consumer.clone(),
+        ..Instance::default()
+    };
+    if let Err(e) = discovery::register(&store, InstanceKind::Job, &me).await {
+        stop.cancel();
+        store.close().await;
+        return Err(e.into());
+    }
+    let jobs = discovery::follow(store.clone(), InstanceKind::Job, stop.clone());
     let mut tasks = JoinSet::new();
+    tasks.spawn(discovery::refresh_loop(
+        store.clone(),
+        InstanceKind::Job,
+        me,
+        stop.clone(),
+    ));
     for stream in queue::stream_keys(config.queue.streams) {
         let c = StreamConsumer {
             stream,
@@ -101,6 +123,7 @@ pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
             queue: config.queue.clone(),
             room: config.room.clone(),
             stats: Arc::clone(&stats),
+            jobs: jobs.clone(),
         };
         tasks.spawn(c.run(stop.clone()));
     }
@@ -159,10 +182,16 @@ impl RunningJob {
     }
 
     /// Stops at once without acking anything more, as a crash would: what was
-    /// read but not acked stays pending. For tests of the claim path.
+    /// read but not acked stays pending, and the ZooKeeper session ends (as it
+    /// expires after a crash), taking the registration with it. For tests of
+    /// the claim path.
     pub fn kill(mut self) {
         self.tasks.abort_all();
         self.stop.cancel();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            runtime.spawn(async move { store.close().await });
+        }
     }
 }
 

@@ -248,8 +248,9 @@ async fn start_with(config: LogicConfig, cancel: CancellationToken) -> Result<Ru
         store.close().await;
         return Err(e.into());
     }
-    tasks.push(tokio::spawn(refresh_registration(
+    tasks.push(tokio::spawn(discovery::refresh_loop(
         store.clone(),
+        InstanceKind::Logic,
         me,
         cancel.clone(),
     )));
@@ -273,20 +274,6 @@ async fn follow_nodes(state: Arc<LogicState>, cancel: CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = comets.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Rewrites this instance's node every `discovery::REFRESH` (the contract of
-/// every registered instance).
-async fn refresh_registration(store: Store, me: Instance, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(discovery::REFRESH) => {}
-        }
-        if let Err(e) = discovery::register(&store, InstanceKind::Logic, &me).await {
-            tracing::warn!(error = %e, "refreshing logic's registration");
         }
     }
 }
