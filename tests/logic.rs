@@ -566,6 +566,7 @@ async fn weighted_nodes_reflect_the_registered_comets() {
         (w["tcp_port"].as_i64(), w["ws_port"].as_i64()),
         (Some(3101), Some(3102))
     );
+    assert_eq!(w["wss_port"], 0, "neither comet serves WSS");
     assert_eq!(
         (w["heartbeat"].as_i64(), w["heartbeat_max"].as_i64()),
         (Some(240), Some(2))
@@ -586,7 +587,22 @@ async fn weighted_nodes_reflect_the_registered_comets() {
         .expect("nodes")
         .into_inner();
     assert_eq!(nodes.nodes.len(), 2);
-    assert_eq!(nodes.tcp_port, 3101);
+    assert_eq!((nodes.tcp_port, nodes.wss_port), (3101, 0));
+
+    // Both comets now serve WSS: clients are told [node] wss_port.
+    for (id, addr) in [("c1", "10.0.0.1"), ("c2", "10.0.0.2")] {
+        h.register_comet(Instance {
+            wss_port: 3103,
+            ..comet(id, addr, 0, 0)
+        })
+        .await;
+    }
+    eventually(
+        "the WSS port is told once every comet serves it",
+        WAIT,
+        || async { get(a, "/goim/nodes/weighted?platform=ios").await["data"]["wss_port"] == 3103 },
+    )
+    .await;
     h.shutdown().await;
 }
 

@@ -144,7 +144,8 @@ pub struct LogicNodeConfig {
     pub tcp_port: u16,
     /// WebSocket port.
     pub ws_port: u16,
-    /// WSS port.
+    /// WSS port; told to clients only when every comet returned serves WSS
+    /// (0 otherwise).
     pub wss_port: u16,
     /// Weight gain of a comet in the client's region.
     pub region_weight: f64,
