@@ -499,15 +499,26 @@ async fn handshake_timeout_refused_auth_and_wrong_paths() {
     s.stop().await;
 }
 
-/// A CA and a `localhost` certificate it signed, made with the `openssl` CLI.
-fn make_certs(dir: &std::path::Path) -> bool {
+/// A CA and a `localhost` certificate it signed, made with the `openssl` CLI
+/// (scripts/install-deps.sh installs it). Panics, naming the step and what
+/// openssl said, when the CLI is missing or fails: a WSS test that checked
+/// nothing must not pass.
+fn make_certs(dir: &std::path::Path) {
     let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
+        let out = std::process::Command::new("openssl")
             .args(args)
             .current_dir(dir)
             .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the openssl CLI is needed for the WSS test (scripts/install-deps.sh installs it): {e}"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let ec = [
         "-newkey",
@@ -535,40 +546,37 @@ fn make_certs(dir: &std::path::Path) -> bool {
             "/CN=reborn test CA",
         ],
     ]
-    .concat())
-        && run(&[
-            &["req"][..],
-            &ec,
-            &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost"],
-        ]
-        .concat())
-        && run(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ])
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost"],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_serves_clients_with_the_configured_certificate() {
     use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
     let dir = tempfile::tempdir().expect("tempdir");
-    if !make_certs(dir.path()) {
-        eprintln!("skipping: the openssl CLI is missing or failed");
-        return;
-    }
+    make_certs(dir.path());
     let path = |f: &str| dir.path().join(f).display().to_string();
     let s = Setup::start(|c| {
         c.websocket.tls_listen = "127.0.0.1:0".into();
