@@ -23,12 +23,12 @@ use super::claim::Claimer;
 use super::config::{JobQueueConfig, JobRoomConfig};
 use super::dispatch::{Dispatcher, inner_frame};
 use super::entry::{self, StreamEntry};
-use super::proxy_link::ProxyLink;
 use super::reaper::ConsumerReaper;
 use super::room::RoomBatcher;
 use super::stats::JobStats;
 use crate::im::discovery::Instance;
 use crate::im::proto::logic::push_msg::Type as PushType;
+use crate::im::proxies::ProxySet;
 use crate::im::queue;
 use crate::libs::backoff::Backoff;
 use crate::libs::resp_client::{RespConn, RespError, check};
@@ -41,7 +41,7 @@ pub struct StreamConsumer {
     /// This instance's consumer name.
     pub consumer: String,
     /// The proxies.
-    pub link: Arc<ProxyLink>,
+    pub link: Arc<ProxySet>,
     /// Delivery to the comets (also the rooms' sink).
     pub dispatcher: Arc<Dispatcher>,
     /// `[queue]`.
@@ -124,7 +124,7 @@ impl StreamConsumer {
                     drop(taken);
                     if e.breaks_connection() {
                         if let Some(r) = reader.take() {
-                            self.link.advance_from(r.conn.addr());
+                            self.link.failed_at(r.conn.addr());
                         }
                     } else if matches!(&e, RespError::Server(m) if m.starts_with("NOGROUP"))
                         && let Some(r) = reader.as_mut()

@@ -5,13 +5,15 @@
 //! after its delivery was handed to the comets, and entries a dead instance
 //! left pending are claimed by the others.
 //!
-//! The parts, one per file: [`config`] (TOML and flags), `proxy_link` (the
-//! proxies), `consumer` (one task per stream), `entry` (stream replies),
-//! `claim` (XAUTOCLAIM), `reaper` (dead instances' consumers), `dispatch` (PUSH / BROADCAST / ROOM to calls),
+//! The parts, one per file: [`config`] (TOML and flags), `consumer` (one
+//! task per stream), `entry` (stream replies), `claim` (XAUTOCLAIM), `reaper`
+//! (dead instances' consumers), `dispatch` (PUSH / BROADCAST / ROOM to calls),
 //! `room` (batching), `acker` (XACK), `comet_link` (the comets from
-//! ZooKeeper), `stats` (counters). Each instance registers in discovery
-//! (`im/job/<consumer>`), so the others know which consumers are alive. Imports `libs`, the `topo` kernel and
-//! `im`'s shared pieces (discovery, frame, proto, queue), never `proxy`.
+//! ZooKeeper), `stats` (counters); the proxies are `im::proxies` with sticky
+//! failover (every command job sends through them may run twice). Each
+//! instance registers in discovery (`im/job/<consumer>`), so the others know
+//! which consumers are alive. Imports `libs`, the `topo` kernel and `im`'s
+//! shared pieces (discovery, frame, proto, proxies, queue), never `proxy`.
 
 pub mod acker;
 pub mod claim;
@@ -20,7 +22,6 @@ pub mod config;
 pub mod consumer;
 pub mod dispatch;
 pub mod entry;
-pub mod proxy_link;
 pub mod reaper;
 pub mod room;
 pub mod stats;
@@ -36,9 +37,9 @@ pub use stats::{JobStats, JobStatsSnapshot};
 use comet_link::CometLinks;
 use consumer::StreamConsumer;
 use dispatch::Dispatcher;
-use proxy_link::ProxyLink;
 
 use crate::im::discovery::{self, Instance, InstanceKind};
+use crate::im::proxies::{Failover, ProxySet};
 use crate::im::queue;
 use crate::libs::config::ConfigError;
 use crate::topo::error::TopoError;
@@ -88,10 +89,11 @@ pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
     let stats = Arc::new(JobStats::default());
     let links = Arc::new(CometLinks::new(config.comet.clone()));
     links.follow(store.clone(), stop.clone()).await;
-    let link = Arc::new(ProxyLink::new(
+    let link = Arc::new(ProxySet::new(
         &config.cluster.addrs,
         config.cluster.conns,
         config.cluster.timeout,
+        Failover::Sticky,
     ));
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&links), Arc::clone(&stats)));
     let consumer = config.consumer_name();

@@ -13,15 +13,15 @@
 //! holds the process id) stays in every group for ever. Nothing is reaped
 //! while discovery does not list this instance itself: the list is not known
 //! yet, or ZooKeeper is unreachable. Imports `im::queue`, `im::discovery`,
-//! `libs::resp_client` and the job's proxy link.
+//! `libs::resp_client` and `im::proxies`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::proxy_link::ProxyLink;
 use crate::im::discovery::Instance;
+use crate::im::proxies::ProxySet;
 use crate::im::queue;
 use crate::libs::resp_client::{self, Frame, RespError};
 
@@ -112,7 +112,7 @@ impl ConsumerReaper {
     /// # Errors
     /// The proxy failed or refused (no group yet, mostly); the next round
     /// tries again.
-    pub async fn reap(&self, link: &ProxyLink) -> Result<usize, RespError> {
+    pub async fn reap(&self, link: &ProxySet) -> Result<usize, RespError> {
         let live: HashSet<String> = self.jobs.borrow().iter().map(|j| j.id.clone()).collect();
         if !live.contains(&self.me) {
             return Ok(0);
