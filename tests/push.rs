@@ -14,26 +14,23 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use reborn::im::client::{ClientError, Delivery, ImClient};
 use reborn::im::comet::{self, CometConfig, RunningComet};
 use reborn::im::frame::Frame;
 use reborn::im::job::{self, JobConfig, RunningJob};
-use reborn::im::logic::{self, LogicConfig, RunningLogic, token};
+use reborn::im::logic::{LogicConfig, token};
 use reborn::im::queue;
 use reborn::libs::resp_client::{self, RespConn};
 use reborn::topo::ZkConfig;
 use serde_json::{Value, json};
 
-use common::cluster::Cluster;
-use common::im::group_consumers;
+use common::im::{LogicUp, group_consumers, heartbeat_until, logic_json, proxy_conn, try_logic_http};
 use common::{GuardedChild, eventually};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -46,35 +43,32 @@ const SESSION_TTL: Duration = Duration::from_secs(5);
 /// job's room batching window in these tests.
 const ROOM_SIGNAL: Duration = Duration::from_millis(300);
 
-/// ZooKeeper and two redis groups behind one proxy, logic in front of it,
-/// and the in-process comets and jobs of a test.
+/// The cluster and logic (`common::im::LogicUp`), and the in-process comets
+/// and jobs of a test.
 struct Push {
-    cluster: Cluster,
-    proxy: SocketAddr,
-    logic: Option<RunningLogic>,
+    up: LogicUp,
     comets: Vec<RunningComet>,
     jobs: Vec<RunningJob>,
+}
+
+impl Deref for Push {
+    type Target = LogicUp;
+
+    fn deref(&self) -> &LogicUp {
+        &self.up
+    }
 }
 
 impl Push {
     /// The cluster and logic (tuned by `tune`), no comet or job yet.
     async fn start(tune: impl FnOnce(&mut LogicConfig)) -> Push {
-        let cluster = Cluster::start().await;
-        let proxy = cluster.proxy().await;
-        let mut config = LogicConfig::default();
-        config.http.addr = "127.0.0.1:0".into();
-        config.grpc.addr = "127.0.0.1:0".into();
-        config.cluster.addrs = vec![proxy.to_string()];
-        config.cluster.timeout = Duration::from_secs(5);
-        config.zk = cluster.zk.clone();
-        config.online.load_interval = Duration::from_millis(100);
-        config.session.expire = SESSION_TTL;
-        tune(&mut config);
-        let logic = logic::start(config).await.expect("logic starts");
+        let up = LogicUp::start(|c| {
+            c.session.expire = SESSION_TTL;
+            tune(c);
+        })
+        .await;
         Push {
-            cluster,
-            proxy,
-            logic: Some(logic),
+            up,
             comets: Vec::new(),
             jobs: Vec::new(),
         }
@@ -88,10 +82,6 @@ impl Push {
         }
         p.job("job-0").await;
         p
-    }
-
-    fn http(&self) -> SocketAddr {
-        self.logic.as_ref().expect("logic runs").http_addr()
     }
 
     /// Starts an in-process comet with id `id`, publishing `addr`.
@@ -150,13 +140,6 @@ impl Push {
         format!("ws://{}/sub", self.comets[comet].ws_addr)
     }
 
-    /// A RESP connection through the proxy.
-    async fn resp(&self) -> RespConn {
-        RespConn::connect(&self.proxy.to_string(), Duration::from_secs(5))
-            .await
-            .expect("connect to the proxy")
-    }
-
     async fn shutdown(mut self) {
         for j in self.jobs.drain(..) {
             j.shutdown().await;
@@ -164,9 +147,7 @@ impl Push {
         for c in self.comets.drain(..) {
             c.shutdown().await;
         }
-        if let Some(l) = self.logic.take() {
-            l.shutdown().await;
-        }
+        self.up.shutdown().await;
     }
 }
 
@@ -219,35 +200,14 @@ async fn connect(addr: &str, body: &[u8]) -> ImClient {
     }
 }
 
-/// One HTTP request to logic; the JSON envelope (HTTP 200 asserted).
-async fn http(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> Value {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to logic");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "logic")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let res = sender.send_request(req).await.expect("response");
-    assert_eq!(res.status(), 200, "{method} {path}");
-    let bytes = res.into_body().collect().await.expect("body").to_bytes();
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {bytes:?}"))
-}
-
 /// POSTs a push and asserts logic accepted it (code 0).
 async fn push(addr: SocketAddr, path: &str, body: &str) {
-    let reply = http(addr, "POST", path, body.as_bytes().to_vec()).await;
+    let reply = logic_json(addr, "POST", path, body.as_bytes().to_vec()).await;
     assert_eq!(reply["code"], 0, "POST {path}: {reply}");
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Value {
-    http(addr, "GET", path, Vec::new()).await
+    logic_json(addr, "GET", path, Vec::new()).await
 }
 
 fn pairs(frames: &[Frame]) -> Vec<(i32, String)> {
@@ -375,22 +335,6 @@ async fn pushes_reach_exactly_their_clients_with_the_op_filter_and_room_batches(
     p.shutdown().await;
 }
 
-/// Heartbeats until the reply (the room's cluster-wide count) is `want`.
-async fn heartbeat_counts(c: &mut ImClient, who: &str, want: i32) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = c.heartbeat().await;
-        if matches!(got, Ok(n) if n == want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{who}: heartbeat count {got:?}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_comets_share_room_counts_and_the_online_views() {
     let p = Push::with(2, |_| {}).await;
@@ -404,7 +348,7 @@ async fn two_comets_share_room_counts_and_the_online_views() {
     // The heartbeat reply carries the cluster-wide count of the room, on both
     // comets, once each comet's RenewOnline went round.
     for (i, c) in clients.iter_mut().enumerate() {
-        heartbeat_counts(c, &format!("client {i}"), 3).await;
+        heartbeat_until(c, &format!("client {i}"), 3, WAIT).await;
     }
     eventually("/online/top counts both comets", WAIT, || async {
         get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "9", "count": 3}])
@@ -455,7 +399,7 @@ async fn a_dead_comets_clients_leave_the_room_counts_and_its_ol_key_goes() {
         connect(&dead_tcp, &auth_body(52, "k52", room, &[OP])).await,
         connect(&dead_ws, &auth_body(53, "k53", room, &[OP])).await,
     ];
-    heartbeat_counts(&mut alive, "the survivor", 3).await;
+    heartbeat_until(&mut alive, "the survivor", 3, WAIT).await;
     eventually("/online/top counts both comets", WAIT, || async {
         get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "5", "count": 3}])
     })
@@ -471,11 +415,11 @@ async fn a_dead_comets_clients_leave_the_room_counts_and_its_ol_key_goes() {
         get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "5", "count": 1}])
     })
     .await;
-    heartbeat_counts(&mut alive, "the survivor", 1).await;
+    heartbeat_until(&mut alive, "the survivor", 1, WAIT).await;
     eventually("ol_comet-dead is deleted", promptly, || {
         let proxy = p.proxy.to_string();
         async move {
-            let r = &mut resp(&proxy).await;
+            let r = &mut proxy_conn(&proxy).await;
             matches!(
                 r.call(&["EXISTS", "ol_comet-dead"]).await.map(resp_client::int),
                 Ok(Ok(0))
@@ -643,13 +587,6 @@ fn job_process(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> Child {
     Child::spawn("job", &toml)
 }
 
-/// A RESP connection through the proxy at `proxy`.
-async fn resp(proxy: &str) -> RespConn {
-    RespConn::connect(proxy, Duration::from_secs(5))
-        .await
-        .expect("connect to the proxy")
-}
-
 /// Entries job-b read and did not ack, over every stream.
 async fn job_b_pending(r: &mut RespConn) -> i64 {
     let mut left = 0;
@@ -714,40 +651,13 @@ fn watch(mut c: ImClient, mid: i64, room: &'static str, stop: Arc<AtomicBool>) -
 /// request failed.
 async fn try_push(addr: SocketAddr, path: &str, body: String) -> Option<i64> {
     let call = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("host", "logic")
-            .body(Full::new(Bytes::from(body)))
-            .ok()?;
-        let res = sender.send_request(req).await.ok()?;
-        let bytes = res.into_body().collect().await.ok()?.to_bytes();
+        let (_, bytes) = try_logic_http(addr, "POST", path, body.into_bytes()).await.ok()?;
         serde_json::from_slice::<Value>(&bytes).ok()?["code"].as_i64()
     };
     tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .ok()
         .flatten()
-}
-
-/// A dashboard in-process; returns its address.
-async fn dashboard(c: &Cluster) -> String {
-    let cfg = reborn::topo::manager::dashboard::DashboardConfig {
-        listen: "127.0.0.1:0".into(),
-        zk: c.zk.clone(),
-        ..Default::default()
-    };
-    let bound = reborn::topo::manager::dashboard::Bound::bind(cfg)
-        .await
-        .expect("bind dashboard");
-    let addr = bound.local_addr().to_string();
-    tokio::spawn(bound.run(c.stop.clone()));
-    addr
 }
 
 /// Migrates slots `start..=end` to group `to` through the dashboard's API
@@ -825,7 +735,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
                 "warm-up",
             )
             .await;
-            let mut r = resp(&proxy).await;
+            let mut r = proxy_conn(&proxy).await;
             for i in 0..queue::DEFAULT_STREAMS {
                 if group_consumers(&mut r, &queue::stream_key(i))
                     .await
@@ -893,7 +803,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
     };
 
     // 1. Move every slot, so sessions and streams all change groups.
-    let dash = dashboard(&p.cluster).await;
+    let dash = p.cluster.dashboard().await;
     sent_at_least(&sent, 30).await;
     let t = Instant::now();
     migrate(&dash, 0, 511, 2).await;
@@ -993,7 +903,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
     eventually("job-b has nothing pending", WAIT, || {
         let proxy = proxy.clone();
         async move {
-            let r = &mut resp(&proxy).await;
+            let r = &mut proxy_conn(&proxy).await;
             let mut left = 0;
             for i in 0..queue::DEFAULT_STREAMS {
                 left += group_consumers(r, &queue::stream_key(i))
@@ -1010,7 +920,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
     eventually("comet-b's sessions expire", Duration::from_secs(20), || {
         let proxy = proxy.clone();
         async move {
-            let r = &mut resp(&proxy).await;
+            let r = &mut proxy_conn(&proxy).await;
             let keys = ["ol_comet-b", "key_kv1", "key_kv2", "mid_201", "mid_202"];
             let mut args = vec!["EXISTS"];
             args.extend(keys);
