@@ -7,6 +7,7 @@
 #                              ourselves, so no zookeeperd/systemd service is needed
 #   python3, python3-venv      the client tests run redis-py in a virtualenv
 #   nodejs, npm                the client tests run ioredis (scripts/nodeenv.sh)
+#   openssl                    tests/comet.rs makes the WSS test's certificates with it
 #   a Rust toolchain           only if cargo is missing (rustup, minimal profile)
 set -euo pipefail
 
@@ -34,6 +35,13 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     say "node and npm already installed"
 else
     apt_install nodejs npm
+fi
+
+# --- openssl (tests/comet.rs signs a certificate for its WSS test) ---------------
+if command -v openssl >/dev/null 2>&1; then
+    say "openssl already installed"
+else
+    apt_install openssl
 fi
 
 # --- Rust ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::eventually;
+use common::im::heartbeat_until;
 use reborn::im::client::{ClientError, Delivery, ImClient};
 use reborn::im::comet::{self, CometConfig, RunningComet};
 use reborn::im::discovery::{self, Instance, InstanceKind};
@@ -244,22 +245,6 @@ fn batch_of(d: &Delivery) -> Vec<(i32, String)> {
     }
 }
 
-/// Heartbeats until the reply carries `want` (room counts flow every 200 ms).
-async fn heartbeat_until(c: &mut ImClient, want: i32) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let got = c.heartbeat().await.expect("heartbeat");
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "heartbeat count {got}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_reach_tcp_as_frames_and_ws_as_batches_with_the_op_filter() {
     let s = Setup::start(|_| {}).await;
@@ -335,12 +320,12 @@ async fn pushes_reach_tcp_as_frames_and_ws_as_batches_with_the_op_filter() {
     ws.ping().await.expect("pong");
 
     // Heartbeat counts: local, then cluster-wide once logic reports others.
-    heartbeat_until(&mut tcp, 2).await;
+    heartbeat_until(&mut tcp, "tcp", 2, WAIT).await;
     tcp.change_room("live://cluster").await.expect("change room");
-    heartbeat_until(&mut tcp, 1 + ELSEWHERE).await;
-    heartbeat_until(&mut ws, 1).await;
+    heartbeat_until(&mut tcp, "tcp", 1 + ELSEWHERE, WAIT).await;
+    heartbeat_until(&mut ws, "ws", 1, WAIT).await;
     ws.change_room("").await.expect("leave");
-    heartbeat_until(&mut ws, 0).await;
+    heartbeat_until(&mut ws, "ws", 0, WAIT).await;
 
     // The registration carries the counts; a closed client is reported to logic.
     let store = s.store.clone();
@@ -377,7 +362,7 @@ async fn a_duplicate_key_kicks_the_old_connection() {
         vec![(1000, "to the new one".to_string())]
     );
     assert_eq!(s.comet().room_online("live://7"), 1);
-    heartbeat_until(&mut new, 1).await;
+    heartbeat_until(&mut new, "new", 1, WAIT).await;
     assert_eq!(s.comet().stats().kicked, 1);
     drop(new);
     eventually("the new connection's end is reported", WAIT, || async {
@@ -499,15 +484,26 @@ async fn handshake_timeout_refused_auth_and_wrong_paths() {
     s.stop().await;
 }
 
-/// A CA and a `localhost` certificate it signed, made with the `openssl` CLI.
-fn make_certs(dir: &std::path::Path) -> bool {
+/// A CA and a `localhost` certificate it signed, made with the `openssl` CLI
+/// (scripts/install-deps.sh installs it). Panics, naming the step and what
+/// openssl said, when the CLI is missing or fails: a WSS test that checked
+/// nothing must not pass.
+fn make_certs(dir: &std::path::Path) {
     let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
+        let out = std::process::Command::new("openssl")
             .args(args)
             .current_dir(dir)
             .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the openssl CLI is needed for the WSS test (scripts/install-deps.sh installs it): {e}"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let ec = [
         "-newkey",
@@ -535,40 +531,37 @@ fn make_certs(dir: &std::path::Path) -> bool {
             "/CN=reborn test CA",
         ],
     ]
-    .concat())
-        && run(&[
-            &["req"][..],
-            &ec,
-            &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost"],
-        ]
-        .concat())
-        && run(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ])
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost"],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_serves_clients_with_the_configured_certificate() {
     use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
     let dir = tempfile::tempdir().expect("tempdir");
-    if !make_certs(dir.path()) {
-        eprintln!("skipping: the openssl CLI is missing or failed");
-        return;
-    }
+    make_certs(dir.path());
     let path = |f: &str| dir.path().join(f).display().to_string();
     let s = Setup::start(|c| {
         c.websocket.tls_listen = "127.0.0.1:0".into();

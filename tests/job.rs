@@ -25,13 +25,14 @@ use reborn::im::proto::comet::{
 use reborn::im::proto::logic::PushMsg;
 use reborn::im::proto::logic::push_msg::Type as PushType;
 use reborn::im::queue;
-use reborn::libs::resp_client::{self, RespConn};
+use reborn::libs::resp_client;
 use reborn::topo::Store;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use common::cluster::Cluster;
 use common::eventually;
+use common::im::{group_consumers, proxy_conn};
 
 /// Streams of the test queue (fewer than the default 16: fewer connections).
 const STREAMS: usize = 4;
@@ -151,9 +152,7 @@ fn room_msg(room: &str, operation: i32, body: &str) -> PushMsg {
 /// Appends `msgs` to their streams through the proxy, in one pipeline (as
 /// logic does).
 async fn xadd(proxy: &str, msgs: &[PushMsg]) {
-    let mut conn = RespConn::connect(proxy, Duration::from_secs(15))
-        .await
-        .expect("connect");
+    let mut conn = proxy_conn(proxy).await;
     let frames = msgs
         .iter()
         .map(|m| {
@@ -175,9 +174,7 @@ async fn xadd(proxy: &str, msgs: &[PushMsg]) {
 
 /// Entries pending (read, not acked) over every stream, per consumer.
 async fn pending(proxy: &str) -> Vec<(String, i64)> {
-    let mut conn = RespConn::connect(proxy, Duration::from_secs(15))
-        .await
-        .expect("connect");
+    let mut conn = proxy_conn(proxy).await;
     let mut out = Vec::new();
     for key in queue::stream_keys(STREAMS) {
         let reply = conn
@@ -409,6 +406,25 @@ async fn a_second_instance_claims_and_delivers_what_a_killed_one_left_pending() 
     job_a.kill();
     let (c1, c1_addr) = serve_comet(&stop).await;
     register(&comets, "comet-1", &c1_addr).await;
+    // Two more idle consumers without entries: job-parked is a registered job
+    // instance (alive, only quiet), job-ghost is not (a dead one's leftover).
+    let parked = Instance {
+        id: "job-parked".into(),
+        ..Instance::default()
+    };
+    discovery::register(&comets, InstanceKind::Job, &parked)
+        .await
+        .expect("register job-parked");
+    let mut conn = proxy_conn(&proxy).await;
+    for key in queue::stream_keys(STREAMS) {
+        for name in ["job-parked", "job-ghost"] {
+            let reply = conn
+                .call(&["XGROUP", "CREATECONSUMER", &key, queue::GROUP, name])
+                .await
+                .expect("XGROUP CREATECONSUMER");
+            assert_eq!(resp_client::int(reply).expect("int"), 1, "{name} on {key}");
+        }
+    }
 
     let mut b = job_config(&cluster, &proxy, "job-b");
     // Short, but well above job B's own time to deliver (room signal
@@ -445,6 +461,18 @@ async fn a_second_instance_claims_and_delivers_what_a_killed_one_left_pending() 
     let stats = job_b.stats();
     assert_eq!(stats.claimed, 9, "every entry came by XAUTOCLAIM");
     assert_eq!(stats.acked, 9);
+    // The dead instances' consumers leave the groups; live ones stay.
+    eventually("job-a and job-ghost leave every group", WAIT, || async {
+        let mut conn = proxy_conn(&proxy).await;
+        let mut all = true;
+        for key in queue::stream_keys(STREAMS) {
+            let names: Vec<String> = group_consumers(&mut conn, &key).await.into_keys().collect();
+            all &= names == ["job-b", "job-parked"];
+        }
+        all
+    })
+    .await;
+    assert_eq!(job_b.stats().consumers_deleted, 2 * STREAMS as u64);
 
     job_b.shutdown().await;
     comets.close().await;

@@ -8,13 +8,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use reborn::im::discovery::{self, Instance, InstanceKind};
-use reborn::im::logic::{self, LogicConfig, RunningLogic, token};
+use reborn::im::logic::{LogicConfig, token};
 use reborn::im::proto::logic::logic_client::LogicClient;
 use reborn::im::proto::logic::push_msg::Type as PushType;
 use reborn::im::proto::logic::{ConnectReq, DisconnectReq, HeartbeatReq, NodesReq, OnlineReq, PushMsg};
@@ -23,16 +21,22 @@ use reborn::libs::resp_client::{self, Frame, RespConn};
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
-use common::cluster::Cluster;
 use common::eventually;
+use common::im::{LogicUp, logic_http, logic_json};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A cluster with one proxy, and logic in front of it.
+/// The cluster and logic (`common::im::LogicUp`), with logic's gRPC API.
 struct Harness {
-    cluster: Cluster,
-    proxy: SocketAddr,
-    logic: Option<RunningLogic>,
+    up: LogicUp,
+}
+
+impl Deref for Harness {
+    type Target = LogicUp;
+
+    fn deref(&self) -> &LogicUp {
+        &self.up
+    }
 }
 
 impl Harness {
@@ -41,43 +45,15 @@ impl Harness {
     }
 
     async fn start_with(tune: impl FnOnce(&mut LogicConfig)) -> Harness {
-        let cluster = Cluster::start().await;
-        let proxy = cluster.proxy().await;
-        let mut config = LogicConfig::default();
-        config.http.addr = "127.0.0.1:0".into();
-        config.grpc.addr = "127.0.0.1:0".into();
-        config.cluster.addrs = vec![proxy.to_string()];
-        config.cluster.timeout = Duration::from_secs(5);
-        config.zk = cluster.zk.clone();
-        config.online.load_interval = Duration::from_millis(100);
-        tune(&mut config);
-        let logic = logic::start(config).await.expect("logic starts");
         Harness {
-            cluster,
-            proxy,
-            logic: Some(logic),
+            up: LogicUp::start(tune).await,
         }
-    }
-
-    fn logic(&self) -> &RunningLogic {
-        self.logic.as_ref().expect("logic runs")
-    }
-
-    fn http(&self) -> SocketAddr {
-        self.logic().http_addr()
     }
 
     fn grpc(&self) -> LogicClient<Channel> {
         let endpoint =
             Endpoint::from_shared(format!("http://{}", self.logic().grpc_addr())).expect("endpoint");
         LogicClient::new(endpoint.connect_lazy())
-    }
-
-    /// A RESP connection through the proxy (never to a redis-server).
-    async fn resp(&self) -> RespConn {
-        RespConn::connect(&self.proxy.to_string(), Duration::from_secs(5))
-            .await
-            .expect("connect to the proxy")
     }
 
     async fn connect(
@@ -93,47 +69,17 @@ impl Harness {
         self.grpc().connect(req).await.map(tonic::Response::into_inner)
     }
 
-    /// Registers a comet in ZooKeeper, as a running comet would.
-    async fn register_comet(&self, comet: Instance) {
-        discovery::register(&self.cluster.store, InstanceKind::Comet, &comet)
-            .await
-            .expect("register comet");
-    }
-
     async fn shutdown(mut self) {
-        if let Some(l) = self.logic.take() {
-            l.shutdown().await;
-        }
+        self.up.shutdown().await;
     }
-}
-
-/// One HTTP request to logic; the envelope (HTTP 200 is asserted).
-async fn http(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> Value {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to logic");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "logic")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let res = sender.send_request(req).await.expect("response");
-    assert_eq!(res.status(), 200, "{method} {path}");
-    let bytes = res.into_body().collect().await.expect("body").to_bytes();
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {bytes:?}"))
 }
 
 async fn post(addr: SocketAddr, path: &str, body: &str) -> Value {
-    http(addr, "POST", path, body.as_bytes().to_vec()).await
+    logic_json(addr, "POST", path, body.as_bytes().to_vec()).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Value {
-    http(addr, "GET", path, Vec::new()).await
+    logic_json(addr, "GET", path, Vec::new()).await
 }
 
 fn text(f: Frame) -> Option<String> {
@@ -373,18 +319,7 @@ async fn pushes_by_mids_and_keys_queue_one_message_per_server() {
 }
 
 async fn http_text(addr: SocketAddr, path: &str) -> String {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .uri(path)
-        .header("host", "logic")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let res = sender.send_request(req).await.expect("response");
-    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    let (_, bytes) = logic_http(addr, "GET", path, Vec::new()).await;
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -444,7 +379,7 @@ async fn bad_requests_get_code_minus_400_with_the_reason() {
         ("GET", "/goim/online/room?type=live", "'rooms'"),
     ];
     for (method, path, reason) in cases {
-        let r = http(a, method, path, b"m".to_vec()).await;
+        let r = logic_json(a, method, path, b"m".to_vec()).await;
         assert_eq!(r["code"], -400, "{path}: {r}");
         let msg = r["message"].as_str().unwrap_or_default();
         assert!(msg.contains(reason), "{path}: {msg}");
@@ -566,6 +501,7 @@ async fn weighted_nodes_reflect_the_registered_comets() {
         (w["tcp_port"].as_i64(), w["ws_port"].as_i64()),
         (Some(3101), Some(3102))
     );
+    assert_eq!(w["wss_port"], 0, "neither comet serves WSS");
     assert_eq!(
         (w["heartbeat"].as_i64(), w["heartbeat_max"].as_i64()),
         (Some(240), Some(2))
@@ -586,7 +522,22 @@ async fn weighted_nodes_reflect_the_registered_comets() {
         .expect("nodes")
         .into_inner();
     assert_eq!(nodes.nodes.len(), 2);
-    assert_eq!(nodes.tcp_port, 3101);
+    assert_eq!((nodes.tcp_port, nodes.wss_port), (3101, 0));
+
+    // Both comets now serve WSS: clients are told [node] wss_port.
+    for (id, addr) in [("c1", "10.0.0.1"), ("c2", "10.0.0.2")] {
+        h.register_comet(Instance {
+            wss_port: 3103,
+            ..comet(id, addr, 0, 0)
+        })
+        .await;
+    }
+    eventually(
+        "the WSS port is told once every comet serves it",
+        WAIT,
+        || async { get(a, "/goim/nodes/weighted?platform=ios").await["data"]["wss_port"] == 3103 },
+    )
+    .await;
     h.shutdown().await;
 }
 

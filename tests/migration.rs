@@ -170,27 +170,12 @@ async fn migrate_when_leading(
     }
 }
 
-/// A dashboard in-process on a free port; returns its address.
-async fn dashboard(c: &Cluster) -> String {
-    let cfg = reborn::topo::manager::dashboard::DashboardConfig {
-        listen: "127.0.0.1:0".into(),
-        zk: c.zk.clone(),
-        ..Default::default()
-    };
-    let bound = reborn::topo::manager::dashboard::Bound::bind(cfg)
-        .await
-        .expect("bind dashboard");
-    let addr = bound.local_addr().to_string();
-    tokio::spawn(bound.run(c.stop.clone()));
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_512_slots_under_load_loses_nothing() {
     use reborn::topo::manager::dashboard::client;
     use reborn::topo::manager::task::{Task, TaskState};
     let c = Cluster::start().await;
-    let dash = dashboard(&c).await;
+    let dash = c.dashboard().await;
     let proxies = [c.proxy().await, c.proxy().await];
 
     // 50k counters and 50k checksummed values; every fourth key hashtagged.
@@ -352,7 +337,7 @@ async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
     let _ = first.wait();
 
     // A new dashboard takes over once the old session is gone and finishes the task.
-    let second = dashboard(&c).await;
+    let second = c.dashboard().await;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Ok(reply) = client::get(&second, "/api/tasks").await

@@ -14,25 +14,23 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use reborn::im::client::{ClientError, Delivery, ImClient};
 use reborn::im::comet::{self, CometConfig, RunningComet};
 use reborn::im::frame::Frame;
 use reborn::im::job::{self, JobConfig, RunningJob};
-use reborn::im::logic::{self, LogicConfig, RunningLogic, token};
+use reborn::im::logic::{LogicConfig, token};
 use reborn::im::queue;
 use reborn::libs::resp_client::{self, RespConn};
 use reborn::topo::ZkConfig;
 use serde_json::{Value, json};
 
-use common::cluster::Cluster;
+use common::im::{LogicUp, group_consumers, heartbeat_until, logic_json, proxy_conn, try_logic_http};
 use common::{GuardedChild, eventually};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -45,35 +43,32 @@ const SESSION_TTL: Duration = Duration::from_secs(5);
 /// job's room batching window in these tests.
 const ROOM_SIGNAL: Duration = Duration::from_millis(300);
 
-/// ZooKeeper and two redis groups behind one proxy, logic in front of it,
-/// and the in-process comets and jobs of a test.
+/// The cluster and logic (`common::im::LogicUp`), and the in-process comets
+/// and jobs of a test.
 struct Push {
-    cluster: Cluster,
-    proxy: SocketAddr,
-    logic: Option<RunningLogic>,
+    up: LogicUp,
     comets: Vec<RunningComet>,
     jobs: Vec<RunningJob>,
+}
+
+impl Deref for Push {
+    type Target = LogicUp;
+
+    fn deref(&self) -> &LogicUp {
+        &self.up
+    }
 }
 
 impl Push {
     /// The cluster and logic (tuned by `tune`), no comet or job yet.
     async fn start(tune: impl FnOnce(&mut LogicConfig)) -> Push {
-        let cluster = Cluster::start().await;
-        let proxy = cluster.proxy().await;
-        let mut config = LogicConfig::default();
-        config.http.addr = "127.0.0.1:0".into();
-        config.grpc.addr = "127.0.0.1:0".into();
-        config.cluster.addrs = vec![proxy.to_string()];
-        config.cluster.timeout = Duration::from_secs(5);
-        config.zk = cluster.zk.clone();
-        config.online.load_interval = Duration::from_millis(100);
-        config.session.expire = SESSION_TTL;
-        tune(&mut config);
-        let logic = logic::start(config).await.expect("logic starts");
+        let up = LogicUp::start(|c| {
+            c.session.expire = SESSION_TTL;
+            tune(c);
+        })
+        .await;
         Push {
-            cluster,
-            proxy,
-            logic: Some(logic),
+            up,
             comets: Vec::new(),
             jobs: Vec::new(),
         }
@@ -87,10 +82,6 @@ impl Push {
         }
         p.job("job-0").await;
         p
-    }
-
-    fn http(&self) -> SocketAddr {
-        self.logic.as_ref().expect("logic runs").http_addr()
     }
 
     /// Starts an in-process comet with id `id`, publishing `addr`.
@@ -149,13 +140,6 @@ impl Push {
         format!("ws://{}/sub", self.comets[comet].ws_addr)
     }
 
-    /// A RESP connection through the proxy.
-    async fn resp(&self) -> RespConn {
-        RespConn::connect(&self.proxy.to_string(), Duration::from_secs(5))
-            .await
-            .expect("connect to the proxy")
-    }
-
     async fn shutdown(mut self) {
         for j in self.jobs.drain(..) {
             j.shutdown().await;
@@ -163,9 +147,7 @@ impl Push {
         for c in self.comets.drain(..) {
             c.shutdown().await;
         }
-        if let Some(l) = self.logic.take() {
-            l.shutdown().await;
-        }
+        self.up.shutdown().await;
     }
 }
 
@@ -218,35 +200,14 @@ async fn connect(addr: &str, body: &[u8]) -> ImClient {
     }
 }
 
-/// One HTTP request to logic; the JSON envelope (HTTP 200 asserted).
-async fn http(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> Value {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to logic");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "logic")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
-    let res = sender.send_request(req).await.expect("response");
-    assert_eq!(res.status(), 200, "{method} {path}");
-    let bytes = res.into_body().collect().await.expect("body").to_bytes();
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {bytes:?}"))
-}
-
 /// POSTs a push and asserts logic accepted it (code 0).
 async fn push(addr: SocketAddr, path: &str, body: &str) {
-    let reply = http(addr, "POST", path, body.as_bytes().to_vec()).await;
+    let reply = logic_json(addr, "POST", path, body.as_bytes().to_vec()).await;
     assert_eq!(reply["code"], 0, "POST {path}: {reply}");
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Value {
-    http(addr, "GET", path, Vec::new()).await
+    logic_json(addr, "GET", path, Vec::new()).await
 }
 
 fn pairs(frames: &[Frame]) -> Vec<(i32, String)> {
@@ -387,18 +348,7 @@ async fn two_comets_share_room_counts_and_the_online_views() {
     // The heartbeat reply carries the cluster-wide count of the room, on both
     // comets, once each comet's RenewOnline went round.
     for (i, c) in clients.iter_mut().enumerate() {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = c.heartbeat().await;
-            if matches!(got, Ok(3)) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "client {i}: heartbeat count {got:?}, want 3"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        heartbeat_until(c, &format!("client {i}"), 3, WAIT).await;
     }
     eventually("/online/top counts both comets", WAIT, || async {
         get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "9", "count": 3}])
@@ -427,6 +377,61 @@ async fn two_comets_share_room_counts_and_the_online_views() {
     for (i, c) in clients.iter_mut().enumerate() {
         expect(c, &format!("client {i}"), &[(OP, "both comets")]).await;
     }
+    p.shutdown().await;
+}
+
+/// A comet that dies leaves the room counts as soon as its ZooKeeper node
+/// goes (not when its `ol_` expires), and logic deletes its `ol_` after the
+/// grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_comets_clients_leave_the_room_counts_and_its_ol_key_goes() {
+    let p = Push::with(1, |c| {
+        // Sessions and ol_ would outlive the test: only logic deletes ol_.
+        c.session.expire = Duration::from_secs(300);
+        c.online.gone_grace = Duration::from_millis(500);
+    })
+    .await;
+    let h = p.http();
+    let (mut dead, dead_tcp, dead_ws) = comet_process(&p.cluster.zk, "comet-dead", "10.9.0.9");
+    let room = "live://5";
+    let mut alive = connect(&p.tcp(0), &auth_body(51, "k51", room, &[OP])).await;
+    let _on_dead = [
+        connect(&dead_tcp, &auth_body(52, "k52", room, &[OP])).await,
+        connect(&dead_ws, &auth_body(53, "k53", room, &[OP])).await,
+    ];
+    heartbeat_until(&mut alive, "the survivor", 3, WAIT).await;
+    eventually("/online/top counts both comets", WAIT, || async {
+        get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "5", "count": 3}])
+    })
+    .await;
+    let mut r = p.resp().await;
+    let exists = r.call(&["EXISTS", "ol_comet-dead"]).await.map(resp_client::int);
+    assert!(matches!(exists, Ok(Ok(1))), "ol_comet-dead: {exists:?}");
+
+    dead.kill();
+    // The ZooKeeper session (2 s) expires, the node goes, logic reloads.
+    let promptly = Duration::from_secs(10);
+    eventually("/online/top drops the dead comet's clients", promptly, || async {
+        get(h, "/goim/online/top?type=live&limit=10").await["data"] == json!([{"room_id": "5", "count": 1}])
+    })
+    .await;
+    heartbeat_until(&mut alive, "the survivor", 1, WAIT).await;
+    eventually("ol_comet-dead is deleted", promptly, || {
+        let proxy = p.proxy.to_string();
+        async move {
+            let r = &mut proxy_conn(&proxy).await;
+            matches!(
+                r.call(&["EXISTS", "ol_comet-dead"]).await.map(resp_client::int),
+                Ok(Ok(0))
+            )
+        }
+    })
+    .await;
+    let kept = r.call(&["EXISTS", "ol_comet-0"]).await.map(resp_client::int);
+    assert!(
+        matches!(kept, Ok(Ok(1))),
+        "the live comet keeps its ol_: {kept:?}"
+    );
     p.shutdown().await;
 }
 
@@ -582,46 +587,11 @@ fn job_process(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> Child {
     Child::spawn("job", &toml)
 }
 
-/// The consumers of the job group on `stream` and their pending counts
-/// (empty while the group does not exist).
-async fn consumers(r: &mut RespConn, stream: &str) -> BTreeMap<String, i64> {
-    let Ok(reply) = r.call(&["XINFO", "CONSUMERS", stream, queue::GROUP]).await else {
-        return BTreeMap::new();
-    };
-    let mut out = BTreeMap::new();
-    for c in resp_client::array(reply).unwrap_or_default() {
-        let fields = resp_client::array(c).unwrap_or_default();
-        let mut name = String::new();
-        let mut pending = 0;
-        let mut it = fields.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            let k = resp_client::bytes(k).ok().flatten().unwrap_or_default();
-            match &k[..] {
-                b"name" => {
-                    let v = resp_client::bytes(v).ok().flatten().unwrap_or_default();
-                    name = String::from_utf8_lossy(&v).into_owned();
-                }
-                b"pending" => pending = resp_client::int(v).unwrap_or(-1),
-                _ => {}
-            }
-        }
-        out.insert(name, pending);
-    }
-    out
-}
-
-/// A RESP connection through the proxy at `proxy`.
-async fn resp(proxy: &str) -> RespConn {
-    RespConn::connect(proxy, Duration::from_secs(5))
-        .await
-        .expect("connect to the proxy")
-}
-
 /// Entries job-b read and did not ack, over every stream.
 async fn job_b_pending(r: &mut RespConn) -> i64 {
     let mut left = 0;
     for i in 0..queue::DEFAULT_STREAMS {
-        left += consumers(r, &queue::stream_key(i))
+        left += group_consumers(r, &queue::stream_key(i))
             .await
             .get("job-b")
             .copied()
@@ -681,40 +651,13 @@ fn watch(mut c: ImClient, mid: i64, room: &'static str, stop: Arc<AtomicBool>) -
 /// request failed.
 async fn try_push(addr: SocketAddr, path: &str, body: String) -> Option<i64> {
     let call = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .ok()?;
-        tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("host", "logic")
-            .body(Full::new(Bytes::from(body)))
-            .ok()?;
-        let res = sender.send_request(req).await.ok()?;
-        let bytes = res.into_body().collect().await.ok()?.to_bytes();
+        let (_, bytes) = try_logic_http(addr, "POST", path, body.into_bytes()).await.ok()?;
         serde_json::from_slice::<Value>(&bytes).ok()?["code"].as_i64()
     };
     tokio::time::timeout(Duration::from_secs(10), call)
         .await
         .ok()
         .flatten()
-}
-
-/// A dashboard in-process; returns its address.
-async fn dashboard(c: &Cluster) -> String {
-    let cfg = reborn::topo::manager::dashboard::DashboardConfig {
-        listen: "127.0.0.1:0".into(),
-        zk: c.zk.clone(),
-        ..Default::default()
-    };
-    let bound = reborn::topo::manager::dashboard::Bound::bind(cfg)
-        .await
-        .expect("bind dashboard");
-    let addr = bound.local_addr().to_string();
-    tokio::spawn(bound.run(c.stop.clone()));
-    addr
 }
 
 /// Migrates slots `start..=end` to group `to` through the dashboard's API
@@ -792,9 +735,9 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
                 "warm-up",
             )
             .await;
-            let mut r = resp(&proxy).await;
+            let mut r = proxy_conn(&proxy).await;
             for i in 0..queue::DEFAULT_STREAMS {
-                if consumers(&mut r, &queue::stream_key(i))
+                if group_consumers(&mut r, &queue::stream_key(i))
                     .await
                     .contains_key("job-b")
                 {
@@ -860,7 +803,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
     };
 
     // 1. Move every slot, so sessions and streams all change groups.
-    let dash = dashboard(&p.cluster).await;
+    let dash = p.cluster.dashboard().await;
     sent_at_least(&sent, 30).await;
     let t = Instant::now();
     migrate(&dash, 0, 511, 2).await;
@@ -960,10 +903,10 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
     eventually("job-b has nothing pending", WAIT, || {
         let proxy = proxy.clone();
         async move {
-            let r = &mut resp(&proxy).await;
+            let r = &mut proxy_conn(&proxy).await;
             let mut left = 0;
             for i in 0..queue::DEFAULT_STREAMS {
-                left += consumers(r, &queue::stream_key(i))
+                left += group_consumers(r, &queue::stream_key(i))
                     .await
                     .get("job-b")
                     .copied()
@@ -977,7 +920,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
     eventually("comet-b's sessions expire", Duration::from_secs(20), || {
         let proxy = proxy.clone();
         async move {
-            let r = &mut resp(&proxy).await;
+            let r = &mut proxy_conn(&proxy).await;
             let keys = ["ol_comet-b", "key_kv1", "key_kv2", "mid_201", "mid_202"];
             let mut args = vec!["EXISTS"];
             args.extend(keys);

@@ -10,13 +10,11 @@ use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Stdio};
 
 use common::GuardedChild;
+use common::im::{logic_http, logic_json};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use reborn::im::client::ImClient;
 use reborn::topo::{Store, ZkConfig, watcher};
 use serde_json::Value;
@@ -208,31 +206,9 @@ fn assert_ports_freed(ports: &[u16], timeout: Duration) {
     }
 }
 
-/// One HTTP request to logic: status and body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Bytes) {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to logic");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "logic")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("request");
-    let res = sender.send_request(req).await.expect("response");
-    let status = res.status().as_u16();
-    (status, res.into_body().collect().await.expect("body").to_bytes())
-}
-
 /// One call of logic's JSON API: its envelope, code 0 asserted.
 async fn logic_api(addr: SocketAddr, method: &str, path: &str, body: &str) -> Value {
-    let (status, bytes) = http(addr, method, path, body).await;
-    assert_eq!(status, 200, "{method} {path}");
-    let reply: Value = serde_json::from_slice(&bytes).expect("JSON");
+    let reply = logic_json(addr, method, path, body.as_bytes().to_vec()).await;
     assert_eq!(reply["code"], 0, "{method} {path}: {reply}");
     reply
 }
@@ -275,7 +251,7 @@ async fn check_push_roles(up: &Up, ports: &Ports) {
         "what the demo page connects to: {nodes}"
     );
 
-    let (status, page) = http(logic, "GET", "/demo", "").await;
+    let (status, page) = logic_http(logic, "GET", "/demo", Vec::new()).await;
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&page).contains("new WebSocket("));
 

@@ -1,7 +1,7 @@
 //! Discovery of the push roles through ZooKeeper, in place of goim's
 //! bilibili/discovery.
 //!
-//! Each comet and logic instance keeps an ephemeral node
+//! Each comet, logic and job instance keeps an ephemeral node
 //! `<product>/im/<kind>/<id>` holding its [`Instance`] as JSON. The `Store`
 //! re-creates the node after a session expiry, and the instance rewrites it
 //! every 10 s with fresh counts. Readers follow a kind with [`follow`], which
@@ -20,13 +20,16 @@ use crate::topo::store::Store;
 /// How often an instance rewrites its node, and how often readers re-read.
 pub const REFRESH: Duration = Duration::from_secs(10);
 
-/// The two kinds of instance that register.
+/// The kinds of instance that register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstanceKind {
     /// A comet: holds client connections, serves `goim.comet.Comet`.
     Comet,
     /// A logic: serves the HTTP API and `goim.logic.Logic`.
     Logic,
+    /// A job: consumes the push queue; its id is its consumer name in the
+    /// stream groups (only the id is published).
+    Job,
 }
 
 impl InstanceKind {
@@ -35,6 +38,7 @@ impl InstanceKind {
         match self {
             InstanceKind::Comet => "comet",
             InstanceKind::Logic => "logic",
+            InstanceKind::Job => "job",
         }
     }
 }
@@ -94,6 +98,21 @@ pub async fn register(store: &Store, kind: InstanceKind, instance: &Instance) ->
         source,
     })?;
     store.register_ephemeral(&path, data).await
+}
+
+/// Rewrites `instance`'s node every [`REFRESH`] until `cancel` (the contract
+/// of every registered instance whose data does not change; comet publishes
+/// fresh counts instead).
+pub async fn refresh_loop(store: Store, kind: InstanceKind, instance: Instance, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(REFRESH) => {}
+        }
+        if let Err(e) = register(&store, kind, &instance).await {
+            tracing::warn!(error = %e, kind = kind.dir(), "refreshing the registration");
+        }
+    }
 }
 
 /// Removes this instance's node (on a clean shutdown).

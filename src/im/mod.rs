@@ -17,4 +17,5 @@ pub mod frame;
 pub mod job;
 pub mod logic;
 pub mod proto;
+pub mod proxies;
 pub mod queue;

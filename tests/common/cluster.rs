@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use reborn::libs::hash::slot_of;
 use reborn::proxy::{Bound, ProxyConfig};
+use reborn::topo::manager::dashboard::DashboardConfig;
 use reborn::topo::model::{Role, SlotState};
 use reborn::topo::{Store, ZkConfig, operation, watcher};
 use reborn::up::RedisServer;
@@ -39,6 +40,22 @@ impl Cluster {
             masters,
             stop: CancellationToken::new(),
         }
+    }
+
+    /// An in-process dashboard on a free port (stopped with the cluster);
+    /// its address. It may not lead yet.
+    pub async fn dashboard(&self) -> String {
+        let cfg = DashboardConfig {
+            listen: "127.0.0.1:0".into(),
+            zk: self.zk.clone(),
+            ..DashboardConfig::default()
+        };
+        let bound = reborn::topo::manager::dashboard::Bound::bind(cfg)
+            .await
+            .expect("bind dashboard");
+        let addr = bound.local_addr().to_string();
+        tokio::spawn(bound.run(self.stop.clone()));
+        addr
     }
 
     /// A replica of group 1's master, registered in the group.

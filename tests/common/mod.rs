@@ -24,6 +24,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod im;
 pub mod relay;
 
 use std::collections::HashSet;

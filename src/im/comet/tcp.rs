@@ -8,8 +8,8 @@
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -26,6 +26,7 @@ use super::hub::Hub;
 use super::stats::CometStats;
 use super::transport::Transport;
 use crate::im::frame::Frame;
+use crate::libs::listener::Listener;
 
 /// Bytes asked of the socket per read when the buffer has less room.
 const READ_CHUNK: usize = 512;
@@ -92,30 +93,23 @@ impl Transport for TcpTransport {
     }
 }
 
-/// Accepts raw TCP clients until `shutdown`; each runs in its own task.
+/// Accepts raw TCP clients until `shutdown`, each in its own task, through
+/// the role service every role shares (`libs::listener`: accept backoff on
+/// `EMFILE`, shutdown, bounded drain).
 pub async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of descriptors, mostly: back off instead of spinning.
-                tracing::warn!(error = %e, "accepting a TCP client failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        CometStats::bump(&hub.stats.accepted_tcp);
-        let _ = stream.set_nodelay(true);
-        let acc = Accepted {
-            transport: TcpTransport::new(stream, hub.protocol.max_body),
-            peer,
-            cookie: String::new(),
-            deadline: Instant::now() + hub.protocol.handshake_timeout,
-        };
-        hub.tasks.spawn(serve(hub.clone(), acc, shutdown.clone()));
-    }
+    let serve_one = move |stream: TcpStream, peer: SocketAddr, stop: CancellationToken| {
+        let hub = hub.clone();
+        async move {
+            CometStats::bump(&hub.stats.accepted_tcp);
+            let _ = stream.set_nodelay(true);
+            let acc = Accepted {
+                transport: TcpTransport::new(stream, hub.protocol.max_body),
+                peer,
+                cookie: String::new(),
+                deadline: Instant::now() + hub.protocol.handshake_timeout,
+            };
+            serve(hub, acc, stop).await;
+        }
+    };
+    Listener::new(listener).serve(serve_one, shutdown).await;
 }

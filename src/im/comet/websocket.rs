@@ -12,12 +12,11 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
@@ -34,6 +33,7 @@ use super::hub::Hub;
 use super::stats::CometStats;
 use super::transport::Transport;
 use crate::im::frame::{Frame, HEADER_LEN};
+use crate::libs::listener::Listener;
 
 /// The only path upgraded (goim's).
 pub const PATH: &str = "/sub";
@@ -119,30 +119,19 @@ fn ws_error(e: WsError, max_body: usize) -> ConnError {
     }
 }
 
-/// Accepts WebSocket clients (WSS when `tls` is set) until `shutdown`.
+/// Accepts WebSocket clients (WSS when `tls` is set) until `shutdown`, through
+/// the role service every role shares (`libs::listener`).
 pub async fn accept_loop(
     hub: Arc<Hub>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a WebSocket client failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let deadline = Instant::now() + hub.protocol.handshake_timeout;
-        let (h, stop, tls) = (hub.clone(), shutdown.clone(), tls.clone());
-        hub.tasks.spawn(async move {
+    let serve_one = move |stream: TcpStream, peer: SocketAddr, stop: CancellationToken| {
+        let (h, tls) = (hub.clone(), tls.clone());
+        async move {
+            let _ = stream.set_nodelay(true);
+            let deadline = Instant::now() + h.protocol.handshake_timeout;
             match tls {
                 None => upgrade_and_serve(h, stream, peer, deadline, stop).await,
                 Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
@@ -151,8 +140,9 @@ pub async fn accept_loop(
                     Err(_) => refused(&h, peer, "TLS handshake timed out"),
                 },
             }
-        });
-    }
+        }
+    };
+    Listener::new(listener).serve(serve_one, shutdown).await;
 }
 
 /// Upgrades `stream` on `/sub` and runs the connection.

@@ -3,7 +3,7 @@
 //! after the batch holding it was sent. Entries finished close together are
 //! acked in one command. An ack that fails is retried (the entry would
 //! otherwise be claimed and delivered again, which at-least-once allows but
-//! need not cost). Imports `im::queue`, the job's proxy link, room handles and
+//! need not cost). Imports `im::queue`, `im::proxies`, room handles and
 //! stats.
 //!
 //! The acker also keeps the set of ids still in flight, so that a claim pass
@@ -20,9 +20,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::proxy_link::ProxyLink;
 use super::room::AckHandle;
 use super::stats::JobStats;
+use crate::im::proxies::ProxySet;
 use crate::im::queue;
 use crate::libs::backoff::Backoff;
 use crate::libs::resp_client::int;
@@ -51,7 +51,7 @@ pub struct Acker {
 
 impl Acker {
     /// Starts acking entries of `stream` through `link`.
-    pub fn spawn(stream: String, link: Arc<ProxyLink>, stats: Arc<JobStats>) -> Acker {
+    pub fn spawn(stream: String, link: Arc<ProxySet>, stats: Arc<JobStats>) -> Acker {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = InFlight::default();
         let task = tokio::spawn(run(stream, link, stats, rx, Arc::clone(&in_flight)));
@@ -99,7 +99,7 @@ type Finished = (Bytes, bool, OwnedSemaphorePermit);
 
 async fn run(
     stream: String,
-    link: Arc<ProxyLink>,
+    link: Arc<ProxySet>,
     stats: Arc<JobStats>,
     mut rx: mpsc::UnboundedReceiver<Unacked>,
     in_flight: InFlight,
@@ -147,7 +147,7 @@ async fn run(
 }
 
 /// `XACK <stream> <group> <id>…`, retried until it goes through.
-async fn xack(stream: &str, link: &ProxyLink, stats: &JobStats, ids: &[Bytes]) {
+async fn xack(stream: &str, link: &ProxySet, stats: &JobStats, ids: &[Bytes]) {
     let mut args: Vec<&[u8]> = Vec::with_capacity(ids.len() + 3);
     args.extend([&b"XACK"[..], stream.as_bytes(), queue::GROUP.as_bytes()]);
     args.extend(ids.iter().map(|id| &id[..]));
@@ -172,6 +172,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
+    use crate::im::proxies::Failover;
 
     /// A fake proxy answering `:1` to every command and recording what it got.
     async fn fake_proxy() -> (String, mpsc::UnboundedReceiver<String>) {
@@ -200,7 +201,12 @@ mod tests {
     #[tokio::test]
     async fn acks_wait_for_their_batch_and_abandoned_ones_are_never_sent() {
         let (addr, mut got) = fake_proxy().await;
-        let link = Arc::new(ProxyLink::new(&[addr], 1, Duration::from_secs(2)));
+        let link = Arc::new(ProxySet::new(
+            &[addr],
+            1,
+            Duration::from_secs(2),
+            Failover::Sticky,
+        ));
         let stats = Arc::new(JobStats::default());
         let acker = Acker::spawn("goim-push-0".into(), link, Arc::clone(&stats));
         let places = Arc::new(Semaphore::new(3));

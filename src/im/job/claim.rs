@@ -3,7 +3,7 @@
 //! every `claim_interval`, a page at a time. An entry pending longer than
 //! `claim_min_idle` belongs to a job instance that died or stalled; claiming
 //! and delivering it again is what makes delivery at-least-once. Imports
-//! `im::queue`, `libs::resp_client` and the job's proxy link and entries.
+//! `im::queue`, `libs::resp_client` and `im::proxies`, entries.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::entry::{self, Claimed};
-use super::proxy_link::ProxyLink;
+use crate::im::proxies::ProxySet;
 use crate::im::queue;
 use crate::libs::resp_client::RespError;
 
@@ -49,6 +49,11 @@ impl Claimer {
         self.cursor.is_some() || Instant::now() >= self.next_pass
     }
 
+    /// True while a pass has pages left.
+    pub fn in_pass(&self) -> bool {
+        self.cursor.is_some()
+    }
+
     /// How long until the next pass is due (zero while one is in progress).
     pub fn wait(&self) -> Duration {
         if self.cursor.is_some() {
@@ -63,7 +68,7 @@ impl Claimer {
     ///
     /// # Errors
     /// The proxy failed or refused; the pass resumes where it was next time.
-    pub async fn claim_page(&mut self, link: &ProxyLink, count: usize) -> Result<Claimed, RespError> {
+    pub async fn claim_page(&mut self, link: &ProxySet, count: usize) -> Result<Claimed, RespError> {
         let cursor = self.cursor.clone().unwrap_or_else(|| Bytes::from_static(START));
         let count = count.to_string();
         let args: [&[u8]; 8] = [

@@ -1,7 +1,8 @@
 //! One stream's consumer: joins the group (`XGROUP CREATE … MKSTREAM`), reads
 //! new entries with `XREADGROUP … BLOCK` on a connection of its own (BLOCK holds
 //! it, and each stream lives in its own slot, so one stream per call), takes
-//! over stale entries of dead instances (`claim.rs`), hands each entry to the
+//! over stale entries of dead instances (`claim.rs`) and, after each complete
+//! claim pass, deletes their consumers (`reaper.rs`), hands each entry to the
 //! dispatcher or its room's batch, and leaves the ack to the `Acker`.
 //!
 //! At most `max_pending` entries are read but unacked at once: slow comets slow
@@ -14,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::acker::Acker;
@@ -22,10 +23,12 @@ use super::claim::Claimer;
 use super::config::{JobQueueConfig, JobRoomConfig};
 use super::dispatch::{Dispatcher, inner_frame};
 use super::entry::{self, StreamEntry};
-use super::proxy_link::ProxyLink;
+use super::reaper::ConsumerReaper;
 use super::room::RoomBatcher;
 use super::stats::JobStats;
+use crate::im::discovery::Instance;
 use crate::im::proto::logic::push_msg::Type as PushType;
+use crate::im::proxies::ProxySet;
 use crate::im::queue;
 use crate::libs::backoff::Backoff;
 use crate::libs::resp_client::{RespConn, RespError, check};
@@ -38,7 +41,7 @@ pub struct StreamConsumer {
     /// This instance's consumer name.
     pub consumer: String,
     /// The proxies.
-    pub link: Arc<ProxyLink>,
+    pub link: Arc<ProxySet>,
     /// Delivery to the comets (also the rooms' sink).
     pub dispatcher: Arc<Dispatcher>,
     /// `[queue]`.
@@ -47,6 +50,8 @@ pub struct StreamConsumer {
     pub room: JobRoomConfig,
     /// Counters.
     pub stats: Arc<JobStats>,
+    /// The job instances in discovery (whose consumers are alive).
+    pub jobs: watch::Receiver<Vec<Instance>>,
 }
 
 /// The reading connection and whether the group is known to exist on it.
@@ -73,6 +78,14 @@ impl StreamConsumer {
             self.queue.claim_min_idle,
             self.queue.claim_interval,
         );
+        // Idle this long, a consumer is not reading: a live one's blocking
+        // read touches it every `block`.
+        let reaper = ConsumerReaper::new(
+            &self.stream,
+            &self.consumer,
+            self.queue.claim_min_idle.max(self.queue.block * 2),
+            self.jobs.clone(),
+        );
         let mut reader: Option<Reader> = None;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
@@ -83,7 +96,7 @@ impl StreamConsumer {
             let Ok(mut taken) = taken else { break };
             let claiming = claimer.due();
             let step = if claiming {
-                self.claim(&mut claimer, page).await
+                self.claim(&mut claimer, &reaper, page).await
             } else {
                 tokio::select! {
                     r = self.read(&mut reader, page) => r,
@@ -111,7 +124,7 @@ impl StreamConsumer {
                     drop(taken);
                     if e.breaks_connection() {
                         if let Some(r) = reader.take() {
-                            self.link.advance_from(r.conn.addr());
+                            self.link.failed_at(r.conn.addr());
                         }
                     } else if matches!(&e, RespError::Server(m) if m.starts_with("NOGROUP"))
                         && let Some(r) = reader.as_mut()
@@ -131,8 +144,14 @@ impl StreamConsumer {
         acker.close().await;
     }
 
-    /// One page of stale entries taken over from other consumers.
-    async fn claim(&self, claimer: &mut Claimer, page: usize) -> Result<Vec<StreamEntry>, RespError> {
+    /// One page of stale entries taken over from other consumers; after the
+    /// last page of a pass, the dead consumers (now without entries) go.
+    async fn claim(
+        &self,
+        claimer: &mut Claimer,
+        reaper: &ConsumerReaper,
+        page: usize,
+    ) -> Result<Vec<StreamEntry>, RespError> {
         let claimed = match claimer.claim_page(&self.link, page).await {
             Ok(c) => c,
             // No stream or group yet: nothing can be pending; the read creates them.
@@ -141,6 +160,13 @@ impl StreamConsumer {
         };
         if !claimed.entries.is_empty() {
             tracing::info!(stream = %self.stream, n = claimed.entries.len(), "claimed stale entries");
+        }
+        if !claimer.in_pass() {
+            match reaper.reap(&self.link).await {
+                Ok(n) => JobStats::add(&self.stats.consumers_deleted, n as u64),
+                // Not worth a retry of the claim: the next pass reaps again.
+                Err(e) => tracing::warn!(stream = %self.stream, error = %e, "deleting dead consumers failed"),
+            }
         }
         Ok(claimed.entries)
     }

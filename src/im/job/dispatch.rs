@@ -10,11 +10,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tonic::Status;
+use tonic::transport::Channel;
 
-use super::comet_link::{CometLink, CometLinks};
+use super::comet_link::{CometCallError, CometLink, CometLinks};
 use super::room::RoomSink;
 use super::stats::JobStats;
 use crate::im::frame::{PUSH_VER, op, push_frame};
+use crate::im::proto::comet::comet_client::CometClient;
 use crate::im::proto::comet::{BroadcastReq, BroadcastRoomReq, PushMsgReq};
 use crate::im::proto::logic::PushMsg;
 use crate::im::proto::protocol::Proto;
@@ -86,45 +89,48 @@ impl Dispatcher {
 
     /// Sends a broadcast to every comet, each with its share of the speed.
     pub async fn broadcast(&self, msg: &PushMsg) {
-        let comets = self.links.all();
-        if comets.is_empty() {
-            JobStats::add(&self.stats.dropped_no_comet, 1);
-            return;
-        }
+        let Some(comets) = self.comets_for(1) else { return };
         let req = BroadcastReq {
             proto_op: msg.operation,
             proto: Some(raw_proto(&inner_frame(msg))),
             speed: speed_share(msg.speed, comets.len()),
         };
-        self.to_every(&comets, |link| {
-            let req = req.clone();
-            async move {
-                self.links
-                    .call(&link, |mut c| {
-                        let req = req.clone();
-                        async move { c.broadcast(req).await }
-                    })
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .await;
+        self.to_every(&comets, req, |mut c, req| async move { c.broadcast(req).await })
+            .await;
         JobStats::add(&self.stats.broadcast, 1);
     }
 
-    /// Runs `call` on every comet at once; failures are counted per comet.
-    async fn to_every<F, Fut>(&self, comets: &[Arc<CometLink>], call: F)
+    /// Every comet now; `None`, with `entries` counted as dropped, when there
+    /// is none.
+    fn comets_for(&self, entries: u64) -> Option<Vec<Arc<CometLink>>> {
+        let comets = self.links.all();
+        if comets.is_empty() {
+            JobStats::add(&self.stats.dropped_no_comet, entries);
+            return None;
+        }
+        Some(comets)
+    }
+
+    /// Sends `req` through `rpc` to every comet at once; failures are
+    /// counted per comet.
+    async fn to_every<Q, R, F, Fut>(&self, comets: &[Arc<CometLink>], req: Q, rpc: F)
     where
-        F: Fn(Arc<CometLink>) -> Fut,
-        Fut: Future<Output = Result<(), super::comet_link::CometCallError>>,
+        Q: Clone,
+        F: Fn(CometClient<Channel>, Q) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let results = futures::future::join_all(comets.iter().cloned().map(call)).await;
-        for e in results.iter().filter_map(|r| r.as_ref().err()) {
-            self.given_up(e);
+        let calls = comets.iter().map(|link| {
+            let (req, rpc) = (&req, &rpc);
+            async move { self.links.call(link, |c| rpc(c, req.clone())).await }
+        });
+        for result in futures::future::join_all(calls).await {
+            if let Err(e) = result {
+                self.given_up(&e);
+            }
         }
     }
 
-    fn given_up(&self, e: &super::comet_link::CometCallError) {
+    fn given_up(&self, e: &CometCallError) {
         JobStats::add(&self.stats.dropped_rpc_failed, 1);
         tracing::warn!(error = %e, "comet call given up; push dropped for that comet");
     }
@@ -132,27 +138,18 @@ impl Dispatcher {
 
 impl RoomSink for Dispatcher {
     async fn flush(&self, room: &str, body: Bytes, count: usize) {
-        let comets = self.links.all();
-        if comets.is_empty() {
-            JobStats::add(&self.stats.dropped_no_comet, count as u64);
+        let Some(comets) = self.comets_for(count as u64) else {
             return;
-        }
+        };
         let req = BroadcastRoomReq {
             room_id: room.to_string(),
             proto: Some(raw_proto(&body)),
         };
-        self.to_every(&comets, |link| {
-            let req = req.clone();
-            async move {
-                self.links
-                    .call(&link, |mut c| {
-                        let req = req.clone();
-                        async move { c.broadcast_room(req).await }
-                    })
-                    .await
-                    .map(|_| ())
-            }
-        })
+        self.to_every(
+            &comets,
+            req,
+            |mut c, req| async move { c.broadcast_room(req).await },
+        )
         .await;
         JobStats::add(&self.stats.room_batches, 1);
         JobStats::add(&self.stats.room_messages, count as u64);

@@ -5,12 +5,15 @@
 //! after its delivery was handed to the comets, and entries a dead instance
 //! left pending are claimed by the others.
 //!
-//! The parts, one per file: [`config`] (TOML and flags), `proxy_link` (the
-//! proxies), `consumer` (one task per stream), `entry` (stream replies),
-//! `claim` (XAUTOCLAIM), `dispatch` (PUSH / BROADCAST / ROOM to calls),
+//! The parts, one per file: [`config`] (TOML and flags), `consumer` (one
+//! task per stream), `entry` (stream replies), `claim` (XAUTOCLAIM), `reaper`
+//! (dead instances' consumers), `dispatch` (PUSH / BROADCAST / ROOM to calls),
 //! `room` (batching), `acker` (XACK), `comet_link` (the comets from
-//! ZooKeeper), `stats` (counters). Imports `libs`, the `topo` kernel and
-//! `im`'s shared pieces (discovery, frame, proto, queue), never `proxy`.
+//! ZooKeeper), `stats` (counters); the proxies are `im::proxies` with sticky
+//! failover (every command job sends through them may run twice). Each
+//! instance registers in discovery (`im/job/<consumer>`), so the others know
+//! which consumers are alive. Imports `libs`, the `topo` kernel and `im`'s
+//! shared pieces (discovery, frame, proto, proxies, queue), never `proxy`.
 
 pub mod acker;
 pub mod claim;
@@ -19,7 +22,7 @@ pub mod config;
 pub mod consumer;
 pub mod dispatch;
 pub mod entry;
-pub mod proxy_link;
+pub mod reaper;
 pub mod room;
 pub mod stats;
 
@@ -34,8 +37,9 @@ pub use stats::{JobStats, JobStatsSnapshot};
 use comet_link::CometLinks;
 use consumer::StreamConsumer;
 use dispatch::Dispatcher;
-use proxy_link::ProxyLink;
 
+use crate::im::discovery::{self, Instance, InstanceKind};
+use crate::im::proxies::{Failover, ProxySet};
 use crate::im::queue;
 use crate::libs::config::ConfigError;
 use crate::topo::error::TopoError;
@@ -47,7 +51,8 @@ pub enum JobError {
     /// The configuration makes no sense.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// ZooKeeper (where the comets are found) could not be reached.
+    /// ZooKeeper (where the comets are found) could not be reached, or
+    /// another live instance registered the same consumer name.
     #[error(transparent)]
     Zk(#[from] TopoError),
 }
@@ -84,14 +89,33 @@ pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
     let stats = Arc::new(JobStats::default());
     let links = Arc::new(CometLinks::new(config.comet.clone()));
     links.follow(store.clone(), stop.clone()).await;
-    let link = Arc::new(ProxyLink::new(
+    let link = Arc::new(ProxySet::new(
         &config.cluster.addrs,
         config.cluster.conns,
         config.cluster.timeout,
+        Failover::Sticky,
     ));
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&links), Arc::clone(&stats)));
     let consumer = config.consumer_name();
+    // Registered before reading: an instance that reads is always listed, so
+    // the others never delete its consumer (`reaper.rs`).
+    let me = Instance {
+        id: consumer.clone(),
+        ..Instance::default()
+    };
+    if let Err(e) = discovery::register(&store, InstanceKind::Job, &me).await {
+        stop.cancel();
+        store.close().await;
+        return Err(e.into());
+    }
+    let jobs = discovery::follow(store.clone(), InstanceKind::Job, stop.clone());
     let mut tasks = JoinSet::new();
+    tasks.spawn(discovery::refresh_loop(
+        store.clone(),
+        InstanceKind::Job,
+        me,
+        stop.clone(),
+    ));
     for stream in queue::stream_keys(config.queue.streams) {
         let c = StreamConsumer {
             stream,
@@ -101,6 +125,7 @@ pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
             queue: config.queue.clone(),
             room: config.room.clone(),
             stats: Arc::clone(&stats),
+            jobs: jobs.clone(),
         };
         tasks.spawn(c.run(stop.clone()));
     }
@@ -159,10 +184,16 @@ impl RunningJob {
     }
 
     /// Stops at once without acking anything more, as a crash would: what was
-    /// read but not acked stays pending. For tests of the claim path.
+    /// read but not acked stays pending, and the ZooKeeper session ends (as it
+    /// expires after a crash), taking the registration with it. For tests of
+    /// the claim path.
     pub fn kill(mut self) {
         self.tasks.abort_all();
         self.stop.cancel();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            runtime.spawn(async move { store.close().await });
+        }
     }
 }
 

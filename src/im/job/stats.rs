@@ -31,6 +31,8 @@ pub struct JobStats {
     pub dropped_rpc_failed: AtomicU64,
     /// Entries that were not a decodable push (acked so they never come back).
     pub bad_entries: AtomicU64,
+    /// Consumers of dead job instances deleted from a group (`reaper.rs`).
+    pub consumers_deleted: AtomicU64,
 }
 
 /// A plain copy of [`JobStats`] at one moment.
@@ -58,6 +60,8 @@ pub struct JobStatsSnapshot {
     pub dropped_rpc_failed: u64,
     /// See [`JobStats::bad_entries`].
     pub bad_entries: u64,
+    /// See [`JobStats::consumers_deleted`].
+    pub consumers_deleted: u64,
 }
 
 impl JobStats {
@@ -81,6 +85,7 @@ impl JobStats {
             dropped_no_comet: get(&self.dropped_no_comet),
             dropped_rpc_failed: get(&self.dropped_rpc_failed),
             bad_entries: get(&self.bad_entries),
+            consumers_deleted: get(&self.consumers_deleted),
         }
     }
 }

@@ -144,7 +144,8 @@ pub struct LogicNodeConfig {
     pub tcp_port: u16,
     /// WebSocket port.
     pub ws_port: u16,
-    /// WSS port.
+    /// WSS port; told to clients only when every comet returned serves WSS
+    /// (0 otherwise).
     pub wss_port: u16,
     /// Weight gain of a comet in the client's region.
     pub region_weight: f64,
@@ -226,6 +227,11 @@ pub struct LogicOnlineConfig {
     /// A comet's counts older than this are deleted and ignored.
     #[serde(with = "humantime_serde")]
     pub stale_after: Duration,
+    /// How long a comet must stay out of discovery before its `ol_{server}`
+    /// is deleted (its counts stop counting at once): a comet that
+    /// re-registers within it, after a ZooKeeper blip, keeps its counts.
+    #[serde(with = "humantime_serde")]
+    pub gone_grace: Duration,
 }
 
 impl Default for LogicOnlineConfig {
@@ -233,6 +239,7 @@ impl Default for LogicOnlineConfig {
         LogicOnlineConfig {
             load_interval: Duration::from_secs(10),
             stale_after: Duration::from_secs(5 * 60),
+            gone_grace: Duration::from_secs(60),
         }
     }
 }

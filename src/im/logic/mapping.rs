@@ -9,16 +9,15 @@
 //! All three carry the session TTL (`[session] expire`, 1800 s by default),
 //! renewed on add and heartbeat. Each operation is one pipeline through the
 //! proxy, which splits cross-slot `MGET` and keeps pipeline order. Imports
-//! `libs::resp_client` and `cluster.rs`.
+//! `libs::resp_client` and `im::proxies`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::im::proxies::ProxySet;
 use crate::libs::resp_client::{self, Frame, RespError, cmd};
-
-use super::cluster::ProxyCluster;
 
 /// Shards of an `ol_{server}` hash.
 pub const ONLINE_SHARDS: u32 = 64;
@@ -58,13 +57,13 @@ pub struct ServerOnline {
 /// The session store: goim's `dao` Redis half, through the proxy.
 #[derive(Debug, Clone)]
 pub struct Sessions {
-    cluster: Arc<ProxyCluster>,
+    cluster: Arc<ProxySet>,
     expire: String,
 }
 
 impl Sessions {
     /// Sessions in `cluster` with a TTL of `expire_secs`.
-    pub fn new(cluster: Arc<ProxyCluster>, expire_secs: u64) -> Sessions {
+    pub fn new(cluster: Arc<ProxySet>, expire_secs: u64) -> Sessions {
         Sessions {
             cluster,
             expire: expire_secs.to_string(),

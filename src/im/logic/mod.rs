@@ -5,7 +5,7 @@
 //! comets, and registers itself, in ZooKeeper (`im::discovery`).
 //!
 //! Files, one concept each: `config` (the TOML), `args` (the command line,
-//! `reborn logic` and `reborn logic token`), `cluster` (the proxies),
+//! `reborn logic` and `reborn logic token`),
 //! `mapping` (the session contract), `producer` (the queue), `push` (the four
 //! pushes), `token` and `auth` (signed tokens, the auth body), `online` (room
 //! counts), `nodes` (node selection), `query` and `envelope` (HTTP details),
@@ -17,7 +17,6 @@
 
 pub mod args;
 pub mod auth;
-pub mod cluster;
 pub mod config;
 pub mod envelope;
 pub mod grpc;
@@ -42,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::im::discovery::{self, Instance, InstanceKind};
 use crate::im::proto::logic::logic_server::LogicServer;
+use crate::im::proxies::{Failover, ProxySet};
 use crate::libs::config::ConfigError;
 use crate::topo::error::TopoError;
 use crate::topo::store::Store;
@@ -49,7 +49,6 @@ use crate::topo::store::Store;
 pub use args::LogicArgs;
 pub use config::LogicConfig;
 
-use cluster::ProxyCluster;
 use mapping::Sessions;
 use nodes::NodeBalancer;
 use online::RoomCounts;
@@ -196,7 +195,12 @@ async fn start_with(config: LogicConfig, cancel: CancellationToken) -> Result<Ru
     let (grpc_listener, grpc_addr) = bind(&config.grpc.addr).await?;
     let store = Store::connect(&config.zk).await?;
 
-    let cluster = Arc::new(ProxyCluster::new(&config.cluster));
+    let cluster = Arc::new(ProxySet::new(
+        &config.cluster.addrs,
+        config.cluster.conns,
+        config.cluster.timeout,
+        Failover::Spread,
+    ));
     let sessions = Sessions::new(cluster.clone(), config.session.expire.as_secs());
     let stats = Arc::new(LogicStats::default());
     let pusher = Pusher::new(
@@ -248,8 +252,9 @@ async fn start_with(config: LogicConfig, cancel: CancellationToken) -> Result<Ru
         store.close().await;
         return Err(e.into());
     }
-    tasks.push(tokio::spawn(refresh_registration(
+    tasks.push(tokio::spawn(discovery::refresh_loop(
         store.clone(),
+        InstanceKind::Logic,
         me,
         cancel.clone(),
     )));
@@ -273,20 +278,6 @@ async fn follow_nodes(state: Arc<LogicState>, cancel: CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = comets.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Rewrites this instance's node every `discovery::REFRESH` (the contract of
-/// every registered instance).
-async fn refresh_registration(store: Store, me: Instance, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(discovery::REFRESH) => {}
-        }
-        if let Err(e) = discovery::register(&store, InstanceKind::Logic, &me).await {
-            tracing::warn!(error = %e, "refreshing logic's registration");
         }
     }
 }

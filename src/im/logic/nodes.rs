@@ -10,7 +10,11 @@
 //! * nodes are sorted by that weight, the top one is charged one connection
 //!   (optimistic accounting until discovery refreshes the counts), and up to 5
 //!   are returned: host names (`id + host_domain`) for `platform=web` when a
-//!   host domain is configured, else the comets' public addresses.
+//!   host domain is configured, else the comets' public addresses;
+//! * the client ports are `[node]`'s (one set for every node, as in goim),
+//!   except that `wss_port` is 0 unless every node returned serves WSS (its
+//!   registration has a `wss_port`): a client is never sent to a WSS port
+//!   that nothing listens on.
 //!
 //! goim found the region by a GeoIP stub that never matched; reborn maps a
 //! client IP to a region by the address prefixes of `[regions]`. Imports
@@ -79,6 +83,8 @@ struct WeightedNode {
     fixed_weight: i64,
     current_weight: i64,
     current_conns: i64,
+    /// The comet serves WSS.
+    wss: bool,
 }
 
 /// The balancer: the node list and its per-request accounting.
@@ -135,6 +141,7 @@ impl NodeBalancer {
                 fixed_weight: c.weight,
                 current_weight: 0,
                 current_conns: i64::try_from(c.conn_count).unwrap_or(i64::MAX),
+                wss: c.wss_port != 0,
             })
             .collect();
         let mut nodes = self.nodes.lock();
@@ -163,6 +170,7 @@ impl NodeBalancer {
         let region = self.region_of(client_ip).to_string();
         let web = platform == "web" && !self.node.host_domain.is_empty();
         let mut picked = Vec::new();
+        let serve_wss;
         {
             let mut nodes = self.nodes.lock();
             let total_weight: i64 = nodes.iter().map(|n| n.fixed_weight).sum();
@@ -184,6 +192,7 @@ impl NodeBalancer {
             if let Some(top) = nodes.first_mut() {
                 top.current_conns += 1;
             }
+            serve_wss = !nodes.is_empty() && nodes.iter().take(MAX_NODES).all(|n| n.wss);
             for n in nodes.iter().take(MAX_NODES) {
                 if web {
                     picked.push(format!("{}{}", n.id, self.node.host_domain));
@@ -200,7 +209,11 @@ impl NodeBalancer {
             domain: self.node.default_domain.clone(),
             tcp_port: i32::from(self.node.tcp_port),
             ws_port: i32::from(self.node.ws_port),
-            wss_port: i32::from(self.node.wss_port),
+            wss_port: if serve_wss {
+                i32::from(self.node.wss_port)
+            } else {
+                0
+            },
             heartbeat: i32::try_from(self.node.heartbeat.as_secs()).unwrap_or(i32::MAX),
             nodes: picked,
             backoff: self.backoff.clone(),
@@ -292,6 +305,30 @@ mod tests {
         assert_eq!(
             (n.tcp_port, n.ws_port, n.heartbeat, n.heartbeat_max),
             (3101, 3102, 240, 2)
+        );
+    }
+
+    #[test]
+    fn the_wss_port_is_told_only_when_every_node_returned_serves_wss() {
+        let wss = |id: &str| Instance {
+            wss_port: 3103,
+            ..comet(id, 10, 0, "")
+        };
+        let b = balancer(|_| {});
+        assert_eq!(b.select("ios", "").wss_port, 0, "no comet at all");
+        b.update(&[comet("a", 10, 0, ""), comet("bb", 10, 0, "")]);
+        let n = b.select("ios", "");
+        assert_eq!((n.tcp_port, n.ws_port, n.wss_port), (3101, 3102, 0));
+        b.update(&[wss("a"), comet("bb", 10, 0, "")]);
+        assert_eq!(b.select("ios", "").wss_port, 0, "bb has no WSS");
+        b.update(&[wss("a"), wss("bb")]);
+        assert_eq!(b.select("ios", "").wss_port, 3103);
+        let b = balancer(|c| c.node.wss_port = 443);
+        b.update(&[wss("a")]);
+        assert_eq!(
+            b.select("ios", "").wss_port,
+            443,
+            "[node] wss_port is what clients use"
         );
     }
 

@@ -2,7 +2,7 @@
 //! `XADD goim-push-{i} MAXLEN ~ <maxlen> * m <protobuf>` through the proxy.
 //! The stream is chosen by `queue::stream_of` (goim's Kafka partition key), so
 //! pushes to one room stay in order; job consumes them. All messages of one
-//! HTTP request go in one pipeline. Imports `im::queue` and `cluster.rs`.
+//! HTTP request go in one pipeline. Imports `im::queue` and `im::proxies`.
 
 use std::sync::Arc;
 
@@ -12,20 +12,20 @@ use crate::im::proto::logic::PushMsg;
 use crate::im::queue;
 use crate::libs::resp_client::{self, Frame, RespError};
 
-use super::cluster::ProxyCluster;
 use super::config::LogicQueueConfig;
+use crate::im::proxies::ProxySet;
 
 /// Appends pushes to the queue.
 #[derive(Debug, Clone)]
 pub struct Producer {
-    cluster: Arc<ProxyCluster>,
+    cluster: Arc<ProxySet>,
     streams: usize,
     maxlen: Bytes,
 }
 
 impl Producer {
     /// A producer over `config.streams` streams in `cluster`.
-    pub fn new(cluster: Arc<ProxyCluster>, config: &LogicQueueConfig) -> Producer {
+    pub fn new(cluster: Arc<ProxySet>, config: &LogicQueueConfig) -> Producer {
         Producer {
             cluster,
             streams: config.streams.max(1),
@@ -73,10 +73,12 @@ mod tests {
     use super::*;
     use crate::im::logic::config::LogicClusterConfig;
     use crate::im::proto::logic::push_msg::Type as PushType;
+    use crate::im::proxies::Failover;
 
     #[test]
     fn an_append_is_an_xadd_capped_approximately_with_the_encoded_message() {
-        let cluster = Arc::new(ProxyCluster::new(&LogicClusterConfig::default()));
+        let c = LogicClusterConfig::default();
+        let cluster = Arc::new(ProxySet::new(&c.addrs, c.conns, c.timeout, Failover::Spread));
         let p = Producer::new(
             cluster,
             &LogicQueueConfig {
