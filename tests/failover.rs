@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, client, seed_two_groups, signal};
 use reborn::libs::hash::slot_of;
 use reborn::proxy::config::WriteAck;
-use reborn::topo::manager::dashboard::{Bound as Dashboard, DashboardConfig};
 use reborn::topo::manager::failover::{self, FailoverRecord};
 use reborn::topo::model::{Observation, Role};
 use reborn::topo::{Store, ZkConfig, operation, watcher};
@@ -50,19 +49,6 @@ async fn cluster() -> (Cluster, Vec<RedisServer>) {
         stop: CancellationToken::new(),
     };
     (c, replicas)
-}
-
-/// Starts the dashboard (it leads at once: nobody else does).
-async fn dashboard(c: &Cluster) -> String {
-    let cfg = DashboardConfig {
-        listen: "127.0.0.1:0".into(),
-        zk: c.zk.clone(),
-        ..Default::default()
-    };
-    let bound = Dashboard::bind(cfg).await.expect("bind");
-    let addr = bound.local_addr().to_string();
-    tokio::spawn(bound.run(c.stop.clone()));
-    addr
 }
 
 async fn master_of(store: &Store, group: u32) -> Option<String> {
@@ -177,7 +163,7 @@ async fn role_of(addr: &str) -> String {
 async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
     let (mut c, replicas) = cluster().await;
     let proxy = c.proxy().await;
-    let _dash = dashboard(&c).await;
+    let _dash = c.dashboard().await;
     let old = c.masters[0].addr();
     let new = replicas[0].addr();
     let load = Load::start(proxy, keys_of_groups(&[1], 200));
@@ -271,7 +257,7 @@ async fn failover_with_a_lagging_replica(write_ack: WriteAck) -> (i64, i64) {
             cfg.write_ack_timeout = Duration::from_millis(200);
         })
         .await;
-    let _dash = dashboard(&c).await;
+    let _dash = c.dashboard().await;
     let old = c.masters[0].addr();
     let load = Load::start(proxy, keys_of_groups(&[1], 200));
     load.at_least(200, "writes before the freeze").await;
@@ -328,7 +314,7 @@ async fn with_write_ack_master_a_failover_loses_what_the_replica_missed() {
 async fn two_overlapping_failures_are_both_replaced() {
     let (mut c, replicas) = cluster().await;
     let proxy = c.proxy().await;
-    let _dash = dashboard(&c).await;
+    let _dash = c.dashboard().await;
     let load = Load::start(proxy, keys_of_groups(&[1, 2], 200));
     load.at_least(300, "writes before the kills").await;
     let old: Vec<String> = c.masters.iter().map(RedisServer::addr).collect();
@@ -376,7 +362,7 @@ async fn one_observer_alone_never_fails_a_group_over() {
         .register_ephemeral(&path, serde_json::to_vec(&seen).expect("json"))
         .await
         .expect("observation");
-    let _dash = dashboard(&c).await;
+    let _dash = c.dashboard().await;
     // Well past the dashboard's down_after (3 s) and several rounds.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(master_of(&c.store, 1).await.as_deref(), Some(old.as_str()));
