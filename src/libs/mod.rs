@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod fd_limit;
 pub mod hash;
 pub mod listener;
 pub mod logging;

@@ -95,7 +95,7 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
     let mut out = String::new();
     let st = &s.stats;
-    let series: [(&str, &str, &str, u64); 9] = [
+    let series: [(&str, &str, &str, u64); 10] = [
         ("ops_total", "Requests answered.", "counter", st.ops_total),
         (
             "ops_per_second",
@@ -128,6 +128,12 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
             "Clients refused at max_clients.",
             "counter",
             st.sessions_refused,
+        ),
+        (
+            "auth_failures_total",
+            "Failed AUTHs (each slows its connection; the tenth closes it).",
+            "counter",
+            st.auth_failures,
         ),
         (
             "online",

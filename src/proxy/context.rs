@@ -123,6 +123,8 @@ impl Context {
 pub struct Client {
     pub id: u64,
     pub authed: bool,
+    /// Failed `AUTH`s in a row on this connection (`local.rs` throttles them).
+    pub auth_failures: u32,
     /// What `CLIENT LIST` shows of this client (name included).
     pub conn: Arc<Connection>,
     /// The protocol the client speaks (`HELLO 3` switches to RESP3). Its
@@ -161,6 +163,7 @@ impl Client {
         Client {
             id: conn.id,
             authed: ctx.config.auth.is_empty(),
+            auth_failures: 0,
             conn,
             protocol: Protocol::Resp2,
             fence: false,

@@ -4,6 +4,7 @@
 //! groups are down, which is what a client's health check should see.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -30,12 +31,59 @@ pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static 
                 "ERR DB index is out of range (reborn proxy serves db 0 only)",
             )),
         },
-        "auth" => ready(auth(ctx, client, &args[1..])),
-        "hello" => ready(hello(ctx, client, args)),
+        "auth" => {
+            let reply = auth(ctx, client, &args[1..]);
+            throttled(ctx, client, reply)
+        }
+        "hello" => {
+            let reply = hello(ctx, client, args);
+            throttled(ctx, client, reply)
+        }
         "client" => client_command::answer(ctx, client, args),
         "command" => ready(command_cmd(args, client.protocol)),
         _ => ready(resp::error("ERR internal: not a local command")),
     }
+}
+
+/// Failed `AUTH`s a connection may make; the last one closes it.
+pub const MAX_AUTH_FAILURES: u32 = 10;
+
+/// Slows down password guessing: after a failed `AUTH` (or `HELLO … AUTH`),
+/// the connection's next request waits 100 ms, doubling per failure up to
+/// 1 s (the first failure is free: a typo), and the tenth failure closes the
+/// connection. A success starts over.
+fn throttled(ctx: &Context, client: &mut Client, reply: Bytes) -> Reply {
+    if !reply.starts_with(b"-WRONGPASS") {
+        if client.authed {
+            client.auth_failures = 0;
+        }
+        return Reply::Ready(reply);
+    }
+    client.auth_failures += 1;
+    ctx.stats
+        .auth_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if client.auth_failures >= MAX_AUTH_FAILURES {
+        tracing::warn!(
+            client = client.id,
+            failures = client.auth_failures,
+            "too many failed AUTHs: closing"
+        );
+        return Reply::Close(resp::error(
+            "ERR too many failed AUTH attempts, closing the connection",
+        ));
+    }
+    if client.auth_failures >= 2 {
+        let delay = (Duration::from_millis(100) * (1 << (client.auth_failures - 2).min(4)))
+            .min(Duration::from_secs(1));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(());
+        });
+        client.barrier = Some(rx);
+    }
+    Reply::Ready(reply)
 }
 
 /// Constant-time comparison, so response timing does not leak the password.

@@ -26,6 +26,7 @@ use super::lease;
 use super::observer::{self, ObserverConfig};
 use super::router::Router;
 use super::worker::{self, WorkerSpec};
+use crate::libs::fd_limit;
 use crate::libs::protocol::Protocol;
 use crate::topo::model::ProxyInfo;
 use crate::topo::{Store, watcher};
@@ -97,6 +98,19 @@ impl Bound {
             protocol: Protocol::Resp2,
             replica_ack: config.replica_ack(),
         };
+        // Clients past the fd limit would hang in the accept queue: refuse
+        // them with an error instead, as past max_clients.
+        let fd_limit = fd_limit::raise_to_hard();
+        let max_clients = config.max_clients.min(fd_limit::client_capacity(fd_limit));
+        if max_clients < config.max_clients {
+            tracing::warn!(
+                max_clients,
+                configured = config.max_clients,
+                fd_limit,
+                "max_clients lowered to what the open-file limit allows"
+            );
+        }
+        config.max_clients = max_clients;
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,

@@ -31,6 +31,8 @@ pub struct Stats {
     pub sessions_total: AtomicU64,
     pub sessions_alive: AtomicU64,
     pub sessions_refused: AtomicU64,
+    /// Failed AUTHs (each one throttled, see `local.rs`).
+    pub auth_failures: AtomicU64,
     pub protocol_errors: AtomicU64,
     /// Blocking commands out at a server right now (INFO `blocked_clients`).
     pub blocked_calls: AtomicU64,
@@ -53,6 +55,7 @@ impl Default for Stats {
             sessions_total: AtomicU64::new(0),
             sessions_alive: AtomicU64::new(0),
             sessions_refused: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             blocked_calls: AtomicU64::new(0),
             pubsub_overflows: AtomicU64::new(0),
@@ -179,6 +182,7 @@ impl Stats {
             sessions_total: self.sessions_total.load(Relaxed),
             sessions_alive: self.sessions_alive.load(Relaxed),
             sessions_refused: self.sessions_refused.load(Relaxed),
+            auth_failures: self.auth_failures.load(Relaxed),
             latency_us: Latency {
                 p50: self.quantile(&counts, total, 0.50),
                 p90: self.quantile(&counts, total, 0.90),
@@ -221,6 +225,7 @@ pub struct StatsSnapshot {
     pub sessions_total: u64,
     pub sessions_alive: u64,
     pub sessions_refused: u64,
+    pub auth_failures: u64,
     pub latency_us: Latency,
     pub commands: Vec<CommandStats>,
 }

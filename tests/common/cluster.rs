@@ -92,6 +92,15 @@ impl Cluster {
     /// A `reborn proxy` child process (so it can be paused or killed), its id,
     /// and the directory of its config file (removed when dropped).
     pub async fn proxy_process(&self, session: Duration) -> (super::GuardedChild, String, tempfile::TempDir) {
+        self.proxy_process_with_fd_limit(session, None).await
+    }
+
+    /// [`Cluster::proxy_process`] under an open-file limit (soft and hard).
+    pub async fn proxy_process_with_fd_limit(
+        &self,
+        session: Duration,
+        fd_limit: Option<u64>,
+    ) -> (super::GuardedChild, String, tempfile::TempDir) {
         let port = super::free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("proxy.toml");
@@ -104,12 +113,17 @@ impl Cluster {
             session.as_millis()
         );
         std::fs::write(&conf, text).expect("write config");
-        let child = super::spawn_guarded(
-            Command::new(env!("CARGO_BIN_EXE_reborn"))
-                .args(["proxy", "--config"])
-                .arg(&conf)
-                .env("RUST_LOG", "warn"),
-        );
+        let mut cmd = match fd_limit {
+            // `ulimit -n` sets both limits; exec keeps the pid ours.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_reborn"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_reborn")),
+        };
+        let child = super::spawn_guarded(cmd.args(["proxy", "--config"]).arg(&conf).env("RUST_LOG", "warn"));
         let id = format!("127.0.0.1:{port}");
         self.wait_proxy(&id, true).await;
         (child, id, dir)
