@@ -17,6 +17,9 @@
 #                        `reborn up`, with the same thread count, as a fourth target
 #                        "baseline" in every round; the report adds its ratios and
 #                        reborn/baseline (per case, and per round)
+#   BENCH_BASELINE_CONFIG=TOML  the baseline proxy's --config (flags still set its
+#                        addresses and ZooKeeper), e.g. a file with write_ack = "replica"
+#                        to measure what that mode costs against the default
 #
 # What it does: installs missing Debian packages (redis-server, redis-tools, zookeeper,
 # nutcracker), runs `cargo build --release` (unless BENCH_REBORN), starts `reborn up` (ZooKeeper, 2 groups of
@@ -191,7 +194,9 @@ start_baseline() {   # BENCH_BASELINE's proxy on reborn up's ZooKeeper and produ
         ! port_taken "$p" || die "port $p is taken (baseline proxy); stop what listens there"
     done
     log "starting the baseline proxy $BASELINE on :$BASE_PORT (admin :$BASE_ADMIN_PORT, threads $threads)"
-    "$BASELINE" proxy --listen "127.0.0.1:$BASE_PORT" --admin-listen "127.0.0.1:$BASE_ADMIN_PORT" \
+    local config=()
+    [[ -z ${BENCH_BASELINE_CONFIG:-} ]] || config=(--config "$BENCH_BASELINE_CONFIG")
+    "$BASELINE" proxy "${config[@]}" --listen "127.0.0.1:$BASE_PORT" --admin-listen "127.0.0.1:$BASE_ADMIN_PORT" \
         --zk "127.0.0.1:$ZK_PORT" --zk-root "$ZK_ROOT" --product "$PRODUCT" --threads "$threads" \
         >"$WORK/baseline.log" 2>&1 &
     BASE_PID=$!
