@@ -653,3 +653,32 @@ async fn a_client_that_does_not_read_loses_pushes_and_nobody_else_does() {
     assert_eq!(fine.heartbeat().await.expect("heartbeat"), 2);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_closed_at_once() {
+    let s = Setup::start(|c| c.max_connections = 2).await;
+    let tcp = s.tcp(&auth_body(1, "lim-1", "live://1", &[1000])).await;
+    let _ws = s.ws(&auth_body(2, "lim-2", "live://1", &[1000])).await;
+    // The third, on either listener, is closed before it can authenticate.
+    let mut third = ImClient::tcp(&s.comet().tcp_addr.to_string())
+        .await
+        .expect("tcp connect");
+    let body = auth_body(4, "lim-4", "live://1", &[1000]);
+    let refused = tokio::time::timeout(Duration::from_secs(5), third.auth(body.as_bytes())).await;
+    assert!(
+        matches!(refused, Ok(Err(_))),
+        "the third connection was served: {refused:?}"
+    );
+    // A connection that ends frees its place.
+    drop(tcp);
+    common::eventually("a place frees up", Duration::from_secs(10), || async {
+        match ImClient::tcp(&s.comet().tcp_addr.to_string()).await {
+            Ok(mut c) => c
+                .auth(auth_body(3, "lim-3", "live://1", &[1000]).as_bytes())
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+}

@@ -29,6 +29,10 @@ pub struct CometConfig {
     pub weight: i64,
     /// An offline comet keeps its clients but is left out of node selection.
     pub offline: bool,
+    /// Most client connections at once (TCP, WebSocket and WSS together);
+    /// beyond it a new one is closed at once. Lowered at start to what the
+    /// open-file limit allows (raised to its hard limit first).
+    pub max_connections: usize,
     /// How often the ZooKeeper registration is rewritten with fresh counts.
     #[serde(with = "humantime_serde")]
     pub register_interval: Duration,
@@ -131,6 +135,7 @@ impl Default for CometConfig {
             region: String::new(),
             weight: 10,
             offline: false,
+            max_connections: 1_000_000,
             register_interval: Duration::from_secs(10),
             threads: 0,
             tcp: CometTcpConfig::default(),
@@ -212,6 +217,9 @@ impl CometConfig {
     /// required, or half a TLS configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
         let mut listens = vec![
             ("tcp.listen", &self.tcp.listen),
             ("websocket.listen", &self.websocket.listen),

@@ -190,14 +190,41 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
         return Err(e.into());
     }
 
+    // One limit for every client listener, within the open-file limit: past
+    // it a client is closed at once instead of waiting unaccepted.
+    let fds = crate::libs::fd_limit::raise_to_hard();
+    let max = config
+        .max_connections
+        .min(crate::libs::fd_limit::client_capacity(fds));
+    if max < config.max_connections {
+        tracing::warn!(
+            max,
+            configured = config.max_connections,
+            fds,
+            "max_connections lowered to the open-file limit"
+        );
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(max));
     let tasks = &hub.tasks;
-    tasks.spawn(tcp::accept_loop(hub.clone(), tcp, shutdown.clone()));
-    tasks.spawn(websocket::accept_loop(hub.clone(), ws, None, shutdown.clone()));
+    tasks.spawn(tcp::accept_loop(
+        hub.clone(),
+        tcp,
+        limit.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(websocket::accept_loop(
+        hub.clone(),
+        ws,
+        None,
+        limit.clone(),
+        shutdown.clone(),
+    ));
     if let Some((listener, acceptor)) = wss {
         tasks.spawn(websocket::accept_loop(
             hub.clone(),
             listener,
             Some(acceptor),
+            limit.clone(),
             shutdown.clone(),
         ));
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -96,7 +97,12 @@ impl Transport for TcpTransport {
 /// Accepts raw TCP clients until `shutdown`, each in its own task, through
 /// the role service every role shares (`libs::listener`: accept backoff on
 /// `EMFILE`, shutdown, bounded drain).
-pub async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn accept_loop(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
     let serve_one = move |stream: TcpStream, peer: SocketAddr, stop: CancellationToken| {
         let hub = hub.clone();
         async move {
@@ -111,5 +117,8 @@ pub async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, shutdown: Cancell
             serve(hub, acc, stop).await;
         }
     };
-    Listener::new(listener).serve(serve_one, shutdown).await;
+    Listener::new(listener)
+        .max_connections(limit)
+        .serve(serve_one, shutdown)
+        .await;
 }

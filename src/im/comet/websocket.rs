@@ -17,6 +17,7 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
@@ -125,6 +126,7 @@ pub async fn accept_loop(
     hub: Arc<Hub>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    limit: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     let serve_one = move |stream: TcpStream, peer: SocketAddr, stop: CancellationToken| {
@@ -142,7 +144,10 @@ pub async fn accept_loop(
             }
         }
     };
-    Listener::new(listener).serve(serve_one, shutdown).await;
+    Listener::new(listener)
+        .max_connections(limit)
+        .serve(serve_one, shutdown)
+        .await;
 }
 
 /// Upgrades `stream` on `/sub` and runs the connection.
