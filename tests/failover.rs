@@ -150,6 +150,17 @@ async fn replaced(store: &Store, group: u32, old: &str, since: Instant) -> Strin
     }
 }
 
+/// Acknowledged INCRs (`acked`: key -> count) that `master` does not hold.
+async fn lost_on(master: &str, acked: &BTreeMap<String, i64>) -> i64 {
+    let mut m = common::client(master).await;
+    let mut lost = 0;
+    for (k, n) in acked {
+        let v: i64 = redis::AsyncCommands::get(&mut m, k).await.expect("get");
+        lost += (n - v).max(0);
+    }
+    lost
+}
+
 async fn role_of(addr: &str) -> String {
     let mut c = common::client(addr).await;
     redis::cmd("INFO")
@@ -184,12 +195,7 @@ async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
     // What was acknowledged is on the new master, but for the writes that
     // had not reached the replica when the master died (the default mode's
     // window of loss, reported here).
-    let mut m = common::client(&new).await;
-    let mut lost = 0;
-    for (k, n) in &acked {
-        let v: i64 = redis::AsyncCommands::get(&mut m, k).await.expect("get");
-        lost += (n - v).max(0);
-    }
+    let lost = lost_on(&new, &acked).await;
     let records: Vec<FailoverRecord> = failover::list(&c.store).await.expect("records");
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];
@@ -285,12 +291,7 @@ async fn failover_with_a_lagging_replica(write_ack: WriteAck) -> (i64, i64) {
     load.at_least(before + 100, "writes acknowledged again after the failover")
         .await;
     let acked = load.finish().await;
-    let mut m = common::client(&new).await;
-    let mut lost = 0;
-    for (k, n) in &acked {
-        let v: i64 = redis::AsyncCommands::get(&mut m, k).await.expect("get");
-        lost += (n - v).max(0);
-    }
+    let lost = lost_on(&new, &acked).await;
     (lost, acked.values().sum())
 }
 

@@ -29,6 +29,23 @@ pub fn raise_to_hard() -> u64 {
     soft
 }
 
+/// Raises the limit ([`raise_to_hard`]) and returns `configured` capped to
+/// the clients it allows, warning when that lowers it (`what` names the
+/// setting).
+pub fn cap_clients(configured: usize, what: &str) -> usize {
+    let fds = raise_to_hard();
+    let capped = configured.min(client_capacity(fds));
+    if capped < configured {
+        tracing::warn!(
+            capped,
+            configured,
+            fds,
+            "{what} lowered to what the open-file limit allows"
+        );
+    }
+    capped
+}
+
 /// How many clients a process with `limit` descriptors can serve.
 pub fn client_capacity(limit: u64) -> usize {
     let reserve = RESERVE.min(limit / 2);

@@ -100,17 +100,7 @@ impl Bound {
         };
         // Clients past the fd limit would hang in the accept queue: refuse
         // them with an error instead, as past max_clients.
-        let fd_limit = fd_limit::raise_to_hard();
-        let max_clients = config.max_clients.min(fd_limit::client_capacity(fd_limit));
-        if max_clients < config.max_clients {
-            tracing::warn!(
-                max_clients,
-                configured = config.max_clients,
-                fd_limit,
-                "max_clients lowered to what the open-file limit allows"
-            );
-        }
-        config.max_clients = max_clients;
+        config.max_clients = fd_limit::cap_clients(config.max_clients, "max_clients");
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,

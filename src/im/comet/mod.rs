@@ -192,18 +192,7 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
 
     // One limit for every client listener, within the open-file limit: past
     // it a client is closed at once instead of waiting unaccepted.
-    let fds = crate::libs::fd_limit::raise_to_hard();
-    let max = config
-        .max_connections
-        .min(crate::libs::fd_limit::client_capacity(fds));
-    if max < config.max_connections {
-        tracing::warn!(
-            max,
-            configured = config.max_connections,
-            fds,
-            "max_connections lowered to the open-file limit"
-        );
-    }
+    let max = crate::libs::fd_limit::cap_clients(config.max_connections, "max_connections");
     let limit = Arc::new(tokio::sync::Semaphore::new(max));
     let tasks = &hub.tasks;
     tasks.spawn(tcp::accept_loop(

@@ -447,10 +447,9 @@ pub fn render_failovers(records: &[super::failover::FailoverRecord]) -> String {
     let rows = records
         .iter()
         .map(|r| {
-            let at = utc_time(r.at_ms);
             vec![
                 r.seq.to_string(),
-                at,
+                format_unix_utc(r.at_ms / 1000),
                 r.group.to_string(),
                 r.old_master.clone(),
                 r.new_master.clone().unwrap_or_else(|| "-".into()),
@@ -476,28 +475,6 @@ pub fn render_failovers(records: &[super::failover::FailoverRecord]) -> String {
             "WHY",
         ],
         rows,
-    )
-}
-
-/// `YYYY-MM-DD HH:MM:SS` (UTC) of Unix milliseconds, without a date crate.
-fn utc_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), for dates after 1970.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
     )
 }
 
@@ -697,13 +674,6 @@ mod tests {
 
     use super::*;
     use crate::topo::model::{Group, ProxyInfo, Server};
-
-    #[test]
-    fn failover_times_print_as_utc() {
-        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
-        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(utc_time(1_796_220_311_999), "2026-12-02 14:05:11");
-    }
 
     #[derive(Parser, Debug)]
     struct Cli {
