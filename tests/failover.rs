@@ -369,3 +369,33 @@ async fn one_observer_alone_never_fails_a_group_over() {
     assert_eq!(master_of(&c.store, 1).await.as_deref(), Some(old.as_str()));
     assert!(failover::list(&c.store).await.expect("records").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_cannot_promote_changes_nothing_and_is_recorded() {
+    let (mut c, mut replicas) = cluster().await;
+    let _proxy = c.proxy().await;
+    let _dash = c.dashboard().await;
+    let old = c.masters[1].addr();
+    // Group 2 loses its replica, then its master: nothing is left to promote.
+    replicas[1].kill();
+    c.masters[1].kill();
+    let store = c.store.clone();
+    common::eventually("a failed failover is recorded", Duration::from_secs(20), || {
+        let store = store.clone();
+        async move {
+            failover::list(&store)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|r| r.group == 2 && r.outcome.starts_with("failed") && r.new_master.is_none())
+        }
+    })
+    .await;
+    assert_eq!(
+        master_of(&c.store, 2).await.as_deref(),
+        Some(old.as_str()),
+        "the topology changed"
+    );
+    // Group 1 was never touched.
+    assert_eq!(master_of(&c.store, 1).await, Some(c.masters[0].addr()));
+}

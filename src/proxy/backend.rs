@@ -419,7 +419,8 @@ async fn write_loop(
         // One WAIT out at a time: Redis runs nothing else of a connection
         // blocked in WAIT anyway, so writes arriving meanwhile gather here
         // and one WAIT covers them all (a group commit under load).
-        if wait.is_some() && *wait_out.borrow() && jobs.iter().any(|j| super::command::writes(&j.req)) {
+        let has_write = |jobs: &[Job]| wait.is_some() && jobs.iter().any(|j| super::command::writes(&j.req));
+        if *wait_out.borrow() && has_write(&jobs) {
             let mut answered = wait_out.subscribe();
             loop {
                 tokio::select! {
@@ -434,12 +435,18 @@ async fn write_loop(
         buf.clear();
         let mut slots = Vec::with_capacity(jobs.len() + 1);
         // One WAIT per burst, not per command: it covers every write before it.
-        let writes = wait.is_some() && jobs.iter().any(|j| super::command::writes(&j.req));
+        // Each request is classified once, and only in `write_ack = "replica"`.
+        let kinds: Vec<bool> = match wait {
+            Some(_) => jobs.iter().map(|j| super::command::writes(&j.req)).collect(),
+            None => Vec::new(),
+        };
+        let writes = kinds.contains(&true);
+        let mut kinds = kinds.into_iter();
         for job in jobs.drain(..) {
             buf.extend_from_slice(&job.req);
+            let write = kinds.next();
             slots.push(if writes {
-                let write = super::command::writes(&job.req);
-                Slot::Held(job.reply, write)
+                Slot::Held(job.reply, write.unwrap_or(true))
             } else {
                 Slot::Now(job.reply)
             });

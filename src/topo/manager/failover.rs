@@ -98,13 +98,20 @@ pub struct FailoverRecord {
     pub outcome: String,
 }
 
+/// What a leadership term fails over with.
+struct Leader<'a> {
+    store: &'a Store,
+    cfg: &'a FailoverConfig,
+    auth: Option<&'a str>,
+    ack_timeout: Duration,
+}
+
 /// What the leader remembers between rounds.
 #[derive(Default)]
 struct Watch {
-    /// When this dashboard last heard from each master.
+    /// When this dashboard last heard from each master (a master first seen
+    /// down counts from then); its silence is the detection time.
     heard: HashMap<String, Instant>,
-    /// When it first failed to hear from each master (since the last answer).
-    silent_since: HashMap<String, Instant>,
     /// Groups whose failover failed, and when to try again.
     retry_at: HashMap<GroupId, Instant>,
     /// Groups already reported as having no replica to promote.
@@ -124,10 +131,16 @@ pub async fn run(
         // Returning early would make the leader start us again at once.
         return term.cancelled().await;
     }
+    let leader = Leader {
+        store: &store,
+        cfg: &cfg,
+        auth: auth.as_deref(),
+        ack_timeout,
+    };
     let mut watch = Watch::default();
     loop {
         let round = Instant::now();
-        if let Err(e) = one_round(&store, &cfg, auth.as_deref(), ack_timeout, &mut watch).await {
+        if let Err(e) = leader.round(&mut watch).await {
             tracing::debug!(error = %e, "failover round");
         }
         tokio::select! {
@@ -137,88 +150,115 @@ pub async fn run(
     }
 }
 
-async fn one_round(
-    store: &Store,
-    cfg: &FailoverConfig,
-    auth: Option<&str>,
-    ack_timeout: Duration,
-    watch: &mut Watch,
-) -> Result<(), TopoError> {
-    let topo = watcher::load(store).await?;
-    let votes = observations(store).await?;
-    let masters: BTreeMap<GroupId, String> = topo
-        .groups
-        .iter()
-        .filter_map(|(id, g)| g.master().map(|m| (*id, m.to_string())))
-        .collect();
-    let now = Instant::now();
-    let health = health::probe_all(masters.values().cloned(), auth).await;
-    for master in masters.values() {
-        if health.get(master) == Some(&Health::Down) {
-            watch.heard.entry(master.clone()).or_insert(now);
-            watch.silent_since.entry(master.clone()).or_insert(now);
-        } else {
-            watch.heard.insert(master.clone(), now);
-            watch.silent_since.remove(master);
-        }
-    }
-    watch.heard.retain(|m, _| masters.values().any(|x| x == m));
-    watch.silent_since.retain(|m, _| masters.values().any(|x| x == m));
-
-    for (&id, master) in &masters {
-        let own_down = watch
-            .heard
-            .get(master)
-            .is_some_and(|h| h.elapsed() >= cfg.down_after);
-        let voters: Vec<&str> = votes
+impl Leader<'_> {
+    /// One look at every master, the failovers the votes call for, then the
+    /// servers to repoint.
+    async fn round(&self, watch: &mut Watch) -> Result<(), TopoError> {
+        let topo = watcher::load(self.store).await?;
+        let votes = observations(self.store).await?;
+        let masters: BTreeMap<GroupId, String> = topo
+            .groups
             .iter()
-            .filter(|(_, o)| o.down.contains(master))
-            .map(|(proxy, _)| proxy.as_str())
+            .filter_map(|(id, g)| g.master().map(|m| (*id, m.to_string())))
             .collect();
-        let observers = votes.len() + 1;
-        let down = voters.len() + usize::from(own_down);
-        if down < 2 || down * 2 <= observers {
-            continue;
-        }
-        if watch.retry_at.get(&id).is_some_and(|t| Instant::now() < *t) {
-            continue;
-        }
-        let group = &topo.groups[&id];
-        if !group.servers.iter().any(|s| s.role == Role::Replica) {
-            if watch.reported.get(&id) != Some(master) {
-                tracing::error!(group = id, %master, "master down and no replica to promote");
-                watch.reported.insert(id, master.clone());
+        let now = Instant::now();
+        let health = health::probe_all(masters.values().cloned(), self.auth).await;
+        for master in masters.values() {
+            if health.get(master) == Some(&Health::Down) {
+                watch.heard.entry(master.clone()).or_insert(now);
+            } else {
+                watch.heard.insert(master.clone(), now);
             }
-            continue;
         }
-        let mut who: Vec<String> = voters.iter().map(|p| format!("proxy {p}")).collect();
-        if own_down {
-            who.push("the dashboard".into());
+        watch.heard.retain(|m, _| masters.values().any(|x| x == m));
+
+        for (group, master) in topo.groups.values().filter_map(|g| g.master().map(|m| (g, m))) {
+            let id = group.id;
+            let silence = watch.heard.get(master).map_or(Duration::ZERO, |h| h.elapsed());
+            let own_down = silence >= self.cfg.down_after;
+            let voters: Vec<&str> = votes
+                .iter()
+                .filter(|(_, o)| o.down.contains(master))
+                .map(|(proxy, _)| proxy.as_str())
+                .collect();
+            let observers = votes.len() + 1;
+            let down = voters.len() + usize::from(own_down);
+            if down < 2 || down * 2 <= observers {
+                continue;
+            }
+            if watch.retry_at.get(&id).is_some_and(|t| Instant::now() < *t) {
+                continue;
+            }
+            if !group.servers.iter().any(|s| s.role == Role::Replica) {
+                if watch.reported.get(&id).map(String::as_str) != Some(master) {
+                    tracing::error!(group = id, %master, "master down and no replica to promote");
+                    watch.reported.insert(id, master.to_string());
+                }
+                continue;
+            }
+            let mut who: Vec<String> = voters.iter().map(|p| format!("proxy {p}")).collect();
+            if own_down {
+                who.push("the dashboard".into());
+            }
+            let reason = format!(
+                "{master} down for {down} of {observers} observers: {}",
+                who.join(", ")
+            );
+            // The dashboard's own silence is the detection time.
+            self.fail_over(id, master, reason, silence, watch).await;
         }
-        let reason = format!(
-            "{master} down for {down} of {observers} observers: {}",
-            who.join(", ")
-        );
-        let detection = watch
-            .silent_since
-            .get(master)
-            .map_or(Duration::ZERO, |t| t.elapsed());
-        fail_over(
-            store,
-            id,
-            master,
-            reason,
-            detection,
-            auth,
-            ack_timeout,
-            cfg,
-            watch,
-        )
-        .await;
+
+        rejoin(self.store, &topo.groups, self.auth).await;
+        Ok(())
     }
 
-    rejoin(store, &topo.groups, auth).await;
-    Ok(())
+    /// Promotes group `id`'s best replica in place of `master`, and records it.
+    async fn fail_over(
+        &self,
+        id: GroupId,
+        master: &str,
+        reason: String,
+        detection: Duration,
+        watch: &mut Watch,
+    ) {
+        tracing::warn!(group = id, %master, %reason, "failing over");
+        let at_ms = unix_ms();
+        let started = Instant::now();
+        let request = PromoteRequest::default();
+        let result = promote::promote_with(self.store, id, &request, self.auth, self.ack_timeout).await;
+        let mut record = FailoverRecord {
+            seq: 0,
+            at_ms,
+            group: id,
+            old_master: master.to_string(),
+            reason,
+            detection_ms: detection.as_millis() as u64,
+            switch_ms: started.elapsed().as_millis() as u64,
+            new_master: None,
+            offset: None,
+            keys: None,
+            outcome: String::new(),
+        };
+        match result {
+            Ok(p) => {
+                tracing::warn!(group = id, old = %master, new = %p.master, switch_ms = record.switch_ms, "failed over");
+                record.new_master = Some(p.master);
+                record.offset = Some(p.offset);
+                record.keys = Some(p.keys);
+                record.outcome = "promoted".into();
+                watch.retry_at.remove(&id);
+            }
+            Err(e) => {
+                let retry = self.cfg.retry_after;
+                tracing::error!(group = id, %master, error = %e, "failover failed; trying again in {retry:?}");
+                record.outcome = format!("failed: {e}");
+                watch.retry_at.insert(id, Instant::now() + retry);
+            }
+        }
+        if let Err(e) = save(self.store, &mut record).await {
+            tracing::warn!(error = %e, "cannot record the failover");
+        }
+    }
 }
 
 /// The proxies' observations: (proxy id, what it sees). Every node is
@@ -239,55 +279,6 @@ async fn observations(store: &Store) -> Result<Vec<(String, Observation)>, TopoE
         }
     }
     Ok(out)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn fail_over(
-    store: &Store,
-    id: GroupId,
-    master: &str,
-    reason: String,
-    detection: Duration,
-    auth: Option<&str>,
-    ack_timeout: Duration,
-    cfg: &FailoverConfig,
-    watch: &mut Watch,
-) {
-    tracing::warn!(group = id, %master, %reason, "failing over");
-    let at_ms = unix_ms();
-    let started = Instant::now();
-    let result = promote::promote_with(store, id, &PromoteRequest::default(), auth, ack_timeout).await;
-    let mut record = FailoverRecord {
-        seq: 0,
-        at_ms,
-        group: id,
-        old_master: master.to_string(),
-        reason,
-        detection_ms: detection.as_millis() as u64,
-        switch_ms: started.elapsed().as_millis() as u64,
-        new_master: None,
-        offset: None,
-        keys: None,
-        outcome: String::new(),
-    };
-    match result {
-        Ok(p) => {
-            tracing::warn!(group = id, old = %master, new = %p.master, switch_ms = record.switch_ms, "failed over");
-            record.new_master = Some(p.master);
-            record.offset = Some(p.offset);
-            record.keys = Some(p.keys);
-            record.outcome = "promoted".into();
-            watch.retry_at.remove(&id);
-        }
-        Err(e) => {
-            tracing::error!(group = id, %master, error = %e, "failover failed; trying again in {:?}", cfg.retry_after);
-            record.outcome = format!("failed: {e}");
-            watch.retry_at.insert(id, Instant::now() + cfg.retry_after);
-        }
-    }
-    if let Err(e) = save(store, &mut record).await {
-        tracing::warn!(error = %e, "cannot record the failover");
-    }
 }
 
 /// Repoints servers the topology names replicas that do not follow their
