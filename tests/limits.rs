@@ -298,9 +298,12 @@ async fn memory_taken_by_clients_that_never_read_is_returned_after_they_leave() 
         proxy.metric("sessions").await <= 1
     })
     .await;
+    // Three quarters of what they took must go back to the system within
+    // 30 s (jemalloc's background thread returns pages after about 1 s).
+    let returned = |after: u64| after <= rss_before + rss_peak.saturating_sub(rss_before) / 4;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut rss_after = proxy.rss();
-    while rss_after > rss_before + (16 << 20) && std::time::Instant::now() < deadline {
+    while !returned(rss_after) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         rss_after = proxy.rss();
     }
@@ -312,7 +315,7 @@ async fn memory_taken_by_clients_that_never_read_is_returned_after_they_leave() 
     );
     assert!(rss_peak < rss_before + (256 << 20), "peak {} MB", rss_peak >> 20);
     assert!(
-        rss_after <= rss_before + (16 << 20),
+        returned(rss_after),
         "not returned: {} MB before, {} MB after",
         rss_before >> 20,
         rss_after >> 20
