@@ -531,6 +531,7 @@ async fn admin_prints_tables_and_fails_clearly() {
         root: "/x".into(),
         product: "p".into(),
         dashboard: None,
+        token: None,
         command: AdminCommand::Groups,
     };
     let err = admin::run(args).await.expect_err("unreachable");

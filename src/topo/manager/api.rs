@@ -8,7 +8,9 @@
 //! input, 404 missing, 409 conflicting state, 503 ZooKeeper or leadership
 //! unavailable. Only the leader serves; a standby answers 503 with
 //! `"leader": "host:port"`, except `GET /api/dashboard`, which every dashboard
-//! answers. The table of endpoints is in README.md.
+//! answers. With a token configured, a call without it is refused with 401
+//! before it gets here ([`super::dashboard::access`]). The table of endpoints
+//! is in README.md.
 //!
 //! Imports `libs` and `topo`.
 
@@ -108,7 +110,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    /// An error reply with `status` and `message`.
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
