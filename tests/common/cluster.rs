@@ -25,6 +25,19 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
+    /// SIGKILLs the process, then starts it again with the same config (so
+    /// on the same addresses). Its clients reconnect once it listens.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = super::spawn_guarded(
+            Command::new(env!("CARGO_BIN_EXE_reborn"))
+                .args(["proxy", "--config"])
+                .arg(self.dir.path().join("proxy.toml"))
+                .env("RUST_LOG", "warn"),
+        );
+    }
+
     /// Resident memory of the process, in bytes (Linux).
     pub fn rss(&self) -> u64 {
         let status =
@@ -63,6 +76,36 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Two groups of persistent masters (AOF and config file, as `reborn up`
+    /// runs them), each with a persistent replica: the replicas, in group order.
+    pub async fn with_persistent_replicas() -> (Cluster, Vec<RedisServer>) {
+        let zk = ZkConfig {
+            addr: super::zk(),
+            root: super::unique_root(),
+            product: "fo".into(),
+            session_timeout: Duration::from_secs(2),
+        };
+        let masters = vec![super::redis_persistent(), super::redis_persistent()];
+        let store = Store::connect(&zk).await.expect("zk");
+        seed_two_groups(&store, &masters).await;
+        let mut replicas = Vec::new();
+        for (i, m) in masters.iter().enumerate() {
+            let mut r = super::redis_persistent();
+            r.replicaof(&m.addr()).expect("replicaof");
+            operation::add_server(&store, i as u32 + 1, &r.addr(), Role::Replica)
+                .await
+                .expect("add replica");
+            replicas.push(r);
+        }
+        let c = Cluster {
+            zk,
+            store,
+            masters,
+            stop: CancellationToken::new(),
+        };
+        (c, replicas)
+    }
+
     pub async fn start() -> Cluster {
         let zk = ZkConfig {
             addr: super::zk(),
