@@ -33,6 +33,8 @@ enum Role {
     PushBench(reborn::im::bench::PushBenchArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
+    /// An open-loop RESP load: a fixed rate, latency from each request's intended send time.
+    Load(reborn::libs::load::LoadArgs),
 }
 
 /// A tokio runtime with `threads` workers (0: one per core).
@@ -117,6 +119,10 @@ fn main() -> anyhow::Result<()> {
             runtime(args.threads)?
                 .block_on(reborn::im::bench::run(args))
                 .context("push-bench")
+        }
+        Role::Load(args) => {
+            reborn::libs::logging::init("warn");
+            reborn::libs::load::run(&args).context("load")
         }
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");
