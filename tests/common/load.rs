@@ -1,0 +1,216 @@
+//! A checked client load through the proxy, for tests that break something
+//! (a ZooKeeper member, the whole ZooKeeper) and then assert what clients saw.
+//!
+//! Writers `SET` fresh keys and remember every acknowledged one; readers `GET`
+//! the latest key a writer had acknowledged and check its value. Every reply is
+//! checked: an error reply, a lost connection or a wrong value is kept with its
+//! message (and the client reconnects, as a real one would); every request is
+//! timed, so a stall shows as latency even when nothing fails.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use tokio::task::JoinHandle;
+
+/// The running load; [`Load::finish`] stops it and says what clients saw.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<Seen>>,
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Requests answered as expected.
+    pub ops: u64,
+    /// Every failure, in words.
+    pub errors: Vec<String>,
+    /// Every acknowledged write: key and value.
+    pub acked: Vec<(String, u64)>,
+    /// Latency of every request, sorted once merged.
+    latencies: Vec<Duration>,
+}
+
+impl Seen {
+    /// The slowest request.
+    pub fn slowest(&self) -> Duration {
+        self.latencies.last().copied().unwrap_or_default()
+    }
+
+    /// The `q` quantile (0.99 for p99) of the request latencies.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let n = self.latencies.len();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
+        self.latencies[i]
+    }
+
+    /// One line for the test's output: ops, errors, p50/p99/max latency.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} ops, {} errors, latency p50 {:?} p99 {:?} max {:?}",
+            self.ops,
+            self.errors.len(),
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.slowest()
+        )
+    }
+}
+
+/// The latest acknowledged write of each writer, for the readers.
+type Latest = Arc<Vec<Mutex<Option<(String, u64)>>>>;
+
+impl Load {
+    /// Starts `writers` writers and `readers` readers against `proxy`, each on
+    /// its own connection, as fast as the proxy answers.
+    pub fn start(proxy: SocketAddr, writers: usize, readers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(AtomicU64::new(0));
+        let latest: Latest = Arc::new((0..writers).map(|_| Mutex::new(None)).collect());
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (stop, ops, latest) = (stop.clone(), ops.clone(), latest.clone());
+            tasks.push(tokio::spawn(write(proxy, w, stop, ops, latest)));
+        }
+        for r in 0..readers {
+            let (stop, ops, latest) = (stop.clone(), ops.clone(), latest.clone());
+            tasks.push(tokio::spawn(read(proxy, r, stop, ops, latest)));
+        }
+        Load { stop, ops, tasks }
+    }
+
+    /// Requests answered as expected so far.
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests were answered as expected.
+    pub async fn progressed(&self, n: u64, what: &str) {
+        let target = self.ops() + n;
+        let ops = self.ops.clone();
+        super::eventually(what, Duration::from_secs(30), || {
+            let ops = ops.clone();
+            async move { ops.load(Ordering::Relaxed) >= target }
+        })
+        .await;
+    }
+
+    /// Stops every client and merges what they saw.
+    pub async fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Seen::default();
+        for task in self.tasks {
+            let seen = task.await.expect("load task");
+            all.ops += seen.ops;
+            all.errors.extend(seen.errors);
+            all.acked.extend(seen.acked);
+            all.latencies.extend(seen.latencies);
+        }
+        all.latencies.sort_unstable();
+        all
+    }
+}
+
+/// The acknowledged writes in `acked` that the proxy does not return as
+/// written, in words (empty: every acknowledged write is readable).
+pub async fn unreadable(proxy: SocketAddr, acked: &[(String, u64)]) -> Vec<String> {
+    let mut conn = super::cluster::client(proxy).await;
+    let mut wrong = Vec::new();
+    for chunk in acked.chunks(500) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+        let got: Vec<Option<u64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .expect("MGET the acknowledged keys");
+        for ((key, want), got) in chunk.iter().zip(got) {
+            if got != Some(*want) {
+                wrong.push(format!("{key}: acknowledged {want}, reads {got:?}"));
+            }
+        }
+    }
+    wrong
+}
+
+/// One writer: `SET load:<w>:<n> <n>` for n = 0, 1, …
+async fn write(
+    proxy: SocketAddr,
+    w: usize,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    latest: Latest,
+) -> Seen {
+    let mut conn = super::cluster::client(proxy).await;
+    let mut seen = Seen::default();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("load:{w}:{n}");
+        let sent = Instant::now();
+        let reply: redis::RedisResult<()> = redis::AsyncCommands::set(&mut conn, &key, n).await;
+        seen.latencies.push(sent.elapsed());
+        match reply {
+            Ok(()) => {
+                ops.fetch_add(1, Ordering::Relaxed);
+                seen.ops += 1;
+                *latest[w].lock() = Some((key.clone(), n));
+                seen.acked.push((key, n));
+            }
+            Err(e) => failed(&mut seen, &mut conn, proxy, format!("SET {key}: {e}")).await,
+        }
+        n += 1;
+    }
+    seen
+}
+
+/// One reader: `GET` of writer `r % writers`'s latest acknowledged key.
+async fn read(
+    proxy: SocketAddr,
+    r: usize,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    latest: Latest,
+) -> Seen {
+    let mut conn = super::cluster::client(proxy).await;
+    let mut seen = Seen::default();
+    while !stop.load(Ordering::Relaxed) {
+        let Some((key, want)) = latest.get(r % latest.len().max(1)).and_then(|l| l.lock().clone()) else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        let sent = Instant::now();
+        let reply: redis::RedisResult<Option<u64>> = redis::AsyncCommands::get(&mut conn, &key).await;
+        seen.latencies.push(sent.elapsed());
+        match reply {
+            Ok(Some(got)) if got == want => {
+                ops.fetch_add(1, Ordering::Relaxed);
+                seen.ops += 1;
+            }
+            Ok(other) => seen
+                .errors
+                .push(format!("GET {key}: acknowledged {want}, read {other:?}")),
+            Err(e) => failed(&mut seen, &mut conn, proxy, format!("GET {key}: {e}")).await,
+        }
+    }
+    seen
+}
+
+/// Records a failed request and, if the connection broke, opens a new one.
+async fn failed(seen: &mut Seen, conn: &mut MultiplexedConnection, proxy: SocketAddr, what: String) {
+    seen.errors.push(what);
+    if redis::cmd("PING").query_async::<()>(conn).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(fresh) = redis::Client::open(format!("redis://{proxy}/")) {
+            if let Ok(c) = fresh.get_multiplexed_async_connection().await {
+                *conn = c;
+            }
+        }
+    }
+}
