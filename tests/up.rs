@@ -614,7 +614,6 @@ async fn up_with_three_zookeeper_nodes_runs_the_cluster_on_the_ensemble() {
         zk_port.to_string(),
         "--zk-peer-port".into(),
         peer_port.to_string(),
-        "--no-push".into(),
     ]);
     let mut up = Up::start(&args);
     let connect = format!(
@@ -651,10 +650,27 @@ async fn up_with_three_zookeeper_nodes_runs_the_cluster_on_the_ensemble() {
         .await
         .expect("dashboard answers");
     assert_eq!(status.body["zk"], connect.as_str(), "{:?}", status.body);
+    // Every role runs on the connect string: the push roles and the admin CLI too.
+    check_push_roles(&up, &ports).await;
+    let admin = Command::new(env!("CARGO_BIN_EXE_reborn"))
+        .args(["admin", "--zk", &connect, "groups"])
+        .output()
+        .expect("run reborn admin");
+    let listed = String::from_utf8_lossy(&admin.stdout);
+    assert!(
+        admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    assert!(
+        listed.contains(&format!("127.0.0.1:{}", ports.redis[0])),
+        "{listed}"
+    );
 
     assert!(up.terminate().success(), "stderr:\n{}", up.stderr());
     let mut all: Vec<u16> = (0..3).map(|i| zk_port + i).collect();
     all.extend((0..3).flat_map(|i| [peer_port + i, peer_port + 1000 + i]));
+    all.extend(ports.push());
     assert_ports_freed(&all, Duration::from_secs(1));
 }
 

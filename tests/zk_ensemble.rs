@@ -46,17 +46,21 @@ async fn losing_any_one_ensemble_member_costs_clients_nothing() {
     // Twice the member holding the proxy's session (the second time, the
     // one it moved to), then the leader: a new election.
     for round in 0..3 {
-        let victim = if round < 2 {
-            member_of(&ensemble, session).expect("a member holds the proxy's session")
-        } else {
-            tokio::task::block_in_place(|| ensemble.leader()).expect("a leader")
-        };
+        let holder = member_of(&ensemble, session).expect("a member holds the proxy's session");
+        let leader = tokio::task::block_in_place(|| ensemble.leader()).expect("a leader");
+        let victim = if round < 2 { holder } else { leader };
         let member = ensemble.member_mut(victim).expect("member");
         let killed = Instant::now();
         member.kill();
 
+        common::eventually("the others elect or keep a leader", session_timeout * 3, || {
+            let leader = tokio::task::block_in_place(|| ensemble.leader());
+            async move { leader.is_some() }
+        })
+        .await;
+        let led = killed.elapsed();
         common::eventually(
-            "the proxy's session moves to another member",
+            "the proxy's session is on a live member",
             session_timeout * 3,
             || {
                 let holder = member_of(&ensemble, session);
@@ -67,9 +71,16 @@ async fn losing_any_one_ensemble_member_costs_clients_nothing() {
         let moved = killed.elapsed();
         // Under load for a while on two members.
         load.progressed(500, "the load goes on with a member down").await;
+        let what = match (victim == leader, victim == holder) {
+            (true, true) => "the leader, holding the proxy's session",
+            (true, false) => "the leader",
+            (false, true) => "a follower holding the proxy's session",
+            (false, false) => "a follower",
+        };
         println!(
-            "round {round}: member {} killed; the proxy's session moved in {moved:?}",
-            victim + 1
+            "round {round}: member {} killed ({what}): a leader serves after {led:?}, \
+             the proxy's session is on a live member after {moved:?}",
+            victim + 1,
         );
 
         let member = ensemble.member_mut(victim).expect("member");

@@ -61,7 +61,10 @@ impl Banner<'_> {
                     out,
                     "ZooKeeper",
                     self.servers.zk_addr(),
-                    format!("ensemble of {}: the connect string", members.len()),
+                    format!(
+                        "ensemble of {}: the connect string every role uses",
+                        members.len()
+                    ),
                 )?;
                 for (i, zk) in members.iter().enumerate() {
                     let label = format!("  member {}", i + 1);

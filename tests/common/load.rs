@@ -18,9 +18,19 @@ use tokio::task::JoinHandle;
 
 /// The running load; [`Load::finish`] stops it and says what clients saw.
 pub struct Load {
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
+    shared: Shared,
     tasks: Vec<JoinHandle<Seen>>,
+}
+
+/// What every client of the load shares.
+#[derive(Clone)]
+struct Shared {
+    proxy: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// Requests answered as expected, by all clients.
+    ops: Arc<AtomicU64>,
+    /// The latest acknowledged write of each writer, for the readers.
+    latest: Arc<Vec<Mutex<Option<(String, u64)>>>>,
 }
 
 /// What the clients saw.
@@ -65,37 +75,32 @@ impl Seen {
     }
 }
 
-/// The latest acknowledged write of each writer, for the readers.
-type Latest = Arc<Vec<Mutex<Option<(String, u64)>>>>;
-
 impl Load {
     /// Starts `writers` writers and `readers` readers against `proxy`, each on
     /// its own connection, as fast as the proxy answers.
     pub fn start(proxy: SocketAddr, writers: usize, readers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ops = Arc::new(AtomicU64::new(0));
-        let latest: Latest = Arc::new((0..writers).map(|_| Mutex::new(None)).collect());
-        let mut tasks = Vec::new();
-        for w in 0..writers {
-            let (stop, ops, latest) = (stop.clone(), ops.clone(), latest.clone());
-            tasks.push(tokio::spawn(write(proxy, w, stop, ops, latest)));
-        }
-        for r in 0..readers {
-            let (stop, ops, latest) = (stop.clone(), ops.clone(), latest.clone());
-            tasks.push(tokio::spawn(read(proxy, r, stop, ops, latest)));
-        }
-        Load { stop, ops, tasks }
+        let shared = Shared {
+            proxy,
+            stop: Arc::new(AtomicBool::new(false)),
+            ops: Arc::new(AtomicU64::new(0)),
+            latest: Arc::new((0..writers).map(|_| Mutex::new(None)).collect()),
+        };
+        let mut tasks: Vec<JoinHandle<Seen>> = (0..writers)
+            .map(|w| tokio::spawn(write(shared.clone(), w)))
+            .collect();
+        tasks.extend((0..readers).map(|r| tokio::spawn(read(shared.clone(), r))));
+        Load { shared, tasks }
     }
 
     /// Requests answered as expected so far.
     pub fn ops(&self) -> u64 {
-        self.ops.load(Ordering::Relaxed)
+        self.shared.ops.load(Ordering::Relaxed)
     }
 
     /// Waits until `n` more requests were answered as expected.
     pub async fn progressed(&self, n: u64, what: &str) {
         let target = self.ops() + n;
-        let ops = self.ops.clone();
+        let ops = self.shared.ops.clone();
         super::eventually(what, Duration::from_secs(30), || {
             let ops = ops.clone();
             async move { ops.load(Ordering::Relaxed) >= target }
@@ -105,7 +110,7 @@ impl Load {
 
     /// Stops every client and merges what they saw.
     pub async fn finish(self) -> Seen {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         let mut all = Seen::default();
         for task in self.tasks {
             let seen = task.await.expect("load task");
@@ -141,29 +146,23 @@ pub async fn unreadable(proxy: SocketAddr, acked: &[(String, u64)]) -> Vec<Strin
 }
 
 /// One writer: `SET load:<w>:<n> <n>` for n = 0, 1, …
-async fn write(
-    proxy: SocketAddr,
-    w: usize,
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
-    latest: Latest,
-) -> Seen {
-    let mut conn = super::cluster::client(proxy).await;
+async fn write(shared: Shared, w: usize) -> Seen {
+    let mut conn = super::cluster::client(shared.proxy).await;
     let mut seen = Seen::default();
     let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         let key = format!("load:{w}:{n}");
         let sent = Instant::now();
         let reply: redis::RedisResult<()> = redis::AsyncCommands::set(&mut conn, &key, n).await;
         seen.latencies.push(sent.elapsed());
         match reply {
             Ok(()) => {
-                ops.fetch_add(1, Ordering::Relaxed);
+                shared.ops.fetch_add(1, Ordering::Relaxed);
                 seen.ops += 1;
-                *latest[w].lock() = Some((key.clone(), n));
+                *shared.latest[w].lock() = Some((key.clone(), n));
                 seen.acked.push((key, n));
             }
-            Err(e) => failed(&mut seen, &mut conn, proxy, format!("SET {key}: {e}")).await,
+            Err(e) => failed(&mut seen, &mut conn, shared.proxy, format!("SET {key}: {e}")).await,
         }
         n += 1;
     }
@@ -171,17 +170,12 @@ async fn write(
 }
 
 /// One reader: `GET` of writer `r % writers`'s latest acknowledged key.
-async fn read(
-    proxy: SocketAddr,
-    r: usize,
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
-    latest: Latest,
-) -> Seen {
-    let mut conn = super::cluster::client(proxy).await;
+async fn read(shared: Shared, r: usize) -> Seen {
+    let mut conn = super::cluster::client(shared.proxy).await;
     let mut seen = Seen::default();
-    while !stop.load(Ordering::Relaxed) {
-        let Some((key, want)) = latest.get(r % latest.len().max(1)).and_then(|l| l.lock().clone()) else {
+    let mine = shared.latest.get(r % shared.latest.len().max(1));
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some((key, want)) = mine.and_then(|l| l.lock().clone()) else {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         };
@@ -190,13 +184,13 @@ async fn read(
         seen.latencies.push(sent.elapsed());
         match reply {
             Ok(Some(got)) if got == want => {
-                ops.fetch_add(1, Ordering::Relaxed);
+                shared.ops.fetch_add(1, Ordering::Relaxed);
                 seen.ops += 1;
             }
             Ok(other) => seen
                 .errors
                 .push(format!("GET {key}: acknowledged {want}, read {other:?}")),
-            Err(e) => failed(&mut seen, &mut conn, proxy, format!("GET {key}: {e}")).await,
+            Err(e) => failed(&mut seen, &mut conn, shared.proxy, format!("GET {key}: {e}")).await,
         }
     }
     seen
@@ -207,10 +201,10 @@ async fn failed(seen: &mut Seen, conn: &mut MultiplexedConnection, proxy: Socket
     seen.errors.push(what);
     if redis::cmd("PING").query_async::<()>(conn).await.is_err() {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Ok(fresh) = redis::Client::open(format!("redis://{proxy}/")) {
-            if let Ok(c) = fresh.get_multiplexed_async_connection().await {
-                *conn = c;
-            }
+        if let Ok(fresh) = redis::Client::open(format!("redis://{proxy}/"))
+            && let Ok(c) = fresh.get_multiplexed_async_connection().await
+        {
+            *conn = c;
         }
     }
 }
