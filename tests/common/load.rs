@@ -30,8 +30,11 @@ struct Shared {
     /// Requests answered as expected, by all clients.
     ops: Arc<AtomicU64>,
     /// The latest acknowledged write of each writer, for the readers.
-    latest: Arc<Vec<Mutex<Option<(String, u64)>>>>,
+    latest: Arc<Vec<Mutex<Option<Acked>>>>,
 }
+
+/// An acknowledged write: key and value.
+type Acked = (String, u64);
 
 /// What the clients saw.
 #[derive(Debug, Default)]
@@ -40,8 +43,8 @@ pub struct Seen {
     pub ops: u64,
     /// Every failure, in words.
     pub errors: Vec<String>,
-    /// Every acknowledged write: key and value.
-    pub acked: Vec<(String, u64)>,
+    /// Every acknowledged write.
+    pub acked: Vec<Acked>,
     /// Latency of every request, sorted once merged.
     latencies: Vec<Duration>,
 }
@@ -126,7 +129,7 @@ impl Load {
 
 /// The acknowledged writes in `acked` that the proxy does not return as
 /// written, in words (empty: every acknowledged write is readable).
-pub async fn unreadable(proxy: SocketAddr, acked: &[(String, u64)]) -> Vec<String> {
+pub async fn unreadable(proxy: SocketAddr, acked: &[Acked]) -> Vec<String> {
     let mut conn = super::cluster::client(proxy).await;
     let mut wrong = Vec::new();
     for chunk in acked.chunks(500) {

@@ -4,6 +4,7 @@
 //! under its own [`unique_root`]), and a fresh `redis-server` per call of
 //! [`redis`], on ports nobody else was handed. The servers are started by the
 //! same code as `reborn up` ([`reborn::up::ZooKeeper`], [`reborn::up::RedisServer`]).
+//! A test that kills ZooKeeper members starts an [`ensemble`] of its own.
 //!
 //! Why the shared ZooKeeper cannot outlive the test binary although it lives in a
 //! `static` (statics are never dropped): every process the library starts has an
