@@ -147,7 +147,7 @@ pub fn check_size(nodes: usize) -> Result<(), UpError> {
     if nodes.is_multiple_of(2) {
         return Err(UpError::Invalid(format!(
             "--zk-nodes {nodes}: use an odd number. An ensemble serves while a majority of it runs: \
-             {nodes} members need {} and survive the loss of {}, as {} members do, so the last one \
+             {nodes} members need {} and survive the loss of {}, as {} do, so the last one \
              only adds a member to lose",
             nodes / 2 + 1,
             nodes / 2 - 1,
@@ -177,7 +177,7 @@ mod tests {
         assert!(check_size(3).is_ok());
         let err = check_size(4).unwrap_err().to_string();
         assert!(
-            err.contains("odd") && err.contains("survive the loss of 1, as 3 members do"),
+            err.contains("odd") && err.contains("survive the loss of 1, as 3 do"),
             "{err}"
         );
         assert!(check_size(0).is_err());
