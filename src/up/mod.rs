@@ -1,7 +1,8 @@
 //! `reborn up`: a whole local cluster on one machine, for a newcomer's first five
-//! minutes — ZooKeeper (one server, or an ensemble with `--zk-nodes`), two groups of redis-servers (master + replica each), the
-//! product written into ZooKeeper, the dashboard and a proxy in front, and the
-//! push system (logic, one comet, one job) on that proxy, until Ctrl-C.
+//! minutes — ZooKeeper (one server, or an ensemble with `--zk-nodes`), two
+//! groups of redis-servers (master + replica each), the product written into
+//! ZooKeeper, the dashboard and a proxy in front, and the push system (logic,
+//! one comet, one job) on that proxy, until Ctrl-C.
 //!
 //! The process helpers here ([`ZooKeeper`], [`RedisServer`]) are also what the
 //! integration tests start their real servers with, so "how to start ZooKeeper /
