@@ -1,6 +1,7 @@
 //! The external processes of a local cluster: ZooKeeper, one server or an
-//! ensemble (unless an existing one is used) and the redis-servers of every group, wired master → replica. Started in
-//! dependency order and stopped in the reverse order.
+//! ensemble (unless an existing one is used), and the redis-servers of every
+//! group, wired master → replica. Started in dependency order and stopped in
+//! the reverse order.
 //!
 //! Blocking (it waits for processes); `reborn up` runs it on a blocking thread.
 
