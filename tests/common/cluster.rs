@@ -107,8 +107,14 @@ impl Cluster {
     }
 
     pub async fn start() -> Cluster {
+        Cluster::start_on(super::zk()).await
+    }
+
+    /// [`Cluster::start`] on the ZooKeeper at `zk_addr` (a connect string:
+    /// one server or every member of an ensemble).
+    pub async fn start_on(zk_addr: String) -> Cluster {
         let zk = ZkConfig {
-            addr: super::zk(),
+            addr: zk_addr,
             root: super::unique_root(),
             product: "mig".into(),
             session_timeout: Duration::from_secs(2),

@@ -221,6 +221,9 @@ struct Status {
     me: DashboardInfo,
     leader: Option<DashboardInfo>,
     product: String,
+    /// The ZooKeeper connect string this dashboard uses (every member of an
+    /// ensemble), so an operator sees which ZooKeeper the cluster lives in.
+    zk: String,
 }
 
 async fn status(State(s): State<Shared>) -> Json<Status> {
@@ -234,6 +237,7 @@ async fn status(State(s): State<Shared>) -> Json<Status> {
         me: s.me.clone(),
         leader,
         product: s.store.paths().product_name().to_string(),
+        zk: s.store.config().addr.clone(),
     })
 }
 
