@@ -12,6 +12,9 @@
 # present, only cross-checks how many keys the slots hold (crc32 % 1024).
 #
 # Environment (all optional):
+#   BENCH_OPEN_RATE      requests/s of the open-loop load (`reborn load`, half SET, half GET,
+#                        latency from each request's intended send time); 0 runs the
+#                        closed-loop redis-benchmark load described below instead  default 10000
 #   BENCH_KEYS           keys loaded (key:000000000000 ... , 16-byte values)     default 1000000
 #   BENCH_SLOTS          slots to move, `A-B` or `N`, all owned by group 1       default 0-255
 #   BENCH_CLIENTS        redis-benchmark -c of each of the two loads (SET, GET)  default 5
@@ -29,7 +32,12 @@
 #   ZooKeeper 42181, redis 46379-46382 (group 1 = 46379 + replica 46380, group 2 = 46381 +
 #   replica 46382), proxy 49000, proxy admin 41080, dashboard 48087.
 #
-# Load: two loops side by side, one of `-t set`, one of `-t get`, each redis-benchmark
+# Open-loop load (the default, issue 10 part 6): `reborn load --rate $BENCH_OPEN_RATE` runs from
+# the baseline until the task is done, writing every request's intended send time and latency;
+# "before" = the baseline phase (after its first second), "during" = requests intended between
+# submit and done. Targets: keys/s >= 20,000 and p99 during <= 2x p99 before.
+#
+# Closed-loop load (BENCH_OPEN_RATE=0): two loops side by side, one of `-t set`, one of `-t get`, each redis-benchmark
 # -c $BENCH_CLIENTS -P 1 -r $BENCH_KEYS -d 16 (10 clients in all by default) run as back-to-back
 # short runs of $BENCH_CHUNK requests (redis-benchmark prints its percentiles only at the end of
 # a run, so short runs give a latency time series, for both commands at once). The keys
@@ -58,6 +66,7 @@ CLIENTS=${BENCH_CLIENTS:-5}
 CHUNK=${BENCH_CHUNK:-10000}
 BASE_SECS=${BENCH_BASELINE_SECS:-10}
 MIG_TIMEOUT=${BENCH_MIGRATE_TIMEOUT:-900}
+OPEN_RATE=${BENCH_OPEN_RATE:-10000}
 VALUE_SIZE=16
 FROM_GROUP=1
 TO_GROUP=2
@@ -75,6 +84,9 @@ REPORT_COPY=/tmp/reborn-bench-migration-report.txt
 # Target from the issue.
 TARGET_KEYS_PER_SEC=50000
 TARGET_P99_RATIO=3
+# Open-loop targets (issue 10, part 6).
+TARGET_OPEN_KEYS_PER_SEC=20000
+TARGET_OPEN_P99_RATIO=2
 
 [[ $SLOTS =~ ^([0-9]+)(-([0-9]+))?$ ]] || { echo "BENCH_SLOTS must be A-B or N, not '$SLOTS'" >&2; exit 1; }
 SLOT_A=${BASH_REMATCH[1]}
@@ -84,6 +96,7 @@ WORK=$(mktemp -d /tmp/reborn-bench-migration.XXXXXX)
 RAW=$WORK/raw
 mkdir -p "$RAW"
 UP_PID=""
+LOAD_PID=""
 LOOP_PIDS=()
 UP_CHILDREN=()
 
@@ -121,6 +134,7 @@ cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
     stop_loops
+    stop_pid "${LOAD_PID:-}" 3
     # reborn up stops its proxy, dashboard, redis-servers and ZooKeeper itself on SIGTERM.
     stop_pid "$UP_PID" 30
     for pid in "${UP_CHILDREN[@]}"; do stop_pid "$pid" 3; done
@@ -282,8 +296,9 @@ bench_loop() {
         i=$((i + 1))
     done
 }
-start_loops() {   # start_loops PHASE
+start_loops() {   # start_loops PHASE (closed loop only; the open loop runs throughout)
     local cmd
+    ((OPEN_RATE == 0)) || return 0
     for cmd in SET GET; do
         bench_loop "$1" "$cmd" &
         LOOP_PIDS+=($!)
@@ -307,7 +322,16 @@ DST_PID=$(redis_pid "$DST_PORT")
 SRC_REPLICA_PID=$(redis_pid "${REDIS_PORTS[1]}")
 DST_REPLICA_PID=$(redis_pid "${REDIS_PORTS[3]}")
 
-log "baseline: ${BASE_SECS}s of redis-benchmark runs (SET and GET side by side, -c $CLIENTS -P 1 -n $CHUNK each)"
+if ((OPEN_RATE > 0)); then
+    log "baseline: ${BASE_SECS}s of open-loop load, $OPEN_RATE requests/s (reborn load)"
+    T_LOAD_START=$EPOCHREALTIME
+    "$REBORN" load --addr "127.0.0.1:$PROXY_PORT" --rate "$OPEN_RATE" --secs 100000 --keys "$KEYS" \
+        --value-size "$VALUE_SIZE" --samples "$WORK/samples" --stop-file "$WORK/stop.load" \
+        >"$WORK/load.csv" 2>"$WORK/load.err" &
+    LOAD_PID=$!
+else
+    log "baseline: ${BASE_SECS}s of redis-benchmark runs (SET and GET side by side, -c $CLIENTS -P 1 -n $CHUNK each)"
+fi
 LOAD_BEFORE=$(loadavg)
 start_loops before
 nap "$BASE_SECS"
@@ -345,6 +369,12 @@ declare -A CPU1
 for p in "$SRC_PID" "$DST_PID" "$SRC_REPLICA_PID" "$DST_REPLICA_PID" "$UP_PID"; do CPU1[$p]=$(cpu_ticks "$p"); done
 LOAD_DURING_END=$(loadavg)
 SRC_INFO=$(redis-cli -p "$SRC_PORT" INFO all | tr -d '\r')
+if [[ -n $LOAD_PID ]]; then
+    nap 1
+    touch "$WORK/stop.load"
+    wait "$LOAD_PID" || die "reborn load failed: $(cat "$WORK/load.err")"
+    LOAD_PID=""
+fi
 wait_loops during
 ERR_SET=$(($(cmd_errors set) - ERR_SET0))
 ERR_GET=$(($(cmd_errors get) - ERR_GET0))
@@ -386,7 +416,7 @@ while read -r phase i cmd start end rc; do
     row=$(awk -F'"' 'NR == 2 { printf "%s %d %d %d", $4, $10 * 1000 + 0.5, $14 * 1000 + 0.5, $16 * 1000 + 0.5 }' \
         "$RAW/${phase/outside/during}.$cmd.$i.csv" 2>/dev/null || true)
     echo "$phase $i $cmd $start $end $rc ${row:-- - - -}"
-done < <(cat "$WORK/runs.SET" "$WORK/runs.GET") >"$WORK/rows"
+done < <(cat "$WORK/runs.SET" "$WORK/runs.GET" 2>/dev/null || true) >"$WORK/rows"
 
 # What MIGRATE cost the source master (stats reset at submit): Redis runs MIGRATE
 # synchronously, so its event loop serves nobody else while a batch travels to the target.
@@ -433,6 +463,57 @@ DATA_OK=PASS
 ((G1_AFTER + G2_AFTER == KEYS)) || DATA_OK=FAIL
 ((LEFT == ARRIVED)) || DATA_OK=FAIL
 [[ $EXPECTED == - || $EXPECTED == "$LEFT" ]] || DATA_OK=FAIL
+
+# open_stat FROM TO: "p50 p99 p999 max errors count" (us) of the requests intended in [FROM, TO) (epoch s)
+open_stat() {
+    awk -v a="$1" -v b="$2" '{ t = $1 / 1e6 } t >= a && t < b { print $2; e += $3 } END { print "E " e + 0 > "/dev/stderr" }' \
+        "$WORK/samples" 2>"$WORK/open.errors" | sort -n | awk '{ v[NR] = $1 }
+        END {
+            if (NR == 0) { print "- - - - 0"; exit }
+            printf "%d %d %d %d %d\n", v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1], v[int(NR * 0.999) + 1], v[NR], NR
+        }'
+    awk '{ print $2 }' "$WORK/open.errors"
+}
+
+if ((OPEN_RATE > 0)); then
+    read -r B50 B99 B999 BMAX BN < <(open_stat "$(awk -v t="$T_LOAD_START" 'BEGIN { printf "%.6f", t + 1 }')" "$T_SUBMIT")
+    BERR=$(open_stat "$T_LOAD_START" "$T_SUBMIT" | tail -n 1)
+    read -r D50 D99 D999 DMAX DN < <(open_stat "$T_SUBMIT" "$T_DONE")
+    DERR=$(open_stat "$T_SUBMIT" "$T_DONE" | tail -n 1)
+    R99=$(ratio "$D99" "$B99")
+    {
+        echo "reborn slot migration under an open-loop load: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
+        echo "keys $KEYS (16-byte values), slots $SLOT_A-$SLOT_B group $FROM_GROUP -> $TO_GROUP; load: reborn load" \
+            "--rate $OPEN_RATE (half SET, half GET, 10 connections), latency from each request's intended send time"
+        echo "load average (1 min): before $LOAD_BEFORE, at submit $LOAD_DURING_START, at done $LOAD_DURING_END"
+        echo "keys: left group 1 $LEFT, arrived in group 2 $ARRIVED, expected (crc32) $EXPECTED, after: $((G1_AFTER + G2_AFTER))"
+        echo "source master over the task: $(migrate_stats)"
+        echo
+        printf '%-30s %12s %12s %8s %-10s %s\n' metric before during ratio target pass/fail
+        printf '%-30s %12s %12s %8s %-10s %s\n' "requests" "$BN" "$DN" - - -
+        printf '%-30s %12s %12s %8s %-10s %s\n' "seconds (submit -> done)" - "$WALL" - - -
+        printf '%-30s %12s %12s %8s %-10s %s\n' "keys/s" - "$KPS" - ">=$TARGET_OPEN_KEYS_PER_SEC" \
+            "$(pf "$KPS" "$TARGET_OPEN_KEYS_PER_SEC" ge)"
+        printf '%-30s %12s %12s %8s %-10s %s\n' "p50 us" "$B50" "$D50" "$(ratio "$D50" "$B50")" - -
+        printf '%-30s %12s %12s %8s %-10s %s\n' "p99 us" "$B99" "$D99" "$R99" "<=${TARGET_OPEN_P99_RATIO}x" \
+            "$(pf "$R99" "$TARGET_OPEN_P99_RATIO" le)"
+        printf '%-30s %12s %12s %8s %-10s %s\n' "p99.9 us" "$B999" "$D999" "$(ratio "$D999" "$B999")" - -
+        printf '%-30s %12s %12s %8s %-10s %s\n' "max us" "$BMAX" "$DMAX" "$(ratio "$DMAX" "$BMAX")" - -
+        printf '%-30s %12s %12s %8s %-10s %s\n' "client errors" "$BERR" "$DERR" - 0 \
+            "$( ((BERR + DERR == 0)) && echo PASS || echo FAIL)"
+        printf '%-30s %12s %12s %8s %-10s %s\n' "nothing lost (sum, moved = expected)" "$KEYS" "$((G1_AFTER + G2_AFTER))" - - "$DATA_OK"
+        echo
+        echo "per second (unix ms, requests, errors, p50/p99/max us):"
+        sed 's/^/  /' "$WORK/load.csv"
+    } | tee "$WORK/report.txt"
+    cp "$WORK/report.txt" "$REPORT_COPY"
+    log "report written to $REPORT_COPY"
+    if [[ $DATA_OK != PASS ]] || ((BERR + DERR)); then
+        log "FAILED: keys lost or duplicated, or clients got errors (see above)"
+        exit 1
+    fi
+    exit 0
+fi
 
 {
     echo "reborn slot migration under load: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores," \

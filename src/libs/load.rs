@@ -49,6 +49,13 @@ pub struct LoadArgs {
     /// Milliseconds per report line.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Also write every request to this file: `intended_unix_us latency_us
+    /// error(0/1)`, for exact percentiles over any time range.
+    #[arg(long)]
+    pub samples: Option<std::path::PathBuf>,
+    /// Stop early once this file exists (checked every interval).
+    #[arg(long)]
+    pub stop_file: Option<std::path::PathBuf>,
 }
 
 /// Why the generator could not run.
@@ -58,10 +65,13 @@ pub enum LoadError {
     Args(&'static str),
     #[error("connect to {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },
+    #[error("samples file: {0}")]
+    Samples(std::io::Error),
 }
 
 /// One request's outcome: latency from its intended send time.
 struct Sample {
+    intended: Instant,
     latency: Duration,
     error: bool,
 }
@@ -77,6 +87,23 @@ pub fn run(args: &LoadArgs) -> Result<(), LoadError> {
         return Err(LoadError::Args("rate, conns, keys and secs must be above 0"));
     }
     let (tx, rx) = mpsc::channel::<Sample>();
+    let mut samples = match &args.samples {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(LoadError::Samples)?,
+        )),
+        None => None,
+    };
+    // Instants are turned into wall-clock time for the samples file.
+    let (epoch_now, instant_now) = (SystemTime::now(), Instant::now());
+    let unix_us = |at: Instant| {
+        let wall = if at >= instant_now {
+            epoch_now + (at - instant_now)
+        } else {
+            epoch_now - (instant_now - at)
+        };
+        wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros())
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start = Instant::now() + Duration::from_millis(50);
     let end = start + Duration::from_secs(args.secs);
     let period = Duration::from_secs_f64(args.conns as f64 / f64::from(args.rate));
@@ -97,7 +124,7 @@ pub fn run(args: &LoadArgs) -> Result<(), LoadError> {
             value: vec![b'v'; args.value_size],
             seed: i as u64 + 1,
         };
-        threads.extend(drive(conn, plan, tx.clone()));
+        threads.extend(drive(conn, plan, stop.clone(), tx.clone()));
     }
     drop(tx);
 
@@ -112,8 +139,20 @@ pub fn run(args: &LoadArgs) -> Result<(), LoadError> {
             Ok(s) => {
                 errors += u64::from(s.error);
                 window.push(s.latency);
+                if let Some(out) = samples.as_mut() {
+                    let line = format!(
+                        "{} {} {}\n",
+                        unix_us(s.intended),
+                        s.latency.as_micros(),
+                        u8::from(s.error)
+                    );
+                    out.write_all(line.as_bytes()).map_err(LoadError::Samples)?;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if args.stop_file.as_ref().is_some_and(|f| f.exists()) {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 print_line(&mut window, errors);
                 all_errors += errors;
                 errors = 0;
@@ -126,6 +165,9 @@ pub fn run(args: &LoadArgs) -> Result<(), LoadError> {
     print_line(&mut window, errors);
     all_errors += errors;
     all.append(&mut window);
+    if let Some(mut out) = samples {
+        out.flush().map_err(LoadError::Samples)?;
+    }
     for t in threads {
         let _ = t.join();
     }
@@ -177,7 +219,12 @@ struct Plan {
 /// One connection, two threads: the writer sends each request at its intended
 /// time (at once when behind), the reader reads the replies in order and
 /// reports each latency from that time.
-fn drive(conn: TcpStream, plan: Plan, out: mpsc::Sender<Sample>) -> Vec<std::thread::JoinHandle<()>> {
+fn drive(
+    conn: TcpStream,
+    plan: Plan,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    out: mpsc::Sender<Sample>,
+) -> Vec<std::thread::JoinHandle<()>> {
     let Ok(mut rd) = conn.try_clone() else {
         return Vec::new();
     };
@@ -190,7 +237,7 @@ fn drive(conn: TcpStream, plan: Plan, out: mpsc::Sender<Sample>) -> Vec<std::thr
             let mut rng = fastrand::Rng::with_seed(plan.seed);
             let mut due = plan.first;
             let mut n = 0u64;
-            while due < plan.end {
+            while due < plan.end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let now = Instant::now();
                 if due > now {
                     std::thread::sleep(due - now);
@@ -223,6 +270,7 @@ fn drive(conn: TcpStream, plan: Plan, out: mpsc::Sender<Sample>) -> Vec<std::thr
                     break;
                 };
                 let _ = out.send(Sample {
+                    intended: at,
                     latency: at.elapsed(),
                     error,
                 });
@@ -245,6 +293,7 @@ fn drive(conn: TcpStream, plan: Plan, out: mpsc::Sender<Sample>) -> Vec<std::thr
         // The connection is gone: what it still owed counts as errors.
         for at in intended.lock().drain(..) {
             let _ = out.send(Sample {
+                intended: at,
                 latency: at.elapsed(),
                 error: true,
             });
