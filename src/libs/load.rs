@@ -243,7 +243,7 @@ fn drive(
                     std::thread::sleep(due - now);
                 }
                 let key = format!("key:{:012}", rng.u64(..plan.keys));
-                let frame = if n % 2 == 0 {
+                let frame = if n.is_multiple_of(2) {
                     resp::encode_array(&[b"SET".as_ref(), key.as_bytes(), &plan.value])
                 } else {
                     resp::encode_array(&[b"GET".as_ref(), key.as_bytes()])
