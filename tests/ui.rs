@@ -1,0 +1,623 @@
+//! The dashboard's web UI in a real headless Chromium, driven over WebDriver
+//! (Debian's `chromium-driver`, through `fantoccini`), against real clusters:
+//! ZooKeeper, redis-servers, proxies and a dashboard, as the other tests start
+//! them.
+//!
+//! What the page shows is checked against what ZooKeeper and the servers say
+//! (slot map against the slot table, key counts against `DBSIZE`), and the
+//! changes are made by clicking, as an operator would: a migration, a promote,
+//! a rebalance. Every view must load without an error: the page records
+//! uncaught errors, failed loads and `console.error` in `window.rebornErrors`
+//! (`dashboard/errors.js`), read here after each step.
+//!
+//! Without Chromium the tests print a loud notice and pass, except under
+//! `CI=true`, where they fail: CI must run them (`scripts/install-deps.sh`
+//! installs chromium and chromium-driver). With `UPDATE_SCREENSHOTS=1` they
+//! save the screenshots of `docs/dashboard.md` to `docs/img/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::cluster::{Cluster, client, keys_in, set_all, signal};
+use common::{GuardedChild, eventually, free_port, spawn_guarded};
+use fantoccini::{Client, ClientBuilder, Locator};
+use reborn::topo::manager::task;
+use reborn::topo::model::Role;
+use reborn::topo::{operation, watcher};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// How long a page may take to show a change (a refresh is ~1 s; a
+/// migration or promote takes a few seconds on a busy machine).
+const SHOW: Duration = Duration::from_secs(30);
+
+/// Browsers at once: each is a few hundred MB and this machine has two cores.
+static BROWSERS: Semaphore = Semaphore::const_new(2);
+
+/// True when the browser tests can run; otherwise says so loudly, and fails
+/// under CI, where skipping would hide that nothing was tested.
+fn browser_installed() -> bool {
+    if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
+        return true;
+    }
+    let why = format!("{CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "the browser tests must run in CI: {why}"
+    );
+    eprintln!("\n\n********************************************************************");
+    eprintln!("*** SKIPPED: the web UI browser tests did not run: {why}");
+    eprintln!("*** scripts/install-deps.sh installs them.");
+    eprintln!("********************************************************************\n");
+    false
+}
+
+/// One headless Chromium on a page of the dashboard, with its chromedriver.
+struct Page {
+    client: Client,
+    base: String,
+    _driver: GuardedChild,
+    _profile: tempfile::TempDir,
+    _permit: SemaphorePermit<'static>,
+}
+
+impl Page {
+    /// Opens the dashboard at `dashboard` (`host:port`) once it leads; `None`
+    /// when the browser is not installed (see [`browser_installed`]).
+    async fn open(dashboard: &str) -> Option<Page> {
+        if !browser_installed() {
+            return None;
+        }
+        wait_leader(dashboard).await;
+        let permit = BROWSERS.acquire().await.expect("browser semaphore");
+        let port = free_port();
+        let driver = spawn_guarded(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let driver_addr = format!("127.0.0.1:{port}");
+        eventually("chromedriver listens", Duration::from_secs(20), || {
+            let addr = driver_addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await;
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://{driver_addr}"))
+            .await
+            .expect("a Chromium session");
+        let page = Page {
+            client,
+            base: format!("http://{dashboard}"),
+            _driver: driver,
+            _profile: profile,
+            _permit: permit,
+        };
+        page.resize(1280).await;
+        Some(page)
+    }
+
+    /// Sets the window `width` px wide.
+    async fn resize(&self, width: u32) {
+        self.client.set_window_size(width, 900).await.expect("resize");
+    }
+
+    /// Shows view `name` and waits until it has drawn data from the API.
+    async fn view(&self, name: &str) {
+        self.client
+            .goto(&format!("{}/#{name}", self.base))
+            .await
+            .expect("goto");
+        let script = format!(
+            "const v = document.getElementById('view'); \
+             return v.dataset.view === '{name}' && v.dataset.loaded === 'true';"
+        );
+        self.until(&format!("view {name} loads"), &script).await;
+    }
+
+    /// Runs `script` (a function body) in the page.
+    async fn js(&self, script: &str) -> Value {
+        self.client
+            .execute(script, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Waits until `script` returns true.
+    async fn until(&self, what: &str, script: &str) {
+        let deadline = std::time::Instant::now() + SHOW;
+        loop {
+            if self.js(script).await == Value::Bool(true) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "timed out after {SHOW:?}: {what}; page errors: {:?}",
+                    self.errors().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What the page recorded as errors (`dashboard/errors.js`).
+    async fn errors(&self) -> Vec<String> {
+        let v = self
+            .js("return window.rebornErrors || ['errors.js did not run'];")
+            .await;
+        serde_json::from_value(v).expect("a list of errors")
+    }
+
+    async fn assert_no_errors(&self, after: &str) {
+        let errors = self.errors().await;
+        assert!(errors.is_empty(), "errors in the page after {after}: {errors:?}");
+    }
+
+    /// Clicks the element at `css`. Views redraw each second, so an element
+    /// found may be replaced before the click lands: find it again then.
+    async fn click(&self, css: &str) {
+        let deadline = std::time::Instant::now() + SHOW;
+        loop {
+            let clicked = match self.client.find(Locator::Css(css)).await {
+                Ok(e) => e.click().await.is_ok(),
+                Err(_) => false,
+            };
+            if clicked {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "cannot click {css}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Types `text` into the (empty) input at `css`.
+    async fn fill(&self, css: &str, text: &str) {
+        let input = self.client.find(Locator::Css(css)).await.expect(css);
+        input.clear().await.expect("clear");
+        input.send_keys(text).await.expect("type");
+    }
+
+    /// Confirms the open confirmation dialog.
+    async fn confirm(&self) {
+        self.until(
+            "the confirmation dialog opens",
+            "return document.getElementById('confirm-dialog').open;",
+        )
+        .await;
+        self.click("#confirm-ok").await;
+    }
+
+    /// Saves a screenshot as `docs/img/dashboard-<name>.png` when
+    /// `UPDATE_SCREENSHOTS=1`.
+    async fn screenshot(&self, name: &str) {
+        if std::env::var("UPDATE_SCREENSHOTS").as_deref() != Ok("1") {
+            return;
+        }
+        let png = self.client.screenshot().await.expect("screenshot");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/img");
+        std::fs::create_dir_all(&dir).expect("docs/img");
+        std::fs::write(dir.join(format!("dashboard-{name}.png")), png).expect("write screenshot");
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+/// Waits until the dashboard at `addr` leads (its API answers).
+async fn wait_leader(addr: &str) {
+    let addr = addr.to_string();
+    eventually("the dashboard leads", SHOW, || {
+        let addr = addr.clone();
+        async move {
+            reborn::topo::manager::dashboard::client::get(&addr, "/api/dashboard")
+                .await
+                .is_ok_and(|r| r.body["role"] == "leader")
+        }
+    })
+    .await;
+}
+
+/// `DBSIZE` of the redis-server at `addr`.
+async fn dbsize(addr: &str) -> i64 {
+    let mut c = common::client(addr).await;
+    redis::cmd("DBSIZE").query_async(&mut c).await.expect("DBSIZE")
+}
+
+/// The master of `group` as ZooKeeper says.
+async fn master_of(cluster: &Cluster, group: u32) -> String {
+    let topo = watcher::load(&cluster.store).await.expect("load");
+    topo.groups[&group].master().unwrap_or_default().to_string()
+}
+
+const VIEWS: [&str; 7] = [
+    "overview",
+    "slots",
+    "groups",
+    "proxies",
+    "tasks",
+    "rebalance",
+    "push",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_view_loads_without_errors_at_1280_and_800_px() {
+    let cluster = Cluster::start().await;
+    let _replica = cluster.replica_of_group_1().await;
+    cluster.proxy().await;
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    for width in [1280, 800] {
+        page.resize(width).await;
+        for view in VIEWS {
+            page.view(view).await;
+            page.assert_no_errors(&format!("{view} at {width} px")).await;
+            // Readable: nothing wider than the window (wide tables scroll
+            // inside their panel, the slot map folds to 32 columns).
+            let overflow = page
+                .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+                .await;
+            assert!(
+                overflow.as_i64().unwrap_or(i64::MAX) <= 0,
+                "{view} is wider than {width} px by {overflow}"
+            );
+        }
+    }
+    // The header says what ZooKeeper says.
+    let product = page
+        .js("return document.getElementById('product').textContent;")
+        .await;
+    assert_eq!(product, "mig");
+    let zk = page.js("return document.getElementById('zk').textContent;").await;
+    assert_eq!(zk, "ZooKeeper connected");
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_slot_map_and_the_key_counts_are_what_zookeeper_and_the_servers_say() {
+    let cluster = Cluster::start().await;
+    // Three colours to tell apart: group 1, group 2, and unassigned slots.
+    operation::assign_slots(&cluster.store, 1000, 1023, 0)
+        .await
+        .expect("unassign");
+    let proxy = cluster.proxy().await;
+    let mut c = client(proxy).await;
+    set_all(&mut c, &keys_in(1, "a", 70)).await;
+    let in_assigned = |k: &String| reborn::libs::hash::slot_of(k.as_bytes()) < 1000;
+    let group_2: Vec<String> = keys_in(2, "b", 40).into_iter().filter(in_assigned).collect();
+    set_all(&mut c, &group_2).await;
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+
+    page.view("slots").await;
+    let drawn = page
+        .js("const sw = {}; \
+             document.querySelectorAll('.legend .swatch[data-group]').forEach(s => \
+               sw[s.dataset.group] = getComputedStyle(s).backgroundColor); \
+             const cells = [...document.querySelectorAll('.slotmap .slot')].map(c => \
+               [Number(c.dataset.slot), Number(c.dataset.group), getComputedStyle(c).backgroundColor]); \
+             return {cells, sw};")
+        .await;
+    let topo = watcher::load(&cluster.store).await.expect("load");
+    let cells = drawn["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), 1024, "one cell per slot");
+    for cell in cells {
+        let slot = cell[0].as_u64().expect("slot") as u16;
+        let group = cell[1].as_u64().expect("group") as u32;
+        let zk_group = topo.slots.get(slot).expect("slot").group;
+        assert_eq!(group, zk_group, "slot {slot}'s cell shows the wrong group");
+        let legend = &drawn["sw"][group.to_string()];
+        assert_eq!(
+            &cell[2], legend,
+            "slot {slot} is not coloured as group {group} in the legend"
+        );
+    }
+    let colours: std::collections::BTreeSet<String> = ["0", "1", "2"]
+        .iter()
+        .map(|g| drawn["sw"][*g].to_string())
+        .collect();
+    assert_eq!(
+        colours.len(),
+        3,
+        "groups 0, 1 and 2 have distinct colours: {colours:?}"
+    );
+    // Hovering a slot tells its group and master.
+    page.click(".slotmap .slot[data-slot='600']").await;
+    let master = page
+        .js("return document.querySelector('#slot-detail [data-field=master]').textContent;")
+        .await;
+    assert_eq!(master, cluster.masters[1].addr().as_str());
+    page.screenshot("slots").await;
+
+    page.view("groups").await;
+    for (g, m) in [(1, &cluster.masters[0]), (2, &cluster.masters[1])] {
+        let want = dbsize(&m.addr()).await;
+        assert!(want > 0, "group {g} holds keys");
+        page.until(
+            &format!("group {g} shows DBSIZE {want}"),
+            &format!(
+                "const e = document.querySelector('section[data-group=\"{g}\"] [data-group-keys]'); \
+                      return !!e && e.dataset.groupKeys === '{want}';"
+            ),
+        )
+        .await;
+    }
+    page.screenshot("groups").await;
+    page.assert_no_errors("slots and groups").await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_started_from_the_ui_moves_its_slots() {
+    let cluster = Cluster::start().await;
+    let proxy = cluster.proxy().await;
+    let mut c = client(proxy).await;
+    let keys = keys_in(1, "m", 400);
+    set_all(&mut c, &keys).await;
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+
+    page.view("tasks").await;
+    page.fill("#start-migration input[name=start]", "0").await;
+    page.fill("#start-migration input[name=end]", "31").await;
+    let select = page
+        .client
+        .find(Locator::Css("#start-migration select[name=to]"))
+        .await
+        .expect("group select");
+    select.select_by_value("2").await.expect("choose group 2");
+    page.click("#start-migration button").await;
+    page.confirm().await;
+    page.until(
+        "the task is done with a full progress bar",
+        "const r = document.querySelector('#tasks tr[data-task]'); \
+         return !!r && r.dataset.state === 'done' && \
+           r.querySelector('[data-progress]').dataset.progress === '100';",
+    )
+    .await;
+    page.screenshot("tasks").await;
+
+    // ZooKeeper and the page agree: slots 0-31 belong to group 2 now.
+    for slot in [0, 17, 31] {
+        assert_eq!(cluster.slot_state(slot).await.0, 2, "slot {slot} moved");
+    }
+    assert_eq!(cluster.slot_state(32).await.0, 1, "slot 32 stayed");
+    page.view("slots").await;
+    let groups = page
+        .js("return [0, 31, 32].map(i => document.querySelector(`.slot[data-slot='${i}']`).dataset.group);")
+        .await;
+    assert_eq!(groups, json!(["2", "2", "1"]));
+    // And the keys went with them (group 2 held none of them before).
+    let moved = keys
+        .iter()
+        .filter(|k| reborn::libs::hash::slot_of(k.as_bytes()) < 32)
+        .count() as i64;
+    assert!(moved > 0, "some keys were in slots 0-31");
+    assert_eq!(dbsize(&cluster.masters[1].addr()).await, moved);
+    page.assert_no_errors("a migration").await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promote_from_the_ui_changes_the_master() {
+    let cluster = Cluster::start().await;
+    let replica = cluster.replica_of_group_1().await;
+    common::wait_replica_streaming(&cluster.masters[0].addr()).await;
+    cluster.proxy().await;
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+
+    page.view("groups").await;
+    let button = format!(
+        "section[data-group='1'] tr[data-addr='{}'] button[data-action=promote]",
+        replica.addr()
+    );
+    page.click(&button).await;
+    page.confirm().await;
+    let addr = replica.addr();
+    eventually("ZooKeeper names the replica master", SHOW, || {
+        let (cluster, addr) = (&cluster, addr.clone());
+        async move { master_of(cluster, 1).await == addr }
+    })
+    .await;
+    page.until(
+        "the page shows the new master",
+        &format!("const s = document.querySelector('section[data-group=\"1\"]'); return !!s && s.dataset.master === '{addr}';"),
+    )
+    .await;
+    page.assert_no_errors("a promote").await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_moves_while_redis_benchmark_runs() {
+    let cluster = Cluster::start().await;
+    let proxy = cluster.proxy().await;
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    page.view("overview").await;
+    let idle = page
+        .js("return Number(document.getElementById('chart').dataset.maxOps);")
+        .await;
+    assert_eq!(idle, json!(0), "no traffic yet");
+
+    let _load = spawn_guarded(
+        Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &proxy.port().to_string()])
+            .args(["-c", "4", "-n", "100000000", "-t", "set,get", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    page.until(
+        "the chart shows ops/s",
+        "const c = document.getElementById('chart'); \
+         return Number(c.dataset.lastOps) > 100 && Number(c.dataset.points) > 2;",
+    )
+    .await;
+    page.screenshot("overview").await;
+    let ops = page
+        .js("return Number(document.querySelector('[data-card=ops]').textContent.replace(/,/g, ''));")
+        .await;
+    assert!(ops.as_u64().unwrap_or(0) > 0, "the ops/s card moves too: {ops}");
+    page.assert_no_errors("load").await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_that_stops_answering_is_marked() {
+    let cluster = Cluster::start().await;
+    cluster.proxy().await;
+    // A long session: the stopped proxy stays registered, just silent.
+    let (child, id, _dir) = cluster.proxy_process(Duration::from_secs(30)).await;
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    page.view("proxies").await;
+    let row = format!("#proxies tr[data-proxy='{id}']");
+    page.until(
+        "the proxy answers",
+        &format!(
+            "const r = document.querySelector(\"{row}\"); return !!r && r.dataset.answering === 'true';"
+        ),
+    )
+    .await;
+    signal(child.id(), "-STOP");
+    page.until(
+        "the stopped proxy is marked silent",
+        &format!(
+            "const r = document.querySelector(\"{row}\"); \
+                  return !!r && r.dataset.answering === 'false' && r.textContent.includes('silent for');"
+        ),
+    )
+    .await;
+    page.screenshot("proxies").await;
+    signal(child.id(), "-CONT");
+    let answering = page
+        .js("return [...document.querySelectorAll('#proxies tr[data-proxy]')].filter(r => r.dataset.answering === 'true').length;")
+        .await;
+    assert_eq!(answering, json!(1), "the in-process proxy is still answering");
+    page.assert_no_errors("a silent proxy").await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_dry_run_is_drawn_on_the_slot_map_then_applied() {
+    let cluster = Cluster::start().await;
+    let third = common::redis();
+    operation::create_group(&cluster.store, 3).await.expect("group 3");
+    operation::add_server(&cluster.store, 3, &third.addr(), Role::Master)
+        .await
+        .expect("master of group 3");
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    page.view("rebalance").await;
+    page.click("#dry-run").await;
+    page.until(
+        "the plan is drawn",
+        "return document.querySelectorAll('#plan-moves li').length > 0;",
+    )
+    .await;
+    // The diff on the map is the dashboard's own plan.
+    let plan =
+        reborn::topo::manager::dashboard::client::get(&dashboard, "/api/rebalance/plan?weights=1:1,2:1,3:1")
+            .await
+            .expect("plan")
+            .body;
+    let mut want = Vec::new();
+    for m in plan["moves"].as_array().expect("moves") {
+        for slot in m["start"].as_u64().unwrap_or(0)..=m["end"].as_u64().unwrap_or(0) {
+            want.push((slot, m["to"].to_string()));
+        }
+    }
+    want.sort();
+    assert!(!want.is_empty(), "group 3 gets slots");
+    let want: Vec<Value> = want.into_iter().map(|(slot, to)| json!([slot, to])).collect();
+    let drawn = page
+        .js("return [...document.querySelectorAll('.slot.moving')].map(c => [Number(c.dataset.slot), c.dataset.to]);")
+        .await;
+    assert_eq!(drawn, Value::Array(want), "the moving cells are the plan's");
+    page.screenshot("rebalance").await;
+
+    page.click("#apply-plan").await;
+    page.confirm().await;
+    eventually("the plan's tasks are queued", SHOW, || async {
+        task::list(&cluster.store)
+            .await
+            .is_ok_and(|t| !t.is_empty() && t.iter().all(|t| t.to == 3))
+    })
+    .await;
+    page.assert_no_errors("a rebalance").await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_push_view_lists_the_registered_push_roles() {
+    let up = common::im::LogicUp::start(|_| {}).await;
+    up.register_comet(reborn::im::discovery::Instance {
+        id: "comet-ui-1".into(),
+        conn_count: 42,
+        ip_count: 7,
+        weight: 10,
+        ..Default::default()
+    })
+    .await;
+    let dashboard = up.cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    page.view("push").await;
+    page.until(
+        "the comet and the logic are listed",
+        "return !!document.querySelector('#comets tr[data-comet=\"comet-ui-1\"]') && \
+                document.querySelectorAll('#logics tr[data-logic]').length === 1;",
+    )
+    .await;
+    let logic = page
+        .js("return document.querySelector('#logics tr[data-logic]').dataset.logic;")
+        .await;
+    assert_eq!(logic, up.logic().id());
+    let conns = page
+        .js("return document.querySelector('#comets tr[data-comet=\"comet-ui-1\"]').children[3].textContent;")
+        .await;
+    assert_eq!(conns, "42");
+    page.screenshot("push").await;
+    page.assert_no_errors("the push view").await;
+    page.close().await;
+}
