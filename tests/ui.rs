@@ -429,6 +429,94 @@ async fn a_migration_started_from_the_ui_moves_its_slots() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_task_is_paused_and_resumed_from_the_ui() {
+    let cluster = Cluster::start().await;
+    let proxy = cluster.proxy().await;
+    let mut c = client(proxy).await;
+    // ~100 keys in slots 0-127 at 20 keys/s: several seconds to pause in.
+    set_all(&mut c, &keys_in(1, "p", 400)).await;
+    let dashboard = cluster
+        .dashboard_with(|cfg| {
+            cfg.migration.max_keys_per_sec = Some(20);
+            cfg.migration.batch_keys = 5;
+        })
+        .await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    let started = reborn::topo::manager::dashboard::client::post(
+        &dashboard,
+        "/api/migrate",
+        &json!({"start": 0, "end": 127, "to": 2}),
+    )
+    .await
+    .expect("migrate");
+    assert_eq!(started.status, 201, "{:?}", started.body);
+
+    page.view("tasks").await;
+    page.until(
+        "the task migrates",
+        "const r = document.querySelector('#tasks tr[data-task]'); return !!r && r.dataset.state === 'migrating';",
+    )
+    .await;
+    page.click("#tasks tr[data-task] button[data-action=pause]").await;
+    eventually("ZooKeeper records the pause", SHOW, || async {
+        task::list(&cluster.store).await.is_ok_and(|t| t[0].paused)
+    })
+    .await;
+    page.until(
+        "the page shows it paused, with a resume button",
+        "const r = document.querySelector('#tasks tr[data-task]'); \
+         return !!r && r.textContent.includes('(paused)') && !!r.querySelector('button[data-action=resume]');",
+    )
+    .await;
+    page.click("#tasks tr[data-task] button[data-action=resume]")
+        .await;
+    page.until(
+        "the resumed task is done",
+        "const r = document.querySelector('#tasks tr[data-task]'); return !!r && r.dataset.state === 'done';",
+    )
+    .await;
+    assert_eq!(cluster.slot_state(127).await.0, 2, "slot 127 moved");
+    page.assert_no_errors("pause and resume").await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_and_a_server_are_added_from_the_ui() {
+    let cluster = Cluster::start().await;
+    let third = common::redis();
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    page.view("groups").await;
+    page.fill("#add-group input[name=group-id]", "3").await;
+    page.click("#add-group button").await;
+    page.until(
+        "group 3 is listed",
+        "return !!document.querySelector('section[data-group=\"3\"]');",
+    )
+    .await;
+    page.fill("#add-server input[name=server-addr]", &third.addr())
+        .await;
+    page.fill("#add-server input[name=server-group]", "3").await;
+    page.click("#add-server button").await;
+    let addr = third.addr();
+    page.until(
+        "the new master is listed as up",
+        &format!(
+            "const s = document.querySelector('section[data-group=\"3\"]'); \
+             return !!s && s.dataset.master === '{addr}' && s.querySelector('td.ok') !== null;"
+        ),
+    )
+    .await;
+    assert_eq!(master_of(&cluster, 3).await, addr, "ZooKeeper has it");
+    page.assert_no_errors("adding a group and a server").await;
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_promote_from_the_ui_changes_the_master() {
     let cluster = Cluster::start().await;
     let replica = cluster.replica_of_group_1().await;

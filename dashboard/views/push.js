@@ -1,6 +1,7 @@
 // Push system: the comets (connections, IPs, weight, offline), logics and
 // jobs registered in ZooKeeper (<product>/im/<kind>/<id>); each instance
 // rewrites its node every 10 s, so "updated" shows whether it is current.
+// Then the queue: each stream's length, and how far job lags behind it.
 import { get } from "../api.js";
 import { duration, el, num } from "../format.js";
 
@@ -48,11 +49,28 @@ export async function refresh() {
     el("tr", { "data-logic": l.id }, el("td", {}, l.id), el("td", {}, l.http || ""), el("td", {}, l.grpc || ""), el("td", {}, age(l.updated))),
   );
   const jobs = roles.job.map((j) => el("tr", { "data-job": j.id }, el("td", {}, j.id), el("td", {}, age(j.updated))));
+  const streams = roles.queue.map((q) =>
+    el(
+      "tr",
+      { "data-stream": q.key },
+      el("td", {}, q.key),
+      el("td", { class: "num" }, num(q.length)),
+      el("td", { class: "num" + (q.lag ? " warn" : "") }, q.lag === null ? "unknown" : num(q.lag)),
+      el("td", { class: "num" }, num(q.pending)),
+    ),
+  );
+  const backlog = roles.queue.reduce((n, q) => n + (q.lag || 0), 0);
   const total = roles.comet.reduce((n, c) => n + (c.conn_count || 0), 0);
   box.replaceChildren(
     el("section", { class: "panel" }, el("h3", {}, "Comets · " + num(total) + " connections"),
       table("comets", ["id", "addresses", "ports", "connections", "IPs", "weight", "state", "updated"], comets, "No comet registered.")),
     el("section", { class: "panel" }, el("h3", {}, "Logic"), table("logics", ["id", "HTTP", "gRPC", "updated"], logics, "No logic registered.")),
     el("section", { class: "panel" }, el("h3", {}, "Job"), table("jobs", ["consumer", "updated"], jobs, "No job registered.")),
+    el(
+      "section",
+      { class: "panel" },
+      el("h3", {}, "Queue · " + num(roles.queue.length) + " streams · ", el("span", { id: "queue-lag", "data-lag": backlog }, num(backlog) + " not delivered")),
+      table("queue", ["stream", "length", "lag", "pending"], streams, "No stream yet: job creates them when it starts."),
+    ),
   );
 }

@@ -45,11 +45,17 @@ impl Cluster {
     /// An in-process dashboard on a free port (stopped with the cluster);
     /// its address. It may not lead yet.
     pub async fn dashboard(&self) -> String {
-        let cfg = DashboardConfig {
+        self.dashboard_with(|_| {}).await
+    }
+
+    /// [`Cluster::dashboard`], its config changed by `tune` first.
+    pub async fn dashboard_with(&self, tune: impl FnOnce(&mut DashboardConfig)) -> String {
+        let mut cfg = DashboardConfig {
             listen: "127.0.0.1:0".into(),
             zk: self.zk.clone(),
             ..DashboardConfig::default()
         };
+        tune(&mut cfg);
         let bound = reborn::topo::manager::dashboard::Bound::bind(cfg)
             .await
             .expect("bind dashboard");

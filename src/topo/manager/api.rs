@@ -538,9 +538,12 @@ async fn servers(State(s): State<Shared>) -> Result<Json<Vec<ServerInfo>>, ApiEr
     Ok(Json(server_info::gather(&topo, s.backend_auth.as_deref()).await))
 }
 
-/// `GET /api/push`: the push system's registered instances.
+/// `GET /api/push`: the push system's registered instances and its queue.
 async fn push(State(s): State<Shared>) -> Result<Json<super::push_roles::PushRoles>, ApiError> {
-    Ok(Json(super::push_roles::read(&s.store).await?))
+    let mut roles = super::push_roles::read(&s.store).await?;
+    let topo = load(&s).await?;
+    roles.queue = super::push_queue::read(&topo, s.backend_auth.as_deref()).await;
+    Ok(Json(roles))
 }
 
 /// What `POST /api/rebalance` did: the plan, and the tasks queued for it.

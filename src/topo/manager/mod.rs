@@ -16,6 +16,7 @@
 //! * [`server_info`]: a redis-server's `INFO` figures for the web UI.
 //! * [`traffic`]: the proxies' stats, sampled each second, ten minutes kept.
 //! * [`push_roles`]: the push system's registered instances, for the web UI.
+//! * [`push_queue`]: the push queue's streams, their length and lag, for the web UI.
 //! * [`ui`]: the web UI's assets (the top-level `dashboard/` folder), embedded.
 //!
 //! Imports `libs` and the core (`crate::topo::*` outside this module); the core
@@ -29,6 +30,7 @@ pub mod failover;
 pub mod health;
 pub mod migrator;
 pub mod promote;
+pub mod push_queue;
 pub mod push_roles;
 pub mod rebalance;
 pub mod replication;

@@ -20,6 +20,8 @@ pub struct PushRoles {
     pub logic: Vec<serde_json::Value>,
     /// Registered jobs, by id.
     pub job: Vec<serde_json::Value>,
+    /// The push queue's streams ([`super::push_queue`]).
+    pub queue: Vec<super::push_queue::StreamView>,
 }
 
 /// Reads every registered instance; a kind nobody registered is empty.
