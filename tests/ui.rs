@@ -75,6 +75,11 @@ impl Page {
             return None;
         }
         wait_leader(dashboard).await;
+        Some(Page::start(dashboard).await)
+    }
+
+    /// Starts the browser on `dashboard`, leading or not.
+    async fn start(dashboard: &str) -> Page {
         let permit = BROWSERS.acquire().await.expect("browser semaphore");
         let port = free_port();
         let driver = spawn_guarded(
@@ -118,7 +123,7 @@ impl Page {
             _permit: permit,
         };
         page.resize(1280).await;
-        Some(page)
+        page
     }
 
     /// Sets the window `width` px wide.
@@ -214,7 +219,7 @@ impl Page {
     /// Saves a screenshot as `docs/img/dashboard-<name>.png` when
     /// `UPDATE_SCREENSHOTS=1`.
     async fn screenshot(&self, name: &str) {
-        if std::env::var("UPDATE_SCREENSHOTS").as_deref() != Ok("1") {
+        if !screenshots_wanted() {
             return;
         }
         let png = self.client.screenshot().await.expect("screenshot");
@@ -223,9 +228,16 @@ impl Page {
         std::fs::write(dir.join(format!("dashboard-{name}.png")), png).expect("write screenshot");
     }
 
-    async fn close(self) {
+    /// Checks that the page recorded no error, then closes the browser.
+    async fn finish(self, after: &str) {
+        self.assert_no_errors(after).await;
         let _ = self.client.close().await;
     }
+}
+
+/// True with `UPDATE_SCREENSHOTS=1`: the tests then save their screenshots.
+fn screenshots_wanted() -> bool {
+    std::env::var("UPDATE_SCREENSHOTS").as_deref() == Ok("1")
 }
 
 /// Waits until the dashboard at `addr` leads (its API answers).
@@ -252,6 +264,14 @@ async fn dbsize(addr: &str) -> i64 {
 async fn master_of(cluster: &Cluster, group: u32) -> String {
     let topo = watcher::load(&cluster.store).await.expect("load");
     topo.groups[&group].master().unwrap_or_default().to_string()
+}
+
+/// A script: the newest task's row is in `state`.
+fn task_row_in(state: &str) -> String {
+    format!(
+        "const r = document.querySelector('#tasks tr[data-task]'); \
+         return !!r && r.dataset.state === '{state}';"
+    )
 }
 
 const VIEWS: [&str; 7] = [
@@ -296,7 +316,37 @@ async fn every_view_loads_without_errors_at_1280_and_800_px() {
     assert_eq!(product, "mig");
     let zk = page.js("return document.getElementById('zk').textContent;").await;
     assert_eq!(zk, "ZooKeeper connected");
-    page.close().await;
+    page.finish("every view").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_shows_where_the_leader_is() {
+    let cluster = Cluster::start().await;
+    let leader = cluster.dashboard().await;
+    wait_leader(&leader).await;
+    let standby = cluster.dashboard_with(|cfg| cfg.standby = true).await;
+    if !browser_installed() {
+        return;
+    }
+    let page = Page::start(&standby).await;
+    page.client
+        .goto(&format!("{}/#slots", page.base))
+        .await
+        .expect("goto");
+    page.until(
+        "the banner links to the leader",
+        &format!(
+            "const b = document.getElementById('banner'); \
+             return !b.hidden && !!b.querySelector('a[href=\"http://{leader}/\"]');"
+        ),
+    )
+    .await;
+    let role = page
+        .js("return document.getElementById('leadership').textContent;")
+        .await;
+    assert_eq!(role, "standby");
+    // The 503s of a standby are expected, not page errors.
+    page.finish("a standby").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -371,8 +421,7 @@ async fn the_slot_map_and_the_key_counts_are_what_zookeeper_and_the_servers_say(
         .await;
     }
     page.screenshot("groups").await;
-    page.assert_no_errors("slots and groups").await;
-    page.close().await;
+    page.finish("slots and groups").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -424,8 +473,7 @@ async fn a_migration_started_from_the_ui_moves_its_slots() {
         .count() as i64;
     assert!(moved > 0, "some keys were in slots 0-31");
     assert_eq!(dbsize(&cluster.masters[1].addr()).await, moved);
-    page.assert_no_errors("a migration").await;
-    page.close().await;
+    page.finish("a migration").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -454,11 +502,7 @@ async fn a_task_is_paused_and_resumed_from_the_ui() {
     assert_eq!(started.status, 201, "{:?}", started.body);
 
     page.view("tasks").await;
-    page.until(
-        "the task migrates",
-        "const r = document.querySelector('#tasks tr[data-task]'); return !!r && r.dataset.state === 'migrating';",
-    )
-    .await;
+    page.until("the task migrates", &task_row_in("migrating")).await;
     page.click("#tasks tr[data-task] button[data-action=pause]").await;
     eventually("ZooKeeper records the pause", SHOW, || async {
         task::list(&cluster.store).await.is_ok_and(|t| t[0].paused)
@@ -472,14 +516,9 @@ async fn a_task_is_paused_and_resumed_from_the_ui() {
     .await;
     page.click("#tasks tr[data-task] button[data-action=resume]")
         .await;
-    page.until(
-        "the resumed task is done",
-        "const r = document.querySelector('#tasks tr[data-task]'); return !!r && r.dataset.state === 'done';",
-    )
-    .await;
+    page.until("the resumed task is done", &task_row_in("done")).await;
     assert_eq!(cluster.slot_state(127).await.0, 2, "slot 127 moved");
-    page.assert_no_errors("pause and resume").await;
-    page.close().await;
+    page.finish("pause and resume").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -512,8 +551,7 @@ async fn a_group_and_a_server_are_added_from_the_ui() {
     )
     .await;
     assert_eq!(master_of(&cluster, 3).await, addr, "ZooKeeper has it");
-    page.assert_no_errors("adding a group and a server").await;
-    page.close().await;
+    page.finish("adding a group and a server").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -545,8 +583,7 @@ async fn a_promote_from_the_ui_changes_the_master() {
         &format!("const s = document.querySelector('section[data-group=\"1\"]'); return !!s && s.dataset.master === '{addr}';"),
     )
     .await;
-    page.assert_no_errors("a promote").await;
-    page.close().await;
+    page.finish("a promote").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -576,13 +613,20 @@ async fn the_chart_moves_while_redis_benchmark_runs() {
          return Number(c.dataset.lastOps) > 100 && Number(c.dataset.points) > 2;",
     )
     .await;
+    if screenshots_wanted() {
+        // A picture worth keeping: some history under load.
+        page.until(
+            "twenty seconds of load are drawn",
+            "return Number(document.getElementById('chart').dataset.points) > 20;",
+        )
+        .await;
+    }
     page.screenshot("overview").await;
     let ops = page
         .js("return Number(document.querySelector('[data-card=ops]').textContent.replace(/,/g, ''));")
         .await;
     assert!(ops.as_u64().unwrap_or(0) > 0, "the ops/s card moves too: {ops}");
-    page.assert_no_errors("load").await;
-    page.close().await;
+    page.finish("load").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -619,8 +663,7 @@ async fn a_proxy_that_stops_answering_is_marked() {
         .js("return [...document.querySelectorAll('#proxies tr[data-proxy]')].filter(r => r.dataset.answering === 'true').length;")
         .await;
     assert_eq!(answering, json!(1), "the in-process proxy is still answering");
-    page.assert_no_errors("a silent proxy").await;
-    page.close().await;
+    page.finish("a silent proxy").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -671,8 +714,7 @@ async fn a_rebalance_dry_run_is_drawn_on_the_slot_map_then_applied() {
             .is_ok_and(|t| !t.is_empty() && t.iter().all(|t| t.to == 3))
     })
     .await;
-    page.assert_no_errors("a rebalance").await;
-    page.close().await;
+    page.finish("a rebalance").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -686,11 +728,45 @@ async fn the_push_view_lists_the_registered_push_roles() {
         ..Default::default()
     })
     .await;
+    // Two streams of the queue, as logic writes them, with job's group on
+    // the first: 3 entries, none delivered yet.
+    assert_eq!(
+        reborn::topo::manager::push_queue::stream_key(1),
+        reborn::im::queue::stream_key(1),
+        "the dashboard reads the queue's layout"
+    );
+    let mut r = up.resp().await;
+    for (stream, n) in [(0, 3), (1, 1)] {
+        let key = reborn::im::queue::stream_key(stream);
+        for _ in 0..n {
+            r.call(&["XADD", key.as_str(), "*", reborn::im::queue::FIELD, "x"])
+                .await
+                .expect("XADD");
+        }
+    }
+    let first = reborn::im::queue::stream_key(0);
+    r.call(&["XGROUP", "CREATE", first.as_str(), reborn::im::queue::GROUP, "0"])
+        .await
+        .expect("XGROUP CREATE");
     let dashboard = up.cluster.dashboard().await;
     let Some(page) = Page::open(&dashboard).await else {
         return;
     };
     page.view("push").await;
+    let queue = page
+        .js(
+            "return [...document.querySelectorAll('#queue tr[data-stream]')].map(r => \
+               [...r.children].map(c => c.textContent));",
+        )
+        .await;
+    assert_eq!(
+        queue,
+        json!([
+            ["goim-push-0", "3", "3", "0"],
+            ["goim-push-1", "1", "unknown", "0"]
+        ]),
+        "each stream's length, lag and pending"
+    );
     page.until(
         "the comet and the logic are listed",
         "return !!document.querySelector('#comets tr[data-comet=\"comet-ui-1\"]') && \
@@ -706,6 +782,5 @@ async fn the_push_view_lists_the_registered_push_roles() {
         .await;
     assert_eq!(conns, "42");
     page.screenshot("push").await;
-    page.assert_no_errors("the push view").await;
-    page.close().await;
+    page.finish("the push view").await;
 }

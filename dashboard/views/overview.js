@@ -59,14 +59,21 @@ function makeChart(data) {
   const opts = {
     width: Math.max(300, chartBox.clientWidth),
     height: 260,
-    scales: { x: { time: true }, ops: { auto: true }, ms: { auto: true } },
+    // At least a minute wide, so a young history is not stretched over the
+    // whole width with sub-second ticks.
+    scales: {
+      x: { time: true, range: (u, min, max) => [Math.min(min, max - 60), max] },
+      ops: { auto: true },
+      ms: { auto: true },
+    },
     series: [
       {},
       { label: "ops/s", scale: "ops", stroke: "hsl(210, 70%, 45%)", fill: "hsla(210, 70%, 45%, 0.12)", width: 2 },
       { label: "p50 ms", scale: "ms", stroke: "hsl(140, 55%, 40%)", width: 1 },
       { label: "p99 ms", scale: "ms", stroke: "hsl(20, 80%, 50%)", width: 1 },
     ],
-    axes: [{}, { scale: "ops", label: "ops/s" }, { scale: "ms", side: 1, label: "ms", grid: { show: false } }],
+    // Room for six-digit ops/s beside the axis label.
+    axes: [{}, { scale: "ops", label: "ops/s", size: 70 }, { scale: "ms", side: 1, label: "ms", grid: { show: false } }],
   };
   return new uPlot(opts, data, chartBox);
 }

@@ -49,7 +49,8 @@ export async function refresh() {
     el("tr", { "data-logic": l.id }, el("td", {}, l.id), el("td", {}, l.http || ""), el("td", {}, l.grpc || ""), el("td", {}, age(l.updated))),
   );
   const jobs = roles.job.map((j) => el("tr", { "data-job": j.id }, el("td", {}, j.id), el("td", {}, age(j.updated))));
-  const streams = roles.queue.map((q) =>
+  const queue = roles.queue;
+  const streams = queue.streams.map((q) =>
     el(
       "tr",
       { "data-stream": q.key },
@@ -59,7 +60,7 @@ export async function refresh() {
       el("td", { class: "num" }, num(q.pending)),
     ),
   );
-  const backlog = roles.queue.reduce((n, q) => n + (q.lag || 0), 0);
+  const backlog = queue.streams.reduce((n, q) => n + (q.lag || 0), 0);
   const total = roles.comet.reduce((n, c) => n + (c.conn_count || 0), 0);
   box.replaceChildren(
     el("section", { class: "panel" }, el("h3", {}, "Comets · " + num(total) + " connections"),
@@ -69,7 +70,10 @@ export async function refresh() {
     el(
       "section",
       { class: "panel" },
-      el("h3", {}, "Queue · " + num(roles.queue.length) + " streams · ", el("span", { id: "queue-lag", "data-lag": backlog }, num(backlog) + " not delivered")),
+      el("h3", {}, "Queue · " + num(queue.streams.length) + " streams · ", el("span", { id: "queue-lag", "data-lag": backlog }, num(backlog) + " not delivered")),
+      // A master that did not answer cuts the list short: say so, rather
+      // than let the missing streams look absent.
+      queue.error ? el("p", { class: "bad" }, "Not every stream could be read: " + queue.error) : null,
       table("queue", ["stream", "length", "lag", "pending"], streams, "No stream yet: job creates them when it starts."),
     ),
   );

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::migrator::Conn;
+use super::migrator::{Conn, MigrateError, reply_text};
 use crate::libs::hash::slot_of;
 use crate::libs::resp_client::Frame;
 use crate::topo::model::Topology;
@@ -27,7 +27,7 @@ pub const STREAM_PREFIX: &str = "goim-push-";
 const MAX_STREAMS: usize = 256;
 
 /// How long one command may take.
-const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The name of stream `i`.
 pub fn stream_key(i: usize) -> String {
@@ -48,10 +48,19 @@ pub struct StreamView {
     pub pending: u64,
 }
 
-/// Reads every stream of the queue (`auth`: the backend password). A stream
-/// whose master does not answer ends the list there, as a missing one does.
-pub async fn read(topo: &Topology, auth: Option<&str>) -> Vec<StreamView> {
-    let mut out = Vec::new();
+/// The queue: its streams, and why the list may be cut short.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct QueueView {
+    /// Streams `0..n`, up to the first missing one.
+    pub streams: Vec<StreamView>,
+    /// Set when a master did not answer: the streams from there on are not
+    /// listed, rather than shown as missing.
+    pub error: Option<String>,
+}
+
+/// Reads every stream of the queue (`auth`: the backend password).
+pub async fn read(topo: &Topology, auth: Option<&str>) -> QueueView {
+    let mut out = QueueView::default();
     let mut conns: Vec<(String, Conn)> = Vec::new();
     for i in 0..MAX_STREAMS {
         let key = stream_key(i);
@@ -65,39 +74,55 @@ pub async fn read(topo: &Topology, auth: Option<&str>) -> Vec<StreamView> {
                     conns.push((master.to_string(), c));
                     conns.len() - 1
                 }
-                Err(_) => break,
+                Err(e) => {
+                    out.error = Some(e.to_string());
+                    break;
+                }
             },
         };
         let Some((_, conn)) = conns.get_mut(at) else { break };
         match look(conn, &key).await {
-            Some(view) => out.push(view),
-            None => break,
+            Ok(Some(view)) => out.streams.push(view),
+            Ok(None) => break,
+            Err(e) => {
+                out.error = Some(format!("{key} on {master}: {e}"));
+                break;
+            }
         }
     }
     out
 }
 
-/// One stream's figures; `None` if it does not exist or the call fails.
-async fn look(conn: &mut Conn, key: &str) -> Option<StreamView> {
-    match conn.call(&["EXISTS", key], "EXISTS", CALL_TIMEOUT).await {
-        Ok(Frame::Integer(1)) => {}
-        _ => return None,
+/// One stream's figures; `None` if it does not exist.
+async fn look(conn: &mut Conn, key: &str) -> Result<Option<StreamView>, String> {
+    let fail = |e: MigrateError| e.to_string();
+    match conn
+        .call(&["EXISTS", key], "EXISTS", CALL_TIMEOUT)
+        .await
+        .map_err(fail)?
+    {
+        Frame::Integer(1) => {}
+        _ => return Ok(None),
     }
-    let length = match conn.call(&["XLEN", key], "XLEN", CALL_TIMEOUT).await {
-        Ok(Frame::Integer(n)) => u64::try_from(n).unwrap_or(0),
-        _ => return None,
+    let length = match conn
+        .call(&["XLEN", key], "XLEN", CALL_TIMEOUT)
+        .await
+        .map_err(fail)?
+    {
+        Frame::Integer(n) => u64::try_from(n).unwrap_or(0),
+        other => return Err(format!("XLEN answered {}", reply_text(&other))),
     };
     let groups = conn
         .call(&["XINFO", "GROUPS", key], "XINFO", CALL_TIMEOUT)
         .await
-        .ok();
-    let (lag, pending) = groups.as_ref().map_or((None, 0), lag_and_pending);
-    Some(StreamView {
+        .map_err(fail)?;
+    let (lag, pending) = lag_and_pending(&groups);
+    Ok(Some(StreamView {
         key: key.to_string(),
         length,
         lag,
         pending,
-    })
+    }))
 }
 
 /// Reads an `XINFO GROUPS` reply: the largest `lag` and the summed `pending`

@@ -21,7 +21,7 @@ pub struct PushRoles {
     /// Registered jobs, by id.
     pub job: Vec<serde_json::Value>,
     /// The push queue's streams ([`super::push_queue`]).
-    pub queue: Vec<super::push_queue::StreamView>,
+    pub queue: super::push_queue::QueueView,
 }
 
 /// Reads every registered instance; a kind nobody registered is empty.
