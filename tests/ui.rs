@@ -610,7 +610,8 @@ async fn the_chart_moves_while_redis_benchmark_runs() {
     page.until(
         "the chart shows ops/s",
         "const c = document.getElementById('chart'); \
-         return Number(c.dataset.lastOps) > 100 && Number(c.dataset.points) > 2;",
+         return Number(c.dataset.lastOps) > 100 && Number(c.dataset.lastP99) > 0 && \
+           Number(c.dataset.points) > 2;",
     )
     .await;
     if screenshots_wanted() {

@@ -1,6 +1,6 @@
 // Overview: the product at a glance (groups, proxies, keys, memory, ops/s,
 // clients) and a live chart of the cluster's ops/s and p50/p99 latency over
-// the last ten minutes, summed from every proxy's stats by the dashboard
+// the last ten minutes, added up from every proxy's stats by the dashboard
 // (GET /api/stats keeps the history, so a freshly opened page has it all).
 import { get } from "../api.js";
 import { bytes, el, groupList, micros, num } from "../format.js";
@@ -40,7 +40,7 @@ export function mount(root) {
       "section",
       { class: "panel" },
       el("h3", {}, "Cluster ops/s and latency, last 10 minutes"),
-      el("p", { class: "hint" }, "Summed over every proxy each second; latency is the highest p50/p99 any proxy reports since it started."),
+      el("p", { class: "hint" }, "Every proxy's requests of each second, added up: ops/s, and p50/p99 latency of those requests."),
       chartBox,
     ),
   );
@@ -107,4 +107,5 @@ export async function refresh() {
   chartBox.dataset.points = h.length;
   chartBox.dataset.lastOps = h.length ? h[h.length - 1].ops : 0;
   chartBox.dataset.maxOps = Math.max(0, ...data[1]);
+  chartBox.dataset.lastP99 = h.length ? h[h.length - 1].p99 : 0;
 }

@@ -8,10 +8,13 @@
 //! keeps its last figures, marked with how long ago it last answered, so the
 //! Proxies view can show it as stale instead of silently dropping it.
 //!
-//! Latency: a proxy reports percentiles of every request since it started
-//! (bucket bounds, within 25%), not per second; the cluster's p50/p99 are the
-//! highest among the proxies that answered, an upper bound, since percentiles
-//! cannot be summed.
+//! Latency: a proxy reports its latency histogram since it started
+//! (`latency_buckets`, bucket bounds within 25%). The difference between two
+//! reads is the histogram of the second between them, and the histograms of
+//! all proxies add up, so the cluster's p50/p99 of each second are taken from
+//! that sum: percentiles themselves could be neither subtracted nor added. A
+//! proxy without the histogram (an older version) contributes its
+//! since-start percentiles instead, and the cluster's are then the highest.
 //!
 //! Reads the proxies' nodes through the store and their admin endpoints with
 //! the dashboard's HTTP client; imports `libs`, the topo core and the manager.
@@ -44,9 +47,9 @@ pub struct Sample {
     pub t: u64,
     /// Requests per second, summed over the proxies that answered.
     pub ops: u64,
-    /// The highest p50 latency among them, µs.
+    /// p50 latency of the requests of this second over every proxy, µs.
     pub p50: u64,
-    /// The highest p99 latency among them, µs.
+    /// p99 latency of the requests of this second over every proxy, µs.
     pub p99: u64,
 }
 
@@ -71,9 +74,10 @@ pub struct ProxyTraffic {
     pub clients: u64,
     /// Requests answered with an error since it started.
     pub errors: u64,
-    /// p50 latency since it started, µs.
+    /// p50 latency over the last second (since it started, for a proxy
+    /// without a histogram), µs.
     pub p50_us: u64,
-    /// p99 latency since it started, µs.
+    /// p99 latency, likewise, µs.
     pub p99_us: u64,
     /// False while it refuses slot traffic (it cannot prove its ZooKeeper
     /// session is alive).
@@ -97,9 +101,22 @@ pub struct TrafficView {
     pub history: Vec<Sample>,
 }
 
+/// A latency histogram: bucket upper bound (µs) → requests.
+type Histogram = BTreeMap<u64, u64>;
+
+/// What is kept of one proxy between samples.
+#[derive(Default)]
+struct Tracked {
+    row: ProxyTraffic,
+    /// When it last answered.
+    last: Option<Instant>,
+    /// Its histogram at that answer, to subtract from the next.
+    buckets: Option<Histogram>,
+}
+
 #[derive(Default)]
 struct State {
-    proxies: BTreeMap<String, (ProxyTraffic, Option<Instant>)>,
+    proxies: BTreeMap<String, Tracked>,
     history: VecDeque<Sample>,
 }
 
@@ -134,28 +151,52 @@ impl Traffic {
             t: unix_ms(),
             ..Sample::default()
         };
+        // This second's requests over every proxy with a histogram.
+        let mut second = Histogram::new();
+        let mut histograms = 0;
         for (info, answer) in registered.into_iter().zip(answers) {
-            let (mut row, mut last) = state.proxies.remove(&info.id).unwrap_or_default();
-            row.id = info.id.clone();
-            row.addr = info.addr;
-            row.admin_addr = info.admin_addr;
+            let mut t = state.proxies.remove(&info.id).unwrap_or_default();
+            t.row.id = info.id.clone();
+            t.row.addr = info.addr;
+            t.row.admin_addr = info.admin_addr;
             match answer {
-                Ok(f) => {
+                Ok(mut f) => {
                     sample.ops += f.ops_per_sec;
                     sample.p50 = sample.p50.max(f.p50_us);
                     sample.p99 = sample.p99.max(f.p99_us);
-                    f.apply(&mut row);
-                    row.answering = true;
-                    row.error = None;
-                    last = Some(at);
+                    let now = f.buckets.take();
+                    f.apply(&mut t.row);
+                    if let Some(now) = &now {
+                        // The first answer has nothing to subtract: its
+                        // histogram covers the proxy's whole life.
+                        let delta = t
+                            .buckets
+                            .as_ref()
+                            .map(|prev| since(prev, now))
+                            .unwrap_or_default();
+                        t.row.p50_us = quantile(&delta, 0.50);
+                        t.row.p99_us = quantile(&delta, 0.99);
+                        for (bound, n) in delta {
+                            *second.entry(bound).or_default() += n;
+                        }
+                        histograms += 1;
+                    }
+                    t.buckets = now;
+                    t.row.answering = true;
+                    t.row.error = None;
+                    t.last = Some(at);
                 }
                 Err(e) => {
-                    row.answering = false;
-                    row.error = Some(e);
+                    t.row.answering = false;
+                    t.row.error = Some(e);
                 }
             }
-            row.silent_ms = last.map(|l| at.saturating_duration_since(l).as_millis() as u64);
-            kept.insert(info.id, (row, last));
+            t.row.silent_ms = t.last.map(|l| at.saturating_duration_since(l).as_millis() as u64);
+            kept.insert(info.id, t);
+        }
+        if histograms > 0 {
+            sample.p50 = quantile(&second, 0.50);
+            sample.p99 = quantile(&second, 0.99);
         }
         state.proxies = kept;
         if state.history.len() == HISTORY_LEN {
@@ -167,7 +208,7 @@ impl Traffic {
     /// The figures as `GET /api/stats` shows them.
     pub fn view(&self, zk_connected: bool) -> TrafficView {
         let state = self.state.lock();
-        let proxies: Vec<ProxyTraffic> = state.proxies.values().map(|(row, _)| row.clone()).collect();
+        let proxies: Vec<ProxyTraffic> = state.proxies.values().map(|t| t.row.clone()).collect();
         TrafficView {
             zk_connected,
             now: state.history.back().copied().unwrap_or_default(),
@@ -188,6 +229,8 @@ struct Figures {
     p99_us: u64,
     routing_online: bool,
     routing_epoch: u64,
+    /// `latency_buckets`, if the proxy sends it.
+    buckets: Option<Histogram>,
 }
 
 impl Figures {
@@ -205,6 +248,7 @@ impl Figures {
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false),
             routing_epoch: n("/routing_epoch"),
+            buckets: doc.get("latency_buckets").and_then(histogram),
         }
     }
 
@@ -217,6 +261,50 @@ impl Figures {
         row.routing_online = self.routing_online;
         row.routing_epoch = self.routing_epoch;
     }
+}
+
+/// Reads `[[bound, count], …]`.
+fn histogram(v: &serde_json::Value) -> Option<Histogram> {
+    let pairs = v.as_array()?;
+    let mut out = Histogram::new();
+    for pair in pairs {
+        let bound = pair.get(0)?.as_u64()?;
+        let n = pair.get(1)?.as_u64()?;
+        out.insert(bound, n);
+    }
+    Some(out)
+}
+
+/// The requests counted in `now` but not in `prev`. A bucket that went down
+/// means the proxy restarted or its counters were reset (`CONFIG
+/// RESETSTAT`): then everything in `now` is new.
+fn since(prev: &Histogram, now: &Histogram) -> Histogram {
+    let reset = prev.iter().any(|(b, &p)| now.get(b).copied().unwrap_or(0) < p);
+    if reset {
+        return now.clone();
+    }
+    now.iter()
+        .map(|(&b, &n)| (b, n - prev.get(&b).copied().unwrap_or(0)))
+        .filter(|&(_, n)| n > 0)
+        .collect()
+}
+
+/// The bucket bound below which a share `q` of the requests of `h` fall; 0
+/// for no requests.
+fn quantile(h: &Histogram, q: f64) -> u64 {
+    let total: u64 = h.values().sum();
+    if total == 0 {
+        return 0;
+    }
+    let target = ((total as f64) * q).ceil() as u64;
+    let mut seen = 0;
+    for (&bound, &n) in h {
+        seen += n;
+        if seen >= target {
+            return bound;
+        }
+    }
+    h.keys().next_back().copied().unwrap_or(0)
 }
 
 /// The proxies registered now (their ephemeral nodes); none when ZooKeeper
@@ -296,9 +384,48 @@ mod tests {
                 p99_us: 900,
                 routing_online: true,
                 routing_epoch: 9,
+                buckets: None,
             }
         );
         assert_eq!(Figures::from_stats(&serde_json::json!({})), Figures::default());
+        let with = Figures::from_stats(&serde_json::json!({"latency_buckets": [[12, 90], [1024, 10]]}));
+        assert_eq!(with.buckets, Some(Histogram::from([(12, 90), (1024, 10)])));
+    }
+
+    #[test]
+    fn seconds_are_histogram_differences_summed_over_proxies() {
+        let t = Traffic::default();
+        let with = |buckets: &[(u64, u64)]| Figures {
+            buckets: Some(buckets.iter().copied().collect()),
+            ..Figures::default()
+        };
+        let start = Instant::now();
+        // Slow requests of the past do not count in the seconds that follow.
+        t.record(
+            vec![proxy("a"), proxy("b")],
+            vec![Ok(with(&[(10, 5), (5000, 100)])), Ok(with(&[(10, 1)]))],
+            start,
+        );
+        assert_eq!(t.view(true).now.p99, 0, "nothing to subtract from yet");
+        t.record(
+            vec![proxy("a"), proxy("b")],
+            vec![
+                Ok(with(&[(10, 55), (5000, 100)])),
+                Ok(with(&[(10, 1), (800, 50)])),
+            ],
+            start,
+        );
+        let v = t.view(true);
+        // 50 requests at <= 10 µs on a, 50 at <= 800 µs on b.
+        assert_eq!((v.now.p50, v.now.p99), (10, 800));
+        assert_eq!((v.proxies[0].p99_us, v.proxies[1].p99_us), (10, 800));
+        // b restarted: its counters start again, all of them new.
+        t.record(
+            vec![proxy("a"), proxy("b")],
+            vec![Ok(with(&[(10, 55), (5000, 100)])), Ok(with(&[(2000, 3)]))],
+            start,
+        );
+        assert_eq!(t.view(true).now.p99, 2000);
     }
 
     #[test]
