@@ -120,10 +120,15 @@ export async function refresh() {
   const [tasks, topo, servers] = await Promise.all([get("/api/tasks"), get("/api/topology"), get("/api/servers")]);
   const slots = expandSlots(topo.slots);
   const masterKeys = new Map(servers.filter((s) => s.role === "master" && s.up).map((s) => [s.group, s.keys]));
-  // Keep the operator's choice of group across refreshes.
-  const chosen = groupSelect.value;
-  groupSelect.replaceChildren(...groupList(topo).map((g) => el("option", { value: g.id }, "group " + g.id)));
-  if (chosen) groupSelect.value = chosen;
+  // Rebuilt only when the groups change: rebuilding every second would close
+  // the list under the operator's pointer (and lose the choice).
+  const ids = groupList(topo).map((g) => String(g.id));
+  const shown = [...groupSelect.options].map((o) => o.value);
+  if (ids.join() !== shown.join()) {
+    const chosen = groupSelect.value;
+    groupSelect.replaceChildren(...ids.map((id) => el("option", { value: id }, "group " + id)));
+    if (ids.includes(chosen)) groupSelect.value = chosen;
+  }
   const rows = [...tasks].sort((a, b) => b.id - a.id).map((t) => row(t, slots, masterKeys));
   if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: 10, class: "hint" }, "No migration yet.")));
   body.replaceChildren(...rows);
