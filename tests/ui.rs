@@ -16,243 +16,21 @@
 //! save the screenshots of `docs/dashboard.md` to `docs/img/`.
 
 mod common;
+// In a folder of its own: a file directly in tests/ would be a test binary.
+#[path = "ui/page.rs"]
+mod page;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cluster::{Cluster, client, keys_in, set_all, signal};
-use common::{GuardedChild, eventually, free_port, spawn_guarded};
-use fantoccini::{Client, ClientBuilder, Locator};
+use common::{eventually, spawn_guarded};
+use fantoccini::Locator;
+use page::{Page, SHOW, browser_installed, screenshots_wanted, wait_leader};
 use reborn::topo::manager::task;
-use reborn::topo::model::Role;
+use reborn::topo::model::{Role, SlotState};
 use reborn::topo::{operation, watcher};
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, SemaphorePermit};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// How long a page may take to show a change (a refresh is ~1 s; a
-/// migration or promote takes a few seconds on a busy machine).
-const SHOW: Duration = Duration::from_secs(30);
-
-/// Browsers at once: each is a few hundred MB and this machine has two cores.
-static BROWSERS: Semaphore = Semaphore::const_new(2);
-
-/// True when the browser tests can run; otherwise says so loudly, and fails
-/// under CI, where skipping would hide that nothing was tested.
-fn browser_installed() -> bool {
-    if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
-        return true;
-    }
-    let why = format!("{CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the browser tests must run in CI: {why}"
-    );
-    eprintln!("\n\n********************************************************************");
-    eprintln!("*** SKIPPED: the web UI browser tests did not run: {why}");
-    eprintln!("*** scripts/install-deps.sh installs them.");
-    eprintln!("********************************************************************\n");
-    false
-}
-
-/// One headless Chromium on a page of the dashboard, with its chromedriver.
-struct Page {
-    client: Client,
-    base: String,
-    _driver: GuardedChild,
-    _profile: tempfile::TempDir,
-    _permit: SemaphorePermit<'static>,
-}
-
-impl Page {
-    /// Opens the dashboard at `dashboard` (`host:port`) once it leads; `None`
-    /// when the browser is not installed (see [`browser_installed`]).
-    async fn open(dashboard: &str) -> Option<Page> {
-        if !browser_installed() {
-            return None;
-        }
-        wait_leader(dashboard).await;
-        Some(Page::start(dashboard).await)
-    }
-
-    /// Starts the browser on `dashboard`, leading or not.
-    async fn start(dashboard: &str) -> Page {
-        let permit = BROWSERS.acquire().await.expect("browser semaphore");
-        let port = free_port();
-        let driver = spawn_guarded(
-            Command::new(CHROMEDRIVER)
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        let driver_addr = format!("127.0.0.1:{port}");
-        eventually("chromedriver listens", Duration::from_secs(20), || {
-            let addr = driver_addr.clone();
-            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-        })
-        .await;
-        let profile = tempfile::tempdir().expect("profile dir");
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
-        );
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = ClientBuilder::new(connector)
-            .capabilities(caps)
-            .connect(&format!("http://{driver_addr}"))
-            .await
-            .expect("a Chromium session");
-        let page = Page {
-            client,
-            base: format!("http://{dashboard}"),
-            _driver: driver,
-            _profile: profile,
-            _permit: permit,
-        };
-        page.resize(1280).await;
-        page
-    }
-
-    /// Sets the window `width` px wide.
-    async fn resize(&self, width: u32) {
-        self.client.set_window_size(width, 900).await.expect("resize");
-    }
-
-    /// Shows view `name` and waits until it has drawn data from the API.
-    async fn view(&self, name: &str) {
-        self.client
-            .goto(&format!("{}/#{name}", self.base))
-            .await
-            .expect("goto");
-        let script = format!(
-            "const v = document.getElementById('view'); \
-             return v.dataset.view === '{name}' && v.dataset.loaded === 'true';"
-        );
-        self.until(&format!("view {name} loads"), &script).await;
-    }
-
-    /// Runs `script` (a function body) in the page.
-    async fn js(&self, script: &str) -> Value {
-        self.client
-            .execute(script, Vec::new())
-            .await
-            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
-    }
-
-    /// Waits until `script` returns true.
-    async fn until(&self, what: &str, script: &str) {
-        let deadline = std::time::Instant::now() + SHOW;
-        loop {
-            if self.js(script).await == Value::Bool(true) {
-                return;
-            }
-            if std::time::Instant::now() > deadline {
-                panic!(
-                    "timed out after {SHOW:?}: {what}; page errors: {:?}",
-                    self.errors().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// What the page recorded as errors (`dashboard/errors.js`).
-    async fn errors(&self) -> Vec<String> {
-        let v = self
-            .js("return window.rebornErrors || ['errors.js did not run'];")
-            .await;
-        serde_json::from_value(v).expect("a list of errors")
-    }
-
-    async fn assert_no_errors(&self, after: &str) {
-        let errors = self.errors().await;
-        assert!(errors.is_empty(), "errors in the page after {after}: {errors:?}");
-    }
-
-    /// Clicks the element at `css`. Views redraw each second, so an element
-    /// found may be replaced before the click lands: find it again then.
-    async fn click(&self, css: &str) {
-        let deadline = std::time::Instant::now() + SHOW;
-        loop {
-            let clicked = match self.client.find(Locator::Css(css)).await {
-                Ok(e) => e.click().await.is_ok(),
-                Err(_) => false,
-            };
-            if clicked {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "cannot click {css}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Types `text` into the (empty) input at `css`.
-    async fn fill(&self, css: &str, text: &str) {
-        let input = self.client.find(Locator::Css(css)).await.expect(css);
-        input.clear().await.expect("clear");
-        input.send_keys(text).await.expect("type");
-    }
-
-    /// Confirms the open confirmation dialog.
-    async fn confirm(&self) {
-        self.until(
-            "the confirmation dialog opens",
-            "return document.getElementById('confirm-dialog').open;",
-        )
-        .await;
-        self.click("#confirm-ok").await;
-    }
-
-    /// Saves a screenshot as `docs/img/dashboard-<name>.png` when
-    /// `UPDATE_SCREENSHOTS=1`.
-    async fn screenshot(&self, name: &str) {
-        if !screenshots_wanted() {
-            return;
-        }
-        let png = self.client.screenshot().await.expect("screenshot");
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/img");
-        std::fs::create_dir_all(&dir).expect("docs/img");
-        std::fs::write(dir.join(format!("dashboard-{name}.png")), png).expect("write screenshot");
-    }
-
-    /// Checks that the page recorded no error, then closes the browser.
-    async fn finish(self, after: &str) {
-        self.assert_no_errors(after).await;
-        let _ = self.client.close().await;
-    }
-}
-
-/// True with `UPDATE_SCREENSHOTS=1`: the tests then save their screenshots.
-fn screenshots_wanted() -> bool {
-    std::env::var("UPDATE_SCREENSHOTS").as_deref() == Ok("1")
-}
-
-/// Waits until the dashboard at `addr` leads (its API answers).
-async fn wait_leader(addr: &str) {
-    let addr = addr.to_string();
-    eventually("the dashboard leads", SHOW, || {
-        let addr = addr.clone();
-        async move {
-            reborn::topo::manager::dashboard::client::get(&addr, "/api/dashboard")
-                .await
-                .is_ok_and(|r| r.body["role"] == "leader")
-        }
-    })
-    .await;
-}
 
 /// `DBSIZE` of the redis-server at `addr`.
 async fn dbsize(addr: &str) -> i64 {
@@ -514,6 +292,25 @@ async fn a_task_is_paused_and_resumed_from_the_ui() {
          return !!r && r.textContent.includes('(paused)') && !!r.querySelector('button[data-action=resume]');",
     )
     .await;
+    // Meanwhile the slot map marks the migrating slots, and tells where
+    // they are going.
+    assert_eq!(cluster.slot_state(0).await.1, SlotState::Migrate);
+    page.view("slots").await;
+    let marked = page
+        .js("return [0, 127, 128].map(i => \
+               document.querySelector(`.slot[data-slot='${i}']`).classList.contains('migrate'));")
+        .await;
+    assert_eq!(
+        marked,
+        json!([true, true, false]),
+        "slots 0-127 are marked migrate"
+    );
+    page.click(".slotmap .slot[data-slot='5']").await;
+    let going = page
+        .js("return document.querySelector('#slot-detail [data-field=going]').textContent;")
+        .await;
+    assert_eq!(going, "moving from group 1 to group 2");
+    page.view("tasks").await;
     page.click("#tasks tr[data-task] button[data-action=resume]")
         .await;
     page.until("the resumed task is done", &task_row_in("done")).await;
