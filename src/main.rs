@@ -33,6 +33,8 @@ enum Role {
     PushBench(reborn::im::bench::PushBenchArgs),
     /// Start a whole local cluster (ZooKeeper, redis, dashboard, proxy) until Ctrl-C.
     Up(reborn::up::UpArgs),
+    /// An open-loop RESP load: a fixed rate, latency from each request's intended send time.
+    Load(reborn::libs::load::LoadArgs),
 }
 
 /// A tokio runtime with `threads` workers (0: one per core).
@@ -43,6 +45,14 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     }
     b.enable_all().build().context("start the tokio runtime")
 }
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once at its start: a background thread returns
+/// freed pages to the system after a second, even when the proxy is idle.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -109,6 +119,10 @@ fn main() -> anyhow::Result<()> {
             runtime(args.threads)?
                 .block_on(reborn::im::bench::run(args))
                 .context("push-bench")
+        }
+        Role::Load(args) => {
+            reborn::libs::logging::init("warn");
+            reborn::libs::load::run(&args).context("load")
         }
         Role::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");

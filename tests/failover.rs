@@ -10,46 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, client, seed_two_groups, signal};
+use common::cluster::{Cluster, client, signal};
 use reborn::libs::hash::slot_of;
 use reborn::proxy::config::WriteAck;
 use reborn::topo::manager::failover::{self, FailoverRecord};
 use reborn::topo::model::{Observation, Role};
-use reborn::topo::{Store, ZkConfig, operation, watcher};
+use reborn::topo::{Store, watcher};
 use reborn::up::RedisServer;
-use tokio_util::sync::CancellationToken;
 
 /// The bar: a dead master is replaced within this.
 const REPLACED_WITHIN: Duration = Duration::from_secs(10);
-
-/// Two groups of persistent masters, each with a persistent replica.
-async fn cluster() -> (Cluster, Vec<RedisServer>) {
-    let zk = ZkConfig {
-        addr: common::zk(),
-        root: common::unique_root(),
-        product: "fo".into(),
-        session_timeout: Duration::from_secs(2),
-    };
-    let masters = vec![common::redis_persistent(), common::redis_persistent()];
-    let store = Store::connect(&zk).await.expect("zk");
-    seed_two_groups(&store, &masters).await;
-    let mut replicas = Vec::new();
-    for (i, m) in masters.iter().enumerate() {
-        let mut r = common::redis_persistent();
-        r.replicaof(&m.addr()).expect("replicaof");
-        operation::add_server(&store, i as u32 + 1, &r.addr(), Role::Replica)
-            .await
-            .expect("add replica");
-        replicas.push(r);
-    }
-    let c = Cluster {
-        zk,
-        store,
-        masters,
-        stop: CancellationToken::new(),
-    };
-    (c, replicas)
-}
 
 async fn master_of(store: &Store, group: u32) -> Option<String> {
     let topo = watcher::load(store).await.ok()?;
@@ -172,7 +142,7 @@ async fn role_of(addr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
-    let (mut c, replicas) = cluster().await;
+    let (mut c, replicas) = Cluster::with_persistent_replicas().await;
     let proxy = c.proxy().await;
     let _dash = c.dashboard().await;
     let old = c.masters[0].addr();
@@ -255,7 +225,7 @@ async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
 /// so the replica misses what the master acknowledged meanwhile, then thaws
 /// it and lets the failover promote it. Returns (acknowledged INCRs lost, acknowledged).
 async fn failover_with_a_lagging_replica(write_ack: WriteAck) -> (i64, i64) {
-    let (mut c, replicas) = cluster().await;
+    let (mut c, replicas) = Cluster::with_persistent_replicas().await;
     common::wait_replica_streaming(&c.masters[0].addr()).await;
     let proxy = c
         .proxy_with(|cfg| {
@@ -313,7 +283,7 @@ async fn with_write_ack_master_a_failover_loses_what_the_replica_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_overlapping_failures_are_both_replaced() {
-    let (mut c, replicas) = cluster().await;
+    let (mut c, replicas) = Cluster::with_persistent_replicas().await;
     let proxy = c.proxy().await;
     let _dash = c.dashboard().await;
     let load = Load::start(proxy, keys_of_groups(&[1, 2], 200));
@@ -352,7 +322,7 @@ async fn two_overlapping_failures_are_both_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_observer_alone_never_fails_a_group_over() {
-    let (c, _replicas) = cluster().await;
+    let (c, _replicas) = Cluster::with_persistent_replicas().await;
     let old = c.masters[0].addr();
     // A proxy that sees group 1's master down (a broken link of its own); the
     // dashboard still hears it. One vote of two observers is no majority.
@@ -372,7 +342,7 @@ async fn one_observer_alone_never_fails_a_group_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_that_cannot_promote_changes_nothing_and_is_recorded() {
-    let (mut c, mut replicas) = cluster().await;
+    let (mut c, mut replicas) = Cluster::with_persistent_replicas().await;
     let _proxy = c.proxy().await;
     let _dash = c.dashboard().await;
     let old = c.masters[1].addr();

@@ -1,12 +1,15 @@
 //! One client can never hurt another (issue 10, part 4), with real sockets: a
 //! proxy child process under a small open-file limit refuses the clients past
-//! it with an error instead of leaving them hanging in the accept queue.
+//! it with an error instead of leaving them hanging in the accept queue; a
+//! client that never reads its replies is held back (and past
+//! `client_output_limit` disconnected) while another client of the same group
+//! keeps its latency, and the proxy's memory stays bounded.
 
 mod common;
 
 use std::time::Duration;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, ProxyProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -87,5 +90,234 @@ async fn failed_auths_slow_down_and_then_close_the_connection() {
         started.elapsed() >= Duration::from_secs(5),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// 256 KB, the value of the issue's never-reading client.
+const BIG: usize = 256 * 1024;
+
+/// Writes `GET {g}big` as fast as the proxy reads them and never reads a
+/// reply, until the socket is closed or `n` requests are out.
+fn never_reading_client(proxy: &str, n: usize) -> tokio::task::JoinHandle<(TcpStream, usize)> {
+    let proxy = proxy.to_string();
+    tokio::spawn(async move {
+        let mut s = TcpStream::connect(&proxy).await.expect("connect");
+        let chunk = b"GET {g}big\r\n".repeat(1000);
+        let mut sent = 0;
+        while sent < n {
+            let write = s.write_all(&chunk);
+            match tokio::time::timeout(Duration::from_secs(2), write).await {
+                Ok(Ok(())) => sent += 1000,
+                // Blocked (the proxy stopped reading) or closed.
+                _ => break,
+            }
+        }
+        (s, sent)
+    })
+}
+
+/// GETs a small key of the big key's slot every 10 ms for `d`: the
+/// latencies, sorted.
+async fn probe(proxy: &str, d: Duration) -> Vec<Duration> {
+    let mut p = common::client(proxy).await;
+    let mut lat = Vec::new();
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        let t = std::time::Instant::now();
+        let v: String = redis::cmd("GET")
+            .arg("{g}probe")
+            .query_async(&mut p)
+            .await
+            .expect("probe GET");
+        lat.push(t.elapsed());
+        assert_eq!(v, "small");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lat.sort();
+    lat
+}
+
+async fn seed(proxy: &ProxyProcess) {
+    let mut p = common::client(&proxy.id).await;
+    let _: () = redis::cmd("SET")
+        .arg("{g}big")
+        .arg(vec![b'x'; BIG])
+        .query_async(&mut p)
+        .await
+        .expect("set big");
+    let _: () = redis::cmd("SET")
+        .arg("{g}probe")
+        .arg("small")
+        .query_async(&mut p)
+        .await
+        .expect("set probe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_held_back_and_others_keep_their_latency() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy_process_with(Duration::from_secs(5), None, "").await;
+    seed(&proxy).await;
+    let before = probe(&proxy.id, Duration::from_millis(500)).await;
+    let rss_before = proxy.rss();
+
+    // A million GETs of 256 KB: 13 MB of requests (more than the sockets'
+    // buffers hold) for 256 GB of replies, none of them read.
+    let bad = never_reading_client(&proxy.id, 1_000_000);
+    let during = probe(&proxy.id, Duration::from_secs(3)).await;
+    let rss_during = proxy.rss();
+    let (bad, sent) = bad.await.expect("writer");
+    // The proxy stopped reading it long before: back-pressure, and the
+    // client is still connected, only waiting.
+    assert!(
+        sent < 1_000_000,
+        "the proxy read all {sent} requests of a client that never reads"
+    );
+    assert_eq!(proxy.metric("output_limit_kills_total").await, 0);
+    let p99 = |l: &[Duration]| l[l.len() * 99 / 100];
+    eprintln!(
+        "probe p99 before {:?}, during {:?} (max {:?}, {} probes); rss {} MB -> {} MB; {sent} requests read",
+        p99(&before),
+        p99(&during),
+        during.last(),
+        during.len(),
+        rss_before >> 20,
+        rss_during >> 20
+    );
+    assert!(
+        p99(&during) < Duration::from_millis(10),
+        "probe p99 {:?}",
+        p99(&during)
+    );
+    // Without the bound the proxy took 1 GB for this client (issue 10).
+    assert!(
+        rss_during < rss_before + (64 << 20),
+        "rss {} MB -> {} MB",
+        rss_before >> 20,
+        rss_during >> 20
+    );
+    drop(bad);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_output_limit_is_disconnected_and_counted() {
+    let c = Cluster::start().await;
+    // Lower than the window (1 MB), so the unread replies reach it.
+    let proxy = c
+        .proxy_process_with(Duration::from_secs(5), None, "client_output_limit = 524288")
+        .await;
+    seed(&proxy).await;
+    let bad = never_reading_client(&proxy.id, 20_000);
+    common::eventually(
+        "the never-reading client is disconnected",
+        Duration::from_secs(10),
+        || async { proxy.metric("output_limit_kills_total").await == 1 },
+    )
+    .await;
+    let (mut bad, _) = bad.await.expect("writer");
+    // It gets what the socket held, then the end of the stream.
+    let mut sink = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), bad.read_to_end(&mut sink)).await;
+    assert!(end.is_ok(), "the connection was not closed");
+    // Others are served as before.
+    let lat = probe(&proxy.id, Duration::from_millis(300)).await;
+    assert!(!lat.is_empty());
+    assert_eq!(
+        proxy.metric("output_memory_bytes").await,
+        0,
+        "nothing left counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_output_memory_new_requests_get_an_error_until_readers_leave() {
+    let c = Cluster::start().await;
+    // Two never-reading clients fill about 1 MB each (the window).
+    let proxy = c
+        .proxy_process_with(Duration::from_secs(5), None, "max_output_memory = 1500000")
+        .await;
+    seed(&proxy).await;
+    let bad: Vec<_> = (0..2)
+        .map(|_| never_reading_client(&proxy.id, 1_000_000))
+        .collect();
+    let mut p = common::client(&proxy.id).await;
+    common::eventually("requests are refused", Duration::from_secs(10), || {
+        let mut p = p.clone();
+        async move {
+            let r: redis::RedisResult<String> = redis::cmd("GET").arg("{g}probe").query_async(&mut p).await;
+            matches!(r, Err(e) if e.to_string().contains("max_output_memory"))
+        }
+    })
+    .await;
+    assert!(proxy.metric("output_memory_refusals_total").await >= 1);
+    assert!(proxy.metric("output_memory_bytes").await >= 1_500_000);
+    // Once they are gone, their memory is given back and requests pass.
+    for b in bad {
+        drop(b.await.expect("writer"));
+    }
+    common::eventually("requests pass again", Duration::from_secs(10), || {
+        let mut p = p.clone();
+        async move {
+            let r: redis::RedisResult<String> = redis::cmd("GET").arg("{g}probe").query_async(&mut p).await;
+            r.is_ok_and(|v| v == "small")
+        }
+    })
+    .await;
+    let v: String = redis::cmd("GET")
+        .arg("{g}probe")
+        .query_async(&mut p)
+        .await
+        .expect("get");
+    assert_eq!(v, "small");
+    assert_eq!(proxy.metric("output_memory_bytes").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_taken_by_clients_that_never_read_is_returned_after_they_leave() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy_process_with(Duration::from_secs(5), None, "").await;
+    let mut p = common::client(&proxy.id).await;
+    // The issue's second case: 40 such clients of a 16 KB value.
+    let _: () = redis::cmd("SET")
+        .arg("{g}big")
+        .arg(vec![b'y'; 16 * 1024])
+        .query_async(&mut p)
+        .await
+        .expect("set");
+    let rss_before = proxy.rss();
+    let bad: Vec<_> = (0..40)
+        .map(|_| never_reading_client(&proxy.id, 1_000_000))
+        .collect();
+    let mut clients = Vec::new();
+    for b in bad {
+        clients.push(b.await.expect("writer"));
+    }
+    let rss_peak = proxy.rss();
+    drop(clients);
+    common::eventually("the 40 clients are gone", Duration::from_secs(10), || async {
+        proxy.metric("sessions").await <= 1
+    })
+    .await;
+    // Three quarters of what they took must go back to the system within
+    // 30 s (jemalloc's background thread returns pages after about 1 s).
+    let returned = |after: u64| after <= rss_before + rss_peak.saturating_sub(rss_before) / 4;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut rss_after = proxy.rss();
+    while !returned(rss_after) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_after = proxy.rss();
+    }
+    eprintln!(
+        "rss before {} MB, with 40 never-reading clients {} MB, after they left {} MB",
+        rss_before >> 20,
+        rss_peak >> 20,
+        rss_after >> 20
+    );
+    assert!(rss_peak < rss_before + (256 << 20), "peak {} MB", rss_peak >> 20);
+    assert!(
+        returned(rss_after),
+        "not returned: {} MB before, {} MB after",
+        rss_before >> 20,
+        rss_after >> 20
     );
 }

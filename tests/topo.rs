@@ -531,6 +531,7 @@ async fn admin_prints_tables_and_fails_clearly() {
         root: "/x".into(),
         product: "p".into(),
         dashboard: None,
+        token: None,
         command: AdminCommand::Groups,
     };
     let err = admin::run(args).await.expect_err("unreachable");
@@ -590,4 +591,23 @@ async fn a_loaded_action_is_never_newer_than_its_slot_table() {
     }
     writer.await.expect("writer");
     assert!(checked > 10, "only {checked} snapshots overlapped the writes");
+}
+
+#[tokio::test]
+async fn a_multi_host_connect_string_with_a_chroot_keeps_the_product_under_it() {
+    // The chroot node must exist, as with every ZooKeeper client.
+    let chroot = common::unique_root();
+    let plain = connect("/reborn").await;
+    plain.mkdir_p(&chroot).await.expect("create the chroot");
+    // The same server twice stands for an ensemble's members.
+    let zk = common::zk();
+    let rooted = Store::connect(&config(&format!("{zk},{zk}{chroot}"), "/reborn"))
+        .await
+        .expect("connect with a chroot");
+    init_product(&rooted).await.expect("init under the chroot");
+    assert!(rooted.exists(rooted.paths().product()).await.expect("exists"));
+    let under = format!("{chroot}{}", rooted.paths().product());
+    assert!(plain.exists(&under).await.expect("exists"), "{under} missing");
+    rooted.close().await;
+    plain.close().await;
 }

@@ -327,8 +327,7 @@ async fn a_group_and_a_server_are_added_from_the_ui() {
         return;
     };
     page.view("groups").await;
-    page.fill("#add-group input[name=group-id]", "3").await;
-    page.click("#add-group button").await;
+    add_group(&page, "3").await;
     page.until(
         "group 3 is listed",
         "return !!document.querySelector('section[data-group=\"3\"]');",
@@ -349,6 +348,86 @@ async fn a_group_and_a_server_are_added_from_the_ui() {
     .await;
     assert_eq!(master_of(&cluster, 3).await, addr, "ZooKeeper has it");
     page.finish("adding a group and a server").await;
+}
+
+/// Submits the Groups view's "add group" form for group `id`.
+async fn add_group(page: &Page, id: &str) {
+    page.fill("#add-group input[name=group-id]", id).await;
+    page.click("#add-group button").await;
+}
+
+/// Waits for the token prompt, types `token` and confirms, or cancels
+/// without one.
+async fn answer_token(page: &Page, token: Option<&str>) {
+    page.until(
+        "the token prompt opens",
+        "return document.getElementById('token-dialog').open;",
+    )
+    .await;
+    match token {
+        Some(t) => {
+            page.fill("#token-input", t).await;
+            page.click("#token-ok").await;
+        }
+        None => page.click("#token-dialog button[value=cancel]").await,
+    }
+    page.until(
+        "the token prompt closes",
+        "return !document.getElementById('token-dialog').open;",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_without_the_token_is_refused_and_goes_through_with_it() {
+    let cluster = Cluster::start().await;
+    let third = common::redis();
+    let dashboard = cluster
+        .dashboard_with(|cfg| cfg.auth.token = "s3cret".into())
+        .await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    // Reads stay open: the view loads without a token.
+    page.view("groups").await;
+    let group_3 = || async {
+        let topo = watcher::load(&cluster.store).await.expect("load");
+        topo.groups.contains_key(&3)
+    };
+    let refusals = |n: usize| format!("return document.querySelectorAll('.message.error').length === {n};");
+
+    // No token: refused, nothing changes.
+    add_group(&page, "3").await;
+    answer_token(&page, None).await;
+    page.until("the refusal is shown", &refusals(1)).await;
+    // A wrong token: refused too, and forgotten.
+    add_group(&page, "3").await;
+    answer_token(&page, Some("wrong")).await;
+    page.until("the second refusal is shown", &refusals(2)).await;
+    assert!(!group_3().await, "no group was created without the right token");
+    let kept = page.js("return sessionStorage.getItem('reborn.token');").await;
+    assert_eq!(kept, Value::Null, "a refused token is not kept");
+
+    // The right token: the change goes through, and the token is kept for
+    // the tab, so the next change does not ask again.
+    add_group(&page, "3").await;
+    answer_token(&page, Some("s3cret")).await;
+    eventually("group 3 is created", SHOW, group_3).await;
+    page.fill("#add-server input[name=server-addr]", &third.addr())
+        .await;
+    page.fill("#add-server input[name=server-group]", "3").await;
+    page.click("#add-server button").await;
+    let addr = third.addr();
+    eventually("the server is added without a second prompt", SHOW, || {
+        let (cluster, addr) = (&cluster, addr.clone());
+        async move { master_of(cluster, 3).await == addr }
+    })
+    .await;
+    let asked = page
+        .js("return document.getElementById('token-dialog').open;")
+        .await;
+    assert_eq!(asked, json!(false));
+    page.finish("changes with a token").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

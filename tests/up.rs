@@ -589,3 +589,99 @@ fn up_refuses_a_taken_push_port_and_a_port_given_twice() {
     );
     assert!(common::port_is_free(twice.redis[0]), "no redis was started");
 }
+
+/// A port `p` such that `p + o` is free for every offset `o` (the ports of
+/// consecutive ensemble members).
+fn free_ports_at(offsets: &[u16]) -> u16 {
+    loop {
+        let p = common::free_port();
+        if p < 30000 && offsets.iter().all(|&o| common::port_is_free(p + o)) {
+            return p;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_three_zookeeper_nodes_runs_the_cluster_on_the_ensemble() {
+    let ports = Ports::new();
+    let zk_port = free_ports_at(&[0, 1, 2]);
+    let peer_port = free_ports_at(&[0, 1, 2, 1000, 1001, 1002]);
+    let mut args = ports.args();
+    args.extend([
+        "--zk-nodes".into(),
+        "3".into(),
+        "--zk-port".into(),
+        zk_port.to_string(),
+        "--zk-peer-port".into(),
+        peer_port.to_string(),
+    ]);
+    let mut up = Up::start(&args);
+    let connect = format!(
+        "127.0.0.1:{zk_port},127.0.0.1:{},127.0.0.1:{}",
+        zk_port + 1,
+        zk_port + 2
+    );
+    assert_eq!(up.field("ZooKeeper"), connect);
+    assert!(up.banner.contains("member 3"), "{}", up.banner);
+    assert!(
+        up.banner.contains(&format!("admin --zk {connect} groups")),
+        "{}",
+        up.banner
+    );
+
+    let proxy_addr = format!("127.0.0.1:{}", ports.proxy);
+    let mut proxy = common::client(&proxy_addr).await;
+    let () = redis::AsyncCommands::set(&mut proxy, "hello", "ensemble")
+        .await
+        .expect("SET through the proxy");
+    let got: String = redis::AsyncCommands::get(&mut proxy, "hello")
+        .await
+        .expect("GET through the proxy");
+    assert_eq!(got, "ensemble");
+
+    // Every member serves the same product: it is one ensemble, not three servers.
+    for i in 0..3 {
+        let member = format!("127.0.0.1:{}", zk_port + i);
+        assert_eq!(load(&member, "/reborn").await.groups.len(), 2, "through {member}");
+    }
+    // The dashboard shows the connect string.
+    let dashboard = format!("127.0.0.1:{}", ports.dashboard);
+    let status = reborn::topo::manager::dashboard::client::get(&dashboard, "/api/dashboard")
+        .await
+        .expect("dashboard answers");
+    assert_eq!(status.body["zk"], connect.as_str(), "{:?}", status.body);
+    // Every role runs on the connect string: the push roles and the admin CLI too.
+    check_push_roles(&up, &ports).await;
+    let admin = Command::new(env!("CARGO_BIN_EXE_reborn"))
+        .args(["admin", "--zk", &connect, "groups"])
+        .output()
+        .expect("run reborn admin");
+    let listed = String::from_utf8_lossy(&admin.stdout);
+    assert!(
+        admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    assert!(
+        listed.contains(&format!("127.0.0.1:{}", ports.redis[0])),
+        "{listed}"
+    );
+
+    assert!(up.terminate().success(), "stderr:\n{}", up.stderr());
+    let mut all: Vec<u16> = (0..3).map(|i| zk_port + i).collect();
+    all.extend((0..3).flat_map(|i| [peer_port + i, peer_port + 1000 + i]));
+    all.extend(ports.push());
+    assert_ports_freed(&all, Duration::from_secs(1));
+}
+
+#[test]
+fn up_refuses_an_even_zookeeper_ensemble_with_the_reason() {
+    let out = Command::new(env!("CARGO_BIN_EXE_reborn"))
+        .args(["up", "--zk-nodes", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run reborn up");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("use an odd number"), "{stderr}");
+}

@@ -6,6 +6,7 @@ pub mod config;
 pub mod fd_limit;
 pub mod hash;
 pub mod listener;
+pub mod load;
 pub mod logging;
 pub mod migrate;
 pub mod protocol;

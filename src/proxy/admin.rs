@@ -95,7 +95,7 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
     let mut out = String::new();
     let st = &s.stats;
-    let series: [(&str, &str, &str, u64); 10] = [
+    let series: [(&str, &str, &str, u64); 13] = [
         ("ops_total", "Requests answered.", "counter", st.ops_total),
         (
             "ops_per_second",
@@ -115,6 +115,24 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
             "Pub/sub clients disconnected for not reading their messages.",
             "counter",
             st.pubsub_overflows,
+        ),
+        (
+            "output_limit_kills_total",
+            "Clients disconnected past client_output_limit unread bytes.",
+            "counter",
+            st.output_limit_kills,
+        ),
+        (
+            "output_memory_refusals_total",
+            "Requests refused while client buffers were over max_output_memory.",
+            "counter",
+            st.output_memory_refusals,
+        ),
+        (
+            "output_memory_bytes",
+            "Bytes of replies waiting in client buffers whose sockets are full.",
+            "gauge",
+            st.output_memory_bytes,
         ),
         ("sessions", "Connected clients.", "gauge", st.sessions_alive),
         (

@@ -39,6 +39,13 @@ pub struct ProxyConfig {
     /// Requests a client may have in flight before the proxy stops reading from
     /// it (back-pressure, not disconnection).
     pub max_pipeline: usize,
+    /// Bytes of replies a client may leave unread in its proxy buffer; past
+    /// it the client is disconnected (as Redis's `client-output-buffer-limit`).
+    /// A client that merely reads slowly is held back long before (`output.rs`).
+    pub client_output_limit: usize,
+    /// Bytes all clients may leave unread, together; while over it, new
+    /// requests get an error.
+    pub max_output_memory: usize,
     /// Shared pipelined connections per redis-server.
     pub backend_conns: usize,
     #[serde(with = "humantime_serde")]
@@ -94,6 +101,8 @@ impl Default for ProxyConfig {
             idle_timeout: Duration::ZERO,
             max_bulk_len: 512 * 1024 * 1024,
             max_pipeline: 4096,
+            client_output_limit: 256 * 1024 * 1024,
+            max_output_memory: 1024 * 1024 * 1024,
             backend_conns: 1,
             backend_connect_timeout: Duration::from_secs(1),
             max_blocking: 1000,

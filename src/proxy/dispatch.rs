@@ -37,6 +37,18 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: I
             reply: Reply::Ready(unknown_command(req)),
         };
     };
+    // Client buffers are full of replies nobody reads (`output.rs`): adding
+    // to them would only grow the proxy, so new requests wait for room.
+    if ctx.stats.output_memory.get() >= ctx.config.max_output_memory {
+        ctx.stats
+            .output_memory_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Pending {
+            cmd: cmd.id,
+            start,
+            reply: err("ERR proxy client buffers are over max_output_memory, retry later"),
+        };
+    }
     // A command renamed by the operator goes to the backends under its real name.
     let req = &*ctx.policy.real_request(req, cmd);
     let reply = dispatch_known(ctx, client, req, cmd, start);

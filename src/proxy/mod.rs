@@ -58,6 +58,7 @@ pub mod local;
 pub mod merge;
 pub mod migrate;
 pub mod observer;
+pub mod output;
 pub mod pinned;
 pub mod policy;
 pub mod pubsub;

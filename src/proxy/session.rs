@@ -25,16 +25,22 @@
 //! its inbox (`pubsub.rs`) whenever no reply is due, whole frames only. A
 //! subscriber is never idle-timed-out.
 //!
+//! A client that does not read its replies is held back by the window of
+//! `output.rs`: the reader sends only a reply-size-dependent number of requests
+//! ahead, and the writer, while the client's socket is full, keeps taking the
+//! replies that come in so their bytes are counted (per client, and
+//! proxy-wide) and a client past `client_output_limit` is disconnected.
+//!
 //! Once per chunk of input (not per request) the reader looks whether a
 //! `CLIENT PAUSE` is in force, and records the chunk's last command and time for
 //! `CLIENT LIST`.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -45,6 +51,7 @@ use super::clients::Connection;
 use super::context::{Client, Context};
 use super::dispatch::dispatch;
 use super::lease;
+use super::output::{Meter, WINDOW_BYTES};
 use super::pubsub::Inbox;
 use super::reply::{Held, Pending, Reply};
 use crate::libs::resp;
@@ -70,14 +77,14 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationT
     let _listed = ctx.clients.add(conn.clone());
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(ctx.config.max_pipeline);
-    let inflight = AtomicUsize::new(0);
+    let meter = Meter::new(ctx.config.max_pipeline);
     // Tripped by the writer when it stops, so the reader stops too.
     let writer_done = CancellationToken::new();
     // The reader owns the client state, so a client that hangs up drops its
     // dedicated connections at once and a blocked BLPOP does not outlive it.
     let client = Client::on(&ctx, conn.clone());
-    let reader = read_loop(rd, &ctx, client, tx, &inflight, &writer_done, conn.stop());
-    let writer = write_loop(wr, (&ctx, &conn), rx, &inflight, &writer_done);
+    let reader = read_loop(rd, &ctx, client, tx, &meter, &writer_done, conn.stop());
+    let writer = write_loop(wr, (&ctx, &conn), rx, &meter, &writer_done);
     tokio::join!(reader, writer);
 }
 
@@ -86,7 +93,7 @@ async fn read_loop(
     ctx: &Arc<Context>,
     mut client: Client,
     tx: mpsc::Sender<Pending>,
-    inflight: &AtomicUsize,
+    meter: &Meter,
     writer_done: &CancellationToken,
     stop: &CancellationToken,
 ) {
@@ -107,6 +114,14 @@ async fn read_loop(
                     client.conn.touch(cmd, now);
                 }
                 break;
+            }
+            // Replies it does not read yet hold the client back (`output.rs`).
+            if !meter.has_room() {
+                tokio::select! {
+                    _ = meter.wait_room() => {}
+                    _ = writer_done.cancelled() => return,
+                    _ = stop.cancelled() => return,
+                }
             }
             // The reply's place in the queue is taken before the request is
             // dispatched, so nothing runs between the two: a pub/sub message
@@ -129,7 +144,7 @@ async fn read_loop(
                         // Only local replies can switch the protocol (HELLO).
                         Reply::Ready(_) if client.fence => {
                             client.fence = false;
-                            drained(inflight, stop).await;
+                            drained(meter, stop).await;
                             p
                         }
                         _ => p,
@@ -148,7 +163,7 @@ async fn read_loop(
             };
             let close = matches!(pending.reply, Reply::Close(_));
             last = Some(pending.cmd);
-            inflight.fetch_add(1, Ordering::Relaxed);
+            meter.dispatched();
             permit.send(pending);
             if close {
                 return;
@@ -173,7 +188,7 @@ async fn read_loop(
             _ = stop.cancelled() => return,
             _ = idle_timer(idle) => {
                 // A subscriber waits for messages, not for itself (as in Redis).
-                if inflight.load(Ordering::Relaxed) == 0 && client.pubsub.is_none() {
+                if meter.inflight() == 0 && client.pubsub.is_none() {
                     tracing::debug!(client = client.id, "idle timeout");
                     return;
                 }
@@ -240,8 +255,8 @@ async fn hold(
 /// other protocol's connections: the next request must not overtake them.
 /// Rare enough that polling the counter is simpler than a wake-up on every
 /// write of every session.
-async fn drained(inflight: &AtomicUsize, stop: &CancellationToken) {
-    while inflight.load(Ordering::Relaxed) > 0 && !stop.is_cancelled() {
+async fn drained(meter: &Meter, stop: &CancellationToken) {
+    while meter.inflight() > 0 && !stop.is_cancelled() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -259,7 +274,7 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     (ctx, conn): (&Context, &Connection),
     mut rx: mpsc::Receiver<Pending>,
-    inflight: &AtomicUsize,
+    meter: &Meter,
     done: &CancellationToken,
 ) {
     let mut out = Output {
@@ -268,14 +283,28 @@ async fn write_loop(
         written: Vec::new(),
         conn,
         inbox: None,
+        next: None,
+        closing: false,
     };
     let result: std::io::Result<()> = async {
         loop {
-            let mut p = match rx.try_recv() {
+            if out.closing {
+                // A QUIT or protocol error was taken while the socket was full.
+                out.flush(&mut wr, ctx, meter, &mut rx).await?;
+                return Ok(());
+            }
+            let next = match out.next.take() {
+                Some(p) => Ok(p),
+                None => rx.try_recv(),
+            };
+            let mut p = match next {
                 Ok(p) => p,
                 Err(_) => {
                     // Nothing queued right now: send what we have, then wait.
-                    out.flush(&mut wr, ctx, inflight).await?;
+                    out.flush(&mut wr, ctx, meter, &mut rx).await?;
+                    if out.next.is_some() || out.closing {
+                        continue;
+                    }
                     if out.inbox.is_none() {
                         out.inbox = conn.inbox.take();
                     }
@@ -311,19 +340,21 @@ async fn write_loop(
             };
             let reply = match p.reply.try_take() {
                 Some(r) => r,
+                None if out.buf.is_empty() => p.reply.take().await,
                 None => {
-                    out.flush(&mut wr, ctx, inflight).await?;
-                    p.reply.take().await
+                    // Send what we have while this one is on its way. A full
+                    // socket makes the flush take it (and more) meanwhile.
+                    out.next = Some(p);
+                    out.flush(&mut wr, ctx, meter, &mut rx).await?;
+                    continue;
                 }
             };
-            out.written.push((p.cmd, p.start, resp::is_error(&reply)));
-            out.buf.extend_from_slice(&reply);
-            if matches!(p.reply, Reply::Close(_)) {
-                out.flush(&mut wr, ctx, inflight).await?;
-                return Ok(());
+            out.push(&p, &reply, meter);
+            if out.closing {
+                continue;
             }
             if out.buf.len() >= FLUSH_AT {
-                out.flush(&mut wr, ctx, inflight).await?;
+                out.flush(&mut wr, ctx, meter, &mut rx).await?;
             }
         }
     }
@@ -353,15 +384,28 @@ struct Output<'a> {
     conn: &'a Connection,
     /// Pub/sub messages, once the client subscribed (see `pubsub.rs`).
     inbox: Option<Inbox>,
+    /// A reply taken off the queue while the socket was full, not in yet.
+    next: Option<Pending>,
+    /// A reply that closes the connection is in `buf`.
+    closing: bool,
 }
 
 impl Output<'_> {
+    /// Appends a complete reply.
+    fn push(&mut self, p: &Pending, reply: &Bytes, meter: &Meter) {
+        meter.took(reply.len());
+        self.written.push((p.cmd, p.start, resp::is_error(reply)));
+        self.buf.extend_from_slice(reply);
+        self.closing |= matches!(p.reply, Reply::Close(_));
+    }
+
     /// Writes the buffered replies, then records their stats with one clock read.
     async fn flush(
         &mut self,
         wr: &mut OwnedWriteHalf,
         ctx: &Context,
-        inflight: &AtomicUsize,
+        meter: &Meter,
+        rx: &mut mpsc::Receiver<Pending>,
     ) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -369,22 +413,96 @@ impl Output<'_> {
         if self.conn.is_killed() {
             return Err(std::io::Error::other("killed by CLIENT KILL"));
         }
-        if self.inbox.is_some() {
-            // A subscriber that does not read is killed when its messages
-            // pile up (`pubsub.rs`): that must end a write stuck on it.
-            tokio::select! {
-                r = wr.write_all(&self.buf) => r?,
-                _ = killed(self.conn) => return Err(std::io::Error::other("killed: pub/sub output limit")),
-            }
-        } else {
-            wr.write_all(&self.buf).await?;
+        // Most of the time the socket takes it all at once.
+        match wr.try_write(&self.buf) {
+            Ok(n) => self.buf.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if !self.buf.is_empty() {
+            let counted = &ctx.stats.output_memory;
+            let mut stuck = self.buf.len();
+            counted.add(stuck);
+            let r = self.write_stalled(wr, ctx, meter, rx, &mut stuck).await;
+            counted.sub(stuck);
+            meter.set_unwritten(0);
+            r?;
         }
         self.buf.clear();
         let now = Instant::now();
-        inflight.fetch_sub(self.written.len(), Ordering::Relaxed);
+        meter.written(self.written.len());
         for (cmd, start, error) in self.written.drain(..) {
             ctx.stats.record(cmd, now.saturating_duration_since(start), error);
         }
         Ok(())
     }
+
+    /// Writes `buf` to a socket that is full, taking the replies that come in
+    /// meanwhile (up to the window) so their bytes are counted: `stuck` is
+    /// what this session adds to the proxy-wide total. Past
+    /// `client_output_limit` the client is disconnected.
+    async fn write_stalled(
+        &mut self,
+        wr: &mut OwnedWriteHalf,
+        ctx: &Context,
+        meter: &Meter,
+        rx: &mut mpsc::Receiver<Pending>,
+        stuck: &mut usize,
+    ) -> std::io::Result<()> {
+        let subscriber = self.inbox.is_some();
+        let mut queue_open = true;
+        while !self.buf.is_empty() {
+            let len = self.buf.len();
+            if len > ctx.config.client_output_limit {
+                ctx.stats.output_limit_kills.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    client = self.conn.id,
+                    addr = %self.conn.addr,
+                    unread = len,
+                    limit = ctx.config.client_output_limit,
+                    "client disconnected: it does not read its replies (client_output_limit)"
+                );
+                return Err(std::io::Error::other("client_output_limit"));
+            }
+            meter.set_unwritten(len);
+            let take_more = queue_open && len < WINDOW_BYTES && !self.closing;
+            let Output { buf, next, conn, .. } = self;
+            tokio::select! {
+                biased;
+                r = wr.write(buf) => match r? {
+                    0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                    n => buf.advance(n),
+                },
+                reply = next_reply(rx, next), if take_more => {
+                    match (reply, self.next.take()) {
+                        (Some(reply), Some(p)) => self.push(&p, &reply, meter),
+                        // The reader ended: write what is left.
+                        _ => queue_open = false,
+                    }
+                }
+                // A subscriber that does not read is killed when its messages
+                // pile up (`pubsub.rs`): that must end a write stuck on it.
+                _ = killed(conn), if subscriber => {
+                    return Err(std::io::Error::other("killed: pub/sub output limit"));
+                }
+            }
+            let now = self.buf.len();
+            if now > *stuck {
+                ctx.stats.output_memory.add(now - *stuck);
+            } else {
+                ctx.stats.output_memory.sub(*stuck - now);
+            }
+            *stuck = now;
+        }
+        Ok(())
+    }
+}
+
+/// The reply of the next queued request, once it is in. Cancel-safe: the
+/// request waits in `next` until its reply comes.
+async fn next_reply(rx: &mut mpsc::Receiver<Pending>, next: &mut Option<Pending>) -> Option<Bytes> {
+    if next.is_none() {
+        *next = Some(rx.recv().await?);
+    }
+    Some(next.as_mut()?.reply.take().await)
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::command;
+use super::output::OutputMemory;
 
 /// Latency buckets: four per power of two of microseconds, up to ~2^26 µs (67 s).
 const BUCKETS: usize = 26 * 4;
@@ -38,6 +39,12 @@ pub struct Stats {
     pub blocked_calls: AtomicU64,
     /// Pub/sub clients disconnected for not reading their messages.
     pub pubsub_overflows: AtomicU64,
+    /// Clients disconnected past `client_output_limit` (`output.rs`).
+    pub output_limit_kills: AtomicU64,
+    /// Requests refused while client buffers were over `max_output_memory`.
+    pub output_memory_refusals: AtomicU64,
+    /// Bytes stuck in client buffers right now, proxy-wide.
+    pub output_memory: OutputMemory,
 }
 
 impl Default for Stats {
@@ -59,6 +66,9 @@ impl Default for Stats {
             protocol_errors: AtomicU64::new(0),
             blocked_calls: AtomicU64::new(0),
             pubsub_overflows: AtomicU64::new(0),
+            output_limit_kills: AtomicU64::new(0),
+            output_memory_refusals: AtomicU64::new(0),
+            output_memory: OutputMemory::default(),
         }
     }
 }
@@ -179,6 +189,9 @@ impl Stats {
             errors_total: self.errors.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             pubsub_overflows: self.pubsub_overflows.load(Relaxed),
+            output_limit_kills: self.output_limit_kills.load(Relaxed),
+            output_memory_refusals: self.output_memory_refusals.load(Relaxed),
+            output_memory_bytes: self.output_memory.get() as u64,
             sessions_total: self.sessions_total.load(Relaxed),
             sessions_alive: self.sessions_alive.load(Relaxed),
             sessions_refused: self.sessions_refused.load(Relaxed),
@@ -228,6 +241,9 @@ pub struct StatsSnapshot {
     pub errors_total: u64,
     pub protocol_errors: u64,
     pub pubsub_overflows: u64,
+    pub output_limit_kills: u64,
+    pub output_memory_refusals: u64,
+    pub output_memory_bytes: u64,
     pub sessions_total: u64,
     pub sessions_alive: u64,
     pub sessions_refused: u64,

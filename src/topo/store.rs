@@ -34,7 +34,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// flattened into each role's arguments so they are spelled and applied once.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ZkArgs {
-    /// ZooKeeper address(es), e.g. 127.0.0.1:2181.
+    /// ZooKeeper address: host:port, or a comma-separated list of every
+    /// member of an ensemble (127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183).
     #[arg(long)]
     pub zk: Option<String>,
     /// ZooKeeper root path.

@@ -54,8 +54,23 @@ impl Banner<'_> {
         let row = |out: &mut String, what: &str, addr: &str, note: String| {
             writeln!(out, "{}", format!("  {what:<14} {addr:<24} {note}").trim_end())
         };
-        match self.servers.zookeeper() {
-            Some(zk) => row(out, "ZooKeeper", zk.addr().as_str(), log_note(&zk.log_file()))?,
+        match self.servers.zookeeper().map(|zk| zk.members()) {
+            Some([zk]) => row(out, "ZooKeeper", zk.addr().as_str(), log_note(&zk.log_file()))?,
+            Some(members) => {
+                row(
+                    out,
+                    "ZooKeeper",
+                    self.servers.zk_addr(),
+                    format!(
+                        "ensemble of {}: the connect string every role uses",
+                        members.len()
+                    ),
+                )?;
+                for (i, zk) in members.iter().enumerate() {
+                    let label = format!("  member {}", i + 1);
+                    row(out, &label, zk.addr().as_str(), log_note(&zk.log_file()))?;
+                }
+            }
             None => row(
                 out,
                 "ZooKeeper",

@@ -1,13 +1,15 @@
 //! `reborn up`: a whole local cluster on one machine, for a newcomer's first five
-//! minutes — ZooKeeper, two groups of redis-servers (master + replica each), the
-//! product written into ZooKeeper, the dashboard and a proxy in front, and the
-//! push system (logic, one comet, one job) on that proxy, until Ctrl-C.
+//! minutes — ZooKeeper (one server, or an ensemble with `--zk-nodes`), two
+//! groups of redis-servers (master + replica each), the product written into
+//! ZooKeeper, the dashboard and a proxy in front, and the push system (logic,
+//! one comet, one job) on that proxy, until Ctrl-C.
 //!
 //! The process helpers here ([`ZooKeeper`], [`RedisServer`]) are also what the
 //! integration tests start their real servers with, so "how to start ZooKeeper /
 //! redis on this machine" lives in one place.
 //!
-//! * [`zookeeper`], [`redis_server`]: one local server process each.
+//! * [`zookeeper`], [`redis_server`]: one local server process each;
+//!   [`ensemble`]: several ZooKeeper servers as one ensemble.
 //! * [`orphan_guard`]: a started process dies with us, however we die.
 //! * `process`, `workdir`, `port`, `probe`: what the servers share (child process,
 //!   data dir, "is the port free", tiny protocol probes).
@@ -17,6 +19,7 @@
 //! This module sits on top of the crate and may import every other module.
 
 mod banner;
+pub mod ensemble;
 mod error;
 pub mod orphan_guard;
 mod plan;
@@ -38,10 +41,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::topo::ZkConfig;
 
+pub use ensemble::Ensemble;
 pub use error::UpError;
 pub use orphan_guard::OrphanGuard;
 pub use redis_server::{RedisServer, RedisServerBuilder};
-pub use zookeeper::ZooKeeper;
+pub use zookeeper::{MemberPorts, ZooKeeper};
 
 use banner::Banner;
 use plan::GroupPlan;
@@ -58,9 +62,20 @@ pub struct UpArgs {
     #[arg(long, value_name = "ADDR")]
     pub zk: Option<String>,
 
-    /// Port of the ZooKeeper started here (ignored with --zk).
+    /// Port of the ZooKeeper started here (ignored with --zk); with
+    /// --zk-nodes, of its first member, the others take the next ports.
     #[arg(long, default_value_t = 2181)]
     pub zk_port: u16,
+
+    /// ZooKeeper servers to start as one ensemble (an odd number: 1, 3, 5…).
+    /// Every role gets the multi-host connect string.
+    #[arg(long, default_value_t = 1)]
+    pub zk_nodes: usize,
+
+    /// With --zk-nodes above 1: the first member's quorum port; members talk
+    /// on this port + i (quorum) and + 1000 + i (leader election).
+    #[arg(long, default_value_t = 2888)]
+    pub zk_peer_port: u16,
 
     /// ZooKeeper root node products live under.
     #[arg(long, default_value = "/reborn")]
@@ -171,8 +186,9 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
 /// As [`run`], typed.
 pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), UpError> {
     let groups = plan::groups(&args.redis_ports, args.replicas)?;
+    let zk_members = plan::zk_members(args.zk_port, args.zk_peer_port, args.zk_nodes)?;
     let push = PushPlan::from_args(&args);
-    check_ports(&args, push.as_ref())?;
+    check_ports(&args, &zk_members, push.as_ref())?;
     let (dir, dir_kept) = match &args.dir {
         Some(dir) => (Workdir::given(dir)?, true),
         None => (Workdir::temp("up")?, false),
@@ -180,13 +196,8 @@ pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), Up
     tracing::info!(dir = %dir.path().display(), "starting the local cluster");
 
     let servers = {
-        let (zk, zk_port, groups, path) = (
-            args.zk.clone(),
-            args.zk_port,
-            groups.clone(),
-            dir.path().to_path_buf(),
-        );
-        blocking(move || Servers::start(zk.as_deref(), zk_port, &groups, &path)).await?
+        let (zk, groups, path) = (args.zk.clone(), groups.clone(), dir.path().to_path_buf());
+        blocking(move || Servers::start(zk.as_deref(), &zk_members, &groups, &path)).await?
     };
 
     let mut roles = Roles::default();
@@ -370,13 +381,19 @@ fn admin_flags(args: &UpArgs, zk: &ZkConfig) -> String {
 
 /// Checks every port before starting anything, so a taken port fails in
 /// milliseconds, not after ZooKeeper's seconds of start-up.
-fn check_ports(args: &UpArgs, push: Option<&PushPlan>) -> Result<(), UpError> {
-    if args.zk.is_none() {
-        let what = format!(
-            "ZooKeeper; to use the one already running there, pass --zk 127.0.0.1:{}",
-            args.zk_port
-        );
-        port::ensure_free(args.zk_port, &what)?;
+fn check_ports(args: &UpArgs, zk_members: &[MemberPorts], push: Option<&PushPlan>) -> Result<(), UpError> {
+    // A lone server binds only its client port; members bind their peer ports too.
+    let zk_ports: Vec<(u16, &str)> = match (&args.zk, zk_members) {
+        (Some(_), _) => Vec::new(),
+        (None, [one]) => vec![(one.client, "ZooKeeper")],
+        (None, all) => all.iter().flat_map(MemberPorts::named).collect(),
+    };
+    if let Some(&(first, _)) = zk_ports.first() {
+        let what = format!("ZooKeeper; to use the one already running there, pass --zk 127.0.0.1:{first}");
+        port::ensure_free(first, &what)?;
+    }
+    for &(p, what) in zk_ports.iter().skip(1) {
+        port::ensure_free(p, what)?;
     }
     for &p in &args.redis_ports {
         port::ensure_free(p, "redis-server")?;
@@ -390,9 +407,7 @@ fn check_ports(args: &UpArgs, push: Option<&PushPlan>) -> Result<(), UpError> {
     // Two of our own servers on one port would pass the checks below and fail
     // later, after ZooKeeper and redis had started.
     let mut ours: Vec<(u16, &str)> = args.redis_ports.iter().map(|&p| (p, "a redis-server")).collect();
-    if args.zk.is_none() {
-        ours.push((args.zk_port, "ZooKeeper"));
-    }
+    ours.extend(zk_ports.iter().copied());
     ours.extend(listens.iter().map(|(a, what)| (a.port(), *what)));
     for (i, (p, what)) in ours.iter().enumerate() {
         if let Some((_, first)) = ours[..i].iter().find(|(q, _)| q == p) {

@@ -1,12 +1,41 @@
 //! The shape of the local cluster `reborn up` builds, decided before anything
-//! starts: which ports form which groups, which slots each group owns.
+//! starts: which ports the ZooKeeper members take, which ports form which
+//! groups, which slots each group owns.
 //!
 //! Pure data and arithmetic, so it is checked (and tested) without processes.
 
 use crate::libs::hash::SLOT_COUNT;
 use crate::topo::model::GroupId;
 
+use super::ensemble;
 use super::error::UpError;
+use super::zookeeper::MemberPorts;
+
+/// How far a member's election port is from its quorum port: 2888 and 3888,
+/// ZooKeeper's usual pair, for the first member by default.
+const ELECTION_OFFSET: u16 = 1000;
+
+/// The ports of `nodes` ZooKeeper members: member `i` (from 0) serves clients
+/// on `client + i`, its quorum port is `peer + i` and its election port
+/// `peer + 1000 + i`. With the defaults: 2181-2183, 2888-2890 and 3888-3890.
+///
+/// # Errors
+/// [`UpError::Invalid`] for an even or zero count, or ports past 65535.
+pub fn zk_members(client: u16, peer: u16, nodes: usize) -> Result<Vec<MemberPorts>, UpError> {
+    ensemble::check_size(nodes)?;
+    let past_the_end = || UpError::Invalid(format!("--zk-nodes {nodes} needs ports past 65535"));
+    (0..nodes)
+        .map(|i| {
+            let i = u16::try_from(i).map_err(|_| past_the_end())?;
+            let at = |base: u16| base.checked_add(i).ok_or_else(past_the_end);
+            Ok(MemberPorts {
+                client: at(client)?,
+                quorum: at(peer)?,
+                election: at(peer.checked_add(ELECTION_OFFSET).ok_or_else(past_the_end)?)?,
+            })
+        })
+        .collect()
+}
 
 /// One group to start: a master and its replicas, and the slots it owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +100,22 @@ pub fn groups(ports: &[u16], replicas: usize) -> Result<Vec<GroupPlan>, UpError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn three_zookeeper_members_take_consecutive_ports() {
+        let members = zk_members(2181, 2888, 3).unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(
+            members[2],
+            MemberPorts {
+                client: 2183,
+                quorum: 2890,
+                election: 3890
+            }
+        );
+        assert!(zk_members(2181, 2888, 2).is_err());
+        assert!(zk_members(65535, 2888, 3).is_err());
+    }
 
     #[test]
     fn four_ports_make_two_groups_with_half_the_slots_each() {

@@ -1,6 +1,7 @@
-//! The external processes of a local cluster: ZooKeeper (unless an existing one is
-//! used) and the redis-servers of every group, wired master → replica. Started in
-//! dependency order and stopped in the reverse order.
+//! The external processes of a local cluster: ZooKeeper, one server or an
+//! ensemble (unless an existing one is used), and the redis-servers of every
+//! group, wired master → replica. Started in dependency order and stopped in
+//! the reverse order.
 //!
 //! Blocking (it waits for processes); `reborn up` runs it on a blocking thread.
 
@@ -8,10 +9,11 @@ use std::path::Path;
 
 use crate::topo::model::{GroupId, Role};
 
+use super::ensemble::Ensemble;
 use super::error::UpError;
 use super::plan::GroupPlan;
 use super::redis_server::RedisServer;
-use super::zookeeper::ZooKeeper;
+use super::zookeeper::MemberPorts;
 
 /// One started redis-server and its place in the cluster.
 #[derive(Debug)]
@@ -28,13 +30,14 @@ pub struct GroupMember {
 /// order on drop (replicas before their master, every redis before ZooKeeper).
 #[derive(Debug)]
 pub struct Servers {
-    zk: Option<ZooKeeper>,
+    zk: Option<Ensemble>,
     zk_addr: String,
     members: Vec<GroupMember>,
 }
 
 impl Servers {
-    /// Starts ZooKeeper on `zk_port` in `dir/zookeeper` (or uses `existing_zk`),
+    /// Starts ZooKeeper, one member per entry of `zk_members` (see
+    /// [`Ensemble::start`] for where each keeps its data), or uses `existing_zk`;
     /// then every group's master and replicas in `dir/redis-<port>`, and points
     /// each replica at its master. On any failure what was started is stopped.
     ///
@@ -42,7 +45,7 @@ impl Servers {
     /// The first [`UpError`] of any process.
     pub fn start(
         existing_zk: Option<&str>,
-        zk_port: u16,
+        zk_members: &[MemberPorts],
         groups: &[GroupPlan],
         dir: &Path,
     ) -> Result<Servers, UpError> {
@@ -52,8 +55,8 @@ impl Servers {
             members: Vec::new(),
         };
         if existing_zk.is_none() {
-            let zk = ZooKeeper::start(zk_port, dir.join("zookeeper"))?;
-            servers.zk_addr = zk.addr();
+            let zk = Ensemble::start(zk_members, dir)?;
+            servers.zk_addr = zk.connect_string();
             servers.zk = Some(zk);
         }
         for group in groups {
@@ -89,7 +92,7 @@ impl Servers {
     }
 
     /// The ZooKeeper started here, if any.
-    pub fn zookeeper(&self) -> Option<&ZooKeeper> {
+    pub fn zookeeper(&self) -> Option<&Ensemble> {
         self.zk.as_ref()
     }
 
@@ -105,7 +108,6 @@ impl Servers {
             member.server.stop();
         }
         if let Some(mut zk) = self.zk.take() {
-            tracing::info!(addr = %zk.addr(), "stopping ZooKeeper");
             zk.stop();
         }
     }

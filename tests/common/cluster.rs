@@ -15,6 +15,58 @@ use reborn::topo::{Store, ZkConfig, operation, watcher};
 use reborn::up::RedisServer;
 use tokio_util::sync::CancellationToken;
 
+/// A `reborn proxy` child process: its client address (also its id), admin
+/// address, and the directory of its config file (removed when dropped).
+pub struct ProxyProcess {
+    pub child: super::GuardedChild,
+    pub id: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// SIGKILLs the process, then starts it again with the same config (so
+    /// on the same addresses). Its clients reconnect once it listens.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = super::spawn_guarded(
+            Command::new(env!("CARGO_BIN_EXE_reborn"))
+                .args(["proxy", "--config"])
+                .arg(self.dir.path().join("proxy.toml"))
+                .env("RUST_LOG", "warn"),
+        );
+    }
+
+    /// Resident memory of the process, in bytes (Linux).
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
+    /// One counter or gauge of the admin endpoint's `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let admin = self.admin.parse().expect("admin address");
+        let (_, body) = super::im::logic_http(admin, "GET", "/metrics", Vec::new()).await;
+        let text = String::from_utf8_lossy(&body);
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next().is_some_and(|n| n.ends_with(name)))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("a number")
+    }
+}
+
 /// The cluster; dropping it stops its in-process proxies.
 pub struct Cluster {
     pub zk: ZkConfig,
@@ -24,9 +76,45 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub async fn start() -> Cluster {
+    /// Two groups of persistent masters (AOF and config file, as `reborn up`
+    /// runs them), each with a persistent replica: the replicas, in group order.
+    pub async fn with_persistent_replicas() -> (Cluster, Vec<RedisServer>) {
         let zk = ZkConfig {
             addr: super::zk(),
+            root: super::unique_root(),
+            product: "fo".into(),
+            session_timeout: Duration::from_secs(2),
+        };
+        let masters = vec![super::redis_persistent(), super::redis_persistent()];
+        let store = Store::connect(&zk).await.expect("zk");
+        seed_two_groups(&store, &masters).await;
+        let mut replicas = Vec::new();
+        for (i, m) in masters.iter().enumerate() {
+            let mut r = super::redis_persistent();
+            r.replicaof(&m.addr()).expect("replicaof");
+            operation::add_server(&store, i as u32 + 1, &r.addr(), Role::Replica)
+                .await
+                .expect("add replica");
+            replicas.push(r);
+        }
+        let c = Cluster {
+            zk,
+            store,
+            masters,
+            stop: CancellationToken::new(),
+        };
+        (c, replicas)
+    }
+
+    pub async fn start() -> Cluster {
+        Cluster::start_on(super::zk()).await
+    }
+
+    /// [`Cluster::start`] on the ZooKeeper at `zk_addr` (a connect string:
+    /// one server or every member of an ensemble).
+    pub async fn start_on(zk_addr: String) -> Cluster {
+        let zk = ZkConfig {
+            addr: zk_addr,
             root: super::unique_root(),
             product: "mig".into(),
             session_timeout: Duration::from_secs(2),
@@ -107,12 +195,24 @@ impl Cluster {
         session: Duration,
         fd_limit: Option<u64>,
     ) -> (super::GuardedChild, String, tempfile::TempDir) {
+        let p = self.proxy_process_with(session, fd_limit, "").await;
+        (p.child, p.id, p.dir)
+    }
+
+    /// A `reborn proxy` child process with `settings` (top-level TOML lines)
+    /// added to its config, under an open-file limit when given.
+    pub async fn proxy_process_with(
+        &self,
+        session: Duration,
+        fd_limit: Option<u64>,
+        settings: &str,
+    ) -> ProxyProcess {
         let port = super::free_port();
+        let admin = format!("127.0.0.1:{}", super::free_port());
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("proxy.toml");
         let text = format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{}\"\n[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"{}ms\"\n",
-            super::free_port(),
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"{admin}\"\n{settings}\n[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"{}ms\"\n",
             self.zk.addr,
             self.zk.root,
             self.zk.product,
@@ -132,7 +232,12 @@ impl Cluster {
         let child = super::spawn_guarded(cmd.args(["proxy", "--config"]).arg(&conf).env("RUST_LOG", "warn"));
         let id = format!("127.0.0.1:{port}");
         self.wait_proxy(&id, true).await;
-        (child, id, dir)
+        ProxyProcess {
+            child,
+            id,
+            admin,
+            dir,
+        }
     }
 
     pub async fn wait_proxy(&self, id: &str, present: bool) {

@@ -4,6 +4,7 @@
 //! under its own [`unique_root`]), and a fresh `redis-server` per call of
 //! [`redis`], on ports nobody else was handed. The servers are started by the
 //! same code as `reborn up` ([`reborn::up::ZooKeeper`], [`reborn::up::RedisServer`]).
+//! A test that kills ZooKeeper members starts an [`ensemble`] of its own.
 //!
 //! Why the shared ZooKeeper cannot outlive the test binary although it lives in a
 //! `static` (statics are never dropped): every process the library starts has an
@@ -25,6 +26,7 @@
 
 pub mod cluster;
 pub mod im;
+pub mod load;
 pub mod relay;
 
 use std::collections::HashSet;
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use reborn::libs::resp::reply_len;
 use reborn::topo::ZkConfig;
-use reborn::up::{OrphanGuard, RedisServer, UpError, ZooKeeper};
+use reborn::up::{Ensemble, MemberPorts, OrphanGuard, RedisServer, UpError, ZooKeeper};
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -160,12 +162,34 @@ pub fn redis_with_password(password: &str) -> RedisServer {
     })
 }
 
+/// A ZooKeeper ensemble of `nodes` members (an odd number) on free ports, in
+/// temp dirs, of the calling test alone: for tests that kill its members.
+/// Takes a few seconds (every member's JVM, then the election).
+pub fn ensemble(nodes: usize) -> Ensemble {
+    with_free_ports("a ZooKeeper ensemble", || {
+        let ports: Vec<MemberPorts> = (0..nodes)
+            .map(|_| MemberPorts {
+                client: free_port(),
+                quorum: free_port(),
+                election: free_port(),
+            })
+            .collect();
+        Ensemble::start_in_temp_dirs(&ports)
+    })
+}
+
 /// Starts something on a fresh port, retrying on another port if someone else
 /// (another test binary, another user of this machine) took it meanwhile.
 fn with_free_port<T>(what: &str, start: impl Fn(u16) -> Result<T, UpError>) -> T {
+    with_free_ports(what, || start(free_port()))
+}
+
+/// Runs `start`, which picks its own free ports, again while it fails on a
+/// port taken meanwhile.
+fn with_free_ports<T>(what: &str, start: impl Fn() -> Result<T, UpError>) -> T {
     let mut last = None;
     for _ in 0..5 {
-        match start(free_port()) {
+        match start() {
             Ok(server) => return server,
             Err(e @ (UpError::PortInUse { .. } | UpError::Impostor { .. })) => last = Some(e),
             Err(e) => panic!("cannot start {what}: {e}"),

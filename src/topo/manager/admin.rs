@@ -41,6 +41,10 @@ pub struct AdminArgs {
     /// the product's node in ZooKeeper names.
     #[arg(long, global = true)]
     pub dashboard: Option<String>,
+    /// The dashboard's API token ([auth] token of its config), sent with every
+    /// call to it.
+    #[arg(long, global = true, env = "REBORN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: AdminCommand,
@@ -238,7 +242,8 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminError> {
             Some(addr) => addr,
             None => address::locate(&cfg).await?,
         };
-        print!("{}", ask_dashboard(&addr, &args.command).await?);
+        let dashboard = client::Client::new(addr).with_token(args.token);
+        print!("{}", ask_dashboard(&dashboard, &args.command).await?);
         return Ok(());
     }
     let store = Store::connect(&cfg).await?;
@@ -270,16 +275,17 @@ impl AdminCommand {
 /// How long `promote` waits for the dashboard's reply.
 const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
-/// Runs a dashboard-bound `command` against the dashboard at `addr`; returns
-/// what to print.
+/// Runs a dashboard-bound `command` against `dashboard`; returns what to
+/// print.
 ///
 /// # Errors
-/// An unreachable dashboard, or its refusal (its `error` message).
-pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String, AdminError> {
+/// An unreachable dashboard, a missing or wrong token, or its refusal (its
+/// `error` message).
+pub async fn ask_dashboard(dashboard: &client::Client, command: &AdminCommand) -> Result<String, AdminError> {
     use AdminCommand as C;
-    let post = async |path: &str, body: serde_json::Value| client::post(addr, path, &body).await;
+    let post = async |path: &str, body: serde_json::Value| dashboard.post(path, &body).await;
     match command {
-        C::Rebalance { dry_run, weights } => Ok(rebalance(*dry_run, weights.as_ref(), addr).await?),
+        C::Rebalance { dry_run, weights } => Ok(rebalance(*dry_run, weights.as_ref(), dashboard).await?),
         C::Migrate { slots, to } => {
             let body = serde_json::json!({ "start": slots.start, "end": slots.end, "to": to });
             let task: Task = post("/api/migrate", body).await?.into_json()?;
@@ -294,7 +300,7 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
             let body = serde_json::json!({ "addr": server, "force": force });
             // It waits for the replica (twice 5 s) and for every proxy (10 s).
             let path = format!("/api/groups/{group}/promote");
-            let reply = client::post_within(addr, &path, &body, PROMOTE_WAIT).await?;
+            let reply = dashboard.post_within(&path, &body, PROMOTE_WAIT).await?;
             let promoted: super::promote::Promoted = reply.into_json()?;
             Ok(format!("{}\n", promoted.message))
         }
@@ -314,7 +320,7 @@ pub async fn ask_dashboard(addr: &str, command: &AdminCommand) -> Result<String,
             Ok(format!("task {} {done}\n", t.id))
         }
         C::Tasks => {
-            let reply = client::get(addr, "/api/tasks").await?;
+            let reply = dashboard.get("/api/tasks").await?;
             let tasks: Vec<Task> = reply.into_json()?;
             Ok(render_tasks(&tasks))
         }
@@ -406,23 +412,20 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
 pub async fn rebalance(
     dry_run: bool,
     weights: Option<&Weights>,
-    dashboard: &str,
+    dashboard: &client::Client,
 ) -> Result<String, client::ClientError> {
     let query = weights
         .filter(|w| !w.is_empty())
         .map(|w| format!("?weights={w}"))
         .unwrap_or_default();
     if dry_run {
-        let reply = client::get(dashboard, &format!("/api/rebalance/plan{query}")).await?;
+        let reply = dashboard.get(&format!("/api/rebalance/plan{query}")).await?;
         let plan: Plan = reply.into_json()?;
         return Ok(plan.to_string());
     }
-    let reply = client::post(
-        dashboard,
-        &format!("/api/rebalance{query}"),
-        &serde_json::json!({}),
-    )
-    .await?;
+    let reply = dashboard
+        .post(&format!("/api/rebalance{query}"), &serde_json::json!({}))
+        .await?;
     let applied: super::api::Applied = reply.into_json()?;
     let mut out = applied.plan.to_string();
     if applied.tasks.is_empty() {
@@ -842,7 +845,7 @@ mod tests {
     #[tokio::test]
     async fn rebalance_names_an_unreachable_dashboard() {
         for dry_run in [true, false] {
-            let err = rebalance(dry_run, None, "127.0.0.1:1")
+            let err = rebalance(dry_run, None, &client::Client::new("127.0.0.1:1"))
                 .await
                 .expect_err("unreachable");
             assert!(err.to_string().contains("127.0.0.1:1"), "{err}");

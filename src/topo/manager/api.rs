@@ -8,7 +8,9 @@
 //! input, 404 missing, 409 conflicting state, 503 ZooKeeper or leadership
 //! unavailable. Only the leader serves; a standby answers 503 with
 //! `"leader": "host:port"`, except `GET /api/dashboard`, which every dashboard
-//! answers. The table of endpoints is in README.md.
+//! answers. With a token configured, a call without it is refused with 401
+//! before it gets here ([`super::dashboard::access`]). The table of endpoints
+//! is in README.md.
 //!
 //! Imports `libs` and `topo`.
 
@@ -116,7 +118,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    /// An error reply with `status` and `message`.
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -226,6 +229,9 @@ struct Status {
     me: DashboardInfo,
     leader: Option<DashboardInfo>,
     product: String,
+    /// The ZooKeeper connect string this dashboard uses (every member of an
+    /// ensemble), so an operator sees which ZooKeeper the cluster lives in.
+    zk: String,
 }
 
 async fn status(State(s): State<Shared>) -> Json<Status> {
@@ -239,6 +245,7 @@ async fn status(State(s): State<Shared>) -> Json<Status> {
         me: s.me.clone(),
         leader,
         product: s.store.paths().product_name().to_string(),
+        zk: s.store.config().addr.clone(),
     })
 }
 

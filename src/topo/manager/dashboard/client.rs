@@ -2,8 +2,9 @@
 //! tests, which so exercise the same code path as operators).
 //!
 //! One HTTP/1.1 request per connection: admin commands are one-shot, and a fresh
-//! connection always reaches whichever process holds the address now. Imports
-//! only libraries.
+//! connection always reaches whichever process holds the address now. A
+//! [`Client`] carries the dashboard's token (`reborn admin --token`); the free
+//! functions call without one. Imports only libraries.
 
 use std::time::Duration;
 
@@ -40,6 +41,17 @@ pub enum ClientError {
         reason: String,
     },
 
+    /// The dashboard wants a token, and none or another one was sent.
+    #[error(
+        "the dashboard needs a token: --token or REBORN_TOKEN ({message}; HTTP 401 from the dashboard at {addr})"
+    )]
+    Unauthorized {
+        /// The dashboard address.
+        addr: String,
+        /// The `error` field of the reply (missing or wrong token).
+        message: String,
+    },
+
     /// The dashboard refused the request; `message` is its explanation.
     #[error("{message} (HTTP {status} from the dashboard at {addr})")]
     Refused {
@@ -72,9 +84,16 @@ impl Reply {
     /// The body as `T` on success (2xx).
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with the dashboard's message for any other
-    /// status; [`ClientError::Protocol`] if the body is not a `T`.
+    /// [`ClientError::Unauthorized`] for a 401 (the token is missing or
+    /// wrong); [`ClientError::Refused`] with the dashboard's message for any
+    /// other status; [`ClientError::Protocol`] if the body is not a `T`.
     pub fn into_json<T: DeserializeOwned>(self) -> Result<T, ClientError> {
+        if self.status == 401 {
+            return Err(ClientError::Unauthorized {
+                message: self.error().unwrap_or("no explanation given").to_string(),
+                addr: self.addr,
+            });
+        }
         if !(200..300).contains(&self.status) {
             return Err(ClientError::Refused {
                 message: self.error().unwrap_or("no explanation given").to_string(),
@@ -89,82 +108,144 @@ impl Reply {
     }
 }
 
-/// `GET path` (path and query, e.g. `/api/rebalance/plan?weights=1:2`).
+/// The dashboard at one address, and the token to send it (`[auth] token` of
+/// its config), if any.
+#[derive(Clone)]
+pub struct Client {
+    addr: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// The dashboard at `addr` (`host:port`), without a token.
+    pub fn new(addr: impl Into<String>) -> Client {
+        Client {
+            addr: addr.into(),
+            token: None,
+        }
+    }
+
+    /// The same dashboard, sending `Authorization: Bearer <token>` with every
+    /// call (none for `None` or an empty token).
+    pub fn with_token(self, token: Option<String>) -> Client {
+        Client {
+            token: token.filter(|t| !t.is_empty()),
+            ..self
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `GET path` (path and query, e.g. `/api/rebalance/plan?weights=1:2`).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn get(&self, path: &str) -> Result<Reply, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<Reply, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// `POST path`, waiting up to `wait` for the reply instead of the usual
+    /// 15 s: for operations that wait on servers themselves (a promote waits
+    /// for a replica to catch up and for every proxy to acknowledge).
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn post_within(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        wait: Duration,
+    ) -> Result<Reply, ClientError> {
+        self.call_within(Method::POST, path, Some(body), wait).await
+    }
+
+    /// `DELETE path`.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn delete(&self, path: &str) -> Result<Reply, ClientError> {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Sends one request and reads the whole reply. Any status is a
+    /// [`Reply`]; see [`Reply::into_json`].
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] if it cannot connect or the call times out;
+    /// [`ClientError::Protocol`] for a reply that is not HTTP with a JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, ClientError> {
+        self.call_within(method, path, body, CALL_TIMEOUT).await
+    }
+
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        wait: Duration,
+    ) -> Result<Reply, ClientError> {
+        match tokio::time::timeout(wait, exchange(self, method, path, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Unreachable {
+                addr: self.addr.clone(),
+                reason: format!("no reply within {wait:?}"),
+            }),
+        }
+    }
+}
+
+/// `GET path` from the dashboard at `addr`, without a token.
 ///
 /// # Errors
-/// As [`call`].
+/// As [`Client::call`].
 pub async fn get(addr: &str, path: &str) -> Result<Reply, ClientError> {
-    call(addr, Method::GET, path, None).await
+    Client::new(addr).get(path).await
 }
 
-/// `POST path` with a JSON body.
+/// `POST path` to the dashboard at `addr`, without a token.
 ///
 /// # Errors
-/// As [`call`].
+/// As [`Client::call`].
 pub async fn post(addr: &str, path: &str, body: &serde_json::Value) -> Result<Reply, ClientError> {
-    call(addr, Method::POST, path, Some(body)).await
+    Client::new(addr).post(path, body).await
 }
 
-/// `POST path`, waiting up to `wait` for the reply instead of the usual 15 s:
-/// for operations that wait on servers themselves (a promote waits for a
-/// replica to catch up and for every proxy to acknowledge).
+/// Any call to the dashboard at `addr`, without a token.
 ///
 /// # Errors
-/// As [`call`].
-pub async fn post_within(
-    addr: &str,
-    path: &str,
-    body: &serde_json::Value,
-    wait: Duration,
-) -> Result<Reply, ClientError> {
-    call_within(addr, Method::POST, path, Some(body), wait).await
-}
-
-/// `DELETE path`.
-///
-/// # Errors
-/// As [`call`].
-pub async fn delete(addr: &str, path: &str) -> Result<Reply, ClientError> {
-    call(addr, Method::DELETE, path, None).await
-}
-
-/// Sends one request to the dashboard at `addr` (`host:port`) and reads the
-/// whole reply. Any status is a [`Reply`]; see [`Reply::into_json`].
-///
-/// # Errors
-/// [`ClientError::Unreachable`] if it cannot connect or the call times out;
-/// [`ClientError::Protocol`] for a reply that is not HTTP with a JSON body.
+/// As [`Client::call`].
 pub async fn call(
     addr: &str,
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<Reply, ClientError> {
-    call_within(addr, method, path, body, CALL_TIMEOUT).await
-}
-
-async fn call_within(
-    addr: &str,
-    method: Method,
-    path: &str,
-    body: Option<&serde_json::Value>,
-    wait: Duration,
-) -> Result<Reply, ClientError> {
-    match tokio::time::timeout(wait, exchange(addr, method, path, body)).await {
-        Ok(result) => result,
-        Err(_) => Err(ClientError::Unreachable {
-            addr: addr.to_string(),
-            reason: format!("no reply within {wait:?}"),
-        }),
-    }
+    Client::new(addr).call(method, path, body).await
 }
 
 async fn exchange(
-    addr: &str,
+    client: &Client,
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<Reply, ClientError> {
+    let addr = client.addr.as_str();
     let protocol = |reason: String| ClientError::Protocol {
         addr: addr.to_string(),
         reason,
@@ -188,11 +269,15 @@ async fn exchange(
         Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| protocol(e.to_string()))?),
         None => Bytes::new(),
     };
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, addr)
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = &client.token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Full::new(bytes))
         .map_err(|e| protocol(format!("bad request {path:?}: {e}")))?;
     let response = sender

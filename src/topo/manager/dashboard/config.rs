@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::access::AuthConfig;
 use crate::libs::config::{self, ConfigError};
 use crate::topo::manager::failover::FailoverConfig;
 use crate::topo::manager::migrator::MigratorConfig;
@@ -37,6 +38,8 @@ pub struct DashboardConfig {
     pub migration: MigratorConfig,
     /// Automatic failover of dead masters.
     pub failover: FailoverConfig,
+    /// Who may use the API: the bearer token, and whether reads need it.
+    pub auth: AuthConfig,
 }
 
 impl Default for DashboardConfig {
@@ -49,6 +52,7 @@ impl Default for DashboardConfig {
             backend_auth: String::new(),
             migration: MigratorConfig::default(),
             failover: FailoverConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -72,7 +76,7 @@ impl DashboardConfig {
         if let Err(e) = Paths::new(&self.zk.root, &self.zk.product) {
             return bad(format!("zk: {e}"));
         }
-        Ok(())
+        self.auth.validate()
     }
 }
 
@@ -101,6 +105,12 @@ pub struct DashboardArgs {
     /// waiting as its standby.
     #[arg(long)]
     pub no_standby: bool,
+    /// Bearer token every change through the API must carry ([auth] token).
+    #[arg(long, env = "REBORN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Serve a non-loopback address even without a token ([auth] insecure).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl DashboardArgs {
@@ -116,6 +126,10 @@ impl DashboardArgs {
         self.zk.apply(&mut c.zk);
         if self.no_standby {
             c.standby = false;
+        }
+        set(&mut c.auth.token, self.token);
+        if self.insecure {
+            c.auth.insecure = true;
         }
         c.validate()?;
         Ok(c)
@@ -139,6 +153,8 @@ mod tests {
                 ..ZkArgs::default()
             },
             no_standby: true,
+            token: Some("t0ken".into()),
+            insecure: true,
             ..DashboardArgs::default()
         };
         let c = args.into_config().expect("valid");
@@ -146,6 +162,7 @@ mod tests {
             (c.listen.as_str(), c.zk.product.as_str(), c.standby),
             ("127.0.0.1:0", "p", false)
         );
+        assert_eq!((c.auth.token.as_str(), c.auth.insecure), ("t0ken", true));
     }
 
     #[test]

@@ -26,6 +26,19 @@ pub enum DashboardError {
         source: std::io::Error,
     },
 
+    /// The API would be open to the network: no token, a non-loopback
+    /// address, and no `insecure`.
+    #[error(
+        "refusing to serve the dashboard API on {addr} without a token: anyone who reaches it could \
+         change the cluster. Set [auth] token in the config (or --token / REBORN_TOKEN), listen on \
+         a loopback address such as 127.0.0.1, or accept the risk with --insecure \
+         ([auth] insecure = true)"
+    )]
+    Exposed {
+        /// The address it bound.
+        addr: std::net::SocketAddr,
+    },
+
     /// Another dashboard leads the product and this one was told not to wait.
     #[error(
         "product {product:?} already has a dashboard: {holder}. Stop it first, or start this one with \

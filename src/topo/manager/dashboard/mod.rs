@@ -2,6 +2,8 @@
 //! admin`) talk to over HTTP, one leader per product.
 //!
 //! * [`config`]: the TOML config and the flags.
+//! * [`access`]: who may use the API (`[auth]`: the bearer token; loopback
+//!   only without one).
 //! * [`leader`]: who leads, through an ephemeral ZooKeeper node; standbys wait
 //!   and take over; a leader that may have lost its session steps down.
 //! * [`client`]: the HTTP client `reborn admin` calls the API with.
@@ -20,6 +22,7 @@
 //!
 //! Imports `libs`, the topo core and the manager.
 
+pub mod access;
 pub mod address;
 pub mod client;
 pub mod config;
@@ -75,7 +78,8 @@ impl Bound {
     /// Binds `config.listen`.
     ///
     /// # Errors
-    /// [`DashboardError::Bind`] naming the address; an invalid config.
+    /// [`DashboardError::Bind`] naming the address; an invalid config;
+    /// [`DashboardError::Exposed`] for a non-loopback address without a token.
     pub async fn bind(config: DashboardConfig) -> Result<Bound, DashboardError> {
         config.validate()?;
         let bind_err = |source| DashboardError::Bind {
@@ -84,6 +88,9 @@ impl Bound {
         };
         let listener = TcpListener::bind(&config.listen).await.map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
+        // Checked on the bound address, so a host name is judged by what it
+        // resolved to.
+        config.auth.check_exposure(addr)?;
         Ok(Bound {
             config,
             listener,
@@ -141,10 +148,11 @@ impl Bound {
             traffic: Arc::default(),
         });
         let stop_http = CancellationToken::new();
+        let app = access::protect(api::router(state.clone()), &self.config.auth);
         let mut http = tokio::spawn(
             Listener::new(self.listener)
                 .grace(DRAIN_TIMEOUT)
-                .serve_http(api::router(state.clone()), stop_http.clone()),
+                .serve_http(app, stop_http.clone()),
         );
         tracing::info!(
             "dashboard of product {:?} listening on http://{}",

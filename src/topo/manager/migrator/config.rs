@@ -48,6 +48,12 @@ pub struct MigratorConfig {
     pub timeout: Duration,
     /// Keys per second at most (sent, retries included); `None`: unlimited.
     pub max_keys_per_sec: Option<u64>,
+    /// How long the source may keep its own clients waiting because of us:
+    /// the migrator pings the source while it moves keys and halves its rate
+    /// and batch size when the pings take longer, growing them back when they
+    /// do not (`pacer.rs`). `0s` turns pacing off.
+    #[serde(with = "humantime_serde")]
+    pub latency_budget: Duration,
     /// The backend password: used to connect to the source and given to
     /// `MIGRATE … AUTH` for the target. Never serialized, so a task record
     /// written to ZooKeeper cannot leak it.
@@ -72,6 +78,7 @@ impl Default for MigratorConfig {
             inflight: 1,
             timeout: Duration::from_secs(5),
             max_keys_per_sec: None,
+            latency_budget: Duration::from_millis(1),
             auth: None,
             switch_attempts: 5,
         }

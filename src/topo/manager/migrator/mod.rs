@@ -18,6 +18,7 @@ mod config;
 mod conn;
 mod error;
 mod ledger;
+mod pacer;
 mod pass;
 mod restore;
 mod throttle;

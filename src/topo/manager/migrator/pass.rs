@@ -35,6 +35,7 @@ use super::config::{Method, MigratorConfig};
 use super::conn::{Conn, reply_text};
 use super::error::MigrateError;
 use super::ledger::Ledger;
+use super::pacer::Pacer;
 use super::restore::{self, Failure, Transferred};
 use super::throttle::Throttle;
 use super::{Outcome, Progress, SlotSet};
@@ -82,6 +83,8 @@ pub(super) struct Pass<'a> {
     hold_until: Option<Instant>,
     backoff: Backoff,
     throttle: Throttle,
+    /// The latency budget's probe of the source (`pacer.rs`), when on.
+    pacer: Option<Pacer>,
 }
 
 impl<'a> Pass<'a> {
@@ -112,6 +115,13 @@ impl<'a> Pass<'a> {
             hold_until: None,
             backoff: Backoff::new(BACKOFF_BASE, BACKOFF_MAX),
             throttle: Throttle::new(cfg.max_keys_per_sec),
+            pacer: Pacer::start(
+                source,
+                cfg.auth.as_deref(),
+                cfg.latency_budget,
+                cfg.max_keys_per_sec,
+                cfg.batch_keys,
+            ),
         })
     }
 
@@ -175,11 +185,18 @@ impl<'a> Pass<'a> {
         !self.scan_done && queued < self.cfg.batch_keys.saturating_mul(self.cfg.inflight)
     }
 
+    /// Keys per batch: the configured size, or less while the pacer says so.
+    fn batch_keys(&self) -> usize {
+        self.pacer
+            .as_ref()
+            .map_or(self.cfg.batch_keys, |p| p.limits.batch())
+    }
+
     /// Moves pending keys into batches of `batch_keys`; the remainder too when
     /// the scan is over or nothing else is queued (sparse slots would otherwise
     /// leave the source idle while the scan fills a batch).
     fn cut_batches(&mut self) {
-        let size = self.cfg.batch_keys;
+        let size = self.batch_keys().max(1);
         while self.pending.len() >= size {
             let rest = self.pending.split_off(size);
             let keys = std::mem::replace(&mut self.pending, rest);
@@ -248,6 +265,9 @@ impl<'a> Pass<'a> {
             let Some(batch) = self.ready.pop_front() else {
                 return Ok(());
             };
+            if let Some(p) = &self.pacer {
+                self.throttle.set_rate(Some(p.limits.rate()));
+            }
             if let Some(wait) = self.throttle.admit(batch.len())
                 && or_cancel(cancel, tokio::time::sleep(wait)).await.is_none()
             {

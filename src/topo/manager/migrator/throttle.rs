@@ -27,6 +27,18 @@ impl Throttle {
         }
     }
 
+    /// Changes the rate (the latency budget's pacer moves it); the pace
+    /// restarts, so a lower rate does not inherit a debt or a higher one a
+    /// burst.
+    pub(super) fn set_rate(&mut self, rate: Option<u64>) {
+        let rate = rate.filter(|&r| r > 0);
+        if rate != self.rate {
+            self.rate = rate;
+            self.start = Instant::now();
+            self.sent = 0;
+        }
+    }
+
     /// Accounts for `keys` about to be sent; returns how long to wait first.
     pub(super) fn admit(&mut self, keys: usize) -> Option<Duration> {
         let rate = self.rate?;

@@ -1,0 +1,642 @@
+//! The chaos soak (issue 10, part 8), run by `scripts/soak.sh`, ignored by a
+//! plain `cargo test` because it runs for minutes.
+//!
+//! Real processes on loopback: ZooKeeper, two groups of persistent
+//! redis-servers (master and replica, AOF), two `reborn proxy` processes and a
+//! `reborn dashboard` process (the failover leader and migration runner).
+//! Writers INCR keys of their own through either proxy and check every reply:
+//! INCR returns the key's new value, so a value lower than the last one
+//! acknowledged is an acknowledged write lost, seen at once, and a value above
+//! what was sent is a write that never happened. Readers GET the same keys and
+//! check them against what was acknowledged and sent. Meanwhile faults come one
+//! after another: a master SIGKILLed (the failover replaces it, the old one
+//! restarts and must rejoin as a replica), a replica SIGKILLed and restarted,
+//! a proxy and the dashboard SIGKILLed and restarted, ZooKeeper SIGSTOPped for
+//! 3 s, and slot migrations started. At the end, once every fault is repaired,
+//! every key is read and compared with what its writer had acknowledged.
+//!
+//! Settings (environment): `SOAK_SECS` (default 60), `SOAK_WRITE_ACK`
+//! (`master` or `replica`, default `master`), `SOAK_FAULT_EVERY` (seconds
+//! between faults, default 6).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, ProxyProcess, signal};
+use common::{GuardedChild, spawn_guarded};
+use parking_lot::Mutex;
+use reborn::topo::manager::task::{self, TaskState};
+use reborn::topo::model::Role;
+use reborn::topo::{Store, watcher};
+use reborn::up::RedisServer;
+
+/// Keys per writer; writers own their keys, so each reply can be checked.
+const KEYS_PER_WRITER: usize = 64;
+const WRITERS: usize = 4;
+const READERS: usize = 2;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One key's history as its writer knows it.
+#[derive(Default)]
+struct KeyState {
+    /// The value of the last acknowledged INCR.
+    acked: AtomicI64,
+    /// INCRs sent, acknowledged or not: the value can never exceed it.
+    sent: AtomicI64,
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Tally {
+    writes: AtomicU64,
+    reads: AtomicU64,
+    /// Acknowledged increments found missing by a later reply.
+    lost_live: AtomicU64,
+    /// A value above what was ever sent.
+    phantoms: AtomicU64,
+    /// A read below what was acknowledged before it was sent.
+    stale_reads: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Tally {
+    fn error(&self, e: &str) {
+        // Group errors by their start, without addresses and numbers.
+        let kind: String = e
+            .chars()
+            .take(60)
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        *self.errors.lock().entry(kind).or_default() += 1;
+    }
+}
+
+/// A client connection that reconnects, trying the proxies in turn.
+struct Conn {
+    proxies: Arc<Vec<String>>,
+    next: usize,
+    conn: Option<redis::aio::MultiplexedConnection>,
+}
+
+impl Conn {
+    fn new(proxies: Arc<Vec<String>>, first: usize) -> Conn {
+        Conn {
+            proxies,
+            next: first,
+            conn: None,
+        }
+    }
+
+    async fn call<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, String> {
+        if self.conn.is_none() {
+            let addr = &self.proxies[self.next % self.proxies.len()];
+            self.next += 1;
+            let client = redis::Client::open(format!("redis://{addr}")).map_err(|e| e.to_string())?;
+            let c = tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| format!("connect: {e}"))?;
+            self.conn = Some(c);
+        }
+        let Some(c) = self.conn.as_mut() else {
+            return Err("no connection".into());
+        };
+        match tokio::time::timeout(Duration::from_secs(5), cmd.query_async::<T>(c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    self.conn = None;
+                }
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.conn = None;
+                Err("timed out after 5s".into())
+            }
+        }
+    }
+}
+
+async fn writer(
+    keys: Vec<(String, Arc<KeyState>)>,
+    mut conn: Conn,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let (key, st) = &keys[i % keys.len()];
+        i += 1;
+        let sent = st.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        match conn.call::<i64>(redis::cmd("INCR").arg(key)).await {
+            Ok(v) => {
+                tally.writes.fetch_add(1, Ordering::Relaxed);
+                let acked = st.acked.load(Ordering::SeqCst);
+                if v <= acked {
+                    // The key went back: acknowledged increments are gone.
+                    tally
+                        .lost_live
+                        .fetch_add((acked - v + 1) as u64, Ordering::Relaxed);
+                    eprintln!("soak: {key} answered {v} after {acked} was acknowledged");
+                }
+                if v > sent {
+                    tally.phantoms.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("soak: {key} answered {v}, only {sent} INCRs were sent");
+                }
+                st.acked.store(v, Ordering::SeqCst);
+            }
+            Err(e) => {
+                tally.error(&e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn reader(
+    keys: Vec<(String, Arc<KeyState>)>,
+    mut conn: Conn,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = fastrand::Rng::with_seed(7);
+    while !stop.load(Ordering::Relaxed) {
+        let (key, st) = &keys[rng.usize(..keys.len())];
+        let acked = st.acked.load(Ordering::SeqCst);
+        match conn.call::<Option<i64>>(redis::cmd("GET").arg(key)).await {
+            Ok(v) => {
+                tally.reads.fetch_add(1, Ordering::Relaxed);
+                let v = v.unwrap_or(0);
+                if v < acked {
+                    tally.stale_reads.fetch_add(1, Ordering::Relaxed);
+                }
+                if v > st.sent.load(Ordering::SeqCst) {
+                    tally.phantoms.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("soak: read {key} = {v}, more than was sent");
+                }
+            }
+            Err(e) => {
+                tally.error(&e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A `reborn dashboard` process that can be killed and started again.
+struct Dashboard {
+    conf: PathBuf,
+    child: Option<GuardedChild>,
+    _dir: tempfile::TempDir,
+}
+
+impl Dashboard {
+    fn start(c: &Cluster) -> Dashboard {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("dashboard.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:{}\"\n[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"2s\"\n\
+             [failover]\nenabled = true\n[migration]\nbatch_keys = 100\n",
+            common::free_port(),
+            c.zk.addr,
+            c.zk.root,
+            c.zk.product
+        );
+        std::fs::write(&conf, text).expect("write config");
+        let mut d = Dashboard {
+            conf,
+            child: None,
+            _dir: dir,
+        };
+        d.restart();
+        d
+    }
+
+    fn restart(&mut self) {
+        if let Some(mut old) = self.child.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        self.child = Some(spawn_guarded(
+            Command::new(env!("CARGO_BIN_EXE_reborn"))
+                .args(["dashboard", "--config"])
+                .arg(&self.conf)
+                .env("RUST_LOG", "warn"),
+        ));
+    }
+}
+
+/// Every server of the cluster, found by address whatever its role now.
+struct Servers(Vec<RedisServer>);
+
+impl Servers {
+    fn by_addr(&mut self, addr: &str) -> &mut RedisServer {
+        self.0
+            .iter_mut()
+            .find(|s| s.addr() == addr)
+            .unwrap_or_else(|| panic!("no server {addr}"))
+    }
+}
+
+/// `(master, replicas)` of `group`, from ZooKeeper.
+async fn members(store: &Store, group: u32) -> (Option<String>, Vec<String>) {
+    let Ok(topo) = watcher::load(store).await else {
+        return (None, Vec::new());
+    };
+    let Some(g) = topo.groups.get(&group) else {
+        return (None, Vec::new());
+    };
+    let replicas = g
+        .servers
+        .iter()
+        .filter(|s| s.role == Role::Replica)
+        .map(|s| s.addr.clone())
+        .collect();
+    (g.master().map(str::to_string), replicas)
+}
+
+/// Whether `replica` streams from its master (`master_link_status:up`).
+async fn link_up(replica: &str) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://{replica}")) else {
+        return false;
+    };
+    let Ok(Ok(mut c)) =
+        tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await
+    else {
+        return false;
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    info.contains("master_link_status:up")
+}
+
+/// Waits up to `within` for `check`; whether it came true.
+async fn within<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A group is healthy when it has a master and every replica streams from it.
+async fn healthy(store: &Store, group: u32) -> bool {
+    let (master, replicas) = members(store, group).await;
+    if master.is_none() || replicas.is_empty() {
+        return false;
+    }
+    for r in &replicas {
+        if !link_up(r).await {
+            return false;
+        }
+    }
+    true
+}
+
+#[derive(Default)]
+struct Faults {
+    log: Vec<String>,
+    counts: BTreeMap<&'static str, u32>,
+    failover_secs: Vec<f64>,
+    not_replaced: u32,
+    skipped: u32,
+}
+
+impl Faults {
+    fn note(&mut self, kind: &'static str, what: String) {
+        eprintln!("soak fault: {what}");
+        *self.counts.entry(kind).or_default() += 1;
+        self.log.push(what);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "minutes long: scripts/soak.sh runs it"]
+async fn chaos_soak_loses_no_acknowledged_write() {
+    let secs: u64 = env_or("SOAK_SECS", 60);
+    let write_ack: String = env_or("SOAK_WRITE_ACK", "master".to_string());
+    let fault_every = Duration::from_secs(env_or("SOAK_FAULT_EVERY", 6));
+    assert!(
+        matches!(write_ack.as_str(), "master" | "replica"),
+        "SOAK_WRITE_ACK={write_ack}"
+    );
+
+    let (mut c, replicas) = Cluster::with_persistent_replicas().await;
+    let mut servers = Servers(
+        std::mem::take(&mut c.masters)
+            .into_iter()
+            .chain(replicas)
+            .collect(),
+    );
+    let settings = format!("write_ack = \"{write_ack}\"\nhold_timeout = \"10s\"");
+    let mut proxies: Vec<ProxyProcess> = Vec::new();
+    for _ in 0..2 {
+        proxies.push(
+            c.proxy_process_with(Duration::from_secs(2), None, &settings)
+                .await,
+        );
+    }
+    let addrs = Arc::new(proxies.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+    let mut dashboard = Dashboard::start(&c);
+
+    // Load: writers own their keys (spread over both groups), readers read them all.
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let all: Vec<(String, Arc<KeyState>)> = (0..WRITERS * KEYS_PER_WRITER)
+        .map(|i| (format!("soak:{i}"), Arc::new(KeyState::default())))
+        .collect();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let keys = all.iter().skip(w).step_by(WRITERS).cloned().collect();
+        let conn = Conn::new(addrs.clone(), w);
+        tasks.push(tokio::spawn(writer(keys, conn, tally.clone(), stop.clone())));
+    }
+    for r in 0..READERS {
+        let conn = Conn::new(addrs.clone(), r);
+        tasks.push(tokio::spawn(reader(
+            all.clone(),
+            conn,
+            tally.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let mut faults = Faults::default();
+    let mut rng = fastrand::Rng::with_seed(env_or("SOAK_SEED", 1));
+    let mut round = 0usize;
+    while Instant::now() < deadline {
+        tokio::time::sleep(fault_every).await;
+        let group = 1 + (round / 6 % 2) as u32;
+        let kind = round % 6;
+        round += 1;
+        match kind {
+            0 => {
+                // A master dies; the failover must replace it, and the old
+                // one must come back as a replica.
+                if !within(Duration::from_secs(20), || healthy(&c.store, group)).await {
+                    faults.skipped += 1;
+                    eprintln!("soak: group {group} not healthy, master kill skipped");
+                    continue;
+                }
+                let (Some(old), _) = members(&c.store, group).await else {
+                    continue;
+                };
+                servers.by_addr(&old).kill();
+                let killed = Instant::now();
+                let replaced = within(Duration::from_secs(15), || async {
+                    members(&c.store, group).await.0.is_some_and(|m| m != old)
+                })
+                .await;
+                if replaced {
+                    faults.failover_secs.push(killed.elapsed().as_secs_f64());
+                } else {
+                    faults.not_replaced += 1;
+                }
+                servers.by_addr(&old).restart().expect("restart the old master");
+                faults.note(
+                    "master killed",
+                    format!(
+                        "{:>4.0}s master {old} of group {group} killed, replaced: {replaced} after {:.1}s",
+                        started.elapsed().as_secs_f64(),
+                        killed.elapsed().as_secs_f64()
+                    ),
+                );
+            }
+            1 => {
+                let (_, replicas) = members(&c.store, group).await;
+                let Some(r) = replicas.first() else { continue };
+                servers.by_addr(r).kill();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                servers.by_addr(r).restart().expect("restart replica");
+                faults.note(
+                    "replica killed",
+                    format!(
+                        "{:>4.0}s replica {r} of group {group} killed for 2s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+            }
+            2 => {
+                let p = &mut proxies[round / 6 % 2];
+                p.restart();
+                faults.note(
+                    "proxy killed",
+                    format!(
+                        "{:>4.0}s proxy {} killed and restarted",
+                        started.elapsed().as_secs_f64(),
+                        p.id
+                    ),
+                );
+            }
+            3 => {
+                dashboard.restart();
+                faults.note(
+                    "dashboard killed",
+                    format!(
+                        "{:>4.0}s dashboard killed and restarted",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+            }
+            4 => {
+                let zk = common::zk_pid();
+                signal(zk, "-STOP");
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                signal(zk, "-CONT");
+                faults.note(
+                    "zookeeper stopped",
+                    format!(
+                        "{:>4.0}s ZooKeeper SIGSTOPped for 3s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+            }
+            _ => {
+                // Eight slots of the key space move to the other group.
+                let first = rng.u16(0..1016);
+                let topo = watcher::load(&c.store).await;
+                let Ok(topo) = topo else { continue };
+                let from = topo.slots.get(first).map_or(1, |s| s.group);
+                let to = if from == 1 { 2 } else { 1 };
+                match task::enqueue(&c.store, (first..first + 8).collect(), to).await {
+                    Ok(t) => faults.note(
+                        "migration started",
+                        format!(
+                            "{:>4.0}s migration {} of slots {first}-{} to group {to}",
+                            started.elapsed().as_secs_f64(),
+                            t.id,
+                            first + 7
+                        ),
+                    ),
+                    Err(e) => eprintln!("soak: migration not queued: {e}"),
+                }
+            }
+        }
+    }
+
+    // Repair: every group healthy, every task ended, then the last writes.
+    let repaired = within(Duration::from_secs(60), || async {
+        healthy(&c.store, 1).await && healthy(&c.store, 2).await
+    })
+    .await;
+    let tasks_done = within(Duration::from_secs(120), || async {
+        task::list(&c.store).await.is_ok_and(|ts| {
+            ts.iter().all(|t| {
+                matches!(
+                    t.state,
+                    TaskState::Done | TaskState::Failed | TaskState::Cancelled
+                )
+            })
+        })
+    })
+    .await;
+    let writes_before = tally.writes.load(Ordering::Relaxed);
+    let writes_go_on = within(Duration::from_secs(30), || async {
+        tally.writes.load(Ordering::Relaxed) > writes_before + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("client task");
+    }
+
+    // The checker: every key against what its writer acknowledged.
+    let mut conn = Conn::new(addrs.clone(), 0);
+    let mut lost_final = 0i64;
+    let mut unreadable = 0;
+    for (key, st) in &all {
+        let mut got = None;
+        for _ in 0..50 {
+            match conn.call::<Option<i64>>(redis::cmd("GET").arg(key)).await {
+                Ok(v) => {
+                    got = Some(v.unwrap_or(0));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        match got {
+            Some(v) => {
+                let acked = st.acked.load(Ordering::SeqCst);
+                if v < acked {
+                    eprintln!("soak: {key} holds {v}, {acked} was acknowledged");
+                    lost_final += acked - v;
+                }
+                if v > st.sent.load(Ordering::SeqCst) {
+                    tally.phantoms.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => unreadable += 1,
+        }
+    }
+    let records = reborn::topo::manager::failover::list(&c.store)
+        .await
+        .unwrap_or_default();
+    let task_list = task::list(&c.store).await.unwrap_or_default();
+    let migrated = task_list.iter().filter(|t| t.state == TaskState::Done).count();
+    let failed_tasks: Vec<String> = task_list
+        .iter()
+        .filter(|t| t.state == TaskState::Failed)
+        .map(|t| format!("{} ({})", t.id, t.error.clone().unwrap_or_default()))
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut report = String::new();
+    let w = tally.writes.load(Ordering::Relaxed);
+    let r = tally.reads.load(Ordering::Relaxed);
+    let _ = writeln!(
+        report,
+        "soak: {elapsed:.0} s, write_ack = {write_ack}, 2 groups (master + replica, AOF), 2 proxies, 1 dashboard"
+    );
+    let _ = writeln!(
+        report,
+        "  operations: {w} INCRs acknowledged ({:.0}/s), {r} GETs ({:.0}/s)",
+        w as f64 / elapsed,
+        r as f64 / elapsed
+    );
+    let _ = writeln!(
+        report,
+        "  faults: {:?}, {} skipped (group not healthy yet)",
+        faults.counts, faults.skipped
+    );
+    let fo = &faults.failover_secs;
+    if !fo.is_empty() {
+        let max = fo.iter().copied().fold(0.0, f64::max);
+        let avg = fo.iter().sum::<f64>() / fo.len() as f64;
+        let _ = writeln!(
+            report,
+            "  failovers: {} replaced (avg {avg:.1} s, max {max:.1} s), {} not within 15 s; {} records",
+            fo.len(),
+            faults.not_replaced,
+            records.len()
+        );
+    }
+    let _ = writeln!(
+        report,
+        "  migrations: {} queued, {migrated} done, failed: {failed_tasks:?}",
+        task_list.len()
+    );
+    let errors = tally.errors.lock().clone();
+    let total_errors: u64 = errors.values().sum();
+    let _ = writeln!(report, "  client errors: {total_errors}");
+    for (kind, n) in &errors {
+        let _ = writeln!(report, "    {n:>6}  {kind}");
+    }
+    let lost_live = tally.lost_live.load(Ordering::Relaxed);
+    let _ = writeln!(
+        report,
+        "  acknowledged writes lost: {lost_live} seen by writers, {lost_final} missing at the end; \
+         phantom values: {}; stale reads: {}; unreadable keys: {unreadable}",
+        tally.phantoms.load(Ordering::Relaxed),
+        tally.stale_reads.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        report,
+        "  repaired: {repaired}, tasks ended: {tasks_done}, writes go on after: {writes_go_on}"
+    );
+    eprintln!("{report}");
+    for l in &faults.log {
+        eprintln!("  {l}");
+    }
+
+    assert!(repaired, "the cluster did not heal\n{report}");
+    assert!(tasks_done, "a migration task never ended\n{report}");
+    assert!(writes_go_on, "writes stopped\n{report}");
+    assert_eq!(unreadable, 0, "{report}");
+    assert_eq!(tally.phantoms.load(Ordering::Relaxed), 0, "{report}");
+    assert_eq!(faults.not_replaced, 0, "a dead master was not replaced\n{report}");
+    if write_ack == "replica" {
+        assert_eq!(
+            (lost_live, lost_final),
+            (0, 0),
+            "acknowledged writes lost\n{report}"
+        );
+    }
+    drop(dashboard);
+    drop(proxies);
+}
