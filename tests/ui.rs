@@ -85,6 +85,9 @@ async fn every_view_loads_without_errors_at_1280_and_800_px() {
                 overflow.as_i64().unwrap_or(i64::MAX) <= 0,
                 "{view} is wider than {width} px by {overflow}"
             );
+            if width == 800 && view == "slots" {
+                page.screenshot("slots-800").await;
+            }
         }
     }
     // The header says what ZooKeeper says.
