@@ -8,6 +8,7 @@
 #   python3, python3-venv      the client tests run redis-py in a virtualenv
 #   nodejs, npm                the client tests run ioredis (scripts/nodeenv.sh)
 #   openssl                    tests/comet.rs makes the WSS test's certificates with it
+#   chromium, chromium-driver  tests/ui.rs drives the web UI in headless Chromium over WebDriver
 #   a Rust toolchain           only if cargo is missing (rustup, minimal profile)
 set -euo pipefail
 
@@ -42,6 +43,14 @@ if command -v openssl >/dev/null 2>&1; then
     say "openssl already installed"
 else
     apt_install openssl
+fi
+
+# --- Chromium (tests/ui.rs: the web UI in a real browser, over WebDriver) -------
+# Debian's packages; the tests look for exactly these two paths.
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    say "chromium and chromium-driver already installed"
+else
+    apt_install chromium chromium-driver
 fi
 
 # --- Rust ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! The proxy's admin HTTP endpoint (default 127.0.0.1:11080):
 //!
 //! * `GET /stats`: JSON: ops/s, per-command calls and errors, latency
-//!   percentiles, sessions, backends and the routing state;
+//!   percentiles and histogram, sessions, backends and the routing state;
 //! * `GET /metrics`: the same counters in Prometheus text format;
 //! * `PUT /loglevel/{level}`: change the log filter at run time (`debug`,
 //!   `reborn=trace`, …); a filter that is not levels or `target=level`

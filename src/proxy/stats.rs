@@ -202,6 +202,12 @@ impl Stats {
                 p99: self.quantile(&counts, total, 0.99),
                 p999: self.quantile(&counts, total, 0.999),
             },
+            latency_buckets: counts
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n > 0)
+                .map(|(b, &n)| (bucket_bound(b), n))
+                .collect(),
             commands,
         }
     }
@@ -243,6 +249,11 @@ pub struct StatsSnapshot {
     pub sessions_refused: u64,
     pub auth_failures: u64,
     pub latency_us: Latency,
+    /// The latency histogram since start (or the last reset): `[upper bound
+    /// in µs, requests]` for every bucket that has any. Unlike percentiles,
+    /// histograms subtract (what happened between two reads) and add (several
+    /// proxies): the dashboard's chart is drawn from them.
+    pub latency_buckets: Vec<(u64, u64)>,
     pub commands: Vec<CommandStats>,
 }
 
@@ -286,5 +297,9 @@ mod tests {
         );
         assert_eq!(snap.errors_total, 10);
         assert_eq!(snap.commands[0].calls, 100);
+        // The histogram holds the same requests: 90 fast, 10 slow.
+        let counts: Vec<u64> = snap.latency_buckets.iter().map(|&(_, n)| n).collect();
+        assert_eq!(counts, vec![90, 10]);
+        assert!(snap.latency_buckets[0].0 >= 10 && snap.latency_buckets[1].0 >= 1000);
     }
 }

@@ -32,7 +32,9 @@ use super::dashboard::leader::{DashboardInfo, Role as Leadership};
 use super::failover::{self, FailoverRecord};
 use super::health::{self, Health};
 use super::rebalance::{self, Plan, Weights};
+use super::server_info::{self, ServerInfo};
 use super::task::{self, Task};
+use super::traffic::{Traffic, TrafficView};
 use crate::topo::error::TopoError;
 use crate::topo::model::{GroupId, ProxyInfo, Role, Server, SlotTable, Topology};
 use crate::topo::operation;
@@ -52,6 +54,8 @@ pub struct ApiState {
     /// Wakes this dashboard's task runner when a task is queued or resumed,
     /// instead of leaving it to its next look.
     pub tasks_changed: Arc<tokio::sync::Notify>,
+    /// The proxies' figures of the last ten minutes, for the web UI.
+    pub traffic: Arc<Traffic>,
 }
 
 type Shared = Arc<ApiState>;
@@ -81,11 +85,15 @@ pub fn router(state: Shared) -> Router {
         .route("/api/tasks/{id}/cancel", post(cancel_task))
         .route("/api/tasks/{id}/pause", post(pause_task))
         .route("/api/tasks/{id}/resume", post(resume_task))
+        .route("/api/servers", get(servers))
+        .route("/api/push", get(push))
         .route_layer(middleware::from_fn_with_state(state.clone(), leader_gate));
     Router::new()
         .route("/api/dashboard", get(status))
         .route("/api/loglevel/{level}", axum::routing::put(loglevel))
+        .route("/api/stats", get(stats))
         .merge(leader_only)
+        .merge(super::ui::router())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -522,6 +530,27 @@ async fn promote(
     )
     .await?;
     Ok(Json(promoted))
+}
+
+/// `GET /api/stats`: this dashboard's samples of the proxies (every dashboard
+/// samples, so a standby's web UI has a chart too).
+async fn stats(State(s): State<Shared>) -> Json<TrafficView> {
+    let zk_connected = s.store.session().borrow().connected;
+    Json(s.traffic.view(zk_connected))
+}
+
+/// `GET /api/servers`: every group's servers as their `INFO` describes them.
+async fn servers(State(s): State<Shared>) -> Result<Json<Vec<ServerInfo>>, ApiError> {
+    let topo = load(&s).await?;
+    Ok(Json(server_info::gather(&topo, s.backend_auth.as_deref()).await))
+}
+
+/// `GET /api/push`: the push system's registered instances and its queue.
+async fn push(State(s): State<Shared>) -> Result<Json<super::push_roles::PushRoles>, ApiError> {
+    let mut roles = super::push_roles::read(&s.store).await?;
+    let topo = load(&s).await?;
+    roles.queue = super::push_queue::read(&topo, s.backend_auth.as_deref()).await;
+    Ok(Json(roles))
 }
 
 /// What `POST /api/rebalance` did: the plan, and the tasks queued for it.

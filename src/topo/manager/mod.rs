@@ -13,6 +13,11 @@
 //! * [`candidate`]: picks the replica to promote from their replication state.
 //! * [`replication`]: reads `INFO replication` and drives `REPLICAOF`.
 //! * [`health`]: a short probe of a redis-server (up, down, loading).
+//! * [`server_info`]: a redis-server's `INFO` figures for the web UI.
+//! * [`traffic`]: the proxies' stats, sampled each second, ten minutes kept.
+//! * [`push_roles`]: the push system's registered instances, for the web UI.
+//! * [`push_queue`]: the push queue's streams, their length and lag, for the web UI.
+//! * [`ui`]: the web UI's assets (the top-level `dashboard/` folder), embedded.
 //!
 //! Imports `libs` and the core (`crate::topo::*` outside this module); the core
 //! never imports from here.
@@ -25,7 +30,12 @@ pub mod failover;
 pub mod health;
 pub mod migrator;
 pub mod promote;
+pub mod push_queue;
+pub mod push_roles;
 pub mod rebalance;
 pub mod replication;
 pub mod runner;
+pub mod server_info;
 pub mod task;
+pub mod traffic;
+pub mod ui;

@@ -145,6 +145,7 @@ impl Bound {
             role: role_rx,
             backend_auth: (!self.config.backend_auth.is_empty()).then(|| self.config.backend_auth.clone()),
             tasks_changed: Arc::default(),
+            traffic: Arc::default(),
         });
         let stop_http = CancellationToken::new();
         let app = access::protect(api::router(state.clone()), &self.config.auth);
@@ -182,6 +183,9 @@ impl Bound {
                 )
             }
         }));
+        // Sampled whether this dashboard leads or not: a standby's web UI
+        // shows the chart too, and a new leader has history at once.
+        let traffic = tokio::spawn(state.traffic.clone().run(store.clone(), cancel.clone()));
         let campaign = leader::Campaign {
             store: store.clone(),
             me,
@@ -201,6 +205,7 @@ impl Bound {
         };
         runner.abort();
         failover.abort();
+        traffic.abort();
         stop_http.cancel();
         if let Ok(Ok(Drain::TimedOut { .. })) = http.await {
             tracing::warn!("the dashboard API did not drain within {DRAIN_TIMEOUT:?}; closing it");

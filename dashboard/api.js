@@ -1,0 +1,68 @@
+// The dashboard's JSON API as the views call it: one fetch per call, errors
+// turned into ApiError with the server's message, and the token.
+//
+// A dashboard with `[auth] token` refuses changes (and, with read_auth, reads)
+// with 401. The first 401 asks the operator for the token once, keeps it in
+// sessionStorage (this tab only, gone when the tab closes) and retries; every
+// later call sends it as `Authorization: Bearer <token>`.
+import { askToken } from "./dialog.js";
+
+const TOKEN_KEY = "reborn.token";
+
+/** A refused or failed call: the HTTP status and the server's message. */
+export class ApiError extends Error {
+  constructor(status, message, leader) {
+    super(message);
+    this.status = status;
+    // A standby names the leader (503 with "leader": "host:port").
+    this.leader = leader || null;
+  }
+}
+
+async function once(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = "Bearer " + token;
+  const init = { method, headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, "the dashboard does not answer (" + e.message + ")");
+  }
+  const text = await res.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = { error: text };
+  }
+  return { res, data };
+}
+
+/** Calls the API; resolves to the JSON body of a 2xx reply. */
+export async function call(method, path, body) {
+  let { res, data } = await once(method, path, body);
+  if (res.status === 401) {
+    // A stored token that is refused is wrong: forget it before asking.
+    sessionStorage.removeItem(TOKEN_KEY);
+    const token = await askToken((data && data.error) || "");
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token);
+      ({ res, data } = await once(method, path, body));
+      if (res.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+    }
+  }
+  if (!res.ok) {
+    throw new ApiError(res.status, (data && data.error) || res.statusText, data && data.leader);
+  }
+  return data;
+}
+
+export const get = (path) => call("GET", path);
+export const post = (path, body = {}) => call("POST", path, body);
+export const del = (path) => call("DELETE", path);

@@ -1,0 +1,124 @@
+// Groups: each group's servers as their INFO describes them (role, link,
+// memory, keys, clients, ops/s, replication offset and lag), and the changes:
+// add a group, add a server, promote a replica (after a confirmation that
+// says what a promote does), remove a server or an empty group.
+import { del, get, post } from "../api.js";
+import { change, confirmAction } from "../dialog.js";
+import { bytes, el, expandSlots, groupColour, groupList, num } from "../format.js";
+
+let list = null;
+
+function forms() {
+  const groupId = el("input", { type: "number", min: 1, name: "group-id", placeholder: "id", required: true });
+  const addGroup = el(
+    "form",
+    {
+      class: "inline",
+      id: "add-group",
+      onsubmit: (e) => {
+        e.preventDefault();
+        change("add group", () => post("/api/groups", { id: Number(groupId.value) }));
+      },
+    },
+    el("label", {}, "New group ", groupId),
+    el("button", { class: "primary" }, "Add group"),
+  );
+  const target = el("input", { type: "number", min: 1, name: "server-group", placeholder: "group", required: true });
+  const addr = el("input", { name: "server-addr", placeholder: "host:port", required: true });
+  const role = el("select", { name: "server-role" }, el("option", { value: "master" }, "master"), el("option", { value: "replica" }, "replica"));
+  const addServer = el(
+    "form",
+    {
+      class: "inline",
+      id: "add-server",
+      onsubmit: (e) => {
+        e.preventDefault();
+        change("add server", () =>
+          post("/api/groups/" + Number(target.value) + "/servers", { addr: addr.value.trim(), role: role.value }),
+        );
+      },
+    },
+    el("label", {}, "Server ", addr),
+    el("label", {}, "to group ", target),
+    el("label", {}, "as ", role),
+    el("button", { class: "primary" }, "Add server"),
+  );
+  return el("section", { class: "panel forms" }, addGroup, addServer);
+}
+
+export function mount(root) {
+  list = el("div", { id: "groups" });
+  root.append(el("h2", {}, "Groups"), forms(), list);
+}
+
+async function promote(group, addr) {
+  const ok = await confirmAction(
+    "Promote " + addr + "?",
+    addr + " becomes the master of group " + group + ". Every proxy switches to it, and the other servers of the group replicate from it.",
+  );
+  if (ok) await change("promote", () => post("/api/groups/" + group + "/promote", { addr }));
+}
+
+async function removeServer(group, addr) {
+  const ok = await confirmAction("Remove " + addr + "?", addr + " leaves group " + group + ". Its data stays on the server.");
+  if (ok) await change("remove server", () => del("/api/groups/" + group + "/servers/" + encodeURIComponent(addr)));
+}
+
+async function removeGroup(group) {
+  const ok = await confirmAction("Remove group " + group + "?", "Only a group without servers and slots can be removed.");
+  if (ok) await change("remove group", () => del("/api/groups/" + group));
+}
+
+function serverRow(group, s, info) {
+  const i = info || { up: false, error: "not asked yet" };
+  const actions = el("td", { class: "actions" });
+  if (s.role === "replica") {
+    actions.append(el("button", { "data-action": "promote", "data-addr": s.addr, onclick: () => promote(group, s.addr) }, "Promote"));
+  }
+  actions.append(el("button", { class: "quiet", "data-action": "remove", onclick: () => removeServer(group, s.addr) }, "Remove"));
+  const link = s.role === "replica" ? i.link || "down" : "—";
+  return el(
+    "tr",
+    { "data-addr": s.addr, "data-role": s.role, class: i.up ? "" : "down" },
+    el("td", {}, s.addr),
+    el("td", {}, s.role, i.up && i.reported_role && (i.reported_role === "slave") !== (s.role === "replica") ? el("span", { class: "warn" }, " (reports " + i.reported_role + ")") : null),
+    el("td", { class: i.up ? "ok" : "bad" }, i.up ? "up" : "down", i.error ? el("span", { class: "hint" }, " " + i.error) : null),
+    el("td", { class: link === "up" || link === "—" ? "" : "bad" }, link),
+    el("td", { class: "num" }, i.up ? bytes(i.memory) : ""),
+    el("td", { class: "num", "data-keys": i.up ? i.keys : "" }, i.up ? num(i.keys) : ""),
+    el("td", { class: "num" }, i.up ? num(i.clients) : ""),
+    el("td", { class: "num" }, i.up ? num(i.ops_per_sec) : ""),
+    el("td", { class: "num" }, i.up ? num(i.offset) : ""),
+    el("td", { class: "num" }, i.lag === null || i.lag === undefined ? "" : num(i.lag)),
+    actions,
+  );
+}
+
+export async function refresh() {
+  const [topo, servers] = await Promise.all([get("/api/topology"), get("/api/servers")]);
+  const slots = expandSlots(topo.slots);
+  const info = new Map(servers.map((s) => [s.group + "/" + s.addr, s]));
+  const sections = groupList(topo).map((g) => {
+    const owned = slots.filter((s) => s.group === g.id).length;
+    const master = g.servers.find((s) => s.role === "master");
+    const masterInfo = master && info.get(g.id + "/" + master.addr);
+    const keys = masterInfo && masterInfo.up ? masterInfo.keys : null;
+    const head = el(
+      "h3",
+      {},
+      el("span", { class: "swatch", style: "background-color: " + groupColour(g.id) }),
+      "Group " + g.id,
+      el("span", { class: "hint" }, " · " + num(owned) + " slots · ", el("span", { "data-group-keys": keys ?? "" }, keys === null ? "keys unknown" : num(keys) + " keys")),
+      owned === 0 && g.servers.length === 0 ? el("button", { class: "quiet", onclick: () => removeGroup(g.id) }, "Remove group") : null,
+    );
+    const table = el(
+      "table",
+      { class: "servers" },
+      el("thead", {}, el("tr", {}, ...["server", "role", "health", "link", "memory", "keys", "clients", "ops/s", "offset", "lag", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, g.servers.map((s) => serverRow(g.id, s, info.get(g.id + "/" + s.addr)))),
+    );
+    return el("section", { class: "panel group", "data-group": g.id, "data-master": master ? master.addr : "" }, head, el("div", { class: "scroll" }, table));
+  });
+  if (sections.length === 0) sections.push(el("p", { class: "hint" }, "No groups yet: add one above."));
+  list.replaceChildren(...sections);
+}

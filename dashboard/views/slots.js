@@ -1,0 +1,59 @@
+// Slots: the 1,024 slots as a map coloured by group, marking pre_migrate and
+// migrate; hovering or clicking a slot tells its group, state, master and
+// where it is going (a migrating slot's destination, or the task queued for it).
+import { get } from "../api.js";
+import { el, expandSlots, masterOf } from "../format.js";
+import { SlotMap, legend } from "../slotmap.js";
+
+let map = null;
+let legendBox = null;
+let detail = null;
+let last = null; // {slots, topo, tasks}
+let pinned = null;
+
+function describe(id) {
+  if (!last) return;
+  const s = last.slots[id];
+  const task = last.tasks.find((t) => !["done", "cancelled", "failed"].includes(t.state) && t.slots.includes(id));
+  let going = "stays";
+  if (s.state !== "online" && s.from) going = "moving from group " + s.from + " to group " + s.group;
+  else if (task) going = "queued to move to group " + task.to + " (task " + task.id + ")";
+  const row = (k, v) => el("tr", {}, el("th", {}, k), el("td", { "data-field": k }, v));
+  detail.replaceChildren(
+    el("h3", {}, "Slot " + id + (pinned === id ? " (pinned)" : "")),
+    el(
+      "table",
+      { class: "kv" },
+      row("group", s.group ? String(s.group) : "unassigned"),
+      row("state", s.state),
+      row("master", masterOf(last.topo, s.group) || "none"),
+      row("going", going),
+    ),
+  );
+  detail.dataset.slot = id;
+}
+
+export function mount(root) {
+  pinned = null;
+  last = null;
+  map = new SlotMap((id, pin) => {
+    if (pin) pinned = pinned === id ? null : id;
+    if (pin || pinned === null) describe(id);
+  });
+  legendBox = el("div");
+  detail = el("aside", { class: "panel detail", id: "slot-detail" }, el("p", { class: "hint" }, "Hover over a slot, or click to pin it."));
+  root.append(
+    el("h2", {}, "Slots"),
+    legendBox,
+    el("div", { class: "split" }, el("section", { class: "panel" }, map.root), detail),
+  );
+}
+
+export async function refresh() {
+  const [topo, tasks] = await Promise.all([get("/api/topology"), get("/api/tasks")]);
+  const slots = expandSlots(topo.slots);
+  last = { slots, topo, tasks };
+  map.draw(slots);
+  legendBox.replaceChildren(legend(slots));
+  if (pinned !== null) describe(pinned);
+}

@@ -1,0 +1,135 @@
+// Tasks: the migration queue with a progress bar, keys moved, keys/s, ETA
+// and errors; start a migration (slots to a group); pause, resume or cancel
+// one.
+//
+// The migrator does not know how many keys a task has until it has scanned
+// them all (stock Redis cannot count the keys of a slot), so the bar is an
+// estimate while a task migrates: the keys still on the source are taken to
+// spread evenly over its slots. It reaches 100% when the task is done.
+import { get, post } from "../api.js";
+import { change, confirmAction } from "../dialog.js";
+import { duration, el, expandSlots, groupList, num, rangeText } from "../format.js";
+
+let body = null;
+let groupSelect = null;
+
+function startForm() {
+  const start = el("input", { type: "number", min: 0, max: 1023, name: "start", placeholder: "first", required: true });
+  const end = el("input", { type: "number", min: 0, max: 1023, name: "end", placeholder: "last", required: true });
+  groupSelect = el("select", { name: "to", required: true });
+  return el(
+    "form",
+    {
+      class: "panel inline",
+      id: "start-migration",
+      onsubmit: async (e) => {
+        e.preventDefault();
+        const [s, t, to] = [Number(start.value), Number(end.value || start.value), Number(groupSelect.value)];
+        const ok = await confirmAction(
+          "Migrate slots " + s + "-" + t + "?",
+          "Slots " + s + "-" + t + " and their keys move to group " + to + ". Clients keep working meanwhile.",
+        );
+        if (ok) await change("migration", () => post("/api/migrate", { start: s, end: t, to }).then((task) => ({ message: "task " + task.id + " queued" })));
+      },
+    },
+    el("label", {}, "Move slots ", start),
+    el("label", {}, "to ", end),
+    el("label", {}, "to group ", groupSelect),
+    el("button", { class: "primary" }, "Start migration"),
+  );
+}
+
+export function mount(root) {
+  body = el("tbody");
+  root.append(
+    el("h2", {}, "Tasks"),
+    startForm(),
+    el(
+      "section",
+      { class: "panel scroll" },
+      el(
+        "table",
+        { id: "tasks" },
+        el("thead", {}, el("tr", {}, ...["task", "slots", "from → to", "state", "progress", "keys moved", "keys/s", "ETA", "errors", ""].map((h) => el("th", {}, h)))),
+        body,
+      ),
+    ),
+  );
+}
+
+/** The share of the task done, 0..1, and the keys estimated left. */
+function estimate(t, slots, masterKeys) {
+  if (t.state === "done") return { share: 1, left: 0 };
+  if (t.state === "queued" || !t.from) return { share: 0, left: null };
+  const moved = t.progress.moved || 0;
+  const sourceSlots = slots.filter((s) => s.group === t.from && s.state === "online").length;
+  const keys = masterKeys.get(t.from);
+  if (keys === undefined) return { share: 0, left: null };
+  const left = Math.round((keys * t.slots.length) / Math.max(1, sourceSlots + t.slots.length));
+  return { share: moved + left === 0 ? 0 : moved / (moved + left), left };
+}
+
+function controls(t) {
+  const act = (what, path) => () => change(what + " task " + t.id, () => post("/api/tasks/" + t.id + "/" + path).then(() => ({ message: "task " + t.id + " " + what })));
+  const out = el("td", { class: "actions" });
+  if (["done", "cancelled", "failed"].includes(t.state)) return out;
+  if (t.paused) out.append(el("button", { "data-action": "resume", onclick: act("resumed", "resume") }, "Resume"));
+  else out.append(el("button", { "data-action": "pause", onclick: act("paused", "pause") }, "Pause"));
+  out.append(
+    el("button", {
+      class: "quiet",
+      "data-action": "cancel",
+      onclick: async () => {
+        if (await confirmAction("Cancel task " + t.id + "?", "Only a task whose slots have not switched yet can be cancelled.")) await act("cancelled", "cancel")();
+      },
+    }, "Cancel"),
+  );
+  return out;
+}
+
+function row(t, slots, masterKeys) {
+  const { share, left } = estimate(t, slots, masterKeys);
+  const p = t.progress || {};
+  const rate = p.busy_ms > 0 ? (p.moved * 1000) / p.busy_ms : 0;
+  const pct = Math.round(share * 100);
+  const state = t.state + (t.paused ? " (paused)" : "");
+  const error = t.error || p.last_error;
+  return el(
+    "tr",
+    { "data-task": t.id, "data-state": t.state },
+    el("td", {}, String(t.id)),
+    el("td", {}, rangeText(t.slots)),
+    el("td", {}, (t.from || "?") + " → " + t.to),
+    el("td", { class: t.state === "failed" ? "bad" : t.state === "done" ? "ok" : "" }, state),
+    el(
+      "td",
+      {},
+      el("div", { class: "bar", role: "progressbar", "aria-valuenow": pct, "aria-valuemin": 0, "aria-valuemax": 100, "data-progress": pct },
+        el("div", { class: "fill " + t.state, style: "width: " + pct + "%" })),
+      el("span", { class: "hint" }, (t.state === "migrating" ? "≈" : "") + pct + "%"),
+    ),
+    el("td", { class: "num" }, num(p.moved)),
+    el("td", { class: "num" }, rate ? num(Math.round(rate)) : ""),
+    el("td", {}, t.state === "migrating" && rate && left !== null ? duration(left / rate) : ""),
+    el("td", { class: error ? "bad" : "" }, num(p.errors || 0), error ? el("div", { class: "hint" }, error) : null),
+    controls(t),
+  );
+}
+
+export async function refresh() {
+  const [tasks, topo, servers] = await Promise.all([get("/api/tasks"), get("/api/topology"), get("/api/servers")]);
+  const slots = expandSlots(topo.slots);
+  const masterKeys = new Map(servers.filter((s) => s.role === "master" && s.up).map((s) => [s.group, s.keys]));
+  // Rebuilt only when the groups change: rebuilding every second would close
+  // the list under the operator's pointer (and lose the choice).
+  const ids = groupList(topo).map((g) => String(g.id));
+  const shown = [...groupSelect.options].map((o) => o.value);
+  if (ids.join() !== shown.join()) {
+    const chosen = groupSelect.value;
+    groupSelect.replaceChildren(...ids.map((id) => el("option", { value: id }, "group " + id)));
+    if (ids.includes(chosen)) groupSelect.value = chosen;
+  }
+  const rows = [...tasks].sort((a, b) => b.id - a.id).map((t) => row(t, slots, masterKeys));
+  if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: 10, class: "hint" }, "No migration yet.")));
+  body.replaceChildren(...rows);
+}
