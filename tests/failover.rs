@@ -209,6 +209,15 @@ async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
         conf.contains(&format!("replicaof 127.0.0.1 {}", replicas[0].port())),
         "{conf}"
     );
+    // The promoted replica's config file says it is a master now, so a crash
+    // and restart cannot turn it back into a replica of the old master
+    // (found by scripts/soak.sh: a READONLY "master" nobody could write to).
+    let conf = std::fs::read_to_string(replicas[0].config_file()).expect("config file");
+    assert!(!conf.contains("\nreplicaof "), "{conf}");
+    let mut promoted = replicas;
+    promoted[0].restart().expect("restart the new master");
+    let info = role_of(&new).await;
+    assert!(info.contains("role:master"), "after a restart: {info}");
     let topo = watcher::load(&c.store).await.expect("load");
     let servers: Vec<(String, Role)> = topo.groups[&1]
         .servers

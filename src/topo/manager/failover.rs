@@ -31,7 +31,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::health::{self, Health};
-use super::migrator::Conn;
 use super::promote::{self, PromoteRequest};
 use super::replication;
 use crate::topo::error::TopoError;
@@ -337,24 +336,7 @@ async fn repoint_if_astray(
     if state.is_replica && state.master.as_deref() == Some(master.as_str()) {
         return Ok(None);
     }
-    let (host, port) = master
-        .rsplit_once(':')
-        .ok_or_else(|| TopoError::Invalid(format!("bad master address {master}")))?;
-    let fail = |e: String| TopoError::Invalid(format!("REPLICAOF on {addr}: {e}"));
-    let mut conn = Conn::connect(addr, auth).await.map_err(|e| fail(e.to_string()))?;
-    let call = Duration::from_secs(5);
-    conn.call(
-        &[b"REPLICAOF".as_ref(), host.as_bytes(), port.as_bytes()],
-        "REPLICAOF",
-        call,
-    )
-    .await
-    .map_err(|e| fail(e.to_string()))?;
-    // So that a restart keeps it a replica; a server started without a config
-    // file refuses, which is fine: the next round repoints it again.
-    let _ = conn
-        .call(&[b"CONFIG".as_ref(), b"REWRITE"], "CONFIG REWRITE", call)
-        .await;
+    super::promote::replicaof(addr, Some(&master), auth).await?;
     Ok(Some(master))
 }
 

@@ -432,8 +432,12 @@ async fn catch_up(master: &str, replica: &str, auth: Option<&str>, target: Targe
     }
 }
 
-/// `REPLICAOF NO ONE`, or `REPLICAOF host port`.
-async fn replicaof(addr: &str, master: Option<&str>, auth: Option<&str>) -> Result<(), TopoError> {
+/// `REPLICAOF NO ONE`, or `REPLICAOF host port`, then `CONFIG REWRITE`, so
+/// a restart keeps the server in its new role: a promoted master that crashes
+/// and restarts must not come back as a replica of its old master (which the
+/// topology may now call a replica: a loop nobody can write to). A server
+/// started without a config file refuses the rewrite; that is not an error.
+pub(crate) async fn replicaof(addr: &str, master: Option<&str>, auth: Option<&str>) -> Result<(), TopoError> {
     let fail = |e: String| TopoError::Invalid(format!("REPLICAOF on {addr}: {e}"));
     let mut conn = Conn::connect(addr, auth).await.map_err(|e| fail(e.to_string()))?;
     let (host, port) = match master {
@@ -453,5 +457,8 @@ async fn replicaof(addr: &str, master: Option<&str>, auth: Option<&str>) -> Resu
     if let Frame::Error(e) = reply {
         return Err(fail(e.to_string()));
     }
+    let _ = conn
+        .call(&[b"CONFIG".as_ref(), b"REWRITE"], "CONFIG REWRITE", CALL)
+        .await;
     Ok(())
 }
