@@ -841,3 +841,42 @@ async fn bench_migrator_throughput() {
         );
     }
 }
+
+/// A target that became a replica (a failover in its group while keys move)
+/// answers `READONLY`: the migration stops with `NotMaster`, so the task's
+/// next step looks the masters up again, instead of retrying on it for ever
+/// (found by scripts/soak.sh). Nothing leaves the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_became_a_replica_ends_the_pass_with_not_master() {
+    let (src, other) = (common::redis(), common::redis());
+    let mut dst = common::redis();
+    dst.replicaof(&other.addr()).expect("replicaof");
+    let mut s = conn(&src.addr(), None).await;
+    let keys = key_names("ro", 2_000);
+    fill(&mut s, &keys).await;
+    let before = dbsize(&mut s).await;
+    let mut progress = Progress::default();
+    let cancel = CancellationToken::new();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(20),
+        migrator::migrate_slots(
+            &src.addr(),
+            &dst.addr(),
+            &hundred_slots(),
+            &config(),
+            &mut progress,
+            |_| {},
+            &cancel,
+        ),
+    )
+    .await
+    .expect("ends instead of retrying for ever");
+    match outcome {
+        Err(e @ MigrateError::NotMaster { .. }) => {
+            assert!(e.to_string().contains(&dst.addr()), "{e}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("want NotMaster, got {other:?}"),
+    }
+    assert_eq!(dbsize(&mut s).await, before, "nothing left the source");
+}

@@ -80,6 +80,12 @@ pub enum MigrateError {
         /// The server's error reply, without the leading `-`.
         message: String,
     },
+
+    /// The server answered `READONLY`: it is a replica now (a failover or a
+    /// promote moved its group's master). Retrying on it can never succeed;
+    /// the task's next step looks the masters up again.
+    #[error("{addr} is no longer its group's master ({message}); the masters are looked up again")]
+    NotMaster { addr: String, message: String },
 }
 
 impl MigrateError {
@@ -99,7 +105,7 @@ impl MigrateError {
                     .iter()
                     .any(|p| message.starts_with(p))
             }
-            MigrateError::Config(_) | MigrateError::Auth { .. } => false,
+            MigrateError::Config(_) | MigrateError::Auth { .. } | MigrateError::NotMaster { .. } => false,
         }
     }
 }

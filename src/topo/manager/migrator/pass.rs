@@ -334,6 +334,13 @@ impl<'a> Pass<'a> {
             }
             Err(failure) => failure,
         };
+        // Its group's master moved: this pass can never finish on these
+        // servers, so it ends and the task's next step starts over.
+        if let Some(e) = failure.not_master(self.source, &self.target.addr) {
+            self.idle_lanes.push(lane);
+            self.ready.push_front(batch);
+            return Err(e);
+        }
         let (why, slow) = match failure {
             Failure::Source(e @ (MigrateError::Connect { .. } | MigrateError::Auth { .. })) => {
                 self.idle_lanes.push(lane);

@@ -76,6 +76,23 @@ pub(super) enum Failure {
     Refused(String),
 }
 
+impl Failure {
+    /// [`MigrateError::NotMaster`] when the source or the target answered
+    /// `READONLY`: it became a replica while keys moved.
+    pub(super) fn not_master(&self, source: &str, target: &str) -> Option<MigrateError> {
+        let (addr, message) = match self {
+            Failure::Source(MigrateError::Redis { message, .. }) => (source, message),
+            Failure::Target(MigrateError::Redis { message, .. }) => (target, message),
+            Failure::Refused(why) => (target, why),
+            _ => return None,
+        };
+        message.starts_with("READONLY").then(|| MigrateError::NotMaster {
+            addr: addr.to_string(),
+            message: message.clone(),
+        })
+    }
+}
+
 /// How many times an aborted `EXEC` is followed by a re-check of the keys
 /// (see [`transfer`]) before the rest are left to `MIGRATE`.
 const RECHECKS: usize = 2;
