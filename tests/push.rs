@@ -675,11 +675,20 @@ async fn migrate(dash: &str, start: u16, end: u16, to: u32) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     loop {
-        let tasks: Vec<Task> = client::get(dash, "/api/tasks")
-            .await
-            .expect("tasks")
-            .into_json()
-            .expect("json");
+        // A dashboard may step down for a moment on a loaded machine (its
+        // ZooKeeper lease) and answer 503 until it leads again: poll on.
+        let tasks: Option<Vec<Task>> = match client::get(dash, "/api/tasks").await {
+            Ok(r) if r.error().is_none() => r.into_json().ok(),
+            _ => None,
+        };
+        let Some(tasks) = tasks else {
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard stopped leading for good"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
         let t = tasks.into_iter().find(|t| t.id == task.id).expect("our task");
         if t.state == TaskState::Done {
             return;

@@ -44,6 +44,11 @@ pub struct Meter {
     unwritten: AtomicUsize,
     /// Recent reply size, moving average.
     reply_size: AtomicUsize,
+    /// The window at that size, kept so the reader's check per request is
+    /// two loads and no division.
+    window: AtomicUsize,
+    /// The reader waits for room: only then does a write need to wake it.
+    waiting: std::sync::atomic::AtomicBool,
     /// Most requests in flight, whatever the reply size.
     max_pipeline: usize,
     /// The writer made room.
@@ -56,6 +61,8 @@ impl Meter {
             inflight: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
             reply_size: AtomicUsize::new(WINDOW_BYTES / FIRST_WINDOW),
+            window: AtomicUsize::new(FIRST_WINDOW.min(max_pipeline)),
+            waiting: std::sync::atomic::AtomicBool::new(false),
             max_pipeline,
             room: Notify::new(),
         }
@@ -63,7 +70,7 @@ impl Meter {
 
     /// Requests in flight now.
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
+        self.inflight.load(Ordering::SeqCst)
     }
 
     /// One more request dispatched.
@@ -73,8 +80,13 @@ impl Meter {
 
     /// `n` replies written: makes room for the reader.
     pub fn written(&self, n: usize) {
-        self.inflight.fetch_sub(n, Ordering::Relaxed);
-        self.room.notify_one();
+        // SeqCst with the reader's `waiting` store: one of the two sees the
+        // other's write (the reader and the writer share a task today, but
+        // the wake-up must not depend on it).
+        self.inflight.fetch_sub(n, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) {
+            self.room.notify_one();
+        }
     }
 
     /// The writer took a reply of `len` bytes.
@@ -88,6 +100,8 @@ impl Meter {
             avg - (avg - len) / 8
         };
         self.reply_size.store(avg, Ordering::Relaxed);
+        let window = (WINDOW_BYTES / avg.max(1)).clamp(1, self.max_pipeline);
+        self.window.store(window, Ordering::Relaxed);
     }
 
     /// The session's buffer now holds `bytes` unwritten.
@@ -102,8 +116,7 @@ impl Meter {
 
     /// How many requests may be in flight at the current reply size.
     pub fn window(&self) -> usize {
-        let size = self.reply_size.load(Ordering::Relaxed).max(1);
-        (WINDOW_BYTES / size).clamp(1, self.max_pipeline)
+        self.window.load(Ordering::Relaxed)
     }
 
     /// Whether the reader may dispatch another request now.
@@ -116,12 +129,14 @@ impl Meter {
         while !self.has_room() {
             let room = self.room.notified();
             tokio::pin!(room);
-            // Registered before looking again, so a write in between is seen.
+            // Registered, and said so, before looking again: a write in
+            // between either sees `waiting` or is seen by the second look.
             room.as_mut().enable();
-            if self.has_room() {
-                return;
+            self.waiting.store(true, Ordering::SeqCst);
+            if !self.has_room() {
+                room.await;
             }
-            room.await;
+            self.waiting.store(false, Ordering::SeqCst);
         }
     }
 }
