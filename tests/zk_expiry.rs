@@ -4,7 +4,10 @@
 //! dashboard counted it live) but never acknowledged again, and every failover
 //! and migration switch timed out and was rolled back.
 //!
-//! Each test freezes a ZooKeeper of its own (SIGSTOP), so nothing else shares it.
+//! Each test has a ZooKeeper of its own, so freezing it (SIGSTOP) touches no
+//! other test; the last one cuts only its proxy off, through a relay. The
+//! first two passed before the fix too: they guard the whole path (watch
+//! re-armed, node restored, lease resynced) but did not reproduce the soak.
 
 mod common;
 
