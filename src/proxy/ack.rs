@@ -17,6 +17,14 @@
 //!    for too (`pinned.rs`).
 //!
 //! Then it writes the ephemeral node `acks/<seq>/<proxy id>`.
+//!
+//! An acknowledgement is an ephemeral node, so it lives only as long as the
+//! session that wrote it. After the session expires, the latest action is
+//! acknowledged again on the new one: the dashboard may still be waiting for
+//! it, and it counts this proxy as live again as soon as the store re-creates
+//! the proxy's node. For the same reason a node left by another session (a
+//! killed predecessor of this proxy, or our own expired session not reaped
+//! yet) is replaced rather than taken as ours.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,7 +38,7 @@ use super::blocked;
 use super::context::Context;
 use super::router::{Pool, SlotRoute};
 use crate::topo::model::{Action, SlotState};
-use crate::topo::{Store, TopoError, Topology};
+use crate::topo::{Store, TopoError, Topology, ZkSession};
 
 /// Longest wait for workers to apply an action or for source replies.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +69,16 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut acked = 0u64;
+    let mut session = store.session();
+    let mut generation = session.borrow_and_update().generation;
     loop {
+        // Acks written on an older session are gone with it: write the latest
+        // one again (see the module docs).
+        let now = session.borrow_and_update().generation;
+        if now != generation {
+            generation = now;
+            acked = 0;
+        }
         let action = topo.borrow_and_update().action.clone();
         let mut retry = false;
         if let Some(a) = action.filter(|a| a.seq > acked) {
@@ -82,6 +99,7 @@ pub async fn run(
         };
         tokio::select! {
             changed = topo.changed() => if changed.is_err() { return },
+            changed = session.changed() => if changed.is_err() { return },
             _ = retry_soon => {}
             _ = cancel.cancelled() => return,
         }
@@ -109,16 +127,31 @@ async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &s
     let zk = store.zk()?;
     let paths = store.paths();
     zk.mkdir_p(&paths.acks_of(a.seq)).await?;
-    match zk
-        .create_raw(&paths.ack(a.seq, id), b"", zk::CreateMode::Ephemeral)
-        .await
-    {
-        Ok(()) => {}
-        Err(e) if e.is_exists() => {}
-        Err(e) => return Err(e.into()),
-    }
+    write_ack(&zk, &paths.ack(a.seq, id)).await?;
     tracing::info!(seq = a.seq, phase = ?a.phase, slots = a.slots.len(), "action acknowledged");
     Ok(())
+}
+
+/// Creates the ack node `path` owned by `zk`'s session. One found owned by
+/// another session is deleted first: it would vanish when that session is
+/// reaped, possibly while the dashboard still waits for it.
+async fn write_ack(zk: &ZkSession, path: &str) -> Result<(), TopoError> {
+    loop {
+        match zk.create_raw(path, b"", zk::CreateMode::Ephemeral).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(e),
+        }
+        match zk.stat(path).await? {
+            Some(stat) if stat.ephemeral_owner == zk.session_id() => return Ok(()),
+            Some(stat) => match zk.delete(path, Some(stat.version)).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            },
+            // Gone in between: create it again.
+            None => {}
+        }
+    }
 }
 
 /// Waits until nothing of `a`'s slots is in flight to their source.
