@@ -479,6 +479,67 @@ async fn a_duplicate_key_kicks_and_bad_frames_close_only_their_connection() {
     p.shutdown().await;
 }
 
+/// How many `mid_` sessions of `mids` still exist, through the proxy.
+async fn sessions_left(r: &mut RespConn, mids: std::ops::Range<i64>) -> i64 {
+    let keys: Vec<String> = mids.map(|m| format!("mid_{m}")).collect();
+    let mut left = 0;
+    for chunk in keys.chunks(500) {
+        let mut args = vec!["EXISTS"];
+        args.extend(chunk.iter().map(String::as_str));
+        match r.call(&args).await.map(resp_client::int) {
+            Ok(Ok(n)) => left += n,
+            other => panic!("EXISTS mid_*: {other:?}"),
+        }
+    }
+    left
+}
+
+/// Thousands of clients arriving and leaving at once (a crowd's comet
+/// restart, a mobile network flapping) make a burst of gRPC calls from comet
+/// to logic on one HTTP/2 connection. h2 guards its servers against floods of
+/// small DATA frames; with each call a small frame, an unbounded burst tripped
+/// that guard, logic's server sent GOAWAY, and every call in flight failed:
+/// logins refused, sessions never removed (found by scripts/bench_push.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_logins_and_logouts_loses_no_call() {
+    use reborn::im::bench::crowd::{Crowd, CrowdSpec};
+    const CONNS: usize = 4_000;
+    const MID_BASE: i64 = 700_000;
+    let p = Push::with(1, |c| c.session.expire = Duration::from_secs(300)).await;
+    let spec = CrowdSpec {
+        comet: p.comets[0].tcp_addr,
+        conns: CONNS,
+        sources: Vec::new(),
+        mid_base: MID_BASE,
+        rooms: 0,
+        room_type: String::new(),
+        room_prefix: String::new(),
+        op: OP,
+        heartbeat: Duration::from_secs(60),
+        timeout: WAIT,
+        concurrency: CONNS,
+    };
+    let crowd = Crowd::open(spec, None).await;
+    let up = crowd.stats.up.load(Ordering::Relaxed);
+    let first_error = crowd.stats.first_error.lock().clone();
+    assert_eq!(up, CONNS as u64, "logins that failed: first error {first_error:?}");
+    let mids = MID_BASE..MID_BASE + CONNS as i64;
+    let mut r = p.resp().await;
+    assert_eq!(sessions_left(&mut r, mids.clone()).await, CONNS as i64, "a session per login");
+
+    crowd.close().await;
+    let mut left = CONNS as i64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while left > 0 && Instant::now() < deadline {
+        left = sessions_left(&mut r, mids.clone()).await;
+        if left > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(left, 0, "sessions logic was never told to remove");
+    p.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_tokens_forged_and_expired_are_refused_valid_accepted() {
     const SECRET: &str = "e2e-secret";

@@ -14,6 +14,7 @@ pub mod client;
 pub mod comet;
 pub mod discovery;
 pub mod frame;
+pub mod grpc_server;
 pub mod job;
 pub mod logic;
 pub mod proto;

@@ -136,7 +136,7 @@ impl Comet for CometService {
 pub async fn serve(hub: Arc<Hub>, listener: TcpListener, shutdown: CancellationToken) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let service = CometServer::new(CometService::new(hub.clone(), shutdown.clone()));
-    let result = tonic::transport::Server::builder()
+    let result = crate::im::grpc_server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled())
         .await;

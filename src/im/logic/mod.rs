@@ -295,7 +295,7 @@ async fn serve_http(listener: TcpListener, state: Arc<LogicState>, cancel: Cance
 
 async fn serve_grpc(listener: TcpListener, state: Arc<LogicState>, cancel: CancellationToken) {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let result = crate::im::grpc_server::builder()
         .add_service(LogicServer::new(grpc::LogicService::new(state)))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned())
         .await;
