@@ -311,6 +311,47 @@ async fn cancel_works_until_the_switch_and_after_it_says_to_pause() {
     assert_eq!(state(claimed.id), Some(TaskState::Cancelled));
 }
 
+/// `migrate --wait` follows its task to the end: the moments it was claimed,
+/// switched and done, and the keys moved; it exits 0 once the slots are
+/// online at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_wait_follows_the_task_to_its_end() {
+    let c = Cluster::start().await;
+    let mut g1 = common::client(&c.masters[0].addr()).await;
+    let keys: Vec<String> = (0..200_000)
+        .map(|i| format!("w{i}"))
+        .filter(|k| slot_of(k.as_bytes()) < 4)
+        .take(300)
+        .collect();
+    assert_eq!(keys.len(), 300);
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.set(k, 1).ignore();
+    }
+    let () = pipe.query_async(&mut g1).await.expect("preload");
+    // Throttled, so the task is seen while it runs (the command asks every 0.1 s).
+    let _dash = dashboard(&c.zk, Some(500), &c.stop).await;
+    let out = admin(&c.zk, &["migrate", "--slots", "0-3", "--to", "2", "--wait"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("queued task "), "{stdout}");
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in {stdout}"))
+    };
+    assert!(
+        at(": migrating after") < at("switched, keys moving after"),
+        "{stdout}"
+    );
+    assert!(at("switched, keys moving after") < at(": done after"), "{stdout}");
+    assert_eq!(at(": done after"), lines.len() - 1, "{stdout}");
+    assert!(stdout.ends_with(": 300 keys moved\n"), "{stdout}");
+    assert_eq!(c.slot_state(0).await, (2, SlotState::Online));
+}
+
 /// A product under `root` with one group (fake master) owning every slot and an
 /// empty group 2 (fake master), as far as ZooKeeper knows.
 async fn product(zk_addr: &str, root: &str, name: &str) -> (ZkConfig, Store) {

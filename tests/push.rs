@@ -522,10 +522,17 @@ async fn a_burst_of_logins_and_logouts_loses_no_call() {
     let crowd = Crowd::open(spec, None).await;
     let up = crowd.stats.up.load(Ordering::Relaxed);
     let first_error = crowd.stats.first_error.lock().clone();
-    assert_eq!(up, CONNS as u64, "logins that failed: first error {first_error:?}");
+    assert_eq!(
+        up, CONNS as u64,
+        "logins that failed: first error {first_error:?}"
+    );
     let mids = MID_BASE..MID_BASE + CONNS as i64;
     let mut r = p.resp().await;
-    assert_eq!(sessions_left(&mut r, mids.clone()).await, CONNS as i64, "a session per login");
+    assert_eq!(
+        sessions_left(&mut r, mids.clone()).await,
+        CONNS as i64,
+        "a session per login"
+    );
 
     crowd.close().await;
     let mut left = CONNS as i64;

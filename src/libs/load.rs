@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use super::hash::slot_of;
 use super::resp;
 
 /// The command line of `reborn load`.
@@ -50,7 +51,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
     /// Also write every request to this file: `intended_unix_us latency_us
-    /// error(0/1)`, for exact percentiles over any time range.
+    /// error(0/1) slot`, for exact percentiles over any time range or slots.
     #[arg(long)]
     pub samples: Option<std::path::PathBuf>,
     /// Stop early once this file exists (checked every interval).
@@ -74,6 +75,8 @@ struct Sample {
     intended: Instant,
     latency: Duration,
     error: bool,
+    /// The key's slot: latency can then be split by migrating slots.
+    slot: u16,
 }
 
 /// Runs the load, printing a line per interval. Plain threads and blocking
@@ -141,10 +144,11 @@ pub fn run(args: &LoadArgs) -> Result<(), LoadError> {
                 window.push(s.latency);
                 if let Some(out) = samples.as_mut() {
                     let line = format!(
-                        "{} {} {}\n",
+                        "{} {} {} {}\n",
                         unix_us(s.intended),
                         s.latency.as_micros(),
-                        u8::from(s.error)
+                        u8::from(s.error),
+                        s.slot
                     );
                     out.write_all(line.as_bytes()).map_err(LoadError::Samples)?;
                 }
@@ -229,7 +233,7 @@ fn drive(
         return Vec::new();
     };
     let mut wr = conn;
-    let intended = Arc::new(Mutex::new(VecDeque::<Instant>::new()));
+    let intended = Arc::new(Mutex::new(VecDeque::<(Instant, u16)>::new()));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (intended, done) = (intended.clone(), done.clone());
@@ -249,7 +253,7 @@ fn drive(
                     resp::encode_array(&[b"GET".as_ref(), key.as_bytes()])
                 };
                 n += 1;
-                intended.lock().push_back(due);
+                intended.lock().push_back((due, slot_of(key.as_bytes())));
                 if wr.write_all(&frame).is_err() {
                     break;
                 }
@@ -266,13 +270,14 @@ fn drive(
             while let Ok(Some(n)) = resp::reply_len(&buf) {
                 let error = buf.first() == Some(&b'-');
                 buf.drain(..n);
-                let Some(at) = intended.lock().pop_front() else {
+                let Some((at, slot)) = intended.lock().pop_front() else {
                     break;
                 };
                 let _ = out.send(Sample {
                     intended: at,
                     latency: at.elapsed(),
                     error,
+                    slot,
                 });
             }
             let finished = done.load(std::sync::atomic::Ordering::SeqCst) && intended.lock().is_empty();
@@ -291,11 +296,12 @@ fn drive(
             }
         }
         // The connection is gone: what it still owed counts as errors.
-        for at in intended.lock().drain(..) {
+        for (at, slot) in intended.lock().drain(..) {
             let _ = out.send(Sample {
                 intended: at,
                 latency: at.elapsed(),
                 error: true,
+                slot,
             });
         }
     });

@@ -311,13 +311,23 @@ fn command(dir: &Path, cfg: &Path) -> Command {
     let mut classpath = vec![CONF_DIR];
     classpath.extend(JARS);
     let mut cmd = Command::new("java");
-    cmd.args(["-Xms32m", "-Xmx256m", "-XX:+UseSerialGC"])
-        .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
-        .arg("-Dzookeeper.root.logger=INFO,CONSOLE")
-        .arg("-cp")
-        .arg(classpath.join(":"))
-        .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-        .arg(cfg)
-        .current_dir(dir);
+    // C1 only (`TieredStopAtLevel=1`): the C2 compiler of a fresh JVM takes a
+    // core in bursts for minutes, and here it shares the machine with the
+    // proxy and every redis-server; it tripled clients' p99 in
+    // scripts/bench_migration.sh (docs/benchmarks.md). C1 code is ample for
+    // a local cluster's coordination load.
+    cmd.args([
+        "-Xms32m",
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+    ])
+    .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
+    .arg("-Dzookeeper.root.logger=INFO,CONSOLE")
+    .arg("-cp")
+    .arg(classpath.join(":"))
+    .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+    .arg(cfg)
+    .current_dir(dir);
     cmd
 }

@@ -12,10 +12,11 @@
 
 use super::dashboard::{address, client};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use super::health::{self, Health};
 use super::rebalance::{Plan, Weights};
-use super::task::Task;
+use super::task::{Task, TaskState};
 use crate::libs::table;
 use crate::topo::error::TopoError;
 use crate::topo::model::{GroupId, Role, SlotState, Topology, range_text};
@@ -133,6 +134,10 @@ pub enum AdminCommand {
         /// The group that receives them.
         #[arg(long)]
         to: GroupId,
+        /// Wait until the task is done, printing its progress; exits non-zero
+        /// if it fails or is cancelled.
+        #[arg(long)]
+        wait: bool,
     },
     /// Promote a replica to master of its group (asks the dashboard).
     Promote {
@@ -189,6 +194,19 @@ pub enum AdminError {
     /// The dashboard could not be reached, or refused the command (its message).
     #[error(transparent)]
     Dashboard(#[from] client::ClientError),
+    /// The task `migrate --wait` followed is no longer listed.
+    #[error("task {0} is no longer listed by the dashboard")]
+    TaskGone(u64),
+    /// The task `migrate --wait` followed failed or was cancelled.
+    #[error("task {id} {state}: {error}")]
+    TaskEnded {
+        /// The task.
+        id: u64,
+        /// `failed` or `cancelled`.
+        state: &'static str,
+        /// Why, as the dashboard tells.
+        error: String,
+    },
     /// A command that changes ZooKeeper directly was sent to the dashboard.
     #[error("this command changes ZooKeeper directly, not through the dashboard")]
     NotForDashboard,
@@ -272,8 +290,82 @@ impl AdminCommand {
     }
 }
 
+/// How often `migrate --wait` asks the dashboard about its task: one request
+/// from one process, so a benchmark timing the task does not disturb it.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+/// How long `migrate --wait` keeps asking a dashboard that does not answer (a
+/// leader change takes seconds; the task goes on meanwhile).
+const WAIT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Follows task `id` until it ends, printing each change of state, the moment
+/// its keys start moving (the switch is done) and the keys moved every second,
+/// each with the seconds since `since`. Returns the closing line.
+async fn wait_for_task(dashboard: &client::Client, id: u64, since: Instant) -> Result<String, AdminError> {
+    let mut tick = tokio::time::interval(WAIT_POLL);
+    let (mut state, mut moving, mut reported) = (None, false, Instant::now());
+    let mut unanswered_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let tasks: Vec<Task> = match dashboard
+            .get("/api/tasks")
+            .await
+            .and_then(client::Reply::into_json::<Vec<Task>>)
+        {
+            Ok(tasks) => {
+                unanswered_since = None;
+                tasks
+            }
+            Err(e) => {
+                let first = *unanswered_since.get_or_insert_with(Instant::now);
+                if first.elapsed() > WAIT_PATIENCE {
+                    return Err(e.into());
+                }
+                continue;
+            }
+        };
+        let task = tasks
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or(AdminError::TaskGone(id))?;
+        let secs = since.elapsed().as_secs_f64();
+        // A final state is told by the closing line.
+        if state != Some(task.state) && !task.state.is_final() {
+            state = Some(task.state);
+            println!("task {id}: {} after {secs:.2} s", task.state.name());
+        }
+        // The migrator starts only once every proxy acknowledged the switch.
+        if !moving && (task.progress.busy_ms > 0 || task.progress.scanned > 0) {
+            moving = true;
+            reported = Instant::now();
+            println!("task {id}: switched, keys moving after {secs:.2} s");
+        }
+        match task.state {
+            TaskState::Done => {
+                return Ok(format!(
+                    "task {id}: done after {secs:.2} s: {} keys moved\n",
+                    task.progress.moved
+                ));
+            }
+            TaskState::Failed | TaskState::Cancelled => {
+                return Err(AdminError::TaskEnded {
+                    id,
+                    state: task.state.name(),
+                    error: task.error.unwrap_or_default(),
+                });
+            }
+            TaskState::Queued | TaskState::Migrating => {}
+        }
+        if moving && reported.elapsed() >= Duration::from_secs(1) {
+            reported = Instant::now();
+            println!("task {id}: {} keys moved after {secs:.2} s", task.progress.moved);
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+}
+
 /// How long `promote` waits for the dashboard's reply.
-const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+const PROMOTE_WAIT: Duration = Duration::from_secs(90);
 
 /// Runs a dashboard-bound `command` against `dashboard`; returns what to
 /// print.
@@ -286,15 +378,21 @@ pub async fn ask_dashboard(dashboard: &client::Client, command: &AdminCommand) -
     let post = async |path: &str, body: serde_json::Value| dashboard.post(path, &body).await;
     match command {
         C::Rebalance { dry_run, weights } => Ok(rebalance(*dry_run, weights.as_ref(), dashboard).await?),
-        C::Migrate { slots, to } => {
+        C::Migrate { slots, to, wait } => {
+            let since = Instant::now();
             let body = serde_json::json!({ "start": slots.start, "end": slots.end, "to": to });
             let task: Task = post("/api/migrate", body).await?.into_json()?;
-            Ok(format!(
+            let queued = format!(
                 "queued task {}: slots {} to group {}\n",
                 task.id,
                 format_slot_ids(&task.slots),
                 task.to
-            ))
+            );
+            if !*wait {
+                return Ok(queued);
+            }
+            print!("{queued}");
+            wait_for_task(dashboard, task.id, since).await
         }
         C::Promote { group, server, force } => {
             let body = serde_json::json!({ "addr": server, "force": force });
