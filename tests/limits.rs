@@ -240,13 +240,16 @@ async fn over_max_output_memory_new_requests_get_an_error_until_readers_leave() 
     let bad: Vec<_> = (0..2)
         .map(|_| never_reading_client(&proxy.id, 1_000_000))
         .collect();
-    let mut p = common::client(&proxy.id).await;
-    common::eventually("requests are refused", Duration::from_secs(10), || {
+    let p = common::client(&proxy.id).await;
+    let get_probe = || {
         let mut p = p.clone();
         async move {
             let r: redis::RedisResult<String> = redis::cmd("GET").arg("{g}probe").query_async(&mut p).await;
-            matches!(r, Err(e) if e.to_string().contains("max_output_memory"))
+            r
         }
+    };
+    common::eventually("requests are refused", Duration::from_secs(10), || async {
+        matches!(get_probe().await, Err(e) if e.to_string().contains("max_output_memory"))
     })
     .await;
     assert!(proxy.metric("output_memory_refusals_total").await >= 1);
@@ -255,20 +258,11 @@ async fn over_max_output_memory_new_requests_get_an_error_until_readers_leave() 
     for b in bad {
         drop(b.await.expect("writer"));
     }
-    common::eventually("requests pass again", Duration::from_secs(10), || {
-        let mut p = p.clone();
-        async move {
-            let r: redis::RedisResult<String> = redis::cmd("GET").arg("{g}probe").query_async(&mut p).await;
-            r.is_ok_and(|v| v == "small")
-        }
+    common::eventually("requests pass again", Duration::from_secs(10), || async {
+        get_probe().await.is_ok_and(|v| v == "small")
     })
     .await;
-    let v: String = redis::cmd("GET")
-        .arg("{g}probe")
-        .query_async(&mut p)
-        .await
-        .expect("get");
-    assert_eq!(v, "small");
+    assert_eq!(get_probe().await.expect("get"), "small");
     assert_eq!(proxy.metric("output_memory_bytes").await, 0);
 }
 

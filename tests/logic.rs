@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
 use common::eventually;
-use common::im::{LogicUp, logic_http, logic_json};
+use common::http;
+use common::im::{LogicUp, logic_json};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -319,7 +320,7 @@ async fn pushes_by_mids_and_keys_queue_one_message_per_server() {
 }
 
 async fn http_text(addr: SocketAddr, path: &str) -> String {
-    let (_, bytes) = logic_http(addr, "GET", path, Vec::new()).await;
+    let (_, bytes) = http::request(addr, "GET", path, Vec::new()).await;
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

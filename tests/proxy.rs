@@ -662,12 +662,12 @@ async fn graceful_shutdown_removes_the_node_and_drains() {
     let mut p = c.client().await;
     let _: () = p.set("foo", "1").await.expect("set");
     // A stats endpoint is up while serving.
-    let body = http_get(c.admin, "/stats").await;
+    let body = common::http::get_text(c.admin, "/stats").await;
     assert!(
         body.contains("\"ops_total\"") && body.contains("\"latency_us\""),
         "{body}"
     );
-    let metrics = http_get(c.admin, "/metrics").await;
+    let metrics = common::http::get_text(c.admin, "/metrics").await;
     for line in [
         "# TYPE reborn_proxy_ops_total counter",
         "reborn_proxy_command_calls_total{cmd=\"set\"} 1",
@@ -679,18 +679,16 @@ async fn graceful_shutdown_removes_the_node_and_drains() {
     }
     // The log-level switch accepts a filter and refuses garbage.
     reborn::libs::logging::init("warn");
-    let ok = http_request(c.admin, "PUT", "/loglevel/info").await;
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-    let bad = http_request(c.admin, "PUT", "/loglevel/a=b=c").await;
-    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let put = |path: &'static str| common::http::request(c.admin, "PUT", path, Vec::new());
+    assert_eq!(put("/loglevel/info").await.0, 200);
+    assert_eq!(put("/loglevel/a=b=c").await.0, 400);
     // A typo is not a target name that silences everything else.
-    let typo = http_request(c.admin, "PUT", "/loglevel/degub").await;
+    let (status, body) = put("/loglevel/degub").await;
     assert!(
-        typo.starts_with("HTTP/1.1 400") && typo.contains("degub"),
-        "{typo}"
+        status == 400 && String::from_utf8_lossy(&body).contains("degub"),
+        "{status} {body:?}"
     );
-    let ok = http_request(c.admin, "PUT", "/loglevel/debug").await;
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(put("/loglevel/debug").await.0, 200);
     let mut raw = TcpStream::connect(c.proxy).await.expect("connect");
     assert_eq!(raw_exchange(&mut raw, b"PING\r\n", 7).await, b"+PONG\r\n");
     c.shutdown().await;
@@ -741,20 +739,6 @@ async fn a_client_that_pipelines_without_reading_is_slowed_not_dropped() {
     let ((), got) = tokio::join!(writer, reader);
     let last = String::from_utf8_lossy(&got);
     assert!(last.ends_with(&format!(":{n}\r\n")), "last reply should be :{n}");
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    http_request(addr, "GET", path).await
-}
-
-async fn http_request(addr: SocketAddr, method: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("admin connect");
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.expect("read");
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Stdio};
 
 use common::GuardedChild;
-use common::im::{logic_http, logic_json};
+use common::http;
+use common::im::logic_json;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -251,7 +252,7 @@ async fn check_push_roles(up: &Up, ports: &Ports) {
         "what the demo page connects to: {nodes}"
     );
 
-    let (status, page) = logic_http(logic, "GET", "/demo", Vec::new()).await;
+    let (status, page) = http::request(logic, "GET", "/demo", Vec::new()).await;
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&page).contains("new WebSocket("));
 

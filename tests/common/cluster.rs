@@ -54,7 +54,7 @@ impl ProxyProcess {
     /// One counter or gauge of the admin endpoint's `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         let admin = self.admin.parse().expect("admin address");
-        let (_, body) = super::im::logic_http(admin, "GET", "/metrics", Vec::new()).await;
+        let (_, body) = super::http::request(admin, "GET", "/metrics", Vec::new()).await;
         let text = String::from_utf8_lossy(&body);
         let line = text
             .lines()

@@ -7,9 +7,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use reborn::im::client::ImClient;
 use reborn::im::discovery::{self, Instance, InstanceKind};
 use reborn::im::job::reaper;
@@ -87,41 +84,10 @@ pub async fn proxy_conn(proxy: &str) -> RespConn {
         .expect("connect to the proxy")
 }
 
-/// Why a request to logic failed.
-pub type HttpError = Box<dyn std::error::Error + Send + Sync>;
-
-/// One HTTP/1.1 request to logic at `addr`: the status and the body, or why
-/// there is none (for tests that expect failures, such as a killed proxy).
-pub async fn try_logic_http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Bytes), HttpError> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "logic")
-        .body(Full::new(Bytes::from(body)))?;
-    let res = sender.send_request(req).await?;
-    let status = res.status().as_u16();
-    Ok((status, res.into_body().collect().await?.to_bytes()))
-}
-
-/// One HTTP/1.1 request to logic at `addr`: the status and the body.
-pub async fn logic_http(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> (u16, Bytes) {
-    try_logic_http(addr, method, path, body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
 /// One call of logic's JSON API: its `{code, message, data}` envelope (HTTP
 /// 200 asserted, the code left to the caller).
 pub async fn logic_json(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> Value {
-    let (status, bytes) = logic_http(addr, method, path, body).await;
+    let (status, bytes) = super::http::request(addr, method, path, body).await;
     assert_eq!(status, 200, "{method} {path}");
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {bytes:?}"))
 }

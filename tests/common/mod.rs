@@ -25,6 +25,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod http;
 pub mod im;
 pub mod load;
 pub mod relay;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -54,9 +55,11 @@ pub async fn serve<T: Transport>(hub: Arc<Hub>, mut acc: Accepted<T>, shutdown: 
         peer: acc.peer,
         sleep: sleep.as_mut(),
         shutdown: &shutdown,
+        renewing: None,
     };
     let mut channel = None;
     let end = conn.run(&mut acc.transport, &acc.cookie, &mut channel).await;
+    let renewing = conn.renewing.take();
     if let Some(ch) = channel {
         hub.buckets.del(&ch);
         // A kicked connection's key now belongs to the newer one: telling logic
@@ -64,6 +67,11 @@ pub async fn serve<T: Transport>(hub: Arc<Hub>, mut acc: Accepted<T>, shutdown: 
         if !ch.was_kicked() {
             let h = hub.clone();
             hub.tasks.spawn(async move {
+                // A renew still in flight would put the session back after
+                // logic removed it (Heartbeat re-adds a missing session).
+                if let Some(renew) = renewing {
+                    let _ = renew.await;
+                }
                 if let Err(e) = h.link.disconnect(ch.mid(), ch.key(), &h.server_id).await {
                     tracing::debug!(key = ch.key(), error = %e, "logic Disconnect failed");
                 }
@@ -107,6 +115,8 @@ struct Conn<'a> {
     /// The connection's only timer: the handshake deadline, then the idle one.
     sleep: Pin<&'a mut Sleep>,
     shutdown: &'a CancellationToken,
+    /// The latest session renew sent to logic, awaited before `Disconnect`.
+    renewing: Option<JoinHandle<()>>,
 }
 
 impl Conn<'_> {
@@ -318,14 +328,17 @@ impl Conn<'_> {
     /// client heartbeat period after the last renew, well inside logic's 30 min
     /// TTL, so a connected client's `key_`/`mid_` never expire. goim renews
     /// after a random 10-30 min, which can pass the TTL and lose pushes.
-    fn renew(&self, ch: &Arc<Channel>) {
+    fn renew(&mut self, ch: &Arc<Channel>) {
+        if self.renewing.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
         let hub = self.hub.clone();
         let ch = ch.clone();
-        self.hub.tasks.spawn(async move {
+        self.renewing = Some(self.hub.tasks.spawn(async move {
             if let Err(e) = hub.link.heartbeat(ch.mid(), ch.key(), &hub.server_id).await {
                 tracing::warn!(key = ch.key(), error = %e, "logic Heartbeat (session renew) failed");
             }
-        });
+        }));
     }
 }
 

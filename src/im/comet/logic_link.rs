@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 use tonic::{Code, Response, Status};
@@ -26,6 +26,14 @@ use crate::topo::store::Store;
 /// The pause before the last try of a call every logic answered
 /// "unavailable".
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Calls to logic in flight at once, from this comet. Thousands of clients
+/// leaving together must queue here, not inside logic: a call's timeout
+/// starts when it is sent, so a queue behind it would time out calls logic
+/// never saw. Far more than logic needs to be kept busy.
+const CALLS_IN_FLIGHT: usize = 256;
+/// Tries of a `Disconnect` that timed out or found logic unreachable: it is
+/// idempotent, and a lost one leaves a session until its TTL.
+const DISCONNECT_TRIES: u32 = 3;
 /// Why a call to logic failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -53,6 +61,20 @@ pub enum LinkError {
     },
 }
 
+impl LinkError {
+    /// True when logic may simply not have been reached or not have answered
+    /// in time (another try may succeed), false when it decided.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LinkError::NoLogic | LinkError::Timeout { .. } => true,
+            LinkError::Refused(_) => false,
+            LinkError::Status { status, .. } => {
+                matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+            }
+        }
+    }
+}
+
 /// One logic instance and a lazy channel to it.
 #[derive(Clone)]
 struct LogicPeer {
@@ -65,6 +87,7 @@ pub struct LogicLink {
     peers: watch::Receiver<Arc<Vec<LogicPeer>>>,
     next: AtomicUsize,
     timeout: Duration,
+    in_flight: Semaphore,
 }
 
 impl LogicLink {
@@ -88,6 +111,7 @@ impl LogicLink {
             peers: rx,
             next: AtomicUsize::new(0),
             timeout: cfg.timeout,
+            in_flight: Semaphore::new(CALLS_IN_FLIGHT),
         }
     }
 
@@ -99,6 +123,7 @@ impl LogicLink {
             peers: rx,
             next: AtomicUsize::new(0),
             timeout: cfg.timeout,
+            in_flight: Semaphore::new(CALLS_IN_FLIGHT),
         }
     }
 
@@ -130,13 +155,24 @@ impl LogicLink {
             key: key.to_string(),
             server: server.to_string(),
         };
-        let reply = self
-            .call(move |mut c| {
-                let req = req.clone();
-                async move { c.disconnect(req).await }
-            })
-            .await?;
-        Ok(reply.has)
+        let mut tries = 1;
+        loop {
+            let req = req.clone();
+            let reply = self
+                .call(move |mut c| {
+                    let req = req.clone();
+                    async move { c.disconnect(req).await }
+                })
+                .await;
+            match reply {
+                Ok(reply) => return Ok(reply.has),
+                Err(e) if tries < DISCONNECT_TRIES && e.is_transient() => {
+                    tries += 1;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Renews a connection's session TTL.
@@ -207,6 +243,10 @@ impl LogicLink {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let peers = self.live_peers().await?;
+        // Never closed, so this only waits.
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return Err(LinkError::NoLogic);
+        };
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = LinkError::NoLogic;
         for i in 0..=peers.len() {

@@ -264,6 +264,14 @@ async fn migrate(
     task.progress = progress;
     let pause = match outcome {
         Ok(Outcome::Finished) => {
+            // The final progress is stored before the slots go online: if the
+            // switch fails after writing them, the next step finds them
+            // online and ends the task with what is stored, which would
+            // otherwise be the last one-second snapshot (nothing, for a task
+            // shorter than a second).
+            if save(store, &mut task).await? {
+                return Ok(Duration::ZERO);
+            }
             action::finish_migration(store, &task.slots, DEFAULT_ACK_TIMEOUT).await?;
             task.state = TaskState::Done;
             task.error = None;
