@@ -628,6 +628,23 @@ async fn the_push_view_lists_the_registered_push_roles() {
     r.call(&["XGROUP", "CREATE", first.as_str(), reborn::im::queue::GROUP, "0"])
         .await
         .expect("XGROUP CREATE");
+    // The comet's room counts, as logic stores them: two shards of ol_,
+    // reported now (logic deletes stale reports).
+    let ol = reborn::im::logic::mapping::online_key("comet-ui-1");
+    assert_eq!(ol, reborn::topo::manager::push_rooms::online_key("comet-ui-1"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    for (shard, rooms) in [
+        ("3", r#"{"live://1000":30,"live://7":3}"#),
+        ("9", r#"{"chat://5":12}"#),
+    ] {
+        let json = format!(r#"{{"server":"comet-ui-1","room_count":{rooms},"updated":{now}}}"#);
+        r.call(&["HSET", ol.as_str(), shard, json.as_str()])
+            .await
+            .expect("HSET ol_");
+    }
     let dashboard = up.cluster.dashboard().await;
     let Some(page) = Page::open(&dashboard).await else {
         return;
@@ -661,6 +678,22 @@ async fn the_push_view_lists_the_registered_push_roles() {
         .js("return document.querySelector('#comets tr[data-comet=\"comet-ui-1\"]').children[3].textContent;")
         .await;
     assert_eq!(conns, "42");
+    page.until(
+        "the comet's rooms are listed",
+        "return document.querySelectorAll('#rooms tr[data-room]').length === 3;",
+    )
+    .await;
+    let rooms = page
+        .js(
+            "return [...document.querySelectorAll('#rooms tr[data-room]')].map(r => \
+               [...r.children].map(c => c.textContent));",
+        )
+        .await;
+    assert_eq!(
+        rooms,
+        json!([["live://1000", "30"], ["chat://5", "12"], ["live://7", "3"]]),
+        "the top rooms, busiest first"
+    );
     page.screenshot("push").await;
     page.finish("the push view").await;
 }

@@ -1,7 +1,8 @@
 // Push system: the comets (connections, IPs, weight, offline), logics and
 // jobs registered in ZooKeeper (<product>/im/<kind>/<id>); each instance
 // rewrites its node every 10 s, so "updated" shows whether it is current.
-// Then the queue: each stream's length, and how far job lags behind it.
+// Then the busiest rooms (every comet's counts as logic stores them, summed)
+// and the queue: each stream's length, and how far job lags behind it.
 import { get } from "../api.js";
 import { duration, el, num } from "../format.js";
 
@@ -60,11 +61,21 @@ export async function refresh() {
       el("td", { class: "num" }, num(q.pending)),
     ),
   );
+  const rooms = roles.rooms.top.map((r) =>
+    el("tr", { "data-room": r.room }, el("td", {}, r.room), el("td", { class: "num" }, num(r.online))),
+  );
   const backlog = queue.streams.reduce((n, q) => n + (q.lag || 0), 0);
   const total = roles.comet.reduce((n, c) => n + (c.conn_count || 0), 0);
   box.replaceChildren(
     el("section", { class: "panel" }, el("h3", {}, "Comets · " + num(total) + " connections"),
       table("comets", ["id", "addresses", "ports", "connections", "IPs", "weight", "state", "updated"], comets, "No comet registered.")),
+    el(
+      "section",
+      { class: "panel" },
+      el("h3", {}, "Top rooms by online count"),
+      roles.rooms.error ? el("p", { class: "bad" }, "Not every comet's rooms could be read: " + roles.rooms.error) : null,
+      table("rooms", ["room", "online"], rooms, "No client is in a room."),
+    ),
     el("section", { class: "panel" }, el("h3", {}, "Logic"), table("logics", ["id", "HTTP", "gRPC", "updated"], logics, "No logic registered.")),
     el("section", { class: "panel" }, el("h3", {}, "Job"), table("jobs", ["consumer", "updated"], jobs, "No job registered.")),
     el(

@@ -255,7 +255,10 @@ fn kill_matching(ctx: &Context, client: &Client, filter: &Filter) -> (usize, boo
     let mut n = 0;
     let mut me = false;
     for conn in ctx.clients.list() {
-        if !filter.matches(&conn, client.id) {
+        // A connection killed already is gone for its clients, though its
+        // session may not have left the list yet: killing it again finds
+        // nothing, as in Redis.
+        if !filter.matches(&conn, client.id) || conn.is_killed() {
             continue;
         }
         n += 1;

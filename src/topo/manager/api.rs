@@ -550,6 +550,7 @@ async fn push(State(s): State<Shared>) -> Result<Json<super::push_roles::PushRol
     let mut roles = super::push_roles::read(&s.store).await?;
     let topo = load(&s).await?;
     roles.queue = super::push_queue::read(&topo, s.backend_auth.as_deref()).await;
+    roles.rooms = super::push_rooms::read(&topo, &roles.comet_ids(), s.backend_auth.as_deref()).await;
     Ok(Json(roles))
 }
 

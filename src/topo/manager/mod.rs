@@ -32,6 +32,7 @@ pub mod migrator;
 pub mod promote;
 pub mod push_queue;
 pub mod push_roles;
+pub mod push_rooms;
 pub mod rebalance;
 pub mod replication;
 pub mod runner;

@@ -22,6 +22,19 @@ pub struct PushRoles {
     pub job: Vec<serde_json::Value>,
     /// The push queue's streams ([`super::push_queue`]).
     pub queue: super::push_queue::QueueView,
+    /// The busiest rooms over every comet ([`super::push_rooms`]).
+    pub rooms: super::push_rooms::RoomsView,
+}
+
+impl PushRoles {
+    /// The server ids of the registered comets.
+    pub fn comet_ids(&self) -> Vec<String> {
+        self.comet
+            .iter()
+            .filter_map(|c| c.get("id").and_then(serde_json::Value::as_str))
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 /// Reads every registered instance; a kind nobody registered is empty.
