@@ -353,6 +353,72 @@ async fn a_group_and_a_server_are_added_from_the_ui() {
     page.finish("adding a group and a server").await;
 }
 
+/// What `reborn admin slots-assign` and `failovers` do, from the browser:
+/// slots assigned in the Slots view change owner (and only that), and a
+/// failover the dashboard ran after a master was killed is listed in the
+/// Groups view.
+#[tokio::test(flavor = "multi_thread")]
+async fn slots_are_assigned_from_the_ui_and_a_failover_is_listed() {
+    let (mut cluster, replicas) = Cluster::with_persistent_replicas().await;
+    let _proxy = cluster.proxy().await;
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    assert_eq!(cluster.slot_state(1000).await, (2, SlotState::Online));
+    page.view("slots").await;
+    page.fill("#assign-slots input[name=assign-start]", "1000").await;
+    page.fill("#assign-slots input[name=assign-end]", "1023").await;
+    page.fill("#assign-slots input[name=assign-group]", "1").await;
+    page.click("#assign-slots button").await;
+    page.confirm().await;
+    page.until(
+        "the map shows slots 1000-1023 in group 1",
+        "return [1000, 1023].every(i => document.querySelector(`.slot[data-slot='${i}']`).dataset.group === '1');",
+    )
+    .await;
+    for slot in [1000, 1023] {
+        assert_eq!(
+            cluster.slot_state(slot).await,
+            (1, SlotState::Online),
+            "slot {slot}"
+        );
+    }
+    assert_eq!(
+        cluster.slot_state(999).await,
+        (2, SlotState::Online),
+        "slot 999 stayed"
+    );
+
+    page.view("groups").await;
+    page.until(
+        "the empty failover history says so",
+        "return document.querySelector('#failovers tbody').textContent.includes('No automatic failover');",
+    )
+    .await;
+    let old = cluster.masters[0].addr();
+    cluster.masters[0].kill();
+    page.until(
+        "the failover is listed",
+        "return !!document.querySelector('#failovers tr[data-failover]');",
+    )
+    .await;
+    let row = page
+        .js("return [...document.querySelector('#failovers tr[data-failover]').children].map(c => c.textContent);")
+        .await;
+    assert_eq!(
+        (&row[2], &row[3], &row[4], &row[7]),
+        (
+            &json!("1"),
+            &json!(old),
+            &json!(replicas[0].addr()),
+            &json!("promoted")
+        ),
+        "{row}"
+    );
+    page.finish("assigning slots and a failover").await;
+}
+
 /// Submits the Groups view's "add group" form for group `id`.
 async fn add_group(page: &Page, id: &str) {
     page.fill("#add-group input[name=group-id]", id).await;

@@ -1,7 +1,8 @@
 // Groups: each group's servers as their INFO describes them (role, link,
 // memory, keys, clients, ops/s, replication offset and lag), and the changes:
 // add a group, add a server, promote a replica (after a confirmation that
-// says what a promote does), remove a server or an empty group.
+// says what a promote does), remove a server or an empty group. Below the
+// groups, the automatic failovers the dashboard ran (`reborn admin failovers`).
 import { del, get, post } from "../api.js";
 import { change, confirmAction } from "../dialog.js";
 import { bytes, el, expandSlots, groupColour, groupList, num } from "../format.js";
@@ -46,9 +47,44 @@ function forms() {
   return el("section", { class: "panel forms" }, addGroup, addServer);
 }
 
+let failovers = null;
+
 export function mount(root) {
   list = el("div", { id: "groups" });
-  root.append(el("h2", {}, "Groups"), forms(), list);
+  failovers = el("tbody");
+  root.append(
+    el("h2", {}, "Groups"),
+    forms(),
+    list,
+    el(
+      "section",
+      { class: "panel scroll" },
+      el("h3", {}, "Automatic failovers"),
+      el(
+        "table",
+        { id: "failovers" },
+        el("thead", {}, el("tr", {}, ...["#", "when", "group", "old master", "new master", "detection", "switch", "outcome", "why"].map((h) => el("th", {}, h)))),
+        failovers,
+      ),
+    ),
+  );
+}
+
+/** One row of the failover history, newest first. */
+function failoverRow(f) {
+  return el(
+    "tr",
+    { "data-failover": f.seq, class: f.new_master ? "" : "down" },
+    el("td", {}, String(f.seq)),
+    el("td", {}, new Date(f.at_ms).toLocaleString()),
+    el("td", {}, String(f.group)),
+    el("td", {}, f.old_master),
+    el("td", {}, f.new_master || "none"),
+    el("td", { class: "num" }, num(f.detection_ms) + " ms"),
+    el("td", { class: "num" }, num(f.switch_ms) + " ms"),
+    el("td", { class: f.new_master ? "ok" : "bad" }, f.outcome),
+    el("td", { class: "hint" }, f.reason),
+  );
 }
 
 async function promote(group, addr) {
@@ -95,7 +131,9 @@ function serverRow(group, s, info) {
 }
 
 export async function refresh() {
-  const [topo, servers] = await Promise.all([get("/api/topology"), get("/api/servers")]);
+  const [topo, servers, history] = await Promise.all([get("/api/topology"), get("/api/servers"), get("/api/failovers")]);
+  const rows = history.slice().sort((a, b) => b.seq - a.seq).map(failoverRow);
+  failovers.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 9, class: "hint" }, "No automatic failover so far."))]));
   const slots = expandSlots(topo.slots);
   const info = new Map(servers.map((s) => [s.group + "/" + s.addr, s]));
   const sections = groupList(topo).map((g) => {

@@ -1,7 +1,10 @@
 // Slots: the 1,024 slots as a map coloured by group, marking pre_migrate and
 // migrate; hovering or clicking a slot tells its group, state, master and
 // where it is going (a migrating slot's destination, or the task queued for it).
-import { get } from "../api.js";
+// Slots can be assigned to a group without moving data (`reborn admin
+// slots-assign`): for unassigned slots, or slots whose data does not matter.
+import { get, post } from "../api.js";
+import { change, confirmAction } from "../dialog.js";
 import { el, expandSlots, masterOf } from "../format.js";
 import { SlotMap, legend } from "../slotmap.js";
 
@@ -33,6 +36,33 @@ function describe(id) {
   detail.dataset.slot = id;
 }
 
+/** The form that assigns slots to a group without moving their keys. */
+function assignForm() {
+  const start = el("input", { type: "number", min: 0, max: 1023, name: "assign-start", placeholder: "first", required: true });
+  const end = el("input", { type: "number", min: 0, max: 1023, name: "assign-end", placeholder: "last" });
+  const group = el("input", { type: "number", min: 0, name: "assign-group", placeholder: "group (0: none)", required: true });
+  return el(
+    "form",
+    {
+      class: "panel inline",
+      id: "assign-slots",
+      onsubmit: async (e) => {
+        e.preventDefault();
+        const [s, t, g] = [Number(start.value), Number(end.value || start.value), Number(group.value)];
+        const ok = await confirmAction(
+          "Assign slots " + s + "-" + t + (g ? " to group " + g : " to no group") + "?",
+          "Only the routing changes: keys already in these slots stay where they are and are no longer reachable. To move keys too, start a migration in Tasks.",
+        );
+        if (ok) await change("assign slots", () => post("/api/slots/assign", { start: s, end: t, group: g }));
+      },
+    },
+    el("label", {}, "Assign slots ", start),
+    el("label", {}, "to ", end),
+    el("label", {}, "to group ", group),
+    el("button", {}, "Assign without moving data"),
+  );
+}
+
 export function mount(root) {
   pinned = null;
   last = null;
@@ -46,6 +76,7 @@ export function mount(root) {
     el("h2", {}, "Slots"),
     legendBox,
     el("div", { class: "split" }, el("section", { class: "panel" }, map.root), detail),
+    assignForm(),
   );
 }
 
