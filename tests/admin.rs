@@ -330,7 +330,7 @@ async fn migrate_wait_follows_the_task_to_its_end() {
     }
     let () = pipe.query_async(&mut g1).await.expect("preload");
     // Throttled, so the task is seen while it runs (the command asks every 0.1 s).
-    let _dash = dashboard(&c.zk, Some(500), &c.stop).await;
+    let dash = dashboard(&c.zk, Some(500), &c.stop).await;
     let out = admin(&c.zk, &["migrate", "--slots", "0-3", "--to", "2", "--wait"]).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -350,6 +350,45 @@ async fn migrate_wait_follows_the_task_to_its_end() {
     assert_eq!(at(": done after"), lines.len() - 1, "{stdout}");
     assert!(stdout.ends_with(": 300 keys moved\n"), "{stdout}");
     assert_eq!(c.slot_state(0).await, (2, SlotState::Online));
+
+    // A task that ends without being done makes it exit non-zero with why:
+    // one queued behind a slow task (1,500 keys at 500 keys/s), cancelled.
+    let slow: Vec<String> = (0..2_000_000)
+        .map(|i| format!("s{i}"))
+        .filter(|k| (4..8).contains(&slot_of(k.as_bytes())))
+        .take(1_500)
+        .collect();
+    let mut pipe = redis::pipe();
+    for k in &slow {
+        pipe.set(k, 1).ignore();
+    }
+    let () = pipe.query_async(&mut g1).await.expect("preload");
+    let ahead = task::enqueue(&c.store, (4..=7).collect(), 2)
+        .await
+        .expect("queue");
+    wait_state(&dash, ahead.id, TaskState::Migrating, Duration::from_secs(10)).await;
+    let zk = c.zk.clone();
+    let waiting =
+        tokio::spawn(async move { admin(&zk, &["migrate", "--slots", "8-9", "--to", "2", "--wait"]).await });
+    let behind = async || tasks(&dash).await.into_iter().find(|t| t.slots.contains(&8));
+    common::eventually("the second task is queued", Duration::from_secs(10), || async {
+        behind().await.is_some()
+    })
+    .await;
+    let id = behind().await.expect("queued").id;
+    let r = post(&dash, &format!("/api/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let out = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("--wait ends once its task is cancelled")
+        .expect("admin");
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("task {id} cancelled")),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(c.slot_state(8).await, (1, SlotState::Online));
 }
 
 /// A product under `root` with one group (fake master) owning every slot and an

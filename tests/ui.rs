@@ -403,9 +403,7 @@ async fn slots_are_assigned_from_the_ui_and_a_failover_is_listed() {
         "return !!document.querySelector('#failovers tr[data-failover]');",
     )
     .await;
-    let row = page
-        .js("return [...document.querySelector('#failovers tr[data-failover]').children].map(c => c.textContent);")
-        .await;
+    let row = page.rows("#failovers tr[data-failover]").await[0].clone();
     assert_eq!(
         (&row[2], &row[3], &row[4], &row[7]),
         (
@@ -716,12 +714,7 @@ async fn the_push_view_lists_the_registered_push_roles() {
         return;
     };
     page.view("push").await;
-    let queue = page
-        .js(
-            "return [...document.querySelectorAll('#queue tr[data-stream]')].map(r => \
-               [...r.children].map(c => c.textContent));",
-        )
-        .await;
+    let queue = page.rows("#queue tr[data-stream]").await;
     assert_eq!(
         queue,
         json!([
@@ -749,12 +742,7 @@ async fn the_push_view_lists_the_registered_push_roles() {
         "return document.querySelectorAll('#rooms tr[data-room]').length === 3;",
     )
     .await;
-    let rooms = page
-        .js(
-            "return [...document.querySelectorAll('#rooms tr[data-room]')].map(r => \
-               [...r.children].map(c => c.textContent));",
-        )
-        .await;
+    let rooms = page.rows("#rooms tr[data-room]").await;
     assert_eq!(
         rooms,
         json!([["live://1000", "30"], ["chat://5", "12"], ["live://7", "3"]]),

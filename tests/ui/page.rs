@@ -135,6 +135,15 @@ impl Page {
             .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
     }
 
+    /// The text of each cell of each row matching `rows` (a CSS selector).
+    pub async fn rows(&self, rows: &str) -> Value {
+        let sel = serde_json::to_string(rows).expect("selector");
+        self.js(&format!(
+            "return [...document.querySelectorAll({sel})].map(r => [...r.children].map(c => c.textContent));"
+        ))
+        .await
+    }
+
     /// Waits until `script` returns true.
     pub async fn until(&self, what: &str, script: &str) {
         let deadline = std::time::Instant::now() + SHOW;

@@ -12,6 +12,7 @@
 
 use super::dashboard::{address, client};
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use super::health::{self, Health};
@@ -359,7 +360,6 @@ async fn wait_for_task(dashboard: &client::Client, id: u64, since: Instant) -> R
             reported = Instant::now();
             println!("task {id}: {} keys moved after {secs:.2} s", task.progress.moved);
         }
-        use std::io::Write as _;
         let _ = std::io::stdout().flush();
     }
 }

@@ -28,6 +28,7 @@ pub mod candidate;
 pub mod dashboard;
 pub mod failover;
 pub mod health;
+pub(crate) mod master_conns;
 pub mod migrator;
 pub mod promote;
 pub mod push_queue;

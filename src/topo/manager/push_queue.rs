@@ -6,8 +6,8 @@
 //! topo core). Their number is logic's and job's `[queue] streams`, which the
 //! dashboard is not told, so streams are counted from 0 up to the first that
 //! does not exist (job creates them all when it starts). Each stream is read
-//! on the master of its slot, directly, with the backend password, so the
-//! figures do not depend on a proxy or on its client password.
+//! on the master of its slot ([`super::master_conns`]), so the figures do not
+//! depend on a proxy or on its client password.
 //!
 //! Uses the migrator's RESP connection; imports `libs` and the topo kernel.
 
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::master_conns::MasterConns;
 use super::migrator::{Conn, MigrateError, reply_text};
-use crate::libs::hash::slot_of;
 use crate::libs::resp_client::Frame;
 use crate::topo::model::Topology;
 
@@ -61,31 +61,22 @@ pub struct QueueView {
 /// Reads every stream of the queue (`auth`: the backend password).
 pub async fn read(topo: &Topology, auth: Option<&str>) -> QueueView {
     let mut out = QueueView::default();
-    let mut conns: Vec<(String, Conn)> = Vec::new();
+    let mut masters = MasterConns::new(topo, auth);
     for i in 0..MAX_STREAMS {
         let key = stream_key(i);
-        let Some(master) = topo.master_of_slot(slot_of(key.as_bytes())) else {
-            break;
+        let conn = match masters.for_key(&key).await {
+            None => break,
+            Some(Ok(conn)) => conn,
+            Some(Err(e)) => {
+                out.error = Some(e.to_string());
+                break;
+            }
         };
-        let at = match conns.iter().position(|(addr, _)| addr == master) {
-            Some(at) => at,
-            None => match Conn::connect(master, auth).await {
-                Ok(c) => {
-                    conns.push((master.to_string(), c));
-                    conns.len() - 1
-                }
-                Err(e) => {
-                    out.error = Some(e.to_string());
-                    break;
-                }
-            },
-        };
-        let Some((_, conn)) = conns.get_mut(at) else { break };
         match look(conn, &key).await {
             Ok(Some(view)) => out.streams.push(view),
             Ok(None) => break,
             Err(e) => {
-                out.error = Some(format!("{key} on {master}: {e}"));
+                out.error = Some(format!("{key} on {}: {e}", conn.addr()));
                 break;
             }
         }

@@ -5,17 +5,16 @@
 //! `im::logic::mapping`, which the manager cannot import: the push roles build
 //! on the topo core): a hash of 64 shards, each a JSON object
 //! `{"server", "room_count": {room: count}, "updated"}`. Each hash is read on
-//! the master of its slot, directly, with the backend password, like the
-//! queue in [`super::push_queue`]. Uses the migrator's RESP connection;
-//! imports `libs` and the topo kernel.
+//! the master of its slot ([`super::master_conns`]), like the queue in
+//! [`super::push_queue`]. Imports `libs` and the topo kernel.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::migrator::{Conn, reply_text};
-use crate::libs::hash::slot_of;
+use super::master_conns::MasterConns;
+use super::migrator::reply_text;
 use crate::libs::resp_client::Frame;
 use crate::topo::model::Topology;
 
@@ -53,20 +52,21 @@ pub struct RoomsView {
 pub async fn read(topo: &Topology, comets: &[String], auth: Option<&str>) -> RoomsView {
     let mut totals: HashMap<String, i64> = HashMap::new();
     let mut out = RoomsView::default();
+    let mut masters = MasterConns::new(topo, auth);
     for server in comets {
         let key = online_key(server);
-        let Some(master) = topo.master_of_slot(slot_of(key.as_bytes())) else {
-            out.error = Some(format!("no master serves {key}"));
-            continue;
-        };
-        let shards = match Conn::connect(master, auth).await {
-            Ok(mut conn) => conn.call(&["HVALS", key.as_str()], "HVALS", CALL_TIMEOUT).await,
-            Err(e) => Err(e),
+        let shards = match masters.for_key(&key).await {
+            None => Err(format!("no master serves {key}")),
+            Some(Err(e)) => Err(format!("{key}: {e}")),
+            Some(Ok(conn)) => conn
+                .call(&["HVALS", key.as_str()], "HVALS", CALL_TIMEOUT)
+                .await
+                .map_err(|e| format!("{key} on {}: {e}", conn.addr())),
         };
         match shards {
             Ok(Frame::Array(shards)) => add_shards(&mut totals, &shards),
             Ok(other) => out.error = Some(format!("HVALS {key} answered {}", reply_text(&other))),
-            Err(e) => out.error = Some(format!("{key} on {master}: {e}")),
+            Err(e) => out.error = Some(e),
         }
     }
     out.top = busiest(totals, TOP);

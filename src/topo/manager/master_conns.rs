@@ -1,0 +1,46 @@
+//! Connections to the masters of a topology for one reader of several keys
+//! (the Push view's queue streams and room counts): each key is read on the
+//! master of its slot, directly, with the backend password; a master's
+//! connection is opened on first use and shared by its keys.
+
+use super::migrator::{Conn, MigrateError};
+use crate::libs::hash::slot_of;
+use crate::topo::model::Topology;
+
+/// The open connections, by master address.
+pub(crate) struct MasterConns<'a> {
+    topo: &'a Topology,
+    auth: Option<&'a str>,
+    open: Vec<Conn>,
+}
+
+impl<'a> MasterConns<'a> {
+    /// None open yet; `auth` is the backend password.
+    pub(crate) fn new(topo: &'a Topology, auth: Option<&'a str>) -> MasterConns<'a> {
+        MasterConns {
+            topo,
+            auth,
+            open: Vec::new(),
+        }
+    }
+
+    /// The connection to the master of `key`'s slot; `None` when no master
+    /// serves it.
+    ///
+    /// # Errors
+    /// The master could not be reached or refused the password.
+    pub(crate) async fn for_key(&mut self, key: &str) -> Option<Result<&mut Conn, MigrateError>> {
+        let master = self.topo.master_of_slot(slot_of(key.as_bytes()))?;
+        let at = match self.open.iter().position(|c| c.addr() == master) {
+            Some(at) => at,
+            None => match Conn::connect(master, self.auth).await {
+                Ok(c) => {
+                    self.open.push(c);
+                    self.open.len() - 1
+                }
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        self.open.get_mut(at).map(Ok)
+    }
+}
