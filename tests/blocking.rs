@@ -31,16 +31,7 @@ fn tag_on_group_1(prefix: &str) -> (String, u16) {
 
 /// `blocked_clients` of the redis-server at `addr`.
 async fn blocked_clients(addr: &str) -> i64 {
-    let mut c = common::client(addr).await;
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(&mut c)
-        .await
-        .expect("info");
-    info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("blocked_clients in INFO")
+    common::info_number(addr, "clients", "blocked_clients").await
 }
 
 /// Waits until each server's `blocked_clients` is as given.

@@ -120,6 +120,21 @@ async fn replaced(store: &Store, group: u32, old: &str, since: Instant) -> Strin
     }
 }
 
+/// Waits until a failover record matches `what`.
+async fn recorded(store: &Store, what: &str, within: Duration, matches: fn(&FailoverRecord) -> bool) {
+    common::eventually(&format!("{what} is recorded"), within, || {
+        let store = store.clone();
+        async move {
+            failover::list(&store)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(matches)
+        }
+    })
+    .await;
+}
+
 /// Acknowledged INCRs (`acked`: key -> count) that `master` does not hold.
 async fn lost_on(master: &str, acked: &BTreeMap<String, i64>) -> i64 {
     let mut m = common::client(master).await;
@@ -358,16 +373,8 @@ async fn a_failover_that_cannot_promote_changes_nothing_and_is_recorded() {
     // Group 2 loses its replica, then its master: nothing is left to promote.
     replicas[1].kill();
     c.masters[1].kill();
-    let store = c.store.clone();
-    common::eventually("a failed failover is recorded", Duration::from_secs(20), || {
-        let store = store.clone();
-        async move {
-            failover::list(&store)
-                .await
-                .unwrap_or_default()
-                .iter()
-                .any(|r| r.group == 2 && r.outcome.starts_with("failed") && r.new_master.is_none())
-        }
+    recorded(&c.store, "a failed failover", Duration::from_secs(20), |r| {
+        r.group == 2 && r.outcome.starts_with("failed") && r.new_master.is_none()
     })
     .await;
     assert_eq!(
@@ -377,4 +384,91 @@ async fn a_failover_that_cannot_promote_changes_nothing_and_is_recorded() {
     );
     // Group 1 was never touched.
     assert_eq!(master_of(&c.store, 1).await, Some(c.masters[0].addr()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_follows_another_server_is_made_master_again() {
+    let (c, replicas) = Cluster::with_persistent_replicas().await;
+    common::wait_replica_streaming(&c.masters[0].addr()).await;
+    let proxy = c.proxy().await;
+    let _dash = c.dashboard().await;
+    let (master, replica) = (c.masters[0].addr(), replicas[0].addr());
+    let load = Load::start(proxy, keys_of_groups(&[1], 200));
+    load.at_least(300, "writes before the loop").await;
+
+    // The master follows its own replica: what a restart with a stale
+    // `replicaof` line, or an operator's REPLICAOF, leaves behind. Every write
+    // to the group now gets READONLY.
+    let mut m = common::client(&master).await;
+    let reply: String = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(replicas[0].port())
+        .query_async(&mut m)
+        .await
+        .expect("REPLICAOF");
+    assert_eq!(reply, "OK");
+    let looped = Instant::now();
+
+    recorded(&c.store, "the repair", Duration::from_secs(15), |r| {
+        r.outcome == "made a master again"
+    })
+    .await;
+    let took = looped.elapsed();
+    let info = role_of(&master).await;
+    assert!(info.contains("role:master"), "{info}");
+    // Its replica follows it again, and clients write again by themselves.
+    common::eventually("the replica follows the master", Duration::from_secs(15), || {
+        let (replica, port) = (replica.clone(), c.masters[0].port());
+        async move {
+            let info = role_of(&replica).await;
+            info.contains("role:slave") && info.contains(&format!("master_port:{port}"))
+        }
+    })
+    .await;
+    let before = load.acked.load(Ordering::Relaxed);
+    load.at_least(before + 300, "writes after the repair").await;
+    let acked = load.finish().await;
+    assert_eq!(lost_on(&master, &acked).await, 0, "acknowledged writes lost");
+
+    // The topology never changed; the repair is recorded with what it followed.
+    assert_eq!(master_of(&c.store, 1).await.as_deref(), Some(master.as_str()));
+    let records = failover::list(&c.store).await.expect("records");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(
+        (r.group, r.old_master.as_str(), r.new_master.as_deref()),
+        (1, master.as_str(), Some(master.as_str()))
+    );
+    assert!(
+        r.reason.contains(&format!("a replica of {replica}")),
+        "{}",
+        r.reason
+    );
+    // A restart keeps it a master: its config file lost the replicaof line.
+    let conf = std::fs::read_to_string(c.masters[0].config_file()).expect("config file");
+    assert!(!conf.contains("\nreplicaof "), "{conf}");
+    eprintln!("master again after {took:?} (the round is 500 ms)");
+}
+
+async fn connections_received(addr: &str) -> i64 {
+    common::info_number(addr, "stats", "total_connections_received").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_keeps_its_connections_between_rounds() {
+    let (c, replicas) = Cluster::with_persistent_replicas().await;
+    let _dash = c.dashboard().await;
+    let replica = replicas[0].addr();
+    // The leader looks at every server twice a second; wait for its first look.
+    let first = connections_received(&replica).await;
+    common::eventually("the leader looks at the replica", Duration::from_secs(15), || {
+        let replica = replica.clone();
+        async move { connections_received(&replica).await > first + 1 }
+    })
+    .await;
+    let start = connections_received(&replica).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // six rounds
+    // Our own two INFO connections are counted; the leader's rounds add none.
+    let opened = connections_received(&replica).await - start - 1;
+    assert_eq!(opened, 0, "connections opened by 6 rounds of the leader");
 }

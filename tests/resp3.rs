@@ -459,15 +459,7 @@ async fn hello_3_authenticates_and_backends_with_a_password_speak_resp3() {
 
 /// `blocked_clients` of the redis-server at `addr`.
 async fn blocked_clients(addr: &str) -> i64 {
-    let info = RawConn::connect(addr).await.call(&["INFO", "clients"]).await;
-    let common::Resp::Bulk(Some(text)) = info else {
-        panic!("INFO: {info:?}")
-    };
-    String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("blocked_clients in INFO")
+    common::info_number(addr, "clients", "blocked_clients").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

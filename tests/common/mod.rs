@@ -248,6 +248,20 @@ pub async fn client(addr: &str) -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }
 
+/// The number `field` of `INFO <section>` from the server (or proxy) at `addr`.
+pub async fn info_number(addr: &str, section: &str, field: &str) -> i64 {
+    let mut c = client(addr).await;
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("INFO {section} on {addr}: {e}"));
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO {section} of {addr}"))
+}
+
 /// Polls `check` every 20 ms until it returns true; panics naming `what` after
 /// `timeout`. For conditions that become true asynchronously (replication,
 /// watches, session expiry).

@@ -17,22 +17,35 @@
 //!   group's master, under the operator lock, and its config is rewritten so a
 //!   later restart keeps it a replica. Proxies never route to it meanwhile: the
 //!   topology does not name it master.
+//! * **Master again.** A server the topology names master but that follows
+//!   another server (an operator's `REPLICAOF`, a config file that says
+//!   `replicaof`, a loop of two replicas after a restart) answers every write
+//!   with `READONLY`, and a full sync from its master may replace its data.
+//!   Every write the proxies acknowledged went to it, so it holds the
+//!   group's data or a copy of its master's: it is made a master again
+//!   (`REPLICAOF NO ONE`, config rewritten), under the lock and on a fresh
+//!   look, and its replicas are repointed to it as above. Recorded like a
+//!   failover, with what it followed.
 //! * **Record.** Every attempt is a node `failovers/<seq>`: when, why (the
 //!   votes), how long detection and the switch took, offsets, and the outcome.
 //!
-//! Imports `libs`, the topo core and the manager's `promote`, `replication`
-//! and `health`.
+//! Every round looks at every server of the topology at once, on connections
+//! kept for the leadership term (`server_conns`), not on new ones each round.
+//!
+//! Imports `libs`, the topo core and the manager's `promote`, `replication`,
+//! `server_conns` and `health`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::health::{self, Health};
+use super::health;
 use super::promote::{self, PromoteRequest};
-use super::replication;
+use super::replication::{self, LookError, Replication};
+use super::server_conns::ServerConns;
 use crate::topo::error::TopoError;
 use crate::topo::lock;
 use crate::topo::model::{Group, GroupId, Observation, Role};
@@ -106,8 +119,9 @@ struct Leader<'a> {
 }
 
 /// What the leader remembers between rounds.
-#[derive(Default)]
 struct Watch {
+    /// A connection to every server of the topology, kept between rounds.
+    conns: ServerConns,
     /// When this dashboard last heard from each master (a master first seen
     /// down counts from then); its silence is the detection time.
     heard: HashMap<String, Instant>,
@@ -136,7 +150,12 @@ pub async fn run(
         auth: auth.as_deref(),
         ack_timeout,
     };
-    let mut watch = Watch::default();
+    let mut watch = Watch {
+        conns: ServerConns::new(leader.auth),
+        heard: HashMap::new(),
+        retry_at: HashMap::new(),
+        reported: HashMap::new(),
+    };
     loop {
         let round = Instant::now();
         if let Err(e) = leader.round(&mut watch).await {
@@ -150,8 +169,8 @@ pub async fn run(
 }
 
 impl Leader<'_> {
-    /// One look at every master, the failovers the votes call for, then the
-    /// servers to repoint.
+    /// One look at every server, the failovers the votes call for, then the
+    /// masters that follow another server and the replicas to repoint.
     async fn round(&self, watch: &mut Watch) -> Result<(), TopoError> {
         let topo = watcher::load(self.store).await?;
         let votes = observations(self.store).await?;
@@ -160,10 +179,18 @@ impl Leader<'_> {
             .iter()
             .filter_map(|(id, g)| g.master().map(|m| (*id, m.to_string())))
             .collect();
+        let servers: BTreeSet<String> = topo
+            .groups
+            .values()
+            .flat_map(|g| g.servers.iter().map(|s| s.addr.clone()))
+            .collect();
+        watch.conns.retain(|addr| servers.contains(addr));
+        let looks = replication::look_many(&mut watch.conns, servers, health::PROBE_TIMEOUT).await;
         let now = Instant::now();
-        let health = health::probe_all(masters.values().cloned(), self.auth).await;
         for master in masters.values() {
-            if health.get(master) == Some(&Health::Down) {
+            // A refused command (loading, a wrong password) still proves it is up.
+            let silent = !matches!(looks.get(master), Some(Ok(_) | Err(LookError::Refused { .. })));
+            if silent {
                 watch.heard.entry(master.clone()).or_insert(now);
             } else {
                 watch.heard.insert(master.clone(), now);
@@ -207,8 +234,58 @@ impl Leader<'_> {
             self.fail_over(id, master, reason, silence, watch).await;
         }
 
-        rejoin(self.store, &topo.groups, self.auth).await;
+        for (group, master) in topo.groups.values().filter_map(|g| g.master().map(|m| (g, m))) {
+            if let Some(Ok(state)) = looks.get(master)
+                && state.is_replica
+            {
+                self.make_master_again(group.id, master, state).await;
+            }
+        }
+        rejoin(self.store, &topo.groups, &looks, self.auth).await;
         Ok(())
+    }
+
+    /// Group `id`'s master follows another server (see the module docs):
+    /// makes it a master again, under the lock, and records it.
+    async fn make_master_again(&self, id: GroupId, master: &str, seen: &Replication) {
+        let at_ms = unix_ms();
+        let started = Instant::now();
+        let reason = format!("{master}, the group's master, was {seen}");
+        let result = lock::with_lock(self.store, "failover: master again", async |zk: &ZkSession| {
+            restore_master(zk, self.store, id, master, self.auth).await
+        })
+        .await;
+        let (offset, keys, outcome) = match result {
+            Ok(Some(state)) => {
+                tracing::warn!(group = id, %master, %reason, "made a master again");
+                (
+                    Some(state.offset),
+                    Some(state.keys),
+                    "made a master again".to_string(),
+                )
+            }
+            Ok(None) => return, // it changed meanwhile: nothing to repair
+            Err(e) => {
+                tracing::error!(group = id, %master, error = %e, "cannot make the master a master again");
+                (None, None, format!("failed: {e}"))
+            }
+        };
+        let mut record = FailoverRecord {
+            seq: 0,
+            at_ms,
+            group: id,
+            old_master: master.to_string(),
+            reason,
+            detection_ms: 0,
+            switch_ms: started.elapsed().as_millis() as u64,
+            new_master: offset.map(|_| master.to_string()),
+            offset,
+            keys,
+            outcome,
+        };
+        if let Err(e) = save(self.store, &mut record).await {
+            tracing::warn!(error = %e, "cannot record the repair");
+        }
     }
 
     /// Promotes group `id`'s best replica in place of `master`, and records it.
@@ -282,11 +359,16 @@ async fn observations(store: &Store) -> Result<Vec<(String, Observation)>, TopoE
 
 /// Repoints servers the topology names replicas that do not follow their
 /// group's master (see the module docs).
-async fn rejoin(store: &Store, groups: &BTreeMap<GroupId, Group>, auth: Option<&str>) {
+async fn rejoin(
+    store: &Store,
+    groups: &BTreeMap<GroupId, Group>,
+    looks: &BTreeMap<String, Result<Replication, LookError>>,
+    auth: Option<&str>,
+) {
     for group in groups.values() {
         let Some(master) = group.master() else { continue };
         for s in group.servers.iter().filter(|s| s.role == Role::Replica) {
-            let Ok(state) = replication::look(&s.addr, auth).await else {
+            let Some(Ok(state)) = looks.get(&s.addr) else {
                 continue; // down: nothing to repoint yet
             };
             if state.is_replica && state.master.as_deref() == Some(master) {
@@ -310,6 +392,20 @@ async fn rejoin(store: &Store, groups: &BTreeMap<GroupId, Group>, auth: Option<&
     }
 }
 
+/// Under the lock: group `id` as ZooKeeper has it now, and `addr`'s
+/// replication state now (`None` if it does not answer): what a repair checks
+/// again before it acts, since a promote may have changed either meanwhile.
+async fn fresh_look(
+    zk: &ZkSession,
+    store: &Store,
+    id: GroupId,
+    addr: &str,
+    auth: Option<&str>,
+) -> Result<(Group, Option<Replication>), TopoError> {
+    let group: Group = zk.get_json(&store.paths().group(id)).await?;
+    Ok((group, replication::look(addr, auth).await.ok()))
+}
+
 /// Under the lock: makes `addr` a replica of group `id`'s master if it still
 /// is a replica there and follows anything else. Returns the master if it did.
 async fn repoint_if_astray(
@@ -319,18 +415,15 @@ async fn repoint_if_astray(
     addr: &str,
     auth: Option<&str>,
 ) -> Result<Option<String>, TopoError> {
-    let group: Group = zk.get_json(&store.paths().group(id)).await?;
+    let (group, state) = fresh_look(zk, store, id, addr, auth).await?;
     let Some(master) = group.master().map(str::to_string) else {
         return Ok(None);
     };
-    if !group
+    let named_replica = group
         .servers
         .iter()
-        .any(|s| s.addr == addr && s.role == Role::Replica)
-    {
-        return Ok(None);
-    }
-    let Ok(state) = replication::look(addr, auth).await else {
+        .any(|s| s.addr == addr && s.role == Role::Replica);
+    let Some(state) = state.filter(|_| named_replica) else {
         return Ok(None);
     };
     if state.is_replica && state.master.as_deref() == Some(master.as_str()) {
@@ -338,6 +431,24 @@ async fn repoint_if_astray(
     }
     super::promote::replicaof(addr, Some(&master), auth).await?;
     Ok(Some(master))
+}
+
+/// Under the lock: `REPLICAOF NO ONE` on group `id`'s master if the topology
+/// still names `addr` its master and it still follows another server. Returns
+/// what it held just before, if it did.
+async fn restore_master(
+    zk: &ZkSession,
+    store: &Store,
+    id: GroupId,
+    addr: &str,
+    auth: Option<&str>,
+) -> Result<Option<Replication>, TopoError> {
+    let (group, state) = fresh_look(zk, store, id, addr, auth).await?;
+    let Some(state) = state.filter(|s| s.is_replica && group.master() == Some(addr)) else {
+        return Ok(None);
+    };
+    super::promote::replicaof(addr, None, auth).await?;
+    Ok(Some(state))
 }
 
 /// Writes `record` as the next `failovers/<seq>` node and trims old ones.

@@ -4,23 +4,22 @@
 //! connection is opened on first use and shared by its keys.
 
 use super::migrator::{Conn, MigrateError};
+use super::server_conns::ServerConns;
 use crate::libs::hash::slot_of;
 use crate::topo::model::Topology;
 
 /// The open connections, by master address.
 pub(crate) struct MasterConns<'a> {
     topo: &'a Topology,
-    auth: Option<&'a str>,
-    open: Vec<Conn>,
+    conns: ServerConns,
 }
 
 impl<'a> MasterConns<'a> {
     /// None open yet; `auth` is the backend password.
-    pub(crate) fn new(topo: &'a Topology, auth: Option<&'a str>) -> MasterConns<'a> {
+    pub(crate) fn new(topo: &'a Topology, auth: Option<&str>) -> MasterConns<'a> {
         MasterConns {
             topo,
-            auth,
-            open: Vec::new(),
+            conns: ServerConns::new(auth),
         }
     }
 
@@ -31,16 +30,6 @@ impl<'a> MasterConns<'a> {
     /// The master could not be reached or refused the password.
     pub(crate) async fn for_key(&mut self, key: &str) -> Option<Result<&mut Conn, MigrateError>> {
         let master = self.topo.master_of_slot(slot_of(key.as_bytes()))?;
-        let at = match self.open.iter().position(|c| c.addr() == master) {
-            Some(at) => at,
-            None => match Conn::connect(master, self.auth).await {
-                Ok(c) => {
-                    self.open.push(c);
-                    self.open.len() - 1
-                }
-                Err(e) => return Some(Err(e)),
-            },
-        };
-        self.open.get_mut(at).map(Ok)
+        Some(self.conns.get(master).await)
     }
 }

@@ -13,6 +13,7 @@
 //! * [`candidate`]: picks the replica to promote from their replication state.
 //! * [`replication`]: reads `INFO replication` and drives `REPLICAOF`.
 //! * [`health`]: a short probe of a redis-server (up, down, loading).
+//! * `server_conns`: connections kept open to redis-servers between rounds.
 //! * [`server_info`]: a redis-server's `INFO` figures for the web UI.
 //! * [`traffic`]: the proxies' stats, sampled each second, ten minutes kept.
 //! * [`push_roles`]: the push system's registered instances, for the web UI.
@@ -37,6 +38,7 @@ pub mod push_rooms;
 pub mod rebalance;
 pub mod replication;
 pub mod runner;
+pub(crate) mod server_conns;
 pub mod server_info;
 pub mod task;
 pub mod traffic;

@@ -5,10 +5,12 @@
 //!
 //! Uses the migrator's RESP connection; imports `libs` and the topo kernel.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use super::migrator::{Conn, reply_text};
+use super::server_conns::ServerConns;
 use crate::libs::resp_client::Frame;
 
 /// How long one look at a server may take, connecting included.
@@ -86,19 +88,92 @@ pub async fn look(addr: &str, auth: Option<&str>) -> Result<Replication, LookErr
 }
 
 async fn look_once(addr: &str, auth: Option<&str>) -> Result<Replication, LookError> {
-    let unreachable = |e: super::migrator::MigrateError| LookError::Unreachable {
-        addr: addr.to_string(),
-        reason: e.to_string(),
-    };
+    let mut conn = Conn::connect(addr, auth)
+        .await
+        .map_err(|e| unreachable(addr, &e))?;
+    look_on(&mut conn).await
+}
+
+/// Looks at every address at once, on `conns`' kept connections (opening
+/// those missing), each within `wait`; returns address → what it found. A
+/// connection goes back to `conns` only if its server answered.
+pub(crate) async fn look_many<I>(
+    conns: &mut ServerConns,
+    addrs: I,
+    wait: Duration,
+) -> BTreeMap<String, Result<Replication, LookError>>
+where
+    I: IntoIterator<Item = String>,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for addr in addrs {
+        let (kept, auth) = (conns.take(&addr), conns.auth().map(str::to_string));
+        set.spawn(async move {
+            let look = async {
+                let mut conn = match kept {
+                    Some(conn) => conn,
+                    None => Conn::connect(&addr, auth.as_deref())
+                        .await
+                        .map_err(|e| unreachable(&addr, &e))?,
+                };
+                let found = look_on(&mut conn).await;
+                Ok::<_, LookError>((found, conn))
+            };
+            let result = match tokio::time::timeout(wait, look).await {
+                Ok(Ok((found, conn))) => {
+                    let in_step = !matches!(found, Err(LookError::Unreachable { .. }));
+                    (found, in_step.then_some(conn))
+                }
+                Ok(Err(e)) => (Err(e), None),
+                Err(_) => (
+                    Err(LookError::Unreachable {
+                        addr: addr.clone(),
+                        reason: format!("no reply within {wait:?}"),
+                    }),
+                    None,
+                ),
+            };
+            (addr, result)
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((addr, (found, conn))) = joined {
+            if let Some(conn) = conn {
+                conns.give_back(conn);
+            }
+            out.insert(addr, found);
+        }
+    }
+    out
+}
+
+/// What a failed connect or call means: a refused password is an answer (the
+/// server is up), anything else is silence.
+fn unreachable(addr: &str, e: &super::migrator::MigrateError) -> LookError {
+    match e {
+        super::migrator::MigrateError::Auth { message, .. } => LookError::Refused {
+            addr: addr.to_string(),
+            what: message.clone(),
+        },
+        _ => LookError::Unreachable {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// `INFO replication` and `DBSIZE` on an open connection.
+async fn look_on(conn: &mut Conn) -> Result<Replication, LookError> {
+    let addr = conn.addr().to_string();
     let refused = |what: String| LookError::Refused {
-        addr: addr.to_string(),
+        addr: addr.clone(),
         what,
     };
-    let mut conn = Conn::connect(addr, auth).await.map_err(unreachable)?;
     let info = conn
         .call(&[b"INFO".as_ref(), b"replication"], "INFO", LOOK_TIMEOUT)
         .await
-        .map_err(unreachable)?;
+        .map_err(|e| unreachable(&addr, &e))?;
     let text = match info {
         Frame::BulkString(text) => text,
         Frame::Error(e) => return Err(refused(e.to_string())),
@@ -107,7 +182,7 @@ async fn look_once(addr: &str, auth: Option<&str>) -> Result<Replication, LookEr
     let keys = conn
         .call(&[b"DBSIZE".as_ref()], "DBSIZE", LOOK_TIMEOUT)
         .await
-        .map_err(unreachable)?;
+        .map_err(|e| unreachable(&addr, &e))?;
     let Frame::Integer(keys) = keys else {
         return Err(refused(format!("DBSIZE {}", reply_text(&keys))));
     };
