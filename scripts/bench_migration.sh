@@ -28,9 +28,10 @@
 #                        against another commit's `cargo build --release`)          default: none
 #   BENCH_KEEP=1         keep the work dir (reborn up logs, raw redis-benchmark output)
 #
-# Ports (fixed, so it never collides with a default `reborn up` or scripts/bench.sh):
-#   ZooKeeper 42181, redis 46379-46382 (group 1 = 46379 + replica 46380, group 2 = 46381 +
-#   replica 46382), proxy 49000, proxy admin 41080, dashboard 48087.
+# Ports (fixed, so it never collides with a default `reborn up` or the other benchmarks, and
+# below the kernel's ephemeral range, where a client connection's TIME_WAIT can hold a port):
+#   ZooKeeper 25181, redis 25379-25382 (group 1 = 25379 + replica 25380, group 2 = 25381 +
+#   replica 25382), proxy 25900, proxy admin 25080, dashboard 25087.
 #
 # Open-loop load (the default, issue 10 part 6): `reborn load --rate $BENCH_OPEN_RATE` runs from
 # the baseline until the task is done, writing every request's intended send time and latency;
@@ -71,13 +72,13 @@ VALUE_SIZE=16
 FROM_GROUP=1
 TO_GROUP=2
 
-ZK_PORT=42181
-REDIS_PORTS=(46379 46380 46381 46382)
+ZK_PORT=25181
+REDIS_PORTS=(25379 25380 25381 25382)
 SRC_PORT=${REDIS_PORTS[0]}   # master of group 1
 DST_PORT=${REDIS_PORTS[2]}   # master of group 2
-PROXY_PORT=49000
-PROXY_ADMIN_PORT=41080
-DASH_PORT=48087
+PROXY_PORT=25900
+PROXY_ADMIN_PORT=25080
+DASH_PORT=25087
 DASH=127.0.0.1:$DASH_PORT
 REPORT_COPY=/tmp/reborn-bench-migration-report.txt
 
