@@ -3,6 +3,8 @@
 // window.prompt/confirm, so they can be styled, do not block the page's
 // polling, and are clicked like any other element by the browser tests.
 
+import { el } from "./format.js";
+
 let pendingToken = null;
 
 /**
@@ -69,4 +71,18 @@ export async function change(what, action) {
     notify(what + " refused: " + e.message, true);
     return null;
   }
+}
+
+/**
+ * A form for one change. On submit (instead of a page load) it asks
+ * `confirm()` = [title, text] first when given, then runs `change(what,
+ * action)`. `fields` are its labels and its button.
+ */
+export function changeForm({ id, className = "panel inline", what, confirm, action }, ...fields) {
+  const onsubmit = async (e) => {
+    e.preventDefault();
+    if (confirm && !(await confirmAction(...confirm()))) return;
+    await change(what, action);
+  };
+  return el("form", { class: className, id, onsubmit }, ...fields);
 }

@@ -76,22 +76,13 @@ UP_PID="" NC_PID="" BASE_PID="" IDLE_PID="" BENCH_PID=""
 UP_CHILDREN=()
 FAILURES=()
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-fail() { log "FAILED: $*"; FAILURES+=("$*"); }
+LOG_TAG=bench
+# shellcheck source=scripts/lib/proc.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/proc.sh"
 
 # ---------------------------------------------------------------- cleanup ---------------
 
-alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
 
-stop_pid() {   # stop_pid PID GRACE_SECONDS: SIGTERM, wait, then SIGKILL
-    local pid=$1 grace=$2 i
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do alive "$pid" || return 0; sleep 0.1; done
-    log "pid $pid did not stop after ${grace}s, killing"
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$? pid
@@ -132,21 +123,6 @@ install_missing() {
     "${apt[@]}" install -y "${need[@]}" ||
         { "${apt[@]}" update && "${apt[@]}" install -y "${need[@]}"; } ||
         die "could not install ${need[*]}"
-}
-
-port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_for WHAT SECONDS PID CMD...: retries CMD until it succeeds, PID dies or time runs out.
-wait_for() {
-    local what=$1 secs=$2 pid=$3 i
-    shift 3
-    for ((i = 0; i < secs * 10; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        alive "$pid" || return 1
-        sleep 0.1
-    done
-    log "$what: not ready after ${secs}s"
-    return 1
 }
 
 proxy_serves() {   # proxy_serves PORT: a write and a read through the proxy reach a backend
@@ -191,7 +167,7 @@ start_baseline() {   # BENCH_BASELINE's proxy on reborn up's ZooKeeper and produ
     threads=${BENCH_PROXY_THREADS:-$(up_proxy_threads)}
     [[ -n $threads ]] || die "cannot read the proxy's thread count from $WORK/reborn-up.log"
     for p in "$BASE_PORT" "$BASE_ADMIN_PORT"; do
-        ! port_taken "$p" || die "port $p is taken (baseline proxy); stop what listens there"
+        ! port_open "$p" || die "port $p is taken (baseline proxy); stop what listens there"
     done
     log "starting the baseline proxy $BASELINE on :$BASE_PORT (admin :$BASE_ADMIN_PORT, threads $threads)"
     local config=()
@@ -231,9 +207,6 @@ EOF
 
 # ---------------------------------------------------------------- measuring -------------
 
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || true; }   # utime+stime
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-redis_pid() { redis-cli -p "$1" INFO server | tr -d '\r' | awk -F: '/^process_id:/ { print $2 }'; }
 record() { echo "$3" >>"$RES/$1.$2"; }   # record METRIC TARGET VALUE
 sample_load() { cut -d' ' -f1 /proc/loadavg >>"$WORK/loadavg"; }
 
@@ -395,7 +368,6 @@ median() {   # median METRIC TARGET -> value or "-"
         if (NR % 2) printf "%s", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 fmt() { awk -v v="$1" -v d="$2" 'BEGIN { if (v == "-") print "-"; else printf "%.*f", d, v }'; }
 
 ROWS=()
@@ -524,7 +496,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) >= IDLE + 1000)) || log "warning: open-files limit $(ulimit -n) may be too low for $IDLE clients"
 
 for p in "$NC_PORT" "$NC_STATS_PORT"; do
-    ! port_taken "$p" || die "port $p is taken (nutcracker); stop what listens there"
+    ! port_open "$p" || die "port $p is taken (nutcracker); stop what listens there"
 done
 start_reborn
 [[ -z $BASELINE ]] || start_baseline

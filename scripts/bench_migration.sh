@@ -101,24 +101,13 @@ LOAD_PID=""
 LOOP_PIDS=()
 UP_CHILDREN=()
 
-# nap SECONDS: a sleep that a trapped INT/TERM interrupts at once (bash runs traps only
-# after a foreground command ends, but interrupts `wait`).
-nap() { sleep "$1" & wait $!; }
-log() { printf '[bench-migration %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=bench-migration
+# shellcheck source=scripts/lib/proc.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/proc.sh"
 
 # ---------------------------------------------------------------- cleanup ---------------
 
-alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
 
-stop_pid() {   # stop_pid PID GRACE_SECONDS: SIGTERM, wait, then SIGKILL
-    local pid=$1 grace=$2 i
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do alive "$pid" || return 0; sleep 0.1; done
-    log "pid $pid did not stop after ${grace}s, killing"
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 stop_loops() {   # the background load loops and the redis-benchmark runs they wait for
     local loop pid
@@ -172,8 +161,6 @@ json_str() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p" <<<"$2" | head -n 1; }
 json_num() { sed -n "s/.*\"$1\":\\([0-9]*\\).*/\\1/p" <<<"$2" | head -n 1; }
 
 dbsize() { redis-cli -p "$1" DBSIZE; }
-redis_pid() { redis-cli -p "$1" INFO server | tr -d '\r' | awk -F: '/^process_id:/ { print $2 }'; }
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }   # utime+stime, 1/100 s
 loadavg() { cut -d' ' -f1 /proc/loadavg; }
 # cmd_errors NAME: errors the proxy counted for command NAME (its /stats JSON)
 cmd_errors() {
@@ -182,18 +169,6 @@ cmd_errors() {
     sed -n "s/.*{\"name\":\"$1\",\"calls\":[0-9]*,\"errors\":\\([0-9]*\\).*/\\1/p" <<<"$stats" | head -n 1 | grep . || echo 0
 }
 
-# wait_for WHAT SECONDS CMD...: retries CMD until it succeeds, reborn up dies or time runs out.
-wait_for() {
-    local what=$1 secs=$2 i
-    shift 2
-    for ((i = 0; i < secs * 10; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        alive "$UP_PID" || return 1
-        sleep 0.1
-    done
-    log "$what: not ready after ${secs}s"
-    return 1
-}
 
 proxy_serves() {   # a write, a read and a delete through the proxy reach a backend
     [[ $(redis-cli -p "$PROXY_PORT" SET reborn:bench:probe 1) == OK ]] &&
@@ -227,9 +202,9 @@ start_reborn() {
         --proxy "127.0.0.1:$PROXY_PORT" --proxy-admin "127.0.0.1:$PROXY_ADMIN_PORT" \
         --dashboard "$DASH" --dir "$WORK/up" "${extra[@]}" >"$WORK/reborn-up.log" 2>&1 &
     UP_PID=$!
-    if ! wait_for "reborn up" 120 grep -q 'is running' "$WORK/reborn-up.log" ||
-        ! wait_for "reborn proxy" 60 proxy_serves ||
-        ! wait_for "dashboard" 60 http_get "$DASH_PORT" /api/slots; then
+    if ! wait_for "reborn up" 120 "$UP_PID" grep -q 'is running' "$WORK/reborn-up.log" ||
+        ! wait_for "reborn proxy" 60 "$UP_PID" proxy_serves ||
+        ! wait_for "dashboard" 60 "$UP_PID" http_get "$DASH_PORT" /api/slots; then
         log "reborn up log (last 30 lines):"
         tail -n 30 "$WORK/reborn-up.log" >&2 || true
         die "reborn up did not come up (proxy :$PROXY_PORT, dashboard :$DASH_PORT)"
@@ -458,7 +433,6 @@ done <"$WORK/rows"
 N_CLIENT_ERRORS=$(wc -l <"$WORK/client-errors")
 
 pf() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "-") print "FAIL"; else if (op == "ge") print (v >= t ? "PASS" : "FAIL"); else print (v <= t ? "PASS" : "FAIL") }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
 DATA_OK=PASS
 ((G1_AFTER + G2_AFTER == KEYS)) || DATA_OK=FAIL

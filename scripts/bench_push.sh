@@ -62,19 +62,10 @@ UP_CHILDREN=()
 GEN_PIDS=()
 FAILURES=()
 
-log() { printf '[bench-push %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-fail() { log "FAILED: $*"; FAILURES+=("$*"); }
-alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
+LOG_TAG=bench-push
+# shellcheck source=scripts/lib/proc.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/proc.sh"
 
-stop_pid() {   # stop_pid PID GRACE_SECONDS: SIGTERM, wait, then SIGKILL
-    local pid=$1 grace=$2 i
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do alive "$pid" || return 0; sleep 0.1; done
-    log "pid $pid did not stop after ${grace}s, killing"
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$? pid
@@ -96,24 +87,9 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
-# wait_for WHAT SECONDS PID CMD...: retries CMD until it succeeds, PID dies or time runs out.
-wait_for() {
-    local what=$1 secs=$2 pid=$3 i
-    shift 3
-    for ((i = 0; i < secs * 10; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        alive "$pid" || { log "$what: process $pid exited"; return 1; }
-        sleep 0.1
-    done
-    log "$what: not ready after ${secs}s"
-    return 1
-}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 proxy_serves() { [[ $(redis-cli -p "$PROXY_PORT" SET reborn:bench:probe 1) == OK ]]; }
 comet_known() { curl -sf "http://127.0.0.1:$LOGIC_HTTP/goim/nodes/instances" | grep -q "$COMET_TCP"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
 field() { grep -o "$2=[^ ]*" "$1" | tail -n 1 | cut -d= -f2; }   # field FILE KEY
 
 # ---------------------------------------------------------------- setup -----------------

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of the RESP parsers with AFL++ (cargo-afl, stable Rust).
+# Coverage-guided fuzzing of the RESP parsers and the push frame decoder with AFL++
+# (cargo-afl, stable Rust).
 #
 #   scripts/fuzz.sh request 15   # the client request parser, 15 minutes
 #   scripts/fuzz.sh reply 15     # the backend reply splitter, 15 minutes
+#   scripts/fuzz.sh frame 15     # the push protocol's frame decoder (comet), 15 minutes
 #
 # Installs cargo-afl when missing (and builds its AFL++ once per rustc), builds the
 # targets in fuzz/ (a package of its own, not part of the main build), then runs one
@@ -15,9 +17,9 @@
 # Environment: FUZZ_MINIMIZE=1 also rewrites fuzz/corpus/TARGET with afl-cmin.
 set -euo pipefail
 
-target=${1:?usage: scripts/fuzz.sh request|reply MINUTES}
-minutes=${2:?usage: scripts/fuzz.sh request|reply MINUTES}
-case $target in request | reply) ;; *) echo "unknown target $target (request|reply)" >&2; exit 2 ;; esac
+target=${1:?usage: scripts/fuzz.sh request|reply|frame MINUTES}
+minutes=${2:?usage: scripts/fuzz.sh request|reply|frame MINUTES}
+case $target in request | reply | frame) ;; *) echo "unknown target $target (request|reply|frame)" >&2; exit 2 ;; esac
 
 cd "$(dirname "$0")/../fuzz"
 afl_version=0.18.2 # the same as the `afl` dependency in fuzz/Cargo.toml

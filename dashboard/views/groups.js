@@ -4,40 +4,27 @@
 // says what a promote does), remove a server or an empty group. Below the
 // groups, the automatic failovers the dashboard ran (`reborn admin failovers`).
 import { del, get, post } from "../api.js";
-import { change, confirmAction } from "../dialog.js";
+import { change, changeForm, confirmAction } from "../dialog.js";
 import { bytes, el, expandSlots, groupColour, groupList, num } from "../format.js";
 
 let list = null;
 
 function forms() {
   const groupId = el("input", { type: "number", min: 1, name: "group-id", placeholder: "id", required: true });
-  const addGroup = el(
-    "form",
-    {
-      class: "inline",
-      id: "add-group",
-      onsubmit: (e) => {
-        e.preventDefault();
-        change("add group", () => post("/api/groups", { id: Number(groupId.value) }));
-      },
-    },
+  const addGroup = changeForm(
+    { id: "add-group", className: "inline", what: "add group", action: () => post("/api/groups", { id: Number(groupId.value) }) },
     el("label", {}, "New group ", groupId),
     el("button", { class: "primary" }, "Add group"),
   );
   const target = el("input", { type: "number", min: 1, name: "server-group", placeholder: "group", required: true });
   const addr = el("input", { name: "server-addr", placeholder: "host:port", required: true });
   const role = el("select", { name: "server-role" }, el("option", { value: "master" }, "master"), el("option", { value: "replica" }, "replica"));
-  const addServer = el(
-    "form",
+  const addServer = changeForm(
     {
-      class: "inline",
       id: "add-server",
-      onsubmit: (e) => {
-        e.preventDefault();
-        change("add server", () =>
-          post("/api/groups/" + Number(target.value) + "/servers", { addr: addr.value.trim(), role: role.value }),
-        );
-      },
+      className: "inline",
+      what: "add server",
+      action: () => post("/api/groups/" + Number(target.value) + "/servers", { addr: addr.value.trim(), role: role.value }),
     },
     el("label", {}, "Server ", addr),
     el("label", {}, "to group ", target),

@@ -4,7 +4,7 @@
 // Slots can be assigned to a group without moving data (`reborn admin
 // slots-assign`): for unassigned slots, or slots whose data does not matter.
 import { get, post } from "../api.js";
-import { change, confirmAction } from "../dialog.js";
+import { changeForm } from "../dialog.js";
 import { el, expandSlots, masterOf } from "../format.js";
 import { SlotMap, legend } from "../slotmap.js";
 
@@ -41,19 +41,21 @@ function assignForm() {
   const start = el("input", { type: "number", min: 0, max: 1023, name: "assign-start", placeholder: "first", required: true });
   const end = el("input", { type: "number", min: 0, max: 1023, name: "assign-end", placeholder: "last" });
   const group = el("input", { type: "number", min: 0, name: "assign-group", placeholder: "group (0: none)", required: true });
-  return el(
-    "form",
+  const range = () => [Number(start.value), Number(end.value || start.value), Number(group.value)];
+  return changeForm(
     {
-      class: "panel inline",
       id: "assign-slots",
-      onsubmit: async (e) => {
-        e.preventDefault();
-        const [s, t, g] = [Number(start.value), Number(end.value || start.value), Number(group.value)];
-        const ok = await confirmAction(
+      what: "assign slots",
+      confirm: () => {
+        const [s, t, g] = range();
+        return [
           "Assign slots " + s + "-" + t + (g ? " to group " + g : " to no group") + "?",
           "Only the routing changes: keys already in these slots stay where they are and are no longer reachable. To move keys too, start a migration in Tasks.",
-        );
-        if (ok) await change("assign slots", () => post("/api/slots/assign", { start: s, end: t, group: g }));
+        ];
+      },
+      action: () => {
+        const [s, t, g] = range();
+        return post("/api/slots/assign", { start: s, end: t, group: g });
       },
     },
     el("label", {}, "Assign slots ", start),

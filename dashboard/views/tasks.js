@@ -7,7 +7,7 @@
 // estimate while a task migrates: the keys still on the source are taken to
 // spread evenly over its slots. It reaches 100% when the task is done.
 import { get, post } from "../api.js";
-import { change, confirmAction } from "../dialog.js";
+import { change, changeForm, confirmAction } from "../dialog.js";
 import { duration, el, expandSlots, groupList, num, rangeText } from "../format.js";
 
 let body = null;
@@ -17,19 +17,18 @@ function startForm() {
   const start = el("input", { type: "number", min: 0, max: 1023, name: "start", placeholder: "first", required: true });
   const end = el("input", { type: "number", min: 0, max: 1023, name: "end", placeholder: "last", required: true });
   groupSelect = el("select", { name: "to", required: true });
-  return el(
-    "form",
+  const range = () => [Number(start.value), Number(end.value || start.value), Number(groupSelect.value)];
+  return changeForm(
     {
-      class: "panel inline",
       id: "start-migration",
-      onsubmit: async (e) => {
-        e.preventDefault();
-        const [s, t, to] = [Number(start.value), Number(end.value || start.value), Number(groupSelect.value)];
-        const ok = await confirmAction(
-          "Migrate slots " + s + "-" + t + "?",
-          "Slots " + s + "-" + t + " and their keys move to group " + to + ". Clients keep working meanwhile.",
-        );
-        if (ok) await change("migration", () => post("/api/migrate", { start: s, end: t, to }).then((task) => ({ message: "task " + task.id + " queued" })));
+      what: "migration",
+      confirm: () => {
+        const [s, t, to] = range();
+        return ["Migrate slots " + s + "-" + t + "?", "Slots " + s + "-" + t + " and their keys move to group " + to + ". Clients keep working meanwhile."];
+      },
+      action: () => {
+        const [s, t, to] = range();
+        return post("/api/migrate", { start: s, end: t, to }).then((task) => ({ message: "task " + task.id + " queued" }));
       },
     },
     el("label", {}, "Move slots ", start),

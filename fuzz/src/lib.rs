@@ -3,9 +3,10 @@
 //! checks the property the proxy relies on: the result of parsing a byte stream
 //! does not depend on how it was cut into reads.
 //!
-//! Imports only `reborn::libs::{resp, protocol}`.
+//! Imports only `reborn::libs::{resp, protocol}` and `reborn::im::frame`.
 
 use bytes::{Bytes, BytesMut};
+use reborn::im::frame::{Frame, HEADER_LEN};
 use reborn::libs::protocol;
 use reborn::libs::resp::{self, Limits};
 
@@ -165,4 +166,60 @@ pub fn reply(data: &[u8]) {
     }
     // Readers on arbitrary bytes, not only on frames.
     read_frame(data, false);
+}
+
+/// Decodes push-protocol frames as a comet connection does, fed whole or in
+/// small reads, with `max_body`: the frames, then the bytes left over or the error.
+fn decode_fed(data: &[u8], max_body: usize, chunked: bool) -> (Vec<Frame>, Result<Vec<u8>, String>) {
+    let mut cuts = Cuts::new(data);
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let mut frames = Vec::new();
+    loop {
+        let take = if chunked { cuts.next() } else { data.len() };
+        let upto = (fed + take).min(data.len());
+        buf.extend_from_slice(&data[fed..upto]);
+        fed = upto;
+        loop {
+            let before = buf.len();
+            match Frame::decode(&mut buf, max_body) {
+                Ok(Some(f)) => {
+                    assert_eq!(before - buf.len(), f.wire_len(), "consumed != the frame's length");
+                    assert!(f.body.len() <= max_body, "a body over the maximum was returned");
+                    frames.push(f);
+                }
+                Ok(None) => {
+                    assert_eq!(buf.len(), before, "bytes consumed without a frame");
+                    break;
+                }
+                Err(e) => {
+                    // Refused from the header alone: never after buffering a body.
+                    assert!(before >= HEADER_LEN, "an error before a whole header");
+                    return (frames, Err(e.to_string()));
+                }
+            }
+        }
+        if fed == data.len() {
+            return (frames, Ok(buf.to_vec()));
+        }
+    }
+}
+
+/// The push protocol's frame decoder (`im::frame`): no panic; the same frames
+/// and outcome whether the bytes arrive whole or in small reads; a frame
+/// re-encodes to exactly the bytes it was decoded from, and a prefix of it is
+/// never a frame.
+pub fn frame(data: &[u8]) {
+    for max_body in [32, reborn::im::frame::DEFAULT_MAX_BODY] {
+        let whole = decode_fed(data, max_body, false);
+        let chunked = decode_fed(data, max_body, true);
+        assert_eq!(whole, chunked, "a split changed the decoding");
+        let mut at = 0;
+        for f in &whole.0 {
+            let bytes = f.to_bytes();
+            assert_eq!(&data[at..at + bytes.len()], &bytes[..], "re-encoding differs");
+            assert_eq!(Frame::check(&bytes[..bytes.len() - 1], max_body), Ok(None), "prefix framed");
+            at += bytes.len();
+        }
+    }
 }

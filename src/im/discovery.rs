@@ -132,11 +132,7 @@ pub async fn unregister(store: &Store, kind: InstanceKind, id: &str) -> Result<(
 /// A ZooKeeper failure.
 pub async fn list(store: &Store, kind: InstanceKind) -> Result<Vec<Instance>, TopoError> {
     let dir = store.paths().im_instances(kind.dir());
-    let children = match store.children(&dir).await {
-        Ok(c) => c,
-        Err(e) if e.is_not_found() => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    let children = store.children_or_none(&dir).await?;
     let mut out = Vec::with_capacity(children.len());
     for child in children {
         match store.get_json::<Instance>(&format!("{dir}/{child}")).await {

@@ -14,6 +14,8 @@ pub mod client;
 pub mod comet;
 pub mod discovery;
 pub mod frame;
+#[cfg(test)]
+mod frame_properties;
 pub mod grpc_server;
 pub mod job;
 pub mod logic;

@@ -622,7 +622,7 @@ impl Call {
     fn route(&self) -> Result<Route, Bytes> {
         let ctx = &self.ctx;
         if !ctx.lease.valid_at(Instant::now()) {
-            return Err(super::lease::refusal(&ctx.proxy_id));
+            return Err(super::reply::lease_refusal(Some(&ctx.proxy_id)));
         }
         let routes = ctx.router.routes();
         if !routes.online {

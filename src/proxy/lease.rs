@@ -26,13 +26,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use crate::libs::resp;
 use crate::topo::{Paths, Store, ZkSession, watcher};
 
 /// The instant until which slot traffic may be served, shared by every worker.
@@ -90,13 +88,6 @@ impl Lease {
     pub fn revoke(&self) {
         self.until.store(0, Ordering::Relaxed);
     }
-}
-
-/// The error a request of slot traffic gets while the lease is not valid.
-pub fn refusal(proxy_id: &str) -> Bytes {
-    resp::error(&format!(
-        "ERR proxy {proxy_id} cannot reach ZooKeeper; slot traffic is refused until it can"
-    ))
 }
 
 /// Keeps `lease` alive while the ZooKeeper session is, until `cancel`.

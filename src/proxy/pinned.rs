@@ -98,7 +98,7 @@ enum Route {
 
 fn route_now(ctx: &Context, slot: u16) -> Result<Route, Bytes> {
     if !ctx.lease.valid_at(Instant::now()) {
-        return Err(super::lease::refusal(&ctx.proxy_id));
+        return Err(super::reply::lease_refusal(Some(&ctx.proxy_id)));
     }
     let routes = ctx.router.routes();
     match target_for(ctx, &routes, slot) {

@@ -83,9 +83,27 @@ pub(crate) fn lost() -> Bytes {
 /// The reply of a request held too long (sessions normally resolve holds).
 pub fn held(why: Held) -> Bytes {
     match why {
-        Held::Slot(slot) => resp::error(&format!("ERR slot {slot} is switching groups, retry")),
-        Held::Lease => resp::error("ERR proxy cannot reach ZooKeeper; slot traffic is refused until it can"),
+        Held::Slot(slot) => slot_switching(slot, None),
+        Held::Lease => lease_refusal(None),
     }
+}
+
+/// The error for a request of `slot` that cannot wait for the slot's switch to
+/// end; `detail` says why it gave up, if it waited.
+pub fn slot_switching(slot: u16, detail: Option<&str>) -> Bytes {
+    match detail {
+        Some(d) => resp::error(&format!("ERR slot {slot} is switching groups ({d}), retry")),
+        None => resp::error(&format!("ERR slot {slot} is switching groups, retry")),
+    }
+}
+
+/// The error a request of slot traffic gets while the proxy's ZooKeeper lease
+/// is not valid (`proxy::lease`); `proxy_id` names the proxy where it is known.
+pub fn lease_refusal(proxy_id: Option<&str>) -> Bytes {
+    let who = proxy_id.map_or_else(|| "proxy".to_string(), |id| format!("proxy {id}"));
+    resp::error(&format!(
+        "ERR {who} cannot reach ZooKeeper; slot traffic is refused until it can"
+    ))
 }
 
 impl Reply {

@@ -50,10 +50,9 @@ use tokio_util::sync::CancellationToken;
 use super::clients::Connection;
 use super::context::{Client, Context};
 use super::dispatch::dispatch;
-use super::lease;
 use super::output::{Meter, WINDOW_BYTES};
 use super::pubsub::Inbox;
-use super::reply::{Held, Pending, Reply};
+use super::reply::{self, Held, Pending, Reply};
 use crate::libs::resp;
 
 /// Flush the output buffer once it holds this much, even mid-burst.
@@ -220,10 +219,8 @@ async fn hold(
         cmd,
         start,
         reply: Reply::Ready(match why {
-            Held::Slot(slot) => {
-                resp::error(&format!("ERR slot {slot} is switching groups ({detail}), retry"))
-            }
-            Held::Lease => lease::refusal(&ctx.proxy_id),
+            Held::Slot(slot) => reply::slot_switching(slot, Some(detail)),
+            Held::Lease => reply::lease_refusal(Some(&ctx.proxy_id)),
         }),
     };
     let Ok(_permit) = ctx.held.try_acquire() else {

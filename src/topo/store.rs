@@ -312,6 +312,40 @@ impl Store {
         self.zk()?.children(path).await
     }
 
+    /// The children of `path`; none when `path` does not exist (a directory
+    /// nobody has written to yet).
+    ///
+    /// # Errors
+    /// A ZooKeeper failure.
+    pub async fn children_or_none(&self, path: &str) -> Result<Vec<String>, TopoError> {
+        match self.children(path).await {
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// Every child of `path` read as JSON: (name, value), in ZooKeeper's
+    /// order. A child that vanishes while being read is skipped (ephemeral
+    /// nodes come and go); a missing `path` has none.
+    ///
+    /// # Errors
+    /// A ZooKeeper failure or a child that is not the JSON of `T`.
+    pub async fn json_children<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Vec<(String, T)>, TopoError> {
+        let names = self.children_or_none(path).await?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match self.get_json::<T>(&format!("{path}/{name}")).await {
+                Ok(value) => out.push((name, value)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether `path` exists.
     ///
     /// # Errors

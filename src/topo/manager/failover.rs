@@ -340,21 +340,7 @@ impl Leader<'_> {
 /// The proxies' observations: (proxy id, what it sees). Every node is
 /// ephemeral, so every one belongs to a live proxy.
 async fn observations(store: &Store) -> Result<Vec<(String, Observation)>, TopoError> {
-    let paths = store.paths();
-    let names = match store.children(&paths.observations()).await {
-        Ok(n) => n,
-        Err(e) if e.is_not_found() => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        match store.get_json::<Observation>(&paths.observation(&name)).await {
-            Ok(o) => out.push((name, o)),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    store.json_children(&store.paths().observations()).await
 }
 
 /// Repoints servers the topology names replicas that do not follow their
@@ -480,20 +466,10 @@ async fn save(store: &Store, record: &mut FailoverRecord) -> Result<(), TopoErro
 /// # Errors
 /// A ZooKeeper failure or a bad node.
 pub async fn list(store: &Store) -> Result<Vec<FailoverRecord>, TopoError> {
-    let paths = store.paths();
-    let names = match store.children(&paths.failovers()).await {
-        Ok(n) => n,
-        Err(e) if e.is_not_found() => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::with_capacity(names.len());
-    for seq in names.iter().filter_map(|n| n.parse::<u64>().ok()) {
-        match store.get_json::<FailoverRecord>(&paths.failover(seq)).await {
-            Ok(r) => out.push(r),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let mut out: Vec<FailoverRecord> = (store.json_children(&store.paths().failovers()).await?)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     out.sort_by_key(|r| r.seq);
     Ok(out)
 }

@@ -14,6 +14,7 @@
 //! * [`replication`]: reads `INFO replication` and drives `REPLICAOF`.
 //! * [`health`]: a short probe of a redis-server (up, down, loading).
 //! * `server_conns`: connections kept open to redis-servers between rounds.
+//! * `info_text`: reads the fields of an `INFO` reply.
 //! * [`server_info`]: a redis-server's `INFO` figures for the web UI.
 //! * [`traffic`]: the proxies' stats, sampled each second, ten minutes kept.
 //! * [`push_roles`]: the push system's registered instances, for the web UI.
@@ -29,6 +30,7 @@ pub mod candidate;
 pub mod dashboard;
 pub mod failover;
 pub mod health;
+pub(crate) mod info_text;
 pub(crate) mod master_conns;
 pub mod migrator;
 pub mod promote;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use super::info_text::InfoText;
 use super::migrator::{Conn, reply_text};
 use super::server_conns::ServerConns;
 use crate::libs::resp_client::Frame;
@@ -192,22 +193,15 @@ async fn look_on(conn: &mut Conn) -> Result<Replication, LookError> {
 
 /// Reads an `INFO replication` text; `None` without a `role` line.
 fn parse(info: &str, keys: u64) -> Option<Replication> {
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
+    let info = InfoText(info);
+    let field = |name: &str| info.field(name);
     let is_replica = match field("role")? {
         "slave" => true,
         "master" => false,
         _ => return None,
     };
     // Offsets are -1 before a replica's first sync: nothing applied.
-    let number = |name: &str| {
-        field(name)
-            .and_then(|v| v.parse::<i64>().ok())
-            .map_or(0, |v| u64::try_from(v).unwrap_or(0))
-    };
+    let number = |name: &str| info.count(name);
     let master = match (field("master_host"), field("master_port")) {
         (Some(h), Some(p)) if is_replica => Some(format!("{h}:{p}")),
         _ => None,

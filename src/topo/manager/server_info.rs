@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::info_text::InfoText;
 use super::migrator::{Conn, reply_text};
 use crate::libs::resp_client::Frame;
 use crate::topo::model::{GroupId, Role, Topology};
@@ -98,17 +99,10 @@ async fn ask(group: GroupId, addr: String, role: &str, auth: Option<&str>) -> Se
 
 /// Reads an `INFO` text into `base`.
 fn parse(info: &str, base: ServerInfo) -> ServerInfo {
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
+    let info = InfoText(info);
+    let field = |name: &str| info.field(name);
     // Offsets are -1 before a replica's first sync.
-    let number = |name: &str| {
-        field(name)
-            .and_then(|v| v.parse::<i64>().ok())
-            .map_or(0, |v| u64::try_from(v).unwrap_or(0))
-    };
+    let number = |name: &str| info.count(name);
     let reported_role = field("role").unwrap_or_default().to_string();
     let is_replica = reported_role == "slave";
     ServerInfo {
