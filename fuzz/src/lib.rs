@@ -38,6 +38,31 @@ impl Cuts {
     }
 }
 
+/// Feeds `data` into `buf`, whole or in small reads, and after each read lets
+/// `drain` take what it can off `buf`; `drain` returns false to stop there (the
+/// input was refused). Returns false if it stopped.
+fn feed(
+    data: &[u8],
+    chunked: bool,
+    buf: &mut BytesMut,
+    mut drain: impl FnMut(&mut BytesMut) -> bool,
+) -> bool {
+    let mut cuts = Cuts::new(data);
+    let mut fed = 0;
+    loop {
+        let take = if chunked { cuts.next() } else { data.len() };
+        let upto = (fed + take).min(data.len());
+        buf.extend_from_slice(&data[fed..upto]);
+        fed = upto;
+        if !drain(buf) {
+            return false;
+        }
+        if fed == data.len() {
+            return true;
+        }
+    }
+}
+
 /// What parsing a whole stream gave: the requests (args, raw), then either
 /// the bytes left over waiting for more, or an error.
 #[derive(Debug, PartialEq)]
@@ -47,33 +72,20 @@ struct Parsed {
 }
 
 fn parse_fed(data: &[u8], limits: &Limits, chunked: bool) -> Parsed {
-    let mut cuts = Cuts::new(data);
     let mut buf = BytesMut::new();
-    let mut fed = 0;
     let mut requests = Vec::new();
-    loop {
-        let take = if chunked { cuts.next() } else { data.len() };
-        let upto = (fed + take).min(data.len());
-        buf.extend_from_slice(&data[fed..upto]);
-        fed = upto;
+    let all = feed(data, chunked, &mut buf, |buf| {
         loop {
-            match resp::parse_request(&mut buf, limits) {
+            match resp::parse_request(buf, limits) {
                 Ok(Some(r)) => requests.push((r.args, r.raw)),
-                Ok(None) => break,
-                Err(_) => {
-                    return Parsed {
-                        requests,
-                        end: Err(()),
-                    };
-                }
+                Ok(None) => return true,
+                Err(_) => return false,
             }
         }
-        if fed == data.len() {
-            return Parsed {
-                requests,
-                end: Ok(buf.to_vec()),
-            };
-        }
+    });
+    Parsed {
+        requests,
+        end: if all { Ok(buf.to_vec()) } else { Err(()) },
     }
 }
 
@@ -106,29 +118,21 @@ pub fn request(data: &[u8]) {
 /// Splits `data` into reply frames as the backend reader does, fed whole or in
 /// small reads: the frames, then the bytes left over or an error.
 fn split_fed(data: &[u8], chunked: bool) -> (Vec<Vec<u8>>, Result<Vec<u8>, ()>) {
-    let mut cuts = Cuts::new(data);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut fed = 0;
+    let mut buf = BytesMut::new();
     let mut frames = Vec::new();
-    loop {
-        let take = if chunked { cuts.next() } else { data.len() };
-        let upto = (fed + take).min(data.len());
-        buf.extend_from_slice(&data[fed..upto]);
-        fed = upto;
+    let all = feed(data, chunked, &mut buf, |buf| {
         loop {
-            match resp::reply_len(&buf) {
+            match resp::reply_len(buf) {
                 Ok(Some(n)) => {
                     assert!(n > 0 && n <= buf.len(), "frame length {n} of {}", buf.len());
-                    frames.push(buf.drain(..n).collect());
+                    frames.push(buf.split_to(n).to_vec());
                 }
-                Ok(None) => break,
-                Err(_) => return (frames, Err(())),
+                Ok(None) => return true,
+                Err(_) => return false,
             }
         }
-        if fed == data.len() {
-            return (frames, Ok(buf));
-        }
-    }
+    });
+    (frames, if all { Ok(buf.to_vec()) } else { Err(()) })
 }
 
 /// The readers the proxy runs on a frame must not panic, and on a whole
@@ -171,18 +175,13 @@ pub fn reply(data: &[u8]) {
 /// Decodes push-protocol frames as a comet connection does, fed whole or in
 /// small reads, with `max_body`: the frames, then the bytes left over or the error.
 fn decode_fed(data: &[u8], max_body: usize, chunked: bool) -> (Vec<Frame>, Result<Vec<u8>, String>) {
-    let mut cuts = Cuts::new(data);
     let mut buf = BytesMut::new();
-    let mut fed = 0;
     let mut frames = Vec::new();
-    loop {
-        let take = if chunked { cuts.next() } else { data.len() };
-        let upto = (fed + take).min(data.len());
-        buf.extend_from_slice(&data[fed..upto]);
-        fed = upto;
+    let mut error = None;
+    feed(data, chunked, &mut buf, |buf| {
         loop {
             let before = buf.len();
-            match Frame::decode(&mut buf, max_body) {
+            match Frame::decode(buf, max_body) {
                 Ok(Some(f)) => {
                     assert_eq!(before - buf.len(), f.wire_len(), "consumed != the frame's length");
                     assert!(f.body.len() <= max_body, "a body over the maximum was returned");
@@ -190,19 +189,18 @@ fn decode_fed(data: &[u8], max_body: usize, chunked: bool) -> (Vec<Frame>, Resul
                 }
                 Ok(None) => {
                     assert_eq!(buf.len(), before, "bytes consumed without a frame");
-                    break;
+                    return true;
                 }
                 Err(e) => {
                     // Refused from the header alone: never after buffering a body.
                     assert!(before >= HEADER_LEN, "an error before a whole header");
-                    return (frames, Err(e.to_string()));
+                    error = Some(e.to_string());
+                    return false;
                 }
             }
         }
-        if fed == data.len() {
-            return (frames, Ok(buf.to_vec()));
-        }
-    }
+    });
+    (frames, error.map_or_else(|| Ok(buf.to_vec()), Err))
 }
 
 /// The push protocol's frame decoder (`im::frame`): no panic; the same frames
@@ -218,7 +216,11 @@ pub fn frame(data: &[u8]) {
         for f in &whole.0 {
             let bytes = f.to_bytes();
             assert_eq!(&data[at..at + bytes.len()], &bytes[..], "re-encoding differs");
-            assert_eq!(Frame::check(&bytes[..bytes.len() - 1], max_body), Ok(None), "prefix framed");
+            assert_eq!(
+                Frame::check(&bytes[..bytes.len() - 1], max_body),
+                Ok(None),
+                "prefix framed"
+            );
             at += bytes.len();
         }
     }
