@@ -26,6 +26,8 @@
 #                        [migration] section to try other batch/pacing settings)  default: none
 #   BENCH_REBORN         a reborn binary to run instead of building this tree (A/B runs
 #                        against another commit's `cargo build --release`)          default: none
+#   BENCH_REDIS_CONFIG   `CONFIG SET` pairs for all four redis-servers once they are up, e.g.
+#                        "appendonly no" (reborn up gives them an AOF, fsync every second)  default: none
 #   BENCH_KEEP=1         keep the work dir (reborn up logs, raw redis-benchmark output)
 #
 # Ports (fixed, so it never collides with a default `reborn up` or the other benchmarks, and
@@ -290,6 +292,14 @@ wait_loops() {   # wait_loops PHASE: stop after the current runs
 # ---------------------------------------------------------------- run -------------------
 
 start_reborn
+if [[ -n ${BENCH_REDIS_CONFIG:-} ]]; then
+    for port in "${REDIS_PORTS[@]}"; do
+        # shellcheck disable=SC2086   # the pairs are words on purpose
+        out=$(redis-cli -p "$port" CONFIG SET $BENCH_REDIS_CONFIG 2>&1)
+        [[ $out == OK ]] || die "redis :$port CONFIG SET $BENCH_REDIS_CONFIG: $out"
+    done
+    log "every redis-server: CONFIG SET $BENCH_REDIS_CONFIG"
+fi
 check_slots
 load_keys
 EXPECTED=$(expected_in_slots)
@@ -321,7 +331,8 @@ start_loops during
 nap 1
 LOAD_DURING_START=$(loadavg)
 declare -A CPU0
-for p in "$SRC_PID" "$DST_PID" "$SRC_REPLICA_PID" "$DST_REPLICA_PID" "$UP_PID"; do CPU0[$p]=$(cpu_ticks "$p"); done
+CPU_PIDS=("$SRC_PID" "$DST_PID" "$SRC_REPLICA_PID" "$DST_REPLICA_PID" "$UP_PID" ${LOAD_PID:+"$LOAD_PID"})
+for p in "${CPU_PIDS[@]}"; do CPU0[$p]=$(cpu_ticks "$p"); done
 T_SUBMIT=$EPOCHREALTIME
 # One process follows the task (`--wait` asks the dashboard every 0.1 s over HTTP): a polling
 # loop of curl/sed/awk here forked ~10 processes per poll, and those bursts of CPU every ~120 ms
@@ -342,7 +353,7 @@ T_DONE=$(at ": done after")
 [[ -n $T_DONE ]] || die "no end in the output of reborn admin migrate --wait: $(cat "$WORK/migrate.out")"
 TASKS=$(http_get "$DASH_PORT" /api/tasks) || TASKS=""
 declare -A CPU1
-for p in "$SRC_PID" "$DST_PID" "$SRC_REPLICA_PID" "$DST_REPLICA_PID" "$UP_PID"; do CPU1[$p]=$(cpu_ticks "$p"); done
+for p in "${CPU_PIDS[@]}"; do CPU1[$p]=$(cpu_ticks "$p"); done
 LOAD_DURING_END=$(loadavg)
 SRC_INFO=$(redis-cli -p "$SRC_PORT" INFO all | tr -d '\r')
 if [[ -n $LOAD_PID ]]; then
@@ -466,7 +477,8 @@ if ((OPEN_RATE > 0)); then
         echo "task timeline (s after submit), from admin migrate --wait: claimed $(secs "$T_SUBMIT" "$T_CLAIMED")," \
             "keys moving $(secs "$T_SUBMIT" "$T_SWITCHED"), done $WALL"
         echo "CPU over the task (100% = one core): source master $(cpu_pct "$SRC_PID"), its replica $(cpu_pct "$SRC_REPLICA_PID")," \
-            "target master $(cpu_pct "$DST_PID"), its replica $(cpu_pct "$DST_REPLICA_PID"), reborn up (proxy + dashboard) $(cpu_pct "$UP_PID")"
+            "target master $(cpu_pct "$DST_PID"), its replica $(cpu_pct "$DST_REPLICA_PID"), reborn up (proxy + dashboard) $(cpu_pct "$UP_PID")," \
+            "reborn load $(cpu_pct "${CPU_PIDS[5]}")"
         echo
         printf '%-30s %12s %12s %8s %-10s %s\n' metric before during ratio target pass/fail
         printf '%-30s %12s %12s %8s %-10s %s\n' "requests" "$BN" "$DN" - - -

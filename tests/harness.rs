@@ -223,3 +223,81 @@ async fn password_protected_servers_replicate() {
     assert_eq!(conn.call(&["AUTH", "s3cret"]).await, Resp::Simple("OK".into()));
     assert_eq!(conn.call(&["PING"]).await, Resp::Simple("PONG".into()));
 }
+
+/// `reborn load` (the benchmarks' open-loop generator) sends exactly its rate,
+/// evenly spaced, and gets a reply for every request.
+#[tokio::test]
+async fn reborn_load_sends_its_rate_evenly_and_counts_every_reply() {
+    let server = common::redis();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let samples = dir.path().join("samples");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_reborn"))
+        .args(["load", "--addr", &server.addr(), "--rate", "2000", "--secs", "2"])
+        .args(["--keys", "1000", "--conns", "4", "--samples"])
+        .arg(&samples)
+        .output()
+        .await
+        .expect("run reborn load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "reborn load failed: {stderr}");
+    assert!(
+        stderr.contains("4000 requests at 2000/s over 4 connections, 0 errors"),
+        "{stderr}"
+    );
+
+    let text = std::fs::read_to_string(&samples).expect("read samples");
+    let mut intended: Vec<u64> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<u64> = line.split(' ').map(|x| x.parse().expect("a number")).collect();
+        assert_eq!(f.len(), 4, "{line}");
+        assert_eq!(f[2], 0, "an error reply: {line}");
+        assert!(f[3] < 1024, "slot {line}");
+        intended.push(f[0]);
+    }
+    assert_eq!(intended.len(), 4000);
+    // One request every 500 µs, whatever the connection.
+    intended.sort_unstable();
+    for pair in intended.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!((499..=501).contains(&gap), "requests {gap} µs apart");
+    }
+    // Half of them were SETs of keys below 1000.
+    let mut conn = common::client(&server.addr()).await;
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.expect("DBSIZE");
+    assert!(
+        (500..=1000).contains(&keys),
+        "{keys} keys after 2000 SETs of 1000 keys"
+    );
+}
+
+/// A server that never answers ends the run with errors, not a hang.
+#[tokio::test]
+async fn reborn_load_counts_unanswered_requests_as_errors() {
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    // Accepts, reads and never writes.
+    std::thread::spawn(move || {
+        for conn in silent.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_reborn"))
+        .args([
+            "load", "--addr", &addr, "--rate", "100", "--secs", "1", "--conns", "2",
+        ])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("reborn load ended")
+        .expect("run reborn load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("100 requests at 100/s over 2 connections, 100 errors"),
+        "{stderr}"
+    );
+}

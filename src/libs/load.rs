@@ -13,15 +13,23 @@
 //! Requests alternate `SET key:%012d <value>` and `GET` of random keys below
 //! `keys`. Every `interval` one CSV line goes to stdout:
 //! `unix_ms,requests,errors,p50_us,p99_us,max_us`, then a summary on stderr.
+//!
+//! The generator shares the machine with what it measures, so it is one
+//! thread: it sends what is due, then waits in `ppoll` for a reply or the next
+//! due time, with a timer slack of a microsecond. A thread per connection
+//! (and a channel to a collector) cost three wake-ups per request, CPU taken
+//! from the proxy and the servers under test; the figures are in
+//! `docs/benchmarks.md`.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::num::NonZeroU64;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use bytes::{Buf, BytesMut};
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use super::hash::slot_of;
 use super::resp;
@@ -68,242 +76,373 @@ pub enum LoadError {
     Connect { addr: String, source: std::io::Error },
     #[error("samples file: {0}")]
     Samples(std::io::Error),
+    #[error("poll: {0}")]
+    Poll(std::io::Error),
 }
 
-/// One request's outcome: latency from its intended send time.
-struct Sample {
-    intended: Instant,
-    latency: Duration,
-    error: bool,
-    /// The key's slot: latency can then be split by migrating slots.
-    slot: u16,
-}
+/// How long replies still owed at the end are waited for before they count
+/// as errors.
+const DRAIN: Duration = Duration::from_secs(5);
 
-/// Runs the load, printing a line per interval. Plain threads and blocking
-/// sockets, not tasks: a thread sleeps to within tens of microseconds of the
-/// intended time, where tokio's timer rounds up to the next millisecond.
+/// Runs the load, printing a line per interval.
 ///
 /// # Errors
-/// Bad arguments, or a connection that cannot be opened at the start.
+/// Bad arguments, a connection that cannot be opened at the start, or the
+/// samples file.
 pub fn run(args: &LoadArgs) -> Result<(), LoadError> {
     if args.rate == 0 || args.conns == 0 || args.keys == 0 || args.secs == 0 {
         return Err(LoadError::Args("rate, conns, keys and secs must be above 0"));
     }
-    let (tx, rx) = mpsc::channel::<Sample>();
-    let mut samples = match &args.samples {
+    // The default slack (50 µs) would send every request late by up to that.
+    let _ = rustix::thread::set_current_timer_slack(NonZeroU64::new(1_000));
+    let mut conns = Vec::with_capacity(args.conns);
+    for _ in 0..args.conns {
+        let connect = |addr: &str| {
+            let stream = TcpStream::connect(addr)?;
+            stream.set_nodelay(true)?;
+            stream.set_nonblocking(true)?;
+            Ok(stream)
+        };
+        let stream = connect(&args.addr).map_err(|source| LoadError::Connect {
+            addr: args.addr.clone(),
+            source,
+        })?;
+        conns.push(Conn::new(stream));
+    }
+    let samples = match &args.samples {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path).map_err(LoadError::Samples)?,
         )),
         None => None,
     };
-    // Instants are turned into wall-clock time for the samples file.
-    let (epoch_now, instant_now) = (SystemTime::now(), Instant::now());
-    let unix_us = |at: Instant| {
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut load = Load {
+        conns,
+        rng: fastrand::Rng::with_seed(1),
+        value: vec![b'v'; args.value_size],
+        keys: args.keys,
+        next_due: start,
+        next_conn: 0,
+        step: Duration::from_secs_f64(1.0 / f64::from(args.rate)),
+        end: start + Duration::from_secs(args.secs),
+        record: Record::new(samples),
+    };
+    let interval = Duration::from_millis(args.interval_ms.max(10));
+    let mut next_line = start + interval;
+    println!("unix_ms,requests,errors,p50_us,p99_us,max_us");
+    loop {
+        let now = Instant::now();
+        load.send_due(now);
+        if now >= next_line {
+            if args.stop_file.as_ref().is_some_and(|f| f.exists()) {
+                load.end = load.end.min(now);
+            }
+            load.record.print_line();
+            next_line += interval;
+        }
+        if now >= load.end && load.owed() == 0 {
+            break;
+        }
+        if now >= load.end + DRAIN {
+            load.give_up(now);
+            break;
+        }
+        let mut wake = next_line.min(load.end + DRAIN);
+        if load.next_due < load.end {
+            wake = wake.min(load.next_due);
+        }
+        load.wait(wake.saturating_duration_since(now))?;
+    }
+    load.record.finish(args)
+}
+
+/// One connection: what it still has to write and which replies it owes, in
+/// order, with their intended send times and slots.
+struct Conn {
+    stream: TcpStream,
+    out: BytesMut,
+    input: BytesMut,
+    owed: VecDeque<(Instant, u16)>,
+    sent: u64,
+    dead: bool,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            out: BytesMut::with_capacity(4096),
+            input: BytesMut::with_capacity(64 * 1024),
+            owed: VecDeque::new(),
+            sent: 0,
+            dead: false,
+        }
+    }
+
+    /// Writes what it can without blocking.
+    fn flush(&mut self) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what has arrived and hands each complete reply to `done`.
+    fn read(&mut self, mut done: impl FnMut(Instant, u16, bool)) -> std::io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    self.input.extend_from_slice(&chunk[..n]);
+                    // A short read took all there was: asking again would
+                    // only cost a system call to hear "would block".
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while let Some(n) = resp::reply_len(&self.input).map_err(std::io::Error::other)? {
+            let error = resp::is_error(&self.input);
+            self.input.advance(n);
+            let Some((at, slot)) = self.owed.pop_front() else {
+                return Err(std::io::Error::other("a reply nobody asked for"));
+            };
+            done(at, slot, error);
+        }
+        Ok(())
+    }
+}
+
+/// The generator's state: the connections and the schedule.
+struct Load {
+    conns: Vec<Conn>,
+    rng: fastrand::Rng,
+    value: Vec<u8>,
+    keys: u64,
+    /// The next request's intended send time; one every `step`, round robin
+    /// over the connections.
+    next_due: Instant,
+    next_conn: usize,
+    step: Duration,
+    end: Instant,
+    record: Record,
+}
+
+impl Load {
+    /// Queues and writes every request due by `now` (all at once when behind:
+    /// their latency still counts from their own intended time).
+    fn send_due(&mut self, now: Instant) {
+        while self.next_due <= now && self.next_due < self.end {
+            let due = self.next_due;
+            self.next_due += self.step;
+            let i = self.next_conn;
+            self.next_conn = (i + 1) % self.conns.len();
+            let key = format!("key:{:012}", self.rng.u64(..self.keys));
+            let slot = slot_of(key.as_bytes());
+            let conn = &mut self.conns[i];
+            if conn.dead {
+                self.record.sample(due, now, slot, true);
+                continue;
+            }
+            if conn.sent.is_multiple_of(2) {
+                resp::put_header(&mut conn.out, b'*', 3);
+                resp::put_bulk(&mut conn.out, b"SET");
+                resp::put_bulk(&mut conn.out, key.as_bytes());
+                resp::put_bulk(&mut conn.out, &self.value);
+            } else {
+                resp::put_header(&mut conn.out, b'*', 2);
+                resp::put_bulk(&mut conn.out, b"GET");
+                resp::put_bulk(&mut conn.out, key.as_bytes());
+            }
+            conn.sent += 1;
+            conn.owed.push_back((due, slot));
+        }
+        for i in 0..self.conns.len() {
+            if !self.conns[i].dead && self.conns[i].flush().is_err() {
+                self.kill(i, now);
+            }
+        }
+    }
+
+    /// Replies still owed.
+    fn owed(&self) -> usize {
+        self.conns.iter().map(|c| c.owed.len()).sum()
+    }
+
+    /// A connection that failed: what it owed, and all it would have been
+    /// sent, count as errors.
+    fn kill(&mut self, i: usize, now: Instant) {
+        let conn = &mut self.conns[i];
+        conn.dead = true;
+        for (at, slot) in conn.owed.drain(..) {
+            self.record.sample(at, now, slot, true);
+        }
+    }
+
+    /// Replies that never came count as errors.
+    fn give_up(&mut self, now: Instant) {
+        for i in 0..self.conns.len() {
+            self.kill(i, now);
+        }
+    }
+
+    /// Waits up to `timeout` for replies (or room to write) and takes them in.
+    fn wait(&mut self, timeout: Duration) -> Result<(), LoadError> {
+        let mut fds: Vec<PollFd<'_>> = self
+            .conns
+            .iter()
+            .map(|c| {
+                let mut flags = PollFlags::empty();
+                if !c.dead {
+                    flags |= PollFlags::IN;
+                    if !c.out.is_empty() {
+                        flags |= PollFlags::OUT;
+                    }
+                }
+                PollFd::from_borrowed_fd(c.stream.as_fd(), flags)
+            })
+            .collect();
+        let timeout = Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(e) => return Err(LoadError::Poll(e.into())),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        for (i, ready) in ready.into_iter().enumerate() {
+            if !ready {
+                continue;
+            }
+            let (conn, record) = (&mut self.conns[i], &mut self.record);
+            let mut now = None;
+            let read = conn.read(|at, slot, error| {
+                let now = *now.get_or_insert_with(Instant::now);
+                record.sample(at, now, slot, error);
+            });
+            let write = conn.flush();
+            if read.is_err() || write.is_err() {
+                self.kill(i, Instant::now());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The latencies seen: per report line, in all, and (optionally) each
+/// request to a file.
+struct Record {
+    window: Vec<Duration>,
+    all: Vec<Duration>,
+    errors: u64,
+    all_errors: u64,
+    samples: Option<std::io::BufWriter<std::fs::File>>,
+    samples_error: Option<std::io::Error>,
+    /// Instants are turned into wall-clock time for the samples file.
+    epoch: (SystemTime, Instant),
+}
+
+impl Record {
+    fn new(samples: Option<std::io::BufWriter<std::fs::File>>) -> Record {
+        Record {
+            window: Vec::new(),
+            all: Vec::new(),
+            errors: 0,
+            all_errors: 0,
+            samples,
+            samples_error: None,
+            epoch: (SystemTime::now(), Instant::now()),
+        }
+    }
+
+    fn sample(&mut self, intended: Instant, now: Instant, slot: u16, error: bool) {
+        let latency = now.saturating_duration_since(intended);
+        self.errors += u64::from(error);
+        self.window.push(latency);
+        if self.samples.is_some() && self.samples_error.is_none() {
+            let line = format!(
+                "{} {} {} {slot}\n",
+                self.unix_us(intended),
+                latency.as_micros(),
+                u8::from(error)
+            );
+            if let Some(Err(e)) = self.samples.as_mut().map(|out| out.write_all(line.as_bytes())) {
+                self.samples_error = Some(e);
+            }
+        }
+    }
+
+    fn unix_us(&self, at: Instant) -> u128 {
+        let (epoch_now, instant_now) = self.epoch;
         let wall = if at >= instant_now {
             epoch_now + (at - instant_now)
         } else {
             epoch_now - (instant_now - at)
         };
         wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros())
-    };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let start = Instant::now() + Duration::from_millis(50);
-    let end = start + Duration::from_secs(args.secs);
-    let period = Duration::from_secs_f64(args.conns as f64 / f64::from(args.rate));
-    let mut threads = Vec::new();
-    for i in 0..args.conns {
-        let conn = TcpStream::connect(&args.addr).map_err(|source| LoadError::Connect {
-            addr: args.addr.clone(),
-            source,
-        })?;
-        let _ = conn.set_nodelay(true);
-        // Connections start staggered, so the requests are evenly spaced.
-        let first = start + period.mul_f64(i as f64 / args.conns as f64);
-        let plan = Plan {
-            first,
-            period,
-            end,
-            keys: args.keys,
-            value: vec![b'v'; args.value_size],
-            seed: i as u64 + 1,
+    }
+
+    /// Prints one interval's line and starts the next.
+    fn print_line(&mut self) {
+        self.window.sort_unstable();
+        let us = |d: Option<&Duration>| d.map_or(0, |d| d.as_micros());
+        let (w, n) = (&self.window, self.window.len());
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        println!(
+            "{unix_ms},{n},{},{},{},{}",
+            self.errors,
+            us(w.get(n / 2)),
+            us(w.get((n * 99 / 100).min(n.saturating_sub(1)))),
+            us(w.last())
+        );
+        self.all_errors += self.errors;
+        self.errors = 0;
+        self.all.append(&mut self.window);
+    }
+
+    /// The last line, the samples file and the summary.
+    fn finish(mut self, args: &LoadArgs) -> Result<(), LoadError> {
+        self.print_line();
+        if let Some(e) = self.samples_error.take() {
+            return Err(LoadError::Samples(e));
+        }
+        if let Some(mut out) = self.samples.take() {
+            out.flush().map_err(LoadError::Samples)?;
+        }
+        let all = &mut self.all;
+        all.sort_unstable();
+        let q = |p: f64| {
+            let i = ((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1));
+            all.get(i).copied().unwrap_or_default()
         };
-        threads.extend(drive(conn, plan, stop.clone(), tx.clone()));
+        eprintln!(
+            "load: {} requests at {}/s over {} connections, {} errors; latency from the intended \
+             send time: p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+            all.len(),
+            args.rate,
+            args.conns,
+            self.all_errors,
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            all.last().copied().unwrap_or_default()
+        );
+        Ok(())
     }
-    drop(tx);
-
-    let interval = Duration::from_millis(args.interval_ms.max(10));
-    let mut next_line = start + interval;
-    let (mut window, mut all) = (Vec::new(), Vec::new());
-    let (mut errors, mut all_errors) = (0u64, 0u64);
-    println!("unix_ms,requests,errors,p50_us,p99_us,max_us");
-    loop {
-        let wait = next_line.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(s) => {
-                errors += u64::from(s.error);
-                window.push(s.latency);
-                if let Some(out) = samples.as_mut() {
-                    let line = format!(
-                        "{} {} {} {}\n",
-                        unix_us(s.intended),
-                        s.latency.as_micros(),
-                        u8::from(s.error),
-                        s.slot
-                    );
-                    out.write_all(line.as_bytes()).map_err(LoadError::Samples)?;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if args.stop_file.as_ref().is_some_and(|f| f.exists()) {
-                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-                print_line(&mut window, errors);
-                all_errors += errors;
-                errors = 0;
-                all.append(&mut window);
-                next_line += interval;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    print_line(&mut window, errors);
-    all_errors += errors;
-    all.append(&mut window);
-    if let Some(mut out) = samples {
-        out.flush().map_err(LoadError::Samples)?;
-    }
-    for t in threads {
-        let _ = t.join();
-    }
-    all.sort_unstable();
-    let q = |p: f64| {
-        let i = ((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1));
-        all.get(i).copied().unwrap_or_default()
-    };
-    eprintln!(
-        "load: {} requests at {}/s over {} connections, {all_errors} errors; latency from the intended \
-         send time: p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
-        all.len(),
-        args.rate,
-        args.conns,
-        q(0.5),
-        q(0.99),
-        q(0.999),
-        all.last().copied().unwrap_or_default()
-    );
-    Ok(())
-}
-
-/// Prints one interval's line (sorting the samples in place).
-fn print_line(window: &mut [Duration], errors: u64) {
-    window.sort_unstable();
-    let us = |d: Option<&Duration>| d.map_or(0, |d| d.as_micros());
-    let n = window.len();
-    let unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    println!(
-        "{unix_ms},{n},{errors},{},{},{}",
-        us(window.get(n / 2)),
-        us(window.get((n * 99 / 100).min(n.saturating_sub(1)))),
-        us(window.last())
-    );
-}
-
-/// What one connection sends, and when.
-struct Plan {
-    first: Instant,
-    period: Duration,
-    end: Instant,
-    keys: u64,
-    value: Vec<u8>,
-    seed: u64,
-}
-
-/// One connection, two threads: the writer sends each request at its intended
-/// time (at once when behind), the reader reads the replies in order and
-/// reports each latency from that time.
-fn drive(
-    conn: TcpStream,
-    plan: Plan,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    out: mpsc::Sender<Sample>,
-) -> Vec<std::thread::JoinHandle<()>> {
-    let Ok(mut rd) = conn.try_clone() else {
-        return Vec::new();
-    };
-    let mut wr = conn;
-    let intended = Arc::new(Mutex::new(VecDeque::<(Instant, u16)>::new()));
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (intended, done) = (intended.clone(), done.clone());
-        std::thread::spawn(move || {
-            let mut rng = fastrand::Rng::with_seed(plan.seed);
-            let mut due = plan.first;
-            let mut n = 0u64;
-            while due < plan.end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                let key = format!("key:{:012}", rng.u64(..plan.keys));
-                let frame = if n.is_multiple_of(2) {
-                    resp::encode_array(&[b"SET".as_ref(), key.as_bytes(), &plan.value])
-                } else {
-                    resp::encode_array(&[b"GET".as_ref(), key.as_bytes()])
-                };
-                n += 1;
-                intended.lock().push_back((due, slot_of(key.as_bytes())));
-                if wr.write_all(&frame).is_err() {
-                    break;
-                }
-                due += plan.period;
-            }
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
-        })
-    };
-    let reader = std::thread::spawn(move || {
-        let _ = rd.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut buf = Vec::with_capacity(64 * 1024);
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            while let Ok(Some(n)) = resp::reply_len(&buf) {
-                let error = buf.first() == Some(&b'-');
-                buf.drain(..n);
-                let Some((at, slot)) = intended.lock().pop_front() else {
-                    break;
-                };
-                let _ = out.send(Sample {
-                    intended: at,
-                    latency: at.elapsed(),
-                    error,
-                    slot,
-                });
-            }
-            let finished = done.load(std::sync::atomic::Ordering::SeqCst) && intended.lock().is_empty();
-            if finished {
-                return;
-            }
-            match rd.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => break,
-            }
-        }
-        // The connection is gone: what it still owed counts as errors.
-        for (at, slot) in intended.lock().drain(..) {
-            let _ = out.send(Sample {
-                intended: at,
-                latency: at.elapsed(),
-                error: true,
-                slot,
-            });
-        }
-    });
-    vec![writer, reader]
 }

@@ -107,9 +107,16 @@ pub async fn run(
 }
 
 async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &str) -> Result<(), AckError> {
+    // Each router stores the action's sequence before it signals the change,
+    // so a change subscribed to before the check cannot be missed.
     let applied = async {
-        while workers.iter().any(|w| w.router.applied_action() < a.seq) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        for w in workers {
+            let mut changes = w.router.subscribe();
+            while w.router.applied_action() < a.seq {
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     };
     tokio::time::timeout(STEP_TIMEOUT, applied)

@@ -18,7 +18,7 @@
 //! topo kernel only.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::error::TopoError;
 use super::lock;
@@ -325,28 +325,43 @@ pub(crate) async fn wait_acks(
     seq: u64,
     timeout: Duration,
 ) -> Result<(), Vec<String>> {
-    let deadline = Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        // A missing parent is an empty list: no proxy ever registered, or none
-        // has acknowledged yet (the first one creates `acks/<seq>`).
-        let list = async |path: String| match zk.children(&path).await {
-            Err(e) if e.is_not_found() => Ok(Vec::new()),
-            other => other,
-        };
-        let missing = match (list(paths.proxies()).await, list(paths.acks_of(seq)).await) {
-            (Ok(live), Ok(acked)) => {
+        // Both lists with watches: an ack, or a proxy that leaves, wakes this
+        // at once. A missing `acks/<seq>` lists as empty (no proxy has
+        // acknowledged yet; the first one creates it).
+        let proxies = zk.children_and_watch(&paths.proxies()).await;
+        let acks = zk.children_and_watch(&paths.acks_of(seq)).await;
+        let (missing, watches) = match (proxies, acks) {
+            (Ok((live, live_watch)), Ok((acked, acked_watch))) => {
                 let acked: BTreeSet<String> = acked.into_iter().collect();
-                live.into_iter().filter(|p| !acked.contains(p)).collect()
+                let missing: Vec<String> = live.into_iter().filter(|p| !acked.contains(p)).collect();
+                (missing, Some((live_watch, acked_watch)))
             }
-            (Err(e), _) | (_, Err(e)) => vec![format!("(unknown: cannot list proxies or acks: {e})")],
+            (Err(e), _) | (_, Err(e)) => (vec![format!("(unknown: cannot list proxies or acks: {e})")], None),
         };
         if missing.is_empty() {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             return Err(missing);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let changed = async {
+            match watches {
+                Some((a, b)) => {
+                    tokio::select! {
+                        _ = a.changed() => {}
+                        _ = b.changed() => {}
+                    }
+                }
+                // ZooKeeper failed: try again soon.
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
     }
 }
 

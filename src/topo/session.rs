@@ -202,6 +202,41 @@ impl ZkSession {
         Ok(names)
     }
 
+    /// Like [`children`](Self::children), with a watch that fires once they
+    /// change. A missing `path` lists as empty, and its watch fires when it is
+    /// created.
+    ///
+    /// # Errors
+    /// A ZooKeeper failure.
+    pub async fn children_and_watch(
+        &self,
+        path: &str,
+    ) -> Result<(Vec<String>, zk::OneshotWatcher), TopoError> {
+        loop {
+            match self
+                .patiently(|| self.client.list_and_watch_children(path))
+                .await
+                .0
+            {
+                Ok((mut names, watch)) => {
+                    names.sort();
+                    return Ok((names, watch));
+                }
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(TopoError::zk("list", path, e)),
+            }
+            let (stat, watch) = self
+                .patiently(|| self.client.check_and_watch_stat(path))
+                .await
+                .0
+                .map_err(TopoError::zk_at("watch", path))?;
+            if stat.is_none() {
+                return Ok((Vec::new(), watch));
+            }
+            // Created between the two calls: list it.
+        }
+    }
+
     /// Creates `path` and its missing ancestors as empty persistent nodes.
     ///
     /// # Errors
