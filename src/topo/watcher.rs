@@ -28,6 +28,11 @@ use crate::libs::backoff::Backoff;
 
 /// After the first event of a burst, wait this long for more before reloading.
 const COALESCE: Duration = Duration::from_millis(20);
+/// The same once the burst carries an action (a phase of a switch): every
+/// live proxy must apply it and acknowledge it while clients' requests for
+/// its slots wait, and the one transaction that wrote it arrives as one run
+/// of events, so a short quiet gap is enough to collect them.
+const ACTION_COALESCE: Duration = Duration::from_millis(1);
 /// Upper bound on one burst, so a steady trickle of events cannot starve reloads.
 const MAX_BURST: Duration = Duration::from_millis(200);
 
@@ -48,28 +53,36 @@ pub async fn load_from(zk: &ZkSession, paths: &Paths) -> Result<Topology, TopoEr
     let not_initialized = || TopoError::NotInitialized {
         product: paths.product_name().to_string(),
     };
-    if !zk.exists(paths.product()).await? {
-        return Err(not_initialized());
-    }
     // The action first: it is written in one transaction with the slot table
     // (and a promote writes its group before its last action), and one
     // session reads in order, so everything read after it is at least as new.
     // Read the other way round, a snapshot could pair a new `pre_migrate`
     // action with the table from before it, and a proxy would acknowledge a
     // switch while still routing the slots to the source.
-    let action = load_action(zk, paths).await?;
-    let slots: SlotTable = zk
-        .get_json(&paths.slots())
-        .await
-        .map_err(|e| if e.is_not_found() { not_initialized() } else { e })?;
-    let groups = load_groups(zk, paths).await?;
-    let proxies = load_proxies(zk, paths).await?;
-    let offline_proxies = zk
-        .children(&paths.offline())
-        .await
-        .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })?
-        .into_iter()
-        .collect();
+    let (exists, action) = tokio::try_join!(zk.exists(paths.product()), load_action(zk, paths))?;
+    if !exists {
+        return Err(not_initialized());
+    }
+    // The rest at once, after the action: a proxy applies every switch phase
+    // after this load, so each round trip saved here is that much less time
+    // its clients' requests for the moving slots are held.
+    let slots = async {
+        zk.get_json::<SlotTable>(&paths.slots())
+            .await
+            .map_err(|e| if e.is_not_found() { not_initialized() } else { e })
+    };
+    let offline_proxies = async {
+        zk.children(&paths.offline())
+            .await
+            .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })
+    };
+    let (slots, groups, proxies, offline_proxies) = tokio::try_join!(
+        slots,
+        load_groups(zk, paths),
+        load_proxies(zk, paths),
+        offline_proxies
+    )?;
+    let offline_proxies = offline_proxies.into_iter().collect();
     Ok(Topology {
         product: paths.product_name().to_string(),
         slots,
@@ -300,20 +313,42 @@ impl Follower {
 }
 
 /// Waits for the next relevant event, then gathers the rest of its burst.
-async fn next_burst(events: &mut zk::PersistentWatcher, paths: &Paths) -> Burst {
+/// Where [`next_burst`] takes its events from: the topology's watch, or a
+/// channel in the tests.
+trait Events {
+    fn next(&mut self) -> impl Future<Output = zk::WatchedEvent> + Send + '_;
+}
+
+impl Events for zk::PersistentWatcher {
+    fn next(&mut self) -> impl Future<Output = zk::WatchedEvent> + Send + '_ {
+        self.changed()
+    }
+}
+
+async fn next_burst(events: &mut impl Events, paths: &Paths) -> Burst {
+    let actions = paths.actions();
+    let is_action = |event: &zk::WatchedEvent| event.path.starts_with(actions.as_str());
+    let mut quiet = COALESCE;
     loop {
-        match classify(&events.changed().await, paths) {
+        let event = events.next().await;
+        match classify(&event, paths) {
             None => continue,
-            Some(Burst::Changed) => break,
+            Some(Burst::Changed) => {
+                if is_action(&event) {
+                    quiet = ACTION_COALESCE;
+                }
+                break;
+            }
             Some(other) => return other,
         }
     }
     let deadline = tokio::time::Instant::now() + MAX_BURST;
     loop {
-        let until = deadline.min(tokio::time::Instant::now() + COALESCE);
-        match tokio::time::timeout_at(until, events.changed()).await {
+        let until = deadline.min(tokio::time::Instant::now() + quiet);
+        match tokio::time::timeout_at(until, events.next()).await {
             Err(_) => return Burst::Changed,
             Ok(event) => match classify(&event, paths) {
+                Some(Burst::Changed) if is_action(&event) => quiet = ACTION_COALESCE,
                 None | Some(Burst::Changed) => {}
                 // A session event ends the burst; a reconnect reloads anyway.
                 Some(other) => return other,
@@ -361,5 +396,58 @@ mod tests {
         assert_eq!(c(E::Session, S::SyncConnected, ""), Some(Burst::Reconnected));
         assert_eq!(c(E::Session, S::Expired, ""), Some(Burst::Ended));
         assert_eq!(c(E::Session, S::Closed, ""), Some(Burst::Ended));
+    }
+
+    impl Events for tokio::sync::mpsc::UnboundedReceiver<zk::WatchedEvent> {
+        async fn next(&mut self) -> zk::WatchedEvent {
+            match self.recv().await {
+                Some(event) => event,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn node_event(path: &str) -> zk::WatchedEvent {
+        zk::WatchedEvent::new(zk::EventType::NodeDataChanged, path)
+    }
+
+    /// How long (in paused time) a burst that starts with `first` takes to
+    /// end when nothing follows.
+    async fn burst_time(first: &str) -> Duration {
+        let p = Paths::new("/r", "d").expect("paths");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(node_event(first)).expect("send");
+        let start = tokio::time::Instant::now();
+        assert_eq!(next_burst(&mut rx, &p).await, Burst::Changed);
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_with_an_action_ends_at_once_others_coalesce() {
+        // A switch phase: reloaded after ~1 ms, not after the 20 ms quiet gap.
+        assert!(burst_time("/r/d/actions/0000000007").await <= Duration::from_millis(2));
+        let other = burst_time("/r/d/slots").await;
+        assert!(
+            other >= COALESCE && other <= COALESCE + Duration::from_millis(2),
+            "{other:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_trickle_of_events_cannot_postpone_the_reload_past_the_cap() {
+        let p = Paths::new("/r", "d").expect("paths");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                if tx.send(node_event("/r/d/proxies/x")).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let start = tokio::time::Instant::now();
+        assert_eq!(next_burst(&mut rx, &p).await, Burst::Changed);
+        let took = start.elapsed();
+        assert!(took >= MAX_BURST && took <= MAX_BURST + COALESCE, "{took:?}");
     }
 }
