@@ -12,11 +12,11 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     #[command(subcommand)]
-    role: Role,
+    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-enum Role {
+enum Command {
     /// Run a RESP proxy in front of the product's redis groups.
     Proxy(reborn::proxy::ProxyArgs),
     /// Run the dashboard: the HTTP JSON API over the product (one leader, standbys wait).
@@ -56,8 +56,8 @@ pub static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzz
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.role {
-        Role::Proxy(args) => {
+    match cli.command {
+        Command::Proxy(args) => {
             let config = args.into_config().context("load proxy config")?;
             reborn::libs::logging::init("info,zookeeper_client=warn");
             // Client traffic runs on the proxy's own worker threads; this runtime
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
                 .block_on(reborn::proxy::run_until_signal(config))
                 .context("proxy")
         }
-        Role::Dashboard(args) => {
+        Command::Dashboard(args) => {
             let config = args.into_config().context("load dashboard config")?;
             reborn::libs::logging::init("info,zookeeper_client=warn");
             // HTTP requests and one ZooKeeper session: two workers are plenty.
@@ -74,20 +74,20 @@ fn main() -> anyhow::Result<()> {
                 .block_on(reborn::topo::manager::dashboard::run_until_signal(config))
                 .context("dashboard")
         }
-        Role::Admin(args) => {
+        Command::Admin(args) => {
             reborn::libs::logging::init("warn,zookeeper_client=error");
             runtime(1)?
                 .block_on(reborn::topo::manager::admin::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))
         }
-        Role::Comet(args) => {
+        Command::Comet(args) => {
             let config = args.into_config().context("load comet config")?;
             reborn::libs::logging::init("info,zookeeper_client=warn");
             runtime(config.threads)?
                 .block_on(reborn::im::comet::run_until_signal(config))
                 .context("comet")
         }
-        Role::Logic(args) => match args.command {
+        Command::Logic(args) => match args.command {
             Some(reborn::im::logic::args::LogicCommand::Token(t)) => {
                 let token = t
                     .mint(reborn::im::discovery::unix_now())
@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
                     .context("logic")
             }
         },
-        Role::Job(args) => {
+        Command::Job(args) => {
             let config = args.into_config().context("load job config")?;
             reborn::libs::logging::init("info,zookeeper_client=warn");
             // A consumer task per stream and gRPC calls: two workers are plenty.
@@ -114,17 +114,17 @@ fn main() -> anyhow::Result<()> {
                 })
                 .context("job")
         }
-        Role::PushBench(args) => {
+        Command::PushBench(args) => {
             reborn::libs::logging::init("warn");
             runtime(args.threads)?
                 .block_on(reborn::im::bench::run(args))
                 .context("push-bench")
         }
-        Role::Load(args) => {
+        Command::Load(args) => {
             reborn::libs::logging::init("warn");
             reborn::libs::load::run(&args).context("load")
         }
-        Role::Up(args) => {
+        Command::Up(args) => {
             reborn::libs::logging::init("info,zookeeper_client=warn");
             runtime(0)?
                 .block_on(reborn::up::run(args))

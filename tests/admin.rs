@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::cluster::Cluster;
 use reborn::libs::hash::slot_of;
-use reborn::topo::manager::dashboard::client::{self, Reply};
-use reborn::topo::manager::dashboard::{Bound, DashboardConfig};
+use reborn::topo::manager::dashboard::client::{self, ApiReply};
+use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig};
 use reborn::topo::manager::task::{self, Task, TaskState};
 use reborn::topo::model::{Role, SlotState};
 use reborn::topo::{Store, TopoError, ZkConfig, operation, watcher};
@@ -39,7 +39,7 @@ async fn dashboard_with(
         ..DashboardConfig::default()
     };
     adjust(&mut cfg);
-    let bound = Bound::bind(cfg).await.expect("bind dashboard");
+    let bound = BoundDashboard::bind(cfg).await.expect("bind dashboard");
     let addr = bound.local_addr().to_string();
     tokio::spawn(bound.run(stop.clone()));
     common::eventually("the dashboard to lead", Duration::from_secs(10), || async {
@@ -57,7 +57,7 @@ async fn tasks(dash: &str) -> Vec<Task> {
         .expect("tasks")
 }
 
-async fn post(dash: &str, path: &str, body: serde_json::Value) -> Reply {
+async fn post(dash: &str, path: &str, body: serde_json::Value) -> ApiReply {
     client::post(dash, path, &body)
         .await
         .unwrap_or_else(|e| panic!("POST {path}: {e}"))

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::http::Method;
-use reborn::topo::manager::dashboard::client::{self, Reply};
-use reborn::topo::manager::dashboard::{Bound, DashboardConfig, DashboardError, DashboardInfo};
+use reborn::topo::manager::dashboard::client::{self, ApiReply};
+use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig, DashboardError, DashboardInfo};
 use reborn::topo::manager::rebalance::{Move, Plan};
 use reborn::topo::operation::{add_server, assign_slots, create_group, init_product};
 use reborn::topo::{Role, Store, Topology, ZkConfig, watcher};
@@ -33,7 +33,7 @@ impl Dashboard {
             standby,
             ..DashboardConfig::default()
         };
-        let bound = Bound::bind(config).await.expect("bind");
+        let bound = BoundDashboard::bind(config).await.expect("bind");
         let addr = bound.local_addr().to_string();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(bound.run(cancel.clone()));
@@ -74,17 +74,17 @@ impl Dashboard {
     }
 }
 
-async fn call(addr: &str, method: Method, path: &str, body: Option<Value>) -> Reply {
+async fn call(addr: &str, method: Method, path: &str, body: Option<Value>) -> ApiReply {
     client::call(addr, method, path, body.as_ref())
         .await
         .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-async fn get(addr: &str, path: &str) -> Reply {
+async fn get(addr: &str, path: &str) -> ApiReply {
     call(addr, Method::GET, path, None).await
 }
 
-async fn post(addr: &str, path: &str, body: Value) -> Reply {
+async fn post(addr: &str, path: &str, body: Value) -> ApiReply {
     call(addr, Method::POST, path, Some(body)).await
 }
 
@@ -103,7 +103,7 @@ async fn the_leader_serves_every_topology_operation() {
     d.wait_role("leader", Duration::from_secs(5)).await;
     let a = d.addr.as_str();
 
-    let expect = |r: Reply, status: u16, message: &str| {
+    let expect = |r: ApiReply, status: u16, message: &str| {
         assert_eq!(r.status, status, "{:?}", r.body);
         assert_eq!(r.body["message"], message);
     };

@@ -14,7 +14,7 @@ use axum::http::Method;
 use common::cluster::Cluster;
 use reborn::topo::manager::dashboard::access::AuthConfig;
 use reborn::topo::manager::dashboard::client::{self, Client};
-use reborn::topo::manager::dashboard::{Bound, DashboardConfig, DashboardError};
+use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig, DashboardError};
 use reborn::topo::manager::task;
 use reborn::topo::watcher;
 use serde_json::{Value, json};
@@ -271,7 +271,7 @@ async fn without_a_token_only_loopback_is_served_unless_insecure() {
     };
     // In-process: refused on every interface, allowed on loopback, with a
     // token, or when told.
-    match Bound::bind(config("0.0.0.0:0", AuthConfig::default())).await {
+    match BoundDashboard::bind(config("0.0.0.0:0", AuthConfig::default())).await {
         Err(e @ DashboardError::Exposed { .. }) => {
             let msg = e.to_string();
             assert!(
@@ -281,17 +281,17 @@ async fn without_a_token_only_loopback_is_served_unless_insecure() {
         }
         other => panic!("expected a refusal, got {:?}", other.map(|b| b.local_addr())),
     }
-    Bound::bind(config("localhost:0", AuthConfig::default()))
+    BoundDashboard::bind(config("localhost:0", AuthConfig::default()))
         .await
         .expect("loopback by name");
-    Bound::bind(config("0.0.0.0:0", token(false)))
+    BoundDashboard::bind(config("0.0.0.0:0", token(false)))
         .await
         .expect("with a token");
     let insecure = AuthConfig {
         insecure: true,
         ..AuthConfig::default()
     };
-    Bound::bind(config("0.0.0.0:0", insecure))
+    BoundDashboard::bind(config("0.0.0.0:0", insecure))
         .await
         .expect("insecure");
 

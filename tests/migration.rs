@@ -444,7 +444,7 @@ async fn promote_under_write_load_keeps_every_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
-    use reborn::topo::manager::dashboard::{Bound as Dashboard, DashboardConfig, client};
+    use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig, client};
     use reborn::topo::manager::task::{Task, TaskState};
     let c = Cluster::start().await;
     let proxy = c.proxy().await;
@@ -460,7 +460,7 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
         ..Default::default()
     };
     cfg.migration.max_keys_per_sec = Some(3000);
-    let bound = Dashboard::bind(cfg).await.expect("bind");
+    let bound = BoundDashboard::bind(cfg).await.expect("bind");
     let dash = bound.local_addr().to_string();
     tokio::spawn(bound.run(c.stop.clone()));
 

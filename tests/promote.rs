@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::cluster::{Cluster, client, keys_in, set_all};
 use reborn::topo::manager::admin::{AdminCommand, ask_dashboard};
 use reborn::topo::manager::dashboard::client::Client;
-use reborn::topo::manager::dashboard::{Bound, DashboardConfig, client as http};
+use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig, client as http};
 use reborn::topo::manager::promote::{PromoteRequest, promote_with};
 use reborn::topo::model::{Role, SlotState};
 use reborn::topo::{TopoError, watcher};
@@ -25,7 +25,7 @@ async fn dashboard(c: &Cluster) -> String {
         zk: c.zk.clone(),
         ..DashboardConfig::default()
     };
-    let bound = Bound::bind(cfg).await.expect("bind dashboard");
+    let bound = BoundDashboard::bind(cfg).await.expect("bind dashboard");
     let addr = bound.local_addr().to_string();
     tokio::spawn(bound.run(c.stop.clone()));
     common::eventually("the dashboard to lead", Duration::from_secs(10), || async {

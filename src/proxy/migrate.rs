@@ -245,7 +245,7 @@ async fn forward(client: u64, job: &Job) -> Bytes {
 /// None for a RESP3 client: the call's reply passes through Lua, which gives
 /// RESP2 shapes (a map comes back as a flat array, a double as a string), so
 /// such requests take the classic path and get the target's own reply.
-fn source_call_of(job: &Job) -> Option<source_call::Call> {
+fn source_call_of(job: &Job) -> Option<source_call::ScriptCall> {
     if job.protocol != Protocol::Resp2 {
         return None;
     }

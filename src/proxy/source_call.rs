@@ -94,14 +94,14 @@ pub enum Answer {
 
 /// A request wrapped in `SCRIPT`: its keys and words, encoded once.
 #[derive(Debug, Clone)]
-pub struct Call {
+pub struct ScriptCall {
     /// Bulk strings after the script: numkeys, the keys, the request's words.
     tail: Bytes,
     /// How many bulk strings `tail` holds.
     count: usize,
 }
 
-impl Call {
+impl ScriptCall {
     /// `EVALSHA <sha> …`: what is sent first.
     pub fn evalsha(&self) -> Bytes {
         self.with_head(b"EVALSHA", SCRIPT_SHA.as_bytes())
@@ -124,7 +124,7 @@ impl Call {
 
 /// The call that runs `args` (keys `keys`) on the source if it holds all the
 /// keys; `None` for requests that take the classic path.
-pub fn command(args: &[Bytes], keys: &[Bytes]) -> Option<Call> {
+pub fn command(args: &[Bytes], keys: &[Bytes]) -> Option<ScriptCall> {
     let name = args.first()?;
     if keys.is_empty() || args.len() > MAX_ARGS || is_classic_only(name) {
         return None;
@@ -134,14 +134,14 @@ pub fn command(args: &[Bytes], keys: &[Bytes]) -> Option<Call> {
     for k in keys.iter().chain(args) {
         resp::put_bulk(&mut tail, k);
     }
-    Some(Call {
+    Some(ScriptCall {
         tail: tail.freeze(),
         count: 1 + keys.len() + args.len(),
     })
 }
 
 /// True if the server did not have the script cached (answer with
-/// [`Call::eval`]).
+/// [`ScriptCall::eval`]).
 pub fn is_noscript(reply: &[u8]) -> bool {
     reply.starts_with(b"-NOSCRIPT")
 }

@@ -144,7 +144,7 @@ impl Cluster {
             ..DashboardConfig::default()
         };
         tune(&mut cfg);
-        let bound = reborn::topo::manager::dashboard::Bound::bind(cfg)
+        let bound = reborn::topo::manager::dashboard::BoundDashboard::bind(cfg)
             .await
             .expect("bind dashboard");
         let addr = bound.local_addr().to_string();

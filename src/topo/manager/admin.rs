@@ -310,7 +310,7 @@ async fn wait_for_task(dashboard: &client::Client, id: u64, since: Instant) -> R
         let tasks: Vec<Task> = match dashboard
             .get("/api/tasks")
             .await
-            .and_then(client::Reply::into_json::<Vec<Task>>)
+            .and_then(client::ApiReply::into_json::<Vec<Task>>)
         {
             Ok(tasks) => {
                 unanswered_since = None;

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::dashboard::leader::{DashboardInfo, Role as Leadership};
+use super::dashboard::leader::{DashboardInfo, Leadership};
 use super::failover::{self, FailoverRecord};
 use super::health::{self, Health};
 use super::rebalance::{self, Plan, Weights};

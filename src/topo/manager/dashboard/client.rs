@@ -66,7 +66,7 @@ pub enum ClientError {
 
 /// A reply: HTTP status and JSON body (`null` for an empty body).
 #[derive(Debug, Clone)]
-pub struct Reply {
+pub struct ApiReply {
     /// The dashboard address it came from.
     pub addr: String,
     /// HTTP status code.
@@ -75,7 +75,7 @@ pub struct Reply {
     pub body: serde_json::Value,
 }
 
-impl Reply {
+impl ApiReply {
     /// The `error` message of a refusal, if the body has one.
     pub fn error(&self) -> Option<&str> {
         self.body.get("error").and_then(|e| e.as_str())
@@ -143,7 +143,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::call`].
-    pub async fn get(&self, path: &str) -> Result<Reply, ClientError> {
+    pub async fn get(&self, path: &str) -> Result<ApiReply, ClientError> {
         self.call(Method::GET, path, None).await
     }
 
@@ -151,7 +151,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::call`].
-    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<Reply, ClientError> {
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<ApiReply, ClientError> {
         self.call(Method::POST, path, Some(body)).await
     }
 
@@ -166,7 +166,7 @@ impl Client {
         path: &str,
         body: &serde_json::Value,
         wait: Duration,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<ApiReply, ClientError> {
         self.call_within(Method::POST, path, Some(body), wait).await
     }
 
@@ -174,12 +174,12 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::call`].
-    pub async fn delete(&self, path: &str) -> Result<Reply, ClientError> {
+    pub async fn delete(&self, path: &str) -> Result<ApiReply, ClientError> {
         self.call(Method::DELETE, path, None).await
     }
 
     /// Sends one request and reads the whole reply. Any status is a
-    /// [`Reply`]; see [`Reply::into_json`].
+    /// [`ApiReply`]; see [`ApiReply::into_json`].
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] if it cannot connect or the call times out;
@@ -189,7 +189,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<ApiReply, ClientError> {
         self.call_within(method, path, body, CALL_TIMEOUT).await
     }
 
@@ -199,7 +199,7 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
         wait: Duration,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<ApiReply, ClientError> {
         match tokio::time::timeout(wait, exchange(self, method, path, body)).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Unreachable {
@@ -214,7 +214,7 @@ impl Client {
 ///
 /// # Errors
 /// As [`Client::call`].
-pub async fn get(addr: &str, path: &str) -> Result<Reply, ClientError> {
+pub async fn get(addr: &str, path: &str) -> Result<ApiReply, ClientError> {
     Client::new(addr).get(path).await
 }
 
@@ -222,7 +222,7 @@ pub async fn get(addr: &str, path: &str) -> Result<Reply, ClientError> {
 ///
 /// # Errors
 /// As [`Client::call`].
-pub async fn post(addr: &str, path: &str, body: &serde_json::Value) -> Result<Reply, ClientError> {
+pub async fn post(addr: &str, path: &str, body: &serde_json::Value) -> Result<ApiReply, ClientError> {
     Client::new(addr).post(path, body).await
 }
 
@@ -235,7 +235,7 @@ pub async fn call(
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,
-) -> Result<Reply, ClientError> {
+) -> Result<ApiReply, ClientError> {
     Client::new(addr).call(method, path, body).await
 }
 
@@ -244,7 +244,7 @@ async fn exchange(
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,
-) -> Result<Reply, ClientError> {
+) -> Result<ApiReply, ClientError> {
     let addr = client.addr.as_str();
     let protocol = |reason: String| ClientError::Protocol {
         addr: addr.to_string(),
@@ -301,7 +301,7 @@ async fn exchange(
             ))
         })?
     };
-    Ok(Reply {
+    Ok(ApiReply {
         addr: addr.to_string(),
         status,
         body,

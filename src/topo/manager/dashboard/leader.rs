@@ -84,7 +84,7 @@ impl fmt::Display for DashboardInfo {
 /// Where a dashboard stands.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "role", rename_all = "snake_case")]
-pub enum Role {
+pub enum Leadership {
     /// It leads: its API serves.
     Leader,
     /// It waits; `leader` is who leads, if known (none while starting, or
@@ -122,12 +122,12 @@ enum Attempt {
 }
 
 /// Campaigns for the leadership of the store's product, holds it, and
-/// campaigns again after losing it, publishing the [`Role`] as it goes.
+/// campaigns again after losing it, publishing the [`Leadership`] as it goes.
 pub(super) struct Campaign {
     pub store: Store,
     pub me: DashboardInfo,
     pub standby: bool,
-    pub role: watch::Sender<Role>,
+    pub role: watch::Sender<Leadership>,
 }
 
 impl Campaign {
@@ -143,7 +143,7 @@ impl Campaign {
             let Some(term) = self.acquire(&path, &cancel).await? else {
                 return Ok(());
             };
-            self.role.send_replace(Role::Leader);
+            self.role.send_replace(Leadership::Leader);
             tracing::info!(
                 "leading product {:?}: the dashboard API serves at http://{}",
                 self.product(),
@@ -156,7 +156,7 @@ impl Campaign {
             };
             // Stop serving first, then free the node so a standby takes over at
             // once rather than after a session timeout.
-            self.role.send_replace(Role::Standby { leader: None });
+            self.role.send_replace(Leadership::Standby { leader: None });
             match tokio::time::timeout(RESIGN_TIMEOUT, term.zk.delete_if_owned(&path)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!("resigning the dashboard leadership: {e}"),
@@ -209,7 +209,7 @@ impl Campaign {
                         );
                         last_holder = Some(raw);
                     }
-                    self.role.send_replace(Role::Standby { leader: holder });
+                    self.role.send_replace(Leadership::Standby { leader: holder });
                     backoff.reset();
                     Some(watch)
                 }
@@ -349,10 +349,10 @@ mod tests {
 
     #[test]
     fn roles_serialize_with_a_tag() {
-        let leader = serde_json::to_value(Role::Leader).expect("json");
+        let leader = serde_json::to_value(Leadership::Leader).expect("json");
         assert_eq!(leader, serde_json::json!({"role": "leader"}));
         let info = DashboardInfo::for_this_process("h:1".into());
-        let standby = serde_json::to_value(Role::Standby {
+        let standby = serde_json::to_value(Leadership::Standby {
             leader: Some(info.clone()),
         })
         .expect("json");

@@ -12,7 +12,7 @@
 //!
 //! The HTTP API itself is [`crate::topo::manager::api`], served through the
 //! shared role service (`libs::listener`). The listener is bound before anything
-//! else ([`Bound`]), so the address is known (port 0 works, for tests) and a
+//! else ([`BoundDashboard`]), so the address is known (port 0 works, for tests) and a
 //! taken port fails at once. It serves the whole time: a leader answers every
 //! endpoint, a standby answers `GET /api/dashboard` and 503 with the leader's
 //! address for the rest, so an operator who reaches the wrong process learns
@@ -45,7 +45,7 @@ use crate::topo::store::Store;
 
 pub use config::{DEFAULT_LISTEN, DashboardArgs, DashboardConfig};
 pub use error::DashboardError;
-pub use leader::{DashboardInfo, Role};
+pub use leader::{DashboardInfo, Leadership};
 
 /// How long the HTTP server may take to finish its requests after a stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,23 +64,23 @@ pub async fn run_until_signal(config: DashboardConfig) -> Result<(), DashboardEr
 /// The address cannot be bound; ZooKeeper is unreachable or the product is not
 /// initialized; with `standby = false`, another dashboard leads.
 pub async fn run(config: DashboardConfig, cancel: CancellationToken) -> Result<(), DashboardError> {
-    Bound::bind(config).await?.run(cancel).await
+    BoundDashboard::bind(config).await?.run(cancel).await
 }
 
 /// A dashboard whose HTTP listener is bound but which does not run yet.
-pub struct Bound {
+pub struct BoundDashboard {
     config: DashboardConfig,
     listener: TcpListener,
     addr: SocketAddr,
 }
 
-impl Bound {
+impl BoundDashboard {
     /// Binds `config.listen`.
     ///
     /// # Errors
     /// [`DashboardError::Bind`] naming the address; an invalid config;
     /// [`DashboardError::Exposed`] for a non-loopback address without a token.
-    pub async fn bind(config: DashboardConfig) -> Result<Bound, DashboardError> {
+    pub async fn bind(config: DashboardConfig) -> Result<BoundDashboard, DashboardError> {
         config.validate()?;
         let bind_err = |source| DashboardError::Bind {
             addr: config.listen.clone(),
@@ -91,7 +91,7 @@ impl Bound {
         // Checked on the bound address, so a host name is judged by what it
         // resolved to.
         config.auth.check_exposure(addr)?;
-        Ok(Bound {
+        Ok(BoundDashboard {
             config,
             listener,
             addr,
@@ -138,7 +138,7 @@ impl Bound {
             .into());
         }
         let me = DashboardInfo::for_this_process(self.advertised());
-        let (role_tx, role_rx) = watch::channel(Role::Standby { leader: None });
+        let (role_tx, role_rx) = watch::channel(Leadership::Standby { leader: None });
         let state = Arc::new(ApiState {
             store: store.clone(),
             me: me.clone(),
@@ -218,13 +218,13 @@ impl Bound {
 /// automatic failover of [`crate::topo::manager::failover`]) during every
 /// leadership term of this dashboard, and stops it the moment the term ends:
 /// two dashboards must never drive the same task or fail over the same group.
-async fn while_leading<F, Fut>(mut role: watch::Receiver<Role>, stop: CancellationToken, job: F)
+async fn while_leading<F, Fut>(mut role: watch::Receiver<Leadership>, stop: CancellationToken, job: F)
 where
     F: Fn(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     loop {
-        while !matches!(*role.borrow_and_update(), Role::Leader) {
+        while !matches!(*role.borrow_and_update(), Leadership::Leader) {
             tokio::select! {
                 changed = role.changed() => if changed.is_err() { return },
                 _ = stop.cancelled() => return,
@@ -237,7 +237,7 @@ where
             tokio::select! {
                 _ = &mut tasks => break,
                 changed = role.changed() => {
-                    if changed.is_err() || !matches!(*role.borrow(), Role::Leader) {
+                    if changed.is_err() || !matches!(*role.borrow(), Leadership::Leader) {
                         term.cancel();
                         (&mut tasks).await;
                         break;
