@@ -133,8 +133,16 @@ async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &s
     }
     let zk = store.zk()?;
     let paths = store.paths();
-    zk.mkdir_p(&paths.acks_of(a.seq)).await?;
-    write_ack(&zk, &paths.ack(a.seq, id)).await?;
+    // The ack first: its parent exists once any proxy has acknowledged, so
+    // most proxies write theirs in one round trip while the slots wait.
+    let ack = paths.ack(a.seq, id);
+    match write_ack(&zk, &ack).await {
+        Err(e) if e.is_not_found() => {
+            zk.mkdir_p(&paths.acks_of(a.seq)).await?;
+            write_ack(&zk, &ack).await?;
+        }
+        other => other?,
+    }
     tracing::info!(seq = a.seq, phase = ?a.phase, slots = a.slots.len(), "action acknowledged");
     Ok(())
 }
