@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -450,25 +450,76 @@ async fn a_master_that_follows_another_server_is_made_master_again() {
     eprintln!("master again after {took:?} (the round is 500 ms)");
 }
 
-async fn connections_received(addr: &str) -> i64 {
-    common::info_number(addr, "stats", "total_connections_received").await
+/// The ids of the clients connected to the server `me` talks to, apart from
+/// `me` and the replication link (flag `M`).
+async fn other_clients(me: &mut redis::aio::MultiplexedConnection) -> BTreeSet<i64> {
+    let mine: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(me)
+        .await
+        .expect("CLIENT ID");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(me)
+        .await
+        .expect("CLIENT LIST");
+    let field = |line: &str, name: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    list.lines()
+        .filter(|l| !field(l, "flags").is_some_and(|f| f.contains('M')))
+        .filter_map(|l| field(l, "id")?.parse().ok())
+        .filter(|&id| id != mine)
+        .collect()
+}
+
+/// `INFO` commands the server has run, `me`'s own included.
+async fn info_calls(me: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(me)
+        .await
+        .expect("INFO");
+    text.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_info:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_keeps_its_connections_between_rounds() {
     let (c, replicas) = Cluster::with_persistent_replicas().await;
     let _dash = c.dashboard().await;
-    let replica = replicas[0].addr();
-    // The leader looks at every server twice a second; wait for its first look.
-    let first = connections_received(&replica).await;
-    common::eventually("the leader looks at the replica", Duration::from_secs(15), || {
-        let replica = replica.clone();
-        async move { connections_received(&replica).await > first + 1 }
-    })
-    .await;
-    let start = connections_received(&replica).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // six rounds
-    // Our own two INFO connections are counted; the leader's rounds add none.
-    let opened = connections_received(&replica).await - start - 1;
-    assert_eq!(opened, 0, "connections opened by 6 rounds of the leader");
+    // Everything is asked on one connection of ours: a count of connections
+    // received would also count any reconnect of a test client under load.
+    let mut me = common::client(&replicas[0].addr()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let seen = other_clients(&mut me).await;
+        if !seen.is_empty() {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never connected to the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Six rounds: each runs one INFO on the replica (ours are counted apart).
+    let (start, mut ours) = (info_calls(&mut me).await, 1);
+    while info_calls(&mut me).await - start - ours < 6 {
+        ours += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the leader stopped looking at the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        other_clients(&mut me).await,
+        leader,
+        "the leader's connections to the replica after six rounds"
+    );
 }

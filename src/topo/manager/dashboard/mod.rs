@@ -223,7 +223,8 @@ where
     F: Fn(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    loop {
+    // A job that returned because `stop` ended its term is not started again.
+    while !stop.is_cancelled() {
         while !matches!(*role.borrow_and_update(), Leadership::Leader) {
             tokio::select! {
                 changed = role.changed() => if changed.is_err() { return },
