@@ -16,10 +16,10 @@
 //!
 //! The generator shares the machine with what it measures, so it is one
 //! thread: it sends what is due, then waits in `ppoll` for a reply or the next
-//! due time, with a timer slack of a microsecond. A thread per connection
-//! (and a channel to a collector) cost three wake-ups per request, CPU taken
-//! from the proxy and the servers under test; the figures are in
-//! `docs/benchmarks.md`.
+//! due time, with a timer slack of a microsecond. Threads per connection (and
+//! a channel to a collector) cost three wake-ups per request, each a context
+//! switch taken from the proxy and the servers under test; one thread makes a
+//! third as many (`docs/benchmarks.md`).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
