@@ -331,7 +331,8 @@ start_loops during
 nap 1
 LOAD_DURING_START=$(loadavg)
 declare -A CPU0
-CPU_PIDS=("$SRC_PID" "$DST_PID" "$SRC_REPLICA_PID" "$DST_REPLICA_PID" "$UP_PID" ${LOAD_PID:+"$LOAD_PID"})
+LOAD_CPU_PID=$LOAD_PID   # LOAD_PID is cleared once the load stops; the report still names it
+CPU_PIDS=("$SRC_PID" "$DST_PID" "$SRC_REPLICA_PID" "$DST_REPLICA_PID" "$UP_PID" ${LOAD_CPU_PID:+"$LOAD_CPU_PID"})
 for p in "${CPU_PIDS[@]}"; do CPU0[$p]=$(cpu_ticks "$p"); done
 T_SUBMIT=$EPOCHREALTIME
 # One process follows the task (`--wait` asks the dashboard every 0.1 s over HTTP): a polling
@@ -478,7 +479,7 @@ if ((OPEN_RATE > 0)); then
             "keys moving $(secs "$T_SUBMIT" "$T_SWITCHED"), done $WALL"
         echo "CPU over the task (100% = one core): source master $(cpu_pct "$SRC_PID"), its replica $(cpu_pct "$SRC_REPLICA_PID")," \
             "target master $(cpu_pct "$DST_PID"), its replica $(cpu_pct "$DST_REPLICA_PID"), reborn up (proxy + dashboard) $(cpu_pct "$UP_PID")," \
-            "reborn load $(cpu_pct "${CPU_PIDS[5]}")"
+            "reborn load $(cpu_pct "$LOAD_CPU_PID")"
         echo
         printf '%-30s %12s %12s %8s %-10s %s\n' metric before during ratio target pass/fail
         printf '%-30s %12s %12s %8s %-10s %s\n' "requests" "$BN" "$DN" - - -

@@ -224,22 +224,47 @@ async fn password_protected_servers_replicate() {
     assert_eq!(conn.call(&["PING"]).await, Resp::Simple("PONG".into()));
 }
 
-/// `reborn load` (the benchmarks' open-loop generator) sends exactly its rate,
-/// evenly spaced, and gets a reply for every request.
+/// Runs `reborn load ARGS` (the benchmarks' open-loop generator) to its end;
+/// returns whether it succeeded and its summary (stderr).
+async fn reborn_load(args: &[&str]) -> (bool, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_reborn"))
+        .arg("load")
+        .args(args)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("reborn load ended")
+        .expect("run reborn load");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `reborn load` sends exactly its rate, evenly spaced, and gets a reply for
+/// every request.
 #[tokio::test]
 async fn reborn_load_sends_its_rate_evenly_and_counts_every_reply() {
     let server = common::redis();
     let dir = tempfile::tempdir().expect("tempdir");
     let samples = dir.path().join("samples");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_reborn"))
-        .args(["load", "--addr", &server.addr(), "--rate", "2000", "--secs", "2"])
-        .args(["--keys", "1000", "--conns", "4", "--samples"])
-        .arg(&samples)
-        .output()
-        .await
-        .expect("run reborn load");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "reborn load failed: {stderr}");
+    let samples_arg = samples.to_str().expect("utf-8 path");
+    let (ok, stderr) = reborn_load(&[
+        "--addr",
+        &server.addr(),
+        "--rate",
+        "2000",
+        "--secs",
+        "2",
+        "--keys",
+        "1000",
+        "--conns",
+        "4",
+        "--samples",
+        samples_arg,
+    ])
+    .await;
+    assert!(ok, "reborn load failed: {stderr}");
     assert!(
         stderr.contains("4000 requests at 2000/s over 4 connections, 0 errors"),
         "{stderr}"
@@ -270,32 +295,33 @@ async fn reborn_load_sends_its_rate_evenly_and_counts_every_reply() {
     );
 }
 
-/// A server that never answers ends the run with errors, not a hang.
+/// A server that stops answering (a redis-server under SIGSTOP) ends the run
+/// with errors, not a hang.
 #[tokio::test]
 async fn reborn_load_counts_unanswered_requests_as_errors() {
-    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = silent.local_addr().expect("addr").to_string();
-    // Accepts, reads and never writes.
-    std::thread::spawn(move || {
-        for conn in silent.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_reborn"))
-        .args([
-            "load", "--addr", &addr, "--rate", "100", "--secs", "1", "--conns", "2",
-        ])
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("reborn load ended")
-        .expect("run reborn load");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let server = common::redis();
+    let pid = server.pid().expect("pid").to_string();
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    kill("-STOP");
+    let (ok, stderr) = reborn_load(&[
+        "--addr",
+        &server.addr(),
+        "--rate",
+        "100",
+        "--secs",
+        "1",
+        "--conns",
+        "2",
+    ])
+    .await;
+    kill("-CONT");
+    assert!(ok, "{stderr}");
     assert!(
         stderr.contains("100 requests at 100/s over 2 connections, 100 errors"),
         "{stderr}"

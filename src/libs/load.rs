@@ -373,14 +373,13 @@ impl Record {
         let latency = now.saturating_duration_since(intended);
         self.errors += u64::from(error);
         self.window.push(latency);
-        if self.samples.is_some() && self.samples_error.is_none() {
-            let line = format!(
-                "{} {} {} {slot}\n",
-                self.unix_us(intended),
-                latency.as_micros(),
-                u8::from(error)
-            );
-            if let Some(Err(e)) = self.samples.as_mut().map(|out| out.write_all(line.as_bytes())) {
+        if self.samples_error.is_none() {
+            let at = self.unix_us(intended);
+            if let Some(Err(e)) = self
+                .samples
+                .as_mut()
+                .map(|out| writeln!(out, "{at} {} {} {slot}", latency.as_micros(), u8::from(error)))
+            {
                 self.samples_error = Some(e);
             }
         }

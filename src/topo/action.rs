@@ -326,12 +326,15 @@ pub(crate) async fn wait_acks(
     timeout: Duration,
 ) -> Result<(), Vec<String>> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let (proxies_path, acks_path) = (paths.proxies(), paths.acks_of(seq));
     loop {
         // Both lists with watches: an ack, or a proxy that leaves, wakes this
         // at once. A missing `acks/<seq>` lists as empty (no proxy has
         // acknowledged yet; the first one creates it).
-        let proxies = zk.children_and_watch(&paths.proxies()).await;
-        let acks = zk.children_and_watch(&paths.acks_of(seq)).await;
+        let (proxies, acks) = tokio::join!(
+            zk.children_and_watch(&proxies_path),
+            zk.children_and_watch(&acks_path)
+        );
         let (missing, watches) = match (proxies, acks) {
             (Ok((live, live_watch)), Ok((acked, acked_watch))) => {
                 let acked: BTreeSet<String> = acked.into_iter().collect();
