@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use super::blocked;
+use super::blocked::{self, InterruptError};
 use super::context::Context;
 use super::router::{Pool, SlotRoute};
 use crate::topo::model::{Action, SlotState};
@@ -54,8 +54,8 @@ pub enum AckError {
     #[error("a source connection closed")]
     SourceClosed,
     /// Blocking commands of the slots could not be moved off the source.
-    #[error("{0}")]
-    Blocked(String),
+    #[error(transparent)]
+    Blocked(#[from] InterruptError),
     #[error(transparent)]
     Topo(#[from] TopoError),
 }
@@ -124,9 +124,7 @@ async fn acknowledge(store: &Store, a: &Action, workers: &[Arc<Context>], id: &s
         .map_err(|_| AckError::NotApplied)?;
     if a.phase == SlotState::PreMigrate {
         drain_sources(a, workers).await?;
-        let interrupted = blocked::interrupt(&a.slots, workers, STEP_TIMEOUT)
-            .await
-            .map_err(AckError::Blocked)?;
+        let interrupted = blocked::interrupt(&a.slots, workers, STEP_TIMEOUT).await?;
         if interrupted > 0 {
             tracing::info!(seq = a.seq, interrupted, "blocking commands moved off the source");
         }

@@ -271,7 +271,7 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
 /// Connects, authenticates (with `HELLO 3` for RESP3) and, with `track_id`,
 /// learns the connection's
 /// `CLIENT ID` (0 when not asked).
-async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStream, u64), BackendError> {
+pub(super) async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStream, u64), BackendError> {
     let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| BackendError::ConnectTimeout(opts.connect_timeout))??;

@@ -250,6 +250,19 @@ impl Registry {
     }
 }
 
+/// Why the blocking calls of some slots could not all be brought back.
+/// Either way the action must not be acknowledged: a call still out could
+/// yet be answered by the source after the slots moved.
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptError {
+    /// Calls still out when the time was up.
+    #[error("{0} blocking command(s) did not come back from the source")]
+    StillOut(usize),
+    /// The server did not answer a `CLIENT UNBLOCK` in time.
+    #[error("CLIENT UNBLOCK got no answer in time")]
+    UnblockUnanswered,
+}
+
 /// Interrupts every blocking call of `slots` out on a dedicated connection of
 /// any of `workers` and waits, at most `limit`, until each has come back from
 /// its server (with its real reply or interrupted). Returns how many calls it
@@ -261,8 +274,12 @@ impl Registry {
 /// way are re-issued on their unchanged route.
 ///
 /// # Errors
-/// Some call is still out after `limit`; the action must not be acknowledged.
-pub async fn interrupt(slots: &[u16], workers: &[Arc<Context>], limit: Duration) -> Result<usize, String> {
+/// [`InterruptError`]: some call is still out after `limit`.
+pub async fn interrupt(
+    slots: &[u16],
+    workers: &[Arc<Context>],
+    limit: Duration,
+) -> Result<usize, InterruptError> {
     let slots: HashSet<u16> = slots.iter().copied().collect();
     let deadline = tokio::time::Instant::now() + limit;
     let mut seen = 0;
@@ -282,10 +299,7 @@ pub async fn interrupt(slots: &[u16], workers: &[Arc<Context>], limit: Duration)
             return Ok(seen);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "{} blocking command(s) did not come back from the source",
-                backs.len()
-            ));
+            return Err(InterruptError::StillOut(backs.len()));
         }
         for (line, rx) in sent {
             match tokio::time::timeout_at(deadline, rx).await {
@@ -295,7 +309,7 @@ pub async fn interrupt(slots: &[u16], workers: &[Arc<Context>], limit: Duration)
                 // The connection was killed: the UNBLOCK may yet have been
                 // done, so it stays counted as on its way.
                 Ok(Err(_)) => {}
-                Err(_) => return Err("CLIENT UNBLOCK got no answer in time".to_string()),
+                Err(_) => return Err(InterruptError::UnblockUnanswered),
             }
         }
         let all_back = async {

@@ -25,9 +25,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::backend::BackendOptions;
+use super::backend::{self, BackendError, BackendOptions};
 use super::pubsub::{Class, Hub};
 use crate::libs::backoff::Backoff;
+use crate::libs::protocol::Protocol;
 use crate::libs::resp;
 
 /// What the hub asks of the connection.
@@ -45,6 +46,14 @@ pub struct Upstream {
 impl Upstream {
     /// Starts the connection to `addr` on the current runtime.
     pub fn spawn(addr: &str, opts: BackendOptions, hub: Weak<Hub>) -> Upstream {
+        // A subscriber speaks RESP2 whatever its clients speak, and needs no
+        // `CLIENT ID` (it never blocks); it never carries a write to `WAIT` for.
+        let opts = BackendOptions {
+            protocol: Protocol::Resp2,
+            track_id: false,
+            replica_ack: None,
+            ..opts
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(addr.to_string(), opts, hub, rx));
         Upstream { tx }
@@ -65,16 +74,16 @@ impl Upstream {
 enum End {
     /// The hub dropped the handle.
     Closed,
-    /// An I/O or protocol error.
-    Lost(String),
+    /// The connection could not be opened, or broke.
+    Lost(BackendError),
 }
 
 async fn run(addr: String, opts: BackendOptions, hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut state = State::default();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
-        let end = match connect(&addr, &opts).await {
-            Ok(stream) => {
+        let end = match backend::connect(&addr, &opts).await {
+            Ok((stream, _)) => {
                 backoff.reset();
                 tracing::info!(backend = %addr, "pub/sub upstream connected");
                 serve(stream, &addr, &hub, &mut rx, &mut state).await
@@ -143,35 +152,6 @@ fn apply(state: &mut State, op: Op) -> Bytes {
     }
 }
 
-async fn connect(addr: &str, opts: &BackendOptions) -> Result<TcpStream, String> {
-    let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("connect timed out after {:?}", opts.connect_timeout))?
-        .map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    if let Some(pw) = &opts.auth {
-        let req = resp::encode_array(&[b"AUTH".as_ref(), pw.as_bytes()]);
-        stream.write_all(&req).await.map_err(|e| e.to_string())?;
-        let mut buf = BytesMut::with_capacity(64);
-        let reply = loop {
-            if let Some(n) = resp::reply_len(&buf).map_err(|e| e.to_string())? {
-                break buf.split_to(n);
-            }
-            let read = tokio::time::timeout(opts.connect_timeout, stream.read_buf(&mut buf))
-                .await
-                .map_err(|_| "AUTH timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            if read == 0 {
-                return Err("connection closed during AUTH".into());
-            }
-        };
-        if resp::is_error(&reply) {
-            return Err(format!("AUTH failed: {}", String::from_utf8_lossy(&reply).trim()));
-        }
-    }
-    Ok(stream)
-}
-
 /// Runs one connected socket: subscribes to the whole set, then writes the
 /// hub's operations and hands it every frame read.
 async fn serve(
@@ -192,7 +172,7 @@ async fn serve(
     loop {
         if !out.is_empty() {
             if let Err(e) = stream.write_all(&out).await {
-                return End::Lost(e.to_string());
+                return End::Lost(e.into());
             }
             out.clear();
         }
@@ -207,8 +187,8 @@ async fn serve(
             }
             read = stream.read_buf(&mut buf) => {
                 match read {
-                    Ok(0) => return End::Lost("connection closed by server".into()),
-                    Err(e) => return End::Lost(e.to_string()),
+                    Ok(0) => return End::Lost(BackendError::Closed),
+                    Err(e) => return End::Lost(e.into()),
                     Ok(_) => {}
                 }
                 let Some(h) = hub.upgrade() else { return End::Closed };
@@ -229,7 +209,7 @@ async fn serve(
                             }
                         }
                         Ok(None) => break,
-                        Err(e) => return End::Lost(e.to_string()),
+                        Err(e) => return End::Lost(e.into()),
                     }
                 }
                 if buf.capacity() - buf.len() < 4096 {

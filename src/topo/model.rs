@@ -148,12 +148,15 @@ impl SlotTable {
     /// Expands ranges into a full table. Slots no range covers stay unassigned.
     ///
     /// # Errors
-    /// A range that is reversed or reaches past the last slot.
-    pub fn from_ranges(ranges: &[SlotRange]) -> Result<SlotTable, String> {
+    /// [`BadSlotRange`]: a range that is reversed or reaches past the last slot.
+    pub fn from_ranges(ranges: &[SlotRange]) -> Result<SlotTable, BadSlotRange> {
         let mut table = SlotTable::default();
         for r in ranges {
             if r.start > r.end || usize::from(r.end) >= SLOT_COUNT {
-                return Err(format!("bad slot range {}-{}", r.start, r.end));
+                return Err(BadSlotRange {
+                    start: r.start,
+                    end: r.end,
+                });
             }
             for id in r.start..=r.end {
                 if let Some(s) = table.get_mut(id) {
@@ -168,6 +171,17 @@ impl SlotTable {
         }
         Ok(table)
     }
+}
+
+/// A stored slot range that is reversed or reaches past the last slot: the
+/// slot table node was not written by reborn, or by a broken version of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad slot range {start}-{end} (slots are 0-{last})", last = SLOT_COUNT - 1)]
+pub struct BadSlotRange {
+    /// The range's first slot.
+    pub start: u16,
+    /// Its last slot.
+    pub end: u16,
 }
 
 impl Serialize for SlotTable {

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use humantime_serde::re::humantime;
 use tokio_util::sync::CancellationToken;
 
 use crowd::{Crowd, CrowdSpec};
@@ -81,16 +82,16 @@ pub struct CrowdArgs {
     #[arg(long, default_value_t = 1000)]
     pub op: i32,
     /// Heartbeat period per connection.
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
     /// Connect + auth deadline per connection.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Stop after this long once up (0s: hold until SIGTERM/SIGINT).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
 }
 
@@ -104,7 +105,7 @@ pub struct PusherArgs {
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
     /// How long to push.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// HTTP connections (one request in flight each).
     #[arg(long, default_value_t = 8)]
@@ -311,8 +312,4 @@ async fn latency_mode(l: LatencyArgs) -> Result<(), PushBenchError> {
     );
     crowd.close().await;
     Ok(())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
 }

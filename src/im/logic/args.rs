@@ -12,6 +12,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use humantime_serde::re::humantime;
+
 use crate::libs::config::{self, ConfigError};
 use crate::topo::store::ZkArgs;
 
@@ -95,7 +97,7 @@ pub struct TokenArgs {
     #[arg(long, default_value = "")]
     pub key: String,
     /// Lifetime, e.g. 1h, 30m (default: [auth] ttl, 1h).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
     /// The secret (default: [auth] secret of --config).
     #[arg(long)]
@@ -132,10 +134,6 @@ impl TokenArgs {
             now.saturating_add(ttl.as_secs()),
         )?)
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //!
 //! Imports its manager siblings `promote` and `replication` only.
 
-use super::replication::{Replication, thousands};
+use super::replication::{LookError, Replication, thousands};
 
 /// One server of the group, as looked at just now.
 #[derive(Debug, Clone)]
@@ -19,11 +19,61 @@ pub struct Looked {
     /// Its address in the group node.
     pub addr: String,
     /// Its state, or why it could not be read.
-    pub state: Result<Replication, String>,
+    pub state: Result<Replication, LookError>,
     /// Whether it reports the group's master as its own master.
     pub follows_master: bool,
+}
+
+impl Looked {
     /// Whether it answered at all (an error reply counts: it is alive).
-    pub answers: bool,
+    pub fn answers(&self) -> bool {
+        !matches!(self.state, Err(LookError::Unreachable { .. }))
+    }
+}
+
+/// Why no server may be promoted. Nothing was changed when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The operator named a server that is not a replica of the group.
+    #[error("{0} is not a replica of the group")]
+    NotAReplica(String),
+    /// The server chosen cannot be read, so nothing says what it holds.
+    #[error("{addr} cannot be promoted: {reason}")]
+    Unreadable {
+        /// The server.
+        addr: String,
+        /// Why it could not be read.
+        reason: LookError,
+    },
+    /// No server qualifies: `why`, then what each server is.
+    #[error("refused: {why}{}", describe(.each))]
+    NoCandidate {
+        /// The rule no server met.
+        why: String,
+        /// Each other server and its state (or why it cannot be read).
+        each: Vec<String>,
+    },
+    /// Checks that `force` overrides failed; each names what may be lost.
+    #[error(
+        "refused: {}; nothing was changed (--force promotes anyway, and loses what the other servers hold that it lacks)",
+        .0.join("; ")
+    )]
+    Unsafe(Vec<String>),
+}
+
+impl Refusal {
+    /// Whether `force` would have promoted anyway.
+    pub fn forceable(&self) -> bool {
+        matches!(self, Refusal::Unsafe(_))
+    }
+}
+
+fn describe(each: &[String]) -> String {
+    if each.is_empty() {
+        " (the group has no replica)".to_string()
+    } else {
+        format!(": {}", each.join("; "))
+    }
 }
 
 /// What the promote will do, once the checks passed.
@@ -44,13 +94,13 @@ pub struct Choice {
 /// included if it has one); `named`, if the operator named a server.
 ///
 /// # Errors
-/// The reason for the refusal, in the operator's words.
+/// [`Refusal`]: the reason, in the operator's words.
 pub fn choose(
     master: Option<&str>,
     looked: &[Looked],
     named: Option<&str>,
     force: bool,
-) -> Result<Choice, String> {
+) -> Result<Choice, Refusal> {
     let master_state = master.and_then(|m| {
         looked
             .iter()
@@ -66,14 +116,17 @@ pub fn choose(
             .iter()
             .copied()
             .find(|l| l.addr == n)
-            .ok_or_else(|| format!("{n} is not a replica of the group"))?,
+            .ok_or_else(|| Refusal::NotAReplica(n.to_string()))?,
         None => best(&others, master_state.is_some())
             .ok_or_else(|| no_candidate(master, master_state.is_some(), &others))?,
     };
     let state = pick
         .state
         .as_ref()
-        .map_err(|e| format!("{} cannot be promoted: {e}", pick.addr))?
+        .map_err(|e| Refusal::Unreadable {
+            addr: pick.addr.clone(),
+            reason: e.clone(),
+        })?
         .clone();
     let mut refusals = Vec::new();
     match (master, master_state) {
@@ -124,7 +177,10 @@ pub fn choose(
                 ));
             }
             if let Some(m) = m
-                && let Some(Err(e)) = looked.iter().find(|l| l.addr == m && l.answers).map(|l| &l.state)
+                && let Some(Err(e)) = looked
+                    .iter()
+                    .find(|l| l.addr == m && l.answers())
+                    .map(|l| &l.state)
             {
                 refusals.push(format!(
                     "the master {m} is alive but its replication state cannot be read ({e})"
@@ -143,10 +199,7 @@ pub fn choose(
         }
     }
     if !refusals.is_empty() && !force {
-        return Err(format!(
-            "refused: {}; nothing was changed (--force promotes anyway, and loses what the other servers hold that it lacks)",
-            refusals.join("; ")
-        ));
+        return Err(Refusal::Unsafe(refusals));
     }
     Ok(Choice {
         addr: pick.addr.clone(),
@@ -173,7 +226,7 @@ pub enum Follow {
 /// from the less advanced server and drop what only it holds.
 pub fn follow(
     addr: &str,
-    state: &Result<Replication, String>,
+    state: &Result<Replication, LookError>,
     (new, new_state): (&str, &Replication),
     force: bool,
 ) -> Follow {
@@ -234,30 +287,26 @@ fn best<'a>(others: &[&'a Looked], master_alive: bool) -> Option<&'a Looked> {
         .max_by_key(|l| rank(l))
 }
 
-fn no_candidate(master: Option<&str>, master_alive: bool, others: &[&Looked]) -> String {
-    let each: Vec<String> = others
+fn no_candidate(master: Option<&str>, master_alive: bool, others: &[&Looked]) -> Refusal {
+    let each = others
         .iter()
         .map(|l| match &l.state {
             Ok(s) => format!("{} is {s}", l.addr),
-            Err(e) => e.clone(),
+            Err(e) => e.to_string(),
         })
         .collect();
     let why = match (master, master_alive) {
         (Some(m), true) => format!("no replica is linked to the master {m}"),
         _ => "no server of the group answers".to_string(),
     };
-    if each.is_empty() {
-        format!("refused: {why} (the group has no replica)")
-    } else {
-        format!("refused: {why}: {}", each.join("; "))
-    }
+    Refusal::NoCandidate { why, each }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn replica(of: &str, link_up: bool, offset: u64, keys: u64) -> Result<Replication, String> {
+    fn replica(of: &str, link_up: bool, offset: u64, keys: u64) -> Result<Replication, LookError> {
         Ok(Replication {
             is_replica: true,
             master: Some(of.into()),
@@ -267,7 +316,7 @@ mod tests {
         })
     }
 
-    fn master(offset: u64, keys: u64) -> Result<Replication, String> {
+    fn master(offset: u64, keys: u64) -> Result<Replication, LookError> {
         Ok(Replication {
             is_replica: false,
             master: None,
@@ -277,13 +326,26 @@ mod tests {
         })
     }
 
-    fn looked(addr: &str, state: Result<Replication, String>, follows: bool) -> Looked {
+    fn looked(addr: &str, state: Result<Replication, LookError>, follows: bool) -> Looked {
         Looked {
             addr: addr.into(),
-            answers: state.is_ok(),
             state,
             follows_master: follows,
         }
+    }
+
+    fn unreachable(addr: &str) -> Result<Replication, LookError> {
+        Err(LookError::Unreachable {
+            addr: addr.into(),
+            reason: "connection refused".into(),
+        })
+    }
+
+    fn refusing(addr: &str) -> Result<Replication, LookError> {
+        Err(LookError::Refused {
+            addr: addr.into(),
+            what: "-NOAUTH Authentication required.".into(),
+        })
     }
 
     const M: &str = "127.0.0.1:6379";
@@ -310,6 +372,8 @@ mod tests {
             looked(M, master(0, 0), false),
         ];
         let e = choose(Some(R), &all, Some(M), false).expect_err("refused");
+        assert!(e.forceable(), "{e}");
+        let e = e.to_string();
         assert!(
             e.contains(
                 "127.0.0.1:6379 is not a replica of the master 127.0.0.1:6380 (it is a master with 0 keys"
@@ -327,41 +391,57 @@ mod tests {
             looked(M, master(100, 10), false),
             looked(R, replica(M, false, 40, 4), true),
         ];
-        let e = choose(Some(M), &down, Some(R), false).expect_err("down");
+        let e = choose(Some(M), &down, Some(R), false)
+            .expect_err("down")
+            .to_string();
         assert!(e.contains("link to the master 127.0.0.1:6379 is down"), "{e}");
         let elsewhere = [
             looked(M, master(100, 10), false),
             looked(R, replica(S, true, 40, 4), false),
         ];
-        let e = choose(Some(M), &elsewhere, Some(R), false).expect_err("elsewhere");
+        let e = choose(Some(M), &elsewhere, Some(R), false)
+            .expect_err("elsewhere")
+            .to_string();
         assert!(e.contains("replicates from 127.0.0.1:6381"), "{e}");
         let e = choose(Some(M), &elsewhere, None, false).expect_err("none linked");
-        assert!(e.contains("no replica is linked"), "{e}");
+        assert!(!e.forceable(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "refused: no replica is linked to the master 127.0.0.1:6379: \
+             127.0.0.1:6380 is a replica of 127.0.0.1:6381 (link up), offset 40, 4 keys"
+        );
+        assert_eq!(
+            choose(Some(M), &elsewhere, Some(S), false),
+            Err(Refusal::NotAReplica(S.to_string()))
+        );
     }
 
     #[test]
     fn with_the_master_gone_the_most_advanced_replica_wins() {
-        let gone = Err::<Replication, _>("127.0.0.1:6379 does not answer".to_string());
         let all = [
-            looked(M, gone, false),
+            looked(M, unreachable(M), false),
             looked(R, replica(M, false, 900, 9), true),
             looked(S, replica(M, false, 1000, 10), true),
         ];
         assert_eq!(choose(Some(M), &all, None, false).expect("chosen").addr, S);
-        let e = choose(Some(M), &all, Some(R), false).expect_err("behind");
+        let e = choose(Some(M), &all, Some(R), false)
+            .expect_err("behind")
+            .to_string();
         assert!(e.contains("is behind 127.0.0.1:6381"), "{e}");
-        let mut refusing = all.clone();
-        refusing[0].answers = true;
-        let e = choose(Some(M), &refusing, Some(S), false).expect_err("alive");
+        let mut alive = all.clone();
+        alive[0].state = refusing(M);
+        let e = choose(Some(M), &alive, Some(S), false)
+            .expect_err("alive")
+            .to_string();
         assert!(e.contains("is alive but"), "{e}");
+        assert!(e.contains("NOAUTH"), "{e}");
         assert_eq!(choose(Some(M), &all, Some(S), false).expect("best").addr, S);
     }
 
     #[test]
     fn an_empty_master_is_never_chosen_over_a_replica_with_data() {
-        let gone = Err::<Replication, _>("down".to_string());
         let all = [
-            looked(M, gone, false),
+            looked(M, unreachable(M), false),
             looked(R, master(7000, 0), false),
             looked(S, replica(M, false, 10, 3), true),
         ];
@@ -383,9 +463,6 @@ mod tests {
             what.contains("its 5 keys are replaced by 127.0.0.1:6380's 2"),
             "{what}"
         );
-        assert!(matches!(
-            follow(S, &Err("down".into()), new, true),
-            Follow::Skip(_)
-        ));
+        assert!(matches!(follow(S, &unreachable(S), new, true), Follow::Skip(_)));
     }
 }

@@ -260,7 +260,7 @@ async fn switch_master(
             // The new master applied all it had when the writes were held.
             Follow::Repoint
         } else {
-            let state = replication::look(&s.addr, auth).await.map_err(|e| e.to_string());
+            let state = replication::look(&s.addr, auth).await;
             candidate::follow(&s.addr, &state, (&addr, &before), force)
         };
         match decision {
@@ -325,8 +325,6 @@ async fn look_all(group: &Group, master: Option<&str>, auth: Option<&str>) -> Ve
         let auth = auth.map(str::to_string);
         set.spawn(async move {
             let state = replication::look(&addr, auth.as_deref()).await;
-            let answers = !matches!(state, Err(replication::LookError::Unreachable { .. }));
-            let state = state.map_err(|e| e.to_string());
             let follows_master = match (&state, &master) {
                 (Ok(Replication { master: Some(of), .. }), Some(m)) => replication::same_server(of, m).await,
                 _ => false,
@@ -337,7 +335,6 @@ async fn look_all(group: &Group, master: Option<&str>, auth: Option<&str>) -> Ve
                     addr,
                     state,
                     follows_master,
-                    answers,
                 },
             )
         });

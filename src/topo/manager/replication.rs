@@ -53,7 +53,7 @@ impl fmt::Display for Replication {
 }
 
 /// Why a server could not be looked at.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookError {
     /// No connection, or no reply in time.
     #[error("{addr} does not answer: {reason}")]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::dashboard::client;
+use super::dashboard::client::{self, ClientError};
 use crate::topo::model::ProxyInfo;
 use crate::topo::store::Store;
 
@@ -144,7 +144,7 @@ impl Traffic {
 
     /// Folds one round of answers in: proxies gone from ZooKeeper are
     /// forgotten, the others updated, one sample appended.
-    fn record(&self, registered: Vec<ProxyInfo>, answers: Vec<Result<Figures, String>>, at: Instant) {
+    fn record(&self, registered: Vec<ProxyInfo>, answers: Vec<Result<Figures, AskError>>, at: Instant) {
         let mut state = self.state.lock();
         let mut kept = BTreeMap::new();
         let mut sample = Sample {
@@ -188,7 +188,7 @@ impl Traffic {
                 }
                 Err(e) => {
                     t.row.answering = false;
-                    t.row.error = Some(e);
+                    t.row.error = Some(e.to_string());
                 }
             }
             t.row.silent_ms = t.last.map(|l| at.saturating_duration_since(l).as_millis() as u64);
@@ -325,14 +325,34 @@ async fn registered(store: &Store) -> Vec<ProxyInfo> {
     out
 }
 
+/// Why a proxy's `/stats` could not be read; shown in its row. Every kind is
+/// retried on the next round: a proxy that stays silent is shown silent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskError {
+    /// Connected or not, nothing came back in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Nothing listens at its admin address, or the answer was not HTTP/JSON.
+    #[error("{0}")]
+    Unreachable(String),
+    /// It answered with another status than 200.
+    #[error("HTTP {0}")]
+    Status(u16),
+}
+
 /// Asks one proxy for its `/stats`.
-async fn ask(info: &ProxyInfo) -> Result<Figures, String> {
+async fn ask(info: &ProxyInfo) -> Result<Figures, AskError> {
     let call = client::get(&info.admin_addr, "/stats");
     match tokio::time::timeout(ASK_TIMEOUT, call).await {
-        Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
-        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(AskError::Timeout(ASK_TIMEOUT)),
+        // The client's own texts speak of the dashboard; here it is a proxy.
+        Ok(Err(ClientError::Unreachable { reason, .. } | ClientError::Protocol { reason, .. })) => {
+            Err(AskError::Unreachable(reason))
+        }
+        Ok(Err(ClientError::Unauthorized { .. })) => Err(AskError::Status(401)),
+        Ok(Err(ClientError::Refused { status, .. })) => Err(AskError::Status(status)),
         Ok(Ok(reply)) if reply.status == 200 => Ok(Figures::from_stats(&reply.body)),
-        Ok(Ok(reply)) => Err(format!("HTTP {}", reply.status)),
+        Ok(Ok(reply)) => Err(AskError::Status(reply.status)),
     }
 }
 
@@ -443,7 +463,7 @@ mod tests {
         let later = start + Duration::from_secs(3);
         t.record(
             vec![proxy("a"), proxy("b")],
-            vec![Ok(figures(10, 500)), Err("refused".into())],
+            vec![Ok(figures(10, 500)), Err(AskError::Status(503))],
             later,
         );
         let v = t.view(true);
@@ -464,5 +484,19 @@ mod tests {
             t.record(Vec::new(), Vec::new(), Instant::now());
         }
         assert_eq!(t.view(false).history.len(), HISTORY_LEN);
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_does_not_listen_is_named_unreachable_not_a_dashboard() {
+        // A port we bound and released: nothing listens there now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let mut info = proxy("gone");
+        info.admin_addr = format!("127.0.0.1:{port}");
+        let e = ask(&info).await.expect_err("nothing listens");
+        assert!(matches!(e, AskError::Unreachable(_)), "{e:?}");
+        assert!(!e.to_string().contains("dashboard"), "{e}");
     }
 }
