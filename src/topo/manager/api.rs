@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use super::dashboard::leader::{DashboardInfo, Leadership};
 use super::failover::{self, FailoverRecord};
 use super::health::{self, Health};
-use super::rebalance::{self, Plan, Weights};
+use super::rebalance::{self, Plan, Weights, WeightsError};
 use super::server_info::{self, ServerInfo};
 use super::task::{self, Task};
 use super::traffic::{Traffic, TrafficView};
@@ -496,7 +496,10 @@ async fn rebalance_plan(
     query: Result<Query<PlanQuery>, QueryRejection>,
 ) -> Result<Json<Plan>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let weights: Weights = q.weights.parse().map_err(ApiError::bad_request)?;
+    let weights: Weights = q
+        .weights
+        .parse()
+        .map_err(|e: WeightsError| ApiError::bad_request(e.to_string()))?;
     let topo = load(&s).await?;
     Ok(Json(rebalance::plan(&topo, &weights)?))
 }
@@ -568,7 +571,10 @@ async fn rebalance_apply(
     query: Result<Query<PlanQuery>, QueryRejection>,
 ) -> Result<Json<Applied>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let weights: Weights = q.weights.parse().map_err(ApiError::bad_request)?;
+    let weights: Weights = q
+        .weights
+        .parse()
+        .map_err(|e: WeightsError| ApiError::bad_request(e.to_string()))?;
     let topo = load(&s).await?;
     let plan = rebalance::plan(&topo, &weights)?;
     // Every task is checked before any is queued, and before unassigned slots

@@ -35,7 +35,7 @@ use crate::topo::model::{GroupId, SlotState, Topology};
 use crate::topo::operation::format_slot_ids;
 
 pub use plan::{Move, Plan, Share};
-pub use weights::Weights;
+pub use weights::{Weights, WeightsError};
 
 /// Plans the moves that give every group with a master its share of the slots
 /// (`weights`, default 1 each). See the module docs for the rules.

@@ -26,12 +26,25 @@ impl Weights {
     }
 }
 
+/// Why a `--weights` text was not understood; each names the item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeightsError {
+    #[error("weight {0:?} is not group:weight (e.g. 1:2)")]
+    NotAPair(String),
+    #[error("weight {item:?}: {group:?} is not a group id")]
+    BadGroup { item: String, group: String },
+    #[error("weight {item:?}: {weight:?} is not a whole number")]
+    BadWeight { item: String, weight: String },
+    #[error("group {0} is weighted twice")]
+    Twice(GroupId),
+}
+
 impl FromStr for Weights {
-    type Err = String;
+    type Err = WeightsError;
 
     /// Parses `1:2,2:1`; blanks around items are fine, an empty string means
     /// "no weights".
-    fn from_str(s: &str) -> Result<Weights, String> {
+    fn from_str(s: &str) -> Result<Weights, WeightsError> {
         let mut map = BTreeMap::new();
         if s.trim().is_empty() {
             return Ok(Weights(map));
@@ -39,17 +52,17 @@ impl FromStr for Weights {
         for item in s.split(',').map(str::trim) {
             let (group, weight) = item
                 .split_once(':')
-                .ok_or_else(|| format!("weight {item:?} is not group:weight (e.g. 1:2)"))?;
-            let group: GroupId = group
-                .trim()
-                .parse()
-                .map_err(|_| format!("weight {item:?}: {group:?} is not a group id"))?;
-            let weight: u32 = weight
-                .trim()
-                .parse()
-                .map_err(|_| format!("weight {item:?}: {weight:?} is not a whole number"))?;
+                .ok_or_else(|| WeightsError::NotAPair(item.to_string()))?;
+            let group: GroupId = group.trim().parse().map_err(|_| WeightsError::BadGroup {
+                item: item.to_string(),
+                group: group.to_string(),
+            })?;
+            let weight: u32 = weight.trim().parse().map_err(|_| WeightsError::BadWeight {
+                item: item.to_string(),
+                weight: weight.to_string(),
+            })?;
             if map.insert(group, weight).is_some() {
-                return Err(format!("group {group} is weighted twice"));
+                return Err(WeightsError::Twice(group));
             }
         }
         Ok(Weights(map))
@@ -88,5 +101,10 @@ mod tests {
         for bad in ["1", "a:1", "1:x", "1:-1", "1:2,1:3", "1:2,"] {
             assert!(bad.parse::<Weights>().is_err(), "{bad:?}");
         }
+        assert_eq!("1:2,1:3".parse::<Weights>(), Err(WeightsError::Twice(1)));
+        assert_eq!(
+            "2:x".parse::<Weights>().map_err(|e| e.to_string()),
+            Err(r#"weight "2:x": "x" is not a whole number"#.to_string())
+        );
     }
 }
