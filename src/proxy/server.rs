@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::ack;
@@ -25,11 +25,11 @@ use super::error::ProxyError;
 use super::lease;
 use super::observer::{self, ObserverConfig};
 use super::router::Router;
-use super::worker::{self, WorkerSpec};
+use super::worker::{self, Worker, WorkerSpec};
 use crate::libs::fd_limit;
 use crate::libs::protocol::Protocol;
 use crate::topo::model::ProxyInfo;
-use crate::topo::{Store, watcher};
+use crate::topo::{Store, Topology, watcher};
 
 /// A proxy that is listening: its addresses are known, it has not started yet.
 pub struct Bound {
@@ -109,28 +109,7 @@ impl Bound {
             config.clone(),
             Router::new(&config.proxy_id(), opts, config.backend_conns),
         );
-        let clients = Arc::new(Semaphore::new(config.max_clients));
-        let mut contexts = Vec::with_capacity(threads);
-        let mut workers = Vec::with_capacity(threads);
-        for index in 0..threads {
-            // Each worker gets its own router: its backend connections must live
-            // on its own runtime.
-            let ctx = Arc::new(first.with_router(first.router.sibling()));
-            let listener = listener.try_clone().map_err(|source| ProxyError::Bind {
-                addr: config.listen.clone(),
-                source,
-            })?;
-            let spec = WorkerSpec {
-                index,
-                listener,
-                ctx: ctx.clone(),
-                topo: topo.clone(),
-                clients: clients.clone(),
-                cancel: cancel.clone(),
-            };
-            workers.push(worker::spawn(spec).map_err(ProxyError::Worker)?);
-            contexts.push(ctx);
-        }
+        let (contexts, mut workers) = spawn_workers(&listener, &first, threads, &topo, &cancel)?;
         drop(listener);
         // Register only once every worker routes by the current topology.
         for w in &mut workers {
@@ -140,43 +119,9 @@ impl Bound {
         // first lease from there, then keep it renewed.
         let timeout = lease::session_timeout(&store);
         first.lease.extend(loaded_at + timeout * 2 / 3);
-        tokio::spawn(lease::keep(
-            store.clone(),
-            first.lease.clone(),
-            contexts.clone(),
-            topo_stop.clone(),
-        ));
-        tokio::spawn(ack::run(
-            store.clone(),
-            topo.clone(),
-            contexts.clone(),
-            first.proxy_id.clone(),
-            topo_stop.clone(),
-        ));
-        tokio::spawn(observer::run(
-            store.clone(),
-            topo.clone(),
-            ObserverConfig {
-                id: first.proxy_id.clone(),
-                interval: config.master_check_interval,
-                down_after: config.master_down_after,
-                auth: (!config.backend_auth.is_empty()).then(|| config.backend_auth.clone()),
-            },
-            topo_stop.clone(),
-        ));
-        tokio::spawn(first.stats.clone().sample_ops());
+        spawn_keepers(&store, &first, &contexts, &topo, &topo_stop);
         let admin_task = tokio::spawn(admin::serve(admin, contexts, cancel.clone()));
-        let info = ProxyInfo {
-            id: first.proxy_id.clone(),
-            addr: first.config.advertised(),
-            admin_addr,
-            pid: std::process::id(),
-            start_time: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        };
+        let info = proxy_info(&first, admin_addr);
         let node = store.paths().proxy(&info.id);
         let data = serde_json::to_vec(&info).unwrap_or_default();
         store.register_ephemeral(&node, data).await?;
@@ -195,6 +140,92 @@ impl Bound {
         admin_task.abort();
         tracing::info!("proxy stopped");
         Ok(())
+    }
+}
+
+/// Starts `threads` workers accepting on clones of `listener`. Each gets a
+/// router of its own, since its backend connections must live on its own
+/// runtime; they share one client limit.
+fn spawn_workers(
+    listener: &std::net::TcpListener,
+    first: &Context,
+    threads: usize,
+    topo: &watch::Receiver<Arc<Topology>>,
+    cancel: &CancellationToken,
+) -> Result<(Vec<Arc<Context>>, Vec<Worker>), ProxyError> {
+    let clients = Arc::new(Semaphore::new(first.config.max_clients));
+    let mut contexts = Vec::with_capacity(threads);
+    let mut workers = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let ctx = Arc::new(first.with_router(first.router.sibling()));
+        let listener = listener.try_clone().map_err(|source| ProxyError::Bind {
+            addr: first.config.listen.clone(),
+            source,
+        })?;
+        let spec = WorkerSpec {
+            index,
+            listener,
+            ctx: ctx.clone(),
+            topo: topo.clone(),
+            clients: clients.clone(),
+            cancel: cancel.clone(),
+        };
+        workers.push(worker::spawn(spec).map_err(ProxyError::Worker)?);
+        contexts.push(ctx);
+    }
+    Ok((contexts, workers))
+}
+
+/// Starts what keeps a running proxy in step with ZooKeeper and its backends,
+/// until `stop`: the lease renewal, the action acknowledgements, the masters'
+/// observer (for failover) and the ops sampling.
+fn spawn_keepers(
+    store: &Store,
+    first: &Context,
+    contexts: &[Arc<Context>],
+    topo: &watch::Receiver<Arc<Topology>>,
+    stop: &CancellationToken,
+) {
+    let config = &first.config;
+    tokio::spawn(lease::keep(
+        store.clone(),
+        first.lease.clone(),
+        contexts.to_vec(),
+        stop.clone(),
+    ));
+    tokio::spawn(ack::run(
+        store.clone(),
+        topo.clone(),
+        contexts.to_vec(),
+        first.proxy_id.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(observer::run(
+        store.clone(),
+        topo.clone(),
+        ObserverConfig {
+            id: first.proxy_id.clone(),
+            interval: config.master_check_interval,
+            down_after: config.master_down_after,
+            auth: (!config.backend_auth.is_empty()).then(|| config.backend_auth.clone()),
+        },
+        stop.clone(),
+    ));
+    tokio::spawn(first.stats.clone().sample_ops());
+}
+
+/// The node a running proxy registers in ZooKeeper.
+fn proxy_info(first: &Context, admin_addr: String) -> ProxyInfo {
+    ProxyInfo {
+        id: first.proxy_id.clone(),
+        addr: first.config.advertised(),
+        admin_addr,
+        pid: std::process::id(),
+        start_time: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
 
