@@ -388,6 +388,16 @@ impl Spec {
         }
         out
     }
+
+    /// The key arguments of `args`, under the spec that applies to them
+    /// ([`Spec::resolve`]).
+    pub fn keys(&'static self, args: &[Bytes]) -> Vec<Bytes> {
+        self.resolve(args)
+            .key_indices(args)
+            .into_iter()
+            .filter_map(|i| args.get(i).cloned())
+            .collect()
+    }
 }
 
 /// Index of the first argument equal to `kw` (case-insensitive), searching from
@@ -479,10 +489,10 @@ mod tests {
             .map(|s| Bytes::copy_from_slice(s.as_bytes()))
             .collect();
         let c = lookup(&args[0]).expect("known command");
-        let spec = c.spec.resolve(&args);
-        spec.key_indices(&args)
-            .into_iter()
-            .map(|i| String::from_utf8_lossy(&args[i]).into_owned())
+        c.spec
+            .keys(&args)
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
             .collect()
     }
 

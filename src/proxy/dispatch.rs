@@ -222,15 +222,6 @@ pub(super) fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Re
     }
 }
 
-/// The key arguments of a request.
-fn keys_of(spec: &'static Spec, req: &Request) -> Vec<Bytes> {
-    let spec = spec.resolve(&req.args);
-    spec.key_indices(&req.args)
-        .into_iter()
-        .filter_map(|i| req.args.get(i).cloned())
-        .collect()
-}
-
 fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec) -> Reply {
     let slot = match request_slot(spec, req) {
         Ok(s) => s,
@@ -242,7 +233,7 @@ fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spe
             Protocol::Resp2 => pool.send(client.id, req.raw.clone()),
             resp3 => pool.send_as(client.id, resp3, req.raw.clone()),
         }),
-        Ok(target) => Reply::Wait(target.send(ctx, client, keys_of(spec, req), req.raw.clone())),
+        Ok(target) => Reply::Wait(target.send(ctx, client, spec.keys(&req.args), req.raw.clone())),
         Err(reply) => reply,
     }
 }
@@ -268,7 +259,7 @@ fn blocking(
         (client.id, protocol, client.lane()),
         slot,
         req,
-        keys_of(spec, req),
+        spec.keys(&req.args),
         now,
     );
     let routes = ctx.router.routes();

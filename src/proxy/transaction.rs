@@ -262,7 +262,7 @@ fn not_in_multi(req: &Request) -> Bytes {
 /// transaction to it if it is the first key seen, and copies the request (its
 /// words are slices of the client's read buffer, which must not stay pinned).
 fn keyed(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec) -> Result<Queued, Bytes> {
-    let keys = keys_of(spec, req);
+    let keys = spec.keys(&req.args);
     let slot = one_slot(&keys)?.ok_or_else(|| not_in_multi(req))?;
     let txn = client.txn.get_or_insert_default();
     let pin = match &txn.pin {
@@ -285,15 +285,6 @@ fn keyed(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec)
         q.keys.extend(keys.iter().map(|k| Bytes::copy_from_slice(k)));
     }
     Ok(Queued::Backend(Bytes::copy_from_slice(&req.raw)))
-}
-
-/// The key arguments of a request.
-fn keys_of(spec: &'static Spec, req: &Request) -> Vec<Bytes> {
-    let spec = spec.resolve(&req.args);
-    spec.key_indices(&req.args)
-        .into_iter()
-        .filter_map(|i| req.args.get(i).cloned())
-        .collect()
 }
 
 /// The one slot of `keys` (`None` without keys), or `CROSSSLOT`.
@@ -326,7 +317,7 @@ fn watch(ctx: &Arc<Context>, client: &mut Client, req: &Request, spec: &'static 
     if !ctx.lease.valid_at(now) {
         return Reply::Hold(Held::Lease);
     }
-    let keys = keys_of(spec, req);
+    let keys = spec.keys(&req.args);
     let slot = match one_slot(&keys) {
         Ok(Some(slot)) => slot,
         Ok(None) => return err("ERR wrong number of arguments for 'watch' command"),
