@@ -130,16 +130,9 @@ cleanup() {
     # reborn up stops its proxy, dashboard, redis-servers and ZooKeeper itself on SIGTERM.
     stop_pid "$UP_PID" 30
     for pid in "${UP_CHILDREN[@]}"; do stop_pid "$pid" 3; done
-    if [[ ${BENCH_KEEP:-0} == 1 ]] || ((rc != 0 && rc != 130 && rc != 143)); then
-        log "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
+    end_cleanup "$rc"
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+trap_cleanup
 
 # ---------------------------------------------------------------- helpers ---------------
 

@@ -76,16 +76,9 @@ cleanup() {
     stop_pid "$LOGIC_PID" 10
     stop_pid "$UP_PID" 20   # stops its proxy, redis-servers and ZooKeeper itself
     for pid in "${UP_CHILDREN[@]}"; do stop_pid "$pid" 3; done
-    if [[ ${BENCH_KEEP:-0} == 1 ]] || ((rc != 0 && rc != 130 && rc != 143)); then
-        log "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
+    end_cleanup "$rc"
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+trap_cleanup
 
 proxy_serves() { [[ $(redis-cli -p "$PROXY_PORT" SET reborn:bench:probe 1) == OK ]]; }
 comet_known() { curl -sf "http://127.0.0.1:$LOGIC_HTTP/goim/nodes/instances" | grep -q "$COMET_TCP"; }

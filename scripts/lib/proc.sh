@@ -15,6 +15,25 @@ nap() { sleep "$1" & wait $!; }
 
 alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
 
+# trap_cleanup: runs the script's `cleanup` on exit, and logs an interrupt or a TERM first.
+trap_cleanup() {
+    trap cleanup EXIT
+    trap 'log "interrupted"; exit 130' INT
+    trap 'log "terminated"; exit 143' TERM
+}
+
+# end_cleanup RC: the last step of `cleanup`. Keeps $WORK (logs, raw output) when BENCH_KEEP=1
+# or the run failed (not on Ctrl-C or TERM), removes it otherwise, and exits with RC.
+end_cleanup() {
+    local rc=$1
+    if [[ ${BENCH_KEEP:-0} == 1 ]] || ((rc != 0 && rc != 130 && rc != 143)); then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+
 stop_pid() {   # stop_pid PID GRACE_SECONDS: SIGTERM, wait, then SIGKILL
     local pid=$1 grace=$2 i
     alive "$pid" || return 0

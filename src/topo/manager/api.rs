@@ -491,15 +491,19 @@ struct PlanQuery {
     weights: String,
 }
 
+/// The weights of a rebalance query; a query that does not parse is a 400.
+fn weights_of(query: Result<Query<PlanQuery>, QueryRejection>) -> Result<Weights, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    q.weights
+        .parse()
+        .map_err(|e: WeightsError| ApiError::bad_request(e.to_string()))
+}
+
 async fn rebalance_plan(
     State(s): State<Shared>,
     query: Result<Query<PlanQuery>, QueryRejection>,
 ) -> Result<Json<Plan>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let weights: Weights = q
-        .weights
-        .parse()
-        .map_err(|e: WeightsError| ApiError::bad_request(e.to_string()))?;
+    let weights = weights_of(query)?;
     let topo = load(&s).await?;
     Ok(Json(rebalance::plan(&topo, &weights)?))
 }
@@ -570,11 +574,7 @@ async fn rebalance_apply(
     State(s): State<Shared>,
     query: Result<Query<PlanQuery>, QueryRejection>,
 ) -> Result<Json<Applied>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let weights: Weights = q
-        .weights
-        .parse()
-        .map_err(|e: WeightsError| ApiError::bad_request(e.to_string()))?;
+    let weights = weights_of(query)?;
     let topo = load(&s).await?;
     let plan = rebalance::plan(&topo, &weights)?;
     // Every task is checked before any is queued, and before unassigned slots
