@@ -264,17 +264,46 @@ pub async fn info_number(addr: &str, section: &str, field: &str) -> i64 {
 
 /// Polls `check` every 20 ms until it returns true; panics naming `what` after
 /// `timeout`. For conditions that become true asynchronously (replication,
-/// watches, session expiry).
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+/// watches, session expiry). `check` may be an `async ||` closure that
+/// borrows (even mutably) what the test holds, e.g. a connection.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check().await {
         assert!(Instant::now() < deadline, "timed out after {timeout:?}: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Like [`eventually`], for a condition that yields a value: polls `check`
+/// every 20 ms until it returns `Ok(value)`, and returns that value. `Err(why)`
+/// means not yet; after `timeout` it panics naming `what` and the last `why`
+/// (the last error, or what was seen instead).
+pub async fn eventually_ok<T, E: std::fmt::Display>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(why) => assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?}: {what}; last: {why}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually_ok`] for a check that has nothing to say while not ready:
+/// returns the value of the first `Some`.
+pub async fn eventually_some<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    eventually_ok(what, timeout, async || check().await.ok_or("nothing yet")).await
 }
 
 /// Encodes one command as a RESP array of bulk strings.
