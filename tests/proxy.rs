@@ -81,14 +81,25 @@ impl Cluster {
 
     async fn wait_registered(&self, present: bool) {
         let path = self.store.paths().proxy(&self.proxy_id);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.store.exists(&path).await.unwrap_or(false) != present {
-            assert!(
-                Instant::now() < deadline,
-                "proxy node {path} never became present={present}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::eventually(
+            &format!("proxy node {path} present={present}"),
+            Duration::from_secs(10),
+            async || self.store.exists(&path).await.unwrap_or(false) == present,
+        )
+        .await;
+    }
+
+    /// Waits until `n` clients are blocked (`BLPOP`, …) on the master that
+    /// owns `key`.
+    async fn wait_blocked_on_owner_of(&self, key: &str, n: i64) {
+        let group = if slot_of(key.as_bytes()) < 512 { 0 } else { 1 };
+        let master = self.masters[group].addr();
+        common::eventually(
+            &format!("{n} client(s) blocked on {master}, the owner of {key}"),
+            Duration::from_secs(10),
+            async || common::info_number(&master, "clients", "blocked_clients").await == n,
+        )
+        .await;
     }
 
     fn url(&self) -> String {
@@ -346,7 +357,7 @@ async fn blpop_does_not_stall_other_clients() {
             .expect("blpop");
         r
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.wait_blocked_on_owner_of("queue", 1).await;
     // Every key of group 1 and 2 shares the proxy's backend connections with the
     // blocked client's keys; none of them may wait behind the BLPOP.
     let mut other = c.client().await;
@@ -380,7 +391,8 @@ async fn blpop_does_not_stall_other_clients() {
             .expect("blpop");
         r
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Pushed only once the BLPOP waits: it must be woken, not find the value.
+    c.wait_blocked_on_owner_of("q2", 1).await;
     let _: i64 = other.rpush("q2", "hello").await.expect("rpush");
     assert_eq!(
         waiter.await.expect("join"),
@@ -418,14 +430,10 @@ async fn a_dead_master_fails_fast_for_its_group_only_and_recovers() {
         assert!(t.elapsed() < Duration::from_millis(100));
     }
     c.masters[0].restart().expect("restart");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match p.set::<_, _, ()>(k1, 3).await {
-            Ok(()) => break,
-            Err(e) => assert!(Instant::now() < deadline, "group 1 never recovered: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_ok("group 1 recovers", Duration::from_secs(10), async || {
+        p.set::<_, _, ()>(k1, 3).await
+    })
+    .await;
     let v: i64 = p.get(k1).await.expect("get after recovery");
     assert_eq!(v, 3);
 }
@@ -489,15 +497,11 @@ async fn slot_reassignment_is_seen_live() {
         .await
         .expect("assign");
     let t = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let v: Option<String> = p.get(key).await.expect("get");
-        if v.is_none() {
-            break; // now served by group 2, which never had the key
-        }
-        assert!(Instant::now() < deadline, "proxy never saw the change");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Served by group 2, which never had the key, once the proxy saw it.
+    common::eventually("the proxy sees the change", Duration::from_secs(2), async || {
+        p.get::<_, Option<String>>(key).await.expect("get").is_none()
+    })
+    .await;
     let seen = t.elapsed();
     assert!(
         seen < Duration::from_secs(1),
@@ -512,14 +516,22 @@ async fn slot_reassignment_is_seen_live() {
     operation::assign_slots(&c.store, 289, 289, 0)
         .await
         .expect("unassign");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let e = p.get::<_, String>(key).await.expect_err("unassigned");
+    let e = common::eventually_some(
+        "the proxy sees slot 289 unassigned",
+        Duration::from_secs(5),
+        async || p.get::<_, Option<String>>(key).await.err(),
+    )
+    .await;
     assert!(e.to_string().contains("slot 289 is not assigned"), "{e}");
     operation::set_proxy_online(&c.store, &c.proxy_id, false)
         .await
         .expect("offline");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let e = p.get::<_, String>("a").await.expect_err("offline");
+    let e = common::eventually_some(
+        "the proxy sees itself offline",
+        Duration::from_secs(5),
+        async || p.get::<_, Option<String>>("a").await.err(),
+    )
+    .await;
     assert!(e.to_string().contains("is offline"), "{e}");
     let pong: String = redis::cmd("PING")
         .query_async(&mut p)
@@ -529,8 +541,12 @@ async fn slot_reassignment_is_seen_live() {
     operation::set_proxy_online(&c.store, &c.proxy_id, true)
         .await
         .expect("online");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _: Option<String> = p.get("a").await.expect("back online");
+    common::eventually_ok(
+        "the proxy serves again once online",
+        Duration::from_secs(5),
+        async || p.get::<_, Option<String>>("a").await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,6 +737,8 @@ async fn a_client_that_pipelines_without_reading_is_slowed_not_dropped() {
         wr.write_all(&req).await.expect("write");
     };
     let reader = async {
+        // A client that does not read for a while, on purpose: a duration, not
+        // a condition (the proxy gives no sign of having stopped reading).
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -760,16 +778,21 @@ async fn the_backend_password_is_sent_to_every_group() {
 async fn a_wrong_backend_password_gives_a_clear_error() {
     let c = Cluster::build(Some("right"), |cfg| cfg.backend_auth = "wrong".into()).await;
     let mut s = TcpStream::connect(c.proxy).await.expect("connect");
-    let mut text = String::new();
     // The first request may race the failing handshake; a retry sees the error.
-    for _ in 0..20 {
-        let out = raw_exchange(&mut s, b"GET foo\r\n", 10).await;
-        text = String::from_utf8_lossy(&out).into_owned();
-        if text.contains("AUTH failed") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let text = common::eventually_ok(
+        "the failed AUTH is reported",
+        Duration::from_secs(5),
+        async || {
+            let out = raw_exchange(&mut s, b"GET foo\r\n", 10).await;
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if text.contains("AUTH failed") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
     assert!(
         text.contains(&c.masters[0].addr()) && text.contains("AUTH failed"),
         "{text}"
@@ -792,15 +815,11 @@ async fn max_clients_refuses_the_extra_client_only() {
     assert_eq!(raw_exchange(&mut a, b"PING\r\n", 7).await, b"+PONG\r\n");
     drop(b);
     // The slot frees once the session ends.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    common::eventually("the slot frees", Duration::from_secs(5), async || {
         let mut again = TcpStream::connect(c.proxy).await.expect("again");
-        if raw_exchange(&mut again, b"PING\r\n", 7).await == b"+PONG\r\n" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "slot never freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        raw_exchange(&mut again, b"PING\r\n", 7).await == b"+PONG\r\n"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -810,7 +829,7 @@ async fn idle_clients_are_closed_but_blocked_ones_are_not() {
     assert_eq!(raw_exchange(&mut idle, b"PING\r\n", 7).await, b"+PONG\r\n");
     let mut blocked = TcpStream::connect(c.proxy).await.expect("connect");
     blocked.write_all(b"BLPOP never 1\r\n").await.expect("write");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.wait_blocked_on_owner_of("never", 1).await;
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
         .await
@@ -895,17 +914,11 @@ async fn a_proxy_cut_off_from_zookeeper_stops_before_its_session_can_expire() {
 
     // It comes back on a new session and must resync before serving: the first
     // successful read comes from group 2, which never had the key.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match p.get::<_, Option<String>>("foo").await {
-            Ok(v) => {
-                assert_eq!(v, None, "served from the stale table after the cut");
-                break;
-            }
-            Err(e) => assert!(Instant::now() < deadline, "never served again: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let v = common::eventually_ok("served again", Duration::from_secs(15), async || {
+        p.get::<_, Option<String>>("foo").await
+    })
+    .await;
+    assert_eq!(v, None, "served from the stale table after the cut");
     c.wait_registered(true).await;
 }
 
@@ -1016,16 +1029,16 @@ async fn migrate_on_access(backend_password: Option<&str>) {
     // Wait until the proxy serves the slot as migrating: INCRBY keeps the
     // MIGRATE-first path (its reply must not pass through Lua), so it moves
     // the counter to the target.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let v: i64 = p.incr("{foo}n", 0).await.expect("incrby 0");
-        assert_eq!(v, 1000);
-        if g2.exists::<_, bool>("{foo}n").await.expect("exists") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the proxy never migrated on access");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        "the proxy migrates on access",
+        Duration::from_secs(3),
+        async || {
+            let v: i64 = p.incr("{foo}n", 0).await.expect("incrby 0");
+            assert_eq!(v, 1000);
+            g2.exists::<_, bool>("{foo}n").await.expect("exists")
+        },
+    )
+    .await;
     assert!(
         !g1.exists::<_, bool>("{foo}n").await.expect("exists"),
         "source kept the key"
