@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, client, signal};
@@ -16,6 +16,31 @@ use reborn::topo::action::{begin_migration, finish_migration};
 use reborn::topo::model::SlotState;
 use reborn::topo::{TopoError, watcher};
 use redis::AsyncCommands;
+
+/// Writes (or pipelined rounds) each writer had acknowledged so far, one
+/// counter per writer.
+type Acks = Arc<Vec<AtomicU64>>;
+
+fn acks(writers: usize) -> Acks {
+    Arc::new((0..writers).map(|_| AtomicU64::new(0)).collect())
+}
+
+/// What every writer had acknowledged at this moment.
+fn acked_now(acks: &Acks) -> Vec<u64> {
+    acks.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+}
+
+/// Waits until every writer had `n` more acknowledged than in `since` (from
+/// [`acked_now`]).
+async fn every_writer_acked(acks: &Acks, since: &[u64], n: u64, what: &str) {
+    common::eventually(what, Duration::from_secs(20), async || {
+        acked_now(acks)
+            .iter()
+            .zip(since)
+            .all(|(now, then)| *now >= then + n)
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_under_load_loses_no_acknowledged_write() {
@@ -34,10 +59,11 @@ async fn a_switch_under_load_loses_no_acknowledged_write() {
     // Writers on both proxies INCR keys of the moving slots and count what was
     // acknowledged; any error fails the test.
     let running = Arc::new(AtomicBool::new(true));
+    let acked = acks(4);
     let mut writers = Vec::new();
     for (w, &addr) in proxies.iter().cycle().take(4).enumerate() {
         let keys: Vec<String> = tags.iter().map(|t| format!("{{{t}}}w{w}")).collect();
-        let running = running.clone();
+        let (running, acks) = (running.clone(), acked.clone());
         writers.push(tokio::spawn(async move {
             let mut conn = client(addr).await;
             let mut acked: BTreeMap<String, i64> = BTreeMap::new();
@@ -51,18 +77,29 @@ async fn a_switch_under_load_loses_no_acknowledged_write() {
                 let count = acked.entry(key.clone()).or_default();
                 *count += 1;
                 assert_eq!(n, *count, "{key}: a write was lost or doubled");
+                acks[w].fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    every_writer_acked(&acked, &[0; 4], 10, "every writer writes before the switch").await;
     let t = Instant::now();
     begin_migration(&c.store, &slots, 2, Duration::from_secs(5))
         .await
         .expect("switch");
     let switched_in = t.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each writer cycles through its keys: twice round them after the switch,
+    // every key was written (and so moved on access) under the new routing.
+    let keys_per_writer = tags.len() as u64;
+    let at_switch = acked_now(&acked);
+    every_writer_acked(
+        &acked,
+        &at_switch,
+        2 * keys_per_writer,
+        "every writer writes each of its keys after the switch",
+    )
+    .await;
     running.store(false, Ordering::Relaxed);
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
     for w in writers {
@@ -159,15 +196,17 @@ async fn migrate_when_leading(
     to: u32,
 ) -> reborn::topo::manager::task::Task {
     use reborn::topo::manager::dashboard::client;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let body = serde_json::json!({ "start": start, "end": end, "to": to });
-        match client::post(dash, "/api/migrate", &body).await {
-            Ok(r) if r.error().is_none() => return r.into_json().expect("task"),
-            _ => assert!(Instant::now() < deadline, "the dashboard never led"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let body = serde_json::json!({ "start": start, "end": end, "to": to });
+    common::eventually_ok(
+        "the dashboard leads and queues the migration",
+        Duration::from_secs(20),
+        async || match client::post(dash, "/api/migrate", &body).await {
+            Ok(r) if r.error().is_none() => Ok(r.into_json().expect("task")),
+            Ok(r) => Err(format!("{:?}", r.error())),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,10 +238,11 @@ async fn migrating_512_slots_under_load_loses_nothing() {
 
     // Four writers, two per proxy, each owning a quarter of the keys.
     let running = Arc::new(AtomicBool::new(true));
+    let rounds = acks(4);
     let mut writers = Vec::new();
     for w in 0..4usize {
         let addr = proxies[w % 2];
-        let running = running.clone();
+        let (running, rounds) = (running.clone(), rounds.clone());
         writers.push(tokio::spawn(async move {
             let mut conn = client(addr).await;
             let mut counts: BTreeMap<usize, i64> = BTreeMap::new();
@@ -226,18 +266,18 @@ async fn migrating_512_slots_under_load_loses_nothing() {
                     *counts.entry(i).or_default() += 1;
                     last.insert(i, round);
                 }
+                rounds[w].fetch_add(1, Ordering::Relaxed);
             }
             (counts, last)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    every_writer_acked(&rounds, &[0; 4], 2, "every writer writes before the migration").await;
     let body = serde_json::json!({ "start": 0, "end": 511, "to": 2 });
     let reply = client::post(&dash, "/api/migrate", &body)
         .await
         .expect("POST /api/migrate");
     let task: Task = reply.into_json().expect("task");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = loop {
+    let done = common::eventually_ok("the task finishes", Duration::from_secs(120), async || {
         let tasks: Vec<Task> = client::get(&dash, "/api/tasks")
             .await
             .expect("tasks")
@@ -245,11 +285,12 @@ async fn migrating_512_slots_under_load_loses_nothing() {
             .expect("json");
         let t = tasks.into_iter().find(|t| t.id == task.id).expect("our task");
         if t.state == TaskState::Done {
-            break t;
+            Ok(t)
+        } else {
+            Err(format!("{t:?}"))
         }
-        assert!(Instant::now() < deadline, "task never finished: {t:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     running.store(false, Ordering::Relaxed);
     let (mut counts, mut last) = (BTreeMap::new(), BTreeMap::new());
     for w in writers {
@@ -318,39 +359,42 @@ async fn a_killed_dashboard_resumes_its_task_after_a_restart() {
     let dash = format!("127.0.0.1:{port}");
     let task = migrate_when_leading(&dash, 0, 511, 2).await;
     // Kill it once keys are moving.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    common::eventually_ok("keys start moving", Duration::from_secs(30), async || {
         let tasks: Vec<Task> = client::get(&dash, "/api/tasks")
             .await
             .expect("tasks")
             .into_json()
             .expect("json");
         let t = tasks.iter().find(|t| t.id == task.id).expect("task");
-        if t.state == TaskState::Migrating && t.progress.moved > 0 {
-            break;
-        }
         assert!(t.state != TaskState::Done, "finished before it could be killed");
-        assert!(Instant::now() < deadline, "never started moving: {t:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if t.state == TaskState::Migrating && t.progress.moved > 0 {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    })
+    .await;
     first.kill().expect("SIGKILL");
     let _ = first.wait();
 
     // A new dashboard takes over once the old session is gone and finishes the task.
     let second = c.dashboard().await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(reply) = client::get(&second, "/api/tasks").await
-            && let Ok(tasks) = reply.into_json::<Vec<Task>>()
-            && tasks
-                .iter()
-                .any(|t| t.id == task.id && t.state == TaskState::Done)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the task was not resumed to the end");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually(
+        "the task is resumed to the end",
+        Duration::from_secs(90),
+        async || {
+            if let Ok(reply) = client::get(&second, "/api/tasks").await
+                && let Ok(tasks) = reply.into_json::<Vec<Task>>()
+            {
+                tasks
+                    .iter()
+                    .any(|t| t.id == task.id && t.state == TaskState::Done)
+            } else {
+                false
+            }
+        },
+    )
+    .await;
     let mut g1 = common::client(&c.masters[0].addr()).await;
     let left: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
     assert_eq!(left, 0, "keys left on the source");
@@ -379,10 +423,11 @@ async fn promote_under_write_load_keeps_every_acknowledged_write() {
         .take(200)
         .collect();
     let running = Arc::new(AtomicBool::new(true));
+    let acked = acks(2);
     let mut writers = Vec::new();
     for w in 0..2usize {
         let keys: Vec<String> = keys.iter().skip(w).step_by(2).cloned().collect();
-        let running = running.clone();
+        let (running, acks) = (running.clone(), acked.clone());
         writers.push(tokio::spawn(async move {
             let mut conn = client(proxy).await;
             let mut acked: BTreeMap<String, i64> = BTreeMap::new();
@@ -393,16 +438,27 @@ async fn promote_under_write_load_keeps_every_acknowledged_write() {
                 let count = acked.entry(k.clone()).or_default();
                 *count += 1;
                 assert_eq!(n, *count, "{k}");
+                acks[w].fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    every_writer_acked(&acked, &[0; 2], 20, "every writer writes before the promote").await;
     promote(&c.store, 1, &replica.addr(), None, Duration::from_secs(5))
         .await
         .expect("promote");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once round its keys after the promote: each key was written to the new
+    // master through the proxy.
+    let keys_per_writer = (keys.len() / 2) as u64;
+    let at_promote = acked_now(&acked);
+    every_writer_acked(
+        &acked,
+        &at_promote,
+        keys_per_writer,
+        "every writer writes each of its keys after the promote",
+    )
+    .await;
     running.store(false, Ordering::Relaxed);
     let mut acked = BTreeMap::new();
     for w in writers {
@@ -476,15 +532,15 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
         }
     };
     let task = migrate_when_leading(&dash, 0, 511, 2).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get_task(task.id).await.progress.moved == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "never started moving: {:?}",
-            get_task(task.id).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually_ok("keys start moving", Duration::from_secs(20), async || {
+        let t = get_task(task.id).await;
+        if t.progress.moved > 0 {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    })
+    .await;
     let paused: Task = client::post(
         &dash,
         &format!("/api/tasks/{}/pause", task.id),
@@ -495,10 +551,19 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
     .into_json()
     .expect("json");
     assert!(paused.paused);
-    // Within a progress save or two the pass stops; then nothing moves.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let mut g1 = common::client(&c.masters[0].addr()).await;
+    // The pass stops at the runner's next progress save, which finds the task
+    // paused: the stored progress changes from what the pause returned once
+    // the runner knows. The pass is over when its SCAN connection to the
+    // source is closed: nothing of it can move a key any more.
+    let source = c.masters[0].addr();
+    common::eventually("the paused pass stops", Duration::from_secs(10), async || {
+        get_task(task.id).await.progress != paused.progress && !scanning(&source).await
+    })
+    .await;
+    let mut g1 = common::client(&source).await;
     let left1: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
+    // Then nothing moves for a while: a window of time, as long as a pass
+    // would need to move a few thousand keys (3000 keys/s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let left2: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
     assert!(left1 > 0, "finished before the pause took effect");
@@ -516,11 +581,24 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
     )
     .await
     .expect("resume");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get_task(task.id).await.state != TaskState::Done {
-        assert!(Instant::now() < deadline, "never finished after resume");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually(
+        "the task finishes after the resume",
+        Duration::from_secs(60),
+        async || get_task(task.id).await.state == TaskState::Done,
+    )
+    .await;
     let left: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
     assert_eq!(left, 0);
+}
+
+/// True if a client of the redis-server at `addr` last ran `SCAN`: only the
+/// migrator scans here, on a connection its pass holds to the end.
+async fn scanning(addr: &str) -> bool {
+    let mut conn = common::client(addr).await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT LIST");
+    clients.lines().any(|l| l.contains(" cmd=scan "))
 }
