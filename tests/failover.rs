@@ -105,19 +105,12 @@ fn keys_of_groups(groups: &[u32], n: usize) -> Vec<String> {
 
 /// Waits until `group`'s master is no longer `old`; returns the new one.
 async fn replaced(store: &Store, group: u32, old: &str, since: Instant) -> String {
-    loop {
-        if let Some(m) = master_of(store, group).await
-            && m != old
-        {
-            return m;
-        }
-        assert!(
-            since.elapsed() < REPLACED_WITHIN * 2,
-            "group {group}'s master {old} not replaced after {:?}",
-            since.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_some(
+        &format!("group {group}'s master {old} is replaced"),
+        (REPLACED_WITHIN * 2).saturating_sub(since.elapsed()),
+        async || master_of(store, group).await.filter(|m| m != old),
+    )
+    .await
 }
 
 /// Waits until a failover record matches `what`.
@@ -273,7 +266,17 @@ async fn failover_with_a_lagging_replica(write_ack: WriteAck) -> (i64, i64) {
         .query_async(&mut m)
         .await
         .expect("client kill");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes the master applies from now on reach no replica: let the writers
+    // have a few of them answered (acknowledged with write_ack = master,
+    // refused for want of a replica's ack with write_ack = replica).
+    let answered = || load.acked.load(Ordering::Relaxed) + load.errors.load(Ordering::Relaxed);
+    let at_cut = answered();
+    common::eventually(
+        "writes answered after the cut",
+        Duration::from_secs(10),
+        async || answered() >= at_cut + 6,
+    )
+    .await;
     c.masters[0].kill();
     signal(replica_pid, "-CONT");
     let new = replaced(&c.store, 1, &old, Instant::now()).await;
@@ -314,6 +317,8 @@ async fn two_overlapping_failures_are_both_replaced() {
     load.at_least(300, "writes before the kills").await;
     let old: Vec<String> = c.masters.iter().map(RedisServer::addr).collect();
     c.masters[0].kill();
+    // A stagger of time, on purpose: the second failure strikes while the
+    // first is being handled, not at the same instant nor after it.
     tokio::time::sleep(Duration::from_millis(700)).await;
     c.masters[1].kill();
     let killed = Instant::now();
@@ -496,27 +501,24 @@ async fn the_leader_keeps_its_connections_between_rounds() {
     // received would also count any reconnect of a test client under load.
     let mut me = common::client(&replicas[0].addr()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let leader = loop {
-        let seen = other_clients(&mut me).await;
-        if !seen.is_empty() {
-            break seen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader never connected to the replica"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // Six rounds: each runs one INFO on the replica (ours are counted apart).
-    let (start, mut ours) = (info_calls(&mut me).await, 1);
-    while info_calls(&mut me).await - start - ours < 6 {
-        ours += 1;
-        assert!(
-            Instant::now() < deadline,
-            "the leader stopped looking at the replica"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let leader = common::eventually_some(
+        "the leader connects to the replica",
+        deadline - Instant::now(),
+        async || Some(other_clients(&mut me).await).filter(|seen| !seen.is_empty()),
+    )
+    .await;
+    // Six rounds: each runs one INFO on the replica (ours are counted apart:
+    // each check counts the INFO calls of ours before it).
+    let (start, mut ours) = (info_calls(&mut me).await, 0);
+    common::eventually(
+        "the leader keeps looking at the replica",
+        deadline.saturating_duration_since(Instant::now()),
+        async || {
+            ours += 1;
+            info_calls(&mut me).await - start - ours >= 6
+        },
+    )
+    .await;
     assert_eq!(
         other_clients(&mut me).await,
         leader,
