@@ -187,18 +187,11 @@ async fn open(addr: &str) -> Result<ImClient, ClientError> {
 /// Connects to `addr` (a TCP `host:port` or a `ws://` URL) and authenticates
 /// with `body`, retrying while the comet does not know logic yet.
 async fn connect(addr: &str, body: &[u8]) -> ImClient {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let attempt = async {
-            let mut c = open(addr).await?;
-            c.auth(body).await.map(|()| c)
-        };
-        match attempt.await {
-            Ok(c) => return c,
-            Err(e) => assert!(Instant::now() < deadline, "auth to {addr} never succeeded: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually_ok(&format!("auth to {addr} succeeds"), WAIT, async || {
+        let mut c = open(addr).await?;
+        c.auth(body).await.map(|()| c)
+    })
+    .await
 }
 
 /// POSTs a push and asserts logic accepted it (code 0).
@@ -741,39 +734,38 @@ async fn migrate(dash: &str, start: u16, end: u16, to: u32) {
     use reborn::topo::manager::dashboard::client;
     use reborn::topo::manager::task::{Task, TaskState};
     let deadline = Instant::now() + Duration::from_secs(30);
-    let task: Task = loop {
-        let body = json!({ "start": start, "end": end, "to": to });
-        match client::post(dash, "/api/migrate", &body).await {
-            Ok(r) if r.error().is_none() => break r.into_json().expect("task"),
-            _ => assert!(Instant::now() < deadline, "the dashboard never led"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    loop {
-        // A dashboard may step down for a moment on a loaded machine (its
-        // ZooKeeper lease) and answer 503 until it leads again: poll on.
-        let tasks: Option<Vec<Task>> = match client::get(dash, "/api/tasks").await {
-            Ok(r) if r.error().is_none() => r.into_json().ok(),
-            _ => None,
-        };
-        let Some(tasks) = tasks else {
-            assert!(
-                Instant::now() < deadline,
-                "the dashboard stopped leading for good"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let t = tasks.into_iter().find(|t| t.id == task.id).expect("our task");
-        if t.state == TaskState::Done {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "migration {start}-{end} never finished: {t:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let body = json!({ "start": start, "end": end, "to": to });
+    let task: Task =
+        common::eventually_ok(
+            "the dashboard leads",
+            Duration::from_secs(30),
+            async || match client::post(dash, "/api/migrate", &body).await {
+                Ok(r) if r.error().is_none() => Ok(r.into_json().expect("task")),
+                Ok(r) => Err(format!("{:?}", r.error())),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+        .await;
+    common::eventually_ok(
+        &format!("migration {start}-{end} finishes"),
+        deadline.saturating_duration_since(Instant::now()),
+        async || {
+            // A dashboard may step down for a moment on a loaded machine (its
+            // ZooKeeper lease) and answer 503 until it leads again: poll on.
+            let tasks: Vec<Task> = match client::get(dash, "/api/tasks").await {
+                Ok(r) if r.error().is_none() => r.into_json().map_err(|e| e.to_string())?,
+                Ok(r) => return Err(format!("the dashboard does not lead: {:?}", r.error())),
+                Err(e) => return Err(e.to_string()),
+            };
+            let t = tasks.into_iter().find(|t| t.id == task.id).expect("our task");
+            if t.state == TaskState::Done {
+                Ok(())
+            } else {
+                Err(format!("{t:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Waits until the pusher has sent `n` pushes.
@@ -959,16 +951,19 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
         let seen = watchers[&mid].lock().expect("seen");
         wants[&mid].difference(&seen.numbers).copied().collect()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(missing(101).is_empty() && missing(102).is_empty()) {
-        assert!(
-            Instant::now() < deadline,
-            "accepted pushes never delivered: mid 101 {:?}, mid 102 {:?}",
-            missing(101),
-            missing(102)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_ok(
+        "accepted pushes are delivered",
+        Duration::from_secs(20),
+        async || {
+            let (m101, m102) = (missing(101), missing(102));
+            if m101.is_empty() && m102.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing for mid 101 {m101:?}, mid 102 {m102:?}"))
+            }
+        },
+    )
+    .await;
     for (mid, seen) in &watchers {
         let seen = seen.lock().expect("seen");
         assert!(
