@@ -233,18 +233,15 @@ async fn check_push_roles(up: &Up, ports: &Ports) {
     );
 
     // The comet is registered before the banner; logic follows ZooKeeper.
-    let nodes = {
-        let mut nodes = Value::Null;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            nodes = logic_api(logic, "GET", "/goim/nodes/weighted?platform=ip", "").await["data"].clone();
-            if nodes["nodes"].as_array().is_some_and(|n| !n.is_empty()) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let nodes = common::eventually_ok("logic knows the comet", Duration::from_secs(10), async || {
+        let nodes = logic_api(logic, "GET", "/goim/nodes/weighted?platform=ip", "").await["data"].clone();
+        if nodes["nodes"].as_array().is_some_and(|n| !n.is_empty()) {
+            Ok(nodes)
+        } else {
+            Err(nodes)
         }
-        nodes
-    };
+    })
+    .await;
     assert_eq!(nodes["nodes"], serde_json::json!(["127.0.0.1"]), "{nodes}");
     assert_eq!(nodes["tcp_port"], ports.comet_tcp, "{nodes}");
     assert_eq!(
@@ -417,17 +414,17 @@ async fn up_runs_a_whole_cluster_and_stops_it_in_order() {
     let hint = format!("admin rebalance --dry-run --dashboard {dashboard}");
     assert!(up.banner.contains(&hint), "{hint:?} missing from:\n{}", up.banner);
     // It may still be taking the leadership a few milliseconds after the banner.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let groups = loop {
+    let groups = common::eventually_ok("the dashboard leads", Duration::from_secs(5), async || {
         let reply = reborn::topo::manager::dashboard::client::get(&dashboard, "/api/groups")
             .await
             .expect("dashboard answers");
-        if reply.status == 200 || Instant::now() > deadline {
-            break reply;
+        if reply.status == 200 {
+            Ok(reply)
+        } else {
+            Err(format!("{} {:?}", reply.status, reply.body))
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(groups.status, 200, "{:?}", groups.body);
+    })
+    .await;
     assert_eq!(groups.body.as_array().map(Vec::len), Some(2), "{:?}", groups.body);
     assert_eq!(groups.body[0]["slots"], 512);
 
