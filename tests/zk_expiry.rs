@@ -53,7 +53,9 @@ async fn expire_sessions(c: &Cluster, pid: u32, proxies: &[&ProxyProcess]) {
         signal(pid, "-STOP");
         tokio::time::sleep(SESSION + Duration::from_secs(1)).await;
         signal(pid, "-CONT");
-        // By now a session the thaw expired has lost its nodes.
+        // By now a session the thaw expired has lost its nodes. A duration, not
+        // a condition: until the server's session tracker has run, a session
+        // that survives the thaw looks like one about to expire.
         tokio::time::sleep(SESSION + Duration::from_secs(1)).await;
         let mut kept = Vec::new();
         for (p, old) in proxies.iter().zip(&before) {
@@ -187,27 +189,25 @@ async fn an_acknowledgement_lost_with_its_session_is_written_again() {
     let switch =
         tokio::spawn(async move { begin_migration(&store, &[slot], 2, Duration::from_secs(20)).await });
     // The pre_migrate action is the latest one; wait for the proxy's ack.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let seq = loop {
-        let names = c
-            .store
-            .children(&c.store.paths().actions())
-            .await
-            .unwrap_or_default();
-        if let Some(s) = names.iter().filter_map(|n| n.parse::<u64>().ok()).max()
-            && c.store
+    let seq = common::eventually_some(
+        "the proxy acknowledges pre_migrate",
+        Duration::from_secs(10),
+        async || {
+            let names = c
+                .store
+                .children(&c.store.paths().actions())
+                .await
+                .unwrap_or_default();
+            let s = names.iter().filter_map(|n| n.parse::<u64>().ok()).max()?;
+            let acked = c
+                .store
                 .exists(&c.store.paths().ack(s, &proxy))
                 .await
-                .unwrap_or(false)
-        {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the proxy never acknowledged pre_migrate"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+                .unwrap_or(false);
+            acked.then_some(s)
+        },
+    )
+    .await;
     let before = owner(&c.store, &proxy).await.expect("registered");
     relay.cut();
     tokio::time::sleep(SESSION + Duration::from_secs(1)).await;
