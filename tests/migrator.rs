@@ -366,18 +366,14 @@ async fn resumes_from_saved_progress_after_cancel() {
     let slots = hundred_slots();
     let before = snapshot(&mut s, &keys).await;
 
-    // Slowly (1000 keys/s, small batches), then cancel after about a second.
+    // Slowly (1000 keys/s, small batches), then cancel in the middle: at the
+    // first report (about a second in) of keys moved.
     let slow = MigratorConfig {
         max_keys_per_sec: Some(1000),
         batch_keys: 50,
         ..config()
     };
     let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        trigger.cancel();
-    });
     let mut progress = Progress::default();
     let mut saved = String::new();
     let outcome = migrator::migrate_slots(
@@ -386,7 +382,12 @@ async fn resumes_from_saved_progress_after_cancel() {
         &slots,
         &slow,
         &mut progress,
-        |p| saved = serde_json::to_string(p).expect("persist"),
+        |p| {
+            saved = serde_json::to_string(p).expect("persist");
+            if p.moved > 0 {
+                cancel.cancel();
+            }
+        },
         &cancel,
     )
     .await
@@ -398,8 +399,15 @@ async fn resumes_from_saved_progress_after_cancel() {
         saved.cursor != 0 && saved.moved > 0 && saved.moved < 1500,
         "stopped in the middle: {saved:?}"
     );
-    // Batches cut off by the cancel may still be running on the source.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Batches cut off by the cancel may still be running: wait until the
+    // cancelled run's connections are closed on both servers (ours is the one
+    // left), after the last command they carried ran.
+    common::eventually(
+        "the cancelled run's connections close",
+        Duration::from_secs(10),
+        async || connected_clients(&mut s).await == 1 && connected_clients(&mut d).await == 1,
+    )
+    .await;
     // Source first, then target: a key moving in between is seen at least once.
     let source = snapshot(&mut s, &keys).await;
     let target = snapshot(&mut d, &keys).await;
@@ -451,7 +459,8 @@ async fn a_target_that_is_down_loses_nothing_and_the_migration_completes_after_r
     let before = snapshot(&mut s, &keys).await;
     dst.kill();
 
-    // A bounded run against a dead target.
+    // A bounded run against a dead target (a duration on purpose: the run
+    // would retry forever; what it did within 2 s is asserted).
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move {
@@ -548,7 +557,12 @@ async fn rides_through_a_target_crash_in_one_run() {
         .await;
         (outcome, progress)
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    common::eventually(
+        "keys are moved before the crash",
+        Duration::from_secs(10),
+        async || shared.lock().expect("lock").moved > 0,
+    )
+    .await;
     dst.kill();
     common::eventually("failures are reported", Duration::from_secs(10), || {
         let errors = shared.lock().expect("lock").errors;
@@ -879,4 +893,17 @@ async fn a_target_that_became_a_replica_ends_the_pass_with_not_master() {
         other => panic!("want NotMaster, got {other:?}"),
     }
     assert_eq!(dbsize(&mut s).await, before, "nothing left the source");
+}
+
+/// `connected_clients` of the server `c` is connected to (`c` included).
+async fn connected_clients(c: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(c)
+        .await
+        .expect("INFO clients");
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("connected_clients")
 }
