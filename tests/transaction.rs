@@ -9,7 +9,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::cluster::{Cluster, client};
@@ -404,9 +404,11 @@ async fn transactions_racing_a_switch_are_applied_whole_or_not_at_all() {
     // command at a time; each EXEC is applied whole ([n, n]) or answered
     // TRYAGAIN (nothing ran).
     let running = Arc::new(AtomicBool::new(true));
+    // EXECs applied so far, per writer.
+    let applied_by: Arc<Vec<AtomicU64>> = Arc::new((0..4).map(|_| AtomicU64::new(0)).collect());
     let mut writers = Vec::new();
     for w in 0..4 {
-        let (a, b, running) = (a.clone(), b.clone(), running.clone());
+        let (a, b, running, applied_by) = (a.clone(), b.clone(), running.clone(), applied_by.clone());
         writers.push(tokio::spawn(async move {
             let mut conn = raw(proxy).await;
             let (mut applied, mut retried) = (0i64, 0i64);
@@ -420,6 +422,7 @@ async fn transactions_racing_a_switch_are_applied_whole_or_not_at_all() {
                     Resp::Array(Some(v)) => {
                         assert!(matches!(v[..], [Resp::Int(x), Resp::Int(y)] if x == y), "{v:?}");
                         applied += 1;
+                        applied_by[w].fetch_add(1, Ordering::Relaxed);
                     }
                     Resp::Error(e) if e.starts_with("TRYAGAIN") => retried += 1,
                     other => panic!("unexpected EXEC reply {other:?}"),
@@ -428,11 +431,24 @@ async fn transactions_racing_a_switch_are_applied_whole_or_not_at_all() {
             (applied, retried)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every writer, pipelined and one command at a time, has EXECs applied
+    // before the switch and again after it (then on the target).
+    let applied_now = || -> Vec<u64> { applied_by.iter().map(|n| n.load(Ordering::Relaxed)).collect() };
+    let each_applied = async |since: &[u64], n: u64, what: &str| {
+        common::eventually(what, Duration::from_secs(20), async || {
+            applied_now()
+                .iter()
+                .zip(since)
+                .all(|(now, then)| *now >= then + n)
+        })
+        .await;
+    };
+    each_applied(&[0; 4], 8, "every writer has EXECs applied before the switch").await;
     begin_migration(&c.store, &[slot], 2, Duration::from_secs(5))
         .await
         .expect("switch");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_switch = applied_now();
+    each_applied(&at_switch, 8, "every writer has EXECs applied after the switch").await;
     running.store(false, Ordering::Relaxed);
     let (mut applied, mut retried) = (0, 0);
     for w in writers {
