@@ -60,17 +60,11 @@ impl Dashboard {
     /// Waits until its role is `want`; returns how long that took.
     async fn wait_role(&self, want: &str, timeout: Duration) -> Duration {
         let started = Instant::now();
-        loop {
-            if self.role().await.0 == want {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "{} is not {want} after {timeout:?}",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::eventually(&format!("{} is {want}", self.addr), timeout, async || {
+            self.role().await.0 == want
+        })
+        .await;
+        started.elapsed()
     }
 }
 
@@ -406,6 +400,7 @@ async fn a_cut_off_leader_steps_down_before_the_standby_takes_over() {
             if b == "leader" {
                 return stepped_down.expect("the new leader leads only after the old one stepped down");
             }
+            // A sampling rate: every sample is checked, not only the last.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
@@ -451,6 +446,7 @@ async fn a_cut_off_leader_steps_down_before_the_standby_takes_over() {
         || async { old.role().await == ("standby".to_string(), Some(new.addr.clone())) },
     )
     .await;
+    // And stays so: a window of time in which nothing may change.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(old.role().await.0, "standby");
     assert_eq!(new.role().await.0, "leader");
