@@ -9,6 +9,8 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, client};
@@ -187,9 +189,10 @@ async fn poppers_across_a_switch_get_every_element_exactly_once() {
     // each gets an "end": a popper left parked on the source would never see
     // the pushes that land on the target, and the test would time out.
     const POPPERS: usize = 4;
+    let popped = Arc::new(AtomicUsize::new(0));
     let mut poppers = Vec::new();
     for _ in 0..POPPERS {
-        let queue = queue.clone();
+        let (queue, popped) = (queue.clone(), popped.clone());
         poppers.push(tokio::spawn(async move {
             let mut conn = client(proxy).await;
             let mut got = Vec::new();
@@ -204,6 +207,7 @@ async fn poppers_across_a_switch_get_every_element_exactly_once() {
                     return got;
                 }
                 got.push(v.parse::<usize>().expect("a number"));
+                popped.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -217,6 +221,7 @@ async fn poppers_across_a_switch_get_every_element_exactly_once() {
                     .await
                     .unwrap_or_else(|e| panic!("RPUSH {i}: {e}"));
                 if i % 50 == 0 {
+                    // Paced, so that pushes and pops go on across the switch.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
@@ -225,7 +230,13 @@ async fn poppers_across_a_switch_get_every_element_exactly_once() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The switch comes while elements are pushed and popped.
+    common::eventually(
+        "elements are popped before the switch",
+        Duration::from_secs(10),
+        async || popped.load(Ordering::Relaxed) >= 100,
+    )
+    .await;
     begin_migration(&c.store, &[slot], 2, Duration::from_secs(5))
         .await
         .expect("switch");
