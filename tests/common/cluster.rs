@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reborn::libs::hash::slot_of;
 use reborn::proxy::{Bound, ProxyConfig};
@@ -242,14 +242,12 @@ impl Cluster {
 
     pub async fn wait_proxy(&self, id: &str, present: bool) {
         let path = self.store.paths().proxy(id);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.store.exists(&path).await.unwrap_or(false) != present {
-            assert!(
-                Instant::now() < deadline,
-                "proxy {id} never became present={present}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::eventually(
+            &format!("proxy {id} present={present}"),
+            Duration::from_secs(15),
+            async || self.store.exists(&path).await.unwrap_or(false) == present,
+        )
+        .await;
     }
 
     pub async fn slot_state(&self, slot: u16) -> (u32, SlotState) {

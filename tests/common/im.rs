@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reborn::im::client::ImClient;
 use reborn::im::discovery::{self, Instance, InstanceKind};
@@ -95,18 +95,15 @@ pub async fn logic_json(addr: SocketAddr, method: &str, path: &str, body: Vec<u8
 /// Heartbeats until the reply (the room's cluster-wide count) is `want`,
 /// for up to `wait`.
 pub async fn heartbeat_until(c: &mut ImClient, who: &str, want: i32, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    loop {
-        let got = c.heartbeat().await;
-        if matches!(got, Ok(n) if n == want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{who}: heartbeat count {got:?}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::eventually_ok(
+        &format!("{who}: heartbeat count {want}"),
+        wait,
+        async || match c.heartbeat().await {
+            Ok(n) if n == want => Ok(()),
+            got => Err(format!("{got:?}")),
+        },
+    )
+    .await;
 }
 
 /// The consumers of the job group on `stream` and their pending counts
