@@ -16,6 +16,7 @@ use reborn::topo::action::{begin_migration, finish_migration};
 use reborn::topo::model::SlotState;
 use reborn::topo::{TopoError, watcher};
 use redis::AsyncCommands;
+use tokio::task::JoinHandle;
 
 /// Writes (or pipelined rounds) each writer had acknowledged so far, one
 /// counter per writer.
@@ -31,9 +32,11 @@ fn acked_now(acks: &Acks) -> Vec<u64> {
 }
 
 /// Waits until every writer had `n` more acknowledged than in `since` (from
-/// [`acked_now`]).
-async fn every_writer_acked(acks: &Acks, since: &[u64], n: u64, what: &str) {
+/// [`acked_now`]). A writer that ended (it panicked: they run until told to
+/// stop) fails the wait at once.
+async fn every_writer_acked<T>(writers: &[JoinHandle<T>], acks: &Acks, since: &[u64], n: u64, what: &str) {
     common::eventually(what, Duration::from_secs(20), async || {
+        assert!(!writers.iter().any(JoinHandle::is_finished), "a writer failed");
         acked_now(acks)
             .iter()
             .zip(since)
@@ -83,7 +86,14 @@ async fn a_switch_under_load_loses_no_acknowledged_write() {
             acked
         }));
     }
-    every_writer_acked(&acked, &[0; 4], 10, "every writer writes before the switch").await;
+    every_writer_acked(
+        &writers,
+        &acked,
+        &[0; 4],
+        10,
+        "every writer writes before the switch",
+    )
+    .await;
     let t = Instant::now();
     begin_migration(&c.store, &slots, 2, Duration::from_secs(5))
         .await
@@ -94,6 +104,7 @@ async fn a_switch_under_load_loses_no_acknowledged_write() {
     let keys_per_writer = tags.len() as u64;
     let at_switch = acked_now(&acked);
     every_writer_acked(
+        &writers,
         &acked,
         &at_switch,
         2 * keys_per_writer,
@@ -271,7 +282,14 @@ async fn migrating_512_slots_under_load_loses_nothing() {
             (counts, last)
         }));
     }
-    every_writer_acked(&rounds, &[0; 4], 2, "every writer writes before the migration").await;
+    every_writer_acked(
+        &writers,
+        &rounds,
+        &[0; 4],
+        2,
+        "every writer writes before the migration",
+    )
+    .await;
     let body = serde_json::json!({ "start": 0, "end": 511, "to": 2 });
     let reply = client::post(&dash, "/api/migrate", &body)
         .await
@@ -444,7 +462,14 @@ async fn promote_under_write_load_keeps_every_acknowledged_write() {
             acked
         }));
     }
-    every_writer_acked(&acked, &[0; 2], 20, "every writer writes before the promote").await;
+    every_writer_acked(
+        &writers,
+        &acked,
+        &[0; 2],
+        20,
+        "every writer writes before the promote",
+    )
+    .await;
     promote(&c.store, 1, &replica.addr(), None, Duration::from_secs(5))
         .await
         .expect("promote");
@@ -453,6 +478,7 @@ async fn promote_under_write_load_keeps_every_acknowledged_write() {
     let keys_per_writer = (keys.len() / 2) as u64;
     let at_promote = acked_now(&acked);
     every_writer_acked(
+        &writers,
         &acked,
         &at_promote,
         keys_per_writer,

@@ -436,6 +436,8 @@ async fn transactions_racing_a_switch_are_applied_whole_or_not_at_all() {
     let applied_now = || -> Vec<u64> { applied_by.iter().map(|n| n.load(Ordering::Relaxed)).collect() };
     let each_applied = async |since: &[u64], n: u64, what: &str| {
         common::eventually(what, Duration::from_secs(20), async || {
+            // They run until told to stop: one that ended panicked.
+            assert!(!writers.iter().any(|w| w.is_finished()), "a writer failed");
             applied_now()
                 .iter()
                 .zip(since)
