@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, client};
+use common::{blocked_clients, wait_blocked};
 use reborn::libs::hash::slot_of;
 use reborn::topo::action::{begin_migration, finish_migration};
 use reborn::topo::model::SlotState;
@@ -29,24 +30,6 @@ fn tag_on_group_1(prefix: &str) -> (String, u16) {
         })
         .find(|(_, slot)| *slot < 512)
         .expect("some tag hashes below 512")
-}
-
-/// `blocked_clients` of the redis-server at `addr`.
-async fn blocked_clients(addr: &str) -> i64 {
-    common::info_number(addr, "clients", "blocked_clients").await
-}
-
-/// Waits until each server's `blocked_clients` is as given.
-async fn wait_blocked(expected: &[(&str, i64)], what: &str) {
-    common::eventually(what, Duration::from_secs(5), || async {
-        for &(addr, n) in expected {
-            if blocked_clients(addr).await != n {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
 }
 
 async fn blpop(addr: SocketAddr, key: String, timeout: f64) -> (Option<(String, String)>, Duration) {

@@ -97,7 +97,7 @@ impl Cluster {
         common::eventually(
             &format!("{n} client(s) blocked on {master}, the owner of {key}"),
             Duration::from_secs(10),
-            async || common::info_number(&master, "clients", "blocked_clients").await == n,
+            async || common::blocked_clients(&master).await == n,
         )
         .await;
     }

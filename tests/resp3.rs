@@ -457,11 +457,6 @@ async fn hello_3_authenticates_and_backends_with_a_password_speak_resp3() {
     assert_eq!(c.call_raw(&["CLIENT", "GETNAME"]).await, b"$3\r\napp\r\n");
 }
 
-/// `blocked_clients` of the redis-server at `addr`.
-async fn blocked_clients(addr: &str) -> i64 {
-    common::info_number(addr, "clients", "blocked_clients").await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resp3_blocked_command_follows_its_slot_and_keeps_speaking_resp3() {
     let s = Setup::start().await;
@@ -469,10 +464,7 @@ async fn a_resp3_blocked_command_follows_its_slot_and_keeps_speaking_resp3() {
     let (source, target) = (s.cluster.masters[0].addr(), s.cluster.masters[1].addr());
     let mut waiting = resp3(&s.proxy).await;
     waiting.send(&common::cmd(&["BLPOP", &queue, "0"])).await;
-    common::eventually("BLPOP parked on the source", Duration::from_secs(5), || async {
-        blocked_clients(&source).await == 1
-    })
-    .await;
+    common::wait_blocked(&[(&source, 1)], "BLPOP parked on the source").await;
     begin_migration(
         &s.cluster.store,
         &[slot_of(queue.as_bytes())],
@@ -481,12 +473,7 @@ async fn a_resp3_blocked_command_follows_its_slot_and_keeps_speaking_resp3() {
     )
     .await
     .expect("switch to migrate");
-    common::eventually(
-        "BLPOP re-issued on the target",
-        Duration::from_secs(5),
-        || async { blocked_clients(&source).await == 0 && blocked_clients(&target).await == 1 },
-    )
-    .await;
+    common::wait_blocked(&[(&source, 0), (&target, 1)], "BLPOP re-issued on the target").await;
     let mut p = resp3(&s.proxy).await;
     assert_eq!(p.call_raw(&["RPUSH", &queue, "x"]).await, b":1\r\n");
     let got = tokio::time::timeout(Duration::from_secs(5), waiting.read_frame())

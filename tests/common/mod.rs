@@ -262,6 +262,25 @@ pub async fn info_number(addr: &str, section: &str, field: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {field} in INFO {section} of {addr}"))
 }
 
+/// `blocked_clients` of `INFO clients` at `addr`: a redis-server's clients
+/// blocked there, or through a proxy, the proxy's own.
+pub async fn blocked_clients(addr: &str) -> i64 {
+    info_number(addr, "clients", "blocked_clients").await
+}
+
+/// Waits (5 s at most) until each server's `blocked_clients` is as given.
+pub async fn wait_blocked(expected: &[(&str, i64)], what: &str) {
+    eventually(what, Duration::from_secs(5), async || {
+        for &(addr, n) in expected {
+            if blocked_clients(addr).await != n {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
 /// Polls `check` every 20 ms until it returns true; panics naming `what` after
 /// `timeout`. For conditions that become true asynchronously (replication,
 /// watches, session expiry). `check` may be an `async ||` closure that
