@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::eventually;
 use common::im::heartbeat_until;
-use reborn::im::client::{ClientError, Delivery, ImClient};
+use reborn::im::client::{Delivery, ImClient, ImClientError};
 use reborn::im::comet::{self, CometConfig, RunningComet};
 use reborn::im::discovery::{self, Instance, InstanceKind};
 use reborn::im::frame::{self, Frame, op, push_frame};
@@ -467,7 +467,7 @@ async fn handshake_timeout_refused_auth_and_wrong_paths() {
 
     let mut forged = ImClient::tcp(&tcp_addr).await.expect("connect");
     match forged.auth(br#"{"mid":5,"token":"forged"}"#).await {
-        Err(ClientError::Refused { code, message }) => {
+        Err(ImClientError::Refused { code, message }) => {
             assert_eq!(code, -401);
             assert!(message.contains("forged"), "{message}");
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::http::Method;
 use common::cluster::Cluster;
 use reborn::topo::manager::dashboard::access::AuthConfig;
-use reborn::topo::manager::dashboard::client::{self, Client};
+use reborn::topo::manager::dashboard::client::{self, DashboardClient};
 use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig, DashboardError};
 use reborn::topo::manager::task;
 use reborn::topo::watcher;
@@ -26,7 +26,7 @@ const TOKEN: &str = "s3cret-T0ken";
 /// An in-process dashboard of `c` with `auth`; its address once it leads.
 async fn dashboard(c: &Cluster, auth: AuthConfig) -> String {
     let addr = c.dashboard_with(|cfg| cfg.auth = auth).await;
-    let api = Client::new(&addr).with_token(Some(TOKEN.into()));
+    let api = DashboardClient::new(&addr).with_token(Some(TOKEN.into()));
     common::eventually("the dashboard to lead", Duration::from_secs(10), || async {
         matches!(api.get("/api/dashboard").await, Ok(r) if r.body["role"] == "leader")
     })
@@ -143,7 +143,7 @@ async fn changes_need_the_token_and_nothing_changes_without_it() {
     assert_ne!(raw(&dash, "GET", "/", None).await.status, 401);
 
     // The right token gets the change done, whatever the scheme's case.
-    let api = Client::new(&dash).with_token(Some(TOKEN.into()));
+    let api = DashboardClient::new(&dash).with_token(Some(TOKEN.into()));
     let created = api.post("/api/groups", &json!({"id": 3})).await.expect("create");
     assert_eq!(created.status, 201, "{:?}", created.body);
     let r = raw(

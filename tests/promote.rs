@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::cluster::{Cluster, client, keys_in, set_all};
 use reborn::topo::manager::admin::{AdminCommand, ask_dashboard};
-use reborn::topo::manager::dashboard::client::Client;
+use reborn::topo::manager::dashboard::client::DashboardClient;
 use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig, client as http};
 use reborn::topo::manager::promote::{PromoteRequest, promote_with};
 use reborn::topo::model::{Role, SlotState};
@@ -119,7 +119,7 @@ async fn promoting_an_old_master_that_came_back_empty_is_refused() {
         server: Some(m.clone()),
         force: false,
     };
-    let refusal = ask_dashboard(&Client::new(&dash), &command)
+    let refusal = ask_dashboard(&DashboardClient::new(&dash), &command)
         .await
         .expect_err("refused")
         .to_string();
@@ -213,7 +213,7 @@ async fn a_replica_that_is_behind_is_refused_and_force_says_what_is_lost() {
         server: Some(r.clone()),
         force: true,
     };
-    let said = ask_dashboard(&Client::new(&dash), &command)
+    let said = ask_dashboard(&DashboardClient::new(&dash), &command)
         .await
         .expect("forced promote");
     eprintln!("forced: {said}");

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reborn::im::client::{ClientError, Delivery, ImClient};
+use reborn::im::client::{Delivery, ImClient, ImClientError};
 use reborn::im::comet::{self, CometConfig, RunningComet};
 use reborn::im::frame::Frame;
 use reborn::im::job::{self, JobConfig, RunningJob};
@@ -176,7 +176,7 @@ fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> Vec<u8> {
 }
 
 /// A client connection to `addr`: a `ws://` URL or a TCP `host:port`.
-async fn open(addr: &str) -> Result<ImClient, ClientError> {
+async fn open(addr: &str) -> Result<ImClient, ImClientError> {
     if addr.starts_with("ws://") {
         ImClient::ws(addr).await
     } else {
@@ -566,7 +566,7 @@ async fn signed_tokens_forged_and_expired_are_refused_valid_accepted() {
         for addr in [p.tcp(0), p.ws(0)] {
             let mut c = open(&addr).await.expect("connect");
             match c.auth(&body(&token)).await {
-                Err(ClientError::Refused { code, .. }) => assert_eq!(code, -401, "{what} on {addr}"),
+                Err(ImClientError::Refused { code, .. }) => assert_eq!(code, -401, "{what} on {addr}"),
                 other => panic!("{what} token on {addr}: want a refusal, got {other:?}"),
             }
             c.wait_closed()
@@ -687,13 +687,13 @@ fn watch(mut c: ImClient, mid: i64, room: &'static str, stop: Arc<AtomicBool>) -
         while !stop.load(Ordering::Relaxed) {
             if last_beat.elapsed() > Duration::from_millis(700) {
                 match c.heartbeat().await {
-                    Ok(_) | Err(ClientError::Timeout { .. }) => {}
+                    Ok(_) | Err(ImClientError::Timeout { .. }) => {}
                     Err(_) => return note(&|s| s.closed = true),
                 }
                 last_beat = Instant::now();
             }
             let f = match tokio::time::timeout(Duration::from_millis(200), c.next_push()).await {
-                Err(_) | Ok(Err(ClientError::Timeout { .. })) => continue,
+                Err(_) | Ok(Err(ImClientError::Timeout { .. })) => continue,
                 Ok(Err(_)) => return note(&|s| s.closed = true),
                 Ok(Ok(f)) => f,
             };

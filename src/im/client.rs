@@ -32,7 +32,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum ImClientError {
     /// The socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -66,11 +66,11 @@ pub enum ClientError {
     },
 }
 
-impl From<CodecError> for ClientError {
+impl From<CodecError> for ImClientError {
     fn from(e: CodecError) -> Self {
         match e {
-            CodecError::Frame(f) => ClientError::Frame(f),
-            CodecError::Io(io) => ClientError::Io(io),
+            CodecError::Frame(f) => ImClientError::Frame(f),
+            CodecError::Io(io) => ImClientError::Io(io),
         }
     }
 }
@@ -106,7 +106,7 @@ impl ImClient {
     ///
     /// # Errors
     /// The connection failed.
-    pub async fn tcp(addr: &str) -> Result<ImClient, ClientError> {
+    pub async fn tcp(addr: &str) -> Result<ImClient, ImClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(ImClient::with(Link::Tcp(Framed::new(
@@ -119,7 +119,7 @@ impl ImClient {
     ///
     /// # Errors
     /// The connection or the upgrade failed (a wrong path gets HTTP 404).
-    pub async fn ws(url: &str) -> Result<ImClient, ClientError> {
+    pub async fn ws(url: &str) -> Result<ImClient, ImClientError> {
         let host = url
             .trim_start_matches("ws://")
             .split('/')
@@ -134,7 +134,7 @@ impl ImClient {
     ///
     /// # Errors
     /// The upgrade failed.
-    pub async fn ws_over(stream: Box<dyn ClientIo>, url: &str) -> Result<ImClient, ClientError> {
+    pub async fn ws_over(stream: Box<dyn ClientIo>, url: &str) -> Result<ImClient, ImClientError> {
         let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
         Ok(ImClient::with(Link::Ws(Box::new(ws))))
     }
@@ -144,8 +144,8 @@ impl ImClient {
     ///
     /// # Errors
     /// The connection, the TLS handshake or the upgrade failed.
-    pub async fn wss(addr: &str, domain: &str, tls: TlsConnector) -> Result<ImClient, ClientError> {
-        let name = ServerName::try_from(domain.to_string()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    pub async fn wss(addr: &str, domain: &str, tls: TlsConnector) -> Result<ImClient, ImClientError> {
+        let name = ServerName::try_from(domain.to_string()).map_err(|e| ImClientError::Tls(e.to_string()))?;
         let tcp = TcpStream::connect(addr).await?;
         let stream = tls.connect(name, tcp).await?;
         ImClient::ws_over(Box::new(stream), &format!("wss://{domain}/sub")).await
@@ -174,7 +174,7 @@ impl ImClient {
     ///
     /// # Errors
     /// The socket failed.
-    pub async fn send(&mut self, frame: Frame) -> Result<(), ClientError> {
+    pub async fn send(&mut self, frame: Frame) -> Result<(), ImClientError> {
         match &mut self.link {
             Link::Tcp(f) => f.send(frame).await?,
             Link::Ws(ws) => ws.send(Message::Binary(frame.to_bytes())).await?,
@@ -187,7 +187,7 @@ impl ImClient {
     ///
     /// # Errors
     /// The socket failed.
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ImClientError> {
         match &mut self.link {
             Link::Tcp(f) => {
                 let s = f.get_mut();
@@ -202,9 +202,9 @@ impl ImClient {
     /// Sends op 7 with `body` (goim's JSON) and waits for op 8.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] when op 8 carries an error body; a timeout or
+    /// [`ImClientError::Refused`] when op 8 carries an error body; a timeout or
     /// a closed connection otherwise.
-    pub async fn auth(&mut self, body: &[u8]) -> Result<(), ClientError> {
+    pub async fn auth(&mut self, body: &[u8]) -> Result<(), ImClientError> {
         let reply = self
             .call(op::AUTH, Bytes::copy_from_slice(body), op::AUTH_REPLY)
             .await?;
@@ -212,7 +212,7 @@ impl ImClient {
             return Ok(());
         }
         let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-        Err(ClientError::Refused {
+        Err(ImClientError::Refused {
             code: v["code"].as_i64().unwrap_or(0),
             message: v["message"].as_str().map_or_else(
                 || String::from_utf8_lossy(&reply.body).into_owned(),
@@ -225,13 +225,13 @@ impl ImClient {
     ///
     /// # Errors
     /// A timeout, a closed connection, or a reply body that is not 4 bytes.
-    pub async fn heartbeat(&mut self) -> Result<i32, ClientError> {
+    pub async fn heartbeat(&mut self) -> Result<i32, ImClientError> {
         let reply = self
             .call(op::HEARTBEAT, Bytes::new(), op::HEARTBEAT_REPLY)
             .await?;
         let b: [u8; 4] = reply.body[..]
             .try_into()
-            .map_err(|_| ClientError::Frame(FrameError::PackTooShort(reply.body.len() as i32)))?;
+            .map_err(|_| ImClientError::Frame(FrameError::PackTooShort(reply.body.len() as i32)))?;
         Ok(i32::from_be_bytes(b))
     }
 
@@ -239,7 +239,7 @@ impl ImClient {
     ///
     /// # Errors
     /// A timeout or a closed connection.
-    pub async fn change_room(&mut self, room: &str) -> Result<(), ClientError> {
+    pub async fn change_room(&mut self, room: &str) -> Result<(), ImClientError> {
         let body = Bytes::copy_from_slice(room.as_bytes());
         self.call(op::CHANGE_ROOM, body, op::CHANGE_ROOM_REPLY)
             .await
@@ -250,7 +250,7 @@ impl ImClient {
     ///
     /// # Errors
     /// A timeout or a closed connection.
-    pub async fn sub(&mut self, ops: &[i32]) -> Result<(), ClientError> {
+    pub async fn sub(&mut self, ops: &[i32]) -> Result<(), ImClientError> {
         self.call(op::SUB, join(ops), op::SUB_REPLY).await.map(drop)
     }
 
@@ -258,7 +258,7 @@ impl ImClient {
     ///
     /// # Errors
     /// A timeout or a closed connection.
-    pub async fn unsub(&mut self, ops: &[i32]) -> Result<(), ClientError> {
+    pub async fn unsub(&mut self, ops: &[i32]) -> Result<(), ImClientError> {
         self.call(op::UNSUB, join(ops), op::UNSUB_REPLY).await.map(drop)
     }
 
@@ -266,7 +266,7 @@ impl ImClient {
     ///
     /// # Errors
     /// A timeout or a closed connection.
-    pub async fn send_msg(&mut self, body: &[u8]) -> Result<(), ClientError> {
+    pub async fn send_msg(&mut self, body: &[u8]) -> Result<(), ImClientError> {
         let body = Bytes::copy_from_slice(body);
         self.call(op::SEND_MSG, body, op::SEND_MSG).await.map(drop)
     }
@@ -275,7 +275,7 @@ impl ImClient {
     ///
     /// # Errors
     /// A timeout or a closed connection.
-    pub async fn ping(&mut self) -> Result<(), ClientError> {
+    pub async fn ping(&mut self) -> Result<(), ImClientError> {
         let Link::Ws(ws) = &mut self.link else {
             return Ok(());
         };
@@ -286,12 +286,12 @@ impl ImClient {
             let next = tokio::time::timeout_at(deadline, ws.next()).await;
             match next {
                 Err(_) => {
-                    return Err(ClientError::Timeout {
+                    return Err(ImClientError::Timeout {
                         what: "pong",
                         after: self.timeout,
                     });
                 }
-                Ok(None | Some(Ok(Message::Close(_)))) => return Err(ClientError::Closed),
+                Ok(None | Some(Ok(Message::Close(_)))) => return Err(ImClientError::Closed),
                 Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(Some(Ok(Message::Pong(_)))) => return Ok(()),
                 Ok(Some(Ok(Message::Binary(b)))) => self.inbox.push_back(ws_delivery(b)?),
@@ -304,7 +304,7 @@ impl ImClient {
     ///
     /// # Errors
     /// A timeout or a closed connection.
-    pub async fn recv(&mut self) -> Result<Delivery, ClientError> {
+    pub async fn recv(&mut self) -> Result<Delivery, ImClientError> {
         if let Some(d) = self.inbox.pop_front() {
             return Ok(d);
         }
@@ -316,7 +316,7 @@ impl ImClient {
     ///
     /// # Errors
     /// A timeout or a closed connection.
-    pub async fn next_push(&mut self) -> Result<Frame, ClientError> {
+    pub async fn next_push(&mut self) -> Result<Frame, ImClientError> {
         loop {
             match self.recv().await? {
                 Delivery::Frame(f) => return Ok(f),
@@ -337,13 +337,13 @@ impl ImClient {
     /// kept for [`ImClient::recv`]).
     ///
     /// # Errors
-    /// [`ClientError::Timeout`] if it is still open after the timeout.
-    pub async fn wait_closed(&mut self) -> Result<(), ClientError> {
+    /// [`ImClientError::Timeout`] if it is still open after the timeout.
+    pub async fn wait_closed(&mut self) -> Result<(), ImClientError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             match self.read_until(deadline, "close").await {
                 Ok(d) => self.inbox.push_back(d),
-                Err(e @ ClientError::Timeout { .. }) => return Err(e),
+                Err(e @ ImClientError::Timeout { .. }) => return Err(e),
                 Err(_) => return Ok(()),
             }
         }
@@ -351,7 +351,7 @@ impl ImClient {
 
     /// Sends `op` with `body` under the next seq, and waits for `reply_op`
     /// (other deliveries meanwhile are kept).
-    async fn call(&mut self, op: i32, body: Bytes, reply_op: i32) -> Result<Frame, ClientError> {
+    async fn call(&mut self, op: i32, body: Bytes, reply_op: i32) -> Result<Frame, ImClientError> {
         self.seq = self.seq.wrapping_add(1);
         self.send(Frame::new(1, op, self.seq, body)).await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -371,25 +371,25 @@ impl ImClient {
         &mut self,
         deadline: tokio::time::Instant,
         what: &'static str,
-    ) -> Result<Delivery, ClientError> {
+    ) -> Result<Delivery, ImClientError> {
         let after = self.timeout;
         match tokio::time::timeout_at(deadline, self.read()).await {
             Ok(r) => r,
-            Err(_) => Err(ClientError::Timeout { what, after }),
+            Err(_) => Err(ImClientError::Timeout { what, after }),
         }
     }
 
     /// One delivery off the socket.
-    async fn read(&mut self) -> Result<Delivery, ClientError> {
+    async fn read(&mut self) -> Result<Delivery, ImClientError> {
         match &mut self.link {
             Link::Tcp(f) => match f.next().await {
                 Some(Ok(frame)) => Ok(Delivery::Frame(frame)),
                 Some(Err(e)) => Err(e.into()),
-                None => Err(ClientError::Closed),
+                None => Err(ImClientError::Closed),
             },
             Link::Ws(ws) => loop {
                 let bytes = match ws.next().await {
-                    None | Some(Ok(Message::Close(_))) => return Err(ClientError::Closed),
+                    None | Some(Ok(Message::Close(_))) => return Err(ImClientError::Closed),
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(Message::Binary(b))) => b,
                     Some(Ok(Message::Text(t))) => Bytes::copy_from_slice(t.as_bytes()),
@@ -402,7 +402,7 @@ impl ImClient {
 }
 
 /// Parses one WebSocket message: an OpRaw batch or a single frame.
-fn ws_delivery(bytes: Bytes) -> Result<Delivery, ClientError> {
+fn ws_delivery(bytes: Bytes) -> Result<Delivery, ImClientError> {
     let mut buf = BytesMut::from(&bytes[..]);
     let frame = Frame::decode(&mut buf, MAX_BODY)?.ok_or(FrameError::PackTooShort(bytes.len() as i32))?;
     if frame.op != op::RAW {

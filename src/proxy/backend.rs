@@ -68,7 +68,7 @@ pub struct BackendOptions {
     pub protocol: Protocol,
     /// `write_ack = "replica"`: a burst of requests with a write in it is
     /// followed by `WAIT 1 <this>`, and its replies are delivered only once
-    /// that answers (see [`Slot`]). Only on shared connections: a
+    /// that answers (see [`Awaited`]). Only on shared connections: a
     /// transaction's or a blocked call's connection never gets it.
     pub replica_ack: Option<Duration>,
 }
@@ -333,7 +333,7 @@ async fn read_one(stream: &mut TcpStream, timeout: Duration) -> Result<Bytes, Ba
 }
 
 /// What the reader expects next, in write order.
-pub(crate) enum Slot {
+pub(crate) enum Awaited {
     /// A reply, delivered as soon as it arrives.
     Now(oneshot::Sender<Bytes>),
     /// A reply of a burst followed by `WAIT` (`write_ack = "replica"`): kept
@@ -355,8 +355,8 @@ async fn serve(
     let (rd, wr) = stream.into_split();
     // What the reader expects travels from writer to reader in write order, a
     // batch at a time.
-    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<Vec<Slot>>();
-    let mut waiting: VecDeque<Slot> = VecDeque::new();
+    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<Vec<Awaited>>();
+    let mut waiting: VecDeque<Awaited> = VecDeque::new();
     let mut held: Vec<(oneshot::Sender<Bytes>, Bytes, bool)> = Vec::new();
     // True while a WAIT is out: the writer sends the next writes only after
     // it answered (they gather meanwhile, and one WAIT then covers them all).
@@ -383,7 +383,7 @@ async fn serve(
             let _ = s.send(reply.clone());
         }
         for slot in waiting.drain(..) {
-            if let Slot::Now(s) | Slot::Held(s, _) = slot {
+            if let Awaited::Now(s) | Awaited::Held(s, _) = slot {
                 let _ = s.send(reply.clone());
             }
         }
@@ -398,7 +398,7 @@ async fn serve(
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     rx: &mut mpsc::UnboundedReceiver<Job>,
-    inflight: mpsc::UnboundedSender<Vec<Slot>>,
+    inflight: mpsc::UnboundedSender<Vec<Awaited>>,
     (replica_ack, wait_out): (Option<Duration>, &tokio::sync::watch::Sender<bool>),
 ) -> Result<(), BackendError> {
     let mut jobs = Vec::with_capacity(256);
@@ -446,14 +446,14 @@ async fn write_loop(
             buf.extend_from_slice(&job.req);
             let write = kinds.next();
             slots.push(if writes {
-                Slot::Held(job.reply, write.unwrap_or(true))
+                Awaited::Held(job.reply, write.unwrap_or(true))
             } else {
-                Slot::Now(job.reply)
+                Awaited::Now(job.reply)
             });
         }
         if let (true, Some(wait)) = (writes, &wait) {
             buf.extend_from_slice(wait);
-            slots.push(Slot::Wait);
+            slots.push(Awaited::Wait);
             wait_out.send_replace(true);
         }
         // Hand the slots over before writing, so a reply can never arrive
@@ -465,8 +465,8 @@ async fn write_loop(
 
 async fn read_loop(
     mut rd: OwnedReadHalf,
-    inflight: &mut mpsc::UnboundedReceiver<Vec<Slot>>,
-    waiting: &mut VecDeque<Slot>,
+    inflight: &mut mpsc::UnboundedReceiver<Vec<Awaited>>,
+    waiting: &mut VecDeque<Awaited>,
     held: &mut Vec<(oneshot::Sender<Bytes>, Bytes, bool)>,
     (replica_ack, wait_out): (Option<Duration>, &tokio::sync::watch::Sender<bool>),
 ) -> Result<(), BackendError> {
@@ -487,11 +487,11 @@ async fn read_loop(
             };
             match slot {
                 // The client may have gone; its reply is simply dropped.
-                Slot::Now(sender) => {
+                Awaited::Now(sender) => {
                     let _ = sender.send(frame);
                 }
-                Slot::Held(sender, write) => held.push((sender, frame, write)),
-                Slot::Wait => {
+                Awaited::Held(sender, write) => held.push((sender, frame, write)),
+                Awaited::Wait => {
                     release(held, &frame, replica_ack.unwrap_or_default());
                     wait_out.send_replace(false);
                 }

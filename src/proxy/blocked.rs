@@ -354,19 +354,19 @@ struct Exposed {
 
 /// Proof that a client's call is listed in [`ByClient`]; dropping it (the
 /// reply came back) takes it off.
-struct Listed {
+struct ListedCall {
     by: Arc<ByClient>,
     client: u64,
     released: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Listed {
+impl ListedCall {
     fn released(&self) -> bool {
         self.released.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for Listed {
+impl Drop for ListedCall {
     fn drop(&mut self) {
         let mut calls = self.by.calls.lock();
         if calls
@@ -379,7 +379,7 @@ impl Drop for Listed {
 }
 
 impl ByClient {
-    fn list(self: &Arc<Self>, client: u64, line: &Arc<Line>) -> Listed {
+    fn list(self: &Arc<Self>, client: u64, line: &Arc<Line>) -> ListedCall {
         let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.calls.lock().insert(
             client,
@@ -388,7 +388,7 @@ impl ByClient {
                 released: released.clone(),
             },
         );
-        Listed {
+        ListedCall {
             by: self.clone(),
             client,
             released,
@@ -557,7 +557,7 @@ impl Call {
         mut self,
         registration: Registration,
         first: oneshot::Receiver<Bytes>,
-        (counted, listed): (Counted, Listed),
+        (counted, listed): (Counted, ListedCall),
     ) -> Bytes {
         let reply = first.await.unwrap_or_else(|_| lost());
         drop(counted);

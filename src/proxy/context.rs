@@ -16,7 +16,7 @@ use super::lease::Lease;
 use super::migrate::{Migrator, MovedKeys};
 use super::pinned::SpareLines;
 use super::policy::Policy;
-use super::pubsub::Hub;
+use super::pubsub::PubSubHub;
 use super::router::Router;
 use super::stats::Stats;
 use super::subscription::Subscriptions;
@@ -55,7 +55,7 @@ pub struct Context {
     /// The operator's denied and renamed commands.
     pub policy: Arc<Policy>,
     /// This worker's shared upstream subscriptions (see `pubsub.rs`).
-    pub pubsub: Arc<Hub>,
+    pub pubsub: Arc<PubSubHub>,
     next_client_id: Arc<AtomicU64>,
 }
 
@@ -69,7 +69,7 @@ impl Context {
         let policy = Arc::new(Policy::new(&config.commands));
         let stats = Arc::new(Stats::default());
         Context {
-            pubsub: Hub::new(stats.clone()),
+            pubsub: PubSubHub::new(stats.clone()),
             proxy_id: config.proxy_id(),
             blocking: Arc::new(Semaphore::new(config.max_blocking)),
             blocked: Arc::default(),
@@ -108,7 +108,7 @@ impl Context {
             started: self.started,
             lease: self.lease.clone(),
             policy: self.policy.clone(),
-            pubsub: Hub::new(self.stats.clone()),
+            pubsub: PubSubHub::new(self.stats.clone()),
             next_client_id: self.next_client_id.clone(),
         }
     }

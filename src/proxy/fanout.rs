@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 use super::backend::BackendConn;
 use super::command::Fan;
 use super::context::{Client, Context};
-use super::merge::{self, Answer};
+use super::merge::{self, FanAnswer};
 use super::reply::{Held, Reply, lost};
 use super::router::{Pool, Routes};
 use super::{info, keyless_script, scan, wait};
@@ -101,7 +101,7 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
     }
     let sub = word(1);
     let full = format!("{name} {sub}");
-    let to_all = |rule: fn(&str, &[Answer]) -> Bytes, what: &str| {
+    let to_all = |rule: fn(&str, &[FanAnswer]) -> Bytes, what: &str| {
         all_masters(who, &routes, req.raw.clone(), what, rule)
     };
     match fan {
@@ -198,7 +198,7 @@ pub(super) fn all_masters(
     routes: &Routes,
     raw: Bytes,
     what: &str,
-    rule: fn(&str, &[Answer]) -> Bytes,
+    rule: fn(&str, &[FanAnswer]) -> Bytes,
 ) -> Fanned {
     let pools = match masters(routes) {
         Ok(p) => p,
@@ -227,7 +227,7 @@ pub(super) fn one_master((client, protocol): (u64, Protocol), routes: &Routes, r
 fn gather(
     parts: Vec<(String, oneshot::Receiver<Bytes>)>,
     what: String,
-    rule: fn(&str, &[Answer]) -> Bytes,
+    rule: fn(&str, &[FanAnswer]) -> Bytes,
 ) -> Reply {
     let (mut tx, rx) = oneshot::channel();
     tokio::spawn(async move {

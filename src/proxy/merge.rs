@@ -16,12 +16,12 @@ use bytes::{Bytes, BytesMut};
 use crate::libs::resp;
 
 /// One server's reply: its address and the frame it answered.
-pub type Answer = (String, Bytes);
+pub type FanAnswer = (String, Bytes);
 
 /// The error reply when some server failed, `None` when none did. `cmd` names
 /// the command in the message (e.g. `CONFIG SET`).
-pub fn failure(cmd: &str, answers: &[Answer]) -> Option<Bytes> {
-    let failed: Vec<&Answer> = answers.iter().filter(|(_, r)| resp::is_error(r)).collect();
+pub fn failure(cmd: &str, answers: &[FanAnswer]) -> Option<Bytes> {
+    let failed: Vec<&FanAnswer> = answers.iter().filter(|(_, r)| resp::is_error(r)).collect();
     let first = failed.first()?;
     if failed.len() == answers.len() && failed.iter().all(|(_, r)| r == &first.1) {
         return Some(first.1.clone());
@@ -53,7 +53,7 @@ fn unexpected(addr: &str, reply: &[u8]) -> Bytes {
 }
 
 /// `+OK` when every server said OK (FLUSHALL, CONFIG SET, SCRIPT FLUSH, …).
-pub fn all_ok(cmd: &str, answers: &[Answer]) -> Bytes {
+pub fn all_ok(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if let Some(e) = failure(cmd, answers) {
         return e;
     }
@@ -65,7 +65,7 @@ pub fn all_ok(cmd: &str, answers: &[Answer]) -> Bytes {
 
 /// `+OK` if any server said it (SCRIPT KILL, FUNCTION KILL: the script ran on
 /// one master, the others answer `NOTBUSY`); else their common error.
-pub fn any_ok(cmd: &str, answers: &[Answer]) -> Bytes {
+pub fn any_ok(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if answers.iter().any(|(_, r)| r.as_ref() == resp::OK) {
         return Bytes::from_static(resp::OK);
     }
@@ -77,7 +77,7 @@ pub fn any_ok(cmd: &str, answers: &[Answer]) -> Bytes {
 
 /// The one reply every server gave (SCRIPT LOAD's SHA, FUNCTION LOAD's library
 /// name); servers that disagree are named.
-pub fn same(cmd: &str, answers: &[Answer]) -> Bytes {
+pub fn same(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if let Some(e) = failure(cmd, answers) {
         return e;
     }
@@ -93,20 +93,20 @@ pub fn same(cmd: &str, answers: &[Answer]) -> Bytes {
 }
 
 /// Integers summed (DBSIZE).
-pub fn sum(cmd: &str, answers: &[Answer]) -> Bytes {
+pub fn sum(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     fold_ints(cmd, answers, 0, |a, b| a.saturating_add(b))
 }
 
 /// The smallest integer (WAIT: replicas every master reached; LASTSAVE: the
 /// moment by which every master had saved). No server: 0.
-pub fn min(cmd: &str, answers: &[Answer]) -> Bytes {
+pub fn min(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if answers.is_empty() {
         return resp::int(0);
     }
     fold_ints(cmd, answers, i64::MAX, i64::min)
 }
 
-fn fold_ints(cmd: &str, answers: &[Answer], init: i64, f: impl Fn(i64, i64) -> i64) -> Bytes {
+fn fold_ints(cmd: &str, answers: &[FanAnswer], init: i64, f: impl Fn(i64, i64) -> i64) -> Bytes {
     if let Some(e) = failure(cmd, answers) {
         return e;
     }
@@ -121,7 +121,7 @@ fn fold_ints(cmd: &str, answers: &[Answer], init: i64, f: impl Fn(i64, i64) -> i
 }
 
 /// Arrays concatenated, in server order (KEYS).
-pub fn concat(cmd: &str, answers: &[Answer]) -> Bytes {
+pub fn concat(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if let Some(e) = failure(cmd, answers) {
         return e;
     }
@@ -147,7 +147,7 @@ pub fn array_of(items: &[Bytes]) -> Bytes {
 
 /// Integer arrays combined position by position: 1 only where every server
 /// said 1 (SCRIPT EXISTS: a script one master lacks would fail there).
-pub fn all_ones(cmd: &str, answers: &[Answer]) -> Bytes {
+pub fn all_ones(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if let Some(e) = failure(cmd, answers) {
         return e;
     }
@@ -181,7 +181,7 @@ pub fn all_ones(cmd: &str, answers: &[Answer]) -> Bytes {
 /// A random server's non-nil reply, trying the others in turn while nil
 /// (RANDOMKEY). Nil only when every server said nil (in their protocol: `$-1`
 /// or RESP3's `_`).
-pub fn random_non_nil(cmd: &str, answers: &[Answer]) -> Bytes {
+pub fn random_non_nil(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     const NIL3: &[u8] = b"_\r\n";
     let Some((_, first)) = answers.first() else {
         return Bytes::from_static(resp::NIL);
@@ -208,7 +208,7 @@ pub fn random_non_nil(cmd: &str, answers: &[Answer]) -> Bytes {
 mod tests {
     use super::*;
 
-    fn a(addr: &str, reply: &'static str) -> Answer {
+    fn a(addr: &str, reply: &'static str) -> FanAnswer {
         (addr.to_string(), Bytes::from_static(reply.as_bytes()))
     }
 

@@ -46,11 +46,11 @@ const MAX_MOVED: usize = 65_536;
 /// epoch (shared by a worker's clients).
 #[derive(Default)]
 pub struct MovedKeys {
-    inner: parking_lot::Mutex<Moved>,
+    inner: parking_lot::Mutex<MovedSet>,
 }
 
 #[derive(Default)]
-struct Moved {
+struct MovedSet {
     epoch: u64,
     keys: HashSet<Bytes>,
 }
@@ -81,7 +81,7 @@ impl MovedKeys {
 }
 
 /// One request of a migrating slot.
-struct Job {
+struct MoveRequest {
     from: Arc<Pool>,
     to: Arc<Pool>,
     /// The routing epoch it was routed at.
@@ -96,7 +96,7 @@ struct Job {
 /// A client's FIFO of migrating-slot requests, served by one task on the
 /// client's worker. Dropping it ends the task after the queued jobs.
 pub struct Migrator {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::UnboundedSender<MoveRequest>,
 }
 
 impl Migrator {
@@ -108,7 +108,7 @@ impl Migrator {
     pub fn spawn(client: u64, auth: Option<String>, timeout: Duration, moved: Arc<MovedKeys>) -> Migrator {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(
-            Worker {
+            Mover {
                 client,
                 auth,
                 timeout,
@@ -130,7 +130,7 @@ impl Migrator {
         protocol: Protocol,
     ) -> oneshot::Receiver<Bytes> {
         let (reply, rx) = oneshot::channel();
-        let job = Job {
+        let job = MoveRequest {
             from: from.clone(),
             to: to.clone(),
             epoch,
@@ -147,7 +147,7 @@ impl Migrator {
 }
 
 /// What a client's migrator task works with.
-struct Worker {
+struct Mover {
     client: u64,
     /// The backend password `MIGRATE` presents to the target.
     auth: Option<String>,
@@ -155,7 +155,7 @@ struct Worker {
     moved: Arc<MovedKeys>,
 }
 
-async fn run(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(w: Mover, mut rx: mpsc::UnboundedReceiver<MoveRequest>) {
     while let Some(job) = rx.recv().await {
         let reply = if w.moved.all_moved(job.epoch, &job.keys) {
             forward(w.client, &job).await
@@ -167,7 +167,7 @@ async fn run(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-async fn migrate_then_forward(w: &Worker, job: &Job) -> Bytes {
+async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
     let client = w.client;
     if let Some(call) = source_call_of(job) {
         let mut reply = job
@@ -234,7 +234,7 @@ pub async fn move_keys(
     Ok(())
 }
 
-async fn forward(client: u64, job: &Job) -> Bytes {
+async fn forward(client: u64, job: &MoveRequest) -> Bytes {
     job.to
         .send_as(client, job.protocol, job.req.clone())
         .await
@@ -245,7 +245,7 @@ async fn forward(client: u64, job: &Job) -> Bytes {
 /// None for a RESP3 client: the call's reply passes through Lua, which gives
 /// RESP2 shapes (a map comes back as a flat array, a double as a string), so
 /// such requests take the classic path and get the target's own reply.
-fn source_call_of(job: &Job) -> Option<source_call::ScriptCall> {
+fn source_call_of(job: &MoveRequest) -> Option<source_call::ScriptCall> {
     if job.protocol != Protocol::Resp2 {
         return None;
     }

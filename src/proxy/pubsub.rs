@@ -19,7 +19,7 @@
 //!   sent it, RESP3 clients the same frame as a push (`>`). A mailbox holding
 //!   more than [`OUTPUT_LIMIT`] bytes belongs to a client that does not read:
 //!   it is disconnected (as Redis's `client-output-buffer-limit pubsub`).
-//! * After a routing change ([`Hub::rehome`]) an entry whose home changed is
+//! * After a routing change ([`PubSubHub::rehome`]) an entry whose home changed is
 //!   subscribed on the new master first and unsubscribed from the old one only
 //!   once the new one confirmed: a message may come twice during the switch,
 //!   none published after it is lost.
@@ -229,18 +229,18 @@ struct Inner {
 }
 
 /// The worker's shared upstream subscriptions.
-pub struct Hub {
+pub struct PubSubHub {
     inner: parking_lot::Mutex<Inner>,
     stats: Arc<Stats>,
     /// Set once the routing watcher runs (see `subscription.rs`).
     pub watching: AtomicBool,
-    me: Weak<Hub>,
+    me: Weak<PubSubHub>,
 }
 
-impl Hub {
+impl PubSubHub {
     /// An empty hub counting overflows in `stats`.
-    pub fn new(stats: Arc<Stats>) -> Arc<Hub> {
-        Arc::new_cyclic(|me| Hub {
+    pub fn new(stats: Arc<Stats>) -> Arc<PubSubHub> {
+        Arc::new_cyclic(|me| PubSubHub {
             inner: parking_lot::Mutex::default(),
             stats,
             watching: AtomicBool::new(false),

@@ -30,8 +30,8 @@ use super::command::Spec;
 use super::context::{Client, Context};
 use super::dispatch::{Target, target_for};
 use super::fanout::{self, Fanned};
-use super::merge::{Answer, array_of, failure};
-use super::pubsub::{Class, Hub, Mailbox};
+use super::merge::{FanAnswer, array_of, failure};
+use super::pubsub::{Class, Mailbox, PubSubHub};
 use super::reply::{Held, Reply};
 use crate::libs::hash::slot_of;
 use crate::libs::protocol::Protocol;
@@ -39,7 +39,7 @@ use crate::libs::resp::{self, Request};
 
 /// What one client is subscribed to.
 pub struct Subscriptions {
-    hub: Arc<Hub>,
+    hub: Arc<PubSubHub>,
     id: u64,
     mailbox: Arc<Mailbox>,
     channels: HashSet<Bytes>,
@@ -273,7 +273,7 @@ fn pubsub(ctx: &Arc<Context>, client: &mut Client, req: &Request, now: Instant) 
         .get(1)
         .map(|s| String::from_utf8_lossy(&s[..s.len().min(32)]).to_uppercase())
         .unwrap_or_default();
-    let rule: fn(&str, &[Answer]) -> Bytes = match sub.as_str() {
+    let rule: fn(&str, &[FanAnswer]) -> Bytes = match sub.as_str() {
         "CHANNELS" | "SHARDCHANNELS" => union,
         "NUMPAT" => max,
         "NUMSUB" | "SHARDNUMSUB" => numsub,
@@ -309,7 +309,7 @@ fn unexpected(addr: &str) -> Bytes {
 
 /// Channel names of every master, each once (a channel being re-homed is
 /// subscribed on two masters for a moment).
-fn union(cmd: &str, answers: &[Answer]) -> Bytes {
+fn union(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if let Some(e) = failure(cmd, answers) {
         return e;
     }
@@ -326,7 +326,7 @@ fn union(cmd: &str, answers: &[Answer]) -> Bytes {
 
 /// NUMPAT: every master has every pattern of every proxy, so the largest
 /// count is the number of distinct patterns.
-fn max(cmd: &str, answers: &[Answer]) -> Bytes {
+fn max(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if let Some(e) = failure(cmd, answers) {
         return e;
     }
@@ -342,7 +342,7 @@ fn max(cmd: &str, answers: &[Answer]) -> Bytes {
 
 /// NUMSUB: `[channel, count, …]` from every master; a channel lives on one
 /// master (two for a moment while re-homed), so its count is the largest.
-fn numsub(cmd: &str, answers: &[Answer]) -> Bytes {
+fn numsub(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if let Some(e) = failure(cmd, answers) {
         return e;
     }
@@ -375,7 +375,7 @@ fn numsub(cmd: &str, answers: &[Answer]) -> Bytes {
 mod tests {
     use super::*;
 
-    fn a(addr: &str, reply: &'static [u8]) -> Answer {
+    fn a(addr: &str, reply: &'static [u8]) -> FanAnswer {
         (addr.to_string(), Bytes::from_static(reply))
     }
 

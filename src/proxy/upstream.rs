@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::backend::{self, BackendError, BackendOptions};
-use super::pubsub::{Class, Hub};
+use super::pubsub::{Class, PubSubHub};
 use crate::libs::backoff::Backoff;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp;
@@ -45,7 +45,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts the connection to `addr` on the current runtime.
-    pub fn spawn(addr: &str, opts: BackendOptions, hub: Weak<Hub>) -> Upstream {
+    pub fn spawn(addr: &str, opts: BackendOptions, hub: Weak<PubSubHub>) -> Upstream {
         // A subscriber speaks RESP2 whatever its clients speak, and needs no
         // `CLIENT ID` (it never blocks); it never carries a write to `WAIT` for.
         let opts = BackendOptions {
@@ -78,7 +78,7 @@ enum End {
     Lost(BackendError),
 }
 
-async fn run(addr: String, opts: BackendOptions, hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn run(addr: String, opts: BackendOptions, hub: Weak<PubSubHub>, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut state = State::default();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
@@ -157,7 +157,7 @@ fn apply(state: &mut State, op: Op) -> Bytes {
 async fn serve(
     mut stream: TcpStream,
     addr: &str,
-    hub: &Weak<Hub>,
+    hub: &Weak<PubSubHub>,
     rx: &mut mpsc::UnboundedReceiver<Op>,
     state: &mut State,
 ) -> End {
@@ -199,7 +199,7 @@ async fn serve(
                             if resp::is_error(&frame) {
                                 tracing::warn!(backend = %addr, reply = %String::from_utf8_lossy(&frame).trim(), "pub/sub upstream error");
                             }
-                            match Hub::confirmation_of(&frame) {
+                            match PubSubHub::confirmation_of(&frame) {
                                 Some(key) => {
                                     if state.confirmed(key.clone()) {
                                         h.confirm(addr, key.0, key.1);

@@ -105,7 +105,7 @@ async fn run(spec: WorkerSpec, ready: oneshot::Sender<()>) {
     let drained = Listener::new(listener)
         .max_connections(clients)
         .grace(ctx.config.drain_timeout)
-        .serve(Sessions { ctx }, cancel)
+        .serve(SessionHandler { ctx }, cancel)
         .await;
     if let Drain::TimedOut { remaining } = drained {
         tracing::warn!(
@@ -117,11 +117,11 @@ async fn run(spec: WorkerSpec, ready: oneshot::Sender<()>) {
 }
 
 /// Serves each accepted client as a [`session`] on this worker's runtime.
-struct Sessions {
+struct SessionHandler {
     ctx: Arc<Context>,
 }
 
-impl ConnectionHandler for Sessions {
+impl ConnectionHandler for SessionHandler {
     fn handle(
         &self,
         stream: TcpStream,

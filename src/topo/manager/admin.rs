@@ -261,7 +261,7 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminError> {
             Some(addr) => addr,
             None => address::locate(&cfg).await?,
         };
-        let dashboard = client::Client::new(addr).with_token(args.token);
+        let dashboard = client::DashboardClient::new(addr).with_token(args.token);
         print!("{}", ask_dashboard(&dashboard, &args.command).await?);
         return Ok(());
     }
@@ -301,7 +301,11 @@ const WAIT_PATIENCE: Duration = Duration::from_secs(60);
 /// Follows task `id` until it ends, printing each change of state, the moment
 /// its keys start moving (the switch is done) and the keys moved every second,
 /// each with the seconds since `since`. Returns the closing line.
-async fn wait_for_task(dashboard: &client::Client, id: u64, since: Instant) -> Result<String, AdminError> {
+async fn wait_for_task(
+    dashboard: &client::DashboardClient,
+    id: u64,
+    since: Instant,
+) -> Result<String, AdminError> {
     let mut tick = tokio::time::interval(WAIT_POLL);
     let (mut state, mut moving, mut reported) = (None, false, Instant::now());
     let mut unanswered_since: Option<Instant> = None;
@@ -373,7 +377,10 @@ const PROMOTE_WAIT: Duration = Duration::from_secs(90);
 /// # Errors
 /// An unreachable dashboard, a missing or wrong token, or its refusal (its
 /// `error` message).
-pub async fn ask_dashboard(dashboard: &client::Client, command: &AdminCommand) -> Result<String, AdminError> {
+pub async fn ask_dashboard(
+    dashboard: &client::DashboardClient,
+    command: &AdminCommand,
+) -> Result<String, AdminError> {
     use AdminCommand as C;
     let post = async |path: &str, body: serde_json::Value| dashboard.post(path, &body).await;
     match command {
@@ -510,7 +517,7 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
 pub async fn rebalance(
     dry_run: bool,
     weights: Option<&Weights>,
-    dashboard: &client::Client,
+    dashboard: &client::DashboardClient,
 ) -> Result<String, client::ClientError> {
     let query = weights
         .filter(|w| !w.is_empty())
@@ -943,7 +950,7 @@ mod tests {
     #[tokio::test]
     async fn rebalance_names_an_unreachable_dashboard() {
         for dry_run in [true, false] {
-            let err = rebalance(dry_run, None, &client::Client::new("127.0.0.1:1"))
+            let err = rebalance(dry_run, None, &client::DashboardClient::new("127.0.0.1:1"))
                 .await
                 .expect_err("unreachable");
             assert!(err.to_string().contains("127.0.0.1:1"), "{err}");

@@ -115,9 +115,9 @@ impl Guard {
     }
 
     /// Why `headers` do not carry the token, if they do not.
-    fn refusal(&self, headers: &HeaderMap) -> Option<Refusal> {
+    fn refusal(&self, headers: &HeaderMap) -> Option<TokenRefusal> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Some(Refusal::Missing);
+            return Some(TokenRefusal::Missing);
         };
         // The scheme is case-insensitive (RFC 9110 §11.1).
         let given = value
@@ -127,32 +127,32 @@ impl Guard {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
         match given {
-            None => Some(Refusal::NotBearer),
+            None => Some(TokenRefusal::NotBearer),
             Some(t) if tokens_match(t.as_bytes(), self.token.as_bytes()) => None,
-            Some(_) => Some(Refusal::Wrong),
+            Some(_) => Some(TokenRefusal::Wrong),
         }
     }
 }
 
 /// Why a request was refused.
-enum Refusal {
+enum TokenRefusal {
     Missing,
     NotBearer,
     Wrong,
 }
 
-impl Refusal {
+impl TokenRefusal {
     fn into_response(self) -> Response {
         let (message, challenge) = match self {
-            Refusal::Missing => (
+            TokenRefusal::Missing => (
                 "this dashboard needs a token for this call: send Authorization: Bearer <token>",
                 "Bearer realm=\"reborn dashboard\"",
             ),
-            Refusal::NotBearer => (
+            TokenRefusal::NotBearer => (
                 "the Authorization header must be: Bearer <token>",
                 "Bearer realm=\"reborn dashboard\", error=\"invalid_request\"",
             ),
-            Refusal::Wrong => (
+            TokenRefusal::Wrong => (
                 "the token is wrong",
                 "Bearer realm=\"reborn dashboard\", error=\"invalid_token\"",
             ),
@@ -232,12 +232,15 @@ mod tests {
             h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
             g.refusal(&h)
         };
-        assert!(matches!(g.refusal(&HeaderMap::new()), Some(Refusal::Missing)));
+        assert!(matches!(
+            g.refusal(&HeaderMap::new()),
+            Some(TokenRefusal::Missing)
+        ));
         assert!(with("Bearer s3cret").is_none());
         assert!(with("bearer s3cret").is_none());
-        assert!(matches!(with("Bearer wrong"), Some(Refusal::Wrong)));
-        assert!(matches!(with("Basic s3cret"), Some(Refusal::NotBearer)));
-        assert!(matches!(with("s3cret"), Some(Refusal::NotBearer)));
+        assert!(matches!(with("Bearer wrong"), Some(TokenRefusal::Wrong)));
+        assert!(matches!(with("Basic s3cret"), Some(TokenRefusal::NotBearer)));
+        assert!(matches!(with("s3cret"), Some(TokenRefusal::NotBearer)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! One HTTP/1.1 request per connection: admin commands are one-shot, and a fresh
 //! connection always reaches whichever process holds the address now. A
-//! [`Client`] carries the dashboard's token (`reborn admin --token`); the free
+//! [`DashboardClient`] carries the dashboard's token (`reborn admin --token`); the free
 //! functions call without one. Imports only libraries.
 
 use std::time::Duration;
@@ -111,15 +111,15 @@ impl ApiReply {
 /// The dashboard at one address, and the token to send it (`[auth] token` of
 /// its config), if any.
 #[derive(Clone)]
-pub struct Client {
+pub struct DashboardClient {
     addr: String,
     token: Option<String>,
 }
 
-impl Client {
+impl DashboardClient {
     /// The dashboard at `addr` (`host:port`), without a token.
-    pub fn new(addr: impl Into<String>) -> Client {
-        Client {
+    pub fn new(addr: impl Into<String>) -> DashboardClient {
+        DashboardClient {
             addr: addr.into(),
             token: None,
         }
@@ -127,8 +127,8 @@ impl Client {
 
     /// The same dashboard, sending `Authorization: Bearer <token>` with every
     /// call (none for `None` or an empty token).
-    pub fn with_token(self, token: Option<String>) -> Client {
-        Client {
+    pub fn with_token(self, token: Option<String>) -> DashboardClient {
+        DashboardClient {
             token: token.filter(|t| !t.is_empty()),
             ..self
         }
@@ -142,7 +142,7 @@ impl Client {
     /// `GET path` (path and query, e.g. `/api/rebalance/plan?weights=1:2`).
     ///
     /// # Errors
-    /// As [`Client::call`].
+    /// As [`DashboardClient::call`].
     pub async fn get(&self, path: &str) -> Result<ApiReply, ClientError> {
         self.call(Method::GET, path, None).await
     }
@@ -150,7 +150,7 @@ impl Client {
     /// `POST path` with a JSON body.
     ///
     /// # Errors
-    /// As [`Client::call`].
+    /// As [`DashboardClient::call`].
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<ApiReply, ClientError> {
         self.call(Method::POST, path, Some(body)).await
     }
@@ -160,7 +160,7 @@ impl Client {
     /// for a replica to catch up and for every proxy to acknowledge).
     ///
     /// # Errors
-    /// As [`Client::call`].
+    /// As [`DashboardClient::call`].
     pub async fn post_within(
         &self,
         path: &str,
@@ -173,7 +173,7 @@ impl Client {
     /// `DELETE path`.
     ///
     /// # Errors
-    /// As [`Client::call`].
+    /// As [`DashboardClient::call`].
     pub async fn delete(&self, path: &str) -> Result<ApiReply, ClientError> {
         self.call(Method::DELETE, path, None).await
     }
@@ -213,34 +213,34 @@ impl Client {
 /// `GET path` from the dashboard at `addr`, without a token.
 ///
 /// # Errors
-/// As [`Client::call`].
+/// As [`DashboardClient::call`].
 pub async fn get(addr: &str, path: &str) -> Result<ApiReply, ClientError> {
-    Client::new(addr).get(path).await
+    DashboardClient::new(addr).get(path).await
 }
 
 /// `POST path` to the dashboard at `addr`, without a token.
 ///
 /// # Errors
-/// As [`Client::call`].
+/// As [`DashboardClient::call`].
 pub async fn post(addr: &str, path: &str, body: &serde_json::Value) -> Result<ApiReply, ClientError> {
-    Client::new(addr).post(path, body).await
+    DashboardClient::new(addr).post(path, body).await
 }
 
 /// Any call to the dashboard at `addr`, without a token.
 ///
 /// # Errors
-/// As [`Client::call`].
+/// As [`DashboardClient::call`].
 pub async fn call(
     addr: &str,
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<ApiReply, ClientError> {
-    Client::new(addr).call(method, path, body).await
+    DashboardClient::new(addr).call(method, path, body).await
 }
 
 async fn exchange(
-    client: &Client,
+    client: &DashboardClient,
     method: Method,
     path: &str,
     body: Option<&serde_json::Value>,

@@ -40,12 +40,12 @@ const CEILING: u64 = 1_000_000;
 
 /// The limits the pass reads before each batch.
 #[derive(Debug)]
-pub(super) struct Limits {
+pub(super) struct PaceLimits {
     rate: AtomicU64,
     batch: AtomicUsize,
 }
 
-impl Limits {
+impl PaceLimits {
     /// Keys per second now.
     pub(super) fn rate(&self) -> u64 {
         self.rate.load(Ordering::Relaxed)
@@ -63,7 +63,7 @@ pub(super) struct Aimd {
     budget: Duration,
     max_rate: u64,
     max_batch: usize,
-    pub(super) limits: Arc<Limits>,
+    pub(super) limits: Arc<PaceLimits>,
 }
 
 impl Aimd {
@@ -73,7 +73,7 @@ impl Aimd {
             budget,
             max_rate,
             max_batch,
-            limits: Arc::new(Limits {
+            limits: Arc::new(PaceLimits {
                 rate: AtomicU64::new(START_RATE.min(max_rate)),
                 batch: AtomicUsize::new(max_batch),
             }),
@@ -112,7 +112,7 @@ impl Aimd {
 
 /// Probes `source` until dropped (the task is aborted with the pass).
 pub(super) struct Pacer {
-    pub(super) limits: Arc<Limits>,
+    pub(super) limits: Arc<PaceLimits>,
     probe: tokio::task::AbortHandle,
 }
 

@@ -66,9 +66,9 @@ pub(super) struct Pass<'a> {
     /// reopened on the next send.
     migrate: Option<Conn>,
     /// Lanes not moving a batch now (their connections stay open).
-    idle_lanes: Vec<Lane>,
+    idle_lanes: Vec<RestoreLane>,
     /// `DUMP`/`RESTORE` batches moving, each on its lane's task.
-    moving: JoinSet<Moved>,
+    moving: JoinSet<LaneBack>,
     /// The cursor of the next `SCAN`.
     cursor: u64,
     scan_done: bool,
@@ -314,10 +314,10 @@ impl<'a> Pass<'a> {
     /// `MIGRATE`): the caller retries it.
     fn moved(
         &mut self,
-        done: Result<Moved, tokio::task::JoinError>,
+        done: Result<LaneBack, tokio::task::JoinError>,
         progress: &mut Progress,
     ) -> Result<(), MigrateError> {
-        let Moved {
+        let LaneBack {
             mut lane,
             batch,
             outcome,
@@ -532,19 +532,19 @@ impl<'a> Pass<'a> {
 /// A source and a target connection that move one `DUMP`/`RESTORE` batch at
 /// a time; a connection that failed is dropped and reopened on the next batch.
 #[derive(Default)]
-struct Lane {
+struct RestoreLane {
     source: Option<Conn>,
     target: Option<Conn>,
 }
 
 /// A lane back from moving `batch`.
-struct Moved {
-    lane: Lane,
+struct LaneBack {
+    lane: RestoreLane,
     batch: Batch,
     outcome: Result<Transferred, Failure>,
 }
 
-impl Lane {
+impl RestoreLane {
     /// Moves `batch` from `source` to `target` (see `restore`), connecting
     /// first where needed. Dropped half-way (the pass was cancelled), it
     /// leaves at worst keys copied and not deleted, which the next run settles.
@@ -553,9 +553,9 @@ impl Lane {
         batch: Batch,
         (source, target): (String, String),
         auth: Option<String>,
-    ) -> Moved {
+    ) -> LaneBack {
         let outcome = self.transfer(&batch, &source, &target, auth.as_deref()).await;
-        Moved {
+        LaneBack {
             lane: self,
             batch,
             outcome,
