@@ -7,13 +7,17 @@
 //! Three inputs: a pipeline of 16 `SET key:NNN value` requests, 16 small `GET`
 //! bulk replies, one 16 KB bulk reply. Each iteration splits every frame off a
 //! fresh copy of the input (the copy is made outside the timed part).
+//! Two more cases arrive in many reads, over a link that delivers 16 KB at a
+//! time: an `LRANGE` reply of 100,000 elements (`reply_len` from the buffer's
+//! start after each read, against a resumed `ReplyScan`) and an `RPUSH` of
+//! 100,000 elements (`parse_request` against a resumed `RequestParser`).
 //! Run: `cargo bench --bench resp_decode`; figures in docs/benchmarks.md.
 
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use reborn::libs::resp::{Limits, encode_array, parse_request, reply_len};
+use reborn::libs::resp::{Limits, ReplyScan, RequestParser, encode_array, parse_request, reply_len};
 use redis_protocol::resp2::decode::decode_bytes_mut;
 
 /// Frames in the pipelined inputs.
@@ -78,6 +82,86 @@ fn redis_protocol(mut buf: BytesMut) -> usize {
     n
 }
 
+/// An array reply of `n` small bulk strings, as `LRANGE list 0 -1` gets it.
+fn long_array(n: usize) -> Vec<u8> {
+    let mut buf = format!("*{n}\r\n").into_bytes();
+    for i in 0..n {
+        let item = i.to_string();
+        buf.extend_from_slice(format!("${}\r\n{item}\r\n", item.len()).as_bytes());
+    }
+    buf
+}
+
+/// Frames `reply` as it arrives in `read`-byte pieces, asking after each piece
+/// whether it is complete; `resume` keeps one `ReplyScan` across the pieces.
+fn frame_in_reads(reply: &[u8], read: usize, resume: bool) -> usize {
+    let mut buf = Vec::with_capacity(reply.len());
+    let mut scan = ReplyScan::default();
+    for piece in reply.chunks(read) {
+        buf.extend_from_slice(piece);
+        let len = if resume {
+            scan.next_len(&buf)
+        } else {
+            reply_len(&buf)
+        };
+        if let Ok(Some(n)) = len {
+            return n;
+        }
+    }
+    0
+}
+
+/// Parses `request` as it arrives in `read`-byte pieces, trying after each
+/// piece; `resume` keeps one `RequestParser` across the pieces.
+fn parse_in_reads(request: &[u8], read: usize, resume: bool) -> usize {
+    let limits = Limits::default();
+    let mut buf = BytesMut::with_capacity(request.len());
+    let mut parser = RequestParser::default();
+    for piece in request.chunks(read) {
+        buf.extend_from_slice(piece);
+        let parsed = if resume {
+            parser.parse(&mut buf, &limits)
+        } else {
+            parse_request(&mut buf, &limits)
+        };
+        if let Ok(Some(req)) = parsed {
+            return req.args.len();
+        }
+    }
+    0
+}
+
+fn bench_reads(c: &mut Criterion) {
+    let reply = long_array(100_000);
+    let read = 16 * 1024;
+    assert_eq!(frame_in_reads(&reply, read, false), reply.len());
+    assert_eq!(frame_in_reads(&reply, read, true), reply.len());
+    let mut group = c.benchmark_group("a 100,000-element reply in 16 KB reads");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("reply_len from the start", |b| {
+        b.iter(|| frame_in_reads(black_box(&reply), read, false))
+    });
+    group.bench_function("ReplyScan resumed", |b| {
+        b.iter(|| frame_in_reads(black_box(&reply), read, true))
+    });
+    group.finish();
+
+    let mut args: Vec<Vec<u8>> = vec![b"RPUSH".to_vec(), b"list".to_vec()];
+    args.extend((0..100_000).map(|i: u32| i.to_string().into_bytes()));
+    let request = encode_array(&args);
+    assert_eq!(parse_in_reads(&request, read, false), args.len());
+    assert_eq!(parse_in_reads(&request, read, true), args.len());
+    let mut group = c.benchmark_group("a 100,000-element RPUSH in 16 KB reads");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse_request from the start", |b| {
+        b.iter(|| parse_in_reads(black_box(&request), read, false))
+    });
+    group.bench_function("RequestParser resumed", |b| {
+        b.iter(|| parse_in_reads(black_box(&request), read, true))
+    });
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     type Splitter = fn(BytesMut) -> usize;
     let cases: [(&str, BytesMut, usize, Splitter); 3] = [
@@ -101,5 +185,5 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, bench_reads);
 criterion_main!(benches);

@@ -71,12 +71,20 @@ struct Parsed {
     end: Result<Vec<u8>, ()>,
 }
 
+/// Chunked, the requests go through one `RequestParser` resumed across the
+/// reads, as a session parses them; whole, through `parse_request`.
 fn parse_fed(data: &[u8], limits: &Limits, chunked: bool) -> Parsed {
     let mut buf = BytesMut::new();
     let mut requests = Vec::new();
+    let mut parser = resp::RequestParser::default();
     let all = feed(data, chunked, &mut buf, |buf| {
         loop {
-            match resp::parse_request(buf, limits) {
+            let parsed = if chunked {
+                parser.parse(buf, limits)
+            } else {
+                resp::parse_request(buf, limits)
+            };
+            match parsed {
                 Ok(Some(r)) => requests.push((r.args, r.raw)),
                 Ok(None) => return true,
                 Err(_) => return false,
@@ -116,13 +124,23 @@ pub fn request(data: &[u8]) {
 }
 
 /// Splits `data` into reply frames as the backend reader does, fed whole or in
-/// small reads: the frames, then the bytes left over or an error.
+/// small reads: the frames, then the bytes left over or an error. Chunked, a
+/// `ReplyScan` resumes across the reads (as the backend reader's does) and must
+/// agree with `reply_len` after every read.
 fn split_fed(data: &[u8], chunked: bool) -> (Vec<Vec<u8>>, Result<Vec<u8>, ()>) {
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
+    let mut scan = resp::ReplyScan::default();
     let all = feed(data, chunked, &mut buf, |buf| {
         loop {
-            match resp::reply_len(buf) {
+            let len = if chunked {
+                let resumed = scan.next_len(buf);
+                assert_eq!(resumed, resp::reply_len(buf), "a resumed scan disagreed");
+                resumed
+            } else {
+                resp::reply_len(buf)
+            };
+            match len {
                 Ok(Some(n)) => {
                     assert!(n > 0 && n <= buf.len(), "frame length {n} of {}", buf.len());
                     frames.push(buf.split_to(n).to_vec());

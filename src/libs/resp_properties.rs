@@ -19,7 +19,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::protocol;
-use super::resp::{Limits, array_items, bulk_payload, encode_array, integer, parse_request, reply_len};
+use super::resp::{
+    Limits, ReplyScan, RequestParser, array_items, bulk_payload, encode_array, integer, parse_request,
+    reply_len,
+};
 
 /// Small limits, so random inputs reach the limit checks.
 const SMALL: Limits = Limits {
@@ -45,10 +48,12 @@ type Parsed = (Vec<(Vec<Bytes>, Bytes)>, Result<Vec<u8>, ()>);
 fn parse_reads(reads: &[&[u8]], limits: &Limits) -> Parsed {
     let mut buf = BytesMut::new();
     let mut got = Vec::new();
+    // As the session does: one parser, resumed across reads.
+    let mut parser = RequestParser::default();
     for read in reads {
         buf.extend_from_slice(read);
         loop {
-            match parse_request(&mut buf, limits) {
+            match parser.parse(&mut buf, limits) {
                 Ok(Some(r)) => got.push((r.args, r.raw)),
                 Ok(None) => break,
                 Err(_) => return (got, Err(())),
@@ -65,10 +70,14 @@ type Framed = (Vec<Vec<u8>>, Result<Vec<u8>, ()>);
 fn frame_reads(reads: &[&[u8]]) -> Framed {
     let mut buf: Vec<u8> = Vec::new();
     let mut got = Vec::new();
+    let mut scan = ReplyScan::default();
     for read in reads {
         buf.extend_from_slice(read);
         loop {
-            match reply_len(&buf) {
+            let resumed = scan.next_len(&buf);
+            // Resuming never changes the answer, only what it costs.
+            assert_eq!(resumed, reply_len(&buf));
+            match resumed {
                 Ok(Some(n)) => {
                     assert!(n > 0 && n <= buf.len(), "frame of {n} in {}", buf.len());
                     got.push(buf.drain(..n).collect());

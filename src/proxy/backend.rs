@@ -471,8 +471,10 @@ async fn read_loop(
     (replica_ack, wait_out): (Option<Duration>, &tokio::sync::watch::Sender<bool>),
 ) -> Result<(), BackendError> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // A big reply arrives in many reads; the scan resumes where it stopped.
+    let mut scan = resp::ReplyScan::default();
     loop {
-        while let Some(n) = resp::reply_len(&buf)? {
+        while let Some(n) = scan.next_len(&buf)? {
             let frame = buf.split_to(n).freeze();
             let slot = match waiting.pop_front() {
                 Some(s) => s,

@@ -99,6 +99,8 @@ async fn read_loop(
     // Start small: most connections are idle most of the time, and idle memory
     // per client is what limits how many a proxy holds. Busy clients grow it.
     let mut buf = BytesMut::with_capacity(READ_MIN);
+    // A big request arrives in many reads; parsing resumes where it stopped.
+    let mut parser = resp::RequestParser::default();
     let idle = ctx.config.idle_timeout;
     loop {
         // One clock read per chunk of input, not per request: every request of a
@@ -107,7 +109,7 @@ async fn read_loop(
         let paused = ctx.clients.maybe_paused();
         let mut last = None;
         loop {
-            let parsed = resp::parse_request(&mut buf, &ctx.limits);
+            let parsed = parser.parse(&mut buf, &ctx.limits);
             if let Ok(None) = parsed {
                 if let Some(cmd) = last {
                     client.conn.touch(cmd, now);

@@ -169,6 +169,7 @@ async fn serve(
         state.outstanding.insert((*class, name.clone()), 1);
     }
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut scan = resp::ReplyScan::default();
     loop {
         if !out.is_empty() {
             if let Err(e) = stream.write_all(&out).await {
@@ -193,7 +194,7 @@ async fn serve(
                 }
                 let Some(h) = hub.upgrade() else { return End::Closed };
                 loop {
-                    match resp::reply_len(&buf) {
+                    match scan.next_len(&buf) {
                         Ok(Some(n)) => {
                             let frame = buf.split_to(n).freeze();
                             if resp::is_error(&frame) {
