@@ -162,6 +162,9 @@ struct Conn {
     stream: TcpStream,
     out: BytesMut,
     input: BytesMut,
+    /// Where framing `input` stopped, so a reply split over reads is not
+    /// walked again.
+    scan: resp::ReplyScan,
     owed: VecDeque<(Instant, u16)>,
     sent: u64,
     dead: bool,
@@ -173,6 +176,7 @@ impl Conn {
             stream,
             out: BytesMut::with_capacity(4096),
             input: BytesMut::with_capacity(64 * 1024),
+            scan: resp::ReplyScan::default(),
             owed: VecDeque::new(),
             sent: 0,
             dead: false,
@@ -212,7 +216,7 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        while let Some(n) = resp::reply_len(&self.input).map_err(std::io::Error::other)? {
+        while let Some(n) = self.scan.next_len(&self.input).map_err(std::io::Error::other)? {
             let error = resp::is_error(&self.input);
             self.input.advance(n);
             let Some((at, slot)) = self.owed.pop_front() else {

@@ -182,7 +182,8 @@ enum Step {
 
 fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Step, ProtocolError> {
     let Some(eol) = find_crlf(buf, 1) else {
-        return check_header_len(buf, 0);
+        check_header_len(buf, 0)?;
+        return Ok(Step::Incomplete(None));
     };
     let n = parse_int(&buf[1..eol]).ok_or_else(|| perr("invalid multibulk length"))?;
     if n > limits.max_args as i64 {
@@ -246,11 +247,11 @@ fn resume_multibulk(buf: &mut BytesMut, limits: &Limits, mut p: Partial) -> Resu
 
 /// A length header (`*123` or `$123`) without its CRLF yet: fine while short,
 /// garbage once it is longer than any number could be.
-fn check_header_len(buf: &[u8], start: usize) -> Result<Step, ProtocolError> {
+fn check_header_len(buf: &[u8], start: usize) -> Result<(), ProtocolError> {
     if buf.len() - start > 32 {
         Err(perr("invalid length header"))
     } else {
-        Ok(Step::Incomplete(None))
+        Ok(())
     }
 }
 

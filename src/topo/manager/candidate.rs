@@ -31,7 +31,8 @@ impl Looked {
     }
 }
 
-/// Why no server may be promoted. Nothing was changed when one is returned.
+/// Why no server may be promoted. Nothing was changed when one is returned;
+/// only [`Refusal::Unsafe`] is one that `force` overrides.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The operator named a server that is not a replica of the group.
@@ -59,13 +60,6 @@ pub enum Refusal {
         .0.join("; ")
     )]
     Unsafe(Vec<String>),
-}
-
-impl Refusal {
-    /// Whether `force` would have promoted anyway.
-    pub fn forceable(&self) -> bool {
-        matches!(self, Refusal::Unsafe(_))
-    }
 }
 
 fn describe(each: &[String]) -> String {
@@ -372,7 +366,7 @@ mod tests {
             looked(M, master(0, 0), false),
         ];
         let e = choose(Some(R), &all, Some(M), false).expect_err("refused");
-        assert!(e.forceable(), "{e}");
+        assert!(matches!(e, Refusal::Unsafe(_)), "forceable: {e}");
         let e = e.to_string();
         assert!(
             e.contains(
@@ -404,7 +398,7 @@ mod tests {
             .to_string();
         assert!(e.contains("replicates from 127.0.0.1:6381"), "{e}");
         let e = choose(Some(M), &elsewhere, None, false).expect_err("none linked");
-        assert!(!e.forceable(), "{e}");
+        assert!(matches!(e, Refusal::NoCandidate { .. }), "not forceable: {e}");
         assert_eq!(
             e.to_string(),
             "refused: no replica is linked to the master 127.0.0.1:6379: \
