@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::migrator::Conn;
-use crate::libs::resp_client::Frame;
+use super::info_text::InfoText;
+use super::migrator::{Conn, MigrateError};
 
 /// How long one probe may take, connecting included.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -52,13 +52,7 @@ pub async fn probe(addr: &str, auth: Option<&str>) -> Health {
             Err(super::migrator::MigrateError::Auth { .. }) => return Health::Up,
             Err(_) => return Health::Down,
         };
-        match conn
-            .call(&[b"INFO".as_ref(), b"persistence"], "INFO", PROBE_TIMEOUT)
-            .await
-        {
-            Ok(reply) => judge(&reply),
-            Err(_) => Health::Down,
-        }
+        judge(conn.info(Some("persistence"), PROBE_TIMEOUT).await)
     };
     tokio::time::timeout(PROBE_TIMEOUT, ask)
         .await
@@ -87,41 +81,52 @@ where
     out
 }
 
-/// The health an `INFO persistence` reply shows.
-fn judge(reply: &Frame) -> Health {
-    let text = match reply {
-        Frame::Error(e) if e.starts_with("LOADING") => return Health::Loading,
-        Frame::Error(_) => return Health::Up,
-        Frame::BulkString(text) => text.as_ref(),
-        _ => b"",
-    };
-    let loading = text
-        .split(|&b| b == b'\n')
-        .any(|line| line.trim_ascii() == b"loading:1");
-    if loading { Health::Loading } else { Health::Up }
+/// The health an `INFO persistence` answer shows: any answer but `LOADING`
+/// or `loading:1` is up, since a server that refuses `INFO` still serves.
+fn judge(answer: Result<String, MigrateError>) -> Health {
+    match answer {
+        Ok(text) if InfoText(&text).field("loading") == Some("1") => Health::Loading,
+        Ok(_) => Health::Up,
+        Err(MigrateError::Redis { message, .. }) if message.starts_with("LOADING") => Health::Loading,
+        Err(MigrateError::Redis { .. } | MigrateError::Auth { .. } | MigrateError::Protocol { .. }) => {
+            Health::Up
+        }
+        Err(_) => Health::Down,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bulk(s: &'static str) -> Frame {
-        Frame::BulkString(bytes::Bytes::from_static(s.as_bytes()))
+    fn refused(message: &str) -> Result<String, MigrateError> {
+        Err(MigrateError::Redis {
+            addr: "h:1".into(),
+            cmd: "INFO",
+            message: message.into(),
+        })
     }
 
     #[test]
-    fn replies_are_judged() {
+    fn answers_are_judged() {
+        let text = |s: &str| Ok(s.to_string());
         assert_eq!(
-            judge(&bulk("# Persistence\r\nloading:0\r\nrdb_changes:0\r\n")),
+            judge(text("# Persistence\r\nloading:0\r\nrdb_changes:0\r\n")),
             Health::Up
         );
-        assert_eq!(judge(&bulk("# Persistence\r\nloading:1\r\n")), Health::Loading);
-        let loading = Frame::Error("LOADING Redis is loading the dataset in memory".into());
-        assert_eq!(judge(&loading), Health::Loading);
+        assert_eq!(judge(text("# Persistence\r\nloading:1\r\n")), Health::Loading);
         assert_eq!(
-            judge(&Frame::Error("NOAUTH Authentication required.".into())),
-            Health::Up
+            judge(refused("LOADING Redis is loading the dataset in memory")),
+            Health::Loading
         );
+        assert_eq!(judge(refused("ERR unknown command 'INFO'")), Health::Up);
+        let noauth = MigrateError::Auth {
+            addr: "h:1".into(),
+            message: "NOAUTH Authentication required.".into(),
+        };
+        assert_eq!(judge(Err(noauth)), Health::Up);
+        let silent = MigrateError::Closed { addr: "h:1".into() };
+        assert_eq!(judge(Err(silent)), Health::Down);
     }
 
     #[tokio::test]

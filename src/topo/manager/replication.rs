@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::info_text::InfoText;
-use super::migrator::{Conn, reply_text};
+use super::migrator::{Conn, MigrateError, reply_text};
 use super::server_conns::ServerConns;
 use crate::libs::resp_client::Frame;
 
@@ -151,9 +151,9 @@ where
 
 /// What a failed connect or call means: a refused password is an answer (the
 /// server is up), anything else is silence.
-fn unreachable(addr: &str, e: &super::migrator::MigrateError) -> LookError {
+fn unreachable(addr: &str, e: &MigrateError) -> LookError {
     match e {
-        super::migrator::MigrateError::Auth { message, .. } => LookError::Refused {
+        MigrateError::Auth { message, .. } => LookError::Refused {
             addr: addr.to_string(),
             what: message.clone(),
         },
@@ -171,14 +171,11 @@ async fn look_on(conn: &mut Conn) -> Result<Replication, LookError> {
         addr: addr.clone(),
         what,
     };
-    let info = conn
-        .call(&[b"INFO".as_ref(), b"replication"], "INFO", LOOK_TIMEOUT)
-        .await
-        .map_err(|e| unreachable(&addr, &e))?;
-    let text = match info {
-        Frame::BulkString(text) => text,
-        Frame::Error(e) => return Err(refused(e.to_string())),
-        _ => return Err(refused("a non-bulk INFO reply".into())),
+    let text = match conn.info(Some("replication"), LOOK_TIMEOUT).await {
+        Ok(text) => text,
+        Err(MigrateError::Redis { message, .. }) => return Err(refused(message)),
+        Err(MigrateError::Protocol { detail, .. }) => return Err(refused(format!("INFO: {detail}"))),
+        Err(e) => return Err(unreachable(&addr, &e)),
     };
     let keys = conn
         .call(&[b"DBSIZE".as_ref()], "DBSIZE", LOOK_TIMEOUT)
@@ -187,7 +184,7 @@ async fn look_on(conn: &mut Conn) -> Result<Replication, LookError> {
     let Frame::Integer(keys) = keys else {
         return Err(refused(format!("DBSIZE {}", reply_text(&keys))));
     };
-    parse(&String::from_utf8_lossy(&text), u64::try_from(keys).unwrap_or(0))
+    parse(&text, u64::try_from(keys).unwrap_or(0))
         .ok_or_else(|| refused("an INFO replication without role".into()))
 }
 

@@ -14,8 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::info_text::InfoText;
-use super::migrator::{Conn, reply_text};
-use crate::libs::resp_client::Frame;
+use super::migrator::Conn;
 use crate::topo::model::{GroupId, Role, Topology};
 
 /// How long one `INFO` may take, connecting included.
@@ -77,17 +76,13 @@ async fn ask(group: GroupId, addr: String, role: &str, auth: Option<&str>) -> Se
         ..ServerInfo::default()
     };
     let read = async {
-        let mut conn = Conn::connect(&addr, auth).await.map_err(|e| e.to_string())?;
-        match conn.call(&[b"INFO".as_ref()], "INFO", INFO_TIMEOUT).await {
-            Ok(Frame::BulkString(text)) => Ok(String::from_utf8_lossy(&text).into_owned()),
-            Ok(other) => Err(reply_text(&other)),
-            Err(e) => Err(e.to_string()),
-        }
+        let mut conn = Conn::connect(&addr, auth).await?;
+        conn.info(None, INFO_TIMEOUT).await
     };
     match tokio::time::timeout(INFO_TIMEOUT, read).await {
         Ok(Ok(text)) => parse(&text, base),
         Ok(Err(e)) => ServerInfo {
-            error: Some(e),
+            error: Some(e.to_string()),
             ..base
         },
         Err(_) => ServerInfo {

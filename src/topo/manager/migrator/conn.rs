@@ -80,6 +80,32 @@ impl Conn {
         self.read(cmd, wait).await
     }
 
+    /// `INFO [section]`: the reply's text, lossily decoded (`INFO` is ASCII).
+    /// One reader for every `INFO` the dashboard makes (health, replication,
+    /// the web UI's figures), each of which reads its fields with `InfoText`.
+    ///
+    /// # Errors
+    /// Connection errors; [`MigrateError::Auth`] for `NOAUTH`/`WRONGPASS`;
+    /// [`MigrateError::Redis`] for other error replies (`LOADING` among them);
+    /// [`MigrateError::Protocol`] for a reply that is not a bulk string.
+    pub(crate) async fn info(
+        &mut self,
+        section: Option<&str>,
+        wait: Duration,
+    ) -> Result<String, MigrateError> {
+        let mut args = vec![b"INFO".as_ref()];
+        args.extend(section.map(str::as_bytes));
+        match self.call(&args, "INFO", wait).await? {
+            Frame::BulkString(text) => Ok(String::from_utf8_lossy(&text).into_owned()),
+            Frame::Error(message) => Err(self.refusal("INFO", message.to_string())),
+            other => Err(MigrateError::Protocol {
+                addr: self.addr().to_string(),
+                cmd: "INFO",
+                detail: format!("a reply that is not text: {}", reply_text(&other)),
+            }),
+        }
+    }
+
     /// `SCAN <cursor> COUNT <count>`: the next cursor and the keys returned (which
     /// may repeat keys of earlier calls, as `SCAN` allows).
     ///
@@ -96,19 +122,7 @@ impl Conn {
         let args = [b"SCAN".as_ref(), cursor.as_bytes(), b"COUNT", count.as_bytes()];
         let reply = self.call(&args, "SCAN", SCAN_WAIT).await?;
         if let Frame::Error(message) = &reply {
-            let message = message.to_string();
-            let addr = self.addr().to_string();
-            return Err(
-                if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") {
-                    MigrateError::Auth { addr, message }
-                } else {
-                    MigrateError::Redis {
-                        addr,
-                        cmd: "SCAN",
-                        message,
-                    }
-                },
-            );
+            return Err(self.refusal("SCAN", message.to_string()));
         }
         let detail = reply_text(&reply);
         parse_scan(reply).ok_or_else(|| MigrateError::Protocol {
@@ -116,6 +130,17 @@ impl Conn {
             cmd: "SCAN",
             detail,
         })
+    }
+
+    /// The error for an error reply to `cmd`: a password problem is
+    /// [`MigrateError::Auth`], anything else [`MigrateError::Redis`].
+    fn refusal(&self, cmd: &'static str, message: String) -> MigrateError {
+        let addr = self.addr().to_string();
+        if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") {
+            MigrateError::Auth { addr, message }
+        } else {
+            MigrateError::Redis { addr, cmd, message }
+        }
     }
 
     /// The migrator's error for a failure of the framed client.
