@@ -581,12 +581,11 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
     // paused: the stored progress changes from what the pause returned once
     // the runner knows. The pass is over when its SCAN connection to the
     // source is closed: nothing of it can move a key any more.
-    let source = c.masters[0].addr();
+    let mut g1 = common::client(&c.masters[0].addr()).await;
     common::eventually("the paused pass stops", Duration::from_secs(10), async || {
-        get_task(task.id).await.progress != paused.progress && !scanning(&source).await
+        get_task(task.id).await.progress != paused.progress && !scanning(&mut g1).await
     })
     .await;
-    let mut g1 = common::client(&source).await;
     let left1: i64 = redis::cmd("DBSIZE").query_async(&mut g1).await.expect("dbsize");
     // Then nothing moves for a while: a window of time, as long as a pass
     // would need to move a few thousand keys (3000 keys/s).
@@ -617,13 +616,12 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
     assert_eq!(left, 0);
 }
 
-/// True if a client of the redis-server at `addr` last ran `SCAN`: only the
-/// migrator scans here, on a connection its pass holds to the end.
-async fn scanning(addr: &str) -> bool {
-    let mut conn = common::client(addr).await;
+/// True if a client of the redis-server `conn` talks to last ran `SCAN`: only
+/// the migrator scans here, on a connection its pass holds to the end.
+async fn scanning(conn: &mut redis::aio::MultiplexedConnection) -> bool {
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .expect("CLIENT LIST");
     clients.lines().any(|l| l.contains(" cmd=scan "))
