@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, ProxyProcess, signal};
-use common::{GuardedChild, spawn_guarded};
+use common::{GuardedChild, came_true, spawn_guarded};
 use parking_lot::Mutex;
 use reborn::topo::manager::task::{self, TaskState};
 use reborn::topo::model::Role;
@@ -286,22 +286,6 @@ async fn link_up(replica: &str) -> bool {
     info.contains("master_link_status:up")
 }
 
-/// Waits up to `within` for `check`; whether it came true.
-async fn within<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 /// A group is healthy when it has a master and every replica streams from it.
 async fn healthy(store: &Store, group: u32) -> bool {
     let (master, replicas) = members(store, group).await;
@@ -398,7 +382,7 @@ async fn chaos_soak_loses_no_acknowledged_write() {
             0 => {
                 // A master dies; the failover must replace it, and the old
                 // one must come back as a replica.
-                if !within(Duration::from_secs(20), || healthy(&c.store, group)).await {
+                if !came_true(Duration::from_secs(20), async || healthy(&c.store, group).await).await {
                     faults.skipped += 1;
                     eprintln!("soak: group {group} not healthy, master kill skipped");
                     continue;
@@ -408,7 +392,7 @@ async fn chaos_soak_loses_no_acknowledged_write() {
                 };
                 servers.by_addr(&old).kill();
                 let killed = Instant::now();
-                let replaced = within(Duration::from_secs(15), || async {
+                let replaced = came_true(Duration::from_secs(15), async || {
                     members(&c.store, group).await.0.is_some_and(|m| m != old)
                 })
                 .await;
@@ -500,11 +484,11 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     }
 
     // Repair: every group healthy, every task ended, then the last writes.
-    let repaired = within(Duration::from_secs(60), || async {
+    let repaired = came_true(Duration::from_secs(60), async || {
         healthy(&c.store, 1).await && healthy(&c.store, 2).await
     })
     .await;
-    let tasks_done = within(Duration::from_secs(120), || async {
+    let tasks_done = came_true(Duration::from_secs(120), async || {
         task::list(&c.store).await.is_ok_and(|ts| {
             ts.iter().all(|t| {
                 matches!(
@@ -516,7 +500,7 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     })
     .await;
     let writes_before = tally.writes.load(Ordering::Relaxed);
-    let writes_go_on = within(Duration::from_secs(30), || async {
+    let writes_go_on = came_true(Duration::from_secs(30), async || {
         tally.writes.load(Ordering::Relaxed) > writes_before + 100
     })
     .await;

@@ -285,12 +285,25 @@ pub async fn wait_blocked(expected: &[(&str, i64)], what: &str) {
 /// `timeout`. For conditions that become true asynchronously (replication,
 /// watches, session expiry). `check` may be an `async ||` closure that
 /// borrows (even mutably) what the test holds, e.g. a connection.
-pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub async fn eventually(what: &str, timeout: Duration, check: impl AsyncFnMut() -> bool) {
+    assert!(
+        came_true(timeout, check).await,
+        "timed out after {timeout:?}: {what}"
+    );
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` has passed;
+/// whether it came true. For tests that count a condition that did not come
+/// (the soak's faults) rather than fail at once.
+pub async fn came_true(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?}: {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    true
 }
 
 /// Like [`eventually`], for a condition that yields a value: polls `check`
