@@ -429,6 +429,21 @@ async fn up_runs_a_whole_cluster_and_stops_it_in_order() {
     assert_eq!(groups.body[0]["slots"], 512);
 
     check_push_roles(&up, &ports).await;
+    a_killed_master_is_replaced_then_started_again_as_a_replica(&up, &zk_addr, &ports).await;
+
+    // Slots moved now must show in the banner of the next start, which
+    // reuses the product (a raw assignment will do: nothing reads slots 0-3).
+    let store = Store::connect(&ZkConfig {
+        addr: zk_addr.clone(),
+        product: "demo".into(),
+        ..ZkConfig::default()
+    })
+    .await
+    .expect("connect to ZooKeeper");
+    reborn::topo::operation::assign_slots(&store, 0, 3, 2)
+        .await
+        .expect("assign slots 0-3 to group 2");
+    store.close().await;
 
     let status = up.terminate();
     assert!(status.success(), "exit {status}; stderr:\n{}", up.stderr());
@@ -463,7 +478,112 @@ async fn up_runs_a_whole_cluster_and_stops_it_in_order() {
         again.banner
     );
     assert!(!again.banner.contains("warning:"), "{}", again.banner);
+    // Each server kept its role through the restart: the failover's, not the
+    // plan's (no server was re-pointed at the one that had been replaced).
+    let after_failover = format!(
+        "group 2's master is 127.0.0.1:{} now, no longer 127.0.0.1:{}",
+        ports.redis[3], ports.redis[2]
+    );
+    assert!(again.banner.contains(&after_failover), "{}", again.banner);
+    for (i, role) in [(2, "replica"), (3, "master")] {
+        let line = format!("127.0.0.1:{}", ports.redis[i]);
+        let row = again
+            .banner
+            .lines()
+            .find(|l| l.contains(&line))
+            .expect("server row");
+        assert!(row.contains(role), "{row:?} should say {role}");
+    }
+    let mut g2 = common::client(&format!("127.0.0.1:{}", ports.redis[3])).await;
+    let v: Option<String> = redis::AsyncCommands::get(&mut g2, "k").await.expect("GET");
+    assert_eq!(v.as_deref(), Some("v"), "group 2's data survived both restarts");
+    assert_eq!(
+        again.field("slots"),
+        "0-3",
+        "the banner shows the slots as ZooKeeper has them:\n{}",
+        again.banner
+    );
+    assert!(
+        again
+            .banner
+            .contains("0-3 -> group 2, 4-511 -> group 1, 512-1023 -> group 2"),
+        "{}",
+        again.banner
+    );
     assert!(again.terminate().success());
+}
+
+/// `reborn up` reaps a redis-server that dies (no zombie), the failover
+/// replaces it, and `reborn up` starts it again with its AOF, after the
+/// failover: it comes back as a replica of the new master, with its data.
+async fn a_killed_master_is_replaced_then_started_again_as_a_replica(up: &Up, zk_addr: &str, ports: &Ports) {
+    let old = format!("127.0.0.1:{}", ports.redis[2]);
+    let new = format!("127.0.0.1:{}", ports.redis[3]);
+    let pid_of = async |addr: &str| -> Option<u32> {
+        let mut c = redis::Client::open(format!("redis://{addr}/"))
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await.ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
+    };
+    let pid = pid_of(&old).await.expect("the master's pid");
+    let killed = Command::new("sh")
+        .args(["-c", r#"kill -KILL "$1""#, "sh", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let at = Instant::now();
+    // A zombie keeps its /proc entry until its parent reaps it.
+    common::eventually("the dead master is reaped", Duration::from_secs(5), async || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    common::eventually(
+        "the failover makes the replica master",
+        Duration::from_secs(10),
+        async || load(zk_addr, "/reborn").await.groups[&2].master() == Some(new.as_str()),
+    )
+    .await;
+    let replaced = at.elapsed();
+    common::eventually_ok(
+        "the old master is back as a replica",
+        Duration::from_secs(40),
+        async || {
+            let Some(now) = pid_of(&old).await else {
+                return Err("not running yet".to_string());
+            };
+            let mut c = common::client(&old).await;
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            let following = info.contains("role:slave")
+                && info.contains(&format!("master_port:{}", ports.redis[3]))
+                && info.contains("master_link_status:up");
+            if now != pid && following {
+                Ok(())
+            } else {
+                Err(info)
+            }
+        },
+    )
+    .await;
+    let back = at.elapsed();
+    assert!(
+        back >= Duration::from_secs(10),
+        "started again only after the restart delay (replaced after {replaced:?}, back after {back:?})"
+    );
+    let mut c = common::client(&old).await;
+    let v: Option<String> = redis::AsyncCommands::get(&mut c, "k").await.expect("GET");
+    assert_eq!(v.as_deref(), Some("v"), "its data came back with it");
+    let stderr = up.stderr();
+    assert!(stderr.contains("redis-server died"), "{stderr}");
+    assert!(stderr.contains("redis-server started again"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::topo::model::Role;
+use crate::topo::model::{GroupId, SlotRange};
 
 use super::plan::GroupPlan;
 use super::push::PushPlan;
@@ -86,18 +86,29 @@ impl Banner<'_> {
                 format!("group {}", member.group)
             };
             last_group = Some(member.group);
-            let role = match member.role {
-                Role::Master => "master ",
-                Role::Replica => "replica",
+            let role = if self.seeded.is_master(&member.server.addr(), member.role) {
+                "master "
+            } else {
+                "replica"
             };
             let note = format!("{role}  {}", log_note(&member.server.log_file()));
             row(out, &label, &member.server.addr(), note)?;
         }
-        let slots: Vec<String> = self
-            .groups
-            .iter()
-            .map(|g| format!("{}-{} -> group {}", g.first_slot, g.last_slot, g.id))
-            .collect();
+        let slots: Vec<String> = match self.seeded {
+            Seeded::Created => self
+                .groups
+                .iter()
+                .map(|g| format!("{}-{} -> group {}", g.first_slot, g.last_slot, g.id))
+                .collect(),
+            // A reused product keeps what migrations and rebalances made of it.
+            Seeded::Reused { slots, .. } => merged_by_group(slots)
+                .into_iter()
+                .map(|(start, end, group)| match group {
+                    0 => format!("{start}-{end} unassigned"),
+                    g => format!("{start}-{end} -> group {g}"),
+                })
+                .collect(),
+        };
         row(out, "slots", &slots.join(", "), String::new())?;
         row(
             out,
@@ -183,13 +194,19 @@ impl Banner<'_> {
     }
 
     fn write_notes(&self, out: &mut String) -> std::fmt::Result {
-        if let Seeded::Reused { mismatches } = self.seeded {
+        if let Seeded::Reused {
+            mismatches, changes, ..
+        } = self.seeded
+        {
             writeln!(out)?;
             writeln!(
                 out,
                 "  note: product {:?} already existed in ZooKeeper; it was reused unchanged.",
                 self.product
             )?;
+            for c in changes {
+                writeln!(out, "  note: {c}")?;
+            }
             for m in mismatches {
                 writeln!(out, "  warning: {m}")?;
             }
@@ -242,6 +259,19 @@ impl Banner<'_> {
         }
         writeln!(out)
     }
+}
+
+/// `(start, end, group)` runs of one group (a slot's migration state and
+/// source do not matter to the banner).
+fn merged_by_group(ranges: &[SlotRange]) -> Vec<(u16, u16, GroupId)> {
+    let mut out: Vec<(u16, u16, GroupId)> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some((_, end, group)) if *group == r.group && *end + 1 == r.start => *end = r.end,
+            _ => out.push((r.start, r.end, r.group)),
+        }
+    }
+    out
 }
 
 fn log_note(log: &Path) -> String {

@@ -36,6 +36,10 @@ pub mod zookeeper;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use tokio_util::sync::CancellationToken;
 
@@ -162,8 +166,9 @@ pub struct UpArgs {
     pub job_config: Option<PathBuf>,
 
     /// Directory for data and logs, kept after exit. Default: a fresh
-    /// `/tmp/reborn-up-<pid>-<n>`, removed on exit (nothing in it is persistent:
-    /// the redis-servers never save).
+    /// `/tmp/reborn-up-<pid>-<n>`, removed with its data on exit. Either way each
+    /// redis-server keeps an AOF and a config file there, so one that dies comes
+    /// back with its data (reborn up starts it again 10 s later).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
@@ -199,6 +204,9 @@ pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), Up
         let (zk, groups, path) = (args.zk.clone(), groups.clone(), dir.path().to_path_buf());
         blocking(move || Servers::start(zk.as_deref(), &zk_members, &groups, &path)).await?
     };
+    let servers = Arc::new(Mutex::new(servers));
+    let tending = CancellationToken::new();
+    let tender = tokio::spawn(tend(servers.clone(), tending.clone()));
 
     let mut roles = Roles::default();
     let outcome = serve(
@@ -212,7 +220,9 @@ pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), Up
     .await;
 
     // Reverse start order: roles (they hold ZooKeeper sessions), then redis, then
-    // ZooKeeper, then the temp dir.
+    // ZooKeeper, then the temp dir. No restart may race the stop.
+    tending.cancel();
+    let _ = tender.await;
     roles.stop().await;
     blocking(move || {
         drop(servers);
@@ -223,18 +233,33 @@ pub async fn run_until(args: UpArgs, cancel: CancellationToken) -> Result<(), Up
     outcome
 }
 
+/// How often [`Servers::tend`] looks for redis-servers that died.
+const TEND_EVERY: Duration = Duration::from_secs(1);
+
+/// Tends the redis-servers until `stop`: a dead one is reaped at once (no
+/// zombie) and started again after [`servers::RESTART_AFTER`].
+async fn tend(servers: Arc<Mutex<Servers>>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(TEND_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while stop.run_until_cancelled(every.tick()).await.is_some() {
+        let servers = servers.clone();
+        // A restart waits for the server to load its AOF: off the workers.
+        let _ = tokio::task::spawn_blocking(move || servers.lock().tend()).await;
+    }
+}
+
 /// Seeds the product, starts the roles, prints the banner and waits for the stop
 /// signal (or a role that stops by itself).
 async fn serve(
     args: &UpArgs,
     (groups, push): (&[GroupPlan], Option<&PushPlan>),
-    servers: &Servers,
+    servers: &Mutex<Servers>,
     roles: &mut Roles,
     dir: (&Workdir, bool),
     cancel: &CancellationToken,
 ) -> Result<(), UpError> {
     let zk = ZkConfig {
-        addr: servers.zk_addr().to_string(),
+        addr: servers.lock().zk_addr().to_string(),
         root: args.zk_root.clone(),
         product: args.product.clone(),
         ..ZkConfig::default()
@@ -271,7 +296,7 @@ async fn serve(
 
     let banner = Banner {
         product: &args.product,
-        servers,
+        servers: &servers.lock(),
         groups,
         seeded: &seeded,
         proxy,
@@ -279,8 +304,9 @@ async fn serve(
         dashboard: args.dashboard,
         dir: (dir.0.path(), dir.1),
         admin_flags: admin_flags(args, &zk),
-    };
-    println!("{}", banner.render());
+    }
+    .render();
+    println!("{banner}");
 
     tokio::select! {
         () = cancel.cancelled() => Ok(()),

@@ -94,6 +94,20 @@ impl ChildProcess {
         }
     }
 
+    /// The exit status if the child has died by itself (a crash, a kill from
+    /// outside), reaping it; `None` while it runs or after [`stop`](Self::stop).
+    /// A dead child stays a zombie until reaped, which is how it is seen here
+    /// first: the guard is then disarmed before the reaping, as
+    /// [`disarm_guard`](Self::disarm_guard) requires.
+    pub(crate) fn ended(&mut self) -> Option<ExitStatus> {
+        if self.stopped || !dead(self.child.id()) {
+            return None;
+        }
+        self.disarm_guard();
+        self.stopped = true;
+        Some(self.child.wait().unwrap_or_default())
+    }
+
     /// Polls `ready` until it returns true, failing early if the child exits and
     /// with [`UpError::NotReady`] after `timeout`.
     pub(crate) fn wait_until(
@@ -170,6 +184,17 @@ impl ChildProcess {
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// True if process `pid` (our child) has exited: a zombie, or gone. Read from
+/// `/proc/<pid>/stat`, whose state letter follows the `)` closing the name.
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.split_whitespace().next(), Some("Z" | "X"))),
+        Err(_) => true,
     }
 }
 

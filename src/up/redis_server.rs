@@ -71,9 +71,11 @@ impl RedisServerBuilder {
             port: self.port,
             password: self.password,
             persistent: self.persistent,
+            resumed: false,
             process: None,
             dir,
         };
+        server.resumed = server.persistent && server.config_file().exists();
         server.launch()?;
         Ok(server)
     }
@@ -85,6 +87,8 @@ pub struct RedisServer {
     port: u16,
     password: Option<String>,
     persistent: bool,
+    /// Its first start found the config file of an earlier run (a kept dir).
+    resumed: bool,
     // Field order matters: the process stops before its directory is removed.
     process: Option<ChildProcess>,
     dir: Workdir,
@@ -183,6 +187,22 @@ impl RedisServer {
         if let Some(mut process) = self.process.take() {
             process.kill();
         }
+    }
+
+    /// True if this persistent server started from the config file an earlier
+    /// run left in its dir: its role is what that file says (`replicaof`, kept
+    /// by `CONFIG REWRITE` through failovers and promotes), not the plan's.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The exit status if the server died by itself (a crash, a `kill` from
+    /// outside), reaping it; `None` while it runs, and after [`stop`](Self::stop)
+    /// or [`kill`](Self::kill). [`restart`](Self::restart) brings it back.
+    pub fn ended(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.process.as_mut()?.ended()?;
+        self.process = None;
+        Some(status)
     }
 
     /// Stops the server if it runs, then starts it again on the same port and dir.

@@ -2,7 +2,7 @@
 //! operations (the same path `reborn admin` takes), or reuses the product if it
 //! is already there, e.g. when `reborn up --zk` runs against a kept ZooKeeper.
 
-use crate::topo::model::{Role, Topology};
+use crate::topo::model::{Role, SlotRange, Topology};
 use crate::topo::{Store, TopoError, ZkConfig, operation, watcher};
 
 use super::error::UpError;
@@ -19,6 +19,14 @@ pub enum Seeded {
     Reused {
         /// Human-readable differences, empty if it matches the plan.
         mismatches: Vec<String>,
+        /// Groups whose master is now another of their servers than the
+        /// plan's (a failover or promote since the product was created).
+        changes: Vec<String>,
+        /// The masters ZooKeeper names, by address.
+        masters: Vec<String>,
+        /// Who owns which slots now (a migration or rebalance may have moved
+        /// them since the plan): runs of one group, in slot order.
+        slots: Vec<SlotRange>,
     },
 }
 
@@ -42,8 +50,16 @@ pub async fn seed(zk: &ZkConfig, groups: &[GroupPlan]) -> Result<Seeded, UpError
 async fn seed_with(store: &Store, groups: &[GroupPlan]) -> Result<Seeded, TopoError> {
     match watcher::load(store).await {
         Ok(topo) => {
+            let (mismatches, changes) = compare(&topo, groups);
             return Ok(Seeded::Reused {
-                mismatches: mismatches(&topo, groups),
+                mismatches,
+                changes,
+                masters: topo
+                    .groups
+                    .values()
+                    .filter_map(|g| g.master().map(str::to_string))
+                    .collect(),
+                slots: topo.slots.to_ranges(),
             });
         }
         Err(TopoError::NotInitialized { .. }) => {}
@@ -63,21 +79,38 @@ async fn seed_with(store: &Store, groups: &[GroupPlan]) -> Result<Seeded, TopoEr
     Ok(Seeded::Created)
 }
 
-/// Where an existing product's groups disagree with the servers we started.
-fn mismatches(topo: &Topology, groups: &[GroupPlan]) -> Vec<String> {
-    let mut out = Vec::new();
+/// Where an existing product's groups disagree with the servers we started
+/// (warnings), and groups whose master is another of their own servers now
+/// (notes: a failover or promote moved it, which is fine).
+fn compare(topo: &Topology, groups: &[GroupPlan]) -> (Vec<String>, Vec<String>) {
+    let (mut mismatches, mut changes) = (Vec::new(), Vec::new());
     for group in groups {
         let ours = addr(group.master);
         match topo.groups.get(&group.id).and_then(|g| g.master()) {
             Some(master) if master == ours => {}
-            Some(master) => out.push(format!(
+            Some(master) if group.replicas.iter().any(|&p| addr(p) == master) => changes.push(format!(
+                "group {}'s master is {master} now, no longer {ours} (a failover or promote)",
+                group.id
+            )),
+            Some(master) => mismatches.push(format!(
                 "group {} has master {master} in ZooKeeper, not {ours}",
                 group.id
             )),
-            None => out.push(format!("group {} (master {ours}) is not in ZooKeeper", group.id)),
+            None => mismatches.push(format!("group {} (master {ours}) is not in ZooKeeper", group.id)),
         }
     }
-    out
+    (mismatches, changes)
+}
+
+impl Seeded {
+    /// Whether the server at `addr`, started as `planned`, is its group's
+    /// master now.
+    pub fn is_master(&self, addr: &str, planned: Role) -> bool {
+        match self {
+            Seeded::Created => planned == Role::Master,
+            Seeded::Reused { masters, .. } => masters.iter().any(|m| m == addr),
+        }
+    }
 }
 
 fn addr(port: u16) -> String {
