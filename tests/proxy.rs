@@ -400,6 +400,147 @@ async fn blpop_does_not_stall_other_clients() {
     );
 }
 
+/// The time a client spends blocked (BLPOP, XREAD … BLOCK, WAIT) is its own
+/// choice of waiting, not proxy latency: such calls are counted, but their
+/// wait stays out of the percentiles, the histogram and the command's µs, as
+/// Redis's commandstats leave it out. (The job role's `XREADGROUP … BLOCK
+/// 2000` once put 2 s into every p99 of an idle cluster.) A non-blocking XREAD
+/// and a BLPOP queued in MULTI do not block, and are timed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_spent_blocked_is_counted_but_is_not_latency() {
+    let c = Cluster::start().await;
+    let mut p = c.client().await;
+    for i in 0..20 {
+        let _: () = p.set(format!("k{i}"), i).await.expect("set");
+    }
+    let _: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut p)
+        .await
+        .expect("xadd");
+    let _: redis::Value = redis::cmd("XREAD")
+        .arg("STREAMS")
+        .arg("s")
+        .arg("0")
+        .query_async(&mut p)
+        .await
+        .expect("xread");
+    let queued: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("BLPOP")
+        .arg("empty")
+        .arg(1)
+        .query_async(&mut p)
+        .await
+        .expect("BLPOP in MULTI");
+    assert_eq!(queued, redis::Value::Array(vec![redis::Value::Nil]));
+
+    // Three clients wait a second each, at once: for a list, for a stream,
+    // and for replicas no group has.
+    let started = Instant::now();
+    let blpop = async {
+        let mut conn = c.client().await;
+        let r: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("empty")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .expect("blpop");
+        r
+    };
+    let xread = async {
+        let mut conn = c.client().await;
+        let r: redis::Value = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg("s")
+            .arg("$")
+            .query_async(&mut conn)
+            .await
+            .expect("xread block");
+        r
+    };
+    let wait = async {
+        let mut conn = c.client().await;
+        let r: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("wait");
+        r
+    };
+    let (b, x, w) = tokio::join!(blpop, xread, wait);
+    assert_eq!((b, x, w), (None, redis::Value::Nil, 0), "each one timed out");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(950), "returned early: {waited:?}");
+
+    // Replies are counted right after they are written: the client may read
+    // one before then.
+    let command = |stats: &serde_json::Value, name: &str| {
+        stats["commands"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let stats = common::eventually_some(
+        "the blocking calls in /stats",
+        Duration::from_secs(10),
+        async || {
+            let body = common::http::get_text(c.admin, "/stats").await;
+            let stats: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let counted = [("blpop", 2), ("xread", 2), ("wait", 1)]
+                .iter()
+                .all(|&(name, n)| command(&stats, name)["calls"] == n);
+            counted.then_some(stats)
+        },
+    )
+    .await;
+    // Well under the second each of the three waited.
+    let under = 900_000;
+    let p99 = stats["latency_us"]["p99"].as_u64().expect("p99");
+    assert!(p99 < under, "p99 {p99} µs counts a blocked wait: {stats}");
+    let buckets = stats["latency_buckets"].as_array().expect("histogram");
+    assert!(
+        buckets
+            .iter()
+            .all(|b| b[0].as_u64().is_some_and(|bound| bound < under)),
+        "a blocked wait is in the histogram: {stats}"
+    );
+    let timed: u64 = buckets.iter().filter_map(|b| b[1].as_u64()).sum();
+    let ops = stats["ops_total"].as_u64().expect("ops_total");
+    assert_eq!(ops - timed, 3, "all counted, three not timed: {stats}");
+    let blpop = command(&stats, "blpop");
+    assert_eq!(blpop["blocking_calls"], 1, "{blpop}");
+    let queued_us = blpop["usecs"].as_u64().expect("usecs");
+    assert!(
+        queued_us > 0 && queued_us < under,
+        "the queued BLPOP is timed: {blpop}"
+    );
+    let xread = command(&stats, "xread");
+    assert_eq!(xread["blocking_calls"], 1, "{xread}");
+    let plain_us = xread["usecs"].as_u64().expect("usecs");
+    assert!(
+        plain_us > 0 && plain_us < under,
+        "the plain XREAD is timed: {xread}"
+    );
+    assert_eq!(xread["usecs_per_call"].as_f64(), Some(plain_us as f64), "{xread}");
+    let wait = command(&stats, "wait");
+    assert_eq!(
+        (&wait["blocking_calls"], &wait["usecs"]),
+        (&1.into(), &0.into()),
+        "{wait}"
+    );
+    // INFO through the proxy reads the same figures.
+    let info_p99 = common::info_number(&c.proxy.to_string(), "stats", "latency_p99_us").await;
+    assert!(info_p99 < under as i64, "INFO latency_p99_us {info_p99}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_master_fails_fast_for_its_group_only_and_recovers() {
     let mut c = Cluster::start().await;

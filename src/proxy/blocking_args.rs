@@ -76,8 +76,8 @@ fn until(start: Instant, d: Duration) -> Wait {
 }
 
 /// Index of the value of `BLOCK` in `XREAD`/`XREADGROUP`, among the options
-/// before `STREAMS`.
-fn xread_block_at(args: &[Bytes]) -> Option<usize> {
+/// before `STREAMS`: `None` for a call that does not block.
+pub(super) fn xread_block_at(args: &[Bytes]) -> Option<usize> {
     let mut i = 1;
     while let Some(a) = args.get(i) {
         if a.eq_ignore_ascii_case(b"STREAMS") {

@@ -26,6 +26,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::blocking_args;
+
 /// Command flag: the command may modify data.
 pub const WRITE: u16 = 1;
 /// Command flag: the command only reads.
@@ -307,6 +309,37 @@ fn table() -> &'static HashMap<&'static str, Command> {
     })
 }
 
+/// True if a request of the command whose [`Command::id`] is `id`, with words
+/// `args`, may keep its client waiting at the server for as long as its
+/// timeout says: the commands Redis flags `blocking` (BLPOP, BLMOVE,
+/// BZPOPMIN, …), XREAD and XREADGROUP only with a `BLOCK` option, and WAIT,
+/// which Redis does not flag but which waits for replicas. (WAITAOF is not in
+/// the table: the proxy answers it as an unknown command, at once.) Inside
+/// MULTI nothing blocks; the caller knows whether the request was queued.
+/// Stats keep such a wait out of latency (`stats.rs`). One array read for
+/// most requests: it runs on every one.
+pub fn may_block(id: usize, args: &[Bytes]) -> bool {
+    static MAY: OnceLock<Vec<bool>> = OnceLock::new();
+    let may = MAY.get_or_init(|| {
+        let mut may = vec![false; specs().len()];
+        for c in table().values() {
+            if let (Kind::Blocking | Kind::Fanout(Fan::Wait), Some(m)) = (c.kind, may.get_mut(c.id)) {
+                *m = true;
+            }
+        }
+        may
+    });
+    if !may.get(id).copied().unwrap_or(false) {
+        return false;
+    }
+    match specs().get(id).map(|s| s.name.as_str()) {
+        // Without BLOCK they are plain reads (the option is looked for among
+        // the options, not the stream names, which may be "block").
+        Some("xread" | "xreadgroup") => blocking_args::xread_block_at(args).is_some(),
+        _ => true,
+    }
+}
+
 /// Looks a command up by name, case-insensitively. `None` for unknown commands.
 pub fn lookup(name: &[u8]) -> Option<Command> {
     // Names are short; lower-case on the stack to avoid an allocation per request.
@@ -568,6 +601,45 @@ mod tests {
         assert_eq!(kind("object"), Some(Kind::Forward));
         assert_eq!(kind("nosuchcommand"), None);
         assert_eq!(kind(&"x".repeat(100)), None);
+    }
+
+    #[test]
+    fn blocking_requests_are_told_by_their_flag_and_xreads_by_block() {
+        let blocks = |cmd: &str| {
+            let args: Vec<Bytes> = cmd
+                .split(' ')
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect();
+            let c = lookup(&args[0]).expect("known command");
+            may_block(c.id, &args)
+        };
+        for cmd in [
+            "BLPOP q 1",
+            "brpop q 0",
+            "BLMOVE a b LEFT RIGHT 1",
+            "BRPOPLPUSH a b 1",
+            "BLMPOP 1 1 q LEFT",
+            "BZPOPMIN z 1",
+            "BZPOPMAX z 1",
+            "BZMPOP 1 1 z MIN",
+            "XREAD BLOCK 0 STREAMS s $",
+            "XREAD COUNT 2 block 10 STREAMS s 0",
+            "XREADGROUP GROUP g c COUNT 1 BLOCK 2000 STREAMS s >",
+            "WAIT 1 1000",
+        ] {
+            assert!(blocks(cmd), "{cmd}");
+        }
+        for cmd in [
+            "GET k",
+            "LPOP q",
+            "XREAD STREAMS s 0",
+            "XREAD COUNT 1 STREAMS block 0",
+            "XREADGROUP GROUP BLOCK c STREAMS s >",
+            "XADD s * f v",
+        ] {
+            assert!(!blocks(cmd), "{cmd}");
+        }
+        assert!(!may_block(usize::MAX, &[]), "an unknown command's stats slot");
     }
 
     #[test]

@@ -132,11 +132,13 @@ fn dispatch_known(
     }
 }
 
-/// XREAD and XREADGROUP block only with a BLOCK argument; without it they are
-/// ordinary reads and share connections like any other.
+/// XREAD and XREADGROUP block only with a BLOCK option; without it they are
+/// ordinary reads and share connections like any other. The same rule as the
+/// stats' ([`super::command::may_block`]): the option is looked for before
+/// `STREAMS`, so a stream named "block" does not count.
 fn is_blocking_call(spec: &Spec, req: &Request) -> bool {
     match spec.name.as_str() {
-        "xread" | "xreadgroup" => req.args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(b"BLOCK")),
+        "xread" | "xreadgroup" => super::blocking_args::xread_block_at(&req.args).is_some(),
         _ => true,
     }
 }

@@ -34,6 +34,11 @@
 //! Once per chunk of input (not per request) the reader looks whether a
 //! `CLIENT PAUSE` is in force, and records the chunk's last command and time for
 //! `CLIENT LIST`.
+//!
+//! Each reply's time, from its request's arrival to its write, goes to the
+//! stats, except for requests that may block at the server (BLPOP, XREAD …
+//! BLOCK, WAIT, …): the reader marks those ([`Queued`]) and the writer only
+//! counts them, since their wait is not latency (`stats.rs`).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -48,6 +53,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::clients::Connection;
+use super::command;
 use super::context::{Client, Context};
 use super::dispatch::dispatch;
 use super::output::{Meter, WINDOW_BYTES};
@@ -60,6 +66,14 @@ const FLUSH_AT: usize = 64 * 1024;
 /// Smallest and largest step by which the read buffer grows.
 const READ_MIN: usize = 1024;
 const READ_MAX: usize = 64 * 1024;
+
+/// A reply on its way from the reader to the writer.
+struct Queued {
+    pending: Pending,
+    /// Its request may block at the server: counted, not timed (see
+    /// [`Stats::record_blocking`](super::stats::Stats::record_blocking)).
+    blocks: bool,
+}
 
 /// Serves one client until it disconnects, sends QUIT or garbage, idles out, or
 /// the proxy shuts down (`shutdown`).
@@ -91,7 +105,7 @@ async fn read_loop(
     mut rd: OwnedReadHalf,
     ctx: &Arc<Context>,
     mut client: Client,
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Queued>,
     meter: &Meter,
     writer_done: &CancellationToken,
     stop: &CancellationToken,
@@ -128,8 +142,12 @@ async fn read_loop(
             // dispatched, so nothing runs between the two: a pub/sub message
             // cannot overtake the confirmation of its subscription.
             let Ok(permit) = tx.reserve().await else { return };
+            let mut blocks = false;
             let pending = match parsed {
                 Ok(Some(req)) => {
+                    // Asked before dispatching: while MULTI queues, this
+                    // request is queued, not run, so even a BLPOP cannot block.
+                    let queuing = client.txn.as_ref().is_some_and(|t| t.queuing());
                     let at = if paused {
                         if !ctx.clients.wait(&req, stop).await {
                             // Killed or shut down while held: it never runs.
@@ -140,6 +158,8 @@ async fn read_loop(
                         now
                     };
                     let p = dispatch(ctx, &mut client, &req, at);
+                    // By the command's stats slot: no second name lookup.
+                    blocks = !queuing && command::may_block(p.cmd, &req.args);
                     match p.reply {
                         Reply::Hold(why) => hold(ctx, &mut client, &req, (p.cmd, p.start, why), stop).await,
                         // Only local replies can switch the protocol (HELLO).
@@ -165,7 +185,7 @@ async fn read_loop(
             let close = matches!(pending.reply, Reply::Close(_));
             last = Some(pending.cmd);
             meter.dispatched();
-            permit.send(pending);
+            permit.send(Queued { pending, blocks });
             if close {
                 return;
             }
@@ -272,7 +292,7 @@ async fn idle_timer(idle: Duration) {
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     (ctx, conn): (&Context, &Connection),
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Queued>,
     meter: &Meter,
     done: &CancellationToken,
 ) {
@@ -296,8 +316,8 @@ async fn write_loop(
                 Some(p) => Ok(p),
                 None => rx.try_recv(),
             };
-            let mut p = match next {
-                Ok(p) => p,
+            let mut q = match next {
+                Ok(q) => q,
                 Err(_) => {
                     // Nothing queued right now: send what we have, then wait.
                     out.flush(&mut wr, ctx, meter, &mut rx).await?;
@@ -309,7 +329,7 @@ async fn write_loop(
                     }
                     match out.inbox.as_mut() {
                         None => match rx.recv().await {
-                            Some(p) => p,
+                            Some(q) => q,
                             None => return Ok(()),
                         },
                         // Pub/sub messages go out between replies, never inside
@@ -317,8 +337,8 @@ async fn write_loop(
                         // already queued goes before the channel's messages.
                         Some(inbox) => tokio::select! {
                         biased;
-                        p = rx.recv() => match p {
-                            Some(p) => p,
+                        q = rx.recv() => match q {
+                            Some(q) => q,
                             None => return Ok(()),
                         },
                         m = inbox.recv() => {
@@ -337,18 +357,18 @@ async fn write_loop(
                     }
                 }
             };
-            let reply = match p.reply.try_take() {
+            let reply = match q.pending.reply.try_take() {
                 Some(r) => r,
-                None if out.buf.is_empty() => p.reply.take().await,
+                None if out.buf.is_empty() => q.pending.reply.take().await,
                 None => {
                     // Send what we have while this one is on its way. A full
                     // socket makes the flush take it (and more) meanwhile.
-                    out.next = Some(p);
+                    out.next = Some(q);
                     out.flush(&mut wr, ctx, meter, &mut rx).await?;
                     continue;
                 }
             };
-            out.push(&p, &reply, meter);
+            out.push(&q, &reply, meter);
             if out.closing {
                 continue;
             }
@@ -374,26 +394,42 @@ async fn killed(conn: &Connection) {
     }
 }
 
+/// What the stats need to know about one reply in the output buffer.
+struct Written {
+    cmd: usize,
+    /// When its request arrived.
+    start: Instant,
+    error: bool,
+    /// See [`Queued::blocks`].
+    blocks: bool,
+}
+
 /// Replies waiting to be written, with what stats need to know about each.
 struct Output<'a> {
     buf: BytesMut,
-    /// (command, received at, is an error) of each reply in `buf`.
-    written: Vec<(usize, Instant, bool)>,
+    /// What the stats need of each reply in `buf`.
+    written: Vec<Written>,
     /// Killed connections write nothing more.
     conn: &'a Connection,
     /// Pub/sub messages, once the client subscribed (see `pubsub.rs`).
     inbox: Option<Inbox>,
     /// A reply taken off the queue while the socket was full, not in yet.
-    next: Option<Pending>,
+    next: Option<Queued>,
     /// A reply that closes the connection is in `buf`.
     closing: bool,
 }
 
 impl Output<'_> {
     /// Appends a complete reply.
-    fn push(&mut self, p: &Pending, reply: &Bytes, meter: &Meter) {
+    fn push(&mut self, q: &Queued, reply: &Bytes, meter: &Meter) {
         meter.took(reply.len());
-        self.written.push((p.cmd, p.start, resp::is_error(reply)));
+        let p = &q.pending;
+        self.written.push(Written {
+            cmd: p.cmd,
+            start: p.start,
+            error: resp::is_error(reply),
+            blocks: q.blocks,
+        });
         self.buf.extend_from_slice(reply);
         self.closing |= matches!(p.reply, Reply::Close(_));
     }
@@ -404,7 +440,7 @@ impl Output<'_> {
         wr: &mut OwnedWriteHalf,
         ctx: &Context,
         meter: &Meter,
-        rx: &mut mpsc::Receiver<Pending>,
+        rx: &mut mpsc::Receiver<Queued>,
     ) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -430,8 +466,13 @@ impl Output<'_> {
         self.buf.clear();
         let now = Instant::now();
         meter.written(self.written.len());
-        for (cmd, start, error) in self.written.drain(..) {
-            ctx.stats.record(cmd, now.saturating_duration_since(start), error);
+        for w in self.written.drain(..) {
+            if w.blocks {
+                ctx.stats.record_blocking(w.cmd, w.error);
+            } else {
+                ctx.stats
+                    .record(w.cmd, now.saturating_duration_since(w.start), w.error);
+            }
         }
         Ok(())
     }
@@ -445,7 +486,7 @@ impl Output<'_> {
         wr: &mut OwnedWriteHalf,
         ctx: &Context,
         meter: &Meter,
-        rx: &mut mpsc::Receiver<Pending>,
+        rx: &mut mpsc::Receiver<Queued>,
         stuck: &mut usize,
     ) -> std::io::Result<()> {
         let subscriber = self.inbox.is_some();
@@ -474,7 +515,7 @@ impl Output<'_> {
                 },
                 reply = next_reply(rx, next), if take_more => {
                     match (reply, self.next.take()) {
-                        (Some(reply), Some(p)) => self.push(&p, &reply, meter),
+                        (Some(reply), Some(q)) => self.push(&q, &reply, meter),
                         // The reader ended: write what is left.
                         _ => queue_open = false,
                     }
@@ -499,9 +540,9 @@ impl Output<'_> {
 
 /// The reply of the next queued request, once it is in. Cancel-safe: the
 /// request waits in `next` until its reply comes.
-async fn next_reply(rx: &mut mpsc::Receiver<Pending>, next: &mut Option<Pending>) -> Option<Bytes> {
+async fn next_reply(rx: &mut mpsc::Receiver<Queued>, next: &mut Option<Queued>) -> Option<Bytes> {
     if next.is_none() {
         *next = Some(rx.recv().await?);
     }
-    Some(next.as_mut()?.reply.take().await)
+    Some(next.as_mut()?.pending.reply.take().await)
 }

@@ -1,6 +1,9 @@
 //! Proxy statistics: per-command calls, errors and time, a latency histogram,
 //! sessions and ops/s. Counters are relaxed atomics bumped on the hot path; the
 //! admin endpoint reads them into a JSON snapshot or Prometheus text.
+//!
+//! A blocking call (BLPOP, XREAD … BLOCK, WAIT, …) is counted (calls, errors,
+//! ops) but not timed: see [`Stats::record_blocking`].
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -18,6 +21,8 @@ struct CmdStat {
     calls: AtomicU64,
     errors: AtomicU64,
     usecs: AtomicU64,
+    /// Calls among `calls` that may have blocked: not in `usecs`.
+    blocking: AtomicU64,
 }
 
 /// All counters of one proxy.
@@ -100,23 +105,47 @@ impl Stats {
         self.cmds.len() - 1
     }
 
-    /// Records one finished request.
+    /// Records one finished request that took `elapsed` from its arrival to
+    /// its reply's write.
     pub fn record(&self, cmd: usize, elapsed: Duration, error: bool) {
         let us = elapsed.as_micros() as u64;
-        self.ops.fetch_add(1, Relaxed);
-        if let Some(c) = self.cmds.get(cmd) {
-            c.calls.fetch_add(1, Relaxed);
+        if let Some(c) = self.count(cmd, error) {
             c.usecs.fetch_add(us, Relaxed);
-            if error {
-                c.errors.fetch_add(1, Relaxed);
-            }
-        }
-        if error {
-            self.errors.fetch_add(1, Relaxed);
         }
         if let Some(b) = self.latency.get(bucket_of(us)) {
             b.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Records one finished request that may have blocked at its server
+    /// ([`command::may_block`]: BLPOP, XREAD … BLOCK, WAIT, …): counted as a
+    /// call (and an error), but its time goes neither into the latency
+    /// histogram nor into the command's `usecs`. Most of that time is the
+    /// client's own choice of waiting for data or replicas (the job role's
+    /// `XREADGROUP … BLOCK 2000` put 2 s into every p99), and Redis's
+    /// commandstats leave the wait out likewise. Only a proxy-side share
+    /// would be honest, but the proxy cannot tell where the server's wait
+    /// ended and its work began, and the few µs of parsing and writing it
+    /// could time alone are not comparable to the round trips of the
+    /// histogram: so none.
+    pub fn record_blocking(&self, cmd: usize, error: bool) {
+        if let Some(c) = self.count(cmd, error) {
+            c.blocking.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one request as an op, a call of `cmd`, and an error if it is.
+    fn count(&self, cmd: usize, error: bool) -> Option<&CmdStat> {
+        self.ops.fetch_add(1, Relaxed);
+        if error {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        let c = self.cmds.get(cmd)?;
+        c.calls.fetch_add(1, Relaxed);
+        if error {
+            c.errors.fetch_add(1, Relaxed);
+        }
+        Some(c)
     }
 
     /// Zeroes the request counters (commands, errors, latency), as
@@ -128,6 +157,7 @@ impl Stats {
             c.calls.store(0, Relaxed);
             c.errors.store(0, Relaxed);
             c.usecs.store(0, Relaxed);
+            c.blocking.store(0, Relaxed);
         }
         for b in &self.latency {
             b.store(0, Relaxed);
@@ -173,12 +203,18 @@ impl Stats {
             .map(|(name, c)| {
                 let calls = c.calls.load(Relaxed);
                 let usecs = c.usecs.load(Relaxed);
+                let blocking_calls = c.blocking.load(Relaxed);
+                // Over the timed calls only: a blocking call adds nothing to
+                // `usecs`, so counting it here would dilute the mean of the
+                // non-blocking XREADs it shares a name with.
+                let timed = calls.saturating_sub(blocking_calls);
                 CommandStats {
                     name: name.to_string(),
                     calls,
                     errors: c.errors.load(Relaxed),
                     usecs,
-                    usecs_per_call: usecs as f64 / calls.max(1) as f64,
+                    usecs_per_call: usecs as f64 / timed.max(1) as f64,
+                    blocking_calls,
                 }
             })
             .collect();
@@ -228,8 +264,13 @@ pub struct CommandStats {
     pub name: String,
     pub calls: u64,
     pub errors: u64,
+    /// Time of the calls that did not block, arrival to reply written.
     pub usecs: u64,
+    /// `usecs` over the calls that did not block.
     pub usecs_per_call: f64,
+    /// Calls (among `calls`) that may have blocked (BLPOP, XREAD … BLOCK,
+    /// WAIT, …): their wait is not in `usecs` nor in the latency figures.
+    pub blocking_calls: u64,
 }
 
 /// What `/stats` reports about requests and sessions.
@@ -301,5 +342,33 @@ mod tests {
         let counts: Vec<u64> = snap.latency_buckets.iter().map(|&(_, n)| n).collect();
         assert_eq!(counts, vec![90, 10]);
         assert!(snap.latency_buckets[0].0 >= 10 && snap.latency_buckets[1].0 >= 1000);
+    }
+
+    #[test]
+    fn blocking_calls_are_counted_but_their_wait_is_not_latency() {
+        let s = Stats::default();
+        let id = |name: &[u8]| command::lookup(name).expect("known").id;
+        let (get, xread) = (id(b"get"), id(b"xread"));
+        for _ in 0..50 {
+            s.record(get, Duration::from_micros(100), false);
+        }
+        // The job role's XREADGROUP … BLOCK, many times over: each waited
+        // seconds, and none may show in the percentiles.
+        for _ in 0..50 {
+            s.record_blocking(xread, false);
+        }
+        s.record_blocking(xread, true);
+        // A non-blocking XREAD of the same command is timed as usual.
+        s.record(xread, Duration::from_micros(300), false);
+        let snap = s.snapshot();
+        assert!(snap.latency_us.p99 <= 400, "{:?}", snap.latency_us);
+        let timed: u64 = snap.latency_buckets.iter().map(|&(_, n)| n).sum();
+        assert_eq!(timed, 51, "only the timed calls are in the histogram");
+        assert_eq!((snap.ops_total, snap.errors_total), (102, 1));
+        let x = snap.commands.iter().find(|c| c.name == "xread").expect("xread");
+        assert_eq!((x.calls, x.errors, x.blocking_calls, x.usecs), (52, 1, 51, 300));
+        assert_eq!(x.usecs_per_call, 300.0, "the mean of the one timed call");
+        s.reset_counters();
+        assert!(s.snapshot().commands.is_empty());
     }
 }
