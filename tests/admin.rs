@@ -244,7 +244,11 @@ async fn cancel_works_until_the_switch_and_after_it_says_to_pause() {
     )
     .await;
     assert!(!out.status.success(), "--dashboard overrides ZooKeeper");
-    task::cancel(&c.store, queued.id).await.expect("cancel queued");
+    task::set_paused(&c.store, queued.id, true)
+        .await
+        .expect("pause queued");
+    let t = task::cancel(&c.store, queued.id).await.expect("cancel queued");
+    assert!(!t.paused, "an ended task is not paused");
     let t = task::cancel(&c.store, claimed.id)
         .await
         .expect("cancel unswitched");

@@ -96,6 +96,26 @@ async fn promoting_an_old_master_that_came_back_empty_is_refused() {
     assert_eq!(promoted.master, r);
     assert_eq!(promoted.keys, keys.len() as u64);
     assert!(promoted.forced.is_empty(), "{promoted:?}");
+    // Naming it again is a state (409: a failover may have got there first),
+    // naming a stranger a mistake in the request (400).
+    let again = |server: &str| PromoteRequest {
+        server: Some(server.to_string()),
+        force: false,
+    };
+    let e = promote_with(&c.store, 1, &again(&r), None, ACK)
+        .await
+        .expect_err("promote the master");
+    assert!(
+        matches!(&e, TopoError::State(m) if m.contains("is already the master of group 1")),
+        "{e:?}"
+    );
+    let e = promote_with(&c.store, 1, &again("127.0.0.1:1"), None, ACK)
+        .await
+        .expect_err("promote a stranger");
+    assert!(
+        matches!(&e, TopoError::Invalid(m) if m.contains("127.0.0.1:1 is not a server of group 1")),
+        "{e:?}"
+    );
     assert!(
         promoted
             .warnings

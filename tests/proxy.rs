@@ -664,9 +664,11 @@ async fn slot_reassignment_is_seen_live() {
     )
     .await;
     assert!(e.to_string().contains("slot 289 is not assigned"), "{e}");
-    operation::set_proxy_online(&c.store, &c.proxy_id, false)
+    let marked = operation::set_proxy_online(&c.store, &c.proxy_id, false)
         .await
         .expect("offline");
+    assert!(marked.running, "the proxy is registered");
+    assert_eq!(marked.to_string(), format!("proxy {} set offline", c.proxy_id));
     let e = common::eventually_some(
         "the proxy sees itself offline",
         Duration::from_secs(5),

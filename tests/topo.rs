@@ -162,7 +162,7 @@ async fn groups_servers_and_slots_can_be_set_up_and_torn_down() {
 
 /// Runs `op`, expects it to fail as `expected` says, and checks that ZooKeeper
 /// did not change at all.
-async fn refused<F: std::future::Future<Output = Result<(), TopoError>>>(
+async fn refused<T: std::fmt::Debug, F: std::future::Future<Output = Result<T, TopoError>>>(
     store: &Store,
     what: &str,
     op: F,
@@ -303,7 +303,14 @@ async fn refused_operations_leave_zookeeper_unchanged() {
 async fn proxies_are_set_offline_and_online() {
     let store = initialized().await;
     let id = "127.0.0.1:19000";
-    set_proxy_online(&store, id, false).await.expect("offline");
+    let marked = set_proxy_online(&store, id, false).await.expect("offline");
+    assert!(!marked.running, "no proxy registered under {id} here");
+    assert!(
+        marked
+            .to_string()
+            .contains("no proxy 127.0.0.1:19000 is running, so it will start offline"),
+        "a mistyped id does not pass unnoticed: {marked}"
+    );
     set_proxy_online(&store, id, false).await.expect("offline again");
     assert!(load(&store).await.expect("load").offline_proxies.contains(id));
     set_proxy_online(&store, id, true).await.expect("online");

@@ -91,7 +91,8 @@ function row(t, slots, masterKeys) {
   const p = t.progress || {};
   const rate = p.busy_ms > 0 ? (p.moved * 1000) / p.busy_ms : 0;
   const pct = Math.round(share * 100);
-  const state = t.state + (t.paused ? " (paused)" : "");
+  const ended = ["done", "failed", "cancelled"].includes(t.state);
+  const state = t.state + (t.paused && !ended ? " (paused)" : "");
   const error = t.error || p.last_error;
   return el(
     "tr",

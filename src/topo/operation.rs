@@ -216,12 +216,39 @@ pub async fn assign_slots(store: &Store, start: u16, end: u16, id: GroupId) -> R
     .await
 }
 
+/// What [`set_proxy_online`] did, worded for the operator by `Display`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyMarked {
+    pub id: String,
+    pub online: bool,
+    /// A proxy with this id is registered (running) now. The mark is made
+    /// either way, so a proxy can be taken out before it starts; saying so
+    /// keeps a mistyped id from passing unnoticed.
+    pub running: bool,
+}
+
+impl std::fmt::Display for ProxyMarked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = &self.id;
+        match (self.online, self.running) {
+            (true, true) => write!(f, "proxy {id} set online"),
+            (false, true) => write!(f, "proxy {id} set offline"),
+            (true, false) => write!(f, "proxy {id} set online (no proxy {id} is running)"),
+            (false, false) => write!(
+                f,
+                "proxy {id} set offline; no proxy {id} is running, so it will start offline \
+                 (check the id with `proxies`; `proxy-online {id}` removes the mark)"
+            ),
+        }
+    }
+}
+
 /// Sets proxy `proxy_id` online (removes its offline marker) or offline (writes
 /// one). The marker is persistent, so it also applies to a proxy not running yet.
 ///
 /// # Errors
 /// [`TopoError::Invalid`] for an id that cannot be a node name.
-pub async fn set_proxy_online(store: &Store, proxy_id: &str, online: bool) -> Result<(), TopoError> {
+pub async fn set_proxy_online(store: &Store, proxy_id: &str, online: bool) -> Result<ProxyMarked, TopoError> {
     check_node_name(proxy_id)?;
     let paths = store.paths();
     let verb = if online { "proxy-online" } else { "proxy-offline" };
@@ -233,14 +260,19 @@ pub async fn set_proxy_online(store: &Store, proxy_id: &str, online: bool) -> Re
             match zk.delete(&marker, None).await {
                 Err(e) if e.is_not_found() => Ok(()),
                 other => other,
-            }
+            }?;
         } else {
             zk.mkdir_p(&paths.offline()).await?;
             ignore_exists(
                 zk.create_json(&marker, &OfflineMarker { since: unix_now() })
                     .await,
-            )
+            )?;
         }
+        Ok(ProxyMarked {
+            id: proxy_id.to_string(),
+            online,
+            running: zk.exists(&paths.proxy(proxy_id)).await?,
+        })
     })
     .await
 }

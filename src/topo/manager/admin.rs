@@ -485,14 +485,8 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
                 g => done(format!("{noun} {range} assigned to group {g}")),
             }
         }
-        C::ProxyOnline { id } => {
-            operation::set_proxy_online(store, id, true).await?;
-            done(format!("proxy {id} set online"))
-        }
-        C::ProxyOffline { id } => {
-            operation::set_proxy_online(store, id, false).await?;
-            done(format!("proxy {id} set offline"))
-        }
+        C::ProxyOnline { id } => done(operation::set_proxy_online(store, id, true).await?.to_string()),
+        C::ProxyOffline { id } => done(operation::set_proxy_online(store, id, false).await?.to_string()),
         C::Topology { json } => render_topology(&watcher::load(store).await?, *json),
         C::Failovers => Ok(render_failovers(&super::failover::list(store).await?)),
         C::Rebalance { .. }
@@ -593,7 +587,15 @@ pub fn render_tasks(tasks: &[Task]) -> String {
         .map(|t| {
             vec![
                 t.id.to_string(),
-                format!("{}{}", t.state.name(), if t.paused { " (paused)" } else { "" }),
+                format!(
+                    "{}{}",
+                    t.state.name(),
+                    if t.paused && !t.state.is_final() {
+                        " (paused)"
+                    } else {
+                        ""
+                    }
+                ),
                 format_slot_ids(&t.slots),
                 if t.from == 0 {
                     "-".into()

@@ -474,13 +474,13 @@ async fn proxies(State(s): State<Shared>) -> Result<Json<Vec<ProxyView>>, ApiErr
 }
 
 async fn proxy_online(State(s): State<Shared>, Params(id): Params<String>) -> Changed {
-    operation::set_proxy_online(&s.store, &id, true).await?;
-    Ok(done(StatusCode::OK, format!("proxy {id} set online")))
+    let marked = operation::set_proxy_online(&s.store, &id, true).await?;
+    Ok(done(StatusCode::OK, marked.to_string()))
 }
 
 async fn proxy_offline(State(s): State<Shared>, Params(id): Params<String>) -> Changed {
-    operation::set_proxy_online(&s.store, &id, false).await?;
-    Ok(done(StatusCode::OK, format!("proxy {id} set offline")))
+    let marked = operation::set_proxy_online(&s.store, &id, false).await?;
+    Ok(done(StatusCode::OK, marked.to_string()))
 }
 
 #[derive(Deserialize)]

@@ -121,15 +121,22 @@ pub async fn promote_with(
                     e
                 }
             })?;
-        if let Some(addr) = &request.server
-            && !group
-                .servers
-                .iter()
-                .any(|s| &s.addr == addr && s.role == Role::Replica)
-        {
-            return Err(TopoError::Invalid(format!(
-                "{addr} is not a replica of group {id}"
-            )));
+        if let Some(addr) = &request.server {
+            match group.servers.iter().find(|s| &s.addr == addr).map(|s| s.role) {
+                Some(Role::Replica) => {}
+                // A state, not a mistake in the request: a failover may have
+                // got there first. Nothing to do, and nothing was done.
+                Some(Role::Master) => {
+                    return Err(TopoError::State(format!(
+                        "{addr} is already the master of group {id}; nothing was changed"
+                    )));
+                }
+                None => {
+                    return Err(TopoError::Invalid(format!(
+                        "{addr} is not a server of group {id}"
+                    )));
+                }
+            }
         }
         let old = group.master().map(str::to_string);
         let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
@@ -140,8 +147,8 @@ pub async fn promote_with(
             .filter(|s| s.group == id || s.from == Some(id))
         {
             if s.state != SlotState::Online {
-                return Err(TopoError::Invalid(format!(
-                    "slot {} of group {id} is migrating",
+                return Err(TopoError::State(format!(
+                    "slot {} of group {id} is migrating; promote once the migration is over",
                     s.id
                 )));
             }

@@ -243,6 +243,8 @@ pub async fn cancel(store: &Store, id: u64) -> Result<Task, TopoError> {
             }
         }
         task.state = TaskState::Cancelled;
+        // Pausing is about a task that runs; an ended one is only ended.
+        task.paused = false;
         task.error = Some("cancelled by an operator".into());
         task.updated = lock::unix_now();
         match store.set_json(&path, &task, version).await {
