@@ -2,7 +2,9 @@
 //! cluster (group 1: slots 0-511, group 2: 512-1023, one master each) and a
 //! real ZooKeeper: FLUSHALL, DBSIZE, KEYS, CONFIG, SCRIPT, FUNCTION, INFO,
 //! WAIT, keyless scripts, and the operator's deny/rename list. SCAN has its
-//! own file (cluster_scan.rs).
+//! own file (cluster_scan.rs). At the end, compared byte for byte with a
+//! plain redis-server: inline commands, the proxy's own answers (PING, AUTH,
+//! HELLO, CLIENT), COMMAND and unknown commands.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::RawConn;
 use common::cluster::{Cluster, client, keys_in, set_all};
 use reborn::proxy::policy::CommandsConfig;
 use reborn::proxy::{Bound, ProxyConfig};
@@ -345,6 +348,33 @@ async fn info_merges_backends_and_honours_sections() {
         info.contains(&format!("db0:keys={total},expires=1,avg_ttl=")),
         "{info}"
     );
+    // The sections shown (docs/compatibility.md lists them): Redis's default
+    // ones that describe the cluster, the proxy's own, and with `all` the
+    // summed Commandstats.
+    let titles = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .map(|t| t.trim().to_string())
+            .collect()
+    };
+    let default = [
+        "Server",
+        "Clients",
+        "Persistence",
+        "Stats",
+        "Proxy",
+        "Errorstats",
+        "Keyspace",
+    ];
+    assert_eq!(titles(&info), default, "{info}");
+    let all: String = redis::cmd("INFO")
+        .arg("all")
+        .query_async(&mut p)
+        .await
+        .expect("info all");
+    let mut with_commandstats = default.to_vec();
+    with_commandstats.insert(5, "Commandstats");
+    assert_eq!(titles(&all), with_commandstats, "{all}");
 
     let server: String = redis::cmd("INFO")
         .arg("server")
@@ -734,4 +764,223 @@ async fn info_persistence_sums_changes_and_pfdebug_routes_by_key() {
         .expect("pfdebug getreg");
     assert_eq!(regs.len(), 16384, "the registers of the key on its own group");
     assert_eq!(regs.iter().filter(|&&r| r != 0).count(), 1);
+}
+
+// Where the proxy answers by itself, it answers as Redis does: each check
+// below sends the same bytes to the proxy and to a plain redis-server (a
+// master of the cluster, or one started alone) and compares what comes back.
+
+/// What `bytes`, sent on a new connection, gets from `proxy` and from `redis`.
+async fn from_both(proxy: &str, redis: &str, bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    tokio::join!(common::send_raw(proxy, bytes), common::send_raw(redis, bytes))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Inline commands (what telnet and `redis-cli --pipe` users type) are split
+/// by Redis's `sdssplitargs` rules: `\xHH` and the other escapes in double
+/// quotes, `\'` in single quotes, quotes inside an argument, a closing quote
+/// that must end it, C whitespace, and a NUL that keeps the line from ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_commands_parse_as_redis_does() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await.to_string();
+    let redis = c.masters[0].addr();
+    let cases: Vec<Vec<u8>> = [
+        &b"SET \"\\x41\" hexval\r\nGET A\r\n"[..],
+        b"SET 'it\\'s' 1\r\nGET \"it's\"\r\n",
+        b"SET a\"b c\" v\r\nGET \"ab c\"\r\n",
+        b"ECHO 'a\\nb' \"a\\qb\\x4g\\x4A\\a\\b\\n\"\r\n",
+        b"ECHO a\x0bb\r\n\x0bECHO x\r\nECHO \"a\"\x0b\r\nECHO a\x0cb\r\n",
+        b"ECHO ''\r\nECHO \"a\\\"b\"\r\nECHO 'a\\\\b'\r\nECHO \"\\\\\"\r\n",
+        b"  \r\n\r\n\n  PING  \r\r\n",
+        // Unbalanced: an error, then the connection closes.
+        b"ECHO \"foo\"bar\r\nPING\r\n",
+        b"ECHO \"x\r\nPING\r\n",
+        b"ECHO \"a\\\r\nPING\r\n",
+        b"ECHO 'a'b\r\nPING\r\n",
+        // Never ends: no reply at all.
+        b"ECHO a\0b\r\nPING\r\n",
+    ]
+    .iter()
+    .map(|c| c.to_vec())
+    .collect();
+    let replies = futures::future::join_all(cases.iter().map(|case| from_both(&proxy, &redis, case))).await;
+    for (case, (p, r)) in cases.iter().zip(replies) {
+        assert_eq!(text(&p), text(&r), "for {:?}", text(case));
+    }
+
+    // A 65,636-byte line (CRLF included) arriving whole: Redis takes it, and
+    // so does the proxy.
+    let line = |total: usize| [b"SET ".as_slice(), &vec![b'a'; total - 8], b" v\r\n"].concat();
+    let (p, r) = from_both(&proxy, &redis, &line(65_636)).await;
+    assert_eq!((text(&p), text(&r)), ("+OK\r\n".into(), "+OK\r\n".into()));
+    // The proxy's bound, 80 KiB without the newline, is just above the
+    // longest line Redis takes (81,910 bytes with its CRLF); beyond it, both
+    // give the same refusal and close.
+    assert_eq!(common::send_raw(&proxy, &line(80 * 1024 + 1)).await, b"+OK\r\n");
+    let (p, r) = from_both(&proxy, &redis, &line(90_000)).await;
+    assert_eq!(text(&p), "-ERR Protocol error: too big inline request\r\n");
+    assert_eq!(text(&p), text(&r));
+    assert_eq!(
+        text(&common::send_raw(&proxy, &line(80 * 1024 + 2)).await),
+        "-ERR Protocol error: too big inline request\r\n"
+    );
+}
+
+/// The errors and answers of the commands the proxy answers itself, byte for
+/// byte as a redis-server without a password gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_commands_answer_in_redis_own_words() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await.to_string();
+    let redis = c.masters[0].addr();
+    let (mut p, mut r) = (RawConn::connect(&proxy).await, RawConn::connect(&redis).await);
+    let calls: &[&[&str]] = &[
+        &["PING", "a", "b"],
+        &["PING", "a"],
+        &["PING"],
+        &["CLIENT", "foo"],
+        &["CLIENT", "FOO", "x"],
+        &["HELLO", "3", "setname"],
+        &["HELLO", "3", "AUTH", "x"],
+        &["HELLO", "2", "SETNAME", "a", "b"],
+        &["HELLO", "03"],
+        &["HELLO", "+3"],
+        &["HELLO", "x"],
+        &["HELLO", "4"],
+        // Without a password, `default` is Redis's nopass user: any password
+        // logs it in; the one-argument form and other users fail.
+        &["AUTH", "x"],
+        &["AUTH", "default", "x"],
+        &["AUTH", "bob", "x"],
+        &["HELLO", "2", "AUTH", "bob", "x"],
+        &["AUTH", "a", "b", "c"],
+        &["MULTI"],
+        &["PING", "a", "b"],
+        &["EXEC"],
+    ];
+    for args in calls {
+        let (got, want) = (p.call_raw(args).await, r.call_raw(args).await);
+        assert_eq!(text(&got), text(&want), "for {args:?}");
+    }
+    // HELLO's map differs (server, version, id, mode): its shape does not.
+    for args in [
+        ["HELLO", "3", "AUTH", "default", "wrong"],
+        ["HELLO", "2", "AUTH", "default", "x"],
+    ] {
+        let mut p = RawConn::connect(&proxy).await;
+        let mut r = RawConn::connect(&redis).await;
+        let (got, want) = (p.call_raw(&args).await, r.call_raw(&args).await);
+        assert_eq!(got[..5], want[..5], "{} / {}", text(&got), text(&want));
+    }
+    // A subscribed RESP2 client: PING answers in the subscribed form, but the
+    // arity is checked first.
+    let (mut p, mut r) = (RawConn::connect(&proxy).await, RawConn::connect(&redis).await);
+    for args in [&["SUBSCRIBE", "ch"][..], &["PING", "a"], &["PING", "a", "b"]] {
+        let (got, want) = (p.call_raw(args).await, r.call_raw(args).await);
+        assert_eq!(text(&got), text(&want), "subscribed, for {args:?}");
+    }
+}
+
+/// With a password (the proxy's `auth`, the server's `requirepass`), AUTH and
+/// HELLO … AUTH check it as Redis does, and a failed AUTH does not log out a
+/// connection that had logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_with_a_password_follows_redis() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy_with(|cfg| cfg.auth = "pw".into()).await.to_string();
+    let server = common::redis_with_password("pw");
+    let redis = server.addr();
+    let (mut p, mut r) = (RawConn::connect(&proxy).await, RawConn::connect(&redis).await);
+    let calls: &[&[&str]] = &[
+        &["PING"],
+        &["HELLO", "3"],
+        &["HELLO"],
+        &["HELLO", "3", "AUTH", "default", "pw", "SETNAME"],
+        &["PING"],
+        &["AUTH", "wrong"],
+        &["PING"],
+        &["AUTH", "bob", "pw"],
+        &["AUTH", "default", "pw"],
+        &["AUTH", "pw"],
+        &["AUTH", "x", "y", "z"],
+    ];
+    for args in calls {
+        let (got, want) = (p.call_raw(args).await, r.call_raw(args).await);
+        assert_eq!(text(&got), text(&want), "for {args:?}");
+    }
+    for args in [
+        &["HELLO", "3", "AUTH", "default", "wrong"][..],
+        &["HELLO", "2", "AUTH", "default", "pw"],
+    ] {
+        let mut p = RawConn::connect(&proxy).await;
+        let mut r = RawConn::connect(&redis).await;
+        let (got, want) = (p.call_raw(args).await, r.call_raw(args).await);
+        assert_eq!(got[..5], want[..5], "{} / {}", text(&got), text(&want));
+    }
+}
+
+/// COMMAND is answered by a master: Redis 7's own description of each
+/// command (flags, ACL categories, tips, key specs, subcommands, docs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_describes_commands_as_the_servers_do() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await.to_string();
+    let redis = c.masters[0].addr();
+    let (mut p, mut r) = (RawConn::connect(&proxy).await, RawConn::connect(&redis).await);
+    let calls: &[&[&str]] = &[
+        &["COMMAND", "INFO", "set", "ping", "nosuch"],
+        &["COMMAND", "DOCS", "get"],
+        &["COMMAND", "COUNT"],
+        &["COMMAND", "LIST", "FILTERBY", "PATTERN", "xadd"],
+        &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"],
+        &["COMMAND", "GETKEYSANDFLAGS", "LMOVE", "a", "b", "LEFT", "RIGHT"],
+        &["COMMAND", "FOO"],
+    ];
+    for args in calls {
+        let (got, want) = (p.call_raw(args).await, r.call_raw(args).await);
+        assert_eq!(text(&got), text(&want), "for {args:?}");
+    }
+    // The whole table: the same number of commands (its order is the
+    // server's hash order, which differs from one server to another).
+    let header = |reply: Vec<u8>| text(&reply[..reply.iter().position(|&b| b == b'\n').unwrap_or(0)]);
+    let (got, want) = (p.call_raw(&["COMMAND"]).await, r.call_raw(&["COMMAND"]).await);
+    assert_eq!(header(got), header(want));
+    let info = text(&p.call_raw(&["COMMAND", "INFO", "set"]).await);
+    assert!(info.starts_with("*1\r\n*10\r\n$3\r\nset\r\n:-3\r\n"), "{info}");
+    assert!(info.contains("+write\r\n+denyoom\r\n"), "{info}");
+}
+
+/// Unknown commands get Redis's own error, byte for byte: every argument
+/// quoted and followed by a space, 128 bytes of them at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_commands_get_redis_own_error() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await.to_string();
+    let redis = c.masters[0].addr();
+    let (mut p, mut r) = (RawConn::connect(&proxy).await, RawConn::connect(&redis).await);
+    let long = "x".repeat(200);
+    let calls: Vec<Vec<&str>> = vec![
+        vec!["foo"],
+        vec!["foo", "a", "b"],
+        vec!["foo", &long, "b"],
+        vec![&long],
+        vec!["f\0oo", "a\0b", "c\r\nd"],
+    ];
+    for args in &calls {
+        let (got, want) = (p.call_raw(args).await, r.call_raw(args).await);
+        assert_eq!(text(&got), text(&want), "for {args:?}");
+    }
+    for args in &calls {
+        let line = [
+            args.join(" ").replace(['\0', '\r', '\n'], "_").as_bytes(),
+            b"\r\n",
+        ]
+        .concat();
+        let (got, want) = from_both(&proxy, &redis, &line).await;
+        assert_eq!(text(&got), text(&want), "for {line:?}");
+    }
 }

@@ -58,7 +58,7 @@ fn treatment(name: &str, kind: Kind) -> (&'static str, String) {
                 "USAGE by its key; other subcommands refused".into(),
             ),
             Fan::Info => fan(
-                "the proxy's sections, the oldest master's server fields, summed keyspace and persistence",
+                "the proxy's sections, the oldest master's server fields; keyspace, persistence, errorstats and commandstats merged over the masters",
             ),
             Fan::Scan => fan("group after group; the cursor carries the group"),
             Fan::Eval => (
@@ -92,6 +92,7 @@ fn local(name: &str) -> &'static str {
         }
         "hello" => "answered by the proxy: RESP2 or RESP3, the client's backend connections follow",
         "auth" => "answered by the proxy: its own password (`auth`)",
+        "command" => "answered by one master: the servers' own description of every command",
         _ => "answered by the proxy",
     }
 }

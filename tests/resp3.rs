@@ -208,6 +208,28 @@ async fn hello_switches_protocols_in_request_order() {
     assert_eq!(p.call_raw(&["GET", &s.k1]).await, b"$1\r\nv\r\n");
 }
 
+/// COMMAND is answered by a master in the client's protocol: RESP3's sets
+/// and maps in COMMAND INFO and DOCS, byte for byte as from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_info_and_docs_come_from_redis_in_resp3() {
+    let s = Setup::start().await;
+    let mut p = resp3(&s.proxy).await;
+    let mut d = resp3(&s.cluster.masters[0].addr()).await;
+    for args in [
+        vec!["COMMAND", "INFO", "set", "ping", "nosuch"],
+        vec!["COMMAND", "DOCS", "get", "hello"],
+        vec!["COMMAND", "GETKEYSANDFLAGS", "SET", "k", "v"],
+    ] {
+        let (via, want) = both(&mut p, &mut d, &args).await;
+        assert_eq!(show(&via), show(&want), "{args:?}");
+    }
+    let ping = show(&p.call_raw(&["COMMAND", "INFO", "ping"]).await);
+    assert!(ping.starts_with("*1\r\n*10\r\n$4\r\nping\r\n:-1\r\n~"), "{ping}");
+    assert!(ping.contains("+fast\r\n"), "{ping}");
+    let docs = p.call_raw(&["COMMAND", "DOCS", "get"]).await;
+    assert!(docs.starts_with(b"%1\r\n$3\r\nget\r\n%"), "{}", show(&docs));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_requests_of_a_migrating_slot_get_the_targets_own_reply() {
     let s = Setup::start().await;

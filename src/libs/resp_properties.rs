@@ -9,7 +9,9 @@
 //! * no input panics;
 //! * a length header beyond the limits is an error as soon as the header is
 //!   read, with nothing more buffered and nothing reserved for it;
-//! * requests round-trip through the encoder [`encode_array`].
+//! * requests round-trip through the encoder [`encode_array`];
+//! * an inline line whose arguments are quoted the way Redis quotes them
+//!   (`sdscatrepr`, single quotes, bare words) parses back to them.
 //!
 //! The regression tests at the end are inputs the fuzzer (`fuzz/`,
 //! `scripts/fuzz.sh`) found. Imports only `libs::resp` and `libs::protocol`.
@@ -125,6 +127,67 @@ fn args() -> impl Strategy<Value = Vec<Vec<u8>>> {
     prop::collection::vec(prop::collection::vec(any::<u8>(), 0..24), 1..6)
 }
 
+/// `arg` as Redis's `sdscatrepr` writes it (what redis-cli prints, and what
+/// an inline command may say): in double quotes, with `\\`, `\"`, `\n`,
+/// `\r`, `\t`, `\a`, `\b` and `\xHH` for every other unprintable byte.
+fn redis_repr(arg: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'"'];
+    for &c in arg {
+        match c {
+            b'\\' | b'"' => out.extend_from_slice(&[b'\\', c]),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x07 => out.extend_from_slice(b"\\a"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            b' '..=b'~' => out.push(c),
+            _ => out.extend_from_slice(format!("\\x{c:02x}").as_bytes()),
+        }
+    }
+    out.push(b'"');
+    out
+}
+
+/// An inline line whose arguments are any bytes: each one written the way
+/// `redis_repr` does, or bare when it is a plain word, or in single quotes
+/// when that can hold it. Separators are C whitespace, though `\v` and `\f`
+/// only after a quote: a bare word runs on through them, as in Redis.
+fn quoted_inline() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<u8>>)> {
+    let sep = prop::sample::select(vec![&b" "[..], b"\t", b"  ", b"\x0b", b"\x0c "]);
+    (args(), prop::collection::vec(sep, 6), any::<bool>()).prop_map(|(args, seps, single)| {
+        let mut line = Vec::new();
+        let mut after_word = false;
+        for (i, a) in args.iter().enumerate() {
+            if i > 0 {
+                line.extend_from_slice(if after_word { b" " } else { seps[i] });
+            }
+            // A line that starts with a bare `*` is a multibulk header, not
+            // an inline command: a first word of that shape gets quotes.
+            let plain = !a.is_empty()
+                && !(i == 0 && a[0] == b'*')
+                && a.iter().all(|&c| c.is_ascii_graphic() && c != b'"' && c != b'\'');
+            let single_ok = !a.contains(&b'\n') && !a.contains(&0) && a.last() != Some(&b'\\');
+            after_word = plain;
+            if plain {
+                line.extend_from_slice(a);
+            } else if single && single_ok {
+                line.push(b'\'');
+                for &c in a {
+                    if c == b'\'' {
+                        line.push(b'\\');
+                    }
+                    line.push(c);
+                }
+                line.push(b'\'');
+            } else {
+                line.extend_from_slice(&redis_repr(a));
+            }
+        }
+        line.extend_from_slice(b"\r\n");
+        (line, args)
+    })
+}
+
 /// One command as a client may send it: its bytes and the arguments expected
 /// (none for the things a parser skips: empty lines, `*0`, `*-1`).
 fn command() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<u8>>)> {
@@ -134,6 +197,7 @@ fn command() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<u8>>)> {
             let line = format!("{}\r\n", words.join(" ")).into_bytes();
             (line, words.into_iter().map(String::into_bytes).collect())
         }),
+        2 => quoted_inline(),
         1 => prop::sample::select(vec![&b"\r\n"[..], b"\n", b"*0\r\n", b"*-1\r\n"])
             .prop_map(|b| (b.to_vec(), Vec::new())),
     ]
@@ -268,6 +332,20 @@ proptest! {
         let inline = parse_request(&mut BytesMut::from(&line[..]), &Limits::default());
         let inline = inline.expect("valid").expect("complete");
         prop_assert_eq!(inline.raw, encode_array(&[&b"SET"[..], b"k", b"v"]));
+    }
+
+    /// Any arguments, written into an inline line the way Redis quotes them,
+    /// parse back to themselves: the parser reads what `sdscatrepr` writes,
+    /// as Redis's `sdssplitargs` does.
+    #[test]
+    fn quoted_inline_arguments_parse_back(cmd in quoted_inline()) {
+        let (line, args) = cmd;
+        let mut buf = BytesMut::from(&line[..]);
+        let req = parse_request(&mut buf, &Limits::default());
+        let req = req.expect("valid").expect("complete");
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(&req.args.iter().map(|a| a.to_vec()).collect::<Vec<_>>(), &args);
+        prop_assert_eq!(req.raw, encode_array(&args));
     }
 
     /// No input panics, and cuts change nothing: arbitrary bytes.

@@ -6,7 +6,10 @@
 //! them. Client-side caching (`TRACKING`) is refused clearly: the proxy would
 //! have to route invalidation pushes from every group to each client.
 //!
-//! Imports: `clients`, `context`, `reply` and `libs`.
+//! A subcommand Redis does not have gets Redis's own error; one it has that
+//! the proxy does not answer (`HELP`, `REPLY`) gets the proxy's.
+//!
+//! Imports: `clients`, `command`, `context`, `policy`, `reply` and `libs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,7 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::clients::Connection;
+use super::command;
 use super::context::{Client, Context};
+use super::policy;
 use super::reply::Reply;
 use crate::libs::resp;
 
@@ -59,11 +64,21 @@ pub fn answer(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Reply {
             "ERR wrong number of arguments for 'client|{}' command",
             String::from_utf8_lossy(&sub)
         ))),
-        _ => ready(resp::error(&format!(
+        _ if redis_has(&sub) => ready(resp::error(&format!(
             "ERR CLIENT {} is not supported by reborn proxy",
             String::from_utf8_lossy(&sub).to_uppercase()
         ))),
+        _ => ready(policy::unknown_subcommand(
+            args.first().map_or(&b"client"[..], |a| &a[..]),
+            args.get(1).map_or(&b""[..], |a| &a[..]),
+        )),
     }
+}
+
+/// True if Redis's `CLIENT` has the subcommand `sub` (lower case), by the
+/// command table taken from a real server.
+fn redis_has(sub: &[u8]) -> bool {
+    command::lookup(b"client").is_some_and(|c| c.spec.subcommands.iter().any(|s| s.name.as_bytes() == sub))
 }
 
 /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]` for a client of this proxy: its

@@ -34,7 +34,7 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: I
         return Pending {
             cmd: ctx.stats.unknown_cmd(),
             start,
-            reply: Reply::Ready(unknown_command(req)),
+            reply: Reply::Ready(super::policy::unknown_command(&req.args)),
         };
     };
     // Client buffers are full of replies nobody reads (`output.rs`): adding
@@ -65,21 +65,6 @@ fn err(msg: &str) -> Reply {
 
 fn upper(name: &[u8]) -> String {
     String::from_utf8_lossy(name).to_uppercase()
-}
-
-pub(super) fn unknown_command(req: &Request) -> Bytes {
-    let args: Vec<String> = req
-        .args
-        .iter()
-        .skip(1)
-        .take(8)
-        .map(|a| format!("'{}'", String::from_utf8_lossy(&a[..a.len().min(64)])))
-        .collect();
-    resp::error(&format!(
-        "ERR unknown command '{}', with args beginning with: {}",
-        String::from_utf8_lossy(&req.name()[..req.name().len().min(64)]),
-        args.join(" ")
-    ))
 }
 
 fn dispatch_known(

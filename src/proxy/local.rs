@@ -1,7 +1,8 @@
-//! Commands the proxy answers itself: PING, ECHO, QUIT, SELECT, AUTH, HELLO,
-//! CLIENT and COMMAND, and the proxy's own INFO sections (`info.rs` merges
-//! them with the backends'). They touch no backend, so they keep working while
-//! groups are down, which is what a client's health check should see.
+//! Commands the proxy answers itself: PING, ECHO, QUIT, SELECT, AUTH, HELLO
+//! and CLIENT, and the proxy's own INFO sections (`info.rs` merges them with
+//! the backends'). They touch no backend, so they keep working while groups
+//! are down, which is what a client's health check should see. COMMAND is
+//! the exception: it describes the servers, so one of them answers it.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::client_command;
-use super::command::{self, BLOCKING, Begin, Find, MOVABLE, READONLY, Spec, WRITE};
+use super::command::Spec;
 use super::context::{Client, Context};
 use super::reply::Reply;
 use crate::libs::protocol::Protocol;
@@ -21,6 +22,10 @@ pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static 
     let arg = |i: usize| args.get(i).map(|a| a.as_ref()).unwrap_or(b"");
     let ready = Reply::Ready;
     match spec.name.as_str() {
+        // Redis's table gives PING arity -1; the command itself takes at most
+        // one argument, so its error comes from here, also inside MULTI
+        // (queued, then the error in EXEC's reply, as in Redis).
+        "ping" if args.len() > 2 => ready(resp::error("ERR wrong number of arguments for 'ping' command")),
         "ping" if args.len() > 1 => ready(resp::bulk(arg(1))),
         "ping" => ready(Bytes::from_static(b"+PONG\r\n")),
         "echo" => ready(resp::bulk(arg(1))),
@@ -40,7 +45,7 @@ pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static 
             throttled(ctx, client, reply)
         }
         "client" => client_command::answer(ctx, client, args),
-        "command" => ready(command_cmd(args, client.protocol)),
+        "command" => command_cmd(ctx, client, req),
         _ => ready(resp::error("ERR internal: not a local command")),
     }
 }
@@ -96,27 +101,54 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// AUTH password, or AUTH default password (Redis 6 form).
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// AUTH password, or AUTH user password (Redis 6 form), against the proxy's
+/// one user, `default`, as Redis 7 checks them: with a password configured
+/// (`auth`), it must match; without one, `default` is Redis's `nopass` user,
+/// whom any password logs in, and only the one-argument form is an error.
+/// A failed AUTH leaves an authenticated connection authenticated, as in
+/// Redis.
 fn auth(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
-    let expected = ctx.config.auth.as_bytes();
-    if expected.is_empty() {
-        return resp::error(
-            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        );
-    }
-    let password = match args {
-        [pw] => pw,
-        [user, pw] if user.as_ref() == b"default" => pw,
-        [_, _] => {
-            return resp::error("WRONGPASS invalid username-password pair or user is disabled.");
-        }
+    let (user, password) = match args {
+        [pw] => (None, pw),
+        [user, pw] => (Some(user), pw),
         _ => return resp::error("ERR syntax error"),
     };
-    client.authed = same_secret(password, expected);
-    if client.authed {
+    if user.is_some_and(|u| u.as_ref() != b"default") {
+        return resp::error(WRONGPASS);
+    }
+    let expected = ctx.config.auth.as_bytes();
+    if expected.is_empty() {
+        if user.is_none() {
+            return resp::error(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            );
+        }
+        client.authed = true;
+        return Bytes::from_static(resp::OK);
+    }
+    if same_secret(password, expected) {
+        client.authed = true;
         Bytes::from_static(resp::OK)
     } else {
-        resp::error("WRONGPASS invalid username-password pair or user is disabled.")
+        resp::error(WRONGPASS)
+    }
+}
+
+/// An integer as Redis's `string2ll` reads one: an optional `-`, then digits
+/// without a leading zero (`0` alone aside), within 64 bits. Stricter than
+/// Rust's parser, which takes `+3` and `03`.
+fn redis_int(s: &[u8]) -> Option<i64> {
+    if s == b"0" {
+        return Some(0);
+    }
+    let digits = s.strip_prefix(b"-").unwrap_or(s);
+    match digits.first() {
+        Some(b'1'..=b'9') if digits.iter().all(u8::is_ascii_digit) => {
+            std::str::from_utf8(s).ok()?.parse().ok()
+        }
+        _ => None,
     }
 }
 
@@ -127,7 +159,7 @@ fn auth(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
 fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
     let mut protocol = client.protocol;
     if let Some(ver) = args.get(1) {
-        protocol = match std::str::from_utf8(ver).ok().and_then(|v| v.parse::<i64>().ok()) {
+        protocol = match redis_int(ver) {
             Some(2) => Protocol::Resp2,
             Some(3) => Protocol::Resp3,
             Some(_) => return resp::error("NOPROTO unsupported protocol version"),
@@ -150,12 +182,17 @@ fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
             }
             i += 2;
         } else {
-            return resp::error("ERR syntax error in HELLO option");
+            // Redis prints the option as a C string: up to a NUL byte.
+            let opt = opt.split(|&b| b == 0).next().unwrap_or_default();
+            let mut msg = b"ERR Syntax error in HELLO option '".to_vec();
+            msg.extend_from_slice(opt);
+            msg.push(b'\'');
+            return resp::error_bytes(&msg);
         }
     }
     if !client.authed {
         return resp::error(
-            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
         );
     }
     if protocol != client.protocol {
@@ -182,102 +219,20 @@ fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
-/// `first, last, step` of the legacy COMMAND reply, from the first key spec.
-fn legacy_key_range(spec: &Spec) -> (i64, i64, i64) {
-    match spec.key_specs.first() {
-        Some(ks) => match (&ks.begin_search, &ks.find_keys) {
-            (Begin::Index { index }, Find::Range { lastkey, keystep, .. }) => {
-                let first = i64::from(*index);
-                let last = if *lastkey < 0 {
-                    i64::from(*lastkey)
-                } else {
-                    first + i64::from(*lastkey)
-                };
-                (first, last, i64::from(*keystep))
-            }
-            _ => (0, 0, 0),
-        },
-        None => (0, 0, 0),
-    }
-}
-
-fn command_entry(out: &mut BytesMut, spec: &Spec) {
-    resp::put_header(out, b'*', 6);
-    resp::put_bulk(out, spec.name.as_bytes());
-    out.extend_from_slice(&resp::int(i64::from(spec.arity)));
-    let flags: Vec<&str> = [
-        (WRITE, "write"),
-        (READONLY, "readonly"),
-        (BLOCKING, "blocking"),
-        (MOVABLE, "movablekeys"),
-    ]
-    .iter()
-    .filter(|(bit, _)| spec.flags & bit != 0)
-    .map(|(_, name)| *name)
-    .collect();
-    resp::put_header(out, b'*', flags.len() as i64);
-    for f in flags {
-        out.extend_from_slice(&resp::simple(f));
-    }
-    let (first, last, step) = legacy_key_range(spec);
-    for n in [first, last, step] {
-        out.extend_from_slice(&resp::int(n));
-    }
-}
-
-/// COMMAND, COMMAND COUNT, COMMAND INFO, COMMAND DOCS, COMMAND LIST,
-/// COMMAND GETKEYS: enough for redis-cli and client libraries.
-fn command_cmd(args: &[Bytes], protocol: Protocol) -> Bytes {
-    let sub = args.get(1).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
-    let mut out = BytesMut::new();
-    match sub.as_slice() {
-        b"" => {
-            let specs: Vec<&Spec> = command::all().collect();
-            resp::put_header(&mut out, b'*', specs.len() as i64);
-            specs.iter().for_each(|s| command_entry(&mut out, s));
-        }
-        b"count" => return resp::int(command::all().count() as i64),
-        b"list" => {
-            let specs: Vec<&Spec> = command::all().collect();
-            resp::put_header(&mut out, b'*', specs.len() as i64);
-            specs
-                .iter()
-                .for_each(|s| resp::put_bulk(&mut out, s.name.as_bytes()));
-        }
-        b"info" => {
-            resp::put_header(&mut out, b'*', args.len() as i64 - 2);
-            for name in &args[2..] {
-                match command::lookup(name) {
-                    Some(c) => command_entry(&mut out, c.spec),
-                    None => out.extend_from_slice(&protocol.null_array()),
-                }
-            }
-        }
-        // Docs are optional for clients; an empty map means "none".
-        b"docs" => {
-            protocol.put_map_header(&mut out, 0);
-            return out.freeze();
-        }
-        b"getkeys" => {
-            let rest = &args[2..];
-            let Some(c) = rest.first().and_then(|n| command::lookup(n)) else {
-                return resp::error("ERR Invalid command specified");
-            };
-            let keys = c.spec.resolve(rest).key_indices(rest);
-            if keys.is_empty() {
-                return resp::error("ERR The command has no key arguments");
-            }
-            resp::put_header(&mut out, b'*', keys.len() as i64);
-            keys.iter().for_each(|&i| resp::put_bulk(&mut out, &rest[i]));
-        }
-        _ => {
-            return resp::error(&format!(
-                "ERR unknown subcommand '{}'. Try COMMAND HELP.",
-                String::from_utf8_lossy(&sub)
-            ));
-        }
-    }
-    out.freeze()
+/// COMMAND in all its forms, answered by a master: the servers' own reply is
+/// Redis 7's whole description of each command (flags, ACL categories, tips,
+/// key specs, subcommands, and the docs of COMMAND DOCS) in the client's
+/// protocol, which a table kept by the proxy would have to copy and keep in
+/// step with the servers' version. The proxy's table (`commands.json`) stays
+/// what routes requests. Any master will do, so the first that is up.
+fn command_cmd(ctx: &Context, client: &Client, req: &Request) -> Reply {
+    let routes = ctx.router.routes();
+    let mut masters = routes.groups.iter().filter_map(|g| g.master.as_ref());
+    let Some(first) = masters.clone().next() else {
+        return Reply::Ready(resp::error("ERR no group serves a slot yet"));
+    };
+    let pool = masters.find(|p| p.up_count() > 0).unwrap_or(first);
+    Reply::Wait(pool.send_as(client.id, client.protocol, req.raw.clone()))
 }
 
 /// The proxy's own INFO sections, as `(title, lines)`: each line ends in CRLF

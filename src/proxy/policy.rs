@@ -9,7 +9,9 @@
 //!
 //! Commands refused by the proxy itself (SHUTDOWN, DEBUG, MIGRATE, REPLICAOF,
 //! …) stay refused whatever the policy says. An empty policy costs one branch
-//! per request. Imports `command` and `libs::config`.
+//! per request. A name the policy does not know gets Redis's own error for an
+//! unknown command ([`unknown_command`]), byte for byte, as clients and
+//! Redis's tests match on it. Imports `command` and `libs::config`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -158,6 +160,50 @@ impl Policy {
     }
 }
 
+/// How much of the client's words Redis quotes in its unknown-command errors.
+const QUOTED: usize = 128;
+
+/// `arg` as C's `%.*s` prints it: up to a NUL byte, at most `max` bytes.
+fn c_str(arg: &[u8], max: usize) -> &[u8] {
+    let end = arg.iter().position(|&b| b == 0).unwrap_or(arg.len());
+    &arg[..end.min(max)]
+}
+
+/// Redis 7's error for a command it does not know (`args`: name first),
+/// byte for byte: `ERR unknown command 'foo', with args beginning with: 'a'
+/// 'b' `, each argument followed by a space. The name is cut at 128 bytes;
+/// arguments are quoted while the quoted text is under 128 bytes, each cut to
+/// what is left of them. Like Redis's `%s`, a NUL ends a word.
+pub fn unknown_command(args: &[Bytes]) -> Bytes {
+    let mut quoted = Vec::new();
+    for arg in args.iter().skip(1) {
+        let Some(room) = QUOTED.checked_sub(quoted.len()).filter(|&r| r > 0) else {
+            break;
+        };
+        quoted.push(b'\'');
+        quoted.extend_from_slice(c_str(arg, room));
+        quoted.extend_from_slice(b"' ");
+    }
+    let name = args.first().map_or(&b""[..], |a| &a[..]);
+    let mut msg = b"ERR unknown command '".to_vec();
+    msg.extend_from_slice(c_str(name, QUOTED));
+    msg.extend_from_slice(b"', with args beginning with: ");
+    msg.extend_from_slice(&quoted);
+    resp::error_bytes(&msg)
+}
+
+/// Redis 7's error for a subcommand `sub` that the container command
+/// `container` (as the client spelt it) does not have: `ERR unknown
+/// subcommand 'foo'. Try CLIENT HELP.`
+pub fn unknown_subcommand(container: &[u8], sub: &[u8]) -> Bytes {
+    let mut msg = b"ERR unknown subcommand '".to_vec();
+    msg.extend_from_slice(c_str(sub, QUOTED));
+    msg.extend_from_slice(b"'. Try ");
+    msg.extend(c_str(container, usize::MAX).iter().map(u8::to_ascii_uppercase));
+    msg.extend_from_slice(b" HELP.");
+    resp::error_bytes(&msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +258,74 @@ mod tests {
                 .lookup(b"get")
                 .map(|c| c.kind),
             Some(Kind::Forward)
+        );
+    }
+
+    fn words(words: &[&[u8]]) -> Vec<Bytes> {
+        words.iter().map(|w| Bytes::copy_from_slice(w)).collect()
+    }
+
+    /// Each expected reply was recorded from redis-server 7.0.15.
+    #[test]
+    fn unknown_commands_get_redis_own_error() {
+        let x200 = [b'x'; 200];
+        let (a100, b100) = ([b'a'; 100], [b'b'; 100]);
+        let cases: Vec<(Vec<Bytes>, Vec<u8>)> = vec![
+            (
+                words(&[b"foo"]),
+                b"-ERR unknown command 'foo', with args beginning with: \r\n".to_vec(),
+            ),
+            (
+                words(&[b"foo", b"a", b"b"]),
+                b"-ERR unknown command 'foo', with args beginning with: 'a' 'b' \r\n".to_vec(),
+            ),
+            (
+                words(&[b"foo", &x200]),
+                [
+                    &b"-ERR unknown command 'foo', with args beginning with: '"[..],
+                    &x200[..128],
+                    b"' \r\n",
+                ]
+                .concat(),
+            ),
+            (
+                words(&[b"foo", &a100, &b100, b"c"]),
+                [
+                    &b"-ERR unknown command 'foo', with args beginning with: '"[..],
+                    &a100,
+                    b"' '",
+                    &b100[..25],
+                    b"' \r\n",
+                ]
+                .concat(),
+            ),
+            (
+                words(&[b"f\0oo", b"a\0b", b"c\r\nd"]),
+                b"-ERR unknown command 'f', with args beginning with: 'a' 'c  d' \r\n".to_vec(),
+            ),
+            (
+                words(&[&x200]),
+                [
+                    &b"-ERR unknown command '"[..],
+                    &x200[..128],
+                    b"', with args beginning with: \r\n",
+                ]
+                .concat(),
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(unknown_command(&args), want, "{}", String::from_utf8_lossy(&want));
+        }
+        let mut many = words(&[b"foo"]);
+        many.extend(words(&[&b"ab"[..]; 50]));
+        let want = format!(
+            "-ERR unknown command 'foo', with args beginning with: {}\r\n",
+            "'ab' ".repeat(26)
+        );
+        assert_eq!(unknown_command(&many), want.as_bytes());
+        assert_eq!(
+            unknown_subcommand(b"client", b"FOO"),
+            &b"-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n"[..]
         );
     }
 

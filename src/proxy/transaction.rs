@@ -43,10 +43,11 @@ use tokio::sync::oneshot;
 use super::blocked::Dedicated;
 use super::command::{Kind, Spec};
 use super::context::{Client, Context};
-use super::dispatch::{CROSSSLOT, Target, target_for, unknown_command};
+use super::dispatch::{CROSSSLOT, Target, target_for};
 use super::fanout;
 use super::local;
 use super::pinned::{self, Exec, WatchCall};
+use super::policy::unknown_command;
 use super::reply::{Held, Ordered, Pending, Reply};
 use crate::libs::hash::slot_of;
 use crate::libs::resp::{self, Request};
@@ -162,7 +163,7 @@ pub fn queue(ctx: &Arc<Context>, client: &mut Client, req: &Request, start: Inst
         return Pending {
             cmd: ctx.stats.unknown_cmd(),
             start,
-            reply: Reply::Ready(unknown_command(req)),
+            reply: Reply::Ready(unknown_command(&req.args)),
         };
     };
     let reply = match cmd.spec.name.as_str() {
