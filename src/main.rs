@@ -21,7 +21,7 @@ enum Command {
     Proxy(reborn::proxy::ProxyArgs),
     /// Run the dashboard: the HTTP JSON API over the product (one leader, standbys wait).
     Dashboard(reborn::topo::manager::dashboard::DashboardArgs),
-    /// Operator commands: groups, servers, slots, proxies.
+    /// Operate the cluster: groups and servers, slots, proxies, migrations, rebalance, promote, failovers.
     Admin(reborn::topo::manager::admin::AdminArgs),
     /// Run a comet: the push system's client gateway (goim v2 over TCP and WebSocket).
     Comet(reborn::im::comet::CometArgs),

@@ -334,7 +334,12 @@ pub fn format_slot_ids(ids: &[u16]) -> String {
     parts.join(", ")
 }
 
-fn check_slot_range(start: u16, end: u16) -> Result<(), TopoError> {
+/// Refuses a reversed range or one past the last slot, in the words every
+/// entry point (CLI, API, operations) uses.
+///
+/// # Errors
+/// [`TopoError::Invalid`].
+pub fn check_slot_range(start: u16, end: u16) -> Result<(), TopoError> {
     if start > end || usize::from(end) >= SLOT_COUNT {
         return Err(TopoError::Invalid(format!(
             "slot range {start}-{end} is not within 0-{}",

@@ -220,8 +220,8 @@ impl Banner<'_> {
         if let Some((listen, _)) = self.proxy {
             let p = listen.port();
             writeln!(out, "  redis-cli -p {p} set hello world")?;
-            writeln!(out, "  redis-cli -p {p} mset a 1 b 2 c 3")?;
-            writeln!(out, "  redis-cli -p {p} mget hello a b c")?;
+            writeln!(out, "  redis-cli -p {p} mset a 1 foo 2 bar 3")?;
+            writeln!(out, "  redis-cli -p {p} mget hello a foo bar")?;
             writeln!(out, "  redis-benchmark -p {p} -t set,get -r 100000 -P 16 -q")?;
         }
         let exe = reborn_exe();
@@ -252,7 +252,7 @@ impl Banner<'_> {
                 "  curl -d 'hello room' '{api}/goim/push/room?operation=1000&type=live&room=1000'"
             )?;
             writeln!(out, "  curl -s '{api}/goim/online/top?type=live&limit=10'")?;
-            writeln!(out, "  curl -s '{api}/goim/nodes/weighted?platform=ip'")?;
+            writeln!(out, "  curl -s '{api}/goim/nodes/weighted?platform=web'")?;
             if let Some((listen, _)) = self.proxy {
                 writeln!(out, "  redis-cli -p {} hgetall mid_123", listen.port())?;
             }

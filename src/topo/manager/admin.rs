@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::health::{self, Health};
 use super::rebalance::{Plan, Weights};
 use super::task::{Task, TaskState};
+use crate::libs::hash::SLOT_COUNT;
 use crate::libs::table;
 use crate::topo::error::TopoError;
 use crate::topo::model::{GroupId, Role, SlotState, Topology, range_text};
@@ -220,10 +221,11 @@ pub enum SlotRangeError {
     NotANumber(String),
     #[error("slot range {0:?} is reversed")]
     Reversed(String),
+    #[error("slot range {0:?} is not within 0-{last}", last = SLOT_COUNT - 1)]
+    OutOfRange(String),
 }
 
-/// Parses `0-511` or `7`. Bounds against the slot count are checked by the
-/// operation, which knows them.
+/// Parses `0-511` or `7`, within the slots: clap then names the argument.
 ///
 /// # Errors
 /// A message clap shows next to the argument.
@@ -239,6 +241,9 @@ pub fn parse_slot_range(s: &str) -> Result<SlotRangeArg, SlotRangeError> {
     };
     if start > end {
         return Err(SlotRangeError::Reversed(s.to_string()));
+    }
+    if usize::from(end) >= SLOT_COUNT {
+        return Err(SlotRangeError::OutOfRange(s.to_string()));
     }
     Ok(SlotRangeArg { start, end })
 }
@@ -756,26 +761,13 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-/// `2026-11-22 03:23:00Z` for unix seconds (UTC; no time-zone database needed).
+/// `2026-11-22 03:23:00Z` for unix seconds (UTC): RFC 3339 with a space for
+/// the `T`, easier to read in a table.
 fn format_unix_utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    humantime_serde::re::humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replacen('T', " ", 1)
 }
 
 #[cfg(test)]
@@ -816,6 +808,15 @@ mod tests {
         for bad in ["", "a-b", "5-1", "-3", "1-", "70000"] {
             assert!(parse_slot_range(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            parse_slot_range("1023"),
+            Ok(SlotRangeArg {
+                start: 1023,
+                end: 1023
+            })
+        );
+        let past = parse_slot_range("0-1024").expect_err("past the last slot");
+        assert_eq!(past.to_string(), "slot range \"0-1024\" is not within 0-1023");
     }
 
     #[test]

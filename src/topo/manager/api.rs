@@ -413,9 +413,7 @@ async fn migrate(
     State(s): State<Shared>,
     Body(b): Body<Migrate>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    if b.start > b.end || usize::from(b.end) >= crate::libs::hash::SLOT_COUNT {
-        return Err(TopoError::Invalid(format!("bad slot range {}-{}", b.start, b.end)).into());
-    }
+    operation::check_slot_range(b.start, b.end)?;
     let task = task::enqueue(&s.store, (b.start..=b.end).collect(), b.to).await?;
     s.tasks_changed.notify_one();
     Ok((StatusCode::CREATED, Json(task)))
