@@ -163,8 +163,7 @@ fn quoted_inline() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<u8>>)> {
             }
             // A line that starts with a bare `*` is a multibulk header, not
             // an inline command: a first word of that shape gets quotes.
-            let plain = !a.is_empty()
-                && !(i == 0 && a[0] == b'*')
+            let plain = a.first().is_some_and(|&c| i > 0 || c != b'*')
                 && a.iter().all(|&c| c.is_ascii_graphic() && c != b'"' && c != b'\'');
             let single_ok = !a.contains(&b'\n') && !a.contains(&0) && a.last() != Some(&b'\\');
             after_word = plain;
