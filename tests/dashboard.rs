@@ -263,10 +263,12 @@ async fn the_leader_serves_every_topology_operation() {
 
     // Proxies are set offline and online again (the marker works before a
     // proxy runs), servers and groups removed.
+    // The answer says no such proxy runs: a mistyped id does not pass unnoticed.
     expect(
         post(a, "/api/proxies/p1/offline", json!(null)).await,
         200,
-        "proxy p1 set offline",
+        "proxy p1 set offline; no proxy p1 is running, so it will start offline \
+         (check the id with `proxies`; `proxy-online p1` removes the mark)",
     );
     let proxies = get(a, "/api/proxies").await.body;
     assert_eq!(
@@ -276,7 +278,7 @@ async fn the_leader_serves_every_topology_operation() {
     expect(
         post(a, "/api/proxies/p1/online", json!(null)).await,
         200,
-        "proxy p1 set online",
+        "proxy p1 set online (no proxy p1 is running)",
     );
     assert_eq!(get(a, "/api/proxies").await.body, json!([]));
     let r = call(a, Method::DELETE, "/api/groups/1/servers/127.0.0.1:7002", None).await;
