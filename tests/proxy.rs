@@ -618,7 +618,7 @@ async fn garbage_and_huge_lengths_are_refused_without_hurting_others() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(
         text,
-        "+PONG\r\n-ERR unknown command 'NOSUCH', with args beginning with: 'a' 'b'\r\n$3\r\nyes\r\n"
+        "+PONG\r\n-ERR unknown command 'NOSUCH', with args beginning with: 'a' 'b' \r\n$3\r\nyes\r\n"
     );
 
     let v: String = good.get("stable").await.expect("good client unaffected");
