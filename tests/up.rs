@@ -582,8 +582,11 @@ async fn a_killed_master_is_replaced_then_started_again_as_a_replica(up: &Up, zk
     let v: Option<String> = redis::AsyncCommands::get(&mut c, "k").await.expect("GET");
     assert_eq!(v.as_deref(), Some("v"), "its data came back with it");
     let stderr = up.stderr();
-    assert!(stderr.contains("redis-server died"), "{stderr}");
-    assert!(stderr.contains("redis-server started again"), "{stderr}");
+    assert!(stderr.contains(&format!("redis-server {old} died")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("redis-server {old} started again")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -710,6 +713,28 @@ fn up_refuses_a_taken_push_port_and_a_port_given_twice() {
 
 /// A port `p` such that `p + o` is free for every offset `o` (the ports of
 /// consecutive ensemble members).
+/// The pid of the ZooKeeper (java) process whose command line names a file
+/// under `dir`, if one runs.
+fn zk_pid_with(dir: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.contains("zookeeper") && cmdline.contains(dir)).then_some(pid)
+    })
+}
+
+/// A ZooKeeper four-letter word's answer, if the server gives one.
+fn four_letter(addr: &str, word: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(word.as_bytes()).ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
 fn free_ports_at(offsets: &[u16]) -> u16 {
     loop {
         let p = common::free_port();
@@ -784,6 +809,39 @@ async fn up_with_three_zookeeper_nodes_runs_the_cluster_on_the_ensemble() {
         listed.contains(&format!("127.0.0.1:{}", ports.redis[0])),
         "{listed}"
     );
+
+    // A member killed is reaped and started again at once; it rejoins the
+    // ensemble, and clients never noticed.
+    let dir = up.field("data + logs");
+    let member_dir = format!("{dir}/zookeeper-3/");
+    let pid = zk_pid_with(&member_dir).unwrap_or_else(|| panic!("no ZooKeeper running from {member_dir}"));
+    let killed = Command::new("sh")
+        .args(["-c", r#"kill -KILL "$1""#, "sh", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let member = format!("127.0.0.1:{}", zk_port + 2);
+    common::eventually("the member is reaped", Duration::from_secs(5), async || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    common::eventually("the member serves again", Duration::from_secs(60), async || {
+        zk_pid_with(&member_dir).is_some_and(|p| p != pid)
+            && four_letter(&member, "srvr")
+                .is_some_and(|a| a.contains("Mode: follower") || a.contains("Mode: leader"))
+    })
+    .await;
+    let got: String = redis::AsyncCommands::get(&mut proxy, "hello")
+        .await
+        .expect("GET through the proxy");
+    assert_eq!(got, "ensemble");
+    // Logged once the member is back in its quorum, which may come just
+    // after it first answers `srvr`.
+    let restarted = format!("ZooKeeper {member} started again");
+    common::eventually(&restarted, Duration::from_secs(30), async || {
+        up.stderr().contains(&restarted)
+    })
+    .await;
 
     assert!(up.terminate().success(), "stderr:\n{}", up.stderr());
     let mut all: Vec<u16> = (0..3).map(|i| zk_port + i).collect();

@@ -14,11 +14,12 @@
 //! * `process`, `workdir`, `port`, `probe`: what the servers share (child process,
 //!   data dir, "is the port free", tiny protocol probes).
 //! * `plan` → `servers` → `seed` → `roles` (+ `push`) → `banner`: the steps of
-//!   `reborn up`.
+//!   `reborn up`; `care`: what it does with a server of its own that dies.
 //!
 //! This module sits on top of the crate and may import every other module.
 
 mod banner;
+mod care;
 pub mod ensemble;
 mod error;
 pub mod orphan_guard;

@@ -5,20 +5,22 @@
 //!
 //! A redis-server that dies while the cluster runs (a crash, a `kill -9` to
 //! watch the failover) is started again [`RESTART_AFTER`] later, with its AOF
-//! and its config file: [`Servers::tend`].
+//! and its config file; a ZooKeeper member at once ([`Servers::tend`], `care`).
 //!
 //! Blocking (it waits for processes); `reborn up` runs it on a blocking thread.
 
 use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::topo::model::{GroupId, Role};
 
+use super::care::{Care, Tended};
 use super::ensemble::Ensemble;
 use super::error::UpError;
 use super::plan::GroupPlan;
 use super::redis_server::RedisServer;
-use super::zookeeper::MemberPorts;
+use super::zookeeper::{MemberPorts, ZooKeeper};
 
 /// How long after a redis-server died [`Servers::tend`] starts it again.
 /// Well past the failover's (3 s to notice with the dashboard's defaults, and
@@ -28,6 +30,11 @@ use super::zookeeper::MemberPorts;
 /// as the master with up to a second of writes missing from its AOF (fsync
 /// every second), which its replica would then copy.
 pub const RESTART_AFTER: Duration = Duration::from_secs(10);
+
+/// How long after a ZooKeeper member died [`Servers::tend`] starts it again:
+/// at once (the next round). Nothing waits on its absence, and with one
+/// server every role's session is counting down until it is back.
+const ZK_RESTART_AFTER: Duration = Duration::ZERO;
 
 /// One started redis-server and its place in the cluster.
 #[derive(Debug)]
@@ -42,17 +49,6 @@ pub struct GroupMember {
     care: Care,
 }
 
-/// Whether a member runs, waits to be started again, or was left alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Care {
-    Running,
-    /// Died at this instant; started again [`RESTART_AFTER`] later.
-    Died(Instant),
-    /// Its port was taken by someone else's process (an operator who
-    /// restarted it by hand): that one is theirs, and we leave the port alone.
-    LeftAlone,
-}
-
 impl GroupMember {
     fn new(group: GroupId, role: Role, server: RedisServer) -> GroupMember {
         GroupMember {
@@ -62,37 +58,33 @@ impl GroupMember {
             care: Care::Running,
         }
     }
+}
 
-    /// Notices a death, or restarts after [`RESTART_AFTER`]; see [`Servers::tend`].
-    fn tend(&mut self, now: Instant) {
-        let addr = self.server.addr();
-        match self.care {
-            Care::Running => {
-                if let Some(status) = self.server.ended() {
-                    tracing::warn!(
-                        %addr,
-                        %status,
-                        "redis-server died; reborn up starts it again in {RESTART_AFTER:?}, with its AOF and config"
-                    );
-                    self.care = Care::Died(now);
-                }
-            }
-            Care::Died(at) if now.duration_since(at) >= RESTART_AFTER => match self.server.restart() {
-                Ok(()) => {
-                    tracing::info!(%addr, "redis-server started again");
-                    self.care = Care::Running;
-                }
-                Err(e @ UpError::PortInUse { .. }) => {
-                    tracing::warn!(%addr, "{e}; reborn up leaves this server to whoever started it");
-                    self.care = Care::LeftAlone;
-                }
-                Err(e) => {
-                    tracing::warn!(%addr, "cannot start redis-server again: {e}; trying again in {RESTART_AFTER:?}");
-                    self.care = Care::Died(now);
-                }
-            },
-            Care::Died(_) | Care::LeftAlone => {}
-        }
+impl Tended for RedisServer {
+    fn what(&self) -> String {
+        format!("redis-server {}", self.addr())
+    }
+
+    fn ended(&mut self) -> Option<ExitStatus> {
+        RedisServer::ended(self)
+    }
+
+    fn restart(&mut self) -> Result<(), UpError> {
+        RedisServer::restart(self)
+    }
+}
+
+impl Tended for ZooKeeper {
+    fn what(&self) -> String {
+        format!("ZooKeeper {}", self.addr())
+    }
+
+    fn ended(&mut self) -> Option<ExitStatus> {
+        ZooKeeper::ended(self)
+    }
+
+    fn restart(&mut self) -> Result<(), UpError> {
+        ZooKeeper::restart(self)
     }
 }
 
@@ -101,6 +93,8 @@ impl GroupMember {
 #[derive(Debug)]
 pub struct Servers {
     zk: Option<Ensemble>,
+    /// What [`Servers::tend`] knows of each ZooKeeper member, by index.
+    zk_care: Vec<Care>,
     zk_addr: String,
     members: Vec<GroupMember>,
 }
@@ -122,12 +116,14 @@ impl Servers {
     ) -> Result<Servers, UpError> {
         let mut servers = Servers {
             zk: None,
+            zk_care: Vec::new(),
             zk_addr: existing_zk.unwrap_or_default().to_string(),
             members: Vec::new(),
         };
         if existing_zk.is_none() {
             let zk = Ensemble::start(zk_members, dir)?;
             servers.zk_addr = zk.connect_string();
+            servers.zk_care = vec![Care::Running; zk.members().len()];
             servers.zk = Some(zk);
         }
         for group in groups {
@@ -174,13 +170,23 @@ impl Servers {
         &self.members
     }
 
-    /// Reaps every redis-server that died since the last call, and starts
-    /// again those dead for [`RESTART_AFTER`]. Call it every second or so;
-    /// a restart blocks until the server answers (its AOF loaded).
+    /// Reaps every process that died since the last call, and starts again
+    /// the ZooKeeper members at once and the redis-servers dead for
+    /// [`RESTART_AFTER`]. Call it every second or so; a restart blocks until
+    /// the process serves (a redis-server's AOF loaded, a member back in its
+    /// quorum).
     pub fn tend(&mut self) {
         let now = Instant::now();
-        for member in &mut self.members {
-            member.tend(now);
+        if let Some(zk) = &mut self.zk {
+            for (i, care) in self.zk_care.iter_mut().enumerate() {
+                if let Some(member) = zk.member_mut(i) {
+                    care.tend(member, ZK_RESTART_AFTER, ", on its data", now);
+                }
+            }
+        }
+        for m in &mut self.members {
+            m.care
+                .tend(&mut m.server, RESTART_AFTER, ", with its AOF and config", now);
         }
     }
 

@@ -241,6 +241,15 @@ impl ZooKeeper {
         }
     }
 
+    /// The exit status if the server died by itself (a crash, a `kill` from
+    /// outside), reaping it; `None` while it runs, and after [`stop`](Self::stop)
+    /// or [`kill`](Self::kill).
+    pub fn ended(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.process.as_mut()?.ended()?;
+        self.process = None;
+        Some(status)
+    }
+
     /// Stops the server if it runs, starts it again on the same config and
     /// data, and waits until it serves (a member: until it has rejoined a quorum).
     ///
