@@ -225,7 +225,7 @@ async fn wait_comets(job: &RunningJob, ids: &[&str]) {
 
 /// Two recording comets and a job instance on one cluster.
 struct Setup {
-    _cluster: Cluster,
+    cluster: Cluster,
     proxy: String,
     c1: RecordingComet,
     c2: RecordingComet,
@@ -249,7 +249,7 @@ impl Setup {
             .expect("job starts");
         wait_comets(&job, &["comet-1", "comet-2"]).await;
         Setup {
-            _cluster: cluster,
+            cluster,
             proxy,
             c1,
             c2,
@@ -368,6 +368,17 @@ async fn pushes_broadcasts_and_rooms_reach_the_comets_and_are_acked() {
     assert_eq!((stats.read, stats.acked), (33, 33));
     assert_eq!((stats.pushed, stats.broadcast, stats.room_messages), (1, 1, 30));
     assert_eq!((stats.room_batches, stats.dropped_rpc_failed), (3, 0));
+    // No call was made before its group existed: a fresh job claims only
+    // once its reader created the group, so no server counted a NOGROUP.
+    for master in &t.cluster.masters {
+        let mut m = common::client(&master.addr()).await;
+        let errors: String = redis::cmd("INFO")
+            .arg("errorstats")
+            .query_async(&mut m)
+            .await
+            .expect("INFO errorstats");
+        assert!(!errors.contains("NOGROUP"), "{}: {errors}", master.addr());
+    }
     t.stop().await;
 }
 

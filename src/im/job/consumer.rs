@@ -94,7 +94,11 @@ impl StreamConsumer {
                 () = stop.cancelled() => break,
             };
             let Ok(mut taken) = taken else { break };
-            let claiming = claimer.due();
+            // Only once the reader has made sure the group exists: a claim
+            // before that (the first pass is due at start, and again after
+            // a FLUSHALL) can only get NOGROUP, an error every client sees
+            // in the proxy's stats.
+            let claiming = claimer.due() && reader.as_ref().is_some_and(|r| r.grouped);
             let step = if claiming {
                 self.claim(&mut claimer, &reaper, page).await
             } else {
