@@ -1,6 +1,8 @@
 //! The `reborn` binary: one subcommand per role. Thin on purpose: parse the command
 //! line, set up logging, load the role's config and hand over to the library.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -54,8 +56,36 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes for the operator's terminal, one per line, each
+/// said once: many of our errors already carry their source in their own
+/// message ("cannot listen on 127.0.0.1:19000: Address already in use"),
+/// which a plain chain would repeat. No backtrace: these are refusals and
+/// outages, not bugs (a panic still prints its own).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = format!("error: {e}");
+    let mut said = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            out.push_str("\n  caused by: ");
+            out.push_str(&text);
+            said.push_str(&text);
+        }
+    }
+    out
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Proxy(args) => {
             let config = args.into_config().context("load proxy config")?;
@@ -130,5 +160,29 @@ fn main() -> anyhow::Result<()> {
                 .block_on(reborn::up::run(args))
                 .map_err(|e| anyhow::anyhow!("{e}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on 127.0.0.1:1: {source}")]
+        struct Listen {
+            source: std::io::Error,
+        }
+        let e = anyhow::Error::new(Listen { source: io }).context("proxy");
+        let text = report(&e);
+        assert_eq!(text.matches("address in use").count(), 1, "{text}");
+        assert!(
+            text.starts_with("error: proxy\n  caused by: cannot listen on 127.0.0.1:1: "),
+            "{text}"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(report(&plain), "error: outer\n  caused by: inner");
     }
 }

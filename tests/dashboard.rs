@@ -549,3 +549,44 @@ async fn the_rebalance_plan_reaches_the_api_and_the_admin_command() {
     d.stop().await;
     store.close().await;
 }
+
+/// A leader node this very process left on a session it has since replaced
+/// (a ZooKeeper restart keeps such a node until that old session's timeout)
+/// does not keep the dashboard waiting behind itself: nobody else can lead
+/// meanwhile, so it removes the node and leads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_this_process_left_on_an_old_session_is_taken_over_at_once() {
+    let cfg = common::zk_config();
+    let store = initialized(&cfg).await;
+    let config = DashboardConfig {
+        listen: "127.0.0.1:0".into(),
+        zk: cfg.clone(),
+        standby: true,
+        ..DashboardConfig::default()
+    };
+    let bound = BoundDashboard::bind(config).await.expect("bind");
+    let addr = bound.local_addr().to_string();
+    // The old session: another one of this process, still open, holding a
+    // node that describes this dashboard.
+    let old = Store::connect(&cfg).await.expect("connect");
+    let me = serde_json::to_vec(&DashboardInfo::for_this_process(addr.clone())).expect("json");
+    old.zk()
+        .expect("session")
+        .create_raw(
+            &old.paths().dashboard(),
+            &me,
+            zookeeper_client::CreateMode::Ephemeral,
+        )
+        .await
+        .expect("the old node");
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(bound.run(cancel.clone()));
+    let d = Dashboard { addr, cancel, task };
+    let took = d.wait_role("leader", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "led after {took:?}");
+    // A node of another dashboard is still waited for (the standby tests
+    // above), so only this process's own is removed.
+    d.stop().await;
+    old.close().await;
+    store.close().await;
+}

@@ -66,7 +66,9 @@ export async function refresh() {
       el("td", { class: "num" }, figures ? num(s.ops_per_sec) : ""),
       el("td", { class: "num" }, figures ? num(s.clients) : ""),
       el("td", { class: "num" }, figures ? num(s.errors) : ""),
-      el("td", { class: "num" }, figures ? micros(s.p99_us) : ""),
+      // No timed request in the last sample (idle, or only blocking calls,
+      // whose wait is not latency): a dash, not "0 µs".
+      el("td", { class: "num" }, figures ? (s.p99_us > 0 ? micros(s.p99_us) : "–") : ""),
       el("td", { class: figures && !s.routing_online ? "bad" : "" }, figures ? (s.routing_online ? "alive" : "unproven: refusing slot traffic") : ""),
       el("td", { class: "num" }, figures ? num(s.routing_epoch) : ""),
       el(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::access::AuthConfig;
 use crate::libs::config::{self, ConfigError};
 use crate::topo::manager::failover::FailoverConfig;
-use crate::topo::manager::migrator::MigratorConfig;
+use crate::topo::manager::migrator::{MigrateError, MigratorConfig};
 use crate::topo::path::Paths;
 use crate::topo::store::{ZkArgs, ZkConfig};
 
@@ -76,6 +76,19 @@ impl DashboardConfig {
         if let Err(e) = Paths::new(&self.zk.root, &self.zk.product) {
             return bad(format!("zk: {e}"));
         }
+        // Checked here, at start, not first when a task runs: by then its
+        // slots are switched and the task can only finish, never with these.
+        if let Err(e) = self.migration.validate() {
+            let e = match e {
+                MigrateError::Config(what) => what,
+                other => other.to_string(),
+            };
+            return bad(format!("[migration] {e}"));
+        }
+        let f = &self.failover;
+        if f.check_interval.is_zero() || f.down_after.is_zero() {
+            return bad("[failover] check_interval and down_after must be above zero".into());
+        }
         self.auth.validate()
     }
 }
@@ -138,6 +151,8 @@ impl DashboardArgs {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -177,5 +192,16 @@ mod tests {
         c.zk.product = "a b".into();
         assert!(check(c).contains("product"));
         assert!(toml::from_str::<DashboardConfig>("standby = true\nstandy = 1\n").is_err());
+        // A migration setting that would fail a task once its slots switched
+        // stops the dashboard at start instead.
+        let mut c = DashboardConfig::default();
+        c.migration.batch_keys = 0;
+        assert_eq!(
+            check(c),
+            "invalid config: [migration] batch_keys must be at least 1"
+        );
+        let mut c = DashboardConfig::default();
+        c.failover.check_interval = Duration::ZERO;
+        assert!(check(c).contains("[failover] check_interval"));
     }
 }

@@ -181,6 +181,12 @@ impl Campaign {
         self.store.paths().product_name()
     }
 
+    /// True if `holder` describes this process: same address, pid and host.
+    fn is_me(&self, holder: &DashboardInfo) -> bool {
+        (holder.addr.as_str(), holder.pid, holder.host.as_str())
+            == (self.me.addr.as_str(), self.me.pid, self.me.host.as_str())
+    }
+
     /// Takes the node, waiting as a standby while someone else holds it.
     /// `None` when cancelled first.
     async fn acquire(&self, path: &str, cancel: &CancellationToken) -> Result<Option<Term>, DashboardError> {
@@ -202,12 +208,15 @@ impl Campaign {
                             holder: raw,
                         });
                     }
-                    if last_holder.as_ref() != Some(&raw) {
+                    // Once per leader, not per recheck: `raw` also says for
+                    // how long it has led, which changes every time.
+                    let who = holder.as_ref().map(|h| (h.addr.clone(), h.pid, h.host.clone()));
+                    if last_holder.as_ref() != Some(&who) {
                         tracing::info!(
                             "standby: product {:?} is led by the dashboard {raw}; taking over when it goes",
                             self.product()
                         );
-                        last_holder = Some(raw);
+                        last_holder = Some(who);
                     }
                     self.role.send_replace(Leadership::Standby { leader: holder });
                     backoff.reset();
@@ -280,6 +289,22 @@ impl Campaign {
         match zk.get_raw(path).await {
             Ok((data, _)) => {
                 let holder = from_json::<DashboardInfo>(path, &data).ok();
+                if holder.as_ref().is_some_and(|h| self.is_me(h)) {
+                    // Ours, from a session this process has since replaced
+                    // (it expired in a ZooKeeper outage; a restarted
+                    // ZooKeeper keeps such a node until the old session's
+                    // timeout runs out). Nobody else can lead meanwhile, so
+                    // waiting behind it would only leave the product without
+                    // a dashboard: remove it, if it is still that node.
+                    return match zk.delete(path, Some(stat.version)).await {
+                        Ok(()) => {
+                            tracing::info!("removed this dashboard's node left by an expired session");
+                            Ok(Attempt::Vanished)
+                        }
+                        Err(e) if e.is_not_found() => Ok(Attempt::Vanished),
+                        Err(e) => Err(e),
+                    };
+                }
                 let raw = match &holder {
                     Some(info) => info.to_string(),
                     None => format!("of unknown shape ({:?})", String::from_utf8_lossy(&data)),
