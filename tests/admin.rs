@@ -79,7 +79,7 @@ async fn admin(zk: &ZkConfig, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_reborn"))
         .arg("admin")
         .args(args)
-        .args(["--zk", &zk.addr, "--root", &zk.root, "--product", &zk.product])
+        .args(["--zk", &zk.addr, "--zk-root", &zk.root, "--product", &zk.product])
         .output()
         .await
         .expect("run reborn admin")

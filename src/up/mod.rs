@@ -398,7 +398,7 @@ fn admin_flags(args: &UpArgs, zk: &ZkConfig) -> String {
         flags.push_str(&format!(" --zk {}", zk.addr));
     }
     if args.zk_root != defaults.root {
-        flags.push_str(&format!(" --root {}", args.zk_root));
+        flags.push_str(&format!(" --zk-root {}", args.zk_root));
     }
     if args.product != defaults.product {
         flags.push_str(&format!(" --product {}", args.product));

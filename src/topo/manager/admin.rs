@@ -6,7 +6,7 @@
 //! after the command. `rebalance`, `migrate`, `tasks`, `pause`, `resume`,
 //! `cancel` and `promote` ask the dashboard's HTTP API instead of ZooKeeper:
 //! those need the one process that runs migrations. They find it through the
-//! leader's node in ZooKeeper for the `--zk`/`--root`/`--product` given (never a
+//! leader's node in ZooKeeper for the `--zk`/`--zk-root`/`--product` given (never a
 //! default port, which may belong to another cluster); `--dashboard` overrides.
 //! `groups` probes every server (up, down, loading). Imports `libs` and `topo`.
 
@@ -33,8 +33,9 @@ pub struct AdminArgs {
     /// ZooKeeper address: host:port, or a comma-separated list.
     #[arg(long, global = true, default_value = "127.0.0.1:2181")]
     pub zk: String,
-    /// ZooKeeper root node all products live under.
-    #[arg(long, global = true, default_value = "/reborn")]
+    /// ZooKeeper root node all products live under (`--zk-root`, as every
+    /// role names it; `--root` still works).
+    #[arg(long = "zk-root", alias = "root", global = true, default_value = "/reborn")]
     pub root: String,
     /// Product (cluster) name.
     #[arg(long, global = true, default_value = "demo")]
