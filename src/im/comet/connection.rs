@@ -97,7 +97,8 @@ fn record_end(stats: &CometStats, end: &ConnError, peer: SocketAddr) {
         ConnError::Kicked => Some(&stats.kicked),
         ConnError::Refused(_) => Some(&stats.auth_refused),
         ConnError::AuthFailed(_) => Some(&stats.auth_failed),
-        ConnError::Io(_) | ConnError::PeerClosed | ConnError::Shutdown => None,
+        // Ordinary ends: logged at debug, counted only in `closed`.
+        ConnError::Io(_) | ConnError::PeerClosed | ConnError::PeerGone(_) | ConnError::Shutdown => None,
     };
     match counter {
         Some(c) => {

@@ -1,7 +1,7 @@
 //! Why one client connection ended: bad input of each kind, timeouts, a kick,
-//! a refused auth, or an ordinary close. The connection loop counts and logs
-//! each ([`super::connection`]); transports return it. Imports `frame`,
-//! `codec` and `logic_link`'s error.
+//! a refused auth, or an ordinary close (or the client just going away). The
+//! connection loop counts and logs each ([`super::connection`]); transports
+//! return it. Imports `frame`, `codec` and `logic_link`'s error.
 
 use std::time::Duration;
 
@@ -26,12 +26,18 @@ pub enum ConnError {
         /// The largest whole frame allowed.
         max: usize,
     },
-    /// The socket failed.
+    /// The socket failed (other than the peer going away:
+    /// [`ConnError::PeerGone`]).
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The client closed the connection.
     #[error("closed by the client")]
     PeerClosed,
+    /// The client went away without closing: a TCP reset, a WebSocket client
+    /// that dropped the socket without the close handshake. Ordinary (a
+    /// browser tab closing, a phone losing its network), not bad input.
+    #[error("client went away: {0}")]
+    PeerGone(String),
     /// No op 7 within the handshake timeout.
     #[error("no auth within {0:?}")]
     HandshakeTimeout(Duration),
@@ -52,11 +58,26 @@ pub enum ConnError {
     Shutdown,
 }
 
+impl From<std::io::Error> for ConnError {
+    /// A reset, an abort, a broken pipe or an EOF mid-frame is the peer going
+    /// away ([`ConnError::PeerGone`]); anything else is a socket failure.
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof => ConnError::PeerGone(e.to_string()),
+            _ => ConnError::Io(e),
+        }
+    }
+}
+
 impl From<CodecError> for ConnError {
     fn from(e: CodecError) -> Self {
         match e {
             CodecError::Frame(f) => ConnError::Frame(f),
-            CodecError::Io(io) => ConnError::Io(io),
+            CodecError::Io(io) => ConnError::from(io),
         }
     }
 }

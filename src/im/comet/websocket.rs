@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -109,10 +110,17 @@ fn decode_message(msg: &[u8], max_body: usize, out: &mut Vec<Frame>) -> Result<(
     }
 }
 
+/// Why a WebSocket read or write failed. A client that drops the socket
+/// without the close handshake is reported by tungstenite as a protocol
+/// error, but it is an ordinary disconnect ([`ConnError::PeerGone`]), not bad
+/// input; only real protocol violations are.
 fn ws_error(e: WsError, max_body: usize) -> ConnError {
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed => ConnError::PeerClosed,
-        WsError::Io(io) => ConnError::Io(io),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            ConnError::PeerGone("no close handshake".into())
+        }
+        WsError::Io(io) => ConnError::from(io),
         WsError::Capacity(_) => ConnError::TooLarge {
             max: max_body + HEADER_LEN,
         },
@@ -229,5 +237,24 @@ mod tests {
             decode_message(&b, 1, &mut out),
             Err(ConnError::Frame(_))
         ));
+    }
+
+    #[test]
+    fn a_client_going_away_is_a_disconnect_and_violations_are_bad_input() {
+        use std::io::{Error, ErrorKind};
+        let reset = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        let gone = ws_error(reset, 4096);
+        assert!(matches!(gone, ConnError::PeerGone(_)), "{gone:?}");
+        assert!(gone.to_string().starts_with("client went away"), "{gone}");
+        let tcp_reset = ws_error(WsError::Io(Error::from(ErrorKind::ConnectionReset)), 4096);
+        assert!(matches!(tcp_reset, ConnError::PeerGone(_)), "{tcp_reset:?}");
+        assert!(matches!(
+            ws_error(WsError::ConnectionClosed, 4096),
+            ConnError::PeerClosed
+        ));
+        let other_io = ws_error(WsError::Io(Error::from(ErrorKind::PermissionDenied)), 4096);
+        assert!(matches!(other_io, ConnError::Io(_)), "{other_io:?}");
+        let violation = WsError::Protocol(ProtocolError::UnmaskedFrameFromClient);
+        assert!(matches!(ws_error(violation, 4096), ConnError::BadInput(_)));
     }
 }

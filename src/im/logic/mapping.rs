@@ -4,7 +4,8 @@
 //! * `key_{key}`: string `server`;
 //! * `ol_{server}`: hash of 64 shards (`"0".."63"`, a room's shard is
 //!   `crc32(room) % 64`; goim used CityHash32) → JSON `{"server",
-//!   "room_count", "updated"}`.
+//!   "room_count", "updated"}`. Every comet report rewrites all 64 shards
+//!   (empty ones too), so it replaces the previous report completely.
 //!
 //! All three carry the session TTL (`[session] expire`, 1800 s by default),
 //! renewed on add and heartbeat. Each operation is one pipeline through the
@@ -175,36 +176,35 @@ impl Sessions {
         Ok(out)
     }
 
-    /// `AddServerOnline`: each non-empty shard of `online` as `HSET ol_ shard
-    /// json` + `EXPIRE`, in one pipeline.
+    /// `AddServerOnline`: a comet's report *replaces* its previous one, so
+    /// all 64 shards of `ol_{server}` are written, the empty ones as `{"server",
+    /// "room_count": {}, "updated"}`, in a single multi-field `HSET ol_ 0 json
+    /// … 63 json` followed by `EXPIRE`: one pipeline, two commands.
+    ///
+    /// goim writes only the shards holding a room, and comets leave empty rooms
+    /// out of their reports, so a shard whose rooms all emptied kept its last
+    /// counts until the whole key expired: rooms everyone had left still
+    /// counted. Writing every shard fixes that with no read and no `HDEL` of
+    /// "shards no longer present" (which would need the previous report or a
+    /// script): the field set is always exactly `"0".."63"`, and one `HSET`
+    /// is atomic, so a reader never sees half of one report and half of the
+    /// next. It also refreshes `updated` of a comet with no rooms at all, so
+    /// its (empty) report is not taken for a stale one.
     ///
     /// # Errors
     /// The cluster failed.
     pub async fn add_server_online(&self, online: &ServerOnline) -> Result<(), RespError> {
-        let mut shards: HashMap<u32, ServerOnline> = HashMap::new();
-        for (room, count) in &online.room_count {
-            let shard = shards.entry(online_shard(room)).or_insert_with(|| ServerOnline {
-                server: online.server.clone(),
-                room_count: HashMap::new(),
-                updated: online.updated,
-            });
-            shard.room_count.insert(room.clone(), *count);
-        }
-        if shards.is_empty() {
-            return Ok(());
-        }
+        let shards = shards_of(online);
         let key = online_key(&online.server);
-        let mut frames = Vec::with_capacity(shards.len() * 2);
-        for (shard, part) in &shards {
+        let mut hset: Vec<Vec<u8>> = Vec::with_capacity(2 + 2 * shards.len());
+        hset.push(b"HSET".to_vec());
+        hset.push(key.as_bytes().to_vec());
+        for (shard, part) in shards.iter().enumerate() {
             let json = serde_json::to_vec(part).map_err(|e| RespError::Unexpected(e.to_string()))?;
-            frames.push(cmd(&[
-                b"HSET".as_slice(),
-                key.as_bytes(),
-                shard.to_string().as_bytes(),
-                &json,
-            ]));
-            frames.push(cmd(&["EXPIRE", &key, &self.expire]));
+            hset.push(shard.to_string().into_bytes());
+            hset.push(json);
         }
+        let frames = vec![cmd(&hset), cmd(&["EXPIRE", &key, &self.expire])];
         self.run(frames).await.map(drop)
     }
 
@@ -246,6 +246,25 @@ impl Sessions {
     }
 }
 
+/// `online` split into all [`ONLINE_SHARDS`] shards, in shard order; the
+/// shards without a room carry an empty `room_count`.
+fn shards_of(online: &ServerOnline) -> Vec<ServerOnline> {
+    let mut shards: Vec<ServerOnline> = (0..ONLINE_SHARDS)
+        .map(|_| ServerOnline {
+            server: online.server.clone(),
+            room_count: HashMap::new(),
+            updated: online.updated,
+        })
+        .collect();
+    for (room, count) in &online.room_count {
+        // `online_shard` is below ONLINE_SHARDS, the length of `shards`.
+        if let Some(shard) = shards.get_mut(online_shard(room) as usize) {
+            shard.room_count.insert(room.clone(), *count);
+        }
+    }
+    shards
+}
+
 /// True when the last reply is an integer above 0 (goim's `has`).
 fn last_is_positive(replies: Vec<Frame>) -> Result<bool, RespError> {
     match replies.into_iter().last() {
@@ -265,6 +284,33 @@ mod tests {
         assert_eq!(online_key("host-3101"), "ol_host-3101");
         assert!(online_shard("live://1000") < ONLINE_SHARDS);
         assert_eq!(online_shard("live://1000"), online_shard("live://1000"));
+    }
+
+    #[test]
+    fn a_report_fills_every_shard_so_emptied_ones_are_overwritten() {
+        let online = ServerOnline {
+            server: "c1".into(),
+            room_count: [("live://a".to_string(), 2), ("live://b".to_string(), 1)].into(),
+            updated: 7,
+        };
+        let shards = shards_of(&online);
+        assert_eq!(shards.len(), ONLINE_SHARDS as usize);
+        assert!(shards.iter().all(|s| s.server == "c1" && s.updated == 7));
+        for (room, count) in &online.room_count {
+            assert_eq!(
+                shards[online_shard(room) as usize].room_count.get(room),
+                Some(count)
+            );
+        }
+        let rooms: usize = shards.iter().map(|s| s.room_count.len()).sum();
+        assert_eq!(rooms, 2, "each room in exactly one shard");
+        // No rooms at all still writes 64 (empty) shards.
+        let empty = shards_of(&ServerOnline {
+            server: "c1".into(),
+            ..ServerOnline::default()
+        });
+        assert_eq!(empty.len(), ONLINE_SHARDS as usize);
+        assert!(empty.iter().all(|s| s.room_count.is_empty()));
     }
 
     #[test]
