@@ -2,7 +2,8 @@
 //! redis-servers and a reborn proxy in-process (tests/common/cluster.rs), and
 //! logic in-process pointed at the proxy. Sessions and the queue are read back
 //! with a RESP client *through the proxy*; comets are ZooKeeper registrations
-//! made with `im::discovery` (no comet runs).
+//! made with `im::discovery`, except in the room-count test, which runs a real
+//! comet with real clients.
 
 mod common;
 
@@ -620,4 +621,174 @@ async fn a_dead_proxy_is_skipped_and_no_live_proxy_is_code_minus_500() {
         "nothing was written: comet may retry"
     );
     h.shutdown().await;
+}
+
+/// Defect 3: a comet's report replaces its previous one, rooms gone to zero
+/// included. Unlike the rest of this file a real comet runs here (in-process,
+/// reporting every 200 ms), with real clients: X in `live://alpha`, Y in
+/// `live://beta`. When Y leaves, beta's count must drop to 0 (it stayed 1
+/// while `ol_` kept the shard that emptied), and when X leaves too, alpha's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_everyone_left_drops_to_zero_after_the_next_report() {
+    use reborn::im::client::ImClient;
+    use reborn::im::comet::{self, CometConfig};
+
+    let h = Harness::start().await;
+    let config = CometConfig {
+        server_id: "vm-26301".into(),
+        addrs: vec!["10.8.0.1".into()],
+        register_interval: Duration::from_millis(200),
+        tcp: comet::config::CometTcpConfig {
+            listen: "127.0.0.1:0".into(),
+        },
+        websocket: comet::config::CometWsConfig {
+            listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        },
+        grpc: comet::config::CometGrpcConfig {
+            listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        },
+        logic: comet::config::CometLogicConfig {
+            online_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+        zk: h.cluster.zk.clone(),
+        ..Default::default()
+    };
+    let running = comet::start(config).await.expect("comet starts");
+    let tcp = running.tcp_addr.to_string();
+    let login = async |mid: i64, room: &str| -> ImClient {
+        let body = serde_json::to_vec(&json!({
+            "mid": mid, "key": format!("k{mid}"), "room_id": room, "platform": "linux", "accepts": [1000]
+        }))
+        .expect("json");
+        // The comet learns logic's address from ZooKeeper: retry until then.
+        common::eventually_ok("auth succeeds", WAIT, async || {
+            let mut c = ImClient::tcp(&tcp).await?;
+            c.auth(&body).await.map(|()| c)
+        })
+        .await
+    };
+    let x = login(1, "live://alpha").await;
+    let y = login(2, "live://beta").await;
+
+    let a = h.http();
+    let path = "/goim/online/room?type=live&rooms=alpha&rooms=beta";
+    eventually("both rooms count their client", WAIT, || async {
+        get(a, path).await["data"] == json!({"alpha": 1, "beta": 1})
+    })
+    .await;
+
+    drop(y);
+    eventually("beta drops to 0, alpha stays 1", WAIT, || async {
+        get(a, path).await["data"] == json!({"alpha": 1, "beta": 0})
+    })
+    .await;
+    // The shard that held beta is rewritten, not left with the old count.
+    let mut r = h.resp().await;
+    let ol = hgetall(&mut r, "ol_vm-26301").await;
+    assert!(
+        ol.values().all(|shard| !shard.contains("live://beta")),
+        "beta left ol_: {ol:?}"
+    );
+    assert!(
+        ol.values().any(|shard| shard.contains("live://alpha")),
+        "alpha is in ol_: {ol:?}"
+    );
+    assert_eq!(
+        get(a, "/goim/online/top?type=live&limit=10").await["data"],
+        json!([{"room_id": "alpha", "count": 1}])
+    );
+
+    // The last client leaves: an empty report still replaces the old one.
+    drop(x);
+    eventually("alpha drops to 0 too", WAIT, || async {
+        get(a, path).await["data"] == json!({"alpha": 0, "beta": 0})
+    })
+    .await;
+    assert_eq!(
+        get(a, "/goim/online/top?type=live&limit=10").await["data"],
+        json!([])
+    );
+
+    running.shutdown().await;
+    h.shutdown().await;
+}
+
+/// Logic in front of two proxies: `restarted`, a `reborn proxy` process, and an
+/// in-process one; its pools hold open connections to both (default `conns`).
+async fn logic_on_two_proxies(
+    cluster: &common::cluster::Cluster,
+) -> (
+    common::cluster::ProxyProcess,
+    SocketAddr,
+    reborn::im::logic::RunningLogic,
+) {
+    let restarted = cluster.proxy_process_with(Duration::from_secs(5), None, "").await;
+    let steady = cluster.proxy().await;
+    let mut config = LogicConfig::default();
+    config.http.addr = "127.0.0.1:0".into();
+    config.grpc.addr = "127.0.0.1:0".into();
+    config.cluster.addrs = vec![restarted.id.clone(), steady.to_string()];
+    config.cluster.timeout = Duration::from_secs(5);
+    config.zk = cluster.zk.clone();
+    // Only the pushes below use the pools: a room-count reload would meet
+    // (and drop) the stale connections first.
+    config.online.load_interval = Duration::from_secs(3600);
+    let logic = reborn::im::logic::start(config).await.expect("logic starts");
+    (restarted, steady, logic)
+}
+
+/// `n` room pushes; the replies that are not code 0.
+async fn failed_pushes(http: SocketAddr, tag: &str, n: usize) -> Vec<Value> {
+    let mut failed = Vec::new();
+    for i in 0..n {
+        let r = post(
+            http,
+            &format!("/goim/push/room?operation=1000&type=live&room={tag}{i}"),
+            "m",
+        )
+        .await;
+        if r["code"] != 0 {
+            failed.push(r);
+        }
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_or_stopped_proxy_costs_no_push() {
+    let cluster = common::cluster::Cluster::start().await;
+    let (mut restarted, steady, logic) = logic_on_two_proxies(&cluster).await;
+    let http = logic.http_addr();
+    // Warm up: round robin over two proxies, each pool's 8 connections open.
+    assert_eq!(failed_pushes(http, "warm", 40).await, Vec::<Value>::new());
+
+    // A routine restart: SIGTERM, wait for the exit, start again on the same
+    // address, and wait until it serves commands.
+    common::cluster::signal(restarted.child.id(), "-TERM");
+    let _ = restarted.child.wait();
+    restarted.restart();
+    common::eventually_ok("the restarted proxy serves", WAIT, async || {
+        let mut c = RespConn::connect(&restarted.id, Duration::from_secs(1)).await?;
+        resp_client::check(c.call(&["GET", "probe"]).await?)
+    })
+    .await;
+    let failed = failed_pushes(http, "restarted", 30).await;
+    assert!(
+        failed.is_empty(),
+        "stale pooled connections failed pushes: {failed:?}"
+    );
+
+    // Stopped for good: every push goes to the other proxy.
+    let _ = restarted.child.kill();
+    let _ = restarted.child.wait();
+    let failed = failed_pushes(http, "stopped", 30).await;
+    assert!(failed.is_empty(), "a stopped proxy failed pushes: {failed:?}");
+
+    // Nothing was sent twice: one queued message per push.
+    let mut c = common::im::proxy_conn(&steady.to_string()).await;
+    assert_eq!(queued(&mut c).await.len(), 100);
+    logic.shutdown().await;
 }

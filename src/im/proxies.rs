@@ -13,6 +13,12 @@
 //!   `XAUTOCLAIM`, `XGROUP`, `XINFO`). Dedicated connections for blocking
 //!   reads come from [`ProxySet::connect`].
 //!
+//! A pooled connection the proxy closed while it sat idle (a proxy restart)
+//! is never used: `RespPool` checks each one before a call and reconnects,
+//! and a failing reconnect is a connect failure, which both policies pass on
+//! to the next proxy. So a restarted or stopped proxy costs no call as long
+//! as another proxy (or a fresh connection) can serve it.
+//!
 //! Imports `libs::resp_client` only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

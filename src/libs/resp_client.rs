@@ -6,7 +6,8 @@
 //! `reborn up`'s probes, the push roles and the tests. The hot path keeps its own
 //! zero-copy splitter (`libs::resp`), measured against this codec in
 //! `benches/`. A [`RespPool`] shares a few pipelined connections between tasks,
-//! reconnecting the ones that fail.
+//! reconnecting the ones that fail and, before use, the ones the server closed
+//! while they sat idle ([`RespConn::is_stale`]).
 
 use std::time::Duration;
 
@@ -278,6 +279,39 @@ impl RespConn {
         self.framed.send(cmd(args)).await.map_err(|e| self.io_error(e))
     }
 
+    /// True when this connection, idle between calls, can no longer carry a
+    /// request in step: the peer closed or reset it (a restarted proxy), or
+    /// it holds bytes nobody asked for. Checked without sending anything, so
+    /// a pool can replace such a connection before using it and no request
+    /// is ever left in doubt.
+    ///
+    /// A zero-timeout `poll(2)` on the socket asks the kernel directly rather
+    /// than tokio's readiness cache, which learns of the peer's FIN only when
+    /// the reactor next turns. On an idle connection any readiness for
+    /// reading means EOF, an error, or unsolicited data: each makes the
+    /// connection unusable. A FIN still in flight is not seen; that call then
+    /// fails as before (without a resend), which only a write could reveal.
+    pub fn is_stale(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        if !self.framed.read_buffer().is_empty() {
+            return true;
+        }
+        let mut fds = [PollFd::new(self.framed.get_ref(), PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&now)) {
+            Ok(0) => false,
+            // IN, HUP or ERR on a connection with nothing outstanding.
+            Ok(_) => true,
+            // poll itself failed (EINTR, ENOMEM): unsure, so play safe and
+            // reconnect; a needless reconnect costs one connect, a stale
+            // connection costs a failed request.
+            Err(_) => true,
+        }
+    }
+
     fn io_error(&self, e: redis_protocol::error::RedisProtocolError) -> RespError {
         let addr = self.addr.clone();
         match e.kind() {
@@ -343,7 +377,21 @@ impl RespPool {
         // future is dropped mid-pipeline (a cancelled gRPC or HTTP handler),
         // the connection goes with it instead of handing its unread replies
         // to the next caller.
-        let mut conn = match slot.take() {
+        //
+        // A kept connection the server has closed meanwhile (a restarted
+        // proxy, an idle timeout) is replaced before anything is written to
+        // it: sent on it, the request would fail with `Closed`/`Io`, an error
+        // after which nobody can tell whether it ran, so it could not be
+        // resent. A failing reconnect is `RespError::Connect` (nothing sent),
+        // which callers may safely send elsewhere.
+        let kept = slot.take().filter(|conn| {
+            let stale = conn.is_stale();
+            if stale {
+                tracing::debug!(addr = %self.addr, "pooled connection closed by the server; reconnecting");
+            }
+            !stale
+        });
+        let mut conn = match kept {
             Some(conn) => conn,
             None => RespConn::connect(&self.addr, self.timeout).await?,
         };
@@ -415,6 +463,67 @@ mod tests {
         let second = conn.read_within(Duration::from_secs(5)).await;
         assert_eq!(second.ok(), Some(pong));
         server.await.map_err(std::io::Error::other)??;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_is_replaced_before_use() -> std::io::Result<()> {
+        // A server that answers one PING per connection, then closes it, as
+        // a restarted proxy leaves the pool's idle connections behind.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut request = [0u8; 14];
+                if s.read_exact(&mut request).await.is_ok() && s.write_all(b"+PONG\r\n").await.is_ok() {
+                    drop(s);
+                    let _ = closed_tx.send(());
+                }
+            }
+        });
+        let pool = RespPool::new(&addr, 1, Duration::from_secs(5));
+        let pong = Frame::SimpleString(Bytes::from_static(b"PONG"));
+        for i in 0..3 {
+            let reply = pool.call(&["PING"]).await;
+            assert_eq!(reply.ok(), Some(pong.clone()), "call {i} gets a fresh connection");
+            closed
+                .recv()
+                .await
+                .ok_or_else(|| std::io::Error::other("server gone"))?;
+            // The kept connection is seen closed once the FIN has arrived
+            // (loopback: at once, give or take a scheduling).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while !pool.conns[0]
+                .lock()
+                .await
+                .as_ref()
+                .is_some_and(RespConn::is_stale)
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the kept connection is seen closed"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_idle_open_connection_is_not_stale() -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let server = tokio::spawn(async move { listener.accept().await });
+        let conn = RespConn::connect(&addr, Duration::from_secs(5))
+            .await
+            .map_err(std::io::Error::other)?;
+        let (peer, _) = server.await.map_err(std::io::Error::other)??;
+        assert!(!conn.is_stale());
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(conn.is_stale());
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! `reborn job` configuration: the TOML file, its defaults and the flags that
 //! override it. `conf/job.toml` is the commented sample. Imports `libs::config`,
-//! the `topo` kernel's `ZkConfig` and `im::queue`'s defaults.
+//! the `topo` kernel's `ZkConfig` and address check (`check_server_addr`) and
+//! `im::queue`'s defaults.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::im::queue;
 use crate::libs::config::{self, ConfigError};
 use crate::topo::ZkConfig;
+use crate::topo::operation::check_server_addr;
 use crate::topo::store::ZkArgs;
 
 /// Everything a job instance needs. Defaults live in the `Default` impls, only there.
@@ -175,11 +177,20 @@ impl JobConfig {
     /// Checks values that parse but make no sense.
     ///
     /// # Errors
-    /// An empty address list, a zero count or duration where one is needed.
+    /// An empty address list, a proxy address that is not `host:port`, a zero
+    /// count or duration where one is needed.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.cluster.addrs.is_empty() || self.cluster.addrs.iter().any(String::is_empty) {
             return bad("cluster.addrs must list at least one proxy address");
+        }
+        // A malformed address would only fail at the first call, after
+        // start-up and registration in ZooKeeper, then on every call: refuse
+        // it now, with the check the dashboard applies to server addresses.
+        for addr in &self.cluster.addrs {
+            if let Err(e) = check_server_addr(addr) {
+                return Err(ConfigError::Invalid(format!("cluster.addrs (--proxy): {e}")));
+            }
         }
         if self.zk.addr.is_empty() || self.zk.product.is_empty() {
             return bad("zk.addr and zk.product must be set");
@@ -297,5 +308,20 @@ mod tests {
             "room messages would be claimed while batching"
         );
         assert!(JobConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_bogus_proxy_flag_is_refused_naming_the_value() {
+        let args = JobArgs {
+            proxy: Some(vec!["127.0.0.1:1".into(), "bogus".into()]),
+            ..JobArgs::default()
+        };
+        let err = args
+            .into_config()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("\"bogus\""), "names the value: {err}");
+        assert!(err.contains("expected host:port"), "{err}");
     }
 }

@@ -181,6 +181,19 @@ mod tests {
     }
 
     #[test]
+    fn a_bogus_proxy_flag_is_a_start_up_error() {
+        let run = parse(&["--proxy", "bogus"]).expect("flags parse");
+        let err = run
+            .run
+            .into_config()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("\"bogus\""), "names the value: {err}");
+        assert!(err.contains("expected host:port"), "{err}");
+    }
+
+    #[test]
     fn a_token_needs_a_secret_from_somewhere() {
         let t = TokenArgs {
             mid: 1,

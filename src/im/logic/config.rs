@@ -2,8 +2,8 @@
 //! Default`, only there) and the checks run at start. `conf/logic.toml` is the
 //! commented sample; the flags that override it are in `args.rs`.
 //!
-//! Imports `libs::config`, the `topo` kernel's `ZkConfig` and the queue's
-//! defaults; nothing else of the crate.
+//! Imports `libs::config`, the `topo` kernel's `ZkConfig` and address check
+//! (`check_server_addr`) and the queue's defaults; nothing else of the crate.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::im::queue;
 use crate::libs::config::ConfigError;
 use crate::topo::ZkConfig;
+use crate::topo::operation::check_server_addr;
 
 /// Everything a logic instance needs to run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -269,8 +270,8 @@ impl LogicConfig {
     /// Checks values that parse but make no sense.
     ///
     /// # Errors
-    /// An empty address or proxy list, or a zero where a positive number is
-    /// required.
+    /// An empty address or proxy list, a proxy address that is not
+    /// `host:port`, or a zero where a positive number is required.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.http.addr.is_empty() || self.grpc.addr.is_empty() {
@@ -278,6 +279,14 @@ impl LogicConfig {
         }
         if self.cluster.addrs.is_empty() || self.cluster.addrs.iter().any(String::is_empty) {
             return bad("cluster.addrs must list at least one proxy address");
+        }
+        // A malformed address would only fail at the first call, after
+        // start-up and registration in ZooKeeper, then on every call: refuse
+        // it now, with the check the dashboard applies to server addresses.
+        for addr in &self.cluster.addrs {
+            if let Err(e) = check_server_addr(addr) {
+                return Err(ConfigError::Invalid(format!("cluster.addrs (--proxy): {e}")));
+            }
         }
         if self.cluster.conns == 0 || self.cluster.timeout.is_zero() {
             return bad("cluster.conns and cluster.timeout must be positive");
@@ -337,5 +346,22 @@ mod tests {
         c.queue.streams = 0;
         assert!(c.validate().is_err());
         assert!(LogicConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_proxy_address_that_is_not_host_port_is_refused_at_start() {
+        for bogus in ["bogus", "127.0.0.1", "host:port", "127.0.0.1:0", ":19000"] {
+            let mut c = LogicConfig::default();
+            c.cluster.addrs = vec!["127.0.0.1:19000".into(), bogus.into()];
+            let err = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(&format!("{bogus:?}")), "names the value: {err}");
+            assert!(err.contains("cluster.addrs"), "names the key: {err}");
+            if !bogus.contains(':') {
+                assert!(err.contains("expected host:port"), "{err}");
+            }
+        }
+        let mut c = LogicConfig::default();
+        c.cluster.addrs = vec!["localhost:19000".into(), "[::1]:19001".into()];
+        assert!(c.validate().is_ok(), "host names and IPv6 are fine");
     }
 }
