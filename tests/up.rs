@@ -611,7 +611,7 @@ async fn up_with_an_existing_zookeeper_removes_its_temp_dir() {
     }
     let dir = std::path::PathBuf::from(up.field("data + logs"));
     assert!(dir.is_dir());
-    assert!(up.banner.contains(&format!("--root {root}")), "{}", up.banner);
+    assert!(up.banner.contains(&format!("--zk-root {root}")), "{}", up.banner);
 
     assert!(up.terminate().success(), "stderr:\n{}", up.stderr());
     assert!(!dir.exists(), "{} left behind", dir.display());
