@@ -631,31 +631,10 @@ async fn a_dead_proxy_is_skipped_and_no_live_proxy_is_code_minus_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_everyone_left_drops_to_zero_after_the_next_report() {
     use reborn::im::client::ImClient;
-    use reborn::im::comet::{self, CometConfig};
+    use reborn::im::comet;
 
     let h = Harness::start().await;
-    let config = CometConfig {
-        server_id: "vm-26301".into(),
-        addrs: vec!["10.8.0.1".into()],
-        register_interval: Duration::from_millis(200),
-        tcp: comet::config::CometTcpConfig {
-            listen: "127.0.0.1:0".into(),
-        },
-        websocket: comet::config::CometWsConfig {
-            listen: "127.0.0.1:0".into(),
-            ..Default::default()
-        },
-        grpc: comet::config::CometGrpcConfig {
-            listen: "127.0.0.1:0".into(),
-            ..Default::default()
-        },
-        logic: comet::config::CometLogicConfig {
-            online_interval: Duration::from_millis(200),
-            ..Default::default()
-        },
-        zk: h.cluster.zk.clone(),
-        ..Default::default()
-    };
+    let config = common::im::loopback_comet("vm-26301", "10.8.0.1", &h.cluster.zk);
     let running = comet::start(config).await.expect("comet starts");
     let tcp = running.tcp_addr.to_string();
     let login = async |mid: i64, room: &str| -> ImClient {

@@ -88,30 +88,11 @@ impl Push {
     /// Starts an in-process comet with id `id`, publishing `addr`.
     async fn comet(&mut self, id: &str, addr: &str) -> usize {
         let config = CometConfig {
-            server_id: id.into(),
-            addrs: vec![addr.into()],
-            register_interval: Duration::from_millis(200),
-            tcp: comet::config::CometTcpConfig {
-                listen: "127.0.0.1:0".into(),
-            },
-            websocket: comet::config::CometWsConfig {
-                listen: "127.0.0.1:0".into(),
-                ..Default::default()
-            },
-            grpc: comet::config::CometGrpcConfig {
-                listen: "127.0.0.1:0".into(),
-                ..Default::default()
-            },
             protocol: comet::config::CometProtocolConfig {
                 renew_interval: Duration::from_secs(1),
                 ..Default::default()
             },
-            logic: comet::config::CometLogicConfig {
-                online_interval: Duration::from_millis(200),
-                ..Default::default()
-            },
-            zk: self.cluster.zk.clone(),
-            ..Default::default()
+            ..common::im::loopback_comet(id, addr, &self.cluster.zk)
         };
         self.comets
             .push(comet::start(config).await.expect("comet starts"));

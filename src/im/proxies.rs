@@ -19,12 +19,13 @@
 //! to the next proxy. So a restarted or stopped proxy costs no call as long
 //! as another proxy (or a fresh connection) can serve it.
 //!
-//! Imports `libs::resp_client` only.
+//! Imports `libs::resp_client`, and the topo kernel's address check.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::libs::resp_client::{Frame, RespConn, RespError, RespPool, cmd};
+use crate::topo::operation::check_server_addr;
 
 /// Where a call starts and when it moves to the next proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +177,20 @@ impl ProxySet {
             self.failed(i);
         }
     }
+}
+
+/// Checks logic's and job's `cluster.addrs` (`--proxy`) at start: a
+/// malformed address would only fail at the first call, after start-up and
+/// registration in ZooKeeper, then on every call. The message names the key
+/// and the value, with the check the dashboard applies to server addresses.
+///
+/// # Errors
+/// The first address that is not `host:port`, in words.
+pub fn check_addrs(addrs: &[String]) -> Result<(), String> {
+    for addr in addrs {
+        check_server_addr(addr).map_err(|e| format!("cluster.addrs (--proxy): {e}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

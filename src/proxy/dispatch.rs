@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::blocked::Call;
-use super::command::{Command, Kind, Merge, Spec};
+use super::command::{self, Command, Kind, Merge, Spec};
 use super::context::{Client, Context};
 use super::fanout::{self, Fanned};
 use super::local;
@@ -112,19 +112,11 @@ fn dispatch_known(
             Fanned::ByKey => forward(ctx, client, req, cmd.spec),
         },
         Kind::Split(merge) => split(ctx, client, req, merge),
-        Kind::Blocking if is_blocking_call(cmd.spec, req) => blocking(ctx, client, req, cmd.spec, now),
+        // XREAD and XREADGROUP block only with a BLOCK option; without it
+        // they are ordinary reads and share connections like any other. One
+        // rule with the stats, which keep a blocked wait out of latency.
+        Kind::Blocking if command::may_block(cmd.id, &req.args) => blocking(ctx, client, req, cmd.spec, now),
         Kind::Blocking | Kind::Forward => forward(ctx, client, req, cmd.spec),
-    }
-}
-
-/// XREAD and XREADGROUP block only with a BLOCK option; without it they are
-/// ordinary reads and share connections like any other. The same rule as the
-/// stats' ([`super::command::may_block`]): the option is looked for before
-/// `STREAMS`, so a stream named "block" does not count.
-fn is_blocking_call(spec: &Spec, req: &Request) -> bool {
-    match spec.name.as_str() {
-        "xread" | "xreadgroup" => super::blocking_args::xread_block_at(&req.args).is_some(),
-        _ => true,
     }
 }
 

@@ -8,14 +8,43 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use reborn::im::client::ImClient;
+use reborn::im::comet::{self, CometConfig};
 use reborn::im::discovery::{self, Instance, InstanceKind};
 use reborn::im::job::reaper;
 use reborn::im::logic::{self, LogicConfig, RunningLogic};
 use reborn::im::queue;
 use reborn::libs::resp_client::RespConn;
+use reborn::topo::ZkConfig;
 use serde_json::Value;
 
 use super::cluster::Cluster;
+
+/// An in-process comet's config: id `id` publishing `addr`, every listener on
+/// a free loopback port, registering and reporting room counts every 200 ms.
+pub fn loopback_comet(id: &str, addr: &str, zk: &ZkConfig) -> CometConfig {
+    CometConfig {
+        server_id: id.into(),
+        addrs: vec![addr.into()],
+        register_interval: Duration::from_millis(200),
+        tcp: comet::config::CometTcpConfig {
+            listen: "127.0.0.1:0".into(),
+        },
+        websocket: comet::config::CometWsConfig {
+            listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        },
+        grpc: comet::config::CometGrpcConfig {
+            listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        },
+        logic: comet::config::CometLogicConfig {
+            online_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+        zk: zk.clone(),
+        ..Default::default()
+    }
+}
 
 /// ZooKeeper and two redis groups behind one in-process proxy, and logic in
 /// front of it (HTTP and gRPC on free ports, room counts reloaded every

@@ -1,7 +1,7 @@
 //! `reborn job` configuration: the TOML file, its defaults and the flags that
 //! override it. `conf/job.toml` is the commented sample. Imports `libs::config`,
-//! the `topo` kernel's `ZkConfig` and address check (`check_server_addr`) and
-//! `im::queue`'s defaults.
+//! the `topo` kernel's `ZkConfig`, `im::proxies`'
+//! address check and `im::queue`'s defaults.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::im::queue;
 use crate::libs::config::{self, ConfigError};
 use crate::topo::ZkConfig;
-use crate::topo::operation::check_server_addr;
 use crate::topo::store::ZkArgs;
 
 /// Everything a job instance needs. Defaults live in the `Default` impls, only there.
@@ -184,14 +183,7 @@ impl JobConfig {
         if self.cluster.addrs.is_empty() || self.cluster.addrs.iter().any(String::is_empty) {
             return bad("cluster.addrs must list at least one proxy address");
         }
-        // A malformed address would only fail at the first call, after
-        // start-up and registration in ZooKeeper, then on every call: refuse
-        // it now, with the check the dashboard applies to server addresses.
-        for addr in &self.cluster.addrs {
-            if let Err(e) = check_server_addr(addr) {
-                return Err(ConfigError::Invalid(format!("cluster.addrs (--proxy): {e}")));
-            }
-        }
+        crate::im::proxies::check_addrs(&self.cluster.addrs).map_err(ConfigError::Invalid)?;
         if self.zk.addr.is_empty() || self.zk.product.is_empty() {
             return bad("zk.addr and zk.product must be set");
         }

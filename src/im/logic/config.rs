@@ -2,8 +2,8 @@
 //! Default`, only there) and the checks run at start. `conf/logic.toml` is the
 //! commented sample; the flags that override it are in `args.rs`.
 //!
-//! Imports `libs::config`, the `topo` kernel's `ZkConfig` and address check
-//! (`check_server_addr`) and the queue's defaults; nothing else of the crate.
+//! Imports `libs::config`, the `topo` kernel's `ZkConfig`, `im::proxies`'
+//! address check and the queue's defaults; nothing else of the crate.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use crate::im::queue;
 use crate::libs::config::ConfigError;
 use crate::topo::ZkConfig;
-use crate::topo::operation::check_server_addr;
 
 /// Everything a logic instance needs to run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -280,14 +279,7 @@ impl LogicConfig {
         if self.cluster.addrs.is_empty() || self.cluster.addrs.iter().any(String::is_empty) {
             return bad("cluster.addrs must list at least one proxy address");
         }
-        // A malformed address would only fail at the first call, after
-        // start-up and registration in ZooKeeper, then on every call: refuse
-        // it now, with the check the dashboard applies to server addresses.
-        for addr in &self.cluster.addrs {
-            if let Err(e) = check_server_addr(addr) {
-                return Err(ConfigError::Invalid(format!("cluster.addrs (--proxy): {e}")));
-            }
-        }
+        crate::im::proxies::check_addrs(&self.cluster.addrs).map_err(ConfigError::Invalid)?;
         if self.cluster.conns == 0 || self.cluster.timeout.is_zero() {
             return bad("cluster.conns and cluster.timeout must be positive");
         }
