@@ -1315,3 +1315,141 @@ async fn one_clients_requests_keep_their_order_over_several_backend_connections(
     let total: i64 = p.get("counter").await.expect("get");
     assert_eq!(total, 4000);
 }
+
+/// A RESP array of bulk strings.
+fn resp_command(words: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", words.len()).into_bytes();
+    for w in words {
+        out.extend_from_slice(format!("${}\r\n{w}\r\n", w.len()).as_bytes());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_call_ends_with_the_connection_and_pops_nothing_when_the_proxy_shuts_down() {
+    let mut c = Cluster::start().await;
+    // Blocked on both groups, for ever or with a timeout, and one behind a
+    // PING whose reply must still arrive.
+    let calls: [(&str, &[&str]); 5] = [
+        ("foo", &["BLPOP", "foo", "0"]),
+        ("q1", &["BLPOP", "q1", "30"]),
+        ("{bar}", &["BRPOPLPUSH", "{bar}", "{bar}out", "0"]),
+        ("q3", &["BZPOPMIN", "q3", "0"]),
+        ("q4", &["BLPOP", "q4", "0"]),
+    ];
+    let mut raws = Vec::new();
+    for (i, (_, words)) in calls.iter().enumerate() {
+        let mut s = TcpStream::connect(c.proxy).await.expect("connect");
+        let mut req = if i == 4 {
+            resp_command(&["PING"])
+        } else {
+            Vec::new()
+        };
+        req.extend(resp_command(words));
+        s.write_all(&req).await.expect("write");
+        raws.push(s);
+    }
+    let group_of = |k: &str| usize::from(slot_of(k.as_bytes()) >= 512);
+    for g in 0..2 {
+        let n = calls.iter().filter(|(k, _)| group_of(k) == g).count() as i64;
+        let master = c.masters[g].addr();
+        common::eventually(
+            &format!("{n} client(s) blocked on {master}"),
+            Duration::from_secs(10),
+            async || common::blocked_clients(&master).await == n,
+        )
+        .await;
+    }
+    let started = Instant::now();
+    c.shutdown().await;
+    let took = started.elapsed();
+    // Well within the drain timeout (5 s): nothing waited for it.
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    // Each connection is closed with no reply to its blocked call: not an
+    // error, not a nil that `… 0` can never return. What came before it
+    // is delivered.
+    for (i, s) in raws.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got))
+            .await
+            .expect("blocked session not closed after shutdown")
+            .expect("read");
+        let want: &[u8] = if i == 4 { b"+PONG\r\n" } else { b"" };
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "client of {:?}",
+            calls[i].1
+        );
+    }
+    // Nothing is left blocked on the servers, so an element pushed now is
+    // popped by no one and stays.
+    let mut direct = [c.direct(1).await, c.direct(2).await];
+    for g in 0..2 {
+        assert_eq!(common::blocked_clients(&c.masters[g].addr()).await, 0);
+    }
+    for (key, _) in calls.iter().filter(|(k, _)| *k != "q3") {
+        let d = &mut direct[group_of(key)];
+        let _: () = d.lpush(*key, "late").await.expect("lpush");
+        let len: usize = d.llen(*key).await.expect("llen");
+        assert_eq!(len, 1, "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_element_pushed_as_the_proxy_shuts_down_is_delivered_or_kept() {
+    let mut c = Cluster::start().await;
+    let keys: Vec<String> = (0..24).map(|i| format!("race{i}")).collect();
+    let mut raws = Vec::new();
+    for k in &keys {
+        let mut s = TcpStream::connect(c.proxy).await.expect("connect");
+        s.write_all(&resp_command(&["BLPOP", k, "0"]))
+            .await
+            .expect("write");
+        raws.push(s);
+    }
+    let group_of = |k: &str| usize::from(slot_of(k.as_bytes()) >= 512);
+    for g in 0..2 {
+        let n = keys.iter().filter(|k| group_of(k) == g).count() as i64;
+        let master = c.masters[g].addr();
+        common::eventually(
+            &format!("{n} client(s) blocked on {master}"),
+            Duration::from_secs(10),
+            async || common::blocked_clients(&master).await == n,
+        )
+        .await;
+    }
+    // The pushes race the shutdown: each element is either delivered to its
+    // client or left in its list, never popped for a connection that is gone.
+    let mut direct = [c.direct(1).await, c.direct(2).await];
+    let mut pushers = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let mut d = direct[group_of(k)].clone();
+        let k = k.clone();
+        pushers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(400 * i as u64)).await;
+            let _: () = d.lpush(&k, "v").await.expect("lpush");
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(4)).await;
+    c.shutdown().await;
+    for p in pushers {
+        p.await.expect("pusher");
+    }
+    let mut delivered = 0;
+    for (k, s) in keys.iter().zip(raws.iter_mut()) {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got))
+            .await
+            .expect("blocked session not closed after shutdown")
+            .expect("read");
+        let len: usize = direct[group_of(k)].llen(k).await.expect("llen");
+        let popped = format!("*2\r\n${}\r\n{k}\r\n$1\r\nv\r\n", k.len());
+        match (String::from_utf8_lossy(&got).as_ref(), len) {
+            (g, 0) if g == popped => delivered += 1,
+            ("", 1) => {}
+            (g, len) => panic!("{k}: the client got {g:?} and the list holds {len}"),
+        }
+    }
+    eprintln!("{delivered} of {} elements delivered, the rest kept", keys.len());
+}

@@ -54,7 +54,7 @@ use super::backend::BackendConn;
 use super::blocking_args::{Timeout, Wait, is_nil, last_generated_id, nil_of, timeout_of, xread_streams};
 use super::context::Context;
 use super::migrate::move_keys;
-use super::reply::lost;
+use super::reply::{lost, unanswered};
 use super::router::SlotRoute;
 use super::stats::Stats;
 use crate::libs::protocol::Protocol;
@@ -177,6 +177,8 @@ impl Drop for Counted {
 /// One registered call.
 struct Out {
     slot: u16,
+    /// The client whose blocking call it is (`None`: a transaction's `EXEC`).
+    client: Option<u64>,
     line: Arc<Line>,
     /// Cancelled when the call is back (its registration dropped).
     back: CancellationToken,
@@ -210,11 +212,12 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    /// Registers a call of `slot` about to be sent on `line`. Must happen before
-    /// the send, in the same synchronous step as the routing decision: then an
-    /// acknowledgement that sees the routes changed also sees the call.
-    /// (A transaction's `EXEC` registers the same way, see `pinned.rs`.)
-    pub fn register(self: &Arc<Self>, slot: u16, line: &Arc<Line>) -> Registration {
+    /// Registers a call of `slot` about to be sent on `line`, for `client`'s
+    /// blocking command. Must happen before the send, in the same synchronous
+    /// step as the routing decision: then an acknowledgement that sees the
+    /// routes changed also sees the call. (A transaction's `EXEC` registers the
+    /// same way with no client, see `pinned.rs`.)
+    pub fn register(self: &Arc<Self>, slot: u16, client: Option<u64>, line: &Arc<Line>) -> Registration {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let back = CancellationToken::new();
         let answered_before = line.unblocks_answered.load(Ordering::SeqCst);
@@ -222,6 +225,7 @@ impl Registry {
             key,
             Out {
                 slot,
+                client,
                 line: line.clone(),
                 back: back.clone(),
             },
@@ -235,12 +239,12 @@ impl Registry {
         }
     }
 
-    /// The connections with a call of `slots` out, each with those calls'
-    /// "back" tokens.
-    fn lines_of(&self, slots: &HashSet<u16>) -> Vec<(Arc<Line>, Vec<CancellationToken>)> {
+    /// The connections with a call out that `which` picks, each with those
+    /// calls' "back" tokens.
+    fn lines_of(&self, which: &Which) -> Vec<(Arc<Line>, Vec<CancellationToken>)> {
         let calls = self.calls.lock();
         let mut out: Vec<(Arc<Line>, Vec<CancellationToken>)> = Vec::new();
-        for c in calls.values().filter(|c| slots.contains(&c.slot)) {
+        for c in calls.values().filter(|c| which.picks(c)) {
             match out.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &c.line)) {
                 Some((_, backs)) => backs.push(c.back.clone()),
                 None => out.push((c.line.clone(), vec![c.back.clone()])),
@@ -263,6 +267,23 @@ pub enum InterruptError {
     UnblockUnanswered,
 }
 
+/// Which registered calls an interruption is for.
+enum Which {
+    /// Those of slots that switch groups.
+    Slots(HashSet<u16>),
+    /// Those of one client whose session ends.
+    Client(u64),
+}
+
+impl Which {
+    fn picks(&self, call: &Out) -> bool {
+        match self {
+            Which::Slots(slots) => slots.contains(&call.slot),
+            Which::Client(id) => call.client == Some(*id),
+        }
+    }
+}
+
 /// Interrupts every blocking call of `slots` out on a dedicated connection of
 /// any of `workers` and waits, at most `limit`, until each has come back from
 /// its server (with its real reply or interrupted). Returns how many calls it
@@ -280,14 +301,34 @@ pub async fn interrupt(
     workers: &[Arc<Context>],
     limit: Duration,
 ) -> Result<usize, InterruptError> {
-    let slots: HashSet<u16> = slots.iter().copied().collect();
+    let which = Which::Slots(slots.iter().copied().collect());
+    interrupt_where(&which, workers, limit).await
+}
+
+/// Ends the blocking calls `client` has out, for a session that ends while
+/// the connection is still up (the proxy shuts down): each is interrupted
+/// with `CLIENT UNBLOCK … TIMEOUT` and waited for, at most `limit`, so none
+/// can pop an element after the session is gone. A call that got an element
+/// first delivers it; the others end unanswered (see [`Lane::end`]).
+///
+/// # Errors
+/// [`InterruptError`]: some call is still out after `limit`.
+pub async fn end_calls_of(ctx: &Arc<Context>, client: u64, limit: Duration) -> Result<usize, InterruptError> {
+    interrupt_where(&Which::Client(client), std::slice::from_ref(ctx), limit).await
+}
+
+async fn interrupt_where(
+    which: &Which,
+    workers: &[Arc<Context>],
+    limit: Duration,
+) -> Result<usize, InterruptError> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut seen = 0;
     loop {
         let mut backs = Vec::new();
         let mut sent = Vec::new();
         for w in workers {
-            for (line, calls) in w.blocked.lines_of(&slots) {
+            for (line, calls) in w.blocked.lines_of(which) {
                 backs.extend(calls);
                 if let Some(rx) = unblock(w, &line) {
                     sent.push((line, rx));
@@ -459,10 +500,12 @@ impl ByClient {
 pub const UNBLOCK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What a client's blocking calls share: a signal that the client is gone,
-/// and the order in which its interrupted calls are re-issued.
+/// one that its session is ending, and the order in which its interrupted
+/// calls are re-issued.
 pub struct Lane {
     closed: CancellationToken,
     _closed_on_drop: DropGuard,
+    ending: CancellationToken,
     order: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -473,8 +516,20 @@ impl Lane {
         Lane {
             _closed_on_drop: closed.clone().drop_guard(),
             closed,
+            ending: CancellationToken::new(),
             order: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// The client's session is ending with its connection still up (the proxy
+    /// shuts down): from now on an interrupted call is not re-issued but ends
+    /// [unanswered](super::reply::unanswered), so the session closes the
+    /// connection the way a redis-server that shuts down does. Nothing was
+    /// popped for it, and a client library sees a dropped connection, which it
+    /// knows to retry, rather than an error reply or a nil that `BLPOP … 0`
+    /// can never return.
+    pub fn end(&self) {
+        self.ending.cancel();
     }
 }
 
@@ -497,6 +552,7 @@ pub struct Call {
     /// `None` if the timeout does not parse (Redis answers with an error).
     timeout: Option<Timeout>,
     closed: CancellationToken,
+    ending: CancellationToken,
     order: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -521,6 +577,7 @@ impl Call {
             args: req.args.iter().map(|a| Bytes::copy_from_slice(a)).collect(),
             keys: keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
             closed: lane.closed.clone(),
+            ending: lane.ending.clone(),
             order: lane.order.clone(),
         }
     }
@@ -528,7 +585,7 @@ impl Call {
     /// Sends the call (encoded as `raw`) on the client's dedicated connection
     /// `line` to the slot's server; the receiver yields the client's reply.
     pub fn start_on(self, line: &Arc<Line>, raw: Bytes) -> oneshot::Receiver<Bytes> {
-        let registration = self.ctx.blocked.register(self.slot, line);
+        let registration = self.ctx.blocked.register(self.slot, Some(self.client), line);
         let out = (
             Counted::new(&self.ctx),
             self.ctx.by_client.list(self.client, line),
@@ -564,6 +621,9 @@ impl Call {
         if listed.released() || !self.interrupted(&registration, &reply) {
             return reply;
         }
+        if self.ending.is_cancelled() {
+            return unanswered();
+        }
         if let Err(e) = self.pin_stream_ids(registration.line.conn.addr()).await {
             return e;
         }
@@ -595,6 +655,9 @@ impl Call {
         };
         let mut changes = self.ctx.router.subscribe();
         loop {
+            if self.ending.is_cancelled() {
+                return unanswered();
+            }
             let wait = match self.time_left() {
                 None => return cannot_reissue(self.slot),
                 Some(None) => return nil_of(&self.args, self.protocol),
@@ -612,6 +675,7 @@ impl Call {
                         changed = changes.changed() => if changed.is_err() { return cannot_reissue(self.slot) },
                         _ = tokio::time::sleep_until(until) => {}
                         _ = self.closed.cancelled() => return lost(),
+                        _ = self.ending.cancelled() => return unanswered(),
                     }
                     continue;
                 }
@@ -666,7 +730,10 @@ impl Call {
             Ok(d) => d,
             Err(reply) => return Some(reply),
         };
-        let registration = self.ctx.blocked.register(self.slot, &dedicated.line);
+        let registration = self
+            .ctx
+            .blocked
+            .register(self.slot, Some(self.client), &dedicated.line);
         let out = Counted::new(&self.ctx);
         let listed = self.ctx.by_client.list(self.client, &dedicated.line);
         let rx = dedicated.line.send(self.request(wait));

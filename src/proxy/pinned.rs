@@ -284,7 +284,7 @@ impl Exec {
                 self.line = Some(dedicated);
                 return Err(tryagain(slot, "the connection holding its WATCH was lost"));
             }
-            let registration = ctx.blocked.register(slot, &line);
+            let registration = ctx.blocked.register(slot, None, &line);
             let multi = line.send(Bytes::from_static(MULTI));
             let queued = self
                 .items

@@ -80,6 +80,18 @@ pub(crate) fn lost() -> Bytes {
     resp::error("ERR backend reply lost")
 }
 
+/// The "reply" of a request that ends without one: the session closes the
+/// connection instead of writing it or anything queued after it (see
+/// `Lane::end` in `blocked.rs`). Empty, which no RESP reply is.
+pub(crate) fn unanswered() -> Bytes {
+    Bytes::new()
+}
+
+/// True for [`unanswered`].
+pub(crate) fn is_unanswered(reply: &[u8]) -> bool {
+    reply.is_empty()
+}
+
 /// The reply of a request held too long (sessions normally resolve holds).
 pub fn held(why: Held) -> Bytes {
     match why {

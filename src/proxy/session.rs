@@ -18,8 +18,10 @@
 //!
 //! A protocol error or QUIT is answered, the buffered replies are flushed, and the
 //! connection closes. On shutdown the reader stops taking requests while the
-//! writer delivers everything already accepted. `CLIENT KILL` stops both halves
-//! (see `clients.rs`, where every session is listed while it runs).
+//! writer delivers everything already accepted; a blocking call still out is
+//! first unblocked at its server, then ends the connection unanswered
+//! (`Lane::end` in `blocked.rs`). `CLIENT KILL` stops both halves (see
+//! `clients.rs`, where every session is listed while it runs).
 //!
 //! A subscribed client also gets pub/sub messages: the writer takes them from
 //! its inbox (`pubsub.rs`) whenever no reply is due, whole frames only. A
@@ -96,15 +98,36 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationT
     // The reader owns the client state, so a client that hangs up drops its
     // dedicated connections at once and a blocked BLPOP does not outlive it.
     let client = Client::on(&ctx, conn.clone());
-    let reader = read_loop(rd, &ctx, client, tx, &meter, &writer_done, conn.stop());
+    let reader = async {
+        let mut client = client;
+        read_loop(rd, &ctx, &mut client, tx, &meter, &writer_done, conn.stop()).await;
+        if conn.stop().is_cancelled() && !conn.is_killed() {
+            end_blocked_calls(&ctx, &mut client).await;
+        }
+    };
     let writer = write_loop(wr, (&ctx, &conn), rx, &meter, &writer_done);
     tokio::join!(reader, writer);
+}
+
+/// The proxy shuts down while `client` may have blocking calls out: each is
+/// ended at its server before the client (and so its dedicated connections)
+/// is dropped, so no element is popped for a session that is gone. A call
+/// that got an element delivers it; the others end unanswered and the writer
+/// closes the connection (see `Lane::end`).
+async fn end_blocked_calls(ctx: &Arc<Context>, client: &mut Client) {
+    client.lane().end();
+    let limit = ctx.config.drain_timeout;
+    match super::blocked::end_calls_of(ctx, client.id, limit).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(client = client.id, calls = n, "blocking calls ended for shutdown"),
+        Err(e) => tracing::warn!(client = client.id, error = %e, "blocking calls not ended for shutdown"),
+    }
 }
 
 async fn read_loop(
     mut rd: OwnedReadHalf,
     ctx: &Arc<Context>,
-    mut client: Client,
+    client: &mut Client,
     tx: mpsc::Sender<Queued>,
     meter: &Meter,
     writer_done: &CancellationToken,
@@ -157,11 +180,11 @@ async fn read_loop(
                     } else {
                         now
                     };
-                    let p = dispatch(ctx, &mut client, &req, at);
+                    let p = dispatch(ctx, client, &req, at);
                     // By the command's stats slot: no second name lookup.
                     blocks = !queuing && command::may_block(p.cmd, &req.args);
                     match p.reply {
-                        Reply::Hold(why) => hold(ctx, &mut client, &req, (p.cmd, p.start, why), stop).await,
+                        Reply::Hold(why) => hold(ctx, client, &req, (p.cmd, p.start, why), stop).await,
                         // Only local replies can switch the protocol (HELLO).
                         Reply::Ready(_) if client.fence => {
                             client.fence = false;
@@ -368,6 +391,11 @@ async fn write_loop(
                     continue;
                 }
             };
+            if reply::is_unanswered(&reply) {
+                // Nothing more goes out: a later reply would pass for this one.
+                out.closing = true;
+                continue;
+            }
             out.push(&q, &reply, meter);
             if out.closing {
                 continue;
