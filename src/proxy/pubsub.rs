@@ -80,17 +80,17 @@ impl Class {
     }
 
     /// The class and meaning of an upstream frame's first word.
-    fn of_word(word: &[u8]) -> Option<(Class, Frame)> {
+    fn of_word(word: &[u8]) -> Option<(Class, FrameKind)> {
         Some(match word {
-            b"subscribe" => (Class::Channel, Frame::Subscribed),
-            b"psubscribe" => (Class::Pattern, Frame::Subscribed),
-            b"ssubscribe" => (Class::Shard, Frame::Subscribed),
-            b"unsubscribe" => (Class::Channel, Frame::Unsubscribed),
-            b"punsubscribe" => (Class::Pattern, Frame::Unsubscribed),
-            b"sunsubscribe" => (Class::Shard, Frame::Unsubscribed),
-            b"message" => (Class::Channel, Frame::Message),
-            b"pmessage" => (Class::Pattern, Frame::Message),
-            b"smessage" => (Class::Shard, Frame::Message),
+            b"subscribe" => (Class::Channel, FrameKind::Subscribed),
+            b"psubscribe" => (Class::Pattern, FrameKind::Subscribed),
+            b"ssubscribe" => (Class::Shard, FrameKind::Subscribed),
+            b"unsubscribe" => (Class::Channel, FrameKind::Unsubscribed),
+            b"punsubscribe" => (Class::Pattern, FrameKind::Unsubscribed),
+            b"sunsubscribe" => (Class::Shard, FrameKind::Unsubscribed),
+            b"message" => (Class::Channel, FrameKind::Message),
+            b"pmessage" => (Class::Pattern, FrameKind::Message),
+            b"smessage" => (Class::Shard, FrameKind::Message),
             _ => return None,
         })
     }
@@ -98,7 +98,7 @@ impl Class {
 
 /// What an upstream frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Frame {
+enum FrameKind {
     Subscribed,
     Unsubscribed,
     Message,
@@ -334,7 +334,7 @@ impl PubSubHub {
         let items = crate::libs::resp::array_items(frame)?;
         let word = |i: usize| items.get(i).and_then(crate::libs::resp::bulk_payload);
         match Class::of_word(&word(0)?)? {
-            (class, Frame::Subscribed) => Some((class, word(1)?)),
+            (class, FrameKind::Subscribed) => Some((class, word(1)?)),
             _ => None,
         }
     }
@@ -351,9 +351,9 @@ impl PubSubHub {
         };
         let Some(name) = word(1) else { return };
         match kind {
-            Frame::Message => self.deliver(class, name, frame),
-            Frame::Subscribed => self.confirm(addr, class, name),
-            Frame::Unsubscribed => {
+            FrameKind::Message => self.deliver(class, name, frame),
+            FrameKind::Subscribed => self.confirm(addr, class, name),
+            FrameKind::Unsubscribed => {
                 let mut inner = self.inner.lock();
                 // Dropping the senders wakes the waiting clients.
                 inner.leaving.remove(&(class, name, addr.to_string()));
@@ -519,15 +519,15 @@ mod tests {
     fn words_name_their_class() {
         assert_eq!(
             Class::of_word(b"pmessage"),
-            Some((Class::Pattern, Frame::Message))
+            Some((Class::Pattern, FrameKind::Message))
         );
         assert_eq!(
             Class::of_word(b"ssubscribe"),
-            Some((Class::Shard, Frame::Subscribed))
+            Some((Class::Shard, FrameKind::Subscribed))
         );
         assert_eq!(
             Class::of_word(b"unsubscribe"),
-            Some((Class::Channel, Frame::Unsubscribed))
+            Some((Class::Channel, FrameKind::Unsubscribed))
         );
         assert_eq!(Class::of_word(b"pong"), None);
     }

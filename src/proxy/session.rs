@@ -39,7 +39,7 @@
 //!
 //! Each reply's time, from its request's arrival to its write, goes to the
 //! stats, except for requests that may block at the server (BLPOP, XREAD …
-//! BLOCK, WAIT, …): the reader marks those ([`Queued`]) and the writer only
+//! BLOCK, WAIT, …): the reader marks those ([`Outgoing`]) and the writer only
 //! counts them, since their wait is not latency (`stats.rs`).
 
 use std::os::fd::AsRawFd;
@@ -70,7 +70,7 @@ const READ_MIN: usize = 1024;
 const READ_MAX: usize = 64 * 1024;
 
 /// A reply on its way from the reader to the writer.
-struct Queued {
+struct Outgoing {
     pending: Pending,
     /// Its request may block at the server: counted, not timed (see
     /// [`Stats::record_blocking`](super::stats::Stats::record_blocking)).
@@ -128,7 +128,7 @@ async fn read_loop(
     mut rd: OwnedReadHalf,
     ctx: &Arc<Context>,
     client: &mut Client,
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<Outgoing>,
     meter: &Meter,
     writer_done: &CancellationToken,
     stop: &CancellationToken,
@@ -208,7 +208,7 @@ async fn read_loop(
             let close = matches!(pending.reply, Reply::Close(_));
             last = Some(pending.cmd);
             meter.dispatched();
-            permit.send(Queued { pending, blocks });
+            permit.send(Outgoing { pending, blocks });
             if close {
                 return;
             }
@@ -315,7 +315,7 @@ async fn idle_timer(idle: Duration) {
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     (ctx, conn): (&Context, &Connection),
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: mpsc::Receiver<Outgoing>,
     meter: &Meter,
     done: &CancellationToken,
 ) {
@@ -428,7 +428,7 @@ struct Written {
     /// When its request arrived.
     start: Instant,
     error: bool,
-    /// See [`Queued::blocks`].
+    /// See [`Outgoing::blocks`].
     blocks: bool,
 }
 
@@ -442,14 +442,14 @@ struct Output<'a> {
     /// Pub/sub messages, once the client subscribed (see `pubsub.rs`).
     inbox: Option<Inbox>,
     /// A reply taken off the queue while the socket was full, not in yet.
-    next: Option<Queued>,
+    next: Option<Outgoing>,
     /// A reply that closes the connection is in `buf`.
     closing: bool,
 }
 
 impl Output<'_> {
     /// Appends a complete reply.
-    fn push(&mut self, q: &Queued, reply: &Bytes, meter: &Meter) {
+    fn push(&mut self, q: &Outgoing, reply: &Bytes, meter: &Meter) {
         meter.took(reply.len());
         let p = &q.pending;
         self.written.push(Written {
@@ -468,7 +468,7 @@ impl Output<'_> {
         wr: &mut OwnedWriteHalf,
         ctx: &Context,
         meter: &Meter,
-        rx: &mut mpsc::Receiver<Queued>,
+        rx: &mut mpsc::Receiver<Outgoing>,
     ) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -514,7 +514,7 @@ impl Output<'_> {
         wr: &mut OwnedWriteHalf,
         ctx: &Context,
         meter: &Meter,
-        rx: &mut mpsc::Receiver<Queued>,
+        rx: &mut mpsc::Receiver<Outgoing>,
         stuck: &mut usize,
     ) -> std::io::Result<()> {
         let subscriber = self.inbox.is_some();
@@ -568,7 +568,7 @@ impl Output<'_> {
 
 /// The reply of the next queued request, once it is in. Cancel-safe: the
 /// request waits in `next` until its reply comes.
-async fn next_reply(rx: &mut mpsc::Receiver<Queued>, next: &mut Option<Queued>) -> Option<Bytes> {
+async fn next_reply(rx: &mut mpsc::Receiver<Outgoing>, next: &mut Option<Outgoing>) -> Option<Bytes> {
     if next.is_none() {
         *next = Some(rx.recv().await?);
     }

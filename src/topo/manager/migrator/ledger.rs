@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 /// One `SCAN` call whose keys are not all settled.
 #[derive(Debug)]
-struct Call {
+struct ScanCall {
     /// The cursor `SCAN` returned: where a resumed pass continues.
     cursor: u64,
     /// Keys of the call not settled yet.
@@ -26,7 +26,7 @@ struct Call {
 pub(super) struct Ledger {
     /// Id of the front call.
     first: u64,
-    calls: VecDeque<Call>,
+    calls: VecDeque<ScanCall>,
 }
 
 /// What may be committed to the progress.
@@ -43,7 +43,7 @@ impl Ledger {
     /// slots; returns the id its keys carry.
     pub(super) fn scanned(&mut self, cursor: u64, found: usize) -> u64 {
         let id = self.first + self.calls.len() as u64;
-        self.calls.push_back(Call {
+        self.calls.push_back(ScanCall {
             cursor,
             left: found,
             found: found as u64,
