@@ -346,3 +346,48 @@ async fn with_the_master_dead_the_most_advanced_replica_is_chosen() {
     .await;
     wait_synced(&b, (first.len() + more.len()) as i64).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_a_migrating_slot_is_not_promoted() {
+    use reborn::topo::model::SlotTable;
+    let c = Cluster::start().await;
+    let replica = c.replica_of_group_1().await;
+    let (m, r) = (c.masters[0].addr(), replica.addr());
+    let dash = dashboard(&c).await;
+    // Slot 7 is on its way from group 1 to group 2 (a task mid-way).
+    let path = c.store.paths().slots();
+    let (mut table, version) = c
+        .store
+        .get_json_with_version::<SlotTable>(&path)
+        .await
+        .expect("read slots");
+    let s = table.get_mut(7).expect("slot 7");
+    (s.group, s.from, s.state) = (2, Some(1), SlotState::Migrate);
+    c.store
+        .set_json(&path, &table, version)
+        .await
+        .expect("write slots");
+
+    let request = PromoteRequest {
+        server: Some(r.clone()),
+        force: true,
+    };
+    let e = promote_with(&c.store, 1, &request, None, ACK)
+        .await
+        .expect_err("a migrating slot refuses even a forced promote");
+    assert!(
+        matches!(&e, TopoError::State(m) if m.contains("slot 7 of group 1 is migrating")),
+        "{e:?}"
+    );
+    let reply = http::post(
+        &dash,
+        "/api/groups/1/promote",
+        &serde_json::json!({ "addr": r, "force": true }),
+    )
+    .await
+    .expect("POST promote");
+    assert_eq!(reply.status, 409, "{:?}", reply.body);
+    // Nothing changed.
+    assert_eq!(master_of_group_1(&c).await, m);
+    assert!(info_replication(&r).await.contains("role:slave"));
+}
