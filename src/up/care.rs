@@ -63,3 +63,64 @@ impl Care {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::up::RedisServer;
+
+    /// A redis-server on a free port (a few tries: a port can be taken
+    /// between the pick and the bind).
+    fn redis() -> RedisServer {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("free port");
+            if let Ok(s) = RedisServer::start_in_temp_dir(port) {
+                return s;
+            }
+        }
+        panic!("cannot start a redis-server")
+    }
+
+    /// SIGKILLs it from outside, as a crash would, and waits for `ended`.
+    fn crash(server: &mut RedisServer, care: &mut Care, now: Instant) {
+        let pid = server.pid().expect("pid").to_string();
+        let killed = std::process::Command::new("kill").args(["-9", &pid]).status();
+        assert!(killed.is_ok_and(|s| s.success()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *care == Care::Running && Instant::now() < deadline {
+            care.tend(server, AFTER, "", now);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(*care, Care::Died(now), "the death noticed, and reaped");
+    }
+
+    const AFTER: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_dead_server_comes_back_after_the_delay_unless_its_port_was_taken() {
+        let mut server = redis();
+        let mut care = Care::Running;
+        let t0 = Instant::now();
+        crash(&mut server, &mut care, t0);
+        // Not before the delay.
+        care.tend(&mut server, AFTER, "", t0 + AFTER / 2);
+        assert_eq!(care, Care::Died(t0));
+        care.tend(&mut server, AFTER, "", t0 + AFTER);
+        assert_eq!(care, Care::Running);
+        assert!(server.ended().is_none(), "started again and running");
+
+        // Someone else's process holds the port when the delay is up: it is
+        // left to them, for good.
+        crash(&mut server, &mut care, t0);
+        let theirs = std::net::TcpListener::bind(server.addr()).expect("take the port");
+        care.tend(&mut server, AFTER, "", t0 + AFTER);
+        assert_eq!(care, Care::LeftAlone);
+        care.tend(&mut server, AFTER, "", t0 + AFTER * 3);
+        assert_eq!(care, Care::LeftAlone);
+        assert!(server.pid().is_none(), "not started");
+        drop(theirs);
+    }
+}
