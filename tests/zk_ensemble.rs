@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use common::cluster::Cluster;
 use common::load::{self, Load};
+use reborn::topo::operation;
 use reborn::up::Ensemble;
 
 /// The session that owns the proxy's ephemeral node: the proxy's session.
@@ -23,6 +24,21 @@ async fn proxy_session(c: &Cluster, proxy: SocketAddr) -> i64 {
         .await
         .expect("stat the proxy's node");
     stat.expect("the proxy is registered").ephemeral_owner
+}
+
+/// The proxy's `routing_epoch` (`INFO proxy`): it grows with every topology
+/// snapshot the proxy applies.
+async fn routing_epoch(proxy: SocketAddr) -> u64 {
+    let mut conn = common::client(&proxy.to_string()).await;
+    let info: String = redis::cmd("INFO")
+        .arg("proxy")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO proxy");
+    info.lines()
+        .find_map(|l| l.strip_prefix("routing_epoch:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no routing_epoch in {info}"))
 }
 
 /// Which member holds `session` now (asked with `cons`, blocking).
@@ -71,6 +87,18 @@ async fn losing_any_one_ensemble_member_costs_clients_nothing() {
         let moved = killed.elapsed();
         // Under load for a while on two members.
         load.progressed(500, "the load goes on with a member down").await;
+        // The proxy still follows the topology on its moved session: a
+        // change made now reaches it (a new, empty group).
+        let epoch = routing_epoch(proxy).await;
+        operation::create_group(&c.store, 10 + round)
+            .await
+            .expect("create a group");
+        common::eventually(
+            &format!("the proxy to see group {} (round {round})", 10 + round),
+            session_timeout * 3,
+            async || routing_epoch(proxy).await > epoch,
+        )
+        .await;
         let what = match (victim == leader, victim == holder) {
             (true, true) => "the leader, holding the proxy's session",
             (true, false) => "the leader",

@@ -8,9 +8,11 @@
 //! table, a few groups and proxies) and makes missed or reordered events harmless.
 //!
 //! Sessions: events that happen while disconnected can be lost
-//! (ZOOKEEPER-4698), so a reconnect triggers a full reload; after expiry the watch
-//! is gone with its session, so the follower waits for the [`Store`] to open the
-//! next one, re-arms and reloads. Imports `libs` and `topo`'s kernel only.
+//! (ZOOKEEPER-4698), and the server drops a connection's watches with it (the
+//! client does not send persistent watches again), so a reconnect re-arms the
+//! watch and reloads; after expiry the watch is gone with its session, so the
+//! follower waits for the [`Store`] to open the next one, re-arms and reloads.
+//! Imports `libs` and `topo`'s kernel only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,11 +241,25 @@ impl Follower {
             };
             match burst {
                 Burst::Disconnected => {}
-                Burst::Changed | Burst::Reconnected => self.reload(&zk).await,
+                Burst::Changed => self.reload(&zk).await,
+                Burst::Reconnected => {
+                    // Same session, new connection: the server forgot the
+                    // watch with the old one, and zookeeper-client 0.11.2 does
+                    // not send persistent watches again (its `resend_watches`
+                    // only re-sends one-shot ones). Without this the proxy
+                    // would follow nothing after its member dies.
+                    let Some((next_zk, next_events)) = self.rearm(zk.generation()).await else {
+                        return;
+                    };
+                    // The new watch is armed before the old one is dropped,
+                    // so dropping it asks the server to remove nothing.
+                    (zk, events) = (next_zk, next_events);
+                    self.reload(&zk).await;
+                }
                 Burst::Ended => {
                     // The watcher panics if polled after a terminal event: drop it.
                     drop(events);
-                    let Some((next_zk, next_events)) = self.rearm(zk.generation()).await else {
+                    let Some((next_zk, next_events)) = self.rearm(zk.generation() + 1).await else {
                         return;
                     };
                     (zk, events) = (next_zk, next_events);
@@ -279,15 +295,16 @@ impl Follower {
         }
     }
 
-    /// Waits for a session newer than `old` and arms the watch on it.
-    async fn rearm(&self, old: u64) -> Option<(ZkSession, zk::PersistentWatcher)> {
+    /// Waits for a connected session of generation `from` or later and arms
+    /// the watch on it.
+    async fn rearm(&self, from: u64) -> Option<(ZkSession, zk::PersistentWatcher)> {
         let mut session = self.store.session();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let newer = tokio::select! {
                 () = self.cancel.cancelled() => return None,
                 () = self.store.closed() => return None,
-                r = session.wait_for(|e| e.generation > old && e.connected) => r.is_ok(),
+                r = session.wait_for(|e| e.generation >= from && e.connected) => r.is_ok(),
             };
             if !newer {
                 return None;
