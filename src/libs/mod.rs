@@ -9,6 +9,7 @@ pub mod listener;
 pub mod load;
 pub mod logging;
 pub mod migrate;
+pub mod outage;
 pub mod protocol;
 pub mod resp;
 pub mod resp_client;

@@ -226,13 +226,20 @@ fn down_reply(shared: &Shared) -> Bytes {
 
 async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    // A proxy opens dozens of connections at start, one per client for
+    // blocking calls: only a connection that comes back is news.
+    let mut failed = false;
     loop {
         let outcome = match connect(&shared.addr, &opts).await {
             Ok((stream, id)) => {
                 shared.client_id.store(id, Ordering::SeqCst);
                 shared.state.store(UP, Ordering::Relaxed);
                 backoff.reset();
-                tracing::info!(backend = %shared.addr, "backend connected");
+                if std::mem::take(&mut failed) {
+                    tracing::info!(backend = %shared.addr, "backend connected again");
+                } else {
+                    tracing::debug!(backend = %shared.addr, "backend connected");
+                }
                 serve(stream, &mut rx, &shared, opts.replica_ack).await
             }
             Err(e) => Err(e),
@@ -241,6 +248,7 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
             // Every handle is gone and the in-flight replies were delivered.
             Ok(()) => return,
             Err(e) => {
+                failed = true;
                 shared.client_id.store(0, Ordering::SeqCst);
                 let was_up = shared.state.swap(DOWN, Ordering::Relaxed) == UP;
                 if was_up {

@@ -38,7 +38,12 @@ impl Care {
             Care::Running => {
                 if let Some(status) = process.ended() {
                     let what = process.what();
-                    tracing::warn!(%status, "{what} died; reborn up starts it again in {after:?}{then}");
+                    let when = if after.is_zero() {
+                        "at once".to_string()
+                    } else {
+                        format!("in {after:?}")
+                    };
+                    tracing::warn!(%status, "{what} died; reborn up starts it again {when}{then}");
                     *self = Care::Died(now);
                 }
             }

@@ -10,24 +10,27 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
 use super::logic_link::LinkError;
+use crate::libs::outage::Outage;
 
 /// The pause before retrying a failed report.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Reports room counts until `shutdown`, the first time right away.
 pub async fn report_loop(hub: Arc<Hub>, interval: Duration, shutdown: CancellationToken) {
+    let mut outage = Outage::default();
     loop {
         let counts = hub.buckets.room_counts();
         let pause = match hub.link.renew_online(&hub.server_id, counts).await {
             Ok(all) => {
                 hub.set_all_online(all);
+                outage.succeeded("RenewOnline");
                 interval
             }
             Err(e) => {
-                if matches!(e, LinkError::NoLogic) {
+                if matches!(e, LinkError::NoLogic) && !outage.is_on() {
                     tracing::debug!("no logic to report room counts to yet");
                 } else {
-                    tracing::warn!(error = %e, "RenewOnline failed; retrying");
+                    outage.failed("RenewOnline", &e);
                 }
                 RETRY.min(interval)
             }

@@ -31,6 +31,7 @@ use crate::im::proto::logic::push_msg::Type as PushType;
 use crate::im::proxies::ProxySet;
 use crate::im::queue;
 use crate::libs::backoff::Backoff;
+use crate::libs::outage::Outage;
 use crate::libs::resp_client::{RespConn, RespError, check};
 
 /// Everything one stream consumer needs.
@@ -88,6 +89,8 @@ impl StreamConsumer {
         );
         let mut reader: Option<Reader> = None;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut outage = Outage::default();
+        let what = format!("queue read on {}", self.stream);
         loop {
             let taken = tokio::select! {
                 p = Arc::clone(&places).acquire_many_owned(page as u32) => p,
@@ -112,6 +115,7 @@ impl StreamConsumer {
             match step {
                 Ok(entries) => {
                     backoff.reset();
+                    outage.succeeded(&what);
                     for e in entries {
                         let Some(place) = taken.split(1) else { break };
                         // A claim can return what this consumer is still delivering.
@@ -136,7 +140,7 @@ impl StreamConsumer {
                         // The stream was deleted under us: join the group again.
                         r.grouped = false;
                     }
-                    tracing::warn!(stream = %self.stream, error = %e, "queue read failed; retrying");
+                    outage.failed(&what, &e);
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next_delay()) => {}
                         () = stop.cancelled() => break,

@@ -1,6 +1,6 @@
 //! Where a product's dashboard is: the address its leader publishes in its
 //! ephemeral node, `<root>/<product>/dashboard` (see [`super::leader`]). This is
-//! how `reborn admin` reaches the dashboard of the `--zk`/`--root`/`--product`
+//! how `reborn admin` reaches the dashboard of the `--zk`/`--zk-root`/`--product`
 //! it was given, rather than whatever listens on a default port.
 //!
 //! Imports `topo`'s kernel.
@@ -24,7 +24,7 @@ pub enum LocateError {
 
     /// The product does not exist under that root.
     #[error(
-        "product {product:?} does not exist in ZooKeeper at {zk} (no node {path}); check --zk, --root and --product, or run `reborn admin init`"
+        "product {product:?} does not exist in ZooKeeper at {zk} (no node {path}); check --zk, --zk-root and --product, or run `reborn admin init`"
     )]
     NoProduct {
         /// The product.
