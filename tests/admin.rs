@@ -549,6 +549,19 @@ async fn a_switch_that_keeps_failing_fails_the_task_and_frees_the_queue() {
         reason.contains("switch_attempts = 1") && reason.contains(&paused_id),
         "{failed:?}"
     );
+    // The failed switch counts as the task's error, in the CLI's table too.
+    assert_eq!((failed.switch_failures, failed.errors()), (1, 1), "{failed:?}");
+    let (table, _) = text(&admin(&c.zk, &["tasks"]).await);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", stuck.id)))
+        .unwrap_or_else(|| panic!("task {} in {table}", stuck.id));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells.get(1..8),
+        Some(&["failed", "0-3", "1", "2", "0", "-", "1"][..]),
+        "{table}"
+    );
     assert_eq!(c.slot_state(0).await, (1, SlotState::Online), "rolled back");
     // The proxy recovers; the next task runs.
     common::cluster::signal(paused.id(), "-CONT");

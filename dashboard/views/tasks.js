@@ -86,6 +86,14 @@ function controls(t) {
   return out;
 }
 
+// The source group: recorded when the task starts; for a queued one, where
+// its slots are now; none for a task that ended before it started.
+function from(t, slots) {
+  if (t.from) return String(t.from);
+  const now = t.state === "queued" ? slots[t.slots[0]] : null;
+  return now && now.group ? String(now.group) : "–";
+}
+
 function row(t, slots, masterKeys) {
   const { share, left } = estimate(t, slots, masterKeys);
   const p = t.progress || {};
@@ -99,7 +107,7 @@ function row(t, slots, masterKeys) {
     { "data-task": t.id, "data-state": t.state },
     el("td", {}, String(t.id)),
     el("td", {}, rangeText(t.slots)),
-    el("td", {}, (t.from || "?") + " → " + t.to),
+    el("td", {}, from(t, slots) + " → " + t.to),
     el("td", { class: t.state === "failed" ? "bad" : t.state === "done" ? "ok" : "" }, state),
     el(
       "td",
@@ -111,7 +119,13 @@ function row(t, slots, masterKeys) {
     el("td", { class: "num" }, num(p.moved)),
     el("td", { class: "num" }, rate ? num(Math.round(rate)) : ""),
     el("td", {}, t.state === "migrating" && rate && left !== null ? duration(left / rate) : ""),
-    el("td", { class: error ? "bad" : "" }, num(p.errors || 0), error ? el("div", { class: "hint" }, error) : null),
+    el(
+      "td",
+      // A cancelled task's note ("cancelled by an operator") is no fault.
+      { class: error && t.state !== "cancelled" ? "bad" : "" },
+      num((p.errors || 0) + (t.switch_failures || 0)),
+      error ? el("div", { class: "hint" }, error) : null,
+    ),
     controls(t),
   );
 }

@@ -611,7 +611,7 @@ pub fn render_tasks(tasks: &[Task]) -> String {
                 t.to.to_string(),
                 t.progress.moved.to_string(),
                 keys_per_sec(&t.progress),
-                t.progress.errors.to_string(),
+                t.errors().to_string(),
                 t.error
                     .clone()
                     .or_else(|| t.progress.last_error.clone())

@@ -104,6 +104,7 @@ async fn claim(store: &Store, mut task: Task) -> Result<(), TopoError> {
         return Ok(());
     }
     task.attempts = current.attempts;
+    task.switch_failures = current.switch_failures;
     match store.set_json(&path, &task, version).await {
         Ok(_) | Err(TopoError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e),
@@ -174,6 +175,7 @@ async fn switch(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<D
         Err(e @ (TopoError::Invalid(_) | TopoError::NotFound(_))) => fail(store, task, e.to_string()).await,
         Err(e) => {
             task.attempts = task.attempts.saturating_add(1);
+            task.switch_failures = task.switch_failures.saturating_add(1);
             if task.attempts >= cfg.switch_attempts {
                 let reason = format!(
                     "gave up after {} failed switch attempts in a row (switch_attempts = {}); \

@@ -88,6 +88,10 @@ pub struct Task {
     /// Switch attempts that failed in a row (reset by a switch that succeeds).
     #[serde(default)]
     pub attempts: u32,
+    /// Switch attempts that failed over the task's life (rolled back, then
+    /// retried or given up on): with `progress.errors`, its error count.
+    #[serde(default)]
+    pub switch_failures: u32,
     /// Set by an operator: the runner leaves the task alone (a running pass
     /// stops at its next progress save, resumable) until resumed; later tasks
     /// run meanwhile.
@@ -96,6 +100,14 @@ pub struct Task {
     /// Unix seconds.
     pub created: u64,
     pub updated: u64,
+}
+
+impl Task {
+    /// What went wrong and was retried or given up on: failed `MIGRATE`s
+    /// and lost connections of its passes, and failed switch attempts.
+    pub fn errors(&self) -> u64 {
+        self.progress.errors + u64::from(self.switch_failures)
+    }
 }
 
 /// Queues a migration of `slots` to group `to`; returns the task.
@@ -155,6 +167,7 @@ pub async fn enqueue_many(store: &Store, moves: Vec<(Vec<u16>, GroupId)>) -> Res
                 progress: Progress::default(),
                 error: None,
                 attempts: 0,
+                switch_failures: 0,
                 paused: false,
                 created: now,
                 updated: now,
@@ -328,6 +341,7 @@ mod tests {
             progress: Progress::default(),
             error: None,
             attempts: 0,
+            switch_failures: 0,
             paused: false,
             created: 0,
             updated: 0,
