@@ -251,6 +251,16 @@ async fn a_replica_that_is_behind_is_refused_and_force_says_what_is_lost() {
         "{said}"
     );
     assert_eq!(master_of_group_1(&c).await, r);
+    // The history of master changes has it, beside the automatic failovers.
+    let history = reborn::topo::manager::failover::list(&c.store)
+        .await
+        .expect("history");
+    assert!(
+        matches!(&history[..], [f] if f.group == 1 && f.old_master == m
+            && f.new_master.as_deref() == Some(r.as_str())
+            && f.reason == "promoted by an operator (forced)" && f.outcome == "promoted"),
+        "{history:?}"
+    );
 
     // What was lost is what it said: the old master follows the new one and
     // holds only what the replica had applied.

@@ -2,7 +2,8 @@
 // memory, keys, clients, ops/s, replication offset and lag), and the changes:
 // add a group, add a server, promote a replica (after a confirmation that
 // says what a promote does), remove a server or an empty group. Below the
-// groups, the automatic failovers the dashboard ran (`reborn admin failovers`).
+// groups, the failovers the dashboard ran and the promotes operators asked for
+// (`reborn admin failovers`).
 import { del, get, post } from "../api.js";
 import { change, changeForm, confirmAction } from "../dialog.js";
 import { bytes, el, expandSlots, groupColour, groupList, num } from "../format.js";
@@ -46,7 +47,7 @@ export function mount(root) {
     el(
       "section",
       { class: "panel scroll" },
-      el("h3", {}, "Automatic failovers"),
+      el("h3", {}, "Failovers and promotes"),
       el(
         "table",
         { id: "failovers" },
@@ -67,7 +68,8 @@ function failoverRow(f) {
     el("td", {}, String(f.group)),
     el("td", {}, f.old_master),
     el("td", {}, f.new_master || "none"),
-    el("td", { class: "num" }, num(f.detection_ms) + " ms"),
+    // An operator's promote detected nothing.
+    el("td", { class: "num" }, f.detection_ms ? num(f.detection_ms) + " ms" : "–"),
     el("td", { class: "num" }, num(f.switch_ms) + " ms"),
     el("td", { class: f.new_master ? "ok" : "bad" }, f.outcome),
     el("td", { class: "hint" }, f.reason),

@@ -40,7 +40,7 @@ function describe(id) {
 function assignForm() {
   const start = el("input", { type: "number", min: 0, max: 1023, name: "assign-start", placeholder: "first", required: true });
   const end = el("input", { type: "number", min: 0, max: 1023, name: "assign-end", placeholder: "last" });
-  const group = el("input", { type: "number", min: 0, name: "assign-group", placeholder: "group (0: none)", required: true });
+  const group = el("input", { type: "number", min: 0, name: "assign-group", placeholder: "group (0: none)", required: true, style: "width: 9.5em" });
   const range = () => [Number(start.value), Number(end.value || start.value), Number(group.value)];
   return changeForm(
     {

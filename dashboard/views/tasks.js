@@ -137,11 +137,14 @@ export async function refresh() {
   // Rebuilt only when the groups change: rebuilding every second would close
   // the list under the operator's pointer (and lose the choice).
   const ids = groupList(topo).map((g) => String(g.id));
-  const shown = [...groupSelect.options].map((o) => o.value);
+  const shown = [...groupSelect.options].map((o) => o.value).filter((v) => v !== "");
   if (ids.join() !== shown.join()) {
     const chosen = groupSelect.value;
-    groupSelect.replaceChildren(...ids.map((id) => el("option", { value: id }, "group " + id)));
-    if (ids.includes(chosen)) groupSelect.value = chosen;
+    // No group is chosen for the operator: a migration to the first one in
+    // the list would be one click of "Start migration" away.
+    const none = el("option", { value: "", disabled: true }, "choose…");
+    groupSelect.replaceChildren(none, ...ids.map((id) => el("option", { value: id }, "group " + id)));
+    groupSelect.value = ids.includes(chosen) ? chosen : "";
   }
   const rows = [...tasks].sort((a, b) => b.id - a.id).map((t) => row(t, slots, masterKeys));
   if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: 10, class: "hint" }, "No migration yet.")));

@@ -110,7 +110,7 @@ pub enum AdminCommand {
         /// Proxy id (by default its listen address).
         id: String,
     },
-    /// List the automatic failovers (time, group, old and new master, why,
+    /// List the automatic failovers and operators' promotes (time, group, old and new master, why,
     /// detection and switch times, outcome).
     Failovers,
     /// Print the whole topology.

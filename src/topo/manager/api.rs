@@ -526,6 +526,7 @@ async fn promote(
         server: b.addr,
         force: b.force,
     };
+    let (at_ms, started) = (super::failover::unix_ms(), tokio::time::Instant::now());
     let promoted = super::promote::promote_with(
         &s.store,
         id,
@@ -534,6 +535,7 @@ async fn promote(
         crate::topo::action::DEFAULT_ACK_TIMEOUT,
     )
     .await?;
+    super::failover::record_promote(&s.store, &promoted, at_ms, started).await;
     Ok(Json(promoted))
 }
 

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::health;
-use super::promote::{self, PromoteRequest};
+use super::promote::{self, PromoteRequest, Promoted};
 use super::replication::{self, LookError, Replication};
 use super::server_conns::ServerConns;
 use crate::topo::error::TopoError;
@@ -437,6 +437,33 @@ async fn restore_master(
     Ok(Some(state))
 }
 
+/// Records a promote an operator asked for (`reborn admin promote`, the API
+/// or the web UI) in the same history as the automatic failovers, so the
+/// history says every time a group's master changed. `started` is when the
+/// request arrived. A failure to record is logged: the promote happened.
+pub async fn record_promote(store: &Store, promoted: &Promoted, at_ms: u64, started: Instant) {
+    let mut reason = "promoted by an operator".to_string();
+    if !promoted.forced.is_empty() {
+        reason.push_str(" (forced)");
+    }
+    let mut record = FailoverRecord {
+        seq: 0,
+        at_ms,
+        group: promoted.group,
+        old_master: promoted.previous.clone().unwrap_or_default(),
+        reason,
+        detection_ms: 0,
+        switch_ms: started.elapsed().as_millis() as u64,
+        new_master: Some(promoted.master.clone()),
+        offset: Some(promoted.offset),
+        keys: Some(promoted.keys),
+        outcome: "promoted".into(),
+    };
+    if let Err(e) = save(store, &mut record).await {
+        tracing::warn!(error = %e, "cannot record the promote");
+    }
+}
+
 /// Writes `record` as the next `failovers/<seq>` node and trims old ones.
 async fn save(store: &Store, record: &mut FailoverRecord) -> Result<(), TopoError> {
     let paths = store.paths();
@@ -474,7 +501,7 @@ pub async fn list(store: &Store) -> Result<Vec<FailoverRecord>, TopoError> {
     Ok(out)
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
