@@ -92,14 +92,22 @@ impl Cluster {
     /// Waits until `n` clients are blocked (`BLPOP`, …) on the master that
     /// owns `key`.
     async fn wait_blocked_on_owner_of(&self, key: &str, n: i64) {
-        let group = if slot_of(key.as_bytes()) < 512 { 0 } else { 1 };
-        let master = self.masters[group].addr();
+        let master = self.masters[group_of(key)].addr();
         common::eventually(
             &format!("{n} client(s) blocked on {master}, the owner of {key}"),
             Duration::from_secs(10),
             async || common::blocked_clients(&master).await == n,
         )
         .await;
+    }
+
+    /// Waits until one client per key of `keys` is blocked on each master.
+    async fn wait_blocked_on_owners<'k>(&self, keys: impl Iterator<Item = &'k str> + Clone) {
+        for g in 0..self.masters.len() {
+            let n = keys.clone().filter(|k| group_of(k) == g).count() as i64;
+            let key = keys.clone().find(|k| group_of(k) == g).unwrap_or("-");
+            self.wait_blocked_on_owner_of(key, n).await;
+        }
     }
 
     fn url(&self) -> String {
@@ -1316,6 +1324,11 @@ async fn one_clients_requests_keep_their_order_over_several_backend_connections(
     assert_eq!(total, 4000);
 }
 
+/// The index in `Cluster::masters` of the group that owns `key`'s slot.
+fn group_of(key: &str) -> usize {
+    usize::from(slot_of(key.as_bytes()) >= 512)
+}
+
 /// A RESP array of bulk strings.
 fn resp_command(words: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", words.len()).into_bytes();
@@ -1349,17 +1362,7 @@ async fn a_blocked_call_ends_with_the_connection_and_pops_nothing_when_the_proxy
         s.write_all(&req).await.expect("write");
         raws.push(s);
     }
-    let group_of = |k: &str| usize::from(slot_of(k.as_bytes()) >= 512);
-    for g in 0..2 {
-        let n = calls.iter().filter(|(k, _)| group_of(k) == g).count() as i64;
-        let master = c.masters[g].addr();
-        common::eventually(
-            &format!("{n} client(s) blocked on {master}"),
-            Duration::from_secs(10),
-            async || common::blocked_clients(&master).await == n,
-        )
-        .await;
-    }
+    c.wait_blocked_on_owners(calls.iter().map(|(k, _)| *k)).await;
     let started = Instant::now();
     c.shutdown().await;
     let took = started.elapsed();
@@ -1408,17 +1411,7 @@ async fn an_element_pushed_as_the_proxy_shuts_down_is_delivered_or_kept() {
             .expect("write");
         raws.push(s);
     }
-    let group_of = |k: &str| usize::from(slot_of(k.as_bytes()) >= 512);
-    for g in 0..2 {
-        let n = keys.iter().filter(|k| group_of(k) == g).count() as i64;
-        let master = c.masters[g].addr();
-        common::eventually(
-            &format!("{n} client(s) blocked on {master}"),
-            Duration::from_secs(10),
-            async || common::blocked_clients(&master).await == n,
-        )
-        .await;
-    }
+    c.wait_blocked_on_owners(keys.iter().map(String::as_str)).await;
     // The pushes race the shutdown: each element is either delivered to its
     // client or left in its list, never popped for a connection that is gone.
     let mut direct = [c.direct(1).await, c.direct(2).await];
