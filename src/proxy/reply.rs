@@ -53,10 +53,20 @@ pub enum Held {
 
 /// A request sent only once every earlier reply of its client is in: `go`
 /// fires when the session writer reaches it, that is when all of them were
-/// taken, so the backends ran them all.
+/// taken, so the backends ran them all (or at once, when the session sees
+/// every earlier reply already written).
 pub struct Ordered {
     pub go: Option<oneshot::Sender<()>>,
     pub rx: oneshot::Receiver<Bytes>,
+}
+
+impl Ordered {
+    /// Lets the request go (once).
+    pub fn release(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+    }
 }
 
 /// The parts of a split command.
@@ -126,9 +136,7 @@ impl Reply {
             Reply::Hold(why) => Some(held(*why)),
             Reply::Wait(rx) => try_recv(rx),
             Reply::Ordered(o) => {
-                if let Some(go) = o.go.take() {
-                    let _ = go.send(());
-                }
+                o.release();
                 try_recv(&mut o.rx)
             }
             Reply::Merge(m) => {
@@ -151,9 +159,7 @@ impl Reply {
             Reply::Hold(why) => held(*why),
             Reply::Wait(rx) => rx.await.unwrap_or_else(|_| lost()),
             Reply::Ordered(o) => {
-                if let Some(go) = o.go.take() {
-                    let _ = go.send(());
-                }
+                o.release();
                 (&mut o.rx).await.unwrap_or_else(|_| lost())
             }
             Reply::Merge(m) => {

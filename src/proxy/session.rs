@@ -180,7 +180,16 @@ async fn read_loop(
                     } else {
                         now
                     };
-                    let p = dispatch(ctx, client, &req, at);
+                    let mut p = dispatch(ctx, client, &req, at);
+                    // Every earlier reply is written, so the backends ran
+                    // every earlier request: a transaction's WATCH or EXEC
+                    // goes now, not a task hop later when the writer reaches
+                    // it (the writer is idle, so nothing is saved by waiting).
+                    if let Reply::Ordered(o) = &mut p.reply
+                        && meter.inflight() == 0
+                    {
+                        o.release();
+                    }
                     // By the command's stats slot: no second name lookup.
                     blocks = !queuing && command::may_block(p.cmd, &req.args);
                     match p.reply {
