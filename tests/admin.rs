@@ -649,3 +649,29 @@ async fn a_task_that_gives_up_mid_switch_releases_its_slots() {
         );
     }
 }
+
+/// A proxy SIGKILLed and started again at once is listed with its new pid
+/// at once, not after the crashed one's session times out (20 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_restarted_after_a_crash_is_listed_at_once() {
+    let c = Cluster::start().await;
+    let mut p = c.proxy_process_with(Duration::from_secs(20), None, "").await;
+    let path = c.store.paths().proxy(&p.id);
+    let pid_of_node = async || -> Option<u32> {
+        let (data, _) = c.store.zk().ok()?.get_raw(&path).await.ok()?;
+        serde_json::from_slice::<reborn::topo::model::ProxyInfo>(&data)
+            .ok()
+            .map(|i| i.pid)
+    };
+    assert_eq!(pid_of_node().await, Some(p.child.id()));
+    p.restart();
+    let new_pid = p.child.id();
+    let started = std::time::Instant::now();
+    common::eventually(
+        "the node to name the restarted proxy",
+        Duration::from_secs(5),
+        async || pid_of_node().await == Some(new_pid),
+    )
+    .await;
+    println!("listed again {:?} after the restart", started.elapsed());
+}

@@ -590,3 +590,33 @@ async fn a_node_this_process_left_on_an_old_session_is_taken_over_at_once() {
     old.close().await;
     store.close().await;
 }
+
+/// A leader of this machine that crashed (its session still open, as for a
+/// session timeout after a SIGKILL) is replaced by a standby at once: the
+/// product is not left without a dashboard, or failover, meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_of_this_machine_that_has_ended_is_replaced_at_once() {
+    let cfg = common::zk_config();
+    let store = initialized(&cfg).await;
+    let mut child = std::process::Command::new("true").spawn().expect("spawn");
+    child.wait().expect("reap");
+    let crashed = Store::connect(&cfg).await.expect("connect");
+    let mut info = DashboardInfo::for_this_process("127.0.0.1:1".into());
+    info.pid = child.id();
+    crashed
+        .zk()
+        .expect("session")
+        .create_raw(
+            &crashed.paths().dashboard(),
+            &serde_json::to_vec(&info).expect("json"),
+            zookeeper_client::CreateMode::Ephemeral,
+        )
+        .await
+        .expect("the crashed leader's node");
+    let d = Dashboard::start(&cfg, true).await;
+    let took = d.wait_role("leader", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "led after {took:?}");
+    d.stop().await;
+    crashed.close().await;
+    store.close().await;
+}

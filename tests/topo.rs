@@ -84,6 +84,7 @@ fn proxy_info(id: &str) -> ProxyInfo {
         addr: id.to_string(),
         admin_addr: "127.0.0.1:11000".to_string(),
         pid: std::process::id(),
+        pid_space: String::new(),
         start_time: 1,
         version: "test".to_string(),
     }
@@ -402,6 +403,58 @@ async fn a_second_owner_of_an_ephemeral_is_refused_after_waiting() {
         .await
         .expect("second");
     second.close().await;
+}
+
+/// A registration (`{"pid", "pid_space"}`) of a process that has ended, in
+/// this machine's pid space or in another one.
+fn registration_of_an_ended_process(pid_space: &str) -> Vec<u8> {
+    let mut child = std::process::Command::new("true").spawn().expect("spawn");
+    child.wait().expect("reap");
+    serde_json::to_vec(&serde_json::json!({"id": "p", "pid": child.id(), "pid_space": pid_space}))
+        .expect("json")
+}
+
+#[tokio::test]
+async fn a_node_left_by_a_process_of_this_machine_that_ended_is_taken_at_once() {
+    let root = common::unique_root();
+    // The crashed process's session is still open (it has not timed out).
+    let crashed = connect(&root).await;
+    let mut cfg = config(&common::zk(), &root);
+    cfg.session_timeout = Duration::from_secs(20);
+    let restarted = Store::connect(&cfg).await.expect("connect");
+    let here = reborn::libs::pid_space::current();
+    let path = format!("{root}/eph/p");
+    crashed
+        .register_ephemeral(&path, registration_of_an_ended_process(here))
+        .await
+        .expect("the crashed process's node");
+    let start = Instant::now();
+    restarted
+        .register_ephemeral(&path, b"{}".to_vec())
+        .await
+        .expect("taken at once");
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    let (data, _) = restarted.zk().expect("zk").get_raw(&path).await.expect("get");
+    assert_eq!(data, b"{}");
+
+    // A process of another machine (or container) is never judged: its
+    // node is waited for, here until the wait runs out.
+    let other = format!("{root}/eph/q");
+    crashed
+        .register_ephemeral(&other, registration_of_an_ended_process("another-boot/pid:[1]"))
+        .await
+        .expect("another machine's node");
+    let mut cfg = config(&common::zk(), &root);
+    cfg.session_timeout = Duration::from_secs(1);
+    let patient = Store::connect(&cfg).await.expect("connect");
+    let err = patient
+        .register_ephemeral(&other, b"{}".to_vec())
+        .await
+        .expect_err("waited for");
+    assert!(matches!(err, TopoError::Exists(_)), "{err}");
+    for s in [crashed, restarted, patient] {
+        s.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,10 @@ pub struct Instance {
     pub region: String,
     /// Unix seconds of the last rewrite.
     pub updated: u64,
+    /// The registering process and its pid space (see `topo::owner`), set by
+    /// [`register`]: a restarted instance removes the node of a crashed one.
+    pub pid: u32,
+    pub pid_space: String,
 }
 
 /// Seconds since the Unix epoch.
@@ -93,6 +97,8 @@ pub async fn register(store: &Store, kind: InstanceKind, instance: &Instance) ->
     let path = store.paths().im_instance(kind.dir(), &instance.id);
     let mut instance = instance.clone();
     instance.updated = unix_now();
+    let me = crate::topo::owner::Owner::me();
+    (instance.pid, instance.pid_space) = (me.pid, me.pid_space);
     let data = serde_json::to_vec(&instance).map_err(|source| TopoError::Json {
         path: path.clone(),
         source,

@@ -10,6 +10,7 @@ pub mod load;
 pub mod logging;
 pub mod migrate;
 pub mod outage;
+pub mod pid_space;
 pub mod protocol;
 pub mod resp;
 pub mod resp_client;

@@ -221,6 +221,7 @@ fn proxy_info(first: &Context, admin_addr: String) -> ProxyInfo {
         addr: first.config.advertised(),
         admin_addr,
         pid: std::process::id(),
+        pid_space: crate::libs::pid_space::current().to_string(),
         start_time: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -6,6 +6,8 @@
 //! * [`path`]: every ZooKeeper path, in one place.
 //! * [`store`]: a ZooKeeper session that survives disconnects and expiry,
 //!   re-creating its ephemeral nodes.
+//! * [`owner`]: who registered an ephemeral node, so a crashed process's node
+//!   is removed at once by its successor on the same machine.
 //! * [`session`]: the client of one session with JSON, CAS and `multi` helpers.
 //! * [`watcher`]: follows a product and publishes immutable [`model::Topology`]
 //!   snapshots.
@@ -25,6 +27,7 @@ pub mod lock;
 pub mod manager;
 pub mod model;
 pub mod operation;
+pub mod owner;
 pub mod path;
 pub mod session;
 pub mod store;

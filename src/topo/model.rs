@@ -217,6 +217,10 @@ pub struct ProxyInfo {
     /// HTTP admin address (`/stats`, `/metrics`).
     pub admin_addr: String,
     pub pid: u32,
+    /// The pid space `pid` is unique in (see `topo::owner`): a proxy
+    /// restarted on the same machine removes the node of one that crashed.
+    #[serde(default)]
+    pub pid_space: String,
     /// Unix seconds.
     pub start_time: u64,
     /// reborn version of the process.

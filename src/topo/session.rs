@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use zookeeper_client as zk;
 
 use super::error::TopoError;
+use super::owner::Owner;
 
 /// The client of one ZooKeeper session, plus helpers that map errors to
 /// [`TopoError`] with the path.
@@ -348,7 +349,9 @@ impl ZkSession {
                     .map_err(TopoError::zk_at("set", path))?;
                 return Ok(());
             }
-            if Some(stat.ephemeral_owner) == stale_owner {
+            // Ours from a replaced session, or left by a process of this
+            // machine that has ended (see `owner.rs`): nobody is behind it.
+            if Some(stat.ephemeral_owner) == stale_owner || self.left_by_the_dead(path, stat.version).await? {
                 match self.delete(path, Some(stat.version)).await {
                     Ok(()) => continue,
                     Err(e) if e.is_not_found() => continue,
@@ -362,6 +365,18 @@ impl ZkSession {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl ZkSession {
+    /// True if version `version` of `path` names an owner that has ended
+    /// (see [`Owner::has_gone`]). A node changed or gone since is not judged.
+    async fn left_by_the_dead(&self, path: &str, version: i32) -> Result<bool, TopoError> {
+        match self.get_raw(path).await {
+            Ok((data, stat)) => Ok(stat.version == version && Owner::has_gone(&data)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }

@@ -100,7 +100,7 @@ impl ChildProcess {
     /// first: the guard is then disarmed before the reaping, as
     /// [`disarm_guard`](Self::disarm_guard) requires.
     pub(crate) fn ended(&mut self) -> Option<ExitStatus> {
-        if self.stopped || !dead(self.child.id()) {
+        if self.stopped || !crate::libs::pid_space::has_ended(self.child.id()) {
             return None;
         }
         self.disarm_guard();
@@ -184,17 +184,6 @@ impl ChildProcess {
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// True if process `pid` (our child) has exited: a zombie, or gone. Read from
-/// `/proc/<pid>/stat`, whose state letter follows the `)` closing the name.
-fn dead(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| matches!(rest.split_whitespace().next(), Some("Z" | "X"))),
-        Err(_) => true,
     }
 }
 

@@ -913,6 +913,7 @@ mod tests {
                 addr: "127.0.0.1:19000".into(),
                 admin_addr: "127.0.0.1:11000".into(),
                 pid: 7,
+                pid_space: String::new(),
                 start_time: 0,
                 version: "0.1.0".into(),
             },

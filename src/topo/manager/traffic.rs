@@ -372,6 +372,7 @@ mod tests {
             addr: id.into(),
             admin_addr: format!("admin-{id}"),
             pid: 1,
+            pid_space: String::new(),
             start_time: 0,
             version: String::new(),
         }

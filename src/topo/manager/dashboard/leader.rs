@@ -36,6 +36,7 @@ use super::error::DashboardError;
 use crate::libs::backoff::Backoff;
 use crate::topo::error::TopoError;
 use crate::topo::lock::{host_name, unix_now};
+use crate::topo::owner::Owner;
 use crate::topo::session::{ZkSession, from_json};
 use crate::topo::store::Store;
 
@@ -56,6 +57,10 @@ pub struct DashboardInfo {
     pub host: String,
     /// Unix seconds: when it started leading (or, before that, started).
     pub since: u64,
+    /// The pid space `pid` is unique in (see `topo::owner`): a standby on
+    /// the same machine takes over at once from a leader that crashed.
+    #[serde(default)]
+    pub pid_space: String,
 }
 
 impl DashboardInfo {
@@ -66,6 +71,7 @@ impl DashboardInfo {
             pid: std::process::id(),
             host: host_name(),
             since: unix_now(),
+            pid_space: crate::libs::pid_space::current().to_string(),
         }
     }
 }
@@ -289,16 +295,22 @@ impl Campaign {
         match zk.get_raw(path).await {
             Ok((data, _)) => {
                 let holder = from_json::<DashboardInfo>(path, &data).ok();
-                if holder.as_ref().is_some_and(|h| self.is_me(h)) {
-                    // Ours, from a session this process has since replaced
-                    // (it expired in a ZooKeeper outage; a restarted
-                    // ZooKeeper keeps such a node until the old session's
-                    // timeout runs out). Nobody else can lead meanwhile, so
-                    // waiting behind it would only leave the product without
-                    // a dashboard: remove it, if it is still that node.
+                let mine = holder.as_ref().is_some_and(|h| self.is_me(h));
+                // Ours, from a session this process has since replaced (it
+                // expired in a ZooKeeper outage; a restarted ZooKeeper keeps
+                // such a node until the old session's timeout runs out), or
+                // a leader of this machine that crashed. Nobody leads behind
+                // it, so waiting would only leave the product without a
+                // dashboard (and failover): remove it, if it is still that node.
+                if mine || Owner::has_gone(&data) {
                     return match zk.delete(path, Some(stat.version)).await {
                         Ok(()) => {
-                            tracing::info!("removed this dashboard's node left by an expired session");
+                            if mine {
+                                tracing::info!("removed this dashboard's node left by an expired session");
+                            } else {
+                                let gone = String::from_utf8_lossy(&data);
+                                tracing::info!("removed the node of a leader that has ended: {gone}");
+                            }
                             Ok(Attempt::Vanished)
                         }
                         Err(e) if e.is_not_found() => Ok(Attempt::Vanished),
