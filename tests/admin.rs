@@ -675,3 +675,40 @@ async fn a_proxy_restarted_after_a_crash_is_listed_at_once() {
     .await;
     println!("listed again {:?} after the restart", started.elapsed());
 }
+
+/// A migration right after a proxy of this machine crashed (its session has
+/// 20 s left) does not wait for it: its node is removed as soon as the switch
+/// finds it missing, so the live proxy holds the moving slots only briefly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_does_not_wait_for_a_proxy_of_this_machine_that_crashed() {
+    let c = Cluster::start().await;
+    let live = c.proxy().await;
+    let mut crashed = c.proxy_process_with(Duration::from_secs(20), None, "").await;
+    let _ = crashed.child.kill();
+    let _ = crashed.child.wait();
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+    let mut client = common::client(&live.to_string()).await;
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| slot_of(k.as_bytes()) <= 3)
+        .expect("a key of slots 0-3");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("v")
+        .query_async(&mut client)
+        .await
+        .expect("set");
+    let started = std::time::Instant::now();
+    let t = task::enqueue(&c.store, (0..=3).collect(), 2).await.expect("task");
+    wait_state(&dash, t.id, TaskState::Done, Duration::from_secs(8)).await;
+    let took = started.elapsed();
+    println!("migrated in {took:?} with a crashed proxy still registered");
+    assert!(took < Duration::from_secs(5), "the switch waited {took:?}");
+    c.wait_proxy(&crashed.id, false).await;
+    let got: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut client)
+        .await
+        .expect("get");
+    assert_eq!(got, "v");
+}

@@ -349,6 +349,12 @@ pub(crate) async fn wait_acks(
         if tokio::time::Instant::now() >= deadline {
             return Err(missing);
         }
+        // A proxy of this machine that has ended will never acknowledge; its
+        // session would hold the moving slots' requests on every live proxy
+        // until it times out. Its node goes now (the watch then wakes us).
+        for id in &missing {
+            let _ = zk.remove_if_owner_gone(&paths.proxy(id)).await;
+        }
         let changed = async {
             match watches {
                 Some((a, b)) => {

@@ -349,14 +349,17 @@ impl ZkSession {
                     .map_err(TopoError::zk_at("set", path))?;
                 return Ok(());
             }
-            // Ours from a replaced session, or left by a process of this
-            // machine that has ended (see `owner.rs`): nobody is behind it.
-            if Some(stat.ephemeral_owner) == stale_owner || self.left_by_the_dead(path, stat.version).await? {
+            if Some(stat.ephemeral_owner) == stale_owner {
                 match self.delete(path, Some(stat.version)).await {
                     Ok(()) => continue,
                     Err(e) if e.is_not_found() => continue,
                     Err(e) => return Err(e),
                 }
+            }
+            // Left by a process of this machine that has ended: nobody is
+            // behind it.
+            if self.remove_if_owner_gone(path).await? {
+                continue;
             }
             if Instant::now() >= deadline {
                 return Err(TopoError::Exists(format!(
@@ -370,12 +373,30 @@ impl ZkSession {
 }
 
 impl ZkSession {
-    /// True if version `version` of `path` names an owner that has ended
-    /// (see [`Owner::has_gone`]). A node changed or gone since is not judged.
-    async fn left_by_the_dead(&self, path: &str, version: i32) -> Result<bool, TopoError> {
-        match self.get_raw(path).await {
-            Ok((data, stat)) => Ok(stat.version == version && Owner::has_gone(&data)),
-            Err(e) if e.is_not_found() => Ok(false),
+    /// Deletes the registration at `path` if its owner is a process of this
+    /// machine that has ended (see [`Owner::has_gone`]). True if it is gone
+    /// now (deleted, or vanished meanwhile); a node rewritten since it was
+    /// read is left alone.
+    ///
+    /// # Errors
+    /// A ZooKeeper failure.
+    pub async fn remove_if_owner_gone(&self, path: &str) -> Result<bool, TopoError> {
+        let (data, stat) = match self.get_raw(path).await {
+            Ok(read) => read,
+            Err(e) if e.is_not_found() => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        if !Owner::has_gone(&data) {
+            return Ok(false);
+        }
+        match self.delete(path, Some(stat.version)).await {
+            Ok(()) => {
+                let owner = String::from_utf8_lossy(&data);
+                tracing::info!("removed {path}, left by a process that has ended: {owner}");
+                Ok(true)
+            }
+            Err(e) if e.is_not_found() => Ok(true),
+            Err(TopoError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
