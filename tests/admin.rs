@@ -712,3 +712,50 @@ async fn a_switch_does_not_wait_for_a_proxy_of_this_machine_that_crashed() {
         .expect("get");
     assert_eq!(got, "v");
 }
+
+/// A leader that stopped answering (crashed on another machine: its node
+/// stays until its session expires) does not fail `reborn admin` at once: it
+/// waits, looking the leader up again, and runs the command on the standby
+/// that takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_waits_for_the_standby_of_a_leader_that_does_not_answer() {
+    use reborn::topo::manager::dashboard::leader::DashboardInfo;
+    let c = Cluster::start().await;
+    // The crashed leader: a node naming an address nothing listens on and a
+    // process of another machine, on a session that is still open.
+    let crashed = Store::connect(&c.zk).await.expect("connect");
+    let mut info = DashboardInfo::for_this_process(format!("127.0.0.1:{}", common::free_port()));
+    info.pid_space = "another-machine/pid:[1]".into();
+    let node = crashed.paths().dashboard();
+    crashed
+        .zk()
+        .expect("session")
+        .create_raw(
+            &node,
+            &serde_json::to_vec(&info).expect("json"),
+            zookeeper_client::CreateMode::Ephemeral,
+        )
+        .await
+        .expect("the crashed leader's node");
+    let asked = tokio::spawn({
+        let zk = c.zk.clone();
+        async move { admin(&zk, &["rebalance", "--dry-run"]).await }
+    });
+    // The standby campaigns behind the node; the session "expires".
+    let expire = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        crashed.close().await;
+    };
+    tokio::join!(expire, dashboard(&c.zk, None, &c.stop));
+    let out = asked.await.expect("admin");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("does not answer") && stderr.contains("waiting up to"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("slots move") || stdout.contains("Balanced already"),
+        "{stdout}"
+    );
+}

@@ -265,7 +265,7 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminError> {
     if args.command.asks_dashboard() {
         let addr = match args.dashboard {
             Some(addr) => addr,
-            None => address::locate(&cfg).await?,
+            None => answering_leader(&cfg).await?,
         };
         let dashboard = client::DashboardClient::new(addr).with_token(args.token);
         print!("{}", ask_dashboard(&dashboard, &args.command).await?);
@@ -277,6 +277,45 @@ pub async fn run(args: AdminArgs) -> Result<(), AdminError> {
     let text = result?;
     print!("{text}");
     Ok(())
+}
+
+/// How long `reborn admin` waits for a standby to replace a leader that
+/// does not answer: past the default session timeout (6 s), after which
+/// ZooKeeper drops a crashed leader's node.
+const STANDBY_WAIT: Duration = Duration::from_secs(15);
+
+/// The address of the product's leading dashboard, once something listens
+/// there. A leader that crashed keeps its node until its ZooKeeper session
+/// expires, so a refused connection is not the end: the leader is looked up
+/// again every half second, for up to [`STANDBY_WAIT`], until a standby has
+/// taken over (or the old one is back). Nothing is sent before, so waiting is
+/// safe for every command; past the wait the command runs and reports the
+/// refusal.
+async fn answering_leader(cfg: &ZkConfig) -> Result<String, AdminError> {
+    let deadline = Instant::now() + STANDBY_WAIT;
+    let mut addr = address::locate(cfg).await?;
+    let mut told = false;
+    loop {
+        let connect =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(&addr)).await;
+        let refused = matches!(&connect, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+        if !refused || Instant::now() >= deadline {
+            return Ok(addr);
+        }
+        if !told {
+            eprintln!(
+                "the leading dashboard {addr} does not answer (it may have just stopped); waiting up to {STANDBY_WAIT:?} for a standby to take over…"
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match address::locate(cfg).await {
+            Ok(now) => addr = now,
+            // Between the old node's expiry and the standby's: keep waiting.
+            Err(address::LocateError::NoDashboard { .. }) if Instant::now() < deadline => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 impl AdminCommand {
