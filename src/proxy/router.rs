@@ -197,6 +197,9 @@ pub struct Router {
     /// The runtime of the worker that owns this router: backend connections
     /// must live there, whichever thread applies a topology.
     runtime: std::sync::OnceLock<Handle>,
+    /// Logs each new table at info (one router of the proxy does; the
+    /// other workers' would repeat the same line).
+    announce: bool,
     /// Sequence of the latest action whose table is applied (0: none).
     applied_action: AtomicU64,
     /// Bumped after every swap; sessions holding a request wait on it.
@@ -223,6 +226,7 @@ impl Router {
             pool_size,
             proxy_id: proxy_id.to_string(),
             runtime: std::sync::OnceLock::new(),
+            announce: true,
             applied_action: AtomicU64::new(0),
             changes: watch::Sender::new(0),
         }
@@ -234,9 +238,13 @@ impl Router {
         let _ = self.runtime.set(Handle::current());
     }
 
-    /// An empty router with the same settings, for another worker thread.
-    pub fn sibling(&self) -> Router {
-        Router::new(&self.proxy_id, self.opts.clone(), self.pool_size)
+    /// An empty router with the same settings, for another worker thread;
+    /// it logs its tables at info only if `announce`.
+    pub fn sibling(&self, announce: bool) -> Router {
+        Router {
+            announce,
+            ..Router::new(&self.proxy_id, self.opts.clone(), self.pool_size)
+        }
     }
 
     /// The current snapshot.
@@ -328,7 +336,11 @@ impl Router {
         self.applied_action.fetch_max(action, Ordering::Release);
         self.changes.send_replace(epoch);
         *pools = used;
-        tracing::info!(epoch, online, backends = pools.len(), "routing table updated");
+        if self.announce {
+            tracing::info!(epoch, online, backends = pools.len(), "routing table updated");
+        } else {
+            tracing::debug!(epoch, online, backends = pools.len(), "routing table updated");
+        }
     }
 
     /// Sequence of the latest action this router has applied.

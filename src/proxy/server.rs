@@ -157,7 +157,7 @@ fn spawn_workers(
     let mut contexts = Vec::with_capacity(threads);
     let mut workers = Vec::with_capacity(threads);
     for index in 0..threads {
-        let ctx = Arc::new(first.with_router(first.router.sibling()));
+        let ctx = Arc::new(first.with_router(first.router.sibling(index == 0)));
         let listener = listener.try_clone().map_err(|source| ProxyError::Bind {
             addr: first.config.listen.clone(),
             source,
