@@ -470,7 +470,7 @@ async fn a_second_instance_claims_and_delivers_what_a_killed_one_left_pending() 
     })
     .await;
     let stats = job_b.stats();
-    assert_eq!(stats.claimed, 9, "every entry came by XAUTOCLAIM");
+    assert_eq!(stats.claimed, 9, "every entry was claimed");
     assert_eq!(stats.acked, 9);
     // The dead instances' consumers leave the groups; live ones stay.
     eventually("job-a and job-ghost leave every group", WAIT, || async {
@@ -485,6 +485,67 @@ async fn a_second_instance_claims_and_delivers_what_a_killed_one_left_pending() 
     .await;
     assert_eq!(job_b.stats().consumers_deleted, 2 * STREAMS as u64);
 
+    job_b.shutdown().await;
+    comets.close().await;
+    stop.cancel();
+    drop(blackhole);
+}
+
+/// What a job instance that died left pending is taken over as soon as its
+/// registration is gone, not once `claim_min_idle` (60 s here) has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instances_entries_are_taken_over_without_waiting_for_claim_min_idle() {
+    let cluster = Cluster::start().await;
+    let proxy = cluster.proxy().await.to_string();
+    let stop = CancellationToken::new();
+    // comet-1 first accepts TCP and never answers: job A's calls hang.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let comets = Store::connect(&cluster.zk).await.expect("zk");
+    register(
+        &comets,
+        "comet-1",
+        &blackhole.local_addr().expect("addr").to_string(),
+    )
+    .await;
+    let msgs: Vec<PushMsg> = (0..6)
+        .map(|i| push("comet-1", &[&format!("k{i}")], 1000, &format!("p{i}")))
+        .collect();
+    xadd(&proxy, &msgs).await;
+    let mut a = job_config(&cluster, &proxy, "job-a");
+    a.comet.timeout = Duration::from_secs(120);
+    a.queue.claim_min_idle = Duration::from_secs(60);
+    let job_a = job::start(a).await.expect("job A starts");
+    let mut b = job_config(&cluster, &proxy, "job-b");
+    b.queue.claim_min_idle = Duration::from_secs(60);
+    let job_b = job::start(b).await.expect("job B starts");
+    eventually("job A reads every entry", WAIT, || async {
+        let p = pending(&proxy).await;
+        p.iter().all(|(c, _)| c == "job-a") && p.iter().map(|(_, n)| n).sum::<i64>() == 6
+    })
+    .await;
+
+    let (c1, c1_addr) = serve_comet(&stop).await;
+    register(&comets, "comet-1", &c1_addr).await;
+    // Registered after comet-1 moved: once job B lists it, it knows the move.
+    register(&comets, "comet-2", &c1_addr).await;
+    eventually("job B knows where comet-1 is now", WAIT, || async {
+        job_b.comets().contains(&"comet-2".to_string())
+    })
+    .await;
+    job_a.kill();
+    let killed = std::time::Instant::now();
+    eventually(
+        "job B delivers job A's entries",
+        Duration::from_secs(10),
+        || async { c1.with(|r| r.push.len() == 6) },
+    )
+    .await;
+    println!("taken over and delivered {:?} after the kill", killed.elapsed());
+    eventually("job B acked them all", WAIT, || async {
+        total_pending(&proxy).await == 0
+    })
+    .await;
+    assert_eq!(job_b.stats().claimed, 6);
     job_b.shutdown().await;
     comets.close().await;
     stop.cancel();

@@ -2,7 +2,10 @@
 //! <group> <me> <min-idle> <cursor> COUNT n`, a whole pass over the pending list
 //! every `claim_interval`, a page at a time. An entry pending longer than
 //! `claim_min_idle` belongs to a job instance that died or stalled; claiming
-//! and delivering it again is what makes delivery at-least-once. Imports
+//! and delivering it again is what makes delivery at-least-once. The entries
+//! of an instance known dead (no longer registered, see `reaper::orphans`)
+//! are adopted at once instead ([`Claimer::adopt`]), and a pass is hurried
+//! when the registered instances change. Imports
 //! `im::queue`, `libs::resp_client` and `im::proxies`, entries.
 
 use std::time::Duration;
@@ -10,10 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::entry::{self, Claimed};
+use super::entry::{self, Claimed, StreamEntry};
 use crate::im::proxies::ProxySet;
 use crate::im::queue;
-use crate::libs::resp_client::RespError;
+use crate::libs::resp_client::{RespError, check};
 
 /// The cursor `XAUTOCLAIM` starts from and returns when a pass is complete.
 const START: &[u8] = b"0-0";
@@ -97,6 +100,53 @@ impl Claimer {
             self.cursor = Some(claimed.cursor.clone());
         }
         Ok(claimed)
+    }
+
+    /// Makes the next pass due now (a job instance left: what it left
+    /// pending may be taken over).
+    pub fn hurry(&mut self) {
+        if self.cursor.is_none() {
+            self.next_pass = Instant::now();
+        }
+    }
+
+    /// Takes over at most `count` of the entries consumer `from` (a dead job
+    /// instance's, see `reaper::orphans`) has pending, however short their
+    /// idle time: `XPENDING … <from>`, then `XCLAIM … 0 <ids>`.
+    ///
+    /// # Errors
+    /// The proxy failed or refused.
+    pub async fn adopt(
+        &self,
+        link: &ProxySet,
+        from: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, RespError> {
+        let count = count.to_string();
+        let pending = link
+            .call(&[
+                b"XPENDING".as_ref(),
+                self.stream.as_bytes(),
+                queue::GROUP.as_bytes(),
+                b"-",
+                b"+",
+                count.as_bytes(),
+                from.as_bytes(),
+            ])
+            .await?;
+        let ids = entry::pending_ids(check(pending)?)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<&[u8]> = vec![
+            b"XCLAIM",
+            self.stream.as_bytes(),
+            queue::GROUP.as_bytes(),
+            self.consumer.as_bytes(),
+            b"0",
+        ];
+        args.extend(ids.iter().map(|id| id.as_ref()));
+        entry::from_claim(check(link.call(&args).await?)?)
     }
 
     fn end_pass(&mut self) {

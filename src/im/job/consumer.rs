@@ -81,10 +81,11 @@ impl StreamConsumer {
         );
         // Idle this long, a consumer is not reading: a live one's blocking
         // read touches it every `block`.
-        let reaper = ConsumerReaper::new(
+        let quiet = self.queue.block * 2;
+        let mut reaper = ConsumerReaper::new(
             &self.stream,
             &self.consumer,
-            self.queue.claim_min_idle.max(self.queue.block * 2),
+            (self.queue.claim_min_idle.max(quiet), quiet),
             self.jobs.clone(),
         );
         let mut reader: Option<Reader> = None;
@@ -101,6 +102,11 @@ impl StreamConsumer {
             // before that (the first pass is due at start, and again after
             // a FLUSHALL) can only get NOGROUP, an error every client sees
             // in the proxy's stats.
+            // A job instance left: what it left pending is taken over now,
+            // not once `claim_min_idle` has passed.
+            if reaper.jobs_changed() {
+                claimer.hurry();
+            }
             let claiming = claimer.due() && reader.as_ref().is_some_and(|r| r.grouped);
             let step = if claiming {
                 self.claim(&mut claimer, &reaper, page).await
@@ -160,6 +166,22 @@ impl StreamConsumer {
         reaper: &ConsumerReaper,
         page: usize,
     ) -> Result<Vec<StreamEntry>, RespError> {
+        // First, at the start of a pass, the entries of dead instances,
+        // whatever their idle time. A page at a time: the pass proper starts
+        // once none are left.
+        if !claimer.in_pass() {
+            let mut adopted = Vec::new();
+            for from in reaper.orphans(&self.link).await.unwrap_or_default() {
+                adopted.extend(claimer.adopt(&self.link, &from, page - adopted.len()).await?);
+                if adopted.len() >= page {
+                    break;
+                }
+            }
+            if !adopted.is_empty() {
+                tracing::info!(stream = %self.stream, n = adopted.len(), "took over a dead job instance's entries");
+                return Ok(adopted);
+            }
+        }
         let claimed = match claimer.claim_page(&self.link, page).await {
             Ok(c) => c,
             // No stream or group yet: nothing can be pending; the read creates them.

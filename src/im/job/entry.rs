@@ -76,6 +76,29 @@ pub fn from_autoclaim(reply: Frame) -> Result<Claimed, RespError> {
 
 /// `[[id, [field, value, …]], …]`; a nil field list (a deleted entry) gives
 /// an entry without a value.
+/// Decodes an `XCLAIM` reply: the entries now owned by the caller.
+///
+/// # Errors
+/// A reply of another shape.
+pub fn from_claim(reply: Frame) -> Result<Vec<StreamEntry>, RespError> {
+    entries_of(reply)
+}
+
+/// Decodes the ids of an extended `XPENDING` reply (`[id, consumer, idle,
+/// deliveries]` each).
+///
+/// # Errors
+/// A reply of another shape.
+pub fn pending_ids(reply: Frame) -> Result<Vec<Bytes>, RespError> {
+    let mut ids = Vec::new();
+    for p in array(reply)? {
+        if let Some(id) = array(p)?.into_iter().next().map(bytes).transpose()?.flatten() {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 fn entries_of(frame: Frame) -> Result<Vec<StreamEntry>, RespError> {
     let mut out = Vec::new();
     for entry in array(frame)? {

@@ -80,12 +80,34 @@ pub fn dead_consumers(
         .collect()
 }
 
-/// Deletes the dead consumers of one stream's group.
+/// The consumers whose pending entries this instance may take over at once,
+/// without waiting for `claim_min_idle`: not this instance, not a job
+/// instance registered in discovery now (its registration went with its
+/// session), with entries pending and quiet for at least `quiet` (a live
+/// instance's blocking read touches its consumer every `block`).
+pub fn orphans(
+    consumers: &[GroupConsumer],
+    me: &str,
+    live: &HashSet<String>,
+    quiet: Duration,
+) -> Vec<String> {
+    let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
+    consumers
+        .iter()
+        .filter(|c| c.name != me && c.pending > 0 && c.idle_ms >= quiet_ms && !live.contains(&c.name))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Deletes the dead consumers of one stream's group, and names the ones
+/// whose entries can be taken over at once.
 #[derive(Debug)]
 pub struct ConsumerReaper {
     stream: String,
     me: String,
     min_idle: Duration,
+    /// See [`orphans`].
+    quiet: Duration,
     jobs: watch::Receiver<Vec<Instance>>,
 }
 
@@ -95,15 +117,53 @@ impl ConsumerReaper {
     pub fn new(
         stream: &str,
         me: &str,
-        min_idle: Duration,
+        (min_idle, quiet): (Duration, Duration),
         jobs: watch::Receiver<Vec<Instance>>,
     ) -> ConsumerReaper {
         ConsumerReaper {
             stream: stream.to_string(),
             me: me.to_string(),
             min_idle,
+            quiet,
             jobs,
         }
+    }
+
+    /// True once the job instances in discovery changed since the last call
+    /// (one left: its entries may be taken over now).
+    pub fn jobs_changed(&mut self) -> bool {
+        let changed = self.jobs.has_changed().unwrap_or(false);
+        if changed {
+            self.jobs.mark_unchanged();
+        }
+        changed
+    }
+
+    /// The instances registered now, and the group's consumers; `None` while
+    /// discovery does not list this instance itself (nothing is known).
+    async fn consumers(
+        &self,
+        link: &ProxySet,
+    ) -> Result<Option<(HashSet<String>, Vec<GroupConsumer>)>, RespError> {
+        let live: HashSet<String> = self.jobs.borrow().iter().map(|j| j.id.clone()).collect();
+        if !live.contains(&self.me) {
+            return Ok(None);
+        }
+        let reply = link
+            .call(&["XINFO", "CONSUMERS", &self.stream, queue::GROUP])
+            .await?;
+        Ok(Some((live, from_xinfo(resp_client::check(reply)?)?)))
+    }
+
+    /// The consumers of dead instances with entries pending (see [`orphans`]).
+    ///
+    /// # Errors
+    /// The proxy failed or refused.
+    pub async fn orphans(&self, link: &ProxySet) -> Result<Vec<String>, RespError> {
+        Ok(match self.consumers(link).await? {
+            Some((live, consumers)) => orphans(&consumers, &self.me, &live, self.quiet),
+            None => Vec::new(),
+        })
     }
 
     /// One round: lists the group's consumers and deletes the dead ones.
@@ -113,14 +173,9 @@ impl ConsumerReaper {
     /// The proxy failed or refused (no group yet, mostly); the next round
     /// tries again.
     pub async fn reap(&self, link: &ProxySet) -> Result<usize, RespError> {
-        let live: HashSet<String> = self.jobs.borrow().iter().map(|j| j.id.clone()).collect();
-        if !live.contains(&self.me) {
+        let Some((live, consumers)) = self.consumers(link).await? else {
             return Ok(0);
-        }
-        let reply = link
-            .call(&["XINFO", "CONSUMERS", &self.stream, queue::GROUP])
-            .await?;
-        let consumers = from_xinfo(resp_client::check(reply)?)?;
+        };
         let mut deleted = 0;
         for name in dead_consumers(&consumers, &self.me, &live, self.min_idle) {
             let reply = link
@@ -164,6 +219,20 @@ mod tests {
         let live: HashSet<String> = ["me".to_string(), "registered".to_string()].into();
         let dead = dead_consumers(&consumers, "me", &live, Duration::from_secs(30));
         assert_eq!(dead, vec!["dead".to_string()]);
+    }
+
+    #[test]
+    fn only_quiet_unregistered_others_with_pending_entries_are_orphans() {
+        let consumers = [
+            consumer("me", 4, 99_000),
+            consumer("dead", 2, 9_000),
+            consumer("dead-but-nothing-pending", 0, 99_000),
+            consumer("just-read", 2, 100),
+            consumer("registered", 2, 99_000),
+        ];
+        let live: HashSet<String> = ["me".to_string(), "registered".to_string()].into();
+        let found = orphans(&consumers, "me", &live, Duration::from_secs(4));
+        assert_eq!(found, vec!["dead".to_string()]);
     }
 
     #[test]
