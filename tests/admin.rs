@@ -726,17 +726,7 @@ async fn admin_waits_for_the_standby_of_a_leader_that_does_not_answer() {
     let crashed = Store::connect(&c.zk).await.expect("connect");
     let mut info = DashboardInfo::for_this_process(format!("127.0.0.1:{}", common::free_port()));
     info.pid_space = "another-machine/pid:[1]".into();
-    let node = crashed.paths().dashboard();
-    crashed
-        .zk()
-        .expect("session")
-        .create_raw(
-            &node,
-            &serde_json::to_vec(&info).expect("json"),
-            zookeeper_client::CreateMode::Ephemeral,
-        )
-        .await
-        .expect("the crashed leader's node");
+    common::plant_leader(&crashed, &info).await;
     let asked = tokio::spawn({
         let zk = c.zk.clone();
         async move { admin(&zk, &["rebalance", "--dry-run"]).await }

@@ -569,16 +569,7 @@ async fn a_node_this_process_left_on_an_old_session_is_taken_over_at_once() {
     // The old session: another one of this process, still open, holding a
     // node that describes this dashboard.
     let old = Store::connect(&cfg).await.expect("connect");
-    let me = serde_json::to_vec(&DashboardInfo::for_this_process(addr.clone())).expect("json");
-    old.zk()
-        .expect("session")
-        .create_raw(
-            &old.paths().dashboard(),
-            &me,
-            zookeeper_client::CreateMode::Ephemeral,
-        )
-        .await
-        .expect("the old node");
+    common::plant_leader(&old, &DashboardInfo::for_this_process(addr.clone())).await;
     let cancel = CancellationToken::new();
     let task = tokio::spawn(bound.run(cancel.clone()));
     let d = Dashboard { addr, cancel, task };
@@ -598,21 +589,10 @@ async fn a_node_this_process_left_on_an_old_session_is_taken_over_at_once() {
 async fn a_leader_of_this_machine_that_has_ended_is_replaced_at_once() {
     let cfg = common::zk_config();
     let store = initialized(&cfg).await;
-    let mut child = std::process::Command::new("true").spawn().expect("spawn");
-    child.wait().expect("reap");
     let crashed = Store::connect(&cfg).await.expect("connect");
     let mut info = DashboardInfo::for_this_process("127.0.0.1:1".into());
-    info.pid = child.id();
-    crashed
-        .zk()
-        .expect("session")
-        .create_raw(
-            &crashed.paths().dashboard(),
-            &serde_json::to_vec(&info).expect("json"),
-            zookeeper_client::CreateMode::Ephemeral,
-        )
-        .await
-        .expect("the crashed leader's node");
+    info.pid = common::ended_pid();
+    common::plant_leader(&crashed, &info).await;
     let d = Dashboard::start(&cfg, true).await;
     let took = d.wait_role("leader", Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(3), "led after {took:?}");

@@ -181,6 +181,12 @@ impl Client {
         self.lane.get_or_insert_with(Lane::new)
     }
 
+    /// Ends this client's blocking calls' lane (see `Lane::end`); false if it
+    /// never made a blocking call, so there is nothing to end.
+    pub fn end_lane(&self) -> bool {
+        self.lane.as_ref().map(Lane::end).is_some()
+    }
+
     /// This client's migrate-on-access queue.
     pub fn migrator(&mut self, ctx: &Context) -> &Migrator {
         self.migrator.get_or_insert_with(|| {

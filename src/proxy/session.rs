@@ -102,7 +102,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationT
         let mut client = client;
         read_loop(rd, &ctx, &mut client, tx, &meter, &writer_done, conn.stop()).await;
         if conn.stop().is_cancelled() && !conn.is_killed() {
-            end_blocked_calls(&ctx, &mut client).await;
+            end_blocked_calls(&ctx, &client).await;
         }
     };
     let writer = write_loop(wr, (&ctx, &conn), rx, &meter, &writer_done);
@@ -114,8 +114,11 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationT
 /// is dropped, so no element is popped for a session that is gone. A call
 /// that got an element delivers it; the others end unanswered and the writer
 /// closes the connection (see `Lane::end`).
-async fn end_blocked_calls(ctx: &Arc<Context>, client: &mut Client) {
-    client.lane().end();
+async fn end_blocked_calls(ctx: &Arc<Context>, client: &Client) {
+    // Most clients never block: no registry scan for them.
+    if !client.end_lane() {
+        return;
+    }
     let limit = ctx.config.drain_timeout;
     match super::blocked::end_calls_of(ctx, client.id, limit).await {
         Ok(0) => {}

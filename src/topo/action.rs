@@ -326,6 +326,10 @@ pub(crate) async fn wait_acks(
     timeout: Duration,
 ) -> Result<(), Vec<String>> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // Live proxies acknowledge within milliseconds: only a proxy still
+    // missing after this is looked at as possibly dead (see below), so a
+    // normal switch reads nothing more.
+    let look_at = tokio::time::Instant::now() + DEAD_PROXY_GRACE;
     let (proxies_path, acks_path) = (paths.proxies(), paths.acks_of(seq));
     loop {
         // Both lists with watches: an ack, or a proxy that leaves, wakes this
@@ -352,8 +356,11 @@ pub(crate) async fn wait_acks(
         // A proxy of this machine that has ended will never acknowledge; its
         // session would hold the moving slots' requests on every live proxy
         // until it times out. Its node goes now (the watch then wakes us).
-        for id in &missing {
-            let _ = zk.remove_if_owner_gone(&paths.proxy(id)).await;
+        let looking = tokio::time::Instant::now() >= look_at;
+        if looking {
+            for id in &missing {
+                let _ = zk.remove_if_owner_gone(&paths.proxy(id)).await;
+            }
         }
         let changed = async {
             match watches {
@@ -370,9 +377,14 @@ pub(crate) async fn wait_acks(
         tokio::select! {
             () = changed => {}
             () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep_until(look_at), if !looking => {}
         }
     }
 }
+
+/// How long [`wait_acks`] waits before it looks whether a missing proxy has
+/// ended (see `owner.rs`).
+const DEAD_PROXY_GRACE: Duration = Duration::from_millis(200);
 
 /// Deletes actions and acks older than `latest` (best effort: leftovers are
 /// harmless and go with the next collection).

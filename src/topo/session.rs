@@ -339,8 +339,10 @@ impl ZkSession {
             if !err.is_exists() {
                 return Err(err);
             }
-            let Some(stat) = self.stat(path).await? else {
-                continue; // vanished in between: create again
+            let (existing, stat) = match self.get_raw(path).await {
+                Ok(read) => read,
+                Err(e) if e.is_not_found() => continue, // vanished in between: create again
+                Err(e) => return Err(e),
             };
             if stat.ephemeral_owner == self.session_id() {
                 self.patiently(|| self.client.set_data(path, data, Some(stat.version)))
@@ -358,7 +360,10 @@ impl ZkSession {
             }
             // Left by a process of this machine that has ended: nobody is
             // behind it.
-            if self.remove_if_owner_gone(path).await? {
+            if self
+                .remove_if_left_by_the_dead(path, &existing, stat.version)
+                .await?
+            {
                 continue;
             }
             if Instant::now() >= deadline {
@@ -381,17 +386,30 @@ impl ZkSession {
     /// # Errors
     /// A ZooKeeper failure.
     pub async fn remove_if_owner_gone(&self, path: &str) -> Result<bool, TopoError> {
-        let (data, stat) = match self.get_raw(path).await {
-            Ok(read) => read,
-            Err(e) if e.is_not_found() => return Ok(true),
-            Err(e) => return Err(e),
-        };
-        if !Owner::has_gone(&data) {
+        match self.get_raw(path).await {
+            Ok((data, stat)) => self.remove_if_left_by_the_dead(path, &data, stat.version).await,
+            Err(e) if e.is_not_found() => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`ZkSession::remove_if_owner_gone`] for a node already read: `data`
+    /// at `version`.
+    ///
+    /// # Errors
+    /// A ZooKeeper failure.
+    pub async fn remove_if_left_by_the_dead(
+        &self,
+        path: &str,
+        data: &[u8],
+        version: i32,
+    ) -> Result<bool, TopoError> {
+        if !Owner::has_gone(data) {
             return Ok(false);
         }
-        match self.delete(path, Some(stat.version)).await {
+        match self.delete(path, Some(version)).await {
             Ok(()) => {
-                let owner = String::from_utf8_lossy(&data);
+                let owner = String::from_utf8_lossy(data);
                 tracing::info!("removed {path}, left by a process that has ended: {owner}");
                 Ok(true)
             }

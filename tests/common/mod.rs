@@ -567,3 +567,28 @@ impl RawConn {
         }
     }
 }
+
+/// The pid of a process that has ended: run and reaped here.
+pub fn ended_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    child.wait().expect("reap");
+    child.id()
+}
+
+/// Creates the dashboard leader node of `store`'s product, describing
+/// `info`, on `store`'s session: a leader whose session has not expired.
+pub async fn plant_leader(
+    store: &reborn::topo::Store,
+    info: &reborn::topo::manager::dashboard::leader::DashboardInfo,
+) {
+    store
+        .zk()
+        .expect("session")
+        .create_raw(
+            &store.paths().dashboard(),
+            &serde_json::to_vec(info).expect("json"),
+            zookeeper_client::CreateMode::Ephemeral,
+        )
+        .await
+        .expect("the leader node");
+}

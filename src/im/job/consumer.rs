@@ -98,15 +98,15 @@ impl StreamConsumer {
                 () = stop.cancelled() => break,
             };
             let Ok(mut taken) = taken else { break };
-            // Only once the reader has made sure the group exists: a claim
-            // before that (the first pass is due at start, and again after
-            // a FLUSHALL) can only get NOGROUP, an error every client sees
-            // in the proxy's stats.
             // A job instance left: what it left pending is taken over now,
             // not once `claim_min_idle` has passed.
             if reaper.jobs_changed() {
                 claimer.hurry();
             }
+            // Only once the reader has made sure the group exists: a claim
+            // before that (the first pass is due at start, and again after
+            // a FLUSHALL) can only get NOGROUP, an error every client sees
+            // in the proxy's stats.
             let claiming = claimer.due() && reader.as_ref().is_some_and(|r| r.grouped);
             let step = if claiming {
                 self.claim(&mut claimer, &reaper, page).await

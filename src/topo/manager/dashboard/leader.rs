@@ -36,7 +36,6 @@ use super::error::DashboardError;
 use crate::libs::backoff::Backoff;
 use crate::topo::error::TopoError;
 use crate::topo::lock::{host_name, unix_now};
-use crate::topo::owner::Owner;
 use crate::topo::session::{ZkSession, from_json};
 use crate::topo::store::Store;
 
@@ -293,29 +292,29 @@ impl Campaign {
             return Ok(Attempt::Taken(Term { zk: zk.clone(), sent }));
         }
         match zk.get_raw(path).await {
-            Ok((data, _)) => {
+            Ok((data, read)) => {
                 let holder = from_json::<DashboardInfo>(path, &data).ok();
-                let mine = holder.as_ref().is_some_and(|h| self.is_me(h));
-                // Ours, from a session this process has since replaced (it
-                // expired in a ZooKeeper outage; a restarted ZooKeeper keeps
-                // such a node until the old session's timeout runs out), or
-                // a leader of this machine that crashed. Nobody leads behind
-                // it, so waiting would only leave the product without a
-                // dashboard (and failover): remove it, if it is still that node.
-                if mine || Owner::has_gone(&data) {
+                if holder.as_ref().is_some_and(|h| self.is_me(h)) {
+                    // Ours, from a session this process has since replaced
+                    // (it expired in a ZooKeeper outage; a restarted
+                    // ZooKeeper keeps such a node until the old session's
+                    // timeout runs out). Nobody else can lead meanwhile, so
+                    // waiting behind it would only leave the product without
+                    // a dashboard: remove it, if it is still that node.
                     return match zk.delete(path, Some(stat.version)).await {
                         Ok(()) => {
-                            if mine {
-                                tracing::info!("removed this dashboard's node left by an expired session");
-                            } else {
-                                let gone = String::from_utf8_lossy(&data);
-                                tracing::info!("removed the node of a leader that has ended: {gone}");
-                            }
+                            tracing::info!("removed this dashboard's node left by an expired session");
                             Ok(Attempt::Vanished)
                         }
                         Err(e) if e.is_not_found() => Ok(Attempt::Vanished),
                         Err(e) => Err(e),
                     };
+                }
+                // A leader of this machine that crashed: the same, or the
+                // product waits a session timeout without a dashboard (and
+                // failover).
+                if zk.remove_if_left_by_the_dead(path, &data, read.version).await? {
+                    return Ok(Attempt::Vanished);
                 }
                 let raw = match &holder {
                     Some(info) => info.to_string(),
