@@ -749,3 +749,72 @@ async fn admin_waits_for_the_standby_of_a_leader_that_does_not_answer() {
         "{stdout}"
     );
 }
+
+/// A server that holds keys is not made a replica (the full sync would drop
+/// them) unless forced, by `reborn admin server-add` and by the API alike;
+/// an empty one is added. A refusal writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_holding_keys_is_not_added_as_a_replica_unless_forced() {
+    let c = Cluster::start().await;
+    let used = common::redis();
+    let used_addr = used.addr();
+    let mut conn = common::client(&used_addr).await;
+    for i in 0..3 {
+        let () = redis::cmd("SET")
+            .arg(format!("someone's{i}"))
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .expect("set");
+    }
+    let in_group_2 = async || {
+        watcher::load(&c.store).await.expect("load").groups[&2]
+            .servers
+            .iter()
+            .any(|s| s.addr == used_addr)
+    };
+
+    let out = admin(&c.zk, &["server-add", "2", &used_addr, "--replica"]).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{used_addr} holds 3 keys")) && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(!in_group_2().await, "a refusal wrote the server");
+
+    let dash = dashboard(&c.zk, None, &c.stop).await;
+    let r = post(
+        &dash,
+        "/api/groups/2/servers",
+        json!({"addr": used_addr, "role": "replica"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(
+        r.error().unwrap_or_default().contains("holds 3 keys"),
+        "{:?}",
+        r.body
+    );
+    assert!(!in_group_2().await, "a refusal wrote the server");
+    let dbsize: i64 = redis::cmd("DBSIZE").query_async(&mut conn).await.expect("dbsize");
+    assert_eq!(dbsize, 3, "the keys were touched");
+
+    let r = post(
+        &dash,
+        "/api/groups/2/servers",
+        json!({"addr": used_addr, "role": "replica", "force": true}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert!(in_group_2().await);
+
+    let empty = common::redis();
+    let out = admin(&c.zk, &["server-add", "1", &empty.addr(), "--replica"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("{} added to group 1 as replica", empty.addr())
+    );
+}

@@ -526,7 +526,7 @@ async fn promote_under_write_load_keeps_every_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
-    use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig, client};
+    use reborn::topo::manager::dashboard::client;
     use reborn::topo::manager::task::{Task, TaskState};
     let c = Cluster::start().await;
     let proxy = c.proxy().await;
@@ -536,27 +536,8 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
         pipe.set(format!("q{i}"), i).ignore();
     }
     let () = pipe.query_async(&mut p).await.expect("preload");
-    let mut cfg = DashboardConfig {
-        listen: "127.0.0.1:0".into(),
-        zk: c.zk.clone(),
-        ..Default::default()
-    };
-    cfg.migration.max_keys_per_sec = Some(3000);
-    let bound = BoundDashboard::bind(cfg).await.expect("bind");
-    let dash = bound.local_addr().to_string();
-    tokio::spawn(bound.run(c.stop.clone()));
-
-    let get_task = |id: u64| {
-        let dash = dash.clone();
-        async move {
-            let tasks: Vec<Task> = client::get(&dash, "/api/tasks")
-                .await
-                .expect("tasks")
-                .into_json()
-                .expect("json");
-            tasks.into_iter().find(|t| t.id == id).expect("task")
-        }
-    };
+    let dash = dashboard(&c, Some(3000)).await;
+    let get_task = |id: u64| task_of(&dash, id);
     let task = migrate_when_leading(&dash, 0, 511, 2).await;
     common::eventually_ok("keys start moving", Duration::from_secs(20), async || {
         let t = get_task(task.id).await;
@@ -616,6 +597,33 @@ async fn a_paused_task_stops_moving_keys_and_finishes_after_resume() {
     assert_eq!(left, 0);
 }
 
+/// An in-process dashboard of `c`'s product (`max_keys_per_sec` for its
+/// migrator), stopped with the cluster; returns its address.
+async fn dashboard(c: &Cluster, max_keys_per_sec: Option<u64>) -> String {
+    use reborn::topo::manager::dashboard::{BoundDashboard, DashboardConfig};
+    let mut cfg = DashboardConfig {
+        listen: "127.0.0.1:0".into(),
+        zk: c.zk.clone(),
+        ..Default::default()
+    };
+    cfg.migration.max_keys_per_sec = max_keys_per_sec;
+    let bound = BoundDashboard::bind(cfg).await.expect("bind");
+    let dash = bound.local_addr().to_string();
+    tokio::spawn(bound.run(c.stop.clone()));
+    dash
+}
+
+/// Task `id` as the dashboard at `dash` lists it.
+async fn task_of(dash: &str, id: u64) -> reborn::topo::manager::task::Task {
+    use reborn::topo::manager::dashboard::client;
+    let tasks: Vec<reborn::topo::manager::task::Task> = client::get(dash, "/api/tasks")
+        .await
+        .expect("tasks")
+        .into_json()
+        .expect("json");
+    tasks.into_iter().find(|t| t.id == id).expect("task")
+}
+
 /// True if a client of the redis-server `conn` talks to last ran `SCAN`: only
 /// the migrator scans here, on a connection its pass holds to the end.
 async fn scanning(conn: &mut redis::aio::MultiplexedConnection) -> bool {
@@ -625,4 +633,62 @@ async fn scanning(conn: &mut redis::aio::MultiplexedConnection) -> bool {
         .await
         .expect("CLIENT LIST");
     clients.lines().any(|l| l.contains(" cmd=scan "))
+}
+
+/// A queued task whose source master does not answer stays queued, saying
+/// why, with its slots online at the source (a switch would put them where
+/// nothing can cancel them, and where a promote refuses the group), and it
+/// runs as soon as the master answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waits_to_start_while_its_source_master_is_silent() {
+    use reborn::topo::manager::task::TaskState;
+    let c = Cluster::start().await;
+    let dash = dashboard(&c, None).await;
+    let get_task = |id: u64| task_of(&dash, id);
+    let source = c.masters[0].pid().expect("source pid");
+    signal(source, "-STOP");
+    let task = migrate_when_leading(&dash, 0, 3, 2).await;
+    let waiting = common::eventually_some(
+        "the task says why it waits",
+        Duration::from_secs(20),
+        async || {
+            let t = get_task(task.id).await;
+            t.error
+                .filter(|e| e.starts_with("waiting to start"))
+                .map(|e| (t.state, e))
+        },
+    )
+    .await;
+    assert_eq!(waiting.0, TaskState::Queued, "{waiting:?}");
+    assert!(
+        waiting.1.contains(&format!(
+            "the master of group 1 {} does not answer",
+            c.masters[0].addr()
+        )),
+        "{waiting:?}"
+    );
+    // A few more looks: still queued, and the slots never left group 1.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let t = get_task(task.id).await;
+    assert_eq!(t.state, TaskState::Queued, "{t:?}");
+    let topo = watcher::load(&c.store).await.expect("load");
+    for id in 0..=3 {
+        let s = topo.slots.get(id).expect("slot");
+        assert_eq!((s.group, s.state), (1, SlotState::Online), "slot {id}");
+    }
+
+    signal(source, "-CONT");
+    common::eventually(
+        "the task runs once the master answers",
+        Duration::from_secs(30),
+        async || get_task(task.id).await.state == TaskState::Done,
+    )
+    .await;
+    let t = get_task(task.id).await;
+    assert_eq!(t.error, None, "{t:?}");
+    let topo = watcher::load(&c.store).await.expect("load");
+    for id in 0..=3 {
+        let s = topo.slots.get(id).expect("slot");
+        assert_eq!((s.group, s.state), (2, SlotState::Online), "slot {id}");
+    }
 }

@@ -293,6 +293,7 @@ async fn refused_operations_leave_zookeeper_unchanged() {
     refused(s, "group owning slots", remove_group(s, 1), invalid).await;
     refused(s, "group migrating slots out", remove_group(s, 3), invalid).await;
     refused(s, "missing group", remove_group(s, 9), not_found).await;
+    refused(s, "group with servers", remove_group(s, 4), invalid).await;
     refused(s, "bad proxy id", set_proxy_online(s, "a/b", false), invalid).await;
 
     // The refusals did not hold on to the lock.
@@ -562,6 +563,7 @@ async fn admin_prints_tables_and_fails_clearly() {
         group: 1,
         addr: "127.0.0.1:16379".into(),
         replica: false,
+        force: false,
     };
     admin::execute(&store, &add).await.expect("server");
     let assign = AdminCommand::SlotsAssign {

@@ -87,21 +87,32 @@ pub async fn create_group(store: &Store, id: GroupId) -> Result<(), TopoError> {
 /// Removes group `id`.
 ///
 /// # Errors
-/// [`TopoError::NotFound`]; [`TopoError::Invalid`] while any slot belongs to the
-/// group or migrates from it.
+/// [`TopoError::NotFound`]; [`TopoError::Invalid`] while the group has servers,
+/// or any slot belongs to the group or migrates from it.
 pub async fn remove_group(store: &Store, id: GroupId) -> Result<(), TopoError> {
     check_group_id(id)?;
     let paths = store.paths();
     let owner = format!("admin group-remove {id}");
     with_lock(store, &owner, async |zk: &ZkSession| {
         require_initialized(zk, paths).await?;
-        let (_, group_version) = get_group(zk, paths, id).await?;
+        let (group, group_version) = get_group(zk, paths, id).await?;
         let (slots, slots_version) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
         let owned = slots_of_group(&slots, id);
         if !owned.is_empty() {
             return Err(TopoError::Invalid(format!(
-                "group {id} still owns slots {}; assign them to another group first",
+                "group {id} still owns slots {}; move them and their keys to the other groups first \
+                 (`reborn admin rebalance --weights {id}:0`, or `migrate`; `slots-assign` moves no keys)",
                 format_slot_ids(&owned)
+            )));
+        }
+        // Its servers would go on running as they are (replicating, holding
+        // keys) with nothing in the product naming them any more.
+        if !group.servers.is_empty() {
+            let addrs: Vec<&str> = group.servers.iter().map(|s| s.addr.as_str()).collect();
+            return Err(TopoError::Invalid(format!(
+                "group {id} still has servers {}; remove them first (`server-remove`, the replicas \
+                 before the master)",
+                addrs.join(", ")
             )));
         }
         // The slot check is part of the write: a concurrent assignment aborts it.
@@ -366,9 +377,12 @@ fn check_master_removable(group: &Group, slots: &SlotTable, addr: &str) -> Resul
     let owned = slots_of_group(slots, group.id);
     if !owned.is_empty() {
         return Err(TopoError::Invalid(format!(
-            "{addr} is the master of group {}, which owns slots {}; assign them elsewhere first",
+            "{addr} is the master of group {}, which owns slots {}; move them and their keys to the \
+             other groups first (`reborn admin rebalance --weights {}:0`, or `migrate`; `slots-assign` \
+             moves no keys)",
             group.id,
-            format_slot_ids(&owned)
+            format_slot_ids(&owned),
+            group.id
         )));
     }
     if group.servers.len() > 1 {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::health::{self, Health};
 use super::rebalance::{Plan, Weights};
+use super::replication;
 use super::task::{Task, TaskState};
 use crate::libs::hash::SLOT_COUNT;
 use crate::libs::table;
@@ -84,6 +85,10 @@ pub enum AdminCommand {
         /// Add it as a replica instead of the master.
         #[arg(long)]
         replica: bool,
+        /// Add it as a replica although it holds keys (a copy of this group's
+        /// data): it drops them for a full copy of the group's master.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a redis-server from a group.
     ServerRemove {
@@ -512,10 +517,24 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
             operation::remove_group(store, *id).await?;
             done(format!("group {id} removed"))
         }
-        C::ServerAdd { group, addr, replica } => {
+        C::ServerAdd {
+            group,
+            addr,
+            replica,
+            force,
+        } => {
             let role = if *replica { Role::Replica } else { Role::Master };
+            // No backend password here: a server that wants one is not
+            // looked at, and the note says so.
+            let note = match role {
+                Role::Replica => replication::admit_replica(addr, *group, None, *force).await?,
+                Role::Master => String::new(),
+            };
             operation::add_server(store, *group, addr, role).await?;
-            done(format!("{addr} added to group {group} as {}", role_name(role)))
+            done(format!(
+                "{addr} added to group {group} as {}{note}",
+                role_name(role)
+            ))
         }
         C::ServerRemove { group, addr } => {
             operation::remove_server(store, *group, addr).await?;
@@ -878,7 +897,8 @@ mod tests {
             AdminCommand::ServerAdd {
                 group: 2,
                 addr: "127.0.0.1:6379".into(),
-                replica: true
+                replica: true,
+                force: false
             }
         );
         assert_eq!(

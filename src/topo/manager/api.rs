@@ -32,6 +32,7 @@ use super::dashboard::leader::{DashboardInfo, Leadership};
 use super::failover::{self, FailoverRecord};
 use super::health::{self, Health};
 use super::rebalance::{self, Plan, Weights, WeightsError};
+use super::replication;
 use super::server_info::{self, ServerInfo};
 use super::task::{self, Task};
 use super::traffic::{Traffic, TrafficView};
@@ -349,6 +350,9 @@ struct NewServer {
     /// `master` (the default) or `replica`.
     #[serde(default = "master")]
     role: Role,
+    /// Add a replica although it holds keys (see [`replication::admit_replica`]).
+    #[serde(default)]
+    force: bool,
 }
 
 fn master() -> Role {
@@ -360,6 +364,12 @@ async fn add_server(
     Params(id): Params<GroupId>,
     Body(b): Body<NewServer>,
 ) -> Changed {
+    let note = match b.role {
+        Role::Replica => {
+            replication::admit_replica(b.addr.trim(), id, s.backend_auth.as_deref(), b.force).await?
+        }
+        Role::Master => String::new(),
+    };
     operation::add_server(&s.store, id, &b.addr, b.role).await?;
     let role = match b.role {
         Role::Master => "master",
@@ -367,7 +377,7 @@ async fn add_server(
     };
     Ok(done(
         StatusCode::CREATED,
-        format!("{} added to group {id} as {role}", b.addr.trim()),
+        format!("{} added to group {id} as {role}{note}", b.addr.trim()),
     ))
 }
 

@@ -147,9 +147,17 @@ pub async fn promote_with(
             .filter(|s| s.group == id || s.from == Some(id))
         {
             if s.state != SlotState::Online {
+                // Which copy of a key is the newer one, the source's or the
+                // target's, is only known while both masters keep every write
+                // they acknowledged (docs/reliability.md, "A group whose slots
+                // migrate").
                 return Err(TopoError::State(format!(
-                    "slot {} of group {id} is migrating; promote once the migration is over",
-                    s.id
+                    "slot {} of group {id} is migrating (group {} to {}); promote once the migration \
+                     is over. If a master of the migration is down, start it again (with its AOF it \
+                     keeps its data) and the task goes on",
+                    s.id,
+                    s.from.unwrap_or(s.group),
+                    s.group
                 )));
             }
             slots.push(s.id);

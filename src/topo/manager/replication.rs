@@ -13,6 +13,8 @@ use super::info_text::InfoText;
 use super::migrator::{Conn, MigrateError, reply_text};
 use super::server_conns::ServerConns;
 use crate::libs::resp_client::Frame;
+use crate::topo::error::TopoError;
+use crate::topo::model::GroupId;
 
 /// How long one look at a server may take, connecting included.
 pub const LOOK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -247,6 +249,47 @@ pub fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Whether `addr` may be added to group `group` as a replica. The dashboard
+/// points a new replica at the group's master at once, and the full sync
+/// replaces whatever it held: one that holds keys (another product's master,
+/// a server in use) is refused unless `force` says they are a copy of this
+/// group's data. Returns a note for the operator: empty, what `force`
+/// replaced, or why the server could not be looked at (down, or it wants a
+/// password the caller does not have), which does not refuse it.
+///
+/// # Errors
+/// [`TopoError::Invalid`] for a server that holds keys, without `force`.
+pub async fn admit_replica(
+    addr: &str,
+    group: GroupId,
+    auth: Option<&str>,
+    force: bool,
+) -> Result<String, TopoError> {
+    match look(addr, auth).await {
+        Ok(r) if r.keys == 0 => Ok(String::new()),
+        Ok(r) if force => Ok(format!(
+            " (forced: its {} are replaced by a copy of the master's)",
+            keys_text(r.keys)
+        )),
+        Ok(r) => Err(TopoError::Invalid(format!(
+            "{addr} holds {}; as a replica of group {group} it would drop them for a copy of the \
+             group's master. Empty it first (FLUSHALL) if nobody needs them, or add it with force \
+             (--force) if they are a copy of this group's data",
+            keys_text(r.keys)
+        ))),
+        Err(e) => Ok(format!(" (not looked at: {e})")),
+    }
+}
+
+/// `1 key`, `12,345 keys`.
+fn keys_text(n: u64) -> String {
+    if n == 1 {
+        "1 key".into()
+    } else {
+        format!("{} keys", thousands(n))
+    }
 }
 
 #[cfg(test)]

@@ -25,11 +25,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::migrator::{self, MigratorConfig, Outcome, Progress};
+use super::replication;
 use super::task::{self, Task, TaskState};
 use crate::topo::action::{self, DEFAULT_ACK_TIMEOUT, Fence, check_migration};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
-use crate::topo::model::{GroupId, SlotState};
+use crate::topo::model::{GroupId, SlotState, Topology};
+use crate::topo::operation::format_slot_ids;
 use crate::topo::store::Store;
 use crate::topo::watcher;
 
@@ -50,10 +52,10 @@ pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel
                 .find(|t| !t.paused && matches!(t.state, TaskState::Queued | TaskState::Migrating))
         });
         let pause = match next {
-            Ok(Some(task)) => match step(&store, &cfg, task, &cancel).await {
+            Ok(Some(task)) => match step(&store, &cfg, task.clone(), &cancel).await {
                 Ok(pause) => pause,
                 Err(e) => {
-                    tracing::warn!(error = %e, "migration task step failed; retrying");
+                    tracing::warn!(task = task.id, error = %e, "migration task step failed; retrying");
                     RETRY_PAUSE
                 }
             },
@@ -80,7 +82,7 @@ async fn step(
     cancel: &CancellationToken,
 ) -> Result<Duration, TopoError> {
     match task.state {
-        TaskState::Queued => claim(store, task).await.map(|()| Duration::ZERO),
+        TaskState::Queued => claim(store, cfg, task).await,
         TaskState::Migrating => advance(store, cfg, task, cancel).await,
         _ => Ok(Duration::ZERO),
     }
@@ -89,26 +91,72 @@ async fn step(
 /// `queued` → `migrating`, by compare-and-set: a concurrent cancel either wins
 /// (the claim fails, nothing happens) or the claim does, and the cancel then
 /// judges by the slots (see [`task::cancel`]).
-async fn claim(store: &Store, mut task: Task) -> Result<(), TopoError> {
+///
+/// A task waits in the queue while the master of its source or target does
+/// not answer: once switched, its slots could not be cancelled, and its group
+/// could not be failed over until the task ends (a promote refuses a group
+/// with migrating slots), so a switch now would only add slots to the outage.
+async fn claim(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<Duration, TopoError> {
     let topo = watcher::load(store).await?;
     task.from = task
         .slots
         .first()
         .and_then(|&s| topo.slots.get(s))
         .map_or(0, |s| s.group);
+    if let Some(why) = silent_master(&topo, [task.from, task.to], cfg.auth.as_deref()).await {
+        return wait_queued(store, task.id, why).await;
+    }
     task.state = TaskState::Migrating;
     task.updated = lock::unix_now();
+    if task.error.as_deref().is_some_and(|e| e.starts_with(WAITING)) {
+        task.error = None;
+    }
     let path = store.paths().task(task.id);
     let (current, version) = store.get_json_with_version::<Task>(&path).await?;
     if current.state != TaskState::Queued || current.paused {
-        return Ok(());
+        return Ok(Duration::ZERO);
     }
     task.attempts = current.attempts;
     task.switch_failures = current.switch_failures;
     match store.set_json(&path, &task, version).await {
-        Ok(_) | Err(TopoError::Conflict { .. }) => Ok(()),
+        Ok(_) | Err(TopoError::Conflict { .. }) => Ok(Duration::ZERO),
         Err(e) => Err(e),
     }
+}
+
+/// Why a queued task cannot start now: the master of one of `groups` that
+/// does not answer (`None`: both answer, or a group has no master, which the
+/// switch's own check reports).
+async fn silent_master(topo: &Topology, groups: [GroupId; 2], auth: Option<&str>) -> Option<String> {
+    let looks = groups.map(|g| async move {
+        let addr = topo.groups.get(&g)?.master()?;
+        let e = replication::look(addr, auth).await.err()?;
+        Some(format!("the master of group {g} {e}"))
+    });
+    let [a, b] = looks;
+    let (a, b) = tokio::join!(a, b);
+    a.or(b)
+}
+
+/// How a queued task's error says why it waits (see [`wait_queued`]).
+const WAITING: &str = "waiting to start: ";
+
+/// Leaves task `id` queued with `why` (written only when it changed, so a long
+/// wait costs no writes), and says when to look again.
+async fn wait_queued(store: &Store, id: u64, why: String) -> Result<Duration, TopoError> {
+    let path = store.paths().task(id);
+    let (mut current, version) = store.get_json_with_version::<Task>(&path).await?;
+    let error = format!("{WAITING}{why}; it starts once that master answers or a failover replaces it");
+    if current.state == TaskState::Queued && current.error.as_deref() != Some(error.as_str()) {
+        tracing::warn!(task = id, "migration task waits: {why}");
+        current.error = Some(error);
+        current.updated = lock::unix_now();
+        match store.set_json(&path, &current, version).await {
+            Ok(_) | Err(TopoError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(RETRY_PAUSE)
 }
 
 /// Drives a `migrating` task from wherever its slots are.
@@ -165,6 +213,13 @@ async fn switch(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<D
         action::begin_migration_fenced(store, &task.slots, task.to, DEFAULT_ACK_TIMEOUT, Some(&fence)).await;
     match outcome {
         Ok(()) => {
+            tracing::info!(
+                task = task.id,
+                from = task.from,
+                to = task.to,
+                slots = %format_slot_ids(&task.slots),
+                "migration task switched; moving its keys"
+            );
             task.error = None;
             task.attempts = 0;
             save(store, &mut task).await.map(|_| Duration::ZERO)
@@ -275,6 +330,17 @@ async fn migrate(
                 return Ok(Duration::ZERO);
             }
             action::finish_migration(store, &task.slots, DEFAULT_ACK_TIMEOUT).await?;
+            let p = &task.progress;
+            tracing::info!(
+                task = task.id,
+                from = task.from,
+                to = task.to,
+                slots = %format_slot_ids(&task.slots),
+                moved = p.moved,
+                busy_s = p.busy_ms as f64 / 1000.0,
+                errors = p.errors,
+                "migration task done"
+            );
             task.state = TaskState::Done;
             task.error = None;
             Duration::ZERO
