@@ -454,6 +454,58 @@ async fn a_duplicate_key_kicks_and_bad_frames_close_only_their_connection() {
     p.shutdown().await;
 }
 
+/// One device, two accounts: a connection of another mid that takes a key
+/// kicks the old one, and the old mid's pushes no longer reach the key's new
+/// user (its `mid_` entry goes); the new user gets its own pushes and the
+/// key's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_taken_by_another_user_stops_the_old_users_pushes() {
+    let p = Push::with(1, |_| {}).await;
+    let h = p.http();
+    let mut old = connect(&p.tcp(0), &auth_body(40, "device-1", "live://6", &[OP])).await;
+    let mut new = connect(&p.tcp(0), &auth_body(41, "device-1", "live://6", &[OP])).await;
+    old.wait_closed()
+        .await
+        .expect("the older connection of the key is closed");
+    let proxy = p.proxy.to_string();
+    // Both at once: the sessions of a connection that ended (idle) go too.
+    common::eventually("mid_40 no longer names device-1, mid_41 does", WAIT, async || {
+        let r = &mut proxy_conn(&proxy).await;
+        let mut has = async |mid: &str| r.call(&["HEXISTS", mid, "device-1"]).await.map(resp_client::int);
+        matches!((has("mid_40").await, has("mid_41").await), (Ok(Ok(0)), Ok(Ok(1))))
+    })
+    .await;
+    push(
+        h,
+        &format!("/goim/push/mids?operation={OP}&mids=40"),
+        "for mid 40",
+    )
+    .await;
+    push(
+        h,
+        &format!("/goim/push/mids?operation={OP}&mids=41"),
+        "for mid 41",
+    )
+    .await;
+    expect(&mut new, "mid 41", &[(OP, "for mid 41")]).await;
+    push(
+        h,
+        &format!("/goim/push/keys?operation={OP}&keys=device-1"),
+        "for the key",
+    )
+    .await;
+    expect(&mut new, "mid 41", &[(OP, "for the key")]).await;
+    let r = &mut proxy_conn(&proxy).await;
+    let kept = r
+        .call(&["HEXISTS", "mid_41", "device-1"])
+        .await
+        .map(resp_client::int);
+    assert!(matches!(kept, Ok(Ok(1))), "mid 41 keeps its session: {kept:?}");
+    let key = r.call(&["EXISTS", "key_device-1"]).await.map(resp_client::int);
+    assert!(matches!(key, Ok(Ok(1))), "the key's session is back: {key:?}");
+    p.shutdown().await;
+}
+
 /// How many `mid_` sessions of `mids` still exist, through the proxy.
 async fn sessions_left(r: &mut RespConn, mids: std::ops::Range<i64>) -> i64 {
     let keys: Vec<String> = mids.map(|m| format!("mid_{m}")).collect();

@@ -82,6 +82,8 @@ struct ChannelState {
     room: Option<Arc<str>>,
     watched: Vec<i32>,
     queue: VecDeque<Push>,
+    /// A push was dropped for this connection already (logged once).
+    dropped: bool,
 }
 
 /// One authenticated connection.
@@ -194,6 +196,18 @@ impl Channel {
         {
             let mut st = self.state.lock();
             if st.queue.len() >= self.send_queue {
+                if !st.dropped {
+                    st.dropped = true;
+                    // Once per connection: a client that stopped reading
+                    // would otherwise log every push it misses.
+                    tracing::warn!(
+                        key = %self.key,
+                        mid = self.mid,
+                        ip = %self.ip,
+                        send_queue = self.send_queue,
+                        "client does not read its pushes; dropping those past send_queue (counted in pushes_dropped)"
+                    );
+                }
                 return Err(PushError::Full);
             }
             st.queue.push_back(push);

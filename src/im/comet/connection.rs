@@ -100,12 +100,24 @@ fn record_end(stats: &CometStats, end: &ConnError, peer: SocketAddr) {
         // Ordinary ends: logged at debug, counted only in `closed`.
         ConnError::Io(_) | ConnError::PeerClosed | ConnError::PeerGone(_) | ConnError::Shutdown => None,
     };
-    match counter {
-        Some(c) => {
-            CometStats::bump(c);
-            tracing::info!(%peer, reason = %end, "closing client connection");
-        }
-        None => tracing::debug!(%peer, reason = %end, "client connection closed"),
+    if let Some(c) = counter {
+        CometStats::bump(c);
+    }
+    // Timeouts and kicks are a fleet's daily life (phones that sleep, apps
+    // that reconnect): counted, logged at debug. What a client did wrong, or
+    // a refusal, is worth a line.
+    let notable = matches!(
+        end,
+        ConnError::Frame(_)
+            | ConnError::TooLarge { .. }
+            | ConnError::BadInput(_)
+            | ConnError::Refused(_)
+            | ConnError::AuthFailed(_)
+    );
+    if notable {
+        tracing::info!(%peer, reason = %end, "closing client connection");
+    } else {
+        tracing::debug!(%peer, reason = %end, "client connection closed");
     }
 }
 
@@ -149,8 +161,11 @@ impl Conn<'_> {
             self.hub.protocol.send_queue,
         ));
         let room = (!reply.room_id.is_empty()).then(|| Arc::<str>::from(reply.room_id.as_str()));
-        if self.hub.buckets.put(&ch, room).is_some() {
+        if let Some(old) = self.hub.buckets.put(&ch, room) {
             tracing::info!(key = %key, "a newer connection took the key; kicking the old one");
+            if old.mid() != ch.mid() {
+                self.forget_kicked_user(&old, &ch);
+            }
         }
         CometStats::bump(&self.hub.stats.auth_ok);
         *channel = Some(ch.clone());
@@ -160,6 +175,28 @@ impl Conn<'_> {
             .map_or(DEFAULT_IDLE, Duration::from_nanos);
         let ok = Frame::new(auth.ver, op::AUTH_REPLY, auth.seq, Bytes::new());
         self.session(t, &ch, idle, vec![ok], backlog).await
+    }
+
+    /// A connection of another user took `old`'s key (one device, another
+    /// account). The kicked connection tells logic nothing (the key's session
+    /// is the new one's now), but `mid_{old}` still names the key on this
+    /// comet, and pushes to the old user would reach the new one by it. So
+    /// the old user's session goes (`Disconnect`, which also removes `key_`,
+    /// both only while they name this comet), and then the new one's is
+    /// written again (`Heartbeat` re-adds a missing session).
+    fn forget_kicked_user(&self, old: &Arc<Channel>, new: &Arc<Channel>) {
+        let hub = self.hub.clone();
+        let (old_mid, new_mid, key) = (old.mid(), new.mid(), new.key().to_string());
+        hub.tasks.clone().spawn(async move {
+            let link = &hub.link;
+            let done = match link.disconnect(old_mid, &key, &hub.server_id).await {
+                Ok(_) => link.heartbeat(new_mid, &key, &hub.server_id).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                tracing::warn!(%key, old_mid, new_mid, error = %e, "cannot remove the kicked user's session; pushes to that user may reach the key's new user until it expires");
+            }
+        });
     }
 
     /// Reads until op 7; returns it and the frames that came after it.
