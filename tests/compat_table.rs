@@ -16,6 +16,12 @@ const END: &str = "<!-- command-table:end -->";
 fn treatment(name: &str, kind: Kind) -> (&'static str, String) {
     let fan = |how: &str| ("works, cluster-wide", how.to_string());
     match kind {
+        Kind::Forward if matches!(name, "sort" | "sort_ro") => (
+            "works",
+            "routed by its keys; keys must share a slot (`-CROSSSLOT`), and `BY`/`GET` patterns must carry the \
+             key's hashtag, as in Redis Cluster"
+                .into(),
+        ),
         Kind::Forward => (
             "works",
             "routed by its keys; keys must share a slot (`-CROSSSLOT`)".into(),
@@ -48,9 +54,9 @@ fn treatment(name: &str, kind: Kind) -> (&'static str, String) {
             Fan::Config => {
                 fan("GET from one master; SET and RESETSTAT on every server, replicas too; others refused")
             }
-            Fan::Script => fan("LOAD, EXISTS, FLUSH on every master; others refused"),
+            Fan::Script => fan("LOAD, EXISTS, FLUSH, KILL on every master; others refused"),
             Fan::Function => {
-                fan("LOAD, DELETE, FLUSH, RESTORE on every master; LIST, DUMP from one; others refused")
+                fan("LOAD, DELETE, FLUSH, RESTORE, KILL on every master; LIST, DUMP from one; others refused")
             }
             Fan::Wait => fan("every master on a connection of its own; the minimum"),
             Fan::Memory => (

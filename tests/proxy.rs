@@ -285,6 +285,34 @@ async fn multi_key_commands_split_across_groups() {
         .await
         .expect("eval");
     assert_eq!(v, "1");
+
+    // SORT's BY and GET patterns form keys the server looks up on itself:
+    // with the sorted key's hashtag they work, without it they are refused,
+    // as in Redis Cluster (they read keys of other groups as missing).
+    let _: () = p.rpush("{t}ids", &[2, 1]).await.expect("rpush");
+    for (k, v) in [
+        ("{t}w_1", "10"),
+        ("{t}w_2", "5"),
+        ("{t}o_1", "x"),
+        ("{t}o_2", "y"),
+    ] {
+        let _: () = p.set(k, v).await.expect("set");
+    }
+    let sorted: Vec<String> = redis::cmd("SORT")
+        .arg(&["{t}ids", "BY", "{t}w_*", "GET", "{t}o_*"])
+        .query_async(&mut p)
+        .await
+        .expect("sort");
+    assert_eq!(sorted, ["y", "x"]);
+    for pattern in [["BY", "w_*"], ["GET", "o_*"]] {
+        let e = redis::cmd("SORT")
+            .arg("{t}ids")
+            .arg(&pattern)
+            .query_async::<Vec<String>>(&mut p)
+            .await
+            .expect_err("a pattern of other slots");
+        assert!(e.to_string().contains("option of SORT denied"), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -441,3 +441,56 @@ async fn patterns_follow_the_set_of_masters() {
         arr(vec![bulk("pmessage"), bulk("wide*"), bulk(&ch), bulk("3")])
     );
 }
+
+/// Keyspace notifications come from the server holding the key: a
+/// `__keyevent@0__:` channel hears every group's keys, and a
+/// `__keyspace@0__:<key>` channel hears its key, whatever group the channel's
+/// own name hashes to (plain `SUBSCRIBE`, no pattern).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_are_heard_from_the_group_of_their_key() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await;
+    let mut cmd = raw(proxy).await;
+    assert_eq!(
+        cmd.call(&["CONFIG", "SET", "notify-keyspace-events", "KEA"])
+            .await,
+        Resp::Simple("OK".into())
+    );
+    let (low, _) = channel("low", true);
+    // A key of group 2 whose channel name hashes to group 1: routed by the
+    // name, the subscription would be on the wrong server.
+    // (crc32 is linear: for keys of one length, the key's slot and the
+    // channel's agree on the group bit, hence keys of several lengths.)
+    let high = (0..10_000)
+        .map(|i| format!("high{}{i}", "x".repeat(i % 8)))
+        .find(|k| slot_of(k.as_bytes()) >= 512 && slot_of(format!("__keyspace@0__:{k}").as_bytes()) < 512)
+        .expect("some key hashes there");
+    let mut s = raw(proxy).await;
+    let event = "__keyevent@0__:set";
+    let space = format!("__keyspace@0__:{high}");
+    assert_eq!(
+        s.call(&["SUBSCRIBE", event]).await,
+        confirm("subscribe", event, 1)
+    );
+    assert_eq!(
+        s.call(&["SUBSCRIBE", &space]).await,
+        confirm("subscribe", &space, 2)
+    );
+
+    for key in [&low, &high] {
+        assert_eq!(cmd.call(&["SET", key, "1"]).await, Resp::Simple("OK".into()));
+    }
+    // One `set` event per key, from either group, and the keyspace event of
+    // the second key; their order across groups is not defined.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(s.read_reply().await);
+    }
+    for want in [
+        message(event, &low),
+        message(event, &high),
+        message(&space, "set"),
+    ] {
+        assert!(got.contains(&want), "{want:?} missing from {got:?}");
+    }
+}

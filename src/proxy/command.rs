@@ -27,6 +27,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::blocking_args;
+use crate::libs::hash::slot_of;
 
 /// Command flag: the command may modify data.
 pub const WRITE: u16 = 1;
@@ -433,6 +434,55 @@ impl Spec {
     }
 }
 
+/// SORT's `BY` and `GET` patterns form keys (`weight_*` → `weight_3`) that
+/// neither Redis's key specs nor the proxy can see: the server looks them up on
+/// itself, so keys of another group read as missing. As Redis Cluster does,
+/// a pattern is accepted only when the keys it forms surely share `slot` (the
+/// sorted key's): by a hashtag, closed before the pattern's `*`. `GET #` and
+/// a `BY` without `*` (no sorting) form no key. Returns the refusal.
+pub fn sort_pattern_refusal(name: &str, args: &[Bytes], slot: u16) -> Option<String> {
+    if !matches!(name, "sort" | "sort_ro") {
+        return None;
+    }
+    let mut i = 2;
+    while i + 1 < args.len() {
+        let (word, pattern) = (&args[i], &args[i + 1]);
+        let option = if word.eq_ignore_ascii_case(b"BY") {
+            "BY"
+        } else if word.eq_ignore_ascii_case(b"GET") {
+            "GET"
+        } else {
+            i += 1;
+            continue;
+        };
+        let forms_keys = if option == "BY" {
+            pattern.contains(&b'*')
+        } else {
+            pattern.as_ref() != b"#"
+        };
+        if forms_keys && pattern_slot(pattern) != Some(slot) {
+            return Some(format!(
+                "ERR {option} option of SORT denied by reborn proxy: the keys its pattern forms may be in \
+                 other slots than the sorted key (give the pattern the key's hashtag, as Redis Cluster \
+                 requires)"
+            ));
+        }
+        i += 2;
+    }
+    None
+}
+
+/// The slot of every key a SORT pattern can form, if one: its hashtag must
+/// close before the `*` that is replaced (a value could hold `{` or `}`).
+fn pattern_slot(pattern: &[u8]) -> Option<u16> {
+    let open = pattern.iter().position(|&b| b == b'{')?;
+    let close = open + 1 + pattern[open + 1..].iter().position(|&b| b == b'}')?;
+    if pattern[..close].contains(&b'*') {
+        return None;
+    }
+    Some(slot_of(pattern))
+}
+
 /// Index of the first argument equal to `kw` (case-insensitive), searching from
 /// `from` (from the end, backwards, when negative).
 fn keyword_pos(args: &[Bytes], kw: &str, from: i16) -> Option<usize> {
@@ -554,6 +604,43 @@ mod tests {
         }
         assert!(writes(b"garbage"), "unknown shapes count as writes");
         assert!(writes(&req("NOSUCHCOMMAND x")));
+    }
+
+    #[test]
+    fn sort_patterns_must_share_the_sorted_keys_slot() {
+        let args = |words: &[&str]| {
+            words
+                .iter()
+                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                .collect::<Vec<_>>()
+        };
+        let slot = slot_of(b"{u}ids");
+        let ok = |words: &[&str]| sort_pattern_refusal("sort", &args(words), slot).is_none();
+        assert!(ok(&["SORT", "{u}ids"]));
+        assert!(ok(&[
+            "SORT",
+            "{u}ids",
+            "BY",
+            "{u}w_*",
+            "GET",
+            "#",
+            "GET",
+            "{u}o_*->name"
+        ]));
+        assert!(ok(&[
+            "SORT", "{u}ids", "BY", "nosort", "LIMIT", "0", "5", "ALPHA"
+        ]));
+        assert!(ok(&["SORT", "{u}ids", "GET", "#", "STORE", "{u}out"]));
+        assert!(!ok(&["SORT", "{u}ids", "BY", "w_*"]));
+        assert!(!ok(&["SORT", "{u}ids", "GET", "o_*"]));
+        // A `*` before the tag closes: the value could hold a brace.
+        assert!(!ok(&["SORT", "{u}ids", "GET", "o_*{u}"]));
+        assert!(!ok(&["SORT", "{u}ids", "GET", "{*}x"]));
+        // Another hashtag is another slot.
+        assert!(!ok(&["SORT", "{u}ids", "BY", "{v}w_*"]));
+        let refusal = sort_pattern_refusal("sort_ro", &args(&["SORT_RO", "{u}ids", "GET", "o_*"]), slot);
+        assert!(refusal.is_some_and(|r| r.starts_with("ERR GET option of SORT denied")));
+        assert!(sort_pattern_refusal("get", &args(&["GET", "x", "GET", "o_*"]), 0).is_none());
     }
 
     #[test]

@@ -134,7 +134,11 @@ fn request_slot(spec: &'static Spec, req: &Request) -> Result<u16, Reply> {
             _ => slot = Some(s),
         }
     }
-    Ok(slot.unwrap_or(0))
+    let slot = slot.unwrap_or(0);
+    if let Some(refusal) = command::sort_pattern_refusal(&spec.name, &req.args, slot) {
+        return Err(err(&refusal));
+    }
+    Ok(slot)
 }
 
 /// Where the requests of one slot go.

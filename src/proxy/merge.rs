@@ -64,10 +64,18 @@ pub fn all_ok(cmd: &str, answers: &[FanAnswer]) -> Bytes {
 }
 
 /// `+OK` if any server said it (SCRIPT KILL, FUNCTION KILL: the script ran on
-/// one master, the others answer `NOTBUSY`); else their common error.
+/// one master, the others answer `NOTBUSY`); else the one server's error
+/// that is not `NOTBUSY` (`UNKILLABLE`, which clients match on), as that
+/// server gave it; else their common error.
 pub fn any_ok(cmd: &str, answers: &[FanAnswer]) -> Bytes {
     if answers.iter().any(|(_, r)| r.as_ref() == resp::OK) {
         return Bytes::from_static(resp::OK);
+    }
+    let mut busy = answers.iter().filter(|(_, r)| !r.starts_with(b"-NOTBUSY"));
+    if let (Some((_, only)), None) = (busy.next(), busy.next())
+        && only.starts_with(b"-")
+    {
+        return only.clone();
     }
     failure(cmd, answers).unwrap_or_else(|| match answers.first() {
         Some((addr, r)) => unexpected(addr, r),
@@ -290,6 +298,11 @@ mod tests {
         assert_eq!(
             &any_ok("SCRIPT KILL", &[a("x", busy), a("y", busy)])[..],
             busy.as_bytes()
+        );
+        let unkillable = "-UNKILLABLE Sorry the script already executed write commands\r\n";
+        assert_eq!(
+            &any_ok("SCRIPT KILL", &[a("x", busy), a("y", unkillable)])[..],
+            unkillable.as_bytes()
         );
     }
 

@@ -481,8 +481,15 @@ impl PubSubHub {
 
 /// Where `name` must be subscribed under `routes`; `None` while that is not
 /// known (a slot without a master, or no group at all): it stays where it is.
+///
+/// Keyspace notifications are published by the server that holds the key,
+/// not by a `PUBLISH` routed by the channel's name: `__keyevent@…` channels
+/// (every key) are subscribed on every master, and `__keyspace@<db>__:<key>`
+/// on the master of the key's slot (both masters while it migrates: either
+/// may change the key then).
 fn homes_of(routes: &Routes, class: Class, name: &[u8]) -> Option<Vec<String>> {
-    if class == Class::Pattern {
+    let keyspace = (class == Class::Channel).then(|| keyspace_key(name)).flatten();
+    if class == Class::Pattern || (class == Class::Channel && name.starts_with(b"__keyevent@")) {
         let mut masters: Vec<String> = Vec::new();
         for g in &routes.groups {
             let addr = g.master.as_ref()?.addr().to_string();
@@ -492,14 +499,24 @@ fn homes_of(routes: &Routes, class: Class, name: &[u8]) -> Option<Vec<String>> {
         }
         return (!masters.is_empty()).then_some(masters);
     }
-    match routes.get(slot_of(name)) {
+    match routes.get(slot_of(keyspace.unwrap_or(name))) {
         SlotRoute::Serve { pool, .. } => Some(vec![pool.addr().to_string()]),
+        SlotRoute::Migrate { from, to } if keyspace.is_some() => {
+            Some(vec![to.addr().to_string(), from.addr().to_string()])
+        }
         // Publishers of a migrating slot publish on the target.
         SlotRoute::Migrate { to, .. } => Some(vec![to.addr().to_string()]),
         // About to migrate: publishers wait, subscribers stay on the source.
         SlotRoute::Switching { source: Some(p) } => Some(vec![p.addr().to_string()]),
         _ => None,
     }
+}
+
+/// The key of a keyspace notification channel, `__keyspace@<db>__:<key>`.
+fn keyspace_key(name: &[u8]) -> Option<&[u8]> {
+    let rest = name.strip_prefix(b"__keyspace@")?;
+    let at = rest.windows(3).position(|w| w == b"__:")?;
+    Some(&rest[at + 3..])
 }
 
 /// A RESP2 message frame (`*3 …`) as a RESP3 push (`>3 …`).
@@ -514,6 +531,15 @@ fn as_push(frame: &Bytes) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyspace_channels_name_their_key() {
+        assert_eq!(keyspace_key(b"__keyspace@0__:user:{1}"), Some(&b"user:{1}"[..]));
+        assert_eq!(keyspace_key(b"__keyspace@12__:a__:b"), Some(&b"a__:b"[..]));
+        assert_eq!(keyspace_key(b"__keyspace@0__:"), Some(&b""[..]));
+        assert_eq!(keyspace_key(b"__keyevent@0__:expired"), None);
+        assert_eq!(keyspace_key(b"news"), None);
+    }
 
     #[test]
     fn words_name_their_class() {

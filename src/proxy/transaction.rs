@@ -41,7 +41,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::blocked::Dedicated;
-use super::command::{Kind, Spec};
+use super::command::{self, Kind, Spec};
 use super::context::{Client, Context};
 use super::dispatch::{CROSSSLOT, Target, target_for};
 use super::fanout;
@@ -265,6 +265,9 @@ fn not_in_multi(req: &Request) -> Bytes {
 fn keyed(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec) -> Result<Queued, Bytes> {
     let keys = spec.keys(&req.args);
     let slot = one_slot(&keys)?.ok_or_else(|| not_in_multi(req))?;
+    if let Some(refusal) = command::sort_pattern_refusal(&spec.name, &req.args, slot) {
+        return Err(resp::error(&refusal));
+    }
     let txn = client.txn.get_or_insert_default();
     let pin = match &txn.pin {
         Some(pin) if pin.slot != slot => return Err(resp::error(CROSSSLOT)),
