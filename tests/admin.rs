@@ -509,6 +509,23 @@ async fn groups_show_each_servers_health_and_the_log_level_is_checked() {
     assert_eq!(health(&up), Some(json!("up")), "{groups}");
     assert_eq!(health(&stopped_addr), Some(json!("down")), "{groups}");
 
+    // The same, for alerts: the dashboard's Prometheus page.
+    let metrics = common::http::get_text(dash.parse().expect("addr"), "/metrics").await;
+    for line in [
+        "reborn_dashboard_leader 1".to_string(),
+        format!("reborn_dashboard_server_up{{group=\"1\",addr=\"{up}\",role=\"master\"}} 1"),
+        format!("reborn_dashboard_server_up{{group=\"2\",addr=\"{stopped_addr}\",role=\"replica\"}} 0"),
+        format!("reborn_dashboard_server_role_ok{{group=\"1\",addr=\"{up}\",role=\"master\"}} 1"),
+        "reborn_dashboard_tasks{state=\"queued\"} 0".to_string(),
+        "reborn_dashboard_failovers_total{outcome=\"failed\"} 0".to_string(),
+        "# TYPE reborn_dashboard_replica_lag_bytes gauge".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
+
     // The dashboard's log switch: a typo is refused, a level accepted.
     reborn::libs::logging::init("warn");
     let put = |path: &'static str| {

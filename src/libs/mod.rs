@@ -11,6 +11,7 @@ pub mod logging;
 pub mod migrate;
 pub mod outage;
 pub mod pid_space;
+pub mod prometheus;
 pub mod protocol;
 pub mod resp;
 pub mod resp_client;

@@ -7,7 +7,6 @@
 //!   `reborn=trace`, …); a filter that is not levels or `target=level`
 //!   directives (`degub`) gets 400 with the reason, and the filter stays.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use super::context::Context;
 use super::stats::StatsSnapshot;
 use crate::libs::listener::Listener;
 use crate::libs::logging;
+use crate::libs::prometheus::{self, Exposition, Kind};
 
 /// One backend as `/stats` shows it.
 #[derive(Serialize)]
@@ -93,130 +93,104 @@ async fn stats(State(ctx): State<Workers>) -> Json<ProxyStats> {
 
 async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
-    let mut out = String::new();
     let st = &s.stats;
-    let series: [(&str, &str, &str, u64); 13] = [
-        ("ops_total", "Requests answered.", "counter", st.ops_total),
+    let series: [(&str, &str, Kind, u64); 13] = [
+        ("ops_total", "Requests answered.", Kind::Counter, st.ops_total),
         (
             "ops_per_second",
             "Requests answered in the last second.",
-            "gauge",
+            Kind::Gauge,
             st.ops_per_sec,
         ),
-        ("errors_total", "Error replies sent.", "counter", st.errors_total),
+        (
+            "errors_total",
+            "Error replies sent.",
+            Kind::Counter,
+            st.errors_total,
+        ),
         (
             "protocol_errors_total",
             "Connections closed for malformed input.",
-            "counter",
+            Kind::Counter,
             st.protocol_errors,
         ),
         (
             "pubsub_overflows_total",
             "Pub/sub clients disconnected for not reading their messages.",
-            "counter",
+            Kind::Counter,
             st.pubsub_overflows,
         ),
         (
             "output_limit_kills_total",
             "Clients disconnected past client_output_limit unread bytes.",
-            "counter",
+            Kind::Counter,
             st.output_limit_kills,
         ),
         (
             "output_memory_refusals_total",
             "Requests refused while client buffers were over max_output_memory.",
-            "counter",
+            Kind::Counter,
             st.output_memory_refusals,
         ),
         (
             "output_memory_bytes",
             "Bytes of replies waiting in client buffers whose sockets are full.",
-            "gauge",
+            Kind::Gauge,
             st.output_memory_bytes,
         ),
-        ("sessions", "Connected clients.", "gauge", st.sessions_alive),
+        ("sessions", "Connected clients.", Kind::Gauge, st.sessions_alive),
         (
             "sessions_total",
             "Clients accepted.",
-            "counter",
+            Kind::Counter,
             st.sessions_total,
         ),
         (
             "sessions_refused_total",
             "Clients refused at max_clients.",
-            "counter",
+            Kind::Counter,
             st.sessions_refused,
         ),
         (
             "auth_failures_total",
             "Failed AUTHs (each slows its connection; the tenth closes it).",
-            "counter",
+            Kind::Counter,
             st.auth_failures,
         ),
         (
             "online",
             "1 when the proxy serves data commands.",
-            "gauge",
+            Kind::Gauge,
             u64::from(s.online),
         ),
     ];
+    let mut page = Exposition::new();
     for (name, help, kind, value) in series {
-        let _ = write!(
-            out,
-            "# HELP reborn_proxy_{name} {help}\n# TYPE reborn_proxy_{name} {kind}\nreborn_proxy_{name} {value}\n"
-        );
+        page.single(&format!("reborn_proxy_{name}"), help, kind, value);
     }
     let l = &st.latency_us;
     let quantiles = [("0.5", l.p50), ("0.9", l.p90), ("0.99", l.p99), ("0.999", l.p999)];
-    labelled(
-        &mut out,
-        (
-            "latency_us",
-            "Request latency percentiles in microseconds.",
-            "gauge",
-            "quantile",
-        ),
-        quantiles.map(|(q, v)| (q.to_string(), v)),
-    );
-    labelled(
-        &mut out,
-        ("command_calls_total", "Calls per command.", "counter", "cmd"),
-        st.commands.iter().map(|c| (c.name.clone(), c.calls)),
-    );
-    labelled(
-        &mut out,
-        (
-            "command_errors_total",
-            "Error replies per command.",
-            "counter",
-            "cmd",
-        ),
-        st.commands.iter().map(|c| (c.name.clone(), c.errors)),
-    );
-    labelled(
-        &mut out,
-        (
-            "backend_up",
-            "1 when the backend connection is up.",
-            "gauge",
-            "addr",
-        ),
-        s.backends.iter().map(|b| (b.addr.clone(), u64::from(b.up))),
-    );
-    ([("content-type", "text/plain; version=0.0.4")], out)
-}
-
-/// Appends one labelled series: its `# HELP` and `# TYPE` lines, then a sample
-/// per (label value, number). `meta` is (name, help, type, label name).
-fn labelled(out: &mut String, meta: (&str, &str, &str, &str), rows: impl IntoIterator<Item = (String, u64)>) {
-    let (name, help, kind, label) = meta;
-    let _ = write!(
-        out,
-        "# HELP reborn_proxy_{name} {help}\n# TYPE reborn_proxy_{name} {kind}\n"
-    );
-    for (value, n) in rows {
-        let _ = writeln!(out, "reborn_proxy_{name}{{{label}=\"{value}\"}} {n}");
+    let name = "reborn_proxy_latency_us";
+    page.family(name, "Request latency percentiles in microseconds.", Kind::Gauge);
+    for (q, v) in quantiles {
+        page.sample(name, &[("quantile", q)], v);
     }
+    let name = "reborn_proxy_command_calls_total";
+    page.family(name, "Calls per command.", Kind::Counter);
+    for c in &st.commands {
+        page.sample(name, &[("cmd", &c.name)], c.calls);
+    }
+    let name = "reborn_proxy_command_errors_total";
+    page.family(name, "Error replies per command.", Kind::Counter);
+    for c in &st.commands {
+        page.sample(name, &[("cmd", &c.name)], c.errors);
+    }
+    let name = "reborn_proxy_backend_up";
+    page.family(name, "1 when the backend connection is up.", Kind::Gauge);
+    for b in &s.backends {
+        page.sample(name, &[("addr", &b.addr)], u64::from(b.up));
+    }
+    ([("content-type", prometheus::CONTENT_TYPE)], page.finish())
 }
 
 async fn loglevel(Path(level): Path<String>) -> impl IntoResponse {

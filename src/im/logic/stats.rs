@@ -1,9 +1,10 @@
 //! Logic's counters, served as Prometheus text on `GET /metrics` of the HTTP
 //! API. `pushes` (HTTP pushes accepted) is what the push benchmark reads as
-//! logic's accepted pushes per second. Imports nothing of the crate.
+//! logic's accepted pushes per second. Imports `libs::prometheus`.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::libs::prometheus::{Exposition, Kind};
 
 /// Monotonic counters, shared by the HTTP and gRPC halves.
 #[derive(Debug, Default)]
@@ -57,15 +58,11 @@ impl LogicStats {
                 &self.auth_refused,
             ),
         ];
-        let mut out = String::new();
+        let mut page = Exposition::new();
         for (name, help, v) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            page.single(name, help, Kind::Counter, v.load(Ordering::Relaxed));
         }
-        out
+        page.finish()
     }
 }
 

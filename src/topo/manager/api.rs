@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -93,6 +93,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/dashboard", get(status))
         .route("/api/loglevel/{level}", axum::routing::put(loglevel))
         .route("/api/stats", get(stats))
+        .route("/metrics", get(metrics))
         .merge(leader_only)
         .merge(super::ui::router())
         .fallback(|| async {
@@ -554,6 +555,16 @@ async fn promote(
 async fn stats(State(s): State<Shared>) -> Json<TrafficView> {
     let zk_connected = s.store.session().borrow().connected;
     Json(s.traffic.view(zk_connected))
+}
+
+/// `GET /metrics`: Prometheus text (see [`super::metrics`]); every dashboard
+/// answers, a standby too.
+async fn metrics(State(s): State<Shared>) -> Result<impl IntoResponse, ApiError> {
+    let page = super::metrics::render(&s).await?;
+    Ok((
+        [(header::CONTENT_TYPE, crate::libs::prometheus::CONTENT_TYPE)],
+        page,
+    ))
 }
 
 /// `GET /api/servers`: every group's servers as their `INFO` describes them.

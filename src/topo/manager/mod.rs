@@ -17,6 +17,7 @@
 //! * `info_text`: reads the fields of an `INFO` reply.
 //! * [`server_info`]: a redis-server's `INFO` figures for the web UI.
 //! * [`traffic`]: the proxies' stats, sampled each second, ten minutes kept.
+//! * [`metrics`]: the dashboard's `/metrics` (Prometheus), for alerts.
 //! * [`push_roles`]: the push system's registered instances, for the web UI.
 //! * [`push_queue`]: the push queue's streams, their length and lag, for the web UI.
 //! * [`ui`]: the web UI's assets (the top-level `dashboard/` folder), embedded.
@@ -32,6 +33,7 @@ pub mod failover;
 pub mod health;
 pub(crate) mod info_text;
 pub(crate) mod master_conns;
+pub mod metrics;
 pub mod migrator;
 pub mod promote;
 pub mod push_queue;

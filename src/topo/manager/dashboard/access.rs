@@ -2,7 +2,7 @@
 //!
 //! With a `token`, every change (any method but GET, HEAD and OPTIONS, on any
 //! path) needs `Authorization: Bearer <token>`; with `read_auth = true` so does
-//! every read under `/api/`. The rest (`GET /` and the web UI's static files)
+//! every read under `/api/` and of `/metrics`. The rest (`GET /` and the web UI's static files)
 //! stays open, so that a browser can load the page that then asks for the
 //! token. A refusal is the API's usual `{"error": …}` with `401` and a
 //! `WWW-Authenticate: Bearer` header. The check is one axum layer around the
@@ -38,7 +38,7 @@ use crate::topo::manager::api::ApiError;
 pub struct AuthConfig {
     /// The bearer token every change must carry; empty: none (loopback only).
     pub token: String,
-    /// Reads under `/api/` need the token too.
+    /// Reads under `/api/` and of `/metrics` need the token too.
     pub read_auth: bool,
     /// Without a token, serve a non-loopback address anyway.
     pub insecure: bool,
@@ -111,7 +111,7 @@ struct Guard {
 impl Guard {
     fn needs_token(&self, method: &Method, path: &str) -> bool {
         let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-        !read || (self.read_auth && (path == "/api" || path.starts_with("/api/")))
+        !read || (self.read_auth && (path == "/api" || path.starts_with("/api/") || path == "/metrics"))
     }
 
     /// Why `headers` do not carry the token, if they do not.
@@ -219,6 +219,8 @@ mod tests {
         assert!(!open.needs_token(&Method::GET, "/api/groups"));
         assert!(closed.needs_token(&Method::GET, "/api/groups"));
         assert!(closed.needs_token(&Method::HEAD, "/api"));
+        assert!(!open.needs_token(&Method::GET, "/metrics"));
+        assert!(closed.needs_token(&Method::GET, "/metrics"));
     }
 
     #[test]
