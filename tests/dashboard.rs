@@ -245,6 +245,20 @@ async fn the_leader_serves_every_topology_operation() {
         (Method::PUT, "/api/groups", None, 405, "method not allowed"),
         (Method::GET, "/api/no-such-thing", None, 404, "no such endpoint"),
         (
+            Method::POST,
+            "/api/groups",
+            Some(json!({"id": 3, "pad": "x".repeat(3 << 20)})),
+            413,
+            "length limit exceeded",
+        ),
+        (
+            Method::POST,
+            "/api/groups/0/promote",
+            Some(json!({})),
+            400,
+            "group id 0 is out of range",
+        ),
+        (
             Method::GET,
             "/api/rebalance/plan?weights=1=2",
             None,

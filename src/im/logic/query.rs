@@ -12,6 +12,11 @@ pub enum QueryError {
     /// A required parameter is absent or empty.
     #[error("missing required parameter '{0}'")]
     Missing(&'static str),
+    /// A list given as one comma-separated value.
+    #[error(
+        "parameter '{name}' = '{value}' is one value: repeat '{name}' for each ({name}=1&{name}=2), as goim does"
+    )]
+    Joined { name: &'static str, value: String },
     /// A parameter does not parse as its type.
     #[error("parameter '{name}' = '{value}' is not {want}")]
     Invalid {
@@ -76,7 +81,18 @@ impl QueryParams {
     pub fn list<T: FromStr>(&self, name: &'static str, want: &'static str) -> Result<Vec<T>, QueryError> {
         let values = self
             .all(name)
-            .map(|v| parse(name, v, want))
+            .map(|v| {
+                parse(name, v, want).map_err(|e| {
+                    if v.contains(',') {
+                        QueryError::Joined {
+                            name,
+                            value: v.to_string(),
+                        }
+                    } else {
+                        e
+                    }
+                })
+            })
             .collect::<Result<Vec<T>, _>>()?;
         if values.is_empty() {
             return Err(QueryError::Missing(name));
@@ -127,6 +143,14 @@ mod tests {
         let q = QueryParams::parse("operation=1000&mids=1&mids=2&mids=&x");
         assert_eq!(q.required::<i32>("operation", "an int32"), Ok(1000));
         assert_eq!(q.list::<i64>("mids", "an int64"), Ok(vec![1, 2]));
+        let joined = QueryParams::parse("mids=1,2");
+        assert_eq!(
+            joined.list::<i64>("mids", "an int64").map_err(|e| e.to_string()),
+            Err(
+                "parameter 'mids' = '1,2' is one value: repeat 'mids' for each (mids=1&mids=2), as goim does"
+                    .into()
+            )
+        );
         assert_eq!(q.optional::<i32>("speed", "an int32"), Ok(None));
     }
 

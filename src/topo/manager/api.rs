@@ -177,6 +177,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             Err(JsonRejection::MissingJsonContentType(e)) => {
                 Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.body_text()))
             }
+            // Over axum's body limit (2 MB): what HTTP calls it.
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.body_text()))
+            }
             Err(e) => Err(ApiError::bad_request(e.body_text())),
         }
     }

@@ -109,6 +109,7 @@ pub async fn promote_with(
     auth: Option<&str>,
     ack_timeout: Duration,
 ) -> Result<Promoted, TopoError> {
+    crate::topo::operation::check_group_id(id)?;
     let paths = store.paths().clone();
     lock::with_lock(store, "promote", async |zk: &ZkSession| {
         let (group, group_version) = zk
