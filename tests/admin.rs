@@ -217,6 +217,16 @@ async fn a_task_whose_target_group_disappears_fails_and_the_next_one_runs() {
         stdout.contains("failed") && stdout.contains("group 3 does not exist"),
         "{stdout}"
     );
+    // For scripts: the same records as JSON.
+    let out = admin(&c.zk, &["tasks", "--json"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let listed: Vec<Task> = serde_json::from_str(&stdout).expect("tasks as JSON");
+    let failed = listed
+        .iter()
+        .find(|t| t.id == doomed.id)
+        .expect("the failed task");
+    assert_eq!(failed.state, TaskState::Failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

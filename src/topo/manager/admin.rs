@@ -117,7 +117,11 @@ pub enum AdminCommand {
     },
     /// List the automatic failovers and operators' promotes (time, group, old and new master, why,
     /// detection and switch times, outcome).
-    Failovers,
+    Failovers {
+        /// As JSON (the API's records) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the whole topology.
     Topology {
         /// As JSON instead of tables.
@@ -172,7 +176,11 @@ pub enum AdminCommand {
         task: u64,
     },
     /// List migration tasks: state, slots, keys moved, keys/s, errors.
-    Tasks,
+    Tasks {
+        /// As JSON (the API's records, every field) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a migration task whose slots are not switched yet (queued, or
     /// whose switch was rolled back); a switched task can only finish: pause it.
     Cancel {
@@ -336,7 +344,7 @@ impl AdminCommand {
                 | C::Pause { .. }
                 | C::Resume { .. }
                 | C::Cancel { .. }
-                | C::Tasks
+                | C::Tasks { .. }
         )
     }
 }
@@ -474,13 +482,22 @@ pub async fn ask_dashboard(
             };
             Ok(format!("task {} {done}\n", t.id))
         }
-        C::Tasks => {
+        C::Tasks { json } => {
             let reply = dashboard.get("/api/tasks").await?;
             let tasks: Vec<Task> = reply.into_json()?;
-            Ok(render_tasks(&tasks))
+            Ok(if *json {
+                json_text(&tasks)
+            } else {
+                render_tasks(&tasks)
+            })
         }
         _ => Err(AdminError::NotForDashboard),
     }
+}
+
+/// `value` as pretty JSON and a newline, for scripts.
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).map_or_else(|e| format!("{{\"error\": \"{e}\"}}\n"), |t| t + "\n")
 }
 
 /// Runs `command` and returns what to print.
@@ -552,10 +569,17 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
         C::ProxyOnline { id } => done(operation::set_proxy_online(store, id, true).await?.to_string()),
         C::ProxyOffline { id } => done(operation::set_proxy_online(store, id, false).await?.to_string()),
         C::Topology { json } => render_topology(&watcher::load(store).await?, *json),
-        C::Failovers => Ok(render_failovers(&super::failover::list(store).await?)),
+        C::Failovers { json } => {
+            let records = super::failover::list(store).await?;
+            Ok(if *json {
+                json_text(&records)
+            } else {
+                render_failovers(&records)
+            })
+        }
         C::Rebalance { .. }
         | C::Migrate { .. }
-        | C::Tasks
+        | C::Tasks { .. }
         | C::Promote { .. }
         | C::Pause { .. }
         | C::Resume { .. }
@@ -926,8 +950,12 @@ mod tests {
         // default (then ZooKeeper names the leader).
         let a = parse(&["tasks", "--dashboard", "h:2"]).expect("parse");
         assert_eq!(
+            parse(&["tasks", "--json"]).expect("parse").command,
+            AdminCommand::Tasks { json: true }
+        );
+        assert_eq!(
             (a.dashboard.as_deref(), a.command),
-            (Some("h:2"), AdminCommand::Tasks)
+            (Some("h:2"), AdminCommand::Tasks { json: false })
         );
         let a = parse(&["--dashboard", "h:2", "cancel", "4"]).expect("parse");
         assert_eq!(a.command, AdminCommand::Cancel { task: 4 });
