@@ -101,7 +101,8 @@ function row(t, slots, masterKeys) {
   const pct = Math.round(share * 100);
   const ended = ["done", "failed", "cancelled"].includes(t.state);
   const state = t.state + (t.paused && !ended ? " (paused)" : "");
-  const error = t.error || p.last_error;
+  // A done task's last batch error was retried and overcome: not a fault now.
+  const error = t.error || (p.last_error && t.state === "done" ? "earlier: " + p.last_error : p.last_error);
   return el(
     "tr",
     { "data-task": t.id, "data-state": t.state },
@@ -122,7 +123,7 @@ function row(t, slots, masterKeys) {
     el(
       "td",
       // A cancelled task's note ("cancelled by an operator") is no fault.
-      { class: error && t.state !== "cancelled" ? "bad" : "" },
+      { class: error && !["cancelled", "done"].includes(t.state) ? "bad" : "" },
       num((p.errors || 0) + (t.switch_failures || 0)),
       error ? el("div", { class: "hint" }, error) : null,
     ),

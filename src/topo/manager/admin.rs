@@ -668,6 +668,17 @@ pub fn render_failovers(records: &[super::failover::FailoverRecord]) -> String {
     )
 }
 
+/// The task's error, or its last batch's; a task that ended well shows the
+/// latter as `earlier: …` (retried and overcome, not a fault now).
+fn last_error(t: &Task) -> String {
+    match (&t.error, &t.progress.last_error) {
+        (Some(e), _) => e.clone(),
+        (None, Some(e)) if t.state == TaskState::Done => format!("earlier: {e}"),
+        (None, Some(e)) => e.clone(),
+        (None, None) => String::new(),
+    }
+}
+
 /// `ID  STATE  SLOTS  FROM  TO  MOVED  KEYS/S  ERRORS  LAST ERROR`, one line per task.
 pub fn render_tasks(tasks: &[Task]) -> String {
     let rows = tasks
@@ -694,10 +705,7 @@ pub fn render_tasks(tasks: &[Task]) -> String {
                 t.progress.moved.to_string(),
                 keys_per_sec(&t.progress),
                 t.errors().to_string(),
-                t.error
-                    .clone()
-                    .or_else(|| t.progress.last_error.clone())
-                    .unwrap_or_default(),
+                last_error(t),
             ]
         })
         .collect();
@@ -858,6 +866,30 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn a_done_tasks_old_batch_error_reads_as_earlier() {
+        let mut t = Task {
+            id: 1,
+            slots: vec![0],
+            to: 2,
+            from: 1,
+            state: TaskState::Migrating,
+            progress: Default::default(),
+            error: None,
+            attempts: 0,
+            switch_failures: 0,
+            paused: false,
+            created: 0,
+            updated: 0,
+        };
+        t.progress.last_error = Some("cannot connect".into());
+        assert_eq!(last_error(&t), "cannot connect");
+        t.state = TaskState::Done;
+        assert_eq!(last_error(&t), "earlier: cannot connect");
+        t.error = Some("gave up".into());
+        assert_eq!(last_error(&t), "gave up");
+    }
     use crate::topo::model::{Group, ProxyInfo, Server};
 
     #[derive(Parser, Debug)]
