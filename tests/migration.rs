@@ -662,7 +662,7 @@ async fn a_task_waits_to_start_while_its_source_master_is_silent() {
     assert_eq!(waiting.0, TaskState::Queued, "{waiting:?}");
     assert!(
         waiting.1.contains(&format!(
-            "the master of group 1 {} does not answer",
+            "the master of group 1, {}, is down",
             c.masters[0].addr()
         )),
         "{waiting:?}"

@@ -130,14 +130,17 @@ async fn errors_while_queueing_abort_the_transaction_as_in_redis() {
     assert_eq!(p.call(&["SET", &k, "1"]).await, queued());
     assert_eq!(p.call(&["EXEC"]).await, Resp::Array(Some(vec![ok()])));
 
-    // An unknown command, a wrong arity, a command without a key to route by:
-    // each one alone makes EXEC answer EXECABORT, and nothing runs.
+    // An unknown command, a wrong arity, a command without a key to route by,
+    // a SORT pattern that may form keys of other slots (Redis would queue it
+    // and read those keys as missing): each one alone makes EXEC answer
+    // EXECABORT, and nothing runs.
     let execabort = Resp::Error("EXECABORT Transaction discarded because of previous errors.".into());
-    let bad: [&[&str]; 4] = [
+    let bad: [&[&str]; 5] = [
         &["NOSUCHCMD", "x"],
         &["GET"],
         &["KEYS", "*"],
         &["EVAL", "return 1", "0"],
+        &["SORT", k.as_str(), "BY", "w_*"],
     ];
     for bad in bad {
         assert_eq!(p.call(&["MULTI"]).await, ok());

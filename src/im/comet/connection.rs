@@ -187,13 +187,13 @@ impl Conn<'_> {
     fn forget_kicked_user(&self, old: &Arc<Channel>, new: &Arc<Channel>) {
         let hub = self.hub.clone();
         let (old_mid, new_mid, key) = (old.mid(), new.mid(), new.key().to_string());
-        hub.tasks.clone().spawn(async move {
-            let link = &hub.link;
-            let done = match link.disconnect(old_mid, &key, &hub.server_id).await {
-                Ok(_) => link.heartbeat(new_mid, &key, &hub.server_id).await,
-                Err(e) => Err(e),
+        self.hub.tasks.spawn(async move {
+            let (link, server) = (&hub.link, &hub.server_id);
+            let done = async {
+                link.disconnect(old_mid, &key, server).await?;
+                link.heartbeat(new_mid, &key, server).await
             };
-            if let Err(e) = done {
+            if let Err(e) = done.await {
                 tracing::warn!(%key, old_mid, new_mid, error = %e, "cannot remove the kicked user's session; pushes to that user may reach the key's new user until it expires");
             }
         });

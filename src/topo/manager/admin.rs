@@ -543,10 +543,7 @@ pub async fn execute(store: &Store, command: &AdminCommand) -> Result<String, To
             let role = if *replica { Role::Replica } else { Role::Master };
             // No backend password here: a server that wants one is not
             // looked at, and the note says so.
-            let note = match role {
-                Role::Replica => replication::admit_replica(addr, *group, None, *force).await?,
-                Role::Master => String::new(),
-            };
+            let note = replication::admit(addr, (*group, role), None, *force).await?;
             operation::add_server(store, *group, addr, role).await?;
             done(format!(
                 "{addr} added to group {group} as {}{note}",
@@ -870,18 +867,8 @@ mod tests {
     #[test]
     fn a_done_tasks_old_batch_error_reads_as_earlier() {
         let mut t = Task {
-            id: 1,
-            slots: vec![0],
-            to: 2,
-            from: 1,
             state: TaskState::Migrating,
-            progress: Default::default(),
-            error: None,
-            attempts: 0,
-            switch_failures: 0,
-            paused: false,
-            created: 0,
-            updated: 0,
+            ..Task::queued(1, vec![0], 2, 0)
         };
         t.progress.last_error = Some("cannot connect".into());
         assert_eq!(last_error(&t), "cannot connect");

@@ -355,7 +355,7 @@ struct NewServer {
     /// `master` (the default) or `replica`.
     #[serde(default = "master")]
     role: Role,
-    /// Add a replica although it holds keys (see [`replication::admit_replica`]).
+    /// Add a replica although it holds keys (see [`replication::admit`]).
     #[serde(default)]
     force: bool,
 }
@@ -369,12 +369,7 @@ async fn add_server(
     Params(id): Params<GroupId>,
     Body(b): Body<NewServer>,
 ) -> Changed {
-    let note = match b.role {
-        Role::Replica => {
-            replication::admit_replica(b.addr.trim(), id, s.backend_auth.as_deref(), b.force).await?
-        }
-        Role::Master => String::new(),
-    };
+    let note = replication::admit(b.addr.trim(), (id, b.role), s.backend_auth.as_deref(), b.force).await?;
     operation::add_server(&s.store, id, &b.addr, b.role).await?;
     let role = match b.role {
         Role::Master => "master",

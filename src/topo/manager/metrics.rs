@@ -12,11 +12,20 @@
 use super::api::ApiState;
 use super::dashboard::leader::Leadership;
 use super::failover;
-use super::server_info;
+use super::server_info::{self, ServerInfo};
 use super::task::{self, TaskState};
 use crate::libs::prometheus::{Exposition, Kind};
 use crate::topo::error::TopoError;
 use crate::topo::watcher;
+
+/// A gauge with a sample per server of a list: name, help, the servers, and
+/// each one's value (none: no sample).
+type ServerFamily<'a> = (
+    &'a str,
+    &'a str,
+    &'a [&'a ServerInfo],
+    fn(&ServerInfo) -> Option<u64>,
+);
 
 /// The page, or the ZooKeeper error that kept it from being read.
 ///
@@ -53,68 +62,65 @@ pub async fn render(s: &ApiState) -> Result<String, TopoError> {
         topo.proxies.len(),
     );
 
-    let name = "reborn_dashboard_server_up";
-    page.family(name, "1 when the server answered INFO just now.", Kind::Gauge);
-    for x in &servers {
-        let group = x.group.to_string();
-        page.sample(
-            name,
-            &[("group", &group), ("addr", &x.addr), ("role", &x.role)],
-            u8::from(x.up),
-        );
-    }
-    let name = "reborn_dashboard_server_role_ok";
-    page.family(
-        name,
-        "1 when a server that answered reports the role the topology gives it.",
-        Kind::Gauge,
-    );
-    for x in servers.iter().filter(|x| x.up) {
-        let group = x.group.to_string();
-        let ok = matches!(
-            (x.role.as_str(), x.reported_role.as_str()),
-            ("master", "master") | ("replica", "slave")
-        );
-        page.sample(
-            name,
-            &[("group", &group), ("addr", &x.addr), ("role", &x.role)],
-            u8::from(ok),
-        );
-    }
-    let replicas: Vec<_> = servers.iter().filter(|x| x.up && x.role == "replica").collect();
-    let name = "reborn_dashboard_replica_link_up";
-    page.family(name, "1 when a replica's link to its master is up.", Kind::Gauge);
-    for x in &replicas {
-        let group = x.group.to_string();
-        page.sample(
-            name,
-            &[("group", &group), ("addr", &x.addr)],
-            u8::from(x.link == "up"),
-        );
-    }
-    let name = "reborn_dashboard_replica_lag_bytes";
-    page.family(
-        name,
-        "How far a replica is behind its group's master, bytes of the replication stream.",
-        Kind::Gauge,
-    );
-    for x in &replicas {
-        if let Some(lag) = x.lag {
-            let group = x.group.to_string();
-            page.sample(name, &[("group", &group), ("addr", &x.addr)], lag);
+    let all: Vec<&ServerInfo> = servers.iter().collect();
+    let up: Vec<&ServerInfo> = all.iter().copied().filter(|x| x.up).collect();
+    let replicas: Vec<&ServerInfo> = up.iter().copied().filter(|x| x.role == "replica").collect();
+    let families: [ServerFamily; 6] = [
+        (
+            "reborn_dashboard_server_up",
+            "1 when the server answered INFO just now.",
+            &all,
+            |x| Some(u64::from(x.up)),
+        ),
+        (
+            "reborn_dashboard_server_role_ok",
+            "1 when a server that answered reports the role the topology gives it.",
+            &up,
+            |x| {
+                let ok = matches!(
+                    (x.role.as_str(), x.reported_role.as_str()),
+                    ("master", "master") | ("replica", "slave")
+                );
+                Some(u64::from(ok))
+            },
+        ),
+        (
+            "reborn_dashboard_replica_link_up",
+            "1 when a replica's link to its master is up.",
+            &replicas,
+            |x| Some(u64::from(x.link == "up")),
+        ),
+        (
+            "reborn_dashboard_replica_lag_bytes",
+            "How far a replica is behind its group's master, bytes of the replication stream.",
+            &replicas,
+            |x| x.lag,
+        ),
+        (
+            "reborn_dashboard_server_keys",
+            "Keys a server holds (db 0).",
+            &up,
+            |x| Some(x.keys),
+        ),
+        (
+            "reborn_dashboard_server_memory_bytes",
+            "A server's used_memory.",
+            &up,
+            |x| Some(x.memory),
+        ),
+    ];
+    for (name, help, rows, value) in families {
+        page.family(name, help, Kind::Gauge);
+        for x in rows {
+            if let Some(v) = value(x) {
+                let group = x.group.to_string();
+                page.sample(
+                    name,
+                    &[("group", &group), ("addr", &x.addr), ("role", &x.role)],
+                    v,
+                );
+            }
         }
-    }
-    let name = "reborn_dashboard_server_keys";
-    page.family(name, "Keys a server holds (db 0).", Kind::Gauge);
-    for x in servers.iter().filter(|x| x.up) {
-        let group = x.group.to_string();
-        page.sample(name, &[("group", &group), ("addr", &x.addr)], x.keys);
-    }
-    let name = "reborn_dashboard_server_memory_bytes";
-    page.family(name, "A server's used_memory.", Kind::Gauge);
-    for x in servers.iter().filter(|x| x.up) {
-        let group = x.group.to_string();
-        page.sample(name, &[("group", &group), ("addr", &x.addr)], x.memory);
     }
 
     let name = "reborn_dashboard_tasks";
@@ -129,10 +135,7 @@ pub async fn render(s: &ApiState) -> Result<String, TopoError> {
         let n = tasks.iter().filter(|t| t.state == state).count();
         page.sample(name, &[("state", state.name())], n);
     }
-    let unfinished: Vec<_> = tasks
-        .iter()
-        .filter(|t| matches!(t.state, TaskState::Queued | TaskState::Migrating))
-        .collect();
+    let unfinished: Vec<_> = tasks.iter().filter(|t| !t.state.is_final()).collect();
     let name = "reborn_dashboard_task_moved_keys";
     page.family(
         name,

@@ -14,7 +14,7 @@ use super::migrator::{Conn, MigrateError, reply_text};
 use super::server_conns::ServerConns;
 use crate::libs::resp_client::Frame;
 use crate::topo::error::TopoError;
-use crate::topo::model::GroupId;
+use crate::topo::model::{GroupId, Role};
 
 /// How long one look at a server may take, connecting included.
 pub const LOOK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -251,7 +251,9 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Whether `addr` may be added to group `group` as a replica. The dashboard
+/// Whether `addr` may be added to group `group` as `role`; a master always
+/// may (it keeps what it holds: importing a server's data is how a group
+/// starts). As a replica: the dashboard
 /// points a new replica at the group's master at once, and the full sync
 /// replaces whatever it held: one that holds keys (another product's master,
 /// a server in use) is refused unless `force` says they are a copy of this
@@ -261,12 +263,15 @@ pub fn thousands(n: u64) -> String {
 ///
 /// # Errors
 /// [`TopoError::Invalid`] for a server that holds keys, without `force`.
-pub async fn admit_replica(
+pub async fn admit(
     addr: &str,
-    group: GroupId,
+    (group, role): (GroupId, Role),
     auth: Option<&str>,
     force: bool,
 ) -> Result<String, TopoError> {
+    if role == Role::Master {
+        return Ok(String::new());
+    }
     match look(addr, auth).await {
         Ok(r) if r.keys == 0 => Ok(String::new()),
         Ok(r) if force => Ok(format!(

@@ -24,8 +24,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::health::{self, Health};
 use super::migrator::{self, MigratorConfig, Outcome, Progress};
-use super::replication;
 use super::task::{self, Task, TaskState};
 use crate::topo::action::{self, DEFAULT_ACK_TIMEOUT, Fence, check_migration};
 use crate::topo::error::TopoError;
@@ -52,10 +52,10 @@ pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel
                 .find(|t| !t.paused && matches!(t.state, TaskState::Queued | TaskState::Migrating))
         });
         let pause = match next {
-            Ok(Some(task)) => match step(&store, &cfg, task.clone(), &cancel).await {
-                Ok(pause) => pause,
-                Err(e) => {
-                    tracing::warn!(task = task.id, error = %e, "migration task step failed; retrying");
+            Ok(Some(task)) => match (task.id, step(&store, &cfg, task, &cancel).await) {
+                (_, Ok(pause)) => pause,
+                (id, Err(e)) => {
+                    tracing::warn!(task = id, error = %e, "migration task step failed; retrying");
                     RETRY_PAUSE
                 }
             },
@@ -130,8 +130,10 @@ async fn claim(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<Du
 async fn silent_master(topo: &Topology, groups: [GroupId; 2], auth: Option<&str>) -> Option<String> {
     let looks = groups.map(|g| async move {
         let addr = topo.groups.get(&g)?.master()?;
-        let e = replication::look(addr, auth).await.err()?;
-        Some(format!("the master of group {g} {e}"))
+        match health::probe(addr, auth).await {
+            Health::Up => None,
+            other => Some(format!("the master of group {g}, {addr}, is {}", other.name())),
+        }
     });
     let [a, b] = looks;
     let (a, b) = tokio::join!(a, b);
@@ -146,7 +148,7 @@ const WAITING: &str = "waiting to start: ";
 async fn wait_queued(store: &Store, id: u64, why: String) -> Result<Duration, TopoError> {
     let path = store.paths().task(id);
     let (mut current, version) = store.get_json_with_version::<Task>(&path).await?;
-    let error = format!("{WAITING}{why}; it starts once that master answers or a failover replaces it");
+    let error = format!("{WAITING}{why}; it starts once that master serves or a failover replaces it");
     if current.state == TaskState::Queued && current.error.as_deref() != Some(error.as_str()) {
         tracing::warn!(task = id, "migration task waits: {why}");
         current.error = Some(error);

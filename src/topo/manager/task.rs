@@ -103,6 +103,24 @@ pub struct Task {
 }
 
 impl Task {
+    /// A new task `id` moving `slots` to group `to`, queued at `now` (Unix seconds).
+    pub fn queued(id: u64, slots: Vec<u16>, to: GroupId, now: u64) -> Task {
+        Task {
+            id,
+            slots,
+            to,
+            from: 0,
+            state: TaskState::Queued,
+            progress: Progress::default(),
+            error: None,
+            attempts: 0,
+            switch_failures: 0,
+            paused: false,
+            created: now,
+            updated: now,
+        }
+    }
+
     /// What went wrong and was retried or given up on: failed `MIGRATE`s
     /// and lost connections of its passes, and failed switch attempts.
     pub fn errors(&self) -> u64 {
@@ -157,21 +175,7 @@ pub async fn enqueue_many(store: &Store, moves: Vec<(Vec<u16>, GroupId)>) -> Res
             }
             id += 1;
             busy.push((id, mine));
-            let now = lock::unix_now();
-            tasks.push(Task {
-                id,
-                slots,
-                to,
-                from: 0,
-                state: TaskState::Queued,
-                progress: Progress::default(),
-                error: None,
-                attempts: 0,
-                switch_failures: 0,
-                paused: false,
-                created: now,
-                updated: now,
-            });
+            tasks.push(Task::queued(id, slots, to, lock::unix_now()));
         }
         for task in &tasks {
             zk.create_json(&paths.task(task.id), task).await?;
@@ -333,18 +337,8 @@ mod tests {
 
     fn task(slots: &[u16], to: GroupId) -> Task {
         Task {
-            id: 7,
-            slots: slots.to_vec(),
-            to,
-            from: 0,
             state: TaskState::Migrating,
-            progress: Progress::default(),
-            error: None,
-            attempts: 0,
-            switch_failures: 0,
-            paused: false,
-            created: 0,
-            updated: 0,
+            ..Task::queued(7, slots.to_vec(), to, 0)
         }
     }
 
