@@ -157,14 +157,23 @@ async fn seed(proxy: &ProxyProcess) {
 async fn a_client_that_never_reads_is_held_back_and_others_keep_their_latency() {
     let c = Cluster::start().await;
     let proxy = c.proxy_process_with(Duration::from_secs(5), None, "").await;
+    // A second proxy of the same backends, probed at the same moments: the
+    // yardstick. On a shared 2-core machine other tests' clusters starting
+    // up put 10 ms into any p99, so a fixed bound measured the machine
+    // (CI once failed with p99 11 ms before the bad client came, 10.5 ms
+    // while it was there). Both probes share that noise; only the bad
+    // client's proxy has the bad client.
+    let control = c.proxy_process_with(Duration::from_secs(5), None, "").await;
     seed(&proxy).await;
-    let before = probe(&proxy.id, Duration::from_millis(500)).await;
     let rss_before = proxy.rss();
 
     // A million GETs of 256 KB: 13 MB of requests (more than the sockets'
     // buffers hold) for 256 GB of replies, none of them read.
     let bad = never_reading_client(&proxy.id, 1_000_000);
-    let during = probe(&proxy.id, Duration::from_secs(3)).await;
+    let (during, yardstick) = tokio::join!(
+        probe(&proxy.id, Duration::from_secs(3)),
+        probe(&control.id, Duration::from_secs(3))
+    );
     let rss_during = proxy.rss();
     let (bad, sent) = bad.await.expect("writer");
     // The proxy stopped reading it long before: back-pressure, and the
@@ -176,18 +185,23 @@ async fn a_client_that_never_reads_is_held_back_and_others_keep_their_latency() 
     assert_eq!(proxy.metric("output_limit_kills_total").await, 0);
     let p99 = |l: &[Duration]| l[l.len() * 99 / 100];
     eprintln!(
-        "probe p99 before {:?}, during {:?} (max {:?}, {} probes); rss {} MB -> {} MB; {sent} requests read",
-        p99(&before),
+        "probe p99 {:?} (max {:?}, {} probes), beside it through the other proxy {:?}; rss {} MB -> {} MB; {sent} requests read",
         p99(&during),
         during.last(),
         during.len(),
+        p99(&yardstick),
         rss_before >> 20,
         rss_during >> 20
     );
+    // A client stalled behind the bad one waits seconds (its reply queued
+    // behind 256 KB replies nobody reads); held back, it waits what the
+    // other proxy's clients wait, give or take the machine's jitter.
+    let bound = Duration::from_millis(10).max(p99(&yardstick) * 3);
     assert!(
-        p99(&during) < Duration::from_millis(10),
-        "probe p99 {:?}",
-        p99(&during)
+        p99(&during) < bound,
+        "probe p99 {:?}, through the other proxy {:?}",
+        p99(&during),
+        p99(&yardstick)
     );
     // Without the bound the proxy took 1 GB for this client (issue 10).
     assert!(
