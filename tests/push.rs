@@ -87,13 +87,20 @@ impl Push {
 
     /// Starts an in-process comet with id `id`, publishing `addr`.
     async fn comet(&mut self, id: &str, addr: &str) -> usize {
-        let config = CometConfig {
+        self.comet_with(id, addr, |_| {}).await
+    }
+
+    /// Starts an in-process comet with id `id`, publishing `addr`, its
+    /// config tuned by `tune`.
+    async fn comet_with(&mut self, id: &str, addr: &str, tune: impl FnOnce(&mut CometConfig)) -> usize {
+        let mut config = CometConfig {
             protocol: comet::config::CometProtocolConfig {
                 renew_interval: Duration::from_secs(1),
                 ..Default::default()
             },
             ..common::im::loopback_comet(id, addr, &self.cluster.zk)
         };
+        tune(&mut config);
         self.comets
             .push(comet::start(config).await.expect("comet starts"));
         self.comets.len() - 1
@@ -536,7 +543,17 @@ async fn a_burst_of_logins_and_logouts_loses_no_call() {
     use reborn::im::bench::crowd::{Crowd, CrowdSpec};
     const CONNS: usize = 4_000;
     const MID_BASE: i64 = 700_000;
-    let p = Push::with(1, |c| c.session.expire = Duration::from_secs(300)).await;
+    let mut p = Push::start(|c| c.session.expire = Duration::from_secs(300)).await;
+    // What is tested is that no call is lost, not how fast a debug build on
+    // a shared machine logs in 4,000 clients at once: under a parallel
+    // cargo build the slowest of them once took past the 8 s handshake
+    // timeout. A timed-out login is its own test (it leaves no session).
+    let slow_machine = Duration::from_secs(40);
+    p.comet_with("comet-0", "10.9.0.1", |c| {
+        c.protocol.handshake_timeout = slow_machine
+    })
+    .await;
+    p.job("job-0").await;
     let spec = CrowdSpec {
         comet: p.comets[0].tcp_addr,
         conns: CONNS,
@@ -547,7 +564,7 @@ async fn a_burst_of_logins_and_logouts_loses_no_call() {
         room_prefix: String::new(),
         op: OP,
         heartbeat: Duration::from_secs(60),
-        timeout: WAIT,
+        timeout: slow_machine,
         concurrency: CONNS,
     };
     let crowd = Crowd::open(spec, None).await;
@@ -575,6 +592,67 @@ async fn a_burst_of_logins_and_logouts_loses_no_call() {
         }
     }
     assert_eq!(left, 0, "sessions logic was never told to remove");
+    p.shutdown().await;
+}
+
+/// Logic slow to answer `Connect` (its writes to the cluster stalled) while
+/// the comet's handshake timer runs out: the client is told so (-504), not
+/// merely closed on, and the session logic wrote after the comet gave up is
+/// taken back. Before, the comet dropped the call and never sent a
+/// `Disconnect`: the user looked online, and pushes were routed to a comet
+/// without the connection, until the session expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_outlasts_the_handshake_timeout_leaves_no_session() {
+    // The session TTL is long, so only a Disconnect removes it in time.
+    let mut p = Push::start(|c| c.session.expire = Duration::from_secs(300)).await;
+    let comet = p
+        .comet_with("comet-slow", "10.9.0.1", |c| {
+            c.protocol.handshake_timeout = Duration::from_secs(1);
+            // Longer than the stall: the call the comet gives up on ends.
+            c.logic.timeout = Duration::from_secs(10);
+        })
+        .await;
+    // The comet knows logic (a first login succeeds), then every master
+    // holds writes for 2 s.
+    drop(connect(&p.tcp(comet), &auth_body(90, "warm", "", &[OP])).await);
+    let connects = p.logic().stats().connects.load(Ordering::Relaxed);
+    for m in &p.cluster.masters {
+        let mut admin = common::client(&m.addr()).await;
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["PAUSE", "2000", "WRITE"])
+            .query_async(&mut admin)
+            .await
+            .expect("CLIENT PAUSE");
+    }
+    let started = Instant::now();
+    let mut c = open(&p.tcp(comet)).await.expect("connect");
+    match c.auth(&auth_body(91, "slow", "", &[OP])).await {
+        Err(ImClientError::Refused { code, message }) => {
+            assert_eq!(code, -504, "{message}");
+            assert!(message.contains("handshake timeout"), "{message}");
+        }
+        other => panic!("a login past the handshake timeout: want -504, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "told after {:?}",
+        started.elapsed()
+    );
+    // Logic wrote the session once the masters took writes again...
+    eventually("logic completes the Connect", WAIT, async || {
+        p.logic().stats().connects.load(Ordering::Relaxed) > connects
+    })
+    .await;
+    // ...and the comet took it back.
+    let mut r = p.resp().await;
+    eventually("the timed-out login's session is removed", WAIT, async || {
+        let exists = r
+            .call(&["EXISTS", "mid_91", "key_slow"])
+            .await
+            .map(resp_client::int);
+        matches!(exists, Ok(Ok(0)))
+    })
+    .await;
     p.shutdown().await;
 }
 

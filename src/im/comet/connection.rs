@@ -233,27 +233,71 @@ impl Conn<'_> {
     ) -> Result<ConnectReply, ConnError> {
         let hub = self.hub;
         let timeout = hub.protocol.handshake_timeout;
+        // Owned, so that a call the handshake timer gives up on can be left
+        // to finish. Boxed, here and for Receive: a gRPC call's future is
+        // big, and inline it would size every idle connection's task.
+        let mut call = Box::pin({
+            let (h, cookie, body) = (hub.clone(), cookie.to_string(), auth.body.clone());
+            async move { h.link.connect(&h.server_id, &cookie, &body).await }
+        });
         let result = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return Err(ConnError::Shutdown),
-            () = self.sleep.as_mut() => return Err(ConnError::HandshakeTimeout(timeout)),
-            // Boxed, here and for Receive: a gRPC call's future is big, and
-            // inline it would size every idle connection's task.
-            r = Box::pin(hub.link.connect(&hub.server_id, cookie, &auth.body)) => r,
+            () = self.sleep.as_mut() => {
+                self.abandon_connect(call);
+                Err(ConnError::HandshakeTimeout(timeout))
+            }
+            r = &mut call => r.map_err(|e| match e {
+                LinkError::Refused(msg) => ConnError::Refused(msg),
+                e => ConnError::AuthFailed(e),
+            }),
         };
-        let (code, err) = match result {
+        let err = match result {
             Ok(reply) => return Ok(reply),
-            Err(LinkError::Refused(msg)) => (-401, ConnError::Refused(msg)),
-            Err(e) => (-500, ConnError::AuthFailed(e)),
+            Err(e) => e,
         };
-        let message = match &err {
-            ConnError::Refused(m) => m.clone(),
-            _ => "authentication unavailable, retry later".to_string(),
+        let (code, message) = match &err {
+            ConnError::Refused(m) => (-401, m.clone()),
+            ConnError::HandshakeTimeout(d) => (
+                -504,
+                format!("authentication took longer than the handshake timeout ({d:?}), retry later"),
+            ),
+            _ => (-500, "authentication unavailable, retry later".to_string()),
         };
         let body = serde_json::json!({ "code": code, "message": message }).to_string();
         let refusal = Frame::new(auth.ver, op::AUTH_REPLY, auth.seq, body);
         let _ = tokio::time::timeout(CLOSE_GRACE, t.write(&[refusal], &VecDeque::new())).await;
         Err(err)
+    }
+
+    /// The handshake timer fired while logic was answering `Connect`. Logic
+    /// may well have written the session already (it is slow, not down), and
+    /// no `Disconnect` would ever follow for a connection that never got its
+    /// reply: the user would look online here, and pushes would be routed to
+    /// this comet, until the session expired. So the call is left to finish
+    /// (bounded by the link's timeout), and what it wrote is taken back.
+    /// The client may have retried on this comet meanwhile with the same
+    /// key; that connection's session is then written again (`Heartbeat`
+    /// re-adds a missing session), as after a kick by another user.
+    fn abandon_connect<F>(&self, call: Pin<Box<F>>)
+    where
+        F: Future<Output = Result<ConnectReply, LinkError>> + Send + 'static,
+    {
+        let hub = self.hub.clone();
+        self.hub.tasks.spawn(async move {
+            let Ok(reply) = call.await else { return };
+            let (link, server) = (&hub.link, &hub.server_id);
+            let undone = async {
+                link.disconnect(reply.mid, &reply.key, server).await?;
+                match hub.buckets.get(&reply.key) {
+                    Some(retried) => link.heartbeat(retried.mid(), &reply.key, server).await,
+                    None => Ok(()),
+                }
+            };
+            if let Err(e) = undone.await {
+                tracing::warn!(key = %reply.key, mid = reply.mid, error = %e, "cannot take back the session of a login that timed out; pushes may be routed to this comet until it expires");
+            }
+        });
     }
 
     /// The authenticated connection: answer frames, write pushes, watch the
