@@ -147,6 +147,19 @@ async fn resp3_replies_are_redis_own_byte_for_byte() {
     let (via, want) = both(&mut p, &mut direct, &["HELLO", "3"]).await;
     assert_eq!(map_shape(&via), map_shape(&want));
     assert!(show(&via).contains("$5\r\nproto\r\n:3\r\n"), "{}", show(&via));
+    // Its version is the servers' (StackExchange.Redis gates features on
+    // it), not reborn's own.
+    let version = |reply: &[u8]| {
+        let text = show(reply);
+        let after = text.split("$7\r\nversion\r\n").nth(1).map(str::to_string);
+        after.and_then(|a| a.split("\r\n").nth(1).map(str::to_string))
+    };
+    assert!(
+        version(&want).is_some_and(|v| v.split('.').all(|n| n.parse::<u32>().is_ok())),
+        "{}",
+        show(&want)
+    );
+    assert_eq!(version(&via), version(&want), "{}", show(&via));
 
     // A RESP2 client of the same proxy still gets RESP2.
     let mut p2 = RawConn::connect(&s.proxy).await;

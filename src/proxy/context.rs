@@ -18,6 +18,7 @@ use super::pinned::SpareLines;
 use super::policy::Policy;
 use super::pubsub::PubSubHub;
 use super::router::Router;
+use super::server_version::ServerVersion;
 use super::stats::Stats;
 use super::subscription::Subscriptions;
 use super::transaction::Transaction;
@@ -56,6 +57,8 @@ pub struct Context {
     pub policy: Arc<Policy>,
     /// This worker's shared upstream subscriptions (see `pubsub.rs`).
     pub pubsub: Arc<PubSubHub>,
+    /// The masters' Redis version, as `HELLO` reports it.
+    pub server_version: Arc<ServerVersion>,
     next_client_id: Arc<AtomicU64>,
 }
 
@@ -85,6 +88,7 @@ impl Context {
             started: Instant::now(),
             lease: Arc::new(Lease::default()),
             policy,
+            server_version: Arc::default(),
             next_client_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -109,6 +113,7 @@ impl Context {
             lease: self.lease.clone(),
             policy: self.policy.clone(),
             pubsub: PubSubHub::new(self.stats.clone()),
+            server_version: self.server_version.clone(),
             next_client_id: self.next_client_id.clone(),
         }
     }

@@ -19,6 +19,7 @@
 //! Imports `local`, `router`, `reply` and `libs::resp`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -124,16 +125,30 @@ pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
     if commandstats {
         ask.push(b"commandstats");
     }
-    let ask = resp::encode_array(&ask);
+    let texts = ask_masters(ctx, client.id, resp::encode_array(&ask));
+    let version = ctx.server_version.clone();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let texts = texts.await;
+        if server && let Some(v) = oldest_version(&texts) {
+            version.learn(v);
+        }
+        let _ = tx.send(resp::bulk(render(&wanted, proxy, &texts).as_bytes()));
+    });
+    Reply::Wait(rx)
+}
+
+/// Sends `ask` (an INFO request) to every master; the texts of the replies
+/// that came within [`BACKEND_WAIT`].
+fn ask_masters(ctx: &Context, client: u64, ask: Bytes) -> impl Future<Output = Vec<String>> + Send + 'static {
     let routes = ctx.router.routes();
     let parts: Vec<oneshot::Receiver<Bytes>> = routes
         .groups
         .iter()
         .filter_map(|g| g.master.as_ref())
-        .map(|pool| pool.send(client.id, ask.clone()))
+        .map(|pool| pool.send(client, ask.clone()))
         .collect();
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
+    async move {
         let deadline = tokio::time::Instant::now() + BACKEND_WAIT;
         let mut texts = Vec::with_capacity(parts.len());
         for part in parts {
@@ -144,9 +159,31 @@ pub fn dispatch(ctx: &Context, client: &Client, req: &Request) -> Reply {
                 .and_then(|r| resp::bulk_payload(&r));
             texts.extend(text.map(|t| String::from_utf8_lossy(&t).into_owned()));
         }
-        let _ = tx.send(resp::bulk(render(&wanted, proxy, &texts).as_bytes()));
-    });
-    Reply::Wait(rx)
+        texts
+    }
+}
+
+/// Asks the masters for their lowest `redis_version` (what `HELLO` reports)
+/// and remembers it in `ctx.server_version`; `None` if none answered.
+pub fn learn_server_version(
+    ctx: &Context,
+    client: u64,
+) -> impl Future<Output = Option<String>> + Send + 'static {
+    let texts = ask_masters(ctx, client, resp::encode_array(&[b"INFO".as_ref(), b"server"]));
+    let cache = ctx.server_version.clone();
+    async move {
+        let version = oldest_version(&texts.await)?;
+        cache.learn(version.clone());
+        Some(version)
+    }
+}
+
+/// The lowest `redis_version` in the masters' INFO texts.
+fn oldest_version(texts: &[String]) -> Option<String> {
+    texts
+        .iter()
+        .filter_map(|t| sections(t).remove("server")?.remove("redis_version"))
+        .min_by_key(|v| version_key(v))
 }
 
 /// The reply text: the proxy's sections with the backends' (`backends`: each

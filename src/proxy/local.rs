@@ -1,17 +1,20 @@
 //! Commands the proxy answers itself: PING, ECHO, QUIT, SELECT, AUTH, HELLO
 //! and CLIENT, and the proxy's own INFO sections (`info.rs` merges them with
 //! the backends'). They touch no backend, so they keep working while groups
-//! are down, which is what a client's health check should see. COMMAND is
-//! the exception: it describes the servers, so one of them answers it.
+//! are down, which is what a client's health check should see. The
+//! exceptions describe the servers: COMMAND, which one of them answers, and
+//! HELLO's `version`, which is theirs (asked once, then remembered).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
 
 use super::client_command;
 use super::command::Spec;
 use super::context::{Client, Context};
+use super::info;
 use super::reply::Reply;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp::{self, Request};
@@ -40,10 +43,14 @@ pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static 
             let reply = auth(ctx, client, &args[1..]);
             throttled(ctx, client, reply)
         }
-        "hello" => {
-            let reply = hello(ctx, client, args);
-            throttled(ctx, client, reply)
-        }
+        "hello" => match hello(ctx, client, args) {
+            Err(refusal) => throttled(ctx, client, refusal),
+            Ok(()) => {
+                // A success starts the AUTH throttle over, as in `throttled`.
+                client.auth_failures = 0;
+                hello_reply(ctx, client)
+            }
+        },
         "client" => client_command::answer(ctx, client, args),
         "command" => command_cmd(ctx, client, req),
         _ => ready(resp::error("ERR internal: not a local command")),
@@ -156,14 +163,18 @@ fn redis_int(s: &[u8]) -> Option<i64> {
 /// to RESP3: from then on its requests go to backend connections that speak
 /// RESP3 too (see `router::Pool`), and the session lets requests still out on
 /// RESP2 connections finish first (`Client::fence`).
-fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
+fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Result<(), Bytes> {
     let mut protocol = client.protocol;
     if let Some(ver) = args.get(1) {
         protocol = match redis_int(ver) {
             Some(2) => Protocol::Resp2,
             Some(3) => Protocol::Resp3,
-            Some(_) => return resp::error("NOPROTO unsupported protocol version"),
-            None => return resp::error("ERR Protocol version is not an integer or out of range"),
+            Some(_) => return Err(resp::error("NOPROTO unsupported protocol version")),
+            None => {
+                return Err(resp::error(
+                    "ERR Protocol version is not an integer or out of range",
+                ));
+            }
         };
     }
     let mut i = 2;
@@ -172,13 +183,13 @@ fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
         if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
             let reply = auth(ctx, client, &args[i + 1..i + 3]);
             if resp::is_error(&reply) {
-                return reply;
+                return Err(reply);
             }
             i += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
             let reply = client_command::set_name(&client.conn, &args[i + 1]);
             if resp::is_error(&reply) {
-                return reply;
+                return Err(reply);
             }
             i += 2;
         } else {
@@ -187,29 +198,63 @@ fn hello(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Bytes {
             let mut msg = b"ERR Syntax error in HELLO option '".to_vec();
             msg.extend_from_slice(opt);
             msg.push(b'\'');
-            return resp::error_bytes(&msg);
+            return Err(resp::error_bytes(&msg));
         }
     }
     if !client.authed {
-        return resp::error(
+        return Err(resp::error(
             "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
-        );
+        ));
     }
     if protocol != client.protocol {
         client.protocol = protocol;
         client.fence = true;
         client.conn.set_protocol(protocol);
     }
+    Ok(())
+}
+
+/// HELLO's reply, in the client's (new) protocol. `version` is the masters'
+/// Redis version (`server_version.rs`): from memory, or asked of them the
+/// first time (within `info::BACKEND_WAIT`; reborn's own version if none
+/// answers). Inside MULTI the reply must be ready at once: there, a proxy that
+/// never heard the version says its own.
+fn hello_reply(ctx: &Context, client: &Client) -> Reply {
+    let (protocol, id) = (client.protocol, client.id);
+    let in_multi = client.txn.as_ref().is_some_and(|t| t.queuing());
+    match ctx.server_version.get() {
+        Some((version, ask)) => {
+            if ask {
+                tokio::spawn(info::learn_server_version(ctx, id));
+            }
+            Reply::Ready(hello_map(protocol, id, &version))
+        }
+        None if in_multi => Reply::Ready(hello_map(protocol, id, env!("CARGO_PKG_VERSION"))),
+        None => {
+            let learn = info::learn_server_version(ctx, id);
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let version = learn.await;
+                let version = version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION"));
+                let _ = tx.send(hello_map(protocol, id, version));
+            });
+            Reply::Wait(rx)
+        }
+    }
+}
+
+/// HELLO's map: Redis's fields, the masters' `version`, `mode` `proxy`.
+fn hello_map(protocol: Protocol, id: u64, version: &str) -> Bytes {
     let mut out = BytesMut::new();
     protocol.put_map_header(&mut out, 7);
-    for (k, v) in [("server", "reborn"), ("version", env!("CARGO_PKG_VERSION"))] {
+    for (k, v) in [("server", "reborn"), ("version", version)] {
         resp::put_bulk(&mut out, k.as_bytes());
         resp::put_bulk(&mut out, v.as_bytes());
     }
     resp::put_bulk(&mut out, b"proto");
     out.extend_from_slice(&resp::int(protocol.number()));
     resp::put_bulk(&mut out, b"id");
-    out.extend_from_slice(&resp::int(client.id as i64));
+    out.extend_from_slice(&resp::int(id as i64));
     for (k, v) in [("mode", "proxy"), ("role", "master")] {
         resp::put_bulk(&mut out, k.as_bytes());
         resp::put_bulk(&mut out, v.as_bytes());

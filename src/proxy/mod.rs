@@ -66,6 +66,7 @@ pub mod reply;
 pub mod router;
 pub mod scan;
 pub mod server;
+pub mod server_version;
 pub mod session;
 pub mod source_call;
 pub mod stats;
