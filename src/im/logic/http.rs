@@ -3,8 +3,8 @@
 //!
 //! | method | path | params (`*` required) |
 //! |---|---|---|
-//! | POST | `/goim/push/keys` | `operation*`, `keys*` (repeated) |
-//! | POST | `/goim/push/mids` | `operation*`, `mids*` (repeated) |
+//! | POST | `/goim/push/keys` | `operation*`, `keys` (repeated; none: nothing to do, `code` 0, as goim) |
+//! | POST | `/goim/push/mids` | `operation*`, `mids` (repeated; likewise) |
 //! | POST | `/goim/push/room` | `operation*`, `type*`, `room*` |
 //! | POST | `/goim/push/all` | `operation*`, `speed` |
 //! | GET | `/goim/online/top` | `type*`, `limit*` |
@@ -113,8 +113,12 @@ async fn push_keys(State(s): Shared, RawQuery(q): RawQuery, body: Body) -> Envel
     let q = params(q);
     let args = q
         .required::<i32>("operation", INT32)
-        .and_then(|op| Ok((op, q.list::<String>("keys", TEXT)?)));
+        .and_then(|op| Ok((op, q.many::<String>("keys", TEXT)?)));
     push(&s, args, body, async |(op, keys), msg| {
+        // No one to push to is not an error (goim: `code` 0).
+        if keys.is_empty() {
+            return Ok(0);
+        }
         s.pusher.push_keys(op, &keys, &msg).await
     })
     .await
@@ -124,8 +128,11 @@ async fn push_mids(State(s): Shared, RawQuery(q): RawQuery, body: Body) -> Envel
     let q = params(q);
     let args = q
         .required::<i32>("operation", INT32)
-        .and_then(|op| Ok((op, q.list::<i64>("mids", INT64)?)));
+        .and_then(|op| Ok((op, q.many::<i64>("mids", INT64)?)));
     push(&s, args, body, async |(op, mids), msg| {
+        if mids.is_empty() {
+            return Ok(0);
+        }
         s.pusher.push_mids(op, &mids, &msg).await
     })
     .await

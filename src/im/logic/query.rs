@@ -79,8 +79,19 @@ impl QueryParams {
     /// # Errors
     /// None given, or one does not parse.
     pub fn list<T: FromStr>(&self, name: &'static str, want: &'static str) -> Result<Vec<T>, QueryError> {
-        let values = self
-            .all(name)
+        let values = self.many(name, want)?;
+        if values.is_empty() {
+            return Err(QueryError::Missing(name));
+        }
+        Ok(values)
+    }
+
+    /// Every value of `name`, parsed; perhaps none.
+    ///
+    /// # Errors
+    /// One does not parse.
+    pub fn many<T: FromStr>(&self, name: &'static str, want: &'static str) -> Result<Vec<T>, QueryError> {
+        self.all(name)
             .map(|v| {
                 parse(name, v, want).map_err(|e| {
                     if v.contains(',') {
@@ -93,11 +104,7 @@ impl QueryParams {
                     }
                 })
             })
-            .collect::<Result<Vec<T>, _>>()?;
-        if values.is_empty() {
-            return Err(QueryError::Missing(name));
-        }
-        Ok(values)
+            .collect()
     }
 }
 
@@ -170,6 +177,7 @@ mod tests {
             Err(QueryError::Missing("type"))
         );
         assert_eq!(q.list::<String>("keys", "text"), Err(QueryError::Missing("keys")));
+        assert_eq!(q.many::<String>("keys", "text"), Ok(vec![]));
         let msg = QueryError::Missing("room").to_string();
         assert_eq!(msg, "missing required parameter 'room'");
     }
