@@ -518,11 +518,24 @@ async fn weighted_nodes_reflect_the_registered_comets() {
         (Some(240), Some(2))
     );
     assert_eq!(w["backoff"]["max_delay"], 300);
-    let ids: Vec<Value> = get(a, "/goim/nodes/instances").await["data"]
+    let listed = get(a, "/goim/nodes/instances").await["data"].clone();
+    let ids: Vec<Value> = listed
         .as_array()
         .map(|l| l.iter().map(|i| i["id"].clone()).collect())
         .unwrap_or_default();
     assert_eq!(ids, [json!("c1"), json!("c2")]);
+    // goim's discovery fields, which monitoring written for goim reads.
+    let first = &listed[0];
+    assert_eq!(
+        (&first["hostname"], &first["appid"]),
+        (&json!("c1"), &json!("goim.comet"))
+    );
+    assert_eq!(
+        first["metadata"]["conn_count"],
+        json!(first["conn_count"].to_string()),
+        "{first}"
+    );
+    assert_eq!(first["metadata"]["offline"], json!("false"), "{first}");
     let nodes = h
         .grpc()
         .nodes(NodesReq {

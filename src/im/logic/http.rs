@@ -18,8 +18,12 @@
 //! A push's body is the raw message, any content type, at most `[http]
 //! max_body` bytes. Every answer is HTTP 200 with `{code, message, data}`:
 //! -400 for bad parameters or an oversized body, -500 when the proxy cluster
-//! fails (goim answered -400 for both). Imports the sibling modules.
+//! fails (goim answered -400 for both). A query string is limited to 64 KiB
+//! (the HTTP library's bound on a request line: about 5,400 `mids` per call;
+//! goim's Go server took 1 MB); past it the answer is HTTP 414 without the
+//! envelope. Imports the sibling modules and `im::discovery`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,6 +40,7 @@ use super::envelope::Envelope;
 use super::push::LogicPushError;
 use super::query::{QueryError, QueryParams};
 use super::state::LogicState;
+use crate::im::discovery::Instance;
 
 type Shared = State<Arc<LogicState>>;
 
@@ -237,7 +242,39 @@ async fn nodes_weighted(
 
 async fn nodes_instances(State(s): Shared) -> Envelope {
     let comets = s.comets.borrow().clone();
-    Envelope::data(&comets)
+    let listed: Vec<ListedInstance> = comets.iter().map(ListedInstance::of).collect();
+    Envelope::data(&listed)
+}
+
+/// A comet as `/goim/nodes/instances` lists it: what it registered, plus
+/// the fields of goim's discovery instance that monitoring reads (`hostname`,
+/// `appid`, and `metadata` with goim's string values). `addrs` stays the
+/// client addresses; goim's held the gRPC URL, which is `grpc` here.
+#[derive(Serialize)]
+struct ListedInstance<'a> {
+    #[serde(flatten)]
+    instance: &'a Instance,
+    hostname: &'a str,
+    appid: &'static str,
+    metadata: BTreeMap<&'static str, String>,
+}
+
+impl<'a> ListedInstance<'a> {
+    fn of(c: &'a Instance) -> Self {
+        let metadata = BTreeMap::from([
+            ("weight", c.weight.to_string()),
+            ("offline", c.offline.to_string()),
+            ("addrs", c.addrs.join(",")),
+            ("ip_count", c.ip_count.to_string()),
+            ("conn_count", c.conn_count.to_string()),
+        ]);
+        ListedInstance {
+            instance: c,
+            hostname: &c.id,
+            appid: "goim.comet",
+            metadata,
+        }
+    }
 }
 
 async fn metrics(State(s): Shared) -> String {
