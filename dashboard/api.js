@@ -8,6 +8,11 @@
 import { askToken } from "./dialog.js";
 
 const TOKEN_KEY = "reborn.token";
+// How long a read may take. A ZooKeeper that stalls makes the reads that go
+// to it hang until its request timeout; the page then says its data is old
+// rather than freeze with the last figures. Changes are not cut short: the
+// server may still be making one, and "no answer" would be a false report.
+const READ_TIMEOUT_MS = 4000;
 
 /** A refused or failed call: the HTTP status and the server's message. */
 export class ApiError extends Error {
@@ -28,13 +33,22 @@ async function once(method, path, body) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
+  const abort = new AbortController();
+  const timer = method === "GET" ? setTimeout(() => abort.abort(), READ_TIMEOUT_MS) : null;
+  init.signal = abort.signal;
   let res;
+  let text;
   try {
     res = await fetch(path, init);
+    text = await res.text();
   } catch (e) {
+    if (abort.signal.aborted) {
+      throw new ApiError(0, `${path} did not answer within ${READ_TIMEOUT_MS / 1000} s (is ZooKeeper slow?)`);
+    }
     throw new ApiError(0, "the dashboard does not answer (" + e.message + ")");
+  } finally {
+    clearTimeout(timer);
   }
-  const text = await res.text();
   let data = null;
   try {
     data = text ? JSON.parse(text) : null;

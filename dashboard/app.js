@@ -41,24 +41,45 @@ function refreshNow() {
   loop(++round);
 }
 
-// Refreshes the header and the view, then schedules the next round.
+// When the view last drew fresh data.
+let freshAt = null;
+
+// Refreshes the header and the view, then schedules the next round. The two
+// fail apart: a view whose reads hang (a ZooKeeper stall) is dimmed and
+// said to be old, while the header still tells what the dashboard knows.
 async function loop(mine) {
   const view = current;
   const status = document.getElementById("status");
-  try {
-    await Promise.all([header(), view.refresh()]);
-    status.textContent = "updated " + new Date().toLocaleTimeString();
+  const root = document.getElementById("view");
+  const [head, body] = await Promise.allSettled([header(), view.refresh()]);
+  if (mine === round) root.classList.toggle("stale", body.status === "rejected");
+  const failed = [head, body].find((r) => r.status === "rejected");
+  if (!failed) {
+    freshAt = new Date();
+    status.textContent = "updated " + freshAt.toLocaleTimeString();
     status.classList.remove("error");
     // Read by the browser tests: the view on screen has drawn real data.
-    if (mine === round) document.getElementById("view").dataset.loaded = "true";
-  } catch (e) {
-    status.textContent = e.message;
+    if (mine === round) root.dataset.loaded = "true";
+  } else {
+    const e = failed.reason;
+    const old = body.status === "rejected" && freshAt ? ` (showing data of ${freshAt.toLocaleTimeString()})` : "";
+    status.textContent = e.message + old;
     status.classList.add("error");
+    if (head.status === "rejected") unknownHeader();
     // A standby's 503 is expected (the banner says where to go); anything
     // else is a fault of the page or the dashboard.
     if (!(e instanceof ApiError && e.status === 503)) console.error("refresh failed:", e.message);
   }
   if (mine === round) timer = setTimeout(() => loop(mine), PERIOD_MS);
+}
+
+// The header when the dashboard itself did not answer: not the last "leader".
+function unknownHeader() {
+  for (const id of ["zk", "leadership"]) {
+    const badge = document.getElementById(id);
+    badge.textContent = id === "zk" ? "ZooKeeper ?" : "no answer";
+    badge.className = "badge warn";
+  }
 }
 
 async function header() {

@@ -610,6 +610,41 @@ async fn a_proxy_that_stops_answering_is_marked() {
     page.finish("a silent proxy").await;
 }
 
+/// A ZooKeeper that stalls makes the reads that go to it hang. The page used
+/// to wait on them with no bound: frozen for the whole stall, the header still
+/// green, the last figures shown as current. Now the view is dimmed and the
+/// footer says its data is old, and it comes back by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_zookeeper_dims_the_view_instead_of_freezing_the_page() {
+    let zk = tokio::task::block_in_place(|| common::ensemble(1));
+    let pid = zk.members()[0].pid().expect("ZooKeeper runs");
+    let cluster = Cluster::start_on(zk.connect_string()).await;
+    let dashboard = cluster.dashboard().await;
+    let Some(page) = Page::open(&dashboard).await else {
+        return;
+    };
+    page.view("groups").await;
+    signal(pid, "-STOP");
+    page.until(
+        "the view is marked old while ZooKeeper stalls",
+        "return document.getElementById('view').classList.contains('stale') && \
+                document.getElementById('status').textContent.includes('showing data of');",
+    )
+    .await;
+    signal(pid, "-CONT");
+    page.until(
+        "the view is fresh again",
+        "return !document.getElementById('view').classList.contains('stale') && \
+                document.getElementById('status').textContent.startsWith('updated');",
+    )
+    .await;
+    // The failed refreshes were logged; nothing else went wrong.
+    let errors = page.errors().await;
+    assert!(errors.iter().all(|e| e.contains("refresh failed")), "{errors:?}");
+    page.js("window.rebornErrors = []; return true;").await;
+    page.finish("a ZooKeeper stall").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebalance_dry_run_is_drawn_on_the_slot_map_then_applied() {
     let cluster = Cluster::start().await;
