@@ -57,11 +57,22 @@ export function notify(text, isError = false) {
   if (!isError) setTimeout(() => box.remove(), 6000);
 }
 
+// The changes on their way, by `what`. Views redraw every second, so a
+// button cannot simply be disabled while its change runs (the redraw makes a
+// fresh one); a second click of the same change is dropped here instead,
+// rather than sent again and refused ("group 5 already exists") after the
+// first succeeded.
+const inFlight = new Set();
+
 /**
  * Runs a change: `action` is an async function calling the API. Reports its
- * outcome as a message; resolves to its result, or null if it was refused.
+ * outcome as a message; resolves to its result, or null if it was refused
+ * (or is a repeat of one still on its way).
  */
 export async function change(what, action) {
+  if (inFlight.has(what)) return null;
+  inFlight.add(what);
+  document.body.classList.add("busy");
   try {
     const result = await action();
     notify((result && result.message) || what + ": done");
@@ -70,6 +81,9 @@ export async function change(what, action) {
   } catch (e) {
     notify(what + " refused: " + e.message, true);
     return null;
+  } finally {
+    inFlight.delete(what);
+    document.body.classList.toggle("busy", inFlight.size > 0);
   }
 }
 
@@ -81,6 +95,7 @@ export async function change(what, action) {
 export function changeForm({ id, className = "panel inline", what, confirm, action }, ...fields) {
   const onsubmit = async (e) => {
     e.preventDefault();
+    if (inFlight.has(what)) return;
     if (confirm && !(await confirmAction(...confirm()))) return;
     await change(what, action);
   };

@@ -330,12 +330,25 @@ async fn a_group_and_a_server_are_added_from_the_ui() {
         return;
     };
     page.view("groups").await;
-    add_group(&page, "3").await;
+    // A double click: one group, one success, and no "already exists" for
+    // the second click of a change that succeeded.
+    page.fill("#add-group input[name=group-id]", "3").await;
+    page.js("const b = document.querySelector('#add-group button'); b.click(); b.click(); return true;")
+        .await;
     page.until(
         "group 3 is listed",
         "return !!document.querySelector('section[data-group=\"3\"]');",
     )
     .await;
+    page.until(
+        "the change is reported done",
+        "return [...document.querySelectorAll('#messages .message')].some(m => m.textContent.includes('group 3'));",
+    )
+    .await;
+    let refused = page
+        .js("return [...document.querySelectorAll('#messages .message.error')].map(m => m.textContent);")
+        .await;
+    assert_eq!(refused, json!([]), "a double click reported a refusal");
     page.fill("#add-server input[name=server-addr]", &third.addr())
         .await;
     page.fill("#add-server input[name=server-group]", "3").await;

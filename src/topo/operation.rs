@@ -351,7 +351,12 @@ pub fn format_slot_ids(ids: &[u16]) -> String {
 /// # Errors
 /// [`TopoError::Invalid`].
 pub fn check_slot_range(start: u16, end: u16) -> Result<(), TopoError> {
-    if start > end || usize::from(end) >= SLOT_COUNT {
+    if start > end {
+        return Err(TopoError::Invalid(format!(
+            "slot range {start}-{end} is reversed: the first slot comes first ({end}-{start})"
+        )));
+    }
+    if usize::from(end) >= SLOT_COUNT {
         return Err(TopoError::Invalid(format!(
             "slot range {start}-{end} is not within 0-{}",
             SLOT_COUNT - 1
@@ -456,6 +461,19 @@ fn ignore_exists(r: Result<(), TopoError>) -> Result<(), TopoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reversed_range_is_called_reversed_and_a_long_one_out_of_range() {
+        let msg = |r: Result<(), TopoError>| r.map_err(|e| e.to_string()).err();
+        assert_eq!(check_slot_range(3, 3).ok(), Some(()));
+        let reversed = msg(check_slot_range(700, 600)).unwrap_or_default();
+        assert!(
+            reversed.contains("700-600 is reversed") && reversed.contains("(600-700)"),
+            "{reversed}"
+        );
+        let past = msg(check_slot_range(0, 1024)).unwrap_or_default();
+        assert!(past.contains("0-1024 is not within 0-1023"), "{past}");
+    }
 
     #[test]
     fn server_addresses_are_checked() {
