@@ -254,6 +254,20 @@ async fn a_migration_started_from_the_ui_moves_its_slots() {
         .count() as i64;
     assert!(moved > 0, "some keys were in slots 0-31");
     assert_eq!(dbsize(&cluster.masters[1].addr()).await, moved);
+
+    // The estimate of a task half the source's slots wide, 92% done: 100,000
+    // keys over 200 slots at the start, 46,000 of its 50,000 moved, 54,000
+    // left on the source (4,000 of them the task's). It read 63% when it
+    // spread the source's keys over all its slots.
+    let share = page
+        .js("return import('/views/tasks.js').then((m) => { \
+               const task = { state: 'migrating', from: 1, slots: [...Array(100).keys()], progress: { moved: 46000 } }; \
+               const slots = [...Array(200).keys()].map((i) => ({ group: 1, state: i < 100 ? 'migrating' : 'online' })); \
+               return m.estimate(task, slots, new Map([[1, 54000]])); });")
+        .await;
+    assert_eq!(share["left"], json!(4000), "{share}");
+    let pct = share["share"].as_f64().unwrap_or_default();
+    assert!((0.91..0.93).contains(&pct), "{share}");
     page.finish("a migration").await;
 }
 
