@@ -634,6 +634,33 @@ async fn a_proxy_that_stops_answering_is_marked() {
         .js("return [...document.querySelectorAll('#proxies tr[data-proxy]')].filter(r => r.dataset.answering === 'true').length;")
         .await;
     assert_eq!(answering, json!(1), "the in-process proxy is still answering");
+
+    // A proxy that crashes loses its ZooKeeper node a session later: it is
+    // listed as gone, not dropped from the table as if it never ran.
+    let (crashed, crashed_id, _dir2) = cluster.proxy_process(Duration::from_secs(2)).await;
+    let row = format!("#proxies tr[data-proxy='{crashed_id}']");
+    page.until(
+        "the second proxy answers",
+        &format!(
+            "const r = document.querySelector(\"{row}\"); return !!r && r.dataset.answering === 'true';"
+        ),
+    )
+    .await;
+    signal(crashed.id(), "-KILL");
+    page.until(
+        "the crashed proxy is listed as gone",
+        &format!(
+            "const r = document.querySelector(\"{row}\"); \
+             return !!r && r.dataset.gone === 'true' && r.textContent.includes('gone');"
+        ),
+    )
+    .await;
+    page.view("overview").await;
+    page.until(
+        "the overview names it",
+        "return document.body.textContent.includes('(1 gone)');",
+    )
+    .await;
     page.finish("a silent proxy").await;
 }
 

@@ -85,9 +85,14 @@ export async function refresh() {
   cards.groups.textContent = num(groups.length);
   cards.servers.textContent =
     num(servers.filter((s) => s.up).length) + " / " + num(servers.length) + " up";
-  const answering = stats.proxies.filter((p) => p.answering).length;
-  cards.proxies.textContent = num(answering) + " / " + num(stats.proxies.length);
-  cards.proxies.classList.toggle("bad", answering < stats.proxies.length);
+  // Proxies gone from ZooKeeper are listed for a while (see Proxies): they
+  // are not counted, only named.
+  const registered = stats.proxies.filter((p) => p.registered !== false);
+  const gone = stats.proxies.length - registered.length;
+  const answering = registered.filter((p) => p.answering).length;
+  cards.proxies.textContent =
+    num(answering) + " / " + num(registered.length) + (gone ? " (" + num(gone) + " gone)" : "");
+  cards.proxies.classList.toggle("bad", answering < registered.length || gone > 0);
   cards.keys.textContent = num(masters.reduce((n, s) => n + s.keys, 0));
   cards.memory.textContent = bytes(servers.reduce((n, s) => n + s.memory, 0));
   cards.ops.textContent = num(stats.now.ops);

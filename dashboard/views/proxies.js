@@ -1,7 +1,8 @@
 // Proxies: every registered proxy with its addresses and what its /stats said
 // at the dashboard's last sample (ops/s, clients, errors, p99, whether it
 // serves slot traffic, its routing epoch). A proxy that stopped answering is
-// marked with how long it has been silent; one an operator set offline too.
+// marked with how long it has been silent; one whose ZooKeeper node went is
+// listed as gone for ten minutes; one an operator set offline too.
 import { get, post } from "../api.js";
 import { change, confirmAction } from "../dialog.js";
 import { duration, el, micros, num } from "../format.js";
@@ -38,11 +39,21 @@ async function setOnline(id, online) {
 export async function refresh() {
   const [stats, listed] = await Promise.all([get("/api/stats"), get("/api/proxies")]);
   const sampled = new Map(stats.proxies.map((p) => [p.id, p]));
-  const rows = listed.map((p) => {
+  // A proxy whose ZooKeeper node went (stopped, crashed, or cut off past its
+  // session) is listed by the dashboard for a while, so it does not simply
+  // vanish from this table.
+  const ids = new Set(listed.map((p) => p.id));
+  const gone = stats.proxies
+    .filter((s) => s.registered === false && !ids.has(s.id))
+    .map((s) => ({ id: s.id, online: true, running: false, info: { addr: s.addr, admin_addr: s.admin_addr }, gone: true }));
+  const rows = [...listed, ...gone].sort((a, b) => (a.id < b.id ? -1 : 1)).map((p) => {
     const s = sampled.get(p.id);
     let state = "answering";
     let cls = "ok";
-    if (!p.running) {
+    if (!p.running && s && s.gone_ms !== null && s.gone_ms !== undefined) {
+      state = "gone " + duration(s.gone_ms / 1000) + " ago: stopped, crashed or lost its ZooKeeper session";
+      cls = "bad";
+    } else if (!p.running) {
       state = "not running";
       cls = "bad";
     } else if (!s) {
@@ -54,11 +65,11 @@ export async function refresh() {
     }
     if (!p.online) state += ", set offline";
     const info = p.info || {};
-    const figures = s && s.silent_ms !== null;
+    const figures = s && s.silent_ms !== null && s.registered !== false;
     return el(
       "tr",
       // A silent proxy keeps its last figures, greyed: they are not current.
-      { "data-proxy": p.id, "data-answering": s ? String(s.answering) : "false", class: cls === "bad" ? "down stale" : "" },
+      { "data-proxy": p.id, "data-answering": s ? String(s.answering) : "false", "data-gone": String(!!p.gone), class: cls === "bad" ? "down stale" : "" },
       el("td", {}, p.id),
       el("td", {}, info.addr || ""),
       el("td", {}, info.admin_addr || ""),
@@ -74,9 +85,11 @@ export async function refresh() {
       el(
         "td",
         { class: "actions" },
-        p.online
-          ? el("button", { class: "quiet", onclick: () => setOnline(p.id, false) }, "Set offline")
-          : el("button", { onclick: () => setOnline(p.id, true) }, "Set online"),
+        p.gone
+          ? null
+          : p.online
+            ? el("button", { class: "quiet", onclick: () => setOnline(p.id, false) }, "Set offline")
+            : el("button", { onclick: () => setOnline(p.id, true) }, "Set online"),
       ),
     );
   });

@@ -39,6 +39,10 @@ pub const HISTORY_LEN: usize = 600;
 /// How long one proxy may take to answer `/stats` before it counts as silent
 /// for this sample.
 const ASK_TIMEOUT: Duration = Duration::from_millis(800);
+/// How long a proxy whose ZooKeeper node went is still listed, as gone: a
+/// crashed proxy (or one cut off past its session) must not simply vanish
+/// from the operator's view.
+pub const GONE_KEPT: Duration = Duration::from_secs(600);
 
 /// One second of the whole cluster.
 #[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
@@ -64,6 +68,11 @@ pub struct ProxyTraffic {
     pub admin_addr: String,
     /// True when it answered the latest sample.
     pub answering: bool,
+    /// False once its ZooKeeper node is gone (it stopped, crashed, or lost
+    /// its session); it is listed for [`GONE_KEPT`] after.
+    pub registered: bool,
+    /// Milliseconds since its node went, while it is listed as gone.
+    pub gone_ms: Option<u64>,
     /// Milliseconds since it last answered; `None` if it never did.
     pub silent_ms: Option<u64>,
     /// Why the latest ask failed.
@@ -95,7 +104,8 @@ pub struct TrafficView {
     pub now: Sample,
     /// Client connections over every proxy that answered.
     pub clients: u64,
-    /// Every registered proxy, by id.
+    /// Every registered proxy, and those gone in the last [`GONE_KEPT`],
+    /// by id.
     pub proxies: Vec<ProxyTraffic>,
     /// Up to [`HISTORY_LEN`] samples, oldest first.
     pub history: Vec<Sample>,
@@ -112,6 +122,8 @@ struct Tracked {
     last: Option<Instant>,
     /// Its histogram at that answer, to subtract from the next.
     buckets: Option<Histogram>,
+    /// When its ZooKeeper node was first seen gone.
+    gone: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -142,8 +154,9 @@ impl Traffic {
         }
     }
 
-    /// Folds one round of answers in: proxies gone from ZooKeeper are
-    /// forgotten, the others updated, one sample appended.
+    /// Folds one round of answers in: the registered proxies updated,
+    /// those gone from ZooKeeper marked so (and forgotten after
+    /// [`GONE_KEPT`]), one sample appended.
     fn record(&self, registered: Vec<ProxyInfo>, answers: Vec<Result<Figures, AskError>>, at: Instant) {
         let mut state = self.state.lock();
         let mut kept = BTreeMap::new();
@@ -156,6 +169,9 @@ impl Traffic {
         let mut histograms = 0;
         for (info, answer) in registered.into_iter().zip(answers) {
             let mut t = state.proxies.remove(&info.id).unwrap_or_default();
+            t.gone = None;
+            t.row.registered = true;
+            t.row.gone_ms = None;
             t.row.id = info.id.clone();
             t.row.addr = info.addr;
             t.row.admin_addr = info.admin_addr;
@@ -197,6 +213,20 @@ impl Traffic {
         if histograms > 0 {
             sample.p50 = quantile(&second, 0.50);
             sample.p99 = quantile(&second, 0.99);
+        }
+        // What is left was not registered this round.
+        for (id, mut t) in std::mem::take(&mut state.proxies) {
+            let gone = *t.gone.get_or_insert(at);
+            let for_ = at.saturating_duration_since(gone);
+            if for_ >= GONE_KEPT {
+                continue;
+            }
+            t.row.answering = false;
+            t.row.registered = false;
+            t.row.gone_ms = Some(for_.as_millis() as u64);
+            t.row.silent_ms = t.last.map(|l| at.saturating_duration_since(l).as_millis() as u64);
+            t.row.error = Some("its ZooKeeper node is gone: it stopped, crashed or lost its session".into());
+            kept.insert(id, t);
         }
         state.proxies = kept;
         if state.history.len() == HISTORY_LEN {
@@ -473,8 +503,30 @@ mod tests {
         assert!(!b.answering);
         assert_eq!((b.ops_per_sec, b.silent_ms), (50, Some(3000)));
         assert_eq!(v.history.len(), 2);
-        // Gone from ZooKeeper: forgotten.
+        // Gone from ZooKeeper: listed as gone, no longer counted...
         t.record(vec![proxy("a")], vec![Ok(figures(1, 1))], later);
+        let v = t.view(true);
+        let b = &v.proxies[1];
+        assert_eq!((b.registered, b.answering, b.gone_ms), (false, false, Some(0)));
+        assert_eq!(v.now.ops, 1);
+        let gone_since = later + Duration::from_secs(5);
+        t.record(vec![proxy("a")], vec![Ok(figures(1, 1))], gone_since);
+        assert_eq!(t.view(true).proxies[1].gone_ms, Some(5000));
+        // ...back when it registers again...
+        t.record(
+            vec![proxy("a"), proxy("b")],
+            vec![Ok(figures(1, 1)), Ok(figures(2, 1))],
+            gone_since,
+        );
+        assert!(
+            t.view(true)
+                .proxies
+                .iter()
+                .all(|p| p.registered && p.gone_ms.is_none())
+        );
+        // ...and forgotten after GONE_KEPT.
+        t.record(vec![proxy("a")], vec![Ok(figures(1, 1))], gone_since);
+        t.record(vec![proxy("a")], vec![Ok(figures(1, 1))], gone_since + GONE_KEPT);
         assert_eq!(t.view(true).proxies.len(), 1);
     }
 
