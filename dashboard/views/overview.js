@@ -93,7 +93,14 @@ export async function refresh() {
   cards.proxies.textContent =
     num(answering) + " / " + num(registered.length) + (gone ? " (" + num(gone) + " gone)" : "");
   cards.proxies.classList.toggle("bad", answering < registered.length || gone > 0);
-  cards.keys.textContent = num(masters.reduce((n, s) => n + s.keys, 0));
+  // A master that does not answer has no count: the sum is then a floor,
+  // and says whose keys it lacks, rather than drop them silently.
+  const silent = masters.filter((s) => !s.up);
+  const keys = num(masters.reduce((n, s) => n + (s.up ? s.keys : 0), 0));
+  cards.keys.textContent = silent.length
+    ? "≥ " + keys + " (group " + silent.map((s) => s.group).join(", ") + " unknown)"
+    : keys;
+  cards.keys.classList.toggle("bad", silent.length > 0);
   cards.memory.textContent = bytes(servers.reduce((n, s) => n + s.memory, 0));
   cards.ops.textContent = num(stats.now.ops);
   cards.clients.textContent = num(stats.clients);
