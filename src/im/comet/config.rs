@@ -290,15 +290,20 @@ pub struct CometArgs {
     /// Server id (default `<hostname>-<tcp port>`).
     #[arg(long)]
     pub server_id: Option<String>,
-    /// Public client addresses, comma separated.
-    #[arg(long, value_delimiter = ',')]
+    /// Public client addresses, comma separated. goim's `ADDRS`, `WEIGHT`,
+    /// `OFFLINE` and `REGION` variables set these four, as in goim's
+    /// deployments; a flag wins over its variable.
+    #[arg(long, value_delimiter = ',', env = "ADDRS")]
     pub addrs: Option<Vec<String>>,
     /// Node-selection weight.
-    #[arg(long)]
+    #[arg(long, env = "WEIGHT")]
     pub weight: Option<i64>,
     /// Register as offline (kept out of node selection).
-    #[arg(long)]
+    #[arg(long, env = "OFFLINE")]
     pub offline: bool,
+    /// Region, for logic's node selection by client address.
+    #[arg(long, env = "REGION")]
+    pub region: Option<String>,
     /// Tokio worker threads (0: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -322,6 +327,7 @@ impl CometArgs {
         set(&mut c.server_id, self.server_id);
         config::set_from(&mut c.addrs, self.addrs);
         config::set_from(&mut c.weight, self.weight);
+        config::set_from(&mut c.region, self.region);
         config::set_from(&mut c.threads, self.threads);
         c.offline |= self.offline;
         c.validate()?;
@@ -332,6 +338,33 @@ impl CometArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// goim's comets are deployed with these variables set (its
+    /// `cmd/comet/main.go` reads them); they must not be ignored silently.
+    #[test]
+    fn goims_environment_variables_set_the_registration() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            comet: CometArgs,
+        }
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let env = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(str::to_string)
+        };
+        for (flag, var) in [
+            ("addrs", "ADDRS"),
+            ("weight", "WEIGHT"),
+            ("offline", "OFFLINE"),
+            ("region", "REGION"),
+        ] {
+            assert_eq!(env(flag).as_deref(), Some(var), "--{flag}");
+        }
+    }
 
     #[test]
     fn sample_config_is_the_defaults_and_flags_override_it() {
