@@ -24,11 +24,20 @@ pub fn current() -> &'static str {
 /// True if process `pid` of this pid space has ended: gone, or a zombie
 /// (`/proc/<pid>/stat`'s state letter, after the `)` that closes the name).
 pub fn has_ended(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    ended_by(std::fs::read_to_string(format!("/proc/{pid}/stat")))
+}
+
+/// The judgement on one read of `/proc/<pid>/stat`. Only a missing file
+/// means gone: any other failure (out of file descriptors, say) means "cannot
+/// tell", which must read as "still running". `reborn up` once took a live
+/// ZooKeeper for dead while a flood of connections held every descriptor,
+/// and blocked for ever waiting for it to exit.
+fn ended_by(stat: std::io::Result<String>) -> bool {
+    match stat {
         Ok(stat) => stat
             .rsplit_once(')')
             .is_some_and(|(_, rest)| matches!(rest.split_whitespace().next(), Some("Z" | "X"))),
-        Err(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -48,5 +57,15 @@ mod tests {
         }
         child.wait().expect("reap");
         assert!(has_ended(pid));
+    }
+
+    #[test]
+    fn a_failed_look_is_not_an_end() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(!ended_by(Err(emfile)), "out of descriptors: cannot tell");
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(ended_by(Err(gone)));
+        assert!(ended_by(Ok("1 (a b) Z 0".into())));
+        assert!(!ended_by(Ok("1 (a) Z) S 0".into())), "the state after the last ')'");
     }
 }

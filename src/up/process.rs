@@ -104,8 +104,18 @@ impl ChildProcess {
             return None;
         }
         self.disarm_guard();
-        self.stopped = true;
-        Some(self.child.wait().unwrap_or_default())
+        // Never a blocking wait: a wrong look must not hang the supervisor.
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.stopped = true;
+                Some(status)
+            }
+            Ok(None) => None,
+            Err(_) => {
+                self.stopped = true;
+                Some(ExitStatus::default())
+            }
+        }
     }
 
     /// Polls `ready` until it returns true, failing early if the child exits and
