@@ -150,6 +150,37 @@ async fn config_set_reaches_replicas_and_names_the_servers_that_failed() {
         e.to_string().contains("no-such-param") && !e.to_string().contains("failed on"),
         "{e}"
     );
+    // What would lock the proxy out of its servers (or make them write a
+    // file of the client's choosing) is refused, all of the request.
+    let e = redis::cmd("CONFIG")
+        .arg(&["SET", "slowlog-max-len", "77", "RequirePass", "x"])
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("requirepass");
+    assert!(
+        e.to_string()
+            .contains("CONFIG SET requirepass is not allowed through reborn proxy"),
+        "{e}"
+    );
+    for param in ["requirepass", "slowlog-max-len"] {
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(param)
+            .query_async(&mut g1)
+            .await
+            .expect("config get");
+        assert_ne!(
+            v.get(1).map(String::as_str),
+            Some(if param == "requirepass" { "x" } else { "77" }),
+            "{param} was set"
+        );
+    }
+    let e = redis::cmd("CONFIG")
+        .arg(&["SET", "dir", "/tmp", "dbfilename", "x.so"])
+        .query_async::<()>(&mut p)
+        .await
+        .expect_err("dir");
+    assert!(e.to_string().contains("dir, dbfilename"), "{e}");
     let e = redis::cmd("CONFIG")
         .arg("REWRITE")
         .query_async::<()>(&mut p)

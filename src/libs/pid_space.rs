@@ -66,6 +66,9 @@ mod tests {
         let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
         assert!(ended_by(Err(gone)));
         assert!(ended_by(Ok("1 (a b) Z 0".into())));
-        assert!(!ended_by(Ok("1 (a) Z) S 0".into())), "the state after the last ')'");
+        assert!(
+            !ended_by(Ok("1 (a) Z) S 0".into())),
+            "the state after the last ')'"
+        );
     }
 }

@@ -119,7 +119,10 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
         Fan::Eval => keyless(who, &routes, req, &name),
         Fan::Config => match sub.as_str() {
             "GET" | "HELP" => one_master(who, &routes, req.raw.clone()),
-            "SET" => every_server(ctx, client.id, &routes, req.raw.clone(), &full),
+            "SET" => match config_set_refusal(&req.args) {
+                Some(refusal) => err(&refusal),
+                None => every_server(ctx, client.id, &routes, req.raw.clone(), &full),
+            },
             "RESETSTAT" => {
                 // The proxy's own counters (INFO stats) too, as one Redis would.
                 ctx.stats.reset_counters();
@@ -146,6 +149,53 @@ pub fn dispatch(ctx: &Arc<Context>, client: &mut Client, req: &Request, fan: Fan
             ),
         },
     }
+}
+
+/// The server parameters a client of the proxy may not set: they change how
+/// the proxy, the replicas and the dashboard reach the servers, or what the
+/// servers write where. Set on every server at once (as CONFIG SET goes), a
+/// `requirepass` locked the proxy out at its next reconnect, with every
+/// health check still saying "up", and left the replicas without the
+/// `masterauth` to resync; `dir` with `dbfilename` is the classic way to
+/// make a redis-server write a file of one's choosing. An operator sets
+/// these on each redis-server (and in reborn's config), not through it.
+const CONFIG_SET_REFUSED: &[&str] = &[
+    "requirepass",
+    "masterauth",
+    "masteruser",
+    "port",
+    "bind",
+    "bind-source-addr",
+    "unixsocket",
+    "unixsocketperm",
+    "tls-port",
+    "tls-replication",
+    "protected-mode",
+    "dir",
+    "dbfilename",
+    "appendfilename",
+    "appenddirname",
+    "logfile",
+    "replica-announce-ip",
+    "replica-announce-port",
+    "replica-read-only",
+    "slave-read-only",
+];
+
+/// Why `CONFIG SET` with `args` is refused, if it is.
+fn config_set_refusal(args: &[Bytes]) -> Option<String> {
+    // CONFIG SET name value [name value …]
+    let names = args.iter().skip(2).step_by(2);
+    let refused: Vec<String> = names
+        .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())
+        .filter(|n| CONFIG_SET_REFUSED.contains(&n.as_str()))
+        .collect();
+    (!refused.is_empty()).then(|| {
+        format!(
+            "ERR CONFIG SET {} is not allowed through reborn proxy: it changes how the proxy, the replicas or the dashboard reach the servers, or where they write; set it on each redis-server (and the password in reborn's config)",
+            refused.join(", ")
+        )
+    })
 }
 
 fn refused(what: &str, allowed: &str) -> Fanned {
