@@ -53,13 +53,17 @@ struct Raw {
 /// `None`), read to the end: the tests need the headers of the reply, which
 /// the client does not keep.
 async fn raw(addr: &str, method: &str, path: &str, authorization: Option<&str>) -> Raw {
+    let auth = authorization.map(|a| ("Authorization", a));
+    raw_with(addr, method, path, addr, auth.as_slice()).await
+}
+
+/// [`raw`] with the `Host` given and other header lines.
+async fn raw_with(addr: &str, method: &str, path: &str, host: &str, headers: &[(&str, &str)]) -> Raw {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let body = "{}";
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(request.as_bytes()).await.expect("write");
@@ -258,6 +262,40 @@ async fn admin_sends_the_token_from_the_flag_or_the_environment() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("0-3"), "{}", text(&out));
     assert_eq!(task::list(&c.store).await.expect("tasks").len(), 1);
+}
+
+/// A web page elsewhere cannot use a visitor's browser to drive a dashboard
+/// that has no token (loopback only): not by a cross-origin request (a
+/// bodyless POST needs no preflight), nor by making its own name point at
+/// 127.0.0.1. Before, a page set a proxy offline and started a rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_cannot_drive_a_dashboard_without_a_token() {
+    let c = Cluster::start().await;
+    let addr = dashboard(&c, AuthConfig::default()).await;
+    let port = addr.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+    let change = "/api/proxies/p1/offline";
+    let evil = [("Origin", "http://evil.example")];
+    let r = raw_with(&addr, "POST", change, &addr, &evil).await;
+    assert_eq!(r.status, 403, "cross-origin: {}", r.body);
+    assert!(r.body.contains("another origin"), "{}", r.body);
+    let rebound = format!("evil.example:{port}");
+    let origin = format!("http://{rebound}");
+    let r = raw_with(&addr, "POST", change, &rebound, &[("Origin", &origin)]).await;
+    assert_eq!(r.status, 403, "DNS rebinding: {}", r.body);
+    assert!(r.body.contains("Host"), "{}", r.body);
+    let proxies = raw(&addr, "GET", "/api/proxies", None).await;
+    assert_eq!(
+        (proxies.status, proxies.body.as_str()),
+        (200, "[]"),
+        "nothing was set offline"
+    );
+    // The dashboard's own page, and tools, are served.
+    let own = format!("http://{addr}");
+    let r = raw_with(&addr, "GET", "/api/dashboard", &addr, &[("Origin", &own)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let local = format!("localhost:{port}");
+    let r = raw_with(&addr, "GET", "/api/dashboard", &local, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -395,6 +395,20 @@ async fn bad_requests_get_code_minus_400_with_the_reason() {
             .contains("over 1024 bytes"),
         "{big}"
     );
+    // A web page elsewhere cannot push through a visitor's browser (a
+    // text/plain POST needs no preflight); tools send no Origin.
+    let mut sock = tokio::net::TcpStream::connect(a).await.expect("connect");
+    let req = format!(
+        "POST /goim/push/all?operation=1000 HTTP/1.1\r\nHost: {a}\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut sock, req.as_bytes())
+        .await
+        .expect("write");
+    let mut reply = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut sock, &mut reply)
+        .await
+        .expect("read");
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
     // No recipients is no error, as in goim (a fan-out script's empty list):
     // code 0, nothing queued.
     for path in [

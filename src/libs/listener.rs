@@ -18,7 +18,7 @@
 //!
 //! [`Listener::serve_http`] keeps the same contract for an axum app: axum
 //! serves the connections, this module accepts them (same backoff) and bounds
-//! the drain.
+//! the drain, and every request passes `browser_guard::same_origin`.
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -203,6 +203,9 @@ impl Listener {
     pub async fn serve_http(self, app: axum::Router, shutdown: CancellationToken) -> io::Result<Drain> {
         let grace = self.grace;
         let stopped = shutdown.clone();
+        // Every HTTP server of reborn refuses what a web page elsewhere sends
+        // through a visitor's browser (see `browser_guard`).
+        let app = app.layer(axum::middleware::from_fn(super::browser_guard::same_origin));
         let server = axum::serve(Acceptor::new(self.socket), app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .into_future();

@@ -2,6 +2,7 @@
 //! crate, so any module may depend on `libs` without creating a cycle.
 
 pub mod backoff;
+pub mod browser_guard;
 pub mod config;
 pub mod fd_limit;
 pub mod hash;

@@ -89,10 +89,16 @@ impl AuthConfig {
     }
 }
 
-/// `app` behind the token check of `auth`; `app` unchanged without a token.
+/// `app` behind the token check of `auth`. Without a token (loopback only),
+/// behind a check of the `Host` instead: a page that makes its own name point
+/// at 127.0.0.1 would otherwise be same-origin with the dashboard
+/// (`libs::browser_guard`), unless the operator said `insecure`.
 pub fn protect(app: Router, auth: &AuthConfig) -> Router {
     if auth.token.is_empty() {
-        return app;
+        if auth.insecure {
+            return app;
+        }
+        return app.layer(middleware::from_fn(crate::libs::browser_guard::literal_host_only));
     }
     let guard = Guard {
         token: Arc::from(auth.token.as_str()),
