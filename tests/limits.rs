@@ -93,6 +93,43 @@ async fn failed_auths_slow_down_and_then_close_the_connection() {
     );
 }
 
+/// Before its password, a client gets Redis 7's limits for strangers (10
+/// arguments, 16 KiB each): without them one unauthenticated connection made
+/// the proxy buffer a 300 MB bulk string, and a few such took it to 600 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_the_password_cannot_make_the_proxy_buffer_much() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy_with(|cfg| cfg.auth = "secret".into()).await;
+    let answer = async |bytes: &[u8]| {
+        let mut s = TcpStream::connect(proxy).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all))
+            .await
+            .expect("answered and closed")
+            .expect("read");
+        String::from_utf8_lossy(&all).into_owned()
+    };
+    let big = answer(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$314572800\r\n").await;
+    assert_eq!(big, "-ERR Protocol error: unauthenticated bulk length\r\n");
+    let many = answer(b"*11\r\n").await;
+    assert_eq!(many, "-ERR Protocol error: unauthenticated multibulk length\r\n");
+    // With the password, the proxy's own limits again: a 1 MB value passes.
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    let value = vec![b'v'; 1 << 20];
+    let mut req = b"AUTH secret\r\n".to_vec();
+    req.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n$4\r\n{{g}}v\r\n${}\r\n", value.len()).as_bytes());
+    req.extend_from_slice(&value);
+    req.extend_from_slice(b"\r\n");
+    s.write_all(&req).await.expect("write");
+    let mut got = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert_eq!(&got, b"+OK\r\n+OK\r\n");
+}
+
 /// 256 KB, the value of the never-reading client.
 const BIG: usize = 256 * 1024;
 

@@ -15,6 +15,7 @@ const SMALL: Limits = Limits {
     max_bulk_len: 64,
     max_args: 16,
     max_inline_len: 64,
+    unauthenticated: false,
 };
 
 /// A deterministic stream of chunk sizes (1..=16) derived from the input, so a

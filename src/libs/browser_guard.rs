@@ -88,7 +88,10 @@ mod tests {
     #[test]
     fn only_a_page_of_another_origin_is_refused() {
         let host = (header::HOST, "127.0.0.1:18087");
-        assert!(cross_origin(&headers(std::slice::from_ref(&host))).is_none(), "a tool");
+        assert!(
+            cross_origin(&headers(std::slice::from_ref(&host))).is_none(),
+            "a tool"
+        );
         let own = (header::ORIGIN, "http://127.0.0.1:18087");
         assert!(
             cross_origin(&headers(&[host.clone(), own])).is_none(),

@@ -30,6 +30,24 @@ pub struct Limits {
     /// Longest inline command line, newline excluded; also the most an
     /// incomplete inline line may buffer.
     pub max_inline_len: usize,
+    /// The limits of a client that has not authenticated yet
+    /// ([`Limits::unauthenticated`]): their refusals say so, in Redis's words.
+    pub unauthenticated: bool,
+}
+
+impl Limits {
+    /// Redis 7's limits for a client that has not authenticated: at most 10
+    /// arguments of 16 KiB, so that a stranger cannot make the proxy buffer
+    /// `max_bulk_len` (512 MB) per connection before its password is checked.
+    /// `AUTH` and `HELLO … AUTH` fit in them.
+    pub const fn unauthenticated() -> Limits {
+        Limits {
+            max_bulk_len: 16 * 1024,
+            max_args: 10,
+            max_inline_len: 80 * 1024,
+            unauthenticated: true,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -48,6 +66,7 @@ impl Default for Limits {
             // property tests check that), and bounds what a client can make us
             // buffer.
             max_inline_len: 80 * 1024,
+            unauthenticated: false,
         }
     }
 }
@@ -198,7 +217,11 @@ fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Step, Protocol
     };
     let n = parse_int(&buf[1..eol]).ok_or_else(|| perr("invalid multibulk length"))?;
     if n > limits.max_args as i64 {
-        return Err(perr("invalid multibulk length"));
+        return Err(perr(if limits.unauthenticated {
+            "unauthenticated multibulk length"
+        } else {
+            "invalid multibulk length"
+        }));
     }
     if n <= 0 {
         // `*0` and `*-1` are accepted and ignored by Redis; so do we. The caller
@@ -234,8 +257,15 @@ fn resume_multibulk(buf: &mut BytesMut, limits: &Limits, mut p: Partial) -> Resu
             return Ok(Step::Incomplete(Some(p)));
         };
         let len = parse_int(&buf[pos + 1..eol]).ok_or_else(|| perr("invalid bulk length"))?;
-        if len < 0 || len as u64 > limits.max_bulk_len as u64 {
+        if len < 0 {
             return Err(perr("invalid bulk length"));
+        }
+        if len as u64 > limits.max_bulk_len as u64 {
+            return Err(perr(if limits.unauthenticated {
+                "unauthenticated bulk length"
+            } else {
+                "invalid bulk length"
+            }));
         }
         let start = eol + 2;
         let end = start + len as usize;

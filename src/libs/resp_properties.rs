@@ -31,6 +31,7 @@ const SMALL: Limits = Limits {
     max_bulk_len: 64,
     max_args: 16,
     max_inline_len: 64,
+    unauthenticated: false,
 };
 
 /// `data` cut at `cuts` (indexes into it; any order, repeats allowed).
@@ -393,7 +394,7 @@ proptest! {
         over in prop_oneof![1u64..1000, 1000u64..999_999_999_999_999_999 ],
         prefix in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..8), 0..3),
     ) {
-        let limits = Limits { max_bulk_len, max_args, max_inline_len: 1024 };
+        let limits = Limits { max_bulk_len, max_args, max_inline_len: 1024, unauthenticated: false };
         let many = max_args as u64 + over;
         let mut buf = BytesMut::from(&format!("*{many}\r\n").into_bytes()[..]);
         prop_assert!(parse_request(&mut buf, &limits).is_err(), "*{}", many);

@@ -149,7 +149,11 @@ async fn read_loop(
         let paused = ctx.clients.maybe_paused();
         let mut last = None;
         loop {
-            let parsed = parser.parse(&mut buf, &ctx.limits);
+            // A client that has not given the password yet gets Redis's
+            // limits for strangers (`Limits::unauthenticated`).
+            const STRANGER: resp::Limits = resp::Limits::unauthenticated();
+            let limits = if client.authed { &ctx.limits } else { &STRANGER };
+            let parsed = parser.parse(&mut buf, limits);
             if let Ok(None) = parsed {
                 if let Some(cmd) = last {
                     client.conn.touch(cmd, now);
