@@ -807,3 +807,35 @@ async fn a_restarted_or_stopped_proxy_costs_no_push() {
     assert_eq!(queued(&mut c).await.len(), 100);
     logic.shutdown().await;
 }
+
+/// Logic behind a proxy with a password: with `[cluster] auth` it logs in
+/// (before, every push failed with NOAUTH and `reborn up` could not run the
+/// push system behind a proxy with `auth`); with a wrong one, a push says
+/// why it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logic_logs_in_to_a_proxy_with_a_password() {
+    let h = Harness::start().await;
+    let guarded = h.cluster.proxy_with(|cfg| cfg.auth = "pw".into()).await;
+    let logic_on = async |password: &str| {
+        let mut config = LogicConfig::default();
+        config.http.addr = "127.0.0.1:0".into();
+        config.grpc.addr = "127.0.0.1:0".into();
+        config.cluster.addrs = vec![guarded.to_string()];
+        config.cluster.auth = password.into();
+        config.zk = h.cluster.zk.clone();
+        reborn::im::logic::start(config).await.expect("logic starts")
+    };
+    let right = logic_on("pw").await;
+    let r = post(right.http_addr(), "/goim/push/mids?operation=1000&mids=1", "m").await;
+    assert_eq!(r["code"], 0, "{r}");
+    right.shutdown().await;
+    let wrong = logic_on("nope").await;
+    let r = post(wrong.http_addr(), "/goim/push/mids?operation=1000&mids=1", "m").await;
+    assert_eq!(r["code"], -500, "{r}");
+    assert!(
+        r["message"].as_str().is_some_and(|m| m.contains("WRONGPASS")),
+        "{r}"
+    );
+    wrong.shutdown().await;
+    h.shutdown().await;
+}

@@ -67,6 +67,13 @@ fn no_proxy() -> RespError {
 }
 
 impl ProxySet {
+    /// The set, logging every connection in with `password` (a proxy with
+    /// `auth`; none when empty).
+    pub fn with_auth(mut self, password: &str) -> ProxySet {
+        self.pools = self.pools.into_iter().map(|p| p.with_auth(password)).collect();
+        self
+    }
+
     /// Pools of `conns` connections to each of `addrs`, whose calls time out
     /// after `timeout` (nothing is connected yet).
     pub fn new(addrs: &[String], conns: usize, timeout: Duration, failover: Failover) -> ProxySet {
@@ -153,7 +160,7 @@ impl ProxySet {
         for attempt in 0..self.pools.len() {
             let i = self.pick(start, attempt);
             let Some(pool) = self.pools.get(i) else { break };
-            match RespConn::connect(pool.addr(), self.timeout).await {
+            match pool.open().await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => {
                     self.failed(i);

@@ -334,6 +334,8 @@ impl RespConn {
 pub struct RespPool {
     addr: String,
     timeout: Duration,
+    /// Sent as `AUTH` on each new connection (a proxy with `auth`).
+    auth: Option<String>,
     conns: Vec<Mutex<Option<RespConn>>>,
     next: std::sync::atomic::AtomicUsize,
 }
@@ -344,14 +346,34 @@ impl RespPool {
         RespPool {
             addr: addr.to_string(),
             timeout,
+            auth: None,
             conns: (0..size.max(1)).map(|_| Mutex::new(None)).collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
+    /// The pool, logging each new connection in with `password` (none when
+    /// empty).
+    pub fn with_auth(mut self, password: &str) -> RespPool {
+        self.auth = (!password.is_empty()).then(|| password.to_string());
+        self
+    }
+
     /// The address the pool connects to.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// A new connection, logged in.
+    ///
+    /// # Errors
+    /// As [`RespConn::connect`]; a refused password is `RespError::Server`.
+    pub async fn open(&self) -> Result<RespConn, RespError> {
+        let mut conn = RespConn::connect(&self.addr, self.timeout).await?;
+        if let Some(password) = &self.auth {
+            conn.auth(password).await?;
+        }
+        Ok(conn)
     }
 
     /// One command on one of the pool's connections.
@@ -393,7 +415,7 @@ impl RespPool {
         });
         let mut conn = match kept {
             Some(conn) => conn,
-            None => RespConn::connect(&self.addr, self.timeout).await?,
+            None => self.open().await?,
         };
         let result = conn.pipeline(frames).await;
         if !matches!(&result, Err(e) if e.breaks_connection()) {

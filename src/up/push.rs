@@ -65,6 +65,14 @@ fn invalid(role: &str, e: impl std::fmt::Display) -> UpError {
     }
 }
 
+/// The password of up's proxy (`auth` in `--proxy-config`), which logic and
+/// job then log in with: with a password on the proxy and none given to them,
+/// every push failed with `NOAUTH`.
+fn proxy_password(args: &UpArgs) -> Result<String, UpError> {
+    let proxy: crate::proxy::ProxyConfig = load_role_config("proxy", args.proxy_config.as_deref())?;
+    Ok(proxy.auth)
+}
+
 /// Logic: its file's settings with up's addresses, proxy and product.
 pub fn logic_role(
     args: &UpArgs,
@@ -76,6 +84,9 @@ pub fn logic_role(
     config.http.addr = plan.logic_http.to_string();
     config.grpc.addr = plan.logic_grpc.to_string();
     config.cluster.addrs = vec![args.proxy.to_string()];
+    if config.cluster.auth.is_empty() {
+        config.cluster.auth = proxy_password(args)?;
+    }
     config.zk = ZkConfig {
         session_timeout: config.zk.session_timeout,
         ..zk.clone()
@@ -129,6 +140,9 @@ pub fn job_role(
     use crate::im::job::JobConfig;
     let mut config: JobConfig = load_role_config("job", args.job_config.as_deref())?;
     config.cluster.addrs = vec![args.proxy.to_string()];
+    if config.cluster.auth.is_empty() {
+        config.cluster.auth = proxy_password(args)?;
+    }
     config.zk = ZkConfig {
         session_timeout: config.zk.session_timeout,
         ..zk.clone()

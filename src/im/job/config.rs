@@ -46,6 +46,8 @@ pub struct JobClusterConfig {
     pub timeout: Duration,
     /// Shared connections per proxy for acks and claims.
     pub conns: usize,
+    /// The proxies' password (their `auth`); empty: none.
+    pub auth: String,
 }
 
 /// The push queue's streams and how they are consumed.
@@ -110,6 +112,7 @@ impl Default for JobClusterConfig {
             addrs: vec!["127.0.0.1:19000".into()],
             timeout: Duration::from_secs(3),
             conns: 2,
+            auth: String::new(),
         }
     }
 }

@@ -89,12 +89,15 @@ pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
     let stats = Arc::new(JobStats::default());
     let links = Arc::new(CometLinks::new(config.comet.clone()));
     links.follow(store.clone(), stop.clone()).await;
-    let link = Arc::new(ProxySet::new(
-        &config.cluster.addrs,
-        config.cluster.conns,
-        config.cluster.timeout,
-        Failover::Sticky,
-    ));
+    let link = Arc::new(
+        ProxySet::new(
+            &config.cluster.addrs,
+            config.cluster.conns,
+            config.cluster.timeout,
+            Failover::Sticky,
+        )
+        .with_auth(&config.cluster.auth),
+    );
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&links), Arc::clone(&stats)));
     let consumer = config.consumer_name();
     // Registered before reading: an instance that reads is always listed, so

@@ -96,6 +96,8 @@ pub struct LogicClusterConfig {
     /// Deadline of one call (connect, or a pipeline's replies).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The proxies' password (their `auth`); empty: none.
+    pub auth: String,
 }
 
 impl Default for LogicClusterConfig {
@@ -104,6 +106,7 @@ impl Default for LogicClusterConfig {
             addrs: vec!["127.0.0.1:19000".into()],
             conns: 8,
             timeout: Duration::from_secs(1),
+            auth: String::new(),
         }
     }
 }

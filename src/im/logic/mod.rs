@@ -195,12 +195,15 @@ async fn start_with(config: LogicConfig, cancel: CancellationToken) -> Result<Ru
     let (grpc_listener, grpc_addr) = bind(&config.grpc.addr).await?;
     let store = Store::connect(&config.zk).await?;
 
-    let cluster = Arc::new(ProxySet::new(
-        &config.cluster.addrs,
-        config.cluster.conns,
-        config.cluster.timeout,
-        Failover::Spread,
-    ));
+    let cluster = Arc::new(
+        ProxySet::new(
+            &config.cluster.addrs,
+            config.cluster.conns,
+            config.cluster.timeout,
+            Failover::Spread,
+        )
+        .with_auth(&config.cluster.auth),
+    );
     let sessions = Sessions::new(cluster.clone(), config.session.expire.as_secs());
     let stats = Arc::new(LogicStats::default());
     let pusher = Pusher::new(
