@@ -486,6 +486,13 @@ async fn groups_show_each_servers_health_and_the_log_level_is_checked() {
         .await
         .expect("replica");
     drop(stopped);
+    // A server with a password reborn does not have: alive, but every
+    // request through the proxies would get NOAUTH. It once showed as up.
+    let locked = common::redis_with_password("not-reborns");
+    let locked_addr = locked.addr();
+    operation::add_server(&c.store, 2, &locked_addr, Role::Replica)
+        .await
+        .expect("replica");
     let up = c.masters[0].addr();
 
     let out = admin(&c.zk, &["groups"]).await;
@@ -504,6 +511,8 @@ async fn groups_show_each_servers_health_and_the_log_level_is_checked() {
     );
     assert!(line(&up).ends_with(" up"), "{stdout}");
     assert!(line(&stopped_addr).ends_with(" down"), "{stdout}");
+    // The CLI has no backend password to judge by; the dashboard has.
+    assert!(line(&locked_addr).ends_with(" up"), "{stdout}");
 
     let dash = dashboard(&c.zk, None, &c.stop).await;
     let groups = client::get(&dash, "/api/groups").await.expect("groups").body;
@@ -518,6 +527,7 @@ async fn groups_show_each_servers_health_and_the_log_level_is_checked() {
     };
     assert_eq!(health(&up), Some(json!("up")), "{groups}");
     assert_eq!(health(&stopped_addr), Some(json!("down")), "{groups}");
+    assert_eq!(health(&locked_addr), Some(json!("auth_refused")), "{groups}");
 
     // The same, for alerts: the dashboard's Prometheus page.
     let metrics = common::http::get_text(dash.parse().expect("addr"), "/metrics").await;

@@ -2,9 +2,14 @@
 //! `GET /api/groups` show it: one short `INFO persistence` per server, all at
 //! once, each bounded by [`PROBE_TIMEOUT`].
 //!
-//! * `up`: it answered (an error such as `NOAUTH` counts: it is serving);
+//! * `up`: it answered (an error such as `unknown command` counts: it is
+//!   serving);
 //! * `loading`: it answered `-LOADING`, or `loading:1` (it is reading its RDB
 //!   or AOF and serves nobody yet);
+//! * `auth_refused`: it answered `NOAUTH` or `WRONGPASS`: alive, but not with
+//!   the password reborn has (`backend_auth`), so the proxies get the same
+//!   refusal for every request. (A `CONFIG SET requirepass` on the servers
+//!   behind reborn's back once showed as `up` while every client failed.)
 //! * `down`: no connection, or no answer in time.
 //!
 //! Uses the migrator's RESP connection; imports `libs` and the topo kernel.
@@ -30,15 +35,26 @@ pub enum Health {
     Down,
     /// It is loading its data set and refuses commands meanwhile.
     Loading,
+    /// It answers, but refuses reborn's password (`NOAUTH`, `WRONGPASS`).
+    AuthRefused,
 }
 
 impl Health {
-    /// `up`, `down` or `loading`.
+    /// `up`, `down`, `loading` or `auth_refused`.
     pub fn name(self) -> &'static str {
         match self {
             Health::Up => "up",
             Health::Down => "down",
             Health::Loading => "loading",
+            Health::AuthRefused => "auth_refused",
+        }
+    }
+
+    /// What it means, in a sentence's words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Health::AuthRefused => "refusing reborn's password (NOAUTH or WRONGPASS: see backend_auth)",
+            other => other.name(),
         }
     }
 }
@@ -46,10 +62,9 @@ impl Health {
 /// Probes one server (`auth`: the backend password, if any).
 pub async fn probe(addr: &str, auth: Option<&str>) -> Health {
     let ask = async {
-        // A refused password still proves the server answers.
         let mut conn = match Conn::connect(addr, auth).await {
             Ok(c) => c,
-            Err(super::migrator::MigrateError::Auth { .. }) => return Health::Up,
+            Err(super::migrator::MigrateError::Auth { .. }) => return Health::AuthRefused,
             Err(_) => return Health::Down,
         };
         judge(conn.info(Some("persistence"), PROBE_TIMEOUT).await)
@@ -81,16 +96,21 @@ where
     out
 }
 
-/// The health an `INFO persistence` answer shows: any answer but `LOADING`
-/// or `loading:1` is up, since a server that refuses `INFO` still serves.
+/// The health an `INFO persistence` answer shows: `LOADING` or `loading:1`
+/// is loading, a refused password is `auth_refused`, any other answer is up,
+/// since a server that refuses `INFO` still serves.
 fn judge(answer: Result<String, MigrateError>) -> Health {
     match answer {
         Ok(text) if InfoText(&text).field("loading") == Some("1") => Health::Loading,
         Ok(_) => Health::Up,
         Err(MigrateError::Redis { message, .. }) if message.starts_with("LOADING") => Health::Loading,
-        Err(MigrateError::Redis { .. } | MigrateError::Auth { .. } | MigrateError::Protocol { .. }) => {
-            Health::Up
+        Err(MigrateError::Redis { message, .. })
+            if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") =>
+        {
+            Health::AuthRefused
         }
+        Err(MigrateError::Auth { .. }) => Health::AuthRefused,
+        Err(MigrateError::Redis { .. } | MigrateError::Protocol { .. }) => Health::Up,
         Err(_) => Health::Down,
     }
 }
@@ -124,7 +144,11 @@ mod tests {
             addr: "h:1".into(),
             message: "NOAUTH Authentication required.".into(),
         };
-        assert_eq!(judge(Err(noauth)), Health::Up);
+        assert_eq!(judge(Err(noauth)), Health::AuthRefused);
+        assert_eq!(
+            judge(refused("NOAUTH Authentication required.")),
+            Health::AuthRefused
+        );
         let silent = MigrateError::Closed { addr: "h:1".into() };
         assert_eq!(judge(Err(silent)), Health::Down);
     }

@@ -132,7 +132,10 @@ async fn silent_master(topo: &Topology, groups: [GroupId; 2], auth: Option<&str>
         let addr = topo.groups.get(&g)?.master()?;
         match health::probe(addr, auth).await {
             Health::Up => None,
-            other => Some(format!("the master of group {g}, {addr}, is {}", other.name())),
+            other => Some(format!(
+                "the master of group {g}, {addr}, is {}",
+                other.describe()
+            )),
         }
     });
     let [a, b] = looks;
