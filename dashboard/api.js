@@ -58,17 +58,29 @@ async function once(method, path, body) {
   return { res, data };
 }
 
+// When the operator last cancelled the token prompt. The page refreshes every
+// second; without this, a read refused for want of the token reopened the
+// prompt at once, so Cancel could not close it. Reads then fail with a
+// message until a change (the operator's own click) asks again.
+let declined = false;
+// The last token typed was refused: the next prompt says so (the refusal
+// itself went to the footer, behind the prompt).
+let wrong = false;
+
 /** Calls the API; resolves to the JSON body of a 2xx reply. */
 export async function call(method, path, body) {
   let { res, data } = await once(method, path, body);
-  if (res.status === 401) {
+  if (res.status === 401 && !(declined && method === "GET")) {
     // A stored token that is refused is wrong: forget it before asking.
     sessionStorage.removeItem(TOKEN_KEY);
-    const token = await askToken((data && data.error) || "");
+    const reason = (data && data.error) || "";
+    const token = await askToken(wrong ? "The token you gave was wrong. " + reason : reason);
+    declined = !token;
     if (token) {
       sessionStorage.setItem(TOKEN_KEY, token);
       ({ res, data } = await once(method, path, body));
-      if (res.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+      wrong = res.status === 401;
+      if (wrong) sessionStorage.removeItem(TOKEN_KEY);
     }
   }
   if (!res.ok) {

@@ -503,8 +503,15 @@ async fn a_change_without_the_token_is_refused_and_goes_through_with_it() {
     assert_eq!(kept, Value::Null, "a refused token is not kept");
 
     // The right token: the change goes through, and the token is kept for
-    // the tab, so the next change does not ask again.
+    // the tab, so the next change does not ask again. The prompt says the
+    // last one was wrong (that refusal went to the footer, behind it).
     add_group(&page, "3").await;
+    page.until(
+        "the prompt says the last token was wrong",
+        "return document.getElementById('token-dialog').open && \
+                document.getElementById('token-reason').textContent.includes('was wrong');",
+    )
+    .await;
     answer_token(&page, Some("s3cret")).await;
     eventually("group 3 is created", SHOW, group_3).await;
     page.fill("#add-server input[name=server-addr]", &third.addr())
@@ -522,6 +529,65 @@ async fn a_change_without_the_token_is_refused_and_goes_through_with_it() {
         .await;
     assert_eq!(asked, json!(false));
     page.finish("changes with a token").await;
+}
+
+/// With `read_auth`, the page asks for the token. Cancelling used to be
+/// undone within a second: the next refresh's refused read opened the prompt
+/// again. Now it stays closed, the footer says why, and a change asks again.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_the_token_prompt_closes_it_until_a_change() {
+    if !page::browser_installed() {
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let dashboard = cluster
+        .dashboard_with(|cfg| {
+            cfg.auth.token = "s3cret".into();
+            cfg.auth.read_auth = true;
+        })
+        .await;
+    let api = reborn::topo::manager::dashboard::client::DashboardClient::new(&dashboard)
+        .with_token(Some("s3cret".into()));
+    eventually("the dashboard leads", SHOW, async || {
+        api.get("/api/dashboard")
+            .await
+            .is_ok_and(|r| r.body["role"] == "leader")
+    })
+    .await;
+    let page = Page::start(&dashboard).await;
+    page.client
+        .goto(&format!("http://{dashboard}/#groups"))
+        .await
+        .expect("open the page");
+    answer_token(&page, None).await;
+    // Three seconds of refreshes (one a second): the prompt must not open.
+    let reopened = page
+        .js("const d = document.getElementById('token-dialog'); \
+             return new Promise((done) => { \
+               let opened = false; \
+               const seen = new MutationObserver(() => { opened = opened || d.open; }); \
+               seen.observe(d, { attributes: true }); \
+               setTimeout(() => { seen.disconnect(); done(opened || d.open); }, 3000); });")
+        .await;
+    assert_eq!(reopened, json!(false), "the prompt opened again by itself");
+    let status = page
+        .js("return document.getElementById('status').textContent;")
+        .await;
+    assert!(status.as_str().is_some_and(|s| s.contains("token")), "{status}");
+    // A change, the operator's own click, asks again.
+    add_group(&page, "3").await;
+    answer_token(&page, Some("s3cret")).await;
+    eventually("group 3 is created", SHOW, async || {
+        watcher::load(&cluster.store)
+            .await
+            .is_ok_and(|t| t.groups.contains_key(&3))
+    })
+    .await;
+    // The refused reads were logged; nothing else went wrong.
+    let errors = page.errors().await;
+    assert!(errors.iter().all(|e| e.contains("refresh failed")), "{errors:?}");
+    page.js("window.rebornErrors = []; return true;").await;
+    page.finish("cancelling the token prompt").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -97,7 +97,9 @@ async function removeGroup(group) {
 function serverRow(group, s, info) {
   const i = info || { up: false, error: "not asked yet" };
   const actions = el("td", { class: "actions" });
-  if (s.role === "replica") {
+  // A replica that does not answer cannot be promoted (the dashboard
+  // refuses it): no button for it.
+  if (s.role === "replica" && i.up) {
     actions.append(el("button", { "data-action": "promote", "data-addr": s.addr, onclick: () => promote(group, s.addr) }, "Promote"));
   }
   actions.append(el("button", { class: "quiet", "data-action": "remove", onclick: () => removeServer(group, s.addr) }, "Remove"));
