@@ -58,7 +58,7 @@ async function once(method, path, body) {
   return { res, data };
 }
 
-// When the operator last cancelled the token prompt. The page refreshes every
+// The operator cancelled the last token prompt. The page refreshes every
 // second; without this, a read refused for want of the token reopened the
 // prompt at once, so Cancel could not close it. Reads then fail with a
 // message until a change (the operator's own click) asks again.

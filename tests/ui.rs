@@ -677,21 +677,19 @@ async fn a_proxy_that_stops_answering_is_marked() {
         return;
     };
     page.view("proxies").await;
-    let row = format!("#proxies tr[data-proxy='{id}']");
-    page.until(
-        "the proxy answers",
-        &format!(
-            "const r = document.querySelector(\"{row}\"); return !!r && r.dataset.answering === 'true';"
-        ),
-    )
-    .await;
+    // Waits until proxy `id`'s row exists and `holds` (a JS expression of `r`).
+    let row_until = async |what: &str, id: &str, holds: &str| {
+        let row = format!("#proxies tr[data-proxy='{id}']");
+        let script = format!("const r = document.querySelector(\"{row}\"); return !!r && {holds};");
+        page.until(what, &script).await;
+    };
+    let answers = "r.dataset.answering === 'true'";
+    row_until("the proxy answers", &id, answers).await;
     signal(child.id(), "-STOP");
-    page.until(
+    row_until(
         "the stopped proxy is marked silent",
-        &format!(
-            "const r = document.querySelector(\"{row}\"); \
-                  return !!r && r.dataset.answering === 'false' && r.textContent.includes('silent for');"
-        ),
+        &id,
+        "r.dataset.answering === 'false' && r.textContent.includes('silent for')",
     )
     .await;
     page.screenshot("proxies").await;
@@ -704,21 +702,12 @@ async fn a_proxy_that_stops_answering_is_marked() {
     // A proxy that crashes loses its ZooKeeper node a session later: it is
     // listed as gone, not dropped from the table as if it never ran.
     let (crashed, crashed_id, _dir2) = cluster.proxy_process(Duration::from_secs(2)).await;
-    let row = format!("#proxies tr[data-proxy='{crashed_id}']");
-    page.until(
-        "the second proxy answers",
-        &format!(
-            "const r = document.querySelector(\"{row}\"); return !!r && r.dataset.answering === 'true';"
-        ),
-    )
-    .await;
+    row_until("the second proxy answers", &crashed_id, answers).await;
     signal(crashed.id(), "-KILL");
-    page.until(
+    row_until(
         "the crashed proxy is listed as gone",
-        &format!(
-            "const r = document.querySelector(\"{row}\"); \
-             return !!r && r.dataset.gone === 'true' && r.textContent.includes('gone');"
-        ),
+        &crashed_id,
+        "r.dataset.gone === 'true' && r.textContent.includes('gone')",
     )
     .await;
     page.view("overview").await;

@@ -87,7 +87,7 @@ export async function refresh() {
     num(servers.filter((s) => s.up).length) + " / " + num(servers.length) + " up";
   // Proxies gone from ZooKeeper are listed for a while (see Proxies): they
   // are not counted, only named.
-  const registered = stats.proxies.filter((p) => p.registered !== false);
+  const registered = stats.proxies.filter((p) => p.gone_ms == null);
   const gone = stats.proxies.length - registered.length;
   const answering = registered.filter((p) => p.answering).length;
   cards.proxies.textContent =

@@ -44,13 +44,13 @@ export async function refresh() {
   // vanish from this table.
   const ids = new Set(listed.map((p) => p.id));
   const gone = stats.proxies
-    .filter((s) => s.registered === false && !ids.has(s.id))
+    .filter((s) => s.gone_ms != null && !ids.has(s.id))
     .map((s) => ({ id: s.id, online: true, running: false, info: { addr: s.addr, admin_addr: s.admin_addr }, gone: true }));
   const rows = [...listed, ...gone].sort((a, b) => (a.id < b.id ? -1 : 1)).map((p) => {
     const s = sampled.get(p.id);
     let state = "answering";
     let cls = "ok";
-    if (!p.running && s && s.gone_ms !== null && s.gone_ms !== undefined) {
+    if (!p.running && s && s.gone_ms != null) {
       state = "gone " + duration(s.gone_ms / 1000) + " ago: stopped, crashed or lost its ZooKeeper session";
       cls = "bad";
     } else if (!p.running) {
@@ -65,7 +65,7 @@ export async function refresh() {
     }
     if (!p.online) state += ", set offline";
     const info = p.info || {};
-    const figures = s && s.silent_ms !== null && s.registered !== false;
+    const figures = s && s.silent_ms !== null && s.gone_ms == null;
     return el(
       "tr",
       // A silent proxy keeps its last figures, greyed: they are not current.

@@ -35,6 +35,20 @@ pub struct Limits {
     pub unauthenticated: bool,
 }
 
+/// Longest inline line, for every client.
+///
+/// Redis's limit is 64 KiB, but it checks it only on a buffer that
+/// holds no newline yet, after each read of (usually) 16 KiB: a line
+/// that arrives whole is accepted up to about 80 KiB (81,910 bytes
+/// with its CRLF, measured on 7.0.15), one that trickles in is
+/// refused past 64 KiB. Copying that would make the answer depend
+/// on how the line was cut into reads. One bound for complete and
+/// incomplete lines alike instead: 80 KiB takes every line Redis can
+/// take, keeps the answer independent of the cuts (the fuzz and
+/// property tests check that), and bounds what a client can make us
+/// buffer.
+const MAX_INLINE_LEN: usize = 80 * 1024;
+
 impl Limits {
     /// Redis 7's limits for a client that has not authenticated: at most 10
     /// arguments of 16 KiB, so that a stranger cannot make the proxy buffer
@@ -44,7 +58,7 @@ impl Limits {
         Limits {
             max_bulk_len: 16 * 1024,
             max_args: 10,
-            max_inline_len: 80 * 1024,
+            max_inline_len: MAX_INLINE_LEN,
             unauthenticated: true,
         }
     }
@@ -55,17 +69,7 @@ impl Default for Limits {
         Limits {
             max_bulk_len: 512 * 1024 * 1024,
             max_args: 1024 * 1024,
-            // Redis's limit is 64 KiB, but it checks it only on a buffer that
-            // holds no newline yet, after each read of (usually) 16 KiB: a line
-            // that arrives whole is accepted up to about 80 KiB (81,910 bytes
-            // with its CRLF, measured on 7.0.15), one that trickles in is
-            // refused past 64 KiB. Copying that would make the answer depend
-            // on how the line was cut into reads. One bound for complete and
-            // incomplete lines alike instead: 80 KiB takes every line Redis can
-            // take, keeps the answer independent of the cuts (the fuzz and
-            // property tests check that), and bounds what a client can make us
-            // buffer.
-            max_inline_len: 80 * 1024,
+            max_inline_len: MAX_INLINE_LEN,
             unauthenticated: false,
         }
     }

@@ -274,9 +274,12 @@ async fn serve(
         .start("dashboard", args.dashboard, dashboard_role(args, &zk)?)
         .await?;
     let mut proxy = None;
-    if let Some(make) = proxy_role(args, &zk)? {
+    // The proxy's password, which logic and job log in with.
+    let mut proxy_auth = String::new();
+    if let Some((make, auth)) = proxy_role(args, &zk)? {
         roles.start("proxy", args.proxy, make).await?;
         proxy = Some((args.proxy, args.proxy_admin));
+        proxy_auth = auth;
     }
     // The push system needs the proxy (sessions and queue live behind it).
     // Each starts after what it calls: logic, then the comet (calls logic),
@@ -284,12 +287,14 @@ async fn serve(
     let push = match (push, proxy) {
         (Some(plan), Some(_)) => {
             roles
-                .start_signalled("logic", push::logic_role(args, plan, &zk)?)
+                .start_signalled("logic", push::logic_role(args, plan, &zk, &proxy_auth)?)
                 .await?;
             roles
                 .start_signalled("comet", push::comet_role(args, plan, &zk)?)
                 .await?;
-            roles.start_signalled("job", push::job_role(args, &zk)?).await?;
+            roles
+                .start_signalled("job", push::job_role(args, &zk, &proxy_auth)?)
+                .await?;
             Some(*plan)
         }
         _ => None,
@@ -353,12 +358,12 @@ fn load_role_config<T: serde::de::DeserializeOwned + Default>(
 }
 
 /// The proxy's main future: `reborn proxy` with its defaults (or
-/// `--proxy-config`), on our addresses and product. `None` is for roles that
-/// are switched off (none yet).
+/// `--proxy-config`), on our addresses and product, and its password (`auth`,
+/// empty for none). `None` is for roles that are switched off (none yet).
 fn proxy_role(
     args: &UpArgs,
     zk: &ZkConfig,
-) -> Result<Option<impl FnOnce(CancellationToken) -> RoleFuture + use<>>, UpError> {
+) -> Result<Option<(impl FnOnce(CancellationToken) -> RoleFuture + use<>, String)>, UpError> {
     // Here the proxy shares the machine with ZooKeeper, every redis-server and
     // whatever load the newcomer points at it: give its data plane half the
     // cores. A dedicated proxy host keeps the default of one per core. (On this
@@ -385,9 +390,10 @@ fn proxy_role(
         role: "proxy".into(),
         message: e.to_string(),
     })?;
-    Ok(Some(move |cancel| -> RoleFuture {
-        Box::pin(async move { Ok(crate::proxy::run(config, cancel).await?) })
-    }))
+    let auth = config.auth.clone();
+    let run =
+        move |cancel| -> RoleFuture { Box::pin(async move { Ok(crate::proxy::run(config, cancel).await?) }) };
+    Ok(Some((run, auth)))
 }
 
 /// The flags `reborn admin` needs to find this cluster, beyond its defaults.

@@ -65,19 +65,13 @@ fn invalid(role: &str, e: impl std::fmt::Display) -> UpError {
     }
 }
 
-/// The password of up's proxy (`auth` in `--proxy-config`), which logic and
-/// job then log in with: with a password on the proxy and none given to them,
-/// every push failed with `NOAUTH`.
-fn proxy_password(args: &UpArgs) -> Result<String, UpError> {
-    let proxy: crate::proxy::ProxyConfig = load_role_config("proxy", args.proxy_config.as_deref())?;
-    Ok(proxy.auth)
-}
-
-/// Logic: its file's settings with up's addresses, proxy and product.
+/// Logic: its file's settings with up's addresses, proxy (and its password,
+/// `proxy_auth`, unless the file gives one) and product.
 pub fn logic_role(
     args: &UpArgs,
     plan: &PushPlan,
     zk: &ZkConfig,
+    proxy_auth: &str,
 ) -> Result<impl FnOnce(CancellationToken, Ready) -> RoleFuture + use<>, UpError> {
     use crate::im::logic::LogicConfig;
     let mut config: LogicConfig = load_role_config("logic", args.logic_config.as_deref())?;
@@ -85,7 +79,7 @@ pub fn logic_role(
     config.grpc.addr = plan.logic_grpc.to_string();
     config.cluster.addrs = vec![args.proxy.to_string()];
     if config.cluster.auth.is_empty() {
-        config.cluster.auth = proxy_password(args)?;
+        config.cluster.auth = proxy_auth.to_string();
     }
     config.zk = ZkConfig {
         session_timeout: config.zk.session_timeout,
@@ -132,16 +126,18 @@ pub fn comet_role(
     })
 }
 
-/// The job: its file's settings with up's proxy and product.
+/// The job: its file's settings with up's proxy (and its password, as for
+/// logic) and product.
 pub fn job_role(
     args: &UpArgs,
     zk: &ZkConfig,
+    proxy_auth: &str,
 ) -> Result<impl FnOnce(CancellationToken, Ready) -> RoleFuture + use<>, UpError> {
     use crate::im::job::JobConfig;
     let mut config: JobConfig = load_role_config("job", args.job_config.as_deref())?;
     config.cluster.addrs = vec![args.proxy.to_string()];
     if config.cluster.auth.is_empty() {
-        config.cluster.auth = proxy_password(args)?;
+        config.cluster.auth = proxy_auth.to_string();
     }
     config.zk = ZkConfig {
         session_timeout: config.zk.session_timeout,

@@ -122,10 +122,6 @@ async fn push_keys(State(s): Shared, RawQuery(q): RawQuery, body: Body) -> Envel
         .required::<i32>("operation", INT32)
         .and_then(|op| Ok((op, q.many::<String>("keys", TEXT)?)));
     push(&s, args, body, async |(op, keys), msg| {
-        // No one to push to is not an error (goim: `code` 0).
-        if keys.is_empty() {
-            return Ok(0);
-        }
         s.pusher.push_keys(op, &keys, &msg).await
     })
     .await
@@ -137,9 +133,6 @@ async fn push_mids(State(s): Shared, RawQuery(q): RawQuery, body: Body) -> Envel
         .required::<i32>("operation", INT32)
         .and_then(|op| Ok((op, q.many::<i64>("mids", INT64)?)));
     push(&s, args, body, async |(op, mids), msg| {
-        if mids.is_empty() {
-            return Ok(0);
-        }
         s.pusher.push_mids(op, &mids, &msg).await
     })
     .await

@@ -64,10 +64,14 @@ impl Pusher {
     }
 
     /// Pushes `msg` to the connections of `keys`; returns the messages queued.
+    /// No keys is nothing to do (goim answers such a push with `code` 0).
     ///
     /// # Errors
     /// The cluster failed.
     pub async fn push_keys(&self, op: i32, keys: &[String], msg: &[u8]) -> Result<usize, LogicPushError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
         let servers = self.sessions.servers_by_keys(keys).await?;
         let pairs = keys
             .iter()
@@ -77,10 +81,14 @@ impl Pusher {
     }
 
     /// Pushes `msg` to every connection of `mids`; returns the messages queued.
+    /// No mids is nothing to do, as for keys.
     ///
     /// # Errors
     /// The cluster failed.
     pub async fn push_mids(&self, op: i32, mids: &[i64], msg: &[u8]) -> Result<usize, LogicPushError> {
+        if mids.is_empty() {
+            return Ok(0);
+        }
         let keys = self.sessions.keys_by_mids(mids).await?;
         self.queue_per_server(op, group_by_server(keys), msg).await
     }

@@ -68,10 +68,8 @@ pub struct ProxyTraffic {
     pub admin_addr: String,
     /// True when it answered the latest sample.
     pub answering: bool,
-    /// False once its ZooKeeper node is gone (it stopped, crashed, or lost
-    /// its session); it is listed for [`GONE_KEPT`] after.
-    pub registered: bool,
-    /// Milliseconds since its node went, while it is listed as gone.
+    /// Milliseconds since its ZooKeeper node went (it stopped, crashed, or
+    /// lost its session), for [`GONE_KEPT`]; `None` while it is registered.
     pub gone_ms: Option<u64>,
     /// Milliseconds since it last answered; `None` if it never did.
     pub silent_ms: Option<u64>,
@@ -170,7 +168,6 @@ impl Traffic {
         for (info, answer) in registered.into_iter().zip(answers) {
             let mut t = state.proxies.remove(&info.id).unwrap_or_default();
             t.gone = None;
-            t.row.registered = true;
             t.row.gone_ms = None;
             t.row.id = info.id.clone();
             t.row.addr = info.addr;
@@ -222,7 +219,6 @@ impl Traffic {
                 continue;
             }
             t.row.answering = false;
-            t.row.registered = false;
             t.row.gone_ms = Some(for_.as_millis() as u64);
             t.row.silent_ms = t.last.map(|l| at.saturating_duration_since(l).as_millis() as u64);
             t.row.error = Some("its ZooKeeper node is gone: it stopped, crashed or lost its session".into());
@@ -507,7 +503,7 @@ mod tests {
         t.record(vec![proxy("a")], vec![Ok(figures(1, 1))], later);
         let v = t.view(true);
         let b = &v.proxies[1];
-        assert_eq!((b.registered, b.answering, b.gone_ms), (false, false, Some(0)));
+        assert_eq!((b.answering, b.gone_ms), (false, Some(0)));
         assert_eq!(v.now.ops, 1);
         let gone_since = later + Duration::from_secs(5);
         t.record(vec![proxy("a")], vec![Ok(figures(1, 1))], gone_since);
@@ -518,12 +514,7 @@ mod tests {
             vec![Ok(figures(1, 1)), Ok(figures(2, 1))],
             gone_since,
         );
-        assert!(
-            t.view(true)
-                .proxies
-                .iter()
-                .all(|p| p.registered && p.gone_ms.is_none())
-        );
+        assert!(t.view(true).proxies.iter().all(|p| p.gone_ms.is_none()));
         // ...and forgotten after GONE_KEPT.
         t.record(vec![proxy("a")], vec![Ok(figures(1, 1))], gone_since);
         t.record(vec![proxy("a")], vec![Ok(figures(1, 1))], gone_since + GONE_KEPT);
