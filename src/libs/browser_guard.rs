@@ -4,9 +4,8 @@
 //!
 //! A browser sends a page's cross-origin `POST` without asking first when it
 //! has no body or a `text/plain` one, and it sends the page's `Origin` with
-//! it. So [`same_origin`], on every HTTP server (`Listener::serve_http`, and
-//! logic's push API, which axum serves with the peer's address),
-//! refuses a request whose `Origin` names another site than its `Host` (and
+//! it. So [`same_origin`], on every HTTP server (`Listener::serve_http`
+//! serves them all), refuses a request whose `Origin` names another site than its `Host` (and
 //! the opaque `null` origin of sandboxed frames and files): a page elsewhere
 //! could otherwise set a proxy offline, start a rebalance, change a log level
 //! or push to every user. Tools (curl, `reborn admin`, Prometheus, business

@@ -16,9 +16,14 @@
 //!   they all finished ([`Drain`]). Handlers still running after that are left
 //!   to their runtime: the proxy drops its worker runtimes, which ends them.
 //!
-//! [`Listener::serve_http`] keeps the same contract for an axum app: axum
-//! serves the connections, this module accepts them (same backoff) and bounds
-//! the drain, and every request passes `browser_guard::same_origin`.
+//! [`Listener::serve_http`] keeps the same contract for an axum app: hyper
+//! serves the connections (each request's extensions carry the peer as
+//! axum's `ConnectInfo<SocketAddr>`), this module accepts them (same backoff)
+//! and bounds the drain, and every request passes
+//! `browser_guard::same_origin`. A client gets [`HEADER_TIMEOUT`] to send a
+//! request's headers, so connections that trickle them in (slowloris) or
+//! open and say nothing do not pile up: `axum::serve` sets no timer, which
+//! leaves hyper's header timeout off.
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -44,12 +49,17 @@
 //!
 //! Imports nothing from the crate.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +69,10 @@ use super::backoff::Backoff;
 
 /// The grace period when none is set.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long an HTTP client has to send a request's headers, from its
+/// connection or from the end of its previous request (hyper's default).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What serves the connections of a [`Listener`].
 ///
@@ -103,7 +117,7 @@ pub enum Drain {
     Complete,
     /// The grace period ran out with handlers still running.
     TimedOut {
-        /// How many, when known (axum does not say for [`Listener::serve_http`]).
+        /// How many, when known (hyper does not say for [`Listener::serve_http`]).
         remaining: Option<usize>,
     },
 }
@@ -113,6 +127,8 @@ pub struct Listener {
     socket: TcpListener,
     limit: Option<Arc<Semaphore>>,
     grace: Duration,
+    /// [`serve_http`](Listener::serve_http) only.
+    header_timeout: Duration,
 }
 
 impl Listener {
@@ -131,6 +147,7 @@ impl Listener {
             socket,
             limit: None,
             grace: DEFAULT_GRACE,
+            header_timeout: HEADER_TIMEOUT,
         }
     }
 
@@ -149,6 +166,14 @@ impl Listener {
         self
     }
 
+    /// How long an HTTP client may take to send a request's headers
+    /// ([`HEADER_TIMEOUT`] unless set).
+    #[must_use]
+    pub fn header_timeout(mut self, timeout: Duration) -> Listener {
+        self.header_timeout = timeout;
+        self
+    }
+
     /// The address actually bound (the real port when asked for port 0).
     ///
     /// # Errors
@@ -160,7 +185,9 @@ impl Listener {
     /// Accepts and serves connections until `shutdown`, then drains (see the
     /// module doc).
     pub async fn serve<H: ConnectionHandler>(self, handler: H, shutdown: CancellationToken) -> Drain {
-        let Listener { socket, limit, grace } = self;
+        let Listener {
+            socket, limit, grace, ..
+        } = self;
         let handlers = TaskTracker::new();
         let mut acceptor = Acceptor::new(socket);
         loop {
@@ -201,21 +228,37 @@ impl Listener {
     /// # Errors
     /// The HTTP server failed.
     pub async fn serve_http(self, app: axum::Router, shutdown: CancellationToken) -> io::Result<Drain> {
-        let grace = self.grace;
-        let stopped = shutdown.clone();
         // Every HTTP server of reborn refuses what a web page elsewhere sends
         // through a visitor's browser (see `browser_guard`).
         let app = app.layer(axum::middleware::from_fn(super::browser_guard::same_origin));
-        let server = axum::serve(Acceptor::new(self.socket), app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .into_future();
-        tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => return result.map(|()| Drain::Complete),
-            _ = stopped.cancelled() => {}
+        // HTTP/1 only: every client of these ports speaks it, and sniffing
+        // for HTTP/2 would wait for a silent client's first bytes untimed.
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout);
+        let mut acceptor = Acceptor::new(self.socket);
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = acceptor.next() => accepted,
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
+            // No upgrades: no HTTP port of reborn speaks WebSocket (comet's
+            // listener is its own).
+            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                }
+            });
         }
-        match tokio::time::timeout(grace, server).await {
-            Ok(result) => result.map(|()| Drain::Complete),
+        drop(acceptor);
+        match tokio::time::timeout(self.grace, graceful.shutdown()).await {
+            Ok(()) => Ok(Drain::Complete),
             Err(_) => Ok(Drain::TimedOut { remaining: None }),
         }
     }
@@ -254,19 +297,6 @@ impl Acceptor {
                 }
             }
         }
-    }
-}
-
-impl axum::serve::Listener for Acceptor {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    fn accept(&mut self) -> impl Future<Output = (TcpStream, SocketAddr)> + Send {
-        self.next()
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
     }
 }
 
@@ -420,6 +450,47 @@ mod tests {
             String::from_utf8_lossy(&reply)
         );
         assert!(reply.ends_with(b"ok"));
+        shutdown.cancel();
+        assert_eq!(serving.await.expect("join").expect("served"), Drain::Complete);
+    }
+
+    #[tokio::test]
+    async fn an_http_client_that_does_not_finish_its_headers_is_closed() {
+        let (listener, addr) = bound(None, Duration::from_secs(5)).await;
+        let listener = listener.header_timeout(Duration::from_millis(300));
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(listener.serve_http(app, shutdown.clone()));
+        // One that says nothing, one that trickles its headers.
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .expect("write");
+        let t = std::time::Instant::now();
+        for c in [&mut silent, &mut slow] {
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+            assert!(closed.is_ok(), "still open after 5 s");
+        }
+        assert!(t.elapsed() >= Duration::from_millis(250), "{:?}", t.elapsed());
+        // A client that sends its request in time is answered, and its
+        // handler sees its address.
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        let local = c.local_addr().expect("local");
+        c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).await.expect("read");
+        assert!(
+            reply.ends_with(local.to_string().as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
         shutdown.cancel();
         assert_eq!(serving.await.expect("join").expect("served"), Drain::Complete);
     }

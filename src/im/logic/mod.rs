@@ -43,6 +43,7 @@ use crate::im::discovery::{self, Instance, InstanceKind};
 use crate::im::proto::logic::logic_server::LogicServer;
 use crate::im::proxies::{Failover, ProxySet};
 use crate::libs::config::ConfigError;
+use crate::libs::listener::Listener;
 use crate::topo::error::TopoError;
 use crate::topo::store::Store;
 
@@ -285,10 +286,11 @@ async fn follow_nodes(state: Arc<LogicState>, cancel: CancellationToken) {
     }
 }
 
+/// The push API, served as every HTTP port is (`libs::listener`: header
+/// timeout, the peer's address for `ConnectInfo`, no cross-origin requests).
 async fn serve_http(listener: TcpListener, state: Arc<LogicState>, cancel: CancellationToken) {
-    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
+    let result = Listener::new(listener)
+        .serve_http(http::router(state), cancel.clone())
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "logic HTTP server failed");
