@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
+use super::output::Meter;
 use crate::libs::backoff::Backoff;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp;
@@ -50,7 +51,53 @@ pub struct Job {
     /// The request, RESP-encoded.
     pub req: Bytes,
     /// Completed with the raw reply frame (or a proxy `-ERR`).
-    pub reply: oneshot::Sender<Bytes>,
+    pub reply: ReplyTo,
+}
+
+/// Where a request's reply goes: its session's receiver, and, for the
+/// requests a session counts (`output.rs`), that session's [`Meter`], so the
+/// reply is counted from the moment it is read off the backend.
+pub struct ReplyTo {
+    tx: Option<oneshot::Sender<Bytes>>,
+    meter: Option<Arc<Meter>>,
+}
+
+impl ReplyTo {
+    /// Completes the request with `reply` (once).
+    pub fn send(mut self, reply: Bytes) {
+        self.deliver(reply);
+    }
+
+    fn deliver(&mut self, reply: Bytes) {
+        let Some(tx) = self.tx.take() else { return };
+        let Some(meter) = &self.meter else {
+            // The client may have gone; its reply is simply dropped.
+            let _ = tx.send(reply);
+            return;
+        };
+        let reply = if meter.admit(reply.len()) {
+            reply
+        } else {
+            // Dropped here, so the bytes of a client that does not read are
+            // never held; its session disconnects it (`Meter::over`).
+            let refusal = resp::error("ERR client_output_limit reached, reply dropped");
+            meter.add(refusal.len());
+            refusal
+        };
+        if let Err(unreceived) = tx.send(reply) {
+            meter.taken(unreceived.len());
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    /// A request dropped unanswered (its connection task ended) still
+    /// delivers, so a counted receiver never misses what it must uncount.
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            self.deliver(super::reply::lost());
+        }
+    }
 }
 
 /// How backend connections are made.
@@ -207,13 +254,23 @@ impl BackendConn {
     /// Queues `req`; the receiver yields its reply. While the backend is down the
     /// receiver is completed at once with an error.
     pub fn send(&self, req: Bytes) -> oneshot::Receiver<Bytes> {
-        let (reply, rx) = oneshot::channel();
+        self.send_counted(req, None)
+    }
+
+    /// [`send`](Self::send), with the reply counted against `meter` from its
+    /// arrival until its session takes it.
+    pub fn send_counted(&self, req: Bytes, meter: Option<&Arc<Meter>>) -> oneshot::Receiver<Bytes> {
+        let (tx, rx) = oneshot::channel();
+        let reply = ReplyTo {
+            tx: Some(tx),
+            meter: meter.cloned(),
+        };
         if self.is_down() {
-            let _ = reply.send(self.down_error());
+            reply.send(self.down_error());
             return rx;
         }
         if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { req, reply }) {
-            let _ = job.reply.send(self.down_error());
+            job.reply.send(self.down_error());
         }
         rx
     }
@@ -268,7 +325,7 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
             tokio::select! {
                 _ = &mut sleep => break,
                 job = rx.recv() => match job {
-                    Some(job) => { let _ = job.reply.send(down_reply(&shared)); }
+                    Some(job) => job.reply.send(down_reply(&shared)),
                     None => return,
                 },
             }
@@ -343,11 +400,11 @@ async fn read_one(stream: &mut TcpStream, timeout: Duration) -> Result<Bytes, Ba
 /// What the reader expects next, in write order.
 pub(crate) enum Awaited {
     /// A reply, delivered as soon as it arrives.
-    Now(oneshot::Sender<Bytes>),
+    Now(ReplyTo),
     /// A reply of a burst followed by `WAIT` (`write_ack = "replica"`): kept
     /// until the `WAIT` answers. `true` for a write, which fails with
     /// `-NOREPLICAS` if no replica acknowledged it.
-    Held(oneshot::Sender<Bytes>, bool),
+    Held(ReplyTo, bool),
     /// The `WAIT` closing such a burst.
     Wait,
 }
@@ -365,7 +422,7 @@ async fn serve(
     // batch at a time.
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<Vec<Awaited>>();
     let mut waiting: VecDeque<Awaited> = VecDeque::new();
-    let mut held: Vec<(oneshot::Sender<Bytes>, Bytes, bool)> = Vec::new();
+    let mut held: Vec<(ReplyTo, Bytes, bool)> = Vec::new();
     // True while a WAIT is out: the writer sends the next writes only after
     // it answered (they gather meanwhile, and one WAIT then covers them all).
     let wait_out = tokio::sync::watch::Sender::new(false);
@@ -388,15 +445,15 @@ async fn serve(
             waiting.extend(batch);
         }
         for (s, _, _) in held.drain(..) {
-            let _ = s.send(reply.clone());
+            s.send(reply.clone());
         }
         for slot in waiting.drain(..) {
             if let Awaited::Now(s) | Awaited::Held(s, _) = slot {
-                let _ = s.send(reply.clone());
+                s.send(reply.clone());
             }
         }
         while let Ok(job) = rx.try_recv() {
-            let _ = job.reply.send(reply.clone());
+            job.reply.send(reply.clone());
         }
         return Err(e);
     }
@@ -475,7 +532,7 @@ async fn read_loop(
     mut rd: OwnedReadHalf,
     inflight: &mut mpsc::UnboundedReceiver<Vec<Awaited>>,
     waiting: &mut VecDeque<Awaited>,
-    held: &mut Vec<(oneshot::Sender<Bytes>, Bytes, bool)>,
+    held: &mut Vec<(ReplyTo, Bytes, bool)>,
     (replica_ack, wait_out): (Option<Duration>, &tokio::sync::watch::Sender<bool>),
 ) -> Result<(), BackendError> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -496,10 +553,7 @@ async fn read_loop(
                 },
             };
             match slot {
-                // The client may have gone; its reply is simply dropped.
-                Awaited::Now(sender) => {
-                    let _ = sender.send(frame);
-                }
+                Awaited::Now(sender) => sender.send(frame),
                 Awaited::Held(sender, write) => held.push((sender, frame, write)),
                 Awaited::Wait => {
                     release(held, &frame, replica_ack.unwrap_or_default());
@@ -533,7 +587,7 @@ async fn read_loop(
 /// Delivers the replies a `WAIT` held, given its answer: a write's succeeds
 /// only if a replica acknowledged it; an error reply (nothing was written)
 /// and a read's pass as they are.
-fn release(held: &mut Vec<(oneshot::Sender<Bytes>, Bytes, bool)>, wait_reply: &[u8], timeout: Duration) {
+fn release(held: &mut Vec<(ReplyTo, Bytes, bool)>, wait_reply: &[u8], timeout: Duration) {
     let acked = resp::integer(wait_reply).is_some_and(|n| n >= 1);
     for (sender, reply, write) in held.drain(..) {
         let failed = reply.starts_with(b"-") || reply.starts_with(b"!");
@@ -545,6 +599,6 @@ fn release(held: &mut Vec<(oneshot::Sender<Bytes>, Bytes, bool)>, wait_reply: &[
         } else {
             reply
         };
-        let _ = sender.send(reply);
+        sender.send(reply);
     }
 }

@@ -9,11 +9,13 @@ use std::time::Instant;
 
 use tokio::sync::{Semaphore, oneshot};
 
+use super::auth_throttle::AuthThrottle;
 use super::blocked::{ByClient, Dedicated, Lane, Registry};
 use super::clients::{Clients, Connection};
 use super::config::ProxyConfig;
 use super::lease::Lease;
 use super::migrate::{Migrator, MovedKeys};
+use super::output::Meter;
 use super::pinned::SpareLines;
 use super::policy::Policy;
 use super::pubsub::PubSubHub;
@@ -59,6 +61,8 @@ pub struct Context {
     pub pubsub: Arc<PubSubHub>,
     /// The masters' Redis version, as `HELLO` reports it.
     pub server_version: Arc<ServerVersion>,
+    /// `AUTH` attempts by client address, proxy-wide (`auth_throttle.rs`).
+    pub auth_throttle: Arc<AuthThrottle>,
     next_client_id: Arc<AtomicU64>,
 }
 
@@ -89,6 +93,7 @@ impl Context {
             lease: Arc::new(Lease::default()),
             policy,
             server_version: Arc::default(),
+            auth_throttle: Arc::default(),
             next_client_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -114,6 +119,7 @@ impl Context {
             policy: self.policy.clone(),
             pubsub: PubSubHub::new(self.stats.clone()),
             server_version: self.server_version.clone(),
+            auth_throttle: self.auth_throttle.clone(),
             next_client_id: self.next_client_id.clone(),
         }
     }
@@ -153,6 +159,9 @@ pub struct Client {
     pub barrier: Option<oneshot::Receiver<()>>,
     /// Pub/sub subscriptions, from the first one (see `subscription.rs`).
     pub pubsub: Option<Box<Subscriptions>>,
+    /// What this client has not read yet (`output.rs`), shared with its
+    /// session's writer and with the backends its replies come from.
+    pub output: Arc<Meter>,
 }
 
 impl Client {
@@ -178,6 +187,11 @@ impl Client {
             txn: None,
             barrier: None,
             pubsub: None,
+            output: Arc::new(Meter::new(
+                ctx.config.max_pipeline,
+                ctx.config.client_output_limit,
+                ctx.stats.output_memory.clone(),
+            )),
         }
     }
 

@@ -19,7 +19,6 @@ use super::reply::{Held, Merger, Part, Pending, Reply};
 use super::router::{Pool, Routes, SlotRoute};
 use super::{subscription, transaction};
 use crate::libs::hash::slot_of;
-use crate::libs::protocol::Protocol;
 use crate::libs::resp::{self, Request};
 
 /// Redis Cluster's wording, which client libraries already recognise.
@@ -164,22 +163,34 @@ impl<'a> Target<'a> {
         }
     }
 
-    /// Sends `req`, whose keys are `keys`, to this target.
+    /// Sends `req`, whose keys are `keys`, to this target; true if its
+    /// reply is counted against the client's output (see `output.rs`: a
+    /// request of a migrating slot waits for its keys to move, one at a
+    /// time, so it is not).
     fn send(
         &self,
         ctx: &Context,
         client: &mut Client,
         keys: Vec<Bytes>,
         req: Bytes,
-    ) -> oneshot::Receiver<Bytes> {
+    ) -> (oneshot::Receiver<Bytes>, bool) {
         let protocol = client.protocol;
         match self {
-            Target::Pool(p) => p.send_as(client.id, protocol, req),
+            Target::Pool(p) => (p.send_counted(client.id, protocol, req, &client.output), true),
             Target::Migrate { from, to, epoch } => {
-                client
+                let rx = client
                     .migrator(ctx)
-                    .send((from, to), *epoch, (keys, req), protocol)
+                    .send((from, to), *epoch, (keys, req), protocol);
+                (rx, false)
             }
+        }
+    }
+
+    /// [`send`](Self::send) as a whole reply.
+    fn reply(&self, ctx: &Context, client: &mut Client, keys: Vec<Bytes>, req: Bytes) -> Reply {
+        match self.send(ctx, client, keys, req) {
+            (rx, true) => Reply::Counted(rx),
+            (rx, false) => Reply::Wait(rx),
         }
     }
 }
@@ -212,11 +223,11 @@ fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spe
     };
     let routes = ctx.router.routes();
     match target_for(ctx, &routes, slot) {
-        Ok(Target::Pool(pool)) => Reply::Wait(match client.protocol {
-            Protocol::Resp2 => pool.send(client.id, req.raw.clone()),
-            resp3 => pool.send_as(client.id, resp3, req.raw.clone()),
-        }),
-        Ok(target) => Reply::Wait(target.send(ctx, client, spec.keys(&req.args), req.raw.clone())),
+        // The common case, without collecting the keys.
+        Ok(Target::Pool(pool)) => {
+            Reply::Counted(pool.send_counted(client.id, client.protocol, req.raw.clone(), &client.output))
+        }
+        Ok(target) => target.reply(ctx, client, spec.keys(&req.args), req.raw.clone()),
         Err(reply) => reply,
     }
 }
@@ -300,7 +311,7 @@ fn split(ctx: &Context, client: &mut Client, req: &Request, merge: Merge) -> Rep
     if let [(target, positions)] = groups.as_slice() {
         // Every key on one target: forward the request untouched.
         let keys = positions.iter().map(|&n| key_at(n)).collect();
-        return Reply::Wait(target.send(ctx, client, keys, req.raw.clone()));
+        return target.reply(ctx, client, keys, req.raw.clone());
     }
     let total = (req.args.len() - 1) / stride;
     let mut parts = Vec::with_capacity(groups.len());
@@ -312,8 +323,10 @@ fn split(ctx: &Context, client: &mut Client, req: &Request, merge: Merge) -> Rep
             args.extend(req.args[first..first + stride].iter().map(|a| a.as_ref()));
         }
         let keys = positions.iter().map(|&n| key_at(n)).collect();
+        let (rx, counted) = target.send(ctx, client, keys, resp::encode_array(&args));
         parts.push(Part {
-            rx: target.send(ctx, client, keys, resp::encode_array(&args)),
+            rx,
+            counted,
             got: None,
             positions,
         });

@@ -6,11 +6,12 @@
 //! HELLO's `version`, which is theirs (asked once, then remembered).
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
+use super::auth_throttle::Gate;
 use super::client_command;
 use super::command::Spec;
 use super::context::{Client, Context};
@@ -39,22 +40,71 @@ pub fn answer(ctx: &Context, client: &mut Client, req: &Request, spec: &'static 
                 "ERR DB index is out of range (reborn proxy serves db 0 only)",
             )),
         },
-        "auth" => {
+        "auth" => gated(ctx, client, |ctx, client| {
             let reply = auth(ctx, client, &args[1..]);
             throttled(ctx, client, reply)
+        }),
+        "hello" if args.iter().skip(2).any(|a| a.eq_ignore_ascii_case(b"AUTH")) => {
+            gated(ctx, client, |ctx, client| hello_answer(ctx, client, args))
         }
-        "hello" => match hello(ctx, client, args) {
-            Err(refusal) => throttled(ctx, client, refusal),
-            Ok(()) => {
-                // A success starts the AUTH throttle over, as in `throttled`.
-                client.auth_failures = 0;
-                hello_reply(ctx, client)
-            }
-        },
+        "hello" => hello_answer(ctx, client, args),
         "client" => client_command::answer(ctx, client, args),
         "command" => command_cmd(ctx, client, req),
         _ => ready(resp::error("ERR internal: not a local command")),
     }
+}
+
+fn hello_answer(ctx: &Context, client: &mut Client, args: &[Bytes]) -> Reply {
+    match hello(ctx, client, args) {
+        Err(refusal) => throttled(ctx, client, refusal),
+        Ok(()) => {
+            // A success starts the AUTH throttle over, as in `throttled`.
+            client.auth_failures = 0;
+            hello_reply(ctx, client)
+        }
+    }
+}
+
+/// Makes an attempt to authenticate when the client's address may
+/// (`auth_throttle.rs`): now, or checked now and answered at the address's
+/// next slot (with the connection's later requests waiting for it), or
+/// refused unchecked.
+fn gated(ctx: &Context, client: &mut Client, attempt: impl FnOnce(&Context, &mut Client) -> Reply) -> Reply {
+    match ctx.auth_throttle.reserve(client.conn.addr.ip(), Instant::now()) {
+        Gate::Open => attempt(ctx, client),
+        Gate::Full => {
+            tracing::debug!(client = client.id, addr = %client.conn.addr, "AUTH refused unchecked: too many attempts from this address");
+            Reply::Close(resp::error(
+                "ERR too many failed AUTH attempts from this address, retry later",
+            ))
+        }
+        Gate::At(at) => {
+            let reply = attempt(ctx, client);
+            answer_at(client, reply, at)
+        }
+    }
+}
+
+/// `reply`, delivered at `at`; the client's next request waits until then
+/// too (and for the wait `throttled` may have set), so an attempt that
+/// succeeded runs nothing before its slot.
+fn answer_at(client: &mut Client, mut reply: Reply, at: Instant) -> Reply {
+    if matches!(reply, Reply::Close(_)) {
+        return reply;
+    }
+    let earlier = client.barrier.take();
+    let (go, barrier) = oneshot::channel();
+    client.barrier = Some(barrier);
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at.into()).await;
+        if let Some(earlier) = earlier {
+            let _ = earlier.await;
+        }
+        let _ = tx.send(reply.take().await);
+        let _ = go.send(());
+    });
+    Reply::Wait(rx)
 }
 
 /// Failed `AUTH`s a connection may make; the last one closes it.
@@ -72,6 +122,7 @@ fn throttled(ctx: &Context, client: &mut Client, reply: Bytes) -> Reply {
         return Reply::Ready(reply);
     }
     client.auth_failures += 1;
+    ctx.auth_throttle.failed(client.conn.addr.ip(), Instant::now());
     ctx.stats
         .auth_failures
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

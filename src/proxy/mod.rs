@@ -40,6 +40,7 @@
 
 pub mod ack;
 pub mod admin;
+pub mod auth_throttle;
 pub mod backend;
 pub mod blocked;
 pub mod blocking_args;

@@ -11,37 +11,55 @@
 //! * **A window**: a session sends requests only while its replies in flight
 //!   are expected to stay under [`WINDOW_BYTES`], the expectation being the
 //!   session's recent reply size (starting at [`WINDOW_BYTES`] /
-//!   [`FIRST_WINDOW`]). Small replies open the window up to `max_pipeline`;
+//!   [`FIRST_WINDOW`]), and while the replies already in and not written stay
+//!   under it too. Small replies open the window up to `max_pipeline`;
 //!   256 KB replies narrow it to four. So a client learns to wait before it
 //!   can queue much behind the others, and waits by the proxy no longer
 //!   reading from it: TCP back-pressure, as `max_pipeline` already does.
-//! * **A per-client limit** (`client_output_limit`): replies the client does
-//!   not read pile up in the session's buffer while its socket is full; past
-//!   the limit it is disconnected, logged and counted, as Redis's
-//!   `client-output-buffer-limit` does.
-//! * **A global cap** (`max_output_memory`): the bytes stuck in every
-//!   session's buffer, summed; while over it, new requests get an error
-//!   instead of adding to it.
+//! * **A per-client limit** (`client_output_limit`): a window is a guess made
+//!   before the replies' sizes are known (a burst of big `GET`s after small
+//!   ones is 4,096 requests in flight), so every reply is counted from the
+//!   moment its backend delivers it until the session writes it. Past the
+//!   limit the reply is dropped at arrival and the client disconnected,
+//!   logged and counted, as Redis's `client-output-buffer-limit` does.
+//! * **A global cap** (`max_output_memory`): those bytes summed over every
+//!   session; while over it, new requests get an error instead of adding to
+//!   it.
 //!
-//! Only a write that could not finish at once counts towards the global cap,
-//! so the common path (the socket takes the whole reply) touches no shared
-//! counter.
+//! The counting costs each reply two uncontended atomic operations on its
+//! session's [`Meter`] and two on the proxy-wide [`OutputMemory`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Bytes of replies a session may expect in flight (see the module doc).
 pub const WINDOW_BYTES: usize = 1024 * 1024;
 /// Requests a new session may have in flight before it has seen a reply.
 pub const FIRST_WINDOW: usize = 16;
 
-/// The reader's and the writer's shared view of one session's output.
+/// Set in [`Meter::held`] once the session ended: its bytes left the
+/// proxy-wide count, and replies that still arrive are not counted.
+const ENDED: usize = 1 << (usize::BITS - 1);
+
+/// The reader's, the writer's and the backends' shared view of one session's
+/// output.
 pub struct Meter {
     /// Requests dispatched whose replies are not written yet.
     inflight: AtomicUsize,
     /// Bytes of replies taken but not written yet (the session's buffer).
     unwritten: AtomicUsize,
+    /// Bytes of replies delivered by backends and not taken by the writer
+    /// yet, with the [`ENDED`] bit.
+    held: AtomicUsize,
+    /// `client_output_limit`.
+    limit: usize,
+    /// Fired when a reply would have taken the session past `limit`.
+    over: CancellationToken,
+    /// The proxy-wide count the held bytes are part of.
+    memory: Arc<OutputMemory>,
     /// Recent reply size, moving average.
     reply_size: AtomicUsize,
     /// The window at that size, kept so the reader's check per request is
@@ -56,10 +74,16 @@ pub struct Meter {
 }
 
 impl Meter {
-    pub fn new(max_pipeline: usize) -> Meter {
+    /// A session's meter: at most `max_pipeline` requests in flight, and
+    /// `limit` bytes of replies held, counted in `memory` too.
+    pub fn new(max_pipeline: usize, limit: usize, memory: Arc<OutputMemory>) -> Meter {
         Meter {
             inflight: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            limit,
+            over: CancellationToken::new(),
+            memory,
             reply_size: AtomicUsize::new(WINDOW_BYTES / FIRST_WINDOW),
             window: AtomicUsize::new(FIRST_WINDOW.min(max_pipeline)),
             waiting: std::sync::atomic::AtomicBool::new(false),
@@ -121,7 +145,88 @@ impl Meter {
 
     /// Whether the reader may dispatch another request now.
     pub fn has_room(&self) -> bool {
-        self.inflight() < self.window() && self.unwritten() < WINDOW_BYTES
+        self.inflight() < self.window() && self.unwritten() + self.held() < WINDOW_BYTES
+    }
+
+    /// Bytes of replies delivered and not taken by the writer yet.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed) & !ENDED
+    }
+
+    /// A backend delivers a reply of `len` bytes: counted, unless it would
+    /// take the session past its limit. Then it is refused (false) and the
+    /// session is marked over ([`Meter::over`]).
+    pub fn admit(&self, len: usize) -> bool {
+        self.add_held(len, true)
+    }
+
+    /// A backend delivers `len` bytes that are counted whatever the limit
+    /// (the small error that replaces a refused reply).
+    pub fn add(&self, len: usize) {
+        self.add_held(len, false);
+    }
+
+    fn add_held(&self, len: usize, limited: bool) -> bool {
+        // Proxy-wide first, so an ended session's subtraction of what it
+        // held never runs ahead of the addition (see `end`).
+        self.memory.add(len);
+        let unwritten = self.unwritten();
+        let added = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                if held & ENDED != 0 || (limited && held + unwritten + len > self.limit) {
+                    None
+                } else {
+                    Some(held + len)
+                }
+            });
+        match added {
+            Ok(_) => true,
+            Err(held) => {
+                self.memory.sub(len);
+                if held & ENDED != 0 {
+                    // Nobody takes it any more; the reply is dropped anyway.
+                    return true;
+                }
+                self.over.cancel();
+                false
+            }
+        }
+    }
+
+    /// The writer took `len` counted bytes (or a backend took back a reply
+    /// nobody would receive).
+    pub fn taken(&self, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let took = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held & ENDED == 0).then(|| held.saturating_sub(len))
+            });
+        if let Ok(held) = took {
+            self.memory.sub(len.min(held));
+        }
+    }
+
+    /// The session ended: what it still held leaves the proxy-wide count,
+    /// and nothing is counted for it any more.
+    pub fn end(&self) {
+        let held = self.held.fetch_or(ENDED, Ordering::AcqRel);
+        if held & ENDED == 0 {
+            self.memory.sub(held);
+        }
+    }
+
+    /// Whether a reply was refused for the limit.
+    pub fn is_over(&self) -> bool {
+        self.over.is_cancelled()
+    }
+
+    /// Fires once a reply was refused for the limit.
+    pub async fn over(&self) {
+        self.over.cancelled().await
     }
 
     /// Waits until the reader may dispatch again.
@@ -165,9 +270,13 @@ impl OutputMemory {
 mod tests {
     use super::*;
 
+    fn meter(max_pipeline: usize) -> Meter {
+        Meter::new(max_pipeline, usize::MAX >> 2, Arc::default())
+    }
+
     #[test]
     fn the_window_follows_the_reply_size() {
-        let m = Meter::new(4096);
+        let m = meter(4096);
         assert_eq!(m.window(), FIRST_WINDOW);
         for _ in 0..100 {
             m.took(10);
@@ -185,7 +294,7 @@ mod tests {
 
     #[test]
     fn room_depends_on_inflight_and_unwritten_bytes() {
-        let m = Meter::new(2);
+        let m = meter(2);
         for _ in 0..100 {
             m.took(10);
         }
@@ -197,11 +306,48 @@ mod tests {
         assert!(m.has_room());
         m.set_unwritten(WINDOW_BYTES);
         assert!(!m.has_room(), "a full buffer closes it");
+        m.set_unwritten(0);
+        assert!(m.admit(WINDOW_BYTES));
+        assert!(!m.has_room(), "so do replies in and not taken");
+    }
+
+    #[test]
+    fn held_bytes_are_counted_until_taken_or_ended() {
+        let memory = Arc::new(OutputMemory::default());
+        let a = Meter::new(16, 1000, memory.clone());
+        let b = Meter::new(16, 1000, memory.clone());
+        assert!(a.admit(600));
+        assert!(b.admit(300));
+        assert_eq!(memory.get(), 900);
+        a.taken(600);
+        assert_eq!((a.held(), memory.get()), (0, 300));
+        assert!(a.admit(700));
+        b.end();
+        assert_eq!(memory.get(), 700, "an ended session's bytes leave the count");
+        assert!(b.admit(5000), "an ended session counts nothing, refuses nothing");
+        b.taken(5000);
+        assert_eq!(memory.get(), 700);
+        a.end();
+        assert_eq!(memory.get(), 0);
+    }
+
+    #[test]
+    fn a_reply_past_the_limit_is_refused_and_marks_the_session() {
+        let memory = Arc::new(OutputMemory::default());
+        let m = Meter::new(16, 1000, memory.clone());
+        assert!(m.admit(900));
+        m.set_unwritten(50);
+        assert!(!m.is_over());
+        assert!(!m.admit(51), "900 held + 50 unwritten + 51 > 1000");
+        assert!(m.is_over());
+        assert_eq!(memory.get(), 900, "the refused reply is not counted");
+        m.add(20);
+        assert_eq!((m.held(), memory.get()), (920, 920));
     }
 
     #[tokio::test]
     async fn a_write_wakes_a_waiting_reader() {
-        let m = std::sync::Arc::new(Meter::new(1));
+        let m = Arc::new(meter(1));
         m.dispatched();
         let waiter = tokio::spawn({
             let m = m.clone();

@@ -30,6 +30,9 @@ pub enum Reply {
     Ready(Bytes),
     /// One backend reply.
     Wait(oneshot::Receiver<Bytes>),
+    /// One backend reply, counted against the session's output from its
+    /// arrival (`output.rs`): the session uncounts it when it takes it.
+    Counted(oneshot::Receiver<Bytes>),
     /// Several backend replies to merge.
     Merge(Box<Merger>),
     /// Write this, then close the connection (QUIT, protocol errors).
@@ -80,6 +83,8 @@ pub struct Merger {
 /// One sub-request of a split command.
 pub struct Part {
     pub rx: oneshot::Receiver<Bytes>,
+    /// Its reply is counted against the session's output (see [`Reply::Counted`]).
+    pub counted: bool,
     pub got: Option<Bytes>,
     /// MGET only: the client-side positions of this part's keys, in order.
     pub positions: Vec<usize>,
@@ -129,12 +134,28 @@ pub fn lease_refusal(proxy_id: Option<&str>) -> Bytes {
 }
 
 impl Reply {
+    /// Of `reply`, just taken from this, the bytes that were counted against
+    /// the session's output at their arrival.
+    pub fn counted_len(&self, reply: &[u8]) -> usize {
+        match self {
+            Reply::Counted(_) => reply.len(),
+            Reply::Merge(m) => m
+                .parts
+                .iter()
+                .filter(|p| p.counted)
+                .filter_map(|p| p.got.as_ref())
+                .map(Bytes::len)
+                .sum(),
+            _ => 0,
+        }
+    }
+
     /// The reply if it is complete now, without waiting.
     pub fn try_take(&mut self) -> Option<Bytes> {
         match self {
             Reply::Ready(b) | Reply::Close(b) => Some(b.clone()),
             Reply::Hold(why) => Some(held(*why)),
-            Reply::Wait(rx) => try_recv(rx),
+            Reply::Wait(rx) | Reply::Counted(rx) => try_recv(rx),
             Reply::Ordered(o) => {
                 o.release();
                 try_recv(&mut o.rx)
@@ -157,7 +178,7 @@ impl Reply {
         match self {
             Reply::Ready(b) | Reply::Close(b) => b.clone(),
             Reply::Hold(why) => held(*why),
-            Reply::Wait(rx) => rx.await.unwrap_or_else(|_| lost()),
+            Reply::Wait(rx) | Reply::Counted(rx) => rx.await.unwrap_or_else(|_| lost()),
             Reply::Ordered(o) => {
                 o.release();
                 (&mut o.rx).await.unwrap_or_else(|_| lost())
@@ -243,6 +264,7 @@ mod tests {
         let _ = tx.send(Bytes::from_static(reply));
         Part {
             rx,
+            counted: false,
             got: None,
             positions,
         }

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::sync::watch;
 
 use super::backend::{BackendConn, BackendOptions};
+use super::output::Meter;
 use crate::libs::hash::SLOT_COUNT;
 use crate::libs::protocol::Protocol;
 use crate::topo::model::{GroupId, SlotState, Topology};
@@ -72,10 +73,19 @@ impl Pool {
     /// Sends `req` for client `client`, which speaks `protocol`, on that
     /// client's connection of that protocol.
     pub fn send_as(&self, client: u64, protocol: Protocol, req: Bytes) -> oneshot::Receiver<Bytes> {
-        match protocol {
-            Protocol::Resp2 => self.send(client, req),
-            Protocol::Resp3 => pick(self.conns_of(protocol), client, req),
-        }
+        pick(self.conns_of(protocol), client, req, None)
+    }
+
+    /// [`send_as`](Self::send_as), the reply counted against the client's
+    /// `meter` (see `output.rs`).
+    pub fn send_counted(
+        &self,
+        client: u64,
+        protocol: Protocol,
+        req: Bytes,
+        meter: &Arc<Meter>,
+    ) -> oneshot::Receiver<Bytes> {
+        pick(self.conns_of(protocol), client, req, Some(meter))
     }
 
     /// The backend's address.
@@ -86,7 +96,7 @@ impl Pool {
     /// Sends `req` for client `client` (a RESP2 client) on that client's
     /// connection.
     pub fn send(&self, client: u64, req: Bytes) -> oneshot::Receiver<Bytes> {
-        pick(&self.conns, client, req)
+        pick(&self.conns, client, req, None)
     }
 
     /// A `PING` down every connection (of both protocols): when all have
@@ -123,11 +133,16 @@ impl Pool {
 }
 
 /// Sends `req` on `client`'s connection among `conns`.
-fn pick(conns: &[BackendConn], client: u64, req: Bytes) -> oneshot::Receiver<Bytes> {
+fn pick(
+    conns: &[BackendConn],
+    client: u64,
+    req: Bytes,
+    meter: Option<&Arc<Meter>>,
+) -> oneshot::Receiver<Bytes> {
     let n = conns.len() as u64;
     let i = (client % n.max(1)) as usize;
     match conns.get(i) {
-        Some(conn) => conn.send(req),
+        Some(conn) => conn.send_counted(req, meter),
         None => {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(crate::libs::resp::error("ERR internal: empty backend pool"));

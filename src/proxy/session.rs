@@ -92,12 +92,12 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationT
     let _listed = ctx.clients.add(conn.clone());
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(ctx.config.max_pipeline);
-    let meter = Meter::new(ctx.config.max_pipeline);
     // Tripped by the writer when it stops, so the reader stops too.
     let writer_done = CancellationToken::new();
     // The reader owns the client state, so a client that hangs up drops its
     // dedicated connections at once and a blocked BLPOP does not outlive it.
     let client = Client::on(&ctx, conn.clone());
+    let meter = client.output.clone();
     let reader = async {
         let mut client = client;
         read_loop(rd, &ctx, &mut client, tx, &meter, &writer_done, conn.stop()).await;
@@ -107,6 +107,8 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationT
     };
     let writer = write_loop(wr, (&ctx, &conn), rx, &meter, &writer_done);
     tokio::join!(reader, writer);
+    // Replies that arrived for requests never written stop counting.
+    meter.end();
 }
 
 /// The proxy shuts down while `client` may have blocking calls out: each is
@@ -201,8 +203,9 @@ async fn read_loop(
                     blocks = !queuing && command::may_block(p.cmd, &req.args);
                     match p.reply {
                         Reply::Hold(why) => hold(ctx, client, &req, (p.cmd, p.start, why), stop).await,
-                        // Only local replies can switch the protocol (HELLO).
-                        Reply::Ready(_) if client.fence => {
+                        // Only HELLO switches the protocol; its reply may
+                        // wait (`auth_throttle.rs`), so any kind of reply.
+                        _ if client.fence => {
                             client.fence = false;
                             drained(meter, stop).await;
                             p
@@ -346,6 +349,9 @@ async fn write_loop(
     };
     let result: std::io::Result<()> = async {
         loop {
+            if meter.is_over() {
+                return Err(output_limit(ctx, conn, meter.held() + out.buf.len()));
+            }
             if out.closing {
                 // A QUIT or protocol error was taken while the socket was full.
                 out.flush(&mut wr, ctx, meter, &mut rx).await?;
@@ -398,7 +404,11 @@ async fn write_loop(
             };
             let reply = match q.pending.reply.try_take() {
                 Some(r) => r,
-                None if out.buf.is_empty() => q.pending.reply.take().await,
+                None if out.buf.is_empty() => tokio::select! {
+                    r = q.pending.reply.take() => r,
+                    // Later replies piled up behind this one (`output.rs`).
+                    _ = meter.over() => continue,
+                },
                 None => {
                     // Send what we have while this one is on its way. A full
                     // socket makes the flush take it (and more) meanwhile.
@@ -464,8 +474,11 @@ struct Output<'a> {
 }
 
 impl Output<'_> {
-    /// Appends a complete reply.
+    /// Appends a complete reply, just taken from `q`.
     fn push(&mut self, q: &Outgoing, reply: &Bytes, meter: &Meter) {
+        // From the session's held bytes to its buffer, counted only when
+        // the buffer cannot be written at once.
+        meter.taken(q.pending.reply.counted_len(reply));
         meter.took(reply.len());
         let p = &q.pending;
         self.written.push(Written {
@@ -537,16 +550,8 @@ impl Output<'_> {
         let mut queue_open = true;
         while !self.buf.is_empty() {
             let len = self.buf.len();
-            if len > ctx.config.client_output_limit {
-                ctx.stats.output_limit_kills.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    client = self.conn.id,
-                    addr = %self.conn.addr,
-                    unread = len,
-                    limit = ctx.config.client_output_limit,
-                    "client disconnected: it does not read its replies (client_output_limit)"
-                );
-                return Err(std::io::Error::other("client_output_limit"));
+            if len > ctx.config.client_output_limit || meter.is_over() {
+                return Err(output_limit(ctx, self.conn, len + meter.held()));
             }
             meter.set_unwritten(len);
             let take_more = queue_open && len < WINDOW_BYTES && !self.closing;
@@ -557,6 +562,8 @@ impl Output<'_> {
                     0 => return Err(std::io::ErrorKind::WriteZero.into()),
                     n => buf.advance(n),
                 },
+                // Replies piled up while this write waits (`output.rs`).
+                _ = meter.over() => continue,
                 reply = next_reply(rx, next), if take_more => {
                     match (reply, self.next.take()) {
                         (Some(reply), Some(q)) => self.push(&q, &reply, meter),
@@ -580,6 +587,20 @@ impl Output<'_> {
         }
         Ok(())
     }
+}
+
+/// Disconnects a client whose unread replies passed `client_output_limit`:
+/// counted and logged, as Redis does.
+fn output_limit(ctx: &Context, conn: &Connection, unread: usize) -> std::io::Error {
+    ctx.stats.output_limit_kills.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        client = conn.id,
+        addr = %conn.addr,
+        unread,
+        limit = ctx.config.client_output_limit,
+        "client disconnected: it does not read its replies (client_output_limit)"
+    );
+    std::io::Error::other("client_output_limit")
 }
 
 /// The reply of the next queued request, once it is in. Cancel-safe: the

@@ -5,6 +5,7 @@
 //! A blocking call (BLPOP, XREAD … BLOCK, WAIT, …) is counted (calls, errors,
 //! ops) but not timed: see [`Stats::record_blocking`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,7 @@ pub struct Stats {
     /// Requests refused while client buffers were over `max_output_memory`.
     pub output_memory_refusals: AtomicU64,
     /// Bytes stuck in client buffers right now, proxy-wide.
-    pub output_memory: OutputMemory,
+    pub output_memory: Arc<OutputMemory>,
 }
 
 impl Default for Stats {
@@ -73,7 +74,7 @@ impl Default for Stats {
             pubsub_overflows: AtomicU64::new(0),
             output_limit_kills: AtomicU64::new(0),
             output_memory_refusals: AtomicU64::new(0),
-            output_memory: OutputMemory::default(),
+            output_memory: Arc::default(),
         }
     }
 }
