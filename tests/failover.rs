@@ -369,6 +369,50 @@ async fn one_observer_alone_never_fails_a_group_over() {
     assert!(failover::list(&c.store).await.expect("records").is_empty());
 }
 
+/// Keeps a Redis busy for 4.5 s: under `busy-reply-threshold` (5 s), so no
+/// other client gets even a `BUSY` meanwhile.
+const BUSY_SCRIPT: &str = "local t = redis.call('TIME') local t0 = t[1] * 1000000 + t[2] \
+    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > 4500000 return 1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_busy_with_a_slow_command_is_not_failed_over() {
+    let (c, _replicas) = Cluster::with_persistent_replicas().await;
+    let _proxy = c.proxy().await;
+    let _dash = c.dashboard().await;
+    let old = c.masters[0].addr();
+    // Every observer's PING goes unanswered for 4.5 s, past down_after (3 s),
+    // but the master's port still accepts connections.
+    // A raw socket: redis-rs gives up on a reply after 500 ms.
+    let mut m = tokio::net::TcpStream::connect(&old).await.expect("connect");
+    let eval = format!(
+        "*3\r\n$4\r\nEVAL\r\n${}\r\n{BUSY_SCRIPT}\r\n$1\r\n0\r\n",
+        BUSY_SCRIPT.len()
+    );
+    let started = Instant::now();
+    tokio::io::AsyncWriteExt::write_all(&mut m, eval.as_bytes())
+        .await
+        .expect("write");
+    let mut reply = [0u8; 4];
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_exact(&mut m, &mut reply),
+    )
+    .await
+    .expect("the script ends")
+    .expect("read");
+    assert_eq!(&reply, b":1\r\n");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // A few rounds more, for a vote taken at the end to count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(master_of(&c.store, 1).await.as_deref(), Some(old.as_str()));
+    assert!(failover::list(&c.store).await.expect("records").is_empty());
+    assert!(role_of(&old).await.contains("role:master"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_that_cannot_promote_changes_nothing_and_is_recorded() {
     let (mut c, mut replicas) = Cluster::with_persistent_replicas().await;

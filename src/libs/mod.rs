@@ -14,6 +14,7 @@ pub mod outage;
 pub mod pid_space;
 pub mod prometheus;
 pub mod protocol;
+pub mod reachable;
 pub mod resp;
 pub mod resp_client;
 #[cfg(test)]

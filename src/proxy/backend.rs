@@ -57,20 +57,21 @@ pub struct Job {
 /// Where a request's reply goes: its session's receiver, and, for the
 /// requests a session counts (`output.rs`), that session's [`Meter`], so the
 /// reply is counted from the moment it is read off the backend.
+///
+/// Dropped unanswered (never, while its connection task runs), its
+/// receiver gets `reply::lost()`, whose bytes the session then uncounts
+/// though they were never counted: `Meter::taken` takes no more than the
+/// session holds, so the proxy-wide count stays the sum of the sessions'.
 pub struct ReplyTo {
-    tx: Option<oneshot::Sender<Bytes>>,
+    tx: oneshot::Sender<Bytes>,
     meter: Option<Arc<Meter>>,
 }
 
 impl ReplyTo {
-    /// Completes the request with `reply` (once).
-    pub fn send(mut self, reply: Bytes) {
-        self.deliver(reply);
-    }
-
-    fn deliver(&mut self, reply: Bytes) {
-        let Some(tx) = self.tx.take() else { return };
-        let Some(meter) = &self.meter else {
+    /// Completes the request with `reply`.
+    pub fn send(self, reply: Bytes) {
+        let ReplyTo { tx, meter } = self;
+        let Some(meter) = meter else {
             // The client may have gone; its reply is simply dropped.
             let _ = tx.send(reply);
             return;
@@ -86,16 +87,6 @@ impl ReplyTo {
         };
         if let Err(unreceived) = tx.send(reply) {
             meter.taken(unreceived.len());
-        }
-    }
-}
-
-impl Drop for ReplyTo {
-    /// A request dropped unanswered (its connection task ended) still
-    /// delivers, so a counted receiver never misses what it must uncount.
-    fn drop(&mut self) {
-        if self.tx.is_some() {
-            self.deliver(super::reply::lost());
         }
     }
 }
@@ -262,7 +253,7 @@ impl BackendConn {
     pub fn send_counted(&self, req: Bytes, meter: Option<&Arc<Meter>>) -> oneshot::Receiver<Bytes> {
         let (tx, rx) = oneshot::channel();
         let reply = ReplyTo {
-            tx: Some(tx),
+            tx,
             meter: meter.cloned(),
         };
         if self.is_down() {

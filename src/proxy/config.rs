@@ -69,10 +69,16 @@ pub struct ProxyConfig {
     /// observer (`observer.rs`).
     #[serde(with = "humantime_serde")]
     pub master_check_interval: Duration,
-    /// A master not heard from for this long is reported down in ZooKeeper
-    /// (one vote towards an automatic failover).
+    /// A master not heard from for this long, whose port does not even
+    /// accept a connection, is reported down in ZooKeeper (one vote towards
+    /// an automatic failover).
     #[serde(with = "humantime_serde")]
     pub master_down_after: Duration,
+    /// A master not heard from for this long is reported down even though
+    /// its port accepts connections: a Redis busy with a slow command does
+    /// (`libs::reachable`), so it is not failed over before this.
+    #[serde(with = "humantime_serde")]
+    pub master_busy_down_after: Duration,
     /// When a write is acknowledged to the client: once its master ran it
     /// (`master`, the default), or once a replica has it too (`replica`: the
     /// proxy follows each burst of writes with `WAIT 1 write_ack_timeout`).
@@ -112,6 +118,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(5),
             master_check_interval: Duration::from_millis(500),
             master_down_after: Duration::from_secs(3),
+            master_busy_down_after: Duration::from_secs(30),
             write_ack: WriteAck::Master,
             write_ack_timeout: Duration::from_secs(1),
             threads: 0,
@@ -175,6 +182,9 @@ impl ProxyConfig {
         }
         if self.master_check_interval.is_zero() || self.master_down_after < self.master_check_interval {
             return bad("master_check_interval must be positive and master_down_after at least as long");
+        }
+        if self.master_busy_down_after < self.master_down_after {
+            return bad("master_busy_down_after must be at least master_down_after");
         }
         self.commands.validate()
     }

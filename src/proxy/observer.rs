@@ -1,6 +1,8 @@
 //! The proxy as a failover observer: it pings every master it routes to and
 //! publishes, in its ephemeral node `observations/<proxy id>`, the masters it
-//! has not heard from for `master_down_after`.
+//! has not heard from for `master_down_after` and that do not even accept a
+//! connection, or has not heard from for `master_busy_down_after` (a master
+//! busy with a slow command accepts connections, see `libs::reachable`).
 //!
 //! Why the proxies: they are the clients whose view matters, there is one per
 //! machine of the data path, and ZooKeeper already tells which of them are
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::libs::reachable::{self, DownAfter};
 use crate::libs::resp_client::{RespConn, RespError};
 use crate::topo::model::Observation;
 use crate::topo::{Store, Topology};
@@ -28,8 +31,9 @@ pub struct ObserverConfig {
     pub id: String,
     /// Ping period, and the timeout of one ping.
     pub interval: Duration,
-    /// Silence after which a master is reported down.
-    pub down_after: Duration,
+    /// Silence after which a master is reported down: shorter when its
+    /// port does not even accept a connection.
+    pub down_after: DownAfter,
     /// The backends' password, if any.
     pub auth: Option<String>,
 }
@@ -44,6 +48,8 @@ pub async fn run(
     let path = store.paths().observation(&cfg.id);
     let mut conns: HashMap<String, RespConn> = HashMap::new();
     let mut last_heard: HashMap<String, Instant> = HashMap::new();
+    // When a master last answered or at least accepted a connection.
+    let mut last_reached: HashMap<String, Instant> = HashMap::new();
     let mut published: Option<BTreeSet<String>> = None;
     loop {
         let round = Instant::now();
@@ -55,16 +61,27 @@ pub async fn run(
             .collect();
         conns.retain(|m, _| masters.contains(m));
         last_heard.retain(|m, _| masters.contains(m));
+        last_reached.retain(|m, _| masters.contains(m));
         let pings = masters.iter().map(|m| {
             let conn = conns.remove(m);
             let cfg = &cfg;
-            async move { (m.clone(), ping(m, conn, cfg).await) }
+            async move {
+                let conn = ping(m, conn, cfg).await;
+                let reached = conn.is_some() || reachable::accepts_connections(m, cfg.interval).await;
+                (m.clone(), conn, reached)
+            }
         });
-        for (master, conn) in futures::future::join_all(pings).await {
+        for (master, conn, reached) in futures::future::join_all(pings).await {
+            let now = Instant::now();
+            if reached {
+                last_reached.insert(master.clone(), now);
+            } else {
+                last_reached.entry(master.clone()).or_insert(round);
+            }
             match conn {
                 Some(conn) => {
                     conns.insert(master.clone(), conn);
-                    last_heard.insert(master, Instant::now());
+                    last_heard.insert(master, now);
                 }
                 // A master first seen down counts from now, not from ever.
                 None => {
@@ -74,7 +91,10 @@ pub async fn run(
         }
         let down: BTreeSet<String> = last_heard
             .iter()
-            .filter(|(_, heard)| heard.elapsed() >= cfg.down_after)
+            .filter(|(m, heard)| {
+                let unreached = last_reached.get(*m).map_or(Duration::ZERO, |r| r.elapsed());
+                cfg.down_after.is_down(heard.elapsed(), unreached)
+            })
             .map(|(m, _)| m.clone())
             .collect();
         if published.as_ref() != Some(&down) {

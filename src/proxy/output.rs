@@ -30,10 +30,9 @@
 //! session's [`Meter`] and two on the proxy-wide [`OutputMemory`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Bytes of replies a session may expect in flight (see the module doc).
 pub const WINDOW_BYTES: usize = 1024 * 1024;
@@ -56,8 +55,11 @@ pub struct Meter {
     held: AtomicUsize,
     /// `client_output_limit`.
     limit: usize,
-    /// Fired when a reply would have taken the session past `limit`.
-    over: CancellationToken,
+    /// Set when a reply would have taken the session past `limit`; a flag
+    /// the writer reads per reply, and a wake-up for a write stuck on a
+    /// full socket (a token's registration would cost every wait).
+    over: AtomicBool,
+    over_wake: Notify,
     /// The proxy-wide count the held bytes are part of.
     memory: Arc<OutputMemory>,
     /// Recent reply size, moving average.
@@ -82,7 +84,8 @@ impl Meter {
             unwritten: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             limit,
-            over: CancellationToken::new(),
+            over: AtomicBool::new(false),
+            over_wake: Notify::new(),
             memory,
             reply_size: AtomicUsize::new(WINDOW_BYTES / FIRST_WINDOW),
             window: AtomicUsize::new(FIRST_WINDOW.min(max_pipeline)),
@@ -188,7 +191,8 @@ impl Meter {
                     // Nobody takes it any more; the reply is dropped anyway.
                     return true;
                 }
-                self.over.cancel();
+                self.over.store(true, Ordering::Release);
+                self.over_wake.notify_waiters();
                 false
             }
         }
@@ -221,12 +225,21 @@ impl Meter {
 
     /// Whether a reply was refused for the limit.
     pub fn is_over(&self) -> bool {
-        self.over.is_cancelled()
+        self.over.load(Ordering::Acquire)
     }
 
     /// Fires once a reply was refused for the limit.
     pub async fn over(&self) {
-        self.over.cancelled().await
+        loop {
+            let woken = self.over_wake.notified();
+            tokio::pin!(woken);
+            // Registered before looking, so a refusal in between wakes it.
+            woken.as_mut().enable();
+            if self.is_over() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Waits until the reader may dispatch again.

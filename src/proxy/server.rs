@@ -28,6 +28,7 @@ use super::router::Router;
 use super::worker::{self, Worker, WorkerSpec};
 use crate::libs::fd_limit;
 use crate::libs::protocol::Protocol;
+use crate::libs::reachable::DownAfter;
 use crate::topo::model::ProxyInfo;
 use crate::topo::{Store, Topology, watcher};
 
@@ -206,7 +207,10 @@ fn spawn_keepers(
         ObserverConfig {
             id: first.proxy_id.clone(),
             interval: config.master_check_interval,
-            down_after: config.master_down_after,
+            down_after: DownAfter {
+                unreachable: config.master_down_after,
+                busy: config.master_busy_down_after,
+            },
             auth: (!config.backend_auth.is_empty()).then(|| config.backend_auth.clone()),
         },
         stop.clone(),

@@ -404,11 +404,10 @@ async fn write_loop(
             };
             let reply = match q.pending.reply.try_take() {
                 Some(r) => r,
-                None if out.buf.is_empty() => tokio::select! {
-                    r = q.pending.reply.take() => r,
-                    // Later replies piled up behind this one (`output.rs`).
-                    _ = meter.over() => continue,
-                },
+                // A client past its limit while this one is slow (later
+                // replies piled up behind it) is disconnected once it is
+                // in: their bytes were dropped as they came (`output.rs`).
+                None if out.buf.is_empty() => q.pending.reply.take().await,
                 None => {
                     // Send what we have while this one is on its way. A full
                     // socket makes the flush take it (and more) meanwhile.

@@ -3,8 +3,11 @@
 //! * **Detection, by quorum.** The observers are every live proxy (its
 //!   `observations/<id>` node, `proxy::observer`) and this dashboard (its own
 //!   pings). A master is down only when a majority of them, and at least two,
-//!   have not heard from it for `down_after`: one observer's broken link never
-//!   fails a group over. We chose this over Redis Sentinel because the proxies
+//!   have not heard from it for `down_after` and cannot even connect to it,
+//!   or have not heard from it for `busy_down_after` (a Redis busy with a
+//!   slow command still accepts connections, `libs::reachable`, and a
+//!   failover would only replace a healthy master): one observer's broken
+//!   link never fails a group over. We chose this over Redis Sentinel because the proxies
 //!   already see every master, ZooKeeper already says which proxies are alive,
 //!   and the switch must go through our own action protocol and promote checks
 //!   anyway; Sentinel would be a second source of truth to reconcile.
@@ -46,6 +49,7 @@ use super::health;
 use super::promote::{self, PromoteRequest, Promoted};
 use super::replication::{self, LookError, Replication};
 use super::server_conns::ServerConns;
+use crate::libs::reachable::{self, DownAfter};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
 use crate::topo::model::{Group, GroupId, Observation, Role};
@@ -65,10 +69,16 @@ pub struct FailoverConfig {
     /// How often the leader looks at the votes and pings the masters.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
-    /// Silence after which this dashboard votes a master down (the proxies
-    /// have their own `master_down_after`).
+    /// Silence after which this dashboard votes a master down, if its port
+    /// does not even accept a connection (the proxies have their own
+    /// `master_down_after`).
     #[serde(with = "humantime_serde")]
     pub down_after: Duration,
+    /// Silence after which this dashboard votes a master down however
+    /// reachable: a Redis busy with a slow command still accepts
+    /// connections (`libs::reachable`; the proxies' `master_busy_down_after`).
+    #[serde(with = "humantime_serde")]
+    pub busy_down_after: Duration,
     /// Pause before a failed failover of a group is tried again.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
@@ -80,6 +90,7 @@ impl Default for FailoverConfig {
             enabled: true,
             check_interval: Duration::from_millis(500),
             down_after: Duration::from_secs(3),
+            busy_down_after: Duration::from_secs(30),
             retry_after: Duration::from_secs(5),
         }
     }
@@ -125,6 +136,8 @@ struct Watch {
     /// When this dashboard last heard from each master (a master first seen
     /// down counts from then); its silence is the detection time.
     heard: HashMap<String, Instant>,
+    /// When each master last answered or at least accepted a connection.
+    reached: HashMap<String, Instant>,
     /// Groups whose failover failed, and when to try again.
     retry_at: HashMap<GroupId, Instant>,
     /// Groups already reported as having no replica to promote.
@@ -153,6 +166,7 @@ pub async fn run(
     let mut watch = Watch {
         conns: ServerConns::new(leader.auth),
         heard: HashMap::new(),
+        reached: HashMap::new(),
         retry_at: HashMap::new(),
         reported: HashMap::new(),
     };
@@ -186,22 +200,40 @@ impl Leader<'_> {
             .collect();
         watch.conns.retain(|addr| servers.contains(addr));
         let looks = replication::look_many(&mut watch.conns, servers, health::PROBE_TIMEOUT).await;
+        // A refused command (loading, a wrong password) still proves it is up.
+        let silent = |m: &String| !matches!(looks.get(m), Some(Ok(_) | Err(LookError::Refused { .. })));
+        // A silent master that accepts connections may only be busy.
+        let reachable = masters
+            .values()
+            .filter(|m| silent(m))
+            .map(|m| async move { (m, reachable::accepts_connections(m, health::PROBE_TIMEOUT).await) });
+        let reachable: HashMap<&String, bool> =
+            futures::future::join_all(reachable).await.into_iter().collect();
         let now = Instant::now();
         for master in masters.values() {
-            // A refused command (loading, a wrong password) still proves it is up.
-            let silent = !matches!(looks.get(master), Some(Ok(_) | Err(LookError::Refused { .. })));
-            if silent {
+            if silent(master) {
                 watch.heard.entry(master.clone()).or_insert(now);
             } else {
                 watch.heard.insert(master.clone(), now);
             }
+            if !silent(master) || reachable.get(master).copied().unwrap_or(false) {
+                watch.reached.insert(master.clone(), now);
+            } else {
+                watch.reached.entry(master.clone()).or_insert(now);
+            }
         }
         watch.heard.retain(|m, _| masters.values().any(|x| x == m));
+        watch.reached.retain(|m, _| masters.values().any(|x| x == m));
+        let down_after = DownAfter {
+            unreachable: self.cfg.down_after,
+            busy: self.cfg.busy_down_after,
+        };
 
         for (group, master) in topo.groups.values().filter_map(|g| g.master().map(|m| (g, m))) {
             let id = group.id;
             let silence = watch.heard.get(master).map_or(Duration::ZERO, |h| h.elapsed());
-            let own_down = silence >= self.cfg.down_after;
+            let unreached = watch.reached.get(master).map_or(Duration::ZERO, |r| r.elapsed());
+            let own_down = down_after.is_down(silence, unreached);
             let voters: Vec<&str> = votes
                 .iter()
                 .filter(|(_, o)| o.down.contains(master))

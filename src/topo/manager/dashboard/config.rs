@@ -89,6 +89,9 @@ impl DashboardConfig {
         if f.check_interval.is_zero() || f.down_after.is_zero() {
             return bad("[failover] check_interval and down_after must be above zero".into());
         }
+        if f.busy_down_after < f.down_after {
+            return bad("[failover] busy_down_after must be at least down_after".into());
+        }
         self.auth.validate()
     }
 }
