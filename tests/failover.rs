@@ -369,11 +369,6 @@ async fn one_observer_alone_never_fails_a_group_over() {
     assert!(failover::list(&c.store).await.expect("records").is_empty());
 }
 
-/// Keeps a Redis busy for 4.5 s: under `busy-reply-threshold` (5 s), so no
-/// other client gets even a `BUSY` meanwhile.
-const BUSY_SCRIPT: &str = "local t = redis.call('TIME') local t0 = t[1] * 1000000 + t[2] \
-    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > 4500000 return 1";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_busy_with_a_slow_command_is_not_failed_over() {
     let (c, _replicas) = Cluster::with_persistent_replicas().await;
@@ -381,15 +376,13 @@ async fn a_master_busy_with_a_slow_command_is_not_failed_over() {
     let _dash = c.dashboard().await;
     let old = c.masters[0].addr();
     // Every observer's PING goes unanswered for 4.5 s, past down_after (3 s),
-    // but the master's port still accepts connections.
+    // but the master's port still accepts connections. (Under Redis's
+    // `busy-reply-threshold`, 5 s, so nobody gets even a `BUSY`.)
     // A raw socket: redis-rs gives up on a reply after 500 ms.
     let mut m = tokio::net::TcpStream::connect(&old).await.expect("connect");
-    let eval = format!(
-        "*3\r\n$4\r\nEVAL\r\n${}\r\n{BUSY_SCRIPT}\r\n$1\r\n0\r\n",
-        BUSY_SCRIPT.len()
-    );
+    let eval = common::busy_eval(Duration::from_millis(4500), "busy");
     let started = Instant::now();
-    tokio::io::AsyncWriteExt::write_all(&mut m, eval.as_bytes())
+    tokio::io::AsyncWriteExt::write_all(&mut m, &eval)
         .await
         .expect("write");
     let mut reply = [0u8; 4];

@@ -355,13 +355,25 @@ async fn a_client_past_its_output_limit_is_disconnected_and_counted() {
     );
 }
 
-/// Keeps its server busy for 300 ms: the replies of the requests sent
-/// behind it on the same backend connection all arrive at once after it.
-const BUSY_SCRIPT: &str = "local t = redis.call('TIME') local t0 = t[1] * 1000000 + t[2] \
-    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > 300000 return 1";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_big_replies_after_small_ones_is_bounded_by_the_output_limit() {
+    // A script holds the server for 300 ms: the burst's replies all arrive
+    // at once after it.
+    burst_behind(common::busy_eval(Duration::from_millis(300), "{g}s")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_limit_behind_a_blocked_call_is_disconnected_at_once() {
+    // A BLPOP that never returns: the burst's replies arrive behind it, and
+    // the client must not wait for it to be disconnected.
+    burst_behind(common::cmd(&["BLPOP", "{g}nothing", "0"])).await;
+}
+
+/// A client reads 1,000 small replies (which open its window to
+/// `max_pipeline`, 4,096), then sends `head` and 4,000 GETs of 256 KB and
+/// reads nothing: it is disconnected at `client_output_limit` (32 MB) and the
+/// proxy's memory stays bounded.
+async fn burst_behind(head: Vec<u8>) {
     let c = Cluster::start().await;
     let proxy = c
         .proxy_process_with(Duration::from_secs(5), None, "client_output_limit = 33554432")
@@ -381,14 +393,9 @@ async fn a_burst_of_big_replies_after_small_ones_is_bounded_by_the_output_limit(
         got.extend_from_slice(&chunk[..n]);
     }
     let rss_before = proxy.rss();
-    // Then a script that holds the server, and 4,000 GETs of 256 KB behind
-    // it: all dispatched before any reply says how big they are. 1 GB of
-    // replies arrive at once, for a client that reads none of them.
-    let script = format!(
-        "*4\r\n$4\r\nEVAL\r\n${}\r\n{BUSY_SCRIPT}\r\n$1\r\n1\r\n$4\r\n{{g}}s\r\n",
-        BUSY_SCRIPT.len()
-    );
-    let mut burst = script.into_bytes();
+    // Then 4,000 GETs of 256 KB behind `head`: all dispatched before any
+    // reply says how big they are. 1 GB of replies, none of them read.
+    let mut burst = head;
     burst.extend_from_slice(&b"GET {g}big\r\n".repeat(4000));
     s.write_all(&burst).await.expect("write the burst");
     common::eventually(

@@ -432,18 +432,26 @@ mod tests {
         drop(held);
     }
 
+    /// `GET /` on a new connection: the whole response, and the client's
+    /// address.
+    async fn get(addr: SocketAddr) -> (Vec<u8>, SocketAddr) {
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        let local = c.local_addr().expect("local");
+        c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).await.expect("read");
+        (reply, local)
+    }
+
     #[tokio::test]
     async fn serve_http_answers_then_drains() {
         let (listener, addr) = bound(None, Duration::from_secs(5)).await;
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let shutdown = CancellationToken::new();
         let serving = tokio::spawn(listener.serve_http(app, shutdown.clone()));
-        let mut c = TcpStream::connect(addr).await.expect("connect");
-        c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut reply = Vec::new();
-        c.read_to_end(&mut reply).await.expect("read");
+        let (reply, _) = get(addr).await;
         assert!(
             reply.starts_with(b"HTTP/1.1 200"),
             "{}",
@@ -479,13 +487,7 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(250), "{:?}", t.elapsed());
         // A client that sends its request in time is answered, and its
         // handler sees its address.
-        let mut c = TcpStream::connect(addr).await.expect("connect");
-        let local = c.local_addr().expect("local");
-        c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut reply = Vec::new();
-        c.read_to_end(&mut reply).await.expect("read");
+        let (reply, local) = get(addr).await;
         assert!(
             reply.ends_with(local.to_string().as_bytes()),
             "{}",

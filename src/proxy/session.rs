@@ -404,9 +404,16 @@ async fn write_loop(
             };
             let reply = match q.pending.reply.try_take() {
                 Some(r) => r,
-                // A client past its limit while this one is slow (later
-                // replies piled up behind it) is disconnected once it is
-                // in: their bytes were dropped as they came (`output.rs`).
+                // A call that may block for long: a client that passes its
+                // limit meanwhile (later replies piled up behind it) is
+                // disconnected now, not when the call returns.
+                None if out.buf.is_empty() && q.blocks => tokio::select! {
+                    r = q.pending.reply.take() => r,
+                    _ = meter.over() => continue,
+                },
+                // Otherwise once this reply is in; the bytes past the limit
+                // were dropped as they came (`output.rs`), and waiting for
+                // the flag would cost every reply a registration.
                 None if out.buf.is_empty() => q.pending.reply.take().await,
                 None => {
                     // Send what we have while this one is on its way. A full

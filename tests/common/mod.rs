@@ -350,6 +350,19 @@ pub fn cmd<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     out
 }
 
+/// `EVAL` of a script that keeps its Redis busy for `d`, on the slot of
+/// `key`: Redis answers nothing else meanwhile (until its
+/// `busy-reply-threshold`, 5 s), as during any slow command. Its reply is
+/// `:1`.
+pub fn busy_eval(d: Duration, key: &str) -> Vec<u8> {
+    let script = format!(
+        "local t = redis.call('TIME') local t0 = t[1] * 1000000 + t[2] \
+         repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > {} return 1",
+        d.as_micros()
+    );
+    cmd(&["EVAL", script.as_str(), "1", key])
+}
+
 /// How long the raw helpers wait for bytes before giving up.
 const RAW_TIMEOUT: Duration = Duration::from_secs(5);
 
