@@ -205,6 +205,73 @@ async fn a_client_without_the_password_cannot_make_the_proxy_buffer_much() {
     assert_eq!(&got, b"+OK\r\n+OK\r\n");
 }
 
+/// With `auth` set, a connection that never gives the password is closed
+/// after `auth_timeout`, whether it stays silent or keeps sending commands
+/// (each gets `NOAUTH`): strangers cannot hold the proxy's `max_clients`
+/// slots for ever. A client that authenticated stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_authenticates_is_closed_after_auth_timeout() {
+    let c = Cluster::start().await;
+    let proxy = c
+        .proxy_with(|cfg| {
+            cfg.auth = "secret".into();
+            cfg.auth_timeout = Duration::from_millis(600);
+        })
+        .await;
+    let started = std::time::Instant::now();
+    let silent = TcpStream::connect(proxy).await.expect("connect");
+    let mut chatty = TcpStream::connect(proxy).await.expect("connect");
+    let mut member = TcpStream::connect(proxy).await.expect("connect");
+    member.write_all(b"AUTH secret\r\n").await.expect("write");
+    let mut ok = [0u8; 5];
+    member.read_exact(&mut ok).await.expect("read");
+    assert_eq!(&ok, b"+OK\r\n");
+
+    // The chatty stranger gets NOAUTH for every PING, then the close.
+    let pinging = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            if chatty.write_all(b"PING\r\n").await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), chatty.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("neither answered nor closed"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+    });
+    let closed_after = async |mut s: TcpStream| {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        (rest, started.elapsed())
+    };
+    let (rest, silent_took) = closed_after(silent).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let (noauths, chatty_took) = pinging.await.expect("join");
+    assert!(noauths.starts_with("-NOAUTH"), "{noauths:?}");
+    assert!(!noauths.contains("PONG"), "{noauths:?}");
+    for took in [silent_took, chatty_took] {
+        assert!(took >= Duration::from_millis(600), "closed after {took:?}");
+        assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    }
+
+    // The client that gave the password is still served.
+    member.write_all(b"PING\r\n").await.expect("write");
+    let mut pong = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(2), member.read_exact(&mut pong))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert_eq!(&pong, b"+PONG\r\n");
+}
+
 /// 256 KB, the value of the never-reading client.
 const BIG: usize = 256 * 1024;
 

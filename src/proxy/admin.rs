@@ -94,7 +94,7 @@ async fn stats(State(ctx): State<Workers>) -> Json<ProxyStats> {
 async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
     let st = &s.stats;
-    let series: [(&str, &str, Kind, u64); 13] = [
+    let series: [(&str, &str, Kind, u64); 14] = [
         ("ops_total", "Requests answered.", Kind::Counter, st.ops_total),
         (
             "ops_per_second",
@@ -156,6 +156,12 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
             "Failed AUTHs (each slows its connection; the tenth closes it).",
             Kind::Counter,
             st.auth_failures,
+        ),
+        (
+            "auth_timeouts_total",
+            "Clients closed for not giving the password within auth_timeout.",
+            Kind::Counter,
+            st.auth_timeouts,
         ),
         (
             "online",

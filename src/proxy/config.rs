@@ -29,6 +29,11 @@ pub struct ProxyConfig {
     pub auth: String,
     /// Password the proxy sends to every redis-server of the product.
     pub backend_auth: String,
+    /// With `auth` set: close a client that has not given the password this
+    /// long after connecting (0s: never), so strangers cannot hold
+    /// `max_clients` slots for ever.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
     /// Most client connections at once; more get an error and are closed.
     pub max_clients: usize,
     /// Close a client idle this long (0s: never).
@@ -103,6 +108,7 @@ impl Default for ProxyConfig {
             zk: ZkConfig::default(),
             auth: String::new(),
             backend_auth: String::new(),
+            auth_timeout: Duration::from_secs(10),
             max_clients: 50_000,
             idle_timeout: Duration::ZERO,
             max_bulk_len: 512 * 1024 * 1024,

@@ -33,6 +33,10 @@
 //! replies that come in so their bytes are counted (per client, and
 //! proxy-wide) and a client past `client_output_limit` is disconnected.
 //!
+//! With `auth` set, a client that has not given the password within
+//! `auth_timeout` of connecting is closed: Redis has no such bound, but a
+//! proxy's `max_clients` slots should not be held by strangers for ever.
+//!
 //! Once per chunk of input (not per request) the reader looks whether a
 //! `CLIENT PAUSE` is in force, and records the chunk's last command and time for
 //! `CLIENT LIST`.
@@ -144,6 +148,9 @@ async fn read_loop(
     // A big request arrives in many reads; parsing resumes where it stopped.
     let mut parser = resp::RequestParser::default();
     let idle = ctx.config.idle_timeout;
+    // A stranger has `auth_timeout` from its connection to give the password.
+    let mut login = (!client.authed && !ctx.config.auth_timeout.is_zero())
+        .then(|| tokio::time::Instant::now() + ctx.config.auth_timeout);
     loop {
         // One clock read per chunk of input, not per request: every request of a
         // pipelined burst arrived at the same moment anyway.
@@ -241,6 +248,9 @@ async fn read_loop(
                 }
             }
         }
+        if client.authed {
+            login = None;
+        }
         if buf.capacity() - buf.len() < READ_MIN / 2 {
             // Doubling: a client that keeps filling the buffer gets bigger reads.
             buf.reserve(buf.capacity().clamp(READ_MIN, READ_MAX));
@@ -257,6 +267,11 @@ async fn read_loop(
                 }
                 // A blocked command is waiting: the client is not idle.
                 continue;
+            }
+            _ = login_timer(login) => {
+                ctx.stats.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = client.id, "closed: no password within auth_timeout");
+                return;
             }
         };
         match read {
@@ -328,6 +343,15 @@ async fn idle_timer(idle: Duration) {
         std::future::pending::<()>().await;
     } else {
         tokio::time::sleep(idle).await;
+    }
+}
+
+/// Sleeps until a stranger's time to authenticate is up, or forever when it
+/// has authenticated (or AUTH is off).
+async fn login_timer(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending::<()>().await,
     }
 }
 

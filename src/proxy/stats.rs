@@ -40,6 +40,8 @@ pub struct Stats {
     pub sessions_refused: AtomicU64,
     /// Failed AUTHs (each one throttled, see `local.rs`).
     pub auth_failures: AtomicU64,
+    /// Clients closed for not giving the password within `auth_timeout`.
+    pub auth_timeouts: AtomicU64,
     pub protocol_errors: AtomicU64,
     /// Blocking commands out at a server right now (INFO `blocked_clients`).
     pub blocked_calls: AtomicU64,
@@ -69,6 +71,7 @@ impl Default for Stats {
             sessions_alive: AtomicU64::new(0),
             sessions_refused: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
+            auth_timeouts: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             blocked_calls: AtomicU64::new(0),
             pubsub_overflows: AtomicU64::new(0),
@@ -233,6 +236,7 @@ impl Stats {
             sessions_alive: self.sessions_alive.load(Relaxed),
             sessions_refused: self.sessions_refused.load(Relaxed),
             auth_failures: self.auth_failures.load(Relaxed),
+            auth_timeouts: self.auth_timeouts.load(Relaxed),
             latency_us: Latency {
                 p50: self.quantile(&counts, total, 0.50),
                 p90: self.quantile(&counts, total, 0.90),
@@ -290,6 +294,7 @@ pub struct StatsSnapshot {
     pub sessions_alive: u64,
     pub sessions_refused: u64,
     pub auth_failures: u64,
+    pub auth_timeouts: u64,
     pub latency_us: Latency,
     /// The latency histogram since start (or the last reset): `[upper bound
     /// in µs, requests]` for every bucket that has any. Unlike percentiles,
