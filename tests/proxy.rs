@@ -978,6 +978,33 @@ async fn a_wrong_backend_password_gives_a_clear_error() {
     );
 }
 
+/// Servers that want a password the proxy was not given: the backend is
+/// down with the server's `NOAUTH` as the reason, not up with every request
+/// failing (before, the proxy saw no error in its handshake and logged the
+/// backend "connected again").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_backend_password_gives_a_clear_error() {
+    let c = Cluster::build(Some("right"), |cfg| cfg.backend_auth = String::new()).await;
+    let mut s = TcpStream::connect(c.proxy).await.expect("connect");
+    let text = common::eventually_ok("the refusal is reported", Duration::from_secs(5), async || {
+        let out = raw_exchange(&mut s, b"GET foo\r\n", 10).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if text.contains("is down") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    assert!(
+        text.starts_with(&format!(
+            "-ERR backend {} is down: PING failed: -NOAUTH",
+            c.masters[0].addr()
+        )),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_clients_refuses_the_extra_client_only() {
     let c = Cluster::start_with(|cfg| cfg.max_clients = 2).await;

@@ -118,8 +118,9 @@ pub enum BackendError {
     ConnectTimeout(Duration),
     #[error("handshake timed out")]
     HandshakeTimeout,
-    /// The server answered `AUTH` or `HELLO 3` with an error: a wrong password
-    /// or protocol stays wrong, retrying only helps once the config is fixed.
+    /// The server answered `AUTH` or `HELLO 3` with an error, or the first
+    /// command with `NOAUTH`: a wrong or missing password or protocol stays
+    /// wrong, retrying only helps once the config is fixed.
     #[error("{command} failed: {reply}")]
     Refused { command: &'static str, reply: String },
     #[error("connection closed during handshake")]
@@ -299,12 +300,18 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
                 failed = true;
                 shared.client_id.store(0, Ordering::SeqCst);
                 let was_up = shared.state.swap(DOWN, Ordering::Relaxed) == UP;
+                let error = e.to_string();
+                let news = *shared.last_error.lock() != error;
                 if was_up {
                     tracing::warn!(backend = %shared.addr, error = %e, "backend connection lost");
+                } else if matches!(e, BackendError::Refused { .. }) && news {
+                    // A password or protocol the server refuses is the
+                    // operator's to fix: said once, not per retry.
+                    tracing::warn!(backend = %shared.addr, error = %e, "backend refused the proxy");
                 } else {
                     tracing::debug!(backend = %shared.addr, error = %e, "backend connect failed");
                 }
-                *shared.last_error.lock() = e.to_string();
+                *shared.last_error.lock() = error;
             }
         }
         // Requests that raced with the failure are answered now, not after the
@@ -355,13 +362,30 @@ pub(super) async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStr
     if opts.track_id {
         stream.write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").await?;
         let reply = read_one(&mut stream, opts.connect_timeout).await?;
+        no_password_needed("CLIENT ID", &reply)?;
         // A server without CLIENT ID (Redis < 5) still serves; its blocked
         // commands just cannot be interrupted.
         id = resp::integer(&reply)
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0);
+    } else if opts.auth.is_none() && opts.protocol == Protocol::Resp2 {
+        // Nothing above asked the server anything: without this a server
+        // that wants a password would count as up while every request got
+        // `NOAUTH`. (A server busy with a script answers `BUSY`: it is up.)
+        stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+        let reply = read_one(&mut stream, opts.connect_timeout).await?;
+        no_password_needed("PING", &reply)?;
     }
     Ok((stream, id))
+}
+
+/// A `NOAUTH` reply to the handshake's first command: the server wants a
+/// password the proxy was not given (`backend_auth`).
+fn no_password_needed(command: &'static str, reply: &[u8]) -> Result<(), BackendError> {
+    if reply.starts_with(b"-NOAUTH") {
+        return Err(refused(command, reply));
+    }
+    Ok(())
 }
 
 /// The error for a handshake command the server answered with an error.
