@@ -51,6 +51,8 @@ COMET_TCP=23101
 COMET_WS=23102
 COMET_WSS=23103
 COMET_GRPC=23109
+COMET_ADMIN=23108
+JOB_ADMIN=23121
 LOGIC_HTTP=23111
 LOGIC_GRPC=23119
 ZK_ROOT=/reborn
@@ -90,7 +92,7 @@ field() { grep -o "$2=[^ ]*" "$1" | tail -n 1 | cut -d= -f2; }   # field FILE KE
 for t in redis-server redis-cli curl; do command -v "$t" >/dev/null || die "$t is needed"; done
 [[ -e /usr/share/java/zookeeper.jar ]] || die "ZooKeeper is needed (/usr/share/java/zookeeper.jar)"
 for p in $ZK_PORT ${REDIS_PORTS//,/ } $PROXY_PORT $PROXY_ADMIN_PORT $DASH_PORT $COMET_TCP $COMET_WS \
-    $COMET_GRPC $LOGIC_HTTP $LOGIC_GRPC; do
+    $COMET_GRPC $COMET_ADMIN $JOB_ADMIN $LOGIC_HTTP $LOGIC_GRPC; do
     port_open "$p" && die "port $p is taken (another bench_push.sh running?)"
 done
 FD_LIMIT=$(ulimit -n)
@@ -136,6 +138,7 @@ wss_port = $COMET_WSS
 $ZK_TOML
 TOML
 cat >"$WORK/comet.toml" <<TOML
+admin_listen = "127.0.0.1:$COMET_ADMIN"
 [tcp]
 listen = "127.0.0.1:$COMET_TCP"
 [websocket]
@@ -146,6 +149,7 @@ listen = "127.0.0.1:$COMET_GRPC"
 $ZK_TOML
 TOML
 cat >"$WORK/job.toml" <<TOML
+admin_listen = "127.0.0.1:$JOB_ADMIN"
 [cluster]
 addrs = ["127.0.0.1:$PROXY_PORT"]
 $ZK_TOML

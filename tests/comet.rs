@@ -153,6 +153,7 @@ impl Setup {
         config.tcp.listen = "127.0.0.1:0".into();
         config.websocket.listen = "127.0.0.1:0".into();
         config.grpc.listen = "127.0.0.1:0".into();
+        config.admin_listen = "127.0.0.1:0".into();
         config.logic.online_interval = Duration::from_millis(200);
         tune(&mut config);
         let comet = comet::start(config).await.expect("comet starts");

@@ -121,6 +121,7 @@ fn job_config(cluster: &Cluster, proxy: &str, consumer: &str) -> JobConfig {
         ..JobConfig::default()
     };
     c.cluster.addrs = vec![proxy.to_string()];
+    c.admin_listen = "127.0.0.1:0".into();
     c.queue.streams = STREAMS;
     c.queue.block = Duration::from_millis(200);
     c.queue.claim_interval = Duration::from_millis(200);

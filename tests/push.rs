@@ -148,6 +148,7 @@ fn job_config(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> JobConfig {
         ..Default::default()
     };
     c.cluster.addrs = vec![proxy.to_string()];
+    c.admin_listen = "127.0.0.1:0".into();
     c.queue.block = Duration::from_millis(500);
     c.queue.claim_min_idle = Duration::from_secs(1);
     c.queue.claim_interval = Duration::from_millis(300);

@@ -28,7 +28,8 @@ struct Up {
 }
 
 /// Ports of one `reborn up`: four redis, proxy, proxy admin, dashboard, and
-/// the push roles' (logic HTTP + gRPC, comet TCP + WS + gRPC).
+/// the push roles' (logic HTTP + gRPC, comet TCP + WS + gRPC + admin, job
+/// admin).
 struct Ports {
     redis: [u16; 4],
     proxy: u16,
@@ -39,6 +40,8 @@ struct Ports {
     comet_tcp: u16,
     comet_ws: u16,
     comet_grpc: u16,
+    comet_admin: u16,
+    job_admin: u16,
 }
 
 impl Ports {
@@ -53,16 +56,20 @@ impl Ports {
             comet_tcp: common::free_port(),
             comet_ws: common::free_port(),
             comet_grpc: common::free_port(),
+            comet_admin: common::free_port(),
+            job_admin: common::free_port(),
         }
     }
 
-    fn push(&self) -> [u16; 5] {
+    fn push(&self) -> [u16; 7] {
         [
             self.logic_http,
             self.logic_grpc,
             self.comet_tcp,
             self.comet_ws,
             self.comet_grpc,
+            self.comet_admin,
+            self.job_admin,
         ]
     }
 
@@ -87,6 +94,10 @@ impl Ports {
             self.comet_ws.to_string(),
             "--comet-grpc-port".into(),
             self.comet_grpc.to_string(),
+            "--comet-admin-port".into(),
+            self.comet_admin.to_string(),
+            "--job-admin-port".into(),
+            self.job_admin.to_string(),
         ]
     }
 }
@@ -319,6 +330,41 @@ async fn check_push_roles(up: &Up, ports: &Ports) {
             .values()
             .all(|server| server.ends_with(&format!("-{}", ports.comet_tcp))),
         "{session:?}"
+    );
+
+    // The comet's and the job's admin ports count what just happened.
+    let comet_admin = SocketAddr::from(([127, 0, 0, 1], ports.comet_admin));
+    let job_admin = SocketAddr::from(([127, 0, 0, 1], ports.job_admin));
+    assert_eq!(up.field("comet admin"), format!("http://{comet_admin}"));
+    assert_eq!(up.field("job admin"), format!("http://{job_admin}"));
+    let (status, page) = http::request(comet_admin, "GET", "/metrics", Vec::new()).await;
+    let page = String::from_utf8_lossy(&page);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("\nreborn_comet_connections 2\n"), "{page}");
+    assert!(page.contains("\nreborn_comet_auth_ok_total 2\n"), "{page}");
+    let (status, stats) = http::request(comet_admin, "GET", "/stats", Vec::new()).await;
+    assert_eq!(status, 200);
+    let stats: Value = serde_json::from_slice(&stats).expect("comet /stats is JSON");
+    assert_eq!(stats["counters"]["accepted_ws"], 1, "{stats}");
+    // Job handed the comet the two key pushes and the room message.
+    let stats = common::eventually_ok("job's counters", Duration::from_secs(5), async || {
+        let (_, stats) = http::request(job_admin, "GET", "/stats", Vec::new()).await;
+        let stats: Value = serde_json::from_slice(&stats).map_err(|e| e.to_string())?;
+        if stats["counters"]["pushed"] == 2 && stats["counters"]["room_messages"] == 1 {
+            Ok(stats)
+        } else {
+            Err(stats.to_string())
+        }
+    })
+    .await;
+    assert_eq!(stats["comets"], 1, "{stats}");
+    let (status, page) = http::request(job_admin, "GET", "/metrics", Vec::new()).await;
+    let page = String::from_utf8_lossy(&page);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("\nreborn_job_pushed_total 2\n"), "{page}");
+    assert!(
+        page.contains("# TYPE reborn_job_comets gauge\nreborn_job_comets 1\n"),
+        "{page}"
     );
 }
 

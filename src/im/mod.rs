@@ -9,6 +9,7 @@
 //!
 //! It may import `libs` and the `topo` kernel, never `proxy`.
 
+pub mod admin_http;
 pub mod bench;
 pub mod client;
 pub mod comet;

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod browser_guard;
 pub mod config;
+pub mod counters;
 pub mod fd_limit;
 pub mod hash;
 pub mod listener;

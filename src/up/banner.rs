@@ -162,9 +162,14 @@ impl Banner<'_> {
                         "job calls it (PushMsg, Broadcast, ...)",
                     ),
                     (
-                        "job",
-                        "-".to_string(),
-                        "moves the push queue (goim-push-*) to the comets",
+                        "comet admin",
+                        format!("http://{}", p.comet_admin),
+                        "HTTP: /stats, /metrics",
+                    ),
+                    (
+                        "job admin",
+                        format!("http://{}", p.job_admin),
+                        "HTTP: /stats, /metrics (job moves the push queue to the comets)",
                     ),
                     (
                         "demo page",

@@ -150,6 +150,14 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 3109)]
     pub comet_grpc_port: u16,
 
+    /// Port of the comet's HTTP admin (/stats, /metrics).
+    #[arg(long, default_value_t = 3108)]
+    pub comet_admin_port: u16,
+
+    /// Port of the job's HTTP admin (/stats, /metrics).
+    #[arg(long, default_value_t = 3121)]
+    pub job_admin_port: u16,
+
     /// Logic's TOML config (see conf/logic.toml), e.g. for `[auth] secret`.
     /// Its addresses, proxy, ZooKeeper settings and `[node]` ports are replaced
     /// by this command's.
@@ -293,7 +301,7 @@ async fn serve(
                 .start_signalled("comet", push::comet_role(args, plan, &zk)?)
                 .await?;
             roles
-                .start_signalled("job", push::job_role(args, &zk, &proxy_auth)?)
+                .start_signalled("job", push::job_role(args, plan, &zk, &proxy_auth)?)
                 .await?;
             Some(*plan)
         }

@@ -30,6 +30,10 @@ pub struct PushPlan {
     pub comet_ws: SocketAddr,
     /// Comet's gRPC server (job calls it).
     pub comet_grpc: SocketAddr,
+    /// Comet's HTTP admin (`/stats`, `/metrics`).
+    pub comet_admin: SocketAddr,
+    /// Job's HTTP admin (`/stats`, `/metrics`).
+    pub job_admin: SocketAddr,
 }
 
 impl PushPlan {
@@ -42,17 +46,21 @@ impl PushPlan {
             comet_tcp: local(args.comet_tcp_port),
             comet_ws: local(args.comet_ws_port),
             comet_grpc: local(args.comet_grpc_port),
+            comet_admin: local(args.comet_admin_port),
+            job_admin: local(args.job_admin_port),
         })
     }
 
     /// Every address with what listens there, for the port checks.
-    pub fn listens(&self) -> [(SocketAddr, &'static str); 5] {
+    pub fn listens(&self) -> [(SocketAddr, &'static str); 7] {
         [
             (self.logic_http, "logic's HTTP API (--logic-http-port)"),
             (self.logic_grpc, "logic's gRPC (--logic-grpc-port)"),
             (self.comet_tcp, "comet's TCP clients (--comet-tcp-port)"),
             (self.comet_ws, "comet's WebSocket clients (--comet-ws-port)"),
             (self.comet_grpc, "comet's gRPC (--comet-grpc-port)"),
+            (self.comet_admin, "comet's admin HTTP (--comet-admin-port)"),
+            (self.job_admin, "job's admin HTTP (--job-admin-port)"),
         ]
     }
 }
@@ -110,6 +118,7 @@ pub fn comet_role(
     config.tcp.listen = plan.comet_tcp.to_string();
     config.websocket.listen = plan.comet_ws.to_string();
     config.grpc.listen = plan.comet_grpc.to_string();
+    config.admin_listen = plan.comet_admin.to_string();
     config.zk = ZkConfig {
         session_timeout: config.zk.session_timeout,
         ..zk.clone()
@@ -130,11 +139,13 @@ pub fn comet_role(
 /// logic) and product.
 pub fn job_role(
     args: &UpArgs,
+    plan: &PushPlan,
     zk: &ZkConfig,
     proxy_auth: &str,
 ) -> Result<impl FnOnce(CancellationToken, Ready) -> RoleFuture + use<>, UpError> {
     use crate::im::job::JobConfig;
     let mut config: JobConfig = load_role_config("job", args.job_config.as_deref())?;
+    config.admin_listen = plan.job_admin.to_string();
     config.cluster.addrs = vec![args.proxy.to_string()];
     if config.cluster.auth.is_empty() {
         config.cluster.auth = proxy_auth.to_string();

@@ -26,6 +26,7 @@ pub fn loopback_comet(id: &str, addr: &str, zk: &ZkConfig) -> CometConfig {
         server_id: id.into(),
         addrs: vec![addr.into()],
         register_interval: Duration::from_millis(200),
+        admin_listen: "127.0.0.1:0".into(),
         tcp: comet::config::CometTcpConfig {
             listen: "127.0.0.1:0".into(),
         },

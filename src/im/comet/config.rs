@@ -38,6 +38,8 @@ pub struct CometConfig {
     pub register_interval: Duration,
     /// Tokio worker threads (0: one per core).
     pub threads: usize,
+    /// HTTP admin address (`/stats`, `/metrics`); empty: none.
+    pub admin_listen: String,
     /// Raw TCP clients.
     pub tcp: CometTcpConfig,
     /// WebSocket (and WSS) clients.
@@ -138,6 +140,7 @@ impl Default for CometConfig {
             max_connections: 1_000_000,
             register_interval: Duration::from_secs(10),
             threads: 0,
+            admin_listen: "127.0.0.1:3108".into(),
             tcp: CometTcpConfig::default(),
             websocket: CometWsConfig::default(),
             grpc: CometGrpcConfig::default(),
@@ -228,6 +231,9 @@ impl CometConfig {
         if self.wss_enabled() {
             listens.push(("websocket.tls_listen", &self.websocket.tls_listen));
         }
+        if !self.admin_listen.is_empty() {
+            listens.push(("admin_listen", &self.admin_listen));
+        }
         for (name, addr) in listens {
             if addr.parse::<SocketAddr>().is_err() {
                 return bad(format!("{name} = {addr:?} is not an ip:port"));
@@ -284,6 +290,9 @@ pub struct CometArgs {
     /// gRPC listen address (default 127.0.0.1:3109).
     #[arg(long)]
     pub grpc_listen: Option<String>,
+    /// HTTP admin address, /stats and /metrics (default 127.0.0.1:3108; "" for none).
+    #[arg(long)]
+    pub admin_listen: Option<String>,
     /// ZooKeeper and product.
     #[command(flatten)]
     pub zk: ZkArgs,
@@ -323,6 +332,7 @@ impl CometArgs {
         set(&mut c.websocket.cert, self.cert);
         set(&mut c.websocket.key, self.key);
         set(&mut c.grpc.listen, self.grpc_listen);
+        set(&mut c.admin_listen, self.admin_listen);
         self.zk.apply(&mut c.zk);
         set(&mut c.server_id, self.server_id);
         config::set_from(&mut c.addrs, self.addrs);

@@ -1,7 +1,8 @@
 //! What every part of a running comet shares: its server id, the buckets, the
 //! counters, the way to logic, the cluster-wide room counts and the protocol
 //! settings. One `Arc<Hub>` is handed to each connection, the gRPC service and
-//! the background loops. Imports the other comet files' types only.
+//! the background loops, and what the admin port reports. Imports the other
+//! comet files' types, `im::admin_http` and `libs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use super::bucket::Buckets;
 use super::config::CometProtocolConfig;
 use super::logic_link::LogicLink;
 use super::stats::CometStats;
+use crate::im::admin_http::AdminReport;
+use crate::libs::counters::write_counters;
+use crate::libs::prometheus::{Exposition, Kind};
 
 /// The shared state of one comet.
 pub struct Hub {
@@ -60,5 +64,41 @@ impl Hub {
     /// Stores the cluster-wide counts from RenewOnline.
     pub fn set_all_online(&self, counts: HashMap<String, i32>) {
         self.all_online.store(Arc::new(counts));
+    }
+}
+
+/// The admin port: the counters, and the connections, client IPs and rooms
+/// held now.
+impl AdminReport for Hub {
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "server_id": self.server_id,
+            "connections": self.buckets.conn_count(),
+            "ips": self.buckets.ip_count(),
+            "rooms": self.buckets.room_counts().len(),
+            "counters": self.stats.snapshot(),
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let mut page = Exposition::new();
+        let gauges = [
+            (
+                "connections",
+                "Authenticated client connections.",
+                self.buckets.conn_count(),
+            ),
+            ("ips", "Distinct client IPs among them.", self.buckets.ip_count()),
+            (
+                "rooms",
+                "Rooms with a member here.",
+                self.buckets.room_counts().len(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            page.single(&format!("reborn_comet_{name}"), help, Kind::Gauge, value);
+        }
+        write_counters(&mut page, "reborn_comet", &self.stats.snapshot().rows());
+        page.finish()
     }
 }

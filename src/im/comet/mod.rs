@@ -8,7 +8,8 @@
 //! sharded maps ([`bucket`], [`room`], [`channel`]) that the gRPC service job
 //! calls ([`grpc`]) pushes into without ever waiting. comet registers in
 //! ZooKeeper ([`registration`]) and reports room counts to logic ([`online`]);
-//! [`stats`] counts what happened, [`hub`] is what all of them share.
+//! [`stats`] counts what happened, [`hub`] is what all of them share (and
+//! what the admin port, `im::admin_http`, reports).
 //!
 //! [`start`] runs a comet in-process and returns its bound addresses (tests,
 //! `reborn up`); [`run`] is the role's entry. Imports `libs`, the `topo` kernel
@@ -45,6 +46,7 @@ use self::hub::Hub;
 use self::logic_link::LogicLink;
 use self::stats::CometStatsSnapshot;
 use self::tls::TlsError;
+use crate::im::admin_http;
 use crate::im::discovery::{self, Instance, InstanceKind};
 use crate::libs::config::ConfigError;
 use crate::topo::error::TopoError;
@@ -89,6 +91,8 @@ pub struct RunningComet {
     pub wss_addr: Option<SocketAddr>,
     /// The gRPC server's address.
     pub grpc_addr: SocketAddr,
+    /// The admin port's address (`/stats`, `/metrics`), unless it is off.
+    pub admin_addr: Option<SocketAddr>,
     hub: Arc<Hub>,
     store: Store,
     shutdown: CancellationToken,
@@ -144,6 +148,17 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
         None
     };
     let grpc = bind("gRPC", &config.grpc.listen).await?;
+    let admin = admin_http::bind(&config.admin_listen)
+        .await
+        .map_err(|source| CometError::Bind {
+            what: "the admin port",
+            addr: config.admin_listen.clone(),
+            source,
+        })?;
+    let admin_addr = match &admin {
+        Some(l) => Some(local(l)?),
+        None => None,
+    };
     let (tcp_addr, ws_addr, grpc_addr) = (local(&tcp)?, local(&ws)?, local(&grpc)?);
     let wss_addr = match &wss {
         Some((l, _)) => Some(local(l)?),
@@ -218,6 +233,9 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
         ));
     }
     tasks.spawn(grpc::serve(hub.clone(), grpc, shutdown.clone()));
+    if let Some(listener) = admin {
+        tasks.spawn(admin_http::serve(listener, hub.clone(), shutdown.clone()));
+    }
     tasks.spawn(registration::refresh_loop(
         store.clone(),
         hub.clone(),
@@ -232,7 +250,7 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
     ));
     tracing::info!(
         id = %server_id, tcp = %tcp_addr, ws = %ws_addr, wss = ?wss_addr, grpc = %grpc_addr,
-        "comet serving"
+        admin = ?admin_addr, "comet serving"
     );
     Ok(RunningComet {
         server_id,
@@ -240,6 +258,7 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
         ws_addr,
         wss_addr,
         grpc_addr,
+        admin_addr,
         hub,
         store,
         shutdown,

@@ -1,37 +1,12 @@
 //! comet's counters: plain atomics bumped on the connection and push paths,
-//! read as a [`CometStatsSnapshot`] for logs, tests and (later) metrics.
-//! Imports nothing from the crate.
+//! read as a [`CometStatsSnapshot`] for logs, tests and the admin port's
+//! `/stats` and `/metrics`. Imports `libs::counters`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
-
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Counters since start; every field only grows.
-        #[derive(Debug, Default)]
-        pub struct CometStats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
-        }
-
-        /// A copy of [`CometStats`] at one moment.
-        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-        pub struct CometStatsSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        impl CometStats {
-            /// The current values.
-            pub fn snapshot(&self) -> CometStatsSnapshot {
-                CometStatsSnapshot {
-                    $($name: self.$name.load(Ordering::Relaxed),)*
-                }
-            }
-        }
-    };
-}
-
-counters! {
+crate::counters! {
+    /// Counters since start; every field only grows.
+    pub struct CometStats => CometStatsSnapshot {
     /// Raw TCP connections accepted.
     accepted_tcp,
     /// WebSocket upgrades accepted (plain and TLS).
@@ -67,6 +42,7 @@ counters! {
     client_frames,
     /// Connections closed, for any reason.
     closed,
+    }
 }
 
 impl CometStats {

@@ -22,6 +22,8 @@ pub struct JobConfig {
     /// How long a clean shutdown waits for deliveries in flight and their acks.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// HTTP admin address (`/stats`, `/metrics`); empty: none.
+    pub admin_listen: String,
     /// Where the reborn proxy cluster (holding the queue) is.
     pub cluster: JobClusterConfig,
     /// Where ZooKeeper is (comets are found there).
@@ -157,6 +159,7 @@ impl Default for JobConfig {
         JobConfig {
             consumer: String::new(),
             drain_timeout: Duration::from_secs(5),
+            admin_listen: "127.0.0.1:3121".into(),
             cluster: JobClusterConfig::default(),
             zk: ZkConfig::default(),
             queue: JobQueueConfig::default(),
@@ -189,6 +192,9 @@ impl JobConfig {
         crate::im::proxies::check_addrs(&self.cluster.addrs).map_err(ConfigError::Invalid)?;
         if self.zk.addr.is_empty() || self.zk.product.is_empty() {
             return bad("zk.addr and zk.product must be set");
+        }
+        if !self.admin_listen.is_empty() && self.admin_listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad("admin_listen must be an ip:port (or empty: no admin port)");
         }
         let q = &self.queue;
         if q.streams == 0 || q.count == 0 || q.max_pending == 0 {
@@ -246,6 +252,9 @@ pub struct JobArgs {
     /// Number of stream keys (must match logic's).
     #[arg(long)]
     pub streams: Option<usize>,
+    /// HTTP admin address, /stats and /metrics (default 127.0.0.1:3121; "" for none).
+    #[arg(long)]
+    pub admin_listen: Option<String>,
 }
 
 impl JobArgs {
@@ -259,6 +268,7 @@ impl JobArgs {
         self.zk.apply(&mut c.zk);
         config::set_from(&mut c.consumer, self.consumer);
         config::set_from(&mut c.queue.streams, self.streams);
+        config::set_from(&mut c.admin_listen, self.admin_listen);
         c.validate()?;
         Ok(c)
     }

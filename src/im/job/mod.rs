@@ -9,11 +9,13 @@
 //! task per stream), `entry` (stream replies), `claim` (XAUTOCLAIM), `reaper`
 //! (dead instances' consumers), `dispatch` (PUSH / BROADCAST / ROOM to calls),
 //! `room` (batching), `acker` (XACK), `comet_link` (the comets from
-//! ZooKeeper), `stats` (counters); the proxies are `im::proxies` with sticky
+//! ZooKeeper), `stats` (counters, served on the admin port with
+//! `im::admin_http`); the proxies are `im::proxies` with sticky
 //! failover (every command job sends through them may run twice). Each
 //! instance registers in discovery (`im/job/<consumer>`), so the others know
 //! which consumers are alive. Imports `libs`, the `topo` kernel and `im`'s
-//! shared pieces (discovery, frame, proto, proxies, queue), never `proxy`.
+//! shared pieces (discovery, frame, proto, proxies, queue, admin_http), never
+//! `proxy`.
 
 pub mod acker;
 pub mod claim;
@@ -26,8 +28,10 @@ pub mod reaper;
 pub mod room;
 pub mod stats;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -38,10 +42,13 @@ use comet_link::CometLinks;
 use consumer::StreamConsumer;
 use dispatch::Dispatcher;
 
+use crate::im::admin_http::{self, AdminReport};
 use crate::im::discovery::{self, Instance, InstanceKind};
 use crate::im::proxies::{Failover, ProxySet};
 use crate::im::queue;
 use crate::libs::config::ConfigError;
+use crate::libs::counters::write_counters;
+use crate::libs::prometheus::{Exposition, Kind};
 use crate::topo::error::TopoError;
 use crate::topo::store::Store;
 
@@ -55,11 +62,21 @@ pub enum JobError {
     /// another live instance registered the same consumer name.
     #[error(transparent)]
     Zk(#[from] TopoError),
+    /// The admin port could not be bound.
+    #[error("cannot listen for the admin port on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A running job instance.
 pub struct RunningJob {
     consumer: String,
+    /// The admin port's address (`/stats`, `/metrics`), unless it is off.
+    pub admin_addr: Option<SocketAddr>,
     stats: Arc<JobStats>,
     links: Arc<CometLinks>,
     stop: CancellationToken,
@@ -84,6 +101,16 @@ impl std::fmt::Debug for RunningJob {
 /// An invalid config, or ZooKeeper unreachable.
 pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
     config.validate()?;
+    let bind_error = |source| JobError::Bind {
+        addr: config.admin_listen.clone(),
+        source,
+    };
+    let admin = admin_http::bind(&config.admin_listen).await.map_err(bind_error)?;
+    let admin_addr = admin
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(bind_error)?;
     let store = Store::connect(&config.zk).await?;
     let stop = CancellationToken::new();
     let stats = Arc::new(JobStats::default());
@@ -132,6 +159,14 @@ pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
         };
         tasks.spawn(c.run(stop.clone()));
     }
+    if let Some(listener) = admin {
+        let report = Arc::new(JobReport {
+            consumer: consumer.clone(),
+            stats: Arc::clone(&stats),
+            links: Arc::clone(&links),
+        });
+        tasks.spawn(admin_http::serve(listener, report, stop.clone()));
+    }
     tracing::info!(
         consumer,
         streams = config.queue.streams,
@@ -140,6 +175,7 @@ pub async fn start(config: JobConfig) -> Result<RunningJob, JobError> {
     );
     Ok(RunningJob {
         consumer,
+        admin_addr,
         stats,
         links,
         stop,
@@ -197,6 +233,35 @@ impl RunningJob {
             let store = self.store.clone();
             runtime.spawn(async move { store.close().await });
         }
+    }
+}
+
+/// What the admin port shows: the counters and the comets known.
+struct JobReport {
+    consumer: String,
+    stats: Arc<JobStats>,
+    links: Arc<CometLinks>,
+}
+
+impl AdminReport for JobReport {
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "consumer": self.consumer,
+            "comets": self.links.all().len(),
+            "counters": self.stats.snapshot(),
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let mut page = Exposition::new();
+        page.single(
+            "reborn_job_comets",
+            "Comets known (registered in ZooKeeper).",
+            Kind::Gauge,
+            self.links.all().len(),
+        );
+        write_counters(&mut page, "reborn_job", &self.stats.snapshot().rows());
+        page.finish()
     }
 }
 
