@@ -9,7 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Cluster, ProxyProcess};
+use common::cluster::{Cluster, ProxyProcess, keys_in};
+use common::{RawConn, Resp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -270,6 +271,80 @@ async fn a_client_that_never_authenticates_is_closed_after_auth_timeout() {
         .expect("answered")
         .expect("read");
     assert_eq!(&pong, b"+PONG\r\n");
+}
+
+/// A script that runs long holds its group's shared backend connection. On
+/// one Redis, once a script has run for `busy-reply-threshold`, every other
+/// client gets `-BUSY` at once; through the proxy they queued behind it, and
+/// a client that retried its timed-out script ran it again (an 8 s script
+/// ran 11 times under redis-py's defaults). Now, once the connection has
+/// been silent for `busy_reply_threshold` with a script out, other clients'
+/// new requests for that server get `-BUSY`; the script's own client and
+/// what was queued before still run after it, and other groups never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_runs_long_gets_other_clients_busy_not_a_queue() {
+    let c = Cluster::start().await;
+    let proxy = c
+        .proxy_with(|cfg| cfg.busy_reply_threshold = Duration::from_millis(800))
+        .await
+        .to_string();
+    let runs = keys_in(1, "runs", 1).remove(0);
+    let same = keys_in(1, "k", 1).remove(0);
+    let other = keys_in(2, "k", 1).remove(0);
+    let script = "redis.call('INCR', KEYS[1]) local t = redis.call('TIME') \
+        local t0 = t[1] * 1000000 + t[2] \
+        repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > 3000000 return 7";
+    let eval = common::cmd(&["EVAL", script, "1", runs.as_str()]);
+
+    let started = std::time::Instant::now();
+    let mut owner = RawConn::connect(&proxy).await;
+    owner.send(&eval).await;
+    // Sent before the threshold: it queues, as before.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut early = RawConn::connect(&proxy).await;
+    early.send(&common::cmd(&["GET", same.as_str()])).await;
+
+    tokio::time::sleep(Duration::from_millis(1300).saturating_sub(started.elapsed())).await;
+    let busy = |r: &Resp| matches!(r, Resp::Error(e) if e.starts_with("BUSY Redis is busy running a script"));
+    let mut late = RawConn::connect(&proxy).await;
+    let asked = std::time::Instant::now();
+    let got = late.call(&["GET", same.as_str()]).await;
+    assert!(busy(&got), "{got:?}");
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    // A retry of the script is refused the same way: it does not run twice.
+    let mut retry = RawConn::connect(&proxy).await;
+    retry.send(&eval).await;
+    let got = retry.read_reply().await;
+    assert!(busy(&got), "{got:?}");
+    // The other group is not held.
+    let asked = std::time::Instant::now();
+    assert_eq!(late.call(&["GET", other.as_str()]).await, Resp::Bulk(None));
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The script's own client queues behind it, as on its own connection.
+    owner.send(&common::cmd(&["GET", same.as_str()])).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the script ended too soon to tell"
+    );
+
+    assert_eq!(owner.read_reply().await, Resp::Int(7));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(owner.read_reply().await, Resp::Bulk(None));
+    assert_eq!(early.read_reply().await, Resp::Bulk(None));
+    // Once it ended, everyone is served again, and it ran once.
+    assert_eq!(late.call(&["GET", same.as_str()]).await, Resp::Bulk(None));
+    assert_eq!(
+        late.call(&["GET", runs.as_str()]).await,
+        Resp::Bulk(Some(b"1".to_vec()))
+    );
 }
 
 /// 256 KB, the value of the issue's never-reading client.

@@ -16,6 +16,17 @@
 //!
 //! Dropping every handle closes the connection after its in-flight replies.
 //!
+//! A **script that runs long** (`EVAL`, `FCALL`, …) on a shared connection
+//! holds every request queued behind it. On one Redis, once a script has run
+//! for `busy-reply-threshold`, every other client gets `-BUSY` at once; so
+//! here, once a server with a client's script out has been silent for
+//! [`BackendOptions::busy_after`], another client's new request for it gets
+//! that `-BUSY` instead of joining the queue ([`BackendConn::send_client`],
+//! `script_watch.rs`). Above
+//! all, a client that retries its timed-out script gets `BUSY`, as from
+//! Redis, instead of queueing a second run behind the first. The script's own
+//! client still queues, as its connection would on one Redis.
+//!
 //! A connection opened with [`BackendOptions::track_id`] also asks the server for
 //! its `CLIENT ID` during the handshake, before any request is written: that is
 //! how a blocking command parked on a dedicated connection can later be
@@ -42,6 +53,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::output::Meter;
+use super::script_watch::{ScriptRun, ScriptWatch};
 use crate::libs::backoff::Backoff;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp;
@@ -65,12 +77,16 @@ pub struct Job {
 pub struct ReplyTo {
     tx: oneshot::Sender<Bytes>,
     meter: Option<Arc<Meter>>,
+    /// A client's script, counted until this is dropped ([`ScriptWatch`]).
+    script: Option<ScriptRun>,
 }
 
 impl ReplyTo {
     /// Completes the request with `reply`.
     pub fn send(self, reply: Bytes) {
-        let ReplyTo { tx, meter } = self;
+        let ReplyTo { tx, meter, script } = self;
+        // A script's reply is in: the server is free again.
+        drop(script);
         let Some(meter) = meter else {
             // The client may have gone; its reply is simply dropped.
             let _ = tx.send(reply);
@@ -109,6 +125,10 @@ pub struct BackendOptions {
     /// that answers (see [`Awaited`]). Only on shared connections: a
     /// transaction's or a blocked call's connection never gets it.
     pub replica_ack: Option<Duration>,
+    /// `busy_reply_threshold`: silent this long with a client's script out,
+    /// the connection answers other clients' new requests `-BUSY` (see the
+    /// module doc). Only shared connections; `None` never.
+    pub busy_after: Option<Duration>,
 }
 
 /// Why a backend connection could not be opened, or was lost.
@@ -167,6 +187,8 @@ struct Shared {
     /// The server's id for the current connection, 0 while unknown (Redis
     /// numbers its clients from 1).
     client_id: AtomicU64,
+    /// The scripts out on this server ([`BackendOptions::busy_after`]).
+    scripts: Option<Arc<ScriptWatch>>,
 }
 
 /// Handle to one backend connection. Cheap to clone; the connection lives while
@@ -196,6 +218,7 @@ impl BackendConn {
             state: AtomicU8::new(CONNECTING),
             last_error: parking_lot::Mutex::new(String::new()),
             client_id: AtomicU64::new(0),
+            scripts: opts.busy_after.map(|after| ScriptWatch::of(addr, after)),
         });
         let task = rt.spawn(supervise(shared.clone(), opts, rx));
         (BackendConn { tx, shared }, task.abort_handle())
@@ -252,10 +275,44 @@ impl BackendConn {
     /// [`send`](Self::send), with the reply counted against `meter` from its
     /// arrival until its session takes it.
     pub fn send_counted(&self, req: Bytes, meter: Option<&Arc<Meter>>) -> oneshot::Receiver<Bytes> {
+        self.submit(req, meter, None)
+    }
+
+    /// A client's request ([`send_counted`](Self::send_counted)), `script`
+    /// if it runs one: while a script runs long on this connection, another
+    /// client's request gets `-BUSY` at once (see the module doc).
+    pub fn send_client(
+        &self,
+        client: u64,
+        script: bool,
+        req: Bytes,
+        meter: Option<&Arc<Meter>>,
+    ) -> oneshot::Receiver<Bytes> {
+        let watch = self.shared.scripts.as_ref();
+        if let Some(silent) = watch.and_then(|w| w.busy_for(client)) {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(resp::error(&format!(
+                "BUSY Redis is busy running a script. You can only call SCRIPT KILL or FUNCTION KILL \
+                 (reborn proxy: {} silent for {silent} ms with a script running)",
+                self.shared.addr
+            )));
+            return rx;
+        }
+        let run = watch.filter(|_| script).map(|w| w.start(client));
+        self.submit(req, meter, run)
+    }
+
+    fn submit(
+        &self,
+        req: Bytes,
+        meter: Option<&Arc<Meter>>,
+        script: Option<ScriptRun>,
+    ) -> oneshot::Receiver<Bytes> {
         let (tx, rx) = oneshot::channel();
         let reply = ReplyTo {
             tx,
             meter: meter.cloned(),
+            script,
         };
         if self.is_down() {
             reply.send(self.down_error());
@@ -441,14 +498,15 @@ async fn serve(
     // True while a WAIT is out: the writer sends the next writes only after
     // it answered (they gather meanwhile, and one WAIT then covers them all).
     let wait_out = tokio::sync::watch::Sender::new(false);
+    let scripts = shared.scripts.as_deref();
     let result = tokio::try_join!(
         write_loop(wr, rx, inflight_tx, (replica_ack, &wait_out)),
         read_loop(
             rd,
             &mut inflight_rx,
-            &mut waiting,
-            &mut held,
-            (replica_ack, &wait_out)
+            (&mut waiting, &mut held),
+            (replica_ack, &wait_out),
+            scripts
         )
     );
     if let Err(e) = result {
@@ -546,15 +604,17 @@ async fn write_loop(
 async fn read_loop(
     mut rd: OwnedReadHalf,
     inflight: &mut mpsc::UnboundedReceiver<Vec<Awaited>>,
-    waiting: &mut VecDeque<Awaited>,
-    held: &mut Vec<(ReplyTo, Bytes, bool)>,
+    (waiting, held): (&mut VecDeque<Awaited>, &mut Vec<(ReplyTo, Bytes, bool)>),
     (replica_ack, wait_out): (Option<Duration>, &tokio::sync::watch::Sender<bool>),
+    scripts: Option<&ScriptWatch>,
 ) -> Result<(), BackendError> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // A big reply arrives in many reads; the scan resumes where it stopped.
     let mut scan = resp::ReplyScan::default();
     loop {
+        let mut delivered = false;
         while let Some(n) = scan.next_len(&buf)? {
+            delivered = true;
             let frame = buf.split_to(n).freeze();
             let slot = match waiting.pop_front() {
                 Some(s) => s,
@@ -575,6 +635,9 @@ async fn read_loop(
                     wait_out.send_replace(false);
                 }
             }
+        }
+        if delivered && let Some(scripts) = scripts {
+            scripts.heard();
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);

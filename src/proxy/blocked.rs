@@ -838,6 +838,7 @@ mod tests {
                     track_id: false,
                     protocol: crate::libs::protocol::Protocol::Resp2,
                     replica_ack: None,
+                    busy_after: None,
                 },
                 1,
             ),

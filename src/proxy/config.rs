@@ -92,6 +92,12 @@ pub struct ProxyConfig {
     /// it the client gets `-NOREPLICAS` (the write ran on the master).
     #[serde(with = "humantime_serde")]
     pub write_ack_timeout: Duration,
+    /// Like Redis's `busy-reply-threshold`: once a backend connection has
+    /// been silent this long with a client's script running on it, other
+    /// clients' new requests for it get `-BUSY` at once instead of queueing
+    /// behind the script (0s: they always queue).
+    #[serde(with = "humantime_serde")]
+    pub busy_reply_threshold: Duration,
     /// Tokio worker threads (0: one per core).
     pub threads: usize,
     /// Commands denied or renamed by the operator (see `policy.rs`).
@@ -127,6 +133,7 @@ impl Default for ProxyConfig {
             master_busy_down_after: Duration::from_secs(30),
             write_ack: WriteAck::Master,
             write_ack_timeout: Duration::from_secs(1),
+            busy_reply_threshold: Duration::from_secs(5),
             threads: 0,
             commands: CommandsConfig::default(),
         }

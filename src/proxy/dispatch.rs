@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::blocked::Call;
-use super::command::{self, Command, Kind, Merge, Spec};
+use super::command::{self, Command, Fan, Kind, Merge, Spec};
 use super::context::{Client, Context};
 use super::fanout::{self, Fanned};
 use super::local;
@@ -108,14 +108,15 @@ fn dispatch_known(
         Kind::Transaction => transaction::command(ctx, client, req, cmd.spec, now),
         Kind::Fanout(fan) => match fanout::dispatch(ctx, client, req, fan, now) {
             Fanned::Reply(reply) => reply,
-            Fanned::ByKey => forward(ctx, client, req, cmd.spec),
+            // EVAL and friends with keys, MEMORY USAGE.
+            Fanned::ByKey => forward(ctx, client, req, cmd.spec, fan == Fan::Eval),
         },
         Kind::Split(merge) => split(ctx, client, req, merge),
         // XREAD and XREADGROUP block only with a BLOCK option; without it
         // they are ordinary reads and share connections like any other. One
         // rule with the stats, which keep a blocked wait out of latency.
         Kind::Blocking if command::may_block(cmd.id, &req.args) => blocking(ctx, client, req, cmd.spec, now),
-        Kind::Blocking | Kind::Forward => forward(ctx, client, req, cmd.spec),
+        Kind::Blocking | Kind::Forward => forward(ctx, client, req, cmd.spec, false),
     }
 }
 
@@ -176,7 +177,10 @@ impl<'a> Target<'a> {
     ) -> (oneshot::Receiver<Bytes>, bool) {
         let protocol = client.protocol;
         match self {
-            Target::Pool(p) => (p.send_counted(client.id, protocol, req, &client.output), true),
+            Target::Pool(p) => (
+                p.send_counted((client.id, protocol), req, &client.output, false),
+                true,
+            ),
             Target::Migrate { from, to, epoch } => {
                 let rx = client
                     .migrator(ctx)
@@ -216,7 +220,10 @@ pub(super) fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Re
     }
 }
 
-fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec) -> Reply {
+/// Sends a request routed by its keys; `script` if it runs one (see
+/// `backend.rs`: a script that runs long makes its connection answer other
+/// clients `-BUSY`).
+fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spec, script: bool) -> Reply {
     let slot = match request_slot(spec, req) {
         Ok(s) => s,
         Err(reply) => return reply,
@@ -224,9 +231,12 @@ fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spe
     let routes = ctx.router.routes();
     match target_for(ctx, &routes, slot) {
         // The common case, without collecting the keys.
-        Ok(Target::Pool(pool)) => {
-            Reply::Counted(pool.send_counted(client.id, client.protocol, req.raw.clone(), &client.output))
-        }
+        Ok(Target::Pool(pool)) => Reply::Counted(pool.send_counted(
+            (client.id, client.protocol),
+            req.raw.clone(),
+            &client.output,
+            script,
+        )),
         Ok(target) => target.reply(ctx, client, spec.keys(&req.args), req.raw.clone()),
         Err(reply) => reply,
     }

@@ -66,6 +66,7 @@ pub mod pubsub;
 pub mod reply;
 pub mod router;
 pub mod scan;
+pub mod script_watch;
 pub mod server;
 pub mod server_version;
 pub mod session;

@@ -73,19 +73,25 @@ impl Pool {
     /// Sends `req` for client `client`, which speaks `protocol`, on that
     /// client's connection of that protocol.
     pub fn send_as(&self, client: u64, protocol: Protocol, req: Bytes) -> oneshot::Receiver<Bytes> {
-        pick(self.conns_of(protocol), client, req, None)
+        pick(self.conns_of(protocol), client, req)
     }
 
     /// [`send_as`](Self::send_as), the reply counted against the client's
-    /// `meter` (see `output.rs`).
+    /// `meter` (see `output.rs`), `script` if the request runs one: a
+    /// client's data request, which gets `-BUSY` while another client's
+    /// script runs long on its connection (see `backend.rs`).
     pub fn send_counted(
         &self,
-        client: u64,
-        protocol: Protocol,
+        (client, protocol): (u64, Protocol),
         req: Bytes,
         meter: &Arc<Meter>,
+        script: bool,
     ) -> oneshot::Receiver<Bytes> {
-        pick(self.conns_of(protocol), client, req, Some(meter))
+        let conns = self.conns_of(protocol);
+        match conns.get(index_of(conns, client)) {
+            Some(conn) => conn.send_client(client, script, req, Some(meter)),
+            None => empty_pool(),
+        }
     }
 
     /// The backend's address.
@@ -96,7 +102,7 @@ impl Pool {
     /// Sends `req` for client `client` (a RESP2 client) on that client's
     /// connection.
     pub fn send(&self, client: u64, req: Bytes) -> oneshot::Receiver<Bytes> {
-        pick(&self.conns, client, req, None)
+        pick(&self.conns, client, req)
     }
 
     /// A `PING` down every connection (of both protocols): when all have
@@ -133,22 +139,24 @@ impl Pool {
 }
 
 /// Sends `req` on `client`'s connection among `conns`.
-fn pick(
-    conns: &[BackendConn],
-    client: u64,
-    req: Bytes,
-    meter: Option<&Arc<Meter>>,
-) -> oneshot::Receiver<Bytes> {
-    let n = conns.len() as u64;
-    let i = (client % n.max(1)) as usize;
-    match conns.get(i) {
-        Some(conn) => conn.send_counted(req, meter),
-        None => {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(crate::libs::resp::error("ERR internal: empty backend pool"));
-            rx
-        }
+fn pick(conns: &[BackendConn], client: u64, req: Bytes) -> oneshot::Receiver<Bytes> {
+    match conns.get(index_of(conns, client)) {
+        Some(conn) => conn.send(req),
+        None => empty_pool(),
     }
+}
+
+/// Which of `conns` carries `client`'s requests: always the same one, so
+/// they stay in order.
+fn index_of(conns: &[BackendConn], client: u64) -> usize {
+    (client % (conns.len() as u64).max(1)) as usize
+}
+
+/// The reply of a pool without connections (never built so).
+fn empty_pool() -> oneshot::Receiver<Bytes> {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(crate::libs::resp::error("ERR internal: empty backend pool"));
+    rx
 }
 
 /// Where one slot's requests go.
@@ -235,6 +243,7 @@ impl Router {
             pools: parking_lot::Mutex::new(HashMap::new()),
             dedicated: BackendOptions {
                 replica_ack: None,
+                busy_after: None,
                 ..opts.clone()
             },
             opts,

@@ -98,6 +98,7 @@ impl Bound {
             track_id: false,
             protocol: Protocol::Resp2,
             replica_ack: config.replica_ack(),
+            busy_after: (!config.busy_reply_threshold.is_zero()).then_some(config.busy_reply_threshold),
         };
         // Clients past the fd limit would hang in the accept queue: refuse
         // them with an error instead, as past max_clients.

@@ -446,6 +446,7 @@ mod tests {
             track_id: false,
             protocol: crate::libs::protocol::Protocol::Resp2,
             replica_ack: None,
+            busy_after: None,
         };
         Arc::new(Context::new(ProxyConfig::default(), Router::new("p", opts, 1)))
     }

@@ -52,6 +52,7 @@ impl Upstream {
             protocol: Protocol::Resp2,
             track_id: false,
             replica_ack: None,
+            busy_after: None,
             ..opts
         };
         let (tx, rx) = mpsc::unbounded_channel();
