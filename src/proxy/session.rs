@@ -259,20 +259,22 @@ async fn read_loop(
             r = rd.read_buf(&mut buf) => r,
             _ = writer_done.cancelled() => return,
             _ = stop.cancelled() => return,
-            _ = idle_timer(idle) => {
-                // A subscriber waits for messages, not for itself (as in Redis).
-                if meter.inflight() == 0 && client.pubsub.is_none() {
-                    tracing::debug!(client = client.id, "idle timeout");
+            timeout = timer(idle, login) => match timeout {
+                Timeout::Idle => {
+                    // A subscriber waits for messages, not for itself (as in Redis).
+                    if meter.inflight() == 0 && client.pubsub.is_none() {
+                        tracing::debug!(client = client.id, "idle timeout");
+                        return;
+                    }
+                    // A blocked command is waiting: the client is not idle.
+                    continue;
+                }
+                Timeout::Login => {
+                    ctx.stats.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client = client.id, "closed: no password within auth_timeout");
                     return;
                 }
-                // A blocked command is waiting: the client is not idle.
-                continue;
-            }
-            _ = login_timer(login) => {
-                ctx.stats.auth_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(client = client.id, "closed: no password within auth_timeout");
-                return;
-            }
+            },
         };
         match read {
             Ok(0) | Err(_) => return,
@@ -337,21 +339,38 @@ async fn drained(meter: &Meter, stop: &CancellationToken) {
     }
 }
 
-/// Sleeps for the idle timeout, or forever when it is disabled.
-async fn idle_timer(idle: Duration) {
-    if idle.is_zero() {
-        std::future::pending::<()>().await;
-    } else {
-        tokio::time::sleep(idle).await;
-    }
+/// Which of a session's timers ran out.
+enum Timeout {
+    /// `idle_timeout` without a request.
+    Idle,
+    /// `auth_timeout` since the connection, without the password.
+    Login,
 }
 
-/// Sleeps until a stranger's time to authenticate is up, or forever when it
-/// has authenticated (or AUTH is off).
-async fn login_timer(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending::<()>().await,
+/// Sleeps until the idle timeout (`idle`, zero: none) or the deadline to
+/// authenticate (`login`, `None` once authenticated or with AUTH off),
+/// whichever comes first; for ever if neither applies. One timer, so the
+/// reader's wait polls one future for both (P1 requests are a read each).
+async fn timer(idle: Duration, login: Option<tokio::time::Instant>) -> Timeout {
+    match (idle.is_zero(), login) {
+        (true, None) => std::future::pending().await,
+        (false, None) => {
+            tokio::time::sleep(idle).await;
+            Timeout::Idle
+        }
+        (true, Some(at)) => {
+            tokio::time::sleep_until(at).await;
+            Timeout::Login
+        }
+        (false, Some(at)) => {
+            let idle_at = tokio::time::Instant::now() + idle;
+            tokio::time::sleep_until(at.min(idle_at)).await;
+            if at <= idle_at {
+                Timeout::Login
+            } else {
+                Timeout::Idle
+            }
+        }
     }
 }
 
