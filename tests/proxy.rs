@@ -953,29 +953,31 @@ async fn the_backend_password_is_sent_to_every_group() {
     assert!(String::from_utf8_lossy(&out).starts_with("-NOAUTH"), "{out:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_backend_password_gives_a_clear_error() {
-    let c = Cluster::build(Some("right"), |cfg| cfg.backend_auth = "wrong".into()).await;
-    let mut s = TcpStream::connect(c.proxy).await.expect("connect");
-    // The first request may race the failing handshake; a retry sees the error.
-    let text = common::eventually_ok(
-        "the failed AUTH is reported",
+/// The error a `GET foo` through `proxy` gets once it contains `marker`.
+/// The first request may race the failing handshake; a retry sees the error.
+async fn backend_error(proxy: SocketAddr, marker: &str) -> String {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    common::eventually_ok(
+        "the backend's error is reported",
         Duration::from_secs(5),
         async || {
             let out = raw_exchange(&mut s, b"GET foo\r\n", 10).await;
             let text = String::from_utf8_lossy(&out).into_owned();
-            if text.contains("AUTH failed") {
+            if text.contains(marker) {
                 Ok(text)
             } else {
                 Err(text)
             }
         },
     )
-    .await;
-    assert!(
-        text.contains(&c.masters[0].addr()) && text.contains("AUTH failed"),
-        "{text}"
-    );
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_backend_password_gives_a_clear_error() {
+    let c = Cluster::build(Some("right"), |cfg| cfg.backend_auth = "wrong".into()).await;
+    let text = backend_error(c.proxy, "AUTH failed").await;
+    assert!(text.contains(&c.masters[0].addr()), "{text}");
 }
 
 /// Servers that want a password the proxy was not given: the backend is
@@ -985,24 +987,12 @@ async fn a_wrong_backend_password_gives_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_backend_password_gives_a_clear_error() {
     let c = Cluster::build(Some("right"), |cfg| cfg.backend_auth = String::new()).await;
-    let mut s = TcpStream::connect(c.proxy).await.expect("connect");
-    let text = common::eventually_ok("the refusal is reported", Duration::from_secs(5), async || {
-        let out = raw_exchange(&mut s, b"GET foo\r\n", 10).await;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if text.contains("is down") {
-            Ok(text)
-        } else {
-            Err(text)
-        }
-    })
-    .await;
-    assert!(
-        text.starts_with(&format!(
-            "-ERR backend {} is down: PING failed: -NOAUTH",
-            c.masters[0].addr()
-        )),
-        "{text}"
+    let text = backend_error(c.proxy, "is down").await;
+    let want = format!(
+        "-ERR backend {} is down: PING failed: -NOAUTH",
+        c.masters[0].addr()
     );
+    assert!(text.starts_with(&want), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
