@@ -612,9 +612,7 @@ async fn read_loop(
     // A big reply arrives in many reads; the scan resumes where it stopped.
     let mut scan = resp::ReplyScan::default();
     loop {
-        let mut delivered = false;
         while let Some(n) = scan.next_len(&buf)? {
-            delivered = true;
             let frame = buf.split_to(n).freeze();
             let slot = match waiting.pop_front() {
                 Some(s) => s,
@@ -636,9 +634,6 @@ async fn read_loop(
                 }
             }
         }
-        if delivered && let Some(scripts) = scripts {
-            scripts.heard();
-        }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
         }
@@ -658,6 +653,10 @@ async fn read_loop(
         };
         if read == 0 {
             return Err(BackendError::Closed);
+        }
+        // Bytes came, if only a part of a big reply: the server is not stuck.
+        if let Some(scripts) = scripts {
+            scripts.heard();
         }
     }
 }

@@ -8,7 +8,7 @@
 //! on one holds the whole server. A script counts from its send until its
 //! reply is delivered or dropped ([`ScriptRun`]), so no path can leave one
 //! counted for ever. Cost: nothing for other requests but two loads; a
-//! clock read per reply batch only while a script is out.
+//! clock read per read from the server only while a script is out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -62,7 +62,7 @@ impl ScriptWatch {
         ScriptRun { watch: self.clone() }
     }
 
-    /// Replies came from the server: it is not stuck.
+    /// Bytes came from the server: it is not stuck.
     pub fn heard(&self) {
         if self.out.load(Ordering::Acquire) > 0 {
             self.heard_ms.store(clock_ms(), Ordering::Release);
