@@ -347,6 +347,45 @@ async fn a_script_that_runs_long_gets_other_clients_busy_not_a_queue() {
     );
 }
 
+/// A script counts only until its reply is delivered or dropped: after
+/// 10,000 fast scripts read and up to 10,000 more from a client that hung up
+/// without reading, a quiet server is not taken for a busy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_that_ended_never_leave_a_server_busy() {
+    let c = Cluster::start().await;
+    let proxy = c
+        .proxy_with(|cfg| cfg.busy_reply_threshold = Duration::from_millis(300))
+        .await
+        .to_string();
+    let key = keys_in(1, "n", 1).remove(0);
+    let eval = common::cmd(&["EVAL", "return redis.call('INCR', KEYS[1])", "1", key.as_str()]);
+    let mut reader = RawConn::connect(&proxy).await;
+    reader.send(&eval.repeat(10_000)).await;
+    for _ in 0..10_000 {
+        assert!(matches!(reader.read_reply().await, Resp::Int(_)));
+    }
+    let mut quitter = TcpStream::connect(&proxy).await.expect("connect");
+    quitter.write_all(&eval.repeat(10_000)).await.expect("write");
+    drop(quitter);
+    // The proxy runs what it read of the quitter's before the hang-up: wait
+    // until the counter stops moving, then stay quiet past the threshold.
+    let mut last = Resp::Bulk(None);
+    common::eventually("the scripts ran", Duration::from_secs(10), async || {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = reader.call(&["GET", key.as_str()]).await;
+        std::mem::replace(&mut last, now.clone()) == now
+    })
+    .await;
+    let Resp::Bulk(Some(count)) = &last else {
+        panic!("{last:?}")
+    };
+    let count: u64 = String::from_utf8_lossy(count).parse().expect("a count");
+    assert!(count >= 10_000, "{count}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut other = RawConn::connect(&proxy).await;
+    assert_eq!(other.call(&["GET", key.as_str()]).await, last);
+}
+
 /// 256 KB, the value of the never-reading client.
 const BIG: usize = 256 * 1024;
 
