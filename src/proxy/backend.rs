@@ -22,10 +22,10 @@
 //! here, once a server with a client's script out has been silent for
 //! [`BackendOptions::busy_after`], another client's new request for it gets
 //! that `-BUSY` instead of joining the queue ([`BackendConn::send_client`],
-//! `script_watch.rs`). Above
-//! all, a client that retries its timed-out script gets `BUSY`, as from
-//! Redis, instead of queueing a second run behind the first. The script's own
-//! client still queues, as its connection would on one Redis.
+//! `script_watch.rs`). Above all, a client that retries its timed-out script
+//! gets `BUSY`, as from Redis, instead of queueing a second run behind the
+//! first. The script's own client still queues, as its connection would on
+//! one Redis.
 //!
 //! A connection opened with [`BackendOptions::track_id`] also asks the server for
 //! its `CLIENT ID` during the handshake, before any request is written: that is
@@ -279,8 +279,8 @@ impl BackendConn {
     }
 
     /// A client's request ([`send_counted`](Self::send_counted)), `script`
-    /// if it runs one: while a script runs long on this connection, another
-    /// client's request gets `-BUSY` at once (see the module doc).
+    /// if it runs one: while another client's script runs long on this
+    /// server, it gets `-BUSY` at once (see the module doc).
     pub fn send_client(
         &self,
         client: u64,
