@@ -347,6 +347,101 @@ async fn a_script_that_runs_long_gets_other_clients_busy_not_a_queue() {
     );
 }
 
+/// The same for RESP3 clients (`HELLO 3`), whose requests travel on the
+/// proxy's RESP3 connections: a script from one of them makes the others
+/// get `-BUSY` too, and its retry does not run it twice. Redis's own
+/// threshold is set below the proxy's here: the `-BUSY` it then gives on the
+/// proxy's other connection (RESP2) is not taken for a sign of life (it
+/// was, in a walk-through on `reborn up`, where both thresholds are 5 s and
+/// the push roles' requests met Redis's `BUSY`: after it, clients queued
+/// behind the script again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_script_that_runs_long_gets_other_clients_busy() {
+    let c = Cluster::start().await;
+    let proxy = c
+        .proxy_with(|cfg| cfg.busy_reply_threshold = Duration::from_millis(800))
+        .await
+        .to_string();
+    let mut master = RawConn::connect(&c.masters[0].addr()).await;
+    let set = master
+        .call(&["CONFIG", "SET", "busy-reply-threshold", "300"])
+        .await;
+    assert_eq!(set, Resp::Simple("OK".into()));
+    let runs = keys_in(1, "runs", 1).remove(0);
+    let same = keys_in(1, "k", 1).remove(0);
+    let script = "redis.call('INCR', KEYS[1]) local t = redis.call('TIME') \
+        local t0 = t[1] * 1000000 + t[2] \
+        repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > 2500000 return 7";
+    let eval = common::cmd(&["EVAL", script, "1", runs.as_str()]);
+    let resp3 = async || {
+        let mut conn = RawConn::connect(&proxy).await;
+        let hello = conn.call_raw(&["HELLO", "3"]).await;
+        assert!(hello.starts_with(b"%"), "{:?}", String::from_utf8_lossy(&hello));
+        conn
+    };
+    let started = std::time::Instant::now();
+    let mut owner = resp3().await;
+    owner.send(&eval).await;
+    // Past Redis's threshold, before the proxy's: Redis answers this itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut early = RawConn::connect(&proxy).await;
+    let got = early.call(&["GET", same.as_str()]).await;
+    assert!(matches!(&got, Resp::Error(e) if e.starts_with("BUSY")), "{got:?}");
+    tokio::time::sleep(Duration::from_millis(1300).saturating_sub(started.elapsed())).await;
+    for (mut conn, request) in [
+        (resp3().await, common::cmd(&["GET", same.as_str()])),
+        (resp3().await, eval.clone()),
+        (
+            RawConn::connect(&proxy).await,
+            common::cmd(&["GET", same.as_str()]),
+        ),
+    ] {
+        conn.send(&request).await;
+        let got = String::from_utf8_lossy(&conn.read_frame().await).into_owned();
+        assert!(got.starts_with("-BUSY Redis is busy running a script"), "{got:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2200),
+        "the script ended too soon to tell"
+    );
+    assert_eq!(owner.read_frame().await, b":7\r\n");
+    let mut after = RawConn::connect(&proxy).await;
+    assert_eq!(
+        after.call(&["GET", runs.as_str()]).await,
+        Resp::Bulk(Some(b"1".to_vec()))
+    );
+}
+
+/// A `SCRIPT KILL` sent early, before Redis's `busy-reply-threshold`, is
+/// taken once the server reaches it and kills the script (with the
+/// handshake's `PING`, it failed after 1 s saying the backend was down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_script_kill_waits_for_the_server_and_kills() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await.to_string();
+    let mut master = RawConn::connect(&c.masters[0].addr()).await;
+    let set = master
+        .call(&["CONFIG", "SET", "busy-reply-threshold", "1500"])
+        .await;
+    assert_eq!(set, Resp::Simple("OK".into()));
+    let key = keys_in(1, "spin", 1).remove(0);
+    let mut owner = RawConn::connect(&proxy).await;
+    owner
+        .send(&common::busy_eval(Duration::from_secs(20), &key))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let mut killer = RawConn::connect(&proxy).await;
+    assert_eq!(killer.call(&["SCRIPT", "KILL"]).await, Resp::Simple("OK".into()));
+    let got = owner.read_reply().await;
+    assert!(matches!(&got, Resp::Error(e) if e.contains("killed")), "{got:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A script counts only until its reply is delivered or dropped: after
 /// 10,000 fast scripts read and up to 10,000 more from a client that hung up
 /// without reading, a quiet server is not taken for a busy one.

@@ -129,6 +129,11 @@ pub struct BackendOptions {
     /// the connection answers other clients' new requests `-BUSY` (see the
     /// module doc). Only shared connections; `None` never.
     pub busy_after: Option<Duration>,
+    /// Ask the server something in the handshake when nothing else is asked
+    /// (RESP2, no password), so a server that wants a password is refused
+    /// there instead of failing every request. Off for the connection of a
+    /// `SCRIPT KILL`, which must not wait for a busy server to answer.
+    pub probe: bool,
 }
 
 /// Why a backend connection could not be opened, or was lost.
@@ -425,7 +430,7 @@ pub(super) async fn connect(addr: &str, opts: &BackendOptions) -> Result<(TcpStr
         id = resp::integer(&reply)
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0);
-    } else if opts.auth.is_none() && opts.protocol == Protocol::Resp2 {
+    } else if opts.probe && opts.auth.is_none() && opts.protocol == Protocol::Resp2 {
         // Nothing above asked the server anything: without this a server
         // that wants a password would count as up while every request got
         // `NOAUTH`. (A server busy with a script answers `BUSY`: it is up.)
@@ -614,6 +619,13 @@ async fn read_loop(
     loop {
         while let Some(n) = scan.next_len(&buf)? {
             let frame = buf.split_to(n).freeze();
+            // A reply says the server is not stuck, unless it is the `-BUSY`
+            // Redis itself gives once a script has run past its own threshold.
+            if let Some(scripts) = scripts
+                && !frame.starts_with(b"-BUSY")
+            {
+                scripts.heard();
+            }
             let slot = match waiting.pop_front() {
                 Some(s) => s,
                 None => match inflight.recv().await {
@@ -634,6 +646,12 @@ async fn read_loop(
                 }
             }
         }
+        // Part of a big reply came: the server is not stuck either.
+        if !buf.is_empty()
+            && let Some(scripts) = scripts
+        {
+            scripts.heard();
+        }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
         }
@@ -653,10 +671,6 @@ async fn read_loop(
         };
         if read == 0 {
             return Err(BackendError::Closed);
-        }
-        // Bytes came, if only a part of a big reply: the server is not stuck.
-        if let Some(scripts) = scripts {
-            scripts.heard();
         }
     }
 }

@@ -839,6 +839,7 @@ mod tests {
                     protocol: crate::libs::protocol::Protocol::Resp2,
                     replica_ack: None,
                     busy_after: None,
+                    probe: true,
                 },
                 1,
             ),

@@ -28,7 +28,7 @@
 //! Imports the proxy's routing, reply and merge pieces and `libs::resp`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -220,6 +220,10 @@ fn masters(routes: &Routes) -> Result<Vec<Arc<Pool>>, Fanned> {
     Ok(out)
 }
 
+/// How long the connection of a KILL may take to open and authenticate: a
+/// busy server answers `AUTH` only past its `busy-reply-threshold`.
+const KILL_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// SCRIPT KILL, FUNCTION KILL: every master, each on a connection opened for
 /// it. The busy script may run on a shared connection, and Redis reads
 /// nothing more from the connection whose script runs: a KILL queued behind
@@ -231,6 +235,10 @@ fn kill(ctx: &Context, routes: &Routes, raw: Bytes, what: &str) -> Fanned {
     };
     let mut opts = ctx.router.backend_options().clone();
     opts.track_id = false;
+    // Sent at once: a busy server answers nothing, the handshake included,
+    // before its busy-reply-threshold (5 s), and then it takes the KILL.
+    opts.probe = false;
+    opts.connect_timeout = opts.connect_timeout.max(KILL_HANDSHAKE);
     let parts = pools
         .iter()
         .map(|p| {

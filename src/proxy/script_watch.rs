@@ -7,8 +7,10 @@
 //! connection to it: each proxy worker has its own connections, and a script
 //! on one holds the whole server. A script counts from its send until its
 //! reply is delivered or dropped ([`ScriptRun`]), so no path can leave one
-//! counted for ever. Cost: nothing for other requests but two loads; a
-//! clock read per read from the server only while a script is out.
+//! counted for ever. A `-BUSY` from Redis itself (its own threshold passed,
+//! on another connection) is not an answer. Cost: nothing for other requests
+//! but an atomic load per request and per reply; a clock read per reply
+//! only while a script is out.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -62,7 +64,7 @@ impl ScriptWatch {
         ScriptRun { watch: self.clone() }
     }
 
-    /// Bytes came from the server: it is not stuck.
+    /// The server answered something (not a `-BUSY`): it is not stuck.
     pub fn heard(&self) {
         if self.out.load(Ordering::Acquire) > 0 {
             self.heard_ms.store(clock_ms(), Ordering::Release);

@@ -99,6 +99,7 @@ impl Bound {
             protocol: Protocol::Resp2,
             replica_ack: config.replica_ack(),
             busy_after: (!config.busy_reply_threshold.is_zero()).then_some(config.busy_reply_threshold),
+            probe: true,
         };
         // Clients past the fd limit would hang in the accept queue: refuse
         // them with an error instead, as past max_clients.

@@ -447,6 +447,7 @@ mod tests {
             protocol: crate::libs::protocol::Protocol::Resp2,
             replica_ack: None,
             busy_after: None,
+            probe: true,
         };
         Arc::new(Context::new(ProxyConfig::default(), Router::new("p", opts, 1)))
     }
