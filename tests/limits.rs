@@ -487,10 +487,15 @@ const BIG: usize = 256 * 1024;
 /// Writes `GET {g}big` as fast as the proxy reads them and never reads a
 /// reply, until the socket is closed or `n` requests are out.
 fn never_reading_client(proxy: &str, n: usize) -> tokio::task::JoinHandle<(TcpStream, usize)> {
+    never_reading_client_of(proxy, "{g}big", n)
+}
+
+/// [`never_reading_client`] of `key`.
+fn never_reading_client_of(proxy: &str, key: &str, n: usize) -> tokio::task::JoinHandle<(TcpStream, usize)> {
     let proxy = proxy.to_string();
+    let chunk = format!("GET {key}\r\n").repeat(1000).into_bytes();
     tokio::spawn(async move {
         let mut s = TcpStream::connect(&proxy).await.expect("connect");
-        let chunk = b"GET {g}big\r\n".repeat(1000);
         let mut sent = 0;
         while sent < n {
             let write = s.write_all(&chunk);
@@ -717,15 +722,16 @@ async fn burst_behind(head: Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_output_memory_new_requests_get_an_error_until_readers_leave() {
     let c = Cluster::start().await;
-    // A cap of one byte: what a never-reading client leaves in its full
-    // socket is up to a window (1 MB) of replies, but how much depends on
-    // what the sockets' buffers took of the last ones; it is never nothing.
+    // A cap of one byte: what a never-reading client of small replies leaves
+    // in the proxy once its socket is full is up to a window (1 MB), never
+    // nothing, and never more than the two windows that would get it
+    // disconnected over the cap.
     let proxy = c
         .proxy_process_with(Duration::from_secs(5), None, "max_output_memory = 1")
         .await;
     seed(&proxy).await;
     let bad: Vec<_> = (0..2)
-        .map(|_| never_reading_client(&proxy.id, 1_000_000))
+        .map(|_| never_reading_client_of(&proxy.id, "{g}probe", 2_000_000))
         .collect();
     let p = common::client(&proxy.id).await;
     let get_probe = || {
@@ -740,7 +746,6 @@ async fn over_max_output_memory_new_requests_get_an_error_until_readers_leave() 
     })
     .await;
     assert!(proxy.metric("output_memory_refusals_total").await >= 1);
-    assert!(proxy.metric("output_memory_bytes").await >= 1);
     // Once they are gone, their memory is given back and requests pass.
     for b in bad {
         drop(b.await.expect("writer"));
@@ -751,6 +756,56 @@ async fn over_max_output_memory_new_requests_get_an_error_until_readers_leave() 
     .await;
     assert_eq!(get_probe().await.expect("get"), "small");
     assert_eq!(proxy.metric("output_memory_bytes").await, 0);
+}
+
+/// `max_output_memory` is a bound, not only a refusal of new requests:
+/// requests already sent still bring their replies, and 30 clients with
+/// four 50 MB GETs each, never reading, took a proxy to 3.9 GB under the
+/// 1 GB cap (each under its own 256 MB limit). Now over the cap a client
+/// whose unread replies pass two windows (2 MB) is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_output_memory_bounds_what_replies_already_asked_for_can_take() {
+    let c = Cluster::start().await;
+    let proxy = c
+        .proxy_process_with(Duration::from_secs(5), None, "max_output_memory = 4194304")
+        .await;
+    let mut p = common::client(&proxy.id).await;
+    let _: () = redis::cmd("SET")
+        .arg("{g}huge")
+        .arg(vec![b'x'; 3 << 20])
+        .query_async(&mut p)
+        .await
+        .expect("set");
+    let mut bad = Vec::new();
+    for _ in 0..6 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("small receive buffer");
+        let mut s = socket
+            .connect(proxy.id.parse().expect("address"))
+            .await
+            .expect("connect");
+        s.write_all(&b"GET {g}huge\r\n".repeat(4)).await.expect("write");
+        bad.push(s);
+    }
+    common::eventually(
+        "clients past two windows are cut off",
+        Duration::from_secs(10),
+        async || proxy.metric("output_limit_kills_total").await >= 1,
+    )
+    .await;
+    // What is left is under the cap plus what the survivors may hold.
+    common::eventually("held memory is bounded", Duration::from_secs(10), async || {
+        proxy.metric("output_memory_bytes").await <= 4 * 1024 * 1024 + 2 * (3 << 20)
+    })
+    .await;
+    let mut p = common::client(&proxy.id).await;
+    let v: Vec<u8> = redis::cmd("GET")
+        .arg("{g}huge")
+        .query_async(&mut p)
+        .await
+        .expect("others served");
+    assert_eq!(v.len(), 3 << 20);
+    drop(bad);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,11 +187,14 @@ impl Client {
             txn: None,
             barrier: None,
             pubsub: None,
-            output: Arc::new(Meter::new(
-                ctx.config.max_pipeline,
-                ctx.config.client_output_limit,
-                ctx.stats.output_memory.clone(),
-            )),
+            output: Arc::new(
+                Meter::new(
+                    ctx.config.max_pipeline,
+                    ctx.config.client_output_limit,
+                    ctx.stats.output_memory.clone(),
+                )
+                .capped(ctx.config.max_output_memory),
+            ),
         }
     }
 

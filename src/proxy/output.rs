@@ -24,7 +24,11 @@
 //!   logged and counted, as Redis's `client-output-buffer-limit` does.
 //! * **A global cap** (`max_output_memory`): those bytes summed over every
 //!   session; while over it, new requests get an error instead of adding to
-//!   it.
+//!   it, and a reply that would take a session past twice [`WINDOW_BYTES`]
+//!   unread (more than its window lets a client hold) is dropped and that
+//!   session disconnected, as past its own limit. Requests already sent would otherwise still bring
+//!   their replies in: 30 clients with four 50 MB GETs each took a proxy to
+//!   3.9 GB under the 1 GB cap (each under its own 256 MB limit).
 //!
 //! The counting costs each reply two uncontended atomic operations on its
 //! session's [`Meter`] and two on the proxy-wide [`OutputMemory`].
@@ -38,6 +42,10 @@ use tokio::sync::Notify;
 pub const WINDOW_BYTES: usize = 1024 * 1024;
 /// Requests a new session may have in flight before it has seen a reply.
 pub const FIRST_WINDOW: usize = 16;
+/// Over `max_output_memory`, a session may hold this much unread: a window
+/// held and a window in flight. Only one whose replies outgrew its window's
+/// guess (a burst of big values) passes it.
+const EVICT_OVER_CAP: usize = 2 * WINDOW_BYTES;
 
 /// Set in [`Meter::held`] once the session ended: its bytes left the
 /// proxy-wide count, and replies that still arrive are not counted.
@@ -55,6 +63,9 @@ pub struct Meter {
     held: AtomicUsize,
     /// `client_output_limit`.
     limit: usize,
+    /// `max_output_memory`: past it, a reply that takes a session past
+    /// [`EVICT_OVER_CAP`] is refused.
+    memory_cap: usize,
     /// Set when a reply would have taken the session past `limit`; a flag
     /// the writer reads per reply, and a wake-up for a write stuck on a
     /// full socket (a token's registration would cost every wait).
@@ -84,6 +95,7 @@ impl Meter {
             unwritten: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             limit,
+            memory_cap: usize::MAX,
             over: AtomicBool::new(false),
             over_wake: Notify::new(),
             memory,
@@ -93,6 +105,12 @@ impl Meter {
             max_pipeline,
             room: Notify::new(),
         }
+    }
+
+    /// The proxy-wide cap (`max_output_memory`) this session's replies obey.
+    pub fn capped(mut self, cap: usize) -> Meter {
+        self.memory_cap = cap;
+        self
     }
 
     /// Requests in flight now.
@@ -174,10 +192,14 @@ impl Meter {
         // held never runs ahead of the addition (see `end`).
         self.memory.add(len);
         let unwritten = self.unwritten();
+        // Over the proxy-wide cap, only a session holding little may add.
+        let global_over = limited && self.memory.get() > self.memory_cap;
         let added = self
             .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                if held & ENDED != 0 || (limited && held + unwritten + len > self.limit) {
+                let mine = held + unwritten + len;
+                let refused = limited && (mine > self.limit || (global_over && mine > EVICT_OVER_CAP));
+                if held & ENDED != 0 || refused {
                     None
                 } else {
                     Some(held + len)
@@ -356,6 +378,27 @@ mod tests {
         assert_eq!(memory.get(), 900, "the refused reply is not counted");
         m.add(20);
         assert_eq!((m.held(), memory.get()), (920, 920));
+    }
+
+    #[test]
+    fn over_the_proxy_wide_cap_only_sessions_within_their_window_may_add() {
+        let memory = Arc::new(OutputMemory::default());
+        let big = Meter::new(16, usize::MAX >> 2, memory.clone()).capped(3 * WINDOW_BYTES);
+        let small = Meter::new(16, usize::MAX >> 2, memory.clone()).capped(3 * WINDOW_BYTES);
+        assert!(big.admit(3 * WINDOW_BYTES), "under the cap: anything");
+        assert!(
+            !big.admit(1),
+            "over it, a session holding more than two windows is refused"
+        );
+        assert!(big.is_over());
+        assert!(
+            small.admit(WINDOW_BYTES),
+            "one holding a window's worth still gets its replies"
+        );
+        assert!(!small.admit(WINDOW_BYTES + 1), "not more than two windows");
+        big.end();
+        let fresh = Meter::new(16, usize::MAX >> 2, memory.clone()).capped(3 * WINDOW_BYTES);
+        assert!(fresh.admit(2 * WINDOW_BYTES), "under the cap again");
     }
 
     #[tokio::test]
