@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod browser_guard;
+pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod fd_limit;

@@ -15,7 +15,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::libs::clock;
 
 /// The scripts out on one server.
 pub struct ScriptWatch {
@@ -94,10 +96,9 @@ impl Drop for ScriptRun {
     }
 }
 
-/// Milliseconds on a monotonic clock, from the first call.
+/// Milliseconds on the process's monotonic clock.
 fn clock_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(clock::since_start().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -1,21 +1,17 @@
 //! Latency samples: the pusher stamps each push body with the time since a
 //! process-wide epoch, the crowd's sink turns a received body back into
 //! POST-to-receipt latency. Pusher and crowd share the process, so one
-//! monotonic clock serves both. Imports nothing of the crate.
+//! monotonic clock (`libs::clock`) serves both.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
+use crate::libs::clock;
 
 /// The body of a push sent now: nanoseconds since the epoch, in decimal.
 pub fn stamp() -> Vec<u8> {
-    let ns = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let ns = u64::try_from(clock::since_start().as_nanos()).unwrap_or(u64::MAX);
     ns.to_string().into_bytes()
 }
 
@@ -31,7 +27,7 @@ impl Latencies {
         let Some(sent) = std::str::from_utf8(body).ok().and_then(|s| s.parse::<u64>().ok()) else {
             return;
         };
-        let now = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = u64::try_from(clock::since_start().as_nanos()).unwrap_or(u64::MAX);
         self.samples.lock().push(now.saturating_sub(sent) / 1000);
     }
 
