@@ -724,7 +724,7 @@ async fn over_max_output_memory_new_requests_get_an_error_until_readers_leave() 
     let c = Cluster::start().await;
     // A cap of one byte: what a never-reading client of small replies leaves
     // in the proxy once its socket is full is up to a window (1 MB), never
-    // nothing, and never more than the two windows that would get it
+    // nothing, and never more than a window, which would get it
     // disconnected over the cap.
     let proxy = c
         .proxy_process_with(Duration::from_secs(5), None, "max_output_memory = 1")
@@ -762,7 +762,9 @@ async fn over_max_output_memory_new_requests_get_an_error_until_readers_leave() 
 /// requests already sent still bring their replies, and 30 clients with
 /// four 50 MB GETs each, never reading, took a proxy to 3.9 GB under the
 /// 1 GB cap (each under its own 256 MB limit). Now over the cap a client
-/// whose unread replies pass two windows (2 MB) is disconnected.
+/// already holding more than a window (1 MB) unread is disconnected when
+/// its next reply comes; one that reads is served (a first version also
+/// cut off a reading client whose one reply was big).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_output_memory_bounds_what_replies_already_asked_for_can_take() {
     let c = Cluster::start().await;
@@ -788,7 +790,7 @@ async fn max_output_memory_bounds_what_replies_already_asked_for_can_take() {
         bad.push(s);
     }
     common::eventually(
-        "clients past two windows are cut off",
+        "clients holding over a window are cut off",
         Duration::from_secs(10),
         async || proxy.metric("output_limit_kills_total").await >= 1,
     )

@@ -49,7 +49,7 @@ pub struct ProxyConfig {
     /// A client that merely reads slowly is held back long before (`output.rs`).
     pub client_output_limit: usize,
     /// Bytes all clients may leave unread, together; while over it, new
-    /// requests get an error and a client past 2 MB unread is disconnected.
+    /// requests get an error and a client holding over 1 MB unread is disconnected.
     pub max_output_memory: usize,
     /// Shared pipelined connections per redis-server.
     pub backend_conns: usize,

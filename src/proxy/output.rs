@@ -24,9 +24,10 @@
 //!   logged and counted, as Redis's `client-output-buffer-limit` does.
 //! * **A global cap** (`max_output_memory`): those bytes summed over every
 //!   session; while over it, new requests get an error instead of adding to
-//!   it, and a reply that would take a session past twice [`WINDOW_BYTES`]
-//!   unread (more than its window lets a client hold) is dropped and that
-//!   session disconnected, as past its own limit. Requests already sent would otherwise still bring
+//!   it, and a reply for a session that already holds more than
+//!   [`WINDOW_BYTES`] unread is dropped and that session disconnected, as
+//!   past its own limit (a client that reads holds nothing when its reply
+//!   comes, however big the reply). Requests already sent would otherwise still bring
 //!   their replies in: 30 clients with four 50 MB GETs each took a proxy to
 //!   3.9 GB under the 1 GB cap (each under its own 256 MB limit).
 //!
@@ -42,10 +43,6 @@ use tokio::sync::Notify;
 pub const WINDOW_BYTES: usize = 1024 * 1024;
 /// Requests a new session may have in flight before it has seen a reply.
 pub const FIRST_WINDOW: usize = 16;
-/// Over `max_output_memory`, a session may hold this much unread: a window
-/// held and a window in flight. Only one whose replies outgrew its window's
-/// guess (a burst of big values) passes it.
-const EVICT_OVER_CAP: usize = 2 * WINDOW_BYTES;
 
 /// Set in [`Meter::held`] once the session ended: its bytes left the
 /// proxy-wide count, and replies that still arrive are not counted.
@@ -63,8 +60,8 @@ pub struct Meter {
     held: AtomicUsize,
     /// `client_output_limit`.
     limit: usize,
-    /// `max_output_memory`: past it, a reply that takes a session past
-    /// [`EVICT_OVER_CAP`] is refused.
+    /// `max_output_memory`: past it, a reply for a session that already
+    /// holds more than [`WINDOW_BYTES`] unread is refused.
     memory_cap: usize,
     /// Set when a reply would have taken the session past `limit`; a flag
     /// the writer reads per reply, and a wake-up for a write stuck on a
@@ -197,8 +194,9 @@ impl Meter {
         let added = self
             .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                let mine = held + unwritten + len;
-                let refused = limited && (mine > self.limit || (global_over && mine > EVICT_OVER_CAP));
+                let before = held + unwritten;
+                let refused =
+                    limited && (before + len > self.limit || (global_over && before > WINDOW_BYTES));
                 if held & ENDED != 0 || refused {
                     None
                 } else {
@@ -388,14 +386,15 @@ mod tests {
         assert!(big.admit(3 * WINDOW_BYTES), "under the cap: anything");
         assert!(
             !big.admit(1),
-            "over it, a session holding more than two windows is refused"
+            "over it, a session holding more than a window is refused"
         );
         assert!(big.is_over());
         assert!(
             small.admit(WINDOW_BYTES),
-            "one holding a window's worth still gets its replies"
+            "one holding nothing gets its reply, however big"
         );
-        assert!(!small.admit(WINDOW_BYTES + 1), "not more than two windows");
+        assert!(small.admit(1), "one holding a window still does");
+        assert!(!small.admit(1), "not once it holds more");
         big.end();
         let fresh = Meter::new(16, usize::MAX >> 2, memory.clone()).capped(3 * WINDOW_BYTES);
         assert!(fresh.admit(2 * WINDOW_BYTES), "under the cap again");

@@ -647,7 +647,7 @@ fn output_limit(ctx: &Context, conn: &Connection, unread: usize) -> std::io::Err
         addr = %conn.addr,
         unread,
         limit = ctx.config.client_output_limit,
-        "client disconnected: it does not read its replies (client_output_limit, or max_output_memory while it holds over 2 MB)"
+        "client disconnected: it does not read its replies (client_output_limit, or max_output_memory while it holds over 1 MB)"
     );
     std::io::Error::other("client_output_limit")
 }
