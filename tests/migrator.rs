@@ -907,3 +907,154 @@ async fn connected_clients(c: &mut redis::aio::MultiplexedConnection) -> i64 {
         .and_then(|v| v.trim().parse().ok())
         .expect("connected_clients")
 }
+
+/// The settle after a promote of the source group (`migrator::settle`): with
+/// the slots' keys on both servers, the target's copy counts, but for an
+/// unconfirmed key whose copy on the target is still the one the migrator
+/// sent; keys only on the source, and keys of other slots, stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_keeps_the_target_copy_unless_it_is_the_unconfirmed_one_sent() {
+    use bytes::Bytes;
+    use migrator::SentCopy;
+
+    let (src, dst) = (common::redis(), common::redis());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let in_slot = |prefix: &str, slot: u16| -> String {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| slot_of(k.as_bytes()) == slot)
+            .expect("a key")
+    };
+    let slots = BTreeSet::from([5u16, 6]);
+    // Moved by the old master, which the replica never heard deleted.
+    let moved = in_slot("moved", 5);
+    // Copied by the migrator, deletion unconfirmed, target copy unchanged:
+    // the source kept it (a client wrote it there).
+    let ours = in_slot("ours", 6);
+    // Copied, unconfirmed, then written on the target by a client: the
+    // deletion did happen.
+    let rewritten = in_slot("rewritten", 6);
+    let only_source = in_slot("only", 5);
+    let other_slot = in_slot("other", 7);
+    for (k, v) in [
+        (&moved, "old"),
+        (&ours, "written after the copy"),
+        (&rewritten, "copied"),
+        (&only_source, "not moved yet"),
+        (&other_slot, "not migrating"),
+    ] {
+        let () = redis::AsyncCommands::set(&mut s, k, v).await.expect("set source");
+    }
+    let () = redis::AsyncCommands::set(&mut d, &moved, "newer")
+        .await
+        .expect("set");
+    let () = redis::AsyncCommands::set(&mut d, &other_slot, "x")
+        .await
+        .expect("set");
+    // The copies "sent": a DUMP of the value each had when copied.
+    let dump_of = async |c: &mut redis::aio::MultiplexedConnection, k: &str| -> Bytes {
+        let v: Vec<u8> = redis::cmd("DUMP").arg(k).query_async(c).await.expect("dump");
+        Bytes::from(v)
+    };
+    let () = redis::AsyncCommands::set(&mut d, &ours, "copied")
+        .await
+        .expect("set");
+    let () = redis::AsyncCommands::set(&mut d, &rewritten, "copied")
+        .await
+        .expect("set");
+    let copy = SentCopy {
+        payload: dump_of(&mut d, &ours).await,
+        expire_at: 0,
+    };
+    let () = redis::AsyncCommands::set(&mut d, &rewritten, "written on the target")
+        .await
+        .expect("set");
+    let sent: HashMap<Bytes, SentCopy> = [
+        (Bytes::from(ours.clone()), copy.clone()),
+        (Bytes::from(rewritten.clone()), copy),
+    ]
+    .into_iter()
+    .collect();
+
+    let settled = migrator::settle_promoted_source(&src.addr(), &dst.addr(), &slots, &sent, None)
+        .await
+        .expect("settle");
+    assert_eq!(
+        (settled.found, settled.dropped, settled.kept),
+        (4, 2, 1),
+        "{settled:?}"
+    );
+    let on_source = async |s: &mut redis::aio::MultiplexedConnection, k: &str| -> Option<String> {
+        redis::AsyncCommands::get(s, k).await.expect("get")
+    };
+    assert_eq!(on_source(&mut s, &moved).await, None, "the target's copy counts");
+    assert_eq!(
+        on_source(&mut s, &rewritten).await,
+        None,
+        "written on the target after the move"
+    );
+    assert_eq!(
+        on_source(&mut s, &ours).await.as_deref(),
+        Some("written after the copy"),
+        "the source kept it"
+    );
+    assert_eq!(
+        on_source(&mut s, &only_source).await.as_deref(),
+        Some("not moved yet")
+    );
+    assert_eq!(
+        on_source(&mut s, &other_slot).await.as_deref(),
+        Some("not migrating")
+    );
+    // The target is never written.
+    assert_eq!(on_source(&mut d, &moved).await.as_deref(), Some("newer"));
+    assert_eq!(on_source(&mut d, &ours).await.as_deref(), Some("copied"));
+}
+
+/// A batch copied to the target whose deletion from the source never came
+/// (here the source turned out to be a replica and refused the `DEL`) stays
+/// noted as unconfirmed, with exactly the copy the target holds: what a
+/// promote's settle needs if that source's master died then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_whose_source_delete_never_came_stay_noted_as_sent() {
+    let (master, dst) = (common::redis(), common::redis());
+    let mut src = common::redis();
+    let mut m = conn(&master.addr(), None).await;
+    let keys = key_names("noted", 500);
+    fill(&mut m, &keys).await;
+    src.replicaof(&master.addr()).expect("replicaof");
+    let mut s = conn(&src.addr(), None).await;
+    common::eventually("the replica has the keys", Duration::from_secs(10), async || {
+        dbsize(&mut s).await == keys.len() as u64
+    })
+    .await;
+    let mut progress = Progress::default();
+    let cancel = CancellationToken::new();
+    let outcome = migrator::migrate_slots(
+        &src.addr(),
+        &dst.addr(),
+        &hundred_slots(),
+        &config(),
+        &mut progress,
+        |_| {},
+        &cancel,
+    )
+    .await;
+    assert!(
+        matches!(outcome, Err(MigrateError::NotMaster { .. })),
+        "{outcome:?}"
+    );
+    let noted = migrator::Unconfirmed::global().take(&src.addr());
+    let mut d = conn(&dst.addr(), None).await;
+    let on_target = dbsize(&mut d).await;
+    assert!(on_target > 0, "a batch was copied");
+    assert_eq!(noted.len() as u64, on_target, "every copy on the target is noted");
+    for (k, copy) in &noted {
+        let payload: Vec<u8> = redis::cmd("DUMP")
+            .arg(k.as_ref())
+            .query_async(&mut d)
+            .await
+            .expect("DUMP");
+        assert_eq!(payload, copy.payload.as_ref(), "the copy noted is the one sent");
+    }
+}

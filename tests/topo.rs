@@ -627,6 +627,7 @@ async fn a_loaded_action_is_never_newer_than_its_slot_table() {
                     from: k,
                     to: k,
                     created: 0,
+                    drain_target: false,
                 };
                 let mut txn = zk.txn();
                 txn.set_json(&paths.slots(), &table, version).expect("set");

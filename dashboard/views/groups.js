@@ -72,7 +72,7 @@ function failoverRow(f) {
     el("td", { class: "num" }, f.detection_ms ? num(f.detection_ms) + " ms" : "–"),
     el("td", { class: "num" }, num(f.switch_ms) + " ms"),
     el("td", { class: f.new_master ? "ok" : "bad" }, f.outcome),
-    el("td", { class: "hint" }, f.reason),
+    el("td", { class: "hint" }, [f.reason, ...(f.notes || [])].join("; ")),
   );
 }
 

@@ -167,7 +167,8 @@ async fn write_ack(zk: &ZkSession, path: &str) -> Result<(), TopoError> {
     }
 }
 
-/// Waits until nothing of `a`'s slots is in flight to their source.
+/// Waits until nothing of `a`'s slots is in flight to their source (and,
+/// with [`Action::drain_target`], to their target).
 async fn drain_sources(a: &Action, workers: &[Arc<Context>]) -> Result<(), AckError> {
     let replies = {
         // Pointers are not Send: keep them out of the awaits below.
@@ -181,6 +182,19 @@ async fn drain_sources(a: &Action, workers: &[Arc<Context>]) -> Result<(), AckEr
                 {
                     replies.extend(pool.barrier());
                 }
+            }
+            // Migrating slots held again: what went to their target too. A
+            // target that owns no other slot has no pool left to drain; its
+            // connections closed after their replies.
+            if a.drain_target
+                && let Some(pool) = routes
+                    .groups
+                    .iter()
+                    .find(|g| g.id == a.to)
+                    .and_then(|g| g.master.as_ref())
+                && seen.insert(Arc::as_ptr(pool))
+            {
+                replies.extend(pool.barrier());
             }
         }
         replies

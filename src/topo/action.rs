@@ -74,7 +74,8 @@ pub async fn begin_migration_fenced(
     let paths = store.paths().clone();
     lock::with_lock(store, "migration", async |zk: &ZkSession| {
         let from = check_begin(zk, &paths, slots, to).await?;
-        let pre = write_phase_fenced(zk, &paths, slots, SlotState::PreMigrate, (from, to), fence).await?;
+        let pre =
+            write_phase_fenced(zk, &paths, slots, SlotState::PreMigrate, (from, to), fence, false).await?;
         if let Err(missing) = wait_acks(zk, &paths, pre.seq, ack_timeout).await {
             write_phase(zk, &paths, slots, SlotState::Online, to, from).await?;
             return Err(TopoError::AckTimeout {
@@ -266,7 +267,20 @@ pub(crate) async fn write_phase(
     from: GroupId,
     to: GroupId,
 ) -> Result<Action, TopoError> {
-    write_phase_fenced(zk, paths, slots, phase, (from, to), None).await
+    write_phase_fenced(zk, paths, slots, phase, (from, to), None, false).await
+}
+
+/// Holds `slots`, migrating from `from` to `to`, in `pre_migrate` again: every
+/// proxy holds their requests and drains both masters before it acknowledges.
+/// `write_phase(…, Migrate, from, to)` lets them go on migrating.
+pub(crate) async fn write_hold(
+    zk: &ZkSession,
+    paths: &Paths,
+    slots: &[u16],
+    from: GroupId,
+    to: GroupId,
+) -> Result<Action, TopoError> {
+    write_phase_fenced(zk, paths, slots, SlotState::PreMigrate, (from, to), None, true).await
 }
 
 /// [`write_phase`], also writing `fence` (if any) in the same transaction.
@@ -277,6 +291,7 @@ async fn write_phase_fenced(
     phase: SlotState,
     (from, to): (GroupId, GroupId),
     fence: Option<&Fence>,
+    drain_target: bool,
 ) -> Result<Action, TopoError> {
     let (mut table, version) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
     for &id in slots {
@@ -301,6 +316,7 @@ async fn write_phase_fenced(
         from,
         to,
         created: lock::unix_now(),
+        drain_target,
     };
     zk.mkdir_p(&paths.actions()).await?;
     let mut txn = zk.txn();

@@ -251,6 +251,11 @@ pub struct Action {
     pub to: GroupId,
     /// Unix seconds.
     pub created: u64,
+    /// With `pre_migrate`: drain the target group's master too before
+    /// acknowledging. Set when migrating slots are held again (a promote of
+    /// one of their groups), so nothing sent for them is in flight anywhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain_target: bool,
 }
 
 /// One consistent view of a product, as a proxy or operator sees it.

@@ -650,7 +650,10 @@ pub fn render_failovers(records: &[super::failover::FailoverRecord]) -> String {
                 format!("{} ms", r.switch_ms),
                 r.offset.map_or("-".into(), |o| o.to_string()),
                 r.outcome.clone(),
-                r.reason.clone(),
+                std::iter::once(r.reason.as_str())
+                    .chain(r.notes.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             ]
         })
         .collect();

@@ -119,6 +119,10 @@ pub struct FailoverRecord {
     pub keys: Option<u64>,
     /// "promoted", or why it failed.
     pub outcome: String,
+    /// What the promote reported besides: checks it was forced past, servers
+    /// it left alone, migrating slots it settled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What a leadership term fails over with.
@@ -314,6 +318,7 @@ impl Leader<'_> {
             offset,
             keys,
             outcome,
+            notes: Vec::new(),
         };
         if let Err(e) = save(self.store, &mut record).await {
             tracing::warn!(error = %e, "cannot record the repair");
@@ -346,6 +351,7 @@ impl Leader<'_> {
             offset: None,
             keys: None,
             outcome: String::new(),
+            notes: Vec::new(),
         };
         match result {
             Ok(p) => {
@@ -354,6 +360,7 @@ impl Leader<'_> {
                 record.offset = Some(p.offset);
                 record.keys = Some(p.keys);
                 record.outcome = "promoted".into();
+                record.notes = p.forced.iter().chain(&p.warnings).cloned().collect();
                 watch.retry_at.remove(&id);
             }
             Err(e) => {
@@ -490,6 +497,12 @@ pub async fn record_promote(store: &Store, promoted: &Promoted, at_ms: u64, star
         offset: Some(promoted.offset),
         keys: Some(promoted.keys),
         outcome: "promoted".into(),
+        notes: promoted
+            .forced
+            .iter()
+            .chain(&promoted.warnings)
+            .cloned()
+            .collect(),
     };
     if let Err(e) = save(store, &mut record).await {
         tracing::warn!(error = %e, "cannot record the promote");

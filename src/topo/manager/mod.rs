@@ -34,6 +34,7 @@ pub mod health;
 pub(crate) mod info_text;
 pub(crate) mod master_conns;
 pub mod metrics;
+pub mod migration_gate;
 pub mod migrator;
 pub mod promote;
 pub mod push_queue;

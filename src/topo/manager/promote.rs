@@ -8,9 +8,12 @@
 //!    (a bounded wait); with the master gone, only the replica that applied
 //!    the most. A refusal names the reason and changes nothing, neither in
 //!    ZooKeeper nor on a server; `force` overrides it and says what may be lost.
-//! 1. The group's slots go to `pre_migrate` (source = target = the group): every
-//!    live proxy holds their requests and drains the old master, or the promote
-//!    rolls back.
+//! 1. Slots migrating to or from the group go back to `pre_migrate` (each
+//!    proxy holds their requests and drains both masters), then the group's
+//!    own slots go to `pre_migrate` (source = target = the group): every live
+//!    proxy holds their requests and drains the old master, or the promote
+//!    rolls back. The migration runner of this dashboard has stopped moving
+//!    the group's keys before ([`super::migration_gate`]).
 //! 2. With the old master alive, the replica catches up with it again, writes
 //!    held: every write a client was told succeeded is then on the replica. If
 //!    it cannot, the hold is released and the promote refused.
@@ -18,20 +21,27 @@
 //! 4. The group's other servers replicate from the new master, except one that
 //!    has applied more than it (it would full-sync from the less advanced server
 //!    and drop what only it holds): that one is left alone with a warning.
-//! 5. The slots go back `online`, now routed to the new master.
+//! 5. The group's own slots go back `online`, now routed to the new master.
+//! 6. Without step 2's guarantee (the old master dead, or a forced promote),
+//!    slots migrating *from* the group are settled with their target
+//!    ([`migrator::settle_promoted_source`]): the new master may hold keys
+//!    the old one had moved and deleted. Then the migrating slots go back to
+//!    `migrate`, and the runner goes on with the new master.
 //!
 //! With the old master dead, writes it acknowledged but had not replicated are
 //! lost: that is replication's limit, which no proxy can undo.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::candidate::{self, Choice, Follow, Looked};
-use super::migrator::Conn;
+use super::migration_gate::MigrationGate;
+use super::migrator::{self, Conn, Unconfirmed};
 use super::replication::{self, Replication, thousands};
 use crate::libs::resp_client::Frame;
-use crate::topo::action::{wait_acks, write_phase};
+use crate::topo::action::{wait_acks, write_hold, write_phase};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
 use crate::topo::model::{Group, GroupId, Role, SlotState, SlotTable};
@@ -98,10 +108,12 @@ pub async fn promote(
 /// Promotes the requested (or the best) server of group `id` to master.
 ///
 /// # Errors
-/// [`TopoError::Invalid`]: not a replica of the group, or a migrating slot of
-/// the group; [`TopoError::State`]: a check refused (the message says which and
-/// what `force` would lose); [`TopoError::AckTimeout`] (rolled back); or a
-/// server that refuses `REPLICAOF`.
+/// [`TopoError::Invalid`]: not a replica of the group; [`TopoError::State`]:
+/// a check refused (the message says which and what `force` would lose), a
+/// slot of the group in the middle of a task's switch, or the master of a
+/// migration's target not answering when a settle will be needed;
+/// [`TopoError::AckTimeout`] (rolled back); or a server that refuses
+/// `REPLICAOF`.
 pub async fn promote_with(
     store: &Store,
     id: GroupId,
@@ -111,6 +123,9 @@ pub async fn promote_with(
 ) -> Result<Promoted, TopoError> {
     crate::topo::operation::check_group_id(id)?;
     let paths = store.paths().clone();
+    // Before the lock: a migration task ending now takes the lock to bring its
+    // slots online, and must not wait for us while we wait for it.
+    let _stopped = MigrationGate::of(store).close(id).await;
     lock::with_lock(store, "promote", async |zk: &ZkSession| {
         let (group, group_version) = zk
             .get_json_with_version::<Group>(&paths.group(id))
@@ -141,28 +156,7 @@ pub async fn promote_with(
         }
         let old = group.master().map(str::to_string);
         let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
-        let mut slots = Vec::new();
-        for s in table
-            .slots()
-            .iter()
-            .filter(|s| s.group == id || s.from == Some(id))
-        {
-            if s.state != SlotState::Online {
-                // Which copy of a key is the newer one, the source's or the
-                // target's, is only known while both masters keep every write
-                // they acknowledged (docs/reliability.md, "A group whose slots
-                // migrate").
-                return Err(TopoError::State(format!(
-                    "slot {} of group {id} is migrating (group {} to {}); promote once the migration \
-                     is over. If a master of the migration is down, start it again (with its AOF it \
-                     keeps its data) and the task goes on",
-                    s.id,
-                    s.from.unwrap_or(s.group),
-                    s.group
-                )));
-            }
-            slots.push(s.id);
-        }
+        let held = Held::of(&table, id)?;
 
         // Everything is checked before anything is written or sent.
         let looked = look_all(&group, old.as_deref(), auth).await;
@@ -188,17 +182,23 @@ pub async fn promote_with(
                 }
             }
         }
-
-        if !slots.is_empty() {
-            let hold = write_phase(zk, &paths, &slots, SlotState::PreMigrate, id, id).await?;
-            if let Err(missing) = wait_acks(zk, &paths, hold.seq, ack_timeout).await {
-                write_phase(zk, &paths, &slots, SlotState::Online, id, id).await?;
-                return Err(TopoError::AckTimeout {
-                    seq: hold.seq,
-                    missing,
-                });
+        // Without the old master's last writes, migrating slots are settled
+        // with their target after the switch: it must answer.
+        let targets = held.settle_targets(zk, &paths, id).await?;
+        if !caught_up {
+            for (to, addr) in &targets {
+                let health = super::health::probe(addr, auth).await;
+                if health != super::health::Health::Up {
+                    return Err(TopoError::State(format!(
+                        "group {id}: refused: slots of group {id} migrate to group {to}, whose master {addr} is {}; \
+                         their copies are settled with it after the switch. Promote group {to} first; nothing was changed",
+                        health.describe()
+                    )));
+                }
             }
         }
+
+        held.hold(zk, &paths, id, ack_timeout).await?;
         let switched = switch_master(
             zk,
             &paths,
@@ -209,22 +209,238 @@ pub async fn promote_with(
             auth,
         )
         .await;
-        if !slots.is_empty() {
-            // Back online either way: on the new master, or (the switch failed
-            // before touching ZooKeeper) on the old one.
-            let done = write_phase(zk, &paths, &slots, SlotState::Online, id, id).await?;
-            let _ = wait_acks(zk, &paths, done.seq, ack_timeout).await;
+        // Back online either way: on the new master, or (the switch failed
+        // before touching ZooKeeper) on the old one.
+        held.release_own(zk, &paths, id, ack_timeout).await?;
+        let mut settled = Vec::new();
+        if let Ok(s) = &switched {
+            // The old master's notes are of no use past this promote either way.
+            let sent = old
+                .as_deref()
+                .map(|o| Unconfirmed::global().take(o))
+                .unwrap_or_default();
+            if !s.guarded {
+                settled = settle(&held, &targets, &choice.addr, &sent, auth).await;
+            }
         }
-        let (offset, keys, warnings) = switched?;
-        Ok(report(id, old, choice, offset, keys, warnings))
+        held.release_migrating(zk, &paths, ack_timeout).await?;
+        let mut switched = switched?;
+        switched.warnings.extend(settled);
+        Ok(report(id, old, choice, switched))
     })
     .await
 }
 
+/// The slots a promote of one group holds while it switches masters.
+struct Held {
+    /// The group's own `online` slots.
+    own: Vec<u16>,
+    /// Its migrating slots (as source or target), by (source, target).
+    migrating: BTreeMap<(GroupId, GroupId), Vec<u16>>,
+}
+
+impl Held {
+    fn of(table: &SlotTable, id: GroupId) -> Result<Held, TopoError> {
+        let mut held = Held {
+            own: Vec::new(),
+            migrating: BTreeMap::new(),
+        };
+        for s in table
+            .slots()
+            .iter()
+            .filter(|s| s.group == id || s.from == Some(id))
+        {
+            match (s.state, s.from) {
+                (SlotState::Online, _) => held.own.push(s.id),
+                (SlotState::Migrate, Some(from)) => {
+                    held.migrating.entry((from, s.group)).or_default().push(s.id)
+                }
+                // A task's switch in progress (or cut short, which its runner
+                // resumes): which group serves the slot is not settled yet.
+                _ => {
+                    return Err(TopoError::State(format!(
+                        "slot {} of group {id} is being switched by a migration task (state {:?}); retry in a \
+                         few seconds; nothing was changed",
+                        s.id, s.state
+                    )));
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// The masters of the groups this group's slots migrate to.
+    async fn settle_targets(
+        &self,
+        zk: &ZkSession,
+        paths: &crate::topo::path::Paths,
+        id: GroupId,
+    ) -> Result<BTreeMap<GroupId, String>, TopoError> {
+        let mut targets = BTreeMap::new();
+        for &(from, to) in self.migrating.keys() {
+            if from != id {
+                continue;
+            }
+            let group = zk.get_json::<Group>(&paths.group(to)).await?;
+            let master = group.master().ok_or_else(|| {
+                TopoError::State(format!(
+                    "group {id}: refused: slots of group {id} migrate to group {to}, which has no master; nothing was changed"
+                ))
+            })?;
+            targets.insert(to, master.to_string());
+        }
+        Ok(targets)
+    }
+
+    /// Every proxy holds the slots' requests and drains the masters they
+    /// were sent to; rolled back if one does not acknowledge.
+    async fn hold(
+        &self,
+        zk: &ZkSession,
+        paths: &crate::topo::path::Paths,
+        id: GroupId,
+        ack_timeout: Duration,
+    ) -> Result<(), TopoError> {
+        for (&(from, to), slots) in &self.migrating {
+            let hold = write_hold(zk, paths, slots, from, to).await?;
+            if let Err(missing) = wait_acks(zk, paths, hold.seq, ack_timeout).await {
+                self.undo(zk, paths, id, false).await?;
+                return Err(TopoError::AckTimeout {
+                    seq: hold.seq,
+                    missing,
+                });
+            }
+        }
+        if !self.own.is_empty() {
+            let hold = write_phase(zk, paths, &self.own, SlotState::PreMigrate, id, id).await?;
+            if let Err(missing) = wait_acks(zk, paths, hold.seq, ack_timeout).await {
+                self.undo(zk, paths, id, true).await?;
+                return Err(TopoError::AckTimeout {
+                    seq: hold.seq,
+                    missing,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases a hold that was not acknowledged, without waiting (a proxy
+    /// that did not acknowledge the hold would not acknowledge this either).
+    async fn undo(
+        &self,
+        zk: &ZkSession,
+        paths: &crate::topo::path::Paths,
+        id: GroupId,
+        own: bool,
+    ) -> Result<(), TopoError> {
+        if own {
+            write_phase(zk, paths, &self.own, SlotState::Online, id, id).await?;
+        }
+        for (&(from, to), slots) in &self.migrating {
+            write_phase(zk, paths, slots, SlotState::Migrate, from, to).await?;
+        }
+        Ok(())
+    }
+
+    /// The group's own slots go back online (on whichever master it has now).
+    async fn release_own(
+        &self,
+        zk: &ZkSession,
+        paths: &crate::topo::path::Paths,
+        id: GroupId,
+        ack_timeout: Duration,
+    ) -> Result<(), TopoError> {
+        if !self.own.is_empty() {
+            let done = write_phase(zk, paths, &self.own, SlotState::Online, id, id).await?;
+            let _ = wait_acks(zk, paths, done.seq, ack_timeout).await;
+        }
+        Ok(())
+    }
+
+    /// The migrating slots go on migrating, between the masters named now.
+    async fn release_migrating(
+        &self,
+        zk: &ZkSession,
+        paths: &crate::topo::path::Paths,
+        ack_timeout: Duration,
+    ) -> Result<(), TopoError> {
+        for (&(from, to), slots) in &self.migrating {
+            let done = write_phase(zk, paths, slots, SlotState::Migrate, from, to).await?;
+            let _ = wait_acks(zk, paths, done.seq, ack_timeout).await;
+        }
+        Ok(())
+    }
+}
+
+/// How long the settle of one migration is retried (its target failing).
+const SETTLE_TRIES: u32 = 5;
+
+/// Settles each migration from the promoted group with its target
+/// ([`migrator::settle_promoted_source`]); returns the lines for the report.
+async fn settle(
+    held: &Held,
+    targets: &BTreeMap<GroupId, String>,
+    source: &str,
+    sent: &std::collections::HashMap<bytes::Bytes, migrator::SentCopy>,
+    auth: Option<&str>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (&(from, to), slots) in &held.migrating {
+        let Some(target) = targets.get(&to) else { continue };
+        let ids: std::collections::BTreeSet<u16> = slots.iter().copied().collect();
+        let mut tries = 0;
+        let line = loop {
+            tries += 1;
+            match migrator::settle_promoted_source(source, target, &ids, sent, auth).await {
+                Ok(s) => {
+                    tracing::info!(
+                        from,
+                        to,
+                        found = s.found,
+                        dropped = s.dropped,
+                        kept = s.kept,
+                        "migrating slots settled"
+                    );
+                    break format!(
+                        "settled slots migrating from group {from} to group {to}: of {} keys on {source}, {} the \
+                         target {target} also held were deleted here (the old master had moved them; its last \
+                         DELs had not reached this replica), {} kept (the migrator's copy there was never served)",
+                        s.found, s.dropped, s.kept
+                    );
+                }
+                Err(e) if tries < SETTLE_TRIES => {
+                    tracing::warn!(from, to, error = %e, "settling migrating slots failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::error!(from, to, error = %e, "settling migrating slots failed; they migrate on unsettled");
+                    break format!(
+                        "could not settle slots migrating from group {from} to group {to} ({e}): a key the old \
+                         master had moved but whose DEL this replica missed may be served from here, stale"
+                    );
+                }
+            }
+        };
+        lines.push(line);
+    }
+    lines
+}
+
 const FORCE_HINT: &str = " (--force promotes anyway, and loses what the other servers hold that it lacks)";
 
-/// Steps 2 to 4, writes held. Returns the new master's offset and keys when
-/// it was promoted, and the warnings about servers left alone.
+/// What [`switch_master`] did.
+struct Switched {
+    /// The new master's offset and keys when it was promoted.
+    offset: u64,
+    keys: u64,
+    /// Servers left alone.
+    warnings: Vec<String>,
+    /// The new master applied everything the old one had, writes held: no
+    /// copy needs settling.
+    guarded: bool,
+}
+
+/// Steps 2 to 4, writes held.
 async fn switch_master(
     zk: &ZkSession,
     paths: &crate::topo::path::Paths,
@@ -233,7 +449,7 @@ async fn switch_master(
     caught_up: bool,
     force: bool,
     auth: Option<&str>,
-) -> Result<(u64, u64, Vec<String>), TopoError> {
+) -> Result<Switched, TopoError> {
     let addr = choice.addr.clone();
     let mut guarded_by_catch_up = None;
     if let Some(master) = choice.live_master.clone() {
@@ -298,17 +514,21 @@ async fn switch_master(
         tracing::warn!(group = group.id, master = %addr, "forced: {f}");
     }
     tracing::info!(group = group.id, master = %addr, offset = before.offset, keys = before.keys, "promoted");
-    Ok((before.offset, before.keys, warnings))
+    Ok(Switched {
+        offset: before.offset,
+        keys: before.keys,
+        warnings,
+        guarded: guarded_by_catch_up.is_some(),
+    })
 }
 
-fn report(
-    group: GroupId,
-    previous: Option<String>,
-    choice: Choice,
-    offset: u64,
-    keys: u64,
-    warnings: Vec<String>,
-) -> Promoted {
+fn report(group: GroupId, previous: Option<String>, choice: Choice, switched: Switched) -> Promoted {
+    let Switched {
+        offset,
+        keys,
+        warnings,
+        ..
+    } = switched;
     let mut message = format!(
         "{} is now the master of group {group} (offset {}, {} keys)",
         choice.addr,

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::health::{self, Health};
+use super::migration_gate::MigrationGate;
 use super::migrator::{self, MigratorConfig, Outcome, Progress};
 use super::task::{self, Task, TaskState};
 use crate::topo::action::{self, DEFAULT_ACK_TIMEOUT, Fence, check_migration};
@@ -41,6 +42,9 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// The pause after a step that failed, before the task is tried again.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// How often a task whose group a promote is switching looks again.
+const GATE_POLL: Duration = Duration::from_millis(100);
 
 /// Runs queued and unfinished tasks, one at a time, until `cancel` (the end of
 /// this dashboard's leadership). `changed` wakes an idle runner early.
@@ -81,6 +85,11 @@ async fn step(
     task: Task,
     cancel: &CancellationToken,
 ) -> Result<Duration, TopoError> {
+    // A promote is switching one of its groups: its slots may be held in
+    // `pre_migrate`, which is the promote's to undo, not ours to resume.
+    if MigrationGate::of(store).is_closed([task.from, task.to]) {
+        return Ok(GATE_POLL);
+    }
     match task.state {
         TaskState::Queued => claim(store, cfg, task).await,
         TaskState::Migrating => advance(store, cfg, task, cancel).await,
@@ -93,9 +102,9 @@ async fn step(
 /// judges by the slots (see [`task::cancel`]).
 ///
 /// A task waits in the queue while the master of its source or target does
-/// not answer: once switched, its slots could not be cancelled, and its group
-/// could not be failed over until the task ends (a promote refuses a group
-/// with migrating slots), so a switch now would only add slots to the outage.
+/// not answer: once switched, its slots cannot be cancelled, and serve only
+/// once that master answers or a failover replaces it, so a switch now would
+/// only add slots to the outage.
 async fn claim(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<Duration, TopoError> {
     let topo = watcher::load(store).await?;
     task.from = task
@@ -270,6 +279,14 @@ async fn migrate(
     mut task: Task,
     cancel: &CancellationToken,
 ) -> Result<Duration, TopoError> {
+    // Entered before the masters are read: a promote that closes the gate
+    // after this waits until we stopped, and one that finished before wrote
+    // its new master already.
+    let gate = MigrationGate::of(store);
+    let groups = [task.from, task.to];
+    let Some(_moving) = gate.enter(groups) else {
+        return Ok(GATE_POLL);
+    };
     let topo = watcher::load(store).await?;
     let master = |g: GroupId| {
         topo.groups
@@ -311,6 +328,9 @@ async fn migrate(
         loop {
             tokio::select! {
                 outcome = &mut work => break outcome,
+                // A promote of one of its groups: stop, and start over from
+                // the topology once it is done.
+                () = gate.closing(groups), if !stop.is_cancelled() => stop.cancel(),
                 _ = tick.tick() => {
                     let snapshot = latest.lock().take();
                     if let Some(p) = snapshot {

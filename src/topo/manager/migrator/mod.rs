@@ -10,8 +10,10 @@
 //! measured throughput: `docs/migration.md` ("Background migrator") and
 //! `docs/benchmarks.md`. Files: `pass` (one `SCAN` sweep), `batch` (one
 //! `MIGRATE`), `restore` (the `dump-restore` method), `ledger` (the safe resume
-//! cursor), `throttle` (keys/s), `config`, `conn` (a small pipelined
-//! connection), `error`. Imports only `crate::libs`.
+//! cursor), `throttle` (keys/s), `unconfirmed` (copies sent whose source
+//! deletion is not confirmed yet), `settle` (the two copies after a promote of
+//! the source group), `config`, `conn` (a small pipelined connection),
+//! `error`. Imports only `crate::libs`.
 
 mod batch;
 mod config;
@@ -21,7 +23,9 @@ mod ledger;
 mod pacer;
 mod pass;
 mod restore;
+mod settle;
 mod throttle;
+mod unconfirmed;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -33,6 +37,8 @@ pub use config::{Method, MigratorConfig};
 // A plain request-reply connection to a redis-server; promote uses it too.
 pub(crate) use conn::{Conn, reply_text};
 pub use error::MigrateError;
+pub use settle::{Settled, settle_promoted_source};
+pub use unconfirmed::{SentCopy, Unconfirmed};
 
 use crate::libs::backoff::Backoff;
 use crate::libs::hash::{SLOT_COUNT, slot_of};

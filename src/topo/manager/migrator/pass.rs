@@ -38,6 +38,7 @@ use super::ledger::Ledger;
 use super::pacer::Pacer;
 use super::restore::{self, Failure, Transferred};
 use super::throttle::Throttle;
+use super::unconfirmed::Unconfirmed;
 use super::{Outcome, Progress, SlotSet};
 use crate::libs::backoff::Backoff;
 use crate::libs::hash::slot_of;
@@ -128,8 +129,23 @@ impl<'a> Pass<'a> {
     /// Runs the pass to its end (every key found is settled and the cursor is
     /// back at 0) or until `cancel` fires. `progress.cursor` only ever holds a
     /// cursor it is safe to resume from.
+    ///
+    /// Batches still moving when it returns early are stopped, and waited
+    /// for: once this returns, no command of the pass reaches a server any
+    /// more (a promote waits for that, see `manager::migration_gate`).
     pub(super) async fn run(
         mut self,
+        progress: &mut Progress,
+        on_progress: &mut impl FnMut(&mut Progress),
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, MigrateError> {
+        let outcome = self.sweep(progress, on_progress, cancel).await;
+        self.moving.shutdown().await;
+        outcome
+    }
+
+    async fn sweep(
+        &mut self,
         progress: &mut Progress,
         on_progress: &mut impl FnMut(&mut Progress),
         cancel: &CancellationToken,
@@ -469,10 +485,13 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// A `MIGRATE` batch moved its keys, or found them gone: nothing of
+    /// them is left on the source, so no copy sent earlier is unconfirmed.
     fn settle(&mut self, batch: &Batch) {
         for key in &batch.keys {
             self.ledger.settle(key.scan);
         }
+        Unconfirmed::global().forget(self.source, batch.keys.iter().map(|k| k.name.as_ref()));
         self.backoff.reset();
     }
 
@@ -577,7 +596,7 @@ impl RestoreLane {
             Some(conn) => conn,
             empty => empty.insert(Conn::connect(target, auth).await.map_err(Failure::Target)?),
         };
-        restore::transfer(src, dst, &batch.keys, batch.timeout).await
+        restore::transfer(src, dst, &batch.keys, batch.timeout, Unconfirmed::global()).await
     }
 }
 

@@ -36,6 +36,11 @@
 //!    again: those that still equal what the target holds are deleted under
 //!    the new guard, the others are contested.
 //!
+//! Every copy sent stays noted in [`Unconfirmed`] until the source's `DEL`
+//! of it is confirmed: if the source master dies in between, a promote of
+//! its replica needs to know which keys the target may hold a copy of that
+//! is older than the source's (`settle`).
+//!
 //! Contested keys go back to the caller, who moves them with
 //! `MIGRATE … REPLACE`: its check-and-move is atomic on the source, so it
 //! answers `NOKEY` if the source no longer holds a key, and otherwise
@@ -51,6 +56,7 @@ use bytes::Bytes;
 use super::batch::Key;
 use super::conn::{Conn, is_ok, reply_text};
 use super::error::MigrateError;
+use super::unconfirmed::{SentCopy, Unconfirmed};
 use crate::libs::resp_client::{Frame, cmd};
 
 /// What one transfer did.
@@ -110,6 +116,7 @@ pub(super) async fn transfer(
     target: &mut Conn,
     keys: &[Key],
     wait: Duration,
+    noted: &Unconfirmed,
 ) -> Result<Transferred, Failure> {
     let all: Vec<(usize, &[u8])> = keys.iter().map(|k| k.name.as_ref()).enumerate().collect();
     let dumped = dump(source, &all, wait).await.map_err(Failure::Source)?;
@@ -119,8 +126,28 @@ pub(super) async fn transfer(
         unwatch(source, wait).await.map_err(Failure::Source)?;
         return Ok(done);
     }
+    let from = source.addr().to_string();
+    let fresh = noted.sending(
+        &from,
+        dumped.iter().map(|d| {
+            let copy = SentCopy {
+                payload: d.payload.clone(),
+                expire_at: d.expire_at,
+            };
+            (d.name, copy)
+        }),
+    );
     let busy = match restore(target, &dumped, wait).await {
-        Ok(busy) => busy,
+        Ok(busy) => {
+            // The target had these already: not our copy there.
+            let ours = dumped.iter().zip(&fresh);
+            noted.forget(
+                &from,
+                ours.filter(|(d, fresh)| **fresh && busy.contains(&d.index))
+                    .map(|(d, _)| d.name),
+            );
+            busy
+        }
         Err(failure) => {
             return Err(match unwatch(source, wait).await {
                 Err(e) => Failure::Source(e),
@@ -134,6 +161,7 @@ pub(super) async fn transfer(
     for round in 0..=RECHECKS {
         let names: Vec<&[u8]> = restored.iter().map(|d| d.name).collect();
         if guarded_del(source, &names, wait).await.map_err(Failure::Source)? {
+            noted.forget(&from, names.into_iter());
             done.moved += restored.len();
             return Ok(done);
         }
@@ -297,7 +325,7 @@ async fn expect_ok(conn: &mut Conn, cmd: &'static str, wait: Duration) -> Result
     }
 }
 
-fn redis_error(conn: &Conn, cmd: &'static str, reply: &Frame) -> MigrateError {
+pub(super) fn redis_error(conn: &Conn, cmd: &'static str, reply: &Frame) -> MigrateError {
     let addr = conn.addr().to_string();
     match reply {
         Frame::Error(message) => MigrateError::Redis {
