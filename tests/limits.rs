@@ -320,6 +320,15 @@ async fn a_script_that_runs_long_gets_other_clients_busy_not_a_queue() {
     retry.send(&eval).await;
     let got = retry.read_reply().await;
     assert!(busy(&got), "{got:?}");
+    // Both are counted.
+    let topo = reborn::topo::watcher::load(&c.store).await.expect("topology");
+    let admin = topo.proxies[&proxy].admin_addr.parse().expect("admin address");
+    let (_, body) = common::http::request(admin, "GET", "/metrics", Vec::new()).await;
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(
+        metrics.lines().any(|l| l.ends_with("busy_replies_total 2")),
+        "{metrics}"
+    );
     // The other group is not held.
     let asked = std::time::Instant::now();
     assert_eq!(late.call(&["GET", other.as_str()]).await, Resp::Bulk(None));

@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -493,4 +495,84 @@ async fn keyspace_notifications_are_heard_from_the_group_of_their_key() {
     ] {
         assert!(got.contains(&want), "{want:?} missing from {got:?}");
     }
+}
+
+/// An upstream subscriber that lost its connection while subscribed to
+/// nothing stays away until a client subscribes again (it used to reconnect,
+/// and warn, every 2 s for ever, however long the server refused it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_reconnects_only_when_asked_for_something() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await;
+    let (ch, _) = channel("idle", true);
+    let master = c.masters[0].addr();
+    // A routing change closes upstreams nobody uses: let the one that
+    // follows the proxy's own registration pass first, so that nothing but
+    // the fix keeps the idle upstream away below.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = raw(proxy).await;
+    assert_eq!(s.call(&["SUBSCRIBE", &ch]).await, confirm("subscribe", &ch, 1));
+    assert_eq!(
+        s.call(&["UNSUBSCRIBE", &ch]).await,
+        confirm("unsubscribe", &ch, 0)
+    );
+    eventually("upstream unsubscribed", Duration::from_secs(5), || {
+        let (master, ch) = (master.clone(), ch.clone());
+        async move { numsub_direct(&master, &ch).await == 0 }
+    })
+    .await;
+    // The idle upstream: the connection whose last command was UNSUBSCRIBE.
+    let mut control = client(master.parse().expect("addr")).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut control)
+        .await
+        .expect("list");
+    let id = list
+        .lines()
+        .find(|l| l.contains("cmd=unsubscribe"))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("no idle upstream in {list}"))
+        .to_string();
+    // Every connection the server has but ours, by id.
+    let me: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut control)
+        .await
+        .expect("id");
+    let ids = async |c: &mut redis::aio::MultiplexedConnection| -> BTreeSet<i64> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(c)
+            .await
+            .expect("list");
+        list.lines()
+            .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("id=")))
+            .filter_map(|id| id.parse().ok())
+            .filter(|&id| id != me)
+            .collect()
+    };
+    let before = ids(&mut control).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut control)
+        .await
+        .expect("kill");
+    assert_eq!(killed, 1);
+    // Longer than the longest backoff after a loss (2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let new: Vec<i64> = ids(&mut control).await.difference(&before).copied().collect();
+    assert!(new.is_empty(), "the idle upstream came back: {new:?}");
+    // Asked for something, it connects and serves.
+    assert_eq!(s.call(&["SUBSCRIBE", &ch]).await, confirm("subscribe", &ch, 1));
+    let mut publisher = raw(proxy).await;
+    eventually("subscribed upstream again", Duration::from_secs(5), || {
+        let (master, ch) = (master.clone(), ch.clone());
+        async move { numsub_direct(&master, &ch).await >= 1 }
+    })
+    .await;
+    assert_eq!(publisher.call(&["PUBLISH", &ch, "back"]).await, Resp::Int(1));
+    assert_eq!(s.read_reply().await, message(&ch, "back"));
 }

@@ -94,7 +94,7 @@ async fn stats(State(ctx): State<Workers>) -> Json<ProxyStats> {
 async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
     let st = &s.stats;
-    let series: [(&str, &str, Kind, u64); 14] = [
+    let series: [(&str, &str, Kind, u64); 15] = [
         ("ops_total", "Requests answered.", Kind::Counter, st.ops_total),
         (
             "ops_per_second",
@@ -131,6 +131,12 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
             "Requests refused while client buffers were over max_output_memory.",
             Kind::Counter,
             st.output_memory_refusals,
+        ),
+        (
+            "busy_replies_total",
+            "Requests answered BUSY by the proxy while another client's script ran past busy_reply_threshold on their server.",
+            Kind::Counter,
+            st.busy_replies,
         ),
         (
             "output_memory_bytes",

@@ -284,27 +284,28 @@ impl BackendConn {
     }
 
     /// A client's request ([`send_counted`](Self::send_counted)), `script`
-    /// if it runs one: while another client's script runs long on this
-    /// server, it gets `-BUSY` at once (see the module doc).
+    /// if it runs one.
+    ///
+    /// # Errors
+    /// While another client's script runs long on this server, the `-BUSY`
+    /// to answer at once, nothing sent (see the module doc).
     pub fn send_client(
         &self,
         client: u64,
         script: bool,
         req: Bytes,
         meter: Option<&Arc<Meter>>,
-    ) -> oneshot::Receiver<Bytes> {
+    ) -> Result<oneshot::Receiver<Bytes>, Bytes> {
         let watch = self.shared.scripts.as_ref();
         if let Some(silent) = watch.and_then(|w| w.busy_for(client)) {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(resp::error(&format!(
+            return Err(resp::error(&format!(
                 "BUSY Redis is busy running a script. You can only call SCRIPT KILL or FUNCTION KILL \
                  (reborn proxy: {} silent for {silent} ms with a script running)",
                 self.shared.addr
             )));
-            return rx;
         }
         let run = watch.filter(|_| script).map(|w| w.start(client));
-        self.submit(req, meter, run)
+        Ok(self.submit(req, meter, run))
     }
 
     fn submit(
@@ -330,6 +331,53 @@ impl BackendConn {
     }
 }
 
+/// Which servers' refusals were logged: a pool holds several connections to
+/// a server and every worker has its own pools, and one warning says it.
+mod refusals {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+
+    use parking_lot::Mutex;
+
+    fn logged() -> &'static Mutex<HashMap<String, String>> {
+        static LOGGED: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+        LOGGED.get_or_init(Mutex::default)
+    }
+
+    /// True the first time `addr` refuses with `error` (since it last let a
+    /// connection in).
+    pub(super) fn is_news(addr: &str, error: &str) -> bool {
+        let mut logged = logged().lock();
+        if logged.get(addr).is_some_and(|e| e == error) {
+            return false;
+        }
+        logged.insert(addr.to_string(), error.to_string());
+        true
+    }
+
+    /// `addr` let a connection in: a refusal after this is news again.
+    pub(super) fn accepted(addr: &str) {
+        let mut logged = logged().lock();
+        if !logged.is_empty() {
+            logged.remove(addr);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_refusal_is_said_once_per_server_until_it_lets_one_in() {
+            let (a, b) = ("refusals-test-a:1", "refusals-test-b:1");
+            assert!(super::is_news(a, "NOAUTH"));
+            assert!(!super::is_news(a, "NOAUTH"), "another connection, same news");
+            assert!(super::is_news(b, "NOAUTH"), "another server");
+            assert!(super::is_news(a, "WRONGPASS"), "another reason");
+            super::accepted(a);
+            assert!(super::is_news(a, "WRONGPASS"));
+        }
+    }
+}
+
 fn down_reply(shared: &Shared) -> Bytes {
     let why = shared.last_error.lock().clone();
     resp::error(&format!("ERR backend {} is down: {}", shared.addr, why))
@@ -345,6 +393,7 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
             Ok((stream, id)) => {
                 shared.client_id.store(id, Ordering::SeqCst);
                 shared.state.store(UP, Ordering::Relaxed);
+                refusals::accepted(&shared.addr);
                 backoff.reset();
                 if std::mem::take(&mut failed) {
                     tracing::info!(backend = %shared.addr, "backend connected again");
@@ -363,12 +412,13 @@ async fn supervise(shared: Arc<Shared>, opts: BackendOptions, mut rx: mpsc::Unbo
                 shared.client_id.store(0, Ordering::SeqCst);
                 let was_up = shared.state.swap(DOWN, Ordering::Relaxed) == UP;
                 let error = e.to_string();
-                let news = *shared.last_error.lock() != error;
                 if was_up {
                     tracing::warn!(backend = %shared.addr, error = %e, "backend connection lost");
-                } else if matches!(e, BackendError::Refused { .. }) && news {
+                } else if matches!(e, BackendError::Refused { .. }) && refusals::is_news(&shared.addr, &error)
+                {
                     // A password or protocol the server refuses is the
-                    // operator's to fix: said once, not per retry.
+                    // operator's to fix: said once per server, not per
+                    // retry nor per connection.
                     tracing::warn!(backend = %shared.addr, error = %e, "backend refused the proxy");
                 } else {
                     tracing::debug!(backend = %shared.addr, error = %e, "backend connect failed");

@@ -177,10 +177,14 @@ impl<'a> Target<'a> {
     ) -> (oneshot::Receiver<Bytes>, bool) {
         let protocol = client.protocol;
         match self {
-            Target::Pool(p) => (
-                p.send_counted((client.id, protocol), req, &client.output, false),
-                true,
-            ),
+            Target::Pool(p) => match p.send_counted((client.id, protocol), req, &client.output, false) {
+                Ok(rx) => (rx, true),
+                Err(busy) => {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(answered_busy(ctx, busy));
+                    (rx, false)
+                }
+            },
             Target::Migrate { from, to, epoch } => {
                 let rx = client
                     .migrator(ctx)
@@ -231,15 +235,30 @@ fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spe
     let routes = ctx.router.routes();
     match target_for(ctx, &routes, slot) {
         // The common case, without collecting the keys.
-        Ok(Target::Pool(pool)) => Reply::Counted(pool.send_counted(
-            (client.id, client.protocol),
-            req.raw.clone(),
-            &client.output,
-            script,
-        )),
+        Ok(Target::Pool(pool)) => {
+            let sent = pool.send_counted(
+                (client.id, client.protocol),
+                req.raw.clone(),
+                &client.output,
+                script,
+            );
+            match sent {
+                Ok(rx) => Reply::Counted(rx),
+                Err(busy) => Reply::Ready(answered_busy(ctx, busy)),
+            }
+        }
         Ok(target) => target.reply(ctx, client, spec.keys(&req.args), req.raw.clone()),
         Err(reply) => reply,
     }
+}
+
+/// The proxy's own `-BUSY` for a request it did not send (see `backend.rs`),
+/// counted.
+fn answered_busy(ctx: &Context, busy: Bytes) -> Bytes {
+    ctx.stats
+        .busy_replies
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    busy
 }
 
 /// A blocking command: on the client's dedicated connection to the slot's

@@ -78,19 +78,22 @@ impl Pool {
 
     /// [`send_as`](Self::send_as), the reply counted against the client's
     /// `meter` (see `output.rs`), `script` if the request runs one: a
-    /// client's data request, which gets `-BUSY` while another client's
-    /// script runs long on its connection (see `backend.rs`).
+    /// client's data request.
+    ///
+    /// # Errors
+    /// The `-BUSY` to answer at once while another client's script runs long
+    /// on its connection (see `backend.rs`).
     pub fn send_counted(
         &self,
         (client, protocol): (u64, Protocol),
         req: Bytes,
         meter: &Arc<Meter>,
         script: bool,
-    ) -> oneshot::Receiver<Bytes> {
+    ) -> Result<oneshot::Receiver<Bytes>, Bytes> {
         let conns = self.conns_of(protocol);
         match conns.get(index_of(conns, client)) {
             Some(conn) => conn.send_client(client, script, req, Some(meter)),
-            None => empty_pool(),
+            None => Ok(empty_pool()),
         }
     }
 

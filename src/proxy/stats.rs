@@ -51,6 +51,9 @@ pub struct Stats {
     pub output_limit_kills: AtomicU64,
     /// Requests refused while client buffers were over `max_output_memory`.
     pub output_memory_refusals: AtomicU64,
+    /// Requests answered `-BUSY` by the proxy while another client's script
+    /// ran long on their server (`busy_reply_threshold`).
+    pub busy_replies: AtomicU64,
     /// Bytes stuck in client buffers right now, proxy-wide.
     pub output_memory: Arc<OutputMemory>,
 }
@@ -77,6 +80,7 @@ impl Default for Stats {
             pubsub_overflows: AtomicU64::new(0),
             output_limit_kills: AtomicU64::new(0),
             output_memory_refusals: AtomicU64::new(0),
+            busy_replies: AtomicU64::new(0),
             output_memory: Arc::default(),
         }
     }
@@ -231,6 +235,7 @@ impl Stats {
             pubsub_overflows: self.pubsub_overflows.load(Relaxed),
             output_limit_kills: self.output_limit_kills.load(Relaxed),
             output_memory_refusals: self.output_memory_refusals.load(Relaxed),
+            busy_replies: self.busy_replies.load(Relaxed),
             output_memory_bytes: self.output_memory.get() as u64,
             sessions_total: self.sessions_total.load(Relaxed),
             sessions_alive: self.sessions_alive.load(Relaxed),
@@ -289,6 +294,7 @@ pub struct StatsSnapshot {
     pub pubsub_overflows: u64,
     pub output_limit_kills: u64,
     pub output_memory_refusals: u64,
+    pub busy_replies: u64,
     pub output_memory_bytes: u64,
     pub sessions_total: u64,
     pub sessions_alive: u64,

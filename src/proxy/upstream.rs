@@ -82,11 +82,18 @@ enum End {
 async fn run(addr: String, opts: BackendOptions, hub: Weak<PubSubHub>, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut state = State::default();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    // The last failure logged: the same one again (a password the server
+    // refuses, a server down for long) is not news at every retry.
+    let mut last_error: Option<String> = None;
     loop {
         let end = match backend::connect(&addr, &opts).await {
             Ok((stream, _)) => {
                 backoff.reset();
-                tracing::info!(backend = %addr, "pub/sub upstream connected");
+                if last_error.take().is_some() {
+                    tracing::info!(backend = %addr, "pub/sub upstream connected again");
+                } else {
+                    tracing::debug!(backend = %addr, "pub/sub upstream connected");
+                }
                 serve(stream, &addr, &hub, &mut rx, &mut state).await
             }
             Err(e) => End::Lost(e),
@@ -95,7 +102,13 @@ async fn run(addr: String, opts: BackendOptions, hub: Weak<PubSubHub>, mut rx: m
         let Some(h) = hub.upgrade() else { return };
         h.down(&addr);
         drop(h);
-        tracing::warn!(backend = %addr, error = %why, "pub/sub upstream lost; resubscribing after backoff");
+        let error = why.to_string();
+        if last_error.as_deref() == Some(error.as_str()) {
+            tracing::debug!(backend = %addr, %error, "pub/sub upstream still down");
+        } else {
+            tracing::warn!(backend = %addr, %error, "pub/sub upstream lost; resubscribing after backoff");
+        }
+        last_error = Some(error);
         // Keep the set current while waiting, so the resubscription is too.
         let sleep = tokio::time::sleep(backoff.next_delay());
         tokio::pin!(sleep);
@@ -107,6 +120,11 @@ async fn run(addr: String, opts: BackendOptions, hub: Weak<PubSubHub>, mut rx: m
                     None => return,
                 },
             }
+        }
+        // Subscribed to nothing: connect again only once asked for something.
+        while state.subscribed.is_empty() {
+            let Some(op) = rx.recv().await else { return };
+            apply(&mut state, op);
         }
     }
 }

@@ -34,9 +34,10 @@ crate::counters! {
     bad_input,
     /// Old connections closed because a new one authenticated with their key.
     kicked,
-    /// Pushes queued to a connection.
+    /// Push frames queued to connections, one per connection a push
+    /// reached (a room's messages job batched into one OpRaw count once).
     pushes_queued,
-    /// Pushes dropped because a connection's queue was full.
+    /// Push frames dropped because a connection's send queue was full.
     pushes_dropped,
     /// Client frames handled after auth (heartbeats, room and op control, messages).
     client_frames,
