@@ -12,12 +12,17 @@
 //! after another: a master SIGKILLed (the failover replaces it, the old one
 //! restarts and must rejoin as a replica), a replica SIGKILLed and restarted,
 //! a proxy and the dashboard SIGKILLed and restarted, ZooKeeper SIGSTOPped for
-//! 3 s, and slot migrations started. At the end, once every fault is repaired,
-//! every key is read and compared with what its writer had acknowledged.
+//! 3 s, and slot migrations started. The keyspace also holds `SOAK_FILL` keys
+//! written once at the start, and migrations are paced, so that a migration
+//! is still moving keys when the next master dies (a failover mid-migration).
+//! At the end, once every fault is repaired, every key is read and compared
+//! with what its writer had acknowledged, and every filler key with its value.
 //!
 //! Settings (environment): `SOAK_SECS` (default 60), `SOAK_WRITE_ACK`
 //! (`master` or `replica`, default `master`), `SOAK_FAULT_EVERY` (seconds
-//! between faults, default 6).
+//! between faults, default 6), `SOAK_FILL` (filler keys, default 60,000),
+//! `SOAK_MIGRATE_SLOTS` (slots per migration, default 32) and
+//! `SOAK_MIGRATE_RATE` (the migrator's keys/s, default 250).
 
 mod common;
 
@@ -33,7 +38,7 @@ use common::cluster::{Cluster, ProxyProcess, signal};
 use common::{GuardedChild, came_true, spawn_guarded};
 use parking_lot::Mutex;
 use reborn::topo::manager::task::{self, TaskState};
-use reborn::topo::model::Role;
+use reborn::topo::model::{Role, SlotState};
 use reborn::topo::{Store, watcher};
 use reborn::up::RedisServer;
 
@@ -101,6 +106,19 @@ impl Conn {
     }
 
     async fn call<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, String> {
+        let c = self.connected().await?;
+        let got = tokio::time::timeout(Duration::from_secs(5), cmd.query_async::<T>(c)).await;
+        self.judge(got)
+    }
+
+    async fn pipe<T: redis::FromRedisValue>(&mut self, pipe: &redis::Pipeline) -> Result<T, String> {
+        let c = self.connected().await?;
+        let got = tokio::time::timeout(Duration::from_secs(5), pipe.query_async::<T>(c)).await;
+        self.judge(got)
+    }
+
+    /// The connection, opened to the next proxy in turn if there is none.
+    async fn connected(&mut self) -> Result<&mut redis::aio::MultiplexedConnection, String> {
         if self.conn.is_none() {
             let addr = &self.proxies[self.next % self.proxies.len()];
             self.next += 1;
@@ -111,10 +129,15 @@ impl Conn {
                 .map_err(|e| format!("connect: {e}"))?;
             self.conn = Some(c);
         }
-        let Some(c) = self.conn.as_mut() else {
-            return Err("no connection".into());
-        };
-        match tokio::time::timeout(Duration::from_secs(5), cmd.query_async::<T>(c)).await {
+        self.conn.as_mut().ok_or_else(|| "no connection".to_string())
+    }
+
+    /// A reply, or its error; a connection that broke or timed out is dropped.
+    fn judge<T>(
+        &mut self,
+        got: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, String> {
+        match got {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
@@ -209,11 +232,12 @@ impl Dashboard {
         let conf = dir.path().join("dashboard.toml");
         let text = format!(
             "listen = \"127.0.0.1:{}\"\n[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"2s\"\n\
-             [failover]\nenabled = true\n[migration]\nbatch_keys = 100\n",
+             [failover]\nenabled = true\n[migration]\nbatch_keys = 100\nmax_keys_per_sec = {}\n",
             common::free_port(),
             c.zk.addr,
             c.zk.root,
-            c.zk.product
+            c.zk.product,
+            env_or("SOAK_MIGRATE_RATE", 250u64)
         );
         std::fs::write(&conf, text).expect("write config");
         let mut d = Dashboard {
@@ -307,6 +331,8 @@ struct Faults {
     failover_secs: Vec<f64>,
     not_replaced: u32,
     skipped: u32,
+    /// Masters killed while slots of their group migrated.
+    mid_migration: u32,
 }
 
 impl Faults {
@@ -368,6 +394,21 @@ async fn chaos_soak_loses_no_acknowledged_write() {
         )));
     }
 
+    // Filler: written once, read back at the end; it makes a migration last.
+    let fill: usize = env_or("SOAK_FILL", 60_000);
+    let fill_keys: Vec<String> = (0..fill).map(|i| format!("soakfill:{i}")).collect();
+    {
+        let mut conn = Conn::new(addrs.clone(), 0);
+        for chunk in fill_keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.set(k, k).ignore();
+            }
+            conn.pipe::<()>(&pipe).await.expect("write the filler");
+        }
+    }
+    let migrate_slots: usize = env_or("SOAK_MIGRATE_SLOTS", 32);
+
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let mut faults = Faults::default();
@@ -390,6 +431,15 @@ async fn chaos_soak_loses_no_acknowledged_write() {
                 let (Some(old), _) = members(&c.store, group).await else {
                     continue;
                 };
+                let migrating = watcher::load(&c.store).await.is_ok_and(|t| {
+                    t.slots
+                        .slots()
+                        .iter()
+                        .any(|s| s.state != SlotState::Online && (s.group == group || s.from == Some(group)))
+                });
+                if migrating {
+                    faults.mid_migration += 1;
+                }
                 servers.by_addr(&old).kill();
                 let killed = Instant::now();
                 let replaced = came_true(Duration::from_secs(15), async || {
@@ -405,8 +455,13 @@ async fn chaos_soak_loses_no_acknowledged_write() {
                 faults.note(
                     "master killed",
                     format!(
-                        "{:>4.0}s master {old} of group {group} killed, replaced: {replaced} after {:.1}s",
+                        "{:>4.0}s master {old} of group {group} killed{}, replaced: {replaced} after {:.1}s",
                         started.elapsed().as_secs_f64(),
+                        if migrating {
+                            " while its slots migrated"
+                        } else {
+                            ""
+                        },
                         killed.elapsed().as_secs_f64()
                     ),
                 );
@@ -461,20 +516,30 @@ async fn chaos_soak_loses_no_acknowledged_write() {
                 );
             }
             _ => {
-                // Eight slots of the key space move to the other group.
-                let first = rng.u16(0..1016);
+                // `migrate_slots` slots of one group, from a random one on,
+                // move to the other group.
+                let first = rng.u16(0..1024);
                 let topo = watcher::load(&c.store).await;
                 let Ok(topo) = topo else { continue };
                 let from = topo.slots.get(first).map_or(1, |s| s.group);
                 let to = if from == 1 { 2 } else { 1 };
-                match task::enqueue(&c.store, (first..first + 8).collect(), to).await {
+                let slots: Vec<u16> = (0..1024u16)
+                    .map(|i| (first + i) % 1024)
+                    .filter(|&id| {
+                        topo.slots
+                            .get(id)
+                            .is_some_and(|s| s.group == from && s.state == SlotState::Online)
+                    })
+                    .take(migrate_slots)
+                    .collect();
+                let n = slots.len();
+                match task::enqueue(&c.store, slots, to).await {
                     Ok(t) => faults.note(
                         "migration started",
                         format!(
-                            "{:>4.0}s migration {} of slots {first}-{} to group {to}",
+                            "{:>4.0}s migration {} of {n} slots from slot {first} on to group {to}",
                             started.elapsed().as_secs_f64(),
                             t.id,
-                            first + 7
                         ),
                     ),
                     Err(e) => eprintln!("soak: migration not queued: {e}"),
@@ -538,6 +603,34 @@ async fn chaos_soak_loses_no_acknowledged_write() {
             None => unreadable += 1,
         }
     }
+    // Every filler key, once, with its value.
+    let mut fill_lost = 0usize;
+    for chunk in fill_keys.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.get(k);
+        }
+        let mut values = None;
+        for _ in 0..50 {
+            match conn.pipe::<Vec<Option<String>>>(&pipe).await {
+                Ok(v) => {
+                    values = Some(v);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        match values {
+            Some(v) => {
+                fill_lost += chunk
+                    .iter()
+                    .zip(&v)
+                    .filter(|(k, v)| v.as_deref() != Some(k.as_str()))
+                    .count()
+            }
+            None => unreadable += chunk.len(),
+        }
+    }
     let records = reborn::topo::manager::failover::list(&c.store)
         .await
         .unwrap_or_default();
@@ -574,9 +667,11 @@ async fn chaos_soak_loses_no_acknowledged_write() {
         let avg = fo.iter().sum::<f64>() / fo.len() as f64;
         let _ = writeln!(
             report,
-            "  failovers: {} replaced (avg {avg:.1} s, max {max:.1} s), {} not within 15 s; {} records",
+            "  failovers: {} replaced (avg {avg:.1} s, max {max:.1} s), {} not within 15 s, {} while its slots \
+             migrated; {} records",
             fo.len(),
             faults.not_replaced,
+            faults.mid_migration,
             records.len()
         );
     }
@@ -595,7 +690,7 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     let _ = writeln!(
         report,
         "  acknowledged writes lost: {lost_live} seen by writers, {lost_final} missing at the end; \
-         phantom values: {}; stale reads: {}; unreadable keys: {unreadable}",
+         phantom values: {}; stale reads: {}; unreadable keys: {unreadable}; filler keys lost: {fill_lost} of {fill}",
         tally.phantoms.load(Ordering::Relaxed),
         tally.stale_reads.load(Ordering::Relaxed)
     );
@@ -621,6 +716,8 @@ async fn chaos_soak_loses_no_acknowledged_write() {
             "acknowledged writes lost\n{report}"
         );
     }
+    // Written once, long before any fault: every replica has them, in both modes.
+    assert_eq!(fill_lost, 0, "filler keys lost\n{report}");
     drop(dashboard);
     drop(proxies);
 }
