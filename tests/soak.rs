@@ -398,13 +398,26 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     let fill: usize = env_or("SOAK_FILL", 60_000);
     let fill_keys: Vec<String> = (0..fill).map(|i| format!("soakfill:{i}")).collect();
     {
+        // In replica mode a write waits for a replica: let them stream first.
+        for g in [1, 2] {
+            let (Some(m), _) = members(&c.store, g).await else {
+                panic!("group {g} has no master");
+            };
+            common::wait_replica_streaming(&m).await;
+        }
         let mut conn = Conn::new(addrs.clone(), 0);
         for chunk in fill_keys.chunks(1000) {
             let mut pipe = redis::pipe();
             for k in chunk {
                 pipe.set(k, k).ignore();
             }
-            conn.pipe::<()>(&pipe).await.expect("write the filler");
+            // SET again is harmless: retried until it is acknowledged.
+            let mut tries = 0;
+            while let Err(e) = conn.pipe::<()>(&pipe).await {
+                tries += 1;
+                assert!(tries < 20, "writing the filler: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     }
     let migrate_slots: usize = env_or("SOAK_MIGRATE_SLOTS", 32);

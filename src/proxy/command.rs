@@ -355,13 +355,24 @@ pub fn lookup(name: &[u8]) -> Option<Command> {
 
 /// True if the RESP-encoded request `req` may write (for `write_ack =
 /// "replica"`): a command flagged `write` (a container command if any of its
-/// subcommands is), a script or a function. Anything it cannot tell counts as
-/// a write: the cost of a mistake is one `WAIT`, not a lost write.
+/// subcommands is), a script or a function, but for a migration's source call,
+/// which writes as the command it runs (`source_call::wrapped`). Anything it
+/// cannot tell counts as a write: the cost of a mistake is one `WAIT`, not a
+/// lost write.
 pub fn writes(req: &[u8]) -> bool {
-    let Some(cmd) = first_word(req).and_then(lookup) else {
+    let Some(first) = first_word(req) else {
         return true;
     };
-    let spec = cmd.spec;
+    if (first.eq_ignore_ascii_case(b"EVALSHA") || first.eq_ignore_ascii_case(b"EVAL"))
+        && let Some(inner) = super::source_call::wrapped(req)
+    {
+        return lookup(&inner).is_none_or(|c| writes_as(c.spec));
+    }
+    lookup(first).is_none_or(|c| writes_as(c.spec))
+}
+
+/// A command of this spec may write.
+fn writes_as(spec: &Spec) -> bool {
     spec.flags & WRITE != 0
         || spec.subcommands.iter().any(|s| s.flags & WRITE != 0)
         || matches!(spec.name.as_str(), "eval" | "evalsha" | "fcall")
@@ -604,6 +615,19 @@ mod tests {
         }
         assert!(writes(b"garbage"), "unknown shapes count as writes");
         assert!(writes(&req("NOSUCHCOMMAND x")));
+        // A migration's source call writes as the command it runs.
+        let call = |words: &str| {
+            let args: Vec<Bytes> = words
+                .split(' ')
+                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                .collect();
+            let keys = [args[1].clone()];
+            super::super::source_call::command(&args, &keys).expect("a source call")
+        };
+        assert!(!writes(&call("GET k").evalsha()));
+        assert!(!writes(&call("HGETALL h").eval()));
+        assert!(writes(&call("SET k v").evalsha()));
+        assert!(writes(&call("HSET h f v").eval()));
     }
 
     #[test]

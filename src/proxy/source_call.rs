@@ -122,6 +122,23 @@ impl ScriptCall {
     }
 }
 
+/// The name of the command a source call runs, if `req` is one (see
+/// [`ScriptCall`]): with `write_ack = "replica"` a source call writes only if
+/// that command does, so a read served by the source is not held for a
+/// replica's `WAIT` (nor refused `NOREPLICAS` while the replica is away).
+pub fn wrapped(req: &[u8]) -> Option<Bytes> {
+    let items = resp::array_items(&Bytes::copy_from_slice(req))?;
+    let mut words = items.iter().map(resp::bulk_payload);
+    let (head, body) = (words.next()??, words.next()??);
+    let ours = (head.eq_ignore_ascii_case(b"EVALSHA") && body == SCRIPT_SHA.as_bytes())
+        || (head.eq_ignore_ascii_case(b"EVAL") && body == SCRIPT.as_bytes());
+    if !ours {
+        return None;
+    }
+    let numkeys: usize = std::str::from_utf8(&words.next()??).ok()?.parse().ok()?;
+    words.nth(numkeys)?
+}
+
 /// The call that runs `args` (keys `keys`) on the source if it holds all the
 /// keys; `None` for requests that take the classic path.
 pub fn command(args: &[Bytes], keys: &[Bytes]) -> Option<ScriptCall> {
@@ -192,6 +209,11 @@ mod tests {
         let eval = [&[b("EVAL"), b(SCRIPT)][..], &tail].concat();
         assert_eq!(words(call.evalsha()), sha);
         assert_eq!(words(call.eval()), eval);
+        assert_eq!(wrapped(&call.evalsha()), Some(b("SET")));
+        assert_eq!(wrapped(&call.eval()), Some(b("SET")));
+        let other = resp::encode_array(&[b("EVALSHA"), b("0123"), b("1"), b("k"), b("GET"), b("k")]);
+        assert_eq!(wrapped(&other), None, "another script");
+        assert_eq!(wrapped(&resp::encode_array(&[b("GET"), b("k")])), None);
         assert!(is_noscript(b"-NOSCRIPT No matching script. Please use EVAL.\r\n"));
         assert!(!is_noscript(b"$1\r\nv\r\n"));
         assert!(command(&[b("incrby"), b("k"), b("1")], &[b("k")]).is_none());
