@@ -239,6 +239,23 @@ async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
     );
 }
 
+/// Freezes `replica` (SIGSTOP) and cuts its link to `master`, so that what
+/// the master applies from now on is not even in the frozen replica's socket
+/// buffer. Returns its pid, to thaw it (SIGCONT).
+async fn freeze_and_cut_off(replica: &RedisServer, master: &str) -> u32 {
+    let pid = replica.pid().expect("pid");
+    signal(pid, "-STOP");
+    let mut m = common::client(master).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut m)
+        .await
+        .expect("client kill");
+    pid
+}
+
 /// Kills group 1's master while its replica is frozen (SIGSTOP) and cut off,
 /// so the replica misses what the master acknowledged meanwhile, then thaws
 /// it and lets the failover promote it. Returns (acknowledged INCRs lost, acknowledged).
@@ -255,18 +272,7 @@ async fn failover_with_a_lagging_replica(write_ack: WriteAck) -> (i64, i64) {
     let old = c.masters[0].addr();
     let load = Load::start(proxy, keys_of_groups(&[1], 200));
     load.at_least(200, "writes before the freeze").await;
-    let replica_pid = replicas[0].pid().expect("pid");
-    signal(replica_pid, "-STOP");
-    // And cut its link, so what the master acknowledges from now on is not
-    // even in the frozen replica's socket buffer.
-    let mut m = common::client(&old).await;
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query_async(&mut m)
-        .await
-        .expect("client kill");
+    let replica_pid = freeze_and_cut_off(&replicas[0], &old).await;
     // Writes the master applies from now on reach no replica: let the writers
     // have a few of them answered (acknowledged with write_ack = master,
     // refused for want of a replica's ack with write_ack = replica).
@@ -745,16 +751,7 @@ async fn a_source_master_killed_mid_migration_is_replaced_and_its_task_finishes_
 
     // Freeze and cut off the replica; the migrator goes on moving keys and
     // deleting them from the old master, which the replica never hears.
-    let replica_pid = mid.replicas[0].pid().expect("pid");
-    signal(replica_pid, "-STOP");
-    let mut m = common::client(&old).await;
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query_async(&mut m)
-        .await
-        .expect("client kill");
+    let replica_pid = freeze_and_cut_off(&mid.replicas[0], &old).await;
     let at_cut = dbsize(&target).await;
     common::eventually(
         "keys moved while the replica is cut off",
