@@ -915,7 +915,7 @@ async fn connected_clients(c: &mut redis::aio::MultiplexedConnection) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settle_keeps_the_target_copy_unless_it_is_the_unconfirmed_one_sent() {
     use bytes::Bytes;
-    use migrator::SentCopy;
+    use migrator::KeyCopy;
 
     let (src, dst) = (common::redis(), common::redis());
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
@@ -962,14 +962,14 @@ async fn a_settle_keeps_the_target_copy_unless_it_is_the_unconfirmed_one_sent() 
     let () = redis::AsyncCommands::set(&mut d, &rewritten, "copied")
         .await
         .expect("set");
-    let copy = SentCopy {
+    let copy = KeyCopy {
         payload: dump_of(&mut d, &ours).await,
         expire_at: 0,
     };
     let () = redis::AsyncCommands::set(&mut d, &rewritten, "written on the target")
         .await
         .expect("set");
-    let sent: HashMap<Bytes, SentCopy> = [
+    let sent: HashMap<Bytes, KeyCopy> = [
         (Bytes::from(ours.clone()), copy.clone()),
         (Bytes::from(rewritten.clone()), copy),
     ]

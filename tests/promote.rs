@@ -414,3 +414,51 @@ async fn a_group_with_a_migrating_slot_is_promoted_and_the_slot_migrates_on() {
     let there: Option<String> = promoted_master.get(&key).await.expect("get");
     assert_eq!(there.as_deref(), Some("the source's"));
 }
+
+/// A promote that will have to settle a migration's copies (the source's
+/// master is dead) needs the target's master: without it, it is refused
+/// before anything changes, naming the group to promote first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_that_must_settle_with_a_dead_target_is_refused() {
+    use reborn::topo::model::SlotTable;
+    let mut c = Cluster::start().await;
+    let replica = c.replica_of_group_1().await;
+    let (m, r) = (c.masters[0].addr(), replica.addr());
+    let path = c.store.paths().slots();
+    let (mut table, version) = c
+        .store
+        .get_json_with_version::<SlotTable>(&path)
+        .await
+        .expect("read slots");
+    let s = table.get_mut(7).expect("slot 7");
+    (s.group, s.from, s.state) = (2, Some(1), SlotState::Migrate);
+    c.store
+        .set_json(&path, &table, version)
+        .await
+        .expect("write slots");
+    c.masters[1].kill();
+    c.masters[0].kill();
+    common::eventually(
+        "the replica sees its master gone",
+        Duration::from_secs(10),
+        || {
+            let r = r.clone();
+            async move { info_replication(&r).await.contains("master_link_status:down") }
+        },
+    )
+    .await;
+
+    let e = promote_with(&c.store, 1, &PromoteRequest::default(), None, ACK)
+        .await
+        .expect_err("the settle's target is down");
+    assert!(
+        matches!(&e, TopoError::State(msg) if msg.contains("Promote group 2 first") && msg.contains("nothing was changed")),
+        "{e:?}"
+    );
+    assert_eq!(master_of_group_1(&c).await, m, "the topology changed");
+    assert_eq!(c.slot_state(7).await, (2, SlotState::Migrate));
+    assert!(
+        info_replication(&r).await.contains("role:slave"),
+        "the replica was promoted"
+    );
+}

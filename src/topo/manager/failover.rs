@@ -356,11 +356,11 @@ impl Leader<'_> {
         match result {
             Ok(p) => {
                 tracing::warn!(group = id, old = %master, new = %p.master, switch_ms = record.switch_ms, "failed over");
+                record.notes = p.notes();
                 record.new_master = Some(p.master);
                 record.offset = Some(p.offset);
                 record.keys = Some(p.keys);
                 record.outcome = "promoted".into();
-                record.notes = p.forced.iter().chain(&p.warnings).cloned().collect();
                 watch.retry_at.remove(&id);
             }
             Err(e) => {
@@ -497,12 +497,7 @@ pub async fn record_promote(store: &Store, promoted: &Promoted, at_ms: u64, star
         offset: Some(promoted.offset),
         keys: Some(promoted.keys),
         outcome: "promoted".into(),
-        notes: promoted
-            .forced
-            .iter()
-            .chain(&promoted.warnings)
-            .cloned()
-            .collect(),
+        notes: promoted.notes(),
     };
     if let Err(e) = save(store, &mut record).await {
         tracing::warn!(error = %e, "cannot record the promote");

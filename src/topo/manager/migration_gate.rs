@@ -1,9 +1,9 @@
 //! Where a promote and the migration runner of one product meet, inside the
 //! leading dashboard (both run only there).
 //!
-//! A promote of a group whose slots migrate closes the gate for that group:
-//! the runner stops moving the keys of every task whose source or target it
-//! is, and the promote waits until it has stopped, so no batch of the
+//! A promote of a group closes the gate for that group: the runner stops
+//! the step of a task whose source or target it is (moving keys, above all),
+//! and the promote waits until it has stopped, so no batch of the
 //! migrator reaches a server after it changed roles. When the promote is
 //! over the gate opens, and the runner starts again from the topology, with
 //! the masters it names then.
@@ -29,8 +29,8 @@ pub struct MigrationGate {
 struct GateState {
     /// Groups a promote is switching, with how many promotes hold each.
     closed: HashMap<GroupId, usize>,
-    /// Groups whose keys the runner is moving, as source or target.
-    moving: HashMap<GroupId, usize>,
+    /// Groups of the task steps the runner is in, as source or target.
+    inside: HashMap<GroupId, usize>,
 }
 
 impl MigrationGate {
@@ -51,7 +51,8 @@ impl MigrationGate {
         gate
     }
 
-    /// Closes the gate for `group` and waits until no key of it moves; it
+    /// Closes the gate for `group` and waits until no runner step of it is
+    /// left (keys moving, above all); it
     /// opens again when the returned guard is dropped.
     pub async fn close(self: &Arc<Self>, group: GroupId) -> GateClosed {
         self.update(|s| *s.closed.entry(group).or_default() += 1);
@@ -59,33 +60,27 @@ impl MigrationGate {
             gate: self.clone(),
             group,
         };
-        self.wait_for(|s| s.moving.get(&group).copied().unwrap_or(0) == 0)
+        self.wait_for(|s| s.inside.get(&group).copied().unwrap_or(0) == 0)
             .await;
         guard
     }
 
-    /// Registers the runner moving keys between `groups`, unless the gate is
+    /// Registers a runner step for a task between `groups`, unless the gate is
     /// closed for one of them.
-    pub fn enter(self: &Arc<Self>, groups: [GroupId; 2]) -> Option<Moving> {
+    pub fn enter(self: &Arc<Self>, groups: [GroupId; 2]) -> Option<Inside> {
         let mut entered = false;
         self.update(|s| {
             if groups.iter().all(|g| !s.closed.contains_key(g)) {
                 for g in groups {
-                    *s.moving.entry(g).or_default() += 1;
+                    *s.inside.entry(g).or_default() += 1;
                 }
                 entered = true;
             }
         });
-        entered.then(|| Moving {
+        entered.then(|| Inside {
             gate: self.clone(),
             groups,
         })
-    }
-
-    /// True while a promote holds one of `groups`.
-    pub fn is_closed(&self, groups: [GroupId; 2]) -> bool {
-        let s = self.state.lock();
-        groups.iter().any(|g| s.closed.contains_key(g))
     }
 
     /// Returns once the gate is closed for one of `groups`.
@@ -134,22 +129,22 @@ impl Drop for GateClosed {
     }
 }
 
-/// The runner moving keys between two groups; dropped once it stopped.
+/// A runner step for a task between two groups; dropped once it is over.
 #[derive(Debug)]
-pub struct Moving {
+pub struct Inside {
     gate: Arc<MigrationGate>,
     groups: [GroupId; 2],
 }
 
-impl Drop for Moving {
+impl Drop for Inside {
     fn drop(&mut self) {
         let groups = self.groups;
         self.gate.update(|s| {
             for g in groups {
-                if let Some(n) = s.moving.get_mut(&g) {
+                if let Some(n) = s.inside.get_mut(&g) {
                     *n -= 1;
                     if *n == 0 {
-                        s.moving.remove(&g);
+                        s.inside.remove(&g);
                     }
                 }
             }
@@ -171,16 +166,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_close_waits_for_the_mover_and_keeps_it_out() {
         let g = gate();
-        let moving = g.enter([1, 2]).expect("open");
+        let inside = g.enter([1, 2]).expect("open");
         let closing = tokio::spawn({
             let g = g.clone();
             async move { g.close(2).await }
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!closing.is_finished(), "the close waits for the mover");
-        assert!(g.is_closed([2, 3]) && !g.is_closed([1, 3]));
         g.closing([1, 2]).await;
-        drop(moving);
+        drop(inside);
         let closed = closing.await.expect("closed");
         assert!(g.enter([2, 3]).is_none() && g.enter([3, 1]).is_some());
         drop(closed);

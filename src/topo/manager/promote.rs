@@ -31,20 +31,22 @@
 //! With the old master dead, writes it acknowledged but had not replicated are
 //! lost: that is replication's limit, which no proxy can undo.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::candidate::{self, Choice, Follow, Looked};
 use super::migration_gate::MigrationGate;
-use super::migrator::{self, Conn, Unconfirmed};
+use super::migrator::{self, Conn, KeyCopy, Unconfirmed};
 use super::replication::{self, Replication, thousands};
 use crate::libs::resp_client::Frame;
 use crate::topo::action::{wait_acks, write_hold, write_phase};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
 use crate::topo::model::{Group, GroupId, Role, SlotState, SlotTable};
+use crate::topo::path::Paths;
 use crate::topo::session::ZkSession;
 use crate::topo::store::Store;
 
@@ -82,6 +84,14 @@ pub struct Promoted {
     pub forced: Vec<String>,
     /// Servers left alone (unreachable, or ahead of the new master).
     pub warnings: Vec<String>,
+}
+
+impl Promoted {
+    /// What the promote said besides its outcome: the checks forced past,
+    /// then the warnings (servers left alone, migrations settled).
+    pub fn notes(&self) -> Vec<String> {
+        self.forced.iter().chain(&self.warnings).cloned().collect()
+    }
 }
 
 /// Promotes `addr`, a replica of group `id`, to master, refusing anything that
@@ -156,7 +166,7 @@ pub async fn promote_with(
         }
         let old = group.master().map(str::to_string);
         let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
-        let held = Held::of(&table, id)?;
+        let held = Held::of(zk, &paths, &table, id)?;
 
         // Everything is checked before anything is written or sent.
         let looked = look_all(&group, old.as_deref(), auth).await;
@@ -185,26 +195,28 @@ pub async fn promote_with(
         // Without the old master's last writes, migrating slots are settled
         // with their target after the switch: it must answer. (With them, a
         // settle is needed only if a forced promote loses the second
-        // catch-up, and then one whose target cannot be named is reported.)
-        let targets = match held.settle_targets(zk, &paths).await {
-            Ok(t) => t,
-            Err(TopoError::State(_)) if caught_up => BTreeMap::new(),
-            Err(e) => return Err(e),
-        };
+        // catch-up; a target that cannot be reached then is reported.)
+        let targets = held.targets().await?;
         if !caught_up {
-            for (to, addr) in &targets {
-                let health = super::health::probe(addr, auth).await;
-                if health != super::health::Health::Up {
+            for (to, master) in &targets {
+                let down = match master {
+                    Some(addr) => {
+                        let health = super::health::probe(addr, auth).await;
+                        (health != super::health::Health::Up).then(|| format!("{addr} is {}", health.describe()))
+                    }
+                    None => Some("it has none".to_string()),
+                };
+                if let Some(why) = down {
                     return Err(TopoError::State(format!(
-                        "group {id}: refused: slots of group {id} migrate to group {to}, whose master {addr} is {}; \
-                         their copies are settled with it after the switch. Promote group {to} first; nothing was changed",
-                        health.describe()
+                        "group {id}: refused: slots of group {id} migrate to group {to}, whose master is needed \
+                         to settle their copies after the switch, and {why}. Promote group {to} first; nothing \
+                         was changed"
                     )));
                 }
             }
         }
 
-        held.hold(zk, &paths, ack_timeout).await?;
+        held.hold(ack_timeout).await?;
         let switched = switch_master(
             zk,
             &paths,
@@ -217,7 +229,7 @@ pub async fn promote_with(
         .await;
         // Back online either way: on the new master, or (the switch failed
         // before touching ZooKeeper) on the old one.
-        held.release_own(zk, &paths, ack_timeout).await?;
+        held.release_own(ack_timeout).await?;
         let mut settled = Vec::new();
         if let Ok(s) = &switched {
             // The old master's notes are of no use past this promote either way.
@@ -226,10 +238,10 @@ pub async fn promote_with(
                 .map(|o| Unconfirmed::global().take(o))
                 .unwrap_or_default();
             if !s.guarded {
-                settled = settle(&held, &targets, &choice.addr, &sent, auth).await;
+                settled = held.settle(&targets, &choice.addr, &sent, auth).await;
             }
         }
-        held.release_migrating(zk, &paths, ack_timeout).await?;
+        held.release_migrating(ack_timeout).await?;
         let mut switched = switched?;
         switched.warnings.extend(settled);
         Ok(report(id, old, choice, switched))
@@ -237,8 +249,11 @@ pub async fn promote_with(
     .await
 }
 
-/// The slots a promote of one group holds while it switches masters.
-struct Held {
+/// The slots a promote of one group holds while it switches masters, and
+/// the phases it writes for them.
+struct Held<'a> {
+    zk: &'a ZkSession,
+    paths: &'a Paths,
     /// The group promoted.
     id: GroupId,
     /// The group's own `online` slots.
@@ -247,9 +262,16 @@ struct Held {
     migrating: BTreeMap<(GroupId, GroupId), Vec<u16>>,
 }
 
-impl Held {
-    fn of(table: &SlotTable, id: GroupId) -> Result<Held, TopoError> {
+impl<'a> Held<'a> {
+    fn of(
+        zk: &'a ZkSession,
+        paths: &'a Paths,
+        table: &SlotTable,
+        id: GroupId,
+    ) -> Result<Held<'a>, TopoError> {
         let mut held = Held {
+            zk,
+            paths,
             id,
             own: Vec::new(),
             migrating: BTreeMap::new(),
@@ -278,171 +300,151 @@ impl Held {
         Ok(held)
     }
 
-    /// The masters of the groups this group's slots migrate to.
-    async fn settle_targets(
-        &self,
-        zk: &ZkSession,
-        paths: &crate::topo::path::Paths,
-    ) -> Result<BTreeMap<GroupId, String>, TopoError> {
-        let id = self.id;
+    /// The groups this group's slots migrate to, with their master when
+    /// they have one.
+    async fn targets(&self) -> Result<BTreeMap<GroupId, Option<String>>, TopoError> {
         let mut targets = BTreeMap::new();
         for &(from, to) in self.migrating.keys() {
-            if from != id {
-                continue;
+            if from == self.id {
+                let group = self.zk.get_json::<Group>(&self.paths.group(to)).await?;
+                targets.insert(to, group.master().map(str::to_string));
             }
-            let group = zk.get_json::<Group>(&paths.group(to)).await?;
-            let master = group.master().ok_or_else(|| {
-                TopoError::State(format!(
-                    "group {id}: refused: slots of group {id} migrate to group {to}, which has no master; nothing was changed"
-                ))
-            })?;
-            targets.insert(to, master.to_string());
         }
         Ok(targets)
     }
 
     /// Every proxy holds the slots' requests and drains the masters they
     /// were sent to; rolled back if one does not acknowledge.
-    async fn hold(
-        &self,
-        zk: &ZkSession,
-        paths: &crate::topo::path::Paths,
-        ack_timeout: Duration,
-    ) -> Result<(), TopoError> {
+    async fn hold(&self, ack_timeout: Duration) -> Result<(), TopoError> {
         let id = self.id;
-        for (&(from, to), slots) in &self.migrating {
-            let hold = write_hold(zk, paths, slots, from, to).await?;
-            if let Err(missing) = wait_acks(zk, paths, hold.seq, ack_timeout).await {
-                self.undo(zk, paths, false).await?;
-                return Err(TopoError::AckTimeout {
-                    seq: hold.seq,
-                    missing,
-                });
-            }
+        let migrating = self
+            .migrating
+            .iter()
+            .map(|(&(from, to), slots)| (from, to, slots));
+        for (from, to, slots) in migrating {
+            let hold = write_hold(self.zk, self.paths, slots, from, to).await?;
+            self.acked_or_undone(hold.seq, ack_timeout, false).await?;
         }
         if !self.own.is_empty() {
-            let hold = write_phase(zk, paths, &self.own, SlotState::PreMigrate, id, id).await?;
-            if let Err(missing) = wait_acks(zk, paths, hold.seq, ack_timeout).await {
-                self.undo(zk, paths, true).await?;
-                return Err(TopoError::AckTimeout {
-                    seq: hold.seq,
-                    missing,
-                });
-            }
+            let hold = write_phase(self.zk, self.paths, &self.own, SlotState::PreMigrate, id, id).await?;
+            self.acked_or_undone(hold.seq, ack_timeout, true).await?;
         }
         Ok(())
     }
 
-    /// Releases a hold that was not acknowledged, without waiting (a proxy
-    /// that did not acknowledge the hold would not acknowledge this either).
-    async fn undo(
-        &self,
-        zk: &ZkSession,
-        paths: &crate::topo::path::Paths,
-        own: bool,
-    ) -> Result<(), TopoError> {
-        let id = self.id;
+    /// Waits for every proxy's ack of `seq`; without it, releases the hold
+    /// (the group's own slots too if `own`), without waiting: a proxy that
+    /// did not acknowledge the hold would not acknowledge this either.
+    async fn acked_or_undone(&self, seq: u64, ack_timeout: Duration, own: bool) -> Result<(), TopoError> {
+        let Err(missing) = wait_acks(self.zk, self.paths, seq, ack_timeout).await else {
+            return Ok(());
+        };
         if own {
-            write_phase(zk, paths, &self.own, SlotState::Online, id, id).await?;
+            write_phase(
+                self.zk,
+                self.paths,
+                &self.own,
+                SlotState::Online,
+                self.id,
+                self.id,
+            )
+            .await?;
         }
         for (&(from, to), slots) in &self.migrating {
-            write_phase(zk, paths, slots, SlotState::Migrate, from, to).await?;
+            write_phase(self.zk, self.paths, slots, SlotState::Migrate, from, to).await?;
         }
-        Ok(())
+        Err(TopoError::AckTimeout { seq, missing })
     }
 
     /// The group's own slots go back online (on whichever master it has now).
-    async fn release_own(
-        &self,
-        zk: &ZkSession,
-        paths: &crate::topo::path::Paths,
-        ack_timeout: Duration,
-    ) -> Result<(), TopoError> {
-        let id = self.id;
+    async fn release_own(&self, ack_timeout: Duration) -> Result<(), TopoError> {
         if !self.own.is_empty() {
-            let done = write_phase(zk, paths, &self.own, SlotState::Online, id, id).await?;
-            let _ = wait_acks(zk, paths, done.seq, ack_timeout).await;
+            let done = write_phase(
+                self.zk,
+                self.paths,
+                &self.own,
+                SlotState::Online,
+                self.id,
+                self.id,
+            )
+            .await?;
+            let _ = wait_acks(self.zk, self.paths, done.seq, ack_timeout).await;
         }
         Ok(())
     }
 
     /// The migrating slots go on migrating, between the masters named now.
-    async fn release_migrating(
-        &self,
-        zk: &ZkSession,
-        paths: &crate::topo::path::Paths,
-        ack_timeout: Duration,
-    ) -> Result<(), TopoError> {
+    async fn release_migrating(&self, ack_timeout: Duration) -> Result<(), TopoError> {
         for (&(from, to), slots) in &self.migrating {
-            let done = write_phase(zk, paths, slots, SlotState::Migrate, from, to).await?;
-            let _ = wait_acks(zk, paths, done.seq, ack_timeout).await;
+            let done = write_phase(self.zk, self.paths, slots, SlotState::Migrate, from, to).await?;
+            let _ = wait_acks(self.zk, self.paths, done.seq, ack_timeout).await;
         }
         Ok(())
     }
-}
 
-/// How long the settle of one migration is retried (its target failing).
-const SETTLE_TRIES: u32 = 5;
-
-/// Settles each migration from the promoted group with its target
-/// ([`migrator::settle_promoted_source`]); returns the lines for the report.
-async fn settle(
-    held: &Held,
-    targets: &BTreeMap<GroupId, String>,
-    source: &str,
-    sent: &std::collections::HashMap<bytes::Bytes, migrator::SentCopy>,
-    auth: Option<&str>,
-) -> Vec<String> {
-    let mut lines = Vec::new();
-    for (&(from, to), slots) in &held.migrating {
-        if from != held.id {
-            continue;
+    /// Settles each migration from the group with its target
+    /// ([`migrator::settle_promoted_source`]), `source` being the new master
+    /// and `sent` the old one's unconfirmed copies; the lines for the report.
+    async fn settle(
+        &self,
+        targets: &BTreeMap<GroupId, Option<String>>,
+        source: &str,
+        sent: &HashMap<Bytes, KeyCopy>,
+        auth: Option<&str>,
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (&(from, to), slots) in self.migrating.iter().filter(|((from, _), _)| *from == self.id) {
+            let unsettled = |why: String| {
+                format!(
+                    "could not settle slots migrating from group {from} to group {to} ({why}): a key the old \
+                     master had moved but whose DEL this replica missed may be served from here, stale"
+                )
+            };
+            let Some(Some(target)) = targets.get(&to) else {
+                lines.push(unsettled(format!("group {to} has no master")));
+                continue;
+            };
+            let ids: BTreeSet<u16> = slots.iter().copied().collect();
+            let mut tries = 0;
+            let line = loop {
+                tries += 1;
+                match migrator::settle_promoted_source(source, target, &ids, sent, auth).await {
+                    Ok(s) => {
+                        tracing::info!(
+                            from,
+                            to,
+                            found = s.found,
+                            dropped = s.dropped,
+                            kept = s.kept,
+                            "migrating slots settled"
+                        );
+                        break format!(
+                            "settled slots migrating from group {from} to group {to}: of {} keys on {source}, {} \
+                             the target {target} also held were deleted here (the old master had moved them; its \
+                             last DELs had not reached this replica), {} kept (the migrator's copy there was never \
+                             served)",
+                            s.found, s.dropped, s.kept
+                        );
+                    }
+                    Err(e) if tries < SETTLE_TRIES => {
+                        tracing::warn!(from, to, error = %e, "settling migrating slots failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(from, to, error = %e, "settling migrating slots failed; they migrate on unsettled");
+                        break unsettled(e.to_string());
+                    }
+                }
+            };
+            lines.push(line);
         }
-        let Some(target) = targets.get(&to) else {
-            lines.push(format!(
-                "could not settle slots migrating from group {from} to group {to}: it has no master; a key \
-                 the old master had moved but whose DEL this replica missed may be served from here, stale"
-            ));
-            continue;
-        };
-        let ids: std::collections::BTreeSet<u16> = slots.iter().copied().collect();
-        let mut tries = 0;
-        let line = loop {
-            tries += 1;
-            match migrator::settle_promoted_source(source, target, &ids, sent, auth).await {
-                Ok(s) => {
-                    tracing::info!(
-                        from,
-                        to,
-                        found = s.found,
-                        dropped = s.dropped,
-                        kept = s.kept,
-                        "migrating slots settled"
-                    );
-                    break format!(
-                        "settled slots migrating from group {from} to group {to}: of {} keys on {source}, {} the \
-                         target {target} also held were deleted here (the old master had moved them; its last \
-                         DELs had not reached this replica), {} kept (the migrator's copy there was never served)",
-                        s.found, s.dropped, s.kept
-                    );
-                }
-                Err(e) if tries < SETTLE_TRIES => {
-                    tracing::warn!(from, to, error = %e, "settling migrating slots failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    tracing::error!(from, to, error = %e, "settling migrating slots failed; they migrate on unsettled");
-                    break format!(
-                        "could not settle slots migrating from group {from} to group {to} ({e}): a key the old \
-                         master had moved but whose DEL this replica missed may be served from here, stale"
-                    );
-                }
-            }
-        };
-        lines.push(line);
+        lines
     }
-    lines
 }
+
+/// How many times the settle of one migration is tried (its target
+/// failing), a second apart.
+const SETTLE_TRIES: u32 = 5;
 
 const FORCE_HINT: &str = " (--force promotes anyway, and loses what the other servers hold that it lacks)";
 
@@ -461,7 +463,7 @@ struct Switched {
 /// Steps 2 to 4, writes held.
 async fn switch_master(
     zk: &ZkSession,
-    paths: &crate::topo::path::Paths,
+    paths: &Paths,
     (mut group, version): (Group, i32),
     choice: &mut Choice,
     caught_up: bool,

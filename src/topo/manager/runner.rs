@@ -85,14 +85,18 @@ async fn step(
     task: Task,
     cancel: &CancellationToken,
 ) -> Result<Duration, TopoError> {
-    // A promote is switching one of its groups: its slots may be held in
-    // `pre_migrate`, which is the promote's to undo, not ours to resume.
-    if MigrationGate::of(store).is_closed([task.from, task.to]) {
+    // The whole step inside the gate: a promote switching one of its groups
+    // may hold its slots in `pre_migrate`, which is the promote's to undo,
+    // not ours to resume; and one that closes the gate after this waits
+    // until the step is over (it closes before taking the operator lock, so
+    // a switch or the final online can take it meanwhile).
+    let gate = MigrationGate::of(store);
+    let Some(_inside) = gate.enter([task.from, task.to]) else {
         return Ok(GATE_POLL);
-    }
+    };
     match task.state {
         TaskState::Queued => claim(store, cfg, task).await,
-        TaskState::Migrating => advance(store, cfg, task, cancel).await,
+        TaskState::Migrating => advance(store, cfg, task, (&gate, cancel)).await,
         _ => Ok(Duration::ZERO),
     }
 }
@@ -178,7 +182,7 @@ async fn advance(
     store: &Store,
     cfg: &MigratorConfig,
     mut task: Task,
-    cancel: &CancellationToken,
+    (gate, cancel): (&MigrationGate, &CancellationToken),
 ) -> Result<Duration, TopoError> {
     let topo = watcher::load(store).await?;
     let states: Vec<(GroupId, SlotState)> = task
@@ -199,7 +203,7 @@ async fn advance(
         .iter()
         .all(|&(g, st)| g == task.to && st == SlotState::Migrate)
     {
-        return migrate(store, cfg, task, cancel).await;
+        return migrate(store, cfg, task, (gate, cancel)).await;
     }
     // Not switched yet, or a switch cut short (pre_migrate): first, can it
     // still run at all?
@@ -277,16 +281,11 @@ async fn migrate(
     store: &Store,
     cfg: &MigratorConfig,
     mut task: Task,
-    cancel: &CancellationToken,
+    (gate, cancel): (&MigrationGate, &CancellationToken),
 ) -> Result<Duration, TopoError> {
-    // Entered before the masters are read: a promote that closes the gate
-    // after this waits until we stopped, and one that finished before wrote
-    // its new master already.
-    let gate = MigrationGate::of(store);
+    // The step is inside the gate (see `step`), so the masters read here are
+    // current until a promote closes it, which stops the work below.
     let groups = [task.from, task.to];
-    let Some(_moving) = gate.enter(groups) else {
-        return Ok(GATE_POLL);
-    };
     let topo = watcher::load(store).await?;
     let master = |g: GroupId| {
         topo.groups

@@ -56,7 +56,7 @@ use bytes::Bytes;
 use super::batch::Key;
 use super::conn::{Conn, is_ok, reply_text};
 use super::error::MigrateError;
-use super::unconfirmed::{SentCopy, Unconfirmed};
+use super::unconfirmed::{KeyCopy, Unconfirmed};
 use crate::libs::resp_client::{Frame, cmd};
 
 /// What one transfer did.
@@ -127,16 +127,7 @@ pub(super) async fn transfer(
         return Ok(done);
     }
     let from = source.addr().to_string();
-    let fresh = noted.sending(
-        &from,
-        dumped.iter().map(|d| {
-            let copy = SentCopy {
-                payload: d.payload.clone(),
-                expire_at: d.expire_at,
-            };
-            (d.name, copy)
-        }),
-    );
+    let fresh = noted.sending(&from, dumped.iter().map(|d| (d.name, d.copy.clone())));
     let busy = match restore(target, &dumped, wait).await {
         Ok(busy) => {
             // The target had these already: not our copy there.
@@ -172,7 +163,7 @@ pub(super) async fn transfer(
         let again = dump(source, &pairs, wait).await.map_err(Failure::Source)?;
         let (same, changed): (Vec<Dumped>, Vec<Dumped>) = restored
             .into_iter()
-            .partition(|d| again.iter().any(|a| a.index == d.index && a.same_as(d)));
+            .partition(|d| again.iter().any(|a| a.index == d.index && a.copy == d.copy));
         done.contested.extend(changed.iter().map(|d| d.index));
         restored = same;
     }
@@ -181,20 +172,46 @@ pub(super) async fn transfer(
     Ok(done)
 }
 
-/// A key's `DUMP` payload and its expiry.
+/// A key of the batch as `DUMP` and `PEXPIRETIME` gave it.
 struct Dumped<'a> {
     /// Its index in the batch.
     index: usize,
     name: &'a [u8],
-    payload: Bytes,
-    /// `PEXPIRETIME`: Unix time in ms, or 0 for none (`RESTORE … ABSTTL`'s
-    /// "no expiry").
-    expire_at: i64,
+    copy: KeyCopy,
 }
 
-impl Dumped<'_> {
-    fn same_as(&self, other: &Dumped<'_>) -> bool {
-        self.payload == other.payload && self.expire_at == other.expire_at
+/// The commands whose replies [`read_copy`] reads: `DUMP k`, `PEXPIRETIME k`.
+pub(super) fn copy_commands(name: &[u8]) -> [Frame; 2] {
+    [
+        cmd(&[b"DUMP".as_ref(), name]),
+        cmd(&[b"PEXPIRETIME".as_ref(), name]),
+    ]
+}
+
+/// Reads the replies to [`copy_commands`]: the key's copy, or `None` when
+/// the key is gone (nil `DUMP`: moved on access, deleted or expired; or
+/// expired between the two commands).
+pub(super) async fn read_copy(conn: &mut Conn, wait: Duration) -> Result<Option<KeyCopy>, MigrateError> {
+    let payload = conn.read("DUMP", wait).await?;
+    let expiry = conn.read("PEXPIRETIME", wait).await?;
+    let payload = match payload {
+        Frame::BulkString(payload) => payload,
+        Frame::Null => return Ok(None),
+        other => return Err(redis_error(conn, "DUMP", &other)),
+    };
+    match expiry {
+        // `RESTORE … ABSTTL`'s "no expiry".
+        Frame::Integer(-1) => Ok(Some(KeyCopy {
+            payload,
+            expire_at: 0,
+        })),
+        Frame::Integer(ms) if ms > 0 => Ok(Some(KeyCopy {
+            payload,
+            expire_at: ms,
+        })),
+        // -2: expired between the two commands.
+        Frame::Integer(_) => Ok(None),
+        other => Err(redis_error(conn, "PEXPIRETIME", &other)),
     }
 }
 
@@ -211,34 +228,15 @@ async fn dump<'a>(
     let mut out = Vec::with_capacity(2 * keys.len() + 1);
     out.push(cmd(&watch));
     for (_, name) in keys {
-        out.push(cmd(&[b"DUMP".as_ref(), name]));
-        out.push(cmd(&[b"PEXPIRETIME".as_ref(), name]));
+        out.extend(copy_commands(name));
     }
     source.send(out).await?;
     expect_ok(source, "WATCH", wait).await?;
     let mut dumped = Vec::with_capacity(keys.len());
     for &(index, name) in keys {
-        let payload = source.read("DUMP", wait).await?;
-        let expiry = source.read("PEXPIRETIME", wait).await?;
-        let payload = match payload {
-            Frame::BulkString(payload) => payload,
-            // nil: moved on access, deleted or expired since the SCAN
-            Frame::Null => continue,
-            other => return Err(redis_error(source, "DUMP", &other)),
-        };
-        let expire_at = match expiry {
-            Frame::Integer(-1) => 0,
-            Frame::Integer(ms) if ms > 0 => ms,
-            // -2: expired between the two commands.
-            Frame::Integer(_) => continue,
-            other => return Err(redis_error(source, "PEXPIRETIME", &other)),
-        };
-        dumped.push(Dumped {
-            index,
-            name,
-            payload,
-            expire_at,
-        });
+        if let Some(copy) = read_copy(source, wait).await? {
+            dumped.push(Dumped { index, name, copy });
+        }
     }
     Ok(dumped)
 }
@@ -253,8 +251,8 @@ async fn restore(target: &mut Conn, dumped: &[Dumped<'_>], wait: Duration) -> Re
             Frame::Array(vec![
                 Frame::BulkString(Bytes::from_static(b"RESTORE")),
                 Frame::BulkString(Bytes::copy_from_slice(d.name)),
-                Frame::BulkString(Bytes::from(d.expire_at.to_string())),
-                Frame::BulkString(d.payload.clone()),
+                Frame::BulkString(Bytes::from(d.copy.expire_at.to_string())),
+                Frame::BulkString(d.copy.payload.clone()),
                 Frame::BulkString(Bytes::from_static(b"ABSTTL")),
             ])
         })

@@ -34,8 +34,8 @@ use bytes::Bytes;
 use super::SlotSet;
 use super::conn::Conn;
 use super::error::MigrateError;
-use super::restore::redis_error;
-use super::unconfirmed::SentCopy;
+use super::restore::{copy_commands, read_copy, redis_error};
+use super::unconfirmed::KeyCopy;
 use crate::libs::hash::slot_of;
 use crate::libs::resp_client::{Frame, cmd};
 
@@ -68,7 +68,7 @@ pub async fn settle_promoted_source(
     source: &str,
     target: &str,
     slots: &BTreeSet<u16>,
-    sent: &HashMap<Bytes, SentCopy>,
+    sent: &HashMap<Bytes, KeyCopy>,
     auth: Option<&str>,
 ) -> Result<Settled, MigrateError> {
     let slots = SlotSet::new(slots)?;
@@ -104,14 +104,13 @@ pub async fn settle_promoted_source(
 async fn judge(
     dst: &mut Conn,
     keys: &[Bytes],
-    sent: &HashMap<Bytes, SentCopy>,
+    sent: &HashMap<Bytes, KeyCopy>,
     done: &mut Settled,
 ) -> Result<Vec<Bytes>, MigrateError> {
     let mut out = Vec::with_capacity(keys.len() * 2);
     for k in keys {
         if sent.contains_key(k) {
-            out.push(cmd(&[b"DUMP".as_ref(), k]));
-            out.push(cmd(&[b"PEXPIRETIME".as_ref(), k]));
+            out.extend(copy_commands(k));
         } else {
             out.push(cmd(&[b"EXISTS".as_ref(), k]));
         }
@@ -127,22 +126,11 @@ async fn judge(
             }
             continue;
         };
-        let payload = dst.read("DUMP", WAIT).await?;
-        let expiry = dst.read("PEXPIRETIME", WAIT).await?;
-        let payload = match payload {
-            Frame::BulkString(p) => p,
-            Frame::Null => continue,
-            other => return Err(redis_error(dst, "DUMP", &other)),
-        };
-        let expire_at = match expiry {
-            Frame::Integer(-1) => 0,
-            Frame::Integer(ms) => ms,
-            other => return Err(redis_error(dst, "PEXPIRETIME", &other)),
-        };
-        if payload == copy.payload && expire_at == copy.expire_at {
-            done.kept += 1;
-        } else {
-            drop.push(k.clone());
+        match read_copy(dst, WAIT).await? {
+            // Not on the target (any more): the source's copy is the only one.
+            None => {}
+            Some(there) if &there == copy => done.kept += 1,
+            Some(_) => drop.push(k.clone()),
         }
     }
     Ok(drop)

@@ -22,9 +22,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-/// A copy sent to the target: what `DUMP` and `PEXPIRETIME` gave.
+/// A key's copy: what `DUMP` and `PEXPIRETIME` gave (see `restore::read_copy`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentCopy {
+pub struct KeyCopy {
     pub payload: Bytes,
     /// Unix ms, or 0 for no expiry.
     pub expire_at: i64,
@@ -33,7 +33,7 @@ pub struct SentCopy {
 /// Unconfirmed keys by source address (`host:port`).
 #[derive(Debug, Default)]
 pub struct Unconfirmed {
-    by_source: Mutex<HashMap<String, HashMap<Bytes, SentCopy>>>,
+    by_source: Mutex<HashMap<String, HashMap<Bytes, KeyCopy>>>,
 }
 
 impl Unconfirmed {
@@ -49,7 +49,7 @@ impl Unconfirmed {
     pub(super) fn sending<'a>(
         &self,
         source: &str,
-        copies: impl Iterator<Item = (&'a [u8], SentCopy)>,
+        copies: impl Iterator<Item = (&'a [u8], KeyCopy)>,
     ) -> Vec<bool> {
         let mut all = self.by_source.lock();
         let keys = all.entry(source.to_string()).or_default();
@@ -80,7 +80,7 @@ impl Unconfirmed {
 
     /// The keys noted for `source`, removed from the registry: the promote
     /// that asks for them replaces that server as the source.
-    pub fn take(&self, source: &str) -> HashMap<Bytes, SentCopy> {
+    pub fn take(&self, source: &str) -> HashMap<Bytes, KeyCopy> {
         self.by_source.lock().remove(source).unwrap_or_default()
     }
 
@@ -94,8 +94,8 @@ impl Unconfirmed {
 mod tests {
     use super::*;
 
-    fn copy(p: &'static str) -> SentCopy {
-        SentCopy {
+    fn copy(p: &'static str) -> KeyCopy {
+        KeyCopy {
             payload: Bytes::from_static(p.as_bytes()),
             expire_at: 0,
         }
