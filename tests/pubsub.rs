@@ -507,9 +507,25 @@ async fn an_idle_upstream_reconnects_only_when_asked_for_something() {
     let (ch, _) = channel("idle", true);
     let master = c.masters[0].addr();
     // A routing change closes upstreams nobody uses: let the one that
-    // follows the proxy's own registration pass first, so that nothing but
-    // the fix keeps the idle upstream away below.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // follows the proxy's own registration (epoch 2) pass first, so that
+    // nothing but the fix keeps the idle upstream away below.
+    let topo = reborn::topo::watcher::load(&c.store).await.expect("topology");
+    let admin: SocketAddr = topo.proxies[&proxy.to_string()]
+        .admin_addr
+        .parse()
+        .expect("admin address");
+    eventually(
+        "the proxy routes by its registration",
+        Duration::from_secs(5),
+        || async move {
+            let (_, body) = common::http::request(admin, "GET", "/stats", Vec::new()).await;
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["routing_epoch"].as_u64())
+                .is_some_and(|e| e >= 2)
+        },
+    )
+    .await;
     let mut s = raw(proxy).await;
     assert_eq!(s.call(&["SUBSCRIBE", &ch]).await, confirm("subscribe", &ch, 1));
     assert_eq!(

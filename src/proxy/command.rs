@@ -359,7 +359,7 @@ pub fn lookup(name: &[u8]) -> Option<Command> {
 /// which writes as the command it runs (`source_call::wrapped`). Anything it
 /// cannot tell counts as a write: the cost of a mistake is one `WAIT`, not a
 /// lost write.
-pub fn writes(req: &[u8]) -> bool {
+pub fn writes(req: &Bytes) -> bool {
     let Some(first) = first_word(req) else {
         return true;
     };
@@ -613,7 +613,10 @@ mod tests {
         for r in ["GET k", "PING", "MGET a b", "XRANGE s - +", "HGETALL h"] {
             assert!(!writes(&req(r)), "{r}");
         }
-        assert!(writes(b"garbage"), "unknown shapes count as writes");
+        assert!(
+            writes(&Bytes::from_static(b"garbage")),
+            "unknown shapes count as writes"
+        );
         assert!(writes(&req("NOSUCHCOMMAND x")));
         // A migration's source call writes as the command it runs.
         let call = |words: &str| {

@@ -126,8 +126,8 @@ impl ScriptCall {
 /// [`ScriptCall`]): with `write_ack = "replica"` a source call writes only if
 /// that command does, so a read served by the source is not held for a
 /// replica's `WAIT` (nor refused `NOREPLICAS` while the replica is away).
-pub fn wrapped(req: &[u8]) -> Option<Bytes> {
-    let items = resp::array_items(&Bytes::copy_from_slice(req))?;
+pub fn wrapped(req: &Bytes) -> Option<Bytes> {
+    let items = resp::array_items(req)?;
     let mut words = items.iter().map(resp::bulk_payload);
     let (head, body) = (words.next()??, words.next()??);
     let ours = (head.eq_ignore_ascii_case(b"EVALSHA") && body == SCRIPT_SHA.as_bytes())
