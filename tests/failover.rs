@@ -593,16 +593,28 @@ struct MidMigration {
 
 impl MidMigration {
     async fn start() -> MidMigration {
+        MidMigration::start_with(WriteAck::Master).await
+    }
+
+    /// With `write_ack = "replica"`, writes wait 200 ms for a replica, and
+    /// so do the migrator's batches (500 ms).
+    async fn start_with(write_ack: WriteAck) -> MidMigration {
         let (c, replicas) = Cluster::with_persistent_replicas().await;
         let target = c.masters[1].addr();
         common::wait_replica_streaming(&c.masters[0].addr()).await;
         common::wait_replica_streaming(&target).await;
-        let proxy = c.proxy().await;
+        let proxy = c
+            .proxy_with(|cfg| {
+                cfg.write_ack = write_ack;
+                cfg.write_ack_timeout = Duration::from_millis(200);
+            })
+            .await;
         c.dashboard_with(|cfg| {
             // About 20 s for the whole task: it still moves keys when a
             // master dies.
             cfg.migration.max_keys_per_sec = Some(150);
             cfg.migration.batch_keys = 10;
+            cfg.migration.timeout = Duration::from_millis(500);
         })
         .await;
         let moving = |k: &String| slot_of(k.as_bytes()) < 128;
@@ -819,6 +831,51 @@ async fn a_source_master_killed_mid_migration_is_replaced_and_its_task_finishes_
         done.progress.moved
     );
     assert!(dropped >= 200, "the stale copies were not settled: {settled}");
+}
+
+/// With `write_ack = "replica"`, the target's replica is frozen and cut off
+/// mid-migration, then the target master is killed and the replica promoted.
+/// A key the migrator moved meanwhile would exist only on the dead master:
+/// the migrator must have kept every key on the source until a replica of
+/// the target had it, so nothing acknowledged is lost, moved keys included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_ack_replica_a_target_master_lost_with_its_replica_behind_loses_no_moved_key() {
+    let mut mid = MidMigration::start_with(WriteAck::Replica).await;
+    let (source, target) = (mid.c.masters[0].addr(), mid.c.masters[1].addr());
+    let replica_pid = freeze_and_cut_off(&mid.replicas[1], &target).await;
+    let task = mid.task;
+    let store = mid.c.store.clone();
+    common::eventually(
+        "the migrator waits for the target's replica",
+        Duration::from_secs(20),
+        async || {
+            task::get(&store, task)
+                .await
+                .ok()
+                .and_then(|(t, _)| t.progress.last_error)
+                .is_some_and(|e| e.contains("no replica"))
+        },
+    )
+    .await;
+    assert_eq!(
+        mid.c.slot_state(0).await,
+        (2, SlotState::Migrate),
+        "the task ended too soon"
+    );
+
+    let (_, took) = mid.kill_master(1, Some(replica_pid)).await;
+    // `finishes` checks that every key of the slots arrived.
+    let done = mid.finishes(&source).await;
+    let acked = mid.finish_load().await;
+    let lost = mid.lost(&acked).await;
+    assert_eq!(lost, 0, "acknowledged INCRs lost");
+    eprintln!(
+        "write_ack = replica, target failover with its replica behind: replaced in {took:?}, {lost} of {} \
+         acknowledged INCRs lost, every one of the 3,000 keys arrived; task moved {} keys, {} errors",
+        acked.values().sum::<i64>(),
+        done.progress.moved,
+        done.progress.errors
+    );
 }
 
 /// The target master of a migration is killed: its replica replaces it, the

@@ -735,9 +735,6 @@ async fn big_value_with(method: Method, first_error: &str) {
     assert_eq!(dbsize(&mut s).await, 0);
 }
 
-/// Throughput: BENCH_KEYS small keys (default 1M) on the source, 256 of 1024
-/// slots move; once per `inflight` setting in BENCH_INFLIGHT (default 1,2,4,8),
-/// each on fresh servers. Prints keys/s moved.
 /// A key of the slots that the target holds already (a stale copy, or one a
 /// lost reply left behind) is not overwritten by `RESTORE` (no `REPLACE`):
 /// it is contested and settled by `MIGRATE … REPLACE`, so the source's copy
@@ -788,6 +785,9 @@ async fn a_key_already_on_the_target_ends_with_the_source_copy() {
     }
 }
 
+/// Throughput: BENCH_KEYS small keys (default 1M) on the source, 256 of 1024
+/// slots move; once per `inflight` setting in BENCH_INFLIGHT (default 1,2,4,8),
+/// each on fresh servers. Prints keys/s moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: scripts/bench_migrator.sh"]
 async fn bench_migrator_throughput() {
@@ -893,6 +893,98 @@ async fn a_target_that_became_a_replica_ends_the_pass_with_not_master() {
         other => panic!("want NotMaster, got {other:?}"),
     }
     assert_eq!(dbsize(&mut s).await, before, "nothing left the source");
+}
+
+/// With `replica_ack` (a live proxy runs `write_ack = "replica"`), a batch
+/// leaves the source only once a replica of the target has it. While the
+/// target's only replica is frozen, every key stays on the source (the target
+/// holds the first batch, unconfirmed); thawed, the migration finishes, and
+/// the keys restored before are known as ours: none needs a `MIGRATE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_target_has_them() {
+    let (src, dst) = (common::redis(), common::redis());
+    let mut replica = common::redis();
+    replica.replicaof(&dst.addr()).expect("replicaof");
+    common::wait_replica_streaming(&dst.addr()).await;
+    let mut s = conn(&src.addr(), None).await;
+    let keys = key_names("acked", 3_000);
+    fill(&mut s, &keys).await;
+    let before = snapshot(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let in_slots: Vec<String> = keys
+        .iter()
+        .filter(|k| slots.contains(&slot_of(k.as_bytes())))
+        .cloned()
+        .collect();
+    let pid = replica.pid().expect("pid");
+    common::cluster::signal(pid, "-STOP");
+
+    let cfg = MigratorConfig {
+        timeout: Duration::from_millis(300),
+        batch_keys: 50,
+        replica_ack: true,
+        ..config()
+    };
+    let latest = Arc::new(Mutex::new(Progress::default()));
+    let report = latest.clone();
+    let (source, target) = (src.addr(), dst.addr());
+    let run = tokio::spawn({
+        let slots = slots.clone();
+        async move {
+            let mut progress = Progress::default();
+            let outcome = migrator::migrate_slots(
+                &source,
+                &target,
+                &slots,
+                &cfg,
+                &mut progress,
+                |p| *report.lock().expect("progress") = p.clone(),
+                &CancellationToken::new(),
+            )
+            .await;
+            (outcome, progress)
+        }
+    });
+    common::eventually(
+        "the migrator reports the missing replica",
+        Duration::from_secs(20),
+        async || {
+            let p = latest.lock().expect("progress").clone();
+            p.errors >= 2 && p.last_error.is_some_and(|e| e.contains("no replica"))
+        },
+    )
+    .await;
+    assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
+    let mut d = conn(&dst.addr(), None).await;
+    let copied = snapshot(&mut d, &in_slots).await;
+    assert!(
+        copied.values().any(Option::is_some),
+        "the target holds the batch restored before the WAIT"
+    );
+
+    common::cluster::signal(pid, "-CONT");
+    let (outcome, progress) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the migration finishes once the replica is back")
+        .expect("join");
+    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    let source_after = snapshot(&mut s, &keys).await;
+    let target_after = snapshot(&mut d, &keys).await;
+    assert_eq!(
+        assert_moved(&before, &source_after, &target_after, &slots),
+        in_slots.len()
+    );
+    assert_eq!(
+        progress.contested, 0,
+        "keys restored before were taken as ours: {progress:?}"
+    );
+    let mut r = conn(&replica.addr(), None).await;
+    common::eventually(
+        "the replica has every moved key",
+        Duration::from_secs(10),
+        async || snapshot(&mut r, &in_slots).await.values().all(Option::is_some),
+    )
+    .await;
 }
 
 /// `connected_clients` of the server `c` is connected to (`c` included).

@@ -397,6 +397,13 @@ async fn a_group_with_a_migrating_slot_is_promoted_and_the_slot_migrates_on() {
         .await
         .expect("a group with a migrating slot is promoted");
     assert_eq!(promoted.master, r);
+    assert!(
+        !c.store
+            .exists(&c.store.paths().promoting())
+            .await
+            .expect("exists"),
+        "the promote's plan outlived it"
+    );
     // The replica had everything the live master had: nothing to settle.
     assert!(
         !promoted.warnings.iter().any(|w| w.contains("settle")),
@@ -460,5 +467,120 @@ async fn a_promote_that_must_settle_with_a_dead_target_is_refused() {
     assert!(
         info_replication(&r).await.contains("role:slave"),
         "the replica was promoted"
+    );
+}
+
+/// What a promote leaves when its process dies (or its ZooKeeper session
+/// ends) after the switch and before it released anything: the group names
+/// the promoted replica, its own slots and a slot migrating from it are held
+/// in `pre_migrate`, and its plan says the migration needs a settle (the old
+/// master is dead). Nothing else would ever let those slots go; the next
+/// leader's migration runner must finish the promote: settle (the replica's
+/// stale copy of a key the target holds goes), release every slot, record it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_cut_short_after_its_switch_is_finished_by_the_leader() {
+    use reborn::topo::manager::failover;
+    use reborn::topo::manager::promote::{HeldMigration, Journal};
+    use reborn::topo::model::{Group, SlotTable};
+    let mut c = Cluster::start().await;
+    let replica = c.replica_of_group_1().await;
+    let (m, r) = (c.masters[0].addr(), replica.addr());
+    let proxy = c.proxy().await;
+    let own = keys_in(1, "own", 50);
+    let mut p = client(proxy).await;
+    set_all(&mut p, &own).await;
+    let key = (0..)
+        .map(|i| format!("seven{i}"))
+        .find(|k| reborn::libs::hash::slot_of(k.as_bytes()) == 7)
+        .expect("a key of slot 7");
+    // The key had moved to group 2, where a client wrote it since; the
+    // replica missed the old master's DEL.
+    let mut source = common::client(&m).await;
+    let () = source.set(&key, "stale").await.expect("set");
+    wait_synced(&r, 51).await;
+    c.masters[0].kill();
+    let mut target = common::client(&c.masters[1].addr()).await;
+    let () = target.set(&key, "written at the target").await.expect("set");
+
+    // The state the dead promote left.
+    let mut promoted = common::client(&r).await;
+    let () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut promoted)
+        .await
+        .expect("REPLICAOF NO ONE");
+    let paths = c.store.paths().clone();
+    let (mut group, version) = c
+        .store
+        .get_json_with_version::<Group>(&paths.group(1))
+        .await
+        .expect("group 1");
+    for s in &mut group.servers {
+        s.role = if s.addr == r { Role::Master } else { Role::Replica };
+    }
+    c.store
+        .set_json(&paths.group(1), &group, version)
+        .await
+        .expect("write group 1");
+    let (mut table, version) = c
+        .store
+        .get_json_with_version::<SlotTable>(&paths.slots())
+        .await
+        .expect("read slots");
+    let own_slots: Vec<u16> = (0..512).filter(|&s| s != 7).collect();
+    for id in 0..512 {
+        let s = table.get_mut(id).expect("slot");
+        (s.group, s.from, s.state) = (1, None, SlotState::PreMigrate);
+    }
+    c.store
+        .set_json(&paths.slots(), &table, version)
+        .await
+        .expect("hold the slots");
+    let journal = Journal {
+        group: 1,
+        previous: Some(m.clone()),
+        master: r.clone(),
+        own: own_slots,
+        migrating: vec![HeldMigration {
+            from: 1,
+            to: 2,
+            slots: vec![7],
+        }],
+        settle: true,
+        started: 0,
+    };
+    c.store
+        .create_json(&paths.promoting(), &journal)
+        .await
+        .expect("write the plan");
+
+    let _dash = dashboard(&c).await;
+    common::eventually("the promote is finished", Duration::from_secs(20), async || {
+        !c.store.exists(&paths.promoting()).await.expect("exists")
+    })
+    .await;
+    assert_eq!(c.slot_state(0).await, (1, SlotState::Online));
+    assert_eq!(c.slot_state(511).await, (1, SlotState::Online));
+    assert_eq!(c.slot_state(7).await, (2, SlotState::Migrate));
+    let stale: Option<String> = promoted.get(&key).await.expect("get");
+    assert_eq!(stale, None, "the stale copy was settled away");
+    let got: String = p.get(&key).await.expect("GET through the proxy");
+    assert_eq!(got, "written at the target");
+    for k in &own {
+        let v: String = p.get(k).await.expect("an own key is served again");
+        assert_eq!(v, "v");
+    }
+    let records = failover::list(&c.store).await.expect("records");
+    let r = records
+        .iter()
+        .find(|f| f.outcome == "resumed")
+        .unwrap_or_else(|| panic!("no resume recorded: {records:?}"));
+    assert_eq!(r.group, 1);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.starts_with("settled slots migrating from group 1 to group 2")),
+        "{r:?}"
     );
 }

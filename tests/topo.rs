@@ -87,6 +87,7 @@ fn proxy_info(id: &str) -> ProxyInfo {
         pid_space: String::new(),
         start_time: 1,
         version: "test".to_string(),
+        write_ack: Default::default(),
     }
 }
 

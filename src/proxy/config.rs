@@ -140,16 +140,8 @@ impl Default for ProxyConfig {
     }
 }
 
-/// When the proxy tells a client its write succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WriteAck {
-    /// When the master ran it (Redis's own behaviour): a failover can lose
-    /// what the replica had not received yet.
-    Master,
-    /// When a replica has it too (`WAIT 1`): a failover loses nothing acknowledged.
-    Replica,
-}
+// Published in the proxy's ZooKeeper node too, so it lives in the model.
+pub use crate::topo::model::WriteAck;
 
 impl ProxyConfig {
     /// `Some(write_ack_timeout)` with `write_ack = "replica"`.

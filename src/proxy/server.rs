@@ -233,6 +233,7 @@ fn proxy_info(first: &Context, admin_addr: String) -> ProxyInfo {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        write_ack: first.config.write_ack,
     }
 }
 

@@ -225,6 +225,30 @@ pub struct ProxyInfo {
     pub start_time: u64,
     /// reborn version of the process.
     pub version: String,
+    /// When it acknowledges writes. Published so the migrator can match it:
+    /// with `replica`, a moved key is deleted from its source only once a
+    /// replica of the target has it. Left out for `master`, so the node reads
+    /// the same as before to a dashboard that predates the field.
+    #[serde(default, skip_serializing_if = "WriteAck::is_master")]
+    pub write_ack: WriteAck,
+}
+
+/// When a proxy tells a client its write succeeded (`write_ack` in its config).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteAck {
+    /// When the master ran it (Redis's own behaviour): a failover can lose
+    /// what the replica had not received yet.
+    #[default]
+    Master,
+    /// When a replica has it too (`WAIT 1`): a failover loses nothing acknowledged.
+    Replica,
+}
+
+impl WriteAck {
+    fn is_master(&self) -> bool {
+        *self == WriteAck::Master
+    }
 }
 
 /// What one proxy sees of the masters it routes to (its ephemeral node
@@ -288,6 +312,25 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proxy_node_names_its_write_ack_only_when_it_is_replica() {
+        let old = r#"{"id":"p","addr":"a:1","admin_addr":"a:2","pid":1,"pid_space":"","start_time":0,"version":"0.1.0"}"#;
+        let mut info: ProxyInfo = serde_json::from_str(old).expect("a node written before the field");
+        assert_eq!(info.write_ack, WriteAck::Master);
+        assert_eq!(
+            serde_json::to_string(&info).expect("json"),
+            old,
+            "master nodes read as before"
+        );
+        info.write_ack = WriteAck::Replica;
+        let json = serde_json::to_string(&info).expect("json");
+        assert!(json.contains(r#""write_ack":"replica""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ProxyInfo>(&json).expect("round trip"),
+            info
+        );
+    }
 
     #[test]
     fn slot_table_round_trips_as_ranges() {

@@ -140,6 +140,12 @@ impl Paths {
         format!("{}/tasks/{id:010}", self.product)
     }
 
+    /// `<root>/<product>/promoting`: the plan of the promote under way, if
+    /// one holds slots (see `manager::promote::Journal`).
+    pub fn promoting(&self) -> String {
+        format!("{}/promoting", self.product)
+    }
+
     /// `<root>/<product>/observations`: what each live proxy sees of the
     /// masters, one ephemeral node each (automatic failover's votes).
     pub fn observations(&self) -> String {
@@ -179,13 +185,21 @@ impl Paths {
         // Acks come from every proxy for every action, and a running task saves
         // its progress every second: were they watched, each would make every
         // proxy reload. Push-system instances refresh their node every 10 s;
-        // proxies' observations change whenever a master goes down or up.
+        // proxies' observations change whenever a master goes down or up; a
+        // promote's plan is written twice per promote and routes nothing.
         path == self.lock()
             || path == self.dashboard()
             || path.strip_prefix(self.product.as_str()).is_some_and(|rest| {
-                ["/acks", "/tasks", "/im", "/observations", "/failovers"]
-                    .iter()
-                    .any(|p| rest.starts_with(p))
+                [
+                    "/acks",
+                    "/tasks",
+                    "/im",
+                    "/observations",
+                    "/failovers",
+                    "/promoting",
+                ]
+                .iter()
+                .any(|p| rest.starts_with(p))
             })
     }
 }
@@ -282,6 +296,7 @@ mod tests {
         assert!(p.is_outside_topology("/reborn/demo/tasks/0000000003"));
         assert!(!p.is_outside_topology("/reborn/demo/actions/0000000007"));
         assert!(p.is_outside_topology("/reborn/demo/im/comet/host-1"));
+        assert!(p.is_outside_topology("/reborn/demo/promoting"));
         assert_eq!(p.observation("p1"), "/reborn/demo/observations/p1");
         assert!(p.is_outside_topology("/reborn/demo/observations/p1"));
         assert_eq!(p.failover(3), "/reborn/demo/failovers/0000000003");

@@ -1031,6 +1031,7 @@ mod tests {
                 pid_space: String::new(),
                 start_time: 0,
                 version: "0.1.0".into(),
+                write_ack: Default::default(),
             },
         );
         topo.offline_proxies.insert("gone".into());

@@ -504,6 +504,29 @@ pub async fn record_promote(store: &Store, promoted: &Promoted, at_ms: u64, star
     }
 }
 
+/// Records the finishing of a promote that was cut short (`outcome`
+/// `resumed`), so an operator sees it next to the failovers.
+pub async fn record_resumed(store: &Store, resumed: &promote::Resumed) {
+    let j = &resumed.journal;
+    let mut record = FailoverRecord {
+        seq: 0,
+        at_ms: unix_ms(),
+        group: j.group,
+        old_master: j.previous.clone().unwrap_or_default(),
+        reason: "a promote stopped half-way (its process or ZooKeeper session ended)".into(),
+        detection_ms: 0,
+        switch_ms: 0,
+        new_master: resumed.switched.then(|| j.master.clone()),
+        offset: None,
+        keys: None,
+        outcome: "resumed".into(),
+        notes: resumed.notes.clone(),
+    };
+    if let Err(e) = save(store, &mut record).await {
+        tracing::warn!(error = %e, "cannot record the resumed promote");
+    }
+}
+
 /// Writes `record` as the next `failovers/<seq>` node and trims old ones.
 async fn save(store: &Store, record: &mut FailoverRecord) -> Result<(), TopoError> {
     let paths = store.paths();

@@ -10,6 +10,7 @@
 //! * [`migrator`]: moves the keys of a slot from one group to another.
 //! * [`rebalance`]: the pure planner that evens out slots per group.
 //! * [`promote`]: makes a replica its group's master, fenced by an action.
+//! * [`promote_journal`]: a promote's plan, so one cut short is finished.
 //! * [`candidate`]: picks the replica to promote from their replication state.
 //! * [`replication`]: reads `INFO replication` and drives `REPLICAOF`.
 //! * [`health`]: a short probe of a redis-server (up, down, loading).
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod migration_gate;
 pub mod migrator;
 pub mod promote;
+pub mod promote_journal;
 pub mod push_queue;
 pub mod push_roles;
 pub mod push_rooms;

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use super::candidate::{self, Choice, Follow, Looked};
 use super::migration_gate::MigrationGate;
 use super::migrator::{self, Conn, KeyCopy, Unconfirmed};
+pub use super::promote_journal::{HeldMigration, Journal};
 use super::replication::{self, Replication, thousands};
 use crate::libs::resp_client::Frame;
 use crate::topo::action::{wait_acks, write_hold, write_phase};
@@ -137,6 +138,7 @@ pub async fn promote_with(
     // slots online, and must not wait for us while we wait for it.
     let _stopped = MigrationGate::of(store).close(id).await;
     lock::with_lock(store, "promote", async |zk: &ZkSession| {
+        let resumed = resume_under_lock(zk, &paths, auth, ack_timeout).await?;
         let (group, group_version) = zk
             .get_json_with_version::<Group>(&paths.group(id))
             .await
@@ -216,7 +218,17 @@ pub async fn promote_with(
             }
         }
 
-        held.hold(ack_timeout).await?;
+        // From here until every slot is released, a plan in ZooKeeper lets
+        // whoever comes next finish the promote if this process cannot.
+        let mut journal = held.journal(old.clone(), choice.addr.clone(), !caught_up);
+        journal.create(zk, &paths).await?;
+        if let Err(e) = held.hold(ack_timeout).await {
+            if matches!(e, TopoError::AckTimeout { .. }) {
+                // Rolled back: nothing is held.
+                Journal::remove(zk, &paths).await?;
+            }
+            return Err(e);
+        }
         let switched = switch_master(
             zk,
             &paths,
@@ -227,6 +239,12 @@ pub async fn promote_with(
             auth,
         )
         .await;
+        if let Ok(s) = &switched
+            && journal.settle == s.guarded
+        {
+            journal.settle = !s.guarded;
+            journal.update(zk, &paths).await?;
+        }
         // Back online either way: on the new master, or (the switch failed
         // before touching ZooKeeper) on the old one.
         held.release_own(ack_timeout).await?;
@@ -242,11 +260,130 @@ pub async fn promote_with(
             }
         }
         held.release_migrating(ack_timeout).await?;
+        Journal::remove(zk, &paths).await?;
         let mut switched = switched?;
         switched.warnings.extend(settled);
+        if let Some(r) = resumed {
+            switched.warnings.extend(r.notes);
+        }
         Ok(report(id, old, choice, switched))
     })
     .await
+}
+
+/// What finishing a promote that was cut short did (see [`resume_interrupted`]).
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    /// Its plan.
+    pub journal: Journal,
+    /// The group named the promoted server master: the switch had happened.
+    pub switched: bool,
+    /// What was done, for the failover record.
+    pub notes: Vec<String>,
+}
+
+/// Whether [`resume_interrupted`] found a promote to finish.
+#[derive(Debug)]
+pub enum Resumption {
+    /// No promote's plan is in ZooKeeper.
+    Nothing,
+    /// A promote is under way (its plan is there and the lock is held).
+    Running,
+    /// One was left half done, and is finished now.
+    Resumed(Resumed),
+}
+
+/// Finishes a promote whose process stopped (or whose ZooKeeper session
+/// ended) while it held slots: its plan is in ZooKeeper
+/// ([`Journal`]) and nobody holds the operator lock. The slots it held are
+/// released, to the promoted server if the switch had happened, after the
+/// settle the plan calls for. Cheap when there is no plan (one `exists`).
+///
+/// The leader's migration runner calls it before each step, so no task
+/// resumes a held slot as its own; a promote calls it first, under the lock.
+///
+/// # Errors
+/// A ZooKeeper failure (the plan stays, for the next call).
+pub async fn resume_interrupted(
+    store: &Store,
+    auth: Option<&str>,
+    ack_timeout: Duration,
+) -> Result<Resumption, TopoError> {
+    let paths = store.paths();
+    if !store.exists(&paths.promoting()).await? {
+        return Ok(Resumption::Nothing);
+    }
+    let guard = match lock::acquire_within(store, "resume an interrupted promote", Duration::ZERO).await {
+        Ok(guard) => guard,
+        Err(TopoError::Locked { .. }) => return Ok(Resumption::Running),
+        Err(e) => return Err(e),
+    };
+    let resumed = resume_under_lock(guard.zk(), paths, auth, ack_timeout).await;
+    if let Err(e) = guard.release().await {
+        tracing::warn!("releasing the product lock: {e}");
+    }
+    Ok(resumed?.map_or(Resumption::Nothing, Resumption::Resumed))
+}
+
+/// [`resume_interrupted`]'s work, the lock held.
+async fn resume_under_lock(
+    zk: &ZkSession,
+    paths: &Paths,
+    auth: Option<&str>,
+    ack_timeout: Duration,
+) -> Result<Option<Resumed>, TopoError> {
+    let Some(journal) = Journal::read(zk, paths).await? else {
+        return Ok(None);
+    };
+    let id = journal.group;
+    let master = match zk.get_json::<Group>(&paths.group(id)).await {
+        Ok(group) => group.master().map(str::to_string),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e),
+    };
+    let switched = master.as_deref() == Some(journal.master.as_str()) && journal.previous != master;
+    let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
+    let held = Held::resumed(zk, paths, &table, &journal);
+    tracing::warn!(
+        group = id,
+        master = %journal.master,
+        switched,
+        "resuming a promote that stopped half-way"
+    );
+    held.release_own(ack_timeout).await?;
+    let age = lock::unix_now().saturating_sub(journal.started);
+    let mut notes = vec![format!(
+        "resumed a promote of group {id} to {} that stopped half-way {age} s before ({}); its slots were \
+         released{}",
+        journal.master,
+        if switched {
+            "after the switch"
+        } else {
+            "before the switch: the master is unchanged"
+        },
+        if switched && journal.settle {
+            ", after settling: copies the migrator had sent and not seen deleted were lost with that \
+             process, so for those the target's copy won"
+        } else {
+            ""
+        }
+    )];
+    if switched && journal.settle {
+        let targets = held.targets().await?;
+        let sent = journal
+            .previous
+            .as_deref()
+            .map(|o| Unconfirmed::global().take(o))
+            .unwrap_or_default();
+        notes.extend(held.settle(&targets, &journal.master, &sent, auth).await);
+    }
+    held.release_migrating(ack_timeout).await?;
+    Journal::remove(zk, paths).await?;
+    Ok(Some(Resumed {
+        journal,
+        switched,
+        notes,
+    }))
 }
 
 /// The slots a promote of one group holds while it switches masters, and
@@ -298,6 +435,58 @@ impl<'a> Held<'a> {
             }
         }
         Ok(held)
+    }
+
+    /// The plan of a promote of this group to `master` (see [`Journal`]).
+    fn journal(&self, previous: Option<String>, master: String, settle: bool) -> Journal {
+        Journal {
+            group: self.id,
+            previous,
+            master,
+            own: self.own.clone(),
+            migrating: self
+                .migrating
+                .iter()
+                .map(|(&(from, to), slots)| HeldMigration {
+                    from,
+                    to,
+                    slots: slots.clone(),
+                })
+                .collect(),
+            settle,
+            started: lock::unix_now(),
+        }
+    }
+
+    /// The slots of `journal` that are still held (in `pre_migrate`, at
+    /// the group the hold left them with): a promote stopped before its hold,
+    /// or after a release, holds fewer or none.
+    fn resumed(zk: &'a ZkSession, paths: &'a Paths, table: &SlotTable, journal: &Journal) -> Held<'a> {
+        let held_at = |slot: u16, group: GroupId| {
+            table
+                .get(slot)
+                .is_some_and(|s| s.state == SlotState::PreMigrate && s.group == group)
+        };
+        Held {
+            zk,
+            paths,
+            id: journal.group,
+            own: journal
+                .own
+                .iter()
+                .copied()
+                .filter(|&s| held_at(s, journal.group))
+                .collect(),
+            migrating: journal
+                .migrating
+                .iter()
+                .map(|m| {
+                    let slots = m.slots.iter().copied().filter(|&s| held_at(s, m.from)).collect();
+                    ((m.from, m.to), slots)
+                })
+                .filter(|(_, slots): &(_, Vec<u16>)| !slots.is_empty())
+                .collect(),
+        }
     }
 
     /// The groups this group's slots migrate to, with their master when

@@ -15,7 +15,11 @@
 //!   to the target already. It retries until done; pausing it lets later tasks
 //!   run meanwhile.
 //!
-//! Imports `libs`, the topo core and the manager's `migrator` and `task`.
+//! A promote cut short (its process died while it held slots) is finished
+//! before any task step (`promote::resume_interrupted`).
+//!
+//! Imports `libs`, the topo core and the manager's `migrator`, `task`,
+//! `promote` and `failover` (its record).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,14 +28,16 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::failover;
 use super::health::{self, Health};
 use super::migration_gate::MigrationGate;
 use super::migrator::{self, MigratorConfig, Outcome, Progress};
+use super::promote::{self, Resumption};
 use super::task::{self, Task, TaskState};
 use crate::topo::action::{self, DEFAULT_ACK_TIMEOUT, Fence, check_migration};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
-use crate::topo::model::{GroupId, SlotState, Topology};
+use crate::topo::model::{GroupId, SlotState, Topology, WriteAck};
 use crate::topo::operation::format_slot_ids;
 use crate::topo::store::Store;
 use crate::topo::watcher;
@@ -50,6 +56,27 @@ const GATE_POLL: Duration = Duration::from_millis(100);
 /// this dashboard's leadership). `changed` wakes an idle runner early.
 pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel: CancellationToken) {
     loop {
+        // A promote cut short holds slots a task would take for its own
+        // switch: it is finished first, and no task moves while one runs.
+        let promoting =
+            match promote::resume_interrupted(&store, cfg.auth.as_deref(), DEFAULT_ACK_TIMEOUT).await {
+                Ok(Resumption::Nothing) => None,
+                Ok(Resumption::Running) => Some(GATE_POLL),
+                Ok(Resumption::Resumed(resumed)) => {
+                    failover::record_resumed(&store, &resumed).await;
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resume an interrupted promote; retrying");
+                    Some(RETRY_PAUSE)
+                }
+            };
+        if let Some(pause) = promoting {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => continue,
+                _ = cancel.cancelled() => return,
+            }
+        }
         let next = task::list(&store).await.map(|tasks| {
             tasks
                 .into_iter()
@@ -304,6 +331,21 @@ async fn migrate(
         }
     };
     let slots: BTreeSet<u16> = task.slots.iter().copied().collect();
+    // Proxies that acknowledge writes only once a replica has them must not
+    // see a moved key lose that guarantee: the target's replica confirms
+    // each batch. Read when the keys start moving; a promote, a pause or a
+    // new leader starts them again.
+    let replica_ack = topo.proxies.values().any(|p| p.write_ack == WriteAck::Replica);
+    if replica_ack {
+        tracing::info!(
+            task = task.id,
+            "migration task: proxies acknowledge writes once replicated, so does the migrator"
+        );
+    }
+    let cfg = &MigratorConfig {
+        replica_ack,
+        ..cfg.clone()
+    };
     // The migrator reports progress synchronously; a sibling future saves the
     // latest report to ZooKeeper about once a second.
     let latest = Arc::new(parking_lot::Mutex::new(None::<Progress>));

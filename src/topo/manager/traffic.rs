@@ -401,6 +401,7 @@ mod tests {
             pid_space: String::new(),
             start_time: 0,
             version: String::new(),
+            write_ack: Default::default(),
         }
     }
 

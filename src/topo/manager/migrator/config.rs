@@ -63,6 +63,13 @@ pub struct MigratorConfig {
     /// acknowledge, each rolled back) before the task is failed, freeing the
     /// queue. A task that can never run (its target group is gone) fails at once.
     pub switch_attempts: u32,
+    /// Not a setting: true while a live proxy runs `write_ack = "replica"`
+    /// (the task runner reads it from the proxies' nodes). Then a replica of
+    /// the target must confirm each batch (`WAIT 1 <timeout>`) before the
+    /// source deletes it, and batches always move by `dump-restore`, because
+    /// `MIGRATE` deletes from the source before anyone could wait.
+    #[serde(skip)]
+    pub replica_ack: bool,
 }
 
 impl Default for MigratorConfig {
@@ -81,11 +88,21 @@ impl Default for MigratorConfig {
             latency_budget: Duration::from_millis(1),
             auth: None,
             switch_attempts: 5,
+            replica_ack: false,
         }
     }
 }
 
 impl MigratorConfig {
+    /// How batches move: `method`, but `dump-restore` with [`replica_ack`](Self::replica_ack).
+    pub(super) fn method(&self) -> Method {
+        if self.replica_ack {
+            Method::DumpRestore
+        } else {
+            self.method
+        }
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
@@ -126,6 +143,7 @@ impl fmt::Debug for MigratorConfig {
             .field("max_keys_per_sec", &self.max_keys_per_sec)
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .field("switch_attempts", &self.switch_attempts)
+            .field("replica_ack", &self.replica_ack)
             .finish()
     }
 }

@@ -228,7 +228,7 @@ impl<'a> Pass<'a> {
     fn batch(&self, keys: Vec<Key>) -> Batch {
         Batch {
             keys,
-            method: self.cfg.method,
+            method: self.cfg.method(),
             timeout: self.cfg.timeout,
         }
     }
@@ -322,7 +322,8 @@ impl<'a> Pass<'a> {
         let lane = self.idle_lanes.pop().unwrap_or_default();
         let addrs = (self.source.to_string(), self.target.addr.clone());
         let auth = self.cfg.auth.clone();
-        self.moving.spawn(lane.carry(batch, addrs, auth));
+        self.moving
+            .spawn(lane.carry(batch, addrs, auth, self.cfg.replica_ack));
     }
 
     /// Acts on a batch a lane finished with; one that did not move is
@@ -371,7 +372,7 @@ impl<'a> Pass<'a> {
                 lane.target = None;
                 (format!("target: {e}"), matches!(e, MigrateError::Timeout { .. }))
             }
-            Failure::Refused(why) => (format!("target: {why}"), false),
+            Failure::Refused(why) | Failure::Unreplicated(why) => (format!("target: {why}"), false),
         };
         self.idle_lanes.push(lane);
         self.note_error(progress, &batch, &why);
@@ -572,8 +573,11 @@ impl RestoreLane {
         batch: Batch,
         (source, target): (String, String),
         auth: Option<String>,
+        replicated: bool,
     ) -> LaneBack {
-        let outcome = self.transfer(&batch, &source, &target, auth.as_deref()).await;
+        let outcome = self
+            .transfer(&batch, (&source, &target), auth.as_deref(), replicated)
+            .await;
         LaneBack {
             lane: self,
             batch,
@@ -584,9 +588,9 @@ impl RestoreLane {
     async fn transfer(
         &mut self,
         batch: &Batch,
-        source: &str,
-        target: &str,
+        (source, target): (&str, &str),
         auth: Option<&str>,
+        replicated: bool,
     ) -> Result<Transferred, Failure> {
         let src = match &mut self.source {
             Some(conn) => conn,
@@ -596,7 +600,8 @@ impl RestoreLane {
             Some(conn) => conn,
             empty => empty.insert(Conn::connect(target, auth).await.map_err(Failure::Target)?),
         };
-        restore::transfer(src, dst, &batch.keys, batch.timeout, Unconfirmed::global()).await
+        let noted = Unconfirmed::global();
+        restore::transfer(src, dst, &batch.keys, batch.timeout, noted, replicated).await
     }
 }
 

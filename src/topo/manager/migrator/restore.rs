@@ -27,8 +27,14 @@
 //!    without `REPLACE`. A `BUSYKEY` reply means the target has the key already:
 //!    either a proxy moved it on access (and its client may have written it
 //!    since, so it must not be overwritten) or an earlier attempt of ours lost
-//!    its reply. The key is *contested* (below).
-//! 3. Source: `MULTI`, `DEL` of the restored keys, `EXEC`. `EXEC` runs only if
+//!    its reply (or its `WAIT`, step 3, failed). The key is *contested*
+//!    (below), unless the target acknowledged an earlier `RESTORE` of exactly
+//!    the copy the source still holds: then it counts as restored, since the
+//!    source held it all along and no client wrote the target's copy.
+//! 3. With `write_ack = "replica"` on the proxies: `WAIT 1` on the target,
+//!    so a replica of it has the keys before the source lets them go (see
+//!    [`replica_has`]). No replica in time: the source keeps them.
+//! 4. Source: `MULTI`, `DEL` of the restored keys, `EXEC`. `EXEC` runs only if
 //!    no watched key was written, deleted or expired since the `WATCH`, so the
 //!    source only ever deletes a copy that is byte for byte the one the target
 //!    acknowledged. If it aborts (a client wrote one of the keys on the
@@ -56,7 +62,7 @@ use bytes::Bytes;
 use super::batch::Key;
 use super::conn::{Conn, is_ok, reply_text};
 use super::error::MigrateError;
-use super::unconfirmed::{KeyCopy, Unconfirmed};
+use super::unconfirmed::{Earlier, KeyCopy, Unconfirmed};
 use crate::libs::resp_client::{Frame, cmd};
 
 /// What one transfer did.
@@ -80,6 +86,10 @@ pub(super) enum Failure {
     /// The target refused a `RESTORE` (out of memory, wrong password, a
     /// payload of a newer Redis): its error text.
     Refused(String),
+    /// With `write_ack = "replica"`: no replica of the target confirmed the
+    /// restored keys in time, so the source kept them (the retry finds them
+    /// restored and waits again).
+    Unreplicated(String),
 }
 
 impl Failure {
@@ -104,7 +114,8 @@ impl Failure {
 const RECHECKS: usize = 2;
 
 /// Moves `keys` from `source` to `target` as the module docs describe.
-/// `wait` bounds each step's replies.
+/// `wait` bounds each step's replies. `replicated`: a replica of the target
+/// must have the keys before the source deletes them ([`replica_has`]).
 ///
 /// An aborted `EXEC` usually means one key of the batch was written on the
 /// source meanwhile (a client served there, see `proxy::source_call`). Rather
@@ -117,6 +128,7 @@ pub(super) async fn transfer(
     keys: &[Key],
     wait: Duration,
     noted: &Unconfirmed,
+    replicated: bool,
 ) -> Result<Transferred, Failure> {
     let all: Vec<(usize, &[u8])> = keys.iter().map(|k| k.name.as_ref()).enumerate().collect();
     let dumped = dump(source, &all, wait).await.map_err(Failure::Source)?;
@@ -127,28 +139,39 @@ pub(super) async fn transfer(
         return Ok(done);
     }
     let from = source.addr().to_string();
-    let fresh = noted.sending(&from, dumped.iter().map(|d| (d.name, d.copy.clone())));
+    let earlier = noted.sending(&from, dumped.iter().map(|d| (d.name, &d.copy)));
     let busy = match restore(target, &dumped, wait).await {
-        Ok(busy) => {
-            // The target had these already: not our copy there.
-            let ours = dumped.iter().zip(&fresh);
-            noted.forget(
-                &from,
-                ours.filter(|(d, fresh)| **fresh && busy.contains(&d.index))
-                    .map(|(d, _)| d.name),
-            );
-            busy
-        }
-        Err(failure) => {
-            return Err(match unwatch(source, wait).await {
-                Err(e) => Failure::Source(e),
-                Ok(()) => failure,
-            });
-        }
+        Ok(busy) => busy,
+        Err(failure) => return Err(unwatched(source, failure, wait).await),
     };
-    let (mut restored, busy): (Vec<Dumped>, Vec<Dumped>) =
-        dumped.into_iter().partition(|d| !busy.contains(&d.index));
-    done.contested = busy.iter().map(|d| d.index).collect();
+    let mut restored = Vec::with_capacity(dumped.len());
+    let mut theirs = Vec::new();
+    // Keys an earlier attempt restored, whose `WAIT` this one must cover.
+    let mut restored_before = false;
+    for (d, earlier) in dumped.into_iter().zip(earlier) {
+        if !busy.contains(&d.index) {
+            restored.push(d);
+        } else if earlier == Earlier::Restored {
+            // The target acknowledged this very copy before (an attempt whose
+            // `WAIT` or `DEL` failed): it is ours, no `MIGRATE` needed.
+            restored_before = true;
+            restored.push(d);
+        } else {
+            if earlier == Earlier::Nothing {
+                // The target had it already: not our copy there.
+                theirs.push(d.name);
+            }
+            done.contested.push(d.index);
+        }
+    }
+    noted.forget(&from, theirs.into_iter());
+    noted.restored(&from, restored.iter().map(|d| (d.name, &d.copy)));
+    if replicated
+        && !restored.is_empty()
+        && let Err(failure) = replica_has(target, restored_before, wait).await
+    {
+        return Err(unwatched(source, failure, wait).await);
+    }
     for round in 0..=RECHECKS {
         let names: Vec<&[u8]> = restored.iter().map(|d| d.name).collect();
         if guarded_del(source, &names, wait).await.map_err(Failure::Source)? {
@@ -170,6 +193,53 @@ pub(super) async fn transfer(
     unwatch(source, wait).await.map_err(Failure::Source)?;
     done.contested.extend(restored.iter().map(|d| d.index));
     Ok(done)
+}
+
+/// `failure`, after clearing the source's `WATCH` (or the failure to).
+async fn unwatched(source: &mut Conn, failure: Failure, wait: Duration) -> Failure {
+    match unwatch(source, wait).await {
+        Err(e) => Failure::Source(e),
+        Ok(()) => failure,
+    }
+}
+
+/// The channel of the write that makes a `WAIT` cover keys restored on
+/// another connection. Nobody subscribes to it.
+const WAIT_MARK_CHANNEL: &[u8] = b"__reborn__:migrator";
+
+/// Step 3, with `write_ack = "replica"`: `WAIT 1` on the target, so that a
+/// replica of the target has the restored keys before the source deletes
+/// them. Else a target master dying within its replication lag would lose
+/// keys whose last write a replica of the source had acknowledged.
+///
+/// `WAIT` covers this connection's own writes. Keys restored by an earlier
+/// attempt (`restored_before`) were written on another connection, perhaps
+/// one since closed, so a `PUBLISH` first makes this connection's last write
+/// later than theirs (`PUBLISH` is replicated; it writes no key).
+async fn replica_has(target: &mut Conn, restored_before: bool, wait: Duration) -> Result<(), Failure> {
+    let ms = wait.as_millis().max(1).to_string();
+    let mut out = Vec::with_capacity(2);
+    if restored_before {
+        out.push(cmd(&[b"PUBLISH".as_ref(), WAIT_MARK_CHANNEL, b"wait"]));
+    }
+    out.push(cmd(&[b"WAIT".as_ref(), b"1", ms.as_bytes()]));
+    target.send(out).await.map_err(Failure::Target)?;
+    if restored_before {
+        let reply = target.read("PUBLISH", wait).await.map_err(Failure::Target)?;
+        if !matches!(reply, Frame::Integer(_)) {
+            return Err(Failure::Target(redis_error(target, "PUBLISH", &reply)));
+        }
+    }
+    // `WAIT` itself takes up to `wait`: its reply gets as long again.
+    let reply = target.read("WAIT", wait * 2).await.map_err(Failure::Target)?;
+    match reply {
+        Frame::Integer(n) if n >= 1 => Ok(()),
+        Frame::Integer(_) => Err(Failure::Unreplicated(format!(
+            "no replica of {} acknowledged the restored keys within {ms} ms",
+            target.addr()
+        ))),
+        other => Err(Failure::Target(redis_error(target, "WAIT", &other))),
+    }
 }
 
 /// A key of the batch as `DUMP` and `PEXPIRETIME` gave it.
@@ -279,7 +349,7 @@ async fn restore(target: &mut Conn, dumped: &[Dumped<'_>], wait: Duration) -> Re
     }
 }
 
-/// Step 3: `MULTI`, `DEL` the keys, `EXEC`. False if `EXEC` aborted because a
+/// Step 4: `MULTI`, `DEL` the keys, `EXEC`. False if `EXEC` aborted because a
 /// watched key changed (nothing was deleted then).
 async fn guarded_del(source: &mut Conn, keys: &[&[u8]], wait: Duration) -> Result<bool, MigrateError> {
     if keys.is_empty() {

@@ -16,6 +16,12 @@
 //! confirmed its deletion, or a `MIGRATE` moved or found it gone. Only the
 //! first copy sent is kept: `RESTORE` without `REPLACE` never changes a key
 //! the target has. A dashboard that restarts forgets them (docs/reliability.md).
+//!
+//! A note also says whether the target answered `OK` to that `RESTORE`. A
+//! batch retried after the target's replica did not confirm it (`write_ack =
+//! "replica"`) finds its keys on the target already; those the target
+//! acknowledged with exactly the copy the source still holds are ours, and
+//! need no `MIGRATE` (`restore`).
 
 use std::collections::HashMap;
 
@@ -30,10 +36,29 @@ pub struct KeyCopy {
     pub expire_at: i64,
 }
 
+/// One key's note.
+#[derive(Debug, Clone)]
+struct Noted {
+    copy: KeyCopy,
+    /// The target answered `OK` to its `RESTORE`: it holds this copy.
+    restored: bool,
+}
+
+/// What [`Unconfirmed::sending`] found noted for a key about to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Earlier {
+    /// Nothing: this is the first copy sent.
+    Nothing,
+    /// The same copy, which the target acknowledged: the target holds it.
+    Restored,
+    /// Another copy, or one whose `RESTORE` was never acknowledged.
+    Unknown,
+}
+
 /// Unconfirmed keys by source address (`host:port`).
 #[derive(Debug, Default)]
 pub struct Unconfirmed {
-    by_source: Mutex<HashMap<String, HashMap<Bytes, KeyCopy>>>,
+    by_source: Mutex<HashMap<String, HashMap<Bytes, Noted>>>,
 }
 
 impl Unconfirmed {
@@ -44,24 +69,49 @@ impl Unconfirmed {
         GLOBAL.get_or_init(Unconfirmed::default)
     }
 
-    /// Notes copies about to be sent from `source`; returns, for each, whether
-    /// it was new (a key already noted keeps its first copy).
+    /// Notes copies about to be sent from `source`; returns, for each, what
+    /// was noted before (a key already noted keeps its first copy).
     pub(super) fn sending<'a>(
         &self,
         source: &str,
-        copies: impl Iterator<Item = (&'a [u8], KeyCopy)>,
-    ) -> Vec<bool> {
+        copies: impl Iterator<Item = (&'a [u8], &'a KeyCopy)>,
+    ) -> Vec<Earlier> {
         let mut all = self.by_source.lock();
         let keys = all.entry(source.to_string()).or_default();
         copies
             .map(|(name, copy)| match keys.entry(Bytes::copy_from_slice(name)) {
-                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    let noted = o.get();
+                    if noted.restored && noted.copy == *copy {
+                        Earlier::Restored
+                    } else {
+                        Earlier::Unknown
+                    }
+                }
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(copy);
-                    true
+                    v.insert(Noted {
+                        copy: copy.clone(),
+                        restored: false,
+                    });
+                    Earlier::Nothing
                 }
             })
             .collect()
+    }
+
+    /// Notes that the target answered `OK` to the `RESTORE` of these copies
+    /// of `source`'s keys: it did not have the key, so it holds exactly that
+    /// copy now, whatever an earlier attempt sent.
+    pub(super) fn restored<'a>(&self, source: &str, copies: impl Iterator<Item = (&'a [u8], &'a KeyCopy)>) {
+        let mut all = self.by_source.lock();
+        if let Some(noted) = all.get_mut(source) {
+            for (k, copy) in copies {
+                if let Some(n) = noted.get_mut(k) {
+                    n.copy = copy.clone();
+                    n.restored = true;
+                }
+            }
+        }
     }
 
     /// Forgets `keys` of `source`: deleted there, or (`BUSYKEY`) never
@@ -81,7 +131,8 @@ impl Unconfirmed {
     /// The keys noted for `source`, removed from the registry: the promote
     /// that asks for them replaces that server as the source.
     pub fn take(&self, source: &str) -> HashMap<Bytes, KeyCopy> {
-        self.by_source.lock().remove(source).unwrap_or_default()
+        let noted = self.by_source.lock().remove(source).unwrap_or_default();
+        noted.into_iter().map(|(k, n)| (k, n.copy)).collect()
     }
 
     /// How many keys are noted for `source`.
@@ -104,17 +155,35 @@ mod tests {
     #[test]
     fn the_first_copy_stays_until_forgotten() {
         let u = Unconfirmed::default();
-        let fresh = u.sending(
-            "a:1",
-            [(b"k".as_ref(), copy("v1")), (b"j".as_ref(), copy("w"))].into_iter(),
+        let (v1, w) = (copy("v1"), copy("w"));
+        let fresh = u.sending("a:1", [(b"k".as_ref(), &v1), (b"j".as_ref(), &w)].into_iter());
+        assert_eq!(fresh, vec![Earlier::Nothing, Earlier::Nothing]);
+        let v2 = copy("v2");
+        let again = u.sending("a:1", [(b"k".as_ref(), &v2)].into_iter());
+        assert_eq!(again, vec![Earlier::Unknown]);
+        // Not acknowledged by the target yet: the same copy is not known there.
+        assert_eq!(
+            u.sending("a:1", [(b"j".as_ref(), &w)].into_iter()),
+            vec![Earlier::Unknown]
         );
-        assert_eq!(fresh, vec![true, true]);
-        let again = u.sending("a:1", [(b"k".as_ref(), copy("v2"))].into_iter());
-        assert_eq!(again, vec![false]);
+        u.restored("a:1", [(b"j".as_ref(), &w), (b"k".as_ref(), &v2)].into_iter());
+        assert_eq!(
+            u.sending("a:1", [(b"j".as_ref(), &w)].into_iter()),
+            vec![Earlier::Restored]
+        );
+        // An acknowledged copy replaces the first one sent.
+        assert_eq!(
+            u.sending("a:1", [(b"k".as_ref(), &v2)].into_iter()),
+            vec![Earlier::Restored]
+        );
+        assert_eq!(
+            u.sending("a:1", [(b"k".as_ref(), &v1)].into_iter()),
+            vec![Earlier::Unknown]
+        );
         u.forget("a:1", [b"j".as_ref()].into_iter());
         assert_eq!(u.count("a:1"), 1);
         let taken = u.take("a:1");
-        assert_eq!(taken.get(b"k".as_ref()), Some(&copy("v1")));
+        assert_eq!(taken.get(b"k".as_ref()), Some(&v2));
         assert_eq!(u.count("a:1"), 0);
         assert!(u.take("b:2").is_empty());
     }
