@@ -23,3 +23,4 @@ pub mod resp_client;
 mod resp_properties;
 pub mod shutdown;
 pub mod table;
+pub mod wait_mark;

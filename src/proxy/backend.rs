@@ -609,11 +609,20 @@ async fn write_loop(
             // All handles dropped: let the reader finish the in-flight replies.
             return Ok(());
         }
+        // Each request is classified once, and only in `write_ack = "replica"`:
+        // `kinds[i]` says whether `jobs[i]` writes.
+        let mut kinds: Vec<bool> = Vec::new();
+        let classify = |jobs: &[Job], kinds: &mut Vec<bool>| {
+            if wait.is_some() {
+                let new = &jobs[kinds.len()..];
+                kinds.extend(new.iter().map(|j| super::command::writes(&j.req)));
+            }
+        };
+        classify(&jobs, &mut kinds);
         // One WAIT out at a time: Redis runs nothing else of a connection
         // blocked in WAIT anyway, so writes arriving meanwhile gather here
         // and one WAIT covers them all (a group commit under load).
-        let has_write = |jobs: &[Job]| wait.is_some() && jobs.iter().any(|j| super::command::writes(&j.req));
-        if *wait_out.borrow() && has_write(&jobs) {
+        if *wait_out.borrow() && kinds.contains(&true) {
             let mut answered = wait_out.subscribe();
             loop {
                 tokio::select! {
@@ -624,15 +633,11 @@ async fn write_loop(
                     n = rx.recv_many(&mut jobs, 1024) => if n == 0 { break },
                 }
             }
+            classify(&jobs, &mut kinds);
         }
         buf.clear();
         let mut slots = Vec::with_capacity(jobs.len() + 1);
         // One WAIT per burst, not per command: it covers every write before it.
-        // Each request is classified once, and only in `write_ack = "replica"`.
-        let kinds: Vec<bool> = match wait {
-            Some(_) => jobs.iter().map(|j| super::command::writes(&j.req)).collect(),
-            None => Vec::new(),
-        };
         let writes = kinds.contains(&true);
         let mut kinds = kinds.into_iter();
         for job in jobs.drain(..) {

@@ -10,9 +10,9 @@
 //!
 //! 1. sends `PING` on the client's shared connection: when it answers, every
 //!    request the client sent there before WAIT has run;
-//! 2. opens a connection of its own and sends [`MARK`] (a `PUBLISH` to a
-//!    channel of the proxy's, which Redis propagates to replicas), so that
-//!    connection's replication offset becomes the master's current one,
+//! 2. opens a connection of its own and sends `libs::wait_mark::MARK` (a
+//!    `PUBLISH` to a channel of ours, which Redis propagates to replicas), so
+//!    that connection's replication offset becomes the master's current one,
 //!    which covers those writes;
 //! 3. sends the client's WAIT there, and closes the connection once it is
 //!    answered, or as soon as the client is gone.
@@ -29,10 +29,7 @@ use super::backend::{BackendConn, BackendOptions};
 use super::reply::lost;
 use super::router::Pool;
 use crate::libs::resp;
-
-/// `PUBLISH __reborn_wait__ ""`: a command every master propagates to its
-/// replicas without touching data.
-pub const MARK: &[u8] = b"*3\r\n$7\r\nPUBLISH\r\n$15\r\n__reborn_wait__\r\n$0\r\n\r\n";
+use crate::libs::wait_mark::MARK;
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 

@@ -64,6 +64,7 @@ use super::conn::{Conn, is_ok, reply_text};
 use super::error::MigrateError;
 use super::unconfirmed::{Earlier, KeyCopy, Unconfirmed};
 use crate::libs::resp_client::{Frame, cmd};
+use crate::libs::wait_mark;
 
 /// What one transfer did.
 #[derive(Debug, Default)]
@@ -203,10 +204,6 @@ async fn unwatched(source: &mut Conn, failure: Failure, wait: Duration) -> Failu
     }
 }
 
-/// The channel of the write that makes a `WAIT` cover keys restored on
-/// another connection. Nobody subscribes to it.
-const WAIT_MARK_CHANNEL: &[u8] = b"__reborn__:migrator";
-
 /// Step 3, with `write_ack = "replica"`: `WAIT 1` on the target, so that a
 /// replica of the target has the restored keys before the source deletes
 /// them. Else a target master dying within its replication lag would lose
@@ -215,12 +212,12 @@ const WAIT_MARK_CHANNEL: &[u8] = b"__reborn__:migrator";
 /// `WAIT` covers this connection's own writes. Keys restored by an earlier
 /// attempt (`restored_before`) were written on another connection, perhaps
 /// one since closed, so a `PUBLISH` first makes this connection's last write
-/// later than theirs (`PUBLISH` is replicated; it writes no key).
+/// later than theirs (`libs::wait_mark`).
 async fn replica_has(target: &mut Conn, restored_before: bool, wait: Duration) -> Result<(), Failure> {
     let ms = wait.as_millis().max(1).to_string();
     let mut out = Vec::with_capacity(2);
     if restored_before {
-        out.push(cmd(&[b"PUBLISH".as_ref(), WAIT_MARK_CHANNEL, b"wait"]));
+        out.push(cmd(&[b"PUBLISH".as_ref(), wait_mark::CHANNEL, b""]));
     }
     out.push(cmd(&[b"WAIT".as_ref(), b"1", ms.as_bytes()]));
     target.send(out).await.map_err(Failure::Target)?;
