@@ -362,8 +362,8 @@ async fn resume_under_lock(
             "before the switch: the master is unchanged"
         },
         if switched && journal.settle {
-            ", after settling: copies the migrator had sent and not seen deleted were lost with that \
-             process, so for those the target's copy won"
+            " after the settle (the migrator's unconfirmed copies are known only to the process that \
+             sent them: if that was another, the target's copy won for those)"
         } else {
             ""
         }

@@ -15,8 +15,9 @@
 //!   to the target already. It retries until done; pausing it lets later tasks
 //!   run meanwhile.
 //!
-//! A promote cut short (its process died while it held slots) is finished
-//! before any task step (`promote::resume_interrupted`).
+//! A promote cut short (its process died, or a ZooKeeper error stopped it,
+//! while it held slots) is finished before any task step, and within a
+//! second during a long one (`promote::resume_interrupted`).
 //!
 //! Imports `libs`, the topo core and the manager's `migrator`, `task`,
 //! `promote` and `failover` (its record).
@@ -55,23 +56,24 @@ const GATE_POLL: Duration = Duration::from_millis(100);
 /// Runs queued and unfinished tasks, one at a time, until `cancel` (the end of
 /// this dashboard's leadership). `changed` wakes an idle runner early.
 pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel: CancellationToken) {
+    // A promote that failed half-way in this process (a ZooKeeper error) is
+    // finished within a second, even while a long task step runs here.
+    tokio::spawn({
+        let (store, auth, cancel) = (store.clone(), cfg.auth.clone(), cancel.clone());
+        async move {
+            loop {
+                finish_interrupted_promote(&store, auth.as_deref()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(PROMOTE_POLL) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    });
     loop {
         // A promote cut short holds slots a task would take for its own
         // switch: it is finished first, and no task moves while one runs.
-        let promoting =
-            match promote::resume_interrupted(&store, cfg.auth.as_deref(), DEFAULT_ACK_TIMEOUT).await {
-                Ok(Resumption::Nothing) => None,
-                Ok(Resumption::Running) => Some(GATE_POLL),
-                Ok(Resumption::Resumed(resumed)) => {
-                    failover::record_resumed(&store, &resumed).await;
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot resume an interrupted promote; retrying");
-                    Some(RETRY_PAUSE)
-                }
-            };
-        if let Some(pause) = promoting {
+        if let Some(pause) = finish_interrupted_promote(&store, cfg.auth.as_deref()).await {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => continue,
                 _ = cancel.cancelled() => return,
@@ -100,6 +102,28 @@ pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel
             _ = tokio::time::sleep(pause) => {}
             _ = changed.notified(), if pause == IDLE_POLL => {}
             _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// How often the leader looks for a promote cut short besides each step.
+const PROMOTE_POLL: Duration = Duration::from_secs(1);
+
+/// Finishes a promote cut short, if there is one and nobody is running it
+/// (`promote::resume_interrupted`), and records it. `Some(pause)` while no
+/// task may step: a promote is under way, or the one cut short could not be
+/// finished yet.
+async fn finish_interrupted_promote(store: &Store, auth: Option<&str>) -> Option<Duration> {
+    match promote::resume_interrupted(store, auth, DEFAULT_ACK_TIMEOUT).await {
+        Ok(Resumption::Nothing) => None,
+        Ok(Resumption::Running) => Some(GATE_POLL),
+        Ok(Resumption::Resumed(resumed)) => {
+            failover::record_resumed(store, &resumed).await;
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot finish a promote cut short; retrying");
+            Some(RETRY_PAUSE)
         }
     }
 }
