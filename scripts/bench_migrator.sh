@@ -9,6 +9,9 @@
 #   BENCH_KEYS      small string keys loaded on the source     default 1000000
 #   BENCH_INFLIGHT  comma-separated `inflight` values to run   default 1,2,4,8
 #   BENCH_BATCH     keys per MIGRATE (`batch_keys`)            default 500
+#   BENCH_REPLICA_ACK  1: give the target a replica and run each setting twice,
+#                   without and with the WAIT that `write_ack = "replica"` proxies
+#                   make the migrator do; prints the ratio      default off
 #
 # Each setting runs on fresh servers (started by the test harness on free ports,
 # stopped afterwards). The time counts both passes: the one that moves the keys

@@ -804,56 +804,95 @@ async fn bench_migrator_throughput() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
+    // Each setting twice, side by side: without and with the WAIT on the
+    // target's replica that `write_ack = "replica"` proxies call for.
+    let replica_ack = std::env::var("BENCH_REPLICA_ACK").is_ok_and(|v| v == "1");
     let slots: BTreeSet<u16> = (0..1024).step_by(4).collect();
     println!(
-        "migrator bench: {n} keys, {} slots, batch_keys {batch}",
-        slots.len()
+        "migrator bench: {n} keys, {} slots, batch_keys {batch}{}",
+        slots.len(),
+        if replica_ack {
+            ", the target with a replica: replica_ack off, then on"
+        } else {
+            ""
+        }
     );
     for inflight in inflights {
-        let (src, dst) = (common::redis(), common::redis());
-        let mut s = conn(&src.addr(), None).await;
-        let keys = key_names("k", n);
-        for chunk in keys.chunks(10_000) {
-            let mut p = redis::pipe();
-            for part in chunk.chunks(500) {
-                let pairs: Vec<(&String, &String)> = part.iter().map(|k| (k, k)).collect();
-                p.cmd("MSET").arg(&pairs).ignore();
-            }
-            let () = p.query_async(&mut s).await.expect("load");
-        }
         let cfg = MigratorConfig {
             inflight,
             batch_keys: batch,
             ..MigratorConfig::default()
         };
-        let mut progress = Progress::default();
-        let cancel = CancellationToken::new();
-        let (from, to) = (src.addr(), dst.addr());
-        let started = Instant::now();
-        // The pass that moves the keys, then the one that confirms none is left.
-        let first = migrator::migrate_pass(&from, &to, &slots, &cfg, &mut progress, |_| {}, &cancel).await;
-        assert_eq!(first.expect("first pass"), Outcome::Finished);
-        let moving = started.elapsed();
-        let outcome = migrator::migrate_slots(&from, &to, &slots, &cfg, &mut progress, |_| {}, &cancel)
-            .await
-            .expect("migrate");
-        let took = started.elapsed();
-        assert_eq!(outcome, Outcome::Finished);
-        assert_eq!(progress.passes, 2);
-        let mut d = conn(&dst.addr(), None).await;
-        assert_eq!(dbsize(&mut d).await, progress.moved);
-        println!(
-            "inflight {inflight}: moved {} keys in {:.2} s = {:.0} keys/s (moving pass {:.2} s = {:.0} keys/s, \
-             confirming pass {:.2} s), errors {}",
-            progress.moved,
-            took.as_secs_f64(),
-            progress.moved as f64 / took.as_secs_f64(),
-            moving.as_secs_f64(),
-            progress.moved as f64 / moving.as_secs_f64(),
-            (took - moving).as_secs_f64(),
-            progress.errors
-        );
+        if !replica_ack {
+            bench_one(n, &slots, &cfg, false).await;
+            continue;
+        }
+        let off = bench_one(n, &slots, &cfg, true).await;
+        let on = bench_one(
+            n,
+            &slots,
+            &MigratorConfig {
+                replica_ack: true,
+                ..cfg.clone()
+            },
+            true,
+        )
+        .await;
+        println!("inflight {inflight}: replica_ack on / off = {:.2}", on / off);
     }
+}
+
+/// Moves `slots` of `n` keys between two fresh servers (`replica`: the
+/// target has a replica) with `cfg`; prints and returns the keys/s.
+async fn bench_one(n: usize, slots: &BTreeSet<u16>, cfg: &MigratorConfig, replica: bool) -> f64 {
+    let (src, dst) = (common::redis(), common::redis());
+    let mut target_replica = replica.then(common::redis);
+    if let Some(r) = target_replica.as_mut() {
+        r.replicaof(&dst.addr()).expect("replicaof");
+        common::wait_replica_streaming(&dst.addr()).await;
+    }
+    let mut s = conn(&src.addr(), None).await;
+    let keys = key_names("k", n);
+    for chunk in keys.chunks(10_000) {
+        let mut p = redis::pipe();
+        for part in chunk.chunks(500) {
+            let pairs: Vec<(&String, &String)> = part.iter().map(|k| (k, k)).collect();
+            p.cmd("MSET").arg(&pairs).ignore();
+        }
+        let () = p.query_async(&mut s).await.expect("load");
+    }
+    let mut progress = Progress::default();
+    let cancel = CancellationToken::new();
+    let (from, to) = (src.addr(), dst.addr());
+    let started = Instant::now();
+    // The pass that moves the keys, then the one that confirms none is left.
+    let first = migrator::migrate_pass(&from, &to, slots, cfg, &mut progress, |_| {}, &cancel).await;
+    assert_eq!(first.expect("first pass"), Outcome::Finished);
+    let moving = started.elapsed();
+    let outcome = migrator::migrate_slots(&from, &to, slots, cfg, &mut progress, |_| {}, &cancel)
+        .await
+        .expect("migrate");
+    let took = started.elapsed();
+    assert_eq!(outcome, Outcome::Finished);
+    assert_eq!(progress.passes, 2);
+    let mut d = conn(&dst.addr(), None).await;
+    // The replica's probe key, if any, is on the target too.
+    let probe = u64::from(replica);
+    assert_eq!(dbsize(&mut d).await, progress.moved + probe);
+    let rate = progress.moved as f64 / took.as_secs_f64();
+    println!(
+        "inflight {}{}: moved {} keys in {:.2} s = {rate:.0} keys/s (moving pass {:.2} s = {:.0} keys/s, \
+         confirming pass {:.2} s), errors {}",
+        cfg.inflight,
+        if cfg.replica_ack { ", replica_ack" } else { "" },
+        progress.moved,
+        took.as_secs_f64(),
+        moving.as_secs_f64(),
+        progress.moved as f64 / moving.as_secs_f64(),
+        (took - moving).as_secs_f64(),
+        progress.errors
+    );
+    rate
 }
 
 /// A target that became a replica (a failover in its group while keys move)
@@ -985,6 +1024,165 @@ async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_targe
         async || snapshot(&mut r, &in_slots).await.values().all(Option::is_some),
     )
     .await;
+}
+
+/// With `replica_ack`, contested keys too (here: the target holds a stale
+/// copy of every key of the slots) leave the source only once a replica of
+/// the target has the source's copy: moved by `MIGRATE … COPY`, a `WAIT` on
+/// the target, then the guarded `DEL`. A plain `MIGRATE` would delete them
+/// from the source at once, whether a replica has them or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() {
+    let (src, dst) = (common::redis(), common::redis());
+    let mut replica = common::redis();
+    replica.replicaof(&dst.addr()).expect("replicaof");
+    common::wait_replica_streaming(&dst.addr()).await;
+    let slots = hundred_slots();
+    let keys: Vec<String> = key_names("contested", 400)
+        .into_iter()
+        .filter(|k| slots.contains(&slot_of(k.as_bytes())))
+        .collect();
+    assert!(keys.len() >= 20, "{} keys in the slots", keys.len());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    fill(&mut s, &keys).await;
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg("stale")
+            .query_async(&mut d)
+            .await
+            .expect("stale");
+    }
+    let before = snapshot(&mut s, &keys).await;
+    let pid = replica.pid().expect("pid");
+    common::cluster::signal(pid, "-STOP");
+
+    let cfg = MigratorConfig {
+        timeout: Duration::from_millis(300),
+        replica_ack: true,
+        ..config()
+    };
+    let latest = Arc::new(Mutex::new(Progress::default()));
+    let report = latest.clone();
+    let (source, target) = (src.addr(), dst.addr());
+    let run = tokio::spawn({
+        let slots = slots.clone();
+        async move {
+            let mut progress = Progress::default();
+            let outcome = migrator::migrate_slots(
+                &source,
+                &target,
+                &slots,
+                &cfg,
+                &mut progress,
+                |p| *report.lock().expect("progress") = p.clone(),
+                &CancellationToken::new(),
+            )
+            .await;
+            (outcome, progress)
+        }
+    });
+    common::eventually(
+        "the migrator reports the missing replica",
+        Duration::from_secs(20),
+        async || {
+            let p = latest.lock().expect("progress").clone();
+            p.contested > 0 && p.errors >= 2 && p.last_error.is_some_and(|e| e.contains("no replica"))
+        },
+    )
+    .await;
+    assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
+
+    common::cluster::signal(pid, "-CONT");
+    let (outcome, progress) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the migration finishes once the replica is back")
+        .expect("join");
+    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    let source_after = snapshot(&mut s, &keys).await;
+    let target_after = snapshot(&mut d, &keys).await;
+    assert_eq!(
+        assert_moved(&before, &source_after, &target_after, &slots),
+        keys.len()
+    );
+    assert!(progress.contested >= keys.len() as u64, "{progress:?}");
+}
+
+/// With `replica_ack`, a contested key that clients write on the source all
+/// the time aborts every guarded copy: after a few tries it moves by a plain
+/// `MIGRATE`, atomic on the source, so the migration still ends (and the
+/// key's last write on the source is the one the target holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_a_key_written_all_the_time_still_moves() {
+    let (src, dst) = (common::redis(), common::redis());
+    let mut replica = common::redis();
+    replica.replicaof(&dst.addr()).expect("replicaof");
+    common::wait_replica_streaming(&dst.addr()).await;
+    let slots = hundred_slots();
+    let hot = key_names("hot", 100)
+        .into_iter()
+        .find(|k| slots.contains(&slot_of(k.as_bytes())))
+        .expect("a key of the slots");
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let () = redis::AsyncCommands::set(&mut s, &hot, 0).await.expect("set");
+    // On the target already: contested from the first batch.
+    let () = redis::AsyncCommands::set(&mut d, &hot, "stale")
+        .await
+        .expect("set");
+    // A client INCRs it on the source as long as it is there (`SET … XX`
+    // never creates it again once it moved, as the proxy's source call).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (addr, hot, stop) = (src.addr(), hot.clone(), stop.clone());
+        async move {
+            let mut w = conn(&addr, None).await;
+            let mut last = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let next = last + 1;
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&hot)
+                    .arg(next)
+                    .arg("XX")
+                    .query_async(&mut w)
+                    .await
+                    .expect("SET XX");
+                if set.is_none() {
+                    break;
+                }
+                last = next;
+            }
+            last
+        }
+    });
+    let cfg = MigratorConfig {
+        replica_ack: true,
+        ..config()
+    };
+    let mut progress = Progress::default();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        migrator::migrate_slots(
+            &src.addr(),
+            &dst.addr(),
+            &slots,
+            &cfg,
+            &mut progress,
+            |_| {},
+            &CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the migration ends")
+    .expect("migrate");
+    assert_eq!(outcome, Outcome::Finished);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = writer.await.expect("writer");
+    let there: Option<i64> = redis::AsyncCommands::get(&mut d, &hot).await.expect("get");
+    assert_eq!(there, Some(last), "the target holds the key's last write");
+    let left: bool = redis::AsyncCommands::exists(&mut s, &hot).await.expect("exists");
+    assert!(!left, "the key left the source");
+    eprintln!("hot key: {last} writes on the source, {progress:?}");
+    assert!(progress.contested >= 1, "{progress:?}");
 }
 
 /// `connected_clients` of the server `c` is connected to (`c` included).

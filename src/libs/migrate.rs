@@ -16,21 +16,29 @@ use super::resp_client::{self, Frame};
 /// of a migrating key goes to the target only after the key left the source),
 /// and a key may already be on the target from an attempt whose reply was lost.
 pub fn command<K: AsRef<[u8]>>(target: &str, keys: &[K], auth: Option<&str>, timeout: Duration) -> Bytes {
-    with_words(target, keys, auth, timeout, |args| resp::encode_array(args))
+    with_words(target, keys, (auth, timeout, false), |args| {
+        resp::encode_array(args)
+    })
 }
 
 /// The same command as a frame for the framed client
 /// ([`resp_client`](super::resp_client)).
 pub fn frame<K: AsRef<[u8]>>(target: &str, keys: &[K], auth: Option<&str>, timeout: Duration) -> Frame {
-    with_words(target, keys, auth, timeout, |args| resp_client::cmd(args))
+    with_words(target, keys, (auth, timeout, false), |args| {
+        resp_client::cmd(args)
+    })
+}
+
+/// [`frame`] with `COPY`: the source keeps its keys (`… COPY REPLACE KEYS k…`).
+pub fn copy_frame<K: AsRef<[u8]>>(target: &str, keys: &[K], auth: Option<&str>, timeout: Duration) -> Frame {
+    with_words(target, keys, (auth, timeout, true), |args| resp_client::cmd(args))
 }
 
 /// Hands the command's words to `f`.
 fn with_words<K: AsRef<[u8]>, R>(
     target: &str,
     keys: &[K],
-    auth: Option<&str>,
-    timeout: Duration,
+    (auth, timeout, copy): (Option<&str>, Duration, bool),
     f: impl FnOnce(&[&[u8]]) -> R,
 ) -> R {
     let (host, port) = split_addr(target);
@@ -47,6 +55,9 @@ fn with_words<K: AsRef<[u8]>, R>(
     ]);
     if let Some(pw) = auth {
         args.extend([b"AUTH".as_ref(), pw.as_bytes()]);
+    }
+    if copy {
+        args.push(b"COPY");
     }
     args.extend([b"REPLACE".as_ref(), b"KEYS"]);
     args.extend(keys.iter().map(|k| k.as_ref()));
@@ -91,5 +102,9 @@ mod tests {
         assert!(cmd.windows(6).any(|w| w == b"$1\r\n1\r"), "0 ms becomes 1 ms");
         let framed = frame("10.0.0.1:6380", &["k1", "k2"], Some("pw"), Duration::from_secs(5));
         assert_eq!(framed, resp_client::cmd(&want), "the frame has the same words");
+        let copied = copy_frame("10.0.0.1:6380", &["k1", "k2"], Some("pw"), Duration::from_secs(5));
+        let mut with_copy = want.clone();
+        with_copy.insert(8, b"COPY");
+        assert_eq!(copied, resp_client::cmd(&with_copy));
     }
 }

@@ -66,6 +66,9 @@ pub(super) struct Batch {
     /// the target (connect, each 64 KiB written, each reply line read); with
     /// `DUMP`/`RESTORE`, the wait for each reply.
     pub(super) timeout: Duration,
+    /// `MIGRATE` batches with `replica_ack`: how many times a copy of them
+    /// was aborted by a write on the source (`restore::copy_then_delete`).
+    pub(super) copies: u8,
 }
 
 impl Batch {
@@ -99,11 +102,13 @@ impl Batch {
                 keys: self.keys,
                 method: self.method,
                 timeout,
+                copies: self.copies,
             },
             Batch {
                 keys: second,
                 method: self.method,
                 timeout,
+                copies: self.copies,
             },
         ]
     }
@@ -180,6 +185,7 @@ mod tests {
                 .collect(),
             method: Method::Migrate,
             timeout,
+            copies: 0,
         }
     }
 

@@ -52,6 +52,10 @@ const REPLY_GRACE: Duration = Duration::from_secs(30);
 /// How often the caller hears of progress (to persist it).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
+/// How many times a copy of contested keys may be aborted by writes on the
+/// source before they move by a plain `MIGRATE` (see [`Pass::on_lane`]).
+const COPY_TRIES: u8 = 3;
+
 /// Backoff after a failed batch (target down, out of memory, too slow, …).
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -230,7 +234,17 @@ impl<'a> Pass<'a> {
             keys,
             method: self.cfg.method(),
             timeout: self.cfg.timeout,
+            copies: 0,
         }
+    }
+
+    /// Whether `batch` moves on a lane: every `DUMP`/`RESTORE` batch, and
+    /// with `replica_ack` a `MIGRATE` one too, as a copy that waits for the
+    /// target's replica (`restore::copy_then_delete`), until writes on the
+    /// source aborted it [`COPY_TRIES`] times: then a plain `MIGRATE`, whose
+    /// move is atomic, so a key written all the time still moves.
+    fn on_lane(&self, batch: &Batch) -> bool {
+        batch.method == Method::DumpRestore || (self.cfg.replica_ack && batch.copies < COPY_TRIES)
     }
 
     /// One `SCAN`; keys of the task's slots become pending.
@@ -268,12 +282,13 @@ impl<'a> Pass<'a> {
         cancel: &CancellationToken,
     ) -> Result<(), MigrateError> {
         while !self.held() {
-            let Some(method) = self.ready.front().map(|b| b.method) else {
+            let Some(lane) = self.ready.front().map(|b| self.on_lane(b)) else {
                 return Ok(());
             };
-            let busy = match method {
-                Method::DumpRestore => self.moving.len(),
-                Method::Migrate => self.inflight.len(),
+            let busy = if lane {
+                self.moving.len()
+            } else {
+                self.inflight.len()
             };
             if busy >= self.cfg.inflight {
                 return Ok(());
@@ -290,9 +305,17 @@ impl<'a> Pass<'a> {
                 self.ready.push_front(batch);
                 return Ok(());
             }
-            if method == Method::DumpRestore {
+            if lane {
                 self.start_moving(batch);
                 continue;
+            }
+            if self.cfg.replica_ack {
+                tracing::warn!(
+                    source = self.source,
+                    keys = %batch.describe(),
+                    "migrator: written on the source while copied {COPY_TRIES} times; moved by MIGRATE, without \
+                     waiting for a replica of the target"
+                );
             }
             if self.migrate.is_none() {
                 match Conn::connect(self.source, self.cfg.auth.as_deref()).await {
@@ -396,10 +419,16 @@ impl<'a> Pass<'a> {
         let contested: Vec<Key> = indexes.into_iter().map(|i| batch.keys.swap_remove(i)).collect();
         self.settle(&batch);
         if !contested.is_empty() {
+            // A copy aborted by a write on the source counts as one try.
+            let copies = match batch.method {
+                Method::Migrate => batch.copies.saturating_add(1),
+                Method::DumpRestore => 0,
+            };
             self.ready.push_front(Batch {
                 keys: contested,
                 method: Method::Migrate,
                 timeout: batch.timeout,
+                copies,
             });
         }
     }
@@ -601,7 +630,15 @@ impl RestoreLane {
             empty => empty.insert(Conn::connect(target, auth).await.map_err(Failure::Target)?),
         };
         let noted = Unconfirmed::global();
-        restore::transfer(src, dst, &batch.keys, batch.timeout, noted, replicated).await
+        match batch.method {
+            Method::DumpRestore => {
+                restore::transfer(src, dst, &batch.keys, batch.timeout, noted, replicated).await
+            }
+            // Contested keys, with `replica_ack` (see `Pass::on_lane`).
+            Method::Migrate => {
+                restore::copy_then_delete(src, dst, &batch.keys, (target, auth), batch.timeout, noted).await
+            }
+        }
     }
 }
 

@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::batch::Key;
+use super::batch::{Key, Verdict, verdict};
 use super::conn::{Conn, is_ok, reply_text};
 use super::error::MigrateError;
 use super::unconfirmed::{Earlier, KeyCopy, Unconfirmed};
@@ -194,6 +194,81 @@ pub(super) async fn transfer(
     unwatch(source, wait).await.map_err(Failure::Source)?;
     done.contested.extend(restored.iter().map(|d| d.index));
     Ok(done)
+}
+
+/// How long past `MIGRATE`'s own timeout, which Redis applies to each
+/// socket operation with the target, its reply may take.
+const MIGRATE_GRACE: Duration = Duration::from_secs(30);
+
+/// Moves contested `keys` (see the module docs) when a replica of the target
+/// must have them before the source lets them go (`write_ack = "replica"`),
+/// which a plain `MIGRATE` cannot wait for:
+///
+/// 1. Source: `WATCH k…`, then `MIGRATE … COPY REPLACE KEYS k…` towards `to`:
+///    the same atomic check as `MIGRATE` (the source's copy, authoritative
+///    while it exists, overwrites the target's), but the source keeps its own.
+/// 2. Target: `WAIT 1` after a `PUBLISH`, since the copies were written by
+///    the source's connection, not ours ([`replica_has`]).
+/// 3. Source: the guarded `DEL`. A key written there meanwhile aborts it:
+///    every key comes back contested, to be tried again.
+pub(super) async fn copy_then_delete(
+    source: &mut Conn,
+    target: &mut Conn,
+    keys: &[Key],
+    (to, auth): (&str, Option<&str>),
+    wait: Duration,
+    noted: &Unconfirmed,
+) -> Result<Transferred, Failure> {
+    let from = source.addr().to_string();
+    let names: Vec<&[u8]> = keys.iter().map(|k| k.name.as_ref()).collect();
+    let mut watch: Vec<&[u8]> = Vec::with_capacity(names.len() + 1);
+    watch.push(b"WATCH");
+    watch.extend_from_slice(&names);
+    let copy = crate::libs::migrate::copy_frame(to, &names, auth, wait);
+    source
+        .send(vec![cmd(&watch), copy])
+        .await
+        .map_err(Failure::Source)?;
+    expect_ok(source, "WATCH", wait).await.map_err(Failure::Source)?;
+    let reply = source
+        .read("MIGRATE", wait * 4 + MIGRATE_GRACE)
+        .await
+        .map_err(Failure::Source)?;
+    let failure = match verdict(&reply) {
+        Some(Verdict::Moved) => None,
+        Some(Verdict::NoKey) => {
+            // None is on the source any more: nothing to wait for or delete.
+            unwatch(source, wait).await.map_err(Failure::Source)?;
+            noted.forget(&from, names.into_iter());
+            return Ok(Transferred::default());
+        }
+        // Too slow: retried in halves with a longer timeout, as a `MIGRATE`.
+        Some(Verdict::Slow(_)) => Some(Failure::Source(MigrateError::Timeout {
+            addr: from.clone(),
+            cmd: "MIGRATE",
+            waited: wait,
+        })),
+        Some(Verdict::Refused(why)) => Some(Failure::Refused(why)),
+        None => Some(Failure::Source(redis_error(source, "MIGRATE", &reply))),
+    };
+    if let Some(failure) = failure {
+        return Err(unwatched(source, failure, wait).await);
+    }
+    if let Err(failure) = replica_has(target, true, wait).await {
+        return Err(unwatched(source, failure, wait).await);
+    }
+    if guarded_del(source, &names, wait).await.map_err(Failure::Source)? {
+        noted.forget(&from, names.into_iter());
+        return Ok(Transferred {
+            moved: keys.len(),
+            contested: Vec::new(),
+        });
+    }
+    // `EXEC` aborted (and cleared the `WATCH`): written on the source meanwhile.
+    Ok(Transferred {
+        moved: 0,
+        contested: (0..keys.len()).collect(),
+    })
 }
 
 /// `failure`, after clearing the source's `WATCH` (or the failure to).
