@@ -1109,9 +1109,10 @@ async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() 
 }
 
 /// With `replica_ack`, a contested key that clients write on the source all
-/// the time aborts every guarded copy: after a few tries it moves by a plain
-/// `MIGRATE`, atomic on the source, so the migration still ends (and the
-/// key's last write on the source is the one the target holds).
+/// the time aborts guarded copies: after 3 it moves by a plain `MIGRATE`,
+/// atomic on the source, so the migration ends without copying it for as
+/// long as the writes go on (and the key's last write on the source is the
+/// one the target holds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replica_ack_a_key_written_all_the_time_still_moves() {
     let (src, dst) = (common::redis(), common::redis());
@@ -1182,7 +1183,10 @@ async fn with_replica_ack_a_key_written_all_the_time_still_moves() {
     let left: bool = redis::AsyncCommands::exists(&mut s, &hot).await.expect("exists");
     assert!(!left, "the key left the source");
     eprintln!("hot key: {last} writes on the source, {progress:?}");
-    assert!(progress.contested >= 1, "{progress:?}");
+    // Contested once by the first batch, then once per aborted copy: at most
+    // 3 before the plain MIGRATE. Without that bound this one writer aborted
+    // 20 to 123 copies before one got through.
+    assert!((1..=4).contains(&progress.contested), "{progress:?}");
 }
 
 /// `connected_clients` of the server `c` is connected to (`c` included).
