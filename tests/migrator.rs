@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use reborn::libs::hash::slot_of;
 use reborn::topo::manager::migrator::{self, Method, MigrateError, MigratorConfig, Outcome, Progress};
+use reborn::up::RedisServer;
 use tokio_util::sync::CancellationToken;
 
 /// A redis-rs connection with a timeout fit for 50 MB values and big pipelines
@@ -845,12 +846,13 @@ async fn bench_migrator_throughput() {
 /// Moves `slots` of `n` keys between two fresh servers (`replica`: the
 /// target has a replica) with `cfg`; prints and returns the keys/s.
 async fn bench_one(n: usize, slots: &BTreeSet<u16>, cfg: &MigratorConfig, replica: bool) -> f64 {
-    let (src, dst) = (common::redis(), common::redis());
-    let mut target_replica = replica.then(common::redis);
-    if let Some(r) = target_replica.as_mut() {
-        r.replicaof(&dst.addr()).expect("replicaof");
-        common::wait_replica_streaming(&dst.addr()).await;
-    }
+    let src = common::redis();
+    let (dst, _replica) = if replica {
+        let (dst, replica) = target_with_replica().await;
+        (dst, Some(replica))
+    } else {
+        (common::redis(), None)
+    };
     let mut s = conn(&src.addr(), None).await;
     let keys = key_names("k", n);
     for chunk in keys.chunks(10_000) {
@@ -934,6 +936,71 @@ async fn a_target_that_became_a_replica_ends_the_pass_with_not_master() {
     assert_eq!(dbsize(&mut s).await, before, "nothing left the source");
 }
 
+/// A target with one replica that streams from it: (target, replica).
+async fn target_with_replica() -> (RedisServer, RedisServer) {
+    let dst = common::redis();
+    let mut replica = common::redis();
+    replica.replicaof(&dst.addr()).expect("replicaof");
+    common::wait_replica_streaming(&dst.addr()).await;
+    (dst, replica)
+}
+
+/// The task [`spawn_migration`] runs `migrate_slots` on: its outcome and
+/// final progress.
+type Running = tokio::task::JoinHandle<(Result<Outcome, MigrateError>, Progress)>;
+
+/// Runs `migrate_slots` on a task of its own; the latest progress it
+/// reported, and the task.
+fn spawn_migration(
+    (source, target): (String, String),
+    slots: &BTreeSet<u16>,
+    cfg: MigratorConfig,
+) -> (Arc<Mutex<Progress>>, Running) {
+    let latest = Arc::new(Mutex::new(Progress::default()));
+    let report = latest.clone();
+    let slots = slots.clone();
+    let run = tokio::spawn(async move {
+        let mut progress = Progress::default();
+        let outcome = migrator::migrate_slots(
+            &source,
+            &target,
+            &slots,
+            &cfg,
+            &mut progress,
+            |p| *report.lock().expect("progress") = p.clone(),
+            &CancellationToken::new(),
+        )
+        .await;
+        (outcome, progress)
+    });
+    (latest, run)
+}
+
+/// Waits until the migrator has reported twice that no replica of the target
+/// confirmed a batch, and `also` holds of its progress.
+async fn reports_no_replica(latest: &Mutex<Progress>, also: impl Fn(&Progress) -> bool) {
+    common::eventually(
+        "the migrator reports the missing replica",
+        Duration::from_secs(20),
+        async || {
+            let p = latest.lock().expect("progress").clone();
+            also(&p) && p.errors >= 2 && p.last_error.is_some_and(|e| e.contains("no replica"))
+        },
+    )
+    .await;
+}
+
+/// Thaws the frozen replica `pid` and waits for `run` to finish; its progress.
+async fn finishes_once_thawed(pid: u32, run: Running) -> Progress {
+    common::cluster::signal(pid, "-CONT");
+    let (outcome, progress) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the migration finishes once the replica is back")
+        .expect("join");
+    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    progress
+}
+
 /// With `replica_ack` (a live proxy runs `write_ack = "replica"`), a batch
 /// leaves the source only once a replica of the target has it. While the
 /// target's only replica is frozen, every key stays on the source (the target
@@ -941,10 +1008,8 @@ async fn a_target_that_became_a_replica_ends_the_pass_with_not_master() {
 /// the keys restored before are known as ours: none needs a `MIGRATE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_target_has_them() {
-    let (src, dst) = (common::redis(), common::redis());
-    let mut replica = common::redis();
-    replica.replicaof(&dst.addr()).expect("replicaof");
-    common::wait_replica_streaming(&dst.addr()).await;
+    let src = common::redis();
+    let (dst, replica) = target_with_replica().await;
     let mut s = conn(&src.addr(), None).await;
     let keys = key_names("acked", 3_000);
     fill(&mut s, &keys).await;
@@ -964,35 +1029,8 @@ async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_targe
         replica_ack: true,
         ..config()
     };
-    let latest = Arc::new(Mutex::new(Progress::default()));
-    let report = latest.clone();
-    let (source, target) = (src.addr(), dst.addr());
-    let run = tokio::spawn({
-        let slots = slots.clone();
-        async move {
-            let mut progress = Progress::default();
-            let outcome = migrator::migrate_slots(
-                &source,
-                &target,
-                &slots,
-                &cfg,
-                &mut progress,
-                |p| *report.lock().expect("progress") = p.clone(),
-                &CancellationToken::new(),
-            )
-            .await;
-            (outcome, progress)
-        }
-    });
-    common::eventually(
-        "the migrator reports the missing replica",
-        Duration::from_secs(20),
-        async || {
-            let p = latest.lock().expect("progress").clone();
-            p.errors >= 2 && p.last_error.is_some_and(|e| e.contains("no replica"))
-        },
-    )
-    .await;
+    let (latest, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
+    reports_no_replica(&latest, |_| true).await;
     assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
     let mut d = conn(&dst.addr(), None).await;
     let copied = snapshot(&mut d, &in_slots).await;
@@ -1001,12 +1039,7 @@ async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_targe
         "the target holds the batch restored before the WAIT"
     );
 
-    common::cluster::signal(pid, "-CONT");
-    let (outcome, progress) = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("the migration finishes once the replica is back")
-        .expect("join");
-    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    let progress = finishes_once_thawed(pid, run).await;
     let source_after = snapshot(&mut s, &keys).await;
     let target_after = snapshot(&mut d, &keys).await;
     assert_eq!(
@@ -1033,10 +1066,8 @@ async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_targe
 /// from the source at once, whether a replica has them or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() {
-    let (src, dst) = (common::redis(), common::redis());
-    let mut replica = common::redis();
-    replica.replicaof(&dst.addr()).expect("replicaof");
-    common::wait_replica_streaming(&dst.addr()).await;
+    let src = common::redis();
+    let (dst, replica) = target_with_replica().await;
     let slots = hundred_slots();
     let keys: Vec<String> = key_names("contested", 400)
         .into_iter()
@@ -1062,43 +1093,11 @@ async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() 
         replica_ack: true,
         ..config()
     };
-    let latest = Arc::new(Mutex::new(Progress::default()));
-    let report = latest.clone();
-    let (source, target) = (src.addr(), dst.addr());
-    let run = tokio::spawn({
-        let slots = slots.clone();
-        async move {
-            let mut progress = Progress::default();
-            let outcome = migrator::migrate_slots(
-                &source,
-                &target,
-                &slots,
-                &cfg,
-                &mut progress,
-                |p| *report.lock().expect("progress") = p.clone(),
-                &CancellationToken::new(),
-            )
-            .await;
-            (outcome, progress)
-        }
-    });
-    common::eventually(
-        "the migrator reports the missing replica",
-        Duration::from_secs(20),
-        async || {
-            let p = latest.lock().expect("progress").clone();
-            p.contested > 0 && p.errors >= 2 && p.last_error.is_some_and(|e| e.contains("no replica"))
-        },
-    )
-    .await;
+    let (latest, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
+    reports_no_replica(&latest, |p| p.contested > 0).await;
     assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
 
-    common::cluster::signal(pid, "-CONT");
-    let (outcome, progress) = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("the migration finishes once the replica is back")
-        .expect("join");
-    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    let progress = finishes_once_thawed(pid, run).await;
     let source_after = snapshot(&mut s, &keys).await;
     let target_after = snapshot(&mut d, &keys).await;
     assert_eq!(
@@ -1115,10 +1114,8 @@ async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() 
 /// one the target holds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replica_ack_a_key_written_all_the_time_still_moves() {
-    let (src, dst) = (common::redis(), common::redis());
-    let mut replica = common::redis();
-    replica.replicaof(&dst.addr()).expect("replicaof");
-    common::wait_replica_streaming(&dst.addr()).await;
+    let src = common::redis();
+    let (dst, _replica) = target_with_replica().await;
     let slots = hundred_slots();
     let hot = key_names("hot", 100)
         .into_iter()

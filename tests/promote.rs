@@ -357,9 +357,36 @@ async fn with_the_master_dead_the_most_advanced_replica_is_chosen() {
     wait_synced(&b, (first.len() + more.len()) as i64).await;
 }
 
+/// A key of slot 7 (a slot of group 1).
+fn key_of_slot_7() -> String {
+    (0..)
+        .map(|i| format!("seven{i}"))
+        .find(|k| reborn::libs::hash::slot_of(k.as_bytes()) == 7)
+        .expect("a key of slot 7")
+}
+
+/// Rewrites the slot table with `change` applied to each of `slots`, as a
+/// switch or a hold would leave it.
+async fn set_slots(c: &Cluster, slots: impl IntoIterator<Item = u16>, change: (u32, Option<u32>, SlotState)) {
+    use reborn::topo::model::SlotTable;
+    let path = c.store.paths().slots();
+    let (mut table, version) = c
+        .store
+        .get_json_with_version::<SlotTable>(&path)
+        .await
+        .expect("read slots");
+    for id in slots {
+        let s = table.get_mut(id).expect("slot");
+        (s.group, s.from, s.state) = change;
+    }
+    c.store
+        .set_json(&path, &table, version)
+        .await
+        .expect("write slots");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_with_a_migrating_slot_is_promoted_and_the_slot_migrates_on() {
-    use reborn::topo::model::SlotTable;
     let c = Cluster::start().await;
     let replica = c.replica_of_group_1().await;
     let (m, r) = (c.masters[0].addr(), replica.addr());
@@ -367,27 +394,13 @@ async fn a_group_with_a_migrating_slot_is_promoted_and_the_slot_migrates_on() {
     // Slot 7 is on its way from group 1 to group 2 (a task mid-way), and
     // one of its keys is on both masters: the source's copy is the one that
     // counts (the target's is a migrator's copy whose deletion never came).
-    let key = (0..)
-        .map(|i| format!("seven{i}"))
-        .find(|k| reborn::libs::hash::slot_of(k.as_bytes()) == 7)
-        .expect("a key of slot 7");
+    let key = key_of_slot_7();
     let mut source = common::client(&m).await;
     let () = source.set(&key, "the source's").await.expect("set");
     let mut target = common::client(&c.masters[1].addr()).await;
     let () = target.set(&key, "a stale copy").await.expect("set");
     wait_synced(&r, 1).await;
-    let path = c.store.paths().slots();
-    let (mut table, version) = c
-        .store
-        .get_json_with_version::<SlotTable>(&path)
-        .await
-        .expect("read slots");
-    let s = table.get_mut(7).expect("slot 7");
-    (s.group, s.from, s.state) = (2, Some(1), SlotState::Migrate);
-    c.store
-        .set_json(&path, &table, version)
-        .await
-        .expect("write slots");
+    set_slots(&c, [7], (2, Some(1), SlotState::Migrate)).await;
 
     let request = PromoteRequest {
         server: Some(r.clone()),
@@ -427,22 +440,10 @@ async fn a_group_with_a_migrating_slot_is_promoted_and_the_slot_migrates_on() {
 /// before anything changes, naming the group to promote first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promote_that_must_settle_with_a_dead_target_is_refused() {
-    use reborn::topo::model::SlotTable;
     let mut c = Cluster::start().await;
     let replica = c.replica_of_group_1().await;
     let (m, r) = (c.masters[0].addr(), replica.addr());
-    let path = c.store.paths().slots();
-    let (mut table, version) = c
-        .store
-        .get_json_with_version::<SlotTable>(&path)
-        .await
-        .expect("read slots");
-    let s = table.get_mut(7).expect("slot 7");
-    (s.group, s.from, s.state) = (2, Some(1), SlotState::Migrate);
-    c.store
-        .set_json(&path, &table, version)
-        .await
-        .expect("write slots");
+    set_slots(&c, [7], (2, Some(1), SlotState::Migrate)).await;
     c.masters[1].kill();
     c.masters[0].kill();
     common::eventually(
@@ -489,16 +490,13 @@ struct CutShort {
 
 async fn cut_short_promote(c: &mut Cluster, r: &str) -> CutShort {
     use reborn::topo::manager::promote::{HeldMigration, Journal};
-    use reborn::topo::model::{Group, SlotTable};
+    use reborn::topo::model::Group;
     let m = c.masters[0].addr();
     let proxy = c.proxy().await;
     let own = keys_in(1, "own", 50);
     let mut p = client(proxy).await;
     set_all(&mut p, &own).await;
-    let key = (0..)
-        .map(|i| format!("seven{i}"))
-        .find(|k| reborn::libs::hash::slot_of(k.as_bytes()) == 7)
-        .expect("a key of slot 7");
+    let key = key_of_slot_7();
     let mut source = common::client(&m).await;
     let () = source.set(&key, "stale").await.expect("set");
     wait_synced(r, 51).await;
@@ -526,19 +524,7 @@ async fn cut_short_promote(c: &mut Cluster, r: &str) -> CutShort {
         .set_json(&paths.group(1), &group, version)
         .await
         .expect("write group 1");
-    let (mut table, version) = c
-        .store
-        .get_json_with_version::<SlotTable>(&paths.slots())
-        .await
-        .expect("read slots");
-    for id in 0..512 {
-        let s = table.get_mut(id).expect("slot");
-        (s.group, s.from, s.state) = (1, None, SlotState::PreMigrate);
-    }
-    c.store
-        .set_json(&paths.slots(), &table, version)
-        .await
-        .expect("hold the slots");
+    set_slots(c, 0..512, (1, None, SlotState::PreMigrate)).await;
     let journal = Journal {
         group: 1,
         previous: Some(m),

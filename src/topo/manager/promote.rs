@@ -247,7 +247,7 @@ pub async fn promote_with(
         }
         // Back online either way: on the new master, or (the switch failed
         // before touching ZooKeeper) on the old one.
-        held.release_own(ack_timeout).await?;
+        held.release_own(Some(ack_timeout)).await?;
         let mut settled = Vec::new();
         if let Ok(s) = &switched {
             // The old master's notes are of no use past this promote either way.
@@ -259,7 +259,7 @@ pub async fn promote_with(
                 settled = held.settle(&targets, &choice.addr, &sent, auth).await;
             }
         }
-        held.release_migrating(ack_timeout).await?;
+        held.release_migrating(Some(ack_timeout)).await?;
         Journal::remove(zk, &paths).await?;
         let mut switched = switched?;
         switched.warnings.extend(settled);
@@ -350,7 +350,7 @@ async fn resume_under_lock(
         switched,
         "resuming a promote that stopped half-way"
     );
-    held.release_own(ack_timeout).await?;
+    held.release_own(Some(ack_timeout)).await?;
     let age = lock::unix_now().saturating_sub(journal.started);
     let mut notes = vec![format!(
         "resumed a promote of group {id} to {} that stopped half-way {age} s before ({}); its slots were \
@@ -377,7 +377,7 @@ async fn resume_under_lock(
             .unwrap_or_default();
         notes.extend(held.settle(&targets, &journal.master, &sent, auth).await);
     }
-    held.release_migrating(ack_timeout).await?;
+    held.release_migrating(Some(ack_timeout)).await?;
     Journal::remove(zk, paths).await?;
     Ok(Some(Resumed {
         journal,
@@ -529,24 +529,15 @@ impl<'a> Held<'a> {
             return Ok(());
         };
         if own {
-            write_phase(
-                self.zk,
-                self.paths,
-                &self.own,
-                SlotState::Online,
-                self.id,
-                self.id,
-            )
-            .await?;
+            self.release_own(None).await?;
         }
-        for (&(from, to), slots) in &self.migrating {
-            write_phase(self.zk, self.paths, slots, SlotState::Migrate, from, to).await?;
-        }
+        self.release_migrating(None).await?;
         Err(TopoError::AckTimeout { seq, missing })
     }
 
-    /// The group's own slots go back online (on whichever master it has now).
-    async fn release_own(&self, ack_timeout: Duration) -> Result<(), TopoError> {
+    /// The group's own slots go back online (on whichever master it has
+    /// now); with `ack_timeout`, waiting that long for the proxies' acks.
+    async fn release_own(&self, ack_timeout: Option<Duration>) -> Result<(), TopoError> {
         if !self.own.is_empty() {
             let done = write_phase(
                 self.zk,
@@ -557,16 +548,21 @@ impl<'a> Held<'a> {
                 self.id,
             )
             .await?;
-            let _ = wait_acks(self.zk, self.paths, done.seq, ack_timeout).await;
+            if let Some(wait) = ack_timeout {
+                let _ = wait_acks(self.zk, self.paths, done.seq, wait).await;
+            }
         }
         Ok(())
     }
 
-    /// The migrating slots go on migrating, between the masters named now.
-    async fn release_migrating(&self, ack_timeout: Duration) -> Result<(), TopoError> {
+    /// The migrating slots go on migrating, between the masters named now;
+    /// with `ack_timeout`, waiting that long for the proxies' acks.
+    async fn release_migrating(&self, ack_timeout: Option<Duration>) -> Result<(), TopoError> {
         for (&(from, to), slots) in &self.migrating {
             let done = write_phase(self.zk, self.paths, slots, SlotState::Migrate, from, to).await?;
-            let _ = wait_acks(self.zk, self.paths, done.seq, ack_timeout).await;
+            if let Some(wait) = ack_timeout {
+                let _ = wait_acks(self.zk, self.paths, done.seq, wait).await;
+            }
         }
         Ok(())
     }

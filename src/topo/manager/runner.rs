@@ -71,20 +71,20 @@ pub async fn run(store: Store, cfg: MigratorConfig, changed: Arc<Notify>, cancel
         }
     });
     loop {
-        // A promote cut short holds slots a task would take for its own
-        // switch: it is finished first, and no task moves while one runs.
-        if let Some(pause) = finish_interrupted_promote(&store, cfg.auth.as_deref()).await {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => continue,
-                _ = cancel.cancelled() => return,
-            }
-        }
         let next = task::list(&store).await.map(|tasks| {
             tasks
                 .into_iter()
                 .find(|t| !t.paused && matches!(t.state, TaskState::Queued | TaskState::Migrating))
         });
         let pause = match next {
+            // A promote cut short holds slots a task would take for its own
+            // switch: it is finished first, and no task moves while one runs.
+            // (Idle, the loop above looks for one.)
+            Ok(Some(_))
+                if let Some(pause) = finish_interrupted_promote(&store, cfg.auth.as_deref()).await =>
+            {
+                pause
+            }
             Ok(Some(task)) => match (task.id, step(&store, &cfg, task, &cancel).await) {
                 (_, Ok(pause)) => pause,
                 (id, Err(e)) => {
