@@ -990,6 +990,45 @@ async fn reports_no_replica(latest: &Mutex<Progress>, also: impl Fn(&Progress) -
     .await;
 }
 
+/// Freezes the target's `replica` and starts a `replica_ack` migration of
+/// `slots` (batches of 50, a 300 ms timeout); returns once the migrator has
+/// reported that no replica confirms and `also` holds of its progress. The
+/// frozen pid, and the task.
+async fn migrating_with_frozen_replica(
+    (src, dst, replica): (&RedisServer, &RedisServer, &RedisServer),
+    slots: &BTreeSet<u16>,
+    also: impl Fn(&Progress) -> bool,
+) -> (u32, Running) {
+    let pid = replica.pid().expect("pid");
+    common::cluster::signal(pid, "-STOP");
+    let cfg = MigratorConfig {
+        timeout: Duration::from_millis(300),
+        batch_keys: 50,
+        replica_ack: true,
+        ..config()
+    };
+    let (latest, run) = spawn_migration((src.addr(), dst.addr()), slots, cfg);
+    reports_no_replica(&latest, also).await;
+    (pid, run)
+}
+
+/// Deletes `keys` on the source, as a client's `DEL` through a proxy does
+/// while the source holds them; every one must have been there.
+async fn delete_held(source: &mut redis::aio::MultiplexedConnection, keys: &[String]) {
+    let n: usize = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(source)
+        .await
+        .expect("DEL");
+    assert_eq!(n, keys.len(), "the source held every key");
+}
+
+/// Asserts that no key of `deleted` is in `target_after`.
+fn assert_none_back(target_after: &Snapshot, deleted: &[String]) {
+    let back: Vec<&String> = deleted.iter().filter(|k| target_after[*k].is_some()).collect();
+    assert!(back.is_empty(), "{} deleted keys came back: {back:?}", back.len());
+}
+
 /// Thaws the frozen replica `pid` and waits for `run` to finish; its progress.
 async fn finishes_once_thawed(pid: u32, run: Running) -> Progress {
     common::cluster::signal(pid, "-CONT");
@@ -1020,17 +1059,7 @@ async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_targe
         .filter(|k| slots.contains(&slot_of(k.as_bytes())))
         .cloned()
         .collect();
-    let pid = replica.pid().expect("pid");
-    common::cluster::signal(pid, "-STOP");
-
-    let cfg = MigratorConfig {
-        timeout: Duration::from_millis(300),
-        batch_keys: 50,
-        replica_ack: true,
-        ..config()
-    };
-    let (latest, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
-    reports_no_replica(&latest, |_| true).await;
+    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
     assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
     let mut d = conn(&dst.addr(), None).await;
     let copied = snapshot(&mut d, &in_slots).await;
@@ -1059,13 +1088,18 @@ async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_targe
     .await;
 }
 
-/// With `replica_ack`, contested keys too (here: the target holds a stale
-/// copy of every key of the slots) leave the source only once a replica of
-/// the target has the source's copy: moved by `MIGRATE … COPY`, a `WAIT` on
-/// the target, then the guarded `DEL`. A plain `MIGRATE` would delete them
-/// from the source at once, whether a replica has them or not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() {
+/// The servers of a migration in which every key is contested.
+struct ContestedEverywhere {
+    src: RedisServer,
+    dst: RedisServer,
+    /// Streams from `dst`.
+    replica: RedisServer,
+    /// The source's keys, all in `slots`; `dst` holds each as `stale`.
+    keys: Vec<String>,
+    slots: BTreeSet<u16>,
+}
+
+async fn contested_everywhere() -> ContestedEverywhere {
     let src = common::redis();
     let (dst, replica) = target_with_replica().await;
     let slots = hundred_slots();
@@ -1076,25 +1110,37 @@ async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() 
     assert!(keys.len() >= 20, "{} keys in the slots", keys.len());
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     fill(&mut s, &keys).await;
+    let mut p = redis::pipe();
     for k in &keys {
-        let () = redis::cmd("SET")
-            .arg(k)
-            .arg("stale")
-            .query_async(&mut d)
-            .await
-            .expect("stale");
+        p.cmd("SET").arg(k).arg("stale").ignore();
     }
-    let before = snapshot(&mut s, &keys).await;
-    let pid = replica.pid().expect("pid");
-    common::cluster::signal(pid, "-STOP");
+    let () = p.query_async(&mut d).await.expect("stale");
+    ContestedEverywhere {
+        src,
+        dst,
+        replica,
+        keys,
+        slots,
+    }
+}
 
-    let cfg = MigratorConfig {
-        timeout: Duration::from_millis(300),
-        replica_ack: true,
-        ..config()
-    };
-    let (latest, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
-    reports_no_replica(&latest, |p| p.contested > 0).await;
+/// With `replica_ack`, contested keys too (here: the target holds a stale
+/// copy of every key of the slots) leave the source only once a replica of
+/// the target has the source's copy: moved by `MIGRATE … COPY`, a `WAIT` on
+/// the target, then the guarded `DEL`. A plain `MIGRATE` would delete them
+/// from the source at once, whether a replica has them or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() {
+    let ContestedEverywhere {
+        src,
+        dst,
+        replica,
+        keys,
+        slots,
+    } = contested_everywhere().await;
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let before = snapshot(&mut s, &keys).await;
+    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |p| p.contested > 0).await;
     assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
 
     let progress = finishes_once_thawed(pid, run).await;
@@ -1348,4 +1394,201 @@ async fn copies_whose_source_delete_never_came_stay_noted_as_sent() {
             .expect("DUMP");
         assert_eq!(payload, copy.payload.as_ref(), "the copy noted is the one sent");
     }
+}
+
+/// A key a client deletes on the source while the migrator's copy of it
+/// waits on the target (here: for a frozen replica, `replica_ack`) stays
+/// deleted: once the source no longer holds it, the proxies serve it from
+/// the target, so a copy left there would bring it back. The migrator takes
+/// back its copies of such keys, and only those: a key a proxy moved on
+/// access meanwhile (`MIGRATE … REPLACE`, which leaves the same bytes on the
+/// target) stays, and so does a key of the slots it never copied. Strings,
+/// small integers (shared objects) and sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_on_the_source_while_its_copy_waits_on_the_target_stays_deleted() {
+    let src = common::redis();
+    let (dst, replica) = target_with_replica().await;
+    let mut s = conn(&src.addr(), None).await;
+    let keys = key_names("deleted", 3_000);
+    fill(&mut s, &keys).await;
+    let mut p = redis::pipe();
+    for k in keys.iter().step_by(3) {
+        p.cmd("DEL").arg(k).ignore();
+        p.cmd("SADD")
+            .arg(k)
+            .arg(&["alpha", "beta", "gamma", "delta", k.as_str()])
+            .ignore();
+    }
+    // And every third another a small integer, whose object Redis shares
+    // between all the keys that hold it (idle time included).
+    for k in keys.iter().skip(1).step_by(3) {
+        p.cmd("SET").arg(k).arg(7).ignore();
+    }
+    let () = p.query_async(&mut s).await.expect("sets");
+    let slots = hundred_slots();
+    let in_slots: Vec<String> = keys
+        .iter()
+        .filter(|k| slots.contains(&slot_of(k.as_bytes())))
+        .cloned()
+        .collect();
+    let before = snapshot(&mut s, &in_slots).await;
+    let small_int = |k: &String| {
+        before[k]
+            .as_ref()
+            .is_some_and(|(v, _)| v.get(1).is_some_and(|v| v == b"7"))
+    };
+    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
+    // `EXISTS`, not a read: a read of the copy is an access.
+    let mut d = conn(&dst.addr(), None).await;
+    let mut p = redis::pipe();
+    for k in &in_slots {
+        p.cmd("EXISTS").arg(k);
+    }
+    let there: Vec<bool> = p.query_async(&mut d).await.expect("EXISTS");
+    let copied: Vec<&String> = in_slots
+        .iter()
+        .zip(there)
+        .filter(|(_, t)| *t)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        copied.len() >= 6,
+        "the target holds the batch restored before the WAIT"
+    );
+    // A client deletes a third of them (a proxy runs its DEL on the source,
+    // which holds them), and one key of the slots that was not copied yet;
+    // proxies move another third on access.
+    assert!(
+        copied.len() >= 9,
+        "the target holds the batch restored before the WAIT"
+    );
+    // Not small integers: their copy cannot be told from a client's value
+    // (docs/reliability.md), so it stays.
+    let mut deleted: Vec<String> = copied
+        .iter()
+        .step_by(3)
+        .filter(|k| !small_int(k))
+        .map(|k| k.to_string())
+        .collect();
+    deleted.push(
+        in_slots
+            .iter()
+            .find(|k| !copied.contains(k))
+            .expect("a key not copied yet")
+            .clone(),
+    );
+    delete_held(&mut s, &deleted).await;
+    let moved_by_proxy: Vec<&String> = copied.iter().skip(1).step_by(3).copied().collect();
+    assert!(
+        moved_by_proxy.iter().any(|k| small_int(k)),
+        "a small integer is moved"
+    );
+    let reply: String = redis::cmd("MIGRATE")
+        .arg(dst.addr().split(':').next().expect("host"))
+        .arg(dst.addr().rsplit(':').next().expect("port"))
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("REPLACE")
+        .arg("KEYS")
+        .arg(&moved_by_proxy)
+        .query_async(&mut s)
+        .await
+        .expect("MIGRATE");
+    assert_eq!(reply, "OK");
+
+    finishes_once_thawed(pid, run).await;
+    let target_after = snapshot(&mut d, &in_slots).await;
+    assert_none_back(&target_after, &deleted);
+    for k in in_slots.iter().filter(|k| !deleted.contains(k)) {
+        let (Some((value, ttl)), Some((was, had))) = (&target_after[k], &before[k]) else {
+            panic!("{k} is missing on the target");
+        };
+        assert_eq!(value, was, "{k} moved with its value");
+        assert!(
+            *ttl == -1 && *had == -1 || (0..60_000).contains(&(had - ttl)),
+            "{k}: TTL {had} ms, then {ttl}"
+        );
+    }
+    let source_after = snapshot(&mut s, &in_slots).await;
+    assert!(
+        source_after.values().all(Option::is_none),
+        "a key of the slots is left on the source"
+    );
+}
+
+/// Without replicas too: a key a client deletes on the source between its
+/// `RESTORE` on the target and the source's guarded `DEL` stays deleted. Big
+/// values restored after small keys of their batch (one batch, in scan order)
+/// hold that window open long enough for the test to delete the small keys
+/// it sees arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_on_the_source_between_restore_and_delete_stays_deleted() {
+    let (src, dst) = (common::redis(), common::redis());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let big: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let slot = slot_of(b"{window}");
+    let small: Vec<String> = (0..40).map(|i| format!("{{window}}:{i}")).collect();
+    fill(&mut s, &small).await;
+    let bigs: Vec<String> = (0..6).map(|i| format!("{{window}}:big:{i}")).collect();
+    for k in &bigs {
+        let () = redis::AsyncCommands::set(&mut s, k, &big).await.expect("SET big");
+    }
+    // One batch for all: no pacing, which starts with small batches.
+    let cfg = MigratorConfig {
+        timeout: Duration::from_secs(10),
+        latency_budget: Duration::ZERO,
+        ..config()
+    };
+    let (_, run) = spawn_migration((src.addr(), dst.addr()), &BTreeSet::from([slot]), cfg);
+    // Each small key seen on the target is deleted on the source at once;
+    // those the source still held were deleted while the copy waited.
+    let mut deleted: Vec<String> = Vec::new();
+    let mut left: Vec<String> = small.clone();
+    while !run.is_finished() && !left.is_empty() {
+        let mut p = redis::pipe();
+        for k in &left {
+            p.cmd("EXISTS").arg(k);
+        }
+        let there: Vec<bool> = p.query_async(&mut d).await.expect("EXISTS");
+        let arrived: Vec<String> = left
+            .iter()
+            .zip(&there)
+            .filter(|(_, t)| **t)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if arrived.is_empty() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let mut p = redis::pipe();
+        for k in &arrived {
+            p.cmd("DEL").arg(k);
+        }
+        let gone: Vec<i64> = p.query_async(&mut s).await.expect("DEL");
+        deleted.extend(
+            arrived
+                .iter()
+                .zip(gone)
+                .filter(|(_, n)| *n == 1)
+                .map(|(k, _)| k.clone()),
+        );
+        left.retain(|k| !arrived.contains(k));
+    }
+    let (outcome, progress) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the migration ends")
+        .expect("join");
+    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    eprintln!(
+        "{} keys deleted while their copy waited: {progress:?}",
+        deleted.len()
+    );
+    assert!(!deleted.is_empty(), "no delete landed inside the window");
+    assert_none_back(&snapshot(&mut d, &small).await, &deleted);
+    for k in &bigs {
+        let there: Vec<u8> = redis::AsyncCommands::get(&mut d, k).await.expect("GET");
+        assert!(there == big, "{k} moved");
+    }
+    assert_eq!(dbsize(&mut s).await, 0, "nothing is left on the source");
 }

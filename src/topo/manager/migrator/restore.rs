@@ -40,7 +40,28 @@
 //!    acknowledged. If it aborts (a client wrote one of the keys on the
 //!    source meanwhile, or a proxy moved one), the keys are watched and dumped
 //!    again: those that still equal what the target holds are deleted under
-//!    the new guard, the others are contested.
+//!    the new guard, the others are contested, and those a client deleted
+//!    have our copy taken back from the target ([`take_back`]).
+//!
+//! # A key deleted while its copy waits
+//!
+//! Once the source lacks a key, the proxies serve it from the target. So a
+//! key a client deletes on the source between our `RESTORE` and our `DEL`
+//! (or while a `WAIT` holds the batch, step 3) would come back from our copy.
+//! The copy must go too, but "gone from the source" has two other causes that
+//! leave the very same bytes on the target, which is then the only copy: a
+//! proxy moved the key on access (`MIGRATE … REPLACE`), or our own `DEL` ran
+//! and its reply was lost. So our copies carry a mark: `RESTORE … IDLETIME`
+//! [`COPY_MARK`] s, which no other write gives and any access of the key
+//! clears (`OBJECT IDLETIME`, `EXISTS`, `PEXPIRETIME` do not touch it). A gone
+//! key is taken back only if its note says our `DEL` cannot have run, and the
+//! target's copy is idle for at least the mark plus the time since the target
+//! acknowledged it: a key a proxy moved or a client wrote since is younger.
+//! Redis shares the objects of small integers between keys (without
+//! `maxmemory`), and a shared object's idle time is every holder's: such a
+//! copy is never taken back.
+//! With an LFU `maxmemory-policy` Redis tracks no idle time; copies are then
+//! never taken back.
 //!
 //! Every copy sent stays noted in [`Unconfirmed`] until the source's `DEL`
 //! of it is confirmed: if the source master dies in between, a promote of
@@ -114,6 +135,15 @@ impl Failure {
 /// (see [`transfer`]) before the rest are left to `MIGRATE`.
 const RECHECKS: usize = 2;
 
+/// The idle time, in seconds, our `RESTORE`s give a copy (see the module
+/// docs). Far above the slack of Redis's one-second LRU clock, and far below
+/// the idle time of keys an LRU eviction picks anyway.
+const COPY_MARK: u64 = 60;
+
+/// How far below the expected idle time a marked copy may read: the LRU
+/// clock's resolution and its update lag.
+const MARK_SLACK: u64 = 2;
+
 /// Moves `keys` from `source` to `target` as the module docs describe.
 /// `wait` bounds each step's replies. `replicated`: a replica of the target
 /// must have the keys before the source deletes them ([`replica_has`]).
@@ -133,24 +163,38 @@ pub(super) async fn transfer(
 ) -> Result<Transferred, Failure> {
     let all: Vec<(usize, &[u8])> = keys.iter().map(|k| k.name.as_ref()).enumerate().collect();
     let dumped = dump(source, &all, wait).await.map_err(Failure::Source)?;
+    let from = source.addr().to_string();
+    // Keys whose copy an earlier attempt left on the target, deleted since.
+    let gone = all
+        .iter()
+        .filter(|(i, _)| !dumped.iter().any(|d| d.index == *i))
+        .map(|(_, name)| *name);
+    let gone = noted.taken_back_candidates(&from, gone);
+    if let Err(e) = take_back(target, &gone, wait).await {
+        return Err(unwatched(source, Failure::Target(e), wait).await);
+    }
+    noted.forget(&from, gone.iter().map(|(name, _)| *name));
     let mut done = Transferred::default();
     if dumped.is_empty() {
         // Nothing watched is left to delete: clear the WATCH for the next batch.
         unwatch(source, wait).await.map_err(Failure::Source)?;
         return Ok(done);
     }
-    let from = source.addr().to_string();
     let earlier = noted.sending(&from, dumped.iter().map(|d| (d.name, &d.copy)));
-    let busy = match restore(target, &dumped, wait).await {
+    let busy = match restore(target, &dumped, &earlier, wait).await {
         Ok(busy) => busy,
         Err(failure) => return Err(unwatched(source, failure, wait).await),
     };
+    let restored_at = std::time::Instant::now();
     let mut restored = Vec::with_capacity(dumped.len());
+    // Of those, the ones the target acknowledged just now.
+    let mut fresh = Vec::with_capacity(dumped.len());
     let mut theirs = Vec::new();
     // Keys an earlier attempt restored, whose `WAIT` this one must cover.
     let mut restored_before = false;
     for (d, earlier) in dumped.into_iter().zip(earlier) {
         if !busy.contains(&d.index) {
+            fresh.push(d.index);
             restored.push(d);
         } else if earlier == Earlier::Restored {
             // The target acknowledged this very copy before (an attempt whose
@@ -166,7 +210,14 @@ pub(super) async fn transfer(
         }
     }
     noted.forget(&from, theirs.into_iter());
-    noted.restored(&from, restored.iter().map(|d| (d.name, &d.copy)));
+    noted.restored(
+        &from,
+        restored_at,
+        restored
+            .iter()
+            .filter(|d| fresh.contains(&d.index))
+            .map(|d| (d.name, &d.copy)),
+    );
     if replicated
         && !restored.is_empty()
         && let Err(failure) = replica_has(target, restored_before, wait).await
@@ -175,11 +226,14 @@ pub(super) async fn transfer(
     }
     for round in 0..=RECHECKS {
         let names: Vec<&[u8]> = restored.iter().map(|d| d.name).collect();
+        // Until the `EXEC`'s reply says otherwise, our `DEL` may have run.
+        noted.deleting(&from, names.iter().copied(), true);
         if guarded_del(source, &names, wait).await.map_err(Failure::Source)? {
             noted.forget(&from, names.into_iter());
             done.moved += restored.len();
             return Ok(done);
         }
+        noted.deleting(&from, names.into_iter(), false);
         if round == RECHECKS {
             break;
         }
@@ -188,6 +242,16 @@ pub(super) async fn transfer(
         let (same, changed): (Vec<Dumped>, Vec<Dumped>) = restored
             .into_iter()
             .partition(|d| again.iter().any(|a| a.index == d.index && a.copy == d.copy));
+        // Gone from the source meanwhile: a client deleted it (our copy goes
+        // too), or a proxy moved it (the copy is the proxy's, and stays).
+        let (gone, changed): (Vec<Dumped>, Vec<Dumped>) = changed
+            .into_iter()
+            .partition(|d| !again.iter().any(|a| a.index == d.index));
+        let gone = noted.taken_back_candidates(&from, gone.iter().map(|d| d.name));
+        if let Err(e) = take_back(target, &gone, wait).await {
+            return Err(unwatched(source, Failure::Target(e), wait).await);
+        }
+        noted.forget(&from, gone.iter().map(|(name, _)| *name));
         done.contested.extend(changed.iter().map(|d| d.index));
         restored = same;
     }
@@ -383,10 +447,44 @@ async fn dump<'a>(
     Ok(dumped)
 }
 
-/// Step 2: `RESTORE … ABSTTL` each key on the target; the indexes of the
-/// keys the target already had (`BUSYKEY`).
-async fn restore(target: &mut Conn, dumped: &[Dumped<'_>], wait: Duration) -> Result<Vec<usize>, Failure> {
-    let out = dumped
+/// Step 2: `RESTORE … ABSTTL IDLETIME <COPY_MARK>` each key on the target;
+/// the indexes of the keys the target already had (`BUSYKEY`).
+///
+/// A key whose copy the target acknowledged before (`earlier` says
+/// [`Earlier::Restored`]) is only looked for with `EXISTS`, which leaves our
+/// copy's mark alone where the `BUSYKEY` check of a `RESTORE` would clear it:
+/// there, it counts as busy; lost (a target that failed over), it is restored.
+async fn restore(
+    target: &mut Conn,
+    dumped: &[Dumped<'_>],
+    earlier: &[Earlier],
+    wait: Duration,
+) -> Result<Vec<usize>, Failure> {
+    let (mut known, mut send) = (Vec::new(), Vec::with_capacity(dumped.len()));
+    for (d, e) in dumped.iter().zip(earlier) {
+        if *e == Earlier::Restored {
+            known.push(d);
+        } else {
+            send.push(d);
+        }
+    }
+    let mut busy = Vec::new();
+    if !known.is_empty() {
+        let out = known.iter().map(|d| cmd(&[b"EXISTS".as_ref(), d.name])).collect();
+        target.send(out).await.map_err(Failure::Target)?;
+        for d in known {
+            match target.read("EXISTS", wait).await.map_err(Failure::Target)? {
+                Frame::Integer(1) => busy.push(d.index),
+                Frame::Integer(_) => send.push(d),
+                other => return Err(Failure::Target(redis_error(target, "EXISTS", &other))),
+            }
+        }
+    }
+    if send.is_empty() {
+        return Ok(busy);
+    }
+    let mark = Bytes::from(COPY_MARK.to_string());
+    let out = send
         .iter()
         .map(|d| {
             // The payload goes out as the slice it was read into, uncopied.
@@ -396,14 +494,15 @@ async fn restore(target: &mut Conn, dumped: &[Dumped<'_>], wait: Duration) -> Re
                 Frame::BulkString(Bytes::from(d.copy.expire_at.to_string())),
                 Frame::BulkString(d.copy.payload.clone()),
                 Frame::BulkString(Bytes::from_static(b"ABSTTL")),
+                Frame::BulkString(Bytes::from_static(b"IDLETIME")),
+                Frame::BulkString(mark.clone()),
             ])
         })
         .collect();
     target.send(out).await.map_err(Failure::Target)?;
-    let mut busy = Vec::new();
     let mut refused = None;
     // Every reply is read even after a refusal, so the connection stays in step.
-    for d in dumped {
+    for d in send {
         let reply = target.read("RESTORE", wait).await.map_err(Failure::Target)?;
         match &reply {
             Frame::Error(e) if e.starts_with("BUSYKEY") => busy.push(d.index),
@@ -419,6 +518,56 @@ async fn restore(target: &mut Conn, dumped: &[Dumped<'_>], wait: Duration) -> Re
         Some(why) => Err(Failure::Refused(why)),
         None => Ok(busy),
     }
+}
+
+/// Takes back from the target our copies of keys a client deleted on the
+/// source while the copy waited there (see the module docs): `gone` are such
+/// keys, with when the target acknowledged our copy. Under a `WATCH`, a copy
+/// is deleted only if `OBJECT IDLETIME` shows our mark, unworn: idle for at
+/// least [`COPY_MARK`] plus the time since, on a value of its own
+/// (`OBJECT REFCOUNT` 1). A key a proxy moved, or a client wrote or read
+/// since, is younger and stays. A key gone from the source
+/// never comes back to it (`proxy::source_call`), so "gone" stays true.
+pub(super) async fn take_back(
+    target: &mut Conn,
+    gone: &[(&[u8], std::time::Instant)],
+    wait: Duration,
+) -> Result<(), MigrateError> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut watch: Vec<&[u8]> = Vec::with_capacity(gone.len() + 1);
+    watch.push(b"WATCH");
+    watch.extend(gone.iter().map(|(name, _)| *name));
+    for _ in 0..=RECHECKS {
+        let mut out = Vec::with_capacity(gone.len() + 1);
+        out.push(cmd(&watch));
+        for (name, _) in gone {
+            out.push(cmd(&[b"OBJECT".as_ref(), b"REFCOUNT", name]));
+            out.push(cmd(&[b"OBJECT".as_ref(), b"IDLETIME", name]));
+        }
+        target.send(out).await?;
+        expect_ok(target, "WATCH", wait).await?;
+        let mut ours = Vec::new();
+        for (name, at) in gone {
+            let refs = target.read("OBJECT REFCOUNT", wait).await?;
+            let idle = target.read("OBJECT IDLETIME", wait).await?;
+            // A shared value (a small integer, with no `maxmemory`) has one
+            // idle time for every key that holds it, ours or a client's: it
+            // proves nothing. Nil: gone from the target too. An error: an LFU
+            // policy, which tracks no idle time.
+            if let (Frame::Integer(1), Frame::Integer(idle)) = (refs, idle)
+                && idle.unsigned_abs() + MARK_SLACK >= COPY_MARK + at.elapsed().as_secs()
+            {
+                ours.push(*name);
+            }
+        }
+        if guarded_del(target, &ours, wait).await? {
+            return Ok(());
+        }
+    }
+    // Written on the target again and again: the client's.
+    Ok(())
 }
 
 /// Step 4: `MULTI`, `DEL` the keys, `EXEC`. False if `EXEC` aborted because a

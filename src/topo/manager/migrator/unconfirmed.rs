@@ -22,8 +22,15 @@
 //! "replica"`) finds its keys on the target already; those the target
 //! acknowledged with exactly the copy the source still holds are ours, and
 //! need no `MIGRATE` (`restore`).
+//!
+//! A note also says when the target acknowledged our copy, so that a key a
+//! client deletes on the source while our copy waits on the target can have
+//! that copy taken back (`restore::take_back`), and whether the source's
+//! guarded `DEL` of it may have run without our hearing: then "gone from the
+//! source" may be our own doing, and the target's copy is the only one.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -40,8 +47,10 @@ pub struct KeyCopy {
 #[derive(Debug, Clone)]
 struct Noted {
     copy: KeyCopy,
-    /// The target answered `OK` to its `RESTORE`: it holds this copy.
-    restored: bool,
+    /// When the target answered `OK` to its `RESTORE`: it holds this copy.
+    restored: Option<Instant>,
+    /// The source's guarded `DEL` of the key was sent and not seen aborted.
+    deleting: bool,
 }
 
 /// What [`Unconfirmed::sending`] found noted for a key about to be sent.
@@ -80,9 +89,11 @@ impl Unconfirmed {
         let keys = all.entry(source.to_string()).or_default();
         copies
             .map(|(name, copy)| match keys.entry(Bytes::copy_from_slice(name)) {
-                std::collections::hash_map::Entry::Occupied(o) => {
-                    let noted = o.get();
-                    if noted.restored && noted.copy == *copy {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let noted = o.get_mut();
+                    // The source holds it: no `DEL` of ours ran.
+                    noted.deleting = false;
+                    if noted.restored.is_some() && noted.copy == *copy {
                         Earlier::Restored
                     } else {
                         Earlier::Unknown
@@ -91,7 +102,8 @@ impl Unconfirmed {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(Noted {
                         copy: copy.clone(),
-                        restored: false,
+                        restored: None,
+                        deleting: false,
                     });
                     Earlier::Nothing
                 }
@@ -101,17 +113,54 @@ impl Unconfirmed {
 
     /// Notes that the target answered `OK` to the `RESTORE` of these copies
     /// of `source`'s keys: it did not have the key, so it holds exactly that
-    /// copy now, whatever an earlier attempt sent.
-    pub(super) fn restored<'a>(&self, source: &str, copies: impl Iterator<Item = (&'a [u8], &'a KeyCopy)>) {
+    /// copy now, whatever an earlier attempt sent. `at`: when it answered.
+    pub(super) fn restored<'a>(
+        &self,
+        source: &str,
+        at: Instant,
+        copies: impl Iterator<Item = (&'a [u8], &'a KeyCopy)>,
+    ) {
         let mut all = self.by_source.lock();
         if let Some(noted) = all.get_mut(source) {
             for (k, copy) in copies {
                 if let Some(n) = noted.get_mut(k) {
                     n.copy = copy.clone();
-                    n.restored = true;
+                    n.restored = Some(at);
                 }
             }
         }
+    }
+
+    /// Notes that the source's guarded `DEL` of `keys` is about to be sent
+    /// (`true`), or that its `EXEC` aborted, so that it deleted none (`false`).
+    pub(super) fn deleting<'a>(&self, source: &str, keys: impl Iterator<Item = &'a [u8]>, sent: bool) {
+        let mut all = self.by_source.lock();
+        if let Some(noted) = all.get_mut(source) {
+            for k in keys {
+                if let Some(n) = noted.get_mut(k) {
+                    n.deleting = sent;
+                }
+            }
+        }
+    }
+
+    /// Of `keys` (gone from `source`), those whose copy the target
+    /// acknowledged, and when, unless our own `DEL` may have removed them
+    /// from the source: the copies that may be taken back.
+    pub(super) fn taken_back_candidates<'a>(
+        &self,
+        source: &str,
+        keys: impl Iterator<Item = &'a [u8]>,
+    ) -> Vec<(&'a [u8], Instant)> {
+        let all = self.by_source.lock();
+        let Some(noted) = all.get(source) else {
+            return Vec::new();
+        };
+        keys.filter_map(|k| {
+            let n = noted.get(k)?;
+            (!n.deleting).then_some((k, n.restored?))
+        })
+        .collect()
     }
 
     /// Forgets `keys` of `source`: deleted there, or (`BUSYKEY`) never
@@ -166,7 +215,8 @@ mod tests {
             u.sending("a:1", [(b"j".as_ref(), &w)].into_iter()),
             vec![Earlier::Unknown]
         );
-        u.restored("a:1", [(b"j".as_ref(), &w), (b"k".as_ref(), &v2)].into_iter());
+        let at = Instant::now();
+        u.restored("a:1", at, [(b"j".as_ref(), &w), (b"k".as_ref(), &v2)].into_iter());
         assert_eq!(
             u.sending("a:1", [(b"j".as_ref(), &w)].into_iter()),
             vec![Earlier::Restored]
@@ -182,6 +232,22 @@ mod tests {
         );
         u.forget("a:1", [b"j".as_ref()].into_iter());
         assert_eq!(u.count("a:1"), 1);
+        let gone = || u.taken_back_candidates("a:1", [b"k".as_ref(), b"j".as_ref()].into_iter());
+        assert_eq!(
+            gone(),
+            vec![(b"k".as_ref(), at)],
+            "only a noted, acknowledged copy"
+        );
+        u.deleting("a:1", [b"k".as_ref()].into_iter(), true);
+        assert!(
+            gone().is_empty(),
+            "our own DEL may have removed it: never taken back"
+        );
+        u.deleting("a:1", [b"k".as_ref()].into_iter(), false);
+        assert_eq!(gone().len(), 1, "the DEL aborted");
+        u.deleting("a:1", [b"k".as_ref()].into_iter(), true);
+        u.sending("a:1", [(b"k".as_ref(), &v2)].into_iter());
+        assert_eq!(gone().len(), 1, "the source still held it: no DEL of ours ran");
         let taken = u.take("a:1");
         assert_eq!(taken.get(b"k".as_ref()), Some(&v2));
         assert_eq!(u.count("a:1"), 0);
