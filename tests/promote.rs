@@ -472,7 +472,8 @@ async fn a_promote_that_must_settle_with_a_dead_target_is_refused() {
 }
 
 /// What a promote of group 1 leaves when its process dies (or its ZooKeeper
-/// session ends) after the switch and before it released anything: the
+/// session ends) after the switch and before it released anything (see
+/// [`Cut`] for the other case): the
 /// group names the promoted replica, its own slots and slot 7, migrating from
 /// it to group 2, are held in `pre_migrate`, and its plan says the migration
 /// needs a settle (the old master is dead). The replica holds a stale copy
@@ -489,6 +490,19 @@ struct CutShort {
 }
 
 async fn cut_short_promote(c: &mut Cluster, r: &str) -> CutShort {
+    cut_short_promote_at(c, r, Cut::AfterTheSwitch).await
+}
+
+/// Where a [`CutShort`] promote stopped.
+#[derive(PartialEq)]
+enum Cut {
+    /// Before it switched anything: the old master lives and is still named.
+    BeforeTheSwitch,
+    /// After the switch (the module's [`CutShort`]).
+    AfterTheSwitch,
+}
+
+async fn cut_short_promote_at(c: &mut Cluster, r: &str, cut: Cut) -> CutShort {
     use reborn::topo::manager::promote::{HeldMigration, Journal};
     use reborn::topo::model::Group;
     let m = c.masters[0].addr();
@@ -500,30 +514,34 @@ async fn cut_short_promote(c: &mut Cluster, r: &str) -> CutShort {
     let mut source = common::client(&m).await;
     let () = source.set(&key, "stale").await.expect("set");
     wait_synced(r, 51).await;
-    c.masters[0].kill();
-    let mut target = common::client(&c.masters[1].addr()).await;
-    let () = target.set(&key, "written at the target").await.expect("set");
-
-    let mut promoted = common::client(r).await;
-    let () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query_async(&mut promoted)
-        .await
-        .expect("REPLICAOF NO ONE");
-    let paths = c.store.paths().clone();
-    let (mut group, version) = c
-        .store
-        .get_json_with_version::<Group>(&paths.group(1))
-        .await
-        .expect("group 1");
-    for s in &mut group.servers {
-        s.role = if s.addr == r { Role::Master } else { Role::Replica };
+    let switched = cut == Cut::AfterTheSwitch;
+    if switched {
+        c.masters[0].kill();
+        let mut target = common::client(&c.masters[1].addr()).await;
+        let () = target.set(&key, "written at the target").await.expect("set");
     }
-    c.store
-        .set_json(&paths.group(1), &group, version)
-        .await
-        .expect("write group 1");
+    let mut promoted = common::client(r).await;
+    let paths = c.store.paths().clone();
+    if switched {
+        let () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query_async(&mut promoted)
+            .await
+            .expect("REPLICAOF NO ONE");
+        let (mut group, version) = c
+            .store
+            .get_json_with_version::<Group>(&paths.group(1))
+            .await
+            .expect("group 1");
+        for s in &mut group.servers {
+            s.role = if s.addr == r { Role::Master } else { Role::Replica };
+        }
+        c.store
+            .set_json(&paths.group(1), &group, version)
+            .await
+            .expect("write group 1");
+    }
     set_slots(c, 0..512, (1, None, SlotState::PreMigrate)).await;
     let journal = Journal {
         group: 1,
@@ -535,7 +553,7 @@ async fn cut_short_promote(c: &mut Cluster, r: &str) -> CutShort {
             to: 2,
             slots: vec![7],
         }],
-        settle: true,
+        settle: switched,
         started: 0,
     };
     c.store
@@ -600,6 +618,33 @@ async fn a_promote_cut_short_after_its_switch_is_finished_by_the_leader() {
     assert_eq!(stale, None, "the stale copy was settled away");
     let got: String = cut.p.get(&cut.key).await.expect("GET through the proxy");
     assert_eq!(got, "written at the target");
+}
+
+/// A promote cut short before its switch (here: its plan written, its
+/// slots held) is finished by releasing them on the master the group still
+/// names: nothing is promoted, nothing settled, and every key is served from
+/// where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promote_cut_short_before_its_switch_is_released_on_the_old_master() {
+    let mut c = Cluster::start().await;
+    let replica = c.replica_of_group_1().await;
+    let m = master_of_group_1(&c).await;
+    let mut cut = cut_short_promote_at(&mut c, &replica.addr(), Cut::BeforeTheSwitch).await;
+    let r = cut.finished(&c).await;
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("before the switch: the master is unchanged")),
+        "{r:?}"
+    );
+    assert!(!r.notes.iter().any(|n| n.contains("settle")), "{r:?}");
+    assert_eq!(master_of_group_1(&c).await, m, "the group's master changed");
+    assert!(
+        info_replication(&replica.addr()).await.contains("role:slave"),
+        "the replica was promoted"
+    );
+    let got: String = cut.p.get(&cut.key).await.expect("GET through the proxy");
+    assert_eq!(got, "stale", "the source's copy of a migrating key is served");
 }
 
 /// The settle of a resumed promote needs the target's master. Dead, the
