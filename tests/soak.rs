@@ -15,8 +15,11 @@
 //! 3 s, and slot migrations started. The keyspace also holds `SOAK_FILL` keys
 //! written once at the start, and migrations are paced, so that a migration
 //! is still moving keys when the next master dies (a failover mid-migration).
+//! A deleter deletes every tenth filler key while all this goes on (most of
+//! them while their slots migrate, so deletes race the migrator's copies).
 //! At the end, once every fault is repaired, every key is read and compared
-//! with what its writer had acknowledged, and every filler key with its value.
+//! with what its writer had acknowledged, every filler key with its value,
+//! and every acknowledged delete must have stayed deleted.
 //!
 //! Settings (environment): `SOAK_SECS` (default 60), `SOAK_WRITE_ACK`
 //! (`master` or `replica`, default `master`), `SOAK_FAULT_EVERY` (seconds
@@ -184,6 +187,45 @@ async fn writer(
             Err(e) => {
                 tally.error(&e);
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// What the deleter saw of its filler keys.
+#[derive(Default)]
+struct Deletes {
+    /// `DEL` answered 1: the key must stay gone.
+    done: Mutex<Vec<String>>,
+    /// `DEL` failed: it may or may not have run.
+    unsure: Mutex<Vec<String>>,
+    /// `DEL` answered 0: the filler key was gone already, lost.
+    missing: AtomicU64,
+}
+
+/// Deletes `keys` in turn, ten a second.
+async fn deleter(
+    keys: Vec<String>,
+    mut conn: Conn,
+    deletes: Arc<Deletes>,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for key in keys {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tick.tick().await;
+        match conn.call::<i64>(redis::cmd("DEL").arg(&key)).await {
+            Ok(1) => deletes.done.lock().push(key),
+            Ok(_) => {
+                deletes.missing.fetch_add(1, Ordering::Relaxed);
+                eprintln!("soak: filler key {key} was gone before its DEL");
+            }
+            Err(e) => {
+                tally.error(&e);
+                deletes.unsure.lock().push(key);
             }
         }
     }
@@ -420,6 +462,19 @@ async fn chaos_soak_loses_no_acknowledged_write() {
             }
         }
     }
+    let deletes = Arc::new(Deletes::default());
+    {
+        let mut doomed: Vec<String> = fill_keys.iter().skip(3).step_by(10).cloned().collect();
+        fastrand::Rng::with_seed(3).shuffle(&mut doomed);
+        let conn = Conn::new(addrs.clone(), 1);
+        tasks.push(tokio::spawn(deleter(
+            doomed,
+            conn,
+            deletes.clone(),
+            tally.clone(),
+            stop.clone(),
+        )));
+    }
     let migrate_slots: usize = env_or("SOAK_MIGRATE_SLOTS", 32);
 
     let started = Instant::now();
@@ -616,8 +671,12 @@ async fn chaos_soak_loses_no_acknowledged_write() {
             None => unreadable += 1,
         }
     }
-    // Every filler key, once, with its value.
-    let mut fill_lost = 0usize;
+    // Every filler key, once, with its value, or gone if its delete was
+    // acknowledged (either, if its delete failed).
+    let deleted: std::collections::HashSet<String> = deletes.done.lock().iter().cloned().collect();
+    let unsure: std::collections::HashSet<String> = deletes.unsure.lock().iter().cloned().collect();
+    let mut resurrected = 0usize;
+    let mut fill_lost = deletes.missing.load(Ordering::Relaxed) as usize;
     for chunk in fill_keys.chunks(1000) {
         let mut pipe = redis::pipe();
         for k in chunk {
@@ -635,11 +694,20 @@ async fn chaos_soak_loses_no_acknowledged_write() {
         }
         match values {
             Some(v) => {
-                fill_lost += chunk
-                    .iter()
-                    .zip(&v)
-                    .filter(|(k, v)| v.as_deref() != Some(k.as_str()))
-                    .count()
+                for (k, v) in chunk.iter().zip(&v) {
+                    // A filler key keeps its value, unless deleted; one whose
+                    // delete failed may have either.
+                    let kept = v.as_deref() == Some(k.as_str());
+                    let may_be_gone = unsure.contains(k) && v.is_none();
+                    if deleted.contains(k) {
+                        if v.is_some() {
+                            eprintln!("soak: {k} came back after its DEL was acknowledged");
+                            resurrected += 1;
+                        }
+                    } else if !(kept || may_be_gone) {
+                        fill_lost += 1;
+                    }
+                }
             }
             None => unreadable += chunk.len(),
         }
@@ -709,6 +777,12 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     );
     let _ = writeln!(
         report,
+        "  deletes of filler keys: {} acknowledged, {} failed; acknowledged deletes undone at the end: {resurrected}",
+        deleted.len(),
+        unsure.len()
+    );
+    let _ = writeln!(
+        report,
         "  repaired: {repaired}, tasks ended: {tasks_done}, writes go on after: {writes_go_on}"
     );
     eprintln!("{report}");
@@ -728,7 +802,9 @@ async fn chaos_soak_loses_no_acknowledged_write() {
             (0, 0),
             "acknowledged writes lost\n{report}"
         );
+        assert_eq!(resurrected, 0, "acknowledged deletes undone\n{report}");
     }
+    assert!(deleted.len() > 100, "the deleter barely ran\n{report}");
     // Written once, long before any fault: every replica has them, in both modes.
     assert_eq!(fill_lost, 0, "filler keys lost\n{report}");
     drop(dashboard);
