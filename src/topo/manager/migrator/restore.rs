@@ -55,8 +55,8 @@
 //! [`COPY_MARK`] s, which no other write gives and any access of the key
 //! clears (`OBJECT IDLETIME`, `EXISTS`, `PEXPIRETIME` do not touch it). A gone
 //! key is taken back only if its note says our `DEL` cannot have run, and the
-//! target's copy is idle for at least the mark plus the time since the target
-//! acknowledged it: a key a proxy moved or a client wrote since is younger.
+//! target's copy is idle for at least the mark plus the time since we sent
+//! it: a key a proxy moved or a client wrote since is younger.
 //! Redis shares the objects of small integers between keys (without
 //! `maxmemory`), and a shared object's idle time is every holder's: such a
 //! copy is never taken back.
@@ -181,11 +181,14 @@ pub(super) async fn transfer(
         return Ok(done);
     }
     let earlier = noted.sending(&from, dumped.iter().map(|d| (d.name, &d.copy)));
+    // Taken before the `RESTORE`s are sent, so that the age `take_back`
+    // expects of a copy never exceeds its own: a key a proxy moved after our
+    // `RESTORE` is younger than that, however slow the replies were.
+    let restored_at = std::time::Instant::now();
     let busy = match restore(target, &dumped, &earlier, wait).await {
         Ok(busy) => busy,
         Err(failure) => return Err(unwatched(source, failure, wait).await),
     };
-    let restored_at = std::time::Instant::now();
     let mut restored = Vec::with_capacity(dumped.len());
     // Of those, the ones the target acknowledged just now.
     let mut fresh = Vec::with_capacity(dumped.len());
@@ -522,7 +525,7 @@ async fn restore(
 
 /// Takes back from the target our copies of keys a client deleted on the
 /// source while the copy waited there (see the module docs): `gone` are such
-/// keys, with when the target acknowledged our copy. Under a `WATCH`, a copy
+/// keys, with when our copy was sent. Under a `WATCH`, a copy
 /// is deleted only if `OBJECT IDLETIME` shows our mark, unworn: idle for at
 /// least [`COPY_MARK`] plus the time since, on a value of its own
 /// (`OBJECT REFCOUNT` 1). A key a proxy moved, or a client wrote or read

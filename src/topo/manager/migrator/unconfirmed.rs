@@ -23,9 +23,9 @@
 //! acknowledged with exactly the copy the source still holds are ours, and
 //! need no `MIGRATE` (`restore`).
 //!
-//! A note also says when the target acknowledged our copy, so that a key a
-//! client deletes on the source while our copy waits on the target can have
-//! that copy taken back (`restore::take_back`), and whether the source's
+//! A note also says when the copy the target acknowledged was sent, so that
+//! a key a client deletes on the source while our copy waits on the target
+//! can have that copy taken back (`restore::take_back`), and whether the source's
 //! guarded `DEL` of it may have run without our hearing: then "gone from the
 //! source" may be our own doing, and the target's copy is the only one.
 
@@ -47,7 +47,8 @@ pub struct KeyCopy {
 #[derive(Debug, Clone)]
 struct Noted {
     copy: KeyCopy,
-    /// When the target answered `OK` to its `RESTORE`: it holds this copy.
+    /// Set once the target answered `OK` to its `RESTORE` (it holds this
+    /// copy): when that `RESTORE` was sent.
     restored: Option<Instant>,
     /// The source's guarded `DEL` of the key was sent and not seen aborted.
     deleting: bool,
@@ -113,7 +114,8 @@ impl Unconfirmed {
 
     /// Notes that the target answered `OK` to the `RESTORE` of these copies
     /// of `source`'s keys: it did not have the key, so it holds exactly that
-    /// copy now, whatever an earlier attempt sent. `at`: when it answered.
+    /// copy now, whatever an earlier attempt sent. `at`: when the `RESTORE`
+    /// was sent (no later than the target applied it).
     pub(super) fn restored<'a>(
         &self,
         source: &str,
@@ -145,8 +147,8 @@ impl Unconfirmed {
     }
 
     /// Of `keys` (gone from `source`), those whose copy the target
-    /// acknowledged, and when, unless our own `DEL` may have removed them
-    /// from the source: the copies that may be taken back.
+    /// acknowledged, with when it was sent, unless our own `DEL` may have
+    /// removed them from the source: the copies that may be taken back.
     pub(super) fn taken_back_candidates<'a>(
         &self,
         source: &str,
