@@ -535,29 +535,12 @@ async fn rides_through_a_target_crash_in_one_run() {
     let slots = hundred_slots();
     let before = snapshot(&mut s, &keys).await;
 
-    let shared = Arc::new(Mutex::new(Progress::default()));
-    let seen = shared.clone();
-    let (from, to) = (src.addr(), dst.addr());
-    let run = tokio::spawn(async move {
-        let cfg = MigratorConfig {
-            max_keys_per_sec: Some(1000),
-            batch_keys: 50,
-            ..config()
-        };
-        let mut progress = Progress::default();
-        let slots = hundred_slots();
-        let outcome = migrator::migrate_slots(
-            &from,
-            &to,
-            &slots,
-            &cfg,
-            &mut progress,
-            |p| *seen.lock().expect("lock") = p.clone(),
-            &CancellationToken::new(),
-        )
-        .await;
-        (outcome, progress)
-    });
+    let cfg = MigratorConfig {
+        max_keys_per_sec: Some(1000),
+        batch_keys: 50,
+        ..config()
+    };
+    let (shared, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
     common::eventually(
         "keys are moved before the crash",
         Duration::from_secs(10),
@@ -1591,4 +1574,35 @@ async fn a_key_deleted_on_the_source_between_restore_and_delete_stays_deleted() 
         assert!(there == big, "{k} moved");
     }
     assert_eq!(dbsize(&mut s).await, 0, "nothing is left on the source");
+}
+
+/// A retried batch looks for the copies the target acknowledged with
+/// `EXISTS` (which leaves their mark alone) instead of restoring them again.
+/// A target that lost them meanwhile (here: flushed while its replica was
+/// frozen, as a target replaced by a replica that never had them) must get
+/// them again before the source lets them go: none may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_the_target_lost_before_a_retry_are_restored_again() {
+    let src = common::redis();
+    let (dst, replica) = target_with_replica().await;
+    let mut s = conn(&src.addr(), None).await;
+    let keys = key_names("lost", 3_000);
+    fill(&mut s, &keys).await;
+    let before = snapshot(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
+    let mut d = conn(&dst.addr(), None).await;
+    assert!(
+        dbsize(&mut d).await > 0,
+        "the target holds the batch restored before the WAIT"
+    );
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut d)
+        .await
+        .expect("FLUSHALL");
+
+    finishes_once_thawed(pid, run).await;
+    let source_after = snapshot(&mut s, &keys).await;
+    let target_after = snapshot(&mut d, &keys).await;
+    assert_moved(&before, &source_after, &target_after, &slots);
 }

@@ -489,10 +489,6 @@ struct CutShort {
     promoted: redis::aio::MultiplexedConnection,
 }
 
-async fn cut_short_promote(c: &mut Cluster, r: &str) -> CutShort {
-    cut_short_promote_at(c, r, Cut::AfterTheSwitch).await
-}
-
 /// Where a [`CutShort`] promote stopped.
 #[derive(PartialEq)]
 enum Cut {
@@ -502,7 +498,7 @@ enum Cut {
     AfterTheSwitch,
 }
 
-async fn cut_short_promote_at(c: &mut Cluster, r: &str, cut: Cut) -> CutShort {
+async fn cut_short_promote(c: &mut Cluster, r: &str, cut: Cut) -> CutShort {
     use reborn::topo::manager::promote::{HeldMigration, Journal};
     use reborn::topo::model::Group;
     let m = c.masters[0].addr();
@@ -606,7 +602,7 @@ impl CutShort {
 async fn a_promote_cut_short_after_its_switch_is_finished_by_the_leader() {
     let mut c = Cluster::start().await;
     let replica = c.replica_of_group_1().await;
-    let mut cut = cut_short_promote(&mut c, &replica.addr()).await;
+    let mut cut = cut_short_promote(&mut c, &replica.addr(), Cut::AfterTheSwitch).await;
     let r = cut.finished(&c).await;
     assert!(
         r.notes
@@ -629,7 +625,7 @@ async fn a_promote_cut_short_before_its_switch_is_released_on_the_old_master() {
     let mut c = Cluster::start().await;
     let replica = c.replica_of_group_1().await;
     let m = master_of_group_1(&c).await;
-    let mut cut = cut_short_promote_at(&mut c, &replica.addr(), Cut::BeforeTheSwitch).await;
+    let mut cut = cut_short_promote(&mut c, &replica.addr(), Cut::BeforeTheSwitch).await;
     let r = cut.finished(&c).await;
     assert!(
         r.notes
@@ -655,7 +651,7 @@ async fn a_promote_cut_short_before_its_switch_is_released_on_the_old_master() {
 async fn a_resumed_promote_that_cannot_settle_says_so_and_releases_its_slots() {
     let mut c = Cluster::start().await;
     let replica = c.replica_of_group_1().await;
-    let mut cut = cut_short_promote(&mut c, &replica.addr()).await;
+    let mut cut = cut_short_promote(&mut c, &replica.addr(), Cut::AfterTheSwitch).await;
     c.masters[1].kill();
     let r = cut.finished(&c).await;
     assert!(

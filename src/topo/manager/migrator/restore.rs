@@ -165,10 +165,11 @@ pub(super) async fn transfer(
     let dumped = dump(source, &all, wait).await.map_err(Failure::Source)?;
     let from = source.addr().to_string();
     // Keys whose copy an earlier attempt left on the target, deleted since.
-    let gone = all
-        .iter()
-        .filter(|(i, _)| !dumped.iter().any(|d| d.index == *i))
-        .map(|(_, name)| *name);
+    let mut held = vec![false; all.len()];
+    for d in &dumped {
+        held[d.index] = true;
+    }
+    let gone = all.iter().filter(|(i, _)| !held[*i]).map(|(_, name)| *name);
     let gone = noted.taken_back_candidates(&from, gone);
     if let Err(e) = take_back(target, &gone, wait).await {
         return Err(unwatched(source, Failure::Target(e), wait).await);
@@ -190,14 +191,11 @@ pub(super) async fn transfer(
         Err(failure) => return Err(unwatched(source, failure, wait).await),
     };
     let mut restored = Vec::with_capacity(dumped.len());
-    // Of those, the ones the target acknowledged just now.
-    let mut fresh = Vec::with_capacity(dumped.len());
     let mut theirs = Vec::new();
     // Keys an earlier attempt restored, whose `WAIT` this one must cover.
     let mut restored_before = false;
     for (d, earlier) in dumped.into_iter().zip(earlier) {
         if !busy.contains(&d.index) {
-            fresh.push(d.index);
             restored.push(d);
         } else if earlier == Earlier::Restored {
             // The target acknowledged this very copy before (an attempt whose
@@ -216,9 +214,10 @@ pub(super) async fn transfer(
     noted.restored(
         &from,
         restored_at,
+        // Those the target acknowledged just now, not those it had.
         restored
             .iter()
-            .filter(|d| fresh.contains(&d.index))
+            .filter(|d| !busy.contains(&d.index))
             .map(|d| (d.name, &d.copy)),
     );
     if replicated
@@ -242,20 +241,22 @@ pub(super) async fn transfer(
         }
         let pairs: Vec<(usize, &[u8])> = restored.iter().map(|d| (d.index, d.name)).collect();
         let again = dump(source, &pairs, wait).await.map_err(Failure::Source)?;
-        let (same, changed): (Vec<Dumped>, Vec<Dumped>) = restored
-            .into_iter()
-            .partition(|d| again.iter().any(|a| a.index == d.index && a.copy == d.copy));
-        // Gone from the source meanwhile: a client deleted it (our copy goes
-        // too), or a proxy moved it (the copy is the proxy's, and stays).
-        let (gone, changed): (Vec<Dumped>, Vec<Dumped>) = changed
-            .into_iter()
-            .partition(|d| !again.iter().any(|a| a.index == d.index));
-        let gone = noted.taken_back_candidates(&from, gone.iter().map(|d| d.name));
+        let (mut same, mut gone) = (Vec::new(), Vec::new());
+        for d in restored {
+            match again.iter().find(|a| a.index == d.index) {
+                Some(a) if a.copy == d.copy => same.push(d),
+                Some(_) => done.contested.push(d.index),
+                // Gone from the source meanwhile: a client deleted it (our
+                // copy goes too), or a proxy moved it (the copy is the
+                // proxy's, and stays).
+                None => gone.push(d.name),
+            }
+        }
+        let gone = noted.taken_back_candidates(&from, gone.into_iter());
         if let Err(e) = take_back(target, &gone, wait).await {
             return Err(unwatched(source, Failure::Target(e), wait).await);
         }
         noted.forget(&from, gone.iter().map(|(name, _)| *name));
-        done.contested.extend(changed.iter().map(|d| d.index));
         restored = same;
     }
     unwatch(source, wait).await.map_err(Failure::Source)?;
@@ -288,12 +289,9 @@ pub(super) async fn copy_then_delete(
 ) -> Result<Transferred, Failure> {
     let from = source.addr().to_string();
     let names: Vec<&[u8]> = keys.iter().map(|k| k.name.as_ref()).collect();
-    let mut watch: Vec<&[u8]> = Vec::with_capacity(names.len() + 1);
-    watch.push(b"WATCH");
-    watch.extend_from_slice(&names);
     let copy = crate::libs::migrate::copy_frame(to, &names, auth, wait);
     source
-        .send(vec![cmd(&watch), copy])
+        .send(vec![watch(names.iter().copied()), copy])
         .await
         .map_err(Failure::Source)?;
     expect_ok(source, "WATCH", wait).await.map_err(Failure::Source)?;
@@ -431,11 +429,8 @@ async fn dump<'a>(
     keys: &[(usize, &'a [u8])],
     wait: Duration,
 ) -> Result<Vec<Dumped<'a>>, MigrateError> {
-    let mut watch: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
-    watch.push(b"WATCH");
-    watch.extend(keys.iter().map(|(_, name)| *name));
     let mut out = Vec::with_capacity(2 * keys.len() + 1);
-    out.push(cmd(&watch));
+    out.push(watch(keys.iter().map(|(_, name)| *name)));
     for (_, name) in keys {
         out.extend(copy_commands(name));
     }
@@ -539,12 +534,9 @@ pub(super) async fn take_back(
     if gone.is_empty() {
         return Ok(());
     }
-    let mut watch: Vec<&[u8]> = Vec::with_capacity(gone.len() + 1);
-    watch.push(b"WATCH");
-    watch.extend(gone.iter().map(|(name, _)| *name));
     for _ in 0..=RECHECKS {
-        let mut out = Vec::with_capacity(gone.len() + 1);
-        out.push(cmd(&watch));
+        let mut out = Vec::with_capacity(2 * gone.len() + 1);
+        out.push(watch(gone.iter().map(|(name, _)| *name)));
         for (name, _) in gone {
             out.push(cmd(&[b"OBJECT".as_ref(), b"REFCOUNT", name]));
             out.push(cmd(&[b"OBJECT".as_ref(), b"IDLETIME", name]));
@@ -596,6 +588,13 @@ async fn guarded_del(source: &mut Conn, keys: &[&[u8]], wait: Duration) -> Resul
         Frame::Array(items) if matches!(items.as_slice(), [Frame::Integer(_)]) => Ok(true),
         _ => Err(redis_error(source, "EXEC", &exec)),
     }
+}
+
+/// `WATCH k…`.
+fn watch<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Frame {
+    let mut words: Vec<&[u8]> = vec![b"WATCH"];
+    words.extend(keys);
+    cmd(&words)
 }
 
 /// Clears the connection's `WATCH`es, so they cannot abort the next batch.
