@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, client, signal};
 use reborn::libs::hash::slot_of;
 use reborn::proxy::config::WriteAck;
+use reborn::topo::action::begin_migration;
 use redis::AsyncCommands;
 
 const ACK_TIMEOUT: Duration = Duration::from_millis(300);
@@ -82,4 +83,110 @@ async fn a_write_is_acknowledged_only_once_a_replica_has_it() {
         .await
         .expect_err("group 2 has no replica");
     assert!(e.to_string().contains("NOREPLICAS"), "{e}");
+
+    // A client's own WAIT counts replicas, as on one Redis: the least of any
+    // group is group 2's none. (The proxy's wait mark, which `write_ack` waits
+    // for on shared connections, must not get that wait here too.)
+    let n: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(100)
+        .query_async(&mut p)
+        .await
+        .expect("WAIT answers a count");
+    assert_eq!(n, 0);
+}
+
+/// A key that a read moves on access (a RESP3 client's `GET`, `OBJECT`, a
+/// multi-key read whose keys are split) leaves the source only once a replica
+/// of the target has it: a target master dying right after the move cannot
+/// take the key's last acknowledged write with it. A replica that does not
+/// answer within `write_ack_timeout` only delays the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_moved_on_access_leaves_the_source_only_once_a_replica_of_the_target_has_it() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let c = Cluster::start().await;
+    let _source_replica = c.replica_of(1).await;
+    let target_replica = c.replica_of(2).await;
+    let proxy = c
+        .proxy_with(|cfg| {
+            cfg.write_ack = WriteAck::Replica;
+            cfg.write_ack_timeout = TIMEOUT;
+        })
+        .await;
+    for master in &c.masters {
+        common::wait_replica_streaming(&master.addr()).await;
+    }
+    let tag = key_of_group(1, "moved");
+    let (k1, k2) = (format!("{{{tag}}}1"), format!("{{{tag}}}2"));
+    let mut p = client(proxy).await;
+    let () = p.set(&k1, "one").await.expect("set");
+    let () = p.set(&k2, "two").await.expect("set");
+    begin_migration(&c.store, &[slot_of(tag.as_bytes())], 2, Duration::from_secs(5))
+        .await
+        .expect("the slot migrates to group 2");
+    let mut source = common::client(&c.masters[0].addr()).await;
+    let mut target = common::client(&c.masters[1].addr()).await;
+    let mut target_replica_conn = common::client(&target_replica.addr()).await;
+    // `OBJECT` keeps the MIGRATE path (its reply must not pass through Lua).
+    let encoding = |key: String| async move {
+        let mut p = client(proxy).await;
+        let t = Instant::now();
+        let reply: redis::RedisResult<String> = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(&key)
+            .query_async(&mut p)
+            .await;
+        (reply, t.elapsed())
+    };
+
+    let pid = target_replica.pid().expect("pid");
+    signal(pid, "-STOP");
+    let read = tokio::spawn(encoding(k1.clone()));
+    common::eventually(
+        "the target master gets a copy",
+        Duration::from_secs(5),
+        async || target.exists::<_, bool>(&k1).await.expect("exists"),
+    )
+    .await;
+    // Within the wait for the frozen replica: the source still holds the key
+    // (and so serves it), and the read waits.
+    tokio::time::sleep(TIMEOUT / 4).await;
+    assert!(
+        source.exists::<_, bool>(&k1).await.expect("exists"),
+        "the key left the source before a replica of the target had it"
+    );
+    assert!(!read.is_finished(), "the read was answered before the move was");
+    signal(pid, "-CONT");
+    let (reply, took) = read.await.expect("read");
+    assert_eq!(reply.expect("served once the replica confirmed"), "embstr");
+    assert!(
+        took < TIMEOUT,
+        "the replica's confirmation ended the wait: {took:?}"
+    );
+    // The replica had the key before the source let it go, so it has it now
+    // without waiting.
+    let there: Option<String> = target_replica_conn.get(&k1).await.expect("replica get");
+    assert_eq!(
+        there.as_deref(),
+        Some("one"),
+        "the target's replica lacks the moved key"
+    );
+    assert!(
+        !source.exists::<_, bool>(&k1).await.expect("exists"),
+        "the source kept the key"
+    );
+
+    // A replica away for longer than `write_ack_timeout`: the key moves
+    // anyway, as in the default mode, rather than staying copied on both.
+    signal(pid, "-STOP");
+    let (reply, took) = encoding(k2.clone()).await;
+    signal(pid, "-CONT");
+    assert_eq!(reply.expect("served after the timeout"), "embstr");
+    assert!(took >= TIMEOUT - Duration::from_millis(20), "{took:?}");
+    assert!(
+        !source.exists::<_, bool>(&k2).await.expect("exists"),
+        "the source kept the key"
+    );
+    let moved: Option<String> = target.get(&k2).await.expect("get");
+    assert_eq!(moved.as_deref(), Some("two"));
 }

@@ -53,7 +53,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::backend::BackendConn;
 use super::blocking_args::{Timeout, Wait, is_nil, last_generated_id, nil_of, timeout_of, xread_streams};
 use super::context::Context;
-use super::migrate::move_keys;
+use super::migrate::{MoveOptions, move_keys};
 use super::reply::{lost, unanswered};
 use super::router::SlotRoute;
 use super::stats::Stats;
@@ -681,10 +681,8 @@ impl Call {
                 }
                 Ok(Route::Serve(addr)) => self.run_at(&addr, wait).await,
                 Ok(Route::Move { from, to }) => {
-                    let cfg = &self.ctx.config;
-                    let auth = (!cfg.backend_auth.is_empty()).then_some(cfg.backend_auth.as_str());
-                    let moving = (auth, cfg.migrate_timeout);
-                    match move_keys(self.client, (&from, &to), &self.keys, moving).await {
+                    let how = MoveOptions::of(&self.ctx.config);
+                    match move_keys(self.client, (&from, &to), &self.keys, &how).await {
                         Ok(()) => self.run_at(to.addr(), wait).await,
                         Err(reply) => return reply,
                     }

@@ -14,7 +14,7 @@ use super::blocked::{ByClient, Dedicated, Lane, Registry};
 use super::clients::{Clients, Connection};
 use super::config::ProxyConfig;
 use super::lease::Lease;
-use super::migrate::{Migrator, MovedKeys};
+use super::migrate::{Migrator, MoveOptions, MovedKeys};
 use super::output::Meter;
 use super::pinned::SpareLines;
 use super::policy::Policy;
@@ -211,9 +211,7 @@ impl Client {
 
     /// This client's migrate-on-access queue.
     pub fn migrator(&mut self, ctx: &Context) -> &Migrator {
-        self.migrator.get_or_insert_with(|| {
-            let auth = (!ctx.config.backend_auth.is_empty()).then(|| ctx.config.backend_auth.clone());
-            Migrator::spawn(self.id, auth, ctx.config.migrate_timeout, ctx.moved.clone())
-        })
+        self.migrator
+            .get_or_insert_with(|| Migrator::spawn(self.id, MoveOptions::of(&ctx.config), ctx.moved.clone()))
     }
 }

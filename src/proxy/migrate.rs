@@ -19,6 +19,9 @@
 //! them go straight to the target, in one round trip. The memory is per
 //! routing epoch: any change of the routes forgets it.
 //!
+//! With `write_ack = "replica"` the move waits for a replica of the target
+//! before the source lets its keys go ([`move_keys`]).
+//!
 //! Requests of one client to one migrating slot must reach the target in the
 //! order they were sent, and each waits for its own `MIGRATE`, so every client
 //! gets one FIFO task ([`Migrator`]) for all its migrating requests. Requests to
@@ -32,6 +35,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
+use super::config::ProxyConfig;
 use super::reply::lost;
 use super::router::Pool;
 use super::source_call::{self, Answer};
@@ -100,22 +104,12 @@ pub struct Migrator {
 }
 
 impl Migrator {
-    /// Starts the task. `auth` is the backend password MIGRATE must present to
-    /// the target.
-    /// `client` picks the backend connections, as for the client's other
-    /// requests (see `Pool::send`).
+    /// Starts the task. `client` picks the backend connections, as for the
+    /// client's other requests (see `Pool::send`); `how` is how its keys move;
     /// `moved` is the worker's memory of moved keys.
-    pub fn spawn(client: u64, auth: Option<String>, timeout: Duration, moved: Arc<MovedKeys>) -> Migrator {
+    pub fn spawn(client: u64, how: MoveOptions, moved: Arc<MovedKeys>) -> Migrator {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(
-            Mover {
-                client,
-                auth,
-                timeout,
-                moved,
-            },
-            rx,
-        ));
+        tokio::spawn(run(Mover { client, how, moved }, rx));
         Migrator { tx }
     }
 
@@ -149,10 +143,31 @@ impl Migrator {
 /// What a client's migrator task works with.
 struct Mover {
     client: u64,
-    /// The backend password `MIGRATE` presents to the target.
-    auth: Option<String>,
-    timeout: Duration,
+    how: MoveOptions,
     moved: Arc<MovedKeys>,
+}
+
+/// How keys move on access, from the proxy's config.
+#[derive(Debug, Clone)]
+pub struct MoveOptions {
+    /// The backend password `MIGRATE` presents to the target.
+    pub auth: Option<String>,
+    /// `MIGRATE`'s timeout (`migrate_timeout`).
+    pub timeout: Duration,
+    /// `write_ack = "replica"`: a replica of the target must have the keys
+    /// before the source lets them go.
+    pub replicated: bool,
+}
+
+impl MoveOptions {
+    /// The options a proxy with `cfg` moves keys with.
+    pub fn of(cfg: &ProxyConfig) -> MoveOptions {
+        MoveOptions {
+            auth: (!cfg.backend_auth.is_empty()).then(|| cfg.backend_auth.clone()),
+            timeout: cfg.migrate_timeout,
+            replicated: cfg.replica_ack().is_some(),
+        }
+    }
 }
 
 async fn run(w: Mover, mut rx: mpsc::UnboundedReceiver<MoveRequest>) {
@@ -191,14 +206,7 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
             Answer::Classic => {}
         }
     }
-    if let Err(reply) = move_keys(
-        client,
-        (&job.from, &job.to),
-        &job.keys,
-        (w.auth.as_deref(), w.timeout),
-    )
-    .await
-    {
+    if let Err(reply) = move_keys(client, (&job.from, &job.to), &job.keys, &w.how).await {
         return reply;
     }
     // None of the keys is on the source any more.
@@ -206,22 +214,80 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
     forward(client, job).await
 }
 
-/// Moves `keys` from `from` to `to` with one `MIGRATE … REPLACE KEYS` on the
-/// source's connection for `client` (`auth`: the backend password, and the
-/// `MIGRATE` timeout). `+OK` and `+NOKEY` both leave none of them there.
+/// Moves `keys` from `from` to `to` on the connections of `client`, with
+/// `MIGRATE … REPLACE KEYS` on the source. `+OK` and `+NOKEY` both leave none
+/// of them there.
+///
+/// With `write_ack = "replica"` ([`MoveOptions::replicated`]) that alone
+/// would let a key's last acknowledged write rest on the target master only:
+/// the source deletes its copy as soon as the target restored it, and a read
+/// that moved the key has no `WAIT` behind it (a write run on the target
+/// after the move does: its `WAIT` covers the restore too). A target master
+/// dying before its replica got the key would lose it. So the move goes in
+/// three steps:
+///
+/// 1. `MIGRATE … COPY REPLACE KEYS k…` on the source: the same atomic check
+///    and copy, but the source keeps its keys, and stays the copy served
+///    (`source_call`); `NOKEY` ends the move.
+/// 2. The wait mark (`libs::wait_mark`) on the target's shared connection,
+///    which counts as a write there, so its reply comes once `WAIT 1` has
+///    confirmed it (`backend.rs`): a replica of the target then has every
+///    copy restored before it.
+/// 3. The plain `MIGRATE` above. Unless a client wrote a key on the source
+///    since step 1, it restores the very bytes the replica already has.
+///
+/// If no replica confirms within `write_ack_timeout`, step 3 runs anyway:
+/// a copy left on the target while the source keeps the key would be taken
+/// as the newer one by a promote that settles the source group
+/// (`topo::manager::migrator::settle`), so the key moves as in the default
+/// mode, and a write request then gets its own `NOREPLICAS`.
 ///
 /// # Errors
-/// The client's error reply when `MIGRATE` fails (the keys stay on the source).
+/// The client's error reply when a `MIGRATE` fails (the keys stay on the
+/// source).
 pub async fn move_keys(
     client: u64,
     (from, to): (&Pool, &Pool),
     keys: &[Bytes],
-    (auth, timeout): (Option<&str>, Duration),
+    how: &MoveOptions,
 ) -> Result<(), Bytes> {
     if keys.is_empty() {
         return Ok(());
     }
-    let cmd = crate::libs::migrate::command(to.addr(), keys, auth, timeout);
+    let auth = how.auth.as_deref();
+    if how.replicated {
+        let copy = crate::libs::migrate::copy_command(to.addr(), keys, auth, how.timeout);
+        if migrate(client, (from, to), copy).await? == Migrated::NoKey {
+            return Ok(());
+        }
+        let mark = Bytes::from_static(crate::libs::wait_mark::MARK);
+        let confirmed = to.send(client, mark).await.unwrap_or_else(|_| lost());
+        if resp::is_error(&confirmed) {
+            tracing::debug!(
+                target = %to.addr(),
+                reply = %String::from_utf8_lossy(&confirmed).trim_end(),
+                "no replica confirmed a key moved on access; moving it anyway"
+            );
+        }
+    }
+    let cmd = crate::libs::migrate::command(to.addr(), keys, auth, how.timeout);
+    migrate(client, (from, to), cmd).await.map(drop)
+}
+
+/// What a `MIGRATE` did.
+#[derive(Debug, PartialEq, Eq)]
+enum Migrated {
+    /// `+OK`: the keys the source held are on the target.
+    Done,
+    /// `+NOKEY`: the source held none of them.
+    NoKey,
+}
+
+/// Sends the `MIGRATE` `cmd` to `from` on `client`'s connection.
+///
+/// # Errors
+/// The client's error reply when it fails (the keys stay on the source).
+async fn migrate(client: u64, (from, to): (&Pool, &Pool), cmd: Bytes) -> Result<Migrated, Bytes> {
     let moved = from.send(client, cmd).await.unwrap_or_else(|_| lost());
     if resp::is_error(&moved) {
         let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
@@ -231,7 +297,11 @@ pub async fn move_keys(
             to.addr()
         )));
     }
-    Ok(())
+    Ok(if &moved[..] == b"+NOKEY\r\n" {
+        Migrated::NoKey
+    } else {
+        Migrated::Done
+    })
 }
 
 async fn forward(client: u64, job: &MoveRequest) -> Bytes {

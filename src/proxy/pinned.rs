@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 use super::blocked::{Dedicated, Line, Registration};
 use super::context::Context;
 use super::dispatch::{Target, target_for};
-use super::migrate::move_keys;
+use super::migrate::{MoveOptions, move_keys};
 use super::reply::{Reply, lost};
 use super::router::Pool;
 use super::transaction::Queued;
@@ -123,9 +123,7 @@ async fn move_to_target(
     (from, to): (Arc<Pool>, Arc<Pool>),
     keys: &[Bytes],
 ) -> Result<(), Bytes> {
-    let cfg = &ctx.config;
-    let auth = (!cfg.backend_auth.is_empty()).then_some(cfg.backend_auth.as_str());
-    move_keys(client, (&from, &to), keys, (auth, cfg.migrate_timeout)).await
+    move_keys(client, (&from, &to), keys, &MoveOptions::of(&ctx.config)).await
 }
 
 /// One `WATCH`, sent at once on the pinned connection.

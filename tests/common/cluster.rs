@@ -154,9 +154,15 @@ impl Cluster {
 
     /// A replica of group 1's master, registered in the group.
     pub async fn replica_of_group_1(&self) -> RedisServer {
+        self.replica_of(1).await
+    }
+
+    /// A replica of `group`'s master (1 or 2), registered in the group.
+    pub async fn replica_of(&self, group: u32) -> RedisServer {
         let mut replica = super::redis();
-        replica.replicaof(&self.masters[0].addr()).expect("replicaof");
-        operation::add_server(&self.store, 1, &replica.addr(), Role::Replica)
+        let master = &self.masters[group as usize - 1];
+        replica.replicaof(&master.addr()).expect("replicaof");
+        operation::add_server(&self.store, group, &replica.addr(), Role::Replica)
             .await
             .expect("add replica");
         replica
