@@ -1136,6 +1136,78 @@ async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() 
     assert!(progress.contested >= keys.len() as u64, "{progress:?}");
 }
 
+/// With `replica_ack`, a contested key's `MIGRATE … COPY` waiting for the
+/// target's frozen replica leaves the source's copy authoritative: a client
+/// writes it there afterwards, the source master dies, and the settle of the
+/// promoted source (given the migrator's notes, as a promote is) must keep
+/// that write rather than the target's older copy. Before the copy was noted,
+/// the target's copy differed from the first one noted (or none was, for a
+/// key the target held before), and the settle took it for a client's write
+/// there: the source's newer write was deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_a_contested_copy_waiting_for_a_replica_stays_the_sources_in_a_settle() {
+    let ContestedEverywhere {
+        src,
+        dst,
+        replica,
+        keys,
+        slots,
+    } = contested_everywhere().await;
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |p| p.contested > 0).await;
+    // Keys whose source copy the target now holds: copied, not deleted.
+    // (A snapshot's items are the key's type, then its value.)
+    let copied: Vec<String> = common::eventually_some(
+        "a contested key is copied to the target",
+        Duration::from_secs(20),
+        async || {
+            let there = snapshot(&mut d, &keys).await;
+            let copied: Vec<String> = keys
+                .iter()
+                .filter(|k| {
+                    there[*k]
+                        .as_ref()
+                        .is_some_and(|(v, _)| v[1] == value_of(k).as_bytes())
+                })
+                .cloned()
+                .collect();
+            (!copied.is_empty()).then_some(copied)
+        },
+    )
+    .await;
+    run.abort();
+    let _ = run.await;
+    // A client writes them on the source, which holds them (the proxies'
+    // source call); then the master dies and its replica, which has these
+    // writes, is promoted: here the source itself stands for that replica.
+    let mut p = redis::pipe();
+    for k in &copied {
+        p.cmd("SET").arg(k).arg("written after the copy").ignore();
+    }
+    let () = p.query_async(&mut s).await.expect("write on the source");
+    let sent = migrator::Unconfirmed::global().take(&src.addr());
+    let settled = migrator::settle_promoted_source(&src.addr(), &dst.addr(), &slots, &sent, None)
+        .await
+        .expect("settle");
+    common::cluster::signal(pid, "-CONT");
+    let after = snapshot(&mut s, &copied).await;
+    let lost: Vec<&String> = copied
+        .iter()
+        .filter(|k| {
+            after[*k]
+                .as_ref()
+                .is_none_or(|(v, _)| v[1] != b"written after the copy")
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} writes made on the source after its copy were dropped by the settle ({settled:?}): {lost:?}",
+        lost.len(),
+        copied.len()
+    );
+    assert!(settled.kept >= copied.len() as u64, "{settled:?}");
+}
+
 /// With `replica_ack`, a contested key that clients write on the source all
 /// the time aborts guarded copies: after 3 it moves by a plain `MIGRATE`,
 /// atomic on the source, so the migration ends without copying it for as
@@ -1235,7 +1307,7 @@ async fn connected_clients(c: &mut redis::aio::MultiplexedConnection) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settle_keeps_the_target_copy_unless_it_is_the_unconfirmed_one_sent() {
     use bytes::Bytes;
-    use migrator::KeyCopy;
+    use migrator::{KeyCopy, Sent};
 
     let (src, dst) = (common::redis(), common::redis());
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
@@ -1289,9 +1361,9 @@ async fn a_settle_keeps_the_target_copy_unless_it_is_the_unconfirmed_one_sent() 
     let () = redis::AsyncCommands::set(&mut d, &rewritten, "written on the target")
         .await
         .expect("set");
-    let sent: HashMap<Bytes, KeyCopy> = [
-        (Bytes::from(ours.clone()), copy.clone()),
-        (Bytes::from(rewritten.clone()), copy),
+    let sent: HashMap<Bytes, Sent> = [
+        (Bytes::from(ours.clone()), Sent::Restore(copy.clone())),
+        (Bytes::from(rewritten.clone()), Sent::Restore(copy)),
     ]
     .into_iter()
     .collect();
@@ -1369,7 +1441,10 @@ async fn copies_whose_source_delete_never_came_stay_noted_as_sent() {
     let on_target = dbsize(&mut d).await;
     assert!(on_target > 0, "a batch was copied");
     assert_eq!(noted.len() as u64, on_target, "every copy on the target is noted");
-    for (k, copy) in &noted {
+    for (k, sent) in &noted {
+        let migrator::Sent::Restore(copy) = sent else {
+            panic!("{k:?}: {sent:?} was not a RESTORE");
+        };
         let payload: Vec<u8> = redis::cmd("DUMP")
             .arg(k.as_ref())
             .query_async(&mut d)

@@ -84,9 +84,8 @@ async fn a_write_is_acknowledged_only_once_a_replica_has_it() {
         .expect_err("group 2 has no replica");
     assert!(e.to_string().contains("NOREPLICAS"), "{e}");
 
-    // A client's own WAIT counts replicas, as on one Redis: the least of any
-    // group is group 2's none. (The proxy's wait mark, which `write_ack` waits
-    // for on shared connections, must not get that wait here too.)
+    // A client's own WAIT counts replicas, as on one Redis, rather than get
+    // this mode's `NOREPLICAS`: the least of any group is group 2's none.
     let n: i64 = redis::cmd("WAIT")
         .arg(1)
         .arg(100)
@@ -99,8 +98,9 @@ async fn a_write_is_acknowledged_only_once_a_replica_has_it() {
 /// A key that a read moves on access (a RESP3 client's `GET`, `OBJECT`, a
 /// multi-key read whose keys are split) leaves the source only once a replica
 /// of the target has it: a target master dying right after the move cannot
-/// take the key's last acknowledged write with it. A replica that does not
-/// answer within `write_ack_timeout` only delays the move.
+/// take the key's last acknowledged write with it. A key deleted on the
+/// source while its copy waits stays deleted. A replica that does not answer
+/// within `write_ack_timeout` only delays the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_moved_on_access_leaves_the_source_only_once_a_replica_of_the_target_has_it() {
     const TIMEOUT: Duration = Duration::from_secs(2);
@@ -117,10 +117,11 @@ async fn a_key_moved_on_access_leaves_the_source_only_once_a_replica_of_the_targ
         common::wait_replica_streaming(&master.addr()).await;
     }
     let tag = key_of_group(1, "moved");
-    let (k1, k2) = (format!("{{{tag}}}1"), format!("{{{tag}}}2"));
+    let [k1, k2, k3] = [1, 2, 3].map(|i| format!("{{{tag}}}{i}"));
     let mut p = client(proxy).await;
-    let () = p.set(&k1, "one").await.expect("set");
-    let () = p.set(&k2, "two").await.expect("set");
+    for (k, v) in [(&k1, "one"), (&k2, "two"), (&k3, "three")] {
+        let () = p.set(k, v).await.expect("set");
+    }
     begin_migration(&c.store, &[slot_of(tag.as_bytes())], 2, Duration::from_secs(5))
         .await
         .expect("the slot migrates to group 2");
@@ -174,6 +175,26 @@ async fn a_key_moved_on_access_leaves_the_source_only_once_a_replica_of_the_targ
     assert!(
         !source.exists::<_, bool>(&k1).await.expect("exists"),
         "the source kept the key"
+    );
+
+    // A client deletes the key on the source while its copy waits for the
+    // replica: the move then finds it gone, and takes its copy back.
+    signal(pid, "-STOP");
+    let read = tokio::spawn(encoding(k3.clone()));
+    common::eventually(
+        "the target master gets a copy",
+        Duration::from_secs(5),
+        async || target.exists::<_, bool>(&k3).await.expect("exists"),
+    )
+    .await;
+    let deleted: i64 = source.del(&k3).await.expect("del");
+    assert_eq!(deleted, 1, "the source held the key");
+    signal(pid, "-CONT");
+    let (reply, _) = read.await.expect("read");
+    assert!(reply.is_err(), "no such key any more: {reply:?}");
+    assert!(
+        !target.exists::<_, bool>(&k3).await.expect("exists"),
+        "a key deleted while it moved came back from its copy"
     );
 
     // A replica away for longer than `write_ack_timeout`: the key moves

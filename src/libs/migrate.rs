@@ -21,18 +21,6 @@ pub fn command<K: AsRef<[u8]>>(target: &str, keys: &[K], auth: Option<&str>, tim
     })
 }
 
-/// [`command`] with `COPY`: the source keeps its keys (`… COPY REPLACE KEYS k…`).
-pub fn copy_command<K: AsRef<[u8]>>(
-    target: &str,
-    keys: &[K],
-    auth: Option<&str>,
-    timeout: Duration,
-) -> Bytes {
-    with_words(target, keys, (auth, timeout, true), |args| {
-        resp::encode_array(args)
-    })
-}
-
 /// The same command as a frame for the framed client
 /// ([`resp_client`](super::resp_client)).
 pub fn frame<K: AsRef<[u8]>>(target: &str, keys: &[K], auth: Option<&str>, timeout: Duration) -> Frame {
@@ -118,11 +106,5 @@ mod tests {
         let mut with_copy = want.clone();
         with_copy.insert(8, b"COPY");
         assert_eq!(copied, resp_client::cmd(&with_copy));
-        let copied = copy_command("10.0.0.1:6380", &["k1", "k2"], Some("pw"), Duration::from_secs(5));
-        assert_eq!(
-            copied,
-            resp::encode_array(&with_copy),
-            "the bytes have the same words"
-        );
     }
 }

@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod browser_guard;
 pub mod clock;
 pub mod config;
+pub mod copy_mark;
 pub mod counters;
 pub mod fd_limit;
 pub mod hash;

@@ -358,13 +358,8 @@ pub fn lookup(name: &[u8]) -> Option<Command> {
 /// subcommands is), a script or a function, but for a migration's source call,
 /// which writes as the command it runs (`source_call::wrapped`). Anything it
 /// cannot tell counts as a write: the cost of a mistake is one `WAIT`, not a
-/// lost write. The proxy's own wait mark (`libs::wait_mark`) counts as one
-/// too: it is sent on a shared connection precisely to be waited for (a key
-/// moved on access, `migrate::move_keys`).
+/// lost write.
 pub fn writes(req: &Bytes) -> bool {
-    if req[..] == *crate::libs::wait_mark::MARK {
-        return true;
-    }
     let Some(first) = first_word(req) else {
         return true;
     };

@@ -30,7 +30,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +39,7 @@ use super::config::ProxyConfig;
 use super::reply::lost;
 use super::router::Pool;
 use super::source_call::{self, Answer};
+use crate::libs::copy_mark;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp;
 
@@ -220,30 +221,23 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
 ///
 /// With `write_ack = "replica"` ([`MoveOptions::replicated`]) that alone
 /// would let a key's last acknowledged write rest on the target master only:
-/// the source deletes its copy as soon as the target restored it, and a read
-/// that moved the key has no `WAIT` behind it (a write run on the target
-/// after the move does: its `WAIT` covers the restore too). A target master
-/// dying before its replica got the key would lose it. So the move goes in
-/// three steps:
+/// `MIGRATE` deletes the source's copy as soon as the target restored it, and
+/// a read that moved the key has no `WAIT` behind it (a write run on the
+/// target after the move does: its `WAIT` covers the restore too). A target
+/// master dying before its replica got the key would lose it. So the keys
+/// are first copied ahead ([`copy_ahead`]): restored on the target with our
+/// mark (`libs::copy_mark`), on the target's shared connection, where a
+/// `RESTORE` is a write and so waits for that connection's `WAIT 1`. Then
+/// the `MIGRATE` restores the very same bytes over them, unless a client
+/// wrote a key on the source in between.
 ///
-/// 1. `MIGRATE … COPY REPLACE KEYS k…` on the source: the same atomic check
-///    and copy, but the source keeps its keys, and stays the copy served
-///    (`source_call`); `NOKEY` ends the move.
-/// 2. The wait mark (`libs::wait_mark`) on the target's shared connection,
-///    which counts as a write there, so its reply comes once `WAIT 1` has
-///    confirmed it (`backend.rs`): a replica of the target then has every
-///    copy restored before it.
-/// 3. The plain `MIGRATE` above. Unless a client wrote a key on the source
-///    since step 1, it restores the very bytes the replica already has.
-///
-/// If no replica confirms within `write_ack_timeout`, step 3 runs anyway:
-/// a copy left on the target while the source keeps the key would be taken
-/// as the newer one by a promote that settles the source group
-/// (`topo::manager::migrator::settle`), so the key moves as in the default
-/// mode, and a write request then gets its own `NOREPLICAS`.
+/// A copy the target did not take from that `MIGRATE` (a client deleted the
+/// key on the source meanwhile, or the `MIGRATE` failed and the source keeps
+/// it) is taken back if it still shows our mark; a key another mover moved
+/// since is younger and stays.
 ///
 /// # Errors
-/// The client's error reply when a `MIGRATE` fails (the keys stay on the
+/// The client's error reply when the `MIGRATE` fails (the keys stay on the
 /// source).
 pub async fn move_keys(
     client: u64,
@@ -254,24 +248,124 @@ pub async fn move_keys(
     if keys.is_empty() {
         return Ok(());
     }
-    let auth = how.auth.as_deref();
-    if how.replicated {
-        let copy = crate::libs::migrate::copy_command(to.addr(), keys, auth, how.timeout);
-        if migrate(client, (from, to), copy).await? == Migrated::NoKey {
-            return Ok(());
-        }
-        let mark = Bytes::from_static(crate::libs::wait_mark::MARK);
-        let confirmed = to.send(client, mark).await.unwrap_or_else(|_| lost());
-        if resp::is_error(&confirmed) {
-            tracing::debug!(
+    let ahead = if how.replicated {
+        Some(copy_ahead(client, (from, to), keys).await)
+    } else {
+        None
+    };
+    let cmd = crate::libs::migrate::command(to.addr(), keys, how.auth.as_deref(), how.timeout);
+    let moved = migrate(client, (from, to), cmd).await;
+    // One key that moved (`OK`) replaced our copy: nothing to take back.
+    let replaced = keys.len() == 1 && moved == Ok(Migrated::Done);
+    if let Some(ahead) = ahead
+        && !ahead.keys.is_empty()
+        && !replaced
+    {
+        ahead.take_back(client, to).await;
+    }
+    moved.map(drop)
+}
+
+/// The copies [`copy_ahead`] left on the target.
+struct CopiedAhead {
+    keys: Vec<Bytes>,
+    /// When their `RESTORE`s were sent.
+    at: Instant,
+}
+
+impl CopiedAhead {
+    /// Deletes those of the copies that still show our mark
+    /// (`libs::copy_mark::TAKE_BACK`).
+    async fn take_back(self, client: u64, to: &Pool) {
+        let min_idle = copy_mark::min_idle(self.at.elapsed()).to_string();
+        let count = self.keys.len().to_string();
+        let mut args: Vec<&[u8]> = vec![b"EVAL", copy_mark::TAKE_BACK.as_bytes(), count.as_bytes()];
+        args.extend(self.keys.iter().map(|k| k.as_ref()));
+        args.extend(self.keys.iter().map(|_| min_idle.as_bytes()));
+        let reply = to
+            .send(client, resp::encode_array(&args))
+            .await
+            .unwrap_or_else(|_| lost());
+        match resp::integer(&reply) {
+            Some(0) => {}
+            Some(n) => {
+                tracing::debug!(target = %to.addr(), n, "took back copies of keys deleted while they moved")
+            }
+            // It ran; only the replica's confirmation is missing.
+            None if reply.starts_with(b"-NOREPLICAS") => {}
+            None => tracing::warn!(
                 target = %to.addr(),
-                reply = %String::from_utf8_lossy(&confirmed).trim_end(),
-                "no replica confirmed a key moved on access; moving it anyway"
-            );
+                reply = %String::from_utf8_lossy(&reply).trim_end(),
+                "could not take back copies of keys moved on access; a key deleted meanwhile may come back"
+            ),
         }
     }
-    let cmd = crate::libs::migrate::command(to.addr(), keys, auth, how.timeout);
-    migrate(client, (from, to), cmd).await.map(drop)
+}
+
+/// With `write_ack = "replica"`, before the `MIGRATE` (see [`move_keys`]):
+/// `DUMP` and `PEXPIRETIME` of each key on the source, then
+/// `RESTORE k <expiry> <payload> ABSTTL IDLETIME <mark>` on the target,
+/// without `REPLACE`, so a copy the target holds already (a stale one: the
+/// source's is authoritative while it exists) is left to the `MIGRATE`. Each
+/// `RESTORE` is answered once a replica of the target confirmed it, or with
+/// `NOREPLICAS` once `write_ack_timeout` passed: the key moves anyway then,
+/// as in the default mode, rather than stay copied on both masters, where a
+/// settle of the source group would take the target's copy for the newer.
+/// A value Redis shares between keys cannot carry the mark, so it is not
+/// copied ahead.
+async fn copy_ahead(client: u64, (from, to): (&Pool, &Pool), keys: &[Bytes]) -> CopiedAhead {
+    let reads: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let dump = from.send(client, resp::encode_array(&[b"DUMP".as_ref(), k]));
+            let expiry = from.send(client, resp::encode_array(&[b"PEXPIRETIME".as_ref(), k]));
+            (k, dump, expiry)
+        })
+        .collect();
+    let mark = copy_mark::SECS.to_string();
+    let at = Instant::now();
+    let mut restores = Vec::with_capacity(reads.len());
+    for (k, dump, expiry) in reads {
+        let (Ok(dump), Ok(expiry)) = (dump.await, expiry.await) else {
+            continue;
+        };
+        // Nil: not on the source (moved, deleted, or never there).
+        let (Some(payload), Some(expire_at)) = (resp::bulk_payload(&dump), resp::integer(&expiry)) else {
+            continue;
+        };
+        if expire_at == -2 || copy_mark::shared_integer(&payload) {
+            continue;
+        }
+        let expire_at = expire_at.max(0).to_string();
+        let restore = resp::encode_array(&[
+            b"RESTORE".as_ref(),
+            k,
+            expire_at.as_bytes(),
+            &payload,
+            b"ABSTTL",
+            b"IDLETIME",
+            mark.as_bytes(),
+        ]);
+        restores.push((k.clone(), to.send(client, restore)));
+    }
+    let mut keys = Vec::with_capacity(restores.len());
+    for (k, restored) in restores {
+        let reply = restored.await.unwrap_or_else(|_| lost());
+        if reply.starts_with(b"-BUSYKEY") {
+            continue;
+        }
+        if resp::is_error(&reply) && !reply.starts_with(b"-NOREPLICAS") {
+            // Refused (out of memory, …), or the connection failed: the copy
+            // may not be there; a take-back costs nothing if it is not.
+            tracing::debug!(
+                target = %to.addr(),
+                reply = %String::from_utf8_lossy(&reply).trim_end(),
+                "a copy ahead of a move on access failed"
+            );
+        }
+        keys.push(k);
+    }
+    CopiedAhead { keys, at }
 }
 
 /// What a `MIGRATE` did.

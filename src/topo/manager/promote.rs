@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::candidate::{self, Choice, Follow, Looked};
 use super::migration_gate::MigrationGate;
-use super::migrator::{self, Conn, KeyCopy, Unconfirmed};
+use super::migrator::{self, Conn, Sent, Unconfirmed};
 pub use super::promote_journal::{HeldMigration, Journal};
 use super::replication::{self, Replication, thousands};
 use crate::libs::resp_client::Frame;
@@ -574,7 +574,7 @@ impl<'a> Held<'a> {
         &self,
         targets: &BTreeMap<GroupId, Option<String>>,
         source: &str,
-        sent: &HashMap<Bytes, KeyCopy>,
+        sent: &HashMap<Bytes, Sent>,
         auth: Option<&str>,
     ) -> Vec<String> {
         let mut lines = Vec::new();

@@ -38,7 +38,7 @@ pub use config::{Method, MigratorConfig};
 pub(crate) use conn::{Conn, reply_text};
 pub use error::MigrateError;
 pub use settle::{Settled, settle_promoted_source};
-pub use unconfirmed::{KeyCopy, Unconfirmed};
+pub use unconfirmed::{KeyCopy, Sent, Unconfirmed};
 
 use crate::libs::backoff::Backoff;
 use crate::libs::hash::{SLOT_COUNT, slot_of};

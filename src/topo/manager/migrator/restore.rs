@@ -52,7 +52,7 @@
 //! leave the very same bytes on the target, which is then the only copy: a
 //! proxy moved the key on access (`MIGRATE … REPLACE`), or our own `DEL` ran
 //! and its reply was lost. So our copies carry a mark: `RESTORE … IDLETIME`
-//! [`COPY_MARK`] s, which no other write gives and any access of the key
+//! 60 s (`libs::copy_mark`), which no other write gives and any access of the key
 //! clears (`OBJECT IDLETIME`, `EXISTS`, `PEXPIRETIME` do not touch it). A gone
 //! key is taken back only if its note says our `DEL` cannot have run, and the
 //! target's copy is idle for at least the mark plus the time since we sent
@@ -85,7 +85,7 @@ use super::conn::{Conn, is_ok, reply_text};
 use super::error::MigrateError;
 use super::unconfirmed::{Earlier, KeyCopy, Unconfirmed};
 use crate::libs::resp_client::{Frame, cmd};
-use crate::libs::wait_mark;
+use crate::libs::{copy_mark, wait_mark};
 
 /// What one transfer did.
 #[derive(Debug, Default)]
@@ -134,15 +134,6 @@ impl Failure {
 /// How many times an aborted `EXEC` is followed by a re-check of the keys
 /// (see [`transfer`]) before the rest are left to `MIGRATE`.
 const RECHECKS: usize = 2;
-
-/// The idle time, in seconds, our `RESTORE`s give a copy (see the module
-/// docs). Far above the slack of Redis's one-second LRU clock, and far below
-/// the idle time of keys an LRU eviction picks anyway.
-const COPY_MARK: u64 = 60;
-
-/// How far below the expected idle time a marked copy may read: the LRU
-/// clock's resolution and its update lag.
-const MARK_SLACK: u64 = 2;
 
 /// Moves `keys` from `source` to `target` as the module docs describe.
 /// `wait` bounds each step's replies. `replicated`: a replica of the target
@@ -289,6 +280,9 @@ pub(super) async fn copy_then_delete(
 ) -> Result<Transferred, Failure> {
     let from = source.addr().to_string();
     let names: Vec<&[u8]> = keys.iter().map(|k| k.name.as_ref()).collect();
+    // Noted before it is sent: once it ran, the target's copy is ours and
+    // never served while the source keeps the key, whatever a settle finds.
+    noted.migrate_copying(&from, names.iter().copied());
     let copy = crate::libs::migrate::copy_frame(to, &names, auth, wait);
     source
         .send(vec![watch(names.iter().copied()), copy])
@@ -322,6 +316,8 @@ pub(super) async fn copy_then_delete(
     if let Err(failure) = replica_has(target, true, wait).await {
         return Err(unwatched(source, failure, wait).await);
     }
+    // Until the `EXEC`'s reply says otherwise, our `DEL` may have run.
+    noted.deleting(&from, names.iter().copied(), true);
     if guarded_del(source, &names, wait).await.map_err(Failure::Source)? {
         noted.forget(&from, names.into_iter());
         return Ok(Transferred {
@@ -329,6 +325,7 @@ pub(super) async fn copy_then_delete(
             contested: Vec::new(),
         });
     }
+    noted.deleting(&from, names.into_iter(), false);
     // `EXEC` aborted (and cleared the `WATCH`): written on the source meanwhile.
     Ok(Transferred {
         moved: 0,
@@ -445,7 +442,7 @@ async fn dump<'a>(
     Ok(dumped)
 }
 
-/// Step 2: `RESTORE … ABSTTL IDLETIME <COPY_MARK>` each key on the target;
+/// Step 2: `RESTORE … ABSTTL IDLETIME <mark>` each key on the target;
 /// the indexes of the keys the target already had (`BUSYKEY`).
 ///
 /// A key whose copy the target acknowledged before (`earlier` says
@@ -481,7 +478,7 @@ async fn restore(
     if send.is_empty() {
         return Ok(busy);
     }
-    let mark = Bytes::from(COPY_MARK.to_string());
+    let mark = Bytes::from(copy_mark::SECS.to_string());
     let out = send
         .iter()
         .map(|d| {
@@ -520,12 +517,11 @@ async fn restore(
 
 /// Takes back from the target our copies of keys a client deleted on the
 /// source while the copy waited there (see the module docs): `gone` are such
-/// keys, with when our copy was sent. Under a `WATCH`, a copy
-/// is deleted only if `OBJECT IDLETIME` shows our mark, unworn: idle for at
-/// least [`COPY_MARK`] plus the time since, on a value of its own
-/// (`OBJECT REFCOUNT` 1). A key a proxy moved, or a client wrote or read
-/// since, is younger and stays. A key gone from the source
-/// never comes back to it (`proxy::source_call`), so "gone" stays true.
+/// keys, with when our copy was sent. One script deletes each copy that
+/// still shows our mark, unworn (`libs::copy_mark::TAKE_BACK`): a key a proxy
+/// moved, or a client wrote or read since, is younger and stays. A key gone
+/// from the source never comes back to it (`proxy::source_call`), so "gone"
+/// stays true.
 pub(super) async fn take_back(
     target: &mut Conn,
     gone: &[(&[u8], std::time::Instant)],
@@ -534,35 +530,18 @@ pub(super) async fn take_back(
     if gone.is_empty() {
         return Ok(());
     }
-    for _ in 0..=RECHECKS {
-        let mut out = Vec::with_capacity(2 * gone.len() + 1);
-        out.push(watch(gone.iter().map(|(name, _)| *name)));
-        for (name, _) in gone {
-            out.push(cmd(&[b"OBJECT".as_ref(), b"REFCOUNT", name]));
-            out.push(cmd(&[b"OBJECT".as_ref(), b"IDLETIME", name]));
-        }
-        target.send(out).await?;
-        expect_ok(target, "WATCH", wait).await?;
-        let mut ours = Vec::new();
-        for (name, at) in gone {
-            let refs = target.read("OBJECT REFCOUNT", wait).await?;
-            let idle = target.read("OBJECT IDLETIME", wait).await?;
-            // A shared value (a small integer, with no `maxmemory`) has one
-            // idle time for every key that holds it, ours or a client's: it
-            // proves nothing. Nil: gone from the target too. An error: an LFU
-            // policy, which tracks no idle time.
-            if let (Frame::Integer(1), Frame::Integer(idle)) = (refs, idle)
-                && idle.unsigned_abs() + MARK_SLACK >= COPY_MARK + at.elapsed().as_secs()
-            {
-                ours.push(*name);
-            }
-        }
-        if guarded_del(target, &ours, wait).await? {
-            return Ok(());
-        }
+    let count = gone.len().to_string();
+    let idle: Vec<String> = gone
+        .iter()
+        .map(|(_, at)| copy_mark::min_idle(at.elapsed()).to_string())
+        .collect();
+    let mut args: Vec<&[u8]> = vec![b"EVAL", copy_mark::TAKE_BACK.as_bytes(), count.as_bytes()];
+    args.extend(gone.iter().map(|(name, _)| *name));
+    args.extend(idle.iter().map(String::as_bytes));
+    match target.call(&args, "EVAL", wait).await? {
+        Frame::Integer(_) => Ok(()),
+        other => Err(redis_error(target, "EVAL", &other)),
     }
-    // Written on the target again and again: the client's.
-    Ok(())
 }
 
 /// Step 4: `MULTI`, `DEL` the keys, `EXEC`. False if `EXEC` aborted because a

@@ -15,7 +15,9 @@
 //! client wrote it there meanwhile), and the target's copy is then ours, never
 //! served. If the target still holds exactly the copy we sent, the source's
 //! copy stays; if it holds another, a client wrote it there after the move, so
-//! it counts.
+//! it counts. A key we copied with `MIGRATE … COPY` ([`Sent::MigrateCopy`])
+//! has no bytes to compare: its source copy stays unless our guarded `DEL` of
+//! it may have run.
 //!
 //! So, with the slots held by every proxy: each key of the slots on the new
 //! source master that the target also holds is deleted from the source,
@@ -35,7 +37,7 @@ use super::SlotSet;
 use super::conn::Conn;
 use super::error::MigrateError;
 use super::restore::{copy_commands, read_copy, redis_error};
-use super::unconfirmed::KeyCopy;
+use super::unconfirmed::Sent;
 use crate::libs::hash::slot_of;
 use crate::libs::resp_client::{Frame, cmd};
 
@@ -52,7 +54,8 @@ pub struct Settled {
     /// Of those, deleted because the target's copy counts.
     pub dropped: u64,
     /// Of those, kept although the target holds a copy: unconfirmed keys
-    /// whose copy on the target is still the one the migrator sent.
+    /// whose copy on the target is still the one the migrator sent (or a
+    /// `MIGRATE … COPY` of ours not followed by our `DEL`).
     pub kept: u64,
 }
 
@@ -68,7 +71,7 @@ pub async fn settle_promoted_source(
     source: &str,
     target: &str,
     slots: &BTreeSet<u16>,
-    sent: &HashMap<Bytes, KeyCopy>,
+    sent: &HashMap<Bytes, Sent>,
     auth: Option<&str>,
 ) -> Result<Settled, MigrateError> {
     let slots = SlotSet::new(slots)?;
@@ -100,16 +103,17 @@ pub async fn settle_promoted_source(
 }
 
 /// The keys whose source copy must go: those the target holds, but an
-/// unconfirmed one whose target copy is the one sent.
+/// unconfirmed one whose target copy is the one sent, or one we copied with
+/// `MIGRATE … COPY` and did not delete.
 async fn judge(
     dst: &mut Conn,
     keys: &[Bytes],
-    sent: &HashMap<Bytes, KeyCopy>,
+    sent: &HashMap<Bytes, Sent>,
     done: &mut Settled,
 ) -> Result<Vec<Bytes>, MigrateError> {
     let mut out = Vec::with_capacity(keys.len() * 2);
     for k in keys {
-        if sent.contains_key(k) {
+        if let Some(Sent::Restore(_)) = sent.get(k) {
             out.extend(copy_commands(k));
         } else {
             out.push(cmd(&[b"EXISTS".as_ref(), k]));
@@ -118,13 +122,18 @@ async fn judge(
     dst.send(out).await?;
     let mut drop = Vec::new();
     for k in keys {
-        let Some(copy) = sent.get(k) else {
-            match dst.read("EXISTS", WAIT).await? {
-                Frame::Integer(1) => drop.push(k.clone()),
-                Frame::Integer(_) => {}
-                other => return Err(redis_error(dst, "EXISTS", &other)),
+        let copy = match sent.get(k) {
+            Some(Sent::Restore(copy)) => copy,
+            other => {
+                let ours = matches!(other, Some(Sent::MigrateCopy { deleting: false }));
+                match dst.read("EXISTS", WAIT).await? {
+                    Frame::Integer(1) if ours => done.kept += 1,
+                    Frame::Integer(1) => drop.push(k.clone()),
+                    Frame::Integer(_) => {}
+                    other => return Err(redis_error(dst, "EXISTS", &other)),
+                }
+                continue;
             }
-            continue;
         };
         match read_copy(dst, WAIT).await? {
             // Not on the target (any more): the source's copy is the only one.

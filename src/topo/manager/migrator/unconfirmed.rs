@@ -23,6 +23,13 @@
 //! acknowledged with exactly the copy the source still holds are ours, and
 //! need no `MIGRATE` (`restore`).
 //!
+//! A contested key moved by `MIGRATE … COPY` (`write_ack = "replica"`,
+//! `restore::copy_then_delete`) is noted too, before that command is sent,
+//! but without a copy: the source copied what it held at that moment, which
+//! the migrator never saw. While such a note stands, the target's copy is
+//! ours and never served, whatever its bytes, unless our guarded `DEL` may
+//! have run ([`Sent::MigrateCopy`]).
+//!
 //! A note also says when the copy the target acknowledged was sent, so that
 //! a key a client deletes on the source while our copy waits on the target
 //! can have that copy taken back (`restore::take_back`), and whether the source's
@@ -43,10 +50,23 @@ pub struct KeyCopy {
     pub expire_at: i64,
 }
 
+/// What the migrator sent of a key whose deletion from the source it has not
+/// seen confirmed: what a promote's settle judges the target's copy by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// `RESTORE`s of this copy: the first one sent, or the one the target
+    /// acknowledged.
+    Restore(KeyCopy),
+    /// `MIGRATE … COPY REPLACE`: whatever the source held at that moment.
+    /// `deleting`: our guarded `DEL` of it may have run.
+    MigrateCopy { deleting: bool },
+}
+
 /// One key's note.
 #[derive(Debug, Clone)]
 struct Noted {
-    copy: KeyCopy,
+    /// `None` after a `MIGRATE … COPY`, whose copy the migrator never saw.
+    copy: Option<KeyCopy>,
     /// Set once the target answered `OK` to its `RESTORE` (it holds this
     /// copy): when that `RESTORE` was sent.
     restored: Option<Instant>,
@@ -94,7 +114,7 @@ impl Unconfirmed {
                     let noted = o.get_mut();
                     // The source holds it: no `DEL` of ours ran.
                     noted.deleting = false;
-                    if noted.restored.is_some() && noted.copy == *copy {
+                    if noted.restored.is_some() && noted.copy.as_ref() == Some(copy) {
                         Earlier::Restored
                     } else {
                         Earlier::Unknown
@@ -102,7 +122,7 @@ impl Unconfirmed {
                 }
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(Noted {
-                        copy: copy.clone(),
+                        copy: Some(copy.clone()),
                         restored: None,
                         deleting: false,
                     });
@@ -126,10 +146,28 @@ impl Unconfirmed {
         if let Some(noted) = all.get_mut(source) {
             for (k, copy) in copies {
                 if let Some(n) = noted.get_mut(k) {
-                    n.copy = copy.clone();
+                    n.copy = Some(copy.clone());
                     n.restored = Some(at);
                 }
             }
+        }
+    }
+
+    /// Notes that `MIGRATE … COPY REPLACE` of `keys` is about to be sent from
+    /// `source`: whatever the target held of them, it will hold the source's
+    /// copy of the moment, unseen by us (see [`Sent::MigrateCopy`]).
+    pub(super) fn migrate_copying<'a>(&self, source: &str, keys: impl Iterator<Item = &'a [u8]>) {
+        let mut all = self.by_source.lock();
+        let noted = all.entry(source.to_string()).or_default();
+        for k in keys {
+            noted.insert(
+                Bytes::copy_from_slice(k),
+                Noted {
+                    copy: None,
+                    restored: None,
+                    deleting: false,
+                },
+            );
         }
     }
 
@@ -181,9 +219,18 @@ impl Unconfirmed {
 
     /// The keys noted for `source`, removed from the registry: the promote
     /// that asks for them replaces that server as the source.
-    pub fn take(&self, source: &str) -> HashMap<Bytes, KeyCopy> {
+    pub fn take(&self, source: &str) -> HashMap<Bytes, Sent> {
         let noted = self.by_source.lock().remove(source).unwrap_or_default();
-        noted.into_iter().map(|(k, n)| (k, n.copy)).collect()
+        noted
+            .into_iter()
+            .map(|(k, n)| {
+                let sent = match n.copy {
+                    Some(copy) => Sent::Restore(copy),
+                    None => Sent::MigrateCopy { deleting: n.deleting },
+                };
+                (k, sent)
+            })
+            .collect()
     }
 
     /// How many keys are noted for `source`.
@@ -251,8 +298,39 @@ mod tests {
         u.sending("a:1", [(b"k".as_ref(), &v2)].into_iter());
         assert_eq!(gone().len(), 1, "the source still held it: no DEL of ours ran");
         let taken = u.take("a:1");
-        assert_eq!(taken.get(b"k".as_ref()), Some(&v2));
+        assert_eq!(taken.get(b"k".as_ref()), Some(&Sent::Restore(v2.clone())));
         assert_eq!(u.count("a:1"), 0);
         assert!(u.take("b:2").is_empty());
+    }
+
+    #[test]
+    fn a_migrate_copy_is_noted_without_its_bytes() {
+        let u = Unconfirmed::default();
+        let v1 = copy("v1");
+        u.sending("a:1", [(b"k".as_ref(), &v1)].into_iter());
+        u.restored("a:1", Instant::now(), [(b"k".as_ref(), &v1)].into_iter());
+        // Contested, then copied by `MIGRATE … COPY`: the target holds the
+        // source's copy of that moment, not v1, and not a key of its own.
+        u.migrate_copying("a:1", [b"k".as_ref(), b"new".as_ref()].into_iter());
+        assert_eq!(
+            u.sending("a:1", [(b"k".as_ref(), &v1)].into_iter()),
+            vec![Earlier::Unknown],
+            "v1 is no longer known to be there"
+        );
+        assert!(
+            u.taken_back_candidates("a:1", [b"k".as_ref(), b"new".as_ref()].into_iter())
+                .is_empty(),
+            "a copy without our mark is never taken back"
+        );
+        u.deleting("a:1", [b"new".as_ref()].into_iter(), true);
+        let taken = u.take("a:1");
+        assert_eq!(
+            taken.get(b"k".as_ref()),
+            Some(&Sent::MigrateCopy { deleting: false })
+        );
+        assert_eq!(
+            taken.get(b"new".as_ref()),
+            Some(&Sent::MigrateCopy { deleting: true })
+        );
     }
 }

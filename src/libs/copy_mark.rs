@@ -1,0 +1,109 @@
+//! The mark a copy of ours carries while it waits on a migration's target,
+//! and the script that takes such a copy back.
+//!
+//! Keys sometimes sit on both masters for a while: the migrator restores a
+//! batch on the target before the source's guarded `DEL`, and with
+//! `write_ack = "replica"` a proxy restores a key it moves on access before
+//! the source lets it go, so that a replica of the target has it first. While
+//! the source holds the key, its copy is the one served. If a client deletes
+//! the key on the source meanwhile, the target's copy must go too, or the key
+//! comes back. But "gone from the source" also means that someone moved it
+//! (a proxy's `MIGRATE … REPLACE`, our own `DEL` whose reply was lost), and
+//! then the target's copy is the only one.
+//!
+//! So our copies are restored with `IDLETIME` [`SECS`]: no other write gives
+//! a key such an idle time, and any access of it since (a client's read or
+//! write, a `MIGRATE`'s restore) resets it. `EXISTS`, `OBJECT` and
+//! `PEXPIRETIME` do not. A copy still idle for the mark plus the time since we
+//! sent it ([`min_idle`]) is ours and nobody used it: [`TAKE_BACK`] deletes
+//! exactly those.
+//!
+//! Two kinds of copies cannot be told apart this way, and are never taken
+//! back:
+//! * Redis shares one object per small integer (0-9999) between every key
+//!   that holds it (without `maxmemory`), so such a copy's idle time is every
+//!   holder's (`OBJECT REFCOUNT` is then not 1);
+//! * with an LFU `maxmemory-policy` Redis tracks no idle time at all
+//!   (`OBJECT IDLETIME` fails).
+
+use std::time::Duration;
+
+/// The idle time, in seconds, our `RESTORE`s give a copy. Far above the
+/// slack of Redis's one-second LRU clock, and far below the idle time of the
+/// keys an LRU eviction picks anyway.
+pub const SECS: u64 = 60;
+
+/// How far below the expected idle time a marked copy may read: the LRU
+/// clock's resolution and its update lag.
+const SLACK: u64 = 2;
+
+/// The least idle time (seconds) that shows our mark unworn on a copy
+/// restored `since` ago.
+pub fn min_idle(since: Duration) -> u64 {
+    (SECS + since.as_secs()).saturating_sub(SLACK)
+}
+
+/// Deletes each of `KEYS` that still shows our mark: a value of its own
+/// (`OBJECT REFCOUNT` 1) idle for at least `ARGV[i]` seconds. Returns how many
+/// it deleted. Atomic, so a key written between the check and the `DEL` is
+/// not possible; a missing key (nil), a shared value and an LFU policy (an
+/// error) are left alone.
+pub const TAKE_BACK: &str = "local n = 0 \
+for i, k in ipairs(KEYS) do \
+local ok, refs = pcall(redis.call, 'OBJECT', 'REFCOUNT', k) \
+local ok2, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', k) \
+if ok and ok2 and refs == 1 and type(idle) == 'number' and idle >= tonumber(ARGV[i]) then \
+redis.call('DEL', k) n = n + 1 end end \
+return n";
+
+/// True if a `DUMP` payload holds an integer Redis may share between keys
+/// (0-9999): a string whose RDB encoding is an 8, 16 or 32-bit integer of
+/// that range. Such a copy cannot carry our mark (see the module docs).
+pub fn shared_integer(payload: &[u8]) -> bool {
+    // RDB type 0 (string), then a length byte `11xxxxxx`: a special
+    // encoding, of which 0, 1 and 2 are little-endian integers.
+    let (Some(0), Some(&len)) = (payload.first(), payload.get(1)) else {
+        return false;
+    };
+    if len & 0xC0 != 0xC0 {
+        return false;
+    }
+    let value = match len & 0x3F {
+        0 => payload.get(2).map(|&b| i64::from(b as i8)),
+        1 => payload
+            .get(2..4)
+            .map(|b| i64::from(i16::from_le_bytes([b[0], b[1]]))),
+        2 => payload
+            .get(2..6)
+            .map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        _ => None,
+    };
+    value.is_some_and(|v| (0..10_000).contains(&v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_idle_time_counts_whole_seconds_since_the_copy() {
+        assert_eq!(min_idle(Duration::from_millis(900)), 58);
+        assert_eq!(min_idle(Duration::from_secs(5)), 63);
+    }
+
+    #[test]
+    fn shared_integers_are_told_from_their_payload() {
+        // `DUMP` of "7", "300", "9999", "10000", "-5" and "hello" (Redis 7,
+        // RDB version 10): type byte, encoded value, version, CRC64.
+        let tail = [0x0a, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
+        let dump = |head: &[u8]| [head, &tail].concat();
+        assert!(shared_integer(&dump(&[0x00, 0xc0, 0x07])));
+        assert!(shared_integer(&dump(&[0x00, 0xc1, 0x2c, 0x01])));
+        assert!(shared_integer(&dump(&[0x00, 0xc1, 0x0f, 0x27])));
+        assert!(!shared_integer(&dump(&[0x00, 0xc1, 0x10, 0x27])));
+        assert!(!shared_integer(&dump(&[0x00, 0xc0, 0xfb])));
+        assert!(!shared_integer(&dump(b"\x00\x05hello")));
+        assert!(!shared_integer(&dump(&[0x02, 0xc0, 0x07])), "not a string");
+        assert!(!shared_integer(&[]));
+    }
+}
