@@ -1045,9 +1045,10 @@ async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_targe
     let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
     assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
     let mut d = conn(&dst.addr(), None).await;
-    let copied = snapshot(&mut d, &in_slots).await;
+    // `DBSIZE`, not a read of the copies: a read would wear their mark, and
+    // the retry would no longer know them for ours.
     assert!(
-        copied.values().any(Option::is_some),
+        dbsize(&mut d).await > 0,
         "the target holds the batch restored before the WAIT"
     );
 
@@ -1652,7 +1653,7 @@ async fn a_key_deleted_on_the_source_between_restore_and_delete_stays_deleted() 
 }
 
 /// A retried batch looks for the copies the target acknowledged with
-/// `EXISTS` (which leaves their mark alone) instead of restoring them again.
+/// `OBJECT` (which leaves their mark alone) instead of restoring them again.
 /// A target that lost them meanwhile (here: flushed while its replica was
 /// frozen, as a target replaced by a replica that never had them) must get
 /// them again before the source lets them go: none may be lost.
@@ -1677,6 +1678,78 @@ async fn copies_the_target_lost_before_a_retry_are_restored_again() {
         .expect("FLUSHALL");
 
     finishes_once_thawed(pid, run).await;
+    let source_after = snapshot(&mut s, &keys).await;
+    let target_after = snapshot(&mut d, &keys).await;
+    assert_moved(&before, &source_after, &target_after, &slots);
+}
+
+/// A target that lost the copies a batch restored (a failover), on which a
+/// proxy then copied keys ahead of a move on access (`write_ack =
+/// "replica"`: the same `RESTORE … IDLETIME 60`), holds copies that are not
+/// the migrator's: younger than its mark allows, they move as contested keys.
+/// Taken for its own, the migrator would delete the source's keys, and the
+/// proxy, whose `MIGRATE` then finds them gone, would take its copies back
+/// (`libs::copy_mark::TAKE_BACK`): every such key would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() {
+    use reborn::libs::copy_mark;
+
+    let src = common::redis();
+    let (dst, replica) = target_with_replica().await;
+    let mut s = conn(&src.addr(), None).await;
+    let keys = key_names("ahead", 3_000);
+    fill(&mut s, &keys).await;
+    let before = snapshot(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
+    let mut d = conn(&dst.addr(), None).await;
+    let copied: Vec<String> = redis::cmd("KEYS")
+        .arg("ahead*")
+        .query_async(&mut d)
+        .await
+        .expect("KEYS");
+    assert!(
+        !copied.is_empty(),
+        "the target holds the batch restored before the WAIT"
+    );
+    // Our mark tells copies apart by age: the proxy's come well after ours.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut d)
+        .await
+        .expect("FLUSHALL");
+    for k in &copied {
+        let payload: Vec<u8> = redis::cmd("DUMP").arg(k).query_async(&mut s).await.expect("DUMP");
+        let expire_at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(k)
+            .query_async(&mut s)
+            .await
+            .expect("PEXPIRETIME");
+        let () = redis::cmd("RESTORE")
+            .arg(k)
+            .arg(expire_at.max(0))
+            .arg(payload)
+            .arg("ABSTTL")
+            .arg("IDLETIME")
+            .arg(copy_mark::SECS)
+            .query_async(&mut d)
+            .await
+            .expect("a proxy's copy ahead");
+    }
+
+    finishes_once_thawed(pid, run).await;
+    // Each proxy's `MIGRATE` found its key gone: it takes back its copies
+    // that still show the mark it gave them a moment ago.
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(copy_mark::TAKE_BACK).arg(copied.len());
+    for k in &copied {
+        eval.arg(k);
+    }
+    for _ in &copied {
+        eval.arg(copy_mark::min_idle(Duration::ZERO));
+    }
+    let taken: i64 = eval.query_async(&mut d).await.expect("take back");
+    assert_eq!(taken, 0, "the migrator moved the keys over the proxy's copies");
     let source_after = snapshot(&mut s, &keys).await;
     let target_after = snapshot(&mut d, &keys).await;
     assert_moved(&before, &source_after, &target_after, &slots);

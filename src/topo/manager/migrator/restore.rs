@@ -29,8 +29,9 @@
 //!    since, so it must not be overwritten) or an earlier attempt of ours lost
 //!    its reply (or its `WAIT`, step 3, failed). The key is *contested*
 //!    (below), unless the target acknowledged an earlier `RESTORE` of exactly
-//!    the copy the source still holds: then it counts as restored, since the
-//!    source held it all along and no client wrote the target's copy.
+//!    the copy the source still holds and that copy still shows our mark:
+//!    then it counts as restored, since the source held it all along and no
+//!    client wrote the target's copy.
 //! 3. With `write_ack = "replica"` on the proxies: `WAIT 1` on the target,
 //!    so a replica of it has the keys before the source lets them go (see
 //!    [`replica_has`]). No replica in time: the source keeps them.
@@ -177,8 +178,8 @@ pub(super) async fn transfer(
     // expects of a copy never exceeds its own: a key a proxy moved after our
     // `RESTORE` is younger than that, however slow the replies were.
     let restored_at = std::time::Instant::now();
-    let busy = match restore(target, &dumped, &earlier, wait).await {
-        Ok(busy) => busy,
+    let OnTarget { busy, foreign } = match restore(target, &dumped, &earlier, wait).await {
+        Ok(found) => found,
         Err(failure) => return Err(unwatched(source, failure, wait).await),
     };
     let mut restored = Vec::with_capacity(dumped.len());
@@ -186,9 +187,13 @@ pub(super) async fn transfer(
     // Keys an earlier attempt restored, whose `WAIT` this one must cover.
     let mut restored_before = false;
     for (d, earlier) in dumped.into_iter().zip(earlier) {
-        if !busy.contains(&d.index) {
+        if foreign.contains(&d.index) {
+            // Our acknowledged copy was replaced or read since: no longer
+            // provably ours. Its note stays: a settle still compares bytes.
+            done.contested.push(d.index);
+        } else if !busy.contains(&d.index) {
             restored.push(d);
-        } else if earlier == Earlier::Restored {
+        } else if let Earlier::Restored(_) = earlier {
             // The target acknowledged this very copy before (an attempt whose
             // `WAIT` or `DEL` failed): it is ours, no `MIGRATE` needed.
             restored_before = true;
@@ -442,41 +447,78 @@ async fn dump<'a>(
     Ok(dumped)
 }
 
-/// Step 2: `RESTORE … ABSTTL IDLETIME <mark>` each key on the target;
-/// the indexes of the keys the target already had (`BUSYKEY`).
+/// What [`restore`] found on the target: indexes into the batch.
+#[derive(Default)]
+struct OnTarget {
+    /// Keys the target had already (`BUSYKEY`), or still has from an earlier
+    /// attempt of ours.
+    busy: Vec<usize>,
+    /// Keys whose copy the target acknowledged before but that now read
+    /// younger than our mark allows: replaced (a proxy's copy ahead of a
+    /// move on access, on a target that lost ours in a failover) or read
+    /// since. Either way no longer provably ours: contested.
+    foreign: Vec<usize>,
+}
+
+/// Step 2: `RESTORE … ABSTTL IDLETIME <mark>` each key on the target.
 ///
 /// A key whose copy the target acknowledged before (`earlier` says
-/// [`Earlier::Restored`]) is only looked for with `EXISTS`, which leaves our
-/// copy's mark alone where the `BUSYKEY` check of a `RESTORE` would clear it:
-/// there, it counts as busy; lost (a target that failed over), it is restored.
+/// [`Earlier::Restored`]) is looked for with `OBJECT REFCOUNT` and
+/// `OBJECT IDLETIME`, which leave our copy's mark alone where the `BUSYKEY`
+/// check of a `RESTORE` would clear it: still marked, it counts as busy (ours);
+/// lost (a target that failed over), it is restored again; younger than the
+/// mark allows (replaced, or read), it is foreign, and not ours to count as
+/// restored. A copy
+/// whose mark cannot be read (a shared small integer, an LFU policy) counts
+/// as ours, as long as it is there.
 async fn restore(
     target: &mut Conn,
     dumped: &[Dumped<'_>],
     earlier: &[Earlier],
     wait: Duration,
-) -> Result<Vec<usize>, Failure> {
+) -> Result<OnTarget, Failure> {
     let (mut known, mut send) = (Vec::new(), Vec::with_capacity(dumped.len()));
     for (d, e) in dumped.iter().zip(earlier) {
-        if *e == Earlier::Restored {
-            known.push(d);
-        } else {
-            send.push(d);
+        match e {
+            Earlier::Restored(at) => known.push((d, *at)),
+            _ => send.push(d),
         }
     }
-    let mut busy = Vec::new();
+    let mut found = OnTarget::default();
     if !known.is_empty() {
-        let out = known.iter().map(|d| cmd(&[b"EXISTS".as_ref(), d.name])).collect();
+        let out = known
+            .iter()
+            .flat_map(|(d, _)| {
+                [
+                    cmd(&[b"OBJECT".as_ref(), b"REFCOUNT", d.name]),
+                    cmd(&[b"OBJECT".as_ref(), b"IDLETIME", d.name]),
+                ]
+            })
+            .collect();
         target.send(out).await.map_err(Failure::Target)?;
-        for d in known {
-            match target.read("EXISTS", wait).await.map_err(Failure::Target)? {
-                Frame::Integer(1) => busy.push(d.index),
-                Frame::Integer(_) => send.push(d),
-                other => return Err(Failure::Target(redis_error(target, "EXISTS", &other))),
+        for (d, at) in known {
+            let refs = target
+                .read("OBJECT REFCOUNT", wait)
+                .await
+                .map_err(Failure::Target)?;
+            let idle = target
+                .read("OBJECT IDLETIME", wait)
+                .await
+                .map_err(Failure::Target)?;
+            match (refs, idle) {
+                (Frame::Null, _) => send.push(d),
+                (Frame::Integer(1), Frame::Integer(idle))
+                    if idle.unsigned_abs() < copy_mark::min_idle(at.elapsed()) =>
+                {
+                    found.foreign.push(d.index)
+                }
+                (Frame::Integer(_), _) => found.busy.push(d.index),
+                (other, _) => return Err(Failure::Target(redis_error(target, "OBJECT REFCOUNT", &other))),
             }
         }
     }
     if send.is_empty() {
-        return Ok(busy);
+        return Ok(found);
     }
     let mark = Bytes::from(copy_mark::SECS.to_string());
     let out = send
@@ -500,7 +542,7 @@ async fn restore(
     for d in send {
         let reply = target.read("RESTORE", wait).await.map_err(Failure::Target)?;
         match &reply {
-            Frame::Error(e) if e.starts_with("BUSYKEY") => busy.push(d.index),
+            Frame::Error(e) if e.starts_with("BUSYKEY") => found.busy.push(d.index),
             _ if is_ok(&reply) => {}
             _ => {
                 refused.get_or_insert_with(|| reply_text(&reply));
@@ -511,7 +553,7 @@ async fn restore(
         // The keys restored so far stay on both servers; the retry finds them
         // contested and MIGRATE settles them.
         Some(why) => Err(Failure::Refused(why)),
-        None => Ok(busy),
+        None => Ok(found),
     }
 }
 

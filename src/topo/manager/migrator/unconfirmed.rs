@@ -79,8 +79,10 @@ struct Noted {
 pub(super) enum Earlier {
     /// Nothing: this is the first copy sent.
     Nothing,
-    /// The same copy, which the target acknowledged: the target holds it.
-    Restored,
+    /// The same copy, which the target acknowledged (its `RESTORE` sent
+    /// then): the target holds it, unless it lost it or a copy of someone
+    /// else's replaced it since (`restore` checks our mark).
+    Restored(Instant),
     /// Another copy, or one whose `RESTORE` was never acknowledged.
     Unknown,
 }
@@ -114,10 +116,9 @@ impl Unconfirmed {
                     let noted = o.get_mut();
                     // The source holds it: no `DEL` of ours ran.
                     noted.deleting = false;
-                    if noted.restored.is_some() && noted.copy.as_ref() == Some(copy) {
-                        Earlier::Restored
-                    } else {
-                        Earlier::Unknown
+                    match noted.restored {
+                        Some(at) if noted.copy.as_ref() == Some(copy) => Earlier::Restored(at),
+                        _ => Earlier::Unknown,
                     }
                 }
                 std::collections::hash_map::Entry::Vacant(v) => {
@@ -268,12 +269,12 @@ mod tests {
         u.restored("a:1", at, [(b"j".as_ref(), &w), (b"k".as_ref(), &v2)].into_iter());
         assert_eq!(
             u.sending("a:1", [(b"j".as_ref(), &w)].into_iter()),
-            vec![Earlier::Restored]
+            vec![Earlier::Restored(at)]
         );
         // An acknowledged copy replaces the first one sent.
         assert_eq!(
             u.sending("a:1", [(b"k".as_ref(), &v2)].into_iter()),
-            vec![Earlier::Restored]
+            vec![Earlier::Restored(at)]
         );
         assert_eq!(
             u.sending("a:1", [(b"k".as_ref(), &v1)].into_iter()),
