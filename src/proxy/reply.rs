@@ -8,6 +8,9 @@
 //! A split multi-key command (MGET across groups, say) is one `Pending` holding
 //! the parts' receivers and how to merge them.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Waker};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -61,13 +64,30 @@ pub enum Held {
 pub struct Ordered {
     pub go: Option<oneshot::Sender<()>>,
     pub rx: oneshot::Receiver<Bytes>,
+    /// The work that sends the request and fills `rx`, not started yet: it
+    /// starts on release (see [`Ordered::release`]).
+    pub task: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl Ordered {
-    /// Lets the request go (once).
+    /// Lets the request go (once). Its work runs right here up to its first
+    /// wait, which is after it queued its commands on the backend connection,
+    /// and then goes on as a task of its own. Spawned at once, it would send
+    /// them a task hop later, behind whatever the runtime polls first: a
+    /// client's `EXEC` would reach Redis after a command another client sent
+    /// after it (Redis's own suite, "BRPOPLPUSH does not affect WATCH while
+    /// still blocked", failed 2 runs in 3 that way).
     pub fn release(&mut self) {
         if let Some(go) = self.go.take() {
             let _ = go.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            // A no-op waker: the task is polled again, with its own, once
+            // spawned, so nothing it waits for is missed.
+            let mut cx = Context::from_waker(Waker::noop());
+            if task.as_mut().poll(&mut cx).is_pending() {
+                tokio::spawn(task);
+            }
         }
     }
 }
@@ -306,7 +326,11 @@ mod tests {
     fn an_ordered_request_goes_when_the_writer_reaches_it() {
         let (go, mut go_rx) = oneshot::channel();
         let (tx, rx) = oneshot::channel::<Bytes>();
-        let mut r = Reply::Ordered(Box::new(Ordered { go: Some(go), rx }));
+        let mut r = Reply::Ordered(Box::new(Ordered {
+            go: Some(go),
+            rx,
+            task: None,
+        }));
         assert!(go_rx.try_recv().is_err(), "not before the writer looks at it");
         assert!(r.try_take().is_none());
         assert!(go_rx.try_recv().is_ok(), "the writer reached it: go");

@@ -421,12 +421,16 @@ where
     let (tx, rx) = oneshot::channel();
     let (done, done_rx) = oneshot::channel::<()>();
     let work = work(go_rx);
-    tokio::spawn(async move {
+    let task = Box::pin(async move {
         let _ = tx.send(work.await);
         drop(done);
     });
     client.barrier = Some(done_rx);
-    Reply::Ordered(Box::new(Ordered { go: Some(go), rx }))
+    Reply::Ordered(Box::new(Ordered {
+        go: Some(go),
+        rx,
+        task: Some(task),
+    }))
 }
 
 #[cfg(test)]
