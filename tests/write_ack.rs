@@ -211,3 +211,87 @@ async fn a_key_moved_on_access_leaves_the_source_only_once_a_replica_of_the_targ
     let moved: Option<String> = target.get(&k2).await.expect("get");
     assert_eq!(moved.as_deref(), Some("two"));
 }
+
+/// What a move on access costs with `write_ack = "replica"` (the copy ahead
+/// and its `WAIT 1` on the target, then the `MIGRATE` and its `WAIT 1` on the
+/// source) against the default mode (the `MIGRATE` alone). One client reads
+/// keys of a migrating slot one at a time (`OBJECT ENCODING`, which always
+/// moves its key first), through a proxy of each mode in turn, 50 keys at a
+/// time, and prints the time per move of each and their ratio. Run it with
+/// `scripts/bench_moves_on_access.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench_moves_on_access.sh"]
+async fn bench_moves_on_access() {
+    let n: usize = std::env::var("BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000);
+    let c = Cluster::start().await;
+    let _replicas = (c.replica_of(1).await, c.replica_of(2).await);
+    for master in &c.masters {
+        common::wait_replica_streaming(&master.addr()).await;
+    }
+    let plain = c.proxy().await;
+    let replicated = c.proxy_with(|cfg| cfg.write_ack = WriteAck::Replica).await;
+    let tag = key_of_group(1, "bench");
+    let keys: Vec<String> = (0..n).map(|i| format!("{{{tag}}}{i}")).collect();
+    let mut source = common::client(&c.masters[0].addr()).await;
+    for chunk in keys.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.set(k, "v".repeat(100)).ignore();
+        }
+        let () = pipe.query_async(&mut source).await.expect("fill");
+    }
+    begin_migration(&c.store, &[slot_of(tag.as_bytes())], 2, Duration::from_secs(5))
+        .await
+        .expect("the slot migrates to group 2");
+    let mut clients = [client(plain).await, client(replicated).await];
+    let mut took: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for (round, chunk) in keys.chunks(50).enumerate() {
+        let mode = round % 2;
+        for k in chunk {
+            let t = Instant::now();
+            let _: String = redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(k)
+                .query_async(&mut clients[mode])
+                .await
+                .expect("OBJECT ENCODING");
+            took[mode].push(t.elapsed());
+        }
+    }
+    let left: usize = redis::cmd("EXISTS")
+        .arg(&keys)
+        .query_async(&mut source)
+        .await
+        .expect("EXISTS");
+    assert_eq!(left, 0, "every key moved");
+    let stats = |d: &mut Vec<Duration>| {
+        d.sort();
+        let mean = d.iter().sum::<Duration>() / d.len() as u32;
+        (mean, d[d.len() / 2], d[d.len() * 99 / 100])
+    };
+    let (m, r) = (stats(&mut took[0]), stats(&mut took[1]));
+    println!(
+        "moves on access, {} keys each, µs per move (mean / p50 / p99):",
+        took[0].len()
+    );
+    println!(
+        "  write_ack = \"master\":  {:>7.0} / {:>7.0} / {:>7.0}",
+        us(m.0),
+        us(m.1),
+        us(m.2)
+    );
+    println!(
+        "  write_ack = \"replica\": {:>7.0} / {:>7.0} / {:>7.0}",
+        us(r.0),
+        us(r.1),
+        us(r.2)
+    );
+    println!("  ratio (replica / master, mean): {:.2}", us(r.0) / us(m.0));
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
