@@ -141,12 +141,9 @@ pub struct WatchCall {
 }
 
 impl WatchCall {
-    /// Sends the `WATCH` once `go` fires; yields its reply.
-    pub async fn run(self, go: oneshot::Receiver<()>) -> Bytes {
-        if go.await.is_err() {
-            lose(&self.held);
-            return lost();
-        }
+    /// Sends the `WATCH` (started once the client's earlier replies are in,
+    /// see `reply::Ordered`); yields its reply.
+    pub async fn run(self) -> Bytes {
         match route_now(&self.ctx, self.slot) {
             Ok(Route::At { addr, moving }) if addr == self.addr => {
                 if let Some(pools) = moving
@@ -199,14 +196,10 @@ pub struct Exec {
 }
 
 impl Exec {
-    /// Runs the transaction once `go` fires; yields `EXEC`'s reply.
-    pub async fn run(mut self, go: oneshot::Receiver<()>) -> Bytes {
-        let sent = if go.await.is_ok() {
-            self.send().await
-        } else {
-            Err(lost())
-        };
-        let sent = match sent {
+    /// Runs the transaction (started once the client's earlier replies are
+    /// in, see `reply::Ordered`); yields `EXEC`'s reply.
+    pub async fn run(mut self) -> Bytes {
+        let sent = match self.send().await {
             Ok(sent) => sent,
             Err(e) => {
                 // Not sent: the server may still hold the watch.

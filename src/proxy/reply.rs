@@ -57,15 +57,14 @@ pub enum Held {
     Lease,
 }
 
-/// A request sent only once every earlier reply of its client is in: `go`
-/// fires when the session writer reaches it, that is when all of them were
-/// taken, so the backends ran them all (or at once, when the session sees
-/// every earlier reply already written).
+/// A request sent only once every earlier reply of its client is in: it is
+/// released when the session writer reaches it, that is when all of them
+/// were taken, so the backends ran them all (or at once, when the session
+/// sees every earlier reply already written).
 pub struct Ordered {
-    pub go: Option<oneshot::Sender<()>>,
     pub rx: oneshot::Receiver<Bytes>,
-    /// The work that sends the request and fills `rx`, not started yet: it
-    /// starts on release (see [`Ordered::release`]).
+    /// The work that sends the request and fills `rx`: it starts on release
+    /// (see [`Ordered::release`]), and never if the reply is dropped first.
     pub task: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
@@ -78,9 +77,6 @@ impl Ordered {
     /// after it (Redis's own suite, "BRPOPLPUSH does not affect WATCH while
     /// still blocked", failed 2 runs in 3 that way).
     pub fn release(&mut self) {
-        if let Some(go) = self.go.take() {
-            let _ = go.send(());
-        }
         if let Some(mut task) = self.task.take() {
             // A no-op waker: the task is polled again, with its own, once
             // spawned, so nothing it waits for is missed.
@@ -324,18 +320,20 @@ mod tests {
 
     #[test]
     fn an_ordered_request_goes_when_the_writer_reaches_it() {
-        let (go, mut go_rx) = oneshot::channel();
+        let (started, mut seen) = oneshot::channel();
         let (tx, rx) = oneshot::channel::<Bytes>();
         let mut r = Reply::Ordered(Box::new(Ordered {
-            go: Some(go),
             rx,
-            task: None,
+            task: Some(Box::pin(async move {
+                let _ = started.send(());
+                let _ = tx.send(Bytes::from_static(b"+OK\r\n"));
+            })),
         }));
-        assert!(go_rx.try_recv().is_err(), "not before the writer looks at it");
-        assert!(r.try_take().is_none());
-        assert!(go_rx.try_recv().is_ok(), "the writer reached it: go");
-        let _ = tx.send(Bytes::from_static(b"+OK\r\n"));
+        assert!(seen.try_recv().is_err(), "not before the writer looks at it");
+        // The writer reached it: its work runs at once, inline, up to its
+        // first wait (here, to its end), so the reply is there already.
         assert_eq!(&r.try_take().expect("ready")[..], b"+OK\r\n");
+        assert!(seen.try_recv().is_ok(), "it ran");
     }
 
     #[test]

@@ -366,7 +366,7 @@ fn watch(ctx: &Arc<Context>, client: &mut Client, req: &Request, spec: &'static 
         held,
         raw: Bytes::copy_from_slice(&req.raw),
     };
-    ordered(client, |go| call.run(go))
+    ordered(client, call.run())
 }
 
 /// `EXEC` of the open transaction.
@@ -408,29 +408,20 @@ fn exec(ctx: &Arc<Context>, client: &mut Client) -> Reply {
         items: queue.items,
         keys: queue.keys,
     };
-    ordered(client, |go| run.run(go))
+    ordered(client, run.run())
 }
 
 /// Runs `work` once every earlier reply of the client is in, and holds the
 /// client's next requests until it is done.
-fn ordered<F>(client: &mut Client, work: impl FnOnce(oneshot::Receiver<()>) -> F) -> Reply
-where
-    F: Future<Output = Bytes> + Send + 'static,
-{
-    let (go, go_rx) = oneshot::channel();
+fn ordered(client: &mut Client, work: impl Future<Output = Bytes> + Send + 'static) -> Reply {
     let (tx, rx) = oneshot::channel();
     let (done, done_rx) = oneshot::channel::<()>();
-    let work = work(go_rx);
     let task = Box::pin(async move {
         let _ = tx.send(work.await);
         drop(done);
     });
     client.barrier = Some(done_rx);
-    Reply::Ordered(Box::new(Ordered {
-        go: Some(go),
-        rx,
-        task: Some(task),
-    }))
+    Reply::Ordered(Box::new(Ordered { rx, task: Some(task) }))
 }
 
 #[cfg(test)]
