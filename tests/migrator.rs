@@ -1652,17 +1652,25 @@ async fn a_key_deleted_on_the_source_between_restore_and_delete_stays_deleted() 
     assert_eq!(dbsize(&mut s).await, 0, "nothing is left on the source");
 }
 
-/// A retried batch looks for the copies the target acknowledged with
-/// `OBJECT` (which leaves their mark alone) instead of restoring them again.
-/// A target that lost them meanwhile (here: flushed while its replica was
-/// frozen, as a target replaced by a replica that never had them) must get
-/// them again before the source lets them go: none may be lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copies_the_target_lost_before_a_retry_are_restored_again() {
+/// A migration of `prefix`'s 3,000 keys (see [`key_names`]) stalled on the
+/// target's frozen replica, its first batch restored on the target and not
+/// deleted from the source.
+struct Stalled {
+    s: redis::aio::MultiplexedConnection,
+    d: redis::aio::MultiplexedConnection,
+    keys: Vec<String>,
+    before: Snapshot,
+    slots: BTreeSet<u16>,
+    pid: u32,
+    run: Running,
+    _servers: [RedisServer; 3],
+}
+
+async fn stalled_after_first_batch(prefix: &str) -> Stalled {
     let src = common::redis();
     let (dst, replica) = target_with_replica().await;
     let mut s = conn(&src.addr(), None).await;
-    let keys = key_names("lost", 3_000);
+    let keys = key_names(prefix, 3_000);
     fill(&mut s, &keys).await;
     let before = snapshot(&mut s, &keys).await;
     let slots = hundred_slots();
@@ -1672,15 +1680,46 @@ async fn copies_the_target_lost_before_a_retry_are_restored_again() {
         dbsize(&mut d).await > 0,
         "the target holds the batch restored before the WAIT"
     );
+    Stalled {
+        s,
+        d,
+        keys,
+        before,
+        slots,
+        pid,
+        run,
+        _servers: [src, dst, replica],
+    }
+}
+
+impl Stalled {
+    /// Thaws the replica, lets the migration finish, runs `then` on the
+    /// target, and checks that exactly the keys of the slots moved, none lost.
+    async fn finishes_with_every_key_moved(
+        mut self,
+        then: impl AsyncFnOnce(&mut redis::aio::MultiplexedConnection),
+    ) {
+        finishes_once_thawed(self.pid, self.run).await;
+        then(&mut self.d).await;
+        let source_after = snapshot(&mut self.s, &self.keys).await;
+        let target_after = snapshot(&mut self.d, &self.keys).await;
+        assert_moved(&self.before, &source_after, &target_after, &self.slots);
+    }
+}
+
+/// A retried batch looks for the copies the target acknowledged with
+/// `OBJECT` (which leaves their mark alone) instead of restoring them again.
+/// A target that lost them meanwhile (here: flushed while its replica was
+/// frozen, as a target replaced by a replica that never had them) must get
+/// them again before the source lets them go: none may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_the_target_lost_before_a_retry_are_restored_again() {
+    let mut m = stalled_after_first_batch("lost").await;
     let () = redis::cmd("FLUSHALL")
-        .query_async(&mut d)
+        .query_async(&mut m.d)
         .await
         .expect("FLUSHALL");
-
-    finishes_once_thawed(pid, run).await;
-    let source_after = snapshot(&mut s, &keys).await;
-    let target_after = snapshot(&mut d, &keys).await;
-    assert_moved(&before, &source_after, &target_after, &slots);
+    m.finishes_with_every_key_moved(async |_| {}).await;
 }
 
 /// A target that lost the copies a batch restored (a failover), on which a
@@ -1694,35 +1733,27 @@ async fn copies_the_target_lost_before_a_retry_are_restored_again() {
 async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() {
     use reborn::libs::copy_mark;
 
-    let src = common::redis();
-    let (dst, replica) = target_with_replica().await;
-    let mut s = conn(&src.addr(), None).await;
-    let keys = key_names("ahead", 3_000);
-    fill(&mut s, &keys).await;
-    let before = snapshot(&mut s, &keys).await;
-    let slots = hundred_slots();
-    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
-    let mut d = conn(&dst.addr(), None).await;
+    let mut m = stalled_after_first_batch("ahead").await;
     let copied: Vec<String> = redis::cmd("KEYS")
         .arg("ahead*")
-        .query_async(&mut d)
+        .query_async(&mut m.d)
         .await
         .expect("KEYS");
-    assert!(
-        !copied.is_empty(),
-        "the target holds the batch restored before the WAIT"
-    );
     // Our mark tells copies apart by age: the proxy's come well after ours.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let () = redis::cmd("FLUSHALL")
-        .query_async(&mut d)
+        .query_async(&mut m.d)
         .await
         .expect("FLUSHALL");
     for k in &copied {
-        let payload: Vec<u8> = redis::cmd("DUMP").arg(k).query_async(&mut s).await.expect("DUMP");
+        let payload: Vec<u8> = redis::cmd("DUMP")
+            .arg(k)
+            .query_async(&mut m.s)
+            .await
+            .expect("DUMP");
         let expire_at: i64 = redis::cmd("PEXPIRETIME")
             .arg(k)
-            .query_async(&mut s)
+            .query_async(&mut m.s)
             .await
             .expect("PEXPIRETIME");
         let () = redis::cmd("RESTORE")
@@ -1732,25 +1763,24 @@ async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() 
             .arg("ABSTTL")
             .arg("IDLETIME")
             .arg(copy_mark::SECS)
-            .query_async(&mut d)
+            .query_async(&mut m.d)
             .await
             .expect("a proxy's copy ahead");
     }
 
-    finishes_once_thawed(pid, run).await;
     // Each proxy's `MIGRATE` found its key gone: it takes back its copies
     // that still show the mark it gave them a moment ago.
-    let mut eval = redis::cmd("EVAL");
-    eval.arg(copy_mark::TAKE_BACK).arg(copied.len());
-    for k in &copied {
-        eval.arg(k);
-    }
-    for _ in &copied {
-        eval.arg(copy_mark::min_idle(Duration::ZERO));
-    }
-    let taken: i64 = eval.query_async(&mut d).await.expect("take back");
-    assert_eq!(taken, 0, "the migrator moved the keys over the proxy's copies");
-    let source_after = snapshot(&mut s, &keys).await;
-    let target_after = snapshot(&mut d, &keys).await;
-    assert_moved(&before, &source_after, &target_after, &slots);
+    let copies = copied.iter().map(|k| (k.as_bytes(), Duration::ZERO));
+    let eval = copy_mark::take_back_words(copies, |words| {
+        let mut eval = redis::Cmd::new();
+        for w in words {
+            eval.arg(*w);
+        }
+        eval
+    });
+    m.finishes_with_every_key_moved(async |d| {
+        let taken: i64 = eval.query_async(d).await.expect("take back");
+        assert_eq!(taken, 0, "the migrator moved the keys over the proxy's copies");
+    })
+    .await;
 }

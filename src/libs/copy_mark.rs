@@ -56,6 +56,24 @@ if ok and ok2 and refs == 1 and type(idle) == 'number' and idle >= tonumber(ARGV
 redis.call('DEL', k) n = n + 1 end end \
 return n";
 
+/// The words of `EVAL` [`TAKE_BACK`] for `copies`, each key with how long
+/// ago its copy was sent, handed to `f` (which encodes them: bytes for the
+/// proxy, a frame for the migrator).
+pub fn take_back_words<'a, R>(
+    copies: impl Iterator<Item = (&'a [u8], Duration)>,
+    f: impl FnOnce(&[&[u8]]) -> R,
+) -> R {
+    let (keys, idle): (Vec<&[u8]>, Vec<String>) = copies
+        .map(|(key, since)| (key, min_idle(since).to_string()))
+        .unzip();
+    let count = keys.len().to_string();
+    let mut words: Vec<&[u8]> = Vec::with_capacity(3 + 2 * keys.len());
+    words.extend([b"EVAL".as_ref(), TAKE_BACK.as_bytes(), count.as_bytes()]);
+    words.extend(keys);
+    words.extend(idle.iter().map(String::as_bytes));
+    f(&words)
+}
+
 /// True if a `DUMP` payload holds an integer Redis may share between keys
 /// (0-9999): a string whose RDB encoding is an 8, 16 or 32-bit integer of
 /// that range. Such a copy cannot carry our mark (see the module docs).
@@ -89,6 +107,19 @@ mod tests {
     fn the_least_idle_time_counts_whole_seconds_since_the_copy() {
         assert_eq!(min_idle(Duration::from_millis(900)), 58);
         assert_eq!(min_idle(Duration::from_secs(5)), 63);
+    }
+
+    #[test]
+    fn take_back_names_each_key_then_its_least_idle_time() {
+        let copies = [
+            (b"a".as_ref(), Duration::ZERO),
+            (b"b".as_ref(), Duration::from_secs(3)),
+        ];
+        let words = take_back_words(copies.into_iter(), |w| {
+            w.iter().map(|w| w.to_vec()).collect::<Vec<_>>()
+        });
+        let want: Vec<&[u8]> = vec![b"EVAL", TAKE_BACK.as_bytes(), b"2", b"a", b"b", b"58", b"61"];
+        assert_eq!(words, want);
     }
 
     #[test]

@@ -277,15 +277,10 @@ impl CopiedAhead {
     /// Deletes those of the copies that still show our mark
     /// (`libs::copy_mark::TAKE_BACK`).
     async fn take_back(self, client: u64, to: &Pool) {
-        let min_idle = copy_mark::min_idle(self.at.elapsed()).to_string();
-        let count = self.keys.len().to_string();
-        let mut args: Vec<&[u8]> = vec![b"EVAL", copy_mark::TAKE_BACK.as_bytes(), count.as_bytes()];
-        args.extend(self.keys.iter().map(|k| k.as_ref()));
-        args.extend(self.keys.iter().map(|_| min_idle.as_bytes()));
-        let reply = to
-            .send(client, resp::encode_array(&args))
-            .await
-            .unwrap_or_else(|_| lost());
+        let since = self.at.elapsed();
+        let copies = self.keys.iter().map(|k| (k.as_ref(), since));
+        let eval = copy_mark::take_back_words(copies, |w| resp::encode_array(w));
+        let reply = to.send(client, eval).await.unwrap_or_else(|_| lost());
         match resp::integer(&reply) {
             Some(0) => {}
             Some(n) => {

@@ -468,9 +468,8 @@ struct OnTarget {
 /// check of a `RESTORE` would clear it: still marked, it counts as busy (ours);
 /// lost (a target that failed over), it is restored again; younger than the
 /// mark allows (replaced, or read), it is foreign, and not ours to count as
-/// restored. A copy
-/// whose mark cannot be read (a shared small integer, an LFU policy) counts
-/// as ours, as long as it is there.
+/// restored. A copy whose mark cannot be read (a shared small integer, an
+/// LFU policy) counts as ours, as long as it is there.
 async fn restore(
     target: &mut Conn,
     dumped: &[Dumped<'_>],
@@ -572,15 +571,11 @@ pub(super) async fn take_back(
     if gone.is_empty() {
         return Ok(());
     }
-    let count = gone.len().to_string();
-    let idle: Vec<String> = gone
-        .iter()
-        .map(|(_, at)| copy_mark::min_idle(at.elapsed()).to_string())
-        .collect();
-    let mut args: Vec<&[u8]> = vec![b"EVAL", copy_mark::TAKE_BACK.as_bytes(), count.as_bytes()];
-    args.extend(gone.iter().map(|(name, _)| *name));
-    args.extend(idle.iter().map(String::as_bytes));
-    match target.call(&args, "EVAL", wait).await? {
+    let copies = gone.iter().map(|(name, at)| (*name, at.elapsed()));
+    target
+        .send(vec![copy_mark::take_back_words(copies, |w| cmd(w))])
+        .await?;
+    match target.read("EVAL", wait).await? {
         Frame::Integer(_) => Ok(()),
         other => Err(redis_error(target, "EVAL", &other)),
     }
