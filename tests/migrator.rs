@@ -973,15 +973,23 @@ async fn reports_no_replica(latest: &Mutex<Progress>, also: impl Fn(&Progress) -
     .await;
 }
 
+/// A migration waiting for a frozen replica of its target.
+struct Frozen {
+    /// The frozen replica's pid.
+    pid: u32,
+    run: Running,
+    /// The latest progress the migrator reported.
+    latest: Arc<Mutex<Progress>>,
+}
+
 /// Freezes the target's `replica` and starts a `replica_ack` migration of
 /// `slots` (batches of 50, a 300 ms timeout); returns once the migrator has
-/// reported that no replica confirms and `also` holds of its progress. The
-/// frozen pid, and the task.
+/// reported that no replica confirms and `also` holds of its progress.
 async fn migrating_with_frozen_replica(
     (src, dst, replica): (&RedisServer, &RedisServer, &RedisServer),
     slots: &BTreeSet<u16>,
     also: impl Fn(&Progress) -> bool,
-) -> (u32, Running) {
+) -> Frozen {
     let pid = replica.pid().expect("pid");
     common::cluster::signal(pid, "-STOP");
     let cfg = MigratorConfig {
@@ -992,7 +1000,7 @@ async fn migrating_with_frozen_replica(
     };
     let (latest, run) = spawn_migration((src.addr(), dst.addr()), slots, cfg);
     reports_no_replica(&latest, also).await;
-    (pid, run)
+    Frozen { pid, run, latest }
 }
 
 /// Deletes `keys` on the source, as a client's `DEL` through a proxy does
@@ -1042,7 +1050,8 @@ async fn with_replica_ack_keys_leave_the_source_only_once_a_replica_of_the_targe
         .filter(|k| slots.contains(&slot_of(k.as_bytes())))
         .cloned()
         .collect();
-    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
+    let Frozen { pid, run, .. } =
+        migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
     assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
     let mut d = conn(&dst.addr(), None).await;
     // `DBSIZE`, not a read of the copies: a read would wear their mark, and
@@ -1124,7 +1133,8 @@ async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() 
     } = contested_everywhere().await;
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     let before = snapshot(&mut s, &keys).await;
-    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |p| p.contested > 0).await;
+    let Frozen { pid, run, .. } =
+        migrating_with_frozen_replica((&src, &dst, &replica), &slots, |p| p.contested > 0).await;
     assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
 
     let progress = finishes_once_thawed(pid, run).await;
@@ -1155,7 +1165,8 @@ async fn with_replica_ack_a_contested_copy_waiting_for_a_replica_stays_the_sourc
         slots,
     } = contested_everywhere().await;
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
-    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |p| p.contested > 0).await;
+    let Frozen { pid, run, .. } =
+        migrating_with_frozen_replica((&src, &dst, &replica), &slots, |p| p.contested > 0).await;
     // Keys whose source copy the target now holds: copied, not deleted.
     // (A snapshot's items are the key's type, then its value.)
     let copied: Vec<String> = common::eventually_some(
@@ -1496,7 +1507,8 @@ async fn a_key_deleted_on_the_source_while_its_copy_waits_on_the_target_stays_de
             .as_ref()
             .is_some_and(|(v, _)| v.get(1).is_some_and(|v| v == b"7"))
     };
-    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
+    let Frozen { pid, run, .. } =
+        migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
     // `EXISTS`, not a read: a read of the copy is an access.
     let mut d = conn(&dst.addr(), None).await;
     let mut p = redis::pipe();
@@ -1661,8 +1673,7 @@ struct Stalled {
     keys: Vec<String>,
     before: Snapshot,
     slots: BTreeSet<u16>,
-    pid: u32,
-    run: Running,
+    frozen: Frozen,
     _servers: [RedisServer; 3],
 }
 
@@ -1674,7 +1685,7 @@ async fn stalled_after_first_batch(prefix: &str) -> Stalled {
     fill(&mut s, &keys).await;
     let before = snapshot(&mut s, &keys).await;
     let slots = hundred_slots();
-    let (pid, run) = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
+    let frozen = migrating_with_frozen_replica((&src, &dst, &replica), &slots, |_| true).await;
     let mut d = conn(&dst.addr(), None).await;
     assert!(
         dbsize(&mut d).await > 0,
@@ -1686,20 +1697,34 @@ async fn stalled_after_first_batch(prefix: &str) -> Stalled {
         keys,
         before,
         slots,
-        pid,
-        run,
+        frozen,
         _servers: [src, dst, replica],
     }
 }
 
 impl Stalled {
+    /// Waits until an attempt that started after this call has looked at
+    /// the target and failed for want of a replica. The attempt out at the
+    /// call may have looked before, and its `WAIT` would succeed on the thaw:
+    /// what the test changed on the target must be seen by a later one.
+    async fn retried(&self) {
+        let latest = &self.frozen.latest;
+        let seen = latest.lock().expect("progress").errors;
+        common::eventually(
+            "the migrator retries the batch",
+            Duration::from_secs(30),
+            async || latest.lock().expect("progress").errors >= seen + 2,
+        )
+        .await;
+    }
+
     /// Thaws the replica, lets the migration finish, runs `then` on the
     /// target, and checks that exactly the keys of the slots moved, none lost.
     async fn finishes_with_every_key_moved(
         mut self,
         then: impl AsyncFnOnce(&mut redis::aio::MultiplexedConnection),
     ) {
-        finishes_once_thawed(self.pid, self.run).await;
+        finishes_once_thawed(self.frozen.pid, self.frozen.run).await;
         then(&mut self.d).await;
         let source_after = snapshot(&mut self.s, &self.keys).await;
         let target_after = snapshot(&mut self.d, &self.keys).await;
@@ -1719,6 +1744,7 @@ async fn copies_the_target_lost_before_a_retry_are_restored_again() {
         .query_async(&mut m.d)
         .await
         .expect("FLUSHALL");
+    m.retried().await;
     m.finishes_with_every_key_moved(async |_| {}).await;
 }
 
@@ -1741,10 +1767,10 @@ async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() 
         .expect("KEYS");
     // Our mark tells copies apart by age: the proxy's come well after ours.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let () = redis::cmd("FLUSHALL")
-        .query_async(&mut m.d)
-        .await
-        .expect("FLUSHALL");
+    // The target loses our copies and gets a proxy's, in one transaction, so
+    // no attempt of the migrator sees it without either.
+    let mut swap = redis::pipe();
+    swap.atomic().cmd("FLUSHALL").ignore();
     for k in &copied {
         let payload: Vec<u8> = redis::cmd("DUMP")
             .arg(k)
@@ -1756,17 +1782,17 @@ async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() 
             .query_async(&mut m.s)
             .await
             .expect("PEXPIRETIME");
-        let () = redis::cmd("RESTORE")
+        swap.cmd("RESTORE")
             .arg(k)
             .arg(expire_at.max(0))
             .arg(payload)
             .arg("ABSTTL")
             .arg("IDLETIME")
             .arg(copy_mark::SECS)
-            .query_async(&mut m.d)
-            .await
-            .expect("a proxy's copy ahead");
+            .ignore();
     }
+    let () = swap.query_async(&mut m.d).await.expect("a proxy's copies ahead");
+    m.retried().await;
 
     // Each proxy's `MIGRATE` found its key gone: it takes back its copies
     // that still show the mark it gave them a moment ago.
