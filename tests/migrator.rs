@@ -1087,27 +1087,27 @@ struct ContestedEverywhere {
     dst: RedisServer,
     /// Streams from `dst`.
     replica: RedisServer,
-    /// The source's keys, all in `slots`; `dst` holds each as `stale`.
+    /// The source's keys, all in `slots`; `dst` holds each as "stale".
     keys: Vec<String>,
     slots: BTreeSet<u16>,
 }
 
-async fn contested_everywhere() -> ContestedEverywhere {
+/// Every key of [`ContestedEverywhere`], named `prefix:n`, has a stale copy
+/// on the target that looks `idle` seconds old ([`stale_copies`]). Below
+/// `copy_mark::AGED` (6 s), such keys move by `MIGRATE … COPY`; above, our
+/// marked copy replaces the stale one (`contested`).
+async fn contested_everywhere(prefix: &str, idle: u64) -> ContestedEverywhere {
     let src = common::redis();
     let (dst, replica) = target_with_replica().await;
     let slots = hundred_slots();
-    let keys: Vec<String> = key_names("contested", 400)
+    let keys: Vec<String> = key_names(prefix, 400)
         .into_iter()
         .filter(|k| slots.contains(&slot_of(k.as_bytes())))
         .collect();
     assert!(keys.len() >= 20, "{} keys in the slots", keys.len());
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     fill(&mut s, &keys).await;
-    let mut p = redis::pipe();
-    for k in &keys {
-        p.cmd("SET").arg(k).arg("stale").ignore();
-    }
-    let () = p.query_async(&mut d).await.expect("stale");
+    stale_copies(&mut d, &keys, idle).await;
     ContestedEverywhere {
         src,
         dst,
@@ -1130,7 +1130,7 @@ async fn with_replica_ack_contested_keys_wait_for_a_replica_of_the_target_too() 
         replica,
         keys,
         slots,
-    } = contested_everywhere().await;
+    } = contested_everywhere("contested", 0).await;
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     let before = snapshot(&mut s, &keys).await;
     let Frozen { pid, run, .. } =
@@ -1163,7 +1163,7 @@ async fn with_replica_ack_a_contested_copy_waiting_for_a_replica_stays_the_sourc
         replica,
         keys,
         slots,
-    } = contested_everywhere().await;
+    } = contested_everywhere("contested", 0).await;
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     let Frozen { pid, run, .. } =
         migrating_with_frozen_replica((&src, &dst, &replica), &slots, |p| p.contested > 0).await;
@@ -1809,4 +1809,183 @@ async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() 
         assert_eq!(taken, 0, "the migrator moved the keys over the proxy's copies");
     })
     .await;
+}
+
+/// Puts a stale copy of each of `keys` on `d` (the value "stale"), idle for
+/// `idle` seconds as far as Redis can tell: neither ours nor a proxy's (no
+/// mark), and not written just now.
+async fn stale_copies(d: &mut redis::aio::MultiplexedConnection, keys: &[String], idle: u64) {
+    let () = redis::AsyncCommands::set(d, "stale-template", "stale")
+        .await
+        .expect("set");
+    let payload: Vec<u8> = redis::cmd("DUMP")
+        .arg("stale-template")
+        .query_async(d)
+        .await
+        .expect("DUMP");
+    let mut p = redis::pipe();
+    p.cmd("DEL").arg("stale-template").ignore();
+    for k in keys {
+        p.cmd("RESTORE")
+            .arg(k)
+            .arg(0)
+            .arg(&payload)
+            .arg("REPLACE")
+            .arg("IDLETIME")
+            .arg(idle)
+            .ignore();
+    }
+    let () = p.query_async(d).await.expect("stale copies");
+}
+
+/// `copy_mark::REPLACE_STALE` writes our marked copy only over the very copy
+/// `copy_mark::OBSERVE` saw, untouched since, or where it saw nothing and
+/// there still is nothing: a copy written after it looked (a proxy's move
+/// and a client's write, in the migrator's terms) stays, as does a key that
+/// appeared meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_copy_is_replaced_only_if_it_is_the_one_seen() {
+    use reborn::libs::copy_mark;
+
+    let server = common::redis();
+    let mut d = conn(&server.addr(), None).await;
+    let names = ["old", "missing", "fresh", "small", "written-after", "appeared"].map(String::from);
+    stale_copies(&mut d, &names[..1], 30).await;
+    stale_copies(&mut d, &names[4..5], 30).await;
+    let () = redis::AsyncCommands::set(&mut d, "fresh", "a client's")
+        .await
+        .expect("set");
+    let () = redis::AsyncCommands::set(&mut d, "small", 7).await.expect("set");
+
+    let seen: Vec<i64> = redis::cmd("EVAL")
+        .arg(copy_mark::OBSERVE)
+        .arg(names.len())
+        .arg(&names)
+        .query_async(&mut d)
+        .await
+        .expect("OBSERVE");
+    let (at, found) = seen.split_first().expect("the clock first");
+    assert!((30..=31).contains(&found[0]), "old: {found:?}");
+    assert_eq!(found[1], -1, "missing");
+    assert!((0..=1).contains(&found[2]), "fresh: {found:?}");
+    assert_eq!(found[3], -2, "a shared small integer cannot be read");
+    assert!((30..=31).contains(&found[4]), "written-after: {found:?}");
+    assert_eq!(found[5], -1, "appeared");
+    assert_eq!(
+        copy_mark::stale_floor(1),
+        None,
+        "a fresh copy is too young to tell"
+    );
+
+    // After the look: a client's write over one stale copy, a key that appears.
+    let () = redis::AsyncCommands::set(&mut d, "written-after", "newer")
+        .await
+        .expect("set");
+    let () = redis::AsyncCommands::set(&mut d, "appeared", "newer")
+        .await
+        .expect("set");
+    let () = redis::AsyncCommands::set(&mut d, "ours-template", "ours")
+        .await
+        .expect("set");
+    let ours: Vec<u8> = redis::cmd("DUMP")
+        .arg("ours-template")
+        .query_async(&mut d)
+        .await
+        .expect("DUMP");
+    let floor = |n: i64| copy_mark::stale_floor(n.unsigned_abs()).map_or(-1, |f| f as i64);
+    let targets = ["old", "missing", "written-after", "appeared"];
+    let expect = [floor(found[0]), -1, floor(found[4]), -1];
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(copy_mark::REPLACE_STALE)
+        .arg(targets.len())
+        .arg(&targets)
+        .arg(copy_mark::SECS)
+        .arg(*at);
+    for e in expect {
+        eval.arg(0).arg(&ours).arg(e);
+    }
+    let replies: Vec<i64> = eval.query_async(&mut d).await.expect("REPLACE_STALE");
+    assert_eq!(
+        replies,
+        vec![1, 1, 0, 0],
+        "written: old, missing; left: written-after, appeared"
+    );
+    for (k, want) in [
+        ("old", "ours"),
+        ("missing", "ours"),
+        ("written-after", "newer"),
+        ("appeared", "newer"),
+    ] {
+        let idle: i64 = redis::cmd("OBJECT")
+            .arg("IDLETIME")
+            .arg(k)
+            .query_async(&mut d)
+            .await
+            .expect("IDLETIME");
+        let value: String = redis::AsyncCommands::get(&mut d, k).await.expect("get");
+        assert_eq!(value, want, "{k}");
+        if want == "ours" {
+            assert!(
+                idle >= copy_mark::SECS as i64 - 1,
+                "{k} carries our mark: idle {idle}"
+            );
+        }
+    }
+
+    // A run that comes late, by the target's own clock, takes nothing for
+    // the copy seen: here "seen" 20 s ago, a copy idle for 30 s then.
+    let () = redis::AsyncCommands::set(&mut d, "late", "a client's")
+        .await
+        .expect("set");
+    let late: Vec<i64> = redis::cmd("EVAL")
+        .arg(copy_mark::REPLACE_STALE)
+        .arg(1)
+        .arg("late")
+        .arg(copy_mark::SECS)
+        .arg(at - 20_000)
+        .arg(0)
+        .arg(&ours)
+        .arg(floor(30))
+        .query_async(&mut d)
+        .await
+        .expect("REPLACE_STALE");
+    assert_eq!(late, vec![0]);
+}
+
+/// With `replica_ack`, a contested key that a client deletes on the source
+/// while our copy of it waits for the target's (frozen) replica stays
+/// deleted. The target's stale copies are 30 s old and unmarked: our marked
+/// copy replaces each (`contested`), and is taken back once the source lacks
+/// the key. Before, contested keys moved by `MIGRATE … COPY`, whose copy
+/// carries no mark, and every deleted key came back from it. The keys not
+/// deleted arrive with the source's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_a_contested_key_deleted_while_its_copy_waits_stays_deleted() {
+    let ContestedEverywhere {
+        src,
+        dst,
+        replica,
+        keys,
+        slots,
+    } = contested_everywhere("aged", 30).await;
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let before = snapshot(&mut s, &keys).await;
+    let Frozen { pid, run, .. } =
+        migrating_with_frozen_replica((&src, &dst, &replica), &slots, |p| p.contested > 0).await;
+    // Every copy now waits for the replica: the source still holds each key.
+    assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
+    let deleted: Vec<String> = keys.iter().step_by(2).cloned().collect();
+    let kept: Vec<String> = keys.iter().skip(1).step_by(2).cloned().collect();
+    delete_held(&mut s, &deleted).await;
+
+    let progress = finishes_once_thawed(pid, run).await;
+    let source_after = snapshot(&mut s, &keys).await;
+    let target_after = snapshot(&mut d, &keys).await;
+    assert_none_back(&target_after, &deleted);
+    let before: Snapshot = before.into_iter().filter(|(k, _)| kept.contains(k)).collect();
+    assert_eq!(
+        assert_moved(&before, &source_after, &target_after, &slots),
+        kept.len()
+    );
+    assert!(progress.contested >= keys.len() as u64, "{progress:?}");
 }

@@ -74,6 +74,73 @@ pub fn take_back_words<'a, R>(
     f(&words)
 }
 
+/// The least idle time (seconds) a copy must read for [`REPLACE_STALE`] to
+/// tell it, later, from any copy written since. The same copy, untouched,
+/// reads at least its idle time then plus the time since, less one second;
+/// one written since reads at most that time plus two (the LRU clock's
+/// resolution and lag). So the two cannot meet once the first read exceeds
+/// [`SLACK`] and those seconds.
+pub const AGED: u64 = 3 * SLACK;
+
+/// For a copy that read `idle` seconds (by [`OBSERVE`]), the least idle time
+/// less the time since that the same copy, untouched, reads later: what
+/// [`REPLACE_STALE`] takes for the key. `None` if it is too young to be
+/// told from a copy written after it was seen ([`AGED`]).
+pub fn stale_floor(idle: u64) -> Option<u64> {
+    (idle >= AGED).then(|| idle - SLACK)
+}
+
+/// True if a copy idle for `idle` seconds may carry a mark (ours or a
+/// proxy's): whoever gave it may take it back, so no other mover may write
+/// its own marked copy over it, which would be taken back in its stead.
+pub fn may_be_marked(idle: u64) -> bool {
+    idle >= SECS - SLACK
+}
+
+/// Reads the target's clock, then what each of `KEYS` holds: `-1` nothing,
+/// the copy's idle time in seconds if it is a value of its own, `-2` if that
+/// cannot be read (a shared value, an LFU policy). Returns the clock (Unix
+/// ms) first. Touches nothing.
+pub const OBSERVE: &str = "local t = redis.call('TIME') \
+local out = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)} \
+for i, k in ipairs(KEYS) do \
+local ok, refs = pcall(redis.call, 'OBJECT', 'REFCOUNT', k) \
+local ok2, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', k) \
+if ok and not refs then out[i + 1] = -1 \
+elseif ok and ok2 and refs == 1 and type(idle) == 'number' then out[i + 1] = idle \
+else out[i + 1] = -2 end end \
+return out";
+
+/// Restores our marked copy of each of `KEYS` over a stale one, but only
+/// over the very copy [`OBSERVE`] saw, untouched since. `ARGV[1]` is the
+/// mark ([`SECS`]), `ARGV[2]` the clock `OBSERVE` returned; then for key `i`,
+/// `ARGV[3i]` its expiry (Unix ms, 0 for none), `ARGV[3i+1]` its payload and
+/// `ARGV[3i+2]` what was seen: `-1` for nothing (the key must still be
+/// missing; no `REPLACE`), else its [`stale_floor`]: the copy must still be
+/// a value of its own, idle for at least that plus the whole seconds since,
+/// by the target's own clock, so a late run cannot mistake a newer copy for
+/// the old one. Returns per key `1` (restored), `0` (the copy there is not
+/// the one seen: left alone) or the `RESTORE`'s error text.
+pub const REPLACE_STALE: &str = "local t = redis.call('TIME') \
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+local since = math.floor((now - tonumber(ARGV[2])) / 1000) \
+local mark = ARGV[1] \
+local out = {} \
+for i, k in ipairs(KEYS) do \
+local j = 3 * i \
+local seen = tonumber(ARGV[j + 2]) \
+local r = 0 \
+if seen < 0 then \
+if redis.call('EXISTS', k) == 0 then \
+r = redis.pcall('RESTORE', k, ARGV[j], ARGV[j + 1], 'ABSTTL', 'IDLETIME', mark) end \
+else \
+local ok, refs = pcall(redis.call, 'OBJECT', 'REFCOUNT', k) \
+local ok2, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', k) \
+if ok and ok2 and refs == 1 and type(idle) == 'number' and idle >= seen + since then \
+r = redis.pcall('RESTORE', k, ARGV[j], ARGV[j + 1], 'ABSTTL', 'IDLETIME', mark, 'REPLACE') end end \
+if type(r) == 'table' then out[i] = r.err or 1 else out[i] = r end end \
+return out";
+
 /// True if a `DUMP` payload holds an integer Redis may share between keys
 /// (0-9999): a string whose RDB encoding is an 8, 16 or 32-bit integer of
 /// that range. Such a copy cannot carry our mark (see the module docs).
@@ -120,6 +187,16 @@ mod tests {
         });
         let want: Vec<&[u8]> = vec![b"EVAL", TAKE_BACK.as_bytes(), b"2", b"a", b"b", b"58", b"61"];
         assert_eq!(words, want);
+    }
+
+    #[test]
+    fn only_a_copy_older_than_the_clock_can_blur_is_told_later() {
+        assert_eq!(stale_floor(AGED - 1), None);
+        assert_eq!(stale_floor(AGED), Some(AGED - SLACK));
+        assert_eq!(stale_floor(SECS), Some(SECS - SLACK));
+        // A copy written after it was seen reads at most `since + 2`; the
+        // one seen reads at least `floor + since`.
+        assert!(stale_floor(AGED).is_some_and(|f| f > 2));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub(super) struct Batch {
     /// `DUMP`/`RESTORE`, the wait for each reply.
     pub(super) timeout: Duration,
     /// `MIGRATE` batches with `replica_ack`: how many times a copy of them
-    /// was aborted by a write on the source (`restore::copy_then_delete`).
+    /// was aborted by a write on the source (`contested`).
     pub(super) copies: u8,
 }
 

@@ -18,6 +18,7 @@
 mod batch;
 mod config;
 mod conn;
+mod contested;
 mod error;
 mod ledger;
 mod pacer;

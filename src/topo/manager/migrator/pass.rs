@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{Batch, Key, Target, Verdict, verdict};
 use super::config::{Method, MigratorConfig};
 use super::conn::{Conn, reply_text};
+use super::contested;
 use super::error::MigrateError;
 use super::ledger::Ledger;
 use super::pacer::Pacer;
@@ -240,7 +241,7 @@ impl<'a> Pass<'a> {
 
     /// Whether `batch` moves on a lane: every `DUMP`/`RESTORE` batch, and
     /// with `replica_ack` a `MIGRATE` one too, as a copy that waits for the
-    /// target's replica (`restore::copy_then_delete`), until writes on the
+    /// target's replica (`contested`), until writes on the
     /// source aborted it [`COPY_TRIES`] times: then a plain `MIGRATE`, whose
     /// move is atomic, so a key written all the time still moves.
     fn on_lane(&self, batch: &Batch) -> bool {
@@ -636,7 +637,7 @@ impl RestoreLane {
             }
             // Contested keys, with `replica_ack` (see `Pass::on_lane`).
             Method::Migrate => {
-                restore::copy_then_delete(src, dst, &batch.keys, (target, auth), batch.timeout, noted).await
+                contested::move_contested(src, dst, &batch.keys, (target, auth), batch.timeout, noted).await
             }
         }
     }

@@ -24,9 +24,11 @@
 //! 1. Source: `WATCH k…`, then `DUMP k` and `PEXPIRETIME k` for each key,
 //!    in one write. A key that is gone (nil `DUMP`) needs nothing.
 //! 2. Target: `RESTORE k <expiry> <payload> ABSTTL` for each dumped key,
-//!    without `REPLACE`. A `BUSYKEY` reply means the target has the key already:
-//!    either a proxy moved it on access (and its client may have written it
-//!    since, so it must not be overwritten) or an earlier attempt of ours lost
+//!    without `REPLACE` (with `write_ack = "replica"`, inside one script that
+//!    leaves a key the target holds untouched, see [`restore_scripted`]). A
+//!    `BUSYKEY` reply means the target has the key already: either a proxy
+//!    moved it on access (and its client may have written it since, so it
+//!    must not be overwritten) or an earlier attempt of ours lost
 //!    its reply (or its `WAIT`, step 3, failed). The key is *contested*
 //!    (below), unless the target acknowledged an earlier `RESTORE` of exactly
 //!    the copy the source still holds and that copy still shows our mark:
@@ -70,7 +72,8 @@
 //! is older than the source's (`settle`).
 //!
 //! Contested keys go back to the caller, who moves them with
-//! `MIGRATE … REPLACE`: its check-and-move is atomic on the source, so it
+//! `MIGRATE … REPLACE` (with `write_ack = "replica"`, as `contested`
+//! describes): its check-and-move is atomic on the source, so it
 //! answers `NOKEY` if the source no longer holds a key, and otherwise
 //! overwrites the target with the source's copy, which is authoritative while
 //! the source holds it. Nothing is deleted from the source before the target
@@ -81,7 +84,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::batch::{Key, Verdict, verdict};
+use super::batch::Key;
 use super::conn::{Conn, is_ok, reply_text};
 use super::error::MigrateError;
 use super::unconfirmed::{Earlier, KeyCopy, Unconfirmed};
@@ -156,17 +159,7 @@ pub(super) async fn transfer(
     let all: Vec<(usize, &[u8])> = keys.iter().map(|k| k.name.as_ref()).enumerate().collect();
     let dumped = dump(source, &all, wait).await.map_err(Failure::Source)?;
     let from = source.addr().to_string();
-    // Keys whose copy an earlier attempt left on the target, deleted since.
-    let mut held = vec![false; all.len()];
-    for d in &dumped {
-        held[d.index] = true;
-    }
-    let gone = all.iter().filter(|(i, _)| !held[*i]).map(|(_, name)| *name);
-    let gone = noted.taken_back_candidates(&from, gone);
-    if let Err(e) = take_back(target, &gone, wait).await {
-        return Err(unwatched(source, Failure::Target(e), wait).await);
-    }
-    noted.forget(&from, gone.iter().map(|(name, _)| *name));
+    take_back_gone((source, target), &all, &dumped, wait, noted).await?;
     let mut done = Transferred::default();
     if dumped.is_empty() {
         // Nothing watched is left to delete: clear the WATCH for the next batch.
@@ -178,7 +171,7 @@ pub(super) async fn transfer(
     // expects of a copy never exceeds its own: a key a proxy moved after our
     // `RESTORE` is younger than that, however slow the replies were.
     let restored_at = std::time::Instant::now();
-    let OnTarget { busy, foreign } = match restore(target, &dumped, &earlier, wait).await {
+    let OnTarget { busy, foreign } = match restore(target, &dumped, &earlier, wait, replicated).await {
         Ok(found) => found,
         Err(failure) => return Err(unwatched(source, failure, wait).await),
     };
@@ -216,6 +209,66 @@ pub(super) async fn transfer(
             .filter(|d| !busy.contains(&d.index))
             .map(|d| (d.name, &d.copy)),
     );
+    let steps = Steps {
+        wait,
+        noted,
+        replicated,
+    };
+    commit((source, target), restored, restored_before, steps, done).await
+}
+
+/// What the steps of a transfer share, beside its connections.
+#[derive(Clone, Copy)]
+pub(super) struct Steps<'a> {
+    /// Bounds each step's replies.
+    pub(super) wait: Duration,
+    pub(super) noted: &'a Unconfirmed,
+    /// A replica of the target must have the keys before the source deletes
+    /// them ([`replica_has`]).
+    pub(super) replicated: bool,
+}
+
+/// Takes back our copies of the keys of `all` that an earlier attempt left
+/// on the target and a client deleted on the source since: those not in
+/// `dumped` (see [`take_back`]).
+pub(super) async fn take_back_gone(
+    (source, target): (&mut Conn, &mut Conn),
+    all: &[(usize, &[u8])],
+    dumped: &[Dumped<'_>],
+    wait: Duration,
+    noted: &Unconfirmed,
+) -> Result<(), Failure> {
+    let from = source.addr().to_string();
+    let held: std::collections::HashSet<usize> = dumped.iter().map(|d| d.index).collect();
+    let gone = all
+        .iter()
+        .filter(|(i, _)| !held.contains(i))
+        .map(|(_, name)| *name);
+    let gone = noted.taken_back_candidates(&from, gone);
+    if let Err(e) = take_back(target, &gone, wait).await {
+        return Err(unwatched(source, Failure::Target(e), wait).await);
+    }
+    noted.forget(&from, gone.iter().map(|(name, _)| *name));
+    Ok(())
+}
+
+/// Steps 3 and 4 for the keys the target now holds as we sent them
+/// (`restored`, still watched on the source): the replica's `WAIT` if
+/// needed, then the guarded `DEL`, re-checking the keys after an abort.
+/// `restored_before`: some were restored by an earlier attempt. Adds what it
+/// moved, and the keys left contested, to `done`.
+pub(super) async fn commit(
+    (source, target): (&mut Conn, &mut Conn),
+    mut restored: Vec<Dumped<'_>>,
+    restored_before: bool,
+    Steps {
+        wait,
+        noted,
+        replicated,
+    }: Steps<'_>,
+    mut done: Transferred,
+) -> Result<Transferred, Failure> {
+    let from = source.addr().to_string();
     if replicated
         && !restored.is_empty()
         && let Err(failure) = replica_has(target, restored_before, wait).await
@@ -260,86 +313,8 @@ pub(super) async fn transfer(
     Ok(done)
 }
 
-/// How long past `MIGRATE`'s own timeout, which Redis applies to each
-/// socket operation with the target, its reply may take.
-const MIGRATE_GRACE: Duration = Duration::from_secs(30);
-
-/// Moves contested `keys` (see the module docs) when a replica of the target
-/// must have them before the source lets them go (`write_ack = "replica"`),
-/// which a plain `MIGRATE` cannot wait for:
-///
-/// 1. Source: `WATCH k…`, then `MIGRATE … COPY REPLACE KEYS k…` towards `to`:
-///    the same atomic check as `MIGRATE` (the source's copy, authoritative
-///    while it exists, overwrites the target's), but the source keeps its own.
-/// 2. Target: `WAIT 1` after a `PUBLISH`, since the copies were written by
-///    the source's connection, not ours ([`replica_has`]).
-/// 3. Source: the guarded `DEL`. A key written there meanwhile aborts it:
-///    every key comes back contested, to be tried again.
-pub(super) async fn copy_then_delete(
-    source: &mut Conn,
-    target: &mut Conn,
-    keys: &[Key],
-    (to, auth): (&str, Option<&str>),
-    wait: Duration,
-    noted: &Unconfirmed,
-) -> Result<Transferred, Failure> {
-    let from = source.addr().to_string();
-    let names: Vec<&[u8]> = keys.iter().map(|k| k.name.as_ref()).collect();
-    // Noted before it is sent: once it ran, the target's copy is ours and
-    // never served while the source keeps the key, whatever a settle finds.
-    noted.migrate_copying(&from, names.iter().copied());
-    let copy = crate::libs::migrate::copy_frame(to, &names, auth, wait);
-    source
-        .send(vec![watch(names.iter().copied()), copy])
-        .await
-        .map_err(Failure::Source)?;
-    expect_ok(source, "WATCH", wait).await.map_err(Failure::Source)?;
-    let reply = source
-        .read("MIGRATE", wait * 4 + MIGRATE_GRACE)
-        .await
-        .map_err(Failure::Source)?;
-    let failure = match verdict(&reply) {
-        Some(Verdict::Moved) => None,
-        Some(Verdict::NoKey) => {
-            // None is on the source any more: nothing to wait for or delete.
-            unwatch(source, wait).await.map_err(Failure::Source)?;
-            noted.forget(&from, names.into_iter());
-            return Ok(Transferred::default());
-        }
-        // Too slow: retried in halves with a longer timeout, as a `MIGRATE`.
-        Some(Verdict::Slow(_)) => Some(Failure::Source(MigrateError::Timeout {
-            addr: from.clone(),
-            cmd: "MIGRATE",
-            waited: wait,
-        })),
-        Some(Verdict::Refused(why)) => Some(Failure::Refused(why)),
-        None => Some(Failure::Source(redis_error(source, "MIGRATE", &reply))),
-    };
-    if let Some(failure) = failure {
-        return Err(unwatched(source, failure, wait).await);
-    }
-    if let Err(failure) = replica_has(target, true, wait).await {
-        return Err(unwatched(source, failure, wait).await);
-    }
-    // Until the `EXEC`'s reply says otherwise, our `DEL` may have run.
-    noted.deleting(&from, names.iter().copied(), true);
-    if guarded_del(source, &names, wait).await.map_err(Failure::Source)? {
-        noted.forget(&from, names.into_iter());
-        return Ok(Transferred {
-            moved: keys.len(),
-            contested: Vec::new(),
-        });
-    }
-    noted.deleting(&from, names.into_iter(), false);
-    // `EXEC` aborted (and cleared the `WATCH`): written on the source meanwhile.
-    Ok(Transferred {
-        moved: 0,
-        contested: (0..keys.len()).collect(),
-    })
-}
-
 /// `failure`, after clearing the source's `WATCH` (or the failure to).
-async fn unwatched(source: &mut Conn, failure: Failure, wait: Duration) -> Failure {
+pub(super) async fn unwatched(source: &mut Conn, failure: Failure, wait: Duration) -> Failure {
     match unwatch(source, wait).await {
         Err(e) => Failure::Source(e),
         Ok(()) => failure,
@@ -355,7 +330,11 @@ async fn unwatched(source: &mut Conn, failure: Failure, wait: Duration) -> Failu
 /// attempt (`restored_before`) were written on another connection, perhaps
 /// one since closed, so a `PUBLISH` first makes this connection's last write
 /// later than theirs (`libs::wait_mark`).
-async fn replica_has(target: &mut Conn, restored_before: bool, wait: Duration) -> Result<(), Failure> {
+pub(super) async fn replica_has(
+    target: &mut Conn,
+    restored_before: bool,
+    wait: Duration,
+) -> Result<(), Failure> {
     let ms = wait.as_millis().max(1).to_string();
     let mut out = Vec::with_capacity(2);
     if restored_before {
@@ -382,11 +361,11 @@ async fn replica_has(target: &mut Conn, restored_before: bool, wait: Duration) -
 }
 
 /// A key of the batch as `DUMP` and `PEXPIRETIME` gave it.
-struct Dumped<'a> {
+pub(super) struct Dumped<'a> {
     /// Its index in the batch.
-    index: usize,
-    name: &'a [u8],
-    copy: KeyCopy,
+    pub(super) index: usize,
+    pub(super) name: &'a [u8],
+    pub(super) copy: KeyCopy,
 }
 
 /// The commands whose replies [`read_copy`] reads: `DUMP k`, `PEXPIRETIME k`.
@@ -426,7 +405,7 @@ pub(super) async fn read_copy(conn: &mut Conn, wait: Duration) -> Result<Option<
 
 /// Step 1: `WATCH` the keys, then `DUMP` and `PEXPIRETIME` each; the keys
 /// that exist.
-async fn dump<'a>(
+pub(super) async fn dump<'a>(
     source: &mut Conn,
     keys: &[(usize, &'a [u8])],
     wait: Duration,
@@ -475,6 +454,7 @@ async fn restore(
     dumped: &[Dumped<'_>],
     earlier: &[Earlier],
     wait: Duration,
+    replicated: bool,
 ) -> Result<OnTarget, Failure> {
     let (mut known, mut send) = (Vec::new(), Vec::with_capacity(dumped.len()));
     for (d, e) in dumped.iter().zip(earlier) {
@@ -519,6 +499,29 @@ async fn restore(
     if send.is_empty() {
         return Ok(found);
     }
+    if replicated {
+        // Untouched where the target holds a key: a `RESTORE`'s `BUSYKEY`
+        // check would wear the copy's mark (a proxy's copy ahead, which it
+        // may have to take back) or its age (a stale copy, which
+        // `contested` tells by it).
+        let replies = restore_scripted(target, &send, 0, |_| -1, wait)
+            .await
+            .map_err(Failure::Target)?;
+        let mut refused = None;
+        for (d, reply) in send.iter().zip(replies) {
+            match reply {
+                Frame::Integer(1) => {}
+                Frame::Integer(0) => found.busy.push(d.index),
+                other => {
+                    refused.get_or_insert_with(|| reply_text(&other));
+                }
+            }
+        }
+        return match refused {
+            Some(why) => Err(Failure::Refused(why)),
+            None => Ok(found),
+        };
+    }
     let mark = Bytes::from(copy_mark::SECS.to_string());
     let out = send
         .iter()
@@ -556,6 +559,39 @@ async fn restore(
     }
 }
 
+/// `EVAL copy_mark::REPLACE_STALE` for `dumped`: our marked copy of each,
+/// where the target holds what `found` says it is to find (`-1`: nothing;
+/// else a stale copy's floor, seen at `at_ms` by the target's clock). Its
+/// reply for each key: `1` restored, `0` left alone, or an error's text.
+pub(super) async fn restore_scripted(
+    target: &mut Conn,
+    dumped: &[&Dumped<'_>],
+    at_ms: i64,
+    found: impl Fn(&Dumped<'_>) -> i64,
+    wait: Duration,
+) -> Result<Vec<Frame>, MigrateError> {
+    let bulk = Frame::BulkString;
+    let text = |s: String| Frame::BulkString(Bytes::from(s));
+    let mut words = Vec::with_capacity(5 + 4 * dumped.len());
+    words.push(bulk(Bytes::from_static(b"EVAL")));
+    words.push(bulk(Bytes::from_static(copy_mark::REPLACE_STALE.as_bytes())));
+    words.push(text(dumped.len().to_string()));
+    words.extend(dumped.iter().map(|d| bulk(Bytes::copy_from_slice(d.name))));
+    words.push(text(copy_mark::SECS.to_string()));
+    words.push(text(at_ms.to_string()));
+    for d in dumped {
+        words.push(text(d.copy.expire_at.to_string()));
+        // The payload goes out as the slice it was read into, uncopied.
+        words.push(bulk(d.copy.payload.clone()));
+        words.push(text(found(d).to_string()));
+    }
+    target.send(vec![Frame::Array(words)]).await?;
+    match target.read("EVAL", wait).await? {
+        Frame::Array(items) if items.len() == dumped.len() => Ok(items),
+        other => Err(redis_error(target, "EVAL", &other)),
+    }
+}
+
 /// Takes back from the target our copies of keys a client deleted on the
 /// source while the copy waited there (see the module docs): `gone` are such
 /// keys, with when our copy was sent. One script deletes each copy that
@@ -583,7 +619,11 @@ pub(super) async fn take_back(
 
 /// Step 4: `MULTI`, `DEL` the keys, `EXEC`. False if `EXEC` aborted because a
 /// watched key changed (nothing was deleted then).
-async fn guarded_del(source: &mut Conn, keys: &[&[u8]], wait: Duration) -> Result<bool, MigrateError> {
+pub(super) async fn guarded_del(
+    source: &mut Conn,
+    keys: &[&[u8]],
+    wait: Duration,
+) -> Result<bool, MigrateError> {
     if keys.is_empty() {
         unwatch(source, wait).await?;
         return Ok(true);
@@ -607,14 +647,14 @@ async fn guarded_del(source: &mut Conn, keys: &[&[u8]], wait: Duration) -> Resul
 }
 
 /// `WATCH k…`.
-fn watch<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Frame {
+pub(super) fn watch<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Frame {
     let mut words: Vec<&[u8]> = vec![b"WATCH"];
     words.extend(keys);
     cmd(&words)
 }
 
 /// Clears the connection's `WATCH`es, so they cannot abort the next batch.
-async fn unwatch(conn: &mut Conn, wait: Duration) -> Result<(), MigrateError> {
+pub(super) async fn unwatch(conn: &mut Conn, wait: Duration) -> Result<(), MigrateError> {
     let reply = conn.call(&[b"UNWATCH".as_ref()], "UNWATCH", wait).await?;
     if is_ok(&reply) {
         Ok(())
@@ -623,7 +663,11 @@ async fn unwatch(conn: &mut Conn, wait: Duration) -> Result<(), MigrateError> {
     }
 }
 
-async fn expect_ok(conn: &mut Conn, cmd: &'static str, wait: Duration) -> Result<(), MigrateError> {
+pub(super) async fn expect_ok(
+    conn: &mut Conn,
+    cmd: &'static str,
+    wait: Duration,
+) -> Result<(), MigrateError> {
     let reply = conn.read(cmd, wait).await?;
     if is_ok(&reply) {
         Ok(())

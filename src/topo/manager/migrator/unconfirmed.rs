@@ -24,11 +24,13 @@
 //! need no `MIGRATE` (`restore`).
 //!
 //! A contested key moved by `MIGRATE … COPY` (`write_ack = "replica"`,
-//! `restore::copy_then_delete`) is noted too, before that command is sent,
-//! but without a copy: the source copied what it held at that moment, which
-//! the migrator never saw. While such a note stands, the target's copy is
-//! ours and never served, whatever its bytes, unless our guarded `DEL` may
-//! have run ([`Sent::MigrateCopy`]).
+//! `contested`) is noted too, before that command is sent, but without a
+//! copy: the source copied what it held at that moment, which the migrator
+//! never saw. While such a note stands, the target's copy is ours and never
+//! served, whatever its bytes, unless our guarded `DEL` may have run
+//! ([`Sent::MigrateCopy`]). Our marked copy written over a stale one is
+//! noted the same way until the reply says whether it was written: then it
+//! is noted as restored, with its bytes, or the note is put back as it was.
 //!
 //! A note also says when the copy the target acknowledged was sent, so that
 //! a key a client deletes on the source while our copy waits on the target
@@ -73,6 +75,10 @@ struct Noted {
     /// The source's guarded `DEL` of the key was sent and not seen aborted.
     deleting: bool,
 }
+
+/// What was noted of a key before [`Unconfirmed::migrate_copying`].
+#[derive(Debug, Clone)]
+pub(super) struct Prior(Option<Noted>);
 
 /// What [`Unconfirmed::sending`] found noted for a key about to be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,12 +162,19 @@ impl Unconfirmed {
 
     /// Notes that `MIGRATE … COPY REPLACE` of `keys` is about to be sent from
     /// `source`: whatever the target held of them, it will hold the source's
-    /// copy of the moment, unseen by us (see [`Sent::MigrateCopy`]).
-    pub(super) fn migrate_copying<'a>(&self, source: &str, keys: impl Iterator<Item = &'a [u8]>) {
+    /// copy of the moment, unseen by us (see [`Sent::MigrateCopy`]). The
+    /// marked overwrite of a stale copy (`contested`) is noted the same way
+    /// until its reply says what it wrote. Returns what was noted of each key
+    /// before, for [`Unconfirmed::put_back`].
+    pub(super) fn migrate_copying<'a>(
+        &self,
+        source: &str,
+        keys: impl Iterator<Item = &'a [u8]>,
+    ) -> Vec<Prior> {
         let mut all = self.by_source.lock();
         let noted = all.entry(source.to_string()).or_default();
-        for k in keys {
-            noted.insert(
+        keys.map(|k| {
+            let before = noted.insert(
                 Bytes::copy_from_slice(k),
                 Noted {
                     copy: None,
@@ -169,6 +182,24 @@ impl Unconfirmed {
                     deleting: false,
                 },
             );
+            Prior(before)
+        })
+        .collect()
+    }
+
+    /// Puts back what was noted of `keys` before [`Unconfirmed::migrate_copying`]:
+    /// the copy announced was not written after all.
+    pub(super) fn put_back<'a>(&self, source: &str, keys: impl Iterator<Item = (&'a [u8], Prior)>) {
+        let mut all = self.by_source.lock();
+        let noted = all.entry(source.to_string()).or_default();
+        for (k, Prior(before)) in keys {
+            match before {
+                Some(n) => noted.insert(Bytes::copy_from_slice(k), n),
+                None => noted.remove(k),
+            };
+        }
+        if noted.is_empty() {
+            all.remove(source);
         }
     }
 
@@ -183,6 +214,12 @@ impl Unconfirmed {
                 }
             }
         }
+    }
+
+    /// When the `RESTORE` of our copy of `key` (of `source`) that the target
+    /// acknowledged was sent, if it did acknowledge one.
+    pub(super) fn acknowledged(&self, source: &str, key: &[u8]) -> Option<Instant> {
+        self.by_source.lock().get(source)?.get(key)?.restored
     }
 
     /// Of `keys` (gone from `source`), those whose copy the target
@@ -333,5 +370,27 @@ mod tests {
             taken.get(b"new".as_ref()),
             Some(&Sent::MigrateCopy { deleting: true })
         );
+    }
+
+    #[test]
+    fn a_copy_announced_and_not_written_leaves_the_notes_as_they_were() {
+        let u = Unconfirmed::default();
+        let v1 = copy("v1");
+        let at = Instant::now();
+        u.sending("a:1", [(b"k".as_ref(), &v1)].into_iter());
+        u.restored("a:1", at, [(b"k".as_ref(), &v1)].into_iter());
+        let prior = u.migrate_copying("a:1", [b"k".as_ref(), b"new".as_ref()].into_iter());
+        assert_eq!(u.count("a:1"), 2);
+        u.put_back("a:1", [b"k".as_ref(), b"new".as_ref()].into_iter().zip(prior));
+        assert_eq!(u.count("a:1"), 1, "a key noted by the copy alone is forgotten");
+        assert_eq!(
+            u.sending("a:1", [(b"k".as_ref(), &v1)].into_iter()),
+            vec![Earlier::Restored(at)],
+            "the acknowledged copy is known again"
+        );
+        let prior = u.migrate_copying("b:2", [b"x".as_ref()].into_iter());
+        u.put_back("b:2", [b"x".as_ref()].into_iter().zip(prior));
+        assert_eq!(u.count("b:2"), 0);
+        assert!(u.take("b:2").is_empty());
     }
 }
