@@ -1792,19 +1792,20 @@ async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() 
             .ignore();
     }
     let () = swap.query_async(&mut m.d).await.expect("a proxy's copies ahead");
+    let copied_ahead = Instant::now();
     m.retried().await;
 
     // Each proxy's `MIGRATE` found its key gone: it takes back its copies
-    // that still show the mark it gave them a moment ago.
-    let copies = copied.iter().map(|k| (k.as_bytes(), Duration::ZERO));
-    let eval = copy_mark::take_back_words(copies, |words| {
-        let mut eval = redis::Cmd::new();
-        for w in words {
-            eval.arg(*w);
-        }
-        eval
-    });
+    // that still show the mark it gave them, as old as they are.
     m.finishes_with_every_key_moved(async |d| {
+        let copies = copied.iter().map(|k| (k.as_bytes(), copied_ahead.elapsed()));
+        let eval = copy_mark::take_back_words(copies, |words| {
+            let mut eval = redis::Cmd::new();
+            for w in words {
+                eval.arg(*w);
+            }
+            eval
+        });
         let taken: i64 = eval.query_async(d).await.expect("take back");
         assert_eq!(taken, 0, "the migrator moved the keys over the proxy's copies");
     })
@@ -1961,13 +1962,28 @@ async fn a_stale_copy_is_replaced_only_if_it_is_the_one_seen() {
 /// deleted arrive with the source's values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replica_ack_a_contested_key_deleted_while_its_copy_waits_stays_deleted() {
+    contested_and_deleted_while_waiting("aged", 30).await;
+}
+
+/// The same with stale copies that show an old mark (90 s idle): a copy ahead
+/// of a proxy whose move ended long ago, or of a migrator that died. Its
+/// owner can no longer take it back in ours' stead, so ours replaces it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_a_contested_key_under_an_old_mark_deleted_while_its_copy_waits_stays_deleted() {
+    contested_and_deleted_while_waiting("marked", 90).await;
+}
+
+/// Every key contested, with stale copies idle for `idle` s on the target;
+/// half the keys deleted on the source while the copies wait for a frozen
+/// replica: none comes back, the others move.
+async fn contested_and_deleted_while_waiting(prefix: &str, idle: u64) {
     let ContestedEverywhere {
         src,
         dst,
         replica,
         keys,
         slots,
-    } = contested_everywhere("aged", 30).await;
+    } = contested_everywhere(prefix, idle).await;
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     let before = snapshot(&mut s, &keys).await;
     let Frozen { pid, run, .. } =

@@ -90,11 +90,14 @@ pub fn stale_floor(idle: u64) -> Option<u64> {
     (idle >= AGED).then(|| idle - SLACK)
 }
 
-/// True if a copy idle for `idle` seconds may carry a mark (ours or a
-/// proxy's): whoever gave it may take it back, so no other mover may write
-/// its own marked copy over it, which would be taken back in its stead.
-pub fn may_be_marked(idle: u64) -> bool {
-    idle >= SECS - SLACK
+/// True if a copy idle for `idle` seconds may carry a mark given less than
+/// [`AGED`] seconds before (ours or a proxy's). Whoever gave it may still
+/// take it back, and a marked copy written over it by another mover within
+/// those seconds would look like the one it takes back ([`min_idle`]), and go
+/// in its stead. An older mark is safe to write over: its owner's take-back
+/// expects the age of its own copy, which ours is [`AGED`] seconds short of.
+pub fn may_be_taken_back(idle: u64) -> bool {
+    (SECS - SLACK..SECS + AGED + SLACK).contains(&idle)
 }
 
 /// Reads the target's clock, then what each of `KEYS` holds: `-1` nothing,
@@ -197,6 +200,11 @@ mod tests {
         // A copy written after it was seen reads at most `since + 2`; the
         // one seen reads at least `floor + since`.
         assert!(stale_floor(AGED).is_some_and(|f| f > 2));
+        // A fresh mark may be taken back by its owner; one given AGED
+        // seconds and more before may not.
+        assert!(!may_be_taken_back(SECS - SLACK - 1));
+        assert!(may_be_taken_back(SECS) && may_be_taken_back(SECS + AGED));
+        assert!(!may_be_taken_back(SECS + AGED + SLACK));
     }
 
     #[test]

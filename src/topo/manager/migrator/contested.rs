@@ -31,9 +31,9 @@
 //! * a copy younger than `copy_mark::AGED` at step 1 cannot be told from
 //!   one written after it;
 //! * a small integer cannot carry our mark;
-//! * a copy that may carry someone else's mark (a proxy's copy ahead, see
-//!   [`observe`]) must not be replaced by ours, which its owner would take
-//!   back in its stead.
+//! * a copy that may carry someone else's mark given a few seconds before (a
+//!   proxy's copy ahead, see [`observe`]) must not be replaced by ours, which
+//!   its owner would take back in its stead.
 
 use std::time::{Duration, Instant};
 
@@ -101,12 +101,12 @@ struct Seen {
 /// Step 1: what the target holds of `names` (`copy_mark::OBSERVE`). `ours`
 /// says when the target acknowledged our copy of a key (by index), if it did.
 ///
-/// A copy that may carry a mark is overwritten only if it is that copy of
-/// ours (as old as our mark allows): a proxy's copy ahead of a move on
-/// access carries the same mark, and the proxy takes it back if the source
-/// lost the key meanwhile, which would take our copy in its stead once our
-/// `DEL` ran. Such a key moves by `MIGRATE … COPY`, whose copy no one
-/// takes back.
+/// A copy that may carry a mark given a few seconds before is overwritten
+/// only if it is that copy of ours (as old as our mark allows): a proxy's
+/// copy ahead of a move on access carries the same mark, and the proxy takes
+/// it back if the source lost the key meanwhile, which would take our copy
+/// in its stead once our `DEL` ran (`copy_mark::may_be_taken_back`). Such a
+/// key moves by `MIGRATE … COPY`, whose copy no one takes back.
 async fn observe(
     target: &mut Conn,
     names: &[&[u8]],
@@ -143,7 +143,7 @@ async fn observe(
                 _ => return None,
             };
             let mark_of_ours = || ours(i).is_some_and(|at| idle >= copy_mark::min_idle(at.elapsed()));
-            if copy_mark::may_be_marked(idle) && !mark_of_ours() {
+            if copy_mark::may_be_taken_back(idle) && !mark_of_ours() {
                 return None;
             }
             copy_mark::stale_floor(idle).and_then(|f| i64::try_from(f).ok())
