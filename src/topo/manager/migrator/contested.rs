@@ -38,7 +38,7 @@
 use std::time::{Duration, Instant};
 
 use super::batch::{Key, Verdict, verdict};
-use super::conn::Conn;
+use super::conn::{Conn, reply_text};
 use super::error::MigrateError;
 use super::restore::{
     Dumped, Failure, Steps, Transferred, commit, dump, expect_ok, guarded_del, redis_error, replica_has,
@@ -64,9 +64,9 @@ pub(super) async fn move_contested(
     let seen = observe(target, &names, ours, wait)
         .await
         .map_err(Failure::Target)?;
-    let mut unmarked: Vec<usize> = (0..keys.len()).filter(|&i| seen.keys[i].is_none()).collect();
+    let mut by_copy: Vec<usize> = (0..keys.len()).filter(|&i| seen.keys[i].is_none()).collect();
     let mut done = Transferred::default();
-    if unmarked.len() < keys.len() {
+    if by_copy.len() < keys.len() {
         let steps = Steps {
             wait,
             noted,
@@ -75,15 +75,15 @@ pub(super) async fn move_contested(
         let (part, shared) = overwrite((source, target), &names, &seen, steps).await?;
         done.moved += part.moved;
         done.contested.extend(part.contested);
-        unmarked.extend(shared);
+        by_copy.extend(shared);
     }
-    if !unmarked.is_empty() {
-        unmarked.sort_unstable();
-        let rest: Vec<Key> = unmarked.iter().map(|&i| keys[i].clone()).collect();
+    if !by_copy.is_empty() {
+        by_copy.sort_unstable();
+        let rest: Vec<Key> = by_copy.iter().map(|&i| keys[i].clone()).collect();
         let part = migrate_copy(source, target, &rest, (to, auth), wait, noted).await?;
         done.moved += part.moved;
         done.contested
-            .extend(part.contested.into_iter().map(|j| unmarked[j]));
+            .extend(part.contested.into_iter().map(|j| by_copy[j]));
     }
     Ok(done)
 }
@@ -197,7 +197,7 @@ async fn overwrite(
                 left.push((d.name, prior));
             }
             other => {
-                refused.get_or_insert_with(|| super::conn::reply_text(&other));
+                refused.get_or_insert_with(|| reply_text(&other));
                 left.push((d.name, prior));
             }
         }
