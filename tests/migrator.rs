@@ -648,17 +648,31 @@ async fn works_with_a_backend_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_value_moves_through_split_batches_and_longer_timeouts() {
     // DUMP/RESTORE: our own wait for the 50 MB reply runs out.
-    big_value_with(Method::DumpRestore, "did not answer").await;
+    big_value_with(Method::DumpRestore, "did not answer", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_value_moves_through_split_batches_and_longer_timeouts_with_migrate() {
     // MIGRATE: Redis's own socket timeout towards the target runs out.
-    big_value_with(Method::Migrate, "IOERR").await;
+    big_value_with(Method::Migrate, "IOERR", false).await;
 }
 
-async fn big_value_with(method: Method, first_error: &str) {
-    let (src, dst) = (common::redis(), common::redis());
+/// With `replica_ack`, the target's `RESTORE`s run inside scripts, in
+/// `EVAL`s of a few MB each (the big value alone in its own), and wait for
+/// the target's replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_value_moves_through_split_batches_and_longer_timeouts_with_replica_ack() {
+    big_value_with(Method::DumpRestore, "did not answer", true).await;
+}
+
+async fn big_value_with(method: Method, first_error: &str, replica_ack: bool) {
+    let src = common::redis();
+    let (dst, _replica) = if replica_ack {
+        let (dst, replica) = target_with_replica().await;
+        (dst, Some(replica))
+    } else {
+        (common::redis(), None)
+    };
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     let big: Vec<u8> = (0..50 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let big_slot = slot_of(b"big");
@@ -681,6 +695,7 @@ async fn big_value_with(method: Method, first_error: &str) {
     let cfg = MigratorConfig {
         method,
         timeout: Duration::from_millis(1),
+        replica_ack,
         ..config()
     };
     let mut progress = Progress::default();
@@ -715,7 +730,14 @@ async fn big_value_with(method: Method, first_error: &str) {
         "the big value arrived intact ({} bytes)",
         moved.len()
     );
-    assert_eq!(dbsize(&mut d).await, 21);
+    let mut on_target: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut d)
+        .await
+        .expect("KEYS");
+    // The key `wait_replica_streaming` wrote to see the replica stream.
+    on_target.retain(|k| k != "reborn:probe");
+    assert_eq!(on_target.len(), 21, "{on_target:?}");
     assert_eq!(dbsize(&mut s).await, 0);
 }
 

@@ -559,10 +559,19 @@ async fn restore(
     }
 }
 
+/// Most payload bytes one [`restore_scripted`] `EVAL` carries (a key bigger
+/// than this goes alone). Redis holds a whole command before it runs it, and
+/// copies each argument into Lua, so one `EVAL` of a batch of big values
+/// would need twice the batch in the target's memory at once, and could pass
+/// its `client-query-buffer-limit`; pipelined `RESTORE`s never hold more
+/// than one value.
+const SCRIPT_BYTES: usize = 4 << 20;
+
 /// `EVAL copy_mark::REPLACE_STALE` for `dumped`: our marked copy of each,
 /// where the target holds what `found` says it is to find (`-1`: nothing;
-/// else a stale copy's floor, seen at `at_ms` by the target's clock). Its
-/// reply for each key: `1` restored, `0` left alone, or an error's text.
+/// else a stale copy's floor, seen at `at_ms` by the target's clock), in as
+/// many `EVAL`s as [`SCRIPT_BYTES`] asks, pipelined. Its reply for each key:
+/// `1` restored, `0` left alone, or an error's text.
 pub(super) async fn restore_scripted(
     target: &mut Conn,
     dumped: &[&Dumped<'_>],
@@ -570,26 +579,63 @@ pub(super) async fn restore_scripted(
     found: impl Fn(&Dumped<'_>) -> i64,
     wait: Duration,
 ) -> Result<Vec<Frame>, MigrateError> {
+    let chunks = by_bytes(dumped, SCRIPT_BYTES);
     let bulk = Frame::BulkString;
     let text = |s: String| Frame::BulkString(Bytes::from(s));
-    let mut words = Vec::with_capacity(5 + 4 * dumped.len());
-    words.push(bulk(Bytes::from_static(b"EVAL")));
-    words.push(bulk(Bytes::from_static(copy_mark::REPLACE_STALE.as_bytes())));
-    words.push(text(dumped.len().to_string()));
-    words.extend(dumped.iter().map(|d| bulk(Bytes::copy_from_slice(d.name))));
-    words.push(text(copy_mark::SECS.to_string()));
-    words.push(text(at_ms.to_string()));
-    for d in dumped {
-        words.push(text(d.copy.expire_at.to_string()));
-        // The payload goes out as the slice it was read into, uncopied.
-        words.push(bulk(d.copy.payload.clone()));
-        words.push(text(found(d).to_string()));
+    let evals = chunks
+        .iter()
+        .map(|chunk| {
+            let mut words = Vec::with_capacity(5 + 4 * chunk.len());
+            words.push(bulk(Bytes::from_static(b"EVAL")));
+            words.push(bulk(Bytes::from_static(copy_mark::REPLACE_STALE.as_bytes())));
+            words.push(text(chunk.len().to_string()));
+            words.extend(chunk.iter().map(|d| bulk(Bytes::copy_from_slice(d.name))));
+            words.push(text(copy_mark::SECS.to_string()));
+            words.push(text(at_ms.to_string()));
+            for d in *chunk {
+                words.push(text(d.copy.expire_at.to_string()));
+                // The payload goes out as the slice it was read into, uncopied.
+                words.push(bulk(d.copy.payload.clone()));
+                words.push(text(found(d).to_string()));
+            }
+            Frame::Array(words)
+        })
+        .collect();
+    target.send(evals).await?;
+    let mut replies = Vec::with_capacity(dumped.len());
+    let mut bad = None;
+    // Every reply is read even after a bad one, so the connection stays in step.
+    for chunk in &chunks {
+        match target.read("EVAL", wait).await? {
+            Frame::Array(items) if items.len() == chunk.len() => replies.extend(items),
+            other => {
+                bad.get_or_insert(other);
+            }
+        }
     }
-    target.send(vec![Frame::Array(words)]).await?;
-    match target.read("EVAL", wait).await? {
-        Frame::Array(items) if items.len() == dumped.len() => Ok(items),
-        other => Err(redis_error(target, "EVAL", &other)),
+    match bad {
+        Some(other) => Err(redis_error(target, "EVAL", &other)),
+        None => Ok(replies),
     }
+}
+
+/// `dumped` cut in runs of at most `max` payload bytes each (one key at
+/// least).
+fn by_bytes<'a, 'b>(dumped: &'a [&'a Dumped<'b>], max: usize) -> Vec<&'a [&'a Dumped<'b>]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, d) in dumped.iter().enumerate() {
+        let len = d.copy.payload.len();
+        if i > start && bytes + len > max {
+            chunks.push(&dumped[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < dumped.len() {
+        chunks.push(&dumped[start..]);
+    }
+    chunks
 }
 
 /// Takes back from the target our copies of keys a client deleted on the
@@ -689,5 +735,41 @@ pub(super) fn redis_error(conn: &Conn, cmd: &'static str, reply: &Frame) -> Migr
             cmd,
             detail: reply_text(other),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripted_restores_are_cut_by_payload_bytes() {
+        let dumped: Vec<Dumped<'_>> = [3usize, 4, 2, 9, 1]
+            .iter()
+            .enumerate()
+            .map(|(index, &len)| Dumped {
+                index,
+                name: b"k",
+                copy: KeyCopy {
+                    payload: Bytes::from(vec![0; len]),
+                    expire_at: 0,
+                },
+            })
+            .collect();
+        let refs: Vec<&Dumped<'_>> = dumped.iter().collect();
+        let sizes = |max| -> Vec<Vec<usize>> {
+            by_bytes(&refs, max)
+                .iter()
+                .map(|c| c.iter().map(|d| d.index).collect())
+                .collect()
+        };
+        assert_eq!(sizes(7), vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+        assert_eq!(sizes(100), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(
+            sizes(1),
+            vec![vec![0], vec![1], vec![2], vec![3], vec![4]],
+            "a bigger key goes alone"
+        );
+        assert!(by_bytes(&[], 10).is_empty());
     }
 }
