@@ -667,12 +667,7 @@ async fn a_big_value_moves_through_split_batches_and_longer_timeouts_with_replic
 
 async fn big_value_with(method: Method, first_error: &str, replica_ack: bool) {
     let src = common::redis();
-    let (dst, _replica) = if replica_ack {
-        let (dst, replica) = target_with_replica().await;
-        (dst, Some(replica))
-    } else {
-        (common::redis(), None)
-    };
+    let (dst, _replica) = target(replica_ack).await;
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
     let big: Vec<u8> = (0..50 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let big_slot = slot_of(b"big");
@@ -852,12 +847,7 @@ async fn bench_migrator_throughput() {
 /// target has a replica) with `cfg`; prints and returns the keys/s.
 async fn bench_one(n: usize, slots: &BTreeSet<u16>, cfg: &MigratorConfig, replica: bool) -> f64 {
     let src = common::redis();
-    let (dst, _replica) = if replica {
-        let (dst, replica) = target_with_replica().await;
-        (dst, Some(replica))
-    } else {
-        (common::redis(), None)
-    };
+    let (dst, _replica) = target(replica).await;
     let mut s = conn(&src.addr(), None).await;
     let keys = key_names("k", n);
     for chunk in keys.chunks(10_000) {
@@ -948,6 +938,16 @@ async fn target_with_replica() -> (RedisServer, RedisServer) {
     replica.replicaof(&dst.addr()).expect("replicaof");
     common::wait_replica_streaming(&dst.addr()).await;
     (dst, replica)
+}
+
+/// A target server, with a replica streaming from it if `replica`.
+async fn target(replica: bool) -> (RedisServer, Option<RedisServer>) {
+    if replica {
+        let (dst, replica) = target_with_replica().await;
+        (dst, Some(replica))
+    } else {
+        (common::redis(), None)
+    }
 }
 
 /// The task [`spawn_migration`] runs `migrate_slots` on: its outcome and
