@@ -2027,3 +2027,134 @@ async fn contested_and_deleted_while_waiting(prefix: &str, idle: u64) {
     );
     assert!(progress.contested >= keys.len() as u64, "{progress:?}");
 }
+
+/// With `replica_ack`, a contested key whose target copy is a proxy's copy
+/// ahead of a move on access (a mark given just now) waits for that move to
+/// end: the copy is neither replaced by ours nor by a `MIGRATE … COPY`, both
+/// of which made the proxy's take-back miss it. Here a client deletes half
+/// the keys on the source, so the proxies' moves find them gone and take
+/// their copies back; the other half the proxies move. None of the deleted
+/// keys comes back, and the others arrive. Before, `MIGRATE … COPY` moved
+/// every key at once, over the proxies' copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_a_proxys_copy_ahead_is_waited_for_not_replaced() {
+    use reborn::libs::copy_mark;
+
+    let src = common::redis();
+    let (dst, _replica) = target_with_replica().await;
+    let slots = hundred_slots();
+    let keys: Vec<String> = key_names("ahead", 400)
+        .into_iter()
+        .filter(|k| slots.contains(&slot_of(k.as_bytes())))
+        .collect();
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    fill(&mut s, &keys).await;
+    let before = snapshot(&mut s, &keys).await;
+    // The proxies' copies ahead: the source's bytes, with the mark.
+    let mut ahead = redis::pipe();
+    for k in &keys {
+        let payload: Vec<u8> = redis::cmd("DUMP").arg(k).query_async(&mut s).await.expect("DUMP");
+        let expire_at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(k)
+            .query_async(&mut s)
+            .await
+            .expect("PEXPIRETIME");
+        ahead
+            .cmd("RESTORE")
+            .arg(k)
+            .arg(expire_at.max(0))
+            .arg(payload)
+            .arg("ABSTTL")
+            .arg("IDLETIME")
+            .arg(copy_mark::SECS)
+            .ignore();
+    }
+    let () = ahead.query_async(&mut d).await.expect("copies ahead");
+    let copied_ahead = Instant::now();
+    let cfg = MigratorConfig {
+        timeout: Duration::from_millis(300),
+        batch_keys: 50,
+        replica_ack: true,
+        ..config()
+    };
+    let (_, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
+    // Contested, the keys wait: the migrator looks at the target again and
+    // again (`copy_mark::OBSERVE`, every 10 ms), or, wrongly, moves them.
+    common::eventually(
+        "the migrator waits for the moves on access to end",
+        Duration::from_secs(5),
+        async || eval_calls(&mut d).await >= 20 || dbsize(&mut s).await < keys.len() as u64,
+    )
+    .await;
+    assert_eq!(
+        dbsize(&mut s).await,
+        keys.len() as u64,
+        "a key left the source while a proxy's copy ahead was on the target"
+    );
+
+    let deleted: Vec<String> = keys.iter().step_by(2).cloned().collect();
+    let kept: Vec<String> = keys.iter().skip(1).step_by(2).cloned().collect();
+    delete_held(&mut s, &deleted).await;
+    // The proxies' moves of the deleted keys found them gone: each takes back
+    // its copy, which must still show the mark it gave it.
+    let copies = deleted.iter().map(|k| (k.as_bytes(), copied_ahead.elapsed()));
+    let taken: i64 = copy_mark::take_back_words(copies, |words| {
+        let mut eval = redis::Cmd::new();
+        for w in words {
+            eval.arg(*w);
+        }
+        eval
+    })
+    .query_async(&mut d)
+    .await
+    .expect("take back");
+    assert_eq!(taken, deleted.len() as i64, "the proxies' copies were touched");
+    // The other moves go through: `MIGRATE … REPLACE` over the copies ahead.
+    let (host, port) = dst
+        .addr()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .expect("addr");
+    let moved: String = redis::cmd("MIGRATE")
+        .arg(host)
+        .arg(port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("REPLACE")
+        .arg("KEYS")
+        .arg(&kept)
+        .query_async(&mut s)
+        .await
+        .expect("MIGRATE");
+    assert_eq!(moved, "OK");
+
+    let (outcome, _) = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the migration finishes once the moves ended")
+        .expect("join");
+    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    let source_after = snapshot(&mut s, &keys).await;
+    let target_after = snapshot(&mut d, &keys).await;
+    assert_none_back(&target_after, &deleted);
+    let before: Snapshot = before.into_iter().filter(|(k, _)| kept.contains(k)).collect();
+    assert_eq!(
+        assert_moved(&before, &source_after, &target_after, &slots),
+        kept.len()
+    );
+}
+
+/// How many `EVAL`s the server behind `c` has run.
+async fn eval_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .expect("INFO");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_eval:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -31,9 +31,13 @@
 //! * a copy younger than `copy_mark::AGED` at step 1 cannot be told from
 //!   one written after it;
 //! * a small integer cannot carry our mark;
-//! * a copy that may carry someone else's mark given a few seconds before (a
-//!   proxy's copy ahead, see [`observe`]) must not be replaced by ours, which
-//!   its owner would take back in its stead.
+//! * a copy that still carries a proxy's mark given a few seconds before
+//!   (its copy ahead of a move on access, see [`observe`]) after up to
+//!   [`AHEAD_WAIT`]: such a copy is waited for first, not replaced, as the
+//!   proxy may take it back and would take ours in its stead. Its move
+//!   normally ends within milliseconds (the key leaves the source, or the
+//!   copy goes), and a mark [`copy_mark::AGED`] seconds old can be written
+//!   over.
 
 use std::time::{Duration, Instant};
 
@@ -61,10 +65,19 @@ pub(super) async fn move_contested(
     let names: Vec<&[u8]> = keys.iter().map(|k| k.name.as_ref()).collect();
     let from = source.addr().to_string();
     let ours = |i: usize| noted.acknowledged(&from, names[i]);
-    let seen = observe(target, &names, ours, wait)
-        .await
-        .map_err(Failure::Target)?;
-    let mut by_copy: Vec<usize> = (0..keys.len()).filter(|&i| seen.keys[i].is_none()).collect();
+    let looked = Instant::now();
+    let seen = loop {
+        let seen = observe(target, &names, ours, wait)
+            .await
+            .map_err(Failure::Target)?;
+        if !seen.keys.contains(&Found::Ahead) || looked.elapsed() >= AHEAD_WAIT {
+            break seen;
+        }
+        tokio::time::sleep(AHEAD_POLL).await;
+    };
+    let mut by_copy: Vec<usize> = (0..keys.len())
+        .filter(|&i| !matches!(seen.keys[i], Found::Stale(_)))
+        .collect();
     let mut done = Transferred::default();
     if by_copy.len() < keys.len() {
         let steps = Steps {
@@ -88,14 +101,36 @@ pub(super) async fn move_contested(
     Ok(done)
 }
 
+/// How long a contested key waits for a proxy's copy ahead on the target
+/// ([`Found::Ahead`]) to end, by its move or its take-back, before it moves
+/// by `MIGRATE … COPY` anyway. A move on access normally ends within
+/// milliseconds; a mark given [`copy_mark::AGED`] seconds and more before
+/// can be written over anyway, so this only bounds a proxy that copies the
+/// same key ahead again and again.
+const AHEAD_WAIT: Duration = Duration::from_secs(10);
+/// How often the target is looked at again meanwhile.
+const AHEAD_POLL: Duration = Duration::from_millis(10);
+
 /// What [`observe`] found on the target.
 struct Seen {
     /// The target's clock when it looked (Unix ms).
     at_ms: i64,
-    /// Per key: what `REPLACE_STALE` is to find there (`-1`: nothing, else
-    /// the copy's `copy_mark::stale_floor`); `None` if the copy there cannot
-    /// be told later from a newer one.
-    keys: Vec<Option<i64>>,
+    /// Per key.
+    keys: Vec<Found>,
+}
+
+/// What the target holds of one contested key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// What `REPLACE_STALE` is to find there: `-1` nothing, else the stale
+    /// copy's `copy_mark::stale_floor`.
+    Stale(i64),
+    /// A copy that cannot be told later from a newer one: it moves by
+    /// `MIGRATE … COPY`.
+    Unknowable,
+    /// A copy that may carry a proxy's mark given a few seconds before: its
+    /// copy ahead of a move on access, which the proxy may still take back.
+    Ahead,
 }
 
 /// Step 1: what the target holds of `names` (`copy_mark::OBSERVE`). `ours`
@@ -106,7 +141,7 @@ struct Seen {
 /// copy ahead of a move on access carries the same mark, and the proxy takes
 /// it back if the source lost the key meanwhile, which would take our copy
 /// in its stead once our `DEL` ran (`copy_mark::may_be_taken_back`). Such a
-/// key moves by `MIGRATE … COPY`, whose copy no one takes back.
+/// copy is [`Found::Ahead`].
 async fn observe(
     target: &mut Conn,
     names: &[&[u8]],
@@ -138,15 +173,18 @@ async fn observe(
         .enumerate()
         .map(|(i, &n)| {
             let idle = match n {
-                -1 => return Some(-1),
+                -1 => return Found::Stale(-1),
                 idle if idle >= 0 => idle.unsigned_abs(),
-                _ => return None,
+                _ => return Found::Unknowable,
             };
             let mark_of_ours = || ours(i).is_some_and(|at| idle >= copy_mark::min_idle(at.elapsed()));
             if copy_mark::may_be_taken_back(idle) && !mark_of_ours() {
-                return None;
+                return Found::Ahead;
             }
-            copy_mark::stale_floor(idle).and_then(|f| i64::try_from(f).ok())
+            match copy_mark::stale_floor(idle).and_then(|f| i64::try_from(f).ok()) {
+                Some(floor) => Found::Stale(floor),
+                None => Found::Unknowable,
+            }
         })
         .collect();
     Ok(Seen { at_ms, keys })
@@ -163,7 +201,7 @@ async fn overwrite(
 ) -> Result<(Transferred, Vec<usize>), Failure> {
     let Steps { wait, noted, .. } = steps;
     let all: Vec<(usize, &[u8])> = (0..names.len())
-        .filter(|&i| seen.keys[i].is_some())
+        .filter(|&i| matches!(seen.keys[i], Found::Stale(_)))
         .map(|i| (i, names[i]))
         .collect();
     let dumped = dump(source, &all, wait).await.map_err(Failure::Source)?;
@@ -182,7 +220,11 @@ async fn overwrite(
     let prior = noted.migrate_copying(&from, dumped.iter().map(|d| d.name));
     let at = Instant::now();
     let sending: Vec<&Dumped<'_>> = dumped.iter().collect();
-    let found = |d: &Dumped<'_>| seen.keys[d.index].unwrap_or(-1);
+    let found = |d: &Dumped<'_>| match seen.keys[d.index] {
+        Found::Stale(floor) => floor,
+        // Not sent: `overwrite` takes only stale copies.
+        Found::Unknowable | Found::Ahead => -1,
+    };
     let replies = match restore_scripted(target, &sending, seen.at_ms, found, wait).await {
         Ok(replies) => replies,
         Err(e) => return Err(unwatched(source, Failure::Target(e), wait).await),
