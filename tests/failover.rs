@@ -524,19 +524,6 @@ async fn other_clients(me: &mut redis::aio::MultiplexedConnection) -> BTreeSet<i
         .collect()
 }
 
-/// `INFO` commands the server has run, `me`'s own included.
-async fn info_calls(me: &mut redis::aio::MultiplexedConnection) -> i64 {
-    let text: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(me)
-        .await
-        .expect("INFO");
-    text.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_info:calls="))
-        .and_then(|v| v.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_keeps_its_connections_between_rounds() {
     let (c, replicas) = Cluster::with_persistent_replicas().await;
@@ -553,13 +540,13 @@ async fn the_leader_keeps_its_connections_between_rounds() {
     .await;
     // Six rounds: each runs one INFO on the replica (ours are counted apart:
     // each check counts the INFO calls of ours before it).
-    let (start, mut ours) = (info_calls(&mut me).await, 0);
+    let (start, mut ours) = (common::command_calls(&mut me, "info").await, 0);
     common::eventually(
         "the leader keeps looking at the replica",
         deadline.saturating_duration_since(Instant::now()),
         async || {
             ours += 1;
-            info_calls(&mut me).await - start - ours >= 6
+            common::command_calls(&mut me, "info").await - start - ours >= 6
         },
     )
     .await;

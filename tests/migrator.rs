@@ -1770,6 +1770,32 @@ async fn copies_the_target_lost_before_a_retry_are_restored_again() {
     m.finishes_with_every_key_moved(async |_| {}).await;
 }
 
+/// Adds to `pipe` a proxy's copy ahead of each of `keys` (`write_ack =
+/// "replica"`): the source's bytes and expiry, read from `source`, restored
+/// with the mark (`RESTORE … ABSTTL IDLETIME 60`).
+async fn copies_ahead(
+    pipe: &mut redis::Pipeline,
+    source: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) {
+    for k in keys {
+        let payload: Vec<u8> = redis::cmd("DUMP").arg(k).query_async(source).await.expect("DUMP");
+        let expire_at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(k)
+            .query_async(source)
+            .await
+            .expect("PEXPIRETIME");
+        pipe.cmd("RESTORE")
+            .arg(k)
+            .arg(expire_at.max(0))
+            .arg(payload)
+            .arg("ABSTTL")
+            .arg("IDLETIME")
+            .arg(reborn::libs::copy_mark::SECS)
+            .ignore();
+    }
+}
+
 /// A target that lost the copies a batch restored (a failover), on which a
 /// proxy then copied keys ahead of a move on access (`write_ack =
 /// "replica"`: the same `RESTORE … IDLETIME 60`), holds copies that are not
@@ -1793,26 +1819,7 @@ async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() 
     // no attempt of the migrator sees it without either.
     let mut swap = redis::pipe();
     swap.atomic().cmd("FLUSHALL").ignore();
-    for k in &copied {
-        let payload: Vec<u8> = redis::cmd("DUMP")
-            .arg(k)
-            .query_async(&mut m.s)
-            .await
-            .expect("DUMP");
-        let expire_at: i64 = redis::cmd("PEXPIRETIME")
-            .arg(k)
-            .query_async(&mut m.s)
-            .await
-            .expect("PEXPIRETIME");
-        swap.cmd("RESTORE")
-            .arg(k)
-            .arg(expire_at.max(0))
-            .arg(payload)
-            .arg("ABSTTL")
-            .arg("IDLETIME")
-            .arg(copy_mark::SECS)
-            .ignore();
-    }
+    copies_ahead(&mut swap, &mut m.s, &copied).await;
     let () = swap.query_async(&mut m.d).await.expect("a proxy's copies ahead");
     let copied_ahead = Instant::now();
     m.retried().await;
@@ -2052,23 +2059,7 @@ async fn with_replica_ack_a_proxys_copy_ahead_is_waited_for_not_replaced() {
     let before = snapshot(&mut s, &keys).await;
     // The proxies' copies ahead: the source's bytes, with the mark.
     let mut ahead = redis::pipe();
-    for k in &keys {
-        let payload: Vec<u8> = redis::cmd("DUMP").arg(k).query_async(&mut s).await.expect("DUMP");
-        let expire_at: i64 = redis::cmd("PEXPIRETIME")
-            .arg(k)
-            .query_async(&mut s)
-            .await
-            .expect("PEXPIRETIME");
-        ahead
-            .cmd("RESTORE")
-            .arg(k)
-            .arg(expire_at.max(0))
-            .arg(payload)
-            .arg("ABSTTL")
-            .arg("IDLETIME")
-            .arg(copy_mark::SECS)
-            .ignore();
-    }
+    copies_ahead(&mut ahead, &mut s, &keys).await;
     let () = ahead.query_async(&mut d).await.expect("copies ahead");
     let copied_ahead = Instant::now();
     let cfg = MigratorConfig {
@@ -2083,7 +2074,9 @@ async fn with_replica_ack_a_proxys_copy_ahead_is_waited_for_not_replaced() {
     common::eventually(
         "the migrator waits for the moves on access to end",
         Duration::from_secs(5),
-        async || eval_calls(&mut d).await >= 20 || dbsize(&mut s).await < keys.len() as u64,
+        async || {
+            common::command_calls(&mut d, "eval").await >= 20 || dbsize(&mut s).await < keys.len() as u64
+        },
     )
     .await;
     assert_eq!(
@@ -2142,19 +2135,4 @@ async fn with_replica_ack_a_proxys_copy_ahead_is_waited_for_not_replaced() {
         assert_moved(&before, &source_after, &target_after, &slots),
         kept.len()
     );
-}
-
-/// How many `EVAL`s the server behind `c` has run.
-async fn eval_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .expect("INFO");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_eval:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }

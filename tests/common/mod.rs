@@ -605,3 +605,18 @@ pub async fn plant_leader(
         .await
         .expect("the leader node");
 }
+
+/// How many times the redis-server behind `conn` has run `command` (lower
+/// case, as `INFO commandstats` names it), `conn`'s own calls included.
+pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> i64 {
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    let field = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field.as_str()))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
