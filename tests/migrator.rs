@@ -725,6 +725,10 @@ async fn big_value_with(method: Method, first_error: &str, replica_ack: bool) {
         "the big value arrived intact ({} bytes)",
         moved.len()
     );
+    // With `replica_ack` the target's restores ran inside scripts; without,
+    // as plain `RESTORE`s.
+    let evals = common::command_calls(&mut d, "eval").await;
+    assert_eq!(evals > 0, replica_ack, "EVALs on the target: {evals}");
     let mut on_target: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query_async(&mut d)
@@ -2134,5 +2138,66 @@ async fn with_replica_ack_a_proxys_copy_ahead_is_waited_for_not_replaced() {
     assert_eq!(
         assert_moved(&before, &source_after, &target_after, &slots),
         kept.len()
+    );
+}
+
+/// With `replica_ack`, a target out of memory refuses the `RESTORE`s our
+/// scripts run (`copy_mark::REPLACE_STALE` answers the error's text for each
+/// key): the task says why, the source keeps every key, and the notes of the
+/// copies not written are put back. With memory again, the migration ends
+/// with every key moved. Here every key is contested (stale copies 30 s old
+/// on the target), so the refusal comes from the overwrite of stale copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_ack_a_full_target_refuses_our_copies_and_loses_nothing() {
+    let ContestedEverywhere {
+        src,
+        dst,
+        replica: _replica,
+        keys,
+        slots,
+    } = contested_everywhere("full", 30).await;
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let before = snapshot(&mut s, &keys).await;
+    let full = |limit: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(limit)
+            .clone()
+    };
+    let () = full("1").query_async(&mut d).await.expect("CONFIG SET");
+    let cfg = MigratorConfig {
+        timeout: Duration::from_millis(300),
+        batch_keys: 50,
+        replica_ack: true,
+        ..config()
+    };
+    let (latest, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
+    common::eventually(
+        "the migrator reports the full target",
+        Duration::from_secs(20),
+        async || {
+            let p = latest.lock().expect("progress").clone();
+            p.errors >= 2 && p.last_error.is_some_and(|e| e.contains("OOM"))
+        },
+    )
+    .await;
+    assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
+    assert!(
+        migrator::Unconfirmed::global().count(&src.addr()) == 0,
+        "copies the target refused are still noted as sent"
+    );
+
+    let () = full("0").query_async(&mut d).await.expect("CONFIG SET");
+    let (outcome, _) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the migration finishes once the target has memory")
+        .expect("join");
+    assert_eq!(outcome.expect("migrate"), Outcome::Finished);
+    let source_after = snapshot(&mut s, &keys).await;
+    let target_after = snapshot(&mut d, &keys).await;
+    assert_eq!(
+        assert_moved(&before, &source_after, &target_after, &slots),
+        keys.len()
     );
 }

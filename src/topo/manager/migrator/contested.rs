@@ -76,7 +76,7 @@ pub(super) async fn move_contested(
         tokio::time::sleep(AHEAD_POLL).await;
     };
     let mut by_copy: Vec<usize> = (0..keys.len())
-        .filter(|&i| !matches!(seen.keys[i], Found::Stale(_)))
+        .filter(|&i| seen.keys[i].stale().is_none())
         .collect();
     let mut done = Transferred::default();
     if by_copy.len() < keys.len() {
@@ -131,6 +131,16 @@ enum Found {
     /// A copy that may carry a proxy's mark given a few seconds before: its
     /// copy ahead of a move on access, which the proxy may still take back.
     Ahead,
+}
+
+impl Found {
+    /// What `REPLACE_STALE` is to find, for a copy it may write over.
+    fn stale(self) -> Option<i64> {
+        match self {
+            Found::Stale(floor) => Some(floor),
+            Found::Unknowable | Found::Ahead => None,
+        }
+    }
 }
 
 /// Step 1: what the target holds of `names` (`copy_mark::OBSERVE`). `ours`
@@ -201,7 +211,7 @@ async fn overwrite(
 ) -> Result<(Transferred, Vec<usize>), Failure> {
     let Steps { wait, noted, .. } = steps;
     let all: Vec<(usize, &[u8])> = (0..names.len())
-        .filter(|&i| matches!(seen.keys[i], Found::Stale(_)))
+        .filter(|&i| seen.keys[i].stale().is_some())
         .map(|i| (i, names[i]))
         .collect();
     let dumped = dump(source, &all, wait).await.map_err(Failure::Source)?;
@@ -220,11 +230,8 @@ async fn overwrite(
     let prior = noted.migrate_copying(&from, dumped.iter().map(|d| d.name));
     let at = Instant::now();
     let sending: Vec<&Dumped<'_>> = dumped.iter().collect();
-    let found = |d: &Dumped<'_>| match seen.keys[d.index] {
-        Found::Stale(floor) => floor,
-        // Not sent: `overwrite` takes only stale copies.
-        Found::Unknowable | Found::Ahead => -1,
-    };
+    // Every key dumped here is one of `all`, whose copy is stale.
+    let found = |d: &Dumped<'_>| seen.keys[d.index].stale().unwrap_or(-1);
     let replies = match restore_scripted(target, &sending, seen.at_ms, found, wait).await {
         Ok(replies) => replies,
         Err(e) => return Err(unwatched(source, Failure::Target(e), wait).await),
