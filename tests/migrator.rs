@@ -1774,32 +1774,6 @@ async fn copies_the_target_lost_before_a_retry_are_restored_again() {
     m.finishes_with_every_key_moved(async |_| {}).await;
 }
 
-/// Adds to `pipe` a proxy's copy ahead of each of `keys` (`write_ack =
-/// "replica"`): the source's bytes and expiry, read from `source`, restored
-/// with the mark (`RESTORE … ABSTTL IDLETIME 60`).
-async fn copies_ahead(
-    pipe: &mut redis::Pipeline,
-    source: &mut redis::aio::MultiplexedConnection,
-    keys: &[String],
-) {
-    for k in keys {
-        let payload: Vec<u8> = redis::cmd("DUMP").arg(k).query_async(source).await.expect("DUMP");
-        let expire_at: i64 = redis::cmd("PEXPIRETIME")
-            .arg(k)
-            .query_async(source)
-            .await
-            .expect("PEXPIRETIME");
-        pipe.cmd("RESTORE")
-            .arg(k)
-            .arg(expire_at.max(0))
-            .arg(payload)
-            .arg("ABSTTL")
-            .arg("IDLETIME")
-            .arg(reborn::libs::copy_mark::SECS)
-            .ignore();
-    }
-}
-
 /// A target that lost the copies a batch restored (a failover), on which a
 /// proxy then copied keys ahead of a move on access (`write_ack =
 /// "replica"`: the same `RESTORE … IDLETIME 60`), holds copies that are not
@@ -1823,7 +1797,7 @@ async fn a_proxys_copy_ahead_on_a_target_that_lost_ours_is_not_taken_for_ours() 
     // no attempt of the migrator sees it without either.
     let mut swap = redis::pipe();
     swap.atomic().cmd("FLUSHALL").ignore();
-    copies_ahead(&mut swap, &mut m.s, &copied).await;
+    common::marked_copies(&mut swap, &mut m.s, &copied).await;
     let () = swap.query_async(&mut m.d).await.expect("a proxy's copies ahead");
     let copied_ahead = Instant::now();
     m.retried().await;
@@ -2063,7 +2037,7 @@ async fn with_replica_ack_a_proxys_copy_ahead_is_waited_for_not_replaced() {
     let before = snapshot(&mut s, &keys).await;
     // The proxies' copies ahead: the source's bytes, with the mark.
     let mut ahead = redis::pipe();
-    copies_ahead(&mut ahead, &mut s, &keys).await;
+    common::marked_copies(&mut ahead, &mut s, &keys).await;
     let () = ahead.query_async(&mut d).await.expect("copies ahead");
     let copied_ahead = Instant::now();
     let cfg = MigratorConfig {

@@ -1336,6 +1336,92 @@ async fn migrate_on_access_authenticates_to_the_target() {
     migrate_on_access(Some("backend-pw")).await;
 }
 
+/// A key a client removes on the source while a mover's copy of it waits on
+/// the target (the migrator restored its batch and has yet to send the
+/// source's guarded `DEL`; a proxy copied it ahead of a move): the proxy
+/// takes that copy back before it answers. Served from the target, where a
+/// proxy looks for a key the source lacks, the copy would bring the key back,
+/// and that read would also wear the mark that the mover's own take-back
+/// looks for, so the key would stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_removed_on_the_source_takes_a_movers_copy_on_the_target_with_it() {
+    let c = Cluster::start().await;
+    let mut p = c.client().await;
+    let (mut g1, mut g2) = (c.direct(1).await, c.direct(2).await);
+    let _: () = p.set("{foo}del", "a").await.expect("set");
+    let _: () = p.set("{foo}getdel", "b").await.expect("set");
+    let _: () = p.rpush("{foo}list", "x").await.expect("rpush");
+    let _: () = p.sadd("{foo}set", &["m1", "m2"]).await.expect("sadd");
+    set_migrating(&c.store, slot_of(b"foo"), 1, 2).await;
+    // A key only the target holds shows once the proxy serves the slot as
+    // migrating.
+    let _: () = g2.set("{foo}probe", "t").await.expect("set");
+    common::eventually(
+        "the proxy serves the slot as migrating",
+        Duration::from_secs(3),
+        async || {
+            p.get::<_, Option<String>>("{foo}probe")
+                .await
+                .expect("get")
+                .is_some()
+        },
+    )
+    .await;
+    let keys: Vec<String> = ["del", "getdel", "list", "set"]
+        .iter()
+        .map(|k| format!("{{foo}}{k}"))
+        .collect();
+    let mut copies = redis::pipe();
+    common::marked_copies(&mut copies, &mut g1, &keys).await;
+    let () = copies.query_async(&mut g2).await.expect("the movers' copies");
+
+    let deleted: i64 = p.del("{foo}del").await.expect("del");
+    let got: Option<String> = redis::cmd("GETDEL")
+        .arg("{foo}getdel")
+        .query_async(&mut p)
+        .await
+        .expect("getdel");
+    let popped: Option<String> = p.lpop("{foo}list", None).await.expect("lpop");
+    let removed: i64 = p.srem("{foo}set", "m1").await.expect("srem");
+    assert_eq!(
+        (deleted, got.as_deref(), popped.as_deref(), removed),
+        (1, Some("b"), Some("x"), 1)
+    );
+
+    // Each key reads as removed through the proxy, and is on neither master.
+    let read: (Option<String>, Option<String>, i64) = redis::pipe()
+        .get("{foo}del")
+        .get("{foo}getdel")
+        .llen("{foo}list")
+        .query_async(&mut p)
+        .await
+        .expect("reads");
+    assert_eq!(read, (None, None, 0), "a removed key came back");
+    for k in &keys[..3] {
+        for (g, conn) in [("source", &mut g1), ("target", &mut g2)] {
+            assert!(
+                !conn.exists::<_, bool>(k).await.expect("exists"),
+                "{k} is still on the {g}"
+            );
+        }
+    }
+    // The set kept a member, so it stays on the source, and the mover's copy
+    // on the target stays the mover's: unread, its mark intact.
+    let members: Vec<String> = p.smembers("{foo}set").await.expect("smembers");
+    assert_eq!(members, vec!["m2".to_string()]);
+    assert!(g1.exists::<_, bool>("{foo}set").await.expect("exists"));
+    let idle: i64 = redis::cmd("OBJECT")
+        .arg("IDLETIME")
+        .arg("{foo}set")
+        .query_async(&mut g2)
+        .await
+        .expect("object idletime");
+    assert!(
+        idle >= 58,
+        "the copy of a key still on the source was touched: idle {idle} s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_clients_requests_keep_their_order_over_several_backend_connections() {
     let c = Cluster::start_with(|cfg| cfg.backend_conns = 4).await;

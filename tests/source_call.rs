@@ -66,6 +66,13 @@ fn words(cmd: &[&str]) -> Vec<Bytes> {
     cmd.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
 }
 
+/// The source call of `cmd` (keys `keys`), through the script the proxy
+/// picks for it: [`source_call::WRITES`] for a command that may write.
+fn call_of(cmd: &[&str], keys: &[&str]) -> Option<source_call::ScriptCall> {
+    let writes = reborn::proxy::command::writes(&resp::encode_array(cmd));
+    source_call::command(&words(cmd), &words(keys), writes)
+}
+
 #[tokio::test]
 async fn wrapped_requests_get_the_replies_of_bare_ones() {
     let (a, b) = (common::redis(), common::redis());
@@ -73,18 +80,24 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
     fill(&mut bare).await;
     fill(&mut wrapped).await;
 
-    // The script is not cached yet: EVALSHA says so, and one EVAL caches it
+    // Neither script is cached yet: EVALSHA says so, and one EVAL caches it
     // under the very SHA the proxy sends.
-    let probe = source_call::command(&words(&["GET", "s"]), &words(&["s"])).expect("wrapped");
-    assert!(source_call::is_noscript(&wrapped.send(&probe.evalsha()).await));
-    let cached = ["SCRIPT", "EXISTS", source_call::SCRIPT_SHA];
-    assert_eq!(wrapped.call(&cached).await.as_ref(), b"*1\r\n:0\r\n");
-    let want = bare.call(&["GET", "s"]).await;
-    assert_eq!(
-        source_call::answer(wrapped.send(&probe.eval()).await),
-        Answer::Served(want)
-    );
-    assert_eq!(wrapped.call(&cached).await.as_ref(), b"*1\r\n:1\r\n");
+    for (cmd, script) in [
+        (&["GET", "s"][..], source_call::READS),
+        (&["SET", "s", "v"], source_call::WRITES),
+    ] {
+        let probe = call_of(cmd, &["s"]).expect("wrapped");
+        assert_eq!(probe.script(), script, "{cmd:?}");
+        assert!(source_call::is_noscript(&wrapped.send(&probe.evalsha()).await));
+        let cached = ["SCRIPT", "EXISTS", script.sha];
+        assert_eq!(wrapped.call(&cached).await.as_ref(), b"*1\r\n:0\r\n");
+        let want = bare.call(cmd).await;
+        assert_eq!(
+            source_call::answer(wrapped.send(&probe.eval()).await),
+            Answer::Served(want)
+        );
+        assert_eq!(wrapped.call(&cached).await.as_ref(), b"*1\r\n:1\r\n", "{cmd:?}");
+    }
 
     // (request, its keys), run in this order on both servers: reads, writes,
     // the command's own errors, replies of every RESP2 type.
@@ -111,12 +124,12 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
         (&["LPUSH", "s", "oops"], &["s"]),
         (&["HGET", "s", "f"], &["s"]),
         (&["MGET", "{t}a", "{t}b"], &["{t}a", "{t}b"]),
-        (&["DEL", "{t}a", "{t}b"], &["{t}a", "{t}b"]),
-        (&["DEL", "s"], &["s"]),
+        (&["SREM", "set", "m1"], &["set"]),
+        (&["EXPIRE", "{t}a", "100"], &["{t}a"]),
     ];
     for &(cmd, keys) in cases {
         let want = bare.call(cmd).await;
-        let call = source_call::command(&words(cmd), &words(keys)).expect("wrapped");
+        let call = call_of(cmd, keys).expect("wrapped");
         let got = wrapped.send(&call.evalsha()).await;
         assert_eq!(
             source_call::answer(got),
@@ -125,14 +138,34 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
         );
     }
 
+    // A command that removes keys says which (indices into its keys), with
+    // the reply the bare command gets.
+    let removing: &[(&[&str], &[&str], &[usize])] = &[
+        (&["DEL", "{t}a", "{t}b"], &["{t}a", "{t}b"], &[0, 1]),
+        (&["GETDEL", "s"], &["s"], &[0]),
+        (&["SREM", "set", "m2", "m3"], &["set"], &[0]),
+        (&["LTRIM", "l", "1", "0"], &["l"], &[0]),
+        (&["EXPIRE", "z", "-1"], &["z"], &[0]),
+    ];
+    for &(cmd, keys, removed) in removing {
+        let want = bare.call(cmd).await;
+        let call = call_of(cmd, keys).expect("wrapped");
+        let got = wrapped.send(&call.evalsha()).await;
+        assert_eq!(
+            source_call::answer(got),
+            Answer::ServedRemoving(want.clone(), removed.to_vec()),
+            "{cmd:?}: bare {want:?}"
+        );
+    }
+
     // Keys the server does not hold: nothing runs, and the answer says so.
-    let gone = source_call::command(&words(&["SET", "s", "new"]), &words(&["s"])).expect("wrapped");
+    let gone = call_of(&["SET", "s", "new"], &["s"]).expect("wrapped");
+    assert_eq!(wrapped.call(&["EXISTS", "s"]).await.as_ref(), b":0\r\n");
     assert_eq!(
         source_call::answer(wrapped.send(&gone.evalsha()).await),
         Answer::NoKeyHere
     );
-    let some = source_call::command(&words(&["MSET", "{u}a", "1", "h", "2"]), &words(&["{u}a", "h"]))
-        .expect("wrapped");
+    let some = call_of(&["MSET", "{u}a", "1", "h", "2"], &["{u}a", "h"]).expect("wrapped");
     assert_eq!(
         source_call::answer(wrapped.send(&some.evalsha()).await),
         Answer::Classic
@@ -141,5 +174,5 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
     assert_eq!(wrapped.call(&["HGET", "h", "f1"]).await.as_ref(), b"$1\r\na\r\n");
 
     // Commands whose replies Lua would change keep the classic path.
-    assert!(source_call::command(&words(&["INCRBY", "n", "1"]), &words(&["n"])).is_none());
+    assert!(call_of(&["INCRBY", "n", "1"], &["n"]).is_none());
 }

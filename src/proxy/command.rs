@@ -625,7 +625,8 @@ mod tests {
                 .map(|w| Bytes::copy_from_slice(w.as_bytes()))
                 .collect();
             let keys = [args[1].clone()];
-            super::super::source_call::command(&args, &keys).expect("a source call")
+            let req = crate::libs::resp::encode_array(&args);
+            super::super::source_call::command(&args, &keys, writes(&req)).expect("a source call")
         };
         assert!(!writes(&call("GET k").evalsha()));
         assert!(!writes(&call("HGETALL h").eval()));

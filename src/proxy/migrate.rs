@@ -186,6 +186,7 @@ async fn run(w: Mover, mut rx: mpsc::UnboundedReceiver<MoveRequest>) {
 async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
     let client = w.client;
     if let Some(call) = source_call_of(job) {
+        let sent = Instant::now();
         let mut reply = job
             .from
             .send(client, call.evalsha())
@@ -200,6 +201,17 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
         }
         match source_call::answer(reply) {
             Answer::Served(reply) => return reply,
+            Answer::ServedRemoving(reply, removed) => {
+                // Copies of those keys a mover left on the target are
+                // orphans now (see `take_back`): gone before the client hears
+                // of the removal, so none of its later requests, nor any
+                // request of whoever it tells, can be served one.
+                let keys: Vec<Bytes> = removed.iter().filter_map(|&i| job.keys.get(i).cloned()).collect();
+                take_back(client, &job.to, keys.iter().map(|k| (k.as_ref(), sent.elapsed()))).await;
+                // Gone from the source, never to come back (`source_call`).
+                w.moved.remember(job.epoch, &keys);
+                return reply;
+            }
             Answer::NoKeyHere => {
                 w.moved.remember(job.epoch, &job.keys);
                 return forward(client, job).await;
@@ -274,26 +286,38 @@ struct CopiedAhead {
 }
 
 impl CopiedAhead {
-    /// Deletes those of the copies that still show our mark
-    /// (`libs::copy_mark::TAKE_BACK`).
+    /// Deletes those of the copies that still show our mark.
     async fn take_back(self, client: u64, to: &Pool) {
         let since = self.at.elapsed();
-        let copies = self.keys.iter().map(|k| (k.as_ref(), since));
-        let eval = copy_mark::take_back_words(copies, |w| resp::encode_array(w));
-        let reply = to.send(client, eval).await.unwrap_or_else(|_| lost());
-        match resp::integer(&reply) {
-            Some(0) => {}
-            Some(n) => {
-                tracing::debug!(target = %to.addr(), n, "took back copies of keys deleted while they moved")
-            }
-            // It ran; only the replica's confirmation is missing.
-            None if reply.starts_with(b"-NOREPLICAS") => {}
-            None => tracing::warn!(
-                target = %to.addr(),
-                reply = %String::from_utf8_lossy(&reply).trim_end(),
-                "could not take back copies of keys moved on access; a key deleted meanwhile may come back"
-            ),
+        take_back(client, to, self.keys.iter().map(|k| (k.as_ref(), since))).await;
+    }
+}
+
+/// Deletes, on `to`, each of `copies` that still shows a mover's mark given
+/// no later than its `Duration` ago (`libs::copy_mark::TAKE_BACK`). For:
+/// * our own copies ahead, once the source kept their keys, or lost them
+///   other than by our `MIGRATE`;
+/// * the copies of keys a client just removed on the source (a source call
+///   answered [`Answer::ServedRemoving`]), which a mover may have left waiting
+///   on the target: the background migrator's batch, another proxy's copy
+///   ahead. The source held each key until then, so no copy on the target
+///   was one anybody could use, and only a mover's carries the mark; a copy
+///   a client wrote or read since is younger, and stays.
+async fn take_back<'a>(client: u64, to: &Pool, copies: impl Iterator<Item = (&'a [u8], Duration)>) {
+    let eval = copy_mark::take_back_words(copies, |w| resp::encode_array(w));
+    let reply = to.send(client, eval).await.unwrap_or_else(|_| lost());
+    match resp::integer(&reply) {
+        Some(0) => {}
+        Some(n) => {
+            tracing::debug!(target = %to.addr(), n, "took back copies of keys removed while they moved")
         }
+        // It ran; only the replica's confirmation is missing.
+        None if reply.starts_with(b"-NOREPLICAS") => {}
+        None => tracing::warn!(
+            target = %to.addr(),
+            reply = %String::from_utf8_lossy(&reply).trim_end(),
+            "could not take back copies of keys removed while they moved; such a key may come back"
+        ),
     }
 }
 
@@ -410,7 +434,7 @@ fn source_call_of(job: &MoveRequest) -> Option<source_call::ScriptCall> {
     }
     let mut raw = BytesMut::from(&job.req[..]);
     let req = resp::parse_request(&mut raw, &resp::Limits::default()).ok()??;
-    source_call::command(&req.args, &job.keys)
+    source_call::command(&req.args, &job.keys, super::command::writes(&job.req))
 }
 
 #[cfg(test)]

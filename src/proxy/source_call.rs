@@ -22,6 +22,13 @@
 //! it copied it; see `topo::manager::migrator::restore`). Redis Cluster's `ASK`
 //! redirection rests on the same rule.
 //!
+//! A command that removes a key from the source (`DEL`, `GETDEL`, popping
+//! the last element, …) says so in its answer ([`Answer::ServedRemoving`]).
+//! A mover may have copied that key to the target already, where its copy
+//! waits for the source's `DEL` that now never comes; the proxies serve a key
+//! the source lacks from the target, so that copy would bring the key back.
+//! The caller takes such copies back (`migrate`) before it answers.
+//!
 //! Lua changes a few replies on the way, so some commands keep the classic
 //! path: integers travel through Lua as doubles (exact only up to 2^53, and
 //! counters can be bigger), and a null array (`*-1`) comes back as a null
@@ -35,19 +42,47 @@ use bytes::{Bytes, BytesMut};
 
 use crate::libs::resp;
 
-/// Counts the request's keys on this server and runs the request (its words
+/// A script a source call runs, and its SHA1 as `SCRIPT LOAD` names it:
+/// requests go as `EVALSHA`, which costs the source about a third less than
+/// `EVAL` (no script text to read and hash each time); a server that does not
+/// have it cached yet answers `NOSCRIPT` and gets one `EVAL`, which caches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Script {
+    /// The Lua text.
+    pub text: &'static str,
+    /// Its SHA1, in hex.
+    pub sha: &'static str,
+}
+
+/// Counts the request's keys on this server, and runs the request (its words
 /// are `ARGV`) only if all of them are here. `pcall`: the command's own error
-/// replies pass through unchanged.
-const SCRIPT: &str = "local n = 0 \
+/// replies pass through unchanged. For a command that only reads.
+pub const READS: Script = Script {
+    text: "local n = 0 \
 for i = 1, #KEYS do n = n + redis.call('EXISTS', KEYS[i]) end \
 if n == #KEYS then return redis.pcall(unpack(ARGV)) end \
-return {err = 'REBORNMOVED ' .. n}";
+return {err = 'REBORNMOVED ' .. n}",
+    sha: "ad5b9847fc04fd95f0e67ac0fbb50897eafed2f4",
+};
 
-/// SHA1 of `SCRIPT`, as `SCRIPT LOAD` names it: requests go as `EVALSHA`,
-/// which costs the source about a third less than `EVAL` (no script text to
-/// read and hash each time); a server that does not have it cached yet
-/// answers `NOSCRIPT` and gets one `EVAL`, which caches it.
-pub const SCRIPT_SHA: &str = "ad5b9847fc04fd95f0e67ac0fbb50897eafed2f4";
+/// As [`READS`], for a command that may write; it also says whether the
+/// command removed any of its keys (`DEL`, `GETDEL`, a pop of the last
+/// element, …): the reply is then wrapped, `[+REBORNREMOVED, reply, i…]`,
+/// `i` the 1-based index of each key removed. No data command's reply nests a
+/// status reply in an array, so the wrapper cannot be taken for a reply.
+/// Looking again costs the source about 0.3 µs per request
+/// (`scripts/bench_source_call.sh`), which is why reads do not.
+pub const WRITES: Script = Script {
+    text: "local n = 0 \
+for i = 1, #KEYS do n = n + redis.call('EXISTS', KEYS[i]) end \
+if n ~= #KEYS then return {err = 'REBORNMOVED ' .. n} end \
+local r = redis.pcall(unpack(ARGV)) \
+local out = nil \
+for i = 1, #KEYS do if redis.call('EXISTS', KEYS[i]) == 0 then \
+out = out or {{ok = 'REBORNREMOVED'}, r} out[#out + 1] = i end end \
+return out or r",
+    sha: "973e9f89e25f33bc58a87f4a7f1f63be22e150e1",
+};
 
 /// Arguments Lua's `unpack` handles safely (its C stack allows about 8000).
 const MAX_ARGS: usize = 4096;
@@ -85,6 +120,9 @@ const CLASSIC_ONLY: &[&[u8]] = &[
 pub enum Answer {
     /// It held every key and ran the command: this is the client's reply.
     Served(Bytes),
+    /// As `Served`, and the command removed these of its keys from the
+    /// source (0-based indices into the request's keys, in order).
+    ServedRemoving(Bytes, Vec<usize>),
     /// It held none of the keys: send the request to the target as it is.
     NoKeyHere,
     /// It held some of them, or cannot run the command in a script: move the
@@ -92,9 +130,11 @@ pub enum Answer {
     Classic,
 }
 
-/// A request wrapped in `SCRIPT`: its keys and words, encoded once.
+/// A request wrapped in [`READS`] or [`WRITES`]: its keys and words, encoded
+/// once.
 #[derive(Debug, Clone)]
 pub struct ScriptCall {
+    script: Script,
     /// Bulk strings after the script: numkeys, the keys, the request's words.
     tail: Bytes,
     /// How many bulk strings `tail` holds.
@@ -102,14 +142,19 @@ pub struct ScriptCall {
 }
 
 impl ScriptCall {
+    /// The script it runs.
+    pub fn script(&self) -> Script {
+        self.script
+    }
+
     /// `EVALSHA <sha> …`: what is sent first.
     pub fn evalsha(&self) -> Bytes {
-        self.with_head(b"EVALSHA", SCRIPT_SHA.as_bytes())
+        self.with_head(b"EVALSHA", self.script.sha.as_bytes())
     }
 
     /// `EVAL <script> …`: after a `NOSCRIPT` (see [`is_noscript`]).
     pub fn eval(&self) -> Bytes {
-        self.with_head(b"EVAL", SCRIPT.as_bytes())
+        self.with_head(b"EVAL", self.script.text.as_bytes())
     }
 
     fn with_head(&self, cmd: &[u8], script: &[u8]) -> Bytes {
@@ -130,8 +175,10 @@ pub fn wrapped(req: &Bytes) -> Option<Bytes> {
     let items = resp::array_items(req)?;
     let mut words = items.iter().map(resp::bulk_payload);
     let (head, body) = (words.next()??, words.next()??);
-    let ours = (head.eq_ignore_ascii_case(b"EVALSHA") && body == SCRIPT_SHA.as_bytes())
-        || (head.eq_ignore_ascii_case(b"EVAL") && body == SCRIPT.as_bytes());
+    let ours = [READS, WRITES].iter().any(|s| {
+        (head.eq_ignore_ascii_case(b"EVALSHA") && body == s.sha.as_bytes())
+            || (head.eq_ignore_ascii_case(b"EVAL") && body == s.text.as_bytes())
+    });
     if !ours {
         return None;
     }
@@ -140,8 +187,9 @@ pub fn wrapped(req: &Bytes) -> Option<Bytes> {
 }
 
 /// The call that runs `args` (keys `keys`) on the source if it holds all the
-/// keys; `None` for requests that take the classic path.
-pub fn command(args: &[Bytes], keys: &[Bytes]) -> Option<ScriptCall> {
+/// keys, through [`WRITES`] if the command `writes`; `None` for requests that
+/// take the classic path.
+pub fn command(args: &[Bytes], keys: &[Bytes], writes: bool) -> Option<ScriptCall> {
     let name = args.first()?;
     if keys.is_empty() || args.len() > MAX_ARGS || is_classic_only(name) {
         return None;
@@ -152,6 +200,7 @@ pub fn command(args: &[Bytes], keys: &[Bytes]) -> Option<ScriptCall> {
         resp::put_bulk(&mut tail, k);
     }
     Some(ScriptCall {
+        script: if writes { WRITES } else { READS },
         tail: tail.freeze(),
         count: 1 + keys.len() + args.len(),
     })
@@ -179,7 +228,27 @@ pub fn answer(reply: Bytes) -> Answer {
     if reply.starts_with(b"-") && contains(&reply, b"not allowed from script") {
         return Answer::Classic;
     }
-    Answer::Served(reply)
+    removing(&reply).unwrap_or(Answer::Served(reply))
+}
+
+/// The wrapped reply of a command that removed keys (see [`WRITES`]), if
+/// `reply` is one.
+fn removing(reply: &Bytes) -> Option<Answer> {
+    const TAG: &[u8] = b"+REBORNREMOVED\r\n";
+    // Cheap test first: array replies can be big.
+    let header = reply
+        .starts_with(b"*")
+        .then(|| reply.iter().position(|&b| b == b'\n'))??;
+    if !reply[header + 1..].starts_with(TAG) {
+        return None;
+    }
+    let items = resp::array_items(reply)?;
+    let (inner, indices) = items.get(1..).and_then(|rest| rest.split_first())?;
+    let removed = indices
+        .iter()
+        .map(|i| resp::integer(i).and_then(|i| usize::try_from(i).ok()?.checked_sub(1)))
+        .collect::<Option<_>>()?;
+    Some(Answer::ServedRemoving(inner.clone(), removed))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -196,7 +265,8 @@ mod tests {
 
     #[test]
     fn wraps_keyed_requests_and_leaves_the_rest_classic() {
-        let call = command(&[b("SET"), b("k"), b("v")], &[b("k")]).expect("wrapped");
+        let call = command(&[b("SET"), b("k"), b("v")], &[b("k")], true).expect("wrapped");
+        assert_eq!(call.script(), WRITES);
         let words = |raw: Bytes| -> Vec<Bytes> {
             let mut buf = BytesMut::from(&raw[..]);
             resp::parse_request(&mut buf, &resp::Limits::default())
@@ -205,22 +275,26 @@ mod tests {
                 .args
         };
         let tail = [b("1"), b("k"), b("SET"), b("k"), b("v")];
-        let sha = [&[b("EVALSHA"), b(SCRIPT_SHA)][..], &tail].concat();
-        let eval = [&[b("EVAL"), b(SCRIPT)][..], &tail].concat();
+        let sha = [&[b("EVALSHA"), b(WRITES.sha)][..], &tail].concat();
+        let eval = [&[b("EVAL"), b(WRITES.text)][..], &tail].concat();
         assert_eq!(words(call.evalsha()), sha);
         assert_eq!(words(call.eval()), eval);
         assert_eq!(wrapped(&call.evalsha()), Some(b("SET")));
         assert_eq!(wrapped(&call.eval()), Some(b("SET")));
+        let read = command(&[b("GET"), b("k")], &[b("k")], false).expect("wrapped");
+        assert_eq!(read.script(), READS);
+        assert_eq!(wrapped(&read.evalsha()), Some(b("GET")));
+        assert_eq!(wrapped(&read.eval()), Some(b("GET")));
         let other = resp::encode_array(&[b("EVALSHA"), b("0123"), b("1"), b("k"), b("GET"), b("k")]);
         assert_eq!(wrapped(&other), None, "another script");
         assert_eq!(wrapped(&resp::encode_array(&[b("GET"), b("k")])), None);
         assert!(is_noscript(b"-NOSCRIPT No matching script. Please use EVAL.\r\n"));
         assert!(!is_noscript(b"$1\r\nv\r\n"));
-        assert!(command(&[b("incrby"), b("k"), b("1")], &[b("k")]).is_none());
-        assert!(command(&[b("GEOPOS"), b("k"), b("m")], &[b("k")]).is_none());
-        assert!(command(&[b("PING")], &[]).is_none());
+        assert!(command(&[b("incrby"), b("k"), b("1")], &[b("k")], true).is_none());
+        assert!(command(&[b("GEOPOS"), b("k"), b("m")], &[b("k")], false).is_none());
+        assert!(command(&[b("PING")], &[], false).is_none());
         let many: Vec<Bytes> = std::iter::repeat_n(b("k"), MAX_ARGS + 1).collect();
-        assert!(command(&many, &[b("k")]).is_none());
+        assert!(command(&many, &[b("k")], true).is_none());
     }
 
     #[test]
@@ -234,5 +308,22 @@ mod tests {
         assert_eq!(answer(b("$1\r\nv\r\n")), Answer::Served(b("$1\r\nv\r\n")));
         let wrongtype = b("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
         assert_eq!(answer(wrongtype.clone()), Answer::Served(wrongtype));
+        assert_eq!(
+            answer(b("*3\r\n+REBORNREMOVED\r\n$1\r\nv\r\n:1\r\n")),
+            Answer::ServedRemoving(b("$1\r\nv\r\n"), vec![0])
+        );
+        // `DEL k k`: one key, named twice.
+        assert_eq!(
+            answer(b("*4\r\n+REBORNREMOVED\r\n:1\r\n:1\r\n:2\r\n")),
+            Answer::ServedRemoving(b(":1\r\n"), vec![0, 1])
+        );
+        let nested = b("*3\r\n+REBORNREMOVED\r\n*2\r\n$1\r\na\r\n$-1\r\n:2\r\n");
+        assert_eq!(
+            answer(nested),
+            Answer::ServedRemoving(b("*2\r\n$1\r\na\r\n$-1\r\n"), vec![1])
+        );
+        // A list whose first element merely reads like the tag.
+        let list = b("*2\r\n$13\r\nREBORNREMOVED\r\n:1\r\n");
+        assert_eq!(answer(list.clone()), Answer::Served(list));
     }
 }

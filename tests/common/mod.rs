@@ -620,3 +620,31 @@ pub async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command
         .and_then(|v| v.split(',').next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// Adds to `pipe` a mover's copy of each of `keys` as it waits on a
+/// migration's target: the source's bytes and expiry, read from `source`,
+/// restored with the mark (`RESTORE … ABSTTL IDLETIME 60`), as the background
+/// migrator's batches and a proxy's copies ahead (`write_ack = "replica"`)
+/// are.
+pub async fn marked_copies(
+    pipe: &mut redis::Pipeline,
+    source: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) {
+    for k in keys {
+        let payload: Vec<u8> = redis::cmd("DUMP").arg(k).query_async(source).await.expect("DUMP");
+        let expire_at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(k)
+            .query_async(source)
+            .await
+            .expect("PEXPIRETIME");
+        pipe.cmd("RESTORE")
+            .arg(k)
+            .arg(expire_at.max(0))
+            .arg(payload)
+            .arg("ABSTTL")
+            .arg("IDLETIME")
+            .arg(reborn::libs::copy_mark::SECS)
+            .ignore();
+    }
+}
