@@ -17,7 +17,8 @@
 //! written once at the start, and migrations are paced, so that a migration
 //! is still moving keys when the next master dies (a failover mid-migration).
 //! A deleter deletes every tenth filler key while all this goes on (most of
-//! them while their slots migrate, so deletes race the migrator's copies).
+//! them while their slots migrate, so deletes race the migrator's copies),
+//! and reads each right after its delete.
 //! At the end, once every fault is repaired, every key is read and compared
 //! with what its writer had acknowledged, every filler key with its value,
 //! and every acknowledged delete must have stayed deleted.
@@ -212,9 +213,14 @@ struct Deletes {
     unsure: Mutex<Vec<String>>,
     /// `DEL` answered 0: the filler key was gone already, lost.
     missing: AtomicU64,
+    /// `DEL` answered 1, and the `GET` pipelined right behind it still found
+    /// the key (a mover's copy on a migration's target, served once the
+    /// source lacked the key).
+    read_back: AtomicU64,
 }
 
-/// Deletes `keys` in turn, ten a second.
+/// Deletes `keys` in turn, ten a second, each with a `GET` of it right behind
+/// its `DEL`, in one pipeline.
 async fn deleter(
     keys: Vec<String>,
     mut conn: Conn,
@@ -228,8 +234,16 @@ async fn deleter(
             break;
         }
         tick.tick().await;
-        match conn.call::<i64>(redis::cmd("DEL").arg(&key)).await {
-            Ok(1) => deletes.done.lock().push(key),
+        let mut pipe = redis::pipe();
+        pipe.del(&key).get(&key);
+        match conn.pipe::<(i64, Option<String>)>(&pipe).await {
+            Ok((1, read)) => {
+                if let Some(value) = read {
+                    deletes.read_back.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("soak: {key} read as {value:?} right after its DEL was acknowledged");
+                }
+                deletes.done.lock().push(key)
+            }
             Ok(_) => {
                 deletes.missing.fetch_add(1, Ordering::Relaxed);
                 eprintln!("soak: filler key {key} was gone before its DEL");
@@ -792,9 +806,10 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     );
     let _ = writeln!(
         report,
-        "  deletes of filler keys: {} acknowledged, {} failed; acknowledged deletes undone at the end: {resurrected}",
+        "  deletes of filler keys: {} acknowledged, {} failed; read back right after: {}; acknowledged deletes undone at the end: {resurrected}",
         deleted.len(),
-        unsure.len()
+        unsure.len(),
+        deletes.read_back.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         report,
@@ -818,6 +833,11 @@ async fn chaos_soak_loses_no_acknowledged_write() {
             "acknowledged writes lost\n{report}"
         );
         assert_eq!(resurrected, 0, "acknowledged deletes undone\n{report}");
+        assert_eq!(
+            deletes.read_back.load(Ordering::Relaxed),
+            0,
+            "keys read back right after their delete\n{report}"
+        );
     }
     assert!(deleted.len() > 100, "the deleter barely ran\n{report}");
     // Written once, long before any fault: every replica has them, in both modes.
