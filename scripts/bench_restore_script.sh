@@ -15,27 +15,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/pyenv.sh >&2
 exec "${REBORN_PYENV:-target/pyenv}/bin/python" - <<'PY'
-import re, socket, statistics, subprocess, tempfile, time
-import redis
+import re, statistics, sys
+sys.path.insert(0, "scripts/lib")
+import scratch_redis
 
 text = open("src/libs/copy_mark.rs").read()
 body = re.search(r'pub const REPLACE_STALE: &str = "(.*?)";', text, re.S).group(1)
 script = body.replace("\\\n", "")
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-work = tempfile.mkdtemp(prefix="bench-restore-")
-server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
-try:
-    r = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+with scratch_redis.started("bench-restore-") as r:
     r.set("template", "value of aged:123")
     payload = r.dump("template")
     BATCHES, KEYS = 200, 100
@@ -56,22 +44,15 @@ try:
             replies = r.eval(script, len(keys), *keys, *args)
             assert replies == [1] * KEYS, replies[:3]
 
-    def cpu():
-        c = r.info("cpu")
-        return c["used_cpu_user"] + c["used_cpu_sys"]
-
     results = {"plain RESTOREs": [], "REPLACE_STALE": []}
     for run in range(3):
         for name, f in (("plain RESTOREs", plain), ("REPLACE_STALE", scripted)):
             r.flushall()
-            before = cpu()
+            before = scratch_redis.cpu_seconds(r)
             f(f"{name[0]}{run}")
-            us = (cpu() - before) * 1e6 / (BATCHES * KEYS)
+            us = (scratch_redis.cpu_seconds(r) - before) * 1e6 / (BATCHES * KEYS)
             results[name].append(us)
             print(f"run {run + 1}: {name:15} {us:5.2f} µs of server CPU per key")
     a, b = (statistics.median(v) for v in results.values())
     print(f"median: plain {a:.2f} µs, scripted {b:.2f} µs per key: {b / a:.2f}×, +{b - a:.2f} µs")
-finally:
-    server.terminate()
-    server.wait()
 PY

@@ -16,27 +16,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/pyenv.sh >&2
 exec "${REBORN_PYENV:-target/pyenv}/bin/python" - <<'PY'
-import re, socket, statistics, subprocess, tempfile, time
-import redis
+import re, statistics, sys
+sys.path.insert(0, "scripts/lib")
+import scratch_redis
 
 source = open("src/proxy/source_call.rs").read()
 scripts = {name: re.search(rf'pub const {name}: Script = Script {{\s*text: "(.*?)",', source, re.S)
            .group(1).replace("\\\n", "") for name in ("READS", "WRITES")}
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-work = tempfile.mkdtemp(prefix="bench-source-call-")
-server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
-try:
-    r = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
+with scratch_redis.started("bench-source-call-") as r:
     KEYS, BATCHES, PIPE = 1000, 200, 100
     r.mset({f"k:{i}": "value of k" for i in range(KEYS)})
     shas = {name: r.script_load(text) for name, text in scripts.items()}
@@ -54,18 +42,14 @@ try:
             for reply in p.execute():
                 assert not isinstance(reply, Exception), reply
 
-    def cpu():
-        c = r.info("cpu")
-        return c["used_cpu_user"] + c["used_cpu_sys"]
-
     ways = {"bare": None, **shas}
     results = {}
     for rnd in range(3):
         for cmd in (["GET", "KEY"], ["SET", "KEY", "value of k"]):
             for name, sha in ways.items():
-                before = cpu()
+                before = scratch_redis.cpu_seconds(r)
                 run(sha, cmd)
-                us = (cpu() - before) * 1e6 / (BATCHES * PIPE)
+                us = (scratch_redis.cpu_seconds(r) - before) * 1e6 / (BATCHES * PIPE)
                 results.setdefault((cmd[0], name), []).append(us)
                 print(f"run {rnd + 1}: {cmd[0]:3} {name:24} {us:5.2f} µs of server CPU per request")
     print("medians:")
@@ -74,7 +58,4 @@ try:
         line = ", ".join(f"{name} {statistics.median(results[(cmd, name)]):.2f}"
                          for name in ways if name != "bare")
         print(f"  {cmd}: bare {bare:.2f} µs; {line} µs")
-finally:
-    server.terminate()
-    server.wait()
 PY
