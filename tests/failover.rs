@@ -865,6 +865,68 @@ async fn with_write_ack_replica_a_target_master_lost_with_its_replica_behind_los
     );
 }
 
+/// With `write_ack = "replica"` and the target's replica frozen, the
+/// migrator's copies wait on the target while the source keeps their keys. A
+/// client that deletes such a key through a proxy and reads it right after
+/// must find it gone, and it must stay gone once the task ends. Before the
+/// proxy took such copies back, the read found the key on the target (the
+/// source lacked it) and wore the copy's mark, so the migrator's own
+/// take-back left it there: the key was back for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_ack_replica_a_key_deleted_while_its_copy_waits_reads_as_deleted_at_once() {
+    let mut mid = MidMigration::start_with(WriteAck::Replica).await;
+    let (source, target) = (mid.c.masters[0].addr(), mid.c.masters[1].addr());
+    let replica_pid = freeze_and_cut_off(&mid.replicas[1], &target).await;
+    let (mut s, mut t) = (common::client(&source).await, common::client(&target).await);
+    let waiting = common::eventually_some("copies wait on the target", Duration::from_secs(20), async || {
+        let copied: Vec<String> = redis::cmd("KEYS").arg("fill*").query_async(&mut t).await.ok()?;
+        let mut pipe = redis::pipe();
+        for k in &copied {
+            pipe.exists(k);
+        }
+        let held: Vec<bool> = pipe.query_async(&mut s).await.ok()?;
+        let both: Vec<String> = copied
+            .into_iter()
+            .zip(held)
+            .filter_map(|(k, h)| h.then_some(k))
+            .collect();
+        (!both.is_empty()).then_some(both)
+    })
+    .await;
+    let doomed: Vec<String> = waiting.iter().step_by(2).cloned().collect();
+    for k in &doomed {
+        let (deleted, read): (i64, Option<String>) = redis::pipe()
+            .del(k)
+            .get(k)
+            .query_async(&mut mid.p)
+            .await
+            .expect("DEL, GET");
+        assert_eq!(
+            (deleted, read.as_deref()),
+            (1, None),
+            "{k} read back right after its delete"
+        );
+        let there: bool = redis::AsyncCommands::exists(&mut t, k).await.expect("exists");
+        assert!(!there, "{k}: the copy stayed on the target");
+    }
+
+    signal(replica_pid, "-CONT");
+    mid.filler.retain(|k| !doomed.contains(k));
+    // `finishes` checks that every other key arrived.
+    mid.finishes(&source).await;
+    for k in &doomed {
+        let read: Option<String> = redis::AsyncCommands::get(&mut mid.p, k).await.expect("get");
+        assert_eq!(read, None, "{k} came back after the task ended");
+    }
+    let acked = mid.finish_load().await;
+    assert_eq!(mid.lost(&acked).await, 0, "acknowledged INCRs lost");
+    eprintln!(
+        "{} of {} keys whose copies waited deleted, read back right after: none; all other keys moved",
+        doomed.len(),
+        waiting.len()
+    );
+}
+
 /// The target master of a migration is killed: its replica replaces it, the
 /// migrator goes on with it, and every key of the slots arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
