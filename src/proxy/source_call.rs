@@ -70,7 +70,7 @@ return {err = 'REBORNMOVED ' .. n}",
 /// element, …): the reply is then wrapped, `[+REBORNREMOVED, reply, i…]`,
 /// `i` the 1-based index of each key removed. No data command's reply nests a
 /// status reply in an array, so the wrapper cannot be taken for a reply.
-/// Looking again costs the source about 0.3 µs per request
+/// Looking again costs the source about 0.4 µs per request
 /// (`scripts/bench_source_call.sh`), which is why reads do not.
 pub const WRITES: Script = Script {
     text: "local n = 0 \
