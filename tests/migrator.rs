@@ -165,6 +165,17 @@ fn config() -> MigratorConfig {
     MigratorConfig::default()
 }
 
+/// With `replica_ack`, in batches of 50 and with a 300 ms timeout: short
+/// waits for a replica that does not confirm.
+fn replica_ack_config() -> MigratorConfig {
+    MigratorConfig {
+        timeout: Duration::from_millis(300),
+        batch_keys: 50,
+        replica_ack: true,
+        ..config()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_exactly_the_keys_of_the_slots() {
     moves_exactly_the_keys_of_the_slots_with(Method::DumpRestore, 1).await;
@@ -1018,12 +1029,7 @@ async fn migrating_with_frozen_replica(
 ) -> Frozen {
     let pid = replica.pid().expect("pid");
     common::cluster::signal(pid, "-STOP");
-    let cfg = MigratorConfig {
-        timeout: Duration::from_millis(300),
-        batch_keys: 50,
-        replica_ack: true,
-        ..config()
-    };
+    let cfg = replica_ack_config();
     let (latest, run) = spawn_migration((src.addr(), dst.addr()), slots, cfg);
     reports_no_replica(&latest, also).await;
     Frozen { pid, run, latest }
@@ -2040,12 +2046,7 @@ async fn with_replica_ack_a_proxys_copy_ahead_is_waited_for_not_replaced() {
     common::marked_copies(&mut ahead, &mut s, &keys).await;
     let () = ahead.query_async(&mut d).await.expect("copies ahead");
     let copied_ahead = Instant::now();
-    let cfg = MigratorConfig {
-        timeout: Duration::from_millis(300),
-        batch_keys: 50,
-        replica_ack: true,
-        ..config()
-    };
+    let cfg = replica_ack_config();
     let (_, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
     // Contested, the keys wait: the migrator looks at the target again and
     // again (`copy_mark::OBSERVE`, every 10 ms), or, wrongly, moves them.
@@ -2140,12 +2141,7 @@ async fn with_replica_ack_a_full_target_refuses_our_copies_and_loses_nothing() {
             .clone()
     };
     let () = full("1").query_async(&mut d).await.expect("CONFIG SET");
-    let cfg = MigratorConfig {
-        timeout: Duration::from_millis(300),
-        batch_keys: 50,
-        replica_ack: true,
-        ..config()
-    };
+    let cfg = replica_ack_config();
     let (latest, run) = spawn_migration((src.addr(), dst.addr()), &slots, cfg);
     common::eventually(
         "the migrator reports the full target",

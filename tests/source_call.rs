@@ -69,7 +69,7 @@ fn words(cmd: &[&str]) -> Vec<Bytes> {
 /// The source call of `cmd` (keys `keys`), through the script the proxy
 /// picks for it: [`source_call::WRITES`] for a command that may write.
 fn call_of(cmd: &[&str], keys: &[&str]) -> Option<source_call::ScriptCall> {
-    let writes = reborn::proxy::command::writes(&resp::encode_array(cmd));
+    let writes = reborn::proxy::command::named_writes(cmd[0].as_bytes());
     source_call::command(&words(cmd), &words(keys), writes)
 }
 

@@ -207,7 +207,8 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
                 // of the removal, so none of its later requests, nor any
                 // request of whoever it tells, can be served one.
                 let keys: Vec<Bytes> = removed.iter().filter_map(|&i| job.keys.get(i).cloned()).collect();
-                take_back(client, &job.to, keys.iter().map(|k| (k.as_ref(), sent.elapsed()))).await;
+                let since = sent.elapsed();
+                take_back(client, &job.to, keys.iter().map(|k| (k.as_ref(), since))).await;
                 // Gone from the source, never to come back (`source_call`).
                 w.moved.remember(job.epoch, &keys);
                 return reply;
@@ -434,7 +435,8 @@ fn source_call_of(job: &MoveRequest) -> Option<source_call::ScriptCall> {
     }
     let mut raw = BytesMut::from(&job.req[..]);
     let req = resp::parse_request(&mut raw, &resp::Limits::default()).ok()??;
-    source_call::command(&req.args, &job.keys, super::command::writes(&job.req))
+    let writes = super::command::named_writes(req.args.first()?);
+    source_call::command(&req.args, &job.keys, writes)
 }
 
 #[cfg(test)]
