@@ -659,24 +659,27 @@ async fn works_with_a_backend_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_value_moves_through_split_batches_and_longer_timeouts() {
     // DUMP/RESTORE: our own wait for the 50 MB reply runs out.
-    big_value_with(Method::DumpRestore, "did not answer", false).await;
+    big_value_with(Method::DumpRestore, &["did not answer"], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_value_moves_through_split_batches_and_longer_timeouts_with_migrate() {
     // MIGRATE: Redis's own socket timeout towards the target runs out.
-    big_value_with(Method::Migrate, "IOERR", false).await;
+    big_value_with(Method::Migrate, &["IOERR"], false).await;
 }
 
 /// With `replica_ack`, the target's `RESTORE`s run inside scripts, in
 /// `EVAL`s of a few MB each (the big value alone in its own), and wait for
-/// the target's replica.
+/// the target's replica: the last attempt to time out may be that wait,
+/// which the 50 MB also outlast while the timeout is short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_value_moves_through_split_batches_and_longer_timeouts_with_replica_ack() {
-    big_value_with(Method::DumpRestore, "did not answer", true).await;
+    big_value_with(Method::DumpRestore, &["did not answer", "no replica"], true).await;
 }
 
-async fn big_value_with(method: Method, first_error: &str, replica_ack: bool) {
+/// `timed_out`: what the last error may say (any of them): the timeout of
+/// the step the short timeout cut.
+async fn big_value_with(method: Method, timed_out: &[&str], replica_ack: bool) {
     let src = common::redis();
     let (dst, _replica) = target(replica_ack).await;
     let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
@@ -718,14 +721,8 @@ async fn big_value_with(method: Method, first_error: &str, replica_ack: bool) {
     .expect("migrate");
     assert_eq!(outcome, Outcome::Finished);
     assert!(progress.errors > 0, "the first attempts time out: {progress:?}");
-    assert!(
-        progress
-            .last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains(first_error),
-        "{progress:?}"
-    );
+    let last = progress.last_error.as_deref().unwrap_or_default();
+    assert!(timed_out.iter().any(|t| last.contains(t)), "{progress:?}");
     let moved: Vec<u8> = redis::cmd("GET")
         .arg("big")
         .query_async(&mut d)
@@ -2153,10 +2150,15 @@ async fn with_replica_ack_a_full_target_refuses_our_copies_and_loses_nothing() {
     )
     .await;
     assert_eq!(dbsize(&mut s).await, keys.len() as u64, "a key left the source");
-    assert!(
-        migrator::Unconfirmed::global().count(&src.addr()) == 0,
-        "copies the target refused are still noted as sent"
-    );
+    // The migrator goes on retrying, and each attempt notes its copies while
+    // they are out: between attempts no note may be left. Put back wrongly,
+    // the notes of refused copies would stay for good.
+    common::eventually(
+        "no copy the target refused is still noted as sent",
+        Duration::from_secs(5),
+        async || migrator::Unconfirmed::global().count(&src.addr()) == 0,
+    )
+    .await;
 
     let () = full("0").query_async(&mut d).await.expect("CONFIG SET");
     let (outcome, _) = tokio::time::timeout(Duration::from_secs(60), run)
