@@ -1183,6 +1183,29 @@ async fn a_slow_zookeeper_keeps_the_lease() {
 /// Puts slot `slot` into `migrate` from group `from` to group `to`, as the
 /// dashboard's migration will (written directly here: the action protocol that
 /// drives it is a later step).
+/// Puts the slot of `{foo}` in `migrate` from group 1 to group 2 and waits
+/// until the proxy serves it so: a key only the target (`g2`) holds shows
+/// through `p`.
+async fn migrating_foo(
+    c: &Cluster,
+    p: &mut redis::aio::MultiplexedConnection,
+    g2: &mut redis::aio::MultiplexedConnection,
+) {
+    set_migrating(&c.store, slot_of(b"foo"), 1, 2).await;
+    let _: () = g2.set("{foo}probe", "t").await.expect("set");
+    common::eventually(
+        "the proxy serves the slot as migrating",
+        Duration::from_secs(3),
+        async || {
+            p.get::<_, Option<String>>("{foo}probe")
+                .await
+                .expect("get")
+                .is_some()
+        },
+    )
+    .await;
+}
+
 async fn set_migrating(store: &Store, slot: u16, from: u32, to: u32) {
     use reborn::topo::model::{SlotState, SlotTable};
     let path = store.paths().slots();
@@ -1352,21 +1375,7 @@ async fn a_key_removed_on_the_source_takes_a_movers_copy_on_the_target_with_it()
     let _: () = p.set("{foo}getdel", "b").await.expect("set");
     let _: () = p.rpush("{foo}list", "x").await.expect("rpush");
     let _: () = p.sadd("{foo}set", &["m1", "m2"]).await.expect("sadd");
-    set_migrating(&c.store, slot_of(b"foo"), 1, 2).await;
-    // A key only the target holds shows once the proxy serves the slot as
-    // migrating.
-    let _: () = g2.set("{foo}probe", "t").await.expect("set");
-    common::eventually(
-        "the proxy serves the slot as migrating",
-        Duration::from_secs(3),
-        async || {
-            p.get::<_, Option<String>>("{foo}probe")
-                .await
-                .expect("get")
-                .is_some()
-        },
-    )
-    .await;
+    migrating_foo(&c, &mut p, &mut g2).await;
     let keys: Vec<String> = ["del", "getdel", "list", "set"]
         .iter()
         .map(|k| format!("{{foo}}{k}"))
@@ -1421,6 +1430,103 @@ async fn a_key_removed_on_the_source_takes_a_movers_copy_on_the_target_with_it()
         idle >= marked as i64,
         "the copy of a key still on the source was touched: idle {idle} s"
     );
+}
+
+/// A mover's copy that lands on the target after a client removed its key
+/// through the proxy (the mover read the key just before) is taken back by
+/// the next request for the key, of any client, before it is served: the
+/// removal left a tombstone on the source (`libs::tombstone`), which the
+/// proxy reads in its source call, or behind its `MIGRATE` when it moves the
+/// keys instead. A key a client wrote since stays.
+#[tokio::test]
+async fn a_removed_keys_late_copy_is_taken_back_by_the_next_request_for_it() {
+    let c = Cluster::start().await;
+    let (mut p, mut q) = (c.client().await, c.client().await);
+    let (mut g1, mut g2) = (c.direct(1).await, c.direct(2).await);
+    let names = ["a", "b", "c", "d", "e", "f", "n", "g", "h"];
+    let keys: Vec<String> = names.iter().map(|k| format!("{{foo}}{k}")).collect();
+    for k in &keys {
+        let _: () = p.set(k, format!("old {k}")).await.expect("set");
+    }
+    // A counter beyond the small integers Redis shares between keys, which
+    // cannot carry a mover's mark (`copy_mark`).
+    let _: () = p.set(&keys[6], 123_456).await.expect("set");
+    let _: () = p.del(&keys[8]).await.expect("del");
+    let _: () = p.rpush(&keys[8], "old item").await.expect("rpush");
+    let _: () = p.set("{foo}live", "here").await.expect("set");
+    migrating_foo(&c, &mut p, &mut g2).await;
+    // The movers read every key now, and their copies land after the
+    // removals below.
+    let mut late = redis::pipe();
+    common::marked_copies(&mut late, &mut g1, &keys).await;
+    let removed: i64 = p.del(&keys[..]).await.expect("del");
+    assert_eq!(removed, keys.len() as i64);
+    let () = late.query_async(&mut g2).await.expect("the late copies");
+
+    // The removing client, another client, a read, a multi-key read with a
+    // key still on the source, a conditional write: each finds the key
+    // removed.
+    let a: Option<String> = p.get(&keys[0]).await.expect("get");
+    let b: Option<String> = q.get(&keys[1]).await.expect("get");
+    let (c_, live): (Option<String>, Option<String>) = q.mget(&[&keys[2], "{foo}live"]).await.expect("mget");
+    let took: bool = redis::cmd("SET")
+        .arg(&keys[3])
+        .arg("new")
+        .arg("NX")
+        .query_async::<Option<String>>(&mut p)
+        .await
+        .expect("set nx")
+        .is_some();
+    let e: i64 = q.exists(&keys[4]).await.expect("exists");
+    // Requests that move their keys with `MIGRATE` instead of a source call
+    // ask for tombstones too: a RESP3 client's, and a command Lua would
+    // change the reply of.
+    let mut r3 = common::RawConn::connect(&c.proxy.to_string()).await;
+    assert!(r3.call_raw(&["HELLO", "3"]).await.starts_with(b"%"));
+    let f = r3.call_raw(&["GET", &keys[5]]).await;
+    let n: i64 = p.incr(&keys[6], 1).await.expect("incr");
+    // So do a transaction and a blocked call.
+    let (g,): (Option<String>,) = redis::pipe()
+        .atomic()
+        .get(&keys[7])
+        .query_async(&mut q)
+        .await
+        .expect("multi");
+    let h: Option<(String, String)> = q.blpop(&keys[8], 0.2).await.expect("blpop");
+    assert_eq!(
+        (
+            a.as_deref(),
+            b.as_deref(),
+            c_.as_deref(),
+            took,
+            e,
+            &f[..],
+            n,
+            g,
+            h
+        ),
+        (None, None, None, true, 0, &b"_\r\n"[..], 1, None, None),
+        "a removed key came back from its late copy"
+    );
+    assert_eq!(live.as_deref(), Some("here"));
+    for k in [
+        &keys[0], &keys[1], &keys[2], &keys[4], &keys[5], &keys[7], &keys[8],
+    ] {
+        for (g, conn) in [("source", &mut g1), ("target", &mut g2)] {
+            assert!(
+                !conn.exists::<_, bool>(k).await.expect("exists"),
+                "{k} is still on the {g}"
+            );
+        }
+    }
+    // The key written since is the client's, and stays through the next
+    // requests, which find its tombstone again.
+    for conn in [&mut p, &mut q] {
+        let d: Option<String> = conn.get(&keys[3]).await.expect("get");
+        assert_eq!(d.as_deref(), Some("new"));
+    }
+    let d: Option<String> = g2.get(&keys[3]).await.expect("get");
+    assert_eq!(d.as_deref(), Some("new"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! The proxy's source call (`reborn::proxy::source_call`) against a real
 //! redis-server: a request wrapped in the script gets byte for byte the reply
 //! the bare request gets, when the server holds its keys; and the server says
-//! so when it holds none or only some of them, without running anything.
+//! so when it holds none or only some of them, without running anything,
+//! naming the keys a removal left a tombstone for (`libs::tombstone`).
 
 mod common;
 
@@ -158,21 +159,114 @@ async fn wrapped_requests_get_the_replies_of_bare_ones() {
         );
     }
 
-    // Keys the server does not hold: nothing runs, and the answer says so.
+    // Each key removed has a tombstone now, in database 1, for 30 s; the
+    // data set and every other key are as the bare server has them.
+    for key in ["{t}a", "{t}b", "s", "set", "l", "z"] {
+        let pttl = wrapped
+            .call(&[
+                "EVAL",
+                "redis.call('SELECT', 1) return redis.call('PTTL', KEYS[1])",
+                "1",
+                key,
+            ])
+            .await;
+        let ms = resp::integer(&pttl).unwrap_or(-9);
+        assert!(
+            ms > 0 && ms as u64 <= reborn::libs::tombstone::TTL_MS,
+            "{key}: {pttl:?}"
+        );
+    }
+    let tombstones = wrapped
+        .call(&["EVAL", "redis.call('SELECT', 1) return redis.call('DBSIZE')", "0"])
+        .await;
+    assert_eq!(tombstones.as_ref(), b":6\r\n", "one per key removed, none other");
+    assert_eq!(wrapped.call(&["DBSIZE"]).await, bare.call(&["DBSIZE"]).await);
+
+    // Keys the server does not hold: nothing runs, and the answer says so,
+    // naming those with a tombstone (0-based), for reads and writes alike.
     let gone = call_of(&["SET", "s", "new"], &["s"]).expect("wrapped");
     assert_eq!(wrapped.call(&["EXISTS", "s"]).await.as_ref(), b":0\r\n");
     assert_eq!(
         source_call::answer(wrapped.send(&gone.evalsha()).await),
-        Answer::NoKeyHere
+        Answer::NoKeyHere(vec![0])
+    );
+    let read = call_of(&["MGET", "{t}a", "never", "{t}b"], &["{t}a", "never", "{t}b"]).expect("wrapped");
+    assert_eq!(
+        source_call::answer(wrapped.send(&read.evalsha()).await),
+        Answer::NoKeyHere(vec![0, 2])
+    );
+    let never = call_of(&["GET", "never"], &["never"]).expect("wrapped");
+    assert_eq!(
+        source_call::answer(wrapped.send(&never.evalsha()).await),
+        Answer::NoKeyHere(vec![])
     );
     let some = call_of(&["MSET", "{u}a", "1", "h", "2"], &["{u}a", "h"]).expect("wrapped");
     assert_eq!(
         source_call::answer(wrapped.send(&some.evalsha()).await),
-        Answer::Classic
+        Answer::Classic(vec![])
     );
-    assert_eq!(wrapped.call(&["EXISTS", "s", "{u}a"]).await.as_ref(), b":0\r\n");
+    let some = call_of(&["MSET", "{t}a", "1", "h", "2"], &["{t}a", "h"]).expect("wrapped");
+    assert_eq!(
+        source_call::answer(wrapped.send(&some.evalsha()).await),
+        Answer::Classic(vec![0])
+    );
+    let some = call_of(&["MGET", "h", "{t}b"], &["h", "{t}b"]).expect("wrapped");
+    assert_eq!(
+        source_call::answer(wrapped.send(&some.evalsha()).await),
+        Answer::Classic(vec![1])
+    );
+    assert_eq!(
+        wrapped.call(&["EXISTS", "s", "{u}a", "{t}a"]).await.as_ref(),
+        b":0\r\n"
+    );
     assert_eq!(wrapped.call(&["HGET", "h", "f1"]).await.as_ref(), b"$1\r\na\r\n");
 
     // Commands whose replies Lua would change keep the classic path.
     assert!(call_of(&["INCRBY", "n", "1"], &["n"]).is_none());
+}
+
+/// A server with a single database has no room for tombstones: a removal is
+/// served and reported as on any other, and a gone key is reported without
+/// one.
+#[tokio::test]
+async fn a_server_with_one_database_serves_removals_without_tombstones() {
+    let port = common::free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _server = common::spawn_guarded(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--databases",
+                "1",
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null()),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    common::eventually("redis-server answers", std::time::Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
+    })
+    .await;
+    let mut c = Raw::connect(&addr).await;
+    assert_eq!(c.call(&["SET", "k", "v"]).await.as_ref(), b"+OK\r\n");
+    let del = call_of(&["DEL", "k"], &["k"]).expect("wrapped");
+    assert_eq!(
+        source_call::answer(c.send(&del.eval()).await),
+        Answer::ServedRemoving(Bytes::from_static(b":1\r\n"), vec![0])
+    );
+    let get = call_of(&["GET", "k"], &["k"]).expect("wrapped");
+    assert_eq!(
+        source_call::answer(c.send(&get.eval()).await),
+        Answer::NoKeyHere(vec![])
+    );
+    let set = call_of(&["SET", "k", "w"], &["k"]).expect("wrapped");
+    assert_eq!(
+        source_call::answer(c.send(&set.eval()).await),
+        Answer::NoKeyHere(vec![])
+    );
 }

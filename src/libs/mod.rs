@@ -24,4 +24,5 @@ pub mod resp_client;
 mod resp_properties;
 pub mod shutdown;
 pub mod table;
+pub mod tombstone;
 pub mod wait_mark;

@@ -683,7 +683,7 @@ impl Call {
                 Ok(Route::Move { from, to }) => {
                     let how = MoveOptions::of(&self.ctx.config);
                     match move_keys(self.client, (&from, &to), &self.keys, &how).await {
-                        Ok(()) => self.run_at(to.addr(), wait).await,
+                        Ok(_) => self.run_at(to.addr(), wait).await,
                         Err(reply) => return reply,
                     }
                 }

@@ -349,13 +349,15 @@ fn commandstats(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> Stri
     out
 }
 
-/// One `dbN:keys=…,expires=…,avg_ttl=…` line per db, summed over the masters.
+/// The `db0:keys=…,expires=…,avg_ttl=…` line, summed over the masters. The
+/// proxy serves database 0 only: the others hold nothing of its clients'
+/// (a migration's source keeps tombstones in one, `libs::tombstone`).
 fn keyspace(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> String {
     // db number → field → (sum, ttl × expires for avg_ttl)
     let mut dbs: BTreeMap<u64, BTreeMap<String, (i128, i128)>> = BTreeMap::new();
     for ks in backends.iter().filter_map(|b| b.get("keyspace")) {
         for (db, value) in ks {
-            let Some(n) = db.strip_prefix("db").and_then(|n| n.parse::<u64>().ok()) else {
+            let Some(n @ 0) = db.strip_prefix("db").and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
             let fields: BTreeMap<&str, i128> = value
@@ -415,7 +417,7 @@ mod tests {
     }
 
     const A: &str = "# Server\r\nredis_version:7.2.4\r\nredis_mode:standalone\r\nos:Linux\r\narch_bits:64\r\nrun_id:aaa\r\n\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\n";
-    const B: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nos:Linux\r\narch_bits:64\r\n\r\n# Keyspace\r\ndb0:keys=5,expires=6,avg_ttl=3000\r\n";
+    const B: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nos:Linux\r\narch_bits:64\r\n\r\n# Keyspace\r\ndb0:keys=5,expires=6,avg_ttl=3000\r\ndb1:keys=2,expires=2,avg_ttl=100\r\n";
 
     #[test]
     fn server_takes_the_oldest_master_and_keyspace_is_summed() {
@@ -423,7 +425,8 @@ mod tests {
         assert!(text.starts_with("# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nos:Linux\r\narch_bits:64\r\nreborn_version:1\r\n"), "{text}");
         assert!(!text.contains("run_id"), "{text}");
         assert!(text.contains("\r\n\r\n# Stats\r\n"), "{text}");
-        // avg_ttl weighted by expires: (1000*2 + 3000*6) / 8 = 2500.
+        // avg_ttl weighted by expires: (1000*2 + 3000*6) / 8 = 2500. Only
+        // db0: the proxy serves no other.
         assert!(
             text.ends_with("# Keyspace\r\ndb0:keys=15,expires=8,avg_ttl=2500\r\n"),
             "{text}"

@@ -17,7 +17,10 @@
 //! to it (see `source_call`), so once a request found its keys gone from the
 //! source, this worker remembers them ([`MovedKeys`]) and later requests for
 //! them go straight to the target, in one round trip. The memory is per
-//! routing epoch: any change of the routes forgets it.
+//! routing epoch: any change of the routes forgets it. Keys a client removed
+//! during the migration are the exception: they have a tombstone on the
+//! source (`libs::tombstone`), and each request for them asks again, so that
+//! a mover's copy that lands late is taken back before it could be served.
 //!
 //! With `write_ack = "replica"` the move waits for a replica of the target
 //! before the source lets its keys go ([`move_keys`]).
@@ -42,6 +45,7 @@ use super::source_call::{self, Answer};
 use crate::libs::copy_mark;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp;
+use crate::libs::tombstone;
 
 /// Most keys a worker remembers as moved; past this it starts over (a
 /// forgotten key only costs one source call again).
@@ -205,27 +209,55 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
                 // Copies of those keys a mover left on the target are
                 // orphans now (see `take_back`): gone before the client hears
                 // of the removal, so none of its later requests, nor any
-                // request of whoever it tells, can be served one.
-                let keys: Vec<Bytes> = removed.iter().filter_map(|&i| job.keys.get(i).cloned()).collect();
+                // request of whoever it tells, can be served one. The keys
+                // are not remembered as moved: a copy may still land late,
+                // and their next requests must see their tombstones.
+                let keys = pick(&job.keys, &removed);
                 let since = sent.elapsed();
                 take_back(client, &job.to, keys.iter().map(|k| (k.as_ref(), since))).await;
-                // Gone from the source, never to come back (`source_call`).
-                w.moved.remember(job.epoch, &keys);
                 return reply;
             }
-            Answer::NoKeyHere => {
-                w.moved.remember(job.epoch, &job.keys);
+            Answer::NoKeyHere(removed) => {
+                take_back_removed(client, &job.to, &pick(&job.keys, &removed)).await;
+                w.moved.remember(job.epoch, &others(&job.keys, &removed));
                 return forward(client, job).await;
             }
-            Answer::Classic => {}
+            // `move_keys` looks for tombstones again, beside its `MIGRATE`.
+            Answer::Classic(_) => {}
         }
     }
-    if let Err(reply) = move_keys(client, (&job.from, &job.to), &job.keys, &w.how).await {
-        return reply;
-    }
+    let removed = match move_keys(client, (&job.from, &job.to), &job.keys, &w.how).await {
+        Ok(removed) => removed,
+        Err(reply) => return reply,
+    };
     // None of the keys is on the source any more.
-    w.moved.remember(job.epoch, &job.keys);
+    w.moved.remember(job.epoch, &others(&job.keys, &removed));
     forward(client, job).await
+}
+
+/// Takes back, on `to`, every unworn mover's copy of `keys`, keys gone from
+/// the source with a tombstone: a client removed them during this
+/// migration, so such a copy is one that landed late, or that the removing
+/// proxy has not taken back yet (`libs::tombstone`). Any age of mark will
+/// do: a copy a client wrote since is younger than the tombstone, and so
+/// than [`copy_mark::min_idle`] of zero.
+async fn take_back_removed(client: u64, to: &Pool, keys: &[Bytes]) {
+    if keys.is_empty() {
+        return;
+    }
+    take_back(client, to, keys.iter().map(|k| (k.as_ref(), Duration::ZERO))).await;
+}
+
+/// The keys at `indices`.
+fn pick(keys: &[Bytes], indices: &[usize]) -> Vec<Bytes> {
+    indices.iter().filter_map(|&i| keys.get(i).cloned()).collect()
+}
+
+/// The keys not at `indices`: those a request may remember as moved
+/// (removed keys must keep asking the source, for their tombstones).
+fn others(keys: &[Bytes], indices: &[usize]) -> Vec<Bytes> {
+    let removed: HashSet<&Bytes> = indices.iter().filter_map(|&i| keys.get(i)).collect();
+    keys.iter().filter(|k| !removed.contains(k)).cloned().collect()
 }
 
 /// Moves `keys` from `from` to `to` on the connections of `client`, with
@@ -249,6 +281,18 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
 /// it) is taken back if it still shows our mark; a key another mover moved
 /// since is younger and stays.
 ///
+/// Right behind the `MIGRATE`, on the same connection, a read-only script
+/// asks which of the keys have a tombstone (`libs::tombstone`: a client
+/// removed them during this migration), and their marked copies on the
+/// target are taken back before this returns, so that the request that
+/// follows is not served a mover's late copy. Behind it, not ahead: a key
+/// still on the source then has moved with the `MIGRATE`, so no client can
+/// remove it from the source any more (a removal now goes to the target),
+/// and one already gone had its tombstone before.
+///
+/// Returns the indices of the keys that had a tombstone: they are not to
+/// be remembered as moved, so that their next requests ask again.
+///
 /// # Errors
 /// The client's error reply when the `MIGRATE` fails (the keys stay on the
 /// source).
@@ -257,9 +301,9 @@ pub async fn move_keys(
     (from, to): (&Pool, &Pool),
     keys: &[Bytes],
     how: &MoveOptions,
-) -> Result<(), Bytes> {
+) -> Result<Vec<usize>, Bytes> {
     if keys.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ahead = if how.replicated {
         Some(copy_ahead(client, (from, to), keys).await)
@@ -267,7 +311,9 @@ pub async fn move_keys(
         None
     };
     let cmd = crate::libs::migrate::command(to.addr(), keys, how.auth.as_deref(), how.timeout);
-    let moved = migrate(client, (from, to), cmd).await;
+    let sent = from.send(client, cmd);
+    let tombstones = from.send(client, tombstone::find(keys));
+    let moved = migrated((from, to), sent.await.unwrap_or_else(|_| lost()));
     // One key that moved (`OK`) replaced our copy: nothing to take back.
     let replaced = keys.len() == 1 && moved == Ok(Migrated::Done);
     if let Some(ahead) = ahead
@@ -276,7 +322,10 @@ pub async fn move_keys(
     {
         ahead.take_back(client, to).await;
     }
-    moved.map(drop)
+    moved?;
+    let removed = tombstone::found(&tombstones.await.unwrap_or_else(|_| lost()));
+    take_back_removed(client, to, &pick(keys, &removed)).await;
+    Ok(removed)
 }
 
 /// The copies [`copy_ahead`] left on the target.
@@ -397,12 +446,11 @@ enum Migrated {
     NoKey,
 }
 
-/// Sends the `MIGRATE` `cmd` to `from` on `client`'s connection.
+/// What the `MIGRATE` of keys from `from` to `to` answered (`moved`).
 ///
 /// # Errors
-/// The client's error reply when it fails (the keys stay on the source).
-async fn migrate(client: u64, (from, to): (&Pool, &Pool), cmd: Bytes) -> Result<Migrated, Bytes> {
-    let moved = from.send(client, cmd).await.unwrap_or_else(|_| lost());
+/// The client's error reply when it failed (the keys stay on the source).
+fn migrated((from, to): (&Pool, &Pool), moved: Bytes) -> Result<Migrated, Bytes> {
     if resp::is_error(&moved) {
         let why = String::from_utf8_lossy(&moved[1..]).trim_end().to_string();
         return Err(resp::error(&format!(

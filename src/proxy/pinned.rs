@@ -123,7 +123,9 @@ async fn move_to_target(
     (from, to): (Arc<Pool>, Arc<Pool>),
     keys: &[Bytes],
 ) -> Result<(), Bytes> {
-    move_keys(client, (&from, &to), keys, &MoveOptions::of(&ctx.config)).await
+    move_keys(client, (&from, &to), keys, &MoveOptions::of(&ctx.config))
+        .await
+        .map(drop)
 }
 
 /// One `WATCH`, sent at once on the pinned connection.

@@ -27,7 +27,11 @@
 //! A mover may have copied that key to the target already, where its copy
 //! waits for the source's `DEL` that now never comes; the proxies serve a key
 //! the source lacks from the target, so that copy would bring the key back.
-//! The caller takes such copies back (`migrate`) before it answers.
+//! The caller takes such copies back (`migrate`) before it answers. The
+//! removal also leaves a tombstone on the source, and a later call that finds
+//! the key gone names it, so that its caller takes back a copy that landed
+//! after the first take-back, or that another client's request would have
+//! been served in between (`libs::tombstone`).
 //!
 //! Lua changes a few replies on the way, so some commands keep the classic
 //! path: integers travel through Lua as doubles (exact only up to 2^53, and
@@ -56,32 +60,48 @@ pub struct Script {
 
 /// Counts the request's keys on this server, and runs the request (its words
 /// are `ARGV`) only if all of them are here. `pcall`: the command's own error
-/// replies pass through unchanged. For a command that only reads.
+/// replies pass through unchanged. For a command that only reads. Else the
+/// answer is `-REBORNMOVED <keys here> <i…>`, `i` the 1-based index of each
+/// key gone with a tombstone (`libs::tombstone`: a client removed it during
+/// this migration).
 pub const READS: Script = Script {
-    text: "local n = 0 \
-for i = 1, #KEYS do n = n + redis.call('EXISTS', KEYS[i]) end \
+    text: "local n, gone = 0, {} \
+for i = 1, #KEYS do if redis.call('EXISTS', KEYS[i]) == 1 then n = n + 1 else gone[#gone + 1] = i end end \
 if n == #KEYS then return redis.pcall(unpack(ARGV)) end \
-return {err = 'REBORNMOVED ' .. n}",
-    sha: "ad5b9847fc04fd95f0e67ac0fbb50897eafed2f4",
+local s = 'REBORNMOVED ' .. n \
+if pcall(redis.call, 'SELECT', 1) then \
+for _, i in ipairs(gone) do if redis.call('EXISTS', KEYS[i]) == 1 then s = s .. ' ' .. i end end \
+redis.call('SELECT', 0) end \
+return {err = s}",
+    sha: "bd1d2ac93f444e1fbce56b4dfe3f47998ab3c6c0",
 };
 
 /// As [`READS`], for a command that may write; it also says whether the
 /// command removed any of its keys (`DEL`, `GETDEL`, a pop of the last
 /// element, …): the reply is then wrapped, `[+REBORNREMOVED, reply, i…]`,
-/// `i` the 1-based index of each key removed. No data command's reply nests a
-/// status reply in an array, so the wrapper cannot be taken for a reply.
-/// Looking again costs the source about 0.4 µs per request
+/// `i` the 1-based index of each key removed, and each such key gets a
+/// tombstone (`libs::tombstone`). No data command's reply nests a status
+/// reply in an array, so the wrapper cannot be taken for a reply. Looking
+/// again costs the source about 0.4 µs per request
 /// (`scripts/bench_source_call.sh`), which is why reads do not.
 pub const WRITES: Script = Script {
-    text: "local n = 0 \
-for i = 1, #KEYS do n = n + redis.call('EXISTS', KEYS[i]) end \
-if n ~= #KEYS then return {err = 'REBORNMOVED ' .. n} end \
+    text: "local n, gone = 0, {} \
+for i = 1, #KEYS do if redis.call('EXISTS', KEYS[i]) == 1 then n = n + 1 else gone[#gone + 1] = i end end \
+if n ~= #KEYS then \
+local s = 'REBORNMOVED ' .. n \
+if pcall(redis.call, 'SELECT', 1) then \
+for _, i in ipairs(gone) do if redis.call('EXISTS', KEYS[i]) == 1 then s = s .. ' ' .. i end end \
+redis.call('SELECT', 0) end \
+return {err = s} end \
 local r = redis.pcall(unpack(ARGV)) \
 local out = nil \
 for i = 1, #KEYS do if redis.call('EXISTS', KEYS[i]) == 0 then \
 out = out or {{ok = 'REBORNREMOVED'}, r} out[#out + 1] = i end end \
+if out and pcall(redis.call, 'SELECT', 1) then \
+for j = 3, #out do pcall(redis.call, 'SET', KEYS[out[j]], '1', 'PX', '30000') end \
+redis.call('SELECT', 0) end \
 return out or r",
-    sha: "973e9f89e25f33bc58a87f4a7f1f63be22e150e1",
+    sha: "4ef06318db7b3ccfb678fff54c981a175196083e",
 };
 
 /// Arguments Lua's `unpack` handles safely (its C stack allows about 8000).
@@ -123,11 +143,14 @@ pub enum Answer {
     /// As `Served`, and the command removed these of its keys from the
     /// source (0-based indices into the request's keys, in order).
     ServedRemoving(Bytes, Vec<usize>),
-    /// It held none of the keys: send the request to the target as it is.
-    NoKeyHere,
+    /// It held none of the keys: send the request to the target as it is,
+    /// once movers' copies of the keys it names (0-based indices, those a
+    /// client removed during this migration) are taken back there.
+    NoKeyHere(Vec<usize>),
     /// It held some of them, or cannot run the command in a script: move the
-    /// keys with `MIGRATE`, then send the request to the target.
-    Classic,
+    /// keys with `MIGRATE`, then send the request to the target; take back
+    /// the copies of the keys it names first, as for `NoKeyHere`.
+    Classic(Vec<usize>),
 }
 
 /// A request wrapped in [`READS`] or [`WRITES`]: its keys and words, encoded
@@ -219,16 +242,30 @@ fn is_classic_only(name: &[u8]) -> bool {
 /// Reads the source's reply to [`command`].
 pub fn answer(reply: Bytes) -> Answer {
     if let Some(rest) = reply.strip_prefix(b"-REBORNMOVED ") {
-        return if rest.starts_with(b"0\r\n") {
-            Answer::NoKeyHere
-        } else {
-            Answer::Classic
-        };
+        return moved(rest);
     }
     if reply.starts_with(b"-") && contains(&reply, b"not allowed from script") {
-        return Answer::Classic;
+        return Answer::Classic(Vec::new());
     }
     removing(&reply).unwrap_or(Answer::Served(reply))
+}
+
+/// `<keys here> <i…>\r\n`, the rest of a `-REBORNMOVED` answer: the keys
+/// held, then the 1-based index of each gone key with a tombstone. A word
+/// that does not parse counts as no tombstone (the safe side is the path
+/// without the take-back, as before tombstones).
+fn moved(rest: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(rest);
+    let mut words = text.split_whitespace();
+    let here = words.next().and_then(|n| n.parse::<usize>().ok());
+    let removed = words
+        .filter_map(|i| i.parse::<usize>().ok()?.checked_sub(1))
+        .collect();
+    if here == Some(0) {
+        Answer::NoKeyHere(removed)
+    } else {
+        Answer::Classic(removed)
+    }
 }
 
 /// The wrapped reply of a command that removed keys (see [`WRITES`]), if
@@ -299,11 +336,13 @@ mod tests {
 
     #[test]
     fn answers() {
-        assert_eq!(answer(b("-REBORNMOVED 0\r\n")), Answer::NoKeyHere);
-        assert_eq!(answer(b("-REBORNMOVED 2\r\n")), Answer::Classic);
+        assert_eq!(answer(b("-REBORNMOVED 0\r\n")), Answer::NoKeyHere(vec![]));
+        assert_eq!(answer(b("-REBORNMOVED 2\r\n")), Answer::Classic(vec![]));
+        assert_eq!(answer(b("-REBORNMOVED 0 1 3\r\n")), Answer::NoKeyHere(vec![0, 2]));
+        assert_eq!(answer(b("-REBORNMOVED 1 2\r\n")), Answer::Classic(vec![1]));
         assert_eq!(
             answer(b("-ERR This Redis command is not allowed from script\r\n")),
-            Answer::Classic
+            Answer::Classic(vec![])
         );
         assert_eq!(answer(b("$1\r\nv\r\n")), Answer::Served(b("$1\r\nv\r\n")));
         let wrongtype = b("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");

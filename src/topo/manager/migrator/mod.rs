@@ -12,8 +12,9 @@
 //! `MIGRATE`), `restore` (the `dump-restore` method), `ledger` (the safe resume
 //! cursor), `throttle` (keys/s), `unconfirmed` (copies sent whose source
 //! deletion is not confirmed yet), `settle` (the two copies after a promote of
-//! the source group), `config`, `conn` (a small pipelined connection),
-//! `error`. Imports only `crate::libs`.
+//! the source group), `tombstones` (cleared before a task moves anything),
+//! `config`, `conn` (a small pipelined connection), `error`. Imports only
+//! `crate::libs`.
 
 mod batch;
 mod config;
@@ -26,6 +27,7 @@ mod pass;
 mod restore;
 mod settle;
 mod throttle;
+mod tombstones;
 mod unconfirmed;
 
 use std::collections::BTreeSet;
@@ -120,6 +122,18 @@ pub async fn migrate_pass(
     let (target, slots) = check(source, target, slots, cfg)?;
     if progress.cursor == 0 {
         progress.found = 0;
+        if progress.passes == 0 {
+            // Before the task's first batch; again after a restart that
+            // found no pass begun, which only forgets some of this task's.
+            let cleared = tombstones::clear(source, &slots, cfg).await?;
+            if cleared > 0 {
+                tracing::info!(
+                    source,
+                    cleared,
+                    "migrator: cleared an earlier migration's tombstones"
+                );
+            }
+        }
     }
     let (started, base) = (std::time::Instant::now(), progress.busy_ms);
     let mut report = |p: &mut Progress| {
