@@ -18,7 +18,8 @@
 //! is still moving keys when the next master dies (a failover mid-migration).
 //! A deleter deletes every tenth filler key while all this goes on (most of
 //! them while their slots migrate, so deletes race the migrator's copies),
-//! and reads each right after its delete.
+//! and reads each right after its delete, and again 300 ms later through
+//! the other proxy, over RESP3.
 //! At the end, once every fault is repaired, every key is read and compared
 //! with what its writer had acknowledged, every filler key with its value,
 //! and every acknowledged delete must have stayed deleted.
@@ -217,23 +218,50 @@ struct Deletes {
     /// the key (a mover's copy on a migration's target, served once the
     /// source lacked the key).
     read_back: AtomicU64,
+    /// Acknowledged deletes read again later, by another client.
+    read_later: AtomicU64,
+    /// Of those, found again: a mover's copy that landed after the delete,
+    /// served (`libs::tombstone`).
+    back_later: AtomicU64,
 }
 
+/// How long after its delete the deleter reads a key again, through the
+/// other proxy, over RESP3 (so the read moves keys on access): long enough
+/// for a mover's copy read just before the delete to land.
+const READ_AGAIN_AFTER: Duration = Duration::from_millis(300);
+
 /// Deletes `keys` in turn, ten a second, each with a `GET` of it right behind
-/// its `DEL`, in one pipeline.
+/// its `DEL`, in one pipeline; and [`READ_AGAIN_AFTER`] later, reads it again
+/// on `later`.
 async fn deleter(
     keys: Vec<String>,
-    mut conn: Conn,
+    (mut conn, mut later): (Conn, Conn),
     deletes: Arc<Deletes>,
     tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut again: std::collections::VecDeque<(Instant, String)> = Default::default();
     for key in keys {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         tick.tick().await;
+        while let Some((at, old)) = again.front()
+            && at.elapsed() >= READ_AGAIN_AFTER
+        {
+            match later.call::<Option<String>>(redis::cmd("GET").arg(old)).await {
+                Ok(read) => {
+                    deletes.read_later.fetch_add(1, Ordering::Relaxed);
+                    if let Some(value) = read {
+                        deletes.back_later.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("soak: {old} read as {value:?} by another client after its DEL");
+                    }
+                }
+                Err(e) => tally.error(&e),
+            }
+            again.pop_front();
+        }
         let mut pipe = redis::pipe();
         pipe.del(&key).get(&key);
         match conn.pipe::<(i64, Option<String>)>(&pipe).await {
@@ -242,6 +270,7 @@ async fn deleter(
                     deletes.read_back.fetch_add(1, Ordering::Relaxed);
                     eprintln!("soak: {key} read as {value:?} right after its DEL was acknowledged");
                 }
+                again.push_back((Instant::now(), key.clone()));
                 deletes.done.lock().push(key)
             }
             Ok(_) => {
@@ -495,10 +524,10 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     {
         let mut doomed: Vec<String> = fill_keys.iter().skip(3).step_by(10).cloned().collect();
         fastrand::Rng::with_seed(3).shuffle(&mut doomed);
-        let conn = Conn::new(addrs.clone(), 1);
+        let conns = (Conn::new(addrs.clone(), 1), Conn::new(addrs.clone(), 0).resp3());
         tasks.push(tokio::spawn(deleter(
             doomed,
-            conn,
+            conns,
             deletes.clone(),
             tally.clone(),
             stop.clone(),
@@ -806,10 +835,12 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     );
     let _ = writeln!(
         report,
-        "  deletes of filler keys: {} acknowledged, {} failed; read back right after: {}; acknowledged deletes undone at the end: {resurrected}",
+        "  deletes of filler keys: {} acknowledged, {} failed; read back right after: {}; read again by another client: {}, of them found: {}; acknowledged deletes undone at the end: {resurrected}",
         deleted.len(),
         unsure.len(),
-        deletes.read_back.load(Ordering::Relaxed)
+        deletes.read_back.load(Ordering::Relaxed),
+        deletes.read_later.load(Ordering::Relaxed),
+        deletes.back_later.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         report,
@@ -837,6 +868,11 @@ async fn chaos_soak_loses_no_acknowledged_write() {
             deletes.read_back.load(Ordering::Relaxed),
             0,
             "keys read back right after their delete\n{report}"
+        );
+        assert_eq!(
+            deletes.back_later.load(Ordering::Relaxed),
+            0,
+            "keys read back by another client after their delete\n{report}"
         );
     }
     assert!(deleted.len() > 100, "the deleter barely ran\n{report}");
