@@ -1529,6 +1529,47 @@ async fn a_removed_keys_late_copy_is_taken_back_by_the_next_request_for_it() {
     assert_eq!(d.as_deref(), Some("new"));
 }
 
+/// A removal whose take-back cannot reach the target (down) is answered at
+/// once all the same; the copy it could not take back is taken by the next
+/// request for the key once the target is back, which the tombstone tells
+/// to (`libs::tombstone`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_is_answered_while_the_target_is_down_and_its_take_back_is_done_later() {
+    let mut c = Cluster::start().await;
+    let mut p = c.client().await;
+    let (mut g1, mut g2) = (c.direct(1).await, c.direct(2).await);
+    let key = "{foo}gone".to_string();
+    let _: () = p.set(&key, "old").await.expect("set");
+    migrating_foo(&c, &mut p, &mut g2).await;
+    let mut copy = redis::pipe();
+    common::marked_copies(&mut copy, &mut g1, std::slice::from_ref(&key)).await;
+    c.masters[1].kill();
+
+    let started = Instant::now();
+    let removed: i64 = tokio::time::timeout(Duration::from_secs(5), p.del(&key))
+        .await
+        .expect("DEL answered")
+        .expect("del");
+    assert_eq!(removed, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the DEL waited {:?} for a target that is down",
+        started.elapsed()
+    );
+    assert!(!g1.exists::<_, bool>(&key).await.expect("exists"));
+
+    // The target comes back holding the copy (as a persistent one would).
+    c.masters[1].restart().expect("restart the target");
+    let mut g2 = c.direct(2).await;
+    let () = copy.query_async(&mut g2).await.expect("the copy");
+    let read = common::eventually_some("the target serves again", Duration::from_secs(10), async || {
+        p.get::<_, Option<String>>(&key).await.ok()
+    })
+    .await;
+    assert_eq!(read, None, "the removed key came back");
+    assert!(!g2.exists::<_, bool>(&key).await.expect("exists"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_clients_requests_keep_their_order_over_several_backend_connections() {
     let c = Cluster::start_with(|cfg| cfg.backend_conns = 4).await;
