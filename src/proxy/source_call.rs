@@ -148,8 +148,9 @@ pub enum Answer {
     /// client removed during this migration) are taken back there.
     NoKeyHere(Vec<usize>),
     /// It held some of them, or cannot run the command in a script: move the
-    /// keys with `MIGRATE`, then send the request to the target; take back
-    /// the copies of the keys it names first, as for `NoKeyHere`.
+    /// keys with `MIGRATE`, then send the request to the target. The keys it
+    /// names have tombstones, as for `NoKeyHere`; the move looks for them
+    /// again itself (`migrate::move_keys`).
     Classic(Vec<usize>),
 }
 
@@ -332,6 +333,17 @@ mod tests {
         assert!(command(&[b("PING")], &[], false).is_none());
         let many: Vec<Bytes> = std::iter::repeat_n(b("k"), MAX_ARGS + 1).collect();
         assert!(command(&many, &[b("k")], true).is_none());
+    }
+
+    #[test]
+    fn the_scripts_keep_tombstones_where_and_as_long_as_libs_tombstone_says() {
+        let db = format!("'SELECT', {}", crate::libs::tombstone::DB);
+        let ttl = format!("'PX', '{}'", crate::libs::tombstone::TTL_MS);
+        for script in [READS, WRITES] {
+            assert!(script.text.contains(&db), "{}", script.text);
+            assert!(crate::libs::tombstone::FIND.contains(&db));
+        }
+        assert!(WRITES.text.contains(&ttl), "{}", WRITES.text);
     }
 
     #[test]
