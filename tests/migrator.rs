@@ -268,6 +268,24 @@ async fn a_task_clears_the_tombstones_of_its_slots_and_no_others() {
     assert!(progress.moved > 0, "{progress:?}");
 }
 
+/// A source with a single database has no tombstones to clear: the task
+/// must not take its `SELECT` refusal for a switch, and clear (`DEL`) keys
+/// of database 0 in its stead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_one_database_has_no_tombstones_and_loses_nothing() {
+    let (src, dst) = (common::redis_one_database(), common::redis());
+    let (mut s, mut d) = (conn(&src.addr(), None).await, conn(&dst.addr(), None).await);
+    let keys = key_names("key", 2_000);
+    fill(&mut s, &keys).await;
+    let slots = hundred_slots();
+    let before = snapshot(&mut s, &keys).await;
+    let progress = migrate_to_end((&src, &dst), &slots, &config(), Progress::default()).await;
+    let (source, target) = (snapshot(&mut s, &keys).await, snapshot(&mut d, &keys).await);
+    let moved = assert_moved(&before, &source, &target, &slots);
+    assert!(moved > 100, "{moved}");
+    assert_eq!(progress.moved, moved as u64, "{progress:?}");
+}
+
 async fn moves_exactly_the_keys_of_the_slots_with(method: Method, inflight: usize) {
     let config = || MigratorConfig {
         method,

@@ -353,48 +353,41 @@ fn commandstats(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> Stri
 /// proxy serves database 0 only: the others hold nothing of its clients'
 /// (a migration's source keeps tombstones in one, `libs::tombstone`).
 fn keyspace(backends: &[BTreeMap<String, BTreeMap<String, String>>]) -> String {
-    // db number → field → (sum, ttl × expires for avg_ttl)
-    let mut dbs: BTreeMap<u64, BTreeMap<String, (i128, i128)>> = BTreeMap::new();
-    for ks in backends.iter().filter_map(|b| b.get("keyspace")) {
-        for (db, value) in ks {
-            let Some(n @ 0) = db.strip_prefix("db").and_then(|n| n.parse::<u64>().ok()) else {
-                continue;
-            };
-            let fields: BTreeMap<&str, i128> = value
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .filter_map(|(k, v)| Some((k, v.parse::<i128>().ok()?)))
-                .collect();
-            let expires = fields.get("expires").copied().unwrap_or(0);
-            let entry = dbs.entry(n).or_default();
-            for (k, v) in &fields {
-                let e = entry.entry((*k).to_string()).or_default();
-                e.0 += v;
-                e.1 += v * expires;
-            }
+    // field → (sum, ttl × expires for avg_ttl)
+    let mut fields: BTreeMap<String, (i128, i128)> = BTreeMap::new();
+    for line in backends.iter().filter_map(|b| b.get("keyspace")?.get("db0")) {
+        let values: BTreeMap<&str, i128> = line
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k, v.parse::<i128>().ok()?)))
+            .collect();
+        let expires = values.get("expires").copied().unwrap_or(0);
+        for (k, v) in &values {
+            let e = fields.entry((*k).to_string()).or_default();
+            e.0 += v;
+            e.1 += v * expires;
         }
     }
-    let mut out = String::new();
-    for (n, fields) in dbs {
-        let expires = fields.get("expires").map_or(0, |e| e.0);
-        let mut parts = Vec::new();
-        // Redis's order first, then any field a newer server adds.
-        let order = ["keys", "expires", "avg_ttl"];
-        let rest = fields.keys().filter(|k| !order.contains(&k.as_str()));
-        for k in order.iter().map(|s| s.to_string()).chain(rest.cloned()) {
-            let Some((sum, weighted)) = fields.get(&k) else {
-                continue;
-            };
-            let v = match k.as_str() {
-                "avg_ttl" if expires > 0 => weighted / expires,
-                "avg_ttl" => 0,
-                _ => *sum,
-            };
-            parts.push(format!("{k}={v}"));
-        }
-        out.push_str(&format!("db{n}:{}\r\n", parts.join(",")));
+    if fields.is_empty() {
+        return String::new();
     }
-    out
+    let expires = fields.get("expires").map_or(0, |e| e.0);
+    let mut parts = Vec::new();
+    // Redis's order first, then any field a newer server adds.
+    let order = ["keys", "expires", "avg_ttl"];
+    let rest = fields.keys().filter(|k| !order.contains(&k.as_str()));
+    for k in order.iter().map(|s| s.to_string()).chain(rest.cloned()) {
+        let Some((sum, weighted)) = fields.get(&k) else {
+            continue;
+        };
+        let v = match k.as_str() {
+            "avg_ttl" if expires > 0 => weighted / expires,
+            "avg_ttl" => 0,
+            _ => *sum,
+        };
+        parts.push(format!("{k}={v}"));
+    }
+    format!("db0:{}\r\n", parts.join(","))
 }
 
 #[cfg(test)]

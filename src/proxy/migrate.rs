@@ -222,8 +222,7 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
                 w.moved.remember(job.epoch, &others(&job.keys, &removed));
                 return forward(client, job).await;
             }
-            // `move_keys` looks for tombstones again, beside its `MIGRATE`.
-            Answer::Classic(_) => {}
+            Answer::Classic => {}
         }
     }
     let removed = match move_keys(client, (&job.from, &job.to), &job.keys, &w.how).await {
@@ -242,9 +241,6 @@ async fn migrate_then_forward(w: &Mover, job: &MoveRequest) -> Bytes {
 /// do: a copy a client wrote since is younger than the tombstone, and so
 /// than [`copy_mark::min_idle`] of zero.
 async fn take_back_removed(client: u64, to: &Pool, keys: &[Bytes]) {
-    if keys.is_empty() {
-        return;
-    }
     take_back(client, to, keys.iter().map(|k| (k.as_ref(), Duration::ZERO))).await;
 }
 
@@ -255,7 +251,10 @@ fn pick(keys: &[Bytes], indices: &[usize]) -> Vec<Bytes> {
 
 /// The keys not at `indices`: those a request may remember as moved
 /// (removed keys must keep asking the source, for their tombstones).
-fn others(keys: &[Bytes], indices: &[usize]) -> Vec<Bytes> {
+fn others<'a>(keys: &'a [Bytes], indices: &[usize]) -> std::borrow::Cow<'a, [Bytes]> {
+    if indices.is_empty() {
+        return keys.into();
+    }
     let removed: HashSet<&Bytes> = indices.iter().filter_map(|&i| keys.get(i)).collect();
     keys.iter().filter(|k| !removed.contains(k)).cloned().collect()
 }
@@ -317,7 +316,6 @@ pub async fn move_keys(
     // One key that moved (`OK`) replaced our copy: nothing to take back.
     let replaced = keys.len() == 1 && moved == Ok(Migrated::Done);
     if let Some(ahead) = ahead
-        && !ahead.keys.is_empty()
         && !replaced
     {
         ahead.take_back(client, to).await;
@@ -354,7 +352,11 @@ impl CopiedAhead {
 ///   was one anybody could use, and only a mover's carries the mark; a copy
 ///   a client wrote or read since is younger, and stays.
 async fn take_back<'a>(client: u64, to: &Pool, copies: impl Iterator<Item = (&'a [u8], Duration)>) {
-    let eval = copy_mark::take_back_words(copies, |w| resp::encode_array(w));
+    let mut n = 0;
+    let eval = copy_mark::take_back_words(copies.inspect(|_| n += 1), |w| resp::encode_array(w));
+    if n == 0 {
+        return;
+    }
     let reply = to.send(client, eval).await.unwrap_or_else(|_| lost());
     match resp::integer(&reply) {
         Some(0) => {}

@@ -32,9 +32,18 @@ pub struct RedisServerBuilder {
     dir: Option<PathBuf>,
     password: Option<String>,
     persistent: bool,
+    /// `databases`; Redis's default (16) when `None`.
+    databases: Option<u32>,
 }
 
 impl RedisServerBuilder {
+    /// Sets `databases`: with 1, the server has no room for a migration's
+    /// tombstones (`libs::tombstone`), which reborn must live without.
+    pub fn databases(mut self, n: u32) -> Self {
+        self.databases = Some(n);
+        self
+    }
+
     /// Keeps data and log in `dir` (created if needed, kept after stop) instead of
     /// a temp dir removed on stop.
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -71,6 +80,7 @@ impl RedisServerBuilder {
             port: self.port,
             password: self.password,
             persistent: self.persistent,
+            databases: self.databases,
             resumed: false,
             process: None,
             dir,
@@ -87,6 +97,7 @@ pub struct RedisServer {
     port: u16,
     password: Option<String>,
     persistent: bool,
+    databases: Option<u32>,
     /// Its first start found the config file of an earlier run (a kept dir).
     resumed: bool,
     // Field order matters: the process stops before its directory is removed.
@@ -102,6 +113,7 @@ impl RedisServer {
             dir: None,
             password: None,
             persistent: false,
+            databases: None,
         }
     }
 
@@ -283,6 +295,9 @@ impl RedisServer {
         if let Some(password) = &self.password {
             cmd.args(["--requirepass", password, "--masterauth", password]);
         }
+        if let Some(n) = self.databases {
+            cmd.args(["--databases", &n.to_string()]);
+        }
         cmd
     }
 
@@ -303,6 +318,9 @@ impl RedisServer {
             );
             if let Some(password) = &self.password {
                 text.push_str(&format!("requirepass {password}\nmasterauth {password}\n"));
+            }
+            if let Some(n) = self.databases {
+                text.push_str(&format!("databases {n}\n"));
             }
             std::fs::write(&file, text).map_err(UpError::io(format!("write {}", file.display())))?;
         }

@@ -156,6 +156,14 @@ pub async fn wait_replica_streaming(master: &str) {
     .await;
 }
 
+/// Like [`redis`], with a single database: no room for a migration's
+/// tombstones (`libs::tombstone`).
+pub fn redis_one_database() -> RedisServer {
+    with_free_port("redis-server", |port| {
+        RedisServer::builder(port).databases(1).start()
+    })
+}
+
 /// Like [`redis`], with `requirepass` and `masterauth` set to `password`.
 pub fn redis_with_password(password: &str) -> RedisServer {
     with_free_port("redis-server", |port| {
