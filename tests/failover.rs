@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, client, signal};
+use common::cluster::{Cluster, client, freeze_and_cut_off, master_of, signal};
 use reborn::libs::hash::slot_of;
 use reborn::proxy::config::WriteAck;
 use reborn::topo::manager::failover::{self, FailoverRecord};
@@ -21,11 +21,6 @@ use reborn::up::RedisServer;
 
 /// The bar: a dead master is replaced within this.
 const REPLACED_WITHIN: Duration = Duration::from_secs(10);
-
-async fn master_of(store: &Store, group: u32) -> Option<String> {
-    let topo = watcher::load(store).await.ok()?;
-    topo.groups.get(&group)?.master().map(str::to_string)
-}
 
 /// Writers INCRing keys of the given groups through the proxy until `stop`;
 /// an error is counted and the writer carries on (what a client does).
@@ -237,23 +232,6 @@ async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
         servers,
         vec![(old.clone(), Role::Replica), (new.clone(), Role::Master)]
     );
-}
-
-/// Freezes `replica` (SIGSTOP) and cuts its link to `master`, so that what
-/// the master applies from now on is not even in the frozen replica's socket
-/// buffer. Returns its pid, to thaw it (SIGCONT).
-async fn freeze_and_cut_off(replica: &RedisServer, master: &str) -> u32 {
-    let pid = replica.pid().expect("pid");
-    signal(pid, "-STOP");
-    let mut m = common::client(master).await;
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query_async(&mut m)
-        .await
-        .expect("client kill");
-    pid
 }
 
 /// Kills group 1's master while its replica is frozen (SIGSTOP) and cut off,

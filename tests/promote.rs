@@ -51,9 +51,9 @@ async fn info_replication(addr: &str) -> String {
 
 /// The master of group 1 in ZooKeeper.
 async fn master_of_group_1(c: &Cluster) -> String {
-    let topo = watcher::load(&c.store).await.expect("load");
-    let g = topo.groups.get(&1).expect("group 1");
-    g.master().expect("a master").to_string()
+    common::cluster::master_of(&c.store, 1)
+        .await
+        .expect("group 1 has a master")
 }
 
 async fn wait_synced(replica: &str, keys: i64) {

@@ -40,8 +40,9 @@ async fn dbsize(addr: &str) -> i64 {
 
 /// The master of `group` as ZooKeeper says.
 async fn master_of(cluster: &Cluster, group: u32) -> String {
-    let topo = watcher::load(&cluster.store).await.expect("load");
-    topo.groups[&group].master().unwrap_or_default().to_string()
+    common::cluster::master_of(&cluster.store, group)
+        .await
+        .unwrap_or_default()
 }
 
 /// A script: the newest task's row is in `state`.

@@ -269,6 +269,30 @@ impl Drop for Cluster {
     }
 }
 
+/// The master of `group` as ZooKeeper says (`None`: no such group, or none
+/// of its servers is the master).
+pub async fn master_of(store: &Store, group: u32) -> Option<String> {
+    let topo = watcher::load(store).await.ok()?;
+    topo.groups.get(&group)?.master().map(str::to_string)
+}
+
+/// Freezes `replica` (SIGSTOP) and cuts its link to `master`, so that what
+/// the master applies from now on is not even in the frozen replica's socket
+/// buffer. Returns its pid, to thaw it (SIGCONT).
+pub async fn freeze_and_cut_off(replica: &RedisServer, master: &str) -> u32 {
+    let pid = replica.pid().expect("pid");
+    signal(pid, "-STOP");
+    let mut m = super::client(master).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut m)
+        .await
+        .expect("client kill");
+    pid
+}
+
 /// Initialises the product of `store` with group 1 (master `masters[0]`) owning
 /// slots 0-511 and group 2 (master `masters[1]`) owning 512-1023.
 pub async fn seed_two_groups(store: &Store, masters: &[RedisServer]) {

@@ -61,6 +61,12 @@ impl LogicUp {
     pub async fn start(tune: impl FnOnce(&mut LogicConfig)) -> LogicUp {
         let cluster = Cluster::start().await;
         let proxy = cluster.proxy().await;
+        LogicUp::on(cluster, proxy, tune).await
+    }
+
+    /// Logic in front of `proxy`, a proxy of `cluster`, its config tuned by
+    /// `tune`.
+    pub async fn on(cluster: Cluster, proxy: SocketAddr, tune: impl FnOnce(&mut LogicConfig)) -> LogicUp {
         let mut config = LogicConfig::default();
         config.http.addr = "127.0.0.1:0".into();
         config.grpc.addr = "127.0.0.1:0".into();
