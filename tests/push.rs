@@ -1390,3 +1390,81 @@ async fn with_write_ack_master_a_failover_loses_the_queued_pushes_the_replica_mi
         "the frozen replicas missed none of {accepted} accepted pushes?"
     );
 }
+
+/// A session written while group 1's replica was cut off is lost when its
+/// master dies: its client, still connected, would get no push until its
+/// next renew (10 minutes by default). The comet sees the failover recorded
+/// in ZooKeeper and renews every session it holds, which adds this one back.
+/// Nothing else writes it: the promoted replica was cut off before the
+/// session was written, and the renew interval is the default's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_comet_adds_back_the_sessions_it_lost() {
+    use reborn::im::logic::mapping::{key_key, mid_key};
+    use reborn::libs::hash::slot_of;
+    const ROOM: &str = "live://rs";
+    let (c, replicas) = Cluster::with_persistent_replicas().await;
+    common::wait_replica_streaming(&c.masters[0].addr()).await;
+    // The default write_ack: a session write is acknowledged by the master alone.
+    let proxy = c.proxy().await;
+    let _dash = c.dashboard().await;
+    let mut p = Push::on(c, proxy, |c| c.session.expire = Duration::from_secs(60)).await;
+    let a = p
+        .comet_with("comet-a", "10.9.0.1", |c| {
+            c.protocol.renew_interval = Duration::from_secs(600);
+        })
+        .await;
+    p.job("job-a").await;
+    // A session whose keys both live on group 1.
+    let on_group_1 = |k: &String| slot_of(k.as_bytes()) < 512;
+    let mid = (1000..).find(|&m| on_group_1(&mid_key(m))).expect("a mid");
+    let key = (0..)
+        .map(|i| format!("kr{i}"))
+        .find(|k| on_group_1(&key_key(k)))
+        .expect("a key");
+    let session = [mid_key(mid), key_key(&key)];
+    let proxy = p.proxy.to_string();
+    let exists = async || {
+        let mut r = proxy_conn(&proxy).await;
+        let mut args = vec!["EXISTS"];
+        args.extend(session.iter().map(String::as_str));
+        r.call(&args).await.map(resp_client::int)
+    };
+
+    let old = p.up.cluster.masters[0].addr();
+    let pid = freeze_and_cut_off(&replicas[0], &old).await;
+    let mut client = connect(&p.tcp(a), &auth_body(mid, &key, ROOM, &[OP])).await;
+    assert!(
+        matches!(exists().await, Ok(Ok(2))),
+        "the session is on the master"
+    );
+    p.up.cluster.masters[0].kill();
+    signal(pid, "-CONT");
+    let new = common::eventually_some(
+        "group 1's master is replaced",
+        Duration::from_secs(20),
+        async || master_of(&p.cluster.store, 1).await.filter(|m| *m != old),
+    )
+    .await;
+    assert_eq!(new, replicas[0].addr());
+    let replaced = Instant::now();
+    eventually(
+        "the comet adds the session back",
+        Duration::from_secs(10),
+        async || matches!(exists().await, Ok(Ok(2))),
+    )
+    .await;
+    eprintln!(
+        "resync: the session was back {:?} after the topology named the new master",
+        replaced.elapsed()
+    );
+    push(
+        p.http(),
+        &format!("/goim/push/mids?operation={OP}&mids={mid}"),
+        "back",
+    )
+    .await;
+    expect(&mut client, "the client", &[(OP, "back")]).await;
+    let stats = p.comets[a].stats();
+    assert!(stats.resyncs >= 1 && stats.resynced_sessions >= 1, "{stats:?}");
+    p.shutdown().await;
+}

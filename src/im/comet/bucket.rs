@@ -179,6 +179,15 @@ impl Buckets {
         ips.len()
     }
 
+    /// Every connection registered now.
+    pub fn channels(&self) -> Vec<Arc<Channel>> {
+        let mut out = Vec::with_capacity(self.conn_count());
+        for shard in self.shards.iter() {
+            out.extend(shard.inner.read().channels.values().cloned());
+        }
+        out
+    }
+
     /// Closes every connection (shutdown).
     pub fn close_all(&self) {
         for shard in self.shards.iter() {

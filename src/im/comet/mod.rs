@@ -8,6 +8,7 @@
 //! sharded maps ([`bucket`], [`room`], [`channel`]) that the gRPC service job
 //! calls ([`grpc`]) pushes into without ever waiting. comet registers in
 //! ZooKeeper ([`registration`]) and reports room counts to logic ([`online`]);
+//! after a group's master changed it renews every session ([`resync`]);
 //! [`stats`] counts what happened, [`hub`] is what all of them share (and
 //! what the admin port, `im::admin_http`, reports).
 //!
@@ -26,6 +27,7 @@ pub mod hub;
 pub mod logic_link;
 pub mod online;
 pub mod registration;
+pub mod resync;
 pub mod room;
 pub mod stats;
 pub mod tcp;
@@ -241,6 +243,11 @@ pub async fn start(config: CometConfig) -> Result<RunningComet, CometError> {
         hub.clone(),
         template,
         config.register_interval,
+        shutdown.clone(),
+    ));
+    tasks.spawn(resync::follow_failovers(
+        store.clone(),
+        hub.clone(),
         shutdown.clone(),
     ));
     tasks.spawn(online::report_loop(

@@ -43,6 +43,13 @@ crate::counters! {
     client_frames,
     /// Connections closed, for any reason.
     closed,
+    /// Times every session was renewed because a group's master changed
+    /// (`resync`).
+    resyncs,
+    /// Sessions renewed by those.
+    resynced_sessions,
+    /// Renewals of those that failed (logic or the cluster unreachable).
+    resync_failures,
     }
 }
 
