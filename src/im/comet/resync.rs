@@ -47,7 +47,12 @@ pub async fn follow_failovers(store: Store, hub: Arc<Hub>, shutdown: Cancellatio
                     // added, and trimmed from the oldest end).
                     Some(last) if newest != last => {
                         seen = Some(newest);
-                        renew_all(&hub).await;
+                        // Thousands of calls when logic is slow: shutdown
+                        // must not wait for them.
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = renew_all(&hub) => {}
+                        }
                     }
                     Some(_) => {}
                 }
