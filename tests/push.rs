@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use reborn::im::client::{Delivery, ImClient, ImClientError};
 use reborn::im::comet::{self, CometConfig, RunningComet};
+use reborn::im::discovery::InstanceKind;
 use reborn::im::frame::Frame;
 use reborn::im::job::{self, JobConfig, RunningJob};
 use reborn::im::logic::{LogicConfig, token};
@@ -977,6 +978,33 @@ impl Pusher {
     }
 }
 
+/// Mid 101 over TCP and mid 102 over WebSocket on comet `a`, in `room`, with
+/// session keys `keys`, each read by [`watch`] until `stop`.
+async fn two_watched_clients(
+    p: &Push,
+    a: usize,
+    keys: [&str; 2],
+    room: &'static str,
+    stop: &Arc<AtomicBool>,
+) -> BTreeMap<i64, Arc<Mutex<Seen>>> {
+    let tcp = connect(&p.tcp(a), &auth_body(101, keys[0], room, &[OP])).await;
+    let ws = connect(&p.ws(a), &auth_body(102, keys[1], room, &[OP])).await;
+    [(101, tcp), (102, ws)]
+        .into_iter()
+        .map(|(mid, c)| (mid, watch(c, mid, room, stop.clone())))
+        .collect()
+}
+
+/// Asserts no watched client was disconnected.
+fn all_connected(watchers: &BTreeMap<i64, Arc<Mutex<Seen>>>) {
+    for (mid, seen) in watchers {
+        assert!(
+            !seen.lock().expect("seen").closed,
+            "client {mid} was disconnected"
+        );
+    }
+}
+
 /// The push paths of [`Pusher`] to `room` (`type://id`) and to each of `mids`.
 fn push_targets(room: &str, mids: &[i64]) -> Vec<(String, String)> {
     let (kind, id) = room.split_once("://").expect("type://id");
@@ -1268,19 +1296,7 @@ async fn push_failover_with_a_lagging_replica(write_ack: WriteAck) -> (usize, us
     let a = p.comet("comet-a", "10.9.0.1").await;
     p.job("job-a").await;
     let stop = Arc::new(AtomicBool::new(false));
-    let watchers: BTreeMap<i64, Arc<Mutex<Seen>>> = [
-        (
-            101,
-            connect(&p.tcp(a), &auth_body(101, KEYS[0], ROOM, &[OP])).await,
-        ),
-        (
-            102,
-            connect(&p.ws(a), &auth_body(102, KEYS[1], ROOM, &[OP])).await,
-        ),
-    ]
-    .into_iter()
-    .map(|(mid, c)| (mid, watch(c, mid, ROOM, stop.clone())))
-    .collect();
+    let watchers = two_watched_clients(&p, a, KEYS, ROOM, &stop).await;
     let pusher = Pusher::start(p.http(), push_targets(ROOM, &[101, 102]));
     pusher.accepts(30, "before the failovers").await;
 
@@ -1349,12 +1365,7 @@ async fn push_failover_with_a_lagging_replica(write_ack: WriteAck) -> (usize, us
     if write_ack == WriteAck::Replica {
         all_delivered(&accepted, &watchers, &[101, 102], ROOM).await;
     }
-    for (mid, seen) in &watchers {
-        assert!(
-            !seen.lock().expect("seen").closed,
-            "client {mid} was disconnected"
-        );
-    }
+    all_connected(&watchers);
     // The sessions, written before the failovers, survived them.
     let mut r = p.resp().await;
     let live = r
@@ -1467,4 +1478,84 @@ async fn after_a_failover_the_comet_adds_back_the_sessions_it_lost() {
     let stats = p.comets[a].stats();
     assert!(stats.resyncs >= 1 && stats.resynced_sessions >= 1, "{stats:?}");
     p.shutdown().await;
+}
+
+/// The ephemeral owner (session id) of `kind`'s instance `id`, if registered.
+async fn instance_owner(store: &reborn::topo::Store, kind: InstanceKind, id: &str) -> Option<i64> {
+    let zk = store.zk().ok()?;
+    let path = store.paths().im_instance(kind.dir(), id);
+    Some(zk.stat(&path).await.ok()??.ephemeral_owner)
+}
+
+/// ZooKeeper frozen past every session: the proxy fences and the push roles'
+/// sessions expire, their nodes with them. After the thaw every role must come
+/// back by itself: the comet registered again on a new session, job and logic
+/// finding it, pushes accepted and delivered, and the clients never cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_system_recovers_by_itself_after_its_zookeeper_sessions_expire() {
+    const ROOM: &str = "live://zk";
+    let zk = tokio::task::block_in_place(|| common::ensemble(1));
+    let zk_pid = zk.members()[0].pid().expect("ZooKeeper runs");
+    let c = Cluster::start_on(zk.connect_string()).await;
+    let session = c.zk.session_timeout;
+    let proxy = c.proxy().await;
+    let mut p = Push::on(c, proxy, |c| c.session.expire = Duration::from_secs(60)).await;
+    let a = p.comet("comet-a", "10.9.0.1").await;
+    p.job("job-a").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watchers = two_watched_clients(&p, a, ["kz1", "kz2"], ROOM, &stop).await;
+    let pusher = Pusher::start(p.http(), push_targets(ROOM, &[101, 102]));
+    pusher.accepts(30, "before the freeze").await;
+
+    let store = p.cluster.store.clone();
+    let before = instance_owner(&store, InstanceKind::Comet, "comet-a")
+        .await
+        .expect("comet-a is registered");
+    // A freeze does not always expire a session (a client may reconnect in
+    // the instant after the thaw, before the server's session tracker runs):
+    // freeze again, at most 5 times, until the comet's has.
+    let mut expired = false;
+    for attempt in 1..=5 {
+        signal(zk_pid, "-STOP");
+        // Time is the point: longer than every session.
+        tokio::time::sleep(session + Duration::from_secs(1)).await;
+        signal(zk_pid, "-CONT");
+        let registered = common::eventually_some(
+            "comet-a is registered after the thaw",
+            Duration::from_secs(20),
+            async || instance_owner(&store, InstanceKind::Comet, "comet-a").await,
+        )
+        .await;
+        if registered != before {
+            eprintln!("zk freeze {attempt}: comet-a registered again on a new session");
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "five freezes did not expire the comet's session");
+    let thawed = Instant::now();
+    eventually("logic offers the comet again", WAIT, async || {
+        get(p.http(), "/goim/nodes/weighted").await["data"]["nodes"] == json!(["10.9.0.1"])
+    })
+    .await;
+    eventually("job knows the comet", WAIT, || {
+        let ok = p.jobs[0].comets().contains(&"comet-a".to_string());
+        async move { ok }
+    })
+    .await;
+    pusher.accepts(30, "after the thaw").await;
+    eprintln!(
+        "zk freeze: 30 more pushes accepted within {:?} of the comet's new registration",
+        thawed.elapsed()
+    );
+    let (accepted, total) = pusher.finish().await;
+    all_delivered(&accepted, &watchers, &[101, 102], ROOM).await;
+    all_connected(&watchers);
+    eprintln!(
+        "zk freeze: {} of {total} pushes accepted, all delivered",
+        accepted.len()
+    );
+    stop.store(true, Ordering::Relaxed);
+    p.shutdown().await;
+    drop(zk);
 }
