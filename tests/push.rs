@@ -1559,3 +1559,67 @@ async fn the_push_system_recovers_by_itself_after_its_zookeeper_sessions_expire(
     p.shutdown().await;
     drop(zk);
 }
+
+/// A logic SIGKILLed while its node is still in ZooKeeper: a comet's call to
+/// it finds the connection refused, which never reached logic, so the comet
+/// tries the other one. Logins right after the kill go through at once, and
+/// pushes reach the clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_logic_costs_no_login_and_no_push() {
+    const ROOM: &str = "live://lk";
+    let p = Push::with(1, |_| {}).await;
+    // logic-b keeps its node 10 s after its death (its session's timeout).
+    let zk = ZkConfig {
+        session_timeout: Duration::from_secs(10),
+        ..p.cluster.zk.clone()
+    };
+    let (http, grpc) = (common::free_port(), common::free_port());
+    let toml = format!(
+        "id = \"logic-b\"\n[http]\naddr = \"127.0.0.1:{http}\"\n[grpc]\naddr = \"127.0.0.1:{grpc}\"\n\
+         [cluster]\naddrs = [\"{}\"]\n[session]\nexpire = \"60s\"\n{}",
+        p.proxy,
+        zk_toml(&zk)
+    );
+    let mut logic_b = Child::spawn("logic", &toml);
+    let logics = async || {
+        reborn::im::discovery::list(&p.cluster.store, InstanceKind::Logic)
+            .await
+            .map_or(0, |l| l.len())
+    };
+    eventually("both logics are registered", WAIT, async || logics().await == 2).await;
+    // Logins go round robin over the logics: some reach logic-b while it lives.
+    for i in 0..4 {
+        connect(&p.tcp(0), &auth_body(400 + i, &format!("kb{i}"), ROOM, &[OP])).await;
+    }
+    logic_b.kill();
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let t = Instant::now();
+        let mut c = open(&p.tcp(0)).await.expect("open");
+        c.auth(&auth_body(300 + i, &format!("kl{i}"), ROOM, &[OP]))
+            .await
+            .unwrap_or_else(|e| panic!("login {i} right after logic-b died: {e}"));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "login {i} took {:?}",
+            t.elapsed()
+        );
+        clients.push(c);
+    }
+    assert_eq!(
+        logics().await,
+        2,
+        "the dead logic was still registered during the logins"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        let body = format!("after {i}");
+        push(
+            p.http(),
+            &format!("/goim/push/mids?operation={OP}&mids={}", 300 + i),
+            &body,
+        )
+        .await;
+        expect(c, &format!("client {i}"), &[(OP, &body)]).await;
+    }
+    p.shutdown().await;
+}
