@@ -1560,15 +1560,10 @@ async fn the_push_system_recovers_by_itself_after_its_zookeeper_sessions_expire(
     drop(zk);
 }
 
-/// A logic SIGKILLed while its node is still in ZooKeeper: a comet's call to
-/// it finds the connection refused, which never reached logic, so the comet
-/// tries the other one. Logins right after the kill go through at once, and
-/// pushes reach the clients.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_logic_costs_no_login_and_no_push() {
-    const ROOM: &str = "live://lk";
-    let p = Push::with(1, |_| {}).await;
-    // logic-b keeps its node 10 s after its death (its session's timeout).
+/// A second logic, `logic-b`, as a child process on the cluster of `p`. It
+/// keeps its node 10 s after its death (its session's timeout). Returns once
+/// both logics are registered.
+async fn logic_b(p: &Push) -> Child {
     let zk = ZkConfig {
         session_timeout: Duration::from_secs(10),
         ..p.cluster.zk.clone()
@@ -1580,46 +1575,96 @@ async fn a_killed_logic_costs_no_login_and_no_push() {
         p.proxy,
         zk_toml(&zk)
     );
-    let mut logic_b = Child::spawn("logic", &toml);
-    let logics = async || {
-        reborn::im::discovery::list(&p.cluster.store, InstanceKind::Logic)
-            .await
-            .map_or(0, |l| l.len())
-    };
-    eventually("both logics are registered", WAIT, async || logics().await == 2).await;
-    // Logins go round robin over the logics: some reach logic-b while it lives.
-    for i in 0..4 {
-        connect(&p.tcp(0), &auth_body(400 + i, &format!("kb{i}"), ROOM, &[OP])).await;
-    }
-    logic_b.kill();
-    let mut clients = Vec::new();
-    for i in 0..8 {
+    let child = Child::spawn("logic", &toml);
+    eventually("both logics are registered", WAIT, async || logics(p).await == 2).await;
+    child
+}
+
+/// Logic instances registered in ZooKeeper.
+async fn logics(p: &Push) -> usize {
+    reborn::im::discovery::list(&p.cluster.store, InstanceKind::Logic)
+        .await
+        .map_or(0, |l| l.len())
+}
+
+/// `n` logins to comet `a` (mids from `first`), each in one attempt; how long
+/// each took.
+async fn logins(p: &Push, a: usize, first: i64, n: i64) -> (Vec<ImClient>, Vec<Duration>) {
+    let (mut clients, mut took) = (Vec::new(), Vec::new());
+    for mid in first..first + n {
         let t = Instant::now();
-        let mut c = open(&p.tcp(0)).await.expect("open");
-        c.auth(&auth_body(300 + i, &format!("kl{i}"), ROOM, &[OP]))
+        let mut c = open(&p.tcp(a)).await.expect("open");
+        c.auth(&auth_body(mid, &format!("kl{mid}"), "live://lk", &[OP]))
             .await
-            .unwrap_or_else(|e| panic!("login {i} right after logic-b died: {e}"));
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "login {i} took {:?}",
-            t.elapsed()
-        );
+            .unwrap_or_else(|e| panic!("login of mid {mid}: {e}"));
+        took.push(t.elapsed());
         clients.push(c);
     }
-    assert_eq!(
-        logics().await,
-        2,
-        "the dead logic was still registered during the logins"
-    );
-    for (i, c) in clients.iter_mut().enumerate() {
-        let body = format!("after {i}");
+    (clients, took)
+}
+
+/// A push to each client, by its mid from `first`, reaches it.
+async fn each_gets_a_push(p: &Push, clients: &mut [ImClient], first: i64) {
+    for (mid, c) in (first..).zip(clients.iter_mut()) {
+        let body = format!("to {mid}");
         push(
             p.http(),
-            &format!("/goim/push/mids?operation={OP}&mids={}", 300 + i),
+            &format!("/goim/push/mids?operation={OP}&mids={mid}"),
             &body,
         )
         .await;
-        expect(c, &format!("client {i}"), &[(OP, &body)]).await;
+        expect(c, &format!("mid {mid}"), &[(OP, &body)]).await;
     }
+}
+
+/// A logic SIGKILLed while its node is still in ZooKeeper: a comet's call to
+/// it finds the connection refused, which never reached logic, so the comet
+/// tries the other one. Logins right after the kill go through at once, and
+/// pushes reach the clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_logic_costs_no_login_and_no_push() {
+    let p = Push::with(1, |_| {}).await;
+    let mut b = logic_b(&p).await;
+    // Logins go round robin over the logics: some reach logic-b while it lives.
+    logins(&p, 0, 400, 4).await;
+    b.kill();
+    let (mut clients, took) = logins(&p, 0, 300, 8).await;
+    assert!(took.iter().all(|t| *t < Duration::from_secs(1)), "{took:?}");
+    assert_eq!(
+        logics(&p).await,
+        2,
+        "the dead logic was still registered during the logins"
+    );
+    each_gets_a_push(&p, &mut clients, 300).await;
+    p.shutdown().await;
+}
+
+/// A logic that hangs (SIGSTOP; the same for a partition between comet and
+/// logic) while ZooKeeper still lists it: the first call to it times out and
+/// is tried on the other logic, and the hung one is then tried last for a
+/// while, so no login fails and at most one waits for the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_logic_costs_one_timeout_and_no_login() {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let mut p = Push::start(|_| {}).await;
+    let a = p
+        .comet_with("comet-a", "10.9.0.1", |c| c.logic.timeout = TIMEOUT)
+        .await;
+    let b = logic_b(&p).await;
+    logins(&p, a, 400, 4).await;
+    let pid = b.process.id();
+    signal(pid, "-STOP");
+    let (mut clients, took) = logins(&p, a, 300, 8).await;
+    signal(pid, "-CONT");
+    eprintln!("hung logic: logins took {took:?}");
+    let slow = took.iter().filter(|t| **t >= TIMEOUT).count();
+    assert!(slow <= 1, "{slow} logins waited for the timeout: {took:?}");
+    assert_eq!(
+        logics(&p).await,
+        2,
+        "the hung logic was still registered during the logins"
+    );
+    p.job("job-0").await;
+    each_gets_a_push(&p, &mut clients, 300).await;
     p.shutdown().await;
 }

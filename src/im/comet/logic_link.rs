@@ -2,14 +2,19 @@
 //! RenewOnline and Receive. Logic instances are found through ZooKeeper
 //! ([`crate::im::discovery::follow`]); calls go round robin over the live ones,
 //! and a call that could not reach one instance is tried on the next (it never
-//! reached logic, so retrying is safe). Channels are lazy: a dead logic never
-//! blocks comet's start. Imports `im::discovery`, `im::proto`, the `topo` store.
+//! reached logic, so retrying is safe). A call that timed out is tried on the
+//! next too, unless doing it twice would matter ([`OnTimeout`]): a logic that
+//! hangs, or that this comet cannot reach while ZooKeeper still lists it (a
+//! partition), must not fail one call in N for as long as it lasts. An
+//! instance that failed a call that way is *suspect* for [`SUSPECT_FOR`]: calls
+//! try the others first. Channels are lazy: a dead logic never blocks comet's
+//! start. Imports `im::discovery`, `im::proto`, the `topo` store.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +36,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// starts when it is sent, so a queue behind it would time out calls logic
 /// never saw. Far more than logic needs to be kept busy.
 const CALLS_IN_FLIGHT: usize = 256;
+/// How long an instance that timed out or refused a connection is tried only
+/// after the others.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
 /// Tries of a `Disconnect` that timed out or found logic unreachable: it is
 /// idempotent, and a lost one leaves a session until its TTL.
 const DISCONNECT_TRIES: u32 = 3;
@@ -75,11 +83,53 @@ impl LinkError {
     }
 }
 
+/// What a call does when its instance did not answer in time: logic may have
+/// done it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnTimeout {
+    /// Try the next instance: doing it twice leaves the same state (a
+    /// session written again, a TTL renewed again, room counts replaced).
+    TryNext,
+    /// Give up: a second run would be seen (an upstream message).
+    GiveUp,
+}
+
 /// One logic instance and a lazy channel to it.
 #[derive(Clone)]
 struct LogicPeer {
     grpc: String,
     client: LogicClient<GrpcChannel>,
+    /// Until when the instance is tried after the others, and when it last
+    /// timed out (shared by clones).
+    health: Arc<parking_lot::Mutex<PeerHealth>>,
+}
+
+/// See [`LogicPeer::health`].
+#[derive(Debug, Default)]
+struct PeerHealth {
+    suspect_until: Option<Instant>,
+    timed_out_at: Option<Instant>,
+}
+
+impl LogicPeer {
+    fn is_suspect(&self, now: Instant) -> bool {
+        self.health.lock().suspect_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether the instance timed out at or after `since`.
+    fn timed_out_since(&self, since: Instant) -> bool {
+        self.health.lock().timed_out_at.is_some_and(|at| at >= since)
+    }
+
+    /// Refused a connection (`timed_out` false) or did not answer in time.
+    fn suspect(&self, timed_out: bool) {
+        let mut h = self.health.lock();
+        let now = Instant::now();
+        h.suspect_until = Some(now + SUSPECT_FOR);
+        if timed_out {
+            h.timed_out_at = Some(now);
+        }
+    }
 }
 
 /// The way to logic: the live instances, followed in ZooKeeper.
@@ -138,7 +188,7 @@ impl LogicLink {
             cookie: cookie.to_string(),
             token: token.to_vec(),
         };
-        self.call(move |mut c| {
+        self.call(OnTimeout::TryNext, move |mut c| {
             let req = req.clone();
             async move { c.connect(req).await }
         })
@@ -159,7 +209,7 @@ impl LogicLink {
         loop {
             let req = req.clone();
             let reply = self
-                .call(move |mut c| {
+                .call(OnTimeout::TryNext, move |mut c| {
                     let req = req.clone();
                     async move { c.disconnect(req).await }
                 })
@@ -185,7 +235,7 @@ impl LogicLink {
             key: key.to_string(),
             server: server.to_string(),
         };
-        self.call(move |mut c| {
+        self.call(OnTimeout::TryNext, move |mut c| {
             let req = req.clone();
             async move { c.heartbeat(req).await }
         })
@@ -207,7 +257,7 @@ impl LogicLink {
             room_count,
         };
         let reply = self
-            .call(move |mut c| {
+            .call(OnTimeout::TryNext, move |mut c| {
                 let req = req.clone();
                 async move { c.renew_online(req).await }
             })
@@ -224,7 +274,7 @@ impl LogicLink {
             mid,
             proto: Some(proto),
         };
-        self.call(move |mut c| {
+        self.call(OnTimeout::GiveUp, move |mut c| {
             let req = req.clone();
             async move { c.receive(req).await }
         })
@@ -232,12 +282,13 @@ impl LogicLink {
         .map(drop)
     }
 
-    /// Calls the next live instance; on "unavailable" (the call never reached
-    /// it) tries the others in turn, then the first one once more after a
-    /// short pause: a channel whose connection just broke (a logic restart, a
-    /// reset) reconnects on the next call, and one logic alone must not turn
-    /// that moment into refused logins.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, LinkError>
+    /// Calls the next live instance, suspects after the others; on
+    /// "unavailable" (the call never reached it), and on a timeout when
+    /// `on_timeout` allows, tries the others in turn, then the first one once
+    /// more after a short pause: a channel whose connection just broke (a
+    /// logic restart, a reset) reconnects on the next call, and one logic
+    /// alone must not turn that moment into refused logins.
+    async fn call<T, F, Fut>(&self, on_timeout: OnTimeout, f: F) -> Result<T, LinkError>
     where
         F: Fn(LogicClient<GrpcChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -248,12 +299,23 @@ impl LogicLink {
             return Err(LinkError::NoLogic);
         };
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut order: Vec<&LogicPeer> = (0..peers.len())
+            .map(|i| &peers[(start + i) % peers.len()])
+            .collect();
+        // Stable: the round robin order stays within each kind.
+        order.sort_by_key(|p| p.is_suspect(now));
         let mut last = LinkError::NoLogic;
-        for i in 0..=peers.len() {
-            if i == peers.len() {
+        for i in 0..=order.len() {
+            if i == order.len() {
+                // The pause is for a broken channel to reconnect; an
+                // instance that did not answer in time gets no second wait.
+                if order[0].timed_out_since(now) {
+                    break;
+                }
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-            let peer = &peers[(start + i) % peers.len()];
+            let peer = order[i % order.len()];
             match tokio::time::timeout(self.timeout, f(peer.client.clone())).await {
                 Ok(Ok(reply)) => return Ok(reply.into_inner()),
                 Ok(Err(status)) if status.code() == Code::Unauthenticated => {
@@ -261,6 +323,7 @@ impl LogicLink {
                 }
                 Ok(Err(status)) if status.code() == Code::Unavailable => {
                     tracing::debug!(logic = %peer.grpc, %status, "logic unavailable; trying the next");
+                    peer.suspect(false);
                     last = LinkError::Status {
                         addr: peer.grpc.clone(),
                         status,
@@ -273,10 +336,16 @@ impl LogicLink {
                     });
                 }
                 Err(_) => {
-                    return Err(LinkError::Timeout {
+                    peer.suspect(true);
+                    let timeout = LinkError::Timeout {
                         addr: peer.grpc.clone(),
                         after: self.timeout,
-                    });
+                    };
+                    if on_timeout == OnTimeout::GiveUp {
+                        return Err(timeout);
+                    }
+                    tracing::warn!(logic = %peer.grpc, after = ?self.timeout, "logic did not answer; trying the next");
+                    last = timeout;
                 }
             }
         }
@@ -310,6 +379,7 @@ fn peers_for(instances: &[Instance], known: &[LogicPeer], connect_timeout: Durat
             Ok(ep) => out.push(LogicPeer {
                 grpc: inst.grpc.clone(),
                 client: LogicClient::new(ep.connect_timeout(connect_timeout).connect_lazy()),
+                health: Arc::default(),
             }),
             Err(e) => {
                 tracing::warn!(logic = %inst.id, grpc = %inst.grpc, error = %e, "bad logic address; skipped")
