@@ -122,7 +122,13 @@ impl Push {
     /// Starts an in-process job named `consumer`; returns once it knows every
     /// in-process comet.
     async fn job(&mut self, consumer: &str) {
-        let config = job_config(&self.cluster.zk, self.proxy, consumer);
+        self.job_with(consumer, |_| {}).await;
+    }
+
+    /// [`Push::job`], its config tuned by `tune`.
+    async fn job_with(&mut self, consumer: &str, tune: impl FnOnce(&mut JobConfig)) {
+        let mut config = job_config(&self.cluster.zk, self.proxy, consumer);
+        tune(&mut config);
         let job = job::start(config).await.expect("job starts");
         let want: BTreeSet<String> = self.comets.iter().map(|c| c.server_id.clone()).collect();
         eventually("job knows the comets", WAIT, || {
@@ -1666,5 +1672,92 @@ async fn a_hung_logic_costs_one_timeout_and_no_login() {
     );
     p.job("job-0").await;
     each_gets_a_push(&p, &mut clients, 300).await;
+    p.shutdown().await;
+}
+
+/// A comet that hangs (SIGSTOP) while ZooKeeper still lists it: job's first
+/// call to it waits for its deadline, and then job skips it until it answers
+/// a probe. Room batches wait for every comet, so without that every one of
+/// them waited the deadline, and the other comet's clients with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_comet_costs_the_others_one_deadline_and_is_served_again_once_it_answers() {
+    const ROOM: &str = "live://hc";
+    const DEADLINE: Duration = Duration::from_secs(1);
+    // The clients here do not heartbeat: sessions must outlast the test.
+    let mut p = Push::start(|c| c.session.expire = Duration::from_secs(60)).await;
+    let a = p.comet("comet-a", "10.9.0.1").await;
+    // Comet B stays registered while it hangs (a 30 s session), as a comet
+    // cut off from job by a partition would.
+    let zk = ZkConfig {
+        session_timeout: Duration::from_secs(30),
+        ..p.cluster.zk.clone()
+    };
+    let (b, b_tcp, _) = comet_process(&zk, "comet-b", "10.9.0.2");
+    p.job_with("job-0", |c| c.comet.timeout = DEADLINE).await;
+    eventually("job knows comet-b", WAIT, || {
+        let ok = p.jobs[0].comets().contains(&"comet-b".to_string());
+        async move { ok }
+    })
+    .await;
+    let mut on_a = connect(&p.tcp(a), &auth_body(101, "ha1", ROOM, &[OP])).await;
+    let mut on_b = connect(&b_tcp, &auth_body(201, "hb1", ROOM, &[OP])).await;
+    signal(b.process.id(), "-STOP");
+    // Pushes by room (to every comet, the hung one too) and by mid, to the
+    // client on comet A, one at a time.
+    let mut took = Vec::new();
+    for n in 0..30 {
+        let (path, body) = if n % 2 == 0 {
+            (
+                format!("/goim/push/room?operation={OP}&type=live&room=hc"),
+                format!("room {n}"),
+            )
+        } else {
+            (
+                format!("/goim/push/mids?operation={OP}&mids=101"),
+                format!("mid {n}"),
+            )
+        };
+        let sent = Instant::now();
+        push(p.http(), &path, &body).await;
+        expect(&mut on_a, &format!("push {n}"), &[(OP, &body)]).await;
+        took.push(sent.elapsed());
+    }
+    signal(b.process.id(), "-CONT");
+    eprintln!("hung comet: pushes to comet A took {took:?}");
+    // One room batch waited for the deadline; every later push went at once
+    // (a room push waits for its batch window, 300 ms here).
+    let slow = took.iter().filter(|t| **t > Duration::from_millis(900)).count();
+    assert!(
+        slow <= 1,
+        "{slow} pushes to comet A waited for the hung comet: {took:?}"
+    );
+    assert!(
+        p.jobs[0].comets().contains(&"comet-b".to_string()),
+        "comet B was registered all along"
+    );
+    let dropped = p.jobs[0].stats().dropped_rpc_failed;
+    assert!(
+        dropped >= 15,
+        "the room batches for the hung comet were given up: {dropped}"
+    );
+    // Thawed, comet B answers the probe and gets room pushes again.
+    common::eventually_ok("comet B's client gets a room push again", WAIT, async || {
+        push(
+            p.http(),
+            &format!("/goim/push/room?operation={OP}&type=live&room=hc"),
+            "again",
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(500), on_b.recv()).await {
+                Ok(Ok(Delivery::Frame(f))) if f.body.as_ref() == b"again" => return Ok(()),
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => return Err(format!("comet B's client: {e}")),
+            }
+        }
+        Err("not yet".to_string())
+    })
+    .await;
     p.shutdown().await;
 }

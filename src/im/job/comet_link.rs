@@ -5,11 +5,18 @@
 //! Channels are lazy: a comet that registered but does not answer costs a
 //! failed call, never a blocked start. A comet that leaves ZooKeeper is removed
 //! at once, so pushes naming it are dropped and counted instead of waiting for
-//! timeouts. Imports `im::discovery`, `im::proto`, the `topo` store and `libs`.
+//! timeouts. A comet that is registered but does not answer (hung, or cut off
+//! from job by a partition) is *silent* after one call timed out: calls to it
+//! fail at once, counted like any call given up, until a probe (`Rooms`, every
+//! [`PROBE_EVERY`]) is answered. Without that, every room batch and broadcast,
+//! which wait for all comets, waited `timeout` for it, and so did the other
+//! comets' clients. Imports `im::discovery`, `im::proto`, the `topo` store and
+//! `libs`.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -20,12 +27,15 @@ use tonic::{Code, Status};
 
 use super::config::JobCometConfig;
 use crate::im::discovery::{self, Instance, InstanceKind};
+use crate::im::proto::comet::RoomsReq;
 use crate::im::proto::comet::comet_client::CometClient;
 use crate::libs::backoff::Backoff;
 use crate::topo::store::Store;
 
 /// The longest pause between two attempts of one call.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// How often a silent comet is probed, and the most a probe waits.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a call to a comet was given up. The push is then dropped for that comet
 /// (and counted); sending it again later is safe but pointless.
@@ -47,6 +57,9 @@ pub struct CometLink {
     pub grpc: String,
     client: CometClient<Channel>,
     in_flight: Semaphore,
+    /// Set while the comet is silent (a call timed out, no probe answered
+    /// since); the probe task holds it weakly, so it ends with the link.
+    silent: Arc<AtomicBool>,
 }
 
 /// The live comets, by id; replaced as a whole when ZooKeeper changes.
@@ -133,6 +146,7 @@ impl CometLinks {
             grpc: instance.grpc.clone(),
             client: CometClient::new(channel),
             in_flight: Semaphore::new(self.config.routine.max(1)),
+            silent: Arc::default(),
         })
     }
 
@@ -151,7 +165,8 @@ impl CometLinks {
     /// restarting or the connection is being re-made), up to the configured
     /// retries. Other statuses are final: `RESOURCE_EXHAUSTED` means comet took
     /// the push and dropped it for a full connection, and a timeout may have
-    /// delivered already.
+    /// delivered already. A timeout makes the comet silent (see the module
+    /// docs); a call to a silent comet fails at once.
     ///
     /// # Errors
     /// The last status once the call is given up.
@@ -160,7 +175,20 @@ impl CometLinks {
         F: FnMut(CometClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
+        let skipped = || CometCallError {
+            id: link.id.clone(),
+            status: Status::unavailable(
+                "the comet did not answer in time; skipped until a probe is answered",
+            ),
+        };
+        if link.silent.load(Ordering::Relaxed) {
+            return Err(skipped());
+        }
         let _place = link.in_flight.acquire().await;
+        // It may have gone silent while this call waited for a place.
+        if link.silent.load(Ordering::Relaxed) {
+            return Err(skipped());
+        }
         let mut backoff = Backoff::new(
             self.config.retry_backoff,
             MAX_RETRY_PAUSE.max(self.config.retry_backoff),
@@ -175,6 +203,9 @@ impl CometLinks {
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(status) => {
+                    if matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded) {
+                        self.silence(link);
+                    }
                     return Err(CometCallError {
                         id: link.id.clone(),
                         status,
@@ -182,6 +213,27 @@ impl CometLinks {
                 }
             }
         }
+    }
+
+    /// Marks `link` silent and probes it until it answers (or is dropped).
+    fn silence(&self, link: &CometLink) {
+        if link.silent.swap(true, Ordering::Relaxed) {
+            return; // a probe runs already
+        }
+        tracing::warn!(comet = %link.id, "comet did not answer in time; skipping it until it does");
+        let silent = Arc::downgrade(&link.silent);
+        let (id, mut client) = (link.id.clone(), link.client.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let Some(flag) = silent.upgrade() else { return };
+                if let Ok(Ok(_)) = tokio::time::timeout(PROBE_EVERY, client.rooms(RoomsReq {})).await {
+                    flag.store(false, Ordering::Relaxed);
+                    tracing::warn!(comet = %id, "comet answers again");
+                    return;
+                }
+            }
+        });
     }
 }
 
