@@ -46,6 +46,9 @@ pub struct CometCallError {
     pub id: String,
     /// The last attempt's status.
     pub status: Status,
+    /// Not sent at all: the comet is silent (the warning was logged when it
+    /// went silent, not for each push).
+    pub skipped: bool,
 }
 
 /// One comet: its id, address and client.
@@ -180,6 +183,7 @@ impl CometLinks {
             status: Status::unavailable(
                 "the comet did not answer in time; skipped until a probe is answered",
             ),
+            skipped: true,
         };
         if link.silent.load(Ordering::Relaxed) {
             return Err(skipped());
@@ -209,6 +213,7 @@ impl CometLinks {
                     return Err(CometCallError {
                         id: link.id.clone(),
                         status,
+                        skipped: false,
                     });
                 }
             }

@@ -132,7 +132,11 @@ impl Dispatcher {
 
     fn given_up(&self, e: &CometCallError) {
         JobStats::add(&self.stats.dropped_rpc_failed, 1);
-        tracing::warn!(error = %e, "comet call given up; push dropped for that comet");
+        if e.skipped {
+            tracing::debug!(error = %e, "push dropped for a silent comet");
+        } else {
+            tracing::warn!(error = %e, "comet call given up; push dropped for that comet");
+        }
     }
 }
 
