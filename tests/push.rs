@@ -1563,7 +1563,6 @@ async fn the_push_system_recovers_by_itself_after_its_zookeeper_sessions_expire(
     );
     stop.store(true, Ordering::Relaxed);
     p.shutdown().await;
-    drop(zk);
 }
 
 /// A second logic, `logic-b`, as a child process on the cluster of `p`. It

@@ -99,36 +99,18 @@ enum OnTimeout {
 struct LogicPeer {
     grpc: String,
     client: LogicClient<GrpcChannel>,
-    /// Until when the instance is tried after the others, and when it last
-    /// timed out (shared by clones).
-    health: Arc<parking_lot::Mutex<PeerHealth>>,
-}
-
-/// See [`LogicPeer::health`].
-#[derive(Debug, Default)]
-struct PeerHealth {
-    suspect_until: Option<Instant>,
-    timed_out_at: Option<Instant>,
+    /// Until when the instance is tried after the others (shared by clones).
+    suspect_until: Arc<parking_lot::Mutex<Option<Instant>>>,
 }
 
 impl LogicPeer {
     fn is_suspect(&self, now: Instant) -> bool {
-        self.health.lock().suspect_until.is_some_and(|until| now < until)
+        self.suspect_until.lock().is_some_and(|until| now < until)
     }
 
-    /// Whether the instance timed out at or after `since`.
-    fn timed_out_since(&self, since: Instant) -> bool {
-        self.health.lock().timed_out_at.is_some_and(|at| at >= since)
-    }
-
-    /// Refused a connection (`timed_out` false) or did not answer in time.
-    fn suspect(&self, timed_out: bool) {
-        let mut h = self.health.lock();
-        let now = Instant::now();
-        h.suspect_until = Some(now + SUSPECT_FOR);
-        if timed_out {
-            h.timed_out_at = Some(now);
-        }
+    /// It refused a connection or did not answer in time.
+    fn suspect(&self) {
+        *self.suspect_until.lock() = Some(Instant::now() + SUSPECT_FOR);
     }
 }
 
@@ -306,11 +288,12 @@ impl LogicLink {
         // Stable: the round robin order stays within each kind.
         order.sort_by_key(|p| p.is_suspect(now));
         let mut last = LinkError::NoLogic;
+        let mut first_timed_out = false;
         for i in 0..=order.len() {
             if i == order.len() {
                 // The pause is for a broken channel to reconnect; an
                 // instance that did not answer in time gets no second wait.
-                if order[0].timed_out_since(now) {
+                if first_timed_out {
                     break;
                 }
                 tokio::time::sleep(RETRY_PAUSE).await;
@@ -323,7 +306,7 @@ impl LogicLink {
                 }
                 Ok(Err(status)) if status.code() == Code::Unavailable => {
                     tracing::debug!(logic = %peer.grpc, %status, "logic unavailable; trying the next");
-                    peer.suspect(false);
+                    peer.suspect();
                     last = LinkError::Status {
                         addr: peer.grpc.clone(),
                         status,
@@ -336,7 +319,8 @@ impl LogicLink {
                     });
                 }
                 Err(_) => {
-                    peer.suspect(true);
+                    peer.suspect();
+                    first_timed_out |= i == 0;
                     let timeout = LinkError::Timeout {
                         addr: peer.grpc.clone(),
                         after: self.timeout,
@@ -379,7 +363,7 @@ fn peers_for(instances: &[Instance], known: &[LogicPeer], connect_timeout: Durat
             Ok(ep) => out.push(LogicPeer {
                 grpc: inst.grpc.clone(),
                 client: LogicClient::new(ep.connect_timeout(connect_timeout).connect_lazy()),
-                health: Arc::default(),
+                suspect_until: Arc::default(),
             }),
             Err(e) => {
                 tracing::warn!(logic = %inst.id, grpc = %inst.grpc, error = %e, "bad logic address; skipped")

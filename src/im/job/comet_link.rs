@@ -65,6 +65,30 @@ pub struct CometLink {
     silent: Arc<AtomicBool>,
 }
 
+impl CometLink {
+    /// Marks the comet silent and probes it until it answers (or the link
+    /// is dropped).
+    fn silence(&self) {
+        if self.silent.swap(true, Ordering::Relaxed) {
+            return; // a probe runs already
+        }
+        tracing::warn!(comet = %self.id, "comet did not answer in time; skipping it until it does");
+        let silent = Arc::downgrade(&self.silent);
+        let (id, mut client) = (self.id.clone(), self.client.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let Some(flag) = silent.upgrade() else { return };
+                if let Ok(Ok(_)) = tokio::time::timeout(PROBE_EVERY, client.rooms(RoomsReq {})).await {
+                    flag.store(false, Ordering::Relaxed);
+                    tracing::warn!(comet = %id, "comet answers again");
+                    return;
+                }
+            }
+        });
+    }
+}
+
 /// The live comets, by id; replaced as a whole when ZooKeeper changes.
 pub type CometMap = HashMap<String, Arc<CometLink>>;
 
@@ -208,7 +232,7 @@ impl CometLinks {
                 }
                 Err(status) => {
                     if matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded) {
-                        self.silence(link);
+                        link.silence();
                     }
                     return Err(CometCallError {
                         id: link.id.clone(),
@@ -218,27 +242,6 @@ impl CometLinks {
                 }
             }
         }
-    }
-
-    /// Marks `link` silent and probes it until it answers (or is dropped).
-    fn silence(&self, link: &CometLink) {
-        if link.silent.swap(true, Ordering::Relaxed) {
-            return; // a probe runs already
-        }
-        tracing::warn!(comet = %link.id, "comet did not answer in time; skipping it until it does");
-        let silent = Arc::downgrade(&link.silent);
-        let (id, mut client) = (link.id.clone(), link.client.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(PROBE_EVERY).await;
-                let Some(flag) = silent.upgrade() else { return };
-                if let Ok(Ok(_)) = tokio::time::timeout(PROBE_EVERY, client.rooms(RoomsReq {})).await {
-                    flag.store(false, Ordering::Relaxed);
-                    tracing::warn!(comet = %id, "comet answers again");
-                    return;
-                }
-            }
-        });
     }
 }
 
