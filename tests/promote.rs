@@ -568,7 +568,7 @@ impl CutShort {
     /// Starts a dashboard and waits until it finished the promote: the plan
     /// is gone, every slot is released and group 1's keys are served. The
     /// `resumed` failover record.
-    async fn finished(&mut self, c: &Cluster) -> reborn::topo::manager::failover::FailoverRecord {
+    async fn finished(&mut self, c: &Cluster) -> reborn::topo::model::FailoverRecord {
         let _dash = dashboard(c).await;
         let plan = c.store.paths().promoting();
         common::eventually("the promote is finished", Duration::from_secs(30), async || {

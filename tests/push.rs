@@ -1411,12 +1411,14 @@ async fn with_write_ack_master_a_failover_loses_the_queued_pushes_the_replica_mi
 /// A session written while group 1's replica was cut off is lost when its
 /// master dies: its client, still connected, would get no push until its
 /// next renew (10 minutes by default). The comet sees the failover recorded
-/// in ZooKeeper and renews every session it holds, which adds this one back.
-/// Nothing else writes it: the promoted replica was cut off before the
-/// session was written, and the renew interval is the default's.
+/// in ZooKeeper and renews the sessions it holds on group 1, which adds this
+/// one back. Nothing else writes it: the promoted replica was cut off before
+/// the session was written, and the renew interval is the default's. Of two
+/// other clients, the one with a key on group 1 is renewed too, and the one
+/// with both keys on group 2 is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_failover_the_comet_adds_back_the_sessions_it_lost() {
-    use reborn::im::logic::mapping::{key_key, mid_key};
+    use reborn::im::session_key::{key_key, mid_key};
     use reborn::libs::hash::slot_of;
     const ROOM: &str = "live://rs";
     let (c, replicas) = Cluster::with_persistent_replicas().await;
@@ -1439,6 +1441,17 @@ async fn after_a_failover_the_comet_adds_back_the_sessions_it_lost() {
         .find(|k| on_group_1(&key_key(k)))
         .expect("a key");
     let session = [mid_key(mid), key_key(&key)];
+    // Two more clients of one user whose key is on group 2: one connection's
+    // key on group 1, the other's on group 2.
+    let mid_2 = (1000..).find(|&m| !on_group_1(&mid_key(m))).expect("a mid");
+    let keys_of = |on_1: bool| {
+        (0..)
+            .map(|i| format!("kr-{on_1}-{i}"))
+            .find(move |k| on_group_1(&key_key(k)) == on_1)
+            .expect("a key")
+    };
+    let _mixed = connect(&p.tcp(a), &auth_body(mid_2, &keys_of(true), ROOM, &[OP])).await;
+    let _elsewhere = connect(&p.tcp(a), &auth_body(mid_2, &keys_of(false), ROOM, &[OP])).await;
     let proxy = p.proxy.to_string();
     let exists = async || {
         let mut r = proxy_conn(&proxy).await;
@@ -1482,7 +1495,12 @@ async fn after_a_failover_the_comet_adds_back_the_sessions_it_lost() {
     .await;
     expect(&mut client, "the client", &[(OP, "back")]).await;
     let stats = p.comets[a].stats();
-    assert!(stats.resyncs >= 1 && stats.resynced_sessions >= 1, "{stats:?}");
+    assert!(stats.resyncs >= 1, "{stats:?}");
+    assert_eq!(
+        stats.resynced_sessions + stats.resync_failures,
+        2 * stats.resyncs,
+        "each resync renewed the two sessions with a key on group 1, not the third: {stats:?}"
+    );
     p.shutdown().await;
 }
 

@@ -23,3 +23,4 @@ pub mod logic;
 pub mod proto;
 pub mod proxies;
 pub mod queue;
+pub mod session_key;

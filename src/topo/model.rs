@@ -282,6 +282,38 @@ pub struct Action {
     pub drain_target: bool,
 }
 
+/// One change of a group's master, or an attempt at one, as recorded in
+/// ZooKeeper (`failovers/<seq>`) by the dashboard: automatic failovers,
+/// operators' promotes, masters made masters again. Shown by the API, and
+/// watched by comets, which renew the sessions kept on that group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    /// Its number, in order.
+    pub seq: u64,
+    /// Unix milliseconds when the switch began.
+    pub at_ms: u64,
+    pub group: GroupId,
+    /// The master declared down.
+    pub old_master: String,
+    /// Who voted it down, e.g. "2 of 2 observers: proxy 127.0.0.1:19000, the dashboard".
+    pub reason: String,
+    /// From this dashboard's first failed ping to the decision.
+    pub detection_ms: u64,
+    /// How long the promote took.
+    pub switch_ms: u64,
+    /// The new master, when it worked.
+    pub new_master: Option<String>,
+    /// The new master's applied replication offset and keys when promoted.
+    pub offset: Option<u64>,
+    pub keys: Option<u64>,
+    /// "promoted", or why it failed.
+    pub outcome: String,
+    /// What the promote reported besides: checks it was forced past, servers
+    /// it left alone, migrating slots it settled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
 /// One consistent view of a product, as a proxy or operator sees it.
 ///
 /// Built whole from ZooKeeper and published behind an `Arc`; readers never see a

@@ -8,7 +8,7 @@
 //! sharded maps ([`bucket`], [`room`], [`channel`]) that the gRPC service job
 //! calls ([`grpc`]) pushes into without ever waiting. comet registers in
 //! ZooKeeper ([`registration`]) and reports room counts to logic ([`online`]);
-//! after a group's master changed it renews every session ([`resync`]);
+//! after a group's master changed it renews the sessions on it ([`resync`]);
 //! [`stats`] counts what happened, [`hub`] is what all of them share (and
 //! what the admin port, `im::admin_http`, reports).
 //!

@@ -7,10 +7,14 @@
 //! it find nobody until its next renew, up to `renew_interval` (10 min) later.
 //! So the comet watches the failover history in ZooKeeper, where the dashboard
 //! records every change of a group's master once it is done, and on each new
-//! record renews every session it holds through logic's `Heartbeat`, which
-//! adds back one that is missing. [`CONCURRENCY`] calls run at a time.
-//! Imports the `topo` store and the comet's `hub`.
+//! record that changed one renews, through logic's `Heartbeat` (which adds
+//! back a session that is missing), the sessions with a key on that group:
+//! the groups owning or giving up the keys' slots in the slot table read
+//! then. Failed attempts change nothing and renew nothing; a history it
+//! cannot read renews every session. [`CONCURRENCY`] calls run at a time.
+//! Imports the `topo` kernel, `im::session_key` and the comet's `hub`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,18 +22,33 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::channel::Channel;
 use super::hub::Hub;
 use super::stats::CometStats;
+use crate::im::session_key::session_keys;
+use crate::libs::hash::slot_of;
 use crate::topo::error::TopoError;
+use crate::topo::model::{FailoverRecord, GroupId, SlotTable};
 use crate::topo::store::Store;
+use crate::topo::watcher;
 
 /// Heartbeat calls in flight at once during a resync.
 pub const CONCURRENCY: usize = 64;
 /// Wait before watching again after a ZooKeeper error.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Watches the failover history until `shutdown`, and renews every session
-/// after each record added since the comet started.
+/// Which sessions a resync renews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Those with a key on one of these groups.
+    Groups(BTreeSet<GroupId>),
+    /// Every one (the records could not be read).
+    All,
+}
+
+/// Watches the failover history until `shutdown`, and renews the sessions on
+/// the groups whose master changed, after each record added since the comet
+/// started.
 pub async fn follow_failovers(store: Store, hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut seen: Option<u64> = None;
     loop {
@@ -47,11 +66,12 @@ pub async fn follow_failovers(store: Store, hub: Arc<Hub>, shutdown: Cancellatio
                     // added, and trimmed from the oldest end).
                     Some(last) if newest != last => {
                         seen = Some(newest);
+                        let scope = changed_since(&store, last).await;
                         // Thousands of calls when logic is slow: shutdown
                         // must not wait for them.
                         tokio::select! {
                             () = shutdown.cancelled() => return,
-                            () = renew_all(&hub) => {}
+                            () = renew(&hub, &store, scope) => {}
                         }
                     }
                     Some(_) => {}
@@ -90,10 +110,85 @@ async fn newest_and_watch(store: &Store) -> Result<(u64, zookeeper_client::Onesh
     Ok((newest, watch))
 }
 
-/// Renews the session of every connection the comet holds now.
-pub async fn renew_all(hub: &Hub) {
-    let started = Instant::now();
+/// The groups whose master the records after `last` changed; [`Scope::All`]
+/// when one of them cannot be read (trimmed meanwhile, or the history was
+/// started again from 1).
+async fn changed_since(store: &Store, last: u64) -> Scope {
+    let read = async {
+        let dir = store.paths().failovers();
+        let mut records = Vec::new();
+        for name in store.children(&dir).await? {
+            if name.parse::<u64>().is_ok_and(|seq| seq > last) {
+                records.push(store.get_json::<FailoverRecord>(&format!("{dir}/{name}")).await?);
+            }
+        }
+        Ok::<_, TopoError>(records)
+    };
+    match read.await {
+        Ok(records) if !records.is_empty() => Scope::Groups(changed_groups(&records)),
+        Ok(_) => Scope::All,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the failover records; renewing every session");
+            Scope::All
+        }
+    }
+}
+
+/// The groups whose master `records` changed: an attempt that failed changed
+/// nothing (it names no new master).
+pub fn changed_groups(records: &[FailoverRecord]) -> BTreeSet<GroupId> {
+    records
+        .iter()
+        .filter(|r| r.new_master.is_some())
+        .map(|r| r.group)
+        .collect()
+}
+
+/// Whether the session of `mid`/`key` has a key in a slot that `groups` own or
+/// are giving up (a migrating slot's keys may be on either side).
+pub fn on_groups(slots: &SlotTable, groups: &BTreeSet<GroupId>, mid: i64, key: &str) -> bool {
+    session_keys(mid, key).iter().any(|k| {
+        slots
+            .get(slot_of(k.as_bytes()))
+            .is_some_and(|s| groups.contains(&s.group) || s.from.is_some_and(|from| groups.contains(&from)))
+    })
+}
+
+/// The connections `scope` covers, of those the comet holds now. The slot
+/// table is read now; if it cannot be, every connection is covered.
+async fn covered(hub: &Hub, store: &Store, scope: Scope) -> Vec<Arc<Channel>> {
     let channels = hub.buckets.channels();
+    let groups = match scope {
+        Scope::All => return channels,
+        Scope::Groups(groups) => groups,
+    };
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    match watcher::load(store).await {
+        Ok(topo) => channels
+            .into_iter()
+            .filter(|ch| on_groups(&topo.slots, &groups, ch.mid(), ch.key()))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the slot table; renewing every session");
+            channels
+        }
+    }
+}
+
+/// Renews the sessions `scope` covers.
+pub async fn renew(hub: &Hub, store: &Store, scope: Scope) {
+    let started = Instant::now();
+    let held = hub.buckets.conn_count();
+    let channels = covered(hub, store, scope.clone()).await;
+    if channels.is_empty() {
+        tracing::info!(
+            ?scope,
+            "a failover was recorded; no session of this comet is on its group"
+        );
+        return;
+    }
     let sessions = channels.len();
     let failed = futures::stream::iter(channels)
         .map(|ch| async move { hub.link.heartbeat(ch.mid(), ch.key(), &hub.server_id).await })
@@ -109,9 +204,87 @@ pub async fn renew_all(hub: &Hub) {
         .fetch_add((sessions - failed) as u64, Ordering::Relaxed);
     s.resync_failures.fetch_add(failed as u64, Ordering::Relaxed);
     tracing::warn!(
+        ?scope,
         sessions,
+        held,
         failed,
         took_ms = started.elapsed().as_millis() as u64,
-        "a group's master changed: sessions renewed (a failover may have lost some)"
+        "a group's master changed: its sessions renewed (a failover may have lost some)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::im::session_key::{key_key, mid_key};
+    use crate::topo::model::{SlotRange, SlotState};
+
+    fn record(group: GroupId, new_master: Option<&str>) -> FailoverRecord {
+        FailoverRecord {
+            seq: 1,
+            at_ms: 0,
+            group,
+            old_master: "a:1".into(),
+            reason: String::new(),
+            detection_ms: 0,
+            switch_ms: 0,
+            new_master: new_master.map(str::to_string),
+            offset: None,
+            keys: None,
+            outcome: String::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_records_that_changed_a_master_name_their_group() {
+        let records = [record(1, Some("b:1")), record(2, None), record(3, Some("c:1"))];
+        assert_eq!(changed_groups(&records), BTreeSet::from([1, 3]));
+        assert!(changed_groups(&[record(2, None)]).is_empty());
+    }
+
+    #[test]
+    fn a_session_is_on_a_group_if_either_key_is_or_may_be() {
+        // Slots 0-511 on group 1, 512-1023 on group 2 but migrating from 3.
+        let slots = SlotTable::from_ranges(&[
+            SlotRange {
+                start: 0,
+                end: 511,
+                group: 1,
+                state: SlotState::Online,
+                from: None,
+            },
+            SlotRange {
+                start: 512,
+                end: 1023,
+                group: 2,
+                state: SlotState::Migrate,
+                from: Some(3),
+            },
+        ])
+        .expect("slot table");
+        let low = |k: &String| slot_of(k.as_bytes()) < 512;
+        let mid_low = (1..).find(|&m| low(&mid_key(m))).expect("a mid");
+        let mid_high = (1..).find(|&m| !low(&mid_key(m))).expect("a mid");
+        let key_low = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| low(&key_key(k)))
+            .expect("a key");
+        let key_high = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| !low(&key_key(k)))
+            .expect("a key");
+        let on = |groups: &[GroupId], mid, key: &str| {
+            on_groups(&slots, &groups.iter().copied().collect(), mid, key)
+        };
+        assert!(on(&[1], mid_low, &key_low));
+        assert!(on(&[1], mid_low, &key_high), "the user's key alone");
+        assert!(on(&[1], mid_high, &key_low), "the connection's key alone");
+        assert!(!on(&[1], mid_high, &key_high));
+        assert!(on(&[2], mid_high, &key_high));
+        assert!(on(&[3], mid_high, &key_high), "the group a migrating slot leaves");
+        assert!(!on(&[1], 0, &key_high), "no user key without a user");
+        assert!(on(&[1], 0, &key_low));
+        assert!(!on(&[4], mid_low, &key_low));
+    }
 }

@@ -43,8 +43,9 @@ crate::counters! {
     client_frames,
     /// Connections closed, for any reason.
     closed,
-    /// Times every session was renewed because a group's master changed
-    /// (`resync`).
+    /// Times the sessions on a group were renewed because its master changed
+    /// (`resync`; a failover that touched none of this comet's sessions does
+    /// not count).
     resyncs,
     /// Sessions renewed by those.
     resynced_sessions,

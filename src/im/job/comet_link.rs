@@ -305,4 +305,40 @@ mod tests {
             .await;
         assert_eq!((calls, r.is_err()), (1, true));
     }
+
+    /// A silent comet is probed while job knows it, and no longer once it
+    /// left ZooKeeper: the probe ends with its link (and so does the link's
+    /// connection, the runtime's only other task).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_comets_probe_ends_when_its_link_is_dropped() {
+        // Accepts connections and never answers: a hung comet.
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = hung.local_addr().expect("addr").to_string();
+        let links = CometLinks::new(JobCometConfig::default());
+        links.update(&[instance("a", &addr)]);
+        let a = links.get("a").expect("a");
+        let r: Result<(), _> = links
+            .call(&a, |_| async { Err(Status::deadline_exceeded("late")) })
+            .await;
+        assert_eq!(r.err().map(|e| e.skipped), Some(false), "sent, then timed out");
+        let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        tokio::time::sleep(PROBE_EVERY * 5).await;
+        assert!(a.silent.load(Ordering::Relaxed), "no probe was answered");
+        assert!(tasks() >= 1, "the probe runs");
+        let r: Result<(), _> = links.call(&a, |_| async { Ok(tonic::Response::new(())) }).await;
+        assert_eq!(r.err().map(|e| e.skipped), Some(true), "skipped while silent");
+
+        links.update(&[]);
+        drop(a);
+        for _ in 0..10 {
+            if tasks() == 0 {
+                return;
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+        panic!(
+            "{} tasks still alive 10 probe periods after the link was dropped",
+            tasks()
+        );
+    }
 }

@@ -10,7 +10,7 @@
 //! All three carry the session TTL (`[session] expire`, 1800 s by default),
 //! renewed on add and heartbeat. Each operation is one pipeline through the
 //! proxy, which splits cross-slot `MGET` and keeps pipeline order. Imports
-//! `libs::resp_client` and `im::proxies`.
+//! `libs::resp_client`, `im::proxies` and `im::session_key` (the key names).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,20 +18,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::im::proxies::ProxySet;
+use crate::im::session_key::{key_key, mid_key};
 use crate::libs::resp_client::{self, Frame, RespError, cmd};
 
 /// Shards of an `ol_{server}` hash.
 pub const ONLINE_SHARDS: u32 = 64;
-
-/// `mid_{mid}`.
-pub fn mid_key(mid: i64) -> String {
-    format!("mid_{mid}")
-}
-
-/// `key_{key}`.
-pub fn key_key(key: &str) -> String {
-    format!("key_{key}")
-}
 
 /// `ol_{server}`.
 pub fn online_key(server: &str) -> String {

@@ -22,7 +22,7 @@ use super::task::{Task, TaskState};
 use crate::libs::hash::SLOT_COUNT;
 use crate::libs::table;
 use crate::topo::error::TopoError;
-use crate::topo::model::{GroupId, Role, SlotState, Topology, range_text};
+use crate::topo::model::{FailoverRecord, GroupId, Role, SlotState, Topology, range_text};
 use crate::topo::operation;
 use crate::topo::operation::format_slot_ids;
 use crate::topo::store::{Store, ZkConfig};
@@ -633,7 +633,7 @@ pub async fn rebalance(
 }
 
 /// The failover records as a table, oldest first.
-pub fn render_failovers(records: &[super::failover::FailoverRecord]) -> String {
+pub fn render_failovers(records: &[FailoverRecord]) -> String {
     if records.is_empty() {
         return "no automatic failover so far\n".into();
     }

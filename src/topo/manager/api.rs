@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::dashboard::leader::{DashboardInfo, Leadership};
-use super::failover::{self, FailoverRecord};
+use super::failover;
 use super::health::{self, Health};
 use super::rebalance::{self, Plan, Weights, WeightsError};
 use super::replication;
@@ -37,7 +37,7 @@ use super::server_info::{self, ServerInfo};
 use super::task::{self, Task};
 use super::traffic::{Traffic, TrafficView};
 use crate::topo::error::TopoError;
-use crate::topo::model::{GroupId, ProxyInfo, Role, Server, SlotTable, Topology};
+use crate::topo::model::{FailoverRecord, GroupId, ProxyInfo, Role, Server, SlotTable, Topology};
 use crate::topo::operation;
 use crate::topo::store::Store;
 use crate::topo::watcher;

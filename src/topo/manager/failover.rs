@@ -52,7 +52,7 @@ use super::server_conns::ServerConns;
 use crate::libs::reachable::{self, DownAfter};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
-use crate::topo::model::{Group, GroupId, Observation, Role};
+use crate::topo::model::{FailoverRecord, Group, GroupId, Observation, Role};
 use crate::topo::session::ZkSession;
 use crate::topo::store::Store;
 use crate::topo::watcher;
@@ -94,35 +94,6 @@ impl Default for FailoverConfig {
             retry_after: Duration::from_secs(5),
         }
     }
-}
-
-/// One automatic failover, as recorded in ZooKeeper and shown by the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailoverRecord {
-    /// Its number, in order.
-    pub seq: u64,
-    /// Unix milliseconds when the switch began.
-    pub at_ms: u64,
-    pub group: GroupId,
-    /// The master declared down.
-    pub old_master: String,
-    /// Who voted it down, e.g. "2 of 2 observers: proxy 127.0.0.1:19000, the dashboard".
-    pub reason: String,
-    /// From this dashboard's first failed ping to the decision.
-    pub detection_ms: u64,
-    /// How long the promote took.
-    pub switch_ms: u64,
-    /// The new master, when it worked.
-    pub new_master: Option<String>,
-    /// The new master's applied replication offset and keys when promoted.
-    pub offset: Option<u64>,
-    pub keys: Option<u64>,
-    /// "promoted", or why it failed.
-    pub outcome: String,
-    /// What the promote reported besides: checks it was forced past, servers
-    /// it left alone, migrating slots it settled.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
 }
 
 /// What a leadership term fails over with.
