@@ -1778,3 +1778,105 @@ async fn a_hung_comet_costs_the_others_one_deadline_and_is_served_again_once_it_
     .await;
     p.shutdown().await;
 }
+
+/// With `write_ack = "replica"`, a claim made while the stream's replica is
+/// away gets `-NOREPLICAS` although it ran on the master: what it took is
+/// pending to the claimer, unseen. job reads those entries back without a
+/// write and delivers them at once, and treats its own acks, refused the same
+/// way, as done. Before, every claim got the same reply for as long as the
+/// replica was away, so the entries waited until it was back and then another
+/// `claim_min_idle`, while the acks were retried in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_ack_replica_a_claim_no_replica_confirmed_still_delivers_at_once() {
+    const ROOM: &str = "live://cl";
+    const PUSHES: usize = 5;
+    let group = queue_group(Some(ROOM), None) as usize;
+    let stream = {
+        let msg = PushMsg {
+            r#type: PushType::Room as i32,
+            operation: OP,
+            room: ROOM.into(),
+            ..PushMsg::default()
+        };
+        queue::stream_key(queue::stream_of(&msg, queue::DEFAULT_STREAMS))
+    };
+    let (c, replicas) = Cluster::with_persistent_replicas().await;
+    for m in &c.masters {
+        common::wait_replica_streaming(&m.addr()).await;
+    }
+    let proxy = c
+        .proxy_with(|cfg| {
+            cfg.write_ack = WriteAck::Replica;
+            cfg.write_ack_timeout = Duration::from_millis(300);
+        })
+        .await;
+    let mut p = Push::on(c, proxy, |_| {}).await;
+    let a = p.comet("comet-a", "10.9.0.1").await;
+    let mut client = connect(&p.tcp(a), &auth_body(1, "kc1", ROOM, &[OP])).await;
+    // Only a dead instance's entries can be claimed within the test: stale
+    // ones wait 30 s, and job-a holds its room pushes for 20 s.
+    let slow_claims = |c: &mut JobConfig| {
+        c.queue.claim_min_idle = Duration::from_secs(30);
+        c.room.signal = Duration::from_secs(20);
+    };
+    p.job_with("job-a", slow_claims).await;
+    for i in 0..PUSHES {
+        push(
+            p.http(),
+            &format!("/goim/push/room?operation={OP}&type=live&room=cl"),
+            &format!("r{i}"),
+        )
+        .await;
+    }
+    let mut r = proxy_conn(&p.proxy.to_string()).await;
+    eventually("job-a holds the pushes, read and not acked", WAIT, async || {
+        group_consumers(&mut r, &stream).await.get("job-a") == Some(&(PUSHES as i64))
+    })
+    .await;
+    p.job_with("job-b", |c| {
+        slow_claims(c);
+        c.room.signal = ROOM_SIGNAL;
+    })
+    .await;
+
+    let master = p.up.cluster.masters[group - 1].addr();
+    let pid = freeze_and_cut_off(&replicas[group - 1], &master).await;
+    let job_a = p.jobs.remove(0);
+    job_a.kill();
+    let killed = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < PUSHES {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "{} of {PUSHES} pushes delivered {:?} after job-a died, with the replica away",
+            got.len(),
+            killed.elapsed()
+        );
+        match client.recv().await {
+            Ok(Delivery::Frame(f)) => got.extend(pairs(&[f])),
+            Err(ImClientError::Timeout { .. }) => {}
+            other => panic!("want plain frames, got {other:?}"),
+        }
+    }
+    eprintln!(
+        "claim: job-a's pushes delivered {:?} after it died",
+        killed.elapsed()
+    );
+    let want: Vec<(i32, String)> = (0..PUSHES).map(|i| (OP, format!("r{i}"))).collect();
+    got.sort();
+    assert_eq!(got, want, "each push exactly once");
+    // The XACK ran on the master at once; job-b counts it once the proxy
+    // answers, after its `WAIT` gave up.
+    let job_b = &p.jobs[0];
+    eventually("job-b acked them all", WAIT, async || {
+        job_b.stats().acked >= PUSHES as u64
+            && group_consumers(&mut r, &stream)
+                .await
+                .values()
+                .all(|pending| *pending == 0)
+    })
+    .await;
+    assert!(job_b.stats().claimed >= PUSHES as u64, "{:?}", job_b.stats());
+    signal(pid, "-CONT");
+    p.shutdown().await;
+}

@@ -24,6 +24,12 @@ pub use redis_protocol::resp2::types::BytesFrame as Frame;
 /// How long a call waits for its reply unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How a reborn proxy in `write_ack = "replica"` mode begins the error it
+/// gives for a write that ran on the master but that no replica acknowledged
+/// in time. Redis's own `NOREPLICAS` (`min-replicas-to-write`) says otherwise,
+/// and means the write was refused.
+pub const UNREPLICATED: &str = "NOREPLICAS the write ran on the master";
+
 /// Why a call failed, and whether sending it again is safe.
 #[derive(Debug, thiserror::Error)]
 pub enum RespError {
@@ -63,6 +69,12 @@ impl RespError {
     /// cannot apply it twice.
     pub fn is_retry_safe(&self) -> bool {
         matches!(self, RespError::Connect { .. })
+    }
+
+    /// True for a reborn proxy's [`UNREPLICATED`]: the write ran on the master,
+    /// and only its reply was withheld.
+    pub fn ran_unreplicated(&self) -> bool {
+        matches!(self, RespError::Server(m) if m.starts_with(UNREPLICATED))
     }
 
     /// True when the connection is unusable afterwards (as opposed to an error

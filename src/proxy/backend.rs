@@ -57,6 +57,7 @@ use super::script_watch::{ScriptRun, ScriptWatch};
 use crate::libs::backoff::Backoff;
 use crate::libs::protocol::Protocol;
 use crate::libs::resp;
+use crate::libs::resp_client::UNREPLICATED;
 
 /// A request on its way to a backend.
 pub struct Job {
@@ -739,7 +740,7 @@ fn release(held: &mut Vec<(ReplyTo, Bytes, bool)>, wait_reply: &[u8], timeout: D
         let failed = reply.starts_with(b"-") || reply.starts_with(b"!");
         let reply = if write && !acked && !failed {
             resp::error(&format!(
-                "NOREPLICAS the write ran on the master, but no replica acknowledged it within {} ms",
+                "{UNREPLICATED}, but no replica acknowledged it within {} ms",
                 timeout.as_millis()
             ))
         } else {

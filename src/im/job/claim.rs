@@ -5,7 +5,9 @@
 //! and delivering it again is what makes delivery at-least-once. The entries
 //! of an instance known dead (no longer registered, see `reaper::orphans`)
 //! are adopted at once instead ([`Claimer::adopt`]), and a pass is hurried
-//! when the registered instances change. Imports
+//! when the registered instances change. A pass claims only if a read finds
+//! something stale, and a claim the proxy ran without a replica's
+//! confirmation is read back ([`Claimer::own_pending`]). Imports
 //! `im::queue`, `libs::resp_client` and `im::proxies`, entries.
 
 use std::time::Duration;
@@ -16,7 +18,7 @@ use tokio::time::Instant;
 use super::entry::{self, Claimed, StreamEntry};
 use crate::im::proxies::ProxySet;
 use crate::im::queue;
-use crate::libs::resp_client::{RespError, check};
+use crate::libs::resp_client::{RespError, check, cmd};
 
 /// The cursor `XAUTOCLAIM` starts from and returns when a pass is complete.
 const START: &[u8] = b"0-0";
@@ -72,6 +74,10 @@ impl Claimer {
     /// # Errors
     /// The proxy failed or refused; the pass resumes where it was next time.
     pub async fn claim_page(&mut self, link: &ProxySet, count: usize) -> Result<Claimed, RespError> {
+        if self.cursor.is_none() && !self.any_stale(link).await? {
+            self.end_pass();
+            return Ok(Claimed::default());
+        }
         let cursor = self.cursor.clone().unwrap_or_else(|| Bytes::from_static(START));
         let count = count.to_string();
         let args: [&[u8]; 8] = [
@@ -87,8 +93,11 @@ impl Claimer {
         let claimed = match link.call(&args).await.and_then(entry::from_autoclaim) {
             Ok(c) => c,
             Err(e) => {
-                // NOGROUP (the stream is not there yet): nothing to claim this pass.
-                if matches!(&e, RespError::Server(m) if m.starts_with("NOGROUP")) {
+                // NOGROUP (the stream is not there yet): nothing to claim
+                // this pass. A claim that ran unconfirmed gave no cursor: the
+                // next pass looks again, rather than every page of this one
+                // getting the same reply until the replica is back.
+                if e.ran_unreplicated() || matches!(&e, RespError::Server(m) if m.starts_with("NOGROUP")) {
                     self.end_pass();
                 }
                 return Err(e);
@@ -100,6 +109,35 @@ impl Claimer {
             self.cursor = Some(claimed.cursor.clone());
         }
         Ok(claimed)
+    }
+
+    /// Whether any entry has been pending `claim_min_idle` or longer, asked
+    /// with a read (`XPENDING … IDLE`) before a pass: most passes find
+    /// nothing, and an `XAUTOCLAIM` is a write even then, which a proxy in
+    /// `write_ack = "replica"` mode follows with a `WAIT` that, while the
+    /// replica is away, holds up its connection to the master for the whole
+    /// `write_ack_timeout`.
+    ///
+    /// # Errors
+    /// The proxy failed or refused (`NOGROUP`: no stream yet).
+    async fn any_stale(&self, link: &ProxySet) -> Result<bool, RespError> {
+        let reply = link
+            .call(&[
+                "XPENDING",
+                &self.stream,
+                queue::GROUP,
+                "IDLE",
+                &self.min_idle_ms,
+                "-",
+                "+",
+                "1",
+            ])
+            .await;
+        match reply.and_then(check) {
+            Ok(found) => Ok(!entry::pending_ids(found)?.is_empty()),
+            Err(RespError::Server(m)) if m.starts_with("NOGROUP") => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes the next pass due now (a job instance left: what it left
@@ -147,6 +185,63 @@ impl Claimer {
         ];
         args.extend(ids.iter().map(|id| id.as_ref()));
         entry::from_claim(check(link.call(&args).await?)?)
+    }
+
+    /// At most `count` of the entries pending to this consumer that
+    /// `delivering` does not name, with their bodies, read without a write:
+    /// pages of `XPENDING … <me>`, then one pipeline of `XRANGE <id> <id>`.
+    /// A claim that ran but whose reply the proxy withheld (`-NOREPLICAS` in
+    /// its `write_ack = "replica"` mode, [`RespError::ran_unreplicated`]) took
+    /// entries this consumer has not seen: they are among these, and waiting
+    /// for a later claim would hold them up by `claim_min_idle`, or for as long
+    /// as the replica is away, since every claim meanwhile gets the same reply.
+    ///
+    /// # Errors
+    /// The proxy failed or refused.
+    pub async fn own_pending(
+        &self,
+        link: &ProxySet,
+        count: usize,
+        delivering: impl Fn(&Bytes) -> bool,
+    ) -> Result<Vec<StreamEntry>, RespError> {
+        let page = count.to_string();
+        let mut start = Bytes::from_static(b"-");
+        let mut ids = Vec::new();
+        loop {
+            let reply = link
+                .call(&[
+                    b"XPENDING".as_ref(),
+                    self.stream.as_bytes(),
+                    queue::GROUP.as_bytes(),
+                    &start,
+                    b"+",
+                    page.as_bytes(),
+                    self.consumer.as_bytes(),
+                ])
+                .await?;
+            let got = entry::pending_ids(check(reply)?)?;
+            let Some(last) = got.last() else { break };
+            // The next page starts after this one's last id.
+            start = Bytes::from([b"(".as_ref(), last].concat());
+            let full = got.len() == count;
+            ids.extend(got.into_iter().filter(|id| !delivering(id)));
+            if ids.len() >= count || !full {
+                break;
+            }
+        }
+        ids.truncate(count);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ranges = ids
+            .iter()
+            .map(|id| cmd(&[b"XRANGE".as_ref(), self.stream.as_bytes(), id, id]))
+            .collect();
+        let mut entries = Vec::with_capacity(ids.len());
+        for reply in link.pipeline(ranges).await? {
+            entries.extend(entry::from_range(check(reply)?)?);
+        }
+        Ok(entries)
     }
 
     fn end_pass(&mut self) {

@@ -109,7 +109,7 @@ impl StreamConsumer {
             // in the proxy's stats.
             let claiming = claimer.due() && reader.as_ref().is_some_and(|r| r.grouped);
             let step = if claiming {
-                self.claim(&mut claimer, &reaper, page).await
+                self.claim(&mut claimer, &reaper, &acker, page).await
             } else {
                 tokio::select! {
                     r = self.read(&mut reader, page) => r,
@@ -158,9 +158,33 @@ impl StreamConsumer {
         acker.close().await;
     }
 
-    /// One page of stale entries taken over from other consumers; after the
-    /// last page of a pass, the dead consumers (now without entries) go.
+    /// One page of stale entries taken over from other consumers. A claim
+    /// that ran but whose reply the proxy withheld (no replica confirmed it)
+    /// left what it took pending to this consumer, unseen: those are read
+    /// back (`Claimer::own_pending`), skipping what is being delivered.
     async fn claim(
+        &self,
+        claimer: &mut Claimer,
+        reaper: &ConsumerReaper,
+        acker: &Acker,
+        page: usize,
+    ) -> Result<Vec<StreamEntry>, RespError> {
+        match self.take_over(claimer, reaper, page).await {
+            Err(e) if e.ran_unreplicated() => {
+                let entries = claimer
+                    .own_pending(&self.link, page, |id| acker.delivering(id))
+                    .await?;
+                tracing::info!(stream = %self.stream, n = entries.len(), "a claim ran but no replica confirmed it: read back the entries it took");
+                Ok(entries)
+            }
+            taken => taken,
+        }
+    }
+
+    /// [`Self::claim`]'s claims: the entries of dead instances first, then a
+    /// page of the pass; after the last page of a pass, the dead consumers
+    /// (now without entries) go.
+    async fn take_over(
         &self,
         claimer: &mut Claimer,
         reaper: &ConsumerReaper,

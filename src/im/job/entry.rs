@@ -84,6 +84,14 @@ pub fn from_claim(reply: Frame) -> Result<Vec<StreamEntry>, RespError> {
     entries_of(reply)
 }
 
+/// Decodes an `XRANGE` reply: the entries.
+///
+/// # Errors
+/// A reply of another shape.
+pub fn from_range(reply: Frame) -> Result<Vec<StreamEntry>, RespError> {
+    entries_of(reply)
+}
+
 /// Decodes the ids of an extended `XPENDING` reply (`[id, consumer, idle,
 /// deliveries]` each).
 ///
