@@ -1626,6 +1626,23 @@ async fn logins(p: &Push, a: usize, first: i64, n: i64) -> (Vec<ImClient>, Vec<D
     (clients, took)
 }
 
+/// [`logins`], all at once: `n` clients from mid `first` log in together.
+async fn logins_at_once(p: &Push, a: usize, first: i64, n: i64) -> (Vec<ImClient>, Vec<Duration>) {
+    let addr = p.tcp(a);
+    let all = (first..first + n).map(|mid| {
+        let addr = addr.clone();
+        async move {
+            let t = Instant::now();
+            let mut c = open(&addr).await.expect("open");
+            c.auth(&auth_body(mid, &format!("kl{mid}"), "live://lk", &[OP]))
+                .await
+                .unwrap_or_else(|e| panic!("login of mid {mid}: {e}"));
+            (c, t.elapsed())
+        }
+    });
+    futures::future::join_all(all).await.into_iter().unzip()
+}
+
 /// A push to each client, by its mid from `first`, reaches it.
 async fn each_gets_a_push(p: &Push, clients: &mut [ImClient], first: i64) {
     for (mid, c) in (first..).zip(clients.iter_mut()) {
@@ -1663,11 +1680,13 @@ async fn a_killed_logic_costs_no_login_and_no_push() {
 }
 
 /// A logic that hangs (SIGSTOP; the same for a partition between comet and
-/// logic) while ZooKeeper still lists it: the first call to it times out and
-/// is tried on the other logic, and the hung one is then tried last for a
-/// while, so no login fails and at most one waits for the timeout.
+/// logic) while ZooKeeper still lists it: calls to it are not answered within
+/// `hedge_after` and go to the other logic too, and the hung one is then tried
+/// last for a while, so no login fails and none waits for the timeout. 16
+/// logins at once, then 8 one at a time (before hedging, half of the 16 waited
+/// for the timeout, since they reached the hung logic before any timed out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_logic_costs_one_timeout_and_no_login() {
+async fn a_hung_logic_costs_a_hedge_delay_and_no_login() {
     const TIMEOUT: Duration = Duration::from_millis(500);
     let mut p = Push::start(|_| {}).await;
     let a = p
@@ -1677,11 +1696,16 @@ async fn a_hung_logic_costs_one_timeout_and_no_login() {
     logins(&p, a, 400, 4).await;
     let pid = b.process.id();
     signal(pid, "-STOP");
-    let (mut clients, took) = logins(&p, a, 300, 8).await;
+    let (mut clients, took) = logins_at_once(&p, a, 300, 16).await;
+    let (more, then) = logins(&p, a, 316, 8).await;
     signal(pid, "-CONT");
-    eprintln!("hung logic: logins took {took:?}");
-    let slow = took.iter().filter(|t| **t >= TIMEOUT).count();
-    assert!(slow <= 1, "{slow} logins waited for the timeout: {took:?}");
+    clients.extend(more);
+    eprintln!("hung logic: 16 logins at once took {took:?}, then one at a time {then:?}");
+    let slow = took.iter().chain(&then).filter(|t| **t >= TIMEOUT).count();
+    assert!(
+        slow == 0,
+        "{slow} logins waited for the timeout: {took:?}, {then:?}"
+    );
     assert_eq!(
         logics(&p).await,
         2,

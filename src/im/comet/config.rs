@@ -124,6 +124,10 @@ pub struct CometLogicConfig {
     /// Timeout of one call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// A call that may safely run twice and is not answered within this is
+    /// sent to the next logic too, the first answer winning (0: never).
+    #[serde(with = "humantime_serde")]
+    pub hedge_after: Duration,
     /// How often room counts are reported (RenewOnline).
     #[serde(with = "humantime_serde")]
     pub online_interval: Duration,
@@ -202,6 +206,7 @@ impl Default for CometLogicConfig {
         CometLogicConfig {
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
+            hedge_after: Duration::from_millis(100),
             online_interval: Duration::from_secs(10),
         }
     }

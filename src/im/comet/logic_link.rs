@@ -5,10 +5,15 @@
 //! reached logic, so retrying is safe). A call that timed out is tried on the
 //! next too, unless doing it twice would matter ([`OnTimeout`]): a logic that
 //! hangs, or that this comet cannot reach while ZooKeeper still lists it (a
-//! partition), must not fail one call in N for as long as it lasts. An
-//! instance that failed a call that way is *suspect* for [`SUSPECT_FOR`]: calls
-//! try the others first. Channels are lazy: a dead logic never blocks comet's
-//! start. Imports `im::discovery`, `im::proto`, the `topo` store.
+//! partition), must not fail one call in N for as long as it lasts. Such a
+//! call is also *hedged*: not answered within `hedge_after` (100 ms; logic
+//! answers in a few), it goes to the next instance too and the first answer
+//! wins, so the calls that reach a logic as it hangs wait `hedge_after`, not
+//! the whole `timeout` (half of 16 logins at once did, before). At most
+//! [`HEDGES_IN_FLIGHT`] run at once. An instance that failed a call, or was
+//! slow enough to be hedged, is *suspect* for [`SUSPECT_FOR`]: calls try the
+//! others first. Channels are lazy: a dead logic never blocks comet's start.
+//! Imports `im::discovery`, `im::proto`, the `topo` store.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
@@ -39,6 +46,10 @@ const CALLS_IN_FLIGHT: usize = 256;
 /// How long an instance that timed out or refused a connection is tried only
 /// after the others.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
+/// Calls of this comet running on a second instance at once (hedged, see
+/// the module docs): if logic is slow for everyone, hedging would only double
+/// its load, so past this many a slow call waits for its own answer.
+const HEDGES_IN_FLIGHT: usize = 32;
 /// Tries of a `Disconnect` that timed out or found logic unreachable: it is
 /// idempotent, and a lost one leaves a session until its TTL.
 const DISCONNECT_TRIES: u32 = 3;
@@ -119,7 +130,9 @@ pub struct LogicLink {
     peers: watch::Receiver<Arc<Vec<LogicPeer>>>,
     next: AtomicUsize,
     timeout: Duration,
+    hedge_after: Duration,
     in_flight: Semaphore,
+    hedges: Semaphore,
 }
 
 impl LogicLink {
@@ -143,7 +156,9 @@ impl LogicLink {
             peers: rx,
             next: AtomicUsize::new(0),
             timeout: cfg.timeout,
+            hedge_after: cfg.hedge_after,
             in_flight: Semaphore::new(CALLS_IN_FLIGHT),
+            hedges: Semaphore::new(HEDGES_IN_FLIGHT),
         }
     }
 
@@ -155,7 +170,9 @@ impl LogicLink {
             peers: rx,
             next: AtomicUsize::new(0),
             timeout: cfg.timeout,
+            hedge_after: cfg.hedge_after,
             in_flight: Semaphore::new(CALLS_IN_FLIGHT),
+            hedges: Semaphore::new(HEDGES_IN_FLIGHT),
         }
     }
 
@@ -269,7 +286,9 @@ impl LogicLink {
     /// `on_timeout` allows, tries the others in turn, then the first one once
     /// more after a short pause: a channel whose connection just broke (a
     /// logic restart, a reset) reconnects on the next call, and one logic
-    /// alone must not turn that moment into refused logins.
+    /// alone must not turn that moment into refused logins. A call that may
+    /// run twice and has not been answered within `hedge_after` is also sent
+    /// to the next instance, and the first answer wins (see the module docs).
     async fn call<T, F, Fut>(&self, on_timeout: OnTimeout, f: F) -> Result<T, LinkError>
     where
         F: Fn(LogicClient<GrpcChannel>) -> Fut,
@@ -287,53 +306,94 @@ impl LogicLink {
             .collect();
         // Stable: the round robin order stays within each kind.
         order.sort_by_key(|p| p.is_suspect(now));
-        let mut last = LinkError::NoLogic;
-        let mut first_timed_out = false;
-        for i in 0..=order.len() {
-            if i == order.len() {
-                // The pause is for a broken channel to reconnect; an
-                // instance that did not answer in time gets no second wait.
-                if first_timed_out {
-                    break;
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+        let attempt = |i: usize| {
             let peer = order[i % order.len()];
-            match tokio::time::timeout(self.timeout, f(peer.client.clone())).await {
-                Ok(Ok(reply)) => return Ok(reply.into_inner()),
-                Ok(Err(status)) if status.code() == Code::Unauthenticated => {
-                    return Err(LinkError::Refused(status.message().to_string()));
-                }
-                Ok(Err(status)) if status.code() == Code::Unavailable => {
-                    tracing::debug!(logic = %peer.grpc, %status, "logic unavailable; trying the next");
-                    peer.suspect();
-                    last = LinkError::Status {
-                        addr: peer.grpc.clone(),
-                        status,
+            let reply = tokio::time::timeout(self.timeout, f(peer.client.clone()));
+            async move { (i, peer, reply.await) }
+        };
+        let mut running = FuturesUnordered::new();
+        running.push(attempt(0));
+        let mut launched = 1;
+        let mut hedge_at = tokio::time::Instant::now() + self.hedge_after;
+        let mut hedge_place = None;
+        let mut first_timed_out = false;
+        loop {
+            // One call at most runs on two instances, and only within the
+            // comet-wide budget of hedges.
+            let may_hedge = on_timeout == OnTimeout::TryNext
+                && !self.hedge_after.is_zero()
+                && hedge_place.is_none()
+                && launched < order.len()
+                && running.len() == 1;
+            tokio::select! {
+                Some((i, peer, reply)) = running.next() => {
+                    let failure = match reply {
+                        Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                        Ok(Err(status)) if status.code() == Code::Unauthenticated => {
+                            return Err(LinkError::Refused(status.message().to_string()));
+                        }
+                        Ok(Err(status)) if status.code() == Code::Unavailable => {
+                            tracing::debug!(logic = %peer.grpc, %status, "logic unavailable; trying the next");
+                            peer.suspect();
+                            LinkError::Status {
+                                addr: peer.grpc.clone(),
+                                status,
+                            }
+                        }
+                        Ok(Err(status)) => {
+                            return Err(LinkError::Status {
+                                addr: peer.grpc.clone(),
+                                status,
+                            });
+                        }
+                        Err(_) => {
+                            peer.suspect();
+                            first_timed_out |= i == 0;
+                            let timeout = LinkError::Timeout {
+                                addr: peer.grpc.clone(),
+                                after: self.timeout,
+                            };
+                            if on_timeout == OnTimeout::GiveUp {
+                                return Err(timeout);
+                            }
+                            tracing::warn!(logic = %peer.grpc, after = ?self.timeout, "logic did not answer; trying the next");
+                            timeout
+                        }
                     };
-                }
-                Ok(Err(status)) => {
-                    return Err(LinkError::Status {
-                        addr: peer.grpc.clone(),
-                        status,
-                    });
-                }
-                Err(_) => {
-                    peer.suspect();
-                    first_timed_out |= i == 0;
-                    let timeout = LinkError::Timeout {
-                        addr: peer.grpc.clone(),
-                        after: self.timeout,
-                    };
-                    if on_timeout == OnTimeout::GiveUp {
-                        return Err(timeout);
+                    if !running.is_empty() {
+                        continue; // the other instance may still answer
                     }
-                    tracing::warn!(logic = %peer.grpc, after = ?self.timeout, "logic did not answer; trying the next");
-                    last = timeout;
+                    if launched == order.len() {
+                        // The pause is for a broken channel to reconnect; an
+                        // instance that did not answer in time gets no second wait.
+                        if first_timed_out {
+                            return Err(failure);
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    } else if launched > order.len() {
+                        return Err(failure);
+                    }
+                    running.push(attempt(launched));
+                    launched += 1;
+                    hedge_at = tokio::time::Instant::now() + self.hedge_after;
+                }
+                () = tokio::time::sleep_until(hedge_at), if may_hedge => {
+                    let Ok(place) = self.hedges.try_acquire() else {
+                        // The budget is spent (logic is slow for everyone):
+                        // this call waits for its own answer.
+                        hedge_place = Some(None);
+                        continue;
+                    };
+                    hedge_place = Some(Some(place));
+                    if let Some(slow) = order.get(launched - 1) {
+                        tracing::debug!(logic = %slow.grpc, after = ?self.hedge_after, "logic slow to answer; asking the next too");
+                        slow.suspect();
+                    }
+                    running.push(attempt(launched));
+                    launched += 1;
                 }
             }
         }
-        Err(last)
     }
 
     /// The live instances; waits up to the call timeout for a first one (a
