@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The chaos soak (issue 10, part 8): real ZooKeeper, two groups of persistent
 # redis-servers (master + replica), two `reborn proxy` and a `reborn dashboard`
-# process, on loopback, for a bounded time. Writers and readers check every
-# reply while masters, replicas, a proxy and the dashboard are SIGKILLed and
-# restarted, ZooKeeper is SIGSTOPped for 3 s, and slots migrate; at the end
-# every acknowledged write is compared with what the cluster holds.
+# process, and the push system (logic, a comet, job), on loopback, for a
+# bounded time. Writers and readers check every reply, and a pusher sends
+# numbered pushes to two clients, while masters, replicas, a proxy, the
+# dashboard, logic and job are SIGKILLed and restarted, ZooKeeper is SIGSTOPped
+# for 3 s, and slots migrate; at the end every acknowledged write is compared
+# with what the cluster holds, and every accepted push with what the clients got.
 # The test itself is tests/soak.rs (ignored by a plain `cargo test`).
 #
 #   scripts/soak.sh                  # 10 minutes in each write_ack mode
@@ -15,7 +17,8 @@
 #   SOAK_MODES        write_ack modes to run, in turn            default "master replica"
 #   SOAK_FAULT_EVERY  seconds between two faults                 default 6
 #   SOAK_PROFILE      cargo profile flag ("--release" or "")     default --release
-# Exits non-zero when a run fails: acknowledged writes lost in `replica` mode,
+# Exits non-zero when a run fails: acknowledged writes or accepted pushes lost
+# in `replica` mode,
 # a value no client wrote, a dead master not replaced within 15 s, a cluster
 # that does not heal, or a migration that never ends. The report of each run
 # (operations, faults, client errors, writes lost) is printed at its end.

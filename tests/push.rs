@@ -15,8 +15,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,19 +34,18 @@ use reborn::topo::ZkConfig;
 use serde_json::{Value, json};
 
 use common::cluster::{Cluster, freeze_and_cut_off, master_of, signal};
-use common::http;
+use common::eventually;
 use common::im::{LogicUp, group_consumers, heartbeat_until, logic_json, proxy_conn};
-use common::{GuardedChild, eventually};
+use common::pushes::{
+    OP, Pusher, ROOM_SIGNAL, RoleProcess, Seen, all_connected, all_delivered, auth_body, comet_process,
+    connect, job_process, logic_process, open, push_targets, watch,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
-/// The business op of most pushes here.
-const OP: i32 = 1000;
 /// Another business op, for the op filter.
 const OTHER_OP: i32 = 1001;
 /// Session TTL of logic in these tests (short, so a dead comet's sessions go).
 const SESSION_TTL: Duration = Duration::from_secs(5);
-/// job's room batching window in these tests.
-const ROOM_SIGNAL: Duration = Duration::from_millis(300);
 
 /// The cluster and logic (`common::im::LogicUp`), and the in-process comets
 /// and jobs of a test.
@@ -173,33 +171,6 @@ fn job_config(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> JobConfig {
     c.queue.claim_interval = Duration::from_millis(300);
     c.room.signal = ROOM_SIGNAL;
     c
-}
-
-/// goim's auth body.
-fn auth_body(mid: i64, key: &str, room: &str, accepts: &[i32]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "mid": mid, "key": key, "room_id": room, "platform": "linux", "accepts": accepts
-    }))
-    .expect("json")
-}
-
-/// A client connection to `addr`: a `ws://` URL or a TCP `host:port`.
-async fn open(addr: &str) -> Result<ImClient, ImClientError> {
-    if addr.starts_with("ws://") {
-        ImClient::ws(addr).await
-    } else {
-        ImClient::tcp(addr).await
-    }
-}
-
-/// Connects to `addr` (a TCP `host:port` or a `ws://` URL) and authenticates
-/// with `body`, retrying while the comet does not know logic yet.
-async fn connect(addr: &str, body: &[u8]) -> ImClient {
-    common::eventually_ok(&format!("auth to {addr} succeeds"), WAIT, async || {
-        let mut c = open(addr).await?;
-        c.auth(body).await.map(|()| c)
-    })
-    .await
 }
 
 /// POSTs a push and asserts logic accepted it (code 0).
@@ -713,80 +684,6 @@ async fn signed_tokens_forged_and_expired_are_refused_valid_accepted() {
     expect(&mut ok_ws, "valid token", &[(OP, "signed")]).await;
     p.shutdown().await;
 }
-
-/// A role run as a child process of the built binary (so it can be
-/// SIGKILLed), with its config file's directory.
-struct Child {
-    process: GuardedChild,
-    _dir: tempfile::TempDir,
-}
-
-impl Child {
-    /// `reborn <role> --config <file>` with `toml` as the file.
-    fn spawn(role: &str, toml: &str) -> Child {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join(format!("{role}.toml"));
-        std::fs::write(&conf, toml).expect("write config");
-        let process = common::spawn_guarded(
-            Command::new(env!("CARGO_BIN_EXE_reborn"))
-                .arg(role)
-                .arg("--config")
-                .arg(&conf)
-                .env("RUST_LOG", "warn"),
-        );
-        Child { process, _dir: dir }
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        self.process.kill().expect("SIGKILL");
-        self.process.wait().expect("reap");
-    }
-}
-
-fn zk_toml(zk: &ZkConfig) -> String {
-    format!(
-        "[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"{}ms\"\n",
-        zk.addr,
-        zk.root,
-        zk.product,
-        zk.session_timeout.as_millis()
-    )
-}
-
-/// A `reborn comet` child process; returns it with its TCP address and
-/// WebSocket URL.
-fn comet_process(zk: &ZkConfig, id: &str, addr: &str) -> (Child, String, String) {
-    let (tcp, ws, grpc) = (common::free_port(), common::free_port(), common::free_port());
-    let admin = common::free_port();
-    let toml = format!(
-        "server_id = \"{id}\"\naddrs = [\"{addr}\"]\nregister_interval = \"200ms\"\nthreads = 2\n\
-         admin_listen = \"127.0.0.1:{admin}\"\n\
-         [tcp]\nlisten = \"127.0.0.1:{tcp}\"\n[websocket]\nlisten = \"127.0.0.1:{ws}\"\n\
-         [grpc]\nlisten = \"127.0.0.1:{grpc}\"\n[protocol]\nrenew_interval = \"1s\"\n\
-         [logic]\nonline_interval = \"200ms\"\n{}",
-        zk_toml(zk)
-    );
-    (
-        Child::spawn("comet", &toml),
-        format!("127.0.0.1:{tcp}"),
-        format!("ws://127.0.0.1:{ws}/sub"),
-    )
-}
-
-/// A `reborn job` child process named `consumer`.
-fn job_process(zk: &ZkConfig, proxy: SocketAddr, consumer: &str) -> Child {
-    let toml = format!(
-        "consumer = \"{consumer}\"\nadmin_listen = \"127.0.0.1:{}\"\n[cluster]\naddrs = [\"{proxy}\"]\n\
-         [queue]\nblock = \"500ms\"\nclaim_min_idle = \"1s\"\nclaim_interval = \"300ms\"\n\
-         [room]\nsignal = \"{}ms\"\n{}",
-        common::free_port(),
-        ROOM_SIGNAL.as_millis(),
-        zk_toml(zk)
-    );
-    Child::spawn("job", &toml)
-}
-
 /// Entries job-b read and did not ack, over every stream.
 async fn job_b_pending(r: &mut RespConn) -> i64 {
     let mut left = 0;
@@ -798,68 +695,6 @@ async fn job_b_pending(r: &mut RespConn) -> i64 {
             .unwrap_or(0);
     }
     left
-}
-
-/// What one client saw during the zero-loss test.
-#[derive(Default, Debug)]
-struct Seen {
-    numbers: BTreeSet<u64>,
-    wrong: Vec<String>,
-    closed: bool,
-}
-
-/// Reads pushes into `seen` (heartbeating every 700 ms, which renews the
-/// session) until `stop` or the connection closes. A push is this client's
-/// when its body names the client's mid or room.
-fn watch(mut c: ImClient, mid: i64, room: &'static str, stop: Arc<AtomicBool>) -> Arc<Mutex<Seen>> {
-    let seen: Arc<Mutex<Seen>> = Arc::default();
-    let out = seen.clone();
-    let note = move |f: &dyn Fn(&mut Seen)| f(&mut seen.lock().expect("seen"));
-    tokio::spawn(async move {
-        let mine = [format!("mid:{mid}"), format!("room:{room}")];
-        let mut last_beat = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            if last_beat.elapsed() > Duration::from_millis(700) {
-                match c.heartbeat().await {
-                    Ok(_) | Err(ImClientError::Timeout { .. }) => {}
-                    Err(_) => return note(&|s| s.closed = true),
-                }
-                last_beat = Instant::now();
-            }
-            let f = match tokio::time::timeout(Duration::from_millis(200), c.next_push()).await {
-                Err(_) | Ok(Err(ImClientError::Timeout { .. })) => continue,
-                Ok(Err(_)) => return note(&|s| s.closed = true),
-                Ok(Ok(f)) => f,
-            };
-            let body = String::from_utf8_lossy(&f.body).into_owned();
-            let parsed = body
-                .strip_prefix("n=")
-                .and_then(|r| r.split_once(" to="))
-                .and_then(|(n, to)| Some((n.parse::<u64>().ok()?, to.to_string())));
-            match parsed {
-                Some((n, to)) if f.op == OP && mine.contains(&to) => note(&|s| {
-                    s.numbers.insert(n);
-                }),
-                _ => note(&|s| s.wrong.push(format!("op {} {body:?}", f.op))),
-            }
-        }
-    });
-    out
-}
-
-/// A non-panicking POST for the pusher: logic's code, or None if the
-/// request failed.
-async fn try_push(addr: SocketAddr, path: &str, body: String) -> Option<i64> {
-    let call = async {
-        let (_, bytes) = http::try_request(addr, "POST", path, body.into_bytes())
-            .await
-            .ok()?;
-        serde_json::from_slice::<Value>(&bytes).ok()?["code"].as_i64()
-    };
-    tokio::time::timeout(Duration::from_secs(10), call)
-        .await
-        .ok()
-        .flatten()
 }
 
 /// Migrates slots `start..=end` to group `to` through the dashboard's API
@@ -902,88 +737,6 @@ async fn migrate(dash: &str, start: u16, end: u16, to: u32) {
     .await;
 }
 
-/// Numbered pushes through logic's HTTP API, one every 25 ms, going round
-/// `targets` (a push path, and whom the push is for: `room:…` or `mid:…`,
-/// which its body names), until stopped once at least 300 went. A push is
-/// accepted when logic answers code 0.
-struct Pusher {
-    sent: Arc<AtomicU64>,
-    accepted: Arc<Mutex<Vec<(u64, String)>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Pusher {
-    fn start(http: SocketAddr, targets: Vec<(String, String)>) -> Pusher {
-        let sent = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
-        let task = {
-            let (sent, stop, accepted) = (sent.clone(), stop.clone(), accepted.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(25));
-                // After a slow push (a failover), no burst of pushes to catch up.
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut n = 0u64;
-                while n < 300 || !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    let (path, to) = &targets[n as usize % targets.len()];
-                    if try_push(http, path, format!("n={n} to={to}")).await == Some(0) {
-                        accepted.lock().expect("accepted").push((n, to.clone()));
-                    }
-                    n += 1;
-                    sent.store(n, Ordering::Relaxed);
-                }
-            })
-        };
-        Pusher {
-            sent,
-            accepted,
-            stop,
-            task,
-        }
-    }
-
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.lock().expect("accepted").len()
-    }
-
-    /// Waits until `n` pushes were sent.
-    async fn sent_at_least(&self, n: u64) {
-        eventually(&format!("{n} pushes sent"), Duration::from_secs(30), || {
-            let ok = self.sent() >= n;
-            async move { ok }
-        })
-        .await;
-    }
-
-    /// Waits until logic accepted `n` more pushes than it had so far.
-    async fn accepts(&self, n: usize, what: &str) {
-        let want = self.accepted() + n;
-        eventually(
-            &format!("{n} pushes accepted {what}"),
-            Duration::from_secs(30),
-            || {
-                let ok = self.accepted() >= want;
-                async move { ok }
-            },
-        )
-        .await;
-    }
-
-    /// Stops (once 300 went): the accepted pushes, and how many were sent.
-    async fn finish(self) -> (Vec<(u64, String)>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("pusher");
-        let accepted = self.accepted.lock().expect("accepted").clone();
-        (accepted, self.sent.load(Ordering::Relaxed))
-    }
-}
-
 /// Mid 101 over TCP and mid 102 over WebSocket on comet `a`, in `room`, with
 /// session keys `keys`, each read by [`watch`] until `stop`.
 async fn two_watched_clients(
@@ -999,76 +752,6 @@ async fn two_watched_clients(
         .into_iter()
         .map(|(mid, c)| (mid, watch(c, mid, room, stop.clone())))
         .collect()
-}
-
-/// Asserts no watched client was disconnected.
-fn all_connected(watchers: &BTreeMap<i64, Arc<Mutex<Seen>>>) {
-    for (mid, seen) in watchers {
-        assert!(
-            !seen.lock().expect("seen").closed,
-            "client {mid} was disconnected"
-        );
-    }
-}
-
-/// The push paths of [`Pusher`] to `room` (`type://id`) and to each of `mids`.
-fn push_targets(room: &str, mids: &[i64]) -> Vec<(String, String)> {
-    let (kind, id) = room.split_once("://").expect("type://id");
-    let mut targets = vec![(
-        format!("/goim/push/room?operation={OP}&type={kind}&room={id}"),
-        format!("room:{room}"),
-    )];
-    for mid in mids {
-        targets.push((
-            format!("/goim/push/mids?operation={OP}&mids={mid}"),
-            format!("mid:{mid}"),
-        ));
-    }
-    targets
-}
-
-/// Waits until each of `mids` has seen every accepted push meant for it (by
-/// mid or by `room`), then checks nobody saw a push meant for another.
-async fn all_delivered(
-    accepted: &[(u64, String)],
-    watchers: &BTreeMap<i64, Arc<Mutex<Seen>>>,
-    mids: &[i64],
-    room: &str,
-) {
-    let missing = |mid: i64| -> Vec<u64> {
-        let mine = [format!("mid:{mid}"), format!("room:{room}")];
-        let seen = watchers[&mid].lock().expect("seen");
-        accepted
-            .iter()
-            .filter(|(n, to)| mine.contains(to) && !seen.numbers.contains(n))
-            .map(|(n, _)| *n)
-            .collect()
-    };
-    common::eventually_ok(
-        "accepted pushes are delivered",
-        Duration::from_secs(20),
-        async || {
-            let missing: BTreeMap<i64, Vec<u64>> = mids
-                .iter()
-                .map(|&mid| (mid, missing(mid)))
-                .filter(|(_, m)| !m.is_empty())
-                .collect();
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("missing, by mid: {missing:?}"))
-            }
-        },
-    )
-    .await;
-    for (mid, seen) in watchers {
-        let seen = seen.lock().expect("seen");
-        assert!(
-            seen.wrong.is_empty(),
-            "mid {mid} got pushes of others: {:?}",
-            seen.wrong
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1088,7 +771,7 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
         (202, connect(&b_ws, &auth_body(202, "kv2", ROOM, &[OP])).await),
     ];
     // Two jobs: a child process (killed later) and one in-process.
-    let mut job_b = job_process(&zk, p.proxy, "job-b");
+    let (mut job_b, _) = job_process(&zk, &[p.proxy.to_string()], "job-b");
     let mut r = p.resp().await;
     let proxy = p.proxy.to_string();
     // A consumer shows in XINFO once it read an entry (Redis 7.0 creates
@@ -1586,19 +1269,12 @@ async fn the_push_system_recovers_by_itself_after_its_zookeeper_sessions_expire(
 /// A second logic, `logic-b`, as a child process on the cluster of `p`. It
 /// keeps its node 10 s after its death (its session's timeout). Returns once
 /// both logics are registered.
-async fn logic_b(p: &Push) -> Child {
+async fn logic_b(p: &Push) -> RoleProcess {
     let zk = ZkConfig {
         session_timeout: Duration::from_secs(10),
         ..p.cluster.zk.clone()
     };
-    let (http, grpc) = (common::free_port(), common::free_port());
-    let toml = format!(
-        "id = \"logic-b\"\n[http]\naddr = \"127.0.0.1:{http}\"\n[grpc]\naddr = \"127.0.0.1:{grpc}\"\n\
-         [cluster]\naddrs = [\"{}\"]\n[session]\nexpire = \"60s\"\n{}",
-        p.proxy,
-        zk_toml(&zk)
-    );
-    let child = Child::spawn("logic", &toml);
+    let (child, _) = logic_process(&zk, "logic-b", &[p.proxy.to_string()], Duration::from_secs(60));
     eventually("both logics are registered", WAIT, async || logics(p).await == 2).await;
     child
 }

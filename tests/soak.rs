@@ -20,9 +20,14 @@
 //! them while their slots migrate, so deletes race the migrator's copies),
 //! and reads each right after its delete, and again 300 ms later through
 //! the other proxy, over RESP3.
+//! The push system runs on the same cluster (logic, a comet and job as
+//! processes): a pusher sends a numbered push every 25 ms through logic, by
+//! mid to a TCP and a WebSocket client and by room to both, and logic and job
+//! are SIGKILLed and restarted with the proxy and the dashboard.
 //! At the end, once every fault is repaired, every key is read and compared
 //! with what its writer had acknowledged, every filler key with its value,
-//! and every acknowledged delete must have stayed deleted.
+//! every acknowledged delete must have stayed deleted, and every accepted
+//! push must have reached its clients (in `replica` mode; counted in both).
 //!
 //! Settings (environment): `SOAK_SECS` (default 60), `SOAK_WRITE_ACK`
 //! (`master` or `replica`, default `master`), `SOAK_FAULT_EVERY` (seconds
@@ -41,11 +46,15 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, ProxyProcess, signal};
+use common::pushes::{
+    OP, Pusher, RoleProcess, Seen, auth_body, comet_process, connect, job_process, logic_process,
+    push_targets, undelivered, watch,
+};
 use common::{GuardedChild, came_true, spawn_guarded};
 use parking_lot::Mutex;
 use reborn::topo::manager::task::{self, TaskState};
 use reborn::topo::model::{Role, SlotState};
-use reborn::topo::{Store, watcher};
+use reborn::topo::{Store, ZkConfig, watcher};
 use reborn::up::RedisServer;
 
 /// Keys per writer; writers own their keys, so each reply can be checked.
@@ -420,6 +429,84 @@ async fn healthy(store: &Store, group: u32) -> bool {
     true
 }
 
+/// The push system on the soak's cluster: logic, a comet and job as
+/// processes (logic and job are killed and restarted among the faults), a
+/// pusher sending a numbered push every 25 ms by mid to a TCP and a
+/// WebSocket client and by room to both, and watchers recording what each
+/// client received.
+struct PushLoad {
+    logic: RoleProcess,
+    job_admin: std::net::SocketAddr,
+    _comet: RoleProcess,
+    job: RoleProcess,
+    pusher: Pusher,
+    watchers: BTreeMap<i64, Arc<std::sync::Mutex<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The soak's clients of the push system, and their room.
+const PUSH_MIDS: [i64; 2] = [101, 102];
+const PUSH_ROOM: &str = "live://soak";
+
+impl PushLoad {
+    async fn start(zk: &ZkConfig, proxies: &[String]) -> PushLoad {
+        let (logic, http) = logic_process(zk, "logic-soak", proxies, Duration::from_secs(1800));
+        let (comet, tcp, ws) = comet_process(zk, "comet-soak", "127.0.0.1");
+        let (job, job_admin) = job_process(zk, proxies, "job-soak");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut watchers = BTreeMap::new();
+        for (mid, addr) in PUSH_MIDS.into_iter().zip([tcp, ws]) {
+            let c = connect(&addr, &auth_body(mid, &format!("soak-{mid}"), PUSH_ROOM, &[OP])).await;
+            watchers.insert(mid, watch(c, mid, PUSH_ROOM, stop.clone()));
+        }
+        PushLoad {
+            logic,
+            job_admin,
+            _comet: comet,
+            job,
+            pusher: Pusher::start(http, push_targets(PUSH_ROOM, &PUSH_MIDS)),
+            watchers,
+            stop,
+        }
+    }
+
+    /// Stops pushing and waits up to `wait` for every accepted push to
+    /// arrive: (pushes sent, accepted, accepted but not delivered, pushes a
+    /// client got that were not its own, clients disconnected).
+    async fn finish(self, wait: Duration) -> (u64, usize, usize, usize, usize) {
+        let (accepted, sent) = self.pusher.finish().await;
+        let missing = || -> usize {
+            undelivered(&accepted, &self.watchers, &PUSH_MIDS, PUSH_ROOM)
+                .values()
+                .map(Vec::len)
+                .sum()
+        };
+        came_true(wait, async || missing() == 0).await;
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok((_, stats)) = common::http::try_request(self.job_admin, "GET", "/stats", Vec::new()).await {
+            eprintln!("soak: job's stats {}", String::from_utf8_lossy(&stats));
+        }
+        for (mid, numbers) in undelivered(&accepted, &self.watchers, &PUSH_MIDS, PUSH_ROOM) {
+            let to: BTreeMap<u64, &str> = accepted.iter().map(|(n, to)| (*n, to.as_str())).collect();
+            let listed: Vec<String> = numbers.iter().map(|n| format!("{n} ({})", to[n])).collect();
+            eprintln!(
+                "soak: client {mid} never got accepted pushes {}",
+                listed.join(", ")
+            );
+        }
+        let seen = |f: fn(&Seen) -> usize| -> usize {
+            self.watchers.values().map(|s| f(&s.lock().expect("seen"))).sum()
+        };
+        (
+            sent,
+            accepted.len(),
+            missing(),
+            seen(|s| s.wrong.len()),
+            seen(|s| usize::from(s.closed)),
+        )
+    }
+}
+
 #[derive(Default)]
 struct Faults {
     log: Vec<String>,
@@ -467,6 +554,7 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     }
     let addrs = Arc::new(proxies.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
     let mut dashboard = Dashboard::start(&c);
+    let mut push = PushLoad::start(&c.zk, &addrs).await;
 
     // Load: writers own their keys (spread over both groups), readers read them all.
     let tally = Arc::new(Tally::default());
@@ -617,6 +705,14 @@ async fn chaos_soak_loses_no_acknowledged_write() {
                         p.id
                     ),
                 );
+                push.job.restart();
+                faults.note(
+                    "job killed",
+                    format!(
+                        "{:>4.0}s job killed and restarted",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
             }
             3 => {
                 dashboard.restart();
@@ -624,6 +720,14 @@ async fn chaos_soak_loses_no_acknowledged_write() {
                     "dashboard killed",
                     format!(
                         "{:>4.0}s dashboard killed and restarted",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                push.logic.restart();
+                faults.note(
+                    "logic killed",
+                    format!(
+                        "{:>4.0}s logic killed and restarted",
                         started.elapsed().as_secs_f64()
                     ),
                 );
@@ -695,6 +799,8 @@ async fn chaos_soak_loses_no_acknowledged_write() {
         tally.writes.load(Ordering::Relaxed) > writes_before + 100
     })
     .await;
+    let (pushes_sent, pushes_accepted, pushes_lost, pushes_wrong, push_clients_cut) =
+        push.finish(Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.expect("client task");
@@ -844,6 +950,12 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     );
     let _ = writeln!(
         report,
+        "  pushes (by mid to a TCP and a WebSocket client, by room to both): {pushes_sent} sent, \
+         {pushes_accepted} accepted, {pushes_lost} accepted but never delivered; pushes to the wrong \
+         client: {pushes_wrong}; clients disconnected: {push_clients_cut}"
+    );
+    let _ = writeln!(
+        report,
         "  repaired: {repaired}, tasks ended: {tasks_done}, writes go on after: {writes_go_on}"
     );
     eprintln!("{report}");
@@ -857,7 +969,11 @@ async fn chaos_soak_loses_no_acknowledged_write() {
     assert_eq!(unreadable, 0, "{report}");
     assert_eq!(tally.phantoms.load(Ordering::Relaxed), 0, "{report}");
     assert_eq!(faults.not_replaced, 0, "a dead master was not replaced\n{report}");
+    assert_eq!(pushes_wrong, 0, "pushes reached the wrong client\n{report}");
+    assert_eq!(push_clients_cut, 0, "push clients were disconnected\n{report}");
+    assert!(pushes_accepted > 100, "the pusher barely ran\n{report}");
     if write_ack == "replica" {
+        assert_eq!(pushes_lost, 0, "accepted pushes lost\n{report}");
         assert_eq!(
             (lost_live, lost_final),
             (0, 0),

@@ -164,6 +164,21 @@ pub fn follow(store: Store, kind: InstanceKind, cancel: CancellationToken) -> wa
         let dir = store.paths().im_instances(kind.dir());
         let poll = REFRESH / 4;
         loop {
+            // Wake on a child coming or going, or after `poll` for data
+            // changes. The watch is set before the list is read: an instance
+            // registering between the two fires it. Set after, as it was, it
+            // missed such an instance until the next poll, 2.5 s later, and a
+            // job starting beside a comet dropped that comet's pushes meanwhile
+            // (found by the chaos soak: the first 2.5 s of pushes, lost).
+            let watcher = match store.client() {
+                Ok(client) => {
+                    if let Err(e) = store.mkdir_p(&dir).await {
+                        tracing::debug!(error = %e, "creating the instance directory");
+                    }
+                    client.list_and_watch_children(&dir).await.ok().map(|(_, w)| w)
+                }
+                Err(_) => None,
+            };
             match list(&store, kind).await {
                 Ok(now) => {
                     tx.send_if_modified(|last| {
@@ -178,16 +193,6 @@ pub fn follow(store: Store, kind: InstanceKind, cancel: CancellationToken) -> wa
                     tracing::warn!(error = %e, kind = kind.dir(), "listing instances failed; keeping the last list")
                 }
             }
-            // Wake on a child coming or going, or after `poll` for data changes.
-            let watcher = match store.client() {
-                Ok(client) => {
-                    if let Err(e) = store.mkdir_p(&dir).await {
-                        tracing::debug!(error = %e, "creating the instance directory");
-                    }
-                    client.list_and_watch_children(&dir).await.ok().map(|(_, w)| w)
-                }
-                Err(_) => None,
-            };
             let changed = async {
                 match watcher {
                     Some(w) => {

@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod http;
 pub mod im;
 pub mod load;
+pub mod pushes;
 pub mod relay;
 
 use std::collections::HashSet;
