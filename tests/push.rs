@@ -1580,3 +1580,73 @@ async fn with_write_ack_replica_a_claim_no_replica_confirmed_still_delivers_at_o
     signal(pid, "-CONT");
     p.shutdown().await;
 }
+
+/// A comet whose ZooKeeper session expires (its link to ZooKeeper cut) serves
+/// its clients all along, but its registration goes with the session until
+/// it has a new one. job keeps calling it for `comet.leave_grace`, so pushes
+/// accepted meanwhile, by mid and by room, still reach its client. Before,
+/// job dropped them as pushes for an unknown comet (a grace of 0 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comet_whose_zookeeper_session_expires_still_gets_its_pushes() {
+    const ROOM: &str = "live://zx";
+    let mut p = Push::start(|c| c.session.expire = Duration::from_secs(60)).await;
+    let relay = common::relay::Relay::start(p.cluster.zk.addr.clone()).await;
+    let a = p
+        .comet_with("comet-a", "10.9.0.1", |c| c.zk.addr = relay.addr.to_string())
+        .await;
+    p.job("job-a").await;
+    let mut client = connect(&p.tcp(a), &auth_body(101, "kzx", ROOM, &[OP])).await;
+    push(
+        p.http(),
+        &format!("/goim/push/mids?operation={OP}&mids=101"),
+        "before",
+    )
+    .await;
+    expect(&mut client, "before the cut", &[(OP, "before")]).await;
+
+    relay.cut();
+    let store = p.cluster.store.clone();
+    eventually("comet-a's session expired and its node went", WAIT, async || {
+        instance_owner(&store, InstanceKind::Comet, "comet-a")
+            .await
+            .is_none()
+    })
+    .await;
+    // Departed, and still called; or, with no grace, forgotten.
+    eventually("job saw comet-a go", WAIT, || {
+        let j = &p.jobs[0];
+        let gone = j.departed_comets() == ["comet-a"] || j.comets().is_empty();
+        async move { gone }
+    })
+    .await;
+    push(
+        p.http(),
+        &format!("/goim/push/mids?operation={OP}&mids=101"),
+        "by mid",
+    )
+    .await;
+    expect(&mut client, "by mid, while unregistered", &[(OP, "by mid")]).await;
+    push(
+        p.http(),
+        &format!("/goim/push/room?operation={OP}&type=live&room=zx"),
+        "by room",
+    )
+    .await;
+    expect(&mut client, "by room, while unregistered", &[(OP, "by room")]).await;
+    assert_eq!(p.jobs[0].stats().dropped_unknown_server, 0);
+
+    relay.restore();
+    eventually("comet-a registered again, and job knows it", WAIT, || {
+        let back = p.jobs[0].departed_comets().is_empty() && p.jobs[0].comets() == ["comet-a"];
+        async move { back }
+    })
+    .await;
+    push(
+        p.http(),
+        &format!("/goim/push/mids?operation={OP}&mids=101"),
+        "after",
+    )
+    .await;
+    expect(&mut client, "after", &[(OP, "after")]).await;
+    p.shutdown().await;
+}

@@ -3,9 +3,11 @@
 //! on calls in flight per comet, retries of transient failures).
 //!
 //! Channels are lazy: a comet that registered but does not answer costs a
-//! failed call, never a blocked start. A comet that leaves ZooKeeper is removed
-//! at once, so pushes naming it are dropped and counted instead of waiting for
-//! timeouts. A comet that is registered but does not answer (hung, or cut off
+//! failed call, never a blocked start. A comet that leaves ZooKeeper is still
+//! called for `leave_grace` (10 s), without retries: its node also goes when
+//! its ZooKeeper session expires while it serves on, until it registers again.
+//! After that it is removed, so pushes naming it are dropped and counted
+//! instead of waiting for timeouts. A comet that is registered but does not answer (hung, or cut off
 //! from job by a partition) is *silent* after one call timed out: calls to it
 //! fail at once, counted like any call given up, until a probe (`Rooms`, every
 //! [`PROBE_EVERY`]) is answered. Without that, every room batch and broadcast,
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -36,6 +39,8 @@ use crate::topo::store::Store;
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// How often a silent comet is probed, and the most a probe waits.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often comets whose grace period ran out are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a call to a comet was given up. The push is then dropped for that comet
 /// (and counted); sending it again later is safe but pointless.
@@ -63,9 +68,24 @@ pub struct CometLink {
     /// Set while the comet is silent (a call timed out, no probe answered
     /// since); the probe task holds it weakly, so it ends with the link.
     silent: Arc<AtomicBool>,
+    /// When its registration went away, if it did: it is still called for
+    /// `leave_grace` after (see [`CometLinks::update`]).
+    left: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl CometLink {
+    /// True once its registration went away (within the grace period).
+    pub fn departed(&self) -> bool {
+        self.left.lock().is_some()
+    }
+
+    /// Still called: registered, or departed less than `grace` ago.
+    fn serves(&self, grace: Duration, now: Instant) -> bool {
+        self.left
+            .lock()
+            .is_none_or(|left| now.duration_since(left) < grace)
+    }
+
     /// Marks the comet silent and probes it until it answers (or the link
     /// is dropped).
     fn silence(&self) {
@@ -119,6 +139,7 @@ impl CometLinks {
         let mut rx = discovery::follow(store, InstanceKind::Comet, cancel.clone());
         let me = Arc::clone(self);
         tokio::spawn(async move {
+            let mut prune = tokio::time::interval(PRUNE_EVERY);
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
@@ -129,21 +150,33 @@ impl CometLinks {
                         let now = rx.borrow_and_update().clone();
                         me.update(&now);
                     }
+                    // Drops the comets whose grace period ran out, when
+                    // ZooKeeper has nothing new to say.
+                    _ = prune.tick() => me.prune(),
                 }
             }
         });
     }
 
-    /// Makes `instances` the set of comets: new ones get a client, gone ones
-    /// are dropped, moved ones (same id, new address) get a new client.
+    /// Makes `instances` the set of comets: new ones get a client, moved ones
+    /// (same id, new address) get a new client, and gone ones are still
+    /// called for `leave_grace`, then dropped. A comet's node goes when its
+    /// ZooKeeper session expires, while the comet itself serves on and
+    /// registers again on its next session; dropping it at once dropped the
+    /// pushes for its clients read in between.
     pub fn update(&self, instances: &[Instance]) {
         let old = self.links.load();
+        let now = Instant::now();
+        let grace = self.config.leave_grace;
         let mut next = CometMap::with_capacity(instances.len());
         for instance in instances {
             if instance.id.is_empty() || instance.grpc.is_empty() {
                 continue;
             }
             if let Some(link) = old.get(&instance.id).filter(|l| l.grpc == instance.grpc) {
+                if link.left.lock().take().is_some() {
+                    tracing::info!(comet = %instance.id, "comet registered again");
+                }
                 next.insert(instance.id.clone(), Arc::clone(link));
                 continue;
             }
@@ -157,8 +190,37 @@ impl CometLinks {
                 }
             }
         }
-        for id in old.keys().filter(|id| !next.contains_key(*id)) {
-            tracing::info!(comet = %id, "comet left");
+        let gone: Vec<_> = old.iter().filter(|(id, _)| !next.contains_key(*id)).collect();
+        for (id, link) in gone {
+            let first = link.left.lock().is_none();
+            let left = *link.left.lock().get_or_insert(now);
+            if now.duration_since(left) < grace {
+                if first {
+                    tracing::info!(comet = %id, ?grace, "comet's registration went away; still calling it for the grace period");
+                }
+                next.insert(id.clone(), Arc::clone(link));
+            } else {
+                tracing::info!(comet = %id, "comet left");
+            }
+        }
+        self.links.store(Arc::new(next));
+    }
+
+    /// Drops the comets whose grace period ran out.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let grace = self.config.leave_grace;
+        let old = self.links.load();
+        if old.values().all(|l| l.serves(grace, now)) {
+            return;
+        }
+        let mut next = CometMap::with_capacity(old.len());
+        for (id, link) in old.iter() {
+            if link.serves(grace, now) {
+                next.insert(id.clone(), Arc::clone(link));
+            } else {
+                tracing::info!(comet = %id, "comet left");
+            }
         }
         self.links.store(Arc::new(next));
     }
@@ -174,17 +236,30 @@ impl CometLinks {
             client: CometClient::new(channel),
             in_flight: Semaphore::new(self.config.routine.max(1)),
             silent: Arc::default(),
+            left: parking_lot::Mutex::new(None),
         })
     }
 
-    /// The comet with server id `id`, if it is registered.
+    /// The comet with server id `id`, if it is registered (or departed
+    /// within the grace period).
     pub fn get(&self, id: &str) -> Option<Arc<CometLink>> {
-        self.links.load().get(id).cloned()
+        let now = Instant::now();
+        self.links
+            .load()
+            .get(id)
+            .filter(|l| l.serves(self.config.leave_grace, now))
+            .cloned()
     }
 
-    /// Every registered comet.
+    /// Every registered comet (and those departed within the grace period).
     pub fn all(&self) -> Vec<Arc<CometLink>> {
-        self.links.load().values().cloned().collect()
+        let now = Instant::now();
+        self.links
+            .load()
+            .values()
+            .filter(|l| l.serves(self.config.leave_grace, now))
+            .cloned()
+            .collect()
     }
 
     /// Runs one call on `link`, holding one of its in-flight places, and tries
@@ -225,7 +300,12 @@ impl CometLinks {
         loop {
             match rpc(link.client.clone()).await {
                 Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if status.code() == Code::Unavailable && attempt < self.config.retries => {
+                // A departed comet that refuses is most likely gone for good.
+                Err(status)
+                    if status.code() == Code::Unavailable
+                        && attempt < self.config.retries
+                        && !link.departed() =>
+                {
                     attempt += 1;
                     tracing::debug!(comet = %link.id, %status, attempt, "comet unavailable; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -257,7 +337,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_set_follows_registrations_and_keeps_unchanged_clients() {
         let links = CometLinks::new(JobCometConfig::default());
         links.update(&[instance("a", "127.0.0.1:1"), instance("b", "127.0.0.1:2")]);
@@ -273,8 +353,22 @@ mod tests {
             Some("127.0.0.1:3")
         );
         links.update(&[instance("b", "127.0.0.1:3"), instance("", "x:1")]);
-        assert!(links.get("a").is_none(), "a left");
+        // Gone from ZooKeeper: still called for the grace period (its
+        // session may just have expired), without retries.
+        let grace = JobCometConfig::default().leave_grace;
+        tokio::time::sleep(grace / 2).await;
+        let still = links.get("a").expect("a within the grace period");
+        assert!(Arc::ptr_eq(&a, &still) && still.departed());
+        assert_eq!(links.all().len(), 2);
+        // Registered again (a new session): no longer departed.
+        links.update(&[instance("a", "127.0.0.1:1"), instance("b", "127.0.0.1:3")]);
+        assert!(!links.get("a").expect("a").departed(), "a is back");
+        links.update(&[instance("b", "127.0.0.1:3")]);
+        tokio::time::sleep(grace).await;
+        assert!(links.get("a").is_none(), "a left for good");
         assert_eq!(links.all().len(), 1);
+        links.prune();
+        assert!(links.links.load().get("a").is_none(), "and is dropped");
     }
 
     #[tokio::test]
@@ -328,7 +422,10 @@ mod tests {
         let r: Result<(), _> = links.call(&a, |_| async { Ok(tonic::Response::new(())) }).await;
         assert_eq!(r.err().map(|e| e.skipped), Some(true), "skipped while silent");
 
+        // It left ZooKeeper: called for the grace period, then dropped.
         links.update(&[]);
+        tokio::time::sleep(links.config.leave_grace).await;
+        links.prune();
         drop(a);
         for _ in 0..10 {
             if tasks() == 0 {

@@ -106,6 +106,11 @@ pub struct JobCometConfig {
     /// First pause between attempts (doubles, with jitter).
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// How long a comet whose registration went away is still called (a
+    /// comet whose ZooKeeper session expired registers again on its next
+    /// one, and serves its clients meanwhile).
+    #[serde(with = "humantime_serde")]
+    pub leave_grace: Duration,
 }
 
 impl Default for JobClusterConfig {
@@ -150,6 +155,7 @@ impl Default for JobCometConfig {
             timeout: Duration::from_secs(5),
             retries: 3,
             retry_backoff: Duration::from_millis(100),
+            leave_grace: Duration::from_secs(10),
         }
     }
 }

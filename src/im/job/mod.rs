@@ -196,9 +196,24 @@ impl RunningJob {
         self.stats.snapshot()
     }
 
-    /// The server ids of the comets known now.
+    /// The server ids of the comets known now (those called: registered, or
+    /// departed within the grace period).
     pub fn comets(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.links.all().iter().map(|l| l.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The server ids of the comets whose registration went away and that
+    /// are still called for the grace period (`comet.leave_grace`).
+    pub fn departed_comets(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .links
+            .all()
+            .iter()
+            .filter(|l| l.departed())
+            .map(|l| l.id.clone())
+            .collect();
         ids.sort();
         ids
     }
@@ -248,6 +263,7 @@ impl AdminReport for JobReport {
         serde_json::json!({
             "consumer": self.consumer,
             "comets": self.links.all().len(),
+            "comets_departed": self.links.all().iter().filter(|l| l.departed()).count(),
             "counters": self.stats.snapshot(),
         })
     }
