@@ -67,6 +67,7 @@ impl Harness {
             server: server.into(),
             cookie: String::new(),
             token: serde_json::to_vec(&body).expect("json"),
+            key: String::new(),
         };
         self.grpc().connect(req).await.map(tonic::Response::into_inner)
     }
@@ -235,11 +236,30 @@ async fn connect_stores_the_session_and_disconnect_removes_it() {
         BTreeMap::from([("k1".into(), "c2".into())])
     );
 
+    // A client that sent no key, its Connect run twice (the comet tried the
+    // next logic after a timeout, or hedged): the key the comet drew for the
+    // connection both times, so one session, not two.
+    let keyless = ConnectReq {
+        server: "c1".into(),
+        cookie: String::new(),
+        token: serde_json::to_vec(&json!({"mid": 124, "room_id": "", "accepts": []})).expect("json"),
+        key: "drawn-by-c1".into(),
+    };
+    for _ in 0..2 {
+        let reply = h.grpc().connect(keyless.clone()).await.expect("connected");
+        assert_eq!(reply.into_inner().key, "drawn-by-c1");
+    }
+    assert_eq!(
+        hgetall(&mut r, "mid_124").await,
+        BTreeMap::from([("drawn-by-c1".into(), "c1".into())])
+    );
+
     // Not JSON: refused with a clear message.
     let req = ConnectReq {
         server: "c1".into(),
         cookie: String::new(),
         token: b"not json".to_vec(),
+        key: String::new(),
     };
     let err = h.grpc().connect(req).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);

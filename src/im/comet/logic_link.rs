@@ -186,6 +186,11 @@ impl LogicLink {
             server: server.to_string(),
             cookie: cookie.to_string(),
             token: token.to_vec(),
+            // Drawn here, once, for every try of this call: a client that
+            // sent no key gets this one from whichever logic answers, so a
+            // try that also ran (timed out, or hedged) wrote the same session
+            // rather than a second one under another key.
+            key: uuid::Uuid::new_v4().to_string(),
         };
         self.call(OnTimeout::TryNext, move |mut c| {
             let req = req.clone();

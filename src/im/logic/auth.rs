@@ -4,8 +4,9 @@
 //! The body is goim's JSON `{"mid","key","room_id","platform","accepts"}` plus
 //! reborn's optional `"token"`. Without `[auth] secret` the claimed mid is
 //! trusted, as in goim; with it, the token must verify (`token.rs`). An empty
-//! key becomes a fresh UUID v4 after the check (the token covers the key the
-//! client sent). Imports only `token.rs`.
+//! key becomes the one the comet drew for the connection (`ConnectReq.key`,
+//! so that a Connect tried twice writes one session), or else a fresh UUID v4,
+//! after the check (the token covers the key the client sent). Imports only `token.rs`.
 //!
 //! The JSON is read as goim's Go `json.Unmarshal` reads it, because goim's
 //! clients were written against that: a `null` leaves a field empty (Go
@@ -54,17 +55,23 @@ pub enum AuthError {
 }
 
 /// Parses `body` and, when `secret` is not empty, checks its token at time
-/// `now` (unix seconds). Returns the body with its key filled in.
+/// `now` (unix seconds). Returns the body with its key filled in: the
+/// body's, else `fallback_key` (the comet's, the same for every try of one
+/// connection's Connect), else a fresh UUID.
 ///
 /// # Errors
 /// Bad JSON, or a missing, malformed, forged or expired token.
-pub fn authenticate(body: &[u8], secret: &[u8], now: u64) -> Result<AuthBody, AuthError> {
+pub fn authenticate(body: &[u8], secret: &[u8], now: u64, fallback_key: &str) -> Result<AuthBody, AuthError> {
     let mut auth = parse(body)?;
     if !secret.is_empty() {
         token::verify(secret, &auth.token, auth.mid, &auth.key, now)?;
     }
     if auth.key.is_empty() {
-        auth.key = uuid::Uuid::new_v4().to_string();
+        auth.key = if fallback_key.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            fallback_key.to_string()
+        };
     }
     Ok(auth)
 }
@@ -114,37 +121,50 @@ mod tests {
     #[test]
     fn goims_body_parses_and_an_empty_key_gets_a_uuid() {
         let body = br#"{"mid":123,"room_id":"live://1000","platform":"web","accepts":[1000,1001],"extra":1}"#;
-        let a = authenticate(body, b"", 0).expect("accepted");
+        let a = authenticate(body, b"", 0, "").expect("accepted");
         assert_eq!(
             (a.mid, a.room_id.as_str(), a.platform.as_str()),
             (123, "live://1000", "web")
         );
         assert_eq!(a.accepts, vec![1000, 1001]);
         assert!(uuid::Uuid::parse_str(&a.key).is_ok(), "{}", a.key);
-        let b = authenticate(body, b"", 0).expect("accepted");
+        let b = authenticate(body, b"", 0, "").expect("accepted");
         assert_ne!(a.key, b.key, "each connection gets its own key");
+        let c = authenticate(body, b"", 0, "drawn-by-comet").expect("accepted");
+        assert_eq!(c.key, "drawn-by-comet", "the comet's key, when it drew one");
+        let keyed = br#"{"mid":123,"key":"mine"}"#;
+        assert_eq!(
+            authenticate(keyed, b"", 0, "drawn-by-comet")
+                .expect("accepted")
+                .key,
+            "mine",
+            "the client's own key first"
+        );
     }
 
     #[test]
     fn with_a_secret_only_a_valid_token_passes() {
         let t = token::sign(b"k", 7, "dev", 100).expect("sign");
         let ok = format!(r#"{{"mid":7,"key":"dev","token":"{t}"}}"#);
-        assert_eq!(authenticate(ok.as_bytes(), b"k", 50).expect("valid").key, "dev");
+        assert_eq!(
+            authenticate(ok.as_bytes(), b"k", 50, "").expect("valid").key,
+            "dev"
+        );
         assert!(matches!(
-            authenticate(ok.as_bytes(), b"k", 100),
+            authenticate(ok.as_bytes(), b"k", 100, ""),
             Err(AuthError::Token(TokenError::Expired { .. }))
         ));
         let other_key = format!(r#"{{"mid":7,"key":"dev2","token":"{t}"}}"#);
         assert!(matches!(
-            authenticate(other_key.as_bytes(), b"k", 50),
+            authenticate(other_key.as_bytes(), b"k", 50, ""),
             Err(AuthError::Token(TokenError::BadSignature))
         ));
         assert!(matches!(
-            authenticate(br#"{"mid":7}"#, b"k", 50),
+            authenticate(br#"{"mid":7}"#, b"k", 50, ""),
             Err(AuthError::Token(TokenError::Missing))
         ));
         assert!(matches!(
-            authenticate(b"not json", b"", 0),
+            authenticate(b"not json", b"", 0, ""),
             Err(AuthError::Json(_))
         ));
     }
@@ -154,24 +174,24 @@ mod tests {
     fn nulls_names_in_any_case_and_repeats_read_as_go_reads_them() {
         let go_client =
             br#"{"mid":123,"key":"","room_id":"live://1000","platform":"android","accepts":null}"#;
-        let a = authenticate(go_client, b"", 0).expect("a Go client's nil slice");
+        let a = authenticate(go_client, b"", 0, "").expect("a Go client's nil slice");
         assert_eq!(
             (a.mid, a.room_id.as_str(), a.accepts.len()),
             (123, "live://1000", 0)
         );
         let all_null =
             br#"{"mid":null,"key":null,"room_id":null,"platform":null,"accepts":null,"token":null}"#;
-        let a = authenticate(all_null, b"", 0).expect("nulls are empty");
+        let a = authenticate(all_null, b"", 0, "").expect("nulls are empty");
         assert_eq!((a.mid, a.room_id.as_str()), (0, ""));
         let cased = br#"{"Mid":5130,"Room_Id":"live://7","ACCEPTS":[1000]}"#;
-        let a = authenticate(cased, b"", 0).expect("names in any case");
+        let a = authenticate(cased, b"", 0, "").expect("names in any case");
         assert_eq!(
             (a.mid, a.room_id.as_str(), a.accepts.clone()),
             (5130, "live://7", vec![1000])
         );
         let repeated = br#"{"mid":1,"mid":2}"#;
-        assert_eq!(authenticate(repeated, b"", 0).expect("last wins").mid, 2);
-        assert_eq!(authenticate(b"null", b"", 0).expect("null body").mid, 0);
+        assert_eq!(authenticate(repeated, b"", 0, "").expect("last wins").mid, 2);
+        assert_eq!(authenticate(b"null", b"", 0, "").expect("null body").mid, 0);
         for bad in [
             &b"[1]"[..],
             b"\"x\"",
@@ -180,7 +200,7 @@ mod tests {
             br#"{"accepts":[1,"a"]}"#,
         ] {
             assert!(
-                matches!(authenticate(bad, b"", 0), Err(AuthError::Shape(_))),
+                matches!(authenticate(bad, b"", 0, ""), Err(AuthError::Shape(_))),
                 "{}",
                 String::from_utf8_lossy(bad)
             );

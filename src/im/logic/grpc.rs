@@ -59,7 +59,8 @@ impl Logic for LogicService {
     async fn connect(&self, request: Request<ConnectReq>) -> Result<Response<ConnectReply>, Status> {
         let req = request.into_inner();
         let s = &self.state;
-        let auth = match auth::authenticate(&req.token, s.config.auth.secret.as_bytes(), unix_now()) {
+        let auth = match auth::authenticate(&req.token, s.config.auth.secret.as_bytes(), unix_now(), &req.key)
+        {
             Ok(a) => a,
             Err(e) => {
                 s.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
