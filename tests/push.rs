@@ -1634,6 +1634,12 @@ async fn a_comet_whose_zookeeper_session_expires_still_gets_its_pushes() {
     .await;
     expect(&mut client, "by room, while unregistered", &[(OP, "by room")]).await;
     assert_eq!(p.jobs[0].stats().dropped_unknown_server, 0);
+    let admin = p.jobs[0].admin_addr.expect("job's admin port");
+    let (_, page) = common::http::try_request(admin, "GET", "/metrics", Vec::new())
+        .await
+        .expect("job's metrics");
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("\nreborn_job_comets_departed 1\n"), "{page}");
 
     relay.restore();
     eventually("comet-a registered again, and job knows it", WAIT, || {

@@ -270,11 +270,18 @@ impl AdminReport for JobReport {
 
     fn metrics(&self) -> String {
         let mut page = Exposition::new();
+        let comets = self.links.all();
         page.single(
             "reborn_job_comets",
-            "Comets known (registered in ZooKeeper).",
+            "Comets called: registered in ZooKeeper, or departed within comet.leave_grace.",
             Kind::Gauge,
-            self.links.all().len(),
+            comets.len(),
+        );
+        page.single(
+            "reborn_job_comets_departed",
+            "Comets whose registration went away, still called for comet.leave_grace.",
+            Kind::Gauge,
+            comets.iter().filter(|l| l.departed()).count(),
         );
         write_counters(&mut page, "reborn_job", &self.stats.snapshot().rows());
         page.finish()
