@@ -320,14 +320,17 @@ impl LogicLink {
         running.push(attempt(0));
         let mut launched = 1;
         let mut hedge_at = tokio::time::Instant::now() + self.hedge_after;
-        let mut hedge_place = None;
+        // Whether this call has hedged (or found the budget spent), and the
+        // place in the budget its hedge holds.
+        let mut hedged = false;
+        let mut _hedge_place = None;
         let mut first_timed_out = false;
         loop {
             // One call at most runs on two instances, and only within the
             // comet-wide budget of hedges.
             let may_hedge = on_timeout == OnTimeout::TryNext
                 && !self.hedge_after.is_zero()
-                && hedge_place.is_none()
+                && !hedged
                 && launched < order.len()
                 && running.len() == 1;
             tokio::select! {
@@ -383,13 +386,13 @@ impl LogicLink {
                     hedge_at = tokio::time::Instant::now() + self.hedge_after;
                 }
                 () = tokio::time::sleep_until(hedge_at), if may_hedge => {
+                    hedged = true;
                     let Ok(place) = self.hedges.try_acquire() else {
                         // The budget is spent (logic is slow for everyone):
                         // this call waits for its own answer.
-                        hedge_place = Some(None);
                         continue;
                     };
-                    hedge_place = Some(Some(place));
+                    _hedge_place = Some(place);
                     if let Some(slow) = order.get(launched - 1) {
                         tracing::debug!(logic = %slow.grpc, after = ?self.hedge_after, "logic slow to answer; asking the next too");
                         slow.suspect();

@@ -67,11 +67,17 @@ pub async fn follow_failovers(store: Store, hub: Arc<Hub>, shutdown: Cancellatio
                     Some(last) if newest != last => {
                         seen = Some(newest);
                         let scope = changed_since(&store, last).await;
-                        // Thousands of calls when logic is slow: shutdown
-                        // must not wait for them.
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = renew(&hub, &store, scope) => {}
+                        if scope == Scope::Groups(BTreeSet::new()) {
+                            tracing::debug!(
+                                "only failed failover attempts: no master changed, nothing to renew"
+                            );
+                        } else {
+                            // Thousands of calls when logic is slow: shutdown
+                            // must not wait for them.
+                            tokio::select! {
+                                () = shutdown.cancelled() => return,
+                                () = renew(&hub, &store, scope) => {}
+                            }
                         }
                     }
                     Some(_) => {}
@@ -162,9 +168,6 @@ async fn covered(hub: &Hub, store: &Store, scope: Scope) -> Vec<Arc<Channel>> {
         Scope::All => return channels,
         Scope::Groups(groups) => groups,
     };
-    if groups.is_empty() {
-        return Vec::new();
-    }
     match watcher::load(store).await {
         Ok(topo) => channels
             .into_iter()

@@ -160,19 +160,7 @@ impl Claimer {
         from: &str,
         count: usize,
     ) -> Result<Vec<StreamEntry>, RespError> {
-        let count = count.to_string();
-        let pending = link
-            .call(&[
-                b"XPENDING".as_ref(),
-                self.stream.as_bytes(),
-                queue::GROUP.as_bytes(),
-                b"-",
-                b"+",
-                count.as_bytes(),
-                from.as_bytes(),
-            ])
-            .await?;
-        let ids = entry::pending_ids(check(pending)?)?;
+        let ids = self.pending_of(link, from, b"-", count).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -204,22 +192,10 @@ impl Claimer {
         count: usize,
         delivering: impl Fn(&Bytes) -> bool,
     ) -> Result<Vec<StreamEntry>, RespError> {
-        let page = count.to_string();
         let mut start = Bytes::from_static(b"-");
         let mut ids = Vec::new();
         loop {
-            let reply = link
-                .call(&[
-                    b"XPENDING".as_ref(),
-                    self.stream.as_bytes(),
-                    queue::GROUP.as_bytes(),
-                    &start,
-                    b"+",
-                    page.as_bytes(),
-                    self.consumer.as_bytes(),
-                ])
-                .await?;
-            let got = entry::pending_ids(check(reply)?)?;
+            let got = self.pending_of(link, &self.consumer, &start, count).await?;
             let Some(last) = got.last() else { break };
             // The next page starts after this one's last id.
             start = Bytes::from([b"(".as_ref(), last].concat());
@@ -242,6 +218,30 @@ impl Claimer {
             entries.extend(entry::from_range(check(reply)?)?);
         }
         Ok(entries)
+    }
+
+    /// The ids of at most `count` entries pending to `consumer`, from id
+    /// `start` on (`-`, or `(<id>` for after it): `XPENDING`, a read.
+    async fn pending_of(
+        &self,
+        link: &ProxySet,
+        consumer: &str,
+        start: &[u8],
+        count: usize,
+    ) -> Result<Vec<Bytes>, RespError> {
+        let count = count.to_string();
+        let reply = link
+            .call(&[
+                b"XPENDING".as_ref(),
+                self.stream.as_bytes(),
+                queue::GROUP.as_bytes(),
+                start,
+                b"+",
+                count.as_bytes(),
+                consumer.as_bytes(),
+            ])
+            .await?;
+        entry::pending_ids(check(reply)?)
     }
 
     fn end_pass(&mut self) {

@@ -166,8 +166,6 @@ impl CometLinks {
     /// pushes for its clients read in between.
     pub fn update(&self, instances: &[Instance]) {
         let old = self.links.load();
-        let now = Instant::now();
-        let grace = self.config.leave_grace;
         let mut next = CometMap::with_capacity(instances.len());
         for instance in instances {
             if instance.id.is_empty() || instance.grpc.is_empty() {
@@ -190,20 +188,21 @@ impl CometLinks {
                 }
             }
         }
-        let gone: Vec<_> = old.iter().filter(|(id, _)| !next.contains_key(*id)).collect();
-        for (id, link) in gone {
-            let first = link.left.lock().is_none();
-            let left = *link.left.lock().get_or_insert(now);
-            if now.duration_since(left) < grace {
-                if first {
-                    tracing::info!(comet = %id, ?grace, "comet's registration went away; still calling it for the grace period");
-                }
-                next.insert(id.clone(), Arc::clone(link));
-            } else {
-                tracing::info!(comet = %id, "comet left");
+        for (id, link) in old.iter() {
+            if next.contains_key(id) {
+                continue;
             }
+            let mut left = link.left.lock();
+            if left.is_none() {
+                *left = Some(Instant::now());
+                tracing::info!(comet = %id, grace = ?self.config.leave_grace, "comet's registration went away; still calling it for the grace period");
+            }
+            drop(left);
+            next.insert(id.clone(), Arc::clone(link));
         }
         self.links.store(Arc::new(next));
+        // Those that went away a grace period ago or more.
+        self.prune();
     }
 
     /// Drops the comets whose grace period ran out.
@@ -249,6 +248,12 @@ impl CometLinks {
             .get(id)
             .filter(|l| l.serves(self.config.leave_grace, now))
             .cloned()
+    }
+
+    /// The comets whose registration went away, still called for the grace
+    /// period.
+    pub fn departed(&self) -> Vec<Arc<CometLink>> {
+        self.all().into_iter().filter(|l| l.departed()).collect()
     }
 
     /// Every registered comet (and those departed within the grace period).

@@ -207,13 +207,7 @@ impl RunningJob {
     /// The server ids of the comets whose registration went away and that
     /// are still called for the grace period (`comet.leave_grace`).
     pub fn departed_comets(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .links
-            .all()
-            .iter()
-            .filter(|l| l.departed())
-            .map(|l| l.id.clone())
-            .collect();
+        let mut ids: Vec<String> = self.links.departed().iter().map(|l| l.id.clone()).collect();
         ids.sort();
         ids
     }
@@ -263,25 +257,24 @@ impl AdminReport for JobReport {
         serde_json::json!({
             "consumer": self.consumer,
             "comets": self.links.all().len(),
-            "comets_departed": self.links.all().iter().filter(|l| l.departed()).count(),
+            "comets_departed": self.links.departed().len(),
             "counters": self.stats.snapshot(),
         })
     }
 
     fn metrics(&self) -> String {
         let mut page = Exposition::new();
-        let comets = self.links.all();
         page.single(
             "reborn_job_comets",
             "Comets called: registered in ZooKeeper, or departed within comet.leave_grace.",
             Kind::Gauge,
-            comets.len(),
+            self.links.all().len(),
         );
         page.single(
             "reborn_job_comets_departed",
             "Comets whose registration went away, still called for comet.leave_grace.",
             Kind::Gauge,
-            comets.iter().filter(|l| l.departed()).count(),
+            self.links.departed().len(),
         );
         write_counters(&mut page, "reborn_job", &self.stats.snapshot().rows());
         page.finish()
