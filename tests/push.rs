@@ -931,6 +931,16 @@ async fn no_accepted_push_is_lost_across_migration_and_killed_job_and_comet() {
 /// The group whose master holds the stream a push to `room` (`type://id`),
 /// or to a session key, is appended to.
 fn queue_group(room: Option<&str>, key: Option<&str>) -> u32 {
+    let stream = queue::stream_key(queue_stream(room, key));
+    if reborn::libs::hash::slot_of(stream.as_bytes()) < 512 {
+        1
+    } else {
+        2
+    }
+}
+
+/// The stream a push to `room` (`type://id`), or to a session key, goes to.
+fn queue_stream(room: Option<&str>, key: Option<&str>) -> usize {
     let msg = PushMsg {
         r#type: if room.is_some() {
             PushType::Room
@@ -942,12 +952,7 @@ fn queue_group(room: Option<&str>, key: Option<&str>) -> u32 {
         keys: key.into_iter().map(str::to_string).collect(),
         ..PushMsg::default()
     };
-    let stream = queue::stream_key(queue::stream_of(&msg, queue::DEFAULT_STREAMS));
-    if reborn::libs::hash::slot_of(stream.as_bytes()) < 512 {
-        1
-    } else {
-        2
-    }
+    queue::stream_of(&msg, queue::DEFAULT_STREAMS)
 }
 
 /// Half the push system's state is in the cluster: sessions, room counts and
@@ -1394,10 +1399,13 @@ async fn a_hung_logic_costs_a_hedge_delay_and_no_login() {
 
 /// A comet that hangs (SIGSTOP) while ZooKeeper still lists it: job's first
 /// call to it waits for its deadline, and then job skips it until it answers
-/// a probe. Room batches wait for every comet, so without that every one of
-/// them waited the deadline, and the other comet's clients with it.
+/// a probe. Meanwhile nothing for the other comet waits: a stream's pushes
+/// and broadcasts, and a room's batches, go to each comet as soon as that
+/// comet had the previous one, and only their acks wait for every comet.
+/// Before, a push to the hung comet held up its whole stream, and a room's
+/// next batch waited for the hung comet's call, both until the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_comet_costs_the_others_one_deadline_and_is_served_again_once_it_answers() {
+async fn a_hung_comet_holds_up_no_push_to_the_others_and_is_served_again_once_it_answers() {
     const ROOM: &str = "live://hc";
     const DEADLINE: Duration = Duration::from_secs(1);
     // The clients here do not heartbeat: sessions must outlast the test.
@@ -1416,23 +1424,36 @@ async fn a_hung_comet_costs_the_others_one_deadline_and_is_served_again_once_it_
         async move { ok }
     })
     .await;
+    // The two clients' pushes by mid share a stream (by their keys).
+    let stream = |key: &str| queue_stream(None, Some(key));
+    let key_b = (0..)
+        .map(|i| format!("hb{i}"))
+        .find(|k| stream(k) == stream("ha1"))
+        .expect("some key shares the stream");
     let mut on_a = connect(&p.tcp(a), &auth_body(101, "ha1", ROOM, &[OP])).await;
-    let mut on_b = connect(&b_tcp, &auth_body(201, "hb1", ROOM, &[OP])).await;
+    let mut on_b = connect(&b_tcp, &auth_body(201, &key_b, ROOM, &[OP])).await;
     signal(b.process.id(), "-STOP");
-    // Pushes by room (to every comet, the hung one too) and by mid, to the
-    // client on comet A, one at a time.
+    // First a push to the client on the hung comet; then, one at a time,
+    // pushes the client on comet A gets: by mid (in the same stream), two
+    // broadcasts (in one stream), then by room and by mid in turn.
+    push(
+        p.http(),
+        &format!("/goim/push/mids?operation={OP}&mids=201"),
+        "to B",
+    )
+    .await;
     let mut took = Vec::new();
     for n in 0..30 {
-        let (path, body) = if n % 2 == 0 {
-            (
+        let (path, body) = match n {
+            1 | 2 => (format!("/goim/push/all?operation={OP}"), format!("all {n}")),
+            _ if n > 0 && n % 2 == 0 => (
                 format!("/goim/push/room?operation={OP}&type=live&room=hc"),
                 format!("room {n}"),
-            )
-        } else {
-            (
+            ),
+            _ => (
                 format!("/goim/push/mids?operation={OP}&mids=101"),
                 format!("mid {n}"),
-            )
+            ),
         };
         let sent = Instant::now();
         push(p.http(), &path, &body).await;
@@ -1441,11 +1462,11 @@ async fn a_hung_comet_costs_the_others_one_deadline_and_is_served_again_once_it_
     }
     signal(b.process.id(), "-CONT");
     eprintln!("hung comet: pushes to comet A took {took:?}");
-    // One room batch waited for the deadline; every later push went at once
-    // (a room push waits for its batch window, 300 ms here).
+    // Every push went at once (a room push waits for its batch window, 300
+    // ms here); none waited for the hung comet's deadline.
     let slow = took.iter().filter(|t| **t > Duration::from_millis(900)).count();
     assert!(
-        slow <= 1,
+        slow == 0,
         "{slow} pushes to comet A waited for the hung comet: {took:?}"
     );
     assert!(

@@ -1,10 +1,10 @@
 //! Acknowledging one stream's entries once their delivery is done: `XACK` goes
 //! out only after a push was handed to the comets, and for a room message only
-//! after the batch holding it was sent. Entries finished close together are
-//! acked in one command. An ack that fails is retried (the entry would
-//! otherwise be claimed and delivered again, which at-least-once allows but
-//! need not cost). Imports `im::queue`, `im::proxies`, room handles and
-//! stats.
+//! after the batch holding it was sent; an [`AckHandle`] says when. Entries
+//! finished close together are acked in one command. An ack that fails is
+//! retried (the entry would otherwise be claimed and delivered again, which
+//! at-least-once allows but need not cost). Imports `im::queue`,
+//! `im::proxies` and stats.
 //!
 //! The acker also keeps the set of ids still in flight, so that a claim pass
 //! of this very consumer does not deliver again what it is still delivering
@@ -17,10 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::room::AckHandle;
 use super::stats::JobStats;
 use crate::im::proxies::ProxySet;
 use crate::im::queue;
@@ -34,7 +33,7 @@ pub type InFlight = Arc<parking_lot::Mutex<HashSet<Bytes>>>;
 #[derive(Debug)]
 struct Unacked {
     id: Bytes,
-    /// `None`: delivered already; else the room batch it waits for.
+    /// `None`: delivered already; else the delivery it waits for.
     wait: Option<AckHandle>,
     /// The entry's place among the stream's unacked entries, freed on ack.
     place: OwnedSemaphorePermit,
@@ -82,7 +81,7 @@ impl Acker {
         });
     }
 
-    /// Acks `id` once `handle` says its room batch was sent.
+    /// Acks `id` once `handle` says its delivery ended.
     pub fn after(&self, id: Bytes, handle: AckHandle, place: OwnedSemaphorePermit) {
         let _ = self.tx.send(Unacked {
             id,
@@ -96,6 +95,39 @@ impl Acker {
     pub async fn close(self) {
         drop(self.tx);
         let _ = self.task.await;
+    }
+}
+
+/// Resolves once one entry's delivery ended: its push or broadcast call, or
+/// the room batch holding it, had by every comet.
+#[derive(Debug)]
+pub struct AckHandle(oneshot::Receiver<()>);
+
+impl AckHandle {
+    /// True once the delivery ended; false if it was abandoned first (the
+    /// process is being killed): then the entry must not be acked, so it
+    /// stays pending and another instance claims it.
+    pub async fn flushed(self) -> bool {
+        self.0.await.is_ok()
+    }
+
+    /// `Some(true)` once flushed, `Some(false)` if it never will be, `None`
+    /// while waiting.
+    pub fn try_flushed(&mut self) -> Option<bool> {
+        match self.0.try_recv() {
+            Ok(()) => Some(true),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(false),
+        }
+    }
+}
+
+impl AckHandle {
+    /// A handle and the sender that releases it; dropping the sender
+    /// abandons the delivery (nothing is acked).
+    pub fn pair() -> (oneshot::Sender<()>, AckHandle) {
+        let (tx, rx) = oneshot::channel();
+        (tx, AckHandle(rx))
     }
 }
 

@@ -6,20 +6,26 @@
 //! dispatcher or its room's batch, and leaves the ack to the `Acker`.
 //!
 //! At most `max_pending` entries are read but unacked at once: slow comets slow
-//! the reading, nothing piles up. Key pushes and broadcasts are delivered in
-//! stream order; room messages keep their order through the room's batch.
+//! the reading, nothing piles up. Key pushes and broadcasts reach each comet
+//! in stream order, but a comet does not wait for another (the [`Outbox`]'s
+//! `CometOrder`): a hung comet used to hold up the whole stream until job's
+//! call to it timed out. Room messages keep their order through the room's
+//! batch.
 //! Errors reconnect with backoff, failing over between proxies; one stream's
 //! trouble never holds up another. Imports `im::queue`, `libs` and the job's
 //! parts.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::acker::Acker;
+use super::acker::{AckHandle, Acker};
 use super::claim::Claimer;
+use super::comet_order::CometOrder;
 use super::config::{JobQueueConfig, JobRoomConfig};
 use super::dispatch::{Dispatcher, inner_frame};
 use super::entry::{self, StreamEntry};
@@ -55,6 +61,35 @@ pub struct StreamConsumer {
     pub jobs: watch::Receiver<Vec<Instance>>,
 }
 
+/// What one consumer has on its way to the comets. Dropping it (a kill)
+/// aborts every delivery, so nothing more is acked.
+struct Outbox {
+    rooms: RoomBatcher<Dispatcher>,
+    /// Where this stream's pushes and broadcasts are at each comet.
+    order: CometOrder,
+    /// Pushes and broadcasts under way.
+    calls: JoinSet<()>,
+}
+
+impl Outbox {
+    /// Runs one delivery; the handle says when it ended.
+    fn send(&mut self, delivery: impl Future<Output = ()> + Send + 'static) -> AckHandle {
+        while self.calls.try_join_next().is_some() {}
+        let (ended, handle) = AckHandle::pair();
+        self.calls.spawn(async move {
+            delivery.await;
+            let _ = ended.send(());
+        });
+        handle
+    }
+
+    /// Flushes the room batches and waits for every delivery (a clean stop).
+    async fn close(&mut self) {
+        self.rooms.close().await;
+        while self.calls.join_next().await.is_some() {}
+    }
+}
+
 /// The reading connection and whether the group is known to exist on it.
 struct Reader {
     conn: RespConn,
@@ -65,7 +100,11 @@ impl StreamConsumer {
     /// Consumes until `stop`, then flushes the room batches and sends the last
     /// acks. Dropping the future instead (a kill) acks nothing more.
     pub async fn run(self, stop: CancellationToken) {
-        let mut rooms = RoomBatcher::new(Arc::clone(&self.dispatcher), self.room.clone());
+        let mut out = Outbox {
+            rooms: RoomBatcher::new(Arc::clone(&self.dispatcher), self.room.clone()),
+            order: CometOrder::default(),
+            calls: JoinSet::new(),
+        };
         let acker = Acker::spawn(
             self.stream.clone(),
             Arc::clone(&self.link),
@@ -122,6 +161,7 @@ impl StreamConsumer {
                 Ok(entries) => {
                     backoff.reset();
                     outage.succeeded(&what);
+                    self.dispatcher.forget_gone(&mut out.order);
                     for e in entries {
                         let Some(place) = taken.split(1) else { break };
                         // A claim can return what this consumer is still delivering.
@@ -131,7 +171,7 @@ impl StreamConsumer {
                         if claiming {
                             JobStats::add(&self.stats.claimed, 1);
                         }
-                        self.dispatch(e, place, &mut rooms, &acker).await;
+                        self.dispatch(e, place, &mut out, &acker).await;
                     }
                 }
                 Err(e) => {
@@ -154,7 +194,7 @@ impl StreamConsumer {
                 }
             }
         }
-        rooms.close().await;
+        out.close().await;
         acker.close().await;
     }
 
@@ -262,13 +302,7 @@ impl StreamConsumer {
     }
 
     /// Hands one entry on; its ack follows its delivery.
-    async fn dispatch(
-        &self,
-        e: StreamEntry,
-        place: OwnedSemaphorePermit,
-        rooms: &mut RoomBatcher<Dispatcher>,
-        acker: &Acker,
-    ) {
+    async fn dispatch(&self, e: StreamEntry, place: OwnedSemaphorePermit, out: &mut Outbox, acker: &Acker) {
         JobStats::add(&self.stats.read, 1);
         let msg = match e.value.as_deref().map(queue::decode) {
             Some(Ok(msg)) => msg,
@@ -281,16 +315,16 @@ impl StreamConsumer {
             }
         };
         match msg.r#type() {
-            PushType::Push => {
-                self.dispatcher.push(&msg).await;
-                acker.done(e.id, place);
-            }
-            PushType::Broadcast => {
-                self.dispatcher.broadcast(&msg).await;
-                acker.done(e.id, place);
-            }
+            PushType::Push => match self.dispatcher.push(&mut out.order, &msg) {
+                Some(delivery) => acker.after(e.id, out.send(delivery), place),
+                None => acker.done(e.id, place),
+            },
+            PushType::Broadcast => match self.dispatcher.broadcast(&mut out.order, &msg) {
+                Some(delivery) => acker.after(e.id, out.send(delivery), place),
+                None => acker.done(e.id, place),
+            },
             PushType::Room => {
-                let handle = rooms.push(&msg.room, inner_frame(&msg)).await;
+                let handle = out.rooms.push(&msg.room, inner_frame(&msg)).await;
                 acker.after(e.id, handle, place);
             }
         }

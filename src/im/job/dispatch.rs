@@ -1,7 +1,8 @@
 //! Turning one queued push into calls to the comets, as goim's job does:
 //! PUSH goes to the comet its `server` names, BROADCAST to every comet with the
 //! speed shared out between them, ROOM into the room's batch (see `room.rs`;
-//! the batch is sent by [`Dispatcher`]'s [`RoomSink`] side).
+//! the batch is sent by [`Dispatcher`]'s [`RoomSink`] side, to each comet once
+//! that comet had the room's previous batch).
 //!
 //! Every push ends counted: handed over, or dropped with a reason (unknown
 //! server, no comet, a call given up). Imports `im::frame`, `im::proto` and the
@@ -14,6 +15,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use super::comet_link::{CometCallError, CometLink, CometLinks};
+use super::comet_order::CometOrder;
 use super::room::RoomSink;
 use super::stats::JobStats;
 use crate::im::frame::{PUSH_VER, op, push_frame};
@@ -61,43 +63,66 @@ impl Dispatcher {
         Dispatcher { links, stats }
     }
 
-    /// Sends a key push to the comet named by `msg.server`. An unknown server
-    /// is dropped and counted: that comet is gone and its connections with it.
-    pub async fn push(&self, msg: &PushMsg) {
+    /// Sends a key push to the comet named by `msg.server`, after this
+    /// stream's previous call to that comet (`order`); the future ends once
+    /// the call did. An unknown server is dropped and counted (`None`): that
+    /// comet is gone and its connections with it.
+    pub fn push(
+        self: &Arc<Self>,
+        order: &mut CometOrder,
+        msg: &PushMsg,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let Some(link) = self.links.get(&msg.server) else {
             JobStats::add(&self.stats.dropped_unknown_server, 1);
             tracing::debug!(server = %msg.server, "push for an unknown comet dropped");
-            return;
+            return None;
         };
         let req = PushMsgReq {
             keys: msg.keys.clone(),
             proto_op: msg.operation,
             proto: Some(raw_proto(&inner_frame(msg))),
         };
-        let result = self
-            .links
-            .call(&link, |mut c| {
-                let req = req.clone();
-                async move { c.push_msg(req).await }
-            })
-            .await;
-        match result {
-            Ok(_) => JobStats::add(&self.stats.pushed, 1),
-            Err(e) => self.given_up(&e),
-        }
+        let me = Arc::clone(self);
+        let id = link.id.clone();
+        Some(order.after_previous(&id, async move {
+            let sent = me
+                .links
+                .call(&link, |mut c| {
+                    let req = req.clone();
+                    async move { c.push_msg(req).await }
+                })
+                .await;
+            match sent {
+                Ok(_) => JobStats::add(&me.stats.pushed, 1),
+                Err(e) => me.given_up(&e),
+            }
+        }))
     }
 
-    /// Sends a broadcast to every comet, each with its share of the speed.
-    pub async fn broadcast(&self, msg: &PushMsg) {
-        let Some(comets) = self.comets_for(1) else { return };
+    /// Sends a broadcast to every comet, each with its share of the speed and
+    /// after this stream's previous call to it; `None` when there is no comet.
+    pub fn broadcast(
+        self: &Arc<Self>,
+        order: &mut CometOrder,
+        msg: &PushMsg,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let comets = self.comets_for(1)?;
         let req = BroadcastReq {
             proto_op: msg.operation,
             proto: Some(raw_proto(&inner_frame(msg))),
             speed: speed_share(msg.speed, comets.len()),
         };
-        self.to_every(&comets, req, |mut c, req| async move { c.broadcast(req).await })
-            .await;
-        JobStats::add(&self.stats.broadcast, 1);
+        let sent = self.to_every(
+            order,
+            comets,
+            req,
+            |mut c, req| async move { c.broadcast(req).await },
+        );
+        let me = Arc::clone(self);
+        Some(async move {
+            sent.await;
+            JobStats::add(&me.stats.broadcast, 1);
+        })
     }
 
     /// Every comet now; `None`, with `entries` counted as dropped, when there
@@ -111,23 +136,44 @@ impl Dispatcher {
         Some(comets)
     }
 
-    /// Sends `req` through `rpc` to every comet at once; failures are
-    /// counted per comet.
-    async fn to_every<Q, R, F, Fut>(&self, comets: &[Arc<CometLink>], req: Q, rpc: F)
+    /// Sends `req` through `rpc` to every one of `comets`, each after the
+    /// previous call to it in `order`; failures are counted per comet. The
+    /// future ends once every comet had it or was given up.
+    fn to_every<Q, R, F, Fut>(
+        self: &Arc<Self>,
+        order: &mut CometOrder,
+        comets: Vec<Arc<CometLink>>,
+        req: Q,
+        rpc: F,
+    ) -> impl Future<Output = ()> + Send + 'static
     where
-        Q: Clone,
-        F: Fn(CometClient<Channel>, Q) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+        Q: Clone + Send + Sync + 'static,
+        R: Send + 'static,
+        F: Fn(CometClient<Channel>, Q) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
     {
-        let calls = comets.iter().map(|link| {
-            let (req, rpc) = (&req, &rpc);
-            async move { self.links.call(link, |c| rpc(c, req.clone())).await }
-        });
-        for result in futures::future::join_all(calls).await {
-            if let Err(e) = result {
-                self.given_up(&e);
-            }
+        order.retain(|id| comets.iter().any(|c| c.id == id));
+        let calls: Vec<_> = comets
+            .into_iter()
+            .map(|link| {
+                let (me, req, rpc) = (Arc::clone(self), req.clone(), rpc.clone());
+                let id = link.id.clone();
+                order.after_previous(&id, async move {
+                    if let Err(e) = me.links.call(&link, |c| rpc(c, req.clone())).await {
+                        me.given_up(&e);
+                    }
+                })
+            })
+            .collect();
+        async move {
+            futures::future::join_all(calls).await;
         }
+    }
+
+    /// Forgets, in `order`, the comets job no longer calls whose last call
+    /// ended.
+    pub fn forget_gone(&self, order: &mut CometOrder) {
+        order.retain(|id| self.links.get(id).is_some());
     }
 
     fn given_up(&self, e: &CometCallError) {
@@ -141,22 +187,32 @@ impl Dispatcher {
 }
 
 impl RoomSink for Dispatcher {
-    async fn flush(&self, room: &str, body: Bytes, count: usize) {
-        let Some(comets) = self.comets_for(count as u64) else {
-            return;
-        };
+    fn flush(
+        self: &Arc<Self>,
+        order: &mut CometOrder,
+        room: &str,
+        body: Bytes,
+        count: usize,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let comets = self.comets_for(count as u64);
         let req = BroadcastRoomReq {
             room_id: room.to_string(),
             proto: Some(raw_proto(&body)),
         };
-        self.to_every(
-            &comets,
-            req,
-            |mut c, req| async move { c.broadcast_room(req).await },
-        )
-        .await;
-        JobStats::add(&self.stats.room_batches, 1);
-        JobStats::add(&self.stats.room_messages, count as u64);
+        let sent = comets.map(|comets| {
+            self.to_every(order, comets, req, |mut c, req| async move {
+                c.broadcast_room(req).await
+            })
+        });
+        let me = Arc::clone(self);
+        async move {
+            // None: counted as dropped, no comet.
+            if let Some(sent) = sent {
+                sent.await;
+                JobStats::add(&me.stats.room_batches, 1);
+                JobStats::add(&me.stats.room_messages, count as u64);
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 pub mod acker;
 pub mod claim;
 pub mod comet_link;
+pub mod comet_order;
 pub mod config;
 pub mod consumer;
 pub mod dispatch;

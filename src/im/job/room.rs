@@ -9,59 +9,53 @@
 //! full room queue makes the pusher wait. The consumer acks an entry after its
 //! handle resolves, so a message is never acked before it was sent.
 //!
+//! A room's batches reach each comet in order, but one comet does not hold up
+//! another: the next batch goes to a comet as soon as that comet had the
+//! previous one (a [`CometOrder`] per room), up to [`BATCHES_IN_FLIGHT`]
+//! batches per room.
+//! Before, the room waited for every comet before its next batch, so a hung
+//! comet delayed the room's pushes to every other comet's clients until job's
+//! call to it timed out.
+//!
 //! One [`RoomBatcher`] belongs to one stream consumer: a room always maps to the
 //! same stream, so no room is ever batched by two consumers of one instance.
 //! Imports `libs` and the job's config only; the comets are behind [`RoomSink`].
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::acker::AckHandle;
+use super::comet_order::CometOrder;
 use super::config::JobRoomConfig;
+
+/// Batches of one room sent but not yet had by every comet, at most: past it
+/// the room's queue fills and its pusher waits. A hung comet holds its batches
+/// for job's `comet.timeout` (then it is skipped), so this is how far the other
+/// comets' clients can run ahead of it meanwhile.
+pub const BATCHES_IN_FLIGHT: usize = 16;
 
 /// Where a finished batch goes (the comets, or a recorder in tests).
 pub trait RoomSink: Send + Sync + 'static {
     /// Hands one batch of `count` messages to every comet: `body` is their
-    /// inner frames, concatenated. Returns once that is done or given up (a
-    /// failure is counted by the sink; the messages are not retried).
-    fn flush(&self, room: &str, body: Bytes, count: usize) -> impl Future<Output = ()> + Send;
-}
-
-/// Resolves once the batch holding one message was flushed.
-#[derive(Debug)]
-pub struct AckHandle(oneshot::Receiver<()>);
-
-impl AckHandle {
-    /// True once the message's batch was sent; false if its aggregator went
-    /// away first (the process is being killed): then the message must not be
-    /// acked, so it stays pending and another instance claims it.
-    pub async fn flushed(self) -> bool {
-        self.0.await.is_ok()
-    }
-
-    /// `Some(true)` once flushed, `Some(false)` if it never will be, `None`
-    /// while waiting.
-    pub fn try_flushed(&mut self) -> Option<bool> {
-        match self.0.try_recv() {
-            Ok(()) => Some(true),
-            Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(false),
-        }
-    }
-}
-
-#[cfg(test)]
-impl AckHandle {
-    /// A handle and the sender that releases it (for tests of ack users).
-    pub(crate) fn pair() -> (oneshot::Sender<()>, AckHandle) {
-        let (tx, rx) = oneshot::channel();
-        (tx, AckHandle(rx))
-    }
+    /// inner frames, concatenated. Each comet gets it once it had the room's
+    /// previous batch, which `order` (one per room) keeps track of. The
+    /// future resolves once every comet had it or was given up (a failure is
+    /// counted by the sink; the messages are not retried).
+    fn flush(
+        self: &Arc<Self>,
+        order: &mut CometOrder,
+        room: &str,
+        body: Bytes,
+        count: usize,
+    ) -> impl Future<Output = ()> + Send + 'static;
 }
 
 /// One message on its way into a batch.
@@ -109,14 +103,14 @@ impl<S: RoomSink> RoomBatcher<S> {
     /// room's queue is full.
     pub async fn push(&mut self, room: &str, frame: Bytes) -> AckHandle {
         while self.tasks.try_join_next().is_some() {}
-        let (ack, handle) = oneshot::channel();
+        let (ack, handle) = AckHandle::pair();
         let mut item = RoomItem { frame, ack };
         // Twice at most: an aggregator that exited (idle) refuses the item,
         // and a fresh one takes it.
         for _ in 0..2 {
             if let Some(aggregator) = self.rooms.get(room) {
                 match aggregator.tx.send(item).await {
-                    Ok(()) => return AckHandle(handle),
+                    Ok(()) => return handle,
                     Err(mpsc::error::SendError(back)) => item = back,
                 }
             }
@@ -127,7 +121,7 @@ impl<S: RoomSink> RoomBatcher<S> {
         }
         // Unreachable in practice (a fresh aggregator takes the item); the
         // dropped item leaves its handle unflushed, so it is not acked.
-        AckHandle(handle)
+        handle
     }
 
     /// Rooms with a live aggregator.
@@ -161,13 +155,19 @@ impl<S: RoomSink> RoomBatcher<S> {
     }
 }
 
-/// The batch being gathered for one room.
+/// A batch on its way to the comets; resolves once every comet had it (and
+/// its messages' acks are released).
+type Sending = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The batch being gathered for one room, and those on their way.
 struct Batch<S> {
     room: String,
     sink: Arc<S>,
     body: BytesMut,
     acks: Vec<oneshot::Sender<()>>,
     previous: Option<oneshot::Receiver<()>>,
+    order: CometOrder,
+    sending: FuturesOrdered<Sending>,
 }
 
 impl<S: RoomSink> Batch<S> {
@@ -178,6 +178,8 @@ impl<S: RoomSink> Batch<S> {
             body: BytesMut::with_capacity(4096),
             acks: Vec::new(),
             previous,
+            order: CometOrder::default(),
+            sending: FuturesOrdered::new(),
         }
     }
 
@@ -190,7 +192,9 @@ impl<S: RoomSink> Batch<S> {
         self.acks.len()
     }
 
-    /// Sends what is gathered (if anything), then releases its ack handles.
+    /// Sends what is gathered (if anything); its ack handles are released
+    /// once every comet had it. Waits while [`BATCHES_IN_FLIGHT`] are on
+    /// their way.
     async fn flush(&mut self) {
         if self.acks.is_empty() {
             return;
@@ -198,11 +202,23 @@ impl<S: RoomSink> Batch<S> {
         if let Some(previous) = self.previous.take() {
             let _ = previous.await;
         }
-        let body = self.body.split().freeze();
-        self.sink.flush(&self.room, body, self.acks.len()).await;
-        for ack in self.acks.drain(..) {
-            let _ = ack.send(());
+        while self.sending.len() >= BATCHES_IN_FLIGHT {
+            self.sending.next().await;
         }
+        let body = self.body.split().freeze();
+        let acks = std::mem::take(&mut self.acks);
+        let sent = self.sink.flush(&mut self.order, &self.room, body, acks.len());
+        self.sending.push_back(Box::pin(async move {
+            sent.await;
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        }));
+    }
+
+    /// Waits until every batch sent is had by every comet.
+    async fn sent(&mut self) {
+        while self.sending.next().await.is_some() {}
     }
 }
 
@@ -228,6 +244,8 @@ async fn aggregate<S: RoomSink>(
                     deadline = Instant::now() + config.idle;
                 }
             }
+            // Releases the acks of batches every comet had.
+            Some(()) = batch.sending.next(), if !batch.sending.is_empty() => {}
             () = tokio::time::sleep_until(deadline) => {
                 if batch.len() == 0 {
                     // Idle: refuse new items (the owner starts a fresh
@@ -248,6 +266,8 @@ async fn aggregate<S: RoomSink>(
         }
     }
     batch.flush().await;
+    // The room's next aggregator starts once this one's batches are had.
+    batch.sent().await;
 }
 
 #[cfg(test)]
@@ -259,35 +279,69 @@ mod tests {
     use super::*;
     use crate::im::frame::{Frame, push_frame};
 
-    /// Records every flush; each flush first takes a place from `gate`.
+    /// Comets that record every batch they get; each call first takes a
+    /// place from its comet's `gate`.
     struct Recorder {
+        comets: Vec<RecordingComet>,
+    }
+
+    struct RecordingComet {
         tx: mpsc::UnboundedSender<(String, Bytes, usize)>,
         gate: Semaphore,
     }
 
     impl RoomSink for Recorder {
-        async fn flush(&self, room: &str, body: Bytes, count: usize) {
-            if let Ok(place) = self.gate.acquire().await {
-                place.forget();
+        fn flush(
+            self: &Arc<Self>,
+            order: &mut CometOrder,
+            room: &str,
+            body: Bytes,
+            count: usize,
+        ) -> impl Future<Output = ()> + Send + 'static {
+            let calls: Vec<_> = (0..self.comets.len())
+                .map(|i| {
+                    let (me, room, body) = (Arc::clone(self), room.to_string(), body.clone());
+                    order.after_previous(&i.to_string(), async move {
+                        let comet = &me.comets[i];
+                        if let Ok(place) = comet.gate.acquire().await {
+                            place.forget();
+                        }
+                        let _ = comet.tx.send((room, body, count));
+                    })
+                })
+                .collect();
+            async move {
+                futures::future::join_all(calls).await;
             }
-            let _ = self.tx.send((room.to_string(), body, count));
         }
     }
 
     type Flushes = mpsc::UnboundedReceiver<(String, Bytes, usize)>;
 
-    fn batcher(open: bool) -> (RoomBatcher<Recorder>, Flushes, Arc<Recorder>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let permits = if open { Semaphore::MAX_PERMITS } else { 0 };
-        let sink = Arc::new(Recorder {
-            tx,
-            gate: Semaphore::new(permits),
-        });
+    /// A batcher over comets whose gates start with these places, and what
+    /// each comet got.
+    fn batcher_to(places: &[usize]) -> (RoomBatcher<Recorder>, Vec<Flushes>, Arc<Recorder>) {
+        let (comets, flushes) = places
+            .iter()
+            .map(|&places| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let gate = Semaphore::new(places);
+                (RecordingComet { tx, gate }, rx)
+            })
+            .unzip();
+        let sink = Arc::new(Recorder { comets });
         (
             RoomBatcher::new(Arc::clone(&sink), JobRoomConfig::default()),
-            rx,
+            flushes,
             sink,
         )
+    }
+
+    /// One comet, its gate open or shut.
+    fn batcher(open: bool) -> (RoomBatcher<Recorder>, Flushes, Arc<Recorder>) {
+        let permits = if open { Semaphore::MAX_PERMITS } else { 0 };
+        let (rooms, mut flushes, sink) = batcher_to(&[permits]);
+        (rooms, flushes.remove(0), sink)
     }
 
     fn frames_in(body: &Bytes) -> Vec<Frame> {
@@ -367,7 +421,7 @@ mod tests {
             assert_eq!(ack.try_flushed(), None, "the flush is still in progress");
         }
         assert!(flushes.try_recv().is_err());
-        sink.gate.add_permits(1);
+        sink.comets[0].gate.add_permits(1);
         assert_eq!(flushes.recv().await.map(|f| f.2), Some(3));
         for ack in acks {
             assert!(ack.flushed().await);
@@ -405,5 +459,83 @@ mod tests {
         drop(rooms); // a kill: nothing sent, nothing acked
         assert!(!ack.flushed().await);
         assert!(flushes.try_recv().is_err());
+    }
+
+    /// `wait`'s result within a second (paused time: at once), or `None`.
+    async fn within<T>(wait: impl Future<Output = Option<T>>) -> Option<T> {
+        tokio::time::timeout(Duration::from_secs(1), wait)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A comet that does not answer holds up none of the room's batches to
+    /// the others, each comet gets them in order, and a batch's acks wait
+    /// for every comet.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_comet_holds_up_only_its_own_batches() {
+        let (mut rooms, mut flushes, sink) = batcher_to(&[Semaphore::MAX_PERMITS, 0]);
+        let batch = JobRoomConfig::default().batch;
+        let mut acks = Vec::new();
+        for i in 0..3 * batch {
+            acks.push(rooms.push("r", push_frame(1, &i.to_be_bytes())).await);
+        }
+        let first_frame = |body: &Bytes| frames_in(body)[0].body.clone();
+        for b in 0..3 {
+            let (_, body, count) = within(flushes[0].recv()).await.expect("comet 0 gets every batch");
+            assert_eq!(count, batch);
+            assert_eq!(
+                first_frame(&body),
+                Bytes::from((b * batch).to_be_bytes().to_vec())
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(flushes[1].try_recv().is_err(), "comet 1 is stuck");
+        assert!(
+            acks.iter_mut().all(|a| a.try_flushed().is_none()),
+            "no batch is acked before every comet had it"
+        );
+        // Unstuck one call at a time: comet 1 gets them in order, and each
+        // batch's acks are released once it has it.
+        for b in 0..3 {
+            sink.comets[1].gate.add_permits(1);
+            let (_, body, _) = within(flushes[1].recv()).await.expect("comet 1 gets it");
+            assert_eq!(
+                first_frame(&body),
+                Bytes::from((b * batch).to_be_bytes().to_vec())
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let acked = acks.iter_mut().filter_map(|a| a.try_flushed()).count();
+            assert_eq!(acked, (b + 1) * batch, "acks follow the slowest comet");
+        }
+    }
+
+    /// While one comet is stuck, the others run at most `BATCHES_IN_FLIGHT`
+    /// batches ahead; then the room's queue fills and its pusher waits.
+    #[tokio::test(start_paused = true)]
+    async fn the_others_run_only_so_far_ahead_of_a_stuck_comet() {
+        let (mut rooms, mut flushes, sink) = batcher_to(&[Semaphore::MAX_PERMITS, 0]);
+        let batch = JobRoomConfig::default().batch;
+        let total = (BATCHES_IN_FLIGHT + 4) * batch;
+        let pusher = tokio::spawn(async move {
+            for i in 0..total {
+                let _ = rooms.push("r", push_frame(1, &i.to_be_bytes())).await;
+            }
+            rooms
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut got = 0;
+        while flushes[0].try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, BATCHES_IN_FLIGHT, "comet 0 ran that far ahead, no further");
+        assert!(!pusher.is_finished(), "the pusher waits");
+        sink.comets[1].gate.add_permits(Semaphore::MAX_PERMITS);
+        let mut rooms = pusher.await.expect("the pusher is done");
+        rooms.close().await;
+        while flushes[0].try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, BATCHES_IN_FLIGHT + 4);
     }
 }
