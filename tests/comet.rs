@@ -683,3 +683,66 @@ async fn connections_past_max_connections_are_closed_at_once() {
     })
     .await;
 }
+
+/// What a comet renews after the failover history changed: the sessions on
+/// the groups whose master the new records changed (a failed attempt changes
+/// none), and every session when it cannot tell: the history started again
+/// from 1, or a record it cannot read.
+#[tokio::test]
+async fn the_resync_scope_is_the_changed_groups_or_every_session_when_unsure() {
+    use std::collections::BTreeSet;
+
+    use reborn::im::comet::resync::{Scope, changed_since};
+    use reborn::topo::model::FailoverRecord;
+
+    let store = Store::connect(&common::zk_config()).await.expect("zk");
+    let dir = store.paths().failovers();
+    store.mkdir_p(&dir).await.expect("mkdir");
+    let record = |seq: u64, group: u32, new_master: Option<&str>| FailoverRecord {
+        seq,
+        at_ms: 0,
+        group,
+        old_master: "127.0.0.1:1".into(),
+        reason: "test".into(),
+        detection_ms: 0,
+        switch_ms: 0,
+        new_master: new_master.map(str::to_string),
+        offset: None,
+        keys: None,
+        outcome: "test".into(),
+        notes: Vec::new(),
+    };
+    for r in [
+        record(1, 1, Some("127.0.0.1:2")),
+        record(2, 2, None),
+        record(3, 3, Some("127.0.0.1:4")),
+    ] {
+        store
+            .create_json(&store.paths().failover(r.seq), &r)
+            .await
+            .expect("record");
+    }
+    let groups = |g: &[u32]| Scope::Groups(g.iter().copied().collect::<BTreeSet<_>>());
+    assert_eq!(changed_since(&store, 0).await, groups(&[1, 3]));
+    assert_eq!(changed_since(&store, 1).await, groups(&[3]));
+    assert_eq!(
+        changed_since(&store, 1).await,
+        changed_since(&store, 1).await,
+        "reading changes nothing"
+    );
+    // Only a failed attempt after the last one seen: nothing changed.
+    store
+        .delete(&store.paths().failover(3), None)
+        .await
+        .expect("trim");
+    assert_eq!(changed_since(&store, 1).await, groups(&[]));
+    // The history was started again: the comet saw 5, the newest is 2.
+    assert_eq!(changed_since(&store, 5).await, Scope::All);
+    // A record that is not one.
+    store
+        .create_json(&store.paths().failover(4), &"not a record")
+        .await
+        .expect("bad node");
+    assert_eq!(changed_since(&store, 2).await, Scope::All);
+    store.close().await;
+}

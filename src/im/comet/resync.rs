@@ -117,9 +117,9 @@ async fn newest_and_watch(store: &Store) -> Result<(u64, zookeeper_client::Onesh
 }
 
 /// The groups whose master the records after `last` changed; [`Scope::All`]
-/// when one of them cannot be read (trimmed meanwhile, or the history was
-/// started again from 1).
-async fn changed_since(store: &Store, last: u64) -> Scope {
+/// when one of them cannot be read, or when none is after `last` although
+/// the newest changed (the history was started again from 1).
+pub async fn changed_since(store: &Store, last: u64) -> Scope {
     let read = async {
         let dir = store.paths().failovers();
         let mut records = Vec::new();
