@@ -693,29 +693,14 @@ async fn the_resync_scope_is_the_changed_groups_or_every_session_when_unsure() {
     use std::collections::BTreeSet;
 
     use reborn::im::comet::resync::{Scope, changed_since};
-    use reborn::topo::model::FailoverRecord;
 
     let store = Store::connect(&common::zk_config()).await.expect("zk");
     let dir = store.paths().failovers();
     store.mkdir_p(&dir).await.expect("mkdir");
-    let record = |seq: u64, group: u32, new_master: Option<&str>| FailoverRecord {
-        seq,
-        at_ms: 0,
-        group,
-        old_master: "127.0.0.1:1".into(),
-        reason: "test".into(),
-        detection_ms: 0,
-        switch_ms: 0,
-        new_master: new_master.map(str::to_string),
-        offset: None,
-        keys: None,
-        outcome: "test".into(),
-        notes: Vec::new(),
-    };
     for r in [
-        record(1, 1, Some("127.0.0.1:2")),
-        record(2, 2, None),
-        record(3, 3, Some("127.0.0.1:4")),
+        failover_record(1, 1, Some("127.0.0.1:2")),
+        failover_record(2, 2, None),
+        failover_record(3, 3, Some("127.0.0.1:4")),
     ] {
         store
             .create_json(&store.paths().failover(r.seq), &r)
@@ -745,4 +730,70 @@ async fn the_resync_scope_is_the_changed_groups_or_every_session_when_unsure() {
         .expect("bad node");
     assert_eq!(changed_since(&store, 2).await, Scope::All);
     store.close().await;
+}
+
+/// A failover record as the dashboard writes it: group `group`'s master
+/// replaced by `new_master`, or a failed attempt (`None`).
+fn failover_record(seq: u64, group: u32, new_master: Option<&str>) -> reborn::topo::model::FailoverRecord {
+    reborn::topo::model::FailoverRecord {
+        seq,
+        at_ms: 0,
+        group,
+        old_master: "127.0.0.1:1".into(),
+        reason: "test".into(),
+        detection_ms: 0,
+        switch_ms: 0,
+        new_master: new_master.map(str::to_string),
+        offset: None,
+        keys: None,
+        outcome: "test".into(),
+        notes: Vec::new(),
+    }
+}
+
+/// A comet that cannot read the slot table when a failover is recorded (here
+/// the product has none) cannot tell which sessions were on the group, so it
+/// renews every one it holds rather than none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_slot_table_a_failover_renews_every_session() {
+    let s = Setup::start(|_| {}).await;
+    let dir = s.store.paths().failovers();
+    s.store.mkdir_p(&dir).await.expect("mkdir");
+    let _a = s.tcp(&auth_body(1, "rs-1", "live://1", &[1000])).await;
+    let _b = s.ws(&auth_body(2, "rs-2", "live://2", &[1000])).await;
+    let before = s.logic.calls.lock().unwrap().heartbeats;
+    // Records before the comet's first look at the history are no news to
+    // it: write one every half second until a resync ran.
+    let mut seq = 0;
+    let mut written: Option<tokio::time::Instant> = None;
+    eventually("a recorded failover makes the comet renew", WAIT, || {
+        if written.is_none_or(|at| at.elapsed() > Duration::from_millis(500)) {
+            seq += 1;
+            written = Some(tokio::time::Instant::now());
+            let (store, seq) = (s.store.clone(), seq);
+            tokio::spawn(async move {
+                let _ = store
+                    .create_json(
+                        &store.paths().failover(seq),
+                        &failover_record(seq, 1, Some("x:1")),
+                    )
+                    .await;
+            });
+        }
+        let stats = s.comet().stats();
+        async move { stats.resyncs >= 1 }
+    })
+    .await;
+    let stats = s.comet().stats();
+    assert_eq!(
+        stats.resynced_sessions + stats.resync_failures,
+        2 * stats.resyncs,
+        "each resync renewed both sessions: {stats:?}"
+    );
+    assert_eq!(stats.resync_failures, 0, "{stats:?}");
+    assert!(
+        s.logic.calls.lock().unwrap().heartbeats >= before + 2,
+        "logic was asked to renew both"
+    );
+    s.stop().await;
 }

@@ -24,6 +24,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::libs::config::ConfigError;
 use crate::libs::resp_client::{Frame, RespConn, RespError, RespPool, cmd};
 use crate::topo::operation::check_server_addr;
 
@@ -193,9 +194,9 @@ impl ProxySet {
 ///
 /// # Errors
 /// The first address that is not `host:port`, in words.
-pub fn check_addrs(addrs: &[String]) -> Result<(), String> {
+pub fn check_addrs(addrs: &[String]) -> Result<(), ConfigError> {
     for addr in addrs {
-        check_server_addr(addr).map_err(|e| format!("cluster.addrs (--proxy): {e}"))?;
+        check_server_addr(addr).map_err(|e| ConfigError::Invalid(format!("cluster.addrs (--proxy): {e}")))?;
     }
     Ok(())
 }

@@ -195,7 +195,7 @@ impl JobConfig {
         if self.cluster.addrs.is_empty() || self.cluster.addrs.iter().any(String::is_empty) {
             return bad("cluster.addrs must list at least one proxy address");
         }
-        crate::im::proxies::check_addrs(&self.cluster.addrs).map_err(ConfigError::Invalid)?;
+        crate::im::proxies::check_addrs(&self.cluster.addrs)?;
         if self.zk.addr.is_empty() || self.zk.product.is_empty() {
             return bad("zk.addr and zk.product must be set");
         }

@@ -282,7 +282,7 @@ impl LogicConfig {
         if self.cluster.addrs.is_empty() || self.cluster.addrs.iter().any(String::is_empty) {
             return bad("cluster.addrs must list at least one proxy address");
         }
-        crate::im::proxies::check_addrs(&self.cluster.addrs).map_err(ConfigError::Invalid)?;
+        crate::im::proxies::check_addrs(&self.cluster.addrs)?;
         if self.cluster.conns == 0 || self.cluster.timeout.is_zero() {
             return bad("cluster.conns and cluster.timeout must be positive");
         }
