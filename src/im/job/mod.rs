@@ -9,7 +9,8 @@
 //! task per stream), `entry` (stream replies), `claim` (XAUTOCLAIM), `reaper`
 //! (dead instances' consumers), `dispatch` (PUSH / BROADCAST / ROOM to calls),
 //! `room` (batching), `acker` (XACK), `comet_link` (the comets from
-//! ZooKeeper), `stats` (counters, served on the admin port with
+//! ZooKeeper), `comet_order` (each comet's calls in order, none waiting for
+//! another), `stats` (counters, served on the admin port with
 //! `im::admin_http`); the proxies are `im::proxies` with sticky
 //! failover (every command job sends through them may run twice). Each
 //! instance registers in discovery (`im/job/<consumer>`), so the others know

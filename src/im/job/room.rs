@@ -12,14 +12,14 @@
 //! A room's batches reach each comet in order, but one comet does not hold up
 //! another: the next batch goes to a comet as soon as that comet had the
 //! previous one (a [`CometOrder`] per room), up to [`BATCHES_IN_FLIGHT`]
-//! batches per room.
-//! Before, the room waited for every comet before its next batch, so a hung
-//! comet delayed the room's pushes to every other comet's clients until job's
-//! call to it timed out.
+//! batches per room. Before, the room waited for every comet before its next
+//! batch, so a hung comet delayed the room's pushes to every other comet's
+//! clients until job's call to it timed out.
 //!
 //! One [`RoomBatcher`] belongs to one stream consumer: a room always maps to the
 //! same stream, so no room is ever batched by two consumers of one instance.
-//! Imports `libs` and the job's config only; the comets are behind [`RoomSink`].
+//! Imports the job's config, [`AckHandle`] and [`CometOrder`] only; the comets
+//! are behind [`RoomSink`].
 
 use std::collections::HashMap;
 use std::future::Future;
