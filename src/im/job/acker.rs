@@ -107,22 +107,20 @@ impl AckHandle {
     /// True once the delivery ended; false if it was abandoned first (the
     /// process is being killed): then the entry must not be acked, so it
     /// stays pending and another instance claims it.
-    pub async fn flushed(self) -> bool {
+    pub async fn delivered(self) -> bool {
         self.0.await.is_ok()
     }
 
-    /// `Some(true)` once flushed, `Some(false)` if it never will be, `None`
+    /// `Some(true)` once delivered, `Some(false)` if it never will be, `None`
     /// while waiting.
-    pub fn try_flushed(&mut self) -> Option<bool> {
+    pub fn try_delivered(&mut self) -> Option<bool> {
         match self.0.try_recv() {
             Ok(()) => Some(true),
             Err(oneshot::error::TryRecvError::Empty) => None,
             Err(oneshot::error::TryRecvError::Closed) => Some(false),
         }
     }
-}
 
-impl AckHandle {
     /// A handle and the sender that releases it; dropping the sender
     /// abandons the delivery (nothing is acked).
     pub fn pair() -> (oneshot::Sender<()>, AckHandle) {
@@ -147,7 +145,7 @@ async fn run(
     let wait = |u: Unacked| async move {
         let ok = match u.wait {
             None => true,
-            Some(handle) => handle.flushed().await,
+            Some(handle) => handle.delivered().await,
         };
         (u.id, ok, u.place)
     };

@@ -152,7 +152,6 @@ impl Dispatcher {
         F: Fn(CometClient<Channel>, Q) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
     {
-        order.retain(|id| comets.iter().any(|c| c.id == id));
         let calls: Vec<_> = comets
             .into_iter()
             .map(|link| {
@@ -171,7 +170,7 @@ impl Dispatcher {
     }
 
     /// Forgets, in `order`, the comets job no longer calls whose last call
-    /// ended.
+    /// ended: a stream's order once per page read, a room's once per batch.
     pub fn forget_gone(&self, order: &mut CometOrder) {
         order.retain(|id| self.links.get(id).is_some());
     }
@@ -194,6 +193,7 @@ impl RoomSink for Dispatcher {
         body: Bytes,
         count: usize,
     ) -> impl Future<Output = ()> + Send + 'static {
+        self.forget_gone(order);
         let comets = self.comets_for(count as u64);
         let req = BroadcastRoomReq {
             room_id: room.to_string(),

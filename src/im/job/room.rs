@@ -386,7 +386,7 @@ mod tests {
         );
         assert!(start.elapsed() < Duration::from_secs(2));
         for ack in acks {
-            assert!(ack.flushed().await);
+            assert!(ack.delivered().await);
         }
     }
 
@@ -418,13 +418,13 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
         for ack in &mut acks {
-            assert_eq!(ack.try_flushed(), None, "the flush is still in progress");
+            assert_eq!(ack.try_delivered(), None, "the flush is still in progress");
         }
         assert!(flushes.try_recv().is_err());
         sink.comets[0].gate.add_permits(1);
         assert_eq!(flushes.recv().await.map(|f| f.2), Some(3));
         for ack in acks {
-            assert!(ack.flushed().await);
+            assert!(ack.delivered().await);
         }
     }
 
@@ -441,7 +441,7 @@ mod tests {
         let ack = rooms.push("r", push_frame(1, b"2")).await;
         assert_eq!(rooms.active(), 1);
         assert_eq!(flushes.recv().await.map(|f| f.2), Some(1));
-        assert!(ack.flushed().await);
+        assert!(ack.delivered().await);
     }
 
     #[tokio::test(start_paused = true)]
@@ -452,12 +452,12 @@ mod tests {
         rooms.close().await;
         assert!(start.elapsed() < Duration::from_secs(1));
         assert_eq!(flushes.recv().await.map(|f| f.2), Some(1));
-        assert!(ack.flushed().await);
+        assert!(ack.delivered().await);
 
         let (mut rooms, mut flushes, _sink) = batcher(true);
         let ack = rooms.push("r", push_frame(1, b"1")).await;
         drop(rooms); // a kill: nothing sent, nothing acked
-        assert!(!ack.flushed().await);
+        assert!(!ack.delivered().await);
         assert!(flushes.try_recv().is_err());
     }
 
@@ -492,7 +492,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(flushes[1].try_recv().is_err(), "comet 1 is stuck");
         assert!(
-            acks.iter_mut().all(|a| a.try_flushed().is_none()),
+            acks.iter_mut().all(|a| a.try_delivered().is_none()),
             "no batch is acked before every comet had it"
         );
         // Unstuck one call at a time: comet 1 gets them in order, and each
@@ -505,7 +505,7 @@ mod tests {
                 Bytes::from((b * batch).to_be_bytes().to_vec())
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
-            let acked = acks.iter_mut().filter_map(|a| a.try_flushed()).count();
+            let acked = acks.iter_mut().filter_map(|a| a.try_delivered()).count();
             assert_eq!(acked, (b + 1) * batch, "acks follow the slowest comet");
         }
     }
