@@ -584,9 +584,10 @@ async fn admin_prints_tables_and_fails_clearly() {
     assert_eq!(topo.master_of_slot(3), Some("127.0.0.1:16379"));
     store.close().await;
 
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = free.local_addr().expect("addr").to_string();
-    drop(free);
+    // Not a dropped `bind(:0)` listener: the kernel handed its port at once
+    // to the next test's ZooKeeper relay, and the "unreachable" address
+    // answered (a CI failure). `free_port`'s ports are never handed twice.
+    let addr = format!("127.0.0.1:{}", common::free_port());
     let args = admin::AdminArgs {
         zk: addr.clone(),
         root: "/x".into(),

@@ -563,14 +563,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        // Bind then drop a listener to get a port nothing listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(1);
-        let err = RespConn::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(1))
-            .await
-            .err();
+        let (_held, addr) = crate::libs::reachable::refused_addr();
+        let err = RespConn::connect(&addr, Duration::from_secs(1)).await.err();
         assert!(matches!(err, Some(RespError::Connect { .. })), "{err:?}");
     }
 }

@@ -517,13 +517,9 @@ mod tests {
 
     #[tokio::test]
     async fn connect_fails_clearly_when_nobody_listens() {
-        // Bind then drop: the port is free and nothing accepts on it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let (_held, addr) = crate::libs::reachable::refused_addr();
         let cfg = ZkConfig {
-            addr: format!("127.0.0.1:{port}"),
+            addr,
             ..ZkConfig::default()
         };
         let started = std::time::Instant::now();

@@ -117,13 +117,8 @@ mod tests {
 
     #[test]
     fn a_call_works_inside_a_runtime_too() {
-        // Nothing listens on a port just released: a connect error, not a
-        // panic about nested runtimes.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or(1);
-        let addr = format!("127.0.0.1:{port}");
+        // A connect error, not a panic about nested runtimes.
+        let (_held, addr) = crate::libs::reachable::refused_addr();
         let outer = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");

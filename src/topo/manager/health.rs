@@ -155,9 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_listening_is_down() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        drop(listener);
+        let (_held, addr) = crate::libs::reachable::refused_addr();
         assert_eq!(probe(&addr, None).await, Health::Down);
         let all = probe_all([addr.clone()], None).await;
         assert_eq!(all.get(&addr), Some(&Health::Down));

@@ -533,13 +533,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_proxy_that_does_not_listen_is_named_unreachable_not_a_dashboard() {
-        // A port we bound and released: nothing listens there now.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
+        let (_held, addr) = crate::libs::reachable::refused_addr();
         let mut info = proxy("gone");
-        info.admin_addr = format!("127.0.0.1:{port}");
+        info.admin_addr = addr;
         let e = ask(&info).await.expect_err("nothing listens");
         assert!(matches!(e, AskError::Unreachable(_)), "{e:?}");
         assert!(!e.to_string().contains("dashboard"), "{e}");
