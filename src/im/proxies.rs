@@ -225,16 +225,10 @@ mod tests {
         addr
     }
 
-    /// An address nothing listens on.
-    fn dead_addr() -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    }
-
     #[tokio::test]
     async fn both_policies_skip_a_dead_proxy() {
         let live = pong_server().await;
-        let dead = dead_addr();
+        let (_held, dead) = crate::libs::reachable::refused_addr();
         for failover in [Failover::Spread, Failover::Sticky] {
             let set = ProxySet::new(&[dead.clone(), live.clone()], 1, Duration::from_secs(1), failover);
             for _ in 0..3 {
