@@ -692,7 +692,7 @@ async fn connections_past_max_connections_are_closed_at_once() {
 async fn the_resync_scope_is_the_changed_groups_or_every_session_when_unsure() {
     use std::collections::BTreeSet;
 
-    use reborn::im::comet::resync::{Scope, changed_since};
+    use reborn::im::comet::resync::{Changed, Scope, changed_since};
 
     let store = Store::connect(&common::zk_config()).await.expect("zk");
     let dir = store.paths().failovers();
@@ -707,7 +707,12 @@ async fn the_resync_scope_is_the_changed_groups_or_every_session_when_unsure() {
             .await
             .expect("record");
     }
-    let groups = |g: &[u32]| Scope::Groups(g.iter().copied().collect::<BTreeSet<_>>());
+    let groups = |g: &[u32]| {
+        Scope::Changed(Changed {
+            groups: g.iter().copied().collect::<BTreeSet<_>>(),
+            slots: BTreeSet::new(),
+        })
+    };
     assert_eq!(changed_since(&store, 0).await, groups(&[1, 3]));
     assert_eq!(changed_since(&store, 1).await, groups(&[3]));
     assert_eq!(
@@ -748,7 +753,31 @@ fn failover_record(seq: u64, group: u32, new_master: Option<&str>) -> reborn::to
         keys: None,
         outcome: "test".into(),
         notes: Vec::new(),
+        slots: Vec::new(),
     }
+}
+
+/// Records a failover like `record(seq)` every half second until the comet
+/// ran a resync: records from before its first look at the history are no
+/// news to it.
+async fn record_until_a_resync(s: &Setup, record: impl Fn(u64) -> reborn::topo::model::FailoverRecord) {
+    let dir = s.store.paths().failovers();
+    s.store.mkdir_p(&dir).await.expect("mkdir");
+    let mut seq = 0;
+    let mut written: Option<tokio::time::Instant> = None;
+    eventually("a recorded failover makes the comet renew", WAIT, || {
+        if written.is_none_or(|at| at.elapsed() > Duration::from_millis(500)) {
+            seq += 1;
+            written = Some(tokio::time::Instant::now());
+            let (store, r) = (s.store.clone(), record(seq));
+            tokio::spawn(async move {
+                let _ = store.create_json(&store.paths().failover(r.seq), &r).await;
+            });
+        }
+        let stats = s.comet().stats();
+        async move { stats.resyncs >= 1 }
+    })
+    .await;
 }
 
 /// A comet that cannot read the slot table when a failover is recorded (here
@@ -757,33 +786,10 @@ fn failover_record(seq: u64, group: u32, new_master: Option<&str>) -> reborn::to
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_slot_table_a_failover_renews_every_session() {
     let s = Setup::start(|_| {}).await;
-    let dir = s.store.paths().failovers();
-    s.store.mkdir_p(&dir).await.expect("mkdir");
     let _a = s.tcp(&auth_body(1, "rs-1", "live://1", &[1000])).await;
     let _b = s.ws(&auth_body(2, "rs-2", "live://2", &[1000])).await;
     let before = s.logic.calls.lock().unwrap().heartbeats;
-    // Records before the comet's first look at the history are no news to
-    // it: write one every half second until a resync ran.
-    let mut seq = 0;
-    let mut written: Option<tokio::time::Instant> = None;
-    eventually("a recorded failover makes the comet renew", WAIT, || {
-        if written.is_none_or(|at| at.elapsed() > Duration::from_millis(500)) {
-            seq += 1;
-            written = Some(tokio::time::Instant::now());
-            let (store, seq) = (s.store.clone(), seq);
-            tokio::spawn(async move {
-                let _ = store
-                    .create_json(
-                        &store.paths().failover(seq),
-                        &failover_record(seq, 1, Some("x:1")),
-                    )
-                    .await;
-            });
-        }
-        let stats = s.comet().stats();
-        async move { stats.resyncs >= 1 }
-    })
-    .await;
+    record_until_a_resync(&s, |seq| failover_record(seq, 1, Some("x:1"))).await;
     let stats = s.comet().stats();
     assert_eq!(
         stats.resynced_sessions + stats.resync_failures,
@@ -794,6 +800,61 @@ async fn without_a_slot_table_a_failover_renews_every_session() {
     assert!(
         s.logic.calls.lock().unwrap().heartbeats >= before + 2,
         "logic was asked to renew both"
+    );
+    s.stop().await;
+}
+
+/// A migration can move a slot off a failed group between the switch and the
+/// comet's read of the slot table (milliseconds, as the migrator resumes once
+/// the promote is done); the sessions in it may still be the ones the old
+/// master lost. The record names the slots the group had at the switch, and
+/// the comet renews those sessions too. Here every slot is on group 2 by the
+/// time the comet reads the table, and group 1's record names the slot of
+/// user 1's session key: user 1 is renewed, user 2 (no key in that slot) not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_renews_the_sessions_in_the_slots_its_group_had_at_the_switch() {
+    use reborn::im::session_key::{key_key, mid_key};
+    use reborn::libs::hash::slot_of;
+    use reborn::topo::model::{SlotRange, SlotState, SlotTable};
+
+    let s = Setup::start(|_| {}).await;
+    reborn::topo::operation::init_product(&s.store)
+        .await
+        .expect("init");
+    let all_on_2 = SlotTable::from_ranges(&[SlotRange {
+        start: 0,
+        end: 1023,
+        group: 2,
+        state: SlotState::Online,
+        from: None,
+    }])
+    .expect("table");
+    s.store
+        .set_json(&s.store.paths().slots(), &all_on_2, -1)
+        .await
+        .expect("slot table");
+    let moved = slot_of(mid_key(1).as_bytes());
+    let elsewhere = |k: String| slot_of(k.as_bytes()) != moved;
+    let other = (2..).find(|&m| elsewhere(mid_key(m))).expect("a mid");
+    assert!(elsewhere(key_key("rs-1")) && elsewhere(key_key("rs-2")));
+    let _a = s.tcp(&auth_body(1, "rs-1", "live://1", &[1000])).await;
+    let _b = s.ws(&auth_body(other, "rs-2", "live://2", &[1000])).await;
+    let before = s.logic.calls.lock().unwrap().heartbeats;
+    record_until_a_resync(&s, |seq| {
+        let mut r = failover_record(seq, 1, Some("x:1"));
+        r.slots = vec![[moved, moved]];
+        r
+    })
+    .await;
+    let stats = s.comet().stats();
+    assert_eq!(
+        (stats.resynced_sessions, stats.resync_failures),
+        (stats.resyncs, 0),
+        "each resync renewed user 1's session alone: {stats:?}"
+    );
+    assert!(
+        s.logic.calls.lock().unwrap().heartbeats > before,
+        "logic was asked to renew it"
     );
     s.stop().await;
 }

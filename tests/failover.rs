@@ -179,6 +179,7 @@ async fn a_killed_master_is_replaced_under_load_and_rejoins_as_a_replica() {
         (1, old.as_str(), Some(new.as_str()))
     );
     assert_eq!(r.outcome, "promoted");
+    assert_eq!(r.slots, vec![[0, 511]], "group 1's slots at the switch");
     assert!(
         r.reason.contains("the dashboard") && r.reason.contains("proxy"),
         "{}",

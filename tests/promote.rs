@@ -258,7 +258,8 @@ async fn a_replica_that_is_behind_is_refused_and_force_says_what_is_lost() {
     assert!(
         matches!(&history[..], [f] if f.group == 1 && f.old_master == m
             && f.new_master.as_deref() == Some(r.as_str())
-            && f.reason == "promoted by an operator (forced)" && f.outcome == "promoted"),
+            && f.reason == "promoted by an operator (forced)" && f.outcome == "promoted"
+            && f.slots == [[0, 511]]),
         "{history:?}"
     );
 
@@ -610,6 +611,10 @@ async fn a_promote_cut_short_after_its_switch_is_finished_by_the_leader() {
             .any(|n| n.starts_with("settled slots migrating from group 1 to group 2")),
         "{r:?}"
     );
+    assert!(
+        r.had_slot(0) && r.had_slot(511),
+        "group 1's slots at the switch: {r:?}"
+    );
     let stale: Option<String> = cut.promoted.get(&cut.key).await.expect("get");
     assert_eq!(stale, None, "the stale copy was settled away");
     let got: String = cut.p.get(&cut.key).await.expect("GET through the proxy");
@@ -634,6 +639,7 @@ async fn a_promote_cut_short_before_its_switch_is_released_on_the_old_master() {
         "{r:?}"
     );
     assert!(!r.notes.iter().any(|n| n.contains("settle")), "{r:?}");
+    assert!(r.slots.is_empty(), "no master changed: {r:?}");
     assert_eq!(master_of_group_1(&c).await, m, "the group's master changed");
     assert!(
         info_replication(&replica.addr()).await.contains("role:slave"),

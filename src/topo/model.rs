@@ -197,6 +197,19 @@ impl<'de> Deserialize<'de> for SlotTable {
     }
 }
 
+/// Sorted slot ids as inclusive runs `[first, last]`: `[0, 1, 2, 5]` is
+/// `[[0, 2], [5, 5]]`.
+pub fn slot_runs(ids: &[u16]) -> Vec<[u16; 2]> {
+    let mut runs: Vec<[u16; 2]> = Vec::new();
+    for &id in ids {
+        match runs.last_mut() {
+            Some([_, end]) if end.checked_add(1) == Some(id) => *end = id,
+            _ => runs.push([id, id]),
+        }
+    }
+    runs
+}
+
 /// `0-511` for an inclusive slot range, or `7` for a single slot.
 pub fn range_text(start: u16, end: u16) -> String {
     if start == end {
@@ -312,6 +325,23 @@ pub struct FailoverRecord {
     /// it left alone, migrating slots it settled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The slots the group owned or shared with a migration when its master
+    /// changed, as runs ([`slot_runs`]). A comet renews the sessions in them
+    /// even when a migration has moved a slot off the group since (see
+    /// `im::comet::resync`). Empty when not known: a failed attempt, a repair
+    /// that kept the master, a record written by an older version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<[u16; 2]>,
+}
+
+impl FailoverRecord {
+    /// Whether `slot` was the group's, or shared with a migration, when its
+    /// master changed (false when that is not known).
+    pub fn had_slot(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|&[first, last]| (first..=last).contains(&slot))
+    }
 }
 
 /// One consistent view of a product, as a proxy or operator sees it.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::TopoError;
 use super::lock::with_lock;
-use super::model::{Group, GroupId, Role, Server, SlotState, SlotTable};
+use super::model::{Group, GroupId, Role, Server, SlotState, SlotTable, range_text, slot_runs};
 use super::path::{MAX_GROUP_ID, Paths, check_node_name, parse_group_node_name};
 use super::session::ZkSession;
 use super::store::Store;
@@ -331,16 +331,9 @@ pub fn check_server_addr(addr: &str) -> Result<String, TopoError> {
 
 /// `0-511, 600` for a sorted list of slot ids.
 pub fn format_slot_ids(ids: &[u16]) -> String {
-    let mut runs: Vec<(u16, u16)> = Vec::new();
-    for &id in ids {
-        match runs.last_mut() {
-            Some((_, end)) if end.checked_add(1) == Some(id) => *end = id,
-            _ => runs.push((id, id)),
-        }
-    }
-    let parts: Vec<String> = runs
-        .iter()
-        .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+    let parts: Vec<String> = slot_runs(ids)
+        .into_iter()
+        .map(|[first, last]| range_text(first, last))
         .collect();
     parts.join(", ")
 }

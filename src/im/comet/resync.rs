@@ -9,12 +9,15 @@
 //! records every change of a group's master once it is done, and on each new
 //! record that changed one renews, through logic's `Heartbeat` (which adds
 //! back a session that is missing), the sessions with a key on that group:
-//! the groups owning or giving up the keys' slots in the slot table read
-//! then. Failed attempts change nothing and renew nothing; a history it
-//! cannot read renews every session. [`CONCURRENCY`] calls run at a time.
+//! in a slot the record says the group had at the switch (a migration may
+//! have moved it off since), or that the group owns or gives up in the slot
+//! table read then. Failed attempts change nothing and renew nothing; a
+//! history it cannot read renews every session. [`CONCURRENCY`] calls run at
+//! a time.
 //! Imports the `topo` kernel, `im::session_key` and the comet's `hub`.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,6 +32,7 @@ use crate::im::session_key::session_keys;
 use crate::libs::hash::slot_of;
 use crate::topo::error::TopoError;
 use crate::topo::model::{FailoverRecord, GroupId, SlotTable};
+use crate::topo::operation::format_slot_ids;
 use crate::topo::store::Store;
 use crate::topo::watcher;
 
@@ -40,10 +44,64 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Which sessions a resync renews.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
-    /// Those with a key on one of these groups.
-    Groups(BTreeSet<GroupId>),
+    /// Those with a key on a group whose master changed.
+    Changed(Changed),
     /// Every one (the records could not be read).
     All,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::All => f.write_str("every session"),
+            Scope::Changed(c) => {
+                let groups: Vec<String> = c.groups.iter().map(ToString::to_string).collect();
+                let slots: Vec<u16> = c.slots.iter().copied().collect();
+                write!(f, "groups {}", groups.join(", "))?;
+                if !slots.is_empty() {
+                    write!(f, "; slots {} at the switch", format_slot_ids(&slots))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What new failover records changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The groups whose master changed.
+    pub groups: BTreeSet<GroupId>,
+    /// The slots the records say those groups had at the switch.
+    pub slots: BTreeSet<u16>,
+}
+
+impl Changed {
+    /// What `records` changed: an attempt that failed changed nothing (it
+    /// names no new master).
+    pub fn of(records: &[FailoverRecord]) -> Changed {
+        let mut changed = Changed::default();
+        for r in records.iter().filter(|r| r.new_master.is_some()) {
+            changed.groups.insert(r.group);
+            changed
+                .slots
+                .extend(r.slots.iter().flat_map(|&[first, last]| first..=last));
+        }
+        changed
+    }
+
+    /// Whether the session of `mid`/`key` has a key in a slot the changed
+    /// groups had at the switch, or own or are giving up in `table` now (a
+    /// migrating slot's keys may be on either side).
+    pub fn covers(&self, table: &SlotTable, mid: i64, key: &str) -> bool {
+        session_keys(mid, key).iter().any(|k| {
+            let slot = slot_of(k.as_bytes());
+            self.slots.contains(&slot)
+                || table.get(slot).is_some_and(|s| {
+                    self.groups.contains(&s.group) || s.from.is_some_and(|from| self.groups.contains(&from))
+                })
+        })
+    }
 }
 
 /// Watches the failover history until `shutdown`, and renews the sessions on
@@ -67,7 +125,7 @@ pub async fn follow_failovers(store: Store, hub: Arc<Hub>, shutdown: Cancellatio
                     Some(last) if newest != last => {
                         seen = Some(newest);
                         let scope = changed_since(&store, last).await;
-                        if scope == Scope::Groups(BTreeSet::new()) {
+                        if scope == Scope::Changed(Changed::default()) {
                             tracing::debug!(
                                 "only failed failover attempts: no master changed, nothing to renew"
                             );
@@ -131,7 +189,7 @@ pub async fn changed_since(store: &Store, last: u64) -> Scope {
         Ok::<_, TopoError>(records)
     };
     match read.await {
-        Ok(records) if !records.is_empty() => Scope::Groups(changed_groups(&records)),
+        Ok(records) if !records.is_empty() => Scope::Changed(Changed::of(&records)),
         Ok(_) => Scope::All,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the failover records; renewing every session");
@@ -140,38 +198,18 @@ pub async fn changed_since(store: &Store, last: u64) -> Scope {
     }
 }
 
-/// The groups whose master `records` changed: an attempt that failed changed
-/// nothing (it names no new master).
-pub fn changed_groups(records: &[FailoverRecord]) -> BTreeSet<GroupId> {
-    records
-        .iter()
-        .filter(|r| r.new_master.is_some())
-        .map(|r| r.group)
-        .collect()
-}
-
-/// Whether the session of `mid`/`key` has a key in a slot that `groups` own or
-/// are giving up (a migrating slot's keys may be on either side).
-pub fn on_groups(slots: &SlotTable, groups: &BTreeSet<GroupId>, mid: i64, key: &str) -> bool {
-    session_keys(mid, key).iter().any(|k| {
-        slots
-            .get(slot_of(k.as_bytes()))
-            .is_some_and(|s| groups.contains(&s.group) || s.from.is_some_and(|from| groups.contains(&from)))
-    })
-}
-
 /// The connections `scope` covers, of those the comet holds now. The slot
 /// table is read now; if it cannot be, every connection is covered.
 async fn covered(hub: &Hub, store: &Store, scope: Scope) -> Vec<Arc<Channel>> {
     let channels = hub.buckets.channels();
-    let groups = match scope {
+    let changed = match scope {
         Scope::All => return channels,
-        Scope::Groups(groups) => groups,
+        Scope::Changed(changed) => changed,
     };
     match watcher::load(store).await {
         Ok(topo) => channels
             .into_iter()
-            .filter(|ch| on_groups(&topo.slots, &groups, ch.mid(), ch.key()))
+            .filter(|ch| changed.covers(&topo.slots, ch.mid(), ch.key()))
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the slot table; renewing every session");
@@ -187,7 +225,7 @@ pub async fn renew(hub: &Hub, store: &Store, scope: Scope) {
     let channels = covered(hub, store, scope.clone()).await;
     if channels.is_empty() {
         tracing::info!(
-            ?scope,
+            %scope,
             "a failover was recorded; no session of this comet is on its group"
         );
         return;
@@ -207,7 +245,7 @@ pub async fn renew(hub: &Hub, store: &Store, scope: Scope) {
         .fetch_add((sessions - failed) as u64, Ordering::Relaxed);
     s.resync_failures.fetch_add(failed as u64, Ordering::Relaxed);
     tracing::warn!(
-        ?scope,
+        %scope,
         sessions,
         held,
         failed,
@@ -236,14 +274,25 @@ mod tests {
             keys: None,
             outcome: String::new(),
             notes: Vec::new(),
+            slots: Vec::new(),
         }
     }
 
     #[test]
-    fn only_records_that_changed_a_master_name_their_group() {
-        let records = [record(1, Some("b:1")), record(2, None), record(3, Some("c:1"))];
-        assert_eq!(changed_groups(&records), BTreeSet::from([1, 3]));
-        assert!(changed_groups(&[record(2, None)]).is_empty());
+    fn only_records_that_changed_a_master_name_their_group_and_slots() {
+        let mut one = record(1, Some("b:1"));
+        one.slots = vec![[0, 2], [7, 7]];
+        let mut failed = record(2, None);
+        failed.slots = vec![[9, 9]];
+        let records = [one, failed, record(3, Some("c:1"))];
+        let changed = Changed::of(&records);
+        assert_eq!(changed.groups, BTreeSet::from([1, 3]));
+        assert_eq!(changed.slots, BTreeSet::from([0, 1, 2, 7]));
+        assert_eq!(
+            Scope::Changed(changed).to_string(),
+            "groups 1, 3; slots 0-2, 7 at the switch"
+        );
+        assert_eq!(Changed::of(&[record(2, None)]), Changed::default());
     }
 
     #[test]
@@ -278,7 +327,11 @@ mod tests {
             .find(|k| !low(&key_key(k)))
             .expect("a key");
         let on = |groups: &[GroupId], mid, key: &str| {
-            on_groups(&slots, &groups.iter().copied().collect(), mid, key)
+            let changed = Changed {
+                groups: groups.iter().copied().collect(),
+                slots: BTreeSet::new(),
+            };
+            changed.covers(&slots, mid, key)
         };
         assert!(on(&[1], mid_low, &key_low));
         assert!(on(&[1], mid_low, &key_high), "the user's key alone");
@@ -289,5 +342,14 @@ mod tests {
         assert!(!on(&[1], 0, &key_high), "no user key without a user");
         assert!(on(&[1], 0, &key_low));
         assert!(!on(&[4], mid_low, &key_low));
+
+        // A slot the record says group 4 had at the switch, since moved off
+        // it: its sessions are covered, the others not.
+        let moved = Changed {
+            groups: BTreeSet::from([4]),
+            slots: BTreeSet::from([slot_of(mid_key(mid_low).as_bytes())]),
+        };
+        assert!(moved.covers(&slots, mid_low, &key_high));
+        assert!(!moved.covers(&slots, mid_high, &key_high));
     }
 }

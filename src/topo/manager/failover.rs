@@ -52,7 +52,7 @@ use super::server_conns::ServerConns;
 use crate::libs::reachable::{self, DownAfter};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
-use crate::topo::model::{FailoverRecord, Group, GroupId, Observation, Role};
+use crate::topo::model::{FailoverRecord, Group, GroupId, Observation, Role, slot_runs};
 use crate::topo::session::ZkSession;
 use crate::topo::store::Store;
 use crate::topo::watcher;
@@ -290,6 +290,7 @@ impl Leader<'_> {
             keys,
             outcome,
             notes: Vec::new(),
+            slots: Vec::new(),
         };
         if let Err(e) = save(self.store, &mut record).await {
             tracing::warn!(error = %e, "cannot record the repair");
@@ -323,11 +324,13 @@ impl Leader<'_> {
             keys: None,
             outcome: String::new(),
             notes: Vec::new(),
+            slots: Vec::new(),
         };
         match result {
             Ok(p) => {
                 tracing::warn!(group = id, old = %master, new = %p.master, switch_ms = record.switch_ms, "failed over");
                 record.notes = p.notes();
+                record.slots = slot_runs(&p.slots);
                 record.new_master = Some(p.master);
                 record.offset = Some(p.offset);
                 record.keys = Some(p.keys);
@@ -469,6 +472,7 @@ pub async fn record_promote(store: &Store, promoted: &Promoted, at_ms: u64, star
         keys: Some(promoted.keys),
         outcome: "promoted".into(),
         notes: promoted.notes(),
+        slots: slot_runs(&promoted.slots),
     };
     if let Err(e) = save(store, &mut record).await {
         tracing::warn!(error = %e, "cannot record the promote");
@@ -492,6 +496,11 @@ pub async fn record_resumed(store: &Store, resumed: &promote::Resumed) {
         keys: None,
         outcome: "resumed".into(),
         notes: resumed.notes.clone(),
+        slots: if resumed.switched {
+            slot_runs(&j.slots())
+        } else {
+            Vec::new()
+        },
     };
     if let Err(e) = save(store, &mut record).await {
         tracing::warn!(error = %e, "cannot record the resumed promote");

@@ -85,6 +85,10 @@ pub struct Promoted {
     pub forced: Vec<String>,
     /// Servers left alone (unreachable, or ahead of the new master).
     pub warnings: Vec<String>,
+    /// The group's slots, own and migrating, at the switch (for the failover
+    /// record; not part of the API's answer).
+    #[serde(skip)]
+    pub slots: Vec<u16>,
 }
 
 impl Promoted {
@@ -266,7 +270,9 @@ pub async fn promote_with(
         if let Some(r) = resumed {
             switched.warnings.extend(r.notes);
         }
-        Ok(report(id, old, choice, switched))
+        let mut promoted = report(id, old, choice, switched);
+        promoted.slots = journal.slots();
+        Ok(promoted)
     })
     .await
 }
@@ -755,6 +761,7 @@ fn report(group: GroupId, previous: Option<String>, choice: Choice, switched: Sw
         keys,
         forced: choice.forced,
         warnings,
+        slots: Vec::new(),
     }
 }
 

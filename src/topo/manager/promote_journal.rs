@@ -50,6 +50,14 @@ pub struct HeldMigration {
 }
 
 impl Journal {
+    /// Every slot it holds, own and migrating, sorted.
+    pub fn slots(&self) -> Vec<u16> {
+        let mut slots = self.own.clone();
+        slots.extend(self.migrating.iter().flat_map(|m| m.slots.iter().copied()));
+        slots.sort_unstable();
+        slots
+    }
+
     /// Writes a new plan.
     ///
     /// # Errors
