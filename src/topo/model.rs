@@ -335,12 +335,9 @@ pub struct FailoverRecord {
 }
 
 impl FailoverRecord {
-    /// Whether `slot` was the group's, or shared with a migration, when its
-    /// master changed (false when that is not known).
-    pub fn had_slot(&self, slot: u16) -> bool {
-        self.slots
-            .iter()
-            .any(|&[first, last]| (first..=last).contains(&slot))
+    /// The slots of [`FailoverRecord::slots`], one by one.
+    pub fn slot_ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.slots.iter().flat_map(|&[first, last]| first..=last)
     }
 }
 

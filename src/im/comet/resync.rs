@@ -83,9 +83,7 @@ impl Changed {
         let mut changed = Changed::default();
         for r in records.iter().filter(|r| r.new_master.is_some()) {
             changed.groups.insert(r.group);
-            changed
-                .slots
-                .extend(r.slots.iter().flat_map(|&[first, last]| first..=last));
+            changed.slots.extend(r.slot_ids());
         }
         changed
     }

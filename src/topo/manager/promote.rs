@@ -270,9 +270,7 @@ pub async fn promote_with(
         if let Some(r) = resumed {
             switched.warnings.extend(r.notes);
         }
-        let mut promoted = report(id, old, choice, switched);
-        promoted.slots = journal.slots();
-        Ok(promoted)
+        Ok(report(id, old, choice, switched, journal.slots()))
     })
     .await
 }
@@ -733,7 +731,13 @@ async fn switch_master(
     })
 }
 
-fn report(group: GroupId, previous: Option<String>, choice: Choice, switched: Switched) -> Promoted {
+fn report(
+    group: GroupId,
+    previous: Option<String>,
+    choice: Choice,
+    switched: Switched,
+    slots: Vec<u16>,
+) -> Promoted {
     let Switched {
         offset,
         keys,
@@ -761,7 +765,7 @@ fn report(group: GroupId, previous: Option<String>, choice: Choice, switched: Sw
         keys,
         forced: choice.forced,
         warnings,
-        slots: Vec::new(),
+        slots,
     }
 }
 
