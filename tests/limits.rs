@@ -339,19 +339,15 @@ async fn a_script_that_runs_long_gets_other_clients_busy_not_a_queue() {
     );
     // The script's own client queues behind it, as on its own connection.
     owner.send(&common::cmd(&["GET", same.as_str()])).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "the script ended too soon to tell"
-    );
+    // The script still runs once that GET is sent: another client still
+    // gets BUSY. (Asked, not timed: the script spins by Redis's TIME, the
+    // wall clock, which this microVM's host may step while our monotonic
+    // clock stands still; a check that the reply came 3 s after the start
+    // failed once that way.)
+    let got = late.call(&["GET", same.as_str()]).await;
+    assert!(busy(&got), "the script ended too soon to tell: {got:?}");
 
     assert_eq!(owner.read_reply().await, Resp::Int(7));
-    // The script spins 3 s by Redis's clock; seen once under 3 s by this
-    // one (5 December 2026, cause not found): say by how much.
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_secs(3),
-        "the script's reply came {took:?} after the start"
-    );
     assert_eq!(owner.read_reply().await, Resp::Bulk(None));
     assert_eq!(early.read_reply().await, Resp::Bulk(None));
     // Once it ended, everyone is served again, and it ran once.
