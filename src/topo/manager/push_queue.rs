@@ -76,7 +76,7 @@ pub async fn read(topo: &Topology, auth: Option<&str>) -> QueueView {
             Ok(Some(view)) => out.streams.push(view),
             Ok(None) => break,
             Err(e) => {
-                out.error = Some(format!("{key} on {}: {e}", conn.addr()));
+                out.error = Some(format!("{key}: {e}"));
                 break;
             }
         }
@@ -85,28 +85,24 @@ pub async fn read(topo: &Topology, auth: Option<&str>) -> QueueView {
 }
 
 /// One stream's figures; `None` if it does not exist.
-async fn look(conn: &mut Conn, key: &str) -> Result<Option<StreamView>, String> {
-    let fail = |e: MigrateError| e.to_string();
-    match conn
-        .call(&["EXISTS", key], "EXISTS", CALL_TIMEOUT)
-        .await
-        .map_err(fail)?
-    {
+async fn look(conn: &mut Conn, key: &str) -> Result<Option<StreamView>, MigrateError> {
+    match conn.call(&["EXISTS", key], "EXISTS", CALL_TIMEOUT).await? {
         Frame::Integer(1) => {}
         _ => return Ok(None),
     }
-    let length = match conn
-        .call(&["XLEN", key], "XLEN", CALL_TIMEOUT)
-        .await
-        .map_err(fail)?
-    {
+    let length = match conn.call(&["XLEN", key], "XLEN", CALL_TIMEOUT).await? {
         Frame::Integer(n) => u64::try_from(n).unwrap_or(0),
-        other => return Err(format!("XLEN answered {}", reply_text(&other))),
+        other => {
+            return Err(MigrateError::Protocol {
+                addr: conn.addr().to_string(),
+                cmd: "XLEN",
+                detail: reply_text(&other),
+            });
+        }
     };
     let groups = conn
         .call(&["XINFO", "GROUPS", key], "XINFO", CALL_TIMEOUT)
-        .await
-        .map_err(fail)?;
+        .await?;
     let (lag, pending) = lag_and_pending(&groups);
     Ok(Some(StreamView {
         key: key.to_string(),
