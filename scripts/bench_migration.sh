@@ -28,6 +28,10 @@
 #                        against another commit's `cargo build --release`)          default: none
 #   BENCH_REDIS_CONFIG   `CONFIG SET` pairs for all four redis-servers once they are up, e.g.
 #                        "appendonly no" (reborn up gives them an AOF, fsync every second)  default: none
+#   BENCH_PIN            "R/P": once everything runs, pin the four redis-servers and ZooKeeper to
+#                        CPU list R and reborn up (proxy, dashboard, migrator) and the load
+#                        generator to CPU list P (taskset), e.g. "1/0": what a host where the
+#                        redis-servers do not share cores with the proxy looks like   default: none
 #   BENCH_KEEP=1         keep the work dir (reborn up logs, raw redis-benchmark output)
 #
 # Ports (fixed, so it never collides with a default `reborn up` or the other benchmarks, and
@@ -310,6 +314,19 @@ if ((OPEN_RATE > 0)); then
     LOAD_PID=$!
 else
     log "baseline: ${BASE_SECS}s of redis-benchmark runs (SET and GET side by side, -c $CLIENTS -P 1 -n $CHUNK each)"
+fi
+if [[ -n ${BENCH_PIN:-} ]]; then
+    [[ $BENCH_PIN == */* ]] || die "BENCH_PIN=$BENCH_PIN: want REDIS_CPUS/REBORN_CPUS, e.g. 1/0"
+    command -v taskset >/dev/null || die "BENCH_PIN needs taskset (util-linux)"
+    PIN_REDIS=${BENCH_PIN%%/*}
+    PIN_REBORN=${BENCH_PIN#*/}
+    for pid in "$SRC_PID" "$DST_PID" "$SRC_REPLICA_PID" "$DST_REPLICA_PID" $(pgrep -P "$UP_PID" java || true); do
+        taskset -apc "$PIN_REDIS" "$pid" >/dev/null || die "taskset $PIN_REDIS $pid"
+    done
+    for pid in "$UP_PID" ${LOAD_PID:+"$LOAD_PID"}; do
+        taskset -apc "$PIN_REBORN" "$pid" >/dev/null || die "taskset $PIN_REBORN $pid"
+    done
+    log "pinned: redis-servers and ZooKeeper to CPUs $PIN_REDIS, reborn up and the load to CPUs $PIN_REBORN"
 fi
 LOAD_BEFORE=$(loadavg)
 start_loops before
