@@ -119,9 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Logic(args) => match args.command {
             Some(reborn::im::logic::args::LogicCommand::Token(t)) => {
-                let token = t
-                    .mint(reborn::im::discovery::unix_now())
-                    .context("mint a token")?;
+                let token = t.mint(reborn::libs::clock::unix_secs()).context("mint a token")?;
                 println!("{token}");
                 Ok(())
             }

@@ -477,8 +477,7 @@ async fn room_counts_of_two_comets_are_summed() {
     // A third comet whose report is 10 minutes old: deleted, not counted.
     h.register_comet(comet("c3", "10.0.0.3", 0, 0)).await;
     let mut r = h.resp().await;
-    let stale =
-        json!({"server": "c3", "room_count": {"live://1": 100}, "updated": discovery::unix_now() - 600});
+    let stale = json!({"server": "c3", "room_count": {"live://1": 100}, "updated": reborn::libs::clock::unix_secs() - 600});
     r.call(&["HSET", "ol_c3", "0", &stale.to_string()])
         .await
         .expect("hset");
@@ -602,7 +601,7 @@ async fn weighted_nodes_reflect_the_registered_comets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_secret_forged_and_expired_tokens_are_refused() {
     let h = Harness::start_with(|c| c.auth.secret = "s3cret".into()).await;
-    let now = discovery::unix_now();
+    let now = reborn::libs::clock::unix_secs();
     let good = token::sign(b"s3cret", 42, "dev", now + 3600).expect("sign");
     let reply = h
         .connect("c1", json!({"mid": 42, "key": "dev", "token": good}))

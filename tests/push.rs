@@ -651,7 +651,7 @@ async fn a_login_that_outlasts_the_handshake_timeout_leaves_no_session() {
 async fn signed_tokens_forged_and_expired_are_refused_valid_accepted() {
     const SECRET: &str = "e2e-secret";
     let p = Push::with(1, |l| l.auth.secret = SECRET.into()).await;
-    let now = reborn::im::discovery::unix_now();
+    let now = reborn::libs::clock::unix_secs();
     let body = |token: &str| {
         serde_json::to_vec(&json!({
             "mid": 41, "key": "tk", "room_id": "live://7", "platform": "linux", "accepts": [OP], "token": token

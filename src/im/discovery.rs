@@ -8,12 +8,13 @@
 //! publishes the live set on every change (children watch) and re-reads the
 //! data every few seconds, since counts change without a child event.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::libs::clock::unix_secs;
 use crate::topo::error::TopoError;
 use crate::topo::store::Store;
 
@@ -80,14 +81,6 @@ pub struct Instance {
     pub pid_space: String,
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Publishes (or refreshes) `instance` under `kind`. Calling it again with new
 /// counts rewrites the node; the store re-creates it after a session expiry.
 ///
@@ -96,7 +89,7 @@ pub fn unix_now() -> u64 {
 pub async fn register(store: &Store, kind: InstanceKind, instance: &Instance) -> Result<(), TopoError> {
     let path = store.paths().im_instance(kind.dir(), &instance.id);
     let mut instance = instance.clone();
-    instance.updated = unix_now();
+    instance.updated = unix_secs();
     let me = crate::topo::owner::Owner::me();
     (instance.pid, instance.pid_space) = (me.pid, me.pid_space);
     let data = serde_json::to_vec(&instance).map_err(|source| TopoError::Json {

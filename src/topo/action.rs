@@ -27,6 +27,8 @@ use super::path::Paths;
 use super::session::ZkSession;
 use super::store::Store;
 
+use crate::libs::clock::unix_secs;
+
 /// How long a phase waits for every live proxy by default.
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -315,7 +317,7 @@ async fn write_phase_fenced(
         slots: slots.to_vec(),
         from,
         to,
-        created: lock::unix_now(),
+        created: unix_secs(),
         drain_target,
     };
     zk.mkdir_p(&paths.actions()).await?;

@@ -6,10 +6,10 @@
 //! guard keeps the [`ZkSession`] that created the node: if that session expires
 //! mid-operation, the lock is gone and the remaining writes fail with
 //! `SessionExpired` instead of continuing unlocked on a new session.
-//! Imports `topo`'s kernel only.
+//! Imports `libs` and `topo`'s kernel.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use zookeeper_client as zk;
@@ -17,6 +17,8 @@ use zookeeper_client as zk;
 use super::error::TopoError;
 use super::session::{ZkSession, from_json};
 use super::store::Store;
+
+use crate::libs::clock::unix_secs;
 
 /// How long [`acquire`] waits for a held lock before giving up.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
@@ -43,14 +45,14 @@ impl LockInfo {
             owner: owner.to_string(),
             pid: std::process::id(),
             host: host_name(),
-            since: unix_now(),
+            since: unix_secs(),
         }
     }
 }
 
 impl fmt::Display for LockInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let age = unix_now().saturating_sub(self.since);
+        let age = unix_secs().saturating_sub(self.since);
         write!(
             f,
             "{:?} (pid {} on {}, for {age}s)",
@@ -195,14 +197,6 @@ pub(crate) fn host_name() -> String {
         .unwrap_or_else(|| "unknown-host".to_string())
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,7 +207,7 @@ mod tests {
             owner: "admin slots-assign".into(),
             pid: 42,
             host: "h1".into(),
-            since: unix_now(),
+            since: unix_secs(),
         };
         let data = serde_json::to_vec(&info).expect("json");
         let text = describe_holder("/l", &data);

@@ -6,7 +6,7 @@
 //! leaves ZooKeeper half-written. None of them moves data: moving slots between
 //! live groups is the migration manager's job. Imports `libs` and `topo`'s kernel.
 
-use super::lock::unix_now;
+use crate::libs::clock::unix_secs;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ pub async fn init_product(store: &Store) -> Result<(), TopoError> {
     }
     let info = ProductInfo {
         name: paths.product_name().to_string(),
-        created: unix_now(),
+        created: unix_secs(),
     };
     // The lock lives under the product node, so the node comes first.
     ignore_exists(zk.create_json(paths.product(), &info).await)?;
@@ -275,7 +275,7 @@ pub async fn set_proxy_online(store: &Store, proxy_id: &str, online: bool) -> Re
         } else {
             zk.mkdir_p(&paths.offline()).await?;
             ignore_exists(
-                zk.create_json(&marker, &OfflineMarker { since: unix_now() })
+                zk.create_json(&marker, &OfflineMarker { since: unix_secs() })
                     .await,
             )?;
         }

@@ -2,12 +2,12 @@
 //! process, spread over 127.0.0.x source addresses, each heartbeating rarely
 //! and counting what it receives. The idle, room and latency modes are crowds
 //! with different auth bodies and sinks. Imports the generator's wire
-//! connection and `frame::op`.
+//! connection, `frame::op` and `libs::clock`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::im::bench::error::BenchError;
 use crate::im::bench::wire::WireConn;
 use crate::im::frame::op;
+use crate::libs::clock::unix_ms;
 
 /// What each pushed frame's body is handed to (the latency mode's clock).
 pub type PushSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
@@ -82,13 +83,6 @@ pub struct Crowd {
     pub stats: Arc<CrowdStats>,
     tasks: JoinSet<()>,
     stop: CancellationToken,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl CrowdSpec {

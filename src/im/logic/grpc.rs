@@ -18,12 +18,12 @@ use std::sync::atomic::Ordering;
 
 use tonic::{Request, Response, Status};
 
-use crate::im::discovery::unix_now;
 use crate::im::proto::logic::logic_server::Logic;
 use crate::im::proto::logic::{
     ConnectReply, ConnectReq, DisconnectReply, DisconnectReq, HeartbeatReply, HeartbeatReq, NodesReply,
     NodesReq, OnlineReply, OnlineReq, ReceiveReply, ReceiveReq,
 };
+use crate::libs::clock::unix_secs;
 use crate::libs::resp_client::RespError;
 
 use super::auth;
@@ -59,15 +59,15 @@ impl Logic for LogicService {
     async fn connect(&self, request: Request<ConnectReq>) -> Result<Response<ConnectReply>, Status> {
         let req = request.into_inner();
         let s = &self.state;
-        let auth = match auth::authenticate(&req.token, s.config.auth.secret.as_bytes(), unix_now(), &req.key)
-        {
-            Ok(a) => a,
-            Err(e) => {
-                s.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(server = %req.server, error = %e, "connection refused");
-                return Err(Status::unauthenticated(e.to_string()));
-            }
-        };
+        let auth =
+            match auth::authenticate(&req.token, s.config.auth.secret.as_bytes(), unix_secs(), &req.key) {
+                Ok(a) => a,
+                Err(e) => {
+                    s.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(server = %req.server, error = %e, "connection refused");
+                    return Err(Status::unauthenticated(e.to_string()));
+                }
+            };
         s.sessions
             .add_mapping(auth.mid, &auth.key, &req.server)
             .await
@@ -117,7 +117,7 @@ impl Logic for LogicService {
         let online = ServerOnline {
             server: req.server,
             room_count: req.room_count.into_iter().collect(),
-            updated: unix_now(),
+            updated: unix_secs(),
         };
         self.state
             .sessions

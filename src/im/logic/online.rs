@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::im::discovery::{Instance, unix_now};
+use crate::im::discovery::Instance;
+use crate::libs::clock::unix_secs;
 
 use super::config::LogicOnlineConfig;
 use super::mapping::Sessions;
@@ -195,7 +196,7 @@ pub async fn run_loader(
         }
         let servers: Vec<String> = comets.borrow_and_update().iter().map(|c| c.id.clone()).collect();
         departures.observe(&servers, Instant::now());
-        let sum = load(&sessions, &servers, config.stale_after.as_secs(), unix_now()).await;
+        let sum = load(&sessions, &servers, config.stale_after.as_secs(), unix_secs()).await;
         counts.set(sum);
         delete_departed(&sessions, &mut departures, config.gone_grace).await;
     }

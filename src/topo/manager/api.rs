@@ -536,7 +536,7 @@ async fn promote(
         server: b.addr,
         force: b.force,
     };
-    let (at_ms, started) = (super::failover::unix_ms(), tokio::time::Instant::now());
+    let (at_ms, started) = (crate::libs::clock::unix_ms(), tokio::time::Instant::now());
     let promoted = super::promote::promote_with(
         &s.store,
         id,

@@ -39,7 +39,7 @@
 //! `server_conns` and `health`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -49,6 +49,7 @@ use super::health;
 use super::promote::{self, PromoteRequest, Promoted};
 use super::replication::{self, LookError, Replication};
 use super::server_conns::ServerConns;
+use crate::libs::clock::unix_ms;
 use crate::libs::reachable::{self, DownAfter};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
@@ -542,11 +543,4 @@ pub async fn list(store: &Store) -> Result<Vec<FailoverRecord>, TopoError> {
         .collect();
     out.sort_by_key(|r| r.seq);
     Ok(out)
-}
-
-pub(super) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

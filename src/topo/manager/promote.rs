@@ -42,6 +42,7 @@ use super::migration_gate::MigrationGate;
 use super::migrator::{self, Conn, Sent, Unconfirmed};
 pub use super::promote_journal::{HeldMigration, Journal};
 use super::replication::{self, Replication, thousands};
+use crate::libs::clock::unix_secs;
 use crate::libs::resp_client::Frame;
 use crate::topo::action::{wait_acks, write_hold, write_phase};
 use crate::topo::error::TopoError;
@@ -355,7 +356,7 @@ async fn resume_under_lock(
         "resuming a promote that stopped half-way"
     );
     held.release_own(Some(ack_timeout)).await?;
-    let age = lock::unix_now().saturating_sub(journal.started);
+    let age = unix_secs().saturating_sub(journal.started);
     let mut notes = vec![format!(
         "resumed a promote of group {id} to {} that stopped half-way {age} s before ({}); its slots were \
          released{}",
@@ -458,7 +459,7 @@ impl<'a> Held<'a> {
                 })
                 .collect(),
             settle,
-            started: lock::unix_now(),
+            started: unix_secs(),
         }
     }
 

@@ -35,9 +35,9 @@ use super::migration_gate::MigrationGate;
 use super::migrator::{self, MigratorConfig, Outcome, Progress};
 use super::promote::{self, Resumption};
 use super::task::{self, Task, TaskState};
+use crate::libs::clock::unix_secs;
 use crate::topo::action::{self, DEFAULT_ACK_TIMEOUT, Fence, check_migration};
 use crate::topo::error::TopoError;
-use crate::topo::lock;
 use crate::topo::model::{GroupId, SlotState, Topology, WriteAck};
 use crate::topo::operation::format_slot_ids;
 use crate::topo::store::Store;
@@ -171,7 +171,7 @@ async fn claim(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<Du
         return wait_queued(store, task.id, why).await;
     }
     task.state = TaskState::Migrating;
-    task.updated = lock::unix_now();
+    task.updated = unix_secs();
     if task.error.as_deref().is_some_and(|e| e.starts_with(WAITING)) {
         task.error = None;
     }
@@ -219,7 +219,7 @@ async fn wait_queued(store: &Store, id: u64, why: String) -> Result<Duration, To
     if current.state == TaskState::Queued && current.error.as_deref() != Some(error.as_str()) {
         tracing::warn!(task = id, "migration task waits: {why}");
         current.error = Some(error);
-        current.updated = lock::unix_now();
+        current.updated = unix_secs();
         match store.set_json(&path, &current, version).await {
             Ok(_) | Err(TopoError::Conflict { .. }) => {}
             Err(e) => return Err(e),
@@ -272,7 +272,7 @@ async fn switch(store: &Store, cfg: &MigratorConfig, mut task: Task) -> Result<D
         return Ok(Duration::ZERO);
     }
     let mut fenced = stored;
-    fenced.updated = lock::unix_now();
+    fenced.updated = unix_secs();
     let value = serde_json::to_value(&fenced).map_err(|source| TopoError::Json {
         path: path.clone(),
         source,
@@ -454,7 +454,7 @@ async fn save(store: &Store, task: &mut Task) -> Result<bool, TopoError> {
     let path = store.paths().task(task.id);
     let mut last = None;
     for _ in 0..SAVE_TRIES {
-        task.updated = lock::unix_now();
+        task.updated = unix_secs();
         let (stored, version) = store.get_json_with_version::<Task>(&path).await?;
         if stored.state == TaskState::Cancelled {
             *task = stored;

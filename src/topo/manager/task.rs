@@ -26,6 +26,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::migrator::Progress;
+use crate::libs::clock::unix_secs;
 use crate::topo::action::{check_migration, read_group};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
@@ -175,7 +176,7 @@ pub async fn enqueue_many(store: &Store, moves: Vec<(Vec<u16>, GroupId)>) -> Res
             }
             id += 1;
             busy.push((id, mine));
-            tasks.push(Task::queued(id, slots, to, lock::unix_now()));
+            tasks.push(Task::queued(id, slots, to, unix_secs()));
         }
         for task in &tasks {
             zk.create_json(&paths.task(task.id), task).await?;
@@ -263,7 +264,7 @@ pub async fn cancel(store: &Store, id: u64) -> Result<Task, TopoError> {
         // Pausing is about a task that runs; an ended one is only ended.
         task.paused = false;
         task.error = Some("cancelled by an operator".into());
-        task.updated = lock::unix_now();
+        task.updated = unix_secs();
         match store.set_json(&path, &task, version).await {
             Ok(_) => return Ok(task),
             Err(TopoError::Conflict { .. }) => continue,
@@ -321,7 +322,7 @@ pub async fn set_paused(store: &Store, id: u64, paused: bool) -> Result<Task, To
             return Err(TopoError::State(format!("task {id} is {}", task.state.name())));
         }
         task.paused = paused;
-        task.updated = lock::unix_now();
+        task.updated = unix_secs();
         match store.set_json(&path, &task, version).await {
             Ok(_) => return Ok(task),
             Err(TopoError::Conflict { .. }) => continue,

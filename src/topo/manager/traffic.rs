@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::dashboard::client::{self, ClientError};
+use crate::libs::clock::unix_ms;
 use crate::topo::model::ProxyInfo;
 use crate::topo::store::Store;
 
@@ -380,12 +381,6 @@ async fn ask(info: &ProxyInfo) -> Result<Figures, AskError> {
         Ok(Ok(reply)) if reply.status == 200 => Ok(Figures::from_stats(&reply.body)),
         Ok(Ok(reply)) => Err(AskError::Status(reply.status)),
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -34,8 +34,9 @@ use zookeeper_client as zk;
 
 use super::error::DashboardError;
 use crate::libs::backoff::Backoff;
+use crate::libs::clock::unix_secs;
 use crate::topo::error::TopoError;
-use crate::topo::lock::{host_name, unix_now};
+use crate::topo::lock::host_name;
 use crate::topo::session::{ZkSession, from_json};
 use crate::topo::store::Store;
 
@@ -69,7 +70,7 @@ impl DashboardInfo {
             addr,
             pid: std::process::id(),
             host: host_name(),
-            since: unix_now(),
+            since: unix_secs(),
             pid_space: crate::libs::pid_space::current().to_string(),
         }
     }
@@ -77,7 +78,7 @@ impl DashboardInfo {
 
 impl fmt::Display for DashboardInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let age = unix_now().saturating_sub(self.since);
+        let age = unix_secs().saturating_sub(self.since);
         write!(
             f,
             "http://{} (pid {} on {}, leading for {age}s)",
@@ -254,7 +255,7 @@ impl Campaign {
     /// One attempt: create the node, or find out who holds it (and watch it).
     async fn try_take(&self, zk: &ZkSession, path: &str) -> Result<Attempt, TopoError> {
         let me = DashboardInfo {
-            since: unix_now(),
+            since: unix_secs(),
             ..self.me.clone()
         };
         let data = serde_json::to_vec(&me).map_err(|source| TopoError::Json {
