@@ -404,9 +404,7 @@ impl Record {
         self.window.sort_unstable();
         let us = |d: Option<&Duration>| d.map_or(0, |d| d.as_micros());
         let (w, n) = (&self.window, self.window.len());
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let unix_ms = super::clock::unix_ms();
         println!(
             "{unix_ms},{n},{},{},{},{}",
             self.errors,

@@ -10,7 +10,7 @@
 //! runtime; client traffic runs on the workers ([`super::worker`]).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -228,10 +228,7 @@ fn proxy_info(first: &Context, admin_addr: String) -> ProxyInfo {
         admin_addr,
         pid: std::process::id(),
         pid_space: crate::libs::pid_space::current().to_string(),
-        start_time: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        start_time: crate::libs::clock::unix_secs(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         write_ack: first.config.write_ack,
     }
