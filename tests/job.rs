@@ -552,3 +552,34 @@ async fn a_dead_instances_entries_are_taken_over_without_waiting_for_claim_min_i
     stop.cancel();
     drop(blackhole);
 }
+
+/// The dashboard's view of the queue (`GET /api/push`, the web UI's Push
+/// view) lists the streams up to one it cannot read, and names that one with
+/// the server's own error: here `goim-push-1` holds a string, so `XLEN`
+/// answers `WRONGTYPE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_queue_view_names_a_stream_it_cannot_read() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await.to_string();
+    let mut r = common::RawConn::connect(&proxy).await;
+    let first = queue::stream_key(0);
+    let second = queue::stream_key(1);
+    assert!(matches!(
+        r.call(&["XADD", first.as_str(), "*", queue::FIELD, "x"]).await,
+        common::Resp::Bulk(Some(_))
+    ));
+    assert_eq!(
+        r.call(&["SET", second.as_str(), "not a stream"]).await,
+        common::Resp::Simple("OK".into())
+    );
+    let topo = reborn::topo::watcher::load(&c.store).await.expect("topology");
+    let view = reborn::topo::manager::push_queue::read(&topo, None).await;
+    assert_eq!(view.streams.len(), 1, "{view:?}");
+    assert_eq!(view.streams[0].key, first);
+    assert_eq!(view.streams[0].length, 1);
+    let error = view.error.expect("an error for goim-push-1");
+    assert!(
+        error.starts_with("goim-push-1: ") && error.contains("answered XLEN with: WRONGTYPE"),
+        "{error}"
+    );
+}

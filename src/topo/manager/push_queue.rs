@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::master_conns::MasterConns;
-use super::migrator::{Conn, MigrateError, reply_text};
+use super::migrator::{Conn, MigrateError};
 use crate::libs::resp_client::Frame;
 use crate::topo::model::Topology;
 
@@ -92,13 +92,7 @@ async fn look(conn: &mut Conn, key: &str) -> Result<Option<StreamView>, MigrateE
     }
     let length = match conn.call(&["XLEN", key], "XLEN", CALL_TIMEOUT).await? {
         Frame::Integer(n) => u64::try_from(n).unwrap_or(0),
-        other => {
-            return Err(MigrateError::Protocol {
-                addr: conn.addr().to_string(),
-                cmd: "XLEN",
-                detail: reply_text(&other),
-            });
-        }
+        other => return Err(conn.unexpected("XLEN", &other)),
     };
     let groups = conn
         .call(&["XINFO", "GROUPS", key], "XINFO", CALL_TIMEOUT)

@@ -143,6 +143,25 @@ impl Conn {
         }
     }
 
+    /// The error for a reply to `cmd` that is not the one expected: an error
+    /// reply is [`MigrateError::Redis`], anything else
+    /// [`MigrateError::Protocol`].
+    pub(crate) fn unexpected(&self, cmd: &'static str, reply: &Frame) -> MigrateError {
+        let addr = self.addr().to_string();
+        match reply {
+            Frame::Error(message) => MigrateError::Redis {
+                addr,
+                cmd,
+                message: message.to_string(),
+            },
+            other => MigrateError::Protocol {
+                addr,
+                cmd,
+                detail: reply_text(other),
+            },
+        }
+    }
+
     /// The migrator's error for a failure of the framed client.
     fn lift(&self, cmd: &'static str, e: RespError) -> MigrateError {
         lift(self.addr(), cmd, e)

@@ -45,8 +45,8 @@ use super::batch::{Key, Verdict, verdict};
 use super::conn::{Conn, reply_text};
 use super::error::MigrateError;
 use super::restore::{
-    Dumped, Failure, Steps, Transferred, commit, dump, expect_ok, guarded_del, redis_error, replica_has,
-    restore_scripted, take_back_gone, unwatch, unwatched, watch,
+    Dumped, Failure, Steps, Transferred, commit, dump, expect_ok, guarded_del, replica_has, restore_scripted,
+    take_back_gone, unwatch, unwatched, watch,
 };
 use super::unconfirmed::Unconfirmed;
 use crate::libs::copy_mark;
@@ -163,7 +163,7 @@ async fn observe(
     words.extend_from_slice(names);
     let reply = target.call(&words, "EVAL", wait).await?;
     let Frame::Array(items) = &reply else {
-        return Err(redis_error(target, "EVAL", &reply));
+        return Err(target.unexpected("EVAL", &reply));
     };
     let numbers: Option<Vec<i64>> = items
         .iter()
@@ -173,10 +173,10 @@ async fn observe(
         })
         .collect();
     let Some((&at_ms, found)) = numbers.as_deref().and_then(<[i64]>::split_first) else {
-        return Err(redis_error(target, "EVAL", &reply));
+        return Err(target.unexpected("EVAL", &reply));
     };
     if found.len() != names.len() {
-        return Err(redis_error(target, "EVAL", &reply));
+        return Err(target.unexpected("EVAL", &reply));
     }
     let keys = found
         .iter()
@@ -315,7 +315,7 @@ async fn migrate_copy(
             waited: wait,
         })),
         Some(Verdict::Refused(why)) => Some(Failure::Refused(why)),
-        None => Some(Failure::Source(redis_error(source, "MIGRATE", &reply))),
+        None => Some(Failure::Source(source.unexpected("MIGRATE", &reply))),
     };
     if let Some(failure) = failure {
         return Err(unwatched(source, failure, wait).await);

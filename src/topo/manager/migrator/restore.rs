@@ -345,7 +345,7 @@ pub(super) async fn replica_has(
     if restored_before {
         let reply = target.read("PUBLISH", wait).await.map_err(Failure::Target)?;
         if !matches!(reply, Frame::Integer(_)) {
-            return Err(Failure::Target(redis_error(target, "PUBLISH", &reply)));
+            return Err(Failure::Target(target.unexpected("PUBLISH", &reply)));
         }
     }
     // `WAIT` itself takes up to `wait`: its reply gets as long again.
@@ -356,7 +356,7 @@ pub(super) async fn replica_has(
             "no replica of {} acknowledged the restored keys within {ms} ms",
             target.addr()
         ))),
-        other => Err(Failure::Target(redis_error(target, "WAIT", &other))),
+        other => Err(Failure::Target(target.unexpected("WAIT", &other))),
     }
 }
 
@@ -385,7 +385,7 @@ pub(super) async fn read_copy(conn: &mut Conn, wait: Duration) -> Result<Option<
     let payload = match payload {
         Frame::BulkString(payload) => payload,
         Frame::Null => return Ok(None),
-        other => return Err(redis_error(conn, "DUMP", &other)),
+        other => return Err(conn.unexpected("DUMP", &other)),
     };
     match expiry {
         // `RESTORE … ABSTTL`'s "no expiry".
@@ -399,7 +399,7 @@ pub(super) async fn read_copy(conn: &mut Conn, wait: Duration) -> Result<Option<
         })),
         // -2: expired between the two commands.
         Frame::Integer(_) => Ok(None),
-        other => Err(redis_error(conn, "PEXPIRETIME", &other)),
+        other => Err(conn.unexpected("PEXPIRETIME", &other)),
     }
 }
 
@@ -492,7 +492,7 @@ async fn restore(
                     found.foreign.push(d.index)
                 }
                 (Frame::Integer(_), _) => found.busy.push(d.index),
-                (other, _) => return Err(Failure::Target(redis_error(target, "OBJECT REFCOUNT", &other))),
+                (other, _) => return Err(Failure::Target(target.unexpected("OBJECT REFCOUNT", &other))),
             }
         }
     }
@@ -614,7 +614,7 @@ pub(super) async fn restore_scripted(
         }
     }
     match bad {
-        Some(other) => Err(redis_error(target, "EVAL", &other)),
+        Some(other) => Err(target.unexpected("EVAL", &other)),
         None => Ok(replies),
     }
 }
@@ -659,7 +659,7 @@ pub(super) async fn take_back(
         .await?;
     match target.read("EVAL", wait).await? {
         Frame::Integer(_) => Ok(()),
-        other => Err(redis_error(target, "EVAL", &other)),
+        other => Err(target.unexpected("EVAL", &other)),
     }
 }
 
@@ -683,12 +683,12 @@ pub(super) async fn guarded_del(
     let queued = source.read("DEL", wait).await?;
     let exec = source.read("EXEC", wait).await?;
     if !matches!(&queued, Frame::SimpleString(s) if s.as_ref() == b"QUEUED") {
-        return Err(redis_error(source, "DEL", &queued));
+        return Err(source.unexpected("DEL", &queued));
     }
     match &exec {
         Frame::Null => Ok(false),
         Frame::Array(items) if matches!(items.as_slice(), [Frame::Integer(_)]) => Ok(true),
-        _ => Err(redis_error(source, "EXEC", &exec)),
+        _ => Err(source.unexpected("EXEC", &exec)),
     }
 }
 
@@ -705,7 +705,7 @@ pub(super) async fn unwatch(conn: &mut Conn, wait: Duration) -> Result<(), Migra
     if is_ok(&reply) {
         Ok(())
     } else {
-        Err(redis_error(conn, "UNWATCH", &reply))
+        Err(conn.unexpected("UNWATCH", &reply))
     }
 }
 
@@ -718,23 +718,7 @@ pub(super) async fn expect_ok(
     if is_ok(&reply) {
         Ok(())
     } else {
-        Err(redis_error(conn, cmd, &reply))
-    }
-}
-
-pub(super) fn redis_error(conn: &Conn, cmd: &'static str, reply: &Frame) -> MigrateError {
-    let addr = conn.addr().to_string();
-    match reply {
-        Frame::Error(message) => MigrateError::Redis {
-            addr,
-            cmd,
-            message: message.to_string(),
-        },
-        other => MigrateError::Protocol {
-            addr,
-            cmd,
-            detail: reply_text(other),
-        },
+        Err(conn.unexpected(cmd, &reply))
     }
 }
 

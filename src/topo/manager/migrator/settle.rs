@@ -36,7 +36,7 @@ use bytes::Bytes;
 use super::SlotSet;
 use super::conn::Conn;
 use super::error::MigrateError;
-use super::restore::{copy_commands, read_copy, redis_error};
+use super::restore::{copy_commands, read_copy};
 use super::unconfirmed::Sent;
 use crate::libs::hash::slot_of;
 use crate::libs::resp_client::{Frame, cmd};
@@ -90,7 +90,7 @@ pub async fn settle_promoted_source(
                 del.extend(drop.iter().map(|k| k.as_ref()));
                 let reply = src.call(&del, "DEL", WAIT).await?;
                 if !matches!(reply, Frame::Integer(_)) {
-                    return Err(redis_error(&src, "DEL", &reply));
+                    return Err(src.unexpected("DEL", &reply));
                 }
                 done.dropped += drop.len() as u64;
             }
@@ -130,7 +130,7 @@ async fn judge(
                     Frame::Integer(1) if ours => done.kept += 1,
                     Frame::Integer(1) => drop.push(k.clone()),
                     Frame::Integer(_) => {}
-                    other => return Err(redis_error(dst, "EXISTS", &other)),
+                    other => return Err(dst.unexpected("EXISTS", &other)),
                 }
                 continue;
             }

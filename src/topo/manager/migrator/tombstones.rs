@@ -4,7 +4,6 @@
 //! delete it (`libs::tombstone` says how tombstones work and why).
 
 use super::conn::{Conn, is_ok};
-use super::restore::redis_error;
 use super::{MigrateError, MigratorConfig, SlotSet};
 use crate::libs::hash::slot_of;
 use crate::libs::resp_client::Frame;
@@ -36,7 +35,7 @@ pub(super) async fn clear(source: &str, slots: &SlotSet, cfg: &MigratorConfig) -
         if del.len() > 1 {
             match conn.call(&del, "DEL", cfg.timeout).await? {
                 Frame::Integer(n) => cleared += n.unsigned_abs(),
-                other => return Err(redis_error(&conn, "DEL", &other)),
+                other => return Err(conn.unexpected("DEL", &other)),
             }
         }
         if next == 0 {
