@@ -29,9 +29,9 @@
 #   BENCH_REDIS_CONFIG   `CONFIG SET` pairs for all four redis-servers once they are up, e.g.
 #                        "appendonly no" (reborn up gives them an AOF, fsync every second)  default: none
 #   BENCH_PIN            "R/P": once everything runs, pin the four redis-servers and ZooKeeper to
-#                        CPU list R and reborn up (proxy, dashboard, migrator) and the load
-#                        generator to CPU list P (taskset), e.g. "1/0": what a host where the
-#                        redis-servers do not share cores with the proxy looks like   default: none
+#                        CPU list R and reborn up (proxy, dashboard, migrator), the load
+#                        generator and this script to CPU list P (taskset), e.g. "1/0", to try a
+#                        host where the redis-servers do not share cores with the proxy  default: none
 #   BENCH_KEEP=1         keep the work dir (reborn up logs, raw redis-benchmark output)
 #
 # Ports (fixed, so it never collides with a default `reborn up` or the other benchmarks, and
@@ -323,10 +323,11 @@ if [[ -n ${BENCH_PIN:-} ]]; then
     for pid in "$SRC_PID" "$DST_PID" "$SRC_REPLICA_PID" "$DST_REPLICA_PID" $(pgrep -P "$UP_PID" java || true); do
         taskset -apc "$PIN_REDIS" "$pid" >/dev/null || die "taskset $PIN_REDIS $pid"
     done
-    for pid in "$UP_PID" ${LOAD_PID:+"$LOAD_PID"}; do
+    # This shell too, so what it starts later (redis-benchmark loops, admin migrate) inherits it.
+    for pid in "$UP_PID" ${LOAD_PID:+"$LOAD_PID"} $$; do
         taskset -apc "$PIN_REBORN" "$pid" >/dev/null || die "taskset $PIN_REBORN $pid"
     done
-    log "pinned: redis-servers and ZooKeeper to CPUs $PIN_REDIS, reborn up and the load to CPUs $PIN_REBORN"
+    log "pinned: redis-servers and ZooKeeper to CPUs $PIN_REDIS, reborn up, the load and this script to CPUs $PIN_REBORN"
 fi
 LOAD_BEFORE=$(loadavg)
 start_loops before

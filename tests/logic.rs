@@ -477,7 +477,8 @@ async fn room_counts_of_two_comets_are_summed() {
     // A third comet whose report is 10 minutes old: deleted, not counted.
     h.register_comet(comet("c3", "10.0.0.3", 0, 0)).await;
     let mut r = h.resp().await;
-    let stale = json!({"server": "c3", "room_count": {"live://1": 100}, "updated": reborn::libs::clock::unix_secs() - 600});
+    let ten_minutes_ago = reborn::libs::clock::unix_secs() - 600;
+    let stale = json!({"server": "c3", "room_count": {"live://1": 100}, "updated": ten_minutes_ago});
     r.call(&["HSET", "ol_c3", "0", &stale.to_string()])
         .await
         .expect("hset");
