@@ -67,9 +67,15 @@ fn treatment(name: &str, kind: Kind) -> (&'static str, String) {
                 "the proxy's sections, the oldest master's server fields; keyspace, persistence, errorstats and commandstats merged over the masters",
             ),
             Fan::Scan => fan("group after group; the cursor carries the group"),
-            Fan::Eval => (
+            // Only `EVAL`/`EVAL_RO` carry the text that shows a keyless script
+            // cannot reach the data (`proxy::keyless_script`).
+            Fan::Eval if matches!(name, "eval" | "eval_ro") => (
                 "works, by key",
                 "by its keys; with `numkeys 0` only a script that calls no command runs".into(),
+            ),
+            Fan::Eval => (
+                "works, by key",
+                "by its keys; `numkeys 0` is refused, as the proxy cannot see the code".into(),
             ),
         },
     }
