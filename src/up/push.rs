@@ -7,6 +7,7 @@
 //! `[node]` ports, not the comet's (goim's design: one port set per cluster).
 //! Imports the three `im` roles and `up`'s role plumbing.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use tokio_util::sync::CancellationToken;
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::topo::ZkConfig;
 
 use super::error::UpError;
-use super::roles::{Ready, RoleFuture};
+use super::roles::{Ready, RoleError, RoleFuture};
 use super::{UpArgs, load_role_config};
 
 /// Where the push roles listen, decided before anything starts.
@@ -65,6 +66,38 @@ impl PushPlan {
     }
 }
 
+/// A push role as up runs it: `start` (lazy, like any future) runs once up
+/// starts the role; up hears it is ready when `start` returns; the role then
+/// runs until up cancels it, and `stop` drains it.
+fn until_cancelled<R, E, S>(
+    start: impl Future<Output = Result<R, E>> + Send + 'static,
+    stop: impl FnOnce(R) -> S + Send + 'static,
+) -> impl FnOnce(CancellationToken, Ready) -> RoleFuture
+where
+    R: Send + 'static,
+    S: Future<Output = ()> + Send,
+    RoleError: From<E>,
+{
+    move |cancel: CancellationToken, ready: Ready| -> RoleFuture {
+        Box::pin(async move {
+            let running = start.await?;
+            let _ = ready.send(());
+            cancel.cancelled().await;
+            stop(running).await;
+            Ok(())
+        })
+    }
+}
+
+/// Up's ZooKeeper and product, with the session timeout of the role's own
+/// file: how long a role may be cut off is the role's to choose.
+fn up_zk(up: &ZkConfig, file: &ZkConfig) -> ZkConfig {
+    ZkConfig {
+        session_timeout: file.session_timeout,
+        ..up.clone()
+    }
+}
+
 /// A role's start-up error as up reports it.
 fn invalid(role: &str, e: impl std::fmt::Display) -> UpError {
     UpError::Role {
@@ -89,22 +122,14 @@ pub fn logic_role(
     if config.cluster.auth.is_empty() {
         config.cluster.auth = proxy_auth.to_string();
     }
-    config.zk = ZkConfig {
-        session_timeout: config.zk.session_timeout,
-        ..zk.clone()
-    };
+    config.zk = up_zk(zk, &config.zk);
     config.node.tcp_port = plan.comet_tcp.port();
     config.node.ws_port = plan.comet_ws.port();
     config.validate().map_err(|e| invalid("logic", e))?;
-    Ok(move |cancel: CancellationToken, ready: Ready| -> RoleFuture {
-        Box::pin(async move {
-            let running = crate::im::logic::start(config).await?;
-            let _ = ready.send(());
-            cancel.cancelled().await;
-            running.shutdown().await;
-            Ok(())
-        })
-    })
+    Ok(until_cancelled(
+        crate::im::logic::start(config),
+        crate::im::logic::RunningLogic::shutdown,
+    ))
 }
 
 /// The comet: its file's settings with up's ports and product.
@@ -119,20 +144,12 @@ pub fn comet_role(
     config.websocket.listen = plan.comet_ws.to_string();
     config.grpc.listen = plan.comet_grpc.to_string();
     config.admin_listen = plan.comet_admin.to_string();
-    config.zk = ZkConfig {
-        session_timeout: config.zk.session_timeout,
-        ..zk.clone()
-    };
+    config.zk = up_zk(zk, &config.zk);
     config.validate().map_err(|e| invalid("comet", e))?;
-    Ok(move |cancel: CancellationToken, ready: Ready| -> RoleFuture {
-        Box::pin(async move {
-            let running = crate::im::comet::start(config).await?;
-            let _ = ready.send(());
-            cancel.cancelled().await;
-            running.shutdown().await;
-            Ok(())
-        })
-    })
+    Ok(until_cancelled(
+        crate::im::comet::start(config),
+        crate::im::comet::RunningComet::shutdown,
+    ))
 }
 
 /// The job: its file's settings with up's proxy (and its password, as for
@@ -150,18 +167,10 @@ pub fn job_role(
     if config.cluster.auth.is_empty() {
         config.cluster.auth = proxy_auth.to_string();
     }
-    config.zk = ZkConfig {
-        session_timeout: config.zk.session_timeout,
-        ..zk.clone()
-    };
+    config.zk = up_zk(zk, &config.zk);
     config.validate().map_err(|e| invalid("job", e))?;
-    Ok(move |cancel: CancellationToken, ready: Ready| -> RoleFuture {
-        Box::pin(async move {
-            let running = crate::im::job::start(config).await?;
-            let _ = ready.send(());
-            cancel.cancelled().await;
-            running.shutdown().await;
-            Ok(())
-        })
-    })
+    Ok(until_cancelled(
+        crate::im::job::start(config),
+        crate::im::job::RunningJob::shutdown,
+    ))
 }
