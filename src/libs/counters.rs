@@ -4,7 +4,7 @@
 //! being its Prometheus help. A counter added to the list shows everywhere;
 //! none can be forgotten on one page.
 
-use crate::libs::prometheus::{Exposition, Kind};
+use crate::libs::prometheus::{Exposition, MetricKind};
 
 /// Declares `$stats` (one `AtomicU64` per counter, `Default`) and `$snapshot`
 /// (the same fields as `u64`, `Serialize`), with `$stats::snapshot` and
@@ -52,7 +52,12 @@ macro_rules! counters {
 pub fn write_counters(page: &mut Exposition, prefix: &str, rows: &[(&str, &str, u64)]) {
     for (name, help, value) in rows {
         let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
-        page.single(&format!("{prefix}_{name}_total"), &help, Kind::Counter, value);
+        page.single(
+            &format!("{prefix}_{name}_total"),
+            &help,
+            MetricKind::Counter,
+            value,
+        );
     }
 }
 

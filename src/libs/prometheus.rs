@@ -10,16 +10,16 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// A family's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum MetricKind {
     Counter,
     Gauge,
 }
 
-impl Kind {
+impl MetricKind {
     fn as_str(self) -> &'static str {
         match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
         }
     }
 }
@@ -37,7 +37,7 @@ impl Exposition {
     }
 
     /// Starts family `name`: its help and type lines.
-    pub fn family(&mut self, name: &str, help: &str, kind: Kind) -> &mut Exposition {
+    pub fn family(&mut self, name: &str, help: &str, kind: MetricKind) -> &mut Exposition {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
         self
     }
@@ -69,7 +69,13 @@ impl Exposition {
     }
 
     /// A family of one unlabelled sample.
-    pub fn single(&mut self, name: &str, help: &str, kind: Kind, value: impl Display) -> &mut Exposition {
+    pub fn single(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricKind,
+        value: impl Display,
+    ) -> &mut Exposition {
         self.family(name, help, kind).sample(name, &[], value)
     }
 
@@ -86,8 +92,8 @@ mod tests {
     #[test]
     fn families_and_escaped_labels() {
         let mut page = Exposition::new();
-        page.single("x_total", "Things.", Kind::Counter, 3);
-        page.family("up", "Up or not.", Kind::Gauge).sample(
+        page.single("x_total", "Things.", MetricKind::Counter, 3);
+        page.family("up", "Up or not.", MetricKind::Gauge).sample(
             "up",
             &[("addr", "h:1"), ("note", "a \"b\"\\\n")],
             1,

@@ -23,7 +23,7 @@ use super::context::Context;
 use super::stats::StatsSnapshot;
 use crate::libs::listener::Listener;
 use crate::libs::logging;
-use crate::libs::prometheus::{self, Exposition, Kind};
+use crate::libs::prometheus::{self, Exposition, MetricKind};
 
 /// One backend as `/stats` shows it.
 #[derive(Serialize)]
@@ -94,85 +94,95 @@ async fn stats(State(ctx): State<Workers>) -> Json<ProxyStats> {
 async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let s = collect(&ctx);
     let st = &s.stats;
-    let series: [(&str, &str, Kind, u64); 15] = [
-        ("ops_total", "Requests answered.", Kind::Counter, st.ops_total),
+    let series: [(&str, &str, MetricKind, u64); 15] = [
+        (
+            "ops_total",
+            "Requests answered.",
+            MetricKind::Counter,
+            st.ops_total,
+        ),
         (
             "ops_per_second",
             "Requests answered in the last second.",
-            Kind::Gauge,
+            MetricKind::Gauge,
             st.ops_per_sec,
         ),
         (
             "errors_total",
             "Error replies sent.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.errors_total,
         ),
         (
             "protocol_errors_total",
             "Connections closed for malformed input.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.protocol_errors,
         ),
         (
             "pubsub_overflows_total",
             "Pub/sub clients disconnected for not reading their messages.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.pubsub_overflows,
         ),
         (
             "output_limit_kills_total",
             "Clients disconnected past client_output_limit unread bytes.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.output_limit_kills,
         ),
         (
             "output_memory_refusals_total",
             "Requests refused while client buffers were over max_output_memory.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.output_memory_refusals,
         ),
         (
             "busy_replies_total",
             "Requests answered BUSY by the proxy while another client's script ran past busy_reply_threshold on their server.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.busy_replies,
         ),
         (
             "output_memory_bytes",
             "Bytes of replies waiting in client buffers whose sockets are full.",
-            Kind::Gauge,
+            MetricKind::Gauge,
             st.output_memory_bytes,
         ),
-        ("sessions", "Connected clients.", Kind::Gauge, st.sessions_alive),
+        (
+            "sessions",
+            "Connected clients.",
+            MetricKind::Gauge,
+            st.sessions_alive,
+        ),
         (
             "sessions_total",
             "Clients accepted.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.sessions_total,
         ),
         (
             "sessions_refused_total",
             "Clients refused at max_clients.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.sessions_refused,
         ),
         (
             "auth_failures_total",
             "Failed AUTHs (each slows its connection; the tenth closes it).",
-            Kind::Counter,
+            MetricKind::Counter,
             st.auth_failures,
         ),
         (
             "auth_timeouts_total",
             "Clients closed for not giving the password within auth_timeout.",
-            Kind::Counter,
+            MetricKind::Counter,
             st.auth_timeouts,
         ),
         (
             "online",
             "1 when the proxy serves data commands.",
-            Kind::Gauge,
+            MetricKind::Gauge,
             u64::from(s.online),
         ),
     ];
@@ -183,22 +193,26 @@ async fn metrics(State(ctx): State<Workers>) -> impl IntoResponse {
     let l = &st.latency_us;
     let quantiles = [("0.5", l.p50), ("0.9", l.p90), ("0.99", l.p99), ("0.999", l.p999)];
     let name = "reborn_proxy_latency_us";
-    page.family(name, "Request latency percentiles in microseconds.", Kind::Gauge);
+    page.family(
+        name,
+        "Request latency percentiles in microseconds.",
+        MetricKind::Gauge,
+    );
     for (q, v) in quantiles {
         page.sample(name, &[("quantile", q)], v);
     }
     let name = "reborn_proxy_command_calls_total";
-    page.family(name, "Calls per command.", Kind::Counter);
+    page.family(name, "Calls per command.", MetricKind::Counter);
     for c in &st.commands {
         page.sample(name, &[("cmd", &c.name)], c.calls);
     }
     let name = "reborn_proxy_command_errors_total";
-    page.family(name, "Error replies per command.", Kind::Counter);
+    page.family(name, "Error replies per command.", MetricKind::Counter);
     for c in &st.commands {
         page.sample(name, &[("cmd", &c.name)], c.errors);
     }
     let name = "reborn_proxy_backend_up";
-    page.family(name, "1 when the backend connection is up.", Kind::Gauge);
+    page.family(name, "1 when the backend connection is up.", MetricKind::Gauge);
     for b in &s.backends {
         page.sample(name, &[("addr", &b.addr)], u64::from(b.up));
     }

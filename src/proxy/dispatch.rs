@@ -143,7 +143,7 @@ fn request_slot(spec: &'static Spec, req: &Request) -> Result<u16, Reply> {
 
 /// Where the requests of one slot go.
 #[derive(Clone, Copy)]
-pub(super) enum Target<'a> {
+pub(super) enum Destination<'a> {
     /// Straight to this pool.
     Pool(&'a Arc<Pool>),
     /// Keys move from `from` to `to` first (migrate on access).
@@ -155,12 +155,12 @@ pub(super) enum Target<'a> {
     },
 }
 
-impl<'a> Target<'a> {
+impl<'a> Destination<'a> {
     /// Identity for grouping keys of a split command.
     fn id(&self) -> (*const Pool, *const Pool) {
         match self {
-            Target::Pool(p) => (Arc::as_ptr(p), std::ptr::null()),
-            Target::Migrate { from, to, .. } => (Arc::as_ptr(to), Arc::as_ptr(from)),
+            Destination::Pool(p) => (Arc::as_ptr(p), std::ptr::null()),
+            Destination::Migrate { from, to, .. } => (Arc::as_ptr(to), Arc::as_ptr(from)),
         }
     }
 
@@ -177,7 +177,7 @@ impl<'a> Target<'a> {
     ) -> (oneshot::Receiver<Bytes>, bool) {
         let protocol = client.protocol;
         match self {
-            Target::Pool(p) => match p.send_counted((client.id, protocol), req, &client.output, false) {
+            Destination::Pool(p) => match p.send_counted((client.id, protocol), req, &client.output, false) {
                 Ok(rx) => (rx, true),
                 Err(busy) => {
                     let (tx, rx) = oneshot::channel();
@@ -185,7 +185,7 @@ impl<'a> Target<'a> {
                     (rx, false)
                 }
             },
-            Target::Migrate { from, to, epoch } => {
+            Destination::Migrate { from, to, epoch } => {
                 let rx = client
                     .migrator(ctx)
                     .send((from, to), *epoch, (keys, req), protocol);
@@ -204,7 +204,11 @@ impl<'a> Target<'a> {
 }
 
 /// Where requests for `slot` go, or the error they get.
-pub(super) fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Result<Target<'a>, Reply> {
+pub(super) fn destination_for<'a>(
+    ctx: &Context,
+    routes: &'a Routes,
+    slot: u16,
+) -> Result<Destination<'a>, Reply> {
     if !routes.online {
         return Err(err(&format!(
             "ERR proxy {} is offline (reborn admin proxy-online {})",
@@ -212,8 +216,8 @@ pub(super) fn target_for<'a>(ctx: &Context, routes: &'a Routes, slot: u16) -> Re
         )));
     }
     match routes.get(slot) {
-        SlotRoute::Serve { pool, .. } => Ok(Target::Pool(pool)),
-        SlotRoute::Migrate { from, to } => Ok(Target::Migrate {
+        SlotRoute::Serve { pool, .. } => Ok(Destination::Pool(pool)),
+        SlotRoute::Migrate { from, to } => Ok(Destination::Migrate {
             from,
             to,
             epoch: routes.epoch,
@@ -233,9 +237,9 @@ fn forward(ctx: &Context, client: &mut Client, req: &Request, spec: &'static Spe
         Err(reply) => return reply,
     };
     let routes = ctx.router.routes();
-    match target_for(ctx, &routes, slot) {
+    match destination_for(ctx, &routes, slot) {
         // The common case, without collecting the keys.
-        Ok(Target::Pool(pool)) => {
+        Ok(Destination::Pool(pool)) => {
             let sent = pool.send_counted(
                 (client.id, client.protocol),
                 req.raw.clone(),
@@ -286,9 +290,9 @@ fn blocking(
         now,
     );
     let routes = ctx.router.routes();
-    let pool = match target_for(ctx, &routes, slot) {
-        Ok(Target::Pool(pool)) => pool,
-        Ok(Target::Migrate { .. }) => return Reply::Wait(call.start_moving()),
+    let pool = match destination_for(ctx, &routes, slot) {
+        Ok(Destination::Pool(pool)) => pool,
+        Ok(Destination::Migrate { .. }) => return Reply::Wait(call.start_moving()),
         Err(reply) => return reply,
     };
     let line = match client.dedicated.entry(pool.addr().to_string()) {
@@ -321,10 +325,10 @@ fn split(ctx: &Context, client: &mut Client, req: &Request, merge: Merge) -> Rep
     }
     let routes = ctx.router.routes();
     // Targets in first-seen order, each with the client positions of its keys.
-    let mut groups: Vec<(Target, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
     let mut index: HashMap<(*const Pool, *const Pool), usize> = HashMap::new();
     for (n, i) in (1..req.args.len()).step_by(stride).enumerate() {
-        let target = match target_for(ctx, &routes, slot_of(&req.args[i])) {
+        let target = match destination_for(ctx, &routes, slot_of(&req.args[i])) {
             Ok(t) => t,
             Err(reply) => return reply,
         };

@@ -40,7 +40,7 @@ use tokio::sync::oneshot;
 
 use super::blocked::{Dedicated, Line, Registration};
 use super::context::Context;
-use super::dispatch::{Target, target_for};
+use super::dispatch::{Destination, destination_for};
 use super::migrate::{MoveOptions, move_keys};
 use super::reply::{Reply, lost};
 use super::router::Pool;
@@ -101,12 +101,12 @@ fn route_now(ctx: &Context, slot: u16) -> Result<Route, Bytes> {
         return Err(super::reply::lease_refusal(Some(&ctx.proxy_id)));
     }
     let routes = ctx.router.routes();
-    match target_for(ctx, &routes, slot) {
-        Ok(Target::Pool(pool)) => Ok(Route::At {
+    match destination_for(ctx, &routes, slot) {
+        Ok(Destination::Pool(pool)) => Ok(Route::At {
             addr: pool.addr().to_string(),
             moving: None,
         }),
-        Ok(Target::Migrate { from, to, .. }) => Ok(Route::At {
+        Ok(Destination::Migrate { from, to, .. }) => Ok(Route::At {
             addr: to.addr().to_string(),
             moving: Some((from.clone(), to.clone())),
         }),

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use super::command::Spec;
 use super::context::{Client, Context};
-use super::dispatch::{Target, target_for};
+use super::dispatch::{Destination, destination_for};
 use super::fanout::{self, Fanned};
 use super::merge::{FanAnswer, array_of, failure};
 use super::pubsub::{Class, Mailbox, PubSubHub};
@@ -257,10 +257,10 @@ fn publish(ctx: &Context, client: &mut Client, req: &Request, now: Instant) -> R
         return Reply::Ready(resp::error("ERR wrong number of arguments"));
     };
     let routes = ctx.router.routes();
-    let pool = match target_for(ctx, &routes, slot_of(channel)) {
-        Ok(Target::Pool(pool)) => pool,
+    let pool = match destination_for(ctx, &routes, slot_of(channel)) {
+        Ok(Destination::Pool(pool)) => pool,
         // Nothing to move for a message: it goes where subscribers listen.
-        Ok(Target::Migrate { to, .. }) => to,
+        Ok(Destination::Migrate { to, .. }) => to,
         Err(reply) => return reply,
     };
     Reply::Wait(pool.send_as(client.id, client.protocol, req.raw.clone()))

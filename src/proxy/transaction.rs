@@ -43,7 +43,7 @@ use tokio::sync::oneshot;
 use super::blocked::Dedicated;
 use super::command::{self, Kind, Spec};
 use super::context::{Client, Context};
-use super::dispatch::{CROSSSLOT, Target, target_for};
+use super::dispatch::{CROSSSLOT, Destination, destination_for};
 use super::fanout;
 use super::local;
 use super::pinned::{self, Exec, WatchCall};
@@ -309,9 +309,9 @@ fn one_slot(keys: &[Bytes]) -> Result<Option<u16>, Bytes> {
 /// switches groups).
 fn where_now(ctx: &Context, slot: u16) -> Result<String, Reply> {
     let routes = ctx.router.routes();
-    match target_for(ctx, &routes, slot)? {
-        Target::Pool(pool) => Ok(pool.addr().to_string()),
-        Target::Migrate { to, .. } => Ok(to.addr().to_string()),
+    match destination_for(ctx, &routes, slot)? {
+        Destination::Pool(pool) => Ok(pool.addr().to_string()),
+        Destination::Migrate { to, .. } => Ok(to.addr().to_string()),
     }
 }
 

@@ -16,7 +16,7 @@ use super::logic_link::LogicLink;
 use super::stats::CometStats;
 use crate::im::admin_http::AdminReport;
 use crate::libs::counters::write_counters;
-use crate::libs::prometheus::{Exposition, Kind};
+use crate::libs::prometheus::{Exposition, MetricKind};
 
 /// The shared state of one comet.
 pub struct Hub {
@@ -96,7 +96,7 @@ impl AdminReport for Hub {
             ),
         ];
         for (name, help, value) in gauges {
-            page.single(&format!("reborn_comet_{name}"), help, Kind::Gauge, value);
+            page.single(&format!("reborn_comet_{name}"), help, MetricKind::Gauge, value);
         }
         write_counters(&mut page, "reborn_comet", &self.stats.snapshot().rows());
         page.finish()

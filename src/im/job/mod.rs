@@ -50,7 +50,7 @@ use crate::im::proxies::{Failover, ProxySet};
 use crate::im::queue;
 use crate::libs::config::ConfigError;
 use crate::libs::counters::write_counters;
-use crate::libs::prometheus::{Exposition, Kind};
+use crate::libs::prometheus::{Exposition, MetricKind};
 use crate::topo::error::TopoError;
 use crate::topo::store::Store;
 
@@ -269,13 +269,13 @@ impl AdminReport for JobReport {
         page.single(
             "reborn_job_comets",
             "Comets called: registered in ZooKeeper, or departed within comet.leave_grace.",
-            Kind::Gauge,
+            MetricKind::Gauge,
             self.links.all().len(),
         );
         page.single(
             "reborn_job_comets_departed",
             "Comets whose registration went away, still called for comet.leave_grace.",
-            Kind::Gauge,
+            MetricKind::Gauge,
             self.links.departed().len(),
         );
         write_counters(&mut page, "reborn_job", &self.stats.snapshot().rows());

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::libs::prometheus::{Exposition, Kind};
+use crate::libs::prometheus::{Exposition, MetricKind};
 
 /// Monotonic counters, shared by the HTTP and gRPC halves.
 #[derive(Debug, Default)]
@@ -60,7 +60,7 @@ impl LogicStats {
         ];
         let mut page = Exposition::new();
         for (name, help, v) in rows {
-            page.single(name, help, Kind::Counter, v.load(Ordering::Relaxed));
+            page.single(name, help, MetricKind::Counter, v.load(Ordering::Relaxed));
         }
         page.finish()
     }

@@ -14,7 +14,7 @@ use super::dashboard::leader::Leadership;
 use super::failover;
 use super::server_info::{self, ServerInfo};
 use super::task::{self, TaskState};
-use crate::libs::prometheus::{Exposition, Kind};
+use crate::libs::prometheus::{Exposition, MetricKind};
 use crate::topo::error::TopoError;
 use crate::topo::watcher;
 
@@ -46,19 +46,19 @@ pub async fn render(s: &ApiState) -> Result<String, TopoError> {
     page.single(
         "reborn_dashboard_leader",
         "1 when this dashboard leads (runs tasks and failovers).",
-        Kind::Gauge,
+        MetricKind::Gauge,
         u8::from(leads),
     );
     page.single(
         "reborn_dashboard_zk_connected",
         "1 while this dashboard's ZooKeeper session is connected.",
-        Kind::Gauge,
+        MetricKind::Gauge,
         u8::from(zk),
     );
     page.single(
         "reborn_dashboard_proxies",
         "Proxies registered in ZooKeeper.",
-        Kind::Gauge,
+        MetricKind::Gauge,
         topo.proxies.len(),
     );
 
@@ -110,7 +110,7 @@ pub async fn render(s: &ApiState) -> Result<String, TopoError> {
         ),
     ];
     for (name, help, rows, value) in families {
-        page.family(name, help, Kind::Gauge);
+        page.family(name, help, MetricKind::Gauge);
         for x in rows {
             if let Some(v) = value(x) {
                 let group = x.group.to_string();
@@ -124,7 +124,7 @@ pub async fn render(s: &ApiState) -> Result<String, TopoError> {
     }
 
     let name = "reborn_dashboard_tasks";
-    page.family(name, "Migration tasks by state.", Kind::Gauge);
+    page.family(name, "Migration tasks by state.", MetricKind::Gauge);
     for state in [
         TaskState::Queued,
         TaskState::Migrating,
@@ -140,7 +140,7 @@ pub async fn render(s: &ApiState) -> Result<String, TopoError> {
     page.family(
         name,
         "Keys an unfinished migration task has moved (flat while it is stuck).",
-        Kind::Counter,
+        MetricKind::Counter,
     );
     for t in &unfinished {
         let (id, paused) = (t.id.to_string(), u8::from(t.paused).to_string());
@@ -150,7 +150,7 @@ pub async fn render(s: &ApiState) -> Result<String, TopoError> {
     page.family(
         name,
         "Failed batches and switch attempts of an unfinished migration task (each retried).",
-        Kind::Counter,
+        MetricKind::Counter,
     );
     for t in &unfinished {
         let id = t.id.to_string();
@@ -161,7 +161,7 @@ pub async fn render(s: &ApiState) -> Result<String, TopoError> {
     page.family(
         name,
         "Failovers and operator promotes recorded, by outcome (failed: refused or broken off).",
-        Kind::Counter,
+        MetricKind::Counter,
     );
     let promoted = failovers.iter().filter(|f| f.new_master.is_some()).count();
     page.sample(name, &[("outcome", "promoted")], promoted);
