@@ -203,6 +203,18 @@ impl ZkSession {
         Ok(names)
     }
 
+    /// The children of `path`; none when `path` does not exist (a directory
+    /// nobody has written to yet).
+    ///
+    /// # Errors
+    /// A ZooKeeper failure.
+    pub async fn children_or_none(&self, path: &str) -> Result<Vec<String>, TopoError> {
+        match self.children(path).await {
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
     /// Like [`children`](Self::children), with a watch that fires once they
     /// change. A missing `path` lists as empty, and its watch fires when it is
     /// created.

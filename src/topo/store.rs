@@ -318,10 +318,7 @@ impl Store {
     /// # Errors
     /// A ZooKeeper failure.
     pub async fn children_or_none(&self, path: &str) -> Result<Vec<String>, TopoError> {
-        match self.children(path).await {
-            Err(e) if e.is_not_found() => Ok(Vec::new()),
-            other => other,
-        }
+        self.zk()?.children_or_none(path).await
     }
 
     /// Every child of `path` read as JSON: (name, value), in ZooKeeper's

@@ -73,11 +73,7 @@ pub async fn load_from(zk: &ZkSession, paths: &Paths) -> Result<Topology, TopoEr
             .await
             .map_err(|e| if e.is_not_found() { not_initialized() } else { e })
     };
-    let offline_proxies = async {
-        zk.children(&paths.offline())
-            .await
-            .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })
-    };
+    let offline_proxies = async { zk.children_or_none(&paths.offline()).await };
     let (slots, groups, proxies, offline_proxies) = tokio::try_join!(
         slots,
         load_groups(zk, paths),
@@ -97,10 +93,7 @@ pub async fn load_from(zk: &ZkSession, paths: &Paths) -> Result<Topology, TopoEr
 
 /// The latest action, if any was ever written.
 async fn load_action(zk: &ZkSession, paths: &Paths) -> Result<Option<crate::topo::model::Action>, TopoError> {
-    let names = zk
-        .children(&paths.actions())
-        .await
-        .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })?;
+    let names = zk.children_or_none(&paths.actions()).await?;
     // Zero-padded names: the lexical maximum is the latest.
     let Some(latest) = names.iter().max() else {
         return Ok(None);
@@ -140,10 +133,7 @@ async fn load_proxies(
     zk: &ZkSession,
     paths: &Paths,
 ) -> Result<std::collections::BTreeMap<String, ProxyInfo>, TopoError> {
-    let names = zk
-        .children(&paths.proxies())
-        .await
-        .or_else(|e| if e.is_not_found() { Ok(Vec::new()) } else { Err(e) })?;
+    let names = zk.children_or_none(&paths.proxies()).await?;
     let mut proxies = std::collections::BTreeMap::new();
     for (path, data) in get_many(zk, names.iter().map(|n| paths.proxy(n)).collect()).await? {
         // One proxy publishing garbage must not hide the whole cluster.

@@ -195,11 +195,7 @@ pub async fn list(store: &Store) -> Result<Vec<Task>, TopoError> {
 }
 
 async fn list_on(zk: &ZkSession, paths: &crate::topo::path::Paths) -> Result<Vec<Task>, TopoError> {
-    let names = match zk.children(&paths.tasks()).await {
-        Ok(n) => n,
-        Err(e) if e.is_not_found() => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    let names = zk.children_or_none(&paths.tasks()).await?;
     let mut ids: Vec<u64> = names.iter().filter_map(|n| n.parse().ok()).collect();
     ids.sort_unstable();
     let mut tasks = Vec::with_capacity(ids.len());
