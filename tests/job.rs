@@ -583,3 +583,38 @@ async fn the_dashboards_queue_view_names_a_stream_it_cannot_read() {
         "{error}"
     );
 }
+
+/// A look the server refuses is reported, not taken for a missing stream
+/// (which would end the view early, silently) or for a stream without lag:
+/// the masters' default user loses `XINFO`, then `EXISTS` (ACL, as an
+/// operator's mistake could).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_queue_view_reports_a_refused_look() {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await.to_string();
+    let mut r = common::RawConn::connect(&proxy).await;
+    let first = queue::stream_key(0);
+    assert!(matches!(
+        r.call(&["XADD", first.as_str(), "*", queue::FIELD, "x"]).await,
+        common::Resp::Bulk(Some(_))
+    ));
+    let topo = reborn::topo::watcher::load(&c.store).await.expect("topology");
+    let acl = async |rule: &[&str]| {
+        for m in &c.masters {
+            let mut conn = common::RawConn::connect(&m.addr()).await;
+            let mut words = vec!["ACL", "SETUSER", "default"];
+            words.extend_from_slice(rule);
+            assert_eq!(conn.call(&words).await, common::Resp::Simple("OK".into()));
+        }
+    };
+    for (rule, cmd) in [(&["-xinfo"][..], "XINFO"), (&["+xinfo", "-exists"][..], "EXISTS")] {
+        acl(rule).await;
+        let view = reborn::topo::manager::push_queue::read(&topo, None).await;
+        assert!(view.streams.is_empty(), "{view:?}");
+        let error = view.error.expect("an error for goim-push-0");
+        assert!(
+            error.starts_with("goim-push-0: ") && error.contains(&format!("answered {cmd} with: NOPERM")),
+            "{error}"
+        );
+    }
+}

@@ -86,9 +86,12 @@ pub async fn read(topo: &Topology, auth: Option<&str>) -> QueueView {
 
 /// One stream's figures; `None` if it does not exist.
 async fn look(conn: &mut Conn, key: &str) -> Result<Option<StreamView>, MigrateError> {
+    // An error reply is reported, never read as "no stream" or "no lag":
+    // the view would silently end early or show a stream as caught up.
     match conn.call(&["EXISTS", key], "EXISTS", CALL_TIMEOUT).await? {
-        Frame::Integer(1) => {}
-        _ => return Ok(None),
+        Frame::Integer(0) => return Ok(None),
+        Frame::Integer(_) => {}
+        other => return Err(conn.unexpected("EXISTS", &other)),
     }
     let length = match conn.call(&["XLEN", key], "XLEN", CALL_TIMEOUT).await? {
         Frame::Integer(n) => u64::try_from(n).unwrap_or(0),
@@ -97,6 +100,9 @@ async fn look(conn: &mut Conn, key: &str) -> Result<Option<StreamView>, MigrateE
     let groups = conn
         .call(&["XINFO", "GROUPS", key], "XINFO", CALL_TIMEOUT)
         .await?;
+    if matches!(groups, Frame::Error(_)) {
+        return Err(conn.unexpected("XINFO", &groups));
+    }
     let (lag, pending) = lag_and_pending(&groups);
     Ok(Some(StreamView {
         key: key.to_string(),
