@@ -73,12 +73,12 @@ pub async fn load_from(zk: &ZkSession, paths: &Paths) -> Result<Topology, TopoEr
             .await
             .map_err(|e| if e.is_not_found() { not_initialized() } else { e })
     };
-    let offline_proxies = async { zk.children_or_none(&paths.offline()).await };
+    let offline = paths.offline();
     let (slots, groups, proxies, offline_proxies) = tokio::try_join!(
         slots,
         load_groups(zk, paths),
         load_proxies(zk, paths),
-        offline_proxies
+        zk.children_or_none(&offline)
     )?;
     let offline_proxies = offline_proxies.into_iter().collect();
     Ok(Topology {

@@ -342,10 +342,7 @@ fn dashboard_role(
         listen: args.dashboard.to_string(),
         advertise: String::new(),
         standby: true,
-        zk: ZkConfig {
-            session_timeout: file.zk.session_timeout,
-            ..zk.clone()
-        },
+        zk: up_zk(zk, &file.zk),
         ..file
     };
     Ok(move |cancel| -> RoleFuture {
@@ -359,10 +356,24 @@ fn load_role_config<T: serde::de::DeserializeOwned + Default>(
     role: &str,
     path: Option<&std::path::Path>,
 ) -> Result<T, UpError> {
-    crate::libs::config::load(path).map_err(|e| UpError::Role {
+    crate::libs::config::load(path).map_err(|e| role_error(role, e))
+}
+
+/// An error of one role, as up reports it.
+fn role_error(role: &str, e: impl std::fmt::Display) -> UpError {
+    UpError::Role {
         role: role.to_string(),
         message: e.to_string(),
-    })
+    }
+}
+
+/// Up's ZooKeeper and product, with the session timeout of the role's own
+/// file: how long a role may be cut off is the role's to choose.
+fn up_zk(up: &ZkConfig, file: &ZkConfig) -> ZkConfig {
+    ZkConfig {
+        session_timeout: file.session_timeout,
+        ..up.clone()
+    }
 }
 
 /// The proxy's main future: `reborn proxy` with its defaults (or
@@ -387,17 +398,11 @@ fn proxy_role(
     let config = crate::proxy::ProxyConfig {
         listen: args.proxy.to_string(),
         admin_listen: args.proxy_admin.to_string(),
-        zk: ZkConfig {
-            session_timeout: file.zk.session_timeout,
-            ..zk.clone()
-        },
+        zk: up_zk(zk, &file.zk),
         threads,
         ..file
     };
-    config.validate().map_err(|e| UpError::Role {
-        role: "proxy".into(),
-        message: e.to_string(),
-    })?;
+    config.validate().map_err(|e| role_error("proxy", e))?;
     let auth = config.auth.clone();
     let run =
         move |cancel| -> RoleFuture { Box::pin(async move { Ok(crate::proxy::run(config, cancel).await?) }) };
@@ -467,8 +472,7 @@ fn check_ports(args: &UpArgs, zk_members: &[MemberPorts], push: Option<&PushPlan
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, UpError> + Send + 'static,
 ) -> Result<T, UpError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| UpError::Role {
-        role: "reborn up".into(),
-        message: format!("start-up thread failed: {e}"),
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| role_error("reborn up", format!("start-up thread failed: {e}")))?
 }

@@ -16,7 +16,7 @@ use crate::topo::ZkConfig;
 
 use super::error::UpError;
 use super::roles::{Ready, RoleError, RoleFuture};
-use super::{UpArgs, load_role_config};
+use super::{UpArgs, load_role_config, role_error, up_zk};
 
 /// Where the push roles listen, decided before anything starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,23 +89,6 @@ where
     }
 }
 
-/// Up's ZooKeeper and product, with the session timeout of the role's own
-/// file: how long a role may be cut off is the role's to choose.
-fn up_zk(up: &ZkConfig, file: &ZkConfig) -> ZkConfig {
-    ZkConfig {
-        session_timeout: file.session_timeout,
-        ..up.clone()
-    }
-}
-
-/// A role's start-up error as up reports it.
-fn invalid(role: &str, e: impl std::fmt::Display) -> UpError {
-    UpError::Role {
-        role: role.to_string(),
-        message: e.to_string(),
-    }
-}
-
 /// Logic: its file's settings with up's addresses, proxy (and its password,
 /// `proxy_auth`, unless the file gives one) and product.
 pub fn logic_role(
@@ -125,7 +108,7 @@ pub fn logic_role(
     config.zk = up_zk(zk, &config.zk);
     config.node.tcp_port = plan.comet_tcp.port();
     config.node.ws_port = plan.comet_ws.port();
-    config.validate().map_err(|e| invalid("logic", e))?;
+    config.validate().map_err(|e| role_error("logic", e))?;
     Ok(until_cancelled(
         crate::im::logic::start(config),
         crate::im::logic::RunningLogic::shutdown,
@@ -145,7 +128,7 @@ pub fn comet_role(
     config.grpc.listen = plan.comet_grpc.to_string();
     config.admin_listen = plan.comet_admin.to_string();
     config.zk = up_zk(zk, &config.zk);
-    config.validate().map_err(|e| invalid("comet", e))?;
+    config.validate().map_err(|e| role_error("comet", e))?;
     Ok(until_cancelled(
         crate::im::comet::start(config),
         crate::im::comet::RunningComet::shutdown,
@@ -168,7 +151,7 @@ pub fn job_role(
         config.cluster.auth = proxy_auth.to_string();
     }
     config.zk = up_zk(zk, &config.zk);
-    config.validate().map_err(|e| invalid("job", e))?;
+    config.validate().map_err(|e| role_error("job", e))?;
     Ok(until_cancelled(
         crate::im::job::start(config),
         crate::im::job::RunningJob::shutdown,

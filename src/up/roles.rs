@@ -15,6 +15,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::error::UpError;
+use super::role_error;
 use crate::proxy::ProxyError;
 use crate::topo::manager::dashboard::DashboardError;
 
@@ -74,10 +75,7 @@ impl Roles {
     ) -> Result<(), UpError> {
         let cancel = CancellationToken::new();
         let mut task = tokio::spawn(make(cancel.clone()));
-        let failed = |message: String| UpError::Role {
-            role: name.to_string(),
-            message,
-        };
+        let failed = |message: String| role_error(name, message);
         let probe = if listen.ip().is_unspecified() {
             SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port()))
         } else {
@@ -118,10 +116,7 @@ impl Roles {
         let cancel = CancellationToken::new();
         let (ready, signalled) = tokio::sync::oneshot::channel();
         let mut task = tokio::spawn(make(cancel.clone(), ready));
-        let failed = |message: String| UpError::Role {
-            role: name.to_string(),
-            message,
-        };
+        let failed = |message: String| role_error(name, message);
         tokio::select! {
             joined = &mut task => return Err(failed(format!("did not start: {}", describe(joined)))),
             ready = tokio::time::timeout(READY_TIMEOUT, signalled) => match ready {
@@ -153,10 +148,7 @@ impl Roles {
         .await;
         // Removed: a JoinHandle must not be polled again after it completed.
         let role = self.running.remove(index);
-        UpError::Role {
-            role: role.name.to_string(),
-            message: format!("stopped: {}", describe(joined)),
-        }
+        role_error(role.name, format!("stopped: {}", describe(joined)))
     }
 
     /// Stops the roles one by one, last started first.
