@@ -553,21 +553,28 @@ async fn a_dead_instances_entries_are_taken_over_without_waiting_for_claim_min_i
     drop(blackhole);
 }
 
+/// A cluster whose first queue stream holds one entry, added through the
+/// proxy: the connection and that stream's key.
+async fn cluster_with_one_queued_entry() -> (Cluster, common::RawConn, String) {
+    let c = Cluster::start().await;
+    let proxy = c.proxy().await.to_string();
+    let mut r = common::RawConn::connect(&proxy).await;
+    let first = queue::stream_key(0);
+    assert!(matches!(
+        r.call(&["XADD", first.as_str(), "*", queue::FIELD, "x"]).await,
+        common::Resp::Bulk(Some(_))
+    ));
+    (c, r, first)
+}
+
 /// The dashboard's view of the queue (`GET /api/push`, the web UI's Push
 /// view) lists the streams up to one it cannot read, and names that one with
 /// the server's own error: here `goim-push-1` holds a string, so `XLEN`
 /// answers `WRONGTYPE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboards_queue_view_names_a_stream_it_cannot_read() {
-    let c = Cluster::start().await;
-    let proxy = c.proxy().await.to_string();
-    let mut r = common::RawConn::connect(&proxy).await;
-    let first = queue::stream_key(0);
+    let (c, mut r, first) = cluster_with_one_queued_entry().await;
     let second = queue::stream_key(1);
-    assert!(matches!(
-        r.call(&["XADD", first.as_str(), "*", queue::FIELD, "x"]).await,
-        common::Resp::Bulk(Some(_))
-    ));
     assert_eq!(
         r.call(&["SET", second.as_str(), "not a stream"]).await,
         common::Resp::Simple("OK".into())
@@ -590,14 +597,7 @@ async fn the_dashboards_queue_view_names_a_stream_it_cannot_read() {
 /// operator's mistake could).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboards_queue_view_reports_a_refused_look() {
-    let c = Cluster::start().await;
-    let proxy = c.proxy().await.to_string();
-    let mut r = common::RawConn::connect(&proxy).await;
-    let first = queue::stream_key(0);
-    assert!(matches!(
-        r.call(&["XADD", first.as_str(), "*", queue::FIELD, "x"]).await,
-        common::Resp::Bulk(Some(_))
-    ));
+    let (c, _r, _first) = cluster_with_one_queued_entry().await;
     let topo = reborn::topo::watcher::load(&c.store).await.expect("topology");
     let acl = async |rule: &[&str]| {
         for m in &c.masters {
