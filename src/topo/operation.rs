@@ -416,7 +416,8 @@ async fn require_initialized(zk: &ZkSession, paths: &Paths) -> Result<(), TopoEr
     }
 }
 
-async fn get_group(zk: &ZkSession, paths: &Paths, id: GroupId) -> Result<(Group, i32), TopoError> {
+/// Group `id` and its node's version; [`TopoError::NotFound`] naming the group if it is missing.
+pub(crate) async fn get_group(zk: &ZkSession, paths: &Paths, id: GroupId) -> Result<(Group, i32), TopoError> {
     match zk.get_json_with_version(&paths.group(id)).await {
         Err(e) if e.is_not_found() => Err(TopoError::NotFound(format!("group {id}"))),
         other => other,

@@ -48,6 +48,7 @@ use crate::topo::action::{wait_acks, write_hold, write_phase};
 use crate::topo::error::TopoError;
 use crate::topo::lock;
 use crate::topo::model::{Group, GroupId, Role, SlotState, SlotTable};
+use crate::topo::operation::get_group;
 use crate::topo::path::Paths;
 use crate::topo::session::ZkSession;
 use crate::topo::store::Store;
@@ -144,33 +145,8 @@ pub async fn promote_with(
     let _stopped = MigrationGate::of(store).close(id).await;
     lock::with_lock(store, "promote", async |zk: &ZkSession| {
         let resumed = resume_under_lock(zk, &paths, auth, ack_timeout).await?;
-        let (group, group_version) = zk
-            .get_json_with_version::<Group>(&paths.group(id))
-            .await
-            .map_err(|e| {
-                if e.is_not_found() {
-                    TopoError::NotFound(format!("group {id}"))
-                } else {
-                    e
-                }
-            })?;
-        if let Some(addr) = &request.server {
-            match group.servers.iter().find(|s| &s.addr == addr).map(|s| s.role) {
-                Some(Role::Replica) => {}
-                // A state, not a mistake in the request: a failover may have
-                // got there first. Nothing to do, and nothing was done.
-                Some(Role::Master) => {
-                    return Err(TopoError::State(format!(
-                        "{addr} is already the master of group {id}; nothing was changed"
-                    )));
-                }
-                None => {
-                    return Err(TopoError::Invalid(format!(
-                        "{addr} is not a server of group {id}"
-                    )));
-                }
-            }
-        }
+        let (group, group_version) = get_group(zk, &paths, id).await?;
+        check_named(&group, id, request.server.as_deref())?;
         let old = group.master().map(str::to_string);
         let (table, _) = zk.get_json_with_version::<SlotTable>(&paths.slots()).await?;
         let held = Held::of(zk, &paths, &table, id)?;
@@ -179,48 +155,10 @@ pub async fn promote_with(
         let looked = look_all(&group, old.as_deref(), auth).await;
         let mut choice = candidate::choose(old.as_deref(), &looked, request.server.as_deref(), request.force)
             .map_err(|e| TopoError::State(format!("group {id}: {e}")))?;
-        let mut caught_up = false;
-        if let Some(master) = choice.live_master.clone() {
-            // A server already refused (and forced) is only measured, not waited for.
-            let target = if choice.forced.is_empty() {
-                Target::WhenAsked
-            } else {
-                Target::Now
-            };
-            match catch_up(&master, &choice.addr, auth, target).await {
-                Ok(()) => caught_up = true,
-                Err(lag) if request.force => choice.forced.push(lag.forced(&choice.addr, &master)),
-                Err(lag) => {
-                    return Err(TopoError::State(format!(
-                        "group {id}: refused: {}; nothing was changed{}",
-                        lag.refusal(&choice.addr, &master),
-                        FORCE_HINT
-                    )));
-                }
-            }
-        }
-        // Without the old master's last writes, migrating slots are settled
-        // with their target after the switch: it must answer. (With them, a
-        // settle is needed only if a forced promote loses the second
-        // catch-up; a target that cannot be reached then is reported.)
+        let caught_up = first_catch_up(&mut choice, id, request.force, auth).await?;
         let targets = held.targets().await?;
         if !caught_up {
-            for (to, master) in &targets {
-                let down = match master {
-                    Some(addr) => {
-                        let health = super::health::probe(addr, auth).await;
-                        (health != super::health::Health::Up).then(|| format!("{addr} is {}", health.describe()))
-                    }
-                    None => Some("it has none".to_string()),
-                };
-                if let Some(why) = down {
-                    return Err(TopoError::State(format!(
-                        "group {id}: refused: slots of group {id} migrate to group {to}, whose master is needed \
-                         to settle their copies after the switch, and {why}. Promote group {to} first; nothing \
-                         was changed"
-                    )));
-                }
-            }
+            targets_answer(&targets, id, auth).await?;
         }
 
         // From here until every slot is released, a plan in ZooKeeper lets
@@ -274,6 +212,83 @@ pub async fn promote_with(
         Ok(report(id, old, choice, switched, journal.slots()))
     })
     .await
+}
+
+/// Refuses a promote of `named` unless it is a replica of group `id`.
+fn check_named(group: &Group, id: GroupId, named: Option<&str>) -> Result<(), TopoError> {
+    let Some(addr) = named else { return Ok(()) };
+    match group.servers.iter().find(|s| s.addr == addr).map(|s| s.role) {
+        Some(Role::Replica) => Ok(()),
+        // A state, not a mistake in the request: a failover may have got
+        // there first. Nothing to do, and nothing was done.
+        Some(Role::Master) => Err(TopoError::State(format!(
+            "{addr} is already the master of group {id}; nothing was changed"
+        ))),
+        None => Err(TopoError::Invalid(format!(
+            "{addr} is not a server of group {id}"
+        ))),
+    }
+}
+
+/// Step 0's wait: with the master alive, the chosen replica catches up with
+/// it before anything is held. Returns whether it did; a lag is a refusal,
+/// unless `force` records it as what the promote may lose.
+async fn first_catch_up(
+    choice: &mut Choice,
+    id: GroupId,
+    force: bool,
+    auth: Option<&str>,
+) -> Result<bool, TopoError> {
+    let Some(master) = choice.live_master.clone() else {
+        return Ok(false);
+    };
+    // A server already refused (and forced) is only measured, not waited for.
+    let target = if choice.forced.is_empty() {
+        Target::WhenAsked
+    } else {
+        Target::Now
+    };
+    match catch_up(&master, &choice.addr, auth, target).await {
+        Ok(()) => Ok(true),
+        Err(lag) if force => {
+            choice.forced.push(lag.forced(&choice.addr, &master));
+            Ok(false)
+        }
+        Err(lag) => Err(TopoError::State(format!(
+            "group {id}: refused: {}; nothing was changed{}",
+            lag.refusal(&choice.addr, &master),
+            FORCE_HINT
+        ))),
+    }
+}
+
+/// Without the old master's last writes, slots migrating from group `id`
+/// are settled with their target after the switch, so each target's master
+/// must answer now. (With them, a settle is needed only if a forced promote
+/// loses the second catch-up; a target that cannot be reached then is
+/// reported.)
+async fn targets_answer(
+    targets: &BTreeMap<GroupId, Option<String>>,
+    id: GroupId,
+    auth: Option<&str>,
+) -> Result<(), TopoError> {
+    for (to, master) in targets {
+        let down = match master {
+            Some(addr) => {
+                let health = super::health::probe(addr, auth).await;
+                (health != super::health::Health::Up).then(|| format!("{addr} is {}", health.describe()))
+            }
+            None => Some("it has none".to_string()),
+        };
+        if let Some(why) = down {
+            return Err(TopoError::State(format!(
+                "group {id}: refused: slots of group {id} migrate to group {to}, whose master is needed \
+                 to settle their copies after the switch, and {why}. Promote group {to} first; nothing \
+                 was changed"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What finishing a promote that was cut short did (see [`resume_interrupted`]).
