@@ -147,7 +147,6 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(READ_MIN);
     // A big request arrives in many reads; parsing resumes where it stopped.
     let mut parser = resp::RequestParser::default();
-    let idle = ctx.config.idle_timeout;
     // A stranger has `auth_timeout` from its connection to give the password.
     let mut login = (!client.authed && !ctx.config.auth_timeout.is_zero())
         .then(|| tokio::time::Instant::now() + ctx.config.auth_timeout);
@@ -162,33 +161,29 @@ async fn read_loop(
             // limits for strangers (`Limits::unauthenticated`).
             const STRANGER: resp::Limits = resp::Limits::unauthenticated();
             let limits = if client.authed { &ctx.limits } else { &STRANGER };
-            let parsed = parser.parse(&mut buf, limits);
-            if let Ok(None) = parsed {
-                if let Some(cmd) = last {
-                    client.conn.touch(cmd, now);
+            let parsed = match parser.parse(&mut buf, limits) {
+                Ok(Some(req)) => Ok(req),
+                Ok(None) => {
+                    if let Some(cmd) = last {
+                        client.conn.touch(cmd, now);
+                    }
+                    break;
                 }
-                break;
-            }
+                Err(e) => Err(e),
+            };
             // Replies it does not read yet hold the client back (`output.rs`).
-            if !meter.has_room() {
-                tokio::select! {
-                    _ = meter.wait_room() => {}
-                    _ = writer_done.cancelled() => return,
-                    _ = stop.cancelled() => return,
-                }
+            if !meter.has_room() && !unless_ended(meter.wait_room(), writer_done, stop).await {
+                return;
             }
             // The reply's place in the queue is taken before the request is
             // dispatched, so nothing runs between the two: a pub/sub message
             // cannot overtake the confirmation of its subscription.
             let Ok(permit) = tx.reserve().await else { return };
-            let mut blocks = false;
-            let pending = match parsed {
-                Ok(Some(req)) => {
-                    // Asked before dispatching: while MULTI queues, this
-                    // request is queued, not run, so even a BLPOP cannot block.
-                    let queuing = client.txn.as_ref().is_some_and(|t| t.queuing());
+            let out = match &parsed {
+                Err(e) => refuse(ctx, client, e, now),
+                Ok(req) => {
                     let at = if paused {
-                        if !ctx.clients.wait(&req, stop).await {
+                        if !ctx.clients.wait(req, stop).await {
                             // Killed or shut down while held: it never runs.
                             return;
                         }
@@ -196,20 +191,12 @@ async fn read_loop(
                     } else {
                         now
                     };
-                    let mut p = dispatch(ctx, client, &req, at);
-                    // Every earlier reply is written, so the backends ran
-                    // every earlier request: a transaction's WATCH or EXEC
-                    // goes now, not a task hop later when the writer reaches
-                    // it (the writer is idle, so nothing is saved by waiting).
-                    if let Reply::Ordered(o) = &mut p.reply
-                        && meter.inflight() == 0
-                    {
-                        o.release();
-                    }
-                    // By the command's stats slot: no second name lookup.
-                    blocks = !queuing && command::may_block(p.cmd, &req.args);
-                    match p.reply {
-                        Reply::Hold(why) => hold(ctx, client, &req, (p.cmd, p.start, why), stop).await,
+                    let (p, blocks) = dispatched(ctx, client, req, at, meter);
+                    // The awaits stay in this loop: in a function of their
+                    // own, its arguments would make every session's future
+                    // (an idle client's memory) bigger.
+                    let pending = match p.reply {
+                        Reply::Hold(why) => hold(ctx, client, req, (p.cmd, p.start, why), stop).await,
                         // Only HELLO switches the protocol; its reply may
                         // wait (`auth_throttle.rs`), so any kind of reply.
                         _ if client.fence => {
@@ -218,34 +205,23 @@ async fn read_loop(
                             p
                         }
                         _ => p,
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(client = client.id, error = %e, "protocol error");
-                    Pending {
-                        cmd: ctx.stats.unknown_cmd(),
-                        start: now,
-                        reply: Reply::Close(resp::error(&format!("ERR Protocol error: {e}"))),
-                    }
+                    };
+                    Outgoing { pending, blocks }
                 }
             };
-            let close = matches!(pending.reply, Reply::Close(_));
-            last = Some(pending.cmd);
+            let close = matches!(out.pending.reply, Reply::Close(_));
+            last = Some(out.pending.cmd);
             meter.dispatched();
-            permit.send(Outgoing { pending, blocks });
+            permit.send(out);
             if close {
                 return;
             }
             // WATCH and EXEC run on the client's own backend connection: its
             // next requests, on shared ones, must not overtake them.
-            if let Some(done) = client.barrier.take() {
-                tokio::select! {
-                    _ = done => {}
-                    _ = writer_done.cancelled() => return,
-                    _ = stop.cancelled() => return,
-                }
+            if let Some(done) = client.barrier.take()
+                && !unless_ended(done, writer_done, stop).await
+            {
+                return;
             }
         }
         if client.authed {
@@ -259,26 +235,86 @@ async fn read_loop(
             r = rd.read_buf(&mut buf) => r,
             _ = writer_done.cancelled() => return,
             _ = stop.cancelled() => return,
-            timeout = timer(idle, login) => match timeout {
-                Timeout::Idle => {
-                    // A subscriber waits for messages, not for itself (as in Redis).
-                    if meter.inflight() == 0 && client.pubsub.is_none() {
-                        tracing::debug!(client = client.id, "idle timeout");
-                        return;
-                    }
-                    // A blocked command is waiting: the client is not idle.
-                    continue;
-                }
-                Timeout::Login => {
-                    ctx.stats.auth_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(client = client.id, "closed: no password within auth_timeout");
-                    return;
-                }
+            timeout = timer(ctx.config.idle_timeout, login) => if still_open(ctx, client, meter, timeout) {
+                continue;
+            } else {
+                return;
             },
         };
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        if !matches!(read, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+/// Waits for `until`; false if the session ends first (the writer stopped,
+/// or the session was stopped).
+async fn unless_ended(until: impl Future, writer_done: &CancellationToken, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = until => true,
+        _ = writer_done.cancelled() => false,
+        _ = stop.cancelled() => false,
+    }
+}
+
+/// The answer to a request that does not parse: an error, then the
+/// connection closes (`Reply::Close`). `now` is when its input arrived.
+fn refuse(ctx: &Context, client: &Client, e: &resp::ProtocolError, now: Instant) -> Outgoing {
+    ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(client = client.id, error = %e, "protocol error");
+    let pending = Pending {
+        cmd: ctx.stats.unknown_cmd(),
+        start: now,
+        reply: Reply::Close(resp::error(&format!("ERR Protocol error: {e}"))),
+    };
+    Outgoing {
+        pending,
+        blocks: false,
+    }
+}
+
+/// Dispatches one request, at `at`. Returns its pending reply and whether
+/// the request may block at its server (counted, not timed).
+fn dispatched(
+    ctx: &Arc<Context>,
+    client: &mut Client,
+    req: &resp::Request,
+    at: Instant,
+    meter: &Meter,
+) -> (Pending, bool) {
+    // Asked before dispatching: while MULTI queues, this request is queued,
+    // not run, so even a BLPOP cannot block.
+    let queuing = client.txn.as_ref().is_some_and(|t| t.queuing());
+    let mut p = dispatch(ctx, client, req, at);
+    // Every earlier reply is written, so the backends ran every earlier
+    // request: a transaction's WATCH or EXEC goes now, not a task hop later
+    // when the writer reaches it (the writer is idle, so nothing is saved by
+    // waiting).
+    if let Reply::Ordered(o) = &mut p.reply
+        && meter.inflight() == 0
+    {
+        o.release();
+    }
+    // By the command's stats slot: no second name lookup.
+    let blocks = !queuing && command::may_block(p.cmd, &req.args);
+    (p, blocks)
+}
+
+/// Whether a session whose `timeout` ran out stays open: a client that has
+/// not given the password in time (`auth_timeout`) is closed, and an idle one
+/// (`idle_timeout`) too, unless it waits for something: a blocked command's
+/// reply, or a subscriber's messages (as in Redis).
+fn still_open(ctx: &Context, client: &Client, meter: &Meter, timeout: Timeout) -> bool {
+    match timeout {
+        Timeout::Idle if meter.inflight() == 0 && client.pubsub.is_none() => {
+            tracing::debug!(client = client.id, "idle timeout");
+            false
+        }
+        Timeout::Idle => true,
+        Timeout::Login => {
+            ctx.stats.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = client.id, "closed: no password within auth_timeout");
+            false
         }
     }
 }
