@@ -204,22 +204,44 @@ async fn hold(
     stats.dropped.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A `--src` that is not an address or a range of them.
+#[derive(Debug, thiserror::Error)]
+pub enum SourcesError {
+    /// One end is not an IPv4 address.
+    #[error("{text}: {source}")]
+    Address {
+        /// The text given.
+        text: String,
+        /// Why it is not an address.
+        source: std::net::AddrParseError,
+    },
+    /// The end is below the start, or more than 65,536 addresses past it.
+    #[error("bad source range {0}")]
+    Range(String),
+}
+
 /// Parses source addresses: `""` (none), `"127.0.0.2"` or a last-octet range
 /// `"127.0.0.2-127.0.0.9"`.
 ///
 /// # Errors
-/// Not an address or range.
-pub fn parse_sources(text: &str) -> Result<Vec<Ipv4Addr>, String> {
+/// [`SourcesError`]: not an address or range.
+pub fn parse_sources(text: &str) -> Result<Vec<Ipv4Addr>, SourcesError> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(Vec::new());
     }
+    let address = |end: &str| {
+        end.trim()
+            .parse::<Ipv4Addr>()
+            .map_err(|source| SourcesError::Address {
+                text: end.to_string(),
+                source,
+            })
+    };
     let (a, b) = text.split_once('-').unwrap_or((text, text));
-    let a: Ipv4Addr = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
-    let b: Ipv4Addr = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
-    let (lo, hi) = (u32::from(a), u32::from(b));
+    let (lo, hi) = (u32::from(address(a)?), u32::from(address(b)?));
     if hi < lo || hi - lo > 65_536 {
-        return Err(format!("bad source range {text}"));
+        return Err(SourcesError::Range(text.to_string()));
     }
     Ok((lo..=hi).map(Ipv4Addr::from).collect())
 }
@@ -239,6 +261,11 @@ mod tests {
                 Ipv4Addr::new(127, 0, 0, 4)
             ])
         );
-        assert!(parse_sources("127.0.0.4-127.0.0.2").is_err());
+        assert!(matches!(
+            parse_sources("127.0.0.4-127.0.0.2"),
+            Err(SourcesError::Range(r)) if r == "127.0.0.4-127.0.0.2"
+        ));
+        let bad = parse_sources("127.0.0.2-localhost").err().map(|e| e.to_string());
+        assert_eq!(bad.as_deref(), Some("localhost: invalid IPv4 address syntax"));
     }
 }

@@ -160,7 +160,7 @@ pub struct PushArgs {
 pub enum PushBenchError {
     /// A bad --src.
     #[error("--src: {0}")]
-    Sources(String),
+    Sources(#[from] crowd::SourcesError),
     /// No connection came up.
     #[error("no connection came up: {0}")]
     NoneUp(String),
