@@ -161,15 +161,11 @@ async fn read_loop(
             // limits for strangers (`Limits::unauthenticated`).
             const STRANGER: resp::Limits = resp::Limits::unauthenticated();
             let limits = if client.authed { &ctx.limits } else { &STRANGER };
-            let parsed = match parser.parse(&mut buf, limits) {
-                Ok(Some(req)) => Ok(req),
-                Ok(None) => {
-                    if let Some(cmd) = last {
-                        client.conn.touch(cmd, now);
-                    }
-                    break;
+            let Some(parsed) = parser.parse(&mut buf, limits).transpose() else {
+                if let Some(cmd) = last {
+                    client.conn.touch(cmd, now);
                 }
-                Err(e) => Err(e),
+                break;
             };
             // Replies it does not read yet hold the client back (`output.rs`).
             if !meter.has_room() && !unless_ended(meter.wait_room(), writer_done, stop).await {
