@@ -479,6 +479,7 @@ open_stat() {
 
 if ((OPEN_RATE > 0)); then
     read -r B50 B99 B999 BMAX BN < <(open_stat "$(awk -v t="$T_LOAD_START" 'BEGIN { printf "%.6f", t + 1 }')" "$T_BASE_END")
+    # Errors count over the whole time before the submit: a failed request is one wherever it falls.
     BERR=$(open_stat "$T_LOAD_START" "$T_SUBMIT" | tail -n 1)
     read -r D50 D99 D999 DMAX DN < <(open_stat "$T_SUBMIT" "$T_DONE")
     DERR=$(open_stat "$T_SUBMIT" "$T_DONE" | tail -n 1)

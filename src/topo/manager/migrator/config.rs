@@ -80,8 +80,8 @@ impl Default for MigratorConfig {
             // else: ~0.6 ms at COUNT 1000 on a 500k-key source, more than
             // half the default latency budget, so the pacer kept halving the
             // rate for it. At 200 a call takes ~0.12 ms, and the migrator
-            // moved ~25k keys/s instead of ~13k at about the same client
-            // p99 (docs/benchmarks.md).
+            // moved ~25k keys/s instead of ~13k, for ~10% more client p99
+            // during the task (docs/benchmarks.md).
             scan_count: 200,
             // With MIGRATE the source serves nobody while a batch transfers:
             // small batches, one at a time, kept client p99 during a migration
