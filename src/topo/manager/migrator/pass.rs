@@ -644,6 +644,11 @@ impl RestoreLane {
 }
 
 /// Runs `fut` unless `cancel` fires first (`None` then).
+///
+/// Not tokio-util's `CancellationToken::run_until_cancelled`: once polled,
+/// that one prefers the future when both are ready, so a throttle sleep that
+/// ends as the task is cancelled would still start its batch. Here the
+/// cancel wins, and the batch goes back to the queue.
 async fn or_cancel<T>(cancel: &CancellationToken, fut: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
