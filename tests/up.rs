@@ -443,6 +443,15 @@ async fn up_runs_a_whole_cluster_and_stops_it_in_order() {
     assert_eq!(on_g1.as_deref(), Some("1"), "foo lives in group 1");
     let not_on_g1: Option<String> = redis::AsyncCommands::get(&mut g1, "hello").await.expect("GET");
     assert_eq!(not_on_g1, None, "hello lives in group 2");
+    // The servers keep an AOF, and rehash a growing keyspace on access only.
+    for (name, want) in [("appendonly", "yes"), ("activerehashing", "no")] {
+        let got: Vec<String> = redis::cmd("CONFIG")
+            .arg(&["GET", name])
+            .query_async(&mut g1)
+            .await
+            .expect("CONFIG GET");
+        assert_eq!(got, [name, want]);
+    }
     assert!(
         up.banner.contains(&format!("redis-cli -p {} ", ports.proxy)),
         "{}",
