@@ -489,10 +489,9 @@ if ((OPEN_RATE > 0)); then
     # How calm the baseline was: its whole seconds (load.csv lines, each the second before its
     # time) whose p99 exceeds 3x their median. A host stall in the baseline raises the p99
     # before, which flatters the ratio.
-    mapfile -t BSEC < <(awk -F, -v a="$T_LOAD_START" -v b="$T_BASE_END" \
-        'NR > 1 && $2 > 0 && $1 / 1000 - 1 >= a + 1 && $1 / 1000 <= b { print $5 }' "$WORK/load.csv")
-    BMED=$(printf '%s\n' "${BSEC[@]}" | sort -n | awk 'NF { v[++n] = $1 } END { print (n ? v[int((n + 1) / 2)] : 0) }')
-    BNOISY=$(printf '%s\n' "${BSEC[@]}" | awk -v m="$BMED" 'NF && $1 > 3 * m { n++ } END { print n + 0 }')
+    read -r BSECS BMED BNOISY < <(awk -F, -v a="$T_LOAD_START" -v b="$T_BASE_END" \
+        'NR > 1 && $2 > 0 && $1 / 1000 - 1 >= a + 1 && $1 / 1000 <= b { print $5 }' "$WORK/load.csv" | sort -n |
+        awk '{ v[++n] = $1 } END { m = n ? v[int((n + 1) / 2)] : 0; for (i = 1; i <= n; i++) c += v[i] > 3 * m; print n + 0, m, c + 0 }')
     {
         echo "reborn slot migration under an open-loop load: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
         echo "keys $KEYS (16-byte values), slots $SLOT_A-$SLOT_B group $FROM_GROUP -> $TO_GROUP; load: reborn load" \
@@ -519,7 +518,7 @@ if ((OPEN_RATE > 0)); then
         printf '%-30s %12s %12s %8s %-10s %s\n' "client errors" "$BERR" "$DERR" - 0 \
             "$( ((BERR + DERR == 0)) && echo PASS || echo FAIL)"
         printf '%-30s %12s %12s %8s %-10s %s\n' "nothing lost (sum, moved = expected)" "$KEYS" "$((G1_AFTER + G2_AFTER))" - - "$DATA_OK"
-        echo "baseline: $BNOISY of ${#BSEC[@]} whole seconds had a p99 over 3x their median ($BMED us)$( ((BNOISY)) &&
+        echo "baseline: $BNOISY of $BSECS whole seconds had a p99 over 3x their median ($BMED us)$( ((BNOISY)) &&
             echo "; a noisy baseline raises the p99 before, and a ratio under 2x then says little")"
         echo
         echo "per second (unix ms, requests, errors, p50/p99/max us):"
