@@ -83,11 +83,16 @@ impl Default for MigratorConfig {
             // moved ~25k keys/s instead of ~13k, for ~10% more client p99
             // during the task (docs/benchmarks.md).
             scan_count: 200,
-            // With MIGRATE the source serves nobody while a batch transfers:
-            // small batches, one at a time, kept client p99 during a migration
-            // near 8x instead of ~25x (500 keys, 4 in flight) at ~55k keys/s
-            // instead of ~65k (docs/benchmarks.md).
-            batch_keys: 100,
+            // A batch is one unbroken stretch of work for the source, the
+            // target and each replica, and a client thread queued on that
+            // CPU waits it out, even while the other core is idle (perf sched
+            // on the 2-core benchmark host). At 100 keys the stretches took
+            // 0.3-0.7 ms and client p99 during a task was ~1.8 ms, even at 5k
+            // keys/s; at 20 they stay near 0.1 ms, p99 during was a median
+            // of 1.14 ms, and the pacer let the rate rise to ~27k keys/s
+            // (docs/benchmarks.md). One batch at a time for the same reason:
+            // a second lane raised the p99 again.
+            batch_keys: 20,
             inflight: 1,
             timeout: Duration::from_secs(5),
             max_keys_per_sec: None,

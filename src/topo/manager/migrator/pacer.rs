@@ -14,6 +14,8 @@
 //!
 //! The pacer only lowers the limits the task would have anyway
 //! (`max_keys_per_sec`, `batch_keys`); with a zero budget it does nothing.
+//! It sees the source only: the target and the replicas pay a batch in one
+//! stretch too, which is why `batch_keys` is small to begin with (`config.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
