@@ -1671,9 +1671,11 @@ async fn a_key_deleted_on_the_source_between_restore_and_delete_stays_deleted() 
     for k in &bigs {
         let () = redis::AsyncCommands::set(&mut s, k, &big).await.expect("SET big");
     }
-    // One batch for all: no pacing, which starts with small batches.
+    // One batch for all 46 keys: more than the default batch, and no pacing,
+    // which would halve it.
     let cfg = MigratorConfig {
         timeout: Duration::from_secs(10),
+        batch_keys: 64,
         latency_budget: Duration::ZERO,
         ..config()
     };
