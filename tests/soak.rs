@@ -337,7 +337,7 @@ impl Dashboard {
         let conf = dir.path().join("dashboard.toml");
         let text = format!(
             "listen = \"127.0.0.1:{}\"\n[zk]\naddr = \"{}\"\nroot = \"{}\"\nproduct = \"{}\"\nsession_timeout = \"2s\"\n\
-             [failover]\nenabled = true\n[migration]\nbatch_keys = 100\nmax_keys_per_sec = {}\n",
+             [failover]\nenabled = true\n[migration]\nmax_keys_per_sec = {}\n",
             common::free_port(),
             c.zk.addr,
             c.zk.root,
