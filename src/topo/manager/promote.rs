@@ -897,11 +897,14 @@ async fn catch_up(master: &str, replica: &str, auth: Option<&str>, target: Targe
     }
 }
 
-/// `REPLICAOF NO ONE`, or `REPLICAOF host port`, then `CONFIG REWRITE`, so
+/// `REPLICAOF NO ONE`, or `REPLICAOF host port`, with `CONFIG REWRITE`, so
 /// a restart keeps the server in its new role: a promoted master that crashes
 /// and restarts must not come back as a replica of its old master (which the
-/// topology may now call a replica: a loop nobody can write to). A server
-/// started without a config file refuses the rewrite; that is not an error.
+/// topology may now call a replica: a loop nobody can write to). Both run in
+/// one `MULTI`, so no client and no crash sees the new role before the config
+/// file has it (a test that read the file as soon as the role changed found
+/// it not yet rewritten). A server started without a config file refuses the
+/// rewrite; that is not an error.
 pub(crate) async fn replicaof(addr: &str, master: Option<&str>, auth: Option<&str>) -> Result<(), TopoError> {
     let fail = |e: String| TopoError::Invalid(format!("REPLICAOF on {addr}: {e}"));
     let mut conn = Conn::connect(addr, auth).await.map_err(|e| fail(e.to_string()))?;
@@ -911,19 +914,33 @@ pub(crate) async fn replicaof(addr: &str, master: Option<&str>, auth: Option<&st
             .ok_or_else(|| fail(format!("bad address {m}")))?,
         None => ("NO", "ONE"),
     };
+    let queued: [(&[&[u8]], &'static str); 3] = [
+        (&[b"MULTI"], "MULTI"),
+        (&[b"REPLICAOF", host.as_bytes(), port.as_bytes()], "REPLICAOF"),
+        (&[b"CONFIG", b"REWRITE"], "CONFIG REWRITE"),
+    ];
+    for (args, cmd) in queued {
+        let reply = conn
+            .call(args, cmd, CALL)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if let Frame::Error(e) = reply {
+            return Err(fail(e.to_string()));
+        }
+    }
     let reply = conn
-        .call(
-            &[b"REPLICAOF".as_ref(), host.as_bytes(), port.as_bytes()],
-            "REPLICAOF",
-            CALL,
-        )
+        .call(&[b"EXEC"], "EXEC", CALL)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    if let Frame::Error(e) = reply {
-        return Err(fail(e.to_string()));
+    // The first reply is REPLICAOF's; the second, the rewrite's, may be the
+    // "no config file" error.
+    match reply {
+        Frame::Array(items) => match items.first() {
+            Some(Frame::Error(e)) => Err(fail(e.to_string())),
+            Some(_) => Ok(()),
+            None => Err(fail("EXEC answered nothing".into())),
+        },
+        Frame::Error(e) => Err(fail(e.to_string())),
+        other => Err(fail(format!("EXEC answered {other:?}"))),
     }
-    let _ = conn
-        .call(&[b"CONFIG".as_ref(), b"REWRITE"], "CONFIG REWRITE", CALL)
-        .await;
-    Ok(())
 }
