@@ -2,8 +2,9 @@
 //! RenewOnline and Receive. Logic instances are found through ZooKeeper
 //! ([`crate::im::discovery::follow`]); calls go round robin over the live ones,
 //! and a call that could not reach one instance is tried on the next (it never
-//! reached logic, so retrying is safe). A call that timed out is tried on the
-//! next too, unless doing it twice would matter ([`OnTimeout`]): a logic that
+//! reached logic, so retrying is safe). A call that timed out, or whose
+//! connection broke under it, is tried on the next too, unless doing it twice
+//! would matter ([`OnTimeout`]): a logic that
 //! hangs, or that this comet cannot reach while ZooKeeper still lists it (a
 //! partition), must not fail one call in N for as long as it lasts. Such a
 //! call is also *hedged*: not answered within `hedge_after` (100 ms; logic
@@ -342,6 +343,22 @@ impl LogicLink {
                         }
                         Ok(Err(status)) if status.code() == Code::Unavailable => {
                             tracing::debug!(logic = %peer.grpc, %status, "logic unavailable; trying the next");
+                            peer.suspect();
+                            LinkError::Status {
+                                addr: peer.grpc.clone(),
+                                status,
+                            }
+                        }
+                        // The connection broke under the call (a logic
+                        // killed as the call went out: tonic reports the reset
+                        // as Unknown, or Cancelled). Logic may or may not have
+                        // run it, as after a timeout, so it is tried on the
+                        // next only when it may run twice.
+                        Ok(Err(status))
+                            if on_timeout == OnTimeout::TryNext
+                                && matches!(status.code(), Code::Unknown | Code::Cancelled) =>
+                        {
+                            tracing::debug!(logic = %peer.grpc, %status, "logic call broke; trying the next");
                             peer.suspect();
                             LinkError::Status {
                                 addr: peer.grpc.clone(),
