@@ -341,24 +341,17 @@ impl LogicLink {
                         Ok(Err(status)) if status.code() == Code::Unauthenticated => {
                             return Err(LinkError::Refused(status.message().to_string()));
                         }
-                        Ok(Err(status)) if status.code() == Code::Unavailable => {
-                            tracing::debug!(logic = %peer.grpc, %status, "logic unavailable; trying the next");
-                            peer.suspect();
-                            LinkError::Status {
-                                addr: peer.grpc.clone(),
-                                status,
-                            }
-                        }
-                        // The connection broke under the call (a logic
-                        // killed as the call went out: tonic reports the reset
-                        // as Unknown, or Cancelled). Logic may or may not have
-                        // run it, as after a timeout, so it is tried on the
-                        // next only when it may run twice.
+                        // Unavailable: the call never reached logic. Unknown
+                        // or Cancelled: the connection broke under it (a logic
+                        // killed as the call went out; tonic reports the reset
+                        // so), and logic may or may not have run it, as after
+                        // a timeout, so only a call that may run twice goes on.
                         Ok(Err(status))
-                            if on_timeout == OnTimeout::TryNext
-                                && matches!(status.code(), Code::Unknown | Code::Cancelled) =>
+                            if status.code() == Code::Unavailable
+                                || on_timeout == OnTimeout::TryNext
+                                    && matches!(status.code(), Code::Unknown | Code::Cancelled) =>
                         {
-                            tracing::debug!(logic = %peer.grpc, %status, "logic call broke; trying the next");
+                            tracing::debug!(logic = %peer.grpc, %status, "logic call failed; trying the next");
                             peer.suspect();
                             LinkError::Status {
                                 addr: peer.grpc.clone(),
